@@ -1,0 +1,1 @@
+//! The command line: clap definitions and dispatch of each command.

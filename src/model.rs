@@ -1,0 +1,714 @@
+//! Domain types shared by every layer: identifiers, exact money, currencies, component
+//! types, adjustment reasons, quantities and the validated adjustment message.
+//!
+//! Values of these types are only made by `validate` (from the wire format) or by `store`
+//! (from rows it wrote itself), so code that holds one can rely on its invariants. This
+//! module knows nothing about XML, SQL or files.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+
+/// A merchant (seller) identifier as it appears in `Header/MerchantIdentifier`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MerchantId(String);
+
+impl MerchantId {
+    /// Accepts 1 to 50 characters without control characters or path separators (a merchant
+    /// identifier also names a folder under `inbox/` and `outbox/`).
+    pub fn new(raw: &str) -> Option<MerchantId> {
+        let ok = !raw.is_empty()
+            && raw.chars().count() <= 50
+            && raw != "."
+            && raw != ".."
+            && !raw.chars().any(|c| c.is_control() || c == '/' || c == '\\');
+        ok.then(|| MerchantId(raw.to_owned()))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MerchantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Amazon's order identifier, three groups of word characters: `\w{3}-\w{7}-\w{7}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AmazonOrderId(String);
+
+impl AmazonOrderId {
+    /// Accepts the 3-7-7 pattern of the schema (ASCII letters, digits and `_`).
+    pub fn new(raw: &str) -> Option<AmazonOrderId> {
+        let groups: Vec<&str> = raw.split('-').collect();
+        let ok = groups.len() == 3
+            && groups[0].len() == 3
+            && groups[1].len() == 7
+            && groups[2].len() == 7
+            && groups
+                .iter()
+                .all(|g| g.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+        ok.then(|| AmazonOrderId(raw.to_owned()))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AmazonOrderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Amazon's order item code. The 2012 schema says 14 digits; newer orders carry 15, so we
+/// accept both (a documented deviation, see `schemas/amzn-base.xsd`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderItemCode(String);
+
+impl OrderItemCode {
+    /// Accepts exactly 14 or 15 ASCII digits.
+    pub fn new(raw: &str) -> Option<OrderItemCode> {
+        let ok = (raw.len() == 14 || raw.len() == 15) && raw.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| OrderItemCode(raw.to_owned()))
+    }
+
+    /// The code as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OrderItemCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A seller-chosen identifier (`MerchantOrderID`, `MerchantOrderItemID`,
+/// `MerchantAdjustmentItemID`, SKU): a normalized string of at most 50 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SellerId(String);
+
+impl SellerId {
+    /// Accepts 1 to 50 characters with no tab, carriage return or line feed (the schema's
+    /// `normalizedString`).
+    pub fn new(raw: &str) -> Option<SellerId> {
+        let ok = !raw.is_empty()
+            && raw.chars().count() <= 50
+            && !raw.chars().any(|c| matches!(c, '\t' | '\r' | '\n'));
+        ok.then(|| SellerId(raw.to_owned()))
+    }
+
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SellerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `MessageID`: a positive integer of at most 20 digits (`IDNumber`); 0 is reserved for
+/// feed-level results in reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(u64);
+
+impl MessageId {
+    /// The id used in reports for results that concern the whole feed.
+    pub const FEED: MessageId = MessageId(0);
+
+    /// Accepts 1 ..= u64::MAX. (`IDNumber` allows 20 digits; values above u64::MAX are
+    /// rejected by `validate` with a clear message.)
+    pub fn new(value: u64) -> Option<MessageId> {
+        (value > 0).then_some(MessageId(value))
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A positive unit count (`xs:positiveInteger`, bounded to `u32` in practice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// Accepts 1 ..= u32::MAX.
+    pub fn new(value: u32) -> Option<Quantity> {
+        (value > 0).then_some(Quantity(value))
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// An ISO 4217 currency with its minor-unit exponent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Currency {
+    code: [u8; 3],
+    exponent: u8,
+}
+
+/// ISO 4217 active codes with their minor-unit exponent (the "E" column). Checked against
+/// several independent lists; the ones with exponent 0, 3 and 4 are the ones that matter.
+const CURRENCIES: &[(&str, u8)] = &[
+    ("AED", 2), ("AFN", 2), ("ALL", 2), ("AMD", 2), ("ANG", 2), ("AOA", 2), ("ARS", 2),
+    ("AUD", 2), ("AWG", 2), ("AZN", 2), ("BAM", 2), ("BBD", 2), ("BDT", 2), ("BGN", 2),
+    ("BHD", 3), ("BIF", 0), ("BMD", 2), ("BND", 2), ("BOB", 2), ("BRL", 2), ("BSD", 2),
+    ("BTN", 2), ("BWP", 2), ("BYN", 2), ("BZD", 2), ("CAD", 2), ("CDF", 2), ("CHF", 2),
+    ("CLF", 4), ("CLP", 0), ("CNY", 2), ("COP", 2), ("CRC", 2), ("CUP", 2), ("CVE", 2),
+    ("CZK", 2), ("DJF", 0), ("DKK", 2), ("DOP", 2), ("DZD", 2), ("EGP", 2), ("ERN", 2),
+    ("ETB", 2), ("EUR", 2), ("FJD", 2), ("FKP", 2), ("GBP", 2), ("GEL", 2), ("GHS", 2),
+    ("GIP", 2), ("GMD", 2), ("GNF", 0), ("GTQ", 2), ("GYD", 2), ("HKD", 2), ("HNL", 2),
+    ("HTG", 2), ("HUF", 2), ("IDR", 2), ("ILS", 2), ("INR", 2), ("IQD", 3), ("IRR", 2),
+    ("ISK", 0), ("JMD", 2), ("JOD", 3), ("JPY", 0), ("KES", 2), ("KGS", 2), ("KHR", 2),
+    ("KMF", 0), ("KPW", 2), ("KRW", 0), ("KWD", 3), ("KYD", 2), ("KZT", 2), ("LAK", 2),
+    ("LBP", 2), ("LKR", 2), ("LRD", 2), ("LSL", 2), ("LYD", 3), ("MAD", 2), ("MDL", 2),
+    ("MGA", 2), ("MKD", 2), ("MMK", 2), ("MNT", 2), ("MOP", 2), ("MRU", 2), ("MUR", 2),
+    ("MVR", 2), ("MWK", 2), ("MXN", 2), ("MYR", 2), ("MZN", 2), ("NAD", 2), ("NGN", 2),
+    ("NIO", 2), ("NOK", 2), ("NPR", 2), ("NZD", 2), ("OMR", 3), ("PAB", 2), ("PEN", 2),
+    ("PGK", 2), ("PHP", 2), ("PKR", 2), ("PLN", 2), ("PYG", 0), ("QAR", 2), ("RON", 2),
+    ("RSD", 2), ("RUB", 2), ("RWF", 0), ("SAR", 2), ("SBD", 2), ("SCR", 2), ("SDG", 2),
+    ("SEK", 2), ("SGD", 2), ("SHP", 2), ("SLE", 2), ("SOS", 2), ("SRD", 2), ("SSP", 2),
+    ("STN", 2), ("SVC", 2), ("SYP", 2), ("SZL", 2), ("THB", 2), ("TJS", 2), ("TMT", 2),
+    ("TND", 3), ("TOP", 2), ("TRY", 2), ("TTD", 2), ("TWD", 2), ("TZS", 2), ("UAH", 2),
+    ("UGX", 0), ("USD", 2), ("UYI", 0), ("UYU", 2), ("UYW", 4), ("UZS", 2), ("VES", 2),
+    ("VND", 0), ("VUV", 0), ("WST", 2), ("XAF", 0), ("XCD", 2), ("XOF", 0), ("XPF", 0),
+    ("YER", 2), ("ZAR", 2), ("ZMW", 2), ("ZWG", 2),
+];
+
+impl Currency {
+    /// Looks up an ISO 4217 code (upper case, exactly as in the feed).
+    pub fn from_code(code: &str) -> Option<Currency> {
+        CURRENCIES
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(c, exponent)| {
+                let b = c.as_bytes();
+                Currency { code: [b[0], b[1], b[2]], exponent: *exponent }
+            })
+    }
+
+    /// The three-letter code.
+    pub fn code(&self) -> &str {
+        // The bytes come from the ASCII table above.
+        std::str::from_utf8(&self.code).unwrap_or("???")
+    }
+
+    /// Number of fraction digits of the minor unit (JPY 0, USD 2, KWD 3, CLF 4).
+    pub fn exponent(&self) -> u32 {
+        u32::from(self.exponent)
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A signed decimal amount exactly as written in the feed (`BaseCurrencyAmount`), before
+/// it is tied to a currency. Never a float.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Amount(Decimal);
+
+/// Why a decimal string is not an [`Amount`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AmountError {
+    /// Not `[+-]?digits[.digits]` (exponents, separators, empty and the like).
+    Format,
+    /// More than 20 integer digits or more significant digits than can be held exactly.
+    TooLarge,
+}
+
+impl Amount {
+    /// Parses the XSD decimal lexical form after whitespace collapse: optional sign, digits,
+    /// optional fraction. Trailing fraction zeros are kept out of the value's precision, so
+    /// `3.900000` equals `3.90`. Rejects rather than rounds anything it cannot hold exactly.
+    ///
+    /// # Errors
+    /// [`AmountError::Format`] for bad syntax, [`AmountError::TooLarge`] when the value does
+    /// not fit exactly.
+    pub fn parse(raw: &str) -> Result<Amount, AmountError> {
+        let s = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
+        let (negative, unsigned) = match s.as_bytes().first() {
+            Some(b'-') => (true, &s[1..]),
+            Some(b'+') => (false, &s[1..]),
+            _ => (false, s),
+        };
+        let (int_part, frac_part) = match unsigned.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (unsigned, ""),
+        };
+        if (int_part.is_empty() && frac_part.is_empty())
+            || !int_part.bytes().all(|b| b.is_ascii_digit())
+            || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(AmountError::Format);
+        }
+        let int_digits = int_part.trim_start_matches('0');
+        let frac_digits = frac_part.trim_end_matches('0');
+        if int_digits.len() > 20 || int_digits.len() + frac_digits.len() > 28 {
+            return Err(AmountError::TooLarge);
+        }
+        let mut mantissa: i128 = 0;
+        for b in int_digits.bytes().chain(frac_digits.bytes()) {
+            mantissa = mantissa * 10 + i128::from(b - b'0');
+        }
+        if negative {
+            mantissa = -mantissa;
+        }
+        let scale = u32::try_from(frac_digits.len()).map_err(|_| AmountError::TooLarge)?;
+        Decimal::try_from_i128_with_scale(mantissa, scale)
+            .map(Amount)
+            .map_err(|_| AmountError::TooLarge)
+    }
+
+    /// Builds an amount from integer minor units of a currency.
+    pub fn from_minor(minor: i64, currency: Currency) -> Amount {
+        Amount(Decimal::new(minor, currency.exponent()).normalize())
+    }
+
+    /// The exact decimal value.
+    pub fn value(self) -> Decimal {
+        self.0
+    }
+
+    /// Number of significant fraction digits (trailing zeros do not count).
+    pub fn fraction_digits(self) -> u32 {
+        self.0.normalize().scale()
+    }
+
+    /// True for values below zero.
+    pub fn is_negative(self) -> bool {
+        self.0.is_sign_negative() && !self.0.is_zero()
+    }
+
+    /// Converts to integer minor units of `currency`, or `None` when the amount has more
+    /// significant fraction digits than the currency allows (never rounds) or does not fit
+    /// in `i64` minor units.
+    pub fn to_minor(self, currency: Currency) -> Option<i64> {
+        if self.fraction_digits() > currency.exponent() {
+            return None;
+        }
+        let scaled = self
+            .0
+            .checked_mul(Decimal::from(10_i64.checked_pow(currency.exponent())?))?;
+        i64::try_from(scaled.normalize()).ok()
+    }
+}
+
+impl fmt::Display for Amount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.normalize())
+    }
+}
+
+/// Formats integer minor units as a decimal string with exactly the currency's fraction
+/// digits (`1234` USD → `"12.34"`, `-5` USD → `"-0.05"`, `999` JPY → `"999"`).
+pub fn format_minor(minor: i64, currency: Currency) -> String {
+    let exponent = currency.exponent();
+    if exponent == 0 {
+        return minor.to_string();
+    }
+    let divisor = 10_u64.pow(exponent);
+    let magnitude = minor.unsigned_abs();
+    let sign = if minor < 0 { "-" } else { "" };
+    format!(
+        "{sign}{}.{:0width$}",
+        magnitude / divisor,
+        magnitude % divisor,
+        width = exponent as usize
+    )
+}
+
+/// How a component of an adjustment is bounded by the engine and the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ComponentClass {
+    /// Something the buyer was charged for (Principal, Tax, Shipping, ...): an adjustment
+    /// amount is a refund, never negative, and cumulatively at most what was charged.
+    Charge,
+    /// A charge to the buyer made by the adjustment (RestockingFee, RestockingFeeTax,
+    /// ReturnShipping): negative; positive only to reverse an earlier fee, so the running
+    /// total never goes above zero.
+    Fee,
+    /// A concession beyond what was charged (Goodwill, Other, FreeReplacementReturnShipping):
+    /// never negative; not bounded by a charged amount.
+    Concession,
+    /// Reversal of a promotion discount (PromotionAdjustments): negative, cumulatively at
+    /// most the discount the buyer received.
+    Promotion,
+}
+
+macro_rules! name_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $(#[doc = $text] $variant),+ }
+
+        impl $name {
+            /// Every value, in schema order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name exactly as in the feed.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<$name, ()> {
+                match s { $($text => Ok($name::$variant),)+ _ => Err(()) }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+name_enum! {
+    /// `AdjustmentReason`: the 18 values of rev #12 (rev #11 has the first 16).
+    AdjustmentReason {
+        NoInventory = "NoInventory",
+        CustomerReturn = "CustomerReturn",
+        GeneralAdjustment = "GeneralAdjustment",
+        CouldNotShip = "CouldNotShip",
+        DifferentItem = "DifferentItem",
+        Abandoned = "Abandoned",
+        CustomerCancel = "CustomerCancel",
+        PriceError = "PriceError",
+        ProductOutofStock = "ProductOutofStock",
+        CustomerAddressIncorrect = "CustomerAddressIncorrect",
+        Exchange = "Exchange",
+        Other = "Other",
+        CarrierCreditDecision = "CarrierCreditDecision",
+        RiskAssessmentInformationNotValid = "RiskAssessmentInformationNotValid",
+        CarrierCoverageFailure = "CarrierCoverageFailure",
+        TransactionRecord = "TransactionRecord",
+        Undeliverable = "Undeliverable",
+        RefusedDelivery = "RefusedDelivery",
+    }
+}
+
+impl AdjustmentReason {
+    /// Only these two reasons may carry `QuantityCancelled`.
+    pub fn allows_cancellation(self) -> bool {
+        matches!(self, AdjustmentReason::NoInventory | AdjustmentReason::CustomerCancel)
+    }
+}
+
+name_enum! {
+    /// `ItemPriceAdjustments/Component/Type`: the 16 values of rev #12 plus `CODFee` from
+    /// rev #11's `BuyerPrice`.
+    PriceComponent {
+        Principal = "Principal",
+        Shipping = "Shipping",
+        CODFee = "CODFee",
+        Tax = "Tax",
+        ShippingTax = "ShippingTax",
+        RestockingFee = "RestockingFee",
+        RestockingFeeTax = "RestockingFeeTax",
+        GiftWrap = "GiftWrap",
+        GiftWrapTax = "GiftWrapTax",
+        Surcharge = "Surcharge",
+        ReturnShipping = "ReturnShipping",
+        Goodwill = "Goodwill",
+        ExportCharge = "ExportCharge",
+        COD = "COD",
+        CODTax = "CODTax",
+        Other = "Other",
+        FreeReplacementReturnShipping = "FreeReplacementReturnShipping",
+    }
+}
+
+impl PriceComponent {
+    /// How the engine and the store bound this component.
+    pub fn class(self) -> ComponentClass {
+        use PriceComponent as P;
+        match self {
+            P::RestockingFee | P::RestockingFeeTax | P::ReturnShipping => ComponentClass::Fee,
+            P::Goodwill | P::Other | P::FreeReplacementReturnShipping => ComponentClass::Concession,
+            _ => ComponentClass::Charge,
+        }
+    }
+
+    /// Fees that count against the restocking-fee limit (a share of the Principal refunded
+    /// in the same item).
+    pub fn is_restocking_fee(self) -> bool {
+        matches!(self, PriceComponent::RestockingFee | PriceComponent::RestockingFeeTax)
+    }
+}
+
+name_enum! {
+    /// `PromotionAdjustments/Component/Type` (`PromotionApplicationType`).
+    PromotionComponent {
+        Principal = "Principal",
+        Shipping = "Shipping",
+    }
+}
+
+/// Where an adjustment amount goes: one of the price components, or the reversal of a
+/// promotion discount. The store names them `Principal` … and `Promotion:Principal`,
+/// `Promotion:Shipping`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// An `ItemPriceAdjustments` component.
+    Price(PriceComponent),
+    /// A `PromotionAdjustments` component.
+    Promotion(PromotionComponent),
+}
+
+impl Component {
+    /// The bounding class of this component.
+    pub fn class(self) -> ComponentClass {
+        match self {
+            Component::Price(price) => price.class(),
+            Component::Promotion(_) => ComponentClass::Promotion,
+        }
+    }
+
+    /// The stable name used in the store, the JSON outputs and the reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Price(price) => price.as_str(),
+            Component::Promotion(PromotionComponent::Principal) => "Promotion:Principal",
+            Component::Promotion(PromotionComponent::Shipping) => "Promotion:Shipping",
+        }
+    }
+
+    /// Inverse of [`Component::name`].
+    pub fn from_name(name: &str) -> Option<Component> {
+        match name.strip_prefix("Promotion:") {
+            Some(promo) => promo.parse().ok().map(Component::Promotion),
+            None => name.parse().ok().map(Component::Price),
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+name_enum! {
+    /// `ActionType` (rev #12 only).
+    ActionType {
+        Refund = "Refund",
+        Cancel = "Cancel",
+    }
+}
+
+name_enum! {
+    /// Who fulfils the order: the merchant (MFN) or Amazon (AFN). Sellers cannot refund AFN
+    /// orders through the feed.
+    FulfillmentChannel {
+        Merchant = "MFN",
+        Amazon = "AFN",
+    }
+}
+
+/// How a message names its order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OrderRef {
+    /// `AmazonOrderID`.
+    Amazon(AmazonOrderId),
+    /// `MerchantOrderID`, resolvable when the order report supplied it.
+    Merchant(SellerId),
+}
+
+impl fmt::Display for OrderRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OrderRef::Amazon(id) => write!(f, "AmazonOrderID {id}"),
+            OrderRef::Merchant(id) => write!(f, "MerchantOrderID {id}"),
+        }
+    }
+}
+
+/// How an adjusted item names its order item.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ItemRef {
+    /// `AmazonOrderItemCode`.
+    Amazon(OrderItemCode),
+    /// `MerchantOrderItemID`.
+    Merchant(SellerId),
+}
+
+impl fmt::Display for ItemRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemRef::Amazon(code) => write!(f, "AmazonOrderItemCode {code}"),
+            ItemRef::Merchant(id) => write!(f, "MerchantOrderItemID {id}"),
+        }
+    }
+}
+
+/// Where something is in the feed file: 1-based line and column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Position {
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column, counted in characters.
+    pub column: u32,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// The envelope header of a feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedHeader {
+    /// `Header/DocumentVersion`, e.g. `1.01`.
+    pub document_version: String,
+    /// `Header/MerchantIdentifier`: whose orders this feed may touch.
+    pub merchant: MerchantId,
+}
+
+/// One amount of an adjusted item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ComponentAmount {
+    /// Which component.
+    pub component: Component,
+    /// Signed amount: positive is money back to the buyer, negative a charge.
+    pub amount: Amount,
+    /// Where the `Amount` element starts.
+    pub position: Position,
+}
+
+/// A validated `AdjustedItem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustedItem {
+    /// The order item.
+    pub item: ItemRef,
+    /// `MerchantAdjustmentItemID`: the seller's idempotency key, unique per merchant.
+    pub key: Option<SellerId>,
+    /// `AdjustmentReason`.
+    pub reason: AdjustmentReason,
+    /// Price and promotion amounts, at most one per component, in document order.
+    pub amounts: Vec<ComponentAmount>,
+    /// `DirectPaymentAdjustments` (free-form COD component types): recorded, not bounded.
+    pub direct_payments: Vec<(String, Amount)>,
+    /// `QuantityCancelled`.
+    pub quantity_cancelled: Option<Quantity>,
+    /// `Quantity` (rev #12): units the refund concerns.
+    pub quantity: Option<Quantity>,
+    /// Where the `AdjustedItem` element starts.
+    pub position: Position,
+}
+
+/// A validated `Message` holding an `OrderAdjustment`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdjustmentMessage {
+    /// `MessageID`.
+    pub message_id: MessageId,
+    /// The order.
+    pub order: OrderRef,
+    /// `ActionType`, when given.
+    pub action: Option<ActionType>,
+    /// The currency all amounts of the message declared, `None` when no `currency` attribute
+    /// was given (rev #12 makes it optional: the order's currency applies).
+    pub currency: Option<Currency>,
+    /// At least one item.
+    pub items: Vec<AdjustedItem>,
+    /// Where the `Message` element starts.
+    pub position: Position,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amount_parsing_is_exact_and_never_rounds() {
+        let usd = Currency::from_code("USD").expect("USD is in the table");
+        let jpy = Currency::from_code("JPY").expect("JPY is in the table");
+        let kwd = Currency::from_code("KWD").expect("KWD is in the table");
+        let parse = |s: &str| Amount::parse(s).expect(s);
+        assert_eq!(parse("10.00").to_minor(usd), Some(1000));
+        assert_eq!(parse("3.900000").to_minor(usd), Some(390));
+        assert_eq!(parse(" -4.00 ").to_minor(usd), Some(-400));
+        assert_eq!(parse("+10").to_minor(usd), Some(1000));
+        assert_eq!(parse("10.005").to_minor(usd), None);
+        assert_eq!(parse("999").to_minor(jpy), Some(999));
+        assert_eq!(parse("999.00").to_minor(jpy), Some(999));
+        assert_eq!(parse("999.5").to_minor(jpy), None);
+        assert_eq!(parse("1.234").to_minor(kwd), Some(1234));
+        assert_eq!(parse(".5").to_minor(usd), Some(50));
+        assert_eq!(Amount::parse("1,000.00"), Err(AmountError::Format));
+        assert_eq!(Amount::parse("1e3"), Err(AmountError::Format));
+        assert_eq!(Amount::parse(""), Err(AmountError::Format));
+        assert_eq!(Amount::parse("-"), Err(AmountError::Format));
+        assert_eq!(Amount::parse("."), Err(AmountError::Format));
+        assert_eq!(Amount::parse("123456789012345678901"), Err(AmountError::TooLarge));
+        assert!(Amount::parse("12345678901234567890").is_ok());
+    }
+
+    #[test]
+    fn minor_units_format_with_the_currency_exponent() {
+        let usd = Currency::from_code("USD").expect("USD");
+        let jpy = Currency::from_code("JPY").expect("JPY");
+        let clf = Currency::from_code("CLF").expect("CLF");
+        assert_eq!(format_minor(1234, usd), "12.34");
+        assert_eq!(format_minor(-5, usd), "-0.05");
+        assert_eq!(format_minor(0, usd), "0.00");
+        assert_eq!(format_minor(999, jpy), "999");
+        assert_eq!(format_minor(10001, clf), "1.0001");
+        assert_eq!(format_minor(i64::MIN, usd), "-92233720368547758.08");
+    }
+
+    #[test]
+    fn identifiers_follow_the_schema_patterns() {
+        assert!(AmazonOrderId::new("123-1234567-1234567").is_some());
+        assert!(AmazonOrderId::new("A2_-1234567-1234567").is_some());
+        assert!(AmazonOrderId::new("123-123456-1234567").is_none());
+        assert!(AmazonOrderId::new("123-1234567-1234567-").is_none());
+        assert!(OrderItemCode::new("12345678901234").is_some());
+        assert!(OrderItemCode::new("123456789012345").is_some());
+        assert!(OrderItemCode::new("1234567890123").is_none());
+        assert!(OrderItemCode::new("1234567890123a").is_none());
+        assert!(MerchantId::new("../evil").is_none());
+        assert!(MerchantId::new("M_1").is_some());
+    }
+
+    #[test]
+    fn component_names_round_trip() {
+        for price in PriceComponent::ALL {
+            let component = Component::Price(*price);
+            assert_eq!(Component::from_name(component.name()), Some(component));
+        }
+        for promo in PromotionComponent::ALL {
+            let component = Component::Promotion(*promo);
+            assert_eq!(Component::from_name(component.name()), Some(component));
+        }
+        assert_eq!(Component::from_name("Bogus"), None);
+    }
+}

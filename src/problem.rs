@@ -1,0 +1,266 @@
+//! The result-code table and the `Problem` value every layer reports bad input with.
+//!
+//! This is the one table of result codes in the code (`docs/result-codes.md` is its
+//! documentation and a test keeps the two in step). Amazon's numbers are reused where
+//! Amazon has one (5000, 5005, 6001, 18015, 18016, 18028); our own codes live in the
+//! 90000 range so they can never be mistaken for Amazon's. Problems are values, not
+//! errors: validation and the engine collect them, the report renders them.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{MessageId, Position};
+
+/// Whether a result fails the message (or feed) or only warns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Severity {
+    /// The message (or, at feed level, the whole feed) is not applied.
+    Error,
+    /// Applied or harmless; the seller should still look.
+    Warning,
+}
+
+impl Severity {
+    /// `Error` or `Warning`, as in `ResultCode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Error => "Error",
+            Severity::Warning => "Warning",
+        }
+    }
+}
+
+/// Whether a result concerns the whole feed (nothing applied, MessageID 0) or one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Scope {
+    /// The feed is rejected as a whole.
+    Feed,
+    /// Only the message is affected.
+    Message,
+}
+
+macro_rules! codes {
+    ($( $variant:ident = ($number:literal, $name:literal, $severity:ident, $scope:ident, $summary:literal) ),+ $(,)?) => {
+        /// Every result adjustd can report. See `docs/result-codes.md`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Code { $(#[doc = $summary] $variant),+ }
+
+        impl Code {
+            /// Every code, in table order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant),+];
+
+            /// The `ResultMessageCode` number.
+            pub fn number(self) -> u32 {
+                match self { $(Code::$variant => $number),+ }
+            }
+
+            /// The stable symbolic name (metric label, JSON `code_name`).
+            pub fn name(self) -> &'static str {
+                match self { $(Code::$variant => $name),+ }
+            }
+
+            /// Error or warning.
+            pub fn severity(self) -> Severity {
+                match self { $(Code::$variant => Severity::$severity),+ }
+            }
+
+            /// Feed-level or message-level.
+            pub fn scope(self) -> Scope {
+                match self { $(Code::$variant => Scope::$scope),+ }
+            }
+
+            /// One line saying what the code means.
+            pub fn summary(self) -> &'static str {
+                match self { $(Code::$variant => $summary),+ }
+            }
+        }
+    };
+}
+
+codes! {
+    // Feed level: the whole feed is rejected and nothing is applied.
+    MalformedXml = (6001, "MALFORMED_XML", Error, Feed,
+        "the file is not well-formed XML"),
+    Truncated = (90001, "TRUNCATED", Error, Feed,
+        "the file ends before the root element closes (an upload that never completed)"),
+    DtdForbidden = (90002, "DTD_FORBIDDEN", Error, Feed,
+        "DOCTYPE or entity declarations are not accepted"),
+    UnsupportedEncoding = (90003, "UNSUPPORTED_ENCODING", Error, Feed,
+        "the file is not UTF-8"),
+    LimitExceeded = (90004, "LIMIT_EXCEEDED", Error, Feed,
+        "a configured limit (file size, depth, text length, message count) was exceeded"),
+    EnvelopeInvalid = (90005, "ENVELOPE_INVALID", Error, Feed,
+        "the AmazonEnvelope or its Header is missing, misplaced or invalid"),
+    WrongMessageType = (90006, "WRONG_MESSAGE_TYPE", Error, Feed,
+        "MessageType is not OrderAdjustment"),
+    MerchantNotAllowed = (5005, "MERCHANT_NOT_ALLOWED", Error, Feed,
+        "the feed's MerchantIdentifier may not be used from this inbox"),
+    DuplicateFeed = (90007, "DUPLICATE_FEED", Warning, Feed,
+        "the same bytes were already processed for this merchant; nothing applied again"),
+    // Message level, found without the store.
+    SchemaInvalid = (5000, "SCHEMA_INVALID", Error, Message,
+        "an element is missing, unexpected, out of order or has an invalid value"),
+    UnknownAdjustmentReason = (90101, "UNKNOWN_ADJUSTMENT_REASON", Error, Message,
+        "AdjustmentReason is not one of the 18 schema values"),
+    UnknownComponentType = (90102, "UNKNOWN_COMPONENT_TYPE", Error, Message,
+        "a Component Type is not one of the schema values"),
+    AmountFormat = (90103, "AMOUNT_FORMAT", Error, Message,
+        "an Amount is not a plain decimal number with at most 20 integer digits"),
+    AmountPrecision = (90104, "AMOUNT_PRECISION", Error, Message,
+        "an Amount has more fraction digits than its currency allows"),
+    QuantityInvalid = (90105, "QUANTITY_INVALID", Error, Message,
+        "QuantityCancelled or Quantity is not a positive integer"),
+    CurrencyUnknown = (90106, "CURRENCY_UNKNOWN", Error, Message,
+        "a currency attribute is not an ISO 4217 code"),
+    CurrencyMismatch = (90107, "CURRENCY_MISMATCH", Error, Message,
+        "amounts of one message use different currencies, or not the order's currency"),
+    DuplicateMessageId = (90108, "DUPLICATE_MESSAGE_ID", Error, Message,
+        "the MessageID was already used earlier in this feed"),
+    DuplicateComponent = (90109, "DUPLICATE_COMPONENT", Error, Message,
+        "the same component type appears twice in one adjusted item"),
+    CancelReasonInvalid = (90110, "CANCEL_REASON_INVALID", Error, Message,
+        "QuantityCancelled is only allowed with reason NoInventory or CustomerCancel"),
+    CancelWithoutQuantity = (90111, "CANCEL_WITHOUT_QUANTITY", Error, Message,
+        "ActionType Cancel needs QuantityCancelled on every adjusted item"),
+    NegativeRefundComponent = (18015, "NEGATIVE_REFUND_COMPONENT", Error, Message,
+        "a refund component (Principal, Tax, ShippingTax, ...) or promotion reversal has the wrong sign"),
+    RestockingFeeExceedsLimit = (90112, "RESTOCKING_FEE_EXCEEDS_LIMIT", Error, Message,
+        "the restocking fee is larger than the allowed share of the Principal refunded"),
+    NetNotCredit = (90113, "NET_NOT_CREDIT", Error, Message,
+        "the net of an adjusted item is not a credit to the buyer (sum of amounts <= 0)"),
+    // Message level, found against the store (engine).
+    DuplicateAdjustment = (5000, "DUPLICATE_ADJUSTMENT", Warning, Message,
+        "identical to an adjustment already applied under the same MerchantAdjustmentItemID; not applied again"),
+    IdempotencyConflict = (90201, "IDEMPOTENCY_CONFLICT", Error, Message,
+        "a MerchantAdjustmentItemID was already used with different content"),
+    OrderNotFound = (18028, "ORDER_NOT_FOUND", Error, Message,
+        "the order does not exist for this merchant"),
+    ItemNotInOrder = (90202, "ITEM_NOT_IN_ORDER", Error, Message,
+        "the order item does not belong to the order"),
+    OrderNotAdjustable = (90203, "ORDER_NOT_ADJUSTABLE", Error, Message,
+        "the order is fulfilled by Amazon (AFN) and cannot be refunded by the seller"),
+    PositiveChargeComponent = (90204, "POSITIVE_CHARGE_COMPONENT", Error, Message,
+        "a fee component is positive but there is no earlier fee to reverse"),
+    CancelExceedsUnshipped = (90205, "CANCEL_EXCEEDS_UNSHIPPED", Error, Message,
+        "QuantityCancelled is more than ordered - shipped - already cancelled"),
+    QuantityExceedsShipped = (90206, "QUANTITY_EXCEEDS_SHIPPED", Error, Message,
+        "Quantity is more than the units shipped"),
+    ComponentExceedsRemaining = (18016, "COMPONENT_EXCEEDS_REMAINING", Error, Message,
+        "the refund for a component is more than what remains refundable"),
+    LinkedItemFailed = (90207, "LINKED_ITEM_FAILED", Error, Message,
+        "another adjusted item of the same message failed, so this one was not applied either"),
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.number(), self.name())
+    }
+}
+
+/// One thing wrong with (or worth noting about) a feed or a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// What kind of problem.
+    pub code: Code,
+    /// The message, or [`MessageId::FEED`] for feed-level problems.
+    pub message_id: MessageId,
+    /// Element path, e.g. `Message/OrderAdjustment/AdjustedItem[2]/ItemPriceAdjustments/Component[1]/Amount`.
+    pub element: String,
+    /// Where in the file, when known.
+    pub position: Option<Position>,
+    /// What is wrong, in words a seller can act on: the facts (requested, remaining, ...).
+    pub description: String,
+    /// How to fix it.
+    pub fix: String,
+    /// `AmazonOrderID`, when known.
+    pub amazon_order_id: Option<String>,
+    /// `AmazonOrderItemCode`, when known.
+    pub amazon_order_item_code: Option<String>,
+}
+
+impl Problem {
+    /// A problem with the minimum facts; add the order facts with the builder methods.
+    pub fn new(
+        code: Code,
+        message_id: MessageId,
+        element: impl Into<String>,
+        position: Option<Position>,
+        description: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            code,
+            message_id,
+            element: element.into(),
+            position,
+            description: description.into(),
+            fix: fix.into(),
+            amazon_order_id: None,
+            amazon_order_item_code: None,
+        }
+    }
+
+    /// Attaches the order id.
+    pub fn with_order(mut self, amazon_order_id: Option<String>) -> Problem {
+        self.amazon_order_id = amazon_order_id;
+        self
+    }
+
+    /// Attaches the order item code.
+    pub fn with_item(mut self, amazon_order_item_code: Option<String>) -> Problem {
+        self.amazon_order_item_code = amazon_order_item_code;
+        self
+    }
+
+    /// True when this problem fails what it concerns.
+    pub fn is_error(&self) -> bool {
+        self.code.severity() == Severity::Error
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "message {}", self.message_id)?;
+        if let Some(position) = self.position {
+            write!(f, " at {position}")?;
+        }
+        write!(
+            f,
+            ": {} {} ({}) in {}: {}",
+            self.code.severity().as_str().to_lowercase(),
+            self.code.number(),
+            self.code.name(),
+            self.element,
+            self.description
+        )?;
+        if !self.fix.is_empty() {
+            write!(f, "; fix: {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = Code::ALL.iter().map(|c| c.name()).collect();
+        names.sort_unstable();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len());
+    }
+
+    #[test]
+    fn numbers_are_unique_except_amazons_5000() {
+        let mut seen = std::collections::HashMap::new();
+        for code in Code::ALL {
+            if let Some(other) = seen.insert(code.number(), *code) {
+                assert_eq!(code.number(), 5000, "{code:?} and {other:?} share a number");
+            }
+        }
+    }
+}

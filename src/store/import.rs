@@ -1,0 +1,1 @@
+//! Parsing Amazon's tab-separated order reports into [`crate::store::OrderRow`]s.

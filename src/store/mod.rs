@@ -1,0 +1,392 @@
+//! The order store: a small trait, the SQLite backend (embedded default) and the PostgreSQL
+//! backend (several instances), with versioned migrations and CHECK constraints that make
+//! the refund invariants impossible to break even by a bug in the engine.
+//!
+//! The store knows SQL and nothing about XML. One feed is one transaction
+//! ([`FeedTx`]): load what the engine needs, apply its changes, commit the feed record.
+
+pub mod import;
+pub mod postgres;
+pub mod sqlite;
+
+use serde::Serialize;
+
+use crate::engine::{Change, Needs, Snapshot};
+use crate::model::{
+    Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, AmazonOrderId, SellerId,
+};
+
+/// Errors of the store. The daemon's retry policy looks only at [`StoreError::is_transient`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached or the connection broke; retry later.
+    #[error("database unavailable: {detail}")]
+    Unavailable {
+        /// What the driver said.
+        detail: String,
+    },
+    /// A serialization failure, deadlock or busy database; retry the whole feed.
+    #[error("transaction conflict: {detail}")]
+    Conflict {
+        /// What the driver said.
+        detail: String,
+    },
+    /// Another process holds the single-writer lock of this SQLite database.
+    #[error("database {path} is locked by another adjustd process ({holder})")]
+    Locked {
+        /// The database file.
+        path: String,
+        /// Who holds the lock, as written in the lock file.
+        holder: String,
+    },
+    /// The database was written by a newer adjustd (schema version above ours).
+    #[error("database schema version {found} is newer than this adjustd supports ({supported})")]
+    SchemaTooNew {
+        /// Version in the database.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// The request would break a store invariant (a CHECK or UNIQUE constraint, or bad
+    /// input such as an order report that lowers a charged amount below what was refunded).
+    #[error("{detail}")]
+    Invalid {
+        /// What is wrong, naming the order, item and column.
+        detail: String,
+    },
+    /// Any other database error.
+    #[error("database error: {detail}")]
+    Other {
+        /// What the driver said.
+        detail: String,
+    },
+}
+
+impl StoreError {
+    /// True for errors where retrying the same work later can succeed (connection loss,
+    /// serialization failure, deadlock, busy). The daemon keeps the file and retries.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Conflict { .. })
+    }
+}
+
+/// Final status of a feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum FeedStatus {
+    /// Processed: messages applied or rejected one by one.
+    Complete,
+    /// Rejected as a whole: nothing applied.
+    Rejected,
+}
+
+impl FeedStatus {
+    /// `Complete` or `Rejected`, as in the ProcessingReport `StatusCode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedStatus::Complete => "Complete",
+            FeedStatus::Rejected => "Rejected",
+        }
+    }
+}
+
+/// The start of a feed record, written when its transaction begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFeed {
+    /// The merchant the feed speaks for (`None` when the header could not be read).
+    pub merchant: Option<MerchantId>,
+    /// The file name as dropped (no folder).
+    pub file_name: String,
+    /// Hex SHA-256 of the file's bytes.
+    pub content_hash: String,
+    /// Unique token of the claim (the name in `work/`), so a restart after a crash can tell
+    /// its own earlier attempt from a new upload of the same bytes. `None` for
+    /// `adjustd process`.
+    pub claim_token: Option<String>,
+}
+
+/// The end of a feed record, written in the same transaction as its changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedDone {
+    /// Complete or Rejected.
+    pub status: FeedStatus,
+    /// The earlier feed with the same bytes, when this one was not applied because of it.
+    pub duplicate_of: Option<u64>,
+    /// Messages processed.
+    pub messages_processed: u64,
+    /// Messages applied (warnings included).
+    pub messages_successful: u64,
+    /// Messages with an error.
+    pub messages_with_error: u64,
+    /// Messages with a warning.
+    pub messages_with_warning: u64,
+    /// The JSON report, kept so a retry after a crash can re-emit it unchanged.
+    pub report_json: String,
+}
+
+/// A committed feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedRecord {
+    /// The feed id (the report's DocumentTransactionID).
+    pub id: u64,
+    /// Merchant, when known.
+    pub merchant: Option<String>,
+    /// File name as dropped.
+    pub file_name: String,
+    /// Hex SHA-256 of the bytes.
+    pub content_hash: String,
+    /// Complete or Rejected.
+    pub status: FeedStatus,
+    /// Earlier feed with the same bytes, for duplicates.
+    pub duplicate_of: Option<u64>,
+    /// RFC 3339 UTC time of the commit.
+    pub processed_at: String,
+    /// Counts as in [`FeedDone`].
+    pub messages_processed: u64,
+    /// Messages applied.
+    pub messages_successful: u64,
+    /// Messages with an error.
+    pub messages_with_error: u64,
+    /// Messages with a warning.
+    pub messages_with_warning: u64,
+    /// The JSON report as committed.
+    #[serde(skip)]
+    pub report_json: String,
+}
+
+/// One line of an order report, parsed (see [`import`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRow {
+    /// 1-based line in the file, for messages.
+    pub line: u32,
+    /// `order-id` / `amazon-order-id`.
+    pub amazon_order_id: AmazonOrderId,
+    /// `merchant-order-id`.
+    pub merchant_order_id: Option<SellerId>,
+    /// `order-item-id`.
+    pub item_code: OrderItemCode,
+    /// `merchant-order-item-id`.
+    pub merchant_item_id: Option<SellerId>,
+    /// `purchase-date` as written.
+    pub purchase_date: Option<String>,
+    /// `sku`.
+    pub sku: String,
+    /// `quantity-purchased`.
+    pub quantity_ordered: u32,
+    /// `quantity-shipped`, when the report has it.
+    pub quantity_shipped: Option<u32>,
+    /// `currency`, when the report has it (the New Orders report does; Unshipped does not).
+    pub currency: Option<Currency>,
+    /// Charged amounts from the price columns, in minor units; empty when the report has
+    /// no price columns.
+    pub charged: Vec<(Component, i64)>,
+    /// `fulfillment-channel` (AFN/MFN; `Amazon`/`Merchant` accepted too).
+    pub channel: Option<FulfillmentChannel>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct ImportSummary {
+    /// Orders created.
+    pub orders_created: u64,
+    /// Orders already present (updated).
+    pub orders_updated: u64,
+    /// Items created.
+    pub items_created: u64,
+    /// Items already present (quantities updated).
+    pub items_updated: u64,
+}
+
+/// `orders show --json`: one order, its items and adjustments (shape fixed by DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OrderView {
+    /// Merchant.
+    pub merchant: String,
+    /// `AmazonOrderID`.
+    pub amazon_order_id: String,
+    /// `MerchantOrderID`.
+    pub merchant_order_id: Option<String>,
+    /// Currency code.
+    pub currency: String,
+    /// `MFN` or `AFN`.
+    pub fulfillment_channel: String,
+    /// Purchase date as imported.
+    pub purchase_date: Option<String>,
+    /// Items in import order.
+    pub items: Vec<ItemView>,
+    /// Applied adjustments in commit order.
+    pub adjustments: Vec<AdjustmentView>,
+}
+
+/// One item of an [`OrderView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemView {
+    /// `AmazonOrderItemCode`.
+    pub amazon_order_item_code: String,
+    /// `MerchantOrderItemID`.
+    pub merchant_order_item_id: Option<String>,
+    /// SKU.
+    pub sku: String,
+    /// Units ordered.
+    pub quantity_ordered: u32,
+    /// Units shipped.
+    pub quantity_shipped: u32,
+    /// Units cancelled.
+    pub quantity_cancelled: u32,
+    /// Charged per component, as decimal strings.
+    pub charged: std::collections::BTreeMap<String, String>,
+    /// Net signed refunded sum per component, as decimal strings.
+    pub refunded: std::collections::BTreeMap<String, String>,
+}
+
+/// One adjustment of an [`OrderView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdjustmentView {
+    /// The feed that applied it.
+    pub feed_id: u64,
+    /// Its MessageID.
+    pub message_id: u64,
+    /// `AmazonOrderItemCode`.
+    pub amazon_order_item_code: String,
+    /// `AdjustmentReason`.
+    pub reason: String,
+    /// `ActionType`, when given.
+    pub action_type: Option<String>,
+    /// Units cancelled.
+    pub quantity_cancelled: u32,
+    /// `Quantity`, when given.
+    pub quantity: Option<u32>,
+    /// `MerchantAdjustmentItemID`.
+    pub merchant_adjustment_item_id: Option<String>,
+    /// Signed amounts per component, as decimal strings.
+    pub amounts: std::collections::BTreeMap<String, String>,
+    /// RFC 3339 UTC time of the commit.
+    pub created_at: String,
+}
+
+/// Operations of an order store. Implemented by [`sqlite::SqliteStore`] and
+/// [`postgres::PgStore`]; [`AnyStore`] picks one from a URL.
+pub trait Store {
+    /// Starts the transaction of one feed and writes the start of its record.
+    ///
+    /// # Errors
+    /// Transient errors when the database is busy or away.
+    fn begin_feed(&mut self, feed: &NewFeed) -> Result<Box<dyn FeedTx + '_>, StoreError>;
+
+    /// The committed feed whose claim token is `claim_token`, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn feed_by_claim(&mut self, claim_token: &str) -> Result<Option<FeedRecord>, StoreError>;
+
+    /// The first committed, applied (not duplicate, not rejected) feed of `merchant` with
+    /// these bytes, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn feed_by_hash(
+        &mut self,
+        merchant: &MerchantId,
+        content_hash: &str,
+    ) -> Result<Option<FeedRecord>, StoreError>;
+
+    /// The most recent feeds, newest first.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn recent_feeds(&mut self, limit: u32) -> Result<Vec<FeedRecord>, StoreError>;
+
+    /// Imports an order report in one transaction: creates orders and items, updates
+    /// shipped quantities (and charged amounts when given) of existing ones. Never touches
+    /// adjustments.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the line when a row contradicts the store (other
+    /// currency, charged below refunded, ...); nothing is imported then.
+    fn import_orders(
+        &mut self,
+        merchant: &MerchantId,
+        rows: &[OrderRow],
+    ) -> Result<ImportSummary, StoreError>;
+
+    /// The orders with this `AmazonOrderID` (one per merchant that has it), optionally
+    /// only `merchant`'s.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn orders(
+        &mut self,
+        merchant: Option<&MerchantId>,
+        amazon_order_id: &str,
+    ) -> Result<Vec<OrderView>, StoreError>;
+}
+
+/// The open transaction of one feed. Dropping it without [`FeedTx::commit`] rolls back.
+pub trait FeedTx {
+    /// The feed id assigned when the transaction began.
+    fn feed_id(&self) -> u64;
+
+    /// Loads the orders and keys in `needs` (for `merchant`) into `snapshot`, locking the
+    /// order rows in the order given (PostgreSQL). Orders that do not exist are recorded as
+    /// missing; keys never used are recorded as `None`.
+    ///
+    /// # Errors
+    /// Database errors; transient ones mean "retry the whole feed".
+    fn load(
+        &mut self,
+        merchant: &MerchantId,
+        needs: &Needs,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), StoreError>;
+
+    /// Writes the changes the engine planned (adjustments, totals, key records).
+    ///
+    /// # Errors
+    /// Database errors; a CHECK violation is a bug in the engine and comes back as
+    /// [`StoreError::Invalid`].
+    fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError>;
+
+    /// Finishes the feed record and commits, durably.
+    ///
+    /// # Errors
+    /// Database errors; a unique violation on the content hash (another instance committed
+    /// the same bytes first) comes back as [`StoreError::Conflict`] so the feed is retried
+    /// and then found to be a duplicate.
+    fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError>;
+}
+
+/// A store chosen by URL: `sqlite:PATH` or `postgres://…`.
+pub enum AnyStore {
+    /// The embedded default.
+    Sqlite(sqlite::SqliteStore),
+    /// Several instances on one server.
+    Postgres(postgres::PgStore),
+}
+
+impl AnyStore {
+    /// Opens (and migrates) the store named by `url`.
+    ///
+    /// # Errors
+    /// An unknown scheme, or the backend's open errors.
+    pub fn open(url: &str) -> Result<AnyStore, StoreError> {
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            sqlite::SqliteStore::open(std::path::Path::new(path)).map(AnyStore::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            postgres::PgStore::connect(url).map(AnyStore::Postgres)
+        } else {
+            Err(StoreError::Invalid {
+                detail: format!(
+                    "unsupported store url {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
+                ),
+            })
+        }
+    }
+
+    /// The backend as a trait object.
+    pub fn as_store(&mut self) -> &mut dyn Store {
+        match self {
+            AnyStore::Sqlite(store) => store,
+            AnyStore::Postgres(store) => store,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The integration-test binary: one target, one module per area.
