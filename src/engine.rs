@@ -24,7 +24,9 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Rules {
-        Rules { restocking_fee_max_percent: 50 }
+        Rules {
+            restocking_fee_max_percent: 50,
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::engine::{Change, Needs, Snapshot};
 use crate::model::{
-    Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, AmazonOrderId, SellerId,
+    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, SellerId,
 };
 
 /// Errors of the store. The daemon's retry policy looks only at [`StoreError::is_transient`].
@@ -67,7 +67,10 @@ impl StoreError {
     /// True for errors where retrying the same work later can succeed (connection loss,
     /// serialization failure, deadlock, busy). The daemon keeps the file and retries.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. } | StoreError::Conflict { .. })
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Conflict { .. }
+        )
     }
 }
 
