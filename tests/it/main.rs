@@ -1,1 +1,3 @@
 //! The integration-test binary: one target, one module per area.
+
+mod docs;
