@@ -274,6 +274,43 @@ fn golden_xml_is_valid_against_the_envelope_schema() {
 }
 
 #[test]
+fn random_reports_validate_against_the_envelope_schema() {
+    // Hostile random text, odd merchants, malformed order facts: the report must stay valid.
+    // One xmllint run over all files keeps this fast.
+    use proptest::strategy::ValueTree;
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/amzn-envelope.xsd");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let mut files = Vec::new();
+    for index in 0..40 {
+        let mut outcome = arb_outcome()
+            .new_tree(&mut runner)
+            .expect("strategy generates")
+            .current();
+        // Feed ids come from the store and start at 1 (IDNumber is a positive integer).
+        outcome.feed_id = outcome.feed_id.max(1);
+        let file = dir.path().join(format!("random-{index}.xml"));
+        fs::write(&file, render_xml(&outcome)).expect("write");
+        files.push(file);
+    }
+    let mut args = vec![
+        "--noout".as_ref(),
+        "--nonet".as_ref(),
+        "--schema".as_ref(),
+        schema.as_os_str(),
+    ];
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let Some(output) = xmllint(&args) else {
+        return;
+    };
+    assert!(
+        output.status.success(),
+        "xmllint failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn rendered_xml_of_random_outcomes_is_well_formed_and_keeps_the_text() {
     // Random hostile text through a real XML parser: the description must come back as
     // written, minus only the characters XML cannot carry.
