@@ -555,13 +555,21 @@ fn create_folder(folder: &Path) -> io::Result<()> {
     if folder.is_dir() {
         return Ok(());
     }
+    // Folders about to be created, innermost first.
+    let missing: Vec<&Path> = folder
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+        .collect();
     fs::create_dir_all(folder)?;
-    // The new folder's own entry must be durable too, or a crash could lose the folder and
+    // Each new folder's own entry must be durable too, or a crash could lose the folder and
     // the report in it after the report's rename was synced.
-    match folder.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
-        _ => Ok(()),
+    for dir in missing {
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent)?,
+            _ => fsync_dir(Path::new("."))?,
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -571,11 +579,11 @@ mod tests {
     #[test]
     fn escapes_markup_and_drops_forbidden_characters() {
         let mut out = String::new();
-        push_escaped(&mut out, "a]]>b<c&d\"e'f\u{0}\u{1}\u{b}\u{1f}g\r\n\th\u{fffe}\u{ffff}é😀");
-        assert_eq!(
-            out,
-            "a]]&gt;b&lt;c&amp;d\"e'fg&#13;\n\th\u{e9}\u{1f600}"
+        push_escaped(
+            &mut out,
+            "a]]>b<c&d\"e'f\u{0}\u{1}\u{b}\u{1f}g\r\n\th\u{fffe}\u{ffff}é😀",
         );
+        assert_eq!(out, "a]]&gt;b&lt;c&amp;d\"e'fg&#13;\n\th\u{e9}\u{1f600}");
     }
 
     #[test]

@@ -143,16 +143,18 @@ fn golden_cases() -> Vec<(&'static str, FeedOutcome)> {
     let hostile = FeedOutcome {
         messages_processed: 1,
         messages_with_error: 1,
-        results: vec![Problem::new(
-            Code::SchemaInvalid,
-            message(1),
-            "OrderAdjustment/MerchantOrderID",
-            at(9, 3),
-            "value \"]]><script>alert('x')</script>&amp;\u{0}\u{7}\u{1b}[31m\u{fffe}\" \
+        results: vec![
+            Problem::new(
+                Code::SchemaInvalid,
+                message(1),
+                "OrderAdjustment/MerchantOrderID",
+                at(9, 3),
+                "value \"]]><script>alert('x')</script>&amp;\u{0}\u{7}\u{1b}[31m\u{fffe}\" \
              has control characters\r\nand markup",
-            "remove < & > from the value",
-        )
-        .with_order(Some("1<2-3456789-0123456".to_owned()))],
+                "remove < & > from the value",
+            )
+            .with_order(Some("1<2-3456789-0123456".to_owned())),
+        ],
         ..outcome(16, "naïve café ✓.xml", Some("M&<'\"> x"))
     };
 
@@ -478,6 +480,14 @@ fn xml_has_the_envelope_summary_and_results_in_order() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
 }
 
+/// Text that is often hostile: C0 controls, markup, `]]>`, non-characters, CR/LF, Unicode.
+fn arb_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "([\\x00-\\x1f<>&\"' a-z\u{e9}\u{1f600}\u{fffe}\u{ffff}\u{85}]|\\]\\]>|\r\n){0,30}",
+    ]
+}
+
 fn arb_code() -> impl Strategy<Value = Code> {
     prop::sample::select(Code::ALL.to_vec())
 }
@@ -486,13 +496,13 @@ fn arb_problem() -> impl Strategy<Value = Problem> {
     (
         arb_code(),
         prop_oneof![Just(0u64), any::<u64>()],
-        any::<String>(),
+        arb_text(),
         proptest::option::of((any::<u32>(), any::<u32>())),
-        any::<String>(),
-        any::<String>(),
+        arb_text(),
+        arb_text(),
         proptest::option::of(prop_oneof![
             Just("112-3456789-0123456".to_owned()),
-            any::<String>()
+            arb_text()
         ]),
         proptest::option::of(prop_oneof![
             Just("12345678901234".to_owned()),
@@ -517,12 +527,12 @@ fn arb_outcome() -> impl Strategy<Value = FeedOutcome> {
     (
         (
             any::<u64>(),
-            any::<String>(),
-            proptest::option::of("[A-Za-z0-9 &<>'\"_.-]{1,50}"),
+            arb_text(),
+            proptest::option::of("[A-Za-z0-9 &<>'\"_.\u{e9}-]{1,50}"),
             prop_oneof![Just(FeedStatus::Complete), Just(FeedStatus::Rejected)],
             proptest::option::of(any::<u64>()),
             "[0-9a-f]{64}",
-            any::<String>(),
+            arb_text(),
         ),
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
         prop::collection::vec(arb_problem(), 0..5),
@@ -574,7 +584,10 @@ fn json_has_the_documented_keys_in_order() {
     assert_eq!(value["status"], "Complete");
     assert_eq!(value["summary"]["messages_with_error"], 3);
     assert_eq!(value["results"][0]["code"], 18016);
-    assert_eq!(value["results"][0]["code_name"], "COMPONENT_EXCEEDS_REMAINING");
+    assert_eq!(
+        value["results"][0]["code_name"],
+        "COMPONENT_EXCEEDS_REMAINING"
+    );
     assert_eq!(value["results"][0]["result"], "Error");
     assert_eq!(value["results"][0]["line"], 41);
     assert_eq!(value["results"][2]["result"], "Warning");
@@ -603,7 +616,10 @@ fn parse_json_refuses_what_no_report_holds() {
     let (_, mixed) = &cases[1];
     let json = render_json(mixed);
 
-    assert!(matches!(parse_json("not json"), Err(ReportError::Syntax(_))));
+    assert!(matches!(
+        parse_json("not json"),
+        Err(ReportError::Syntax(_))
+    ));
     assert!(matches!(
         parse_json(&json.replace("\"schema_version\": 1", "\"schema_version\": 2")),
         Err(ReportError::UnsupportedVersion { found: 2 })
@@ -611,10 +627,7 @@ fn parse_json_refuses_what_no_report_holds() {
     // The number and the name must name one code (5000 is shared by two).
     let err = parse_json(&json.replace("\"code\": 18016", "\"code\": 5000"))
         .expect_err("number and name disagree");
-    assert!(
-        err.to_string().contains("results[0].code"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("results[0].code"), "{err}");
     let err = parse_json(&json.replacen("\"result\": \"Error\"", "\"result\": \"Warning\"", 1))
         .expect_err("result disagrees with the code");
     assert!(err.to_string().contains("results[0].result"), "{err}");
@@ -640,10 +653,19 @@ fn report_paths_follow_the_contract() {
     let m = merchant("A2EUQ1WTGCTBG2");
     let (xml, json) = report_paths(outbox, Some(&m), "refunds.xml", 7);
     assert_eq!(xml, outbox.join("A2EUQ1WTGCTBG2/refunds.xml.7.report.xml"));
-    assert_eq!(json, outbox.join("A2EUQ1WTGCTBG2/refunds.xml.7.report.json"));
+    assert_eq!(
+        json,
+        outbox.join("A2EUQ1WTGCTBG2/refunds.xml.7.report.json")
+    );
 
     // Odd but harmless names are kept as they are.
-    for name in ["-rf refunds.xml", "naïve café ✓.xml", "a b  c", "..", "x\\y"] {
+    for name in [
+        "-rf refunds.xml",
+        "naïve café ✓.xml",
+        "a b  c",
+        "..",
+        "x\\y",
+    ] {
         let (xml, _) = report_paths(outbox, None, name, 1);
         assert_eq!(xml.parent(), Some(outbox), "{name}");
         assert_eq!(
@@ -654,7 +676,11 @@ fn report_paths_follow_the_contract() {
     // Separators cannot walk out of the folder.
     for name in ["../escape.xml", "/etc/passwd", "a/../../b", "nul\0byte"] {
         let (xml, json) = report_paths(outbox, Some(&m), name, 3);
-        assert_eq!(xml.parent(), Some(outbox.join("A2EUQ1WTGCTBG2").as_path()), "{name}");
+        assert_eq!(
+            xml.parent(),
+            Some(outbox.join("A2EUQ1WTGCTBG2").as_path()),
+            "{name}"
+        );
         assert_eq!(json.parent(), xml.parent(), "{name}");
         assert_eq!(xml.components().count(), outbox.components().count() + 2);
     }
@@ -662,11 +688,18 @@ fn report_paths_follow_the_contract() {
     let long = "é".repeat(200);
     let (xml, json) = report_paths(outbox, None, &long, u64::MAX);
     for path in [&xml, &json] {
-        let name = path.file_name().and_then(|n| n.to_str()).expect("utf-8 name");
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name");
         assert!(name.len() <= 255, "{} bytes", name.len());
         assert!(name.starts_with("éé"));
     }
-    assert!(xml.to_str().expect("utf-8").ends_with(".18446744073709551615.report.xml"));
+    assert!(
+        xml.to_str()
+            .expect("utf-8")
+            .ends_with(".18446744073709551615.report.xml")
+    );
 }
 
 fn folder_entries(dir: &Path) -> Vec<String> {
@@ -683,7 +716,10 @@ fn write_atomic_replaces_content_and_leaves_no_temp_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let target = dir.path().join("outbox/M1/feed.xml.1.report.json");
     write_atomic(&target, b"first version, rather long\n").expect("first write");
-    assert_eq!(fs::read(&target).expect("read"), b"first version, rather long\n");
+    assert_eq!(
+        fs::read(&target).expect("read"),
+        b"first version, rather long\n"
+    );
     write_atomic(&target, b"second\n").expect("second write");
     assert_eq!(fs::read(&target).expect("read"), b"second\n");
     assert_eq!(
@@ -693,7 +729,10 @@ fn write_atomic_replaces_content_and_leaves_no_temp_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(&target).expect("metadata").permissions().mode();
+        let mode = fs::metadata(&target)
+            .expect("metadata")
+            .permissions()
+            .mode();
         assert_ne!(mode & 0o044, 0, "reports are readable by others: {mode:o}");
     }
 }
@@ -705,7 +744,10 @@ fn write_atomic_fails_cleanly_when_the_folder_cannot_exist() {
     fs::write(&blocker, "a file where the folder should be").expect("write");
     let err = write_atomic(&blocker.join("r.json"), b"x").expect_err("parent is a file");
     assert!(
-        matches!(err.kind(), std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory),
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::AlreadyExists | std::io::ErrorKind::NotADirectory
+        ),
         "{err:?}"
     );
     // A report path that is a folder: the rename fails and the temp file is removed.
