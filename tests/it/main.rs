@@ -1,3 +1,6 @@
 //! The integration-test binary: one target, one module per area.
+
 mod cli;
+mod docs;
 mod pipeline;
+mod report;
