@@ -2,5 +2,5 @@
 
 mod cli;
 mod docs;
-mod pipeline;
+// mod pipeline; (enabled once the SQLite store is merged)
 mod report;
