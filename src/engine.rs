@@ -450,6 +450,11 @@ impl<'a> Facts<'a> {
         description: String,
         fix: String,
     ) -> Problem {
+        // A problem about the whole message still names the item when there is only one.
+        let item_code = match self.item_codes.as_slice() {
+            [only] => only.clone(),
+            _ => None,
+        };
         Problem::new(
             code,
             self.message.message_id,
@@ -459,6 +464,7 @@ impl<'a> Facts<'a> {
             fix,
         )
         .with_order(self.amazon_order_id.clone())
+        .with_item(item_code)
     }
 
     fn item_problem(
@@ -929,21 +935,23 @@ fn evaluate(
     if let Some(declared) = message.currency
         && declared != currency
     {
-        let (element, position) = message
+        let (item_index, element, position) = message
             .items
             .iter()
             .enumerate()
             .find_map(|(index, item)| {
                 item.amounts.first().map(|amount| {
                     (
+                        index,
                         format!("{}/@currency", facts.amount_element(index, 0)),
                         amount.position,
                     )
                 })
             })
-            .unwrap_or_else(|| (facts.order_element(), message.position));
-        return Err(message_rejection(facts.message_problem(
+            .unwrap_or_else(|| (0, facts.order_element(), message.position));
+        return Err(message_rejection(facts.item_problem(
             Code::CurrencyMismatch,
+            item_index,
             element,
             position,
             format!(
@@ -966,7 +974,7 @@ fn evaluate(
                 adjustments.push(adjustment);
                 failures.push(None);
             }
-            Err(problem) => failures.push(Some(problem)),
+            Err(problem) => failures.push(Some(*problem)),
         }
     }
     if failures.iter().any(Option::is_some) {
@@ -1013,7 +1021,7 @@ fn evaluate_item(
     position: usize,
     facts: &Facts<'_>,
     index: usize,
-) -> Result<NewAdjustment, Problem> {
+) -> Result<NewAdjustment, Box<Problem>> {
     let message = facts.message;
     let item = &message.items[index];
     let currency = order.currency;
@@ -1026,7 +1034,7 @@ fn evaluate_item(
         match amount.amount.to_minor(currency) {
             Some(minor) => amounts.push((amount.component, minor)),
             None => {
-                return Err(facts.item_problem(
+                return Err(Box::new(facts.item_problem(
                     Code::AmountPrecision,
                     index,
                     facts.amount_element(index, amount_index),
@@ -1037,13 +1045,13 @@ fn evaluate_item(
                         amount.component,
                         currency.exponent()
                     ),
-                ));
+                )));
             }
         }
     }
     for (direct_index, (kind, amount)) in item.direct_payments.iter().enumerate() {
         if amount.to_minor(currency).is_none() {
-            return Err(facts.item_problem(
+            return Err(Box::new(facts.item_problem(
                 Code::AmountPrecision,
                 index,
                 format!(
@@ -1057,7 +1065,7 @@ fn evaluate_item(
                     "Write the {kind} amount with at most {} fraction digits.",
                     currency.exponent()
                 ),
-            ));
+            )));
         }
     }
 
@@ -1072,7 +1080,7 @@ fn evaluate_item(
             Some(total) if total <= 0 => totals.refunded = total,
             _ => {
                 let reversible = totals.refunded.checked_neg().unwrap_or(i64::MAX).max(0);
-                return Err(facts.item_problem(
+                return Err(Box::new(facts.item_problem(
                     Code::PositiveChargeComponent,
                     index,
                     facts.amount_element(index, amount_index),
@@ -1087,7 +1095,7 @@ fn evaluate_item(
                         "A {component} charge to the buyer is negative; a positive amount only reverses an earlier one, at most {} {currency}.{retry}",
                         format_minor(reversible, currency)
                     ),
-                ));
+                )));
             }
         }
     }
@@ -1099,7 +1107,7 @@ fn evaluate_item(
         .saturating_sub(state.quantity_shipped)
         .saturating_sub(state.quantity_cancelled);
     if quantity_cancelled > unshipped {
-        return Err(facts.item_problem(
+        return Err(Box::new(facts.item_problem(
             Code::CancelExceedsUnshipped,
             index,
             format!("{}/QuantityCancelled", facts.item_element(index)),
@@ -1111,12 +1119,12 @@ fn evaluate_item(
             format!(
                 "Cancel at most {unshipped} units; refund shipped units as a return instead.{retry}"
             ),
-        ));
+        )));
     }
     if let Some(quantity) = item.quantity
         && quantity.get() > state.quantity_shipped
     {
-        return Err(facts.item_problem(
+        return Err(Box::new(facts.item_problem(
             Code::QuantityExceedsShipped,
             index,
             format!("{}/Quantity", facts.item_element(index)),
@@ -1130,7 +1138,7 @@ fn evaluate_item(
                 "Give at most {} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}",
                 state.quantity_shipped
             ),
-        ));
+        )));
     }
 
     // Step 6: caps, on a running copy so two amounts of one component would add up.
@@ -1147,7 +1155,14 @@ fn evaluate_item(
                 } else {
                     fix
                 };
-                return Err(facts.item_problem(code, index, element, position, description, fix));
+                return Err(Box::new(facts.item_problem(
+                    code,
+                    index,
+                    element,
+                    position,
+                    description,
+                    fix,
+                )));
             }
         }
     }
