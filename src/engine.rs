@@ -924,10 +924,7 @@ fn evaluate(
                 "order {} is fulfilled by Amazon (AFN); the seller cannot refund it through this feed",
                 order.amazon_order_id
             ),
-            format!(
-                "Refunds of Amazon-fulfilled orders go through Amazon; remove this message.{}",
-                facts.retry_note()
-            ),
+            "Amazon handles refunds of the orders it fulfils; remove this message.".to_owned(),
         )));
     }
 
@@ -1234,10 +1231,16 @@ fn check_cap(
                         money(totals.charged),
                         money(totals.refunded)
                     ),
-                    format!(
-                        "Refund at most {} for {component}; send anything beyond what was charged as a Goodwill concession.",
-                        money(remaining)
-                    ),
+                    if remaining > 0 {
+                        format!(
+                            "Refund at most {} for {component}; send anything beyond what was charged as a Goodwill concession.",
+                            money(remaining)
+                        )
+                    } else {
+                        format!(
+                            "Nothing of {component} remains refundable; send any further credit as a Goodwill concession."
+                        )
+                    },
                 ));
             }
         }
@@ -1288,4 +1291,225 @@ fn check_cap(
         ComponentClass::Fee => {}
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AdjustedItem, PriceComponent, Quantity};
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").expect("USD")
+    }
+
+    fn order_id() -> AmazonOrderId {
+        AmazonOrderId::new("123-1234567-1234567").expect("valid")
+    }
+
+    fn item_code() -> OrderItemCode {
+        OrderItemCode::new("12345678901234").expect("valid")
+    }
+
+    fn price(component: PriceComponent, amount: &str) -> ComponentAmount {
+        ComponentAmount {
+            component: Component::Price(component),
+            amount: Amount::parse(amount).expect("valid amount"),
+            position: Position { line: 9, column: 9 },
+        }
+    }
+
+    fn message(amounts: Vec<ComponentAmount>) -> AdjustmentMessage {
+        AdjustmentMessage {
+            message_id: MessageId::new(1).expect("positive"),
+            order: OrderRef::Amazon(order_id()),
+            action: None,
+            currency: None,
+            items: vec![AdjustedItem {
+                item: ItemRef::Amazon(item_code()),
+                key: SellerId::new("K1"),
+                reason: AdjustmentReason::CustomerReturn,
+                amounts,
+                direct_payments: Vec::new(),
+                quantity_cancelled: None,
+                quantity: None,
+                position: Position { line: 5, column: 3 },
+            }],
+            position: Position { line: 2, column: 1 },
+        }
+    }
+
+    fn snapshot(shipped: u32, charged: &[(PriceComponent, i64)]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        snapshot.insert_order(OrderState {
+            amazon_order_id: order_id(),
+            merchant_order_id: None,
+            currency: usd(),
+            channel: FulfillmentChannel::Merchant,
+            items: vec![ItemState {
+                code: item_code(),
+                merchant_item_id: None,
+                quantity_ordered: 2,
+                quantity_shipped: shipped,
+                quantity_cancelled: 0,
+                components: charged
+                    .iter()
+                    .map(|(c, charged)| {
+                        (
+                            Component::Price(*c),
+                            ComponentTotals {
+                                charged: *charged,
+                                refunded: 0,
+                            },
+                        )
+                    })
+                    .collect(),
+            }],
+        });
+        snapshot
+    }
+
+    fn codes(snapshot: &mut Snapshot, message: &AdjustmentMessage) -> Vec<Code> {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            snapshot,
+            &merchant,
+            std::slice::from_ref(message),
+            &Rules::default(),
+        );
+        plan.outcomes[0].problems.iter().map(|p| p.code).collect()
+    }
+
+    #[test]
+    fn payload_hash_ignores_spelling_and_component_order_but_not_content() {
+        let base = message(vec![
+            price(PriceComponent::Principal, "5.00"),
+            price(PriceComponent::Tax, "0.40"),
+        ]);
+        let hash = payload_hash(&base, 0);
+        assert_eq!(hash.len(), 64);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        let respelled = message(vec![
+            price(PriceComponent::Tax, ".4"),
+            price(PriceComponent::Principal, "5.0"),
+        ]);
+        assert_eq!(payload_hash(&respelled, 0), hash);
+        let mut other_key = base.clone();
+        other_key.items[0].key = SellerId::new("K2");
+        assert_eq!(payload_hash(&other_key, 0), hash, "the key is not content");
+
+        let mut changed = vec![message(vec![
+            price(PriceComponent::Principal, "5.01"),
+            price(PriceComponent::Tax, "0.40"),
+        ])];
+        let mut quantity = base.clone();
+        quantity.items[0].quantity = Quantity::new(1);
+        changed.push(quantity);
+        let mut reason = base.clone();
+        reason.items[0].reason = AdjustmentReason::PriceError;
+        changed.push(reason);
+        let mut currency = base.clone();
+        currency.currency = Some(usd());
+        changed.push(currency);
+        let mut direct = base.clone();
+        direct.items[0]
+            .direct_payments
+            .push(("COD".to_owned(), Amount::parse("1").expect("valid")));
+        changed.push(direct);
+        let mut swapped = base.clone();
+        swapped.items[0].amounts[0].component = Component::Price(PriceComponent::Shipping);
+        changed.push(swapped);
+        for other in &changed {
+            assert_ne!(payload_hash(other, 0), hash, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn precision_wins_over_fees_quantities_and_caps() {
+        let mut m = message(vec![
+            price(PriceComponent::Principal, "50.00"),
+            price(PriceComponent::ReturnShipping, "1.005"),
+        ]);
+        m.items[0].quantity = Quantity::new(5);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::AmountPrecision]);
+        assert!(
+            s.key(&SellerId::new("K1").expect("valid")).is_none(),
+            "not pinned"
+        );
+    }
+
+    #[test]
+    fn fees_win_over_quantities_and_quantities_over_caps() {
+        let mut m = message(vec![
+            price(PriceComponent::Principal, "50.00"),
+            price(PriceComponent::ReturnShipping, "1.00"),
+        ]);
+        m.items[0].quantity = Quantity::new(5);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::PositiveChargeComponent]);
+
+        m.items[0].key = SellerId::new("K2");
+        m.items[0].amounts.truncate(1);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::QuantityExceedsShipped]);
+
+        m.items[0].quantity = Quantity::new(1);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::ComponentExceedsRemaining]);
+        let record = s.key(&SellerId::new("K2").expect("valid")).expect("pinned");
+        assert_eq!(record.rejection, Some(Code::ComponentExceedsRemaining));
+        assert_eq!(record.origin.feed_id, None);
+    }
+
+    #[test]
+    fn a_replay_is_recognised_before_the_caps() {
+        let m = message(vec![price(PriceComponent::Principal, "10.00")]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), []);
+        assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
+        let mut again = m.clone();
+        again.items[0].key = SellerId::new("K9");
+        assert_eq!(codes(&mut s, &again), [Code::ComponentExceedsRemaining]);
+    }
+
+    #[test]
+    fn changes_carry_minor_units_keys_and_hashes() {
+        let m = message(vec![
+            price(PriceComponent::Principal, "10.5"),
+            price(PriceComponent::Goodwill, "1"),
+        ]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1050)]);
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&m),
+            &Rules::default(),
+        );
+        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
+            panic!("one adjustment expected: {plan:?}");
+        };
+        assert_eq!(
+            adjustment.amounts,
+            [
+                (Component::Price(PriceComponent::Principal), 1050),
+                (Component::Price(PriceComponent::Goodwill), 100)
+            ]
+        );
+        assert_eq!(adjustment.payload_hash, payload_hash(&m, 0));
+        assert_eq!(adjustment.key, SellerId::new("K1"));
+        let order = s.order(&OrderRef::Amazon(order_id())).expect("loaded");
+        let totals = &order.items[0].components;
+        assert_eq!(
+            totals[&Component::Price(PriceComponent::Principal)].refunded,
+            1050
+        );
+        assert_eq!(
+            totals[&Component::Price(PriceComponent::Goodwill)],
+            ComponentTotals {
+                charged: 0,
+                refunded: 100
+            }
+        );
+    }
 }

@@ -460,7 +460,7 @@ fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
             merchant_order_id: rng
                 .chance(50)
                 .then(|| SellerId::new(&format!("SHOP-{order_index}")).expect("valid")),
-            currency: currency(*rng.pick(CURRENCIES)),
+            currency: currency(rng.pick::<&str>(CURRENCIES)),
             channel: if rng.chance(10) {
                 FulfillmentChannel::Amazon
             } else {
