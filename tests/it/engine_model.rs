@@ -599,7 +599,18 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
                 .then(|| SellerId::new(&format!("K{}", rng.below(10))).expect("valid")),
             reason,
             amounts: component_amounts,
-            direct_payments: Vec::new(),
+            direct_payments: if rng.chance(10) {
+                let cod = Amount::from_minor(minor(rng, 1, 500), order.currency);
+                let cod = if rng.chance(30) {
+                    Amount::parse(&(cod.value() + Decimal::new(5, exponent + 1)).to_string())
+                        .expect("valid decimal")
+                } else {
+                    cod
+                };
+                vec![("COD".to_owned(), cod)]
+            } else {
+                Vec::new()
+            },
             quantity_cancelled: cancels.then(|| {
                 Quantity::new(u32::try_from(rng.range(1, 3)).expect("small")).expect("positive")
             }),
@@ -772,12 +783,45 @@ fn run_scenario(seed: u64) -> Result<usize, String> {
             for problem in &outcome.problems {
                 crate::engine_table::check_problem_facts(message, problem)?;
             }
+            // I4: what applied was in the order's currency.
+            let applied_here = plan
+                .changes
+                .iter()
+                .any(|c| matches!(c, Change::Adjust(a) if a.message_id == message.message_id));
+            if applied_here {
+                let order = model
+                    .find_order(&message.order)
+                    .ok_or("applied to an unknown order")?;
+                if message.currency.is_some_and(|c| c != order.currency) {
+                    return Err(format!(
+                        "I4: message {} applied in {:?}",
+                        message.message_id, message.currency
+                    ));
+                }
+            }
             n_messages += 1;
         }
         // The model's recomputed totals agree with the store's running totals.
         for order in &orders {
             let stored = &store.orders[&order.amazon_order_id];
             for item in &stored.items {
+                let start = order
+                    .items
+                    .iter()
+                    .find(|i| i.code == item.code)
+                    .ok_or("item vanished")?;
+                let cancelled = model.cancelled(
+                    &[],
+                    &order.amazon_order_id,
+                    &item.code,
+                    start.quantity_cancelled,
+                );
+                if item.quantity_cancelled != cancelled {
+                    return Err(format!(
+                        "feed {feed_index}: {} cancelled {} but the model says {cancelled}",
+                        item.code, item.quantity_cancelled
+                    ));
+                }
                 for (c, totals) in &item.components {
                     let expected = model.refunded(&[], &order.amazon_order_id, &item.code, *c);
                     if totals.refunded != expected {
