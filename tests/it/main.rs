@@ -2,5 +2,7 @@
 
 mod cli;
 mod docs;
+mod engine_model;
+mod engine_table;
 // mod pipeline; (enabled once the SQLite store is merged)
 mod report;
