@@ -1063,26 +1063,39 @@ impl SqliteFeedTx<'_> {
                  VALUES (?1, ?2, ?3)",
             )
             .map_err(db_error)?;
-        let mut total_stmt = self
+        // UPDATE first: SQLite checks CHECK constraints on the candidate row before an
+        // ON CONFLICT upsert would resolve, so a refund row would fail as a fresh insert.
+        let mut update_total = self
+            .tx
+            .prepare_cached(
+                "UPDATE item_components SET refunded = refunded + ?3 \
+                 WHERE item_id = ?1 AND component = ?2",
+            )
+            .map_err(db_error)?;
+        let mut insert_total = self
             .tx
             .prepare_cached(
                 "INSERT INTO item_components (item_id, component, class, charged, refunded) \
-                 VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (item_id, component) \
-                 DO UPDATE SET refunded = refunded + excluded.refunded",
+                 VALUES (?1, ?2, ?3, 0, ?4)",
             )
             .map_err(db_error)?;
         for (component, amount) in &adjustment.amounts {
             amount_stmt
                 .execute(params![adjustment_id, component.name(), amount])
                 .map_err(db_error)?;
-            total_stmt
-                .execute(params![
-                    item_id,
-                    component.name(),
-                    class_name(component.class()),
-                    amount
-                ])
+            let updated = update_total
+                .execute(params![item_id, component.name(), amount])
                 .map_err(db_error)?;
+            if updated == 0 {
+                insert_total
+                    .execute(params![
+                        item_id,
+                        component.name(),
+                        class_name(component.class()),
+                        amount
+                    ])
+                    .map_err(db_error)?;
+            }
         }
         if adjustment.quantity_cancelled > 0 {
             self.tx
