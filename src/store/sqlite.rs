@@ -443,7 +443,8 @@ impl Store for SqliteStore {
         amazon_order_id: &str,
     ) -> Result<Vec<OrderView>, StoreError> {
         let tx = self.conn.transaction().map_err(db_error)?;
-        let heads: Vec<(i64, String, Option<String>, String, String, Option<String>)> = tx
+        type Head = (i64, String, Option<String>, String, String, Option<String>);
+        let heads: Vec<Head> = tx
             .prepare_cached(
                 "SELECT id, merchant, merchant_order_id, currency, fulfillment_channel, \
                  purchase_date FROM orders WHERE amazon_order_id = ?1 \

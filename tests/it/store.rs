@@ -1109,14 +1109,11 @@ fn store_throughput() {
         })
         .collect();
     let needs = Needs {
-        orders: {
-            let mut o: Vec<OrderRef> = rows
-                .iter()
-                .map(|r| OrderRef::Amazon(r.amazon_order_id.clone()))
-                .collect();
-            o.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
-            o
-        },
+        // Already sorted: the ids are zero-padded and increasing.
+        orders: rows
+            .iter()
+            .map(|r| OrderRef::Amazon(r.amazon_order_id.clone()))
+            .collect(),
         keys: {
             let mut k: Vec<SellerId> = (0..adjustments).map(|n| sid(&format!("K{n}"))).collect();
             k.sort();
