@@ -4,5 +4,6 @@ mod cli;
 mod docs;
 mod engine_model;
 mod engine_table;
-// mod pipeline; (enabled once the SQLite store is merged)
+mod pipeline;
 mod report;
+mod store;
