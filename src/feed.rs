@@ -660,6 +660,12 @@ impl<R: BufRead> FeedReader<R> {
         Ok(None)
     }
 
+    /// The child of the root returned by the last successful [`FeedReader::next_child`]
+    /// (an empty tree before the first one).
+    pub fn current(&self) -> &Tree {
+        &self.tree
+    }
+
     /// Where the first non-blank text directly inside the root element is, if any (the
     /// envelope has element-only content; `validate` reports it).
     pub fn root_text(&self) -> Option<Position> {
