@@ -726,11 +726,11 @@ impl<R: BufRead> FeedReader<R> {
             let event = match result {
                 Ok(event) => event,
                 Err(error) => {
-                    let at_eof = source.at_eof;
-                    if at_eof
-                        && matches!(error, XmlError::Syntax(_))
-                        && self.state != State::AfterRoot
-                    {
+                    // An upload cut inside a tag, comment or multi-byte character is
+                    // incomplete, not broken.
+                    let cut = matches!(error, XmlError::Syntax(_))
+                        || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
+                    if source.at_eof && cut && self.state != State::AfterRoot {
                         return Err(self.truncated("the file ends inside markup"));
                     }
                     return Err(xml_problem(&error, position));

@@ -238,7 +238,7 @@ impl<R: BufRead> Validator<R> {
                 } else if !message_type_seen {
                     "<MessageType>"
                 } else {
-                    "any <Message>"
+                    "<Message>"
                 };
                 return Err(envelope_problem(
                     None,
@@ -397,7 +397,7 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
             Particle::one(&["MerchantIdentifier"]),
             Particle::optional(&["OverrideReleaseId"]),
         ],
-        &mut |element, what| problems.push(fail(element, what)),
+        &mut |issue| problems.push(fail(issue.at, issue.what)),
     );
     if let Some(problem) = problems.into_iter().next() {
         return Err(problem);
@@ -508,13 +508,32 @@ impl Particle {
     }
 }
 
+/// One finding of [`check_sequence`].
+struct Issue<'t> {
+    /// Where it was noticed (the element found instead, or the parent at its end).
+    at: Element<'t>,
+    /// The element whose content is wrong.
+    parent: Element<'t>,
+    /// The element that is missing, if that is the finding.
+    missing: Option<&'static str>,
+    what: String,
+}
+
 /// Checks the children of `parent` against a sequence of particles, reporting missing,
 /// unexpected, out-of-order and repeated elements.
-fn check_sequence(
-    parent: Element<'_>,
+fn check_sequence<'t>(
+    parent: Element<'t>,
     particles: &[Particle],
-    report: &mut dyn FnMut(Element<'_>, String),
+    report: &mut dyn FnMut(Issue<'t>),
 ) {
+    let mut report = |at: Element<'t>, missing: Option<&'static str>, what: String| {
+        report(Issue {
+            at,
+            parent,
+            missing,
+            what,
+        });
+    };
     let mut index = 0;
     let mut count = 0u32;
     for child in parent.children() {
@@ -524,6 +543,7 @@ fn check_sequence(
             if count > particles[index].max {
                 report(
                     child,
+                    None,
                     format!("<{name}> appears more often than allowed ({} at most)", particles[index].max),
                 );
             }
@@ -535,12 +555,17 @@ fn check_sequence(
                 if count < particles[index].min {
                     report(
                         child,
+                        Some(particles[index].names[0]),
                         format!("missing {} before <{name}>", particles[index].label()),
                     );
                 }
                 for particle in &particles[index + 1..j] {
                     if particle.min > 0 {
-                        report(child, format!("missing {} before <{name}>", particle.label()));
+                        report(
+                            child,
+                            Some(particle.names[0]),
+                            format!("missing {} before <{name}>", particle.label()),
+                        );
                     }
                 }
                 index = j;
@@ -550,6 +575,7 @@ fn check_sequence(
                 if let Some(j) = (0..index).find(|&j| particles[j].names.contains(&name)) {
                     report(
                         child,
+                        None,
                         format!(
                             "<{name}> is out of order: it must come before {}",
                             particles[j + 1].label()
@@ -559,6 +585,7 @@ fn check_sequence(
                     let expected: Vec<String> = particles[index..].iter().map(Particle::label).collect();
                     report(
                         child,
+                        None,
                         format!(
                             "unexpected element <{name}> in <{}> (expected {})",
                             parent.name(),
@@ -572,6 +599,7 @@ fn check_sequence(
     if count < particles[index].min {
         report(
             parent,
+            Some(particles[index].names[0]),
             format!("<{}> is missing {}", parent.name(), particles[index].label()),
         );
     }
@@ -579,6 +607,7 @@ fn check_sequence(
         if particle.min > 0 {
             report(
                 parent,
+                Some(particle.names[0]),
                 format!("<{}> is missing {}", parent.name(), particle.label()),
             );
         }
@@ -848,6 +877,24 @@ impl<'t> Collector<'t> {
         );
     }
 
+    fn issue(&mut self, issue: &Issue<'_>) {
+        let element = match issue.missing {
+            Some(missing) => format!("{}/{missing}", path(issue.parent)),
+            None => path(issue.at),
+        };
+        self.problems.push(
+            Problem::new(
+                Code::SchemaInvalid,
+                self.message_id,
+                element,
+                Some(issue.at.position()),
+                issue.what.clone(),
+                "correct the message as the OrderAdjustment schema says",
+            )
+            .with_item(self.item_code.clone()),
+        );
+    }
+
     fn count(&self) -> usize {
         self.problems.len()
     }
@@ -905,7 +952,7 @@ fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) 
     if let Err(what) = complex_text(element) {
         c.schema(element, what);
     }
-    check_sequence(element, particles, &mut |el, what| c.schema(el, what));
+    check_sequence(element, particles, &mut |issue| c.issue(&issue));
     c.count() == before
 }
 
@@ -961,7 +1008,7 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
             Particle::optional(&["OperationType"]),
             Particle::one(&["OrderAdjustment"]),
         ],
-        &mut |el, what| c.schema(el, what),
+        &mut |issue| c.issue(&issue),
     );
     if let (Some(id), Some(element)) = (message_id, id_element) {
         if !seen_ids.insert(id.get()) {

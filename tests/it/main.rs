@@ -1,1 +1,4 @@
 //! The integration-test binary: one target, one module per area.
+
+mod fixtures;
+mod hostile;
