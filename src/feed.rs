@@ -286,6 +286,9 @@ enum SourceFailure {
 /// `max_text_bytes` plus slack, so nothing unbounded is ever buffered.
 struct Source<R> {
     inner: R,
+    /// The first bytes of the file, served before `inner` (see `read_head`).
+    head: Vec<u8>,
+    head_pos: usize,
     state: SourceState,
 }
 
@@ -326,11 +329,13 @@ impl SourceState {
 
     /// Scans consumed bytes: UTF-8, control characters, lines and columns.
     fn scan(&mut self, mut bytes: &[u8]) {
-        if self.consumed == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
-            // The BOM is not a character anyone sees in an editor: no column for it.
-            bytes = &bytes[3..];
-        }
         if self.failure.is_some() || bytes.is_empty() {
+            return;
+        }
+        if self.ascii_only && !bytes.is_ascii() {
+            let index = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+            let position = position_in((self.line, self.column), &bytes[..index]);
+            self.failure = Some(SourceFailure::NonAscii(position));
             return;
         }
         // A character split across two consumes: complete it first.
@@ -375,12 +380,6 @@ impl SourceState {
             self.failure = Some(SourceFailure::ForbiddenChar(position, bytes[index]));
             return;
         }
-        if self.ascii_only && !bytes.is_ascii() {
-            let index = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
-            let position = position_in((self.line, self.column), &bytes[..index]);
-            self.failure = Some(SourceFailure::NonAscii(position));
-            return;
-        }
         (self.line, self.column) = advance((self.line, self.column), bytes);
     }
 }
@@ -393,6 +392,8 @@ impl<R: BufRead> Source<R> {
     fn new(inner: R, limits: Limits) -> Source<R> {
         Source {
             inner,
+            head: Vec::with_capacity(4),
+            head_pos: 0,
             state: SourceState {
                 max_file_bytes: limits.max_file_bytes,
                 max_run_bytes: limits.max_text_bytes.saturating_add(MARKUP_SLACK_BYTES),
@@ -421,8 +422,40 @@ impl<R: BufRead> io::Read for Source<R> {
     }
 }
 
+impl<R: BufRead> Source<R> {
+    /// Reads the first few bytes (however small the inner buffer) to recognise UTF-16 and
+    /// to drop a UTF-8 byte order mark before quick-xml sees it.
+    fn read_head(&mut self) -> io::Result<()> {
+        while self.head.len() < 4 {
+            let bytes = match self.inner.fill_buf() {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(self.state.fail(SourceFailure::Read(error.to_string()))),
+            };
+            if bytes.is_empty() {
+                break;
+            }
+            let n = bytes.len().min(4 - self.head.len());
+            self.head.extend_from_slice(&bytes[..n]);
+            self.inner.consume(n);
+        }
+        if looks_like_utf16(&self.head) {
+            return Err(self.state.fail(SourceFailure::Utf16));
+        }
+        if self.head.starts_with(b"\xEF\xBB\xBF") {
+            self.head_pos = 3;
+            self.state.consumed = 3;
+        }
+        Ok(())
+    }
+}
+
 impl<R: BufRead> BufRead for Source<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if !self.state.started {
+            self.state.started = true;
+            self.read_head()?;
+        }
         let state = &mut self.state;
         if state.failure.is_some() {
             return Err(rejected());
@@ -433,14 +466,12 @@ impl<R: BufRead> BufRead for Source<R> {
         if state.since_reset > state.max_run_bytes {
             return Err(state.fail(SourceFailure::RunTooLong));
         }
+        if self.head_pos < self.head.len() {
+            state.at_eof = false;
+            return Ok(&self.head[self.head_pos..]);
+        }
         match self.inner.fill_buf() {
             Ok(bytes) => {
-                if !state.started && !bytes.is_empty() {
-                    state.started = true;
-                    if looks_like_utf16(bytes) {
-                        return Err(state.fail(SourceFailure::Utf16));
-                    }
-                }
                 state.at_eof = bytes.is_empty();
                 Ok(bytes)
             }
@@ -453,13 +484,19 @@ impl<R: BufRead> BufRead for Source<R> {
         if amount == 0 {
             return;
         }
-        // The bytes about to be consumed are the front of the inner buffer, which a
-        // non-empty `BufRead` hands out again without any I/O.
-        if let Ok(buffer) = self.inner.fill_buf() {
-            let end = amount.min(buffer.len());
-            self.state.scan(&buffer[..end]);
+        if self.head_pos < self.head.len() {
+            let end = (self.head_pos + amount).min(self.head.len());
+            self.state.scan(&self.head[self.head_pos..end]);
+            self.head_pos = end;
+        } else {
+            // The bytes about to be consumed are the front of the inner buffer, which a
+            // non-empty `BufRead` hands out again without any I/O.
+            if let Ok(buffer) = self.inner.fill_buf() {
+                let end = amount.min(buffer.len());
+                self.state.scan(&buffer[..end]);
+            }
+            self.inner.consume(amount);
         }
-        self.inner.consume(amount);
         let amount = amount as u64;
         self.state.consumed = self.state.consumed.saturating_add(amount);
         self.state.since_reset = self.state.since_reset.saturating_add(amount);
@@ -731,7 +768,7 @@ impl<R: BufRead> FeedReader<R> {
                     let cut = matches!(error, XmlError::Syntax(_))
                         || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
                     if source.at_eof && cut && self.state != State::AfterRoot {
-                        return Err(self.truncated("the file ends inside markup"));
+                        return Err(self.truncated("the file ends inside markup or a multi-byte character"));
                     }
                     return Err(xml_problem(&error, position));
                 }

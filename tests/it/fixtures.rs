@@ -58,10 +58,20 @@ fn feeds_dir() -> PathBuf {
 /// Reads a feed and renders what came out: the header and each message (valid ones as
 /// the typed model, invalid ones as their problems), or the feed-level problem.
 pub fn render(path: &Path, codes: &mut BTreeSet<Code>) -> String {
+    render_with_buffer(path, 8 * 1024, codes)
+}
+
+/// [`render`] through a `BufReader` of the given capacity (tiny ones split every token,
+/// character and line across reads).
+pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Code>) -> String {
     let file = File::open(path).expect("fixture opens");
-    let mut validator = Validator::new(BufReader::new(file), Limits::default(), &Rules::default());
+    let mut validator = Validator::new(
+        BufReader::with_capacity(capacity, file),
+        Limits::default(),
+        &Rules::default(),
+    );
     let mut out = String::new();
-    let mut feed_problem = |out: &mut String, problem: &Problem, codes: &mut BTreeSet<Code>| {
+    let feed_problem = |out: &mut String, problem: &Problem, codes: &mut BTreeSet<Code>| {
         assert_eq!(problem.code.scope(), Scope::Feed, "{problem}");
         codes.insert(problem.code);
         writeln!(out, "rejected: {}", line(problem)).expect("write to String");
@@ -205,4 +215,21 @@ fn feed_fixtures_match_their_expected_rendering() {
     assert!(failures.is_empty(), "{} fixture(s) differ (UPDATE_EXPECT=1 rewrites them):\n{}", failures.len(), failures.join("\n"));
     let missing: Vec<&Code> = VALIDATE_CODES.iter().filter(|c| !codes.contains(c)).collect();
     assert!(missing.is_empty(), "no fixture shows {missing:?}");
+}
+
+#[test]
+fn rendering_does_not_depend_on_how_the_bytes_arrive() {
+    for dir in ["ok", "invalid", "malformed"] {
+        for entry in std::fs::read_dir(feeds_dir().join(dir)).expect("fixture dir exists") {
+            let path = entry.expect("dir entry").path();
+            if path.extension().is_none_or(|e| e != "xml") {
+                continue;
+            }
+            let whole = render(&path, &mut BTreeSet::new());
+            for capacity in [1, 2, 3, 5, 7, 64] {
+                let split = render_with_buffer(&path, capacity, &mut BTreeSet::new());
+                assert_eq!(whole, split, "{} with a {capacity}-byte buffer", path.display());
+            }
+        }
+    }
 }
