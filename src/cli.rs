@@ -660,13 +660,7 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
-            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
-            let (xml, json_path) = report::report_paths(
-                &config.paths.outbox,
-                merchant.as_ref(),
-                &feed.file_name,
-                feed.id,
-            );
+            let (xml, json_path) = locate_reports(&config.paths.outbox, feed);
             serde_json::json!({
                 "feed": feed,
                 "xml_report": xml.display().to_string(),
@@ -701,6 +695,18 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
         .context("writing to stdout")
         .map_err(fail(exit::RUNTIME))?;
     Ok(exit::OK)
+}
+
+/// Where a feed's reports are: `outbox/<merchant>/` for feeds from a merchant folder, else
+/// `outbox/` (the record does not say which folder the file came from, the disk does).
+fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, PathBuf) {
+    let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
+    let in_merchant_folder =
+        report::report_paths(outbox, merchant.as_ref(), &feed.file_name, feed.id);
+    if merchant.is_some() && in_merchant_folder.0.exists() {
+        return in_merchant_folder;
+    }
+    report::report_paths(outbox, None, &feed.file_name, feed.id)
 }
 
 fn print_config(config: &Config) {
