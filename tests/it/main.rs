@@ -1,1 +1,6 @@
 //! The integration-test binary: one target, one module per area.
+
+mod cli;
+mod docs;
+// mod pipeline; (enabled once the SQLite store is merged)
+mod report;
