@@ -893,7 +893,10 @@ mod tests {
         };
         assert!(claimed.path.starts_with(config.work.join("M1")));
         assert_eq!(claimed.file_name, "feed one.xml");
-        assert_eq!(claimed.merchant.as_ref().map(MerchantId::as_str), Some("M1"));
+        assert_eq!(
+            claimed.merchant.as_ref().map(MerchantId::as_str),
+            Some("M1")
+        );
         // A second claim of the same file finds it gone.
         assert!(matches!(
             claim(&config, &ready, &tokens).expect("claim"),

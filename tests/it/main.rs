@@ -3,4 +3,7 @@
 mod cli;
 mod docs;
 // mod pipeline; (enabled once the SQLite store is merged)
+mod crash;
+mod daemon;
 mod report;
+mod util;
