@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::inbox::ready::{ContentDecision, ReadyFile, ReadyRules, Tracker};
 use crate::inbox::watch::{ActiveMode, Wake, Watch};
-use crate::inbox::{self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig};
+use crate::inbox::{
+    self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
+};
 use crate::metrics::{FeedResult, Metrics, ScanReason};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
 use crate::store::FeedStatus;
@@ -50,6 +52,9 @@ impl DaemonConfig {
 /// Capacity of the queue between the notify callback and the worker. Overflow is harmless
 /// (a listing follows), so it is small.
 const WAKE_QUEUE: usize = 256;
+
+/// Most claims made before processing starts; they share one fsync per folder.
+const CLAIM_BATCH: usize = 64;
 
 /// Shortest time between two listings triggered by events, so a burst of events (or a
 /// writer appending in small pieces) costs a few listings, not thousands.
@@ -193,11 +198,16 @@ impl Worker {
         if !leftovers.is_empty() {
             tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
         }
+        let mut syncs = Syncs::new();
         for claim in leftovers {
             if self.shutdown.is_cancelled() {
-                return Ok(());
+                break;
             }
-            self.process(claim);
+            self.process(claim, &mut syncs);
+        }
+        self.sync(&mut syncs);
+        if self.shutdown.is_cancelled() {
+            return Ok(());
         }
         let mut watch = Watch::start(
             &self.config.inbox.inbox,
@@ -308,17 +318,56 @@ impl Worker {
         }
         self.update_waiting(now);
         let mut processed = 0;
-        for ready in observation.ready {
-            if self.shutdown.is_cancelled() {
-                break;
+        let mut ready = observation.ready.into_iter().peekable();
+        while ready.peek().is_some() && !self.shutdown.is_cancelled() {
+            // Claim a batch, make the claims durable with one fsync per folder, then
+            // process them one by one.
+            let mut syncs = Syncs::new();
+            let mut batch = Vec::new();
+            for ready_file in ready.by_ref() {
+                if let Some(claim) = self.gate_and_claim(&ready_file, &mut syncs) {
+                    batch.push(claim);
+                    if batch.len() == CLAIM_BATCH {
+                        break;
+                    }
+                }
             }
-            if let Some(claim) = self.gate_and_claim(&ready) {
-                self.process(claim);
+            self.sync(&mut syncs);
+            let mut batch = batch.into_iter();
+            while let Some(claim) = batch.next() {
+                if self.shutdown.is_cancelled() {
+                    self.release(std::iter::once(claim).chain(batch.by_ref()), &mut syncs);
+                    break;
+                }
+                self.process(claim, &mut syncs);
                 processed += 1;
                 self.update_waiting(Instant::now());
             }
+            self.sync(&mut syncs);
         }
         processed
+    }
+
+    /// Gives claims that were not started back to the inbox (shutdown).
+    fn release(&self, claims: impl Iterator<Item = Claim>, syncs: &mut Syncs) {
+        for claim in claims {
+            let file_name = claim.file_name.clone();
+            match claim.release(&self.config.inbox, syncs) {
+                Ok(true) => tracing::debug!(file = %file_name, "claim given back to the inbox"),
+                Ok(false) => {
+                    tracing::info!(file = %file_name, "name taken again in the inbox; the claim stays in work/ for the next start")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %file_name, error = %error, "cannot give the claim back; it stays in work/ for the next start")
+                }
+            }
+        }
+    }
+
+    fn sync(&self, syncs: &mut Syncs) {
+        if let Err(error) = syncs.sync() {
+            tracing::error!(error = %error, "cannot sync a folder; a power loss could undo recent moves");
+        }
     }
 
     fn update_waiting(&self, now: Instant) {
@@ -330,7 +379,7 @@ impl Worker {
     }
 
     /// The last gates before a claim: unchanged since it settled, then the XML content gate.
-    fn gate_and_claim(&mut self, ready: &ReadyFile) -> Option<Claim> {
+    fn gate_and_claim(&mut self, ready: &ReadyFile, syncs: &mut Syncs) -> Option<Claim> {
         let config = &self.config.inbox;
         let path = config.inbox_path(&ready.name);
         match std::fs::symlink_metadata(&path) {
@@ -360,7 +409,7 @@ impl Worker {
                 tracing::debug!(file = %ready.name.display_path(), error = %error, "content check failed")
             }
         }
-        let claimed = inbox::claim(config, ready, &self.tokens);
+        let claimed = inbox::claim(config, ready, &self.tokens, syncs);
         self.tracker.forget(&ready.name);
         match claimed {
             Ok(ClaimResult::Claimed(claim)) => {
@@ -388,7 +437,7 @@ impl Worker {
     /// Processes one claimed feed to its end: archive/failed move, summary line, metrics.
     /// Transient errors are retried here (the file stays in `work/`); shutdown during the
     /// retry wait leaves it there for the next start.
-    fn process(&mut self, claim: Claim) {
+    fn process(&mut self, claim: Claim, syncs: &mut Syncs) {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 0u32;
@@ -396,7 +445,7 @@ impl Worker {
             let result = self.process_once(&claim);
             match result {
                 Ok(processed) => {
-                    self.finish_processed(claim, &processed, started);
+                    self.finish_processed(claim, &processed, started, syncs);
                     return;
                 }
                 Err(Failure::Process(error)) if error.is_transient() => {
@@ -421,7 +470,7 @@ impl Worker {
                             anyhow::anyhow!("processing panicked: {message}")
                         }
                     };
-                    self.finish_failed(claim, &error, started);
+                    self.finish_failed(claim, &error, started, syncs);
                     return;
                 }
             }
@@ -457,14 +506,25 @@ impl Worker {
         }
     }
 
-    fn finish_processed(&self, claim: Claim, processed: &Processed, started: Instant) {
+    fn finish_processed(
+        &self,
+        claim: Claim,
+        processed: &Processed,
+        started: Instant,
+        syncs: &mut Syncs,
+    ) {
         let outcome = &processed.outcome;
         let destination = match outcome.status {
             FeedStatus::Complete => Destination::Archive,
             FeedStatus::Rejected => Destination::Failed,
         };
         let file_name = claim.file_name.clone();
-        let moved = claim.finish(&self.config.inbox, destination, Some(outcome.feed_id));
+        let moved = claim.finish(
+            &self.config.inbox,
+            destination,
+            Some(outcome.feed_id),
+            syncs,
+        );
         let duration = started.elapsed();
         let result = FeedResult::of(outcome, processed.recovered);
         self.metrics.feed_finished(result, Some(outcome), duration);
@@ -502,10 +562,16 @@ impl Worker {
         }
     }
 
-    fn finish_failed(&self, claim: Claim, error: &anyhow::Error, started: Instant) {
+    fn finish_failed(
+        &self,
+        claim: Claim,
+        error: &anyhow::Error,
+        started: Instant,
+        syncs: &mut Syncs,
+    ) {
         let file_name = claim.file_name.clone();
         let work_path = claim.path.clone();
-        let moved = claim.finish(&self.config.inbox, Destination::Failed, None);
+        let moved = claim.finish(&self.config.inbox, Destination::Failed, None, syncs);
         self.metrics
             .feed_finished(FeedResult::Error, None, started.elapsed());
         match moved {

@@ -539,14 +539,17 @@ pub enum ClaimResult {
 }
 
 /// Claims an inbox file: atomic rename into `work/` under a name that embeds a fresh claim
-/// token, fsync of both folders, then an exclusive lock on the claimed file.
+/// token, then an exclusive lock on the claimed file. Both folders are added to `syncs`,
+/// which the caller must [`Syncs::sync`] before processing the claim (so that a claim
+/// token in the store always names a durable claim).
 ///
 /// # Errors
-/// Renaming or syncing failed for another reason than the file being gone.
+/// Renaming failed for another reason than the file being gone.
 pub fn claim(
     config: &InboxConfig,
     ready: &ReadyFile,
     tokens: &ClaimTokens,
+    syncs: &mut Syncs,
 ) -> io::Result<ClaimResult> {
     let source = config.inbox_path(&ready.name);
     let work_folder = match &ready.name.merchant {
@@ -569,9 +572,9 @@ pub fn claim(
         fs::rename(&target, &source)?;
         return Ok(ClaimResult::Gone);
     }
-    fsync_dir(&work_folder)?;
+    syncs.add(&work_folder);
     if let Some(parent) = source.parent() {
-        fsync_dir(parent)?;
+        syncs.add(parent);
     }
     let merchant = ready.name.merchant.as_deref().and_then(MerchantId::new);
     Ok(match lock(&target)? {
@@ -685,17 +688,20 @@ pub enum Destination {
 
 impl Claim {
     /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
-    /// `<feed id>-<name>` (or `<claim name>` without a feed id), adding `-<n>` before the
-    /// name if that exists, then fsyncs both folders. Consumes the claim and its lock.
+    /// `<feed id>-<name>` (or `<claim name>` without a feed id), with `-<n>` added after the
+    /// prefix if that name exists. Consumes the claim and its lock. The folders go into
+    /// `syncs`: a power loss before they are synced at most moves the file back to `work/`,
+    /// where recovery re-emits the same report and moves it again.
     ///
     /// # Errors
-    /// Creating the folder, renaming or syncing failed; the file then stays in `work/` and
-    /// is finished by the next start's recovery.
+    /// Creating the folder or renaming failed; the file then stays in `work/` and is
+    /// finished by the next start's recovery.
     pub fn finish(
         self,
         config: &InboxConfig,
         destination: Destination,
         feed_id: Option<u64>,
+        syncs: &mut Syncs,
     ) -> io::Result<PathBuf> {
         let root = match destination {
             Destination::Archive => &config.archive,
@@ -706,46 +712,108 @@ impl Claim {
             folder.push(merchant.as_str());
         }
         fs::create_dir_all(&folder)?;
-        let original = self
-            .path
-            .file_name()
-            .map(|claim_name| match parse_claim_name(claim_name) {
-                Some((_, original)) => original,
-                None => claim_name.to_os_string(),
-            })
-            .unwrap_or_default();
-        let prefix = match feed_id {
-            Some(feed_id) => feed_id.to_string(),
-            None => self.token.clone(),
+        let original = self.original_name();
+        let (prefix, separator) = match feed_id {
+            Some(feed_id) => (feed_id.to_string(), "-"),
+            None => (self.token.clone(), TOKEN_SEPARATOR),
         };
         let mut counter = 0u32;
         let target = loop {
-            let mut name = OsString::from(if counter == 0 {
-                format!("{prefix}-")
-            } else {
-                format!("{prefix}-{counter}-")
+            let mut name = OsString::from(match counter {
+                0 => format!("{prefix}{separator}"),
+                n => format!("{prefix}-{n}{separator}"),
             });
-            if feed_id.is_none() {
-                name = OsString::from(format!("{prefix}{TOKEN_SEPARATOR}"));
-                if counter > 0 {
-                    name.push(format!("{counter}-"));
-                }
-            }
             name.push(&original);
             let candidate = folder.join(name);
-            // Feed ids are unique, so a collision only comes from re-finishing the same feed;
-            // the existence check is enough (no other process writes these names).
+            // Feed ids and tokens are unique, so a collision only comes from finishing the
+            // same feed twice (a power loss undid an earlier move); no other process writes
+            // these names, so checking first is enough.
             if fs::symlink_metadata(&candidate).is_err() {
                 break candidate;
             }
             counter += 1;
         };
         fs::rename(&self.path, &target)?;
-        fsync_dir(&folder)?;
+        syncs.add(&folder);
         if let Some(parent) = self.path.parent() {
-            fsync_dir(parent)?;
+            syncs.add(parent);
         }
         Ok(target)
+    }
+
+    /// Gives a claim that was not started back to the inbox under its original name (at
+    /// shutdown), unless that name is taken again; then it stays in `work/` for the next
+    /// start. The folders go into `syncs`.
+    ///
+    /// # Errors
+    /// Renaming failed.
+    pub fn release(self, config: &InboxConfig, syncs: &mut Syncs) -> io::Result<bool> {
+        let mut target = config.inbox.clone();
+        if let Some(merchant) = &self.merchant {
+            target.push(merchant.as_str());
+        }
+        target.push(self.original_name());
+        if fs::symlink_metadata(&target).is_ok() {
+            return Ok(false);
+        }
+        fs::rename(&self.path, &target)?;
+        if let Some(parent) = target.parent() {
+            syncs.add(parent);
+        }
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(true)
+    }
+
+    fn original_name(&self) -> OsString {
+        self.path
+            .file_name()
+            .map(|claim_name| match parse_claim_name(claim_name) {
+                Some((_, original)) => original,
+                None => claim_name.to_os_string(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Folders whose entries changed (renames) and must be fsynced before the change is
+/// relied on. Collecting them lets a batch of claims or moves share one fsync per folder.
+#[derive(Debug, Default)]
+pub struct Syncs {
+    folders: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Syncs {
+    /// Nothing to sync yet.
+    pub fn new() -> Syncs {
+        Syncs::default()
+    }
+
+    /// Remembers a folder to sync.
+    pub fn add(&mut self, folder: &Path) {
+        if !self.folders.contains(folder) {
+            self.folders.insert(folder.to_owned());
+        }
+    }
+
+    /// fsyncs every remembered folder (each once) and forgets them.
+    ///
+    /// # Errors
+    /// The first folder that could not be synced (the others are still tried).
+    pub fn sync(&mut self) -> io::Result<()> {
+        let mut first_error = None;
+        for folder in std::mem::take(&mut self.folders) {
+            if let Err(error) = fsync_dir(&folder)
+                && first_error.is_none()
+            {
+                first_error = Some(io::Error::new(
+                    error.kind(),
+                    format!("syncing {}: {error}", folder.display()),
+                ));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -877,6 +945,7 @@ mod tests {
         let listing = list(&config).expect("list");
         assert_eq!(listing.len(), 2);
         let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
         let merchant_file = listing
             .iter()
             .find(|listed| listed.name.merchant.is_some())
@@ -888,7 +957,9 @@ mod tests {
             name: merchant_file.name.clone(),
             signature,
         };
-        let ClaimResult::Claimed(claimed) = claim(&config, &ready, &tokens).expect("claim") else {
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
             panic!("gone");
         };
         assert!(claimed.path.starts_with(config.work.join("M1")));
@@ -899,7 +970,7 @@ mod tests {
         );
         // A second claim of the same file finds it gone.
         assert!(matches!(
-            claim(&config, &ready, &tokens).expect("claim"),
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim"),
             ClaimResult::Gone
         ));
         // While we hold it, recovery (as another instance would) skips it.
@@ -912,7 +983,7 @@ mod tests {
         assert_eq!(recovered[0].file_name, "feed one.xml");
         let claim = recovered.into_iter().next().expect("one");
         let archived = claim
-            .finish(&config, Destination::Archive, Some(42))
+            .finish(&config, Destination::Archive, Some(42), &mut syncs)
             .expect("finish");
         assert!(
             archived.ends_with("M1/42-feed one.xml"),
@@ -927,7 +998,7 @@ mod tests {
         assert_eq!(adopted[0].file_name, "stray.xml");
         let claim = adopted.into_iter().next().expect("one");
         let failed = claim
-            .finish(&config, Destination::Failed, None)
+            .finish(&config, Destination::Failed, None, &mut syncs)
             .expect("finish");
         assert!(failed.starts_with(&config.failed));
         assert!(failed.to_string_lossy().ends_with("--stray.xml"));
@@ -936,6 +1007,57 @@ mod tests {
             1,
             "only the M1 folder"
         );
+    }
+
+    #[test]
+    fn finish_never_overwrites_and_release_gives_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let mut claim_one = |name: &str| {
+            fs::write(config.inbox.join(name), b"<a/>").expect("write");
+            let listing = list(&config).expect("list");
+            let listed = listing
+                .iter()
+                .find(|l| l.name.name == OsStr::new(name))
+                .expect("listed");
+            let EntryKind::File(signature) = listed.kind else {
+                panic!("not a file");
+            };
+            let ready = ReadyFile {
+                name: listed.name.clone(),
+                signature,
+            };
+            match claim(&config, &ready, &tokens, &mut syncs).expect("claim") {
+                ClaimResult::Claimed(claim) => claim,
+                ClaimResult::Gone => panic!("gone"),
+            }
+        };
+        let first = claim_one("same.xml");
+        let second = claim_one("same.xml");
+        let third = claim_one("same.xml");
+        let mut syncs = Syncs::new();
+        let a = first
+            .finish(&config, Destination::Archive, Some(7), &mut syncs)
+            .expect("finish");
+        let b = second
+            .finish(&config, Destination::Archive, Some(7), &mut syncs)
+            .expect("finish");
+        assert!(a.ends_with("7-same.xml"), "{}", a.display());
+        assert!(b.ends_with("7-1-same.xml"), "{}", b.display());
+        syncs.sync().expect("sync");
+        assert!(third.release(&config, &mut syncs).expect("release"));
+        assert!(config.inbox.join("same.xml").is_file());
+        let fourth = claim_one("same.xml");
+        fs::write(config.inbox.join("same.xml"), b"new upload").expect("write");
+        assert!(!fourth.release(&config, &mut syncs).expect("release"));
+        assert_eq!(
+            fs::read(config.inbox.join("same.xml")).expect("read"),
+            b"new upload"
+        );
+        syncs.sync().expect("sync");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// `[http] listen`.
     pub http_listen: Option<String>,
+    /// Put the folder on tmpfs (`/dev/shm`) when there is one, so that fsync costs
+    /// nothing and a test measures the daemon rather than the disk.
+    pub in_memory: bool,
 }
 
 impl Default for Settings {
@@ -51,6 +54,7 @@ impl Default for Settings {
             inbox_extra: String::new(),
             shutdown_timeout_secs: 20,
             http_listen: None,
+            in_memory: false,
         }
     }
 }
@@ -63,7 +67,12 @@ impl TestDir {
 
     /// A folder with these settings.
     pub fn with(settings: &Settings) -> TestDir {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let shm = Path::new("/dev/shm");
+        let dir = if settings.in_memory && shm.is_dir() {
+            tempfile::tempdir_in(shm).expect("temp dir in /dev/shm")
+        } else {
+            tempfile::tempdir().expect("temp dir")
+        };
         let test_dir = TestDir { dir };
         test_dir.write_config(settings);
         test_dir
@@ -295,9 +304,9 @@ impl Daemon {
         assert_eq!(status.code(), Some(0), "daemon exit; log:\n{}", self.log());
     }
 
-    /// The log so far.
+    /// The log so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        strip_ansi(&fs::read_to_string(&self.log_path).unwrap_or_default())
     }
 
     /// True while the process runs.
@@ -313,6 +322,24 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
