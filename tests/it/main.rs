@@ -1,6 +1,8 @@
 //! The integration-test binary: one target, one module per area.
 
 mod cli;
+mod crash;
+mod daemon;
 mod docs;
 mod engine_model;
 mod engine_table;
@@ -9,3 +11,4 @@ mod hostile;
 mod pipeline;
 mod report;
 mod store;
+mod util;
