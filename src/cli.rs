@@ -1,1 +1,720 @@
-//! The command line: clap definitions and dispatch of each command.
+//! The command line: clap definitions, the documented exit codes, and dispatch of each
+//! command to the library. The only place besides `main` that uses `anyhow` and prints.
+
+use std::io::{BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config, LogFormat};
+use crate::model::MerchantId;
+use crate::pipeline::{self, Context, Source};
+use crate::problem::{Problem, Severity};
+use crate::report::{self, FeedOutcome};
+use crate::store::{AnyStore, FeedStatus};
+use crate::validate::{ValidatedMessage, Validator};
+
+/// Exit codes, part of the interface (also listed in `--help` and the README).
+pub mod exit {
+    /// Success: everything processed, no message or feed with an error.
+    pub const OK: u8 = 0;
+    /// Fatal configuration or startup error (bad config, store locked or unreachable at start, bad folders).
+    pub const CONFIG: u8 = 1;
+    /// Unexpected runtime failure (I/O, database error while running).
+    pub const RUNTIME: u8 = 2;
+    /// The input had errors: a feed was rejected or a message has an error (`validate`,
+    /// `process`), or an order report line is invalid (`orders import`), or an order was not
+    /// found (`orders show`).
+    pub const INPUT: u8 = 3;
+    /// Command-line usage error.
+    pub const USAGE: u8 = 64;
+    /// A second SIGINT/SIGTERM during shutdown: exited at once.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success (no feed rejected, no message with an error)
+  1    configuration or startup error (bad config, store locked, bad folders)
+  2    runtime failure (I/O or database error)
+  3    input errors: a feed was rejected or a message has an error (validate, process),
+       an invalid order report (orders import), order not found (orders show)
+  64   command-line usage error
+  130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
+
+Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
+Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL).";
+
+/// adjustd applies Amazon Order Adjustment Feeds (refunds and partial cancellations) to an
+/// order store exactly once and writes a ProcessingReport (XML + JSON) per feed.
+#[derive(Debug, Parser)]
+#[command(name = "adjustd", version, about, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Config file (TOML). Default: ./adjustd.toml if present, else built-in defaults.
+    #[arg(long, global = true, value_name = "PATH", env = "ADJUSTD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format (overrides [log] format).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: watch the inbox, process each ready feed, write reports to the
+    /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0).
+    Run,
+    /// Process these feed files now with the same pipeline as the daemon (the files stay
+    /// where they are); prints the path of each report.
+    Process(ProcessArgs),
+    /// Parse and validate feeds without touching the store; prints the problems.
+    /// Exit 0 only when no message has an error.
+    Validate(ValidateArgs),
+    /// Orders in the store.
+    #[command(subcommand)]
+    Orders(OrdersCommand),
+    /// Feeds in the store.
+    #[command(subcommand)]
+    Feeds(FeedsCommand),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `process` arguments.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Feed files (Order Adjustment Feed XML).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Output format of `validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ValidateFormat {
+    /// A readable summary per file.
+    Text,
+    /// A ProcessingReport envelope per file (valid against schemas/).
+    Xml,
+    /// The JSON report per file (one JSON document per file).
+    Json,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Feed files.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ValidateFormat,
+}
+
+/// `orders` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum OrdersCommand {
+    /// Load or update orders from an Amazon order report (tab-separated): the New Orders
+    /// report creates orders with prices, the Unshipped report updates shipped quantities.
+    /// One transaction: a bad line imports nothing.
+    Import {
+        /// The merchant the orders belong to.
+        #[arg(long, value_name = "ID")]
+        merchant: String,
+        /// The order report file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show one order, its items and adjustments.
+    Show {
+        /// The AmazonOrderID.
+        #[arg(value_name = "ORDER_ID")]
+        order_id: String,
+        /// Only this merchant's order.
+        #[arg(long, value_name = "ID")]
+        merchant: Option<String>,
+        /// Print JSON (the shape documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `feeds` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FeedsCommand {
+    /// Recent feeds, newest first, with status, counts and report paths.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the resolved configuration (store password redacted) and exit.
+    Check,
+}
+
+/// A failure with its exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: anyhow::Error,
+}
+
+fn fail(code: u8) -> impl FnOnce(anyhow::Error) -> Failure {
+    move |error| Failure { code, error }
+}
+
+/// Parses the command line; help and version print and exit 0, usage errors exit 64.
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|error| {
+        let code = if error.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        };
+        // Printing can only fail when stdout/stderr are gone; nothing better to do then.
+        let _ = error.print();
+        ExitCode::from(code)
+    })
+}
+
+/// Runs a parsed command; returns the exit code for success or input errors.
+///
+/// # Errors
+/// A [`Failure`] with its exit code.
+pub fn run(cli: Cli) -> Result<u8, Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let config = config::load(cli.config.as_deref(), &env)
+        .context("loading configuration")
+        .map_err(fail(exit::CONFIG))?;
+    crate::telemetry::init(cli.log_format.unwrap_or(config.log_format));
+    match cli.command {
+        Command::Run => run_daemon(config),
+        Command::Process(args) => process(&config, &args.files),
+        Command::Validate(args) => validate(&config, &args.files, args.format),
+        Command::Orders(OrdersCommand::Import { merchant, file }) => {
+            import_orders(&config, &merchant, &file)
+        }
+        Command::Orders(OrdersCommand::Show {
+            order_id,
+            merchant,
+            json,
+        }) => show_order(&config, &order_id, merchant.as_deref(), json),
+        Command::Feeds(FeedsCommand::List { limit, json }) => list_feeds(&config, limit, json),
+        Command::Config(ConfigCommand::Check) => {
+            print_config(&config);
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn open_store(config: &Config) -> Result<AnyStore, Failure> {
+    AnyStore::open(&config.store_url)
+        .with_context(|| format!("opening store {}", config.redacted_store_url()))
+        .map_err(fail(exit::CONFIG))
+}
+
+fn context(config: &Config, store: AnyStore) -> Context {
+    Context {
+        store,
+        rules: config.rules.clone(),
+        limits: config.limits,
+        duplicate_policy: config.duplicate_policy,
+        outbox: config.paths.outbox.clone(),
+    }
+}
+
+fn run_daemon(config: Config) -> Result<u8, Failure> {
+    use crate::daemon::{self, DaemonConfig};
+    use crate::inbox::{InboxConfig, WatchMode};
+
+    tracing::info!(
+        config = ?config.file,
+        inbox = %config.paths.inbox.display(),
+        outbox = %config.paths.outbox.display(),
+        store = %config.redacted_store_url(),
+        settle_ms = config.inbox.settle.as_millis() as u64,
+        "starting"
+    );
+    let store = open_store(&config)?;
+    let settings = &config.inbox;
+    let daemon_config = DaemonConfig {
+        inbox: InboxConfig {
+            inbox: config.paths.inbox.clone(),
+            work: config.paths.work.clone(),
+            archive: config.paths.archive.clone(),
+            failed: config.paths.failed.clone(),
+            outbox: config.paths.outbox.clone(),
+            settle: settings.settle,
+            ignore: settings.ignore.clone(),
+            truncated_grace: settings.truncated_grace,
+            done_marker: settings.done_marker.clone(),
+            allowed_merchants: settings.allowed_merchants.clone(),
+            watch: match settings.watch {
+                config::WatchMode::Auto => WatchMode::Auto,
+                config::WatchMode::Notify => WatchMode::Notify,
+                config::WatchMode::Poll => WatchMode::Poll,
+            },
+            poll_interval: settings.poll_interval,
+            rescan_interval: settings.rescan_interval,
+        },
+        shutdown_timeout: config.shutdown_timeout,
+        max_backoff: config.max_backoff,
+        http_listen: config.http_listen,
+    };
+    let context = context(&config, store);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(fail(exit::RUNTIME))?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let signals = tokio::spawn(watch_signals(shutdown.clone()));
+        let result = daemon::run(daemon_config, context, shutdown).await;
+        signals.abort();
+        result.map(|()| exit::OK).map_err(fail(exit::RUNTIME))
+    })
+}
+
+/// First SIGINT/SIGTERM: cancel (finish the feed in hand). Second: exit at once, which is
+/// safe because every commit and file move is atomic.
+async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for round in 0..2 {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        if round == 0 {
+            tracing::info!(
+                "shutdown requested: finishing the feed in hand (signal again to exit at once)"
+            );
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting at once");
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
+    }
+}
+
+fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
+    let mut context = context(config, open_store(config)?);
+    let mut code = exit::OK;
+    for path in files {
+        let file_name = display_name(path);
+        let source = Source {
+            path,
+            file_name: &file_name,
+            claim_token: None,
+            bound_merchant: None,
+            allowed_merchants: config.inbox.allowed_merchants.as_deref(),
+        };
+        match pipeline::process_file(&mut context, &source) {
+            Ok(processed) => {
+                if has_errors(&processed.outcome) {
+                    code = code.max(exit::INPUT);
+                }
+                println!("{}", processed.xml_report.display());
+                println!("{}", processed.json_report.display());
+            }
+            Err(error) => {
+                eprintln!(
+                    "adjustd: {}: {:#}",
+                    path.display(),
+                    anyhow::Error::new(error)
+                );
+                code = exit::RUNTIME;
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn has_errors(outcome: &FeedOutcome) -> bool {
+    outcome.status == FeedStatus::Rejected || outcome.messages_with_error > 0
+}
+
+fn display_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Result<u8, Failure> {
+    let mut code = exit::OK;
+    for path in files {
+        let outcome = validate_file(config, path)
+            .with_context(|| format!("reading {}", path.display()))
+            .map_err(fail(exit::RUNTIME))?;
+        if has_errors(&outcome) {
+            code = exit::INPUT;
+        }
+        let mut stdout = std::io::stdout().lock();
+        let written = match format {
+            ValidateFormat::Text => write_text_summary(&mut stdout, path, &outcome),
+            ValidateFormat::Xml => stdout.write_all(report::render_xml(&outcome).as_bytes()),
+            ValidateFormat::Json => stdout.write_all(report::render_json(&outcome).as_bytes()),
+        };
+        written
+            .context("writing to stdout")
+            .map_err(fail(exit::RUNTIME))?;
+    }
+    Ok(code)
+}
+
+/// Validates one file into a report outcome (DocumentTransactionID 1: there is no store).
+fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
+    let file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
+    let progress = progress_bar(size);
+    let reader = BufReader::with_capacity(1 << 16, progress.wrap_read(file));
+    let mut validator = Validator::new(reader, config.limits, &config.rules);
+    let mut outcome = FeedOutcome {
+        feed_id: 1,
+        file_name: display_name(path),
+        merchant: None,
+        status: FeedStatus::Complete,
+        duplicate_of: None,
+        content_hash: pipeline::hash_file(path)?,
+        processed_at: pipeline::now_rfc3339(),
+        messages_processed: 0,
+        messages_successful: 0,
+        messages_with_error: 0,
+        messages_with_warning: 0,
+        results: Vec::new(),
+    };
+    let reject = |outcome: &mut FeedOutcome, problem: Problem| {
+        outcome.status = FeedStatus::Rejected;
+        outcome.messages_processed = 0;
+        outcome.messages_successful = 0;
+        outcome.messages_with_error = 1;
+        outcome.messages_with_warning = 0;
+        outcome.results = vec![problem];
+    };
+    match validator.header() {
+        Ok(header) => outcome.merchant = Some(header.merchant),
+        Err(problem) => {
+            reject(&mut outcome, problem);
+            progress.finish_and_clear();
+            return Ok(outcome);
+        }
+    }
+    loop {
+        match validator.next_message() {
+            Ok(None) => break,
+            Ok(Some(ValidatedMessage::Valid(_))) => {
+                outcome.messages_processed += 1;
+                outcome.messages_successful += 1;
+            }
+            Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
+                outcome.messages_processed += 1;
+                if problems
+                    .iter()
+                    .any(|p| p.code.severity() == Severity::Error)
+                {
+                    outcome.messages_with_error += 1;
+                } else {
+                    outcome.messages_successful += 1;
+                }
+                if problems
+                    .iter()
+                    .any(|p| p.code.severity() == Severity::Warning)
+                {
+                    outcome.messages_with_warning += 1;
+                }
+                outcome.results.extend(problems);
+            }
+            Err(problem) => {
+                reject(&mut outcome, problem);
+                break;
+            }
+        }
+    }
+    progress.finish_and_clear();
+    Ok(outcome)
+}
+
+fn progress_bar(size: u64) -> indicatif::ProgressBar {
+    // Only worth it for large files, and only for a person watching a terminal.
+    if size < 16 * 1024 * 1024 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} {bar:40} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn write_text_summary(
+    out: &mut dyn Write,
+    path: &Path,
+    outcome: &FeedOutcome,
+) -> std::io::Result<()> {
+    let verdict = match outcome.status {
+        FeedStatus::Rejected => "REJECTED (nothing would be applied)".to_owned(),
+        FeedStatus::Complete if outcome.messages_with_error == 0 => "ok".to_owned(),
+        FeedStatus::Complete => format!(
+            "{} of {} messages with errors",
+            outcome.messages_with_error, outcome.messages_processed
+        ),
+    };
+    writeln!(
+        out,
+        "{}: {verdict}; merchant {}, {} messages, {} valid, {} with errors, {} with warnings",
+        path.display(),
+        outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
+        outcome.messages_processed,
+        outcome.messages_successful,
+        outcome.messages_with_error,
+        outcome.messages_with_warning
+    )?;
+    for problem in &outcome.results {
+        writeln!(out, "  {problem}")?;
+    }
+    Ok(())
+}
+
+fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
+    let _ = (config, merchant, file);
+    Err(Failure {
+        code: exit::RUNTIME,
+        error: anyhow::anyhow!("orders import is being written"),
+    })
+}
+
+fn show_order(
+    config: &Config,
+    order_id: &str,
+    merchant: Option<&str>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let merchant = merchant
+        .map(|m| {
+            MerchantId::new(m).ok_or_else(|| anyhow::anyhow!("{m:?} is not a merchant identifier"))
+        })
+        .transpose()
+        .map_err(fail(exit::USAGE))?;
+    let mut store = open_store(config)?;
+    let orders = store
+        .as_store()
+        .orders(merchant.as_ref(), order_id)
+        .context("reading the order")
+        .map_err(fail(exit::RUNTIME))?;
+    let Some(order) = orders.first() else {
+        eprintln!("adjustd: order {order_id} not found");
+        return Ok(exit::INPUT);
+    };
+    if orders.len() > 1 {
+        let merchants: Vec<&str> = orders.iter().map(|o| o.merchant.as_str()).collect();
+        eprintln!(
+            "adjustd: order {order_id} exists for several merchants ({}): use --merchant",
+            merchants.join(", ")
+        );
+        return Ok(exit::USAGE);
+    }
+    let mut stdout = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut stdout, order)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(stdout))
+    } else {
+        write_order_table(&mut stdout, order)
+    };
+    written
+        .context("writing to stdout")
+        .map_err(fail(exit::RUNTIME))?;
+    Ok(exit::OK)
+}
+
+fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "order {} (merchant {}, {}, {}{})",
+        order.amazon_order_id,
+        order.merchant,
+        order.currency,
+        order.fulfillment_channel,
+        order
+            .merchant_order_id
+            .as_ref()
+            .map_or(String::new(), |m| format!(", merchant order {m}"))
+    )?;
+    for item in &order.items {
+        writeln!(
+            out,
+            "  item {} sku {}: ordered {}, shipped {}, cancelled {}",
+            item.amazon_order_item_code,
+            item.sku,
+            item.quantity_ordered,
+            item.quantity_shipped,
+            item.quantity_cancelled
+        )?;
+        writeln!(
+            out,
+            "    {:<24} {:>14} {:>14}",
+            "component", "charged", "refunded"
+        )?;
+        let mut names: Vec<&String> = item.charged.keys().chain(item.refunded.keys()).collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            let charged = item.charged.get(name).map_or("-", String::as_str);
+            let refunded = item.refunded.get(name).map_or("-", String::as_str);
+            writeln!(out, "    {name:<24} {charged:>14} {refunded:>14}")?;
+        }
+    }
+    if order.adjustments.is_empty() {
+        writeln!(out, "  no adjustments")?;
+    }
+    for adjustment in &order.adjustments {
+        let amounts: Vec<String> = adjustment
+            .amounts
+            .iter()
+            .map(|(c, a)| format!("{c} {a}"))
+            .collect();
+        writeln!(
+            out,
+            "  adjustment feed {} message {} item {} {}{}: {}",
+            adjustment.feed_id,
+            adjustment.message_id,
+            adjustment.amazon_order_item_code,
+            adjustment.reason,
+            if adjustment.quantity_cancelled > 0 {
+                format!(", cancelled {}", adjustment.quantity_cancelled)
+            } else {
+                String::new()
+            },
+            amounts.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
+    let mut store = open_store(config)?;
+    let feeds = store
+        .as_store()
+        .recent_feeds(limit)
+        .context("reading feeds")
+        .map_err(fail(exit::RUNTIME))?;
+    let mut stdout = std::io::stdout().lock();
+    let rows: Vec<serde_json::Value> = feeds
+        .iter()
+        .map(|feed| {
+            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
+            let (xml, json_path) = report::report_paths(
+                &config.paths.outbox,
+                merchant.as_ref(),
+                &feed.file_name,
+                feed.id,
+            );
+            serde_json::json!({
+                "feed": feed,
+                "xml_report": xml.display().to_string(),
+                "json_report": json_path.display().to_string(),
+            })
+        })
+        .collect();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut stdout, &rows)
+            .map_err(std::io::Error::other)
+            .and_then(|()| writeln!(stdout))
+    } else {
+        feeds.iter().zip(&rows).try_for_each(|(feed, row)| {
+            writeln!(
+                stdout,
+                "{:>6}  {}  {:<8} {:<10} {:>6} msgs {:>6} ok {:>6} err {:>6} warn  {}{}\n        {}",
+                feed.id,
+                feed.processed_at,
+                feed.status.as_str(),
+                feed.merchant.as_deref().unwrap_or("-"),
+                feed.messages_processed,
+                feed.messages_successful,
+                feed.messages_with_error,
+                feed.messages_with_warning,
+                feed.file_name,
+                feed.duplicate_of.map_or(String::new(), |d| format!(" (duplicate of {d})")),
+                row["xml_report"].as_str().unwrap_or_default(),
+            )
+        })
+    };
+    written
+        .context("writing to stdout")
+        .map_err(fail(exit::RUNTIME))?;
+    Ok(exit::OK)
+}
+
+fn print_config(config: &Config) {
+    let paths = &config.paths;
+    println!(
+        "config file: {}",
+        config
+            .file
+            .as_ref()
+            .map_or("(none: built-in defaults)".to_owned(), |f| f
+                .display()
+                .to_string())
+    );
+    println!(
+        "[paths]\ninbox = {:?}\noutbox = {:?}\narchive = {:?}\nfailed = {:?}\nwork = {:?}",
+        paths.inbox, paths.outbox, paths.archive, paths.failed, paths.work
+    );
+    println!("[store]\nurl = {:?}", config.redacted_store_url());
+    let inbox = &config.inbox;
+    println!(
+        "[inbox]\nsettle_ms = {}\nignore = {:?}\ntruncated_grace_secs = {}\ndone_marker = {:?}\nallowed_merchants = {:?}\nwatch = {:?}\npoll_interval_ms = {}\nrescan_interval_secs = {}",
+        inbox.settle.as_millis(),
+        inbox.ignore,
+        inbox.truncated_grace.as_secs(),
+        inbox.done_marker,
+        inbox
+            .allowed_merchants
+            .as_ref()
+            .map(|l| l.iter().map(MerchantId::as_str).collect::<Vec<_>>()),
+        inbox.watch,
+        inbox.poll_interval.as_millis(),
+        inbox.rescan_interval.as_secs()
+    );
+    let limits = &config.limits;
+    println!(
+        "[limits]\nmax_file_bytes = {}\nmax_depth = {}\nmax_text_bytes = {}\nmax_messages = {}",
+        limits.max_file_bytes, limits.max_depth, limits.max_text_bytes, limits.max_messages
+    );
+    println!(
+        "[rules]\nrestocking_fee_max_percent = {}\nduplicate_feeds = {:?}",
+        config.rules.restocking_fee_max_percent, config.duplicate_policy
+    );
+    println!(
+        "[daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = {}\n[http]\nlisten = {:?}\n[log]\nformat = {:?}",
+        config.shutdown_timeout.as_secs(),
+        config.max_backoff.as_secs(),
+        config.http_listen.map(|a| a.to_string()),
+        config.log_format
+    );
+}

@@ -1,2 +1,629 @@
-//! Configuration: the TOML file (raw, every field optional) resolved with environment
-//! overrides and defaults into one validated `Config`.
+//! Configuration: the TOML file (raw, every field optional, unknown keys rejected) plus
+//! `ADJUSTD_<SECTION>_<KEY>` environment overrides, resolved into one validated [`Config`]
+//! with absolute paths, `Duration`s and every default applied in one place. Nothing outside
+//! this module sees the raw form, so no command can have defaults of its own.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::Rules;
+use crate::feed::Limits;
+use crate::model::MerchantId;
+use crate::pipeline::DuplicatePolicy;
+
+/// The config file used when `--config` is not given and it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "adjustd.toml";
+
+/// Errors while loading the configuration. Each names the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a wrong type.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What toml said (names the key and line).
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("config key {key}: {message}")]
+    Invalid {
+        /// `section.key`, or the environment variable.
+        key: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
+}
+
+/// How the inbox is watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify via notify, falling back to polling on network/FUSE filesystems.
+    Auto,
+    /// Always use notify events (plus the periodic rescan).
+    Notify,
+    /// Always poll.
+    Poll,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The folders adjustd works in (absolute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// Where feeds are dropped (`inbox/` and `inbox/<merchant>/`).
+    pub inbox: PathBuf,
+    /// Where reports are written.
+    pub outbox: PathBuf,
+    /// Where processed feeds are kept.
+    pub archive: PathBuf,
+    /// Where rejected feeds are kept.
+    pub failed: PathBuf,
+    /// Where claimed feeds wait while processed.
+    pub work: PathBuf,
+}
+
+/// Inbox readiness and watching settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxSettings {
+    /// Size, mtime and inode must be unchanged this long before a file is ready.
+    pub settle: Duration,
+    /// Glob patterns of names that are never feeds (uploads in progress, hidden files).
+    pub ignore: Vec<String>,
+    /// How long an XML file whose root never closes may stay unchanged before it is
+    /// processed (and reported as truncated).
+    pub truncated_grace: Duration,
+    /// When set, `NAME` is ready only once `NAME<done_marker>` exists.
+    pub done_marker: Option<String>,
+    /// Merchants allowed in the top-level inbox (`None`: any).
+    pub allowed_merchants: Option<Vec<MerchantId>>,
+    /// How the inbox is watched.
+    pub watch: WatchMode,
+    /// Poll period in polling mode.
+    pub poll_interval: Duration,
+    /// Full rescan period in any mode.
+    pub rescan_interval: Duration,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file it came from, if any.
+    pub file: Option<PathBuf>,
+    /// Folders.
+    pub paths: Paths,
+    /// `sqlite:PATH` (absolute) or `postgres://…`.
+    pub store_url: String,
+    /// Inbox settings.
+    pub inbox: InboxSettings,
+    /// Reader limits.
+    pub limits: Limits,
+    /// Rule knobs.
+    pub rules: Rules,
+    /// What to do with a feed whose bytes were already processed.
+    pub duplicate_policy: DuplicatePolicy,
+    /// How long shutdown may wait for the feed in hand.
+    pub shutdown_timeout: Duration,
+    /// Cap of the retry backoff after transient errors.
+    pub max_backoff: Duration,
+    /// Address of the health and metrics endpoint (off when `None`).
+    pub http_listen: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The store URL with any password replaced by `***`, for logs and `config check`.
+    pub fn redacted_store_url(&self) -> String {
+        redact_url(&self.store_url)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    paths: Option<PathsFile>,
+    store: Option<StoreFile>,
+    inbox: Option<InboxFile>,
+    limits: Option<LimitsFile>,
+    rules: Option<RulesFile>,
+    daemon: Option<DaemonFile>,
+    http: Option<HttpFile>,
+    log: Option<LogFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PathsFile {
+    inbox: Option<PathBuf>,
+    outbox: Option<PathBuf>,
+    archive: Option<PathBuf>,
+    failed: Option<PathBuf>,
+    work: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InboxFile {
+    settle_ms: Option<u64>,
+    ignore: Option<Vec<String>>,
+    truncated_grace_secs: Option<u64>,
+    done_marker: Option<String>,
+    allowed_merchants: Option<Vec<String>>,
+    watch: Option<WatchMode>,
+    poll_interval_ms: Option<u64>,
+    rescan_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    max_file_bytes: Option<u64>,
+    max_depth: Option<u32>,
+    max_text_bytes: Option<u64>,
+    max_messages: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    restocking_fee_max_percent: Option<u32>,
+    duplicate_feeds: Option<DuplicateFeeds>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DuplicateFeeds {
+    Skip,
+    Process,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonFile {
+    shutdown_timeout_secs: Option<u64>,
+    max_backoff_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    format: Option<LogFormat>,
+}
+
+/// Every key the file and the environment accept, as `(section, key)`.
+pub const KEYS: &[(&str, &str)] = &[
+    ("paths", "inbox"),
+    ("paths", "outbox"),
+    ("paths", "archive"),
+    ("paths", "failed"),
+    ("paths", "work"),
+    ("store", "url"),
+    ("inbox", "settle_ms"),
+    ("inbox", "ignore"),
+    ("inbox", "truncated_grace_secs"),
+    ("inbox", "done_marker"),
+    ("inbox", "allowed_merchants"),
+    ("inbox", "watch"),
+    ("inbox", "poll_interval_ms"),
+    ("inbox", "rescan_interval_secs"),
+    ("limits", "max_file_bytes"),
+    ("limits", "max_depth"),
+    ("limits", "max_text_bytes"),
+    ("limits", "max_messages"),
+    ("rules", "restocking_fee_max_percent"),
+    ("rules", "duplicate_feeds"),
+    ("daemon", "shutdown_timeout_secs"),
+    ("daemon", "max_backoff_secs"),
+    ("http", "listen"),
+    ("log", "format"),
+];
+
+/// Loads the configuration: `explicit` if given (it must exist), else `./adjustd.toml` if
+/// present, else built-in defaults under `./var`; then applies `ADJUSTD_*` overrides from
+/// `env`.
+///
+/// # Errors
+/// A missing explicit file, bad TOML, an unknown key, or an invalid value.
+pub fn load(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let file = match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => {
+            let default = cwd.join(DEFAULT_CONFIG_FILE);
+            default.is_file().then_some(default)
+        }
+    };
+    let (mut table, base) = match &file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Parse {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+            let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (table, absolute(&cwd, &folder))
+        }
+        None => (toml::Table::new(), cwd.clone()),
+    };
+    let env_paths = apply_env(&mut table, env)?;
+    let source_name = file.as_ref().map_or_else(
+        || "(built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let raw: FileConfig =
+        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+            path: source_name,
+            message: e.to_string(),
+        })?;
+    resolve(raw, file, &base, &cwd, &env_paths)
+}
+
+/// Overlays `ADJUSTD_<SECTION>_<KEY>` variables onto the table; returns the path keys that
+/// came from the environment (those resolve against the current directory).
+fn apply_env(
+    table: &mut toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<&'static str>, ConfigError> {
+    let mut env_paths = Vec::new();
+    for (section, key) in KEYS {
+        let var = format!("ADJUSTD_{}_{}", section.to_uppercase(), key.to_uppercase());
+        let Some(text) = env(&var) else { continue };
+        // Numbers, booleans and arrays are written as TOML values; anything else is a string.
+        let value = format!("v = {text}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_str() || text.starts_with('"'))
+            .unwrap_or(toml::Value::String(text));
+        let entry = table
+            .entry((*section).to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::Invalid {
+                key: (*section).to_owned(),
+                message: "must be a table".to_owned(),
+            });
+        };
+        section_table.insert((*key).to_owned(), value);
+        if *section == "paths" {
+            env_paths.push(*key);
+        }
+    }
+    Ok(env_paths)
+}
+
+fn resolve(
+    raw: FileConfig,
+    file: Option<PathBuf>,
+    base: &Path,
+    cwd: &Path,
+    env_paths: &[&str],
+) -> Result<Config, ConfigError> {
+    let paths_file = raw.paths.unwrap_or_default();
+    let var = base.join("var");
+    let path = |key: &str, value: Option<PathBuf>, default: &str| -> PathBuf {
+        match value {
+            Some(p) if env_paths.contains(&key) => absolute(cwd, &p),
+            Some(p) => absolute(base, &p),
+            None => var.join(default),
+        }
+    };
+    let paths = Paths {
+        inbox: path("inbox", paths_file.inbox, "inbox"),
+        outbox: path("outbox", paths_file.outbox, "outbox"),
+        archive: path("archive", paths_file.archive, "archive"),
+        failed: path("failed", paths_file.failed, "failed"),
+        work: path("work", paths_file.work, "work"),
+    };
+
+    let store_url = match raw.store.and_then(|s| s.url) {
+        Some(url) => match url.strip_prefix("sqlite:") {
+            Some(p) => format!("sqlite:{}", absolute(base, Path::new(p)).display()),
+            None if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
+            None => {
+                return Err(ConfigError::Invalid {
+                    key: "store.url".to_owned(),
+                    message: format!(
+                        "{:?} is not supported: use sqlite:PATH or postgres://USER@HOST/DB",
+                        redact_url(&url)
+                    ),
+                });
+            }
+        },
+        None => format!("sqlite:{}", var.join("adjustd.db").display()),
+    };
+
+    let inbox_file = raw.inbox.unwrap_or_default();
+    let allowed_merchants = inbox_file
+        .allowed_merchants
+        .map(|list| {
+            list.iter()
+                .map(|m| {
+                    MerchantId::new(m).ok_or_else(|| ConfigError::Invalid {
+                        key: "inbox.allowed_merchants".to_owned(),
+                        message: format!(
+                            "{m:?} is not a merchant identifier (1-50 characters, no '/')"
+                        ),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+    let inbox = InboxSettings {
+        settle: Duration::from_millis(inbox_file.settle_ms.unwrap_or(1000)),
+        ignore: inbox_file.ignore.unwrap_or_else(|| {
+            [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~"]
+                .map(String::from)
+                .to_vec()
+        }),
+        truncated_grace: Duration::from_secs(inbox_file.truncated_grace_secs.unwrap_or(300)),
+        done_marker: inbox_file.done_marker.filter(|m| !m.is_empty()),
+        allowed_merchants,
+        watch: inbox_file.watch.unwrap_or(WatchMode::Auto),
+        poll_interval: Duration::from_millis(positive(
+            "inbox.poll_interval_ms",
+            inbox_file.poll_interval_ms.unwrap_or(500),
+        )?),
+        rescan_interval: Duration::from_secs(positive(
+            "inbox.rescan_interval_secs",
+            inbox_file.rescan_interval_secs.unwrap_or(30),
+        )?),
+    };
+
+    let limits_file = raw.limits.unwrap_or_default();
+    let defaults = Limits::default();
+    let limits = Limits {
+        max_file_bytes: positive(
+            "limits.max_file_bytes",
+            limits_file
+                .max_file_bytes
+                .unwrap_or(defaults.max_file_bytes),
+        )?,
+        max_depth: limits_file.max_depth.unwrap_or(defaults.max_depth),
+        max_text_bytes: positive(
+            "limits.max_text_bytes",
+            limits_file
+                .max_text_bytes
+                .unwrap_or(defaults.max_text_bytes),
+        )?,
+        max_messages: positive(
+            "limits.max_messages",
+            limits_file.max_messages.unwrap_or(defaults.max_messages),
+        )?,
+    };
+    if limits.max_depth < 8 {
+        return Err(ConfigError::Invalid {
+            key: "limits.max_depth".to_owned(),
+            message: format!(
+                "{} is too small: an Order Adjustment Feed nests 8 levels deep",
+                limits.max_depth
+            ),
+        });
+    }
+
+    let rules_file = raw.rules.unwrap_or_default();
+    let restocking_fee_max_percent = rules_file.restocking_fee_max_percent.unwrap_or(50);
+    if restocking_fee_max_percent > 100 {
+        return Err(ConfigError::Invalid {
+            key: "rules.restocking_fee_max_percent".to_owned(),
+            message: format!("{restocking_fee_max_percent} is above 100"),
+        });
+    }
+    let duplicate_policy = match rules_file.duplicate_feeds {
+        None | Some(DuplicateFeeds::Skip) => DuplicatePolicy::Skip,
+        Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
+    };
+
+    let daemon_file = raw.daemon.unwrap_or_default();
+    let http_listen = raw
+        .http
+        .and_then(|h| h.listen)
+        .map(|addr| {
+            addr.parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key: "http.listen".to_owned(),
+                    message: format!("{addr:?} is not an address like 127.0.0.1:9187: {e}"),
+                })
+        })
+        .transpose()?;
+
+    Ok(Config {
+        file,
+        paths,
+        store_url,
+        inbox,
+        limits,
+        rules: Rules {
+            restocking_fee_max_percent,
+        },
+        duplicate_policy,
+        shutdown_timeout: Duration::from_secs(daemon_file.shutdown_timeout_secs.unwrap_or(30)),
+        max_backoff: Duration::from_secs(positive(
+            "daemon.max_backoff_secs",
+            daemon_file.max_backoff_secs.unwrap_or(64),
+        )?),
+        http_listen,
+        log_format: raw.log.and_then(|l| l.format).unwrap_or(LogFormat::Text),
+    })
+}
+
+fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            key: key.to_owned(),
+            message: "must be greater than 0".to_owned(),
+        });
+    }
+    Ok(value)
+}
+
+fn absolute(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    // Lexical clean-up of `.` and `..` so folder comparisons (outbox inside inbox?) work.
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn redact_url(url: &str) -> String {
+    // postgres://user:password@host/db -> postgres://user:***@host/db
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("adjustd.toml");
+        std::fs::write(&path, text).expect("write config");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        load(Some(&path), &|name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_live_under_var_next_to_the_config_file() {
+        let config = load_text("", &[]).expect("empty config is valid");
+        let base = config
+            .file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .expect("file has a folder");
+        assert_eq!(config.paths.inbox, base.join("var/inbox"));
+        assert_eq!(
+            config.store_url,
+            format!("sqlite:{}", base.join("var/adjustd.db").display())
+        );
+        assert_eq!(config.inbox.settle, Duration::from_secs(1));
+        assert_eq!(config.rules.restocking_fee_max_percent, 50);
+        assert_eq!(config.duplicate_policy, DuplicatePolicy::Skip);
+        assert!(config.http_listen.is_none());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let config =
+            load_text("[paths]\ninbox = \"in\"\noutbox = \"../out\"\n", &[]).expect("valid");
+        let base = config
+            .file
+            .as_ref()
+            .and_then(|f| f.parent())
+            .expect("folder");
+        assert_eq!(config.paths.inbox, base.join("in"));
+        assert_eq!(
+            config.paths.outbox,
+            base.parent().expect("parent").join("out")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let error = load_text("[inbox]\nsettle_secs = 3\n", &[]).expect_err("unknown key");
+        assert!(error.to_string().contains("settle_secs"), "{error}");
+        let error = load_text("[bogus]\n", &[]).expect_err("unknown section");
+        assert!(error.to_string().contains("bogus"), "{error}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let config = load_text(
+            "[inbox]\nsettle_ms = 5000\n",
+            &[
+                ("ADJUSTD_INBOX_SETTLE_MS", "250"),
+                ("ADJUSTD_STORE_URL", "postgres://u:secret@h/db"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.inbox.settle, Duration::from_millis(250));
+        assert_eq!(config.redacted_store_url(), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let error =
+            load_text("[rules]\nrestocking_fee_max_percent = 150\n", &[]).expect_err("range");
+        assert!(
+            error
+                .to_string()
+                .contains("rules.restocking_fee_max_percent"),
+            "{error}"
+        );
+        let error = load_text("[store]\nurl = \"mysql://x\"\n", &[]).expect_err("scheme");
+        assert!(error.to_string().contains("store.url"), "{error}");
+        let error = load_text("[http]\nlisten = \"nowhere\"\n", &[]).expect_err("addr");
+        assert!(error.to_string().contains("http.listen"), "{error}");
+    }
+}

@@ -1,3 +1,18 @@
-//! The `adjustd` binary: parses the command line and hands over to the library.
+//! The `adjustd` binary: parses the command line, hands over to `adjustd::cli`, and maps
+//! the outcome to the documented exit codes.
 
-fn main() {}
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = match adjustd::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match adjustd::cli::run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("adjustd: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}

@@ -1,13 +1,28 @@
 //! One feed end to end: hash, read and validate, plan against the store, commit in one
 //! transaction, write the reports.
 
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use crate::engine::Rules;
+use sha2::{Digest, Sha256};
+
+use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
-use crate::model::MerchantId;
-use crate::report::FeedOutcome;
-use crate::store::{AnyStore, StoreError};
+use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId};
+use crate::problem::{Code, Problem, Severity};
+use crate::report::{self, FeedOutcome};
+use crate::store::{AnyStore, FeedDone, FeedStatus, FeedTx, NewFeed, Store, StoreError};
+use crate::validate::{ValidatedMessage, Validator};
+
+/// Messages validated before the engine plans them and the store writes them: large
+/// enough to amortise a store round trip, small enough to keep memory flat.
+const CHUNK_MESSAGES: usize = 4096;
+
+/// A conflict (serialization failure, deadlock, lost race on a unique key) retries the
+/// whole feed this many times before it is handed back to the caller as transient.
+const CONFLICT_ATTEMPTS: u32 = 8;
 
 /// What to do with a feed whose bytes were already processed for the same merchant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,9 +117,407 @@ impl ProcessError {
 
 /// Processes one feed file: exactly-once application and one pair of reports.
 ///
+/// A feed whose claim token is already committed (a restart after a crash between commit
+/// and the file move) is not applied again: its committed report is re-emitted. Conflicts
+/// with other instances are retried here; what remains is returned.
+///
 /// # Errors
 /// See [`ProcessError`]; bad input is never an error (it is in the report).
 pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Processed, ProcessError> {
-    let _ = (context, source);
-    unimplemented!("pipeline::process_file is being written")
+    let content_hash = hash_file(source.path)?;
+    let mut attempt = 1;
+    loop {
+        match attempt_once(context, source, &content_hash) {
+            Err(ProcessError::Store(StoreError::Conflict { detail }))
+                if attempt < CONFLICT_ATTEMPTS =>
+            {
+                tracing::info!(file = %source.file_name, attempt, detail = %detail, "store conflict, retrying feed");
+                std::thread::sleep(Duration::from_millis(5 << attempt.min(6)));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn attempt_once(
+    context: &mut Context,
+    source: &Source<'_>,
+    content_hash: &str,
+) -> Result<Processed, ProcessError> {
+    let store = context.store.as_store();
+    if let Some(token) = source.claim_token {
+        if let Some(record) = store.feed_by_claim(token)? {
+            let outcome =
+                report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+                    detail: format!("feed {}: {e}", record.id),
+                })?;
+            return write(context, source, outcome, true);
+        }
+    }
+
+    let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
+    let mut validator = Validator::new(
+        BufReader::with_capacity(1 << 16, file),
+        context.limits,
+        &context.rules,
+    );
+    let header = match validator.header() {
+        Ok(header) => header,
+        Err(problem) => {
+            let outcome = reject(store, source, content_hash, None, problem)?;
+            return write(context, source, outcome, false);
+        }
+    };
+    if let Some(problem) = merchant_problem(&header, source) {
+        let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
+        return write(context, source, outcome, false);
+    }
+    if context.duplicate_policy == DuplicatePolicy::Skip {
+        if let Some(earlier) = store.feed_by_hash(&header.merchant, content_hash)? {
+            let problem = Problem::new(
+                Code::DuplicateFeed,
+                MessageId::FEED,
+                "AmazonEnvelope",
+                None,
+                format!(
+                    "this file has the same bytes as feed {} ({}, processed {}); nothing was applied again",
+                    earlier.id, earlier.file_name, earlier.processed_at
+                ),
+                "nothing to do if this was a repeated upload; to apply new adjustments, send a new feed",
+            );
+            let outcome = finish_without_changes(
+                store,
+                source,
+                content_hash,
+                Some(header.merchant),
+                FeedStatus::Complete,
+                Some(earlier.id),
+                problem,
+            )?;
+            return write(context, source, outcome, false);
+        }
+    }
+    let outcome = apply(
+        store,
+        &mut validator,
+        source,
+        content_hash,
+        header,
+        &context.rules,
+    )?;
+    write(context, source, outcome, false)
+}
+
+/// Streams the messages through validate → engine → store inside one transaction.
+fn apply<R: std::io::BufRead>(
+    store: &mut dyn Store,
+    validator: &mut Validator<R>,
+    source: &Source<'_>,
+    content_hash: &str,
+    header: FeedHeader,
+    rules: &Rules,
+) -> Result<FeedOutcome, ProcessError> {
+    let merchant = header.merchant;
+    let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
+    let mut tally = Tally::default();
+    let mut snapshot = Snapshot::new();
+    let mut chunk: Vec<ValidatedMessage> = Vec::with_capacity(CHUNK_MESSAGES);
+    loop {
+        let next = match validator.next_message() {
+            Ok(next) => next,
+            Err(problem) => {
+                // A feed-level problem anywhere rejects the whole feed: roll back.
+                drop(tx);
+                return reject(store, source, content_hash, Some(merchant), problem);
+            }
+        };
+        let end = next.is_none();
+        if let Some(message) = next {
+            chunk.push(message);
+        }
+        if chunk.len() >= CHUNK_MESSAGES || (end && !chunk.is_empty()) {
+            flush(
+                tx.as_mut(),
+                &merchant,
+                &mut snapshot,
+                &mut chunk,
+                rules,
+                &mut tally,
+            )?;
+        }
+        if end {
+            break;
+        }
+    }
+    let feed_id = tx.feed_id();
+    let outcome = tally.into_outcome(
+        feed_id,
+        source,
+        content_hash,
+        Some(merchant),
+        FeedStatus::Complete,
+        None,
+    );
+    tx.commit(&feed_done(&outcome))?;
+    Ok(outcome)
+}
+
+fn flush(
+    tx: &mut dyn FeedTx,
+    merchant: &MerchantId,
+    snapshot: &mut Snapshot,
+    chunk: &mut Vec<ValidatedMessage>,
+    rules: &Rules,
+    tally: &mut Tally,
+) -> Result<(), ProcessError> {
+    let mut valid: Vec<AdjustmentMessage> = Vec::new();
+    let mut order: Vec<Option<Vec<Problem>>> = Vec::with_capacity(chunk.len());
+    for message in chunk.drain(..) {
+        match message {
+            ValidatedMessage::Valid(message) => {
+                valid.push(message);
+                order.push(None);
+            }
+            ValidatedMessage::Invalid { problems, .. } => order.push(Some(problems)),
+        }
+    }
+    let needs = engine::needs(snapshot, &valid);
+    if !needs.is_empty() {
+        tx.load(merchant, &needs, snapshot)?;
+    }
+    let plan = engine::plan(snapshot, merchant, &valid, rules);
+    tx.apply(merchant, &plan.changes)?;
+    let mut outcomes = plan.outcomes.into_iter();
+    for slot in order {
+        match slot {
+            Some(problems) => tally.add(false, problems),
+            None => {
+                let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
+                    detail: "engine returned fewer outcomes than messages".to_owned(),
+                })?;
+                tally.add(outcome.applied, outcome.problems);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Per-message counts and the results, in document order.
+#[derive(Default)]
+struct Tally {
+    processed: u64,
+    successful: u64,
+    with_error: u64,
+    with_warning: u64,
+    results: Vec<Problem>,
+}
+
+impl Tally {
+    fn add(&mut self, applied: bool, problems: Vec<Problem>) {
+        self.processed += 1;
+        if applied {
+            self.successful += 1;
+        }
+        if problems
+            .iter()
+            .any(|p| p.code.severity() == Severity::Error)
+        {
+            self.with_error += 1;
+        }
+        if problems
+            .iter()
+            .any(|p| p.code.severity() == Severity::Warning)
+        {
+            self.with_warning += 1;
+        }
+        self.results.extend(problems);
+    }
+
+    fn into_outcome(
+        self,
+        feed_id: u64,
+        source: &Source<'_>,
+        content_hash: &str,
+        merchant: Option<MerchantId>,
+        status: FeedStatus,
+        duplicate_of: Option<u64>,
+    ) -> FeedOutcome {
+        FeedOutcome {
+            feed_id,
+            file_name: source.file_name.to_owned(),
+            merchant,
+            status,
+            duplicate_of,
+            content_hash: content_hash.to_owned(),
+            processed_at: now_rfc3339(),
+            messages_processed: self.processed,
+            messages_successful: self.successful,
+            messages_with_error: self.with_error,
+            messages_with_warning: self.with_warning,
+            results: self.results,
+        }
+    }
+}
+
+/// Records a feed-level rejection (nothing applied) in its own transaction.
+fn reject(
+    store: &mut dyn Store,
+    source: &Source<'_>,
+    content_hash: &str,
+    merchant: Option<MerchantId>,
+    problem: Problem,
+) -> Result<FeedOutcome, ProcessError> {
+    finish_without_changes(
+        store,
+        source,
+        content_hash,
+        merchant,
+        FeedStatus::Rejected,
+        None,
+        problem,
+    )
+}
+
+fn finish_without_changes(
+    store: &mut dyn Store,
+    source: &Source<'_>,
+    content_hash: &str,
+    merchant: Option<MerchantId>,
+    status: FeedStatus,
+    duplicate_of: Option<u64>,
+    problem: Problem,
+) -> Result<FeedOutcome, ProcessError> {
+    let recorded_merchant = merchant.clone().or_else(|| source.bound_merchant.cloned());
+    let tx = store.begin_feed(&new_feed(source, content_hash, recorded_merchant.as_ref()))?;
+    let tally = Tally {
+        with_error: u64::from(problem.is_error()),
+        with_warning: u64::from(!problem.is_error()),
+        results: vec![problem],
+        ..Tally::default()
+    };
+    let outcome = tally.into_outcome(
+        tx.feed_id(),
+        source,
+        content_hash,
+        recorded_merchant,
+        status,
+        duplicate_of,
+    );
+    tx.commit(&feed_done(&outcome))?;
+    Ok(outcome)
+}
+
+fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem> {
+    let merchant = &header.merchant;
+    let (allowed, fix) = match (source.bound_merchant, source.allowed_merchants) {
+        (Some(bound), _) => (
+            bound == merchant,
+            format!(
+                "this inbox folder only accepts feeds of merchant {bound}: drop the feed into inbox/{merchant}/ or correct MerchantIdentifier"
+            ),
+        ),
+        (None, Some(list)) => (
+            list.contains(merchant),
+            format!(
+                "the top-level inbox accepts only merchants {} (config inbox.allowed_merchants): use the merchant's own folder inbox/{merchant}/",
+                list.iter()
+                    .map(MerchantId::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (None, None) => (true, String::new()),
+    };
+    (!allowed).then(|| {
+        Problem::new(
+            Code::MerchantNotAllowed,
+            MessageId::FEED,
+            "AmazonEnvelope/Header/MerchantIdentifier",
+            None,
+            format!("the feed speaks for merchant {merchant}, which may not be used from here; nothing was applied"),
+            fix,
+        )
+    })
+}
+
+fn write(
+    context: &Context,
+    source: &Source<'_>,
+    outcome: FeedOutcome,
+    recovered: bool,
+) -> Result<Processed, ProcessError> {
+    let (xml_report, json_report) = report::report_paths(
+        &context.outbox,
+        source.bound_merchant,
+        source.file_name,
+        outcome.feed_id,
+    );
+    report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
+        ProcessError::Report {
+            path: xml_report.clone(),
+            source,
+        }
+    })?;
+    Ok(Processed {
+        outcome,
+        xml_report,
+        json_report,
+        recovered,
+    })
+}
+
+fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantId>) -> NewFeed {
+    NewFeed {
+        merchant: merchant.cloned(),
+        file_name: source.file_name.to_owned(),
+        content_hash: content_hash.to_owned(),
+        claim_token: source.claim_token.map(str::to_owned),
+    }
+}
+
+fn feed_done(outcome: &FeedOutcome) -> FeedDone {
+    FeedDone {
+        status: outcome.status,
+        duplicate_of: outcome.duplicate_of,
+        messages_processed: outcome.messages_processed,
+        messages_successful: outcome.messages_successful,
+        messages_with_error: outcome.messages_with_error,
+        messages_with_warning: outcome.messages_with_warning,
+        report_json: report::render_json(outcome),
+    }
+}
+
+/// Hex SHA-256 of a file's bytes.
+///
+/// # Errors
+/// [`ProcessError::Read`] when the file cannot be read.
+pub fn hash_file(path: &Path) -> Result<String, ProcessError> {
+    let mut file = File::open(path).map_err(|e| read_error(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0_u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| read_error(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> ProcessError {
+    ProcessError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The current UTC time in RFC 3339 with second precision (`2026-11-30T12:00:00Z`).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

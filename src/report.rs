@@ -34,3 +34,53 @@ pub struct FeedOutcome {
     /// Every error and warning, feed-level ones first, then by message in document order.
     pub results: Vec<Problem>,
 }
+
+/// Errors reading a stored JSON report back.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid stored report: {0}")]
+pub struct ReportError(pub String);
+
+/// Renders the ProcessingReport XML.
+pub fn render_xml(outcome: &FeedOutcome) -> String {
+    let _ = outcome;
+    unimplemented!("report::render_xml is being written")
+}
+
+/// Renders the JSON twin.
+pub fn render_json(outcome: &FeedOutcome) -> String {
+    let _ = outcome;
+    unimplemented!("report::render_json is being written")
+}
+
+/// Reads a JSON report back.
+///
+/// # Errors
+/// Invalid JSON.
+pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
+    let _ = json;
+    unimplemented!("report::parse_json is being written")
+}
+
+/// The XML and JSON report paths of a feed.
+pub fn report_paths(
+    outbox: &std::path::Path,
+    merchant_folder: Option<&MerchantId>,
+    file_name: &str,
+    feed_id: u64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let _ = (outbox, merchant_folder, file_name, feed_id);
+    unimplemented!("report::report_paths is being written")
+}
+
+/// Writes both reports atomically.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_reports(
+    outcome: &FeedOutcome,
+    xml_path: &std::path::Path,
+    json_path: &std::path::Path,
+) -> std::io::Result<()> {
+    let _ = (outcome, xml_path, json_path);
+    unimplemented!("report::write_reports is being written")
+}

@@ -30,7 +30,8 @@ pub struct Validator<R: BufRead> {
 
 impl<R: BufRead> Validator<R> {
     /// Starts reading a feed.
-    pub fn new(reader: R, limits: Limits) -> Validator<R> {
+    pub fn new(reader: R, limits: Limits, rules: &crate::engine::Rules) -> Validator<R> {
+        let _ = rules;
         Validator { reader, limits }
     }
 
