@@ -1,3 +1,4 @@
 //! The integration-test binary: one target, one module per area.
 
+mod differential;
 mod docs;
