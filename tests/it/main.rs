@@ -3,6 +3,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod differential;
 mod docs;
 mod engine_model;
 mod engine_table;
