@@ -1204,3 +1204,98 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
         SourceFailure::Read(error) => malformed(Position::default(), &format!("reading the file failed: {error}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn children(doc: &str) -> Vec<(String, Position)> {
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let mut out = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            let root = tree.root().expect("element");
+            out.push((root.name().to_owned(), root.position()));
+        }
+        out
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let found = children("<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/></r>");
+        let positions: Vec<(u32, u32)> = found.iter().map(|(_, p)| (p.line, p.column)).collect();
+        assert_eq!(positions, [(2, 1), (2, 8), (3, 3), (4, 3)]);
+    }
+
+    #[test]
+    fn text_before_children_is_kept_and_later_text_only_flagged() {
+        let mut reader = FeedReader::new(
+            "<r><m>a&amp;b<![CDATA[<c>]]>&#x41;<k>v</k>x</m><n> <k/> </n></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("m");
+        let m = tree.root().expect("m");
+        assert_eq!(m.text(), "a&b<c>A");
+        assert!(m.has_stray_text());
+        let k = m.children().next().expect("k");
+        assert_eq!((k.name(), k.text(), k.parent().map(|p| p.id())), ("k", "v", Some(0)));
+        let tree = reader.next_child().expect("ok").expect("n");
+        let n = tree.root().expect("n");
+        assert!(is_blank(n.text()) && !n.has_stray_text());
+        assert!(reader.next_child().expect("ok").is_none());
+    }
+
+    #[test]
+    fn attribute_values_are_normalized_and_unescaped() {
+        let mut reader = FeedReader::new(
+            "<r><a x=\"1&lt;2\ty\" y='&#65;'/></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("a");
+        let attributes: Vec<(&str, &str)> = tree.root().expect("a").attributes().collect();
+        assert_eq!(attributes, [("x", "1<2 y"), ("y", "A")]);
+    }
+
+    #[test]
+    fn line_ends_in_text_are_normalized() {
+        let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("a");
+        assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn names_follow_the_name_production() {
+        assert!(is_xml_name("AmazonEnvelope"));
+        assert!(is_xml_name("xsi:type"));
+        assert!(is_xml_name("_a-1.b"));
+        assert!(is_xml_name("été"));
+        assert!(!is_xml_name(""));
+        assert!(!is_xml_name("1a"));
+        assert!(!is_xml_name("-a"));
+        assert!(!is_xml_name("a b"));
+    }
+
+    #[test]
+    fn positions_advance_over_lines_and_multibyte_characters() {
+        assert_eq!(advance((1, 0), b"abc"), (1, 3));
+        assert_eq!(advance((1, 5), "a\nbé".as_bytes()), (2, 2));
+        assert_eq!(advance((3, 2), b"\n\n"), (5, 0));
+        assert_eq!(position_in((1, 0), "é".as_bytes()), Position { line: 1, column: 2 });
+    }
+
+    #[test]
+    fn the_first_error_is_final() {
+        let mut reader = FeedReader::new("<r><a></b></r>".as_bytes(), Limits::default());
+        let first = reader.next_child().expect_err("mismatched");
+        assert_eq!(first.code, Code::MalformedXml);
+        assert_eq!(reader.next_child().expect_err("still"), first);
+        assert_eq!(reader.open_root().expect_err("still"), first);
+    }
+
+    #[test]
+    fn an_empty_root_has_no_children() {
+        let mut reader = FeedReader::new("<?xml version='1.0'?><r/>\n<!-- end -->\n".as_bytes(), Limits::default());
+        assert_eq!(reader.open_root().expect("root").root().expect("r").name(), "r");
+        assert!(reader.next_child().expect("ok").is_none());
+        assert_eq!(completeness("<r/>".as_bytes(), Limits::default()), Completeness::Complete);
+    }
+}

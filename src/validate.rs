@@ -1651,3 +1651,115 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_merges_neighbouring_ranges() {
+        let mut ids = IdSet::default();
+        for id in [1, 2, 3, 10, 5, 4, 9, u64::MAX, u64::MAX - 1] {
+            assert!(ids.insert(id), "{id}");
+        }
+        for id in [1, 3, 4, 5, 9, 10, u64::MAX] {
+            assert!(!ids.insert(id), "{id}");
+        }
+        assert_eq!(
+            ids.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(1, 5), (9, 10), (u64::MAX - 1, u64::MAX)]
+        );
+        assert!(ids.insert(6) && ids.insert(8) && ids.insert(7));
+        assert_eq!(ids.ranges.len(), 2);
+    }
+
+    #[test]
+    fn date_times_follow_xsd() {
+        for ok in [
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00Z",
+            "2024-02-29T23:59:59.999+14:00",
+            "2000-02-29T24:00:00-05:30",
+            "-0044-03-15T12:00:00",
+            "12024-01-01T00:00:00Z",
+        ] {
+            assert!(is_xsd_date_time(ok), "{ok}");
+        }
+        for bad in [
+            "2023-02-29T12:00:00",
+            "2024-13-01T12:00:00",
+            "2024-05-01",
+            "2024-05-01 12:00:00",
+            "2024-05-01T24:00:01",
+            "2024-05-01T12:00:00+15:00",
+            "0000-01-01T00:00:00",
+            "02024-01-01T00:00:00",
+            "2024-05-01T12:00:00.",
+            "2024-5-01T12:00:00",
+        ] {
+            assert!(!is_xsd_date_time(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn positive_integers_follow_xsd() {
+        assert_eq!(positive_integer(" +005\n", 10), Ok(5));
+        assert_eq!(positive_integer("0", 10), Err(false));
+        assert_eq!(positive_integer("-1", 10), Err(false));
+        assert_eq!(positive_integer("1 0", 10), Err(false));
+        assert_eq!(positive_integer("", 10), Err(false));
+        assert_eq!(positive_integer("11", 10), Err(true));
+        assert_eq!(positive_integer("99999999999999999999999", u64::MAX), Err(true));
+        assert_eq!(positive_integer("18446744073709551615", u64::MAX), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn normalized_strings_replace_but_do_not_trim() {
+        assert_eq!(normalized("a\tb\r\nc"), "a b  c");
+        assert_eq!(normalized(" x "), " x ");
+        assert!(is_version("1.01", 2) && is_version("12.3", 2) && !is_version("123.1", 2));
+        assert!(!is_version("1.", 2) && !is_version(" 1.0", 2) && is_version("1234.1", 4));
+    }
+
+    fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {
+        let doc = format!("<r>{xml}</r>");
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("element");
+        let mut found = Vec::new();
+        check_sequence(tree.root().expect("root"), particles, &mut |issue| {
+            found.push(format!("{} {:?}: {}", issue.at.name(), issue.missing, issue.what));
+        });
+        found
+    }
+
+    #[test]
+    fn sequences_report_missing_extra_and_misplaced_elements() {
+        let model = [
+            Particle::one(&["A", "B"]),
+            Particle::optional(&["C"]),
+            Particle::many(&["D"], 1),
+            Particle::optional(&["E"]),
+        ];
+        assert!(issues("<p><A/><C/><D/><D/><E/></p>", &model).is_empty());
+        assert!(issues("<p><B/><D/></p>", &model).is_empty());
+        assert_eq!(
+            issues("<p><C/><D/></p>", &model),
+            ["C Some(\"A\"): missing <A> or <B> before <C>"]
+        );
+        assert_eq!(
+            issues("<p><A/><C/><C/></p>", &model),
+            [
+                "C None: <C> appears more often than allowed (1 at most)",
+                "p Some(\"D\"): <p> is missing <D>"
+            ]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><C/></p>", &model),
+            ["C None: <C> is out of order: it must come before <D>"]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><X/></p>", &model),
+            ["X None: unexpected element <X> in <p> (expected <D>, <E>)"]
+        );
+    }
+}
