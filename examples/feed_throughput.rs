@@ -31,6 +31,10 @@ fn main() -> std::io::Result<()> {
         raw_best = raw_best.min(started.elapsed().as_secs_f64());
 
         let started = Instant::now();
+        let children = reader_only(&path)?;
+        println!("  reader only: {:.0} MB/s ({children} children)", mb(size) / started.elapsed().as_secs_f64());
+
+        let started = Instant::now();
         let (valid, invalid) = validate(&path)?;
         validate_best = validate_best.min(started.elapsed().as_secs_f64());
         assert_eq!(invalid, 0, "generated messages are valid");
@@ -50,7 +54,8 @@ fn mb(bytes: u64) -> f64 {
 }
 
 fn raw_loop(path: &std::path::Path) -> std::io::Result<u64> {
-    let mut reader = quick_xml::Reader::from_reader(BufReader::with_capacity(1 << 16, File::open(path)?));
+    let mut reader =
+        quick_xml::Reader::from_reader(BufReader::with_capacity(1 << 16, File::open(path)?));
     let mut buf = Vec::with_capacity(1024);
     let mut events = 0u64;
     loop {
@@ -61,6 +66,20 @@ fn raw_loop(path: &std::path::Path) -> std::io::Result<u64> {
             Err(error) => return Err(std::io::Error::other(error.to_string())),
         }
     }
+}
+
+fn reader_only(path: &std::path::Path) -> std::io::Result<u64> {
+    let reader = BufReader::with_capacity(1 << 16, File::open(path)?);
+    let mut feed = adjustd::feed::FeedReader::new(reader, Limits::default());
+    let mut children = 0;
+    while feed
+        .next_child()
+        .map_err(|p| std::io::Error::other(p.to_string()))?
+        .is_some()
+    {
+        children += 1;
+    }
+    Ok(children)
 }
 
 fn validate(path: &std::path::Path) -> std::io::Result<(u64, u64)> {

@@ -145,13 +145,9 @@ impl Tree {
         (!self.nodes.is_empty()).then_some(Element { tree: self, id: 0 })
     }
 
-    /// The element with this id.
-    ///
-    /// # Panics
-    /// When `id` is not an element of this tree (ids only come from this tree's elements).
-    pub fn element(&self, id: NodeId) -> Element<'_> {
-        assert!(id < self.nodes.len(), "node id from another tree");
-        Element { tree: self, id }
+    /// The element with this id, `None` when there is none.
+    pub fn element(&self, id: NodeId) -> Option<Element<'_>> {
+        (id < self.nodes.len()).then_some(Element { tree: self, id })
     }
 
     fn clear(&mut self) {
@@ -549,7 +545,10 @@ fn advance((line, column): (u32, u32), bytes: &[u8]) -> (u32, u32) {
         Some(last) => {
             let newlines = memchr::memchr_iter(b'\n', bytes).count();
             let newlines = u32::try_from(newlines).unwrap_or(u32::MAX);
-            (line.saturating_add(newlines), char_count(&bytes[last + 1..]))
+            (
+                line.saturating_add(newlines),
+                char_count(&bytes[last + 1..]),
+            )
         }
     }
 }
@@ -679,7 +678,8 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     }
                     Step::Eof => {
-                        let problem = self.truncated("the file ends before the root element closes");
+                        let problem =
+                            self.truncated("the file ends before the root element closes");
                         self.failure = Some(problem.clone());
                         return Err(problem);
                     }
@@ -768,7 +768,9 @@ impl<R: BufRead> FeedReader<R> {
                     let cut = matches!(error, XmlError::Syntax(_))
                         || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
                     if source.at_eof && cut && self.state != State::AfterRoot {
-                        return Err(self.truncated("the file ends inside markup or a multi-byte character"));
+                        return Err(
+                            self.truncated("the file ends inside markup or a multi-byte character")
+                        );
                     }
                     return Err(xml_problem(&error, position));
                 }
@@ -805,7 +807,9 @@ impl<R: BufRead> FeedReader<R> {
                                 MessageId::FEED,
                                 "(file)",
                                 Some(position),
-                                format!("the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"),
+                                format!(
+                                    "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
+                                ),
                                 "save the file as UTF-8 and declare encoding=\"UTF-8\"",
                             ));
                         }
@@ -950,7 +954,7 @@ impl<R: BufRead> FeedReader<R> {
                     return Ok(self.opened(id, new_depth, is_empty));
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.depth = self.depth.saturating_sub(1);
                     if self.depth >= 1 && self.current != NONE {
                         self.current = self.tree.nodes[self.current].parent;
                     }
@@ -996,7 +1000,10 @@ impl<R: BufRead> FeedReader<R> {
                         Ok(Some(c)) => {
                             return Err(malformed(
                                 position,
-                                &format!("character reference to U+{:04X}, which is not an XML character", u32::from(c)),
+                                &format!(
+                                    "character reference to U+{:04X}, which is not an XML character",
+                                    u32::from(c)
+                                ),
                             ));
                         }
                         Err(error) => {
@@ -1014,7 +1021,9 @@ impl<R: BufRead> FeedReader<R> {
                             other => {
                                 return Err(malformed(
                                     position,
-                                    &format!("unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"),
+                                    &format!(
+                                        "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
+                                    ),
                                 ));
                             }
                         },
@@ -1126,7 +1135,8 @@ fn is_xml_name(name: &str) -> bool {
         return false;
     };
     let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || (c as u32) >= 0xC0;
-    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
+    start(first)
+        && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
 }
 
 fn malformed(position: Position, what: &str) -> Problem {
@@ -1201,7 +1211,14 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             *position,
             &format!("control character U+{byte:04X} on line {} is not allowed in XML", position.line),
         ),
-        SourceFailure::Read(error) => malformed(Position::default(), &format!("reading the file failed: {error}")),
+        SourceFailure::Read(error) => Problem::new(
+            Code::MalformedXml,
+            MessageId::FEED,
+            "(file)",
+            None,
+            format!("reading the file failed: {error}"),
+            "check the file system and send the file again",
+        ),
     }
 }
 
@@ -1237,7 +1254,10 @@ mod tests {
         assert_eq!(m.text(), "a&b<c>A");
         assert!(m.has_stray_text());
         let k = m.children().next().expect("k");
-        assert_eq!((k.name(), k.text(), k.parent().map(|p| p.id())), ("k", "v", Some(0)));
+        assert_eq!(
+            (k.name(), k.text(), k.parent().map(|p| p.id())),
+            ("k", "v", Some(0))
+        );
         let tree = reader.next_child().expect("ok").expect("n");
         let n = tree.root().expect("n");
         assert!(is_blank(n.text()) && !n.has_stray_text());
@@ -1279,7 +1299,10 @@ mod tests {
         assert_eq!(advance((1, 0), b"abc"), (1, 3));
         assert_eq!(advance((1, 5), "a\nbé".as_bytes()), (2, 2));
         assert_eq!(advance((3, 2), b"\n\n"), (5, 0));
-        assert_eq!(position_in((1, 0), "é".as_bytes()), Position { line: 1, column: 2 });
+        assert_eq!(
+            position_in((1, 0), "é".as_bytes()),
+            Position { line: 1, column: 2 }
+        );
     }
 
     #[test]
@@ -1293,9 +1316,18 @@ mod tests {
 
     #[test]
     fn an_empty_root_has_no_children() {
-        let mut reader = FeedReader::new("<?xml version='1.0'?><r/>\n<!-- end -->\n".as_bytes(), Limits::default());
-        assert_eq!(reader.open_root().expect("root").root().expect("r").name(), "r");
+        let mut reader = FeedReader::new(
+            "<?xml version='1.0'?><r/>\n<!-- end -->\n".as_bytes(),
+            Limits::default(),
+        );
+        assert_eq!(
+            reader.open_root().expect("root").root().expect("r").name(),
+            "r"
+        );
         assert!(reader.next_child().expect("ok").is_none());
-        assert_eq!(completeness("<r/>".as_bytes(), Limits::default()), Completeness::Complete);
+        assert_eq!(
+            completeness("<r/>".as_bytes(), Limits::default()),
+            Completeness::Complete
+        );
     }
 }
