@@ -53,7 +53,10 @@ fn main() -> std::io::Result<()> {
     ];
     for (label, seconds) in labels.iter().zip(best) {
         if seconds < f64::MAX {
-            println!("{label}: {:.0} MB/s (best of 3: {seconds:.3} s CPU)", mb(size) / seconds);
+            println!(
+                "{label}: {:.0} MB/s (best of 3: {seconds:.3} s CPU)",
+                mb(size) / seconds
+            );
         }
     }
     if best[0] < f64::MAX && best[2] < f64::MAX {

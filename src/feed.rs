@@ -425,6 +425,7 @@ impl SourceState {
 
     /// Lines and columns after consuming `n` bytes of the chunk; `view` is the unconsumed
     /// part (only read for chunks with non-ASCII characters).
+    #[inline]
     fn advance(&mut self, n: usize, view: &[u8]) {
         let start = self.chunk_pos;
         let end = start + n;
@@ -552,6 +553,7 @@ impl<R: BufRead> io::Read for Source<R> {
 }
 
 impl<R: BufRead> BufRead for Source<R> {
+    #[inline]
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if !self.state.started {
             self.state.started = true;
@@ -596,6 +598,7 @@ impl<R: BufRead> BufRead for Source<R> {
         Ok(&view[..(usable - chunk_pos).min(view.len())])
     }
 
+    #[inline]
     fn consume(&mut self, amount: usize) {
         let amount = amount.min(self.state.usable.saturating_sub(self.state.chunk_pos));
         if amount == 0 {
@@ -1226,6 +1229,15 @@ fn is_xml_char(c: char) -> bool {
 /// The `Name` production, approximated for non-ASCII characters (all accepted except
 /// as noted in XML 1.0 fifth edition's broad ranges).
 fn is_xml_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    // Fast path: the feed's names are ASCII letters.
+    if bytes.first().is_some_and(u8::is_ascii_alphabetic)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return true;
+    }
     let mut chars = name.chars();
     let Some(first) = chars.next() else {
         return false;

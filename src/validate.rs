@@ -90,6 +90,8 @@ pub struct Validator<R: BufRead> {
     header: Option<FeedHeader>,
     messages: u64,
     seen_ids: IdSet,
+    /// The currency of the previous message (a lookup cache).
+    last_currency: Option<Currency>,
     failure: Option<Problem>,
 }
 
@@ -104,6 +106,7 @@ impl<R: BufRead> Validator<R> {
             header: None,
             messages: 0,
             seen_ids: IdSet::default(),
+            last_currency: None,
             failure: None,
         }
     }
@@ -200,6 +203,7 @@ impl<R: BufRead> Validator<R> {
         Ok(Some(check_message(
             tree,
             &mut self.seen_ids,
+            &mut self.last_currency,
             self.restocking_fee_max_percent,
         )))
     }
@@ -866,6 +870,8 @@ struct Collector<'t> {
     item_code: Option<String>,
     /// The first `currency` attribute of the message and where it was.
     currency: Option<(Currency, Element<'t>)>,
+    /// The currency looked up last (a cache that outlives the message).
+    last_currency: Option<Currency>,
 }
 
 impl<'t> Collector<'t> {
@@ -974,6 +980,7 @@ fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) 
 fn check_message(
     tree: &Tree,
     seen_ids: &mut IdSet,
+    last_currency: &mut Option<Currency>,
     restocking_fee_max_percent: u32,
 ) -> ValidatedMessage {
     let Some(message) = tree.root() else {
@@ -987,6 +994,7 @@ fn check_message(
         problems: Vec::new(),
         item_code: None,
         currency: None,
+        last_currency: *last_currency,
     };
     // MessageID first, so that every later problem names it.
     let id_element = child(message, "MessageID");
@@ -1071,6 +1079,7 @@ fn check_message(
     for problem in &mut c.problems {
         problem.amazon_order_id.clone_from(&order_id);
     }
+    *last_currency = c.last_currency;
     match (message_id, adjustment) {
         (Some(message_id), Some(adjustment)) if c.problems.is_empty() => {
             ValidatedMessage::Valid(AdjustmentMessage {
@@ -1590,8 +1599,10 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         return None;
     }
     let text = element.text();
+    // `Amount::parse` keeps only significant fraction digits, so the scale is exactly
+    // `fraction_digits()` without its normalisation cost.
     let amount = match Amount::parse(text) {
-        Ok(amount) if amount.fraction_digits() <= 4 => Some(amount),
+        Ok(amount) if amount.value().scale() <= 4 => Some(amount),
         Ok(amount) => {
             c.add(
                 Code::AmountFormat,
@@ -1625,7 +1636,18 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         .find(|(name, _)| *name == "currency")
         .map(|(_, value)| value);
     if let Some(code) = code {
-        match Currency::from_code(code) {
+        // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
+        let known = c
+            .currency
+            .map(|(currency, _)| currency)
+            .into_iter()
+            .chain(c.last_currency)
+            .find(|currency| currency.code() == code);
+        let currency = known.or_else(|| Currency::from_code(code));
+        if let Some(currency) = currency {
+            c.last_currency = Some(currency);
+        }
+        match currency {
             None => c.add(
                 Code::CurrencyUnknown,
                 element,
@@ -1634,7 +1656,7 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             ),
             Some(currency) => {
                 if let Some(amount) = amount {
-                    if amount.fraction_digits() > currency.exponent() {
+                    if amount.value().scale() > currency.exponent() {
                         c.add(
                             Code::AmountPrecision,
                             element,
