@@ -9,6 +9,10 @@
 //! `BufRead` it is given. Every problem this module reports is feed-level
 //! ([`MessageId::FEED`]).
 
+// Problems are the contract's error values (see `problem.rs`); boxing them would only
+// move the allocation to every caller.
+#![allow(clippy::result_large_err)]
+
 use std::io::{self, BufRead};
 
 use quick_xml::errors::{Error as XmlError, SyntaxError};
@@ -398,10 +402,10 @@ impl SourceState {
             }
         }
         let checked = &rest[..valid];
-        if has_forbidden_control(checked) {
-            if let Some(index) = checked.iter().position(|&b| is_forbidden_control(b)) {
-                self.limit(skip + index, Pending::Forbidden(checked[index]));
-            }
+        if has_forbidden_control(checked)
+            && let Some(index) = checked.iter().position(|&b| is_forbidden_control(b))
+        {
+            self.limit(skip + index, Pending::Forbidden(checked[index]));
         }
         let ascii = skip == 0 && valid == rest.len() && checked.is_ascii();
         if self.ascii_only && !ascii {
@@ -582,16 +586,16 @@ impl<R: BufRead> BufRead for Source<R> {
             state.at_eof = bytes.is_empty();
             state.start_chunk(&bytes[..bytes.len().min(CHUNK_BYTES)]);
         }
-        if state.chunk_pos == state.usable {
-            if let Some(pending) = state.pending.take() {
-                let position = state.position();
-                let failure = match pending {
-                    Pending::InvalidUtf8 => SourceFailure::InvalidUtf8(position),
-                    Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
-                    Pending::NonAscii => SourceFailure::NonAscii(position),
-                };
-                return Err(state.fail(failure));
-            }
+        if state.chunk_pos == state.usable
+            && let Some(pending) = state.pending.take()
+        {
+            let position = state.position();
+            let failure = match pending {
+                Pending::InvalidUtf8 => SourceFailure::InvalidUtf8(position),
+                Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
+                Pending::NonAscii => SourceFailure::NonAscii(position),
+            };
+            return Err(state.fail(failure));
         }
         let (chunk_pos, usable) = (state.chunk_pos, state.usable);
         let view = self.view()?;
