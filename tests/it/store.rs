@@ -1110,7 +1110,11 @@ fn store_throughput() {
                 action: None,
                 quantity_cancelled: 0,
                 quantity: None,
-                amounts: vec![(principal(), 1000), (tax(), 80)],
+                amounts: vec![
+                    (principal(), 1000),
+                    (tax(), 80),
+                    (Component::Price(PriceComponent::Goodwill), 50),
+                ],
                 key: Some(sid(&format!("K{n}"))),
                 payload_hash: "0".repeat(64),
             })
@@ -1155,5 +1159,12 @@ fn store_throughput() {
         .expect("orders");
     let per_order = adjustments / orders;
     assert_eq!(view[0].adjustments.len(), per_order);
+    // Totals summed over the batch: existing rows updated, new (concession) rows inserted.
+    let item = &view[0].items[0];
+    let per_order = i64::try_from(per_order).expect("small");
+    let usd_text = |minor: i64| adjustd::model::format_minor(minor, usd);
+    assert_eq!(item.refunded["Principal"], usd_text(1000 * per_order));
+    assert_eq!(item.refunded["Tax"], usd_text(80 * per_order));
+    assert_eq!(item.refunded["Goodwill"], usd_text(50 * per_order));
+    assert_eq!(item.charged["Goodwill"], "0.00");
 }
-
