@@ -1139,8 +1139,10 @@ fn store_throughput() {
     let mut snapshot = Snapshot::new();
     tx.load(&merchant(), &needs, &mut snapshot).expect("load");
     let loaded = started.elapsed();
+    let cpu_loaded = thread_cpu();
     tx.apply(&merchant(), &changes).expect("apply");
     let applied = started.elapsed();
+    let cpu_applied = thread_cpu();
     tx.commit(&done(adjustments as u64, None)).expect("commit");
     let total = started.elapsed();
     let cpu = thread_cpu()
@@ -1151,7 +1153,11 @@ fn store_throughput() {
     eprintln!(
         "store_throughput: {adjustments} adjustments over {orders} orders: import {import_time:?}, \
          load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s \
-         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second"
+         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second \
+         (CPU: load {:?}, apply {:?}, commit {:?})",
+        cpu_loaded.zip(cpu_before).map(|(a, b)| a - b),
+        cpu_applied.zip(cpu_loaded).map(|(a, b)| a - b),
+        thread_cpu().zip(cpu_applied).map(|(a, b)| a - b),
     );
     assert_eq!(snapshot.orders().count(), orders);
     let view = store
