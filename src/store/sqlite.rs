@@ -110,6 +110,15 @@ impl SqliteStore {
         })
     }
 
+    /// How long a statement waits for another connection's lock before the operation
+    /// fails with [`StoreError::Conflict`] (default 5 s).
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout).map_err(db_error)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path

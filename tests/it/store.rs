@@ -1017,6 +1017,29 @@ fn sqlite_checks_and_triggers_hold_against_raw_sql() {
 }
 
 #[test]
+fn sqlite_busy_database_is_a_transient_conflict() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let mut store = SqliteStore::open(&path).expect("open");
+    store
+        .set_busy_timeout(std::time::Duration::from_millis(50))
+        .expect("timeout");
+    // Something outside adjustd (a backup tool, a careless sqlite3 shell) holds the write lock.
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").expect("writer lock");
+    match store.begin_feed(&new_feed("f.xml", "h", None)) {
+        Err(err @ StoreError::Conflict { .. }) => assert!(err.is_transient()),
+        Err(other) => panic!("expected Conflict, got {other:?}"),
+        Ok(_) => panic!("expected Conflict, got a transaction"),
+    }
+    other.execute_batch("ROLLBACK").expect("release");
+    let tx = store
+        .begin_feed(&new_feed("f.xml", "h", None))
+        .expect("free again");
+    tx.commit(&done(0, None)).expect("commit");
+}
+
+#[test]
 fn sqlite_message_ids_above_i64_round_trip() {
     let (mut fixture, _) = (sqlite_fixture().expect("fixture"), ());
     let store = fixture.store.as_mut();
