@@ -825,7 +825,11 @@ fn import_row(
             }
         }
         Some((item_id, shipped_before, cancelled)) => {
-            let shipped = row.quantity_shipped.unwrap_or(shipped_before);
+            // Units do not come back once shipped: an older report imported again (taken
+            // before the shipment) must not lower the count.
+            let shipped = row
+                .quantity_shipped
+                .map_or(shipped_before, |given| given.max(shipped_before));
             if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
                 let column = if row.quantity_shipped.is_some() {
                     "quantity-shipped"

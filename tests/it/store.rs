@@ -259,8 +259,9 @@ pub mod conformance {
         let item = item_view(&teapot, "23456789012345");
         assert_eq!(item.charged["Principal"], "36.00");
         assert_eq!(item.refunded["Principal"], "10.00");
-        // The re-import of the New Orders report (quantity-shipped 0) lowered nothing it
-        // should not: shipped comes from the report, adjustments stay.
+        // That row of the older New Orders report says quantity-shipped 0: shipped units do
+        // not come back, and adjustments stay.
+        assert_eq!(item.quantity_shipped, 1);
         assert_eq!(teapot.adjustments.len(), 1);
     }
 
