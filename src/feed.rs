@@ -512,10 +512,7 @@ fn advance((line, column): (u32, u32), bytes: &[u8]) -> (u32, u32) {
         Some(last) => {
             let newlines = memchr::memchr_iter(b'\n', bytes).count();
             let newlines = u32::try_from(newlines).unwrap_or(u32::MAX);
-            (
-                line.saturating_add(newlines),
-                char_count(&bytes[last + 1..]),
-            )
+            (line.saturating_add(newlines), char_count(&bytes[last + 1..]))
         }
     }
 }
@@ -645,8 +642,7 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     }
                     Step::Eof => {
-                        let problem =
-                            self.truncated("the file ends before the root element closes");
+                        let problem = self.truncated("the file ends before the root element closes");
                         self.failure = Some(problem.clone());
                         return Err(problem);
                     }
@@ -772,9 +768,7 @@ impl<R: BufRead> FeedReader<R> {
                                 MessageId::FEED,
                                 "(file)",
                                 Some(position),
-                                format!(
-                                    "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
-                                ),
+                                format!("the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"),
                                 "save the file as UTF-8 and declare encoding=\"UTF-8\"",
                             ));
                         }
@@ -965,10 +959,7 @@ impl<R: BufRead> FeedReader<R> {
                         Ok(Some(c)) => {
                             return Err(malformed(
                                 position,
-                                &format!(
-                                    "character reference to U+{:04X}, which is not an XML character",
-                                    u32::from(c)
-                                ),
+                                &format!("character reference to U+{:04X}, which is not an XML character", u32::from(c)),
                             ));
                         }
                         Err(error) => {
@@ -986,9 +977,7 @@ impl<R: BufRead> FeedReader<R> {
                             other => {
                                 return Err(malformed(
                                     position,
-                                    &format!(
-                                        "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
-                                    ),
+                                    &format!("unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"),
                                 ));
                             }
                         },
@@ -1100,8 +1089,7 @@ fn is_xml_name(name: &str) -> bool {
         return false;
     };
     let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || (c as u32) >= 0xC0;
-    start(first)
-        && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
+    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
 }
 
 fn malformed(position: Position, what: &str) -> Problem {
