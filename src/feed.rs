@@ -145,13 +145,9 @@ impl Tree {
         (!self.nodes.is_empty()).then_some(Element { tree: self, id: 0 })
     }
 
-    /// The element with this id.
-    ///
-    /// # Panics
-    /// When `id` is not an element of this tree (ids only come from this tree's elements).
-    pub fn element(&self, id: NodeId) -> Element<'_> {
-        assert!(id < self.nodes.len(), "node id from another tree");
-        Element { tree: self, id }
+    /// The element with this id, `None` when there is none.
+    pub fn element(&self, id: NodeId) -> Option<Element<'_>> {
+        (id < self.nodes.len()).then_some(Element { tree: self, id })
     }
 
     fn clear(&mut self) {
@@ -286,6 +282,9 @@ enum SourceFailure {
 /// `max_text_bytes` plus slack, so nothing unbounded is ever buffered.
 struct Source<R> {
     inner: R,
+    /// The first bytes of the file, served before `inner` (see `read_head`).
+    head: Vec<u8>,
+    head_pos: usize,
     state: SourceState,
 }
 
@@ -326,11 +325,13 @@ impl SourceState {
 
     /// Scans consumed bytes: UTF-8, control characters, lines and columns.
     fn scan(&mut self, mut bytes: &[u8]) {
-        if self.consumed == 0 && bytes.starts_with(b"\xEF\xBB\xBF") {
-            // The BOM is not a character anyone sees in an editor: no column for it.
-            bytes = &bytes[3..];
-        }
         if self.failure.is_some() || bytes.is_empty() {
+            return;
+        }
+        if self.ascii_only && !bytes.is_ascii() {
+            let index = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+            let position = position_in((self.line, self.column), &bytes[..index]);
+            self.failure = Some(SourceFailure::NonAscii(position));
             return;
         }
         // A character split across two consumes: complete it first.
@@ -375,12 +376,6 @@ impl SourceState {
             self.failure = Some(SourceFailure::ForbiddenChar(position, bytes[index]));
             return;
         }
-        if self.ascii_only && !bytes.is_ascii() {
-            let index = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
-            let position = position_in((self.line, self.column), &bytes[..index]);
-            self.failure = Some(SourceFailure::NonAscii(position));
-            return;
-        }
         (self.line, self.column) = advance((self.line, self.column), bytes);
     }
 }
@@ -393,6 +388,8 @@ impl<R: BufRead> Source<R> {
     fn new(inner: R, limits: Limits) -> Source<R> {
         Source {
             inner,
+            head: Vec::with_capacity(4),
+            head_pos: 0,
             state: SourceState {
                 max_file_bytes: limits.max_file_bytes,
                 max_run_bytes: limits.max_text_bytes.saturating_add(MARKUP_SLACK_BYTES),
@@ -421,8 +418,40 @@ impl<R: BufRead> io::Read for Source<R> {
     }
 }
 
+impl<R: BufRead> Source<R> {
+    /// Reads the first few bytes (however small the inner buffer) to recognise UTF-16 and
+    /// to drop a UTF-8 byte order mark before quick-xml sees it.
+    fn read_head(&mut self) -> io::Result<()> {
+        while self.head.len() < 4 {
+            let bytes = match self.inner.fill_buf() {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(self.state.fail(SourceFailure::Read(error.to_string()))),
+            };
+            if bytes.is_empty() {
+                break;
+            }
+            let n = bytes.len().min(4 - self.head.len());
+            self.head.extend_from_slice(&bytes[..n]);
+            self.inner.consume(n);
+        }
+        if looks_like_utf16(&self.head) {
+            return Err(self.state.fail(SourceFailure::Utf16));
+        }
+        if self.head.starts_with(b"\xEF\xBB\xBF") {
+            self.head_pos = 3;
+            self.state.consumed = 3;
+        }
+        Ok(())
+    }
+}
+
 impl<R: BufRead> BufRead for Source<R> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if !self.state.started {
+            self.state.started = true;
+            self.read_head()?;
+        }
         let state = &mut self.state;
         if state.failure.is_some() {
             return Err(rejected());
@@ -433,14 +462,12 @@ impl<R: BufRead> BufRead for Source<R> {
         if state.since_reset > state.max_run_bytes {
             return Err(state.fail(SourceFailure::RunTooLong));
         }
+        if self.head_pos < self.head.len() {
+            state.at_eof = false;
+            return Ok(&self.head[self.head_pos..]);
+        }
         match self.inner.fill_buf() {
             Ok(bytes) => {
-                if !state.started && !bytes.is_empty() {
-                    state.started = true;
-                    if looks_like_utf16(bytes) {
-                        return Err(state.fail(SourceFailure::Utf16));
-                    }
-                }
                 state.at_eof = bytes.is_empty();
                 Ok(bytes)
             }
@@ -453,13 +480,19 @@ impl<R: BufRead> BufRead for Source<R> {
         if amount == 0 {
             return;
         }
-        // The bytes about to be consumed are the front of the inner buffer, which a
-        // non-empty `BufRead` hands out again without any I/O.
-        if let Ok(buffer) = self.inner.fill_buf() {
-            let end = amount.min(buffer.len());
-            self.state.scan(&buffer[..end]);
+        if self.head_pos < self.head.len() {
+            let end = (self.head_pos + amount).min(self.head.len());
+            self.state.scan(&self.head[self.head_pos..end]);
+            self.head_pos = end;
+        } else {
+            // The bytes about to be consumed are the front of the inner buffer, which a
+            // non-empty `BufRead` hands out again without any I/O.
+            if let Ok(buffer) = self.inner.fill_buf() {
+                let end = amount.min(buffer.len());
+                self.state.scan(&buffer[..end]);
+            }
+            self.inner.consume(amount);
         }
-        self.inner.consume(amount);
         let amount = amount as u64;
         self.state.consumed = self.state.consumed.saturating_add(amount);
         self.state.since_reset = self.state.since_reset.saturating_add(amount);
@@ -512,7 +545,10 @@ fn advance((line, column): (u32, u32), bytes: &[u8]) -> (u32, u32) {
         Some(last) => {
             let newlines = memchr::memchr_iter(b'\n', bytes).count();
             let newlines = u32::try_from(newlines).unwrap_or(u32::MAX);
-            (line.saturating_add(newlines), char_count(&bytes[last + 1..]))
+            (
+                line.saturating_add(newlines),
+                char_count(&bytes[last + 1..]),
+            )
         }
     }
 }
@@ -642,7 +678,8 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     }
                     Step::Eof => {
-                        let problem = self.truncated("the file ends before the root element closes");
+                        let problem =
+                            self.truncated("the file ends before the root element closes");
                         self.failure = Some(problem.clone());
                         return Err(problem);
                     }
@@ -726,12 +763,14 @@ impl<R: BufRead> FeedReader<R> {
             let event = match result {
                 Ok(event) => event,
                 Err(error) => {
-                    let at_eof = source.at_eof;
-                    if at_eof
-                        && matches!(error, XmlError::Syntax(_))
-                        && self.state != State::AfterRoot
-                    {
-                        return Err(self.truncated("the file ends inside markup"));
+                    // An upload cut inside a tag, comment or multi-byte character is
+                    // incomplete, not broken.
+                    let cut = matches!(error, XmlError::Syntax(_))
+                        || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
+                    if source.at_eof && cut && self.state != State::AfterRoot {
+                        return Err(
+                            self.truncated("the file ends inside markup or a multi-byte character")
+                        );
                     }
                     return Err(xml_problem(&error, position));
                 }
@@ -768,7 +807,9 @@ impl<R: BufRead> FeedReader<R> {
                                 MessageId::FEED,
                                 "(file)",
                                 Some(position),
-                                format!("the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"),
+                                format!(
+                                    "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
+                                ),
                                 "save the file as UTF-8 and declare encoding=\"UTF-8\"",
                             ));
                         }
@@ -913,7 +954,7 @@ impl<R: BufRead> FeedReader<R> {
                     return Ok(self.opened(id, new_depth, is_empty));
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.depth = self.depth.saturating_sub(1);
                     if self.depth >= 1 && self.current != NONE {
                         self.current = self.tree.nodes[self.current].parent;
                     }
@@ -959,7 +1000,10 @@ impl<R: BufRead> FeedReader<R> {
                         Ok(Some(c)) => {
                             return Err(malformed(
                                 position,
-                                &format!("character reference to U+{:04X}, which is not an XML character", u32::from(c)),
+                                &format!(
+                                    "character reference to U+{:04X}, which is not an XML character",
+                                    u32::from(c)
+                                ),
                             ));
                         }
                         Err(error) => {
@@ -977,7 +1021,9 @@ impl<R: BufRead> FeedReader<R> {
                             other => {
                                 return Err(malformed(
                                     position,
-                                    &format!("unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"),
+                                    &format!(
+                                        "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
+                                    ),
                                 ));
                             }
                         },
@@ -1089,7 +1135,8 @@ fn is_xml_name(name: &str) -> bool {
         return false;
     };
     let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || (c as u32) >= 0xC0;
-    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
+    start(first)
+        && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
 }
 
 fn malformed(position: Position, what: &str) -> Problem {
@@ -1164,6 +1211,123 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             *position,
             &format!("control character U+{byte:04X} on line {} is not allowed in XML", position.line),
         ),
-        SourceFailure::Read(error) => malformed(Position::default(), &format!("reading the file failed: {error}")),
+        SourceFailure::Read(error) => Problem::new(
+            Code::MalformedXml,
+            MessageId::FEED,
+            "(file)",
+            None,
+            format!("reading the file failed: {error}"),
+            "check the file system and send the file again",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn children(doc: &str) -> Vec<(String, Position)> {
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let mut out = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            let root = tree.root().expect("element");
+            out.push((root.name().to_owned(), root.position()));
+        }
+        out
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let found = children("<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/></r>");
+        let positions: Vec<(u32, u32)> = found.iter().map(|(_, p)| (p.line, p.column)).collect();
+        assert_eq!(positions, [(2, 1), (2, 8), (3, 3), (4, 3)]);
+    }
+
+    #[test]
+    fn text_before_children_is_kept_and_later_text_only_flagged() {
+        let mut reader = FeedReader::new(
+            "<r><m>a&amp;b<![CDATA[<c>]]>&#x41;<k>v</k>x</m><n> <k/> </n></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("m");
+        let m = tree.root().expect("m");
+        assert_eq!(m.text(), "a&b<c>A");
+        assert!(m.has_stray_text());
+        let k = m.children().next().expect("k");
+        assert_eq!(
+            (k.name(), k.text(), k.parent().map(|p| p.id())),
+            ("k", "v", Some(0))
+        );
+        let tree = reader.next_child().expect("ok").expect("n");
+        let n = tree.root().expect("n");
+        assert!(is_blank(n.text()) && !n.has_stray_text());
+        assert!(reader.next_child().expect("ok").is_none());
+    }
+
+    #[test]
+    fn attribute_values_are_normalized_and_unescaped() {
+        let mut reader = FeedReader::new(
+            "<r><a x=\"1&lt;2\ty\" y='&#65;'/></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("a");
+        let attributes: Vec<(&str, &str)> = tree.root().expect("a").attributes().collect();
+        assert_eq!(attributes, [("x", "1<2 y"), ("y", "A")]);
+    }
+
+    #[test]
+    fn line_ends_in_text_are_normalized() {
+        let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("a");
+        assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn names_follow_the_name_production() {
+        assert!(is_xml_name("AmazonEnvelope"));
+        assert!(is_xml_name("xsi:type"));
+        assert!(is_xml_name("_a-1.b"));
+        assert!(is_xml_name("été"));
+        assert!(!is_xml_name(""));
+        assert!(!is_xml_name("1a"));
+        assert!(!is_xml_name("-a"));
+        assert!(!is_xml_name("a b"));
+    }
+
+    #[test]
+    fn positions_advance_over_lines_and_multibyte_characters() {
+        assert_eq!(advance((1, 0), b"abc"), (1, 3));
+        assert_eq!(advance((1, 5), "a\nbé".as_bytes()), (2, 2));
+        assert_eq!(advance((3, 2), b"\n\n"), (5, 0));
+        assert_eq!(
+            position_in((1, 0), "é".as_bytes()),
+            Position { line: 1, column: 2 }
+        );
+    }
+
+    #[test]
+    fn the_first_error_is_final() {
+        let mut reader = FeedReader::new("<r><a></b></r>".as_bytes(), Limits::default());
+        let first = reader.next_child().expect_err("mismatched");
+        assert_eq!(first.code, Code::MalformedXml);
+        assert_eq!(reader.next_child().expect_err("still"), first);
+        assert_eq!(reader.open_root().expect_err("still"), first);
+    }
+
+    #[test]
+    fn an_empty_root_has_no_children() {
+        let mut reader = FeedReader::new(
+            "<?xml version='1.0'?><r/>\n<!-- end -->\n".as_bytes(),
+            Limits::default(),
+        );
+        assert_eq!(
+            reader.open_root().expect("root").root().expect("r").name(),
+            "r"
+        );
+        assert!(reader.next_child().expect("ok").is_none());
+        assert_eq!(
+            completeness("<r/>".as_bytes(), Limits::default()),
+            Completeness::Complete
+        );
     }
 }

@@ -169,7 +169,9 @@ impl<R: BufRead> Validator<R> {
             return Ok(None);
         }
         let tree = self.feed.current();
-        let element = tree.root().ok_or_else(|| envelope_problem(None, "(file)", "internal: empty element tree", ""))?;
+        let element = tree
+            .root()
+            .ok_or_else(|| envelope_problem(None, "(file)", "internal: empty element tree", ""))?;
         if let Some(position) = self.feed.root_text() {
             return Err(root_text_problem(position));
         }
@@ -177,7 +179,10 @@ impl<R: BufRead> Validator<R> {
             return Err(envelope_problem(
                 Some(element.position()),
                 &format!("AmazonEnvelope/{}", element.name()),
-                &format!("unexpected element <{}> after the first <Message>; only <Message> elements may follow", element.name()),
+                &format!(
+                    "unexpected element <{}> after the first <Message>; only <Message> elements may follow",
+                    element.name()
+                ),
                 "move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else",
             ));
         }
@@ -208,7 +213,10 @@ impl<R: BufRead> Validator<R> {
             return Err(envelope_problem(
                 Some(root.position()),
                 root.name(),
-                &format!("the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>", root.name()),
+                &format!(
+                    "the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>",
+                    root.name()
+                ),
                 "send an <AmazonEnvelope> with MessageType OrderAdjustment",
             ));
         }
@@ -238,7 +246,7 @@ impl<R: BufRead> Validator<R> {
                 } else if !message_type_seen {
                     "<MessageType>"
                 } else {
-                    "any <Message>"
+                    "<Message>"
                 };
                 return Err(envelope_problem(
                     None,
@@ -299,9 +307,10 @@ impl<R: BufRead> Validator<R> {
                 }
                 2 => envelope_simple(element, |text| {
                     let n = normalized(text).chars().count();
-                    (1..=50).contains(&n).then_some(()).ok_or_else(|| {
-                        "MarketplaceName must be 1 to 50 characters".to_owned()
-                    })
+                    (1..=50)
+                        .contains(&n)
+                        .then_some(())
+                        .ok_or_else(|| "MarketplaceName must be 1 to 50 characters".to_owned())
                 })?,
                 3 => envelope_simple(element, |text| {
                     matches!(collapse(text), "true" | "false" | "1" | "0")
@@ -397,7 +406,7 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
             Particle::one(&["MerchantIdentifier"]),
             Particle::optional(&["OverrideReleaseId"]),
         ],
-        &mut |element, what| problems.push(fail(element, what)),
+        &mut |issue| problems.push(fail(issue.at, issue.what)),
     );
     if let Some(problem) = problems.into_iter().next() {
         return Err(problem);
@@ -445,10 +454,9 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
 
 fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
     envelope_simple(element, |text| {
-        MESSAGE_TYPES
-            .contains(&text)
-            .then_some(())
-            .ok_or_else(|| format!("MessageType {text:?} is not one of the envelope schema's values"))
+        MESSAGE_TYPES.contains(&text).then_some(()).ok_or_else(|| {
+            format!("MessageType {text:?} is not one of the envelope schema's values")
+        })
     })?;
     if element.text() != "OrderAdjustment" {
         return Err(Problem::new(
@@ -508,13 +516,32 @@ impl Particle {
     }
 }
 
+/// One finding of [`check_sequence`].
+struct Issue<'t> {
+    /// Where it was noticed (the element found instead, or the parent at its end).
+    at: Element<'t>,
+    /// The element whose content is wrong.
+    parent: Element<'t>,
+    /// The element that is missing, if that is the finding.
+    missing: Option<&'static str>,
+    what: String,
+}
+
 /// Checks the children of `parent` against a sequence of particles, reporting missing,
 /// unexpected, out-of-order and repeated elements.
-fn check_sequence(
-    parent: Element<'_>,
+fn check_sequence<'t>(
+    parent: Element<'t>,
     particles: &[Particle],
-    report: &mut dyn FnMut(Element<'_>, String),
+    report: &mut dyn FnMut(Issue<'t>),
 ) {
+    let mut report = |at: Element<'t>, missing: Option<&'static str>, what: String| {
+        report(Issue {
+            at,
+            parent,
+            missing,
+            what,
+        });
+    };
     let mut index = 0;
     let mut count = 0u32;
     for child in parent.children() {
@@ -524,7 +551,11 @@ fn check_sequence(
             if count > particles[index].max {
                 report(
                     child,
-                    format!("<{name}> appears more often than allowed ({} at most)", particles[index].max),
+                    None,
+                    format!(
+                        "<{name}> appears more often than allowed ({} at most)",
+                        particles[index].max
+                    ),
                 );
             }
             continue;
@@ -535,12 +566,17 @@ fn check_sequence(
                 if count < particles[index].min {
                     report(
                         child,
+                        Some(particles[index].names[0]),
                         format!("missing {} before <{name}>", particles[index].label()),
                     );
                 }
                 for particle in &particles[index + 1..j] {
                     if particle.min > 0 {
-                        report(child, format!("missing {} before <{name}>", particle.label()));
+                        report(
+                            child,
+                            Some(particle.names[0]),
+                            format!("missing {} before <{name}>", particle.label()),
+                        );
                     }
                 }
                 index = j;
@@ -550,15 +586,18 @@ fn check_sequence(
                 if let Some(j) = (0..index).find(|&j| particles[j].names.contains(&name)) {
                     report(
                         child,
+                        None,
                         format!(
                             "<{name}> is out of order: it must come before {}",
                             particles[j + 1].label()
                         ),
                     );
                 } else {
-                    let expected: Vec<String> = particles[index..].iter().map(Particle::label).collect();
+                    let expected: Vec<String> =
+                        particles[index..].iter().map(Particle::label).collect();
                     report(
                         child,
+                        None,
                         format!(
                             "unexpected element <{name}> in <{}> (expected {})",
                             parent.name(),
@@ -572,13 +611,19 @@ fn check_sequence(
     if count < particles[index].min {
         report(
             parent,
-            format!("<{}> is missing {}", parent.name(), particles[index].label()),
+            Some(particles[index].names[0]),
+            format!(
+                "<{}> is missing {}",
+                parent.name(),
+                particles[index].label()
+            ),
         );
     }
     for particle in &particles[index + 1..] {
         if particle.min > 0 {
             report(
                 parent,
+                Some(particle.names[0]),
                 format!("<{}> is missing {}", parent.name(), particle.label()),
             );
         }
@@ -666,9 +711,8 @@ fn is_version(text: &str, width: usize) -> bool {
     let Some((major, minor)) = text.split_once('.') else {
         return false;
     };
-    let ok = |part: &str| {
-        (1..=width).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
-    };
+    let ok =
+        |part: &str| (1..=width).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
     ok(major) && ok(minor)
 }
 
@@ -848,6 +892,24 @@ impl<'t> Collector<'t> {
         );
     }
 
+    fn issue(&mut self, issue: &Issue<'_>) {
+        let element = match issue.missing {
+            Some(missing) => format!("{}/{missing}", path(issue.parent)),
+            None => path(issue.at),
+        };
+        self.problems.push(
+            Problem::new(
+                Code::SchemaInvalid,
+                self.message_id,
+                element,
+                Some(issue.at.position()),
+                issue.what.clone(),
+                "correct the message as the OrderAdjustment schema says",
+            )
+            .with_item(self.item_code.clone()),
+        );
+    }
+
     fn count(&self) -> usize {
         self.problems.len()
     }
@@ -905,11 +967,15 @@ fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) 
     if let Err(what) = complex_text(element) {
         c.schema(element, what);
     }
-    check_sequence(element, particles, &mut |el, what| c.schema(el, what));
+    check_sequence(element, particles, &mut |issue| c.issue(&issue));
     c.count() == before
 }
 
-fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: u32) -> ValidatedMessage {
+fn check_message(
+    tree: &Tree,
+    seen_ids: &mut IdSet,
+    restocking_fee_max_percent: u32,
+) -> ValidatedMessage {
     let Some(message) = tree.root() else {
         return ValidatedMessage::Invalid {
             message_id: MessageId::FEED,
@@ -928,12 +994,16 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
     if let Some(element) = id_element {
         if let Some(text) = simple(&mut c, element) {
             let digits = collapse(text);
-            let pattern_ok = (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+            let pattern_ok =
+                (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
             match positive_integer(digits, u64::MAX) {
                 Ok(value) if pattern_ok => message_id = MessageId::new(value),
                 Err(true) if pattern_ok => c.schema(
                     element,
-                    format!("MessageID {digits} is larger than {}, the largest supported", u64::MAX),
+                    format!(
+                        "MessageID {digits} is larger than {}, the largest supported",
+                        u64::MAX
+                    ),
                 ),
                 _ => c.schema(
                     element,
@@ -961,7 +1031,7 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
             Particle::optional(&["OperationType"]),
             Particle::one(&["OrderAdjustment"]),
         ],
-        &mut |el, what| c.schema(el, what),
+        &mut |issue| c.issue(&issue),
     );
     if let (Some(id), Some(element)) = (message_id, id_element) {
         if !seen_ids.insert(id.get()) {
@@ -986,15 +1056,18 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
     let adjustment = child(message, "OrderAdjustment")
         .and_then(|element| check_order_adjustment(&mut c, element, restocking_fee_max_percent));
     // Attach the order id to every problem once it is known.
-    let order_id = adjustment.as_ref().and_then(|a| match &a.order {
-        OrderRef::Amazon(id) => Some(id.as_str().to_owned()),
-        OrderRef::Merchant(_) => None,
-    }).or_else(|| {
-        child(message, "OrderAdjustment")
-            .and_then(|oa| child(oa, "AmazonOrderID"))
-            .and_then(|el| AmazonOrderId::new(el.text()))
-            .map(|id| id.as_str().to_owned())
-    });
+    let order_id = adjustment
+        .as_ref()
+        .and_then(|a| match &a.order {
+            OrderRef::Amazon(id) => Some(id.as_str().to_owned()),
+            OrderRef::Merchant(_) => None,
+        })
+        .or_else(|| {
+            child(message, "OrderAdjustment")
+                .and_then(|oa| child(oa, "AmazonOrderID"))
+                .and_then(|el| AmazonOrderId::new(el.text()))
+                .map(|id| id.as_str().to_owned())
+        });
     for problem in &mut c.problems {
         problem.amazon_order_id.clone_from(&order_id);
     }
@@ -1117,7 +1190,10 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
     }
     let id = SellerId::new(&value);
     if id.is_none() {
-        c.schema(element, format!("{name} {value:?} is not a valid identifier"));
+        c.schema(
+            element,
+            format!("{name} {value:?} is not a valid identifier"),
+        );
     }
     id
 }
@@ -1192,7 +1268,9 @@ fn check_item<'t>(
                             c.add(
                                 Code::UnknownAdjustmentReason,
                                 element,
-                                format!("AdjustmentReason {text:?} is not one of the schema values"),
+                                format!(
+                                    "AdjustmentReason {text:?} is not one of the schema values"
+                                ),
                                 &format!("use one of {}", all.join(", ")),
                             );
                         }
@@ -1202,8 +1280,7 @@ fn check_item<'t>(
             "ItemPriceAdjustments" => {
                 complex(c, element, &[Particle::many(&["Component"], 1)]);
                 for component in element.children().filter(|e| e.name() == "Component") {
-                    let all: Vec<&str> = PriceComponent::ALL.iter().map(|p| p.as_str()).collect();
-                    if let Some(p) = check_component(c, component, &all, |t| {
+                    if let Some(p) = check_component(c, component, price_type_names, |t| {
                         PriceComponent::from_str(t).ok().map(Component::Price)
                     }) {
                         parsed.push(p);
@@ -1245,11 +1322,11 @@ fn check_item<'t>(
                             }
                         }
                         "Component" => {
-                            if let Some(p) =
-                                check_component(c, part, &["Principal", "Shipping"], |t| {
-                                    PromotionComponent::from_str(t).ok().map(Component::Promotion)
-                                })
-                            {
+                            if let Some(p) = check_component(c, part, promotion_type_names, |t| {
+                                PromotionComponent::from_str(t)
+                                    .ok()
+                                    .map(Component::Promotion)
+                            }) {
                                 parsed.push(p);
                             }
                         }
@@ -1400,7 +1477,12 @@ fn check_item<'t>(
 
 /// |RestockingFee + RestockingFeeTax| (when a charge) may be at most the configured share
 /// of the Principal refunded in the same item.
-fn check_restocking_fee(c: &mut Collector<'_>, item: Element<'_>, parsed: &[Parsed<'_>], max_percent: u32) {
+fn check_restocking_fee(
+    c: &mut Collector<'_>,
+    item: Element<'_>,
+    parsed: &[Parsed<'_>],
+    max_percent: u32,
+) {
     let mut fees = Decimal::ZERO;
     let mut first_fee = None;
     let mut principal = Decimal::ZERO;
@@ -1445,11 +1527,21 @@ fn check_restocking_fee(c: &mut Collector<'_>, item: Element<'_>, parsed: &[Pars
     }
 }
 
+fn price_type_names() -> String {
+    let names: Vec<&str> = PriceComponent::ALL.iter().map(|p| p.as_str()).collect();
+    names.join(", ")
+}
+
+fn promotion_type_names() -> String {
+    let names: Vec<&str> = PromotionComponent::ALL.iter().map(|p| p.as_str()).collect();
+    names.join(", ")
+}
+
 /// A `Component` of `Type` + `Amount`; `parse_type` maps the type name.
 fn check_component<'t>(
     c: &mut Collector<'t>,
     component: Element<'t>,
-    allowed: &[&str],
+    allowed: fn() -> String,
     parse_type: impl FnOnce(&str) -> Option<Component>,
 ) -> Option<Parsed<'t>> {
     let before = c.count();
@@ -1468,7 +1560,7 @@ fn check_component<'t>(
                 Code::UnknownComponentType,
                 type_element,
                 format!("Component Type {text:?} is not one of the schema values"),
-                &format!("use one of {}", allowed.join(", ")),
+                &format!("use one of {}", allowed()),
             );
         }
     }
@@ -1514,7 +1606,9 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         }
         Err(error) => {
             let what = match error {
-                AmountError::Format => "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)",
+                AmountError::Format => {
+                    "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)"
+                }
                 AmountError::TooLarge => "has more than 20 integer digits",
             };
             c.add(
@@ -1597,10 +1691,137 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
             c.add(
                 Code::QuantityInvalid,
                 element,
-                format!("{name} {} is too large (at most {})", collapse(text), u32::MAX),
+                format!(
+                    "{name} {} is too large (at most {})",
+                    collapse(text),
+                    u32::MAX
+                ),
                 "write the real number of units",
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_merges_neighbouring_ranges() {
+        let mut ids = IdSet::default();
+        for id in [1, 2, 3, 10, 5, 4, 9, u64::MAX, u64::MAX - 1] {
+            assert!(ids.insert(id), "{id}");
+        }
+        for id in [1, 3, 4, 5, 9, 10, u64::MAX] {
+            assert!(!ids.insert(id), "{id}");
+        }
+        assert_eq!(
+            ids.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(1, 5), (9, 10), (u64::MAX - 1, u64::MAX)]
+        );
+        assert!(ids.insert(6) && ids.insert(8) && ids.insert(7));
+        assert_eq!(ids.ranges.len(), 2);
+    }
+
+    #[test]
+    fn date_times_follow_xsd() {
+        for ok in [
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00Z",
+            "2024-02-29T23:59:59.999+14:00",
+            "2000-02-29T24:00:00-05:30",
+            "-0044-03-15T12:00:00",
+            "12024-01-01T00:00:00Z",
+        ] {
+            assert!(is_xsd_date_time(ok), "{ok}");
+        }
+        for bad in [
+            "2023-02-29T12:00:00",
+            "2024-13-01T12:00:00",
+            "2024-05-01",
+            "2024-05-01 12:00:00",
+            "2024-05-01T24:00:01",
+            "2024-05-01T12:00:00+15:00",
+            "0000-01-01T00:00:00",
+            "02024-01-01T00:00:00",
+            "2024-05-01T12:00:00.",
+            "2024-5-01T12:00:00",
+        ] {
+            assert!(!is_xsd_date_time(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn positive_integers_follow_xsd() {
+        assert_eq!(positive_integer(" +005\n", 10), Ok(5));
+        assert_eq!(positive_integer("0", 10), Err(false));
+        assert_eq!(positive_integer("-1", 10), Err(false));
+        assert_eq!(positive_integer("1 0", 10), Err(false));
+        assert_eq!(positive_integer("", 10), Err(false));
+        assert_eq!(positive_integer("11", 10), Err(true));
+        assert_eq!(
+            positive_integer("99999999999999999999999", u64::MAX),
+            Err(true)
+        );
+        assert_eq!(
+            positive_integer("18446744073709551615", u64::MAX),
+            Ok(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn normalized_strings_replace_but_do_not_trim() {
+        assert_eq!(normalized("a\tb\r\nc"), "a b  c");
+        assert_eq!(normalized(" x "), " x ");
+        assert!(is_version("1.01", 2) && is_version("12.3", 2) && !is_version("123.1", 2));
+        assert!(!is_version("1.", 2) && !is_version(" 1.0", 2) && is_version("1234.1", 4));
+    }
+
+    fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {
+        let doc = format!("<r>{xml}</r>");
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("element");
+        let mut found = Vec::new();
+        check_sequence(tree.root().expect("root"), particles, &mut |issue| {
+            found.push(format!(
+                "{} {:?}: {}",
+                issue.at.name(),
+                issue.missing,
+                issue.what
+            ));
+        });
+        found
+    }
+
+    #[test]
+    fn sequences_report_missing_extra_and_misplaced_elements() {
+        let model = [
+            Particle::one(&["A", "B"]),
+            Particle::optional(&["C"]),
+            Particle::many(&["D"], 1),
+            Particle::optional(&["E"]),
+        ];
+        assert!(issues("<p><A/><C/><D/><D/><E/></p>", &model).is_empty());
+        assert!(issues("<p><B/><D/></p>", &model).is_empty());
+        assert_eq!(
+            issues("<p><C/><D/></p>", &model),
+            ["C Some(\"A\"): missing <A> or <B> before <C>"]
+        );
+        assert_eq!(
+            issues("<p><A/><C/><C/></p>", &model),
+            [
+                "C None: <C> appears more often than allowed (1 at most)",
+                "p Some(\"D\"): <p> is missing <D>"
+            ]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><C/></p>", &model),
+            ["C None: <C> is out of order: it must come before <D>"]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><X/></p>", &model),
+            ["X None: unexpected element <X> in <p> (expected <D>, <E>)"]
+        );
     }
 }

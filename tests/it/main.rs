@@ -2,3 +2,5 @@
 
 mod differential;
 mod docs;
+mod fixtures;
+mod hostile;
