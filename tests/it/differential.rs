@@ -1,6 +1,6 @@
 //! Differential test of adjustd's schema layer against `xmllint` and the project's own XSDs
 //! (`schemas/amzn-envelope.xsd`): every feed fixture (`tests/data/feeds/**`,
-//! `tests/data/schemas/**`), a few hundred random valid feeds and at least 500 seeded random
+//! `tests/data/schemas/**`), 40 random valid feeds and at least 500 seeded random
 //! mutations of them must get the same valid/invalid verdict from both. Also checks that
 //! the schemas' enumerations equal the model's lists. Does not test business rules, problem
 //! texts or positions: only the verdict.
