@@ -193,6 +193,36 @@ fn random_mutations_get_the_same_verdict_as_xmllint() {
 }
 
 #[test]
+fn schemas_accept_the_good_samples_and_reject_the_bad() {
+    if !xmllint_present() {
+        return;
+    }
+    for (dir, expect_valid) in [("valid", true), ("invalid", false)] {
+        let mut files = Vec::new();
+        collect_xml_files(
+            &manifest_dir().join("tests/data/schemas").join(dir),
+            &mut files,
+        );
+        assert!(
+            files.len() >= 3,
+            "too few samples in tests/data/schemas/{dir}"
+        );
+        let verdicts = run_xmllint(&files);
+        for file in &files {
+            let verdict = &verdicts[file];
+            assert_eq!(
+                verdict.valid,
+                expect_valid,
+                "{}: {:?}",
+                file.display(),
+                verdict.messages
+            );
+            assert!(!verdict.internal_error, "{}", file.display());
+        }
+    }
+}
+
+#[test]
 fn schema_enumerations_equal_the_model() {
     let base = read_schema("amzn-base.xsd");
     let adjustment = read_schema("OrderAdjustment.xsd");
