@@ -533,21 +533,49 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
 /// # Errors
 /// [`ProcessError::Read`] when the file cannot be read.
 pub fn hash_file(path: &Path) -> Result<String, ProcessError> {
-    let mut file = File::open(path).map_err(|e| read_error(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0_u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| read_error(path, e))?;
-        if n == 0 {
-            break;
+    let file = File::open(path).map_err(|e| read_error(path, e))?;
+    HashingReader::new(file)
+        .finish()
+        .map_err(|e| read_error(path, e))
+}
+
+/// A reader that computes the SHA-256 of every byte read through it, so a file can be
+/// hashed in the same pass that parses it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
         }
-        hasher.update(&buffer[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+
+    /// Reads whatever is left and returns the hex SHA-256 of all the bytes.
+    ///
+    /// # Errors
+    /// Read errors of the rest of the input.
+    pub fn finish(mut self) -> std::io::Result<String> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(self
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> ProcessError {
