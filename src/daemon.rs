@@ -341,9 +341,9 @@ impl Worker {
                 }
                 self.process(claim, &mut syncs);
                 processed += 1;
-                self.update_waiting(Instant::now());
             }
             self.sync(&mut syncs);
+            self.update_waiting(Instant::now());
         }
         processed
     }
