@@ -441,6 +441,7 @@ impl Worker {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 0u32;
+        tracing::debug!(file = %claim.file_name, claim = %claim.token, "processing feed");
         loop {
             let result = self.process_once(&claim);
             match result {

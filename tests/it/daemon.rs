@@ -386,8 +386,8 @@ fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
     let big = feed_xml(MERCHANT, &refunds);
     let mut daemon = dir.spawn_daemon();
     dir.drop_file("big.xml", big.as_bytes());
-    wait_for("the big feed to be claimed", LONG, || {
-        !dir.files_in("work").is_empty()
+    wait_for("the big feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=big.xml")
     });
     daemon.signal("TERM");
     let status = daemon.wait_exit(Duration::from_secs(60));
@@ -405,8 +405,8 @@ fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
         .collect();
     let mut daemon = dir.spawn_daemon();
     dir.drop_file("big2.xml", feed_xml(MERCHANT, &big2).as_bytes());
-    wait_for("the second feed to be claimed", LONG, || {
-        !dir.files_in("work").is_empty()
+    wait_for("the second feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=big2.xml")
     });
     daemon.signal("TERM");
     std::thread::sleep(Duration::from_millis(20));
