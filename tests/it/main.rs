@@ -1,9 +1,15 @@
 //! The integration-test binary: one target, one module per area.
 
 mod cli;
-mod docs;
-// mod pipeline; (enabled once the SQLite store is merged)
 mod crash;
 mod daemon;
+mod differential;
+mod docs;
+mod engine_model;
+mod engine_table;
+mod fixtures;
+mod hostile;
+mod pipeline;
 mod report;
+mod store;
 mod util;
