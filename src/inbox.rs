@@ -421,9 +421,7 @@ fn root_element(head: &[u8]) -> Option<Root<'_>> {
     let mut at = 0;
     while at < head.len() {
         let rest = &head[at..];
-        let Some(open) = rest.iter().position(|&b| b == b'<') else {
-            return None;
-        };
+        let open = rest.iter().position(|&b| b == b'<')?;
         let rest = &rest[open..];
         let skip_to = |needle: &[u8]| {
             rest.windows(needle.len())

@@ -405,7 +405,7 @@ pub fn feed_xml(merchant: &str, refunds: &[Refund]) -> String {
          <MessageType>OrderAdjustment</MessageType>\n"
     );
     for (index, refund) in refunds.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             xml,
             "<Message><MessageID>{}</MessageID><OrderAdjustment>\
              <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
@@ -414,7 +414,7 @@ pub fn feed_xml(merchant: &str, refunds: &[Refund]) -> String {
              <AdjustmentReason>CustomerReturn</AdjustmentReason>\
              <ItemPriceAdjustments><Component><Type>Principal</Type>\
              <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
-             </AdjustedItem></OrderAdjustment></Message>\n",
+             </AdjustedItem></OrderAdjustment></Message>",
             index + 1,
             order_id(refund.order),
             item_code(refund.order),
