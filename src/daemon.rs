@@ -246,7 +246,7 @@ impl Worker {
         let timer = last_scan + period;
         let deadline = self
             .tracker
-            .next_deadline()
+            .next_deadline(Instant::now())
             .map_or(timer, |next| next.min(timer));
         let reason = loop {
             let now = Instant::now();

@@ -345,10 +345,12 @@ fn inbox_removed_and_recreated_is_watched_again() {
 
 #[test]
 fn polling_mode_and_done_markers() {
+    let port = free_port();
     let dir = setup(
         &Settings {
             watch: "poll",
             inbox_extra: "done_marker = \".done\"".to_owned(),
+            http_listen: Some(format!("127.0.0.1:{port}")),
             ..Settings::default()
         },
         1,
@@ -358,14 +360,31 @@ fn polling_mode_and_done_markers() {
         "marked.xml",
         feed_xml(MERCHANT, &[refund(0, "marked", 100)]).as_bytes(),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(1000));
     assert!(
         dir.json_reports().is_empty(),
         "processed without its marker"
     );
+    // Waiting for a marker must not make the daemon list the inbox in a loop: about one
+    // scan per poll interval (200 ms), plus the one at the end of the settle time.
+    let metrics = http_get(port, "/metrics");
+    let scans: u64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("adjustd_rescans_total"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(scans < 20, "{scans} scans in one second:\n{metrics}");
+    assert!(
+        metrics.contains("adjustd_watch_mode{mode=\"poll\"} 1"),
+        "{metrics}"
+    );
     dir.drop_file("marked.xml.done", b"");
     assert_eq!(report_of(&dir, "marked.xml")["status"], "Complete");
     wait_until_idle(&dir);
+    assert!(
+        !dir.path("inbox/marked.xml.done").exists(),
+        "marker removed"
+    );
     daemon.stop();
     assert!(daemon.log().contains("mode=\"poll\""), "{}", daemon.log());
 }
