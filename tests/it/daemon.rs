@@ -508,14 +508,27 @@ fn metrics_and_health_endpoint() {
     let health = http_get(port, "/healthz");
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     assert!(health.ends_with("ok\n"), "{health}");
-    let metrics = http_get(port, "/metrics");
-    for line in [
+    let expected = [
         "adjustd_feeds_total{outcome=\"complete\"} 1",
         "adjustd_messages_total{result=\"successful\"} 1",
         "adjustd_files_waiting 0",
         "adjustd_processing_seconds_count 1",
         "adjustd_watch_mode{mode=\"notify\"} 1",
-    ] {
+    ];
+    // The counters move right after the file does: poll briefly instead of racing them.
+    let mut metrics = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        metrics = http_get(port, "/metrics");
+        if expected
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in expected {
         assert!(
             metrics.lines().any(|l| l == line),
             "missing {line}:\n{metrics}"
