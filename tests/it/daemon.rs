@@ -386,7 +386,13 @@ fn polling_mode_and_done_markers() {
         "marker removed"
     );
     daemon.stop();
-    assert!(daemon.log().contains("mode=\"poll\""), "{}", daemon.log());
+    let log = daemon.log();
+    assert_eq!(
+        log.matches("watch mode").count(),
+        1,
+        "mode logged once:\n{log}"
+    );
+    assert!(log.contains("mode=\"poll\""), "{log}");
 }
 
 #[test]
