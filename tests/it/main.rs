@@ -6,3 +6,4 @@ mod engine_model;
 mod engine_table;
 // mod pipeline; (enabled once the SQLite store is merged)
 mod report;
+mod store;
