@@ -4,6 +4,8 @@ mod cli;
 mod docs;
 mod engine_model;
 mod engine_table;
+mod fixtures;
+mod hostile;
 // mod pipeline; (enabled once the SQLite store is merged)
 mod report;
 mod store;
