@@ -6,6 +6,7 @@ mod engine_model;
 mod engine_table;
 mod fixtures;
 mod hostile;
+mod pipeline_model;
 // mod pipeline; (enabled once the SQLite store is merged)
 mod report;
 mod store;
