@@ -5,8 +5,9 @@
 //! `pipeline::process_file`. The naive reference model of `engine_model` predicts every
 //! message's result codes, and the report must agree message by message.
 //!
-//! After every feed the invariants I1-I7 are checked on the SQLite file itself (a read-only
-//! rusqlite connection) and the model's recomputed totals are compared with the store's.
+//! After every feed the invariants I1-I7 are checked on the SQLite file itself through a
+//! read-only rusqlite connection (I4 on the messages that applied), the order views of
+//! `Store::orders` are compared with it, and the model's recomputed totals with the store's.
 //! Every feed is then processed a second time: byte-identical, it must come back as a
 //! DUPLICATE_FEED warning naming the first feed, with the store unchanged; and half the
 //! time once more with `DuplicatePolicy::Process`, where the model predicts the replay too
@@ -813,6 +814,18 @@ fn compare(
             ));
         }
         let fresh = expected.applied && expected.codes.is_empty();
+        // I4: what applied was in the order's currency.
+        if fresh {
+            let order = model
+                .find_order(&message.order)
+                .ok_or_else(|| format!("message {id} applied to an unknown order"))?;
+            if message.currency.is_some_and(|c| c != order.currency) {
+                return Err(format!(
+                    "I4: message {id} applied in {:?}",
+                    message.currency
+                ));
+            }
+        }
         let rows = adjustment_rows.get(&id).copied().unwrap_or(0);
         if rows
             != if fresh {
