@@ -549,7 +549,10 @@ fn advance((line, column): (u32, u32), bytes: &[u8]) -> (u32, u32) {
         Some(last) => {
             let newlines = memchr::memchr_iter(b'\n', bytes).count();
             let newlines = u32::try_from(newlines).unwrap_or(u32::MAX);
-            (line.saturating_add(newlines), char_count(&bytes[last + 1..]))
+            (
+                line.saturating_add(newlines),
+                char_count(&bytes[last + 1..]),
+            )
         }
     }
 }
@@ -679,7 +682,8 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     }
                     Step::Eof => {
-                        let problem = self.truncated("the file ends before the root element closes");
+                        let problem =
+                            self.truncated("the file ends before the root element closes");
                         self.failure = Some(problem.clone());
                         return Err(problem);
                     }
@@ -768,7 +772,9 @@ impl<R: BufRead> FeedReader<R> {
                     let cut = matches!(error, XmlError::Syntax(_))
                         || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
                     if source.at_eof && cut && self.state != State::AfterRoot {
-                        return Err(self.truncated("the file ends inside markup or a multi-byte character"));
+                        return Err(
+                            self.truncated("the file ends inside markup or a multi-byte character")
+                        );
                     }
                     return Err(xml_problem(&error, position));
                 }
@@ -805,7 +811,9 @@ impl<R: BufRead> FeedReader<R> {
                                 MessageId::FEED,
                                 "(file)",
                                 Some(position),
-                                format!("the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"),
+                                format!(
+                                    "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
+                                ),
                                 "save the file as UTF-8 and declare encoding=\"UTF-8\"",
                             ));
                         }
@@ -996,7 +1004,10 @@ impl<R: BufRead> FeedReader<R> {
                         Ok(Some(c)) => {
                             return Err(malformed(
                                 position,
-                                &format!("character reference to U+{:04X}, which is not an XML character", u32::from(c)),
+                                &format!(
+                                    "character reference to U+{:04X}, which is not an XML character",
+                                    u32::from(c)
+                                ),
                             ));
                         }
                         Err(error) => {
@@ -1014,7 +1025,9 @@ impl<R: BufRead> FeedReader<R> {
                             other => {
                                 return Err(malformed(
                                     position,
-                                    &format!("unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"),
+                                    &format!(
+                                        "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
+                                    ),
                                 ));
                             }
                         },
@@ -1126,7 +1139,8 @@ fn is_xml_name(name: &str) -> bool {
         return false;
     };
     let start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || (c as u32) >= 0xC0;
-    start(first) && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
+    start(first)
+        && chars.all(|c| start(c) || c.is_ascii_digit() || matches!(c, '-' | '.' | '\u{B7}'))
 }
 
 fn malformed(position: Position, what: &str) -> Problem {

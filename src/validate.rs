@@ -169,7 +169,9 @@ impl<R: BufRead> Validator<R> {
             return Ok(None);
         }
         let tree = self.feed.current();
-        let element = tree.root().ok_or_else(|| envelope_problem(None, "(file)", "internal: empty element tree", ""))?;
+        let element = tree
+            .root()
+            .ok_or_else(|| envelope_problem(None, "(file)", "internal: empty element tree", ""))?;
         if let Some(position) = self.feed.root_text() {
             return Err(root_text_problem(position));
         }
@@ -177,7 +179,10 @@ impl<R: BufRead> Validator<R> {
             return Err(envelope_problem(
                 Some(element.position()),
                 &format!("AmazonEnvelope/{}", element.name()),
-                &format!("unexpected element <{}> after the first <Message>; only <Message> elements may follow", element.name()),
+                &format!(
+                    "unexpected element <{}> after the first <Message>; only <Message> elements may follow",
+                    element.name()
+                ),
                 "move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else",
             ));
         }
@@ -208,7 +213,10 @@ impl<R: BufRead> Validator<R> {
             return Err(envelope_problem(
                 Some(root.position()),
                 root.name(),
-                &format!("the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>", root.name()),
+                &format!(
+                    "the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>",
+                    root.name()
+                ),
                 "send an <AmazonEnvelope> with MessageType OrderAdjustment",
             ));
         }
@@ -299,9 +307,10 @@ impl<R: BufRead> Validator<R> {
                 }
                 2 => envelope_simple(element, |text| {
                     let n = normalized(text).chars().count();
-                    (1..=50).contains(&n).then_some(()).ok_or_else(|| {
-                        "MarketplaceName must be 1 to 50 characters".to_owned()
-                    })
+                    (1..=50)
+                        .contains(&n)
+                        .then_some(())
+                        .ok_or_else(|| "MarketplaceName must be 1 to 50 characters".to_owned())
                 })?,
                 3 => envelope_simple(element, |text| {
                     matches!(collapse(text), "true" | "false" | "1" | "0")
@@ -445,10 +454,9 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
 
 fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
     envelope_simple(element, |text| {
-        MESSAGE_TYPES
-            .contains(&text)
-            .then_some(())
-            .ok_or_else(|| format!("MessageType {text:?} is not one of the envelope schema's values"))
+        MESSAGE_TYPES.contains(&text).then_some(()).ok_or_else(|| {
+            format!("MessageType {text:?} is not one of the envelope schema's values")
+        })
     })?;
     if element.text() != "OrderAdjustment" {
         return Err(Problem::new(
@@ -544,7 +552,10 @@ fn check_sequence<'t>(
                 report(
                     child,
                     None,
-                    format!("<{name}> appears more often than allowed ({} at most)", particles[index].max),
+                    format!(
+                        "<{name}> appears more often than allowed ({} at most)",
+                        particles[index].max
+                    ),
                 );
             }
             continue;
@@ -582,7 +593,8 @@ fn check_sequence<'t>(
                         ),
                     );
                 } else {
-                    let expected: Vec<String> = particles[index..].iter().map(Particle::label).collect();
+                    let expected: Vec<String> =
+                        particles[index..].iter().map(Particle::label).collect();
                     report(
                         child,
                         None,
@@ -600,7 +612,11 @@ fn check_sequence<'t>(
         report(
             parent,
             Some(particles[index].names[0]),
-            format!("<{}> is missing {}", parent.name(), particles[index].label()),
+            format!(
+                "<{}> is missing {}",
+                parent.name(),
+                particles[index].label()
+            ),
         );
     }
     for particle in &particles[index + 1..] {
@@ -695,9 +711,8 @@ fn is_version(text: &str, width: usize) -> bool {
     let Some((major, minor)) = text.split_once('.') else {
         return false;
     };
-    let ok = |part: &str| {
-        (1..=width).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit())
-    };
+    let ok =
+        |part: &str| (1..=width).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
     ok(major) && ok(minor)
 }
 
@@ -956,7 +971,11 @@ fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) 
     c.count() == before
 }
 
-fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: u32) -> ValidatedMessage {
+fn check_message(
+    tree: &Tree,
+    seen_ids: &mut IdSet,
+    restocking_fee_max_percent: u32,
+) -> ValidatedMessage {
     let Some(message) = tree.root() else {
         return ValidatedMessage::Invalid {
             message_id: MessageId::FEED,
@@ -975,12 +994,16 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
     if let Some(element) = id_element {
         if let Some(text) = simple(&mut c, element) {
             let digits = collapse(text);
-            let pattern_ok = (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+            let pattern_ok =
+                (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
             match positive_integer(digits, u64::MAX) {
                 Ok(value) if pattern_ok => message_id = MessageId::new(value),
                 Err(true) if pattern_ok => c.schema(
                     element,
-                    format!("MessageID {digits} is larger than {}, the largest supported", u64::MAX),
+                    format!(
+                        "MessageID {digits} is larger than {}, the largest supported",
+                        u64::MAX
+                    ),
                 ),
                 _ => c.schema(
                     element,
@@ -1033,15 +1056,18 @@ fn check_message(tree: &Tree, seen_ids: &mut IdSet, restocking_fee_max_percent: 
     let adjustment = child(message, "OrderAdjustment")
         .and_then(|element| check_order_adjustment(&mut c, element, restocking_fee_max_percent));
     // Attach the order id to every problem once it is known.
-    let order_id = adjustment.as_ref().and_then(|a| match &a.order {
-        OrderRef::Amazon(id) => Some(id.as_str().to_owned()),
-        OrderRef::Merchant(_) => None,
-    }).or_else(|| {
-        child(message, "OrderAdjustment")
-            .and_then(|oa| child(oa, "AmazonOrderID"))
-            .and_then(|el| AmazonOrderId::new(el.text()))
-            .map(|id| id.as_str().to_owned())
-    });
+    let order_id = adjustment
+        .as_ref()
+        .and_then(|a| match &a.order {
+            OrderRef::Amazon(id) => Some(id.as_str().to_owned()),
+            OrderRef::Merchant(_) => None,
+        })
+        .or_else(|| {
+            child(message, "OrderAdjustment")
+                .and_then(|oa| child(oa, "AmazonOrderID"))
+                .and_then(|el| AmazonOrderId::new(el.text()))
+                .map(|id| id.as_str().to_owned())
+        });
     for problem in &mut c.problems {
         problem.amazon_order_id.clone_from(&order_id);
     }
@@ -1164,7 +1190,10 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
     }
     let id = SellerId::new(&value);
     if id.is_none() {
-        c.schema(element, format!("{name} {value:?} is not a valid identifier"));
+        c.schema(
+            element,
+            format!("{name} {value:?} is not a valid identifier"),
+        );
     }
     id
 }
@@ -1239,7 +1268,9 @@ fn check_item<'t>(
                             c.add(
                                 Code::UnknownAdjustmentReason,
                                 element,
-                                format!("AdjustmentReason {text:?} is not one of the schema values"),
+                                format!(
+                                    "AdjustmentReason {text:?} is not one of the schema values"
+                                ),
                                 &format!("use one of {}", all.join(", ")),
                             );
                         }
@@ -1294,7 +1325,9 @@ fn check_item<'t>(
                         "Component" => {
                             if let Some(p) =
                                 check_component(c, part, &["Principal", "Shipping"], |t| {
-                                    PromotionComponent::from_str(t).ok().map(Component::Promotion)
+                                    PromotionComponent::from_str(t)
+                                        .ok()
+                                        .map(Component::Promotion)
                                 })
                             {
                                 parsed.push(p);
@@ -1447,7 +1480,12 @@ fn check_item<'t>(
 
 /// |RestockingFee + RestockingFeeTax| (when a charge) may be at most the configured share
 /// of the Principal refunded in the same item.
-fn check_restocking_fee(c: &mut Collector<'_>, item: Element<'_>, parsed: &[Parsed<'_>], max_percent: u32) {
+fn check_restocking_fee(
+    c: &mut Collector<'_>,
+    item: Element<'_>,
+    parsed: &[Parsed<'_>],
+    max_percent: u32,
+) {
     let mut fees = Decimal::ZERO;
     let mut first_fee = None;
     let mut principal = Decimal::ZERO;
@@ -1561,7 +1599,9 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         }
         Err(error) => {
             let what = match error {
-                AmountError::Format => "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)",
+                AmountError::Format => {
+                    "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)"
+                }
                 AmountError::TooLarge => "has more than 20 integer digits",
             };
             c.add(
@@ -1644,7 +1684,11 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
             c.add(
                 Code::QuantityInvalid,
                 element,
-                format!("{name} {} is too large (at most {})", collapse(text), u32::MAX),
+                format!(
+                    "{name} {} is too large (at most {})",
+                    collapse(text),
+                    u32::MAX
+                ),
                 "write the real number of units",
             );
             None

@@ -143,9 +143,16 @@ fn render_message(out: &mut String, message: &AdjustmentMessage) {
             ItemRef::Amazon(code) => format!("AmazonOrderItemCode {code}"),
             ItemRef::Merchant(id) => format!("MerchantOrderItemID {:?}", id.as_str()),
         };
-        let key = item.key.as_ref().map_or("-".to_owned(), |k| format!("{:?}", k.as_str()));
-        let qc = item.quantity_cancelled.map_or("-".to_owned(), |q| q.get().to_string());
-        let q = item.quantity.map_or("-".to_owned(), |q| q.get().to_string());
+        let key = item
+            .key
+            .as_ref()
+            .map_or("-".to_owned(), |k| format!("{:?}", k.as_str()));
+        let qc = item
+            .quantity_cancelled
+            .map_or("-".to_owned(), |q| q.get().to_string());
+        let q = item
+            .quantity
+            .map_or("-".to_owned(), |q| q.get().to_string());
         writeln!(
             out,
             "  item at {}: {item_ref}, key {key}, reason {}, quantity_cancelled {qc}, quantity {q}",
@@ -184,7 +191,11 @@ fn feed_fixtures_match_their_expected_rendering() {
             let mut case_codes = BTreeSet::new();
             let actual = render(&path, &mut case_codes);
             match dir {
-                "ok" => assert!(case_codes.is_empty(), "{}: ok fixture has problems:\n{actual}", path.display()),
+                "ok" => assert!(
+                    case_codes.is_empty(),
+                    "{}: ok fixture has problems:\n{actual}",
+                    path.display()
+                ),
                 "invalid" => assert!(
                     !case_codes.is_empty() && case_codes.iter().all(|c| !XML_CODES.contains(c)),
                     "{}: invalid fixture must have validation problems only:\n{actual}",
@@ -212,8 +223,16 @@ fn feed_fixtures_match_their_expected_rendering() {
         }
     }
     assert!(n_cases >= 40, "only {n_cases} fixtures");
-    assert!(failures.is_empty(), "{} fixture(s) differ (UPDATE_EXPECT=1 rewrites them):\n{}", failures.len(), failures.join("\n"));
-    let missing: Vec<&Code> = VALIDATE_CODES.iter().filter(|c| !codes.contains(c)).collect();
+    assert!(
+        failures.is_empty(),
+        "{} fixture(s) differ (UPDATE_EXPECT=1 rewrites them):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let missing: Vec<&Code> = VALIDATE_CODES
+        .iter()
+        .filter(|c| !codes.contains(c))
+        .collect();
     assert!(missing.is_empty(), "no fixture shows {missing:?}");
 }
 
@@ -228,7 +247,12 @@ fn rendering_does_not_depend_on_how_the_bytes_arrive() {
             let whole = render(&path, &mut BTreeSet::new());
             for capacity in [1, 2, 3, 5, 7, 64] {
                 let split = render_with_buffer(&path, capacity, &mut BTreeSet::new());
-                assert_eq!(whole, split, "{} with a {capacity}-byte buffer", path.display());
+                assert_eq!(
+                    whole,
+                    split,
+                    "{} with a {capacity}-byte buffer",
+                    path.display()
+                );
             }
         }
     }

@@ -125,15 +125,24 @@ fn expect_feed_problem(bytes: &[u8], code: Code) -> Problem {
     let problem = problem.unwrap_or_else(|| panic!("expected {code:?}, the feed was accepted"));
     assert_eq!(problem.code, code, "{problem}");
     assert_eq!(problem.code.scope(), Scope::Feed);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     problem
 }
 
 #[test]
 fn billion_laughs_is_refused_before_any_expansion() {
-    let mut doc = String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
+    let mut doc =
+        String::from("<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [\n<!ENTITY lol \"lol\">\n");
     for i in 1..=9 {
-        let previous = if i == 1 { "lol".to_owned() } else { format!("lol{}", i - 1) };
+        let previous = if i == 1 {
+            "lol".to_owned()
+        } else {
+            format!("lol{}", i - 1)
+        };
         let refs = format!("&{previous};").repeat(10);
         doc.push_str(&format!("<!ENTITY lol{i} \"{refs}\">\n"));
     }
@@ -146,7 +155,9 @@ fn billion_laughs_is_refused_before_any_expansion() {
 fn external_entity_is_refused_and_nothing_is_read_from_disk() {
     let doc = format!(
         "<?xml version=\"1.0\"?>\n<!DOCTYPE foo [ <!ENTITY xxe SYSTEM \"file:///etc/passwd\"> ]>\n{}",
-        HEAD.split_once('\n').map_or("", |(_, rest)| rest).replace("M_EXAMPLE", "&xxe;")
+        HEAD.split_once('\n')
+            .map_or("", |(_, rest)| rest)
+            .replace("M_EXAMPLE", "&xxe;")
             + MESSAGE
             + TAIL
     );
@@ -161,7 +172,12 @@ fn external_entity_is_refused_and_nothing_is_read_from_disk() {
 #[test]
 fn a_200_mb_single_line_text_node_stops_at_the_text_limit() {
     let prefix = format!("{HEAD}  <Message>\n    <MessageID>");
-    let source = Generated::new(&prefix, b"7", 200 * 1024 * 1024, "</MessageID></Message>\n</AmazonEnvelope>\n");
+    let source = Generated::new(
+        &prefix,
+        b"7",
+        200 * 1024 * 1024,
+        "</MessageID></Message>\n</AmazonEnvelope>\n",
+    );
     let started = Instant::now();
     let (problem, bytes_read, _) = run(BufReader::new(source), Limits::default());
     let problem = problem.expect("rejected");
@@ -176,21 +192,36 @@ fn a_200_mb_single_line_text_node_stops_at_the_text_limit() {
 #[test]
 fn long_text_split_by_references_and_long_attributes_hit_the_limit() {
     let prefix = format!("{HEAD}  <Message>\n    <MessageID>");
-    let source = Generated::new(&prefix, b"a&amp;", 10 * 1024 * 1024, "</MessageID></Message>\n</AmazonEnvelope>\n");
+    let source = Generated::new(
+        &prefix,
+        b"a&amp;",
+        10 * 1024 * 1024,
+        "</MessageID></Message>\n</AmazonEnvelope>\n",
+    );
     let (problem, bytes_read, _) = run(BufReader::new(source), Limits::default());
     let problem = problem.expect("rejected");
     assert_eq!(problem.code, Code::LimitExceeded, "{problem}");
     assert!(bytes_read < 1024 * 1024, "read {bytes_read} bytes");
 
     let prefix = format!("{HEAD}  <Message x=\"");
-    let source = Generated::new(&prefix, b"v", 100 * 1024 * 1024, "\"/>\n</AmazonEnvelope>\n");
+    let source = Generated::new(
+        &prefix,
+        b"v",
+        100 * 1024 * 1024,
+        "\"/>\n</AmazonEnvelope>\n",
+    );
     let (problem, bytes_read, _) = run(BufReader::new(source), Limits::default());
     assert_eq!(problem.expect("rejected").code, Code::LimitExceeded);
     assert!(bytes_read < 1024 * 1024, "read {bytes_read} bytes");
 
     // A comment full of `<` is one event too: bounded the same way.
     let prefix = format!("{HEAD}<!--");
-    let source = Generated::new(&prefix, b"<a>", 100 * 1024 * 1024, "-->\n</AmazonEnvelope>\n");
+    let source = Generated::new(
+        &prefix,
+        b"<a>",
+        100 * 1024 * 1024,
+        "-->\n</AmazonEnvelope>\n",
+    );
     let (problem, bytes_read, _) = run(BufReader::new(source), Limits::default());
     assert_eq!(problem.expect("rejected").code, Code::LimitExceeded);
     assert!(bytes_read < 1024 * 1024, "read {bytes_read} bytes");
@@ -225,13 +256,25 @@ fn truncated_files_are_truncated_not_malformed() {
             "cut at {cut}"
         );
     }
-    assert_eq!(feed::completeness(whole.as_bytes(), Limits::default()), Completeness::Complete);
-    assert_eq!(feed::completeness(&b""[..], Limits::default()), Completeness::Incomplete);
+    assert_eq!(
+        feed::completeness(whole.as_bytes(), Limits::default()),
+        Completeness::Complete
+    );
+    assert_eq!(
+        feed::completeness(&b""[..], Limits::default()),
+        Completeness::Incomplete
+    );
     let broken = whole.replace("</AdjustedItem>", "</Adjusted>");
-    assert_eq!(feed::completeness(broken.as_bytes(), Limits::default()), Completeness::Broken);
+    assert_eq!(
+        feed::completeness(broken.as_bytes(), Limits::default()),
+        Completeness::Broken
+    );
     // A schema problem is not the reader's business: still complete.
     let invalid = whole.replace("OrderAdjustment</MessageType>", "Nonsense</MessageType>");
-    assert_eq!(feed::completeness(invalid.as_bytes(), Limits::default()), Completeness::Complete);
+    assert_eq!(
+        feed::completeness(invalid.as_bytes(), Limits::default()),
+        Completeness::Complete
+    );
 }
 
 #[test]
@@ -273,7 +316,10 @@ fn binary_garbage_is_a_clear_feed_level_error() {
     let problem = problem.expect("garbage rejected");
     assert_eq!(problem.code.scope(), Scope::Feed, "{problem}");
     assert!(
-        matches!(problem.code, Code::MalformedXml | Code::UnsupportedEncoding | Code::Truncated),
+        matches!(
+            problem.code,
+            Code::MalformedXml | Code::UnsupportedEncoding | Code::Truncated
+        ),
         "{problem}"
     );
     assert!(bytes_read < 64 * 1024, "read {bytes_read} bytes");
@@ -281,7 +327,11 @@ fn binary_garbage_is_a_clear_feed_level_error() {
 
 #[test]
 fn file_size_and_message_count_limits_name_their_config_key() {
-    let doc = format!("{HEAD}{MESSAGE}{}{}{TAIL}", MESSAGE.replace(">1<", ">2<"), MESSAGE.replace(">1<", ">3<"));
+    let doc = format!(
+        "{HEAD}{MESSAGE}{}{}{TAIL}",
+        MESSAGE.replace(">1<", ">2<"),
+        MESSAGE.replace(">1<", ">3<")
+    );
     let limits = Limits {
         max_file_bytes: 1000,
         ..Limits::default()
@@ -338,9 +388,28 @@ fn the_reader_yields_each_child_of_the_root_with_positions() {
 /// Applies byte-level damage to a valid feed.
 fn mutate(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
     const TOKENS: &[&[u8]] = &[
-        b"<", b">", b"&", b"</", b"/>", b"\"", b"<Message>", b"</Message>", b"<!--", b"-->",
-        b"<![CDATA[", b"]]>", b"&amp;", b"&#0;", b"\xC3", b"\xFF", b"\0", b"<!DOCTYPE x>",
-        b"<?xml version=\"1.0\"?>", b"-", b"9999999999999999999999", b"\n",
+        b"<",
+        b">",
+        b"&",
+        b"</",
+        b"/>",
+        b"\"",
+        b"<Message>",
+        b"</Message>",
+        b"<!--",
+        b"-->",
+        b"<![CDATA[",
+        b"]]>",
+        b"&amp;",
+        b"&#0;",
+        b"\xC3",
+        b"\xFF",
+        b"\0",
+        b"<!DOCTYPE x>",
+        b"<?xml version=\"1.0\"?>",
+        b"-",
+        b"9999999999999999999999",
+        b"\n",
     ];
     let mut bytes = base.to_vec();
     for &(at, kind, value) in edits {
@@ -365,7 +434,8 @@ fn mutate(base: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
 
 fn check_invariants(bytes: &[u8]) {
     for capacity in [1, 13, 8192] {
-        let (problem, bytes_read, messages) = run(BufReader::with_capacity(capacity, bytes), Limits::default());
+        let (problem, bytes_read, messages) =
+            run(BufReader::with_capacity(capacity, bytes), Limits::default());
         assert!(bytes_read <= bytes.len() as u64);
         if let Some(problem) = problem {
             assert_eq!(problem.code.scope(), Scope::Feed, "{problem}");
