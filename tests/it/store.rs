@@ -1058,6 +1058,13 @@ fn order_report_files_parse_and_fail_with_line_and_column() {
     assert!(err.to_string().contains("\"0.605\""), "{err}");
 }
 
+/// CPU time of the calling thread so far (Linux), to read the probe on a shared machine.
+fn thread_cpu() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(nanos))
+}
+
 /// Applies `ADJUSTD_STORE_PERF_ADJUSTMENTS` (default 4000) adjustments over half as many
 /// orders in one feed transaction and prints the rate. A probe, not a timed assertion; run
 /// `ADJUSTD_STORE_PERF_ADJUSTMENTS=200000 cargo test --release --test it store_throughput
@@ -1091,6 +1098,7 @@ fn store_throughput() {
     let started = std::time::Instant::now();
     store.import_orders(&merchant(), &rows).expect("import");
     let import_time = started.elapsed();
+    let cpu_before = thread_cpu();
     let changes: Vec<Change> = (0..adjustments)
         .map(|n| {
             let row = &rows[n % orders];
@@ -1102,7 +1110,11 @@ fn store_throughput() {
                 action: None,
                 quantity_cancelled: 0,
                 quantity: None,
-                amounts: vec![(principal(), 1000), (tax(), 80)],
+                amounts: vec![
+                    (principal(), 1000),
+                    (tax(), 80),
+                    (Component::Price(PriceComponent::Goodwill), 50),
+                ],
                 key: Some(sid(&format!("K{n}"))),
                 payload_hash: "0".repeat(64),
             })
@@ -1131,10 +1143,15 @@ fn store_throughput() {
     let applied = started.elapsed();
     tx.commit(&done(adjustments as u64, None)).expect("commit");
     let total = started.elapsed();
+    let cpu = thread_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let rate = adjustments as f64 / total.as_secs_f64();
+    let cpu_rate = cpu.map_or(0.0, |c| adjustments as f64 / c.as_secs_f64());
     eprintln!(
         "store_throughput: {adjustments} adjustments over {orders} orders: import {import_time:?}, \
-         load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s"
+         load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s \
+         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second"
     );
     assert_eq!(snapshot.orders().count(), orders);
     let view = store
@@ -1142,4 +1159,12 @@ fn store_throughput() {
         .expect("orders");
     let per_order = adjustments / orders;
     assert_eq!(view[0].adjustments.len(), per_order);
+    // Totals summed over the batch: existing rows updated, new (concession) rows inserted.
+    let item = &view[0].items[0];
+    let per_order = i64::try_from(per_order).expect("small");
+    let usd_text = |minor: i64| adjustd::model::format_minor(minor, usd);
+    assert_eq!(item.refunded["Principal"], usd_text(1000 * per_order));
+    assert_eq!(item.refunded["Tax"], usd_text(80 * per_order));
+    assert_eq!(item.refunded["Goodwill"], usd_text(50 * per_order));
+    assert_eq!(item.charged["Goodwill"], "0.00");
 }
