@@ -41,6 +41,8 @@ use rusqlite::{Connection, OpenFlags, types::Value};
 use crate::engine_model::{self, Expected, Model, Rng, STATE_CODES};
 
 const MERCHANT: &str = "M_MODEL";
+/// Holds the same orders (same AmazonOrderIDs and MerchantOrderIDs) and sends no feeds.
+const OTHER_MERCHANT: &str = "M_OTHER";
 
 fn merchant() -> MerchantId {
     MerchantId::new(MERCHANT).expect("valid merchant")
@@ -506,7 +508,8 @@ fn check_store(
          JOIN adjustment_amounts aa ON aa.adjustment_id = a.id \
          WHERE a.item_id = c.item_id AND aa.component = c.component) \
          FROM item_components c JOIN order_items i ON i.id = c.item_id \
-         JOIN orders o ON o.id = i.order_id ORDER BY c.item_id, c.component",
+         JOIN orders o ON o.id = i.order_id WHERE o.merchant = 'M_MODEL' \
+         ORDER BY c.item_id, c.component",
         |r| {
             Ok(ComponentRow {
                 order: r.get(0)?,
@@ -601,7 +604,7 @@ fn check_store(
         "SELECT o.amazon_order_id, i.amazon_order_item_code, i.quantity_ordered, \
          i.quantity_shipped, i.quantity_cancelled, \
          (SELECT COALESCE(SUM(a.quantity_cancelled), 0) FROM adjustments a WHERE a.item_id = i.id) \
-         FROM order_items i JOIN orders o ON o.id = i.order_id",
+         FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.merchant = 'M_MODEL'",
         |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -925,10 +928,14 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
     std::fs::write(&report_path, order_report(&mut writer, &orders)).map_err(|e| e.to_string())?;
     let report = std::fs::read_to_string(&report_path).map_err(|e| e.to_string())?;
     let rows = import::parse_order_report(&report).map_err(|e| format!("order report: {e}"))?;
-    store
-        .as_store()
-        .import_orders(&merchant(), &rows)
-        .map_err(|e| format!("import: {e}"))?;
+    // The same orders for another merchant first: nothing of theirs may ever change.
+    let other = MerchantId::new(OTHER_MERCHANT).expect("valid merchant");
+    for merchant in [other, merchant()] {
+        store
+            .as_store()
+            .import_orders(&merchant, &rows)
+            .map_err(|e| format!("import for {merchant}: {e}"))?;
+    }
     let mut context = Context {
         store,
         rules: Rules::default(),
@@ -940,6 +947,10 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
         .map_err(|e| e.to_string())?;
     check_import(&db, &orders)?;
     check_views(&mut context, &db, &orders)?;
+    let other_state = other_merchant(&db)?;
+    if other_state.len() < orders.len() {
+        return Err(format!("{OTHER_MERCHANT}'s orders were not imported"));
+    }
 
     let mut model = Model::new(orders.clone());
     let mut feed_ids: Vec<u64> = Vec::new();
@@ -1037,8 +1048,32 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
             stats.process_replays += 1;
         }
         check_views(&mut context, &db, &orders).map_err(|e| format!("feed {index}: {e}"))?;
+        if other_merchant(&db)? != other_state {
+            return Err(format!(
+                "feed {index}: the orders of {OTHER_MERCHANT} (same order ids) changed"
+            ));
+        }
     }
     Ok(stats)
+}
+
+/// Items, totals and adjustments of the other merchant's orders.
+fn other_merchant(db: &Connection) -> Result<Vec<String>, String> {
+    query(
+        db,
+        "SELECT i.id, i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, \
+         c.component, c.charged, c.refunded, \
+         (SELECT COUNT(*) FROM adjustments a WHERE a.item_id = i.id) \
+         FROM order_items i JOIN orders o ON o.id = i.order_id \
+         LEFT JOIN item_components c ON c.item_id = i.id \
+         WHERE o.merchant = 'M_OTHER' ORDER BY i.id, c.component",
+        |r| {
+            let values = (0..8)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(format!("{values:?}"))
+        },
+    )
 }
 
 /// The imported store holds exactly the generated orders.
@@ -1048,7 +1083,8 @@ fn check_import(db: &Connection, orders: &[OrderState]) -> Result<(), String> {
         "SELECT o.merchant, o.amazon_order_id, o.merchant_order_id, o.currency, \
          o.fulfillment_channel, i.amazon_order_item_code, i.merchant_order_item_id, \
          i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled \
-         FROM order_items i JOIN orders o ON o.id = i.order_id ORDER BY i.id",
+         FROM order_items i JOIN orders o ON o.id = i.order_id WHERE o.merchant = 'M_MODEL' \
+         ORDER BY i.id",
         |r| {
             Ok(format!(
                 "{}|{}|{:?}|{}|{}|{}|{:?}|{}|{}|{}",
