@@ -7,8 +7,11 @@
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
-//! prepared once and cached, and orders are loaded in batches, so a feed of 100k messages
-//! costs a few hundred queries plus one insert per change. The CHECK constraints and
+//! prepared once and cached, orders and keys are loaded with `IN (...)` lists of up to 1024
+//! ids, and each `apply` call writes its rows with multi-row statements (64 rows each;
+//! running totals summed per item and component first), so a feed of 100k messages costs
+//! a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
+//! which is safe because the transaction holds SQLite's write lock. The CHECK constraints and
 //! append-only triggers of the schema hold the refund invariants even against a bug in the
 //! engine. This module does not decide what a feed does (see `engine`) nor parse order
 //! reports (see [`crate::store::import`]).
@@ -47,8 +50,22 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How long a statement waits for another connection's lock before failing as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Ids per `IN (...)` batch when loading orders and keys (padded, so one cached statement).
-const BATCH: usize = 256;
+/// Sizes of the `IN (...)` lists used when loading orders and keys. A batch is padded to
+/// the next size (repeating its last id), so a few cached statements serve every feed: a
+/// one-order feed runs `IN (?)` (an equality), a large one runs lists of 1024.
+const BATCH_SIZES: [usize; 4] = [1, 16, 128, 1024];
+
+/// Ids per batch: the largest of [`BATCH_SIZES`].
+const BATCH: usize = BATCH_SIZES[BATCH_SIZES.len() - 1];
+
+/// The list size a batch of `len` ids is padded to.
+fn batch_size(len: usize) -> usize {
+    BATCH_SIZES
+        .iter()
+        .copied()
+        .find(|size| *size >= len)
+        .unwrap_or(BATCH)
+}
 
 /// The SQLite order store. Holds the database connection and the single-writer lock.
 pub struct SqliteStore {
@@ -88,12 +105,21 @@ impl SqliteStore {
         })?;
         configure(&conn)?;
         migrate(&mut conn)?;
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(128);
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
             _lock: lock,
         })
+    }
+
+    /// How long a statement waits for another connection's lock before the operation
+    /// fails with [`StoreError::Conflict`] (default 5 s).
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout).map_err(db_error)
     }
 
     /// The database file.
@@ -802,7 +828,11 @@ fn import_row(
             }
         }
         Some((item_id, shipped_before, cancelled)) => {
-            let shipped = row.quantity_shipped.unwrap_or(shipped_before);
+            // Units do not come back once shipped: an older report imported again (taken
+            // before the shipment) must not lower the count.
+            let shipped = row
+                .quantity_shipped
+                .map_or(shipped_before, |given| given.max(shipped_before));
             if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
                 let column = if row.quantity_shipped.is_some() {
                     "quantity-shipped"
@@ -956,7 +986,7 @@ impl SqliteFeedTx<'_> {
     ) -> Result<Vec<LoadedOrder>, StoreError> {
         let mut orders: Vec<LoadedOrder> = Vec::new();
         for chunk in ids.chunks(BATCH) {
-            let placeholders = in_list(2);
+            let placeholders = in_list(batch_size(chunk.len()));
             let sql = format!(
                 "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
                  o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
@@ -1337,22 +1367,22 @@ fn message_range(changes: &[Change]) -> String {
     }
 }
 
-/// `?2, ?3, ..., ?{BATCH+1}`.
-fn in_list(first: usize) -> String {
-    (first..first + BATCH)
+/// `?2, ?3, ..., ?{n+1}`.
+fn in_list(n: usize) -> String {
+    (2..2 + n)
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `merchant` then the chunk's ids, padded to [`BATCH`] with the last id so every batch
-/// uses the same cached statement.
+/// `merchant` then the chunk's ids, padded to [`batch_size`] with the last id.
 fn padded_params<'s>(merchant: &'s str, chunk: &[&'s str]) -> Vec<&'s str> {
-    let mut params = Vec::with_capacity(BATCH + 1);
+    let size = batch_size(chunk.len());
+    let mut params = Vec::with_capacity(size + 1);
     params.push(merchant);
     params.extend_from_slice(chunk);
     if let Some(last) = chunk.last() {
-        params.resize(BATCH + 1, last);
+        params.resize(size + 1, last);
     }
     params
 }
@@ -1415,12 +1445,12 @@ impl FeedTx for SqliteFeedTx<'_> {
 
         let keys: Vec<&str> = needs.keys.iter().map(SellerId::as_str).collect();
         let mut found_keys: HashSet<String> = HashSet::new();
-        let sql = format!(
-            "SELECT key, payload_hash, feed_id, message_id, rejection_code FROM idempotency_keys \
-             WHERE merchant = ?1 AND key IN ({})",
-            in_list(2)
-        );
         for chunk in keys.chunks(BATCH) {
+            let sql = format!(
+                "SELECT key, payload_hash, feed_id, message_id, rejection_code \
+                 FROM idempotency_keys WHERE merchant = ?1 AND key IN ({})",
+                in_list(batch_size(chunk.len()))
+            );
             let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
             let params = padded_params(merchant.as_str(), chunk);
             let mut rows = stmt

@@ -259,8 +259,9 @@ pub mod conformance {
         let item = item_view(&teapot, "23456789012345");
         assert_eq!(item.charged["Principal"], "36.00");
         assert_eq!(item.refunded["Principal"], "10.00");
-        // The re-import of the New Orders report (quantity-shipped 0) lowered nothing it
-        // should not: shipped comes from the report, adjustments stay.
+        // That row of the older New Orders report says quantity-shipped 0: shipped units do
+        // not come back, and adjustments stay.
+        assert_eq!(item.quantity_shipped, 1);
         assert_eq!(teapot.adjustments.len(), 1);
     }
 
@@ -1017,6 +1018,29 @@ fn sqlite_checks_and_triggers_hold_against_raw_sql() {
 }
 
 #[test]
+fn sqlite_busy_database_is_a_transient_conflict() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let mut store = SqliteStore::open(&path).expect("open");
+    store
+        .set_busy_timeout(std::time::Duration::from_millis(50))
+        .expect("timeout");
+    // Something outside adjustd (a backup tool, a careless sqlite3 shell) holds the write lock.
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").expect("writer lock");
+    match store.begin_feed(&new_feed("f.xml", "h", None)) {
+        Err(err @ StoreError::Conflict { .. }) => assert!(err.is_transient()),
+        Err(other) => panic!("expected Conflict, got {other:?}"),
+        Ok(_) => panic!("expected Conflict, got a transaction"),
+    }
+    other.execute_batch("ROLLBACK").expect("release");
+    let tx = store
+        .begin_feed(&new_feed("f.xml", "h", None))
+        .expect("free again");
+    tx.commit(&done(0, None)).expect("commit");
+}
+
+#[test]
 fn sqlite_message_ids_above_i64_round_trip() {
     let (mut fixture, _) = (sqlite_fixture().expect("fixture"), ());
     let store = fixture.store.as_mut();
@@ -1139,8 +1163,10 @@ fn store_throughput() {
     let mut snapshot = Snapshot::new();
     tx.load(&merchant(), &needs, &mut snapshot).expect("load");
     let loaded = started.elapsed();
+    let cpu_loaded = thread_cpu();
     tx.apply(&merchant(), &changes).expect("apply");
     let applied = started.elapsed();
+    let cpu_applied = thread_cpu();
     tx.commit(&done(adjustments as u64, None)).expect("commit");
     let total = started.elapsed();
     let cpu = thread_cpu()
@@ -1151,7 +1177,11 @@ fn store_throughput() {
     eprintln!(
         "store_throughput: {adjustments} adjustments over {orders} orders: import {import_time:?}, \
          load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s \
-         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second"
+         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second \
+         (CPU: load {:?}, apply {:?}, commit {:?})",
+        cpu_loaded.zip(cpu_before).map(|(a, b)| a - b),
+        cpu_applied.zip(cpu_loaded).map(|(a, b)| a - b),
+        thread_cpu().zip(cpu_applied).map(|(a, b)| a - b),
     );
     assert_eq!(snapshot.orders().count(), orders);
     let view = store
