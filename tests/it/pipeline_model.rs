@@ -1208,9 +1208,17 @@ fn check_replay(
     Ok(())
 }
 
+/// Scenarios per run: 64 (about a second in release), or `PROPTEST_CASES` for a soak.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(32),
+        cases: cases(),
         failure_persistence: None,
         max_shrink_iters: 16,
         ..ProptestConfig::default()
