@@ -114,7 +114,8 @@ pub(crate) struct ModelAdjustment {
     quantity_cancelled: u32,
 }
 
-/// Orders as imported (never changed: every total is recomputed from `accepted`).
+/// Orders as imported (only a re-import changes them: every total is recomputed from
+/// `accepted`).
 #[derive(Debug, Clone)]
 pub(crate) struct Model {
     orders: Vec<OrderState>,
@@ -147,6 +148,24 @@ impl Model {
             orders,
             accepted: Vec::new(),
             keys: HashMap::new(),
+        }
+    }
+
+    /// Records a re-import of the order report saying that `shipped` units of an item left.
+    pub(crate) fn set_shipped(
+        &mut self,
+        order: &AmazonOrderId,
+        item: &OrderItemCode,
+        shipped: u32,
+    ) {
+        for state in self
+            .orders
+            .iter_mut()
+            .filter(|o| &o.amazon_order_id == order)
+            .flat_map(|o| o.items.iter_mut())
+            .filter(|i| &i.code == item)
+        {
+            state.quantity_shipped = shipped;
         }
     }
 

@@ -13,7 +13,11 @@
 //! time once more with `DuplicatePolicy::Process`, where the model predicts the replay too
 //! (keyed messages come back as duplicates or with their pinned codes; a fully keyed feed
 //! changes nothing, and a replay of the very same bytes says which feed it repeats). The
-//! replay reads either the same file or a respelled copy (more trailing newlines).
+//! replay reads either the same file or a respelled copy (more trailing newlines). Between
+//! feeds the order report is now and then imported again (New Orders or Unshipped style):
+//! more units shipped, or an older report with fewer, which must not lower the count; the
+//! model follows the shipped quantities and the refund history must not move. Another
+//! merchant holds the same orders and must never change.
 //!
 //! Not covered here: validation errors (generated messages are normalised to the
 //! validator's contract, and every feed is first checked to validate to exactly the
@@ -121,6 +125,26 @@ fn order_report(rng: &mut Rng, orders: &[OrderState]) -> String {
             ];
             text.push_str(&fields.join("\t"));
             text.push('\n');
+        }
+    }
+    text
+}
+
+/// The orders as an Unshipped Orders style report: no prices, no currency, no channel.
+fn unshipped_report(orders: &[OrderState]) -> String {
+    let mut text =
+        String::from("order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\n");
+    for order in orders {
+        for item in &order.items {
+            let _ = writeln!(
+                text,
+                "{}\t{}\tSKU-{}\t{}\t{}",
+                order.amazon_order_id.as_str(),
+                item.code.as_str(),
+                item.code.as_str(),
+                item.quantity_ordered,
+                item.quantity_shipped
+            );
         }
     }
     text
@@ -879,6 +903,7 @@ struct Stats {
     codes: HashSet<Code>,
     duplicate_feeds: usize,
     process_replays: usize,
+    reimports: usize,
 }
 
 /// A fresh folder for one scenario's store, order report, feeds and outbox: in `/dev/shm`
@@ -1046,6 +1071,46 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
             }
             state = after;
             stats.process_replays += 1;
+        }
+        // Now and then the order report again, downloaded later: more units shipped, and
+        // for some items an older report with none shipped, which must not lower the
+        // count. Refund history must not move; later feeds see the new quantities.
+        if writer.chance(30) {
+            let mut reported = orders.clone();
+            for (order, report_order) in orders.iter_mut().zip(&mut reported) {
+                for (item, report_item) in order.items.iter_mut().zip(&mut report_order.items) {
+                    let cancelled = model.cancelled(&[], &order.amazon_order_id, &item.code, 0);
+                    let room = item.quantity_ordered - cancelled;
+                    if writer.chance(40) {
+                        let shipped =
+                            writer.range(i64::from(item.quantity_shipped), i64::from(room));
+                        let shipped = u32::try_from(shipped).expect("small");
+                        item.quantity_shipped = shipped;
+                        report_item.quantity_shipped = shipped;
+                        model.set_shipped(&order.amazon_order_id, &item.code, shipped);
+                    } else if item.quantity_shipped > 0 && writer.chance(20) {
+                        report_item.quantity_shipped = 0;
+                    }
+                }
+            }
+            let text = if writer.chance(50) {
+                order_report(&mut writer, &reported)
+            } else {
+                unshipped_report(&reported)
+            };
+            let report_path = dir.path().join(format!("orders-{index}.txt"));
+            std::fs::write(&report_path, &text).map_err(|e| e.to_string())?;
+            let text = std::fs::read_to_string(&report_path).map_err(|e| e.to_string())?;
+            let rows = import::parse_order_report(&text)
+                .map_err(|e| format!("after feed {index}: order report: {e}"))?;
+            context
+                .store
+                .as_store()
+                .import_orders(&merchant(), &rows)
+                .map_err(|e| format!("after feed {index}: re-import: {e}"))?;
+            state = check_store(&db, &model, &orders, &state, &feed_ids)
+                .map_err(|e| format!("after feed {index}: re-import: {e}"))?;
+            stats.reimports += 1;
         }
         check_views(&mut context, &db, &orders).map_err(|e| format!("feed {index}: {e}"))?;
         if other_merchant(&db)? != other_state {
@@ -1245,6 +1310,7 @@ fn fixed_seeds_cover_the_engine_codes_through_the_pipeline() {
         total.codes.extend(stats.codes);
         total.duplicate_feeds += stats.duplicate_feeds;
         total.process_replays += stats.process_replays;
+        total.reimports += stats.reimports;
     }
     assert!(
         total.applied > 20,
@@ -1252,6 +1318,7 @@ fn fixed_seeds_cover_the_engine_codes_through_the_pipeline() {
         total.applied
     );
     assert!(total.process_replays > 5, "{total:?}");
+    assert!(total.reimports > 5, "{total:?}");
     let missing: Vec<&str> = [
         Code::DuplicateAdjustment,
         Code::IdempotencyConflict,
