@@ -10,6 +10,7 @@ mod engine_table;
 mod fixtures;
 mod hostile;
 mod pipeline;
+mod pipeline_model;
 mod report;
 mod store;
 mod util;
