@@ -60,9 +60,9 @@ type Params<'p> = [&'p (dyn ToSql + Sync)];
 /// A PostgreSQL order store. Keeps its URL and reconnects lazily after the connection
 /// broke (server restart, network loss, administrator terminating the backend).
 pub struct PgStore {
-    config: postgres::Config,
+    config: Box<postgres::Config>,
     url: String,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
 }
 
 /// An open connection and its prepared statements.
@@ -102,7 +102,7 @@ impl PgStore {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         let mut store = PgStore {
-            config,
+            config: Box::new(config),
             url: url.to_owned(),
             conn: None,
         };
@@ -154,11 +154,11 @@ impl PgStore {
                         "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'"
                     ))
                     .map_err(|error| classify(&error))?;
-                Ok(slot.insert(Conn {
+                Ok(slot.insert(Box::new(Conn {
                     client,
                     statements: HashMap::new(),
                     broken: false,
-                }))
+                })))
             }
         }
     }
@@ -519,6 +519,7 @@ impl Store for PgStore {
             statements,
             broken,
             items: HashMap::new(),
+            components: std::collections::HashSet::new(),
         }))
     }
 
@@ -592,6 +593,8 @@ struct PgFeedTx<'a> {
     broken: &'a mut bool,
     /// (AmazonOrderID, AmazonOrderItemCode) → order_items.id of the loaded orders.
     items: HashMap<(AmazonOrderId, OrderItemCode), i64>,
+    /// The item_components rows that exist, (item id, component name), of loaded items.
+    components: std::collections::HashSet<(i64, &'static str)>,
 }
 
 impl PgFeedTx<'_> {
@@ -703,8 +706,11 @@ impl FeedTx for PgFeedTx<'_> {
             let mut components: HashMap<i64, BTreeMap<Component, ComponentTotals>> = HashMap::new();
             for row in &component_rows {
                 let name: String = self.get(row, 1)?;
-                components.entry(self.get(row, 0)?).or_default().insert(
-                    component(&name)?,
+                let item_id: i64 = self.get(row, 0)?;
+                let parsed = component(&name)?;
+                self.components.insert((item_id, parsed.name()));
+                components.entry(item_id).or_default().insert(
+                    parsed,
                     ComponentTotals {
                         charged: self.get(row, 2)?,
                         refunded: self.get(row, 3)?,
@@ -855,7 +861,7 @@ impl FeedTx for PgFeedTx<'_> {
         if !adj_message.is_empty() {
             let count = i64::try_from(adj_message.len()).map_err(|_| overflow("count"))?;
             let rows = self.query(
-                "SELECT nextval('adjustments_id_seq') FROM generate_series(1, $1)",
+                "SELECT nextval('adjustments_id_seq') FROM generate_series(1, $1::bigint)",
                 &[&count],
             )?;
             let mut ids = Vec::with_capacity(rows.len());
@@ -896,23 +902,42 @@ impl FeedTx for PgFeedTx<'_> {
             }
         }
         if !deltas.is_empty() {
-            let mut item = Vec::with_capacity(deltas.len());
-            let mut name = Vec::with_capacity(deltas.len());
-            let mut class = Vec::with_capacity(deltas.len());
-            let mut delta = Vec::with_capacity(deltas.len());
+            // Existing rows are updated and new ones inserted, in two statements: an
+            // INSERT … ON CONFLICT would check the CHECK constraint against the row it
+            // proposes to insert (refunded without charged) before seeing the conflict.
+            let (mut up_item, mut up_name, mut up_delta) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut in_item, mut in_name, mut in_class, mut in_delta) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for ((item_id, component), (component_class, sum)) in &deltas {
-                item.push(*item_id);
-                name.push(*component);
-                class.push(class_name(*component_class));
-                delta.push(*sum);
+                if self.components.contains(&(*item_id, *component)) {
+                    up_item.push(*item_id);
+                    up_name.push(*component);
+                    up_delta.push(*sum);
+                } else {
+                    in_item.push(*item_id);
+                    in_name.push(*component);
+                    in_class.push(class_name(*component_class));
+                    in_delta.push(*sum);
+                }
             }
-            self.execute(
-                "INSERT INTO item_components (item_id, component, class, refunded) \
-                 SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
-                 ON CONFLICT (item_id, component) \
-                 DO UPDATE SET refunded = item_components.refunded + EXCLUDED.refunded",
-                &[&item, &name, &class, &delta],
-            )?;
+            if !up_item.is_empty() {
+                self.execute(
+                    "UPDATE item_components SET refunded = refunded + u.d \
+                     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(i, c, d) \
+                     WHERE item_components.item_id = u.i AND item_components.component = u.c",
+                    &[&up_item, &up_name, &up_delta],
+                )?;
+            }
+            if !in_item.is_empty() {
+                self.execute(
+                    "INSERT INTO item_components (item_id, component, class, refunded) \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
+                    &[&in_item, &in_name, &in_class, &in_delta],
+                )?;
+                for (item_id, component) in in_item.iter().zip(&in_name) {
+                    self.components.insert((*item_id, component));
+                }
+            }
         }
         if !cancellations.is_empty() {
             let item: Vec<i64> = cancellations.keys().copied().collect();

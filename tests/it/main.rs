@@ -1,1 +1,2 @@
 //! The integration-test binary: one target, one module per area.
+mod store_pg;
