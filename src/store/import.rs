@@ -1,1 +1,602 @@
 //! Parsing Amazon's tab-separated order reports into [`crate::store::OrderRow`]s.
+//!
+//! Reads the New Orders (`_GET_FLAT_FILE_ORDERS_DATA_`), Unshipped Orders and similar flat
+//! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored;
+//! a bad line fails the whole import with an error naming the line and the column.
+//!
+//! This module does not touch the store: [`crate::store::Store::import_orders`] writes the
+//! rows, and checks them against what is already stored.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::Read;
+
+use crate::model::{
+    AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
+    PriceComponent, PromotionComponent, SellerId,
+};
+use crate::store::OrderRow;
+
+/// Why an order report could not be read. Names the 1-based line and, when the problem is
+/// in one field, the column by its header name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportError {
+    /// 1-based line of the file (the header is line 1).
+    pub line: u32,
+    /// Header name of the column, when the problem is in one field.
+    pub column: Option<String>,
+    /// What is wrong and, where it helps, how to fix it.
+    pub detail: String,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.column {
+            Some(column) => write!(f, "line {}, column {column}: {}", self.line, self.detail),
+            None => write!(f, "line {}: {}", self.line, self.detail),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+/// The price columns and the component each one fills, in report order. Promotion
+/// discounts are stored as the (absolute) discount the buyer received.
+pub const PRICE_COLUMNS: &[(&str, Component)] = &[
+    ("item-price", Component::Price(PriceComponent::Principal)),
+    ("item-tax", Component::Price(PriceComponent::Tax)),
+    ("shipping-price", Component::Price(PriceComponent::Shipping)),
+    (
+        "shipping-tax",
+        Component::Price(PriceComponent::ShippingTax),
+    ),
+    (
+        "gift-wrap-price",
+        Component::Price(PriceComponent::GiftWrap),
+    ),
+    (
+        "gift-wrap-tax",
+        Component::Price(PriceComponent::GiftWrapTax),
+    ),
+    (
+        "item-promotion-discount",
+        Component::Promotion(PromotionComponent::Principal),
+    ),
+    (
+        "ship-promotion-discount",
+        Component::Promotion(PromotionComponent::Shipping),
+    ),
+];
+
+/// The report column a charged component comes from (for messages), or the component name
+/// when no report column fills it.
+pub fn column_for(component: Component) -> &'static str {
+    PRICE_COLUMNS
+        .iter()
+        .find(|(_, c)| *c == component)
+        .map_or(component.name(), |(column, _)| column)
+}
+
+/// Reads an order report from `reader` (UTF-8, optional BOM) and parses it with
+/// [`parse_order_report`].
+///
+/// # Errors
+/// An [`ImportError`] on line 0 when the bytes cannot be read or are not UTF-8 (naming the
+/// line of the first bad byte), otherwise those of [`parse_order_report`].
+pub fn read_order_report(mut reader: impl Read) -> Result<Vec<OrderRow>, ImportError> {
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).map_err(|e| ImportError {
+        line: 0,
+        column: None,
+        detail: format!("cannot read the order report: {e}"),
+    })?;
+    parse_order_report_bytes(&bytes)
+}
+
+/// Parses an order report given as bytes (UTF-8, optional BOM).
+///
+/// # Errors
+/// Not UTF-8 (naming the line), or those of [`parse_order_report`].
+pub fn parse_order_report_bytes(bytes: &[u8]) -> Result<Vec<OrderRow>, ImportError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse_order_report(text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            Err(ImportError {
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                column: None,
+                detail: "the file is not UTF-8; save the report as UTF-8 and import it again"
+                    .into(),
+            })
+        }
+    }
+}
+
+/// Column indexes of the fields we read; `None` when the report lacks the column.
+struct Columns {
+    order_id: (usize, &'static str),
+    item_code: (usize, &'static str),
+    merchant_order_id: Option<usize>,
+    merchant_item_id: Option<usize>,
+    purchase_date: Option<usize>,
+    sku: usize,
+    quantity: (usize, &'static str),
+    quantity_shipped: Option<usize>,
+    currency: Option<usize>,
+    channel: Option<usize>,
+    prices: Vec<(usize, &'static str, Component)>,
+}
+
+/// Parses the text of a tab-separated order report: a header line, then one line per order
+/// item (several lines for one order are its items). Handles CRLF, a UTF-8 BOM and empty
+/// lines. Amounts are exact ([`Amount`]): more fraction digits than the currency allows is
+/// an error, never rounded. A report without price columns (Unshipped Orders) gives rows
+/// with empty `charged`.
+///
+/// # Errors
+/// The first problem found, naming the line and column: a missing required column, a
+/// field that is not a valid order id, item code, quantity, currency or amount, a line with
+/// more fields than the header, or a report with no data lines.
+pub fn parse_order_report(text: &str) -> Result<Vec<OrderRow>, ImportError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text
+        .split('\n')
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                u32::try_from(i + 1).unwrap_or(u32::MAX),
+                l.strip_suffix('\r').unwrap_or(l),
+            )
+        })
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((header_line, header)) = lines.next() else {
+        return Err(ImportError {
+            line: 1,
+            column: None,
+            detail: "the order report is empty (expected a header line)".into(),
+        });
+    };
+    let names: Vec<String> = header
+        .split('\t')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let columns = find_columns(&names, header_line)?;
+    let mut rows = Vec::new();
+    for (line, text) in lines {
+        rows.push(parse_row(&columns, names.len(), line, text)?);
+    }
+    if rows.is_empty() {
+        return Err(ImportError {
+            line: header_line,
+            column: None,
+            detail: "the order report has a header but no order lines".into(),
+        });
+    }
+    Ok(rows)
+}
+
+fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            continue;
+        }
+        if index.insert(name.as_str(), i).is_some() {
+            return Err(ImportError {
+                line,
+                column: Some(name.clone()),
+                detail: "the header names this column twice".into(),
+            });
+        }
+    }
+    let find = |name: &str| index.get(name).copied();
+    let either = |a: &'static str, b: &'static str| {
+        find(a).map(|i| (i, a)).or_else(|| find(b).map(|i| (i, b)))
+    };
+    let missing = |what: &str| ImportError {
+        line,
+        column: None,
+        detail: format!("the header has no {what} column"),
+    };
+    let order_id = either("order-id", "amazon-order-id")
+        .ok_or_else(|| missing("order-id (or amazon-order-id)"))?;
+    let item_code = find("order-item-id")
+        .map(|i| (i, "order-item-id"))
+        .ok_or_else(|| ImportError {
+            line,
+            column: None,
+            detail: "the header has no order-item-id column (the All Orders report lacks item \
+                     codes; import the New Orders or Unshipped Orders report instead)"
+                .into(),
+        })?;
+    let sku = find("sku").ok_or_else(|| missing("sku"))?;
+    let quantity = either("quantity-purchased", "quantity")
+        .ok_or_else(|| missing("quantity-purchased (or quantity)"))?;
+    let prices = PRICE_COLUMNS
+        .iter()
+        .filter_map(|(name, component)| find(name).map(|i| (i, *name, *component)))
+        .collect();
+    Ok(Columns {
+        order_id,
+        item_code,
+        merchant_order_id: find("merchant-order-id"),
+        merchant_item_id: find("merchant-order-item-id"),
+        purchase_date: find("purchase-date"),
+        sku,
+        quantity,
+        quantity_shipped: find("quantity-shipped"),
+        currency: find("currency"),
+        channel: find("fulfillment-channel"),
+        prices,
+    })
+}
+
+fn parse_row(
+    columns: &Columns,
+    header_len: usize,
+    line: u32,
+    text: &str,
+) -> Result<OrderRow, ImportError> {
+    let fields: Vec<&str> = text.split('\t').collect();
+    if fields.len() > header_len {
+        return Err(ImportError {
+            line,
+            column: None,
+            detail: format!(
+                "the line has {} tab-separated fields but the header has {header_len} \
+                 (a tab inside a value?)",
+                fields.len()
+            ),
+        });
+    }
+    // Missing trailing fields read as empty.
+    let field = |i: usize| fields.get(i).map_or("", |f| f.trim());
+    let err = |column: &str, detail: String| ImportError {
+        line,
+        column: Some(column.to_owned()),
+        detail,
+    };
+    let optional = |i: Option<usize>| i.map(field).filter(|v| !v.is_empty());
+
+    let (i, name) = columns.order_id;
+    let raw = field(i);
+    let amazon_order_id = AmazonOrderId::new(raw).ok_or_else(|| {
+        err(
+            name,
+            format!("{raw:?} is not an Amazon order id (3-7-7 letters or digits, e.g. 171-1234567-1234567)"),
+        )
+    })?;
+    let (i, name) = columns.item_code;
+    let raw = field(i);
+    let item_code = OrderItemCode::new(raw).ok_or_else(|| {
+        err(
+            name,
+            format!("{raw:?} is not an order item code (14 or 15 digits)"),
+        )
+    })?;
+    let seller_id = |i: Option<usize>, name: &str| -> Result<Option<SellerId>, ImportError> {
+        optional(i)
+            .map(|raw| {
+                SellerId::new(raw)
+                    .ok_or_else(|| err(name, format!("{raw:?} is longer than 50 characters")))
+            })
+            .transpose()
+    };
+    let merchant_order_id = seller_id(columns.merchant_order_id, "merchant-order-id")?;
+    let merchant_item_id = seller_id(columns.merchant_item_id, "merchant-order-item-id")?;
+    let purchase_date = optional(columns.purchase_date).map(str::to_owned);
+    let sku = field(columns.sku);
+    if sku.is_empty() {
+        return Err(err("sku", "the SKU is empty".into()));
+    }
+    let (i, name) = columns.quantity;
+    let quantity_ordered = match field(i).parse::<u32>() {
+        Ok(q) if q > 0 => q,
+        _ => {
+            return Err(err(
+                name,
+                format!("{:?} is not a positive whole number of units", field(i)),
+            ));
+        }
+    };
+    let quantity_shipped = optional(columns.quantity_shipped)
+        .map(|raw| {
+            raw.parse::<u32>().map_err(|_| {
+                err(
+                    "quantity-shipped",
+                    format!("{raw:?} is not a whole number of units"),
+                )
+            })
+        })
+        .transpose()?;
+    if let Some(shipped) = quantity_shipped
+        && shipped > quantity_ordered
+    {
+        return Err(err(
+            "quantity-shipped",
+            format!("{shipped} units shipped but only {quantity_ordered} ordered"),
+        ));
+    }
+    let currency = optional(columns.currency)
+        .map(|raw| {
+            Currency::from_code(raw).ok_or_else(|| {
+                err(
+                    "currency",
+                    format!("{raw:?} is not an ISO 4217 currency code (e.g. USD)"),
+                )
+            })
+        })
+        .transpose()?;
+    let channel = optional(columns.channel)
+        .map(|raw| match raw.to_ascii_lowercase().as_str() {
+            "afn" | "amazon" => Ok(FulfillmentChannel::Amazon),
+            "mfn" | "merchant" => Ok(FulfillmentChannel::Merchant),
+            _ => Err(err(
+                "fulfillment-channel",
+                format!("{raw:?} is not AFN, MFN, Amazon or Merchant"),
+            )),
+        })
+        .transpose()?;
+    let mut charged = Vec::new();
+    for (i, name, component) in &columns.prices {
+        let raw = field(*i);
+        if raw.is_empty() {
+            continue;
+        }
+        let Some(currency) = currency else {
+            return Err(err(
+                name,
+                "an amount is given but the line has no currency (add the currency column)".into(),
+            ));
+        };
+        let amount = Amount::parse(raw).map_err(|e| {
+            err(
+                name,
+                match e {
+                    AmountError::Format => format!(
+                        "{raw:?} is not a plain decimal number (digits, optional point; no \
+                         thousands separators)"
+                    ),
+                    AmountError::TooLarge => format!("{raw:?} is too large"),
+                },
+            )
+        })?;
+        let minor = amount.to_minor(currency).ok_or_else(|| {
+            err(
+                name,
+                format!(
+                    "{raw:?} has more fraction digits than {currency} allows ({}); amounts are \
+                     never rounded",
+                    currency.exponent()
+                ),
+            )
+        })?;
+        let minor = match component {
+            // Discounts appear negative or positive depending on the report; the store
+            // keeps the discount the buyer received.
+            Component::Promotion(_) => minor
+                .checked_abs()
+                .ok_or_else(|| err(name, format!("{raw:?} is too large")))?,
+            Component::Price(_) if minor < 0 => {
+                return Err(err(
+                    name,
+                    format!("{raw:?} is negative; a charge cannot be"),
+                ));
+            }
+            Component::Price(_) => minor,
+        };
+        charged.push((*component, minor));
+    }
+    Ok(OrderRow {
+        line,
+        amazon_order_id,
+        merchant_order_id,
+        item_code,
+        merchant_item_id,
+        purchase_date,
+        sku: sku.to_owned(),
+        quantity_ordered,
+        quantity_shipped,
+        currency,
+        charged,
+        channel,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NEW_ORDERS_HEADER: &str = "order-id\torder-item-id\tpurchase-date\tpayments-date\tsku\tproduct-name\tquantity-purchased\tcurrency\titem-price\titem-tax\tshipping-price\tshipping-tax\titem-promotion-discount\tship-promotion-discount\tfulfillment-channel";
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").expect("USD")
+    }
+
+    fn error(text: &str) -> ImportError {
+        parse_order_report(text).expect_err("the report must be rejected")
+    }
+
+    #[test]
+    fn new_orders_report_with_bom_crlf_and_trailing_lines() {
+        let text = format!(
+            "\u{feff}{NEW_ORDERS_HEADER}\r\n\
+             171-1234567-1234567\t12345678901234\t2026-11-01T10:00:00+00:00\t2026-11-01\tSKU-1\tMug\t2\tUSD\t20.00\t1.60\t4.99\t0.40\t-2.00\t0\tMFN\r\n\
+             171-1234567-1234567\t12345678901235\t2026-11-01T10:00:00+00:00\t2026-11-01\tSKU-2\tCup\t1\tUSD\t5\t\t\t\t\t\tAmazon\r\n\
+             \r\n\r\n"
+        );
+        let rows = parse_order_report(&text).expect("valid report");
+        assert_eq!(rows.len(), 2);
+        let first = &rows[0];
+        assert_eq!(first.line, 2);
+        assert_eq!(first.amazon_order_id.as_str(), "171-1234567-1234567");
+        assert_eq!(first.item_code.as_str(), "12345678901234");
+        assert_eq!(first.sku, "SKU-1");
+        assert_eq!(first.quantity_ordered, 2);
+        assert_eq!(first.quantity_shipped, None);
+        assert_eq!(first.currency, Some(usd()));
+        assert_eq!(first.channel, Some(FulfillmentChannel::Merchant));
+        assert_eq!(
+            first.purchase_date.as_deref(),
+            Some("2026-11-01T10:00:00+00:00")
+        );
+        assert_eq!(
+            first.charged,
+            vec![
+                (Component::Price(PriceComponent::Principal), 2000),
+                (Component::Price(PriceComponent::Tax), 160),
+                (Component::Price(PriceComponent::Shipping), 499),
+                (Component::Price(PriceComponent::ShippingTax), 40),
+                (Component::Promotion(PromotionComponent::Principal), 200),
+                (Component::Promotion(PromotionComponent::Shipping), 0),
+            ]
+        );
+        let second = &rows[1];
+        assert_eq!(second.line, 3);
+        assert_eq!(second.channel, Some(FulfillmentChannel::Amazon));
+        assert_eq!(
+            second.charged,
+            vec![(Component::Price(PriceComponent::Principal), 500)]
+        );
+    }
+
+    #[test]
+    fn unshipped_report_has_quantities_only() {
+        let text = "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tquantity-to-ship\tis-prime\n\
+                    171-1234567-1234567\t12345678901234\t2026-11-01\tSKU-1\t3\t1\t2\tfalse\n";
+        let rows = parse_order_report(text).expect("valid");
+        assert_eq!(rows[0].quantity_ordered, 3);
+        assert_eq!(rows[0].quantity_shipped, Some(1));
+        assert_eq!(rows[0].currency, None);
+        assert!(rows[0].charged.is_empty());
+        assert_eq!(rows[0].channel, None);
+    }
+
+    #[test]
+    fn all_orders_style_names_and_seller_ids() {
+        let text = "amazon-order-id\tmerchant-order-id\torder-item-id\tmerchant-order-item-id\tsku\tquantity\tcurrency\titem-price\tfulfillment-channel\n\
+                    171-1234567-1234567\tMO-1\t12345678901234\tMI-1\tS\t1\tJPY\t1200\tMerchant\n";
+        let rows = parse_order_report(text).expect("valid");
+        assert_eq!(
+            rows[0].merchant_order_id.as_ref().map(SellerId::as_str),
+            Some("MO-1")
+        );
+        assert_eq!(
+            rows[0].merchant_item_id.as_ref().map(SellerId::as_str),
+            Some("MI-1")
+        );
+        assert_eq!(
+            rows[0].charged,
+            vec![(Component::Price(PriceComponent::Principal), 1200)]
+        );
+    }
+
+    #[test]
+    fn bad_fields_name_line_and_column() {
+        let row = |fields: &str| format!("{NEW_ORDERS_HEADER}\n{fields}\n");
+        let good =
+            "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN";
+        assert!(parse_order_report(&row(good)).is_ok());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.005\t\t\t\t\t\tMFN",
+                "item-price",
+                "more fraction digits than USD allows (2)",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t1,000.00\t\t\t\t\t\tMFN",
+                "item-price",
+                "not a plain decimal number",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t-1.00\t\t\t\t\tMFN",
+                "item-tax",
+                "negative",
+            ),
+            (
+                "1711234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "order-id",
+                "not an Amazon order id",
+            ),
+            (
+                "171-1234567-1234567\t1234567890123\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "order-item-id",
+                "14 or 15 digits",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t0\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "quantity-purchased",
+                "positive whole number",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSX\t10.00\t\t\t\t\t\tMFN",
+                "currency",
+                "ISO 4217",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\t\t10.00\t\t\t\t\t\tMFN",
+                "item-price",
+                "no currency",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tFBA",
+                "fulfillment-channel",
+                "not AFN, MFN",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\t\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "sku",
+                "empty",
+            ),
+        ];
+        for (fields, column, words) in cases {
+            // The bad line is the third one; an earlier good line must not be imported.
+            let text = format!("{NEW_ORDERS_HEADER}\n{good}\n{fields}\n");
+            let e = error(&text);
+            assert_eq!(e.line, 3, "{fields}: {e}");
+            assert_eq!(e.column.as_deref(), Some(*column), "{fields}: {e}");
+            assert!(e.detail.contains(words), "{fields}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("line 3, column {column}: ")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn structural_errors() {
+        let e = error("order-id\tsku\tquantity-purchased\n171-1234567-1234567\tS\t1\n");
+        assert_eq!((e.line, e.column.as_deref()), (1, None));
+        assert!(e.detail.contains("order-item-id"), "{e}");
+
+        let e = error("order-id\torder-item-id\tsku\tsku\tquantity\n");
+        assert_eq!((e.line, e.column.as_deref()), (1, Some("sku")));
+
+        let e = error("order-id\torder-item-id\tsku\tquantity\n");
+        assert!(e.detail.contains("no order lines"), "{e}");
+
+        let e = error("");
+        assert_eq!(e.line, 1);
+
+        let e = error(
+            "order-id\torder-item-id\tsku\tquantity\n\
+             171-1234567-1234567\t12345678901234\tS\t1\textra\n",
+        );
+        assert_eq!((e.line, e.column.as_deref()), (2, None));
+        assert!(e.detail.contains("5 tab-separated fields"), "{e}");
+
+        let e = parse_order_report_bytes(b"order-id\torder-item-id\tsku\tquantity\n\xff\n")
+            .expect_err("not UTF-8");
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn short_lines_read_missing_fields_as_empty() {
+        let text = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\n\
+                    171-1234567-1234567\t12345678901234\tS\t2\n";
+        let rows = parse_order_report(text).expect("valid");
+        assert_eq!(rows[0].quantity_shipped, None);
+    }
+}

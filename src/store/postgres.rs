@@ -520,6 +520,7 @@ impl Store for PgStore {
             broken,
             items: HashMap::new(),
             components: std::collections::HashSet::new(),
+            keys_taken: std::collections::HashSet::new(),
         }))
     }
 
@@ -595,6 +596,10 @@ struct PgFeedTx<'a> {
     items: HashMap<(AmazonOrderId, OrderItemCode), i64>,
     /// The item_components rows that exist, (item id, component name), of loaded items.
     components: std::collections::HashSet<(i64, &'static str)>,
+    /// Idempotency keys known to be taken: loaded as used, or written by this transaction.
+    /// Writing one again is an engine bug ([`StoreError::Invalid`]); a unique violation on
+    /// any other key is a race with another instance ([`StoreError::Conflict`]).
+    keys_taken: std::collections::HashSet<String>,
 }
 
 impl PgFeedTx<'_> {
@@ -612,6 +617,75 @@ impl PgFeedTx<'_> {
         index: usize,
     ) -> Result<T, StoreError> {
         row.try_get(index).map_err(|e| fail(self.broken, &e))
+    }
+}
+
+impl PgFeedTx<'_> {
+    /// Looks up (and locks) the items `changes` adjust that [`FeedTx::load`] did not load,
+    /// so `apply` also works for callers that know the items without loading them.
+    fn resolve_items(
+        &mut self,
+        merchant: &MerchantId,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        let mut orders: Vec<&str> = Vec::new();
+        let mut codes: Vec<&str> = Vec::new();
+        let mut wanted = std::collections::HashSet::new();
+        for change in changes {
+            if let Change::Adjust(adjustment) = change
+                && wanted.insert((&adjustment.amazon_order_id, &adjustment.item_code))
+                && !self.items.contains_key(&(
+                    adjustment.amazon_order_id.clone(),
+                    adjustment.item_code.clone(),
+                ))
+            {
+                orders.push(adjustment.amazon_order_id.as_str());
+                codes.push(adjustment.item_code.as_str());
+            }
+        }
+        if orders.is_empty() {
+            return Ok(());
+        }
+        let rows = self.query(
+            "SELECT o.amazon_order_id, i.amazon_order_item_code, i.id \
+             FROM orders o JOIN order_items i ON i.order_id = o.id \
+             JOIN UNNEST($2::text[], $3::text[]) AS u(a, c) \
+             ON o.amazon_order_id = u.a AND i.amazon_order_item_code = u.c \
+             WHERE o.merchant = $1 ORDER BY o.amazon_order_id, i.id FOR UPDATE OF o, i",
+            &[&merchant.as_str(), &orders, &codes],
+        )?;
+        let mut ids = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let order: String = self.get(row, 0)?;
+            let code: String = self.get(row, 1)?;
+            let id: i64 = self.get(row, 2)?;
+            let key = (
+                AmazonOrderId::new(&order).ok_or_else(|| corrupt("AmazonOrderID", &order))?,
+                OrderItemCode::new(&code).ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
+            );
+            self.items.insert(key, id);
+            ids.push(id);
+        }
+        let rows = self.query(
+            "SELECT item_id, component FROM item_components WHERE item_id = ANY($1)",
+            &[&ids],
+        )?;
+        for row in &rows {
+            let name: String = self.get(row, 1)?;
+            let item_id: i64 = self.get(row, 0)?;
+            self.components.insert((item_id, component(&name)?.name()));
+        }
+        for (order, code) in orders.iter().zip(&codes) {
+            let found = AmazonOrderId::new(order)
+                .zip(OrderItemCode::new(code))
+                .is_some_and(|key| self.items.contains_key(&key));
+            if !found {
+                return Err(StoreError::Invalid {
+                    detail: format!("order {order} of {merchant} has no item {code}"),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -764,7 +838,11 @@ impl FeedTx for PgFeedTx<'_> {
                 );
             }
             for key in &needs.keys {
-                snapshot.insert_key(key.clone(), records.remove(key.as_str()));
+                let record = records.remove(key.as_str());
+                if record.is_some() {
+                    self.keys_taken.insert(key.as_str().to_owned());
+                }
+                snapshot.insert_key(key.clone(), record);
             }
         }
         Ok(())
@@ -795,6 +873,24 @@ impl FeedTx for PgFeedTx<'_> {
         let overflow = |what: &str| StoreError::Invalid {
             detail: format!("{what} overflows a 64-bit integer"),
         };
+        self.resolve_items(merchant, changes)?;
+        let mut new_keys = std::collections::HashSet::new();
+        for change in changes {
+            let key = match change {
+                Change::Adjust(adjustment) => adjustment.key.as_ref(),
+                Change::PinRejection { key, .. } => Some(key),
+            };
+            if let Some(key) = key
+                && (self.keys_taken.contains(key.as_str()) || !new_keys.insert(key.as_str()))
+            {
+                return Err(StoreError::Invalid {
+                    detail: format!(
+                        "idempotency key {key} of {merchant} is already used; it cannot be \
+                         recorded again"
+                    ),
+                });
+            }
+        }
         for change in changes {
             match change {
                 Change::Adjust(adjustment) => {
@@ -963,6 +1059,8 @@ impl FeedTx for PgFeedTx<'_> {
                     &key_code,
                 ],
             )?;
+            self.keys_taken
+                .extend(key_key.iter().map(|key| (*key).to_owned()));
         }
         Ok(())
     }

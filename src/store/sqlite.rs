@@ -1,54 +1,1345 @@
 //! The SQLite backend: the embedded default.
+//!
+//! One database file, WAL mode, `synchronous=FULL` so a commit is durable, foreign keys on.
+//! A single process writes a database: [`SqliteStore::open`] takes an exclusive lock on
+//! `<db>.lock` (holding the pid and host) and a second opener gets
+//! [`StoreError::Locked`]. Migrations are embedded SQL files versioned by
+//! `PRAGMA user_version`; a database newer than this build is refused.
+//!
+//! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
+//! prepared once and cached, and orders are loaded in batches, so a feed of 100k messages
+//! costs a few hundred queries plus one insert per change. The CHECK constraints and
+//! append-only triggers of the schema hold the refund invariants even against a bug in the
+//! engine. This module does not decide what a feed does (see `engine`) nor parse order
+//! reports (see [`crate::store::import`]).
 
-use crate::model::MerchantId;
-use crate::store::{
-    FeedRecord, FeedTx, ImportSummary, NewFeed, OrderRow, OrderView, Store, StoreError,
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{
+    Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior, params,
 };
 
-/// Stub until the backend is written.
-pub struct SqliteStore;
+use crate::engine::{
+    Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, NewAdjustment, OrderState,
+    Snapshot,
+};
+use crate::model::{
+    AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
+    OrderItemCode, OrderRef, SellerId, format_minor,
+};
+use crate::problem::Code;
+use crate::store::import::column_for;
+use crate::store::{
+    AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSummary, ItemView, NewFeed,
+    OrderRow, OrderView, Store, StoreError,
+};
+
+/// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_initial.sql")];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// How long a statement waits for another connection's lock before failing as busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Ids per `IN (...)` batch when loading orders and keys (padded, so one cached statement).
+const BATCH: usize = 256;
+
+/// The SQLite order store. Holds the database connection and the single-writer lock.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    // Held for the life of the store; dropping the file releases the lock.
+    _lock: File,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
 
 impl SqliteStore {
-    /// Opens the store.
+    /// Opens (creating when absent, with its parent folder) and migrates the database at
+    /// `path`, after taking the single-writer lock `<path>.lock`.
     ///
     /// # Errors
-    /// Not written yet.
-    pub fn open(path: &std::path::Path) -> Result<SqliteStore, StoreError> {
-        Err(StoreError::Other {
-            detail: "not written yet".into(),
+    /// [`StoreError::Locked`] when another process (or another store in this process)
+    /// holds the lock; [`StoreError::SchemaTooNew`] for a database written by a newer
+    /// adjustd; [`StoreError::Unavailable`] when the file or its folder cannot be opened.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable {
+                detail: format!("cannot create folder {}: {e}", parent.display()),
+            })?;
+        }
+        let lock = take_lock(path)?;
+        let mut conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+            detail: format!("cannot open {}: {e}", path.display()),
+        })?;
+        configure(&conn)?;
+        migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore {
+            conn,
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// `<db>.lock` next to the database.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+fn take_lock(path: &Path) -> Result<File, StoreError> {
+    let lock_path = lock_path(path);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| StoreError::Unavailable {
+            detail: format!("cannot open lock file {}: {e}", lock_path.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            // Best effort: the holder may be rewriting it right now.
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(StoreError::Locked {
+                path: path.display().to_string(),
+                holder: if holder.is_empty() {
+                    "unknown holder".to_owned()
+                } else {
+                    holder.to_owned()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Unavailable {
+                detail: format!("cannot lock {}: {e}", lock_path.display()),
+            });
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    let holder = format!("pid {} on host {host}\n", std::process::id());
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| file.write_all(holder.as_bytes()))
+        .and_then(|()| file.flush());
+    written.map_err(|e| StoreError::Unavailable {
+        detail: format!("cannot write lock file {}: {e}", lock_path.display()),
+    })?;
+    Ok(file)
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(db_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable {
+            detail: format!("cannot switch the database to WAL mode (got {mode:?})"),
+        });
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(db_error)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(db_error)?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (version, sql) in (1_i64..).zip(MIGRATIONS).skip_while(|(v, _)| *v <= found) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(db_error)?;
+        tx.execute_batch(sql).map_err(db_error)?;
+        // PRAGMA takes no bound parameters; the version is our own integer.
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .map_err(db_error)?;
+        tx.commit().map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Maps a driver error: busy/locked are transient conflicts, constraint violations are
+/// invariant breaches, I/O trouble means the database is unavailable.
+fn db_error(e: rusqlite::Error) -> StoreError {
+    let detail = e.to_string();
+    match &e {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Conflict { detail },
+            ErrorCode::ConstraintViolation => StoreError::Invalid { detail },
+            ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::PermissionDenied
+            | ErrorCode::ReadOnly => StoreError::Unavailable { detail },
+            _ => StoreError::Other { detail },
+        },
+        _ => StoreError::Other { detail },
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Other {
+        detail: format!("the database holds an invalid {what}: {value:?}"),
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Message ids are `u64`; SQLite integers are `i64`. Store the same 64 bits (ids above
+/// `i64::MAX` read back negative in raw SQL, and round-trip exactly through adjustd).
+fn message_id_to_sql(id: MessageId) -> i64 {
+    id.get() as i64
+}
+
+fn message_id_from_sql(raw: i64) -> Result<MessageId, StoreError> {
+    MessageId::new(raw as u64).ok_or_else(|| corrupt("message id", &raw.to_string()))
+}
+
+fn count_to_sql(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::Invalid {
+        detail: format!("{what} {n} does not fit the database"),
+    })
+}
+
+fn class_name(class: ComponentClass) -> &'static str {
+    match class {
+        ComponentClass::Charge => "charge",
+        ComponentClass::Fee => "fee",
+        ComponentClass::Concession => "concession",
+        ComponentClass::Promotion => "promotion",
+    }
+}
+
+/// The state rejection a key was pinned with, from its `ResultMessageCode`. 5000 is shared
+/// by `SCHEMA_INVALID` and `DUPLICATE_ADJUSTMENT`, neither of which is ever pinned, so it
+/// is not a valid pinned number.
+pub fn pinned_code_from_number(number: i64) -> Option<Code> {
+    if number == 5000 {
+        return None;
+    }
+    Code::ALL
+        .iter()
+        .copied()
+        .find(|c| i64::from(c.number()) == number)
+}
+
+const FEED_COLUMNS: &str = "id, merchant, file_name, content_hash, status, duplicate_of, \
+    processed_at, messages_processed, messages_successful, messages_with_error, \
+    messages_with_warning, report_json";
+
+fn feed_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRecordRaw> {
+    Ok(FeedRecordRaw {
+        id: row.get(0)?,
+        merchant: row.get(1)?,
+        file_name: row.get(2)?,
+        content_hash: row.get(3)?,
+        status: row.get(4)?,
+        duplicate_of: row.get(5)?,
+        processed_at: row.get(6)?,
+        counts: [row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?],
+        report_json: row.get(11)?,
+    })
+}
+
+struct FeedRecordRaw {
+    id: i64,
+    merchant: Option<String>,
+    file_name: String,
+    content_hash: String,
+    status: String,
+    duplicate_of: Option<i64>,
+    processed_at: Option<String>,
+    counts: [i64; 4],
+    report_json: Option<String>,
+}
+
+impl FeedRecordRaw {
+    fn into_record(self) -> Result<FeedRecord, StoreError> {
+        let status = match self.status.as_str() {
+            "Complete" => FeedStatus::Complete,
+            "Rejected" => FeedStatus::Rejected,
+            other => return Err(corrupt("committed feed status", other)),
+        };
+        let unsigned = |n: i64| u64::try_from(n).map_err(|_| corrupt("count", &n.to_string()));
+        Ok(FeedRecord {
+            id: unsigned(self.id)?,
+            merchant: self.merchant,
+            file_name: self.file_name,
+            content_hash: self.content_hash,
+            status,
+            duplicate_of: self.duplicate_of.map(unsigned).transpose()?,
+            processed_at: self.processed_at.unwrap_or_default(),
+            messages_processed: unsigned(self.counts[0])?,
+            messages_successful: unsigned(self.counts[1])?,
+            messages_with_error: unsigned(self.counts[2])?,
+            messages_with_warning: unsigned(self.counts[3])?,
+            report_json: self.report_json.unwrap_or_default(),
         })
     }
 }
 
+impl SqliteStore {
+    fn feed_where(
+        &mut self,
+        condition: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<FeedRecord>, StoreError> {
+        let sql = format!("SELECT {FEED_COLUMNS} FROM feeds WHERE {condition}");
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(db_error)?;
+        let raws = stmt
+            .query_map(params, feed_from_row)
+            .map_err(db_error)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_error)?;
+        raws.into_iter().map(FeedRecordRaw::into_record).collect()
+    }
+}
+
 impl Store for SqliteStore {
-    fn begin_feed(&mut self, _feed: &NewFeed) -> Result<Box<dyn FeedTx + '_>, StoreError> {
-        unimplemented!()
+    fn begin_feed(&mut self, feed: &NewFeed) -> Result<Box<dyn FeedTx + '_>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let now = now();
+        let feed_id = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO feeds (merchant, file_name, content_hash, claim_token, status, \
+                     received_at) VALUES (?1, ?2, ?3, ?4, 'Processing', ?5) RETURNING id",
+                )
+                .map_err(db_error)?;
+            let id: i64 = stmt
+                .query_row(
+                    params![
+                        feed.merchant.as_ref().map(MerchantId::as_str),
+                        feed.file_name,
+                        feed.content_hash,
+                        feed.claim_token,
+                        now
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?;
+            id
+        };
+        Ok(Box::new(SqliteFeedTx {
+            tx,
+            feed_id,
+            items: HashMap::new(),
+            created_at: now,
+        }))
     }
-    fn feed_by_claim(&mut self, _claim_token: &str) -> Result<Option<FeedRecord>, StoreError> {
-        unimplemented!()
+
+    fn feed_by_claim(&mut self, claim_token: &str) -> Result<Option<FeedRecord>, StoreError> {
+        Ok(self
+            .feed_where(
+                "claim_token = ?1 AND status <> 'Processing'",
+                &[&claim_token],
+            )?
+            .into_iter()
+            .next())
     }
+
     fn feed_by_hash(
         &mut self,
-        _merchant: &MerchantId,
-        _content_hash: &str,
+        merchant: &MerchantId,
+        content_hash: &str,
     ) -> Result<Option<FeedRecord>, StoreError> {
-        unimplemented!()
+        Ok(self
+            .feed_where(
+                "merchant = ?1 AND content_hash = ?2 AND status = 'Complete' \
+                 AND duplicate_of IS NULL ORDER BY id LIMIT 1",
+                &[&merchant.as_str(), &content_hash],
+            )?
+            .into_iter()
+            .next())
     }
-    fn recent_feeds(&mut self, _limit: u32) -> Result<Vec<FeedRecord>, StoreError> {
-        unimplemented!()
+
+    fn recent_feeds(&mut self, limit: u32) -> Result<Vec<FeedRecord>, StoreError> {
+        self.feed_where(
+            "status <> 'Processing' ORDER BY id DESC LIMIT ?1",
+            &[&i64::from(limit)],
+        )
     }
+
     fn import_orders(
         &mut self,
-        _merchant: &MerchantId,
-        _rows: &[OrderRow],
+        merchant: &MerchantId,
+        rows: &[OrderRow],
     ) -> Result<ImportSummary, StoreError> {
-        unimplemented!()
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let mut seen = ImportSeen::default();
+        for row in rows {
+            import_row(&tx, merchant, row, &mut seen).map_err(|e| match e {
+                StoreError::Invalid { detail } if !detail.starts_with("line ") => {
+                    StoreError::Invalid {
+                        detail: format!(
+                            "line {}: order {} item {}: {detail}",
+                            row.line, row.amazon_order_id, row.item_code
+                        ),
+                    }
+                }
+                other => other,
+            })?;
+        }
+        tx.commit().map_err(db_error)?;
+        let count = |set: &HashSet<i64>| set.len() as u64;
+        Ok(ImportSummary {
+            orders_created: count(&seen.orders_created),
+            orders_updated: count(&seen.orders_updated),
+            items_created: count(&seen.items_created),
+            items_updated: count(&seen.items_updated),
+        })
     }
+
     fn orders(
         &mut self,
-        _merchant: Option<&MerchantId>,
-        _amazon_order_id: &str,
+        merchant: Option<&MerchantId>,
+        amazon_order_id: &str,
     ) -> Result<Vec<OrderView>, StoreError> {
-        unimplemented!()
+        let tx = self.conn.transaction().map_err(db_error)?;
+        type Head = (i64, String, Option<String>, String, String, Option<String>);
+        let heads: Vec<Head> = tx
+            .prepare_cached(
+                "SELECT id, merchant, merchant_order_id, currency, fulfillment_channel, \
+                 purchase_date FROM orders WHERE amazon_order_id = ?1 \
+                 AND (?2 IS NULL OR merchant = ?2) ORDER BY merchant",
+            )
+            .map_err(db_error)?
+            .query_map(
+                params![amazon_order_id, merchant.map(MerchantId::as_str)],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .map_err(db_error)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(db_error)?;
+        let mut views = Vec::with_capacity(heads.len());
+        for (id, merchant, merchant_order_id, currency_code, channel, purchase_date) in heads {
+            let currency = Currency::from_code(&currency_code)
+                .ok_or_else(|| corrupt("currency", &currency_code))?;
+            views.push(OrderView {
+                merchant,
+                amazon_order_id: amazon_order_id.to_owned(),
+                merchant_order_id,
+                currency: currency_code,
+                fulfillment_channel: channel,
+                purchase_date,
+                items: item_views(&tx, id, currency)?,
+                adjustments: adjustment_views(&tx, id, currency)?,
+            });
+        }
+        tx.commit().map_err(db_error)?;
+        Ok(views)
+    }
+}
+
+fn item_views(
+    tx: &Transaction<'_>,
+    order_id: i64,
+    currency: Currency,
+) -> Result<Vec<ItemView>, StoreError> {
+    type Raw = (i64, String, Option<String>, String, u32, u32, u32);
+    let raws: Vec<Raw> = tx
+        .prepare_cached(
+            "SELECT id, amazon_order_item_code, merchant_order_item_id, sku, quantity_ordered, \
+             quantity_shipped, quantity_cancelled FROM order_items WHERE order_id = ?1 \
+             ORDER BY position",
+        )
+        .map_err(db_error)?
+        .query_map([order_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .map_err(db_error)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_error)?;
+    let mut items = Vec::with_capacity(raws.len());
+    let mut components = tx
+        .prepare_cached(
+            "SELECT component, charged, refunded FROM item_components WHERE item_id = ?1",
+        )
+        .map_err(db_error)?;
+    for (id, code, merchant_item_id, sku, ordered, shipped, cancelled) in raws {
+        let principal = Component::Price(crate::model::PriceComponent::Principal).name();
+        let mut charged = BTreeMap::from([(principal.to_owned(), format_minor(0, currency))]);
+        let mut refunded = charged.clone();
+        let rows = components
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(db_error)?;
+        for row in rows {
+            let (name, c, r) = row.map_err(db_error)?;
+            if c == 0 && r == 0 && name != principal {
+                continue;
+            }
+            charged.insert(name.clone(), format_minor(c, currency));
+            refunded.insert(name, format_minor(r, currency));
+        }
+        items.push(ItemView {
+            amazon_order_item_code: code,
+            merchant_order_item_id: merchant_item_id,
+            sku,
+            quantity_ordered: ordered,
+            quantity_shipped: shipped,
+            quantity_cancelled: cancelled,
+            charged,
+            refunded,
+        });
+    }
+    Ok(items)
+}
+
+fn adjustment_views(
+    tx: &Transaction<'_>,
+    order_id: i64,
+    currency: Currency,
+) -> Result<Vec<AdjustmentView>, StoreError> {
+    type Raw = (
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+        Option<String>,
+        u32,
+        Option<u32>,
+        Option<String>,
+        String,
+    );
+    let raws: Vec<Raw> = tx
+        .prepare_cached(
+            "SELECT a.id, a.feed_id, a.message_id, i.amazon_order_item_code, a.reason, \
+             a.action_type, a.quantity_cancelled, a.quantity, a.merchant_adjustment_item_id, \
+             a.created_at FROM adjustments a JOIN order_items i ON i.id = a.item_id \
+             WHERE i.order_id = ?1 ORDER BY a.id",
+        )
+        .map_err(db_error)?
+        .query_map([order_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })
+        .map_err(db_error)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(db_error)?;
+    let mut amounts = tx
+        .prepare_cached("SELECT component, amount FROM adjustment_amounts WHERE adjustment_id = ?1")
+        .map_err(db_error)?;
+    let mut views = Vec::with_capacity(raws.len());
+    for (id, feed_id, message_id, code, reason, action, cancelled, quantity, key, created_at) in
+        raws
+    {
+        let mut map = BTreeMap::new();
+        let rows = amounts
+            .query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(db_error)?;
+        for row in rows {
+            let (name, amount) = row.map_err(db_error)?;
+            map.insert(name, format_minor(amount, currency));
+        }
+        views.push(AdjustmentView {
+            feed_id: u64::try_from(feed_id)
+                .map_err(|_| corrupt("feed id", &feed_id.to_string()))?,
+            message_id: message_id_from_sql(message_id)?.get(),
+            amazon_order_item_code: code,
+            reason,
+            action_type: action,
+            quantity_cancelled: cancelled,
+            quantity,
+            merchant_adjustment_item_id: key,
+            amounts: map,
+            created_at,
+        });
+    }
+    Ok(views)
+}
+
+/// What one import touched, by database id (an order or item named on several lines
+/// counts once).
+#[derive(Default)]
+struct ImportSeen {
+    orders_created: HashSet<i64>,
+    orders_updated: HashSet<i64>,
+    items_created: HashSet<i64>,
+    items_updated: HashSet<i64>,
+}
+
+fn invalid(row: &OrderRow, column: &str, detail: String) -> StoreError {
+    StoreError::Invalid {
+        detail: format!(
+            "line {}, column {column}: order {} item {}: {detail}",
+            row.line, row.amazon_order_id, row.item_code
+        ),
+    }
+}
+
+fn import_row(
+    tx: &Transaction<'_>,
+    merchant: &MerchantId,
+    row: &OrderRow,
+    seen: &mut ImportSeen,
+) -> Result<(), StoreError> {
+    let existing: Option<(i64, String)> = tx
+        .prepare_cached(
+            "SELECT id, currency FROM orders WHERE merchant = ?1 AND amazon_order_id = ?2",
+        )
+        .map_err(db_error)?
+        .query_row(
+            params![merchant.as_str(), row.amazon_order_id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db_error)?;
+    let (order_id, currency) = match existing {
+        None => {
+            let currency = row.currency.ok_or_else(|| {
+                invalid(
+                    row,
+                    "currency",
+                    "the order is not in the store and this report has no currency; import \
+                     a New Orders report (with prices) first"
+                        .into(),
+                )
+            })?;
+            let channel = row.channel.unwrap_or(FulfillmentChannel::Merchant);
+            let id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO orders (merchant, amazon_order_id, merchant_order_id, currency, \
+                     fulfillment_channel, purchase_date) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     RETURNING id",
+                )
+                .map_err(db_error)?
+                .query_row(
+                    params![
+                        merchant.as_str(),
+                        row.amazon_order_id.as_str(),
+                        row.merchant_order_id.as_ref().map(SellerId::as_str),
+                        currency.code(),
+                        channel.as_str(),
+                        row.purchase_date
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?;
+            seen.orders_created.insert(id);
+            (id, currency)
+        }
+        Some((id, code)) => {
+            let stored = Currency::from_code(&code).ok_or_else(|| corrupt("currency", &code))?;
+            if let Some(given) = row.currency
+                && given != stored
+            {
+                return Err(invalid(
+                    row,
+                    "currency",
+                    format!("the order is stored in {stored}; the report says {given}"),
+                ));
+            }
+            tx.prepare_cached(
+                "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
+                 fulfillment_channel = COALESCE(?3, fulfillment_channel), \
+                 purchase_date = COALESCE(?4, purchase_date) WHERE id = ?1",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                id,
+                row.merchant_order_id.as_ref().map(SellerId::as_str),
+                row.channel.map(FulfillmentChannel::as_str),
+                row.purchase_date
+            ])
+            .map_err(db_error)?;
+            if !seen.orders_created.contains(&id) {
+                seen.orders_updated.insert(id);
+            }
+            (id, stored)
+        }
+    };
+
+    let item: Option<(i64, u32, u32)> = tx
+        .prepare_cached(
+            "SELECT id, quantity_shipped, quantity_cancelled FROM order_items \
+             WHERE order_id = ?1 AND amazon_order_item_code = ?2",
+        )
+        .map_err(db_error)?
+        .query_row(params![order_id, row.item_code.as_str()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()
+        .map_err(db_error)?;
+    let mut upsert = tx
+        .prepare_cached(
+            "INSERT INTO item_components (item_id, component, class, charged, refunded) \
+             VALUES (?1, ?2, ?3, ?4, 0) \
+             ON CONFLICT (item_id, component) DO UPDATE SET charged = excluded.charged",
+        )
+        .map_err(db_error)?;
+    match item {
+        None => {
+            let item_id: i64 = tx
+                .prepare_cached(
+                    "INSERT INTO order_items (order_id, position, amazon_order_item_code, \
+                     merchant_order_item_id, sku, quantity_ordered, quantity_shipped) \
+                     VALUES (?1, (SELECT COALESCE(MAX(position), 0) + 1 FROM order_items \
+                     WHERE order_id = ?1), ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                )
+                .map_err(db_error)?
+                .query_row(
+                    params![
+                        order_id,
+                        row.item_code.as_str(),
+                        row.merchant_item_id.as_ref().map(SellerId::as_str),
+                        row.sku,
+                        row.quantity_ordered,
+                        row.quantity_shipped.unwrap_or(0)
+                    ],
+                    |r| r.get(0),
+                )
+                .map_err(db_error)?;
+            seen.items_created.insert(item_id);
+            for (component, charged) in &row.charged {
+                if *charged != 0 {
+                    upsert
+                        .execute(params![
+                            item_id,
+                            component.name(),
+                            class_name(component.class()),
+                            charged
+                        ])
+                        .map_err(db_error)?;
+                }
+            }
+        }
+        Some((item_id, shipped_before, cancelled)) => {
+            let shipped = row.quantity_shipped.unwrap_or(shipped_before);
+            if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
+                let column = if row.quantity_shipped.is_some() {
+                    "quantity-shipped"
+                } else {
+                    "quantity-purchased"
+                };
+                return Err(invalid(
+                    row,
+                    column,
+                    format!(
+                        "{shipped} shipped + {cancelled} already cancelled is more than the {} \
+                         ordered",
+                        row.quantity_ordered
+                    ),
+                ));
+            }
+            tx.prepare_cached(
+                "UPDATE order_items SET sku = ?2, \
+                 merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \
+                 quantity_ordered = ?4, quantity_shipped = ?5 WHERE id = ?1",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                item_id,
+                row.sku,
+                row.merchant_item_id.as_ref().map(SellerId::as_str),
+                row.quantity_ordered,
+                shipped
+            ])
+            .map_err(db_error)?;
+            if !seen.items_created.contains(&item_id) {
+                seen.items_updated.insert(item_id);
+            }
+            let mut refunded_stmt = tx
+                .prepare_cached(
+                    "SELECT refunded FROM item_components WHERE item_id = ?1 AND component = ?2",
+                )
+                .map_err(db_error)?;
+            for (component, charged) in &row.charged {
+                let refunded: i64 = refunded_stmt
+                    .query_row(params![item_id, component.name()], |r| r.get(0))
+                    .optional()
+                    .map_err(db_error)?
+                    .unwrap_or(0);
+                let used = match component.class() {
+                    ComponentClass::Charge => refunded,
+                    ComponentClass::Promotion => refunded.saturating_neg(),
+                    ComponentClass::Fee | ComponentClass::Concession => 0,
+                };
+                if used > *charged {
+                    return Err(invalid(
+                        row,
+                        column_for(*component),
+                        format!(
+                            "{} of {} was already refunded; the report lowers what was charged \
+                             to {}",
+                            format_minor(used, currency),
+                            component.name(),
+                            format_minor(*charged, currency)
+                        ),
+                    ));
+                }
+                upsert
+                    .execute(params![
+                        item_id,
+                        component.name(),
+                        class_name(component.class()),
+                        charged
+                    ])
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The open transaction of one feed on SQLite. Dropping it rolls back.
+pub struct SqliteFeedTx<'a> {
+    tx: Transaction<'a>,
+    feed_id: i64,
+    /// Item ids of the loaded orders, for [`FeedTx::apply`].
+    items: HashMap<AmazonOrderId, HashMap<OrderItemCode, i64>>,
+    created_at: String,
+}
+
+/// One order as loaded, with the database ids of its items.
+struct LoadedOrder {
+    id: i64,
+    state: OrderState,
+    item_ids: Vec<i64>,
+}
+
+impl SqliteFeedTx<'_> {
+    /// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
+    /// `ids`, for `merchant`.
+    fn load_orders(
+        &self,
+        merchant: &MerchantId,
+        column: &str,
+        ids: &[&str],
+    ) -> Result<Vec<LoadedOrder>, StoreError> {
+        let mut orders: Vec<LoadedOrder> = Vec::new();
+        for chunk in ids.chunks(BATCH) {
+            let placeholders = in_list(2);
+            let sql = format!(
+                "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
+                 o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
+                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled \
+                 FROM orders o LEFT JOIN order_items i ON i.order_id = o.id \
+                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders}) \
+                 ORDER BY o.id, i.position"
+            );
+            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
+            let params = padded_params(merchant.as_str(), chunk);
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter()))
+                .map_err(db_error)?;
+            let first_new = orders.len();
+            while let Some(r) = rows.next().map_err(db_error)? {
+                let order_id: i64 = r.get(0).map_err(db_error)?;
+                if orders.last().is_none_or(|o| o.id != order_id) || orders.len() == first_new {
+                    let aid: String = r.get(1).map_err(db_error)?;
+                    let moid: Option<String> = r.get(2).map_err(db_error)?;
+                    let cur: String = r.get(3).map_err(db_error)?;
+                    let channel: String = r.get(4).map_err(db_error)?;
+                    orders.push(LoadedOrder {
+                        id: order_id,
+                        state: OrderState {
+                            amazon_order_id: AmazonOrderId::new(&aid)
+                                .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
+                            merchant_order_id: moid
+                                .map(|m| {
+                                    SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderID", &m))
+                                })
+                                .transpose()?,
+                            currency: Currency::from_code(&cur)
+                                .ok_or_else(|| corrupt("currency", &cur))?,
+                            channel: channel
+                                .parse()
+                                .map_err(|()| corrupt("fulfillment channel", &channel))?,
+                            items: Vec::new(),
+                        },
+                        item_ids: Vec::new(),
+                    });
+                }
+                let Some(item_id) = r.get::<_, Option<i64>>(5).map_err(db_error)? else {
+                    continue;
+                };
+                let code: String = r.get(6).map_err(db_error)?;
+                let mid: Option<String> = r.get(7).map_err(db_error)?;
+                let item = ItemState {
+                    code: OrderItemCode::new(&code)
+                        .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
+                    merchant_item_id: mid
+                        .map(|m| {
+                            SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderItemID", &m))
+                        })
+                        .transpose()?,
+                    quantity_ordered: r.get(8).map_err(db_error)?,
+                    quantity_shipped: r.get(9).map_err(db_error)?,
+                    quantity_cancelled: r.get(10).map_err(db_error)?,
+                    components: BTreeMap::new(),
+                };
+                if let Some(order) = orders.last_mut() {
+                    order.state.items.push(item);
+                    order.item_ids.push(item_id);
+                }
+            }
+            drop(rows);
+            // Components of the items of this chunk's orders.
+            let sql = format!(
+                "SELECT c.item_id, c.component, c.charged, c.refunded \
+                 FROM orders o JOIN order_items i ON i.order_id = o.id \
+                 JOIN item_components c ON c.item_id = i.id \
+                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
+            );
+            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
+            let mut where_item: HashMap<i64, (usize, usize)> = HashMap::new();
+            for (oi, order) in orders.iter().enumerate().skip(first_new) {
+                for (ii, id) in order.item_ids.iter().enumerate() {
+                    where_item.insert(*id, (oi, ii));
+                }
+            }
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter()))
+                .map_err(db_error)?;
+            while let Some(r) = rows.next().map_err(db_error)? {
+                let item_id: i64 = r.get(0).map_err(db_error)?;
+                let name: String = r.get(1).map_err(db_error)?;
+                let component =
+                    Component::from_name(&name).ok_or_else(|| corrupt("component", &name))?;
+                let totals = ComponentTotals {
+                    charged: r.get(2).map_err(db_error)?,
+                    refunded: r.get(3).map_err(db_error)?,
+                };
+                if let Some((oi, ii)) = where_item.get(&item_id) {
+                    orders[*oi].state.items[*ii]
+                        .components
+                        .insert(component, totals);
+                }
+            }
+        }
+        Ok(orders)
+    }
+
+    fn item_id(
+        &self,
+        merchant: &MerchantId,
+        order: &AmazonOrderId,
+        code: &OrderItemCode,
+    ) -> Result<i64, StoreError> {
+        if let Some(id) = self.items.get(order).and_then(|items| items.get(code)) {
+            return Ok(*id);
+        }
+        self.tx
+            .prepare_cached(
+                "SELECT i.id FROM orders o JOIN order_items i ON i.order_id = o.id \
+                 WHERE o.merchant = ?1 AND o.amazon_order_id = ?2 \
+                 AND i.amazon_order_item_code = ?3",
+            )
+            .map_err(db_error)?
+            .query_row(
+                params![merchant.as_str(), order.as_str(), code.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_error)?
+            .ok_or_else(|| StoreError::Invalid {
+                detail: format!("order {order} of {merchant} has no item {code}"),
+            })
+    }
+
+    fn apply_adjustment(
+        &mut self,
+        merchant: &MerchantId,
+        adjustment: &NewAdjustment,
+    ) -> Result<(), StoreError> {
+        let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
+        let net = adjustment
+            .amounts
+            .iter()
+            .try_fold(0_i64, |sum, (_, amount)| sum.checked_add(*amount))
+            .ok_or_else(|| StoreError::Invalid {
+                detail: "the net of the adjustment overflows".into(),
+            })?;
+        let message_id = message_id_to_sql(adjustment.message_id);
+        let adjustment_id: i64 = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO adjustments (feed_id, message_id, item_id, reason, action_type, \
+                 quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
+                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
+            )
+            .map_err(db_error)?
+            .query_row(
+                params![
+                    self.feed_id,
+                    message_id,
+                    item_id,
+                    adjustment.reason.as_str(),
+                    adjustment.action.map(|a| a.as_str()),
+                    adjustment.quantity_cancelled,
+                    adjustment.quantity,
+                    adjustment.key.as_ref().map(SellerId::as_str),
+                    adjustment.payload_hash,
+                    net,
+                    self.created_at
+                ],
+                |r| r.get(0),
+            )
+            .map_err(db_error)?;
+        let mut amount_stmt = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
+                 VALUES (?1, ?2, ?3)",
+            )
+            .map_err(db_error)?;
+        // UPDATE first: SQLite checks CHECK constraints on the candidate row before an
+        // ON CONFLICT upsert would resolve, so a refund row would fail as a fresh insert.
+        let mut update_total = self
+            .tx
+            .prepare_cached(
+                "UPDATE item_components SET refunded = refunded + ?3 \
+                 WHERE item_id = ?1 AND component = ?2",
+            )
+            .map_err(db_error)?;
+        let mut insert_total = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO item_components (item_id, component, class, charged, refunded) \
+                 VALUES (?1, ?2, ?3, 0, ?4)",
+            )
+            .map_err(db_error)?;
+        for (component, amount) in &adjustment.amounts {
+            amount_stmt
+                .execute(params![adjustment_id, component.name(), amount])
+                .map_err(db_error)?;
+            let updated = update_total
+                .execute(params![item_id, component.name(), amount])
+                .map_err(db_error)?;
+            if updated == 0 {
+                insert_total
+                    .execute(params![
+                        item_id,
+                        component.name(),
+                        class_name(component.class()),
+                        amount
+                    ])
+                    .map_err(db_error)?;
+            }
+        }
+        if adjustment.quantity_cancelled > 0 {
+            self.tx
+                .prepare_cached(
+                    "UPDATE order_items SET quantity_cancelled = quantity_cancelled + ?2 \
+                     WHERE id = ?1",
+                )
+                .map_err(db_error)?
+                .execute(params![item_id, adjustment.quantity_cancelled])
+                .map_err(db_error)?;
+        }
+        if let Some(key) = &adjustment.key {
+            self.insert_key(merchant, key, &adjustment.payload_hash, message_id, None)?;
+        }
+        Ok(())
+    }
+
+    fn insert_key(
+        &self,
+        merchant: &MerchantId,
+        key: &SellerId,
+        payload_hash: &str,
+        message_id: i64,
+        rejection: Option<Code>,
+    ) -> Result<(), StoreError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
+                 rejection_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                merchant.as_str(),
+                key.as_str(),
+                payload_hash,
+                self.feed_id,
+                message_id,
+                rejection.map(Code::number)
+            ])
+            .map_err(db_error)?;
+        Ok(())
+    }
+}
+
+/// `?2, ?3, ..., ?{BATCH+1}`.
+fn in_list(first: usize) -> String {
+    (first..first + BATCH)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `merchant` then the chunk's ids, padded to [`BATCH`] with the last id so every batch
+/// uses the same cached statement.
+fn padded_params<'s>(merchant: &'s str, chunk: &[&'s str]) -> Vec<&'s str> {
+    let mut params = Vec::with_capacity(BATCH + 1);
+    params.push(merchant);
+    params.extend_from_slice(chunk);
+    if let Some(last) = chunk.last() {
+        params.resize(BATCH + 1, last);
+    }
+    params
+}
+
+impl FeedTx for SqliteFeedTx<'_> {
+    fn feed_id(&self) -> u64 {
+        // AUTOINCREMENT ids start at 1.
+        self.feed_id.unsigned_abs()
+    }
+
+    fn load(
+        &mut self,
+        merchant: &MerchantId,
+        needs: &Needs,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), StoreError> {
+        let mut by_amazon = Vec::new();
+        let mut by_merchant = Vec::new();
+        for order in &needs.orders {
+            match order {
+                OrderRef::Amazon(id) => by_amazon.push(id.as_str()),
+                OrderRef::Merchant(id) => by_merchant.push(id.as_str()),
+            }
+        }
+        let mut loaded = self.load_orders(merchant, "amazon_order_id", &by_amazon)?;
+        loaded.extend(self.load_orders(merchant, "merchant_order_id", &by_merchant)?);
+        let mut found_amazon: HashSet<AmazonOrderId> = HashSet::new();
+        let mut found_merchant: HashSet<SellerId> = HashSet::new();
+        for order in loaded {
+            found_amazon.insert(order.state.amazon_order_id.clone());
+            if let Some(m) = &order.state.merchant_order_id {
+                found_merchant.insert(m.clone());
+            }
+            let aid = OrderRef::Amazon(order.state.amazon_order_id.clone());
+            if snapshot.order(&aid).is_some() {
+                // Already loaded (named both ways): keep the engine's working copy.
+                continue;
+            }
+            let items = self
+                .items
+                .entry(order.state.amazon_order_id.clone())
+                .or_default();
+            for (item, id) in order.state.items.iter().zip(&order.item_ids) {
+                items.insert(item.code.clone(), *id);
+            }
+            snapshot.insert_order(order.state);
+        }
+        for order in &needs.orders {
+            let found = match order {
+                OrderRef::Amazon(id) => found_amazon.contains(id),
+                OrderRef::Merchant(id) => found_merchant.contains(id),
+            };
+            if !found {
+                snapshot.insert_missing_order(order.clone());
+            }
+        }
+
+        let keys: Vec<&str> = needs.keys.iter().map(SellerId::as_str).collect();
+        let mut found_keys: HashSet<String> = HashSet::new();
+        let sql = format!(
+            "SELECT key, payload_hash, feed_id, message_id, rejection_code FROM idempotency_keys \
+             WHERE merchant = ?1 AND key IN ({})",
+            in_list(2)
+        );
+        for chunk in keys.chunks(BATCH) {
+            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
+            let params = padded_params(merchant.as_str(), chunk);
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter()))
+                .map_err(db_error)?;
+            while let Some(r) = rows.next().map_err(db_error)? {
+                let key: String = r.get(0).map_err(db_error)?;
+                if !found_keys.insert(key.clone()) {
+                    continue;
+                }
+                let feed_id: i64 = r.get(2).map_err(db_error)?;
+                let rejection = r
+                    .get::<_, Option<i64>>(4)
+                    .map_err(db_error)?
+                    .map(|n| {
+                        pinned_code_from_number(n)
+                            .ok_or_else(|| corrupt("pinned rejection code", &n.to_string()))
+                    })
+                    .transpose()?;
+                let record = KeyRecord {
+                    payload_hash: r.get(1).map_err(db_error)?,
+                    origin: KeyOrigin {
+                        feed_id: Some(
+                            u64::try_from(feed_id)
+                                .map_err(|_| corrupt("feed id", &feed_id.to_string()))?,
+                        ),
+                        message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
+                    },
+                    rejection,
+                };
+                let key = SellerId::new(&key).ok_or_else(|| corrupt("idempotency key", &key))?;
+                snapshot.insert_key(key, Some(record));
+            }
+        }
+        for key in &needs.keys {
+            if !found_keys.contains(key.as_str()) {
+                snapshot.insert_key(key.clone(), None);
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError> {
+        for change in changes {
+            match change {
+                Change::Adjust(adjustment) => {
+                    self.apply_adjustment(merchant, adjustment)
+                        .map_err(|e| match e {
+                            StoreError::Invalid { detail } => StoreError::Invalid {
+                                detail: format!(
+                                    "message {} order {} item {}: {detail}",
+                                    adjustment.message_id,
+                                    adjustment.amazon_order_id,
+                                    adjustment.item_code
+                                ),
+                            },
+                            other => other,
+                        })?;
+                }
+                Change::PinRejection {
+                    key,
+                    payload_hash,
+                    message_id,
+                    code,
+                } => {
+                    if code.number() == 5000 {
+                        return Err(StoreError::Invalid {
+                            detail: format!(
+                                "message {message_id}: {code} cannot be pinned under key {key}"
+                            ),
+                        });
+                    }
+                    self.insert_key(
+                        merchant,
+                        key,
+                        payload_hash,
+                        message_id_to_sql(*message_id),
+                        Some(*code),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
+        let this = *self;
+        let conflict = |e: rusqlite::Error| match db_error(e) {
+            // The partial unique index on (merchant, content_hash): someone applied the
+            // same bytes first; the retry will find it as a duplicate.
+            StoreError::Invalid { detail } if detail.contains("UNIQUE") => {
+                StoreError::Conflict { detail }
+            }
+            other => other,
+        };
+        let duplicate_of = done
+            .duplicate_of
+            .map(|id| count_to_sql(id, "feed id"))
+            .transpose()?;
+        this.tx
+            .prepare_cached(
+                "UPDATE feeds SET status = ?2, duplicate_of = ?3, processed_at = ?4, \
+                 messages_processed = ?5, messages_successful = ?6, messages_with_error = ?7, \
+                 messages_with_warning = ?8, report_json = ?9 WHERE id = ?1",
+            )
+            .map_err(db_error)?
+            .execute(params![
+                this.feed_id,
+                done.status.as_str(),
+                duplicate_of,
+                now(),
+                count_to_sql(done.messages_processed, "messages processed")?,
+                count_to_sql(done.messages_successful, "messages successful")?,
+                count_to_sql(done.messages_with_error, "messages with error")?,
+                count_to_sql(done.messages_with_warning, "messages with warning")?,
+                done.report_json
+            ])
+            .map_err(conflict)?;
+        this.tx.commit().map_err(conflict)
     }
 }

@@ -554,3 +554,18 @@ fn an_unreachable_server_is_unavailable() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
+
+/// The shared conformance suite on a fresh PostgreSQL database per case.
+fn pg_fixture() -> Option<crate::store::conformance::Fixture> {
+    let db = TestDb::create()?;
+    let store = PgStore::connect(&db.url).expect("connect");
+    Some(crate::store::conformance::Fixture {
+        store: Box::new(store),
+        guard: Box::new(db),
+    })
+}
+
+mod pg_conformance {
+    use super::pg_fixture;
+    crate::store::conformance::conformance_tests!(pg_fixture);
+}

@@ -1,0 +1,1145 @@
+//! Store tests: a backend-independent conformance suite written against `&mut dyn Store`
+//! (run here on SQLite; the PostgreSQL tests run the same suite with
+//! `conformance_tests!(their_factory)`), SQLite-specific tests (migrations, lock, raw-SQL
+//! checks of the CHECK constraints and append-only triggers), order-report parsing on real
+//! files, and a throughput probe that prints messages per second.
+//!
+//! The engine is not used: the changes are built by hand, as the engine would plan them.
+
+use std::path::PathBuf;
+
+use adjustd::engine::{Change, KeyOrigin, KeyRecord, Needs, NewAdjustment, Snapshot};
+use adjustd::model::{
+    AdjustmentReason, AmazonOrderId, Component, MerchantId, MessageId, OrderItemCode, OrderRef,
+    PriceComponent, PromotionComponent, SellerId,
+};
+use adjustd::problem::Code;
+use adjustd::store::import::{parse_order_report, read_order_report};
+use adjustd::store::sqlite::SqliteStore;
+use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, Store, StoreError};
+
+/// Path of a file in the repository.
+pub fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The merchant of the sample report.
+pub fn merchant() -> MerchantId {
+    MerchantId::new("A1SELLER").expect("valid merchant")
+}
+
+/// Parses a report file of the repository.
+pub fn report(rel: &str) -> Vec<OrderRow> {
+    let file = std::fs::File::open(repo_file(rel)).expect("report file");
+    read_order_report(file).expect("valid report")
+}
+
+/// The README quickstart orders.
+pub fn sample_rows() -> Vec<OrderRow> {
+    report("fixtures/sample-orders.txt")
+}
+
+fn aid(raw: &str) -> AmazonOrderId {
+    AmazonOrderId::new(raw).expect("order id")
+}
+
+fn code(raw: &str) -> OrderItemCode {
+    OrderItemCode::new(raw).expect("item code")
+}
+
+fn sid(raw: &str) -> SellerId {
+    SellerId::new(raw).expect("seller id")
+}
+
+fn principal() -> Component {
+    Component::Price(PriceComponent::Principal)
+}
+
+fn tax() -> Component {
+    Component::Price(PriceComponent::Tax)
+}
+
+fn restocking() -> Component {
+    Component::Price(PriceComponent::RestockingFee)
+}
+
+/// A hand-built adjustment of one item.
+pub fn adjustment(
+    message: u64,
+    order: &str,
+    item: &str,
+    amounts: &[(Component, i64)],
+    key: Option<&str>,
+    quantity_cancelled: u32,
+) -> Change {
+    Change::Adjust(NewAdjustment {
+        message_id: MessageId::new(message).expect("message id"),
+        amazon_order_id: aid(order),
+        item_code: code(item),
+        reason: if quantity_cancelled > 0 {
+            AdjustmentReason::CustomerCancel
+        } else {
+            AdjustmentReason::CustomerReturn
+        },
+        action: None,
+        quantity_cancelled,
+        quantity: None,
+        amounts: amounts.to_vec(),
+        key: key.map(sid),
+        payload_hash: format!("hash-{message}-{item}"),
+    })
+}
+
+/// A new feed record with a content hash and claim token.
+pub fn new_feed(name: &str, hash: &str, claim: Option<&str>) -> NewFeed {
+    NewFeed {
+        merchant: Some(merchant()),
+        file_name: name.to_owned(),
+        content_hash: hash.to_owned(),
+        claim_token: claim.map(str::to_owned),
+    }
+}
+
+/// A finished Complete feed with `n` messages, all successful.
+pub fn done(n: u64, duplicate_of: Option<u64>) -> FeedDone {
+    FeedDone {
+        status: FeedStatus::Complete,
+        duplicate_of,
+        messages_processed: n,
+        messages_successful: n,
+        messages_with_error: 0,
+        messages_with_warning: 0,
+        report_json: format!("{{\"messages\":{n}}}"),
+    }
+}
+
+/// Runs one feed: load the orders named, apply `changes`, commit. Returns the feed id.
+pub fn run_feed(store: &mut dyn Store, hash: &str, orders: &[&str], changes: &[Change]) -> u64 {
+    let mut tx = store
+        .begin_feed(&new_feed("feed.xml", hash, None))
+        .expect("begin");
+    let needs = Needs {
+        orders: orders.iter().map(|o| OrderRef::Amazon(aid(o))).collect(),
+        keys: Vec::new(),
+    };
+    let mut snapshot = Snapshot::new();
+    tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+    tx.apply(&merchant(), changes).expect("apply");
+    let id = tx.feed_id();
+    tx.commit(&done(changes.len() as u64, None))
+        .expect("commit");
+    id
+}
+
+/// The backend-independent suite. Each case gets a fresh, empty store.
+pub mod conformance {
+    use super::*;
+
+    /// A fresh store plus whatever keeps it alive (a temp dir, a database to drop).
+    pub struct Fixture {
+        /// The store under test.
+        pub store: Box<dyn Store>,
+        /// Dropped after the store.
+        pub guard: Box<dyn std::any::Any>,
+    }
+
+    /// Defines one `#[test]` per conformance case, each calling `$factory()` (which returns
+    /// `Option<Fixture>`; `None` skips, e.g. when PostgreSQL is absent).
+    macro_rules! conformance_tests {
+        ($factory:path) => {
+            $crate::store::conformance::conformance_tests!(@cases $factory;
+                import_creates_and_reimport_updates,
+                import_rejects_contradictions_atomically,
+                orders_show_shape,
+                feed_round_trip,
+                drop_rolls_back_everything,
+                over_refund_from_a_buggy_engine_is_refused,
+                feed_lookups,
+                same_bytes_committed_twice_is_a_conflict,
+            );
+        };
+        (@cases $factory:path; $($case:ident),+ $(,)?) => {
+            $(
+                #[test]
+                fn $case() {
+                    match $factory() {
+                        Some(mut fixture) => {
+                            $crate::store::conformance::$case(fixture.store.as_mut());
+                            drop(fixture.store);
+                            drop(fixture.guard);
+                        }
+                        None => eprintln!("SKIPPED {}: backend not available", stringify!($case)),
+                    }
+                }
+            )+
+        };
+    }
+    pub(crate) use conformance_tests;
+
+    fn item_view<'a>(
+        view: &'a adjustd::store::OrderView,
+        item: &str,
+    ) -> &'a adjustd::store::ItemView {
+        view.items
+            .iter()
+            .find(|i| i.amazon_order_item_code == item)
+            .expect("item in view")
+    }
+
+    fn one_order(store: &mut dyn Store, id: &str) -> adjustd::store::OrderView {
+        let mut views = store.orders(Some(&merchant()), id).expect("orders");
+        assert_eq!(views.len(), 1, "order {id}");
+        views.remove(0)
+    }
+
+    /// Import creates orders and items; a re-import updates shipped quantities and charged
+    /// amounts and never touches adjustments.
+    pub fn import_creates_and_reimport_updates(store: &mut dyn Store) {
+        let summary = store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        assert_eq!(
+            (
+                summary.orders_created,
+                summary.orders_updated,
+                summary.items_created,
+                summary.items_updated
+            ),
+            (4, 0, 6, 0)
+        );
+        let again = store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("re-import");
+        assert_eq!(
+            (
+                again.orders_created,
+                again.orders_updated,
+                again.items_created,
+                again.items_updated
+            ),
+            (0, 4, 0, 6)
+        );
+        // Refund part of the teapot, then ship it via the Unshipped report.
+        run_feed(
+            store,
+            "h1",
+            &["112-7654321-7654321"],
+            &[adjustment(
+                1,
+                "112-7654321-7654321",
+                "23456789012345",
+                &[(principal(), 1000)],
+                Some("K1"),
+                0,
+            )],
+        );
+        let update = report("tests/data/orders/unshipped-update.txt");
+        let summary = store.import_orders(&merchant(), &update).expect("update");
+        assert_eq!((summary.orders_updated, summary.items_updated), (2, 2));
+        let teapot = one_order(store, "112-7654321-7654321");
+        let item = item_view(&teapot, "23456789012345");
+        assert_eq!(item.quantity_shipped, 1);
+        assert_eq!(item.charged["Principal"], "34.50");
+        assert_eq!(item.refunded["Principal"], "10.00");
+        assert_eq!(teapot.adjustments.len(), 1);
+        let spoons = one_order(store, "114-1122334-5566778");
+        assert_eq!(item_view(&spoons, "45678901234568").quantity_shipped, 2);
+        // Charged amounts change when a report gives them (a price correction upward).
+        let mut rows = sample_rows();
+        rows.retain(|r| r.item_code.as_str() == "23456789012345");
+        for (component, amount) in &mut rows[0].charged {
+            if *component == principal() {
+                *amount = 3600;
+            }
+        }
+        store
+            .import_orders(&merchant(), &rows)
+            .expect("price update");
+        let teapot = one_order(store, "112-7654321-7654321");
+        let item = item_view(&teapot, "23456789012345");
+        assert_eq!(item.charged["Principal"], "36.00");
+        assert_eq!(item.refunded["Principal"], "10.00");
+        // The re-import of the New Orders report (quantity-shipped 0) lowered nothing it
+        // should not: shipped comes from the report, adjustments stay.
+        assert_eq!(teapot.adjustments.len(), 1);
+    }
+
+    /// A row that contradicts the store fails the import naming line and column, and
+    /// nothing of the import is written.
+    pub fn import_rejects_contradictions_atomically(store: &mut dyn Store) {
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        run_feed(
+            store,
+            "h1",
+            &["171-1234567-1234567"],
+            &[adjustment(
+                1,
+                "171-1234567-1234567",
+                "12345678901234",
+                &[(principal(), 2000)],
+                None,
+                0,
+            )],
+        );
+        // Line 2: a new order (fine). Line 3: lowers a charged amount below what was
+        // refunded.
+        let text = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\n\
+                    199-0000000-0000001\t99999999999999\tNEW\t1\tUSD\t1.00\n\
+                    171-1234567-1234567\t12345678901234\tMUG-BLUE-12\t2\tUSD\t19.99\n";
+        let rows = parse_order_report(text).expect("parses");
+        let err = store
+            .import_orders(&merchant(), &rows)
+            .expect_err("below refunded");
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+        assert!(msg.contains("line 3, column item-price"), "{msg}");
+        assert!(msg.contains("20.00"), "{msg}");
+        assert!(
+            store
+                .orders(Some(&merchant()), "199-0000000-0000001")
+                .expect("orders")
+                .is_empty(),
+            "nothing of a failed import is kept"
+        );
+        // Another currency than the stored order's.
+        let rows = report("tests/data/orders/currency-mismatch.txt");
+        let err = store
+            .import_orders(&merchant(), &rows)
+            .expect_err("currency");
+        assert!(err.to_string().contains("line 2, column currency"), "{err}");
+        assert!(err.to_string().contains("USD"), "{err}");
+        // An Unshipped report cannot create an order (no currency).
+        let text = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\n\
+                    199-0000000-0000002\t99999999999998\tS\t1\t0\n";
+        let err = store
+            .import_orders(&merchant(), &parse_order_report(text).expect("parses"))
+            .expect_err("no currency");
+        assert!(err.to_string().contains("line 2, column currency"), "{err}");
+        // Shipped + cancelled above ordered.
+        run_feed(
+            store,
+            "h2",
+            &["114-1122334-5566778"],
+            &[adjustment(
+                1,
+                "114-1122334-5566778",
+                "45678901234568",
+                &[],
+                None,
+                2,
+            )],
+        );
+        let text = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\n\
+                    114-1122334-5566778\t45678901234568\tSPOON-SET-6\t3\t2\n";
+        let err = store
+            .import_orders(&merchant(), &parse_order_report(text).expect("parses"))
+            .expect_err("too many shipped");
+        assert!(
+            err.to_string().contains("line 2, column quantity-shipped"),
+            "{err}"
+        );
+        // The stored order is unchanged by all of this.
+        let mug = one_order(store, "171-1234567-1234567");
+        assert_eq!(
+            item_view(&mug, "12345678901234").charged["Principal"],
+            "25.98"
+        );
+    }
+
+    /// `orders show --json`: the exact DESIGN.md shape.
+    pub fn orders_show_shape(store: &mut dyn Store) {
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        let feed = run_feed(
+            store,
+            "h1",
+            &["171-1234567-1234567"],
+            &[adjustment(
+                7,
+                "171-1234567-1234567",
+                "12345678901234",
+                &[(principal(), 1299), (tax(), 104), (restocking(), -200)],
+                Some("RET-1"),
+                0,
+            )],
+        );
+        let views = store.orders(None, "171-1234567-1234567").expect("orders");
+        assert_eq!(views.len(), 1);
+        let mut json = serde_json::to_value(&views[0]).expect("json");
+        let created_at = json["adjustments"][0]
+            .as_object_mut()
+            .expect("adjustment object")
+            .remove("created_at")
+            .expect("created_at");
+        let created_at = created_at.as_str().expect("string");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(created_at).is_ok(),
+            "{created_at}"
+        );
+        assert!(created_at.ends_with('Z'), "{created_at}");
+        let expected = serde_json::json!({
+            "merchant": "A1SELLER",
+            "amazon_order_id": "171-1234567-1234567",
+            "merchant_order_id": null,
+            "currency": "USD",
+            "fulfillment_channel": "MFN",
+            "purchase_date": "2026-11-02T09:14:33+00:00",
+            "items": [
+                {
+                    "amazon_order_item_code": "12345678901234",
+                    "merchant_order_item_id": null,
+                    "sku": "MUG-BLUE-12",
+                    "quantity_ordered": 2,
+                    "quantity_shipped": 2,
+                    "quantity_cancelled": 0,
+                    "charged": {"Principal": "25.98", "Tax": "2.08", "Shipping": "5.99",
+                                "ShippingTax": "0.48", "Promotion:Principal": "3.00",
+                                "RestockingFee": "0.00"},
+                    "refunded": {"Principal": "12.99", "Tax": "1.04", "Shipping": "0.00",
+                                 "ShippingTax": "0.00", "Promotion:Principal": "0.00",
+                                 "RestockingFee": "-2.00"}
+                },
+                {
+                    "amazon_order_item_code": "12345678901235",
+                    "merchant_order_item_id": null,
+                    "sku": "COASTER-SET-4",
+                    "quantity_ordered": 1,
+                    "quantity_shipped": 1,
+                    "quantity_cancelled": 0,
+                    "charged": {"Principal": "9.99", "Tax": "0.80"},
+                    "refunded": {"Principal": "0.00", "Tax": "0.00"}
+                }
+            ],
+            "adjustments": [
+                {
+                    "feed_id": feed,
+                    "message_id": 7,
+                    "amazon_order_item_code": "12345678901234",
+                    "reason": "CustomerReturn",
+                    "action_type": null,
+                    "quantity_cancelled": 0,
+                    "quantity": null,
+                    "merchant_adjustment_item_id": "RET-1",
+                    "amounts": {"Principal": "12.99", "Tax": "1.04", "RestockingFee": "-2.00"}
+                }
+            ]
+        });
+        assert_eq!(json, expected);
+        // An unknown order: an empty list, not an error. Another merchant: nothing.
+        assert!(
+            store
+                .orders(None, "999-9999999-9999999")
+                .expect("orders")
+                .is_empty()
+        );
+        let other = MerchantId::new("OTHER").expect("merchant");
+        assert!(
+            store
+                .orders(Some(&other), "171-1234567-1234567")
+                .expect("orders")
+                .is_empty()
+        );
+    }
+
+    /// begin → load → apply → commit, then a second feed sees the totals and keys.
+    pub fn feed_round_trip(store: &mut dyn Store) {
+        let mut rows = sample_rows();
+        rows[0].merchant_order_id = Some(sid("MO-1001"));
+        rows[0].merchant_item_id = Some(sid("MI-1"));
+        store.import_orders(&merchant(), &rows).expect("import");
+
+        let mut tx = store
+            .begin_feed(&new_feed("a.xml", "hash-a", Some("claim-a")))
+            .expect("begin");
+        let first = tx.feed_id();
+        let needs = Needs {
+            orders: vec![
+                OrderRef::Amazon(aid("114-1122334-5566778")),
+                OrderRef::Amazon(aid("999-9999999-9999999")),
+                OrderRef::Merchant(sid("MO-1001")),
+                OrderRef::Merchant(sid("MO-NONE")),
+            ],
+            keys: vec![sid("K-NEW")],
+        };
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        let mug = snapshot
+            .order(&OrderRef::Merchant(sid("MO-1001")))
+            .expect("by merchant order id");
+        assert_eq!(mug.amazon_order_id.as_str(), "171-1234567-1234567");
+        assert_eq!(mug.items.len(), 2);
+        assert_eq!(mug.items[0].merchant_item_id, Some(sid("MI-1")));
+        assert_eq!(mug.items[0].components[&principal()].charged, 2598);
+        assert_eq!(
+            mug.items[0].components[&Component::Promotion(PromotionComponent::Principal)].charged,
+            300
+        );
+        let spoons = snapshot
+            .order(&OrderRef::Amazon(aid("114-1122334-5566778")))
+            .expect("by amazon id");
+        assert_eq!(spoons.items[1].quantity_ordered, 3);
+        assert_eq!(spoons.items[1].quantity_shipped, 0);
+        assert!(
+            snapshot
+                .order(&OrderRef::Amazon(aid("999-9999999-9999999")))
+                .is_none()
+        );
+        // Missing orders and keys are recorded, so nothing is needed any more.
+        assert!(adjustd::engine::needs(&snapshot, &[]).is_empty());
+        tx.apply(
+            &merchant(),
+            &[
+                adjustment(
+                    1,
+                    "114-1122334-5566778",
+                    "45678901234568",
+                    &[(principal(), 999)],
+                    Some("K-NEW"),
+                    1,
+                ),
+                adjustment(
+                    2,
+                    "171-1234567-1234567",
+                    "12345678901234",
+                    &[
+                        (Component::Promotion(PromotionComponent::Principal), -300),
+                        (principal(), 2598),
+                    ],
+                    None,
+                    0,
+                ),
+                Change::PinRejection {
+                    key: sid("K-REJ"),
+                    payload_hash: "hash-rej".into(),
+                    message_id: MessageId::new(3).expect("id"),
+                    code: Code::ComponentExceedsRemaining,
+                },
+            ],
+        )
+        .expect("apply");
+        tx.commit(&done(3, None)).expect("commit");
+
+        let mut tx = store
+            .begin_feed(&new_feed("b.xml", "hash-b", None))
+            .expect("begin");
+        assert!(tx.feed_id() > first);
+        let needs = Needs {
+            orders: vec![OrderRef::Amazon(aid("114-1122334-5566778"))],
+            keys: vec![sid("K-NEW"), sid("K-REJ"), sid("K-UNUSED")],
+        };
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        let spoons = snapshot
+            .order(&OrderRef::Amazon(aid("114-1122334-5566778")))
+            .expect("loaded");
+        assert_eq!(spoons.items[1].quantity_cancelled, 1);
+        assert_eq!(spoons.items[1].components[&principal()].refunded, 999);
+        assert_eq!(spoons.items[1].components[&principal()].charged, 2997);
+        let expect_key = |key: &str, record: Option<KeyRecord>| {
+            // The snapshot's key map is private; its Debug form shows each entry.
+            let entry = format!("{:?}: {:?}", sid(key), record);
+            assert!(
+                format!("{snapshot:?}").contains(&entry),
+                "{entry} in {snapshot:?}"
+            );
+        };
+        expect_key(
+            "K-NEW",
+            Some(KeyRecord {
+                payload_hash: "hash-1-45678901234568".into(),
+                origin: KeyOrigin {
+                    feed_id: Some(first),
+                    message_id: MessageId::new(1).expect("id"),
+                },
+                rejection: None,
+            }),
+        );
+        expect_key(
+            "K-REJ",
+            Some(KeyRecord {
+                payload_hash: "hash-rej".into(),
+                origin: KeyOrigin {
+                    feed_id: Some(first),
+                    message_id: MessageId::new(3).expect("id"),
+                },
+                rejection: Some(Code::ComponentExceedsRemaining),
+            }),
+        );
+        expect_key("K-UNUSED", None);
+        drop(tx);
+
+        let record = store
+            .feed_by_claim("claim-a")
+            .expect("by claim")
+            .expect("found");
+        assert_eq!(record.id, first);
+        assert_eq!(record.status, FeedStatus::Complete);
+        assert_eq!(record.file_name, "a.xml");
+        assert_eq!(record.merchant.as_deref(), Some("A1SELLER"));
+        assert_eq!(record.messages_processed, 3);
+        assert_eq!(record.report_json, "{\"messages\":3}");
+        assert!(chrono::DateTime::parse_from_rfc3339(&record.processed_at).is_ok());
+        let mug = one_order(store, "171-1234567-1234567");
+        let item = item_view(&mug, "12345678901234");
+        assert_eq!(item.refunded["Promotion:Principal"], "-3.00");
+        assert_eq!(item.refunded["Principal"], "25.98");
+    }
+
+    /// Dropping the transaction without commit leaves no feed, adjustment, total or key.
+    pub fn drop_rolls_back_everything(store: &mut dyn Store) {
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        {
+            let mut tx = store
+                .begin_feed(&new_feed("x.xml", "hash-x", Some("claim-x")))
+                .expect("begin");
+            let mut snapshot = Snapshot::new();
+            let needs = Needs {
+                orders: vec![OrderRef::Amazon(aid("171-1234567-1234567"))],
+                keys: vec![],
+            };
+            tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+            tx.apply(
+                &merchant(),
+                &[adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901234",
+                    &[(principal(), 500)],
+                    Some("K-X"),
+                    0,
+                )],
+            )
+            .expect("apply");
+        }
+        assert!(store.recent_feeds(10).expect("recent").is_empty());
+        assert!(store.feed_by_claim("claim-x").expect("claim").is_none());
+        let mug = one_order(store, "171-1234567-1234567");
+        assert!(mug.adjustments.is_empty());
+        assert_eq!(
+            item_view(&mug, "12345678901234").refunded["Principal"],
+            "0.00"
+        );
+        // The key is free again: a later feed can use it.
+        run_feed(
+            store,
+            "hash-y",
+            &["171-1234567-1234567"],
+            &[adjustment(
+                1,
+                "171-1234567-1234567",
+                "12345678901234",
+                &[(principal(), 500)],
+                Some("K-X"),
+                0,
+            )],
+        );
+        assert_eq!(store.recent_feeds(10).expect("recent").len(), 1);
+    }
+
+    /// The schema refuses what the engine must never plan: more refunded than charged, a
+    /// cancellation beyond ordered, a net that is not a credit, a reused key.
+    pub fn over_refund_from_a_buggy_engine_is_refused(store: &mut dyn Store) {
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        let bad: Vec<(&str, Change)> = vec![
+            (
+                "principal above charged",
+                adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901235",
+                    &[(principal(), 1000)],
+                    None,
+                    0,
+                ),
+            ),
+            (
+                "refund of a component never charged",
+                adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901235",
+                    &[(Component::Price(PriceComponent::GiftWrap), 1)],
+                    None,
+                    0,
+                ),
+            ),
+            (
+                "promotion reversal above the discount",
+                adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901234",
+                    &[
+                        (Component::Promotion(PromotionComponent::Principal), -301),
+                        (principal(), 1000),
+                    ],
+                    None,
+                    0,
+                ),
+            ),
+            (
+                "net not a credit",
+                adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901234",
+                    &[(principal(), 100), (restocking(), -100)],
+                    None,
+                    0,
+                ),
+            ),
+            (
+                "cancel above ordered",
+                adjustment(1, "114-1122334-5566778", "45678901234568", &[], None, 4),
+            ),
+            (
+                "item of another order",
+                adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "45678901234568",
+                    &[(principal(), 1)],
+                    None,
+                    0,
+                ),
+            ),
+        ];
+        for (what, change) in bad {
+            let mut tx = store
+                .begin_feed(&new_feed("bad.xml", "hash-bad", None))
+                .expect("begin");
+            let err = tx
+                .apply(&merchant(), std::slice::from_ref(&change))
+                .expect_err(what);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{what}: {err:?}");
+            assert!(!err.is_transient(), "{what}");
+        }
+        // A key used twice.
+        let mut tx = store
+            .begin_feed(&new_feed("bad.xml", "hash-bad", None))
+            .expect("begin");
+        let change = adjustment(
+            1,
+            "171-1234567-1234567",
+            "12345678901234",
+            &[(principal(), 100)],
+            Some("K-TWICE"),
+            0,
+        );
+        tx.apply(&merchant(), std::slice::from_ref(&change))
+            .expect("first use");
+        let err = tx
+            .apply(&merchant(), std::slice::from_ref(&change))
+            .expect_err("second use");
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+        drop(tx);
+        let mug = one_order(store, "171-1234567-1234567");
+        assert!(mug.adjustments.is_empty());
+    }
+
+    /// feed_by_claim, feed_by_hash and recent_feeds see committed feeds only, with the
+    /// right filters.
+    pub fn feed_lookups(store: &mut dyn Store) {
+        assert!(store.feed_by_claim("nope").expect("claim").is_none());
+        assert!(
+            store
+                .feed_by_hash(&merchant(), "hash-1")
+                .expect("hash")
+                .is_none()
+        );
+        let tx = store
+            .begin_feed(&new_feed("one.xml", "hash-1", Some("c1")))
+            .expect("begin");
+        let first = tx.feed_id();
+        tx.commit(&done(0, None)).expect("commit");
+        // A duplicate of it, and a rejected feed with the same bytes.
+        let tx = store
+            .begin_feed(&new_feed("one-again.xml", "hash-1", Some("c2")))
+            .expect("begin");
+        let second = tx.feed_id();
+        tx.commit(&done(0, Some(first))).expect("duplicate commit");
+        let tx = store
+            .begin_feed(&new_feed("rej.xml", "hash-1", None))
+            .expect("begin");
+        let third = tx.feed_id();
+        tx.commit(&FeedDone {
+            status: FeedStatus::Rejected,
+            ..done(0, None)
+        })
+        .expect("rejected commit");
+        // A feed without a merchant (header unreadable).
+        let tx = store
+            .begin_feed(&NewFeed {
+                merchant: None,
+                file_name: "garbage.xml".into(),
+                content_hash: "hash-g".into(),
+                claim_token: None,
+            })
+            .expect("begin");
+        let fourth = tx.feed_id();
+        tx.commit(&FeedDone {
+            status: FeedStatus::Rejected,
+            ..done(0, None)
+        })
+        .expect("commit");
+
+        let by_hash = store
+            .feed_by_hash(&merchant(), "hash-1")
+            .expect("hash")
+            .expect("found");
+        assert_eq!(by_hash.id, first);
+        let other = MerchantId::new("OTHER").expect("merchant");
+        assert!(
+            store
+                .feed_by_hash(&other, "hash-1")
+                .expect("hash")
+                .is_none()
+        );
+        let dup = store.feed_by_claim("c2").expect("claim").expect("found");
+        assert_eq!(dup.id, second);
+        assert_eq!(dup.duplicate_of, Some(first));
+        let recent = store.recent_feeds(3).expect("recent");
+        let ids: Vec<u64> = recent.iter().map(|f| f.id).collect();
+        assert_eq!(ids, vec![fourth, third, second]);
+        assert_eq!(recent[0].merchant, None);
+        assert_eq!(recent[1].status, FeedStatus::Rejected);
+    }
+
+    /// Two applied feeds with the same merchant and bytes: the second commit is a
+    /// transient conflict (its retry will find the first as a duplicate).
+    pub fn same_bytes_committed_twice_is_a_conflict(store: &mut dyn Store) {
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+        run_feed(store, "same", &[], &[]);
+        let mut tx = store
+            .begin_feed(&new_feed("again.xml", "same", Some("claim-again")))
+            .expect("begin");
+        tx.apply(
+            &merchant(),
+            &[adjustment(
+                1,
+                "171-1234567-1234567",
+                "12345678901234",
+                &[(principal(), 100)],
+                None,
+                0,
+            )],
+        )
+        .expect("apply");
+        let err = tx.commit(&done(1, None)).expect_err("conflict");
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+        assert!(err.is_transient());
+        // Nothing of it was kept.
+        assert!(store.feed_by_claim("claim-again").expect("claim").is_none());
+        let mug = one_order(store, "171-1234567-1234567");
+        assert!(mug.adjustments.is_empty());
+        assert_eq!(store.recent_feeds(10).expect("recent").len(), 1);
+    }
+}
+
+// ---- SQLite ----
+
+struct SqliteGuard(#[allow(dead_code)] tempfile::TempDir);
+
+fn sqlite_fixture() -> Option<conformance::Fixture> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("adjustd.db")).expect("open");
+    Some(conformance::Fixture {
+        store: Box::new(store),
+        guard: Box::new(SqliteGuard(dir)),
+    })
+}
+
+mod sqlite_conformance {
+    use super::sqlite_fixture;
+    super::conformance::conformance_tests!(sqlite_fixture);
+}
+
+fn raw(path: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).expect("raw connection")
+}
+
+#[test]
+fn sqlite_migrates_a_fresh_database_and_reopens_with_data() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("sub/dir/adjustd.db");
+    {
+        let mut store = SqliteStore::open(&path).expect("open");
+        store
+            .import_orders(&merchant(), &sample_rows())
+            .expect("import");
+    }
+    let conn = raw(&path);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, adjustd::store::sqlite::SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let mut tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    tables.sort();
+    assert_eq!(
+        tables,
+        [
+            "adjustment_amounts",
+            "adjustments",
+            "feeds",
+            "idempotency_keys",
+            "item_components",
+            "order_items",
+            "orders"
+        ]
+    );
+    drop(conn);
+    let mut store = SqliteStore::open(&path).expect("reopen");
+    assert_eq!(
+        store
+            .orders(Some(&merchant()), "171-1234567-1234567")
+            .expect("orders")[0]
+            .items
+            .len(),
+        2
+    );
+    drop(store);
+    // A database from a newer adjustd is refused and left alone.
+    raw(&path)
+        .execute_batch("PRAGMA user_version = 99")
+        .expect("bump");
+    match SqliteStore::open(&path) {
+        Err(StoreError::SchemaTooNew { found, supported }) => {
+            assert_eq!(
+                (found, supported),
+                (99, adjustd::store::sqlite::SCHEMA_VERSION)
+            );
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+}
+
+#[test]
+fn sqlite_second_opener_gets_locked_with_the_holder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    match SqliteStore::open(&path) {
+        Err(err @ StoreError::Locked { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("pid {}", std::process::id())),
+                "{text}"
+            );
+            assert!(text.contains("on host "), "{text}");
+            assert!(!err.is_transient());
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(store);
+    SqliteStore::open(&path).expect("free again after the holder closed");
+}
+
+#[test]
+fn sqlite_checks_and_triggers_hold_against_raw_sql() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let mut store = SqliteStore::open(&path).expect("open");
+    store
+        .import_orders(&merchant(), &sample_rows())
+        .expect("import");
+    run_feed(
+        &mut store,
+        "h",
+        &["171-1234567-1234567"],
+        &[adjustment(
+            1,
+            "171-1234567-1234567",
+            "12345678901234",
+            &[(principal(), 100)],
+            Some("K"),
+            0,
+        )],
+    );
+    let conn = raw(&path);
+    let refused = |sql: &str, words: &str| {
+        let err = conn.execute_batch(sql).expect_err(sql);
+        assert!(err.to_string().contains(words), "{sql}: {err}");
+    };
+    refused(
+        "UPDATE item_components SET refunded = charged + 1 WHERE component = 'Principal'",
+        "CHECK constraint failed",
+    );
+    refused(
+        "UPDATE item_components SET refunded = 1 WHERE component = 'Promotion:Principal'",
+        "CHECK constraint failed",
+    );
+    refused(
+        "INSERT INTO item_components (item_id, component, class, charged, refunded) \
+         SELECT id, 'RestockingFee', 'fee', 0, 5 FROM order_items LIMIT 1",
+        "CHECK constraint failed",
+    );
+    refused(
+        "UPDATE order_items SET quantity_cancelled = quantity_ordered + 1",
+        "CHECK constraint failed",
+    );
+    refused("UPDATE adjustments SET net = 1", "append-only");
+    refused("DELETE FROM adjustments", "append-only");
+    refused("UPDATE adjustment_amounts SET amount = 1", "append-only");
+    refused("DELETE FROM adjustment_amounts", "append-only");
+    refused(
+        "INSERT INTO adjustments (feed_id, message_id, item_id, reason, quantity_cancelled, \
+         payload_hash, net, created_at) SELECT 1, 9, id, 'Other', 0, 'h', 0, 'now' \
+         FROM order_items LIMIT 1",
+        "CHECK constraint failed",
+    );
+    refused(
+        "UPDATE feeds SET status = 'Done'",
+        "CHECK constraint failed",
+    );
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM adjustments", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn sqlite_message_ids_above_i64_round_trip() {
+    let (mut fixture, _) = (sqlite_fixture().expect("fixture"), ());
+    let store = fixture.store.as_mut();
+    store
+        .import_orders(&merchant(), &sample_rows())
+        .expect("import");
+    let mut change = adjustment(
+        1,
+        "171-1234567-1234567",
+        "12345678901234",
+        &[(principal(), 100)],
+        None,
+        0,
+    );
+    if let Change::Adjust(a) = &mut change {
+        a.message_id = MessageId::new(u64::MAX).expect("id");
+    }
+    run_feed(store, "h", &["171-1234567-1234567"], &[change]);
+    let view = store.orders(None, "171-1234567-1234567").expect("orders");
+    assert_eq!(view[0].adjustments[0].message_id, u64::MAX);
+}
+
+#[test]
+fn order_report_files_parse_and_fail_with_line_and_column() {
+    let plain = sample_rows();
+    assert_eq!(plain.len(), 6);
+    let bom_crlf = report("tests/data/orders/new-orders-bom-crlf.txt");
+    assert_eq!(plain, bom_crlf);
+    let afn: Vec<&OrderRow> = plain
+        .iter()
+        .filter(|r| r.channel == Some(adjustd::model::FulfillmentChannel::Amazon))
+        .collect();
+    assert_eq!(afn.len(), 1);
+    let text =
+        std::fs::read_to_string(repo_file("tests/data/orders/bad-precision.txt")).expect("file");
+    let err = parse_order_report(&text).expect_err("excess precision");
+    assert_eq!(err.line, 4);
+    assert_eq!(err.column.as_deref(), Some("shipping-tax"));
+    assert!(err.to_string().contains("\"0.605\""), "{err}");
+}
+
+/// Applies `ADJUSTD_STORE_PERF_ADJUSTMENTS` (default 4000) adjustments over half as many
+/// orders in one feed transaction and prints the rate. A probe, not a timed assertion; run
+/// `ADJUSTD_STORE_PERF_ADJUSTMENTS=200000 cargo test --release --test it store_throughput
+/// -- --nocapture` for the figure in the report.
+#[test]
+fn store_throughput() {
+    let adjustments: usize = std::env::var("ADJUSTD_STORE_PERF_ADJUSTMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let orders = adjustments.div_ceil(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut store = SqliteStore::open(&dir.path().join("perf.db")).expect("open");
+    let usd = adjustd::model::Currency::from_code("USD").expect("USD");
+    let rows: Vec<OrderRow> = (0..orders)
+        .map(|i| OrderRow {
+            line: u32::try_from(i + 2).expect("line"),
+            amazon_order_id: aid(&format!("111-{:07}-{:07}", i / 10_000_000, i % 10_000_000)),
+            merchant_order_id: None,
+            item_code: code(&format!("{:014}", i)),
+            merchant_item_id: None,
+            purchase_date: None,
+            sku: "SKU".into(),
+            quantity_ordered: 2,
+            quantity_shipped: Some(2),
+            currency: Some(usd),
+            charged: vec![(principal(), 10_000), (tax(), 800)],
+            channel: None,
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    store.import_orders(&merchant(), &rows).expect("import");
+    let import_time = started.elapsed();
+    let changes: Vec<Change> = (0..adjustments)
+        .map(|n| {
+            let row = &rows[n % orders];
+            Change::Adjust(NewAdjustment {
+                message_id: MessageId::new(n as u64 + 1).expect("id"),
+                amazon_order_id: row.amazon_order_id.clone(),
+                item_code: row.item_code.clone(),
+                reason: AdjustmentReason::CustomerReturn,
+                action: None,
+                quantity_cancelled: 0,
+                quantity: None,
+                amounts: vec![(principal(), 1000), (tax(), 80)],
+                key: Some(sid(&format!("K{n}"))),
+                payload_hash: "0".repeat(64),
+            })
+        })
+        .collect();
+    let needs = Needs {
+        // Already sorted: the ids are zero-padded and increasing.
+        orders: rows
+            .iter()
+            .map(|r| OrderRef::Amazon(r.amazon_order_id.clone()))
+            .collect(),
+        keys: {
+            let mut k: Vec<SellerId> = (0..adjustments).map(|n| sid(&format!("K{n}"))).collect();
+            k.sort();
+            k
+        },
+    };
+    let started = std::time::Instant::now();
+    let mut tx = store
+        .begin_feed(&new_feed("perf.xml", "perf", None))
+        .expect("begin");
+    let mut snapshot = Snapshot::new();
+    tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+    let loaded = started.elapsed();
+    tx.apply(&merchant(), &changes).expect("apply");
+    let applied = started.elapsed();
+    tx.commit(&done(adjustments as u64, None)).expect("commit");
+    let total = started.elapsed();
+    let rate = adjustments as f64 / total.as_secs_f64();
+    eprintln!(
+        "store_throughput: {adjustments} adjustments over {orders} orders: import {import_time:?}, \
+         load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s"
+    );
+    assert_eq!(snapshot.orders().count(), orders);
+    let view = store
+        .orders(None, rows[0].amazon_order_id.as_str())
+        .expect("orders");
+    let per_order = adjustments / orders;
+    assert_eq!(view[0].adjustments.len(), per_order);
+}
