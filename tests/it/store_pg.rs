@@ -76,6 +76,37 @@ impl TestDb {
         postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test database")
     }
 
+    /// Reconnects the maintenance connection (after a server restart).
+    #[allow(dead_code)] // used by multi.rs once the daemon is on the branch
+    pub fn reconnect_admin(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&maintenance_url(), postgres::NoTls) {
+                Ok(client) => {
+                    self.admin = client;
+                    return;
+                }
+                Err(error) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "server not back: {error}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    /// Lets (or stops letting) clients connect to the test database.
+    pub fn set_allow_connections(&mut self, allow: bool) {
+        self.admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} WITH ALLOW_CONNECTIONS {allow}",
+                self.name
+            ))
+            .expect("alter database");
+    }
+
     /// Terminates every other connection to the test database (as an administrator or a
     /// server restart would).
     pub fn terminate_connections(&mut self) -> i64 {
@@ -537,6 +568,19 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
         "{result:?}"
     );
     drop(tx);
+
+    // While the database refuses connections, calls are Unavailable (and keep being);
+    // once it accepts them again, the next call reconnects.
+    db.set_allow_connections(false);
+    db.terminate_connections();
+    for _ in 0..2 {
+        let result = store.recent_feeds(1);
+        assert!(
+            matches!(result, Err(StoreError::Unavailable { .. })),
+            "{result:?}"
+        );
+    }
+    db.set_allow_connections(true);
     commit_refund(&mut store, "after", 100);
     let views = store.orders(None, ORDER).expect("orders");
     assert_eq!(views[0].adjustments.len(), 1);
@@ -568,4 +612,87 @@ fn pg_fixture() -> Option<crate::store::conformance::Fixture> {
 mod pg_conformance {
     use super::pg_fixture;
     crate::store::conformance::conformance_tests!(pg_fixture);
+}
+
+/// Store-level throughput on PostgreSQL, the same workload as `store::store_throughput`
+/// (SQLite): one feed of N adjustments (2 per item, each with a key) over N/2 orders, loaded
+/// in one batch, applied in one batch, committed. Prints messages per second.
+/// `ADJUSTD_STORE_PERF_ADJUSTMENTS=200000` for the 200k-message figure.
+#[test]
+fn pg_store_throughput() {
+    let db = pg_or_skip!();
+    let adjustments: usize = std::env::var("ADJUSTD_STORE_PERF_ADJUSTMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let orders = adjustments.div_ceil(2);
+    let mut store = PgStore::connect(&db.url).expect("connect");
+    let rows: Vec<OrderRow> = (0..orders)
+        .map(|i| OrderRow {
+            line: u32::try_from(i + 2).expect("line"),
+            amazon_order_id: order_id(&format!("111-{:07}-{:07}", i / 10_000_000, i % 10_000_000)),
+            item_code: OrderItemCode::new(&format!("{i:014}")).expect("code"),
+            quantity_ordered: 2,
+            charged: vec![
+                (principal(), 10_000),
+                (Component::Price(PriceComponent::Tax), 800),
+            ],
+            ..row(ORDER, 1)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    store.import_orders(&merchant(), &rows).expect("import");
+    let import_time = started.elapsed();
+    let changes: Vec<Change> = (0..adjustments)
+        .map(|n| {
+            let row = &rows[n % orders];
+            Change::Adjust(NewAdjustment {
+                message_id: MessageId::new(n as u64 + 1).expect("id"),
+                amazon_order_id: row.amazon_order_id.clone(),
+                item_code: row.item_code.clone(),
+                reason: AdjustmentReason::CustomerReturn,
+                action: None,
+                quantity_cancelled: 0,
+                quantity: None,
+                amounts: vec![
+                    (principal(), 1000),
+                    (Component::Price(PriceComponent::Tax), 80),
+                ],
+                key: Some(SellerId::new(&format!("K{n}")).expect("key")),
+                payload_hash: "0".repeat(64),
+            })
+        })
+        .collect();
+    let mut keys: Vec<SellerId> = (0..adjustments)
+        .map(|n| SellerId::new(&format!("K{n}")).expect("key"))
+        .collect();
+    keys.sort();
+    let needs = Needs {
+        orders: rows
+            .iter()
+            .map(|r| OrderRef::Amazon(r.amazon_order_id.clone()))
+            .collect(),
+        keys,
+    };
+    let started = std::time::Instant::now();
+    let mut tx = store.begin_feed(&new_feed("perf")).expect("begin");
+    let mut snapshot = Snapshot::new();
+    tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+    let loaded = started.elapsed();
+    tx.apply(&merchant(), &changes).expect("apply");
+    let applied = started.elapsed();
+    tx.commit(&done()).expect("commit");
+    let total = started.elapsed();
+    let rate = adjustments as f64 / total.as_secs_f64();
+    eprintln!(
+        "pg_store_throughput: {adjustments} adjustments over {orders} orders: import \
+         {import_time:?}, load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} \
+         = {rate:.0} msgs/s"
+    );
+    assert_eq!(snapshot.orders().count(), orders);
+    let view = store
+        .orders(None, rows[0].amazon_order_id.as_str())
+        .expect("orders");
+    assert_eq!(view[0].adjustments.len(), adjustments / orders);
+    assert_eq!(view[0].items[0].refunded["Principal"], "20.00");
 }
