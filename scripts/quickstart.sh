@@ -29,7 +29,7 @@ TOML
 cp fixtures/sample-feeds/*.xml "$demo/inbox/A1SELLER/"
 echo
 echo "Sample feeds dropped into $demo/inbox/A1SELLER/. Reports will appear in $demo/outbox/A1SELLER/."
-echo "Try: $bin --config $demo/adjustd.toml orders show 171-1111111-1000001"
+echo "Try: $bin --config $demo/adjustd.toml orders show 171-1234567-1234567"
 echo "Drop more feeds into $demo/inbox/A1SELLER/ while it runs. Ctrl-C to stop."
 echo
 exec "$bin" --config "$demo/adjustd.toml" run

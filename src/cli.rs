@@ -501,11 +501,44 @@ fn write_text_summary(
 }
 
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
-    let _ = (config, merchant, file);
-    Err(Failure {
-        code: exit::RUNTIME,
-        error: anyhow::anyhow!("orders import is being written"),
-    })
+    let merchant = MerchantId::new(merchant)
+        .ok_or_else(|| {
+            anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
+        })
+        .map_err(fail(exit::USAGE))?;
+    let reader = std::fs::File::open(file)
+        .with_context(|| format!("opening {}", file.display()))
+        .map_err(fail(exit::RUNTIME))?;
+    let rows = match crate::store::import::read_order_report(BufReader::new(reader)) {
+        Ok(rows) => rows,
+        Err(error) => {
+            eprintln!("adjustd: {}: {error}; nothing was imported", file.display());
+            return Ok(exit::INPUT);
+        }
+    };
+    let mut store = open_store(config)?;
+    match store.as_store().import_orders(&merchant, &rows) {
+        Ok(summary) => {
+            println!(
+                "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
+                rows.len(),
+                file.display(),
+                summary.orders_created,
+                summary.orders_updated,
+                summary.items_created,
+                summary.items_updated
+            );
+            Ok(exit::OK)
+        }
+        Err(error @ crate::store::StoreError::Invalid { .. }) => {
+            eprintln!("adjustd: {}: {error}; nothing was imported", file.display());
+            Ok(exit::INPUT)
+        }
+        Err(error) => Err(Failure {
+            code: exit::RUNTIME,
+            error: anyhow::Error::new(error).context("importing orders"),
+        }),
+    }
 }
 
 fn show_order(
@@ -627,13 +660,7 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
-            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
-            let (xml, json_path) = report::report_paths(
-                &config.paths.outbox,
-                merchant.as_ref(),
-                &feed.file_name,
-                feed.id,
-            );
+            let (xml, json_path) = locate_reports(&config.paths.outbox, feed);
             serde_json::json!({
                 "feed": feed,
                 "xml_report": xml.display().to_string(),
@@ -668,6 +695,18 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
         .context("writing to stdout")
         .map_err(fail(exit::RUNTIME))?;
     Ok(exit::OK)
+}
+
+/// Where a feed's reports are: `outbox/<merchant>/` for feeds from a merchant folder, else
+/// `outbox/` (the record does not say which folder the file came from, the disk does).
+fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, PathBuf) {
+    let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
+    let in_merchant_folder =
+        report::report_paths(outbox, merchant.as_ref(), &feed.file_name, feed.id);
+    if merchant.is_some() && in_merchant_folder.0.exists() {
+        return in_merchant_folder;
+    }
+    report::report_paths(outbox, None, &feed.file_name, feed.id)
 }
 
 fn print_config(config: &Config) {

@@ -9,10 +9,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::{
-    ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Component, Currency,
-    FulfillmentChannel, MerchantId, MessageId, OrderItemCode, OrderRef, SellerId,
+    ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
+    ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
+    OrderItemCode, OrderRef, Position, SellerId, format_minor,
 };
-use crate::problem::Problem;
+use crate::problem::{Code, Problem};
 
 /// Knobs of the rules that are policy rather than fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +142,19 @@ impl Snapshot {
         self.orders.values()
     }
 
+    /// What the snapshot knows about an idempotency key: `None` when it was never used
+    /// (or was not loaded).
+    pub fn key(&self, key: &SellerId) -> Option<&KeyRecord> {
+        self.keys.get(key).and_then(Option::as_ref)
+    }
+
+    /// Every known key with its record, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = (&SellerId, &KeyRecord)> {
+        self.keys
+            .iter()
+            .filter_map(|(key, record)| record.as_ref().map(|record| (key, record)))
+    }
+
     fn is_loaded(&self, order: &OrderRef) -> bool {
         self.order(order).is_some() || self.missing_orders.contains(order)
     }
@@ -254,19 +268,1248 @@ pub struct Plan {
 
 /// Applies the rules to `messages` in order against `snapshot` (which must hold what
 /// [`needs`] listed), updating the snapshot as messages apply.
+///
+/// Per message, in this precedence (the first failing rule wins per adjusted item, see
+/// `reference/refund-rules.md` §c4 steps 9-16):
+/// 1. idempotency: a replay of an earlier message (every item keyed, every key known with
+///    the same payload hash from that one message) gets the stored outcome back (a
+///    `DuplicateAdjustment` warning, or the pinned rejection) and changes nothing; any
+///    other use of a known key is an `IdempotencyConflict`;
+/// 2. lookup: `OrderNotFound`, `ItemNotInOrder`, `OrderNotAdjustable` (AFN);
+/// 3. currency: `CurrencyMismatch` against the order, `AmountPrecision` in its minor unit;
+/// 4. `PositiveChargeComponent`: a fee reversal larger than the fees charged so far;
+/// 5. quantities: `CancelExceedsUnshipped`, `QuantityExceedsShipped`;
+/// 6. caps: `ComponentExceedsRemaining` (and, defensively, `NegativeRefundComponent` when
+///    a sign the validator guarantees is wrong);
+/// 7. atomicity: when one item fails, the others get `LinkedItemFailed` and nothing of
+///    the message applies.
+///
+/// State rejections are pinned under every key of the message ([`Change::PinRejection`]);
+/// rejections that depend on the content only (precision, sign) are not, so a corrected
+/// payload may reuse the key.
 pub fn plan(
     snapshot: &mut Snapshot,
     merchant: &MerchantId,
     messages: &[AdjustmentMessage],
     rules: &Rules,
 ) -> Plan {
-    let _ = (snapshot, merchant, messages, rules);
-    unimplemented!("engine::plan is being written")
+    // The only knob today is the restocking-fee share, which `validate` enforces because it
+    // needs no store. The parameter stays so policy knobs that do need the store fit here.
+    let _ = rules;
+    let mut plan = Plan::default();
+    for message in messages {
+        let outcome = plan_message(snapshot, merchant, message, &mut plan.changes);
+        plan.outcomes.push(outcome);
+    }
+    plan
 }
 
 /// Hex SHA-256 of the canonical form of one adjusted item, used to tell a replay (same
 /// key, same content) from a conflict (same key, other content).
+///
+/// The canonical form holds the order and item references as written, the reason, the
+/// message's `ActionType` and `currency` attribute, both quantities, every component with
+/// its normalized amount (so `5.0` and `5.00` hash alike) sorted by component name, and
+/// the direct payments sorted. Every value is length-prefixed, so no two payloads share a
+/// canonical form. An `item_index` past the last item hashes the message without an item.
 pub fn payload_hash(message: &AdjustmentMessage, item_index: usize) -> String {
-    let _ = (message, item_index);
-    unimplemented!("engine::payload_hash is being written")
+    use sha2::Digest;
+
+    let mut canonical = String::from("adjustd-adjusted-item-v1\n");
+    let mut field = |name: &str, value: &str| {
+        canonical.push_str(name);
+        canonical.push('=');
+        canonical.push_str(&value.len().to_string());
+        canonical.push(':');
+        canonical.push_str(value);
+        canonical.push('\n');
+    };
+    match &message.order {
+        OrderRef::Amazon(id) => field("AmazonOrderID", id.as_str()),
+        OrderRef::Merchant(id) => field("MerchantOrderID", id.as_str()),
+    }
+    field("ActionType", message.action.map_or("", ActionType::as_str));
+    field(
+        "currency",
+        message.currency.as_ref().map_or("", Currency::code),
+    );
+    if let Some(item) = message.items.get(item_index) {
+        match &item.item {
+            ItemRef::Amazon(code) => field("AmazonOrderItemCode", code.as_str()),
+            ItemRef::Merchant(id) => field("MerchantOrderItemID", id.as_str()),
+        }
+        field("AdjustmentReason", item.reason.as_str());
+        field(
+            "QuantityCancelled",
+            &item
+                .quantity_cancelled
+                .map_or(String::new(), |q| q.get().to_string()),
+        );
+        field(
+            "Quantity",
+            &item.quantity.map_or(String::new(), |q| q.get().to_string()),
+        );
+        let mut components: Vec<(&str, String)> = item
+            .amounts
+            .iter()
+            .map(|a| (a.component.name(), a.amount.to_string()))
+            .collect();
+        components.sort();
+        for (name, amount) in components {
+            field("Component", name);
+            field("Amount", &amount);
+        }
+        let mut direct: Vec<(&str, String)> = item
+            .direct_payments
+            .iter()
+            .map(|(kind, amount)| (kind.as_str(), amount.to_string()))
+            .collect();
+        direct.sort();
+        for (kind, amount) in direct {
+            field("DirectPayment", kind);
+            field("Amount", &amount);
+        }
+    }
+    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for byte in digest.iter() {
+        hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
+/// True for the rejections that depend on the store (an order, its items, its totals):
+/// they are pinned under the message's keys so a replay gets the same answer even after
+/// the store changed. Content-only rejections are not pinned.
+pub fn is_state_rejection(code: Code) -> bool {
+    matches!(
+        code,
+        Code::OrderNotFound
+            | Code::ItemNotInOrder
+            | Code::OrderNotAdjustable
+            | Code::CurrencyMismatch
+            | Code::PositiveChargeComponent
+            | Code::CancelExceedsUnshipped
+            | Code::QuantityExceedsShipped
+            | Code::ComponentExceedsRemaining
+    )
+}
+
+/// True for the rejections the engine reports once for the whole message (they concern
+/// the order, not one item): `OrderNotFound`, `OrderNotAdjustable`, `CurrencyMismatch`.
+pub fn is_message_level(code: Code) -> bool {
+    matches!(
+        code,
+        Code::OrderNotFound | Code::OrderNotAdjustable | Code::CurrencyMismatch
+    )
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+const MESSAGE_PATH: &str = "Message/OrderAdjustment";
+
+/// The order facts every problem of one message carries.
+struct Facts<'a> {
+    message: &'a AdjustmentMessage,
+    amazon_order_id: Option<String>,
+    item_codes: Vec<Option<String>>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(snapshot: &Snapshot, message: &'a AdjustmentMessage) -> Facts<'a> {
+        let order = snapshot.order(&message.order);
+        let amazon_order_id = match (order, &message.order) {
+            (Some(order), _) => Some(order.amazon_order_id.to_string()),
+            (None, OrderRef::Amazon(id)) => Some(id.to_string()),
+            (None, OrderRef::Merchant(_)) => None,
+        };
+        let item_codes = message
+            .items
+            .iter()
+            .map(
+                |item| match (order.and_then(|o| find_item(o, &item.item)), &item.item) {
+                    (Some(index), _) => order.map(|o| o.items[index].code.to_string()),
+                    (None, ItemRef::Amazon(code)) => Some(code.to_string()),
+                    (None, ItemRef::Merchant(_)) => None,
+                },
+            )
+            .collect();
+        Facts {
+            message,
+            amazon_order_id,
+            item_codes,
+        }
+    }
+
+    fn message_problem(
+        &self,
+        code: Code,
+        element: String,
+        position: Position,
+        description: String,
+        fix: String,
+    ) -> Problem {
+        // A problem about the whole message still names the item when there is only one.
+        let item_code = match self.item_codes.as_slice() {
+            [only] => only.clone(),
+            _ => None,
+        };
+        Problem::new(
+            code,
+            self.message.message_id,
+            element,
+            Some(position),
+            description,
+            fix,
+        )
+        .with_order(self.amazon_order_id.clone())
+        .with_item(item_code)
+    }
+
+    fn item_problem(
+        &self,
+        code: Code,
+        item_index: usize,
+        element: String,
+        position: Position,
+        description: String,
+        fix: String,
+    ) -> Problem {
+        self.message_problem(code, element, position, description, fix)
+            .with_item(self.item_codes.get(item_index).cloned().flatten())
+    }
+
+    fn order_element(&self) -> String {
+        match self.message.order {
+            OrderRef::Amazon(_) => format!("{MESSAGE_PATH}/AmazonOrderID"),
+            OrderRef::Merchant(_) => format!("{MESSAGE_PATH}/MerchantOrderID"),
+        }
+    }
+
+    fn item_element(&self, item_index: usize) -> String {
+        format!("{MESSAGE_PATH}/AdjustedItem[{}]", item_index + 1)
+    }
+
+    fn key_element(&self, item_index: usize) -> String {
+        format!("{}/MerchantAdjustmentItemID", self.item_element(item_index))
+    }
+
+    fn item_ref_element(&self, item_index: usize) -> String {
+        let name = match self.message.items.get(item_index).map(|item| &item.item) {
+            Some(ItemRef::Merchant(_)) => "MerchantOrderItemID",
+            _ => "AmazonOrderItemCode",
+        };
+        format!("{}/{name}", self.item_element(item_index))
+    }
+
+    /// `AdjustedItem[n]/ItemPriceAdjustments/Component[k]/Amount` (or the promotion path),
+    /// `k` counted among the components of the same group.
+    fn amount_element(&self, item_index: usize, amount_index: usize) -> String {
+        let Some(item) = self.message.items.get(item_index) else {
+            return self.item_element(item_index);
+        };
+        let is_promotion = |a: &ComponentAmount| matches!(a.component, Component::Promotion(_));
+        let Some(amount) = item.amounts.get(amount_index) else {
+            return self.item_element(item_index);
+        };
+        let group = is_promotion(amount);
+        let k = item.amounts[..amount_index]
+            .iter()
+            .filter(|a| is_promotion(a) == group)
+            .count()
+            + 1;
+        let group_name = if group {
+            "PromotionAdjustments"
+        } else {
+            "ItemPriceAdjustments"
+        };
+        format!(
+            "{}/{group_name}/Component[{k}]/Amount",
+            self.item_element(item_index)
+        )
+    }
+
+    fn item_position(&self, item_index: usize) -> Position {
+        self.message
+            .items
+            .get(item_index)
+            .map_or(self.message.position, |item| item.position)
+    }
+
+    /// The fix sentence for a pinned rejection: a new key is needed to try again.
+    fn retry_note(&self) -> &'static str {
+        if self.message.items.iter().any(|item| item.key.is_some()) {
+            " Then resend with a new MerchantAdjustmentItemID: this one now stands for the rejection."
+        } else {
+            ""
+        }
+    }
+
+    fn item_names(&self, indexes: &[usize]) -> String {
+        indexes
+            .iter()
+            .map(|i| format!("AdjustedItem[{}]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn find_item(order: &OrderState, item: &ItemRef) -> Option<usize> {
+    order.items.iter().position(|state| match item {
+        ItemRef::Amazon(code) => &state.code == code,
+        ItemRef::Merchant(id) => state.merchant_item_id.as_ref() == Some(id),
+    })
+}
+
+fn describe_origin(origin: &KeyOrigin) -> String {
+    match origin.feed_id {
+        Some(feed_id) => format!("message {} of feed {feed_id}", origin.message_id),
+        None => format!("message {} earlier in this feed", origin.message_id),
+    }
+}
+
+/// What the idempotency step decided.
+enum KeyCheck {
+    /// No key of the message is known: evaluate the rules.
+    Fresh,
+    /// The outcome is decided without evaluating the rules (replay or conflict).
+    Decided(MessageOutcome),
+}
+
+/// A rejection found by the rules: the problems and the code each item stands for.
+struct Rejection {
+    problems: Vec<Problem>,
+    item_codes: Vec<Code>,
+}
+
+fn plan_message(
+    snapshot: &mut Snapshot,
+    merchant: &MerchantId,
+    message: &AdjustmentMessage,
+    changes: &mut Vec<Change>,
+) -> MessageOutcome {
+    let facts = Facts::of(snapshot, message);
+    let hashes: Vec<String> = (0..message.items.len())
+        .map(|index| payload_hash(message, index))
+        .collect();
+    if let KeyCheck::Decided(outcome) = check_keys(snapshot, &facts, &hashes) {
+        return outcome;
+    }
+    match evaluate(snapshot, merchant, &facts) {
+        Ok((order, adjustments)) => {
+            for (adjustment, hash) in adjustments.iter().zip(&hashes) {
+                if let Some(key) = &adjustment.key {
+                    snapshot.keys.insert(
+                        key.clone(),
+                        Some(KeyRecord {
+                            payload_hash: hash.clone(),
+                            origin: KeyOrigin {
+                                feed_id: None,
+                                message_id: message.message_id,
+                            },
+                            rejection: None,
+                        }),
+                    );
+                }
+            }
+            snapshot.insert_order(order);
+            changes.extend(adjustments.into_iter().map(Change::Adjust));
+            MessageOutcome {
+                message_id: message.message_id,
+                applied: true,
+                problems: Vec::new(),
+            }
+        }
+        Err(rejection) => {
+            let pinned = rejection
+                .item_codes
+                .iter()
+                .all(|code| *code == Code::LinkedItemFailed || is_state_rejection(*code));
+            if pinned {
+                for ((item, hash), code) in
+                    message.items.iter().zip(&hashes).zip(&rejection.item_codes)
+                {
+                    let Some(key) = &item.key else { continue };
+                    snapshot.keys.insert(
+                        key.clone(),
+                        Some(KeyRecord {
+                            payload_hash: hash.clone(),
+                            origin: KeyOrigin {
+                                feed_id: None,
+                                message_id: message.message_id,
+                            },
+                            rejection: Some(*code),
+                        }),
+                    );
+                    changes.push(Change::PinRejection {
+                        key: key.clone(),
+                        payload_hash: hash.clone(),
+                        message_id: message.message_id,
+                        code: *code,
+                    });
+                }
+            }
+            MessageOutcome {
+                message_id: message.message_id,
+                applied: false,
+                problems: rejection.problems,
+            }
+        }
+    }
+}
+
+/// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
+fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyCheck {
+    let message = facts.message;
+    let conflict = |item_index: usize, description: String, fix: &str| {
+        KeyCheck::Decided(MessageOutcome {
+            message_id: message.message_id,
+            applied: false,
+            problems: vec![facts.item_problem(
+                Code::IdempotencyConflict,
+                item_index,
+                facts.key_element(item_index),
+                facts.item_position(item_index),
+                description,
+                fix.to_owned(),
+            )],
+        })
+    };
+    const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment; to replay an earlier one, resend that message unchanged.";
+
+    for (index, item) in message.items.iter().enumerate() {
+        let Some(key) = &item.key else { continue };
+        if let Some(first) = message.items[..index]
+            .iter()
+            .position(|other| other.key.as_ref() == Some(key))
+        {
+            return conflict(
+                index,
+                format!(
+                    "MerchantAdjustmentItemID {key} is used by AdjustedItem[{}] and AdjustedItem[{}] of the same message; one key stands for one adjusted item",
+                    first + 1,
+                    index + 1
+                ),
+                "Give every AdjustedItem its own MerchantAdjustmentItemID.",
+            );
+        }
+    }
+
+    let records: Vec<Option<&KeyRecord>> = message
+        .items
+        .iter()
+        .map(|item| item.key.as_ref().and_then(|key| snapshot.key(key)))
+        .collect();
+    let Some(first_known) = records.iter().position(Option::is_some) else {
+        return KeyCheck::Fresh;
+    };
+    for (index, (record, hash)) in records.iter().zip(hashes).enumerate() {
+        if let Some(record) = record
+            && record.payload_hash != *hash
+        {
+            let key = message.items[index]
+                .key
+                .as_ref()
+                .map_or("", SellerId::as_str);
+            return conflict(
+                index,
+                format!(
+                    "MerchantAdjustmentItemID {key} was already used in {} for different content (order, item, reason, quantities or amounts differ)",
+                    describe_origin(&record.origin)
+                ),
+                FIX_NEW_KEY,
+            );
+        }
+    }
+    let known: Vec<&KeyRecord> = records.iter().flatten().copied().collect();
+    if let Some(unknown) = records.iter().position(Option::is_none) {
+        let key = message.items[first_known]
+            .key
+            .as_ref()
+            .map_or("", SellerId::as_str);
+        let what = match &message.items[unknown].key {
+            Some(other) => format!("has the new key {other}"),
+            None => "has no MerchantAdjustmentItemID".to_owned(),
+        };
+        return conflict(
+            unknown,
+            format!(
+                "AdjustedItem[{}] uses MerchantAdjustmentItemID {key}, already used in {}, but AdjustedItem[{}] {what}; a replay must repeat the whole earlier message",
+                first_known + 1,
+                describe_origin(&known[0].origin),
+                unknown + 1
+            ),
+            FIX_NEW_KEY,
+        );
+    }
+    if let Some(other) = known.iter().position(|r| r.origin != known[0].origin) {
+        return conflict(
+            other,
+            format!(
+                "the keys of this message come from different earlier messages: AdjustedItem[1] from {}, AdjustedItem[{}] from {}",
+                describe_origin(&known[0].origin),
+                other + 1,
+                describe_origin(&known[other].origin)
+            ),
+            FIX_NEW_KEY,
+        );
+    }
+    if known.iter().any(|r| r.rejection.is_some()) && known.iter().any(|r| r.rejection.is_none()) {
+        return conflict(
+            0,
+            format!(
+                "the keys of this message were recorded as partly applied and partly rejected in {}",
+                describe_origin(&known[0].origin)
+            ),
+            FIX_NEW_KEY,
+        );
+    }
+
+    let origin = describe_origin(&known[0].origin);
+    let codes: Vec<Option<Code>> = known.iter().map(|r| r.rejection).collect();
+    let problems = match codes.first().copied().flatten() {
+        None => (0..message.items.len())
+            .map(|index| {
+                facts.item_problem(
+                    Code::DuplicateAdjustment,
+                    index,
+                    facts.key_element(index),
+                    facts.item_position(index),
+                    format!(
+                        "identical to the adjustment applied under MerchantAdjustmentItemID {} in {origin}; not applied again",
+                        message.items[index].key.as_ref().map_or("", SellerId::as_str)
+                    ),
+                    "Nothing to do if this is a resend. For a further refund, use a new MerchantAdjustmentItemID.".to_owned(),
+                )
+            })
+            .collect(),
+        Some(code) if is_message_level(code) => vec![facts.message_problem(
+            code,
+            facts.order_element(),
+            message.position,
+            format!(
+                "this message was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemIDs and not re-evaluated",
+                code.number(),
+                code.name()
+            ),
+            "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed.".to_owned(),
+        )],
+        Some(_) => {
+            let failed: Vec<usize> = codes
+                .iter()
+                .enumerate()
+                .filter(|(_, code)| **code != Some(Code::LinkedItemFailed))
+                .map(|(index, _)| index)
+                .collect();
+            codes
+                .iter()
+                .enumerate()
+                .map(|(index, code)| {
+                    let code = code.unwrap_or(Code::LinkedItemFailed);
+                    let description = if code == Code::LinkedItemFailed {
+                        format!(
+                            "this message was already rejected in {origin} because {} failed; the answer is pinned and not re-evaluated",
+                            facts.item_names(&failed)
+                        )
+                    } else {
+                        format!(
+                            "this adjusted item was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemID and not re-evaluated",
+                            code.number(),
+                            code.name()
+                        )
+                    };
+                    facts.item_problem(
+                        code,
+                        index,
+                        facts.key_element(index),
+                        facts.item_position(index),
+                        description,
+                        "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed.".to_owned(),
+                    )
+                })
+                .collect()
+        }
+    };
+    let applied = codes.iter().all(Option::is_none);
+    KeyCheck::Decided(MessageOutcome {
+        message_id: message.message_id,
+        applied,
+        problems,
+    })
+}
+
+/// Steps 2-7 for a message whose keys are all new: the updated order and the adjustments,
+/// or why not.
+fn evaluate(
+    snapshot: &Snapshot,
+    merchant: &MerchantId,
+    facts: &Facts<'_>,
+) -> Result<(OrderState, Vec<NewAdjustment>), Rejection> {
+    let message = facts.message;
+    let n_items = message.items.len();
+    let message_rejection = |problem: Problem| Rejection {
+        item_codes: vec![problem.code; n_items],
+        problems: vec![problem],
+    };
+
+    let Some(order) = snapshot.order(&message.order) else {
+        let fix = match &message.order {
+            OrderRef::Amazon(_) => {
+                "Check the AmazonOrderID; if the order is new, import the order report first (adjustd orders import)."
+            }
+            OrderRef::Merchant(_) => {
+                "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
+            }
+        };
+        return Err(message_rejection(facts.message_problem(
+            Code::OrderNotFound,
+            facts.order_element(),
+            message.position,
+            format!(
+                "no order with {} exists for merchant {merchant}",
+                message.order
+            ),
+            format!("{fix}{}", facts.retry_note()),
+        )));
+    };
+
+    let positions: Vec<Option<usize>> = message
+        .items
+        .iter()
+        .map(|item| find_item(order, &item.item))
+        .collect();
+    if positions.iter().any(Option::is_none) {
+        let missing: Vec<usize> = (0..n_items).filter(|i| positions[*i].is_none()).collect();
+        let known_items = order
+            .items
+            .iter()
+            .map(|item| item.code.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(linked_rejection(
+            facts,
+            positions
+                .iter()
+                .enumerate()
+                .map(|(index, position)| match position {
+                    Some(_) => None,
+                    None => Some(facts.item_problem(
+                        Code::ItemNotInOrder,
+                        index,
+                        facts.item_ref_element(index),
+                        facts.item_position(index),
+                        format!(
+                            "{} is not an item of order {} (its items: {known_items})",
+                            message.items[index].item, order.amazon_order_id
+                        ),
+                        format!(
+                            "Use the AmazonOrderItemCode (or a MerchantOrderItemID known from the order report) of an item of this order.{}",
+                            facts.retry_note()
+                        ),
+                    )),
+                })
+                .collect(),
+            &missing,
+        ));
+    }
+    let positions: Vec<usize> = positions.into_iter().flatten().collect();
+
+    if order.channel == FulfillmentChannel::Amazon {
+        return Err(message_rejection(facts.message_problem(
+            Code::OrderNotAdjustable,
+            facts.order_element(),
+            message.position,
+            format!(
+                "order {} is fulfilled by Amazon (AFN); the seller cannot refund it through this feed",
+                order.amazon_order_id
+            ),
+            "Amazon handles refunds of the orders it fulfils; remove this message.".to_owned(),
+        )));
+    }
+
+    let currency = order.currency;
+    if let Some(declared) = message.currency
+        && declared != currency
+    {
+        let (item_index, element, position) = message
+            .items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| {
+                item.amounts.first().map(|amount| {
+                    (
+                        index,
+                        format!("{}/@currency", facts.amount_element(index, 0)),
+                        amount.position,
+                    )
+                })
+            })
+            .unwrap_or_else(|| (0, facts.order_element(), message.position));
+        return Err(message_rejection(facts.item_problem(
+            Code::CurrencyMismatch,
+            item_index,
+            element,
+            position,
+            format!(
+                "the amounts are in {declared} but order {} is in {currency}",
+                order.amazon_order_id
+            ),
+            format!(
+                "Send the amounts in {currency} with currency=\"{currency}\" (or without the attribute).{}",
+                facts.retry_note()
+            ),
+        )));
+    }
+
+    let mut work = order.clone();
+    let mut failures: Vec<Option<Problem>> = Vec::with_capacity(n_items);
+    let mut adjustments = Vec::with_capacity(n_items);
+    for (index, position) in positions.iter().enumerate() {
+        match evaluate_item(&mut work, *position, facts, index) {
+            Ok(adjustment) => {
+                adjustments.push(adjustment);
+                failures.push(None);
+            }
+            Err(problem) => failures.push(Some(*problem)),
+        }
+    }
+    if failures.iter().any(Option::is_some) {
+        let failed: Vec<usize> = (0..n_items).filter(|i| failures[*i].is_some()).collect();
+        return Err(linked_rejection(facts, failures, &failed));
+    }
+    Ok((work, adjustments))
+}
+
+/// A rejection where some items failed on their own and the others are linked to them.
+fn linked_rejection(
+    facts: &Facts<'_>,
+    failures: Vec<Option<Problem>>,
+    failed: &[usize],
+) -> Rejection {
+    let mut problems = Vec::with_capacity(failures.len());
+    let mut item_codes = Vec::with_capacity(failures.len());
+    for (index, failure) in failures.into_iter().enumerate() {
+        let problem = failure.unwrap_or_else(|| {
+            facts.item_problem(
+                Code::LinkedItemFailed,
+                index,
+                facts.item_element(index),
+                facts.item_position(index),
+                format!(
+                    "not applied because {} of the same message failed; the items of a message apply together or not at all",
+                    facts.item_names(failed)
+                ),
+                "Fix the failing item and resend the whole message.".to_owned(),
+            )
+        });
+        item_codes.push(problem.code);
+        problems.push(problem);
+    }
+    Rejection {
+        problems,
+        item_codes,
+    }
+}
+
+/// Steps 3-6 for one adjusted item; on success the item's totals in `order` are updated.
+fn evaluate_item(
+    order: &mut OrderState,
+    position: usize,
+    facts: &Facts<'_>,
+    index: usize,
+) -> Result<NewAdjustment, Box<Problem>> {
+    let message = facts.message;
+    let item = &message.items[index];
+    let currency = order.currency;
+    let retry = facts.retry_note();
+    let state = &order.items[position];
+
+    // Step 3: every amount in minor units of the order currency.
+    let mut amounts: Vec<(Component, i64)> = Vec::with_capacity(item.amounts.len());
+    for (amount_index, amount) in item.amounts.iter().enumerate() {
+        match amount.amount.to_minor(currency) {
+            Some(minor) => amounts.push((amount.component, minor)),
+            None => {
+                return Err(Box::new(facts.item_problem(
+                    Code::AmountPrecision,
+                    index,
+                    facts.amount_element(index, amount_index),
+                    amount.position,
+                    precision_description(amount.component.name(), amount.amount, currency),
+                    format!(
+                        "Write the {} amount with at most {} fraction digits.",
+                        amount.component,
+                        currency.exponent()
+                    ),
+                )));
+            }
+        }
+    }
+    for (direct_index, (kind, amount)) in item.direct_payments.iter().enumerate() {
+        if amount.to_minor(currency).is_none() {
+            return Err(Box::new(facts.item_problem(
+                Code::AmountPrecision,
+                index,
+                format!(
+                    "{}/DirectPaymentAdjustments/Component[{}]/Amount",
+                    facts.item_element(index),
+                    direct_index + 1
+                ),
+                item.position,
+                precision_description(kind, *amount, currency),
+                format!(
+                    "Write the {kind} amount with at most {} fraction digits.",
+                    currency.exponent()
+                ),
+            )));
+        }
+    }
+
+    // Step 4: a positive fee reverses an earlier fee and may not take the total above zero.
+    let mut running = state.components.clone();
+    for (amount_index, (component, minor)) in amounts.iter().enumerate() {
+        if component.class() != ComponentClass::Fee || *minor <= 0 {
+            continue;
+        }
+        let totals = running.entry(*component).or_default();
+        match totals.refunded.checked_add(*minor) {
+            Some(total) if total <= 0 => totals.refunded = total,
+            _ => {
+                let reversible = totals.refunded.checked_neg().unwrap_or(i64::MAX).max(0);
+                return Err(Box::new(facts.item_problem(
+                    Code::PositiveChargeComponent,
+                    index,
+                    facts.amount_element(index, amount_index),
+                    item.amounts[amount_index].position,
+                    format!(
+                        "{component}: requested +{} {currency} reverses more than the fees charged so far ({} {currency}); at most {} {currency} can be reversed",
+                        format_minor(*minor, currency),
+                        format_minor(totals.refunded, currency),
+                        format_minor(reversible, currency)
+                    ),
+                    format!(
+                        "A {component} charge to the buyer is negative; a positive amount only reverses an earlier one, at most {} {currency}.{retry}",
+                        format_minor(reversible, currency)
+                    ),
+                )));
+            }
+        }
+    }
+
+    // Step 5: quantities.
+    let quantity_cancelled = item.quantity_cancelled.map_or(0, |q| q.get());
+    let unshipped = state
+        .quantity_ordered
+        .saturating_sub(state.quantity_shipped)
+        .saturating_sub(state.quantity_cancelled);
+    if quantity_cancelled > unshipped {
+        return Err(Box::new(facts.item_problem(
+            Code::CancelExceedsUnshipped,
+            index,
+            format!("{}/QuantityCancelled", facts.item_element(index)),
+            item.position,
+            format!(
+                "QuantityCancelled {quantity_cancelled} is more than the {unshipped} unshipped units (ordered {}, shipped {}, already cancelled {})",
+                state.quantity_ordered, state.quantity_shipped, state.quantity_cancelled
+            ),
+            format!(
+                "Cancel at most {unshipped} units; refund shipped units as a return instead.{retry}"
+            ),
+        )));
+    }
+    if let Some(quantity) = item.quantity
+        && quantity.get() > state.quantity_shipped
+    {
+        return Err(Box::new(facts.item_problem(
+            Code::QuantityExceedsShipped,
+            index,
+            format!("{}/Quantity", facts.item_element(index)),
+            item.position,
+            format!(
+                "Quantity {} is more than the {} units shipped",
+                quantity.get(),
+                state.quantity_shipped
+            ),
+            format!(
+                "Give at most {} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}",
+                state.quantity_shipped
+            ),
+        )));
+    }
+
+    // Step 6: caps, on a running copy so two amounts of one component would add up.
+    let mut totals_after = state.components.clone();
+    for (amount_index, (component, minor)) in amounts.iter().enumerate() {
+        let totals = totals_after.entry(*component).or_default();
+        let element = facts.amount_element(index, amount_index);
+        let position = item.amounts[amount_index].position;
+        match check_cap(*component, *totals, *minor, currency) {
+            Ok(total) => totals.refunded = total,
+            Err((code, description, fix)) => {
+                let fix = if is_state_rejection(code) {
+                    format!("{fix}{retry}")
+                } else {
+                    fix
+                };
+                return Err(Box::new(facts.item_problem(
+                    code,
+                    index,
+                    element,
+                    position,
+                    description,
+                    fix,
+                )));
+            }
+        }
+    }
+
+    let state = &mut order.items[position];
+    state.components = totals_after;
+    state.quantity_cancelled += quantity_cancelled;
+    Ok(NewAdjustment {
+        message_id: message.message_id,
+        amazon_order_id: order.amazon_order_id.clone(),
+        item_code: state.code.clone(),
+        reason: item.reason,
+        action: message.action,
+        quantity_cancelled,
+        quantity: item.quantity.map(|q| q.get()),
+        amounts,
+        key: item.key.clone(),
+        payload_hash: payload_hash(message, index),
+    })
+}
+
+fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {
+    format!(
+        "{what} amount {amount} has {} fraction digits but the order currency {currency} has {}",
+        amount.fraction_digits(),
+        currency.exponent()
+    )
+}
+
+/// The new running total of one component, or (code, description, fix).
+fn check_cap(
+    component: Component,
+    totals: ComponentTotals,
+    minor: i64,
+    currency: Currency,
+) -> Result<i64, (Code, String, String)> {
+    let money = |minor: i64| format!("{} {currency}", format_minor(minor, currency));
+    let Some(total) = totals.refunded.checked_add(minor) else {
+        return Err((
+            Code::ComponentExceedsRemaining,
+            format!(
+                "{component}: requested {} would overflow the running total ({} so far)",
+                money(minor),
+                money(totals.refunded)
+            ),
+            format!("Check the {component} amount."),
+        ));
+    };
+    match component.class() {
+        ComponentClass::Charge => {
+            if minor < 0 || total < 0 {
+                return Err((
+                    Code::NegativeRefundComponent,
+                    format!(
+                        "{component}: requested {} is negative; a refund of a charged component is never negative",
+                        money(minor)
+                    ),
+                    format!("Send {component} as a positive refund amount."),
+                ));
+            }
+            if total > totals.charged {
+                let remaining = totals.charged.saturating_sub(totals.refunded);
+                return Err((
+                    Code::ComponentExceedsRemaining,
+                    format!(
+                        "{component}: requested refund {} but only {} remains refundable (charged {}, already refunded {})",
+                        money(minor),
+                        money(remaining),
+                        money(totals.charged),
+                        money(totals.refunded)
+                    ),
+                    if remaining > 0 {
+                        format!(
+                            "Refund at most {} for {component}; send anything beyond what was charged as a Goodwill concession.",
+                            money(remaining)
+                        )
+                    } else {
+                        format!(
+                            "Nothing of {component} remains refundable; send any further credit as a Goodwill concession."
+                        )
+                    },
+                ));
+            }
+        }
+        ComponentClass::Promotion => {
+            if minor > 0 || total > 0 {
+                return Err((
+                    Code::NegativeRefundComponent,
+                    format!(
+                        "{component}: requested {} is positive; a promotion reversal is a negative amount",
+                        money(minor)
+                    ),
+                    format!("Send {component} as a negative amount."),
+                ));
+            }
+            let floor = totals.charged.checked_neg().unwrap_or(i64::MIN);
+            if total < floor {
+                let remaining = totals.charged.saturating_add(totals.refunded);
+                return Err((
+                    Code::ComponentExceedsRemaining,
+                    format!(
+                        "{component}: requested reversal {} but only {} of the discount remains to reverse (discount {}, already reversed {})",
+                        money(minor),
+                        money(remaining),
+                        money(totals.charged),
+                        money(totals.refunded.saturating_neg())
+                    ),
+                    format!(
+                        "Reverse at most {} of the {component} discount.",
+                        money(remaining)
+                    ),
+                ));
+            }
+        }
+        ComponentClass::Concession => {
+            if total < 0 {
+                return Err((
+                    Code::NegativeRefundComponent,
+                    format!(
+                        "{component}: requested {} is negative; a concession is money to the buyer",
+                        money(minor)
+                    ),
+                    format!("Send {component} as a positive amount."),
+                ));
+            }
+        }
+        // Negative fees are bounded by `validate` (restocking-fee share, net credit);
+        // positive ones were checked in step 4.
+        ComponentClass::Fee => {}
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AdjustedItem, PriceComponent, Quantity};
+
+    fn usd() -> Currency {
+        Currency::from_code("USD").expect("USD")
+    }
+
+    fn order_id() -> AmazonOrderId {
+        AmazonOrderId::new("123-1234567-1234567").expect("valid")
+    }
+
+    fn item_code() -> OrderItemCode {
+        OrderItemCode::new("12345678901234").expect("valid")
+    }
+
+    fn price(component: PriceComponent, amount: &str) -> ComponentAmount {
+        ComponentAmount {
+            component: Component::Price(component),
+            amount: Amount::parse(amount).expect("valid amount"),
+            position: Position { line: 9, column: 9 },
+        }
+    }
+
+    fn message(amounts: Vec<ComponentAmount>) -> AdjustmentMessage {
+        AdjustmentMessage {
+            message_id: MessageId::new(1).expect("positive"),
+            order: OrderRef::Amazon(order_id()),
+            action: None,
+            currency: None,
+            items: vec![AdjustedItem {
+                item: ItemRef::Amazon(item_code()),
+                key: SellerId::new("K1"),
+                reason: AdjustmentReason::CustomerReturn,
+                amounts,
+                direct_payments: Vec::new(),
+                quantity_cancelled: None,
+                quantity: None,
+                position: Position { line: 5, column: 3 },
+            }],
+            position: Position { line: 2, column: 1 },
+        }
+    }
+
+    fn snapshot(shipped: u32, charged: &[(PriceComponent, i64)]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        snapshot.insert_order(OrderState {
+            amazon_order_id: order_id(),
+            merchant_order_id: None,
+            currency: usd(),
+            channel: FulfillmentChannel::Merchant,
+            items: vec![ItemState {
+                code: item_code(),
+                merchant_item_id: None,
+                quantity_ordered: 2,
+                quantity_shipped: shipped,
+                quantity_cancelled: 0,
+                components: charged
+                    .iter()
+                    .map(|(c, charged)| {
+                        (
+                            Component::Price(*c),
+                            ComponentTotals {
+                                charged: *charged,
+                                refunded: 0,
+                            },
+                        )
+                    })
+                    .collect(),
+            }],
+        });
+        snapshot
+    }
+
+    fn codes(snapshot: &mut Snapshot, message: &AdjustmentMessage) -> Vec<Code> {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            snapshot,
+            &merchant,
+            std::slice::from_ref(message),
+            &Rules::default(),
+        );
+        plan.outcomes[0].problems.iter().map(|p| p.code).collect()
+    }
+
+    #[test]
+    fn payload_hash_ignores_spelling_and_component_order_but_not_content() {
+        let base = message(vec![
+            price(PriceComponent::Principal, "5.00"),
+            price(PriceComponent::Tax, "0.40"),
+        ]);
+        let hash = payload_hash(&base, 0);
+        assert_eq!(hash.len(), 64);
+        assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        let respelled = message(vec![
+            price(PriceComponent::Tax, ".4"),
+            price(PriceComponent::Principal, "5.0"),
+        ]);
+        assert_eq!(payload_hash(&respelled, 0), hash);
+        let mut other_key = base.clone();
+        other_key.items[0].key = SellerId::new("K2");
+        assert_eq!(payload_hash(&other_key, 0), hash, "the key is not content");
+
+        let mut changed = vec![message(vec![
+            price(PriceComponent::Principal, "5.01"),
+            price(PriceComponent::Tax, "0.40"),
+        ])];
+        let mut quantity = base.clone();
+        quantity.items[0].quantity = Quantity::new(1);
+        changed.push(quantity);
+        let mut reason = base.clone();
+        reason.items[0].reason = AdjustmentReason::PriceError;
+        changed.push(reason);
+        let mut currency = base.clone();
+        currency.currency = Some(usd());
+        changed.push(currency);
+        let mut direct = base.clone();
+        direct.items[0]
+            .direct_payments
+            .push(("COD".to_owned(), Amount::parse("1").expect("valid")));
+        changed.push(direct);
+        let mut swapped = base.clone();
+        swapped.items[0].amounts[0].component = Component::Price(PriceComponent::Shipping);
+        changed.push(swapped);
+        for other in &changed {
+            assert_ne!(payload_hash(other, 0), hash, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn precision_wins_over_fees_quantities_and_caps() {
+        let mut m = message(vec![
+            price(PriceComponent::Principal, "50.00"),
+            price(PriceComponent::ReturnShipping, "1.005"),
+        ]);
+        m.items[0].quantity = Quantity::new(5);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::AmountPrecision]);
+        assert!(
+            s.key(&SellerId::new("K1").expect("valid")).is_none(),
+            "not pinned"
+        );
+    }
+
+    #[test]
+    fn fees_win_over_quantities_and_quantities_over_caps() {
+        let mut m = message(vec![
+            price(PriceComponent::Principal, "50.00"),
+            price(PriceComponent::ReturnShipping, "1.00"),
+        ]);
+        m.items[0].quantity = Quantity::new(5);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::PositiveChargeComponent]);
+
+        m.items[0].key = SellerId::new("K2");
+        m.items[0].amounts.truncate(1);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::QuantityExceedsShipped]);
+
+        m.items[0].quantity = Quantity::new(1);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), [Code::ComponentExceedsRemaining]);
+        let record = s.key(&SellerId::new("K2").expect("valid")).expect("pinned");
+        assert_eq!(record.rejection, Some(Code::ComponentExceedsRemaining));
+        assert_eq!(record.origin.feed_id, None);
+    }
+
+    #[test]
+    fn a_replay_is_recognised_before_the_caps() {
+        let m = message(vec![price(PriceComponent::Principal, "10.00")]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        assert_eq!(codes(&mut s, &m), []);
+        assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
+        let mut again = m.clone();
+        again.items[0].key = SellerId::new("K9");
+        assert_eq!(codes(&mut s, &again), [Code::ComponentExceedsRemaining]);
+    }
+
+    #[test]
+    fn changes_carry_minor_units_keys_and_hashes() {
+        let m = message(vec![
+            price(PriceComponent::Principal, "10.5"),
+            price(PriceComponent::Goodwill, "1"),
+        ]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1050)]);
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&m),
+            &Rules::default(),
+        );
+        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
+            panic!("one adjustment expected: {plan:?}");
+        };
+        assert_eq!(
+            adjustment.amounts,
+            [
+                (Component::Price(PriceComponent::Principal), 1050),
+                (Component::Price(PriceComponent::Goodwill), 100)
+            ]
+        );
+        assert_eq!(adjustment.payload_hash, payload_hash(&m, 0));
+        assert_eq!(adjustment.key, SellerId::new("K1"));
+        let order = s.order(&OrderRef::Amazon(order_id())).expect("loaded");
+        let totals = &order.items[0].components;
+        assert_eq!(
+            totals[&Component::Price(PriceComponent::Principal)].refunded,
+            1050
+        );
+        assert_eq!(
+            totals[&Component::Price(PriceComponent::Goodwill)],
+            ComponentTotals {
+                charged: 0,
+                refunded: 100
+            }
+        );
+    }
 }

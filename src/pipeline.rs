@@ -173,37 +173,40 @@ fn attempt_once(
         let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
         return write(context, source, outcome, false);
     }
-    if context.duplicate_policy == DuplicatePolicy::Skip {
-        if let Some(earlier) = store.feed_by_hash(&header.merchant, content_hash)? {
-            let problem = Problem::new(
-                Code::DuplicateFeed,
-                MessageId::FEED,
-                "AmazonEnvelope",
-                None,
-                format!(
-                    "this file has the same bytes as feed {} ({}, processed {}); nothing was applied again",
-                    earlier.id, earlier.file_name, earlier.processed_at
-                ),
-                "nothing to do if this was a repeated upload; to apply new adjustments, send a new feed",
-            );
-            let outcome = finish_without_changes(
-                store,
-                source,
-                content_hash,
-                Some(header.merchant),
-                FeedStatus::Complete,
-                Some(earlier.id),
-                problem,
-            )?;
-            return write(context, source, outcome, false);
-        }
+    let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
+    if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy) {
+        let problem = Problem::new(
+            Code::DuplicateFeed,
+            MessageId::FEED,
+            "AmazonEnvelope",
+            None,
+            format!(
+                "this file has the same bytes as feed {} ({}, processed {}); nothing was applied again",
+                earlier.id, earlier.file_name, earlier.processed_at
+            ),
+            "nothing to do if this was a repeated upload; to apply new adjustments, send a new feed",
+        );
+        let outcome = finish_without_changes(
+            store,
+            source,
+            content_hash,
+            Some(header.merchant),
+            FeedStatus::Complete,
+            Some(earlier.id),
+            problem,
+        )?;
+        return write(context, source, outcome, false);
     }
+    // With the `process` policy a repeated feed is applied like any other (idempotency keys
+    // still catch replays) and records which feed it repeats.
+    let duplicate_of = earlier.map(|e| e.id);
     let outcome = apply(
         store,
         &mut validator,
         source,
         content_hash,
         header,
+        duplicate_of,
         &context.rules,
     )?;
     write(context, source, outcome, false)
@@ -216,6 +219,7 @@ fn apply<R: std::io::BufRead>(
     source: &Source<'_>,
     content_hash: &str,
     header: FeedHeader,
+    duplicate_of: Option<u64>,
     rules: &Rules,
 ) -> Result<FeedOutcome, ProcessError> {
     let merchant = header.merchant;
@@ -257,7 +261,7 @@ fn apply<R: std::io::BufRead>(
         content_hash,
         Some(merchant),
         FeedStatus::Complete,
-        None,
+        duplicate_of,
     );
     tx.commit(&feed_done(&outcome))?;
     Ok(outcome)

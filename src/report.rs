@@ -1,9 +1,21 @@
 //! Processing reports: Amazon's ProcessingReport XML and its JSON twin, rendered from a
-//! [`FeedOutcome`], and the atomic file writes that put them in the outbox. No business
-//! rules: the outcome already says everything.
+//! [`FeedOutcome`], the JSON parsed back (the pipeline keeps it in the feed record and
+//! re-emits both reports from it after a crash), the report file names, and the atomic file
+//! writes that put them in the outbox. No business rules: the outcome already says
+//! everything; this module only words it and writes it down.
+//!
+//! Rendering is deterministic: the same outcome always gives the same bytes, so re-emitting
+//! a report after a crash rewrites identical files.
 
-use crate::model::MerchantId;
-use crate::problem::Problem;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AmazonOrderId, MerchantId, MessageId, OrderItemCode, Position};
+use crate::problem::{Code, Problem};
 use crate::store::FeedStatus;
 
 /// Everything a report says about one feed.
@@ -35,52 +47,549 @@ pub struct FeedOutcome {
     pub results: Vec<Problem>,
 }
 
-/// Errors reading a stored JSON report back.
+/// The `schema_version` of the JSON report this code writes (and the only one it reads).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// `MerchantIdentifier` of a report whose feed header could not be read.
+pub const UNKNOWN_MERCHANT: &str = "UNKNOWN";
+
+/// Why a JSON report could not be read back into a [`FeedOutcome`].
 #[derive(Debug, thiserror::Error)]
-#[error("invalid stored report: {0}")]
-pub struct ReportError(pub String);
+#[non_exhaustive]
+pub enum ReportError {
+    /// Not JSON, or not the shape of a report.
+    #[error("report json does not have the report shape")]
+    Syntax(#[source] serde_json::Error),
+    /// Written by another version of adjustd.
+    #[error("report json has schema_version {found}, expected {JSON_SCHEMA_VERSION}")]
+    UnsupportedVersion {
+        /// The version found.
+        found: u64,
+    },
+    /// A field has a value no report of ours would hold.
+    #[error("report json has an invalid {field}: {reason}")]
+    Invalid {
+        /// The field, e.g. `results[2].code`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
 
-/// Renders the ProcessingReport XML.
+/// Renders the ProcessingReport XML: an `AmazonEnvelope` (no namespace, like Amazon's own
+/// reports) with `MessageType` `ProcessingReport` and one `Message` (MessageID 1) holding
+/// the report. One `Result` per problem, in the outcome's order; MessageID 0 for feed-level
+/// problems. Text is escaped and characters XML 1.0 does not allow are dropped.
+///
+/// `AdditionalInfo/AmazonOrderID` and `AmazonOrderItemCode` are written only when they have
+/// the schema's shape (a malformed id from a bad feed would make the report itself invalid);
+/// the description still quotes them, and the JSON report keeps them as they were.
 pub fn render_xml(outcome: &FeedOutcome) -> String {
-    let _ = outcome;
-    unimplemented!("report::render_xml is being written")
+    let merchant = outcome
+        .merchant
+        .as_ref()
+        .map_or(UNKNOWN_MERCHANT, MerchantId::as_str);
+    let mut xml = String::with_capacity(1024 + 512 * outcome.results.len());
+    xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    xml.push_str(
+        "<AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xsi:noNamespaceSchemaLocation=\"amzn-envelope.xsd\">\n",
+    );
+    xml.push_str("  <Header>\n");
+    xml.push_str("    <DocumentVersion>1.02</DocumentVersion>\n");
+    push_element(&mut xml, 4, "MerchantIdentifier", merchant);
+    xml.push_str("  </Header>\n");
+    xml.push_str("  <MessageType>ProcessingReport</MessageType>\n");
+    xml.push_str("  <Message>\n");
+    xml.push_str("    <MessageID>1</MessageID>\n");
+    xml.push_str("    <ProcessingReport>\n");
+    push_element(
+        &mut xml,
+        6,
+        "DocumentTransactionID",
+        &outcome.feed_id.to_string(),
+    );
+    push_element(&mut xml, 6, "StatusCode", outcome.status.as_str());
+    xml.push_str("      <ProcessingSummary>\n");
+    let counts = [
+        ("MessagesProcessed", outcome.messages_processed),
+        ("MessagesSuccessful", outcome.messages_successful),
+        ("MessagesWithError", outcome.messages_with_error),
+        ("MessagesWithWarning", outcome.messages_with_warning),
+    ];
+    for (name, count) in counts {
+        push_element(&mut xml, 8, name, &count.to_string());
+    }
+    xml.push_str("      </ProcessingSummary>\n");
+    for problem in &outcome.results {
+        push_result(&mut xml, outcome, problem);
+    }
+    xml.push_str("    </ProcessingReport>\n");
+    xml.push_str("  </Message>\n");
+    xml.push_str("</AmazonEnvelope>\n");
+    xml
 }
 
-/// Renders the JSON twin.
+/// The `ResultDescription` of one problem: where (message, line:column, element), what is
+/// wrong and how to fix it, as one text a seller can act on, e.g. `Message 7, line 41:9,
+/// AdjustedItem[1]/ItemPriceAdjustments/Component[2]/Amount: refund of Principal 30.00 USD
+/// exceeds the 12.50 USD that remains refundable. Fix: lower the amount to at most 12.50.`
+/// A duplicate feed's description names the earlier feed.
+pub fn result_description(outcome: &FeedOutcome, problem: &Problem) -> String {
+    let mut text = String::new();
+    if problem.message_id == MessageId::FEED {
+        text.push_str("Feed");
+    } else {
+        let _ = write!(text, "Message {}", problem.message_id);
+    }
+    if let Some(Position { line, column }) = problem.position {
+        let _ = write!(text, ", line {line}:{column}");
+    }
+    let element = problem.element.trim();
+    if !element.is_empty() {
+        let _ = write!(text, ", {element}");
+    }
+    text.push_str(": ");
+    let description = problem.description.trim();
+    if description.is_empty() {
+        push_sentence(&mut text, problem.code.summary());
+    } else {
+        push_sentence(&mut text, description);
+    }
+    if problem.code == Code::DuplicateFeed
+        && let Some(earlier) = outcome.duplicate_of
+    {
+        let named = format!("duplicate of feed {earlier}");
+        if !description.to_lowercase().contains(&named) {
+            text.push(' ');
+            push_sentence(&mut text, &format!("This file is a {named}"));
+        }
+    }
+    let fix = problem.fix.trim();
+    if !fix.is_empty() {
+        text.push_str(" Fix: ");
+        push_sentence(&mut text, fix);
+    }
+    text
+}
+
+/// Renders the JSON report: pretty-printed, keys in a fixed order, a trailing newline, and
+/// `schema_version` 1. It holds the same facts as the XML (and the raw parts of each
+/// description), and [`parse_json`] reads it back exactly.
 pub fn render_json(outcome: &FeedOutcome) -> String {
-    let _ = outcome;
-    unimplemented!("report::render_json is being written")
+    let report = JsonReport {
+        schema_version: u64::from(JSON_SCHEMA_VERSION),
+        feed_id: outcome.feed_id,
+        file_name: outcome.file_name.clone(),
+        merchant: outcome.merchant.as_ref().map(|m| m.as_str().to_owned()),
+        status: outcome.status,
+        duplicate_of: outcome.duplicate_of,
+        content_hash: outcome.content_hash.clone(),
+        processed_at: outcome.processed_at.clone(),
+        summary: JsonSummary {
+            messages_processed: outcome.messages_processed,
+            messages_successful: outcome.messages_successful,
+            messages_with_error: outcome.messages_with_error,
+            messages_with_warning: outcome.messages_with_warning,
+        },
+        results: outcome
+            .results
+            .iter()
+            .map(|problem| JsonResult {
+                message_id: problem.message_id.get(),
+                result: problem.code.severity().as_str().to_owned(),
+                code: problem.code.number(),
+                code_name: problem.code.name().to_owned(),
+                element: problem.element.clone(),
+                line: problem.position.map(|p| p.line),
+                column: problem.position.map(|p| p.column),
+                description: problem.description.clone(),
+                fix: problem.fix.clone(),
+                amazon_order_id: problem.amazon_order_id.clone(),
+                amazon_order_item_code: problem.amazon_order_item_code.clone(),
+            })
+            .collect(),
+    };
+    // Serializing plain structs of strings and integers into a String cannot fail.
+    let mut json = serde_json::to_string_pretty(&report)
+        .expect("invariant: a report of strings and integers always serializes");
+    json.push('\n');
+    json
 }
 
-/// Reads a JSON report back.
+/// Reads a JSON report written by [`render_json`] back into the outcome it was rendered
+/// from: `parse_json(&render_json(x))` equals `x`.
 ///
 /// # Errors
-/// Invalid JSON.
+///
+/// [`ReportError::Syntax`] when the text is not a JSON report,
+/// [`ReportError::UnsupportedVersion`] for another `schema_version`, and
+/// [`ReportError::Invalid`] for values no report of ours holds (an unknown code, a result
+/// that disagrees with its code, a merchant identifier that is not valid, half a position).
 pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
-    let _ = json;
-    unimplemented!("report::parse_json is being written")
+    let report: JsonReport = serde_json::from_str(json).map_err(ReportError::Syntax)?;
+    if report.schema_version != u64::from(JSON_SCHEMA_VERSION) {
+        return Err(ReportError::UnsupportedVersion {
+            found: report.schema_version,
+        });
+    }
+    let merchant = match report.merchant {
+        None => None,
+        Some(raw) => Some(MerchantId::new(&raw).ok_or_else(|| ReportError::Invalid {
+            field: "merchant".to_owned(),
+            reason: format!("{raw:?} is not a merchant identifier"),
+        })?),
+    };
+    let results = report
+        .results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| parse_result(index, result))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FeedOutcome {
+        feed_id: report.feed_id,
+        file_name: report.file_name,
+        merchant,
+        status: report.status,
+        duplicate_of: report.duplicate_of,
+        content_hash: report.content_hash,
+        processed_at: report.processed_at,
+        messages_processed: report.summary.messages_processed,
+        messages_successful: report.summary.messages_successful,
+        messages_with_error: report.summary.messages_with_error,
+        messages_with_warning: report.summary.messages_with_warning,
+        results,
+    })
 }
 
-/// The XML and JSON report paths of a feed.
+/// The two report files of a feed: `<outbox>[/<merchant>]/<file name>.<feed id>.report.xml`
+/// and `.report.json`, in that order.
+///
+/// The file name is the name the feed was dropped under, kept as it is (spaces, Unicode, a
+/// leading dash), except that it can never leave the folder: a `/` (or NUL) becomes `_`, so
+/// the name stays one path component. A name so long that the report name would exceed 255
+/// bytes (the usual file-name limit) is shortened at a character boundary; the feed id in the
+/// name keeps shortened names apart.
 pub fn report_paths(
-    outbox: &std::path::Path,
+    outbox: &Path,
     merchant_folder: Option<&MerchantId>,
     file_name: &str,
     feed_id: u64,
-) -> (std::path::PathBuf, std::path::PathBuf) {
-    let _ = (outbox, merchant_folder, file_name, feed_id);
-    unimplemented!("report::report_paths is being written")
+) -> (PathBuf, PathBuf) {
+    let mut folder = outbox.to_path_buf();
+    if let Some(merchant) = merchant_folder {
+        folder.push(merchant.as_str());
+    }
+    let mut stem: String = file_name
+        .chars()
+        .map(|c| if is_separator(c) { '_' } else { c })
+        .collect();
+    // ".report.json" and ".report.xml" differ in length; budget for the longer one so both
+    // files keep the same stem.
+    let suffix_len = format!(".{feed_id}.report.json").len();
+    let budget = MAX_FILE_NAME_BYTES.saturating_sub(suffix_len);
+    if stem.len() > budget {
+        let mut cut = budget;
+        while !stem.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        stem.truncate(cut);
+    }
+    (
+        folder.join(format!("{stem}.{feed_id}.report.xml")),
+        folder.join(format!("{stem}.{feed_id}.report.json")),
+    )
 }
 
-/// Writes both reports atomically.
+/// Writes both reports of an outcome, each atomically ([`write_atomic`]): the JSON first,
+/// then the XML. Writing the same outcome again produces identical files.
 ///
 /// # Errors
-/// I/O errors.
-pub fn write_reports(
-    outcome: &FeedOutcome,
-    xml_path: &std::path::Path,
-    json_path: &std::path::Path,
-) -> std::io::Result<()> {
-    let _ = (outcome, xml_path, json_path);
-    unimplemented!("report::write_reports is being written")
+///
+/// Any I/O error of creating the folder, writing, syncing or renaming.
+pub fn write_reports(outcome: &FeedOutcome, xml_path: &Path, json_path: &Path) -> io::Result<()> {
+    write_atomic(json_path, render_json(outcome).as_bytes())?;
+    write_atomic(xml_path, render_xml(outcome).as_bytes())
+}
+
+/// Replaces `path` with `bytes` so that readers see either the old file or the whole new
+/// one, even across a crash: creates the folder if needed, writes a temp file in the same
+/// folder (its name starts with `.` and ends with `.tmp`, which the inbox ignore patterns and
+/// most watchers skip), syncs it, renames it over `path`, then syncs the folder. On an
+/// error the temp file is removed.
+///
+/// # Errors
+///
+/// Any I/O error; `InvalidInput` when `path` has no parent folder or no file name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        Some(_) => Path::new("."),
+        None => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has no parent folder", path.display()),
+            ));
+        }
+    };
+    if path.file_name().is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        ));
+    }
+    create_folder(folder)?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".adjustd-").suffix(".tmp");
+    // Reports are for operators and other tools: the usual 0666 & umask, not tempfile's 0600.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(fs::Permissions::from_mode(0o666));
+    }
+    let mut temp = builder.tempfile_in(folder)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|err| err.error)?;
+    fsync_dir(folder)
+}
+
+/// Flushes a folder's entries (creations, renames, removals in it) to disk, so a rename is
+/// durable and not only the renamed file's contents.
+///
+/// # Errors
+///
+/// Any I/O error of opening or syncing the folder.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        fs::File::open(dir)?.sync_all()
+    }
+    // Windows cannot open a folder as a file; its renames are flushed by the file system.
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The usual limit on one path component (Linux `NAME_MAX`, most file systems).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+#[derive(Serialize, Deserialize)]
+struct JsonReport {
+    schema_version: u64,
+    feed_id: u64,
+    file_name: String,
+    merchant: Option<String>,
+    status: FeedStatus,
+    duplicate_of: Option<u64>,
+    content_hash: String,
+    processed_at: String,
+    summary: JsonSummary,
+    results: Vec<JsonResult>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonSummary {
+    messages_processed: u64,
+    messages_successful: u64,
+    messages_with_error: u64,
+    messages_with_warning: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JsonResult {
+    message_id: u64,
+    result: String,
+    code: u32,
+    code_name: String,
+    element: String,
+    line: Option<u32>,
+    column: Option<u32>,
+    description: String,
+    fix: String,
+    amazon_order_id: Option<String>,
+    amazon_order_item_code: Option<String>,
+}
+
+fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError> {
+    let invalid = |field: &str, reason: String| ReportError::Invalid {
+        field: format!("results[{index}].{field}"),
+        reason,
+    };
+    let code = Code::ALL
+        .iter()
+        .copied()
+        .find(|code| code.number() == result.code && code.name() == result.code_name)
+        .ok_or_else(|| {
+            invalid(
+                "code",
+                format!("no result code {} {}", result.code, result.code_name),
+            )
+        })?;
+    if code.severity().as_str() != result.result {
+        return Err(invalid(
+            "result",
+            format!(
+                "{:?} but {} is a {}",
+                result.result,
+                code.name(),
+                code.severity().as_str()
+            ),
+        ));
+    }
+    // Any combination of code and MessageID is kept as written: the report records what the
+    // pipeline said, and re-emission after a crash must not lose a result.
+    let message_id = MessageId::new(result.message_id).unwrap_or(MessageId::FEED);
+    let position = match (result.line, result.column) {
+        (Some(line), Some(column)) => Some(Position { line, column }),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "line",
+                "line and column must both be present or both be null".to_owned(),
+            ));
+        }
+    };
+    Ok(Problem {
+        code,
+        message_id,
+        element: result.element,
+        position,
+        description: result.description,
+        fix: result.fix,
+        amazon_order_id: result.amazon_order_id,
+        amazon_order_item_code: result.amazon_order_item_code,
+    })
+}
+
+fn push_result(xml: &mut String, outcome: &FeedOutcome, problem: &Problem) {
+    xml.push_str("      <Result>\n");
+    push_element(xml, 8, "MessageID", &problem.message_id.get().to_string());
+    push_element(xml, 8, "ResultCode", problem.code.severity().as_str());
+    push_element(
+        xml,
+        8,
+        "ResultMessageCode",
+        &problem.code.number().to_string(),
+    );
+    push_element(
+        xml,
+        8,
+        "ResultDescription",
+        &result_description(outcome, problem),
+    );
+    let order_id = problem
+        .amazon_order_id
+        .as_deref()
+        .and_then(AmazonOrderId::new);
+    let item_code = problem
+        .amazon_order_item_code
+        .as_deref()
+        .and_then(OrderItemCode::new);
+    if order_id.is_some() || item_code.is_some() {
+        // Schema order: SKU, FulfillmentCenterID, AmazonOrderID, AmazonOrderItemCode.
+        xml.push_str("        <AdditionalInfo>\n");
+        if let Some(order_id) = &order_id {
+            push_element(xml, 10, "AmazonOrderID", order_id.as_str());
+        }
+        if let Some(item_code) = &item_code {
+            push_element(xml, 10, "AmazonOrderItemCode", item_code.as_str());
+        }
+        xml.push_str("        </AdditionalInfo>\n");
+    }
+    xml.push_str("      </Result>\n");
+}
+
+fn push_element(xml: &mut String, indent: usize, name: &str, text: &str) {
+    for _ in 0..indent {
+        xml.push(' ');
+    }
+    xml.push('<');
+    xml.push_str(name);
+    xml.push('>');
+    push_escaped(xml, text);
+    xml.push_str("</");
+    xml.push_str(name);
+    xml.push_str(">\n");
+}
+
+/// Appends `text` as XML character data: `&`, `<` and `>` as entities (`>` so that `]]>`
+/// cannot appear; quotes need no escaping in element content and stay readable), a carriage return as
+/// `&#13;` (a parser would otherwise turn it into a line feed), and characters XML 1.0 does
+/// not allow (most C0 controls, U+FFFE, U+FFFF) dropped.
+fn push_escaped(xml: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => xml.push_str("&amp;"),
+            '<' => xml.push_str("&lt;"),
+            '>' => xml.push_str("&gt;"),
+            '\r' => xml.push_str("&#13;"),
+            '\t' | '\n' => xml.push(c),
+            c if is_xml_char(c) => xml.push(c),
+            _ => {}
+        }
+    }
+}
+
+/// XML 1.0 `Char`, minus what `push_escaped` handles itself. Rust `char`s are never
+/// surrogates, so only the C0 controls and the two non-characters remain to exclude.
+fn is_xml_char(c: char) -> bool {
+    c >= '\u{20}' && c != '\u{FFFE}' && c != '\u{FFFF}'
+}
+
+/// Appends `text` and ends it with a period unless it already ends a sentence.
+fn push_sentence(out: &mut String, text: &str) {
+    out.push_str(text);
+    if !text.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+}
+
+fn is_separator(c: char) -> bool {
+    c == '/' || c == '\0' || (cfg!(windows) && matches!(c, '\\' | ':'))
+}
+
+fn create_folder(folder: &Path) -> io::Result<()> {
+    if folder.is_dir() {
+        return Ok(());
+    }
+    // Folders about to be created, innermost first.
+    let missing: Vec<&Path> = folder
+        .ancestors()
+        .take_while(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+        .collect();
+    fs::create_dir_all(folder)?;
+    // Each new folder's own entry must be durable too, or a crash could lose the folder and
+    // the report in it after the report's rename was synced.
+    for dir in missing {
+        match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent)?,
+            _ => fsync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_drops_forbidden_characters() {
+        let mut out = String::new();
+        push_escaped(
+            &mut out,
+            "a]]>b<c&d\"e'f\u{0}\u{1}\u{b}\u{1f}g\r\n\th\u{fffe}\u{ffff}é😀",
+        );
+        assert_eq!(out, "a]]&gt;b&lt;c&amp;d\"e'fg&#13;\n\th\u{e9}\u{1f600}");
+    }
+
+    #[test]
+    fn separators_in_file_names_cannot_leave_the_folder() {
+        let (xml, json) = report_paths(Path::new("/out"), None, "../../etc/passwd", 3);
+        assert_eq!(xml, Path::new("/out/.._.._etc_passwd.3.report.xml"));
+        assert_eq!(json, Path::new("/out/.._.._etc_passwd.3.report.json"));
+    }
 }

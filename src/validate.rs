@@ -1,12 +1,29 @@
 //! Schema-level checks of a feed: turns the reader's messages into typed
 //! [`crate::model::AdjustmentMessage`]s or message-level [`crate::problem::Problem`]s, and
 //! reports feed-level problems. Never touches the store or the clock.
+//!
+//! The checks follow the project's XSDs in `schemas/` (OrderAdjustment rev #12 united
+//! with rev #11, the envelope and header) with the facet table agreed with them, plus the
+//! business rules that need no store (signs, cancellations, restocking fee, net credit,
+//! currency agreement, duplicate components and MessageIDs). Every problem of a message is
+//! collected; a message with any error is [`ValidatedMessage::Invalid`]. Everything wrong
+//! outside a `Message` is feed-level and ends the feed.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::str::FromStr;
 
-use crate::feed::Limits;
-use crate::model::{AdjustmentMessage, FeedHeader, MessageId};
-use crate::problem::Problem;
+use rust_decimal::Decimal;
+
+use crate::engine::Rules;
+use crate::feed::{Element, FeedReader, Limits, Tree, is_blank, is_xml_space};
+use crate::model::{
+    ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
+    AmountError, Component, ComponentAmount, ComponentClass, Currency, FeedHeader, ItemRef,
+    MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent,
+    Quantity, SellerId,
+};
+use crate::problem::{Code, Problem};
 
 /// One message of a feed after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,17 +39,73 @@ pub enum ValidatedMessage {
     },
 }
 
+/// The 28 `MessageType` values of the envelope schema.
+pub const MESSAGE_TYPES: &[&str] = &[
+    "CatPIL",
+    "Customer",
+    "FulfillmentCenter",
+    "FulfillmentOrderCancellationRequest",
+    "FulfillmentOrderRequest",
+    "Image",
+    "Inventory",
+    "Item",
+    "Listings",
+    "Loyalty",
+    "MultiChannelOrderReport",
+    "NavigationReport",
+    "Offer",
+    "OrderAcknowledgement",
+    "OrderAdjustment",
+    "OrderFulfillment",
+    "OrderNotificationReport",
+    "OrderReport",
+    "Override",
+    "Price",
+    "ProcessingReport",
+    "Product",
+    "ProductImage",
+    "Relationship",
+    "ReverseItem",
+    "SettlementReport",
+    "Store",
+    "WebstoreItem",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing read yet.
+    Start,
+    /// Header read; `pending` when the first `Message` is already in the reader.
+    Messages { pending: bool },
+    /// The envelope closed and the rest of the file was checked.
+    Done,
+}
+
 /// Streams a feed: the header first, then one validated message at a time.
 pub struct Validator<R: BufRead> {
-    reader: R,
+    feed: FeedReader<R>,
     limits: Limits,
+    restocking_fee_max_percent: u32,
+    phase: Phase,
+    header: Option<FeedHeader>,
+    messages: u64,
+    seen_ids: IdSet,
+    failure: Option<Problem>,
 }
 
 impl<R: BufRead> Validator<R> {
-    /// Starts reading a feed.
-    pub fn new(reader: R, limits: Limits, rules: &crate::engine::Rules) -> Validator<R> {
-        let _ = rules;
-        Validator { reader, limits }
+    /// Starts reading a feed; `rules` supplies the restocking-fee share.
+    pub fn new(reader: R, limits: Limits, rules: &Rules) -> Validator<R> {
+        Validator {
+            feed: FeedReader::new(reader, limits),
+            limits,
+            restocking_fee_max_percent: rules.restocking_fee_max_percent,
+            phase: Phase::Start,
+            header: None,
+            messages: 0,
+            seen_ids: IdSet::default(),
+            failure: None,
+        }
     }
 
     /// Reads the envelope up to the first `Message`.
@@ -40,8 +113,23 @@ impl<R: BufRead> Validator<R> {
     /// # Errors
     /// A feed-level problem: the feed is rejected as a whole.
     pub fn header(&mut self) -> Result<FeedHeader, Problem> {
-        let _ = (&mut self.reader, self.limits);
-        unimplemented!("validate::Validator::header is being written")
+        if let Some(problem) = &self.failure {
+            return Err(problem.clone());
+        }
+        if let Some(header) = &self.header {
+            return Ok(header.clone());
+        }
+        match self.read_header() {
+            Ok(header) => {
+                self.header = Some(header.clone());
+                self.phase = Phase::Messages { pending: true };
+                Ok(header)
+            }
+            Err(problem) => {
+                self.failure = Some(problem.clone());
+                Err(problem)
+            }
+        }
     }
 
     /// The next message, or `None` after the envelope closed and the rest of the file was
@@ -50,11 +138,1560 @@ impl<R: BufRead> Validator<R> {
     /// # Errors
     /// A feed-level problem: the feed is rejected as a whole.
     pub fn next_message(&mut self) -> Result<Option<ValidatedMessage>, Problem> {
-        unimplemented!("validate::Validator::next_message is being written")
+        if self.phase == Phase::Start {
+            self.header()?;
+        }
+        if let Some(problem) = &self.failure {
+            return Err(problem.clone());
+        }
+        match self.read_message() {
+            Ok(message) => Ok(message),
+            Err(problem) => {
+                self.failure = Some(problem.clone());
+                Err(problem)
+            }
+        }
     }
 
     /// Bytes consumed so far (for progress bars).
     pub fn bytes_read(&self) -> u64 {
-        0
+        self.feed.bytes_read()
+    }
+
+    fn read_message(&mut self) -> Result<Option<ValidatedMessage>, Problem> {
+        let pending = match self.phase {
+            Phase::Start | Phase::Done => return Ok(None),
+            Phase::Messages { pending } => pending,
+        };
+        self.phase = Phase::Messages { pending: false };
+        if !pending && self.feed.next_child()?.is_none() {
+            self.phase = Phase::Done;
+            return Ok(None);
+        }
+        let tree = self.feed.current();
+        let element = tree
+            .root()
+            .ok_or_else(|| envelope_problem(None, "(file)", "internal: empty element tree", ""))?;
+        if let Some(position) = self.feed.root_text() {
+            return Err(root_text_problem(position));
+        }
+        if element.name() != "Message" {
+            return Err(envelope_problem(
+                Some(element.position()),
+                &format!("AmazonEnvelope/{}", element.name()),
+                &format!(
+                    "unexpected element <{}> after the first <Message>; only <Message> elements may follow",
+                    element.name()
+                ),
+                "move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else",
+            ));
+        }
+        self.messages += 1;
+        if self.messages > self.limits.max_messages {
+            return Err(Limits::exceeded(
+                "the number of messages",
+                self.limits.max_messages,
+                "max_messages",
+                Some(element.position()),
+                "AmazonEnvelope/Message",
+            ));
+        }
+        let tree: &Tree = tree;
+        Ok(Some(check_message(
+            tree,
+            &mut self.seen_ids,
+            self.restocking_fee_max_percent,
+        )))
+    }
+
+    fn read_header(&mut self) -> Result<FeedHeader, Problem> {
+        let root_tree = self.feed.open_root()?;
+        let root = root_tree
+            .root()
+            .ok_or_else(|| envelope_problem(None, "(file)", "internal: no root element", ""))?;
+        if root.name() != "AmazonEnvelope" {
+            return Err(envelope_problem(
+                Some(root.position()),
+                root.name(),
+                &format!(
+                    "the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>",
+                    root.name()
+                ),
+                "send an <AmazonEnvelope> with MessageType OrderAdjustment",
+            ));
+        }
+        if let Err(what) = check_attributes(root, &[]) {
+            return Err(envelope_problem(
+                Some(root.position()),
+                "AmazonEnvelope",
+                &what,
+                "remove the attribute (xmlns:xsi and xsi:noNamespaceSchemaLocation are accepted); the envelope has no namespace",
+            ));
+        }
+        const ORDER: &[&str] = &[
+            "Header",
+            "MessageType",
+            "MarketplaceName",
+            "PurgeAndReplace",
+            "EffectiveDate",
+            "Message",
+        ];
+        let mut last_rank: Option<usize> = None;
+        let mut header: Option<FeedHeader> = None;
+        let mut message_type_seen = false;
+        loop {
+            if self.feed.next_child()?.is_none() {
+                let missing = if header.is_none() {
+                    "<Header>"
+                } else if !message_type_seen {
+                    "<MessageType>"
+                } else {
+                    "<Message>"
+                };
+                return Err(envelope_problem(
+                    None,
+                    "AmazonEnvelope",
+                    &format!("the envelope has no {missing}"),
+                    "an envelope needs a Header, a MessageType and at least one Message, in that order",
+                ));
+            }
+            let tree = self.feed.current();
+            let Some(element) = tree.root() else {
+                continue;
+            };
+            if let Some(position) = self.feed.root_text() {
+                return Err(root_text_problem(position));
+            }
+            let name = element.name();
+            let path = format!("AmazonEnvelope/{name}");
+            let Some(rank) = ORDER.iter().position(|n| *n == name) else {
+                return Err(envelope_problem(
+                    Some(element.position()),
+                    &path,
+                    &format!("unexpected element <{name}> in the envelope"),
+                    "the envelope holds Header, MessageType, optional MarketplaceName, PurgeAndReplace and EffectiveDate, then Message elements",
+                ));
+            };
+            if let Some(last) = last_rank {
+                if rank < last || (rank == last && rank != 5) {
+                    return Err(envelope_problem(
+                        Some(element.position()),
+                        &path,
+                        &format!("<{name}> is duplicated or out of order"),
+                        "the envelope order is Header, MessageType, MarketplaceName?, PurgeAndReplace?, EffectiveDate?, Message+",
+                    ));
+                }
+            }
+            if rank > 0 && header.is_none() {
+                return Err(envelope_problem(
+                    Some(element.position()),
+                    "AmazonEnvelope/Header",
+                    &format!("<Header> is missing (found <{name}> first)"),
+                    "start the envelope with a Header holding DocumentVersion and MerchantIdentifier",
+                ));
+            }
+            if rank > 1 && !message_type_seen {
+                return Err(envelope_problem(
+                    Some(element.position()),
+                    "AmazonEnvelope/MessageType",
+                    &format!("<MessageType> is missing (found <{name}> after the Header)"),
+                    "add <MessageType>OrderAdjustment</MessageType> after the Header",
+                ));
+            }
+            last_rank = Some(rank);
+            match rank {
+                0 => header = Some(check_header(element)?),
+                1 => {
+                    check_message_type(element)?;
+                    message_type_seen = true;
+                }
+                2 => envelope_simple(element, |text| {
+                    let n = normalized(text).chars().count();
+                    (1..=50)
+                        .contains(&n)
+                        .then_some(())
+                        .ok_or_else(|| "MarketplaceName must be 1 to 50 characters".to_owned())
+                })?,
+                3 => envelope_simple(element, |text| {
+                    matches!(collapse(text), "true" | "false" | "1" | "0")
+                        .then_some(())
+                        .ok_or_else(|| {
+                            format!("PurgeAndReplace {text:?} is not a boolean (true, false, 1, 0)")
+                        })
+                })?,
+                4 => envelope_simple(element, |text| {
+                    is_xsd_date_time(collapse(text)).then_some(()).ok_or_else(|| {
+                        format!("EffectiveDate {text:?} is not an xs:dateTime (e.g. 2024-05-01T12:00:00Z)")
+                    })
+                })?,
+                _ => {
+                    let header = header.ok_or_else(|| {
+                        envelope_problem(None, "AmazonEnvelope/Header", "missing Header", "")
+                    })?;
+                    return Ok(header);
+                }
+            }
+        }
+    }
+}
+
+fn root_text_problem(position: Position) -> Problem {
+    envelope_problem(
+        Some(position),
+        "AmazonEnvelope",
+        "text directly inside <AmazonEnvelope>; it holds elements only",
+        "remove the stray text between the envelope's elements",
+    )
+}
+
+fn envelope_problem(position: Option<Position>, element: &str, what: &str, fix: &str) -> Problem {
+    Problem::new(
+        Code::EnvelopeInvalid,
+        MessageId::FEED,
+        element,
+        position,
+        what,
+        fix,
+    )
+}
+
+/// Checks an element of simple type in the envelope: no attributes, no children, and the
+/// text passes `check`.
+fn envelope_simple(
+    element: Element<'_>,
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> Result<(), Problem> {
+    let path = envelope_path(element);
+    let fail = |what: String| {
+        envelope_problem(
+            Some(element.position()),
+            &path,
+            &what,
+            "correct the value as the envelope schema says",
+        )
+    };
+    check_attributes(element, &[]).map_err(&fail)?;
+    simple_text(element).map_err(&fail)?;
+    check(element.text()).map_err(fail)
+}
+
+fn envelope_path(element: Element<'_>) -> String {
+    let mut names = vec![element.name()];
+    let mut current = element;
+    while let Some(parent) = current.parent() {
+        names.push(parent.name());
+        current = parent;
+    }
+    names.push("AmazonEnvelope");
+    names.reverse();
+    names.join("/")
+}
+
+fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
+    let fail = |element: Element<'_>, what: String| {
+        envelope_problem(
+            Some(element.position()),
+            &envelope_path(element),
+            &what,
+            "the Header holds DocumentVersion (e.g. 1.01), MerchantIdentifier and an optional OverrideReleaseId, in that order",
+        )
+    };
+    check_attributes(header, &[]).map_err(|w| fail(header, w))?;
+    complex_text(header).map_err(|w| fail(header, w))?;
+    let mut problems = Vec::new();
+    check_sequence(
+        header,
+        &[
+            Particle::one(&["DocumentVersion"]),
+            Particle::one(&["MerchantIdentifier"]),
+            Particle::optional(&["OverrideReleaseId"]),
+        ],
+        &mut |issue| problems.push(fail(issue.at, issue.what)),
+    );
+    if let Some(problem) = problems.into_iter().next() {
+        return Err(problem);
+    }
+    let mut document_version = String::new();
+    let mut merchant = None;
+    for child in header.children() {
+        let text = child.text();
+        match child.name() {
+            "DocumentVersion" => {
+                envelope_simple(child, |text| {
+                    is_version(text, 2).then_some(()).ok_or_else(|| {
+                        format!("DocumentVersion {text:?} does not match \\d{{1,2}}\\.\\d{{1,2}}")
+                    })
+                })?;
+                document_version = text.to_owned();
+            }
+            "MerchantIdentifier" => {
+                envelope_simple(child, |text| {
+                    (normalized(text).chars().count() <= 50)
+                        .then_some(())
+                        .ok_or_else(|| "MerchantIdentifier is longer than 50 characters".to_owned())
+                })?;
+                let value = normalized(text);
+                merchant = Some(MerchantId::new(&value).ok_or_else(|| {
+                    fail(
+                        child,
+                        format!("MerchantIdentifier {value:?} is empty, \".\", \"..\" or contains a control character or path separator"),
+                    )
+                })?);
+            }
+            _ => envelope_simple(child, |text| {
+                is_version(text, 4).then_some(()).ok_or_else(|| {
+                    format!("OverrideReleaseId {text:?} does not match \\d{{1,4}}\\.\\d{{1,4}}")
+                })
+            })?,
+        }
+    }
+    let merchant = merchant.ok_or_else(|| fail(header, "missing MerchantIdentifier".to_owned()))?;
+    Ok(FeedHeader {
+        document_version,
+        merchant,
+    })
+}
+
+fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
+    envelope_simple(element, |text| {
+        MESSAGE_TYPES.contains(&text).then_some(()).ok_or_else(|| {
+            format!("MessageType {text:?} is not one of the envelope schema's values")
+        })
+    })?;
+    if element.text() != "OrderAdjustment" {
+        return Err(Problem::new(
+            Code::WrongMessageType,
+            MessageId::FEED,
+            "AmazonEnvelope/MessageType",
+            Some(element.position()),
+            format!(
+                "MessageType is {}; this processor only accepts OrderAdjustment feeds",
+                element.text()
+            ),
+            "send only Order Adjustment feeds here (MessageType OrderAdjustment)",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Generic XSD helpers
+
+/// One particle of an `xs:sequence`: one of `names`, between `min` and `max` times.
+#[derive(Debug, Clone, Copy)]
+struct Particle {
+    names: &'static [&'static str],
+    min: u32,
+    max: u32,
+}
+
+impl Particle {
+    const fn one(names: &'static [&'static str]) -> Particle {
+        Particle {
+            names,
+            min: 1,
+            max: 1,
+        }
+    }
+
+    const fn optional(names: &'static [&'static str]) -> Particle {
+        Particle {
+            names,
+            min: 0,
+            max: 1,
+        }
+    }
+
+    const fn many(names: &'static [&'static str], min: u32) -> Particle {
+        Particle {
+            names,
+            min,
+            max: u32::MAX,
+        }
+    }
+
+    fn label(&self) -> String {
+        let names: Vec<String> = self.names.iter().map(|n| format!("<{n}>")).collect();
+        names.join(" or ")
+    }
+}
+
+/// One finding of [`check_sequence`].
+struct Issue<'t> {
+    /// Where it was noticed (the element found instead, or the parent at its end).
+    at: Element<'t>,
+    /// The element whose content is wrong.
+    parent: Element<'t>,
+    /// The element that is missing, if that is the finding.
+    missing: Option<&'static str>,
+    what: String,
+}
+
+/// Checks the children of `parent` against a sequence of particles, reporting missing,
+/// unexpected, out-of-order and repeated elements.
+fn check_sequence<'t>(
+    parent: Element<'t>,
+    particles: &[Particle],
+    report: &mut dyn FnMut(Issue<'t>),
+) {
+    let mut report = |at: Element<'t>, missing: Option<&'static str>, what: String| {
+        report(Issue {
+            at,
+            parent,
+            missing,
+            what,
+        });
+    };
+    let mut index = 0;
+    let mut count = 0u32;
+    for child in parent.children() {
+        let name = child.name();
+        if particles[index].names.contains(&name) {
+            count += 1;
+            if count > particles[index].max {
+                report(
+                    child,
+                    None,
+                    format!(
+                        "<{name}> appears more often than allowed ({} at most)",
+                        particles[index].max
+                    ),
+                );
+            }
+            continue;
+        }
+        let ahead = (index + 1..particles.len()).find(|&j| particles[j].names.contains(&name));
+        match ahead {
+            Some(j) => {
+                if count < particles[index].min {
+                    report(
+                        child,
+                        Some(particles[index].names[0]),
+                        format!("missing {} before <{name}>", particles[index].label()),
+                    );
+                }
+                for particle in &particles[index + 1..j] {
+                    if particle.min > 0 {
+                        report(
+                            child,
+                            Some(particle.names[0]),
+                            format!("missing {} before <{name}>", particle.label()),
+                        );
+                    }
+                }
+                index = j;
+                count = 1;
+            }
+            None => {
+                if let Some(j) = (0..index).find(|&j| particles[j].names.contains(&name)) {
+                    report(
+                        child,
+                        None,
+                        format!(
+                            "<{name}> is out of order: it must come before {}",
+                            particles[j + 1].label()
+                        ),
+                    );
+                } else {
+                    let expected: Vec<String> =
+                        particles[index..].iter().map(Particle::label).collect();
+                    report(
+                        child,
+                        None,
+                        format!(
+                            "unexpected element <{name}> in <{}> (expected {})",
+                            parent.name(),
+                            expected.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if count < particles[index].min {
+        report(
+            parent,
+            Some(particles[index].names[0]),
+            format!(
+                "<{}> is missing {}",
+                parent.name(),
+                particles[index].label()
+            ),
+        );
+    }
+    for particle in &particles[index + 1..] {
+        if particle.min > 0 {
+            report(
+                parent,
+                Some(particle.names[0]),
+                format!("<{}> is missing {}", parent.name(), particle.label()),
+            );
+        }
+    }
+}
+
+const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+
+/// Checks attributes against the allowed names; namespace declarations and
+/// `xsi:(no)NamespaceSchemaLocation` are not attributes in XSD's sense.
+fn check_attributes(element: Element<'_>, allowed: &[&str]) -> Result<(), String> {
+    for (name, value) in element.attributes() {
+        if name == "xmlns" {
+            if value.is_empty() {
+                continue;
+            }
+            return Err(format!(
+                "<{}> is in namespace {value:?}; the feed elements have no namespace",
+                element.name()
+            ));
+        }
+        if name.starts_with("xmlns:") {
+            if name == "xmlns:xsi" && value != XSI {
+                return Err(format!("xmlns:xsi must be {XSI:?}"));
+            }
+            continue;
+        }
+        if matches!(name, "xsi:noNamespaceSchemaLocation" | "xsi:schemaLocation") {
+            continue;
+        }
+        if !allowed.contains(&name) {
+            return Err(format!(
+                "<{}> has an unknown attribute {name}",
+                element.name()
+            ));
+        }
+    }
+    if element.name().contains(':') {
+        return Err(format!(
+            "<{}> has a namespace prefix; the feed elements have no namespace",
+            element.name()
+        ));
+    }
+    Ok(())
+}
+
+/// An element of simple type has no child elements.
+fn simple_text(element: Element<'_>) -> Result<(), String> {
+    if element.has_children() {
+        return Err(format!(
+            "<{}> holds a value and must not contain elements",
+            element.name()
+        ));
+    }
+    Ok(())
+}
+
+/// An element of element-only content has no text besides white space.
+fn complex_text(element: Element<'_>) -> Result<(), String> {
+    if !is_blank(element.text()) || element.has_stray_text() {
+        return Err(format!(
+            "<{}> holds elements only, not text",
+            element.name()
+        ));
+    }
+    Ok(())
+}
+
+/// `xs:normalizedString`: tab, carriage return and line feed become spaces.
+fn normalized(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains(['\t', '\r', '\n']) {
+        text.replace(['\t', '\r', '\n'], " ").into()
+    } else {
+        text.into()
+    }
+}
+
+/// `whiteSpace="collapse"` for values that must not contain inner spaces anyway.
+fn collapse(text: &str) -> &str {
+    text.trim_matches(is_xml_space)
+}
+
+/// `\d{1,width}\.\d{1,width}` with ASCII digits.
+fn is_version(text: &str, width: usize) -> bool {
+    let Some((major, minor)) = text.split_once('.') else {
+        return false;
+    };
+    let ok =
+        |part: &str| (1..=width).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
+    ok(major) && ok(minor)
+}
+
+/// The `xs:dateTime` lexical space (after whitespace collapse).
+pub fn is_xsd_date_time(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let body = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let Some(dash) = body.iter().position(|&b| b == b'-') else {
+        return false;
+    };
+    let year = &body[..dash];
+    if year.len() < 4
+        || !year.iter().all(u8::is_ascii_digit)
+        || (year.len() > 4 && year[0] == b'0')
+        || year.iter().all(|&b| b == b'0')
+    {
+        return false;
+    }
+    let rest = &body[dash..];
+    // -MM-DDThh:mm:ss
+    if rest.len() < 15 {
+        return false;
+    }
+    let digits = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = rest.get(range)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if rest[0] != b'-' || rest[3] != b'-' || rest[6] != b'T' || rest[9] != b':' || rest[12] != b':'
+    {
+        return false;
+    }
+    let (Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
+        digits(1..3),
+        digits(4..6),
+        digits(7..9),
+        digits(10..12),
+        digits(13..15),
+    ) else {
+        return false;
+    };
+    let year_value: u64 = std::str::from_utf8(year)
+        .ok()
+        .and_then(|y| y.parse().ok())
+        .unwrap_or(1);
+    let leap = (year_value % 4 == 0 && year_value % 100 != 0) || year_value % 400 == 0;
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if day == 0 || day > days || minute > 59 || second > 59 {
+        return false;
+    }
+    let mut tail = &rest[15..];
+    let mut fraction_zero = true;
+    if let Some(fraction) = tail.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        fraction_zero = fraction[..n].iter().all(|&b| b == b'0');
+        tail = &fraction[n..];
+    }
+    if hour > 24 || (hour == 24 && (minute != 0 || second != 0 || !fraction_zero)) {
+        return false;
+    }
+    match tail {
+        [] | [b'Z'] => true,
+        [sign, h1, h2, b':', m1, m2] if matches!(sign, b'+' | b'-') => {
+            let all_digits = [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit());
+            let hours = u32::from(h1.wrapping_sub(b'0')) * 10 + u32::from(h2.wrapping_sub(b'0'));
+            let minutes = u32::from(m1.wrapping_sub(b'0')) * 10 + u32::from(m2.wrapping_sub(b'0'));
+            all_digits && minutes <= 59 && (hours < 14 || (hours == 14 && minutes == 0))
+        }
+        _ => false,
+    }
+}
+
+/// `xs:positiveInteger` after whitespace collapse: optional `+`, ASCII digits, value > 0.
+/// `Err(true)` means "well-formed but larger than `max`".
+fn positive_integer(text: &str, max: u64) -> Result<u64, bool> {
+    let text = collapse(text);
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(false);
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Err(false);
+    }
+    if significant.len() > 20 {
+        return Err(true);
+    }
+    match significant.parse::<u128>() {
+        Ok(value) if value <= u128::from(max) => Ok(u64::try_from(value).unwrap_or(max)),
+        _ => Err(true),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+
+/// MessageIDs seen so far, as disjoint inclusive ranges: a feed numbered 1, 2, 3, ... is one
+/// range however long it is.
+#[derive(Debug, Default)]
+struct IdSet {
+    ranges: BTreeMap<u64, u64>,
+}
+
+impl IdSet {
+    /// Adds `id`; false when it was already there.
+    fn insert(&mut self, id: u64) -> bool {
+        let below = self.ranges.range(..=id).next_back().map(|(s, e)| (*s, *e));
+        if let Some((_, end)) = below {
+            if end >= id {
+                return false;
+            }
+        }
+        let above = id
+            .checked_add(1)
+            .and_then(|next| self.ranges.get(&next).map(|end| (next, *end)));
+        match (below, above) {
+            (Some((start, end)), Some((next, next_end))) if end + 1 == id => {
+                self.ranges.remove(&next);
+                self.ranges.insert(start, next_end);
+            }
+            (Some((start, end)), _) if end + 1 == id => {
+                self.ranges.insert(start, id);
+            }
+            (_, Some((next, next_end))) => {
+                self.ranges.remove(&next);
+                self.ranges.insert(id, next_end);
+            }
+            _ => {
+                self.ranges.insert(id, id);
+            }
+        }
+        true
+    }
+}
+
+/// Problems of one message, with what is known about it.
+struct Collector<'t> {
+    message_id: MessageId,
+    problems: Vec<Problem>,
+    item_code: Option<String>,
+    /// The first `currency` attribute of the message and where it was.
+    currency: Option<(Currency, Element<'t>)>,
+}
+
+impl<'t> Collector<'t> {
+    fn add(&mut self, code: Code, element: Element<'_>, description: String, fix: &str) {
+        self.problems.push(
+            Problem::new(
+                code,
+                self.message_id,
+                path(element),
+                Some(element.position()),
+                description,
+                fix,
+            )
+            .with_item(self.item_code.clone()),
+        );
+    }
+
+    fn schema(&mut self, element: Element<'_>, description: String) {
+        self.add(
+            Code::SchemaInvalid,
+            element,
+            description,
+            "correct the message as the OrderAdjustment schema says",
+        );
+    }
+
+    fn issue(&mut self, issue: &Issue<'_>) {
+        let element = match issue.missing {
+            Some(missing) => format!("{}/{missing}", path(issue.parent)),
+            None => path(issue.at),
+        };
+        self.problems.push(
+            Problem::new(
+                Code::SchemaInvalid,
+                self.message_id,
+                element,
+                Some(issue.at.position()),
+                issue.what.clone(),
+                "correct the message as the OrderAdjustment schema says",
+            )
+            .with_item(self.item_code.clone()),
+        );
+    }
+
+    fn count(&self) -> usize {
+        self.problems.len()
+    }
+}
+
+/// Element names that repeat and so always carry an index in paths.
+const REPEATED: &[&str] = &["AdjustedItem", "Component", "PromotionAdjustments"];
+
+/// `Message/OrderAdjustment/AdjustedItem[2]/ItemPriceAdjustments/Component[1]/Amount`.
+fn path(element: Element<'_>) -> String {
+    let mut parts = Vec::new();
+    let mut current = Some(element);
+    while let Some(el) = current {
+        let name = el.name();
+        let index = el.parent().map_or(1, |parent| {
+            1 + parent
+                .children()
+                .take_while(|c| c.id() != el.id())
+                .filter(|c| c.name() == name)
+                .count()
+        });
+        if REPEATED.contains(&name) || index > 1 {
+            parts.push(format!("{name}[{index}]"));
+        } else {
+            parts.push(name.to_owned());
+        }
+        current = el.parent();
+    }
+    parts.reverse();
+    parts.join("/")
+}
+
+fn child<'t>(parent: Element<'t>, name: &str) -> Option<Element<'t>> {
+    parent.children().find(|c| c.name() == name)
+}
+
+/// Checks a simple element (no attributes, no children) and returns its text.
+fn simple<'t>(c: &mut Collector<'_>, element: Element<'t>) -> Option<&'t str> {
+    let before = c.count();
+    if let Err(what) = check_attributes(element, &[]) {
+        c.schema(element, what);
+    }
+    if let Err(what) = simple_text(element) {
+        c.schema(element, what);
+    }
+    (c.count() == before).then(|| element.text())
+}
+
+/// Checks a complex element (no attributes, no text) and its sequence.
+fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) -> bool {
+    let before = c.count();
+    if let Err(what) = check_attributes(element, &[]) {
+        c.schema(element, what);
+    }
+    if let Err(what) = complex_text(element) {
+        c.schema(element, what);
+    }
+    check_sequence(element, particles, &mut |issue| c.issue(&issue));
+    c.count() == before
+}
+
+fn check_message(
+    tree: &Tree,
+    seen_ids: &mut IdSet,
+    restocking_fee_max_percent: u32,
+) -> ValidatedMessage {
+    let Some(message) = tree.root() else {
+        return ValidatedMessage::Invalid {
+            message_id: MessageId::FEED,
+            problems: Vec::new(),
+        };
+    };
+    let mut c = Collector {
+        message_id: MessageId::FEED,
+        problems: Vec::new(),
+        item_code: None,
+        currency: None,
+    };
+    // MessageID first, so that every later problem names it.
+    let id_element = child(message, "MessageID");
+    let mut message_id = None;
+    if let Some(element) = id_element {
+        if let Some(text) = simple(&mut c, element) {
+            let digits = collapse(text);
+            let pattern_ok =
+                (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+            match positive_integer(digits, u64::MAX) {
+                Ok(value) if pattern_ok => message_id = MessageId::new(value),
+                Err(true) if pattern_ok => c.schema(
+                    element,
+                    format!(
+                        "MessageID {digits} is larger than {}, the largest supported",
+                        u64::MAX
+                    ),
+                ),
+                _ => c.schema(
+                    element,
+                    format!("MessageID {text:?} is not a positive integer of at most 20 digits"),
+                ),
+            }
+        }
+    }
+    if let Some(id) = message_id {
+        c.message_id = id;
+        for problem in &mut c.problems {
+            problem.message_id = id;
+        }
+    }
+    if let Err(what) = check_attributes(message, &[]) {
+        c.schema(message, what);
+    }
+    if let Err(what) = complex_text(message) {
+        c.schema(message, what);
+    }
+    check_sequence(
+        message,
+        &[
+            Particle::one(&["MessageID"]),
+            Particle::optional(&["OperationType"]),
+            Particle::one(&["OrderAdjustment"]),
+        ],
+        &mut |issue| c.issue(&issue),
+    );
+    if let (Some(id), Some(element)) = (message_id, id_element) {
+        if !seen_ids.insert(id.get()) {
+            c.add(
+                Code::DuplicateMessageId,
+                element,
+                format!("MessageID {id} was already used earlier in this feed"),
+                "give every message of a feed its own MessageID",
+            );
+        }
+    }
+    if let Some(element) = child(message, "OperationType") {
+        if let Some(text) = simple(&mut c, element) {
+            if !matches!(text, "Update" | "Delete" | "PartialUpdate") {
+                c.schema(
+                    element,
+                    format!("OperationType {text:?} is not Update, Delete or PartialUpdate"),
+                );
+            }
+        }
+    }
+    let adjustment = child(message, "OrderAdjustment")
+        .and_then(|element| check_order_adjustment(&mut c, element, restocking_fee_max_percent));
+    // Attach the order id to every problem once it is known.
+    let order_id = adjustment
+        .as_ref()
+        .and_then(|a| match &a.order {
+            OrderRef::Amazon(id) => Some(id.as_str().to_owned()),
+            OrderRef::Merchant(_) => None,
+        })
+        .or_else(|| {
+            child(message, "OrderAdjustment")
+                .and_then(|oa| child(oa, "AmazonOrderID"))
+                .and_then(|el| AmazonOrderId::new(el.text()))
+                .map(|id| id.as_str().to_owned())
+        });
+    for problem in &mut c.problems {
+        problem.amazon_order_id.clone_from(&order_id);
+    }
+    match (message_id, adjustment) {
+        (Some(message_id), Some(adjustment)) if c.problems.is_empty() => {
+            ValidatedMessage::Valid(AdjustmentMessage {
+                message_id,
+                position: message.position(),
+                ..adjustment
+            })
+        }
+        _ => {
+            if c.problems.is_empty() {
+                c.schema(message, "the message could not be read".to_owned());
+            }
+            ValidatedMessage::Invalid {
+                message_id: c.message_id,
+                problems: c.problems,
+            }
+        }
+    }
+}
+
+fn check_order_adjustment<'t>(
+    c: &mut Collector<'t>,
+    adjustment: Element<'t>,
+    restocking_fee_max_percent: u32,
+) -> Option<AdjustmentMessage> {
+    complex(
+        c,
+        adjustment,
+        &[
+            Particle::one(&["AmazonOrderID", "MerchantOrderID"]),
+            Particle::optional(&["ActionType"]),
+            Particle::optional(&["CODCollectionMethod"]),
+            Particle::many(&["AdjustedItem"], 1),
+        ],
+    );
+    let mut order = None;
+    let mut order_seen = false;
+    let mut action = None;
+    for element in adjustment.children() {
+        match element.name() {
+            "AmazonOrderID" if !order_seen => {
+                order_seen = true;
+                if let Some(text) = simple(c, element) {
+                    match AmazonOrderId::new(text) {
+                        Some(id) => order = Some(OrderRef::Amazon(id)),
+                        None => c.schema(
+                            element,
+                            format!("AmazonOrderID {text:?} is not 3-7-7 ASCII letters or digits joined by hyphens (e.g. 123-1234567-1234567)"),
+                        ),
+                    }
+                }
+            }
+            "MerchantOrderID" if !order_seen => {
+                order_seen = true;
+                order = seller_id(c, element, 50).map(OrderRef::Merchant);
+            }
+            "ActionType" if action.is_none() => {
+                if let Some(text) = simple(c, element) {
+                    match ActionType::from_str(text) {
+                        Ok(value) => action = Some(value),
+                        Err(()) => c.schema(
+                            element,
+                            format!("ActionType {text:?} is not Refund or Cancel"),
+                        ),
+                    }
+                }
+            }
+            "CODCollectionMethod" => {
+                if let Some(text) = simple(c, element) {
+                    if text != "DirectPayment" {
+                        c.schema(
+                            element,
+                            format!("CODCollectionMethod {text:?} is not DirectPayment"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut items = Vec::new();
+    let mut items_ok = true;
+    for element in adjustment.children().filter(|e| e.name() == "AdjustedItem") {
+        match check_item(c, element, action, restocking_fee_max_percent) {
+            Some(item) => items.push(item),
+            None => items_ok = false,
+        }
+    }
+    c.item_code = None;
+    let order = order?;
+    (items_ok && !items.is_empty()).then(|| AdjustmentMessage {
+        message_id: MessageId::FEED,
+        order,
+        action,
+        currency: c.currency.map(|(currency, _)| currency),
+        items,
+        position: adjustment.position(),
+    })
+}
+
+/// A seller-chosen id (`xs:normalizedString`, 1 to `max` characters).
+fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<SellerId> {
+    let text = simple(c, element)?;
+    let value = normalized(text);
+    let length = value.chars().count();
+    let name = element.name();
+    if length == 0 {
+        c.schema(element, format!("{name} is empty"));
+        return None;
+    }
+    if length > max {
+        c.schema(
+            element,
+            format!("{name} is {length} characters long; at most {max} are allowed"),
+        );
+        return None;
+    }
+    let id = SellerId::new(&value);
+    if id.is_none() {
+        c.schema(
+            element,
+            format!("{name} {value:?} is not a valid identifier"),
+        );
+    }
+    id
+}
+
+/// One amount of an item with the elements it came from.
+struct Parsed<'t> {
+    component: Component,
+    amount: Amount,
+    type_element: Element<'t>,
+    amount_element: Element<'t>,
+}
+
+fn check_item<'t>(
+    c: &mut Collector<'t>,
+    item: Element<'t>,
+    action: Option<ActionType>,
+    restocking_fee_max_percent: u32,
+) -> Option<AdjustedItem> {
+    c.item_code = child(item, "AmazonOrderItemCode")
+        .and_then(|e| OrderItemCode::new(e.text()))
+        .map(|code| code.as_str().to_owned());
+    let before = c.count();
+    complex(
+        c,
+        item,
+        &[
+            Particle::one(&["AmazonOrderItemCode", "MerchantOrderItemID"]),
+            Particle::optional(&["MerchantAdjustmentItemID"]),
+            Particle::one(&["AdjustmentReason"]),
+            Particle::optional(&["ItemPriceAdjustments"]),
+            Particle::many(&["PromotionAdjustments"], 0),
+            Particle::optional(&["DirectPaymentAdjustments"]),
+            Particle::optional(&["QuantityCancelled"]),
+            Particle::optional(&["Quantity"]),
+        ],
+    );
+    let mut item_ref = None;
+    let mut ref_seen = false;
+    let mut key = None;
+    let mut reason = None;
+    let mut parsed: Vec<Parsed<'t>> = Vec::new();
+    let mut direct_payments = Vec::new();
+    let mut quantity_cancelled = None;
+    let mut quantity_cancelled_element = None;
+    let mut quantity = None;
+    for element in item.children() {
+        match element.name() {
+            "AmazonOrderItemCode" if !ref_seen => {
+                ref_seen = true;
+                if let Some(text) = simple(c, element) {
+                    match OrderItemCode::new(text) {
+                        Some(code) => item_ref = Some(ItemRef::Amazon(code)),
+                        None => c.schema(
+                            element,
+                            format!("AmazonOrderItemCode {text:?} is not 14 or 15 digits"),
+                        ),
+                    }
+                }
+            }
+            "MerchantOrderItemID" if !ref_seen => {
+                ref_seen = true;
+                item_ref = seller_id(c, element, 50).map(ItemRef::Merchant);
+            }
+            "MerchantAdjustmentItemID" => key = seller_id(c, element, 50),
+            "AdjustmentReason" => {
+                if let Some(text) = simple(c, element) {
+                    match AdjustmentReason::from_str(text) {
+                        Ok(value) => reason = Some(value),
+                        Err(()) => {
+                            let all: Vec<&str> =
+                                AdjustmentReason::ALL.iter().map(|r| r.as_str()).collect();
+                            c.add(
+                                Code::UnknownAdjustmentReason,
+                                element,
+                                format!(
+                                    "AdjustmentReason {text:?} is not one of the schema values"
+                                ),
+                                &format!("use one of {}", all.join(", ")),
+                            );
+                        }
+                    }
+                }
+            }
+            "ItemPriceAdjustments" => {
+                complex(c, element, &[Particle::many(&["Component"], 1)]);
+                for component in element.children().filter(|e| e.name() == "Component") {
+                    let all: Vec<&str> = PriceComponent::ALL.iter().map(|p| p.as_str()).collect();
+                    if let Some(p) = check_component(c, component, &all, |t| {
+                        PriceComponent::from_str(t).ok().map(Component::Price)
+                    }) {
+                        parsed.push(p);
+                    }
+                }
+            }
+            "PromotionAdjustments" => {
+                complex(
+                    c,
+                    element,
+                    &[
+                        Particle::optional(&["PromotionClaimCode"]),
+                        Particle::optional(&["MerchantPromotionID"]),
+                        Particle::many(&["Component"], 1),
+                    ],
+                );
+                for part in element.children() {
+                    match part.name() {
+                        "PromotionClaimCode" => {
+                            if let Some(text) = simple(c, part) {
+                                let n = text.chars().count();
+                                if !(6..=12).contains(&n) {
+                                    c.schema(
+                                        part,
+                                        format!("PromotionClaimCode is {n} characters long; it must be 6 to 12"),
+                                    );
+                                }
+                            }
+                        }
+                        "MerchantPromotionID" => {
+                            if let Some(text) = simple(c, part) {
+                                let n = normalized(text).chars().count();
+                                if n > 80 {
+                                    c.schema(
+                                        part,
+                                        format!("MerchantPromotionID is {n} characters long; at most 80 are allowed"),
+                                    );
+                                }
+                            }
+                        }
+                        "Component" => {
+                            if let Some(p) =
+                                check_component(c, part, &["Principal", "Shipping"], |t| {
+                                    PromotionComponent::from_str(t)
+                                        .ok()
+                                        .map(Component::Promotion)
+                                })
+                            {
+                                parsed.push(p);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            "DirectPaymentAdjustments" => {
+                complex(c, element, &[Particle::many(&["Component"], 1)]);
+                for component in element.children().filter(|e| e.name() == "Component") {
+                    let before_component = c.count();
+                    complex(
+                        c,
+                        component,
+                        &[Particle::one(&["Type"]), Particle::one(&["Amount"])],
+                    );
+                    let kind = child(component, "Type").and_then(|t| simple(c, t));
+                    let amount = child(component, "Amount").and_then(|a| check_amount(c, a));
+                    if let (Some(kind), Some(amount), true) =
+                        (kind, amount, c.count() == before_component)
+                    {
+                        direct_payments.push((kind.to_owned(), amount));
+                    }
+                }
+            }
+            "QuantityCancelled" => {
+                quantity_cancelled_element = Some(element);
+                quantity_cancelled = check_quantity(c, element);
+            }
+            "Quantity" => quantity = check_quantity(c, element),
+            _ => {}
+        }
+    }
+    let item_ref = item_ref?;
+    let reason = reason?;
+    if c.count() != before {
+        return None;
+    }
+    // Rules that need no store, on a schema-valid item.
+    let mut seen: Vec<&Parsed<'t>> = Vec::with_capacity(parsed.len());
+    for p in &parsed {
+        if let Some(first) = seen.iter().find(|s| s.component == p.component) {
+            c.add(
+                Code::DuplicateComponent,
+                p.type_element,
+                format!(
+                    "component {} appears twice in this AdjustedItem (first at line {})",
+                    p.component,
+                    first.type_element.position().line
+                ),
+                "put the whole amount of a component in one Component element",
+            );
+        } else {
+            seen.push(p);
+        }
+    }
+    for p in &parsed {
+        match p.component.class() {
+            ComponentClass::Charge | ComponentClass::Concession if p.amount.is_negative() => c.add(
+                Code::NegativeRefundComponent,
+                p.amount_element,
+                format!(
+                    "{} is {}: a refund of {} can not be negative",
+                    p.component, p.amount, p.component
+                ),
+                "send refunds as positive amounts; charge the buyer only with fee components (RestockingFee, RestockingFeeTax, ReturnShipping)",
+            ),
+            ComponentClass::Promotion if p.amount.value() > Decimal::ZERO => c.add(
+                Code::NegativeRefundComponent,
+                p.amount_element,
+                format!(
+                    "{} is +{}: a promotion reversal takes the discount back, so it must be negative",
+                    p.component, p.amount
+                ),
+                "write promotion adjustments as negative amounts (e.g. -2.00)",
+            ),
+            _ => {}
+        }
+    }
+    if let (Some(element), Some(_)) = (quantity_cancelled_element, quantity_cancelled) {
+        if !reason.allows_cancellation() {
+            c.add(
+                Code::CancelReasonInvalid,
+                element,
+                format!("QuantityCancelled is given with AdjustmentReason {reason}"),
+                "use AdjustmentReason NoInventory or CustomerCancel for a partial cancellation, or remove QuantityCancelled",
+            );
+        }
+    }
+    if action == Some(ActionType::Cancel) && quantity_cancelled_element.is_none() {
+        c.add(
+            Code::CancelWithoutQuantity,
+            item,
+            "ActionType is Cancel but this AdjustedItem has no QuantityCancelled".to_owned(),
+            "give the number of units cancelled in QuantityCancelled, or use ActionType Refund",
+        );
+    }
+    if c.count() == before {
+        check_restocking_fee(c, item, &parsed, restocking_fee_max_percent);
+    }
+    if c.count() == before {
+        let pure_cancellation =
+            quantity_cancelled.is_some() && parsed.is_empty() && direct_payments.is_empty();
+        let net = parsed
+            .iter()
+            .try_fold(Decimal::ZERO, |sum, p| sum.checked_add(p.amount.value()));
+        match net {
+            _ if pure_cancellation => {}
+            Some(net) if net > Decimal::ZERO => {}
+            Some(net) => c.add(
+                Code::NetNotCredit,
+                item,
+                format!(
+                    "the net of this AdjustedItem is {}: an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)",
+                    net.normalize()
+                ),
+                "refund more than the fees charged, or send a pure QuantityCancelled without amounts",
+            ),
+            None => c.add(
+                Code::AmountFormat,
+                item,
+                "the amounts of this AdjustedItem add up to more than can be represented".to_owned(),
+                "send realistic amounts",
+            ),
+        }
+    }
+    if c.count() != before {
+        return None;
+    }
+    Some(AdjustedItem {
+        item: item_ref,
+        key,
+        reason,
+        amounts: parsed
+            .iter()
+            .map(|p| ComponentAmount {
+                component: p.component,
+                amount: p.amount,
+                position: p.amount_element.position(),
+            })
+            .collect(),
+        direct_payments,
+        quantity_cancelled,
+        quantity,
+        position: item.position(),
+    })
+}
+
+/// |RestockingFee + RestockingFeeTax| (when a charge) may be at most the configured share
+/// of the Principal refunded in the same item.
+fn check_restocking_fee(
+    c: &mut Collector<'_>,
+    item: Element<'_>,
+    parsed: &[Parsed<'_>],
+    max_percent: u32,
+) {
+    let mut fees = Decimal::ZERO;
+    let mut first_fee = None;
+    let mut principal = Decimal::ZERO;
+    for p in parsed {
+        match p.component {
+            Component::Price(price) if price.is_restocking_fee() => {
+                fees = fees.checked_add(p.amount.value()).unwrap_or(Decimal::MIN);
+                first_fee.get_or_insert(p.amount_element);
+            }
+            Component::Price(PriceComponent::Principal) => principal = p.amount.value(),
+            _ => {}
+        }
+    }
+    if fees >= Decimal::ZERO {
+        return;
+    }
+    let charged = -fees;
+    let percent = Decimal::from(max_percent);
+    let exceeds = match (
+        charged.checked_mul(Decimal::ONE_HUNDRED),
+        principal.checked_mul(percent),
+    ) {
+        (Some(left), Some(right)) => left > right,
+        _ => true,
+    };
+    if exceeds {
+        let allowed = principal
+            .checked_mul(percent)
+            .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
+            .unwrap_or(Decimal::ZERO)
+            .normalize();
+        c.add(
+            Code::RestockingFeeExceedsLimit,
+            first_fee.unwrap_or(item),
+            format!(
+                "restocking fees of {} are more than {max_percent}% of the Principal refunded in this item ({})",
+                charged.normalize(),
+                principal.normalize()
+            ),
+            &format!("charge at most {allowed} as RestockingFee + RestockingFeeTax for this item"),
+        );
+    }
+}
+
+/// A `Component` of `Type` + `Amount`; `parse_type` maps the type name.
+fn check_component<'t>(
+    c: &mut Collector<'t>,
+    component: Element<'t>,
+    allowed: &[&str],
+    parse_type: impl FnOnce(&str) -> Option<Component>,
+) -> Option<Parsed<'t>> {
+    let before = c.count();
+    complex(
+        c,
+        component,
+        &[Particle::one(&["Type"]), Particle::one(&["Amount"])],
+    );
+    let type_element = child(component, "Type")?;
+    let amount_element = child(component, "Amount")?;
+    let mut kind = None;
+    if let Some(text) = simple(c, type_element) {
+        kind = parse_type(text);
+        if kind.is_none() {
+            c.add(
+                Code::UnknownComponentType,
+                type_element,
+                format!("Component Type {text:?} is not one of the schema values"),
+                &format!("use one of {}", allowed.join(", ")),
+            );
+        }
+    }
+    let amount = check_amount(c, amount_element);
+    if c.count() != before {
+        return None;
+    }
+    Some(Parsed {
+        component: kind?,
+        amount: amount?,
+        type_element,
+        amount_element,
+    })
+}
+
+/// An `Amount`: xs:decimal with at most 4 fraction digits and an optional ISO 4217
+/// `currency` attribute that must agree with the message's other amounts.
+fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amount> {
+    let before = c.count();
+    if let Err(what) = check_attributes(element, &["currency"]) {
+        c.schema(element, what);
+    }
+    if let Err(what) = simple_text(element) {
+        c.schema(element, what);
+    }
+    if c.count() != before {
+        return None;
+    }
+    let text = element.text();
+    let amount = match Amount::parse(text) {
+        Ok(amount) if amount.fraction_digits() <= 4 => Some(amount),
+        Ok(amount) => {
+            c.add(
+                Code::AmountFormat,
+                element,
+                format!(
+                    "Amount {text:?} has {} fraction digits; at most 4 are allowed",
+                    amount.fraction_digits()
+                ),
+                "write amounts with at most 4 (normally 2) digits after the decimal point",
+            );
+            None
+        }
+        Err(error) => {
+            let what = match error {
+                AmountError::Format => {
+                    "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)"
+                }
+                AmountError::TooLarge => "has more than 20 integer digits",
+            };
+            c.add(
+                Code::AmountFormat,
+                element,
+                format!("Amount {text:?} {what}"),
+                "write amounts like 12.34 or -4.00",
+            );
+            None
+        }
+    };
+    let code = element
+        .attributes()
+        .find(|(name, _)| *name == "currency")
+        .map(|(_, value)| value);
+    if let Some(code) = code {
+        match Currency::from_code(code) {
+            None => c.add(
+                Code::CurrencyUnknown,
+                element,
+                format!("currency {code:?} is not an ISO 4217 currency code"),
+                "use the order's three-letter ISO 4217 code in upper case, e.g. USD",
+            ),
+            Some(currency) => {
+                if let Some(amount) = amount {
+                    if amount.fraction_digits() > currency.exponent() {
+                        c.add(
+                            Code::AmountPrecision,
+                            element,
+                            format!(
+                                "Amount {} has {} fraction digits but {currency} has {}",
+                                amount,
+                                amount.fraction_digits(),
+                                currency.exponent()
+                            ),
+                            &format!(
+                                "write {currency} amounts with at most {} fraction digits",
+                                currency.exponent()
+                            ),
+                        );
+                    }
+                }
+                match c.currency {
+                    None => c.currency = Some((currency, element)),
+                    Some((first, first_element)) if first != currency => c.add(
+                        Code::CurrencyMismatch,
+                        element,
+                        format!(
+                            "currency {currency} differs from {first} used earlier in this message (line {})",
+                            first_element.position().line
+                        ),
+                        "use one currency, the order's, for all amounts of a message",
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    if c.count() != before {
+        return None;
+    }
+    amount
+}
+
+fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantity> {
+    let text = simple(c, element)?;
+    let name = element.name();
+    match positive_integer(text, u64::from(u32::MAX)) {
+        Ok(value) => u32::try_from(value).ok().and_then(Quantity::new),
+        Err(false) => {
+            c.add(
+                Code::QuantityInvalid,
+                element,
+                format!("{name} {text:?} is not a positive integer"),
+                "write a whole number of units, 1 or more",
+            );
+            None
+        }
+        Err(true) => {
+            c.add(
+                Code::QuantityInvalid,
+                element,
+                format!(
+                    "{name} {} is too large (at most {})",
+                    collapse(text),
+                    u32::MAX
+                ),
+                "write the real number of units",
+            );
+            None
+        }
     }
 }

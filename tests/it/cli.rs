@@ -1,0 +1,325 @@
+//! End-to-end tests of the one-shot commands (`validate`, `process`, `orders`, `feeds`,
+//! `config`) with the real binary on temp folders and a real SQLite store.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/e2e");
+
+/// A temp folder with a config whose folders and SQLite store live inside it.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("adjustd.toml"),
+            "[store]\nurl = \"sqlite:store.db\"\n[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\n",
+        )
+        .expect("write config");
+        Sandbox { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    }
+
+    fn import_orders(&self) {
+        let out = self.run(&[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            &data("orders.txt"),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "import failed: {}",
+            text(&out.stderr)
+        );
+    }
+
+    /// Copies a data feed into the sandbox (so `process` sees a stable name) and processes it.
+    fn process(&self, feed: &str) -> (Output, Vec<PathBuf>) {
+        let copy = self.path(feed);
+        std::fs::copy(Path::new(DATA).join(feed), &copy).expect("copy feed");
+        let out = self.run(&["process", copy.to_str().expect("utf-8 path")]);
+        let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
+        (out, paths)
+    }
+
+    fn order(&self, order_id: &str) -> Value {
+        let out = self.run(&["orders", "show", order_id, "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "orders show: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("orders show prints JSON")
+    }
+}
+
+fn data(name: &str) -> String {
+    format!("{DATA}/{name}")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_report(paths: &[PathBuf]) -> Value {
+    let json = paths
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".report.json"))
+        .expect("a JSON report path was printed");
+    serde_json::from_slice(&std::fs::read(json).expect("read JSON report")).expect("valid JSON")
+}
+
+fn codes(report: &Value) -> Vec<(u64, u64)> {
+    report["results"]
+        .as_array()
+        .expect("results array")
+        .iter()
+        .map(|r| {
+            (
+                r["message_id"].as_u64().expect("id"),
+                r["code"].as_u64().expect("code"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn help_lists_commands_and_exit_codes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--help")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for word in [
+        "run",
+        "process",
+        "validate",
+        "orders",
+        "feeds",
+        "Exit codes",
+        "64",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_and_config_errors_exit_1_naming_the_key() {
+    let sandbox = Sandbox::new();
+    assert_eq!(sandbox.run(&["frobnicate"]).status.code(), Some(64));
+    std::fs::write(sandbox.path("adjustd.toml"), "[inbox]\nsettle = 3\n").expect("write");
+    let out = sandbox.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("settle"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn config_flag_is_accepted_after_the_command() {
+    let sandbox = Sandbox::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .args(["config", "check", "--config"])
+        .arg(sandbox.path("adjustd.toml"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("store.db"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn validate_exit_code_tells_valid_from_invalid() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["validate", &data("refund-ok.xml")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let out = sandbox.run(&["validate", &data("refund-mixed.xml")]);
+    // Message 4 has a negative Principal: a store-free error.
+    assert_eq!(out.status.code(), Some(3));
+    let summary = text(&out.stdout);
+    assert!(summary.contains("message 4"), "{summary}");
+    assert!(summary.contains("18015"), "{summary}");
+    let out = sandbox.run(&["validate", "--format", "json", &data("rejected.xml")]);
+    assert_eq!(out.status.code(), Some(3));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["status"], "Rejected");
+    assert_eq!(codes(&report), vec![(0, 6001)]);
+}
+
+#[test]
+fn process_applies_a_feed_and_orders_show_prints_the_documented_shape() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let (out, paths) = sandbox.process("refund-ok.xml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(paths.len(), 2, "two report paths: {paths:?}");
+    for path in &paths {
+        assert!(path.starts_with(sandbox.path("outbox")), "{path:?}");
+        assert!(path.exists(), "{path:?}");
+    }
+    let report = json_report(&paths);
+    assert_eq!(report["status"], "Complete");
+    assert_eq!(report["summary"]["messages_processed"], 2);
+    assert_eq!(report["summary"]["messages_successful"], 2);
+    assert!(codes(&report).is_empty(), "{report}");
+
+    let order = sandbox.order("111-0000001-0000001");
+    let keys: Vec<&str> = order
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "merchant",
+        "amazon_order_id",
+        "merchant_order_id",
+        "currency",
+        "items",
+        "adjustments",
+    ] {
+        assert!(keys.contains(&key), "orders show lacks {key}: {order}");
+    }
+    assert_eq!(order["merchant"], "M_TEST");
+    assert_eq!(order["currency"], "USD");
+    let item = &order["items"][0];
+    assert_eq!(item["amazon_order_item_code"], "10000000000001");
+    assert_eq!(item["quantity_ordered"], 2);
+    assert_eq!(item["quantity_shipped"], 1);
+    assert_eq!(item["quantity_cancelled"], 1);
+    assert_eq!(item["charged"]["Principal"], "40.00");
+    assert_eq!(item["refunded"]["Principal"], "20.00");
+    assert_eq!(item["refunded"]["Tax"], "1.60");
+    assert_eq!(order["adjustments"].as_array().map(Vec::len), Some(1));
+
+    let returned = sandbox.order("111-0000002-0000002");
+    let item = &returned["items"][0];
+    assert_eq!(item["refunded"]["Principal"], "10.00");
+    assert_eq!(item["refunded"]["RestockingFee"], "-2.00");
+}
+
+#[test]
+fn each_message_gets_its_own_outcome() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let (out, paths) = sandbox.process("refund-mixed.xml");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report = json_report(&paths);
+    let found = codes(&report);
+    for expected in [(1, 18016), (2, 18028), (3, 90203), (4, 18015)] {
+        assert!(
+            found.contains(&expected),
+            "missing {expected:?} in {found:?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|(id, _)| *id == 5),
+        "message 5 is valid: {found:?}"
+    );
+    assert_eq!(report["summary"]["messages_processed"], 5);
+    assert_eq!(report["summary"]["messages_successful"], 1);
+    assert_eq!(report["summary"]["messages_with_error"], 4);
+    let exceeds = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .find(|r| r["code"] == 18016)
+        .expect("18016 result");
+    let description = exceeds["description"].as_str().expect("text");
+    assert!(
+        description.contains("30.01") && description.contains("30.00"),
+        "{description}"
+    );
+    assert_eq!(exceeds["amazon_order_id"], "111-0000002-0000002");
+
+    let order = sandbox.order("111-0000002-0000002");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "30.00");
+    assert_eq!(order["items"][0]["refunded"]["Shipping"], "6.00");
+}
+
+#[test]
+fn the_same_bytes_twice_are_applied_once_and_the_report_names_the_first_feed() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let (_, first) = sandbox.process("refund-ok.xml");
+    let first_id = json_report(&first)["feed_id"].as_u64().expect("feed id");
+    let (out, second) = sandbox.process("refund-ok.xml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_ne!(first, second, "each feed gets its own report pair");
+    let report = json_report(&second);
+    assert_eq!(report["duplicate_of"].as_u64(), Some(first_id));
+    assert_eq!(codes(&report), vec![(0, 90007)]);
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
+    assert_eq!(order["adjustments"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_rejected_feed_changes_nothing() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let (out, paths) = sandbox.process("rejected.xml");
+    assert_eq!(out.status.code(), Some(3));
+    let report = json_report(&paths);
+    assert_eq!(report["status"], "Rejected");
+    assert_eq!(codes(&report), vec![(0, 6001)]);
+    let order = sandbox.order("111-0000002-0000002");
+    assert!(order["adjustments"].as_array().expect("array").is_empty());
+    let xml = paths
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".xml"))
+        .expect("xml");
+    let xml = std::fs::read_to_string(xml).expect("read");
+    assert!(xml.contains("<StatusCode>Rejected</StatusCode>"), "{xml}");
+}
+
+#[test]
+fn unknown_order_exits_3_and_feeds_list_shows_the_feeds() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let out = sandbox.run(&["orders", "show", "000-0000000-0000000"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("not found"));
+    sandbox.process("refund-ok.xml");
+    let out = sandbox.run(&["feeds", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let feeds: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(feeds.as_array().map(Vec::len), Some(1), "{feeds}");
+    assert_eq!(feeds[0]["feed"]["file_name"], "refund-ok.xml");
+    let report = feeds[0]["xml_report"].as_str().expect("path");
+    assert!(Path::new(report).exists(), "{report}");
+}

@@ -1,0 +1,667 @@
+//! Table tests of the engine (TigerBeetle `state_machine_tests` style): every
+//! `tests/data/engine/*.table` file is a scenario in a small text language, run against a
+//! tiny in-test store that commits the engine's `Change`s the way a real store would.
+//!
+//! The store here is deliberately simple (maps) and independent of `src/store`: it checks
+//! that the changes alone describe everything the engine did to its snapshot. It does not
+//! test SQL, validation or reports.
+//!
+//! The language, one statement per line (`#` starts a comment):
+//!
+//! ```text
+//! order 111-0000001-0000001 USD MFN [merchant=MO-1]      an order (import)
+//! item 10000000000001 ordered=2 shipped=1 [cancelled=0] [merchant=MI-1] Principal=20.00 ...
+//!                                                         an item of the last order, charged
+//! set 111-0000001-0000001 10000000000001 [shipped=2] [Principal=30.00]   a re-import
+//! msg 1 order=ID | morder=MO [currency=USD] [action=Refund|Cancel]
+//!   adj item=CODE | mitem=MI reason=R [key=K] [qc=N] [q=N] [Comp=amount ...] [dp:Type=amount]
+//!   => ok [WARNING_CODES...]          applied, with exactly these problems
+//!   => CODE [CODE...]                 not applied, with exactly these problems in order
+//!   says TEXT                         some problem's description or fix contains TEXT
+//! feed                                ends the current feed (messages so far are planned
+//!                                     and committed together); setup and expect lines end
+//!                                     it too
+//! expect ORDER ITEM [cancelled=N] [Comp=refunded ...]   running totals in the store
+//! expect adjustments=N pins=N         counts in the store
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use adjustd::engine::{
+    self, Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, NewAdjustment, OrderState,
+    Plan, Rules, Snapshot,
+};
+use adjustd::model::{
+    ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
+    Component, ComponentAmount, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
+    OrderItemCode, OrderRef, Position, Quantity, SellerId, format_minor,
+};
+use adjustd::problem::{Code, Problem};
+
+/// A store in miniature: orders with running totals, key records and applied adjustments,
+/// changed only through the engine's [`Change`]s.
+#[derive(Debug, Clone, Default)]
+pub struct MiniStore {
+    /// Orders by Amazon id.
+    pub orders: BTreeMap<AmazonOrderId, OrderState>,
+    /// Key records (origin always names a committed feed).
+    pub keys: HashMap<SellerId, KeyRecord>,
+    /// Applied adjustments with their feed, in commit order.
+    pub adjustments: Vec<(u64, NewAdjustment)>,
+    /// Number of pinned rejections.
+    pub pins: usize,
+    next_feed_id: u64,
+}
+
+impl MiniStore {
+    /// Loads what `messages` need into a fresh snapshot, as `FeedTx::load` does.
+    pub fn snapshot_for(&self, messages: &[AdjustmentMessage]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        let needs = engine::needs(&snapshot, messages);
+        for order_ref in &needs.orders {
+            let found = match order_ref {
+                OrderRef::Amazon(id) => self.orders.get(id),
+                OrderRef::Merchant(id) => self
+                    .orders
+                    .values()
+                    .find(|o| o.merchant_order_id.as_ref() == Some(id)),
+            };
+            match found {
+                Some(order) => snapshot.insert_order(order.clone()),
+                None => snapshot.insert_missing_order(order_ref.clone()),
+            }
+        }
+        for key in &needs.keys {
+            snapshot.insert_key(key.clone(), self.keys.get(key).cloned());
+        }
+        assert!(
+            engine::needs(&snapshot, messages).is_empty(),
+            "needs must be satisfied after loading"
+        );
+        snapshot
+    }
+
+    /// Commits a plan's changes as feed `feed_id`.
+    pub fn apply(&mut self, feed_id: u64, changes: &[Change]) {
+        for change in changes {
+            match change {
+                Change::Adjust(adjustment) => {
+                    let order = self
+                        .orders
+                        .get_mut(&adjustment.amazon_order_id)
+                        .expect("adjusted order exists");
+                    let item = order
+                        .items
+                        .iter_mut()
+                        .find(|i| i.code == adjustment.item_code)
+                        .expect("adjusted item exists");
+                    for (component, minor) in &adjustment.amounts {
+                        let totals = item.components.entry(*component).or_default();
+                        totals.refunded = totals.refunded.checked_add(*minor).expect("no overflow");
+                    }
+                    item.quantity_cancelled += adjustment.quantity_cancelled;
+                    if let Some(key) = &adjustment.key {
+                        let previous = self.keys.insert(
+                            key.clone(),
+                            KeyRecord {
+                                payload_hash: adjustment.payload_hash.clone(),
+                                origin: KeyOrigin {
+                                    feed_id: Some(feed_id),
+                                    message_id: adjustment.message_id,
+                                },
+                                rejection: None,
+                            },
+                        );
+                        assert!(previous.is_none(), "I5: key {key} got a second outcome");
+                    }
+                    self.adjustments.push((feed_id, adjustment.clone()));
+                }
+                Change::PinRejection {
+                    key,
+                    payload_hash,
+                    message_id,
+                    code,
+                } => {
+                    let previous = self.keys.insert(
+                        key.clone(),
+                        KeyRecord {
+                            payload_hash: payload_hash.clone(),
+                            origin: KeyOrigin {
+                                feed_id: Some(feed_id),
+                                message_id: *message_id,
+                            },
+                            rejection: Some(*code),
+                        },
+                    );
+                    assert!(previous.is_none(), "I5: key {key} got a second outcome");
+                    self.pins += 1;
+                }
+            }
+        }
+    }
+
+    /// Plans `messages` as one feed and commits the changes; checks that the snapshot the
+    /// engine updated equals the store after the commit.
+    pub fn run_feed(&mut self, messages: &[AdjustmentMessage]) -> Plan {
+        self.next_feed_id += 1;
+        let feed_id = self.next_feed_id;
+        let mut snapshot = self.snapshot_for(messages);
+        let plan = engine::plan(&mut snapshot, &merchant(), messages, &Rules::default());
+        assert_eq!(
+            plan.outcomes.len(),
+            messages.len(),
+            "one outcome per message"
+        );
+        self.apply(feed_id, &plan.changes);
+        for order in snapshot.orders() {
+            assert_eq!(
+                Some(order),
+                self.orders.get(&order.amazon_order_id),
+                "the engine's snapshot and the committed changes disagree"
+            );
+        }
+        for (key, record) in snapshot.keys() {
+            let stored = self
+                .keys
+                .get(key)
+                .expect("every key in the snapshot is stored");
+            assert_eq!(stored.payload_hash, record.payload_hash);
+            assert_eq!(stored.rejection, record.rejection);
+            assert_eq!(stored.origin.message_id, record.origin.message_id);
+        }
+        plan
+    }
+}
+
+/// The merchant of every scenario.
+pub fn merchant() -> MerchantId {
+    MerchantId::new("M1").expect("valid merchant")
+}
+
+#[derive(Debug)]
+struct Expectation {
+    line: usize,
+    applied: bool,
+    codes: Vec<Code>,
+    says: Vec<String>,
+}
+
+struct Scenario<'a> {
+    name: &'a str,
+    store: MiniStore,
+    pending: Vec<AdjustmentMessage>,
+    expectations: Vec<Expectation>,
+    last_order: Option<AmazonOrderId>,
+    n_checked: usize,
+}
+
+impl Scenario<'_> {
+    fn fail(&self, line: usize, what: &str) -> ! {
+        panic!("{}:{line}: {what}", self.name)
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let messages = std::mem::take(&mut self.pending);
+        let expectations = std::mem::take(&mut self.expectations);
+        let plan = self.store.run_feed(&messages);
+        for ((message, outcome), expected) in messages.iter().zip(&plan.outcomes).zip(&expectations)
+        {
+            let line = expected.line;
+            assert_eq!(outcome.message_id, message.message_id);
+            let codes: Vec<Code> = outcome.problems.iter().map(|p| p.code).collect();
+            if outcome.applied != expected.applied || codes != expected.codes {
+                self.fail(
+                    line,
+                    &format!(
+                        "message {}: expected {} {:?}, got {} {:?}\n{}",
+                        message.message_id,
+                        if expected.applied {
+                            "applied"
+                        } else {
+                            "rejected"
+                        },
+                        expected.codes.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                        if outcome.applied {
+                            "applied"
+                        } else {
+                            "rejected"
+                        },
+                        codes.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                        render(&outcome.problems)
+                    ),
+                );
+            }
+            for problem in &outcome.problems {
+                check_problem_facts(message, problem)
+                    .unwrap_or_else(|what| self.fail(line, &format!("{what}: {problem}")));
+            }
+            for text in &expected.says {
+                let found = outcome.problems.iter().any(|p| {
+                    p.description.contains(text.as_str()) || p.fix.contains(text.as_str())
+                });
+                if !found {
+                    self.fail(
+                        line,
+                        &format!("no problem says {text:?}:\n{}", render(&outcome.problems)),
+                    );
+                }
+            }
+            self.n_checked += 1;
+        }
+    }
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}\n"))
+        .collect::<String>()
+}
+
+/// Every problem names its message, an element path, a position, the facts and a fix, and
+/// the order when the message named it by Amazon id.
+pub fn check_problem_facts(message: &AdjustmentMessage, problem: &Problem) -> Result<(), String> {
+    if problem.message_id != message.message_id {
+        return Err("wrong message id".into());
+    }
+    if !problem.element.starts_with("Message/OrderAdjustment/") {
+        return Err("element path does not start at the message".into());
+    }
+    if problem.position.is_none() {
+        return Err("no position".into());
+    }
+    if problem.description.is_empty() || problem.fix.is_empty() {
+        return Err("empty description or fix".into());
+    }
+    if let OrderRef::Amazon(id) = &message.order
+        && problem.amazon_order_id.as_deref() != Some(id.as_str())
+    {
+        return Err("AmazonOrderID missing".into());
+    }
+    if problem.element.contains("AdjustedItem[") {
+        let all_amazon = message
+            .items
+            .iter()
+            .all(|i| matches!(i.item, ItemRef::Amazon(_)));
+        if all_amazon && problem.amazon_order_item_code.is_none() {
+            return Err("AmazonOrderItemCode missing".into());
+        }
+    }
+    Ok(())
+}
+
+fn fields(tokens: &[&str]) -> Vec<(String, String)> {
+    tokens
+        .iter()
+        .map(|t| match t.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (t.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn amount(raw: &str) -> Amount {
+    Amount::parse(raw).unwrap_or_else(|_| panic!("bad amount {raw}"))
+}
+
+fn code_by_name(name: &str) -> Option<Code> {
+    Code::ALL.iter().copied().find(|c| c.name() == name)
+}
+
+fn run_table(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).expect("table file is readable");
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("?");
+    let mut scenario = Scenario {
+        name,
+        store: MiniStore::default(),
+        pending: Vec::new(),
+        expectations: Vec::new(),
+        last_order: None,
+        n_checked: 0,
+    };
+    for (line_index, raw_line) in text.lines().enumerate() {
+        let line_no = line_index + 1;
+        let line = raw_line.split('#').next().unwrap_or("").trim();
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        let Some((&head, rest)) = tokens.split_first() else {
+            continue;
+        };
+        let position = |column: usize| Position {
+            line: u32::try_from(line_no).expect("small file"),
+            column: u32::try_from(column + 1).expect("small line"),
+        };
+        match head {
+            "order" => {
+                scenario.flush();
+                let [id, currency, channel, extra @ ..] = rest else {
+                    scenario.fail(line_no, "order ID CURRENCY CHANNEL [merchant=MO]");
+                };
+                let id = AmazonOrderId::new(id)
+                    .unwrap_or_else(|| scenario.fail(line_no, "bad order id"));
+                let mut order = OrderState {
+                    amazon_order_id: id.clone(),
+                    merchant_order_id: None,
+                    currency: Currency::from_code(currency)
+                        .unwrap_or_else(|| scenario.fail(line_no, "bad currency")),
+                    channel: channel
+                        .parse::<FulfillmentChannel>()
+                        .unwrap_or_else(|()| scenario.fail(line_no, "bad channel")),
+                    items: Vec::new(),
+                };
+                for (k, v) in fields(extra) {
+                    match k.as_str() {
+                        "merchant" => order.merchant_order_id = SellerId::new(&v),
+                        _ => scenario.fail(line_no, &format!("unknown field {k}")),
+                    }
+                }
+                scenario.store.orders.insert(id.clone(), order);
+                scenario.last_order = Some(id);
+            }
+            "item" | "set" => {
+                scenario.flush();
+                let (order_id, code, extra) = if head == "item" {
+                    let [code, extra @ ..] = rest else {
+                        scenario.fail(line_no, "item CODE ...");
+                    };
+                    let order_id = scenario
+                        .last_order
+                        .clone()
+                        .unwrap_or_else(|| scenario.fail(line_no, "item before any order"));
+                    (order_id, *code, extra)
+                } else {
+                    let [order_id, code, extra @ ..] = rest else {
+                        scenario.fail(line_no, "set ORDER ITEM ...");
+                    };
+                    let order_id = AmazonOrderId::new(order_id)
+                        .unwrap_or_else(|| scenario.fail(line_no, "bad order id"));
+                    (order_id, *code, extra)
+                };
+                let code = OrderItemCode::new(code)
+                    .unwrap_or_else(|| scenario.fail(line_no, "bad item code"));
+                let Some(order) = scenario.store.orders.get_mut(&order_id) else {
+                    scenario.fail(line_no, "unknown order")
+                };
+                let currency = order.currency;
+                if head == "item" {
+                    order.items.push(ItemState {
+                        code: code.clone(),
+                        merchant_item_id: None,
+                        quantity_ordered: 1,
+                        quantity_shipped: 0,
+                        quantity_cancelled: 0,
+                        components: BTreeMap::new(),
+                    });
+                }
+                let Some(item) = order.items.iter_mut().find(|i| i.code == code) else {
+                    panic!("{name}:{line_no}: unknown item")
+                };
+                for (k, v) in fields(extra) {
+                    let number = || {
+                        v.parse::<u32>()
+                            .unwrap_or_else(|_| panic!("{name}:{line_no}: bad number {v}"))
+                    };
+                    match k.as_str() {
+                        "ordered" => item.quantity_ordered = number(),
+                        "shipped" => item.quantity_shipped = number(),
+                        "cancelled" => item.quantity_cancelled = number(),
+                        "merchant" => item.merchant_item_id = SellerId::new(&v),
+                        other => {
+                            let component = Component::from_name(other).unwrap_or_else(|| {
+                                panic!("{name}:{line_no}: unknown field {other}")
+                            });
+                            let charged = amount(&v)
+                                .to_minor(currency)
+                                .unwrap_or_else(|| panic!("{name}:{line_no}: too precise"));
+                            item.components
+                                .entry(component)
+                                .or_insert(ComponentTotals::default())
+                                .charged = charged;
+                        }
+                    }
+                }
+            }
+            "msg" => {
+                let [id, extra @ ..] = rest else {
+                    scenario.fail(line_no, "msg ID ...");
+                };
+                let message_id = id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(MessageId::new)
+                    .unwrap_or_else(|| scenario.fail(line_no, "bad message id"));
+                let mut order = None;
+                let mut currency = None;
+                let mut action = None;
+                for (k, v) in fields(extra) {
+                    match k.as_str() {
+                        "order" => order = AmazonOrderId::new(&v).map(OrderRef::Amazon),
+                        "morder" => order = SellerId::new(&v).map(OrderRef::Merchant),
+                        "currency" => currency = Currency::from_code(&v),
+                        "action" => action = v.parse::<ActionType>().ok(),
+                        _ => scenario.fail(line_no, &format!("unknown field {k}")),
+                    }
+                }
+                let order =
+                    order.unwrap_or_else(|| scenario.fail(line_no, "msg needs order= or morder="));
+                scenario.pending.push(AdjustmentMessage {
+                    message_id,
+                    order,
+                    action,
+                    currency,
+                    items: Vec::new(),
+                    position: position(0),
+                });
+            }
+            "adj" => {
+                let Some(message) = scenario.pending.last_mut() else {
+                    panic!("{name}:{line_no}: adj outside a msg")
+                };
+                let mut item = AdjustedItem {
+                    item: ItemRef::Merchant(SellerId::new("unset").expect("valid")),
+                    key: None,
+                    reason: AdjustmentReason::CustomerReturn,
+                    amounts: Vec::new(),
+                    direct_payments: Vec::new(),
+                    quantity_cancelled: None,
+                    quantity: None,
+                    position: position(2),
+                };
+                let mut has_item = false;
+                for (column, (k, v)) in fields(rest).into_iter().enumerate() {
+                    let bad = |what: &str| -> ! { panic!("{name}:{line_no}: {what} {k}={v}") };
+                    match k.as_str() {
+                        "item" => {
+                            item.item = ItemRef::Amazon(
+                                OrderItemCode::new(&v).unwrap_or_else(|| bad("bad item")),
+                            );
+                            has_item = true;
+                        }
+                        "mitem" => {
+                            item.item = ItemRef::Merchant(
+                                SellerId::new(&v).unwrap_or_else(|| bad("bad item")),
+                            );
+                            has_item = true;
+                        }
+                        "key" => {
+                            item.key = Some(SellerId::new(&v).unwrap_or_else(|| bad("bad key")))
+                        }
+                        "reason" => item.reason = v.parse().unwrap_or_else(|()| bad("bad reason")),
+                        "qc" => item.quantity_cancelled = v.parse().ok().and_then(Quantity::new),
+                        "q" => item.quantity = v.parse().ok().and_then(Quantity::new),
+                        other => {
+                            if let Some(kind) = other.strip_prefix("dp:") {
+                                item.direct_payments.push((kind.to_owned(), amount(&v)));
+                            } else {
+                                let component = Component::from_name(other)
+                                    .unwrap_or_else(|| bad("unknown field"));
+                                item.amounts.push(ComponentAmount {
+                                    component,
+                                    amount: amount(&v),
+                                    position: position(column + 10),
+                                });
+                            }
+                        }
+                    }
+                }
+                if !has_item {
+                    panic!("{name}:{line_no}: adj needs item= or mitem=");
+                }
+                message.items.push(item);
+            }
+            "=>" => {
+                let (applied, codes) = match rest.split_first() {
+                    Some((&"ok", codes)) => (true, codes),
+                    _ => (false, rest),
+                };
+                let codes = codes
+                    .iter()
+                    .map(|c| {
+                        code_by_name(c)
+                            .unwrap_or_else(|| panic!("{name}:{line_no}: unknown code {c}"))
+                    })
+                    .collect();
+                if scenario.expectations.len() + 1 != scenario.pending.len() {
+                    scenario.fail(line_no, "one => line per msg, after its adj lines");
+                }
+                scenario.expectations.push(Expectation {
+                    line: line_no,
+                    applied,
+                    codes,
+                    says: Vec::new(),
+                });
+            }
+            "says" => {
+                let text = line.trim_start_matches("says").trim().to_owned();
+                let Some(expectation) = scenario.expectations.last_mut() else {
+                    panic!("{name}:{line_no}: says before =>")
+                };
+                expectation.says.push(text);
+            }
+            "feed" => scenario.flush(),
+            "expect" => {
+                scenario.flush();
+                check_expect(&scenario, line_no, rest);
+            }
+            other => scenario.fail(line_no, &format!("unknown statement {other}")),
+        }
+    }
+    if scenario.expectations.len() != scenario.pending.len() {
+        scenario.fail(0, "the last msg has no => line");
+    }
+    scenario.flush();
+    scenario.n_checked
+}
+
+fn check_expect(scenario: &Scenario<'_>, line_no: usize, rest: &[&str]) {
+    let store = &scenario.store;
+    if let [first, ..] = rest
+        && first.contains('=')
+    {
+        for (k, v) in fields(rest) {
+            let expected: usize = v
+                .parse()
+                .unwrap_or_else(|_| scenario.fail(line_no, "bad count"));
+            let actual = match k.as_str() {
+                "adjustments" => store.adjustments.len(),
+                "pins" => store.pins,
+                _ => scenario.fail(line_no, &format!("unknown count {k}")),
+            };
+            if actual != expected {
+                scenario.fail(line_no, &format!("{k}: expected {expected}, got {actual}"));
+            }
+        }
+        return;
+    }
+    let [order_id, code, checks @ ..] = rest else {
+        scenario.fail(line_no, "expect ORDER ITEM ...");
+    };
+    let order = AmazonOrderId::new(order_id)
+        .and_then(|id| store.orders.get(&id))
+        .unwrap_or_else(|| scenario.fail(line_no, "unknown order"));
+    let item = order
+        .items
+        .iter()
+        .find(|i| i.code.as_str() == *code)
+        .unwrap_or_else(|| scenario.fail(line_no, "unknown item"));
+    for (k, v) in fields(checks) {
+        if k == "cancelled" {
+            let expected: u32 = v
+                .parse()
+                .unwrap_or_else(|_| scenario.fail(line_no, "bad number"));
+            if item.quantity_cancelled != expected {
+                scenario.fail(
+                    line_no,
+                    &format!(
+                        "cancelled: expected {expected}, got {}",
+                        item.quantity_cancelled
+                    ),
+                );
+            }
+            continue;
+        }
+        let component =
+            Component::from_name(&k).unwrap_or_else(|| scenario.fail(line_no, "unknown component"));
+        let expected = amount(&v)
+            .to_minor(order.currency)
+            .unwrap_or_else(|| scenario.fail(line_no, "too precise"));
+        let actual = item.components.get(&component).map_or(0, |t| t.refunded);
+        if actual != expected {
+            scenario.fail(
+                line_no,
+                &format!(
+                    "{component} refunded: expected {}, got {}",
+                    format_minor(expected, order.currency),
+                    format_minor(actual, order.currency)
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn engine_tables() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/engine");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/data/engine exists")
+        .map(|entry| entry.expect("readable dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "table"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no table files in {}", dir.display());
+    let mut seen_codes = std::collections::BTreeSet::new();
+    let mut n_messages = 0;
+    for path in &paths {
+        n_messages += run_table(path);
+        let text = std::fs::read_to_string(path).expect("readable");
+        for line in text.lines().map(str::trim).filter(|l| l.starts_with("=>")) {
+            seen_codes.extend(line.split_whitespace().filter_map(code_by_name));
+        }
+    }
+    assert!(n_messages > 0);
+    // At least one case per code the engine produces.
+    for code in [
+        Code::DuplicateAdjustment,
+        Code::IdempotencyConflict,
+        Code::OrderNotFound,
+        Code::ItemNotInOrder,
+        Code::OrderNotAdjustable,
+        Code::CurrencyMismatch,
+        Code::AmountPrecision,
+        Code::PositiveChargeComponent,
+        Code::CancelExceedsUnshipped,
+        Code::QuantityExceedsShipped,
+        Code::ComponentExceedsRemaining,
+        Code::NegativeRefundComponent,
+        Code::LinkedItemFailed,
+    ] {
+        assert!(
+            seen_codes.contains(&code),
+            "no table case for {}",
+            code.name()
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Tests of `pipeline::process_file` through the library: crash recovery by claim token,
+//! merchant binding, duplicate policy, and state carried across message chunks. Real
+//! SQLite files in temp folders.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use adjustd::engine::Rules;
+use adjustd::feed::Limits;
+use adjustd::model::MerchantId;
+use adjustd::pipeline::{self, Context, DuplicatePolicy, Source};
+use adjustd::problem::Code;
+use adjustd::store::{AnyStore, FeedStatus, import};
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/e2e");
+
+fn merchant() -> MerchantId {
+    MerchantId::new("M_TEST").expect("valid merchant")
+}
+
+fn context(dir: &Path) -> Context {
+    let mut store =
+        AnyStore::open(&format!("sqlite:{}", dir.join("store.db").display())).expect("open store");
+    let report = std::fs::read_to_string(Path::new(DATA).join("orders.txt")).expect("orders");
+    let rows = import::parse_order_report(&report).expect("parse order report");
+    store
+        .as_store()
+        .import_orders(&merchant(), &rows)
+        .expect("import");
+    Context {
+        store,
+        rules: Rules::default(),
+        limits: Limits::default(),
+        duplicate_policy: DuplicatePolicy::Skip,
+        outbox: dir.join("outbox"),
+    }
+}
+
+fn source<'a>(path: &'a Path, claim_token: Option<&'a str>) -> Source<'a> {
+    Source {
+        path,
+        file_name: "feed.xml",
+        claim_token,
+        bound_merchant: None,
+        allowed_merchants: None,
+    }
+}
+
+fn codes(outcome: &adjustd::report::FeedOutcome) -> Vec<(u64, Code)> {
+    outcome
+        .results
+        .iter()
+        .map(|p| (p.message_id.get(), p.code))
+        .collect()
+}
+
+#[test]
+fn a_committed_claim_is_not_applied_again_and_its_report_is_re_emitted_unchanged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = PathBuf::from(DATA).join("refund-ok.xml");
+    let first =
+        pipeline::process_file(&mut context, &source(&feed, Some("claim-1"))).expect("process");
+    assert!(!first.recovered);
+    let xml = std::fs::read(&first.xml_report).expect("xml report");
+    let json = std::fs::read(&first.json_report).expect("json report");
+    // The crash: reports lost after the commit.
+    std::fs::remove_file(&first.xml_report).expect("rm");
+    std::fs::remove_file(&first.json_report).expect("rm");
+
+    let again =
+        pipeline::process_file(&mut context, &source(&feed, Some("claim-1"))).expect("process");
+    assert!(again.recovered);
+    assert_eq!(again.outcome, first.outcome);
+    assert_eq!(std::fs::read(&again.xml_report).expect("xml"), xml);
+    assert_eq!(std::fs::read(&again.json_report).expect("json"), json);
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert_eq!(orders[0].adjustments.len(), 1, "applied exactly once");
+}
+
+#[test]
+fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = PathBuf::from(DATA).join("refund-ok.xml");
+    let other = MerchantId::new("OTHER").expect("valid");
+    let mut src = source(&feed, Some("claim-2"));
+    src.bound_merchant = Some(&other);
+    let processed = pipeline::process_file(&mut context, &src).expect("process");
+    assert_eq!(processed.outcome.status, FeedStatus::Rejected);
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(0, Code::MerchantNotAllowed)]
+    );
+    assert!(
+        processed
+            .xml_report
+            .starts_with(dir.path().join("outbox/OTHER"))
+    );
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert!(orders[0].adjustments.is_empty());
+
+    let allowed = [other];
+    let mut src = source(&feed, None);
+    src.allowed_merchants = Some(&allowed);
+    let processed = pipeline::process_file(&mut context, &src).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(0, Code::MerchantNotAllowed)]
+    );
+}
+
+#[test]
+fn with_duplicate_feeds_processed_the_idempotency_keys_still_prevent_a_second_refund() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    context.duplicate_policy = DuplicatePolicy::Process;
+    let feed = PathBuf::from(DATA).join("refund-ok.xml");
+    let first = pipeline::process_file(&mut context, &source(&feed, None)).expect("first");
+    let second = pipeline::process_file(&mut context, &source(&feed, None)).expect("second");
+    assert_eq!(second.outcome.duplicate_of, Some(first.outcome.feed_id));
+    assert_eq!(
+        codes(&second.outcome),
+        vec![
+            (1, Code::DuplicateAdjustment),
+            (2, Code::DuplicateAdjustment)
+        ]
+    );
+    assert_eq!(second.outcome.messages_successful, 2);
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert_eq!(orders[0].adjustments.len(), 1);
+}
+
+#[test]
+fn later_messages_see_earlier_ones_across_chunks() {
+    // 5,000 one-cent refunds of a Principal charged 40.00: the first 4,000 apply, the rest
+    // exceed what remains. The pipeline plans in chunks of 4,096 messages, so the cap is
+    // reached in the second chunk only if the snapshot carries over.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
+    );
+    for id in 1..=5000 {
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">0.01</Amount></Component>\
+             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.path().join("many.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(processed.outcome.messages_processed, 5000);
+    assert_eq!(processed.outcome.messages_successful, 4000);
+    assert_eq!(processed.outcome.messages_with_error, 1000);
+    let first_error = processed.outcome.results.first().expect("errors");
+    assert_eq!(
+        (first_error.message_id.get(), first_error.code),
+        (4001, Code::ComponentExceedsRemaining)
+    );
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert_eq!(
+        orders[0].items[0]
+            .refunded
+            .get("Principal")
+            .map(String::as_str),
+        Some("40.00")
+    );
+}
