@@ -1,36 +1,618 @@
-//! The daemon: event loop over the inbox, retries with backoff, shutdown on signals,
-//! metrics and health endpoint. The only module that spawns tasks.
+//! The daemon: one worker thread that owns the inbox watch, the readiness tracker and the
+//! pipeline context (recover `work/`, list, claim, process, move, repeat), retries with
+//! capped exponential backoff on transient errors, graceful shutdown that never cancels a
+//! feed in hand, and the optional metrics/health listener. No business rules and no signal
+//! handling (the CLI turns signals into the cancellation token).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::InboxConfig;
-use crate::pipeline::Context;
+use crate::inbox::ready::{ContentDecision, ReadyFile, ReadyRules, Tracker};
+use crate::inbox::watch::{ActiveMode, Wake, Watch};
+use crate::inbox::{
+    self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
+};
+use crate::metrics::{FeedResult, Metrics, ScanReason};
+use crate::pipeline::{self, Context, ProcessError, Processed, Source};
+use crate::store::FeedStatus;
 
-/// Resolved daemon settings.
+/// The daemon's configuration, resolved.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    /// Inbox settings.
+    /// The watched folder.
     pub inbox: InboxConfig,
-    /// Shutdown deadline.
+    /// How long shutdown waits for the feed in hand before giving up (the feed is then
+    /// recovered at the next start).
     pub shutdown_timeout: Duration,
-    /// Backoff cap.
+    /// Longest wait between retries of a feed that failed transiently, and between content
+    /// checks of an incomplete upload.
     pub max_backoff: Duration,
-    /// Health/metrics listener.
+    /// Where to serve `/healthz` and `/metrics`; off when `None`.
     pub http_listen: Option<SocketAddr>,
 }
 
-/// Runs until `shutdown` is cancelled.
+impl DaemonConfig {
+    /// A configuration with the documented defaults around `inbox`.
+    pub fn with_defaults(inbox: InboxConfig) -> DaemonConfig {
+        DaemonConfig {
+            inbox,
+            shutdown_timeout: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(64),
+            http_listen: None,
+        }
+    }
+}
+
+/// Capacity of the queue between the notify callback and the worker. Overflow is harmless
+/// (a listing follows), so it is small.
+const WAKE_QUEUE: usize = 256;
+
+/// Most claims made before processing starts; they share one fsync per folder.
+const CLAIM_BATCH: usize = 64;
+
+/// Shortest time between two listings triggered by events, so a burst of events (or a
+/// writer appending in small pieces) costs a few listings, not thousands.
+const EVENT_COALESCE: Duration = Duration::from_millis(15);
+
+/// Runs the daemon until `shutdown` is cancelled: checks the folder layout, recovers the
+/// feeds left in `work/`, then watches the inbox. On shutdown it stops taking new files,
+/// finishes the feed in hand and returns `Ok`.
 ///
 /// # Errors
-/// Fatal errors only.
+/// A refused folder layout, an HTTP address that cannot be bound, a `work/` folder that
+/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`.
 pub async fn run(
     config: DaemonConfig,
     context: Context,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let _ = (config, context, shutdown);
-    anyhow::bail!("the daemon is being written")
+    inbox::check_layout(&config.inbox)?;
+    let metrics = Arc::new(Metrics::new());
+    let http_stop = CancellationToken::new();
+    let mut http_task = None;
+    if let Some(address) = config.http_listen {
+        let listener = crate::metrics::bind(address)
+            .await
+            .with_context(|| format!("binding the http listener on {address}"))?;
+        let bound = listener.local_addr().unwrap_or(address);
+        tracing::info!(address = %bound, "http listener ready (/healthz, /metrics)");
+        http_task = Some(tokio::spawn(crate::metrics::serve(
+            listener,
+            Arc::clone(&metrics),
+            http_stop.clone(),
+        )));
+    }
+
+    let (wake_sender, wake_receiver) = std::sync::mpsc::sync_channel(WAKE_QUEUE);
+    let (done_sender, done_receiver) = tokio::sync::oneshot::channel();
+    let worker = Worker::new(
+        config.clone(),
+        context,
+        Arc::clone(&metrics),
+        wake_sender.clone(),
+        wake_receiver,
+        shutdown.clone(),
+    );
+    // A plain thread, not spawn_blocking: if shutdown times out we must be able to return
+    // without the runtime waiting for the feed in hand.
+    std::thread::Builder::new()
+        .name("adjustd-worker".into())
+        .spawn(move || {
+            let result = worker.run();
+            let _ = done_sender.send(result);
+        })
+        .context("starting the worker thread")?;
+
+    let mut done_receiver = done_receiver;
+    let result = tokio::select! {
+        result = &mut done_receiver => Some(result),
+        () = shutdown.cancelled() => None,
+    };
+    let result = match result {
+        Some(result) => {
+            result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
+        }
+        None => {
+            tracing::info!(
+                timeout_secs = config.shutdown_timeout.as_secs_f64(),
+                "shutting down, finishing the feed in hand"
+            );
+            let _ = wake_sender.try_send(Wake::Shutdown);
+            match tokio::time::timeout(config.shutdown_timeout, done_receiver).await {
+                Ok(result) => {
+                    result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
+                }
+                Err(_) => Err(anyhow::anyhow!(
+                    "shutdown did not finish within {:?}; the feed in hand stays in {} and is recovered at the next start",
+                    config.shutdown_timeout,
+                    config.inbox.work.display()
+                )),
+            }
+        }
+    };
+    http_stop.cancel();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    if result.is_ok() {
+        tracing::info!("stopped");
+    }
+    result
+}
+
+/// The worker: everything blocking, in one thread, one feed at a time.
+struct Worker {
+    config: DaemonConfig,
+    context: Context,
+    metrics: Arc<Metrics>,
+    wake_sender: SyncSender<Wake>,
+    wakes: Receiver<Wake>,
+    shutdown: CancellationToken,
+    tracker: Tracker,
+    tokens: ClaimTokens,
+    inbox_missing: bool,
+}
+
+impl Worker {
+    fn new(
+        config: DaemonConfig,
+        context: Context,
+        metrics: Arc<Metrics>,
+        wake_sender: SyncSender<Wake>,
+        wakes: Receiver<Wake>,
+        shutdown: CancellationToken,
+    ) -> Worker {
+        let tracker = Tracker::new(ReadyRules {
+            settle: config.inbox.settle,
+            ignore: config.inbox.ignore.clone(),
+            done_marker: config.inbox.done_marker.clone(),
+            truncated_grace: config.inbox.truncated_grace,
+            max_backoff: config.max_backoff,
+        });
+        Worker {
+            config,
+            context,
+            metrics,
+            wake_sender,
+            wakes,
+            shutdown,
+            tracker,
+            tokens: ClaimTokens::new(),
+            inbox_missing: false,
+        }
+    }
+
+    fn run(mut self) -> anyhow::Result<()> {
+        let leftovers = inbox::leftovers(&self.config.inbox, &self.tokens).with_context(|| {
+            format!(
+                "recovering feeds left in {}",
+                self.config.inbox.work.display()
+            )
+        })?;
+        if !leftovers.is_empty() {
+            tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
+        }
+        let mut syncs = Syncs::new();
+        for claim in leftovers {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.process(claim, &mut syncs);
+        }
+        self.sync(&mut syncs);
+        if self.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let mut watch = Watch::start(
+            &self.config.inbox.inbox,
+            self.config.inbox.watch,
+            self.wake_sender.clone(),
+            Arc::clone(&self.metrics),
+        );
+        let mut reason = ScanReason::Startup;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(());
+            }
+            watch.refresh();
+            if watch.take_overflow() && reason == ScanReason::Event {
+                reason = ScanReason::Overflow;
+            }
+            let last_scan = Instant::now();
+            let processed = self.scan_and_process(reason);
+            if processed > 0 {
+                // After a batch the listing is stale: look again at once.
+                reason = ScanReason::Followup;
+                continue;
+            }
+            reason = self.wait(&watch, last_scan);
+        }
+    }
+
+    /// Sleeps until an event, the end of a settle time or backoff, the periodic scan, or
+    /// shutdown; says why it woke.
+    fn wait(&mut self, watch: &Watch, last_scan: Instant) -> ScanReason {
+        let period = if watch.mode() == ActiveMode::Poll || self.inbox_missing {
+            self.config.inbox.poll_interval
+        } else {
+            self.config.inbox.rescan_interval
+        };
+        let timer = last_scan + period;
+        let deadline = self
+            .tracker
+            .next_deadline()
+            .map_or(timer, |next| next.min(timer));
+        let reason = loop {
+            let now = Instant::now();
+            if self.shutdown.is_cancelled() {
+                return ScanReason::Followup;
+            }
+            if deadline <= now {
+                break if deadline == timer {
+                    ScanReason::Timer
+                } else {
+                    ScanReason::Followup
+                };
+            }
+            match self.wakes.recv_timeout(deadline - now) {
+                Ok(Wake::Event) => break ScanReason::Event,
+                Ok(Wake::Rescan) => break ScanReason::Overflow,
+                Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    return ScanReason::Followup;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        };
+        if matches!(reason, ScanReason::Event | ScanReason::Overflow) {
+            let earliest = last_scan + EVENT_COALESCE;
+            let now = Instant::now();
+            if earliest > now {
+                std::thread::sleep(earliest - now);
+            }
+        }
+        // Everything queued so far is covered by the listing that follows.
+        let mut reason = reason;
+        loop {
+            match self.wakes.try_recv() {
+                Ok(Wake::Rescan) => reason = ScanReason::Overflow,
+                Ok(_) => {}
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        reason
+    }
+
+    /// Lists the inbox, then claims and processes every ready file; returns how many.
+    fn scan_and_process(&mut self, reason: ScanReason) -> usize {
+        self.metrics.scanned(reason);
+        let listing = match inbox::list(&self.config.inbox) {
+            Ok(listing) => {
+                if self.inbox_missing {
+                    tracing::info!(inbox = %self.config.inbox.inbox.display(), "inbox is back");
+                    self.inbox_missing = false;
+                }
+                listing
+            }
+            Err(error) => {
+                if !self.inbox_missing {
+                    tracing::error!(inbox = %self.config.inbox.inbox.display(), error = %error, "cannot list the inbox, waiting for it");
+                    self.inbox_missing = true;
+                }
+                Vec::new()
+            }
+        };
+        let now = Instant::now();
+        let observation = self.tracker.observe(&listing, now);
+        for listed in &observation.not_followed {
+            tracing::warn!(
+                file = %listed.name.display_path(),
+                kind = listed.kind.as_str(),
+                "not a regular file, not followed; left in the inbox"
+            );
+        }
+        self.update_waiting(now);
+        let mut processed = 0;
+        let mut ready = observation.ready.into_iter().peekable();
+        while ready.peek().is_some() && !self.shutdown.is_cancelled() {
+            // Claim a batch, make the claims durable with one fsync per folder, then
+            // process them one by one.
+            let mut syncs = Syncs::new();
+            let mut batch = Vec::new();
+            for ready_file in ready.by_ref() {
+                if let Some(claim) = self.gate_and_claim(&ready_file, &mut syncs) {
+                    batch.push(claim);
+                    if batch.len() == CLAIM_BATCH {
+                        break;
+                    }
+                }
+            }
+            self.sync(&mut syncs);
+            let mut batch = batch.into_iter();
+            while let Some(claim) = batch.next() {
+                if self.shutdown.is_cancelled() {
+                    self.release(std::iter::once(claim).chain(batch.by_ref()), &mut syncs);
+                    break;
+                }
+                self.process(claim, &mut syncs);
+                processed += 1;
+                self.update_waiting(Instant::now());
+            }
+            self.sync(&mut syncs);
+        }
+        processed
+    }
+
+    /// Gives claims that were not started back to the inbox (shutdown).
+    fn release(&self, claims: impl Iterator<Item = Claim>, syncs: &mut Syncs) {
+        for claim in claims {
+            let file_name = claim.file_name.clone();
+            match claim.release(&self.config.inbox, syncs) {
+                Ok(true) => tracing::debug!(file = %file_name, "claim given back to the inbox"),
+                Ok(false) => {
+                    tracing::info!(file = %file_name, "name taken again in the inbox; the claim stays in work/ for the next start")
+                }
+                Err(error) => {
+                    tracing::warn!(file = %file_name, error = %error, "cannot give the claim back; it stays in work/ for the next start")
+                }
+            }
+        }
+    }
+
+    fn sync(&self, syncs: &mut Syncs) {
+        if let Err(error) = syncs.sync() {
+            tracing::error!(error = %error, "cannot sync a folder; a power loss could undo recent moves");
+        }
+    }
+
+    fn update_waiting(&self, now: Instant) {
+        let (files, oldest) = self.tracker.waiting();
+        self.metrics.waiting(
+            files,
+            oldest.map(|first_seen| now.saturating_duration_since(first_seen)),
+        );
+    }
+
+    /// The last gates before a claim: unchanged since it settled, then the XML content gate.
+    fn gate_and_claim(&mut self, ready: &ReadyFile, syncs: &mut Syncs) -> Option<Claim> {
+        let config = &self.config.inbox;
+        let path = config.inbox_path(&ready.name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(metadata)
+                if metadata.is_file() && inbox::signature(&metadata) == ready.signature => {}
+            // Changed or gone since the listing: the next listing decides.
+            _ => return None,
+        }
+        match inbox::check_content(&path, &self.context.limits) {
+            Ok(Content::Complete | Content::Broken) => {}
+            Ok(Content::Incomplete) => match self.tracker.incomplete(&ready.name, Instant::now()) {
+                ContentDecision::WaitUntil(_) => {
+                    tracing::debug!(file = %ready.name.display_path(), "xml not complete yet, waiting for the rest of the upload");
+                    return None;
+                }
+                ContentDecision::GiveUp => {
+                    tracing::warn!(
+                        file = %ready.name.display_path(),
+                        grace_secs = config.truncated_grace.as_secs(),
+                        "xml still incomplete after the grace time, processing it as truncated"
+                    );
+                }
+            },
+            // Unreadable: claim it anyway so it ends in failed/ with a log line instead of
+            // being retried forever.
+            Err(error) => {
+                tracing::debug!(file = %ready.name.display_path(), error = %error, "content check failed")
+            }
+        }
+        let claimed = inbox::claim(config, ready, &self.tokens, syncs);
+        self.tracker.forget(&ready.name);
+        match claimed {
+            Ok(ClaimResult::Claimed(claim)) => {
+                if let Some(marker) = self.tracker.marker_for(&ready.name.name) {
+                    let marker_path = path.with_file_name(marker);
+                    if let Err(error) = std::fs::remove_file(&marker_path)
+                        && error.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(file = %marker_path.display(), error = %error, "cannot remove the done marker");
+                    }
+                }
+                Some(claim)
+            }
+            Ok(ClaimResult::Gone) => {
+                tracing::debug!(file = %ready.name.display_path(), "taken by someone else before our claim");
+                None
+            }
+            Err(error) => {
+                tracing::error!(file = %ready.name.display_path(), error = %error, "cannot claim the file");
+                None
+            }
+        }
+    }
+
+    /// Processes one claimed feed to its end: archive/failed move, summary line, metrics.
+    /// Transient errors are retried here (the file stays in `work/`); shutdown during the
+    /// retry wait leaves it there for the next start.
+    fn process(&mut self, claim: Claim, syncs: &mut Syncs) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 0u32;
+        loop {
+            let result = self.process_once(&claim);
+            match result {
+                Ok(processed) => {
+                    self.finish_processed(claim, &processed, started, syncs);
+                    return;
+                }
+                Err(Failure::Process(error)) if error.is_transient() => {
+                    attempt += 1;
+                    self.metrics.retried();
+                    let error = anyhow::Error::new(error);
+                    if attempt <= 3 {
+                        tracing::warn!(file = %claim.file_name, attempt, retry_in_secs = backoff.as_secs_f64(), error = format!("{error:#}"), "transient failure, will retry");
+                    } else {
+                        tracing::error!(file = %claim.file_name, attempt, retry_in_secs = backoff.as_secs_f64(), error = format!("{error:#}"), "transient failure persists, will retry");
+                    }
+                    if !self.sleep_unless_shutdown(backoff) {
+                        tracing::info!(file = %claim.file_name, "shutdown while waiting to retry; the feed stays in work/");
+                        return;
+                    }
+                    backoff = (backoff * 2).min(self.config.max_backoff);
+                }
+                Err(failure) => {
+                    let error = match failure {
+                        Failure::Process(error) => anyhow::Error::new(error),
+                        Failure::Panic(message) => {
+                            anyhow::anyhow!("processing panicked: {message}")
+                        }
+                    };
+                    self.finish_failed(claim, &error, started, syncs);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn process_once(&mut self, claim: &Claim) -> Result<Processed, Failure> {
+        let allowed = self.config.inbox.allowed_merchants.as_deref();
+        let source = Source {
+            path: &claim.path,
+            file_name: &claim.file_name,
+            claim_token: Some(&claim.token),
+            bound_merchant: claim.merchant.as_ref(),
+            allowed_merchants: if claim.merchant.is_some() {
+                None
+            } else {
+                allowed
+            },
+        };
+        let context = &mut self.context;
+        match catch_unwind(AssertUnwindSafe(|| {
+            pipeline::process_file(context, &source)
+        })) {
+            Ok(result) => result.map_err(Failure::Process),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                Err(Failure::Panic(message))
+            }
+        }
+    }
+
+    fn finish_processed(
+        &self,
+        claim: Claim,
+        processed: &Processed,
+        started: Instant,
+        syncs: &mut Syncs,
+    ) {
+        let outcome = &processed.outcome;
+        let destination = match outcome.status {
+            FeedStatus::Complete => Destination::Archive,
+            FeedStatus::Rejected => Destination::Failed,
+        };
+        let file_name = claim.file_name.clone();
+        let moved = claim.finish(
+            &self.config.inbox,
+            destination,
+            Some(outcome.feed_id),
+            syncs,
+        );
+        let duration = started.elapsed();
+        let result = FeedResult::of(outcome, processed.recovered);
+        self.metrics.feed_finished(result, Some(outcome), duration);
+        let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
+        let moved_to = match &moved {
+            Ok(path) => path.display().to_string(),
+            Err(_) => String::new(),
+        };
+        macro_rules! summary {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    file = %file_name,
+                    merchant,
+                    feed_id = outcome.feed_id,
+                    status = outcome.status.as_str(),
+                    outcome = result.as_str(),
+                    duplicate_of = outcome.duplicate_of,
+                    messages = outcome.messages_processed,
+                    successful = outcome.messages_successful,
+                    errors = outcome.messages_with_error,
+                    warnings = outcome.messages_with_warning,
+                    duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+                    report = %processed.json_report.display(),
+                    moved_to,
+                    $message
+                )
+            };
+        }
+        match outcome.status {
+            FeedStatus::Complete => summary!(info, "feed processed"),
+            FeedStatus::Rejected => summary!(warn, "feed rejected"),
+        }
+        if let Err(error) = moved {
+            tracing::error!(file = %file_name, error = %error, "cannot move the processed feed out of work/; the next start finishes it");
+        }
+    }
+
+    fn finish_failed(
+        &self,
+        claim: Claim,
+        error: &anyhow::Error,
+        started: Instant,
+        syncs: &mut Syncs,
+    ) {
+        let file_name = claim.file_name.clone();
+        let work_path = claim.path.clone();
+        let moved = claim.finish(&self.config.inbox, Destination::Failed, None, syncs);
+        self.metrics
+            .feed_finished(FeedResult::Error, None, started.elapsed());
+        match moved {
+            Ok(path) => tracing::error!(
+                file = %file_name,
+                moved_to = %path.display(),
+                error = format!("{error:#}"),
+                "feed could not be processed, moved to failed/ without a report"
+            ),
+            Err(move_error) => tracing::error!(
+                file = %file_name,
+                work_path = %work_path.display(),
+                error = format!("{error:#}"),
+                move_error = %move_error,
+                "feed could not be processed and could not be moved to failed/; it stays in work/"
+            ),
+        }
+    }
+
+    /// Waits `duration` unless shutdown comes first; false on shutdown.
+    fn sleep_unless_shutdown(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        loop {
+            if self.shutdown.is_cancelled() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            match self.wakes.recv_timeout(deadline - now) {
+                Ok(Wake::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    return !self.shutdown.is_cancelled();
+                }
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+enum Failure {
+    Process(ProcessError),
+    Panic(String),
 }

@@ -1,49 +1,1086 @@
-//! The watched folder: readiness gates, claim by atomic rename into `work/`, moves to
-//! `archive/` and `failed/`, crash recovery of `work/`, notify events as hints plus rescans.
+//! The watched folder: its configuration and layout check, listing the inbox, the XML
+//! content gate, claims by atomic rename into `work/` (with a claim token in the name and a
+//! kernel lock held while the feed is in hand), recovery of `work/` leftovers, and the final
+//! move to `archive/` or `failed/`. Readiness timing lives in [`ready`], notify and polling in
+//! [`watch`]. This module never parses feeds beyond the completeness check and never touches
+//! the store; the daemon decides when each step runs.
 
-use std::path::PathBuf;
-use std::time::Duration;
+pub mod glob;
+pub mod ready;
+pub mod watch;
 
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, TryLockError};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::feed::Limits;
+use crate::inbox::ready::{EntryKind, FileSignature, InboxName, Listed, ReadyFile};
 use crate::model::MerchantId;
 
 /// How the inbox is watched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WatchMode {
-    /// notify, or polling on network filesystems.
+    /// notify events as wake-up hints, unless the inbox is on a network or FUSE filesystem
+    /// or the watch cannot be added; then polling.
+    #[default]
     Auto,
-    /// notify.
+    /// Always notify (falls back to polling only when the watch cannot be added).
     Notify,
-    /// polling.
+    /// Always poll every `poll_interval`.
     Poll,
 }
 
-/// Resolved inbox settings.
-#[derive(Debug, Clone)]
+impl WatchMode {
+    /// `auto`, `notify` or `poll`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Auto => "auto",
+            WatchMode::Notify => "notify",
+            WatchMode::Poll => "poll",
+        }
+    }
+}
+
+/// The default ignore patterns (temporary upload names of common clients).
+pub const DEFAULT_IGNORE: [&str; 6] = [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~"];
+
+/// The watched folder's configuration, resolved (absolute paths, durations).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxConfig {
-    /// Inbox folder.
+    /// Where feeds are dropped (`inbox/` and `inbox/<merchant>/`).
     pub inbox: PathBuf,
-    /// Work folder.
+    /// Where claimed feeds sit while processed.
     pub work: PathBuf,
-    /// Archive folder.
+    /// Where processed feeds go (`archive/YYYY-MM-DD/`).
     pub archive: PathBuf,
-    /// Failed folder.
+    /// Where rejected or unprocessable feeds go (`failed/YYYY-MM-DD/`).
     pub failed: PathBuf,
-    /// Outbox folder.
+    /// Where reports go (the pipeline writes there; checked here for the layout rules).
     pub outbox: PathBuf,
-    /// Settle time.
+    /// How long size, mtime, ctime and inode must stay unchanged before a file is ready.
     pub settle: Duration,
-    /// Ignore globs.
+    /// Name patterns that are never feeds (`*`, `?`, case-insensitive).
     pub ignore: Vec<String>,
-    /// Grace for truncated XML.
+    /// How long an unchanged file whose XML root never closes waits before it is processed
+    /// anyway and reported as truncated.
     pub truncated_grace: Duration,
-    /// Done-marker suffix.
+    /// With `Some(".done")`, `NAME` is ready only once `NAME.done` exists; the marker is
+    /// removed when the feed is claimed.
     pub done_marker: Option<String>,
-    /// Allowed merchants in the top-level inbox.
+    /// Merchants the top-level inbox may speak for (`None`: any). Merchant folders are bound
+    /// to their own merchant regardless.
     pub allowed_merchants: Option<Vec<MerchantId>>,
-    /// Watch mode.
+    /// notify, polling, or chosen from the filesystem.
     pub watch: WatchMode,
-    /// Poll period.
+    /// Time between scans in polling mode.
     pub poll_interval: Duration,
-    /// Rescan period.
+    /// Time between safety rescans in notify mode.
     pub rescan_interval: Duration,
+}
+
+impl InboxConfig {
+    /// A configuration with the documented defaults for everything but the folders.
+    pub fn with_defaults(
+        inbox: PathBuf,
+        work: PathBuf,
+        archive: PathBuf,
+        failed: PathBuf,
+        outbox: PathBuf,
+    ) -> InboxConfig {
+        InboxConfig {
+            inbox,
+            work,
+            archive,
+            failed,
+            outbox,
+            settle: Duration::from_secs(1),
+            ignore: DEFAULT_IGNORE.iter().map(|p| (*p).to_owned()).collect(),
+            truncated_grace: Duration::from_secs(300),
+            done_marker: None,
+            allowed_merchants: None,
+            watch: WatchMode::Auto,
+            poll_interval: Duration::from_secs(2),
+            rescan_interval: Duration::from_secs(30),
+        }
+    }
+
+    fn roles(&self) -> [(&'static str, &Path); 5] {
+        [
+            ("inbox", &self.inbox),
+            ("work", &self.work),
+            ("archive", &self.archive),
+            ("failed", &self.failed),
+            ("outbox", &self.outbox),
+        ]
+    }
+}
+
+/// Why the folder layout is refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LayoutError {
+    /// A folder could not be created or inspected.
+    #[error("cannot create or open the {role} folder {path}")]
+    Folder {
+        /// `inbox`, `work`, `archive`, `failed` or `outbox`.
+        role: &'static str,
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Two roles share one folder, or one is inside the other.
+    #[error(
+        "the {role} folder {path} is inside (or the same as) the {other_role} folder {other_path}: \
+         give each of inbox, work, archive, failed and outbox its own folder, none inside another"
+    )]
+    Nested {
+        /// The inner folder's role.
+        role: &'static str,
+        /// The inner folder.
+        path: PathBuf,
+        /// The outer folder's role.
+        other_role: &'static str,
+        /// The outer folder.
+        other_path: PathBuf,
+    },
+    /// A folder is on another filesystem than the inbox, so moves would not be atomic renames.
+    #[error(
+        "the {role} folder {path} is on another filesystem than the inbox {inbox}: \
+         moves between them would not be atomic renames; put them on one filesystem"
+    )]
+    OtherFilesystem {
+        /// The folder's role.
+        role: &'static str,
+        /// The folder.
+        path: PathBuf,
+        /// The inbox.
+        inbox: PathBuf,
+    },
+}
+
+/// Creates missing folders and refuses a layout where moves would not be atomic renames or
+/// where the daemon would watch its own output: work, archive, failed and outbox must be
+/// distinct, none inside another or inside the inbox, and all on the inbox's filesystem.
+///
+/// # Errors
+/// [`LayoutError`] naming the folders.
+pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
+    let mut resolved = Vec::new();
+    for (role, path) in config.roles() {
+        let folder_error = |source| LayoutError::Folder {
+            role,
+            path: path.to_owned(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(folder_error)?;
+        let canonical = fs::canonicalize(path).map_err(folder_error)?;
+        let device = fs::metadata(&canonical).map_err(folder_error)?.dev();
+        resolved.push((role, path, canonical, device));
+    }
+    for (role, path, canonical, _) in &resolved {
+        for (other_role, other_path, other_canonical, _) in &resolved {
+            if role != other_role && canonical.starts_with(other_canonical) {
+                return Err(LayoutError::Nested {
+                    role,
+                    path: path.to_path_buf(),
+                    other_role,
+                    other_path: other_path.to_path_buf(),
+                });
+            }
+        }
+    }
+    let inbox_device = resolved[0].3;
+    for (role, path, _, device) in &resolved[1..] {
+        if *device != inbox_device {
+            return Err(LayoutError::OtherFilesystem {
+                role,
+                path: path.to_path_buf(),
+                inbox: config.inbox.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Lists the inbox without following anything: regular files (with their signature),
+/// symlinks and special files at the top level and in merchant folders, and folders where
+/// none is expected. Folders whose name matches an ignore pattern are skipped silently.
+///
+/// # Errors
+/// The inbox itself cannot be read (`NotFound` when it was removed).
+pub fn list(config: &InboxConfig) -> io::Result<Vec<Listed>> {
+    let mut listing = Vec::new();
+    for entry in fs::read_dir(&config.inbox)? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if file_type.is_dir() {
+            if glob::matches_any(&config.ignore, &name.to_string_lossy()) {
+                continue;
+            }
+            match name.to_str().and_then(MerchantId::new) {
+                Some(merchant) => list_merchant(config, &entry.path(), &merchant, &mut listing),
+                None => listing.push(Listed {
+                    name: InboxName {
+                        merchant: None,
+                        name,
+                    },
+                    kind: EntryKind::Folder,
+                }),
+            }
+            continue;
+        }
+        if let Some(kind) = entry_kind(&entry, file_type) {
+            listing.push(Listed {
+                name: InboxName {
+                    merchant: None,
+                    name,
+                },
+                kind,
+            });
+        }
+    }
+    Ok(listing)
+}
+
+fn list_merchant(
+    config: &InboxConfig,
+    folder: &Path,
+    merchant: &MerchantId,
+    listing: &mut Vec<Listed>,
+) {
+    // A merchant folder removed while we list it is simply empty this time.
+    let Ok(entries) = fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        let kind = if file_type.is_dir() {
+            if glob::matches_any(&config.ignore, &name.to_string_lossy()) {
+                continue;
+            }
+            Some(EntryKind::Folder)
+        } else {
+            entry_kind(&entry, file_type)
+        };
+        if let Some(kind) = kind {
+            listing.push(Listed {
+                name: InboxName {
+                    merchant: Some(merchant.as_str().to_owned()),
+                    name,
+                },
+                kind,
+            });
+        }
+    }
+}
+
+fn entry_kind(entry: &fs::DirEntry, file_type: fs::FileType) -> Option<EntryKind> {
+    if file_type.is_symlink() {
+        Some(EntryKind::Symlink)
+    } else if file_type.is_file() {
+        // DirEntry::metadata does not follow symlinks; a file gone since readdir is skipped.
+        entry
+            .metadata()
+            .ok()
+            .map(|metadata| EntryKind::File(signature(&metadata)))
+    } else {
+        Some(EntryKind::Other)
+    }
+}
+
+/// The signature of a file's metadata (see [`FileSignature`]).
+pub fn signature(metadata: &fs::Metadata) -> FileSignature {
+    FileSignature {
+        size: metadata.size(),
+        mtime_ns: i128::from(metadata.mtime()) * 1_000_000_000 + i128::from(metadata.mtime_nsec()),
+        ctime_ns: i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec()),
+        ino: metadata.ino(),
+    }
+}
+
+impl InboxConfig {
+    /// The path of an inbox file.
+    pub fn inbox_path(&self, name: &InboxName) -> PathBuf {
+        let mut path = self.inbox.clone();
+        if let Some(merchant) = &name.merchant {
+            path.push(merchant);
+        }
+        path.push(&name.name);
+        path
+    }
+}
+
+/// What the XML content gate found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The root element closes: process it.
+    Complete,
+    /// The document ends before its root element closes (still uploading, or truncated).
+    Incomplete,
+    /// Not XML we can make sense of; process it at once (the report says why).
+    Broken,
+}
+
+/// The XML content gate: is the document's root element closed?
+///
+/// Reads the start and the end of the file only: the root element's name comes from the
+/// first start tag after the prolog, and the file must end (after whitespace and trailing
+/// comments or processing instructions) with its end tag, or the root must be empty
+/// (`<Root/>`). Anything the full parser would call malformed is left to the pipeline.
+///
+/// # Errors
+/// The file cannot be opened or read.
+pub fn check_content(path: &Path, limits: &Limits) -> io::Result<Content> {
+    const WINDOW: u64 = 64 * 1024;
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > limits.max_file_bytes {
+        // Too big to matter whether it is complete: the pipeline rejects it on size.
+        return Ok(Content::Broken);
+    }
+    let mut head = Vec::new();
+    (&mut file).take(WINDOW).read_to_end(&mut head)?;
+    let mut tail = Vec::new();
+    if size > WINDOW {
+        file.seek(SeekFrom::Start(size - WINDOW))?;
+        file.read_to_end(&mut tail)?;
+    } else {
+        tail.clone_from(&head);
+    }
+    Ok(classify(&head, &tail))
+}
+
+fn classify(head: &[u8], tail: &[u8]) -> Content {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let Some(root) = root_element(head) else {
+        // No start tag in the first window: empty, whitespace, or still only a prolog.
+        return if head
+            .iter()
+            .all(|b| b.is_ascii_whitespace() || *b == b'<' || *b == b'?')
+            || head.starts_with(b"<?")
+        {
+            Content::Incomplete
+        } else {
+            Content::Broken
+        };
+    };
+    if root.self_closing {
+        return Content::Complete;
+    }
+    let mut end = strip_trailing_misc(tail);
+    // `</Root >`: the end tag, allowing whitespace before `>`.
+    let Some(rest) = end.strip_suffix(b">") else {
+        return Content::Incomplete;
+    };
+    end = rest;
+    while let Some(rest) = end.strip_suffix(b" ").or_else(|| end.strip_suffix(b"\n")) {
+        end = rest;
+    }
+    let mut closing = b"</".to_vec();
+    closing.extend_from_slice(root.name);
+    if end.ends_with(&closing) {
+        Content::Complete
+    } else {
+        Content::Incomplete
+    }
+}
+
+struct Root<'a> {
+    name: &'a [u8],
+    self_closing: bool,
+}
+
+fn root_element(head: &[u8]) -> Option<Root<'_>> {
+    let mut at = 0;
+    while at < head.len() {
+        let rest = &head[at..];
+        let Some(open) = rest.iter().position(|&b| b == b'<') else {
+            return None;
+        };
+        let rest = &rest[open..];
+        let skip_to = |needle: &[u8]| {
+            rest.windows(needle.len())
+                .position(|w| w == needle)
+                .map(|p| p + needle.len())
+        };
+        let consumed = if rest.starts_with(b"<?") {
+            skip_to(b"?>")?
+        } else if rest.starts_with(b"<!--") {
+            skip_to(b"-->")?
+        } else if rest.starts_with(b"<!") {
+            skip_to(b">")?
+        } else {
+            let name_len = rest[1..]
+                .iter()
+                .position(|&b| b.is_ascii_whitespace() || b == b'>' || b == b'/')?;
+            if name_len == 0 {
+                return None;
+            }
+            let name = &rest[1..=name_len];
+            let close = rest.iter().position(|&b| b == b'>')?;
+            let self_closing = close > 0 && rest[close - 1] == b'/';
+            return Some(Root { name, self_closing });
+        };
+        at += open + consumed;
+    }
+    None
+}
+
+fn strip_trailing_misc(mut bytes: &[u8]) -> &[u8] {
+    loop {
+        while let Some((last, rest)) = bytes.split_last() {
+            if last.is_ascii_whitespace() {
+                bytes = rest;
+            } else {
+                break;
+            }
+        }
+        let stripped = if bytes.ends_with(b"-->") {
+            bytes
+                .windows(4)
+                .rposition(|w| w == b"<!--")
+                .map(|p| &bytes[..p])
+        } else if bytes.ends_with(b"?>") {
+            bytes
+                .windows(2)
+                .rposition(|w| w == b"<?")
+                .map(|p| &bytes[..p])
+        } else {
+            None
+        };
+        match stripped {
+            Some(rest) => bytes = rest,
+            None => return bytes,
+        }
+    }
+}
+
+/// A feed in hand: renamed into `work/` and locked (a kernel `flock`, released by the
+/// kernel if the process dies) so that a second instance's recovery leaves it alone.
+#[derive(Debug)]
+pub struct Claim {
+    /// Where it is now (`work/[<merchant>/]<token>--<name>`).
+    pub path: PathBuf,
+    /// The claim token (also in the store's feed record).
+    pub token: String,
+    /// The name it was dropped under.
+    pub file_name: String,
+    /// The merchant folder it came from.
+    pub merchant: Option<MerchantId>,
+    /// Held for the claim's lifetime.
+    _lock: File,
+}
+
+/// Makes unique claim tokens: `<unix nanos>-<pid>-<counter>`.
+#[derive(Debug, Default)]
+pub struct ClaimTokens {
+    counter: AtomicU64,
+}
+
+impl ClaimTokens {
+    /// A new token source.
+    pub fn new() -> ClaimTokens {
+        ClaimTokens::default()
+    }
+
+    /// The next token, unique within this process and, through the pid and the time,
+    /// across instances and restarts.
+    pub fn next(&self) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let counter = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{nanos:020}-{}-{counter}", std::process::id())
+    }
+}
+
+const TOKEN_SEPARATOR: &str = "--";
+
+/// Splits a claim name `<token>--<name>` into token and original name.
+pub fn parse_claim_name(claim_name: &OsStr) -> Option<(String, OsString)> {
+    let bytes = claim_name.as_bytes();
+    let separator = bytes
+        .windows(TOKEN_SEPARATOR.len())
+        .position(|w| w == TOKEN_SEPARATOR.as_bytes())?;
+    let token = std::str::from_utf8(&bytes[..separator]).ok()?;
+    let parts: Vec<&str> = token.split('-').collect();
+    let well_formed = parts.len() == 3
+        && parts
+            .iter()
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    let original = &bytes[separator + TOKEN_SEPARATOR.len()..];
+    if !well_formed || original.is_empty() {
+        return None;
+    }
+    Some((token.to_owned(), OsStr::from_bytes(original).to_os_string()))
+}
+
+/// Outcome of a claim attempt.
+#[derive(Debug)]
+pub enum ClaimResult {
+    /// The file is ours.
+    Claimed(Claim),
+    /// Someone else (another instance, or the uploader) took or removed it first.
+    Gone,
+}
+
+/// Claims an inbox file: atomic rename into `work/` under a name that embeds a fresh claim
+/// token, then an exclusive lock on the claimed file. Both folders are added to `syncs`,
+/// which the caller must [`Syncs::sync`] before processing the claim (so that a claim
+/// token in the store always names a durable claim).
+///
+/// # Errors
+/// Renaming failed for another reason than the file being gone.
+pub fn claim(
+    config: &InboxConfig,
+    ready: &ReadyFile,
+    tokens: &ClaimTokens,
+    syncs: &mut Syncs,
+) -> io::Result<ClaimResult> {
+    let source = config.inbox_path(&ready.name);
+    let work_folder = match &ready.name.merchant {
+        Some(merchant) => config.work.join(merchant),
+        None => config.work.clone(),
+    };
+    fs::create_dir_all(&work_folder)?;
+    let token = tokens.next();
+    let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
+    claim_name.push(&ready.name.name);
+    let target = work_folder.join(&claim_name);
+    match fs::rename(&source, &target) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
+        Err(error) => return Err(error),
+    }
+    let metadata = fs::symlink_metadata(&target)?;
+    if !metadata.is_file() {
+        // Replaced by something else between the check and the rename: put it back.
+        fs::rename(&target, &source)?;
+        return Ok(ClaimResult::Gone);
+    }
+    syncs.add(&work_folder);
+    if let Some(parent) = source.parent() {
+        syncs.add(parent);
+    }
+    let merchant = ready.name.merchant.as_deref().and_then(MerchantId::new);
+    Ok(match lock(&target)? {
+        Some(lock) => ClaimResult::Claimed(Claim {
+            path: target,
+            token,
+            file_name: ready.name.display_name(),
+            merchant,
+            _lock: lock,
+        }),
+        None => ClaimResult::Gone,
+    })
+}
+
+/// Takes the exclusive lock of a claimed file; `None` when another live process holds it or
+/// the file left that path meanwhile.
+fn lock(path: &Path) -> io::Result<Option<File>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => return Ok(None),
+        Err(TryLockError::Error(error)) => return Err(error),
+    }
+    // Another instance may have finished and moved the file between our open and our lock:
+    // the lock is then on an archived inode. Only keep it if the path still names it.
+    let locked = file.metadata()?.ino();
+    match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.ino() == locked && metadata.is_file() => Ok(Some(file)),
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The feeds left in `work/` by an earlier run (crash or shutdown timeout), oldest claim
+/// first, each locked. Files in `work/` without a claim name (put there by hand) are adopted
+/// under a fresh token. Files locked by another live instance are skipped.
+///
+/// # Errors
+/// `work/` cannot be read, or an adoption rename fails.
+pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<Claim>> {
+    let mut found: Vec<(String, Option<String>, PathBuf, OsString)> = Vec::new();
+    collect_leftovers(&config.work, None, tokens, &mut found)?;
+    for entry in fs::read_dir(&config.work)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir()
+            && let Some(merchant) = entry.file_name().to_str().and_then(MerchantId::new)
+        {
+            collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)?;
+        }
+    }
+    found.sort();
+    let mut claims = Vec::new();
+    for (token, merchant, path, original) in found {
+        if let Some(lock) = lock(&path)? {
+            claims.push(Claim {
+                path,
+                token,
+                file_name: original.to_string_lossy().into_owned(),
+                merchant: merchant.as_deref().and_then(MerchantId::new),
+                _lock: lock,
+            });
+        }
+    }
+    Ok(claims)
+}
+
+fn collect_leftovers(
+    folder: &Path,
+    merchant: Option<&str>,
+    tokens: &ClaimTokens,
+    found: &mut Vec<(String, Option<String>, PathBuf, OsString)>,
+) -> io::Result<()> {
+    for entry in fs::read_dir(folder)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        match parse_claim_name(&name) {
+            Some((token, original)) => {
+                found.push((token, merchant.map(str::to_owned), entry.path(), original))
+            }
+            None => {
+                let token = tokens.next();
+                let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
+                claim_name.push(&name);
+                let target = folder.join(&claim_name);
+                fs::rename(entry.path(), &target)?;
+                fsync_dir(folder)?;
+                tracing::warn!(file = %entry.path().display(), "adopting a file found in work/ without a claim name");
+                found.push((token, merchant.map(str::to_owned), target, name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a finished feed goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// `archive/`: processed (status Complete).
+    Archive,
+    /// `failed/`: rejected, or could not be processed.
+    Failed,
+}
+
+impl Claim {
+    /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
+    /// `<feed id>-<name>` (or `<claim name>` without a feed id), with `-<n>` added after the
+    /// prefix if that name exists. Consumes the claim and its lock. The folders go into
+    /// `syncs`: a power loss before they are synced at most moves the file back to `work/`,
+    /// where recovery re-emits the same report and moves it again.
+    ///
+    /// # Errors
+    /// Creating the folder or renaming failed; the file then stays in `work/` and is
+    /// finished by the next start's recovery.
+    pub fn finish(
+        self,
+        config: &InboxConfig,
+        destination: Destination,
+        feed_id: Option<u64>,
+        syncs: &mut Syncs,
+    ) -> io::Result<PathBuf> {
+        let root = match destination {
+            Destination::Archive => &config.archive,
+            Destination::Failed => &config.failed,
+        };
+        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
+        if let Some(merchant) = &self.merchant {
+            folder.push(merchant.as_str());
+        }
+        fs::create_dir_all(&folder)?;
+        let original = self.original_name();
+        let (prefix, separator) = match feed_id {
+            Some(feed_id) => (feed_id.to_string(), "-"),
+            None => (self.token.clone(), TOKEN_SEPARATOR),
+        };
+        let mut counter = 0u32;
+        let target = loop {
+            let mut name = OsString::from(match counter {
+                0 => format!("{prefix}{separator}"),
+                n => format!("{prefix}-{n}{separator}"),
+            });
+            name.push(&original);
+            let candidate = folder.join(name);
+            // Feed ids and tokens are unique, so a collision only comes from finishing the
+            // same feed twice (a power loss undid an earlier move); no other process writes
+            // these names, so checking first is enough.
+            if fs::symlink_metadata(&candidate).is_err() {
+                break candidate;
+            }
+            counter += 1;
+        };
+        fs::rename(&self.path, &target)?;
+        syncs.add(&folder);
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(target)
+    }
+
+    /// Gives a claim that was not started back to the inbox under its original name (at
+    /// shutdown), unless that name is taken again; then it stays in `work/` for the next
+    /// start. The folders go into `syncs`.
+    ///
+    /// # Errors
+    /// Renaming failed.
+    pub fn release(self, config: &InboxConfig, syncs: &mut Syncs) -> io::Result<bool> {
+        let mut target = config.inbox.clone();
+        if let Some(merchant) = &self.merchant {
+            target.push(merchant.as_str());
+        }
+        target.push(self.original_name());
+        if fs::symlink_metadata(&target).is_ok() {
+            return Ok(false);
+        }
+        fs::rename(&self.path, &target)?;
+        if let Some(parent) = target.parent() {
+            syncs.add(parent);
+        }
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(true)
+    }
+
+    fn original_name(&self) -> OsString {
+        self.path
+            .file_name()
+            .map(|claim_name| match parse_claim_name(claim_name) {
+                Some((_, original)) => original,
+                None => claim_name.to_os_string(),
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Folders whose entries changed (renames) and must be fsynced before the change is
+/// relied on. Collecting them lets a batch of claims or moves share one fsync per folder.
+#[derive(Debug, Default)]
+pub struct Syncs {
+    folders: std::collections::BTreeSet<PathBuf>,
+}
+
+impl Syncs {
+    /// Nothing to sync yet.
+    pub fn new() -> Syncs {
+        Syncs::default()
+    }
+
+    /// Remembers a folder to sync.
+    pub fn add(&mut self, folder: &Path) {
+        if !self.folders.contains(folder) {
+            self.folders.insert(folder.to_owned());
+        }
+    }
+
+    /// fsyncs every remembered folder (each once) and forgets them.
+    ///
+    /// # Errors
+    /// The first folder that could not be synced (the others are still tried).
+    pub fn sync(&mut self) -> io::Result<()> {
+        let mut first_error = None;
+        for folder in std::mem::take(&mut self.folders) {
+            if let Err(error) = fsync_dir(&folder)
+                && first_error.is_none()
+            {
+                first_error = Some(io::Error::new(
+                    error.kind(),
+                    format!("syncing {}: {error}", folder.display()),
+                ));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// fsyncs a folder so that renames into or out of it survive a power loss.
+///
+/// # Errors
+/// Opening or syncing the folder failed.
+pub fn fsync_dir(folder: &Path) -> io::Result<()> {
+    File::open(folder)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(root: &Path) -> InboxConfig {
+        InboxConfig::with_defaults(
+            root.join("inbox"),
+            root.join("work"),
+            root.join("archive"),
+            root.join("failed"),
+            root.join("outbox"),
+        )
+    }
+
+    #[test]
+    fn content_gate_tells_complete_from_incomplete() {
+        let complete = br#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- hi -->
+<AmazonEnvelope xmlns:xsi="x"><Header/><Message/></AmazonEnvelope>
+<!-- trailing --> "#;
+        assert_eq!(classify(complete, complete), Content::Complete);
+        let truncated = &complete[..complete.len() - 40];
+        assert_eq!(classify(truncated, truncated), Content::Incomplete);
+        assert_eq!(classify(b"", b""), Content::Incomplete);
+        assert_eq!(
+            classify(b"<?xml version='1.0'?>\n", b"<?xml version='1.0'?>\n"),
+            Content::Incomplete
+        );
+        assert_eq!(classify(b"<Root/>", b"<Root/>"), Content::Complete);
+        assert_eq!(
+            classify(b"<Root a='1'>x</Root >\n", b"<Root a='1'>x</Root >\n"),
+            Content::Complete
+        );
+        assert_eq!(
+            classify(b"<Root>x</Roo", b"<Root>x</Roo"),
+            Content::Incomplete
+        );
+        assert_eq!(
+            classify(b"\xEF\xBB\xBF<Root>x</Root>", b"<Root>x</Root>"),
+            Content::Complete
+        );
+        assert_eq!(
+            classify(b"hello, not xml", b"hello, not xml"),
+            Content::Broken
+        );
+    }
+
+    #[test]
+    fn claim_names_round_trip() {
+        let tokens = ClaimTokens::new();
+        let token = tokens.next();
+        let name = OsString::from(format!("{token}---odd -- name.xml"));
+        let (parsed_token, original) = parse_claim_name(&name).expect("claim name");
+        assert_eq!(parsed_token, token);
+        assert_eq!(original, OsString::from("-odd -- name.xml"));
+        assert_ne!(tokens.next(), token);
+        assert_eq!(parse_claim_name(OsStr::new("feed--x.xml")), None);
+        assert_eq!(parse_claim_name(OsStr::new("1-2-3--")), None);
+        assert_eq!(parse_claim_name(OsStr::new("plain.xml")), None);
+    }
+
+    #[test]
+    fn layout_refuses_folders_inside_the_inbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.outbox = dir.path().join("inbox/outbox");
+        let error = check_layout(&config).expect_err("outbox inside inbox");
+        let message = error.to_string();
+        assert!(message.contains("outbox folder"), "{message}");
+        assert!(message.contains("inbox folder"), "{message}");
+        config.outbox = dir.path().join("outbox");
+        config.failed = dir.path().join("archive");
+        assert!(matches!(
+            check_layout(&config),
+            Err(LayoutError::Nested { .. })
+        ));
+        config.failed = dir.path().join("failed");
+        check_layout(&config).expect("good layout");
+        assert!(dir.path().join("work").is_dir());
+    }
+
+    #[test]
+    fn layout_refuses_another_filesystem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        // /dev/shm is a tmpfs on Linux, never the filesystem of a temp dir on disk.
+        let shm = Path::new("/dev/shm");
+        if !shm.is_dir()
+            || fs::metadata(shm).map(|m| m.dev()).ok()
+                == fs::metadata(dir.path()).map(|m| m.dev()).ok()
+        {
+            eprintln!("skipping: no second filesystem at /dev/shm");
+            return;
+        }
+        let other = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        config.archive = other.path().join("archive");
+        let error = check_layout(&config).expect_err("archive elsewhere");
+        assert!(
+            matches!(
+                error,
+                LayoutError::OtherFilesystem {
+                    role: "archive",
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn claim_lock_finish_and_recover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        fs::create_dir_all(config.inbox.join("M1")).expect("merchant folder");
+        fs::write(config.inbox.join("M1/feed one.xml"), b"<a/>").expect("write");
+        fs::write(config.inbox.join("top.xml"), b"<a/>").expect("write");
+        let listing = list(&config).expect("list");
+        assert_eq!(listing.len(), 2);
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let merchant_file = listing
+            .iter()
+            .find(|listed| listed.name.merchant.is_some())
+            .expect("merchant file");
+        let EntryKind::File(signature) = merchant_file.kind else {
+            panic!("not a file");
+        };
+        let ready = ReadyFile {
+            name: merchant_file.name.clone(),
+            signature,
+        };
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
+            panic!("gone");
+        };
+        assert!(claimed.path.starts_with(config.work.join("M1")));
+        assert_eq!(claimed.file_name, "feed one.xml");
+        assert_eq!(
+            claimed.merchant.as_ref().map(MerchantId::as_str),
+            Some("M1")
+        );
+        // A second claim of the same file finds it gone.
+        assert!(matches!(
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim"),
+            ClaimResult::Gone
+        ));
+        // While we hold it, recovery (as another instance would) skips it.
+        assert!(leftovers(&config, &tokens).expect("leftovers").is_empty());
+        let token = claimed.token.clone();
+        drop(claimed);
+        let recovered = leftovers(&config, &tokens).expect("leftovers");
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(recovered[0].token, token);
+        assert_eq!(recovered[0].file_name, "feed one.xml");
+        let claim = recovered.into_iter().next().expect("one");
+        let archived = claim
+            .finish(&config, Destination::Archive, Some(42), &mut syncs)
+            .expect("finish");
+        assert!(
+            archived.ends_with("M1/42-feed one.xml"),
+            "{}",
+            archived.display()
+        );
+        assert!(archived.starts_with(&config.archive));
+        // A file put into work/ by hand is adopted under a fresh token.
+        fs::write(config.work.join("stray.xml"), b"<a/>").expect("write");
+        let adopted = leftovers(&config, &tokens).expect("leftovers");
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].file_name, "stray.xml");
+        let claim = adopted.into_iter().next().expect("one");
+        let failed = claim
+            .finish(&config, Destination::Failed, None, &mut syncs)
+            .expect("finish");
+        assert!(failed.starts_with(&config.failed));
+        assert!(failed.to_string_lossy().ends_with("--stray.xml"));
+        assert_eq!(
+            fs::read_dir(&config.work).expect("work").count(),
+            1,
+            "only the M1 folder"
+        );
+    }
+
+    #[test]
+    fn finish_never_overwrites_and_release_gives_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let mut claim_one = |name: &str| {
+            fs::write(config.inbox.join(name), b"<a/>").expect("write");
+            let listing = list(&config).expect("list");
+            let listed = listing
+                .iter()
+                .find(|l| l.name.name == OsStr::new(name))
+                .expect("listed");
+            let EntryKind::File(signature) = listed.kind else {
+                panic!("not a file");
+            };
+            let ready = ReadyFile {
+                name: listed.name.clone(),
+                signature,
+            };
+            match claim(&config, &ready, &tokens, &mut syncs).expect("claim") {
+                ClaimResult::Claimed(claim) => claim,
+                ClaimResult::Gone => panic!("gone"),
+            }
+        };
+        let first = claim_one("same.xml");
+        let second = claim_one("same.xml");
+        let third = claim_one("same.xml");
+        let mut syncs = Syncs::new();
+        let a = first
+            .finish(&config, Destination::Archive, Some(7), &mut syncs)
+            .expect("finish");
+        let b = second
+            .finish(&config, Destination::Archive, Some(7), &mut syncs)
+            .expect("finish");
+        assert!(a.ends_with("7-same.xml"), "{}", a.display());
+        assert!(b.ends_with("7-1-same.xml"), "{}", b.display());
+        syncs.sync().expect("sync");
+        assert!(third.release(&config, &mut syncs).expect("release"));
+        assert!(config.inbox.join("same.xml").is_file());
+        let fourth = claim_one("same.xml");
+        fs::write(config.inbox.join("same.xml"), b"new upload").expect("write");
+        assert!(!fourth.release(&config, &mut syncs).expect("release"));
+        assert_eq!(
+            fs::read(config.inbox.join("same.xml")).expect("read"),
+            b"new upload"
+        );
+        syncs.sync().expect("sync");
+    }
+
+    #[test]
+    fn listing_reports_symlinks_and_folders_without_following() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        std::os::unix::fs::symlink("/etc/hostname", config.inbox.join("link.xml"))
+            .expect("symlink");
+        fs::create_dir_all(config.inbox.join("M1/sub")).expect("folders");
+        fs::create_dir_all(config.inbox.join(".hidden")).expect("folders");
+        let mut listing = list(&config).expect("list");
+        listing.sort_by(|a, b| a.name.cmp(&b.name));
+        let kinds: Vec<(String, &str)> = listing
+            .iter()
+            .map(|listed| (listed.name.display_path(), listed.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("link.xml".to_owned(), "symlink"),
+                ("M1/sub".to_owned(), "folder")
+            ]
+        );
+    }
 }

@@ -11,7 +11,8 @@
 //! - [`report`]: ProcessingReport XML and JSON, atomic writes.
 //! - [`pipeline`]: one feed end to end (read, validate, plan, commit, report).
 //! - [`inbox`]: the watched folder: readiness, claims, archive/failed moves, recovery.
-//! - [`daemon`]: the event loop, retries, shutdown, metrics and health endpoint.
+//! - [`daemon`]: the event loop, retries, shutdown.
+//! - [`metrics`]: Prometheus metrics and the health endpoint.
 //! - [`config`]: TOML configuration, raw and resolved.
 //! - [`cli`]: the command line.
 //! - [`telemetry`]: logging setup.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod engine;
 pub mod feed;
 pub mod inbox;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod problem;

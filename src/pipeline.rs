@@ -146,14 +146,15 @@ fn attempt_once(
     content_hash: &str,
 ) -> Result<Processed, ProcessError> {
     let store = context.store.as_store();
-    if let Some(token) = source.claim_token {
-        if let Some(record) = store.feed_by_claim(token)? {
-            let outcome =
-                report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
-                    detail: format!("feed {}: {e}", record.id),
-                })?;
-            return write(context, source, outcome, true);
-        }
+    let committed = match source.claim_token {
+        Some(token) => store.feed_by_claim(token)?,
+        None => None,
+    };
+    if let Some(record) = committed {
+        let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+            detail: format!("feed {}: {e}", record.id),
+        })?;
+        return write(context, source, outcome, true);
     }
 
     let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;

@@ -77,7 +77,6 @@ impl TestDb {
     }
 
     /// Reconnects the maintenance connection (after a server restart).
-    #[allow(dead_code)] // used by multi.rs once the daemon is on the branch
     pub fn reconnect_admin(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {

@@ -1,0 +1,576 @@
+//! The readiness state machine of inbox files: name gate, regular-file gate, settle time,
+//! optional done marker and the waiting side of the XML content gate. Pure: it is fed
+//! directory listings and the current [`Instant`] and never touches the filesystem or the
+//! clock itself, so every timing rule is unit-tested with controlled instants.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::time::{Duration, Instant};
+
+use crate::inbox::glob;
+
+/// Where a file sits in the inbox: the top level or a merchant folder, and its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboxName {
+    /// The merchant folder (`inbox/<merchant>/`), `None` for the top level.
+    pub merchant: Option<String>,
+    /// The file name exactly as on disk.
+    pub name: OsString,
+}
+
+impl InboxName {
+    /// The file name as text (lossy for names that are not UTF-8).
+    pub fn display_name(&self) -> String {
+        self.name.to_string_lossy().into_owned()
+    }
+
+    /// `merchant/name` or `name`, for logs.
+    pub fn display_path(&self) -> String {
+        match &self.merchant {
+            Some(merchant) => format!("{merchant}/{}", self.display_name()),
+            None => self.display_name(),
+        }
+    }
+}
+
+/// What identifies one version of a file's content without reading it. Any change of size,
+/// mtime, ctime (which also moves on link, unlink and rename) or inode restarts the settle
+/// time. mtime is only compared for equality, never with the clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSignature {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, nanoseconds since the epoch.
+    pub ctime_ns: i128,
+    /// Inode number.
+    pub ino: u64,
+}
+
+/// The kind of a directory entry, as seen without following symlinks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file and its signature.
+    File(FileSignature),
+    /// A symbolic link (never followed).
+    Symlink,
+    /// A folder where no folder is expected (inside a merchant folder, or a top-level folder
+    /// whose name is not a merchant identifier).
+    Folder,
+    /// A fifo, socket or device.
+    Other,
+}
+
+impl EntryKind {
+    /// A short word for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::File(_) => "file",
+            EntryKind::Symlink => "symlink",
+            EntryKind::Folder => "folder",
+            EntryKind::Other => "special file",
+        }
+    }
+}
+
+/// One entry of a listing of the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Where it is.
+    pub name: InboxName,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// The knobs of the state machine (a subset of the inbox configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyRules {
+    /// How long size, mtime, ctime and inode must stay unchanged.
+    pub settle: Duration,
+    /// Names that are never feeds (temporary upload names).
+    pub ignore: Vec<String>,
+    /// With `Some(".done")`, `X` is ready only once `X.done` exists.
+    pub done_marker: Option<String>,
+    /// How long an unchanged, incomplete XML file waits before it is processed anyway
+    /// (and reported as truncated).
+    pub truncated_grace: Duration,
+    /// Longest wait between two content checks of an unchanged incomplete file.
+    pub max_backoff: Duration,
+}
+
+/// A file that passed every gate known without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyFile {
+    /// Where it is.
+    pub name: InboxName,
+    /// The signature that stayed unchanged for the settle time.
+    pub signature: FileSignature,
+}
+
+/// What one listing changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Files ready to claim, oldest mtime first, then by folder and name.
+    pub ready: Vec<ReadyFile>,
+    /// Entries that are not regular files, each reported once while it stays.
+    pub not_followed: Vec<Listed>,
+}
+
+/// What to do with a ready file whose XML is still incomplete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentDecision {
+    /// Leave it in the inbox and check again at this instant (or earlier if it changes).
+    WaitUntil(Instant),
+    /// The grace time passed without change: process it (the report says truncated).
+    GiveUp,
+}
+
+/// The state machine. One per inbox; owned by the worker.
+#[derive(Debug)]
+pub struct Tracker {
+    rules: ReadyRules,
+    entries: HashMap<InboxName, Entry>,
+    reported: HashSet<InboxName>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    signature: FileSignature,
+    first_seen: Instant,
+    stable_since: Instant,
+    incomplete: Option<Incomplete>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Incomplete {
+    next_check: Instant,
+    backoff: Duration,
+}
+
+impl Tracker {
+    /// A tracker that knows no file yet.
+    pub fn new(rules: ReadyRules) -> Tracker {
+        Tracker {
+            rules,
+            entries: HashMap::new(),
+            reported: HashSet::new(),
+        }
+    }
+
+    /// True when `name` is a marker file in done-marker mode.
+    pub fn is_marker(&self, name: &OsStr) -> bool {
+        match (&self.rules.done_marker, name.to_str()) {
+            (Some(marker), Some(name)) => {
+                name.len() > marker.len() && name.ends_with(marker.as_str())
+            }
+            _ => false,
+        }
+    }
+
+    /// True when the name gate turns `name` away.
+    pub fn is_ignored(&self, name: &OsStr) -> bool {
+        glob::matches_any(&self.rules.ignore, &name.to_string_lossy())
+    }
+
+    /// The marker file name for `name` in done-marker mode.
+    pub fn marker_for(&self, name: &OsStr) -> Option<OsString> {
+        self.rules.done_marker.as_ref().map(|marker| {
+            let mut marker_name = name.to_os_string();
+            marker_name.push(marker);
+            marker_name
+        })
+    }
+
+    /// Takes a full listing of the inbox made at `now` and says which files are ready.
+    /// Files absent from the listing are forgotten.
+    pub fn observe(&mut self, listing: &[Listed], now: Instant) -> Observation {
+        let mut observation = Observation::default();
+        let mut present: HashSet<&InboxName> = HashSet::new();
+        let mut markers: HashSet<(Option<&str>, &OsStr)> = HashSet::new();
+        let mut files: Vec<(&InboxName, FileSignature)> = Vec::new();
+        for listed in listing {
+            let name = listed.name.name.as_os_str();
+            if self.is_ignored(name) {
+                continue;
+            }
+            if self.is_marker(name) {
+                markers.insert((listed.name.merchant.as_deref(), name));
+                continue;
+            }
+            present.insert(&listed.name);
+            match listed.kind {
+                EntryKind::File(signature) => files.push((&listed.name, signature)),
+                EntryKind::Symlink | EntryKind::Folder | EntryKind::Other => {
+                    if self.reported.insert(listed.name.clone()) {
+                        observation.not_followed.push(listed.clone());
+                    }
+                }
+            }
+        }
+        self.entries.retain(|name, _| present.contains(name));
+        self.reported.retain(|name| present.contains(name));
+
+        for (name, signature) in files {
+            let settle = self.rules.settle;
+            let entry = self.entries.entry(name.clone()).or_insert(Entry {
+                signature,
+                first_seen: now,
+                stable_since: now,
+                incomplete: None,
+            });
+            if entry.signature != signature {
+                entry.signature = signature;
+                entry.stable_since = now;
+                entry.incomplete = None;
+            }
+            if now.saturating_duration_since(entry.stable_since) < settle {
+                continue;
+            }
+            if let Some(incomplete) = entry.incomplete
+                && now < incomplete.next_check
+            {
+                continue;
+            }
+            if let Some(marker) = self.rules.done_marker.as_ref() {
+                let mut marker_name = name.name.clone();
+                marker_name.push(marker);
+                if !markers.contains(&(name.merchant.as_deref(), marker_name.as_os_str())) {
+                    continue;
+                }
+            }
+            observation.ready.push(ReadyFile {
+                name: name.clone(),
+                signature,
+            });
+        }
+        observation
+            .ready
+            .sort_by(|a, b| (a.signature.mtime_ns, &a.name).cmp(&(b.signature.mtime_ns, &b.name)));
+        observation
+    }
+
+    /// Records that the content gate found `name` incomplete at `now`, and says whether to
+    /// wait (with exponential backoff from 1 s up to the maximum) or to give up waiting.
+    pub fn incomplete(&mut self, name: &InboxName, now: Instant) -> ContentDecision {
+        let Some(entry) = self.entries.get_mut(name) else {
+            return ContentDecision::WaitUntil(now);
+        };
+        let deadline = entry.stable_since + self.rules.truncated_grace;
+        if now >= deadline {
+            return ContentDecision::GiveUp;
+        }
+        let backoff = match entry.incomplete {
+            None => Duration::from_secs(1),
+            Some(incomplete) => (incomplete.backoff * 2).min(self.rules.max_backoff),
+        };
+        let next_check = (now + backoff).min(deadline);
+        entry.incomplete = Some(Incomplete {
+            next_check,
+            backoff,
+        });
+        ContentDecision::WaitUntil(next_check)
+    }
+
+    /// Forgets `name` (claimed, or vanished).
+    pub fn forget(&mut self, name: &InboxName) {
+        self.entries.remove(name);
+    }
+
+    /// The earliest instant at which a new listing could find a file ready that is not
+    /// ready now (end of a settle time or of a content backoff), if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries
+            .values()
+            .map(|entry| {
+                let settled = entry.stable_since + self.rules.settle;
+                match entry.incomplete {
+                    Some(incomplete) => settled.max(incomplete.next_check),
+                    None => settled,
+                }
+            })
+            .min()
+    }
+
+    /// How many files are waiting (seen, not claimed) and since when the oldest was first
+    /// seen.
+    pub fn waiting(&self) -> (usize, Option<Instant>) {
+        let oldest = self.entries.values().map(|entry| entry.first_seen).min();
+        (self.entries.len(), oldest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn rules() -> ReadyRules {
+        ReadyRules {
+            settle: 200 * MS,
+            ignore: [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~"]
+                .map(String::from)
+                .to_vec(),
+            done_marker: None,
+            truncated_grace: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(64),
+        }
+    }
+
+    fn file(name: &str, size: u64, mtime_ns: i128) -> Listed {
+        Listed {
+            name: top(name),
+            kind: EntryKind::File(FileSignature {
+                size,
+                mtime_ns,
+                ctime_ns: mtime_ns,
+                ino: 7,
+            }),
+        }
+    }
+
+    fn top(name: &str) -> InboxName {
+        InboxName {
+            merchant: None,
+            name: OsString::from(name),
+        }
+    }
+
+    fn ready_names(observation: &Observation) -> Vec<String> {
+        observation
+            .ready
+            .iter()
+            .map(|ready| ready.name.display_path())
+            .collect()
+    }
+
+    #[test]
+    fn file_is_ready_only_after_settle_without_change() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        assert!(
+            tracker
+                .observe(&[file("a.xml", 10, 1)], t0)
+                .ready
+                .is_empty()
+        );
+        assert!(
+            tracker
+                .observe(&[file("a.xml", 10, 1)], t0 + 199 * MS)
+                .ready
+                .is_empty()
+        );
+        assert_eq!(tracker.next_deadline(), Some(t0 + 200 * MS));
+        let observation = tracker.observe(&[file("a.xml", 10, 1)], t0 + 200 * MS);
+        assert_eq!(ready_names(&observation), ["a.xml"]);
+    }
+
+    #[test]
+    fn growth_or_touch_restarts_the_settle_time() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        tracker.observe(&[file("a.xml", 10, 1)], t0);
+        // A writer pausing shorter than the settle time: still not ready.
+        tracker.observe(&[file("a.xml", 20, 2)], t0 + 150 * MS);
+        assert!(
+            tracker
+                .observe(&[file("a.xml", 20, 2)], t0 + 300 * MS)
+                .ready
+                .is_empty()
+        );
+        // Same size, new mtime (rewritten in place) also restarts it.
+        tracker.observe(&[file("a.xml", 20, 3)], t0 + 340 * MS);
+        assert!(
+            tracker
+                .observe(&[file("a.xml", 20, 3)], t0 + 400 * MS)
+                .ready
+                .is_empty()
+        );
+        assert_eq!(tracker.next_deadline(), Some(t0 + 540 * MS));
+        assert_eq!(
+            ready_names(&tracker.observe(&[file("a.xml", 20, 3)], t0 + 540 * MS)),
+            ["a.xml"]
+        );
+    }
+
+    #[test]
+    fn inode_or_ctime_change_restarts_the_settle_time() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        let mut listed = file("a.xml", 10, 1);
+        tracker.observe(std::slice::from_ref(&listed), t0);
+        if let EntryKind::File(signature) = &mut listed.kind {
+            signature.ino = 8;
+        }
+        tracker.observe(std::slice::from_ref(&listed), t0 + 100 * MS);
+        assert!(
+            tracker
+                .observe(std::slice::from_ref(&listed), t0 + 250 * MS)
+                .ready
+                .is_empty()
+        );
+        if let EntryKind::File(signature) = &mut listed.kind {
+            signature.ctime_ns = 99;
+        }
+        tracker.observe(std::slice::from_ref(&listed), t0 + 260 * MS);
+        assert!(
+            tracker
+                .observe(std::slice::from_ref(&listed), t0 + 400 * MS)
+                .ready
+                .is_empty()
+        );
+        assert_eq!(tracker.observe(&[listed], t0 + 460 * MS).ready.len(), 1);
+    }
+
+    #[test]
+    fn ignored_names_are_never_ready() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        let listing = [
+            file(".feed.xml.x1Y2z3.partial", 1, 1),
+            file("feed.xml.x1Y2z3.partial", 1, 1),
+            file("feed.xml.filepart", 1, 1),
+            file("feed.tmp", 1, 1),
+            file("feed.xml~", 1, 1),
+            file(".hidden.xml", 1, 1),
+        ];
+        tracker.observe(&listing, t0);
+        assert!(tracker.observe(&listing, t0 + 10_000 * MS).ready.is_empty());
+        assert_eq!(tracker.waiting().0, 0);
+    }
+
+    #[test]
+    fn non_regular_entries_are_reported_once_while_present() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        let link = Listed {
+            name: top("link.xml"),
+            kind: EntryKind::Symlink,
+        };
+        let observation = tracker.observe(std::slice::from_ref(&link), t0);
+        assert_eq!(observation.not_followed, [link.clone()]);
+        assert!(
+            tracker
+                .observe(std::slice::from_ref(&link), t0 + MS)
+                .not_followed
+                .is_empty()
+        );
+        assert!(tracker.observe(&[], t0 + 2 * MS).not_followed.is_empty());
+        assert_eq!(
+            tracker
+                .observe(std::slice::from_ref(&link), t0 + 3 * MS)
+                .not_followed,
+            [link]
+        );
+    }
+
+    #[test]
+    fn ready_files_come_in_mtime_then_name_order() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        let mut merchant_file = file("a.xml", 1, 5);
+        merchant_file.name.merchant = Some("M1".into());
+        let listing = [
+            file("c.xml", 1, 5),
+            file("b.xml", 1, 9),
+            merchant_file,
+            file("z.xml", 1, 1),
+        ];
+        tracker.observe(&listing, t0);
+        let observation = tracker.observe(&listing, t0 + 200 * MS);
+        assert_eq!(
+            ready_names(&observation),
+            ["z.xml", "c.xml", "M1/a.xml", "b.xml"]
+        );
+    }
+
+    #[test]
+    fn done_marker_mode_waits_for_the_marker() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(ReadyRules {
+            done_marker: Some(".done".into()),
+            ..rules()
+        });
+        tracker.observe(&[file("a.xml", 1, 1)], t0);
+        assert!(
+            tracker
+                .observe(&[file("a.xml", 1, 1)], t0 + 10_000 * MS)
+                .ready
+                .is_empty()
+        );
+        let with_marker = [file("a.xml", 1, 1), file("a.xml.done", 0, 2)];
+        assert_eq!(
+            ready_names(&tracker.observe(&with_marker, t0 + 10_001 * MS)),
+            ["a.xml"]
+        );
+        // The marker alone is not a feed.
+        assert_eq!(tracker.waiting().0, 1);
+        assert_eq!(
+            tracker.marker_for(OsStr::new("a.xml")),
+            Some(OsString::from("a.xml.done"))
+        );
+    }
+
+    #[test]
+    fn incomplete_content_backs_off_then_gives_up_after_the_grace() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(ReadyRules {
+            truncated_grace: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(4),
+            ..rules()
+        });
+        let listing = [file("a.xml", 10, 1)];
+        tracker.observe(&listing, t0);
+        let mut now = t0 + 200 * MS;
+        let mut waits = Vec::new();
+        loop {
+            assert_eq!(tracker.observe(&listing, now).ready.len(), 1);
+            match tracker.incomplete(&top("a.xml"), now) {
+                ContentDecision::WaitUntil(next) => {
+                    assert!(tracker.observe(&listing, next - MS).ready.is_empty());
+                    assert_eq!(tracker.next_deadline(), Some(next));
+                    waits.push(next - now);
+                    now = next;
+                }
+                ContentDecision::GiveUp => break,
+            }
+        }
+        // 1 s, 2 s, 4 s (capped), then clipped to the grace measured from the last change.
+        assert_eq!(waits, [1000 * MS, 2000 * MS, 4000 * MS, 2800 * MS]);
+        assert_eq!(now, t0 + Duration::from_secs(10));
+    }
+
+    #[test]
+    fn incomplete_file_that_grows_starts_over() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        tracker.observe(&[file("a.xml", 10, 1)], t0);
+        tracker.observe(&[file("a.xml", 10, 1)], t0 + 200 * MS);
+        assert!(matches!(
+            tracker.incomplete(&top("a.xml"), t0 + 200 * MS),
+            ContentDecision::WaitUntil(_)
+        ));
+        // The rest of the upload arrives: settle again, then ready at once (no backoff left).
+        tracker.observe(&[file("a.xml", 20, 2)], t0 + 300 * MS);
+        assert_eq!(
+            tracker
+                .observe(&[file("a.xml", 20, 2)], t0 + 500 * MS)
+                .ready
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn vanished_and_forgotten_files_stop_waiting() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(rules());
+        tracker.observe(&[file("a.xml", 1, 1), file("b.xml", 1, 1)], t0);
+        assert_eq!(tracker.waiting(), (2, Some(t0)));
+        tracker.observe(&[file("a.xml", 1, 1)], t0 + MS);
+        tracker.forget(&top("a.xml"));
+        assert_eq!(tracker.waiting(), (0, None));
+        assert_eq!(tracker.next_deadline(), None);
+    }
+}

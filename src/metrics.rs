@@ -1,0 +1,485 @@
+//! The daemon's metrics (counters, gauges and one histogram, lock-free atomics) rendered in
+//! the Prometheus text format, and the optional HTTP listener that serves them with
+//! `/healthz`. One method per event, called from one place each. No HTTP framework: the
+//! listener speaks just enough HTTP/1.1 for a scraper and a health probe.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::report::FeedOutcome;
+use crate::store::FeedStatus;
+
+/// How a feed ended, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedResult {
+    /// Processed, status Complete.
+    Complete,
+    /// Rejected as a whole.
+    Rejected,
+    /// Not applied: same bytes as an earlier feed.
+    Duplicate,
+    /// An earlier, committed attempt was found; the report was re-emitted.
+    Recovered,
+    /// Could not be processed (moved to `failed/` without a report).
+    Error,
+}
+
+impl FeedResult {
+    const ALL: [FeedResult; 5] = [
+        FeedResult::Complete,
+        FeedResult::Rejected,
+        FeedResult::Duplicate,
+        FeedResult::Recovered,
+        FeedResult::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedResult::Complete => "complete",
+            FeedResult::Rejected => "rejected",
+            FeedResult::Duplicate => "duplicate",
+            FeedResult::Recovered => "recovered",
+            FeedResult::Error => "error",
+        }
+    }
+
+    /// The label of a processed feed.
+    pub fn of(outcome: &FeedOutcome, recovered: bool) -> FeedResult {
+        if recovered {
+            FeedResult::Recovered
+        } else if outcome.duplicate_of.is_some() {
+            FeedResult::Duplicate
+        } else {
+            match outcome.status {
+                FeedStatus::Complete => FeedResult::Complete,
+                FeedStatus::Rejected => FeedResult::Rejected,
+            }
+        }
+    }
+}
+
+/// Why the inbox was listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanReason {
+    /// At startup.
+    Startup,
+    /// A notify event woke the worker.
+    Event,
+    /// The periodic timer (rescan interval, or poll interval in polling mode).
+    Timer,
+    /// notify reported lost events, or our event queue overflowed.
+    Overflow,
+    /// After a batch of feeds, or when a settle time or backoff ended.
+    Followup,
+}
+
+impl ScanReason {
+    const ALL: [ScanReason; 5] = [
+        ScanReason::Startup,
+        ScanReason::Event,
+        ScanReason::Timer,
+        ScanReason::Overflow,
+        ScanReason::Followup,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScanReason::Startup => "startup",
+            ScanReason::Event => "event",
+            ScanReason::Timer => "timer",
+            ScanReason::Overflow => "overflow",
+            ScanReason::Followup => "followup",
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the processing-duration histogram buckets.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// All metrics of one daemon. Shared (`Arc`) between the worker, the notify callback and
+/// the HTTP listener.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    feeds: [AtomicU64; 5],
+    messages_successful: AtomicU64,
+    messages_with_error: AtomicU64,
+    messages_with_warning: AtomicU64,
+    files_waiting: AtomicU64,
+    oldest_waiting_ms: AtomicU64,
+    processing_buckets: [AtomicU64; BUCKETS.len()],
+    processing_count: AtomicU64,
+    processing_sum_us: AtomicU64,
+    polling: AtomicBool,
+    scans: [AtomicU64; 5],
+    events_dropped: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Metrics {
+        Metrics::default()
+    }
+
+    /// A feed finished (processed, or moved to `failed/` after an error).
+    pub fn feed_finished(
+        &self,
+        result: FeedResult,
+        outcome: Option<&FeedOutcome>,
+        duration: Duration,
+    ) {
+        let idx = FeedResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or_default();
+        self.feeds[idx].fetch_add(1, Ordering::Relaxed);
+        if let Some(outcome) = outcome {
+            self.messages_successful
+                .fetch_add(outcome.messages_successful, Ordering::Relaxed);
+            self.messages_with_error
+                .fetch_add(outcome.messages_with_error, Ordering::Relaxed);
+            self.messages_with_warning
+                .fetch_add(outcome.messages_with_warning, Ordering::Relaxed);
+        }
+        let seconds = duration.as_secs_f64();
+        for (bound, bucket) in BUCKETS.iter().zip(&self.processing_buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.processing_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.processing_sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The waiting files after a scan: how many, and the age of the oldest (first sighting).
+    pub fn waiting(&self, files: usize, oldest: Option<Duration>) {
+        self.files_waiting
+            .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let millis = oldest.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+        self.oldest_waiting_ms.store(millis, Ordering::Relaxed);
+    }
+
+    /// The watch mode now in force.
+    pub fn watch_mode(&self, polling: bool) {
+        self.polling.store(polling, Ordering::Relaxed);
+    }
+
+    /// The inbox was listed.
+    pub fn scanned(&self, reason: ScanReason) {
+        let idx = ScanReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.scans[idx].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A notify event was dropped because the queue was full (a rescan follows).
+    pub fn event_dropped(&self) {
+        self.events_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A feed is retried after a transient error.
+    pub fn retried(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Events dropped so far.
+    pub fn events_dropped_total(&self) -> u64 {
+        self.events_dropped.load(Ordering::Relaxed)
+    }
+
+    /// All metrics in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        // Writing to a String cannot fail.
+        let _ = self.render_into(&mut out, load);
+        out
+    }
+
+    fn render_into(&self, out: &mut String, load: impl Fn(&AtomicU64) -> u64) -> std::fmt::Result {
+        writeln!(
+            out,
+            "# HELP adjustd_feeds_total Feeds finished, by outcome."
+        )?;
+        writeln!(out, "# TYPE adjustd_feeds_total counter")?;
+        for (result, counter) in FeedResult::ALL.iter().zip(&self.feeds) {
+            writeln!(
+                out,
+                "adjustd_feeds_total{{outcome=\"{}\"}} {}",
+                result.as_str(),
+                load(counter)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP adjustd_messages_total Messages of processed feeds, by result."
+        )?;
+        writeln!(out, "# TYPE adjustd_messages_total counter")?;
+        for (result, counter) in [
+            ("successful", &self.messages_successful),
+            ("error", &self.messages_with_error),
+            ("warning", &self.messages_with_warning),
+        ] {
+            writeln!(
+                out,
+                "adjustd_messages_total{{result=\"{result}\"}} {}",
+                load(counter)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP adjustd_files_waiting Files seen in the inbox and not yet claimed."
+        )?;
+        writeln!(out, "# TYPE adjustd_files_waiting gauge")?;
+        writeln!(out, "adjustd_files_waiting {}", load(&self.files_waiting))?;
+        writeln!(
+            out,
+            "# HELP adjustd_oldest_waiting_seconds Time since the oldest waiting file was first seen."
+        )?;
+        writeln!(out, "# TYPE adjustd_oldest_waiting_seconds gauge")?;
+        let oldest_ms = load(&self.oldest_waiting_ms);
+        writeln!(
+            out,
+            "adjustd_oldest_waiting_seconds {}.{:03}",
+            oldest_ms / 1000,
+            oldest_ms % 1000
+        )?;
+        writeln!(
+            out,
+            "# HELP adjustd_processing_seconds Time to process one feed, claim to move."
+        )?;
+        writeln!(out, "# TYPE adjustd_processing_seconds histogram")?;
+        for (bound, bucket) in BUCKETS.iter().zip(&self.processing_buckets) {
+            writeln!(
+                out,
+                "adjustd_processing_seconds_bucket{{le=\"{bound}\"}} {}",
+                load(bucket)
+            )?;
+        }
+        let count = load(&self.processing_count);
+        writeln!(
+            out,
+            "adjustd_processing_seconds_bucket{{le=\"+Inf\"}} {count}"
+        )?;
+        let sum_us = load(&self.processing_sum_us);
+        writeln!(
+            out,
+            "adjustd_processing_seconds_sum {}.{:06}",
+            sum_us / 1_000_000,
+            sum_us % 1_000_000
+        )?;
+        writeln!(out, "adjustd_processing_seconds_count {count}")?;
+        writeln!(
+            out,
+            "# HELP adjustd_watch_mode The inbox watch mode in force (1) and the other (0)."
+        )?;
+        writeln!(out, "# TYPE adjustd_watch_mode gauge")?;
+        let polling = self.polling.load(Ordering::Relaxed);
+        writeln!(
+            out,
+            "adjustd_watch_mode{{mode=\"notify\"}} {}",
+            u8::from(!polling)
+        )?;
+        writeln!(
+            out,
+            "adjustd_watch_mode{{mode=\"poll\"}} {}",
+            u8::from(polling)
+        )?;
+        writeln!(
+            out,
+            "# HELP adjustd_rescans_total Listings of the inbox, by reason."
+        )?;
+        writeln!(out, "# TYPE adjustd_rescans_total counter")?;
+        for (reason, counter) in ScanReason::ALL.iter().zip(&self.scans) {
+            writeln!(
+                out,
+                "adjustd_rescans_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(counter)
+            )?;
+        }
+        writeln!(
+            out,
+            "# HELP adjustd_events_dropped_total notify events dropped on a full queue (a rescan covers them)."
+        )?;
+        writeln!(out, "# TYPE adjustd_events_dropped_total counter")?;
+        writeln!(
+            out,
+            "adjustd_events_dropped_total {}",
+            load(&self.events_dropped)
+        )?;
+        writeln!(
+            out,
+            "# HELP adjustd_retries_total Feed attempts retried after a transient error."
+        )?;
+        writeln!(out, "# TYPE adjustd_retries_total counter")?;
+        writeln!(out, "adjustd_retries_total {}", load(&self.retries))?;
+        Ok(())
+    }
+}
+
+/// Binds the HTTP listener.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves `GET /healthz` (200 `ok`) and `GET /metrics` until `shutdown`. Each connection
+/// gets one response and is closed; slow or oversized requests are dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                let metrics = Arc::clone(&metrics);
+                connections.spawn(async move {
+                    let answered =
+                        tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics))
+                            .await;
+                    if let Ok(Err(error)) = answered {
+                        tracing::debug!(%error, "http connection failed");
+                    }
+                });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+}
+
+async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n")
+    {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..n]);
+        if request.len() > 16 * 1024 {
+            break;
+        }
+    }
+    let line = request.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+        ("GET" | "HEAD", "/metrics") => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.render(),
+        ),
+        ("GET" | "HEAD", _) => (
+            "404 Not Found",
+            "text/plain; charset=utf-8",
+            "not found\n".to_owned(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain; charset=utf-8",
+            "method not allowed\n".to_owned(),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.feed_finished(FeedResult::Complete, None, Duration::from_millis(30));
+        metrics.feed_finished(FeedResult::Error, None, Duration::from_secs(100));
+        metrics.scanned(ScanReason::Startup);
+        metrics.event_dropped();
+        metrics.waiting(3, Some(Duration::from_millis(1500)));
+        metrics.watch_mode(true);
+        let text = metrics.render();
+        for line in [
+            "adjustd_feeds_total{outcome=\"complete\"} 1",
+            "adjustd_feeds_total{outcome=\"error\"} 1",
+            "adjustd_processing_seconds_bucket{le=\"0.025\"} 0",
+            "adjustd_processing_seconds_bucket{le=\"0.05\"} 1",
+            "adjustd_processing_seconds_bucket{le=\"+Inf\"} 2",
+            "adjustd_processing_seconds_sum 100.030000",
+            "adjustd_processing_seconds_count 2",
+            "adjustd_files_waiting 3",
+            "adjustd_oldest_waiting_seconds 1.500",
+            "adjustd_watch_mode{mode=\"poll\"} 1",
+            "adjustd_watch_mode{mode=\"notify\"} 0",
+            "adjustd_rescans_total{reason=\"startup\"} 1",
+            "adjustd_events_dropped_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_healthz_and_metrics() {
+        let listener = bind("127.0.0.1:0".parse().expect("address"))
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(Metrics::new()), shutdown.clone()));
+        let get = |path: &'static str| async move {
+            let mut stream = TcpStream::connect(address).await.expect("connect");
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.expect("read");
+            response
+        };
+        let health = get("/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+        assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+        let text = get("/metrics").await;
+        assert!(
+            text.contains("adjustd_feeds_total{outcome=\"complete\"} 0"),
+            "{text}"
+        );
+        assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
+        shutdown.cancel();
+        server.await.expect("server task");
+    }
+}

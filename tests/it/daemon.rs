@@ -1,0 +1,559 @@
+//! The daemon end to end: the real `adjustd run` as a child process on a temp folder with a
+//! real SQLite store; files are dropped the way uploaders drop them (slowly, via temp names,
+//! by hard link, in bursts) and the tests check reports, moves, logs and the store.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use crate::util::{
+    MERCHANT, Refund, Settings, TestDir, feed_xml, order_id, orders_report,
+    refunded_principal_cents, result_codes, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn refund(order: u32, key: &str, cents: i64) -> Refund {
+    Refund {
+        order,
+        key: key.to_owned(),
+        cents,
+    }
+}
+
+fn setup(settings: &Settings, orders: u32) -> TestDir {
+    let dir = TestDir::with(settings);
+    dir.import_orders(MERCHANT, &orders_report(orders));
+    dir
+}
+
+/// Waits until `name` has a report and returns it (asserting there is exactly one).
+fn report_of(dir: &TestDir, name: &str) -> serde_json::Value {
+    wait_for(&format!("a report for {name}"), LONG, || {
+        !dir.reports_for(name).is_empty()
+    });
+    // Let a wrongly repeated processing show up before we count.
+    let mut reports = dir.reports_for(name);
+    assert_eq!(reports.len(), 1, "exactly one report for {name}");
+    reports.remove(0)
+}
+
+fn wait_until_idle(dir: &TestDir) {
+    wait_for("inbox and work/ to be empty", LONG, || {
+        dir.files_in("inbox").is_empty() && dir.files_in("work").is_empty()
+    });
+}
+
+#[test]
+fn slow_writer_in_place_is_processed_once_when_complete() {
+    let dir = setup(&Settings::default(), 2);
+    let mut daemon = dir.spawn_daemon();
+    let xml = feed_xml(
+        MERCHANT,
+        &[refund(0, "slow-1", 100), refund(1, "slow-2", 200)],
+    );
+    let bytes = xml.as_bytes();
+    let path = dir.path("inbox/slow.xml");
+    let mut file = fs::File::create(&path).expect("create");
+    // Pauses shorter than the settle time (200 ms), then one longer than it while the root
+    // element is still open: the content gate must hold the file.
+    for chunk in bytes[..bytes.len() / 2].chunks(64) {
+        file.write_all(chunk).expect("write");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        dir.reports_for("slow.xml").is_empty(),
+        "processed while incomplete"
+    );
+    assert!(path.exists(), "claimed while incomplete");
+    file.write_all(&bytes[bytes.len() / 2..])
+        .expect("write rest");
+    drop(file);
+    let report = report_of(&dir, "slow.xml");
+    assert_eq!(report["status"], "Complete");
+    assert_eq!(report["summary"]["messages_processed"], 2);
+    assert_eq!(report["summary"]["messages_successful"], 2);
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("archive").len(), 1);
+    daemon.stop();
+    assert!(
+        daemon.log().contains("xml not complete yet"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn filepart_rename_hard_link_and_rclone_partial_publishes() {
+    let dir = setup(&Settings::default(), 3);
+    let mut daemon = dir.spawn_daemon();
+    let slow_write = |temp: &str, xml: &str| {
+        let mut file = fs::File::create(dir.path(&format!("inbox/{temp}"))).expect("create");
+        for chunk in xml.as_bytes().chunks(xml.len() / 3 + 1) {
+            file.write_all(chunk).expect("write");
+            // Longer than the settle time: only the temp name keeps it from being taken.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    // WinSCP: NAME.filepart, then rename.
+    slow_write("a.xml.filepart", &feed_xml(MERCHANT, &[refund(0, "a", 1)]));
+    // OpenSSH's sftp-server publishes a rename as link() + unlink().
+    slow_write("b.xml.filepart", &feed_xml(MERCHANT, &[refund(1, "b", 2)]));
+    // rclone: .NAME.XXXXXX.partial, then rename.
+    slow_write(
+        ".c.xml.Ab12Cd.partial",
+        &feed_xml(MERCHANT, &[refund(2, "c", 3)]),
+    );
+    assert!(dir.json_reports().is_empty(), "a temp name was processed");
+    fs::rename(dir.path("inbox/a.xml.filepart"), dir.path("inbox/a.xml")).expect("rename");
+    fs::hard_link(dir.path("inbox/b.xml.filepart"), dir.path("inbox/b.xml")).expect("link");
+    fs::remove_file(dir.path("inbox/b.xml.filepart")).expect("unlink");
+    fs::rename(
+        dir.path("inbox/.c.xml.Ab12Cd.partial"),
+        dir.path("inbox/c.xml"),
+    )
+    .expect("rename");
+    for name in ["a.xml", "b.xml", "c.xml"] {
+        let report = report_of(&dir, name);
+        assert_eq!(
+            report["summary"]["messages_successful"], 1,
+            "{name}: {report}"
+        );
+    }
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("archive").len(), 3);
+    daemon.stop();
+}
+
+#[test]
+fn truncated_xml_waits_then_is_reported_after_the_grace() {
+    let dir = setup(
+        &Settings {
+            truncated_grace_secs: 2,
+            ..Settings::default()
+        },
+        2,
+    );
+    let mut daemon = dir.spawn_daemon();
+    let complete_later = feed_xml(MERCHANT, &[refund(0, "late", 100)]);
+    let never_complete = feed_xml(MERCHANT, &[refund(1, "never", 100)]);
+    let cut = complete_later.len() - 30;
+    fs::write(dir.path("inbox/later.xml"), &complete_later[..cut]).expect("write");
+    fs::write(
+        dir.path("inbox/never.xml"),
+        &never_complete[..never_complete.len() - 30],
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        dir.json_reports().is_empty(),
+        "an incomplete file was processed early"
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(dir.path("inbox/later.xml"))
+        .expect("open")
+        .write_all(&complete_later.as_bytes()[cut..])
+        .expect("append");
+    let report = report_of(&dir, "later.xml");
+    assert_eq!(report["status"], "Complete");
+    assert_eq!(report["summary"]["messages_successful"], 1);
+    let started = Instant::now();
+    let report = report_of(&dir, "never.xml");
+    assert_eq!(report["status"], "Rejected");
+    assert!(
+        result_codes(&report).contains(&"TRUNCATED".to_owned()),
+        "{report}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("failed").len(), 1);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 0);
+}
+
+#[test]
+fn same_content_twice_and_same_name_with_new_content() {
+    let dir = setup(&Settings::default(), 2);
+    let mut daemon = dir.spawn_daemon();
+    let first = feed_xml(MERCHANT, &[refund(0, "k1", 150)]);
+    dir.drop_file("feed.xml", first.as_bytes());
+    let report = report_of(&dir, "feed.xml");
+    let first_id = report["feed_id"].as_u64().expect("feed id");
+    dir.drop_file("copy.xml", first.as_bytes());
+    let duplicate = report_of(&dir, "copy.xml");
+    assert_eq!(
+        duplicate["duplicate_of"].as_u64(),
+        Some(first_id),
+        "{duplicate}"
+    );
+    assert!(result_codes(&duplicate).contains(&"DUPLICATE_FEED".to_owned()));
+    // The same name again with new content is a new feed.
+    dir.drop_file(
+        "feed.xml",
+        feed_xml(MERCHANT, &[refund(0, "k2", 50)]).as_bytes(),
+    );
+    wait_for("two reports for feed.xml", LONG, || {
+        dir.reports_for("feed.xml").len() == 2
+    });
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 200);
+    // Three feeds archived under names that do not collide.
+    assert_eq!(dir.files_in("archive").len(), 3);
+}
+
+#[test]
+fn symlink_out_of_the_inbox_is_not_followed() {
+    let dir = setup(&Settings::default(), 1);
+    let outside = dir.path("outside.xml");
+    let xml = feed_xml(MERCHANT, &[refund(0, "link", 100)]);
+    fs::write(&outside, &xml).expect("write");
+    std::os::unix::fs::symlink(&outside, dir.path("inbox/link.xml")).expect("symlink");
+    fs::create_dir(dir.path("inbox/M_TEST")).expect("merchant folder");
+    fs::create_dir(dir.path("inbox/M_TEST/nested")).expect("nested folder");
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "real.xml",
+        feed_xml(MERCHANT, &[refund(0, "real", 100)]).as_bytes(),
+    );
+    report_of(&dir, "real.xml");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(dir.reports_for("link.xml").is_empty());
+    assert!(
+        fs::symlink_metadata(dir.path("inbox/link.xml")).is_ok(),
+        "symlink stays"
+    );
+    assert_eq!(
+        fs::read_to_string(&outside).expect("target"),
+        xml,
+        "target untouched"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches("not a regular file").count(), 2, "{log}");
+    assert!(
+        log.contains("link.xml") && log.contains("M_TEST/nested"),
+        "{log}"
+    );
+}
+
+#[test]
+fn merchant_folder_binds_its_merchant() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    // A feed for M_TEST dropped into another seller's folder is rejected there.
+    dir.drop_file(
+        "OTHER/foreign.xml",
+        feed_xml(MERCHANT, &[refund(0, "x", 100)]).as_bytes(),
+    );
+    dir.drop_file(
+        "M_TEST/own.xml",
+        feed_xml(MERCHANT, &[refund(0, "y", 100)]).as_bytes(),
+    );
+    let foreign = report_of(&dir, "foreign.xml");
+    assert_eq!(foreign["status"], "Rejected");
+    let own = report_of(&dir, "own.xml");
+    assert_eq!(own["status"], "Complete");
+    wait_until_idle(&dir);
+    let other_reports: Vec<_> = dir
+        .json_reports()
+        .into_iter()
+        .filter(|(path, _)| path.starts_with(dir.path("outbox/OTHER")))
+        .collect();
+    assert_eq!(other_reports.len(), 1);
+    assert!(dir.path("outbox/M_TEST").is_dir());
+    assert_eq!(dir.files_in("failed").len(), 1);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
+#[test]
+fn odd_names_are_processed_and_kept() {
+    let dir = setup(&Settings::default(), 3);
+    let mut daemon = dir.spawn_daemon();
+    let names = ["my feed (1).xml", "fééd-ü-日本.xml", "-leading-dash.xml"];
+    for (n, name) in names.iter().enumerate() {
+        let order = u32::try_from(n).expect("small");
+        dir.drop_file(
+            name,
+            feed_xml(MERCHANT, &[refund(order, name, 10)]).as_bytes(),
+        );
+    }
+    for name in names {
+        assert_eq!(report_of(&dir, name)["status"], "Complete");
+    }
+    wait_until_idle(&dir);
+    let archived: Vec<String> = dir
+        .files_in("archive")
+        .iter()
+        .map(|path| {
+            path.file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for name in names {
+        assert!(
+            archived.iter().any(|a| a.ends_with(name)),
+            "{name} in {archived:?}"
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn inbox_removed_and_recreated_is_watched_again() {
+    let dir = setup(
+        &Settings {
+            watch: "notify",
+            // A long timer, so only a re-added watch (or the missing-inbox polling) can
+            // pick up the file quickly.
+            rescan_interval_secs: 60,
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("watch mode logged", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    fs::remove_dir_all(dir.path("inbox")).expect("remove inbox");
+    std::thread::sleep(Duration::from_millis(500));
+    fs::create_dir(dir.path("inbox")).expect("recreate inbox");
+    std::thread::sleep(Duration::from_millis(500));
+    dir.drop_file(
+        "back.xml",
+        feed_xml(MERCHANT, &[refund(0, "back", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "back.xml")["status"], "Complete");
+    // And events work again: a second file comes in promptly.
+    let dropped = Instant::now();
+    dir.drop_file(
+        "again.xml",
+        feed_xml(MERCHANT, &[refund(0, "again", 100)]).as_bytes(),
+    );
+    report_of(&dir, "again.xml");
+    assert!(dropped.elapsed() < Duration::from_secs(5));
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("cannot list the inbox"), "{log}");
+    assert!(log.contains("inbox is back"), "{log}");
+}
+
+#[test]
+fn polling_mode_and_done_markers() {
+    let dir = setup(
+        &Settings {
+            watch: "poll",
+            inbox_extra: "done_marker = \".done\"".to_owned(),
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "marked.xml",
+        feed_xml(MERCHANT, &[refund(0, "marked", 100)]).as_bytes(),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(
+        dir.json_reports().is_empty(),
+        "processed without its marker"
+    );
+    dir.drop_file("marked.xml.done", b"");
+    assert_eq!(report_of(&dir, "marked.xml")["status"], "Complete");
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert!(daemon.log().contains("mode=\"poll\""), "{}", daemon.log());
+}
+
+#[test]
+fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
+    let dir = setup(
+        &Settings {
+            shutdown_timeout_secs: 120,
+            ..Settings::default()
+        },
+        200,
+    );
+    // A feed big enough to be in hand for a while.
+    let refunds: Vec<Refund> = (0..4_000)
+        .map(|n| refund(n % 200, &format!("big-{n}"), 1))
+        .collect();
+    let big = feed_xml(MERCHANT, &refunds);
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("big.xml", big.as_bytes());
+    wait_for("the big feed to be claimed", LONG, || {
+        !dir.files_in("work").is_empty()
+    });
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "{}", daemon.log());
+    assert_eq!(
+        report_of(&dir, "big.xml")["summary"]["messages_processed"],
+        4_000
+    );
+    assert!(dir.files_in("work").is_empty());
+    assert_eq!(dir.files_in("archive").len(), 1);
+
+    // Second signal: exits at once, mid-feed; the restart finishes that feed exactly once.
+    let big2: Vec<Refund> = (0..4_000)
+        .map(|n| refund(n % 200, &format!("big2-{n}"), 1))
+        .collect();
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("big2.xml", feed_xml(MERCHANT, &big2).as_bytes());
+    wait_for("the second feed to be claimed", LONG, || {
+        !dir.files_in("work").is_empty()
+    });
+    daemon.signal("TERM");
+    std::thread::sleep(Duration::from_millis(20));
+    let signalled = Instant::now();
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "second signal did not exit at once"
+    );
+    assert_ne!(status.code(), Some(0));
+    let mut daemon = dir.spawn_daemon();
+    report_of(&dir, "big2.xml");
+    wait_until_idle(&dir);
+    daemon.stop();
+    let total: i64 = (0..200)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    assert_eq!(total, 8_000);
+}
+
+#[test]
+fn ten_thousand_files_dropped_at_once_are_drained() {
+    const FILES: u32 = 10_000;
+    let dir = setup(
+        &Settings {
+            settle_ms: 100,
+            in_memory: true,
+            ..Settings::default()
+        },
+        100,
+    );
+    // Write them into a staging folder, then move them in as fast as renames go.
+    let staging = dir.path("burst");
+    fs::create_dir(&staging).expect("staging");
+    for n in 0..FILES {
+        let xml = feed_xml(MERCHANT, &[refund(n % 100, &format!("burst-{n}"), 1)]);
+        fs::write(staging.join(format!("f{n:05}.xml")), xml).expect("write");
+    }
+    let mut daemon = dir.spawn_daemon();
+    wait_for("watch mode logged", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    let started = Instant::now();
+    for n in 0..FILES {
+        let name = format!("f{n:05}.xml");
+        fs::rename(staging.join(&name), dir.path("inbox").join(&name)).expect("rename");
+    }
+    wait_for("10,000 files drained", Duration::from_secs(120), || {
+        dir.files_in("inbox").is_empty() && dir.files_in("work").is_empty()
+    });
+    let drained = started.elapsed();
+    eprintln!("drained {FILES} files in {drained:?}");
+    daemon.stop();
+    assert_eq!(dir.json_reports().len(), FILES as usize);
+    assert_eq!(dir.files_in("archive").len(), FILES as usize);
+    let total: i64 = (0..100)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    assert_eq!(total, i64::from(FILES));
+}
+
+#[test]
+fn metrics_and_health_endpoint() {
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "m.xml",
+        feed_xml(MERCHANT, &[refund(0, "m", 100)]).as_bytes(),
+    );
+    report_of(&dir, "m.xml");
+    wait_until_idle(&dir);
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok\n"), "{health}");
+    let metrics = http_get(port, "/metrics");
+    for line in [
+        "adjustd_feeds_total{outcome=\"complete\"} 1",
+        "adjustd_messages_total{result=\"successful\"} 1",
+        "adjustd_files_waiting 0",
+        "adjustd_processing_seconds_count 1",
+        "adjustd_watch_mode{mode=\"notify\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}:\n{metrics}"
+        );
+    }
+    daemon.stop();
+}
+
+#[test]
+fn refuses_a_layout_with_folders_inside_the_inbox() {
+    let dir = TestDir::new();
+    let config = fs::read_to_string(dir.path("adjustd.toml")).expect("config");
+    fs::write(
+        dir.path("adjustd.toml"),
+        config.replace("outbox = \"outbox\"", "outbox = \"inbox/outbox\""),
+    )
+    .expect("config");
+    let out = dir.cli(&["run"]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("outbox folder") && stderr.contains("inbox folder"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn top_level_allow_list_rejects_other_merchants() {
+    let dir = setup(
+        &Settings {
+            inbox_extra: "allowed_merchants = [\"SOMEONE_ELSE\"]".to_owned(),
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "not-allowed.xml",
+        feed_xml(MERCHANT, &[refund(0, "na", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "not-allowed.xml")["status"], "Rejected");
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("failed").len(), 1);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 0);
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+}

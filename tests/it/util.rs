@@ -1,0 +1,455 @@
+//! Test harness for the daemon: `TestDir` (a temp folder with a config file, the folder
+//! layout and a SQLite store), `Daemon` (the real `adjustd run` as a child process, with its
+//! log captured to a file), feed and order-report generators, and polling helpers. No
+//! mocks: everything goes through the binary and the filesystem.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The merchant of the generated orders.
+pub const MERCHANT: &str = "M_TEST";
+
+/// A temp folder laid out for the daemon, with `adjustd.toml` and a SQLite store.
+pub struct TestDir {
+    dir: tempfile::TempDir,
+}
+
+/// Knobs of the generated config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `[inbox] settle_ms`.
+    pub settle_ms: u64,
+    /// `[inbox] truncated_grace_secs`.
+    pub truncated_grace_secs: u64,
+    /// `[inbox] watch`.
+    pub watch: &'static str,
+    /// `[inbox] poll_interval_ms`.
+    pub poll_interval_ms: u64,
+    /// `[inbox] rescan_interval_secs`.
+    pub rescan_interval_secs: u64,
+    /// More `[inbox]` lines.
+    pub inbox_extra: String,
+    /// `[daemon] shutdown_timeout_secs`.
+    pub shutdown_timeout_secs: u64,
+    /// `[http] listen`.
+    pub http_listen: Option<String>,
+    /// Put the folder on tmpfs (`/dev/shm`) when there is one, so that fsync costs
+    /// nothing and a test measures the daemon rather than the disk.
+    pub in_memory: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            settle_ms: 200,
+            truncated_grace_secs: 300,
+            watch: "auto",
+            poll_interval_ms: 200,
+            rescan_interval_secs: 5,
+            inbox_extra: String::new(),
+            shutdown_timeout_secs: 20,
+            http_listen: None,
+            in_memory: false,
+        }
+    }
+}
+
+impl TestDir {
+    /// A folder with the default settings.
+    pub fn new() -> TestDir {
+        TestDir::with(&Settings::default())
+    }
+
+    /// A folder with these settings.
+    pub fn with(settings: &Settings) -> TestDir {
+        let shm = Path::new("/dev/shm");
+        let dir = if settings.in_memory && shm.is_dir() {
+            tempfile::tempdir_in(shm).expect("temp dir in /dev/shm")
+        } else {
+            tempfile::tempdir().expect("temp dir")
+        };
+        let test_dir = TestDir { dir };
+        test_dir.write_config(settings);
+        test_dir
+    }
+
+    /// Rewrites the config file.
+    pub fn write_config(&self, settings: &Settings) {
+        let mut config = String::from(
+            "[store]\nurl = \"sqlite:store.db\"\n\
+             [paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\narchive = \"archive\"\n\
+             failed = \"failed\"\nwork = \"work\"\n",
+        );
+        let _ = write!(
+            config,
+            "[inbox]\nsettle_ms = {}\ntruncated_grace_secs = {}\nwatch = \"{}\"\n\
+             poll_interval_ms = {}\nrescan_interval_secs = {}\n{}\n\
+             [daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = 2\n",
+            settings.settle_ms,
+            settings.truncated_grace_secs,
+            settings.watch,
+            settings.poll_interval_ms,
+            settings.rescan_interval_secs,
+            settings.inbox_extra,
+            settings.shutdown_timeout_secs,
+        );
+        if let Some(listen) = &settings.http_listen {
+            let _ = write!(config, "[http]\nlisten = \"{listen}\"\n");
+        }
+        fs::write(self.path("adjustd.toml"), config).expect("write config");
+        for folder in ["inbox", "outbox", "archive", "failed", "work"] {
+            fs::create_dir_all(self.path(folder)).expect("create folder");
+        }
+    }
+
+    /// A path inside the folder.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Runs a one-shot command of the binary with this config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    }
+
+    /// Imports `orders` (see [`orders_report`]) for `merchant`.
+    pub fn import_orders(&self, merchant: &str, orders: &str) {
+        let file = self.path("orders.txt");
+        fs::write(&file, orders).expect("write orders");
+        let out = self.cli(&[
+            "orders",
+            "import",
+            "--merchant",
+            merchant,
+            file.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "orders import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One order as `orders show --json` prints it.
+    pub fn order(&self, order_id: &str) -> Value {
+        let out = self.cli(&["orders", "show", order_id, "--merchant", MERCHANT, "--json"]);
+        assert!(
+            out.status.success(),
+            "orders show {order_id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("orders show prints JSON")
+    }
+
+    /// Writes a file into the inbox atomically (written next to the folders, then renamed
+    /// in), as a well-behaved uploader does. `relative` is relative to `inbox/`.
+    pub fn drop_file(&self, relative: &str, bytes: &[u8]) {
+        let staging = self.path("staging");
+        fs::create_dir_all(&staging).expect("staging folder");
+        let temp = staging.join(format!("{}.tmp", relative.replace('/', "_")));
+        fs::write(&temp, bytes).expect("write staging file");
+        let target = self.path("inbox").join(relative);
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).expect("inbox subfolder");
+        }
+        fs::rename(&temp, &target).expect("rename into inbox");
+    }
+
+    /// Every JSON report in `outbox/` (and its merchant folders), parsed.
+    pub fn json_reports(&self) -> Vec<(PathBuf, Value)> {
+        files_under(&self.path("outbox"))
+            .into_iter()
+            .filter(|path| path.to_string_lossy().ends_with(".report.json") && !is_hidden(path))
+            .map(|path| {
+                let json = serde_json::from_slice(&fs::read(&path).expect("read report"))
+                    .expect("report is JSON");
+                (path, json)
+            })
+            .collect()
+    }
+
+    /// The JSON reports whose `file_name` is `name`.
+    pub fn reports_for(&self, name: &str) -> Vec<Value> {
+        self.json_reports()
+            .into_iter()
+            .filter(|(_, json)| json["file_name"] == name)
+            .map(|(_, json)| json)
+            .collect()
+    }
+
+    /// Files (not folders, not dot-files) under a folder of the layout, recursively.
+    pub fn files_in(&self, folder: &str) -> Vec<PathBuf> {
+        files_under(&self.path(folder))
+            .into_iter()
+            .filter(|path| !is_hidden(path))
+            .collect()
+    }
+
+    /// Starts `adjustd run`.
+    pub fn spawn_daemon(&self) -> Daemon {
+        let log_path = self.path(&format!("daemon-{}.log", unique()));
+        let log = fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .arg("run")
+            .env("RUST_LOG", "adjustd=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn adjustd run");
+        Daemon {
+            child: Some(child),
+            log_path,
+        }
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+}
+
+/// Every file under `root`, recursively, sorted; symlinks are listed, not followed.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let file_type = entry.file_type().expect("file type");
+            if file_type.is_dir() {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A running `adjustd run`. Killed (SIGKILL) on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Daemon {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (code 0).
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        let status = self.wait_exit(Duration::from_secs(30));
+        assert_eq!(status.code(), Some(0), "daemon exit; log:\n{}", self.log());
+    }
+
+    /// The log so far, without terminal colour codes.
+    pub fn log(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.log_path).unwrap_or_default())
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The order id of generated order `n` (3-7-7 digits).
+pub fn order_id(n: u32) -> String {
+    format!("111-{n:07}-{n:07}")
+}
+
+/// The item code of generated order `n` (14 digits).
+pub fn item_code(n: u32) -> String {
+    format!("{:014}", 20_000_000_000_000u64 + u64::from(n))
+}
+
+/// An order report (tab-separated, Amazon's columns) with `count` single-item MFN USD
+/// orders, each charged 1000.00 principal, shipped.
+pub fn orders_report(count: u32) -> String {
+    let mut report = String::from(
+        "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\t\
+         currency\titem-price\titem-tax\tshipping-price\tshipping-tax\tfulfillment-channel\n",
+    );
+    for n in 0..count {
+        let _ = writeln!(
+            report,
+            "{}\t{}\t2026-11-01T10:00:00+00:00\tSKU-{n}\t1\t1\tUSD\t1000.00\t80.00\t0.00\t0.00\tMFN",
+            order_id(n),
+            item_code(n)
+        );
+    }
+    report
+}
+
+/// One refund message: `cents` of Principal back on generated order `order`, with the
+/// idempotency key `key`.
+#[derive(Debug, Clone)]
+pub struct Refund {
+    /// The generated order number.
+    pub order: u32,
+    /// `MerchantAdjustmentItemID`.
+    pub key: String,
+    /// Principal refunded, in cents.
+    pub cents: i64,
+}
+
+/// An OrderAdjustment feed for `merchant` with one message per refund.
+pub fn feed_xml(merchant: &str, refunds: &[Refund]) -> String {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xsi:noNamespaceSchemaLocation=\"amzn-envelope.xsd\">\n\
+         <Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>{merchant}</MerchantIdentifier></Header>\n\
+         <MessageType>OrderAdjustment</MessageType>\n"
+    );
+    for (index, refund) in refunds.iter().enumerate() {
+        let _ = write!(
+            xml,
+            "<Message><MessageID>{}</MessageID><OrderAdjustment>\
+             <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
+             <AmazonOrderItemCode>{}</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>{}</MerchantAdjustmentItemID>\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type>\
+             <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
+             </AdjustedItem></OrderAdjustment></Message>\n",
+            index + 1,
+            order_id(refund.order),
+            item_code(refund.order),
+            refund.key,
+            refund.cents / 100,
+            refund.cents % 100
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    xml
+}
+
+/// The net Principal refunded on an order, in cents, from `orders show --json`.
+pub fn refunded_principal_cents(order: &Value) -> i64 {
+    let items = order["items"].as_array().expect("items");
+    items
+        .iter()
+        .map(|item| match item["refunded"]["Principal"].as_str() {
+            Some(amount) => {
+                let (units, cents) = amount.split_once('.').unwrap_or((amount, "0"));
+                let units: i64 = units.parse().expect("units");
+                let cents: i64 = format!("{cents:0<2}")[..2].parse().expect("cents");
+                units * 100 + units.signum() * cents
+            }
+            None => 0,
+        })
+        .sum()
+}
+
+/// The result codes of a JSON report.
+pub fn result_codes(report: &Value) -> Vec<String> {
+    report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| result["code_name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
