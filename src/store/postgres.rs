@@ -91,7 +91,7 @@ impl PgStore {
     /// migrated the database, other errors from the migration.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
         let mut config = postgres::Config::from_str(url).map_err(|error| StoreError::Invalid {
-            detail: format!("invalid PostgreSQL url {url:?}: {error}"),
+            detail: format!("invalid PostgreSQL url {:?}: {error}", redact(url)),
         })?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
@@ -103,7 +103,7 @@ impl PgStore {
         config.keepalives_idle(Duration::from_secs(30));
         let mut store = PgStore {
             config: Box::new(config),
-            url: url.to_owned(),
+            url: redact(url),
             conn: None,
         };
         let conn = store.conn()?;
@@ -140,15 +140,10 @@ impl PgStore {
         match &mut self.conn {
             Some(conn) => Ok(conn),
             slot @ None => {
-                let mut client = self.config.connect(NoTls).map_err(|error| {
-                    let error = classify(&error);
-                    match error {
-                        StoreError::Unavailable { .. } => error,
-                        other => StoreError::Unavailable {
-                            detail: format!("connecting to {}: {other}", self.url),
-                        },
-                    }
-                })?;
+                let mut client = self
+                    .config
+                    .connect(NoTls)
+                    .map_err(|error| connect_error(&self.url, &error))?;
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'"
@@ -184,6 +179,48 @@ impl PgStore {
             conn.broken = true;
         }
         result
+    }
+}
+
+/// A failed connection attempt: transient (the server is down, restarting, refusing
+/// connections to this database for now, out of slots), except a database that does not
+/// exist or credentials that are refused, which no retry fixes.
+fn connect_error(url: &str, error: &postgres::Error) -> StoreError {
+    let detail = format!("connecting to {url}: {}", describe(error));
+    let permanent = error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    });
+    if permanent {
+        StoreError::Other { detail }
+    } else {
+        StoreError::Unavailable { detail }
+    }
+}
+
+/// `url` without its password (`postgres://user:***@host/db`), for logs and errors.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    match url[scheme_end..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &url[scheme_end..scheme_end + at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end],
+                    &userinfo[..colon],
+                    &url[scheme_end + at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -1759,4 +1796,20 @@ fn with_principal(
     map.entry(principal.to_owned())
         .or_insert_with(|| format_minor(0, currency));
     map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact("host=h user=u"), "host=h user=u");
+    }
 }

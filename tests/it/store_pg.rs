@@ -973,3 +973,16 @@ fn sqlite_and_postgres_give_the_same_results_on_the_same_feeds() {
         "the feeds exercise too few rules: {seen_codes:?}"
     );
 }
+
+#[test]
+fn a_missing_database_is_not_transient() {
+    let db = pg_or_skip!();
+    let url = with_database(&db.url, "adjustd_no_such_database");
+    match PgStore::connect(&url) {
+        Err(error @ StoreError::Other { .. }) => {
+            assert!(!error.is_transient());
+            assert!(error.to_string().contains("3D000"), "{error}");
+        }
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+}
