@@ -87,7 +87,7 @@ fn feed_xml(refunds: &[Refund]) -> Vec<u8> {
          <MessageType>OrderAdjustment</MessageType>\n"
     );
     for (index, refund) in refunds.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             xml,
             "<Message><MessageID>{}</MessageID><OrderAdjustment>\
              <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
@@ -96,7 +96,7 @@ fn feed_xml(refunds: &[Refund]) -> Vec<u8> {
              <AdjustmentReason>CustomerReturn</AdjustmentReason>\
              <ItemPriceAdjustments><Component><Type>Principal</Type>\
              <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
-             </AdjustedItem></OrderAdjustment></Message>\n",
+             </AdjustedItem></OrderAdjustment></Message>",
             index + 1,
             order_id(refund.order),
             item_code(refund.order),
