@@ -26,6 +26,10 @@ gen=$PWD/target/release/examples/genfeed
 
 psql_admin() { PGOPTIONS='-c client_min_messages=warning' psql -q -v ON_ERROR_STOP=1 "$maintenance" -c "$1" >/dev/null; }
 
+cpu_ticks() { # pid: user + system clock ticks so far
+  awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 # Feeds and order reports for instance i: orders [i*R, (i+1)*R), one seed per feed.
 generate() { # instance
   local i=$1 dir="$work/feeds-$1"
@@ -69,14 +73,23 @@ run_case() { # label instances store-url
     sleep 0.05
   done
   end=$(date +%s.%N)
+  # CPU spent: the adjustd processes, and their PostgreSQL backends (what limits scaling on
+  # a small machine is the CPU both share).
+  local ticks=0 backend_ticks=0 pid
+  for pid in "${pids[@]}"; do ticks=$((ticks + $(cpu_ticks "$pid"))); done
+  if [[ $url == postgres* ]]; then
+    for pid in $(psql -qAt "$maintenance" -c "SELECT pid FROM pg_stat_activity WHERE datname = '${url##*/}' AND application_name = 'adjustd'"); do
+      backend_ticks=$((backend_ticks + $(cpu_ticks "$pid")))
+    done
+  fi
   kill -TERM "${pids[@]}"
   wait "${pids[@]}" || true
   local failed; failed=$(find "$dir/failed" -type f | wc -l)
   local errors; errors=$(grep -ho '"messages_with_error": [0-9]*' "$dir"/outbox/*.json | awk '{s+=$2} END {print s+0}')
   awk -v l="$label" -v n="$n" -v m=$((expected * messages)) -v s="$start" -v e="$end" \
-    -v f="$failed" -v x="$errors" 'BEGIN {
-      printf "%-22s %d instance(s) %8d messages %7.2f s %9.0f messages/s  (failed feeds %d, message errors %d)\n",
-             l, n, m, e - s, m / (e - s), f, x }'
+    -v f="$failed" -v x="$errors" -v t="$ticks" -v b="$backend_ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+      printf "%-12s %d instance(s) %7d messages %7.2f s %7.0f messages/s  CPU adjustd %6.2f s + PostgreSQL backends %6.2f s  (failed feeds %d, message errors %d)\n",
+             l, n, m, e - s, m / (e - s), t / hz, b / hz, f, x }'
 }
 
 for n in $instance_counts; do
