@@ -1,11 +1,16 @@
-//! PostgreSQL store tests: migrations, row locks between concurrent feeds, unique-constraint
-//! races between instances, error classification and reconnection after the server drops
-//! the connection. Each test runs in its own database (`adjustd_t_<pid>_<n>`, dropped at
-//! the end). Without a reachable server the tests skip with a message, unless
-//! `ADJUSTD_REQUIRE_POSTGRES=1` (CI), which makes them fail instead.
+//! PostgreSQL store tests: the shared conformance suite of `store.rs` on PostgreSQL;
+//! migrations (concurrent first start, refusal of a newer schema); row locks between
+//! concurrent feeds; unique-constraint races between instances; error classification;
+//! reconnection after the server drops or refuses connections; a differential test that
+//! runs the same random feeds through the whole pipeline on SQLite and PostgreSQL and
+//! compares reports and orders; a throughput probe. Each test runs in its own database
+//! (`adjustd_t_<pid>_<n>`, dropped at the end). Without a reachable server the tests skip
+//! with a message, unless `ADJUSTD_REQUIRE_POSTGRES=1` (CI), which makes them fail instead.
+//! `ADJUSTD_TEST_PG_URL` names the maintenance database (default
+//! `postgres://postgres@127.0.0.1:5432/test`).
 //!
-//! Does not test the engine's rules; the shared conformance suite (`store.rs`) runs every
-//! store behaviour against both backends.
+//! Also hosts [`TestDb`] for `multi.rs`. Does not test the engine's rules one by one (the
+//! engine tables do); the differential test checks both backends give the same answers.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
