@@ -55,6 +55,9 @@ const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
 /// How long a statement waits for a row lock before giving up with a conflict.
 const LOCK_TIMEOUT: &str = "60s";
 
+/// Imports of at least this many lines refresh the planner's statistics.
+const ANALYZE_AFTER_ROWS: usize = 1000;
+
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 /// A PostgreSQL order store. Keeps its URL and reconnects lazily after the connection
@@ -610,7 +613,17 @@ impl Store for PgStore {
         merchant: &MerchantId,
         rows: &[OrderRow],
     ) -> Result<ImportSummary, StoreError> {
-        self.run_store(|conn| import_orders(conn, merchant, rows))
+        let summary = self.run_store(|conn| import_orders(conn, merchant, rows))?;
+        if rows.len() >= ANALYZE_AFTER_ROWS {
+            // A large import changes the tables' sizes enough for the planner to pick other
+            // plans for the feeds' batched lookups; refresh its statistics now rather than
+            // whenever autovacuum gets to it.
+            self.run(|conn| {
+                conn.client
+                    .batch_execute("ANALYZE orders, order_items, item_components")
+            })?;
+        }
+        Ok(summary)
     }
 
     fn orders(
