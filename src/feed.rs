@@ -9,6 +9,10 @@
 //! `BufRead` it is given. Every problem this module reports is feed-level
 //! ([`MessageId::FEED`]).
 
+// Problems are the contract's error values (see `problem.rs`); boxing them would only
+// move the allocation to every caller.
+#![allow(clippy::result_large_err)]
+
 use std::io::{self, BufRead};
 
 use quick_xml::errors::{Error as XmlError, SyntaxError};
@@ -145,13 +149,9 @@ impl Tree {
         (!self.nodes.is_empty()).then_some(Element { tree: self, id: 0 })
     }
 
-    /// The element with this id.
-    ///
-    /// # Panics
-    /// When `id` is not an element of this tree (ids only come from this tree's elements).
-    pub fn element(&self, id: NodeId) -> Element<'_> {
-        assert!(id < self.nodes.len(), "node id from another tree");
-        Element { tree: self, id }
+    /// The element with this id, `None` when there is none.
+    pub fn element(&self, id: NodeId) -> Option<Element<'_>> {
+        (id < self.nodes.len()).then_some(Element { tree: self, id })
     }
 
     fn clear(&mut self) {
@@ -284,6 +284,11 @@ enum SourceFailure {
 /// checks UTF-8 (and forbidden control characters) as bytes go by, and stops reading when
 /// the file grows past `max_file_bytes` or one event (text run, tag, comment) grows past
 /// `max_text_bytes` plus slack, so nothing unbounded is ever buffered.
+///
+/// The checks run once per chunk of at most [`CHUNK_BYTES`] (fast bulk passes); a chunk is
+/// only handed to quick-xml up to its first bad byte, so a problem is reported when the
+/// parser reaches it, with the line and column of that byte. Lines are counted from the
+/// chunk's newline offsets as quick-xml consumes, so positions cost nothing per byte.
 struct Source<R> {
     inner: R,
     /// The first bytes of the file, served before `inner` (see `read_head`).
@@ -292,8 +297,11 @@ struct Source<R> {
     state: SourceState,
 }
 
-/// Everything of [`Source`] but the inner reader (a separate struct so that scanning can
-/// borrow it while the inner buffer is borrowed).
+/// The most bytes checked (and handed out) at once.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Everything of [`Source`] but the inner reader (a separate struct so that it can be
+/// borrowed while the inner buffer is borrowed).
 #[derive(Debug)]
 struct SourceState {
     max_file_bytes: u64,
@@ -304,12 +312,34 @@ struct SourceState {
     line: u32,
     /// Characters already consumed on the current line.
     column: u32,
+    /// A multi-byte character cut by the end of the previous chunk.
     carry: [u8; 4],
     carry_len: usize,
     ascii_only: bool,
     started: bool,
     at_eof: bool,
     failure: Option<SourceFailure>,
+    /// Length of the current chunk.
+    chunk_len: usize,
+    /// Bytes of the current chunk consumed.
+    chunk_pos: usize,
+    /// Bytes of the current chunk that passed the checks (handed out).
+    usable: usize,
+    /// What is wrong with the byte at `usable`, if anything.
+    pending: Option<Pending>,
+    chunk_ascii: bool,
+    /// Offsets of the line feeds in the usable part of the current chunk.
+    newlines: Vec<u32>,
+    /// Index of the first line feed not consumed yet.
+    newline_index: usize,
+}
+
+/// A problem found ahead of the parser, reported when the parser gets there.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    InvalidUtf8,
+    Forbidden(u8),
+    NonAscii,
 }
 
 impl SourceState {
@@ -327,60 +357,107 @@ impl SourceState {
         rejected()
     }
 
-    /// Scans consumed bytes: UTF-8, control characters, lines and columns.
-    fn scan(&mut self, mut bytes: &[u8]) {
-        if self.failure.is_some() || bytes.is_empty() {
-            return;
-        }
-        if self.ascii_only && !bytes.is_ascii() {
-            let index = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
-            let position = position_in((self.line, self.column), &bytes[..index]);
-            self.failure = Some(SourceFailure::NonAscii(position));
-            return;
-        }
-        // A character split across two consumes: complete it first.
+    /// Checks a new chunk (`bytes` is a prefix of at most [`CHUNK_BYTES`]).
+    fn start_chunk(&mut self, bytes: &[u8]) {
+        self.chunk_len = bytes.len();
+        self.chunk_pos = 0;
+        self.usable = bytes.len();
+        self.pending = None;
+        self.newlines.clear();
+        self.newline_index = 0;
+        self.chunk_ascii = false;
+        let mut skip = 0;
         if self.carry_len > 0 {
             let need = utf8_len(self.carry[0]).max(self.carry_len + 1);
             let take = (need - self.carry_len).min(bytes.len());
             self.carry[self.carry_len..self.carry_len + take].copy_from_slice(&bytes[..take]);
             self.carry_len += take;
+            skip = take;
             if self.carry_len < need {
                 return;
             }
-            if std::str::from_utf8(&self.carry[..need]).is_err() {
-                self.failure = Some(SourceFailure::InvalidUtf8(self.position()));
+            self.carry_len = 0;
+            if std::str::from_utf8(&self.carry[..need]).is_err() || self.ascii_only {
+                // Point at the lead byte, already consumed with the previous chunk.
+                self.column = self.column.saturating_sub(1);
+                self.usable = 0;
+                self.pending = Some(if self.ascii_only {
+                    Pending::NonAscii
+                } else {
+                    Pending::InvalidUtf8
+                });
                 return;
             }
-            self.carry_len = 0;
-            self.column = self.column.saturating_add(1);
-            bytes = &bytes[take..];
         }
-        let checked = match std::str::from_utf8(bytes) {
-            Ok(_) => bytes.len(),
-            Err(error) => {
-                let valid = error.valid_up_to();
-                if error.error_len().is_some() {
-                    let position = position_in((self.line, self.column), &bytes[..valid]);
-                    self.failure = Some(SourceFailure::InvalidUtf8(position));
-                    return;
-                }
-                let rest = &bytes[valid..];
-                self.carry[..rest.len()].copy_from_slice(rest);
-                self.carry_len = rest.len();
-                valid
+        let rest = &bytes[skip..];
+        let mut valid = rest.len();
+        if let Err(error) = std::str::from_utf8(rest) {
+            valid = error.valid_up_to();
+            if error.error_len().is_some() {
+                self.limit(skip + valid, Pending::InvalidUtf8);
+            } else {
+                let tail = &rest[valid..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carry_len = tail.len();
             }
-        };
-        let bytes = &bytes[..checked];
-        if has_forbidden_control(bytes) {
-            let index = bytes
-                .iter()
-                .position(|&b| is_forbidden_control(b))
-                .unwrap_or(0);
-            let position = position_in((self.line, self.column), &bytes[..index]);
-            self.failure = Some(SourceFailure::ForbiddenChar(position, bytes[index]));
-            return;
         }
-        (self.line, self.column) = advance((self.line, self.column), bytes);
+        let checked = &rest[..valid];
+        if has_forbidden_control(checked)
+            && let Some(index) = checked.iter().position(|&b| is_forbidden_control(b))
+        {
+            self.limit(skip + index, Pending::Forbidden(checked[index]));
+        }
+        let ascii = skip == 0 && valid == rest.len() && checked.is_ascii();
+        if self.ascii_only && !ascii {
+            let index = checked.iter().position(|b| !b.is_ascii()).unwrap_or(valid);
+            self.limit(skip + index, Pending::NonAscii);
+        }
+        self.chunk_ascii = ascii;
+        let usable = &bytes[..self.usable];
+        self.newlines.extend(
+            memchr::memchr_iter(b'\n', usable).map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+        );
+    }
+
+    /// Hands out the chunk only up to `at`, where `pending` is wrong.
+    fn limit(&mut self, at: usize, pending: Pending) {
+        if at < self.usable || self.pending.is_none() {
+            self.usable = self.usable.min(at);
+            self.pending = Some(pending);
+        }
+    }
+
+    /// Lines and columns after consuming `n` bytes of the chunk; `view` is the unconsumed
+    /// part (only read for chunks with non-ASCII characters).
+    #[inline]
+    fn advance(&mut self, n: usize, view: &[u8]) {
+        let start = self.chunk_pos;
+        let end = start + n;
+        let before = self.newline_index;
+        while self.newline_index < self.newlines.len()
+            && (self.newlines[self.newline_index] as usize) < end
+        {
+            self.newline_index += 1;
+        }
+        let mut from = start;
+        if self.newline_index > before {
+            let lines = u32::try_from(self.newline_index - before).unwrap_or(u32::MAX);
+            self.line = self.line.saturating_add(lines);
+            self.column = 0;
+            from = self.newlines[self.newline_index - 1] as usize + 1;
+        }
+        if from < end {
+            let chars = if self.chunk_ascii {
+                u32::try_from(end - from).unwrap_or(u32::MAX)
+            } else {
+                view.get(from - start..end - start).map_or(0, char_count)
+            };
+            self.column = self.column.saturating_add(chars);
+        }
+        self.chunk_pos = end;
+        let n = n as u64;
+        self.consumed = self.consumed.saturating_add(n);
+        self.since_reset = self.since_reset.saturating_add(n);
     }
 }
 
@@ -407,22 +484,17 @@ impl<R: BufRead> Source<R> {
                 started: false,
                 at_eof: false,
                 failure: None,
+                chunk_len: 0,
+                chunk_pos: 0,
+                usable: 0,
+                pending: None,
+                chunk_ascii: true,
+                newlines: Vec::new(),
+                newline_index: 0,
             },
         }
     }
-}
 
-impl<R: BufRead> io::Read for Source<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> Source<R> {
     /// Reads the first few bytes (however small the inner buffer) to recognise UTF-16 and
     /// to drop a UTF-8 byte order mark before quick-xml sees it.
     fn read_head(&mut self) -> io::Result<()> {
@@ -448,9 +520,44 @@ impl<R: BufRead> Source<R> {
         }
         Ok(())
     }
+
+    /// The unconsumed bytes of the current chunk source (head or inner), unchecked.
+    fn view(&mut self) -> io::Result<&[u8]> {
+        if self.head_pos < self.head.len() {
+            Ok(&self.head[self.head_pos..])
+        } else {
+            self.inner.fill_buf()
+        }
+    }
+
+    /// The declaration said US-ASCII: re-check what is left of the current chunk.
+    fn set_ascii_only(&mut self) {
+        self.state.ascii_only = true;
+        let (chunk_pos, usable) = (self.state.chunk_pos, self.state.usable);
+        let index = match self.view() {
+            Ok(view) => view
+                .get(..usable.saturating_sub(chunk_pos))
+                .and_then(|rest| rest.iter().position(|b| !b.is_ascii())),
+            Err(_) => None,
+        };
+        if let Some(index) = index {
+            self.state.limit(chunk_pos + index, Pending::NonAscii);
+        }
+    }
+}
+
+impl<R: BufRead> io::Read for Source<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
 }
 
 impl<R: BufRead> BufRead for Source<R> {
+    #[inline]
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         if !self.state.started {
             self.state.started = true;
@@ -466,40 +573,56 @@ impl<R: BufRead> BufRead for Source<R> {
         if state.since_reset > state.max_run_bytes {
             return Err(state.fail(SourceFailure::RunTooLong));
         }
-        if self.head_pos < self.head.len() {
-            state.at_eof = false;
-            return Ok(&self.head[self.head_pos..]);
+        if state.chunk_pos == state.chunk_len {
+            let bytes = if self.head_pos < self.head.len() {
+                &self.head[self.head_pos..]
+            } else {
+                match self.inner.fill_buf() {
+                    Ok(bytes) => bytes,
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => return Err(error),
+                    Err(error) => return Err(state.fail(SourceFailure::Read(error.to_string()))),
+                }
+            };
+            state.at_eof = bytes.is_empty();
+            state.start_chunk(&bytes[..bytes.len().min(CHUNK_BYTES)]);
         }
-        match self.inner.fill_buf() {
-            Ok(bytes) => {
-                state.at_eof = bytes.is_empty();
-                Ok(bytes)
-            }
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => Err(error),
-            Err(error) => Err(state.fail(SourceFailure::Read(error.to_string()))),
+        if state.chunk_pos == state.usable
+            && let Some(pending) = state.pending.take()
+        {
+            let position = state.position();
+            let failure = match pending {
+                Pending::InvalidUtf8 => SourceFailure::InvalidUtf8(position),
+                Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
+                Pending::NonAscii => SourceFailure::NonAscii(position),
+            };
+            return Err(state.fail(failure));
         }
+        let (chunk_pos, usable) = (state.chunk_pos, state.usable);
+        let view = self.view()?;
+        Ok(&view[..(usable - chunk_pos).min(view.len())])
     }
 
+    #[inline]
     fn consume(&mut self, amount: usize) {
+        let amount = amount.min(self.state.usable.saturating_sub(self.state.chunk_pos));
         if amount == 0 {
             return;
         }
         if self.head_pos < self.head.len() {
-            let end = (self.head_pos + amount).min(self.head.len());
-            self.state.scan(&self.head[self.head_pos..end]);
-            self.head_pos = end;
+            self.state.advance(amount, &self.head[self.head_pos..]);
+            self.head_pos += amount;
         } else {
-            // The bytes about to be consumed are the front of the inner buffer, which a
-            // non-empty `BufRead` hands out again without any I/O.
-            if let Ok(buffer) = self.inner.fill_buf() {
-                let end = amount.min(buffer.len());
-                self.state.scan(&buffer[..end]);
+            if self.state.chunk_ascii {
+                self.state.advance(amount, &[]);
+            } else {
+                // A non-empty `BufRead` hands out its buffer again without any I/O.
+                match self.inner.fill_buf() {
+                    Ok(view) => self.state.advance(amount, view),
+                    Err(_) => self.state.advance(amount, &[]),
+                }
             }
             self.inner.consume(amount);
         }
-        let amount = amount as u64;
-        self.state.consumed = self.state.consumed.saturating_add(amount);
-        self.state.since_reset = self.state.since_reset.saturating_add(amount);
     }
 }
 
@@ -540,30 +663,6 @@ fn char_count(bytes: &[u8]) -> u32 {
         .iter()
         .fold(0usize, |n, &b| n + usize::from((b & 0xC0) == 0x80));
     u32::try_from(bytes.len() - continuation).unwrap_or(u32::MAX)
-}
-
-/// (line, characters on the line) after `bytes`.
-fn advance((line, column): (u32, u32), bytes: &[u8]) -> (u32, u32) {
-    match memchr::memrchr(b'\n', bytes) {
-        None => (line, column.saturating_add(char_count(bytes))),
-        Some(last) => {
-            let newlines = memchr::memchr_iter(b'\n', bytes).count();
-            let newlines = u32::try_from(newlines).unwrap_or(u32::MAX);
-            (
-                line.saturating_add(newlines),
-                char_count(&bytes[last + 1..]),
-            )
-        }
-    }
-}
-
-/// The position of the byte right after `before`, starting from `base`.
-fn position_in(base: (u32, u32), before: &[u8]) -> Position {
-    let (line, column) = advance(base, before);
-    Position {
-        line,
-        column: column.saturating_add(1),
-    }
 }
 
 /// Where the reader is in the document.
@@ -803,7 +902,7 @@ impl<R: BufRead> FeedReader<R> {
                         None => {}
                         Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("utf-8") => {}
                         Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("us-ascii") => {
-                            self.reader.get_mut().state.ascii_only = true;
+                            self.reader.get_mut().set_ascii_only();
                         }
                         Some(Ok(encoding)) => {
                             return Err(Problem::new(
@@ -958,7 +1057,7 @@ impl<R: BufRead> FeedReader<R> {
                     return Ok(self.opened(id, new_depth, is_empty));
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.depth = self.depth.saturating_sub(1);
                     if self.depth >= 1 && self.current != NONE {
                         self.current = self.tree.nodes[self.current].parent;
                     }
@@ -1134,6 +1233,15 @@ fn is_xml_char(c: char) -> bool {
 /// The `Name` production, approximated for non-ASCII characters (all accepted except
 /// as noted in XML 1.0 fifth edition's broad ranges).
 fn is_xml_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    // Fast path: the feed's names are ASCII letters.
+    if bytes.first().is_some_and(u8::is_ascii_alphabetic)
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
+        return true;
+    }
     let mut chars = name.chars();
     let Some(first) = chars.next() else {
         return false;
@@ -1215,6 +1323,158 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             *position,
             &format!("control character U+{byte:04X} on line {} is not allowed in XML", position.line),
         ),
-        SourceFailure::Read(error) => malformed(Position::default(), &format!("reading the file failed: {error}")),
+        SourceFailure::Read(error) => Problem::new(
+            Code::MalformedXml,
+            MessageId::FEED,
+            "(file)",
+            None,
+            format!("reading the file failed: {error}"),
+            "check the file system and send the file again",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn children(doc: &str) -> Vec<(String, Position)> {
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let mut out = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            let root = tree.root().expect("element");
+            out.push((root.name().to_owned(), root.position()));
+        }
+        out
+    }
+
+    #[test]
+    fn positions_are_right_whatever_the_chunking() {
+        let doc = "<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/>\n\n<e/></r>";
+        for capacity in 1..9 {
+            let mut reader = FeedReader::new(
+                io::BufReader::with_capacity(capacity, doc.as_bytes()),
+                Limits::default(),
+            );
+            let mut found = Vec::new();
+            while let Some(tree) = reader.next_child().expect("well-formed") {
+                let p = tree.root().expect("element").position();
+                found.push((p.line, p.column));
+            }
+            assert_eq!(
+                found,
+                [(2, 1), (2, 8), (3, 3), (4, 3), (6, 1)],
+                "capacity {capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_bytes_are_reported_where_they_are() {
+        let mut doc = b"<r>\n  <a>\xC3\xA9x".to_vec();
+        doc.extend_from_slice(b"\xFF</a></r>");
+        for capacity in [1, 2, 3, 64] {
+            let mut reader = FeedReader::new(
+                io::BufReader::with_capacity(capacity, &doc[..]),
+                Limits::default(),
+            );
+            let problem = reader.next_child().expect_err("invalid");
+            assert_eq!(problem.code, Code::UnsupportedEncoding, "{problem}");
+            assert_eq!(
+                problem.position,
+                Some(Position { line: 2, column: 8 }),
+                "capacity {capacity}"
+            );
+        }
+        let mut reader = FeedReader::new("<r>\n\n <a>\u{7}</a></r>".as_bytes(), Limits::default());
+        let problem = reader.next_child().expect_err("control character");
+        assert_eq!(
+            (problem.code, problem.position),
+            (Code::MalformedXml, Some(Position { line: 3, column: 5 }))
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_not_bytes() {
+        let found = children("<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/></r>");
+        let positions: Vec<(u32, u32)> = found.iter().map(|(_, p)| (p.line, p.column)).collect();
+        assert_eq!(positions, [(2, 1), (2, 8), (3, 3), (4, 3)]);
+    }
+
+    #[test]
+    fn text_before_children_is_kept_and_later_text_only_flagged() {
+        let mut reader = FeedReader::new(
+            "<r><m>a&amp;b<![CDATA[<c>]]>&#x41;<k>v</k>x</m><n> <k/> </n></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("m");
+        let m = tree.root().expect("m");
+        assert_eq!(m.text(), "a&b<c>A");
+        assert!(m.has_stray_text());
+        let k = m.children().next().expect("k");
+        assert_eq!(
+            (k.name(), k.text(), k.parent().map(|p| p.id())),
+            ("k", "v", Some(0))
+        );
+        let tree = reader.next_child().expect("ok").expect("n");
+        let n = tree.root().expect("n");
+        assert!(is_blank(n.text()) && !n.has_stray_text());
+        assert!(reader.next_child().expect("ok").is_none());
+    }
+
+    #[test]
+    fn attribute_values_are_normalized_and_unescaped() {
+        let mut reader = FeedReader::new(
+            "<r><a x=\"1&lt;2\ty\" y='&#65;'/></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("a");
+        let attributes: Vec<(&str, &str)> = tree.root().expect("a").attributes().collect();
+        assert_eq!(attributes, [("x", "1<2 y"), ("y", "A")]);
+    }
+
+    #[test]
+    fn line_ends_in_text_are_normalized() {
+        let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("a");
+        assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn names_follow_the_name_production() {
+        assert!(is_xml_name("AmazonEnvelope"));
+        assert!(is_xml_name("xsi:type"));
+        assert!(is_xml_name("_a-1.b"));
+        assert!(is_xml_name("été"));
+        assert!(!is_xml_name(""));
+        assert!(!is_xml_name("1a"));
+        assert!(!is_xml_name("-a"));
+        assert!(!is_xml_name("a b"));
+    }
+
+    #[test]
+    fn the_first_error_is_final() {
+        let mut reader = FeedReader::new("<r><a></b></r>".as_bytes(), Limits::default());
+        let first = reader.next_child().expect_err("mismatched");
+        assert_eq!(first.code, Code::MalformedXml);
+        assert_eq!(reader.next_child().expect_err("still"), first);
+        assert_eq!(reader.open_root().expect_err("still"), first);
+    }
+
+    #[test]
+    fn an_empty_root_has_no_children() {
+        let mut reader = FeedReader::new(
+            "<?xml version='1.0'?><r/>\n<!-- end -->\n".as_bytes(),
+            Limits::default(),
+        );
+        assert_eq!(
+            reader.open_root().expect("root").root().expect("r").name(),
+            "r"
+        );
+        assert!(reader.next_child().expect("ok").is_none());
+        assert_eq!(
+            completeness("<r/>".as_bytes(), Limits::default()),
+            Completeness::Complete
+        );
     }
 }

@@ -9,6 +9,10 @@
 //! collected; a message with any error is [`ValidatedMessage::Invalid`]. Everything wrong
 //! outside a `Message` is feed-level and ends the feed.
 
+// Problems are the contract's error values (see `problem.rs`); boxing them would only
+// move the allocation to every caller.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::str::FromStr;
@@ -90,6 +94,8 @@ pub struct Validator<R: BufRead> {
     header: Option<FeedHeader>,
     messages: u64,
     seen_ids: IdSet,
+    /// The currency of the previous message (a lookup cache).
+    last_currency: Option<Currency>,
     failure: Option<Problem>,
 }
 
@@ -104,6 +110,7 @@ impl<R: BufRead> Validator<R> {
             header: None,
             messages: 0,
             seen_ids: IdSet::default(),
+            last_currency: None,
             failure: None,
         }
     }
@@ -200,6 +207,7 @@ impl<R: BufRead> Validator<R> {
         Ok(Some(check_message(
             tree,
             &mut self.seen_ids,
+            &mut self.last_currency,
             self.restocking_fee_max_percent,
         )))
     }
@@ -272,15 +280,15 @@ impl<R: BufRead> Validator<R> {
                     "the envelope holds Header, MessageType, optional MarketplaceName, PurgeAndReplace and EffectiveDate, then Message elements",
                 ));
             };
-            if let Some(last) = last_rank {
-                if rank < last || (rank == last && rank != 5) {
-                    return Err(envelope_problem(
-                        Some(element.position()),
-                        &path,
-                        &format!("<{name}> is duplicated or out of order"),
-                        "the envelope order is Header, MessageType, MarketplaceName?, PurgeAndReplace?, EffectiveDate?, Message+",
-                    ));
-                }
+            if let Some(last) = last_rank
+                && (rank < last || (rank == last && rank != 5))
+            {
+                return Err(envelope_problem(
+                    Some(element.position()),
+                    &path,
+                    &format!("<{name}> is duplicated or out of order"),
+                    "the envelope order is Header, MessageType, MarketplaceName?, PurgeAndReplace?, EffectiveDate?, Message+",
+                ));
             }
             if rank > 0 && header.is_none() {
                 return Err(envelope_problem(
@@ -760,7 +768,8 @@ pub fn is_xsd_date_time(text: &str) -> bool {
         .ok()
         .and_then(|y| y.parse().ok())
         .unwrap_or(1);
-    let leap = (year_value % 4 == 0 && year_value % 100 != 0) || year_value % 400 == 0;
+    let leap = (year_value.is_multiple_of(4) && !year_value.is_multiple_of(100))
+        || year_value.is_multiple_of(400);
     let days = match month {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -786,7 +795,7 @@ pub fn is_xsd_date_time(text: &str) -> bool {
     }
     match tail {
         [] | [b'Z'] => true,
-        [sign, h1, h2, b':', m1, m2] if matches!(sign, b'+' | b'-') => {
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
             let all_digits = [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit());
             let hours = u32::from(h1.wrapping_sub(b'0')) * 10 + u32::from(h2.wrapping_sub(b'0'));
             let minutes = u32::from(m1.wrapping_sub(b'0')) * 10 + u32::from(m2.wrapping_sub(b'0'));
@@ -831,10 +840,10 @@ impl IdSet {
     /// Adds `id`; false when it was already there.
     fn insert(&mut self, id: u64) -> bool {
         let below = self.ranges.range(..=id).next_back().map(|(s, e)| (*s, *e));
-        if let Some((_, end)) = below {
-            if end >= id {
-                return false;
-            }
+        if let Some((_, end)) = below
+            && end >= id
+        {
+            return false;
         }
         let above = id
             .checked_add(1)
@@ -866,6 +875,8 @@ struct Collector<'t> {
     item_code: Option<String>,
     /// The first `currency` attribute of the message and where it was.
     currency: Option<(Currency, Element<'t>)>,
+    /// The currency looked up last (a cache that outlives the message).
+    last_currency: Option<Currency>,
 }
 
 impl<'t> Collector<'t> {
@@ -974,6 +985,7 @@ fn complex(c: &mut Collector<'_>, element: Element<'_>, particles: &[Particle]) 
 fn check_message(
     tree: &Tree,
     seen_ids: &mut IdSet,
+    last_currency: &mut Option<Currency>,
     restocking_fee_max_percent: u32,
 ) -> ValidatedMessage {
     let Some(message) = tree.root() else {
@@ -987,29 +999,30 @@ fn check_message(
         problems: Vec::new(),
         item_code: None,
         currency: None,
+        last_currency: *last_currency,
     };
     // MessageID first, so that every later problem names it.
     let id_element = child(message, "MessageID");
     let mut message_id = None;
-    if let Some(element) = id_element {
-        if let Some(text) = simple(&mut c, element) {
-            let digits = collapse(text);
-            let pattern_ok =
-                (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
-            match positive_integer(digits, u64::MAX) {
-                Ok(value) if pattern_ok => message_id = MessageId::new(value),
-                Err(true) if pattern_ok => c.schema(
-                    element,
-                    format!(
-                        "MessageID {digits} is larger than {}, the largest supported",
-                        u64::MAX
-                    ),
+    if let Some(element) = id_element
+        && let Some(text) = simple(&mut c, element)
+    {
+        let digits = collapse(text);
+        let pattern_ok =
+            (1..=20).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+        match positive_integer(digits, u64::MAX) {
+            Ok(value) if pattern_ok => message_id = MessageId::new(value),
+            Err(true) if pattern_ok => c.schema(
+                element,
+                format!(
+                    "MessageID {digits} is larger than {}, the largest supported",
+                    u64::MAX
                 ),
-                _ => c.schema(
-                    element,
-                    format!("MessageID {text:?} is not a positive integer of at most 20 digits"),
-                ),
-            }
+            ),
+            _ => c.schema(
+                element,
+                format!("MessageID {text:?} is not a positive integer of at most 20 digits"),
+            ),
         }
     }
     if let Some(id) = message_id {
@@ -1033,25 +1046,24 @@ fn check_message(
         ],
         &mut |issue| c.issue(&issue),
     );
-    if let (Some(id), Some(element)) = (message_id, id_element) {
-        if !seen_ids.insert(id.get()) {
-            c.add(
-                Code::DuplicateMessageId,
-                element,
-                format!("MessageID {id} was already used earlier in this feed"),
-                "give every message of a feed its own MessageID",
-            );
-        }
+    if let (Some(id), Some(element)) = (message_id, id_element)
+        && !seen_ids.insert(id.get())
+    {
+        c.add(
+            Code::DuplicateMessageId,
+            element,
+            format!("MessageID {id} was already used earlier in this feed"),
+            "give every message of a feed its own MessageID",
+        );
     }
-    if let Some(element) = child(message, "OperationType") {
-        if let Some(text) = simple(&mut c, element) {
-            if !matches!(text, "Update" | "Delete" | "PartialUpdate") {
-                c.schema(
-                    element,
-                    format!("OperationType {text:?} is not Update, Delete or PartialUpdate"),
-                );
-            }
-        }
+    if let Some(element) = child(message, "OperationType")
+        && let Some(text) = simple(&mut c, element)
+        && !matches!(text, "Update" | "Delete" | "PartialUpdate")
+    {
+        c.schema(
+            element,
+            format!("OperationType {text:?} is not Update, Delete or PartialUpdate"),
+        );
     }
     let adjustment = child(message, "OrderAdjustment")
         .and_then(|element| check_order_adjustment(&mut c, element, restocking_fee_max_percent));
@@ -1071,6 +1083,7 @@ fn check_message(
     for problem in &mut c.problems {
         problem.amazon_order_id.clone_from(&order_id);
     }
+    *last_currency = c.last_currency;
     match (message_id, adjustment) {
         (Some(message_id), Some(adjustment)) if c.problems.is_empty() => {
             ValidatedMessage::Valid(AdjustmentMessage {
@@ -1139,13 +1152,13 @@ fn check_order_adjustment<'t>(
                 }
             }
             "CODCollectionMethod" => {
-                if let Some(text) = simple(c, element) {
-                    if text != "DirectPayment" {
-                        c.schema(
-                            element,
-                            format!("CODCollectionMethod {text:?} is not DirectPayment"),
-                        );
-                    }
+                if let Some(text) = simple(c, element)
+                    && text != "DirectPayment"
+                {
+                    c.schema(
+                        element,
+                        format!("CODCollectionMethod {text:?} is not DirectPayment"),
+                    );
                 }
             }
             _ => {}
@@ -1280,8 +1293,7 @@ fn check_item<'t>(
             "ItemPriceAdjustments" => {
                 complex(c, element, &[Particle::many(&["Component"], 1)]);
                 for component in element.children().filter(|e| e.name() == "Component") {
-                    let all: Vec<&str> = PriceComponent::ALL.iter().map(|p| p.as_str()).collect();
-                    if let Some(p) = check_component(c, component, &all, |t| {
+                    if let Some(p) = check_component(c, component, price_type_names, |t| {
                         PriceComponent::from_str(t).ok().map(Component::Price)
                     }) {
                         parsed.push(p);
@@ -1323,13 +1335,11 @@ fn check_item<'t>(
                             }
                         }
                         "Component" => {
-                            if let Some(p) =
-                                check_component(c, part, &["Principal", "Shipping"], |t| {
-                                    PromotionComponent::from_str(t)
-                                        .ok()
-                                        .map(Component::Promotion)
-                                })
-                            {
+                            if let Some(p) = check_component(c, part, promotion_type_names, |t| {
+                                PromotionComponent::from_str(t)
+                                    .ok()
+                                    .map(Component::Promotion)
+                            }) {
                                 parsed.push(p);
                             }
                         }
@@ -1409,15 +1419,15 @@ fn check_item<'t>(
             _ => {}
         }
     }
-    if let (Some(element), Some(_)) = (quantity_cancelled_element, quantity_cancelled) {
-        if !reason.allows_cancellation() {
-            c.add(
+    if let (Some(element), Some(_)) = (quantity_cancelled_element, quantity_cancelled)
+        && !reason.allows_cancellation()
+    {
+        c.add(
                 Code::CancelReasonInvalid,
                 element,
                 format!("QuantityCancelled is given with AdjustmentReason {reason}"),
                 "use AdjustmentReason NoInventory or CustomerCancel for a partial cancellation, or remove QuantityCancelled",
             );
-        }
     }
     if action == Some(ActionType::Cancel) && quantity_cancelled_element.is_none() {
         c.add(
@@ -1530,11 +1540,21 @@ fn check_restocking_fee(
     }
 }
 
+fn price_type_names() -> String {
+    let names: Vec<&str> = PriceComponent::ALL.iter().map(|p| p.as_str()).collect();
+    names.join(", ")
+}
+
+fn promotion_type_names() -> String {
+    let names: Vec<&str> = PromotionComponent::ALL.iter().map(|p| p.as_str()).collect();
+    names.join(", ")
+}
+
 /// A `Component` of `Type` + `Amount`; `parse_type` maps the type name.
 fn check_component<'t>(
     c: &mut Collector<'t>,
     component: Element<'t>,
-    allowed: &[&str],
+    allowed: fn() -> String,
     parse_type: impl FnOnce(&str) -> Option<Component>,
 ) -> Option<Parsed<'t>> {
     let before = c.count();
@@ -1553,7 +1573,7 @@ fn check_component<'t>(
                 Code::UnknownComponentType,
                 type_element,
                 format!("Component Type {text:?} is not one of the schema values"),
-                &format!("use one of {}", allowed.join(", ")),
+                &format!("use one of {}", allowed()),
             );
         }
     }
@@ -1583,8 +1603,10 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         return None;
     }
     let text = element.text();
+    // `Amount::parse` keeps only significant fraction digits, so the scale is exactly
+    // `fraction_digits()` without its normalisation cost.
     let amount = match Amount::parse(text) {
-        Ok(amount) if amount.fraction_digits() <= 4 => Some(amount),
+        Ok(amount) if amount.value().scale() <= 4 => Some(amount),
         Ok(amount) => {
             c.add(
                 Code::AmountFormat,
@@ -1618,7 +1640,18 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         .find(|(name, _)| *name == "currency")
         .map(|(_, value)| value);
     if let Some(code) = code {
-        match Currency::from_code(code) {
+        // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
+        let known = c
+            .currency
+            .map(|(currency, _)| currency)
+            .into_iter()
+            .chain(c.last_currency)
+            .find(|currency| currency.code() == code);
+        let currency = known.or_else(|| Currency::from_code(code));
+        if let Some(currency) = currency {
+            c.last_currency = Some(currency);
+        }
+        match currency {
             None => c.add(
                 Code::CurrencyUnknown,
                 element,
@@ -1626,23 +1659,23 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                 "use the order's three-letter ISO 4217 code in upper case, e.g. USD",
             ),
             Some(currency) => {
-                if let Some(amount) = amount {
-                    if amount.fraction_digits() > currency.exponent() {
-                        c.add(
-                            Code::AmountPrecision,
-                            element,
-                            format!(
-                                "Amount {} has {} fraction digits but {currency} has {}",
-                                amount,
-                                amount.fraction_digits(),
-                                currency.exponent()
-                            ),
-                            &format!(
-                                "write {currency} amounts with at most {} fraction digits",
-                                currency.exponent()
-                            ),
-                        );
-                    }
+                if let Some(amount) = amount
+                    && amount.value().scale() > currency.exponent()
+                {
+                    c.add(
+                        Code::AmountPrecision,
+                        element,
+                        format!(
+                            "Amount {} has {} fraction digits but {currency} has {}",
+                            amount,
+                            amount.fraction_digits(),
+                            currency.exponent()
+                        ),
+                        &format!(
+                            "write {currency} amounts with at most {} fraction digits",
+                            currency.exponent()
+                        ),
+                    );
                 }
                 match c.currency {
                     None => c.currency = Some((currency, element)),
@@ -1693,5 +1726,128 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_set_merges_neighbouring_ranges() {
+        let mut ids = IdSet::default();
+        for id in [1, 2, 3, 10, 5, 4, 9, u64::MAX, u64::MAX - 1] {
+            assert!(ids.insert(id), "{id}");
+        }
+        for id in [1, 3, 4, 5, 9, 10, u64::MAX] {
+            assert!(!ids.insert(id), "{id}");
+        }
+        assert_eq!(
+            ids.ranges.iter().map(|(s, e)| (*s, *e)).collect::<Vec<_>>(),
+            [(1, 5), (9, 10), (u64::MAX - 1, u64::MAX)]
+        );
+        assert!(ids.insert(6) && ids.insert(8) && ids.insert(7));
+        assert_eq!(ids.ranges.len(), 2);
+    }
+
+    #[test]
+    fn date_times_follow_xsd() {
+        for ok in [
+            "2024-05-01T12:00:00",
+            "2024-05-01T12:00:00Z",
+            "2024-02-29T23:59:59.999+14:00",
+            "2000-02-29T24:00:00-05:30",
+            "-0044-03-15T12:00:00",
+            "12024-01-01T00:00:00Z",
+        ] {
+            assert!(is_xsd_date_time(ok), "{ok}");
+        }
+        for bad in [
+            "2023-02-29T12:00:00",
+            "2024-13-01T12:00:00",
+            "2024-05-01",
+            "2024-05-01 12:00:00",
+            "2024-05-01T24:00:01",
+            "2024-05-01T12:00:00+15:00",
+            "0000-01-01T00:00:00",
+            "02024-01-01T00:00:00",
+            "2024-05-01T12:00:00.",
+            "2024-5-01T12:00:00",
+        ] {
+            assert!(!is_xsd_date_time(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn positive_integers_follow_xsd() {
+        assert_eq!(positive_integer(" +005\n", 10), Ok(5));
+        assert_eq!(positive_integer("0", 10), Err(false));
+        assert_eq!(positive_integer("-1", 10), Err(false));
+        assert_eq!(positive_integer("1 0", 10), Err(false));
+        assert_eq!(positive_integer("", 10), Err(false));
+        assert_eq!(positive_integer("11", 10), Err(true));
+        assert_eq!(
+            positive_integer("99999999999999999999999", u64::MAX),
+            Err(true)
+        );
+        assert_eq!(
+            positive_integer("18446744073709551615", u64::MAX),
+            Ok(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn normalized_strings_replace_but_do_not_trim() {
+        assert_eq!(normalized("a\tb\r\nc"), "a b  c");
+        assert_eq!(normalized(" x "), " x ");
+        assert!(is_version("1.01", 2) && is_version("12.3", 2) && !is_version("123.1", 2));
+        assert!(!is_version("1.", 2) && !is_version(" 1.0", 2) && is_version("1234.1", 4));
+    }
+
+    fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {
+        let doc = format!("<r>{xml}</r>");
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let tree = reader.next_child().expect("ok").expect("element");
+        let mut found = Vec::new();
+        check_sequence(tree.root().expect("root"), particles, &mut |issue| {
+            found.push(format!(
+                "{} {:?}: {}",
+                issue.at.name(),
+                issue.missing,
+                issue.what
+            ));
+        });
+        found
+    }
+
+    #[test]
+    fn sequences_report_missing_extra_and_misplaced_elements() {
+        let model = [
+            Particle::one(&["A", "B"]),
+            Particle::optional(&["C"]),
+            Particle::many(&["D"], 1),
+            Particle::optional(&["E"]),
+        ];
+        assert!(issues("<p><A/><C/><D/><D/><E/></p>", &model).is_empty());
+        assert!(issues("<p><B/><D/></p>", &model).is_empty());
+        assert_eq!(
+            issues("<p><C/><D/></p>", &model),
+            ["C Some(\"A\"): missing <A> or <B> before <C>"]
+        );
+        assert_eq!(
+            issues("<p><A/><C/><C/></p>", &model),
+            [
+                "C None: <C> appears more often than allowed (1 at most)",
+                "p Some(\"D\"): <p> is missing <D>"
+            ]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><C/></p>", &model),
+            ["C None: <C> is out of order: it must come before <D>"]
+        );
+        assert_eq!(
+            issues("<p><A/><D/><X/></p>", &model),
+            ["X None: unexpected element <X> in <p> (expected <D>, <E>)"]
+        );
     }
 }

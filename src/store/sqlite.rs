@@ -7,8 +7,11 @@
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
-//! prepared once and cached, and orders are loaded in batches, so a feed of 100k messages
-//! costs a few hundred queries plus one insert per change. The CHECK constraints and
+//! prepared once and cached, orders and keys are loaded with `IN (...)` lists of up to 1024
+//! ids, and each `apply` call writes its rows with multi-row statements (64 rows each;
+//! running totals summed per item and component first), so a feed of 100k messages costs
+//! a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
+//! which is safe because the transaction holds SQLite's write lock. The CHECK constraints and
 //! append-only triggers of the schema hold the refund invariants even against a bug in the
 //! engine. This module does not decide what a feed does (see `engine`) nor parse order
 //! reports (see [`crate::store::import`]).
@@ -47,8 +50,22 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// How long a statement waits for another connection's lock before failing as busy.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Ids per `IN (...)` batch when loading orders and keys (padded, so one cached statement).
-const BATCH: usize = 256;
+/// Sizes of the `IN (...)` lists used when loading orders and keys. A batch is padded to
+/// the next size (repeating its last id), so a few cached statements serve every feed: a
+/// one-order feed runs `IN (?)` (an equality), a large one runs lists of 1024.
+const BATCH_SIZES: [usize; 4] = [1, 16, 128, 1024];
+
+/// Ids per batch: the largest of [`BATCH_SIZES`].
+const BATCH: usize = BATCH_SIZES[BATCH_SIZES.len() - 1];
+
+/// The list size a batch of `len` ids is padded to.
+fn batch_size(len: usize) -> usize {
+    BATCH_SIZES
+        .iter()
+        .copied()
+        .find(|size| *size >= len)
+        .unwrap_or(BATCH)
+}
 
 /// The SQLite order store. Holds the database connection and the single-writer lock.
 pub struct SqliteStore {
@@ -88,12 +105,21 @@ impl SqliteStore {
         })?;
         configure(&conn)?;
         migrate(&mut conn)?;
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(128);
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
             _lock: lock,
         })
+    }
+
+    /// How long a statement waits for another connection's lock before the operation
+    /// fails with [`StoreError::Conflict`] (default 5 s).
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn set_busy_timeout(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        self.conn.busy_timeout(timeout).map_err(db_error)
     }
 
     /// The database file.
@@ -170,8 +196,13 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
             detail: format!("cannot switch the database to WAL mode (got {mode:?})"),
         });
     }
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-        .map_err(db_error)
+    // A 64 MiB page cache keeps a large feed's working set (orders, totals, new rows) in
+    // memory instead of spilling into the WAL before commit; mmap avoids read syscalls.
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; \
+         PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(db_error)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -368,6 +399,9 @@ impl Store for SqliteStore {
             tx,
             feed_id,
             items: HashMap::new(),
+            components: HashSet::new(),
+            components_read: HashSet::new(),
+            next_adjustment_id: None,
             created_at: now,
         }))
     }
@@ -750,12 +784,20 @@ fn import_row(
         .map_err(db_error)?;
     match item {
         None => {
+            // A separate query: as a subquery of the INSERT, SQLite re-prepares the
+            // statement on every execution.
+            let position: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(position), 0) + 1 FROM order_items WHERE order_id = ?1",
+                )
+                .map_err(db_error)?
+                .query_row([order_id], |r| r.get(0))
+                .map_err(db_error)?;
             let item_id: i64 = tx
                 .prepare_cached(
                     "INSERT INTO order_items (order_id, position, amazon_order_item_code, \
                      merchant_order_item_id, sku, quantity_ordered, quantity_shipped) \
-                     VALUES (?1, (SELECT COALESCE(MAX(position), 0) + 1 FROM order_items \
-                     WHERE order_id = ?1), ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                     VALUES (?1, ?7, ?2, ?3, ?4, ?5, ?6) RETURNING id",
                 )
                 .map_err(db_error)?
                 .query_row(
@@ -765,7 +807,8 @@ fn import_row(
                         row.merchant_item_id.as_ref().map(SellerId::as_str),
                         row.sku,
                         row.quantity_ordered,
-                        row.quantity_shipped.unwrap_or(0)
+                        row.quantity_shipped.unwrap_or(0),
+                        position
                     ],
                     |r| r.get(0),
                 )
@@ -785,7 +828,11 @@ fn import_row(
             }
         }
         Some((item_id, shipped_before, cancelled)) => {
-            let shipped = row.quantity_shipped.unwrap_or(shipped_before);
+            // Units do not come back once shipped: an older report imported again (taken
+            // before the shipment) must not lower the count.
+            let shipped = row
+                .quantity_shipped
+                .map_or(shipped_before, |given| given.max(shipped_before));
             if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
                 let column = if row.quantity_shipped.is_some() {
                     "quantity-shipped"
@@ -868,8 +915,58 @@ pub struct SqliteFeedTx<'a> {
     feed_id: i64,
     /// Item ids of the loaded orders, for [`FeedTx::apply`].
     items: HashMap<AmazonOrderId, HashMap<OrderItemCode, i64>>,
+    /// The `item_components` rows that exist, so apply knows UPDATE from INSERT.
+    components: HashSet<(i64, Component)>,
+    /// Items whose component rows were read into `components`.
+    components_read: HashSet<i64>,
+    /// The id the next adjustment gets (we hold the write lock, so ids are ours to pick);
+    /// `None` until the first apply reads `MAX(id)`.
+    next_adjustment_id: Option<i64>,
     created_at: String,
 }
+
+/// Rows of one `apply` call, written with multi-row statements at its end.
+#[derive(Default)]
+struct Pending {
+    adjustments: Vec<AdjustmentRow>,
+    amounts: Vec<(i64, &'static str, i64)>,
+    /// Net delta per existing (item, component) row, in first-seen order.
+    updates: Vec<((i64, Component), i64)>,
+    /// New (item, component) rows with their refunded amount.
+    inserts: Vec<((i64, Component), i64)>,
+    slots: HashMap<(i64, Component), Slot>,
+    cancels: Vec<(i64, u32)>,
+    keys: Vec<KeyRow>,
+}
+
+#[derive(Clone, Copy)]
+enum Slot {
+    Update(usize),
+    Insert(usize),
+}
+
+struct AdjustmentRow {
+    id: i64,
+    message_id: i64,
+    item_id: i64,
+    reason: &'static str,
+    action: Option<&'static str>,
+    quantity_cancelled: u32,
+    quantity: Option<u32>,
+    key: Option<String>,
+    payload_hash: String,
+    net: i64,
+}
+
+struct KeyRow {
+    key: String,
+    payload_hash: String,
+    message_id: i64,
+    rejection: Option<u32>,
+}
+
+/// Rows per multi-row statement; the remainder goes one row at a time.
+const ROWS: usize = 64;
 
 /// One order as loaded, with the database ids of its items.
 struct LoadedOrder {
@@ -889,7 +986,7 @@ impl SqliteFeedTx<'_> {
     ) -> Result<Vec<LoadedOrder>, StoreError> {
         let mut orders: Vec<LoadedOrder> = Vec::new();
         for chunk in ids.chunks(BATCH) {
-            let placeholders = in_list(2);
+            let placeholders = in_list(batch_size(chunk.len()));
             let sql = format!(
                 "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
                  o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
@@ -1018,12 +1115,37 @@ impl SqliteFeedTx<'_> {
             })
     }
 
-    fn apply_adjustment(
+    /// Reads the component rows of an item that `load` did not load.
+    fn read_components(&mut self, item_id: i64) -> Result<(), StoreError> {
+        if !self.components_read.insert(item_id) {
+            return Ok(());
+        }
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT component FROM item_components WHERE item_id = ?1")
+            .map_err(db_error)?;
+        let names = stmt
+            .query_map([item_id], |r| r.get::<_, String>(0))
+            .map_err(db_error)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(db_error)?;
+        for name in names {
+            let component =
+                Component::from_name(&name).ok_or_else(|| corrupt("component", &name))?;
+            self.components.insert((item_id, component));
+        }
+        Ok(())
+    }
+
+    /// Adds one adjustment to `pending`.
+    fn plan_adjustment(
         &mut self,
         merchant: &MerchantId,
         adjustment: &NewAdjustment,
+        pending: &mut Pending,
     ) -> Result<(), StoreError> {
         let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
+        self.read_components(item_id)?;
         let net = adjustment
             .amounts
             .iter()
@@ -1031,132 +1153,236 @@ impl SqliteFeedTx<'_> {
             .ok_or_else(|| StoreError::Invalid {
                 detail: "the net of the adjustment overflows".into(),
             })?;
+        let id = match self.next_adjustment_id {
+            Some(id) => id,
+            None => self
+                .tx
+                .prepare_cached("SELECT COALESCE(MAX(id), 0) + 1 FROM adjustments")
+                .map_err(db_error)?
+                .query_row([], |r| r.get(0))
+                .map_err(db_error)?,
+        };
+        self.next_adjustment_id = Some(id + 1);
         let message_id = message_id_to_sql(adjustment.message_id);
-        let adjustment_id: i64 = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO adjustments (feed_id, message_id, item_id, reason, action_type, \
-                 quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
-                 created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING id",
-            )
-            .map_err(db_error)?
-            .query_row(
-                params![
-                    self.feed_id,
-                    message_id,
-                    item_id,
-                    adjustment.reason.as_str(),
-                    adjustment.action.map(|a| a.as_str()),
-                    adjustment.quantity_cancelled,
-                    adjustment.quantity,
-                    adjustment.key.as_ref().map(SellerId::as_str),
-                    adjustment.payload_hash,
-                    net,
-                    self.created_at
-                ],
-                |r| r.get(0),
-            )
-            .map_err(db_error)?;
-        let mut amount_stmt = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
-                 VALUES (?1, ?2, ?3)",
-            )
-            .map_err(db_error)?;
-        // UPDATE first: SQLite checks CHECK constraints on the candidate row before an
-        // ON CONFLICT upsert would resolve, so a refund row would fail as a fresh insert.
-        let mut update_total = self
-            .tx
-            .prepare_cached(
-                "UPDATE item_components SET refunded = refunded + ?3 \
-                 WHERE item_id = ?1 AND component = ?2",
-            )
-            .map_err(db_error)?;
-        let mut insert_total = self
-            .tx
-            .prepare_cached(
-                "INSERT INTO item_components (item_id, component, class, charged, refunded) \
-                 VALUES (?1, ?2, ?3, 0, ?4)",
-            )
-            .map_err(db_error)?;
+        pending.adjustments.push(AdjustmentRow {
+            id,
+            message_id,
+            item_id,
+            reason: adjustment.reason.as_str(),
+            action: adjustment.action.map(|a| a.as_str()),
+            quantity_cancelled: adjustment.quantity_cancelled,
+            quantity: adjustment.quantity,
+            key: adjustment.key.as_ref().map(|k| k.as_str().to_owned()),
+            payload_hash: adjustment.payload_hash.clone(),
+            net,
+        });
         for (component, amount) in &adjustment.amounts {
-            amount_stmt
-                .execute(params![adjustment_id, component.name(), amount])
-                .map_err(db_error)?;
-            let updated = update_total
-                .execute(params![item_id, component.name(), amount])
-                .map_err(db_error)?;
-            if updated == 0 {
-                insert_total
-                    .execute(params![
-                        item_id,
-                        component.name(),
-                        class_name(component.class()),
-                        amount
-                    ])
-                    .map_err(db_error)?;
+            pending.amounts.push((id, component.name(), *amount));
+            let slot_key = (item_id, *component);
+            match pending.slots.get(&slot_key) {
+                Some(Slot::Update(i)) => pending.updates[*i].1 += amount,
+                Some(Slot::Insert(i)) => pending.inserts[*i].1 += amount,
+                None if self.components.contains(&slot_key) => {
+                    pending
+                        .slots
+                        .insert(slot_key, Slot::Update(pending.updates.len()));
+                    pending.updates.push((slot_key, *amount));
+                }
+                None => {
+                    pending
+                        .slots
+                        .insert(slot_key, Slot::Insert(pending.inserts.len()));
+                    pending.inserts.push((slot_key, *amount));
+                }
             }
         }
         if adjustment.quantity_cancelled > 0 {
-            self.tx
+            pending
+                .cancels
+                .push((item_id, adjustment.quantity_cancelled));
+        }
+        if let Some(key) = &adjustment.key {
+            pending.keys.push(KeyRow {
+                key: key.as_str().to_owned(),
+                payload_hash: adjustment.payload_hash.clone(),
+                message_id,
+                rejection: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `pending` with multi-row statements: adjustments, their amounts, the
+    /// running totals, cancelled quantities and keys.
+    fn flush(&mut self, merchant: &MerchantId, pending: Pending) -> Result<(), StoreError> {
+        let feed_id = self.feed_id;
+        let created_at = self.created_at.as_str();
+        write_rows(
+            &self.tx,
+            "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
+             quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
+             created_at) VALUES ",
+            12,
+            "",
+            &pending.adjustments,
+            |a, out| {
+                out.push(Box::new(a.id));
+                out.push(Box::new(feed_id));
+                out.push(Box::new(a.message_id));
+                out.push(Box::new(a.item_id));
+                out.push(Box::new(a.reason));
+                out.push(Box::new(a.action));
+                out.push(Box::new(a.quantity_cancelled));
+                out.push(Box::new(a.quantity));
+                out.push(Box::new(a.key.clone()));
+                out.push(Box::new(a.payload_hash.clone()));
+                out.push(Box::new(a.net));
+                out.push(Box::new(created_at.to_owned()));
+            },
+        )?;
+        write_rows(
+            &self.tx,
+            "INSERT INTO adjustment_amounts (adjustment_id, component, amount) VALUES ",
+            3,
+            "",
+            &pending.amounts,
+            |(id, component, amount), out| {
+                out.push(Box::new(*id));
+                out.push(Box::new(*component));
+                out.push(Box::new(*amount));
+            },
+        )?;
+        write_rows(
+            &self.tx,
+            "INSERT INTO item_components (item_id, component, class, charged, refunded) \
+             SELECT column1, column2, column3, 0, column4 FROM (VALUES ",
+            4,
+            ")",
+            &pending.inserts,
+            |((item, component), refunded), out| {
+                out.push(Box::new(*item));
+                out.push(Box::new(component.name()));
+                out.push(Box::new(class_name(component.class())));
+                out.push(Box::new(*refunded));
+            },
+        )?;
+        self.components
+            .extend(pending.inserts.iter().map(|(slot, _)| *slot));
+        write_rows(
+            &self.tx,
+            "UPDATE item_components SET refunded = refunded + v.column3 FROM (VALUES ",
+            3,
+            ") AS v WHERE item_components.item_id = v.column1 \
+             AND item_components.component = v.column2",
+            &pending.updates,
+            |((item, component), delta), out| {
+                out.push(Box::new(*item));
+                out.push(Box::new(component.name()));
+                out.push(Box::new(*delta));
+            },
+        )?;
+        if !pending.cancels.is_empty() {
+            let mut stmt = self
+                .tx
                 .prepare_cached(
                     "UPDATE order_items SET quantity_cancelled = quantity_cancelled + ?2 \
                      WHERE id = ?1",
                 )
-                .map_err(db_error)?
-                .execute(params![item_id, adjustment.quantity_cancelled])
                 .map_err(db_error)?;
+            for (item, n) in &pending.cancels {
+                stmt.execute(params![item, n]).map_err(db_error)?;
+            }
         }
-        if let Some(key) = &adjustment.key {
-            self.insert_key(merchant, key, &adjustment.payload_hash, message_id, None)?;
-        }
-        Ok(())
-    }
-
-    fn insert_key(
-        &self,
-        merchant: &MerchantId,
-        key: &SellerId,
-        payload_hash: &str,
-        message_id: i64,
-        rejection: Option<Code>,
-    ) -> Result<(), StoreError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
-                 rejection_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                merchant.as_str(),
-                key.as_str(),
-                payload_hash,
-                self.feed_id,
-                message_id,
-                rejection.map(Code::number)
-            ])
-            .map_err(db_error)?;
-        Ok(())
+        let merchant = merchant.as_str().to_owned();
+        write_rows(
+            &self.tx,
+            "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
+             rejection_code) VALUES ",
+            6,
+            "",
+            &pending.keys,
+            |k, out| {
+                out.push(Box::new(merchant.clone()));
+                out.push(Box::new(k.key.clone()));
+                out.push(Box::new(k.payload_hash.clone()));
+                out.push(Box::new(feed_id));
+                out.push(Box::new(k.message_id));
+                out.push(Box::new(k.rejection));
+            },
+        )
     }
 }
 
-/// `?2, ?3, ..., ?{BATCH+1}`.
-fn in_list(first: usize) -> String {
-    (first..first + BATCH)
+/// Writes `rows` with `head (?, ...), (?, ...) tail` statements of [`ROWS`] rows, then the
+/// remainder one row at a time (two cached statements per table).
+fn write_rows<T>(
+    tx: &Transaction<'_>,
+    head: &str,
+    width: usize,
+    tail: &str,
+    rows: &[T],
+    bind: impl Fn(&T, &mut Vec<Box<dyn rusqlite::ToSql + '_>>),
+) -> Result<(), StoreError> {
+    let statement = |n: usize| {
+        let one = format!("({})", vec!["?"; width].join(", "));
+        format!("{head}{}{tail}", vec![one; n].join(", "))
+    };
+    let mut chunks = rows.chunks_exact(ROWS);
+    let mut values: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::with_capacity(ROWS * width);
+    if rows.len() >= ROWS {
+        let mut stmt = tx.prepare_cached(&statement(ROWS)).map_err(db_error)?;
+        for chunk in chunks.by_ref() {
+            values.clear();
+            for row in chunk {
+                bind(row, &mut values);
+            }
+            stmt.execute(rusqlite::params_from_iter(values.iter()))
+                .map_err(db_error)?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = tx.prepare_cached(&statement(1)).map_err(db_error)?;
+        for row in rest {
+            values.clear();
+            bind(row, &mut values);
+            stmt.execute(rusqlite::params_from_iter(values.iter()))
+                .map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// "message 7" or "messages 1 to 90", naming the changes of one apply call.
+fn message_range(changes: &[Change]) -> String {
+    let ids = changes.iter().map(|c| match c {
+        Change::Adjust(a) => a.message_id.get(),
+        Change::PinRejection { message_id, .. } => message_id.get(),
+    });
+    let (low, high) = ids.fold((u64::MAX, 0), |(lo, hi), id| (lo.min(id), hi.max(id)));
+    if low == high {
+        format!("message {low}")
+    } else {
+        format!("messages {low} to {high}")
+    }
+}
+
+/// `?2, ?3, ..., ?{n+1}`.
+fn in_list(n: usize) -> String {
+    (2..2 + n)
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// `merchant` then the chunk's ids, padded to [`BATCH`] with the last id so every batch
-/// uses the same cached statement.
+/// `merchant` then the chunk's ids, padded to [`batch_size`] with the last id.
 fn padded_params<'s>(merchant: &'s str, chunk: &[&'s str]) -> Vec<&'s str> {
-    let mut params = Vec::with_capacity(BATCH + 1);
+    let size = batch_size(chunk.len());
+    let mut params = Vec::with_capacity(size + 1);
     params.push(merchant);
     params.extend_from_slice(chunk);
     if let Some(last) = chunk.last() {
-        params.resize(BATCH + 1, last);
+        params.resize(size + 1, last);
     }
     params
 }
@@ -1201,6 +1427,9 @@ impl FeedTx for SqliteFeedTx<'_> {
                 .or_default();
             for (item, id) in order.state.items.iter().zip(&order.item_ids) {
                 items.insert(item.code.clone(), *id);
+                self.components_read.insert(*id);
+                self.components
+                    .extend(item.components.keys().map(|component| (*id, *component)));
             }
             snapshot.insert_order(order.state);
         }
@@ -1216,12 +1445,12 @@ impl FeedTx for SqliteFeedTx<'_> {
 
         let keys: Vec<&str> = needs.keys.iter().map(SellerId::as_str).collect();
         let mut found_keys: HashSet<String> = HashSet::new();
-        let sql = format!(
-            "SELECT key, payload_hash, feed_id, message_id, rejection_code FROM idempotency_keys \
-             WHERE merchant = ?1 AND key IN ({})",
-            in_list(2)
-        );
         for chunk in keys.chunks(BATCH) {
+            let sql = format!(
+                "SELECT key, payload_hash, feed_id, message_id, rejection_code \
+                 FROM idempotency_keys WHERE merchant = ?1 AND key IN ({})",
+                in_list(batch_size(chunk.len()))
+            );
             let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
             let params = padded_params(merchant.as_str(), chunk);
             let mut rows = stmt
@@ -1265,10 +1494,11 @@ impl FeedTx for SqliteFeedTx<'_> {
     }
 
     fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError> {
+        let mut pending = Pending::default();
         for change in changes {
             match change {
                 Change::Adjust(adjustment) => {
-                    self.apply_adjustment(merchant, adjustment)
+                    self.plan_adjustment(merchant, adjustment, &mut pending)
                         .map_err(|e| match e {
                             StoreError::Invalid { detail } => StoreError::Invalid {
                                 detail: format!(
@@ -1294,17 +1524,24 @@ impl FeedTx for SqliteFeedTx<'_> {
                             ),
                         });
                     }
-                    self.insert_key(
-                        merchant,
-                        key,
-                        payload_hash,
-                        message_id_to_sql(*message_id),
-                        Some(*code),
-                    )?;
+                    pending.keys.push(KeyRow {
+                        key: key.as_str().to_owned(),
+                        payload_hash: payload_hash.clone(),
+                        message_id: message_id_to_sql(*message_id),
+                        rejection: Some(code.number()),
+                    });
                 }
             }
         }
-        Ok(())
+        // The rows are written together, so a constraint failure names the range of
+        // messages rather than one (a failure here is a bug in the engine).
+        let range = message_range(changes);
+        self.flush(merchant, pending).map_err(|e| match e {
+            StoreError::Invalid { detail } => StoreError::Invalid {
+                detail: format!("{range}: {detail}"),
+            },
+            other => other,
+        })
     }
 
     fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {

@@ -259,8 +259,9 @@ pub mod conformance {
         let item = item_view(&teapot, "23456789012345");
         assert_eq!(item.charged["Principal"], "36.00");
         assert_eq!(item.refunded["Principal"], "10.00");
-        // The re-import of the New Orders report (quantity-shipped 0) lowered nothing it
-        // should not: shipped comes from the report, adjustments stay.
+        // That row of the older New Orders report says quantity-shipped 0: shipped units do
+        // not come back, and adjustments stay.
+        assert_eq!(item.quantity_shipped, 1);
         assert_eq!(teapot.adjustments.len(), 1);
     }
 
@@ -1017,6 +1018,29 @@ fn sqlite_checks_and_triggers_hold_against_raw_sql() {
 }
 
 #[test]
+fn sqlite_busy_database_is_a_transient_conflict() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let mut store = SqliteStore::open(&path).expect("open");
+    store
+        .set_busy_timeout(std::time::Duration::from_millis(50))
+        .expect("timeout");
+    // Something outside adjustd (a backup tool, a careless sqlite3 shell) holds the write lock.
+    let other = raw(&path);
+    other.execute_batch("BEGIN IMMEDIATE").expect("writer lock");
+    match store.begin_feed(&new_feed("f.xml", "h", None)) {
+        Err(err @ StoreError::Conflict { .. }) => assert!(err.is_transient()),
+        Err(other) => panic!("expected Conflict, got {other:?}"),
+        Ok(_) => panic!("expected Conflict, got a transaction"),
+    }
+    other.execute_batch("ROLLBACK").expect("release");
+    let tx = store
+        .begin_feed(&new_feed("f.xml", "h", None))
+        .expect("free again");
+    tx.commit(&done(0, None)).expect("commit");
+}
+
+#[test]
 fn sqlite_message_ids_above_i64_round_trip() {
     let (mut fixture, _) = (sqlite_fixture().expect("fixture"), ());
     let store = fixture.store.as_mut();
@@ -1058,6 +1082,13 @@ fn order_report_files_parse_and_fail_with_line_and_column() {
     assert!(err.to_string().contains("\"0.605\""), "{err}");
 }
 
+/// CPU time of the calling thread so far (Linux), to read the probe on a shared machine.
+fn thread_cpu() -> Option<std::time::Duration> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos: u64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(nanos))
+}
+
 /// Applies `ADJUSTD_STORE_PERF_ADJUSTMENTS` (default 4000) adjustments over half as many
 /// orders in one feed transaction and prints the rate. A probe, not a timed assertion; run
 /// `ADJUSTD_STORE_PERF_ADJUSTMENTS=200000 cargo test --release --test it store_throughput
@@ -1091,6 +1122,7 @@ fn store_throughput() {
     let started = std::time::Instant::now();
     store.import_orders(&merchant(), &rows).expect("import");
     let import_time = started.elapsed();
+    let cpu_before = thread_cpu();
     let changes: Vec<Change> = (0..adjustments)
         .map(|n| {
             let row = &rows[n % orders];
@@ -1102,7 +1134,11 @@ fn store_throughput() {
                 action: None,
                 quantity_cancelled: 0,
                 quantity: None,
-                amounts: vec![(principal(), 1000), (tax(), 80)],
+                amounts: vec![
+                    (principal(), 1000),
+                    (tax(), 80),
+                    (Component::Price(PriceComponent::Goodwill), 50),
+                ],
                 key: Some(sid(&format!("K{n}"))),
                 payload_hash: "0".repeat(64),
             })
@@ -1127,14 +1163,25 @@ fn store_throughput() {
     let mut snapshot = Snapshot::new();
     tx.load(&merchant(), &needs, &mut snapshot).expect("load");
     let loaded = started.elapsed();
+    let cpu_loaded = thread_cpu();
     tx.apply(&merchant(), &changes).expect("apply");
     let applied = started.elapsed();
+    let cpu_applied = thread_cpu();
     tx.commit(&done(adjustments as u64, None)).expect("commit");
     let total = started.elapsed();
+    let cpu = thread_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let rate = adjustments as f64 / total.as_secs_f64();
+    let cpu_rate = cpu.map_or(0.0, |c| adjustments as f64 / c.as_secs_f64());
     eprintln!(
         "store_throughput: {adjustments} adjustments over {orders} orders: import {import_time:?}, \
-         load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s"
+         load {loaded:?}, load+apply {applied:?}, load+apply+commit {total:?} = {rate:.0} msgs/s \
+         wall; this thread's CPU time {cpu:?} = {cpu_rate:.0} msgs/s per CPU second \
+         (CPU: load {:?}, apply {:?}, commit {:?})",
+        cpu_loaded.zip(cpu_before).map(|(a, b)| a - b),
+        cpu_applied.zip(cpu_loaded).map(|(a, b)| a - b),
+        thread_cpu().zip(cpu_applied).map(|(a, b)| a - b),
     );
     assert_eq!(snapshot.orders().count(), orders);
     let view = store
@@ -1142,4 +1189,12 @@ fn store_throughput() {
         .expect("orders");
     let per_order = adjustments / orders;
     assert_eq!(view[0].adjustments.len(), per_order);
+    // Totals summed over the batch: existing rows updated, new (concession) rows inserted.
+    let item = &view[0].items[0];
+    let per_order = i64::try_from(per_order).expect("small");
+    let usd_text = |minor: i64| adjustd::model::format_minor(minor, usd);
+    assert_eq!(item.refunded["Principal"], usd_text(1000 * per_order));
+    assert_eq!(item.refunded["Tax"], usd_text(80 * per_order));
+    assert_eq!(item.refunded["Goodwill"], usd_text(50 * per_order));
+    assert_eq!(item.charged["Goodwill"], "0.00");
 }
