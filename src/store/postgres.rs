@@ -1396,7 +1396,11 @@ fn import_orders(
                     })
             }
         };
-        let shipped = row.quantity_shipped.map_or(item.shipped, i64::from);
+        // Units do not come back once shipped: an older report imported again (taken before
+        // the shipment) must not lower the count.
+        let shipped = row
+            .quantity_shipped
+            .map_or(item.shipped, |given| i64::from(given).max(item.shipped));
         if shipped + item.cancelled > ordered {
             let column = if row.quantity_shipped.is_some() {
                 "quantity-shipped"
