@@ -234,89 +234,75 @@ fn context(config: &Config, store: AnyStore) -> Context {
         rules: config.rules.clone(),
         limits: config.limits,
         duplicate_policy: config.duplicate_policy,
-        outbox: config.paths.outbox.clone(),
+        outbox: config.outbox().to_path_buf(),
     }
 }
 
 fn run_daemon(config: Config) -> Result<u8, Failure> {
-    use crate::daemon::{self, DaemonConfig};
-    use crate::inbox::{InboxConfig, WatchMode};
-
-    tracing::info!(
-        config = ?config.file,
-        inbox = %config.paths.inbox.display(),
-        outbox = %config.paths.outbox.display(),
-        store = %config.redacted_store_url(),
-        settle_ms = config.inbox.settle.as_millis() as u64,
-        "starting"
-    );
-    let store = open_store(&config)?;
-    let settings = &config.inbox;
-    let daemon_config = DaemonConfig {
-        inbox: InboxConfig {
-            inbox: config.paths.inbox.clone(),
-            work: config.paths.work.clone(),
-            archive: config.paths.archive.clone(),
-            failed: config.paths.failed.clone(),
-            outbox: config.paths.outbox.clone(),
-            settle: settings.settle,
-            ignore: settings.ignore.clone(),
-            truncated_grace: settings.truncated_grace,
-            done_marker: settings.done_marker.clone(),
-            allowed_merchants: settings.allowed_merchants.clone(),
-            watch: match settings.watch {
-                config::WatchMode::Auto => WatchMode::Auto,
-                config::WatchMode::Notify => WatchMode::Notify,
-                config::WatchMode::Poll => WatchMode::Poll,
-            },
-            poll_interval: settings.poll_interval,
-            rescan_interval: settings.rescan_interval,
-        },
-        shutdown_timeout: config.shutdown_timeout,
-        max_backoff: config.max_backoff,
-        http_listen: config.http_listen,
-    };
-    let context = context(&config, store);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(fail(exit::RUNTIME))?;
     runtime.block_on(async move {
+        // Signal handlers go in before anything slow (opening and migrating the store), so
+        // a SIGTERM during startup is a clean shutdown, not a kill.
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let signals = tokio::spawn(watch_signals(shutdown.clone()));
-        let result = daemon::run(daemon_config, context, shutdown).await;
+        let signals = watch_signals(shutdown.clone())
+            .context("installing signal handlers")
+            .map_err(fail(exit::CONFIG))?;
+        let signals = tokio::spawn(signals);
+        let inbox = &config.daemon.inbox;
+        tracing::info!(
+            config = ?config.file,
+            inbox = %inbox.inbox.display(),
+            outbox = %inbox.outbox.display(),
+            store = %config.redacted_store_url(),
+            settle_ms = inbox.settle.as_millis() as u64,
+            watch = inbox.watch.as_str(),
+            "starting"
+        );
+        let context = context(&config, open_store(&config)?);
+        let result = crate::daemon::run(config.daemon.clone(), context, shutdown).await;
         signals.abort();
-        result.map(|()| exit::OK).map_err(fail(exit::RUNTIME))
+        result.map(|()| exit::OK).map_err(|error| {
+            // A refused folder layout is a startup error like a bad config.
+            let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
+                exit::CONFIG
+            } else {
+                exit::RUNTIME
+            };
+            Failure { code, error }
+        })
     })
 }
 
-/// First SIGINT/SIGTERM: cancel (finish the feed in hand). Second: exit at once, which is
-/// safe because every commit and file move is atomic.
-async fn watch_signals(shutdown: tokio_util::sync::CancellationToken) {
+/// Registers SIGINT and SIGTERM now and returns the task that handles them. First signal:
+/// cancel (finish the feed in hand). Second: exit at once, which is safe because every
+/// commit and file move is atomic.
+fn watch_signals(
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    for round in 0..2 {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        for round in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!(
+                    "shutdown requested: finishing the feed in hand (signal again to exit at once)"
+                );
+                shutdown.cancel();
+            } else {
+                tracing::warn!("second signal: exiting at once");
+                std::process::exit(i32::from(exit::INTERRUPTED));
+            }
         }
-        if round == 0 {
-            tracing::info!(
-                "shutdown requested: finishing the feed in hand (signal again to exit at once)"
-            );
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting at once");
-            std::process::exit(i32::from(exit::INTERRUPTED));
-        }
-    }
+    })
 }
 
 fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
@@ -329,7 +315,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
             file_name: &file_name,
             claim_token: None,
             bound_merchant: None,
-            allowed_merchants: config.inbox.allowed_merchants.as_deref(),
+            allowed_merchants: config.daemon.inbox.allowed_merchants.as_deref(),
         };
         match pipeline::process_file(&mut context, &source) {
             Ok(processed) => {
@@ -657,7 +643,7 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
-            let (xml, json_path) = locate_reports(&config.paths.outbox, feed);
+            let (xml, json_path) = locate_reports(config.outbox(), feed);
             serde_json::json!({
                 "feed": feed,
                 "xml_report": xml.display().to_string(),
@@ -707,7 +693,8 @@ fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, P
 }
 
 fn print_config(config: &Config) {
-    let paths = &config.paths;
+    let daemon = &config.daemon;
+    let inbox = &daemon.inbox;
     println!(
         "config file: {}",
         config
@@ -719,10 +706,9 @@ fn print_config(config: &Config) {
     );
     println!(
         "[paths]\ninbox = {:?}\noutbox = {:?}\narchive = {:?}\nfailed = {:?}\nwork = {:?}",
-        paths.inbox, paths.outbox, paths.archive, paths.failed, paths.work
+        inbox.inbox, inbox.outbox, inbox.archive, inbox.failed, inbox.work
     );
     println!("[store]\nurl = {:?}", config.redacted_store_url());
-    let inbox = &config.inbox;
     println!(
         "[inbox]\nsettle_ms = {}\nignore = {:?}\ntruncated_grace_secs = {}\ndone_marker = {:?}\nallowed_merchants = {:?}\nwatch = {:?}\npoll_interval_ms = {}\nrescan_interval_secs = {}",
         inbox.settle.as_millis(),
@@ -733,7 +719,7 @@ fn print_config(config: &Config) {
             .allowed_merchants
             .as_ref()
             .map(|l| l.iter().map(MerchantId::as_str).collect::<Vec<_>>()),
-        inbox.watch,
+        inbox.watch.as_str(),
         inbox.poll_interval.as_millis(),
         inbox.rescan_interval.as_secs()
     );
@@ -748,9 +734,9 @@ fn print_config(config: &Config) {
     );
     println!(
         "[daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = {}\n[http]\nlisten = {:?}\n[log]\nformat = {:?}",
-        config.shutdown_timeout.as_secs(),
-        config.max_backoff.as_secs(),
-        config.http_listen.map(|a| a.to_string()),
+        daemon.shutdown_timeout.as_secs(),
+        daemon.max_backoff.as_secs(),
+        daemon.http_listen.map(|a| a.to_string()),
         config.log_format
     );
 }

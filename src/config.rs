@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::daemon::DaemonConfig;
 use crate::engine::Rules;
 use crate::feed::Limits;
+use crate::inbox::{InboxConfig, WatchMode};
 use crate::model::MerchantId;
 use crate::pipeline::DuplicatePolicy;
 
@@ -48,15 +50,12 @@ pub enum ConfigError {
     },
 }
 
-/// How the inbox is watched.
+/// `[inbox] watch` as written; resolves to [`WatchMode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum WatchMode {
-    /// inotify via notify, falling back to polling on network/FUSE filesystems.
+enum WatchFile {
     Auto,
-    /// Always use notify events (plus the periodic rescan).
     Notify,
-    /// Always poll.
     Poll,
 }
 
@@ -70,66 +69,22 @@ pub enum LogFormat {
     Json,
 }
 
-/// The folders adjustd works in (absolute).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    /// Where feeds are dropped (`inbox/` and `inbox/<merchant>/`).
-    pub inbox: PathBuf,
-    /// Where reports are written.
-    pub outbox: PathBuf,
-    /// Where processed feeds are kept.
-    pub archive: PathBuf,
-    /// Where rejected feeds are kept.
-    pub failed: PathBuf,
-    /// Where claimed feeds wait while processed.
-    pub work: PathBuf,
-}
-
-/// Inbox readiness and watching settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboxSettings {
-    /// Size, mtime and inode must be unchanged this long before a file is ready.
-    pub settle: Duration,
-    /// Glob patterns of names that are never feeds (uploads in progress, hidden files).
-    pub ignore: Vec<String>,
-    /// How long an XML file whose root never closes may stay unchanged before it is
-    /// processed (and reported as truncated).
-    pub truncated_grace: Duration,
-    /// When set, `NAME` is ready only once `NAME<done_marker>` exists.
-    pub done_marker: Option<String>,
-    /// Merchants allowed in the top-level inbox (`None`: any).
-    pub allowed_merchants: Option<Vec<MerchantId>>,
-    /// How the inbox is watched.
-    pub watch: WatchMode,
-    /// Poll period in polling mode.
-    pub poll_interval: Duration,
-    /// Full rescan period in any mode.
-    pub rescan_interval: Duration,
-}
-
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The config file it came from, if any.
     pub file: Option<PathBuf>,
-    /// Folders.
-    pub paths: Paths,
     /// `sqlite:PATH` (absolute) or `postgres://…`.
     pub store_url: String,
-    /// Inbox settings.
-    pub inbox: InboxSettings,
+    /// The daemon: folders (absolute), readiness and watching, shutdown, retries, HTTP.
+    /// `process` and the other commands use its folders too.
+    pub daemon: DaemonConfig,
     /// Reader limits.
     pub limits: Limits,
     /// Rule knobs.
     pub rules: Rules,
     /// What to do with a feed whose bytes were already processed.
     pub duplicate_policy: DuplicatePolicy,
-    /// How long shutdown may wait for the feed in hand.
-    pub shutdown_timeout: Duration,
-    /// Cap of the retry backoff after transient errors.
-    pub max_backoff: Duration,
-    /// Address of the health and metrics endpoint (off when `None`).
-    pub http_listen: Option<SocketAddr>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -138,6 +93,11 @@ impl Config {
     /// The store URL with any password replaced by `***`, for logs and `config check`.
     pub fn redacted_store_url(&self) -> String {
         redact_url(&self.store_url)
+    }
+
+    /// The outbox folder.
+    pub fn outbox(&self) -> &Path {
+        &self.daemon.inbox.outbox
     }
 }
 
@@ -178,7 +138,7 @@ struct InboxFile {
     truncated_grace_secs: Option<u64>,
     done_marker: Option<String>,
     allowed_merchants: Option<Vec<String>>,
-    watch: Option<WatchMode>,
+    watch: Option<WatchFile>,
     poll_interval_ms: Option<u64>,
     rescan_interval_secs: Option<u64>,
 }
@@ -354,13 +314,13 @@ fn resolve(
             None => var.join(default),
         }
     };
-    let paths = Paths {
-        inbox: path("inbox", paths_file.inbox, "inbox"),
-        outbox: path("outbox", paths_file.outbox, "outbox"),
-        archive: path("archive", paths_file.archive, "archive"),
-        failed: path("failed", paths_file.failed, "failed"),
-        work: path("work", paths_file.work, "work"),
-    };
+    let mut inbox = InboxConfig::with_defaults(
+        path("inbox", paths_file.inbox, "inbox"),
+        path("work", paths_file.work, "work"),
+        path("archive", paths_file.archive, "archive"),
+        path("failed", paths_file.failed, "failed"),
+        path("outbox", paths_file.outbox, "outbox"),
+    );
 
     let store_url = match raw.store.and_then(|s| s.url) {
         Some(url) => match url.strip_prefix("sqlite:") {
@@ -380,41 +340,43 @@ fn resolve(
     };
 
     let inbox_file = raw.inbox.unwrap_or_default();
-    let allowed_merchants = inbox_file
-        .allowed_merchants
-        .map(|list| {
-            list.iter()
-                .map(|m| {
-                    MerchantId::new(m).ok_or_else(|| ConfigError::Invalid {
-                        key: "inbox.allowed_merchants".to_owned(),
-                        message: format!(
-                            "{m:?} is not a merchant identifier (1-50 characters, no '/')"
-                        ),
-                    })
+    if let Some(list) = inbox_file.allowed_merchants {
+        let merchants = list
+            .iter()
+            .map(|m| {
+                MerchantId::new(m).ok_or_else(|| ConfigError::Invalid {
+                    key: "inbox.allowed_merchants".to_owned(),
+                    message: format!(
+                        "{m:?} is not a merchant identifier (1-50 characters, no '/')"
+                    ),
                 })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
-    let inbox = InboxSettings {
-        settle: Duration::from_millis(inbox_file.settle_ms.unwrap_or(1000)),
-        ignore: inbox_file.ignore.unwrap_or_else(|| {
-            [".*", "*.tmp", "*.part", "*.partial", "*.filepart", "*~"]
-                .map(String::from)
-                .to_vec()
-        }),
-        truncated_grace: Duration::from_secs(inbox_file.truncated_grace_secs.unwrap_or(300)),
-        done_marker: inbox_file.done_marker.filter(|m| !m.is_empty()),
-        allowed_merchants,
-        watch: inbox_file.watch.unwrap_or(WatchMode::Auto),
-        poll_interval: Duration::from_millis(positive(
-            "inbox.poll_interval_ms",
-            inbox_file.poll_interval_ms.unwrap_or(500),
-        )?),
-        rescan_interval: Duration::from_secs(positive(
-            "inbox.rescan_interval_secs",
-            inbox_file.rescan_interval_secs.unwrap_or(30),
-        )?),
-    };
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        inbox.allowed_merchants = Some(merchants);
+    }
+    if let Some(ms) = inbox_file.settle_ms {
+        inbox.settle = Duration::from_millis(ms);
+    }
+    if let Some(ignore) = inbox_file.ignore {
+        inbox.ignore = ignore;
+    }
+    if let Some(secs) = inbox_file.truncated_grace_secs {
+        inbox.truncated_grace = Duration::from_secs(secs);
+    }
+    inbox.done_marker = inbox_file.done_marker.filter(|m| !m.is_empty());
+    if let Some(watch) = inbox_file.watch {
+        inbox.watch = match watch {
+            WatchFile::Auto => WatchMode::Auto,
+            WatchFile::Notify => WatchMode::Notify,
+            WatchFile::Poll => WatchMode::Poll,
+        };
+    }
+    if let Some(ms) = inbox_file.poll_interval_ms {
+        inbox.poll_interval = Duration::from_millis(positive("inbox.poll_interval_ms", ms)?);
+    }
+    if let Some(secs) = inbox_file.rescan_interval_secs {
+        inbox.rescan_interval = Duration::from_secs(positive("inbox.rescan_interval_secs", secs)?);
+    }
 
     let limits_file = raw.limits.unwrap_or_default();
     let defaults = Limits::default();
@@ -460,8 +422,15 @@ fn resolve(
         Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
     };
 
+    let mut daemon = DaemonConfig::with_defaults(inbox);
     let daemon_file = raw.daemon.unwrap_or_default();
-    let http_listen = raw
+    if let Some(secs) = daemon_file.shutdown_timeout_secs {
+        daemon.shutdown_timeout = Duration::from_secs(secs);
+    }
+    if let Some(secs) = daemon_file.max_backoff_secs {
+        daemon.max_backoff = Duration::from_secs(positive("daemon.max_backoff_secs", secs)?);
+    }
+    daemon.http_listen = raw
         .http
         .and_then(|h| h.listen)
         .map(|addr| {
@@ -475,20 +444,13 @@ fn resolve(
 
     Ok(Config {
         file,
-        paths,
         store_url,
-        inbox,
+        daemon,
         limits,
         rules: Rules {
             restocking_fee_max_percent,
         },
         duplicate_policy,
-        shutdown_timeout: Duration::from_secs(daemon_file.shutdown_timeout_secs.unwrap_or(30)),
-        max_backoff: Duration::from_secs(positive(
-            "daemon.max_backoff_secs",
-            daemon_file.max_backoff_secs.unwrap_or(64),
-        )?),
-        http_listen,
         log_format: raw.log.and_then(|l| l.format).unwrap_or(LogFormat::Text),
     })
 }
@@ -562,15 +524,15 @@ mod tests {
             .as_ref()
             .and_then(|f| f.parent())
             .expect("file has a folder");
-        assert_eq!(config.paths.inbox, base.join("var/inbox"));
+        assert_eq!(config.daemon.inbox.inbox, base.join("var/inbox"));
         assert_eq!(
             config.store_url,
             format!("sqlite:{}", base.join("var/adjustd.db").display())
         );
-        assert_eq!(config.inbox.settle, Duration::from_secs(1));
+        assert_eq!(config.daemon.inbox.settle, Duration::from_secs(1));
         assert_eq!(config.rules.restocking_fee_max_percent, 50);
         assert_eq!(config.duplicate_policy, DuplicatePolicy::Skip);
-        assert!(config.http_listen.is_none());
+        assert!(config.daemon.http_listen.is_none());
     }
 
     #[test]
@@ -582,9 +544,9 @@ mod tests {
             .as_ref()
             .and_then(|f| f.parent())
             .expect("folder");
-        assert_eq!(config.paths.inbox, base.join("in"));
+        assert_eq!(config.daemon.inbox.inbox, base.join("in"));
         assert_eq!(
-            config.paths.outbox,
+            config.daemon.inbox.outbox,
             base.parent().expect("parent").join("out")
         );
     }
@@ -607,7 +569,7 @@ mod tests {
             ],
         )
         .expect("valid");
-        assert_eq!(config.inbox.settle, Duration::from_millis(250));
+        assert_eq!(config.daemon.inbox.settle, Duration::from_millis(250));
         assert_eq!(config.redacted_store_url(), "postgres://u:***@h/db");
     }
 
