@@ -262,7 +262,11 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
             watch = inbox.watch.as_str(),
             "starting"
         );
-        let context = context(&config, open_store(&config)?);
+        let Some(store) = open_store_with_retry(&config, &shutdown).await? else {
+            signals.abort();
+            return Ok(exit::OK);
+        };
+        let context = context(&config, store);
         let result = crate::daemon::run(config.daemon.clone(), context, shutdown).await;
         signals.abort();
         result.map(|()| exit::OK).map_err(|error| {
@@ -275,6 +279,46 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
             Failure { code, error }
         })
     })
+}
+
+/// Opens the store for the daemon. A database that is away (PostgreSQL restarting, say) is
+/// waited for with capped backoff rather than failing the start; `None` when shutdown was
+/// requested meanwhile. Permanent errors (bad URL, lock held, schema too new) fail at once.
+async fn open_store_with_retry(
+    config: &Config,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<Option<AnyStore>, Failure> {
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let url = config.store_url.clone();
+        let opened = tokio::task::spawn_blocking(move || AnyStore::open(&url))
+            .await
+            .context("opening the store")
+            .map_err(fail(exit::RUNTIME))?;
+        match opened {
+            Ok(store) => return Ok(Some(store)),
+            Err(error) if error.is_transient() => {
+                tracing::warn!(
+                    store = %config.redacted_store_url(),
+                    error = %error,
+                    retry_in_secs = backoff.as_secs(),
+                    "store unavailable at start, retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
+                backoff = (backoff * 2).min(config.daemon.max_backoff);
+            }
+            Err(error) => {
+                return Err(Failure {
+                    code: exit::CONFIG,
+                    error: anyhow::Error::new(error)
+                        .context(format!("opening store {}", config.redacted_store_url())),
+                });
+            }
+        }
+    }
 }
 
 /// Registers SIGINT and SIGTERM now and returns the task that handles them. First signal:

@@ -323,3 +323,42 @@ fn unknown_order_exits_3_and_feeds_list_shows_the_feeds() {
     let report = feeds[0]["xml_report"].as_str().expect("path");
     assert!(Path::new(report).exists(), "{report}");
 }
+
+#[test]
+fn the_daemon_waits_for_an_unreachable_database_and_still_stops_cleanly() {
+    let sandbox = Sandbox::new();
+    // Nothing listens on port 1 of the loopback: connection refused, a transient error.
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[store]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n[daemon]\nmax_backoff_secs = 1\n",
+    )
+    .expect("write config");
+    let log = std::fs::File::create(sandbox.path("log")).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .arg("run")
+        .stderr(log)
+        .spawn()
+        .expect("start daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(sandbox.path("log"))
+        .unwrap_or_default()
+        .contains("store unavailable at start")
+    {
+        assert!(std::time::Instant::now() < deadline, "no retry logged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        std::fs::read_to_string(sandbox.path("log")).unwrap_or_default()
+    );
+}
