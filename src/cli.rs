@@ -10,8 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
-use crate::pipeline::{self, Context, Source};
-use crate::problem::{Problem, Severity};
+use crate::pipeline::{self, Context, Source, Tally};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus};
 use crate::validate::{ValidatedMessage, Validator};
@@ -422,66 +421,35 @@ fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
     let size = file.metadata()?.len();
     let progress = progress_bar(size);
     let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
-    let mut outcome = FeedOutcome {
-        feed_id: 1,
-        file_name: display_name(path),
-        merchant: None,
-        status: FeedStatus::Complete,
-        duplicate_of: None,
-        content_hash: String::new(),
-        processed_at: pipeline::now_rfc3339(),
-        messages_processed: 0,
-        messages_successful: 0,
-        messages_with_error: 0,
-        messages_with_warning: 0,
-        results: Vec::new(),
-    };
     let reader = BufReader::with_capacity(1 << 16, &mut hashing);
-    if let Err(problem) = validate_messages(
-        Validator::new(reader, config.limits, &config.rules),
-        &mut outcome,
-    ) {
-        outcome.status = FeedStatus::Rejected;
-        outcome.messages_processed = 0;
-        outcome.messages_successful = 0;
-        outcome.messages_with_error = 1;
-        outcome.messages_with_warning = 0;
-        outcome.results = vec![problem];
-    }
-    outcome.content_hash = hashing.finish()?;
+    let mut validator = Validator::new(reader, config.limits, &config.rules);
+    let mut merchant = None;
+    let mut tally = Tally::default();
+    let ended = validator.header().and_then(|header| {
+        merchant = Some(header.merchant);
+        while let Some(message) = validator.next_message()? {
+            match message {
+                ValidatedMessage::Valid(_) => tally.add(true, Vec::new()),
+                ValidatedMessage::Invalid { problems, .. } => tally.add(false, problems),
+            }
+        }
+        Ok(())
+    });
+    drop(validator);
+    let (status, tally) = match ended {
+        Ok(()) => (FeedStatus::Complete, tally),
+        Err(problem) => (FeedStatus::Rejected, Tally::feed_level(problem)),
+    };
+    let content_hash = hashing.finish()?;
     progress.finish_and_clear();
-    Ok(outcome)
-}
-
-/// Counts and collects the problems of every message; `Err` is a feed-level problem.
-fn validate_messages<R: std::io::BufRead>(
-    mut validator: Validator<R>,
-    outcome: &mut FeedOutcome,
-) -> Result<(), Problem> {
-    outcome.merchant = Some(validator.header()?.merchant);
-    while let Some(message) = validator.next_message()? {
-        outcome.messages_processed += 1;
-        let ValidatedMessage::Invalid { problems, .. } = message else {
-            outcome.messages_successful += 1;
-            continue;
-        };
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Error)
-        {
-            outcome.messages_with_error += 1;
-        } else {
-            outcome.messages_successful += 1;
-        }
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Warning)
-        {
-            outcome.messages_with_warning += 1;
-        }
-        outcome.results.extend(problems);
-    }
-    Ok(())
+    Ok(tally.into_outcome(
+        1,
+        &display_name(path),
+        &content_hash,
+        merchant,
+        status,
+        None,
+    ))
 }
 
 fn progress_bar(size: u64) -> indicatif::ProgressBar {

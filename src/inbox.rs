@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::feed::Limits;
 use crate::inbox::ready::{EntryKind, FileSignature, InboxName, Listed, ReadyFile};
 use crate::model::MerchantId;
+use crate::report::fsync_dir;
 
 /// How the inbox is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -826,14 +827,6 @@ impl Syncs {
         }
         first_error.map_or(Ok(()), Err)
     }
-}
-
-/// fsyncs a folder so that renames into or out of it survive a power loss.
-///
-/// # Errors
-/// Opening or syncing the folder failed.
-pub fn fsync_dir(folder: &Path) -> io::Result<()> {
-    File::open(folder)?.sync_all()
 }
 
 #[cfg(test)]

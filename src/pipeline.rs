@@ -257,7 +257,7 @@ fn apply<R: std::io::BufRead + Send>(
     let feed_id = tx.feed_id();
     let outcome = tally.into_outcome(
         feed_id,
-        source,
+        source.file_name,
         content_hash,
         Some(merchant),
         FeedStatus::Complete,
@@ -343,9 +343,9 @@ fn flush(
     Ok(())
 }
 
-/// Per-message counts and the results, in document order.
-#[derive(Default)]
-struct Tally {
+/// Per-message counts and the results, in document order: what a report summarises.
+#[derive(Debug, Default)]
+pub struct Tally {
     processed: u64,
     successful: u64,
     with_error: u64,
@@ -354,7 +354,19 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, applied: bool, problems: Vec<Problem>) {
+    /// The tally of a feed that ended at a feed-level result (MessageID 0): no message
+    /// processed, the result counted as one error or one warning, as Amazon's reports do.
+    pub fn feed_level(problem: Problem) -> Tally {
+        Tally {
+            with_error: u64::from(problem.is_error()),
+            with_warning: u64::from(!problem.is_error()),
+            results: vec![problem],
+            ..Tally::default()
+        }
+    }
+
+    /// Counts one message and keeps its problems.
+    pub fn add(&mut self, applied: bool, problems: Vec<Problem>) {
         self.processed += 1;
         if applied {
             self.successful += 1;
@@ -374,10 +386,11 @@ impl Tally {
         self.results.extend(problems);
     }
 
-    fn into_outcome(
+    /// The report outcome of the feed (processed now).
+    pub fn into_outcome(
         self,
         feed_id: u64,
-        source: &Source<'_>,
+        file_name: &str,
         content_hash: &str,
         merchant: Option<MerchantId>,
         status: FeedStatus,
@@ -385,7 +398,7 @@ impl Tally {
     ) -> FeedOutcome {
         FeedOutcome {
             feed_id,
-            file_name: source.file_name.to_owned(),
+            file_name: file_name.to_owned(),
             merchant,
             status,
             duplicate_of,
@@ -430,15 +443,10 @@ fn finish_without_changes(
 ) -> Result<FeedOutcome, ProcessError> {
     let recorded_merchant = merchant.clone().or_else(|| source.bound_merchant.cloned());
     let tx = store.begin_feed(&new_feed(source, content_hash, recorded_merchant.as_ref()))?;
-    let tally = Tally {
-        with_error: u64::from(problem.is_error()),
-        with_warning: u64::from(!problem.is_error()),
-        results: vec![problem],
-        ..Tally::default()
-    };
+    let tally = Tally::feed_level(problem);
     let outcome = tally.into_outcome(
         tx.feed_id(),
-        source,
+        source.file_name,
         content_hash,
         recorded_merchant,
         status,

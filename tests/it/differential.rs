@@ -53,6 +53,7 @@ use adjustd::engine::Rules;
 use adjustd::feed::Limits;
 use adjustd::model::{AdjustmentReason, Currency, MerchantId, PriceComponent};
 use adjustd::problem::{Code, Problem};
+use adjustd::validate::MESSAGE_TYPES;
 use adjustd::validate::{ValidatedMessage, Validator};
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -77,38 +78,6 @@ const POLICY_CODES: &[Code] = &[
     Code::DtdForbidden,
     Code::UnsupportedEncoding,
     Code::LimitExceeded,
-];
-
-/// The 28 values of the envelope's MessageType enumeration.
-const MESSAGE_TYPES: &[&str] = &[
-    "CatPIL",
-    "Customer",
-    "FulfillmentCenter",
-    "FulfillmentOrderCancellationRequest",
-    "FulfillmentOrderRequest",
-    "Image",
-    "Inventory",
-    "Item",
-    "Listings",
-    "Loyalty",
-    "MultiChannelOrderReport",
-    "NavigationReport",
-    "Offer",
-    "OrderAcknowledgement",
-    "OrderAdjustment",
-    "OrderFulfillment",
-    "OrderNotificationReport",
-    "OrderReport",
-    "Override",
-    "Price",
-    "ProcessingReport",
-    "Product",
-    "ProductImage",
-    "Relationship",
-    "ReverseItem",
-    "SettlementReport",
-    "Store",
-    "WebstoreItem",
 ];
 
 const DEFAULT_SEED: u64 = 0x5EED_AD7D;
