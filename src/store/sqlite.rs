@@ -927,8 +927,8 @@ pub struct SqliteFeedTx<'a> {
 
 /// Rows of one `apply` call, written with multi-row statements at its end.
 #[derive(Default)]
-struct Pending {
-    adjustments: Vec<AdjustmentRow>,
+struct Pending<'c> {
+    adjustments: Vec<AdjustmentRow<'c>>,
     amounts: Vec<(i64, &'static str, i64)>,
     /// Net delta per existing (item, component) row, in first-seen order.
     updates: Vec<((i64, Component), i64)>,
@@ -936,7 +936,7 @@ struct Pending {
     inserts: Vec<((i64, Component), i64)>,
     slots: HashMap<(i64, Component), Slot>,
     cancels: Vec<(i64, u32)>,
-    keys: Vec<KeyRow>,
+    keys: Vec<KeyRow<'c>>,
 }
 
 #[derive(Clone, Copy)]
@@ -945,7 +945,7 @@ enum Slot {
     Insert(usize),
 }
 
-struct AdjustmentRow {
+struct AdjustmentRow<'c> {
     id: i64,
     message_id: i64,
     item_id: i64,
@@ -953,20 +953,20 @@ struct AdjustmentRow {
     action: Option<&'static str>,
     quantity_cancelled: u32,
     quantity: Option<u32>,
-    key: Option<String>,
-    payload_hash: String,
+    key: Option<&'c str>,
+    payload_hash: &'c str,
     net: i64,
 }
 
-struct KeyRow {
-    key: String,
-    payload_hash: String,
+struct KeyRow<'c> {
+    key: &'c str,
+    payload_hash: &'c str,
     message_id: i64,
     rejection: Option<u32>,
 }
 
 /// Rows per multi-row statement; the remainder goes one row at a time.
-const ROWS: usize = 64;
+const ROWS: usize = 256;
 
 /// One order as loaded, with the database ids of its items.
 struct LoadedOrder {
@@ -1138,11 +1138,11 @@ impl SqliteFeedTx<'_> {
     }
 
     /// Adds one adjustment to `pending`.
-    fn plan_adjustment(
+    fn plan_adjustment<'c>(
         &mut self,
         merchant: &MerchantId,
-        adjustment: &NewAdjustment,
-        pending: &mut Pending,
+        adjustment: &'c NewAdjustment,
+        pending: &mut Pending<'c>,
     ) -> Result<(), StoreError> {
         let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
         self.read_components(item_id)?;
@@ -1172,8 +1172,8 @@ impl SqliteFeedTx<'_> {
             action: adjustment.action.map(|a| a.as_str()),
             quantity_cancelled: adjustment.quantity_cancelled,
             quantity: adjustment.quantity,
-            key: adjustment.key.as_ref().map(|k| k.as_str().to_owned()),
-            payload_hash: adjustment.payload_hash.clone(),
+            key: adjustment.key.as_ref().map(SellerId::as_str),
+            payload_hash: &adjustment.payload_hash,
             net,
         });
         for (component, amount) in &adjustment.amounts {
@@ -1203,8 +1203,8 @@ impl SqliteFeedTx<'_> {
         }
         if let Some(key) = &adjustment.key {
             pending.keys.push(KeyRow {
-                key: key.as_str().to_owned(),
-                payload_hash: adjustment.payload_hash.clone(),
+                key: key.as_str(),
+                payload_hash: &adjustment.payload_hash,
                 message_id,
                 rejection: None,
             });
@@ -1214,8 +1214,11 @@ impl SqliteFeedTx<'_> {
 
     /// Writes `pending` with multi-row statements: adjustments, their amounts, the
     /// running totals, cancelled quantities and keys.
-    fn flush(&mut self, merchant: &MerchantId, pending: Pending) -> Result<(), StoreError> {
+    fn flush(&mut self, merchant: &MerchantId, mut pending: Pending<'_>) -> Result<(), StoreError> {
         let feed_id = self.feed_id;
+        // Totals in key order: neighbouring rows share B-tree pages.
+        pending.updates.sort_unstable_by_key(|(slot, _)| *slot);
+        pending.inserts.sort_unstable_by_key(|(slot, _)| *slot);
         let created_at = self.created_at.as_str();
         write_rows(
             &self.tx,
@@ -1226,18 +1229,18 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.adjustments,
             |a, out| {
-                out.push(Box::new(a.id));
-                out.push(Box::new(feed_id));
-                out.push(Box::new(a.message_id));
-                out.push(Box::new(a.item_id));
-                out.push(Box::new(a.reason));
-                out.push(Box::new(a.action));
-                out.push(Box::new(a.quantity_cancelled));
-                out.push(Box::new(a.quantity));
-                out.push(Box::new(a.key.clone()));
-                out.push(Box::new(a.payload_hash.clone()));
-                out.push(Box::new(a.net));
-                out.push(Box::new(created_at.to_owned()));
+                out.bind(a.id)?;
+                out.bind(feed_id)?;
+                out.bind(a.message_id)?;
+                out.bind(a.item_id)?;
+                out.bind(a.reason)?;
+                out.bind(a.action)?;
+                out.bind(a.quantity_cancelled)?;
+                out.bind(a.quantity)?;
+                out.bind(a.key)?;
+                out.bind(a.payload_hash)?;
+                out.bind(a.net)?;
+                out.bind(created_at)
             },
         )?;
         write_rows(
@@ -1247,9 +1250,9 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.amounts,
             |(id, component, amount), out| {
-                out.push(Box::new(*id));
-                out.push(Box::new(*component));
-                out.push(Box::new(*amount));
+                out.bind(*id)?;
+                out.bind(*component)?;
+                out.bind(*amount)
             },
         )?;
         write_rows(
@@ -1260,10 +1263,10 @@ impl SqliteFeedTx<'_> {
             ")",
             &pending.inserts,
             |((item, component), refunded), out| {
-                out.push(Box::new(*item));
-                out.push(Box::new(component.name()));
-                out.push(Box::new(class_name(component.class())));
-                out.push(Box::new(*refunded));
+                out.bind(*item)?;
+                out.bind(component.name())?;
+                out.bind(class_name(component.class()))?;
+                out.bind(*refunded)
             },
         )?;
         self.components
@@ -1276,9 +1279,9 @@ impl SqliteFeedTx<'_> {
              AND item_components.component = v.column2",
             &pending.updates,
             |((item, component), delta), out| {
-                out.push(Box::new(*item));
-                out.push(Box::new(component.name()));
-                out.push(Box::new(*delta));
+                out.bind(*item)?;
+                out.bind(component.name())?;
+                out.bind(*delta)
             },
         )?;
         if !pending.cancels.is_empty() {
@@ -1293,7 +1296,7 @@ impl SqliteFeedTx<'_> {
                 stmt.execute(params![item, n]).map_err(db_error)?;
             }
         }
-        let merchant = merchant.as_str().to_owned();
+        let merchant = merchant.as_str();
         write_rows(
             &self.tx,
             "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
@@ -1302,14 +1305,30 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.keys,
             |k, out| {
-                out.push(Box::new(merchant.clone()));
-                out.push(Box::new(k.key.clone()));
-                out.push(Box::new(k.payload_hash.clone()));
-                out.push(Box::new(feed_id));
-                out.push(Box::new(k.message_id));
-                out.push(Box::new(k.rejection));
+                out.bind(merchant)?;
+                out.bind(k.key)?;
+                out.bind(k.payload_hash)?;
+                out.bind(feed_id)?;
+                out.bind(k.message_id)?;
+                out.bind(k.rejection)
             },
         )
+    }
+}
+
+/// Binds the values of one multi-row statement in order, straight into SQLite (no boxing,
+/// no copies on our side).
+struct Binder<'s, 'c> {
+    stmt: &'s mut rusqlite::CachedStatement<'c>,
+    next: usize,
+}
+
+impl Binder<'_, '_> {
+    fn bind<T: rusqlite::ToSql>(&mut self, value: T) -> Result<(), StoreError> {
+        self.next += 1;
+        self.stmt
+            .raw_bind_parameter(self.next, value)
+            .map_err(db_error)
     }
 }
 
@@ -1321,33 +1340,38 @@ fn write_rows<T>(
     width: usize,
     tail: &str,
     rows: &[T],
-    bind: impl Fn(&T, &mut Vec<Box<dyn rusqlite::ToSql + '_>>),
+    bind: impl Fn(&T, &mut Binder<'_, '_>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let statement = |n: usize| {
         let one = format!("({})", vec!["?"; width].join(", "));
         format!("{head}{}{tail}", vec![one; n].join(", "))
     };
     let mut chunks = rows.chunks_exact(ROWS);
-    let mut values: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::with_capacity(ROWS * width);
     if rows.len() >= ROWS {
         let mut stmt = tx.prepare_cached(&statement(ROWS)).map_err(db_error)?;
         for chunk in chunks.by_ref() {
-            values.clear();
+            let mut binder = Binder {
+                stmt: &mut stmt,
+                next: 0,
+            };
             for row in chunk {
-                bind(row, &mut values);
+                bind(row, &mut binder)?;
             }
-            stmt.execute(rusqlite::params_from_iter(values.iter()))
-                .map_err(db_error)?;
+            stmt.raw_execute().map_err(db_error)?;
         }
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut stmt = tx.prepare_cached(&statement(1)).map_err(db_error)?;
         for row in rest {
-            values.clear();
-            bind(row, &mut values);
-            stmt.execute(rusqlite::params_from_iter(values.iter()))
-                .map_err(db_error)?;
+            bind(
+                row,
+                &mut Binder {
+                    stmt: &mut stmt,
+                    next: 0,
+                },
+            )?;
+            stmt.raw_execute().map_err(db_error)?;
         }
     }
     Ok(())
@@ -1525,8 +1549,8 @@ impl FeedTx for SqliteFeedTx<'_> {
                         });
                     }
                     pending.keys.push(KeyRow {
-                        key: key.as_str().to_owned(),
-                        payload_hash: payload_hash.clone(),
+                        key: key.as_str(),
+                        payload_hash,
                         message_id: message_id_to_sql(*message_id),
                         rejection: Some(code.number()),
                     });
