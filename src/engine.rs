@@ -116,6 +116,11 @@ impl Snapshot {
         self.orders.insert(order.amazon_order_id.clone(), order);
     }
 
+    /// True when the order with this `AmazonOrderID` is loaded.
+    pub fn has_order(&self, amazon_order_id: &AmazonOrderId) -> bool {
+        self.orders.contains_key(amazon_order_id)
+    }
+
     /// Records that the store has no such order for this merchant.
     pub fn insert_missing_order(&mut self, order: OrderRef) {
         self.missing_orders.insert(order);

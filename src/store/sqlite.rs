@@ -399,8 +399,8 @@ impl Store for SqliteStore {
             tx,
             feed_id,
             items: HashMap::new(),
-            components: HashSet::new(),
-            components_read: HashSet::new(),
+            components: HashSet::default(),
+            components_read: HashSet::default(),
             next_adjustment_id: None,
             created_at: now,
         }))
@@ -916,9 +916,9 @@ pub struct SqliteFeedTx<'a> {
     /// Item ids of the loaded orders, for [`FeedTx::apply`].
     items: HashMap<AmazonOrderId, HashMap<OrderItemCode, i64>>,
     /// The `item_components` rows that exist, so apply knows UPDATE from INSERT.
-    components: HashSet<(i64, Component)>,
+    components: HashSet<(i64, Component), IdBuild>,
     /// Items whose component rows were read into `components`.
-    components_read: HashSet<i64>,
+    components_read: HashSet<i64, IdBuild>,
     /// The id the next adjustment gets (we hold the write lock, so ids are ours to pick);
     /// `None` until the first apply reads `MAX(id)`.
     next_adjustment_id: Option<i64>,
@@ -934,7 +934,7 @@ struct Pending<'c> {
     updates: Vec<((i64, Component), i64)>,
     /// New (item, component) rows with their refunded amount.
     inserts: Vec<((i64, Component), i64)>,
-    slots: HashMap<(i64, Component), Slot>,
+    slots: HashMap<(i64, Component), Slot, IdBuild>,
     cancels: Vec<(i64, u32)>,
     keys: Vec<KeyRow<'c>>,
 }
@@ -970,14 +970,63 @@ const ROWS: usize = 256;
 
 /// One order as loaded, with the database ids of its items.
 struct LoadedOrder {
-    id: i64,
     state: OrderState,
     item_ids: Vec<i64>,
+    /// `order_items.position` of each item, to put them in import order.
+    positions: Vec<i64>,
 }
+
+/// A hasher for database ids (and small tuples of them): multiply-xorshift, no SipHash.
+/// Keys are our own row ids, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by database id.
+type IdMap<V> = HashMap<i64, V, IdBuild>;
 
 impl SqliteFeedTx<'_> {
     /// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
-    /// `ids`, for `merchant`.
+    /// `ids`, for `merchant`: one statement per batch returns each order's items with their
+    /// component totals (one row per component); strings are read in place and only the
+    /// identifiers the engine keeps are allocated.
     fn load_orders(
         &self,
         merchant: &MerchantId,
@@ -985,104 +1034,130 @@ impl SqliteFeedTx<'_> {
         ids: &[&str],
     ) -> Result<Vec<LoadedOrder>, StoreError> {
         let mut orders: Vec<LoadedOrder> = Vec::new();
+        let mut order_at: IdMap<usize> = IdMap::default();
+        let mut item_at: IdMap<(usize, usize)> = IdMap::default();
         for chunk in ids.chunks(BATCH) {
             let placeholders = in_list(batch_size(chunk.len()));
             let sql = format!(
                 "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
                  o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
-                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled \
+                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
+                 c.component, c.charged, c.refunded \
                  FROM orders o LEFT JOIN order_items i ON i.order_id = o.id \
-                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders}) \
-                 ORDER BY o.id, i.position"
+                 LEFT JOIN item_components c ON c.item_id = i.id \
+                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
             );
             let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
             let params = padded_params(merchant.as_str(), chunk);
             let mut rows = stmt
                 .query(rusqlite::params_from_iter(params.iter()))
                 .map_err(db_error)?;
-            let first_new = orders.len();
+            let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<Option<String>, StoreError> {
+                Ok(r.get_ref(i)
+                    .map_err(db_error)?
+                    .as_str_or_null()
+                    .map_err(|e| db_error(e.into()))?
+                    .map(str::to_owned))
+            };
             while let Some(r) = rows.next().map_err(db_error)? {
                 let order_id: i64 = r.get(0).map_err(db_error)?;
-                if orders.last().is_none_or(|o| o.id != order_id) || orders.len() == first_new {
-                    let aid: String = r.get(1).map_err(db_error)?;
-                    let moid: Option<String> = r.get(2).map_err(db_error)?;
-                    let cur: String = r.get(3).map_err(db_error)?;
-                    let channel: String = r.get(4).map_err(db_error)?;
-                    orders.push(LoadedOrder {
-                        id: order_id,
-                        state: OrderState {
-                            amazon_order_id: AmazonOrderId::new(&aid)
-                                .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
-                            merchant_order_id: moid
-                                .map(|m| {
-                                    SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderID", &m))
-                                })
-                                .transpose()?,
-                            currency: Currency::from_code(&cur)
-                                .ok_or_else(|| corrupt("currency", &cur))?,
-                            channel: channel
-                                .parse()
-                                .map_err(|()| corrupt("fulfillment channel", &channel))?,
-                            items: Vec::new(),
-                        },
-                        item_ids: Vec::new(),
-                    });
-                }
+                let oi = match order_at.get(&order_id) {
+                    Some(oi) => *oi,
+                    None => {
+                        let aid = text(r, 1)?.unwrap_or_default();
+                        let moid = text(r, 2)?;
+                        let cur = r.get_ref(3).map_err(db_error)?;
+                        let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
+                        let channel = r.get_ref(4).map_err(db_error)?;
+                        let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
+                        orders.push(LoadedOrder {
+
+                            state: OrderState {
+                                amazon_order_id: AmazonOrderId::new(&aid)
+                                    .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
+                                merchant_order_id: moid
+                                    .map(|m| {
+                                        SellerId::new(&m)
+                                            .ok_or_else(|| corrupt("MerchantOrderID", &m))
+                                    })
+                                    .transpose()?,
+                                currency: Currency::from_code(cur)
+                                    .ok_or_else(|| corrupt("currency", cur))?,
+                                channel: channel
+                                    .parse()
+                                    .map_err(|()| corrupt("fulfillment channel", channel))?,
+                                items: Vec::new(),
+                            },
+                            item_ids: Vec::new(),
+                            positions: Vec::new(),
+                        });
+                        order_at.insert(order_id, orders.len() - 1);
+                        orders.len() - 1
+                    }
+                };
                 let Some(item_id) = r.get::<_, Option<i64>>(5).map_err(db_error)? else {
                     continue;
                 };
-                let code: String = r.get(6).map_err(db_error)?;
-                let mid: Option<String> = r.get(7).map_err(db_error)?;
-                let item = ItemState {
-                    code: OrderItemCode::new(&code)
-                        .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
-                    merchant_item_id: mid
-                        .map(|m| {
-                            SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderItemID", &m))
-                        })
-                        .transpose()?,
-                    quantity_ordered: r.get(8).map_err(db_error)?,
-                    quantity_shipped: r.get(9).map_err(db_error)?,
-                    quantity_cancelled: r.get(10).map_err(db_error)?,
-                    components: BTreeMap::new(),
+                let (oi, ii) = match item_at.get(&item_id) {
+                    Some(at) => *at,
+                    None => {
+                        let code = text(r, 6)?.unwrap_or_default();
+                        let mid = text(r, 7)?;
+                        let item = ItemState {
+                            code: OrderItemCode::new(&code)
+                                .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
+                            merchant_item_id: mid
+                                .map(|m| {
+                                    SellerId::new(&m)
+                                        .ok_or_else(|| corrupt("MerchantOrderItemID", &m))
+                                })
+                                .transpose()?,
+                            quantity_ordered: r.get(8).map_err(db_error)?,
+                            quantity_shipped: r.get(9).map_err(db_error)?,
+                            quantity_cancelled: r.get(10).map_err(db_error)?,
+                            components: BTreeMap::new(),
+                        };
+                        let order = &mut orders[oi];
+                        order.state.items.push(item);
+                        order.item_ids.push(item_id);
+                        order.positions.push(r.get(11).map_err(db_error)?);
+                        let at = (oi, order.item_ids.len() - 1);
+                        item_at.insert(item_id, at);
+                        at
+                    }
                 };
-                if let Some(order) = orders.last_mut() {
-                    order.state.items.push(item);
-                    order.item_ids.push(item_id);
-                }
-            }
-            drop(rows);
-            // Components of the items of this chunk's orders.
-            let sql = format!(
-                "SELECT c.item_id, c.component, c.charged, c.refunded \
-                 FROM orders o JOIN order_items i ON i.order_id = o.id \
-                 JOIN item_components c ON c.item_id = i.id \
-                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
-            );
-            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
-            let mut where_item: HashMap<i64, (usize, usize)> = HashMap::new();
-            for (oi, order) in orders.iter().enumerate().skip(first_new) {
-                for (ii, id) in order.item_ids.iter().enumerate() {
-                    where_item.insert(*id, (oi, ii));
-                }
-            }
-            let mut rows = stmt
-                .query(rusqlite::params_from_iter(params.iter()))
-                .map_err(db_error)?;
-            while let Some(r) = rows.next().map_err(db_error)? {
-                let item_id: i64 = r.get(0).map_err(db_error)?;
-                let name: String = r.get(1).map_err(db_error)?;
+                let name = r.get_ref(12).map_err(db_error)?;
+                let Some(name) = name.as_str_or_null().map_err(|e| db_error(e.into()))? else {
+                    continue;
+                };
                 let component =
-                    Component::from_name(&name).ok_or_else(|| corrupt("component", &name))?;
+                    Component::from_name(name).ok_or_else(|| corrupt("component", name))?;
                 let totals = ComponentTotals {
-                    charged: r.get(2).map_err(db_error)?,
-                    refunded: r.get(3).map_err(db_error)?,
+                    charged: r.get(13).map_err(db_error)?,
+                    refunded: r.get(14).map_err(db_error)?,
                 };
-                if let Some((oi, ii)) = where_item.get(&item_id) {
-                    orders[*oi].state.items[*ii]
-                        .components
-                        .insert(component, totals);
-                }
+                orders[oi].state.items[ii]
+                    .components
+                    .insert(component, totals);
+            }
+        }
+        // Items in import order (the rows come in index order).
+        for order in &mut orders {
+            if order.positions.is_sorted() {
+                continue;
+            }
+            let mut by_position: Vec<(i64, ItemState, i64)> = order
+                .positions
+                .drain(..)
+                .zip(order.state.items.drain(..))
+                .zip(order.item_ids.drain(..))
+                .map(|((p, item), id)| (p, item, id))
+                .collect();
+            by_position.sort_by_key(|(p, _, _)| *p);
+            for (p, item, id) in by_position {
+                order.positions.push(p);
+                order.state.items.push(item);
+                order.item_ids.push(id);
             }
         }
         Ok(orders)
@@ -1433,15 +1508,8 @@ impl FeedTx for SqliteFeedTx<'_> {
         }
         let mut loaded = self.load_orders(merchant, "amazon_order_id", &by_amazon)?;
         loaded.extend(self.load_orders(merchant, "merchant_order_id", &by_merchant)?);
-        let mut found_amazon: HashSet<AmazonOrderId> = HashSet::new();
-        let mut found_merchant: HashSet<SellerId> = HashSet::new();
         for order in loaded {
-            found_amazon.insert(order.state.amazon_order_id.clone());
-            if let Some(m) = &order.state.merchant_order_id {
-                found_merchant.insert(m.clone());
-            }
-            let aid = OrderRef::Amazon(order.state.amazon_order_id.clone());
-            if snapshot.order(&aid).is_some() {
+            if snapshot.has_order(&order.state.amazon_order_id) {
                 // Already loaded (named both ways): keep the engine's working copy.
                 continue;
             }
@@ -1458,11 +1526,8 @@ impl FeedTx for SqliteFeedTx<'_> {
             snapshot.insert_order(order.state);
         }
         for order in &needs.orders {
-            let found = match order {
-                OrderRef::Amazon(id) => found_amazon.contains(id),
-                OrderRef::Merchant(id) => found_merchant.contains(id),
-            };
-            if !found {
+            // Every order found is in the snapshot now (by both of its ids).
+            if snapshot.order(order).is_none() {
                 snapshot.insert_missing_order(order.clone());
             }
         }
