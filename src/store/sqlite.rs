@@ -403,6 +403,7 @@ impl Store for SqliteStore {
             components_read: HashSet::default(),
             next_adjustment_id: None,
             created_at: now,
+            prior_keys: None,
         }))
     }
 
@@ -923,6 +924,10 @@ pub struct SqliteFeedTx<'a> {
     /// `None` until the first apply reads `MAX(id)`.
     next_adjustment_id: Option<i64>,
     created_at: String,
+    /// The merchant and the smallest and largest key it had when this feed began (`None`:
+    /// no keys), read by the first `load` (a range read later for another merchant may
+    /// include this feed's keys: wider, so still exact).
+    prior_keys: Option<(String, Option<(String, String)>)>,
 }
 
 /// Rows of one `apply` call, written with multi-row statements at its end.
@@ -1071,7 +1076,6 @@ impl SqliteFeedTx<'_> {
                         let channel = r.get_ref(4).map_err(db_error)?;
                         let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
                         orders.push(LoadedOrder {
-
                             state: OrderState {
                                 amazon_order_id: AmazonOrderId::new(&aid)
                                     .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
@@ -1532,7 +1536,39 @@ impl FeedTx for SqliteFeedTx<'_> {
             }
         }
 
-        let keys: Vec<&str> = needs.keys.iter().map(SellerId::as_str).collect();
+        // Keys outside the range of the merchant's keys from before this feed are new without
+        // asking (keys written by this feed are in the snapshot and never needed again).
+        if self
+            .prior_keys
+            .as_ref()
+            .is_none_or(|(of, _)| of != merchant.as_str())
+        {
+            let range: (Option<String>, Option<String>) = self
+                .tx
+                .prepare_cached(
+                    "SELECT MIN(key), MAX(key) FROM idempotency_keys WHERE merchant = ?1",
+                )
+                .map_err(db_error)?
+                .query_row([merchant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_error)?;
+            let range = match range {
+                (Some(low), Some(high)) => Some((low, high)),
+                _ => None,
+            };
+            self.prior_keys = Some((merchant.as_str().to_owned(), range));
+        }
+        let range = self
+            .prior_keys
+            .as_ref()
+            .and_then(|(_, range)| range.as_ref());
+        let keys: Vec<&str> = needs
+            .keys
+            .iter()
+            .map(SellerId::as_str)
+            .filter(|key| {
+                range.is_some_and(|(low, high)| *key >= low.as_str() && *key <= high.as_str())
+            })
+            .collect();
         let mut found_keys: HashSet<String> = HashSet::new();
         for chunk in keys.chunks(BATCH) {
             let sql = format!(
