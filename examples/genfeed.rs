@@ -1,6 +1,6 @@
 //! Generates large, valid Order Adjustment feeds for benchmarks: N messages from a
-//! deterministic seed, about 650 bytes per tab-indented message (200 000 messages ≈ 130 MB), streamed to a
-//! file or stdout so even a 1 GB feed needs no memory. Optionally writes the matching order
+//! deterministic seed, about 650 bytes per tab-indented message (200 000 messages ≈ 130 MB),
+//! streamed to a file or stdout so even a 1 GB feed needs no memory. Optionally writes the matching order
 //! report (tab-separated, the columns `adjustd orders import` reads) so the same feed can be
 //! processed against a store. Does not generate invalid input; the differential test and the
 //! fixtures do that.

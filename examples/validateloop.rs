@@ -39,10 +39,8 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(None) => break,
             Ok(Some(ValidatedMessage::Valid(_))) => valid += 1,
             Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
-                if invalid == 0 {
-                    if let Some(problem) = problems.first() {
-                        println!("first problem: {problem}");
-                    }
+                if let (0, Some(problem)) = (invalid, problems.first()) {
+                    println!("first problem: {problem}");
                 }
                 invalid += 1;
             }

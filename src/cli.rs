@@ -386,19 +386,19 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
 }
 
 /// Validates one file into a report outcome (DocumentTransactionID 1: there is no store).
+/// The file is read once: the content hash is computed from the same bytes.
 fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
     let file = std::fs::File::open(path)?;
     let size = file.metadata()?.len();
     let progress = progress_bar(size);
-    let reader = BufReader::with_capacity(1 << 16, progress.wrap_read(file));
-    let mut validator = Validator::new(reader, config.limits, &config.rules);
+    let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
     let mut outcome = FeedOutcome {
         feed_id: 1,
         file_name: display_name(path),
         merchant: None,
         status: FeedStatus::Complete,
         duplicate_of: None,
-        content_hash: pipeline::hash_file(path)?,
+        content_hash: String::new(),
         processed_at: pipeline::now_rfc3339(),
         messages_processed: 0,
         messages_successful: 0,
@@ -406,55 +406,52 @@ fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
         messages_with_warning: 0,
         results: Vec::new(),
     };
-    let reject = |outcome: &mut FeedOutcome, problem: Problem| {
+    let reader = BufReader::with_capacity(1 << 16, &mut hashing);
+    if let Err(problem) = validate_messages(
+        Validator::new(reader, config.limits, &config.rules),
+        &mut outcome,
+    ) {
         outcome.status = FeedStatus::Rejected;
         outcome.messages_processed = 0;
         outcome.messages_successful = 0;
         outcome.messages_with_error = 1;
         outcome.messages_with_warning = 0;
         outcome.results = vec![problem];
-    };
-    match validator.header() {
-        Ok(header) => outcome.merchant = Some(header.merchant),
-        Err(problem) => {
-            reject(&mut outcome, problem);
-            progress.finish_and_clear();
-            return Ok(outcome);
-        }
     }
-    loop {
-        match validator.next_message() {
-            Ok(None) => break,
-            Ok(Some(ValidatedMessage::Valid(_))) => {
-                outcome.messages_processed += 1;
-                outcome.messages_successful += 1;
-            }
-            Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
-                outcome.messages_processed += 1;
-                if problems
-                    .iter()
-                    .any(|p| p.code.severity() == Severity::Error)
-                {
-                    outcome.messages_with_error += 1;
-                } else {
-                    outcome.messages_successful += 1;
-                }
-                if problems
-                    .iter()
-                    .any(|p| p.code.severity() == Severity::Warning)
-                {
-                    outcome.messages_with_warning += 1;
-                }
-                outcome.results.extend(problems);
-            }
-            Err(problem) => {
-                reject(&mut outcome, problem);
-                break;
-            }
-        }
-    }
+    outcome.content_hash = hashing.finish()?;
     progress.finish_and_clear();
     Ok(outcome)
+}
+
+/// Counts and collects the problems of every message; `Err` is a feed-level problem.
+fn validate_messages<R: std::io::BufRead>(
+    mut validator: Validator<R>,
+    outcome: &mut FeedOutcome,
+) -> Result<(), Problem> {
+    outcome.merchant = Some(validator.header()?.merchant);
+    while let Some(message) = validator.next_message()? {
+        outcome.messages_processed += 1;
+        let ValidatedMessage::Invalid { problems, .. } = message else {
+            outcome.messages_successful += 1;
+            continue;
+        };
+        if problems
+            .iter()
+            .any(|p| p.code.severity() == Severity::Error)
+        {
+            outcome.messages_with_error += 1;
+        } else {
+            outcome.messages_successful += 1;
+        }
+        if problems
+            .iter()
+            .any(|p| p.code.severity() == Severity::Warning)
+        {
+            outcome.messages_with_warning += 1;
+        }
+        outcome.results.extend(problems);
+    }
+    Ok(())
 }
 
 fn progress_bar(size: u64) -> indicatif::ProgressBar {

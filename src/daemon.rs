@@ -246,7 +246,7 @@ impl Worker {
         let timer = last_scan + period;
         let deadline = self
             .tracker
-            .next_deadline()
+            .next_deadline(Instant::now())
             .map_or(timer, |next| next.min(timer));
         let reason = loop {
             let now = Instant::now();
@@ -341,9 +341,9 @@ impl Worker {
                 }
                 self.process(claim, &mut syncs);
                 processed += 1;
-                self.update_waiting(Instant::now());
             }
             self.sync(&mut syncs);
+            self.update_waiting(Instant::now());
         }
         processed
     }
@@ -441,6 +441,7 @@ impl Worker {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 0u32;
+        tracing::debug!(file = %claim.file_name, claim = %claim.token, "processing feed");
         loop {
             let result = self.process_once(&claim);
             match result {

@@ -337,10 +337,11 @@ pub enum Content {
 
 /// The XML content gate: is the document's root element closed?
 ///
-/// Reads the start and the end of the file only: the root element's name comes from the
-/// first start tag after the prolog, and the file must end (after whitespace and trailing
-/// comments or processing instructions) with its end tag, or the root must be empty
-/// (`<Root/>`). Anything the full parser would call malformed is left to the pipeline.
+/// A cheap look at the start and the end of the file first: when the file ends with the
+/// end tag of the root element named by its first start tag (or the root is empty,
+/// `<Root/>`), it is complete and goes on to the pipeline. Otherwise the whole file is read
+/// with [`crate::feed::completeness`], which tells a document that merely stops early
+/// (still uploading) from one that is broken elsewhere (reported at once).
 ///
 /// # Errors
 /// The file cannot be opened or read.
@@ -361,9 +362,21 @@ pub fn check_content(path: &Path, limits: &Limits) -> io::Result<Content> {
     } else {
         tail.clone_from(&head);
     }
-    Ok(classify(&head, &tail))
+    if classify(&head, &tail) == Content::Complete {
+        return Ok(Content::Complete);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(
+        match crate::feed::completeness(io::BufReader::new(file), *limits) {
+            crate::feed::Completeness::Complete => Content::Complete,
+            crate::feed::Completeness::Incomplete => Content::Incomplete,
+            crate::feed::Completeness::Broken => Content::Broken,
+        },
+    )
 }
 
+/// The cheap half of the content gate: `Complete` when the root element visibly closes at
+/// the end of the file; otherwise a guess the full reader confirms or corrects.
 fn classify(head: &[u8], tail: &[u8]) -> Content {
     let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
     let Some(root) = root_element(head) else {
@@ -408,9 +421,7 @@ fn root_element(head: &[u8]) -> Option<Root<'_>> {
     let mut at = 0;
     while at < head.len() {
         let rest = &head[at..];
-        let Some(open) = rest.iter().position(|&b| b == b'<') else {
-            return None;
-        };
+        let open = rest.iter().position(|&b| b == b'<')?;
         let rest = &rest[open..];
         let skip_to = |needle: &[u8]| {
             rest.windows(needle.len())
@@ -868,6 +879,47 @@ mod tests {
         );
         assert_eq!(
             classify(b"hello, not xml", b"hello, not xml"),
+            Content::Broken
+        );
+    }
+
+    #[test]
+    fn content_gate_on_files_uses_the_full_reader_when_in_doubt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let limits = Limits::default();
+        let check = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            fs::write(&path, bytes).expect("write");
+            check_content(&path, &limits).expect("check")
+        };
+        let feed = "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header/></AmazonEnvelope>\n";
+        assert_eq!(check("ok.xml", feed.as_bytes()), Content::Complete);
+        assert_eq!(
+            check("cut.xml", &feed.as_bytes()[..30]),
+            Content::Incomplete
+        );
+        assert_eq!(check("empty.xml", b""), Content::Incomplete);
+        // Garbage after the root: not an upload in progress, report it now.
+        let trailing = format!("{feed}<Other/>");
+        assert_ne!(
+            check("trailing.xml", trailing.as_bytes()),
+            Content::Incomplete
+        );
+        // Broken inside but closed at the end: processed at once either way (the pipeline
+        // reports the error).
+        assert_ne!(
+            check(
+                "mismatch.xml",
+                b"<AmazonEnvelope><Header></Oops></AmazonEnvelope>"
+            ),
+            Content::Incomplete
+        );
+        // Cut short, but with a DOCTYPE the reader refuses anyway: waiting will not help.
+        assert_eq!(
+            check(
+                "doctype.xml",
+                b"<!DOCTYPE AmazonEnvelope [<!ENTITY a \"b\">]>\n<AmazonEnvelope><Header>"
+            ),
             Content::Broken
         );
     }

@@ -213,8 +213,10 @@ fn attempt_once(
     write(context, source, outcome, false)
 }
 
-/// Streams the messages through validate → engine → store inside one transaction.
-fn apply<R: std::io::BufRead>(
+/// Streams the messages through validate → engine → store inside one transaction. The
+/// reader and validator run on a second thread, one chunk ahead of the engine and the store,
+/// so parsing overlaps with the database work.
+fn apply<R: std::io::BufRead + Send>(
     store: &mut dyn Store,
     validator: &mut Validator<R>,
     source: &Source<'_>,
@@ -227,33 +229,30 @@ fn apply<R: std::io::BufRead>(
     let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
     let mut tally = Tally::default();
     let mut snapshot = Snapshot::new();
-    let mut chunk: Vec<ValidatedMessage> = Vec::with_capacity(CHUNK_MESSAGES);
-    loop {
-        let next = match validator.next_message() {
-            Ok(next) => next,
-            Err(problem) => {
-                // A feed-level problem anywhere rejects the whole feed: roll back.
-                drop(tx);
-                return reject(store, source, content_hash, Some(merchant), problem);
+    let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
+        let (sender, chunks) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || read_chunks(validator, &sender));
+        for chunk in chunks {
+            match chunk {
+                Ok(mut chunk) => flush(
+                    tx.as_mut(),
+                    &merchant,
+                    &mut snapshot,
+                    &mut chunk,
+                    rules,
+                    &mut tally,
+                )?,
+                Err(problem) => return Ok(Some(problem)),
             }
-        };
-        let end = next.is_none();
-        if let Some(message) = next {
-            chunk.push(message);
         }
-        if chunk.len() >= CHUNK_MESSAGES || (end && !chunk.is_empty()) {
-            flush(
-                tx.as_mut(),
-                &merchant,
-                &mut snapshot,
-                &mut chunk,
-                rules,
-                &mut tally,
-            )?;
-        }
-        if end {
-            break;
-        }
+        Ok(None)
+        // Leaving the scope drops the receiver first, so a reader still running after a
+        // store error stops at its next send.
+    })?;
+    if let Some(problem) = feed_problem {
+        // A feed-level problem anywhere rejects the whole feed: roll back.
+        drop(tx);
+        return reject(store, source, content_hash, Some(merchant), problem);
     }
     let feed_id = tx.feed_id();
     let outcome = tally.into_outcome(
@@ -266,6 +265,42 @@ fn apply<R: std::io::BufRead>(
     );
     tx.commit(&feed_done(&outcome))?;
     Ok(outcome)
+}
+
+/// A chunk of validated messages, or the feed-level problem that ends the feed.
+type Chunk = Result<Vec<ValidatedMessage>, Problem>;
+
+/// The reader thread: validates messages and hands them over in chunks until the end of the
+/// feed, a feed-level problem, or the receiver going away.
+fn read_chunks<R: std::io::BufRead>(
+    validator: &mut Validator<R>,
+    sender: &std::sync::mpsc::SyncSender<Chunk>,
+) {
+    let mut chunk = Vec::with_capacity(CHUNK_MESSAGES);
+    loop {
+        match validator.next_message() {
+            Ok(Some(message)) => {
+                chunk.push(message);
+                if chunk.len() == CHUNK_MESSAGES {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_MESSAGES));
+                    if sender.send(Ok(full)).is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => {
+                if !chunk.is_empty() {
+                    // An error means the receiver is gone; nothing is left to do either way.
+                    let _ = sender.send(Ok(chunk));
+                }
+                return;
+            }
+            Err(problem) => {
+                let _ = sender.send(Err(problem));
+                return;
+            }
+        }
+    }
 }
 
 fn flush(
@@ -498,21 +533,49 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
 /// # Errors
 /// [`ProcessError::Read`] when the file cannot be read.
 pub fn hash_file(path: &Path) -> Result<String, ProcessError> {
-    let mut file = File::open(path).map_err(|e| read_error(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0_u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer).map_err(|e| read_error(path, e))?;
-        if n == 0 {
-            break;
+    let file = File::open(path).map_err(|e| read_error(path, e))?;
+    HashingReader::new(file)
+        .finish()
+        .map_err(|e| read_error(path, e))
+}
+
+/// A reader that computes the SHA-256 of every byte read through it, so a file can be
+/// hashed in the same pass that parses it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Wraps `inner`.
+    pub fn new(inner: R) -> HashingReader<R> {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
         }
-        hasher.update(&buffer[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+
+    /// Reads whatever is left and returns the hex SHA-256 of all the bytes.
+    ///
+    /// # Errors
+    /// Read errors of the rest of the input.
+    pub fn finish(mut self) -> std::io::Result<String> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(self
+            .hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> ProcessError {

@@ -277,9 +277,11 @@ impl Tracker {
         self.entries.remove(name);
     }
 
-    /// The earliest instant at which a new listing could find a file ready that is not
-    /// ready now (end of a settle time or of a content backoff), if any.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// The earliest instant after `now` at which a new listing could find a file ready that
+    /// is not ready now (end of a settle time or of a content backoff), if any. Files that
+    /// are settled but wait for something else (their done marker) have no deadline: only a
+    /// change in the folder (an event or the periodic scan) can make them ready.
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         self.entries
             .values()
             .map(|entry| {
@@ -289,6 +291,7 @@ impl Tracker {
                     None => settled,
                 }
             })
+            .filter(|deadline| *deadline > now)
             .min()
     }
 
@@ -361,7 +364,7 @@ mod tests {
                 .ready
                 .is_empty()
         );
-        assert_eq!(tracker.next_deadline(), Some(t0 + 200 * MS));
+        assert_eq!(tracker.next_deadline(t0 + 199 * MS), Some(t0 + 200 * MS));
         let observation = tracker.observe(&[file("a.xml", 10, 1)], t0 + 200 * MS);
         assert_eq!(ready_names(&observation), ["a.xml"]);
     }
@@ -387,7 +390,7 @@ mod tests {
                 .ready
                 .is_empty()
         );
-        assert_eq!(tracker.next_deadline(), Some(t0 + 540 * MS));
+        assert_eq!(tracker.next_deadline(t0 + 400 * MS), Some(t0 + 540 * MS));
         assert_eq!(
             ready_names(&tracker.observe(&[file("a.xml", 20, 3)], t0 + 540 * MS)),
             ["a.xml"]
@@ -449,7 +452,7 @@ mod tests {
             kind: EntryKind::Symlink,
         };
         let observation = tracker.observe(std::slice::from_ref(&link), t0);
-        assert_eq!(observation.not_followed, [link.clone()]);
+        assert_eq!(observation.not_followed, std::slice::from_ref(&link));
         assert!(
             tracker
                 .observe(std::slice::from_ref(&link), t0 + MS)
@@ -499,6 +502,8 @@ mod tests {
                 .ready
                 .is_empty()
         );
+        // Settled and waiting for its marker: no deadline, so the worker does not spin.
+        assert_eq!(tracker.next_deadline(t0 + 10_000 * MS), None);
         let with_marker = [file("a.xml", 1, 1), file("a.xml.done", 0, 2)];
         assert_eq!(
             ready_names(&tracker.observe(&with_marker, t0 + 10_001 * MS)),
@@ -529,7 +534,7 @@ mod tests {
             match tracker.incomplete(&top("a.xml"), now) {
                 ContentDecision::WaitUntil(next) => {
                     assert!(tracker.observe(&listing, next - MS).ready.is_empty());
-                    assert_eq!(tracker.next_deadline(), Some(next));
+                    assert_eq!(tracker.next_deadline(next - MS), Some(next));
                     waits.push(next - now);
                     now = next;
                 }
@@ -571,6 +576,6 @@ mod tests {
         tracker.observe(&[file("a.xml", 1, 1)], t0 + MS);
         tracker.forget(&top("a.xml"));
         assert_eq!(tracker.waiting(), (0, None));
-        assert_eq!(tracker.next_deadline(), None);
+        assert_eq!(tracker.next_deadline(t0), None);
     }
 }

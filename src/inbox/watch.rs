@@ -122,6 +122,8 @@ pub struct Watch {
     metrics: Arc<Metrics>,
     overflowed: Arc<AtomicBool>,
     mode: ActiveMode,
+    /// The mode last logged, so a change is logged once.
+    logged_mode: Option<ActiveMode>,
     forced_poll: bool,
     watcher: Option<RecommendedWatcher>,
     /// (device, inode) of the inbox the watch is on, to notice a recreated inbox.
@@ -150,6 +152,7 @@ impl Watch {
             metrics,
             overflowed: Arc::new(AtomicBool::new(false)),
             mode: ActiveMode::Poll,
+            logged_mode: None,
             forced_poll,
             watcher: None,
             watched: None,
@@ -203,7 +206,8 @@ impl Watch {
     }
 
     fn set_mode(&mut self, mode: ActiveMode) {
-        if self.mode != mode || self.watched.is_none() {
+        if self.logged_mode != Some(mode) {
+            self.logged_mode = Some(mode);
             tracing::info!(
                 inbox = %self.inbox.display(),
                 mode = match mode { ActiveMode::Notify => "notify", ActiveMode::Poll => "poll" },
@@ -322,6 +326,24 @@ mod tests {
         while receiver.try_recv().is_ok() {}
         fs::write(inbox.join("b.xml"), b"x").expect("write");
         assert_eq!(receiver.recv_timeout(wait), Ok(Wake::Event));
+    }
+
+    #[test]
+    fn forced_polling_never_adds_a_watch() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (sender, receiver) = std::sync::mpsc::sync_channel(64);
+        let mut watch = Watch::start(
+            dir.path(),
+            WatchMode::Poll,
+            sender,
+            Arc::new(Metrics::new()),
+        );
+        watch.refresh();
+        assert_eq!(watch.mode(), ActiveMode::Poll);
+        assert!(watch.watcher.is_none());
+        fs::write(dir.path().join("a.xml"), b"x").expect("write");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(receiver.try_recv().is_err(), "no events in polling mode");
     }
 
     #[test]

@@ -64,6 +64,7 @@ fn sigkill_at_random_moments_keeps_every_feed_exactly_once() {
 
     let mut dropped: BTreeMap<String, Expected> = BTreeMap::new();
     let mut key = 0u64;
+    let mut kills_in_hand = 0u32;
     let started = Instant::now();
     for iteration in 0..iterations {
         let mut daemon = dir.spawn_daemon();
@@ -86,10 +87,20 @@ fn sigkill_at_random_moments_keeps_every_feed_exactly_once() {
                     }
                 })
                 .collect();
-            dir.drop_file(&name, feed_xml(MERCHANT, &refunds).as_bytes());
+            // Some go through the merchant's own folder (bound merchant, reports and archive
+            // in merchant subfolders).
+            let relative = if rng.below(4) == 0 {
+                format!("{MERCHANT}/{name}")
+            } else {
+                name.clone()
+            };
+            dir.drop_file(&relative, feed_xml(MERCHANT, &refunds).as_bytes());
             dropped.insert(name, Expected::Applied(refunds));
         }
         std::thread::sleep(Duration::from_millis(rng.below(250)));
+        if !dir.files_in("work").is_empty() {
+            kills_in_hand += 1;
+        }
         if !daemon.is_running() {
             panic!(
                 "daemon died on its own in iteration {iteration}:\n{}",
@@ -98,7 +109,15 @@ fn sigkill_at_random_moments_keeps_every_feed_exactly_once() {
         }
         daemon.kill();
     }
-    eprintln!("crash loop took {:?}", started.elapsed());
+    eprintln!(
+        "crash loop took {:?}; {kills_in_hand} of {iterations} kills hit a feed in work/",
+        started.elapsed()
+    );
+    // The loop must really interrupt feeds in hand, not only idle daemons.
+    assert!(
+        kills_in_hand > 0,
+        "no kill landed while a feed was in work/"
+    );
 
     let mut daemon = dir.spawn_daemon();
     wait_for(

@@ -25,10 +25,10 @@ use rust_decimal::Decimal;
 use crate::engine_table::MiniStore;
 
 /// SplitMix64: a tiny deterministic generator, so a seed names a whole scenario.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -37,20 +37,20 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 
-    fn range(&mut self, low: i64, high: i64) -> i64 {
+    pub(crate) fn range(&mut self, low: i64, high: i64) -> i64 {
         let span = u64::try_from(high - low + 1).expect("low <= high");
         low + i64::try_from(self.below(span)).expect("small span")
     }
 
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
 
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+    pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         let len = u64::try_from(items.len()).expect("small slice");
         &items[usize::try_from(self.below(len)).expect("small index")]
     }
@@ -107,16 +107,17 @@ struct ModelKey {
 }
 
 #[derive(Debug, Clone)]
-struct ModelAdjustment {
+pub(crate) struct ModelAdjustment {
     order: AmazonOrderId,
     item: OrderItemCode,
     amounts: Vec<(Component, i64)>,
     quantity_cancelled: u32,
 }
 
-/// Orders as imported (never changed: every total is recomputed from `accepted`).
+/// Orders as imported (only a re-import changes them: every total is recomputed from
+/// `accepted`).
 #[derive(Debug, Clone)]
-struct Model {
+pub(crate) struct Model {
     orders: Vec<OrderState>,
     accepted: Vec<ModelAdjustment>,
     keys: HashMap<SellerId, ModelKey>,
@@ -124,12 +125,12 @@ struct Model {
 
 /// What the model expects of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Expected {
-    applied: bool,
-    codes: Vec<Code>,
+pub(crate) struct Expected {
+    pub(crate) applied: bool,
+    pub(crate) codes: Vec<Code>,
 }
 
-const STATE_CODES: &[Code] = &[
+pub(crate) const STATE_CODES: &[Code] = &[
     Code::OrderNotFound,
     Code::ItemNotInOrder,
     Code::OrderNotAdjustable,
@@ -141,7 +142,46 @@ const STATE_CODES: &[Code] = &[
 ];
 
 impl Model {
-    fn refunded(
+    /// A model of `orders` as imported, with nothing applied yet.
+    pub(crate) fn new(orders: Vec<OrderState>) -> Model {
+        Model {
+            orders,
+            accepted: Vec::new(),
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Records a re-import of the order report saying that `shipped` units of an item left.
+    pub(crate) fn set_shipped(
+        &mut self,
+        order: &AmazonOrderId,
+        item: &OrderItemCode,
+        shipped: u32,
+    ) {
+        for state in self
+            .orders
+            .iter_mut()
+            .filter(|o| &o.amazon_order_id == order)
+            .flat_map(|o| o.items.iter_mut())
+            .filter(|i| &i.code == item)
+        {
+            state.quantity_shipped = shipped;
+        }
+    }
+
+    /// Every key the model has recorded: the key, the feed index and MessageID of the
+    /// message that recorded it, and its pinned rejection (`None` when it applied).
+    pub(crate) fn key_records(&self) -> Vec<(String, (usize, u64), Option<Code>)> {
+        let mut records: Vec<_> = self
+            .keys
+            .iter()
+            .map(|(key, record)| (key.as_str().to_owned(), record.origin, record.rejection))
+            .collect();
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        records
+    }
+
+    pub(crate) fn refunded(
         &self,
         pending: &[ModelAdjustment],
         order: &AmazonOrderId,
@@ -158,7 +198,7 @@ impl Model {
             .sum()
     }
 
-    fn cancelled(
+    pub(crate) fn cancelled(
         &self,
         pending: &[ModelAdjustment],
         order: &AmazonOrderId,
@@ -175,7 +215,7 @@ impl Model {
                 .sum::<u32>()
     }
 
-    fn find_order(&self, order: &OrderRef) -> Option<&OrderState> {
+    pub(crate) fn find_order(&self, order: &OrderRef) -> Option<&OrderState> {
         self.orders.iter().find(|o| match order {
             OrderRef::Amazon(id) => &o.amazon_order_id == id,
             OrderRef::Merchant(id) => o.merchant_order_id.as_ref() == Some(id),
@@ -183,7 +223,7 @@ impl Model {
     }
 
     /// Predicts one message and records its effect.
-    fn step(&mut self, feed: usize, message: &AdjustmentMessage) -> Expected {
+    pub(crate) fn step(&mut self, feed: usize, message: &AdjustmentMessage) -> Expected {
         let n = message.items.len();
         let rejected = |codes: Vec<Code>| Expected {
             applied: false,
@@ -406,7 +446,7 @@ impl Model {
 // ---------------------------------------------------------------------------------------
 // Scenario generation.
 
-const CURRENCIES: &[&str] = &["USD", "JPY", "KWD"];
+pub(crate) const CURRENCIES: &[&str] = &["USD", "JPY", "KWD"];
 const CHARGED: &[Component] = &[
     Component::Price(PriceComponent::Principal),
     Component::Price(PriceComponent::Shipping),
@@ -414,11 +454,11 @@ const CHARGED: &[Component] = &[
     Component::Promotion(PromotionComponent::Principal),
 ];
 
-fn currency(code: &str) -> Currency {
+pub(crate) fn currency(code: &str) -> Currency {
     Currency::from_code(code).expect("currency in table")
 }
 
-fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
+pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
     let n_orders = rng.range(1, 3);
     let mut orders = Vec::new();
     for order_index in 0..n_orders {
@@ -638,7 +678,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
 }
 
 /// Feeds of messages drawn, with repetition and in any order, from a small pool of bodies.
-fn generate_feeds(rng: &mut Rng, orders: &[OrderState]) -> Vec<Vec<AdjustmentMessage>> {
+pub(crate) fn generate_feeds(rng: &mut Rng, orders: &[OrderState]) -> Vec<Vec<AdjustmentMessage>> {
     let mut pool: Vec<AdjustmentMessage> = (0..rng.range(2, 8))
         .map(|_| generate_message(rng, orders))
         .collect();
@@ -759,11 +799,7 @@ fn run_scenario(seed: u64) -> Result<usize, String> {
             .orders
             .insert(order.amazon_order_id.clone(), order.clone());
     }
-    let mut model = Model {
-        orders: orders.clone(),
-        accepted: Vec::new(),
-        keys: HashMap::new(),
-    };
+    let mut model = Model::new(orders.clone());
     let mut n_messages = 0;
     for (feed_index, feed) in feeds.iter().enumerate() {
         let previous = store.adjustments.clone();
@@ -908,11 +944,7 @@ fn scenarios_cover_every_engine_code() {
         let mut rng = Rng(seed);
         let orders = generate_orders(&mut rng);
         let feeds = generate_feeds(&mut rng, &orders);
-        let mut model = Model {
-            orders: orders.clone(),
-            accepted: Vec::new(),
-            keys: HashMap::new(),
-        };
+        let mut model = Model::new(orders.clone());
         for (feed_index, feed) in feeds.iter().enumerate() {
             for message in feed {
                 let expected = model.step(feed_index, message);

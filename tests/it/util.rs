@@ -405,7 +405,7 @@ pub fn feed_xml(merchant: &str, refunds: &[Refund]) -> String {
          <MessageType>OrderAdjustment</MessageType>\n"
     );
     for (index, refund) in refunds.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             xml,
             "<Message><MessageID>{}</MessageID><OrderAdjustment>\
              <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
@@ -414,7 +414,7 @@ pub fn feed_xml(merchant: &str, refunds: &[Refund]) -> String {
              <AdjustmentReason>CustomerReturn</AdjustmentReason>\
              <ItemPriceAdjustments><Component><Type>Principal</Type>\
              <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
-             </AdjustedItem></OrderAdjustment></Message>\n",
+             </AdjustedItem></OrderAdjustment></Message>",
             index + 1,
             order_id(refund.order),
             item_code(refund.order),
@@ -432,16 +432,22 @@ pub fn refunded_principal_cents(order: &Value) -> i64 {
     let items = order["items"].as_array().expect("items");
     items
         .iter()
-        .map(|item| match item["refunded"]["Principal"].as_str() {
-            Some(amount) => {
-                let (units, cents) = amount.split_once('.').unwrap_or((amount, "0"));
-                let units: i64 = units.parse().expect("units");
-                let cents: i64 = format!("{cents:0<2}")[..2].parse().expect("cents");
-                units * 100 + units.signum() * cents
-            }
-            None => 0,
-        })
+        .map(|item| item["refunded"]["Principal"].as_str().map_or(0, cents))
         .sum()
+}
+
+/// Parses a decimal string with at most two decimals ("-1.5", "0.40") into cents.
+pub fn cents(amount: &str) -> i64 {
+    let (negative, digits) = match amount.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, amount),
+    };
+    let (units, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    assert!(fraction.len() <= 2, "more than two decimals: {amount}");
+    let units: i64 = units.parse().expect("units");
+    let fraction: i64 = format!("{fraction:0<2}").parse().expect("cents");
+    let value = units * 100 + fraction;
+    if negative { -value } else { value }
 }
 
 /// The result codes of a JSON report.

@@ -1,0 +1,538 @@
+//! Several real `adjustd run` processes on one PostgreSQL database: once sharing one inbox,
+//! once with an inbox each. Feeds overlap on a few orders, and their refunds together ask
+//! for several times what each item was charged, so instances race for the same caps.
+//! Halfway through, the database drops every connection and refuses new ones for a moment
+//! (what clients see of a server restart, without restarting the server other tests use).
+//!
+//! Checks, from the reports and the database: every feed has exactly one report and none
+//! failed; nothing is over-refunded; every accepted message is in the store exactly once
+//! (and nothing else is); each item's stored total equals the sum of its accepted refunds.
+//!
+//! `ADJUSTD_MULTI_FEEDS` (default 500 per test) and `ADJUSTD_MULTI_INSTANCES` (default 3)
+//! scale it. Owns no production code.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adjustd::model::{
+    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode,
+    PriceComponent,
+};
+use adjustd::store::postgres::PgStore;
+use adjustd::store::{OrderRow, Store};
+use serde_json::Value;
+
+use crate::store_pg::TestDb;
+
+const MERCHANT: &str = "M_MULTI";
+/// Orders the feeds share.
+const ORDERS: u32 = 30;
+/// Principal charged per order, in cents.
+const CHARGED: i64 = 10_000;
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn order_id(n: u32) -> String {
+    format!("333-{n:07}-{n:07}")
+}
+
+fn item_code(n: u32) -> String {
+    format!("{:014}", 30_000_000_000_000u64 + u64::from(n))
+}
+
+/// A tiny deterministic generator (no dependency, same feeds every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % bound
+    }
+}
+
+/// One generated refund message.
+#[derive(Debug, Clone)]
+struct Refund {
+    order: u32,
+    cents: i64,
+    key: String,
+}
+
+/// One generated feed file.
+struct Feed {
+    name: String,
+    refunds: Vec<Refund>,
+    bytes: Vec<u8>,
+}
+
+fn feed_xml(refunds: &[Refund]) -> Vec<u8> {
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
+         xsi:noNamespaceSchemaLocation=\"amzn-envelope.xsd\">\n\
+         <Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>{MERCHANT}</MerchantIdentifier></Header>\n\
+         <MessageType>OrderAdjustment</MessageType>\n"
+    );
+    for (index, refund) in refunds.iter().enumerate() {
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{}</MessageID><OrderAdjustment>\
+             <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
+             <AmazonOrderItemCode>{}</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>{}</MerchantAdjustmentItemID>\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type>\
+             <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
+             </AdjustedItem></OrderAdjustment></Message>",
+            index + 1,
+            order_id(refund.order),
+            item_code(refund.order),
+            refund.key,
+            refund.cents / 100,
+            refund.cents % 100
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    xml.into_bytes()
+}
+
+/// `count` feeds of 1-3 refunds of 5-20.00 on the shared orders, every 25th a byte-for-byte
+/// copy of an earlier one under another name (a duplicate upload).
+fn generate_feeds(count: usize, seed: u64) -> Vec<Feed> {
+    let mut random = Lcg(seed);
+    let mut feeds: Vec<Feed> = Vec::with_capacity(count);
+    for n in 0..count {
+        if n % 25 == 24 {
+            let original = random.next(n as u64) as usize;
+            let (refunds, bytes) = (
+                feeds[original].refunds.clone(),
+                feeds[original].bytes.clone(),
+            );
+            feeds.push(Feed {
+                name: format!("dup-{n:05}.xml"),
+                refunds,
+                bytes,
+            });
+            continue;
+        }
+        let messages = 1 + random.next(3) as usize;
+        let refunds: Vec<Refund> = (0..messages)
+            .map(|m| Refund {
+                order: random.next(u64::from(ORDERS)) as u32,
+                cents: 500 * (1 + random.next(4) as i64),
+                key: format!("S{seed}-F{n}-M{m}"),
+            })
+            .collect();
+        let bytes = feed_xml(&refunds);
+        feeds.push(Feed {
+            name: format!("feed-{n:05}.xml"),
+            refunds,
+            bytes,
+        });
+    }
+    feeds
+}
+
+fn import_orders(url: &str) {
+    let mut store = PgStore::connect(url).expect("connect for import");
+    let usd = Currency::from_code("USD").expect("USD");
+    let rows: Vec<OrderRow> = (0..ORDERS)
+        .map(|n| OrderRow {
+            line: n + 2,
+            amazon_order_id: AmazonOrderId::new(&order_id(n)).expect("order id"),
+            merchant_order_id: None,
+            item_code: OrderItemCode::new(&item_code(n)).expect("item code"),
+            merchant_item_id: None,
+            purchase_date: None,
+            sku: format!("SKU-{n}"),
+            quantity_ordered: 1,
+            quantity_shipped: Some(1),
+            currency: Some(usd),
+            charged: vec![(Component::Price(PriceComponent::Principal), CHARGED)],
+            channel: Some(FulfillmentChannel::Merchant),
+        })
+        .collect();
+    store
+        .import_orders(&MerchantId::new(MERCHANT).expect("merchant"), &rows)
+        .expect("import orders");
+}
+
+/// The folder of one test: config, shared outbox/archive/failed, one or more inboxes.
+struct Site {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Site {
+    fn new(url: &str) -> Site {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = "[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\narchive = \"archive\"\n\
+                      failed = \"failed\"\nwork = \"work\"\n\
+                      [inbox]\nsettle_ms = 50\nwatch = \"poll\"\npoll_interval_ms = 50\n\
+                      rescan_interval_secs = 2\n\
+                      [daemon]\nshutdown_timeout_secs = 20\nmax_backoff_secs = 1\n";
+        fs::write(dir.path().join("adjustd.toml"), config).expect("config");
+        for folder in ["inbox", "outbox", "archive", "failed", "work", "staging"] {
+            fs::create_dir_all(dir.path().join(folder)).expect("folder");
+        }
+        Site {
+            dir,
+            url: url.to_owned(),
+        }
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Starts `adjustd run`; with `own` set, on its own inbox and work folders.
+    fn spawn(&self, index: usize, own: bool) -> Instance {
+        let log_path = self.path(&format!("instance-{index}.log"));
+        let log = fs::File::create(&log_path).expect("log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_adjustd"));
+        command
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .arg("run")
+            .env("ADJUSTD_STORE_URL", &self.url)
+            .env("RUST_LOG", "adjustd=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        if own {
+            for folder in [format!("inbox-{index}"), format!("work-{index}")] {
+                fs::create_dir_all(self.path(&folder)).expect("folder");
+            }
+            command
+                .env("ADJUSTD_PATHS_INBOX", self.path(&format!("inbox-{index}")))
+                .env("ADJUSTD_PATHS_WORK", self.path(&format!("work-{index}")));
+        }
+        Instance {
+            child: Some(command.spawn().expect("spawn adjustd run")),
+            log_path,
+        }
+    }
+
+    /// Writes a feed into `inbox` atomically (staged, then renamed in).
+    fn drop_feed(&self, inbox: &str, feed: &Feed) {
+        let staged = self.path("staging").join(&feed.name);
+        fs::write(&staged, &feed.bytes).expect("stage feed");
+        fs::rename(&staged, self.path(inbox).join(&feed.name)).expect("drop feed");
+    }
+
+    /// The JSON reports in the outbox, by file name.
+    fn reports(&self) -> HashMap<String, Vec<Value>> {
+        let mut reports: HashMap<String, Vec<Value>> = HashMap::new();
+        for path in files_under(&self.path("outbox")) {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if !name.is_some_and(|n| n.ends_with(".report.json") && !n.starts_with('.')) {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else { continue };
+            let Ok(json) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            let file = json["file_name"].as_str().unwrap_or_default().to_owned();
+            reports.entry(file).or_default().push(json);
+        }
+        reports
+    }
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+/// A running `adjustd run`, killed on drop.
+struct Instance {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Instance {
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGTERM, then a clean exit within 30 s.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(status.success(), "exit {status}; log:\n{}", self.log());
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What clients see of a server restart: every connection to the database is dropped and
+/// new ones are refused for `down`. With `ADJUSTD_TEST_PG_RESTART=1` (and the right to run
+/// `pg_ctlcluster`), the server itself is restarted instead; that is opt-in because it
+/// breaks every other test using the server at that moment.
+fn outage(db: &mut TestDb, down: Duration) {
+    if std::env::var("ADJUSTD_TEST_PG_RESTART").is_ok_and(|v| v == "1") {
+        let version = fs::read_dir("/etc/postgresql")
+            .expect("/etc/postgresql")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .max()
+            .expect("a cluster version");
+        let started = Instant::now();
+        let status = Command::new("pg_ctlcluster")
+            .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+            .status()
+            .expect("pg_ctlcluster");
+        assert!(status.success(), "pg_ctlcluster restart failed");
+        db.reconnect_admin();
+        eprintln!(
+            "outage: restarted PostgreSQL {version} in {:?}",
+            started.elapsed()
+        );
+        return;
+    }
+    db.set_allow_connections(false);
+    let terminated = db.terminate_connections();
+    std::thread::sleep(down);
+    db.set_allow_connections(true);
+    eprintln!("outage: terminated {terminated} connections, refused new ones for {down:?}");
+}
+
+fn run(own_inboxes: bool, seed: u64) {
+    let Some(mut db) = TestDb::create() else {
+        return;
+    };
+    let feeds_count = env_number("ADJUSTD_MULTI_FEEDS", 500);
+    let instances_count = env_number("ADJUSTD_MULTI_INSTANCES", 3).clamp(1, 8);
+    import_orders(&db.url);
+    let site = Site::new(&db.url);
+    let feeds = generate_feeds(feeds_count, seed);
+    let mut instances: Vec<Instance> = (0..instances_count)
+        .map(|i| site.spawn(i, own_inboxes))
+        .collect();
+    let inbox_of = |n: usize| {
+        if own_inboxes {
+            format!("inbox-{}", n % instances_count)
+        } else {
+            "inbox".to_owned()
+        }
+    };
+    let started = Instant::now();
+    let half = feeds.len() / 2;
+    for (n, feed) in feeds[..half].iter().enumerate() {
+        site.drop_feed(&inbox_of(n), feed);
+    }
+    // Once some are done, take the database away for a moment, then drop the rest.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while site.reports().len() < half / 3 {
+        assert!(Instant::now() < deadline, "no progress before the outage");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    outage(&mut db, Duration::from_secs(2));
+    for (n, feed) in feeds.iter().enumerate().skip(half) {
+        site.drop_feed(&inbox_of(n), feed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let done = site.reports().len();
+        if done >= feeds.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            for instance in &instances {
+                let log = instance.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                eprintln!("--- {}:\n{}", instance.log_path.display(), tail.join("\n"));
+            }
+            panic!("only {done} of {} feeds reported", feeds.len());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let elapsed = started.elapsed();
+    let (mut conflicts, mut unavailable) = (0, 0);
+    for instance in &mut instances {
+        instance.stop();
+        let log = instance.log();
+        conflicts += log.matches("conflict").count();
+        unavailable += log.matches("unavailable").count();
+    }
+    eprintln!(
+        "multi: log lines naming a conflict: {conflicts}, the database unavailable: {unavailable}"
+    );
+    eprintln!(
+        "multi ({} inboxes): {} feeds by {instances_count} instances in {elapsed:?}",
+        if own_inboxes { "own" } else { "shared" },
+        feeds.len()
+    );
+    check(&site, &mut db, &feeds);
+}
+
+fn check(site: &Site, db: &mut TestDb, feeds: &[Feed]) {
+    let reports = site.reports();
+    let leftovers: Vec<PathBuf> = ["failed", "work", "inbox"]
+        .iter()
+        .flat_map(|f| files_under(&site.path(f)))
+        .chain((0..8).flat_map(|i| {
+            files_under(&site.path(&format!("inbox-{i}")))
+                .into_iter()
+                .chain(files_under(&site.path(&format!("work-{i}"))))
+        }))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "files left over: {leftovers:?}");
+
+    let mut client = db.client();
+    let mut expected_adjustments: BTreeSet<(i64, i64)> = BTreeSet::new();
+    let mut accepted_per_order: BTreeMap<u32, i64> = BTreeMap::new();
+    let mut rejected_messages = 0;
+    let mut codes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut duplicates = 0;
+    let mut feed_ids = BTreeSet::new();
+    for feed in feeds {
+        let found = reports.get(&feed.name).map_or(0, Vec::len);
+        assert_eq!(found, 1, "{}: {found} reports", feed.name);
+        let report = &reports[&feed.name][0];
+        let feed_id = report["feed_id"].as_i64().expect("feed_id");
+        assert!(feed_ids.insert(feed_id), "feed id {feed_id} reported twice");
+        assert_eq!(report["status"], "Complete", "{}: {report}", feed.name);
+        if !report["duplicate_of"].is_null() {
+            duplicates += 1;
+            continue;
+        }
+        let results = report["results"].as_array().expect("results");
+        for (index, refund) in feed.refunds.iter().enumerate() {
+            let message_id = index as i64 + 1;
+            let problems: Vec<&Value> = results
+                .iter()
+                .filter(|r| r["message_id"].as_i64() == Some(message_id))
+                .collect();
+            if problems.iter().any(|r| r["result"] == "Error") {
+                for problem in &problems {
+                    let name = problem["code_name"].as_str().unwrap_or("?").to_owned();
+                    *codes.entry(name).or_default() += 1;
+                }
+                rejected_messages += 1;
+                continue;
+            }
+            assert!(problems.is_empty(), "{}: {problems:?}", feed.name);
+            expected_adjustments.insert((feed_id, message_id));
+            *accepted_per_order.entry(refund.order).or_default() += refund.cents;
+        }
+    }
+    // Every accepted message is in the store once, and nothing else is.
+    let stored: Vec<(i64, i64)> = client
+        .query("SELECT feed_id, message_id FROM adjustments", &[])
+        .expect("adjustments")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let stored_set: BTreeSet<(i64, i64)> = stored.iter().copied().collect();
+    assert_eq!(stored.len(), stored_set.len(), "an adjustment stored twice");
+    assert_eq!(stored_set, expected_adjustments);
+    // Every committed feed is one of ours, once.
+    let committed: i64 = client
+        .query_one("SELECT count(*) FROM feeds", &[])
+        .expect("feeds")
+        .get(0);
+    assert_eq!(committed, i64::try_from(feeds.len()).expect("count"));
+    // Totals: the stored total of each item is the sum of its accepted refunds, never above
+    // what was charged, and equal to the sum of its adjustment amounts.
+    for n in 0..ORDERS {
+        let row = client
+            .query_one(
+                "SELECT c.charged, c.refunded, \
+                 (SELECT COALESCE(sum(m.amount), 0)::bigint FROM adjustment_amounts m \
+                  JOIN adjustments a ON a.id = m.adjustment_id \
+                  WHERE a.item_id = i.id AND m.component = 'Principal') \
+                 FROM orders o JOIN order_items i ON i.order_id = o.id \
+                 JOIN item_components c ON c.item_id = i.id AND c.component = 'Principal' \
+                 WHERE o.amazon_order_id = $1",
+                &[&order_id(n)],
+            )
+            .expect("totals");
+        let (charged, refunded, summed): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        let accepted = accepted_per_order.get(&n).copied().unwrap_or(0);
+        assert_eq!(refunded, accepted, "order {n}: store vs reports");
+        assert_eq!(refunded, summed, "order {n}: total vs adjustments");
+        assert!(refunded <= charged, "order {n} over-refunded");
+    }
+    // The caps were actually contested.
+    assert!(
+        rejected_messages > 0,
+        "no refund hit a cap: not a contention test"
+    );
+    // Rejections are cap rejections only: an outage or a conflict never turns into one.
+    assert!(
+        codes.keys().all(|c| c == "COMPONENT_EXCEEDS_REMAINING"),
+        "unexpected rejections: {codes:?}"
+    );
+    eprintln!(
+        "multi: {} adjustments applied, {rejected_messages} messages rejected ({codes:?}), \
+         {duplicates} duplicate feeds",
+        stored.len()
+    );
+}
+
+#[test]
+fn instances_sharing_one_inbox_apply_each_feed_once() {
+    run(false, 1);
+}
+
+#[test]
+fn instances_with_an_inbox_each_apply_each_feed_once() {
+    run(true, 2);
+}
