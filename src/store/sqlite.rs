@@ -1301,7 +1301,7 @@ impl SqliteFeedTx<'_> {
         let created_at = self.created_at.as_str();
         write_rows(
             &self.tx,
-            "INSERT OR FAIL INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
+            "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
              quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
              created_at) VALUES ",
             12,
@@ -1324,7 +1324,7 @@ impl SqliteFeedTx<'_> {
         )?;
         write_rows(
             &self.tx,
-            "INSERT OR FAIL INTO adjustment_amounts (adjustment_id, component, amount) VALUES ",
+            "INSERT INTO adjustment_amounts (adjustment_id, component, amount) VALUES ",
             3,
             "",
             &pending.amounts,
@@ -1336,7 +1336,7 @@ impl SqliteFeedTx<'_> {
         )?;
         write_rows(
             &self.tx,
-            "INSERT OR FAIL INTO item_components (item_id, component, class, charged, refunded) \
+            "INSERT INTO item_components (item_id, component, class, charged, refunded) \
              SELECT column1, column2, column3, 0, column4 FROM (VALUES ",
             4,
             ")",
@@ -1352,7 +1352,7 @@ impl SqliteFeedTx<'_> {
             .extend(pending.inserts.iter().map(|(slot, _)| *slot));
         write_rows(
             &self.tx,
-            "UPDATE OR FAIL item_components SET refunded = refunded + v.column3 FROM (VALUES ",
+            "UPDATE item_components SET refunded = refunded + v.column3 FROM (VALUES ",
             3,
             ") AS v WHERE item_components.item_id = v.column1 \
              AND item_components.component = v.column2",
@@ -1378,7 +1378,7 @@ impl SqliteFeedTx<'_> {
         let merchant = merchant.as_str();
         write_rows(
             &self.tx,
-            "INSERT OR FAIL INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
+            "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
              rejection_code) VALUES ",
             6,
             "",
