@@ -7,10 +7,13 @@
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
-//! prepared once and cached, orders and keys are loaded with `IN (...)` lists of up to 1024
-//! ids, and each `apply` call writes its rows with multi-row statements (64 rows each;
-//! running totals summed per item and component first), so a feed of 100k messages costs
-//! a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
+//! prepared once and cached. Orders are loaded with `IN (...)` lists of up to 1024 ids, one
+//! statement per list returning each order with its items and their component totals;
+//! keys likewise, except that keys outside the merchant's key range from before the feed
+//! (`MIN`/`MAX`, read once) are new without a lookup. Each `apply` call writes its rows with
+//! multi-row statements (256 rows each, values bound straight into SQLite; running totals
+//! summed per item and component first and written in key order), so a feed of 100k
+//! messages costs a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
 //! which is safe because the transaction holds SQLite's write lock. The CHECK constraints and
 //! append-only triggers of the schema hold the refund invariants even against a bug in the
 //! engine. This module does not decide what a feed does (see `engine`) nor parse order
