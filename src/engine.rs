@@ -116,6 +116,11 @@ impl Snapshot {
         self.orders.insert(order.amazon_order_id.clone(), order);
     }
 
+    /// True when the order with this `AmazonOrderID` is loaded.
+    pub fn has_order(&self, amazon_order_id: &AmazonOrderId) -> bool {
+        self.orders.contains_key(amazon_order_id)
+    }
+
     /// Records that the store has no such order for this merchant.
     pub fn insert_missing_order(&mut self, order: OrderRef) {
         self.missing_orders.insert(order);
@@ -314,69 +319,114 @@ pub fn plan(
 /// canonical form. An `item_index` past the last item hashes the message without an item.
 pub fn payload_hash(message: &AdjustmentMessage, item_index: usize) -> String {
     use sha2::Digest;
+    use std::fmt::Write as _;
 
-    let mut canonical = String::from("adjustd-adjusted-item-v1\n");
-    let mut field = |name: &str, value: &str| {
-        canonical.push_str(name);
-        canonical.push('=');
-        canonical.push_str(&value.len().to_string());
-        canonical.push(':');
-        canonical.push_str(value);
-        canonical.push('\n');
+    // The canonical form is fed to the hasher piece by piece (no canonical String); numbers
+    // and amounts are formatted into one reused scratch buffer.
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"adjustd-adjusted-item-v1\n");
+    let mut scratch = String::with_capacity(32);
+    let mut length = [0_u8; 20];
+    let mut field = |hasher: &mut sha2::Sha256, name: &str, value: &str| {
+        hasher.update(name.as_bytes());
+        hasher.update(b"=");
+        hasher.update(decimal(value.len() as u64, &mut length));
+        hasher.update(b":");
+        hasher.update(value.as_bytes());
+        hasher.update(b"\n");
     };
     match &message.order {
-        OrderRef::Amazon(id) => field("AmazonOrderID", id.as_str()),
-        OrderRef::Merchant(id) => field("MerchantOrderID", id.as_str()),
+        OrderRef::Amazon(id) => field(&mut hasher, "AmazonOrderID", id.as_str()),
+        OrderRef::Merchant(id) => field(&mut hasher, "MerchantOrderID", id.as_str()),
     }
-    field("ActionType", message.action.map_or("", ActionType::as_str));
     field(
+        &mut hasher,
+        "ActionType",
+        message.action.map_or("", ActionType::as_str),
+    );
+    field(
+        &mut hasher,
         "currency",
         message.currency.as_ref().map_or("", Currency::code),
     );
     if let Some(item) = message.items.get(item_index) {
         match &item.item {
-            ItemRef::Amazon(code) => field("AmazonOrderItemCode", code.as_str()),
-            ItemRef::Merchant(id) => field("MerchantOrderItemID", id.as_str()),
+            ItemRef::Amazon(code) => field(&mut hasher, "AmazonOrderItemCode", code.as_str()),
+            ItemRef::Merchant(id) => field(&mut hasher, "MerchantOrderItemID", id.as_str()),
         }
-        field("AdjustmentReason", item.reason.as_str());
+        field(&mut hasher, "AdjustmentReason", item.reason.as_str());
+        let mut number = [0_u8; 20];
+        let cancelled = item
+            .quantity_cancelled
+            .map_or(&[][..], |q| decimal(u64::from(q.get()), &mut number));
         field(
+            &mut hasher,
             "QuantityCancelled",
-            &item
-                .quantity_cancelled
-                .map_or(String::new(), |q| q.get().to_string()),
+            std::str::from_utf8(cancelled).unwrap_or_default(),
         );
+        let quantity = item
+            .quantity
+            .map_or(&[][..], |q| decimal(u64::from(q.get()), &mut number));
         field(
+            &mut hasher,
             "Quantity",
-            &item.quantity.map_or(String::new(), |q| q.get().to_string()),
+            std::str::from_utf8(quantity).unwrap_or_default(),
         );
-        let mut components: Vec<(&str, String)> = item
+        // Sorted by name, then by the amount as written out (only for a repeated name).
+        let mut components: Vec<(&str, Amount)> = item
             .amounts
             .iter()
-            .map(|a| (a.component.name(), a.amount.to_string()))
+            .map(|a| (a.component.name(), a.amount))
             .collect();
-        components.sort();
+        components.sort_by(|a, b| {
+            a.0.cmp(b.0)
+                .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
+        });
         for (name, amount) in components {
-            field("Component", name);
-            field("Amount", &amount);
+            field(&mut hasher, "Component", name);
+            scratch.clear();
+            // Writing into a String cannot fail.
+            let _ = write!(scratch, "{amount}");
+            field(&mut hasher, "Amount", &scratch);
         }
-        let mut direct: Vec<(&str, String)> = item
+        let mut direct: Vec<(&str, Amount)> = item
             .direct_payments
             .iter()
-            .map(|(kind, amount)| (kind.as_str(), amount.to_string()))
+            .map(|(kind, amount)| (kind.as_str(), *amount))
             .collect();
-        direct.sort();
+        direct.sort_by(|a, b| {
+            a.0.cmp(b.0)
+                .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
+        });
         for (kind, amount) in direct {
-            field("DirectPayment", kind);
-            field("Amount", &amount);
+            field(&mut hasher, "DirectPayment", kind);
+            scratch.clear();
+            let _ = write!(scratch, "{amount}");
+            field(&mut hasher, "Amount", &scratch);
         }
     }
-    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    let digest = hasher.finalize();
     let mut hex = String::with_capacity(64);
     for byte in digest.iter() {
         hex.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
         hex.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
     }
     hex
+}
+
+/// `n` in decimal ASCII, written into the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        // `n % 10` is a single digit.
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 /// True for the rejections that depend on the store (an order, its items, its totals):
@@ -412,33 +462,38 @@ const MESSAGE_PATH: &str = "Message/OrderAdjustment";
 /// The order facts every problem of one message carries.
 struct Facts<'a> {
     message: &'a AdjustmentMessage,
-    amazon_order_id: Option<String>,
-    item_codes: Vec<Option<String>>,
+    /// The order as loaded, when it exists; the names problems carry are derived from it
+    /// only when a problem is built (the success path allocates nothing here).
+    order: Option<&'a OrderState>,
 }
 
 impl<'a> Facts<'a> {
-    fn of(snapshot: &Snapshot, message: &'a AdjustmentMessage) -> Facts<'a> {
-        let order = snapshot.order(&message.order);
-        let amazon_order_id = match (order, &message.order) {
+    fn of(snapshot: &'a Snapshot, message: &'a AdjustmentMessage) -> Facts<'a> {
+        Facts {
+            message,
+            order: snapshot.order(&message.order),
+        }
+    }
+
+    /// The `AmazonOrderID` problems carry: the loaded order's, else the one written.
+    fn amazon_order_id(&self) -> Option<String> {
+        match (self.order, &self.message.order) {
             (Some(order), _) => Some(order.amazon_order_id.to_string()),
             (None, OrderRef::Amazon(id)) => Some(id.to_string()),
             (None, OrderRef::Merchant(_)) => None,
-        };
-        let item_codes = message
-            .items
-            .iter()
-            .map(
-                |item| match (order.and_then(|o| find_item(o, &item.item)), &item.item) {
-                    (Some(index), _) => order.map(|o| o.items[index].code.to_string()),
-                    (None, ItemRef::Amazon(code)) => Some(code.to_string()),
-                    (None, ItemRef::Merchant(_)) => None,
-                },
-            )
-            .collect();
-        Facts {
-            message,
-            amazon_order_id,
-            item_codes,
+        }
+    }
+
+    /// The `AmazonOrderItemCode` of adjusted item `item_index`, when it can be named.
+    fn item_code(&self, item_index: usize) -> Option<String> {
+        let item = self.message.items.get(item_index)?;
+        match (
+            self.order.and_then(|o| find_item(o, &item.item)),
+            &item.item,
+        ) {
+            (Some(index), _) => self.order.map(|o| o.items[index].code.to_string()),
+            (None, ItemRef::Amazon(code)) => Some(code.to_string()),
+            (None, ItemRef::Merchant(_)) => None,
         }
     }
 
@@ -451,8 +506,8 @@ impl<'a> Facts<'a> {
         fix: String,
     ) -> Problem {
         // A problem about the whole message still names the item when there is only one.
-        let item_code = match self.item_codes.as_slice() {
-            [only] => only.clone(),
+        let item_code = match self.message.items.len() {
+            1 => self.item_code(0),
             _ => None,
         };
         Problem::new(
@@ -463,7 +518,7 @@ impl<'a> Facts<'a> {
             description,
             fix,
         )
-        .with_order(self.amazon_order_id.clone())
+        .with_order(self.amazon_order_id())
         .with_item(item_code)
     }
 
@@ -477,7 +532,7 @@ impl<'a> Facts<'a> {
         fix: String,
     ) -> Problem {
         self.message_problem(code, element, position, description, fix)
-            .with_item(self.item_codes.get(item_index).cloned().flatten())
+            .with_item(self.item_code(item_index))
     }
 
     fn order_element(&self) -> String {
@@ -597,13 +652,15 @@ fn plan_message(
         return outcome;
     }
     match evaluate(snapshot, merchant, &facts) {
-        Ok((order, adjustments)) => {
-            for (adjustment, hash) in adjustments.iter().zip(&hashes) {
+        Ok((order, mut adjustments)) => {
+            // Adjustments are in item order (all items applied): each takes its item's hash.
+            for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
+                adjustment.payload_hash = hash;
                 if let Some(key) = &adjustment.key {
                     snapshot.keys.insert(
                         key.clone(),
                         Some(KeyRecord {
-                            payload_hash: hash.clone(),
+                            payload_hash: adjustment.payload_hash.clone(),
                             origin: KeyOrigin {
                                 feed_id: None,
                                 message_id: message.message_id,
@@ -613,7 +670,11 @@ fn plan_message(
                     );
                 }
             }
-            snapshot.insert_order(order);
+            match snapshot.orders.get_mut(&order.amazon_order_id) {
+                // The common case: replace the working copy without re-keying the maps.
+                Some(slot) => *slot = order,
+                None => snapshot.insert_order(order),
+            }
             changes.extend(adjustments.into_iter().map(Change::Adjust));
             MessageOutcome {
                 message_id: message.message_id,
@@ -1067,12 +1128,15 @@ fn evaluate_item(
     }
 
     // Step 4: a positive fee reverses an earlier fee and may not take the total above zero.
-    let mut running = state.components.clone();
+    let mut running: Option<BTreeMap<Component, ComponentTotals>> = None;
     for (amount_index, (component, minor)) in amounts.iter().enumerate() {
         if component.class() != ComponentClass::Fee || *minor <= 0 {
             continue;
         }
-        let totals = running.entry(*component).or_default();
+        let totals = running
+            .get_or_insert_with(|| state.components.clone())
+            .entry(*component)
+            .or_default();
         match totals.refunded.checked_add(*minor) {
             Some(total) if total <= 0 => totals.refunded = total,
             _ => {
@@ -1139,14 +1203,24 @@ fn evaluate_item(
     }
 
     // Step 6: caps, on a running copy so two amounts of one component would add up.
-    let mut totals_after = state.components.clone();
+    // New totals of the components this item adjusts, in first-seen order (a component
+    // named twice adds up); written into the item only when every amount passes.
+    let mut totals_after: Vec<(Component, ComponentTotals)> = Vec::with_capacity(amounts.len());
     for (amount_index, (component, minor)) in amounts.iter().enumerate() {
-        let totals = totals_after.entry(*component).or_default();
-        let element = facts.amount_element(index, amount_index);
-        let position = item.amounts[amount_index].position;
+        let slot = match totals_after.iter().position(|(c, _)| c == component) {
+            Some(slot) => slot,
+            None => {
+                let current = state.components.get(component).copied().unwrap_or_default();
+                totals_after.push((*component, current));
+                totals_after.len() - 1
+            }
+        };
+        let totals = &mut totals_after[slot].1;
         match check_cap(*component, *totals, *minor, currency) {
             Ok(total) => totals.refunded = total,
             Err((code, description, fix)) => {
+                let element = facts.amount_element(index, amount_index);
+                let position = item.amounts[amount_index].position;
                 let fix = if is_state_rejection(code) {
                     format!("{fix}{retry}")
                 } else {
@@ -1165,7 +1239,7 @@ fn evaluate_item(
     }
 
     let state = &mut order.items[position];
-    state.components = totals_after;
+    state.components.extend(totals_after);
     state.quantity_cancelled += quantity_cancelled;
     Ok(NewAdjustment {
         message_id: message.message_id,
@@ -1177,7 +1251,8 @@ fn evaluate_item(
         quantity: item.quantity.map(|q| q.get()),
         amounts,
         key: item.key.clone(),
-        payload_hash: payload_hash(message, index),
+        // Filled in by `plan_message`, which hashed every item once already.
+        payload_hash: String::new(),
     })
 }
 

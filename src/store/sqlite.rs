@@ -7,10 +7,13 @@
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
-//! prepared once and cached, orders and keys are loaded with `IN (...)` lists of up to 1024
-//! ids, and each `apply` call writes its rows with multi-row statements (64 rows each;
-//! running totals summed per item and component first), so a feed of 100k messages costs
-//! a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
+//! prepared once and cached. Orders are loaded with `IN (...)` lists of up to 1024 ids, one
+//! statement per list returning each order with its items and their component totals;
+//! keys likewise, except that keys outside the merchant's key range from before the feed
+//! (`MIN`/`MAX`, read once) are new without a lookup. Each `apply` call writes its rows with
+//! multi-row statements (256 rows each, values bound straight into SQLite; running totals
+//! summed per item and component first and written in key order), so a feed of 100k
+//! messages costs a few thousand statements. Adjustment ids are assigned here (`MAX(id) + 1` onwards),
 //! which is safe because the transaction holds SQLite's write lock. The CHECK constraints and
 //! append-only triggers of the schema hold the refund invariants even against a bug in the
 //! engine. This module does not decide what a feed does (see `engine`) nor parse order
@@ -399,10 +402,11 @@ impl Store for SqliteStore {
             tx,
             feed_id,
             items: HashMap::new(),
-            components: HashSet::new(),
-            components_read: HashSet::new(),
+            components: HashSet::default(),
+            components_read: HashSet::default(),
             next_adjustment_id: None,
             created_at: now,
+            prior_keys: None,
         }))
     }
 
@@ -916,27 +920,31 @@ pub struct SqliteFeedTx<'a> {
     /// Item ids of the loaded orders, for [`FeedTx::apply`].
     items: HashMap<AmazonOrderId, HashMap<OrderItemCode, i64>>,
     /// The `item_components` rows that exist, so apply knows UPDATE from INSERT.
-    components: HashSet<(i64, Component)>,
+    components: HashSet<(i64, Component), IdBuild>,
     /// Items whose component rows were read into `components`.
-    components_read: HashSet<i64>,
+    components_read: HashSet<i64, IdBuild>,
     /// The id the next adjustment gets (we hold the write lock, so ids are ours to pick);
     /// `None` until the first apply reads `MAX(id)`.
     next_adjustment_id: Option<i64>,
     created_at: String,
+    /// The merchant and the smallest and largest key it had when this feed began (`None`:
+    /// no keys), read by the first `load` (a range read later for another merchant may
+    /// include this feed's keys: wider, so still exact).
+    prior_keys: Option<(String, Option<(String, String)>)>,
 }
 
 /// Rows of one `apply` call, written with multi-row statements at its end.
 #[derive(Default)]
-struct Pending {
-    adjustments: Vec<AdjustmentRow>,
+struct Pending<'c> {
+    adjustments: Vec<AdjustmentRow<'c>>,
     amounts: Vec<(i64, &'static str, i64)>,
     /// Net delta per existing (item, component) row, in first-seen order.
     updates: Vec<((i64, Component), i64)>,
     /// New (item, component) rows with their refunded amount.
     inserts: Vec<((i64, Component), i64)>,
-    slots: HashMap<(i64, Component), Slot>,
+    slots: HashMap<(i64, Component), Slot, IdBuild>,
     cancels: Vec<(i64, u32)>,
-    keys: Vec<KeyRow>,
+    keys: Vec<KeyRow<'c>>,
 }
 
 #[derive(Clone, Copy)]
@@ -945,7 +953,7 @@ enum Slot {
     Insert(usize),
 }
 
-struct AdjustmentRow {
+struct AdjustmentRow<'c> {
     id: i64,
     message_id: i64,
     item_id: i64,
@@ -953,31 +961,80 @@ struct AdjustmentRow {
     action: Option<&'static str>,
     quantity_cancelled: u32,
     quantity: Option<u32>,
-    key: Option<String>,
-    payload_hash: String,
+    key: Option<&'c str>,
+    payload_hash: &'c str,
     net: i64,
 }
 
-struct KeyRow {
-    key: String,
-    payload_hash: String,
+struct KeyRow<'c> {
+    key: &'c str,
+    payload_hash: &'c str,
     message_id: i64,
     rejection: Option<u32>,
 }
 
 /// Rows per multi-row statement; the remainder goes one row at a time.
-const ROWS: usize = 64;
+const ROWS: usize = 256;
 
 /// One order as loaded, with the database ids of its items.
 struct LoadedOrder {
-    id: i64,
     state: OrderState,
     item_ids: Vec<i64>,
+    /// `order_items.position` of each item, to put them in import order.
+    positions: Vec<i64>,
 }
+
+/// A hasher for database ids (and small tuples of them): multiply-xorshift, no SipHash.
+/// Keys are our own row ids, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A map keyed by database id.
+type IdMap<V> = HashMap<i64, V, IdBuild>;
 
 impl SqliteFeedTx<'_> {
     /// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
-    /// `ids`, for `merchant`.
+    /// `ids`, for `merchant`: one statement per batch returns each order's items with their
+    /// component totals (one row per component); strings are read in place and only the
+    /// identifiers the engine keeps are allocated.
     fn load_orders(
         &self,
         merchant: &MerchantId,
@@ -985,104 +1042,129 @@ impl SqliteFeedTx<'_> {
         ids: &[&str],
     ) -> Result<Vec<LoadedOrder>, StoreError> {
         let mut orders: Vec<LoadedOrder> = Vec::new();
+        let mut order_at: IdMap<usize> = IdMap::default();
+        let mut item_at: IdMap<(usize, usize)> = IdMap::default();
         for chunk in ids.chunks(BATCH) {
             let placeholders = in_list(batch_size(chunk.len()));
             let sql = format!(
                 "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
                  o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
-                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled \
+                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
+                 c.component, c.charged, c.refunded \
                  FROM orders o LEFT JOIN order_items i ON i.order_id = o.id \
-                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders}) \
-                 ORDER BY o.id, i.position"
+                 LEFT JOIN item_components c ON c.item_id = i.id \
+                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
             );
             let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
             let params = padded_params(merchant.as_str(), chunk);
             let mut rows = stmt
                 .query(rusqlite::params_from_iter(params.iter()))
                 .map_err(db_error)?;
-            let first_new = orders.len();
+            let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<Option<String>, StoreError> {
+                Ok(r.get_ref(i)
+                    .map_err(db_error)?
+                    .as_str_or_null()
+                    .map_err(|e| db_error(e.into()))?
+                    .map(str::to_owned))
+            };
             while let Some(r) = rows.next().map_err(db_error)? {
                 let order_id: i64 = r.get(0).map_err(db_error)?;
-                if orders.last().is_none_or(|o| o.id != order_id) || orders.len() == first_new {
-                    let aid: String = r.get(1).map_err(db_error)?;
-                    let moid: Option<String> = r.get(2).map_err(db_error)?;
-                    let cur: String = r.get(3).map_err(db_error)?;
-                    let channel: String = r.get(4).map_err(db_error)?;
-                    orders.push(LoadedOrder {
-                        id: order_id,
-                        state: OrderState {
-                            amazon_order_id: AmazonOrderId::new(&aid)
-                                .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
-                            merchant_order_id: moid
-                                .map(|m| {
-                                    SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderID", &m))
-                                })
-                                .transpose()?,
-                            currency: Currency::from_code(&cur)
-                                .ok_or_else(|| corrupt("currency", &cur))?,
-                            channel: channel
-                                .parse()
-                                .map_err(|()| corrupt("fulfillment channel", &channel))?,
-                            items: Vec::new(),
-                        },
-                        item_ids: Vec::new(),
-                    });
-                }
+                let oi = match order_at.get(&order_id) {
+                    Some(oi) => *oi,
+                    None => {
+                        let aid = text(r, 1)?.unwrap_or_default();
+                        let moid = text(r, 2)?;
+                        let cur = r.get_ref(3).map_err(db_error)?;
+                        let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
+                        let channel = r.get_ref(4).map_err(db_error)?;
+                        let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
+                        orders.push(LoadedOrder {
+                            state: OrderState {
+                                amazon_order_id: AmazonOrderId::new(&aid)
+                                    .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
+                                merchant_order_id: moid
+                                    .map(|m| {
+                                        SellerId::new(&m)
+                                            .ok_or_else(|| corrupt("MerchantOrderID", &m))
+                                    })
+                                    .transpose()?,
+                                currency: Currency::from_code(cur)
+                                    .ok_or_else(|| corrupt("currency", cur))?,
+                                channel: channel
+                                    .parse()
+                                    .map_err(|()| corrupt("fulfillment channel", channel))?,
+                                items: Vec::new(),
+                            },
+                            item_ids: Vec::new(),
+                            positions: Vec::new(),
+                        });
+                        order_at.insert(order_id, orders.len() - 1);
+                        orders.len() - 1
+                    }
+                };
                 let Some(item_id) = r.get::<_, Option<i64>>(5).map_err(db_error)? else {
                     continue;
                 };
-                let code: String = r.get(6).map_err(db_error)?;
-                let mid: Option<String> = r.get(7).map_err(db_error)?;
-                let item = ItemState {
-                    code: OrderItemCode::new(&code)
-                        .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
-                    merchant_item_id: mid
-                        .map(|m| {
-                            SellerId::new(&m).ok_or_else(|| corrupt("MerchantOrderItemID", &m))
-                        })
-                        .transpose()?,
-                    quantity_ordered: r.get(8).map_err(db_error)?,
-                    quantity_shipped: r.get(9).map_err(db_error)?,
-                    quantity_cancelled: r.get(10).map_err(db_error)?,
-                    components: BTreeMap::new(),
+                let (oi, ii) = match item_at.get(&item_id) {
+                    Some(at) => *at,
+                    None => {
+                        let code = text(r, 6)?.unwrap_or_default();
+                        let mid = text(r, 7)?;
+                        let item = ItemState {
+                            code: OrderItemCode::new(&code)
+                                .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
+                            merchant_item_id: mid
+                                .map(|m| {
+                                    SellerId::new(&m)
+                                        .ok_or_else(|| corrupt("MerchantOrderItemID", &m))
+                                })
+                                .transpose()?,
+                            quantity_ordered: r.get(8).map_err(db_error)?,
+                            quantity_shipped: r.get(9).map_err(db_error)?,
+                            quantity_cancelled: r.get(10).map_err(db_error)?,
+                            components: BTreeMap::new(),
+                        };
+                        let order = &mut orders[oi];
+                        order.state.items.push(item);
+                        order.item_ids.push(item_id);
+                        order.positions.push(r.get(11).map_err(db_error)?);
+                        let at = (oi, order.item_ids.len() - 1);
+                        item_at.insert(item_id, at);
+                        at
+                    }
                 };
-                if let Some(order) = orders.last_mut() {
-                    order.state.items.push(item);
-                    order.item_ids.push(item_id);
-                }
-            }
-            drop(rows);
-            // Components of the items of this chunk's orders.
-            let sql = format!(
-                "SELECT c.item_id, c.component, c.charged, c.refunded \
-                 FROM orders o JOIN order_items i ON i.order_id = o.id \
-                 JOIN item_components c ON c.item_id = i.id \
-                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
-            );
-            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
-            let mut where_item: HashMap<i64, (usize, usize)> = HashMap::new();
-            for (oi, order) in orders.iter().enumerate().skip(first_new) {
-                for (ii, id) in order.item_ids.iter().enumerate() {
-                    where_item.insert(*id, (oi, ii));
-                }
-            }
-            let mut rows = stmt
-                .query(rusqlite::params_from_iter(params.iter()))
-                .map_err(db_error)?;
-            while let Some(r) = rows.next().map_err(db_error)? {
-                let item_id: i64 = r.get(0).map_err(db_error)?;
-                let name: String = r.get(1).map_err(db_error)?;
+                let name = r.get_ref(12).map_err(db_error)?;
+                let Some(name) = name.as_str_or_null().map_err(|e| db_error(e.into()))? else {
+                    continue;
+                };
                 let component =
-                    Component::from_name(&name).ok_or_else(|| corrupt("component", &name))?;
+                    Component::from_name(name).ok_or_else(|| corrupt("component", name))?;
                 let totals = ComponentTotals {
-                    charged: r.get(2).map_err(db_error)?,
-                    refunded: r.get(3).map_err(db_error)?,
+                    charged: r.get(13).map_err(db_error)?,
+                    refunded: r.get(14).map_err(db_error)?,
                 };
-                if let Some((oi, ii)) = where_item.get(&item_id) {
-                    orders[*oi].state.items[*ii]
-                        .components
-                        .insert(component, totals);
-                }
+                orders[oi].state.items[ii]
+                    .components
+                    .insert(component, totals);
+            }
+        }
+        // Items in import order (the rows come in index order).
+        for order in &mut orders {
+            if order.positions.is_sorted() {
+                continue;
+            }
+            let mut by_position: Vec<(i64, ItemState, i64)> = order
+                .positions
+                .drain(..)
+                .zip(order.state.items.drain(..))
+                .zip(order.item_ids.drain(..))
+                .map(|((p, item), id)| (p, item, id))
+                .collect();
+            by_position.sort_by_key(|(p, _, _)| *p);
+            for (p, item, id) in by_position {
+                order.positions.push(p);
+                order.state.items.push(item);
+                order.item_ids.push(id);
             }
         }
         Ok(orders)
@@ -1138,11 +1220,11 @@ impl SqliteFeedTx<'_> {
     }
 
     /// Adds one adjustment to `pending`.
-    fn plan_adjustment(
+    fn plan_adjustment<'c>(
         &mut self,
         merchant: &MerchantId,
-        adjustment: &NewAdjustment,
-        pending: &mut Pending,
+        adjustment: &'c NewAdjustment,
+        pending: &mut Pending<'c>,
     ) -> Result<(), StoreError> {
         let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
         self.read_components(item_id)?;
@@ -1172,8 +1254,8 @@ impl SqliteFeedTx<'_> {
             action: adjustment.action.map(|a| a.as_str()),
             quantity_cancelled: adjustment.quantity_cancelled,
             quantity: adjustment.quantity,
-            key: adjustment.key.as_ref().map(|k| k.as_str().to_owned()),
-            payload_hash: adjustment.payload_hash.clone(),
+            key: adjustment.key.as_ref().map(SellerId::as_str),
+            payload_hash: &adjustment.payload_hash,
             net,
         });
         for (component, amount) in &adjustment.amounts {
@@ -1203,8 +1285,8 @@ impl SqliteFeedTx<'_> {
         }
         if let Some(key) = &adjustment.key {
             pending.keys.push(KeyRow {
-                key: key.as_str().to_owned(),
-                payload_hash: adjustment.payload_hash.clone(),
+                key: key.as_str(),
+                payload_hash: &adjustment.payload_hash,
                 message_id,
                 rejection: None,
             });
@@ -1214,8 +1296,11 @@ impl SqliteFeedTx<'_> {
 
     /// Writes `pending` with multi-row statements: adjustments, their amounts, the
     /// running totals, cancelled quantities and keys.
-    fn flush(&mut self, merchant: &MerchantId, pending: Pending) -> Result<(), StoreError> {
+    fn flush(&mut self, merchant: &MerchantId, mut pending: Pending<'_>) -> Result<(), StoreError> {
         let feed_id = self.feed_id;
+        // Totals in key order: neighbouring rows share B-tree pages.
+        pending.updates.sort_unstable_by_key(|(slot, _)| *slot);
+        pending.inserts.sort_unstable_by_key(|(slot, _)| *slot);
         let created_at = self.created_at.as_str();
         write_rows(
             &self.tx,
@@ -1226,18 +1311,18 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.adjustments,
             |a, out| {
-                out.push(Box::new(a.id));
-                out.push(Box::new(feed_id));
-                out.push(Box::new(a.message_id));
-                out.push(Box::new(a.item_id));
-                out.push(Box::new(a.reason));
-                out.push(Box::new(a.action));
-                out.push(Box::new(a.quantity_cancelled));
-                out.push(Box::new(a.quantity));
-                out.push(Box::new(a.key.clone()));
-                out.push(Box::new(a.payload_hash.clone()));
-                out.push(Box::new(a.net));
-                out.push(Box::new(created_at.to_owned()));
+                out.bind(a.id)?;
+                out.bind(feed_id)?;
+                out.bind(a.message_id)?;
+                out.bind(a.item_id)?;
+                out.bind(a.reason)?;
+                out.bind(a.action)?;
+                out.bind(a.quantity_cancelled)?;
+                out.bind(a.quantity)?;
+                out.bind(a.key)?;
+                out.bind(a.payload_hash)?;
+                out.bind(a.net)?;
+                out.bind(created_at)
             },
         )?;
         write_rows(
@@ -1247,9 +1332,9 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.amounts,
             |(id, component, amount), out| {
-                out.push(Box::new(*id));
-                out.push(Box::new(*component));
-                out.push(Box::new(*amount));
+                out.bind(*id)?;
+                out.bind(*component)?;
+                out.bind(*amount)
             },
         )?;
         write_rows(
@@ -1260,10 +1345,10 @@ impl SqliteFeedTx<'_> {
             ")",
             &pending.inserts,
             |((item, component), refunded), out| {
-                out.push(Box::new(*item));
-                out.push(Box::new(component.name()));
-                out.push(Box::new(class_name(component.class())));
-                out.push(Box::new(*refunded));
+                out.bind(*item)?;
+                out.bind(component.name())?;
+                out.bind(class_name(component.class()))?;
+                out.bind(*refunded)
             },
         )?;
         self.components
@@ -1276,9 +1361,9 @@ impl SqliteFeedTx<'_> {
              AND item_components.component = v.column2",
             &pending.updates,
             |((item, component), delta), out| {
-                out.push(Box::new(*item));
-                out.push(Box::new(component.name()));
-                out.push(Box::new(*delta));
+                out.bind(*item)?;
+                out.bind(component.name())?;
+                out.bind(*delta)
             },
         )?;
         if !pending.cancels.is_empty() {
@@ -1293,7 +1378,7 @@ impl SqliteFeedTx<'_> {
                 stmt.execute(params![item, n]).map_err(db_error)?;
             }
         }
-        let merchant = merchant.as_str().to_owned();
+        let merchant = merchant.as_str();
         write_rows(
             &self.tx,
             "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id, \
@@ -1302,14 +1387,30 @@ impl SqliteFeedTx<'_> {
             "",
             &pending.keys,
             |k, out| {
-                out.push(Box::new(merchant.clone()));
-                out.push(Box::new(k.key.clone()));
-                out.push(Box::new(k.payload_hash.clone()));
-                out.push(Box::new(feed_id));
-                out.push(Box::new(k.message_id));
-                out.push(Box::new(k.rejection));
+                out.bind(merchant)?;
+                out.bind(k.key)?;
+                out.bind(k.payload_hash)?;
+                out.bind(feed_id)?;
+                out.bind(k.message_id)?;
+                out.bind(k.rejection)
             },
         )
+    }
+}
+
+/// Binds the values of one multi-row statement in order, straight into SQLite (no boxing,
+/// no copies on our side).
+struct Binder<'s, 'c> {
+    stmt: &'s mut rusqlite::CachedStatement<'c>,
+    next: usize,
+}
+
+impl Binder<'_, '_> {
+    fn bind<T: rusqlite::ToSql>(&mut self, value: T) -> Result<(), StoreError> {
+        self.next += 1;
+        self.stmt
+            .raw_bind_parameter(self.next, value)
+            .map_err(db_error)
     }
 }
 
@@ -1321,33 +1422,38 @@ fn write_rows<T>(
     width: usize,
     tail: &str,
     rows: &[T],
-    bind: impl Fn(&T, &mut Vec<Box<dyn rusqlite::ToSql + '_>>),
+    bind: impl Fn(&T, &mut Binder<'_, '_>) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let statement = |n: usize| {
         let one = format!("({})", vec!["?"; width].join(", "));
         format!("{head}{}{tail}", vec![one; n].join(", "))
     };
     let mut chunks = rows.chunks_exact(ROWS);
-    let mut values: Vec<Box<dyn rusqlite::ToSql + '_>> = Vec::with_capacity(ROWS * width);
     if rows.len() >= ROWS {
         let mut stmt = tx.prepare_cached(&statement(ROWS)).map_err(db_error)?;
         for chunk in chunks.by_ref() {
-            values.clear();
+            let mut binder = Binder {
+                stmt: &mut stmt,
+                next: 0,
+            };
             for row in chunk {
-                bind(row, &mut values);
+                bind(row, &mut binder)?;
             }
-            stmt.execute(rusqlite::params_from_iter(values.iter()))
-                .map_err(db_error)?;
+            stmt.raw_execute().map_err(db_error)?;
         }
     }
     let rest = chunks.remainder();
     if !rest.is_empty() {
         let mut stmt = tx.prepare_cached(&statement(1)).map_err(db_error)?;
         for row in rest {
-            values.clear();
-            bind(row, &mut values);
-            stmt.execute(rusqlite::params_from_iter(values.iter()))
-                .map_err(db_error)?;
+            bind(
+                row,
+                &mut Binder {
+                    stmt: &mut stmt,
+                    next: 0,
+                },
+            )?;
+            stmt.raw_execute().map_err(db_error)?;
         }
     }
     Ok(())
@@ -1409,15 +1515,8 @@ impl FeedTx for SqliteFeedTx<'_> {
         }
         let mut loaded = self.load_orders(merchant, "amazon_order_id", &by_amazon)?;
         loaded.extend(self.load_orders(merchant, "merchant_order_id", &by_merchant)?);
-        let mut found_amazon: HashSet<AmazonOrderId> = HashSet::new();
-        let mut found_merchant: HashSet<SellerId> = HashSet::new();
         for order in loaded {
-            found_amazon.insert(order.state.amazon_order_id.clone());
-            if let Some(m) = &order.state.merchant_order_id {
-                found_merchant.insert(m.clone());
-            }
-            let aid = OrderRef::Amazon(order.state.amazon_order_id.clone());
-            if snapshot.order(&aid).is_some() {
+            if snapshot.has_order(&order.state.amazon_order_id) {
                 // Already loaded (named both ways): keep the engine's working copy.
                 continue;
             }
@@ -1434,16 +1533,45 @@ impl FeedTx for SqliteFeedTx<'_> {
             snapshot.insert_order(order.state);
         }
         for order in &needs.orders {
-            let found = match order {
-                OrderRef::Amazon(id) => found_amazon.contains(id),
-                OrderRef::Merchant(id) => found_merchant.contains(id),
-            };
-            if !found {
+            // Every order found is in the snapshot now (by both of its ids).
+            if snapshot.order(order).is_none() {
                 snapshot.insert_missing_order(order.clone());
             }
         }
 
-        let keys: Vec<&str> = needs.keys.iter().map(SellerId::as_str).collect();
+        // Keys outside the range of the merchant's keys from before this feed are new without
+        // asking (keys written by this feed are in the snapshot and never needed again).
+        if self
+            .prior_keys
+            .as_ref()
+            .is_none_or(|(of, _)| of != merchant.as_str())
+        {
+            let range: (Option<String>, Option<String>) = self
+                .tx
+                .prepare_cached(
+                    "SELECT MIN(key), MAX(key) FROM idempotency_keys WHERE merchant = ?1",
+                )
+                .map_err(db_error)?
+                .query_row([merchant.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_error)?;
+            let range = match range {
+                (Some(low), Some(high)) => Some((low, high)),
+                _ => None,
+            };
+            self.prior_keys = Some((merchant.as_str().to_owned(), range));
+        }
+        let range = self
+            .prior_keys
+            .as_ref()
+            .and_then(|(_, range)| range.as_ref());
+        let keys: Vec<&str> = needs
+            .keys
+            .iter()
+            .map(SellerId::as_str)
+            .filter(|key| {
+                range.is_some_and(|(low, high)| *key >= low.as_str() && *key <= high.as_str())
+            })
+            .collect();
         let mut found_keys: HashSet<String> = HashSet::new();
         for chunk in keys.chunks(BATCH) {
             let sql = format!(
@@ -1525,8 +1653,8 @@ impl FeedTx for SqliteFeedTx<'_> {
                         });
                     }
                     pending.keys.push(KeyRow {
-                        key: key.as_str().to_owned(),
-                        payload_hash: payload_hash.clone(),
+                        key: key.as_str(),
+                        payload_hash,
                         message_id: message_id_to_sql(*message_id),
                         rejection: Some(code.number()),
                     });
