@@ -227,6 +227,13 @@ fn open_store(config: &Config) -> Result<AnyStore, Failure> {
         .map_err(fail(exit::CONFIG))
 }
 
+/// For commands that only read: no single-writer lock, so they work next to the daemon.
+fn open_store_read_only(config: &Config) -> Result<AnyStore, Failure> {
+    AnyStore::open_read_only(&config.store_url)
+        .with_context(|| format!("opening store {}", config.redacted_store_url()))
+        .map_err(fail(exit::CONFIG))
+}
+
 fn context(config: &Config, store: AnyStore) -> Context {
     Context {
         store,
@@ -548,7 +555,7 @@ fn show_order(
         })
         .transpose()
         .map_err(fail(exit::USAGE))?;
-    let mut store = open_store(config)?;
+    let mut store = open_store_read_only(config)?;
     let orders = store
         .as_store()
         .orders(merchant.as_ref(), order_id)
@@ -645,7 +652,7 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
 }
 
 fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
-    let mut store = open_store(config)?;
+    let mut store = open_store_read_only(config)?;
     let feeds = store
         .as_store()
         .recent_feeds(limit)

@@ -385,6 +385,19 @@ impl AnyStore {
         }
     }
 
+    /// Opens the store named by `url` for reading only: SQLite without the single-writer
+    /// lock (so it works while the daemon runs) and without migrating; PostgreSQL as usual.
+    ///
+    /// # Errors
+    /// An unknown scheme, or the backend's open errors.
+    pub fn open_read_only(url: &str) -> Result<AnyStore, StoreError> {
+        match url.strip_prefix("sqlite:") {
+            Some(path) => sqlite::SqliteStore::open_read_only(std::path::Path::new(path))
+                .map(AnyStore::Sqlite),
+            None => AnyStore::open(url),
+        }
+    }
+
     /// The backend as a trait object.
     pub fn as_store(&mut self) -> &mut dyn Store {
         match self {

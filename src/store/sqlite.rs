@@ -74,8 +74,9 @@ fn batch_size(len: usize) -> usize {
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
-    // Held for the life of the store; dropping the file releases the lock.
-    _lock: File,
+    // Held for the life of the store; dropping the file releases the lock. `None` for a
+    // read-only store, which takes no lock.
+    _lock: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -112,7 +113,52 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),
-            _lock: lock,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens an existing database for reading only, without the single-writer lock, so
+    /// operators can look at the store while the daemon runs (`orders show`, `feeds list`).
+    /// WAL mode lets such readers see the last committed state without blocking the writer.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when there is no database yet,
+    /// [`StoreError::SchemaTooNew`] / [`StoreError::Invalid`] when its schema version is not
+    /// this build's (a writer migrates it first).
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| StoreError::Unavailable {
+            detail: format!(
+                "cannot open {} for reading: {e} (import orders or run the daemon first)",
+                path.display()
+            ),
+        })?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(db_error)?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            return Err(StoreError::Invalid {
+                detail: format!(
+                    "{} has schema version {found}, this adjustd reads version {SCHEMA_VERSION}: \
+                     open it once with a writing command (orders import, process or run) to migrate it",
+                    path.display()
+                ),
+            });
+        }
+        Ok(SqliteStore {
+            conn,
+            path: path.to_owned(),
+            _lock: None,
         })
     }
 

@@ -362,3 +362,56 @@ fn the_daemon_waits_for_an_unreachable_database_and_still_stops_cleanly() {
         std::fs::read_to_string(sandbox.path("log")).unwrap_or_default()
     );
 }
+
+#[test]
+fn operators_can_read_the_store_while_the_daemon_holds_it() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    sandbox.process("refund-ok.xml");
+    let log = std::fs::File::create(sandbox.path("log")).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .arg("run")
+        .stderr(log)
+        .spawn()
+        .expect("start daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_to_string(sandbox.path("log"))
+        .unwrap_or_default()
+        .contains("watch mode")
+    {
+        assert!(std::time::Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A second writer is refused, naming the holder; readers are not.
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        &data("orders.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("locked"),
+        "{}",
+        text(&out.stderr)
+    );
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("refund-ok.xml"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
