@@ -322,6 +322,10 @@ struct SourceState {
     ascii_only: bool,
     started: bool,
     at_eof: bool,
+    /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
+    newlines: Vec<usize>,
+    /// Index of the first line feed not consumed yet.
+    newline_index: usize,
 }
 
 /// A problem found ahead of the parser, reported when the parser gets there.
@@ -351,6 +355,8 @@ impl SourceState {
             ascii_only: false,
             started: false,
             at_eof: false,
+            newlines: Vec::new(),
+            newline_index: 0,
         }
     }
 
@@ -382,15 +388,17 @@ impl SourceState {
                 char_count(b)
             }
         };
-        match memchr::memrchr(b'\n', bytes) {
-            Some(last) => {
-                let lines = bytes[..=last].iter().filter(|&&b| b == b'\n').count();
-                self.line = self
-                    .line
-                    .saturating_add(u32::try_from(lines).unwrap_or(u32::MAX));
-                self.column = chars(&bytes[last + 1..]);
-            }
-            None => self.column = self.column.saturating_add(chars(bytes)),
+        let before = self.newline_index;
+        while self.newline_index < self.newlines.len() && self.newlines[self.newline_index] < to {
+            self.newline_index += 1;
+        }
+        if self.newline_index > before {
+            let lines = u32::try_from(self.newline_index - before).unwrap_or(u32::MAX);
+            self.line = self.line.saturating_add(lines);
+            let last = self.newlines[self.newline_index - 1];
+            self.column = chars(&data[last + 1..to]);
+        } else {
+            self.column = self.column.saturating_add(chars(bytes));
         }
         self.start = to;
     }
@@ -525,6 +533,11 @@ impl SourceState {
             }
         }
         self.check(data);
+        self.newlines.clear();
+        self.newline_index = 0;
+        let start = self.start;
+        self.newlines
+            .extend(memchr::memchr_iter(b'\n', &data[start..self.usable]).map(|i| i + start));
         Ok(())
     }
 }
