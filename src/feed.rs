@@ -1018,7 +1018,16 @@ impl<R: BufRead> FeedReader<R> {
                 let id = tree.nodes.len();
                 let name_span = tree.push_str(name);
                 let attrs_start = tree.attrs.len();
-                for attribute in start.attributes() {
+                let mut attributes = start.attributes();
+                // Duplicates need two attributes, and so two `=`: a single attribute is
+                // read without quick-xml's duplicate bookkeeping (an allocation).
+                if memchr::memchr_iter(b'=', start.attributes_raw().as_bytes())
+                    .nth(1)
+                    .is_none()
+                {
+                    attributes.with_checks(false);
+                }
+                for attribute in attributes {
                     let attribute = match attribute {
                         Ok(attribute) => attribute,
                         Err(error) => {
