@@ -1301,15 +1301,25 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// ASCII letters, digits, `_`, `-`, `.` and `:` (the fast path of [`is_xml_name`]).
+const ASCII_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':');
+        b += 1;
+    }
+    table
+};
+
 /// The `Name` production, approximated for non-ASCII characters (all accepted except
 /// as noted in XML 1.0 fifth edition's broad ranges).
 fn is_xml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     // Fast path: the feed's names are ASCII letters.
     if bytes.first().is_some_and(u8::is_ascii_alphabetic)
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && bytes.iter().all(|&b| ASCII_NAME_BYTE[usize::from(b)])
     {
         return true;
     }
