@@ -290,7 +290,7 @@ const READ_BYTES: usize = 64 * 1024;
 /// borrowed slice, so events borrow straight from it without a copy. Only the prefix up
 /// to the first bad byte (`usable`) is ever parsed: a problem is reported when the parser
 /// gets there, with the line and column of that byte. Line and column of the next byte
-/// are tracked as the parser consumes (newlines counted per event, in bulk).
+/// are tracked as the parser consumes (line feeds found once per window with memchr).
 ///
 /// An event that runs into the end of the window before the file ends is parsed again
 /// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
