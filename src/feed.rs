@@ -3,7 +3,8 @@
 //! `Message`, ...) as a small arena [`Tree`] with line and column positions, enforcing
 //! [`Limits`] while reading and refusing DOCTYPE/entity declarations, non-UTF-8 input and
 //! anything that is not well-formed. Memory stays flat: one tree is reused for every child
-//! of the root and quick-xml's event buffer is reused for every event.
+//! of the root, and the input is read into one reused window that quick-xml parses as a
+//! borrowed slice (no copy per event).
 //!
 //! No business rules and no schema knowledge (that is `validate`), and no I/O beyond the
 //! `BufRead` it is given. Every problem this module reports is feed-level
@@ -15,7 +16,7 @@
 
 use std::io::{self, BufRead};
 
-use quick_xml::errors::{Error as XmlError, SyntaxError};
+use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
 use quick_xml::events::Event;
 use quick_xml::{Reader, XmlVersion};
 
@@ -267,7 +268,7 @@ impl<'t> Iterator for Children<'t> {
     }
 }
 
-/// Why the byte source stopped the parser (recorded by [`Source`], turned into a
+/// Why the byte source stopped the parser (found by [`SourceState`], turned into a
 /// [`Problem`] by the reader).
 #[derive(Debug, Clone)]
 enum SourceFailure {
@@ -280,56 +281,49 @@ enum SourceFailure {
     Read(String),
 }
 
-/// Counting `BufRead` wrapper: tracks line and column of everything quick-xml consumed,
-/// checks UTF-8 (and forbidden control characters) as bytes go by, and stops reading when
-/// the file grows past `max_file_bytes` or one event (text run, tag, comment) grows past
-/// `max_text_bytes` plus slack, so nothing unbounded is ever buffered.
+/// The most bytes read from the inner reader at once.
+const READ_BYTES: usize = 64 * 1024;
+
+/// The reader's own input window: bytes read from the inner reader into one reused buffer
+/// (owned by [`FeedReader`]), checked once in bulk as they arrive (UTF-8, forbidden control
+/// characters, US-ASCII when declared, the file size), and handed to quick-xml as a
+/// borrowed slice, so events borrow straight from it without a copy. Only the prefix up
+/// to the first bad byte (`usable`) is ever parsed: a problem is reported when the parser
+/// gets there, with the line and column of that byte. Line and column of the next byte
+/// are tracked as the parser consumes (line feeds found once per window with memchr).
 ///
-/// The checks run once per chunk of at most [`CHUNK_BYTES`] (fast bulk passes); a chunk is
-/// only handed to quick-xml up to its first bad byte, so a problem is reported when the
-/// parser reaches it, with the line and column of that byte. Lines are counted from the
-/// chunk's newline offsets as quick-xml consumes, so positions cost nothing per byte.
-struct Source<R> {
-    inner: R,
-    /// The first bytes of the file, served before `inner` (see `read_head`).
-    head: Vec<u8>,
-    head_pos: usize,
-    state: SourceState,
-}
-
-/// The most bytes checked (and handed out) at once.
-const CHUNK_BYTES: usize = 64 * 1024;
-
-/// Everything of [`Source`] but the inner reader (a separate struct so that it can be
-/// borrowed while the inner buffer is borrowed).
+/// An event that runs into the end of the window before the file ends is parsed again
+/// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
+/// buffer stops the reader, so nothing unbounded is ever buffered.
 #[derive(Debug)]
 struct SourceState {
     max_file_bytes: u64,
     max_run_bytes: u64,
-    consumed: u64,
-    since_reset: u64,
+    /// File offset of `data[0]`.
+    base: u64,
+    /// First unconsumed byte of the window.
+    start: usize,
+    /// End of the bytes read.
+    end: usize,
+    /// End of the bytes checked.
+    checked: usize,
+    /// End of the bytes the parser may see.
+    usable: usize,
+    /// What is wrong with the byte at `usable`, if anything (then no more is read).
+    pending: Option<Pending>,
+    /// `data[start..usable]` is ASCII (columns are byte counts).
+    window_ascii: bool,
+    /// The file ends with an incomplete multi-byte character (inside `usable`).
+    trailing_partial: bool,
     /// 1-based line of the next byte.
     line: u32,
     /// Characters already consumed on the current line.
     column: u32,
-    /// A multi-byte character cut by the end of the previous chunk.
-    carry: [u8; 4],
-    carry_len: usize,
     ascii_only: bool,
     started: bool,
     at_eof: bool,
-    failure: Option<SourceFailure>,
-    /// Length of the current chunk.
-    chunk_len: usize,
-    /// Bytes of the current chunk consumed.
-    chunk_pos: usize,
-    /// Bytes of the current chunk that passed the checks (handed out).
-    usable: usize,
-    /// What is wrong with the byte at `usable`, if anything.
-    pending: Option<Pending>,
-    chunk_ascii: bool,
-    /// Offsets of the line feeds in the usable part of the current chunk.
-    newlines: Vec<u32>,
+    /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
+    newlines: Vec<usize>,
     /// Index of the first line feed not consumed yet.
     newline_index: usize,
 }
@@ -340,9 +334,32 @@ enum Pending {
     InvalidUtf8,
     Forbidden(u8),
     NonAscii,
+    FileTooLarge,
 }
 
 impl SourceState {
+    fn new(limits: Limits) -> SourceState {
+        SourceState {
+            max_file_bytes: limits.max_file_bytes,
+            max_run_bytes: limits.max_text_bytes.saturating_add(MARKUP_SLACK_BYTES),
+            base: 0,
+            start: 0,
+            end: 0,
+            checked: 0,
+            usable: 0,
+            pending: None,
+            window_ascii: true,
+            trailing_partial: false,
+            line: 1,
+            column: 0,
+            ascii_only: false,
+            started: false,
+            at_eof: false,
+            newlines: Vec::new(),
+            newline_index: 0,
+        }
+    }
+
     fn position(&self) -> Position {
         Position {
             line: self.line,
@@ -350,76 +367,43 @@ impl SourceState {
         }
     }
 
-    fn fail(&mut self, failure: SourceFailure) -> io::Error {
-        if self.failure.is_none() {
-            self.failure = Some(failure);
-        }
-        rejected()
+    /// Bytes consumed by the parser (the byte order mark included).
+    fn consumed(&self) -> u64 {
+        self.base + self.start as u64
     }
 
-    /// Checks a new chunk (`bytes` is a prefix of at most [`CHUNK_BYTES`]).
-    fn start_chunk(&mut self, bytes: &[u8]) {
-        self.chunk_len = bytes.len();
-        self.chunk_pos = 0;
-        self.usable = bytes.len();
-        self.pending = None;
-        self.newlines.clear();
-        self.newline_index = 0;
-        self.chunk_ascii = false;
-        let mut skip = 0;
-        if self.carry_len > 0 {
-            let need = utf8_len(self.carry[0]).max(self.carry_len + 1);
-            let take = (need - self.carry_len).min(bytes.len());
-            self.carry[self.carry_len..self.carry_len + take].copy_from_slice(&bytes[..take]);
-            self.carry_len += take;
-            skip = take;
-            if self.carry_len < need {
-                return;
-            }
-            self.carry_len = 0;
-            if std::str::from_utf8(&self.carry[..need]).is_err() || self.ascii_only {
-                // Point at the lead byte, already consumed with the previous chunk.
-                self.column = self.column.saturating_sub(1);
-                self.usable = 0;
-                self.pending = Some(if self.ascii_only {
-                    Pending::NonAscii
-                } else {
-                    Pending::InvalidUtf8
-                });
-                return;
-            }
-        }
-        let rest = &bytes[skip..];
-        let mut valid = rest.len();
-        if let Err(error) = std::str::from_utf8(rest) {
-            valid = error.valid_up_to();
-            if error.error_len().is_some() {
-                self.limit(skip + valid, Pending::InvalidUtf8);
+    /// No more bytes will be added to the window.
+    fn is_final(&self) -> bool {
+        self.at_eof || self.pending.is_some()
+    }
+
+    /// Consumes `data[start..to]`, moving line and column along.
+    #[inline]
+    fn advance(&mut self, data: &[u8], to: usize) {
+        let bytes = &data[self.start..to];
+        let chars = |b: &[u8]| {
+            if self.window_ascii {
+                u32::try_from(b.len()).unwrap_or(u32::MAX)
             } else {
-                let tail = &rest[valid..];
-                self.carry[..tail.len()].copy_from_slice(tail);
-                self.carry_len = tail.len();
+                char_count(b)
             }
+        };
+        let before = self.newline_index;
+        while self.newline_index < self.newlines.len() && self.newlines[self.newline_index] < to {
+            self.newline_index += 1;
         }
-        let checked = &rest[..valid];
-        if has_forbidden_control(checked)
-            && let Some(index) = checked.iter().position(|&b| is_forbidden_control(b))
-        {
-            self.limit(skip + index, Pending::Forbidden(checked[index]));
+        if self.newline_index > before {
+            let lines = u32::try_from(self.newline_index - before).unwrap_or(u32::MAX);
+            self.line = self.line.saturating_add(lines);
+            let last = self.newlines[self.newline_index - 1];
+            self.column = chars(&data[last + 1..to]);
+        } else {
+            self.column = self.column.saturating_add(chars(bytes));
         }
-        let ascii = skip == 0 && valid == rest.len() && checked.is_ascii();
-        if self.ascii_only && !ascii {
-            let index = checked.iter().position(|b| !b.is_ascii()).unwrap_or(valid);
-            self.limit(skip + index, Pending::NonAscii);
-        }
-        self.chunk_ascii = ascii;
-        let usable = &bytes[..self.usable];
-        self.newlines.extend(
-            memchr::memchr_iter(b'\n', usable).map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
-        );
+        self.start = to;
     }
 
-    /// Hands out the chunk only up to `at`, where `pending` is wrong.
+    /// Hands out the window only up to `at`, where `pending` is wrong.
     fn limit(&mut self, at: usize, pending: Pending) {
         if at < self.usable || self.pending.is_none() {
             self.usable = self.usable.min(at);
@@ -427,212 +411,134 @@ impl SourceState {
         }
     }
 
-    /// Lines and columns after consuming `n` bytes of the chunk; `view` is the unconsumed
-    /// part (only read for chunks with non-ASCII characters).
-    #[inline]
-    fn advance(&mut self, n: usize, view: &[u8]) {
-        let start = self.chunk_pos;
-        let end = start + n;
-        let before = self.newline_index;
-        while self.newline_index < self.newlines.len()
-            && (self.newlines[self.newline_index] as usize) < end
-        {
-            self.newline_index += 1;
-        }
-        let mut from = start;
-        if self.newline_index > before {
-            let lines = u32::try_from(self.newline_index - before).unwrap_or(u32::MAX);
-            self.line = self.line.saturating_add(lines);
-            self.column = 0;
-            from = self.newlines[self.newline_index - 1] as usize + 1;
-        }
-        if from < end {
-            let chars = if self.chunk_ascii {
-                u32::try_from(end - from).unwrap_or(u32::MAX)
+    /// Checks `data[checked..end]` and moves `usable` on.
+    fn check(&mut self, data: &[u8]) {
+        let from = self.checked;
+        let region = &data[from..self.end];
+        let mut valid = region.len();
+        let mut usable = self.end;
+        if let Err(error) = std::str::from_utf8(region) {
+            valid = error.valid_up_to();
+            if error.error_len().is_some() {
+                usable = from + valid;
+                self.pending = Some(Pending::InvalidUtf8);
+            } else if self.at_eof {
+                self.trailing_partial = true;
             } else {
-                view.get(from - start..end - start).map_or(0, char_count)
-            };
-            self.column = self.column.saturating_add(chars);
-        }
-        self.chunk_pos = end;
-        let n = n as u64;
-        self.consumed = self.consumed.saturating_add(n);
-        self.since_reset = self.since_reset.saturating_add(n);
-    }
-}
-
-fn rejected() -> io::Error {
-    io::Error::other("input rejected by the feed reader")
-}
-
-impl<R: BufRead> Source<R> {
-    fn new(inner: R, limits: Limits) -> Source<R> {
-        Source {
-            inner,
-            head: Vec::with_capacity(4),
-            head_pos: 0,
-            state: SourceState {
-                max_file_bytes: limits.max_file_bytes,
-                max_run_bytes: limits.max_text_bytes.saturating_add(MARKUP_SLACK_BYTES),
-                consumed: 0,
-                since_reset: 0,
-                line: 1,
-                column: 0,
-                carry: [0; 4],
-                carry_len: 0,
-                ascii_only: false,
-                started: false,
-                at_eof: false,
-                failure: None,
-                chunk_len: 0,
-                chunk_pos: 0,
-                usable: 0,
-                pending: None,
-                chunk_ascii: true,
-                newlines: Vec::new(),
-                newline_index: 0,
-            },
-        }
-    }
-
-    /// Reads the first few bytes (however small the inner buffer) to recognise UTF-16 and
-    /// to drop a UTF-8 byte order mark before quick-xml sees it.
-    fn read_head(&mut self) -> io::Result<()> {
-        while self.head.len() < 4 {
-            let bytes = match self.inner.fill_buf() {
-                Ok(bytes) => bytes,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.state.fail(SourceFailure::Read(error.to_string()))),
-            };
-            if bytes.is_empty() {
-                break;
+                usable = from + valid;
             }
-            let n = bytes.len().min(4 - self.head.len());
-            self.head.extend_from_slice(&bytes[..n]);
-            self.inner.consume(n);
         }
-        if looks_like_utf16(&self.head) {
-            return Err(self.state.fail(SourceFailure::Utf16));
+        self.checked = from + valid;
+        self.usable = usable;
+        let good = &region[..valid];
+        if has_forbidden_control(good)
+            && let Some(index) = good.iter().position(|&b| is_forbidden_control(b))
+        {
+            self.limit(from + index, Pending::Forbidden(good[index]));
         }
-        if self.head.starts_with(b"\xEF\xBB\xBF") {
-            self.head_pos = 3;
-            self.state.consumed = 3;
+        if self.ascii_only
+            && let Some(index) = good.iter().position(|b| !b.is_ascii())
+        {
+            self.limit(from + index, Pending::NonAscii);
         }
-        Ok(())
+        if self.base + self.end as u64 > self.max_file_bytes {
+            let allowed = usize::try_from(self.max_file_bytes.saturating_sub(self.base))
+                .unwrap_or(usize::MAX);
+            self.limit(allowed.max(self.start), Pending::FileTooLarge);
+        }
+        self.window_ascii = data[self.start..self.usable].is_ascii();
     }
 
-    /// The unconsumed bytes of the current chunk source (head or inner), unchecked.
-    fn view(&mut self) -> io::Result<&[u8]> {
-        if self.head_pos < self.head.len() {
-            Ok(&self.head[self.head_pos..])
-        } else {
-            self.inner.fill_buf()
+    /// The declaration said US-ASCII: re-check what is left of the window.
+    fn set_ascii_only(&mut self, data: &[u8]) {
+        self.ascii_only = true;
+        if let Some(index) = data[self.start..self.usable]
+            .iter()
+            .position(|b| !b.is_ascii())
+        {
+            self.limit(self.start + index, Pending::NonAscii);
         }
     }
 
-    /// The declaration said US-ASCII: re-check what is left of the current chunk.
-    fn set_ascii_only(&mut self) {
-        self.state.ascii_only = true;
-        let (chunk_pos, usable) = (self.state.chunk_pos, self.state.usable);
-        let index = match self.view() {
-            Ok(view) => view
-                .get(..usable.saturating_sub(chunk_pos))
-                .and_then(|rest| rest.iter().position(|b| !b.is_ascii())),
-            Err(_) => None,
+    /// The problem for the pending failure at `usable` (after consuming up to it).
+    fn pending_problem(&mut self, data: &[u8], limits: Limits) -> Option<Problem> {
+        let pending = self.pending?;
+        self.advance(data, self.usable);
+        let position = self.position();
+        let failure = match pending {
+            Pending::InvalidUtf8 => SourceFailure::InvalidUtf8(position),
+            Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
+            Pending::NonAscii => SourceFailure::NonAscii(position),
+            Pending::FileTooLarge => SourceFailure::FileTooLarge,
         };
-        if let Some(index) = index {
-            self.state.limit(chunk_pos + index, Pending::NonAscii);
-        }
+        Some(source_problem(&failure, limits))
     }
-}
 
-impl<R: BufRead> io::Read for Source<R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl<R: BufRead> BufRead for Source<R> {
-    #[inline]
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        if !self.state.started {
-            self.state.started = true;
-            self.read_head()?;
+    /// Reads more bytes into `data` (the event at `start` needs them).
+    fn refill<R: io::Read>(
+        &mut self,
+        inner: &mut R,
+        data: &mut Vec<u8>,
+        limits: Limits,
+    ) -> Result<(), Problem> {
+        if self.is_final() {
+            return Ok(());
         }
-        let state = &mut self.state;
-        if state.failure.is_some() {
-            return Err(rejected());
+        if (self.usable - self.start) as u64 > self.max_run_bytes {
+            return Err(source_problem(&SourceFailure::RunTooLong, limits));
         }
-        if state.consumed > state.max_file_bytes {
-            return Err(state.fail(SourceFailure::FileTooLarge));
+        if self.start > 0 {
+            data.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.checked -= self.start;
+            self.usable -= self.start;
+            self.start = 0;
         }
-        if state.since_reset > state.max_run_bytes {
-            return Err(state.fail(SourceFailure::RunTooLong));
+        if data.len() < self.end + READ_BYTES {
+            data.resize(self.end + READ_BYTES, 0);
         }
-        if state.chunk_pos == state.chunk_len {
-            let bytes = if self.head_pos < self.head.len() {
-                &self.head[self.head_pos..]
-            } else {
-                match self.inner.fill_buf() {
-                    Ok(bytes) => bytes,
-                    Err(error) if error.kind() == io::ErrorKind::Interrupted => return Err(error),
-                    Err(error) => return Err(state.fail(SourceFailure::Read(error.to_string()))),
+        let target = self.end + READ_BYTES;
+        let first = !self.started;
+        self.started = true;
+        while self.end < target {
+            match inner.read(&mut data[self.end..target]) {
+                Ok(0) => {
+                    self.at_eof = true;
+                    break;
                 }
-            };
-            state.at_eof = bytes.is_empty();
-            state.start_chunk(&bytes[..bytes.len().min(CHUNK_BYTES)]);
-        }
-        if state.chunk_pos == state.usable
-            && let Some(pending) = state.pending.take()
-        {
-            let position = state.position();
-            let failure = match pending {
-                Pending::InvalidUtf8 => SourceFailure::InvalidUtf8(position),
-                Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
-                Pending::NonAscii => SourceFailure::NonAscii(position),
-            };
-            return Err(state.fail(failure));
-        }
-        let (chunk_pos, usable) = (state.chunk_pos, state.usable);
-        let view = self.view()?;
-        Ok(&view[..(usable - chunk_pos).min(view.len())])
-    }
-
-    #[inline]
-    fn consume(&mut self, amount: usize) {
-        let amount = amount.min(self.state.usable.saturating_sub(self.state.chunk_pos));
-        if amount == 0 {
-            return;
-        }
-        if self.head_pos < self.head.len() {
-            self.state.advance(amount, &self.head[self.head_pos..]);
-            self.head_pos += amount;
-        } else {
-            if self.state.chunk_ascii {
-                self.state.advance(amount, &[]);
-            } else {
-                // A non-empty `BufRead` hands out its buffer again without any I/O.
-                match self.inner.fill_buf() {
-                    Ok(view) => self.state.advance(amount, view),
-                    Err(_) => self.state.advance(amount, &[]),
+                Ok(n) => {
+                    self.end += n;
+                    if !first || self.end >= 4 {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    return Err(source_problem(
+                        &SourceFailure::Read(error.to_string()),
+                        limits,
+                    ));
                 }
             }
-            self.inner.consume(amount);
         }
-    }
-}
-
-/// Length of the UTF-8 sequence a lead byte starts (1 for anything invalid).
-fn utf8_len(lead: u8) -> usize {
-    match lead {
-        0xC0..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF7 => 4,
-        _ => 1,
+        if first {
+            if looks_like_utf16(&data[..self.end.min(4)]) {
+                return Err(source_problem(&SourceFailure::Utf16, limits));
+            }
+            if data[..self.end].starts_with(b"\xEF\xBB\xBF") {
+                self.start = 3;
+                self.checked = 3;
+                self.usable = 3;
+            }
+        }
+        self.check(data);
+        self.newlines.clear();
+        self.newline_index = 0;
+        let start = self.start;
+        self.newlines
+            .extend(memchr::memchr_iter(b'\n', &data[start..self.usable]).map(|i| i + start));
+        Ok(())
     }
 }
 
@@ -665,6 +571,40 @@ fn char_count(bytes: &[u8]) -> u32 {
     u32::try_from(bytes.len() - continuation).unwrap_or(u32::MAX)
 }
 
+/// When [`FeedReader::step`] returns to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goal {
+    /// After any element boundary or the end of the file.
+    AnyStep,
+    /// When a child of the root is complete, the root closed or the file ended.
+    Child,
+    /// At the end of the file.
+    Eof,
+}
+
+impl Goal {
+    fn reached(self, step: Step, depth: u32, state: State) -> bool {
+        match self {
+            Goal::AnyStep => true,
+            Goal::Child => match step {
+                Step::Start => false,
+                Step::Empty | Step::End => depth == 1 || state != State::InRoot,
+                Step::Eof => true,
+            },
+            Goal::Eof => step == Step::Eof,
+        }
+    }
+}
+
+/// What one pass over the window ended with.
+enum Pumped {
+    Step(Step),
+    /// The window changed; parse it again.
+    Again,
+    /// The event at the start of the window needs more bytes.
+    NeedMore,
+}
+
 /// Where the reader is in the document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -693,8 +633,10 @@ enum Step {
 /// [`Tree`] (buffers reused), and `None` once the root closed and the rest of the file was
 /// found well-formed. The first error is final: every later call returns it again.
 pub struct FeedReader<R: BufRead> {
-    reader: Reader<Source<R>>,
-    buf: Vec<u8>,
+    inner: R,
+    /// The input window (see [`SourceState`]).
+    data: Vec<u8>,
+    src: SourceState,
     limits: Limits,
     state: State,
     root: Tree,
@@ -711,15 +653,10 @@ pub struct FeedReader<R: BufRead> {
 impl<R: BufRead> FeedReader<R> {
     /// Starts reading; nothing is read until the first call.
     pub fn new(reader: R, limits: Limits) -> FeedReader<R> {
-        let mut reader = Reader::from_reader(Source::new(reader, limits));
-        let config = reader.config_mut();
-        config.check_comments = true;
-        config.check_end_names = true;
-        config.expand_empty_elements = false;
-        config.trim_text(false);
         FeedReader {
-            reader,
-            buf: Vec::with_capacity(1024),
+            inner: reader,
+            data: Vec::new(),
+            src: SourceState::new(limits),
             limits,
             state: State::Prolog,
             root: Tree::default(),
@@ -743,7 +680,7 @@ impl<R: BufRead> FeedReader<R> {
         }
         if self.state == State::Prolog {
             self.tree.clear();
-            match self.step()? {
+            match self.step(Goal::AnyStep)? {
                 Step::Start | Step::Empty => {}
                 Step::End | Step::Eof => {
                     let problem = self.truncated("the file ends before the root element starts");
@@ -772,7 +709,7 @@ impl<R: BufRead> FeedReader<R> {
         if self.state == State::InRoot {
             self.tree.clear();
             loop {
-                match self.step()? {
+                match self.step(Goal::Child)? {
                     Step::Start => {}
                     Step::Empty | Step::End if self.depth == 1 => return Ok(Some(&self.tree)),
                     Step::Empty | Step::End => {
@@ -791,7 +728,7 @@ impl<R: BufRead> FeedReader<R> {
         }
         if self.state == State::AfterRoot {
             loop {
-                if self.step()? == Step::Eof {
+                if self.step(Goal::Eof)? == Step::Eof {
                     self.state = State::Done;
                     break;
                 }
@@ -814,12 +751,12 @@ impl<R: BufRead> FeedReader<R> {
 
     /// Bytes consumed so far.
     pub fn bytes_read(&self) -> u64 {
-        self.reader.get_ref().state.consumed
+        self.src.consumed()
     }
 
     /// Line and column of the next byte to be read.
     pub fn position(&self) -> Position {
-        self.reader.get_ref().state.position()
+        self.src.position()
     }
 
     /// The limits this reader enforces.
@@ -828,7 +765,7 @@ impl<R: BufRead> FeedReader<R> {
     }
 
     fn truncated(&self, what: &str) -> Problem {
-        let source = &self.reader.get_ref().state;
+        let source = &self.src;
         let root = self.root.root().map_or("AmazonEnvelope", |r| r.name());
         Problem::new(
             Code::Truncated,
@@ -837,40 +774,109 @@ impl<R: BufRead> FeedReader<R> {
             Some(source.position()),
             format!(
                 "{what} (after {} bytes, {} element(s) still open): the upload did not complete",
-                source.consumed, self.depth
+                source.consumed(),
+                self.depth
             ),
             "upload the complete file; write it under a temporary name and rename it when done",
         )
     }
 
-    /// One step of the event loop with the first error made final.
-    fn step(&mut self) -> Result<Step, Problem> {
-        let result = self.step_inner();
+    /// Runs the event loop until `goal` says to stop, with the first error made final.
+    fn step(&mut self, goal: Goal) -> Result<Step, Problem> {
+        let result = self.pump(goal);
         if let Err(problem) = &result {
             self.failure = Some(problem.clone());
         }
         result
     }
 
-    fn step_inner(&mut self) -> Result<Step, Problem> {
+    fn pump(&mut self, goal: Goal) -> Result<Step, Problem> {
         loop {
-            let source = &mut self.reader.get_mut().state;
-            source.since_reset = 0;
-            let position = source.position();
-            self.buf.clear();
-            let result = self.reader.read_event_into(&mut self.buf);
-            let source = &self.reader.get_ref().state;
-            if let Some(failure) = &source.failure {
-                return Err(source_problem(failure, self.limits));
+            if !self.src.started {
+                self.src
+                    .refill(&mut self.inner, &mut self.data, self.limits)?;
             }
+            let data = std::mem::take(&mut self.data);
+            let result = self.pump_window(&data, goal);
+            self.data = data;
+            match result? {
+                Pumped::Step(step) => return Ok(step),
+                Pumped::Again => {}
+                Pumped::NeedMore => {
+                    self.src
+                        .refill(&mut self.inner, &mut self.data, self.limits)?;
+                }
+            }
+        }
+    }
+
+    /// Parses events from the window `data[start..usable]` with one borrowed quick-xml
+    /// reader until `goal` is reached or the window runs out.
+    fn pump_window(&mut self, data: &[u8], goal: Goal) -> Result<Pumped, Problem> {
+        let window_start = self.src.start;
+        let window_end = self.src.usable;
+        let is_final = self.src.is_final();
+        if window_start == window_end && !is_final {
+            return Ok(Pumped::NeedMore);
+        }
+        let mut reader = Reader::from_reader(&data[window_start..window_end]);
+        let config = reader.config_mut();
+        config.check_comments = true;
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        loop {
+            let at = self.src.start;
+            debug_assert_eq!(at, window_start + reader.buffer_position() as usize);
+            if at == window_start && data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
+                // quick-xml would drop a U+FEFF at the start of its input as a byte order
+                // mark; inside the document it is text.
+                let position = self.src.position();
+                self.src.advance(data, at + 3);
+                self.events += 1;
+                self.on_text(position, "\u{FEFF}")?;
+                return Ok(Pumped::Again);
+            }
+            let position = self.src.position();
+            let result = reader.read_event();
+            let next = window_start + reader.buffer_position() as usize;
             let event = match result {
+                Ok(Event::Eof) if !is_final => return Ok(Pumped::NeedMore),
+                Ok(Event::Text(_)) if next == window_end && !is_final => {
+                    return Ok(Pumped::NeedMore);
+                }
+                Ok(Event::Eof | Event::Text(_))
+                    if next == window_end && self.src.pending.is_some() =>
+                {
+                    return Err(self.pending_problem(data));
+                }
                 Ok(event) => event,
                 Err(error) => {
+                    let cut = match &error {
+                        XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
+                        XmlError::Syntax(_) => true,
+                        XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
+                            b';',
+                            b'<',
+                            b'&',
+                            &data[(at + 1).min(window_end)..window_end],
+                        )
+                        .is_none(),
+                        _ => false,
+                    };
+                    if cut && !is_final {
+                        return Ok(Pumped::NeedMore);
+                    }
+                    if cut && self.src.pending.is_some() {
+                        return Err(self.pending_problem(data));
+                    }
                     // An upload cut inside a tag, comment or multi-byte character is
                     // incomplete, not broken.
                     let cut = matches!(error, XmlError::Syntax(_))
-                        || (matches!(error, XmlError::Encoding(_)) && source.carry_len > 0);
-                    if source.at_eof && cut && self.state != State::AfterRoot {
+                        || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
+                    if self.src.at_eof && cut && self.state != State::AfterRoot {
+                        self.src.advance(data, window_end);
                         return Err(
                             self.truncated("the file ends inside markup or a multi-byte character")
                         );
@@ -878,271 +884,336 @@ impl<R: BufRead> FeedReader<R> {
                     return Err(xml_problem(&error, position));
                 }
             };
+            self.src.advance(data, next);
             self.events += 1;
-            let is_empty = matches!(event, Event::Empty(_));
-            match event {
-                Event::Decl(decl) => {
-                    if self.events != 1 {
-                        return Err(malformed(
-                            position,
-                            "the XML declaration is only allowed at the very start of the file",
-                        ));
-                    }
-                    match decl.version() {
-                        Ok(version) if version == "1.0" || version == "1.1" => {}
-                        Ok(version) => {
-                            return Err(malformed(
-                                position,
-                                &format!("unsupported XML version {version:?}"),
-                            ));
-                        }
-                        Err(error) => return Err(xml_problem(&error, position)),
-                    }
-                    match decl.encoding() {
-                        None => {}
-                        Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("utf-8") => {}
-                        Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("us-ascii") => {
-                            self.reader.get_mut().set_ascii_only();
-                        }
-                        Some(Ok(encoding)) => {
-                            return Err(Problem::new(
-                                Code::UnsupportedEncoding,
-                                MessageId::FEED,
-                                "(file)",
-                                Some(position),
-                                format!(
-                                    "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
-                                ),
-                                "save the file as UTF-8 and declare encoding=\"UTF-8\"",
-                            ));
-                        }
-                        Some(Err(error)) => {
-                            return Err(malformed(
-                                position,
-                                &format!("bad XML declaration: {error}"),
-                            ));
-                        }
-                    }
-                }
-                Event::DocType(_) => {
-                    return Err(Problem::new(
-                        Code::DtdForbidden,
-                        MessageId::FEED,
-                        "(file)",
-                        Some(position),
-                        "the file has a DOCTYPE; DOCTYPE and entity declarations are not accepted (they allow entity expansion attacks and external file access)",
-                        "remove the <!DOCTYPE ...> declaration; feeds are checked against the schema without a DTD",
+            let ascii_before = self.src.ascii_only;
+            if let Some(step) = self.handle(data, event, position)?
+                && goal.reached(step, self.depth, self.state)
+            {
+                return Ok(Pumped::Step(step));
+            }
+            if self.src.ascii_only != ascii_before {
+                // The window may have shrunk.
+                return Ok(Pumped::Again);
+            }
+        }
+    }
+
+    fn pending_problem(&mut self, data: &[u8]) -> Problem {
+        self.src
+            .pending_problem(data, self.limits)
+            .unwrap_or_else(|| malformed(self.src.position(), "internal: no pending problem"))
+    }
+
+    /// Handles one event; `Some` for the events that move between elements.
+    fn handle(
+        &mut self,
+        data: &[u8],
+        event: Event<'_>,
+        position: Position,
+    ) -> Result<Option<Step>, Problem> {
+        let is_empty = matches!(event, Event::Empty(_));
+        match event {
+            Event::Decl(decl) => {
+                if self.events != 1 {
+                    return Err(malformed(
+                        position,
+                        "the XML declaration is only allowed at the very start of the file",
                     ));
                 }
-                Event::PI(pi) => {
-                    if pi.target().eq_ignore_ascii_case("xml") {
+                match decl.version() {
+                    Ok(version) if version == "1.0" || version == "1.1" => {}
+                    Ok(version) => {
                         return Err(malformed(
                             position,
-                            "a processing instruction named \"xml\" is reserved (an XML declaration that is not at the start of the file?)",
+                            &format!("unsupported XML version {version:?}"),
                         ));
                     }
+                    Err(error) => return Err(xml_problem(&error, position)),
                 }
-                Event::Comment(_) => {}
-                Event::Eof => {
-                    let source = &self.reader.get_ref().state;
-                    if self.depth > 0 || self.state == State::Prolog {
-                        return Ok(Step::Eof);
+                match decl.encoding() {
+                    None => {}
+                    Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("utf-8") => {}
+                    Some(Ok(encoding)) if encoding.eq_ignore_ascii_case("us-ascii") => {
+                        self.src.set_ascii_only(data);
                     }
-                    if source.carry_len > 0 {
-                        return Err(source_problem(
-                            &SourceFailure::InvalidUtf8(source.position()),
-                            self.limits,
-                        ));
-                    }
-                    return Ok(Step::Eof);
-                }
-                Event::Start(start) | Event::Empty(start) => {
-                    let new_depth = self.depth + 1;
-                    if self.depth == 0 && self.state != State::Prolog {
-                        return Err(malformed(
-                            position,
-                            "content after the root element: a file holds exactly one root element",
-                        ));
-                    }
-                    if new_depth > self.limits.max_depth {
-                        return Err(Limits::exceeded(
-                            "element nesting depth",
-                            u64::from(self.limits.max_depth),
-                            "max_depth",
-                            Some(position),
+                    Some(Ok(encoding)) => {
+                        return Err(Problem::new(
+                            Code::UnsupportedEncoding,
+                            MessageId::FEED,
                             "(file)",
+                            Some(position),
+                            format!(
+                                "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
+                            ),
+                            "save the file as UTF-8 and declare encoding=\"UTF-8\"",
                         ));
                     }
-                    let name = start.name();
-                    let name = name.as_ref();
-                    if !is_xml_name(name) {
+                    Some(Err(error)) => {
                         return Err(malformed(
                             position,
-                            &format!("{name:?} is not a valid element name"),
+                            &format!("bad XML declaration: {error}"),
                         ));
                     }
-                    let parent = if new_depth <= 2 { NONE } else { self.current };
-                    let tree = &mut self.tree;
-                    let id = tree.nodes.len();
-                    let name_span = tree.push_str(name);
-                    let attrs_start = tree.attrs.len();
-                    for attribute in start.attributes() {
-                        let attribute = match attribute {
-                            Ok(attribute) => attribute,
-                            Err(error) => {
-                                return Err(malformed(
-                                    position,
-                                    &format!("bad attribute in <{name}>: {error}"),
-                                ));
-                            }
-                        };
-                        let key = attribute.key.as_ref();
-                        if !is_xml_name(key) || attribute.value.contains('<') {
-                            return Err(malformed(
-                                position,
-                                &format!("bad attribute {key:?} in <{name}>"),
-                            ));
-                        }
-                        let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
-                            Ok(value) => value,
-                            Err(error) => {
-                                return Err(malformed(
-                                    position,
-                                    &format!(
-                                        "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
-                                    ),
-                                ));
-                            }
-                        };
-                        if value.len() as u64 > self.limits.max_text_bytes {
-                            return Err(Limits::exceeded(
-                                "an attribute value length in bytes",
-                                self.limits.max_text_bytes,
-                                "max_text_bytes",
-                                Some(position),
-                                name,
-                            ));
-                        }
-                        let name = tree.push_str(key);
-                        let value = tree.push_str(&value);
-                        tree.attrs.push(Attr { name, value });
-                    }
-                    let text_at = tree.strings.len();
-                    tree.nodes.push(Node {
-                        name: name_span,
-                        text: Span {
-                            start: text_at,
-                            end: text_at,
-                        },
-                        attrs: Span {
-                            start: attrs_start,
-                            end: tree.attrs.len(),
-                        },
-                        parent,
-                        first_child: NONE,
-                        last_child: NONE,
-                        next_sibling: NONE,
+                }
+            }
+            Event::DocType(_) => {
+                return Err(Problem::new(
+                    Code::DtdForbidden,
+                    MessageId::FEED,
+                    "(file)",
+                    Some(position),
+                    "the file has a DOCTYPE; DOCTYPE and entity declarations are not accepted (they allow entity expansion attacks and external file access)",
+                    "remove the <!DOCTYPE ...> declaration; feeds are checked against the schema without a DTD",
+                ));
+            }
+            Event::PI(pi) => {
+                if pi.target().eq_ignore_ascii_case("xml") {
+                    return Err(malformed(
                         position,
-                        stray_text: false,
-                    });
-                    if parent != NONE {
-                        let previous = tree.nodes[parent].last_child;
-                        if previous == NONE {
-                            tree.nodes[parent].first_child = id;
-                        } else {
-                            tree.nodes[previous].next_sibling = id;
-                        }
-                        tree.nodes[parent].last_child = id;
-                    }
-                    return Ok(self.opened(id, new_depth, is_empty));
+                        "a processing instruction named \"xml\" is reserved (an XML declaration that is not at the start of the file?)",
+                    ));
                 }
-                Event::End(_) => {
-                    self.depth = self.depth.saturating_sub(1);
-                    if self.depth >= 1 && self.current != NONE {
-                        self.current = self.tree.nodes[self.current].parent;
-                    }
-                    if self.depth == 0 {
-                        self.state = State::AfterRoot;
-                    }
-                    return Ok(Step::End);
+            }
+            Event::Comment(_) => {}
+            Event::Eof => {
+                if self.depth > 0 || self.state == State::Prolog {
+                    return Ok(Some(Step::Eof));
                 }
-                Event::Text(text) => {
-                    let content = text.xml10_content();
-                    append_text(
-                        &mut self.tree,
-                        self.depth,
-                        self.current,
-                        &mut self.root_text,
+                if self.src.trailing_partial {
+                    return Err(source_problem(
+                        &SourceFailure::InvalidUtf8(self.src.position()),
                         self.limits,
-                        position,
-                        &content,
-                    )?;
+                    ));
                 }
-                Event::CData(cdata) => {
-                    if self.depth == 0 {
-                        return Err(malformed(position, "CDATA outside the root element"));
-                    }
-                    let content = cdata.xml10_content();
-                    append_text(
-                        &mut self.tree,
-                        self.depth,
-                        self.current,
-                        &mut self.root_text,
-                        self.limits,
+                return Ok(Some(Step::Eof));
+            }
+            Event::Start(start) | Event::Empty(start) => {
+                let new_depth = self.depth + 1;
+                if self.depth == 0 && self.state != State::Prolog {
+                    return Err(malformed(
                         position,
-                        &content,
-                    )?;
+                        "content after the root element: a file holds exactly one root element",
+                    ));
                 }
-                Event::GeneralRef(reference) => {
-                    if self.depth == 0 {
-                        return Err(malformed(position, "a reference outside the root element"));
-                    }
-                    let mut utf8 = [0; 4];
-                    let resolved: &str = match reference.resolve_char_ref() {
-                        Ok(Some(c)) if is_xml_char(c) => c.encode_utf8(&mut utf8),
-                        Ok(Some(c)) => {
-                            return Err(malformed(
-                                position,
-                                &format!(
-                                    "character reference to U+{:04X}, which is not an XML character",
-                                    u32::from(c)
-                                ),
-                            ));
-                        }
+                if new_depth > self.limits.max_depth {
+                    return Err(Limits::exceeded(
+                        "element nesting depth",
+                        u64::from(self.limits.max_depth),
+                        "max_depth",
+                        Some(position),
+                        "(file)",
+                    ));
+                }
+                let name = start.name();
+                let name = name.as_ref();
+                if !is_xml_name(name) {
+                    return Err(malformed(
+                        position,
+                        &format!("{name:?} is not a valid element name"),
+                    ));
+                }
+                let parent = if new_depth <= 2 { NONE } else { self.current };
+                let tree = &mut self.tree;
+                let id = tree.nodes.len();
+                let name_span = tree.push_str(name);
+                let attrs_start = tree.attrs.len();
+                let mut attributes = start.attributes();
+                // Duplicates need two attributes, and so two `=`: a single attribute is
+                // read without quick-xml's duplicate bookkeeping (an allocation).
+                if memchr::memchr_iter(b'=', start.attributes_raw().as_bytes())
+                    .nth(1)
+                    .is_none()
+                {
+                    attributes.with_checks(false);
+                }
+                for attribute in attributes {
+                    let attribute = match attribute {
+                        Ok(attribute) => attribute,
                         Err(error) => {
                             return Err(malformed(
                                 position,
-                                &format!("bad character reference &{}; ({error})", &*reference),
+                                &format!("bad attribute in <{name}>: {error}"),
                             ));
                         }
-                        Ok(None) => match &*reference {
-                            "lt" => "<",
-                            "gt" => ">",
-                            "amp" => "&",
-                            "apos" => "'",
-                            "quot" => "\"",
-                            other => {
-                                return Err(malformed(
-                                    position,
-                                    &format!(
-                                        "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
-                                    ),
-                                ));
-                            }
-                        },
                     };
-                    append_text(
-                        &mut self.tree,
-                        self.depth,
-                        self.current,
-                        &mut self.root_text,
-                        self.limits,
-                        position,
-                        resolved,
-                    )?;
+                    let key = attribute.key.as_ref();
+                    if !is_xml_name(key) || attribute.value.contains('<') {
+                        return Err(malformed(
+                            position,
+                            &format!("bad attribute {key:?} in <{name}>"),
+                        ));
+                    }
+                    let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
+                        Ok(value) => value,
+                        Err(error) => {
+                            return Err(malformed(
+                                position,
+                                &format!(
+                                    "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
+                                ),
+                            ));
+                        }
+                    };
+                    if value.len() as u64 > self.limits.max_text_bytes {
+                        return Err(Limits::exceeded(
+                            "an attribute value length in bytes",
+                            self.limits.max_text_bytes,
+                            "max_text_bytes",
+                            Some(position),
+                            name,
+                        ));
+                    }
+                    let name = tree.push_str(key);
+                    let value = tree.push_str(&value);
+                    tree.attrs.push(Attr { name, value });
                 }
+                let text_at = tree.strings.len();
+                tree.nodes.push(Node {
+                    name: name_span,
+                    text: Span {
+                        start: text_at,
+                        end: text_at,
+                    },
+                    attrs: Span {
+                        start: attrs_start,
+                        end: tree.attrs.len(),
+                    },
+                    parent,
+                    first_child: NONE,
+                    last_child: NONE,
+                    next_sibling: NONE,
+                    position,
+                    stray_text: false,
+                });
+                if parent != NONE {
+                    let previous = tree.nodes[parent].last_child;
+                    if previous == NONE {
+                        tree.nodes[parent].first_child = id;
+                    } else {
+                        tree.nodes[previous].next_sibling = id;
+                    }
+                    tree.nodes[parent].last_child = id;
+                }
+                return Ok(Some(self.opened(id, new_depth, is_empty)));
+            }
+            Event::End(end) => {
+                let found = end.name();
+                let found = found.as_ref();
+                let expected = match self.depth {
+                    0 => None,
+                    1 => self.root.root().map(|r| r.name()),
+                    _ => self.tree.element(self.current).map(|e| e.name()),
+                };
+                let error = match expected {
+                    None => Some(IllFormedError::UnmatchedEndTag(found.to_owned())),
+                    Some(expected) if expected != found => Some(IllFormedError::MismatchedEndTag {
+                        expected: expected.to_owned(),
+                        found: found.to_owned(),
+                    }),
+                    Some(_) => None,
+                };
+                if let Some(error) = error {
+                    return Err(xml_problem(&XmlError::IllFormed(error), position));
+                }
+                self.depth = self.depth.saturating_sub(1);
+                if self.depth >= 1 && self.current != NONE {
+                    self.current = self.tree.nodes[self.current].parent;
+                }
+                if self.depth == 0 {
+                    self.state = State::AfterRoot;
+                }
+                return Ok(Some(Step::End));
+            }
+            Event::Text(text) => {
+                let content = text.xml10_content();
+                append_text(
+                    &mut self.tree,
+                    self.depth,
+                    self.current,
+                    &mut self.root_text,
+                    self.limits,
+                    position,
+                    &content,
+                )?;
+            }
+            Event::CData(cdata) => {
+                if self.depth == 0 {
+                    return Err(malformed(position, "CDATA outside the root element"));
+                }
+                let content = cdata.xml10_content();
+                append_text(
+                    &mut self.tree,
+                    self.depth,
+                    self.current,
+                    &mut self.root_text,
+                    self.limits,
+                    position,
+                    &content,
+                )?;
+            }
+            Event::GeneralRef(reference) => {
+                if self.depth == 0 {
+                    return Err(malformed(position, "a reference outside the root element"));
+                }
+                let mut utf8 = [0; 4];
+                let resolved: &str = match reference.resolve_char_ref() {
+                    Ok(Some(c)) if is_xml_char(c) => c.encode_utf8(&mut utf8),
+                    Ok(Some(c)) => {
+                        return Err(malformed(
+                            position,
+                            &format!(
+                                "character reference to U+{:04X}, which is not an XML character",
+                                u32::from(c)
+                            ),
+                        ));
+                    }
+                    Err(error) => {
+                        return Err(malformed(
+                            position,
+                            &format!("bad character reference &{}; ({error})", &*reference),
+                        ));
+                    }
+                    Ok(None) => match &*reference {
+                        "lt" => "<",
+                        "gt" => ">",
+                        "amp" => "&",
+                        "apos" => "'",
+                        "quot" => "\"",
+                        other => {
+                            return Err(malformed(
+                                position,
+                                &format!(
+                                    "unknown entity &{other}; (only the five predefined entities and character references are accepted; entity declarations are not)"
+                                ),
+                            ));
+                        }
+                    },
+                };
+                append_text(
+                    &mut self.tree,
+                    self.depth,
+                    self.current,
+                    &mut self.root_text,
+                    self.limits,
+                    position,
+                    resolved,
+                )?;
             }
         }
+        Ok(None)
+    }
+
+    fn on_text(&mut self, position: Position, content: &str) -> Result<(), Problem> {
+        append_text(
+            &mut self.tree,
+            self.depth,
+            self.current,
+            &mut self.root_text,
+            self.limits,
+            position,
+            content,
+        )
     }
 
     /// Bookkeeping after a start tag was pushed as element `id` at `new_depth`.
@@ -1230,15 +1301,25 @@ fn is_xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// ASCII letters, digits, `_`, `-`, `.` and `:` (the fast path of [`is_xml_name`]).
+const ASCII_NAME_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':');
+        b += 1;
+    }
+    table
+};
+
 /// The `Name` production, approximated for non-ASCII characters (all accepted except
 /// as noted in XML 1.0 fifth edition's broad ranges).
 fn is_xml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     // Fast path: the feed's names are ASCII letters.
     if bytes.first().is_some_and(u8::is_ascii_alphabetic)
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        && bytes.iter().all(|&b| ASCII_NAME_BYTE[usize::from(b)])
     {
         return true;
     }
