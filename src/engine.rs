@@ -107,6 +107,15 @@ impl Snapshot {
         Snapshot::default()
     }
 
+    /// Drops the orders (keeping the idempotency keys) so memory stays flat over a long feed.
+    /// The store's transaction holds every change planned so far, so orders needed again are
+    /// loaded again with those changes included.
+    pub fn forget_orders(&mut self) {
+        self.orders = HashMap::default();
+        self.missing_orders = std::collections::HashSet::default();
+        self.merchant_order_ids = HashMap::default();
+    }
+
     /// Adds an order loaded from the store.
     pub fn insert_order(&mut self, order: OrderState) {
         if let Some(merchant_order_id) = &order.merchant_order_id {
