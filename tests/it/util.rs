@@ -297,8 +297,14 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM, then waits for a clean exit (code 0).
+    /// SIGTERM, then waits for a clean exit (code 0). Waits first for the daemon's
+    /// "starting" line, which it logs once its signal handlers are installed: a SIGTERM in
+    /// the first milliseconds of the process would otherwise kill it by default action.
     pub fn stop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("starting") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.signal("TERM");
         let status = self.wait_exit(Duration::from_secs(30));
         assert_eq!(status.code(), Some(0), "daemon exit; log:\n{}", self.log());
