@@ -73,6 +73,43 @@ impl Sandbox {
         );
         serde_json::from_slice(&out.stdout).expect("orders show prints JSON")
     }
+
+    /// Starts `adjustd run` with this sandbox's config, logging to `log`.
+    fn spawn_daemon(&self) -> std::process::Child {
+        let log = std::fs::File::create(self.path("log")).expect("log file");
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .arg("run")
+            .stderr(log)
+            .spawn()
+            .expect("start daemon")
+    }
+
+    /// Waits until the daemon's log contains `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !std::fs::read_to_string(self.path("log"))
+            .unwrap_or_default()
+            .contains(text)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log never said {text:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+/// SIGTERM, then the exit status.
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    child.wait().expect("wait")
 }
 
 fn data(name: &str) -> String {
@@ -333,28 +370,9 @@ fn the_daemon_waits_for_an_unreachable_database_and_still_stops_cleanly() {
         "[store]\nurl = \"postgres://postgres@127.0.0.1:1/test\"\n[daemon]\nmax_backoff_secs = 1\n",
     )
     .expect("write config");
-    let log = std::fs::File::create(sandbox.path("log")).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-        .arg("--config")
-        .arg(sandbox.path("adjustd.toml"))
-        .arg("run")
-        .stderr(log)
-        .spawn()
-        .expect("start daemon");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(sandbox.path("log"))
-        .unwrap_or_default()
-        .contains("store unavailable at start")
-    {
-        assert!(std::time::Instant::now() < deadline, "no retry logged");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let status = child.wait().expect("wait");
+    let child = sandbox.spawn_daemon();
+    sandbox.wait_for_log("store unavailable at start");
+    let status = terminate(child);
     assert_eq!(
         status.code(),
         Some(0),
@@ -368,22 +386,8 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
     let sandbox = Sandbox::new();
     sandbox.import_orders();
     sandbox.process("refund-ok.xml");
-    let log = std::fs::File::create(sandbox.path("log")).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-        .arg("--config")
-        .arg(sandbox.path("adjustd.toml"))
-        .arg("run")
-        .stderr(log)
-        .spawn()
-        .expect("start daemon");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_to_string(sandbox.path("log"))
-        .unwrap_or_default()
-        .contains("watch mode")
-    {
-        assert!(std::time::Instant::now() < deadline, "daemon did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let child = sandbox.spawn_daemon();
+    sandbox.wait_for_log("watch mode");
     // A second writer is refused, naming the holder; readers are not.
     let out = sandbox.run(&[
         "orders",
@@ -408,10 +412,6 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
         text(&out.stdout)
     );
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    let status = child.wait().expect("wait");
+    let status = terminate(child);
     assert_eq!(status.code(), Some(0));
 }

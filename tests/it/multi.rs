@@ -12,7 +12,6 @@
 //! scale it. Owns no production code.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,6 +24,8 @@ use adjustd::model::{
 use adjustd::store::postgres::PgStore;
 use adjustd::store::{OrderRow, Store};
 use serde_json::Value;
+
+use crate::util::{Refund, feed_xml, item_code, order_id};
 
 use crate::store_pg::TestDb;
 
@@ -41,14 +42,6 @@ fn env_number(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn order_id(n: u32) -> String {
-    format!("333-{n:07}-{n:07}")
-}
-
-fn item_code(n: u32) -> String {
-    format!("{:014}", 30_000_000_000_000u64 + u64::from(n))
-}
-
 /// A tiny deterministic generator (no dependency, same feeds every run).
 struct Lcg(u64);
 
@@ -62,51 +55,11 @@ impl Lcg {
     }
 }
 
-/// One generated refund message.
-#[derive(Debug, Clone)]
-struct Refund {
-    order: u32,
-    cents: i64,
-    key: String,
-}
-
 /// One generated feed file.
 struct Feed {
     name: String,
     refunds: Vec<Refund>,
     bytes: Vec<u8>,
-}
-
-fn feed_xml(refunds: &[Refund]) -> Vec<u8> {
-    let mut xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
-         <AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
-         xsi:noNamespaceSchemaLocation=\"amzn-envelope.xsd\">\n\
-         <Header><DocumentVersion>1.01</DocumentVersion>\
-         <MerchantIdentifier>{MERCHANT}</MerchantIdentifier></Header>\n\
-         <MessageType>OrderAdjustment</MessageType>\n"
-    );
-    for (index, refund) in refunds.iter().enumerate() {
-        let _ = writeln!(
-            xml,
-            "<Message><MessageID>{}</MessageID><OrderAdjustment>\
-             <AmazonOrderID>{}</AmazonOrderID><AdjustedItem>\
-             <AmazonOrderItemCode>{}</AmazonOrderItemCode>\
-             <MerchantAdjustmentItemID>{}</MerchantAdjustmentItemID>\
-             <AdjustmentReason>CustomerReturn</AdjustmentReason>\
-             <ItemPriceAdjustments><Component><Type>Principal</Type>\
-             <Amount currency=\"USD\">{}.{:02}</Amount></Component></ItemPriceAdjustments>\
-             </AdjustedItem></OrderAdjustment></Message>",
-            index + 1,
-            order_id(refund.order),
-            item_code(refund.order),
-            refund.key,
-            refund.cents / 100,
-            refund.cents % 100
-        );
-    }
-    xml.push_str("</AmazonEnvelope>\n");
-    xml.into_bytes()
 }
 
 /// `count` feeds of 1-3 refunds of 5-20.00 on the shared orders, every 25th a byte-for-byte
@@ -136,7 +89,7 @@ fn generate_feeds(count: usize, seed: u64) -> Vec<Feed> {
                 key: format!("S{seed}-F{n}-M{m}"),
             })
             .collect();
-        let bytes = feed_xml(&refunds);
+        let bytes = feed_xml(MERCHANT, &refunds).into_bytes();
         feeds.push(Feed {
             name: format!("feed-{n:05}.xml"),
             refunds,
