@@ -122,3 +122,30 @@ fn table_parser_sees_a_drifted_row() {
     );
     assert!(!expected_rows().contains(&rows[0]));
 }
+
+/// Every Rust source file opens with a `//!` paragraph saying what it owns (STYLE 3.1.1).
+#[test]
+fn every_source_file_opens_with_a_module_doc() {
+    fn visit(dir: &std::path::Path, missing: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).expect("read source folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                visit(&path, missing);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source file");
+                if !text.starts_with("//!") {
+                    missing.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut missing = Vec::new();
+    for folder in ["src", "tests", "examples"] {
+        visit(&root.join(folder), &mut missing);
+    }
+    assert!(
+        missing.is_empty(),
+        "files without a //! module doc: {missing:?}"
+    );
+}
