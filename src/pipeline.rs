@@ -329,6 +329,7 @@ fn flush(
     let plan = engine::plan(snapshot, merchant, &valid, rules);
     tx.apply(merchant, &plan.changes)?;
     snapshot.forget_orders();
+    tx.forget_loaded();
     let mut outcomes = plan.outcomes.into_iter();
     for slot in order {
         match slot {

@@ -349,6 +349,11 @@ pub trait FeedTx {
     /// [`StoreError::Invalid`].
     fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError>;
 
+    /// Drops what the transaction cached about the orders loaded so far, so memory stays
+    /// flat over a long feed; later calls read what they need again (the pipeline reloads
+    /// each chunk's orders). The default caches nothing worth dropping.
+    fn forget_loaded(&mut self) {}
+
     /// Finishes the feed record and commits, durably.
     ///
     /// # Errors

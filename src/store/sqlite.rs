@@ -1545,6 +1545,13 @@ impl FeedTx for SqliteFeedTx<'_> {
         self.feed_id.unsigned_abs()
     }
 
+    fn forget_loaded(&mut self) {
+        // Item ids and component rows are re-read by `load` (or on demand by `apply`).
+        self.items.clear();
+        self.components.clear();
+        self.components_read.clear();
+    }
+
     fn load(
         &mut self,
         merchant: &MerchantId,
