@@ -246,10 +246,12 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         });
     }
     // A 64 MiB page cache keeps a large feed's working set (orders, totals, new rows) in
-    // memory instead of spilling into the WAL before commit; mmap avoids read syscalls.
+    // memory instead of spilling into the WAL before commit. No mmap: measured on a
+    // 200k-message feed it cost more CPU (11.9 s vs 10.7 s) and its touched pages added
+    // ~80 MB to the resident set.
     conn.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; \
-         PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;",
+         PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY;",
     )
     .map_err(db_error)
 }
