@@ -500,6 +500,18 @@ pub enum ComponentClass {
     Promotion,
 }
 
+impl ComponentClass {
+    /// `charge`, `fee`, `concession` or `promotion`: the store's `class` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ComponentClass::Charge => "charge",
+            ComponentClass::Fee => "fee",
+            ComponentClass::Concession => "concession",
+            ComponentClass::Promotion => "promotion",
+        }
+    }
+}
+
 macro_rules! name_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*

@@ -445,15 +445,6 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     }
 }
 
-fn class_name(class: ComponentClass) -> &'static str {
-    match class {
-        ComponentClass::Charge => "charge",
-        ComponentClass::Fee => "fee",
-        ComponentClass::Concession => "concession",
-        ComponentClass::Promotion => "promotion",
-    }
-}
-
 fn component(name: &str) -> Result<Component, StoreError> {
     Component::from_name(name).ok_or_else(|| corrupt("component", name))
 }
@@ -1062,7 +1053,7 @@ impl FeedTx for PgFeedTx<'_> {
                 } else {
                     in_item.push(*item_id);
                     in_name.push(*component);
-                    in_class.push(class_name(*component_class));
+                    in_class.push(component_class.as_str());
                     in_delta.push(*sum);
                 }
             }
@@ -1654,7 +1645,7 @@ fn import_orders(
                 };
                 c_item.push(item_id);
                 c_name.push(name);
-                c_class.push(class_name(*class));
+                c_class.push(class.as_str());
                 c_charged.push(*charged);
             }
         }

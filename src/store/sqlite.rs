@@ -324,15 +324,6 @@ fn count_to_sql(n: u64, what: &str) -> Result<i64, StoreError> {
     })
 }
 
-fn class_name(class: ComponentClass) -> &'static str {
-    match class {
-        ComponentClass::Charge => "charge",
-        ComponentClass::Fee => "fee",
-        ComponentClass::Concession => "concession",
-        ComponentClass::Promotion => "promotion",
-    }
-}
-
 /// The state rejection a key was pinned with, from its `ResultMessageCode`. 5000 is shared
 /// by `SCHEMA_INVALID` and `DUPLICATE_ADJUSTMENT`, neither of which is ever pinned, so it
 /// is not a valid pinned number.
@@ -872,7 +863,7 @@ fn import_row(
                         .execute(params![
                             item_id,
                             component.name(),
-                            class_name(component.class()),
+                            component.class().as_str(),
                             charged
                         ])
                         .map_err(db_error)?;
@@ -951,7 +942,7 @@ fn import_row(
                     .execute(params![
                         item_id,
                         component.name(),
-                        class_name(component.class()),
+                        component.class().as_str(),
                         charged
                     ])
                     .map_err(db_error)?;
@@ -1395,7 +1386,7 @@ impl SqliteFeedTx<'_> {
             |((item, component), refunded), out| {
                 out.bind(*item)?;
                 out.bind(component.name())?;
-                out.bind(class_name(component.class()))?;
+                out.bind(component.class().as_str())?;
                 out.bind(*refunded)
             },
         )?;
