@@ -130,6 +130,23 @@ pub(crate) struct Expected {
     pub(crate) codes: Vec<Code>,
 }
 
+/// Every engine code the scenario generator reaches (all but the engine's sign backstop,
+/// NegativeRefundComponent, which validated input never triggers).
+pub(crate) const GENERATED_CODES: &[Code] = &[
+    Code::DuplicateAdjustment,
+    Code::IdempotencyConflict,
+    Code::OrderNotFound,
+    Code::ItemNotInOrder,
+    Code::OrderNotAdjustable,
+    Code::CurrencyMismatch,
+    Code::AmountPrecision,
+    Code::PositiveChargeComponent,
+    Code::CancelExceedsUnshipped,
+    Code::QuantityExceedsShipped,
+    Code::ComponentExceedsRemaining,
+    Code::LinkedItemFailed,
+];
+
 pub(crate) const STATE_CODES: &[Code] = &[
     Code::OrderNotFound,
     Code::ItemNotInOrder,
@@ -954,20 +971,7 @@ fn scenarios_cover_every_engine_code() {
         }
     }
     assert!(n_applied > 100, "only {n_applied} messages applied");
-    for code in [
-        Code::DuplicateAdjustment,
-        Code::IdempotencyConflict,
-        Code::OrderNotFound,
-        Code::ItemNotInOrder,
-        Code::OrderNotAdjustable,
-        Code::CurrencyMismatch,
-        Code::AmountPrecision,
-        Code::PositiveChargeComponent,
-        Code::CancelExceedsUnshipped,
-        Code::QuantityExceedsShipped,
-        Code::ComponentExceedsRemaining,
-        Code::LinkedItemFailed,
-    ] {
+    for &code in GENERATED_CODES {
         assert!(
             seen.contains(&code),
             "the generator never produces {}",
