@@ -107,13 +107,12 @@ impl Snapshot {
         Snapshot::default()
     }
 
-    /// Drops the orders (keeping the idempotency keys) so memory stays flat over a long feed.
-    /// The store's transaction holds every change planned so far, so orders needed again are
-    /// loaded again with those changes included.
-    pub fn forget_orders(&mut self) {
-        self.orders = HashMap::default();
-        self.missing_orders = std::collections::HashSet::default();
-        self.merchant_order_ids = HashMap::default();
+    /// Drops everything loaded (orders and idempotency keys) so memory stays flat over a
+    /// long feed. The store's transaction holds every change planned so far, so what is
+    /// needed again is loaded again with those changes included (keys written by this feed
+    /// come back with their origin in "this feed").
+    pub fn forget(&mut self) {
+        *self = Snapshot::default();
     }
 
     /// Adds an order loaded from the store.

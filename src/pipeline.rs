@@ -328,7 +328,7 @@ fn flush(
     }
     let plan = engine::plan(snapshot, merchant, &valid, rules);
     tx.apply(merchant, &plan.changes)?;
-    snapshot.forget_orders();
+    snapshot.forget();
     tx.forget_loaded();
     let mut outcomes = plan.outcomes.into_iter();
     for slot in order {

@@ -871,7 +871,9 @@ impl FeedTx for PgFeedTx<'_> {
                     KeyRecord {
                         payload_hash: self.get(row, 1)?,
                         origin: KeyOrigin {
-                            feed_id: Some(from_db(self.get(row, 2)?, "feed id")?),
+                            // A key of this feed's own earlier chunk is "earlier in this feed".
+                            feed_id: Some(from_db(self.get(row, 2)?, "feed id")?)
+                                .filter(|id| *id != self.feed_id),
                             message_id,
                         },
                         rejection: rejection.map(code_from_number).transpose()?,

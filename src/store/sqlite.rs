@@ -446,6 +446,7 @@ impl Store for SqliteStore {
             next_adjustment_id: None,
             created_at: now,
             prior_keys: None,
+            written_keys: HashSet::default(),
         }))
     }
 
@@ -970,6 +971,11 @@ pub struct SqliteFeedTx<'a> {
     /// no keys), read by the first `load` (a range read later for another merchant may
     /// include this feed's keys: wider, so still exact).
     prior_keys: Option<(String, Option<(String, String)>)>,
+    /// Hashes of the keys this feed wrote. With `prior_keys` they tell which keys may be in
+    /// the database: a key outside the prior range and not in here is new without asking,
+    /// so the engine's snapshot need not keep a feed's keys (memory stays flat). A hash
+    /// collision only costs a query.
+    written_keys: HashSet<u64, IdBuild>,
 }
 
 /// Rows of one `apply` call, written with multi-row statements at its end.
@@ -1065,6 +1071,13 @@ impl std::hash::Hasher for IdHasher {
 }
 
 type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
+
+/// A 64-bit hash of an idempotency key for [`SqliteFeedTx::written_keys`] (FNV-1a).
+fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// A map keyed by database id.
 type IdMap<V> = HashMap<i64, V, IdBuild>;
@@ -1417,6 +1430,8 @@ impl SqliteFeedTx<'_> {
                 stmt.execute(params![item, n]).map_err(db_error)?;
             }
         }
+        self.written_keys
+            .extend(pending.keys.iter().map(|k| key_hash(k.key)));
         let merchant = merchant.as_str();
         write_rows(
             &self.tx,
@@ -1585,8 +1600,8 @@ impl FeedTx for SqliteFeedTx<'_> {
             }
         }
 
-        // Keys outside the range of the merchant's keys from before this feed are new without
-        // asking (keys written by this feed are in the snapshot and never needed again).
+        // Keys outside the range of the merchant's keys from before this feed, and not
+        // written by this feed, are new without asking.
         if self
             .prior_keys
             .as_ref()
@@ -1616,6 +1631,7 @@ impl FeedTx for SqliteFeedTx<'_> {
             .map(SellerId::as_str)
             .filter(|key| {
                 range.is_some_and(|(low, high)| *key >= low.as_str() && *key <= high.as_str())
+                    || self.written_keys.contains(&key_hash(key))
             })
             .collect();
         let mut found_keys: HashSet<String> = HashSet::new();
@@ -1647,10 +1663,13 @@ impl FeedTx for SqliteFeedTx<'_> {
                 let record = KeyRecord {
                     payload_hash: r.get(1).map_err(db_error)?,
                     origin: KeyOrigin {
-                        feed_id: Some(
-                            u64::try_from(feed_id)
-                                .map_err(|_| corrupt("feed id", &feed_id.to_string()))?,
-                        ),
+                        // A key of this feed's own earlier chunk is "earlier in this feed".
+                        feed_id: (feed_id != self.feed_id)
+                            .then(|| {
+                                u64::try_from(feed_id)
+                                    .map_err(|_| corrupt("feed id", &feed_id.to_string()))
+                            })
+                            .transpose()?,
                         message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
                     },
                     rejection,

@@ -19,8 +19,12 @@ fn merchant() -> MerchantId {
 }
 
 fn context(dir: &Path) -> Context {
-    let mut store =
-        AnyStore::open(&format!("sqlite:{}", dir.join("store.db").display())).expect("open store");
+    context_on(dir, &format!("sqlite:{}", dir.join("store.db").display()))
+}
+
+/// A context on the store at `url` with the e2e order report imported.
+fn context_on(dir: &Path, url: &str) -> Context {
+    let mut store = AnyStore::open(url).expect("open store");
     let report = std::fs::read_to_string(Path::new(DATA).join("orders.txt")).expect("orders");
     let rows = import::parse_order_report(&report).expect("parse order report");
     store
@@ -187,4 +191,80 @@ fn later_messages_see_earlier_ones_across_chunks() {
             .map(String::as_str),
         Some("40.00")
     );
+}
+
+#[test]
+fn idempotency_keys_are_remembered_across_chunks() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    keys_across_chunks(&mut context(dir.path()), dir.path());
+}
+
+#[test]
+fn idempotency_keys_are_remembered_across_chunks_on_postgres() {
+    let Some(db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    keys_across_chunks(&mut context_on(dir.path(), &db.url), dir.path());
+}
+
+fn keys_across_chunks(context: &mut Context, dir: &Path) {
+    // Messages 1 to 4,200 refund one cent each under their own key: 4,000 apply, the rest
+    // exceed what remains and pin that rejection. Then, in the second chunk of 4,096, come
+    // a replay of message 1 (first chunk), the key of message 2 with other content, and a
+    // replay of the rejected message 4,050 (first chunk). The engine's snapshot is dropped
+    // after each chunk, so these answers come from what the transaction wrote.
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
+    );
+    let mut message = |id: u32, key: u32, amount: &str| {
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>K{key}</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component>\
+             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
+        );
+    };
+    for id in 1..=4200 {
+        message(id, id, "0.01");
+    }
+    message(4201, 1, "0.01");
+    message(4202, 2, "0.02");
+    message(4203, 4050, "0.01");
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.join("keys.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(context, &source(&feed, None)).expect("process");
+    assert_eq!(processed.outcome.messages_successful, 4001);
+    let late: Vec<_> = processed
+        .outcome
+        .results
+        .iter()
+        .filter(|p| p.message_id.get() > 4200)
+        .collect();
+    let late_codes: Vec<(u64, Code)> = late.iter().map(|p| (p.message_id.get(), p.code)).collect();
+    assert_eq!(
+        late_codes,
+        [
+            (4201, Code::DuplicateAdjustment),
+            (4202, Code::IdempotencyConflict),
+            (4203, Code::ComponentExceedsRemaining),
+        ]
+    );
+    for problem in &late {
+        assert!(
+            problem.description.contains("earlier in this feed"),
+            "{}",
+            problem.description
+        );
+    }
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert_eq!(orders[0].adjustments.len(), 4000);
 }
