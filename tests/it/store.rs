@@ -1198,3 +1198,69 @@ fn store_throughput() {
     assert_eq!(item.refunded["Goodwill"], usd_text(50 * per_order));
     assert_eq!(item.charged["Goodwill"], "0.00");
 }
+
+#[test]
+fn sqlite_upgrades_a_version_1_database_in_place() {
+    // A database as version 1 left it (its schema and one imported order), then opened by
+    // this build: the later migrations run, the data stays, and the load query (as
+    // `SqliteFeedTx::load_orders` writes it) reads through the covering indexes of version 2.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v1.db");
+    {
+        let conn = raw(&path);
+        conn.execute_batch(include_str!(
+            "../../src/store/migrations/sqlite/0001_initial.sql"
+        ))
+        .expect("version 1 schema");
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel)
+                 VALUES (1, 'A1SELLER', '171-1234567-1234567', 'USD', 'MFN');
+             INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
+                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 0);
+             INSERT INTO item_components (item_id, component, class, charged)
+                 VALUES (1, 'Principal', 'charge', 1000);",
+        )
+        .expect("version 1 data");
+    }
+    let mut store = SqliteStore::open(&path).expect("open upgrades");
+    let orders = store
+        .orders(Some(&merchant()), "171-1234567-1234567")
+        .expect("orders");
+    assert_eq!(
+        orders[0].items[0]
+            .charged
+            .get("Principal")
+            .map(String::as_str),
+        Some("10.00")
+    );
+    drop(store);
+    let conn = raw(&path);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, adjustd::store::sqlite::SCHEMA_VERSION);
+    let plan: Vec<String> = conn
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT o.id, o.amazon_order_id, o.merchant_order_id, \
+             o.currency, o.fulfillment_channel, i.id, i.amazon_order_item_code, \
+             i.merchant_order_item_id, i.quantity_ordered, i.quantity_shipped, \
+             i.quantity_cancelled, i.position, c.component, c.charged, c.refunded \
+             FROM orders o INDEXED BY orders_load LEFT JOIN order_items i ON i.order_id = o.id \
+             LEFT JOIN item_components c ON c.item_id = i.id \
+             WHERE o.merchant = 'A1SELLER' AND o.amazon_order_id IN ('171-1234567-1234567')",
+        )
+        .expect("prepare")
+        .query_map([], |r| r.get(3))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("COVERING INDEX orders_load"))
+            && plan
+                .iter()
+                .any(|step| step.contains("COVERING INDEX order_items_load")),
+        "{plan:?}"
+    );
+}
