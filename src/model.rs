@@ -171,8 +171,9 @@ pub struct Currency {
     exponent: u8,
 }
 
-/// ISO 4217 active codes with their minor-unit exponent (the "E" column). Checked against
-/// several independent lists; the ones with exponent 0, 3 and 4 are the ones that matter.
+/// ISO 4217 active codes with their minor-unit exponent (the "E" column), sorted by code.
+/// Checked against several independent lists; the ones with exponent 0, 3 and 4 are the ones
+/// that matter.
 const CURRENCIES: &[(&str, u8)] = &[
     ("AED", 2),
     ("AFN", 2),
@@ -337,14 +338,16 @@ const CURRENCIES: &[(&str, u8)] = &[
 impl Currency {
     /// Looks up an ISO 4217 code (upper case, exactly as in the feed).
     pub fn from_code(code: &str) -> Option<Currency> {
+        // The table is sorted by code (a unit test keeps it so).
         CURRENCIES
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map(|(c, exponent)| {
+            .binary_search_by(|(c, _)| (*c).cmp(code))
+            .ok()
+            .map(|at| {
+                let (c, exponent) = CURRENCIES[at];
                 let b = c.as_bytes();
                 Currency {
                     code: [b[0], b[1], b[2]],
-                    exponent: *exponent,
+                    exponent,
                 }
             })
     }
@@ -804,6 +807,21 @@ pub struct AdjustmentMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_currency_table_is_sorted_so_every_code_is_found() {
+        assert!(CURRENCIES.windows(2).all(|w| w[0].0 < w[1].0));
+        for (code, exponent) in CURRENCIES {
+            let currency = Currency::from_code(code).expect(code);
+            assert_eq!(
+                (currency.code(), currency.exponent()),
+                (*code, u32::from(*exponent))
+            );
+        }
+        assert_eq!(Currency::from_code("XXX"), None);
+        assert_eq!(Currency::from_code("usd"), None);
+        assert_eq!(Currency::from_code(""), None);
+    }
 
     #[test]
     fn amount_parsing_is_exact_and_never_rounds() {
