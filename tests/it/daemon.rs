@@ -595,3 +595,49 @@ fn http_get(port: u16, path: &str) -> String {
     stream.read_to_string(&mut response).expect("read");
     response
 }
+
+#[test]
+fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
+    // Another process (an operator's sqlite3 shell, a backup tool) holds the database's write
+    // lock for longer than the busy timeout (5 s). The feed must wait in work/ and be
+    // retried, not fail, and apply exactly once when the lock goes.
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    dir.drop_file(
+        "busy.xml",
+        feed_xml(MERCHANT, &[refund(0, "busy-1", 125)]).as_bytes(),
+    );
+    wait_for("the feed to be claimed", LONG, || {
+        dir.files_in("inbox").is_empty() && !dir.files_in("work").is_empty()
+    });
+    wait_for("a retry after the busy timeout", LONG, || {
+        daemon.log().contains("retrying feed")
+    });
+    assert!(
+        dir.reports_for("busy.xml").is_empty(),
+        "no report while busy"
+    );
+    assert!(
+        dir.files_in("failed").is_empty(),
+        "nothing failed while busy"
+    );
+    assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    let report = report_of(&dir, "busy.xml");
+    assert_eq!(
+        report["summary"]["messages_successful"].as_u64(),
+        Some(1),
+        "{report}"
+    );
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 125);
+}
