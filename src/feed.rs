@@ -17,7 +17,7 @@
 use std::io::{self, BufRead};
 
 use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
-use quick_xml::events::Event;
+use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::model::{MessageId, Position};
@@ -542,6 +542,73 @@ impl SourceState {
     }
 }
 
+/// The common events, sliced straight from the start of `window` (checked UTF-8): start,
+/// empty and end tags whose name starts with an ASCII letter, `_` or `:`, and text up to
+/// the next `<` or `&`, with the length consumed. The tag's end is found as quick-xml finds
+/// it (the first `>` outside quotes) and the events are built with quick-xml's own
+/// constructors, so what follows cannot tell them from quick-xml's. `None` for anything
+/// else, including an event that runs into the end of the window: quick-xml reads those.
+fn fast_event(window: &[u8]) -> Option<(Event<'_>, usize)> {
+    if window.first()? != &b'<' {
+        let stop = memchr::memchr2(b'<', b'&', window)?;
+        if stop == 0 {
+            return None;
+        }
+        let text = std::str::from_utf8(&window[..stop]).ok()?;
+        return Some((Event::Text(BytesText::from_escaped(text)), stop));
+    }
+    let close = tag_end(window)?;
+    match window.get(1)? {
+        b'/' => {
+            let content = &window[2..close];
+            let length = content
+                .iter()
+                .rposition(|&b| !is_xml_space_byte(b))
+                .map_or(0, |last| last + 1);
+            let name = std::str::from_utf8(&content[..length]).ok()?;
+            Some((Event::End(BytesEnd::new(name)), close + 1))
+        }
+        b if b.is_ascii_alphabetic() || matches!(b, b'_' | b':') => {
+            let content = &window[1..close];
+            let (content, is_empty) = match content.strip_suffix(b"/") {
+                Some(content) => (content, true),
+                None => (content, false),
+            };
+            let name_length = content
+                .iter()
+                .position(|&b| is_xml_space_byte(b))
+                .unwrap_or(content.len());
+            let start = BytesStart::from_content(std::str::from_utf8(content).ok()?, name_length);
+            let event = if is_empty {
+                Event::Empty(start)
+            } else {
+                Event::Start(start)
+            };
+            Some((event, close + 1))
+        }
+        _ => None,
+    }
+}
+
+/// The offset of the `>` that closes the tag at the start of `window`: the first one
+/// outside single or double quotes (quick-xml's rule).
+fn tag_end(window: &[u8]) -> Option<usize> {
+    let mut quote = None;
+    for index in memchr::memchr3_iter(b'>', b'\'', b'"', window) {
+        match (quote, window[index]) {
+            (None, b'>') => return Some(index),
+            (None, q) => quote = Some(q),
+            (Some(open), q) if open == q => quote = None,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_xml_space_byte(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// C0 control characters other than tab, line feed and carriage return are not XML
 /// characters at all, not even as content.
 fn is_forbidden_control(byte: u8) -> bool {
@@ -603,6 +670,14 @@ enum Pumped {
     Again,
     /// The event at the start of the window needs more bytes.
     NeedMore,
+}
+
+/// What [`FeedReader::quick_event`] found.
+enum Quick<'d> {
+    /// An event and the offset just after it.
+    Event(Event<'d>, usize),
+    /// No event; the pump ends with this.
+    Pumped(Pumped),
 }
 
 /// Where the reader is in the document.
@@ -810,8 +885,9 @@ impl<R: BufRead> FeedReader<R> {
         }
     }
 
-    /// Parses events from the window `data[start..usable]` with one borrowed quick-xml
-    /// reader until `goal` is reached or the window runs out.
+    /// Parses events from the window `data[start..usable]` until `goal` is reached or the
+    /// window runs out: the common events with [`fast_event`], anything else with a
+    /// borrowed quick-xml reader over the rest of the window (one event each).
     fn pump_window(&mut self, data: &[u8], goal: Goal) -> Result<Pumped, Problem> {
         let window_start = self.src.start;
         let window_end = self.src.usable;
@@ -819,70 +895,15 @@ impl<R: BufRead> FeedReader<R> {
         if window_start == window_end && !is_final {
             return Ok(Pumped::NeedMore);
         }
-        let mut reader = Reader::from_reader(&data[window_start..window_end]);
-        let config = reader.config_mut();
-        config.check_comments = true;
-        config.check_end_names = false;
-        config.allow_unmatched_ends = true;
-        config.expand_empty_elements = false;
-        config.trim_text(false);
         loop {
             let at = self.src.start;
-            debug_assert_eq!(at, window_start + reader.buffer_position() as usize);
-            if at == window_start && data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
-                // quick-xml would drop a U+FEFF at the start of its input as a byte order
-                // mark; inside the document it is text.
-                let position = self.src.position();
-                self.src.advance(data, at + 3);
-                self.events += 1;
-                self.on_text(position, "\u{FEFF}")?;
-                return Ok(Pumped::Again);
-            }
             let position = self.src.position();
-            let result = reader.read_event();
-            let next = window_start + reader.buffer_position() as usize;
-            let event = match result {
-                Ok(Event::Eof) if !is_final => return Ok(Pumped::NeedMore),
-                Ok(Event::Text(_)) if next == window_end && !is_final => {
-                    return Ok(Pumped::NeedMore);
-                }
-                Ok(Event::Eof | Event::Text(_))
-                    if next == window_end && self.src.pending.is_some() =>
-                {
-                    return Err(self.pending_problem(data));
-                }
-                Ok(event) => event,
-                Err(error) => {
-                    let cut = match &error {
-                        XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
-                        XmlError::Syntax(_) => true,
-                        XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
-                            b';',
-                            b'<',
-                            b'&',
-                            &data[(at + 1).min(window_end)..window_end],
-                        )
-                        .is_none(),
-                        _ => false,
-                    };
-                    if cut && !is_final {
-                        return Ok(Pumped::NeedMore);
-                    }
-                    if cut && self.src.pending.is_some() {
-                        return Err(self.pending_problem(data));
-                    }
-                    // An upload cut inside a tag, comment or multi-byte character is
-                    // incomplete, not broken.
-                    let cut = matches!(error, XmlError::Syntax(_))
-                        || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
-                    if self.src.at_eof && cut && self.state != State::AfterRoot {
-                        self.src.advance(data, window_end);
-                        return Err(
-                            self.truncated("the file ends inside markup or a multi-byte character")
-                        );
-                    }
-                    return Err(xml_problem(&error, position));
-                }
+            let (event, next) = match fast_event(&data[at..window_end]) {
+                Some((event, length)) => (event, at + length),
+                None => match self.quick_event(data, at, window_end, position)? {
+                    Quick::Event(event, next) => (event, next),
+                    Quick::Pumped(pumped) => return Ok(pumped),
+                },
             };
             self.src.advance(data, next);
             self.events += 1;
@@ -895,6 +916,77 @@ impl<R: BufRead> FeedReader<R> {
             if self.src.ascii_only != ascii_before {
                 // The window may have shrunk.
                 return Ok(Pumped::Again);
+            }
+        }
+    }
+
+    /// Reads the event at `data[at..]` with quick-xml: everything [`fast_event`] leaves
+    /// alone (declarations, comments, CDATA, references, DOCTYPE, anything unusual or cut
+    /// off by the end of the window), so that problems are reported in its words.
+    fn quick_event<'d>(
+        &mut self,
+        data: &'d [u8],
+        at: usize,
+        window_end: usize,
+        position: Position,
+    ) -> Result<Quick<'d>, Problem> {
+        let is_final = self.src.is_final();
+        if data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
+            // quick-xml would drop a U+FEFF at the start of its input as a byte order
+            // mark; inside the document it is text.
+            self.src.advance(data, at + 3);
+            self.events += 1;
+            self.on_text(position, "\u{FEFF}")?;
+            return Ok(Quick::Pumped(Pumped::Again));
+        }
+        let mut reader = Reader::from_reader(&data[at..window_end]);
+        let config = reader.config_mut();
+        config.check_comments = true;
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        let result = reader.read_event();
+        let next = at + reader.buffer_position() as usize;
+        match result {
+            Ok(Event::Eof) if !is_final => Ok(Quick::Pumped(Pumped::NeedMore)),
+            Ok(Event::Text(_)) if next == window_end && !is_final => {
+                Ok(Quick::Pumped(Pumped::NeedMore))
+            }
+            Ok(Event::Eof | Event::Text(_)) if next == window_end && self.src.pending.is_some() => {
+                Err(self.pending_problem(data))
+            }
+            Ok(event) => Ok(Quick::Event(event, next)),
+            Err(error) => {
+                let cut = match &error {
+                    XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
+                    XmlError::Syntax(_) => true,
+                    XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
+                        b';',
+                        b'<',
+                        b'&',
+                        &data[(at + 1).min(window_end)..window_end],
+                    )
+                    .is_none(),
+                    _ => false,
+                };
+                if cut && !is_final {
+                    return Ok(Quick::Pumped(Pumped::NeedMore));
+                }
+                if cut && self.src.pending.is_some() {
+                    return Err(self.pending_problem(data));
+                }
+                // An upload cut inside a tag, comment or multi-byte character is
+                // incomplete, not broken.
+                let cut = matches!(error, XmlError::Syntax(_))
+                    || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
+                if self.src.at_eof && cut && self.state != State::AfterRoot {
+                    self.src.advance(data, window_end);
+                    return Err(
+                        self.truncated("the file ends inside markup or a multi-byte character")
+                    );
+                }
+                Err(xml_problem(&error, position))
             }
         }
     }
@@ -1126,7 +1218,13 @@ impl<R: BufRead> FeedReader<R> {
                 return Ok(Some(Step::End));
             }
             Event::Text(text) => {
-                let content = text.xml10_content();
+                // Line ends are rare in values: skip quick-xml's byte-by-byte normalization
+                // when there is no carriage return.
+                let content = if memchr::memchr(b'\r', text.as_bytes()).is_some() {
+                    text.xml10_content()
+                } else {
+                    std::borrow::Cow::Borrowed(&*text)
+                };
                 append_text(
                     &mut self.tree,
                     self.depth,
