@@ -14,10 +14,11 @@
 // move the allocation to every caller.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::io::{self, BufRead};
 
 use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
-use quick_xml::events::{BytesEnd, BytesStart, BytesText, Event};
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::model::{MessageId, Position};
@@ -542,33 +543,40 @@ impl SourceState {
     }
 }
 
+/// One event of the document.
+enum Token<'d> {
+    /// Read by quick-xml, or a start or empty tag built with its constructor.
+    Event(Event<'d>),
+    /// An end tag's name, trailing white space removed.
+    End(&'d [u8]),
+    /// Text up to the next `<` or `&`, as written.
+    Text(&'d [u8]),
+}
+
 /// The common events, sliced straight from the start of `window` (checked UTF-8): start,
 /// empty and end tags whose name starts with an ASCII letter, `_` or `:`, and text up to
-/// the next `<` or `&`, with the length consumed. The tag's end is found as quick-xml finds
-/// it (the first `>` outside quotes) and the events are built with quick-xml's own
-/// constructors, so what follows cannot tell them from quick-xml's. `None` for anything
-/// else, including an event that runs into the end of the window: quick-xml reads those.
-fn fast_event(window: &[u8]) -> Option<(Event<'_>, usize)> {
+/// the next `<` or `&`, with the length consumed. A tag ends where quick-xml would end it
+/// (the first `>` outside quotes) and start tags are built with quick-xml's constructor,
+/// so the rest of the reader treats them exactly like quick-xml's events. `None` for
+/// anything else, including an event that runs into the end of the window: quick-xml
+/// reads those.
+fn fast_event(window: &[u8]) -> Option<(Token<'_>, usize)> {
     if window.first()? != &b'<' {
         let stop = memchr::memchr2(b'<', b'&', window)?;
-        if stop == 0 {
-            return None;
-        }
-        let text = std::str::from_utf8(&window[..stop]).ok()?;
-        return Some((Event::Text(BytesText::from_escaped(text)), stop));
+        return (stop > 0).then(|| (Token::Text(&window[..stop]), stop));
     }
-    let close = tag_end(window)?;
     match window.get(1)? {
         b'/' => {
+            let close = tag_end(window)?;
             let content = &window[2..close];
             let length = content
                 .iter()
                 .rposition(|&b| !is_xml_space_byte(b))
                 .map_or(0, |last| last + 1);
-            let name = std::str::from_utf8(&content[..length]).ok()?;
-            Some((Event::End(BytesEnd::new(name)), close + 1))
+            Some((Token::End(&content[..length]), close + 1))
         }
         b if b.is_ascii_alphabetic() || matches!(b, b'_' | b':') => {
+            let close = tag_end(window)?;
             let content = &window[1..close];
             let (content, is_empty) = match content.strip_suffix(b"/") {
                 Some(content) => (content, true),
@@ -584,7 +592,7 @@ fn fast_event(window: &[u8]) -> Option<(Event<'_>, usize)> {
             } else {
                 Event::Start(start)
             };
-            Some((event, close + 1))
+            Some((Token::Event(event), close + 1))
         }
         _ => None,
     }
@@ -898,17 +906,25 @@ impl<R: BufRead> FeedReader<R> {
         loop {
             let at = self.src.start;
             let position = self.src.position();
-            let (event, next) = match fast_event(&data[at..window_end]) {
-                Some((event, length)) => (event, at + length),
+            let (token, next) = match fast_event(&data[at..window_end]) {
+                Some((token, length)) => (token, at + length),
                 None => match self.quick_event(data, at, window_end, position)? {
-                    Quick::Event(event, next) => (event, next),
+                    Quick::Event(event, next) => (Token::Event(event), next),
                     Quick::Pumped(pumped) => return Ok(pumped),
                 },
             };
             self.src.advance(data, next);
             self.events += 1;
             let ascii_before = self.src.ascii_only;
-            if let Some(step) = self.handle(data, event, position)?
+            let step = match token {
+                Token::Event(event) => self.handle(data, event, position)?,
+                Token::End(name) => Some(self.on_end(name, position)?),
+                Token::Text(text) => {
+                    self.on_text(position, &normalize_eols(text))?;
+                    None
+                }
+            };
+            if let Some(step) = step
                 && goal.reached(step, self.depth, self.state)
             {
                 return Ok(Pumped::Step(step));
@@ -936,7 +952,7 @@ impl<R: BufRead> FeedReader<R> {
             // mark; inside the document it is text.
             self.src.advance(data, at + 3);
             self.events += 1;
-            self.on_text(position, "\u{FEFF}")?;
+            self.on_text(position, "\u{FEFF}".as_bytes())?;
             return Ok(Quick::Pumped(Pumped::Again));
         }
         let mut reader = Reader::from_reader(&data[at..window_end]);
@@ -1190,65 +1206,17 @@ impl<R: BufRead> FeedReader<R> {
                 return Ok(Some(self.opened(id, new_depth, is_empty)));
             }
             Event::End(end) => {
-                let found = end.name();
-                let found = found.as_ref();
-                let expected = match self.depth {
-                    0 => None,
-                    1 => self.root.root().map(|r| r.name()),
-                    _ => self.tree.element(self.current).map(|e| e.name()),
-                };
-                let error = match expected {
-                    None => Some(IllFormedError::UnmatchedEndTag(found.to_owned())),
-                    Some(expected) if expected != found => Some(IllFormedError::MismatchedEndTag {
-                        expected: expected.to_owned(),
-                        found: found.to_owned(),
-                    }),
-                    Some(_) => None,
-                };
-                if let Some(error) = error {
-                    return Err(xml_problem(&XmlError::IllFormed(error), position));
-                }
-                self.depth = self.depth.saturating_sub(1);
-                if self.depth >= 1 && self.current != NONE {
-                    self.current = self.tree.nodes[self.current].parent;
-                }
-                if self.depth == 0 {
-                    self.state = State::AfterRoot;
-                }
-                return Ok(Some(Step::End));
+                return self
+                    .on_end(end.name().as_ref().as_bytes(), position)
+                    .map(Some);
             }
-            Event::Text(text) => {
-                // Line ends are rare in values: skip quick-xml's byte-by-byte normalization
-                // when there is no carriage return.
-                let content = if memchr::memchr(b'\r', text.as_bytes()).is_some() {
-                    text.xml10_content()
-                } else {
-                    std::borrow::Cow::Borrowed(&*text)
-                };
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    &content,
-                )?;
-            }
+            Event::Text(text) => self.on_text(position, &normalize_eols(text.as_bytes()))?,
             Event::CData(cdata) => {
                 if self.depth == 0 {
                     return Err(malformed(position, "CDATA outside the root element"));
                 }
                 let content = cdata.xml10_content();
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    &content,
-                )?;
+                self.on_text(position, content.as_bytes())?;
             }
             Event::GeneralRef(reference) => {
                 if self.depth == 0 {
@@ -1288,21 +1256,42 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     },
                 };
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    resolved,
-                )?;
+                self.on_text(position, resolved.as_bytes())?;
             }
         }
         Ok(None)
     }
 
-    fn on_text(&mut self, position: Position, content: &str) -> Result<(), Problem> {
+    /// An end tag named `found`.
+    fn on_end(&mut self, found: &[u8], position: Position) -> Result<Step, Problem> {
+        let expected = match self.depth {
+            0 => None,
+            1 => self.root.root().map(|r| r.name()),
+            _ => self.tree.element(self.current).map(|e| e.name()),
+        };
+        if expected.map(str::as_bytes) != Some(found) {
+            // The window is checked UTF-8 and the name ends at ASCII delimiters.
+            let found = String::from_utf8_lossy(found).into_owned();
+            let error = match expected {
+                None => IllFormedError::UnmatchedEndTag(found),
+                Some(expected) => IllFormedError::MismatchedEndTag {
+                    expected: expected.to_owned(),
+                    found,
+                },
+            };
+            return Err(xml_problem(&XmlError::IllFormed(error), position));
+        }
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth >= 1 && self.current != NONE {
+            self.current = self.tree.nodes[self.current].parent;
+        }
+        if self.depth == 0 {
+            self.state = State::AfterRoot;
+        }
+        Ok(Step::End)
+    }
+
+    fn on_text(&mut self, position: Position, content: &[u8]) -> Result<(), Problem> {
         append_text(
             &mut self.tree,
             self.depth,
@@ -1340,11 +1329,11 @@ fn append_text(
     root_text: &mut Option<Position>,
     limits: Limits,
     position: Position,
-    content: &str,
+    content: &[u8],
 ) -> Result<(), Problem> {
     match depth {
         0 => {
-            if is_blank(content) {
+            if is_blank_bytes(content) {
                 Ok(())
             } else {
                 Err(malformed(
@@ -1354,7 +1343,7 @@ fn append_text(
             }
         }
         1 => {
-            if root_text.is_none() && !is_blank(content) {
+            if root_text.is_none() && !is_blank_bytes(content) {
                 *root_text = Some(position);
             }
             Ok(())
@@ -1363,6 +1352,9 @@ fn append_text(
             let end = tree.strings.len();
             let node = &mut tree.nodes[current];
             if node.first_child == NONE && node.text.end == end {
+                // Only kept text is decoded; every caller hands over whole characters.
+                let content = std::str::from_utf8(content)
+                    .map_err(|_| malformed(position, "internal: text split inside a character"))?;
                 tree.strings.push_str(content);
                 node.text.end = tree.strings.len();
                 if (node.text.end - node.text.start) as u64 > limits.max_text_bytes {
@@ -1376,7 +1368,7 @@ fn append_text(
                         &name,
                     ));
                 }
-            } else if !is_blank(content) {
+            } else if !is_blank_bytes(content) {
                 node.stray_text = true;
             }
             Ok(())
@@ -1391,7 +1383,29 @@ pub fn is_xml_space(c: char) -> bool {
 
 /// True when `s` is empty or only XML white space.
 pub fn is_blank(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    is_blank_bytes(s.as_bytes())
+}
+
+fn is_blank_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| is_xml_space_byte(b))
+}
+
+/// XML 1.0 line-end handling: `\r\n` and a lone `\r` become `\n`.
+fn normalize_eols(text: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\r', text).is_none() {
+        return Cow::Borrowed(text);
+    }
+    let mut normalized = Vec::with_capacity(text.len());
+    let mut bytes = text.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        if byte == b'\r' {
+            normalized.push(b'\n');
+            bytes.next_if_eq(&b'\n');
+        } else {
+            normalized.push(byte);
+        }
+    }
+    Cow::Owned(normalized)
 }
 
 /// The `Char` production of XML 1.0.
