@@ -920,7 +920,7 @@ impl<R: BufRead> FeedReader<R> {
                 Token::Event(event) => self.handle(data, event, position)?,
                 Token::End(name) => Some(self.on_end(name, position)?),
                 Token::Text(text) => {
-                    self.on_text(position, &normalize_eols(text))?;
+                    self.on_text(position, Chars::Written(text))?;
                     None
                 }
             };
@@ -952,7 +952,7 @@ impl<R: BufRead> FeedReader<R> {
             // mark; inside the document it is text.
             self.src.advance(data, at + 3);
             self.events += 1;
-            self.on_text(position, "\u{FEFF}".as_bytes())?;
+            self.on_text(position, Chars::Final("\u{FEFF}".as_bytes()))?;
             return Ok(Quick::Pumped(Pumped::Again));
         }
         let mut reader = Reader::from_reader(&data[at..window_end]);
@@ -1210,13 +1210,13 @@ impl<R: BufRead> FeedReader<R> {
                     .on_end(end.name().as_ref().as_bytes(), position)
                     .map(Some);
             }
-            Event::Text(text) => self.on_text(position, &normalize_eols(text.as_bytes()))?,
+            Event::Text(text) => self.on_text(position, Chars::Written(text.as_bytes()))?,
             Event::CData(cdata) => {
                 if self.depth == 0 {
                     return Err(malformed(position, "CDATA outside the root element"));
                 }
                 let content = cdata.xml10_content();
-                self.on_text(position, content.as_bytes())?;
+                self.on_text(position, Chars::Final(content.as_bytes()))?;
             }
             Event::GeneralRef(reference) => {
                 if self.depth == 0 {
@@ -1256,7 +1256,7 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     },
                 };
-                self.on_text(position, resolved.as_bytes())?;
+                self.on_text(position, Chars::Final(resolved.as_bytes()))?;
             }
         }
         Ok(None)
@@ -1291,7 +1291,7 @@ impl<R: BufRead> FeedReader<R> {
         Ok(Step::End)
     }
 
-    fn on_text(&mut self, position: Position, content: &[u8]) -> Result<(), Problem> {
+    fn on_text(&mut self, position: Position, content: Chars<'_>) -> Result<(), Problem> {
         append_text(
             &mut self.tree,
             self.depth,
@@ -1321,6 +1321,15 @@ impl<R: BufRead> FeedReader<R> {
     }
 }
 
+/// A piece of character data on its way into the tree.
+#[derive(Debug, Clone, Copy)]
+enum Chars<'a> {
+    /// As written in the file: line ends are still to be normalized.
+    Written(&'a [u8]),
+    /// Final already (resolved references, CDATA normalized by quick-xml).
+    Final(&'a [u8]),
+}
+
 /// Adds a piece of character data to the innermost open element (see [`Tree`]).
 fn append_text(
     tree: &mut Tree,
@@ -1329,8 +1338,11 @@ fn append_text(
     root_text: &mut Option<Position>,
     limits: Limits,
     position: Position,
-    content: &[u8],
+    chars: Chars<'_>,
 ) -> Result<(), Problem> {
+    let content = match chars {
+        Chars::Written(bytes) | Chars::Final(bytes) => bytes,
+    };
     match depth {
         0 => {
             if is_blank_bytes(content) {
@@ -1352,8 +1364,13 @@ fn append_text(
             let end = tree.strings.len();
             let node = &mut tree.nodes[current];
             if node.first_child == NONE && node.text.end == end {
-                // Only kept text is decoded; every caller hands over whole characters.
-                let content = std::str::from_utf8(content)
+                // Only kept text is normalized and decoded; every caller hands over whole
+                // characters.
+                let content = match chars {
+                    Chars::Written(bytes) => normalize_eols(bytes),
+                    Chars::Final(bytes) => Cow::Borrowed(bytes),
+                };
+                let content = std::str::from_utf8(&content)
                     .map_err(|_| malformed(position, "internal: text split inside a character"))?;
                 tree.strings.push_str(content);
                 node.text.end = tree.strings.len();
