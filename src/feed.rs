@@ -323,6 +323,9 @@ struct SourceState {
     ascii_only: bool,
     started: bool,
     at_eof: bool,
+    /// Where `line` and `column` were counted to (at most `start`; see
+    /// [`SourceState::position_at`]).
+    counted: usize,
     /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
     newlines: Vec<usize>,
     /// Index of the first line feed not consumed yet.
@@ -356,11 +359,13 @@ impl SourceState {
             ascii_only: false,
             started: false,
             at_eof: false,
+            counted: 0,
             newlines: Vec::new(),
             newline_index: 0,
         }
     }
 
+    /// Line and column of `data[counted]`.
     fn position(&self) -> Position {
         Position {
             line: self.line,
@@ -379,9 +384,23 @@ impl SourceState {
     }
 
     /// Consumes `data[start..to]`, moving line and column along.
-    #[inline]
     fn advance(&mut self, data: &[u8], to: usize) {
-        let bytes = &data[self.start..to];
+        self.start = to;
+        self.count_to(data, to);
+    }
+
+    /// Line and column of `data[at]`; `at` lies between where the last position was
+    /// worked out and `start`. Only element starts and problems need one, so the parser
+    /// moves `start` on without counting.
+    fn position_at(&mut self, data: &[u8], at: usize) -> Position {
+        self.count_to(data, at);
+        self.position()
+    }
+
+    /// Moves line and column on from `counted` to `to`.
+    fn count_to(&mut self, data: &[u8], to: usize) {
+        debug_assert!(self.counted <= to && to <= self.start.max(self.usable));
+        let bytes = &data[self.counted.min(to)..to];
         let chars = |b: &[u8]| {
             if self.window_ascii {
                 u32::try_from(b.len()).unwrap_or(u32::MAX)
@@ -401,7 +420,7 @@ impl SourceState {
         } else {
             self.column = self.column.saturating_add(chars(bytes));
         }
-        self.start = to;
+        self.counted = to;
     }
 
     /// Hands out the window only up to `at`, where `pending` is wrong.
@@ -488,6 +507,7 @@ impl SourceState {
         if (self.usable - self.start) as u64 > self.max_run_bytes {
             return Err(source_problem(&SourceFailure::RunTooLong, limits));
         }
+        self.count_to(data, self.start);
         if self.start > 0 {
             data.copy_within(self.start..self.end, 0);
             self.base += self.start as u64;
@@ -495,6 +515,7 @@ impl SourceState {
             self.checked -= self.start;
             self.usable -= self.start;
             self.start = 0;
+            self.counted = 0;
         }
         if data.len() < self.end + READ_BYTES {
             data.resize(self.end + READ_BYTES, 0);
@@ -529,6 +550,7 @@ impl SourceState {
             }
             if data[..self.end].starts_with(b"\xEF\xBB\xBF") {
                 self.start = 3;
+                self.counted = 3;
                 self.checked = 3;
                 self.usable = 3;
             }
@@ -881,6 +903,10 @@ impl<R: BufRead> FeedReader<R> {
             }
             let data = std::mem::take(&mut self.data);
             let result = self.pump_window(&data, goal);
+            if let Ok(Pumped::Step(_)) = result {
+                // `truncated` and `position` report where the parser stopped.
+                self.src.count_to(&data, self.src.start);
+            }
             self.data = data;
             match result? {
                 Pumped::Step(step) => return Ok(step),
@@ -905,22 +931,21 @@ impl<R: BufRead> FeedReader<R> {
         }
         loop {
             let at = self.src.start;
-            let position = self.src.position();
             let (token, next) = match fast_event(&data[at..window_end]) {
                 Some((token, length)) => (token, at + length),
-                None => match self.quick_event(data, at, window_end, position)? {
+                None => match self.quick_event(data, at, window_end)? {
                     Quick::Event(event, next) => (Token::Event(event), next),
                     Quick::Pumped(pumped) => return Ok(pumped),
                 },
             };
-            self.src.advance(data, next);
+            self.src.start = next;
             self.events += 1;
             let ascii_before = self.src.ascii_only;
             let step = match token {
-                Token::Event(event) => self.handle(data, event, position)?,
-                Token::End(name) => Some(self.on_end(name, position)?),
+                Token::Event(event) => self.handle(data, event, at)?,
+                Token::End(name) => Some(self.on_end(data, name, at)?),
                 Token::Text(text) => {
-                    self.on_text(position, Chars::Written(text))?;
+                    self.on_text(data, at, Chars::Written(text))?;
                     None
                 }
             };
@@ -944,15 +969,14 @@ impl<R: BufRead> FeedReader<R> {
         data: &'d [u8],
         at: usize,
         window_end: usize,
-        position: Position,
     ) -> Result<Quick<'d>, Problem> {
         let is_final = self.src.is_final();
         if data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
             // quick-xml would drop a U+FEFF at the start of its input as a byte order
             // mark; inside the document it is text.
-            self.src.advance(data, at + 3);
+            self.src.start = at + 3;
             self.events += 1;
-            self.on_text(position, Chars::Final("\u{FEFF}".as_bytes()))?;
+            self.on_text(data, at, Chars::Final("\u{FEFF}".as_bytes()))?;
             return Ok(Quick::Pumped(Pumped::Again));
         }
         let mut reader = Reader::from_reader(&data[at..window_end]);
@@ -974,6 +998,7 @@ impl<R: BufRead> FeedReader<R> {
             }
             Ok(event) => Ok(Quick::Event(event, next)),
             Err(error) => {
+                let position = self.src.position_at(data, at);
                 let cut = match &error {
                     XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
                     XmlError::Syntax(_) => true,
@@ -1018,8 +1043,9 @@ impl<R: BufRead> FeedReader<R> {
         &mut self,
         data: &[u8],
         event: Event<'_>,
-        position: Position,
+        at: usize,
     ) -> Result<Option<Step>, Problem> {
+        let position = self.src.position_at(data, at);
         let is_empty = matches!(event, Event::Empty(_));
         match event {
             Event::Decl(decl) => {
@@ -1090,7 +1116,7 @@ impl<R: BufRead> FeedReader<R> {
                 }
                 if self.src.trailing_partial {
                     return Err(source_problem(
-                        &SourceFailure::InvalidUtf8(self.src.position()),
+                        &SourceFailure::InvalidUtf8(self.src.position_at(data, self.src.start)),
                         self.limits,
                     ));
                 }
@@ -1207,16 +1233,16 @@ impl<R: BufRead> FeedReader<R> {
             }
             Event::End(end) => {
                 return self
-                    .on_end(end.name().as_ref().as_bytes(), position)
+                    .on_end(data, end.name().as_ref().as_bytes(), at)
                     .map(Some);
             }
-            Event::Text(text) => self.on_text(position, Chars::Written(text.as_bytes()))?,
+            Event::Text(text) => self.on_text(data, at, Chars::Written(text.as_bytes()))?,
             Event::CData(cdata) => {
                 if self.depth == 0 {
                     return Err(malformed(position, "CDATA outside the root element"));
                 }
                 let content = cdata.xml10_content();
-                self.on_text(position, Chars::Final(content.as_bytes()))?;
+                self.on_text(data, at, Chars::Final(content.as_bytes()))?;
             }
             Event::GeneralRef(reference) => {
                 if self.depth == 0 {
@@ -1256,14 +1282,14 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     },
                 };
-                self.on_text(position, Chars::Final(resolved.as_bytes()))?;
+                self.on_text(data, at, Chars::Final(resolved.as_bytes()))?;
             }
         }
         Ok(None)
     }
 
     /// An end tag named `found`.
-    fn on_end(&mut self, found: &[u8], position: Position) -> Result<Step, Problem> {
+    fn on_end(&mut self, data: &[u8], found: &[u8], at: usize) -> Result<Step, Problem> {
         let expected = match self.depth {
             0 => None,
             1 => self.root.root().map(|r| r.name()),
@@ -1279,6 +1305,7 @@ impl<R: BufRead> FeedReader<R> {
                     found,
                 },
             };
+            let position = self.src.position_at(data, at);
             return Err(xml_problem(&XmlError::IllFormed(error), position));
         }
         self.depth = self.depth.saturating_sub(1);
@@ -1291,14 +1318,16 @@ impl<R: BufRead> FeedReader<R> {
         Ok(Step::End)
     }
 
-    fn on_text(&mut self, position: Position, content: Chars<'_>) -> Result<(), Problem> {
+    /// Character data that starts at `data[at]`.
+    fn on_text(&mut self, data: &[u8], at: usize, content: Chars<'_>) -> Result<(), Problem> {
+        let src = &mut self.src;
         append_text(
             &mut self.tree,
             self.depth,
             self.current,
             &mut self.root_text,
             self.limits,
-            position,
+            || src.position_at(data, at),
             content,
         )
     }
@@ -1337,7 +1366,7 @@ fn append_text(
     current: usize,
     root_text: &mut Option<Position>,
     limits: Limits,
-    position: Position,
+    mut position: impl FnMut() -> Position,
     chars: Chars<'_>,
 ) -> Result<(), Problem> {
     let content = match chars {
@@ -1349,14 +1378,14 @@ fn append_text(
                 Ok(())
             } else {
                 Err(malformed(
-                    position,
+                    position(),
                     "text outside the root element (junk before or after the document?)",
                 ))
             }
         }
         1 => {
             if root_text.is_none() && !is_blank_bytes(content) {
-                *root_text = Some(position);
+                *root_text = Some(position());
             }
             Ok(())
         }
@@ -1370,8 +1399,9 @@ fn append_text(
                     Chars::Written(bytes) => normalize_eols(bytes),
                     Chars::Final(bytes) => Cow::Borrowed(bytes),
                 };
-                let content = std::str::from_utf8(&content)
-                    .map_err(|_| malformed(position, "internal: text split inside a character"))?;
+                let content = std::str::from_utf8(&content).map_err(|_| {
+                    malformed(position(), "internal: text split inside a character")
+                })?;
                 tree.strings.push_str(content);
                 node.text.end = tree.strings.len();
                 if (node.text.end - node.text.start) as u64 > limits.max_text_bytes {
@@ -1381,7 +1411,7 @@ fn append_text(
                         "a text node length in bytes",
                         limits.max_text_bytes,
                         "max_text_bytes",
-                        Some(position),
+                        Some(position()),
                         &name,
                     ));
                 }
