@@ -582,6 +582,7 @@ enum Token<'d> {
 /// so the rest of the reader treats them exactly like quick-xml's events. `None` for
 /// anything else, including an event that runs into the end of the window: quick-xml
 /// reads those.
+#[inline(always)]
 fn fast_event(window: &[u8]) -> Option<(Token<'_>, usize)> {
     if window.first()? != &b'<' {
         let stop = memchr::memchr2(b'<', b'&', window)?;
