@@ -1702,6 +1702,77 @@ mod tests {
         assert_eq!(reader.open_root().expect_err("still"), first);
     }
 
+    /// What quick-xml reads first from `input`, configured as [`FeedReader`] configures it.
+    fn quick_xml_event(input: &[u8]) -> Option<(Event<'_>, usize)> {
+        let mut reader = Reader::from_reader(input);
+        let config = reader.config_mut();
+        config.check_comments = true;
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        let event = reader.read_event().ok()?;
+        Some((event, reader.buffer_position() as usize))
+    }
+
+    #[test]
+    fn fast_events_are_what_quick_xml_reads() {
+        let mut samples: Vec<Vec<u8>> = [
+            "<a>",
+            "<a/>",
+            "<a x='1'>",
+            "<a x=\"1>2\" y='\"'/>",
+            "</a>",
+            "</a >",
+            "</a\n>",
+            "text<",
+            "te&amp;",
+            "<_a:b c = 'd' >",
+            "<a x='>'",
+            "</a x='>'>",
+            "<é x='ü'>",
+            "  \r\n <",
+            "<a\t/>",
+            "</>",
+            "<a//>",
+            "<:/>",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        // Plus random strings over the bytes that matter to the tokenizer.
+        let alphabet = b"<>/'\"&;=a b:\n\r\t!?-_";
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut sample = Vec::new();
+            for _ in 0..1 + seed % 12 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                sample.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            samples.push(sample);
+        }
+        for sample in &samples {
+            let Some((token, length)) = fast_event(sample) else {
+                continue;
+            };
+            let shown = String::from_utf8_lossy(sample);
+            let (event, quick_length) = quick_xml_event(sample).expect("quick-xml reads it");
+            assert_eq!(length, quick_length, "{shown:?}");
+            match (token, event) {
+                (Token::Event(fast), event) => assert_eq!(fast, event, "{shown:?}"),
+                (Token::End(name), Event::End(end)) => {
+                    assert_eq!(name, end.name().as_ref().as_bytes(), "{shown:?}");
+                }
+                (Token::Text(text), Event::Text(quick)) => {
+                    assert_eq!(text, quick.as_bytes(), "{shown:?}");
+                }
+                (_, event) => panic!("{shown:?}: quick-xml reads {event:?}"),
+            }
+        }
+    }
+
     #[test]
     fn an_empty_root_has_no_children() {
         let mut reader = FeedReader::new(
