@@ -3,8 +3,15 @@
 //! `Message`, ...) as a small arena [`Tree`] with line and column positions, enforcing
 //! [`Limits`] while reading and refusing DOCTYPE/entity declarations, non-UTF-8 input and
 //! anything that is not well-formed. Memory stays flat: one tree is reused for every child
-//! of the root, and the input is read into one reused window that quick-xml parses as a
-//! borrowed slice (no copy per event).
+//! of the root, and the input is read into one reused window whose events borrow from it
+//! (no copy per event).
+//!
+//! The window is checked once as it arrives (UTF-8, control characters, size), so the
+//! common events (start, empty and end tags, text without references) are sliced from it
+//! directly by `fast_event`; everything else (declaration, comments, CDATA, references,
+//! DOCTYPE, anything unusual or cut off) is read by quick-xml, which also words the
+//! well-formedness problems. Line and column are worked out from byte offsets only for
+//! element starts and problems.
 //!
 //! No business rules and no schema knowledge (that is `validate`), and no I/O beyond the
 //! `BufRead` it is given. Every problem this module reports is feed-level
@@ -287,11 +294,11 @@ const READ_BYTES: usize = 64 * 1024;
 
 /// The reader's own input window: bytes read from the inner reader into one reused buffer
 /// (owned by [`FeedReader`]), checked once in bulk as they arrive (UTF-8, forbidden control
-/// characters, US-ASCII when declared, the file size), and handed to quick-xml as a
-/// borrowed slice, so events borrow straight from it without a copy. Only the prefix up
-/// to the first bad byte (`usable`) is ever parsed: a problem is reported when the parser
-/// gets there, with the line and column of that byte. Line and column of the next byte
-/// are tracked as the parser consumes (line feeds found once per window with memchr).
+/// characters, US-ASCII when declared, the file size), so events borrow straight from it
+/// without a copy or another UTF-8 check. Only the prefix up to the first bad byte
+/// (`usable`) is ever parsed: a problem is reported when the parser gets there, with the
+/// line and column of that byte. Line and column are counted on demand from the last
+/// counted offset (line feeds found once per window with memchr).
 ///
 /// An event that runs into the end of the window before the file ends is parsed again
 /// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
