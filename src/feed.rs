@@ -321,6 +321,8 @@ struct SourceState {
     pending: Option<Pending>,
     /// `data[start..usable]` is ASCII (columns are byte counts).
     window_ascii: bool,
+    /// `data[start..usable]` holds a carriage return (text needs line-end handling).
+    window_cr: bool,
     /// The file ends with an incomplete multi-byte character (inside `usable`).
     trailing_partial: bool,
     /// 1-based line of the next byte.
@@ -360,6 +362,7 @@ impl SourceState {
             usable: 0,
             pending: None,
             window_ascii: true,
+            window_cr: false,
             trailing_partial: false,
             line: 1,
             column: 0,
@@ -474,6 +477,7 @@ impl SourceState {
             self.limit(allowed.max(self.start), Pending::FileTooLarge);
         }
         self.window_ascii = data[self.start..self.usable].is_ascii();
+        self.window_cr = memchr::memchr(b'\r', &data[self.start..self.usable]).is_some();
     }
 
     /// The declaration said US-ASCII: re-check what is left of the window.
@@ -953,7 +957,12 @@ impl<R: BufRead> FeedReader<R> {
                 Token::Event(event) => self.handle(data, event, at)?,
                 Token::End(name) => Some(self.on_end(data, name, at)?),
                 Token::Text(text) => {
-                    self.on_text(data, at, Chars::Written(text))?;
+                    let chars = if self.src.window_cr {
+                        Chars::Written(text)
+                    } else {
+                        Chars::Final(text)
+                    };
+                    self.on_text(data, at, chars)?;
                     None
                 }
             };
@@ -1363,7 +1372,8 @@ impl<R: BufRead> FeedReader<R> {
 enum Chars<'a> {
     /// As written in the file: line ends are still to be normalized.
     Written(&'a [u8]),
-    /// Final already (resolved references, CDATA normalized by quick-xml).
+    /// Final already (resolved references, CDATA normalized by quick-xml, text from a
+    /// window without carriage returns).
     Final(&'a [u8]),
 }
 
