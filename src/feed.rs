@@ -1496,7 +1496,9 @@ fn is_xml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     // Fast path: the feed's names are ASCII letters.
     if bytes.first().is_some_and(u8::is_ascii_alphabetic)
-        && bytes.iter().all(|&b| ASCII_NAME_BYTE[usize::from(b)])
+        && bytes
+            .iter()
+            .fold(true, |ok, &b| ok & ASCII_NAME_BYTE[usize::from(b)])
     {
         return true;
     }
