@@ -1169,55 +1169,49 @@ impl<R: BufRead> FeedReader<R> {
                 let id = tree.nodes.len();
                 let name_span = tree.push_str(name);
                 let attrs_start = tree.attrs.len();
-                let mut attributes = start.attributes();
-                // Duplicates need two attributes, and so two `=`: a single attribute is
-                // read without quick-xml's duplicate bookkeeping (an allocation).
-                if memchr::memchr_iter(b'=', start.attributes_raw().as_bytes())
-                    .nth(1)
-                    .is_none()
-                {
-                    attributes.with_checks(false);
-                }
-                for attribute in attributes {
-                    let attribute = match attribute {
-                        Ok(attribute) => attribute,
-                        Err(error) => {
+                let raw_attributes = start.attributes_raw();
+                if let Some((key, value)) = plain_attribute(raw_attributes) {
+                    push_attribute(tree, self.limits, position, name, key, value)?;
+                } else if !is_blank(raw_attributes) {
+                    let mut attributes = start.attributes();
+                    // Duplicates need two attributes, and so two `=`: a single attribute is
+                    // read without quick-xml's duplicate bookkeeping (an allocation).
+                    if memchr::memchr_iter(b'=', raw_attributes.as_bytes())
+                        .nth(1)
+                        .is_none()
+                    {
+                        attributes.with_checks(false);
+                    }
+                    for attribute in attributes {
+                        let attribute = match attribute {
+                            Ok(attribute) => attribute,
+                            Err(error) => {
+                                return Err(malformed(
+                                    position,
+                                    &format!("bad attribute in <{name}>: {error}"),
+                                ));
+                            }
+                        };
+                        let key = attribute.key.as_ref();
+                        if !is_xml_name(key) || attribute.value.contains('<') {
                             return Err(malformed(
                                 position,
-                                &format!("bad attribute in <{name}>: {error}"),
+                                &format!("bad attribute {key:?} in <{name}>"),
                             ));
                         }
-                    };
-                    let key = attribute.key.as_ref();
-                    if !is_xml_name(key) || attribute.value.contains('<') {
-                        return Err(malformed(
-                            position,
-                            &format!("bad attribute {key:?} in <{name}>"),
-                        ));
+                        let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
+                            Ok(value) => value,
+                            Err(error) => {
+                                return Err(malformed(
+                                    position,
+                                    &format!(
+                                        "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
+                                    ),
+                                ));
+                            }
+                        };
+                        push_attribute(tree, self.limits, position, name, key, &value)?;
                     }
-                    let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
-                        Ok(value) => value,
-                        Err(error) => {
-                            return Err(malformed(
-                                position,
-                                &format!(
-                                    "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
-                                ),
-                            ));
-                        }
-                    };
-                    if value.len() as u64 > self.limits.max_text_bytes {
-                        return Err(Limits::exceeded(
-                            "an attribute value length in bytes",
-                            self.limits.max_text_bytes,
-                            "max_text_bytes",
-                            Some(position),
-                            name,
-                        ));
-                    }
-                    let name = tree.push_str(key);
-                    let value = tree.push_str(&value);
-                    tree.attrs.push(Attr { name, value });
                 }
                 let text_at = tree.strings.len();
                 tree.nodes.push(Node {
@@ -1365,6 +1359,46 @@ impl<R: BufRead> FeedReader<R> {
         }
         Step::Start
     }
+}
+
+/// A lone `key="value"` (or single-quoted) attribute that needs none of quick-xml's
+/// attribute handling: one space before a valid name, nothing but white space after the
+/// value, and a value without references, `<` or characters that normalization changes.
+/// `None` for anything else (quick-xml reads those attributes and words their problems).
+fn plain_attribute(raw: &str) -> Option<(&str, &str)> {
+    let (key, rest) = raw.strip_prefix(' ')?.split_once('=')?;
+    let quote = rest.chars().next().filter(|c| matches!(c, '"' | '\''))?;
+    let (value, after) = rest[1..].split_once(quote)?;
+    let plain = is_xml_name(key)
+        && !value
+            .bytes()
+            .any(|b| matches!(b, b'<' | b'&' | b'\t' | b'\n' | b'\r'))
+        && is_blank(after);
+    plain.then_some((key, value))
+}
+
+/// Adds an attribute (normalized value) of element `element` to the tree.
+fn push_attribute(
+    tree: &mut Tree,
+    limits: Limits,
+    position: Position,
+    element: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), Problem> {
+    if value.len() as u64 > limits.max_text_bytes {
+        return Err(Limits::exceeded(
+            "an attribute value length in bytes",
+            limits.max_text_bytes,
+            "max_text_bytes",
+            Some(position),
+            element,
+        ));
+    }
+    let name = tree.push_str(key);
+    let value = tree.push_str(value);
+    tree.attrs.push(Attr { name, value });
+    Ok(())
 }
 
 /// A piece of character data on its way into the tree.
@@ -1789,6 +1823,45 @@ mod tests {
                 }
                 (_, event) => panic!("{shown:?}: quick-xml reads {event:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn plain_attributes_are_what_quick_xml_reads() {
+        let samples = [
+            " a=\"1\"",
+            " a='1'",
+            " a=\"x'y\"  ",
+            " xsi:type=\"b\"",
+            " a = \"1\"",
+            " a=\"1\"b",
+            " a=\"1\" b=\"2\"",
+            " a=\"1&amp;\"",
+            " a=\"1\t2\"",
+            " 1a=\"1\"",
+            " a=\"<\"",
+            "a=\"1\"",
+            " a=1",
+            " a=\"1",
+            " a=\"\"",
+        ];
+        for raw in samples {
+            let Some((key, value)) = plain_attribute(raw) else {
+                continue;
+            };
+            let content = format!("e{raw}");
+            let start = BytesStart::from_content(content.as_str(), 1);
+            let quick: Vec<(String, String)> = start
+                .attributes()
+                .map(|a| {
+                    let a = a.expect("quick-xml reads it");
+                    let value = a
+                        .normalized_value(XmlVersion::Implicit1_0)
+                        .expect("no references");
+                    (a.key.as_ref().to_owned(), value.into_owned())
+                })
+                .collect();
+            assert_eq!(quick, [(key.to_owned(), value.to_owned())], "{raw:?}");
         }
     }
 
