@@ -8,7 +8,7 @@
 //!
 //! The window is checked once as it arrives (UTF-8, control characters, size), so the
 //! common events (start, empty and end tags, text without references) are sliced from it
-//! directly by `fast_event`; everything else (declaration, comments, CDATA, references,
+//! directly (`text_run`, `end_tag`, `start_tag`); everything else (declaration, comments, CDATA, references,
 //! DOCTYPE, anything unusual or cut off) is read by quick-xml, which also words the
 //! well-formedness problems. Line and column are worked out from byte offsets only for
 //! element starts and problems.
@@ -576,60 +576,57 @@ impl SourceState {
     }
 }
 
-/// One event of the document.
-enum Token<'d> {
-    /// Read by quick-xml, or a start or empty tag built with its constructor.
-    Event(Event<'d>),
-    /// An end tag's name, trailing white space removed.
-    End(&'d [u8]),
-    /// Text up to the next `<` or `&`, as written.
-    Text(&'d [u8]),
+// The common events are sliced straight from the start of the window (checked UTF-8) by
+// `text_run`, `end_tag` and `start_tag`: text up to the next `<` or `&`, and tags whose
+// name starts with an ASCII letter, `_` or `:`. A tag ends where quick-xml would end it
+// (the first `>` outside quotes) and start tags are built with quick-xml's constructor, so
+// the rest of the reader treats them exactly like quick-xml's events. Each returns `None`
+// for anything else, including an event that runs into the end of the window: quick-xml
+// reads those.
+
+/// The length of the text at the start of `window` (up to the next `<` or `&`).
+#[inline(always)]
+fn text_run(window: &[u8]) -> Option<usize> {
+    memchr::memchr2(b'<', b'&', window).filter(|&length| length > 0)
 }
 
-/// The common events, sliced straight from the start of `window` (checked UTF-8): start,
-/// empty and end tags whose name starts with an ASCII letter, `_` or `:`, and text up to
-/// the next `<` or `&`, with the length consumed. A tag ends where quick-xml would end it
-/// (the first `>` outside quotes) and start tags are built with quick-xml's constructor,
-/// so the rest of the reader treats them exactly like quick-xml's events. `None` for
-/// anything else, including an event that runs into the end of the window: quick-xml
-/// reads those.
+/// The name of the end tag at the start of `window` (trailing white space removed) and
+/// the tag's length.
 #[inline(always)]
-fn fast_event(window: &[u8]) -> Option<(Token<'_>, usize)> {
-    if window.first()? != &b'<' {
-        let stop = memchr::memchr2(b'<', b'&', window)?;
-        return (stop > 0).then(|| (Token::Text(&window[..stop]), stop));
+fn end_tag(window: &[u8]) -> Option<(&[u8], usize)> {
+    let close = tag_end(window)?;
+    let content = window.get(2..close)?;
+    let length = content
+        .iter()
+        .rposition(|&b| !is_xml_space_byte(b))
+        .map_or(0, |last| last + 1);
+    Some((&content[..length], close + 1))
+}
+
+/// The start or empty tag at the start of `window` and its length.
+#[inline(always)]
+fn start_tag(window: &[u8]) -> Option<(Event<'_>, usize)> {
+    let first = *window.get(1)?;
+    if !(first.is_ascii_alphabetic() || matches!(first, b'_' | b':')) {
+        return None;
     }
-    match window.get(1)? {
-        b'/' => {
-            let close = tag_end(window)?;
-            let content = &window[2..close];
-            let length = content
-                .iter()
-                .rposition(|&b| !is_xml_space_byte(b))
-                .map_or(0, |last| last + 1);
-            Some((Token::End(&content[..length]), close + 1))
-        }
-        b if b.is_ascii_alphabetic() || matches!(b, b'_' | b':') => {
-            let close = tag_end(window)?;
-            let content = &window[1..close];
-            let (content, is_empty) = match content.strip_suffix(b"/") {
-                Some(content) => (content, true),
-                None => (content, false),
-            };
-            let name_length = content
-                .iter()
-                .position(|&b| is_xml_space_byte(b))
-                .unwrap_or(content.len());
-            let start = BytesStart::from_content(std::str::from_utf8(content).ok()?, name_length);
-            let event = if is_empty {
-                Event::Empty(start)
-            } else {
-                Event::Start(start)
-            };
-            Some((Token::Event(event), close + 1))
-        }
-        _ => None,
-    }
+    let close = tag_end(window)?;
+    let content = &window[1..close];
+    let (content, is_empty) = match content.strip_suffix(b"/") {
+        Some(content) => (content, true),
+        None => (content, false),
+    };
+    let name_length = content
+        .iter()
+        .position(|&b| is_xml_space_byte(b))
+        .unwrap_or(content.len());
+    let start = BytesStart::from_content(std::str::from_utf8(content).ok()?, name_length);
+    let event = if is_empty {
+        Event::Empty(start)
+    } else {
+        Event::Start(start)
+    };
+    Some((event, close + 1))
 }
 
 /// The offset of the `>` that closes the tag at the start of `window`: the first one
@@ -932,7 +929,8 @@ impl<R: BufRead> FeedReader<R> {
     }
 
     /// Parses events from the window `data[start..usable]` until `goal` is reached or the
-    /// window runs out: the common events with [`fast_event`], anything else with a
+    /// window runs out: the common events with [`text_run`], [`end_tag`] and [`start_tag`],
+    /// anything else with a
     /// borrowed quick-xml reader over the rest of the window (one event each).
     fn pump_window(&mut self, data: &[u8], goal: Goal) -> Result<Pumped, Problem> {
         let window_start = self.src.start;
@@ -943,42 +941,59 @@ impl<R: BufRead> FeedReader<R> {
         }
         loop {
             let at = self.src.start;
-            let (token, next) = match fast_event(&data[at..window_end]) {
-                Some((token, length)) => (token, at + length),
-                None => match self.quick_event(data, at, window_end)? {
-                    Quick::Event(event, next) => (Token::Event(event), next),
-                    Quick::Pumped(pumped) => return Ok(pumped),
-                },
-            };
-            self.src.start = next;
-            self.events += 1;
-            let ascii_before = self.src.ascii_only;
-            let step = match token {
-                Token::Event(event) => self.handle(data, event, at)?,
-                Token::End(name) => Some(self.on_end(data, name, at)?),
-                Token::Text(text) => {
+            let window = &data[at..window_end];
+            // One dispatch on the first bytes; each branch finishes its event.
+            let fast = if window.first() != Some(&b'<') {
+                text_run(window).map(|length| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    let text = &window[..length];
                     let chars = if self.src.window_cr {
                         Chars::Written(text)
                     } else {
                         Chars::Final(text)
                     };
-                    self.on_text(data, at, chars)?;
-                    None
-                }
+                    self.on_text(data, at, chars).map(|()| None)
+                })
+            } else if window.get(1) == Some(&b'/') {
+                end_tag(window).map(|(name, length)| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    self.on_end(data, name, at).map(Some)
+                })
+            } else {
+                start_tag(window).map(|(event, length)| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    self.handle(data, event, at)
+                })
+            };
+            let step = match fast {
+                Some(step) => step?,
+                None => match self.quick_event(data, at, window_end)? {
+                    Quick::Event(event, next) => {
+                        self.src.start = next;
+                        self.events += 1;
+                        let ascii_before = self.src.ascii_only;
+                        let step = self.handle(data, event, at)?;
+                        if self.src.ascii_only != ascii_before {
+                            // The window may have shrunk.
+                            return Ok(Pumped::Again);
+                        }
+                        step
+                    }
+                    Quick::Pumped(pumped) => return Ok(pumped),
+                },
             };
             if let Some(step) = step
                 && goal.reached(step, self.depth, self.state)
             {
                 return Ok(Pumped::Step(step));
             }
-            if self.src.ascii_only != ascii_before {
-                // The window may have shrunk.
-                return Ok(Pumped::Again);
-            }
         }
     }
 
-    /// Reads the event at `data[at..]` with quick-xml: everything [`fast_event`] leaves
+    /// Reads the event at `data[at..]` with quick-xml: everything the fast path leaves
     /// alone (declarations, comments, CDATA, references, DOCTYPE, anything unusual or cut
     /// off by the end of the window), so that problems are reported in its words.
     fn quick_event<'d>(
@@ -1807,21 +1822,35 @@ mod tests {
             samples.push(sample);
         }
         for sample in &samples {
-            let Some((token, length)) = fast_event(sample) else {
-                continue;
-            };
             let shown = String::from_utf8_lossy(sample);
-            let (event, quick_length) = quick_xml_event(sample).expect("quick-xml reads it");
-            assert_eq!(length, quick_length, "{shown:?}");
-            match (token, event) {
-                (Token::Event(fast), event) => assert_eq!(fast, event, "{shown:?}"),
-                (Token::End(name), Event::End(end)) => {
+            let checked = match (sample.first(), sample.get(1)) {
+                (Some(b'<'), Some(b'/')) => end_tag(sample).map(|(name, length)| {
+                    let (event, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    let Event::End(end) = event else {
+                        panic!("{shown:?}: quick-xml reads {event:?}");
+                    };
                     assert_eq!(name, end.name().as_ref().as_bytes(), "{shown:?}");
-                }
-                (Token::Text(text), Event::Text(quick)) => {
-                    assert_eq!(text, quick.as_bytes(), "{shown:?}");
-                }
-                (_, event) => panic!("{shown:?}: quick-xml reads {event:?}"),
+                    (length, quick_length)
+                }),
+                (Some(b'<'), _) => start_tag(sample).map(|(event, length)| {
+                    let (quick, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    assert_eq!(event, quick, "{shown:?}");
+                    (length, quick_length)
+                }),
+                _ => text_run(sample).map(|length| {
+                    let (event, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    let Event::Text(text) = event else {
+                        panic!("{shown:?}: quick-xml reads {event:?}");
+                    };
+                    assert_eq!(&sample[..length], text.as_bytes(), "{shown:?}");
+                    (length, quick_length)
+                }),
+            };
+            if let Some((length, quick_length)) = checked {
+                assert_eq!(length, quick_length, "{shown:?}");
             }
         }
     }
