@@ -8,10 +8,10 @@
 //!
 //! The window is checked once as it arrives (UTF-8, control characters, size), so the
 //! common events (start, empty and end tags, text without references) are sliced from it
-//! directly (`text_run`, `end_tag`, `start_tag`); everything else (declaration, comments, CDATA, references,
-//! DOCTYPE, anything unusual or cut off) is read by quick-xml, which also words the
-//! well-formedness problems. Line and column are worked out from byte offsets only for
-//! element starts and problems.
+//! directly (`text_run`, `end_tag`, `start_tag`); everything else (declaration, comments,
+//! CDATA, references, DOCTYPE, anything unusual or cut off) is read by quick-xml, which
+//! also words the well-formedness problems. Line and column are worked out from byte
+//! offsets only for element starts and problems.
 //!
 //! No business rules and no schema knowledge (that is `validate`), and no I/O beyond the
 //! `BufRead` it is given. Every problem this module reports is feed-level
@@ -930,8 +930,8 @@ impl<R: BufRead> FeedReader<R> {
 
     /// Parses events from the window `data[start..usable]` until `goal` is reached or the
     /// window runs out: the common events with [`text_run`], [`end_tag`] and [`start_tag`],
-    /// anything else with a
-    /// borrowed quick-xml reader over the rest of the window (one event each).
+    /// anything else with a borrowed quick-xml reader over the rest of the window (one
+    /// event each).
     fn pump_window(&mut self, data: &[u8], goal: Goal) -> Result<Pumped, Problem> {
         let window_start = self.src.start;
         let window_end = self.src.usable;
