@@ -3,8 +3,15 @@
 //! `Message`, ...) as a small arena [`Tree`] with line and column positions, enforcing
 //! [`Limits`] while reading and refusing DOCTYPE/entity declarations, non-UTF-8 input and
 //! anything that is not well-formed. Memory stays flat: one tree is reused for every child
-//! of the root, and the input is read into one reused window that quick-xml parses as a
-//! borrowed slice (no copy per event).
+//! of the root, and the input is read into one reused window whose events borrow from it
+//! (no copy per event).
+//!
+//! The window is checked once as it arrives (UTF-8, control characters, size), so the
+//! common events (start, empty and end tags, text without references) are sliced from it
+//! directly (`text_run`, `end_tag`, `start_tag`); everything else (declaration, comments,
+//! CDATA, references, DOCTYPE, anything unusual or cut off) is read by quick-xml, which
+//! also words the well-formedness problems. Line and column are worked out from byte
+//! offsets only for element starts and problems.
 //!
 //! No business rules and no schema knowledge (that is `validate`), and no I/O beyond the
 //! `BufRead` it is given. Every problem this module reports is feed-level
@@ -14,10 +21,11 @@
 // move the allocation to every caller.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::io::{self, BufRead};
 
 use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
-use quick_xml::events::Event;
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::model::{MessageId, Position};
@@ -286,11 +294,11 @@ const READ_BYTES: usize = 64 * 1024;
 
 /// The reader's own input window: bytes read from the inner reader into one reused buffer
 /// (owned by [`FeedReader`]), checked once in bulk as they arrive (UTF-8, forbidden control
-/// characters, US-ASCII when declared, the file size), and handed to quick-xml as a
-/// borrowed slice, so events borrow straight from it without a copy. Only the prefix up
-/// to the first bad byte (`usable`) is ever parsed: a problem is reported when the parser
-/// gets there, with the line and column of that byte. Line and column of the next byte
-/// are tracked as the parser consumes (line feeds found once per window with memchr).
+/// characters, US-ASCII when declared, the file size), so events borrow straight from it
+/// without a copy or another UTF-8 check. Only the prefix up to the first bad byte
+/// (`usable`) is ever parsed: a problem is reported when the parser gets there, with the
+/// line and column of that byte. Line and column are counted on demand from the last
+/// counted offset (line feeds found once per window with memchr).
 ///
 /// An event that runs into the end of the window before the file ends is parsed again
 /// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
@@ -313,6 +321,8 @@ struct SourceState {
     pending: Option<Pending>,
     /// `data[start..usable]` is ASCII (columns are byte counts).
     window_ascii: bool,
+    /// `data[start..usable]` holds a carriage return (text needs line-end handling).
+    window_cr: bool,
     /// The file ends with an incomplete multi-byte character (inside `usable`).
     trailing_partial: bool,
     /// 1-based line of the next byte.
@@ -322,6 +332,9 @@ struct SourceState {
     ascii_only: bool,
     started: bool,
     at_eof: bool,
+    /// Where `line` and `column` were counted to (at most `start`; see
+    /// [`SourceState::position_at`]).
+    counted: usize,
     /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
     newlines: Vec<usize>,
     /// Index of the first line feed not consumed yet.
@@ -349,17 +362,20 @@ impl SourceState {
             usable: 0,
             pending: None,
             window_ascii: true,
+            window_cr: false,
             trailing_partial: false,
             line: 1,
             column: 0,
             ascii_only: false,
             started: false,
             at_eof: false,
+            counted: 0,
             newlines: Vec::new(),
             newline_index: 0,
         }
     }
 
+    /// Line and column of `data[counted]`.
     fn position(&self) -> Position {
         Position {
             line: self.line,
@@ -378,9 +394,23 @@ impl SourceState {
     }
 
     /// Consumes `data[start..to]`, moving line and column along.
-    #[inline]
     fn advance(&mut self, data: &[u8], to: usize) {
-        let bytes = &data[self.start..to];
+        self.start = to;
+        self.count_to(data, to);
+    }
+
+    /// Line and column of `data[at]`; `at` lies between where the last position was
+    /// worked out and `start`. Only element starts and problems need one, so the parser
+    /// moves `start` on without counting.
+    fn position_at(&mut self, data: &[u8], at: usize) -> Position {
+        self.count_to(data, at);
+        self.position()
+    }
+
+    /// Moves line and column on from `counted` to `to`.
+    fn count_to(&mut self, data: &[u8], to: usize) {
+        debug_assert!(self.counted <= to && to <= self.start.max(self.usable));
+        let bytes = &data[self.counted.min(to)..to];
         let chars = |b: &[u8]| {
             if self.window_ascii {
                 u32::try_from(b.len()).unwrap_or(u32::MAX)
@@ -400,7 +430,7 @@ impl SourceState {
         } else {
             self.column = self.column.saturating_add(chars(bytes));
         }
-        self.start = to;
+        self.counted = to;
     }
 
     /// Hands out the window only up to `at`, where `pending` is wrong.
@@ -447,6 +477,7 @@ impl SourceState {
             self.limit(allowed.max(self.start), Pending::FileTooLarge);
         }
         self.window_ascii = data[self.start..self.usable].is_ascii();
+        self.window_cr = memchr::memchr(b'\r', &data[self.start..self.usable]).is_some();
     }
 
     /// The declaration said US-ASCII: re-check what is left of the window.
@@ -487,6 +518,7 @@ impl SourceState {
         if (self.usable - self.start) as u64 > self.max_run_bytes {
             return Err(source_problem(&SourceFailure::RunTooLong, limits));
         }
+        self.count_to(data, self.start);
         if self.start > 0 {
             data.copy_within(self.start..self.end, 0);
             self.base += self.start as u64;
@@ -494,6 +526,7 @@ impl SourceState {
             self.checked -= self.start;
             self.usable -= self.start;
             self.start = 0;
+            self.counted = 0;
         }
         if data.len() < self.end + READ_BYTES {
             data.resize(self.end + READ_BYTES, 0);
@@ -528,6 +561,7 @@ impl SourceState {
             }
             if data[..self.end].starts_with(b"\xEF\xBB\xBF") {
                 self.start = 3;
+                self.counted = 3;
                 self.checked = 3;
                 self.usable = 3;
             }
@@ -540,6 +574,78 @@ impl SourceState {
             .extend(memchr::memchr_iter(b'\n', &data[start..self.usable]).map(|i| i + start));
         Ok(())
     }
+}
+
+// The common events are sliced straight from the start of the window (checked UTF-8) by
+// `text_run`, `end_tag` and `start_tag`: text up to the next `<` or `&`, and tags whose
+// name starts with an ASCII letter, `_` or `:`. A tag ends where quick-xml would end it
+// (the first `>` outside quotes) and start tags are built with quick-xml's constructor, so
+// the rest of the reader treats them exactly like quick-xml's events. Each returns `None`
+// for anything else, including an event that runs into the end of the window: quick-xml
+// reads those.
+
+/// The length of the text at the start of `window` (up to the next `<` or `&`).
+#[inline(always)]
+fn text_run(window: &[u8]) -> Option<usize> {
+    memchr::memchr2(b'<', b'&', window).filter(|&length| length > 0)
+}
+
+/// The name of the end tag at the start of `window` (trailing white space removed) and
+/// the tag's length.
+#[inline(always)]
+fn end_tag(window: &[u8]) -> Option<(&[u8], usize)> {
+    let close = tag_end(window)?;
+    let content = window.get(2..close)?;
+    let length = content
+        .iter()
+        .rposition(|&b| !is_xml_space_byte(b))
+        .map_or(0, |last| last + 1);
+    Some((&content[..length], close + 1))
+}
+
+/// The start or empty tag at the start of `window` and its length.
+#[inline(always)]
+fn start_tag(window: &[u8]) -> Option<(Event<'_>, usize)> {
+    let first = *window.get(1)?;
+    if !(first.is_ascii_alphabetic() || matches!(first, b'_' | b':')) {
+        return None;
+    }
+    let close = tag_end(window)?;
+    let content = &window[1..close];
+    let (content, is_empty) = match content.strip_suffix(b"/") {
+        Some(content) => (content, true),
+        None => (content, false),
+    };
+    let name_length = content
+        .iter()
+        .position(|&b| is_xml_space_byte(b))
+        .unwrap_or(content.len());
+    let start = BytesStart::from_content(std::str::from_utf8(content).ok()?, name_length);
+    let event = if is_empty {
+        Event::Empty(start)
+    } else {
+        Event::Start(start)
+    };
+    Some((event, close + 1))
+}
+
+/// The offset of the `>` that closes the tag at the start of `window`: the first one
+/// outside single or double quotes (quick-xml's rule).
+fn tag_end(window: &[u8]) -> Option<usize> {
+    let mut quote = None;
+    for index in memchr::memchr3_iter(b'>', b'\'', b'"', window) {
+        match (quote, window[index]) {
+            (None, b'>') => return Some(index),
+            (None, q) => quote = Some(q),
+            (Some(open), q) if open == q => quote = None,
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_xml_space_byte(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// C0 control characters other than tab, line feed and carriage return are not XML
@@ -603,6 +709,14 @@ enum Pumped {
     Again,
     /// The event at the start of the window needs more bytes.
     NeedMore,
+}
+
+/// What [`FeedReader::quick_event`] found.
+enum Quick<'d> {
+    /// An event and the offset just after it.
+    Event(Event<'d>, usize),
+    /// No event; the pump ends with this.
+    Pumped(Pumped),
 }
 
 /// Where the reader is in the document.
@@ -798,6 +912,10 @@ impl<R: BufRead> FeedReader<R> {
             }
             let data = std::mem::take(&mut self.data);
             let result = self.pump_window(&data, goal);
+            if let Ok(Pumped::Step(_)) = result {
+                // `truncated` and `position` report where the parser stopped.
+                self.src.count_to(&data, self.src.start);
+            }
             self.data = data;
             match result? {
                 Pumped::Step(step) => return Ok(step),
@@ -810,8 +928,10 @@ impl<R: BufRead> FeedReader<R> {
         }
     }
 
-    /// Parses events from the window `data[start..usable]` with one borrowed quick-xml
-    /// reader until `goal` is reached or the window runs out.
+    /// Parses events from the window `data[start..usable]` until `goal` is reached or the
+    /// window runs out: the common events with [`text_run`], [`end_tag`] and [`start_tag`],
+    /// anything else with a borrowed quick-xml reader over the rest of the window (one
+    /// event each).
     fn pump_window(&mut self, data: &[u8], goal: Goal) -> Result<Pumped, Problem> {
         let window_start = self.src.start;
         let window_end = self.src.usable;
@@ -819,82 +939,127 @@ impl<R: BufRead> FeedReader<R> {
         if window_start == window_end && !is_final {
             return Ok(Pumped::NeedMore);
         }
-        let mut reader = Reader::from_reader(&data[window_start..window_end]);
+        loop {
+            let at = self.src.start;
+            let window = &data[at..window_end];
+            // One dispatch on the first bytes; each branch finishes its event.
+            let fast = if window.first() != Some(&b'<') {
+                text_run(window).map(|length| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    let text = &window[..length];
+                    let chars = if self.src.window_cr {
+                        Chars::Written(text)
+                    } else {
+                        Chars::Final(text)
+                    };
+                    self.on_text(data, at, chars).map(|()| None)
+                })
+            } else if window.get(1) == Some(&b'/') {
+                end_tag(window).map(|(name, length)| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    self.on_end(data, name, at).map(Some)
+                })
+            } else {
+                start_tag(window).map(|(event, length)| {
+                    self.src.start = at + length;
+                    self.events += 1;
+                    self.handle(data, event, at)
+                })
+            };
+            let step = match fast {
+                Some(step) => step?,
+                None => match self.quick_event(data, at, window_end)? {
+                    Quick::Event(event, next) => {
+                        self.src.start = next;
+                        self.events += 1;
+                        let ascii_before = self.src.ascii_only;
+                        let step = self.handle(data, event, at)?;
+                        if self.src.ascii_only != ascii_before {
+                            // The window may have shrunk.
+                            return Ok(Pumped::Again);
+                        }
+                        step
+                    }
+                    Quick::Pumped(pumped) => return Ok(pumped),
+                },
+            };
+            if let Some(step) = step
+                && goal.reached(step, self.depth, self.state)
+            {
+                return Ok(Pumped::Step(step));
+            }
+        }
+    }
+
+    /// Reads the event at `data[at..]` with quick-xml: everything the fast path leaves
+    /// alone (declarations, comments, CDATA, references, DOCTYPE, anything unusual or cut
+    /// off by the end of the window), so that problems are reported in its words.
+    fn quick_event<'d>(
+        &mut self,
+        data: &'d [u8],
+        at: usize,
+        window_end: usize,
+    ) -> Result<Quick<'d>, Problem> {
+        let is_final = self.src.is_final();
+        if data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
+            // quick-xml would drop a U+FEFF at the start of its input as a byte order
+            // mark; inside the document it is text.
+            self.src.start = at + 3;
+            self.events += 1;
+            self.on_text(data, at, Chars::Final("\u{FEFF}".as_bytes()))?;
+            return Ok(Quick::Pumped(Pumped::Again));
+        }
+        let mut reader = Reader::from_reader(&data[at..window_end]);
         let config = reader.config_mut();
         config.check_comments = true;
         config.check_end_names = false;
         config.allow_unmatched_ends = true;
         config.expand_empty_elements = false;
         config.trim_text(false);
-        loop {
-            let at = self.src.start;
-            debug_assert_eq!(at, window_start + reader.buffer_position() as usize);
-            if at == window_start && data[at..window_end].starts_with(b"\xEF\xBB\xBF") {
-                // quick-xml would drop a U+FEFF at the start of its input as a byte order
-                // mark; inside the document it is text.
-                let position = self.src.position();
-                self.src.advance(data, at + 3);
-                self.events += 1;
-                self.on_text(position, "\u{FEFF}")?;
-                return Ok(Pumped::Again);
+        let result = reader.read_event();
+        let next = at + reader.buffer_position() as usize;
+        match result {
+            Ok(Event::Eof) if !is_final => Ok(Quick::Pumped(Pumped::NeedMore)),
+            Ok(Event::Text(_)) if next == window_end && !is_final => {
+                Ok(Quick::Pumped(Pumped::NeedMore))
             }
-            let position = self.src.position();
-            let result = reader.read_event();
-            let next = window_start + reader.buffer_position() as usize;
-            let event = match result {
-                Ok(Event::Eof) if !is_final => return Ok(Pumped::NeedMore),
-                Ok(Event::Text(_)) if next == window_end && !is_final => {
-                    return Ok(Pumped::NeedMore);
+            Ok(Event::Eof | Event::Text(_)) if next == window_end && self.src.pending.is_some() => {
+                Err(self.pending_problem(data))
+            }
+            Ok(event) => Ok(Quick::Event(event, next)),
+            Err(error) => {
+                let position = self.src.position_at(data, at);
+                let cut = match &error {
+                    XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
+                    XmlError::Syntax(_) => true,
+                    XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
+                        b';',
+                        b'<',
+                        b'&',
+                        &data[(at + 1).min(window_end)..window_end],
+                    )
+                    .is_none(),
+                    _ => false,
+                };
+                if cut && !is_final {
+                    return Ok(Quick::Pumped(Pumped::NeedMore));
                 }
-                Ok(Event::Eof | Event::Text(_))
-                    if next == window_end && self.src.pending.is_some() =>
-                {
+                if cut && self.src.pending.is_some() {
                     return Err(self.pending_problem(data));
                 }
-                Ok(event) => event,
-                Err(error) => {
-                    let cut = match &error {
-                        XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
-                        XmlError::Syntax(_) => true,
-                        XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
-                            b';',
-                            b'<',
-                            b'&',
-                            &data[(at + 1).min(window_end)..window_end],
-                        )
-                        .is_none(),
-                        _ => false,
-                    };
-                    if cut && !is_final {
-                        return Ok(Pumped::NeedMore);
-                    }
-                    if cut && self.src.pending.is_some() {
-                        return Err(self.pending_problem(data));
-                    }
-                    // An upload cut inside a tag, comment or multi-byte character is
-                    // incomplete, not broken.
-                    let cut = matches!(error, XmlError::Syntax(_))
-                        || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
-                    if self.src.at_eof && cut && self.state != State::AfterRoot {
-                        self.src.advance(data, window_end);
-                        return Err(
-                            self.truncated("the file ends inside markup or a multi-byte character")
-                        );
-                    }
-                    return Err(xml_problem(&error, position));
+                // An upload cut inside a tag, comment or multi-byte character is
+                // incomplete, not broken.
+                let cut = matches!(error, XmlError::Syntax(_))
+                    || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
+                if self.src.at_eof && cut && self.state != State::AfterRoot {
+                    self.src.advance(data, window_end);
+                    return Err(
+                        self.truncated("the file ends inside markup or a multi-byte character")
+                    );
                 }
-            };
-            self.src.advance(data, next);
-            self.events += 1;
-            let ascii_before = self.src.ascii_only;
-            if let Some(step) = self.handle(data, event, position)?
-                && goal.reached(step, self.depth, self.state)
-            {
-                return Ok(Pumped::Step(step));
-            }
-            if self.src.ascii_only != ascii_before {
-                // The window may have shrunk.
-                return Ok(Pumped::Again);
+                Err(xml_problem(&error, position))
             }
         }
     }
@@ -910,8 +1075,9 @@ impl<R: BufRead> FeedReader<R> {
         &mut self,
         data: &[u8],
         event: Event<'_>,
-        position: Position,
+        at: usize,
     ) -> Result<Option<Step>, Problem> {
+        let position = self.src.position_at(data, at);
         let is_empty = matches!(event, Event::Empty(_));
         match event {
             Event::Decl(decl) => {
@@ -982,7 +1148,7 @@ impl<R: BufRead> FeedReader<R> {
                 }
                 if self.src.trailing_partial {
                     return Err(source_problem(
-                        &SourceFailure::InvalidUtf8(self.src.position()),
+                        &SourceFailure::InvalidUtf8(self.src.position_at(data, self.src.start)),
                         self.limits,
                     ));
                 }
@@ -1018,55 +1184,49 @@ impl<R: BufRead> FeedReader<R> {
                 let id = tree.nodes.len();
                 let name_span = tree.push_str(name);
                 let attrs_start = tree.attrs.len();
-                let mut attributes = start.attributes();
-                // Duplicates need two attributes, and so two `=`: a single attribute is
-                // read without quick-xml's duplicate bookkeeping (an allocation).
-                if memchr::memchr_iter(b'=', start.attributes_raw().as_bytes())
-                    .nth(1)
-                    .is_none()
-                {
-                    attributes.with_checks(false);
-                }
-                for attribute in attributes {
-                    let attribute = match attribute {
-                        Ok(attribute) => attribute,
-                        Err(error) => {
+                let raw_attributes = start.attributes_raw();
+                if let Some((key, value)) = plain_attribute(raw_attributes) {
+                    push_attribute(tree, self.limits, position, name, key, value)?;
+                } else if !is_blank(raw_attributes) {
+                    let mut attributes = start.attributes();
+                    // Duplicates need two attributes, and so two `=`: a single attribute is
+                    // read without quick-xml's duplicate bookkeeping (an allocation).
+                    if memchr::memchr_iter(b'=', raw_attributes.as_bytes())
+                        .nth(1)
+                        .is_none()
+                    {
+                        attributes.with_checks(false);
+                    }
+                    for attribute in attributes {
+                        let attribute = match attribute {
+                            Ok(attribute) => attribute,
+                            Err(error) => {
+                                return Err(malformed(
+                                    position,
+                                    &format!("bad attribute in <{name}>: {error}"),
+                                ));
+                            }
+                        };
+                        let key = attribute.key.as_ref();
+                        if !is_xml_name(key) || attribute.value.contains('<') {
                             return Err(malformed(
                                 position,
-                                &format!("bad attribute in <{name}>: {error}"),
+                                &format!("bad attribute {key:?} in <{name}>"),
                             ));
                         }
-                    };
-                    let key = attribute.key.as_ref();
-                    if !is_xml_name(key) || attribute.value.contains('<') {
-                        return Err(malformed(
-                            position,
-                            &format!("bad attribute {key:?} in <{name}>"),
-                        ));
+                        let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
+                            Ok(value) => value,
+                            Err(error) => {
+                                return Err(malformed(
+                                    position,
+                                    &format!(
+                                        "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
+                                    ),
+                                ));
+                            }
+                        };
+                        push_attribute(tree, self.limits, position, name, key, &value)?;
                     }
-                    let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
-                        Ok(value) => value,
-                        Err(error) => {
-                            return Err(malformed(
-                                position,
-                                &format!(
-                                    "bad attribute value of {key} in <{name}>: {error} (only the five predefined entities and character references are accepted)"
-                                ),
-                            ));
-                        }
-                    };
-                    if value.len() as u64 > self.limits.max_text_bytes {
-                        return Err(Limits::exceeded(
-                            "an attribute value length in bytes",
-                            self.limits.max_text_bytes,
-                            "max_text_bytes",
-                            Some(position),
-                            name,
-                        ));
-                    }
-                    let name = tree.push_str(key);
-                    let value = tree.push_str(&value);
-                    tree.attrs.push(Attr { name, value });
                 }
                 let text_at = tree.strings.len();
                 tree.nodes.push(Node {
@@ -1098,59 +1258,17 @@ impl<R: BufRead> FeedReader<R> {
                 return Ok(Some(self.opened(id, new_depth, is_empty)));
             }
             Event::End(end) => {
-                let found = end.name();
-                let found = found.as_ref();
-                let expected = match self.depth {
-                    0 => None,
-                    1 => self.root.root().map(|r| r.name()),
-                    _ => self.tree.element(self.current).map(|e| e.name()),
-                };
-                let error = match expected {
-                    None => Some(IllFormedError::UnmatchedEndTag(found.to_owned())),
-                    Some(expected) if expected != found => Some(IllFormedError::MismatchedEndTag {
-                        expected: expected.to_owned(),
-                        found: found.to_owned(),
-                    }),
-                    Some(_) => None,
-                };
-                if let Some(error) = error {
-                    return Err(xml_problem(&XmlError::IllFormed(error), position));
-                }
-                self.depth = self.depth.saturating_sub(1);
-                if self.depth >= 1 && self.current != NONE {
-                    self.current = self.tree.nodes[self.current].parent;
-                }
-                if self.depth == 0 {
-                    self.state = State::AfterRoot;
-                }
-                return Ok(Some(Step::End));
+                return self
+                    .on_end(data, end.name().as_ref().as_bytes(), at)
+                    .map(Some);
             }
-            Event::Text(text) => {
-                let content = text.xml10_content();
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    &content,
-                )?;
-            }
+            Event::Text(text) => self.on_text(data, at, Chars::Written(text.as_bytes()))?,
             Event::CData(cdata) => {
                 if self.depth == 0 {
                     return Err(malformed(position, "CDATA outside the root element"));
                 }
                 let content = cdata.xml10_content();
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    &content,
-                )?;
+                self.on_text(data, at, Chars::Final(content.as_bytes()))?;
             }
             Event::GeneralRef(reference) => {
                 if self.depth == 0 {
@@ -1190,28 +1308,52 @@ impl<R: BufRead> FeedReader<R> {
                         }
                     },
                 };
-                append_text(
-                    &mut self.tree,
-                    self.depth,
-                    self.current,
-                    &mut self.root_text,
-                    self.limits,
-                    position,
-                    resolved,
-                )?;
+                self.on_text(data, at, Chars::Final(resolved.as_bytes()))?;
             }
         }
         Ok(None)
     }
 
-    fn on_text(&mut self, position: Position, content: &str) -> Result<(), Problem> {
+    /// An end tag named `found`.
+    fn on_end(&mut self, data: &[u8], found: &[u8], at: usize) -> Result<Step, Problem> {
+        let expected = match self.depth {
+            0 => None,
+            1 => self.root.root().map(|r| r.name()),
+            _ => self.tree.element(self.current).map(|e| e.name()),
+        };
+        if expected.map(str::as_bytes) != Some(found) {
+            // The window is checked UTF-8 and the name ends at ASCII delimiters.
+            let found = String::from_utf8_lossy(found).into_owned();
+            let error = match expected {
+                None => IllFormedError::UnmatchedEndTag(found),
+                Some(expected) => IllFormedError::MismatchedEndTag {
+                    expected: expected.to_owned(),
+                    found,
+                },
+            };
+            let position = self.src.position_at(data, at);
+            return Err(xml_problem(&XmlError::IllFormed(error), position));
+        }
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth >= 1 && self.current != NONE {
+            self.current = self.tree.nodes[self.current].parent;
+        }
+        if self.depth == 0 {
+            self.state = State::AfterRoot;
+        }
+        Ok(Step::End)
+    }
+
+    /// Character data that starts at `data[at]`.
+    fn on_text(&mut self, data: &[u8], at: usize, content: Chars<'_>) -> Result<(), Problem> {
+        let src = &mut self.src;
         append_text(
             &mut self.tree,
             self.depth,
             self.current,
             &mut self.root_text,
             self.limits,
-            position,
+            || src.position_at(data, at),
             content,
         )
     }
@@ -1234,6 +1376,56 @@ impl<R: BufRead> FeedReader<R> {
     }
 }
 
+/// A lone `key="value"` (or single-quoted) attribute that needs none of quick-xml's
+/// attribute handling: one space before a valid name, nothing but white space after the
+/// value, and a value without references, `<` or characters that normalization changes.
+/// `None` for anything else (quick-xml reads those attributes and words their problems).
+fn plain_attribute(raw: &str) -> Option<(&str, &str)> {
+    let (key, rest) = raw.strip_prefix(' ')?.split_once('=')?;
+    let quote = rest.chars().next().filter(|c| matches!(c, '"' | '\''))?;
+    let (value, after) = rest[1..].split_once(quote)?;
+    let plain = is_xml_name(key)
+        && !value
+            .bytes()
+            .any(|b| matches!(b, b'<' | b'&' | b'\t' | b'\n' | b'\r'))
+        && is_blank(after);
+    plain.then_some((key, value))
+}
+
+/// Adds an attribute (normalized value) of element `element` to the tree.
+fn push_attribute(
+    tree: &mut Tree,
+    limits: Limits,
+    position: Position,
+    element: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), Problem> {
+    if value.len() as u64 > limits.max_text_bytes {
+        return Err(Limits::exceeded(
+            "an attribute value length in bytes",
+            limits.max_text_bytes,
+            "max_text_bytes",
+            Some(position),
+            element,
+        ));
+    }
+    let name = tree.push_str(key);
+    let value = tree.push_str(value);
+    tree.attrs.push(Attr { name, value });
+    Ok(())
+}
+
+/// A piece of character data on its way into the tree.
+#[derive(Debug, Clone, Copy)]
+enum Chars<'a> {
+    /// As written in the file: line ends are still to be normalized.
+    Written(&'a [u8]),
+    /// Final already (resolved references, CDATA normalized by quick-xml, text from a
+    /// window without carriage returns).
+    Final(&'a [u8]),
+}
+
 /// Adds a piece of character data to the innermost open element (see [`Tree`]).
 fn append_text(
     tree: &mut Tree,
@@ -1241,23 +1433,26 @@ fn append_text(
     current: usize,
     root_text: &mut Option<Position>,
     limits: Limits,
-    position: Position,
-    content: &str,
+    mut position: impl FnMut() -> Position,
+    chars: Chars<'_>,
 ) -> Result<(), Problem> {
+    let content = match chars {
+        Chars::Written(bytes) | Chars::Final(bytes) => bytes,
+    };
     match depth {
         0 => {
-            if is_blank(content) {
+            if is_blank_bytes(content) {
                 Ok(())
             } else {
                 Err(malformed(
-                    position,
+                    position(),
                     "text outside the root element (junk before or after the document?)",
                 ))
             }
         }
         1 => {
-            if root_text.is_none() && !is_blank(content) {
-                *root_text = Some(position);
+            if root_text.is_none() && !is_blank_bytes(content) {
+                *root_text = Some(position());
             }
             Ok(())
         }
@@ -1265,6 +1460,15 @@ fn append_text(
             let end = tree.strings.len();
             let node = &mut tree.nodes[current];
             if node.first_child == NONE && node.text.end == end {
+                // Only kept text is normalized and decoded; every caller hands over whole
+                // characters.
+                let content = match chars {
+                    Chars::Written(bytes) => normalize_eols(bytes),
+                    Chars::Final(bytes) => Cow::Borrowed(bytes),
+                };
+                let content = std::str::from_utf8(&content).map_err(|_| {
+                    malformed(position(), "internal: text split inside a character")
+                })?;
                 tree.strings.push_str(content);
                 node.text.end = tree.strings.len();
                 if (node.text.end - node.text.start) as u64 > limits.max_text_bytes {
@@ -1274,11 +1478,11 @@ fn append_text(
                         "a text node length in bytes",
                         limits.max_text_bytes,
                         "max_text_bytes",
-                        Some(position),
+                        Some(position()),
                         &name,
                     ));
                 }
-            } else if !is_blank(content) {
+            } else if !is_blank_bytes(content) {
                 node.stray_text = true;
             }
             Ok(())
@@ -1293,7 +1497,29 @@ pub fn is_xml_space(c: char) -> bool {
 
 /// True when `s` is empty or only XML white space.
 pub fn is_blank(s: &str) -> bool {
-    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+    is_blank_bytes(s.as_bytes())
+}
+
+fn is_blank_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| is_xml_space_byte(b))
+}
+
+/// XML 1.0 line-end handling: `\r\n` and a lone `\r` become `\n`.
+fn normalize_eols(text: &[u8]) -> Cow<'_, [u8]> {
+    if memchr::memchr(b'\r', text).is_none() {
+        return Cow::Borrowed(text);
+    }
+    let mut normalized = Vec::with_capacity(text.len());
+    let mut bytes = text.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        if byte == b'\r' {
+            normalized.push(b'\n');
+            bytes.next_if_eq(&b'\n');
+        } else {
+            normalized.push(byte);
+        }
+    }
+    Cow::Owned(normalized)
 }
 
 /// The `Char` production of XML 1.0.
@@ -1319,7 +1545,9 @@ fn is_xml_name(name: &str) -> bool {
     let bytes = name.as_bytes();
     // Fast path: the feed's names are ASCII letters.
     if bytes.first().is_some_and(u8::is_ascii_alphabetic)
-        && bytes.iter().all(|&b| ASCII_NAME_BYTE[usize::from(b)])
+        && bytes
+            .iter()
+            .fold(true, |ok, &b| ok & ASCII_NAME_BYTE[usize::from(b)])
     {
         return true;
     }
@@ -1540,6 +1768,130 @@ mod tests {
         assert_eq!(first.code, Code::MalformedXml);
         assert_eq!(reader.next_child().expect_err("still"), first);
         assert_eq!(reader.open_root().expect_err("still"), first);
+    }
+
+    /// What quick-xml reads first from `input`, configured as [`FeedReader`] configures it.
+    fn quick_xml_event(input: &[u8]) -> Option<(Event<'_>, usize)> {
+        let mut reader = Reader::from_reader(input);
+        let config = reader.config_mut();
+        config.check_comments = true;
+        config.check_end_names = false;
+        config.allow_unmatched_ends = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        let event = reader.read_event().ok()?;
+        Some((event, reader.buffer_position() as usize))
+    }
+
+    #[test]
+    fn fast_events_are_what_quick_xml_reads() {
+        let mut samples: Vec<Vec<u8>> = [
+            "<a>",
+            "<a/>",
+            "<a x='1'>",
+            "<a x=\"1>2\" y='\"'/>",
+            "</a>",
+            "</a >",
+            "</a\n>",
+            "text<",
+            "te&amp;",
+            "<_a:b c = 'd' >",
+            "<a x='>'",
+            "</a x='>'>",
+            "<é x='ü'>",
+            "  \r\n <",
+            "<a\t/>",
+            "</>",
+            "<a//>",
+            "<:/>",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        // Plus random strings over the bytes that matter to the tokenizer.
+        let alphabet = b"<>/'\"&;=a b:\n\r\t!?-_";
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            let mut sample = Vec::new();
+            for _ in 0..1 + seed % 12 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                sample.push(alphabet[(seed % alphabet.len() as u64) as usize]);
+            }
+            samples.push(sample);
+        }
+        for sample in &samples {
+            let shown = String::from_utf8_lossy(sample);
+            let checked = match (sample.first(), sample.get(1)) {
+                (Some(b'<'), Some(b'/')) => end_tag(sample).map(|(name, length)| {
+                    let (event, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    let Event::End(end) = event else {
+                        panic!("{shown:?}: quick-xml reads {event:?}");
+                    };
+                    assert_eq!(name, end.name().as_ref().as_bytes(), "{shown:?}");
+                    (length, quick_length)
+                }),
+                (Some(b'<'), _) => start_tag(sample).map(|(event, length)| {
+                    let (quick, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    assert_eq!(event, quick, "{shown:?}");
+                    (length, quick_length)
+                }),
+                _ => text_run(sample).map(|length| {
+                    let (event, quick_length) =
+                        quick_xml_event(sample).expect("quick-xml reads it");
+                    let Event::Text(text) = event else {
+                        panic!("{shown:?}: quick-xml reads {event:?}");
+                    };
+                    assert_eq!(&sample[..length], text.as_bytes(), "{shown:?}");
+                    (length, quick_length)
+                }),
+            };
+            if let Some((length, quick_length)) = checked {
+                assert_eq!(length, quick_length, "{shown:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn plain_attributes_are_what_quick_xml_reads() {
+        let samples = [
+            " a=\"1\"",
+            " a='1'",
+            " a=\"x'y\"  ",
+            " xsi:type=\"b\"",
+            " a = \"1\"",
+            " a=\"1\"b",
+            " a=\"1\" b=\"2\"",
+            " a=\"1&amp;\"",
+            " a=\"1\t2\"",
+            " 1a=\"1\"",
+            " a=\"<\"",
+            "a=\"1\"",
+            " a=1",
+            " a=\"1",
+            " a=\"\"",
+        ];
+        for raw in samples {
+            let Some((key, value)) = plain_attribute(raw) else {
+                continue;
+            };
+            let content = format!("e{raw}");
+            let start = BytesStart::from_content(content.as_str(), 1);
+            let quick: Vec<(String, String)> = start
+                .attributes()
+                .map(|a| {
+                    let a = a.expect("quick-xml reads it");
+                    let value = a
+                        .normalized_value(XmlVersion::Implicit1_0)
+                        .expect("no references");
+                    (a.key.as_ref().to_owned(), value.into_owned())
+                })
+                .collect();
+            assert_eq!(quick, [(key.to_owned(), value.to_owned())], "{raw:?}");
+        }
     }
 
     #[test]

@@ -873,7 +873,8 @@ impl IdSet {
 struct Collector<'t> {
     message_id: MessageId,
     problems: Vec<Problem>,
-    item_code: Option<String>,
+    /// The `AdjustedItem` being checked (its AmazonOrderItemCode goes into problems).
+    item: Option<Element<'t>>,
     /// The first `currency` attribute of the message and where it was.
     currency: Option<(Currency, Element<'t>)>,
     /// The currency looked up last (a cache that outlives the message).
@@ -891,7 +892,7 @@ impl<'t> Collector<'t> {
                 description,
                 fix,
             )
-            .with_item(self.item_code.clone()),
+            .with_item(self.item_code()),
         );
     }
 
@@ -918,8 +919,16 @@ impl<'t> Collector<'t> {
                 issue.what.clone(),
                 "correct the message as the OrderAdjustment schema says",
             )
-            .with_item(self.item_code.clone()),
+            .with_item(self.item_code()),
         );
+    }
+
+    /// The AmazonOrderItemCode of the current item, when it has a valid one.
+    fn item_code(&self) -> Option<String> {
+        self.item
+            .and_then(|item| child(item, "AmazonOrderItemCode"))
+            .and_then(|e| OrderItemCode::new(e.text()))
+            .map(|code| code.as_str().to_owned())
     }
 
     fn count(&self) -> usize {
@@ -998,7 +1007,7 @@ fn check_message(
     let mut c = Collector {
         message_id: MessageId::FEED,
         problems: Vec::new(),
-        item_code: None,
+        item: None,
         currency: None,
         last_currency: *last_currency,
     };
@@ -1173,7 +1182,7 @@ fn check_order_adjustment<'t>(
             None => items_ok = false,
         }
     }
-    c.item_code = None;
+    c.item = None;
     let order = order?;
     (items_ok && !items.is_empty()).then(|| AdjustmentMessage {
         message_id: MessageId::FEED,
@@ -1226,9 +1235,7 @@ fn check_item<'t>(
     action: Option<ActionType>,
     restocking_fee_max_percent: u32,
 ) -> Option<AdjustedItem> {
-    c.item_code = child(item, "AmazonOrderItemCode")
-        .and_then(|e| OrderItemCode::new(e.text()))
-        .map(|code| code.as_str().to_owned());
+    c.item = Some(item);
     let before = c.count();
     complex(
         c,
@@ -1380,9 +1387,8 @@ fn check_item<'t>(
         return None;
     }
     // Rules that need no store, on a schema-valid item.
-    let mut seen: Vec<&Parsed<'t>> = Vec::with_capacity(parsed.len());
-    for p in &parsed {
-        if let Some(first) = seen.iter().find(|s| s.component == p.component) {
+    for (index, p) in parsed.iter().enumerate() {
+        if let Some(first) = parsed[..index].iter().find(|s| s.component == p.component) {
             c.add(
                 Code::DuplicateComponent,
                 p.type_element,
@@ -1393,8 +1399,6 @@ fn check_item<'t>(
                 ),
                 "put the whole amount of a component in one Component element",
             );
-        } else {
-            seen.push(p);
         }
     }
     for p in &parsed {
