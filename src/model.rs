@@ -47,14 +47,12 @@ pub struct AmazonOrderId(String);
 impl AmazonOrderId {
     /// Accepts the 3-7-7 pattern with ASCII letters and digits.
     pub fn new(raw: &str) -> Option<AmazonOrderId> {
-        let groups: Vec<&str> = raw.split('-').collect();
-        let ok = groups.len() == 3
-            && groups[0].len() == 3
-            && groups[1].len() == 7
-            && groups[2].len() == 7
-            && groups
-                .iter()
-                .all(|g| g.bytes().all(|b| b.is_ascii_alphanumeric()));
+        // 19 bytes: dashes at 3 and 11, ASCII letters or digits everywhere else.
+        let ok = raw.len() == 19
+            && raw.bytes().enumerate().all(|(i, b)| match i {
+                3 | 11 => b == b'-',
+                _ => b.is_ascii_alphanumeric(),
+            });
         ok.then(|| AmazonOrderId(raw.to_owned()))
     }
 
@@ -871,6 +869,11 @@ mod tests {
         assert!(AmazonOrderId::new("A2_-1234567-1234567").is_none());
         assert!(AmazonOrderId::new("123-123456-1234567").is_none());
         assert!(AmazonOrderId::new("123-1234567-1234567-").is_none());
+        assert!(AmazonOrderId::new("1234-123456-1234567").is_none());
+        assert!(AmazonOrderId::new("123-12345678-123456").is_none());
+        assert!(AmazonOrderId::new("123-1234567-123456é").is_none());
+        assert!(AmazonOrderId::new("123-1234567--234567").is_none());
+        assert!(AmazonOrderId::new("").is_none());
         assert!(OrderItemCode::new("12345678901234").is_some());
         assert!(OrderItemCode::new("123456789012345").is_some());
         assert!(OrderItemCode::new("1234567890123").is_none());
