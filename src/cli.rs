@@ -54,7 +54,7 @@ pub struct Cli {
     /// Config file (TOML). Default: ./adjustd.toml if present, else built-in defaults.
     #[arg(long, global = true, value_name = "PATH", env = "ADJUSTD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Log format (overrides [log] format).
+    /// Log format (overrides `[log] format`).
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
     /// The command.
