@@ -241,6 +241,7 @@ fn context(config: &Config, store: AnyStore) -> Context {
         limits: config.limits,
         duplicate_policy: config.duplicate_policy,
         outbox: config.outbox().to_path_buf(),
+        chunk_messages: pipeline::CHUNK_MESSAGES,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::validate::{ValidatedMessage, Validator};
 
 /// Messages validated before the engine plans them and the store writes them: large
 /// enough to amortise a store round trip, small enough to keep memory flat.
-const CHUNK_MESSAGES: usize = 4096;
+pub const CHUNK_MESSAGES: usize = 4096;
 
 /// A conflict (serialization failure, deadlock, lost race on a unique key) retries the
 /// whole feed this many times before it is handed back to the caller as transient.
@@ -46,6 +46,10 @@ pub struct Context {
     pub duplicate_policy: DuplicatePolicy,
     /// Where reports go (a merchant subfolder is added for merchant inboxes).
     pub outbox: PathBuf,
+    /// Messages per chunk ([`CHUNK_MESSAGES`] unless a test wants many chunk boundaries in a
+    /// small feed). Memory and the engine's view do not depend on it: after each chunk the
+    /// snapshot is dropped and later chunks read what they need from the transaction.
+    pub chunk_messages: usize,
 }
 
 /// One file to process.
@@ -209,6 +213,7 @@ fn attempt_once(
         header,
         duplicate_of,
         &context.rules,
+        context.chunk_messages,
     )?;
     write(context, source, outcome, false)
 }
@@ -216,6 +221,8 @@ fn attempt_once(
 /// Streams the messages through validate → engine → store inside one transaction. The
 /// reader and validator run on a second thread, one chunk ahead of the engine and the store,
 /// so parsing overlaps with the database work.
+// The inputs of one private call site; a struct for them would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn apply<R: std::io::BufRead + Send>(
     store: &mut dyn Store,
     validator: &mut Validator<R>,
@@ -224,6 +231,7 @@ fn apply<R: std::io::BufRead + Send>(
     header: FeedHeader,
     duplicate_of: Option<u64>,
     rules: &Rules,
+    chunk_messages: usize,
 ) -> Result<FeedOutcome, ProcessError> {
     let merchant = header.merchant;
     let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
@@ -231,7 +239,7 @@ fn apply<R: std::io::BufRead + Send>(
     let mut snapshot = Snapshot::new();
     let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
         let (sender, chunks) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || read_chunks(validator, &sender));
+        scope.spawn(move || read_chunks(validator, chunk_messages.max(1), &sender));
         for chunk in chunks {
             match chunk {
                 Ok(mut chunk) => flush(
@@ -274,15 +282,16 @@ type Chunk = Result<Vec<ValidatedMessage>, Problem>;
 /// feed, a feed-level problem, or the receiver going away.
 fn read_chunks<R: std::io::BufRead>(
     validator: &mut Validator<R>,
+    chunk_messages: usize,
     sender: &std::sync::mpsc::SyncSender<Chunk>,
 ) {
-    let mut chunk = Vec::with_capacity(CHUNK_MESSAGES);
+    let mut chunk = Vec::with_capacity(chunk_messages);
     loop {
         match validator.next_message() {
             Ok(Some(message)) => {
                 chunk.push(message);
-                if chunk.len() == CHUNK_MESSAGES {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_MESSAGES));
+                if chunk.len() == chunk_messages {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_messages));
                     if sender.send(Ok(full)).is_err() {
                         return;
                     }

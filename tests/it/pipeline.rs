@@ -37,6 +37,7 @@ fn context_on(dir: &Path, url: &str) -> Context {
         limits: Limits::default(),
         duplicate_policy: DuplicatePolicy::Skip,
         outbox: dir.join("outbox"),
+        chunk_messages: pipeline::CHUNK_MESSAGES,
     }
 }
 

@@ -17,7 +17,8 @@
 //! feeds the order report is now and then imported again (New Orders or Unshipped style):
 //! more units shipped, or an older report with fewer, which must not lower the count; the
 //! model follows the shipped quantities and the refund history must not move. Another
-//! merchant holds the same orders and must never change.
+//! merchant holds the same orders and must never change. Most seeds run the pipeline with
+//! chunks of one to three messages, so chunk boundaries fall inside every feed.
 //!
 //! Not covered here: validation errors (generated messages are normalised to the
 //! validator's contract, and every feed is first checked to validate to exactly the
@@ -967,6 +968,10 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
         limits: Limits::default(),
         duplicate_policy: DuplicatePolicy::Skip,
         outbox: dir.path().join("outbox"),
+        // Three seeds in four plan in chunks of 1 to 3 messages, so the engine's snapshot is
+        // dropped between messages and everything (orders, totals, idempotency keys of
+        // earlier messages) must come back from the open transaction.
+        chunk_messages: [1, 2, 3, pipeline::CHUNK_MESSAGES][(seed % 4) as usize],
     };
     let db = Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| e.to_string())?;

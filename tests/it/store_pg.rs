@@ -882,6 +882,7 @@ fn sqlite_and_postgres_give_the_same_results_on_the_same_feeds() {
             limits: adjustd::feed::Limits::default(),
             duplicate_policy: DuplicatePolicy::Skip,
             outbox: dir.path().join(format!("outbox-{index}")),
+            chunk_messages: adjustd::pipeline::CHUNK_MESSAGES,
         }
     })
     .collect();
