@@ -56,6 +56,34 @@ struct Args {
     /// Also write the order report (TSV) for every order of the range.
     #[arg(long)]
     order_report: Option<PathBuf>,
+    /// Touch each order by at most this many messages (0: no limit). Needs enough orders:
+    /// messages <= orders x this.
+    #[arg(long, default_value_t = 0)]
+    max_per_order: u32,
+}
+
+/// How many messages chose each order so far, for `--max-per-order`.
+struct Touches {
+    limit: u32,
+    counts: Vec<u32>,
+}
+
+impl Touches {
+    /// A random order of the range that is still below the limit.
+    fn pick(&mut self, rng: &mut SplitMix64, orders: &Range<u64>) -> u64 {
+        let span = orders.end - orders.start;
+        loop {
+            let offset = rng.below(span);
+            if self.limit == 0 {
+                return orders.start + offset;
+            }
+            let count = &mut self.counts[usize::try_from(offset).unwrap_or(usize::MAX)];
+            if *count < self.limit {
+                *count += 1;
+                return orders.start + offset;
+            }
+        }
+    }
 }
 
 /// A small deterministic PRNG (SplitMix64): good enough to vary a benchmark feed, and no
@@ -117,11 +145,11 @@ fn money(cents: u64) -> String {
 fn write_message(
     out: &mut impl Write,
     rng: &mut SplitMix64,
+    touches: &mut Touches,
     args: &Args,
     message_id: u64,
 ) -> io::Result<()> {
-    let span = args.orders.end - args.orders.start;
-    let k = args.orders.start + rng.below(span);
+    let k = touches.pick(rng, &args.orders);
     let currency = &args.currency;
     let refund = rng.below(3) == 0;
     writeln!(out, "\t<Message>")?;
@@ -201,6 +229,15 @@ fn write_feed(out: impl Write, args: &Args) -> io::Result<(u64, u64)> {
         written: 0,
     };
     let mut rng = SplitMix64(args.seed);
+    let span = usize::try_from(args.orders.end - args.orders.start).unwrap_or(usize::MAX);
+    let mut touches = Touches {
+        limit: args.max_per_order,
+        counts: if args.max_per_order > 0 {
+            vec![0; span]
+        } else {
+            Vec::new()
+        },
+    };
     writeln!(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>")?;
     writeln!(out, "<AmazonEnvelope>")?;
     writeln!(out, "\t<Header>")?;
@@ -222,7 +259,7 @@ fn write_feed(out: impl Write, args: &Args) -> io::Result<(u64, u64)> {
             break;
         }
         message_id += 1;
-        write_message(&mut out, &mut rng, args, message_id)?;
+        write_message(&mut out, &mut rng, &mut touches, args, message_id)?;
     }
     writeln!(out, "</AmazonEnvelope>")?;
     out.flush()?;
@@ -254,6 +291,17 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !(1..=99).contains(&args.items_per_order) {
         bail!("--items-per-order must be 1 to 99");
+    }
+    if args.max_per_order > 0 {
+        let capacity = (args.orders.end - args.orders.start) * u64::from(args.max_per_order);
+        if args.target_bytes.is_some() || args.messages > capacity {
+            bail!(
+                "--max-per-order {} allows at most {capacity} messages over {} orders (and \
+                 cannot be combined with --target-bytes)",
+                args.max_per_order,
+                args.orders.end - args.orders.start
+            );
+        }
     }
     if let Some(path) = &args.order_report {
         write_order_report(path, &args)
