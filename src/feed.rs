@@ -584,6 +584,20 @@ impl SourceState {
 // for anything else, including an event that runs into the end of the window: quick-xml
 // reads those.
 
+/// A quick-xml reader over `input`, configured as the reader needs it: comments checked,
+/// end names matched by the reader itself (which words the problem), empty elements kept
+/// as such, text untrimmed.
+fn quick_reader(input: &[u8]) -> Reader<&[u8]> {
+    let mut reader = Reader::from_reader(input);
+    let config = reader.config_mut();
+    config.check_comments = true;
+    config.check_end_names = false;
+    config.allow_unmatched_ends = true;
+    config.expand_empty_elements = false;
+    config.trim_text(false);
+    reader
+}
+
 /// The length of the text at the start of `window` (up to the next `<` or `&`).
 #[inline(always)]
 fn text_run(window: &[u8]) -> Option<usize> {
@@ -1011,13 +1025,7 @@ impl<R: BufRead> FeedReader<R> {
             self.on_text(data, at, Chars::Final("\u{FEFF}".as_bytes()))?;
             return Ok(Quick::Pumped(Pumped::Again));
         }
-        let mut reader = Reader::from_reader(&data[at..window_end]);
-        let config = reader.config_mut();
-        config.check_comments = true;
-        config.check_end_names = false;
-        config.allow_unmatched_ends = true;
-        config.expand_empty_elements = false;
-        config.trim_text(false);
+        let mut reader = quick_reader(&data[at..window_end]);
         let result = reader.read_event();
         let next = at + reader.buffer_position() as usize;
         match result {
@@ -1772,13 +1780,7 @@ mod tests {
 
     /// What quick-xml reads first from `input`, configured as [`FeedReader`] configures it.
     fn quick_xml_event(input: &[u8]) -> Option<(Event<'_>, usize)> {
-        let mut reader = Reader::from_reader(input);
-        let config = reader.config_mut();
-        config.check_comments = true;
-        config.check_end_names = false;
-        config.allow_unmatched_ends = true;
-        config.expand_empty_elements = false;
-        config.trim_text(false);
+        let mut reader = quick_reader(input);
         let event = reader.read_event().ok()?;
         Some((event, reader.buffer_position() as usize))
     }
