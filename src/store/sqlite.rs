@@ -301,6 +301,12 @@ fn db_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// A stored seller-assigned id (`NULL` is `None`); a value that is not one is corruption.
+fn seller_id(raw: Option<String>, what: &str) -> Result<Option<SellerId>, StoreError> {
+    raw.map(|m| SellerId::new(&m).ok_or_else(|| corrupt(what, &m)))
+        .transpose()
+}
+
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Other {
         detail: format!("the database holds an invalid {what}: {value:?}"),
@@ -1144,12 +1150,7 @@ impl SqliteFeedTx<'_> {
                             state: OrderState {
                                 amazon_order_id: AmazonOrderId::new(&aid)
                                     .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
-                                merchant_order_id: moid
-                                    .map(|m| {
-                                        SellerId::new(&m)
-                                            .ok_or_else(|| corrupt("MerchantOrderID", &m))
-                                    })
-                                    .transpose()?,
+                                merchant_order_id: seller_id(moid, "MerchantOrderID")?,
                                 currency: Currency::from_code(cur)
                                     .ok_or_else(|| corrupt("currency", cur))?,
                                 channel: channel
@@ -1175,12 +1176,7 @@ impl SqliteFeedTx<'_> {
                         let item = ItemState {
                             code: OrderItemCode::new(&code)
                                 .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
-                            merchant_item_id: mid
-                                .map(|m| {
-                                    SellerId::new(&m)
-                                        .ok_or_else(|| corrupt("MerchantOrderItemID", &m))
-                                })
-                                .transpose()?,
+                            merchant_item_id: seller_id(mid, "MerchantOrderItemID")?,
                             quantity_ordered: r.get(8).map_err(db_error)?,
                             quantity_shipped: r.get(9).map_err(db_error)?,
                             quantity_cancelled: r.get(10).map_err(db_error)?,
