@@ -509,22 +509,18 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
             anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
         })
         .map_err(fail(exit::USAGE))?;
-    let reader = std::fs::File::open(file)
+    // Opened here too so that a missing file is named before the store is opened; the
+    // store reads the report line by line in its transaction.
+    std::fs::File::open(file)
         .with_context(|| format!("opening {}", file.display()))
         .map_err(fail(exit::RUNTIME))?;
-    let rows = match crate::store::import::read_order_report(BufReader::new(reader)) {
-        Ok(rows) => rows,
-        Err(error) => {
-            eprintln!("adjustd: {}: {error}; nothing was imported", file.display());
-            return Ok(exit::INPUT);
-        }
-    };
     let mut store = open_store(config)?;
-    match store.as_store().import_orders(&merchant, &rows) {
+    let report = crate::store::import::ReportFile::new(file);
+    match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
             println!(
                 "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
-                rows.len(),
+                summary.lines,
                 file.display(),
                 summary.orders_created,
                 summary.orders_updated,

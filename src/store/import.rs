@@ -9,13 +9,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
     PriceComponent, PromotionComponent, SellerId,
 };
-use crate::store::OrderRow;
+use crate::store::{OrderRow, RowSource, Rows};
 
 /// Why an order report could not be read. Names the 1-based line and, when the problem is
 /// in one field, the column by its header name.
@@ -77,43 +80,188 @@ pub fn column_for(component: Component) -> &'static str {
         .map_or(component.name(), |(column, _)| column)
 }
 
-/// Reads an order report from `reader` (UTF-8, optional BOM) and parses it with
-/// [`parse_order_report`].
+/// An order report read line by line: [`OrderReport::new`] reads the header, then each
+/// item of the iterator is one order line, parsed. Memory stays flat whatever the size of
+/// the file. Handles CRLF, a UTF-8 BOM and empty lines. Amounts are exact ([`Amount`]):
+/// more fraction digits than the currency allows is an error, never rounded. A report
+/// without price columns (Unshipped Orders) gives rows with empty `charged`.
 ///
-/// # Errors
-/// An [`ImportError`] on line 0 when the bytes cannot be read or are not UTF-8 (naming the
-/// line of the first bad byte), otherwise those of [`parse_order_report`].
-pub fn read_order_report(mut reader: impl Read) -> Result<Vec<OrderRow>, ImportError> {
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).map_err(|e| ImportError {
-        line: 0,
-        column: None,
-        detail: format!("cannot read the order report: {e}"),
-    })?;
-    parse_order_report_bytes(&bytes)
+/// The iterator yields the first problem found, naming the line and column (a field that
+/// is not a valid order id, item code, quantity, currency or amount, a line with more
+/// fields than the header, a line that is not UTF-8, a report with no data lines), then
+/// ends.
+pub struct OrderReport<R> {
+    reader: R,
+    columns: Columns,
+    header_len: usize,
+    header_line: u32,
+    /// The 1-based number of the line in `buf`.
+    line: u32,
+    buf: Vec<u8>,
+    rows: u64,
+    done: bool,
 }
 
-/// Parses an order report given as bytes (UTF-8, optional BOM).
+impl<R: BufRead> OrderReport<R> {
+    /// Reads the header line (the first line that is not blank) and finds the columns.
+    ///
+    /// # Errors
+    /// An empty report, a header without a required column or with a column named twice,
+    /// bytes that cannot be read or are not UTF-8.
+    pub fn new(reader: R) -> Result<OrderReport<R>, ImportError> {
+        let mut report = OrderReport {
+            reader,
+            columns: Columns::default(),
+            header_len: 0,
+            header_line: 0,
+            line: 0,
+            buf: Vec::new(),
+            rows: 0,
+            done: false,
+        };
+        let Some(header) = report.next_line()? else {
+            return Err(ImportError {
+                line: 1,
+                column: None,
+                detail: "the order report is empty (expected a header line)".into(),
+            });
+        };
+        let names: Vec<String> = report
+            .text(header)?
+            .split('\t')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
+        report.header_line = report.line;
+        report.header_len = names.len();
+        report.columns = find_columns(&names, report.line)?;
+        Ok(report)
+    }
+
+    /// Reads the next line that is not blank into `buf` and gives the range of its text
+    /// (without the line end, and without the BOM on line 1); `None` at the end of the file.
+    fn next_line(&mut self) -> Result<Option<Range<usize>>, ImportError> {
+        loop {
+            self.buf.clear();
+            self.line = self.line.saturating_add(1);
+            let read = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| ImportError {
+                    line: self.line,
+                    column: None,
+                    detail: format!("cannot read the order report: {e}"),
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            let mut end = self.buf.len();
+            for ending in [b'\n', b'\r'] {
+                if end > 0 && self.buf[end - 1] == ending {
+                    end -= 1;
+                }
+            }
+            let start = if self.line == 1 && self.buf[..end].starts_with(b"\xef\xbb\xbf") {
+                3
+            } else {
+                0
+            };
+            if !self.text(start..end)?.trim().is_empty() {
+                return Ok(Some(start..end));
+            }
+        }
+    }
+
+    /// The text of `range` in `buf`, which must be UTF-8.
+    fn text(&self, range: Range<usize>) -> Result<&str, ImportError> {
+        std::str::from_utf8(&self.buf[range]).map_err(|_| ImportError {
+            line: self.line,
+            column: None,
+            detail: "the file is not UTF-8; save the report as UTF-8 and import it again".into(),
+        })
+    }
+}
+
+impl<R: BufRead> Iterator for OrderReport<R> {
+    type Item = Result<OrderRow, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let row = match self.next_line() {
+            Ok(Some(range)) => self
+                .text(range)
+                .and_then(|text| parse_row(&self.columns, self.header_len, self.line, text)),
+            Ok(None) => {
+                self.done = true;
+                return (self.rows == 0).then(|| {
+                    Err(ImportError {
+                        line: self.header_line,
+                        column: None,
+                        detail: "the order report has a header but no order lines".into(),
+                    })
+                });
+            }
+            Err(e) => Err(e),
+        };
+        match &row {
+            Ok(_) => self.rows += 1,
+            Err(_) => self.done = true,
+        }
+        Some(row)
+    }
+}
+
+/// Reads a whole order report from `reader` (UTF-8, optional BOM) into memory; see
+/// [`OrderReport`] for the rules. `orders import` streams instead ([`ReportFile`]).
 ///
 /// # Errors
-/// Not UTF-8 (naming the line), or those of [`parse_order_report`].
-pub fn parse_order_report_bytes(bytes: &[u8]) -> Result<Vec<OrderRow>, ImportError> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => parse_order_report(text),
-        Err(e) => {
-            let good = &bytes[..e.valid_up_to()];
-            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
-            Err(ImportError {
-                line: u32::try_from(line).unwrap_or(u32::MAX),
-                column: None,
-                detail: "the file is not UTF-8; save the report as UTF-8 and import it again"
-                    .into(),
-            })
+/// The first problem, as [`OrderReport`] words it.
+pub fn read_order_report(reader: impl Read) -> Result<Vec<OrderRow>, ImportError> {
+    OrderReport::new(BufReader::new(reader))?.collect()
+}
+
+/// Parses the text of a tab-separated order report: a header line, then one line per order
+/// item (several lines for one order are its items). See [`OrderReport`].
+///
+/// # Errors
+/// The first problem, as [`OrderReport`] words it.
+pub fn parse_order_report(text: &str) -> Result<Vec<OrderRow>, ImportError> {
+    OrderReport::new(text.as_bytes())?.collect()
+}
+
+/// An order report file for [`crate::store::Store::import_orders`]: read again from its
+/// first line each time its rows are asked for, never held in memory.
+#[derive(Debug, Clone)]
+pub struct ReportFile {
+    path: PathBuf,
+}
+
+impl ReportFile {
+    /// The report at `path` (opened when its rows are read).
+    pub fn new(path: &Path) -> ReportFile {
+        ReportFile {
+            path: path.to_owned(),
         }
     }
 }
 
+impl RowSource for ReportFile {
+    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+        let file = File::open(&self.path).map_err(|e| ImportError {
+            line: 0,
+            column: None,
+            detail: format!("cannot open the order report: {e}"),
+        })?;
+        Ok(Box::new(OrderReport::new(BufReader::with_capacity(
+            64 * 1024,
+            file,
+        ))?))
+    }
+}
+
 /// Column indexes of the fields we read; `None` when the report lacks the column.
+#[derive(Default)]
 struct Columns {
     order_id: (usize, &'static str),
     item_code: (usize, &'static str),
@@ -126,54 +274,6 @@ struct Columns {
     currency: Option<usize>,
     channel: Option<usize>,
     prices: Vec<(usize, &'static str, Component)>,
-}
-
-/// Parses the text of a tab-separated order report: a header line, then one line per order
-/// item (several lines for one order are its items). Handles CRLF, a UTF-8 BOM and empty
-/// lines. Amounts are exact ([`Amount`]): more fraction digits than the currency allows is
-/// an error, never rounded. A report without price columns (Unshipped Orders) gives rows
-/// with empty `charged`.
-///
-/// # Errors
-/// The first problem found, naming the line and column: a missing required column, a
-/// field that is not a valid order id, item code, quantity, currency or amount, a line with
-/// more fields than the header, or a report with no data lines.
-pub fn parse_order_report(text: &str) -> Result<Vec<OrderRow>, ImportError> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .split('\n')
-        .enumerate()
-        .map(|(i, l)| {
-            (
-                u32::try_from(i + 1).unwrap_or(u32::MAX),
-                l.strip_suffix('\r').unwrap_or(l),
-            )
-        })
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((header_line, header)) = lines.next() else {
-        return Err(ImportError {
-            line: 1,
-            column: None,
-            detail: "the order report is empty (expected a header line)".into(),
-        });
-    };
-    let names: Vec<String> = header
-        .split('\t')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .collect();
-    let columns = find_columns(&names, header_line)?;
-    let mut rows = Vec::new();
-    for (line, text) in lines {
-        rows.push(parse_row(&columns, names.len(), line, text)?);
-    }
-    if rows.is_empty() {
-        return Err(ImportError {
-            line: header_line,
-            column: None,
-            detail: "the order report has a header but no order lines".into(),
-        });
-    }
-    Ok(rows)
 }
 
 fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
@@ -587,9 +687,27 @@ mod tests {
         assert_eq!((e.line, e.column.as_deref()), (2, None));
         assert!(e.detail.contains("5 tab-separated fields"), "{e}");
 
-        let e = parse_order_report_bytes(b"order-id\torder-item-id\tsku\tquantity\n\xff\n")
+        let e = read_order_report(&b"order-id\torder-item-id\tsku\tquantity\n\xff\n"[..])
             .expect_err("not UTF-8");
         assert_eq!(e.line, 2);
+        assert!(e.detail.contains("not UTF-8"), "{e}");
+        // A bad byte in the header names line 1; after blank lines, its own line.
+        let e = read_order_report(&b"\n\norder-id\xff\n"[..]).expect_err("not UTF-8");
+        assert_eq!(e.line, 3);
+    }
+
+    #[test]
+    fn the_reader_streams_and_stops_at_the_first_bad_line() {
+        let text = "\u{feff}order-id\torder-item-id\tsku\tquantity\r\n\r\n\
+                    171-1234567-1234567\t12345678901234\tS\t1\r\n\
+                    171-1234567-1234567\tbad\tS\t1\n\
+                    171-1234567-1234567\t12345678901235\tS\t1\n";
+        let mut report = OrderReport::new(text.as_bytes()).expect("header");
+        let first = report.next().expect("a row").expect("valid");
+        assert_eq!((first.line, first.sku.as_str()), (3, "S"));
+        let e = report.next().expect("an error").expect_err("bad code");
+        assert_eq!((e.line, e.column.as_deref()), (4, Some("order-item-id")));
+        assert!(report.next().is_none(), "nothing after the first error");
     }
 
     #[test]

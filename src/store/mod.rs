@@ -9,12 +9,15 @@ pub mod import;
 pub mod postgres;
 pub mod sqlite;
 
+use std::collections::HashSet;
+
 use serde::Serialize;
 
 use crate::engine::{Change, Needs, Snapshot};
 use crate::model::{
     AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, SellerId,
 };
+use crate::store::import::ImportError;
 
 /// Errors of the store. The daemon's retry policy looks only at [`StoreError::is_transient`].
 #[derive(Debug, thiserror::Error)]
@@ -187,9 +190,93 @@ pub struct OrderRow {
     pub channel: Option<FulfillmentChannel>,
 }
 
+/// The rows of an order report, as [`import::OrderReport`] parses them.
+pub type Rows<'a> = Box<dyn Iterator<Item = Result<OrderRow, ImportError>> + 'a>;
+
+/// Where [`Store::import_orders`] reads an order report. Each call of `rows` starts again
+/// from the first line: a backend that retries its transaction (PostgreSQL after a lost
+/// connection) reads the rows again, so none need be held in memory
+/// ([`import::ReportFile`] streams a file; rows already in memory serve tests).
+pub trait RowSource {
+    /// The rows from the first.
+    ///
+    /// # Errors
+    /// The report cannot be opened, or its header is bad.
+    fn rows(&self) -> Result<Rows<'_>, ImportError>;
+}
+
+impl RowSource for [OrderRow] {
+    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+        Ok(Box::new(self.iter().cloned().map(Ok)))
+    }
+}
+
+impl RowSource for Vec<OrderRow> {
+    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+        self.as_slice().rows()
+    }
+}
+
+impl<const N: usize> RowSource for [OrderRow; N] {
+    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+        self.as_slice().rows()
+    }
+}
+
+/// A bad line of the report fails the import like a row that contradicts the store: it
+/// names the line (and column), and nothing is imported.
+impl From<ImportError> for StoreError {
+    fn from(error: ImportError) -> StoreError {
+        StoreError::Invalid {
+            detail: error.to_string(),
+        }
+    }
+}
+
+/// Which orders and items an import created or updated, by database id: an order created
+/// by one line and named again by a later one counts once, as created.
+#[derive(Debug, Default)]
+pub(crate) struct ImportSeen {
+    pub(crate) orders_created: HashSet<i64>,
+    pub(crate) orders_updated: HashSet<i64>,
+    pub(crate) items_created: HashSet<i64>,
+    pub(crate) items_updated: HashSet<i64>,
+}
+
+impl ImportSeen {
+    /// Counts an existing order (found in the store) as updated, unless this import
+    /// created it.
+    pub(crate) fn order_updated(&mut self, id: i64) {
+        if !self.orders_created.contains(&id) {
+            self.orders_updated.insert(id);
+        }
+    }
+
+    /// Counts an existing item as updated, unless this import created it.
+    pub(crate) fn item_updated(&mut self, id: i64) {
+        if !self.items_created.contains(&id) {
+            self.items_updated.insert(id);
+        }
+    }
+
+    /// The summary of an import of `lines` order lines.
+    pub(crate) fn summary(&self, lines: u64) -> ImportSummary {
+        let count = |set: &HashSet<i64>| set.len() as u64;
+        ImportSummary {
+            lines,
+            orders_created: count(&self.orders_created),
+            orders_updated: count(&self.orders_updated),
+            items_created: count(&self.items_created),
+            items_updated: count(&self.items_updated),
+        }
+    }
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ImportSummary {
+    /// Order lines read.
+    pub lines: u64,
     /// Orders created.
     pub orders_created: u64,
     /// Orders already present (updated).
@@ -299,17 +386,17 @@ pub trait Store {
     /// Database errors.
     fn recent_feeds(&mut self, limit: u32) -> Result<Vec<FeedRecord>, StoreError>;
 
-    /// Imports an order report in one transaction: creates orders and items, updates
-    /// shipped quantities (and charged amounts when given) of existing ones. Never touches
-    /// adjustments.
+    /// Imports an order report in one transaction, reading its rows as it goes: creates
+    /// orders and items, updates shipped quantities (and charged amounts when given) of
+    /// existing ones. Never touches adjustments.
     ///
     /// # Errors
-    /// [`StoreError::Invalid`] naming the line when a row contradicts the store (other
-    /// currency, charged below refunded, ...); nothing is imported then.
+    /// [`StoreError::Invalid`] naming the line when a line is bad or contradicts the store
+    /// (other currency, charged below refunded, ...); nothing is imported then.
     fn import_orders(
         &mut self,
         merchant: &MerchantId,
-        rows: &[OrderRow],
+        rows: &dyn RowSource,
     ) -> Result<ImportSummary, StoreError>;
 
     /// The orders with this `AmazonOrderID` (one per merchant that has it), optionally

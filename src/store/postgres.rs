@@ -18,7 +18,7 @@
 //! re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
 //! flight (reported as [`StoreError::Unavailable`], retried by the daemon).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -35,8 +35,8 @@ use crate::model::{
 };
 use crate::problem::Code;
 use crate::store::{
-    AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSummary, ItemView, NewFeed,
-    OrderRow, OrderView, Store, StoreError,
+    AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
+    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -56,7 +56,7 @@ const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
 const LOCK_TIMEOUT: &str = "60s";
 
 /// Imports of at least this many lines refresh the planner's statistics.
-const ANALYZE_AFTER_ROWS: usize = 1000;
+const ANALYZE_AFTER_ROWS: u64 = 1000;
 
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
@@ -602,10 +602,10 @@ impl Store for PgStore {
     fn import_orders(
         &mut self,
         merchant: &MerchantId,
-        rows: &[OrderRow],
+        rows: &dyn RowSource,
     ) -> Result<ImportSummary, StoreError> {
         let summary = self.run_store(|conn| import_orders(conn, merchant, rows))?;
-        if rows.len() >= ANALYZE_AFTER_ROWS {
+        if summary.lines >= ANALYZE_AFTER_ROWS {
             // A large import changes the tables' sizes enough for the planner to pick other
             // plans for the feeds' batched lookups; refresh its statistics now rather than
             // whenever autovacuum gets to it.
@@ -1190,13 +1190,15 @@ fn column_for(component: Component) -> &'static str {
     }
 }
 
-/// Imports an order report in one transaction (see [`Store::import_orders`]): reads and
-/// locks what exists, decides everything in memory (so a contradiction names its line and
-/// nothing is written), then writes in a few batched statements.
+/// Order lines per batch of an import: read, locked, decided and written together.
+const IMPORT_BATCH: usize = 10_000;
+
+/// Imports an order report in one transaction (see [`Store::import_orders`]), reading it in
+/// batches of [`IMPORT_BATCH`] lines, so memory stays flat whatever its size.
 fn import_orders(
     conn: &mut Conn,
     merchant: &MerchantId,
-    rows: &[OrderRow],
+    source: &dyn RowSource,
 ) -> Result<ImportSummary, StoreError> {
     let Conn {
         client,
@@ -1204,6 +1206,33 @@ fn import_orders(
         broken,
     } = conn;
     let mut tx = client.transaction().map_err(|e| fail(broken, &e))?;
+    let mut seen = ImportSeen::default();
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let mut lines = 0;
+    let mut rows = source.rows()?.peekable();
+    while let Some(row) = rows.next() {
+        batch.push(row?);
+        lines += 1;
+        if batch.len() == IMPORT_BATCH || rows.peek().is_none() {
+            import_batch(&mut tx, statements, broken, merchant, &batch, &mut seen)?;
+            batch.clear();
+        }
+    }
+    tx.commit().map_err(|e| fail(broken, &e))?;
+    Ok(seen.summary(lines))
+}
+
+/// Imports one batch of order lines inside the import's transaction: reads and locks what
+/// exists, decides everything in memory (so a contradiction names its line), then writes in
+/// a few batched statements. A later batch finds this one's rows in the store.
+fn import_batch(
+    tx: &mut Transaction<'_>,
+    statements: &mut HashMap<&'static str, Statement>,
+    broken: &mut bool,
+    merchant: &MerchantId,
+    rows: &[OrderRow],
+    seen: &mut ImportSeen,
+) -> Result<(), StoreError> {
     let db = |error: postgres::Error| classify(&error);
     let mut amazon_ids: Vec<&str> = rows.iter().map(|r| r.amazon_order_id.as_str()).collect();
     amazon_ids.sort_unstable();
@@ -1211,7 +1240,7 @@ fn import_orders(
 
     let mut orders: BTreeMap<String, ImportOrder> = BTreeMap::new();
     let order_rows = query(
-        &mut tx,
+        tx,
         statements,
         "SELECT id, amazon_order_id, merchant_order_id, currency, fulfillment_channel, \
          purchase_date FROM orders WHERE merchant = $1 AND amazon_order_id = ANY($2) \
@@ -1245,7 +1274,7 @@ fn import_orders(
     }
     let order_ids: Vec<i64> = order_by_id.keys().copied().collect();
     let item_rows = query(
-        &mut tx,
+        tx,
         statements,
         "SELECT id, order_id, position, amazon_order_item_code, merchant_order_item_id, sku, \
          quantity_ordered, quantity_shipped, quantity_cancelled FROM order_items \
@@ -1281,7 +1310,7 @@ fn import_orders(
     }
     let item_ids: Vec<i64> = item_by_id.keys().copied().collect();
     let component_rows = query(
-        &mut tx,
+        tx,
         statements,
         "SELECT item_id, component, charged, refunded FROM item_components \
          WHERE item_id = ANY($1)",
@@ -1464,8 +1493,11 @@ fn import_orders(
     }
 
     // Write.
-    let mut summary = ImportSummary::default();
-    let touched: std::collections::HashSet<&str> = amazon_ids.iter().copied().collect();
+    let touched: HashSet<&str> = amazon_ids.iter().copied().collect();
+    let touched_items: HashSet<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.amazon_order_id.as_str(), r.item_code.as_str()))
+        .collect();
     let mut new_amazon: Vec<&str> = Vec::new();
     let mut new_merchant_order: Vec<Option<&str>> = Vec::new();
     let mut new_currency: Vec<&str> = Vec::new();
@@ -1481,7 +1513,6 @@ fn import_orders(
         }
         match order.id {
             None => {
-                summary.orders_created += 1;
                 new_amazon.push(amazon);
                 new_merchant_order.push(order.merchant_order_id.as_deref());
                 new_currency.push(order.currency.code());
@@ -1489,7 +1520,7 @@ fn import_orders(
                 new_purchase.push(order.purchase_date.as_deref());
             }
             Some(id) => {
-                summary.orders_updated += 1;
+                seen.order_updated(id);
                 if order.dirty {
                     upd_id.push(id);
                     upd_merchant_order.push(order.merchant_order_id.as_deref());
@@ -1502,7 +1533,7 @@ fn import_orders(
     let mut order_ids: HashMap<String, i64> = HashMap::new();
     if !new_amazon.is_empty() {
         let inserted = query(
-            &mut tx,
+            tx,
             statements,
             "INSERT INTO orders (merchant, amazon_order_id, merchant_order_id, currency, \
              fulfillment_channel, purchase_date) \
@@ -1519,12 +1550,14 @@ fn import_orders(
         )
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
-            order_ids.insert(row.try_get(1).map_err(db)?, row.try_get(0).map_err(db)?);
+            let id = row.try_get(0).map_err(db)?;
+            seen.orders_created.insert(id);
+            order_ids.insert(row.try_get(1).map_err(db)?, id);
         }
     }
     if !upd_id.is_empty() {
         execute(
-            &mut tx,
+            tx,
             statements,
             "UPDATE orders SET merchant_order_id = u.m, purchase_date = u.p, \
              fulfillment_channel = u.c \
@@ -1558,7 +1591,6 @@ fn import_orders(
         for (code, item) in &order.items {
             match item.id {
                 None => {
-                    summary.items_created += 1;
                     ni_order.push(order_id);
                     ni_position.push(item.position);
                     ni_code.push(code);
@@ -1568,10 +1600,8 @@ fn import_orders(
                     ni_shipped.push(item.shipped);
                 }
                 Some(id) => {
-                    if rows.iter().any(|r| {
-                        r.amazon_order_id.as_str() == amazon && r.item_code.as_str() == code
-                    }) {
-                        summary.items_updated += 1;
+                    if touched_items.contains(&(amazon.as_str(), code.as_str())) {
+                        seen.item_updated(id);
                     }
                     if item.dirty {
                         ui_id.push(id);
@@ -1587,7 +1617,7 @@ fn import_orders(
     let mut item_ids: HashMap<(i64, String), i64> = HashMap::new();
     if !ni_order.is_empty() {
         let inserted = query(
-            &mut tx,
+            tx,
             statements,
             "INSERT INTO order_items (order_id, position, amazon_order_item_code, \
              merchant_order_item_id, sku, quantity_ordered, quantity_shipped) \
@@ -1606,15 +1636,17 @@ fn import_orders(
         )
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
+            let id = row.try_get(0).map_err(db)?;
+            seen.items_created.insert(id);
             item_ids.insert(
                 (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?),
-                row.try_get(0).map_err(db)?,
+                id,
             );
         }
     }
     if !ui_id.is_empty() {
         execute(
-            &mut tx,
+            tx,
             statements,
             "UPDATE order_items SET merchant_order_item_id = u.m, quantity_shipped = u.s, \
              sku = u.k, quantity_ordered = u.o \
@@ -1654,7 +1686,7 @@ fn import_orders(
     }
     if !c_item.is_empty() {
         execute(
-            &mut tx,
+            tx,
             statements,
             "INSERT INTO item_components (item_id, component, class, charged) \
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
@@ -1663,8 +1695,7 @@ fn import_orders(
         )
         .map_err(|e| fail(broken, &e))?;
     }
-    tx.commit().map_err(|e| fail(broken, &e))?;
-    Ok(summary)
+    Ok(())
 }
 
 /// `orders show`: the orders with this AmazonOrderID, their items and adjustments.

@@ -14,7 +14,7 @@ use adjustd::model::{
     PriceComponent, PromotionComponent, SellerId,
 };
 use adjustd::problem::Code;
-use adjustd::store::import::{parse_order_report, read_order_report};
+use adjustd::store::import::{ReportFile, parse_order_report, read_order_report};
 use adjustd::store::sqlite::SqliteStore;
 use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, Store, StoreError};
 
@@ -150,6 +150,7 @@ pub mod conformance {
             $crate::store::conformance::conformance_tests!(@cases $factory;
                 import_creates_and_reimport_updates,
                 import_rejects_contradictions_atomically,
+                import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
                 drop_rolls_back_everything,
@@ -346,6 +347,70 @@ pub mod conformance {
         assert_eq!(
             item_view(&mug, "12345678901234").charged["Principal"],
             "25.98"
+        );
+    }
+
+    /// A report file is read line by line inside the transaction (PostgreSQL: in batches of
+    /// 10 000 lines). An order whose lines fall in different batches is counted once, as
+    /// created; a bad last line fails the import and none of the lines before it are kept.
+    pub fn import_streams_a_large_report_file(store: &mut dyn Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let header = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\n";
+        let line = |order: u32, item: u32| {
+            format!("900-{order:07}-0000000\t{order:010}{item:04}\tSKU-{item}\t1\tUSD\t1.00\n")
+        };
+        // 12 001 orders of 2 items: order 0's second item is the last line (another batch).
+        let mut text = String::from(header);
+        text.push_str(&line(0, 0));
+        for order in 1..=12_000 {
+            text.push_str(&line(order, 0));
+            text.push_str(&line(order, 1));
+        }
+        text.push_str(&line(0, 1));
+        let path = dir.path().join("orders.txt");
+        std::fs::write(&path, &text).expect("write report");
+        let summary = store
+            .import_orders(&merchant(), &ReportFile::new(&path))
+            .expect("import");
+        assert_eq!(
+            (
+                summary.lines,
+                summary.orders_created,
+                summary.orders_updated,
+                summary.items_created,
+                summary.items_updated
+            ),
+            (24_002, 12_001, 0, 24_002, 0)
+        );
+        let first = one_order(store, "900-0000000-0000000");
+        assert_eq!(first.items.len(), 2);
+
+        // Again, plus a new order, then a bad item code on the last line (24 005).
+        text.push_str(&line(20_000, 0));
+        text.push_str("900-0020000-0000000\tnot-a-code\tS\t1\tUSD\t1.00\n");
+        std::fs::write(&path, &text).expect("write report");
+        let err = store
+            .import_orders(&merchant(), &ReportFile::new(&path))
+            .expect_err("bad last line");
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("line 24005, column order-item-id"),
+            "{err}"
+        );
+        assert!(
+            store
+                .orders(Some(&merchant()), "900-0020000-0000000")
+                .expect("orders")
+                .is_empty(),
+            "nothing of a failed import is kept"
+        );
+        // A file that vanished is named.
+        let err = store
+            .import_orders(&merchant(), &ReportFile::new(&dir.path().join("gone.txt")))
+            .expect_err("missing file");
+        assert!(
+            err.to_string().contains("cannot open the order report"),
+            "{err}"
         );
     }
 
