@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
-use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId};
+use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedDone, FeedStatus, FeedTx, NewFeed, Store, StoreError};
@@ -240,18 +240,29 @@ fn apply<R: std::io::BufRead + Send>(
     let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
         let (sender, chunks) = std::sync::mpsc::sync_channel(1);
         scope.spawn(move || read_chunks(validator, chunk_messages.max(1), &sender));
-        for chunk in chunks {
-            match chunk {
-                Ok(mut chunk) => flush(
-                    tx.as_mut(),
-                    &merchant,
-                    &mut snapshot,
-                    &mut chunk,
-                    rules,
-                    &mut tally,
-                )?,
+        // One chunk of look-ahead, so the store can start reading the next chunk's orders
+        // while this one is planned and written.
+        let mut chunks = chunks.into_iter();
+        let mut next = chunks.next();
+        while let Some(chunk) = next.take() {
+            let mut chunk = match chunk {
+                Ok(chunk) => chunk,
                 Err(problem) => return Ok(Some(problem)),
-            }
+            };
+            next = chunks.next();
+            let upcoming = match &next {
+                Some(Ok(upcoming)) => order_refs(upcoming),
+                _ => Vec::new(),
+            };
+            flush(
+                tx.as_mut(),
+                &merchant,
+                &mut snapshot,
+                &mut chunk,
+                upcoming,
+                rules,
+                &mut tally,
+            )?;
         }
         Ok(None)
         // Leaving the scope drops the receiver first, so a reader still running after a
@@ -312,11 +323,25 @@ fn read_chunks<R: std::io::BufRead>(
     }
 }
 
+/// The orders the valid messages of `chunk` name (SQLite drops repeats from an `IN` list).
+fn order_refs(chunk: &[ValidatedMessage]) -> Vec<OrderRef> {
+    chunk
+        .iter()
+        .filter_map(|message| match message {
+            ValidatedMessage::Valid(message) => Some(message.order.clone()),
+            ValidatedMessage::Invalid { .. } => None,
+        })
+        .collect()
+}
+
+/// Plans and writes one chunk: loads its orders, hints the store at the `upcoming` chunk's
+/// orders ([`FeedTx::prefetch`]), plans, writes, then forgets the orders.
 fn flush(
     tx: &mut dyn FeedTx,
     merchant: &MerchantId,
     snapshot: &mut Snapshot,
     chunk: &mut Vec<ValidatedMessage>,
+    upcoming: Vec<OrderRef>,
     rules: &Rules,
     tally: &mut Tally,
 ) -> Result<(), ProcessError> {
@@ -335,6 +360,7 @@ fn flush(
     if !needs.is_empty() {
         tx.load(merchant, &needs, snapshot)?;
     }
+    tx.prefetch(merchant, upcoming);
     let plan = engine::plan(snapshot, merchant, &valid, rules);
     tx.apply(merchant, &plan.changes)?;
     snapshot.forget();

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 use crate::engine::{Change, Needs, Snapshot};
 use crate::model::{
-    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, SellerId,
+    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, OrderRef,
+    SellerId,
 };
 use crate::store::import::ImportError;
 
@@ -435,6 +436,12 @@ pub trait FeedTx {
     /// Database errors; a CHECK violation is a bug in the engine and comes back as
     /// [`StoreError::Invalid`].
     fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError>;
+
+    /// A hint: the next [`FeedTx::load`] will probably ask for `orders`. A backend may
+    /// start reading them now, in parallel with the work on the current chunk (SQLite reads
+    /// them on a second connection), as long as `load` still returns exactly what it would
+    /// have without the hint. The default ignores it.
+    fn prefetch(&mut self, _merchant: &MerchantId, _orders: Vec<OrderRef>) {}
 
     /// Drops what the transaction cached about the orders loaded so far, so memory stays
     /// flat over a long feed; later calls read what they need again (the pipeline reloads

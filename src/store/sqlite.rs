@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -463,6 +464,9 @@ impl Store for SqliteStore {
             created_at: now,
             prior_keys: None,
             written_keys: HashSet::default(),
+            path: &self.path,
+            loader: LoaderState::Idle,
+            touched: HashSet::default(),
         }))
     }
 
@@ -975,6 +979,146 @@ pub struct SqliteFeedTx<'a> {
     /// so the engine's snapshot need not keep a feed's keys (memory stays flat). A hash
     /// collision only costs a query.
     written_keys: HashSet<u64, IdBuild>,
+    /// The database file, for the prefetch connection.
+    path: &'a Path,
+    /// Loads the next chunk's orders on a second connection (see [`FeedTx::prefetch`]);
+    /// started by the first prefetch.
+    loader: LoaderState,
+    /// Hashes of the AmazonOrderIDs this feed wrote to: only these can differ from the
+    /// state before the feed, which the prefetch connection sees. A hash collision only
+    /// costs a reload.
+    touched: HashSet<u64, IdBuild>,
+}
+
+/// The prefetch connection of a feed.
+enum LoaderState {
+    /// Not needed yet.
+    Idle,
+    Running(Loader),
+    /// Could not be started (logged); orders are loaded on the writing connection.
+    Failed,
+}
+
+/// A second, read-only connection on its own thread that loads the orders of the next
+/// chunk while the engine plans, and the writer writes, the current one.
+///
+/// Why its answer is exact: the feed's transaction holds SQLite's single write lock from
+/// its start to its commit, so every read on another connection during the feed sees the
+/// database as it was before the feed. An order differs from that state only if this feed
+/// wrote to it; those (`SqliteFeedTx::touched`) are loaded again on the writing connection.
+/// Orders do not appear during a feed, so one the prefetch did not find does not exist.
+struct Loader {
+    requests: Option<mpsc::Sender<Request>>,
+    results: mpsc::Receiver<Prefetched>,
+    /// A request was sent whose answer has not been taken yet.
+    outstanding: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Orders of a merchant to prefetch.
+struct Request {
+    merchant: MerchantId,
+    orders: Vec<OrderRef>,
+}
+
+/// The answer to a [`Request`]: the orders found among those asked for.
+struct Prefetched {
+    asked: Request,
+    found: Result<Vec<LoadedOrder>, StoreError>,
+}
+
+impl Loader {
+    fn start(path: &Path) -> Result<Loader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(db_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(db_error)?;
+        // SQLite's default 2 MiB page cache: each chunk's orders are read once, so a larger
+        // one (16 MiB was measured) only adds to the resident set.
+        conn.execute_batch("PRAGMA cache_size = -2048; PRAGMA mmap_size = 0;")
+            .map_err(db_error)?;
+        let (requests, inbox) = mpsc::channel::<Request>();
+        let (outbox, results) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("adjustd-prefetch".into())
+            .spawn(move || {
+                for asked in inbox {
+                    let found = load_refs(&conn, &asked.merchant, &asked.orders);
+                    if outbox.send(Prefetched { asked, found }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Other {
+                detail: format!("cannot start the prefetch thread: {e}"),
+            })?;
+        Ok(Loader {
+            requests: Some(requests),
+            results,
+            outstanding: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Asks for `orders`, dropping the answer to an earlier request nobody took.
+    fn request(&mut self, merchant: &MerchantId, orders: Vec<OrderRef>) -> bool {
+        drop(self.take());
+        let Some(requests) = &self.requests else {
+            return false;
+        };
+        let request = Request {
+            merchant: merchant.clone(),
+            orders,
+        };
+        self.outstanding = requests.send(request).is_ok();
+        self.outstanding
+    }
+
+    /// The answer to the outstanding request, waiting for it.
+    fn take(&mut self) -> Option<Prefetched> {
+        if !std::mem::take(&mut self.outstanding) {
+            return None;
+        }
+        self.results.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread after its current query.
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Loads orders named either way (see [`load_orders`]).
+fn load_refs(
+    conn: &Connection,
+    merchant: &MerchantId,
+    orders: &[OrderRef],
+) -> Result<Vec<LoadedOrder>, StoreError> {
+    let mut by_amazon = Vec::new();
+    let mut by_merchant = Vec::new();
+    for order in orders {
+        match order {
+            OrderRef::Amazon(id) => by_amazon.push(id.as_str()),
+            OrderRef::Merchant(id) => by_merchant.push(id.as_str()),
+        }
+    }
+    let mut loaded = load_orders(conn, merchant, "amazon_order_id", &by_amazon)?;
+    loaded.extend(load_orders(
+        conn,
+        merchant,
+        "merchant_order_id",
+        &by_merchant,
+    )?);
+    Ok(loaded)
 }
 
 /// Rows of one `apply` call, written with multi-row statements at its end.
@@ -1078,144 +1222,199 @@ fn key_hash(key: &str) -> u64 {
     })
 }
 
+/// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
+/// `ids`, for `merchant`: one statement per batch returns each order's items with their
+/// component totals (one row per component); strings are read in place and only the
+/// identifiers the engine keeps are allocated.
+fn load_orders(
+    conn: &Connection,
+    merchant: &MerchantId,
+    column: &str,
+    ids: &[&str],
+) -> Result<Vec<LoadedOrder>, StoreError> {
+    let mut orders: Vec<LoadedOrder> = Vec::new();
+    let mut order_at: IdMap<usize> = IdMap::default();
+    let mut item_at: IdMap<(usize, usize)> = IdMap::default();
+    // The covering index of migration 2, named because without statistics the planner
+    // takes the UNIQUE index and then reads every order row from the table as well.
+    let hint = if column == "amazon_order_id" {
+        "INDEXED BY orders_load"
+    } else {
+        ""
+    };
+    for chunk in ids.chunks(BATCH) {
+        let placeholders = in_list(batch_size(chunk.len()));
+        let sql = format!(
+            "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
+             o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
+             i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
+             c.component, c.charged, c.refunded \
+             FROM orders o {hint} LEFT JOIN order_items i ON i.order_id = o.id \
+             LEFT JOIN item_components c ON c.item_id = i.id \
+             WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_error)?;
+        let params = padded_params(merchant.as_str(), chunk);
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params.iter()))
+            .map_err(db_error)?;
+        let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<Option<String>, StoreError> {
+            Ok(r.get_ref(i)
+                .map_err(db_error)?
+                .as_str_or_null()
+                .map_err(|e| db_error(e.into()))?
+                .map(str::to_owned))
+        };
+        while let Some(r) = rows.next().map_err(db_error)? {
+            let order_id: i64 = r.get(0).map_err(db_error)?;
+            let oi = match order_at.get(&order_id) {
+                Some(oi) => *oi,
+                None => {
+                    let aid = text(r, 1)?.unwrap_or_default();
+                    let moid = text(r, 2)?;
+                    let cur = r.get_ref(3).map_err(db_error)?;
+                    let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
+                    let channel = r.get_ref(4).map_err(db_error)?;
+                    let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
+                    orders.push(LoadedOrder {
+                        state: OrderState {
+                            amazon_order_id: AmazonOrderId::new(&aid)
+                                .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
+                            merchant_order_id: seller_id(moid, "MerchantOrderID")?,
+                            currency: Currency::from_code(cur)
+                                .ok_or_else(|| corrupt("currency", cur))?,
+                            channel: channel
+                                .parse()
+                                .map_err(|()| corrupt("fulfillment channel", channel))?,
+                            items: Vec::new(),
+                        },
+                        item_ids: Vec::new(),
+                        positions: Vec::new(),
+                    });
+                    order_at.insert(order_id, orders.len() - 1);
+                    orders.len() - 1
+                }
+            };
+            let Some(item_id) = r.get::<_, Option<i64>>(5).map_err(db_error)? else {
+                continue;
+            };
+            let (oi, ii) = match item_at.get(&item_id) {
+                Some(at) => *at,
+                None => {
+                    let code = text(r, 6)?.unwrap_or_default();
+                    let mid = text(r, 7)?;
+                    let item = ItemState {
+                        code: OrderItemCode::new(&code)
+                            .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
+                        merchant_item_id: seller_id(mid, "MerchantOrderItemID")?,
+                        quantity_ordered: r.get(8).map_err(db_error)?,
+                        quantity_shipped: r.get(9).map_err(db_error)?,
+                        quantity_cancelled: r.get(10).map_err(db_error)?,
+                        components: BTreeMap::new(),
+                    };
+                    let order = &mut orders[oi];
+                    order.state.items.push(item);
+                    order.item_ids.push(item_id);
+                    order.positions.push(r.get(11).map_err(db_error)?);
+                    let at = (oi, order.item_ids.len() - 1);
+                    item_at.insert(item_id, at);
+                    at
+                }
+            };
+            let name = r.get_ref(12).map_err(db_error)?;
+            let Some(name) = name.as_str_or_null().map_err(|e| db_error(e.into()))? else {
+                continue;
+            };
+            let component = Component::from_name(name).ok_or_else(|| corrupt("component", name))?;
+            let totals = ComponentTotals {
+                charged: r.get(13).map_err(db_error)?,
+                refunded: r.get(14).map_err(db_error)?,
+            };
+            orders[oi].state.items[ii]
+                .components
+                .insert(component, totals);
+        }
+    }
+    // Items in import order (the rows come in index order).
+    for order in &mut orders {
+        if order.positions.is_sorted() {
+            continue;
+        }
+        let mut by_position: Vec<(i64, ItemState, i64)> = order
+            .positions
+            .drain(..)
+            .zip(order.state.items.drain(..))
+            .zip(order.item_ids.drain(..))
+            .map(|((p, item), id)| (p, item, id))
+            .collect();
+        by_position.sort_by_key(|(p, _, _)| *p);
+        for (p, item, id) in by_position {
+            order.positions.push(p);
+            order.state.items.push(item);
+            order.item_ids.push(id);
+        }
+    }
+    Ok(orders)
+}
+
 /// A map keyed by database id.
 type IdMap<V> = HashMap<i64, V, IdBuild>;
 
 impl SqliteFeedTx<'_> {
-    /// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
-    /// `ids`, for `merchant`: one statement per batch returns each order's items with their
-    /// component totals (one row per component); strings are read in place and only the
-    /// identifiers the engine keeps are allocated.
-    fn load_orders(
-        &self,
+    /// Loads `orders`: those the prefetch connection read and this feed has not written to
+    /// from its answer, the rest on the writing connection.
+    fn load_needed(
+        &mut self,
         merchant: &MerchantId,
-        column: &str,
-        ids: &[&str],
+        orders: &[OrderRef],
     ) -> Result<Vec<LoadedOrder>, StoreError> {
-        let mut orders: Vec<LoadedOrder> = Vec::new();
-        let mut order_at: IdMap<usize> = IdMap::default();
-        let mut item_at: IdMap<(usize, usize)> = IdMap::default();
-        // The covering index of migration 2, named because without statistics the planner
-        // takes the UNIQUE index and then reads every order row from the table as well.
-        let hint = if column == "amazon_order_id" {
-            "INDEXED BY orders_load"
-        } else {
-            ""
+        let answer = match &mut self.loader {
+            LoaderState::Running(loader) => loader.take(),
+            LoaderState::Idle | LoaderState::Failed => None,
         };
-        for chunk in ids.chunks(BATCH) {
-            let placeholders = in_list(batch_size(chunk.len()));
-            let sql = format!(
-                "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
-                 o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
-                 i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
-                 c.component, c.charged, c.refunded \
-                 FROM orders o {hint} LEFT JOIN order_items i ON i.order_id = o.id \
-                 LEFT JOIN item_components c ON c.item_id = i.id \
-                 WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
-            );
-            let mut stmt = self.tx.prepare_cached(&sql).map_err(db_error)?;
-            let params = padded_params(merchant.as_str(), chunk);
-            let mut rows = stmt
-                .query(rusqlite::params_from_iter(params.iter()))
-                .map_err(db_error)?;
-            let text = |r: &rusqlite::Row<'_>, i: usize| -> Result<Option<String>, StoreError> {
-                Ok(r.get_ref(i)
-                    .map_err(db_error)?
-                    .as_str_or_null()
-                    .map_err(|e| db_error(e.into()))?
-                    .map(str::to_owned))
-            };
-            while let Some(r) = rows.next().map_err(db_error)? {
-                let order_id: i64 = r.get(0).map_err(db_error)?;
-                let oi = match order_at.get(&order_id) {
-                    Some(oi) => *oi,
-                    None => {
-                        let aid = text(r, 1)?.unwrap_or_default();
-                        let moid = text(r, 2)?;
-                        let cur = r.get_ref(3).map_err(db_error)?;
-                        let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
-                        let channel = r.get_ref(4).map_err(db_error)?;
-                        let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
-                        orders.push(LoadedOrder {
-                            state: OrderState {
-                                amazon_order_id: AmazonOrderId::new(&aid)
-                                    .ok_or_else(|| corrupt("AmazonOrderID", &aid))?,
-                                merchant_order_id: seller_id(moid, "MerchantOrderID")?,
-                                currency: Currency::from_code(cur)
-                                    .ok_or_else(|| corrupt("currency", cur))?,
-                                channel: channel
-                                    .parse()
-                                    .map_err(|()| corrupt("fulfillment channel", channel))?,
-                                items: Vec::new(),
-                            },
-                            item_ids: Vec::new(),
-                            positions: Vec::new(),
-                        });
-                        order_at.insert(order_id, orders.len() - 1);
-                        orders.len() - 1
-                    }
-                };
-                let Some(item_id) = r.get::<_, Option<i64>>(5).map_err(db_error)? else {
-                    continue;
-                };
-                let (oi, ii) = match item_at.get(&item_id) {
-                    Some(at) => *at,
-                    None => {
-                        let code = text(r, 6)?.unwrap_or_default();
-                        let mid = text(r, 7)?;
-                        let item = ItemState {
-                            code: OrderItemCode::new(&code)
-                                .ok_or_else(|| corrupt("AmazonOrderItemCode", &code))?,
-                            merchant_item_id: seller_id(mid, "MerchantOrderItemID")?,
-                            quantity_ordered: r.get(8).map_err(db_error)?,
-                            quantity_shipped: r.get(9).map_err(db_error)?,
-                            quantity_cancelled: r.get(10).map_err(db_error)?,
-                            components: BTreeMap::new(),
-                        };
-                        let order = &mut orders[oi];
-                        order.state.items.push(item);
-                        order.item_ids.push(item_id);
-                        order.positions.push(r.get(11).map_err(db_error)?);
-                        let at = (oi, order.item_ids.len() - 1);
-                        item_at.insert(item_id, at);
-                        at
-                    }
-                };
-                let name = r.get_ref(12).map_err(db_error)?;
-                let Some(name) = name.as_str_or_null().map_err(|e| db_error(e.into()))? else {
-                    continue;
-                };
-                let component =
-                    Component::from_name(name).ok_or_else(|| corrupt("component", name))?;
-                let totals = ComponentTotals {
-                    charged: r.get(13).map_err(db_error)?,
-                    refunded: r.get(14).map_err(db_error)?,
-                };
-                orders[oi].state.items[ii]
-                    .components
-                    .insert(component, totals);
+        let Some(Prefetched {
+            asked,
+            found: Ok(prefetched),
+        }) = answer
+        else {
+            return load_refs(&self.tx, merchant, orders);
+        };
+        if asked.merchant != *merchant {
+            return load_refs(&self.tx, merchant, orders);
+        }
+        let asked: HashSet<&OrderRef> = asked.orders.iter().collect();
+        let mut found: HashMap<OrderRef, usize> = HashMap::new();
+        for (at, order) in prefetched.iter().enumerate() {
+            found.insert(OrderRef::Amazon(order.state.amazon_order_id.clone()), at);
+            if let Some(id) = &order.state.merchant_order_id {
+                found.insert(OrderRef::Merchant(id.clone()), at);
             }
         }
-        // Items in import order (the rows come in index order).
-        for order in &mut orders {
-            if order.positions.is_sorted() {
+        let mut use_prefetched = vec![false; prefetched.len()];
+        let mut again = Vec::new();
+        for order in orders {
+            if !asked.contains(order) {
+                again.push(order.clone());
                 continue;
             }
-            let mut by_position: Vec<(i64, ItemState, i64)> = order
-                .positions
-                .drain(..)
-                .zip(order.state.items.drain(..))
-                .zip(order.item_ids.drain(..))
-                .map(|((p, item), id)| (p, item, id))
-                .collect();
-            by_position.sort_by_key(|(p, _, _)| *p);
-            for (p, item, id) in by_position {
-                order.positions.push(p);
-                order.state.items.push(item);
-                order.item_ids.push(id);
+            // Not found before the feed: not there now either.
+            let Some(&at) = found.get(order) else {
+                continue;
+            };
+            let amazon = &prefetched[at].state.amazon_order_id;
+            if self.touched.contains(&key_hash(amazon.as_str())) {
+                again.push(OrderRef::Amazon(amazon.clone()));
+            } else {
+                use_prefetched[at] = true;
             }
         }
-        Ok(orders)
+        let mut loaded: Vec<LoadedOrder> = prefetched
+            .into_iter()
+            .zip(use_prefetched)
+            .filter_map(|(order, used)| used.then_some(order))
+            .collect();
+        loaded.extend(load_refs(&self.tx, merchant, &again)?);
+        Ok(loaded)
     }
 
     fn item_id(
@@ -1275,6 +1474,8 @@ impl SqliteFeedTx<'_> {
         pending: &mut Pending<'c>,
     ) -> Result<(), StoreError> {
         let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
+        self.touched
+            .insert(key_hash(adjustment.amazon_order_id.as_str()));
         self.read_components(item_id)?;
         let net = adjustment
             .amounts
@@ -1549,6 +1750,37 @@ impl FeedTx for SqliteFeedTx<'_> {
         self.feed_id.unsigned_abs()
     }
 
+    fn prefetch(&mut self, merchant: &MerchantId, mut orders: Vec<OrderRef>) {
+        // Orders this feed wrote to, or is about to (the current chunk's), are loaded on
+        // the writing connection anyway.
+        orders.retain(|order| match order {
+            OrderRef::Amazon(id) => {
+                !self.items.contains_key(id) && !self.touched.contains(&key_hash(id.as_str()))
+            }
+            OrderRef::Merchant(_) => true,
+        });
+        if orders.is_empty() {
+            return;
+        }
+        if let LoaderState::Idle = self.loader {
+            // An in-memory database has no file a second connection could open.
+            let on_disk = self.tx.path().is_some_and(|path| !path.is_empty());
+            self.loader = match on_disk.then(|| Loader::start(self.path)) {
+                Some(Ok(loader)) => LoaderState::Running(loader),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "cannot open a second connection to prefetch orders; loading them on the writing connection");
+                    LoaderState::Failed
+                }
+                None => LoaderState::Failed,
+            };
+        }
+        if let LoaderState::Running(loader) = &mut self.loader
+            && !loader.request(merchant, orders)
+        {
+            self.loader = LoaderState::Failed;
+        }
+    }
+
     fn forget_loaded(&mut self) {
         // Item ids and component rows are re-read by `load` (or on demand by `apply`).
         self.items.clear();
@@ -1562,16 +1794,7 @@ impl FeedTx for SqliteFeedTx<'_> {
         needs: &Needs,
         snapshot: &mut Snapshot,
     ) -> Result<(), StoreError> {
-        let mut by_amazon = Vec::new();
-        let mut by_merchant = Vec::new();
-        for order in &needs.orders {
-            match order {
-                OrderRef::Amazon(id) => by_amazon.push(id.as_str()),
-                OrderRef::Merchant(id) => by_merchant.push(id.as_str()),
-            }
-        }
-        let mut loaded = self.load_orders(merchant, "amazon_order_id", &by_amazon)?;
-        loaded.extend(self.load_orders(merchant, "merchant_order_id", &by_merchant)?);
+        let loaded = self.load_needed(merchant, &needs.orders)?;
         for order in loaded {
             if snapshot.has_order(&order.state.amazon_order_id) {
                 // Already loaded (named both ways): keep the engine's working copy.
@@ -1734,7 +1957,9 @@ impl FeedTx for SqliteFeedTx<'_> {
     }
 
     fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
-        let this = *self;
+        let mut this = *self;
+        // Stop the prefetch connection before the commit (and its checkpoint).
+        this.loader = LoaderState::Idle;
         let conflict = |e: rusqlite::Error| match db_error(e) {
             // The partial unique index on (merchant, content_hash): someone applied the
             // same bytes first; the retry will find it as a duplicate.

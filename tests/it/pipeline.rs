@@ -269,3 +269,64 @@ fn keys_across_chunks(context: &mut Context, dir: &Path) {
         .expect("order");
     assert_eq!(orders[0].adjustments.len(), 4000);
 }
+
+#[test]
+fn an_order_named_by_merchant_order_id_sees_what_earlier_chunks_wrote() {
+    // Chunks of one message, so the store prefetches each next message's order while the
+    // current one is written. Message 2 names the order by its MerchantOrderID, which the
+    // prefetch cannot tell is the order message 1 refunds: the store must still give the
+    // engine the state after message 1, not the state before the feed.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    context.chunk_messages = 1;
+    let report = "order-id\torder-item-id\tmerchant-order-id\tsku\tquantity-purchased\tcurrency\titem-price\n\
+                  300-0000001-0000001\t30000000000001\tPO-77\tSKU-P\t1\tUSD\t40.00\n";
+    let rows = import::parse_order_report(report).expect("report");
+    context
+        .store
+        .as_store()
+        .import_orders(&merchant(), &rows)
+        .expect("import");
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
+    );
+    for (id, order, amount) in [
+        (
+            1,
+            "<AmazonOrderID>300-0000001-0000001</AmazonOrderID>",
+            "30.00",
+        ),
+        (2, "<MerchantOrderID>PO-77</MerchantOrderID>", "20.00"),
+        (3, "<MerchantOrderID>PO-77</MerchantOrderID>", "10.00"),
+    ] {
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment>{order}\
+             <AdjustedItem><AmazonOrderItemCode>30000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component>\
+             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.path().join("by-merchant-id.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [(2, Code::ComponentExceedsRemaining)]
+    );
+    assert_eq!(processed.outcome.messages_successful, 2);
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "300-0000001-0000001")
+        .expect("order");
+    assert_eq!(
+        orders[0].items[0]
+            .refunded
+            .get("Principal")
+            .map(String::as_str),
+        Some("40.00")
+    );
+}
