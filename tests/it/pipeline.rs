@@ -51,6 +51,16 @@ fn source<'a>(path: &'a Path, claim_token: Option<&'a str>) -> Source<'a> {
     }
 }
 
+/// The start of a feed of merchant M_TEST, up to its first message.
+const FEED_HEAD: &str = "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+     <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n";
+
+/// The Principal refunded so far on the first item of `order`.
+fn principal_refunded(context: &mut Context, order: &str) -> String {
+    let orders = context.store.as_store().orders(None, order).expect("order");
+    orders[0].items[0].refunded["Principal"].clone()
+}
+
 fn codes(outcome: &adjustd::report::FeedOutcome) -> Vec<(u64, Code)> {
     outcome
         .results
@@ -155,10 +165,7 @@ fn later_messages_see_earlier_ones_across_chunks() {
     // reached in the second chunk only if the snapshot carries over.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut context = context(dir.path());
-    let mut xml = String::from(
-        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
-         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
-    );
+    let mut xml = String::from(FEED_HEAD);
     for id in 1..=5000 {
         let _ = writeln!(
             xml,
@@ -180,17 +187,9 @@ fn later_messages_see_earlier_ones_across_chunks() {
         (first_error.message_id.get(), first_error.code),
         (4001, Code::ComponentExceedsRemaining)
     );
-    let orders = context
-        .store
-        .as_store()
-        .orders(None, "111-0000001-0000001")
-        .expect("order");
     assert_eq!(
-        orders[0].items[0]
-            .refunded
-            .get("Principal")
-            .map(String::as_str),
-        Some("40.00")
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "40.00"
     );
 }
 
@@ -215,10 +214,7 @@ fn keys_across_chunks(context: &mut Context, dir: &Path) {
     // a replay of message 1 (first chunk), the key of message 2 with other content, and a
     // replay of the rejected message 4,050 (first chunk). The engine's snapshot is dropped
     // after each chunk, so these answers come from what the transaction wrote.
-    let mut xml = String::from(
-        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
-         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
-    );
+    let mut xml = String::from(FEED_HEAD);
     let mut message = |id: u32, key: u32, amount: &str| {
         let _ = writeln!(
             xml,
@@ -287,10 +283,7 @@ fn an_order_named_by_merchant_order_id_sees_what_earlier_chunks_wrote() {
         .as_store()
         .import_orders(&merchant(), &rows)
         .expect("import");
-    let mut xml = String::from(
-        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
-         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
-    );
+    let mut xml = String::from(FEED_HEAD);
     for (id, order, amount) in [
         (
             1,
@@ -317,16 +310,8 @@ fn an_order_named_by_merchant_order_id_sees_what_earlier_chunks_wrote() {
         [(2, Code::ComponentExceedsRemaining)]
     );
     assert_eq!(processed.outcome.messages_successful, 2);
-    let orders = context
-        .store
-        .as_store()
-        .orders(None, "300-0000001-0000001")
-        .expect("order");
     assert_eq!(
-        orders[0].items[0]
-            .refunded
-            .get("Principal")
-            .map(String::as_str),
-        Some("40.00")
+        principal_refunded(&mut context, "300-0000001-0000001"),
+        "40.00"
     );
 }
