@@ -3,7 +3,8 @@
 //! nesting, truncation, UTF-16, binary garbage, configured limits, and property tests
 //! (arbitrary bytes and mutated valid feeds never panic and always end). Each case must
 //! end in one clear feed-level problem after reading only a bounded prefix of the input.
-//! Does not cover schema or rule checks (see `fixtures`).
+//! Also broken order reports against the streaming order-report reader (never a panic, every
+//! error names a line of the file). Does not cover schema or rule checks (see `fixtures`).
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
@@ -477,5 +478,43 @@ proptest! {
         let bytes = mutate(base.as_bytes(), &edits);
         check_invariants(&bytes);
         let _ = feed::completeness(&bytes[..], Limits::default());
+    }
+}
+
+/// Order reports made of pieces of real ones, broken: the streaming reader never panics, and
+/// every error names a line of the file (1 for an empty one).
+fn check_order_report(bytes: &[u8]) {
+    let lines =
+        u32::try_from(bytes.iter().filter(|b| **b == b'\n').count() + 1).unwrap_or(u32::MAX);
+    let error = match adjustd::store::import::OrderReport::new(bytes) {
+        Err(error) => Some(error),
+        Ok(report) => report.filter_map(Result::err).next(),
+    };
+    if let Some(error) = error {
+        assert!(
+            (1..=lines).contains(&error.line),
+            "line {} of {lines}: {error}",
+            error.line
+        );
+        assert!(!error.detail.is_empty());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn broken_order_reports_never_panic(parts in proptest::collection::vec(
+        prop_oneof![
+            Just(b"order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\titem-tax\n".to_vec()),
+            Just(b"171-1234567-1234567\t12345678901234\tS\t2\tUSD\t19.99\t1.60\n".to_vec()),
+            Just(b"\t".to_vec()), Just(b"\n".to_vec()), Just(b"\r\n".to_vec()),
+            Just(b"\xef\xbb\xbf".to_vec()), Just(b"\xff\xfe".to_vec()), Just(b"-0.001".to_vec()),
+            Just(b"99999999999999999999".to_vec()), Just(b"JPY".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ],
+        0..30,
+    )) {
+        check_order_report(&parts.concat());
     }
 }
