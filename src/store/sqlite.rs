@@ -467,6 +467,7 @@ impl Store for SqliteStore {
             path: &self.path,
             loader: LoaderState::Idle,
             touched: HashSet::default(),
+            overlay: Overlay::default(),
         }))
     }
 
@@ -988,6 +989,107 @@ pub struct SqliteFeedTx<'a> {
     /// state before the feed, which the prefetch connection sees. A hash collision only
     /// costs a reload.
     touched: HashSet<u64, IdBuild>,
+    /// What this feed wrote to some of the `touched` orders.
+    overlay: Overlay,
+}
+
+/// Orders kept in an [`Overlay`] at most; about 200 bytes each.
+const OVERLAY_ORDERS: usize = 131_072;
+
+/// This feed's writes to orders it touched, recorded from an order's first write on: such
+/// an order's state before the feed (as the prefetch connection reads it) plus its record
+/// is its state now, so it need not be read again on the writing connection. When full,
+/// the overlay is emptied; its orders stay `touched` and are read on the writing connection
+/// again, so memory stays bounded and nothing is lost.
+struct Overlay {
+    orders: HashMap<AmazonOrderId, Vec<ItemDelta>>,
+    /// [`OVERLAY_ORDERS`], or less in tests.
+    cap: usize,
+}
+
+impl Default for Overlay {
+    fn default() -> Overlay {
+        Overlay {
+            orders: HashMap::new(),
+            cap: OVERLAY_ORDERS,
+        }
+    }
+}
+
+/// What a feed wrote to one item: units cancelled and the net amount per component added
+/// to the running totals (a component without a row before gets one, charged 0).
+struct ItemDelta {
+    item_id: i64,
+    cancelled: u32,
+    refunded: Vec<(Component, i64)>,
+}
+
+impl Overlay {
+    /// Records one adjustment of `order`. `first_write`: this feed never wrote to the order
+    /// before, so a record started now is complete.
+    fn record(
+        &mut self,
+        order: &AmazonOrderId,
+        first_write: bool,
+        adjustment: &NewAdjustment,
+        item_id: i64,
+    ) {
+        let items = match self.orders.get_mut(order) {
+            Some(items) => items,
+            None if first_write => {
+                if self.orders.len() >= self.cap {
+                    self.orders.clear();
+                }
+                self.orders.entry(order.clone()).or_default()
+            }
+            // Written before without a record (or the overlay was emptied since).
+            None => return,
+        };
+        let at = match items.iter().position(|item| item.item_id == item_id) {
+            Some(at) => at,
+            None => {
+                items.push(ItemDelta {
+                    item_id,
+                    cancelled: 0,
+                    refunded: Vec::new(),
+                });
+                items.len() - 1
+            }
+        };
+        let item = &mut items[at];
+        item.cancelled += adjustment.quantity_cancelled;
+        for (component, amount) in &adjustment.amounts {
+            match item.refunded.iter_mut().find(|(c, _)| c == component) {
+                Some((_, total)) => *total += amount,
+                None => item.refunded.push((*component, *amount)),
+            }
+        }
+    }
+
+    /// Brings a prefetched (pre-feed) order up to date; `false` when the order has no
+    /// complete record here (or names an item it lacks), so it must be read again.
+    fn bring_up_to_date(&self, order: &mut LoadedOrder) -> bool {
+        let Some(items) = self.orders.get(&order.state.amazon_order_id) else {
+            return false;
+        };
+        for delta in items {
+            let Some(at) = order.item_ids.iter().position(|id| *id == delta.item_id) else {
+                return false;
+            };
+            let item = &mut order.state.items[at];
+            item.quantity_cancelled += delta.cancelled;
+            for (component, amount) in &delta.refunded {
+                item.components
+                    .entry(*component)
+                    .or_insert(ComponentTotals {
+                        charged: 0,
+                        refunded: 0,
+                    })
+                    .refunded += amount;
+            }
+        }
+        true
+    }
 }
 
 /// The prefetch connection of a feed.
@@ -1005,8 +1107,10 @@ enum LoaderState {
 /// Why its answer is exact: the feed's transaction holds SQLite's single write lock from
 /// its start to its commit, so every read on another connection during the feed sees the
 /// database as it was before the feed. An order differs from that state only if this feed
-/// wrote to it; those (`SqliteFeedTx::touched`) are loaded again on the writing connection.
-/// Orders do not appear during a feed, so one the prefetch did not find does not exist.
+/// wrote to it (`SqliteFeedTx::touched`); such an order is brought up to date from the
+/// feed's [`Overlay`], or loaded again on the writing connection when the overlay does not
+/// hold it. Orders do not appear during a feed, so one the prefetch did not find does not
+/// exist.
 struct Loader {
     requests: Option<mpsc::Sender<Request>>,
     results: mpsc::Receiver<Prefetched>,
@@ -1401,18 +1505,22 @@ impl SqliteFeedTx<'_> {
             let Some(&at) = found.get(order) else {
                 continue;
             };
-            let amazon = &prefetched[at].state.amazon_order_id;
-            if self.touched.contains(&key_hash(amazon.as_str())) {
-                again.push(OrderRef::Amazon(amazon.clone()));
-            } else {
-                use_prefetched[at] = true;
-            }
+            use_prefetched[at] = true;
         }
-        let mut loaded: Vec<LoadedOrder> = prefetched
-            .into_iter()
-            .zip(use_prefetched)
-            .filter_map(|(order, used)| used.then_some(order))
-            .collect();
+        let mut loaded = Vec::with_capacity(prefetched.len());
+        for (mut order, used) in prefetched.into_iter().zip(use_prefetched) {
+            if !used {
+                continue;
+            }
+            let amazon = &order.state.amazon_order_id;
+            if self.touched.contains(&key_hash(amazon.as_str()))
+                && !self.overlay.bring_up_to_date(&mut order)
+            {
+                again.push(OrderRef::Amazon(order.state.amazon_order_id));
+                continue;
+            }
+            loaded.push(order);
+        }
         loaded.extend(load_refs(&self.tx, merchant, &again)?);
         Ok(loaded)
     }
@@ -1474,8 +1582,11 @@ impl SqliteFeedTx<'_> {
         pending: &mut Pending<'c>,
     ) -> Result<(), StoreError> {
         let item_id = self.item_id(merchant, &adjustment.amazon_order_id, &adjustment.item_code)?;
-        self.touched
+        let first_write = self
+            .touched
             .insert(key_hash(adjustment.amazon_order_id.as_str()));
+        self.overlay
+            .record(&adjustment.amazon_order_id, first_write, adjustment, item_id);
         self.read_components(item_id)?;
         let net = adjustment
             .amounts
@@ -1751,11 +1862,12 @@ impl FeedTx for SqliteFeedTx<'_> {
     }
 
     fn prefetch(&mut self, merchant: &MerchantId, mut orders: Vec<OrderRef>) {
-        // Orders this feed wrote to, or is about to (the current chunk's), are loaded on
-        // the writing connection anyway.
+        // Orders this feed wrote to without a record in the overlay are loaded on the
+        // writing connection anyway.
         orders.retain(|order| match order {
             OrderRef::Amazon(id) => {
-                !self.items.contains_key(id) && !self.touched.contains(&key_hash(id.as_str()))
+                !self.touched.contains(&key_hash(id.as_str()))
+                    || self.overlay.orders.contains_key(id)
             }
             OrderRef::Merchant(_) => true,
         });
@@ -1992,5 +2104,86 @@ impl FeedTx for SqliteFeedTx<'_> {
             ])
             .map_err(conflict)?;
         this.tx.commit().map_err(conflict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AdjustmentReason, MessageId, PriceComponent};
+
+    fn refund(order: &AmazonOrderId, cents: i64, cancelled: u32) -> NewAdjustment {
+        NewAdjustment {
+            message_id: MessageId::new(1).expect("message id"),
+            amazon_order_id: order.clone(),
+            item_code: OrderItemCode::new("12345678901234").expect("item code"),
+            reason: AdjustmentReason::CustomerReturn,
+            action: None,
+            quantity_cancelled: cancelled,
+            quantity: None,
+            amounts: vec![(Component::Price(PriceComponent::Principal), cents)],
+            key: None,
+            payload_hash: String::new(),
+        }
+    }
+
+    fn prefetched(order: &AmazonOrderId) -> LoadedOrder {
+        let principal = Component::Price(PriceComponent::Principal);
+        LoadedOrder {
+            state: OrderState {
+                amazon_order_id: order.clone(),
+                merchant_order_id: None,
+                currency: Currency::from_code("USD").expect("currency"),
+                channel: FulfillmentChannel::Merchant,
+                items: vec![ItemState {
+                    code: OrderItemCode::new("12345678901234").expect("item code"),
+                    merchant_item_id: None,
+                    quantity_ordered: 3,
+                    quantity_shipped: 0,
+                    quantity_cancelled: 0,
+                    components: BTreeMap::from([(
+                        principal,
+                        ComponentTotals {
+                            charged: 1000,
+                            refunded: 100,
+                        },
+                    )]),
+                }],
+            },
+            item_ids: vec![7],
+            positions: vec![1],
+        }
+    }
+
+    #[test]
+    fn the_overlay_brings_a_pre_feed_order_up_to_date_or_says_it_cannot() {
+        let a = AmazonOrderId::new("111-0000001-0000001").expect("order id");
+        let b = AmazonOrderId::new("111-0000002-0000002").expect("order id");
+        let mut overlay = Overlay {
+            cap: 1,
+            ..Overlay::default()
+        };
+        overlay.record(&a, true, &refund(&a, 250, 0), 7);
+        overlay.record(&a, false, &refund(&a, 50, 1), 7);
+        let mut order = prefetched(&a);
+        assert!(overlay.bring_up_to_date(&mut order));
+        let item = &order.state.items[0];
+        let principal = Component::Price(PriceComponent::Principal);
+        assert_eq!(item.components[&principal].refunded, 400);
+        assert_eq!(item.quantity_cancelled, 1);
+
+        // Full: B's first write empties the overlay. A's later writes are not recorded
+        // (its record would miss the earlier ones), so A must be read again.
+        overlay.record(&b, true, &refund(&b, 10, 0), 7);
+        overlay.record(&a, false, &refund(&a, 10, 0), 7);
+        assert!(!overlay.bring_up_to_date(&mut prefetched(&a)));
+        let mut order = prefetched(&b);
+        assert!(overlay.bring_up_to_date(&mut order));
+        assert_eq!(order.state.items[0].components[&principal].refunded, 110);
+
+        // An item the prefetched order lacks: read again.
+        let mut other = prefetched(&b);
+        other.item_ids = vec![8];
+        assert!(!overlay.bring_up_to_date(&mut other));
     }
 }

@@ -315,3 +315,56 @@ fn an_order_named_by_merchant_order_id_sees_what_earlier_chunks_wrote() {
         "40.00"
     );
 }
+
+#[test]
+fn a_cancellation_in_an_earlier_chunk_counts_for_a_later_one() {
+    // Chunks of one message: message 3's order is read ahead, before the feed, while
+    // message 2 is written, and must be brought up to date with what messages 1 and 2 wrote.
+    // Item 10000000000001: 2 ordered, 1 shipped, so one unit can be cancelled.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    context.chunk_messages = 1;
+    let mut xml = String::from(FEED_HEAD);
+    for (id, quantity, amount) in [(1, 1, "0.00"), (2, 0, "1.00"), (3, 1, "0.00")] {
+        let cancel = if quantity > 0 {
+            format!("<QuantityCancelled>{quantity}</QuantityCancelled>")
+        } else {
+            String::new()
+        };
+        let (reason, prices) = if quantity > 0 {
+            ("NoInventory", String::new())
+        } else {
+            (
+                "CustomerReturn",
+                format!(
+                    "<ItemPriceAdjustments><Component><Type>Principal</Type>\
+                     <Amount currency=\"USD\">{amount}</Amount></Component></ItemPriceAdjustments>"
+                ),
+            )
+        };
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>{reason}</AdjustmentReason>\
+             {prices}{cancel}</AdjustedItem></OrderAdjustment></Message>"
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.path().join("cancel.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [(3, Code::CancelExceedsUnshipped)]
+    );
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "1.00"
+    );
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    assert_eq!(orders[0].items[0].quantity_cancelled, 1);
+}
