@@ -1585,8 +1585,12 @@ impl SqliteFeedTx<'_> {
         let first_write = self
             .touched
             .insert(key_hash(adjustment.amazon_order_id.as_str()));
-        self.overlay
-            .record(&adjustment.amazon_order_id, first_write, adjustment, item_id);
+        self.overlay.record(
+            &adjustment.amazon_order_id,
+            first_write,
+            adjustment,
+            item_id,
+        );
         self.read_components(item_id)?;
         let net = adjustment
             .amounts
