@@ -993,7 +993,8 @@ pub struct SqliteFeedTx<'a> {
     overlay: Overlay,
 }
 
-/// Orders kept in an [`Overlay`] at most; about 200 bytes each.
+/// Orders kept in an [`Overlay`] at most: about 0.5 KB each as measured (BENCHMARKS.md, run 5),
+/// so at most about 65 MB.
 const OVERLAY_ORDERS: usize = 131_072;
 
 /// This feed's writes to orders it touched, recorded from an order's first write on: such
@@ -1319,7 +1320,8 @@ impl std::hash::Hasher for IdHasher {
 
 type IdBuild = std::hash::BuildHasherDefault<IdHasher>;
 
-/// A 64-bit hash of an idempotency key for [`SqliteFeedTx::written_keys`] (FNV-1a).
+/// A 64-bit hash (FNV-1a) of an idempotency key for [`SqliteFeedTx::written_keys`], or of an
+/// AmazonOrderID for [`SqliteFeedTx::touched`].
 fn key_hash(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
