@@ -552,6 +552,7 @@ impl Store for PgStore {
             items: HashMap::new(),
             components: std::collections::HashSet::new(),
             keys_taken: std::collections::HashSet::new(),
+            failed: false,
         }))
     }
 
@@ -641,9 +642,234 @@ struct PgFeedTx<'a> {
     /// Writing one again is an engine bug ([`StoreError::Invalid`]); a unique violation on
     /// any other key is a race with another instance ([`StoreError::Conflict`]).
     keys_taken: std::collections::HashSet<String>,
+    /// An `apply` failed: this transaction must not commit (PostgreSQL refuses anyway after
+    /// a failed statement; this also covers failures found before any statement ran).
+    failed: bool,
 }
 
 impl PgFeedTx<'_> {
+    /// [`FeedTx::apply`]: writes the rows of `changes` with one statement per table.
+    fn write_changes(
+        &mut self,
+        merchant: &MerchantId,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        let created_at = now();
+        let feed_id = to_db(self.feed_id, "feed id")?;
+        // Column arrays for the batched inserts (one statement per table, not per row).
+        let mut adj_message = Vec::new();
+        let mut adj_item = Vec::new();
+        let mut adj_reason = Vec::new();
+        let mut adj_action: Vec<Option<&str>> = Vec::new();
+        let mut adj_cancelled = Vec::new();
+        let mut adj_quantity: Vec<Option<i64>> = Vec::new();
+        let mut adj_key: Vec<Option<&str>> = Vec::new();
+        let mut adj_hash: Vec<&str> = Vec::new();
+        let mut adj_net = Vec::new();
+        let mut amount_index: Vec<usize> = Vec::new();
+        let mut amount_component: Vec<&str> = Vec::new();
+        let mut amount_value: Vec<i64> = Vec::new();
+        let mut deltas: BTreeMap<(i64, &str), (ComponentClass, i64)> = BTreeMap::new();
+        let mut cancellations: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut key_key: Vec<&str> = Vec::new();
+        let mut key_hash: Vec<&str> = Vec::new();
+        let mut key_message = Vec::new();
+        let mut key_code: Vec<Option<i64>> = Vec::new();
+        let overflow = |what: &str| StoreError::Invalid {
+            detail: format!("{what} overflows a 64-bit integer"),
+        };
+        self.resolve_items(merchant, changes)?;
+        let mut new_keys = std::collections::HashSet::new();
+        for change in changes {
+            let key = match change {
+                Change::Adjust(adjustment) => adjustment.key.as_ref(),
+                Change::PinRejection { key, .. } => Some(key),
+            };
+            if let Some(key) = key
+                && (self.keys_taken.contains(key.as_str()) || !new_keys.insert(key.as_str()))
+            {
+                return Err(StoreError::Invalid {
+                    detail: format!(
+                        "idempotency key {key} of {merchant} is already used; it cannot be \
+                         recorded again"
+                    ),
+                });
+            }
+        }
+        for change in changes {
+            match change {
+                Change::Adjust(adjustment) => {
+                    let item_id = *self
+                        .items
+                        .get(&(
+                            adjustment.amazon_order_id.clone(),
+                            adjustment.item_code.clone(),
+                        ))
+                        .ok_or_else(|| StoreError::Other {
+                            detail: format!(
+                                "apply: order {} item {} was not loaded in this transaction",
+                                adjustment.amazon_order_id, adjustment.item_code
+                            ),
+                        })?;
+                    let message = message_to_db(adjustment.message_id);
+                    let mut net: i64 = 0;
+                    for (component, amount) in &adjustment.amounts {
+                        net = net.checked_add(*amount).ok_or_else(|| overflow("net"))?;
+                        amount_index.push(adj_message.len());
+                        amount_component.push(component.name());
+                        amount_value.push(*amount);
+                        let delta = deltas
+                            .entry((item_id, component.name()))
+                            .or_insert((component.class(), 0));
+                        delta.1 = delta
+                            .1
+                            .checked_add(*amount)
+                            .ok_or_else(|| overflow("refunded"))?;
+                    }
+                    if adjustment.quantity_cancelled > 0 {
+                        let total = cancellations.entry(item_id).or_insert(0);
+                        *total += i64::from(adjustment.quantity_cancelled);
+                    }
+                    if let Some(key) = &adjustment.key {
+                        key_key.push(key.as_str());
+                        key_hash.push(&adjustment.payload_hash);
+                        key_message.push(message);
+                        key_code.push(None);
+                    }
+                    adj_message.push(message);
+                    adj_item.push(item_id);
+                    adj_reason.push(adjustment.reason.as_str());
+                    adj_action.push(adjustment.action.map(|a| a.as_str()));
+                    adj_cancelled.push(i64::from(adjustment.quantity_cancelled));
+                    adj_quantity.push(adjustment.quantity.map(i64::from));
+                    adj_key.push(adjustment.key.as_ref().map(SellerId::as_str));
+                    adj_hash.push(&adjustment.payload_hash);
+                    adj_net.push(net);
+                }
+                Change::PinRejection {
+                    key,
+                    payload_hash,
+                    message_id,
+                    code,
+                } => {
+                    key_key.push(key.as_str());
+                    key_hash.push(payload_hash);
+                    key_message.push(message_to_db(*message_id));
+                    key_code.push(Some(i64::from(code.number())));
+                }
+            }
+        }
+        if !adj_message.is_empty() {
+            let count = i64::try_from(adj_message.len()).map_err(|_| overflow("count"))?;
+            let rows = self.query(
+                "SELECT nextval('adjustments_id_seq') FROM generate_series(1, $1::bigint)",
+                &[&count],
+            )?;
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                ids.push(self.get::<i64>(row, 0)?);
+            }
+            ids.sort_unstable();
+            self.execute(
+                "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
+                 quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
+                 created_at) \
+                 SELECT u.id, $1, u.m, u.i, u.r, u.a, u.c, u.q, u.k, u.h, u.n, $2 \
+                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
+                 $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::bigint[]) \
+                 AS u(id, m, i, r, a, c, q, k, h, n)",
+                &[
+                    &feed_id,
+                    &created_at,
+                    &ids,
+                    &adj_message,
+                    &adj_item,
+                    &adj_reason,
+                    &adj_action,
+                    &adj_cancelled,
+                    &adj_quantity,
+                    &adj_key,
+                    &adj_hash,
+                    &adj_net,
+                ],
+            )?;
+            if !amount_index.is_empty() {
+                let amount_adjustment: Vec<i64> = amount_index.iter().map(|i| ids[*i]).collect();
+                self.execute(
+                    "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[])",
+                    &[&amount_adjustment, &amount_component, &amount_value],
+                )?;
+            }
+        }
+        if !deltas.is_empty() {
+            // Existing rows are updated and new ones inserted, in two statements: an
+            // INSERT … ON CONFLICT would check the CHECK constraint against the row it
+            // proposes to insert (refunded without charged) before seeing the conflict.
+            let (mut up_item, mut up_name, mut up_delta) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut in_item, mut in_name, mut in_class, mut in_delta) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for ((item_id, component), (component_class, sum)) in &deltas {
+                if self.components.contains(&(*item_id, *component)) {
+                    up_item.push(*item_id);
+                    up_name.push(*component);
+                    up_delta.push(*sum);
+                } else {
+                    in_item.push(*item_id);
+                    in_name.push(*component);
+                    in_class.push(component_class.as_str());
+                    in_delta.push(*sum);
+                }
+            }
+            if !up_item.is_empty() {
+                self.execute(
+                    "UPDATE item_components SET refunded = refunded + u.d \
+                     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(i, c, d) \
+                     WHERE item_components.item_id = u.i AND item_components.component = u.c",
+                    &[&up_item, &up_name, &up_delta],
+                )?;
+            }
+            if !in_item.is_empty() {
+                self.execute(
+                    "INSERT INTO item_components (item_id, component, class, refunded) \
+                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
+                    &[&in_item, &in_name, &in_class, &in_delta],
+                )?;
+                for (item_id, component) in in_item.iter().zip(&in_name) {
+                    self.components.insert((*item_id, component));
+                }
+            }
+        }
+        if !cancellations.is_empty() {
+            let item: Vec<i64> = cancellations.keys().copied().collect();
+            let count: Vec<i64> = cancellations.values().copied().collect();
+            self.execute(
+                "UPDATE order_items SET quantity_cancelled = quantity_cancelled + u.n \
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, n) WHERE order_items.id = u.id",
+                &[&item, &count],
+            )?;
+        }
+        if !key_key.is_empty() {
+            self.execute(
+                "INSERT INTO idempotency_keys \
+                 (merchant, key, payload_hash, feed_id, message_id, rejection_code) \
+                 SELECT $1, u.k, u.h, $2, u.m, u.c \
+                 FROM UNNEST($3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS u(k, h, m, c)",
+                &[
+                    &merchant.as_str(),
+                    &feed_id,
+                    &key_key,
+                    &key_hash,
+                    &key_message,
+                    &key_code,
+                ],
+            )?;
+            self.keys_taken
+                .extend(key_key.iter().map(|key| (*key).to_owned()));
+        }
+        Ok(())
+    }
+
     fn query(&mut self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         query(&mut self.tx, self.statements, sql, params).map_err(|e| fail(self.broken, &e))
     }
@@ -892,223 +1118,20 @@ impl FeedTx for PgFeedTx<'_> {
     }
 
     fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError> {
-        let created_at = now();
-        let feed_id = to_db(self.feed_id, "feed id")?;
-        // Column arrays for the batched inserts (one statement per table, not per row).
-        let mut adj_message = Vec::new();
-        let mut adj_item = Vec::new();
-        let mut adj_reason = Vec::new();
-        let mut adj_action: Vec<Option<&str>> = Vec::new();
-        let mut adj_cancelled = Vec::new();
-        let mut adj_quantity: Vec<Option<i64>> = Vec::new();
-        let mut adj_key: Vec<Option<&str>> = Vec::new();
-        let mut adj_hash: Vec<&str> = Vec::new();
-        let mut adj_net = Vec::new();
-        let mut amount_index: Vec<usize> = Vec::new();
-        let mut amount_component: Vec<&str> = Vec::new();
-        let mut amount_value: Vec<i64> = Vec::new();
-        let mut deltas: BTreeMap<(i64, &str), (ComponentClass, i64)> = BTreeMap::new();
-        let mut cancellations: BTreeMap<i64, i64> = BTreeMap::new();
-        let mut key_key: Vec<&str> = Vec::new();
-        let mut key_hash: Vec<&str> = Vec::new();
-        let mut key_message = Vec::new();
-        let mut key_code: Vec<Option<i64>> = Vec::new();
-        let overflow = |what: &str| StoreError::Invalid {
-            detail: format!("{what} overflows a 64-bit integer"),
-        };
-        self.resolve_items(merchant, changes)?;
-        let mut new_keys = std::collections::HashSet::new();
-        for change in changes {
-            let key = match change {
-                Change::Adjust(adjustment) => adjustment.key.as_ref(),
-                Change::PinRejection { key, .. } => Some(key),
-            };
-            if let Some(key) = key
-                && (self.keys_taken.contains(key.as_str()) || !new_keys.insert(key.as_str()))
-            {
-                return Err(StoreError::Invalid {
-                    detail: format!(
-                        "idempotency key {key} of {merchant} is already used; it cannot be \
-                         recorded again"
-                    ),
-                });
-            }
-        }
-        for change in changes {
-            match change {
-                Change::Adjust(adjustment) => {
-                    let item_id = *self
-                        .items
-                        .get(&(
-                            adjustment.amazon_order_id.clone(),
-                            adjustment.item_code.clone(),
-                        ))
-                        .ok_or_else(|| StoreError::Other {
-                            detail: format!(
-                                "apply: order {} item {} was not loaded in this transaction",
-                                adjustment.amazon_order_id, adjustment.item_code
-                            ),
-                        })?;
-                    let message = message_to_db(adjustment.message_id);
-                    let mut net: i64 = 0;
-                    for (component, amount) in &adjustment.amounts {
-                        net = net.checked_add(*amount).ok_or_else(|| overflow("net"))?;
-                        amount_index.push(adj_message.len());
-                        amount_component.push(component.name());
-                        amount_value.push(*amount);
-                        let delta = deltas
-                            .entry((item_id, component.name()))
-                            .or_insert((component.class(), 0));
-                        delta.1 = delta
-                            .1
-                            .checked_add(*amount)
-                            .ok_or_else(|| overflow("refunded"))?;
-                    }
-                    if adjustment.quantity_cancelled > 0 {
-                        let total = cancellations.entry(item_id).or_insert(0);
-                        *total += i64::from(adjustment.quantity_cancelled);
-                    }
-                    if let Some(key) = &adjustment.key {
-                        key_key.push(key.as_str());
-                        key_hash.push(&adjustment.payload_hash);
-                        key_message.push(message);
-                        key_code.push(None);
-                    }
-                    adj_message.push(message);
-                    adj_item.push(item_id);
-                    adj_reason.push(adjustment.reason.as_str());
-                    adj_action.push(adjustment.action.map(|a| a.as_str()));
-                    adj_cancelled.push(i64::from(adjustment.quantity_cancelled));
-                    adj_quantity.push(adjustment.quantity.map(i64::from));
-                    adj_key.push(adjustment.key.as_ref().map(SellerId::as_str));
-                    adj_hash.push(&adjustment.payload_hash);
-                    adj_net.push(net);
-                }
-                Change::PinRejection {
-                    key,
-                    payload_hash,
-                    message_id,
-                    code,
-                } => {
-                    key_key.push(key.as_str());
-                    key_hash.push(payload_hash);
-                    key_message.push(message_to_db(*message_id));
-                    key_code.push(Some(i64::from(code.number())));
-                }
-            }
-        }
-        if !adj_message.is_empty() {
-            let count = i64::try_from(adj_message.len()).map_err(|_| overflow("count"))?;
-            let rows = self.query(
-                "SELECT nextval('adjustments_id_seq') FROM generate_series(1, $1::bigint)",
-                &[&count],
-            )?;
-            let mut ids = Vec::with_capacity(rows.len());
-            for row in &rows {
-                ids.push(self.get::<i64>(row, 0)?);
-            }
-            ids.sort_unstable();
-            self.execute(
-                "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
-                 quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
-                 created_at) \
-                 SELECT u.id, $1, u.m, u.i, u.r, u.a, u.c, u.q, u.k, u.h, u.n, $2 \
-                 FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], \
-                 $8::bigint[], $9::bigint[], $10::text[], $11::text[], $12::bigint[]) \
-                 AS u(id, m, i, r, a, c, q, k, h, n)",
-                &[
-                    &feed_id,
-                    &created_at,
-                    &ids,
-                    &adj_message,
-                    &adj_item,
-                    &adj_reason,
-                    &adj_action,
-                    &adj_cancelled,
-                    &adj_quantity,
-                    &adj_key,
-                    &adj_hash,
-                    &adj_net,
-                ],
-            )?;
-            if !amount_index.is_empty() {
-                let amount_adjustment: Vec<i64> = amount_index.iter().map(|i| ids[*i]).collect();
-                self.execute(
-                    "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
-                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[])",
-                    &[&amount_adjustment, &amount_component, &amount_value],
-                )?;
-            }
-        }
-        if !deltas.is_empty() {
-            // Existing rows are updated and new ones inserted, in two statements: an
-            // INSERT … ON CONFLICT would check the CHECK constraint against the row it
-            // proposes to insert (refunded without charged) before seeing the conflict.
-            let (mut up_item, mut up_name, mut up_delta) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut in_item, mut in_name, mut in_class, mut in_delta) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for ((item_id, component), (component_class, sum)) in &deltas {
-                if self.components.contains(&(*item_id, *component)) {
-                    up_item.push(*item_id);
-                    up_name.push(*component);
-                    up_delta.push(*sum);
-                } else {
-                    in_item.push(*item_id);
-                    in_name.push(*component);
-                    in_class.push(component_class.as_str());
-                    in_delta.push(*sum);
-                }
-            }
-            if !up_item.is_empty() {
-                self.execute(
-                    "UPDATE item_components SET refunded = refunded + u.d \
-                     FROM UNNEST($1::bigint[], $2::text[], $3::bigint[]) AS u(i, c, d) \
-                     WHERE item_components.item_id = u.i AND item_components.component = u.c",
-                    &[&up_item, &up_name, &up_delta],
-                )?;
-            }
-            if !in_item.is_empty() {
-                self.execute(
-                    "INSERT INTO item_components (item_id, component, class, refunded) \
-                     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[])",
-                    &[&in_item, &in_name, &in_class, &in_delta],
-                )?;
-                for (item_id, component) in in_item.iter().zip(&in_name) {
-                    self.components.insert((*item_id, component));
-                }
-            }
-        }
-        if !cancellations.is_empty() {
-            let item: Vec<i64> = cancellations.keys().copied().collect();
-            let count: Vec<i64> = cancellations.values().copied().collect();
-            self.execute(
-                "UPDATE order_items SET quantity_cancelled = quantity_cancelled + u.n \
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, n) WHERE order_items.id = u.id",
-                &[&item, &count],
-            )?;
-        }
-        if !key_key.is_empty() {
-            self.execute(
-                "INSERT INTO idempotency_keys \
-                 (merchant, key, payload_hash, feed_id, message_id, rejection_code) \
-                 SELECT $1, u.k, u.h, $2, u.m, u.c \
-                 FROM UNNEST($3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS u(k, h, m, c)",
-                &[
-                    &merchant.as_str(),
-                    &feed_id,
-                    &key_key,
-                    &key_hash,
-                    &key_message,
-                    &key_code,
-                ],
-            )?;
-            self.keys_taken
-                .extend(key_key.iter().map(|key| (*key).to_owned()));
-        }
-        Ok(())
+        let applied = self.write_changes(merchant, changes);
+        self.failed |= applied.is_err();
+        applied
     }
 
     fn commit(mut self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(StoreError::Other {
+                detail: format!(
+                    "feed {}: an earlier write of this feed failed, so it is rolled back, not committed",
+                    self.feed_id
+                ),
+            });
+        }
         let feed_id = to_db(self.feed_id, "feed id")?;
         let duplicate_of = done
             .duplicate_of

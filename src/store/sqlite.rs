@@ -468,6 +468,7 @@ impl Store for SqliteStore {
             loader: LoaderState::Idle,
             touched: HashSet::default(),
             overlay: Overlay::default(),
+            failed: false,
         }))
     }
 
@@ -991,6 +992,9 @@ pub struct SqliteFeedTx<'a> {
     touched: HashSet<u64, IdBuild>,
     /// What this feed wrote to some of the `touched` orders.
     overlay: Overlay,
+    /// An `apply` failed. Its rows may be half written (the totals are updated `OR FAIL`,
+    /// which keeps the rows before a failing one), so this transaction must not commit.
+    failed: bool,
 }
 
 /// Orders kept in an [`Overlay`] at most: about 0.5 KB each as measured (BENCHMARKS.md, run 5),
@@ -1467,6 +1471,62 @@ fn load_orders(
 type IdMap<V> = HashMap<i64, V, IdBuild>;
 
 impl SqliteFeedTx<'_> {
+    /// [`FeedTx::apply`]: plans the rows of `changes` and writes them.
+    fn write_changes(
+        &mut self,
+        merchant: &MerchantId,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        let mut pending = Pending::default();
+        for change in changes {
+            match change {
+                Change::Adjust(adjustment) => {
+                    self.plan_adjustment(merchant, adjustment, &mut pending)
+                        .map_err(|e| match e {
+                            StoreError::Invalid { detail } => StoreError::Invalid {
+                                detail: format!(
+                                    "message {} order {} item {}: {detail}",
+                                    adjustment.message_id,
+                                    adjustment.amazon_order_id,
+                                    adjustment.item_code
+                                ),
+                            },
+                            other => other,
+                        })?;
+                }
+                Change::PinRejection {
+                    key,
+                    payload_hash,
+                    message_id,
+                    code,
+                } => {
+                    if code.number() == 5000 {
+                        return Err(StoreError::Invalid {
+                            detail: format!(
+                                "message {message_id}: {code} cannot be pinned under key {key}"
+                            ),
+                        });
+                    }
+                    pending.keys.push(KeyRow {
+                        key: key.as_str(),
+                        payload_hash,
+                        message_id: message_id_to_sql(*message_id),
+                        rejection: Some(code.number()),
+                    });
+                }
+            }
+        }
+        // The rows are written together, so a constraint failure names the range of
+        // messages rather than one (a failure here is a bug in the engine).
+        let range = message_range(changes);
+        self.flush(merchant, pending).map_err(|e| match e {
+            StoreError::Invalid { detail } => StoreError::Invalid {
+                detail: format!("{range}: {detail}"),
+            },
+            other => other,
+        })
+    }
+
     /// Loads `orders`: those the prefetch connection read and this feed has not written to
     /// from its answer, the rest on the writing connection.
     fn load_needed(
@@ -1719,9 +1779,12 @@ impl SqliteFeedTx<'_> {
         )?;
         self.components
             .extend(pending.inserts.iter().map(|(slot, _)| *slot));
+        // `OR FAIL`: without an ABORT to undo, SQLite keeps no statement journal for this
+        // multi-row UPDATE (a tenth of the writing time, measured). A failure still fails
+        // the feed: `failed` stops the commit and dropping the transaction rolls it back.
         write_rows(
             &self.tx,
-            "UPDATE item_components SET refunded = refunded + v.column3 FROM (VALUES ",
+            "UPDATE OR FAIL item_components SET refunded = refunded + v.column3 FROM (VALUES ",
             3,
             ") AS v WHERE item_components.item_id = v.column1 \
              AND item_components.component = v.column2",
@@ -2024,58 +2087,21 @@ impl FeedTx for SqliteFeedTx<'_> {
     }
 
     fn apply(&mut self, merchant: &MerchantId, changes: &[Change]) -> Result<(), StoreError> {
-        let mut pending = Pending::default();
-        for change in changes {
-            match change {
-                Change::Adjust(adjustment) => {
-                    self.plan_adjustment(merchant, adjustment, &mut pending)
-                        .map_err(|e| match e {
-                            StoreError::Invalid { detail } => StoreError::Invalid {
-                                detail: format!(
-                                    "message {} order {} item {}: {detail}",
-                                    adjustment.message_id,
-                                    adjustment.amazon_order_id,
-                                    adjustment.item_code
-                                ),
-                            },
-                            other => other,
-                        })?;
-                }
-                Change::PinRejection {
-                    key,
-                    payload_hash,
-                    message_id,
-                    code,
-                } => {
-                    if code.number() == 5000 {
-                        return Err(StoreError::Invalid {
-                            detail: format!(
-                                "message {message_id}: {code} cannot be pinned under key {key}"
-                            ),
-                        });
-                    }
-                    pending.keys.push(KeyRow {
-                        key: key.as_str(),
-                        payload_hash,
-                        message_id: message_id_to_sql(*message_id),
-                        rejection: Some(code.number()),
-                    });
-                }
-            }
-        }
-        // The rows are written together, so a constraint failure names the range of
-        // messages rather than one (a failure here is a bug in the engine).
-        let range = message_range(changes);
-        self.flush(merchant, pending).map_err(|e| match e {
-            StoreError::Invalid { detail } => StoreError::Invalid {
-                detail: format!("{range}: {detail}"),
-            },
-            other => other,
-        })
+        let applied = self.write_changes(merchant, changes);
+        self.failed |= applied.is_err();
+        applied
     }
 
     fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
         let mut this = *self;
+        if this.failed {
+            return Err(StoreError::Other {
+                detail: format!(
+                    "feed {}: an earlier write of this feed failed, so it is rolled back, not committed",
+                    this.feed_id
+                ),
+            });
+        }
         // Stop the prefetch connection before the commit (and its checkpoint).
         this.loader = LoaderState::Idle;
         let conflict = |e: rusqlite::Error| match db_error(e) {

@@ -786,6 +786,7 @@ pub mod conformance {
                 .expect_err(what);
             assert!(matches!(err, StoreError::Invalid { .. }), "{what}: {err:?}");
             assert!(!err.is_transient(), "{what}");
+            tx.commit(&done(1, None)).expect_err(what);
         }
         // A key used twice.
         let mut tx = store
@@ -805,9 +806,15 @@ pub mod conformance {
             .apply(&merchant(), std::slice::from_ref(&change))
             .expect_err("second use");
         assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
-        drop(tx);
+        // A transaction whose write failed never commits, not even what came before.
+        tx.commit(&done(2, None))
+            .expect_err("commit after a failed write");
         let mug = one_order(store, "171-1234567-1234567");
         assert!(mug.adjustments.is_empty());
+        assert!(
+            store.recent_feeds(10).expect("feeds").is_empty(),
+            "no feed record is kept"
+        );
     }
 
     /// feed_by_claim, feed_by_hash and recent_feeds see committed feeds only, with the
