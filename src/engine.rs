@@ -996,6 +996,25 @@ fn evaluate(
             "Amazon handles refunds of the orders it fulfils; remove this message.".to_owned(),
         )));
     }
+    if order
+        .items
+        .iter()
+        .all(|item| item.quantity_cancelled >= item.quantity_ordered)
+    {
+        return Err(message_rejection(facts.message_problem(
+            Code::OrderNotAdjustable,
+            facts.order_element(),
+            message.position,
+            format!(
+                "order {} is fully cancelled: every unit of every item was cancelled, so nothing is left to refund or cancel",
+                order.amazon_order_id
+            ),
+            format!(
+                "Remove this message; a fully cancelled order cannot be adjusted.{}",
+                facts.retry_note()
+            ),
+        )));
+    }
 
     let currency = order.currency;
     if let Some(declared) = message.currency
@@ -1099,7 +1118,7 @@ fn evaluate_item(
     for (amount_index, amount) in item.amounts.iter().enumerate() {
         match amount.amount.to_minor(currency) {
             Some(minor) => amounts.push((amount.component, minor)),
-            None => {
+            None if amount.amount.fraction_digits() > currency.exponent() => {
                 return Err(Box::new(facts.item_problem(
                     Code::AmountPrecision,
                     index,
@@ -1113,8 +1132,42 @@ fn evaluate_item(
                     ),
                 )));
             }
+            None => {
+                return Err(Box::new(facts.item_problem(
+                    Code::AmountFormat,
+                    index,
+                    facts.amount_element(index, amount_index),
+                    amount.position,
+                    format!(
+                        "{} amount {} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
+                        amount.component,
+                        amount.amount,
+                        10_u64.pow(currency.exponent()),
+                        format_minor(i64::MAX, currency)
+                    ),
+                    format!("Check the {} amount; it cannot be a real refund.", amount.component),
+                )));
+            }
         }
     }
+    // The item's net credit, in minor units; NET_NOT_CREDIT (validation) already made sure
+    // it is positive unless the item only cancels units.
+    let Some(net) = amounts
+        .iter()
+        .try_fold(0_i64, |net, (_, minor)| net.checked_add(*minor))
+    else {
+        return Err(Box::new(facts.item_problem(
+            Code::AmountFormat,
+            index,
+            format!("{}/ItemPriceAdjustments", facts.item_element(index)),
+            item.position,
+            format!(
+                "the amounts of this item add up to more than {} {currency}",
+                format_minor(i64::MAX, currency)
+            ),
+            "Check the amounts; they cannot be a real refund.".to_owned(),
+        )));
+    };
     for (direct_index, (kind, amount)) in item.direct_payments.iter().enumerate() {
         if amount.to_minor(currency).is_none() {
             return Err(Box::new(facts.item_problem(
@@ -1246,6 +1299,45 @@ fn evaluate_item(
         }
     }
 
+    // Step 7: the item's net refund may not exceed what the buyer paid for it and has not
+    // had back (refund-rules R2, SC-30741): a refund that leaves a promotion discount
+    // in place is capped by the discounted price.
+    if net > 0 {
+        let balance = ItemBalance::of(state);
+        let remaining = balance.remaining();
+        if i128::from(net) > remaining {
+            let money = |minor: i128| {
+                i64::try_from(minor).map_or_else(
+                    |_| format!("{minor} minor units of {currency}"),
+                    |minor| format!("{} {currency}", format_minor(minor, currency)),
+                )
+            };
+            return Err(Box::new(facts.item_problem(
+                Code::ComponentExceedsRemaining,
+                index,
+                format!("{}/ItemPriceAdjustments", facts.item_element(index)),
+                item.position,
+                format!(
+                    "the net refund of this item, {}, is more than the {} the buyer paid for it and has not had back (charged {}, less promotion discounts {}, less {} refunded so far)",
+                    money(i128::from(net)),
+                    money(remaining.max(0)),
+                    money(balance.charged),
+                    money(balance.discounts),
+                    money(balance.refunded)
+                ),
+                format!(
+                    "Refund at most {} in all for this item{}.{retry}",
+                    money(remaining.max(0)),
+                    if balance.discounts > 0 {
+                        "; to refund the full price, also reverse the promotion discount (PromotionAdjustments)"
+                    } else {
+                        ""
+                    }
+                ),
+            )));
+        }
+    }
+
     let state = &mut order.items[position];
     state.components.extend(totals_after);
     state.quantity_cancelled += quantity_cancelled;
@@ -1262,6 +1354,42 @@ fn evaluate_item(
         // Filled in by `plan_message`, which hashed every item once already.
         payload_hash: String::new(),
     })
+}
+
+/// What the buyer paid for an item and how much of it came back so far, in minor units
+/// (`i128`, so no sum of `i64` totals can overflow).
+struct ItemBalance {
+    /// Sum of what was charged for the charge components.
+    charged: i128,
+    /// Sum of the promotion discounts given.
+    discounts: i128,
+    /// Net of every adjustment applied so far: refunds less fees, plus concessions, less
+    /// promotion reversals.
+    refunded: i128,
+}
+
+impl ItemBalance {
+    fn of(item: &ItemState) -> ItemBalance {
+        let mut balance = ItemBalance {
+            charged: 0,
+            discounts: 0,
+            refunded: 0,
+        };
+        for (component, totals) in &item.components {
+            match component.class() {
+                ComponentClass::Charge => balance.charged += i128::from(totals.charged),
+                ComponentClass::Promotion => balance.discounts += i128::from(totals.charged),
+                ComponentClass::Fee | ComponentClass::Concession => {}
+            }
+            balance.refunded += i128::from(totals.refunded);
+        }
+        balance
+    }
+
+    /// What the buyer paid and has not had back.
+    fn remaining(&self) -> i128 {
+        self.charged - self.discounts - self.refunded
+    }
 }
 
 fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {
@@ -1315,14 +1443,9 @@ fn check_cap(
                         money(totals.refunded)
                     ),
                     if remaining > 0 {
-                        format!(
-                            "Refund at most {} for {component}; send anything beyond what was charged as a Goodwill concession.",
-                            money(remaining)
-                        )
+                        format!("Refund at most {} for {component}.", money(remaining))
                     } else {
-                        format!(
-                            "Nothing of {component} remains refundable; send any further credit as a Goodwill concession."
-                        )
+                        format!("Nothing of {component} remains refundable; remove this amount.")
                     },
                 ));
             }
@@ -1561,7 +1684,7 @@ mod tests {
             price(PriceComponent::Principal, "10.5"),
             price(PriceComponent::Goodwill, "1"),
         ]);
-        let mut s = snapshot(1, &[(PriceComponent::Principal, 1050)]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
         let merchant = MerchantId::new("M1").expect("valid");
         let plan = plan(
             &mut s,

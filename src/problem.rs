@@ -139,7 +139,7 @@ codes! {
     ItemNotInOrder = (90202, "ITEM_NOT_IN_ORDER", Error, Message,
         "the order item does not belong to the order"),
     OrderNotAdjustable = (90203, "ORDER_NOT_ADJUSTABLE", Error, Message,
-        "the order is fulfilled by Amazon (AFN) and cannot be refunded by the seller"),
+        "the order is fulfilled by Amazon (AFN) or fully cancelled, so the seller cannot adjust it"),
     PositiveChargeComponent = (90204, "POSITIVE_CHARGE_COMPONENT", Error, Message,
         "a fee component is positive but there is no earlier fee to reverse"),
     CancelExceedsUnshipped = (90205, "CANCEL_EXCEEDS_UNSHIPPED", Error, Message,
@@ -147,7 +147,7 @@ codes! {
     QuantityExceedsShipped = (90206, "QUANTITY_EXCEEDS_SHIPPED", Error, Message,
         "Quantity is more than the units shipped"),
     ComponentExceedsRemaining = (18016, "COMPONENT_EXCEEDS_REMAINING", Error, Message,
-        "the refund for a component is more than what remains refundable"),
+        "the refund for a component, or the item's net refund, is more than what remains refundable"),
     LinkedItemFailed = (90207, "LINKED_ITEM_FAILED", Error, Message,
         "another adjusted item of the same message failed, so this one was not applied either"),
 }

@@ -372,6 +372,13 @@ impl Model {
         if order.channel == FulfillmentChannel::Amazon {
             return Err(vec![Code::OrderNotAdjustable]);
         }
+        let fully_cancelled = order.items.iter().all(|s| {
+            self.cancelled(&[], &order.amazon_order_id, &s.code, s.quantity_cancelled)
+                >= s.quantity_ordered
+        });
+        if fully_cancelled {
+            return Err(vec![Code::OrderNotAdjustable]);
+        }
         if message.currency.is_some_and(|c| c != order.currency) {
             return Err(vec![Code::CurrencyMismatch]);
         }
@@ -434,6 +441,29 @@ impl Model {
                     if over {
                         return Err(Code::ComponentExceedsRemaining);
                     }
+                }
+                // The item's net may not exceed what the buyer paid (charges less
+                // promotion discounts) less every earlier adjustment's net.
+                let net: i64 = amounts.iter().map(|(_, m)| m).sum();
+                let paid: i64 = state
+                    .components
+                    .iter()
+                    .map(|(c, t)| match c.class() {
+                        ComponentClass::Charge => t.charged,
+                        ComponentClass::Promotion => -t.charged,
+                        ComponentClass::Fee | ComponentClass::Concession => 0,
+                    })
+                    .sum();
+                let so_far: i64 = self
+                    .accepted
+                    .iter()
+                    .chain(&pending)
+                    .filter(|a| a.order == order.amazon_order_id && a.item == state.code)
+                    .flat_map(|a| &a.amounts)
+                    .map(|(_, m)| m)
+                    .sum();
+                if net > 0 && so_far + net > paid {
+                    return Err(Code::ComponentExceedsRemaining);
                 }
                 Ok(ModelAdjustment {
                     order: order.amazon_order_id.clone(),
