@@ -1039,17 +1039,21 @@ impl<R: BufRead> FeedReader<R> {
             Ok(event) => Ok(Quick::Event(event, next)),
             Err(error) => {
                 let position = self.src.position_at(data, at);
+                // A reference (`&amp;`) with nothing after it that could close or end it.
+                let reference_cut = matches!(
+                    error,
+                    XmlError::IllFormed(IllFormedError::UnclosedReference)
+                ) && memchr::memchr3(
+                    b';',
+                    b'<',
+                    b'&',
+                    &data[(at + 1).min(window_end)..window_end],
+                )
+                .is_none();
                 let cut = match &error {
                     XmlError::Syntax(SyntaxError::InvalidBangMarkup) => window_end - at < 16,
                     XmlError::Syntax(_) => true,
-                    XmlError::IllFormed(IllFormedError::UnclosedReference) => memchr::memchr3(
-                        b';',
-                        b'<',
-                        b'&',
-                        &data[(at + 1).min(window_end)..window_end],
-                    )
-                    .is_none(),
-                    _ => false,
+                    _ => reference_cut,
                 };
                 if cut && !is_final {
                     return Ok(Quick::Pumped(Pumped::NeedMore));
@@ -1057,9 +1061,10 @@ impl<R: BufRead> FeedReader<R> {
                 if cut && self.src.pending.is_some() {
                     return Err(self.pending_problem(data));
                 }
-                // An upload cut inside a tag, comment or multi-byte character is
-                // incomplete, not broken.
+                // An upload cut inside a tag, comment, reference or multi-byte character
+                // is incomplete, not broken.
                 let cut = matches!(error, XmlError::Syntax(_))
+                    || reference_cut
                     || (matches!(error, XmlError::Encoding(_)) && self.src.trailing_partial);
                 if self.src.at_eof && cut && self.state != State::AfterRoot {
                     self.src.advance(data, window_end);

@@ -222,7 +222,7 @@ impl Watch {
         let sender = self.sender.clone();
         let metrics = Arc::clone(&self.metrics);
         let overflowed = Arc::clone(&self.overflowed);
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        let handler = move |event: notify::Result<Event>| {
             let wake = match event {
                 Ok(event) if event.need_rescan() => Wake::Rescan,
                 Ok(event) if is_noise(&event.kind) => return,
@@ -244,7 +244,13 @@ impl Watch {
                     overflowed.store(true, Ordering::Relaxed);
                 }
             }
-        })?;
+        };
+        // Symlinks in the inbox are never followed (the inbox leaves them alone), so a link
+        // to a large tree cannot use up the inotify watches or flood us with events.
+        let mut watcher = RecommendedWatcher::new(
+            handler,
+            notify::Config::default().with_follow_symlinks(false),
+        )?;
         watcher.watch(&self.inbox, RecursiveMode::Recursive)?;
         Ok(watcher)
     }

@@ -213,12 +213,22 @@ fn symlink_out_of_the_inbox_is_not_followed() {
     std::os::unix::fs::symlink(&outside, dir.path("inbox/link.xml")).expect("symlink");
     fs::create_dir(dir.path("inbox/M_TEST")).expect("merchant folder");
     fs::create_dir(dir.path("inbox/M_TEST/nested")).expect("nested folder");
+    // A link to a folder tree outside: never watched, so it cannot use up inotify watches.
+    for n in 0..200 {
+        fs::create_dir_all(dir.path(&format!("tree/{n}"))).expect("tree");
+    }
+    std::os::unix::fs::symlink(dir.path("tree"), dir.path("inbox/M_TEST/tree")).expect("link");
     let mut daemon = dir.spawn_daemon();
     dir.drop_file(
         "real.xml",
         feed_xml(MERCHANT, &[refund(0, "real", 100)]).as_bytes(),
     );
     report_of(&dir, "real.xml");
+    let watches = inotify_watches(daemon.pid());
+    assert!(
+        watches < 20,
+        "{watches} inotify watches: the symlinked tree is watched"
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(dir.reports_for("link.xml").is_empty());
     assert!(
@@ -232,7 +242,7 @@ fn symlink_out_of_the_inbox_is_not_followed() {
     );
     daemon.stop();
     let log = daemon.log();
-    assert_eq!(log.matches("not a regular file").count(), 2, "{log}");
+    assert_eq!(log.matches("not a regular file").count(), 3, "{log}");
     assert!(
         log.contains("link.xml") && log.contains("M_TEST/nested"),
         "{log}"
@@ -580,6 +590,30 @@ fn top_level_allow_list_rejects_other_merchants() {
     assert_eq!(dir.files_in("failed").len(), 1);
     daemon.stop();
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 0);
+}
+
+/// The inotify watches a process holds, from `/proc/PID/fdinfo`.
+fn inotify_watches(pid: u32) -> usize {
+    let mut watches = 0;
+    for fd in fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .flatten()
+    {
+        let is_inotify = fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().contains("inotify"));
+        if is_inotify {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            watches += info
+                .lines()
+                .filter(|line| line.starts_with("inotify"))
+                .count();
+        }
+    }
+    watches
 }
 
 fn free_port() -> u16 {

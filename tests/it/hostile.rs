@@ -261,6 +261,26 @@ fn truncated_files_are_truncated_not_malformed() {
         feed::completeness(whole.as_bytes(), Limits::default()),
         Completeness::Complete
     );
+    // An upload that stops inside a reference (`&`, `&am`, `&#`) is still arriving.
+    let with_reference = format!(
+        "{HEAD}{}{TAIL}",
+        MESSAGE.replace(
+            "<AdjustmentReason>",
+            "<MerchantAdjustmentItemID>K&amp;1</MerchantAdjustmentItemID>\n        <AdjustmentReason>"
+        )
+    );
+    let amp = with_reference.find("&amp;").expect("reference");
+    for end in [amp + 1, amp + 3, amp + 4] {
+        let cut = &with_reference.as_bytes()[..end];
+        assert_eq!(
+            feed::completeness(cut, Limits::default()),
+            Completeness::Incomplete,
+            "cut at {:?}",
+            &with_reference[amp..end]
+        );
+        let (problem, _, _) = run_bytes(cut);
+        assert_eq!(problem.expect("cut").code, Code::Truncated);
+    }
     assert_eq!(
         feed::completeness(&b""[..], Limits::default()),
         Completeness::Incomplete
