@@ -235,10 +235,22 @@ pub struct NewAdjustment {
     pub quantity: Option<u32>,
     /// Signed amounts in minor units of the order currency, one per component.
     pub amounts: Vec<(Component, i64)>,
-    /// `MerchantAdjustmentItemID`.
+    /// The idempotency key: the `MerchantAdjustmentItemID`, or a key derived from the
+    /// feed's content when the item has none ([`SellerId::derived`]).
     pub key: Option<SellerId>,
     /// Hex SHA-256 of the canonical payload.
     pub payload_hash: String,
+}
+
+impl NewAdjustment {
+    /// The seller's `MerchantAdjustmentItemID`, as the adjustment record keeps it: `None`
+    /// when the key was derived.
+    pub fn merchant_adjustment_item_id(&self) -> Option<&str> {
+        self.key
+            .as_ref()
+            .filter(|key| !key.is_derived())
+            .map(SellerId::as_str)
+    }
 }
 
 /// A change to commit.
@@ -555,7 +567,16 @@ impl<'a> Facts<'a> {
     }
 
     fn key_element(&self, item_index: usize) -> String {
-        format!("{}/MerchantAdjustmentItemID", self.item_element(item_index))
+        let item = self.item_element(item_index);
+        match self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|i| i.key.as_ref())
+        {
+            Some(key) if key.is_derived() => item,
+            _ => format!("{item}/MerchantAdjustmentItemID"),
+        }
     }
 
     fn item_ref_element(&self, item_index: usize) -> String {
@@ -602,8 +623,15 @@ impl<'a> Facts<'a> {
 
     /// The fix sentence for a pinned rejection: a new key is needed to try again.
     fn retry_note(&self) -> &'static str {
-        if self.message.items.iter().any(|item| item.key.is_some()) {
+        let keys = self
+            .message
+            .items
+            .iter()
+            .filter_map(|item| item.key.as_ref());
+        if keys.clone().any(|key| !key.is_derived()) {
             " Then resend with a new MerchantAdjustmentItemID: this one now stands for the rejection."
+        } else if keys.count() > 0 {
+            " Then resend it in a feed of other content (or give it a MerchantAdjustmentItemID): a copy of this feed gets the same answer."
         } else {
             ""
         }
@@ -780,7 +808,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             let key = message.items[index]
                 .key
                 .as_ref()
-                .map_or("", SellerId::as_str);
+                .map_or_else(String::new, SellerId::to_string);
             return conflict(
                 index,
                 format!(
@@ -796,7 +824,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         let key = message.items[first_known]
             .key
             .as_ref()
-            .map_or("", SellerId::as_str);
+            .map_or_else(String::new, SellerId::to_string);
         let what = match &message.items[unknown].key {
             Some(other) => format!("has the new key {other}"),
             None => "has no MerchantAdjustmentItemID".to_owned(),
@@ -847,7 +875,10 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                     facts.item_position(index),
                     format!(
                         "identical to the adjustment applied under MerchantAdjustmentItemID {} in {origin}; not applied again",
-                        message.items[index].key.as_ref().map_or("", SellerId::as_str)
+                        message.items[index]
+                            .key
+                            .as_ref()
+                            .map_or_else(String::new, SellerId::to_string)
                     ),
                     "Nothing to do if this is a resend. For a further refund, use a new MerchantAdjustmentItemID.".to_owned(),
                 )

@@ -6,6 +6,7 @@
 //! - [`problem`]: the result-code table and the `Problem` value.
 //! - [`feed`]: the streaming XML reader (wire format, limits, positions).
 //! - [`validate`]: schema-level checks, typed messages and problems.
+//! - [`canon`]: the canonical content digest of a feed (keys of items without one).
 //! - [`engine`]: the refund and cancellation rules, pure.
 //! - [`store`]: the order store trait, SQLite and PostgreSQL backends, order import.
 //! - [`report`]: ProcessingReport XML and JSON, atomic writes.
@@ -17,6 +18,7 @@
 //! - [`cli`]: the command line.
 //! - [`telemetry`]: logging setup.
 
+pub mod canon;
 pub mod cli;
 pub mod config;
 pub mod daemon;

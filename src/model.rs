@@ -107,15 +107,55 @@ impl SellerId {
         ok.then(|| SellerId(raw.to_owned()))
     }
 
-    /// The identifier as text.
+    /// The identifier as text (a derived key as the store holds it).
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The idempotency key of an adjusted item that has no `MerchantAdjustmentItemID`
+    /// (refund-rules §c3.2): the feed's canonical content digest ([`crate::canon`]), the
+    /// MessageID and the item's position in the message, so a re-exported copy of a feed
+    /// finds the keys of the first one. It starts with a tab, which no seller's id can
+    /// hold, so it never meets one.
+    pub fn derived(content_digest: &str, message: MessageId, position: usize) -> SellerId {
+        let digest = content_digest.get(..32).unwrap_or(content_digest);
+        SellerId(format!("{DERIVED}{digest} {} {position}", message.get()))
+    }
+
+    /// True for a key made by [`SellerId::derived`].
+    pub fn is_derived(&self) -> bool {
+        self.0.starts_with(DERIVED)
+    }
+
+    /// A key as the store holds it: a seller's id or a derived key.
+    pub fn from_stored(raw: &str) -> Option<SellerId> {
+        if raw.starts_with(DERIVED) {
+            Some(SellerId(raw.to_owned()))
+        } else {
+            SellerId::new(raw)
+        }
+    }
 }
+
+/// The first character of a derived key ([`SellerId::derived`]).
+const DERIVED: char = '\t';
 
 impl fmt::Display for SellerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self.0.strip_prefix(DERIVED) {
+            Some(derived) => {
+                let mut parts = derived.split(' ');
+                let digest = parts.next().unwrap_or_default();
+                let message = parts.next().unwrap_or_default();
+                let position = parts.next().unwrap_or_default();
+                write!(
+                    f,
+                    "(none given; the key of MessageID {message}, AdjustedItem[{position}] of feed content {})",
+                    digest.get(..12).unwrap_or(digest)
+                )
+            }
+            None => f.write_str(&self.0),
+        }
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::canon;
 use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
-use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
+use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef, SellerId};
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedDone, FeedStatus, FeedTx, NewFeed, Store, StoreError};
@@ -234,12 +235,17 @@ fn apply<R: std::io::BufRead + Send>(
     chunk_messages: usize,
 ) -> Result<FeedOutcome, ProcessError> {
     let merchant = header.merchant;
+    let key_digest = KeyDigest {
+        path: source.path,
+        content_hash,
+        digest: None,
+    };
     let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
     let mut tally = Tally::default();
     let mut snapshot = Snapshot::new();
     let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
         let (sender, chunks) = std::sync::mpsc::sync_channel(1);
-        scope.spawn(move || read_chunks(validator, chunk_messages.max(1), &sender));
+        scope.spawn(move || read_chunks(validator, chunk_messages.max(1), key_digest, &sender));
         // One chunk of look-ahead, so the store can start reading the next chunk's orders
         // while this one is planned and written.
         let mut chunks = chunks.into_iter();
@@ -289,17 +295,31 @@ fn apply<R: std::io::BufRead + Send>(
 /// A chunk of validated messages, or the feed-level problem that ends the feed.
 type Chunk = Result<Vec<ValidatedMessage>, Problem>;
 
-/// The reader thread: validates messages and hands them over in chunks until the end of the
-/// feed, a feed-level problem, or the receiver going away.
+/// The reader thread: validates messages, gives the adjusted items without a
+/// `MerchantAdjustmentItemID` their derived key ([`SellerId::derived`]) and hands the
+/// messages over in chunks until the end of the feed, a feed-level problem, or the receiver
+/// going away.
 fn read_chunks<R: std::io::BufRead>(
     validator: &mut Validator<R>,
     chunk_messages: usize,
+    mut key_digest: KeyDigest<'_>,
     sender: &std::sync::mpsc::SyncSender<Chunk>,
 ) {
     let mut chunk = Vec::with_capacity(chunk_messages);
     loop {
         match validator.next_message() {
-            Ok(Some(message)) => {
+            Ok(Some(mut message)) => {
+                if let ValidatedMessage::Valid(message) = &mut message {
+                    for (index, item) in message.items.iter_mut().enumerate() {
+                        if item.key.is_none() {
+                            item.key = Some(SellerId::derived(
+                                key_digest.get(),
+                                message.message_id,
+                                index + 1,
+                            ));
+                        }
+                    }
+                }
                 chunk.push(message);
                 if chunk.len() == chunk_messages {
                     let full = std::mem::replace(&mut chunk, Vec::with_capacity(chunk_messages));
@@ -582,6 +602,32 @@ pub fn hash_file(path: &Path) -> Result<String, ProcessError> {
     HashingReader::new(file)
         .finish()
         .map_err(|e| read_error(path, e))
+}
+
+/// What the keys of adjusted items without a `MerchantAdjustmentItemID` derive from: the
+/// feed's canonical content digest ([`canon::content_digest`]), so a re-exported copy is
+/// recognised. Read from the file on first use only, so a fully keyed feed costs no
+/// second pass. A file without a digest (it cannot be read again, or it is XML that the
+/// reader rejects anyway) falls back to the byte hash.
+struct KeyDigest<'a> {
+    path: &'a Path,
+    content_hash: &'a str,
+    digest: Option<String>,
+}
+
+impl KeyDigest<'_> {
+    fn get(&mut self) -> &str {
+        let (path, content_hash) = (self.path, self.content_hash);
+        self.digest.get_or_insert_with(|| {
+            let digest = File::open(path)
+                .ok()
+                .and_then(|file| canon::content_digest(BufReader::with_capacity(1 << 16, file)));
+            digest.unwrap_or_else(|| {
+                tracing::warn!(file = %path.display(), "no canonical content digest; keys of items without a MerchantAdjustmentItemID derive from the file's bytes");
+                content_hash.to_owned()
+            })
+        })
+    }
 }
 
 /// A reader that computes the SHA-256 of every byte read through it, so a file can be

@@ -131,7 +131,7 @@ codes! {
         "the net of an adjusted item is not a credit to the buyer (sum of amounts <= 0)"),
     // Message level, found against the store (engine).
     DuplicateAdjustment = (5000, "DUPLICATE_ADJUSTMENT", Warning, Message,
-        "identical to an adjustment already applied under the same MerchantAdjustmentItemID; not applied again"),
+        "identical to an adjustment already applied under the same MerchantAdjustmentItemID (without one: the same item of a feed with the same content); not applied again"),
     IdempotencyConflict = (90201, "IDEMPOTENCY_CONFLICT", Error, Message,
         "a MerchantAdjustmentItemID was already used with different content"),
     OrderNotFound = (18028, "ORDER_NOT_FOUND", Error, Message,

@@ -742,7 +742,7 @@ impl PgFeedTx<'_> {
                     adj_action.push(adjustment.action.map(|a| a.as_str()));
                     adj_cancelled.push(i64::from(adjustment.quantity_cancelled));
                     adj_quantity.push(adjustment.quantity.map(i64::from));
-                    adj_key.push(adjustment.key.as_ref().map(SellerId::as_str));
+                    adj_key.push(adjustment.merchant_adjustment_item_id());
                     adj_hash.push(&adjustment.payload_hash);
                     adj_net.push(net);
                 }

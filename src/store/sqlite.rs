@@ -1680,7 +1680,7 @@ impl SqliteFeedTx<'_> {
             action: adjustment.action.map(|a| a.as_str()),
             quantity_cancelled: adjustment.quantity_cancelled,
             quantity: adjustment.quantity,
-            key: adjustment.key.as_ref().map(SellerId::as_str),
+            key: adjustment.merchant_adjustment_item_id(),
             payload_hash: &adjustment.payload_hash,
             net,
         });
@@ -2074,7 +2074,8 @@ impl FeedTx for SqliteFeedTx<'_> {
                     },
                     rejection,
                 };
-                let key = SellerId::new(&key).ok_or_else(|| corrupt("idempotency key", &key))?;
+                let key =
+                    SellerId::from_stored(&key).ok_or_else(|| corrupt("idempotency key", &key))?;
                 snapshot.insert_key(key, Some(record));
             }
         }

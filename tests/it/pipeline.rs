@@ -158,6 +158,92 @@ fn with_duplicate_feeds_processed_the_idempotency_keys_still_prevent_a_second_re
     assert_eq!(orders[0].adjustments.len(), 1);
 }
 
+/// A one-message refund of `amount` (spelled as given) on the first item of order 1, with
+/// no MerchantAdjustmentItemID.
+fn keyless_message(id: u32, amount: &str) -> String {
+    format!(
+        "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+         <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+         <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component>\
+         </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>\n"
+    )
+}
+
+#[test]
+fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
+    // refund-rules c3.2: an item without MerchantAdjustmentItemID is keyed by the feed's
+    // canonical content, its MessageID and its position.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let write = |name: &str, xml: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, xml).expect("write feed");
+        path
+    };
+    let first = write(
+        "first.xml",
+        format!(
+            "{FEED_HEAD}{}</AmazonEnvelope>\n",
+            keyless_message(1, "5.00")
+        ),
+    );
+    let processed = pipeline::process_file(&mut context, &source(&first, None)).expect("first");
+    assert_eq!(codes(&processed.outcome), vec![]);
+    // The same feed exported again: other bytes (a comment, whitespace, 5.0 for 5.00).
+    let again = write(
+        "again.xml",
+        format!(
+            "{FEED_HEAD}<!-- exported 2026-11-30 -->\n  {}</AmazonEnvelope>\n\n",
+            keyless_message(1, " 5.0 ")
+        ),
+    );
+    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
+    assert_eq!(processed.outcome.duplicate_of, None, "other bytes");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(1, Code::DuplicateAdjustment)]
+    );
+    let warning = &processed.outcome.results[0];
+    assert!(
+        warning.description.contains("none given")
+            && !warning.element.contains("MerchantAdjustmentItemID"),
+        "{warning:?}"
+    );
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "5.00"
+    );
+    // A feed of other content with the same first message is new: its refund applies.
+    let other = write(
+        "other.xml",
+        format!(
+            "{FEED_HEAD}{}{}</AmazonEnvelope>\n",
+            keyless_message(1, "5.00"),
+            keyless_message(2, "1.00")
+        ),
+    );
+    let processed = pipeline::process_file(&mut context, &source(&other, None)).expect("other");
+    assert_eq!(codes(&processed.outcome), vec![]);
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "11.00"
+    );
+    // The adjustment records keep no key of their own (none was given).
+    let order = &context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order")[0];
+    assert!(
+        order
+            .adjustments
+            .iter()
+            .all(|a| a.merchant_adjustment_item_id.is_none()),
+        "{:?}",
+        order.adjustments
+    );
+}
+
 #[test]
 fn later_messages_see_earlier_ones_across_chunks() {
     // 5,000 one-cent refunds of a Principal charged 40.00: the first 4,000 apply, the rest
