@@ -409,21 +409,6 @@ pub fn payload_hash(message: &AdjustmentMessage, item_index: usize) -> String {
             let _ = write!(scratch, "{amount}");
             field(&mut hasher, "Amount", &scratch);
         }
-        let mut direct: Vec<(&str, Amount)> = item
-            .direct_payments
-            .iter()
-            .map(|(kind, amount)| (kind.as_str(), *amount))
-            .collect();
-        direct.sort_by(|a, b| {
-            a.0.cmp(b.0)
-                .then_with(|| a.1.to_string().cmp(&b.1.to_string()))
-        });
-        for (kind, amount) in direct {
-            field(&mut hasher, "DirectPayment", kind);
-            scratch.clear();
-            let _ = write!(scratch, "{amount}");
-            field(&mut hasher, "Amount", &scratch);
-        }
     }
     let digest = hasher.finalize();
     let mut hex = String::with_capacity(64);
@@ -1199,25 +1184,6 @@ fn evaluate_item(
             "Check the amounts; they cannot be a real refund.".to_owned(),
         )));
     };
-    for (direct_index, (kind, amount)) in item.direct_payments.iter().enumerate() {
-        if amount.to_minor(currency).is_none() {
-            return Err(Box::new(facts.item_problem(
-                Code::AmountPrecision,
-                index,
-                format!(
-                    "{}/DirectPaymentAdjustments/Component[{}]/Amount",
-                    facts.item_element(index),
-                    direct_index + 1
-                ),
-                item.position,
-                precision_description(kind, *amount, currency),
-                format!(
-                    "Write the {kind} amount with at most {} fraction digits.",
-                    currency.exponent()
-                ),
-            )));
-        }
-    }
 
     // Step 4: a positive fee reverses an earlier fee and may not take the total above zero.
     let mut running: Option<BTreeMap<Component, ComponentTotals>> = None;
@@ -1566,7 +1532,6 @@ mod tests {
                 key: SellerId::new("K1"),
                 reason: AdjustmentReason::CustomerReturn,
                 amounts,
-                direct_payments: Vec::new(),
                 quantity_cancelled: None,
                 quantity: None,
                 position: Position { line: 5, column: 3 },
@@ -1647,11 +1612,6 @@ mod tests {
         let mut currency = base.clone();
         currency.currency = Some(usd());
         changed.push(currency);
-        let mut direct = base.clone();
-        direct.items[0]
-            .direct_payments
-            .push(("COD".to_owned(), Amount::parse("1").expect("valid")));
-        changed.push(direct);
         let mut swapped = base.clone();
         swapped.items[0].amounts[0].component = Component::Price(PriceComponent::Shipping);
         changed.push(swapped);

@@ -814,8 +814,6 @@ pub struct AdjustedItem {
     pub reason: AdjustmentReason,
     /// Price and promotion amounts, at most one per component, in document order.
     pub amounts: Vec<ComponentAmount>,
-    /// `DirectPaymentAdjustments` (free-form COD component types): recorded, not bounded.
-    pub direct_payments: Vec<(String, Amount)>,
     /// `QuantityCancelled`.
     pub quantity_cancelled: Option<Quantity>,
     /// `Quantity` (rev #12): units the refund concerns.

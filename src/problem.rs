@@ -129,6 +129,8 @@ codes! {
         "the restocking fee is larger than the allowed share of the Principal refunded"),
     NetNotCredit = (90113, "NET_NOT_CREDIT", Error, Message,
         "the net of an adjusted item is not a credit to the buyer (sum of amounts <= 0)"),
+    UnsupportedAdjustment = (90114, "UNSUPPORTED_ADJUSTMENT", Error, Message,
+        "the message uses DirectPaymentAdjustments (cash on delivery), which adjustd does not apply"),
     // Message level, found against the store (engine).
     DuplicateAdjustment = (5000, "DUPLICATE_ADJUSTMENT", Warning, Message,
         "identical to an adjustment already applied under the same MerchantAdjustmentItemID (without one: the same item of a feed with the same content); not applied again"),

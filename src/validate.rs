@@ -1256,7 +1256,6 @@ fn check_item<'t>(
     let mut key = None;
     let mut reason = None;
     let mut parsed: Vec<Parsed<'t>> = Vec::new();
-    let mut direct_payments = Vec::new();
     let mut quantity_cancelled = None;
     let mut quantity_cancelled_element = None;
     let mut quantity = None;
@@ -1358,20 +1357,24 @@ fn check_item<'t>(
             "DirectPaymentAdjustments" => {
                 complex(c, element, &[Particle::many(&["Component"], 1)]);
                 for component in element.children().filter(|e| e.name() == "Component") {
-                    let before_component = c.count();
                     complex(
                         c,
                         component,
                         &[Particle::one(&["Type"]), Particle::one(&["Amount"])],
                     );
-                    let kind = child(component, "Type").and_then(|t| simple(c, t));
-                    let amount = child(component, "Amount").and_then(|a| check_amount(c, a));
-                    if let (Some(kind), Some(amount), true) =
-                        (kind, amount, c.count() == before_component)
-                    {
-                        direct_payments.push((kind.to_owned(), amount));
+                    if let Some(amount) = child(component, "Amount") {
+                        check_amount(c, amount);
                     }
                 }
+                // Cash-on-delivery refunds paid outside Amazon: the store has no place for
+                // them, and applying the rest of the message without them would lose money
+                // facts silently (refund-rules c2, I6).
+                c.add(
+                    Code::UnsupportedAdjustment,
+                    element,
+                    "DirectPaymentAdjustments (cash-on-delivery refunds) are not applied by adjustd".to_owned(),
+                    "send this refund in ItemPriceAdjustments, or apply the cash-on-delivery part in Seller Central",
+                );
             }
             "QuantityCancelled" => {
                 quantity_cancelled_element = Some(element);
@@ -1446,8 +1449,7 @@ fn check_item<'t>(
         check_restocking_fee(c, item, &parsed, restocking_fee_max_percent);
     }
     if c.count() == before {
-        let pure_cancellation =
-            quantity_cancelled.is_some() && parsed.is_empty() && direct_payments.is_empty();
+        let pure_cancellation = quantity_cancelled.is_some() && parsed.is_empty();
         let net = parsed
             .iter()
             .try_fold(Decimal::ZERO, |sum, p| sum.checked_add(p.amount.value()));
@@ -1486,7 +1488,6 @@ fn check_item<'t>(
                 position: p.amount_element.position(),
             })
             .collect(),
-        direct_payments,
         quantity_cancelled,
         quantity,
         position: item.position(),

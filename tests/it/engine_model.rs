@@ -70,7 +70,6 @@ struct Content {
     quantity_cancelled: Option<u32>,
     quantity: Option<u32>,
     amounts: Vec<(String, Decimal)>,
-    direct: Vec<(String, Decimal)>,
 }
 
 fn content(message: &AdjustmentMessage, item: &AdjustedItem) -> Content {
@@ -80,12 +79,6 @@ fn content(message: &AdjustmentMessage, item: &AdjustedItem) -> Content {
         .map(|a| (a.component.name().to_owned(), a.amount.value().normalize()))
         .collect();
     amounts.sort();
-    let mut direct: Vec<(String, Decimal)> = item
-        .direct_payments
-        .iter()
-        .map(|(k, a)| (k.clone(), a.value().normalize()))
-        .collect();
-    direct.sort();
     Content {
         order: message.order.clone(),
         action: message.action,
@@ -95,7 +88,6 @@ fn content(message: &AdjustmentMessage, item: &AdjustedItem) -> Content {
         quantity_cancelled: item.quantity_cancelled.map(Quantity::get),
         quantity: item.quantity.map(Quantity::get),
         amounts,
-        direct,
     }
 }
 
@@ -396,13 +388,6 @@ impl Model {
                     }
                     amounts.push((a.component, i64::try_from(scaled).expect("small amounts")));
                 }
-                if item
-                    .direct_payments
-                    .iter()
-                    .any(|(_, a)| !(a.value() * scale).fract().is_zero())
-                {
-                    return Err(Code::AmountPrecision);
-                }
                 let refunded =
                     |c: Component| self.refunded(&pending, &order.amazon_order_id, &state.code, c);
                 let charged = |c: Component| state.components.get(&c).map_or(0, |t| t.charged);
@@ -686,18 +671,6 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
                 .then(|| SellerId::new(&format!("K{}", rng.below(10))).expect("valid")),
             reason,
             amounts: component_amounts,
-            direct_payments: if rng.chance(10) {
-                let cod = Amount::from_minor(minor(rng, 1, 500), order.currency);
-                let cod = if rng.chance(30) {
-                    Amount::parse(&(cod.value() + Decimal::new(5, exponent + 1)).to_string())
-                        .expect("valid decimal")
-                } else {
-                    cod
-                };
-                vec![("COD".to_owned(), cod)]
-            } else {
-                Vec::new()
-            },
             quantity_cancelled: cancels.then(|| {
                 Quantity::new(u32::try_from(rng.range(1, 3)).expect("small")).expect("positive")
             }),

@@ -14,7 +14,7 @@
 //!                                                         an item of the last order, charged
 //! set 111-0000001-0000001 10000000000001 [shipped=2] [Principal=30.00]   a re-import
 //! msg 1 order=ID | morder=MO [currency=USD] [action=Refund|Cancel]
-//!   adj item=CODE | mitem=MI reason=R [key=K] [qc=N] [q=N] [Comp=amount ...] [dp:Type=amount]
+//!   adj item=CODE | mitem=MI reason=R [key=K] [qc=N] [q=N] [Comp=amount ...]
 //!   => ok [WARNING_CODES...]          applied, with exactly these problems
 //!   => CODE [CODE...]                 not applied, with exactly these problems in order
 //!   says TEXT                         some problem's description or fix contains TEXT
@@ -465,7 +465,6 @@ fn run_table(path: &Path) -> usize {
                     key: None,
                     reason: AdjustmentReason::CustomerReturn,
                     amounts: Vec::new(),
-                    direct_payments: Vec::new(),
                     quantity_cancelled: None,
                     quantity: None,
                     position: position(2),
@@ -493,17 +492,13 @@ fn run_table(path: &Path) -> usize {
                         "qc" => item.quantity_cancelled = v.parse().ok().and_then(Quantity::new),
                         "q" => item.quantity = v.parse().ok().and_then(Quantity::new),
                         other => {
-                            if let Some(kind) = other.strip_prefix("dp:") {
-                                item.direct_payments.push((kind.to_owned(), amount(&v)));
-                            } else {
-                                let component = Component::from_name(other)
-                                    .unwrap_or_else(|| bad("unknown field"));
-                                item.amounts.push(ComponentAmount {
-                                    component,
-                                    amount: amount(&v),
-                                    position: position(column + 10),
-                                });
-                            }
+                            let component =
+                                Component::from_name(other).unwrap_or_else(|| bad("unknown field"));
+                            item.amounts.push(ComponentAmount {
+                                component,
+                                amount: amount(&v),
+                                position: position(column + 10),
+                            });
                         }
                     }
                 }

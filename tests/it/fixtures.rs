@@ -167,9 +167,6 @@ fn render_message(out: &mut String, message: &AdjustmentMessage) {
             )
             .expect("write to String");
         }
-        for (kind, amount) in &item.direct_payments {
-            writeln!(out, "    direct payment {kind:?} {amount}").expect("write to String");
-        }
     }
 }
 

@@ -159,16 +159,12 @@ const FOREIGN: &[&str] = &["EUR", "BHD", "CLF"];
 /// Rewrites a generated message into what a valid feed can say, so the validator hands the
 /// engine exactly this message: promotion amounts are not positive; a declared currency is only expressible on amounts, and a
 /// `currency` attribute too coarse for an amount is the validator's AmountPrecision (the
-/// engine's check is exercised without the attribute); a pure cancellation carries no
-/// direct payment (net 0 would be NetNotCredit); ActionType Cancel needs QuantityCancelled
+/// engine's check is exercised without the attribute); ActionType Cancel needs QuantityCancelled
 /// on every item (joined bodies may lack it); price components come before promotion ones
 /// in a feed. Deterministic, so repeated bodies stay equal.
 fn normalise(message: &AdjustmentMessage, orders: &[OrderState]) -> AdjustmentMessage {
     let mut message = without_positions(message);
     for item in &mut message.items {
-        if item.amounts.is_empty() {
-            item.direct_payments.clear();
-        }
         // A promotion reversal is never positive (the generator's extra digit can make a
         // zero one +0.005; the validator's NegativeRefundComponent).
         for amount in &mut item.amounts {
@@ -191,12 +187,7 @@ fn normalise(message: &AdjustmentMessage, orders: &[OrderState]) -> AdjustmentMe
     let digits = message
         .items
         .iter()
-        .flat_map(|i| {
-            i.amounts
-                .iter()
-                .map(|a| a.amount)
-                .chain(i.direct_payments.iter().map(|(_, a)| *a))
-        })
+        .flat_map(|i| i.amounts.iter().map(|a| a.amount))
         .map(Amount::fraction_digits)
         .max();
     message.currency = match (message.currency, digits) {
@@ -295,9 +286,6 @@ fn feed_xml(rng: &mut Rng, messages: &[AdjustmentMessage]) -> String {
         if let Some(action) = message.action {
             let _ = writeln!(xml, "      <ActionType>{}</ActionType>", action.as_str());
         }
-        if message.items.iter().any(|i| !i.direct_payments.is_empty()) {
-            xml.push_str("      <CODCollectionMethod>DirectPayment</CODCollectionMethod>\n");
-        }
         for item in &message.items {
             xml.push_str("      <AdjustedItem>\n        ");
             match &item.item {
@@ -356,18 +344,6 @@ fn feed_xml(rng: &mut Rng, messages: &[AdjustmentMessage]) -> String {
                     xml,
                     "\n        <PromotionAdjustments>{}</PromotionAdjustments>",
                     promotions.concat()
-                );
-            }
-            if !item.direct_payments.is_empty() {
-                let direct: Vec<String> = item
-                    .direct_payments
-                    .iter()
-                    .map(|(kind, value)| amount(rng, &escape(kind), *value))
-                    .collect();
-                let _ = write!(
-                    xml,
-                    "\n        <DirectPaymentAdjustments>{}</DirectPaymentAdjustments>",
-                    direct.concat()
                 );
             }
             if let Some(q) = item.quantity_cancelled {
