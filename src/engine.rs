@@ -436,12 +436,14 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 
 /// True for the rejections that depend on the store (an order, its items, its totals):
 /// they are pinned under the message's keys so a replay gets the same answer even after
-/// the store changed. Content-only rejections are not pinned.
+/// the store changed. Content-only rejections are not pinned, and neither is
+/// `OrderNotFound`: an order the store does not know yet is often one whose order report
+/// was not imported yet, and the same message must apply once it is (refund-rules c3.4
+/// "park and retry"; adjustd retries on the resend rather than parking).
 pub fn is_state_rejection(code: Code) -> bool {
     matches!(
         code,
-        Code::OrderNotFound
-            | Code::ItemNotInOrder
+        Code::ItemNotInOrder
             | Code::OrderNotAdjustable
             | Code::CurrencyMismatch
             | Code::PositiveChargeComponent
@@ -955,7 +957,7 @@ fn evaluate(
                 "no order with {} exists for merchant {merchant}",
                 message.order
             ),
-            format!("{fix}{}", facts.retry_note()),
+            format!("{fix} Then resend the message unchanged: this rejection is not remembered."),
         )));
     };
 

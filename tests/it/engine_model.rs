@@ -140,7 +140,6 @@ pub(crate) const GENERATED_CODES: &[Code] = &[
 ];
 
 pub(crate) const STATE_CODES: &[Code] = &[
-    Code::OrderNotFound,
     Code::ItemNotInOrder,
     Code::OrderNotAdjustable,
     Code::CurrencyMismatch,
