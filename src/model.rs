@@ -790,6 +790,8 @@ pub struct FeedHeader {
     pub document_version: String,
     /// `Header/MerchantIdentifier`: whose orders this feed may touch.
     pub merchant: MerchantId,
+    /// Where `MerchantIdentifier` starts in the file.
+    pub merchant_position: Option<Position>,
 }
 
 /// One amount of an adjusted item.

@@ -539,7 +539,7 @@ fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem>
             Code::MerchantNotAllowed,
             MessageId::FEED,
             "AmazonEnvelope/Header/MerchantIdentifier",
-            None,
+            header.merchant_position,
             format!("the feed speaks for merchant {merchant}, which may not be used from here; nothing was applied"),
             fix,
         )

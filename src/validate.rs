@@ -421,6 +421,7 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
     }
     let mut document_version = String::new();
     let mut merchant = None;
+    let mut merchant_position = None;
     for child in header.children() {
         let text = child.text();
         match child.name() {
@@ -433,12 +434,14 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
                 document_version = text.to_owned();
             }
             "MerchantIdentifier" => {
+                // Whitespace around the value (a pretty-printed header) is not part of it.
                 envelope_simple(child, |text| {
-                    (normalized(text).chars().count() <= 50)
+                    (normalized(collapse(text)).chars().count() <= 50)
                         .then_some(())
                         .ok_or_else(|| "MerchantIdentifier is longer than 50 characters".to_owned())
                 })?;
-                let value = normalized(text);
+                merchant_position = Some(child.position());
+                let value = normalized(collapse(text));
                 merchant = Some(MerchantId::new(&value).ok_or_else(|| {
                     fail(
                         child,
@@ -457,6 +460,7 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
     Ok(FeedHeader {
         document_version,
         merchant,
+        merchant_position,
     })
 }
 

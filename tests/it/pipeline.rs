@@ -123,6 +123,12 @@ fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox(
         .expect("order");
     assert!(orders[0].adjustments.is_empty());
 
+    let position = processed.outcome.results[0].position.expect("a line");
+    assert_eq!(
+        position.line, 5,
+        "MerchantIdentifier of refund-ok.xml: {position:?}"
+    );
+
     let allowed = [other];
     let mut src = source(&feed, None);
     src.allowed_merchants = Some(&allowed);
@@ -131,6 +137,25 @@ fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox(
         codes(&processed.outcome),
         vec![(0, Code::MerchantNotAllowed)]
     );
+
+    // A pretty-printed MerchantIdentifier is the same merchant (its whitespace is not part
+    // of it).
+    let text = std::fs::read_to_string(&feed).expect("feed");
+    let padded = dir.path().join("padded.xml");
+    std::fs::write(
+        &padded,
+        text.replace(
+            "<MerchantIdentifier>M_TEST</MerchantIdentifier>",
+            "<MerchantIdentifier>\n      M_TEST\n    </MerchantIdentifier>",
+        ),
+    )
+    .expect("write");
+    let merchant = merchant();
+    let mut src = source(&padded, None);
+    src.bound_merchant = Some(&merchant);
+    let processed = pipeline::process_file(&mut context, &src).expect("process");
+    assert_eq!(processed.outcome.status, FeedStatus::Complete);
+    assert_eq!(processed.outcome.merchant.as_ref(), Some(&merchant));
 }
 
 #[test]
