@@ -195,11 +195,17 @@ impl Worker {
                 self.config.inbox.work.display()
             )
         })?;
-        if !leftovers.is_empty() {
-            tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
+        for unreadable in leftovers.unreadable {
+            self.finish_unreadable(unreadable);
+        }
+        if !leftovers.claims.is_empty() {
+            tracing::info!(
+                files = leftovers.claims.len(),
+                "recovering feeds left in work/"
+            );
         }
         let mut syncs = Syncs::new();
-        for claim in leftovers {
+        for claim in leftovers.claims {
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -427,6 +433,10 @@ impl Worker {
                 tracing::debug!(file = %ready.name.display_path(), "taken by someone else before our claim");
                 None
             }
+            Ok(ClaimResult::Unreadable(unreadable)) => {
+                self.finish_unreadable(unreadable);
+                None
+            }
             Err(error) => {
                 tracing::error!(file = %ready.name.display_path(), error = %error, "cannot claim the file");
                 None
@@ -588,6 +598,29 @@ impl Worker {
                 error = format!("{error:#}"),
                 move_error = %move_error,
                 "feed could not be processed and could not be moved to failed/; it stays in work/"
+            ),
+        }
+    }
+
+    /// Logs and counts a claimed file that cannot be opened (see [`inbox::Unreadable`]).
+    fn finish_unreadable(&self, unreadable: inbox::Unreadable) {
+        self.metrics
+            .feed_finished(FeedResult::Error, None, Duration::ZERO);
+        let merchant = unreadable.merchant.as_ref().map_or("", |m| m.as_str());
+        match unreadable.moved {
+            Ok(path) => tracing::error!(
+                file = %unreadable.file_name,
+                merchant,
+                moved_to = %path.display(),
+                error = %unreadable.error,
+                "cannot open the feed, moved to failed/ without a report"
+            ),
+            Err(move_error) => tracing::error!(
+                file = %unreadable.file_name,
+                merchant,
+                error = %unreadable.error,
+                move_error = %move_error,
+                "cannot open the feed and cannot move it to failed/; it stays in work/"
             ),
         }
     }

@@ -548,6 +548,53 @@ pub enum ClaimResult {
     Claimed(Claim),
     /// Someone else (another instance, or the uploader) took or removed it first.
     Gone,
+    /// Renamed into `work/` but it cannot be opened, so it can never be processed.
+    Unreadable(Unreadable),
+}
+
+/// A claimed file that cannot be opened (no read permission, an I/O error). Retrying cannot
+/// help until a human fixes it, and it must not sit in `work/` where recovery would trip over
+/// it at every start, so it is moved on to `failed/` (without a report, as a feed that could
+/// not be processed).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The name it was dropped under.
+    pub file_name: String,
+    /// The merchant folder it came from.
+    pub merchant: Option<MerchantId>,
+    /// Why it cannot be opened.
+    pub error: io::Error,
+    /// Where it went in `failed/`, or why it could not be moved (it then stays in `work/`
+    /// and the next start tries again).
+    pub moved: io::Result<PathBuf>,
+}
+
+impl Unreadable {
+    fn move_to_failed(
+        config: &InboxConfig,
+        path: &Path,
+        token: &str,
+        merchant: Option<MerchantId>,
+        error: io::Error,
+        syncs: &mut Syncs,
+    ) -> Unreadable {
+        let original = original_name(path);
+        let moved = move_out(
+            config,
+            path,
+            token,
+            merchant.as_ref(),
+            Destination::Failed,
+            None,
+            syncs,
+        );
+        Unreadable {
+            file_name: original.to_string_lossy().into_owned(),
+            merchant,
+            error,
+            moved,
+        }
+    }
 }
 
 /// Claims an inbox file: atomic rename into `work/` under a name that embeds a fresh claim
@@ -589,7 +636,16 @@ pub fn claim(
         syncs.add(parent);
     }
     let merchant = ready.name.merchant.as_deref().and_then(MerchantId::new);
-    Ok(match lock(&target)? {
+    let file = match File::open(&target) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
+        Err(error) => {
+            return Ok(ClaimResult::Unreadable(Unreadable::move_to_failed(
+                config, &target, &token, merchant, error, syncs,
+            )));
+        }
+    };
+    Ok(match lock(file, &target)? {
         Some(lock) => ClaimResult::Claimed(Claim {
             path: target,
             token,
@@ -601,14 +657,9 @@ pub fn claim(
     })
 }
 
-/// Takes the exclusive lock of a claimed file; `None` when another live process holds it or
-/// the file left that path meanwhile.
-fn lock(path: &Path) -> io::Result<Option<File>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
+/// Takes the exclusive lock of a claimed file opened from `path`; `None` when another live
+/// process holds it or the file left that path meanwhile.
+fn lock(file: File, path: &Path) -> io::Result<Option<File>> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(None),
@@ -625,37 +676,68 @@ fn lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// The feeds left in `work/` by an earlier run (crash or shutdown timeout), oldest claim
-/// first, each locked. Files in `work/` without a claim name (put there by hand) are adopted
-/// under a fresh token. Files locked by another live instance are skipped.
+/// What recovery found in `work/`.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// The feeds to process again, oldest claim first, each locked.
+    pub claims: Vec<Claim>,
+    /// Files that cannot be opened, moved on to `failed/` (see [`Unreadable`]).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// The feeds left in `work/` by an earlier run (crash or shutdown timeout). Files in `work/`
+/// without a claim name (put there by hand) are adopted under a fresh token. Files locked by
+/// another live instance are skipped; so are entries that cannot be inspected, adopted or
+/// locked (each logged with its path and the error, left where it is): one bad file must
+/// never keep the daemon from starting.
 ///
 /// # Errors
-/// `work/` cannot be read, or an adoption rename fails.
-pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<Claim>> {
+/// `work/` itself cannot be read.
+pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Leftovers> {
     let mut found: Vec<(String, Option<String>, PathBuf, OsString)> = Vec::new();
     collect_leftovers(&config.work, None, tokens, &mut found)?;
-    for entry in fs::read_dir(&config.work)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir()
+    for entry in fs::read_dir(&config.work)?.flatten() {
+        if entry.file_type().is_ok_and(|file_type| file_type.is_dir())
             && let Some(merchant) = entry.file_name().to_str().and_then(MerchantId::new)
+            && let Err(error) =
+                collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)
         {
-            collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)?;
+            tracing::warn!(folder = %entry.path().display(), error = %error, "cannot read a folder in work/, its feeds stay there");
         }
     }
     found.sort();
-    let mut claims = Vec::new();
+    let mut leftovers = Leftovers::default();
+    let mut syncs = Syncs::new();
     for (token, merchant, path, original) in found {
-        if let Some(lock) = lock(&path)? {
-            claims.push(Claim {
+        let merchant = merchant.as_deref().and_then(MerchantId::new);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                leftovers.unreadable.push(Unreadable::move_to_failed(
+                    config, &path, &token, merchant, error, &mut syncs,
+                ));
+                continue;
+            }
+        };
+        match lock(file, &path) {
+            Ok(Some(lock)) => leftovers.claims.push(Claim {
                 path,
                 token,
                 file_name: original.to_string_lossy().into_owned(),
-                merchant: merchant.as_deref().and_then(MerchantId::new),
+                merchant,
                 _lock: lock,
-            });
+            }),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(file = %path.display(), error = %error, "cannot lock a feed left in work/, it stays there");
+            }
         }
     }
-    Ok(claims)
+    if let Err(error) = syncs.sync() {
+        tracing::warn!(error = %error, "cannot sync a folder after moving unreadable files to failed/");
+    }
+    Ok(leftovers)
 }
 
 fn collect_leftovers(
@@ -664,9 +746,8 @@ fn collect_leftovers(
     tokens: &ClaimTokens,
     found: &mut Vec<(String, Option<String>, PathBuf, OsString)>,
 ) -> io::Result<()> {
-    for entry in fs::read_dir(folder)? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
+    for entry in fs::read_dir(folder)?.flatten() {
+        if !entry.file_type().is_ok_and(|file_type| file_type.is_file()) {
             continue;
         }
         let name = entry.file_name();
@@ -679,7 +760,10 @@ fn collect_leftovers(
                 let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
                 claim_name.push(&name);
                 let target = folder.join(&claim_name);
-                fs::rename(entry.path(), &target)?;
+                if let Err(error) = fs::rename(entry.path(), &target) {
+                    tracing::warn!(file = %entry.path().display(), error = %error, "cannot adopt a file found in work/ without a claim name, it stays there");
+                    continue;
+                }
                 fsync_dir(folder)?;
                 tracing::warn!(file = %entry.path().display(), "adopting a file found in work/ without a claim name");
                 found.push((token, merchant.map(str::to_owned), target, name));
@@ -715,42 +799,15 @@ impl Claim {
         feed_id: Option<u64>,
         syncs: &mut Syncs,
     ) -> io::Result<PathBuf> {
-        let root = match destination {
-            Destination::Archive => &config.archive,
-            Destination::Failed => &config.failed,
-        };
-        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
-        if let Some(merchant) = &self.merchant {
-            folder.push(merchant.as_str());
-        }
-        fs::create_dir_all(&folder)?;
-        let original = self.original_name();
-        let (prefix, separator) = match feed_id {
-            Some(feed_id) => (feed_id.to_string(), "-"),
-            None => (self.token.clone(), TOKEN_SEPARATOR),
-        };
-        let mut counter = 0u32;
-        let target = loop {
-            let mut name = OsString::from(match counter {
-                0 => format!("{prefix}{separator}"),
-                n => format!("{prefix}-{n}{separator}"),
-            });
-            name.push(&original);
-            let candidate = folder.join(name);
-            // Feed ids and tokens are unique, so a collision only comes from finishing the
-            // same feed twice (a power loss undid an earlier move); no other process writes
-            // these names, so checking first is enough.
-            if fs::symlink_metadata(&candidate).is_err() {
-                break candidate;
-            }
-            counter += 1;
-        };
-        fs::rename(&self.path, &target)?;
-        syncs.add(&folder);
-        if let Some(parent) = self.path.parent() {
-            syncs.add(parent);
-        }
-        Ok(target)
+        move_out(
+            config,
+            &self.path,
+            &self.token,
+            self.merchant.as_ref(),
+            destination,
+            feed_id,
+            syncs,
+        )
     }
 
     /// Gives a claim that was not started back to the inbox under its original name (at
@@ -764,7 +821,7 @@ impl Claim {
         if let Some(merchant) = &self.merchant {
             target.push(merchant.as_str());
         }
-        target.push(self.original_name());
+        target.push(original_name(&self.path));
         if fs::symlink_metadata(&target).is_ok() {
             return Ok(false);
         }
@@ -777,16 +834,65 @@ impl Claim {
         }
         Ok(true)
     }
+}
 
-    fn original_name(&self) -> OsString {
-        self.path
-            .file_name()
-            .map(|claim_name| match parse_claim_name(claim_name) {
-                Some((_, original)) => original,
-                None => claim_name.to_os_string(),
-            })
-            .unwrap_or_default()
+/// The name a claimed file was dropped under, from its claim name.
+fn original_name(path: &Path) -> OsString {
+    path.file_name()
+        .map(|claim_name| match parse_claim_name(claim_name) {
+            Some((_, original)) => original,
+            None => claim_name.to_os_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// Moves a claimed file (`path` in `work/`) to `archive/` or `failed/`; see
+/// [`Claim::finish`].
+fn move_out(
+    config: &InboxConfig,
+    path: &Path,
+    token: &str,
+    merchant: Option<&MerchantId>,
+    destination: Destination,
+    feed_id: Option<u64>,
+    syncs: &mut Syncs,
+) -> io::Result<PathBuf> {
+    let root = match destination {
+        Destination::Archive => &config.archive,
+        Destination::Failed => &config.failed,
+    };
+    let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
+    if let Some(merchant) = merchant {
+        folder.push(merchant.as_str());
     }
+    fs::create_dir_all(&folder)?;
+    let original = original_name(path);
+    let (prefix, separator) = match feed_id {
+        Some(feed_id) => (feed_id.to_string(), "-"),
+        None => (token.to_owned(), TOKEN_SEPARATOR),
+    };
+    let mut counter = 0u32;
+    let target = loop {
+        let mut name = OsString::from(match counter {
+            0 => format!("{prefix}{separator}"),
+            n => format!("{prefix}-{n}{separator}"),
+        });
+        name.push(&original);
+        let candidate = folder.join(name);
+        // Feed ids and tokens are unique, so a collision only comes from finishing the
+        // same feed twice (a power loss undid an earlier move); no other process writes
+        // these names, so checking first is enough.
+        if fs::symlink_metadata(&candidate).is_err() {
+            break candidate;
+        }
+        counter += 1;
+    };
+    fs::rename(path, &target)?;
+    syncs.add(&folder);
+    if let Some(parent) = path.parent() {
+        syncs.add(parent);
+    }
+    Ok(target)
 }
 
 /// Folders whose entries changed (renames) and must be fsynced before the change is
@@ -1019,10 +1125,15 @@ mod tests {
             ClaimResult::Gone
         ));
         // While we hold it, recovery (as another instance would) skips it.
-        assert!(leftovers(&config, &tokens).expect("leftovers").is_empty());
+        assert!(
+            leftovers(&config, &tokens)
+                .expect("leftovers")
+                .claims
+                .is_empty()
+        );
         let token = claimed.token.clone();
         drop(claimed);
-        let recovered = leftovers(&config, &tokens).expect("leftovers");
+        let recovered = leftovers(&config, &tokens).expect("leftovers").claims;
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].token, token);
         assert_eq!(recovered[0].file_name, "feed one.xml");
@@ -1038,7 +1149,7 @@ mod tests {
         assert!(archived.starts_with(&config.archive));
         // A file put into work/ by hand is adopted under a fresh token.
         fs::write(config.work.join("stray.xml"), b"<a/>").expect("write");
-        let adopted = leftovers(&config, &tokens).expect("leftovers");
+        let adopted = leftovers(&config, &tokens).expect("leftovers").claims;
         assert_eq!(adopted.len(), 1);
         assert_eq!(adopted[0].file_name, "stray.xml");
         let claim = adopted.into_iter().next().expect("one");
@@ -1077,7 +1188,7 @@ mod tests {
             };
             match claim(&config, &ready, &tokens, &mut syncs).expect("claim") {
                 ClaimResult::Claimed(claim) => claim,
-                ClaimResult::Gone => panic!("gone"),
+                other => panic!("not claimed: {other:?}"),
             }
         };
         let first = claim_one("same.xml");

@@ -4,6 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -674,4 +675,81 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
     wait_until_idle(&dir);
     daemon.stop();
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 125);
+}
+
+/// Makes a file unreadable for a daemon started with
+/// [`TestDir::spawn_daemon_bound_by_permissions`].
+fn make_unreadable(path: &std::path::Path) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+}
+
+#[test]
+fn unreadable_feed_is_moved_to_failed_with_a_log_line_naming_it() {
+    let dir = setup(&Settings::default(), 1);
+    dir.drop_file(
+        "M_TEST/locked.xml",
+        feed_xml(MERCHANT, &[refund(0, "locked", 100)]).as_bytes(),
+    );
+    make_unreadable(&dir.path("inbox/M_TEST/locked.xml"));
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("the unreadable feed to reach failed/", LONG, || {
+        dir.files_in("failed").len() == 1
+    });
+    assert!(dir.files_in("inbox").is_empty(), "left in the inbox");
+    assert!(dir.files_in("work").is_empty(), "left in work/");
+    // The daemon goes on with the next feed.
+    dir.drop_file(
+        "M_TEST/fine.xml",
+        feed_xml(MERCHANT, &[refund(0, "fine", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "fine.xml")["status"], "Complete");
+    daemon.stop();
+    let log = daemon.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cannot open the feed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("locked.xml") && lines[0].contains("Permission denied"),
+        "{log}"
+    );
+    assert!(dir.reports_for("locked.xml").is_empty());
+}
+
+#[test]
+fn unreadable_leftovers_in_work_never_stop_the_start() {
+    let dir = setup(&Settings::default(), 1);
+    fs::create_dir_all(dir.path("work/M_TEST")).expect("work folder");
+    // One claimed by an earlier run, one put into work/ by hand: neither can be opened.
+    let claimed = dir.path("work/M_TEST/00000000000000000001-1-0--left.xml");
+    let stray = dir.path("work/stray.xml");
+    for path in [&claimed, &stray] {
+        fs::write(path, feed_xml(MERCHANT, &[refund(0, "left", 100)])).expect("write");
+        make_unreadable(path);
+    }
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("both leftovers to reach failed/", LONG, || {
+        assert!(daemon.is_running(), "daemon exited:\n{}", daemon.log());
+        dir.files_in("failed").len() == 2
+    });
+    assert!(dir.files_in("work").is_empty(), "left in work/");
+    dir.drop_file(
+        "after.xml",
+        feed_xml(MERCHANT, &[refund(0, "after", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "after.xml")["status"], "Complete");
+    daemon.stop();
+    let log = daemon.log();
+    for name in ["left.xml", "stray.xml"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("cannot open the feed") && line.contains(name)),
+            "{name}:\n{log}"
+        );
+    }
 }
