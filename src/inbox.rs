@@ -485,7 +485,8 @@ fn strip_trailing_misc(mut bytes: &[u8]) -> &[u8] {
 /// kernel if the process dies) so that a second instance's recovery leaves it alone.
 #[derive(Debug)]
 pub struct Claim {
-    /// Where it is now (`work/[<merchant>/]<token>--<name>`).
+    /// Where it is now (`work/[<merchant>/]<token>--<name>`, the name shortened if the
+    /// whole would exceed the 255-byte file-name limit).
     pub path: PathBuf,
     /// The claim token (also in the store's feed record).
     pub token: String,
@@ -493,6 +494,10 @@ pub struct Claim {
     pub file_name: String,
     /// The merchant folder it came from.
     pub merchant: Option<MerchantId>,
+    /// The name it was dropped under, exactly, for the archive name and for giving it back
+    /// (a claim recovered from `work/` only knows the name in its claim name, which may be
+    /// shortened).
+    original: OsString,
     /// Held for the claim's lifetime.
     _lock: File,
 }
@@ -521,6 +526,37 @@ impl ClaimTokens {
 }
 
 const TOKEN_SEPARATOR: &str = "--";
+
+/// The longest file name (in bytes) the usual Linux filesystems accept (`NAME_MAX`).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// `prefix` followed by `name`, with `name` shortened if the whole would not fit in
+/// [`MAX_FILE_NAME_BYTES`]: an uploader may use the full 255 bytes, and the claim or archive
+/// prefix must not make such a file impossible to move (it was retried on every scan,
+/// forever). The cut keeps the start of the name and a short extension (`.xml`), at a
+/// character boundary when the name is UTF-8.
+fn fit_name(prefix: &str, name: &OsStr) -> OsString {
+    const MAX_KEPT_EXTENSION: usize = 16;
+    let budget = MAX_FILE_NAME_BYTES.saturating_sub(prefix.len());
+    let bytes = name.as_bytes();
+    let mut fitted = OsString::from(prefix);
+    if bytes.len() <= budget {
+        fitted.push(name);
+        return fitted;
+    }
+    let extension = match bytes.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 && bytes.len() - dot <= MAX_KEPT_EXTENSION => &bytes[dot..],
+        _ => &[][..],
+    };
+    let mut cut = budget.saturating_sub(extension.len());
+    // Back off over UTF-8 continuation bytes so a multi-byte character is not split.
+    while cut > 0 && bytes[cut] & 0b1100_0000 == 0b1000_0000 {
+        cut -= 1;
+    }
+    fitted.push(OsStr::from_bytes(&bytes[..cut]));
+    fitted.push(OsStr::from_bytes(extension));
+    fitted
+}
 
 /// Splits a claim name `<token>--<name>` into token and original name.
 pub fn parse_claim_name(claim_name: &OsStr) -> Option<(String, OsString)> {
@@ -579,15 +615,13 @@ impl Unreadable {
         syncs: &mut Syncs,
     ) -> Unreadable {
         let original = original_name(path);
-        let moved = move_out(
-            config,
+        let moved = InWork {
             path,
             token,
-            merchant.as_ref(),
-            Destination::Failed,
-            None,
-            syncs,
-        );
+            merchant: merchant.as_ref(),
+            original: &original,
+        }
+        .move_out(config, Destination::Failed, None, syncs);
         Unreadable {
             file_name: original.to_string_lossy().into_owned(),
             merchant,
@@ -617,9 +651,10 @@ pub fn claim(
     };
     fs::create_dir_all(&work_folder)?;
     let token = tokens.next();
-    let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
-    claim_name.push(&ready.name.name);
-    let target = work_folder.join(&claim_name);
+    let target = work_folder.join(fit_name(
+        &format!("{token}{TOKEN_SEPARATOR}"),
+        &ready.name.name,
+    ));
     match fs::rename(&source, &target) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
@@ -651,6 +686,7 @@ pub fn claim(
             token,
             file_name: ready.name.display_name(),
             merchant,
+            original: ready.name.name.clone(),
             _lock: lock,
         }),
         None => ClaimResult::Gone,
@@ -726,6 +762,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Lefto
                 token,
                 file_name: original.to_string_lossy().into_owned(),
                 merchant,
+                original,
                 _lock: lock,
             }),
             Ok(None) => {}
@@ -757,9 +794,7 @@ fn collect_leftovers(
             }
             None => {
                 let token = tokens.next();
-                let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
-                claim_name.push(&name);
-                let target = folder.join(&claim_name);
+                let target = folder.join(fit_name(&format!("{token}{TOKEN_SEPARATOR}"), &name));
                 if let Err(error) = fs::rename(entry.path(), &target) {
                     tracing::warn!(file = %entry.path().display(), error = %error, "cannot adopt a file found in work/ without a claim name, it stays there");
                     continue;
@@ -784,8 +819,9 @@ pub enum Destination {
 
 impl Claim {
     /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
-    /// `<feed id>-<name>` (or `<claim name>` without a feed id), with `-<n>` added after the
-    /// prefix if that name exists. Consumes the claim and its lock. The folders go into
+    /// `<feed id>-<name>` (or `<token>--<name>` without a feed id), with `-<n>` added after the
+    /// prefix if that name exists, and the name shortened if the whole would exceed the
+    /// 255-byte file-name limit (the report keeps the full name). Consumes the claim and its lock. The folders go into
     /// `syncs`: a power loss before they are synced at most moves the file back to `work/`,
     /// where recovery re-emits the same report and moves it again.
     ///
@@ -799,15 +835,13 @@ impl Claim {
         feed_id: Option<u64>,
         syncs: &mut Syncs,
     ) -> io::Result<PathBuf> {
-        move_out(
-            config,
-            &self.path,
-            &self.token,
-            self.merchant.as_ref(),
-            destination,
-            feed_id,
-            syncs,
-        )
+        InWork {
+            path: &self.path,
+            token: &self.token,
+            merchant: self.merchant.as_ref(),
+            original: &self.original,
+        }
+        .move_out(config, destination, feed_id, syncs)
     }
 
     /// Gives a claim that was not started back to the inbox under its original name (at
@@ -821,7 +855,7 @@ impl Claim {
         if let Some(merchant) = &self.merchant {
             target.push(merchant.as_str());
         }
-        target.push(original_name(&self.path));
+        target.push(&self.original);
         if fs::symlink_metadata(&target).is_ok() {
             return Ok(false);
         }
@@ -846,53 +880,59 @@ fn original_name(path: &Path) -> OsString {
         .unwrap_or_default()
 }
 
-/// Moves a claimed file (`path` in `work/`) to `archive/` or `failed/`; see
-/// [`Claim::finish`].
-fn move_out(
-    config: &InboxConfig,
-    path: &Path,
-    token: &str,
-    merchant: Option<&MerchantId>,
-    destination: Destination,
-    feed_id: Option<u64>,
-    syncs: &mut Syncs,
-) -> io::Result<PathBuf> {
-    let root = match destination {
-        Destination::Archive => &config.archive,
-        Destination::Failed => &config.failed,
-    };
-    let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
-    if let Some(merchant) = merchant {
-        folder.push(merchant.as_str());
-    }
-    fs::create_dir_all(&folder)?;
-    let original = original_name(path);
-    let (prefix, separator) = match feed_id {
-        Some(feed_id) => (feed_id.to_string(), "-"),
-        None => (token.to_owned(), TOKEN_SEPARATOR),
-    };
-    let mut counter = 0u32;
-    let target = loop {
-        let mut name = OsString::from(match counter {
-            0 => format!("{prefix}{separator}"),
-            n => format!("{prefix}-{n}{separator}"),
-        });
-        name.push(&original);
-        let candidate = folder.join(name);
-        // Feed ids and tokens are unique, so a collision only comes from finishing the
-        // same feed twice (a power loss undid an earlier move); no other process writes
-        // these names, so checking first is enough.
-        if fs::symlink_metadata(&candidate).is_err() {
-            break candidate;
+/// A claimed file in `work/`, as much as moving it out needs.
+struct InWork<'a> {
+    path: &'a Path,
+    token: &'a str,
+    merchant: Option<&'a MerchantId>,
+    /// The name it was dropped under.
+    original: &'a OsStr,
+}
+
+impl InWork<'_> {
+    /// Moves the file to `archive/` or `failed/`; see [`Claim::finish`].
+    fn move_out(
+        &self,
+        config: &InboxConfig,
+        destination: Destination,
+        feed_id: Option<u64>,
+        syncs: &mut Syncs,
+    ) -> io::Result<PathBuf> {
+        let root = match destination {
+            Destination::Archive => &config.archive,
+            Destination::Failed => &config.failed,
+        };
+        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
+        if let Some(merchant) = self.merchant {
+            folder.push(merchant.as_str());
         }
-        counter += 1;
-    };
-    fs::rename(path, &target)?;
-    syncs.add(&folder);
-    if let Some(parent) = path.parent() {
-        syncs.add(parent);
+        fs::create_dir_all(&folder)?;
+        let (prefix, separator) = match feed_id {
+            Some(feed_id) => (feed_id.to_string(), "-"),
+            None => (self.token.to_owned(), TOKEN_SEPARATOR),
+        };
+        let mut counter = 0u32;
+        let target = loop {
+            let name_prefix = match counter {
+                0 => format!("{prefix}{separator}"),
+                n => format!("{prefix}-{n}{separator}"),
+            };
+            let candidate = folder.join(fit_name(&name_prefix, self.original));
+            // Feed ids and tokens are unique, so a collision only comes from finishing the
+            // same feed twice (a power loss undid an earlier move); no other process writes
+            // these names, so checking first is enough.
+            if fs::symlink_metadata(&candidate).is_err() {
+                break candidate;
+            }
+            counter += 1;
+        };
+        fs::rename(self.path, &target)?;
+        syncs.add(&folder);
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(target)
     }
-    Ok(target)
 }
 
 /// Folders whose entries changed (renames) and must be fsynced before the change is
@@ -1035,6 +1075,77 @@ mod tests {
         assert_eq!(parse_claim_name(OsStr::new("feed--x.xml")), None);
         assert_eq!(parse_claim_name(OsStr::new("1-2-3--")), None);
         assert_eq!(parse_claim_name(OsStr::new("plain.xml")), None);
+    }
+
+    #[test]
+    fn long_names_are_shortened_to_fit_with_their_prefix() {
+        let prefix = "00000000000000000001-1-0--";
+        let short = fit_name(prefix, OsStr::new("feed.xml"));
+        assert_eq!(short, OsString::from(format!("{prefix}feed.xml")));
+        // 100 two-byte characters, then 50 bytes and the extension: 254 bytes.
+        let long = format!("{}{}.xml", "é".repeat(100), "x".repeat(50));
+        let fitted = fit_name(prefix, OsStr::new(&long));
+        assert!(fitted.len() <= MAX_FILE_NAME_BYTES, "{}", fitted.len());
+        let fitted = fitted.to_str().expect("still UTF-8");
+        assert!(
+            fitted.starts_with(prefix) && fitted.ends_with("x.xml"),
+            "{fitted}"
+        );
+        // A cut that would split a character backs off to its start.
+        let accents = format!("{}.xml", "é".repeat(125));
+        let fitted = fit_name("1-", OsStr::new(&accents));
+        assert_eq!(fitted.len(), 2 + 248 + 4);
+        assert!(fitted.to_str().is_some());
+        // No extension worth keeping, not UTF-8: a plain cut.
+        let bytes = [b'\xff'; 300];
+        assert_eq!(fit_name("p", OsStr::from_bytes(&bytes)).len(), 255);
+    }
+
+    #[test]
+    fn a_name_that_only_just_fits_the_inbox_is_claimed_and_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let long = format!("{}.xml", "n".repeat(251));
+        fs::write(config.inbox.join(&long), b"<a/>").expect("write");
+        let listing = list(&config).expect("list");
+        let EntryKind::File(signature) = listing[0].kind else {
+            panic!("not a file");
+        };
+        let ready = ReadyFile {
+            name: listing[0].name.clone(),
+            signature,
+        };
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
+            panic!("not claimed");
+        };
+        assert_eq!(claimed.file_name, long);
+        let failed = claimed
+            .finish(&config, Destination::Failed, None, &mut syncs)
+            .expect("finish");
+        let failed_name = failed.file_name().expect("name").to_string_lossy();
+        assert!(failed_name.ends_with(".xml"), "{failed_name}");
+        // Given back after a claim: under its full name again.
+        fs::write(config.inbox.join(&long), b"<a/>").expect("write");
+        let listing = list(&config).expect("list");
+        let EntryKind::File(signature) = listing[0].kind else {
+            panic!("not a file");
+        };
+        let ready = ReadyFile {
+            name: listing[0].name.clone(),
+            signature,
+        };
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
+            panic!("not claimed");
+        };
+        assert!(claimed.release(&config, &mut syncs).expect("release"));
+        assert!(config.inbox.join(&long).is_file());
     }
 
     #[test]

@@ -753,3 +753,27 @@ fn unreadable_leftovers_in_work_never_stop_the_start() {
         );
     }
 }
+
+#[test]
+fn a_name_of_nearly_255_bytes_is_processed_and_archived() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    // 250 bytes, with two-byte characters where the claim prefix forces a cut.
+    let name = format!("{}{}.xml", "é".repeat(100), "x".repeat(46));
+    assert_eq!(name.len(), 250);
+    dir.drop_file(
+        &name,
+        feed_xml(MERCHANT, &[refund(0, "long", 100)]).as_bytes(),
+    );
+    let report = report_of(&dir, &name);
+    assert_eq!(report["status"], "Complete", "{report}");
+    wait_until_idle(&dir);
+    let archived = dir.files_in("archive");
+    assert_eq!(archived.len(), 1);
+    let archived_name = archived[0].file_name().expect("name").to_string_lossy();
+    assert!(archived_name.ends_with("x.xml"), "{archived_name}");
+    daemon.stop();
+    let log = daemon.log();
+    assert!(!log.contains("too long"), "{log}");
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
