@@ -22,6 +22,7 @@ use crate::feed::Limits;
 use crate::inbox::ready::{EntryKind, FileSignature, InboxName, Listed, ReadyFile};
 use crate::model::MerchantId;
 use crate::report::fsync_dir;
+use crate::telemetry::escaped;
 
 /// How the inbox is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -738,7 +739,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Lefto
             && let Err(error) =
                 collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)
         {
-            tracing::warn!(folder = %entry.path().display(), error = %error, "cannot read a folder in work/, its feeds stay there");
+            tracing::warn!(folder = %escaped(entry.path().display()), error = %error, "cannot read a folder in work/, its feeds stay there");
         }
     }
     found.sort();
@@ -767,7 +768,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Lefto
             }),
             Ok(None) => {}
             Err(error) => {
-                tracing::warn!(file = %path.display(), error = %error, "cannot lock a feed left in work/, it stays there");
+                tracing::warn!(file = %escaped(path.display()), error = %error, "cannot lock a feed left in work/, it stays there");
             }
         }
     }
@@ -796,11 +797,11 @@ fn collect_leftovers(
                 let token = tokens.next();
                 let target = folder.join(fit_name(&format!("{token}{TOKEN_SEPARATOR}"), &name));
                 if let Err(error) = fs::rename(entry.path(), &target) {
-                    tracing::warn!(file = %entry.path().display(), error = %error, "cannot adopt a file found in work/ without a claim name, it stays there");
+                    tracing::warn!(file = %escaped(entry.path().display()), error = %error, "cannot adopt a file found in work/ without a claim name, it stays there");
                     continue;
                 }
                 fsync_dir(folder)?;
-                tracing::warn!(file = %entry.path().display(), "adopting a file found in work/ without a claim name");
+                tracing::warn!(file = %escaped(entry.path().display()), "adopting a file found in work/ without a claim name");
                 found.push((token, merchant.map(str::to_owned), target, name));
             }
         }

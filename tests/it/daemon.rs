@@ -777,3 +777,37 @@ fn a_name_of_nearly_255_bytes_is_processed_and_archived() {
     assert!(!log.contains("too long"), "{log}");
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
 }
+
+#[test]
+fn control_characters_in_names_cannot_forge_log_lines_or_report_names() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    let name = "evil\nFORGED fake line\r\u{1b}[31mred.xml";
+    dir.drop_file(
+        name,
+        feed_xml(MERCHANT, &[refund(0, "evil", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, name)["status"], "Complete");
+    wait_until_idle(&dir);
+    daemon.stop();
+    let reports = crate::util::files_under(&dir.path("outbox"));
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for report in &reports {
+        let report_name = report.file_name().expect("name").to_string_lossy();
+        assert!(
+            !report_name.chars().any(char::is_control),
+            "{report_name:?}"
+        );
+        assert!(report_name.starts_with("evil_FORGED"), "{report_name:?}");
+    }
+    // The log is a file, not a terminal: no colour codes, and the name's own ESC, CR and
+    // newline are escaped.
+    let log = daemon.raw_log();
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(!log.contains('\r'), "{log:?}");
+    assert!(!log.lines().any(|line| line.starts_with("FORGED")), "{log}");
+    assert!(
+        log.contains(r"file=evil\nFORGED fake line\r\u{1b}[31mred.xml"),
+        "{log}"
+    );
+}

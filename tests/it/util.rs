@@ -358,7 +358,12 @@ impl Daemon {
 
     /// The log so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        strip_ansi(&fs::read_to_string(&self.log_path).unwrap_or_default())
+        strip_ansi(&self.raw_log())
+    }
+
+    /// The log so far, byte for byte (lossy UTF-8).
+    pub fn raw_log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
     /// True while the process runs.
