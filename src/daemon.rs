@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::ready::{ContentDecision, ReadyFile, ReadyRules, Tracker};
+use crate::inbox::ready::{ContentDecision, EntryKind, ReadyFile, ReadyRules, Tracker};
 use crate::inbox::watch::{ActiveMode, Wake, Watch};
 use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
@@ -317,11 +317,18 @@ impl Worker {
         let now = Instant::now();
         let observation = self.tracker.observe(&listing, now);
         for listed in &observation.not_followed {
-            tracing::warn!(
-                file = %escaped(listed.name.display_path()),
-                kind = listed.kind.as_str(),
-                "not a regular file, not followed; left in the inbox"
-            );
+            match listed.kind {
+                EntryKind::Unreadable(kind) => tracing::warn!(
+                    folder = %self.config.inbox.inbox_path(&listed.name).display(),
+                    error = %std::io::Error::from(kind),
+                    "cannot read the merchant folder; its feeds wait until it can be read"
+                ),
+                _ => tracing::warn!(
+                    file = %escaped(listed.name.display_path()),
+                    kind = listed.kind.as_str(),
+                    "not a regular file, not followed; left in the inbox"
+                ),
+            }
         }
         self.update_waiting(now);
         let mut processed = 0;

@@ -212,8 +212,9 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
 }
 
 /// Lists the inbox without following anything: regular files (with their signature),
-/// symlinks and special files at the top level and in merchant folders, and folders where
-/// none is expected. Folders whose name matches an ignore pattern are skipped silently.
+/// symlinks and special files at the top level and in merchant folders, folders where
+/// none is expected, and merchant folders that cannot be read. Folders whose name matches an
+/// ignore pattern are skipped silently.
 ///
 /// # Errors
 /// The inbox itself cannot be read (`NotFound` when it was removed).
@@ -260,9 +261,21 @@ fn list_merchant(
     merchant: &MerchantId,
     listing: &mut Vec<Listed>,
 ) {
-    // A merchant folder removed while we list it is simply empty this time.
-    let Ok(entries) = fs::read_dir(folder) else {
-        return;
+    let entries = match fs::read_dir(folder) {
+        Ok(entries) => entries,
+        // A merchant folder removed while we list it is simply empty this time.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+        // Unreadable (permissions): its feeds cannot be seen, which the daemon must say.
+        Err(error) => {
+            listing.push(Listed {
+                name: InboxName {
+                    merchant: None,
+                    name: OsString::from(merchant.as_str()),
+                },
+                kind: EntryKind::Unreadable(error.kind()),
+            });
+            return;
+        }
     };
     for entry in entries {
         let Ok(entry) = entry else { continue };

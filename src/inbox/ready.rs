@@ -60,6 +60,9 @@ pub enum EntryKind {
     Folder,
     /// A fifo, socket or device.
     Other,
+    /// A merchant folder that cannot be listed (why, e.g. `PermissionDenied`): the feeds in
+    /// it wait, unseen, until it can be read again.
+    Unreadable(std::io::ErrorKind),
 }
 
 impl EntryKind {
@@ -70,6 +73,7 @@ impl EntryKind {
             EntryKind::Symlink => "symlink",
             EntryKind::Folder => "folder",
             EntryKind::Other => "special file",
+            EntryKind::Unreadable(_) => "unreadable folder",
         }
     }
 }
@@ -113,7 +117,8 @@ pub struct ReadyFile {
 pub struct Observation {
     /// Files ready to claim, oldest mtime first, then by folder and name.
     pub ready: Vec<ReadyFile>,
-    /// Entries that are not regular files, each reported once while it stays.
+    /// Entries that are not regular files (or are unreadable merchant folders), each reported
+    /// once while it stays.
     pub not_followed: Vec<Listed>,
 }
 
@@ -201,7 +206,10 @@ impl Tracker {
             present.insert(&listed.name);
             match listed.kind {
                 EntryKind::File(signature) => files.push((&listed.name, signature)),
-                EntryKind::Symlink | EntryKind::Folder | EntryKind::Other => {
+                EntryKind::Symlink
+                | EntryKind::Folder
+                | EntryKind::Other
+                | EntryKind::Unreadable(_) => {
                     if self.reported.insert(listed.name.clone()) {
                         observation.not_followed.push(listed.clone());
                     }

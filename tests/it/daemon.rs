@@ -811,3 +811,53 @@ fn control_characters_in_names_cannot_forge_log_lines_or_report_names() {
         "{log}"
     );
 }
+
+#[test]
+fn unreadable_merchant_folder_is_warned_about_once_per_change() {
+    const WARNING: &str = "cannot read the merchant folder";
+    let dir = setup(
+        &Settings {
+            watch: "poll",
+            ..Settings::default()
+        },
+        1,
+    );
+    dir.drop_file(
+        "M_TEST/waiting.xml",
+        feed_xml(MERCHANT, &[refund(0, "waiting", 100)]).as_bytes(),
+    );
+    let folder = dir.path("inbox/M_TEST");
+    let set_mode = |mode: u32| {
+        fs::set_permissions(&folder, fs::Permissions::from_mode(mode)).expect("chmod folder");
+    };
+    set_mode(0o000);
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        set_mode(0o755);
+        return;
+    };
+    wait_for("the warning", LONG, || daemon.log().contains(WARNING));
+    // Polled every 200 ms: several more listings, no more warnings.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(daemon.log().matches(WARNING).count(), 1, "{}", daemon.log());
+    assert!(dir.json_reports().is_empty());
+    set_mode(0o755);
+    assert_eq!(report_of(&dir, "waiting.xml")["status"], "Complete");
+    // Unreadable again: warned again, once.
+    set_mode(0o000);
+    wait_for("the second warning", LONG, || {
+        daemon.log().matches(WARNING).count() == 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    set_mode(0o755);
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches(WARNING).count(), 2, "{log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains(WARNING))
+        .expect("warning");
+    assert!(
+        line.contains("inbox/M_TEST") && line.contains("denied"),
+        "{line}"
+    );
+}
