@@ -330,6 +330,14 @@ impl Worker {
                 ),
             }
         }
+        for listed in &observation.stale {
+            tracing::warn!(
+                file = %escaped(listed.name.display_path()),
+                unchanged_secs = self.config.inbox.truncated_grace.as_secs(),
+                "temporary upload name unchanged for the truncation grace, maybe abandoned; left in the inbox"
+            );
+        }
+        self.metrics.stale_partials(self.tracker.stale_partials());
         self.update_waiting(now);
         let mut processed = 0;
         let mut ready = observation.ready.into_iter().peekable();

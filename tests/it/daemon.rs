@@ -861,3 +861,48 @@ fn unreadable_merchant_folder_is_warned_about_once_per_change() {
         "{line}"
     );
 }
+
+#[test]
+fn abandoned_temp_named_uploads_are_warned_about_once_each() {
+    const WARNING: &str = "temporary upload name unchanged";
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            watch: "poll",
+            truncated_grace_secs: 1,
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        1,
+    );
+    let xml = feed_xml(MERCHANT, &[refund(0, "partial", 100)]);
+    let names = ["a.xml.filepart", ".b.xml.Ab12Cd.partial", "c.tmp"];
+    for name in names {
+        fs::write(dir.path(&format!("inbox/{name}")), &xml[..xml.len() / 2]).expect("write");
+    }
+    let mut daemon = dir.spawn_daemon();
+    wait_for("a warning per abandoned upload", LONG, || {
+        daemon.log().matches(WARNING).count() == 3
+    });
+    // Polled every 200 ms: more listings, no more warnings.
+    std::thread::sleep(Duration::from_millis(1000));
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "adjustd_stale_partials 3"),
+        "{metrics}"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches(WARNING).count(), 3, "{log}");
+    for name in names {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(WARNING) && line.contains(name)),
+            "{name}:\n{log}"
+        );
+        assert!(dir.path(&format!("inbox/{name}")).is_file(), "{name} moved");
+    }
+    assert!(dir.json_reports().is_empty());
+}
