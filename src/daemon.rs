@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::ready::{ContentDecision, ReadyFile, ReadyRules, Tracker};
+use crate::inbox::ready::{ContentDecision, EntryKind, ReadyFile, ReadyRules, Tracker};
 use crate::inbox::watch::{ActiveMode, Wake, Watch};
 use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
@@ -21,6 +21,7 @@ use crate::inbox::{
 use crate::metrics::{FeedResult, Metrics, ScanReason};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
 use crate::store::FeedStatus;
+use crate::telemetry::escaped;
 
 /// The daemon's configuration, resolved.
 #[derive(Debug, Clone)]
@@ -195,11 +196,17 @@ impl Worker {
                 self.config.inbox.work.display()
             )
         })?;
-        if !leftovers.is_empty() {
-            tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
+        for unreadable in leftovers.unreadable {
+            self.finish_unreadable(unreadable);
+        }
+        if !leftovers.claims.is_empty() {
+            tracing::info!(
+                files = leftovers.claims.len(),
+                "recovering feeds left in work/"
+            );
         }
         let mut syncs = Syncs::new();
-        for claim in leftovers {
+        for claim in leftovers.claims {
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -310,12 +317,27 @@ impl Worker {
         let now = Instant::now();
         let observation = self.tracker.observe(&listing, now);
         for listed in &observation.not_followed {
+            match listed.kind {
+                EntryKind::Unreadable(kind) => tracing::warn!(
+                    folder = %self.config.inbox.inbox_path(&listed.name).display(),
+                    error = %std::io::Error::from(kind),
+                    "cannot read the merchant folder; its feeds wait until it can be read"
+                ),
+                _ => tracing::warn!(
+                    file = %escaped(listed.name.display_path()),
+                    kind = listed.kind.as_str(),
+                    "not a regular file, not followed; left in the inbox"
+                ),
+            }
+        }
+        for listed in &observation.stale {
             tracing::warn!(
-                file = %listed.name.display_path(),
-                kind = listed.kind.as_str(),
-                "not a regular file, not followed; left in the inbox"
+                file = %escaped(listed.name.display_path()),
+                unchanged_secs = self.config.inbox.truncated_grace.as_secs(),
+                "temporary upload name unchanged for the truncation grace, maybe abandoned; left in the inbox"
             );
         }
+        self.metrics.stale_partials(self.tracker.stale_partials());
         self.update_waiting(now);
         let mut processed = 0;
         let mut ready = observation.ready.into_iter().peekable();
@@ -353,12 +375,14 @@ impl Worker {
         for claim in claims {
             let file_name = claim.file_name.clone();
             match claim.release(&self.config.inbox, syncs) {
-                Ok(true) => tracing::debug!(file = %file_name, "claim given back to the inbox"),
+                Ok(true) => {
+                    tracing::debug!(file = %escaped(&file_name), "claim given back to the inbox")
+                }
                 Ok(false) => {
-                    tracing::info!(file = %file_name, "name taken again in the inbox; the claim stays in work/ for the next start")
+                    tracing::info!(file = %escaped(&file_name), "name taken again in the inbox; the claim stays in work/ for the next start")
                 }
                 Err(error) => {
-                    tracing::warn!(file = %file_name, error = %error, "cannot give the claim back; it stays in work/ for the next start")
+                    tracing::warn!(file = %escaped(&file_name), error = %error, "cannot give the claim back; it stays in work/ for the next start")
                 }
             }
         }
@@ -392,12 +416,12 @@ impl Worker {
             Ok(Content::Complete | Content::Broken) => {}
             Ok(Content::Incomplete) => match self.tracker.incomplete(&ready.name, Instant::now()) {
                 ContentDecision::WaitUntil(_) => {
-                    tracing::debug!(file = %ready.name.display_path(), "xml not complete yet, waiting for the rest of the upload");
+                    tracing::debug!(file = %escaped(ready.name.display_path()), "xml not complete yet, waiting for the rest of the upload");
                     return None;
                 }
                 ContentDecision::GiveUp => {
                     tracing::warn!(
-                        file = %ready.name.display_path(),
+                        file = %escaped(ready.name.display_path()),
                         grace_secs = config.truncated_grace.as_secs(),
                         "xml still incomplete after the grace time, processing it as truncated"
                     );
@@ -406,7 +430,7 @@ impl Worker {
             // Unreadable: claim it anyway so it ends in failed/ with a log line instead of
             // being retried forever.
             Err(error) => {
-                tracing::debug!(file = %ready.name.display_path(), error = %error, "content check failed")
+                tracing::debug!(file = %escaped(ready.name.display_path()), error = %error, "content check failed")
             }
         }
         let claimed = inbox::claim(config, ready, &self.tokens, syncs);
@@ -418,17 +442,21 @@ impl Worker {
                     if let Err(error) = std::fs::remove_file(&marker_path)
                         && error.kind() != std::io::ErrorKind::NotFound
                     {
-                        tracing::warn!(file = %marker_path.display(), error = %error, "cannot remove the done marker");
+                        tracing::warn!(file = %escaped(marker_path.display()), error = %error, "cannot remove the done marker");
                     }
                 }
                 Some(claim)
             }
             Ok(ClaimResult::Gone) => {
-                tracing::debug!(file = %ready.name.display_path(), "taken by someone else before our claim");
+                tracing::debug!(file = %escaped(ready.name.display_path()), "taken by someone else before our claim");
+                None
+            }
+            Ok(ClaimResult::Unreadable(unreadable)) => {
+                self.finish_unreadable(unreadable);
                 None
             }
             Err(error) => {
-                tracing::error!(file = %ready.name.display_path(), error = %error, "cannot claim the file");
+                tracing::error!(file = %escaped(ready.name.display_path()), error = %error, "cannot claim the file");
                 None
             }
         }
@@ -441,7 +469,7 @@ impl Worker {
         let started = Instant::now();
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 0u32;
-        tracing::debug!(file = %claim.file_name, claim = %claim.token, "processing feed");
+        tracing::debug!(file = %escaped(&claim.file_name), claim = %claim.token, "processing feed");
         loop {
             let result = self.process_once(&claim);
             match result {
@@ -454,12 +482,12 @@ impl Worker {
                     self.metrics.retried();
                     let error = anyhow::Error::new(error);
                     if attempt <= 3 {
-                        tracing::warn!(file = %claim.file_name, attempt, retry_in_secs = backoff.as_secs_f64(), error = format!("{error:#}"), "transient failure, will retry");
+                        tracing::warn!(file = %escaped(&claim.file_name), attempt, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure, will retry");
                     } else {
-                        tracing::error!(file = %claim.file_name, attempt, retry_in_secs = backoff.as_secs_f64(), error = format!("{error:#}"), "transient failure persists, will retry");
+                        tracing::error!(file = %escaped(&claim.file_name), attempt, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure persists, will retry");
                     }
                     if !self.sleep_unless_shutdown(backoff) {
-                        tracing::info!(file = %claim.file_name, "shutdown while waiting to retry; the feed stays in work/");
+                        tracing::info!(file = %escaped(&claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
                         return;
                     }
                     backoff = (backoff * 2).min(self.config.max_backoff);
@@ -531,13 +559,14 @@ impl Worker {
         self.metrics.feed_finished(result, Some(outcome), duration);
         let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
         let moved_to = match &moved {
+            // A string field is written with Debug, so control characters are escaped.
             Ok(path) => path.display().to_string(),
             Err(_) => String::new(),
         };
         macro_rules! summary {
             ($level:ident, $message:literal) => {
                 tracing::$level!(
-                    file = %file_name,
+                    file = %escaped(&file_name),
                     merchant,
                     feed_id = outcome.feed_id,
                     status = outcome.status.as_str(),
@@ -548,7 +577,7 @@ impl Worker {
                     errors = outcome.messages_with_error,
                     warnings = outcome.messages_with_warning,
                     duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-                    report = %processed.json_report.display(),
+                    report = %escaped(processed.json_report.display()),
                     moved_to,
                     $message
                 )
@@ -559,7 +588,7 @@ impl Worker {
             FeedStatus::Rejected => summary!(warn, "feed rejected"),
         }
         if let Err(error) = moved {
-            tracing::error!(file = %file_name, error = %error, "cannot move the processed feed out of work/; the next start finishes it");
+            tracing::error!(file = %escaped(&file_name), error = %error, "cannot move the processed feed out of work/; the next start finishes it");
         }
     }
 
@@ -577,17 +606,40 @@ impl Worker {
             .feed_finished(FeedResult::Error, None, started.elapsed());
         match moved {
             Ok(path) => tracing::error!(
-                file = %file_name,
-                moved_to = %path.display(),
-                error = format!("{error:#}"),
+                file = %escaped(&file_name),
+                moved_to = %escaped(path.display()),
+                error = %escaped(format!("{error:#}")),
                 "feed could not be processed, moved to failed/ without a report"
             ),
             Err(move_error) => tracing::error!(
-                file = %file_name,
-                work_path = %work_path.display(),
-                error = format!("{error:#}"),
+                file = %escaped(&file_name),
+                work_path = %escaped(work_path.display()),
+                error = %escaped(format!("{error:#}")),
                 move_error = %move_error,
                 "feed could not be processed and could not be moved to failed/; it stays in work/"
+            ),
+        }
+    }
+
+    /// Logs and counts a claimed file that cannot be opened (see [`inbox::Unreadable`]).
+    fn finish_unreadable(&self, unreadable: inbox::Unreadable) {
+        self.metrics
+            .feed_finished(FeedResult::Error, None, Duration::ZERO);
+        let merchant = unreadable.merchant.as_ref().map_or("", |m| m.as_str());
+        match unreadable.moved {
+            Ok(path) => tracing::error!(
+                file = %escaped(&unreadable.file_name),
+                merchant,
+                moved_to = %escaped(path.display()),
+                error = %unreadable.error,
+                "cannot open the feed, moved to failed/ without a report"
+            ),
+            Err(move_error) => tracing::error!(
+                file = %escaped(&unreadable.file_name),
+                merchant,
+                error = %unreadable.error,
+                move_error = %move_error,
+                "cannot open the feed and cannot move it to failed/; it stays in work/"
             ),
         }
     }

@@ -22,6 +22,7 @@ use crate::feed::Limits;
 use crate::inbox::ready::{EntryKind, FileSignature, InboxName, Listed, ReadyFile};
 use crate::model::MerchantId;
 use crate::report::fsync_dir;
+use crate::telemetry::escaped;
 
 /// How the inbox is watched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -211,8 +212,9 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
 }
 
 /// Lists the inbox without following anything: regular files (with their signature),
-/// symlinks and special files at the top level and in merchant folders, and folders where
-/// none is expected. Folders whose name matches an ignore pattern are skipped silently.
+/// symlinks and special files at the top level and in merchant folders, folders where
+/// none is expected, and merchant folders that cannot be read. Folders whose name matches an
+/// ignore pattern are skipped silently.
 ///
 /// # Errors
 /// The inbox itself cannot be read (`NotFound` when it was removed).
@@ -259,9 +261,21 @@ fn list_merchant(
     merchant: &MerchantId,
     listing: &mut Vec<Listed>,
 ) {
-    // A merchant folder removed while we list it is simply empty this time.
-    let Ok(entries) = fs::read_dir(folder) else {
-        return;
+    let entries = match fs::read_dir(folder) {
+        Ok(entries) => entries,
+        // A merchant folder removed while we list it is simply empty this time.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return,
+        // Unreadable (permissions): its feeds cannot be seen, which the daemon must say.
+        Err(error) => {
+            listing.push(Listed {
+                name: InboxName {
+                    merchant: None,
+                    name: OsString::from(merchant.as_str()),
+                },
+                kind: EntryKind::Unreadable(error.kind()),
+            });
+            return;
+        }
     };
     for entry in entries {
         let Ok(entry) = entry else { continue };
@@ -485,7 +499,8 @@ fn strip_trailing_misc(mut bytes: &[u8]) -> &[u8] {
 /// kernel if the process dies) so that a second instance's recovery leaves it alone.
 #[derive(Debug)]
 pub struct Claim {
-    /// Where it is now (`work/[<merchant>/]<token>--<name>`).
+    /// Where it is now (`work/[<merchant>/]<token>--<name>`, the name shortened if the
+    /// whole would exceed the 255-byte file-name limit).
     pub path: PathBuf,
     /// The claim token (also in the store's feed record).
     pub token: String,
@@ -493,6 +508,10 @@ pub struct Claim {
     pub file_name: String,
     /// The merchant folder it came from.
     pub merchant: Option<MerchantId>,
+    /// The name it was dropped under, exactly, for the archive name and for giving it back
+    /// (a claim recovered from `work/` only knows the name in its claim name, which may be
+    /// shortened).
+    original: OsString,
     /// Held for the claim's lifetime.
     _lock: File,
 }
@@ -522,6 +541,37 @@ impl ClaimTokens {
 
 const TOKEN_SEPARATOR: &str = "--";
 
+/// The longest file name (in bytes) the usual Linux filesystems accept (`NAME_MAX`).
+const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// `prefix` followed by `name`, with `name` shortened if the whole would not fit in
+/// [`MAX_FILE_NAME_BYTES`]: an uploader may use the full 255 bytes, and the claim or archive
+/// prefix must not make such a file impossible to move (it was retried on every scan,
+/// forever). The cut keeps the start of the name and a short extension (`.xml`), at a
+/// character boundary when the name is UTF-8.
+fn fit_name(prefix: &str, name: &OsStr) -> OsString {
+    const MAX_KEPT_EXTENSION: usize = 16;
+    let budget = MAX_FILE_NAME_BYTES.saturating_sub(prefix.len());
+    let bytes = name.as_bytes();
+    let mut fitted = OsString::from(prefix);
+    if bytes.len() <= budget {
+        fitted.push(name);
+        return fitted;
+    }
+    let extension = match bytes.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 && bytes.len() - dot <= MAX_KEPT_EXTENSION => &bytes[dot..],
+        _ => &[][..],
+    };
+    let mut cut = budget.saturating_sub(extension.len());
+    // Back off over UTF-8 continuation bytes so a multi-byte character is not split.
+    while cut > 0 && bytes[cut] & 0b1100_0000 == 0b1000_0000 {
+        cut -= 1;
+    }
+    fitted.push(OsStr::from_bytes(&bytes[..cut]));
+    fitted.push(OsStr::from_bytes(extension));
+    fitted
+}
+
 /// Splits a claim name `<token>--<name>` into token and original name.
 pub fn parse_claim_name(claim_name: &OsStr) -> Option<(String, OsString)> {
     let bytes = claim_name.as_bytes();
@@ -548,6 +598,51 @@ pub enum ClaimResult {
     Claimed(Claim),
     /// Someone else (another instance, or the uploader) took or removed it first.
     Gone,
+    /// Renamed into `work/` but it cannot be opened, so it can never be processed.
+    Unreadable(Unreadable),
+}
+
+/// A claimed file that cannot be opened (no read permission, an I/O error). Retrying cannot
+/// help until a human fixes it, and it must not sit in `work/` where recovery would trip over
+/// it at every start, so it is moved on to `failed/` (without a report, as a feed that could
+/// not be processed).
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The name it was dropped under.
+    pub file_name: String,
+    /// The merchant folder it came from.
+    pub merchant: Option<MerchantId>,
+    /// Why it cannot be opened.
+    pub error: io::Error,
+    /// Where it went in `failed/`, or why it could not be moved (it then stays in `work/`
+    /// and the next start tries again).
+    pub moved: io::Result<PathBuf>,
+}
+
+impl Unreadable {
+    fn move_to_failed(
+        config: &InboxConfig,
+        path: &Path,
+        token: &str,
+        merchant: Option<MerchantId>,
+        error: io::Error,
+        syncs: &mut Syncs,
+    ) -> Unreadable {
+        let original = original_name(path);
+        let moved = InWork {
+            path,
+            token,
+            merchant: merchant.as_ref(),
+            original: &original,
+        }
+        .move_out(config, Destination::Failed, None, syncs);
+        Unreadable {
+            file_name: original.to_string_lossy().into_owned(),
+            merchant,
+            error,
+            moved,
+        }
+    }
 }
 
 /// Claims an inbox file: atomic rename into `work/` under a name that embeds a fresh claim
@@ -570,9 +665,10 @@ pub fn claim(
     };
     fs::create_dir_all(&work_folder)?;
     let token = tokens.next();
-    let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
-    claim_name.push(&ready.name.name);
-    let target = work_folder.join(&claim_name);
+    let target = work_folder.join(fit_name(
+        &format!("{token}{TOKEN_SEPARATOR}"),
+        &ready.name.name,
+    ));
     match fs::rename(&source, &target) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
@@ -589,26 +685,31 @@ pub fn claim(
         syncs.add(parent);
     }
     let merchant = ready.name.merchant.as_deref().and_then(MerchantId::new);
-    Ok(match lock(&target)? {
+    let file = match File::open(&target) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
+        Err(error) => {
+            return Ok(ClaimResult::Unreadable(Unreadable::move_to_failed(
+                config, &target, &token, merchant, error, syncs,
+            )));
+        }
+    };
+    Ok(match lock(file, &target)? {
         Some(lock) => ClaimResult::Claimed(Claim {
             path: target,
             token,
             file_name: ready.name.display_name(),
             merchant,
+            original: ready.name.name.clone(),
             _lock: lock,
         }),
         None => ClaimResult::Gone,
     })
 }
 
-/// Takes the exclusive lock of a claimed file; `None` when another live process holds it or
-/// the file left that path meanwhile.
-fn lock(path: &Path) -> io::Result<Option<File>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
-    };
+/// Takes the exclusive lock of a claimed file opened from `path`; `None` when another live
+/// process holds it or the file left that path meanwhile.
+fn lock(file: File, path: &Path) -> io::Result<Option<File>> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => return Ok(None),
@@ -625,37 +726,69 @@ fn lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// The feeds left in `work/` by an earlier run (crash or shutdown timeout), oldest claim
-/// first, each locked. Files in `work/` without a claim name (put there by hand) are adopted
-/// under a fresh token. Files locked by another live instance are skipped.
+/// What recovery found in `work/`.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// The feeds to process again, oldest claim first, each locked.
+    pub claims: Vec<Claim>,
+    /// Files that cannot be opened, moved on to `failed/` (see [`Unreadable`]).
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// The feeds left in `work/` by an earlier run (crash or shutdown timeout). Files in `work/`
+/// without a claim name (put there by hand) are adopted under a fresh token. Files locked by
+/// another live instance are skipped; so are entries that cannot be inspected, adopted or
+/// locked (each logged with its path and the error, left where it is): one bad file must
+/// never keep the daemon from starting.
 ///
 /// # Errors
-/// `work/` cannot be read, or an adoption rename fails.
-pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<Claim>> {
+/// `work/` itself cannot be read.
+pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Leftovers> {
     let mut found: Vec<(String, Option<String>, PathBuf, OsString)> = Vec::new();
     collect_leftovers(&config.work, None, tokens, &mut found)?;
-    for entry in fs::read_dir(&config.work)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir()
+    for entry in fs::read_dir(&config.work)?.flatten() {
+        if entry.file_type().is_ok_and(|file_type| file_type.is_dir())
             && let Some(merchant) = entry.file_name().to_str().and_then(MerchantId::new)
+            && let Err(error) =
+                collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)
         {
-            collect_leftovers(&entry.path(), Some(merchant.as_str()), tokens, &mut found)?;
+            tracing::warn!(folder = %escaped(entry.path().display()), error = %error, "cannot read a folder in work/, its feeds stay there");
         }
     }
     found.sort();
-    let mut claims = Vec::new();
+    let mut leftovers = Leftovers::default();
+    let mut syncs = Syncs::new();
     for (token, merchant, path, original) in found {
-        if let Some(lock) = lock(&path)? {
-            claims.push(Claim {
+        let merchant = merchant.as_deref().and_then(MerchantId::new);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                leftovers.unreadable.push(Unreadable::move_to_failed(
+                    config, &path, &token, merchant, error, &mut syncs,
+                ));
+                continue;
+            }
+        };
+        match lock(file, &path) {
+            Ok(Some(lock)) => leftovers.claims.push(Claim {
                 path,
                 token,
                 file_name: original.to_string_lossy().into_owned(),
-                merchant: merchant.as_deref().and_then(MerchantId::new),
+                merchant,
+                original,
                 _lock: lock,
-            });
+            }),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(file = %escaped(path.display()), error = %error, "cannot lock a feed left in work/, it stays there");
+            }
         }
     }
-    Ok(claims)
+    if let Err(error) = syncs.sync() {
+        tracing::warn!(error = %error, "cannot sync a folder after moving unreadable files to failed/");
+    }
+    Ok(leftovers)
 }
 
 fn collect_leftovers(
@@ -664,9 +797,8 @@ fn collect_leftovers(
     tokens: &ClaimTokens,
     found: &mut Vec<(String, Option<String>, PathBuf, OsString)>,
 ) -> io::Result<()> {
-    for entry in fs::read_dir(folder)? {
-        let entry = entry?;
-        if !entry.file_type()?.is_file() {
+    for entry in fs::read_dir(folder)?.flatten() {
+        if !entry.file_type().is_ok_and(|file_type| file_type.is_file()) {
             continue;
         }
         let name = entry.file_name();
@@ -676,12 +808,13 @@ fn collect_leftovers(
             }
             None => {
                 let token = tokens.next();
-                let mut claim_name = OsString::from(format!("{token}{TOKEN_SEPARATOR}"));
-                claim_name.push(&name);
-                let target = folder.join(&claim_name);
-                fs::rename(entry.path(), &target)?;
+                let target = folder.join(fit_name(&format!("{token}{TOKEN_SEPARATOR}"), &name));
+                if let Err(error) = fs::rename(entry.path(), &target) {
+                    tracing::warn!(file = %escaped(entry.path().display()), error = %error, "cannot adopt a file found in work/ without a claim name, it stays there");
+                    continue;
+                }
                 fsync_dir(folder)?;
-                tracing::warn!(file = %entry.path().display(), "adopting a file found in work/ without a claim name");
+                tracing::warn!(file = %escaped(entry.path().display()), "adopting a file found in work/ without a claim name");
                 found.push((token, merchant.map(str::to_owned), target, name));
             }
         }
@@ -700,8 +833,9 @@ pub enum Destination {
 
 impl Claim {
     /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
-    /// `<feed id>-<name>` (or `<claim name>` without a feed id), with `-<n>` added after the
-    /// prefix if that name exists. Consumes the claim and its lock. The folders go into
+    /// `<feed id>-<name>` (or `<token>--<name>` without a feed id), with `-<n>` added after the
+    /// prefix if that name exists, and the name shortened if the whole would exceed the
+    /// 255-byte file-name limit (the report keeps the full name). Consumes the claim and its lock. The folders go into
     /// `syncs`: a power loss before they are synced at most moves the file back to `work/`,
     /// where recovery re-emits the same report and moves it again.
     ///
@@ -715,42 +849,13 @@ impl Claim {
         feed_id: Option<u64>,
         syncs: &mut Syncs,
     ) -> io::Result<PathBuf> {
-        let root = match destination {
-            Destination::Archive => &config.archive,
-            Destination::Failed => &config.failed,
-        };
-        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
-        if let Some(merchant) = &self.merchant {
-            folder.push(merchant.as_str());
+        InWork {
+            path: &self.path,
+            token: &self.token,
+            merchant: self.merchant.as_ref(),
+            original: &self.original,
         }
-        fs::create_dir_all(&folder)?;
-        let original = self.original_name();
-        let (prefix, separator) = match feed_id {
-            Some(feed_id) => (feed_id.to_string(), "-"),
-            None => (self.token.clone(), TOKEN_SEPARATOR),
-        };
-        let mut counter = 0u32;
-        let target = loop {
-            let mut name = OsString::from(match counter {
-                0 => format!("{prefix}{separator}"),
-                n => format!("{prefix}-{n}{separator}"),
-            });
-            name.push(&original);
-            let candidate = folder.join(name);
-            // Feed ids and tokens are unique, so a collision only comes from finishing the
-            // same feed twice (a power loss undid an earlier move); no other process writes
-            // these names, so checking first is enough.
-            if fs::symlink_metadata(&candidate).is_err() {
-                break candidate;
-            }
-            counter += 1;
-        };
-        fs::rename(&self.path, &target)?;
-        syncs.add(&folder);
-        if let Some(parent) = self.path.parent() {
-            syncs.add(parent);
-        }
-        Ok(target)
+        .move_out(config, destination, feed_id, syncs)
     }
 
     /// Gives a claim that was not started back to the inbox under its original name (at
@@ -764,7 +869,7 @@ impl Claim {
         if let Some(merchant) = &self.merchant {
             target.push(merchant.as_str());
         }
-        target.push(self.original_name());
+        target.push(&self.original);
         if fs::symlink_metadata(&target).is_ok() {
             return Ok(false);
         }
@@ -777,15 +882,70 @@ impl Claim {
         }
         Ok(true)
     }
+}
 
-    fn original_name(&self) -> OsString {
-        self.path
-            .file_name()
-            .map(|claim_name| match parse_claim_name(claim_name) {
-                Some((_, original)) => original,
-                None => claim_name.to_os_string(),
-            })
-            .unwrap_or_default()
+/// The name a claimed file was dropped under, from its claim name.
+fn original_name(path: &Path) -> OsString {
+    path.file_name()
+        .map(|claim_name| match parse_claim_name(claim_name) {
+            Some((_, original)) => original,
+            None => claim_name.to_os_string(),
+        })
+        .unwrap_or_default()
+}
+
+/// A claimed file in `work/`, as much as moving it out needs.
+struct InWork<'a> {
+    path: &'a Path,
+    token: &'a str,
+    merchant: Option<&'a MerchantId>,
+    /// The name it was dropped under.
+    original: &'a OsStr,
+}
+
+impl InWork<'_> {
+    /// Moves the file to `archive/` or `failed/`; see [`Claim::finish`].
+    fn move_out(
+        &self,
+        config: &InboxConfig,
+        destination: Destination,
+        feed_id: Option<u64>,
+        syncs: &mut Syncs,
+    ) -> io::Result<PathBuf> {
+        let root = match destination {
+            Destination::Archive => &config.archive,
+            Destination::Failed => &config.failed,
+        };
+        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
+        if let Some(merchant) = self.merchant {
+            folder.push(merchant.as_str());
+        }
+        fs::create_dir_all(&folder)?;
+        let (prefix, separator) = match feed_id {
+            Some(feed_id) => (feed_id.to_string(), "-"),
+            None => (self.token.to_owned(), TOKEN_SEPARATOR),
+        };
+        let mut counter = 0u32;
+        let target = loop {
+            let name_prefix = match counter {
+                0 => format!("{prefix}{separator}"),
+                n => format!("{prefix}-{n}{separator}"),
+            };
+            let candidate = folder.join(fit_name(&name_prefix, self.original));
+            // Feed ids and tokens are unique, so a collision only comes from finishing the
+            // same feed twice (a power loss undid an earlier move); no other process writes
+            // these names, so checking first is enough.
+            if fs::symlink_metadata(&candidate).is_err() {
+                break candidate;
+            }
+            counter += 1;
+        };
+        fs::rename(self.path, &target)?;
+        syncs.add(&folder);
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(target)
     }
 }
 
@@ -932,6 +1092,77 @@ mod tests {
     }
 
     #[test]
+    fn long_names_are_shortened_to_fit_with_their_prefix() {
+        let prefix = "00000000000000000001-1-0--";
+        let short = fit_name(prefix, OsStr::new("feed.xml"));
+        assert_eq!(short, OsString::from(format!("{prefix}feed.xml")));
+        // 100 two-byte characters, then 50 bytes and the extension: 254 bytes.
+        let long = format!("{}{}.xml", "é".repeat(100), "x".repeat(50));
+        let fitted = fit_name(prefix, OsStr::new(&long));
+        assert!(fitted.len() <= MAX_FILE_NAME_BYTES, "{}", fitted.len());
+        let fitted = fitted.to_str().expect("still UTF-8");
+        assert!(
+            fitted.starts_with(prefix) && fitted.ends_with("x.xml"),
+            "{fitted}"
+        );
+        // A cut that would split a character backs off to its start.
+        let accents = format!("{}.xml", "é".repeat(125));
+        let fitted = fit_name("1-", OsStr::new(&accents));
+        assert_eq!(fitted.len(), 2 + 248 + 4);
+        assert!(fitted.to_str().is_some());
+        // No extension worth keeping, not UTF-8: a plain cut.
+        let bytes = [b'\xff'; 300];
+        assert_eq!(fit_name("p", OsStr::from_bytes(&bytes)).len(), 255);
+    }
+
+    #[test]
+    fn a_name_that_only_just_fits_the_inbox_is_claimed_and_finished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let long = format!("{}.xml", "n".repeat(251));
+        fs::write(config.inbox.join(&long), b"<a/>").expect("write");
+        let listing = list(&config).expect("list");
+        let EntryKind::File(signature) = listing[0].kind else {
+            panic!("not a file");
+        };
+        let ready = ReadyFile {
+            name: listing[0].name.clone(),
+            signature,
+        };
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
+            panic!("not claimed");
+        };
+        assert_eq!(claimed.file_name, long);
+        let failed = claimed
+            .finish(&config, Destination::Failed, None, &mut syncs)
+            .expect("finish");
+        let failed_name = failed.file_name().expect("name").to_string_lossy();
+        assert!(failed_name.ends_with(".xml"), "{failed_name}");
+        // Given back after a claim: under its full name again.
+        fs::write(config.inbox.join(&long), b"<a/>").expect("write");
+        let listing = list(&config).expect("list");
+        let EntryKind::File(signature) = listing[0].kind else {
+            panic!("not a file");
+        };
+        let ready = ReadyFile {
+            name: listing[0].name.clone(),
+            signature,
+        };
+        let ClaimResult::Claimed(claimed) =
+            claim(&config, &ready, &tokens, &mut syncs).expect("claim")
+        else {
+            panic!("not claimed");
+        };
+        assert!(claimed.release(&config, &mut syncs).expect("release"));
+        assert!(config.inbox.join(&long).is_file());
+    }
+
+    #[test]
     fn layout_refuses_folders_inside_the_inbox() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = config(dir.path());
@@ -1019,10 +1250,15 @@ mod tests {
             ClaimResult::Gone
         ));
         // While we hold it, recovery (as another instance would) skips it.
-        assert!(leftovers(&config, &tokens).expect("leftovers").is_empty());
+        assert!(
+            leftovers(&config, &tokens)
+                .expect("leftovers")
+                .claims
+                .is_empty()
+        );
         let token = claimed.token.clone();
         drop(claimed);
-        let recovered = leftovers(&config, &tokens).expect("leftovers");
+        let recovered = leftovers(&config, &tokens).expect("leftovers").claims;
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].token, token);
         assert_eq!(recovered[0].file_name, "feed one.xml");
@@ -1038,7 +1274,7 @@ mod tests {
         assert!(archived.starts_with(&config.archive));
         // A file put into work/ by hand is adopted under a fresh token.
         fs::write(config.work.join("stray.xml"), b"<a/>").expect("write");
-        let adopted = leftovers(&config, &tokens).expect("leftovers");
+        let adopted = leftovers(&config, &tokens).expect("leftovers").claims;
         assert_eq!(adopted.len(), 1);
         assert_eq!(adopted[0].file_name, "stray.xml");
         let claim = adopted.into_iter().next().expect("one");
@@ -1077,7 +1313,7 @@ mod tests {
             };
             match claim(&config, &ready, &tokens, &mut syncs).expect("claim") {
                 ClaimResult::Claimed(claim) => claim,
-                ClaimResult::Gone => panic!("gone"),
+                other => panic!("not claimed: {other:?}"),
             }
         };
         let first = claim_one("same.xml");

@@ -118,6 +118,7 @@ pub struct Metrics {
     messages_with_warning: AtomicU64,
     files_waiting: AtomicU64,
     oldest_waiting_ms: AtomicU64,
+    stale_partials: AtomicU64,
     processing_buckets: [AtomicU64; BUCKETS.len()],
     processing_count: AtomicU64,
     processing_sum_us: AtomicU64,
@@ -170,6 +171,13 @@ impl Metrics {
             .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
         let millis = oldest.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
         self.oldest_waiting_ms.store(millis, Ordering::Relaxed);
+    }
+
+    /// Temp-named files (ignored names) unchanged for longer than the truncation grace,
+    /// after a scan.
+    pub fn stale_partials(&self, files: usize) {
+        self.stale_partials
+            .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// The watch mode now in force.
@@ -258,6 +266,12 @@ impl Metrics {
             oldest_ms / 1000,
             oldest_ms % 1000
         )?;
+        writeln!(
+            out,
+            "# HELP adjustd_stale_partials Temp-named uploads unchanged for longer than the truncation grace."
+        )?;
+        writeln!(out, "# TYPE adjustd_stale_partials gauge")?;
+        writeln!(out, "adjustd_stale_partials {}", load(&self.stale_partials))?;
         writeln!(
             out,
             "# HELP adjustd_processing_seconds Time to process one feed, claim to move."

@@ -136,7 +136,7 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
             Err(ProcessError::Store(StoreError::Conflict { detail }))
                 if attempt < CONFLICT_ATTEMPTS =>
             {
-                tracing::info!(file = %source.file_name, attempt, detail = %detail, "store conflict, retrying feed");
+                tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt, detail = %detail, "store conflict, retrying feed");
                 std::thread::sleep(Duration::from_millis(5 << attempt.min(6)));
                 attempt += 1;
             }

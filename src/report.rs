@@ -267,7 +267,8 @@ pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
 ///
 /// The file name is the name the feed was dropped under, kept as it is (spaces, Unicode, a
 /// leading dash), except that it can never leave the folder: a `/` (or NUL) becomes `_`, so
-/// the name stays one path component. A name so long that the report name would exceed 255
+/// the name stays one path component; and control characters (newline, carriage return, ESC,
+/// …) become `_` too, so a listing of the outbox cannot be garbled or forged by a name. A name so long that the report name would exceed 255
 /// bytes (the usual file-name limit) is shortened at a character boundary; the feed id in the
 /// name keeps shortened names apart.
 pub fn report_paths(
@@ -282,7 +283,13 @@ pub fn report_paths(
     }
     let mut stem: String = file_name
         .chars()
-        .map(|c| if is_separator(c) { '_' } else { c })
+        .map(|c| {
+            if is_separator(c) || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     // ".report.json" and ".report.xml" differ in length; budget for the longer one so both
     // files keep the same stem.
@@ -591,5 +598,11 @@ mod tests {
         let (xml, json) = report_paths(Path::new("/out"), None, "../../etc/passwd", 3);
         assert_eq!(xml, Path::new("/out/.._.._etc_passwd.3.report.xml"));
         assert_eq!(json, Path::new("/out/.._.._etc_passwd.3.report.json"));
+    }
+
+    #[test]
+    fn control_characters_in_file_names_become_underscores() {
+        let (xml, _) = report_paths(Path::new("/out"), None, "a\nb\r\u{1b}[31mc.xml", 4);
+        assert_eq!(xml, Path::new("/out/a_b__[31mc.xml.4.report.xml"));
     }
 }

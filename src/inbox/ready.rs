@@ -1,5 +1,6 @@
 //! The readiness state machine of inbox files: name gate, regular-file gate, settle time,
-//! optional done marker and the waiting side of the XML content gate. Pure: it is fed
+//! optional done marker and the waiting side of the XML content gate; also the watch on
+//! temp-named files, which are never feeds but may be abandoned uploads. Pure: it is fed
 //! directory listings and the current [`Instant`] and never touches the filesystem or the
 //! clock itself, so every timing rule is unit-tested with controlled instants.
 
@@ -60,6 +61,9 @@ pub enum EntryKind {
     Folder,
     /// A fifo, socket or device.
     Other,
+    /// A merchant folder that cannot be listed (why, e.g. `PermissionDenied`): the feeds in
+    /// it wait, unseen, until it can be read again.
+    Unreadable(std::io::ErrorKind),
 }
 
 impl EntryKind {
@@ -70,6 +74,7 @@ impl EntryKind {
             EntryKind::Symlink => "symlink",
             EntryKind::Folder => "folder",
             EntryKind::Other => "special file",
+            EntryKind::Unreadable(_) => "unreadable folder",
         }
     }
 }
@@ -113,8 +118,14 @@ pub struct ReadyFile {
 pub struct Observation {
     /// Files ready to claim, oldest mtime first, then by folder and name.
     pub ready: Vec<ReadyFile>,
-    /// Entries that are not regular files, each reported once while it stays.
+    /// Entries that are not regular files (or are unreadable merchant folders), each reported
+    /// once while it stays.
     pub not_followed: Vec<Listed>,
+    /// Temp-named files (ignored names: `*.filepart`, `.*`, …) that have not changed for the
+    /// truncation grace: an upload whose client died leaves one behind, and nobody would
+    /// notice. Each is reported once; a change (the upload resumed) and a new stall report it
+    /// again.
+    pub stale: Vec<Listed>,
 }
 
 /// What to do with a ready file whose XML is still incomplete.
@@ -132,6 +143,15 @@ pub struct Tracker {
     rules: ReadyRules,
     entries: HashMap<InboxName, Entry>,
     reported: HashSet<InboxName>,
+    temp_named: HashMap<InboxName, TempNamed>,
+}
+
+/// A temp-named file: since when it is unchanged, and whether it was reported stale.
+#[derive(Debug, Clone, Copy)]
+struct TempNamed {
+    signature: FileSignature,
+    stable_since: Instant,
+    stale: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +175,7 @@ impl Tracker {
             rules,
             entries: HashMap::new(),
             reported: HashSet::new(),
+            temp_named: HashMap::new(),
         }
     }
 
@@ -189,9 +210,16 @@ impl Tracker {
         let mut present: HashSet<&InboxName> = HashSet::new();
         let mut markers: HashSet<(Option<&str>, &OsStr)> = HashSet::new();
         let mut files: Vec<(&InboxName, FileSignature)> = Vec::new();
+        let mut temp_named: HashSet<&InboxName> = HashSet::new();
         for listed in listing {
             let name = listed.name.name.as_os_str();
             if self.is_ignored(name) {
+                if let EntryKind::File(signature) = listed.kind {
+                    temp_named.insert(&listed.name);
+                    if self.is_stale_now(&listed.name, signature, now) {
+                        observation.stale.push(listed.clone());
+                    }
+                }
                 continue;
             }
             if self.is_marker(name) {
@@ -201,7 +229,10 @@ impl Tracker {
             present.insert(&listed.name);
             match listed.kind {
                 EntryKind::File(signature) => files.push((&listed.name, signature)),
-                EntryKind::Symlink | EntryKind::Folder | EntryKind::Other => {
+                EntryKind::Symlink
+                | EntryKind::Folder
+                | EntryKind::Other
+                | EntryKind::Unreadable(_) => {
                     if self.reported.insert(listed.name.clone()) {
                         observation.not_followed.push(listed.clone());
                     }
@@ -210,6 +241,7 @@ impl Tracker {
         }
         self.entries.retain(|name, _| present.contains(name));
         self.reported.retain(|name| present.contains(name));
+        self.temp_named.retain(|name, _| temp_named.contains(name));
 
         for (name, signature) in files {
             let settle = self.rules.settle;
@@ -248,6 +280,34 @@ impl Tracker {
             .ready
             .sort_by(|a, b| (a.signature.mtime_ns, &a.name).cmp(&(b.signature.mtime_ns, &b.name)));
         observation
+    }
+
+    /// How many temp-named files are stale now (reported and unchanged since).
+    pub fn stale_partials(&self) -> usize {
+        self.temp_named.values().filter(|temp| temp.stale).count()
+    }
+
+    /// Tracks a temp-named file seen at `now`; true when it has just become stale.
+    fn is_stale_now(&mut self, name: &InboxName, signature: FileSignature, now: Instant) -> bool {
+        let temp = self.temp_named.entry(name.clone()).or_insert(TempNamed {
+            signature,
+            stable_since: now,
+            stale: false,
+        });
+        if temp.signature != signature {
+            *temp = TempNamed {
+                signature,
+                stable_since: now,
+                stale: false,
+            };
+        }
+        if temp.stale
+            || now.saturating_duration_since(temp.stable_since) < self.rules.truncated_grace
+        {
+            return false;
+        }
+        temp.stale = true;
+        true
     }
 
     /// Records that the content gate found `name` incomplete at `now`, and says whether to
@@ -441,6 +501,39 @@ mod tests {
         tracker.observe(&listing, t0);
         assert!(tracker.observe(&listing, t0 + 10_000 * MS).ready.is_empty());
         assert_eq!(tracker.waiting().0, 0);
+    }
+
+    #[test]
+    fn temp_named_files_are_reported_stale_once_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(300);
+        let mut tracker = Tracker::new(rules());
+        let partial = file("feed.xml.filepart", 10, 1);
+        let hidden = file(".feed.xml.Ab12Cd.partial", 10, 1);
+        let listing = [partial.clone(), hidden.clone(), file("feed.xml", 1, 1)];
+        assert!(tracker.observe(&listing, t0).stale.is_empty());
+        assert!(tracker.observe(&listing, t0 + grace - MS).stale.is_empty());
+        let observation = tracker.observe(&listing, t0 + grace);
+        assert_eq!(observation.stale, [partial.clone(), hidden.clone()]);
+        assert_eq!(tracker.stale_partials(), 2);
+        // Reported once, not on every scan.
+        assert!(tracker.observe(&listing, t0 + 2 * grace).stale.is_empty());
+        // The upload resumes (grows), then stalls again: reported again after a new grace.
+        let resumed = file("feed.xml.filepart", 20, 2);
+        let listing = [resumed.clone(), hidden];
+        assert!(tracker.observe(&listing, t0 + 2 * grace).stale.is_empty());
+        assert_eq!(tracker.stale_partials(), 1);
+        assert_eq!(tracker.observe(&listing, t0 + 3 * grace).stale, [resumed]);
+        // Gone: forgotten.
+        tracker.observe(&[], t0 + 3 * grace);
+        assert_eq!(tracker.stale_partials(), 0);
+        // Folders and links with temp names are not uploads.
+        let link = Listed {
+            name: top("x.tmp"),
+            kind: EntryKind::Symlink,
+        };
+        tracker.observe(std::slice::from_ref(&link), t0);
+        assert!(tracker.observe(&[link], t0 + 2 * grace).stale.is_empty());
     }
 
     #[test]

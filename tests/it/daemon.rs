@@ -4,6 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -674,4 +675,234 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
     wait_until_idle(&dir);
     daemon.stop();
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 125);
+}
+
+/// Makes a file unreadable for a daemon started with
+/// [`TestDir::spawn_daemon_bound_by_permissions`].
+fn make_unreadable(path: &std::path::Path) {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+}
+
+#[test]
+fn unreadable_feed_is_moved_to_failed_with_a_log_line_naming_it() {
+    let dir = setup(&Settings::default(), 1);
+    dir.drop_file(
+        "M_TEST/locked.xml",
+        feed_xml(MERCHANT, &[refund(0, "locked", 100)]).as_bytes(),
+    );
+    make_unreadable(&dir.path("inbox/M_TEST/locked.xml"));
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("the unreadable feed to reach failed/", LONG, || {
+        dir.files_in("failed").len() == 1
+    });
+    assert!(dir.files_in("inbox").is_empty(), "left in the inbox");
+    assert!(dir.files_in("work").is_empty(), "left in work/");
+    // The daemon goes on with the next feed.
+    dir.drop_file(
+        "M_TEST/fine.xml",
+        feed_xml(MERCHANT, &[refund(0, "fine", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "fine.xml")["status"], "Complete");
+    daemon.stop();
+    let log = daemon.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("cannot open the feed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("locked.xml") && lines[0].contains("Permission denied"),
+        "{log}"
+    );
+    assert!(dir.reports_for("locked.xml").is_empty());
+}
+
+#[test]
+fn unreadable_leftovers_in_work_never_stop_the_start() {
+    let dir = setup(&Settings::default(), 1);
+    fs::create_dir_all(dir.path("work/M_TEST")).expect("work folder");
+    // One claimed by an earlier run, one put into work/ by hand: neither can be opened.
+    let claimed = dir.path("work/M_TEST/00000000000000000001-1-0--left.xml");
+    let stray = dir.path("work/stray.xml");
+    for path in [&claimed, &stray] {
+        fs::write(path, feed_xml(MERCHANT, &[refund(0, "left", 100)])).expect("write");
+        make_unreadable(path);
+    }
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("both leftovers to reach failed/", LONG, || {
+        assert!(daemon.is_running(), "daemon exited:\n{}", daemon.log());
+        dir.files_in("failed").len() == 2
+    });
+    assert!(dir.files_in("work").is_empty(), "left in work/");
+    dir.drop_file(
+        "after.xml",
+        feed_xml(MERCHANT, &[refund(0, "after", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "after.xml")["status"], "Complete");
+    daemon.stop();
+    let log = daemon.log();
+    for name in ["left.xml", "stray.xml"] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains("cannot open the feed") && line.contains(name)),
+            "{name}:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_name_of_nearly_255_bytes_is_processed_and_archived() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    // 250 bytes, with two-byte characters where the claim prefix forces a cut.
+    let name = format!("{}{}.xml", "é".repeat(100), "x".repeat(46));
+    assert_eq!(name.len(), 250);
+    dir.drop_file(
+        &name,
+        feed_xml(MERCHANT, &[refund(0, "long", 100)]).as_bytes(),
+    );
+    let report = report_of(&dir, &name);
+    assert_eq!(report["status"], "Complete", "{report}");
+    wait_until_idle(&dir);
+    let archived = dir.files_in("archive");
+    assert_eq!(archived.len(), 1);
+    let archived_name = archived[0].file_name().expect("name").to_string_lossy();
+    assert!(archived_name.ends_with("x.xml"), "{archived_name}");
+    daemon.stop();
+    let log = daemon.log();
+    assert!(!log.contains("too long"), "{log}");
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
+#[test]
+fn control_characters_in_names_cannot_forge_log_lines_or_report_names() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    let name = "evil\nFORGED fake line\r\u{1b}[31mred.xml";
+    dir.drop_file(
+        name,
+        feed_xml(MERCHANT, &[refund(0, "evil", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, name)["status"], "Complete");
+    wait_until_idle(&dir);
+    daemon.stop();
+    let reports = crate::util::files_under(&dir.path("outbox"));
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for report in &reports {
+        let report_name = report.file_name().expect("name").to_string_lossy();
+        assert!(
+            !report_name.chars().any(char::is_control),
+            "{report_name:?}"
+        );
+        assert!(report_name.starts_with("evil_FORGED"), "{report_name:?}");
+    }
+    // The log is a file, not a terminal: no colour codes, and the name's own ESC, CR and
+    // newline are escaped.
+    let log = daemon.raw_log();
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(!log.contains('\r'), "{log:?}");
+    assert!(!log.lines().any(|line| line.starts_with("FORGED")), "{log}");
+    assert!(
+        log.contains(r"file=evil\nFORGED fake line\r\u{1b}[31mred.xml"),
+        "{log}"
+    );
+}
+
+#[test]
+fn unreadable_merchant_folder_is_warned_about_once_per_change() {
+    const WARNING: &str = "cannot read the merchant folder";
+    let dir = setup(
+        &Settings {
+            watch: "poll",
+            ..Settings::default()
+        },
+        1,
+    );
+    dir.drop_file(
+        "M_TEST/waiting.xml",
+        feed_xml(MERCHANT, &[refund(0, "waiting", 100)]).as_bytes(),
+    );
+    let folder = dir.path("inbox/M_TEST");
+    let set_mode = |mode: u32| {
+        fs::set_permissions(&folder, fs::Permissions::from_mode(mode)).expect("chmod folder");
+    };
+    set_mode(0o000);
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        set_mode(0o755);
+        return;
+    };
+    wait_for("the warning", LONG, || daemon.log().contains(WARNING));
+    // Polled every 200 ms: several more listings, no more warnings.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(daemon.log().matches(WARNING).count(), 1, "{}", daemon.log());
+    assert!(dir.json_reports().is_empty());
+    set_mode(0o755);
+    assert_eq!(report_of(&dir, "waiting.xml")["status"], "Complete");
+    // Unreadable again: warned again, once.
+    set_mode(0o000);
+    wait_for("the second warning", LONG, || {
+        daemon.log().matches(WARNING).count() == 2
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    set_mode(0o755);
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches(WARNING).count(), 2, "{log}");
+    let line = log
+        .lines()
+        .find(|line| line.contains(WARNING))
+        .expect("warning");
+    assert!(
+        line.contains("inbox/M_TEST") && line.contains("denied"),
+        "{line}"
+    );
+}
+
+#[test]
+fn abandoned_temp_named_uploads_are_warned_about_once_each() {
+    const WARNING: &str = "temporary upload name unchanged";
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            watch: "poll",
+            truncated_grace_secs: 1,
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        1,
+    );
+    let xml = feed_xml(MERCHANT, &[refund(0, "partial", 100)]);
+    let names = ["a.xml.filepart", ".b.xml.Ab12Cd.partial", "c.tmp"];
+    for name in names {
+        fs::write(dir.path(&format!("inbox/{name}")), &xml[..xml.len() / 2]).expect("write");
+    }
+    let mut daemon = dir.spawn_daemon();
+    wait_for("a warning per abandoned upload", LONG, || {
+        daemon.log().matches(WARNING).count() == 3
+    });
+    // Polled every 200 ms: more listings, no more warnings.
+    std::thread::sleep(Duration::from_millis(1000));
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "adjustd_stale_partials 3"),
+        "{metrics}"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches(WARNING).count(), 3, "{log}");
+    for name in names {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(WARNING) && line.contains(name)),
+            "{name}:\n{log}"
+        );
+        assert!(dir.path(&format!("inbox/{name}")).is_file(), "{name} moved");
+    }
+    assert!(dir.json_reports().is_empty());
 }

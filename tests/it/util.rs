@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -198,9 +199,54 @@ impl TestDir {
 
     /// Starts `adjustd run`.
     pub fn spawn_daemon(&self) -> Daemon {
+        self.spawn_daemon_via(&[])
+    }
+
+    /// Starts `adjustd run` so that file permissions apply to it: a file or folder with mode
+    /// 000 cannot be opened. As root (tests often run as root, which reads anything) the
+    /// daemon runs under `setpriv` without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH`: still
+    /// root and owner of every file here, but bound by the mode bits. `None` (with a message)
+    /// when that is needed and `setpriv` is missing.
+    pub fn spawn_daemon_bound_by_permissions(&self) -> Option<Daemon> {
+        let probe = self.path("mode-000-probe");
+        fs::write(&probe, b"x").expect("write probe");
+        fs::set_permissions(&probe, fs::Permissions::from_mode(0o000)).expect("chmod probe");
+        let bypasses_permissions = fs::File::open(&probe).is_ok();
+        fs::remove_file(&probe).expect("remove probe");
+        if !bypasses_permissions {
+            return Some(self.spawn_daemon());
+        }
+        let has_setpriv = Command::new("setpriv")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !has_setpriv {
+            eprintln!(
+                "skipping: running as root and setpriv(1) is missing, so mode 000 cannot stop the daemon"
+            );
+            return None;
+        }
+        Some(self.spawn_daemon_via(&[
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--",
+        ]))
+    }
+
+    /// Starts `adjustd run`, through `wrapper` (a command and its arguments) if not empty.
+    fn spawn_daemon_via(&self, wrapper: &[&str]) -> Daemon {
         let log_path = self.path(&format!("daemon-{}.log", unique()));
         let log = fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_adjustd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_adjustd")),
+        };
+        let child = command
             .arg("--config")
             .arg(self.path("adjustd.toml"))
             .arg("run")
@@ -312,7 +358,12 @@ impl Daemon {
 
     /// The log so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        strip_ansi(&fs::read_to_string(&self.log_path).unwrap_or_default())
+        strip_ansi(&self.raw_log())
+    }
+
+    /// The log so far, byte for byte (lossy UTF-8).
+    pub fn raw_log(&self) -> String {
+        String::from_utf8_lossy(&fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
     /// True while the process runs.
