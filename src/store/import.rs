@@ -274,6 +274,10 @@ struct Columns {
     currency: Option<usize>,
     channel: Option<usize>,
     prices: Vec<(usize, &'static str, Component)>,
+    /// The last of the columns that decide money (ids, quantity, prices, currency, channel),
+    /// with its name: a line that ends before it was cut short (its prices would read as
+    /// 0.00, an AFN order as MFN). Informational columns may be missing at the end.
+    last_used: (usize, &'static str),
 }
 
 fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
@@ -313,10 +317,21 @@ fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
     let sku = find("sku").ok_or_else(|| missing("sku"))?;
     let quantity = either("quantity-purchased", "quantity")
         .ok_or_else(|| missing("quantity-purchased (or quantity)"))?;
-    let prices = PRICE_COLUMNS
+    let prices: Vec<(usize, &'static str, Component)> = PRICE_COLUMNS
         .iter()
         .filter_map(|(name, component)| find(name).map(|i| (i, *name, *component)))
         .collect();
+    let named = |name: &'static str| find(name).map(|i| (i, name));
+    let last_used = [order_id, item_code, (sku, "sku"), quantity]
+        .into_iter()
+        .chain(prices.iter().map(|(i, name, _)| (*i, *name)))
+        .chain(
+            ["currency", "fulfillment-channel"]
+                .into_iter()
+                .filter_map(named),
+        )
+        .max()
+        .unwrap_or(order_id);
     Ok(Columns {
         order_id,
         item_code,
@@ -329,7 +344,27 @@ fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
         currency: find("currency"),
         channel: find("fulfillment-channel"),
         prices,
+        last_used,
     })
+}
+
+/// `YYYY-MM-DD`, alone or followed by a time (`T` or a space, then anything): the reports'
+/// ISO 8601 dates, checked as far as a person would.
+fn is_iso_date(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range.clone())
+            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
+            .then(|| raw[range].parse::<u32>().unwrap_or(0))
+    };
+    let (Some(_year), Some(month), Some(day)) = (digits(0..4), digits(5..7), digits(8..10)) else {
+        return false;
+    };
+    b.get(4) == Some(&b'-')
+        && b.get(7) == Some(&b'-')
+        && (1..=12).contains(&month)
+        && (1..=31).contains(&day)
+        && matches!(b.get(10), None | Some(b'T' | b' '))
 }
 
 fn parse_row(
@@ -350,7 +385,20 @@ fn parse_row(
             ),
         });
     }
-    // Missing trailing fields read as empty.
+    // Trailing informational fields may be missing; see `Columns::last_used`.
+    let (last, last_name) = columns.last_used;
+    if fields.len() <= last {
+        return Err(ImportError {
+            line,
+            column: Some(last_name.to_owned()),
+            detail: format!(
+                "the line has {} tab-separated fields but column {last_name} is field {} of \
+                 the header: the line is cut short",
+                fields.len(),
+                last + 1
+            ),
+        });
+    }
     let field = |i: usize| fields.get(i).map_or("", |f| f.trim());
     let err = |column: &str, detail: String| ImportError {
         line,
@@ -385,7 +433,16 @@ fn parse_row(
     };
     let merchant_order_id = seller_id(columns.merchant_order_id, "merchant-order-id")?;
     let merchant_item_id = seller_id(columns.merchant_item_id, "merchant-order-item-id")?;
-    let purchase_date = optional(columns.purchase_date).map(str::to_owned);
+    let purchase_date = optional(columns.purchase_date)
+        .map(|raw| {
+            is_iso_date(raw).then(|| raw.to_owned()).ok_or_else(|| {
+                err(
+                    "purchase-date",
+                    format!("{raw:?} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00"),
+                )
+            })
+        })
+        .transpose()?;
     let sku = field(columns.sku);
     if sku.is_empty() {
         return Err(err("sku", "the SKU is empty".into()));
@@ -648,6 +705,21 @@ mod tests {
                 "171-1234567-1234567\t12345678901234\t2026-11-01\t\t\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
                 "sku",
                 "empty",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\tyesterday\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "purchase-date",
+                "not a date",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-13-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "purchase-date",
+                "not a date",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD",
+                "fulfillment-channel",
+                "cut short",
             ),
         ];
         for (fields, column, words) in cases {
