@@ -285,7 +285,7 @@ enum SourceFailure {
     Utf16,
     InvalidUtf8(Position),
     NonAscii(Position),
-    ForbiddenChar(Position, u8),
+    ForbiddenChar(Position, char),
     Read(String),
 }
 
@@ -345,7 +345,7 @@ struct SourceState {
 #[derive(Debug, Clone, Copy)]
 enum Pending {
     InvalidUtf8,
-    Forbidden(u8),
+    Forbidden(char),
     NonAscii,
     FileTooLarge,
 }
@@ -464,7 +464,10 @@ impl SourceState {
         if has_forbidden_control(good)
             && let Some(index) = good.iter().position(|&b| is_forbidden_control(b))
         {
-            self.limit(from + index, Pending::Forbidden(good[index]));
+            self.limit(from + index, Pending::Forbidden(char::from(good[index])));
+        }
+        if let Some((index, c)) = first_non_character(good) {
+            self.limit(from + index, Pending::Forbidden(c));
         }
         if self.ascii_only
             && let Some(index) = good.iter().position(|b| !b.is_ascii())
@@ -666,6 +669,17 @@ fn is_xml_space_byte(byte: u8) -> bool {
 /// characters at all, not even as content.
 fn is_forbidden_control(byte: u8) -> bool {
     byte < 0x20 && !matches!(byte, b'\t' | b'\n' | b'\r')
+}
+
+/// The first U+FFFE or U+FFFF (not XML characters, though valid UTF-8) in `bytes`, with
+/// its offset.
+fn first_non_character(bytes: &[u8]) -> Option<(usize, char)> {
+    memchr::memchr(0xEF, bytes)?;
+    memchr::memmem::find_iter(bytes, b"\xEF\xBF").find_map(|at| match bytes.get(at + 2) {
+        Some(0xBE) => Some((at, '\u{FFFE}')),
+        Some(0xBF) => Some((at, '\u{FFFF}')),
+        _ => None,
+    })
 }
 
 /// Branch-free pass the compiler vectorizes; the slow `position` only runs on a hit.
@@ -967,7 +981,7 @@ impl<R: BufRead> FeedReader<R> {
                     } else {
                         Chars::Final(text)
                     };
-                    self.on_text(data, at, chars).map(|()| None)
+                    self.on_char_data(data, at, chars).map(|()| None)
                 })
             } else if window.get(1) == Some(&b'/') {
                 end_tag(window).map(|(name, length)| {
@@ -1275,7 +1289,7 @@ impl<R: BufRead> FeedReader<R> {
                     .on_end(data, end.name().as_ref().as_bytes(), at)
                     .map(Some);
             }
-            Event::Text(text) => self.on_text(data, at, Chars::Written(text.as_bytes()))?,
+            Event::Text(text) => self.on_char_data(data, at, Chars::Written(text.as_bytes()))?,
             Event::CData(cdata) => {
                 if self.depth == 0 {
                     return Err(malformed(position, "CDATA outside the root element"));
@@ -1358,6 +1372,19 @@ impl<R: BufRead> FeedReader<R> {
     }
 
     /// Character data that starts at `data[at]`.
+    /// Character data as written (not CDATA), which may not hold `]]>` (XML 1.0 §2.4).
+    fn on_char_data(&mut self, data: &[u8], at: usize, chars: Chars<'_>) -> Result<(), Problem> {
+        let (Chars::Written(bytes) | Chars::Final(bytes)) = chars;
+        if let Some(offset) = memchr::memmem::find(bytes, b"]]>") {
+            let position = self.src.position_at(data, at + offset);
+            return Err(malformed(
+                position,
+                "\"]]>\" in text is not allowed (write it as ]]&gt;)",
+            ));
+        }
+        self.on_text(data, at, chars)
+    }
+
     fn on_text(&mut self, data: &[u8], at: usize, content: Chars<'_>) -> Result<(), Problem> {
         let src = &mut self.src;
         append_text(
@@ -1641,9 +1668,14 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             *position,
             format!("the file declares encoding US-ASCII but line {} has a non-ASCII byte", position.line),
         ),
-        SourceFailure::ForbiddenChar(position, byte) => malformed(
+        SourceFailure::ForbiddenChar(position, c) => malformed(
             *position,
-            &format!("control character U+{byte:04X} on line {} is not allowed in XML", position.line),
+            &format!(
+                "{} U+{:04X} on line {} is not allowed in XML",
+                if c.is_control() { "control character" } else { "non-character" },
+                u32::from(*c),
+                position.line
+            ),
         ),
         SourceFailure::Read(error) => Problem::new(
             Code::MalformedXml,

@@ -299,6 +299,42 @@ fn truncated_files_are_truncated_not_malformed() {
 }
 
 #[test]
+fn cdata_end_in_text_and_non_characters_are_not_well_formed() {
+    // XML 1.0 2.4: "]]>" may not appear in character data; 2.2: U+FFFE and U+FFFF are not
+    // characters at all (though valid UTF-8).
+    let doc = format!("{HEAD}{MESSAGE}{TAIL}");
+    for (bad, words) in [
+        ("<AdjustmentReason>Customer]]>Return", "]]>"),
+        ("<AdjustmentReason>Customer\u{FFFE}Return", "U+FFFE"),
+        ("<AdjustmentReason>Customer\u{FFFF}Return", "U+FFFF"),
+    ] {
+        let feed = doc.replace("<AdjustmentReason>CustomerReturn", bad);
+        let problem = expect_feed_problem(feed.as_bytes(), Code::MalformedXml);
+        assert!(problem.description.contains(words), "{problem}");
+        let line = doc[..doc.find("<AdjustmentReason>").expect("reason")]
+            .lines()
+            .count();
+        assert_eq!(
+            problem.position.map(|p| p.line as usize),
+            Some(line),
+            "{problem}"
+        );
+    }
+    // Escaped, and inside CDATA, they are fine.
+    for good in [
+        "<AdjustmentReason>Customer]]&gt;Return",
+        "<AdjustmentReason><![CDATA[Customer]]]]><![CDATA[>Return]]>",
+    ] {
+        let feed = doc.replace("<AdjustmentReason>CustomerReturn", good);
+        let (problem, _, _) = run_bytes(feed.as_bytes());
+        assert!(
+            problem.as_ref().is_none_or(|p| p.code != Code::MalformedXml),
+            "{good}: {problem:?}"
+        );
+    }
+}
+
+#[test]
 fn utf16_and_other_encodings_are_refused() {
     let doc = format!("{HEAD}{MESSAGE}{TAIL}");
     let mut utf16le = vec![0xFF, 0xFE];
