@@ -290,7 +290,9 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
 
 /// Opens the store for the daemon. A database that is away (PostgreSQL restarting, say) is
 /// waited for with capped backoff rather than failing the start; `None` when shutdown was
-/// requested meanwhile. Permanent errors (bad URL, lock held, schema too new) fail at once.
+/// requested meanwhile. Permanent errors (bad URL, lock held, schema too new, a SQLite path
+/// that cannot work such as a folder under a regular file) fail at once with exit 1: retrying
+/// them would only fill the log.
 async fn open_store_with_retry(
     config: &Config,
     shutdown: &tokio_util::sync::CancellationToken,

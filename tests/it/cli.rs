@@ -102,6 +102,36 @@ impl Sandbox {
     }
 }
 
+/// Runs `adjustd run` with this config file and waits at most `secs` for it to exit on its
+/// own; a daemon still running then is killed and reported as `None`.
+fn run_daemon_expecting_exit(config: &Path, secs: u64) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr piped"), &mut stderr)
+        .expect("read stderr");
+    (code, stderr)
+}
+
 /// SIGTERM, then the exit status.
 fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
     let sent = Command::new("kill")
@@ -414,4 +444,28 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
 
     let status = terminate(child);
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_store_path_that_cannot_work_stops_the_daemon_at_once_with_exit_1() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.path("file.txt"), "x").expect("write file");
+    let under_a_file = sandbox.path("file.txt").join("a.db");
+    for store in [under_a_file.as_path(), Path::new("/proc/adjustd-test/a.db")] {
+        std::fs::write(
+            sandbox.path("adjustd.toml"),
+            format!(
+                "[store]\nurl = \"sqlite:{}\"\n[daemon]\nmax_backoff_secs = 1\n",
+                store.display()
+            ),
+        )
+        .expect("write config");
+        // Before the fix the daemon retried "cannot create folder" for ever.
+        let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 10);
+        assert_eq!(code, Some(1), "{store:?}: {stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        let folder = store.parent().expect("folder").display().to_string();
+        assert!(stderr.contains(&folder), "names the folder: {stderr}");
+        assert!(stderr.contains("[store] url"), "says the fix: {stderr}");
+    }
 }
