@@ -36,7 +36,8 @@ pub mod exit {
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (no feed rejected, no message with an error)
-  1    configuration or startup error (bad config, store locked, bad folders)
+  1    configuration or startup error (bad config, store locked, bad folders,
+       [http] listen address in use)
   2    runtime failure (I/O or database error)
   3    input errors: a feed was rejected or a message has an error (validate, process),
        an invalid order report (orders import), order not found (orders show)
@@ -277,6 +278,18 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
         let result = crate::daemon::run(config.daemon.clone(), context, shutdown).await;
         signals.abort();
         result.map(|()| exit::OK).map_err(|error| {
+            if let Some(address) = config.daemon.http_listen
+                && is_address_unusable(&error)
+            {
+                return Failure {
+                    code: exit::CONFIG,
+                    error: error.context(format!(
+                        "cannot listen on {address}: set [http] listen in the config (or \
+                         ADJUSTD_HTTP_LISTEN) to a free address, or remove it to run without \
+                         the metrics endpoint"
+                    )),
+                };
+            }
             // A refused folder layout is a startup error like a bad config.
             let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
                 exit::CONFIG
@@ -284,6 +297,20 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
                 exit::RUNTIME
             };
             Failure { code, error }
+        })
+    })
+}
+
+/// True when the daemon stopped because the `[http] listen` address cannot be bound (in
+/// use, or not an address of this host): a startup error like a bad config, not a runtime
+/// failure. Nothing else in the daemon binds a socket, so these kinds are unambiguous.
+fn is_address_unusable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+            )
         })
     })
 }
