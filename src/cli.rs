@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
-use crate::pipeline::{self, Context, Source, Tally};
+use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus};
 use crate::validate::{ValidatedMessage, Validator};
@@ -161,7 +161,8 @@ pub enum FeedsCommand {
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the resolved configuration (store password redacted) and exit.
+    /// Print the resolved configuration (defaults and ADJUSTD_* overrides applied, store
+    /// password redacted) as a config file that loads back with --config, and exit.
     Check,
 }
 
@@ -216,7 +217,10 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         }) => show_order(&config, &order_id, merchant.as_deref(), json),
         Command::Feeds(FeedsCommand::List { limit, json }) => list_feeds(&config, limit, json),
         Command::Config(ConfigCommand::Check) => {
-            print_config(&config);
+            let written = std::io::stdout().write_all(render_config(&config).as_bytes());
+            written
+                .context("writing to stdout")
+                .map_err(fail(exit::RUNTIME))?;
             Ok(exit::OK)
         }
     }
@@ -262,7 +266,10 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
         let signals = tokio::spawn(signals);
         let inbox = &config.daemon.inbox;
         tracing::info!(
-            config = ?config.file,
+            config = %config
+                .file
+                .as_ref()
+                .map_or_else(|| "built-in defaults".into(), |file| file.display().to_string()),
             inbox = %inbox.inbox.display(),
             outbox = %inbox.outbox.display(),
             store = %config.redacted_store_url(),
@@ -737,51 +744,123 @@ fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, P
     report::report_paths(outbox, None, &feed.file_name, feed.id)
 }
 
-fn print_config(config: &Config) {
+/// Renders the resolved configuration as a config file that loads back to the same
+/// values, so an operator can paste it: paths are absolute, every default is written out,
+/// enums are spelt as in the file, and keys without a value are commented-out examples.
+/// The one thing that does not round-trip is a store password, which is redacted.
+fn render_config(config: &Config) -> String {
     let daemon = &config.daemon;
     let inbox = &daemon.inbox;
-    println!(
-        "config file: {}",
-        config
-            .file
-            .as_ref()
-            .map_or("(none: built-in defaults)".to_owned(), |f| f
-                .display()
-                .to_string())
-    );
-    println!(
-        "[paths]\ninbox = {:?}\noutbox = {:?}\narchive = {:?}\nfailed = {:?}\nwork = {:?}",
-        inbox.inbox, inbox.outbox, inbox.archive, inbox.failed, inbox.work
-    );
-    println!("[store]\nurl = {:?}", config.redacted_store_url());
-    println!(
-        "[inbox]\nsettle_ms = {}\nignore = {:?}\ntruncated_grace_secs = {}\ndone_marker = {:?}\nallowed_merchants = {:?}\nwatch = {:?}\npoll_interval_ms = {}\nrescan_interval_secs = {}",
-        inbox.settle.as_millis(),
-        inbox.ignore,
-        inbox.truncated_grace.as_secs(),
-        inbox.done_marker,
-        inbox
-            .allowed_merchants
-            .as_ref()
-            .map(|l| l.iter().map(MerchantId::as_str).collect::<Vec<_>>()),
-        inbox.watch.as_str(),
-        inbox.poll_interval.as_millis(),
-        inbox.rescan_interval.as_secs()
-    );
     let limits = &config.limits;
-    println!(
-        "[limits]\nmax_file_bytes = {}\nmax_depth = {}\nmax_text_bytes = {}\nmax_messages = {}",
-        limits.max_file_bytes, limits.max_depth, limits.max_text_bytes, limits.max_messages
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let path = |path: &Path| quote(&path.display().to_string());
+    let strings = |items: &mut dyn Iterator<Item = &str>| {
+        toml::Value::Array(items.map(|s| toml::Value::String(s.to_owned())).collect()).to_string()
+    };
+    let optional = |key: &str, value: Option<String>, example: &str| match value {
+        Some(value) => format!("{key} = {value}"),
+        None => format!("# {key} = {example}"),
+    };
+    let source = config.file.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |file| file.display().to_string(),
     );
-    println!(
-        "[rules]\nrestocking_fee_max_percent = {}\nduplicate_feeds = {:?}",
-        config.rules.restocking_fee_max_percent, config.duplicate_policy
-    );
-    println!(
-        "[daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = {}\n[http]\nlisten = {:?}\n[log]\nformat = {:?}",
-        daemon.shutdown_timeout.as_secs(),
-        daemon.max_backoff.as_secs(),
-        daemon.http_listen.map(|a| a.to_string()),
-        config.log_format
-    );
+    let store_url = config.redacted_store_url();
+    let redacted = if store_url == config.store_url {
+        ""
+    } else {
+        "  # password redacted"
+    };
+    let duplicate_feeds = match config.duplicate_policy {
+        DuplicatePolicy::Skip => "skip",
+        DuplicatePolicy::Process => "process",
+    };
+    let log_format = match config.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    format!(
+        "# adjustd resolved configuration (from {source}, with ADJUSTD_* overrides)\n\
+         \n\
+         [paths]\n\
+         inbox = {inbox_path}\n\
+         outbox = {outbox}\n\
+         archive = {archive}\n\
+         failed = {failed}\n\
+         work = {work}\n\
+         \n\
+         [store]\n\
+         url = {url}{redacted}\n\
+         \n\
+         [inbox]\n\
+         settle_ms = {settle_ms}\n\
+         ignore = {ignore}\n\
+         truncated_grace_secs = {truncated_grace_secs}\n\
+         {done_marker}\n\
+         {allowed_merchants}\n\
+         watch = {watch}\n\
+         poll_interval_ms = {poll_interval_ms}\n\
+         rescan_interval_secs = {rescan_interval_secs}\n\
+         \n\
+         [limits]\n\
+         max_file_bytes = {max_file_bytes}\n\
+         max_depth = {max_depth}\n\
+         max_text_bytes = {max_text_bytes}\n\
+         max_messages = {max_messages}\n\
+         \n\
+         [rules]\n\
+         restocking_fee_max_percent = {restocking_fee_max_percent}\n\
+         duplicate_feeds = {duplicate_feeds}\n\
+         \n\
+         [daemon]\n\
+         shutdown_timeout_secs = {shutdown_timeout_secs}\n\
+         max_backoff_secs = {max_backoff_secs}\n\
+         \n\
+         [http]\n\
+         {listen}\n\
+         \n\
+         [log]\n\
+         format = {log_format}\n",
+        inbox_path = path(&inbox.inbox),
+        outbox = path(&inbox.outbox),
+        archive = path(&inbox.archive),
+        failed = path(&inbox.failed),
+        work = path(&inbox.work),
+        url = quote(&store_url),
+        settle_ms = inbox.settle.as_millis(),
+        ignore = strings(&mut inbox.ignore.iter().map(String::as_str)),
+        truncated_grace_secs = inbox.truncated_grace.as_secs(),
+        done_marker = optional(
+            "done_marker",
+            inbox.done_marker.as_deref().map(quote),
+            "\".done\"",
+        ),
+        allowed_merchants = optional(
+            "allowed_merchants",
+            inbox
+                .allowed_merchants
+                .as_ref()
+                .map(|list| strings(&mut list.iter().map(MerchantId::as_str))),
+            "[\"A1SELLER\"]",
+        ),
+        watch = quote(inbox.watch.as_str()),
+        poll_interval_ms = inbox.poll_interval.as_millis(),
+        rescan_interval_secs = inbox.rescan_interval.as_secs(),
+        max_file_bytes = limits.max_file_bytes,
+        max_depth = limits.max_depth,
+        max_text_bytes = limits.max_text_bytes,
+        max_messages = limits.max_messages,
+        restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
+        duplicate_feeds = quote(duplicate_feeds),
+        shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
+        max_backoff_secs = daemon.max_backoff.as_secs(),
+        listen = optional(
+            "listen",
+            daemon
+                .http_listen
+                .map(|address| quote(&address.to_string())),
+            "\"127.0.0.1:9187\"",
+        ),
+        log_format = quote(log_format),
+    )
 }

@@ -492,3 +492,50 @@ fn an_http_address_in_use_is_a_startup_error_naming_the_key() {
     }
     drop(taken);
 }
+
+#[test]
+fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
+    let sandbox = Sandbox::new();
+    let minimal = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    let everything = format!(
+        "{minimal}[inbox]\ndone_marker = \".done\"\nallowed_merchants = [\"M_TEST\", \"M \\\"2\\\"\"]\n\
+         watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\n\
+         [http]\nlisten = \"127.0.0.1:9187\"\n[log]\nformat = \"json\"\n"
+    );
+    for config in [minimal.as_str(), everything.as_str()] {
+        std::fs::write(sandbox.path("adjustd.toml"), config).expect("write config");
+        let out = sandbox.run(&["config", "check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        // Valid TOML (Debug output such as `None` or `Some(".done")` is not).
+        printed
+            .parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("not TOML: {e}\n{printed}"));
+        // Loaded back from another folder, it resolves to the same values.
+        let copy = sandbox.path("elsewhere/printed.toml");
+        std::fs::create_dir_all(copy.parent().expect("folder")).expect("folder");
+        std::fs::write(&copy, &printed).expect("write printed config");
+        let again = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(&copy)
+            .args(["config", "check"])
+            .output()
+            .expect("run");
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+        let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+        assert_eq!(body(&text(&again.stdout)), body(&printed));
+    }
+    let printed = text(&sandbox.run(&["config", "check"]).stdout);
+    for line in [
+        "done_marker = \".done\"",
+        "duplicate_feeds = \"process\"",
+        "format = \"json\"",
+        "listen = \"127.0.0.1:9187\"",
+        "watch = \"poll\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "lacks {line:?}:\n{printed}"
+        );
+    }
+}
