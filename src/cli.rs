@@ -45,7 +45,8 @@ Exit codes:
   130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
 
 Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
-Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL).";
+Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL);
+their relative paths resolve against the current directory, the file's against its folder.";
 
 /// adjustd applies Amazon Order Adjustment Feeds (refunds and partial cancellations) to an
 /// order store exactly once and writes a ProcessingReport (XML + JSON) per feed.
@@ -198,8 +199,8 @@ pub fn parse() -> Result<Cli, ExitCode> {
 /// # Errors
 /// A [`Failure`] with its exit code.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
-    let env = |name: &str| std::env::var(name).ok();
-    let config = config::load(cli.config.as_deref(), &env)
+    let config = config::environment()
+        .and_then(|env| config::load(cli.config.as_deref(), &env))
         .context("loading configuration")
         .map_err(fail(exit::CONFIG))?;
     crate::telemetry::init(cli.log_format.unwrap_or(config.log_format));

@@ -539,3 +539,65 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
         );
     }
 }
+
+#[test]
+fn environment_overrides_resolve_against_the_current_directory_and_are_checked() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("sub")).expect("folder");
+    std::fs::write(
+        sandbox.path("sub/c.toml"),
+        "[paths]\ninbox = \"in\"\n[store]\nurl = \"sqlite:db/a.db\"\n",
+    )
+    .expect("write config");
+    let check = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(sandbox.path(""))
+            .args(["--config", "sub/c.toml", "config", "check"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("run")
+    };
+    let out = check(&[
+        ("ADJUSTD_STORE_URL", "sqlite:env.db"),
+        ("ADJUSTD_PATHS_OUTBOX", "out"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed: toml::Table = text(&out.stdout).parse().expect("TOML");
+    let cwd = sandbox.path("").canonicalize().expect("cwd");
+    let resolved =
+        |section: &str, key: &str| printed[section][key].as_str().expect("string").to_owned();
+    // Both from the environment: both against the current directory.
+    assert_eq!(
+        resolved("store", "url"),
+        format!("sqlite:{}", cwd.join("env.db").display())
+    );
+    assert_eq!(
+        resolved("paths", "outbox"),
+        cwd.join("out").display().to_string()
+    );
+    // From the file: against the file's folder.
+    assert_eq!(
+        resolved("paths", "inbox"),
+        cwd.join("sub/in").display().to_string()
+    );
+
+    let out = check(&[("ADJUSTD_INBOX_SETTLE_MS", "fast")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("ADJUSTD_INBOX_SETTLE_MS"), "{stderr}");
+    assert!(!stderr.contains("c.toml"), "blames the file: {stderr}");
+
+    let out = check(&[("ADJUSTD_STORE_URI", "sqlite:typo.db")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("ADJUSTD_STORE_URI"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = check(&[
+        ("ADJUSTD_REQUIRE_XMLLINT", "1"),
+        ("ADJUSTD_CONFIG", "sub/c.toml"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
