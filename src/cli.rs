@@ -218,12 +218,22 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         }) => show_order(&config, &order_id, merchant.as_deref(), json),
         Command::Feeds(FeedsCommand::List { limit, json }) => list_feeds(&config, limit, json),
         Command::Config(ConfigCommand::Check) => {
-            let written = std::io::stdout().write_all(render_config(&config).as_bytes());
-            written
-                .context("writing to stdout")
-                .map_err(fail(exit::RUNTIME))?;
+            print(|out| out.write_all(render_config(&config).as_bytes()))?;
             Ok(exit::OK)
         }
+    }
+}
+
+/// Writes a command's results to stdout. A reader that went away (`adjustd feeds list |
+/// head -1`) is not a failure of the command: the output is dropped quietly and the command
+/// goes on to its own exit code (`process` still processes every file).
+fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match write(&mut stdout).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written
+            .context("writing to stdout")
+            .map_err(fail(exit::RUNTIME)),
     }
 }
 
@@ -410,8 +420,10 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
                 if has_errors(&processed.outcome) {
                     code = code.max(exit::INPUT);
                 }
-                println!("{}", processed.xml_report.display());
-                println!("{}", processed.json_report.display());
+                print(|out| {
+                    writeln!(out, "{}", processed.xml_report.display())?;
+                    writeln!(out, "{}", processed.json_report.display())
+                })?;
             }
             Err(error) => {
                 eprintln!(
@@ -446,15 +458,11 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
         if has_errors(&outcome) {
             code = exit::INPUT;
         }
-        let mut stdout = std::io::stdout().lock();
-        let written = match format {
-            ValidateFormat::Text => write_text_summary(&mut stdout, path, &outcome),
-            ValidateFormat::Xml => stdout.write_all(report::render_xml(&outcome).as_bytes()),
-            ValidateFormat::Json => stdout.write_all(report::render_json(&outcome).as_bytes()),
-        };
-        written
-            .context("writing to stdout")
-            .map_err(fail(exit::RUNTIME))?;
+        print(|out| match format {
+            ValidateFormat::Text => write_text_summary(out, path, &outcome),
+            ValidateFormat::Xml => out.write_all(report::render_xml(&outcome).as_bytes()),
+            ValidateFormat::Json => out.write_all(report::render_json(&outcome).as_bytes()),
+        })?;
     }
     Ok(code)
 }
@@ -555,15 +563,18 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
-            println!(
-                "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
-                summary.lines,
-                file.display(),
-                summary.orders_created,
-                summary.orders_updated,
-                summary.items_created,
-                summary.items_updated
-            );
+            print(|out| {
+                writeln!(
+                    out,
+                    "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
+                    summary.lines,
+                    file.display(),
+                    summary.orders_created,
+                    summary.orders_updated,
+                    summary.items_created,
+                    summary.items_updated
+                )
+            })?;
             Ok(exit::OK)
         }
         Err(error @ crate::store::StoreError::Invalid { .. }) => {
@@ -607,17 +618,13 @@ fn show_order(
         );
         return Ok(exit::USAGE);
     }
-    let mut stdout = std::io::stdout().lock();
-    let written = if json {
-        serde_json::to_writer_pretty(&mut stdout, order)
-            .map_err(std::io::Error::other)
-            .and_then(|()| writeln!(stdout))
-    } else {
-        write_order_table(&mut stdout, order)
-    };
-    written
-        .context("writing to stdout")
-        .map_err(fail(exit::RUNTIME))?;
+    print(|out| {
+        if json {
+            write_json(out, order)
+        } else {
+            write_order_table(out, order)
+        }
+    })?;
     Ok(exit::OK)
 }
 
@@ -692,7 +699,6 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
         .recent_feeds(limit)
         .context("reading feeds")
         .map_err(fail(exit::RUNTIME))?;
-    let mut stdout = std::io::stdout().lock();
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
@@ -704,14 +710,13 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
             })
         })
         .collect();
-    let written = if json {
-        serde_json::to_writer_pretty(&mut stdout, &rows)
-            .map_err(std::io::Error::other)
-            .and_then(|()| writeln!(stdout))
-    } else {
+    print(|out| {
+        if json {
+            return write_json(out, &rows);
+        }
         feeds.iter().zip(&rows).try_for_each(|(feed, row)| {
             writeln!(
-                stdout,
+                out,
                 "{:>6}  {}  {:<8} {:<10} {:>6} msgs {:>6} ok {:>6} err {:>6} warn  {}{}\n        {}",
                 feed.id,
                 feed.processed_at,
@@ -726,11 +731,15 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
                 row["xml_report"].as_str().unwrap_or_default(),
             )
         })
-    };
-    written
-        .context("writing to stdout")
-        .map_err(fail(exit::RUNTIME))?;
+    })?;
     Ok(exit::OK)
+}
+
+/// Pretty JSON and a newline. serde_json reports I/O errors as its own error type; the
+/// original `io::Error` is recovered so that a closed pipe is still recognised.
+fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    writeln!(out)
 }
 
 /// Where a feed's reports are: `outbox/<merchant>/` for feeds from a merchant folder, else

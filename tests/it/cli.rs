@@ -601,3 +601,40 @@ fn environment_overrides_resolve_against_the_current_directory_and_are_checked()
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_output_quietly() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let feed = sandbox.path("refund-ok.xml");
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let feed = feed.to_str().expect("utf-8 path");
+    for (args, expected) in [
+        (&["process", feed][..], 0),
+        (&["orders", "show", "111-0000001-0000001", "--json"], 0),
+        (&["orders", "show", "111-0000001-0000001"], 0),
+        (&["feeds", "list"], 0),
+        (&["feeds", "list", "--json"], 0),
+        (&["validate", &data("refund-mixed.xml")], 3),
+        (&["config", "check"], 0),
+    ] {
+        // A pipe whose reading end is closed before the command starts, as after
+        // `| head -1` has read its line: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .output()
+            .expect("run adjustd");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} complained: {stderr}");
+    }
+    // `process` went on and applied the feed although nobody read the report paths.
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
+}
