@@ -31,6 +31,18 @@ pub mod exit {
     pub const USAGE: u8 = 64;
     /// A second SIGINT/SIGTERM during shutdown: exited at once.
     pub const INTERRUPTED: u8 = 130;
+
+    /// The more severe of two outcomes of a command over several files, so the exit code
+    /// does not depend on their order: a file that could not be processed at all
+    /// ([`RUNTIME`]) outweighs files with input errors ([`INPUT`]), which outweigh success.
+    pub fn worst(a: u8, b: u8) -> u8 {
+        let severity = |code: u8| match code {
+            OK => 0,
+            INPUT => 1,
+            _ => 2,
+        };
+        if severity(b) > severity(a) { b } else { a }
+    }
 }
 
 const EXIT_CODES_HELP: &str = "\
@@ -43,6 +55,7 @@ Exit codes:
        an invalid order report (orders import), order not found (orders show)
   64   command-line usage error
   130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
+With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
 Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL);
@@ -418,7 +431,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
         match pipeline::process_file(&mut context, &source) {
             Ok(processed) => {
                 if has_errors(&processed.outcome) {
-                    code = code.max(exit::INPUT);
+                    code = exit::worst(code, exit::INPUT);
                 }
                 print(|out| {
                     writeln!(out, "{}", processed.xml_report.display())?;
@@ -431,7 +444,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
                     path.display(),
                     anyhow::Error::new(error)
                 );
-                code = exit::RUNTIME;
+                code = exit::worst(code, exit::RUNTIME);
             }
         }
     }
@@ -452,11 +465,17 @@ fn display_name(path: &Path) -> String {
 fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Result<u8, Failure> {
     let mut code = exit::OK;
     for path in files {
-        let outcome = validate_file(config, path)
-            .with_context(|| format!("reading {}", path.display()))
-            .map_err(fail(exit::RUNTIME))?;
+        // Like `process`, an unreadable file does not stop the others.
+        let outcome = match validate_file(config, path) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                eprintln!("adjustd: reading {}: {error:#}", path.display());
+                code = exit::worst(code, exit::RUNTIME);
+                continue;
+            }
+        };
         if has_errors(&outcome) {
-            code = exit::INPUT;
+            code = exit::worst(code, exit::INPUT);
         }
         print(|out| match format {
             ValidateFormat::Text => write_text_summary(out, path, &outcome),
@@ -693,12 +712,16 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
 }
 
 fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
-    let mut store = open_store_read_only(config)?;
-    let feeds = store
-        .as_store()
-        .recent_feeds(limit)
-        .context("reading feeds")
-        .map_err(fail(exit::RUNTIME))?;
+    let feeds = if is_not_created_yet(&config.store_url) {
+        Vec::new()
+    } else {
+        let mut store = open_store_read_only(config)?;
+        store
+            .as_store()
+            .recent_feeds(limit)
+            .context("reading feeds")
+            .map_err(fail(exit::RUNTIME))?
+    };
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
@@ -713,6 +736,9 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     print(|out| {
         if json {
             return write_json(out, &rows);
+        }
+        if feeds.is_empty() {
+            return writeln!(out, "no feeds");
         }
         feeds.iter().zip(&rows).try_for_each(|(feed, row)| {
             writeln!(
@@ -733,6 +759,15 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
         })
     })?;
     Ok(exit::OK)
+}
+
+/// True for a SQLite store whose file does not exist yet: nothing was ever written to it
+/// (the first `orders import`, `process` or `run` creates it), so it holds no feeds. Any
+/// other trouble with the path (a file where a folder should be, say) is left to opening.
+fn is_not_created_yet(store_url: &str) -> bool {
+    store_url.strip_prefix("sqlite:").is_some_and(|path| {
+        std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    })
 }
 
 /// Pretty JSON and a newline. serde_json reports I/O errors as its own error type; the

@@ -638,3 +638,58 @@ fn a_closed_stdout_pipe_ends_the_output_quietly() {
     let order = sandbox.order("111-0000001-0000001");
     assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
 }
+
+#[test]
+fn every_file_is_handled_and_the_worst_code_wins_whatever_the_order() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let missing = sandbox.path("missing.xml");
+    let missing = missing.to_str().expect("utf-8 path");
+    // validate goes on after an unreadable file.
+    for files in [
+        [missing, &data("refund-ok.xml")],
+        [&data("refund-ok.xml"), missing],
+    ] {
+        let out = sandbox.run(&["validate", files[0], files[1]]);
+        assert_eq!(out.status.code(), Some(2), "{files:?}");
+        assert!(
+            text(&out.stdout).contains("refund-ok.xml: ok"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains("missing.xml"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // 2 (a file could not be processed) outweighs 3 (input errors) in either order.
+    for files in [
+        [missing, &data("refund-mixed.xml")],
+        [&data("refund-mixed.xml"), missing],
+    ] {
+        let out = sandbox.run(&["validate", files[0], files[1]]);
+        assert_eq!(out.status.code(), Some(2), "validate {files:?}");
+        let out = sandbox.run(&["process", files[0], files[1]]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "process {files:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn feeds_list_on_a_fresh_store_is_an_empty_list() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["feeds", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let feeds: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(feeds, serde_json::json!([]));
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+    // Listing created nothing.
+    assert!(!sandbox.path("store.db").exists());
+}
