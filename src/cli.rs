@@ -82,6 +82,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: watch the inbox, process each ready feed, write reports to the
     /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0).
+    ///
+    /// With SQLite the daemon is the store's only writer while it runs: `orders import` and
+    /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
+    /// daemon first, or use PostgreSQL to run several writers. `orders show` and
+    /// `feeds list` work next to it.
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.
@@ -251,9 +256,22 @@ fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()
 }
 
 fn open_store(config: &Config) -> Result<AnyStore, Failure> {
-    AnyStore::open(&config.store_url)
-        .with_context(|| format!("opening store {}", config.redacted_store_url()))
-        .map_err(fail(exit::CONFIG))
+    AnyStore::open(&config.store_url).map_err(|error| Failure {
+        code: exit::CONFIG,
+        error: store_open_error(config, error),
+    })
+}
+
+/// A permanent failure to open the store for writing, with the fix when another process
+/// holds a SQLite store: SQLite has one writer, so the way out is to stop that process or
+/// to move to PostgreSQL.
+fn store_open_error(config: &Config, error: crate::store::StoreError) -> anyhow::Error {
+    let error = if matches!(error, crate::store::StoreError::Locked { .. }) {
+        anyhow::anyhow!("{error}: stop the daemon first, or use PostgreSQL to run several writers")
+    } else {
+        anyhow::Error::new(error)
+    };
+    error.context(format!("opening store {}", config.redacted_store_url()))
 }
 
 /// For commands that only read: no single-writer lock, so they work next to the daemon.
@@ -380,8 +398,7 @@ async fn open_store_with_retry(
             Err(error) => {
                 return Err(Failure {
                     code: exit::CONFIG,
-                    error: anyhow::Error::new(error)
-                        .context(format!("opening store {}", config.redacted_store_url())),
+                    error: store_open_error(config, error),
                 });
             }
         }

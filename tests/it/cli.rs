@@ -194,6 +194,19 @@ fn help_lists_commands_and_exit_codes() {
 }
 
 #[test]
+fn run_help_says_that_sqlite_has_one_writer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for needed in ["orders import", "stop the", "PostgreSQL"] {
+        assert!(help.contains(needed), "lacks {needed:?}:\n{help}");
+    }
+}
+
+#[test]
 fn usage_errors_exit_64_and_config_errors_exit_1_naming_the_key() {
     let sandbox = Sandbox::new();
     assert_eq!(sandbox.run(&["frobnicate"]).status.code(), Some(64));
@@ -427,11 +440,15 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
         &data("orders.txt"),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("locked"),
-        "{}",
-        text(&out.stderr)
-    );
+    for needed in ["locked", "stop the daemon first", "PostgreSQL"] {
+        assert!(
+            text(&out.stderr).contains(needed),
+            "lacks {needed:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let (_, paths) = sandbox.process("refund-mixed.xml");
+    assert!(paths.is_empty(), "process is refused too: {paths:?}");
     let order = sandbox.order("111-0000001-0000001");
     assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
     let out = sandbox.run(&["feeds", "list"]);
