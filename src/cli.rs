@@ -149,7 +149,8 @@ pub enum OrdersCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show one order, its items and adjustments.
+    /// Show one order: its items with charged and refunded amounts per component, and its
+    /// adjustments, as a readable table (or as JSON with --json).
     Show {
         /// The AmazonOrderID.
         #[arg(value_name = "ORDER_ID")]
@@ -157,7 +158,7 @@ pub enum OrdersCommand {
         /// Only this merchant's order.
         #[arg(long, value_name = "ID")]
         merchant: Option<String>,
-        /// Print JSON (the shape documented in the README).
+        /// Print one JSON object instead of the table (the shape documented in the README).
         #[arg(long)]
         json: bool,
     },
@@ -168,10 +169,10 @@ pub enum OrdersCommand {
 pub enum FeedsCommand {
     /// Recent feeds, newest first, with status, counts and report paths.
     List {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
+        /// How many feeds to list, the most recent first.
+        #[arg(long, value_name = "N", default_value_t = 20)]
         limit: u32,
-        /// Print JSON.
+        /// Print a JSON array of {feed, xml_report, json_report} instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -564,16 +565,17 @@ fn write_text_summary(
         FeedStatus::Rejected => "REJECTED (nothing would be applied)".to_owned(),
         FeedStatus::Complete if outcome.messages_with_error == 0 => "ok".to_owned(),
         FeedStatus::Complete => format!(
-            "{} of {} messages with errors",
-            outcome.messages_with_error, outcome.messages_processed
+            "{} of {} with errors",
+            outcome.messages_with_error,
+            messages(outcome.messages_processed)
         ),
     };
     writeln!(
         out,
-        "{}: {verdict}; merchant {}, {} messages, {} valid, {} with errors, {} with warnings",
+        "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
         path.display(),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
-        outcome.messages_processed,
+        messages(outcome.messages_processed),
         outcome.messages_successful,
         outcome.messages_with_error,
         outcome.messages_with_warning
@@ -582,6 +584,15 @@ fn write_text_summary(
         writeln!(out, "  {problem}")?;
     }
     Ok(())
+}
+
+/// "1 message", "2 messages".
+fn messages(count: u64) -> String {
+    if count == 1 {
+        "1 message".to_owned()
+    } else {
+        format!("{count} messages")
+    }
 }
 
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {

@@ -710,3 +710,42 @@ fn feeds_list_on_a_fresh_store_is_an_empty_list() {
     // Listing created nothing.
     assert!(!sandbox.path("store.db").exists());
 }
+
+#[test]
+fn help_and_summaries_read_well() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0));
+        text(&out.stdout)
+    };
+    let feeds = help(&["feeds", "list"]);
+    assert!(
+        feeds.contains("How many feeds to list") && feeds.contains("[default: 20]"),
+        "{feeds}"
+    );
+    let show = help(&["orders", "show"]);
+    assert!(
+        show.contains("table"),
+        "says what it prints without --json: {show}"
+    );
+
+    let sandbox = Sandbox::new();
+    let one = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/feeds/ok/cancellation_with_refund.xml"
+    );
+    let out = sandbox.run(&["validate", one]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains(", 1 message,"), "{summary}");
+    let out = sandbox.run(&["validate", &data("refund-mixed.xml")]);
+    assert!(
+        text(&out.stdout).contains("1 of 5 messages with errors; merchant M_TEST, 5 messages,"),
+        "{}",
+        text(&out.stdout)
+    );
+}
