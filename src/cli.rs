@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
-use crate::pipeline::{self, Context, Source, Tally};
+use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus};
 use crate::validate::{ValidatedMessage, Validator};
@@ -31,20 +31,35 @@ pub mod exit {
     pub const USAGE: u8 = 64;
     /// A second SIGINT/SIGTERM during shutdown: exited at once.
     pub const INTERRUPTED: u8 = 130;
+
+    /// The more severe of two outcomes of a command over several files, so the exit code
+    /// does not depend on their order: a file that could not be processed at all
+    /// ([`RUNTIME`]) outweighs files with input errors ([`INPUT`]), which outweigh success.
+    pub fn worst(a: u8, b: u8) -> u8 {
+        let severity = |code: u8| match code {
+            OK => 0,
+            INPUT => 1,
+            _ => 2,
+        };
+        if severity(b) > severity(a) { b } else { a }
+    }
 }
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (no feed rejected, no message with an error)
-  1    configuration or startup error (bad config, store locked, bad folders)
+  1    configuration or startup error (bad config, store locked, bad folders,
+       [http] listen address in use)
   2    runtime failure (I/O or database error)
   3    input errors: a feed was rejected or a message has an error (validate, process),
        an invalid order report (orders import), order not found (orders show)
   64   command-line usage error
   130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
+With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
-Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL).";
+Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL);
+their relative paths resolve against the current directory, the file's against its folder.";
 
 /// adjustd applies Amazon Order Adjustment Feeds (refunds and partial cancellations) to an
 /// order store exactly once and writes a ProcessingReport (XML + JSON) per feed.
@@ -67,6 +82,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: watch the inbox, process each ready feed, write reports to the
     /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0).
+    ///
+    /// With SQLite the daemon is the store's only writer while it runs: `orders import` and
+    /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
+    /// daemon first, or use PostgreSQL to run several writers. `orders show` and
+    /// `feeds list` work next to it.
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.
@@ -129,7 +149,8 @@ pub enum OrdersCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Show one order, its items and adjustments.
+    /// Show one order: its items with charged and refunded amounts per component, and its
+    /// adjustments, as a readable table (or as JSON with --json).
     Show {
         /// The AmazonOrderID.
         #[arg(value_name = "ORDER_ID")]
@@ -137,7 +158,7 @@ pub enum OrdersCommand {
         /// Only this merchant's order.
         #[arg(long, value_name = "ID")]
         merchant: Option<String>,
-        /// Print JSON (the shape documented in the README).
+        /// Print one JSON object instead of the table (the shape documented in the README).
         #[arg(long)]
         json: bool,
     },
@@ -148,10 +169,10 @@ pub enum OrdersCommand {
 pub enum FeedsCommand {
     /// Recent feeds, newest first, with status, counts and report paths.
     List {
-        /// How many.
-        #[arg(long, default_value_t = 20)]
+        /// How many feeds to list, the most recent first.
+        #[arg(long, value_name = "N", default_value_t = 20)]
         limit: u32,
-        /// Print JSON.
+        /// Print a JSON array of {feed, xml_report, json_report} instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -160,7 +181,8 @@ pub enum FeedsCommand {
 /// `config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Print the resolved configuration (store password redacted) and exit.
+    /// Print the resolved configuration (defaults and ADJUSTD_* overrides applied, store
+    /// password redacted) as a config file that loads back with --config, and exit.
     Check,
 }
 
@@ -196,8 +218,8 @@ pub fn parse() -> Result<Cli, ExitCode> {
 /// # Errors
 /// A [`Failure`] with its exit code.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
-    let env = |name: &str| std::env::var(name).ok();
-    let config = config::load(cli.config.as_deref(), &env)
+    let config = config::environment()
+        .and_then(|env| config::load(cli.config.as_deref(), &env))
         .context("loading configuration")
         .map_err(fail(exit::CONFIG))?;
     crate::telemetry::init(cli.log_format.unwrap_or(config.log_format));
@@ -215,16 +237,42 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         }) => show_order(&config, &order_id, merchant.as_deref(), json),
         Command::Feeds(FeedsCommand::List { limit, json }) => list_feeds(&config, limit, json),
         Command::Config(ConfigCommand::Check) => {
-            print_config(&config);
+            print(|out| out.write_all(render_config(&config).as_bytes()))?;
             Ok(exit::OK)
         }
     }
 }
 
+/// Writes a command's results to stdout. A reader that went away (`adjustd feeds list |
+/// head -1`) is not a failure of the command: the output is dropped quietly and the command
+/// goes on to its own exit code (`process` still processes every file).
+fn print(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match write(&mut stdout).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written
+            .context("writing to stdout")
+            .map_err(fail(exit::RUNTIME)),
+    }
+}
+
 fn open_store(config: &Config) -> Result<AnyStore, Failure> {
-    AnyStore::open(&config.store_url)
-        .with_context(|| format!("opening store {}", config.redacted_store_url()))
-        .map_err(fail(exit::CONFIG))
+    AnyStore::open(&config.store_url).map_err(|error| Failure {
+        code: exit::CONFIG,
+        error: store_open_error(config, error),
+    })
+}
+
+/// A permanent failure to open the store for writing, with the fix when another process
+/// holds a SQLite store: SQLite has one writer, so the way out is to stop that process or
+/// to move to PostgreSQL.
+fn store_open_error(config: &Config, error: crate::store::StoreError) -> anyhow::Error {
+    let error = if matches!(error, crate::store::StoreError::Locked { .. }) {
+        anyhow::anyhow!("{error}: stop the daemon first, or use PostgreSQL to run several writers")
+    } else {
+        anyhow::Error::new(error)
+    };
+    error.context(format!("opening store {}", config.redacted_store_url()))
 }
 
 /// For commands that only read: no single-writer lock, so they work next to the daemon.
@@ -261,7 +309,10 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
         let signals = tokio::spawn(signals);
         let inbox = &config.daemon.inbox;
         tracing::info!(
-            config = ?config.file,
+            config = %config
+                .file
+                .as_ref()
+                .map_or_else(|| "built-in defaults".into(), |file| file.display().to_string()),
             inbox = %inbox.inbox.display(),
             outbox = %inbox.outbox.display(),
             store = %config.redacted_store_url(),
@@ -277,6 +328,18 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
         let result = crate::daemon::run(config.daemon.clone(), context, shutdown).await;
         signals.abort();
         result.map(|()| exit::OK).map_err(|error| {
+            if let Some(address) = config.daemon.http_listen
+                && is_address_unusable(&error)
+            {
+                return Failure {
+                    code: exit::CONFIG,
+                    error: error.context(format!(
+                        "cannot listen on {address}: set [http] listen in the config (or \
+                         ADJUSTD_HTTP_LISTEN) to a free address, or remove it to run without \
+                         the metrics endpoint"
+                    )),
+                };
+            }
             // A refused folder layout is a startup error like a bad config.
             let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
                 exit::CONFIG
@@ -288,9 +351,25 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
     })
 }
 
+/// True when the daemon stopped because the `[http] listen` address cannot be bound (in
+/// use, or not an address of this host): a startup error like a bad config, not a runtime
+/// failure. Nothing else in the daemon binds a socket, so these kinds are unambiguous.
+fn is_address_unusable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable
+            )
+        })
+    })
+}
+
 /// Opens the store for the daemon. A database that is away (PostgreSQL restarting, say) is
 /// waited for with capped backoff rather than failing the start; `None` when shutdown was
-/// requested meanwhile. Permanent errors (bad URL, lock held, schema too new) fail at once.
+/// requested meanwhile. Permanent errors (bad URL, lock held, schema too new, a SQLite path
+/// that cannot work such as a folder under a regular file) fail at once with exit 1: retrying
+/// them would only fill the log.
 async fn open_store_with_retry(
     config: &Config,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -320,8 +399,7 @@ async fn open_store_with_retry(
             Err(error) => {
                 return Err(Failure {
                     code: exit::CONFIG,
-                    error: anyhow::Error::new(error)
-                        .context(format!("opening store {}", config.redacted_store_url())),
+                    error: store_open_error(config, error),
                 });
             }
         }
@@ -371,10 +449,12 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
         match pipeline::process_file(&mut context, &source) {
             Ok(processed) => {
                 if has_errors(&processed.outcome) {
-                    code = code.max(exit::INPUT);
+                    code = exit::worst(code, exit::INPUT);
                 }
-                println!("{}", processed.xml_report.display());
-                println!("{}", processed.json_report.display());
+                print(|out| {
+                    writeln!(out, "{}", processed.xml_report.display())?;
+                    writeln!(out, "{}", processed.json_report.display())
+                })?;
             }
             Err(error) => {
                 eprintln!(
@@ -382,7 +462,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
                     path.display(),
                     anyhow::Error::new(error)
                 );
-                code = exit::RUNTIME;
+                code = exit::worst(code, exit::RUNTIME);
             }
         }
     }
@@ -403,21 +483,23 @@ fn display_name(path: &Path) -> String {
 fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Result<u8, Failure> {
     let mut code = exit::OK;
     for path in files {
-        let outcome = validate_file(config, path)
-            .with_context(|| format!("reading {}", path.display()))
-            .map_err(fail(exit::RUNTIME))?;
-        if has_errors(&outcome) {
-            code = exit::INPUT;
-        }
-        let mut stdout = std::io::stdout().lock();
-        let written = match format {
-            ValidateFormat::Text => write_text_summary(&mut stdout, path, &outcome),
-            ValidateFormat::Xml => stdout.write_all(report::render_xml(&outcome).as_bytes()),
-            ValidateFormat::Json => stdout.write_all(report::render_json(&outcome).as_bytes()),
+        // Like `process`, an unreadable file does not stop the others.
+        let outcome = match validate_file(config, path) {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                eprintln!("adjustd: reading {}: {error:#}", path.display());
+                code = exit::worst(code, exit::RUNTIME);
+                continue;
+            }
         };
-        written
-            .context("writing to stdout")
-            .map_err(fail(exit::RUNTIME))?;
+        if has_errors(&outcome) {
+            code = exit::worst(code, exit::INPUT);
+        }
+        print(|out| match format {
+            ValidateFormat::Text => write_text_summary(out, path, &outcome),
+            ValidateFormat::Xml => out.write_all(report::render_xml(&outcome).as_bytes()),
+            ValidateFormat::Json => out.write_all(report::render_json(&outcome).as_bytes()),
+        })?;
     }
     Ok(code)
 }
@@ -483,16 +565,17 @@ fn write_text_summary(
         FeedStatus::Rejected => "REJECTED (nothing would be applied)".to_owned(),
         FeedStatus::Complete if outcome.messages_with_error == 0 => "ok".to_owned(),
         FeedStatus::Complete => format!(
-            "{} of {} messages with errors",
-            outcome.messages_with_error, outcome.messages_processed
+            "{} of {} with errors",
+            outcome.messages_with_error,
+            messages(outcome.messages_processed)
         ),
     };
     writeln!(
         out,
-        "{}: {verdict}; merchant {}, {} messages, {} valid, {} with errors, {} with warnings",
+        "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
         path.display(),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
-        outcome.messages_processed,
+        messages(outcome.messages_processed),
         outcome.messages_successful,
         outcome.messages_with_error,
         outcome.messages_with_warning
@@ -501,6 +584,15 @@ fn write_text_summary(
         writeln!(out, "  {problem}")?;
     }
     Ok(())
+}
+
+/// "1 message", "2 messages".
+fn messages(count: u64) -> String {
+    if count == 1 {
+        "1 message".to_owned()
+    } else {
+        format!("{count} messages")
+    }
 }
 
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
@@ -518,15 +610,18 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
-            println!(
-                "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
-                summary.lines,
-                file.display(),
-                summary.orders_created,
-                summary.orders_updated,
-                summary.items_created,
-                summary.items_updated
-            );
+            print(|out| {
+                writeln!(
+                    out,
+                    "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
+                    summary.lines,
+                    file.display(),
+                    summary.orders_created,
+                    summary.orders_updated,
+                    summary.items_created,
+                    summary.items_updated
+                )
+            })?;
             Ok(exit::OK)
         }
         Err(error @ crate::store::StoreError::Invalid { .. }) => {
@@ -570,17 +665,13 @@ fn show_order(
         );
         return Ok(exit::USAGE);
     }
-    let mut stdout = std::io::stdout().lock();
-    let written = if json {
-        serde_json::to_writer_pretty(&mut stdout, order)
-            .map_err(std::io::Error::other)
-            .and_then(|()| writeln!(stdout))
-    } else {
-        write_order_table(&mut stdout, order)
-    };
-    written
-        .context("writing to stdout")
-        .map_err(fail(exit::RUNTIME))?;
+    print(|out| {
+        if json {
+            write_json(out, order)
+        } else {
+            write_order_table(out, order)
+        }
+    })?;
     Ok(exit::OK)
 }
 
@@ -649,13 +740,16 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
 }
 
 fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
-    let mut store = open_store_read_only(config)?;
-    let feeds = store
-        .as_store()
-        .recent_feeds(limit)
-        .context("reading feeds")
-        .map_err(fail(exit::RUNTIME))?;
-    let mut stdout = std::io::stdout().lock();
+    let feeds = if is_not_created_yet(&config.store_url) {
+        Vec::new()
+    } else {
+        let mut store = open_store_read_only(config)?;
+        store
+            .as_store()
+            .recent_feeds(limit)
+            .context("reading feeds")
+            .map_err(fail(exit::RUNTIME))?
+    };
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
@@ -667,14 +761,16 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
             })
         })
         .collect();
-    let written = if json {
-        serde_json::to_writer_pretty(&mut stdout, &rows)
-            .map_err(std::io::Error::other)
-            .and_then(|()| writeln!(stdout))
-    } else {
+    print(|out| {
+        if json {
+            return write_json(out, &rows);
+        }
+        if feeds.is_empty() {
+            return writeln!(out, "no feeds");
+        }
         feeds.iter().zip(&rows).try_for_each(|(feed, row)| {
             writeln!(
-                stdout,
+                out,
                 "{:>6}  {}  {:<8} {:<10} {:>6} msgs {:>6} ok {:>6} err {:>6} warn  {}{}\n        {}",
                 feed.id,
                 feed.processed_at,
@@ -689,11 +785,24 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
                 row["xml_report"].as_str().unwrap_or_default(),
             )
         })
-    };
-    written
-        .context("writing to stdout")
-        .map_err(fail(exit::RUNTIME))?;
+    })?;
     Ok(exit::OK)
+}
+
+/// True for a SQLite store whose file does not exist yet: nothing was ever written to it
+/// (the first `orders import`, `process` or `run` creates it), so it holds no feeds. Any
+/// other trouble with the path (a file where a folder should be, say) is left to opening.
+fn is_not_created_yet(store_url: &str) -> bool {
+    store_url.strip_prefix("sqlite:").is_some_and(|path| {
+        std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// Pretty JSON and a newline. serde_json reports I/O errors as its own error type; the
+/// original `io::Error` is recovered so that a closed pipe is still recognised.
+fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
+    writeln!(out)
 }
 
 /// Where a feed's reports are: `outbox/<merchant>/` for feeds from a merchant folder, else
@@ -708,51 +817,123 @@ fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, P
     report::report_paths(outbox, None, &feed.file_name, feed.id)
 }
 
-fn print_config(config: &Config) {
+/// Renders the resolved configuration as a config file that loads back to the same
+/// values, so an operator can paste it: paths are absolute, every default is written out,
+/// enums are spelt as in the file, and keys without a value are commented-out examples.
+/// The one thing that does not round-trip is a store password, which is redacted.
+fn render_config(config: &Config) -> String {
     let daemon = &config.daemon;
     let inbox = &daemon.inbox;
-    println!(
-        "config file: {}",
-        config
-            .file
-            .as_ref()
-            .map_or("(none: built-in defaults)".to_owned(), |f| f
-                .display()
-                .to_string())
-    );
-    println!(
-        "[paths]\ninbox = {:?}\noutbox = {:?}\narchive = {:?}\nfailed = {:?}\nwork = {:?}",
-        inbox.inbox, inbox.outbox, inbox.archive, inbox.failed, inbox.work
-    );
-    println!("[store]\nurl = {:?}", config.redacted_store_url());
-    println!(
-        "[inbox]\nsettle_ms = {}\nignore = {:?}\ntruncated_grace_secs = {}\ndone_marker = {:?}\nallowed_merchants = {:?}\nwatch = {:?}\npoll_interval_ms = {}\nrescan_interval_secs = {}",
-        inbox.settle.as_millis(),
-        inbox.ignore,
-        inbox.truncated_grace.as_secs(),
-        inbox.done_marker,
-        inbox
-            .allowed_merchants
-            .as_ref()
-            .map(|l| l.iter().map(MerchantId::as_str).collect::<Vec<_>>()),
-        inbox.watch.as_str(),
-        inbox.poll_interval.as_millis(),
-        inbox.rescan_interval.as_secs()
-    );
     let limits = &config.limits;
-    println!(
-        "[limits]\nmax_file_bytes = {}\nmax_depth = {}\nmax_text_bytes = {}\nmax_messages = {}",
-        limits.max_file_bytes, limits.max_depth, limits.max_text_bytes, limits.max_messages
+    let quote = |text: &str| toml::Value::String(text.to_owned()).to_string();
+    let path = |path: &Path| quote(&path.display().to_string());
+    let strings = |items: &mut dyn Iterator<Item = &str>| {
+        toml::Value::Array(items.map(|s| toml::Value::String(s.to_owned())).collect()).to_string()
+    };
+    let optional = |key: &str, value: Option<String>, example: &str| match value {
+        Some(value) => format!("{key} = {value}"),
+        None => format!("# {key} = {example}"),
+    };
+    let source = config.file.as_ref().map_or_else(
+        || "built-in defaults".to_owned(),
+        |file| file.display().to_string(),
     );
-    println!(
-        "[rules]\nrestocking_fee_max_percent = {}\nduplicate_feeds = {:?}",
-        config.rules.restocking_fee_max_percent, config.duplicate_policy
-    );
-    println!(
-        "[daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = {}\n[http]\nlisten = {:?}\n[log]\nformat = {:?}",
-        daemon.shutdown_timeout.as_secs(),
-        daemon.max_backoff.as_secs(),
-        daemon.http_listen.map(|a| a.to_string()),
-        config.log_format
-    );
+    let store_url = config.redacted_store_url();
+    let redacted = if store_url == config.store_url {
+        ""
+    } else {
+        "  # password redacted"
+    };
+    let duplicate_feeds = match config.duplicate_policy {
+        DuplicatePolicy::Skip => "skip",
+        DuplicatePolicy::Process => "process",
+    };
+    let log_format = match config.log_format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    };
+    format!(
+        "# adjustd resolved configuration (from {source}, with ADJUSTD_* overrides)\n\
+         \n\
+         [paths]\n\
+         inbox = {inbox_path}\n\
+         outbox = {outbox}\n\
+         archive = {archive}\n\
+         failed = {failed}\n\
+         work = {work}\n\
+         \n\
+         [store]\n\
+         url = {url}{redacted}\n\
+         \n\
+         [inbox]\n\
+         settle_ms = {settle_ms}\n\
+         ignore = {ignore}\n\
+         truncated_grace_secs = {truncated_grace_secs}\n\
+         {done_marker}\n\
+         {allowed_merchants}\n\
+         watch = {watch}\n\
+         poll_interval_ms = {poll_interval_ms}\n\
+         rescan_interval_secs = {rescan_interval_secs}\n\
+         \n\
+         [limits]\n\
+         max_file_bytes = {max_file_bytes}\n\
+         max_depth = {max_depth}\n\
+         max_text_bytes = {max_text_bytes}\n\
+         max_messages = {max_messages}\n\
+         \n\
+         [rules]\n\
+         restocking_fee_max_percent = {restocking_fee_max_percent}\n\
+         duplicate_feeds = {duplicate_feeds}\n\
+         \n\
+         [daemon]\n\
+         shutdown_timeout_secs = {shutdown_timeout_secs}\n\
+         max_backoff_secs = {max_backoff_secs}\n\
+         \n\
+         [http]\n\
+         {listen}\n\
+         \n\
+         [log]\n\
+         format = {log_format}\n",
+        inbox_path = path(&inbox.inbox),
+        outbox = path(&inbox.outbox),
+        archive = path(&inbox.archive),
+        failed = path(&inbox.failed),
+        work = path(&inbox.work),
+        url = quote(&store_url),
+        settle_ms = inbox.settle.as_millis(),
+        ignore = strings(&mut inbox.ignore.iter().map(String::as_str)),
+        truncated_grace_secs = inbox.truncated_grace.as_secs(),
+        done_marker = optional(
+            "done_marker",
+            inbox.done_marker.as_deref().map(quote),
+            "\".done\"",
+        ),
+        allowed_merchants = optional(
+            "allowed_merchants",
+            inbox
+                .allowed_merchants
+                .as_ref()
+                .map(|list| strings(&mut list.iter().map(MerchantId::as_str))),
+            "[\"A1SELLER\"]",
+        ),
+        watch = quote(inbox.watch.as_str()),
+        poll_interval_ms = inbox.poll_interval.as_millis(),
+        rescan_interval_secs = inbox.rescan_interval.as_secs(),
+        max_file_bytes = limits.max_file_bytes,
+        max_depth = limits.max_depth,
+        max_text_bytes = limits.max_text_bytes,
+        max_messages = limits.max_messages,
+        restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
+        duplicate_feeds = quote(duplicate_feeds),
+        shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
+        max_backoff_secs = daemon.max_backoff.as_secs(),
+        listen = optional(
+            "listen",
+            daemon
+                .http_listen
+                .map(|address| quote(&address.to_string())),
+            "\"127.0.0.1:9187\"",
+        ),
+        log_format = quote(log_format),
+    )
 }

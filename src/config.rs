@@ -1,7 +1,8 @@
 //! Configuration: the TOML file (raw, every field optional, unknown keys rejected) plus
-//! `ADJUSTD_<SECTION>_<KEY>` environment overrides, resolved into one validated [`Config`]
-//! with absolute paths, `Duration`s and every default applied in one place. Nothing outside
-//! this module sees the raw form, so no command can have defaults of its own.
+//! `ADJUSTD_<SECTION>_<KEY>` environment overrides (each checked on its own, so an error
+//! names the variable), resolved into one validated [`Config`] with absolute paths,
+//! `Duration`s and every default applied in one place. Nothing outside this module sees the
+//! raw form, so no command can have defaults of its own.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,14 @@ pub enum ConfigError {
         /// The file.
         path: String,
         /// What toml said (names the key and line).
+        message: String,
+    },
+    /// An `ADJUSTD_*` environment variable is not a config key, or its value is wrong.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: String,
+        /// What is wrong and what is accepted.
         message: String,
     },
     /// A value is out of range or contradicts another.
@@ -213,16 +222,52 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log", "format"),
 ];
 
-/// Loads the configuration: `explicit` if given (it must exist), else `./adjustd.toml` if
-/// present, else built-in defaults under `./var`; then applies `ADJUSTD_*` overrides from
-/// `env`.
+/// `ADJUSTD_*` variables that are not config keys but are meant for adjustd or its tests:
+/// `ADJUSTD_CONFIG` (the `--config` flag), and the test suite's knobs, which the binary
+/// inherits when the tests run it. Any other `ADJUSTD_*` variable that is not a key is an
+/// error, so a misspelt override does not go unnoticed.
+const OTHER_VARIABLES: &[&str] = &["ADJUSTD_CONFIG"];
+
+/// Prefixes of the test suite's variables (see [`OTHER_VARIABLES`]).
+const OTHER_PREFIXES: &[&str] = &[
+    "ADJUSTD_REQUIRE_",
+    "ADJUSTD_TEST_",
+    "ADJUSTD_CRASH_",
+    "ADJUSTD_DIFF_",
+    "ADJUSTD_MULTI_",
+    "ADJUSTD_STORE_PERF_",
+];
+
+/// The process's `ADJUSTD_*` environment variables, as `(name, value)`.
 ///
 /// # Errors
-/// A missing explicit file, bad TOML, an unknown key, or an invalid value.
-pub fn load(
-    explicit: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+/// A value that is not UTF-8, naming the variable.
+pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| {
+            let name = name.into_string().ok()?;
+            name.starts_with("ADJUSTD_").then_some((name, value))
+        })
+        .map(|(name, value)| match value.into_string() {
+            Ok(value) => Ok((name, value)),
+            Err(_) => Err(ConfigError::Env {
+                var: name,
+                message: "the value is not UTF-8".to_owned(),
+            }),
+        })
+        .collect()
+}
+
+/// Loads the configuration: `explicit` if given (it must exist), else `./adjustd.toml` if
+/// present, else built-in defaults under `./var`; then applies the `ADJUSTD_*` overrides in
+/// `env` (`(name, value)` pairs, see [`environment`]). Relative paths from the file resolve
+/// against its folder; relative paths from the environment against the current directory,
+/// as a person typing a variable in a shell expects.
+///
+/// # Errors
+/// A missing explicit file, bad TOML, an unknown key or `ADJUSTD_*` variable, or an invalid
+/// value; each names the file or the variable it came from.
+pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
         path: PathBuf::from("."),
         source,
@@ -251,51 +296,117 @@ pub fn load(
         }
         None => (toml::Table::new(), cwd.clone()),
     };
-    let env_paths = apply_env(&mut table, env)?;
-    let source_name = file.as_ref().map_or_else(
-        || "(built-in defaults)".to_owned(),
-        |p| p.display().to_string(),
-    );
+    // The file alone first, so that its errors name the file and not a variable.
+    if let Some(path) = &file {
+        FileConfig::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+            ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+    }
+    let env_keys = apply_env(&mut table, env)?;
     let raw: FileConfig =
         FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            path: source_name,
+            path: file.as_ref().map_or_else(
+                || "(ADJUSTD_* variables)".to_owned(),
+                |p| format!("{} with ADJUSTD_* variables", p.display()),
+            ),
             message: e.to_string(),
         })?;
-    resolve(raw, file, &base, &cwd, &env_paths)
+    resolve(raw, file, &base, &cwd, &env_keys).map_err(|error| match error {
+        // A bad value that came from a variable: say which variable.
+        ConfigError::Invalid { key, message } => match env_keys
+            .iter()
+            .find(|(section, name)| key == format!("{section}.{name}"))
+        {
+            Some((section, name)) => ConfigError::Env {
+                var: env_var(section, name),
+                message: format!("{key}: {message}"),
+            },
+            None => ConfigError::Invalid { key, message },
+        },
+        other => other,
+    })
 }
 
-/// Overlays `ADJUSTD_<SECTION>_<KEY>` variables onto the table; returns the path keys that
-/// came from the environment (those resolve against the current directory).
+/// The variable that overrides `[section] key`.
+fn env_var(section: &str, key: &str) -> String {
+    format!("ADJUSTD_{}_{}", section.to_uppercase(), key.to_uppercase())
+}
+
+/// Overlays the `ADJUSTD_<SECTION>_<KEY>` variables of `env` onto the table, after checking
+/// each on its own so that an error names the variable; returns the keys that came from
+/// the environment (their relative paths resolve against the current directory).
 fn apply_env(
     table: &mut toml::Table,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Vec<&'static str>, ConfigError> {
-    let mut env_paths = Vec::new();
-    for (section, key) in KEYS {
-        let var = format!("ADJUSTD_{}_{}", section.to_uppercase(), key.to_uppercase());
-        let Some(text) = env(&var) else { continue };
+    env: &[(String, String)],
+) -> Result<Vec<(&'static str, &'static str)>, ConfigError> {
+    let mut env_keys = Vec::new();
+    for (var, text) in env {
+        if !var.starts_with("ADJUSTD_")
+            || OTHER_VARIABLES.contains(&var.as_str())
+            || OTHER_PREFIXES.iter().any(|prefix| var.starts_with(prefix))
+        {
+            continue;
+        }
+        let Some(&(section, key)) = KEYS.iter().find(|(s, k)| env_var(s, k) == *var) else {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!("not a configuration variable; {}", known_variables(var)),
+            });
+        };
         // Numbers, booleans and arrays are written as TOML values; anything else is a string.
         let value = format!("v = {text}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .filter(|v| !v.is_str() || text.starts_with('"'))
-            .unwrap_or(toml::Value::String(text));
+            .unwrap_or_else(|| toml::Value::String(text.clone()));
+        let mut alone = toml::Table::new();
+        alone.insert(
+            section.to_owned(),
+            toml::Value::Table(toml::Table::from_iter([(key.to_owned(), value.clone())])),
+        );
+        FileConfig::deserialize(toml::Value::Table(alone)).map_err(|e| ConfigError::Env {
+            var: var.clone(),
+            message: format!("{text:?} is not a valid {section}.{key}: {}", e.message()),
+        })?;
         let entry = table
-            .entry((*section).to_owned())
+            .entry(section.to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let toml::Value::Table(section_table) = entry else {
-            return Err(ConfigError::Invalid {
-                key: (*section).to_owned(),
-                message: "must be a table".to_owned(),
-            });
-        };
-        section_table.insert((*key).to_owned(), value);
-        if *section == "paths" {
-            env_paths.push(*key);
+        if let toml::Value::Table(section_table) = entry {
+            section_table.insert(key.to_owned(), value);
+        }
+        env_keys.push((section, key));
+    }
+    Ok(env_keys)
+}
+
+/// The variables of the section `var` seems to mean, or the sections when none matches.
+fn known_variables(var: &str) -> String {
+    let mut sections: Vec<&str> = KEYS.iter().map(|(section, _)| *section).collect();
+    sections.dedup();
+    let meant = sections
+        .iter()
+        .find(|section| var.starts_with(&format!("ADJUSTD_{}_", section.to_uppercase())));
+    match meant {
+        Some(section) => {
+            let vars: Vec<String> = KEYS
+                .iter()
+                .filter(|(s, _)| s == section)
+                .map(|(s, key)| env_var(s, key))
+                .collect();
+            format!("the [{section}] variables are {}", vars.join(", "))
+        }
+        None => {
+            let sections: Vec<String> = sections.iter().map(|s| s.to_uppercase()).collect();
+            format!(
+                "overrides are ADJUSTD_<SECTION>_<KEY> with SECTION one of {}",
+                sections.join(", ")
+            )
         }
     }
-    Ok(env_paths)
 }
 
 fn resolve(
@@ -303,14 +414,21 @@ fn resolve(
     file: Option<PathBuf>,
     base: &Path,
     cwd: &Path,
-    env_paths: &[&str],
+    env_keys: &[(&str, &str)],
 ) -> Result<Config, ConfigError> {
     let paths_file = raw.paths.unwrap_or_default();
     let var = base.join("var");
+    // Relative paths from the environment resolve against the current directory.
+    let base_of = |section: &str, key: &str| {
+        if env_keys.contains(&(section, key)) {
+            cwd
+        } else {
+            base
+        }
+    };
     let path = |key: &str, value: Option<PathBuf>, default: &str| -> PathBuf {
         match value {
-            Some(p) if env_paths.contains(&key) => absolute(cwd, &p),
-            Some(p) => absolute(base, &p),
+            Some(p) => absolute(base_of("paths", key), &p),
             None => var.join(default),
         }
     };
@@ -324,7 +442,10 @@ fn resolve(
 
     let store_url = match raw.store.and_then(|s| s.url) {
         Some(url) => match url.strip_prefix("sqlite:") {
-            Some(p) => format!("sqlite:{}", absolute(base, Path::new(p)).display()),
+            Some(p) => format!(
+                "sqlite:{}",
+                absolute(base_of("store", "url"), Path::new(p)).display()
+            ),
             None if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
             None => {
                 return Err(ConfigError::Invalid {
@@ -511,9 +632,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        load(Some(&path), &|name| {
-            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
-        })
+        load(Some(&path), &env)
     }
 
     #[test]
@@ -571,6 +690,62 @@ mod tests {
         .expect("valid");
         assert_eq!(config.daemon.inbox.settle, Duration::from_millis(250));
         assert_eq!(config.redacted_store_url(), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn relative_paths_from_the_environment_resolve_against_the_current_directory() {
+        let config = load_text(
+            "[store]\nurl = \"sqlite:file.db\"\n",
+            &[
+                ("ADJUSTD_STORE_URL", "sqlite:env.db"),
+                ("ADJUSTD_PATHS_OUTBOX", "out"),
+            ],
+        )
+        .expect("valid");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(
+            config.store_url,
+            format!("sqlite:{}", cwd.join("env.db").display())
+        );
+        assert_eq!(config.daemon.inbox.outbox, cwd.join("out"));
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable_not_the_file() {
+        for (var, value) in [
+            ("ADJUSTD_INBOX_SETTLE_MS", "fast"),
+            ("ADJUSTD_INBOX_WATCH", "inotify"),
+            ("ADJUSTD_RULES_RESTOCKING_FEE_MAX_PERCENT", "150"),
+            ("ADJUSTD_HTTP_LISTEN", "nowhere"),
+        ] {
+            let error = load_text("", &[(var, value)]).expect_err("bad value");
+            let text = error.to_string();
+            assert!(text.contains(var), "{text}");
+            assert!(!text.contains("config file"), "{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_named_and_the_others_allowed() {
+        let error = load_text("", &[("ADJUSTD_STORE_URI", "sqlite:x.db")]).expect_err("typo");
+        let text = error.to_string();
+        assert!(
+            text.contains("ADJUSTD_STORE_URI") && text.contains("ADJUSTD_STORE_URL"),
+            "{text}"
+        );
+        let error = load_text("", &[("ADJUSTD_PATH_INBOX", "in")]).expect_err("typo");
+        assert!(error.to_string().contains("ADJUSTD_PATH_INBOX"), "{error}");
+        load_text(
+            "",
+            &[
+                ("ADJUSTD_CONFIG", "elsewhere.toml"),
+                ("ADJUSTD_REQUIRE_POSTGRES", "1"),
+                ("ADJUSTD_TEST_PG_URL", "postgres://postgres@127.0.0.1/test"),
+                ("ADJUSTD_STORE_PERF_ADJUSTMENTS", "200000"),
+                ("OTHER_STORE_URI", "x"),
+            ],
+        )
+        .expect("not config keys, and documented");
     }
 
     #[test]

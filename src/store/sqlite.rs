@@ -99,20 +99,20 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Locked`] when another process (or another store in this process)
     /// holds the lock; [`StoreError::SchemaTooNew`] for a database written by a newer
-    /// adjustd; [`StoreError::Unavailable`] when the file or its folder cannot be opened.
+    /// adjustd; [`StoreError::Other`] when the file, its lock file or its folder can never
+    /// be opened as configured (see [`open_error`]); [`StoreError::Unavailable`] only for
+    /// the few causes that can pass (interrupted, timed out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Unavailable {
-                detail: format!("cannot create folder {}: {e}", parent.display()),
+            std::fs::create_dir_all(parent).map_err(|e| {
+                open_error(&format!("cannot create folder {}", parent.display()), &e)
             })?;
         }
         let lock = take_lock(path)?;
-        let mut conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
-            detail: format!("cannot open {}: {e}", path.display()),
-        })?;
-        configure(&conn)?;
+        let mut conn = Connection::open(path).map_err(|e| unopenable(path, db_error(e)))?;
+        configure(&conn).map_err(|e| unopenable(path, e))?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
         Ok(SqliteStore {
@@ -197,8 +197,11 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)
-        .map_err(|e| StoreError::Unavailable {
-            detail: format!("cannot open lock file {}: {e}", lock_path.display()),
+        .map_err(|e| {
+            open_error(
+                &format!("cannot open lock file {}", lock_path.display()),
+                &e,
+            )
         })?;
     match file.try_lock() {
         Ok(()) => {}
@@ -217,9 +220,10 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
             });
         }
         Err(std::fs::TryLockError::Error(e)) => {
-            return Err(StoreError::Unavailable {
-                detail: format!("cannot lock {}: {e}", lock_path.display()),
-            });
+            return Err(open_error(
+                &format!("cannot lock {}", lock_path.display()),
+                &e,
+            ));
         }
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -234,11 +238,60 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
         .and_then(|()| file.seek(SeekFrom::Start(0)))
         .and_then(|_| file.write_all(holder.as_bytes()))
         .and_then(|()| file.flush());
-    written.map_err(|e| StoreError::Unavailable {
-        detail: format!("cannot write lock file {}: {e}", lock_path.display()),
+    written.map_err(|e| {
+        open_error(
+            &format!("cannot write lock file {}", lock_path.display()),
+            &e,
+        )
     })?;
     Ok(file)
 }
+
+/// Classifies a failure to create or open the database's folder or lock file. The daemon
+/// retries transient errors at start for ever, so only causes that can pass by themselves
+/// are [`StoreError::Unavailable`]; a path that cannot work (a file where a folder should
+/// be, no permission, a read-only filesystem, a name the filesystem refuses, a folder that
+/// cannot be created there) is [`StoreError::Other`], naming the path and the fix.
+fn open_error(what: &str, error: &std::io::Error) -> StoreError {
+    use std::io::ErrorKind;
+    let hint = match error.kind() {
+        ErrorKind::Interrupted
+        | ErrorKind::WouldBlock
+        | ErrorKind::TimedOut
+        | ErrorKind::ResourceBusy
+        | ErrorKind::StaleNetworkFileHandle => {
+            return StoreError::Unavailable {
+                detail: format!("{what}: {error}"),
+            };
+        }
+        ErrorKind::NotADirectory | ErrorKind::AlreadyExists => {
+            "a part of the path is a file, not a folder"
+        }
+        ErrorKind::PermissionDenied => "adjustd may not write there",
+        ErrorKind::ReadOnlyFilesystem => "the filesystem is read-only",
+        ErrorKind::NotFound => "that folder cannot be created there",
+        _ => "the path cannot be used",
+    };
+    StoreError::Other {
+        detail: format!("{what}: {error}: {hint}; {STORE_PATH_FIX}"),
+    }
+}
+
+/// A driver error while opening and configuring the database: busy or locked stays a
+/// transient conflict, anything else (cannot open, read-only, permission denied) cannot
+/// pass by waiting, so it is not reported as [`StoreError::Unavailable`].
+fn unopenable(path: &Path, error: StoreError) -> StoreError {
+    match error {
+        StoreError::Unavailable { detail } => StoreError::Other {
+            detail: format!("cannot open {}: {detail}; {STORE_PATH_FIX}", path.display()),
+        },
+        other => other,
+    }
+}
+
+/// What to do about a store path that cannot be used.
+const STORE_PATH_FIX: &str =
+    "set [store] url (or ADJUSTD_STORE_URL) to sqlite:PATH in a folder adjustd can write";
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;

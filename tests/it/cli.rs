@@ -102,6 +102,36 @@ impl Sandbox {
     }
 }
 
+/// Runs `adjustd run` with this config file and waits at most `secs` for it to exit on its
+/// own; a daemon still running then is killed and reported as `None`.
+fn run_daemon_expecting_exit(config: &Path, secs: u64) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr piped"), &mut stderr)
+        .expect("read stderr");
+    (code, stderr)
+}
+
 /// SIGTERM, then the exit status.
 fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
     let sent = Command::new("kill")
@@ -160,6 +190,19 @@ fn help_lists_commands_and_exit_codes() {
         "64",
     ] {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
+    }
+}
+
+#[test]
+fn run_help_says_that_sqlite_has_one_writer() {
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .args(["run", "--help"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for needed in ["orders import", "stop the", "PostgreSQL"] {
+        assert!(help.contains(needed), "lacks {needed:?}:\n{help}");
     }
 }
 
@@ -397,11 +440,15 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
         &data("orders.txt"),
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("locked"),
-        "{}",
-        text(&out.stderr)
-    );
+    for needed in ["locked", "stop the daemon first", "PostgreSQL"] {
+        assert!(
+            text(&out.stderr).contains(needed),
+            "lacks {needed:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let (_, paths) = sandbox.process("refund-mixed.xml");
+    assert!(paths.is_empty(), "process is refused too: {paths:?}");
     let order = sandbox.order("111-0000001-0000001");
     assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
     let out = sandbox.run(&["feeds", "list"]);
@@ -414,4 +461,291 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
 
     let status = terminate(child);
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_store_path_that_cannot_work_stops_the_daemon_at_once_with_exit_1() {
+    let sandbox = Sandbox::new();
+    std::fs::write(sandbox.path("file.txt"), "x").expect("write file");
+    let under_a_file = sandbox.path("file.txt").join("a.db");
+    for store in [under_a_file.as_path(), Path::new("/proc/adjustd-test/a.db")] {
+        std::fs::write(
+            sandbox.path("adjustd.toml"),
+            format!(
+                "[store]\nurl = \"sqlite:{}\"\n[daemon]\nmax_backoff_secs = 1\n",
+                store.display()
+            ),
+        )
+        .expect("write config");
+        // Before the fix the daemon retried "cannot create folder" for ever.
+        let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 10);
+        assert_eq!(code, Some(1), "{store:?}: {stderr}");
+        assert!(!stderr.contains("retrying"), "{stderr}");
+        let folder = store.parent().expect("folder").display().to_string();
+        assert!(stderr.contains(&folder), "names the folder: {stderr}");
+        assert!(stderr.contains("[store] url"), "says the fix: {stderr}");
+    }
+}
+
+#[test]
+fn an_http_address_in_use_is_a_startup_error_naming_the_key() {
+    let sandbox = Sandbox::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let address = taken.local_addr().expect("address");
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        format!("[store]\nurl = \"sqlite:store.db\"\n[http]\nlisten = \"{address}\"\n"),
+    )
+    .expect("write config");
+    // Before the fix: exit 2, as if the daemon had failed while running.
+    let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 20);
+    assert_eq!(code, Some(1), "{stderr}");
+    for needed in [
+        address.to_string().as_str(),
+        "[http] listen",
+        "ADJUSTD_HTTP_LISTEN",
+    ] {
+        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    }
+    drop(taken);
+}
+
+#[test]
+fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
+    let sandbox = Sandbox::new();
+    let minimal = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    let everything = format!(
+        "{minimal}[inbox]\ndone_marker = \".done\"\nallowed_merchants = [\"M_TEST\", \"M \\\"2\\\"\"]\n\
+         watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\n\
+         [http]\nlisten = \"127.0.0.1:9187\"\n[log]\nformat = \"json\"\n"
+    );
+    for config in [minimal.as_str(), everything.as_str()] {
+        std::fs::write(sandbox.path("adjustd.toml"), config).expect("write config");
+        let out = sandbox.run(&["config", "check"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let printed = text(&out.stdout);
+        // Valid TOML (Debug output such as `None` or `Some(".done")` is not).
+        printed
+            .parse::<toml::Table>()
+            .unwrap_or_else(|e| panic!("not TOML: {e}\n{printed}"));
+        // Loaded back from another folder, it resolves to the same values.
+        let copy = sandbox.path("elsewhere/printed.toml");
+        std::fs::create_dir_all(copy.parent().expect("folder")).expect("folder");
+        std::fs::write(&copy, &printed).expect("write printed config");
+        let again = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(&copy)
+            .args(["config", "check"])
+            .output()
+            .expect("run");
+        assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+        let body = |s: &str| s.lines().skip(1).collect::<Vec<_>>().join("\n");
+        assert_eq!(body(&text(&again.stdout)), body(&printed));
+    }
+    let printed = text(&sandbox.run(&["config", "check"]).stdout);
+    for line in [
+        "done_marker = \".done\"",
+        "duplicate_feeds = \"process\"",
+        "format = \"json\"",
+        "listen = \"127.0.0.1:9187\"",
+        "watch = \"poll\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "lacks {line:?}:\n{printed}"
+        );
+    }
+}
+
+#[test]
+fn environment_overrides_resolve_against_the_current_directory_and_are_checked() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("sub")).expect("folder");
+    std::fs::write(
+        sandbox.path("sub/c.toml"),
+        "[paths]\ninbox = \"in\"\n[store]\nurl = \"sqlite:db/a.db\"\n",
+    )
+    .expect("write config");
+    let check = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(sandbox.path(""))
+            .args(["--config", "sub/c.toml", "config", "check"])
+            .envs(env.iter().copied())
+            .output()
+            .expect("run")
+    };
+    let out = check(&[
+        ("ADJUSTD_STORE_URL", "sqlite:env.db"),
+        ("ADJUSTD_PATHS_OUTBOX", "out"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let printed: toml::Table = text(&out.stdout).parse().expect("TOML");
+    let cwd = sandbox.path("").canonicalize().expect("cwd");
+    let resolved =
+        |section: &str, key: &str| printed[section][key].as_str().expect("string").to_owned();
+    // Both from the environment: both against the current directory.
+    assert_eq!(
+        resolved("store", "url"),
+        format!("sqlite:{}", cwd.join("env.db").display())
+    );
+    assert_eq!(
+        resolved("paths", "outbox"),
+        cwd.join("out").display().to_string()
+    );
+    // From the file: against the file's folder.
+    assert_eq!(
+        resolved("paths", "inbox"),
+        cwd.join("sub/in").display().to_string()
+    );
+
+    let out = check(&[("ADJUSTD_INBOX_SETTLE_MS", "fast")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("ADJUSTD_INBOX_SETTLE_MS"), "{stderr}");
+    assert!(!stderr.contains("c.toml"), "blames the file: {stderr}");
+
+    let out = check(&[("ADJUSTD_STORE_URI", "sqlite:typo.db")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("ADJUSTD_STORE_URI"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = check(&[
+        ("ADJUSTD_REQUIRE_XMLLINT", "1"),
+        ("ADJUSTD_CONFIG", "sub/c.toml"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_closed_stdout_pipe_ends_the_output_quietly() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let feed = sandbox.path("refund-ok.xml");
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let feed = feed.to_str().expect("utf-8 path");
+    for (args, expected) in [
+        (&["process", feed][..], 0),
+        (&["orders", "show", "111-0000001-0000001", "--json"], 0),
+        (&["orders", "show", "111-0000001-0000001"], 0),
+        (&["feeds", "list"], 0),
+        (&["feeds", "list", "--json"], 0),
+        (&["validate", &data("refund-mixed.xml")], 3),
+        (&["config", "check"], 0),
+    ] {
+        // A pipe whose reading end is closed before the command starts, as after
+        // `| head -1` has read its line: every write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(writer)
+            .output()
+            .expect("run adjustd");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?} complained: {stderr}");
+    }
+    // `process` went on and applied the feed although nobody read the report paths.
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
+}
+
+#[test]
+fn every_file_is_handled_and_the_worst_code_wins_whatever_the_order() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let missing = sandbox.path("missing.xml");
+    let missing = missing.to_str().expect("utf-8 path");
+    // validate goes on after an unreadable file.
+    for files in [
+        [missing, &data("refund-ok.xml")],
+        [&data("refund-ok.xml"), missing],
+    ] {
+        let out = sandbox.run(&["validate", files[0], files[1]]);
+        assert_eq!(out.status.code(), Some(2), "{files:?}");
+        assert!(
+            text(&out.stdout).contains("refund-ok.xml: ok"),
+            "{}",
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stderr).contains("missing.xml"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // 2 (a file could not be processed) outweighs 3 (input errors) in either order.
+    for files in [
+        [missing, &data("refund-mixed.xml")],
+        [&data("refund-mixed.xml"), missing],
+    ] {
+        let out = sandbox.run(&["validate", files[0], files[1]]);
+        assert_eq!(out.status.code(), Some(2), "validate {files:?}");
+        let out = sandbox.run(&["process", files[0], files[1]]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "process {files:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn feeds_list_on_a_fresh_store_is_an_empty_list() {
+    let sandbox = Sandbox::new();
+    let out = sandbox.run(&["feeds", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let feeds: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(feeds, serde_json::json!([]));
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+    // Listing created nothing.
+    assert!(!sandbox.path("store.db").exists());
+}
+
+#[test]
+fn help_and_summaries_read_well() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0));
+        text(&out.stdout)
+    };
+    let feeds = help(&["feeds", "list"]);
+    assert!(
+        feeds.contains("How many feeds to list") && feeds.contains("[default: 20]"),
+        "{feeds}"
+    );
+    let show = help(&["orders", "show"]);
+    assert!(
+        show.contains("table"),
+        "says what it prints without --json: {show}"
+    );
+
+    let sandbox = Sandbox::new();
+    let one = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/feeds/ok/cancellation_with_refund.xml"
+    );
+    let out = sandbox.run(&["validate", one]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(summary.contains(", 1 message,"), "{summary}");
+    let out = sandbox.run(&["validate", &data("refund-mixed.xml")]);
+    assert!(
+        text(&out.stdout).contains("1 of 5 messages with errors; merchant M_TEST, 5 messages,"),
+        "{}",
+        text(&out.stdout)
+    );
 }
