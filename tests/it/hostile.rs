@@ -328,7 +328,9 @@ fn cdata_end_in_text_and_non_characters_are_not_well_formed() {
         let feed = doc.replace("<AdjustmentReason>CustomerReturn", good);
         let (problem, _, _) = run_bytes(feed.as_bytes());
         assert!(
-            problem.as_ref().is_none_or(|p| p.code != Code::MalformedXml),
+            problem
+                .as_ref()
+                .is_none_or(|p| p.code != Code::MalformedXml),
             "{good}: {problem:?}"
         );
     }
