@@ -281,7 +281,8 @@ impl<'t> Iterator for Children<'t> {
 #[derive(Debug, Clone)]
 enum SourceFailure {
     FileTooLarge,
-    RunTooLong,
+    /// Where the run starts.
+    RunTooLong(Position),
     Utf16,
     InvalidUtf8(Position),
     NonAscii(Position),
@@ -519,7 +520,9 @@ impl SourceState {
             return Ok(());
         }
         if (self.usable - self.start) as u64 > self.max_run_bytes {
-            return Err(source_problem(&SourceFailure::RunTooLong, limits));
+            self.count_to(data, self.start);
+            let start = self.position();
+            return Err(source_problem(&SourceFailure::RunTooLong(start), limits));
         }
         self.count_to(data, self.start);
         if self.start > 0 {
@@ -1649,11 +1652,11 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             None,
             "(file)",
         ),
-        SourceFailure::RunTooLong => Limits::exceeded(
+        SourceFailure::RunTooLong(start) => Limits::exceeded(
             "a text node, attribute value or markup length in bytes",
             limits.max_text_bytes,
             "max_text_bytes",
-            None,
+            Some(*start),
             "(file)",
         ),
         SourceFailure::Utf16 => encoding(

@@ -185,6 +185,14 @@ fn a_200_mb_single_line_text_node_stops_at_the_text_limit() {
     assert_eq!(problem.code, Code::LimitExceeded, "{problem}");
     assert!(problem.description.contains("65536"), "{problem}");
     assert!(problem.fix.contains("max_text_bytes"), "{problem}");
+    // It names where the long run starts: just after <MessageID>.
+    let line = prefix.lines().count() as u32;
+    let column = prefix.lines().last().expect("line").chars().count() as u32 + 1;
+    assert_eq!(
+        problem.position.map(|p| (p.line, p.column)),
+        Some((line, column)),
+        "{problem}"
+    );
     // Only the limit plus slack and one buffer were pulled from the 200 MB.
     assert!(bytes_read < 200 * 1024, "read {bytes_read} bytes");
     assert!(started.elapsed() < Duration::from_secs(5));
