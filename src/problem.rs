@@ -98,6 +98,8 @@ codes! {
         "the feed's MerchantIdentifier may not be used from this inbox"),
     DuplicateFeed = (90007, "DUPLICATE_FEED", Warning, Feed,
         "the same bytes were already processed for this merchant; nothing applied again"),
+    ResultsOmitted = (90008, "RESULTS_OMITTED", Warning, Feed,
+        "the feed has more results than a report lists; the counts include every message"),
     // Message level, found without the store.
     SchemaInvalid = (5000, "SCHEMA_INVALID", Error, Message,
         "an element is missing, unexpected, out of order or has an invalid value"),

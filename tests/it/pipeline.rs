@@ -270,6 +270,45 @@ fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
 }
 
 #[test]
+fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
+    // Every message names an order that does not exist: one error each.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let messages = pipeline::MAX_RESULTS + 10;
+    let mut xml = String::from(FEED_HEAD);
+    for id in 1..=messages {
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>999-0000000-0000000</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">0.01</Amount></Component>\
+             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.path().join("all-bad.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    let outcome = &processed.outcome;
+    assert_eq!(outcome.messages_processed, messages as u64);
+    assert_eq!(outcome.messages_with_error, messages as u64);
+    assert_eq!(outcome.results.len(), pipeline::MAX_RESULTS + 1);
+    let last = outcome.results.last().expect("results");
+    assert_eq!(
+        (last.message_id.get(), last.code),
+        (0, Code::ResultsOmitted)
+    );
+    let first_omitted = pipeline::MAX_RESULTS + 1;
+    assert!(
+        last.description
+            .starts_with(&format!("10 more results, from message {first_omitted} on")),
+        "{last:?}"
+    );
+    let json = std::fs::read_to_string(&processed.json_report).expect("report");
+    assert!(json.contains("RESULTS_OMITTED"));
+}
+
+#[test]
 fn later_messages_see_earlier_ones_across_chunks() {
     // 5,000 one-cent refunds of a Principal charged 40.00: the first 4,000 apply, the rest
     // exceed what remains. The pipeline plans in chunks of 4,096 messages, so the cap is
