@@ -53,6 +53,8 @@ pub struct ItemState {
     pub quantity_shipped: u32,
     /// Units cancelled so far.
     pub quantity_cancelled: u32,
+    /// Units returned so far: the sum of the `Quantity` of the adjustments applied.
+    pub quantity_returned: u32,
     /// Totals per component; components never charged nor adjusted are absent (all zero).
     pub components: BTreeMap<Component, ComponentTotals>,
 }
@@ -1242,22 +1244,23 @@ fn evaluate_item(
             ),
         )));
     }
-    if let Some(quantity) = item.quantity
-        && quantity.get() > state.quantity_shipped
-    {
+    // Returned units (refund-rules I3: returned <= shipped), counted over every adjustment.
+    let quantity_returned = item.quantity.map_or(0, |q| q.get());
+    let returnable = state
+        .quantity_shipped
+        .saturating_sub(state.quantity_returned);
+    if quantity_returned > returnable {
         return Err(Box::new(facts.item_problem(
             Code::QuantityExceedsShipped,
             index,
             format!("{}/Quantity", facts.item_element(index)),
             item.position,
             format!(
-                "Quantity {} is more than the {} units shipped",
-                quantity.get(),
-                state.quantity_shipped
+                "Quantity {quantity_returned} is more than the {returnable} shipped units not returned yet (shipped {}, already returned {})",
+                state.quantity_shipped, state.quantity_returned
             ),
             format!(
-                "Give at most {} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}",
-                state.quantity_shipped
+                "Give at most {returnable} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}"
             ),
         )));
     }
@@ -1340,6 +1343,7 @@ fn evaluate_item(
     let state = &mut order.items[position];
     state.components.extend(totals_after);
     state.quantity_cancelled += quantity_cancelled;
+    state.quantity_returned += quantity_returned;
     Ok(NewAdjustment {
         message_id: message.message_id,
         amazon_order_id: order.amazon_order_id.clone(),
@@ -1555,6 +1559,7 @@ mod tests {
                 quantity_ordered: 2,
                 quantity_shipped: shipped,
                 quantity_cancelled: 0,
+                quantity_returned: 0,
                 components: charged
                     .iter()
                     .map(|(c, charged)| {

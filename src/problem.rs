@@ -149,7 +149,7 @@ codes! {
     CancelExceedsUnshipped = (90205, "CANCEL_EXCEEDS_UNSHIPPED", Error, Message,
         "QuantityCancelled is more than ordered - shipped - already cancelled"),
     QuantityExceedsShipped = (90206, "QUANTITY_EXCEEDS_SHIPPED", Error, Message,
-        "Quantity is more than the units shipped"),
+        "Quantity is more than the units shipped and not returned yet"),
     ComponentExceedsRemaining = (18016, "COMPONENT_EXCEEDS_REMAINING", Error, Message,
         "the refund for a component, or the item's net refund, is more than what remains refundable"),
     LinkedItemFailed = (90207, "LINKED_ITEM_FAILED", Error, Message,

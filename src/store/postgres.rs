@@ -40,14 +40,21 @@ use crate::store::{
 };
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init",
-    include_str!("migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init",
+        include_str!("migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_quantity_returned",
+        include_str!("migrations/postgres/0002_quantity_returned.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Key of the advisory lock taken while migrating ("adjustd" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
@@ -670,7 +677,8 @@ impl PgFeedTx<'_> {
         let mut amount_component: Vec<&str> = Vec::new();
         let mut amount_value: Vec<i64> = Vec::new();
         let mut deltas: BTreeMap<(i64, &str), (ComponentClass, i64)> = BTreeMap::new();
-        let mut cancellations: BTreeMap<i64, i64> = BTreeMap::new();
+        // Units cancelled and returned per item.
+        let mut units: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         let mut key_key: Vec<&str> = Vec::new();
         let mut key_hash: Vec<&str> = Vec::new();
         let mut key_message = Vec::new();
@@ -726,9 +734,11 @@ impl PgFeedTx<'_> {
                             .checked_add(*amount)
                             .ok_or_else(|| overflow("refunded"))?;
                     }
-                    if adjustment.quantity_cancelled > 0 {
-                        let total = cancellations.entry(item_id).or_insert(0);
-                        *total += i64::from(adjustment.quantity_cancelled);
+                    let returned = adjustment.quantity.unwrap_or(0);
+                    if adjustment.quantity_cancelled > 0 || returned > 0 {
+                        let total = units.entry(item_id).or_insert((0, 0));
+                        total.0 += i64::from(adjustment.quantity_cancelled);
+                        total.1 += i64::from(returned);
                     }
                     if let Some(key) = &adjustment.key {
                         key_key.push(key.as_str());
@@ -840,13 +850,16 @@ impl PgFeedTx<'_> {
                 }
             }
         }
-        if !cancellations.is_empty() {
-            let item: Vec<i64> = cancellations.keys().copied().collect();
-            let count: Vec<i64> = cancellations.values().copied().collect();
+        if !units.is_empty() {
+            let item: Vec<i64> = units.keys().copied().collect();
+            let cancelled: Vec<i64> = units.values().map(|(c, _)| *c).collect();
+            let returned: Vec<i64> = units.values().map(|(_, r)| *r).collect();
             self.execute(
-                "UPDATE order_items SET quantity_cancelled = quantity_cancelled + u.n \
-                 FROM UNNEST($1::bigint[], $2::bigint[]) AS u(id, n) WHERE order_items.id = u.id",
-                &[&item, &count],
+                "UPDATE order_items SET quantity_cancelled = quantity_cancelled + u.c, \
+                 quantity_returned = quantity_returned + u.r \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS u(id, c, r) \
+                 WHERE order_items.id = u.id",
+                &[&item, &cancelled, &returned],
             )?;
         }
         if !key_key.is_empty() {
@@ -1016,7 +1029,7 @@ impl FeedTx for PgFeedTx<'_> {
             let order_ids: Vec<i64> = orders.iter().map(|(id, _)| *id).collect();
             let item_rows = self.query(
                 "SELECT id, order_id, amazon_order_item_code, merchant_order_item_id, \
-                 quantity_ordered, quantity_shipped, quantity_cancelled \
+                 quantity_ordered, quantity_shipped, quantity_cancelled, quantity_returned \
                  FROM order_items WHERE order_id = ANY($1) ORDER BY order_id, position FOR UPDATE",
                 &[&order_ids],
             )?;
@@ -1034,6 +1047,7 @@ impl FeedTx for PgFeedTx<'_> {
                     quantity_ordered: from_db_u32(self.get(row, 4)?, "quantity_ordered")?,
                     quantity_shipped: from_db_u32(self.get(row, 5)?, "quantity_shipped")?,
                     quantity_cancelled: from_db_u32(self.get(row, 6)?, "quantity_cancelled")?,
+                    quantity_returned: from_db_u32(self.get(row, 7)?, "quantity_returned")?,
                     components: BTreeMap::new(),
                 };
                 items.push((self.get(row, 0)?, self.get(row, 1)?, state));

@@ -50,6 +50,7 @@ use crate::store::{
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_initial.sql"),
     include_str!("migrations/sqlite/0002_load_indexes.sql"),
+    include_str!("migrations/sqlite/0003_quantity_returned.sql"),
 ];
 
 /// The newest schema version this build knows.
@@ -1074,11 +1075,12 @@ impl Default for Overlay {
     }
 }
 
-/// What a feed wrote to one item: units cancelled and the net amount per component added
+/// What a feed wrote to one item: units cancelled and returned, and the net amount per component added
 /// to the running totals (a component without a row before gets one, charged 0).
 struct ItemDelta {
     item_id: i64,
     cancelled: u32,
+    returned: u32,
     refunded: Vec<(Component, i64)>,
 }
 
@@ -1109,6 +1111,7 @@ impl Overlay {
                 items.push(ItemDelta {
                     item_id,
                     cancelled: 0,
+                    returned: 0,
                     refunded: Vec::new(),
                 });
                 items.len() - 1
@@ -1116,6 +1119,7 @@ impl Overlay {
         };
         let item = &mut items[at];
         item.cancelled += adjustment.quantity_cancelled;
+        item.returned += adjustment.quantity.unwrap_or(0);
         for (component, amount) in &adjustment.amounts {
             match item.refunded.iter_mut().find(|(c, _)| c == component) {
                 Some((_, total)) => *total += amount,
@@ -1136,6 +1140,7 @@ impl Overlay {
             };
             let item = &mut order.state.items[at];
             item.quantity_cancelled += delta.cancelled;
+            item.quantity_returned += delta.returned;
             for (component, amount) in &delta.refunded {
                 item.components
                     .entry(*component)
@@ -1293,7 +1298,8 @@ struct Pending<'c> {
     /// New (item, component) rows with their refunded amount.
     inserts: Vec<((i64, Component), i64)>,
     slots: HashMap<(i64, Component), Slot, IdBuild>,
-    cancels: Vec<(i64, u32)>,
+    /// Units cancelled and returned per adjusted item.
+    units: Vec<(i64, u32, u32)>,
     keys: Vec<KeyRow<'c>>,
 }
 
@@ -1411,7 +1417,7 @@ fn load_orders(
             "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
              o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
              i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
-             c.component, c.charged, c.refunded \
+             c.component, c.charged, c.refunded, i.quantity_returned \
              FROM orders o {hint} LEFT JOIN order_items i ON i.order_id = o.id \
              LEFT JOIN item_components c ON c.item_id = i.id \
              WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
@@ -1473,6 +1479,7 @@ fn load_orders(
                         quantity_ordered: r.get(8).map_err(db_error)?,
                         quantity_shipped: r.get(9).map_err(db_error)?,
                         quantity_cancelled: r.get(10).map_err(db_error)?,
+                        quantity_returned: r.get(15).map_err(db_error)?,
                         components: BTreeMap::new(),
                     };
                     let order = &mut orders[oi];
@@ -1757,10 +1764,11 @@ impl SqliteFeedTx<'_> {
                 }
             }
         }
-        if adjustment.quantity_cancelled > 0 {
+        let returned = adjustment.quantity.unwrap_or(0);
+        if adjustment.quantity_cancelled > 0 || returned > 0 {
             pending
-                .cancels
-                .push((item_id, adjustment.quantity_cancelled));
+                .units
+                .push((item_id, adjustment.quantity_cancelled, returned));
         }
         if let Some(key) = &adjustment.key {
             pending.keys.push(KeyRow {
@@ -1848,16 +1856,17 @@ impl SqliteFeedTx<'_> {
                 out.bind(*delta)
             },
         )?;
-        if !pending.cancels.is_empty() {
+        if !pending.units.is_empty() {
             let mut stmt = self
                 .tx
                 .prepare_cached(
-                    "UPDATE order_items SET quantity_cancelled = quantity_cancelled + ?2 \
-                     WHERE id = ?1",
+                    "UPDATE order_items SET quantity_cancelled = quantity_cancelled + ?2, \
+                     quantity_returned = quantity_returned + ?3 WHERE id = ?1",
                 )
                 .map_err(db_error)?;
-            for (item, n) in &pending.cancels {
-                stmt.execute(params![item, n]).map_err(db_error)?;
+            for (item, cancelled, returned) in &pending.units {
+                stmt.execute(params![item, cancelled, returned])
+                    .map_err(db_error)?;
             }
         }
         self.written_keys
@@ -2227,6 +2236,7 @@ mod tests {
                     quantity_ordered: 3,
                     quantity_shipped: 0,
                     quantity_cancelled: 0,
+                    quantity_returned: 0,
                     components: BTreeMap::from([(
                         principal,
                         ComponentTotals {

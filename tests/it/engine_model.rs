@@ -104,6 +104,7 @@ pub(crate) struct ModelAdjustment {
     item: OrderItemCode,
     amounts: Vec<(Component, i64)>,
     quantity_cancelled: u32,
+    quantity_returned: u32,
 }
 
 /// Orders as imported (only a re-import changes them: every total is recomputed from
@@ -409,10 +410,16 @@ impl Model {
                 {
                     return Err(Code::CancelExceedsUnshipped);
                 }
-                if item
-                    .quantity
-                    .is_some_and(|q| q.get() > state.quantity_shipped)
-                {
+                // Every applied Quantity counts as returned units (I3: returned <= shipped).
+                let qr = item.quantity.map_or(0, Quantity::get);
+                let returned: u32 = self
+                    .accepted
+                    .iter()
+                    .chain(&pending)
+                    .filter(|a| a.order == order.amazon_order_id && a.item == state.code)
+                    .map(|a| a.quantity_returned)
+                    .sum();
+                if qr > state.quantity_shipped.saturating_sub(returned) {
                     return Err(Code::QuantityExceedsShipped);
                 }
                 for (c, m) in &amounts {
@@ -454,6 +461,7 @@ impl Model {
                     item: state.code.clone(),
                     amounts,
                     quantity_cancelled: qc,
+                    quantity_returned: qr,
                 })
             })();
             match code {
@@ -522,6 +530,7 @@ pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
                 quantity_ordered: ordered,
                 quantity_shipped: shipped,
                 quantity_cancelled: cancelled,
+                quantity_returned: 0,
                 components,
             });
         }

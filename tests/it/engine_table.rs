@@ -101,6 +101,11 @@ impl MiniStore {
                         totals.refunded = totals.refunded.checked_add(*minor).expect("no overflow");
                     }
                     item.quantity_cancelled += adjustment.quantity_cancelled;
+                    item.quantity_returned += adjustment.quantity.unwrap_or(0);
+                    assert!(
+                        item.quantity_returned <= item.quantity_shipped,
+                        "I3: more returned than shipped"
+                    );
                     if let Some(key) = &adjustment.key {
                         let previous = self.keys.insert(
                             key.clone(),
@@ -393,6 +398,7 @@ fn run_table(path: &Path) -> usize {
                         quantity_ordered: 1,
                         quantity_shipped: 0,
                         quantity_cancelled: 0,
+                        quantity_returned: 0,
                         components: BTreeMap::new(),
                     });
                 }

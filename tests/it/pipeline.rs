@@ -467,6 +467,44 @@ fn an_order_named_by_merchant_order_id_sees_what_earlier_chunks_wrote() {
 }
 
 #[test]
+fn units_returned_in_an_earlier_chunk_count_for_a_later_one() {
+    // As the cancellation test below, for Quantity (returned units): item 10000000000003
+    // has 3 shipped; messages 1 and 3 return 2 each, so message 3 finds only 1 returnable,
+    // though its order was read ahead before the feed wrote anything.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    context.chunk_messages = 1;
+    let mut xml = String::from(FEED_HEAD);
+    for (id, quantity) in [(1, Some(2)), (2, None), (3, Some(2))] {
+        let quantity = quantity.map_or(String::new(), |q| format!("<Quantity>{q}</Quantity>"));
+        let _ = writeln!(
+            xml,
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000002-0000002</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000003</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">1.00</Amount></Component>\
+             </ItemPriceAdjustments>{quantity}</AdjustedItem></OrderAdjustment></Message>"
+        );
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    let feed = dir.path().join("returns.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [(3, Code::QuantityExceedsShipped)],
+        "{:?}",
+        processed.outcome.results
+    );
+    assert!(
+        processed.outcome.results[0]
+            .description
+            .contains("already returned 2"),
+        "{:?}",
+        processed.outcome.results[0]
+    );
+}
+
+#[test]
 fn a_cancellation_in_an_earlier_chunk_counts_for_a_later_one() {
     // Chunks of one message: message 3's order is read ahead, before the feed, while
     // message 2 is written, and must be brought up to date with what messages 1 and 2 wrote.

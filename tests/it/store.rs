@@ -765,6 +765,20 @@ pub mod conformance {
                 "cancel above ordered",
                 adjustment(1, "114-1122334-5566778", "45678901234568", &[], None, 4),
             ),
+            ("return above shipped", {
+                let mut change = adjustment(
+                    1,
+                    "171-1234567-1234567",
+                    "12345678901234",
+                    &[(principal(), 100)],
+                    None,
+                    0,
+                );
+                if let Change::Adjust(adjustment) = &mut change {
+                    adjustment.quantity = Some(5);
+                }
+                change
+            }),
             (
                 "item of another order",
                 adjustment(
@@ -1289,9 +1303,15 @@ fn sqlite_upgrades_a_version_1_database_in_place() {
              INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel)
                  VALUES (1, 'A1SELLER', '171-1234567-1234567', 'USD', 'MFN');
              INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
-                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 0);
-             INSERT INTO item_components (item_id, component, class, charged)
-                 VALUES (1, 'Principal', 'charge', 1000);",
+                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 2);
+             INSERT INTO item_components (item_id, component, class, charged, refunded)
+                 VALUES (1, 'Principal', 'charge', 1000, 300);
+             INSERT INTO feeds (id, merchant, file_name, content_hash, status, received_at)
+                 VALUES (1, 'A1SELLER', 'old.xml', 'h', 'Complete', 'then');
+             INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, quantity_cancelled,
+                 quantity, payload_hash, net, created_at)
+                 VALUES (1, 1, 1, 1, 'CustomerReturn', 0, 1, 'p1', 100, 'then'),
+                        (2, 1, 2, 1, 'CustomerReturn', 0, 2, 'p2', 200, 'then');",
         )
         .expect("version 1 data");
     }
@@ -1312,12 +1332,23 @@ fn sqlite_upgrades_a_version_1_database_in_place() {
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
     assert_eq!(version, adjustd::store::sqlite::SCHEMA_VERSION);
+    // Version 3 counts the units returned: the older build let two adjustments return 1 + 2
+    // of 2 shipped units, so the count stops at what was shipped.
+    let returned: i64 = conn
+        .query_row(
+            "SELECT quantity_returned FROM order_items WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("returned");
+    assert_eq!(returned, 2);
     let plan: Vec<String> = conn
         .prepare(
             "EXPLAIN QUERY PLAN SELECT o.id, o.amazon_order_id, o.merchant_order_id, \
              o.currency, o.fulfillment_channel, i.id, i.amazon_order_item_code, \
              i.merchant_order_item_id, i.quantity_ordered, i.quantity_shipped, \
-             i.quantity_cancelled, i.position, c.component, c.charged, c.refunded \
+             i.quantity_cancelled, i.position, c.component, c.charged, c.refunded, \
+             i.quantity_returned \
              FROM orders o INDEXED BY orders_load LEFT JOIN order_items i ON i.order_id = o.id \
              LEFT JOIN item_components c ON c.item_id = i.id \
              WHERE o.merchant = 'A1SELLER' AND o.amazon_order_id IN ('171-1234567-1234567')",

@@ -294,13 +294,20 @@ fn migrations_create_the_schema_once_and_refuse_a_newer_one() {
         handle.join().expect("thread").expect("concurrent connect");
     }
     let mut store = PgStore::connect(&db.url).expect("reconnect");
-    assert_eq!(store.schema_version().expect("version"), 1);
+    assert_eq!(
+        store.schema_version().expect("version"),
+        adjustd::store::postgres::SCHEMA_VERSION
+    );
     let mut client = db.client();
     let count: i64 = client
         .query_one("SELECT count(*) FROM schema_version", &[])
         .expect("count")
         .get(0);
-    assert_eq!(count, 1, "migration 1 recorded exactly once");
+    assert_eq!(
+        count,
+        adjustd::store::postgres::SCHEMA_VERSION,
+        "each migration recorded exactly once"
+    );
     client
         .execute(
             "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 'x')",
@@ -309,10 +316,56 @@ fn migrations_create_the_schema_once_and_refuse_a_newer_one() {
         .expect("insert future version");
     match PgStore::connect(&db.url) {
         Err(StoreError::SchemaTooNew { found, supported }) => {
-            assert_eq!((found, supported), (99, 1));
+            assert_eq!(
+                (found, supported),
+                (99, adjustd::store::postgres::SCHEMA_VERSION)
+            );
         }
         other => panic!("expected SchemaTooNew, got {other:?}"),
     }
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_in_place() {
+    // The schema and data as version 1 left them; the next connect runs migration 2, which
+    // counts the units returned (at most what was shipped).
+    let db = pg_or_skip!();
+    let mut client = db.client();
+    client
+        .batch_execute(include_str!(
+            "../../src/store/migrations/postgres/0001_init.sql"
+        ))
+        .expect("version 1 schema");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at TEXT NOT NULL);
+             INSERT INTO schema_version VALUES (1, '0001_init', 'then');
+             INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel)
+                 VALUES (1, 'M1', '111-1111111-1111111', 'USD', 'MFN');
+             INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
+                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 3, 2);
+             INSERT INTO feeds (id, merchant, file_name, content_hash, status, received_at)
+                 VALUES (1, 'M1', 'old.xml', 'h', 'Complete', 'then');
+             INSERT INTO adjustments (id, feed_id, message_id, item_id, reason,
+                 quantity_cancelled, quantity, payload_hash, net, created_at)
+                 VALUES (1, 1, 1, 1, 'CustomerReturn', 0, 1, 'p1', 100, 'then'),
+                        (2, 1, 2, 1, 'CustomerReturn', 0, 2, 'p2', 200, 'then');",
+        )
+        .expect("version 1 data");
+    let mut store = PgStore::connect(&db.url).expect("connect upgrades");
+    assert_eq!(
+        store.schema_version().expect("version"),
+        adjustd::store::postgres::SCHEMA_VERSION
+    );
+    let returned: i64 = client
+        .query_one(
+            "SELECT quantity_returned FROM order_items WHERE id = 1",
+            &[],
+        )
+        .expect("returned")
+        .get(0);
+    assert_eq!(returned, 2, "1 + 2 returned of 2 shipped stops at 2");
 }
 
 #[test]
