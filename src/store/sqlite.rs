@@ -101,8 +101,9 @@ impl SqliteStore {
     /// [`StoreError::Locked`] when another process (or another store in this process)
     /// holds the lock; [`StoreError::SchemaTooNew`] for a database written by a newer
     /// adjustd; [`StoreError::Other`] when the file, its lock file or its folder can never
-    /// be opened as configured (see [`open_error`]); [`StoreError::Unavailable`] only for
-    /// the few causes that can pass (interrupted, timed out, busy).
+    /// be opened as configured (not a folder, no permission, a read-only file system, ...);
+    /// [`StoreError::Unavailable`] only for the few causes that can pass (interrupted, timed
+    /// out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
