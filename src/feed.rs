@@ -918,9 +918,14 @@ impl<R: BufRead> FeedReader<R> {
             root,
             Some(source.position()),
             format!(
-                "{what} (after {} bytes, {} element(s) still open): the upload did not complete",
+                "{what} (after {} bytes, {} {} still open): the upload did not complete",
                 source.consumed(),
-                self.depth
+                self.depth,
+                if self.depth == 1 {
+                    "element"
+                } else {
+                    "elements"
+                }
             ),
             "upload the complete file; write it under a temporary name and rename it when done",
         )
