@@ -183,15 +183,20 @@ fn with_duplicate_feeds_processed_the_idempotency_keys_still_prevent_a_second_re
     assert_eq!(orders[0].adjustments.len(), 1);
 }
 
-/// A one-message refund of `amount` (spelled as given) on the first item of order 1, with
-/// no MerchantAdjustmentItemID.
-fn keyless_message(id: u32, amount: &str) -> String {
+/// Message `id`: a refund of Principal `amount` (spelled as given) on item 10000000000001
+/// of `order`, without a MerchantAdjustmentItemID, on one line.
+fn principal_refund(id: usize, order: &str, amount: &str) -> String {
     format!(
-        "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+        "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>{order}</AmazonOrderID>\
          <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
          <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component>\
          </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>\n"
     )
+}
+
+/// [`principal_refund`] on order 111-0000001-0000001.
+fn keyless_message(id: usize, amount: &str) -> String {
+    principal_refund(id, "111-0000001-0000001", amount)
 }
 
 #[test]
@@ -277,13 +282,7 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     let messages = pipeline::MAX_RESULTS + 10;
     let mut xml = String::from(FEED_HEAD);
     for id in 1..=messages {
-        let _ = writeln!(
-            xml,
-            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>999-0000000-0000000</AmazonOrderID>\
-             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
-             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">0.01</Amount></Component>\
-             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
-        );
+        xml.push_str(&principal_refund(id, "999-0000000-0000000", "0.01"));
     }
     xml.push_str("</AmazonEnvelope>\n");
     let feed = dir.path().join("all-bad.xml");
@@ -317,13 +316,7 @@ fn later_messages_see_earlier_ones_across_chunks() {
     let mut context = context(dir.path());
     let mut xml = String::from(FEED_HEAD);
     for id in 1..=5000 {
-        let _ = writeln!(
-            xml,
-            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
-             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
-             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">0.01</Amount></Component>\
-             </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
-        );
+        xml.push_str(&keyless_message(id, "0.01"));
     }
     xml.push_str("</AmazonEnvelope>\n");
     let feed = dir.path().join("many.xml");
