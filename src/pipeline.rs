@@ -171,7 +171,8 @@ fn attempt_once(
     let header = match validator.header() {
         Ok(header) => header,
         Err(problem) => {
-            let outcome = reject(store, source, content_hash, None, problem)?;
+            let merchant = validator.merchant().cloned();
+            let outcome = reject(store, source, content_hash, merchant, problem)?;
             return write(context, source, outcome, false);
         }
     };

@@ -139,6 +139,12 @@ impl<R: BufRead> Validator<R> {
         }
     }
 
+    /// The MerchantIdentifier once the Header was read, also when the envelope failed after
+    /// it (a wrong MessageType, say), so that rejection can name the merchant.
+    pub fn merchant(&self) -> Option<&MerchantId> {
+        self.header.as_ref().map(|header| &header.merchant)
+    }
+
     /// The next message, or `None` after the envelope closed and the rest of the file was
     /// checked.
     ///
@@ -308,7 +314,13 @@ impl<R: BufRead> Validator<R> {
             }
             last_rank = Some(rank);
             match rank {
-                0 => header = Some(check_header(element)?),
+                0 => {
+                    let parsed = check_header(element)?;
+                    // Kept at once, so a rejection later in the envelope still names the
+                    // merchant (see `merchant`).
+                    self.header = Some(parsed.clone());
+                    header = Some(parsed);
+                }
                 1 => {
                     check_message_type(element)?;
                     message_type_seen = true;

@@ -200,6 +200,23 @@ fn keyless_message(id: usize, amount: &str) -> String {
 }
 
 #[test]
+fn a_feed_rejected_after_its_header_names_its_merchant() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = dir.path().join("inventory.xml");
+    let head = FEED_HEAD.replace(">OrderAdjustment<", ">Inventory<");
+    std::fs::write(
+        &feed,
+        format!("{head}{}</AmazonEnvelope>\n", keyless_message(1, "1.00")),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(processed.outcome.status, FeedStatus::Rejected);
+    assert_eq!(codes(&processed.outcome), [(0, Code::WrongMessageType)]);
+    assert_eq!(processed.outcome.merchant, Some(merchant()));
+}
+
+#[test]
 fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
     // refund-rules c3.2: an item without MerchantAdjustmentItemID is keyed by the feed's
     // canonical content, its MessageID and its position.
