@@ -1003,6 +1003,16 @@ mod tests {
         )
     }
 
+    /// The listed entry as a ready file (it must be a regular file).
+    fn ready_file(listed: &Listed) -> ReadyFile {
+        let EntryKind::File(signature) = listed.kind else {
+            panic!("not a file");
+        };
+        ReadyFile {
+            name: listed.name.clone(),
+            signature,
+        }
+    }
     #[test]
     fn content_gate_tells_complete_from_incomplete() {
         let complete = br#"<?xml version="1.0" encoding="UTF-8"?>
@@ -1123,13 +1133,7 @@ mod tests {
         let long = format!("{}.xml", "n".repeat(251));
         fs::write(config.inbox.join(&long), b"<a/>").expect("write");
         let listing = list(&config).expect("list");
-        let EntryKind::File(signature) = listing[0].kind else {
-            panic!("not a file");
-        };
-        let ready = ReadyFile {
-            name: listing[0].name.clone(),
-            signature,
-        };
+        let ready = ready_file(&listing[0]);
         let tokens = ClaimTokens::new();
         let mut syncs = Syncs::new();
         let ClaimResult::Claimed(claimed) =
@@ -1146,13 +1150,7 @@ mod tests {
         // Given back after a claim: under its full name again.
         fs::write(config.inbox.join(&long), b"<a/>").expect("write");
         let listing = list(&config).expect("list");
-        let EntryKind::File(signature) = listing[0].kind else {
-            panic!("not a file");
-        };
-        let ready = ReadyFile {
-            name: listing[0].name.clone(),
-            signature,
-        };
+        let ready = ready_file(&listing[0]);
         let ClaimResult::Claimed(claimed) =
             claim(&config, &ready, &tokens, &mut syncs).expect("claim")
         else {
@@ -1226,13 +1224,7 @@ mod tests {
             .iter()
             .find(|listed| listed.name.merchant.is_some())
             .expect("merchant file");
-        let EntryKind::File(signature) = merchant_file.kind else {
-            panic!("not a file");
-        };
-        let ready = ReadyFile {
-            name: merchant_file.name.clone(),
-            signature,
-        };
+        let ready = ready_file(merchant_file);
         let ClaimResult::Claimed(claimed) =
             claim(&config, &ready, &tokens, &mut syncs).expect("claim")
         else {
@@ -1304,13 +1296,7 @@ mod tests {
                 .iter()
                 .find(|l| l.name.name == OsStr::new(name))
                 .expect("listed");
-            let EntryKind::File(signature) = listed.kind else {
-                panic!("not a file");
-            };
-            let ready = ReadyFile {
-                name: listed.name.clone(),
-                signature,
-            };
+            let ready = ready_file(listed);
             match claim(&config, &ready, &tokens, &mut syncs).expect("claim") {
                 ClaimResult::Claimed(claim) => claim,
                 other => panic!("not claimed: {other:?}"),
