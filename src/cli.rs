@@ -883,6 +883,8 @@ fn render_config(config: &Config) -> String {
          \n\
          [rules]\n\
          restocking_fee_max_percent = {restocking_fee_max_percent}\n\
+         restocking_fee_review_percent = {restocking_fee_review_percent}\n\
+         concession_review_percent = {concession_review_percent}\n\
          duplicate_feeds = {duplicate_feeds}\n\
          \n\
          [daemon]\n\
@@ -924,6 +926,8 @@ fn render_config(config: &Config) -> String {
         max_text_bytes = limits.max_text_bytes,
         max_messages = limits.max_messages,
         restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
+        restocking_fee_review_percent = config.rules.restocking_fee_review_percent,
+        concession_review_percent = config.rules.concession_review_percent,
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),

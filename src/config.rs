@@ -165,6 +165,8 @@ struct LimitsFile {
 #[serde(deny_unknown_fields)]
 struct RulesFile {
     restocking_fee_max_percent: Option<u32>,
+    restocking_fee_review_percent: Option<u32>,
+    concession_review_percent: Option<u32>,
     duplicate_feeds: Option<DuplicateFeeds>,
 }
 
@@ -215,6 +217,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("limits", "max_text_bytes"),
     ("limits", "max_messages"),
     ("rules", "restocking_fee_max_percent"),
+    ("rules", "restocking_fee_review_percent"),
+    ("rules", "concession_review_percent"),
     ("rules", "duplicate_feeds"),
     ("daemon", "shutdown_timeout_secs"),
     ("daemon", "max_backoff_secs"),
@@ -531,13 +535,31 @@ fn resolve(
     }
 
     let rules_file = raw.rules.unwrap_or_default();
-    let restocking_fee_max_percent = rules_file.restocking_fee_max_percent.unwrap_or(50);
-    if restocking_fee_max_percent > 100 {
-        return Err(ConfigError::Invalid {
-            key: "rules.restocking_fee_max_percent".to_owned(),
-            message: format!("{restocking_fee_max_percent} is above 100"),
-        });
-    }
+    let rule_defaults = Rules::default();
+    let percent = |key: &str, value: Option<u32>, default: u32| match value {
+        Some(value) if value > 100 => Err(ConfigError::Invalid {
+            key: format!("rules.{key}"),
+            message: format!("{value} is above 100"),
+        }),
+        value => Ok(value.unwrap_or(default)),
+    };
+    let rules = Rules {
+        restocking_fee_max_percent: percent(
+            "restocking_fee_max_percent",
+            rules_file.restocking_fee_max_percent,
+            rule_defaults.restocking_fee_max_percent,
+        )?,
+        restocking_fee_review_percent: percent(
+            "restocking_fee_review_percent",
+            rules_file.restocking_fee_review_percent,
+            rule_defaults.restocking_fee_review_percent,
+        )?,
+        concession_review_percent: percent(
+            "concession_review_percent",
+            rules_file.concession_review_percent,
+            rule_defaults.concession_review_percent,
+        )?,
+    };
     let duplicate_policy = match rules_file.duplicate_feeds {
         None | Some(DuplicateFeeds::Skip) => DuplicatePolicy::Skip,
         Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
@@ -568,9 +590,7 @@ fn resolve(
         store_url,
         daemon,
         limits,
-        rules: Rules {
-            restocking_fee_max_percent,
-        },
+        rules,
         duplicate_policy,
         log_format: raw.log.and_then(|l| l.format).unwrap_or(LogFormat::Text),
     })
@@ -649,7 +669,10 @@ mod tests {
             format!("sqlite:{}", base.join("var/adjustd.db").display())
         );
         assert_eq!(config.daemon.inbox.settle, Duration::from_secs(1));
+        assert_eq!(config.rules, Rules::default());
         assert_eq!(config.rules.restocking_fee_max_percent, 50);
+        assert_eq!(config.rules.restocking_fee_review_percent, 20);
+        assert_eq!(config.rules.concession_review_percent, 50);
         assert_eq!(config.duplicate_policy, DuplicatePolicy::Skip);
         assert!(config.daemon.http_listen.is_none());
     }
@@ -756,6 +779,14 @@ mod tests {
             error
                 .to_string()
                 .contains("rules.restocking_fee_max_percent"),
+            "{error}"
+        );
+        let error =
+            load_text("[rules]\nconcession_review_percent = 101\n", &[]).expect_err("range");
+        assert!(
+            error
+                .to_string()
+                .contains("rules.concession_review_percent"),
             "{error}"
         );
         let error = load_text("[store]\nurl = \"mysql://x\"\n", &[]).expect_err("scheme");

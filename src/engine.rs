@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::model::{
     ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
     ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
-    OrderItemCode, OrderRef, Position, SellerId, format_minor,
+    OrderItemCode, OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
 use crate::problem::{Code, Problem};
 
@@ -21,12 +21,22 @@ pub struct Rules {
     /// Restocking fees (RestockingFee + RestockingFeeTax) of one adjusted item may be at
     /// most this percentage of the Principal refunded in the same item. Default 50.
     pub restocking_fee_max_percent: u32,
+    /// Restocking fees of at least this percentage of the Principal refunded in the same
+    /// item apply with a `RESTOCKING_FEE_REVIEW` warning (Amazon asks for evidence from
+    /// 20 %). Default 20; 0 turns the warning off.
+    pub restocking_fee_review_percent: u32,
+    /// Concessions (Goodwill, Other, FreeReplacementReturnShipping) of one item that add
+    /// up to more than this percentage of what the buyer paid for it apply with a
+    /// `CONCESSION_LIMIT` warning. Default 50; 0 turns the warning off.
+    pub concession_review_percent: u32,
 }
 
 impl Default for Rules {
     fn default() -> Rules {
         Rules {
             restocking_fee_max_percent: 50,
+            restocking_fee_review_percent: 20,
+            concession_review_percent: 50,
         }
     }
 }
@@ -320,12 +330,9 @@ pub fn plan(
     messages: &[AdjustmentMessage],
     rules: &Rules,
 ) -> Plan {
-    // The only knob today is the restocking-fee share, which `validate` enforces because it
-    // needs no store. The parameter stays so policy knobs that do need the store fit here.
-    let _ = rules;
     let mut plan = Plan::default();
     for message in messages {
-        let outcome = plan_message(snapshot, merchant, message, &mut plan.changes);
+        let outcome = plan_message(snapshot, merchant, message, rules, &mut plan.changes);
         plan.outcomes.push(outcome);
     }
     plan
@@ -667,6 +674,7 @@ fn plan_message(
     snapshot: &mut Snapshot,
     merchant: &MerchantId,
     message: &AdjustmentMessage,
+    rules: &Rules,
     changes: &mut Vec<Change>,
 ) -> MessageOutcome {
     let facts = Facts::of(snapshot, message);
@@ -678,6 +686,7 @@ fn plan_message(
     }
     match evaluate(snapshot, merchant, &facts) {
         Ok((order, mut adjustments)) => {
+            let warnings = review_warnings(&facts, &order, &adjustments, rules);
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
@@ -704,7 +713,7 @@ fn plan_message(
             MessageOutcome {
                 message_id: message.message_id,
                 applied: true,
-                problems: Vec::new(),
+                problems: warnings,
             }
         }
         Err(rejection) => {
@@ -1357,6 +1366,144 @@ fn evaluate_item(
         // Filled in by `plan_message`, which hashed every item once already.
         payload_hash: String::new(),
     })
+}
+
+/// Review warnings of a message that applies (refund-rules §c4 step 15, §c5, §c8): the
+/// adjustments stand as sent, and each warning names what a person should look at.
+/// `after` is the order with the message applied; `facts.order` is the order before it.
+fn review_warnings(
+    facts: &Facts<'_>,
+    after: &OrderState,
+    adjustments: &[NewAdjustment],
+    rules: &Rules,
+) -> Vec<Problem> {
+    let Some(before) = facts.order else {
+        return Vec::new();
+    };
+    let currency = after.currency;
+    let money = |minor: i128| {
+        i64::try_from(minor).map_or_else(
+            |_| format!("{minor} minor units of {currency}"),
+            |minor| format!("{} {currency}", format_minor(minor, currency)),
+        )
+    };
+    let mut warnings = Vec::new();
+    // All items applied, so adjustment `index` is adjusted item `index`, and its amounts
+    // are that item's amounts in document order.
+    for (index, adjustment) in adjustments.iter().enumerate() {
+        let Some(position) = find_item(before, &ItemRef::Amazon(adjustment.item_code.clone()))
+        else {
+            continue;
+        };
+        let (was, now) = (&before.items[position], &after.items[position]);
+        let item = &facts.message.items[index];
+        let warn = |code: Code, amount_index: usize, description: String, fix: String| {
+            facts.item_problem(
+                code,
+                index,
+                facts.amount_element(index, amount_index),
+                item.amounts
+                    .get(amount_index)
+                    .map_or(item.position, |a| a.position),
+                description,
+                fix,
+            )
+        };
+        let sum = |keep: &dyn Fn(Component) -> bool| -> i128 {
+            adjustment
+                .amounts
+                .iter()
+                .filter(|(component, _)| keep(*component))
+                .map(|(_, minor)| i128::from(*minor))
+                .sum()
+        };
+
+        // Restocking fees the validator allowed, but at or above the review share.
+        let is_fee = |c: Component| matches!(c, Component::Price(p) if p.is_restocking_fee());
+        let fees = -sum(&is_fee);
+        let principal = sum(&|c| c == Component::Price(PriceComponent::Principal));
+        let review = i128::from(rules.restocking_fee_review_percent);
+        if review > 0 && fees > 0 && fees * 100 >= review * principal {
+            let first_fee = adjustment
+                .amounts
+                .iter()
+                .position(|(c, _)| is_fee(*c))
+                .unwrap_or_default();
+            warnings.push(warn(
+                Code::RestockingFeeReview,
+                first_fee,
+                format!(
+                    "restocking fees of {} are {}% of the Principal refunded in this item ({}), at or above the review share of {review}%; the adjustment was applied",
+                    money(fees),
+                    fees * 100 / principal.max(1),
+                    money(principal)
+                ),
+                "Keep evidence of the returned item's condition (Amazon asks for it from 20%); if the fee was not justified, reverse it with a positive RestockingFee under a new MerchantAdjustmentItemID.".to_owned(),
+            ));
+        }
+
+        // An amount that is exactly one unit's charge while Quantity names several units:
+        // amounts are totals for the units adjusted, so this looks like a unit price.
+        let units = adjustment.quantity.unwrap_or(0);
+        if units > 1 && was.quantity_ordered > 1 {
+            let per_unit = adjustment.amounts.iter().position(|(component, minor)| {
+                let charged = was.components.get(component).map_or(0, |t| t.charged);
+                component.class() == ComponentClass::Charge
+                    && *minor > 0
+                    && charged > 0
+                    && i128::from(*minor) * i128::from(was.quantity_ordered) == i128::from(charged)
+            });
+            if let Some(amount_index) = per_unit {
+                let (component, minor) = adjustment.amounts[amount_index];
+                let charged = was.components.get(&component).map_or(0, |t| t.charged);
+                warnings.push(warn(
+                    Code::QuantityLooksPerUnit,
+                    amount_index,
+                    format!(
+                        "Quantity is {units} but the {component} amount {} is exactly one unit's charge ({} for {} units ordered); amounts are totals for all units adjusted, not unit prices; the adjustment was applied as written",
+                        money(i128::from(minor)),
+                        money(i128::from(charged)),
+                        was.quantity_ordered
+                    ),
+                    format!(
+                        "If {units} units' worth was meant, refund the difference in a further message under a new MerchantAdjustmentItemID; if one unit's price was meant, nothing to do."
+                    ),
+                ));
+            }
+        }
+
+        // Concessions (beyond what was charged) that add up to a large share of the price.
+        let is_concession = |c: Component| c.class() == ComponentClass::Concession;
+        let review = i128::from(rules.concession_review_percent);
+        if review > 0 && sum(&is_concession) > 0 {
+            let total: i128 = now
+                .components
+                .iter()
+                .filter(|(component, _)| is_concession(**component))
+                .map(|(_, totals)| i128::from(totals.refunded))
+                .sum();
+            let balance = ItemBalance::of(was);
+            let paid = balance.charged - balance.discounts;
+            if total * 100 > review * paid {
+                let first = adjustment
+                    .amounts
+                    .iter()
+                    .position(|(c, minor)| is_concession(*c) && *minor > 0)
+                    .unwrap_or_default();
+                warnings.push(warn(
+                    Code::ConcessionLimit,
+                    first,
+                    format!(
+                        "concessions on this item (Goodwill, Other, FreeReplacementReturnShipping) now add up to {}, more than {review}% of the {} the buyer paid for it; the adjustment was applied",
+                        money(total),
+                        money(paid)
+                    ),
+                    "Check that the concession was meant (Seller Central caps goodwill refunds); the review share is rules.concession_review_percent.".to_owned(),
+                ));
+            }
+        }
+    }
+    warnings
 }
 
 /// What the buyer paid for an item and how much of it came back so far, in minor units

@@ -154,6 +154,13 @@ codes! {
         "the refund for a component, or the item's net refund, is more than what remains refundable"),
     LinkedItemFailed = (90207, "LINKED_ITEM_FAILED", Error, Message,
         "another adjusted item of the same message failed, so this one was not applied either"),
+    // Message level, policy: the message applies; a person should review it.
+    RestockingFeeReview = (90302, "RESTOCKING_FEE_REVIEW", Warning, Message,
+        "the restocking fee is at or above the review share of the Principal refunded (default 20 %)"),
+    ConcessionLimit = (90303, "CONCESSION_LIMIT", Warning, Message,
+        "concessions (Goodwill, Other, ...) on an item add up to more than the review share of its price"),
+    QuantityLooksPerUnit = (90304, "QUANTITY_LOOKS_PER_UNIT", Warning, Message,
+        "Quantity is more than 1 but an amount is exactly one unit's charge: amounts are totals, not unit prices"),
 }
 
 impl fmt::Display for Code {

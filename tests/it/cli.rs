@@ -275,7 +275,10 @@ fn process_applies_a_feed_and_orders_show_prints_the_documented_shape() {
     assert_eq!(report["status"], "Complete");
     assert_eq!(report["summary"]["messages_processed"], 2);
     assert_eq!(report["summary"]["messages_successful"], 2);
-    assert!(codes(&report).is_empty(), "{report}");
+    // Message 1 (order 111-0000002-0000002) has a restocking fee of 20 % of its Principal:
+    // applied, flagged.
+    assert_eq!(codes(&report), vec![(1, 90302)], "{report}");
+    assert_eq!(report["summary"]["messages_with_warning"], 1);
 
     let order = sandbox.order("111-0000001-0000001");
     let keys: Vec<&str> = order
@@ -310,6 +313,29 @@ fn process_applies_a_feed_and_orders_show_prints_the_documented_shape() {
     let item = &returned["items"][0];
     assert_eq!(item["refunded"]["Principal"], "10.00");
     assert_eq!(item["refunded"]["RestockingFee"], "-2.00");
+}
+
+#[test]
+fn review_shares_come_from_the_config_and_zero_turns_the_warning_off() {
+    let sandbox = Sandbox::new();
+    let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    for (rules, expected) in [
+        ("restocking_fee_review_percent = 0\n", vec![]),
+        ("restocking_fee_review_percent = 21\n", vec![]),
+        ("restocking_fee_review_percent = 15\n", vec![(1, 90302)]),
+    ] {
+        std::fs::write(
+            sandbox.path("adjustd.toml"),
+            format!("{config}[rules]\n{rules}duplicate_feeds = \"process\"\n"),
+        )
+        .expect("write config");
+        let _ = std::fs::remove_file(sandbox.path("store.db"));
+        sandbox.import_orders();
+        let (out, paths) = sandbox.process("refund-ok.xml");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let report = json_report(&paths);
+        assert_eq!(codes(&report), expected, "{rules}: {report}");
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use adjustd::engine::{Change, OrderState};
+use adjustd::engine::{Change, OrderState, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
     Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
@@ -138,6 +138,9 @@ pub(crate) const GENERATED_CODES: &[Code] = &[
     Code::QuantityExceedsShipped,
     Code::ComponentExceedsRemaining,
     Code::LinkedItemFailed,
+    Code::RestockingFeeReview,
+    Code::ConcessionLimit,
+    Code::QuantityLooksPerUnit,
 ];
 
 pub(crate) const STATE_CODES: &[Code] = &[
@@ -287,7 +290,7 @@ impl Model {
 
         let codes = self.evaluate(message);
         match codes {
-            Ok(adjustments) => {
+            Ok((adjustments, warnings)) => {
                 for (item, c) in message.items.iter().zip(&contents) {
                     if let Some(key) = &item.key {
                         self.keys.insert(
@@ -303,7 +306,7 @@ impl Model {
                 self.accepted.extend(adjustments);
                 Expected {
                     applied: true,
-                    codes: Vec::new(),
+                    codes: warnings,
                 }
             }
             Err(codes) => {
@@ -335,7 +338,10 @@ impl Model {
     }
 
     /// The rules after idempotency: the accepted adjustments, or the problem codes.
-    fn evaluate(&self, message: &AdjustmentMessage) -> Result<Vec<ModelAdjustment>, Vec<Code>> {
+    fn evaluate(
+        &self,
+        message: &AdjustmentMessage,
+    ) -> Result<(Vec<ModelAdjustment>, Vec<Code>), Vec<Code>> {
         let Some(order) = self.find_order(&message.order) else {
             return Err(vec![Code::OrderNotFound]);
         };
@@ -478,7 +484,79 @@ impl Model {
                 .map(|c| c.unwrap_or(Code::LinkedItemFailed))
                 .collect());
         }
-        Ok(pending)
+        let warnings = self.review_warnings(order, &pending);
+        Ok((pending, warnings))
+    }
+
+    /// The review warnings of a message that applies, item by item: restocking fee at or
+    /// above the review share, an amount that is one unit's charge while Quantity > 1,
+    /// concessions above the review share of what the buyer paid.
+    fn review_warnings(&self, order: &OrderState, pending: &[ModelAdjustment]) -> Vec<Code> {
+        let rules = Rules::default();
+        let mut warnings = Vec::new();
+        for adjustment in pending {
+            let state = order
+                .items
+                .iter()
+                .find(|s| s.code == adjustment.item)
+                .expect("applied item exists");
+            let total = |keep: &dyn Fn(Component) -> bool, amounts: &[(Component, i64)]| -> i64 {
+                amounts
+                    .iter()
+                    .filter(|(c, _)| keep(*c))
+                    .map(|(_, m)| m)
+                    .sum()
+            };
+            let fee = |c: Component| {
+                c == Component::Price(PriceComponent::RestockingFee)
+                    || c == Component::Price(PriceComponent::RestockingFeeTax)
+            };
+            let fees = -total(&fee, &adjustment.amounts);
+            let principal = total(
+                &|c| c == Component::Price(PriceComponent::Principal),
+                &adjustment.amounts,
+            );
+            if fees > 0 && fees * 100 >= i64::from(rules.restocking_fee_review_percent) * principal
+            {
+                warnings.push(Code::RestockingFeeReview);
+            }
+            let ordered = i64::from(state.quantity_ordered);
+            if adjustment.quantity_returned > 1
+                && ordered > 1
+                && adjustment.amounts.iter().any(|(c, m)| {
+                    let charged = state.components.get(c).map_or(0, |t| t.charged);
+                    c.class() == ComponentClass::Charge
+                        && *m > 0
+                        && charged > 0
+                        && m * ordered == charged
+                })
+            {
+                warnings.push(Code::QuantityLooksPerUnit);
+            }
+            let concession = |c: Component| c.class() == ComponentClass::Concession;
+            if total(&concession, &adjustment.amounts) > 0 {
+                let given: i64 = self
+                    .accepted
+                    .iter()
+                    .chain(pending)
+                    .filter(|a| a.order == order.amazon_order_id && a.item == state.code)
+                    .map(|a| total(&concession, &a.amounts))
+                    .sum();
+                let paid: i64 = state
+                    .components
+                    .iter()
+                    .map(|(c, t)| match c.class() {
+                        ComponentClass::Charge => t.charged,
+                        ComponentClass::Promotion => -t.charged,
+                        ComponentClass::Fee | ComponentClass::Concession => 0,
+                    })
+                    .sum();
+                if given * 100 > i64::from(rules.concession_review_percent) * paid {
+                    warnings.push(Code::ConcessionLimit);
+                }
+            }
+        }
+        warnings
     }
 }
 
@@ -602,13 +680,16 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
             ])
         };
         let mut amounts: Vec<(Component, i64)> = Vec::new();
+        let mut quantity = rng
+            .chance(10)
+            .then(|| u32::try_from(rng.range(1, 3)).expect("small"));
         let pure_cancel = cancels && rng.chance(40);
         if !pure_cancel {
             let menu: &[(Component, i64, i64)] = &[
                 (Component::Price(PriceComponent::Principal), 0, 1500),
                 (Component::Price(PriceComponent::Shipping), 0, 600),
                 (Component::Price(PriceComponent::Tax), 0, 300),
-                (Component::Price(PriceComponent::Goodwill), 0, 500),
+                (Component::Price(PriceComponent::Goodwill), 0, 1200),
                 (Component::Price(PriceComponent::ReturnShipping), -300, 300),
                 (Component::Promotion(PromotionComponent::Principal), -300, 0),
             ];
@@ -632,6 +713,33 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
                     _ => minor(rng, *low, *high),
                 };
                 amounts.push((*component, amount));
+            }
+            // Now and then several units returned with a Principal of exactly one unit's
+            // charge (the per-unit mistake the engine flags for review).
+            if state.quantity_shipped >= 2 && rng.chance(15) {
+                let units = rng.range(2, i64::from(state.quantity_shipped));
+                quantity = Some(u32::try_from(units).expect("small"));
+                let principal = Component::Price(PriceComponent::Principal);
+                let charged = state.components.get(&principal).map_or(0, |t| t.charged);
+                let ordered = i64::from(state.quantity_ordered);
+                if charged > 0 && charged % ordered == 0 {
+                    match amounts.iter_mut().find(|(c, _)| *c == principal) {
+                        Some((_, m)) => *m = charged / ordered,
+                        None => amounts.push((principal, charged / ordered)),
+                    }
+                }
+            }
+            // Now and then a restocking fee of 10-50 % of the Principal refunded (what the
+            // validator allows), so fees at and above the review share both occur.
+            let principal = amounts
+                .iter()
+                .find(|(c, _)| *c == Component::Price(PriceComponent::Principal))
+                .map_or(0, |(_, m)| *m);
+            if principal > 0 && rng.chance(25) {
+                let fee = principal * rng.range(10, 50) / 100;
+                if fee > 0 {
+                    amounts.push((Component::Price(PriceComponent::RestockingFee), -fee));
+                }
             }
             let net: i64 = amounts.iter().map(|(_, m)| m).sum();
             if net <= 0 {
@@ -682,9 +790,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
             quantity_cancelled: cancels.then(|| {
                 Quantity::new(u32::try_from(rng.range(1, 3)).expect("small")).expect("positive")
             }),
-            quantity: rng.chance(10).then(|| {
-                Quantity::new(u32::try_from(rng.range(1, 3)).expect("small")).expect("positive")
-            }),
+            quantity: quantity.map(|q| Quantity::new(q).expect("positive")),
             position,
         });
     }
