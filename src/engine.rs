@@ -312,8 +312,11 @@ pub struct Plan {
 ///    the same payload hash from that one message) gets the stored outcome back (a
 ///    `DuplicateAdjustment` warning, or the pinned rejection) and changes nothing; any
 ///    other use of a known key is an `IdempotencyConflict`;
-/// 2. lookup: `OrderNotFound`, `ItemNotInOrder`, `OrderNotAdjustable` (AFN);
-/// 3. currency: `CurrencyMismatch` against the order, `AmountPrecision` in its minor unit;
+/// 2. lookup: `OrderNotFound`; then, for a message without a `currency` attribute,
+///    `AmountPrecision` in the order currency's minor unit (a content rule, so it comes
+///    before everything else about the order); `ItemNotInOrder`, `OrderNotAdjustable`
+///    (AFN, fully cancelled);
+/// 3. currency: `CurrencyMismatch` against the order;
 /// 4. `PositiveChargeComponent`: a fee reversal larger than the fees charged so far;
 /// 5. quantities: `CancelExceedsUnshipped`, `QuantityExceedsShipped`;
 /// 6. caps: `ComponentExceedsRemaining` (and, defensively, `NegativeRefundComponent` when
@@ -972,6 +975,19 @@ fn evaluate(
         )));
     };
 
+    // Precision is a content rule (refund-rules c4 step 3) that comes before the lookup;
+    // without a `currency` attribute it needs the order's currency, so it is checked here,
+    // for every item, before anything about the order's items or state can fail.
+    if message.currency.is_none() {
+        let failures: Vec<Option<Problem>> = (0..n_items)
+            .map(|index| precision_problem(facts, index, order.currency))
+            .collect();
+        if failures.iter().any(Option::is_some) {
+            let failed: Vec<usize> = (0..n_items).filter(|i| failures[*i].is_some()).collect();
+            return Err(linked_rejection(facts, failures, &failed));
+        }
+    }
+
     let positions: Vec<Option<usize>> = message
         .items
         .iter()
@@ -1147,21 +1163,12 @@ fn evaluate_item(
     for (amount_index, amount) in item.amounts.iter().enumerate() {
         match amount.amount.to_minor(currency) {
             Some(minor) => amounts.push((amount.component, minor)),
-            None if amount.amount.fraction_digits() > currency.exponent() => {
-                return Err(Box::new(facts.item_problem(
-                    Code::AmountPrecision,
-                    index,
-                    facts.amount_element(index, amount_index),
-                    amount.position,
-                    precision_description(amount.component.name(), amount.amount, currency),
-                    format!(
-                        "Write the {} amount with at most {} fraction digits.",
-                        amount.component,
-                        currency.exponent()
-                    ),
-                )));
-            }
             None => {
+                // `evaluate` (or the validator) reports precision first; what is left here
+                // is an amount too large for minor units.
+                if let Some(problem) = precision_problem(facts, index, currency) {
+                    return Err(Box::new(problem));
+                }
                 return Err(Box::new(facts.item_problem(
                     Code::AmountFormat,
                     index,
@@ -1540,6 +1547,27 @@ impl ItemBalance {
     fn remaining(&self) -> i128 {
         self.charged - self.discounts - self.refunded
     }
+}
+
+/// `AmountPrecision` for the first amount of adjusted item `index` with non-zero digits
+/// beyond the minor unit of `currency`.
+fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Option<Problem> {
+    let item = facts.message.items.get(index)?;
+    let (amount_index, amount) = item.amounts.iter().enumerate().find(|(_, a)| {
+        a.amount.to_minor(currency).is_none() && a.amount.fraction_digits() > currency.exponent()
+    })?;
+    Some(facts.item_problem(
+        Code::AmountPrecision,
+        index,
+        facts.amount_element(index, amount_index),
+        amount.position,
+        precision_description(amount.component.name(), amount.amount, currency),
+        format!(
+            "Write the {} amount with at most {} fraction digits.",
+            amount.component,
+            currency.exponent()
+        ),
+    ))
 }
 
 fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {

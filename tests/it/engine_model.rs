@@ -345,6 +345,27 @@ impl Model {
         let Some(order) = self.find_order(&message.order) else {
             return Err(vec![Code::OrderNotFound]);
         };
+        let scale = Decimal::from(10_i64.pow(order.currency.exponent()));
+        let too_precise = |item: &AdjustedItem| {
+            item.amounts
+                .iter()
+                .any(|a| !(a.amount.value() * scale).fract().is_zero())
+        };
+        // Precision (a content rule) comes before the lookup; without a currency attribute
+        // it is checked against the order's currency.
+        if message.currency.is_none() && message.items.iter().any(too_precise) {
+            return Err(message
+                .items
+                .iter()
+                .map(|i| {
+                    if too_precise(i) {
+                        Code::AmountPrecision
+                    } else {
+                        Code::LinkedItemFailed
+                    }
+                })
+                .collect());
+        }
         let items: Vec<Option<usize>> = message
             .items
             .iter()
@@ -380,7 +401,6 @@ impl Model {
         if message.currency.is_some_and(|c| c != order.currency) {
             return Err(vec![Code::CurrencyMismatch]);
         }
-        let scale = Decimal::from(10_i64.pow(order.currency.exponent()));
         let mut pending: Vec<ModelAdjustment> = Vec::new();
         let mut codes = Vec::new();
         for (item, index) in message.items.iter().zip(items.into_iter().flatten()) {
