@@ -749,3 +749,78 @@ fn help_and_summaries_read_well() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn validate_xml_takes_one_file_and_json_prints_one_report_per_line() {
+    let sandbox = Sandbox::new();
+    // One file: one XML document.
+    let out = sandbox.run(&["validate", "--format", "xml", &data("refund-mixed.xml")]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let xml = text(&out.stdout);
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert_eq!(xml.matches("<AmazonEnvelope").count(), 1, "{xml}");
+    assert!(xml.trim_end().ends_with("</AmazonEnvelope>"), "{xml}");
+
+    // Several files with --format xml would be documents back to back, which no XML tool
+    // reads: a usage error before any file is read, that says what to do instead.
+    let out = sandbox.run(&[
+        "validate",
+        "--format",
+        "xml",
+        &data("refund-ok.xml"),
+        &data("refund-mixed.xml"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        stderr.contains("one FILE (got 2)") && stderr.contains("--format json"),
+        "{stderr}"
+    );
+    let help = sandbox.run(&["validate", "--help"]);
+    let help = text(&help.stdout);
+    assert!(
+        help.contains("JSON Lines") && help.contains("usage error, exit 64"),
+        "{help}"
+    );
+
+    // --format json: JSON Lines, one report per file in the order given; a file that
+    // cannot be read leaves no line (it is named on stderr) and the stream stays valid.
+    let missing = sandbox.path("missing.xml");
+    let out = sandbox.run(&[
+        "validate",
+        "--format",
+        "json",
+        &data("refund-ok.xml"),
+        missing.to_str().expect("utf-8 path"),
+        &data("refund-mixed.xml"),
+        &data("rejected.xml"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("missing.xml"));
+    let stdout = text(&out.stdout);
+    let reports: Vec<Value> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line: {e}\n{line}"))
+        })
+        .collect();
+    let summary: Vec<(&str, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["file_name"].as_str().expect("file_name"),
+                r["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("refund-ok.xml", "Complete"),
+            ("refund-mixed.xml", "Complete"),
+            ("rejected.xml", "Rejected"),
+        ]
+    );
+    assert_eq!(reports[1]["summary"]["messages_with_error"], 1);
+}
