@@ -90,6 +90,12 @@ pub enum Command {
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.
+    ///
+    /// A file in a merchant folder of the configured inbox (`inbox/<merchant>/`, however the
+    /// path is spelt: relative, with .., through symlinks) is handled as the daemon handles
+    /// it: a feed for another merchant is rejected (MERCHANT_NOT_ALLOWED) and the reports go
+    /// to `outbox/<merchant>/`. Any other file reports to outbox/ and may speak for the
+    /// merchants of inbox.allowed_merchants (any when unset).
     Process(ProcessArgs),
     /// Parse and validate feeds without touching the store; prints the problems.
     /// Exit 0 only when no message has an error.
@@ -442,16 +448,26 @@ fn watch_signals(
 
 fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     let mut context = context(config, open_store(config)?);
+    let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {
         let file_name = display_name(path);
-        let source = Source {
-            path,
-            file_name: &file_name,
-            claim_token: None,
-            bound_merchant: None,
-            allowed_merchants: config.daemon.inbox.allowed_merchants.as_deref(),
+        // A file in a merchant folder of the inbox is that merchant's, as for the daemon.
+        let merchant_folder = match inbox.merchant_folder_of(path) {
+            Ok(merchant_folder) => merchant_folder,
+            Err(error) => {
+                eprintln!("adjustd: {error}");
+                code = exit::worst(code, exit::RUNTIME);
+                continue;
+            }
         };
+        let source = Source::new(
+            path,
+            &file_name,
+            None,
+            merchant_folder.as_ref(),
+            inbox.allowed_merchants.as_deref(),
+        );
         match pipeline::process_file(&mut context, &source) {
             Ok(processed) => {
                 if has_errors(&processed.outcome) {
