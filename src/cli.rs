@@ -53,7 +53,7 @@ Exit codes:
   2    runtime failure (I/O or database error)
   3    input errors: a feed was rejected or a message has an error (validate, process),
        an invalid order report (orders import), order not found (orders show)
-  64   command-line usage error
+  64   command-line usage error (also validate --format xml with more than one file)
   130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
@@ -90,9 +90,19 @@ pub enum Command {
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.
+    ///
+    /// A file in a merchant folder of the configured inbox (`inbox/<merchant>/`, however the
+    /// path is spelt: relative, with .., through symlinks) is handled as the daemon handles
+    /// it: a feed for another merchant is rejected (MERCHANT_NOT_ALLOWED) and the reports go
+    /// to `outbox/<merchant>/`. Any other file reports to outbox/ and may speak for the
+    /// merchants of inbox.allowed_merchants (any when unset).
     Process(ProcessArgs),
     /// Parse and validate feeds without touching the store; prints the problems.
     /// Exit 0 only when no message has an error.
+    ///
+    /// --format text (default) prints a summary per file; --format json prints JSON Lines,
+    /// one report object per file and line; --format xml prints the ProcessingReport of one
+    /// file (several files with --format xml are a usage error, exit 64).
     Validate(ValidateArgs),
     /// Orders in the store.
     #[command(subcommand)]
@@ -118,16 +128,18 @@ pub struct ProcessArgs {
 pub enum ValidateFormat {
     /// A readable summary per file.
     Text,
-    /// A ProcessingReport envelope per file (valid against schemas/).
+    /// The ProcessingReport (an AmazonEnvelope valid against schemas/) of one file: one XML
+    /// document, so only one FILE (use json for several).
     Xml,
-    /// The JSON report per file (one JSON document per file).
+    /// JSON Lines: the JSON report of each file as one object on one line, in the order of
+    /// the files (with one file, the output is one JSON document).
     Json,
 }
 
 /// `validate` arguments.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Feed files.
+    /// Feed files (one only with --format xml).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Output format.
@@ -436,16 +448,26 @@ fn watch_signals(
 
 fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     let mut context = context(config, open_store(config)?);
+    let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {
         let file_name = display_name(path);
-        let source = Source {
-            path,
-            file_name: &file_name,
-            claim_token: None,
-            bound_merchant: None,
-            allowed_merchants: config.daemon.inbox.allowed_merchants.as_deref(),
+        // A file in a merchant folder of the inbox is that merchant's, as for the daemon.
+        let merchant_folder = match inbox.merchant_folder_of(path) {
+            Ok(merchant_folder) => merchant_folder,
+            Err(error) => {
+                eprintln!("adjustd: {error}");
+                code = exit::worst(code, exit::RUNTIME);
+                continue;
+            }
         };
+        let source = Source::new(
+            path,
+            &file_name,
+            None,
+            merchant_folder.as_ref(),
+            inbox.allowed_merchants.as_deref(),
+        );
         match pipeline::process_file(&mut context, &source) {
             Ok(processed) => {
                 if has_errors(&processed.outcome) {
@@ -481,6 +503,19 @@ fn display_name(path: &Path) -> String {
 }
 
 fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Result<u8, Failure> {
+    // Several XML documents back to back are not one XML document, and no XML tool reads
+    // them; a wrapper would not be a ProcessingReport either. Refused before any file is read.
+    if format == ValidateFormat::Xml && files.len() > 1 {
+        return Err(Failure {
+            code: exit::USAGE,
+            error: anyhow::anyhow!(
+                "--format xml prints one ProcessingReport document, so it takes one FILE (got {}): \
+                 run `adjustd validate --format xml FILE` once per file, or use --format json \
+                 (one JSON report per line)",
+                files.len()
+            ),
+        });
+    }
     let mut code = exit::OK;
     for path in files {
         // Like `process`, an unreadable file does not stop the others.
@@ -498,7 +533,7 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
         print(|out| match format {
             ValidateFormat::Text => write_text_summary(out, path, &outcome),
             ValidateFormat::Xml => out.write_all(report::render_xml(&outcome).as_bytes()),
-            ValidateFormat::Json => out.write_all(report::render_json(&outcome).as_bytes()),
+            ValidateFormat::Json => out.write_all(report::render_json_line(&outcome).as_bytes()),
         })?;
     }
     Ok(code)

@@ -507,18 +507,13 @@ impl Worker {
     }
 
     fn process_once(&mut self, claim: &Claim) -> Result<Processed, Failure> {
-        let allowed = self.config.inbox.allowed_merchants.as_deref();
-        let source = Source {
-            path: &claim.path,
-            file_name: &claim.file_name,
-            claim_token: Some(&claim.token),
-            bound_merchant: claim.merchant.as_ref(),
-            allowed_merchants: if claim.merchant.is_some() {
-                None
-            } else {
-                allowed
-            },
-        };
+        let source = Source::new(
+            &claim.path,
+            &claim.file_name,
+            Some(&claim.token),
+            claim.merchant.as_ref(),
+            self.config.inbox.allowed_merchants.as_deref(),
+        );
         let context = &mut self.context;
         match catch_unwind(AssertUnwindSafe(|| {
             pipeline::process_file(context, &source)

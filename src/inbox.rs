@@ -227,12 +227,12 @@ pub fn list(config: &InboxConfig) -> io::Result<Vec<Listed>> {
             continue;
         };
         if file_type.is_dir() {
-            if glob::matches_any(&config.ignore, &name.to_string_lossy()) {
-                continue;
-            }
-            match name.to_str().and_then(MerchantId::new) {
-                Some(merchant) => list_merchant(config, &entry.path(), &merchant, &mut listing),
-                None => listing.push(Listed {
+            match config.top_folder(&name) {
+                TopFolder::Ignored => {}
+                TopFolder::Merchant(merchant) => {
+                    list_merchant(config, &entry.path(), &merchant, &mut listing);
+                }
+                TopFolder::Other => listing.push(Listed {
                     name: InboxName {
                         merchant: None,
                         name,
@@ -327,7 +327,99 @@ pub fn signature(metadata: &fs::Metadata) -> FileSignature {
     }
 }
 
+/// What a folder directly in the inbox is.
+enum TopFolder {
+    /// Its name matches an ignore pattern: never looked into.
+    Ignored,
+    /// `inbox/<merchant>/`: its feeds are bound to that merchant.
+    Merchant(MerchantId),
+    /// Any other folder (its name cannot be a merchant identifier): not a place for feeds.
+    Other,
+}
+
+/// A file named through a symlink where the symlink and its target lie in the merchant
+/// folders of two different merchants, so which merchant it may speak for is ambiguous.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} is a symlink in the inbox folder of merchant {named} to a file in the folder of \
+     merchant {target}, so the merchant it may speak for is ambiguous: name the file itself \
+     (the daemon never follows symlinks in the inbox)"
+)]
+pub struct AmbiguousMerchantFolder {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The merchant folder the symlink is in.
+    pub named: MerchantId,
+    /// The merchant folder its target is in.
+    pub target: MerchantId,
+}
+
 impl InboxConfig {
+    /// Classifies a folder directly in the inbox by its name, the one rule [`list`] and
+    /// [`InboxConfig::merchant_folder_of`] share.
+    fn top_folder(&self, name: &OsStr) -> TopFolder {
+        if glob::matches_any(&self.ignore, &name.to_string_lossy()) {
+            return TopFolder::Ignored;
+        }
+        name.to_str()
+            .and_then(MerchantId::new)
+            .map_or(TopFolder::Other, TopFolder::Merchant)
+    }
+
+    /// The merchant folder (`inbox/<merchant>/`, a folder [`list`] reads as one) that the
+    /// file at `path` lies in, at any depth, so that `adjustd process` binds a feed from
+    /// there to its merchant as the daemon binds the feeds it claims from it. `None` for a
+    /// file in the top-level inbox or outside the inbox, and when the inbox or the file's
+    /// folder does not exist (whoever opens a missing file reports it).
+    ///
+    /// Where a file lies is decided on disk, not by the spelling of `path`: a relative path
+    /// resolves against the current directory, and `..` and symlinked folders (the inbox's
+    /// own included) are followed. A file that is itself a symlink lies both where it is
+    /// named and where its target is; either one in a merchant folder binds it.
+    ///
+    /// # Errors
+    /// [`AmbiguousMerchantFolder`] when those two are folders of different merchants.
+    pub fn merchant_folder_of(
+        &self,
+        path: &Path,
+    ) -> Result<Option<MerchantId>, AmbiguousMerchantFolder> {
+        let Ok(inbox) = fs::canonicalize(&self.inbox) else {
+            return Ok(None);
+        };
+        let in_merchant_folder = |resolved: Option<PathBuf>| {
+            let resolved = resolved?;
+            let mut parts = resolved.strip_prefix(&inbox).ok()?.components();
+            let folder = parts.next()?;
+            // A file directly in the inbox is in no merchant folder.
+            parts.next()?;
+            match self.top_folder(folder.as_os_str()) {
+                TopFolder::Merchant(merchant) => Some(merchant),
+                TopFolder::Ignored | TopFolder::Other => None,
+            }
+        };
+        // Where the file is named: its folder resolved, its own name as given.
+        let named = path.file_name().and_then(|name| {
+            let folder = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            fs::canonicalize(folder)
+                .ok()
+                .map(|folder| folder.join(name))
+        });
+        match (
+            in_merchant_folder(named),
+            in_merchant_folder(fs::canonicalize(path).ok()),
+        ) {
+            (Some(named), Some(target)) if named != target => Err(AmbiguousMerchantFolder {
+                path: path.to_path_buf(),
+                named,
+                target,
+            }),
+            (named, target) => Ok(named.or(target)),
+        }
+    }
+
     /// The path of an inbox file.
     pub fn inbox_path(&self, name: &InboxName) -> PathBuf {
         let mut path = self.inbox.clone();

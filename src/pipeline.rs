@@ -69,6 +69,33 @@ pub struct Source<'a> {
     pub allowed_merchants: Option<&'a [MerchantId]>,
 }
 
+impl<'a> Source<'a> {
+    /// A feed dropped into the inbox, claimed by the daemon or named to `adjustd process`:
+    /// one from a merchant folder is bound to that merchant (reports in `outbox/<merchant>/`,
+    /// another merchant rejected) and the allow-list does not apply to it; one from the
+    /// top level (or, for `process`, from outside the inbox) may speak for the merchants of
+    /// the allow-list (`None`: any).
+    pub fn new(
+        path: &'a Path,
+        file_name: &'a str,
+        claim_token: Option<&'a str>,
+        merchant_folder: Option<&'a MerchantId>,
+        allowed_merchants: Option<&'a [MerchantId]>,
+    ) -> Source<'a> {
+        Source {
+            path,
+            file_name,
+            claim_token,
+            bound_merchant: merchant_folder,
+            allowed_merchants: if merchant_folder.is_some() {
+                None
+            } else {
+                allowed_merchants
+            },
+        }
+    }
+}
+
 /// A processed feed and where its reports are.
 #[derive(Debug, Clone)]
 pub struct Processed {

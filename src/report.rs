@@ -177,7 +177,26 @@ pub fn result_description(outcome: &FeedOutcome, problem: &Problem) -> String {
 /// `schema_version` 1. It holds the same facts as the XML (and the raw parts of each
 /// description), and [`parse_json`] reads it back exactly.
 pub fn render_json(outcome: &FeedOutcome) -> String {
-    let report = JsonReport {
+    // Serializing plain structs of strings and integers into a String cannot fail.
+    let mut json = serde_json::to_string_pretty(&json_report(outcome))
+        .expect("invariant: a report of strings and integers always serializes");
+    json.push('\n');
+    json
+}
+
+/// The same report as [`render_json`] on one line (no newline inside, one at the end), for
+/// JSON Lines output: `adjustd validate --format json` prints one such line per file.
+/// [`parse_json`] reads it back exactly too.
+pub fn render_json_line(outcome: &FeedOutcome) -> String {
+    // Serializing plain structs of strings and integers into a String cannot fail.
+    let mut json = serde_json::to_string(&json_report(outcome))
+        .expect("invariant: a report of strings and integers always serializes");
+    json.push('\n');
+    json
+}
+
+fn json_report(outcome: &FeedOutcome) -> JsonReport {
+    JsonReport {
         schema_version: u64::from(JSON_SCHEMA_VERSION),
         feed_id: outcome.feed_id,
         file_name: outcome.file_name.clone(),
@@ -209,12 +228,7 @@ pub fn render_json(outcome: &FeedOutcome) -> String {
                 amazon_order_item_code: problem.amazon_order_item_code.clone(),
             })
             .collect(),
-    };
-    // Serializing plain structs of strings and integers into a String cannot fail.
-    let mut json = serde_json::to_string_pretty(&report)
-        .expect("invariant: a report of strings and integers always serializes");
-    json.push('\n');
-    json
+    }
 }
 
 /// Reads a JSON report written by [`render_json`] back into the outcome it was rendered

@@ -775,3 +775,232 @@ fn help_and_summaries_read_well() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn validate_xml_takes_one_file_and_json_prints_one_report_per_line() {
+    let sandbox = Sandbox::new();
+    // One file: one XML document.
+    let out = sandbox.run(&["validate", "--format", "xml", &data("refund-mixed.xml")]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let xml = text(&out.stdout);
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert_eq!(xml.matches("<AmazonEnvelope").count(), 1, "{xml}");
+    assert!(xml.trim_end().ends_with("</AmazonEnvelope>"), "{xml}");
+
+    // Several files with --format xml would be documents back to back, which no XML tool
+    // reads: a usage error before any file is read, that says what to do instead.
+    let out = sandbox.run(&[
+        "validate",
+        "--format",
+        "xml",
+        &data("refund-ok.xml"),
+        &data("refund-mixed.xml"),
+    ]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert!(
+        stderr.contains("one FILE (got 2)") && stderr.contains("--format json"),
+        "{stderr}"
+    );
+    let help = sandbox.run(&["validate", "--help"]);
+    let help = text(&help.stdout);
+    assert!(
+        help.contains("JSON Lines") && help.contains("usage error, exit 64"),
+        "{help}"
+    );
+
+    // --format json: JSON Lines, one report per file in the order given; a file that
+    // cannot be read leaves no line (it is named on stderr) and the stream stays valid.
+    let missing = sandbox.path("missing.xml");
+    let out = sandbox.run(&[
+        "validate",
+        "--format",
+        "json",
+        &data("refund-ok.xml"),
+        missing.to_str().expect("utf-8 path"),
+        &data("refund-mixed.xml"),
+        &data("rejected.xml"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("missing.xml"));
+    let stdout = text(&out.stdout);
+    let reports: Vec<Value> = stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line: {e}\n{line}"))
+        })
+        .collect();
+    let summary: Vec<(&str, &str)> = reports
+        .iter()
+        .map(|r| {
+            (
+                r["file_name"].as_str().expect("file_name"),
+                r["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("refund-ok.xml", "Complete"),
+            ("refund-mixed.xml", "Complete"),
+            ("rejected.xml", "Rejected"),
+        ]
+    );
+    assert_eq!(reports[1]["summary"]["messages_with_error"], 1);
+}
+
+/// Runs the binary with this sandbox's config from the sandbox folder, so relative paths
+/// are relative to it.
+fn run_in(sandbox: &Sandbox, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(sandbox.path(""))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run adjustd")
+}
+
+/// Copies a data feed to `relative` (creating folders) inside the sandbox.
+fn place(sandbox: &Sandbox, feed: &str, relative: &str) {
+    let target = sandbox.path(relative);
+    std::fs::create_dir_all(target.parent().expect("a folder")).expect("create folder");
+    std::fs::copy(data(feed), target).expect("copy feed");
+}
+
+/// The report paths `process` printed, checked to be in `folder` and to exist, and the
+/// JSON report.
+fn reports_in(out: &Output, folder: &Path) -> Value {
+    let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+    assert_eq!(paths.len(), 2, "two report paths: {paths:?}");
+    for path in &paths {
+        assert_eq!(path.parent(), Some(folder), "{path:?}");
+        assert!(path.exists(), "{path:?}");
+    }
+    json_report(&paths)
+}
+
+#[test]
+fn process_binds_a_file_in_a_merchant_folder_to_its_merchant_like_the_daemon() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let outbox = sandbox.path("outbox");
+    std::fs::create_dir_all(sandbox.path("inbox")).expect("inbox");
+    std::os::unix::fs::symlink(sandbox.path("inbox"), sandbox.path("alias")).expect("symlink");
+
+    // A feed of M_TEST in the folder of merchant OTHER, named by a relative path: rejected
+    // as the daemon rejects it, reported in outbox/OTHER/, nothing applied.
+    place(&sandbox, "refund-ok.xml", "inbox/OTHER/refund-ok.xml");
+    let out = run_in(&sandbox, &["process", "./inbox/OTHER/refund-ok.xml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report = reports_in(&out, &outbox.join("OTHER"));
+    assert_eq!(report["status"], "Rejected");
+    assert_eq!(report["results"][0]["code_name"], "MERCHANT_NOT_ALLOWED");
+    assert_eq!(codes(&report), vec![(0, 5005)]);
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["adjustments"], serde_json::json!([]), "{order}");
+
+    // The same through a symlinked inbox and `..`: what counts is where the file is.
+    place(&sandbox, "refund-ok.xml", "inbox/M_TEST/refund-ok.xml");
+    let out = run_in(
+        &sandbox,
+        &["process", "alias/OTHER/../M_TEST/../OTHER/refund-ok.xml"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        codes(&reports_in(&out, &outbox.join("OTHER"))),
+        vec![(0, 5005)]
+    );
+
+    // The right folder: applied, reports in outbox/M_TEST/.
+    let out = run_in(
+        &sandbox,
+        &["process", "alias/OTHER/../M_TEST/refund-ok.xml"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = reports_in(&out, &outbox.join("M_TEST"));
+    assert_eq!(report["status"], "Complete");
+    assert_eq!(report["merchant"], "M_TEST");
+    let order = sandbox.order("111-0000001-0000001");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
+
+    // A symlink outside the inbox to a file in a merchant folder is bound like the file.
+    place(&sandbox, "refund-mixed.xml", "inbox/OTHER/refund-mixed.xml");
+    std::os::unix::fs::symlink(
+        sandbox.path("inbox/OTHER/refund-mixed.xml"),
+        sandbox.path("link.xml"),
+    )
+    .expect("symlink");
+    let out = run_in(&sandbox, &["process", "link.xml"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        codes(&reports_in(&out, &outbox.join("OTHER"))),
+        vec![(0, 5005)]
+    );
+
+    // A symlink in one merchant's folder to a file in another's: which merchant is
+    // ambiguous, so it is refused (exit 2, named), and the next file is still processed.
+    std::os::unix::fs::symlink(
+        "../OTHER/refund-mixed.xml",
+        sandbox.path("inbox/M_TEST/l.xml"),
+    )
+    .expect("symlink");
+    place(&sandbox, "refund-mixed.xml", "top-level.xml");
+    let out = run_in(
+        &sandbox,
+        &["process", "inbox/M_TEST/l.xml", "top-level.xml"],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("inbox/M_TEST/l.xml is a symlink") && stderr.contains("merchant OTHER"),
+        "{stderr}"
+    );
+    // Outside the inbox nothing changes: reports in outbox/ itself.
+    let report = reports_in(&out, &outbox);
+    assert_eq!(report["file_name"], "top-level.xml");
+
+    // A missing file in a merchant folder is the same error as anywhere.
+    let out = run_in(&sandbox, &["process", "inbox/M_TEST/missing.xml"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("inbox/M_TEST/missing.xml: reading inbox/M_TEST/missing.xml: No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn process_applies_the_allow_list_to_the_top_level_inbox_only() {
+    let sandbox = Sandbox::new();
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[store]\nurl = \"sqlite:store.db\"\n[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\n\
+         [inbox]\nallowed_merchants = [\"A1SELLER\"]\n",
+    )
+    .expect("write config");
+    sandbox.import_orders();
+    place(&sandbox, "refund-ok.xml", "inbox/refund-ok.xml");
+    place(&sandbox, "refund-ok.xml", "inbox/M_TEST/refund-ok.xml");
+    let top = sandbox.path("inbox/refund-ok.xml");
+    let out = sandbox.run(&["process", top.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        codes(&reports_in(&out, &sandbox.path("outbox"))),
+        vec![(0, 5005)]
+    );
+    // M_TEST's own folder may speak for M_TEST, whatever the top-level list says.
+    let own = sandbox.path("inbox/M_TEST/refund-ok.xml");
+    let out = sandbox.run(&["process", own.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = reports_in(&out, &sandbox.path("outbox/M_TEST"));
+    assert_eq!(report["status"], "Complete");
+    let help = text(&sandbox.run(&["process", "--help"]).stdout);
+    assert!(
+        help.contains("MERCHANT_NOT_ALLOWED") && help.contains("`outbox/<merchant>/`"),
+        "{help}"
+    );
+}

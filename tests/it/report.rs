@@ -11,7 +11,7 @@ use std::process::Command;
 use adjustd::model::{MerchantId, MessageId, Position};
 use adjustd::problem::{Code, Problem};
 use adjustd::report::{
-    FeedOutcome, ReportError, parse_json, render_json, render_xml, report_paths,
+    FeedOutcome, ReportError, parse_json, render_json, render_json_line, render_xml, report_paths,
     result_description, write_atomic, write_reports,
 };
 use adjustd::store::FeedStatus;
@@ -221,6 +221,22 @@ fn golden_json_parses_back_to_its_outcome() {
         let text = fs::read_to_string(&path).expect("golden json exists");
         let parsed = parse_json(&text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
         assert_eq!(parsed, outcome, "{}", path.display());
+    }
+}
+
+#[test]
+fn json_line_is_one_line_with_the_same_report() {
+    for (name, outcome) in golden_cases() {
+        let line = render_json_line(&outcome);
+        // The hostile case has CR LF in a description: escaped, never a raw line break.
+        assert_eq!(line.matches(['\n', '\r']).count(), 1, "{name}: {line}");
+        assert!(line.ends_with('\n'), "{name}");
+        let parsed = parse_json(&line).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(parsed, outcome, "{name}");
+        let pretty: serde_json::Value =
+            serde_json::from_str(&render_json(&outcome)).expect("pretty JSON");
+        let compact: serde_json::Value = serde_json::from_str(&line).expect("one-line JSON");
+        assert_eq!(compact, pretty, "{name}: the same document");
     }
 }
 
