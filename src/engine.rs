@@ -345,11 +345,21 @@ pub fn plan(
 /// key, same content) from a conflict (same key, other content).
 ///
 /// The canonical form holds the order and item references as written, the reason, the
-/// message's `ActionType` and `currency` attribute, both quantities, every component with
-/// its normalized amount (so `5.0` and `5.00` hash alike) sorted by component name, and
-/// the direct payments sorted. Every value is length-prefixed, so no two payloads share a
-/// canonical form. An `item_index` past the last item hashes the message without an item.
-pub fn payload_hash(message: &AdjustmentMessage, item_index: usize) -> String {
+/// message's `ActionType`, the `currency` the amounts are in, both quantities, and every
+/// component with its normalized amount (so `5.0` and `5.00` hash alike) sorted by
+/// component name. Every value is length-prefixed, so no two payloads share a canonical
+/// form. An `item_index` past the last item hashes the message without an item.
+///
+/// `currency` is the message's `currency` attribute or, without one, the order's currency,
+/// so leaving the attribute off and spelling it out hash alike; `None` when neither is
+/// known. Earlier builds hashed the attribute as written (empty when absent); the key
+/// check of [`plan`] still accepts such a stored hash for a message in the order's
+/// currency.
+pub fn payload_hash(
+    message: &AdjustmentMessage,
+    item_index: usize,
+    currency: Option<Currency>,
+) -> String {
     use sha2::Digest;
     use std::fmt::Write as _;
 
@@ -379,7 +389,7 @@ pub fn payload_hash(message: &AdjustmentMessage, item_index: usize) -> String {
     field(
         &mut hasher,
         "currency",
-        message.currency.as_ref().map_or("", Currency::code),
+        currency.as_ref().map_or("", Currency::code),
     );
     if let Some(item) = message.items.get(item_index) {
         match &item.item {
@@ -681,8 +691,9 @@ fn plan_message(
     changes: &mut Vec<Change>,
 ) -> MessageOutcome {
     let facts = Facts::of(snapshot, message);
+    let currency = message.currency.or(facts.order.map(|order| order.currency));
     let hashes: Vec<String> = (0..message.items.len())
-        .map(|index| payload_hash(message, index))
+        .map(|index| payload_hash(message, index, currency))
         .collect();
     if let KeyCheck::Decided(outcome) = check_keys(snapshot, &facts, &hashes) {
         return outcome;
@@ -802,9 +813,14 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
     let Some(first_known) = records.iter().position(Option::is_some) else {
         return KeyCheck::Fresh;
     };
+    // A hash stored by an earlier build names no currency for a message without the
+    // attribute, which meant the order's currency ([`payload_hash`]).
+    let order_currency = facts.order.map(|order| order.currency);
+    let legacy = order_currency.is_some() && message.currency.or(order_currency) == order_currency;
     for (index, (record, hash)) in records.iter().zip(hashes).enumerate() {
         if let Some(record) = record
             && record.payload_hash != *hash
+            && !(legacy && record.payload_hash == payload_hash(message, index, None))
         {
             let key = message.items[index]
                 .key
@@ -1769,17 +1785,21 @@ mod tests {
             price(PriceComponent::Principal, "5.00"),
             price(PriceComponent::Tax, "0.40"),
         ]);
-        let hash = payload_hash(&base, 0);
+        let hash = payload_hash(&base, 0, Some(usd()));
         assert_eq!(hash.len(), 64);
         assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
         let respelled = message(vec![
             price(PriceComponent::Tax, ".4"),
             price(PriceComponent::Principal, "5.0"),
         ]);
-        assert_eq!(payload_hash(&respelled, 0), hash);
+        assert_eq!(payload_hash(&respelled, 0, Some(usd())), hash);
         let mut other_key = base.clone();
         other_key.items[0].key = SellerId::new("K2");
-        assert_eq!(payload_hash(&other_key, 0), hash, "the key is not content");
+        assert_eq!(
+            payload_hash(&other_key, 0, Some(usd())),
+            hash,
+            "the key is not content"
+        );
 
         let mut changed = vec![message(vec![
             price(PriceComponent::Principal, "5.01"),
@@ -1791,15 +1811,52 @@ mod tests {
         let mut reason = base.clone();
         reason.items[0].reason = AdjustmentReason::PriceError;
         changed.push(reason);
-        let mut currency = base.clone();
-        currency.currency = Some(usd());
-        changed.push(currency);
         let mut swapped = base.clone();
         swapped.items[0].amounts[0].component = Component::Price(PriceComponent::Shipping);
         changed.push(swapped);
         for other in &changed {
-            assert_ne!(payload_hash(other, 0), hash, "{other:?}");
+            assert_ne!(payload_hash(other, 0, Some(usd())), hash, "{other:?}");
         }
+        let jpy = Currency::from_code("JPY").expect("JPY");
+        assert_ne!(
+            payload_hash(&base, 0, Some(jpy)),
+            hash,
+            "the currency is content"
+        );
+    }
+
+    #[test]
+    fn a_replay_matches_whether_or_not_it_spells_out_the_order_currency() {
+        let mut plain = message(vec![price(PriceComponent::Principal, "5.00")]);
+        plain.items[0].key = SellerId::new("K-CUR");
+        let mut spelled = plain.clone();
+        spelled.currency = Some(usd());
+        // Stored by this build (either spelling first), and by an earlier build that hashed
+        // the attribute as written: an empty currency for the plain message.
+        let legacy = KeyRecord {
+            payload_hash: payload_hash(&plain, 0, None),
+            origin: KeyOrigin {
+                feed_id: Some(1),
+                message_id: plain.message_id,
+            },
+            rejection: None,
+        };
+        for (first, again) in [(&plain, &spelled), (&spelled, &plain)] {
+            let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
+            assert_eq!(codes(&mut s, first), []);
+            assert_eq!(codes(&mut s, again), [Code::DuplicateAdjustment]);
+        }
+        for again in [&plain, &spelled] {
+            let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
+            s.insert_key(SellerId::new("K-CUR").expect("valid"), Some(legacy.clone()));
+            assert_eq!(codes(&mut s, again), [Code::DuplicateAdjustment]);
+        }
+        // Other content under the legacy hash is still a conflict.
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
+        s.insert_key(SellerId::new("K-CUR").expect("valid"), Some(legacy));
+        let mut other = spelled.clone();
+        other.items[0].amounts[0].amount = Amount::parse("5.01").expect("valid");
+        assert_eq!(codes(&mut s, &other), [Code::IdempotencyConflict]);
     }
 
     #[test]
@@ -1875,7 +1932,7 @@ mod tests {
                 (Component::Price(PriceComponent::Goodwill), 100)
             ]
         );
-        assert_eq!(adjustment.payload_hash, payload_hash(&m, 0));
+        assert_eq!(adjustment.payload_hash, payload_hash(&m, 0, Some(usd())));
         assert_eq!(adjustment.key, SellerId::new("K1"));
         let order = s.order(&OrderRef::Amazon(order_id())).expect("loaded");
         let totals = &order.items[0].components;

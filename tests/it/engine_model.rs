@@ -72,7 +72,11 @@ struct Content {
     amounts: Vec<(String, Decimal)>,
 }
 
-fn content(message: &AdjustmentMessage, item: &AdjustedItem) -> Content {
+fn content(
+    message: &AdjustmentMessage,
+    currency: Option<Currency>,
+    item: &AdjustedItem,
+) -> Content {
     let mut amounts: Vec<(String, Decimal)> = item
         .amounts
         .iter()
@@ -82,7 +86,7 @@ fn content(message: &AdjustmentMessage, item: &AdjustedItem) -> Content {
     Content {
         order: message.order.clone(),
         action: message.action,
-        currency: message.currency,
+        currency,
         item: item.item.clone(),
         reason: item.reason,
         quantity_cancelled: item.quantity_cancelled.map(Quantity::get),
@@ -241,7 +245,15 @@ impl Model {
             applied: false,
             codes,
         };
-        let contents: Vec<Content> = message.items.iter().map(|i| content(message, i)).collect();
+        // The currency the amounts are in: the attribute, or the order's.
+        let currency = message
+            .currency
+            .or(self.find_order(&message.order).map(|o| o.currency));
+        let contents: Vec<Content> = message
+            .items
+            .iter()
+            .map(|i| content(message, currency, i))
+            .collect();
 
         // Idempotency.
         let keys: Vec<Option<&SellerId>> = message.items.iter().map(|i| i.key.as_ref()).collect();
