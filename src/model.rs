@@ -122,7 +122,15 @@ impl SellerId {
         SellerId(format!("{DERIVED}{digest} {} {position}", message.get()))
     }
 
-    /// True for a key made by [`SellerId::derived`].
+    /// The idempotency key of an adjusted item without a `MerchantAdjustmentItemID` in a
+    /// message where another item has one (`sibling`): that key and the item's position, so
+    /// the message re-sent in any file, under any MessageID, is recognised whole. Starts
+    /// with a tab like [`SellerId::derived`], then `+`, which no content digest starts with.
+    pub fn derived_beside(sibling: &SellerId, position: usize) -> SellerId {
+        SellerId(format!("{DERIVED}+{position} {}", sibling.0))
+    }
+
+    /// True for a key made by [`SellerId::derived`] or [`SellerId::derived_beside`].
     pub fn is_derived(&self) -> bool {
         self.0.starts_with(DERIVED)
     }
@@ -143,6 +151,13 @@ const DERIVED: char = '\t';
 impl fmt::Display for SellerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0.strip_prefix(DERIVED) {
+            Some(beside) if beside.starts_with('+') => {
+                let (position, sibling) = beside[1..].split_once(' ').unwrap_or((beside, ""));
+                write!(
+                    f,
+                    "(none given; the key of AdjustedItem[{position}] beside MerchantAdjustmentItemID {sibling})"
+                )
+            }
             Some(derived) => {
                 let mut parts = derived.split(' ');
                 let digest = parts.next().unwrap_or_default();
@@ -840,6 +855,33 @@ pub struct AdjustmentMessage {
     pub items: Vec<AdjustedItem>,
     /// Where the `Message` element starts.
     pub position: Position,
+}
+
+impl AdjustmentMessage {
+    /// Gives every adjusted item without a `MerchantAdjustmentItemID` its idempotency key
+    /// (refund-rules §c3.2): beside a seller's key of the same message, one derived from
+    /// that key ([`SellerId::derived_beside`]); in a message without any, one derived from
+    /// the feed's canonical content digest ([`SellerId::derived`]), which `content_digest`
+    /// is asked for only then.
+    pub fn derive_missing_keys<'d>(&mut self, content_digest: impl FnOnce() -> &'d str) {
+        if self.items.iter().all(|item| item.key.is_some()) {
+            return;
+        }
+        let message_id = self.message_id;
+        let sibling = self.items.iter().find_map(|item| item.key.clone());
+        let digest = match sibling {
+            Some(_) => "",
+            None => content_digest(),
+        };
+        for (index, item) in self.items.iter_mut().enumerate() {
+            if item.key.is_none() {
+                item.key = Some(match &sibling {
+                    Some(sibling) => SellerId::derived_beside(sibling, index + 1),
+                    None => SellerId::derived(digest, message_id, index + 1),
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

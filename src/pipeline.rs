@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::canon;
 use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
-use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef, SellerId};
+use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedDone, FeedStatus, FeedTx, NewFeed, Store, StoreError};
@@ -324,7 +324,8 @@ fn apply<R: std::io::BufRead + Send>(
 type Chunk = Result<Vec<ValidatedMessage>, Problem>;
 
 /// The reader thread: validates messages, gives the adjusted items without a
-/// `MerchantAdjustmentItemID` their derived key ([`SellerId::derived`]) and hands the
+/// `MerchantAdjustmentItemID` their derived key
+/// ([`AdjustmentMessage::derive_missing_keys`]) and hands the
 /// messages over in chunks until the end of the feed, a feed-level problem, or the receiver
 /// going away.
 fn read_chunks<R: std::io::BufRead>(
@@ -338,15 +339,7 @@ fn read_chunks<R: std::io::BufRead>(
         match validator.next_message() {
             Ok(Some(mut message)) => {
                 if let ValidatedMessage::Valid(message) = &mut message {
-                    for (index, item) in message.items.iter_mut().enumerate() {
-                        if item.key.is_none() {
-                            item.key = Some(SellerId::derived(
-                                key_digest.get(),
-                                message.message_id,
-                                index + 1,
-                            ));
-                        }
-                    }
+                    message.derive_missing_keys(|| key_digest.get());
                 }
                 chunk.push(message);
                 if chunk.len() == chunk_messages {

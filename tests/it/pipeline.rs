@@ -217,6 +217,81 @@ fn a_feed_rejected_after_its_header_names_its_merchant() {
 }
 
 #[test]
+fn a_message_mixing_keyed_and_keyless_items_is_recognised_in_any_file() {
+    // The keyless item's key derives from its sibling's MerchantAdjustmentItemID, not from
+    // the file, so the message re-sent in another feed, under another MessageID, is a replay.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let item = |code: &str, key: &str| {
+        format!(
+            "<AdjustedItem><AmazonOrderItemCode>{code}</AmazonOrderItemCode>{key}\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component>\
+             <Type>Principal</Type><Amount currency=\"USD\">2.00</Amount></Component>\
+             </ItemPriceAdjustments></AdjustedItem>"
+        )
+    };
+    let message = |id: usize| {
+        format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment>\
+             <AmazonOrderID>111-0000001-0000001</AmazonOrderID>{}{}</OrderAdjustment></Message>\n",
+            item(
+                "10000000000001",
+                "<MerchantAdjustmentItemID>MIX-1</MerchantAdjustmentItemID>"
+            ),
+            item("10000000000002", "")
+        )
+    };
+    let first = dir.path().join("first.xml");
+    std::fs::write(
+        &first,
+        format!("{FEED_HEAD}{}</AmazonEnvelope>\n", message(1)),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&first, None)).expect("first");
+    assert_eq!(codes(&processed.outcome), vec![]);
+    let other = dir.path().join("other.xml");
+    std::fs::write(
+        &other,
+        format!(
+            "{FEED_HEAD}{}{}</AmazonEnvelope>\n",
+            keyless_message(1, "0.50"),
+            message(7)
+        ),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&other, None)).expect("other");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![
+            (7, Code::DuplicateAdjustment),
+            (7, Code::DuplicateAdjustment)
+        ]
+    );
+    let keyless = &processed.outcome.results[1];
+    assert!(
+        keyless
+            .description
+            .contains("beside MerchantAdjustmentItemID MIX-1"),
+        "{keyless:?}"
+    );
+    let order = &context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order")[0];
+    let refunded: Vec<&str> = order
+        .items
+        .iter()
+        .map(|i| i.refunded["Principal"].as_str())
+        .collect();
+    assert_eq!(
+        refunded,
+        ["2.50", "2.00"],
+        "applied once, plus the new 0.50"
+    );
+}
+
+#[test]
 fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
     // refund-rules c3.2: an item without MerchantAdjustmentItemID is keyed by the feed's
     // canonical content, its MessageID and its position.

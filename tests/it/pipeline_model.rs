@@ -916,11 +916,7 @@ enum Replay {
 fn with_derived_keys(mut messages: Vec<AdjustmentMessage>, xml: &str) -> Vec<AdjustmentMessage> {
     let digest = canon::content_digest(xml.as_bytes()).expect("generated feeds have a digest");
     for message in &mut messages {
-        for (index, item) in message.items.iter_mut().enumerate() {
-            if item.key.is_none() {
-                item.key = Some(SellerId::derived(&digest, message.message_id, index + 1));
-            }
-        }
+        message.derive_missing_keys(|| &digest);
     }
     messages
 }
