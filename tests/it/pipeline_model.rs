@@ -34,7 +34,7 @@ use adjustd::engine::{OrderState, Rules};
 use adjustd::feed::Limits;
 use adjustd::model::{
     ActionType, AdjustmentMessage, Amount, Component, ComponentClass, Currency, FulfillmentChannel,
-    ItemRef, MerchantId, OrderRef, Position, SellerId, format_minor,
+    ItemRef, MerchantId, OrderRef, Position, format_minor,
 };
 use adjustd::pipeline::{self, Context, DuplicatePolicy, Processed, Source};
 use adjustd::problem::{Code, Severity};
