@@ -14,7 +14,9 @@ use crate::feed::Limits;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
-use crate::store::{AnyStore, FeedDone, FeedStatus, FeedTx, NewFeed, Store, StoreError};
+use crate::store::{
+    AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, Store, StoreError,
+};
 use crate::validate::{ValidatedMessage, Validator};
 
 /// Messages validated before the engine plans them and the store writes them: large
@@ -208,7 +210,9 @@ fn attempt_once(
         return write(context, source, outcome, false);
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
-    if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy) {
+    if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
+        && !had_deferred(earlier)
+    {
         let problem = Problem::new(
             Code::DuplicateFeed,
             MessageId::FEED,
@@ -231,8 +235,9 @@ fn attempt_once(
         )?;
         return write(context, source, outcome, false);
     }
-    // With the `process` policy a repeated feed is applied like any other (idempotency keys
-    // still catch replays) and records which feed it repeats.
+    // With the `process` policy, or when the earlier run left messages for later (see
+    // `had_deferred`), a repeated feed is applied like any other (idempotency keys still
+    // catch replays) and records which feed it repeats.
     let duplicate_of = earlier.map(|e| e.id);
     let outcome = apply(
         store,
@@ -641,6 +646,26 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
         messages_with_warning: outcome.messages_with_warning,
         report_json: report::render_json(outcome),
     }
+}
+
+/// True when `earlier`'s report holds an outcome that may change without the feed
+/// changing: `ORDER_NOT_FOUND` (refund-rules c3.4: often an order report not imported yet;
+/// its fix says to resend the message unchanged), or results it left out, which may hold
+/// one. A byte-identical copy of such a feed is processed again under the `skip` policy:
+/// every message is idempotent, so what applied comes back as a duplicate and what was
+/// pinned keeps its answer, while the orders imported since get their refunds.
+fn had_deferred(earlier: &FeedRecord) -> bool {
+    let Ok(report) = serde_json::from_str::<serde_json::Value>(&earlier.report_json) else {
+        // No readable report (an older or damaged record): the bytes decide, as before.
+        return false;
+    };
+    report["results"].as_array().is_some_and(|results| {
+        results.iter().any(|result| {
+            let code = result["code"].as_u64();
+            code == Some(u64::from(Code::OrderNotFound.number()))
+                || code == Some(u64::from(Code::ResultsOmitted.number()))
+        })
+    })
 }
 
 /// Hex SHA-256 of a file's bytes.

@@ -292,6 +292,78 @@ fn a_message_mixing_keyed_and_keyless_items_is_recognised_in_any_file() {
 }
 
 #[test]
+fn the_same_bytes_again_retry_the_orders_that_were_not_found() {
+    // refund-rules c3.4: ORDER_NOT_FOUND is often an order report not imported yet, and its
+    // fix says to resend the message unchanged. A byte-identical copy of a feed with such a
+    // result is processed again (default skip policy); one without is a DUPLICATE_FEED.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = dir.path().join("feed.xml");
+    std::fs::write(
+        &feed,
+        format!(
+            "{FEED_HEAD}{}{}</AmazonEnvelope>\n",
+            keyless_message(1, "1.00"),
+            principal_refund(2, "111-0000009-0000009", "3.00")
+        ),
+    )
+    .expect("write feed");
+    let first = pipeline::process_file(&mut context, &source(&feed, None)).expect("first");
+    assert_eq!(codes(&first.outcome), vec![(2, Code::OrderNotFound)]);
+
+    // The order report arrives; the very same file is dropped again.
+    let report = std::fs::read_to_string(Path::new(DATA).join("orders.txt")).expect("orders");
+    let header = report.lines().next().expect("header");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("111-0000001-0000001\t10000000000001"))
+        .expect("order line")
+        .replace("111-0000001-0000001", "111-0000009-0000009");
+    let rows = import::parse_order_report(&format!("{header}\n{line}\n")).expect("parse");
+    context
+        .store
+        .as_store()
+        .import_orders(&merchant(), &rows)
+        .expect("import");
+    let again = pipeline::process_file(&mut context, &source(&feed, None)).expect("again");
+    assert_eq!(again.outcome.duplicate_of, Some(first.outcome.feed_id));
+    assert_eq!(
+        codes(&again.outcome),
+        vec![(1, Code::DuplicateAdjustment)],
+        "message 1 is not refunded twice; message 2 applies now"
+    );
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "1.00"
+    );
+    let order = &context
+        .store
+        .as_store()
+        .orders(None, "111-0000009-0000009")
+        .expect("order")[0];
+    assert_eq!(order.items[0].refunded["Principal"], "3.00");
+
+    // A feed whose run left nothing for later is skipped when it comes again.
+    let clean = dir.path().join("clean.xml");
+    std::fs::write(
+        &clean,
+        format!(
+            "{FEED_HEAD}{}</AmazonEnvelope>\n",
+            keyless_message(5, "2.00")
+        ),
+    )
+    .expect("write feed");
+    let first = pipeline::process_file(&mut context, &source(&clean, None)).expect("clean");
+    assert_eq!(codes(&first.outcome), vec![]);
+    let again = pipeline::process_file(&mut context, &source(&clean, None)).expect("again");
+    assert_eq!(codes(&again.outcome), vec![(0, Code::DuplicateFeed)]);
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "3.00"
+    );
+}
+
+#[test]
 fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
     // refund-rules c3.2: an item without MerchantAdjustmentItemID is keyed by the feed's
     // canonical content, its MessageID and its position.
