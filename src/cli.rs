@@ -920,6 +920,7 @@ fn render_config(config: &Config) -> String {
          restocking_fee_max_percent = {restocking_fee_max_percent}\n\
          restocking_fee_review_percent = {restocking_fee_review_percent}\n\
          concession_review_percent = {concession_review_percent}\n\
+         {refund_window_days}\n\
          duplicate_feeds = {duplicate_feeds}\n\
          \n\
          [daemon]\n\
@@ -963,6 +964,11 @@ fn render_config(config: &Config) -> String {
         restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
         restocking_fee_review_percent = config.rules.restocking_fee_review_percent,
         concession_review_percent = config.rules.concession_review_percent,
+        refund_window_days = optional(
+            "refund_window_days",
+            config.rules.refund_window_days.map(|days| days.to_string()),
+            "30",
+        ),
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),

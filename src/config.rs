@@ -5,6 +5,7 @@
 //! raw form, so no command can have defaults of its own.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -167,6 +168,7 @@ struct RulesFile {
     restocking_fee_max_percent: Option<u32>,
     restocking_fee_review_percent: Option<u32>,
     concession_review_percent: Option<u32>,
+    refund_window_days: Option<u32>,
     duplicate_feeds: Option<DuplicateFeeds>,
 }
 
@@ -219,6 +221,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("rules", "restocking_fee_max_percent"),
     ("rules", "restocking_fee_review_percent"),
     ("rules", "concession_review_percent"),
+    ("rules", "refund_window_days"),
     ("rules", "duplicate_feeds"),
     ("daemon", "shutdown_timeout_secs"),
     ("daemon", "max_backoff_secs"),
@@ -559,6 +562,8 @@ fn resolve(
             rules_file.concession_review_percent,
             rule_defaults.concession_review_percent,
         )?,
+        // 0 (or no key) turns the window off; the resolved value has no sentinel.
+        refund_window_days: rules_file.refund_window_days.and_then(NonZeroU32::new),
     };
     let duplicate_policy = match rules_file.duplicate_feeds {
         None | Some(DuplicateFeeds::Skip) => DuplicatePolicy::Skip,
@@ -673,6 +678,7 @@ mod tests {
         assert_eq!(config.rules.restocking_fee_max_percent, 50);
         assert_eq!(config.rules.restocking_fee_review_percent, 20);
         assert_eq!(config.rules.concession_review_percent, 50);
+        assert_eq!(config.rules.refund_window_days, None);
         assert_eq!(config.duplicate_policy, DuplicatePolicy::Skip);
         assert!(config.daemon.http_listen.is_none());
     }
@@ -713,6 +719,44 @@ mod tests {
         .expect("valid");
         assert_eq!(config.daemon.inbox.settle, Duration::from_millis(250));
         assert_eq!(config.redacted_store_url(), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn the_refund_window_is_off_unless_set_and_the_environment_overrides_it() {
+        let days = |text: &str, env: &[(&str, &str)]| {
+            load_text(text, env)
+                .expect("valid")
+                .rules
+                .refund_window_days
+                .map(NonZeroU32::get)
+        };
+        assert_eq!(days("[rules]\nrefund_window_days = 30\n", &[]), Some(30));
+        assert_eq!(days("[rules]\nrefund_window_days = 0\n", &[]), None);
+        assert_eq!(
+            days(
+                "[rules]\nrefund_window_days = 30\n",
+                &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "45")]
+            ),
+            Some(45)
+        );
+        assert_eq!(
+            days(
+                "[rules]\nrefund_window_days = 30\n",
+                &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "0")]
+            ),
+            None
+        );
+        let error =
+            load_text("", &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "-1")]).expect_err("negative");
+        assert!(
+            error
+                .to_string()
+                .contains("ADJUSTD_RULES_REFUND_WINDOW_DAYS"),
+            "{error}"
+        );
+        let error =
+            load_text("[rules]\nrefund_window_days = \"30d\"\n", &[]).expect_err("not a number");
+        assert!(error.to_string().contains("refund_window_days"), "{error}");
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! The store loads what the engine says it needs ([`needs`]) and commits the [`Change`]s.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+
+use chrono::NaiveDate;
 
 use crate::model::{
     ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
@@ -29,6 +32,11 @@ pub struct Rules {
     /// up to more than this percentage of what the buyer paid for it apply with a
     /// `CONCESSION_LIMIT` warning. Default 50; 0 turns the warning off.
     pub concession_review_percent: u32,
+    /// An applied message whose order was purchased more than this many days before the
+    /// feed is processed gets an `OutsideRefundWindow` warning (refund-rules §c4 step 15,
+    /// R17: Amazon has no feed error for lateness, so it warns and still applies).
+    /// `None` (the default): no window.
+    pub refund_window_days: Option<NonZeroU32>,
 }
 
 impl Default for Rules {
@@ -37,6 +45,7 @@ impl Default for Rules {
             restocking_fee_max_percent: 50,
             restocking_fee_review_percent: 20,
             concession_review_percent: 50,
+            refund_window_days: None,
         }
     }
 }
@@ -80,6 +89,9 @@ pub struct OrderState {
     pub currency: Currency,
     /// MFN or AFN.
     pub channel: FulfillmentChannel,
+    /// The day the order was purchased (the order report's `purchase-date`, see
+    /// [`crate::model::parse_purchase_date`]), when the report gave one.
+    pub purchase_date: Option<NaiveDate>,
     /// The order's items.
     pub items: Vec<ItemState>,
 }
@@ -322,7 +334,10 @@ pub struct Plan {
 /// 6. caps: `ComponentExceedsRemaining` (and, defensively, `NegativeRefundComponent` when
 ///    a sign the validator guarantees is wrong);
 /// 7. atomicity: when one item fails, the others get `LinkedItemFailed` and nothing of
-///    the message applies.
+///    the message applies;
+/// 8. policy warnings on a message that applies: `OutsideRefundWindow` when the order was
+///    purchased more than [`Rules::refund_window_days`] before `processed_on`, the (UTC)
+///    day the feed is processed. The engine reads no clock: the caller says what day it is.
 ///
 /// State rejections are pinned under every key of the message ([`Change::PinRejection`]);
 /// rejections that depend on the content only (precision, sign) are not, so a corrected
@@ -332,10 +347,20 @@ pub fn plan(
     merchant: &MerchantId,
     messages: &[AdjustmentMessage],
     rules: &Rules,
+    processed_on: NaiveDate,
 ) -> Plan {
+    // The restocking-fee share is enforced by `validate`, which needs no store; the policy
+    // knobs that need the order are checked here.
     let mut plan = Plan::default();
     for message in messages {
-        let outcome = plan_message(snapshot, merchant, message, rules, &mut plan.changes);
+        let outcome = plan_message(
+            snapshot,
+            merchant,
+            message,
+            rules,
+            processed_on,
+            &mut plan.changes,
+        );
         plan.outcomes.push(outcome);
     }
     plan
@@ -688,6 +713,7 @@ fn plan_message(
     merchant: &MerchantId,
     message: &AdjustmentMessage,
     rules: &Rules,
+    processed_on: NaiveDate,
     changes: &mut Vec<Change>,
 ) -> MessageOutcome {
     let facts = Facts::of(snapshot, message);
@@ -700,7 +726,11 @@ fn plan_message(
     }
     match evaluate(snapshot, merchant, &facts) {
         Ok((order, mut adjustments)) => {
-            let warnings = review_warnings(&facts, &order, &adjustments, rules);
+            let mut warnings: Vec<Problem> =
+                refund_window_warning(&facts, &order, rules, processed_on)
+                    .into_iter()
+                    .collect();
+            warnings.extend(review_warnings(&facts, &order, &adjustments, rules));
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
@@ -766,6 +796,37 @@ fn plan_message(
             }
         }
     }
+}
+
+/// Step 8 (refund-rules §c4 step 15, R17): a message that applies to an order purchased
+/// more than [`Rules::refund_window_days`] days before `processed_on` still applies, with an
+/// `OutsideRefundWindow` warning. No window, no purchase date, or a purchase date after the
+/// processing day: no warning.
+fn refund_window_warning(
+    facts: &Facts<'_>,
+    order: &OrderState,
+    rules: &Rules,
+    processed_on: NaiveDate,
+) -> Option<Problem> {
+    let window = rules.refund_window_days?;
+    let purchased = order.purchase_date?;
+    let days = processed_on.signed_duration_since(purchased).num_days();
+    if days <= i64::from(window.get()) {
+        return None;
+    }
+    Some(facts.message_problem(
+        Code::OutsideRefundWindow,
+        facts.order_element(),
+        facts.message.position,
+        format!(
+            "order {} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), but the adjustment was applied",
+            order.amazon_order_id
+        ),
+        format!(
+            "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {window} days is the wrong window, change [rules] refund_window_days.",
+            order.amazon_order_id
+        ),
+    ))
 }
 
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
@@ -1744,6 +1805,7 @@ mod tests {
             merchant_order_id: None,
             currency: usd(),
             channel: FulfillmentChannel::Merchant,
+            purchase_date: None,
             items: vec![ItemState {
                 code: item_code(),
                 merchant_item_id: None,
@@ -1768,6 +1830,11 @@ mod tests {
         snapshot
     }
 
+    /// Any day: without a refund window the processing day does not matter.
+    fn processed_on() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 30).expect("valid date")
+    }
+
     fn codes(snapshot: &mut Snapshot, message: &AdjustmentMessage) -> Vec<Code> {
         let merchant = MerchantId::new("M1").expect("valid");
         let plan = plan(
@@ -1775,6 +1842,7 @@ mod tests {
             &merchant,
             std::slice::from_ref(message),
             &Rules::default(),
+            processed_on(),
         );
         plan.outcomes[0].problems.iter().map(|p| p.code).collect()
     }
@@ -1921,6 +1989,7 @@ mod tests {
             &merchant,
             std::slice::from_ref(&m),
             &Rules::default(),
+            processed_on(),
         );
         let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
             panic!("one adjustment expected: {plan:?}");

@@ -884,6 +884,37 @@ impl AdjustmentMessage {
     }
 }
 
+/// The calendar day of an order report's `purchase-date`: an ISO date (`2026-11-02`), or a
+/// date-time that starts with one (`2026-11-02T09:14:33+00:00`, `2026-11-02 09:14:33`).
+/// A date-time with an offset (RFC 3339) counts by its UTC day, like the processing date it
+/// is compared with; without an offset, by the day as written. `None` when the text does not
+/// start with a real calendar date (`2026-02-30` is not one).
+///
+/// The import accepts exactly what this parses, and the store parses the stored text with it
+/// once per loaded order, so the rules compare dates, never text.
+pub fn parse_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
+    let bytes = raw.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = bytes.get(range)?;
+        part.iter().all(u8::is_ascii_digit).then_some(())?;
+        part.iter()
+            .try_fold(0_u32, |n, digit| Some(n * 10 + u32::from(digit - b'0')))
+    };
+    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
+        return None;
+    }
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let day = chrono::NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    match bytes.get(10) {
+        None => Some(day),
+        Some(b'T' | b' ') => Some(
+            chrono::DateTime::parse_from_rfc3339(raw)
+                .map_or(day, |moment| moment.naive_utc().date()),
+        ),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -975,5 +1006,49 @@ mod tests {
             assert_eq!(Component::from_name(component.name()), Some(component));
         }
         assert_eq!(Component::from_name("Bogus"), None);
+    }
+
+    #[test]
+    fn purchase_dates_are_calendar_days_in_utc_when_an_offset_is_given() {
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d);
+        assert_eq!(parse_purchase_date("2026-11-02"), day(2026, 11, 2));
+        assert_eq!(
+            parse_purchase_date("2026-11-02T09:14:33+00:00"),
+            day(2026, 11, 2)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T09:14:33Z"),
+            day(2026, 11, 2)
+        );
+        // Late evening in Seattle is the next day in UTC.
+        assert_eq!(
+            parse_purchase_date("2026-11-02T20:00:00-08:00"),
+            day(2026, 11, 3)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T01:00:00+09:00"),
+            day(2026, 11, 1)
+        );
+        // No offset (or one RFC 3339 does not know): the day as written.
+        assert_eq!(parse_purchase_date("2026-11-02 09:14:33"), day(2026, 11, 2));
+        assert_eq!(
+            parse_purchase_date("2026-11-02T09:14:33 PST"),
+            day(2026, 11, 2)
+        );
+        assert_eq!(parse_purchase_date("2024-02-29"), day(2024, 2, 29));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-02-30",
+            "2025-02-29",
+            "2026-11-2",
+            "2026/11/02",
+            "2026-11-02x",
+            "+026-11-02",
+            "02-11-2026",
+        ] {
+            assert_eq!(parse_purchase_date(bad), None, "{bad:?}");
+        }
     }
 }

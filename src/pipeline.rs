@@ -274,6 +274,9 @@ fn apply<R: std::io::BufRead + Send>(
         digest: None,
     };
     let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
+    // One processing day for the whole feed, even if it runs past midnight, so every
+    // message of a feed is judged alike (the refund window).
+    let processed_on = chrono::Utc::now().date_naive();
     let mut tally = Tally::default();
     let mut snapshot = Snapshot::new();
     let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
@@ -300,6 +303,7 @@ fn apply<R: std::io::BufRead + Send>(
                 &mut chunk,
                 upcoming,
                 rules,
+                processed_on,
                 &mut tally,
             )?;
         }
@@ -382,6 +386,8 @@ fn order_refs(chunk: &[ValidatedMessage]) -> Vec<OrderRef> {
 
 /// Plans and writes one chunk: loads its orders, hints the store at the `upcoming` chunk's
 /// orders ([`FeedTx::prefetch`]), plans, writes, then forgets the orders.
+// The inputs of one private call site, as for `apply`.
+#[allow(clippy::too_many_arguments)]
 fn flush(
     tx: &mut dyn FeedTx,
     merchant: &MerchantId,
@@ -389,6 +395,7 @@ fn flush(
     chunk: &mut Vec<ValidatedMessage>,
     upcoming: Vec<OrderRef>,
     rules: &Rules,
+    processed_on: chrono::NaiveDate,
     tally: &mut Tally,
 ) -> Result<(), ProcessError> {
     let mut valid: Vec<AdjustmentMessage> = Vec::new();
@@ -407,7 +414,7 @@ fn flush(
         tx.load(merchant, &needs, snapshot)?;
     }
     tx.prefetch(merchant, upcoming);
-    let plan = engine::plan(snapshot, merchant, &valid, rules);
+    let plan = engine::plan(snapshot, merchant, &valid, rules, processed_on);
     tx.apply(merchant, &plan.changes)?;
     snapshot.forget();
     tx.forget_loaded();

@@ -3,8 +3,9 @@
 //! This is the one table of result codes in the code (`docs/result-codes.md` is its
 //! documentation and a test keeps the two in step). Amazon's numbers are reused where
 //! Amazon has one (5000, 5005, 6001, 18015, 18016, 18028); our own codes live in the
-//! 90000 range so they can never be mistaken for Amazon's. Problems are values, not
-//! errors: validation and the engine collect them, the report renders them.
+//! 90000 range so they can never be mistaken for Amazon's (900xx feed level, 901xx found
+//! from the feed alone, 902xx found against the store, 903xx policy warnings). Problems are
+//! values, not errors: validation and the engine collect them, the report renders them.
 
 use std::fmt;
 
@@ -155,6 +156,8 @@ codes! {
     LinkedItemFailed = (90207, "LINKED_ITEM_FAILED", Error, Message,
         "another adjusted item of the same message failed, so this one was not applied either"),
     // Message level, policy: the message applies; a person should review it.
+    OutsideRefundWindow = (90301, "OUTSIDE_REFUND_WINDOW", Warning, Message,
+        "applied, but the order was purchased longer ago than the configured refund window"),
     RestockingFeeReview = (90302, "RESTOCKING_FEE_REVIEW", Warning, Message,
         "the restocking fee is at or above the review share of the Principal refunded (default 20 %)"),
     ConcessionLimit = (90303, "CONCESSION_LIMIT", Warning, Message,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
-    PriceComponent, PromotionComponent, SellerId,
+    PriceComponent, PromotionComponent, SellerId, parse_purchase_date,
 };
 use crate::store::{OrderRow, RowSource, Rows};
 
@@ -348,25 +348,6 @@ fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
     })
 }
 
-/// `YYYY-MM-DD`, alone or followed by a time (`T` or a space, then anything): the reports'
-/// ISO 8601 dates, checked as far as a person would.
-fn is_iso_date(raw: &str) -> bool {
-    let b = raw.as_bytes();
-    let digits = |range: std::ops::Range<usize>| {
-        b.get(range.clone())
-            .is_some_and(|part| part.iter().all(u8::is_ascii_digit))
-            .then(|| raw[range].parse::<u32>().unwrap_or(0))
-    };
-    let (Some(_year), Some(month), Some(day)) = (digits(0..4), digits(5..7), digits(8..10)) else {
-        return false;
-    };
-    b.get(4) == Some(&b'-')
-        && b.get(7) == Some(&b'-')
-        && (1..=12).contains(&month)
-        && (1..=31).contains(&day)
-        && matches!(b.get(10), None | Some(b'T' | b' '))
-}
-
 fn parse_row(
     columns: &Columns,
     header_len: usize,
@@ -435,12 +416,17 @@ fn parse_row(
     let merchant_item_id = seller_id(columns.merchant_item_id, "merchant-order-item-id")?;
     let purchase_date = optional(columns.purchase_date)
         .map(|raw| {
-            is_iso_date(raw).then(|| raw.to_owned()).ok_or_else(|| {
-                err(
-                    "purchase-date",
-                    format!("{raw:?} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00"),
-                )
-            })
+            // Kept as written; checked with the parser the store reads it back with.
+            parse_purchase_date(raw)
+                .map(|_| raw.to_owned())
+                .ok_or_else(|| {
+                    err(
+                        "purchase-date",
+                        format!(
+                            "{raw:?} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00"
+                        ),
+                    )
+                })
         })
         .transpose()?;
     let sku = field(columns.sku);
@@ -713,6 +699,11 @@ mod tests {
             ),
             (
                 "171-1234567-1234567\t12345678901234\t2026-13-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
+                "purchase-date",
+                "not a date",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-02-30\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
                 "purchase-date",
                 "not a date",
             ),

@@ -31,7 +31,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
-    OrderItemCode, OrderRef, SellerId, format_minor,
+    OrderItemCode, OrderRef, SellerId, format_minor, parse_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::{
@@ -993,8 +993,8 @@ impl FeedTx for PgFeedTx<'_> {
         if !needs.orders.is_empty() {
             // Lock the orders in the fixed order (by AmazonOrderID), then their items.
             let order_rows = self.query(
-                "SELECT id, amazon_order_id, merchant_order_id, currency, fulfillment_channel \
-                 FROM orders WHERE merchant = $1 \
+                "SELECT id, amazon_order_id, merchant_order_id, currency, fulfillment_channel, \
+                 purchase_date FROM orders WHERE merchant = $1 \
                  AND (amazon_order_id = ANY($2) OR merchant_order_id = ANY($3)) \
                  ORDER BY amazon_order_id FOR UPDATE",
                 &[&merchant.as_str(), &amazon_ids, &merchant_ids],
@@ -1006,6 +1006,9 @@ impl FeedTx for PgFeedTx<'_> {
                 let merchant_order: Option<String> = self.get(row, 2)?;
                 let currency: String = self.get(row, 3)?;
                 let channel: String = self.get(row, 4)?;
+                // Parsed once per order; text an older build let in (`2026-02-30`) counts
+                // as no purchase date.
+                let purchase_date: Option<String> = self.get(row, 5)?;
                 let state = OrderState {
                     amazon_order_id: AmazonOrderId::new(&amazon)
                         .ok_or_else(|| corrupt("AmazonOrderID", &amazon))?,
@@ -1018,6 +1021,7 @@ impl FeedTx for PgFeedTx<'_> {
                     channel: channel
                         .parse::<FulfillmentChannel>()
                         .map_err(|()| corrupt("fulfillment channel", &channel))?,
+                    purchase_date: purchase_date.as_deref().and_then(parse_purchase_date),
                     items: Vec::new(),
                 };
                 found_amazon.insert(amazon);

@@ -37,7 +37,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
-    OrderItemCode, OrderRef, SellerId, format_minor,
+    OrderItemCode, OrderRef, SellerId, format_minor, parse_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::import::column_for;
@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_initial.sql"),
     include_str!("migrations/sqlite/0002_load_indexes.sql"),
     include_str!("migrations/sqlite/0003_quantity_returned.sql"),
+    include_str!("migrations/sqlite/0004_load_purchase_date.sql"),
 ];
 
 /// The newest schema version this build knows.
@@ -1405,7 +1406,7 @@ fn load_orders(
     let mut orders: Vec<LoadedOrder> = Vec::new();
     let mut order_at: IdMap<usize> = IdMap::default();
     let mut item_at: IdMap<(usize, usize)> = IdMap::default();
-    // The covering index of migration 2, named because without statistics the planner
+    // The covering index of migrations 2 and 4, named because without statistics the planner
     // takes the UNIQUE index and then reads every order row from the table as well.
     let hint = if column == "amazon_order_id" {
         "INDEXED BY orders_load"
@@ -1418,7 +1419,7 @@ fn load_orders(
             "SELECT o.id, o.amazon_order_id, o.merchant_order_id, o.currency, \
              o.fulfillment_channel, i.id, i.amazon_order_item_code, i.merchant_order_item_id, \
              i.quantity_ordered, i.quantity_shipped, i.quantity_cancelled, i.position, \
-             c.component, c.charged, c.refunded, i.quantity_returned \
+             c.component, c.charged, c.refunded, i.quantity_returned, o.purchase_date \
              FROM orders o {hint} LEFT JOIN order_items i ON i.order_id = o.id \
              LEFT JOIN item_components c ON c.item_id = i.id \
              WHERE o.merchant = ?1 AND o.{column} IN ({placeholders})"
@@ -1446,6 +1447,14 @@ fn load_orders(
                     let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
                     let channel = r.get_ref(4).map_err(db_error)?;
                     let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
+                    // Parsed once per order. The import only stores text this parses; text
+                    // an older build let in (`2026-02-30`) counts as no purchase date.
+                    let purchase_date = r
+                        .get_ref(16)
+                        .map_err(db_error)?
+                        .as_str_or_null()
+                        .map_err(|e| db_error(e.into()))?
+                        .and_then(parse_purchase_date);
                     orders.push(LoadedOrder {
                         state: OrderState {
                             amazon_order_id: AmazonOrderId::new(&aid)
@@ -1456,6 +1465,7 @@ fn load_orders(
                             channel: channel
                                 .parse()
                                 .map_err(|()| corrupt("fulfillment channel", channel))?,
+                            purchase_date,
                             items: Vec::new(),
                         },
                         item_ids: Vec::new(),
@@ -2231,6 +2241,7 @@ mod tests {
                 merchant_order_id: None,
                 currency: Currency::from_code("USD").expect("currency"),
                 channel: FulfillmentChannel::Merchant,
+                purchase_date: None,
                 items: vec![ItemState {
                     code: OrderItemCode::new("12345678901234").expect("item code"),
                     merchant_item_id: None,

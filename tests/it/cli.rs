@@ -377,6 +377,145 @@ fn each_message_gets_its_own_outcome() {
     assert_eq!(order["items"][0]["refunded"]["Shipping"], "6.00");
 }
 
+/// A feed of merchant M_TEST refunding 1.00 of Principal on order 171-0000100-0000100 under
+/// the MerchantAdjustmentItemID `key`.
+fn late_refund_feed(key: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n\
+         <Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>171-0000100-0000100</AmazonOrderID>\
+         <AdjustedItem><AmazonOrderItemCode>17100000000001</AmazonOrderItemCode>\
+         <MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+         <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">1.00</Amount></Component>\
+         </ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>\n</AmazonEnvelope>\n"
+    )
+}
+
+#[test]
+fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_report() {
+    let sandbox = Sandbox::new();
+    // Bought 100 days ago (UTC, as adjustd counts the processing day).
+    let purchased = chrono::Utc::now().date_naive() - chrono::Days::new(100);
+    let orders = sandbox.path("old-order.txt");
+    std::fs::write(
+        &orders,
+        format!(
+            "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+             171-0000100-0000100\t17100000000001\t{purchased}\tSKU-OLD\t1\t1\tUSD\t50.00\n"
+        ),
+    )
+    .expect("write order report");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        orders.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let process = |name: &str, key: &str, env: &[(&str, &str)]| -> (Output, Vec<PathBuf>) {
+        let feed = sandbox.path(name);
+        std::fs::write(&feed, late_refund_feed(key)).expect("write feed");
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(["process", feed.to_str().expect("utf-8 path")])
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run adjustd");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
+        (out, paths)
+    };
+    let summary = |report: &Value| {
+        (
+            report["summary"]["messages_processed"].as_u64(),
+            report["summary"]["messages_successful"].as_u64(),
+            report["summary"]["messages_with_error"].as_u64(),
+            report["summary"]["messages_with_warning"].as_u64(),
+        )
+    };
+
+    // Without the key: no window, no warning.
+    let (_, paths) = process("no-window.xml", "LATE-1", &[]);
+    let report = json_report(&paths);
+    assert!(codes(&report).is_empty(), "{report}");
+    assert_eq!(summary(&report), (Some(1), Some(1), Some(0), Some(0)));
+
+    // A 30-day window: applied, counted as successful and as a message with a warning.
+    let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        format!("{config}[rules]\nrefund_window_days = 30\n"),
+    )
+    .expect("write config");
+    let (_, paths) = process("window.xml", "LATE-2", &[]);
+    let report = json_report(&paths);
+    assert_eq!(codes(&report), [(1, 90301)], "{report}");
+    assert_eq!(summary(&report), (Some(1), Some(1), Some(0), Some(1)));
+    let result = &report["results"][0];
+    assert_eq!(result["code_name"], "OUTSIDE_REFUND_WINDOW");
+    assert_eq!(result["result"], "Warning");
+    assert_eq!(result["amazon_order_id"], "171-0000100-0000100");
+    let description = result["description"].as_str().expect("description");
+    // 101 if the day turned (UTC) between computing `purchased` and processing.
+    let days_ago = ["100 days before", "101 days before"];
+    assert!(
+        description.contains(&format!("purchased on {purchased}"))
+            && days_ago.iter().any(|days| description.contains(days))
+            && description.contains("refund window of 30 days"),
+        "{description}"
+    );
+    assert!(
+        result["fix"]
+            .as_str()
+            .is_some_and(|fix| fix.contains("applied")),
+        "{result}"
+    );
+    let xml_path = paths
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".report.xml"))
+        .expect("XML report path");
+    let xml = std::fs::read_to_string(xml_path).expect("read XML report");
+    for needed in [
+        "<MessagesSuccessful>1</MessagesSuccessful>",
+        "<MessagesWithWarning>1</MessagesWithWarning>",
+        "<ResultCode>Warning</ResultCode>",
+        "<ResultMessageCode>90301</ResultMessageCode>",
+    ] {
+        assert!(xml.contains(needed), "lacks {needed}:\n{xml}");
+    }
+    let order = sandbox.order("171-0000100-0000100");
+    assert_eq!(order["items"][0]["refunded"]["Principal"], "2.00");
+    // The feed record counts it the same way.
+    let out = sandbox.run(&["feeds", "list", "--json"]);
+    let feeds: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let record = feeds
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|f| &f["feed"])
+        .find(|f| f["file_name"] == "window.xml")
+        .expect("feed record");
+    assert_eq!(record["messages_successful"], 1, "{record}");
+    assert_eq!(record["messages_with_warning"], 1, "{record}");
+
+    // The environment overrides the file: a 365-day window, then 0 (off).
+    for (name, key, days) in [("year.xml", "LATE-3", "365"), ("off.xml", "LATE-4", "0")] {
+        let (_, paths) = process(name, key, &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", days)]);
+        let report = json_report(&paths);
+        assert!(codes(&report).is_empty(), "{days}: {report}");
+        assert_eq!(summary(&report), (Some(1), Some(1), Some(0), Some(0)));
+    }
+    let (_, paths) = process(
+        "env-window.xml",
+        "LATE-5",
+        &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "99")],
+    );
+    assert_eq!(codes(&json_report(&paths)), [(1, 90301)]);
+}
+
 #[test]
 fn the_same_bytes_twice_are_applied_once_and_the_report_names_the_first_feed() {
     let sandbox = Sandbox::new();
@@ -542,7 +681,7 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
     let minimal = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
     let everything = format!(
         "{minimal}[inbox]\ndone_marker = \".done\"\nallowed_merchants = [\"M_TEST\", \"M \\\"2\\\"\"]\n\
-         watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\n\
+         watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\nrefund_window_days = 30\n\
          [http]\nlisten = \"127.0.0.1:9187\"\n[log]\nformat = \"json\"\n"
     );
     for config in [minimal.as_str(), everything.as_str()] {
@@ -572,6 +711,7 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
     for line in [
         "done_marker = \".done\"",
         "duplicate_feeds = \"process\"",
+        "refund_window_days = 30",
         "format = \"json\"",
         "listen = \"127.0.0.1:9187\"",
         "watch = \"poll\"",

@@ -656,6 +656,8 @@ pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
             } else {
                 FulfillmentChannel::Merchant
             },
+            // No purchase date: the model has no refund window (engine_table covers it).
+            purchase_date: None,
             items,
         });
     }

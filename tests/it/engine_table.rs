@@ -9,7 +9,13 @@
 //! The language, one statement per line (`#` starts a comment):
 //!
 //! ```text
-//! order 111-0000001-0000001 USD MFN [merchant=MO-1]      an order (import)
+//! rules [refund_window_days=N] [processed=YYYY-MM-DD]   the rules and the processing day of
+//!                                                         the feeds from here on (defaults:
+//!                                                         `Rules::default()`, 2026-11-30);
+//!                                                         refund_window_days=0 is off
+//! order 111-0000001-0000001 USD MFN [merchant=MO-1] [purchased=DATE]
+//!                                                         an order (import); DATE as in the
+//!                                                         order report's purchase-date
 //! item 10000000000001 ordered=2 shipped=1 [cancelled=0] [merchant=MI-1] Principal=20.00 ...
 //!                                                         an item of the last order, charged
 //! set 111-0000001-0000001 10000000000001 [shipped=2] [Principal=30.00]   a re-import
@@ -26,7 +32,10 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::path::Path;
+
+use chrono::NaiveDate;
 
 use adjustd::engine::{
     self, Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, NewAdjustment, OrderState,
@@ -35,14 +44,19 @@ use adjustd::engine::{
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
     Component, ComponentAmount, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
-    OrderItemCode, OrderRef, Position, Quantity, SellerId, format_minor,
+    OrderItemCode, OrderRef, Position, Quantity, SellerId, format_minor, parse_purchase_date,
 };
 use adjustd::problem::{Code, Problem};
 
 /// A store in miniature: orders with running totals, key records and applied adjustments,
-/// changed only through the engine's [`Change`]s.
-#[derive(Debug, Clone, Default)]
+/// changed only through the engine's [`Change`]s; plus the rules and the processing day the
+/// next feeds are planned with.
+#[derive(Debug, Clone)]
 pub struct MiniStore {
+    /// The rules feeds are planned with.
+    pub rules: Rules,
+    /// The day feeds are processed on.
+    pub processed_on: NaiveDate,
     /// Orders by Amazon id.
     pub orders: BTreeMap<AmazonOrderId, OrderState>,
     /// Key records (origin always names a committed feed).
@@ -52,6 +66,20 @@ pub struct MiniStore {
     /// Number of pinned rejections.
     pub pins: usize,
     next_feed_id: u64,
+}
+
+impl Default for MiniStore {
+    fn default() -> MiniStore {
+        MiniStore {
+            rules: Rules::default(),
+            processed_on: NaiveDate::from_ymd_opt(2026, 11, 30).expect("valid date"),
+            orders: BTreeMap::new(),
+            keys: HashMap::new(),
+            adjustments: Vec::new(),
+            pins: 0,
+            next_feed_id: 0,
+        }
+    }
 }
 
 impl MiniStore {
@@ -152,7 +180,13 @@ impl MiniStore {
         self.next_feed_id += 1;
         let feed_id = self.next_feed_id;
         let mut snapshot = self.snapshot_for(messages);
-        let plan = engine::plan(&mut snapshot, &merchant(), messages, &Rules::default());
+        let plan = engine::plan(
+            &mut snapshot,
+            &merchant(),
+            messages,
+            &self.rules,
+            self.processed_on,
+        );
         assert_eq!(
             plan.outcomes.len(),
             messages.len(),
@@ -340,6 +374,24 @@ fn run_table(path: &Path) -> usize {
             column: u32::try_from(column + 1).expect("small line"),
         };
         match head {
+            "rules" => {
+                scenario.flush();
+                for (k, v) in fields(rest) {
+                    match k.as_str() {
+                        "refund_window_days" => {
+                            let days = v
+                                .parse::<u32>()
+                                .unwrap_or_else(|_| scenario.fail(line_no, "bad number of days"));
+                            scenario.store.rules.refund_window_days = NonZeroU32::new(days);
+                        }
+                        "processed" => {
+                            scenario.store.processed_on = NaiveDate::parse_from_str(&v, "%Y-%m-%d")
+                                .unwrap_or_else(|_| scenario.fail(line_no, "bad date"));
+                        }
+                        _ => scenario.fail(line_no, &format!("unknown field {k}")),
+                    }
+                }
+            }
             "order" => {
                 scenario.flush();
                 let [id, currency, channel, extra @ ..] = rest else {
@@ -355,11 +407,18 @@ fn run_table(path: &Path) -> usize {
                     channel: channel
                         .parse::<FulfillmentChannel>()
                         .unwrap_or_else(|()| scenario.fail(line_no, "bad channel")),
+                    purchase_date: None,
                     items: Vec::new(),
                 };
                 for (k, v) in fields(extra) {
                     match k.as_str() {
                         "merchant" => order.merchant_order_id = SellerId::new(&v),
+                        "purchased" => {
+                            order.purchase_date =
+                                Some(parse_purchase_date(&v).unwrap_or_else(|| {
+                                    scenario.fail(line_no, "bad purchase date")
+                                }));
+                        }
                         _ => scenario.fail(line_no, &format!("unknown field {k}")),
                     }
                 }
@@ -658,6 +717,7 @@ fn engine_tables() {
         Code::ComponentExceedsRemaining,
         Code::NegativeRefundComponent,
         Code::LinkedItemFailed,
+        Code::OutsideRefundWindow,
     ] {
         assert!(
             seen_codes.contains(&code),

@@ -157,6 +157,7 @@ pub mod conformance {
                 over_refund_from_a_buggy_engine_is_refused,
                 feed_lookups,
                 same_bytes_committed_twice_is_a_conflict,
+                loading_gives_the_engine_the_purchase_date,
             );
         };
         (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -930,6 +931,84 @@ pub mod conformance {
         assert!(mug.adjustments.is_empty());
         assert_eq!(store.recent_feeds(10).expect("recent").len(), 1);
     }
+
+    /// Every load path gives the engine each order's purchase date, parsed (the UTC day of a
+    /// date-time with an offset), and none for an order imported without one: the first
+    /// load of a feed, and the load of a later chunk after a prefetch hint. On an on-disk
+    /// SQLite store that load takes the orders from the prefetch connection, bringing an
+    /// order this feed already wrote to up to date from the feed's own writes (the overlay);
+    /// PostgreSQL ignores the hint and loads them again.
+    pub fn loading_gives_the_engine_the_purchase_date(store: &mut dyn Store) {
+        let report = "order-id\torder-item-id\tmerchant-order-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+             171-0000001-0000001\t10000000000001\tPO-1\t2026-01-29\tS1\t1\t1\tUSD\t10.00\n\
+             171-0000002-0000002\t10000000000002\t\t2026-01-29T20:00:00-08:00\tS2\t1\t1\tUSD\t10.00\n\
+             171-0000003-0000003\t10000000000003\t\t\tS3\t1\t1\tUSD\t10.00\n";
+        let rows = parse_order_report(report).expect("report");
+        store.import_orders(&merchant(), &rows).expect("import");
+        let day = |m, d| chrono::NaiveDate::from_ymd_opt(2026, m, d);
+        let expected = [
+            ("171-0000001-0000001", day(1, 29)),
+            // 20:00 in Seattle on 2026-01-29 is 2026-01-30 in UTC.
+            ("171-0000002-0000002", day(1, 30)),
+            ("171-0000003-0000003", None),
+        ];
+        let needs = Needs {
+            orders: expected
+                .iter()
+                .map(|(order, _)| OrderRef::Amazon(aid(order)))
+                .chain([OrderRef::Merchant(sid("PO-1"))])
+                .collect(),
+            keys: Vec::new(),
+        };
+        let check = |snapshot: &Snapshot, path: &str| {
+            for (order, date) in expected {
+                let loaded = snapshot
+                    .order(&OrderRef::Amazon(aid(order)))
+                    .unwrap_or_else(|| panic!("{path}: {order} loaded"));
+                assert_eq!(loaded.purchase_date, date, "{path}: {order}");
+            }
+            let by_merchant_id = snapshot
+                .order(&OrderRef::Merchant(sid("PO-1")))
+                .expect("PO-1 loaded");
+            assert_eq!(by_merchant_id.purchase_date, day(1, 29), "{path}: PO-1");
+        };
+
+        let mut tx = store
+            .begin_feed(&new_feed("dates.xml", "dates", None))
+            .expect("begin");
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        check(&snapshot, "first chunk");
+        // The feed writes to order 1, so the next chunk's copy of it must come up to date.
+        tx.apply(
+            &merchant(),
+            &[adjustment(
+                1,
+                "171-0000001-0000001",
+                "10000000000001",
+                &[(principal(), 100)],
+                Some("DATE-1"),
+                0,
+            )],
+        )
+        .expect("apply");
+        snapshot.forget();
+        tx.forget_loaded();
+
+        tx.prefetch(&merchant(), needs.orders.clone());
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        check(&snapshot, "prefetched chunk");
+        let written = snapshot
+            .order(&OrderRef::Amazon(aid("171-0000001-0000001")))
+            .expect("loaded");
+        assert_eq!(
+            written.items[0].components[&principal()].refunded,
+            100,
+            "the prefetched order includes this feed's write"
+        );
+        tx.commit(&done(1, None)).expect("commit");
+    }
 }
 
 // ---- SQLite ----
@@ -1289,7 +1368,8 @@ fn store_throughput() {
 fn sqlite_upgrades_a_version_1_database_in_place() {
     // A database as version 1 left it (its schema and one imported order), then opened by
     // this build: the later migrations run, the data stays, and the load query (as
-    // `SqliteFeedTx::load_orders` writes it) reads through the covering indexes of version 2.
+    // `SqliteFeedTx::load_orders` writes it) reads through the covering indexes of versions
+    // 2 to 4.
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("v1.db");
     {
@@ -1348,7 +1428,7 @@ fn sqlite_upgrades_a_version_1_database_in_place() {
              o.currency, o.fulfillment_channel, i.id, i.amazon_order_item_code, \
              i.merchant_order_item_id, i.quantity_ordered, i.quantity_shipped, \
              i.quantity_cancelled, i.position, c.component, c.charged, c.refunded, \
-             i.quantity_returned \
+             i.quantity_returned, o.purchase_date \
              FROM orders o INDEXED BY orders_load LEFT JOIN order_items i ON i.order_id = o.id \
              LEFT JOIN item_components c ON c.item_id = i.id \
              WHERE o.merchant = 'A1SELLER' AND o.amazon_order_id IN ('171-1234567-1234567')",
@@ -1365,5 +1445,84 @@ fn sqlite_upgrades_a_version_1_database_in_place() {
                 .iter()
                 .any(|step| step.contains("COVERING INDEX order_items_load")),
         "{plan:?}"
+    );
+}
+
+#[test]
+fn sqlite_upgrades_a_version_3_database_to_a_load_index_with_the_purchase_date() {
+    // A database as version 3 left it, with an order imported with a purchase date. Version 4
+    // recreates the covering index the load query names (INDEXED BY orders_load) with
+    // purchase_date, and a feed loads the order with its date.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("v3.db");
+    {
+        let conn = raw(&path);
+        for sql in [
+            include_str!("../../src/store/migrations/sqlite/0001_initial.sql"),
+            include_str!("../../src/store/migrations/sqlite/0002_load_indexes.sql"),
+            include_str!("../../src/store/migrations/sqlite/0003_quantity_returned.sql"),
+        ] {
+            conn.execute_batch(sql).expect("version 3 schema");
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 3;
+             INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel,
+                 purchase_date)
+                 VALUES (1, 'A1SELLER', '171-1234567-1234567', 'USD', 'MFN',
+                         '2026-11-02T09:14:33+00:00');
+             INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
+                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 2);",
+        )
+        .expect("version 3 data");
+    }
+    let index_columns = |path: &std::path::Path| -> Vec<String> {
+        raw(path)
+            .prepare("SELECT name FROM pragma_index_info('orders_load') ORDER BY seqno")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert!(!index_columns(&path).contains(&"purchase_date".to_owned()));
+
+    let mut store = SqliteStore::open(&path).expect("open upgrades");
+    let mut tx = store
+        .begin_feed(&new_feed("after-upgrade.xml", "after-upgrade", None))
+        .expect("begin");
+    let mut snapshot = Snapshot::new();
+    let order = OrderRef::Amazon(aid("171-1234567-1234567"));
+    tx.load(
+        &merchant(),
+        &Needs {
+            orders: vec![order.clone()],
+            keys: Vec::new(),
+        },
+        &mut snapshot,
+    )
+    .expect("load");
+    assert_eq!(
+        snapshot.order(&order).expect("loaded").purchase_date,
+        chrono::NaiveDate::from_ymd_opt(2026, 11, 2)
+    );
+    drop(tx);
+    drop(store);
+
+    let version: i64 = raw(&path)
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 4);
+    assert_eq!(version, adjustd::store::sqlite::SCHEMA_VERSION);
+    assert_eq!(
+        index_columns(&path),
+        [
+            "merchant",
+            "amazon_order_id",
+            "id",
+            "merchant_order_id",
+            "currency",
+            "fulfillment_channel",
+            "purchase_date"
+        ]
     );
 }
