@@ -1475,7 +1475,10 @@ fn review_warnings(
     // All items applied, so adjustment `index` is adjusted item `index`, and its amounts
     // are that item's amounts in document order.
     for (index, adjustment) in adjustments.iter().enumerate() {
-        let Some(position) = find_item(before, &ItemRef::Amazon(adjustment.item_code.clone()))
+        let Some(position) = before
+            .items
+            .iter()
+            .position(|item| item.code == adjustment.item_code)
         else {
             continue;
         };
