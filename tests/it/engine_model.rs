@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use adjustd::engine::{Change, OrderState, Rules};
+use adjustd::engine::{Change, ItemState, OrderState, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
     Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
@@ -474,15 +474,7 @@ impl Model {
                 // The item's net may not exceed what the buyer paid (charges less
                 // promotion discounts) less every earlier adjustment's net.
                 let net: i64 = amounts.iter().map(|(_, m)| m).sum();
-                let paid: i64 = state
-                    .components
-                    .iter()
-                    .map(|(c, t)| match c.class() {
-                        ComponentClass::Charge => t.charged,
-                        ComponentClass::Promotion => -t.charged,
-                        ComponentClass::Fee | ComponentClass::Concession => 0,
-                    })
-                    .sum();
+                let paid = paid(state);
                 let so_far: i64 = self
                     .accepted
                     .iter()
@@ -574,15 +566,7 @@ impl Model {
                     .filter(|a| a.order == order.amazon_order_id && a.item == state.code)
                     .map(|a| total(&concession, &a.amounts))
                     .sum();
-                let paid: i64 = state
-                    .components
-                    .iter()
-                    .map(|(c, t)| match c.class() {
-                        ComponentClass::Charge => t.charged,
-                        ComponentClass::Promotion => -t.charged,
-                        ComponentClass::Fee | ComponentClass::Concession => 0,
-                    })
-                    .sum();
+                let paid = paid(state);
                 if given * 100 > i64::from(rules.concession_review_percent) * paid {
                     warnings.push(Code::ConcessionLimit);
                 }
@@ -590,6 +574,19 @@ impl Model {
         }
         warnings
     }
+}
+
+/// What the buyer paid for an item: its charges less its promotion discounts.
+fn paid(state: &ItemState) -> i64 {
+    state
+        .components
+        .iter()
+        .map(|(c, t)| match c.class() {
+            ComponentClass::Charge => t.charged,
+            ComponentClass::Promotion => -t.charged,
+            ComponentClass::Fee | ComponentClass::Concession => 0,
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------
