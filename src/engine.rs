@@ -1401,12 +1401,7 @@ fn evaluate_item(
         let balance = ItemBalance::of(state);
         let remaining = balance.remaining();
         if i128::from(net) > remaining {
-            let money = |minor: i128| {
-                i64::try_from(minor).map_or_else(
-                    |_| format!("{minor} minor units of {currency}"),
-                    |minor| format!("{} {currency}", format_minor(minor, currency)),
-                )
-            };
+            let money = |minor: i128| money(minor, currency);
             return Err(Box::new(facts.item_problem(
                 Code::ComponentExceedsRemaining,
                 index,
@@ -1465,12 +1460,7 @@ fn review_warnings(
         return Vec::new();
     };
     let currency = after.currency;
-    let money = |minor: i128| {
-        i64::try_from(minor).map_or_else(
-            |_| format!("{minor} minor units of {currency}"),
-            |minor| format!("{} {currency}", format_minor(minor, currency)),
-        )
-    };
+    let money = |minor: i128| money(minor, currency);
     let mut warnings = Vec::new();
     // All items applied, so adjustment `index` is adjusted item `index`, and its amounts
     // are that item's amounts in document order.
@@ -1648,6 +1638,15 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
             currency.exponent()
         ),
     ))
+}
+
+/// `minor` units of `currency` as an amount with its code ("12.50 USD"), or in minor units
+/// when it does not fit an `i64`.
+fn money(minor: i128, currency: Currency) -> String {
+    i64::try_from(minor).map_or_else(
+        |_| format!("{minor} minor units of {currency}"),
+        |minor| format!("{} {currency}", format_minor(minor, currency)),
+    )
 }
 
 fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {
