@@ -1116,7 +1116,13 @@ fn sqlite_second_opener_gets_locked_with_the_holder() {
         other => panic!("expected Locked, got {other:?}"),
     }
     drop(store);
-    SqliteStore::open(&path).expect("free again after the holder closed");
+    // Other tests of this binary spawn processes: a child forked while the lock file was
+    // open holds a copy of its descriptor (and so the flock) until it execs, for a moment.
+    crate::util::wait_for(
+        "the lock to be free after the holder closed",
+        std::time::Duration::from_secs(5),
+        || SqliteStore::open(&path).is_ok(),
+    );
 }
 
 #[test]
