@@ -87,6 +87,13 @@ pub enum Command {
     /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
     /// daemon first, or use PostgreSQL to run several writers. `orders show` and
     /// `feeds list` work next to it.
+    ///
+    /// A feed with an ORDER_NOT_FOUND (often an order report not imported yet) is parked in
+    /// [paths] parked and processed again with back-off ([daemon]
+    /// order_not_found_first_retry_secs, doubling, at most an hour apart) until its orders
+    /// are found or [daemon] order_not_found_window_secs have passed since it was first
+    /// processed; the retry after that pins ORDER_NOT_FOUND as final. Each retry writes its
+    /// own report pair. A window of 0 turns this off.
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.
@@ -96,6 +103,11 @@ pub enum Command {
     /// it: a feed for another merchant is rejected (MERCHANT_NOT_ALLOWED) and the reports go
     /// to `outbox/<merchant>/`. Any other file reports to outbox/ and may speak for the
     /// merchants of inbox.allowed_merchants (any when unset).
+    ///
+    /// `process` does not park: a message whose order is not found (ORDER_NOT_FOUND) is
+    /// reported and not retried, as by the daemon with parking off. Import the order and
+    /// process the same file again (its bytes are processed again, not skipped as a
+    /// duplicate), or drop it into the inbox, where the daemon parks and retries it.
     Process(ProcessArgs),
     /// Parse and validate feeds without touching the store; prints the problems.
     /// Exit 0 only when no message has an error.
@@ -896,6 +908,7 @@ fn render_config(config: &Config) -> String {
          archive = {archive}\n\
          failed = {failed}\n\
          work = {work}\n\
+         parked = {parked}\n\
          \n\
          [store]\n\
          url = {url}{redacted}\n\
@@ -926,6 +939,8 @@ fn render_config(config: &Config) -> String {
          [daemon]\n\
          shutdown_timeout_secs = {shutdown_timeout_secs}\n\
          max_backoff_secs = {max_backoff_secs}\n\
+         order_not_found_window_secs = {order_not_found_window_secs}\n\
+         order_not_found_first_retry_secs = {order_not_found_first_retry_secs}\n\
          \n\
          [http]\n\
          {listen}\n\
@@ -937,6 +952,7 @@ fn render_config(config: &Config) -> String {
         archive = path(&inbox.archive),
         failed = path(&inbox.failed),
         work = path(&inbox.work),
+        parked = path(&daemon.parked),
         url = quote(&store_url),
         settle_ms = inbox.settle.as_millis(),
         ignore = strings(&mut inbox.ignore.iter().map(String::as_str)),
@@ -972,6 +988,10 @@ fn render_config(config: &Config) -> String {
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),
+        order_not_found_window_secs = daemon
+            .order_not_found_window
+            .map_or(0, |window| window.as_secs()),
+        order_not_found_first_retry_secs = daemon.order_not_found_first_retry.as_secs(),
         listen = optional(
             "listen",
             daemon

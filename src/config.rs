@@ -132,6 +132,7 @@ struct PathsFile {
     archive: Option<PathBuf>,
     failed: Option<PathBuf>,
     work: Option<PathBuf>,
+    parked: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +185,8 @@ enum DuplicateFeeds {
 struct DaemonFile {
     shutdown_timeout_secs: Option<u64>,
     max_backoff_secs: Option<u64>,
+    order_not_found_window_secs: Option<u64>,
+    order_not_found_first_retry_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +208,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("paths", "archive"),
     ("paths", "failed"),
     ("paths", "work"),
+    ("paths", "parked"),
     ("store", "url"),
     ("inbox", "settle_ms"),
     ("inbox", "ignore"),
@@ -225,6 +229,8 @@ pub const KEYS: &[(&str, &str)] = &[
     ("rules", "duplicate_feeds"),
     ("daemon", "shutdown_timeout_secs"),
     ("daemon", "max_backoff_secs"),
+    ("daemon", "order_not_found_window_secs"),
+    ("daemon", "order_not_found_first_retry_secs"),
     ("http", "listen"),
     ("log", "format"),
 ];
@@ -564,19 +570,30 @@ fn resolve(
         )?,
         // 0 (or no key) turns the window off; the resolved value has no sentinel.
         refund_window_days: rules_file.refund_window_days.and_then(NonZeroU32::new),
+        // Not a config key: the daemon sets it for the last retry of a parked feed.
+        pin_order_not_found: false,
     };
     let duplicate_policy = match rules_file.duplicate_feeds {
         None | Some(DuplicateFeeds::Skip) => DuplicatePolicy::Skip,
         Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
     };
 
-    let mut daemon = DaemonConfig::with_defaults(inbox);
+    let parked = path("parked", paths_file.parked, "parked");
+    let mut daemon = DaemonConfig::with_defaults(inbox, parked);
     let daemon_file = raw.daemon.unwrap_or_default();
     if let Some(secs) = daemon_file.shutdown_timeout_secs {
         daemon.shutdown_timeout = Duration::from_secs(secs);
     }
     if let Some(secs) = daemon_file.max_backoff_secs {
         daemon.max_backoff = Duration::from_secs(positive("daemon.max_backoff_secs", secs)?);
+    }
+    // A window of 0 turns parking off; the resolved value has no sentinel.
+    if let Some(secs) = daemon_file.order_not_found_window_secs {
+        daemon.order_not_found_window = (secs > 0).then(|| Duration::from_secs(secs));
+    }
+    if let Some(secs) = daemon_file.order_not_found_first_retry_secs {
+        daemon.order_not_found_first_retry =
+            Duration::from_secs(positive("daemon.order_not_found_first_retry_secs", secs)?);
     }
     daemon.http_listen = raw
         .http
@@ -757,6 +774,66 @@ mod tests {
         let error =
             load_text("[rules]\nrefund_window_days = \"30d\"\n", &[]).expect_err("not a number");
         assert!(error.to_string().contains("refund_window_days"), "{error}");
+    }
+
+    #[test]
+    fn order_not_found_parking_has_defaults_overrides_and_an_off_switch() {
+        use crate::park::RetryWindow;
+
+        let folder = |config: &Config| {
+            config
+                .file
+                .as_ref()
+                .and_then(|f| f.parent())
+                .expect("folder")
+                .to_path_buf()
+        };
+        let config = load_text("", &[]).expect("valid");
+        assert_eq!(config.daemon.parked, folder(&config).join("var/parked"));
+        assert_eq!(
+            config.daemon.order_not_found_retry(),
+            Some(RetryWindow {
+                window: Duration::from_secs(86_400),
+                first_retry: Duration::from_secs(60),
+            })
+        );
+
+        let text = "[paths]\nparked = \"held\"\n\
+                    [daemon]\norder_not_found_window_secs = 5\norder_not_found_first_retry_secs = 1\n";
+        let config = load_text(text, &[]).expect("valid");
+        assert_eq!(config.daemon.parked, folder(&config).join("held"));
+        assert_eq!(
+            config.daemon.order_not_found_retry(),
+            Some(RetryWindow {
+                window: Duration::from_secs(5),
+                first_retry: Duration::from_secs(1),
+            })
+        );
+        // 0 turns parking off, from the file or the environment.
+        let off = load_text("[daemon]\norder_not_found_window_secs = 0\n", &[]).expect("valid");
+        assert_eq!(off.daemon.order_not_found_retry(), None);
+        let off =
+            load_text(text, &[("ADJUSTD_DAEMON_ORDER_NOT_FOUND_WINDOW_SECS", "0")]).expect("valid");
+        assert_eq!(off.daemon.order_not_found_retry(), None);
+        assert_eq!(
+            off.daemon.order_not_found_first_retry,
+            Duration::from_secs(1)
+        );
+
+        let error =
+            load_text("[daemon]\norder_not_found_first_retry_secs = 0\n", &[]).expect_err("zero");
+        assert!(
+            error
+                .to_string()
+                .contains("daemon.order_not_found_first_retry_secs"),
+            "{error}"
+        );
+        let error =
+            load_text("[daemon]\norder_not_found_window = 5\n", &[]).expect_err("unknown key");
+        assert!(
+            error.to_string().contains("order_not_found_window"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The daemon: one worker thread that owns the inbox watch, the readiness tracker and the
 //! pipeline context (recover `work/`, list, claim, process, move, repeat), retries with
-//! capped exponential backoff on transient errors, graceful shutdown that never cancels a
-//! feed in hand, and the optional metrics/health listener. No business rules and no signal
-//! handling (the CLI turns signals into the cancellation token).
+//! capped exponential backoff on transient errors, the retries of parked feeds (feeds with
+//! an `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
+//! never cancels a feed in hand, and the optional metrics/health listener. No business
+//! rules and no signal handling (the CLI turns signals into the cancellation token).
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
 };
 use crate::metrics::{FeedResult, Metrics, ScanReason};
+use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
 use crate::store::FeedStatus;
 use crate::telemetry::escaped;
@@ -36,17 +39,38 @@ pub struct DaemonConfig {
     pub max_backoff: Duration,
     /// Where to serve `/healthz` and `/metrics`; off when `None`.
     pub http_listen: Option<SocketAddr>,
+    /// Where feeds with an `ORDER_NOT_FOUND` are parked for their retries (`[paths]
+    /// parked`).
+    pub parked: PathBuf,
+    /// How long after its first processing a parked feed is retried (`[daemon]
+    /// order_not_found_window_secs`); `None` (0 in the file) turns parking off.
+    pub order_not_found_window: Option<Duration>,
+    /// The delay before the first retry of a parked feed; it doubles after each retry, up
+    /// to [`park::MAX_RETRY_INTERVAL`] (`[daemon] order_not_found_first_retry_secs`).
+    pub order_not_found_first_retry: Duration,
 }
 
 impl DaemonConfig {
-    /// A configuration with the documented defaults around `inbox`.
-    pub fn with_defaults(inbox: InboxConfig) -> DaemonConfig {
+    /// A configuration with the documented defaults around `inbox` and the `parked`
+    /// folder.
+    pub fn with_defaults(inbox: InboxConfig, parked: PathBuf) -> DaemonConfig {
         DaemonConfig {
             inbox,
             shutdown_timeout: Duration::from_secs(30),
             max_backoff: Duration::from_secs(64),
             http_listen: None,
+            parked,
+            order_not_found_window: Some(RetryWindow::DEFAULT.window),
+            order_not_found_first_retry: RetryWindow::DEFAULT.first_retry,
         }
+    }
+
+    /// When parked feeds are retried; `None` when parking is off.
+    pub fn order_not_found_retry(&self) -> Option<RetryWindow> {
+        self.order_not_found_window.map(|window| RetryWindow {
+            window,
+            first_retry: self.order_not_found_first_retry,
+        })
     }
 }
 
@@ -74,6 +98,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     inbox::check_layout(&config.inbox)?;
+    if config.order_not_found_window.is_some() {
+        inbox::check_other_folder(&config.inbox, "parked", &config.parked)?;
+    }
     let metrics = Arc::new(Metrics::new());
     let http_stop = CancellationToken::new();
     let mut http_task = None;
@@ -158,6 +185,17 @@ struct Worker {
     tracker: Tracker,
     tokens: ClaimTokens,
     inbox_missing: bool,
+    /// The parked feeds and when to retry them; `None` when parking is off.
+    parking: Option<ParkingLot>,
+}
+
+/// The parked feeds of a daemon with parking on.
+struct ParkingLot {
+    parked: ParkedFeeds,
+    retry: RetryWindow,
+    /// When the folder was last read (it is read again every rescan interval, so feeds
+    /// parked or unparked by another instance sharing it, or by hand, are seen).
+    read_at: Instant,
 }
 
 impl Worker {
@@ -186,10 +224,13 @@ impl Worker {
             tracker,
             tokens: ClaimTokens::new(),
             inbox_missing: false,
+            parking: None,
         }
     }
 
     fn run(mut self) -> anyhow::Result<()> {
+        // Before the recovery of work/, which may park a recovered feed.
+        self.open_parking()?;
         let leftovers = inbox::leftovers(&self.config.inbox, &self.tokens).with_context(|| {
             format!(
                 "recovering feeds left in {}",
@@ -233,13 +274,58 @@ impl Worker {
             }
             let last_scan = Instant::now();
             let processed = self.scan_and_process(reason);
-            if processed > 0 {
+            // One parked feed per round at most, so the inbox waits for one retry at most.
+            let retried = self.retry_parked();
+            if processed > 0 || retried {
                 // After a batch the listing is stale: look again at once.
                 reason = ScanReason::Followup;
                 continue;
             }
             reason = self.wait(&watch, last_scan);
         }
+    }
+
+    /// Reads the parked folder when parking is on; says so when it is off and feeds are
+    /// parked there (they are left alone).
+    fn open_parking(&mut self) -> anyhow::Result<()> {
+        let folder = &self.config.parked;
+        let Some(retry) = self.config.order_not_found_retry() else {
+            let parked = std::fs::read_dir(folder).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| {
+                        entry
+                            .file_name()
+                            .to_string_lossy()
+                            .ends_with(".schedule.json")
+                    })
+                    .count()
+            });
+            if parked > 0 {
+                tracing::warn!(
+                    folder = %escaped(folder.display()),
+                    parked,
+                    "feeds are parked but parking is off ([daemon] order_not_found_window_secs = 0): they are not retried"
+                );
+            }
+            return Ok(());
+        };
+        let parked = ParkedFeeds::open(folder)
+            .with_context(|| format!("reading the parked feeds in {}", folder.display()))?;
+        if !parked.is_empty() {
+            tracing::info!(
+                folder = %escaped(folder.display()),
+                parked = parked.len(),
+                "feeds parked for ORDER_NOT_FOUND retries"
+            );
+        }
+        self.metrics.parked_feeds(parked.len());
+        self.parking = Some(ParkingLot {
+            parked,
+            retry,
+            read_at: Instant::now(),
+        });
+        Ok(())
     }
 
     /// Sleeps until an event, the end of a settle time or backoff, the periodic scan, or
@@ -255,6 +341,9 @@ impl Worker {
             .tracker
             .next_deadline(Instant::now())
             .map_or(timer, |next| next.min(timer));
+        let deadline = self
+            .next_parked_retry()
+            .map_or(deadline, |next| next.min(deadline));
         let reason = loop {
             let now = Instant::now();
             if self.shutdown.is_cancelled() {
@@ -467,41 +556,44 @@ impl Worker {
     /// retry wait leaves it there for the next start.
     fn process(&mut self, claim: Claim, syncs: &mut Syncs) {
         let started = Instant::now();
-        let mut backoff = Duration::from_secs(1);
-        let mut attempt = 0u32;
         tracing::debug!(file = %escaped(&claim.file_name), claim = %claim.token, "processing feed");
+        match self.with_transient_retries(&claim.file_name, |worker| worker.process_once(&claim)) {
+            Some(Ok(processed)) => self.finish_processed(claim, &processed, started, syncs),
+            Some(Err(failure)) => {
+                self.finish_failed(claim, &failure.into_error(), started, syncs);
+            }
+            None => {
+                tracing::info!(file = %escaped(&claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
+            }
+        }
+    }
+
+    /// Runs `attempt` until it succeeds or fails for good, retrying transient failures with
+    /// capped exponential backoff; `None` on shutdown while waiting to retry.
+    fn with_transient_retries(
+        &mut self,
+        file_name: &str,
+        mut attempt: impl FnMut(&mut Worker) -> Result<Processed, Failure>,
+    ) -> Option<Result<Processed, Failure>> {
+        let mut backoff = Duration::from_secs(1);
+        let mut retries = 0u32;
         loop {
-            let result = self.process_once(&claim);
-            match result {
-                Ok(processed) => {
-                    self.finish_processed(claim, &processed, started, syncs);
-                    return;
-                }
+            match attempt(self) {
                 Err(Failure::Process(error)) if error.is_transient() => {
-                    attempt += 1;
+                    retries += 1;
                     self.metrics.retried();
                     let error = anyhow::Error::new(error);
-                    if attempt <= 3 {
-                        tracing::warn!(file = %escaped(&claim.file_name), attempt, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure, will retry");
+                    if retries <= 3 {
+                        tracing::warn!(file = %escaped(file_name), attempt = retries, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure, will retry");
                     } else {
-                        tracing::error!(file = %escaped(&claim.file_name), attempt, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure persists, will retry");
+                        tracing::error!(file = %escaped(file_name), attempt = retries, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure persists, will retry");
                     }
                     if !self.sleep_unless_shutdown(backoff) {
-                        tracing::info!(file = %escaped(&claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
-                        return;
+                        return None;
                     }
                     backoff = (backoff * 2).min(self.config.max_backoff);
                 }
-                Err(failure) => {
-                    let error = match failure {
-                        Failure::Process(error) => anyhow::Error::new(error),
-                        Failure::Panic(message) => {
-                            anyhow::anyhow!("processing panicked: {message}")
-                        }
-                    };
-                    self.finish_failed(claim, &error, started, syncs);
-                    return;
-                }
+                other => return Some(other),
             }
         }
     }
@@ -514,24 +606,11 @@ impl Worker {
             claim.merchant.as_ref(),
             self.config.inbox.allowed_merchants.as_deref(),
         );
-        let context = &mut self.context;
-        match catch_unwind(AssertUnwindSafe(|| {
-            pipeline::process_file(context, &source)
-        })) {
-            Ok(result) => result.map_err(Failure::Process),
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_owned());
-                Err(Failure::Panic(message))
-            }
-        }
+        run_pipeline(&mut self.context, &source)
     }
 
     fn finish_processed(
-        &self,
+        &mut self,
         claim: Claim,
         processed: &Processed,
         started: Instant,
@@ -543,12 +622,18 @@ impl Worker {
             FeedStatus::Rejected => Destination::Failed,
         };
         let file_name = claim.file_name.clone();
-        let moved = claim.finish(
-            &self.config.inbox,
-            destination,
-            Some(outcome.feed_id),
-            syncs,
-        );
+        // Parked before the feed leaves work/: a crash in between recovers it from there
+        // (its report is re-emitted) and parks it then.
+        let parked = self.park(&claim, processed);
+        let moved = match &parked {
+            Ok(()) => claim.finish(
+                &self.config.inbox,
+                destination,
+                Some(outcome.feed_id),
+                syncs,
+            ),
+            Err(_) => Ok(PathBuf::new()),
+        };
         let duration = started.elapsed();
         let result = FeedResult::of(outcome, processed.recovered);
         self.metrics.feed_finished(result, Some(outcome), duration);
@@ -584,6 +669,240 @@ impl Worker {
         }
         if let Err(error) = moved {
             tracing::error!(file = %escaped(&file_name), error = %error, "cannot move the processed feed out of work/; the next start finishes it");
+        }
+        if let Err(error) = parked {
+            tracing::error!(file = %escaped(&file_name), feed_id = outcome.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot park the feed for its ORDER_NOT_FOUND retries; it stays in work/ and the next start parks it");
+        }
+    }
+
+    /// Parks a processed feed that has a deferred `ORDER_NOT_FOUND` (when parking is on):
+    /// a copy of its bytes and its retry schedule go to the parked folder.
+    fn park(&mut self, claim: &Claim, processed: &Processed) -> Result<(), ParkError> {
+        let Some(parking) = self.parking.as_mut() else {
+            return Ok(());
+        };
+        let outcome = &processed.outcome;
+        if !still_deferred(processed) || outcome.status != FeedStatus::Complete {
+            return Ok(());
+        }
+        let now = chrono::Utc::now();
+        // A recovered feed was first processed when its report says, not now.
+        let first_processed_at = chrono::DateTime::parse_from_rfc3339(&outcome.processed_at)
+            .map_or(now, |at| at.with_timezone(&chrono::Utc))
+            .min(now);
+        let schedule = Schedule {
+            version: park::SCHEDULE_VERSION,
+            feed_id: outcome.feed_id,
+            file_name: claim.file_name.clone(),
+            merchant_folder: claim.merchant.as_ref().map(|m| m.as_str().to_owned()),
+            content_hash: outcome.content_hash.clone(),
+            first_processed_at,
+            attempts: 0,
+            last_feed_id: None,
+            next_attempt_at: parking.retry.next_attempt(first_processed_at, 0, now),
+            next_claim_token: self.tokens.next(),
+        };
+        let parking_result = parking.parked.park(&claim.path, schedule)?;
+        self.metrics.parked_feeds(parking.parked.len());
+        match parking_result {
+            Parking::Parked(schedule) => tracing::info!(
+                file = %escaped(&claim.file_name),
+                feed_id = outcome.feed_id,
+                orders_not_found = processed.deferred,
+                next_attempt_at = %schedule.next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                window_ends_at = %parking.retry.ends(first_processed_at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "feed parked: ORDER_NOT_FOUND, it is retried until the order is found or the window ends"
+            ),
+            Parking::AlreadyParked(schedule) => tracing::info!(
+                file = %escaped(&claim.file_name),
+                feed_id = outcome.feed_id,
+                attempts = schedule.attempts,
+                "feed was parked already; its schedule is kept"
+            ),
+        }
+        Ok(())
+    }
+
+    /// When the next parked feed is due, as an `Instant`.
+    fn next_parked_retry(&self) -> Option<Instant> {
+        let (_, due) = self.parking.as_ref()?.parked.next_due()?;
+        let wait = (due - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        Some(Instant::now() + wait)
+    }
+
+    /// Runs the retry of the parked feed due first, if one is due; true when one was taken
+    /// up (even if another instance had it, or it failed), so the caller looks at the
+    /// inbox and then comes back for the next.
+    fn retry_parked(&mut self) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let rescan_interval = self.config.inbox.rescan_interval;
+        let Some(parking) = self.parking.as_mut() else {
+            return false;
+        };
+        if parking.read_at.elapsed() >= rescan_interval {
+            if let Err(error) = parking.parked.reload() {
+                tracing::error!(folder = %escaped(self.config.parked.display()), error = %error, "cannot read the parked folder; parked feeds wait until it can be read");
+            }
+            parking.read_at = Instant::now();
+            self.metrics.parked_feeds(parking.parked.len());
+        }
+        let now = chrono::Utc::now();
+        let feed_id = match parking.parked.next_due() {
+            Some((feed_id, due)) if due <= now => feed_id,
+            _ => return false,
+        };
+        let retry = parking.retry;
+        let attempt = match parking.parked.begin(feed_id, now, retry.first_retry) {
+            Ok(Some(attempt)) => attempt,
+            Ok(None) => {
+                self.metrics.parked_feeds(parking.parked.len());
+                return true;
+            }
+            Err(error) => {
+                tracing::error!(parked_feed_id = feed_id, folder = %escaped(self.config.parked.display()), error = %error, "cannot retry a parked feed; tried again later");
+                return true;
+            }
+        };
+        let schedule = attempt.schedule.clone();
+        let last = retry.is_last(schedule.first_processed_at, now);
+        let merchant = schedule.merchant();
+        let started = Instant::now();
+        tracing::debug!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, attempt = schedule.attempts + 1, last, "retrying parked feed");
+        // The last retry pins what is still not found (refund-rules c3.4).
+        self.context.rules.pin_order_not_found = last;
+        let result = self.with_transient_retries(&schedule.file_name, |worker| {
+            let source = Source::new(
+                &attempt.feed_path,
+                &schedule.file_name,
+                Some(&schedule.next_claim_token),
+                merchant.as_ref(),
+                worker.config.inbox.allowed_merchants.as_deref(),
+            );
+            run_pipeline(&mut worker.context, &source)
+        });
+        self.context.rules.pin_order_not_found = false;
+        match result {
+            Some(Ok(processed)) => self.finish_retry(attempt, &processed, last, started),
+            Some(Err(failure)) => self.fail_retry(attempt, &failure.into_error(), started),
+            None => {
+                tracing::info!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, "shutdown while waiting to retry; the parked feed is retried at the next start")
+            }
+        }
+        true
+    }
+
+    /// After a retry that produced a report: unparks the feed when nothing is deferred any
+    /// more or this was the last retry, else schedules the next one. One summary line.
+    fn finish_retry(
+        &mut self,
+        attempt: Attempt,
+        processed: &Processed,
+        last: bool,
+        started: Instant,
+    ) {
+        let Some(parking) = self.parking.as_mut() else {
+            return;
+        };
+        let outcome = &processed.outcome;
+        let duration = started.elapsed();
+        self.metrics.feed_finished(
+            FeedResult::of(outcome, processed.recovered),
+            Some(outcome),
+            duration,
+        );
+        let schedule = attempt.schedule.clone();
+        let now = chrono::Utc::now();
+        let deferred = still_deferred(processed);
+        // A recovered retry (committed before a crash, report re-emitted) may have run
+        // before the window ended, so it does not count as the last one.
+        let done = !deferred || (last && !processed.recovered);
+        let (result, next_attempt_at) = if done {
+            let result = if deferred || last { "final" } else { "found" };
+            if let Err(error) = parking.parked.unpark(attempt) {
+                tracing::error!(parked_feed_id = schedule.feed_id, folder = %escaped(self.config.parked.display()), error = %error, "cannot remove a parked feed's files; it may be retried once more");
+            }
+            (result, String::new())
+        } else {
+            let attempts = schedule.attempts + 1;
+            let next_attempt_at = if processed.recovered && last {
+                now
+            } else {
+                parking
+                    .retry
+                    .next_attempt(schedule.first_processed_at, attempts, now)
+            };
+            let next = Schedule {
+                attempts,
+                last_feed_id: Some(outcome.feed_id),
+                next_attempt_at,
+                next_claim_token: self.tokens.next(),
+                ..schedule.clone()
+            };
+            if let Err(error) = parking.parked.reschedule(attempt, next) {
+                tracing::error!(parked_feed_id = schedule.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot write a parked feed's schedule; the retry is repeated");
+            }
+            (
+                "parked",
+                next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+        };
+        self.metrics.parked_feeds(parking.parked.len());
+        let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
+        tracing::info!(
+            file = %escaped(&schedule.file_name),
+            merchant,
+            feed_id = outcome.feed_id,
+            parked_feed_id = schedule.feed_id,
+            attempt = schedule.attempts + 1,
+            status = outcome.status.as_str(),
+            orders_not_found = processed.deferred,
+            messages = outcome.messages_processed,
+            successful = outcome.messages_successful,
+            errors = outcome.messages_with_error,
+            warnings = outcome.messages_with_warning,
+            duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            report = %escaped(processed.json_report.display()),
+            result,
+            next_attempt_at,
+            "parked feed retried"
+        );
+    }
+
+    /// After a retry that failed for good (no report): the feed stays parked and is tried
+    /// again after the back-off, under the same claim token (if the failure came after the
+    /// commit, the next try re-emits that report instead of processing again).
+    fn fail_retry(&mut self, attempt: Attempt, error: &anyhow::Error, started: Instant) {
+        let Some(parking) = self.parking.as_mut() else {
+            return;
+        };
+        self.metrics
+            .feed_finished(FeedResult::Error, None, started.elapsed());
+        let schedule = attempt.schedule.clone();
+        let attempts = schedule.attempts + 1;
+        let next_attempt_at =
+            parking
+                .retry
+                .next_attempt(schedule.first_processed_at, attempts, chrono::Utc::now());
+        let next = Schedule {
+            attempts,
+            next_attempt_at,
+            ..schedule.clone()
+        };
+        let rescheduled = parking.parked.reschedule(attempt, next);
+        tracing::error!(
+            file = %escaped(&schedule.file_name),
+            parked_feed_id = schedule.feed_id,
+            attempt = attempts,
+            next_attempt_at = %next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            error = %escaped(format!("{error:#}")),
+            "retry of a parked feed failed; it stays parked"
+        );
+        if let Err(error) = rescheduled {
+            tracing::error!(parked_feed_id = schedule.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot write a parked feed's schedule");
         }
     }
 
@@ -663,4 +982,37 @@ impl Worker {
 enum Failure {
     Process(ProcessError),
     Panic(String),
+}
+
+impl Failure {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Failure::Process(error) => anyhow::Error::new(error),
+            Failure::Panic(message) => anyhow::anyhow!("processing panicked: {message}"),
+        }
+    }
+}
+
+/// Runs the pipeline on one feed; a panic is caught and becomes a [`Failure`].
+fn run_pipeline(context: &mut Context, source: &Source<'_>) -> Result<Processed, Failure> {
+    match catch_unwind(AssertUnwindSafe(|| pipeline::process_file(context, source))) {
+        Ok(result) => result.map_err(Failure::Process),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(Failure::Panic(message))
+        }
+    }
+}
+
+/// True when a processed feed still has an `ORDER_NOT_FOUND` that a retry may change: the
+/// count of deferred messages, or for a recovered feed what its report lists.
+fn still_deferred(processed: &Processed) -> bool {
+    processed.deferred.map_or_else(
+        || pipeline::lists_order_not_found(&processed.outcome),
+        |deferred| deferred > 0,
+    )
 }

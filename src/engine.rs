@@ -37,6 +37,12 @@ pub struct Rules {
     /// R17: Amazon has no feed error for lateness, so it warns and still applies).
     /// `None` (the default): no window.
     pub refund_window_days: Option<NonZeroU32>,
+    /// Pin `OrderNotFound` under the message's keys like the other state rejections
+    /// (refund-rules §c3.4: "park and retry ... then pin it as a state rejection"). The
+    /// daemon sets it for the last retry of a parked feed, once the order-not-found window
+    /// has passed; otherwise (the default) `OrderNotFound` is not pinned, so the same
+    /// message applies once the order is imported.
+    pub pin_order_not_found: bool,
 }
 
 impl Default for Rules {
@@ -46,6 +52,7 @@ impl Default for Rules {
             restocking_fee_review_percent: 20,
             concession_review_percent: 50,
             refund_window_days: None,
+            pin_order_not_found: false,
         }
     }
 }
@@ -304,6 +311,10 @@ pub struct MessageOutcome {
     pub applied: bool,
     /// Errors and warnings, in the order found.
     pub problems: Vec<Problem>,
+    /// True when the message was rejected with `OrderNotFound` and that was not pinned: it
+    /// may apply once the order is imported, which is what the daemon parks a feed for. A
+    /// replay of a pinned `OrderNotFound` is not deferred.
+    pub deferred: bool,
 }
 
 /// The result of planning some messages.
@@ -341,7 +352,8 @@ pub struct Plan {
 ///
 /// State rejections are pinned under every key of the message ([`Change::PinRejection`]);
 /// rejections that depend on the content only (precision, sign) are not, so a corrected
-/// payload may reuse the key.
+/// payload may reuse the key. `OrderNotFound` is pinned only with
+/// [`Rules::pin_order_not_found`]; without it the outcome says it is `deferred`.
 pub fn plan(
     snapshot: &mut Snapshot,
     merchant: &MerchantId,
@@ -486,7 +498,8 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// the store changed. Content-only rejections are not pinned, and neither is
 /// `OrderNotFound`: an order the store does not know yet is often one whose order report
 /// was not imported yet, and the same message must apply once it is (refund-rules c3.4
-/// "park and retry"; adjustd retries on the resend rather than parking).
+/// "park and retry": the daemon parks such a feed and retries it, and only its last retry
+/// pins `OrderNotFound`, see [`Rules::pin_order_not_found`]).
 pub fn is_state_rejection(code: Code) -> bool {
     matches!(
         code,
@@ -758,13 +771,23 @@ fn plan_message(
                 message_id: message.message_id,
                 applied: true,
                 problems: warnings,
+                deferred: false,
             }
         }
-        Err(rejection) => {
-            let pinned = rejection
-                .item_codes
-                .iter()
-                .all(|code| *code == Code::LinkedItemFailed || is_state_rejection(*code));
+        Err(mut rejection) => {
+            let pinned = rejection.item_codes.iter().all(|code| {
+                *code == Code::LinkedItemFailed
+                    || is_state_rejection(*code)
+                    || (rules.pin_order_not_found && *code == Code::OrderNotFound)
+            });
+            let deferred = !pinned && rejection.item_codes.contains(&Code::OrderNotFound);
+            if pinned && rules.pin_order_not_found {
+                for problem in &mut rejection.problems {
+                    if problem.code == Code::OrderNotFound {
+                        word_final_order_not_found(&facts, merchant, problem);
+                    }
+                }
+            }
             if pinned {
                 for ((item, hash), code) in
                     message.items.iter().zip(&hashes).zip(&rejection.item_codes)
@@ -793,9 +816,28 @@ fn plan_message(
                 message_id: message.message_id,
                 applied: false,
                 problems: rejection.problems,
+                deferred,
             }
         }
     }
+}
+
+/// The words of an `OrderNotFound` that is pinned ([`Rules::pin_order_not_found`]): the
+/// last retry of a parked feed, so the answer is final and a new key is needed.
+fn word_final_order_not_found(facts: &Facts<'_>, merchant: &MerchantId, problem: &mut Problem) {
+    let check = match &facts.message.order {
+        OrderRef::Amazon(_) => {
+            "Check the AmazonOrderID; if the order exists, import its order report (adjustd orders import)."
+        }
+        OrderRef::Merchant(_) => {
+            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
+        }
+    };
+    problem.description = format!(
+        "no order with {} exists for merchant {merchant}, and this was the last retry: the order was still not found when the order-not-found window ended (config [daemon] order_not_found_window_secs), so this rejection is now final and pinned to the message's keys",
+        facts.message.order
+    );
+    problem.fix = format!("{check}{}", facts.retry_note());
 }
 
 /// Step 8 (refund-rules §c4 step 15, R17): a message that applies to an order purchased
@@ -844,6 +886,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 description,
                 fix.to_owned(),
             )],
+            deferred: false,
         })
     };
     const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment; to replay an earlier one, resend that message unchanged.";
@@ -962,6 +1005,21 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 )
             })
             .collect(),
+        // Only the last retry of a parked feed pins an `OrderNotFound`, so the replay says
+        // that the order may exist by now and the answer still stands.
+        Some(Code::OrderNotFound) => vec![facts.message_problem(
+            Code::OrderNotFound,
+            facts.order_element(),
+            message.position,
+            format!(
+                "this message was already rejected with {} in {origin}, after its order was not found until the order-not-found window ended; the answer is pinned to its keys and not re-evaluated, even if the order exists now",
+                Code::OrderNotFound
+            ),
+            format!(
+                "Nothing was applied. If the order exists, make sure its order report is imported (adjustd orders import).{}",
+                facts.retry_note()
+            ),
+        )],
         Some(code) if is_message_level(code) => vec![facts.message_problem(
             code,
             facts.order_element(),
@@ -1014,6 +1072,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         message_id: message.message_id,
         applied,
         problems,
+        deferred: false,
     })
 }
 
@@ -1965,6 +2024,95 @@ mod tests {
         let record = s.key(&SellerId::new("K2").expect("valid")).expect("pinned");
         assert_eq!(record.rejection, Some(Code::ComponentExceedsRemaining));
         assert_eq!(record.origin.feed_id, None);
+    }
+
+    #[test]
+    fn order_not_found_is_deferred_until_the_last_retry_pins_it() {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let m = message(vec![price(PriceComponent::Principal, "10.00")]);
+        let key = SellerId::new("K1").expect("valid");
+        let plan_with = |snapshot: &mut Snapshot, rules: &Rules| {
+            plan(
+                snapshot,
+                &merchant,
+                std::slice::from_ref(&m),
+                rules,
+                processed_on(),
+            )
+        };
+
+        // By default: not pinned, so the same message applies once the order is imported.
+        let mut s = Snapshot::new();
+        let deferred = plan_with(&mut s, &Rules::default());
+        let outcome = &deferred.outcomes[0];
+        assert!(outcome.deferred && !outcome.applied, "{outcome:?}");
+        assert_eq!(outcome.problems[0].code, Code::OrderNotFound);
+        assert!(deferred.changes.is_empty(), "{deferred:?}");
+        assert!(s.key(&key).is_none(), "not pinned");
+
+        // The last retry: pinned under the key, worded as final, no longer deferred.
+        let last = Rules {
+            pin_order_not_found: true,
+            ..Rules::default()
+        };
+        let mut s = Snapshot::new();
+        let pinned = plan_with(&mut s, &last);
+        let outcome = &pinned.outcomes[0];
+        assert!(!outcome.deferred && !outcome.applied, "{outcome:?}");
+        let problem = &outcome.problems[0];
+        assert_eq!(problem.code, Code::OrderNotFound);
+        assert!(problem.description.contains("now final"), "{problem}");
+        assert!(
+            problem.fix.contains("new MerchantAdjustmentItemID"),
+            "{problem}"
+        );
+        let [
+            Change::PinRejection {
+                code: Code::OrderNotFound,
+                payload_hash,
+                ..
+            },
+        ] = pinned.changes.as_slice()
+        else {
+            panic!("one pinned OrderNotFound expected: {pinned:?}");
+        };
+        assert_eq!(
+            s.key(&key).and_then(|record| record.rejection),
+            Some(Code::OrderNotFound)
+        );
+
+        // A replay once the order exists gets the pinned answer: nothing applies, and it
+        // is not deferred (a feed of such replays is not parked again).
+        for rules in [Rules::default(), last] {
+            let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+            s.insert_key(
+                key.clone(),
+                Some(KeyRecord {
+                    payload_hash: payload_hash.clone(),
+                    origin: KeyOrigin {
+                        feed_id: Some(7),
+                        message_id: m.message_id,
+                    },
+                    rejection: Some(Code::OrderNotFound),
+                }),
+            );
+            let replay = plan_with(&mut s, &rules);
+            let outcome = &replay.outcomes[0];
+            assert!(!outcome.deferred && !outcome.applied, "{outcome:?}");
+            assert!(replay.changes.is_empty(), "{replay:?}");
+            let problem = &outcome.problems[0];
+            assert_eq!(problem.code, Code::OrderNotFound);
+            assert!(
+                problem.description.contains("already rejected")
+                    && problem.description.contains("feed 7")
+                    && problem.description.contains("even if the order exists now"),
+                "{problem}"
+            );
+            assert!(
+                problem.fix.contains("new MerchantAdjustmentItemID"),
+                "{problem}"
+            );
+        }
     }
 
     #[test]

@@ -129,7 +129,7 @@ pub enum LayoutError {
     /// A folder could not be created or inspected.
     #[error("cannot create or open the {role} folder {path}")]
     Folder {
-        /// `inbox`, `work`, `archive`, `failed` or `outbox`.
+        /// `inbox`, `work`, `archive`, `failed`, `outbox` or `parked`.
         role: &'static str,
         /// The folder.
         path: PathBuf,
@@ -140,7 +140,7 @@ pub enum LayoutError {
     /// Two roles share one folder, or one is inside the other.
     #[error(
         "the {role} folder {path} is inside (or the same as) the {other_role} folder {other_path}: \
-         give each of inbox, work, archive, failed and outbox its own folder, none inside another"
+         give each of inbox, work, archive, failed, outbox and parked its own folder, none inside another"
     )]
     Nested {
         /// The inner folder's role.
@@ -205,6 +205,49 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
                 role,
                 path: path.to_path_buf(),
                 inbox: config.inbox.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Creates a folder with another `role` than the ones [`check_layout`] checks (the daemon's
+/// `parked` folder) and refuses it inside, around or the same as any of those, by the same
+/// rule. It may be on another filesystem: nothing is renamed into or out of it. Call it
+/// after [`check_layout`], which creates the others.
+///
+/// # Errors
+/// [`LayoutError`] naming the folders.
+pub fn check_other_folder(
+    config: &InboxConfig,
+    role: &'static str,
+    path: &Path,
+) -> Result<(), LayoutError> {
+    let folder_error = |source| LayoutError::Folder {
+        role,
+        path: path.to_owned(),
+        source,
+    };
+    fs::create_dir_all(path).map_err(folder_error)?;
+    let canonical = fs::canonicalize(path).map_err(folder_error)?;
+    for (other_role, other_path) in config.roles() {
+        let Ok(other) = fs::canonicalize(other_path) else {
+            continue;
+        };
+        if canonical.starts_with(&other) {
+            return Err(LayoutError::Nested {
+                role,
+                path: path.to_path_buf(),
+                other_role,
+                other_path: other_path.to_path_buf(),
+            });
+        }
+        if other.starts_with(&canonical) {
+            return Err(LayoutError::Nested {
+                role: other_role,
+                path: other_path.to_path_buf(),
+                other_role: role,
+                other_path: path.to_path_buf(),
             });
         }
     }

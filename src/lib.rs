@@ -12,6 +12,7 @@
 //! - [`report`]: ProcessingReport XML and JSON, atomic writes.
 //! - [`pipeline`]: one feed end to end (read, validate, plan, commit, report).
 //! - [`inbox`]: the watched folder: readiness, claims, archive/failed moves, recovery.
+//! - [`park`]: parked feeds: ORDER_NOT_FOUND retried with back-off, then pinned.
 //! - [`daemon`]: the event loop, retries, shutdown.
 //! - [`metrics`]: Prometheus metrics and the health endpoint.
 //! - [`config`]: TOML configuration, raw and resolved.
@@ -27,6 +28,7 @@ pub mod feed;
 pub mod inbox;
 pub mod metrics;
 pub mod model;
+pub mod park;
 pub mod pipeline;
 pub mod problem;
 pub mod report;

@@ -119,6 +119,7 @@ pub struct Metrics {
     files_waiting: AtomicU64,
     oldest_waiting_ms: AtomicU64,
     stale_partials: AtomicU64,
+    parked_feeds: AtomicU64,
     processing_buckets: [AtomicU64; BUCKETS.len()],
     processing_count: AtomicU64,
     processing_sum_us: AtomicU64,
@@ -178,6 +179,12 @@ impl Metrics {
     pub fn stale_partials(&self, files: usize) {
         self.stale_partials
             .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The feeds parked for `ORDER_NOT_FOUND` retries, after each change.
+    pub fn parked_feeds(&self, feeds: usize) {
+        self.parked_feeds
+            .store(u64::try_from(feeds).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// The watch mode now in force.
@@ -272,6 +279,12 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE adjustd_stale_partials gauge")?;
         writeln!(out, "adjustd_stale_partials {}", load(&self.stale_partials))?;
+        writeln!(
+            out,
+            "# HELP adjustd_parked_feeds Feeds parked to retry their ORDER_NOT_FOUND messages."
+        )?;
+        writeln!(out, "# TYPE adjustd_parked_feeds gauge")?;
+        writeln!(out, "adjustd_parked_feeds {}", load(&self.parked_feeds))?;
         writeln!(
             out,
             "# HELP adjustd_processing_seconds Time to process one feed, claim to move."

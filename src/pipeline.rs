@@ -110,6 +110,11 @@ pub struct Processed {
     /// True when this was the recovery of an earlier attempt that had committed (the
     /// report was only re-emitted).
     pub recovered: bool,
+    /// Messages rejected with `ORDER_NOT_FOUND` that may still apply once their order is
+    /// imported ([`crate::engine::MessageOutcome::deferred`]): what the daemon parks a
+    /// feed for. `None` for a recovered feed, whose stored report does not tell a deferred
+    /// `ORDER_NOT_FOUND` from the replay of a pinned one (see [`lists_order_not_found`]).
+    pub deferred: Option<u64>,
 }
 
 /// Errors that leave the feed unprocessed (nothing committed); the caller keeps the file.
@@ -188,7 +193,7 @@ fn attempt_once(
         let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
             detail: format!("feed {}: {e}", record.id),
         })?;
-        return write(context, source, outcome, true);
+        return write(context, source, outcome, None);
     }
 
     let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
@@ -202,12 +207,12 @@ fn attempt_once(
         Err(problem) => {
             let merchant = validator.merchant().cloned();
             let outcome = reject(store, source, content_hash, merchant, problem)?;
-            return write(context, source, outcome, false);
+            return write(context, source, outcome, Some(0));
         }
     };
     if let Some(problem) = merchant_problem(&header, source) {
         let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
-        return write(context, source, outcome, false);
+        return write(context, source, outcome, Some(0));
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
     if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
@@ -233,13 +238,13 @@ fn attempt_once(
             Some(earlier.id),
             problem,
         )?;
-        return write(context, source, outcome, false);
+        return write(context, source, outcome, Some(0));
     }
     // With the `process` policy, or when the earlier run left messages for later (see
     // `had_deferred`), a repeated feed is applied like any other (idempotency keys still
     // catch replays) and records which feed it repeats.
     let duplicate_of = earlier.map(|e| e.id);
-    let outcome = apply(
+    let (outcome, deferred) = apply(
         store,
         &mut validator,
         source,
@@ -249,12 +254,13 @@ fn attempt_once(
         &context.rules,
         context.chunk_messages,
     )?;
-    write(context, source, outcome, false)
+    write(context, source, outcome, Some(deferred))
 }
 
 /// Streams the messages through validate → engine → store inside one transaction. The
 /// reader and validator run on a second thread, one chunk ahead of the engine and the store,
-/// so parsing overlaps with the database work.
+/// so parsing overlaps with the database work. Returns the outcome and the number of
+/// deferred messages ([`Processed::deferred`]).
 // The inputs of one private call site; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn apply<R: std::io::BufRead + Send>(
@@ -266,7 +272,7 @@ fn apply<R: std::io::BufRead + Send>(
     duplicate_of: Option<u64>,
     rules: &Rules,
     chunk_messages: usize,
-) -> Result<FeedOutcome, ProcessError> {
+) -> Result<(FeedOutcome, u64), ProcessError> {
     let merchant = header.merchant;
     let key_digest = KeyDigest {
         path: source.path,
@@ -314,9 +320,11 @@ fn apply<R: std::io::BufRead + Send>(
     if let Some(problem) = feed_problem {
         // A feed-level problem anywhere rejects the whole feed: roll back.
         drop(tx);
-        return reject(store, source, content_hash, Some(merchant), problem);
+        let outcome = reject(store, source, content_hash, Some(merchant), problem)?;
+        return Ok((outcome, 0));
     }
     let feed_id = tx.feed_id();
+    let deferred = tally.deferred;
     let outcome = tally.into_outcome(
         feed_id,
         source.file_name,
@@ -326,7 +334,7 @@ fn apply<R: std::io::BufRead + Send>(
         duplicate_of,
     );
     tx.commit(&feed_done(&outcome))?;
-    Ok(outcome)
+    Ok((outcome, deferred))
 }
 
 /// A chunk of validated messages, or the feed-level problem that ends the feed.
@@ -426,6 +434,7 @@ fn flush(
                 let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
                     detail: "engine returned fewer outcomes than messages".to_owned(),
                 })?;
+                tally.deferred += u64::from(outcome.deferred);
                 tally.add(outcome.applied, outcome.problems);
             }
         }
@@ -451,6 +460,9 @@ pub struct Tally {
     omitted: u64,
     /// The first message with an omitted result.
     first_omitted: Option<MessageId>,
+    /// Messages whose `ORDER_NOT_FOUND` was not pinned ([`Processed::deferred`]), counted
+    /// whether or not their result is listed.
+    deferred: u64,
 }
 
 impl Tally {
@@ -608,11 +620,12 @@ fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem>
     })
 }
 
+/// Writes the report pair; `deferred` is `None` for a recovered feed (its report re-emitted).
 fn write(
     context: &Context,
     source: &Source<'_>,
     outcome: FeedOutcome,
-    recovered: bool,
+    deferred: Option<u64>,
 ) -> Result<Processed, ProcessError> {
     let (xml_report, json_report) = report::report_paths(
         &context.outbox,
@@ -630,7 +643,8 @@ fn write(
         outcome,
         xml_report,
         json_report,
-        recovered,
+        recovered: deferred.is_none(),
+        deferred,
     })
 }
 
@@ -673,6 +687,17 @@ fn had_deferred(earlier: &FeedRecord) -> bool {
                 || code == Some(u64::from(Code::ResultsOmitted.number()))
         })
     })
+}
+
+/// True when `outcome` lists an `ORDER_NOT_FOUND` or left results out (which may hold
+/// one): what can be said of a report read back from the store, where a deferred
+/// `ORDER_NOT_FOUND` and the replay of a pinned one look alike. The daemon goes by this
+/// for a recovered feed ([`Processed::deferred`] is `None`); the next retry then knows.
+pub fn lists_order_not_found(outcome: &FeedOutcome) -> bool {
+    outcome
+        .results
+        .iter()
+        .any(|result| matches!(result.code, Code::OrderNotFound | Code::ResultsOmitted))
 }
 
 /// Hex SHA-256 of a file's bytes.
