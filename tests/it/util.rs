@@ -37,6 +37,10 @@ pub struct Settings {
     pub inbox_extra: String,
     /// `[daemon] shutdown_timeout_secs`.
     pub shutdown_timeout_secs: u64,
+    /// More `[daemon]` lines.
+    pub daemon_extra: String,
+    /// `[store] url`; `None`: `sqlite:store.db` in the folder.
+    pub store_url: Option<String>,
     /// `[http] listen`.
     pub http_listen: Option<String>,
     /// Put the folder on tmpfs (`/dev/shm`) when there is one, so that fsync costs
@@ -54,6 +58,8 @@ impl Default for Settings {
             rescan_interval_secs: 5,
             inbox_extra: String::new(),
             shutdown_timeout_secs: 20,
+            daemon_extra: String::new(),
+            store_url: None,
             http_listen: None,
             in_memory: false,
         }
@@ -81,16 +87,17 @@ impl TestDir {
 
     /// Rewrites the config file.
     pub fn write_config(&self, settings: &Settings) {
-        let mut config = String::from(
-            "[store]\nurl = \"sqlite:store.db\"\n\
+        let mut config = format!(
+            "[store]\nurl = \"{}\"\n\
              [paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\narchive = \"archive\"\n\
-             failed = \"failed\"\nwork = \"work\"\n",
+             failed = \"failed\"\nwork = \"work\"\nparked = \"parked\"\n",
+            settings.store_url.as_deref().unwrap_or("sqlite:store.db")
         );
         let _ = write!(
             config,
             "[inbox]\nsettle_ms = {}\ntruncated_grace_secs = {}\nwatch = \"{}\"\n\
              poll_interval_ms = {}\nrescan_interval_secs = {}\n{}\n\
-             [daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = 2\n",
+             [daemon]\nshutdown_timeout_secs = {}\nmax_backoff_secs = 2\n{}\n",
             settings.settle_ms,
             settings.truncated_grace_secs,
             settings.watch,
@@ -98,6 +105,7 @@ impl TestDir {
             settings.rescan_interval_secs,
             settings.inbox_extra,
             settings.shutdown_timeout_secs,
+            settings.daemon_extra,
         );
         if let Some(listen) = &settings.http_listen {
             let _ = write!(config, "[http]\nlisten = \"{listen}\"\n");

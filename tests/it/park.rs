@@ -1,0 +1,347 @@
+//! Parking end to end (refund-rules §c3.4): the real `adjustd run` with a window of a few
+//! seconds and a first retry after 1 s. A feed whose order is not imported yet is parked
+//! (a copy and a schedule in `parked/`), retried with its own report pairs, unparked once
+//! its orders are found, pinned as a final ORDER_NOT_FOUND once the window has passed, kept
+//! across a restart, and left alone with the window at 0. On SQLite the daemon is the only
+//! writer, so orders are imported with the daemon stopped there; PostgreSQL imports next to
+//! the running daemon (those tests skip when PostgreSQL is not reachable).
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::store_pg::TestDb;
+use crate::util::{
+    Daemon, MERCHANT, Refund, Settings, TestDir, feed_xml, order_id, orders_report,
+    refunded_principal_cents, result_codes, wait_for,
+};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// The store of a test: SQLite in the folder, or a fresh PostgreSQL database.
+enum Backend {
+    Sqlite,
+    Postgres(TestDb),
+}
+
+impl Backend {
+    /// PostgreSQL, or `None` (after saying so) when it is not reachable.
+    fn postgres() -> Option<Backend> {
+        TestDb::create().map(Backend::Postgres)
+    }
+
+    fn store_url(&self) -> Option<String> {
+        match self {
+            Backend::Sqlite => None,
+            Backend::Postgres(db) => Some(db.url.clone()),
+        }
+    }
+
+    /// Imports `orders` for the merchant: next to the daemon on PostgreSQL; on SQLite,
+    /// where the running daemon holds the store, with the daemon stopped and started again.
+    fn import_while_running(&self, dir: &TestDir, daemon: &mut Daemon, orders: &[u32]) {
+        match self {
+            Backend::Postgres(_) => dir.import_orders(MERCHANT, &orders_of(orders)),
+            Backend::Sqlite => {
+                daemon.stop();
+                dir.import_orders(MERCHANT, &orders_of(orders));
+                *daemon = dir.spawn_daemon();
+            }
+        }
+    }
+}
+
+fn refund(order: u32, key: &str, cents: i64) -> Refund {
+    Refund {
+        order,
+        key: key.to_owned(),
+        cents,
+    }
+}
+
+/// A short window and a first retry after 1 s.
+fn settings(backend: &Backend, window_secs: u64) -> Settings {
+    Settings {
+        store_url: backend.store_url(),
+        daemon_extra: format!(
+            "order_not_found_window_secs = {window_secs}\norder_not_found_first_retry_secs = 1"
+        ),
+        ..Settings::default()
+    }
+}
+
+/// An order report with only the generated orders `orders`.
+fn orders_of(orders: &[u32]) -> String {
+    let all = orders_report(orders.iter().max().map_or(0, |max| max + 1));
+    let mut lines = all.lines();
+    let mut report = format!("{}\n", lines.next().expect("header"));
+    for line in lines {
+        if orders.iter().any(|n| line.starts_with(&order_id(*n))) {
+            report.push_str(line);
+            report.push('\n');
+        }
+    }
+    report
+}
+
+/// The schedules in `parked/`.
+fn schedules(dir: &TestDir) -> Vec<PathBuf> {
+    dir.files_in("parked")
+        .into_iter()
+        .filter(|path| path.to_string_lossy().ends_with(".schedule.json"))
+        .collect()
+}
+
+/// The JSON reports of `name`, oldest feed first, with their paths.
+fn reports(dir: &TestDir, name: &str) -> Vec<(PathBuf, Value)> {
+    let mut reports: Vec<(PathBuf, Value)> = dir
+        .json_reports()
+        .into_iter()
+        .filter(|(_, json)| json["file_name"] == name)
+        .collect();
+    reports.sort_by_key(|(_, json)| json["feed_id"].as_u64());
+    reports
+}
+
+/// Waits for the first report of `name` and for the feed to leave work/ (it is parked, if
+/// at all, before that).
+fn first_report(dir: &TestDir, name: &str) -> Value {
+    wait_for(&format!("a report for {name}"), LONG, || {
+        !reports(dir, name).is_empty()
+    });
+    wait_for("inbox and work/ to be empty", LONG, || {
+        dir.files_in("inbox").is_empty() && dir.files_in("work").is_empty()
+    });
+    reports(dir, name).remove(0).1
+}
+
+fn errors(report: &Value) -> u64 {
+    report["summary"]["messages_with_error"]
+        .as_u64()
+        .expect("error count")
+}
+
+/// The description of the one result with code `code` (panics if there is not one).
+fn description_of(report: &Value, code: &str) -> String {
+    let matching: Vec<&Value> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter(|result| result["code_name"] == code)
+        .collect();
+    assert_eq!(matching.len(), 1, "one {code} in {report}");
+    matching[0]["description"]
+        .as_str()
+        .expect("description")
+        .to_owned()
+}
+
+#[test]
+fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
+    let Some(backend) = Backend::postgres() else {
+        return;
+    };
+    let dir = TestDir::with(&settings(&backend, 30));
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let mut daemon = dir.spawn_daemon();
+    // One message for an imported order, one for an order whose report comes later.
+    dir.drop_file(
+        "M_TEST/late.xml",
+        feed_xml(
+            MERCHANT,
+            &[refund(0, "found-now", 100), refund(1, "found-later", 250)],
+        )
+        .as_bytes(),
+    );
+    let first = first_report(&dir, "late.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_eq!(first["summary"]["messages_successful"], 1, "{first}");
+    assert_eq!(schedules(&dir).len(), 1, "parked");
+    assert_eq!(dir.files_in("archive").len(), 1, "archived as usual");
+
+    backend.import_while_running(&dir, &mut daemon, &[1]);
+    wait_for("a retry that applies the rest", LONG, || {
+        reports(&dir, "late.xml")
+            .last()
+            .is_some_and(|(_, report)| errors(report) == 0)
+    });
+    wait_for("the feed to be unparked", LONG, || {
+        schedules(&dir).is_empty() && dir.files_in("parked").is_empty()
+    });
+    let all = reports(&dir, "late.xml");
+    let (path, retry) = all.last().expect("retry");
+    // Its own report pair, in the merchant's outbox, naming the feed it repeats.
+    assert!(path.starts_with(dir.path("outbox/M_TEST")), "{path:?}");
+    assert!(path.with_extension("xml").is_file(), "the XML twin");
+    assert_ne!(retry["feed_id"], first["feed_id"]);
+    assert_eq!(retry["duplicate_of"], first["feed_id"], "{retry}");
+    assert_eq!(retry["summary"]["messages_successful"], 2, "{retry}");
+    assert_eq!(result_codes(retry), ["DUPLICATE_ADJUSTMENT"], "{retry}");
+    // Every report before it still had the order not found.
+    for (_, earlier) in &all[..all.len() - 1] {
+        assert_eq!(result_codes(earlier), ["ORDER_NOT_FOUND"], "{earlier}");
+    }
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
+    assert_eq!(dir.files_in("archive").len(), 1, "retries move no files");
+    let log = daemon.log();
+    assert!(log.contains("feed parked"), "{log}");
+    assert!(
+        log.lines()
+            .any(|line| line.contains("parked feed retried") && line.contains("result=\"found\"")),
+        "{log}"
+    );
+}
+
+fn last_retry_pins_order_not_found(backend: &Backend) {
+    let dir = TestDir::with(&settings(backend, 3));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut daemon = dir.spawn_daemon();
+    let dropped = Instant::now();
+    dir.drop_file(
+        "early.xml",
+        feed_xml(MERCHANT, &[refund(0, "too-early", 100)]).as_bytes(),
+    );
+    let first = first_report(&dir, "early.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    let is_final = |report: &Value| {
+        result_codes(report) == ["ORDER_NOT_FOUND"]
+            && description_of(report, "ORDER_NOT_FOUND").contains("now final")
+    };
+    wait_for("the last retry, after the window", LONG, || {
+        reports(&dir, "early.xml")
+            .iter()
+            .any(|(_, report)| is_final(report))
+    });
+    assert!(
+        dropped.elapsed() >= Duration::from_secs(2),
+        "pinned before the window ended"
+    );
+    wait_for("the feed to be unparked", LONG, || schedules(&dir).is_empty());
+    let all = reports(&dir, "early.xml");
+    let (_, last) = all.last().expect("reports");
+    assert!(is_final(last), "the last report pins: {last}");
+    assert_eq!(
+        all.iter().filter(|(_, report)| is_final(report)).count(),
+        1,
+        "one last retry"
+    );
+    assert!(all.len() >= 2, "{all:?}");
+
+    // The order arrives late: the same keys keep their pinned answer, a new key applies.
+    backend.import_while_running(&dir, &mut daemon, &[0, 1]);
+    dir.drop_file(
+        "again.xml",
+        feed_xml(
+            MERCHANT,
+            &[refund(0, "too-early", 100), refund(0, "new-key", 100)],
+        )
+        .as_bytes(),
+    );
+    let again = first_report(&dir, "again.xml");
+    assert_eq!(result_codes(&again), ["ORDER_NOT_FOUND"], "{again}");
+    let pinned = description_of(&again, "ORDER_NOT_FOUND");
+    assert!(
+        pinned.contains("already rejected") && pinned.contains("even if the order exists now"),
+        "{pinned}"
+    );
+    assert_eq!(again["summary"]["messages_successful"], 1, "{again}");
+    assert!(schedules(&dir).is_empty(), "a pinned answer is not parked");
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
+#[test]
+fn after_the_window_the_last_retry_pins_order_not_found_on_sqlite() {
+    last_retry_pins_order_not_found(&Backend::Sqlite);
+}
+
+#[test]
+fn after_the_window_the_last_retry_pins_order_not_found_on_postgres() {
+    if let Some(backend) = Backend::postgres() {
+        last_retry_pins_order_not_found(&backend);
+    }
+}
+
+fn parked_feed_survives_a_restart(backend: &Backend) {
+    let dir = TestDir::with(&settings(backend, 60));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "M_TEST/restart.xml",
+        feed_xml(MERCHANT, &[refund(0, "across-restart", 300)]).as_bytes(),
+    );
+    let first = first_report(&dir, "restart.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_eq!(schedules(&dir).len(), 1, "parked");
+    // Shutdown does not wait for the parked retries.
+    let stopping = Instant::now();
+    daemon.stop();
+    assert!(stopping.elapsed() < Duration::from_secs(10));
+    assert_eq!(schedules(&dir).len(), 1, "still parked after the stop");
+
+    dir.import_orders(MERCHANT, &orders_of(&[0, 1]));
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the retry after the restart", LONG, || {
+        reports(&dir, "restart.xml")
+            .last()
+            .is_some_and(|(_, report)| errors(report) == 0)
+    });
+    wait_for("the feed to be unparked", LONG, || {
+        dir.files_in("parked").is_empty()
+    });
+    let (path, retry) = reports(&dir, "restart.xml").pop().expect("retry");
+    assert!(path.starts_with(dir.path("outbox/M_TEST")), "{path:?}");
+    assert_eq!(retry["summary"]["messages_successful"], 1, "{retry}");
+    assert_eq!(retry["duplicate_of"], first["feed_id"], "{retry}");
+    daemon.stop();
+    assert!(
+        daemon.log().contains("feeds parked for ORDER_NOT_FOUND retries"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 300);
+}
+
+#[test]
+fn a_parked_feed_survives_a_restart_and_is_retried_after_it_on_sqlite() {
+    parked_feed_survives_a_restart(&Backend::Sqlite);
+}
+
+#[test]
+fn a_parked_feed_survives_a_restart_and_is_retried_after_it_on_postgres() {
+    if let Some(backend) = Backend::postgres() {
+        parked_feed_survives_a_restart(&backend);
+    }
+}
+
+#[test]
+fn a_window_of_zero_parks_nothing() {
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 0));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut daemon = dir.spawn_daemon();
+    let xml = feed_xml(MERCHANT, &[refund(0, "never-parked", 100)]);
+    dir.drop_file("off.xml", xml.as_bytes());
+    let first = first_report(&dir, "off.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert!(!dir.path("parked").exists(), "no parked folder");
+    // Longer than the first retry would wait: no retry comes.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(reports(&dir, "off.xml").len(), 1);
+    // As before: the same bytes dropped again are processed again.
+    dir.drop_file("off-again.xml", xml.as_bytes());
+    let again = first_report(&dir, "off-again.xml");
+    assert_eq!(result_codes(&again), ["ORDER_NOT_FOUND"], "{again}");
+    assert_eq!(again["duplicate_of"], first["feed_id"], "{again}");
+    daemon.stop();
+    assert!(!dir.path("parked").exists(), "no parked folder");
+    assert!(!daemon.log().contains("parked"), "{}", daemon.log());
+    assert!(
+        fs::read_dir(dir.path("archive")).is_ok(),
+        "feeds archived as usual"
+    );
+    assert_eq!(dir.files_in("archive").len(), 2);
+}
