@@ -10,6 +10,10 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use adjustd::engine::Rules;
+use adjustd::feed::Limits;
+use adjustd::pipeline::{self, Context, DuplicatePolicy, Source};
+use adjustd::store::AnyStore;
 use serde_json::Value;
 
 use crate::store_pg::TestDb;
@@ -220,7 +224,9 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
         dropped.elapsed() >= Duration::from_secs(2),
         "pinned before the window ended"
     );
-    wait_for("the feed to be unparked", LONG, || schedules(&dir).is_empty());
+    wait_for("the feed to be unparked", LONG, || {
+        schedules(&dir).is_empty()
+    });
     let all = reports(&dir, "early.xml");
     let (_, last) = all.last().expect("reports");
     assert!(is_final(last), "the last report pins: {last}");
@@ -299,7 +305,9 @@ fn parked_feed_survives_a_restart(backend: &Backend) {
     assert_eq!(retry["duplicate_of"], first["feed_id"], "{retry}");
     daemon.stop();
     assert!(
-        daemon.log().contains("feeds parked for ORDER_NOT_FOUND retries"),
+        daemon
+            .log()
+            .contains("feeds parked for ORDER_NOT_FOUND retries"),
         "{}",
         daemon.log()
     );
@@ -344,4 +352,85 @@ fn a_window_of_zero_parks_nothing() {
         "feeds archived as usual"
     );
     assert_eq!(dir.files_in("archive").len(), 2);
+}
+
+#[test]
+fn a_retry_committed_before_a_crash_is_recovered_not_repeated() {
+    // Phase 1: parked, with a first retry too far off to come before the stop.
+    let slow = Settings {
+        daemon_extra: "order_not_found_window_secs = 60\norder_not_found_first_retry_secs = 30"
+            .to_owned(),
+        ..Settings::default()
+    };
+    let dir = TestDir::with(&slow);
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "crash.xml",
+        feed_xml(MERCHANT, &[refund(0, "crash", 100)]).as_bytes(),
+    );
+    let first = first_report(&dir, "crash.xml");
+    daemon.stop();
+    let schedule_path = schedules(&dir).pop().expect("parked");
+    let mut schedule: Value =
+        serde_json::from_slice(&fs::read(&schedule_path).expect("schedule")).expect("JSON");
+    assert_eq!(schedule["feed_id"], first["feed_id"]);
+    assert_eq!(schedule["attempts"], 0);
+    let token = schedule["next_claim_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+
+    // What a retry does up to its commit and report, then a crash before the schedule is
+    // updated: the pipeline under the schedule's claim token, on the parked copy.
+    let copy = schedule_path.with_file_name(format!("{}.xml", first["feed_id"]));
+    let mut context = Context {
+        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
+            .expect("open store"),
+        rules: Rules::default(),
+        limits: Limits::default(),
+        duplicate_policy: DuplicatePolicy::Skip,
+        outbox: dir.path("outbox"),
+        chunk_messages: pipeline::CHUNK_MESSAGES,
+    };
+    let committed = pipeline::process_file(
+        &mut context,
+        &Source::new(&copy, "crash.xml", Some(&token), None, None),
+    )
+    .expect("the retry before the crash");
+    drop(context);
+    let committed_id = committed.outcome.feed_id;
+    schedule["next_attempt_at"] = Value::from("2000-01-01T00:00:00Z");
+    fs::write(&schedule_path, schedule.to_string()).expect("due now");
+
+    // Phase 2: the restart finds that retry committed and re-emits its report.
+    dir.write_config(&Settings {
+        daemon_extra: "order_not_found_window_secs = 60\norder_not_found_first_retry_secs = 1"
+            .to_owned(),
+        ..Settings::default()
+    });
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the recovered retry", LONG, || {
+        daemon.log().lines().any(|line| {
+            line.contains("parked feed retried")
+                && line.contains(&format!(" feed_id={committed_id} "))
+        })
+    });
+    let rescheduled: Value =
+        serde_json::from_slice(&fs::read(&schedule_path).expect("schedule")).expect("JSON");
+    daemon.stop();
+    assert_eq!(rescheduled["attempts"], 1, "{rescheduled}");
+    assert_eq!(rescheduled["last_feed_id"], committed_id, "{rescheduled}");
+    assert_ne!(rescheduled["next_claim_token"], token.as_str());
+    // The recovered retry did not make a feed of its own.
+    assert!(
+        !daemon
+            .log()
+            .lines()
+            .any(|line| line.contains("parked feed retried")
+                && !line.contains(&format!(" feed_id={committed_id} "))
+                && line.contains("attempt=1 ")),
+        "{}",
+        daemon.log()
+    );
 }

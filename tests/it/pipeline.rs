@@ -292,6 +292,93 @@ fn a_message_mixing_keyed_and_keyless_items_is_recognised_in_any_file() {
 }
 
 #[test]
+fn deferred_counts_order_not_found_until_the_last_retry_pins_it() {
+    // What the daemon parks a feed for, and what it asks of the last retry (refund-rules
+    // c3.4): a deferred ORDER_NOT_FOUND is counted; pinned, it is not deferred any more,
+    // and a replay of the pinned answer is not either, even once the order exists.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = dir.path().join("feed.xml");
+    std::fs::write(
+        &feed,
+        format!(
+            "{FEED_HEAD}{}{}{}</AmazonEnvelope>\n",
+            principal_refund(1, "111-0000008-0000008", "1.00"),
+            principal_refund(2, "111-0000009-0000009", "2.00"),
+            keyless_message(3, "1.00")
+        ),
+    )
+    .expect("write feed");
+    let first = pipeline::process_file(&mut context, &source(&feed, Some("c-1"))).expect("first");
+    assert_eq!(first.deferred, Some(2));
+    assert_eq!(
+        codes(&first.outcome),
+        [(1, Code::OrderNotFound), (2, Code::OrderNotFound)]
+    );
+    // A recovered run re-emits the stored report, which cannot tell: the report decides.
+    let recovered =
+        pipeline::process_file(&mut context, &source(&feed, Some("c-1"))).expect("recovered");
+    assert!(recovered.recovered);
+    assert_eq!(recovered.deferred, None);
+    assert!(pipeline::lists_order_not_found(&recovered.outcome));
+
+    context.rules.pin_order_not_found = true;
+    let last = pipeline::process_file(&mut context, &source(&feed, Some("c-2"))).expect("last");
+    context.rules.pin_order_not_found = false;
+    assert_eq!(last.deferred, Some(0));
+    assert_eq!(last.outcome.duplicate_of, Some(first.outcome.feed_id));
+    assert_eq!(
+        codes(&last.outcome),
+        [
+            (1, Code::OrderNotFound),
+            (2, Code::OrderNotFound),
+            (3, Code::DuplicateAdjustment)
+        ]
+    );
+    for result in &last.outcome.results[..2] {
+        assert!(result.description.contains("now final"), "{result}");
+    }
+
+    // Order 9 is imported late: the same messages keep their pinned answer.
+    let report = std::fs::read_to_string(Path::new(DATA).join("orders.txt")).expect("orders");
+    let header = report.lines().next().expect("header");
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("111-0000001-0000001\t10000000000001"))
+        .expect("order line")
+        .replace("111-0000001-0000001", "111-0000009-0000009");
+    let rows = import::parse_order_report(&format!("{header}\n{line}\n")).expect("parse");
+    context
+        .store
+        .as_store()
+        .import_orders(&merchant(), &rows)
+        .expect("import");
+    let replay = pipeline::process_file(&mut context, &source(&feed, Some("c-3"))).expect("replay");
+    assert_eq!(replay.deferred, Some(0));
+    assert_eq!(codes(&replay.outcome), codes(&last.outcome));
+    assert!(
+        replay.outcome.results[1]
+            .description
+            .contains("already rejected"),
+        "{}",
+        replay.outcome.results[1]
+    );
+    let order = &context
+        .store
+        .as_store()
+        .orders(None, "111-0000009-0000009")
+        .expect("order")[0];
+    assert_eq!(
+        order.items[0]
+            .refunded
+            .get("Principal")
+            .map_or("0.00", String::as_str),
+        "0.00",
+        "nothing applied"
+    );
+}
+
+#[test]
 fn the_same_bytes_again_retry_the_orders_that_were_not_found() {
     // refund-rules c3.4: ORDER_NOT_FOUND is often an order report not imported yet, and its
     // fix says to resend the message unchanged. A byte-identical copy of a feed with such a
