@@ -89,9 +89,9 @@ pub enum Command {
     /// `feeds list` work next to it.
     ///
     /// A feed with an ORDER_NOT_FOUND (often an order report not imported yet) is parked in
-    /// [paths] parked and processed again with back-off ([daemon]
-    /// order_not_found_first_retry_secs, doubling, at most an hour apart) until its orders
-    /// are found or [daemon] order_not_found_window_secs have passed since it was first
+    /// `[paths] parked` and processed again with back-off (`[daemon]
+    /// order_not_found_first_retry_secs`, doubling, at most an hour apart) until its orders
+    /// are found or `[daemon] order_not_found_window_secs` have passed since it was first
     /// processed; the retry after that pins ORDER_NOT_FOUND as final. Each retry writes its
     /// own report pair. A window of 0 turns this off.
     Run,

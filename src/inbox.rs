@@ -211,9 +211,9 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
     Ok(())
 }
 
-/// Creates a folder with another `role` than the ones [`check_layout`] checks (the daemon's
-/// `parked` folder) and refuses it inside, around or the same as any of those, by the same
-/// rule. It may be on another filesystem: nothing is renamed into or out of it. Call it
+/// Refuses a folder with another `role` than the ones [`check_layout`] checks (the daemon's
+/// `parked` folder) inside, around or the same as any of those, by the same rule, and
+/// creates it if it is not refused. It may be on another filesystem: nothing is renamed into or out of it. Call it
 /// after [`check_layout`], which creates the others.
 ///
 /// # Errors
@@ -228,8 +228,20 @@ pub fn check_other_folder(
         path: path.to_owned(),
         source,
     };
-    fs::create_dir_all(path).map_err(folder_error)?;
-    let canonical = fs::canonicalize(path).map_err(folder_error)?;
+    // Checked before it is created, so a refused folder is not left inside the inbox (where
+    // it would look like a merchant folder): its nearest existing ancestor, resolved, plus
+    // the rest of the path.
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name);
+        existing = parent;
+    }
+    let mut canonical = fs::canonicalize(existing).map_err(folder_error)?;
+    canonical.extend(rest.iter().rev());
     for (other_role, other_path) in config.roles() {
         let Ok(other) = fs::canonicalize(other_path) else {
             continue;
@@ -251,6 +263,7 @@ pub fn check_other_folder(
             });
         }
     }
+    fs::create_dir_all(path).map_err(folder_error)?;
     Ok(())
 }
 

@@ -682,6 +682,7 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
     let everything = format!(
         "{minimal}[inbox]\ndone_marker = \".done\"\nallowed_merchants = [\"M_TEST\", \"M \\\"2\\\"\"]\n\
          watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\nrefund_window_days = 30\n\
+         [daemon]\norder_not_found_window_secs = 0\norder_not_found_first_retry_secs = 5\n\
          [http]\nlisten = \"127.0.0.1:9187\"\n[log]\nformat = \"json\"\n"
     );
     for config in [minimal.as_str(), everything.as_str()] {
@@ -712,6 +713,8 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
         "done_marker = \".done\"",
         "duplicate_feeds = \"process\"",
         "refund_window_days = 30",
+        "order_not_found_window_secs = 0",
+        "order_not_found_first_retry_secs = 5",
         "format = \"json\"",
         "listen = \"127.0.0.1:9187\"",
         "watch = \"poll\"",

@@ -27,13 +27,13 @@ const LONG: Duration = Duration::from_secs(30);
 /// The store of a test: SQLite in the folder, or a fresh PostgreSQL database.
 enum Backend {
     Sqlite,
-    Postgres(TestDb),
+    Postgres(Box<TestDb>),
 }
 
 impl Backend {
     /// PostgreSQL, or `None` (after saying so) when it is not reachable.
     fn postgres() -> Option<Backend> {
-        TestDb::create().map(Backend::Postgres)
+        TestDb::create().map(|db| Backend::Postgres(Box::new(db)))
     }
 
     fn store_url(&self) -> Option<String> {
@@ -433,4 +433,23 @@ fn a_retry_committed_before_a_crash_is_recovered_not_repeated() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn a_parked_folder_inside_the_inbox_is_refused_at_start() {
+    let dir = TestDir::new();
+    let config = fs::read_to_string(dir.path("adjustd.toml")).expect("config");
+    fs::write(
+        dir.path("adjustd.toml"),
+        config.replace("parked = \"parked\"", "parked = \"inbox/parked\""),
+    )
+    .expect("config");
+    let out = dir.cli(&["run"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("parked folder") && stderr.contains("inside (or the same as) the inbox"),
+        "{stderr}"
+    );
+    assert!(!dir.path("inbox/parked").exists(), "not created");
 }
