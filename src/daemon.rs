@@ -711,7 +711,7 @@ impl Worker {
                 orders_not_found = processed.deferred,
                 next_attempt_at = %schedule.next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 window_ends_at = %parking.retry.ends(first_processed_at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "feed parked: ORDER_NOT_FOUND, it is retried until the order is found or the window ends"
+                "feed parked for ORDER_NOT_FOUND retries"
             ),
             Parking::AlreadyParked(schedule) => tracing::info!(
                 file = %escaped(&claim.file_name),
@@ -821,7 +821,12 @@ impl Worker {
         // before the window ended, so it does not count as the last one.
         let done = !deferred || (last && !processed.recovered);
         let (result, next_attempt_at) = if done {
-            let result = if deferred || last { "final" } else { "found" };
+            // The last retry pins what it still lists; any other ends with nothing deferred.
+            let result = if last && pipeline::lists_order_not_found(outcome) {
+                "pinned"
+            } else {
+                "unparked"
+            };
             if let Err(error) = parking.parked.unpark(attempt) {
                 tracing::error!(parked_feed_id = schedule.feed_id, folder = %escaped(self.config.parked.display()), error = %error, "cannot remove a parked feed's files; it may be retried once more");
             }

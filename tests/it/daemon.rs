@@ -619,12 +619,14 @@ fn inotify_watches(pid: u32) -> usize {
     watches
 }
 
-fn free_port() -> u16 {
+/// A TCP port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("address").port()
 }
 
-fn http_get(port: u16, path: &str) -> String {
+/// The whole response to `GET path` on 127.0.0.1:`port`.
+pub(crate) fn http_get(port: u16, path: &str) -> String {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");

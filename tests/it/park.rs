@@ -16,6 +16,7 @@ use adjustd::pipeline::{self, Context, DuplicatePolicy, Source};
 use adjustd::store::AnyStore;
 use serde_json::Value;
 
+use crate::daemon::{free_port, http_get};
 use crate::store_pg::TestDb;
 use crate::util::{
     Daemon, MERCHANT, Refund, Settings, TestDir, feed_xml, order_id, orders_report,
@@ -147,8 +148,16 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     let Some(backend) = Backend::postgres() else {
         return;
     };
-    let dir = TestDir::with(&settings(&backend, 30));
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(&backend, 30)
+    });
     dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let parked_gauge = |value: u64| {
+        let line = format!("adjustd_parked_feeds {value}");
+        move || http_get(port, "/metrics").lines().any(|l| l == line)
+    };
     let mut daemon = dir.spawn_daemon();
     // One message for an imported order, one for an order whose report comes later.
     dir.drop_file(
@@ -164,6 +173,7 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     assert_eq!(first["summary"]["messages_successful"], 1, "{first}");
     assert_eq!(schedules(&dir).len(), 1, "parked");
     assert_eq!(dir.files_in("archive").len(), 1, "archived as usual");
+    wait_for("the parked-feeds gauge at 1", LONG, parked_gauge(1));
 
     backend.import_while_running(&dir, &mut daemon, &[1]);
     wait_for("a retry that applies the rest", LONG, || {
@@ -174,6 +184,7 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     wait_for("the feed to be unparked", LONG, || {
         schedules(&dir).is_empty() && dir.files_in("parked").is_empty()
     });
+    wait_for("the parked-feeds gauge at 0", LONG, parked_gauge(0));
     let all = reports(&dir, "late.xml");
     let (path, retry) = all.last().expect("retry");
     // Its own report pair, in the merchant's outbox, naming the feed it repeats.
@@ -194,8 +205,9 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     let log = daemon.log();
     assert!(log.contains("feed parked"), "{log}");
     assert!(
-        log.lines()
-            .any(|line| line.contains("parked feed retried") && line.contains("result=\"found\"")),
+        log.lines().any(
+            |line| line.contains("parked feed retried") && line.contains("result=\"unparked\"")
+        ),
         "{log}"
     );
 }
@@ -236,6 +248,12 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
         "one last retry"
     );
     assert!(all.len() >= 2, "{all:?}");
+    wait_for("the summary line of the last retry", LONG, || {
+        daemon
+            .log()
+            .lines()
+            .any(|line| line.contains("parked feed retried") && line.contains("result=\"pinned\""))
+    });
 
     // The order arrives late: the same keys keep their pinned answer, a new key applies.
     backend.import_while_running(&dir, &mut daemon, &[0, 1]);
