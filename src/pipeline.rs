@@ -471,16 +471,10 @@ impl Tally {
         if applied {
             self.successful += 1;
         }
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Error)
-        {
+        if problems.iter().any(|p| p.severity == Severity::Error) {
             self.with_error += 1;
         }
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Warning)
-        {
+        if problems.iter().any(|p| p.severity == Severity::Warning) {
             self.with_warning += 1;
         }
         if self.results.len() + problems.len() <= MAX_RESULTS {
