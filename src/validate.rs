@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::engine::Rules;
 use crate::feed::{Element, FeedReader, Limits, Tree, is_blank, is_xml_space};
@@ -1544,20 +1544,34 @@ fn check_restocking_fee(
         _ => true,
     };
     if exceeds {
+        // Amounts in the message's currency when it names one, else with as many decimals
+        // as the seller wrote; the allowed fee rounds down, so it is never over the limit.
+        let currency = c.currency.map(|(currency, _)| currency);
+        let places = currency.map_or_else(
+            || parsed.iter().map(|p| p.amount.value().scale()).max().unwrap_or(0),
+            |currency| currency.exponent(),
+        );
+        let suffix = currency.map_or_else(String::new, |currency| format!(" {currency}"));
+        let money = |value: Decimal| {
+            let value = value.round_dp_with_strategy(places, RoundingStrategy::ToZero);
+            format!("{value:.prec$}{suffix}", prec = places as usize)
+        };
         let allowed = principal
             .checked_mul(percent)
             .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
-            .unwrap_or(Decimal::ZERO)
-            .normalize();
+            .unwrap_or(Decimal::ZERO);
         c.add(
             Code::RestockingFeeExceedsLimit,
             first_fee.unwrap_or(item),
             format!(
                 "restocking fees of {} are more than {max_percent}% of the Principal refunded in this item ({})",
-                charged.normalize(),
-                principal.normalize()
+                money(charged),
+                money(principal)
             ),
-            &format!("charge at most {allowed} as RestockingFee + RestockingFeeTax for this item"),
+            &format!(
+                "charge at most {} as RestockingFee + RestockingFeeTax for this item",
+                money(allowed)
+            ),
         );
     }
 }
