@@ -569,7 +569,10 @@ fn finish_without_changes(
     Ok(outcome)
 }
 
-fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem> {
+/// `MerchantNotAllowed` when the feed's MerchantIdentifier may not be used from where it
+/// came: another merchant's inbox folder, or a top-level inbox limited by
+/// `inbox.allowed_merchants`.
+pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem> {
     let merchant = &header.merchant;
     let (allowed, fix) = match (source.bound_merchant, source.allowed_merchants) {
         (Some(bound), _) => (

@@ -1548,7 +1548,13 @@ fn check_restocking_fee(
         // as the seller wrote; the allowed fee rounds down, so it is never over the limit.
         let currency = c.currency.map(|(currency, _)| currency);
         let places = currency.map_or_else(
-            || parsed.iter().map(|p| p.amount.value().scale()).max().unwrap_or(0),
+            || {
+                parsed
+                    .iter()
+                    .map(|p| p.amount.value().scale())
+                    .max()
+                    .unwrap_or(0)
+            },
             |currency| currency.exponent(),
         );
         let suffix = currency.map_or_else(String::new, |currency| format!(" {currency}"));

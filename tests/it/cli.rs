@@ -1146,6 +1146,41 @@ fn reports_in(out: &Output, folder: &Path) -> Value {
 }
 
 #[test]
+fn validate_checks_the_merchant_of_a_file_in_a_merchant_folder_like_the_daemon() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("inbox")).expect("inbox");
+    place(&sandbox, "refund-ok.xml", "inbox/OTHER/refund-ok.xml");
+    place(&sandbox, "refund-ok.xml", "inbox/M_TEST/refund-ok.xml");
+
+    // A feed of M_TEST in the folder of merchant OTHER: rejected, as the daemon would.
+    let out = run_in(
+        &sandbox,
+        &["validate", "--format", "json", "inbox/OTHER/refund-ok.xml"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["status"], "Rejected", "{report}");
+    assert_eq!(codes(&report), vec![(0, 5005)], "{report}");
+    assert!(
+        report["results"][0]["fix"]
+            .as_str()
+            .is_some_and(|fix| fix.contains("only accepts feeds of merchant OTHER")),
+        "{report}"
+    );
+
+    // Its own folder, and outside the inbox: valid.
+    for path in [
+        "inbox/M_TEST/refund-ok.xml",
+        "inbox/../inbox/M_TEST/refund-ok.xml",
+    ] {
+        let out = run_in(&sandbox, &["validate", path]);
+        assert_eq!(out.status.code(), Some(0), "{path}: {}", text(&out.stdout));
+    }
+    let out = run_in(&sandbox, &["validate", &data("refund-ok.xml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[test]
 fn process_binds_a_file_in_a_merchant_folder_to_its_merchant_like_the_daemon() {
     let sandbox = Sandbox::new();
     sandbox.import_orders();

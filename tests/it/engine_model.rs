@@ -544,11 +544,7 @@ impl Model {
     /// The review warnings of a message that applies, item by item (with the item's index):
     /// restocking fee at or above the review share, an amount that is one unit's charge
     /// while Quantity > 1, concessions above the review share of what the buyer paid.
-    fn review_warnings(
-        &self,
-        order: &OrderState,
-        pending: &[ModelAdjustment],
-    ) -> Vec<ItemWarning> {
+    fn review_warnings(&self, order: &OrderState, pending: &[ModelAdjustment]) -> Vec<ItemWarning> {
         let rules = Rules::default();
         let mut warnings = Vec::new();
         for (index, adjustment) in pending.iter().enumerate() {
