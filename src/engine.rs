@@ -13,8 +13,8 @@ use chrono::NaiveDate;
 
 use crate::model::{
     ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
-    ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
-    OrderItemCode, OrderRef, Position, PriceComponent, SellerId, format_minor,
+    ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId, OrderItemCode,
+    OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
 use crate::problem::{Code, Problem};
 
@@ -659,23 +659,21 @@ impl<'a> Facts<'a> {
         let Some(item) = self.message.items.get(item_index) else {
             return self.item_element(item_index);
         };
-        let is_promotion = |a: &ComponentAmount| matches!(a.component, Component::Promotion(_));
         let Some(amount) = item.amounts.get(amount_index) else {
             return self.item_element(item_index);
         };
-        let group = is_promotion(amount);
+        // The amount's place among the Components of its own group element.
         let k = item.amounts[..amount_index]
             .iter()
-            .filter(|a| is_promotion(a) == group)
+            .filter(|a| a.group == amount.group)
             .count()
             + 1;
-        let group_name = if group {
-            "PromotionAdjustments"
-        } else {
-            "ItemPriceAdjustments"
+        let group = match amount.group {
+            0 => "ItemPriceAdjustments".to_owned(),
+            n => format!("PromotionAdjustments[{n}]"),
         };
         format!(
-            "{}/{group_name}/Component[{k}]/Amount",
+            "{}/{group}/Component[{k}]/Amount",
             self.item_element(item_index)
         )
     }
@@ -1867,7 +1865,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AdjustedItem, PriceComponent, Quantity};
+    use crate::model::{AdjustedItem, ComponentAmount, PriceComponent, Quantity};
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")
@@ -1883,6 +1881,7 @@ mod tests {
 
     fn price(component: PriceComponent, amount: &str) -> ComponentAmount {
         ComponentAmount {
+            group: 0,
             component: Component::Price(component),
             amount: Amount::parse(amount).expect("valid amount"),
             position: Position { line: 9, column: 9 },

@@ -1240,6 +1240,8 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
 /// One amount of an item with the elements it came from.
 struct Parsed<'t> {
     component: Component,
+    /// See [`ComponentAmount::group`].
+    group: u16,
     amount: Amount,
     type_element: Element<'t>,
     amount_element: Element<'t>,
@@ -1272,6 +1274,7 @@ fn check_item<'t>(
     let mut key = None;
     let mut reason = None;
     let mut parsed: Vec<Parsed<'t>> = Vec::new();
+    let mut promotion_groups: u16 = 0;
     let mut quantity_cancelled = None;
     let mut quantity_cancelled_element = None;
     let mut quantity = None;
@@ -1324,6 +1327,7 @@ fn check_item<'t>(
                 }
             }
             "PromotionAdjustments" => {
+                promotion_groups = promotion_groups.saturating_add(1);
                 complex(
                     c,
                     element,
@@ -1363,7 +1367,10 @@ fn check_item<'t>(
                                     .ok()
                                     .map(Component::Promotion)
                             }) {
-                                parsed.push(p);
+                                parsed.push(Parsed {
+                                    group: promotion_groups,
+                                    ..p
+                                });
                             }
                         }
                         _ => {}
@@ -1502,6 +1509,7 @@ fn check_item<'t>(
                 component: p.component,
                 amount: p.amount,
                 position: p.amount_element.position(),
+                group: p.group,
             })
             .collect(),
         quantity_cancelled,
@@ -1625,6 +1633,7 @@ fn check_component<'t>(
     }
     Some(Parsed {
         component: kind?,
+        group: 0,
         amount: amount?,
         type_element,
         amount_element,

@@ -578,6 +578,8 @@ fn run_table(path: &Path) -> usize {
                                 component,
                                 amount: amount(&v),
                                 position: position(column + 10),
+                                // Promotions as if in one PromotionAdjustments element.
+                                group: u16::from(matches!(component, Component::Promotion(_))),
                             });
                         }
                     }
