@@ -114,7 +114,8 @@ pub enum Command {
     ///
     /// --format text (default) prints a summary per file; --format json prints JSON Lines,
     /// one report object per file and line; --format xml prints the ProcessingReport of one
-    /// file (several files with --format xml are a usage error, exit 64).
+    /// file (several files with --format xml are a usage error, exit 64). A file in a
+    /// merchant folder of the inbox may only speak for that merchant, as in `process`.
     Validate(ValidateArgs),
     /// Orders in the store.
     #[command(subcommand)]
@@ -528,10 +529,29 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
             ),
         });
     }
+    let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {
+        // A file in a merchant folder of the inbox may only speak for that merchant, as in
+        // `process` and the daemon.
+        let merchant_folder = match inbox.merchant_folder_of(path) {
+            Ok(merchant_folder) => merchant_folder,
+            Err(error) => {
+                eprintln!("adjustd: {error}");
+                code = exit::worst(code, exit::RUNTIME);
+                continue;
+            }
+        };
+        let file_name = display_name(path);
+        let source = Source::new(
+            path,
+            &file_name,
+            None,
+            merchant_folder.as_ref(),
+            inbox.allowed_merchants.as_deref(),
+        );
         // Like `process`, an unreadable file does not stop the others.
-        let outcome = match validate_file(config, path) {
+        let outcome = match validate_file(config, &source) {
             Ok(outcome) => outcome,
             Err(error) => {
                 eprintln!("adjustd: reading {}: {error:#}", path.display());
@@ -551,10 +571,11 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
     Ok(code)
 }
 
-/// Validates one file into a report outcome (DocumentTransactionID 1: there is no store).
-/// The file is read once: the content hash is computed from the same bytes.
-fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
-    let file = std::fs::File::open(path)?;
+/// Validates one file into a report outcome (DocumentTransactionID 1: there is no store),
+/// including whether its merchant may be used from where it lies. The file is read once:
+/// the content hash is computed from the same bytes.
+fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOutcome> {
+    let file = std::fs::File::open(source.path)?;
     let size = file.metadata()?.len();
     let progress = progress_bar(size);
     let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
@@ -563,6 +584,9 @@ fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
     let mut merchant = None;
     let mut tally = Tally::default();
     let ended = validator.header().and_then(|header| {
+        if let Some(problem) = pipeline::merchant_problem(&header, source) {
+            return Err(problem);
+        }
         merchant = Some(header.merchant);
         while let Some(message) = validator.next_message()? {
             match message {
@@ -579,14 +603,7 @@ fn validate_file(config: &Config, path: &Path) -> anyhow::Result<FeedOutcome> {
     };
     let content_hash = hashing.finish()?;
     progress.finish_and_clear();
-    Ok(tally.into_outcome(
-        1,
-        &display_name(path),
-        &content_hash,
-        merchant,
-        status,
-        None,
-    ))
+    Ok(tally.into_outcome(1, source.file_name, &content_hash, merchant, status, None))
 }
 
 fn progress_bar(size: u64) -> indicatif::ProgressBar {
@@ -934,6 +951,7 @@ fn render_config(config: &Config) -> String {
          restocking_fee_review_percent = {restocking_fee_review_percent}\n\
          concession_review_percent = {concession_review_percent}\n\
          {refund_window_days}\n\
+         policy = {policy}\n\
          duplicate_feeds = {duplicate_feeds}\n\
          \n\
          [daemon]\n\
@@ -985,6 +1003,7 @@ fn render_config(config: &Config) -> String {
             config.rules.refund_window_days.map(|days| days.to_string()),
             "30",
         ),
+        policy = quote(config.rules.policy.as_str()),
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),

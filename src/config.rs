@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::daemon::DaemonConfig;
-use crate::engine::Rules;
+use crate::engine::{Policy, Rules};
 use crate::feed::Limits;
 use crate::inbox::{InboxConfig, WatchMode};
 use crate::model::MerchantId;
@@ -170,7 +170,15 @@ struct RulesFile {
     restocking_fee_review_percent: Option<u32>,
     concession_review_percent: Option<u32>,
     refund_window_days: Option<u32>,
+    policy: Option<PolicyFile>,
     duplicate_feeds: Option<DuplicateFeeds>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PolicyFile {
+    Warn,
+    Strict,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -226,6 +234,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("rules", "restocking_fee_review_percent"),
     ("rules", "concession_review_percent"),
     ("rules", "refund_window_days"),
+    ("rules", "policy"),
     ("rules", "duplicate_feeds"),
     ("daemon", "shutdown_timeout_secs"),
     ("daemon", "max_backoff_secs"),
@@ -570,6 +579,10 @@ fn resolve(
         )?,
         // 0 (or no key) turns the window off; the resolved value has no sentinel.
         refund_window_days: rules_file.refund_window_days.and_then(NonZeroU32::new),
+        policy: match rules_file.policy {
+            None | Some(PolicyFile::Warn) => Policy::Warn,
+            Some(PolicyFile::Strict) => Policy::Strict,
+        },
         // Not a config key: the daemon sets it for the last retry of a parked feed.
         pin_order_not_found: false,
     };
@@ -736,6 +749,28 @@ mod tests {
         .expect("valid");
         assert_eq!(config.daemon.inbox.settle, Duration::from_millis(250));
         assert_eq!(config.redacted_store_url(), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn the_policy_warns_unless_set_strict() {
+        let policy =
+            |text: &str, env: &[(&str, &str)]| load_text(text, env).map(|c| c.rules.policy);
+        assert_eq!(policy("", &[]).expect("valid"), Policy::Warn);
+        assert_eq!(
+            policy("[rules]\npolicy = \"strict\"\n", &[]).expect("valid"),
+            Policy::Strict
+        );
+        assert_eq!(
+            policy(
+                "[rules]\npolicy = \"strict\"\n",
+                &[("ADJUSTD_RULES_POLICY", "warn")]
+            )
+            .expect("valid"),
+            Policy::Warn
+        );
+        let error = policy("[rules]\npolicy = \"lenient\"\n", &[]).expect_err("unknown value");
+        assert!(error.to_string().contains("policy"), "{error}");
+        assert!(error.to_string().contains("strict"), "{error}");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use chrono::NaiveDate;
 
 use crate::model::{
     ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
-    ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
-    OrderItemCode, OrderRef, Position, PriceComponent, SellerId, format_minor,
+    ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId, OrderItemCode,
+    OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
 use crate::problem::{Code, Problem};
 
@@ -37,12 +37,37 @@ pub struct Rules {
     /// R17: Amazon has no feed error for lateness, so it warns and still applies).
     /// `None` (the default): no window.
     pub refund_window_days: Option<NonZeroU32>,
+    /// Whether the refund window and the concession limit warn or reject.
+    pub policy: Policy,
     /// Pin `OrderNotFound` under the message's keys like the other state rejections
     /// (refund-rules §c3.4: "park and retry ... then pin it as a state rejection"). The
     /// daemon sets it for the last retry of a parked feed, once the order-not-found window
     /// has passed; otherwise (the default) `OrderNotFound` is not pinned, so the same
     /// message applies once the order is imported.
     pub pin_order_not_found: bool,
+}
+
+/// What the policy checks of refund-rules §c4 step 15 (`OutsideRefundWindow`,
+/// `ConcessionLimit`) do to a message that passes every other rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// They are warnings and the message applies (the default; Amazon has no such errors).
+    #[default]
+    Warn,
+    /// They reject the message. Outside the refund window is a state rejection, pinned
+    /// under the message's keys like the caps; the concession limit is judged on what the
+    /// message asks for, so it is not pinned and a lowered resend may reuse the keys.
+    Strict,
+}
+
+impl Policy {
+    /// `warn` or `strict`, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Warn => "warn",
+            Policy::Strict => "strict",
+        }
+    }
 }
 
 impl Default for Rules {
@@ -52,6 +77,7 @@ impl Default for Rules {
             restocking_fee_review_percent: 20,
             concession_review_percent: 50,
             refund_window_days: None,
+            policy: Policy::Warn,
             pin_order_not_found: false,
         }
     }
@@ -500,6 +526,7 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// was not imported yet, and the same message must apply once it is (refund-rules c3.4
 /// "park and retry": the daemon parks such a feed and retries it, and only its last retry
 /// pins `OrderNotFound`, see [`Rules::pin_order_not_found`]).
+/// `OutsideRefundWindow` is a rejection only under [`Policy::Strict`].
 pub fn is_state_rejection(code: Code) -> bool {
     matches!(
         code,
@@ -510,15 +537,20 @@ pub fn is_state_rejection(code: Code) -> bool {
             | Code::CancelExceedsUnshipped
             | Code::QuantityExceedsShipped
             | Code::ComponentExceedsRemaining
+            | Code::OutsideRefundWindow
     )
 }
 
 /// True for the rejections the engine reports once for the whole message (they concern
-/// the order, not one item): `OrderNotFound`, `OrderNotAdjustable`, `CurrencyMismatch`.
+/// the order, not one item): `OrderNotFound`, `OrderNotAdjustable`, `CurrencyMismatch`,
+/// and (under [`Policy::Strict`]) `OutsideRefundWindow`.
 pub fn is_message_level(code: Code) -> bool {
     matches!(
         code,
-        Code::OrderNotFound | Code::OrderNotAdjustable | Code::CurrencyMismatch
+        Code::OrderNotFound
+            | Code::OrderNotAdjustable
+            | Code::CurrencyMismatch
+            | Code::OutsideRefundWindow
     )
 }
 
@@ -640,23 +672,21 @@ impl<'a> Facts<'a> {
         let Some(item) = self.message.items.get(item_index) else {
             return self.item_element(item_index);
         };
-        let is_promotion = |a: &ComponentAmount| matches!(a.component, Component::Promotion(_));
         let Some(amount) = item.amounts.get(amount_index) else {
             return self.item_element(item_index);
         };
-        let group = is_promotion(amount);
+        // The amount's place among the Components of its own group element.
         let k = item.amounts[..amount_index]
             .iter()
-            .filter(|a| is_promotion(a) == group)
+            .filter(|a| a.group == amount.group)
             .count()
             + 1;
-        let group_name = if group {
-            "PromotionAdjustments"
-        } else {
-            "ItemPriceAdjustments"
+        let group = match amount.group {
+            0 => "ItemPriceAdjustments".to_owned(),
+            n => format!("PromotionAdjustments[{n}]"),
         };
         format!(
-            "{}/{group_name}/Component[{k}]/Amount",
+            "{}/{group}/Component[{k}]/Amount",
             self.item_element(item_index)
         )
     }
@@ -739,11 +769,23 @@ fn plan_message(
     }
     match evaluate(snapshot, merchant, &facts) {
         Ok((order, mut adjustments)) => {
-            let mut warnings: Vec<Problem> =
-                refund_window_warning(&facts, &order, rules, processed_on)
-                    .into_iter()
-                    .collect();
-            warnings.extend(review_warnings(&facts, &order, &adjustments, rules));
+            let window = refund_window_problem(&facts, &order, rules, processed_on);
+            let reviews = review_warnings(&facts, &order, &adjustments, rules);
+            let policy_failed =
+                window.is_some() || reviews.iter().any(|(_, warning)| warning.code.is_policy());
+            if rules.policy == Policy::Strict && policy_failed {
+                let rejection = strict_rejection(&facts, window, reviews);
+                return reject(
+                    snapshot,
+                    message,
+                    &hashes,
+                    rejection,
+                    rules.pin_order_not_found,
+                    changes,
+                );
+            }
+            let mut warnings: Vec<Problem> = window.into_iter().collect();
+            warnings.extend(reviews.into_iter().map(|(_, warning)| warning));
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
@@ -775,49 +817,21 @@ fn plan_message(
             }
         }
         Err(mut rejection) => {
-            let pinned = rejection.item_codes.iter().all(|code| {
-                *code == Code::LinkedItemFailed
-                    || is_state_rejection(*code)
-                    || (rules.pin_order_not_found && *code == Code::OrderNotFound)
-            });
-            let deferred = !pinned && rejection.item_codes.contains(&Code::OrderNotFound);
-            if pinned && rules.pin_order_not_found {
+            if rules.pin_order_not_found {
                 for problem in &mut rejection.problems {
                     if problem.code == Code::OrderNotFound {
                         word_final_order_not_found(&facts, merchant, problem);
                     }
                 }
             }
-            if pinned {
-                for ((item, hash), code) in
-                    message.items.iter().zip(&hashes).zip(&rejection.item_codes)
-                {
-                    let Some(key) = &item.key else { continue };
-                    snapshot.keys.insert(
-                        key.clone(),
-                        Some(KeyRecord {
-                            payload_hash: hash.clone(),
-                            origin: KeyOrigin {
-                                feed_id: None,
-                                message_id: message.message_id,
-                            },
-                            rejection: Some(*code),
-                        }),
-                    );
-                    changes.push(Change::PinRejection {
-                        key: key.clone(),
-                        payload_hash: hash.clone(),
-                        message_id: message.message_id,
-                        code: *code,
-                    });
-                }
-            }
-            MessageOutcome {
-                message_id: message.message_id,
-                applied: false,
-                problems: rejection.problems,
-                deferred,
-            }
+            reject(
+                snapshot,
+                message,
+                &hashes,
+                rejection,
+                rules.pin_order_not_found,
+                changes,
+            )
         }
     }
 }
@@ -840,11 +854,86 @@ fn word_final_order_not_found(facts: &Facts<'_>, merchant: &MerchantId, problem:
     problem.fix = format!("{check}{}", facts.retry_note());
 }
 
-/// Step 8 (refund-rules §c4 step 15, R17): a message that applies to an order purchased
-/// more than [`Rules::refund_window_days`] days before `processed_on` still applies, with an
-/// `OutsideRefundWindow` warning. No window, no purchase date, or a purchase date after the
-/// processing day: no warning.
-fn refund_window_warning(
+/// A message that is not applied: state rejections are pinned under every key of the
+/// message (refund-rules §c3.4), content rejections are not, and neither is `OrderNotFound`
+/// unless `pin_order_not_found` ([`Rules::pin_order_not_found`]); unpinned, it is deferred.
+fn reject(
+    snapshot: &mut Snapshot,
+    message: &AdjustmentMessage,
+    hashes: &[String],
+    rejection: Rejection,
+    pin_order_not_found: bool,
+    changes: &mut Vec<Change>,
+) -> MessageOutcome {
+    let pinned = rejection.item_codes.iter().all(|code| {
+        *code == Code::LinkedItemFailed
+            || is_state_rejection(*code)
+            || (pin_order_not_found && *code == Code::OrderNotFound)
+    });
+    let deferred = !pinned && rejection.item_codes.contains(&Code::OrderNotFound);
+    if pinned {
+        for ((item, hash), code) in message.items.iter().zip(hashes).zip(&rejection.item_codes) {
+            let Some(key) = &item.key else { continue };
+            snapshot.keys.insert(
+                key.clone(),
+                Some(KeyRecord {
+                    payload_hash: hash.clone(),
+                    origin: KeyOrigin {
+                        feed_id: None,
+                        message_id: message.message_id,
+                    },
+                    rejection: Some(*code),
+                }),
+            );
+            changes.push(Change::PinRejection {
+                key: key.clone(),
+                payload_hash: hash.clone(),
+                message_id: message.message_id,
+                code: *code,
+            });
+        }
+    }
+    MessageOutcome {
+        message_id: message.message_id,
+        applied: false,
+        problems: rejection.problems,
+        deferred,
+    }
+}
+
+/// Under [`Policy::Strict`], the policy checks that fired make the message a rejection:
+/// outside the refund window for the whole message (a state rejection, so it is pinned),
+/// else every item over the concession limit, its siblings linked to it. The review
+/// warnings of a message that is not applied are dropped.
+fn strict_rejection(
+    facts: &Facts<'_>,
+    window: Option<Problem>,
+    reviews: Vec<(usize, Problem)>,
+) -> Rejection {
+    if let Some(problem) = window {
+        return Rejection {
+            item_codes: vec![problem.code; facts.message.items.len()],
+            problems: vec![problem.into_error()],
+        };
+    }
+    let mut failures: Vec<Option<Problem>> = vec![None; facts.message.items.len()];
+    for (index, warning) in reviews {
+        if warning.code.is_policy() {
+            failures[index] = Some(warning.into_error());
+        }
+    }
+    let failed: Vec<usize> = (0..failures.len())
+        .filter(|index| failures[*index].is_some())
+        .collect();
+    linked_rejection(facts, failures, &failed)
+}
+
+/// Step 8 (refund-rules §c4 step 15, R17): a message to an order purchased more than
+/// [`Rules::refund_window_days`] days before `processed_on` gets an `OutsideRefundWindow`
+/// problem: a warning (the message applies) or, under [`Policy::Strict`], the reason it
+/// does not. No window, no purchase date, or a purchase date after the processing day:
+/// none.
+fn refund_window_problem(
     facts: &Facts<'_>,
     order: &OrderState,
     rules: &Rules,
@@ -856,18 +945,29 @@ fn refund_window_warning(
     if days <= i64::from(window.get()) {
         return None;
     }
+    let id = &order.amazon_order_id;
+    let (verdict, fix) = match rules.policy {
+        Policy::Warn => (
+            "but the adjustment was applied".to_owned(),
+            format!(
+                "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {id} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {window} days is the wrong window, change [rules] refund_window_days."
+            ),
+        ),
+        Policy::Strict => (
+            "so under [rules] policy = \"strict\" nothing of this message was applied".to_owned(),
+            format!(
+                "If the late refund is meant, make it in Seller Central, or have the operator widen [rules] refund_window_days and resend under new MerchantAdjustmentItemIDs (this answer is pinned to the message's keys); if the order report's purchase-date for {id} is wrong, re-import it first."
+            ),
+        ),
+    };
     Some(facts.message_problem(
         Code::OutsideRefundWindow,
         facts.order_element(),
         facts.message.position,
         format!(
-            "order {} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), but the adjustment was applied",
-            order.amazon_order_id
+            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), {verdict}"
         ),
-        format!(
-            "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {window} days is the wrong window, change [rules] refund_window_days.",
-            order.amazon_order_id
-        ),
+        fix,
     ))
 }
 
@@ -1020,17 +1120,23 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 facts.retry_note()
             ),
         )],
-        Some(code) if is_message_level(code) => vec![facts.message_problem(
-            code,
-            facts.order_element(),
-            message.position,
-            format!(
-                "this message was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemIDs and not re-evaluated",
-                code.number(),
-                code.name()
-            ),
-            "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed.".to_owned(),
-        )],
+        // `into_error`: a pinned `OutsideRefundWindow` (strict policy) is a rejection too.
+        Some(code) if is_message_level(code) => vec![
+            facts
+                .message_problem(
+                    code,
+                    facts.order_element(),
+                    message.position,
+                    format!(
+                        "this message was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemIDs and not re-evaluated",
+                        code.number(),
+                        code.name()
+                    ),
+                    "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed."
+                        .to_owned(),
+                )
+                .into_error(),
+        ],
         Some(_) => {
             let failed: Vec<usize> = codes
                 .iter()
@@ -1506,15 +1612,17 @@ fn evaluate_item(
     })
 }
 
-/// Review warnings of a message that applies (refund-rules §c4 step 15, §c5, §c8): the
-/// adjustments stand as sent, and each warning names what a person should look at.
-/// `after` is the order with the message applied; `facts.order` is the order before it.
+/// Review warnings of a message that passed every rule (refund-rules §c4 step 15, §c5,
+/// §c8), each with the index of its adjusted item: the adjustments stand as sent, and each
+/// warning names what a person should look at. `ConcessionLimit` is the reason the message
+/// does not apply under [`Policy::Strict`], and is worded so. `after` is the order with the
+/// message applied; `facts.order` is the order before it.
 fn review_warnings(
     facts: &Facts<'_>,
     after: &OrderState,
     adjustments: &[NewAdjustment],
     rules: &Rules,
-) -> Vec<Problem> {
+) -> Vec<(usize, Problem)> {
     let Some(before) = facts.order else {
         return Vec::new();
     };
@@ -1534,7 +1642,7 @@ fn review_warnings(
         let (was, now) = (&before.items[position], &after.items[position]);
         let item = &facts.message.items[index];
         let warn = |code: Code, amount_index: usize, description: String, fix: String| {
-            facts.item_problem(
+            let problem = facts.item_problem(
                 code,
                 index,
                 facts.amount_element(index, amount_index),
@@ -1543,7 +1651,8 @@ fn review_warnings(
                     .map_or(item.position, |a| a.position),
                 description,
                 fix,
-            )
+            );
+            (index, problem)
         };
         let sum = |keep: &dyn Fn(Component) -> bool| -> i128 {
             adjustment
@@ -1626,15 +1735,30 @@ fn review_warnings(
                     .iter()
                     .position(|(c, minor)| is_concession(*c) && *minor > 0)
                     .unwrap_or_default();
+                let (sum_up, verdict, fix) = match rules.policy {
+                    Policy::Warn => (
+                        "now add",
+                        "the adjustment was applied".to_owned(),
+                        "Check that the concession was meant (Seller Central caps goodwill refunds); the review share is rules.concession_review_percent.".to_owned(),
+                    ),
+                    Policy::Strict => (
+                        "would add",
+                        "so under [rules] policy = \"strict\" nothing of this message was applied".to_owned(),
+                        format!(
+                            "Keep this item's concessions at or below {} in all, or make a larger goodwill refund in Seller Central; this rejection is not pinned, so the corrected message may keep its MerchantAdjustmentItemIDs.",
+                            money(review * paid / 100)
+                        ),
+                    ),
+                };
                 warnings.push(warn(
                     Code::ConcessionLimit,
                     first,
                     format!(
-                        "concessions on this item (Goodwill, Other, FreeReplacementReturnShipping) now add up to {}, more than {review}% of the {} the buyer paid for it; the adjustment was applied",
+                        "concessions on this item (Goodwill, Other, FreeReplacementReturnShipping) {sum_up} up to {}, more than {review}% of the {} the buyer paid for it; {verdict}",
                         money(total),
                         money(paid)
                     ),
-                    "Check that the concession was meant (Seller Central caps goodwill refunds); the review share is rules.concession_review_percent.".to_owned(),
+                    fix,
                 ));
             }
         }
@@ -1818,7 +1942,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AdjustedItem, PriceComponent, Quantity};
+    use crate::model::{AdjustedItem, ComponentAmount, PriceComponent, Quantity};
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")
@@ -1834,6 +1958,7 @@ mod tests {
 
     fn price(component: PriceComponent, amount: &str) -> ComponentAmount {
         ComponentAmount {
+            group: 0,
             component: Component::Price(component),
             amount: Amount::parse(amount).expect("valid amount"),
             position: Position { line: 9, column: 9 },

@@ -818,6 +818,9 @@ pub struct ComponentAmount {
     pub amount: Amount,
     /// Where the `Amount` element starts.
     pub position: Position,
+    /// Which `PromotionAdjustments` element of the item holds it (1 for the first); 0 for
+    /// `ItemPriceAdjustments`. Problems name the element path with it.
+    pub group: u16,
 }
 
 /// A validated `AdjustedItem`.

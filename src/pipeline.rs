@@ -483,16 +483,10 @@ impl Tally {
         if applied {
             self.successful += 1;
         }
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Error)
-        {
+        if problems.iter().any(|p| p.severity == Severity::Error) {
             self.with_error += 1;
         }
-        if problems
-            .iter()
-            .any(|p| p.code.severity() == Severity::Warning)
-        {
+        if problems.iter().any(|p| p.severity == Severity::Warning) {
             self.with_warning += 1;
         }
         if self.results.len() + problems.len() <= MAX_RESULTS {
@@ -587,7 +581,10 @@ fn finish_without_changes(
     Ok(outcome)
 }
 
-fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem> {
+/// `MerchantNotAllowed` when the feed's MerchantIdentifier may not be used from where it
+/// came: another merchant's inbox folder, or a top-level inbox limited by
+/// `inbox.allowed_merchants`.
+pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Problem> {
     let merchant = &header.merchant;
     let (allowed, fix) = match (source.bound_merchant, source.allowed_merchants) {
         (Some(bound), _) => (

@@ -177,6 +177,9 @@ impl fmt::Display for Code {
 pub struct Problem {
     /// What kind of problem.
     pub code: Code,
+    /// Error or warning: the code's own severity, except for a policy warning that
+    /// `[rules] policy = "strict"` turns into a rejection ([`Code::is_policy`]).
+    pub severity: Severity,
     /// The message, or [`MessageId::FEED`] for feed-level problems.
     pub message_id: MessageId,
     /// Element path, e.g. `Message/OrderAdjustment/AdjustedItem[2]/ItemPriceAdjustments/Component[1]/Amount`.
@@ -205,6 +208,7 @@ impl Problem {
     ) -> Problem {
         Problem {
             code,
+            severity: code.severity(),
             message_id,
             element: element.into(),
             position,
@@ -227,9 +231,24 @@ impl Problem {
         self
     }
 
+    /// The same problem as an error: a policy warning under the strict policy, or the
+    /// pinned answer to a replay of a message that was rejected for one.
+    pub fn into_error(mut self) -> Problem {
+        self.severity = Severity::Error;
+        self
+    }
+
     /// True when this problem fails what it concerns.
     pub fn is_error(&self) -> bool {
-        self.code.severity() == Severity::Error
+        self.severity == Severity::Error
+    }
+}
+
+impl Code {
+    /// The policy checks of refund-rules §c4 step 15: warnings by default, rejections
+    /// under `[rules] policy = "strict"` (the only codes whose severity can change).
+    pub fn is_policy(self) -> bool {
+        matches!(self, Code::OutsideRefundWindow | Code::ConcessionLimit)
     }
 }
 
@@ -242,7 +261,7 @@ impl fmt::Display for Problem {
         write!(
             f,
             ": {} {} ({}) in {}: {}",
-            self.code.severity().as_str().to_lowercase(),
+            self.severity.as_str().to_lowercase(),
             self.code.number(),
             self.code.name(),
             self.element,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AmazonOrderId, MerchantId, MessageId, OrderItemCode, Position};
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, Severity};
 use crate::store::FeedStatus;
 
 /// Everything a report says about one feed.
@@ -216,7 +216,7 @@ fn json_report(outcome: &FeedOutcome) -> JsonReport {
             .iter()
             .map(|problem| JsonResult {
                 message_id: problem.message_id.get(),
-                result: problem.code.severity().as_str().to_owned(),
+                result: problem.severity.as_str().to_owned(),
                 code: problem.code.number(),
                 code_name: problem.code.name().to_owned(),
                 element: problem.element.clone(),
@@ -449,7 +449,11 @@ fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError
                 format!("no result code {} {}", result.code, result.code_name),
             )
         })?;
-    if code.severity().as_str() != result.result {
+    let severity = if code.severity().as_str() == result.result {
+        code.severity()
+    } else if code.is_policy() && result.result == Severity::Error.as_str() {
+        Severity::Error
+    } else {
         return Err(invalid(
             "result",
             format!(
@@ -459,7 +463,7 @@ fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError
                 code.severity().as_str()
             ),
         ));
-    }
+    };
     // Any combination of code and MessageID is kept as written: the report records what the
     // pipeline said, and re-emission after a crash must not lose a result.
     let message_id = MessageId::new(result.message_id).unwrap_or(MessageId::FEED);
@@ -475,6 +479,7 @@ fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError
     };
     Ok(Problem {
         code,
+        severity,
         message_id,
         element: result.element,
         position,
@@ -488,7 +493,7 @@ fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError
 fn push_result(xml: &mut String, outcome: &FeedOutcome, problem: &Problem) {
     xml.push_str("      <Result>\n");
     push_element(xml, 8, "MessageID", &problem.message_id.get().to_string());
-    push_element(xml, 8, "ResultCode", problem.code.severity().as_str());
+    push_element(xml, 8, "ResultCode", problem.severity.as_str());
     push_element(
         xml,
         8,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::engine::Rules;
 use crate::feed::{Element, FeedReader, Limits, Tree, is_blank, is_xml_space};
@@ -1240,6 +1240,8 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
 /// One amount of an item with the elements it came from.
 struct Parsed<'t> {
     component: Component,
+    /// See [`ComponentAmount::group`].
+    group: u16,
     amount: Amount,
     type_element: Element<'t>,
     amount_element: Element<'t>,
@@ -1272,6 +1274,7 @@ fn check_item<'t>(
     let mut key = None;
     let mut reason = None;
     let mut parsed: Vec<Parsed<'t>> = Vec::new();
+    let mut promotion_groups: u16 = 0;
     let mut quantity_cancelled = None;
     let mut quantity_cancelled_element = None;
     let mut quantity = None;
@@ -1324,6 +1327,7 @@ fn check_item<'t>(
                 }
             }
             "PromotionAdjustments" => {
+                promotion_groups = promotion_groups.saturating_add(1);
                 complex(
                     c,
                     element,
@@ -1363,7 +1367,10 @@ fn check_item<'t>(
                                     .ok()
                                     .map(Component::Promotion)
                             }) {
-                                parsed.push(p);
+                                parsed.push(Parsed {
+                                    group: promotion_groups,
+                                    ..p
+                                });
                             }
                         }
                         _ => {}
@@ -1502,6 +1509,7 @@ fn check_item<'t>(
                 component: p.component,
                 amount: p.amount,
                 position: p.amount_element.position(),
+                group: p.group,
             })
             .collect(),
         quantity_cancelled,
@@ -1544,20 +1552,40 @@ fn check_restocking_fee(
         _ => true,
     };
     if exceeds {
+        // Amounts in the message's currency when it names one, else with as many decimals
+        // as the seller wrote; the allowed fee rounds down, so it is never over the limit.
+        let currency = c.currency.map(|(currency, _)| currency);
+        let places = currency.map_or_else(
+            || {
+                parsed
+                    .iter()
+                    .map(|p| p.amount.value().scale())
+                    .max()
+                    .unwrap_or(0)
+            },
+            |currency| currency.exponent(),
+        );
+        let suffix = currency.map_or_else(String::new, |currency| format!(" {currency}"));
+        let money = |value: Decimal| {
+            let value = value.round_dp_with_strategy(places, RoundingStrategy::ToZero);
+            format!("{value:.prec$}{suffix}", prec = places as usize)
+        };
         let allowed = principal
             .checked_mul(percent)
             .and_then(|v| v.checked_div(Decimal::ONE_HUNDRED))
-            .unwrap_or(Decimal::ZERO)
-            .normalize();
+            .unwrap_or(Decimal::ZERO);
         c.add(
             Code::RestockingFeeExceedsLimit,
             first_fee.unwrap_or(item),
             format!(
                 "restocking fees of {} are more than {max_percent}% of the Principal refunded in this item ({})",
-                charged.normalize(),
-                principal.normalize()
+                money(charged),
+                money(principal)
             ),
-            &format!("charge at most {allowed} as RestockingFee + RestockingFeeTax for this item"),
+            &format!(
+                "charge at most {} as RestockingFee + RestockingFeeTax for this item",
+                money(allowed)
+            ),
         );
     }
 }
@@ -1605,6 +1633,7 @@ fn check_component<'t>(
     }
     Some(Parsed {
         component: kind?,
+        group: 0,
         amount: amount?,
         type_element,
         amount_element,

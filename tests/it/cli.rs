@@ -517,6 +517,128 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
 }
 
 #[test]
+fn the_strict_policy_rejects_a_late_refund_pins_the_answer_and_exits_3() {
+    let sandbox = Sandbox::new();
+    let purchased = chrono::Utc::now().date_naive() - chrono::Days::new(100);
+    let orders = sandbox.path("old-order.txt");
+    std::fs::write(
+        &orders,
+        format!(
+            "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+             171-0000100-0000100\t17100000000001\t{purchased}\tSKU-OLD\t1\t1\tUSD\t50.00\n"
+        ),
+    )
+    .expect("write order report");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        orders.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        format!("{config}[rules]\nrefund_window_days = 30\npolicy = \"strict\"\n"),
+    )
+    .expect("write config");
+    let process = |name: &str, key: &str, env: &[(&str, &str)]| -> (Option<i32>, Vec<PathBuf>) {
+        let feed = sandbox.path(name);
+        std::fs::write(&feed, late_refund_feed(key)).expect("write feed");
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(["process", feed.to_str().expect("utf-8 path")])
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run adjustd");
+        let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
+        (out.status.code(), paths)
+    };
+    let summary = |report: &Value| {
+        let s = &report["summary"];
+        [
+            s["messages_processed"].as_u64(),
+            s["messages_successful"].as_u64(),
+            s["messages_with_error"].as_u64(),
+            s["messages_with_warning"].as_u64(),
+        ]
+    };
+
+    // Rejected: an error in both reports, exit 3, nothing refunded.
+    let (status, paths) = process("late.xml", "STRICT-1", &[]);
+    assert_eq!(status, Some(3));
+    let report = json_report(&paths);
+    assert_eq!(codes(&report), [(1, 90301)], "{report}");
+    assert_eq!(summary(&report), [Some(1), Some(0), Some(1), Some(0)]);
+    let result = &report["results"][0];
+    assert_eq!(result["result"], "Error", "{result}");
+    assert!(
+        result["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("nothing of this message was applied")),
+        "{result}"
+    );
+    let xml_path = paths
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".report.xml"))
+        .expect("XML report path");
+    let xml = std::fs::read_to_string(xml_path).expect("read XML report");
+    for needed in [
+        "<MessagesSuccessful>0</MessagesSuccessful>",
+        "<MessagesWithError>1</MessagesWithError>",
+        "<ResultCode>Error</ResultCode>",
+        "<ResultMessageCode>90301</ResultMessageCode>",
+    ] {
+        assert!(xml.contains(needed), "lacks {needed}:\n{xml}");
+    }
+    let order = sandbox.order("171-0000100-0000100");
+    assert_eq!(
+        order["items"][0]["refunded"]["Principal"], "0.00",
+        "{order}"
+    );
+
+    // Pinned to the key: the same key under the warn policy gets the same error (the same
+    // bytes would be a DUPLICATE_FEED, so they are processed again on purpose).
+    let (status, paths) = process(
+        "late-again.xml",
+        "STRICT-1",
+        &[
+            ("ADJUSTD_RULES_POLICY", "warn"),
+            ("ADJUSTD_RULES_DUPLICATE_FEEDS", "process"),
+        ],
+    );
+    assert_eq!(status, Some(3));
+    let report = json_report(&paths);
+    assert_eq!(codes(&report), [(1, 90301)], "{report}");
+    assert_eq!(report["results"][0]["result"], "Error", "{report}");
+    assert!(
+        report["results"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("already rejected with 90301 OUTSIDE_REFUND_WINDOW")),
+        "{report}"
+    );
+
+    // A new key under the warn policy applies, with the warning.
+    let (status, paths) = process(
+        "late-warn.xml",
+        "STRICT-2",
+        &[("ADJUSTD_RULES_POLICY", "warn")],
+    );
+    assert_eq!(status, Some(0));
+    let report = json_report(&paths);
+    assert_eq!(summary(&report), [Some(1), Some(1), Some(0), Some(1)]);
+    assert_eq!(report["results"][0]["result"], "Warning", "{report}");
+    let order = sandbox.order("171-0000100-0000100");
+    assert_eq!(
+        order["items"][0]["refunded"]["Principal"], "1.00",
+        "{order}"
+    );
+}
+
+#[test]
 fn the_same_bytes_twice_are_applied_once_and_the_report_names_the_first_feed() {
     let sandbox = Sandbox::new();
     sandbox.import_orders();
@@ -1024,6 +1146,41 @@ fn reports_in(out: &Output, folder: &Path) -> Value {
         assert!(path.exists(), "{path:?}");
     }
     json_report(&paths)
+}
+
+#[test]
+fn validate_checks_the_merchant_of_a_file_in_a_merchant_folder_like_the_daemon() {
+    let sandbox = Sandbox::new();
+    std::fs::create_dir_all(sandbox.path("inbox")).expect("inbox");
+    place(&sandbox, "refund-ok.xml", "inbox/OTHER/refund-ok.xml");
+    place(&sandbox, "refund-ok.xml", "inbox/M_TEST/refund-ok.xml");
+
+    // A feed of M_TEST in the folder of merchant OTHER: rejected, as the daemon would.
+    let out = run_in(
+        &sandbox,
+        &["validate", "--format", "json", "inbox/OTHER/refund-ok.xml"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON report");
+    assert_eq!(report["status"], "Rejected", "{report}");
+    assert_eq!(codes(&report), vec![(0, 5005)], "{report}");
+    assert!(
+        report["results"][0]["fix"]
+            .as_str()
+            .is_some_and(|fix| fix.contains("only accepts feeds of merchant OTHER")),
+        "{report}"
+    );
+
+    // Its own folder, and outside the inbox: valid.
+    for path in [
+        "inbox/M_TEST/refund-ok.xml",
+        "inbox/../inbox/M_TEST/refund-ok.xml",
+    ] {
+        let out = run_in(&sandbox, &["validate", path]);
+        assert_eq!(out.status.code(), Some(0), "{path}: {}", text(&out.stdout));
+    }
+    let out = run_in(&sandbox, &["validate", &data("refund-ok.xml")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
 #[test]

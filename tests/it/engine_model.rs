@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use adjustd::engine::{Change, ItemState, OrderState, Rules};
+use adjustd::engine::{Change, ItemState, OrderState, Policy, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
     Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
@@ -118,7 +118,12 @@ pub(crate) struct Model {
     orders: Vec<OrderState>,
     accepted: Vec<ModelAdjustment>,
     keys: HashMap<SellerId, ModelKey>,
+    /// Under `Strict`, the concession limit rejects (the model has no refund window).
+    policy: Policy,
 }
+
+/// A review warning and the index of the adjusted item it concerns.
+type ItemWarning = (usize, Code);
 
 /// What the model expects of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,7 +169,14 @@ impl Model {
             orders,
             accepted: Vec::new(),
             keys: HashMap::new(),
+            policy: Policy::Warn,
         }
+    }
+
+    /// The same model under another policy.
+    pub(crate) fn with_policy(mut self, policy: Policy) -> Model {
+        self.policy = policy;
+        self
     }
 
     /// Records a re-import of the order report saying that `shipped` units of an item left.
@@ -302,6 +314,23 @@ impl Model {
 
         let codes = self.evaluate(message);
         match codes {
+            Ok((_, warnings))
+                if self.policy == Policy::Strict
+                    && warnings.iter().any(|(_, c)| *c == Code::ConcessionLimit) =>
+            {
+                // Each item over the limit fails, the others are linked; not pinned.
+                rejected(
+                    (0..n)
+                        .map(|index| {
+                            if warnings.contains(&(index, Code::ConcessionLimit)) {
+                                Code::ConcessionLimit
+                            } else {
+                                Code::LinkedItemFailed
+                            }
+                        })
+                        .collect(),
+                )
+            }
             Ok((adjustments, warnings)) => {
                 for (item, c) in message.items.iter().zip(&contents) {
                     if let Some(key) = &item.key {
@@ -318,7 +347,7 @@ impl Model {
                 self.accepted.extend(adjustments);
                 Expected {
                     applied: true,
-                    codes: warnings,
+                    codes: warnings.into_iter().map(|(_, code)| code).collect(),
                 }
             }
             Err(codes) => {
@@ -353,7 +382,7 @@ impl Model {
     fn evaluate(
         &self,
         message: &AdjustmentMessage,
-    ) -> Result<(Vec<ModelAdjustment>, Vec<Code>), Vec<Code>> {
+    ) -> Result<(Vec<ModelAdjustment>, Vec<ItemWarning>), Vec<Code>> {
         let Some(order) = self.find_order(&message.order) else {
             return Err(vec![Code::OrderNotFound]);
         };
@@ -512,13 +541,13 @@ impl Model {
         Ok((pending, warnings))
     }
 
-    /// The review warnings of a message that applies, item by item: restocking fee at or
-    /// above the review share, an amount that is one unit's charge while Quantity > 1,
-    /// concessions above the review share of what the buyer paid.
-    fn review_warnings(&self, order: &OrderState, pending: &[ModelAdjustment]) -> Vec<Code> {
+    /// The review warnings of a message that applies, item by item (with the item's index):
+    /// restocking fee at or above the review share, an amount that is one unit's charge
+    /// while Quantity > 1, concessions above the review share of what the buyer paid.
+    fn review_warnings(&self, order: &OrderState, pending: &[ModelAdjustment]) -> Vec<ItemWarning> {
         let rules = Rules::default();
         let mut warnings = Vec::new();
-        for adjustment in pending {
+        for (index, adjustment) in pending.iter().enumerate() {
             let state = order
                 .items
                 .iter()
@@ -542,7 +571,7 @@ impl Model {
             );
             if fees > 0 && fees * 100 >= i64::from(rules.restocking_fee_review_percent) * principal
             {
-                warnings.push(Code::RestockingFeeReview);
+                warnings.push((index, Code::RestockingFeeReview));
             }
             let ordered = i64::from(state.quantity_ordered);
             if adjustment.quantity_returned > 1
@@ -555,7 +584,7 @@ impl Model {
                         && m * ordered == charged
                 })
             {
-                warnings.push(Code::QuantityLooksPerUnit);
+                warnings.push((index, Code::QuantityLooksPerUnit));
             }
             let concession = |c: Component| c.class() == ComponentClass::Concession;
             if total(&concession, &adjustment.amounts) > 0 {
@@ -568,7 +597,7 @@ impl Model {
                     .sum();
                 let paid = paid(state);
                 if given * 100 > i64::from(rules.concession_review_percent) * paid {
-                    warnings.push(Code::ConcessionLimit);
+                    warnings.push((index, Code::ConcessionLimit));
                 }
             }
         }
@@ -792,6 +821,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
                 component: *component,
                 amount: Amount::from_minor(*m, order.currency),
                 position,
+                group: u16::from(matches!(component, Component::Promotion(_))),
             })
             .collect();
         // Now and then an amount one digit too precise for the order currency, and the
@@ -954,17 +984,27 @@ fn check_invariants(
     Ok(())
 }
 
+/// The policy a scenario runs under: strict for one seed in four.
+fn policy_of(seed: u64) -> Policy {
+    if seed.is_multiple_of(4) {
+        Policy::Strict
+    } else {
+        Policy::Warn
+    }
+}
+
 fn run_scenario(seed: u64) -> Result<usize, String> {
     let mut rng = Rng(seed);
     let orders = generate_orders(&mut rng);
     let feeds = generate_feeds(&mut rng, &orders);
     let mut store = MiniStore::default();
+    store.rules.policy = policy_of(seed);
     for order in &orders {
         store
             .orders
             .insert(order.amazon_order_id.clone(), order.clone());
     }
-    let mut model = Model::new(orders.clone());
+    let mut model = Model::new(orders.clone()).with_policy(policy_of(seed));
     let mut n_messages = 0;
     for (feed_index, feed) in feeds.iter().enumerate() {
         let previous = store.adjustments.clone();
@@ -1105,20 +1145,28 @@ proptest! {
 fn scenarios_cover_every_engine_code() {
     let mut seen = HashSet::new();
     let mut n_applied = 0;
+    let mut strict_rejections = 0;
     for seed in 0..300 {
         let mut rng = Rng(seed);
         let orders = generate_orders(&mut rng);
         let feeds = generate_feeds(&mut rng, &orders);
-        let mut model = Model::new(orders.clone());
+        let mut model = Model::new(orders.clone()).with_policy(policy_of(seed));
         for (feed_index, feed) in feeds.iter().enumerate() {
             for message in feed {
                 let expected = model.step(feed_index, message);
                 n_applied += usize::from(expected.applied);
+                strict_rejections += usize::from(
+                    !expected.applied && expected.codes.contains(&Code::ConcessionLimit),
+                );
                 seen.extend(expected.codes);
             }
         }
     }
     assert!(n_applied > 100, "only {n_applied} messages applied");
+    assert!(
+        strict_rejections > 0,
+        "no scenario rejects a message for its concessions (strict policy)"
+    );
     for &code in GENERATED_CODES {
         assert!(
             seen.contains(&code),

@@ -9,7 +9,8 @@
 //! The language, one statement per line (`#` starts a comment):
 //!
 //! ```text
-//! rules [refund_window_days=N] [processed=YYYY-MM-DD]   the rules and the processing day of
+//! rules [refund_window_days=N] [policy=warn|strict] [processed=YYYY-MM-DD]
+//!                                                         the rules and the processing day of
 //!                                                         the feeds from here on (defaults:
 //!                                                         `Rules::default()`, 2026-11-30);
 //!                                                         refund_window_days=0 is off
@@ -39,7 +40,7 @@ use chrono::NaiveDate;
 
 use adjustd::engine::{
     self, Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, NewAdjustment, OrderState,
-    Plan, Rules, Snapshot,
+    Plan, Policy, Rules, Snapshot,
 };
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
@@ -277,6 +278,13 @@ impl Scenario<'_> {
             for problem in &outcome.problems {
                 check_problem_facts(message, problem)
                     .unwrap_or_else(|what| self.fail(line, &format!("{what}: {problem}")));
+                // An applied message has warnings only, a rejected one errors only.
+                if problem.is_error() == outcome.applied {
+                    self.fail(
+                        line,
+                        &format!("severity does not fit the outcome: {problem}"),
+                    );
+                }
             }
             for text in &expected.says {
                 let found = outcome.problems.iter().any(|p| {
@@ -383,6 +391,13 @@ fn run_table(path: &Path) -> usize {
                                 .parse::<u32>()
                                 .unwrap_or_else(|_| scenario.fail(line_no, "bad number of days"));
                             scenario.store.rules.refund_window_days = NonZeroU32::new(days);
+                        }
+                        "policy" => {
+                            scenario.store.rules.policy = match v.as_str() {
+                                "warn" => Policy::Warn,
+                                "strict" => Policy::Strict,
+                                _ => scenario.fail(line_no, "policy=warn or policy=strict"),
+                            };
                         }
                         "processed" => {
                             scenario.store.processed_on = NaiveDate::parse_from_str(&v, "%Y-%m-%d")
@@ -563,6 +578,8 @@ fn run_table(path: &Path) -> usize {
                                 component,
                                 amount: amount(&v),
                                 position: position(column + 10),
+                                // Promotions as if in one PromotionAdjustments element.
+                                group: u16::from(matches!(component, Component::Promotion(_))),
                             });
                         }
                     }

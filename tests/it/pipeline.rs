@@ -800,3 +800,34 @@ fn a_cancellation_in_an_earlier_chunk_counts_for_a_later_one() {
         .expect("order");
     assert_eq!(orders[0].items[0].quantity_cancelled, 1);
 }
+
+#[test]
+fn a_store_problem_on_a_promotion_names_the_promotion_element_it_is_in() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    // Item 10000000000002 had a 5.00 item promotion and no shipping promotion: reversing a
+    // shipping promotion in the second PromotionAdjustments exceeds what remains.
+    let feed = dir.path().join("feed.xml");
+    let body = "<Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\n\
+         <AdjustedItem><AmazonOrderItemCode>10000000000002</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\n\
+         <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">10.00</Amount></Component></ItemPriceAdjustments>\n\
+         <PromotionAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">-2.00</Amount></Component></PromotionAdjustments>\n\
+         <PromotionAdjustments>\n\
+         <Component><Type>Shipping</Type>\n\
+         <Amount currency=\"USD\">-1.00</Amount></Component></PromotionAdjustments>\n\
+         </AdjustedItem></OrderAdjustment></Message>\n</AmazonEnvelope>\n";
+    std::fs::write(&feed, format!("{FEED_HEAD}{body}")).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [(1, Code::ComponentExceedsRemaining)]
+    );
+    let problem = &processed.outcome.results[0];
+    assert_eq!(
+        problem.element,
+        "Message/OrderAdjustment/AdjustedItem[1]/PromotionAdjustments[2]/Component[1]/Amount",
+        "{problem}"
+    );
+    // The head is 3 lines; the Amount is on the 7th line of the body.
+    assert_eq!(problem.position.map(|p| p.line), Some(9), "{problem}");
+}

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use adjustd::model::{MerchantId, MessageId, Position};
-use adjustd::problem::{Code, Problem};
+use adjustd::problem::{Code, Problem, Severity};
 use adjustd::report::{
     FeedOutcome, ReportError, parse_json, render_json, render_json_line, render_xml, report_paths,
     result_description, write_atomic, write_reports,
@@ -510,7 +510,8 @@ fn arb_code() -> impl Strategy<Value = Code> {
 
 fn arb_problem() -> impl Strategy<Value = Problem> {
     (
-        arb_code(),
+        // A policy warning may be an error (the strict policy).
+        (arb_code(), any::<bool>()),
         prop_oneof![Just(0u64), any::<u64>()],
         arb_text(),
         proptest::option::of((any::<u32>(), any::<u32>())),
@@ -526,8 +527,13 @@ fn arb_problem() -> impl Strategy<Value = Problem> {
         ]),
     )
         .prop_map(
-            |(code, id, element, position, description, fix, order, item)| Problem {
+            |((code, strict), id, element, position, description, fix, order, item)| Problem {
                 code,
+                severity: if strict && code.is_policy() {
+                    Severity::Error
+                } else {
+                    code.severity()
+                },
                 message_id: MessageId::new(id).unwrap_or(MessageId::FEED),
                 element,
                 position: position.map(|(line, column)| Position { line, column }),
