@@ -921,6 +921,7 @@ fn render_config(config: &Config) -> String {
          restocking_fee_review_percent = {restocking_fee_review_percent}\n\
          concession_review_percent = {concession_review_percent}\n\
          {refund_window_days}\n\
+         resubmission_window_days = {resubmission_window_days}\n\
          duplicate_feeds = {duplicate_feeds}\n\
          \n\
          [daemon]\n\
@@ -969,6 +970,7 @@ fn render_config(config: &Config) -> String {
             config.rules.refund_window_days.map(|days| days.to_string()),
             "30",
         ),
+        resubmission_window_days = config.rules.resubmission_window_days,
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),

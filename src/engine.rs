@@ -37,6 +37,30 @@ pub struct Rules {
     /// R17: Amazon has no feed error for lateness, so it warns and still applies).
     /// `None` (the default): no window.
     pub refund_window_days: Option<NonZeroU32>,
+    /// An applied message with an adjusted item under a new key whose content (its
+    /// [`payload_hash`]) equals that of an adjustment applied to the same item at most this
+    /// many days before the feed is processed gets a `PossibleResubmission` warning
+    /// (refund-rules §c3.2: Amazon applies two identical adjustments as two refunds,
+    /// SC-30741). Default 7; 0 turns the warning off, and the store then loads no history.
+    pub resubmission_window_days: u32,
+}
+
+impl Rules {
+    /// The first (UTC) day whose applied adjustments count as recent for a feed processed
+    /// on `processed_on` ([`Rules::resubmission_window_days`] before it); `None` when the
+    /// resubmission warning is off. The store loads each item's adjustments applied on or
+    /// after this day ([`ItemState::recent_adjustments`]).
+    pub fn recent_adjustments_since(&self, processed_on: NaiveDate) -> Option<NaiveDate> {
+        if self.resubmission_window_days == 0 {
+            return None;
+        }
+        // A window beyond the calendar reaches back to its first day.
+        Some(
+            processed_on
+                .checked_sub_days(chrono::Days::new(u64::from(self.resubmission_window_days)))
+                .unwrap_or(NaiveDate::MIN),
+        )
+    }
 }
 
 impl Default for Rules {
@@ -46,6 +70,7 @@ impl Default for Rules {
             restocking_fee_review_percent: 20,
             concession_review_percent: 50,
             refund_window_days: None,
+            resubmission_window_days: 7,
         }
     }
 }
@@ -76,6 +101,47 @@ pub struct ItemState {
     pub quantity_returned: u32,
     /// Totals per component; components never charged nor adjusted are absent (all zero).
     pub components: BTreeMap<Component, ComponentTotals>,
+    /// The adjustments applied to this item on or after
+    /// [`Rules::recent_adjustments_since`], in the order they were applied (empty when the
+    /// resubmission warning is off): what a new key with the same content repeats.
+    pub recent_adjustments: Vec<RecentAdjustment>,
+}
+
+/// An adjustment applied to an item recently (see [`Rules::resubmission_window_days`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentAdjustment {
+    /// Its [`payload_hash`], as bytes.
+    pub payload: PayloadDigest,
+    /// The feed and message that applied it (feed `None`: the feed being planned).
+    pub origin: KeyOrigin,
+    /// The (UTC) day it was applied.
+    pub applied_on: NaiveDate,
+}
+
+/// A [`payload_hash`] as its 32 bytes: what the snapshot keeps of each recent adjustment
+/// (no allocation, half the size of the hex text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PayloadDigest([u8; 32]);
+
+impl PayloadDigest {
+    /// The digest of a payload hash as [`payload_hash`] writes it (64 hex digits); `None`
+    /// for any other text, which no payload hash can equal.
+    pub fn from_hex(hex: &str) -> Option<PayloadDigest> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let nibble = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        };
+        let mut bytes = [0_u8; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(PayloadDigest(bytes))
+    }
 }
 
 /// One order as the engine sees it.
@@ -96,7 +162,7 @@ pub struct OrderState {
     pub items: Vec<ItemState>,
 }
 
-/// Where an idempotency key was first used.
+/// Where an idempotency key was first used, or where an adjustment was applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyOrigin {
     /// The feed, or `None` for the feed being planned.
@@ -337,7 +403,11 @@ pub struct Plan {
 ///    the message applies;
 /// 8. policy warnings on a message that applies: `OutsideRefundWindow` when the order was
 ///    purchased more than [`Rules::refund_window_days`] before `processed_on`, the (UTC)
-///    day the feed is processed. The engine reads no clock: the caller says what day it is.
+///    day the feed is processed; then `PossibleResubmission` for each adjusted item whose
+///    content equals that of an adjustment applied to the item within
+///    [`Rules::resubmission_window_days`] (its [`ItemState::recent_adjustments`], which the
+///    store loads and the engine extends as messages apply); then the review warnings. The
+///    engine reads no clock: the caller says what day it is.
 ///
 /// State rejections are pinned under every key of the message ([`Change::PinRejection`]);
 /// rejections that depend on the content only (precision, sign) are not, so a corrected
@@ -725,15 +795,41 @@ fn plan_message(
         return outcome;
     }
     match evaluate(snapshot, merchant, &facts) {
-        Ok((order, mut adjustments)) => {
+        Ok((mut order, mut adjustments)) => {
             let mut warnings: Vec<Problem> =
                 refund_window_warning(&facts, &order, rules, processed_on)
                     .into_iter()
                     .collect();
+            let since = rules.recent_adjustments_since(processed_on);
+            warnings.extend(resubmission_warnings(
+                &facts,
+                &adjustments,
+                &hashes,
+                since,
+                processed_on,
+            ));
             warnings.extend(review_warnings(&facts, &order, &adjustments, rules));
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
+                // The item remembers what it was given, so a later message of this feed
+                // that repeats it is checked too (the store loads the same after a commit).
+                if since.is_some()
+                    && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
+                    && let Some(item) = order
+                        .items
+                        .iter_mut()
+                        .find(|item| item.code == adjustment.item_code)
+                {
+                    item.recent_adjustments.push(RecentAdjustment {
+                        payload,
+                        origin: KeyOrigin {
+                            feed_id: None,
+                            message_id: message.message_id,
+                        },
+                        applied_on: processed_on,
+                    });
+                }
                 if let Some(key) = &adjustment.key {
                     snapshot.keys.insert(
                         key.clone(),
@@ -827,6 +923,87 @@ fn refund_window_warning(
             order.amazon_order_id
         ),
     ))
+}
+
+/// Step 8, for the adjusted items under new keys (refund-rules §c3.2): an item whose
+/// content ([`payload_hash`], which leaves the key out) equals that of an adjustment
+/// applied to the same item on or after `since` still applies, with a
+/// `PossibleResubmission` warning naming the latest such adjustment. Amazon applies two
+/// identical adjustments as two refunds (SC-30741), so a sender that resends applied
+/// adjustments under new keys (or in a re-exported file without keys, whose derived keys
+/// change with its content) refunds twice. A replay under the same key never gets here:
+/// [`check_keys`] answers it. `since` `None`: the warning is off.
+fn resubmission_warnings(
+    facts: &Facts<'_>,
+    adjustments: &[NewAdjustment],
+    hashes: &[String],
+    since: Option<NaiveDate>,
+    processed_on: NaiveDate,
+) -> Vec<Problem> {
+    let (Some(since), Some(before)) = (since, facts.order) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    // All items applied, so adjustment `index` is adjusted item `index`; every key of the
+    // message is new (a known key was decided by `check_keys`).
+    for (index, (adjustment, hash)) in adjustments.iter().zip(hashes).enumerate() {
+        let Some(item) = before
+            .items
+            .iter()
+            .find(|item| item.code == adjustment.item_code)
+        else {
+            continue;
+        };
+        if item.recent_adjustments.is_empty() {
+            continue;
+        }
+        let Some(payload) = PayloadDigest::from_hex(hash) else {
+            continue;
+        };
+        let Some(earlier) = item
+            .recent_adjustments
+            .iter()
+            .rev()
+            .find(|earlier| earlier.payload == payload && earlier.applied_on >= since)
+        else {
+            continue;
+        };
+        let when = match earlier.origin.feed_id {
+            Some(_) => {
+                let days = processed_on
+                    .signed_duration_since(earlier.applied_on)
+                    .num_days();
+                format!(
+                    "{} on {} ({})",
+                    describe_origin(&earlier.origin),
+                    earlier.applied_on,
+                    match days {
+                        ..=0 => "the day this feed was processed".to_owned(),
+                        1 => "1 day before this feed was processed".to_owned(),
+                        _ => format!("{days} days before this feed was processed"),
+                    }
+                )
+            }
+            None => describe_origin(&earlier.origin),
+        };
+        let key = match &facts.message.items[index].key {
+            Some(key) if !key.is_derived() => format!("under the new MerchantAdjustmentItemID {key}"),
+            _ => "without a MerchantAdjustmentItemID (its key comes from this file's content, so a re-exported file gets new keys)".to_owned(),
+        };
+        warnings.push(facts.item_problem(
+            Code::PossibleResubmission,
+            index,
+            facts.key_element(index),
+            facts.item_position(index),
+            format!(
+                "AdjustedItem[{}] has the same content (order, item, reason, quantities and amounts) as the adjustment applied in {when}, but comes {key}; it was applied again, so item {} now has this adjustment twice",
+                index + 1,
+                adjustment.item_code
+            ),
+            "Nothing to do if a second refund was meant. Otherwise reverse it (Amazon reverses a refund only with the buyer's agreement to a recharge) and stop the sender from resending applied adjustments; to resend an adjustment on purpose, send it with the same MerchantAdjustmentItemID, so it is recognised as a duplicate and not applied again.".to_owned(),
+        ));
+    }
+    warnings
 }
 
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
@@ -1815,6 +1992,7 @@ mod tests {
                 quantity_shipped: shipped,
                 quantity_cancelled: 0,
                 quantity_returned: 0,
+                recent_adjustments: Vec::new(),
                 components: charged
                     .iter()
                     .map(|(c, charged)| {

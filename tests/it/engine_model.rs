@@ -639,6 +639,7 @@ pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
                 quantity_cancelled: cancelled,
                 quantity_returned: 0,
                 components,
+                recent_adjustments: Vec::new(),
             });
         }
         orders.push(OrderState {

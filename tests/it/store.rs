@@ -97,6 +97,7 @@ pub fn new_feed(name: &str, hash: &str, claim: Option<&str>) -> NewFeed {
         file_name: name.to_owned(),
         content_hash: hash.to_owned(),
         claim_token: claim.map(str::to_owned),
+        recent_adjustments_since: None,
     }
 }
 
@@ -869,6 +870,7 @@ pub mod conformance {
                 file_name: "garbage.xml".into(),
                 content_hash: "hash-g".into(),
                 claim_token: None,
+                recent_adjustments_since: None,
             })
             .expect("begin");
         let fourth = tx.feed_id();
