@@ -988,7 +988,7 @@ fn resubmission_warnings(
         };
         let key = match &facts.message.items[index].key {
             Some(key) if !key.is_derived() => format!("under the new MerchantAdjustmentItemID {key}"),
-            _ => "without a MerchantAdjustmentItemID (its key comes from this file's content, so a re-exported file gets new keys)".to_owned(),
+            _ => "without a MerchantAdjustmentItemID, so under a new key (derived from the file's content, the MessageID and the item's position)".to_owned(),
         };
         warnings.push(facts.item_problem(
             Code::PossibleResubmission,
@@ -2154,6 +2154,124 @@ mod tests {
         let mut again = m.clone();
         again.items[0].key = SellerId::new("K9");
         assert_eq!(codes(&mut s, &again), [Code::ComponentExceedsRemaining]);
+    }
+
+    #[test]
+    fn a_new_key_with_the_content_of_a_recent_adjustment_applies_with_a_warning() {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let m = message(vec![price(PriceComponent::Principal, "5.00")]);
+        let hash = payload_hash(&m, 0, Some(usd()));
+        let payload = PayloadDigest::from_hex(&hash).expect("64 hex digits");
+        assert_eq!(PayloadDigest::from_hex(&hash.to_uppercase()), None);
+        assert_eq!(PayloadDigest::from_hex(&hash[1..]), None);
+        // Applied by message 7 of feed 3, `days_ago` days before this feed.
+        let with_earlier = |days_ago: u64| {
+            let mut s = snapshot(2, &[(PriceComponent::Principal, 5000)]);
+            let order = s.orders.get_mut(&order_id()).expect("loaded");
+            order.items[0].recent_adjustments.push(RecentAdjustment {
+                payload,
+                origin: KeyOrigin {
+                    feed_id: Some(3),
+                    message_id: MessageId::new(7).expect("positive"),
+                },
+                applied_on: processed_on() - chrono::Days::new(days_ago),
+            });
+            s
+        };
+        let mut again = m.clone();
+        again.message_id = MessageId::new(2).expect("positive");
+        again.items[0].key = SellerId::new("K2");
+
+        // Within the window (its last day): applied, with the warning; then a third copy
+        // in the same feed is checked against the second.
+        let mut s = with_earlier(7);
+        let mut third = again.clone();
+        third.message_id = MessageId::new(3).expect("positive");
+        third.items[0].key = SellerId::new("K3");
+        let planned = plan(
+            &mut s,
+            &merchant,
+            &[m.clone(), third],
+            &Rules::default(),
+            processed_on(),
+        );
+        assert_eq!(planned.changes.len(), 2, "both applied: {planned:?}");
+        let [first, second] = planned.outcomes.as_slice() else {
+            panic!("two outcomes: {planned:?}");
+        };
+        assert!(first.applied && second.applied);
+        let [warning] = first.problems.as_slice() else {
+            panic!("one warning: {first:?}");
+        };
+        assert_eq!(warning.code, Code::PossibleResubmission);
+        assert!(
+            warning.description.contains(
+                "as the adjustment applied in message 7 of feed 3 on 2026-11-23 (7 days before this feed was processed), but comes under the new MerchantAdjustmentItemID K1"
+            ),
+            "{warning:?}"
+        );
+        assert!(
+            warning
+                .fix
+                .contains("with the same MerchantAdjustmentItemID"),
+            "{warning:?}"
+        );
+        assert_eq!(
+            warning.element,
+            "Message/OrderAdjustment/AdjustedItem[1]/MerchantAdjustmentItemID"
+        );
+        assert_eq!(
+            warning.amazon_order_item_code.as_deref(),
+            Some("12345678901234")
+        );
+        let [warning] = second.problems.as_slice() else {
+            panic!("one warning: {second:?}");
+        };
+        assert!(
+            warning
+                .description
+                .contains("applied in message 1 earlier in this feed"),
+            "{warning:?}"
+        );
+        let item = &s
+            .order(&OrderRef::Amazon(order_id()))
+            .expect("loaded")
+            .items[0];
+        assert_eq!(item.recent_adjustments.len(), 3, "{item:?}");
+        assert_eq!(item.recent_adjustments[2].origin.feed_id, None);
+        assert_eq!(item.recent_adjustments[2].applied_on, processed_on());
+
+        // One day past the window, with the window off, and with other content: no warning.
+        assert_eq!(codes(&mut with_earlier(8), &again), []);
+        let mut s = with_earlier(0);
+        let off = Rules {
+            resubmission_window_days: 0,
+            ..Rules::default()
+        };
+        let planned = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&again),
+            &off,
+            processed_on(),
+        );
+        assert_eq!(planned.outcomes[0].problems, []);
+        assert_eq!(
+            s.order(&OrderRef::Amazon(order_id()))
+                .expect("loaded")
+                .items[0]
+                .recent_adjustments
+                .len(),
+            1,
+            "with the window off the item remembers nothing"
+        );
+        let mut other = again.clone();
+        other.items[0].amounts[0].amount = Amount::parse("5.01").expect("valid");
+        assert_eq!(codes(&mut with_earlier(0), &other), []);
+        // The same key is a replay of the snapshot's key record, not a resubmission.
+        let mut s = with_earlier(0);
+        assert_eq!(codes(&mut s, &m), [Code::PossibleResubmission]);
+        assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
     }
 
     #[test]
