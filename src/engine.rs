@@ -127,20 +127,26 @@ impl PayloadDigest {
     /// The digest of a payload hash as [`payload_hash`] writes it (64 hex digits); `None`
     /// for any other text, which no payload hash can equal.
     pub fn from_hex(hex: &str) -> Option<PayloadDigest> {
-        let hex = hex.as_bytes();
-        if hex.len() != 64 {
-            return None;
-        }
-        let nibble = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
+        // The value of each lowercase hex digit, 0xff for every other byte: every loaded and
+        // every applied adjustment is decoded once, so this is a table, not a match.
+        const NIBBLE: [u8; 256] = {
+            let mut table = [0xff_u8; 256];
+            let mut digit = 0;
+            while digit < 16 {
+                table[HEX_DIGITS[digit] as usize] = digit as u8;
+                digit += 1;
+            }
+            table
         };
+        let hex: &[u8; 64] = hex.as_bytes().try_into().ok()?;
         let mut bytes = [0_u8; 32];
+        let mut invalid = 0;
         for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
-            *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+            let (high, low) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            invalid |= high | low;
+            *byte = (high << 4) | (low & 0x0f);
         }
-        Some(PayloadDigest(bytes))
+        (invalid & 0xf0 == 0).then_some(PayloadDigest(bytes))
     }
 }
 
@@ -821,6 +827,8 @@ fn plan_message(
                         .iter_mut()
                         .find(|item| item.code == adjustment.item_code)
                 {
+                    // Lists are short; no room for four at the first push.
+                    item.recent_adjustments.reserve_exact(1);
                     item.recent_adjustments.push(RecentAdjustment {
                         payload,
                         origin: KeyOrigin {

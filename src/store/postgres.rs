@@ -945,10 +945,9 @@ impl PgFeedTx<'_> {
                 },
                 applied_on,
             };
-            recent
-                .entry(self.get(row, 0)?)
-                .or_default()
-                .push(adjustment);
+            let list = recent.entry(self.get(row, 0)?).or_default();
+            list.reserve_exact(1);
+            list.push(adjustment);
         }
         Ok(recent)
     }

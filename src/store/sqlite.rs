@@ -1095,13 +1095,14 @@ impl Default for Overlay {
 
 /// What a feed wrote to one item: units cancelled and returned, the net amount per component added
 /// to the running totals (a component without a row before gets one, charged 0), and the
-/// adjustments themselves as recent adjustments of this feed (only when loaded at all).
+/// payload and MessageID of each adjustment, for the item's recent adjustments (only when
+/// those are loaded at all; 40 bytes each, as the overlay holds up to a feed's worth).
 struct ItemDelta {
     item_id: i64,
     cancelled: u32,
     returned: u32,
     refunded: Vec<(Component, i64)>,
-    recent: Vec<RecentAdjustment>,
+    recent: Vec<(PayloadDigest, MessageId)>,
 }
 
 impl Overlay {
@@ -1147,17 +1148,11 @@ impl Overlay {
                 None => item.refunded.push((*component, *amount)),
             }
         }
-        if let Some(applied_on) = self.recent_on
+        if self.recent_on.is_some()
             && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
         {
-            item.recent.push(RecentAdjustment {
-                payload,
-                origin: KeyOrigin {
-                    feed_id: None,
-                    message_id: adjustment.message_id,
-                },
-                applied_on,
-            });
+            item.recent.reserve_exact(1);
+            item.recent.push((payload, adjustment.message_id));
         }
     }
 
@@ -1184,7 +1179,23 @@ impl Overlay {
                     .refunded += amount;
             }
             // After the item's adjustments from before the feed: oldest first.
-            item.recent_adjustments.extend(delta.recent.iter().cloned());
+            if let Some(applied_on) = self.recent_on {
+                item.recent_adjustments.reserve_exact(delta.recent.len());
+                item.recent_adjustments
+                    .extend(
+                        delta
+                            .recent
+                            .iter()
+                            .map(|(payload, message_id)| RecentAdjustment {
+                                payload: *payload,
+                                origin: KeyOrigin {
+                                    feed_id: None,
+                                    message_id: *message_id,
+                                },
+                                applied_on,
+                            }),
+                    );
+            }
         }
         true
     }
@@ -1640,23 +1651,23 @@ fn load_recent(
             let created_at = created_at.as_str().map_err(|e| db_error(e.into()))?;
             let applied_on =
                 created_on(created_at).ok_or_else(|| corrupt("created_at", created_at))?;
-            orders[oi].state.items[ii]
-                .recent_adjustments
-                .push(RecentAdjustment {
-                    payload,
-                    origin: KeyOrigin {
-                        // This feed's own (on the writing connection) are "earlier in this
-                        // feed".
-                        feed_id: (feed_id != recent.feed_id)
-                            .then(|| {
-                                u64::try_from(feed_id)
-                                    .map_err(|_| corrupt("feed id", &feed_id.to_string()))
-                            })
-                            .transpose()?,
-                        message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
-                    },
-                    applied_on,
-                });
+            let recent_adjustments = &mut orders[oi].state.items[ii].recent_adjustments;
+            recent_adjustments.reserve_exact(1);
+            recent_adjustments.push(RecentAdjustment {
+                payload,
+                origin: KeyOrigin {
+                    // This feed's own (on the writing connection) are "earlier in this
+                    // feed".
+                    feed_id: (feed_id != recent.feed_id)
+                        .then(|| {
+                            u64::try_from(feed_id)
+                                .map_err(|_| corrupt("feed id", &feed_id.to_string()))
+                        })
+                        .transpose()?,
+                    message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
+                },
+                applied_on,
+            });
         }
     }
     Ok(())
