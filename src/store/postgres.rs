@@ -909,7 +909,8 @@ impl PgFeedTx<'_> {
 
 impl PgFeedTx<'_> {
     /// The adjustments applied to `item_ids` since [`PgFeedTx::recent_since`], per item,
-    /// oldest first (none when that is `None`). A payload hash that is not 64 hex digits
+    /// oldest first (none when that is `None`). `created_at` compares byte by byte
+    /// (`COLLATE "C"`), whatever the database's collation. A payload hash that is not 64 hex digits
     /// (no build writes one) cannot equal a new item's and is left out.
     fn recent_adjustments(
         &mut self,
@@ -924,7 +925,7 @@ impl PgFeedTx<'_> {
         }
         let rows = self.query(
             "SELECT item_id, payload_hash, feed_id, message_id, created_at FROM adjustments \
-             WHERE item_id = ANY($1) AND created_at >= $2 ORDER BY item_id, id",
+             WHERE item_id = ANY($1) AND created_at >= $2 COLLATE \"C\" ORDER BY item_id, id",
             &[&item_ids, &since],
         )?;
         for row in &rows {
