@@ -229,6 +229,18 @@ impl<const N: usize> RowSource for [OrderRow; N] {
     }
 }
 
+/// False when `item` (as loaded, with its running totals) can have no adjustment at all, so
+/// loading its recent adjustments needs no search. Every adjustment has a positive net or
+/// cancels units (the CHECK on `adjustments`), and the running totals are the sums of the
+/// adjustments' amounts (written in the same transaction): an item whose totals are all
+/// zero and that has no unit cancelled or returned was never adjusted. Most items a feed
+/// touches are in that state the first time, so only items refunded before cost a search.
+pub(crate) fn may_have_adjustments(item: &crate::engine::ItemState) -> bool {
+    item.quantity_cancelled > 0
+        || item.quantity_returned > 0
+        || item.components.values().any(|totals| totals.refunded != 0)
+}
+
 /// The UTC day of an adjustment's `created_at` (RFC 3339 in UTC, as both backends write
 /// it), for [`crate::engine::RecentAdjustment::applied_on`].
 pub(crate) fn created_on(created_at: &str) -> Option<chrono::NaiveDate> {

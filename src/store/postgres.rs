@@ -37,7 +37,7 @@ use crate::model::{
 use crate::problem::Code;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on,
+    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -1129,10 +1129,18 @@ impl FeedTx for PgFeedTx<'_> {
                     },
                 );
             }
-            let mut recent = self.recent_adjustments(&item_ids)?;
+            for (item_id, _, item) in &mut items {
+                item.components = components.remove(item_id).unwrap_or_default();
+            }
+            // Only items that may have adjustments at all are searched.
+            let adjusted: Vec<i64> = items
+                .iter()
+                .filter(|(_, _, item)| may_have_adjustments(item))
+                .map(|(id, _, _)| *id)
+                .collect();
+            let mut recent = self.recent_adjustments(&adjusted)?;
             let mut by_order: HashMap<i64, Vec<(i64, ItemState)>> = HashMap::new();
             for (item_id, order_id, mut item) in items {
-                item.components = components.remove(&item_id).unwrap_or_default();
                 item.recent_adjustments = recent.remove(&item_id).unwrap_or_default();
                 by_order.entry(order_id).or_default().push((item_id, item));
             }

@@ -43,7 +43,7 @@ use crate::problem::Code;
 use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on,
+    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -1607,7 +1607,8 @@ type IdMap<V> = HashMap<i64, V, IdBuild>;
 
 /// Gives the items of `orders` (`item_at`: item id → order and item index) the adjustments
 /// applied to them since `recent.since`: one statement per batch of up to [`BATCH`] items,
-/// one search of the index `adjustments_item` per item. Its entries are in id order per
+/// one search of the index `adjustments_item` per item that may have adjustments at all
+/// ([`may_have_adjustments`]; none for an item never refunded). Its entries are in id order per
 /// item, so each item's adjustments come oldest first. A payload hash that is not 64 hex
 /// digits (no build writes one) cannot equal a new item's and is left out.
 fn load_recent(
@@ -1616,7 +1617,11 @@ fn load_recent(
     orders: &mut [LoadedOrder],
     item_at: &IdMap<(usize, usize)>,
 ) -> Result<(), StoreError> {
-    let item_ids: Vec<i64> = item_at.keys().copied().collect();
+    let item_ids: Vec<i64> = item_at
+        .iter()
+        .filter(|(_, (oi, ii))| may_have_adjustments(&orders[*oi].state.items[*ii]))
+        .map(|(id, _)| *id)
+        .collect();
     for chunk in item_ids.chunks(BATCH) {
         let size = batch_size(chunk.len());
         let sql = format!(

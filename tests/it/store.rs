@@ -1020,11 +1020,12 @@ pub mod conformance {
     /// feed's own without a feed id) and day: the first load of a feed; after a prefetch
     /// hint (SQLite: from the prefetch connection, an order this feed wrote to brought up to
     /// date by the overlay); on the writing connection without a hint. None when the window
-    /// is off or begins after them; a hash that is not a payload hash is left out.
+    /// is off or begins after them; a hash that is not a payload hash is left out. An item
+    /// whose only adjustment is a pure cancellation (no amount) has it too.
     pub fn loading_gives_the_engine_recent_adjustments(store: &mut dyn Store) {
         let report = "order-id\torder-item-id\tmerchant-order-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
              171-0000001-0000001\t10000000000001\tPO-1\tS1\t2\t2\tUSD\t10.00\n\
-             171-0000001-0000001\t10000000000002\tPO-1\tS2\t1\t1\tUSD\t10.00\n\
+             171-0000001-0000001\t10000000000002\tPO-1\tS2\t2\t1\tUSD\t10.00\n\
              171-0000002-0000002\t10000000000003\t\tS3\t1\t1\tUSD\t10.00\n";
         let rows = parse_order_report(report).expect("report");
         store.import_orders(&merchant(), &rows).expect("import");
@@ -1058,6 +1059,11 @@ pub mod conformance {
                 ),
                 refund(6, "171-0000001-0000001", "10000000000001", hex(0xa2)),
                 refund(7, "171-0000002-0000002", "10000000000003", hex(0xb1)),
+                // A pure cancellation: no amount, so only the cancelled unit shows it.
+                with_hash(
+                    adjustment(8, "171-0000001-0000001", "10000000000002", &[], None, 1),
+                    hex(0xd1),
+                ),
             ],
         );
         // The day the adjustments were written (today, unless the clock passed midnight).
@@ -1113,7 +1119,10 @@ pub mod conformance {
             ],
             "first chunk"
         );
-        assert_eq!(recent(&snapshot, "171-0000001-0000001", 1), []);
+        assert_eq!(
+            recent(&snapshot, "171-0000001-0000001", 1),
+            [mine(0xd1, Some(earlier), 8, day)]
+        );
         assert_eq!(
             recent(&snapshot, "171-0000002-0000002", 0),
             [mine(0xb1, Some(earlier), 7, day)]
@@ -1142,6 +1151,11 @@ pub mod conformance {
                     mine(0xa2, Some(earlier), 6, day),
                     mine(0xc1, None, 9, day_now)
                 ],
+                "{path}"
+            );
+            assert_eq!(
+                recent(snapshot, "171-0000001-0000001", 1),
+                [mine(0xd1, Some(earlier), 8, day)],
                 "{path}"
             );
             assert_eq!(
