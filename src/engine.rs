@@ -1008,7 +1008,7 @@ fn resubmission_warnings(
                 index + 1,
                 adjustment.item_code
             ),
-            "Nothing to do if a second refund was meant. Otherwise reverse it (Amazon reverses a refund only with the buyer's agreement to a recharge) and stop the sender from resending applied adjustments; to resend an adjustment on purpose, send it with the same MerchantAdjustmentItemID, so it is recognised as a duplicate and not applied again.".to_owned(),
+            "Nothing to do if a second refund was meant. Otherwise reverse it (Amazon reverses a refund only with the buyer's agreement to a recharge) and stop the sender from resending applied adjustments; to resend an adjustment on purpose, send it with the same MerchantAdjustmentItemID, so it is recognised as a duplicate and not applied again (an item without one is recognised only in a copy of the same file).".to_owned(),
         ));
     }
     warnings
