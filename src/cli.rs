@@ -952,6 +952,7 @@ fn render_config(config: &Config) -> String {
          concession_review_percent = {concession_review_percent}\n\
          {refund_window_days}\n\
          policy = {policy}\n\
+         resubmission_window_days = {resubmission_window_days}\n\
          duplicate_feeds = {duplicate_feeds}\n\
          \n\
          [daemon]\n\
@@ -1004,6 +1005,7 @@ fn render_config(config: &Config) -> String {
             "30",
         ),
         policy = quote(config.rules.policy.as_str()),
+        resubmission_window_days = config.rules.resubmission_window_days,
         duplicate_feeds = quote(duplicate_feeds),
         shutdown_timeout_secs = daemon.shutdown_timeout.as_secs(),
         max_backoff_secs = daemon.max_backoff.as_secs(),

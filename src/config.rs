@@ -171,6 +171,7 @@ struct RulesFile {
     concession_review_percent: Option<u32>,
     refund_window_days: Option<u32>,
     policy: Option<PolicyFile>,
+    resubmission_window_days: Option<u32>,
     duplicate_feeds: Option<DuplicateFeeds>,
 }
 
@@ -235,6 +236,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("rules", "concession_review_percent"),
     ("rules", "refund_window_days"),
     ("rules", "policy"),
+    ("rules", "resubmission_window_days"),
     ("rules", "duplicate_feeds"),
     ("daemon", "shutdown_timeout_secs"),
     ("daemon", "max_backoff_secs"),
@@ -585,6 +587,10 @@ fn resolve(
         },
         // Not a config key: the daemon sets it for the last retry of a parked feed.
         pin_order_not_found: false,
+        // 0 turns the resubmission warning off.
+        resubmission_window_days: rules_file
+            .resubmission_window_days
+            .unwrap_or(rule_defaults.resubmission_window_days),
     };
     let duplicate_policy = match rules_file.duplicate_feeds {
         None | Some(DuplicateFeeds::Skip) => DuplicatePolicy::Skip,
@@ -709,6 +715,7 @@ mod tests {
         assert_eq!(config.rules.restocking_fee_review_percent, 20);
         assert_eq!(config.rules.concession_review_percent, 50);
         assert_eq!(config.rules.refund_window_days, None);
+        assert_eq!(config.rules.resubmission_window_days, 7);
         assert_eq!(config.duplicate_policy, DuplicatePolicy::Skip);
         assert!(config.daemon.http_listen.is_none());
     }
@@ -867,6 +874,40 @@ mod tests {
             load_text("[daemon]\norder_not_found_window = 5\n", &[]).expect_err("unknown key");
         assert!(
             error.to_string().contains("order_not_found_window"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_resubmission_window_defaults_to_seven_days_and_the_environment_overrides_it() {
+        let days = |text: &str, env: &[(&str, &str)]| {
+            load_text(text, env)
+                .expect("valid")
+                .rules
+                .resubmission_window_days
+        };
+        assert_eq!(days("", &[]), 7);
+        assert_eq!(days("[rules]\nresubmission_window_days = 30\n", &[]), 30);
+        assert_eq!(days("[rules]\nresubmission_window_days = 0\n", &[]), 0);
+        assert_eq!(
+            days(
+                "[rules]\nresubmission_window_days = 30\n",
+                &[("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS", "0")]
+            ),
+            0
+        );
+        let error = load_text("", &[("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS", "-1")])
+            .expect_err("negative");
+        assert!(
+            error
+                .to_string()
+                .contains("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS"),
+            "{error}"
+        );
+        let error = load_text("[rules]\nresubmission_window_days = \"7d\"\n", &[])
+            .expect_err("not a number");
+        assert!(
+            error.to_string().contains("resubmission_window_days"),
             "{error}"
         );
     }

@@ -45,6 +45,30 @@ pub struct Rules {
     /// has passed; otherwise (the default) `OrderNotFound` is not pinned, so the same
     /// message applies once the order is imported.
     pub pin_order_not_found: bool,
+    /// An applied message with an adjusted item under a new key whose content (its
+    /// [`payload_hash`]) equals that of an adjustment applied to the same item at most this
+    /// many days before the feed is processed gets a `PossibleResubmission` warning
+    /// (refund-rules §c3.2: Amazon applies two identical adjustments as two refunds,
+    /// SC-30741). Default 7; 0 turns the warning off, and the store then loads no history.
+    pub resubmission_window_days: u32,
+}
+
+impl Rules {
+    /// The first (UTC) day whose applied adjustments count as recent for a feed processed
+    /// on `processed_on` ([`Rules::resubmission_window_days`] before it); `None` when the
+    /// resubmission warning is off. The store loads each item's adjustments applied on or
+    /// after this day ([`ItemState::recent_adjustments`]).
+    pub fn recent_adjustments_since(&self, processed_on: NaiveDate) -> Option<NaiveDate> {
+        if self.resubmission_window_days == 0 {
+            return None;
+        }
+        // A window beyond the calendar reaches back to its first day.
+        Some(
+            processed_on
+                .checked_sub_days(chrono::Days::new(u64::from(self.resubmission_window_days)))
+                .unwrap_or(NaiveDate::MIN),
+        )
+    }
 }
 
 /// What the policy checks of refund-rules §c4 step 15 (`OutsideRefundWindow`,
@@ -79,6 +103,7 @@ impl Default for Rules {
             refund_window_days: None,
             policy: Policy::Warn,
             pin_order_not_found: false,
+            resubmission_window_days: 7,
         }
     }
 }
@@ -109,6 +134,53 @@ pub struct ItemState {
     pub quantity_returned: u32,
     /// Totals per component; components never charged nor adjusted are absent (all zero).
     pub components: BTreeMap<Component, ComponentTotals>,
+    /// The adjustments applied to this item on or after
+    /// [`Rules::recent_adjustments_since`], in the order they were applied (empty when the
+    /// resubmission warning is off): what a new key with the same content repeats.
+    pub recent_adjustments: Vec<RecentAdjustment>,
+}
+
+/// An adjustment applied to an item recently (see [`Rules::resubmission_window_days`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentAdjustment {
+    /// Its [`payload_hash`], as bytes.
+    pub payload: PayloadDigest,
+    /// The feed and message that applied it (feed `None`: the feed being planned).
+    pub origin: KeyOrigin,
+    /// The (UTC) day it was applied.
+    pub applied_on: NaiveDate,
+}
+
+/// A [`payload_hash`] as its 32 bytes: what the snapshot keeps of each recent adjustment
+/// (no allocation, half the size of the hex text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PayloadDigest([u8; 32]);
+
+impl PayloadDigest {
+    /// The digest of a payload hash as [`payload_hash`] writes it (64 hex digits); `None`
+    /// for any other text, which no payload hash can equal.
+    pub fn from_hex(hex: &str) -> Option<PayloadDigest> {
+        // The value of each lowercase hex digit, 0xff for every other byte: every loaded and
+        // every applied adjustment is decoded once, so this is a table, not a match.
+        const NIBBLE: [u8; 256] = {
+            let mut table = [0xff_u8; 256];
+            let mut digit = 0;
+            while digit < 16 {
+                table[HEX_DIGITS[digit] as usize] = digit as u8;
+                digit += 1;
+            }
+            table
+        };
+        let hex: &[u8; 64] = hex.as_bytes().try_into().ok()?;
+        let mut bytes = [0_u8; 32];
+        let mut invalid = 0;
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            let (high, low) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            invalid |= high | low;
+            *byte = (high << 4) | (low & 0x0f);
+        }
+        (invalid & 0xf0 == 0).then_some(PayloadDigest(bytes))
+    }
 }
 
 /// One order as the engine sees it.
@@ -129,7 +201,7 @@ pub struct OrderState {
     pub items: Vec<ItemState>,
 }
 
-/// Where an idempotency key was first used.
+/// Where an idempotency key was first used, or where an adjustment was applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyOrigin {
     /// The feed, or `None` for the feed being planned.
@@ -374,7 +446,11 @@ pub struct Plan {
 ///    the message applies;
 /// 8. policy warnings on a message that applies: `OutsideRefundWindow` when the order was
 ///    purchased more than [`Rules::refund_window_days`] before `processed_on`, the (UTC)
-///    day the feed is processed. The engine reads no clock: the caller says what day it is.
+///    day the feed is processed; then `PossibleResubmission` for each adjusted item whose
+///    content equals that of an adjustment applied to the item within
+///    [`Rules::resubmission_window_days`] (its [`ItemState::recent_adjustments`], which the
+///    store loads and the engine extends as messages apply); then the review warnings. The
+///    engine reads no clock: the caller says what day it is.
 ///
 /// State rejections are pinned under every key of the message ([`Change::PinRejection`]);
 /// rejections that depend on the content only (precision, sign) are not, so a corrected
@@ -768,7 +844,7 @@ fn plan_message(
         return outcome;
     }
     match evaluate(snapshot, merchant, &facts) {
-        Ok((order, mut adjustments)) => {
+        Ok((mut order, mut adjustments)) => {
             let window = refund_window_problem(&facts, &order, rules, processed_on);
             let reviews = review_warnings(&facts, &order, &adjustments, rules);
             let policy_failed =
@@ -785,10 +861,38 @@ fn plan_message(
                 );
             }
             let mut warnings: Vec<Problem> = window.into_iter().collect();
+            let since = rules.recent_adjustments_since(processed_on);
+            warnings.extend(resubmission_warnings(
+                &facts,
+                &adjustments,
+                &hashes,
+                since,
+                processed_on,
+            ));
             warnings.extend(reviews.into_iter().map(|(_, warning)| warning));
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
+                // The item remembers what it was given, so a later message of this feed
+                // that repeats it is checked too (the store loads the same after a commit).
+                if since.is_some()
+                    && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
+                    && let Some(item) = order
+                        .items
+                        .iter_mut()
+                        .find(|item| item.code == adjustment.item_code)
+                {
+                    // Lists are short; no room for four at the first push.
+                    item.recent_adjustments.reserve_exact(1);
+                    item.recent_adjustments.push(RecentAdjustment {
+                        payload,
+                        origin: KeyOrigin {
+                            feed_id: None,
+                            message_id: message.message_id,
+                        },
+                        applied_on: processed_on,
+                    });
+                }
                 if let Some(key) = &adjustment.key {
                     snapshot.keys.insert(
                         key.clone(),
@@ -969,6 +1073,87 @@ fn refund_window_problem(
         ),
         fix,
     ))
+}
+
+/// Step 8, for the adjusted items under new keys (refund-rules §c3.2): an item whose
+/// content ([`payload_hash`], which leaves the key out) equals that of an adjustment
+/// applied to the same item on or after `since` still applies, with a
+/// `PossibleResubmission` warning naming the latest such adjustment. Amazon applies two
+/// identical adjustments as two refunds (SC-30741), so a sender that resends applied
+/// adjustments under new keys (or in a re-exported file without keys, whose derived keys
+/// change with its content) refunds twice. A replay under the same key never gets here:
+/// [`check_keys`] answers it. `since` `None`: the warning is off.
+fn resubmission_warnings(
+    facts: &Facts<'_>,
+    adjustments: &[NewAdjustment],
+    hashes: &[String],
+    since: Option<NaiveDate>,
+    processed_on: NaiveDate,
+) -> Vec<Problem> {
+    let (Some(since), Some(before)) = (since, facts.order) else {
+        return Vec::new();
+    };
+    let mut warnings = Vec::new();
+    // All items applied, so adjustment `index` is adjusted item `index`; every key of the
+    // message is new (a known key was decided by `check_keys`).
+    for (index, (adjustment, hash)) in adjustments.iter().zip(hashes).enumerate() {
+        let Some(item) = before
+            .items
+            .iter()
+            .find(|item| item.code == adjustment.item_code)
+        else {
+            continue;
+        };
+        if item.recent_adjustments.is_empty() {
+            continue;
+        }
+        let Some(payload) = PayloadDigest::from_hex(hash) else {
+            continue;
+        };
+        let Some(earlier) = item
+            .recent_adjustments
+            .iter()
+            .rev()
+            .find(|earlier| earlier.payload == payload && earlier.applied_on >= since)
+        else {
+            continue;
+        };
+        let when = match earlier.origin.feed_id {
+            Some(_) => {
+                let days = processed_on
+                    .signed_duration_since(earlier.applied_on)
+                    .num_days();
+                format!(
+                    "{} on {} ({})",
+                    describe_origin(&earlier.origin),
+                    earlier.applied_on,
+                    match days {
+                        ..=0 => "the day this feed was processed".to_owned(),
+                        1 => "1 day before this feed was processed".to_owned(),
+                        _ => format!("{days} days before this feed was processed"),
+                    }
+                )
+            }
+            None => describe_origin(&earlier.origin),
+        };
+        let key = match &facts.message.items[index].key {
+            Some(key) if !key.is_derived() => format!("under the new MerchantAdjustmentItemID {key}"),
+            _ => "without a MerchantAdjustmentItemID, so under a new key (derived from the file's content, the MessageID and the item's position)".to_owned(),
+        };
+        warnings.push(facts.item_problem(
+            Code::PossibleResubmission,
+            index,
+            facts.key_element(index),
+            facts.item_position(index),
+            format!(
+                "AdjustedItem[{}] has the same content (order, item, reason, quantities and amounts) as the adjustment applied in {when}, but comes {key}; it was applied again, so item {} now has this adjustment twice",
+                index + 1,
+                adjustment.item_code
+            ),
+            "Nothing to do if a second refund was meant. Otherwise reverse it (Amazon reverses a refund only with the buyer's agreement to a recharge) and stop the sender from resending applied adjustments; to resend an adjustment on purpose, send it with the same MerchantAdjustmentItemID, so it is recognised as a duplicate and not applied again (an item without one is recognised only in a copy of the same file).".to_owned(),
+        ));
+    }
+    warnings
 }
 
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
@@ -1999,6 +2184,7 @@ mod tests {
                 quantity_shipped: shipped,
                 quantity_cancelled: 0,
                 quantity_returned: 0,
+                recent_adjustments: Vec::new(),
                 components: charged
                     .iter()
                     .map(|(c, charged)| {
@@ -2249,6 +2435,124 @@ mod tests {
         let mut again = m.clone();
         again.items[0].key = SellerId::new("K9");
         assert_eq!(codes(&mut s, &again), [Code::ComponentExceedsRemaining]);
+    }
+
+    #[test]
+    fn a_new_key_with_the_content_of_a_recent_adjustment_applies_with_a_warning() {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let m = message(vec![price(PriceComponent::Principal, "5.00")]);
+        let hash = payload_hash(&m, 0, Some(usd()));
+        let payload = PayloadDigest::from_hex(&hash).expect("64 hex digits");
+        assert_eq!(PayloadDigest::from_hex(&hash.to_uppercase()), None);
+        assert_eq!(PayloadDigest::from_hex(&hash[1..]), None);
+        // Applied by message 7 of feed 3, `days_ago` days before this feed.
+        let with_earlier = |days_ago: u64| {
+            let mut s = snapshot(2, &[(PriceComponent::Principal, 5000)]);
+            let order = s.orders.get_mut(&order_id()).expect("loaded");
+            order.items[0].recent_adjustments.push(RecentAdjustment {
+                payload,
+                origin: KeyOrigin {
+                    feed_id: Some(3),
+                    message_id: MessageId::new(7).expect("positive"),
+                },
+                applied_on: processed_on() - chrono::Days::new(days_ago),
+            });
+            s
+        };
+        let mut again = m.clone();
+        again.message_id = MessageId::new(2).expect("positive");
+        again.items[0].key = SellerId::new("K2");
+
+        // Within the window (its last day): applied, with the warning; then a third copy
+        // in the same feed is checked against the second.
+        let mut s = with_earlier(7);
+        let mut third = again.clone();
+        third.message_id = MessageId::new(3).expect("positive");
+        third.items[0].key = SellerId::new("K3");
+        let planned = plan(
+            &mut s,
+            &merchant,
+            &[m.clone(), third],
+            &Rules::default(),
+            processed_on(),
+        );
+        assert_eq!(planned.changes.len(), 2, "both applied: {planned:?}");
+        let [first, second] = planned.outcomes.as_slice() else {
+            panic!("two outcomes: {planned:?}");
+        };
+        assert!(first.applied && second.applied);
+        let [warning] = first.problems.as_slice() else {
+            panic!("one warning: {first:?}");
+        };
+        assert_eq!(warning.code, Code::PossibleResubmission);
+        assert!(
+            warning.description.contains(
+                "as the adjustment applied in message 7 of feed 3 on 2026-11-23 (7 days before this feed was processed), but comes under the new MerchantAdjustmentItemID K1"
+            ),
+            "{warning:?}"
+        );
+        assert!(
+            warning
+                .fix
+                .contains("with the same MerchantAdjustmentItemID"),
+            "{warning:?}"
+        );
+        assert_eq!(
+            warning.element,
+            "Message/OrderAdjustment/AdjustedItem[1]/MerchantAdjustmentItemID"
+        );
+        assert_eq!(
+            warning.amazon_order_item_code.as_deref(),
+            Some("12345678901234")
+        );
+        let [warning] = second.problems.as_slice() else {
+            panic!("one warning: {second:?}");
+        };
+        assert!(
+            warning
+                .description
+                .contains("applied in message 1 earlier in this feed"),
+            "{warning:?}"
+        );
+        let item = &s
+            .order(&OrderRef::Amazon(order_id()))
+            .expect("loaded")
+            .items[0];
+        assert_eq!(item.recent_adjustments.len(), 3, "{item:?}");
+        assert_eq!(item.recent_adjustments[2].origin.feed_id, None);
+        assert_eq!(item.recent_adjustments[2].applied_on, processed_on());
+
+        // One day past the window, with the window off, and with other content: no warning.
+        assert_eq!(codes(&mut with_earlier(8), &again), []);
+        let mut s = with_earlier(0);
+        let off = Rules {
+            resubmission_window_days: 0,
+            ..Rules::default()
+        };
+        let planned = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&again),
+            &off,
+            processed_on(),
+        );
+        assert_eq!(planned.outcomes[0].problems, []);
+        assert_eq!(
+            s.order(&OrderRef::Amazon(order_id()))
+                .expect("loaded")
+                .items[0]
+                .recent_adjustments
+                .len(),
+            1,
+            "with the window off the item remembers nothing"
+        );
+        let mut other = again.clone();
+        other.items[0].amounts[0].amount = Amount::parse("5.01").expect("valid");
+        assert_eq!(codes(&mut with_earlier(0), &other), []);
+        // The same key is a replay of the snapshot's key record, not a resubmission.
+        let mut s = with_earlier(0);
+        assert_eq!(codes(&mut s, &m), [Code::PossibleResubmission]);
+        assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
     }
 
     #[test]

@@ -279,10 +279,13 @@ fn apply<R: std::io::BufRead + Send>(
         content_hash,
         digest: None,
     };
-    let mut tx = store.begin_feed(&new_feed(source, content_hash, Some(&merchant)))?;
     // One processing day for the whole feed, even if it runs past midnight, so every
-    // message of a feed is judged alike (the refund window).
+    // message of a feed is judged alike (the refund window, the resubmission window).
     let processed_on = chrono::Utc::now().date_naive();
+    let mut tx = store.begin_feed(&NewFeed {
+        recent_adjustments_since: rules.recent_adjustments_since(processed_on),
+        ..new_feed(source, content_hash, Some(&merchant))
+    })?;
     let mut tally = Tally::default();
     let mut snapshot = Snapshot::new();
     let feed_problem = std::thread::scope(|scope| -> Result<Option<Problem>, ProcessError> {
@@ -645,12 +648,15 @@ fn write(
     })
 }
 
+/// The start of the feed record of `source`, loading no recent adjustments (a feed that
+/// plans messages sets [`NewFeed::recent_adjustments_since`]).
 fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantId>) -> NewFeed {
     NewFeed {
         merchant: merchant.cloned(),
         file_name: source.file_name.to_owned(),
         content_hash: content_hash.to_owned(),
         claim_token: source.claim_token.map(str::to_owned),
+        recent_adjustments_since: None,
     }
 }
 

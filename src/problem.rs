@@ -164,6 +164,8 @@ codes! {
         "concessions (Goodwill, Other, ...) on an item add up to more than the review share of its price"),
     QuantityLooksPerUnit = (90304, "QUANTITY_LOOKS_PER_UNIT", Warning, Message,
         "Quantity is more than 1 but an amount is exactly one unit's charge: amounts are totals, not unit prices"),
+    PossibleResubmission = (90305, "POSSIBLE_RESUBMISSION", Warning, Message,
+        "applied, but a new key carries the same content as an adjustment applied recently: possibly the same refund sent twice"),
 }
 
 impl fmt::Display for Code {

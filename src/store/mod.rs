@@ -110,6 +110,11 @@ pub struct NewFeed {
     /// its own earlier attempt from a new upload of the same bytes. `None` for
     /// `adjustd process`.
     pub claim_token: Option<String>,
+    /// [`FeedTx::load`] gives each order item the adjustments applied to it on or after
+    /// this (UTC) day, [`crate::engine::ItemState::recent_adjustments`], for the
+    /// resubmission warning ([`crate::engine::Rules::recent_adjustments_since`]); `None`
+    /// (the warning is off): none. Not part of the feed record.
+    pub recent_adjustments_since: Option<chrono::NaiveDate>,
 }
 
 /// The end of a feed record, written in the same transaction as its changes.
@@ -222,6 +227,24 @@ impl<const N: usize> RowSource for [OrderRow; N] {
     fn rows(&self) -> Result<Rows<'_>, ImportError> {
         self.as_slice().rows()
     }
+}
+
+/// False when `item` (as loaded, with its running totals) can have no adjustment at all, so
+/// loading its recent adjustments needs no search. Every adjustment has a positive net or
+/// cancels units (the CHECK on `adjustments`), and the running totals are the sums of the
+/// adjustments' amounts (written in the same transaction): an item whose totals are all
+/// zero and that has no unit cancelled or returned was never adjusted. Most items a feed
+/// touches are in that state the first time, so only items refunded before cost a search.
+pub(crate) fn may_have_adjustments(item: &crate::engine::ItemState) -> bool {
+    item.quantity_cancelled > 0
+        || item.quantity_returned > 0
+        || item.components.values().any(|totals| totals.refunded != 0)
+}
+
+/// The UTC day of an adjustment's `created_at` (RFC 3339 in UTC, as both backends write
+/// it), for [`crate::engine::RecentAdjustment::applied_on`].
+pub(crate) fn created_on(created_at: &str) -> Option<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(created_at.get(..10)?, "%Y-%m-%d").ok()
 }
 
 /// A bad line of the report fails the import like a row that contradicts the store: it
@@ -419,7 +442,9 @@ pub trait FeedTx {
 
     /// Loads the orders and keys in `needs` (for `merchant`) into `snapshot`, locking the
     /// order rows in the order given (PostgreSQL). Orders that do not exist are recorded as
-    /// missing; keys never used are recorded as `None`.
+    /// missing; keys never used are recorded as `None`. Each item comes with the
+    /// adjustments applied to it since [`NewFeed::recent_adjustments_since`] (this feed's
+    /// own with no feed id in their origin), oldest first.
     ///
     /// # Errors
     /// Database errors; transient ones mean "retry the whole feed".

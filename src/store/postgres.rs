@@ -27,7 +27,8 @@ use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::engine::{
-    Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, OrderState, Snapshot,
+    Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, OrderState, PayloadDigest,
+    RecentAdjustment, Snapshot,
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
@@ -36,7 +37,7 @@ use crate::model::{
 use crate::problem::Code;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError,
+    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -559,6 +560,9 @@ impl Store for PgStore {
             items: HashMap::new(),
             components: std::collections::HashSet::new(),
             keys_taken: std::collections::HashSet::new(),
+            recent_since: feed
+                .recent_adjustments_since
+                .map(|since| since.format("%Y-%m-%d").to_string()),
             failed: false,
         }))
     }
@@ -649,6 +653,9 @@ struct PgFeedTx<'a> {
     /// Writing one again is an engine bug ([`StoreError::Invalid`]); a unique violation on
     /// any other key is a race with another instance ([`StoreError::Conflict`]).
     keys_taken: std::collections::HashSet<String>,
+    /// [`NewFeed::recent_adjustments_since`] as `YYYY-MM-DD`: `created_at` (RFC 3339 in
+    /// UTC) compares as text. `None`: items are loaded without recent adjustments.
+    recent_since: Option<String>,
     /// An `apply` failed: this transaction must not commit (PostgreSQL refuses anyway after
     /// a failed statement; this also covers failures found before any statement ran).
     failed: bool,
@@ -901,6 +908,51 @@ impl PgFeedTx<'_> {
 }
 
 impl PgFeedTx<'_> {
+    /// The adjustments applied to `item_ids` since [`PgFeedTx::recent_since`], per item,
+    /// oldest first (none when that is `None`). `created_at` compares byte by byte
+    /// (`COLLATE "C"`), whatever the database's collation. A payload hash that is not 64 hex digits
+    /// (no build writes one) cannot equal a new item's and is left out.
+    fn recent_adjustments(
+        &mut self,
+        item_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<RecentAdjustment>>, StoreError> {
+        let mut recent: HashMap<i64, Vec<RecentAdjustment>> = HashMap::new();
+        let Some(since) = self.recent_since.clone() else {
+            return Ok(recent);
+        };
+        if item_ids.is_empty() {
+            return Ok(recent);
+        }
+        let rows = self.query(
+            "SELECT item_id, payload_hash, feed_id, message_id, created_at FROM adjustments \
+             WHERE item_id = ANY($1) AND created_at >= $2 COLLATE \"C\" ORDER BY item_id, id",
+            &[&item_ids, &since],
+        )?;
+        for row in &rows {
+            let hash: &str = self.get(row, 1)?;
+            let Some(payload) = PayloadDigest::from_hex(hash) else {
+                continue;
+            };
+            let created_at: &str = self.get(row, 4)?;
+            let applied_on =
+                created_on(created_at).ok_or_else(|| corrupt("created_at", created_at))?;
+            let adjustment = RecentAdjustment {
+                payload,
+                origin: KeyOrigin {
+                    // This feed's own adjustments are "earlier in this feed".
+                    feed_id: Some(from_db(self.get(row, 2)?, "feed id")?)
+                        .filter(|id| *id != self.feed_id),
+                    message_id: message_from_db(self.get(row, 3)?)?,
+                },
+                applied_on,
+            };
+            let list = recent.entry(self.get(row, 0)?).or_default();
+            list.reserve_exact(1);
+            list.push(adjustment);
+        }
+        Ok(recent)
+    }
+
     /// Looks up (and locks) the items `changes` adjust that [`FeedTx::load`] did not load,
     /// so `apply` also works for callers that know the items without loading them.
     fn resolve_items(
@@ -1053,6 +1105,7 @@ impl FeedTx for PgFeedTx<'_> {
                     quantity_cancelled: from_db_u32(self.get(row, 6)?, "quantity_cancelled")?,
                     quantity_returned: from_db_u32(self.get(row, 7)?, "quantity_returned")?,
                     components: BTreeMap::new(),
+                    recent_adjustments: Vec::new(),
                 };
                 items.push((self.get(row, 0)?, self.get(row, 1)?, state));
             }
@@ -1076,9 +1129,19 @@ impl FeedTx for PgFeedTx<'_> {
                     },
                 );
             }
+            for (item_id, _, item) in &mut items {
+                item.components = components.remove(item_id).unwrap_or_default();
+            }
+            // Only items that may have adjustments at all are searched.
+            let adjusted: Vec<i64> = items
+                .iter()
+                .filter(|(_, _, item)| may_have_adjustments(item))
+                .map(|(id, _, _)| *id)
+                .collect();
+            let mut recent = self.recent_adjustments(&adjusted)?;
             let mut by_order: HashMap<i64, Vec<(i64, ItemState)>> = HashMap::new();
             for (item_id, order_id, mut item) in items {
-                item.components = components.remove(&item_id).unwrap_or_default();
+                item.recent_adjustments = recent.remove(&item_id).unwrap_or_default();
                 by_order.entry(order_id).or_default().push((item_id, item));
             }
             for (order_id, mut order) in orders {

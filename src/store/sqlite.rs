@@ -33,7 +33,7 @@ use rusqlite::{
 
 use crate::engine::{
     Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, NewAdjustment, OrderState,
-    Snapshot,
+    PayloadDigest, RecentAdjustment, Snapshot,
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
@@ -43,7 +43,7 @@ use crate::problem::Code;
 use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError,
+    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -510,6 +510,15 @@ impl Store for SqliteStore {
                 .map_err(db_error)?;
             id
         };
+        let recent = feed.recent_adjustments_since.map(|since| Recent {
+            since: since.format("%Y-%m-%d").to_string(),
+            feed_id,
+        });
+        let overlay = Overlay {
+            // This feed's adjustments, as the writing connection would load them.
+            recent_on: recent.as_ref().and_then(|_| created_on(&now)),
+            ..Overlay::default()
+        };
         Ok(Box::new(SqliteFeedTx {
             tx,
             feed_id,
@@ -523,7 +532,8 @@ impl Store for SqliteStore {
             path: &self.path,
             loader: LoaderState::Idle,
             touched: HashSet::default(),
-            overlay: Overlay::default(),
+            overlay,
+            recent,
             failed: false,
         }))
     }
@@ -1048,6 +1058,8 @@ pub struct SqliteFeedTx<'a> {
     touched: HashSet<u64, IdBuild>,
     /// What this feed wrote to some of the `touched` orders.
     overlay: Overlay,
+    /// Which applied adjustments `load` gives each item (`None`: none).
+    recent: Option<Recent>,
     /// An `apply` failed. Its rows may be half written (the totals are updated `OR FAIL`,
     /// which keeps the rows before a failing one), so this transaction must not commit.
     failed: bool,
@@ -1066,6 +1078,9 @@ struct Overlay {
     orders: HashMap<AmazonOrderId, Vec<ItemDelta>>,
     /// [`OVERLAY_ORDERS`], or less in tests.
     cap: usize,
+    /// The day of this feed's adjustments (`created_at`) when `load` gives items their
+    /// recent adjustments, so the record keeps each one; `None`: it keeps none.
+    recent_on: Option<chrono::NaiveDate>,
 }
 
 impl Default for Overlay {
@@ -1073,17 +1088,21 @@ impl Default for Overlay {
         Overlay {
             orders: HashMap::new(),
             cap: OVERLAY_ORDERS,
+            recent_on: None,
         }
     }
 }
 
-/// What a feed wrote to one item: units cancelled and returned, and the net amount per component added
-/// to the running totals (a component without a row before gets one, charged 0).
+/// What a feed wrote to one item: units cancelled and returned, the net amount per component added
+/// to the running totals (a component without a row before gets one, charged 0), and the
+/// payload and MessageID of each adjustment, for the item's recent adjustments (only when
+/// those are loaded at all; 40 bytes each, as the overlay holds up to a feed's worth).
 struct ItemDelta {
     item_id: i64,
     cancelled: u32,
     returned: u32,
     refunded: Vec<(Component, i64)>,
+    recent: Vec<(PayloadDigest, MessageId)>,
 }
 
 impl Overlay {
@@ -1115,6 +1134,7 @@ impl Overlay {
                     cancelled: 0,
                     returned: 0,
                     refunded: Vec::new(),
+                    recent: Vec::new(),
                 });
                 items.len() - 1
             }
@@ -1127,6 +1147,12 @@ impl Overlay {
                 Some((_, total)) => *total += amount,
                 None => item.refunded.push((*component, *amount)),
             }
+        }
+        if self.recent_on.is_some()
+            && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
+        {
+            item.recent.reserve_exact(1);
+            item.recent.push((payload, adjustment.message_id));
         }
     }
 
@@ -1151,6 +1177,24 @@ impl Overlay {
                         refunded: 0,
                     })
                     .refunded += amount;
+            }
+            // After the item's adjustments from before the feed: oldest first.
+            if let Some(applied_on) = self.recent_on {
+                item.recent_adjustments.reserve_exact(delta.recent.len());
+                item.recent_adjustments
+                    .extend(
+                        delta
+                            .recent
+                            .iter()
+                            .map(|(payload, message_id)| RecentAdjustment {
+                                payload: *payload,
+                                origin: KeyOrigin {
+                                    feed_id: None,
+                                    message_id: *message_id,
+                                },
+                                applied_on,
+                            }),
+                    );
             }
         }
         true
@@ -1197,7 +1241,7 @@ struct Prefetched {
 }
 
 impl Loader {
-    fn start(path: &Path) -> Result<Loader, StoreError> {
+    fn start(path: &Path, recent: Option<Recent>) -> Result<Loader, StoreError> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -1216,7 +1260,7 @@ impl Loader {
             .name("adjustd-prefetch".into())
             .spawn(move || {
                 for asked in inbox {
-                    let found = load_refs(&conn, &asked.merchant, &asked.orders);
+                    let found = load_refs(&conn, &asked.merchant, &asked.orders, recent.as_ref());
                     if outbox.send(Prefetched { asked, found }).is_err() {
                         return;
                     }
@@ -1271,6 +1315,7 @@ fn load_refs(
     conn: &Connection,
     merchant: &MerchantId,
     orders: &[OrderRef],
+    recent: Option<&Recent>,
 ) -> Result<Vec<LoadedOrder>, StoreError> {
     let mut by_amazon = Vec::new();
     let mut by_merchant = Vec::new();
@@ -1280,12 +1325,13 @@ fn load_refs(
             OrderRef::Merchant(id) => by_merchant.push(id.as_str()),
         }
     }
-    let mut loaded = load_orders(conn, merchant, "amazon_order_id", &by_amazon)?;
+    let mut loaded = load_orders(conn, merchant, "amazon_order_id", &by_amazon, recent)?;
     loaded.extend(load_orders(
         conn,
         merchant,
         "merchant_order_id",
         &by_merchant,
+        recent,
     )?);
     Ok(loaded)
 }
@@ -1393,15 +1439,27 @@ fn key_hash(key: &str) -> u64 {
     })
 }
 
+/// Which applied adjustments [`load_orders`] gives each item
+/// ([`ItemState::recent_adjustments`]).
+#[derive(Debug, Clone)]
+struct Recent {
+    /// The first day, `YYYY-MM-DD`: `created_at` (RFC 3339 in UTC) compares as text.
+    since: String,
+    /// The feed being planned: its own adjustments have no feed id in their origin.
+    feed_id: i64,
+}
+
 /// Loads the orders whose `column` (`amazon_order_id` or `merchant_order_id`) is in
 /// `ids`, for `merchant`: one statement per batch returns each order's items with their
 /// component totals (one row per component); strings are read in place and only the
-/// identifiers the engine keeps are allocated.
+/// identifiers the engine keeps are allocated. With `recent`, a second statement per batch
+/// gives the items their recent adjustments ([`load_recent`]).
 fn load_orders(
     conn: &Connection,
     merchant: &MerchantId,
     column: &str,
     ids: &[&str],
+    recent: Option<&Recent>,
 ) -> Result<Vec<LoadedOrder>, StoreError> {
     let mut orders: Vec<LoadedOrder> = Vec::new();
     let mut order_at: IdMap<usize> = IdMap::default();
@@ -1492,6 +1550,7 @@ fn load_orders(
                         quantity_cancelled: r.get(10).map_err(db_error)?,
                         quantity_returned: r.get(15).map_err(db_error)?,
                         components: BTreeMap::new(),
+                        recent_adjustments: Vec::new(),
                     };
                     let order = &mut orders[oi];
                     order.state.items.push(item);
@@ -1515,6 +1574,11 @@ fn load_orders(
                 .components
                 .insert(component, totals);
         }
+    }
+    if let Some(recent) = recent
+        && !item_at.is_empty()
+    {
+        load_recent(conn, recent, &mut orders, &item_at)?;
     }
     // Items in import order (the rows come in index order).
     for order in &mut orders {
@@ -1540,6 +1604,79 @@ fn load_orders(
 
 /// A map keyed by database id.
 type IdMap<V> = HashMap<i64, V, IdBuild>;
+
+/// Gives the items of `orders` (`item_at`: item id → order and item index) the adjustments
+/// applied to them since `recent.since`: one statement per batch of up to [`BATCH`] items,
+/// one search of the index `adjustments_item` per item that may have adjustments at all
+/// ([`may_have_adjustments`]; none for an item never refunded). Its entries are in id order per
+/// item, so each item's adjustments come oldest first. A payload hash that is not 64 hex
+/// digits (no build writes one) cannot equal a new item's and is left out.
+fn load_recent(
+    conn: &Connection,
+    recent: &Recent,
+    orders: &mut [LoadedOrder],
+    item_at: &IdMap<(usize, usize)>,
+) -> Result<(), StoreError> {
+    let item_ids: Vec<i64> = item_at
+        .iter()
+        .filter(|(_, (oi, ii))| may_have_adjustments(&orders[*oi].state.items[*ii]))
+        .map(|(id, _)| *id)
+        .collect();
+    for chunk in item_ids.chunks(BATCH) {
+        let size = batch_size(chunk.len());
+        let sql = format!(
+            "SELECT item_id, payload_hash, feed_id, message_id, created_at \
+             FROM adjustments INDEXED BY adjustments_item \
+             WHERE item_id IN ({}) AND created_at >= ?1",
+            in_list(size)
+        );
+        let mut stmt = conn.prepare_cached(&sql).map_err(db_error)?;
+        stmt.raw_bind_parameter(1, recent.since.as_str())
+            .map_err(db_error)?;
+        // Padded with the last id, as for the orders (a repeated value in an IN list
+        // selects no row twice).
+        let last = chunk.last().copied().unwrap_or_default();
+        for at in 0..size {
+            stmt.raw_bind_parameter(at + 2, chunk.get(at).copied().unwrap_or(last))
+                .map_err(db_error)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(r) = rows.next().map_err(db_error)? {
+            let item_id: i64 = r.get(0).map_err(db_error)?;
+            let Some(&(oi, ii)) = item_at.get(&item_id) else {
+                continue;
+            };
+            let hash = r.get_ref(1).map_err(db_error)?;
+            let hash = hash.as_str().map_err(|e| db_error(e.into()))?;
+            let Some(payload) = PayloadDigest::from_hex(hash) else {
+                continue;
+            };
+            let feed_id: i64 = r.get(2).map_err(db_error)?;
+            let created_at = r.get_ref(4).map_err(db_error)?;
+            let created_at = created_at.as_str().map_err(|e| db_error(e.into()))?;
+            let applied_on =
+                created_on(created_at).ok_or_else(|| corrupt("created_at", created_at))?;
+            let recent_adjustments = &mut orders[oi].state.items[ii].recent_adjustments;
+            recent_adjustments.reserve_exact(1);
+            recent_adjustments.push(RecentAdjustment {
+                payload,
+                origin: KeyOrigin {
+                    // This feed's own (on the writing connection) are "earlier in this
+                    // feed".
+                    feed_id: (feed_id != recent.feed_id)
+                        .then(|| {
+                            u64::try_from(feed_id)
+                                .map_err(|_| corrupt("feed id", &feed_id.to_string()))
+                        })
+                        .transpose()?,
+                    message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
+                },
+                applied_on,
+            });
+        }
+    }
+    Ok(())
+}
 
 impl SqliteFeedTx<'_> {
     /// [`FeedTx::apply`]: plans the rows of `changes` and writes them.
@@ -1609,15 +1746,16 @@ impl SqliteFeedTx<'_> {
             LoaderState::Running(loader) => loader.take(),
             LoaderState::Idle | LoaderState::Failed => None,
         };
+        let recent = self.recent.as_ref();
         let Some(Prefetched {
             asked,
             found: Ok(prefetched),
         }) = answer
         else {
-            return load_refs(&self.tx, merchant, orders);
+            return load_refs(&self.tx, merchant, orders, recent);
         };
         if asked.merchant != *merchant {
-            return load_refs(&self.tx, merchant, orders);
+            return load_refs(&self.tx, merchant, orders, recent);
         }
         let asked: HashSet<&OrderRef> = asked.orders.iter().collect();
         let mut found: HashMap<OrderRef, usize> = HashMap::new();
@@ -1654,7 +1792,7 @@ impl SqliteFeedTx<'_> {
             }
             loaded.push(order);
         }
-        loaded.extend(load_refs(&self.tx, merchant, &again)?);
+        loaded.extend(load_refs(&self.tx, merchant, &again, recent)?);
         Ok(loaded)
     }
 
@@ -2019,7 +2157,7 @@ impl FeedTx for SqliteFeedTx<'_> {
         if let LoaderState::Idle = self.loader {
             // An in-memory database has no file a second connection could open.
             let on_disk = self.tx.path().is_some_and(|path| !path.is_empty());
-            self.loader = match on_disk.then(|| Loader::start(self.path)) {
+            self.loader = match on_disk.then(|| Loader::start(self.path, self.recent.clone())) {
                 Some(Ok(loader)) => LoaderState::Running(loader),
                 Some(Err(error)) => {
                     tracing::warn!(%error, "cannot open a second connection to prefetch orders; loading them on the writing connection");
@@ -2249,6 +2387,7 @@ mod tests {
                     quantity_shipped: 0,
                     quantity_cancelled: 0,
                     quantity_returned: 0,
+                    recent_adjustments: Vec::new(),
                     components: BTreeMap::from([(
                         principal,
                         ComponentTotals {

@@ -421,6 +421,9 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
             .arg(sandbox.path("adjustd.toml"))
             .args(["process", feed.to_str().expect("utf-8 path")])
             .env_remove("RUST_LOG")
+            // Every feed here repeats the same refund under a new key: no resubmission
+            // warnings, only the refund window's.
+            .env("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS", "0")
             .envs(env.iter().copied())
             .output()
             .expect("run adjustd");
@@ -514,6 +517,174 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
         &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "99")],
     );
     assert_eq!(codes(&json_report(&paths)), [(1, 90301)]);
+}
+
+/// A feed of merchant M_TEST with one message per `(MessageID, item code, key, Principal)`
+/// on order 171-0000200-0000200; `None` leaves MerchantAdjustmentItemID out.
+fn resubmission_feed(messages: &[(u64, &str, Option<&str>, &str)]) -> String {
+    let mut xml = String::from(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+         <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\n",
+    );
+    for (id, item, key, principal) in messages {
+        let key = key.map_or_else(String::new, |key| {
+            format!("<MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID>")
+        });
+        xml.push_str(&format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>171-0000200-0000200</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>{item}</AmazonOrderItemCode>{key}\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component><Type>Principal</Type>\
+             <Amount currency=\"USD\">{principal}</Amount></Component></ItemPriceAdjustments></AdjustedItem>\
+             </OrderAdjustment></Message>\n"
+        ));
+    }
+    xml.push_str("</AmazonEnvelope>\n");
+    xml
+}
+
+#[test]
+fn the_same_content_under_new_keys_is_applied_again_with_a_resubmission_warning() {
+    let sandbox = Sandbox::new();
+    let orders = sandbox.path("orders-200.txt");
+    std::fs::write(
+        &orders,
+        "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+         171-0000200-0000200\t17100000000201\tSKU-A\t1\t1\tUSD\t50.00\n\
+         171-0000200-0000200\t17100000000202\tSKU-B\t1\t1\tUSD\t50.00\n",
+    )
+    .expect("write order report");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        orders.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let process = |name: &str, feed: &str| -> (Value, String) {
+        let path = sandbox.path(name);
+        std::fs::write(&path, feed).expect("write feed");
+        let out = sandbox.run(&["process", path.to_str().expect("utf-8 path")]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
+        let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+        let xml_path = paths
+            .iter()
+            .find(|p| p.to_string_lossy().ends_with(".report.xml"))
+            .expect("XML report path");
+        let xml = std::fs::read_to_string(xml_path).expect("read XML report");
+        (json_report(&paths), xml)
+    };
+    let summary = |report: &Value| {
+        (
+            report["summary"]["messages_processed"].as_u64(),
+            report["summary"]["messages_successful"].as_u64(),
+            report["summary"]["messages_with_error"].as_u64(),
+            report["summary"]["messages_with_warning"].as_u64(),
+        )
+    };
+    let refunded = |item: usize| {
+        sandbox.order("171-0000200-0000200")["items"][item]["refunded"]["Principal"]
+            .as_str()
+            .expect("refunded Principal")
+            .to_owned()
+    };
+    let two = |keys: [&str; 2]| {
+        resubmission_feed(&[
+            (1, "17100000000201", Some(keys[0]), "5.00"),
+            (2, "17100000000202", Some(keys[1]), "7.00"),
+        ])
+    };
+
+    let (first, _) = process("first.xml", &two(["RS-1", "RS-2"]));
+    assert!(codes(&first).is_empty(), "{first}");
+    let first_id = first["feed_id"].as_u64().expect("feed id");
+
+    // The same content under new MerchantAdjustmentItemIDs: both applied, both flagged.
+    let (second, xml) = process("second.xml", &two(["RS-3", "RS-4"]));
+    assert_eq!(codes(&second), [(1, 90305), (2, 90305)], "{second}");
+    assert_eq!(summary(&second), (Some(2), Some(2), Some(0), Some(2)));
+    let result = &second["results"][0];
+    assert_eq!(result["code_name"], "POSSIBLE_RESUBMISSION");
+    assert_eq!(result["result"], "Warning");
+    assert_eq!(result["amazon_order_id"], "171-0000200-0000200");
+    assert_eq!(result["amazon_order_item_code"], "17100000000201");
+    let description = result["description"].as_str().expect("description");
+    // The earlier adjustment's day is today (UTC), unless the day turned in between.
+    let days = [
+        chrono::Utc::now().date_naive().pred_opt().expect("a day"),
+        chrono::Utc::now().date_naive(),
+    ];
+    assert!(
+        description.contains(&format!("applied in message 1 of feed {first_id} on "))
+            && days
+                .iter()
+                .any(|day| description.contains(&format!(" on {day} (")))
+            && description.contains("under the new MerchantAdjustmentItemID RS-3"),
+        "{description}"
+    );
+    assert!(
+        result["fix"]
+            .as_str()
+            .is_some_and(|fix| fix.contains("with the same MerchantAdjustmentItemID")),
+        "{result}"
+    );
+    for needed in [
+        "<MessagesSuccessful>2</MessagesSuccessful>",
+        "<MessagesWithWarning>2</MessagesWithWarning>",
+        "<ResultCode>Warning</ResultCode>",
+        "<ResultMessageCode>90305</ResultMessageCode>",
+    ] {
+        assert!(xml.contains(needed), "lacks {needed}:\n{xml}");
+    }
+    assert_eq!((refunded(0), refunded(1)), ("10.00".into(), "14.00".into()));
+
+    // The same keys again (other bytes): duplicates, as before, not applied.
+    let respelled = two(["RS-1", "RS-2"]).replace("<Message>", "\n<Message>");
+    let (replay, _) = process("replay.xml", &respelled);
+    assert_eq!(codes(&replay), [(1, 5000), (2, 5000)], "{replay}");
+    assert_eq!(replay["results"][0]["code_name"], "DUPLICATE_ADJUSTMENT");
+    assert_eq!((refunded(0), refunded(1)), ("10.00".into(), "14.00".into()));
+
+    // A re-exported file without keys whose content changed (a message more): its derived
+    // keys are new, so the repeated message is flagged; the new one is not.
+    let (keyless, _) = process(
+        "keyless.xml",
+        &resubmission_feed(&[(1, "17100000000201", None, "1.00")]),
+    );
+    assert!(codes(&keyless).is_empty(), "{keyless}");
+    let (exported, _) = process(
+        "exported.xml",
+        &resubmission_feed(&[
+            (1, "17100000000201", None, "1.00"),
+            (2, "17100000000202", None, "1.00"),
+        ]),
+    );
+    assert_eq!(codes(&exported), [(1, 90305)], "{exported}");
+    assert!(
+        exported["results"][0]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("without a MerchantAdjustmentItemID")),
+        "{exported}"
+    );
+    assert_eq!((refunded(0), refunded(1)), ("12.00".into(), "15.00".into()));
+
+    // With the window off (0), the same content under new keys applies without a warning;
+    // `config check` shows the key.
+    let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        format!("{config}[rules]\nresubmission_window_days = 0\n"),
+    )
+    .expect("write config");
+    let printed = text(&sandbox.run(&["config", "check"]).stdout);
+    assert!(
+        printed.lines().any(|l| l == "resubmission_window_days = 0"),
+        "{printed}"
+    );
+    let (off, _) = process("off.xml", &two(["RS-5", "RS-6"]));
+    assert!(codes(&off).is_empty(), "{off}");
+    assert_eq!(summary(&off), (Some(2), Some(2), Some(0), Some(0)));
+    assert_eq!((refunded(0), refunded(1)), ("17.00".into(), "22.00".into()));
 }
 
 #[test]
@@ -804,6 +975,7 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
     let everything = format!(
         "{minimal}[inbox]\ndone_marker = \".done\"\nallowed_merchants = [\"M_TEST\", \"M \\\"2\\\"\"]\n\
          watch = \"poll\"\n[rules]\nduplicate_feeds = \"process\"\nrefund_window_days = 30\n\
+         resubmission_window_days = 3\npolicy = \"strict\"\n\
          [daemon]\norder_not_found_window_secs = 0\norder_not_found_first_retry_secs = 5\n\
          [http]\nlisten = \"127.0.0.1:9187\"\n[log]\nformat = \"json\"\n"
     );
@@ -837,6 +1009,8 @@ fn config_check_prints_toml_that_loads_back_to_the_same_configuration() {
         "refund_window_days = 30",
         "order_not_found_window_secs = 0",
         "order_not_found_first_retry_secs = 5",
+        "resubmission_window_days = 3",
+        "policy = \"strict\"",
         "format = \"json\"",
         "listen = \"127.0.0.1:9187\"",
         "watch = \"poll\"",

@@ -4,13 +4,17 @@
 //! a deliberately naive reference model predicts every message's outcome.
 //!
 //! The model shares no code with the engine: it keeps the list of accepted adjustments and
-//! recomputes every total from it, compares payloads structurally instead of by hash, and
-//! checks precision with plain decimal arithmetic. After every feed the invariants I1-I7 of
+//! recomputes every total from it, compares payloads structurally instead of by hash (for
+//! replays and for resubmissions under new keys, which it finds by searching that list), and
+//! checks precision with plain decimal arithmetic. Feeds are processed on days a few days
+//! apart, so the resubmission window is crossed. After every feed the invariants I1-I7 of
 //! refund-rules §c2 are checked on the store, and planning the same feed again changes
 //! nothing for keyed messages. Scenarios come from a seed (printed on failure) so a failure
 //! replays exactly. Not covered here: validation (generated messages obey its contract).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use chrono::NaiveDate;
 
 use adjustd::engine::{Change, ItemState, OrderState, Policy, Rules};
 use adjustd::model::{
@@ -109,6 +113,9 @@ pub(crate) struct ModelAdjustment {
     amounts: Vec<(Component, i64)>,
     quantity_cancelled: u32,
     quantity_returned: u32,
+    /// The adjusted item as sent, and the day its feed was processed.
+    content: Content,
+    day: NaiveDate,
 }
 
 /// Orders as imported (only a re-import changes them: every total is recomputed from
@@ -120,6 +127,8 @@ pub(crate) struct Model {
     keys: HashMap<SellerId, ModelKey>,
     /// Under `Strict`, the concession limit rejects (the model has no refund window).
     policy: Policy,
+    /// The day the feed being predicted is processed on.
+    pub(crate) day: NaiveDate,
 }
 
 /// A review warning and the index of the adjusted item it concerns.
@@ -150,6 +159,7 @@ pub(crate) const GENERATED_CODES: &[Code] = &[
     Code::RestockingFeeReview,
     Code::ConcessionLimit,
     Code::QuantityLooksPerUnit,
+    Code::PossibleResubmission,
 ];
 
 pub(crate) const STATE_CODES: &[Code] = &[
@@ -170,6 +180,7 @@ impl Model {
             accepted: Vec::new(),
             keys: HashMap::new(),
             policy: Policy::Warn,
+            day: NaiveDate::from_ymd_opt(2026, 11, 30).expect("valid date"),
         }
     }
 
@@ -521,6 +532,8 @@ impl Model {
                     amounts,
                     quantity_cancelled: qc,
                     quantity_returned: qr,
+                    content: content(message, message.currency.or(Some(order.currency)), item),
+                    day: self.day,
                 })
             })();
             match code {
@@ -537,8 +550,27 @@ impl Model {
                 .map(|c| c.unwrap_or(Code::LinkedItemFailed))
                 .collect());
         }
-        let warnings = self.review_warnings(order, &pending);
+        let mut warnings = self.resubmissions(&pending);
+        warnings.extend(self.review_warnings(order, &pending));
         Ok((pending, warnings))
+    }
+
+    /// A resubmission warning for every item whose content equals that of an adjustment
+    /// accepted before this message, in a feed processed at most the window's days ago
+    /// (the message's keys are all new: a known key never gets here).
+    fn resubmissions(&self, pending: &[ModelAdjustment]) -> Vec<ItemWarning> {
+        let window = i64::from(Rules::default().resubmission_window_days);
+        pending
+            .iter()
+            .enumerate()
+            .filter(|(_, adjustment)| {
+                self.accepted.iter().any(|earlier| {
+                    earlier.content == adjustment.content
+                        && (self.day - earlier.day).num_days() <= window
+                })
+            })
+            .map(|(index, _)| (index, Code::PossibleResubmission))
+            .collect()
     }
 
     /// The review warnings of a message that applies, item by item (with the item's index):
@@ -668,6 +700,7 @@ pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
                 quantity_cancelled: cancelled,
                 quantity_returned: 0,
                 components,
+                recent_adjustments: Vec::new(),
             });
         }
         orders.push(OrderState {
@@ -891,6 +924,9 @@ pub(crate) fn generate_feeds(rng: &mut Rng, orders: &[OrderState]) -> Vec<Vec<Ad
         pool.push(split);
     }
     let n_feeds = rng.range(1, 5);
+    // Now and then a body sent again under new keys (or none): the resubmission pattern
+    // (SC-30741), which applies again while the caps allow, with a review warning.
+    let mut fresh = 0;
     (0..n_feeds)
         .map(|_| {
             (0..rng.range(1, 6))
@@ -898,6 +934,14 @@ pub(crate) fn generate_feeds(rng: &mut Rng, orders: &[OrderState]) -> Vec<Vec<Ad
                     let mut message = rng.pick(&pool).clone();
                     message.message_id =
                         MessageId::new(u64::try_from(index + 1).expect("small")).expect("positive");
+                    if rng.chance(20) {
+                        let keyless = rng.chance(25);
+                        for item in &mut message.items {
+                            fresh += 1;
+                            item.key = (!keyless)
+                                .then(|| SellerId::new(&format!("NEW-{fresh}")).expect("valid"));
+                        }
+                    }
                     message
                 })
                 .collect()
@@ -1005,8 +1049,14 @@ fn run_scenario(seed: u64) -> Result<usize, String> {
             .insert(order.amazon_order_id.clone(), order.clone());
     }
     let mut model = Model::new(orders.clone()).with_policy(policy_of(seed));
+    store.processed_on = model.day;
+    // The days feeds are processed on, 0 to 4 days apart, from their own stream (a seed
+    // names the same orders and feeds as in the pipeline test).
+    let mut days = Rng(seed ^ 0xDA75_DA75);
     let mut n_messages = 0;
     for (feed_index, feed) in feeds.iter().enumerate() {
+        model.day = model.day + chrono::Days::new(days.below(5));
+        store.processed_on = model.day;
         let previous = store.adjustments.clone();
         let plan = store.run_feed(feed);
         for (message, outcome) in feed.iter().zip(&plan.outcomes) {

@@ -9,11 +9,12 @@
 //! The language, one statement per line (`#` starts a comment):
 //!
 //! ```text
-//! rules [refund_window_days=N] [policy=warn|strict] [processed=YYYY-MM-DD]
+//! rules [refund_window_days=N] [resubmission_window_days=N] [policy=warn|strict]
+//!       [processed=YYYY-MM-DD]
 //!                                                         the rules and the processing day of
 //!                                                         the feeds from here on (defaults:
 //!                                                         `Rules::default()`, 2026-11-30);
-//!                                                         refund_window_days=0 is off
+//!                                                         a window of 0 days is off
 //! order 111-0000001-0000001 USD MFN [merchant=MO-1] [purchased=DATE]
 //!                                                         an order (import); DATE as in the
 //!                                                         order report's purchase-date
@@ -40,7 +41,7 @@ use chrono::NaiveDate;
 
 use adjustd::engine::{
     self, Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, NewAdjustment, OrderState,
-    Plan, Policy, Rules, Snapshot,
+    PayloadDigest, Plan, Policy, RecentAdjustment, Rules, Snapshot,
 };
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
@@ -51,7 +52,9 @@ use adjustd::problem::{Code, Problem};
 
 /// A store in miniature: orders with running totals, key records and applied adjustments,
 /// changed only through the engine's [`Change`]s; plus the rules and the processing day the
-/// next feeds are planned with.
+/// next feeds are planned with. Like the real stores it gives each loaded item the
+/// adjustments applied to it since [`Rules::recent_adjustments_since`] (the orders it keeps
+/// have none; they are filled in when loaded, from `adjustments` and `feed_days`).
 #[derive(Debug, Clone)]
 pub struct MiniStore {
     /// The rules feeds are planned with.
@@ -64,6 +67,8 @@ pub struct MiniStore {
     pub keys: HashMap<SellerId, KeyRecord>,
     /// Applied adjustments with their feed, in commit order.
     pub adjustments: Vec<(u64, NewAdjustment)>,
+    /// The day each feed was processed on (its adjustments' `created_at`).
+    pub feed_days: HashMap<u64, NaiveDate>,
     /// Number of pinned rejections.
     pub pins: usize,
     next_feed_id: u64,
@@ -77,6 +82,7 @@ impl Default for MiniStore {
             orders: BTreeMap::new(),
             keys: HashMap::new(),
             adjustments: Vec::new(),
+            feed_days: HashMap::new(),
             pins: 0,
             next_feed_id: 0,
         }
@@ -84,6 +90,40 @@ impl Default for MiniStore {
 }
 
 impl MiniStore {
+    /// `order` as a store loads it for feed `feed_id`: every item with the adjustments
+    /// applied to it on or after the day [`Rules::recent_adjustments_since`] gives for
+    /// [`MiniStore::processed_on`], oldest first, those of feed `feed_id` itself without a
+    /// feed id in their origin.
+    pub fn loaded(&self, order: &OrderState, feed_id: u64) -> OrderState {
+        let mut order = order.clone();
+        let Some(since) = self.rules.recent_adjustments_since(self.processed_on) else {
+            return order;
+        };
+        for (feed, adjustment) in &self.adjustments {
+            let applied_on = self.feed_days[feed];
+            if adjustment.amazon_order_id != order.amazon_order_id || applied_on < since {
+                continue;
+            }
+            let Some(item) = order
+                .items
+                .iter_mut()
+                .find(|item| item.code == adjustment.item_code)
+            else {
+                continue;
+            };
+            item.recent_adjustments.push(RecentAdjustment {
+                payload: PayloadDigest::from_hex(&adjustment.payload_hash)
+                    .expect("the engine writes 64 hex digits"),
+                origin: KeyOrigin {
+                    feed_id: (*feed != feed_id).then_some(*feed),
+                    message_id: adjustment.message_id,
+                },
+                applied_on,
+            });
+        }
+        order
+    }
+
     /// Loads what `messages` need into a fresh snapshot, as `FeedTx::load` does.
     pub fn snapshot_for(&self, messages: &[AdjustmentMessage]) -> Snapshot {
         let mut snapshot = Snapshot::new();
@@ -97,7 +137,7 @@ impl MiniStore {
                     .find(|o| o.merchant_order_id.as_ref() == Some(id)),
             };
             match found {
-                Some(order) => snapshot.insert_order(order.clone()),
+                Some(order) => snapshot.insert_order(self.loaded(order, self.next_feed_id + 1)),
                 None => snapshot.insert_missing_order(order_ref.clone()),
             }
         }
@@ -178,9 +218,10 @@ impl MiniStore {
     /// Plans `messages` as one feed and commits the changes; checks that the snapshot the
     /// engine updated equals the store after the commit.
     pub fn run_feed(&mut self, messages: &[AdjustmentMessage]) -> Plan {
+        let mut snapshot = self.snapshot_for(messages);
         self.next_feed_id += 1;
         let feed_id = self.next_feed_id;
-        let mut snapshot = self.snapshot_for(messages);
+        self.feed_days.insert(feed_id, self.processed_on);
         let plan = engine::plan(
             &mut snapshot,
             &merchant(),
@@ -197,7 +238,10 @@ impl MiniStore {
         for order in snapshot.orders() {
             assert_eq!(
                 Some(order),
-                self.orders.get(&order.amazon_order_id),
+                self.orders
+                    .get(&order.amazon_order_id)
+                    .map(|stored| self.loaded(stored, feed_id))
+                    .as_ref(),
                 "the engine's snapshot and the committed changes disagree"
             );
         }
@@ -399,6 +443,11 @@ fn run_table(path: &Path) -> usize {
                                 _ => scenario.fail(line_no, "policy=warn or policy=strict"),
                             };
                         }
+                        "resubmission_window_days" => {
+                            scenario.store.rules.resubmission_window_days = v
+                                .parse::<u32>()
+                                .unwrap_or_else(|_| scenario.fail(line_no, "bad number of days"));
+                        }
                         "processed" => {
                             scenario.store.processed_on = NaiveDate::parse_from_str(&v, "%Y-%m-%d")
                                 .unwrap_or_else(|_| scenario.fail(line_no, "bad date"));
@@ -474,6 +523,7 @@ fn run_table(path: &Path) -> usize {
                         quantity_cancelled: 0,
                         quantity_returned: 0,
                         components: BTreeMap::new(),
+                        recent_adjustments: Vec::new(),
                     });
                 }
                 let Some(item) = order.items.iter_mut().find(|i| i.code == code) else {
@@ -735,6 +785,7 @@ fn engine_tables() {
         Code::NegativeRefundComponent,
         Code::LinkedItemFailed,
         Code::OutsideRefundWindow,
+        Code::PossibleResubmission,
     ] {
         assert!(
             seen_codes.contains(&code),

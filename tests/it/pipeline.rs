@@ -494,7 +494,8 @@ fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
         principal_refunded(&mut context, "111-0000001-0000001"),
         "5.00"
     );
-    // A feed of other content with the same first message is new: its refund applies.
+    // A feed of other content with the same first message is new: its refund applies, with
+    // a review warning that it repeats the first feed's (refund-rules c3.2).
     let other = write(
         "other.xml",
         format!(
@@ -504,7 +505,10 @@ fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
         ),
     );
     let processed = pipeline::process_file(&mut context, &source(&other, None)).expect("other");
-    assert_eq!(codes(&processed.outcome), vec![]);
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(1, Code::PossibleResubmission)]
+    );
     assert_eq!(
         principal_refunded(&mut context, "111-0000001-0000001"),
         "11.00"
@@ -576,7 +580,14 @@ fn later_messages_see_earlier_ones_across_chunks() {
     assert_eq!(processed.outcome.messages_processed, 5000);
     assert_eq!(processed.outcome.messages_successful, 4000);
     assert_eq!(processed.outcome.messages_with_error, 1000);
-    let first_error = processed.outcome.results.first().expect("errors");
+    // Each applied message repeats the one before under a new (derived) key.
+    assert_eq!(processed.outcome.messages_with_warning, 3999);
+    let first_error = processed
+        .outcome
+        .results
+        .iter()
+        .find(|p| p.is_error())
+        .expect("errors");
     assert_eq!(
         (first_error.message_id.get(), first_error.code),
         (4001, Code::ComponentExceedsRemaining)

@@ -8,7 +8,9 @@
 
 use std::path::PathBuf;
 
-use adjustd::engine::{Change, KeyOrigin, KeyRecord, Needs, NewAdjustment, Snapshot};
+use adjustd::engine::{
+    Change, KeyOrigin, KeyRecord, Needs, NewAdjustment, PayloadDigest, RecentAdjustment, Snapshot,
+};
 use adjustd::model::{
     AdjustmentReason, AmazonOrderId, Component, MerchantId, MessageId, OrderItemCode, OrderRef,
     PriceComponent, PromotionComponent, SellerId,
@@ -97,6 +99,7 @@ pub fn new_feed(name: &str, hash: &str, claim: Option<&str>) -> NewFeed {
         file_name: name.to_owned(),
         content_hash: hash.to_owned(),
         claim_token: claim.map(str::to_owned),
+        recent_adjustments_since: None,
     }
 }
 
@@ -158,6 +161,7 @@ pub mod conformance {
                 feed_lookups,
                 same_bytes_committed_twice_is_a_conflict,
                 loading_gives_the_engine_the_purchase_date,
+                loading_gives_the_engine_recent_adjustments,
             );
         };
         (@cases $factory:path; $($case:ident),+ $(,)?) => {
@@ -869,6 +873,7 @@ pub mod conformance {
                 file_name: "garbage.xml".into(),
                 content_hash: "hash-g".into(),
                 claim_token: None,
+                recent_adjustments_since: None,
             })
             .expect("begin");
         let fourth = tx.feed_id();
@@ -1008,6 +1013,185 @@ pub mod conformance {
             "the prefetched order includes this feed's write"
         );
         tx.commit(&done(1, None)).expect("commit");
+    }
+
+    /// Every load path gives the engine each item's adjustments applied since
+    /// `NewFeed::recent_adjustments_since`, oldest first, with their feed and MessageID (this
+    /// feed's own without a feed id) and day: the first load of a feed; after a prefetch
+    /// hint (SQLite: from the prefetch connection, an order this feed wrote to brought up to
+    /// date by the overlay); on the writing connection without a hint. None when the window
+    /// is off or begins after them; a hash that is not a payload hash is left out. An item
+    /// whose only adjustment is a pure cancellation (no amount) has it too.
+    pub fn loading_gives_the_engine_recent_adjustments(store: &mut dyn Store) {
+        let report = "order-id\torder-item-id\tmerchant-order-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+             171-0000001-0000001\t10000000000001\tPO-1\tS1\t2\t2\tUSD\t10.00\n\
+             171-0000001-0000001\t10000000000002\tPO-1\tS2\t2\t1\tUSD\t10.00\n\
+             171-0000002-0000002\t10000000000003\t\tS3\t1\t1\tUSD\t10.00\n";
+        let rows = parse_order_report(report).expect("report");
+        store.import_orders(&merchant(), &rows).expect("import");
+        let hex = |n: u8| format!("{n:02x}").repeat(32);
+        let with_hash = |change: Change, hash: String| match change {
+            Change::Adjust(adjustment) => Change::Adjust(NewAdjustment {
+                payload_hash: hash,
+                ..adjustment
+            }),
+            other => other,
+        };
+        let refund = |message: u64, order: &str, item: &str, hash: String| {
+            with_hash(
+                adjustment(message, order, item, &[(principal(), 100)], None, 0),
+                hash,
+            )
+        };
+        let today = chrono::Utc::now().date_naive();
+        let yesterday = today.pred_opt().expect("a day before");
+        let earlier = run_feed(
+            store,
+            "recent-1",
+            &["171-0000001-0000001", "171-0000002-0000002"],
+            &[
+                refund(4, "171-0000001-0000001", "10000000000001", hex(0xa1)),
+                refund(
+                    5,
+                    "171-0000001-0000001",
+                    "10000000000001",
+                    "not-a-hash".into(),
+                ),
+                refund(6, "171-0000001-0000001", "10000000000001", hex(0xa2)),
+                refund(7, "171-0000002-0000002", "10000000000003", hex(0xb1)),
+                // A pure cancellation: no amount, so only the cancelled unit shows it.
+                with_hash(
+                    adjustment(8, "171-0000001-0000001", "10000000000002", &[], None, 1),
+                    hex(0xd1),
+                ),
+            ],
+        );
+        // The day the adjustments were written (today, unless the clock passed midnight).
+        let applied_on = |recent: &[RecentAdjustment]| {
+            for adjustment in recent {
+                assert!(
+                    adjustment.applied_on == today
+                        || adjustment.applied_on == chrono::Utc::now().date_naive(),
+                    "{adjustment:?}"
+                );
+            }
+            recent.first().map(|a| a.applied_on)
+        };
+        let needs = Needs {
+            orders: vec![
+                OrderRef::Amazon(aid("171-0000001-0000001")),
+                OrderRef::Amazon(aid("171-0000002-0000002")),
+            ],
+            keys: Vec::new(),
+        };
+        let recent = |snapshot: &Snapshot, order: &str, item: usize| -> Vec<RecentAdjustment> {
+            snapshot
+                .order(&OrderRef::Amazon(aid(order)))
+                .unwrap_or_else(|| panic!("{order} loaded"))
+                .items[item]
+                .recent_adjustments
+                .clone()
+        };
+        let mine = |payload: u8, feed_id: Option<u64>, message: u64, day| RecentAdjustment {
+            payload: PayloadDigest::from_hex(&hex(payload)).expect("hex"),
+            origin: KeyOrigin {
+                feed_id,
+                message_id: MessageId::new(message).expect("message id"),
+            },
+            applied_on: day,
+        };
+
+        let mut tx = store
+            .begin_feed(&NewFeed {
+                recent_adjustments_since: Some(yesterday),
+                ..new_feed("recent.xml", "recent-2", None)
+            })
+            .expect("begin");
+        let this_feed = tx.feed_id();
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        let day = applied_on(&recent(&snapshot, "171-0000001-0000001", 0)).expect("loaded");
+        assert_eq!(
+            recent(&snapshot, "171-0000001-0000001", 0),
+            [
+                mine(0xa1, Some(earlier), 4, day),
+                mine(0xa2, Some(earlier), 6, day)
+            ],
+            "first chunk"
+        );
+        assert_eq!(
+            recent(&snapshot, "171-0000001-0000001", 1),
+            [mine(0xd1, Some(earlier), 8, day)]
+        );
+        assert_eq!(
+            recent(&snapshot, "171-0000002-0000002", 0),
+            [mine(0xb1, Some(earlier), 7, day)]
+        );
+        // This feed writes to order 1: its next copies carry that adjustment too.
+        tx.apply(
+            &merchant(),
+            &[refund(
+                9,
+                "171-0000001-0000001",
+                "10000000000001",
+                hex(0xc1),
+            )],
+        )
+        .expect("apply");
+        snapshot.forget();
+        tx.forget_loaded();
+        let expected_first = |snapshot: &Snapshot, path: &str| {
+            let loaded = recent(snapshot, "171-0000001-0000001", 0);
+            let day_now = loaded.last().expect("this feed's").applied_on;
+            applied_on(&loaded);
+            assert_eq!(
+                loaded,
+                [
+                    mine(0xa1, Some(earlier), 4, day),
+                    mine(0xa2, Some(earlier), 6, day),
+                    mine(0xc1, None, 9, day_now)
+                ],
+                "{path}"
+            );
+            assert_eq!(
+                recent(snapshot, "171-0000001-0000001", 1),
+                [mine(0xd1, Some(earlier), 8, day)],
+                "{path}"
+            );
+            assert_eq!(
+                recent(snapshot, "171-0000002-0000002", 0),
+                [mine(0xb1, Some(earlier), 7, day)],
+                "{path}"
+            );
+        };
+        tx.prefetch(&merchant(), needs.orders.clone());
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        expected_first(&snapshot, "prefetched chunk");
+        snapshot.forget();
+        tx.forget_loaded();
+        let mut snapshot = Snapshot::new();
+        tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+        expected_first(&snapshot, "writing connection");
+        assert!(this_feed > earlier);
+        tx.commit(&done(1, None)).expect("commit");
+
+        // A window that begins after them, and no window: nothing.
+        for since in [Some(today.succ_opt().expect("a day after")), None] {
+            let mut tx = store
+                .begin_feed(&NewFeed {
+                    recent_adjustments_since: since,
+                    ..new_feed("recent.xml", &format!("recent-{since:?}"), None)
+                })
+                .expect("begin");
+            let mut snapshot = Snapshot::new();
+            tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+            assert_eq!(recent(&snapshot, "171-0000001-0000001", 0), [], "{since:?}");
+            tx.prefetch(&merchant(), needs.orders.clone());
+            let mut snapshot = Snapshot::new();
+            tx.load(&merchant(), &needs, &mut snapshot).expect("load");
+            assert_eq!(recent(&snapshot, "171-0000001-0000001", 0), [], "{since:?}");
+        }
     }
 }
 

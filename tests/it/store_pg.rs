@@ -204,6 +204,7 @@ fn new_feed(hash: &str) -> NewFeed {
         file_name: format!("{hash}.xml"),
         content_hash: hash.to_owned(),
         claim_token: None,
+        recent_adjustments_since: None,
     }
 }
 
