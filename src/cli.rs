@@ -466,13 +466,9 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     for path in files {
         let file_name = display_name(path);
         // A file in a merchant folder of the inbox is that merchant's, as for the daemon.
-        let merchant_folder = match inbox.merchant_folder_of(path) {
-            Ok(merchant_folder) => merchant_folder,
-            Err(error) => {
-                eprintln!("adjustd: {error}");
-                code = exit::worst(code, exit::RUNTIME);
-                continue;
-            }
+        let Some(merchant_folder) = merchant_folder_of(inbox, path) else {
+            code = exit::worst(code, exit::RUNTIME);
+            continue;
         };
         let source = Source::new(
             path,
@@ -504,6 +500,18 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     Ok(code)
 }
 
+/// The merchant folder of the inbox that a file given to `process` or `validate` lies in
+/// ([`crate::inbox::InboxConfig::merchant_folder_of`]); `None` after saying why it cannot be told.
+fn merchant_folder_of(
+    inbox: &crate::inbox::InboxConfig,
+    path: &Path,
+) -> Option<Option<MerchantId>> {
+    inbox
+        .merchant_folder_of(path)
+        .map_err(|error| eprintln!("adjustd: {error}"))
+        .ok()
+}
+
 fn has_errors(outcome: &FeedOutcome) -> bool {
     outcome.status == FeedStatus::Rejected || outcome.messages_with_error > 0
 }
@@ -532,15 +540,10 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
     let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {
-        // A file in a merchant folder of the inbox may only speak for that merchant, as in
-        // `process` and the daemon.
-        let merchant_folder = match inbox.merchant_folder_of(path) {
-            Ok(merchant_folder) => merchant_folder,
-            Err(error) => {
-                eprintln!("adjustd: {error}");
-                code = exit::worst(code, exit::RUNTIME);
-                continue;
-            }
+        // A file in a merchant folder of the inbox is that merchant's, as for the daemon.
+        let Some(merchant_folder) = merchant_folder_of(inbox, path) else {
+            code = exit::worst(code, exit::RUNTIME);
+            continue;
         };
         let file_name = display_name(path);
         let source = Source::new(
