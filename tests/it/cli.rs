@@ -391,10 +391,9 @@ fn late_refund_feed(key: &str) -> String {
     )
 }
 
-#[test]
-fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_report() {
-    let sandbox = Sandbox::new();
-    // Bought 100 days ago (UTC, as adjustd counts the processing day).
+/// Imports order 171-0000100-0000100 (one item, 50.00 USD) bought 100 days ago (UTC, as
+/// adjustd counts the processing day), for the refund-window tests; returns that day.
+fn import_old_order(sandbox: &Sandbox) -> chrono::NaiveDate {
     let purchased = chrono::Utc::now().date_naive() - chrono::Days::new(100);
     let orders = sandbox.path("old-order.txt");
     std::fs::write(
@@ -413,22 +412,42 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
         orders.to_str().expect("utf-8 path"),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    purchased
+}
+
+/// `adjustd process` on a new file `name` holding [`late_refund_feed`] under `key`, with the
+/// extra environment `env`: its output and the report paths it printed.
+fn process_late_refund(
+    sandbox: &Sandbox,
+    name: &str,
+    key: &str,
+    env: &[(&str, &str)],
+) -> (Output, Vec<PathBuf>) {
+    let feed = sandbox.path(name);
+    std::fs::write(&feed, late_refund_feed(key)).expect("write feed");
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .args(["process", feed.to_str().expect("utf-8 path")])
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run adjustd");
+    let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
+    (out, paths)
+}
+
+#[test]
+fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_report() {
+    let sandbox = Sandbox::new();
+    let purchased = import_old_order(&sandbox);
     let process = |name: &str, key: &str, env: &[(&str, &str)]| -> (Output, Vec<PathBuf>) {
-        let feed = sandbox.path(name);
-        std::fs::write(&feed, late_refund_feed(key)).expect("write feed");
-        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-            .arg("--config")
-            .arg(sandbox.path("adjustd.toml"))
-            .args(["process", feed.to_str().expect("utf-8 path")])
-            .env_remove("RUST_LOG")
-            // Every feed here repeats the same refund under a new key: no resubmission
-            // warnings, only the refund window's.
-            .env("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS", "0")
-            .envs(env.iter().copied())
-            .output()
-            .expect("run adjustd");
+        // Every feed here repeats the same refund under a new key: no resubmission
+        // warnings, only the refund window's.
+        let mut all = vec![("ADJUSTD_RULES_RESUBMISSION_WINDOW_DAYS", "0")];
+        all.extend_from_slice(env);
+        let (out, paths) = process_late_refund(&sandbox, name, key, &all);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
         (out, paths)
     };
     let summary = |report: &Value| {
@@ -690,24 +709,7 @@ fn the_same_content_under_new_keys_is_applied_again_with_a_resubmission_warning(
 #[test]
 fn the_strict_policy_rejects_a_late_refund_pins_the_answer_and_exits_3() {
     let sandbox = Sandbox::new();
-    let purchased = chrono::Utc::now().date_naive() - chrono::Days::new(100);
-    let orders = sandbox.path("old-order.txt");
-    std::fs::write(
-        &orders,
-        format!(
-            "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
-             171-0000100-0000100\t17100000000001\t{purchased}\tSKU-OLD\t1\t1\tUSD\t50.00\n"
-        ),
-    )
-    .expect("write order report");
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        orders.to_str().expect("utf-8 path"),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    import_old_order(&sandbox);
     let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
     std::fs::write(
         sandbox.path("adjustd.toml"),
@@ -715,17 +717,7 @@ fn the_strict_policy_rejects_a_late_refund_pins_the_answer_and_exits_3() {
     )
     .expect("write config");
     let process = |name: &str, key: &str, env: &[(&str, &str)]| -> (Option<i32>, Vec<PathBuf>) {
-        let feed = sandbox.path(name);
-        std::fs::write(&feed, late_refund_feed(key)).expect("write feed");
-        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-            .arg("--config")
-            .arg(sandbox.path("adjustd.toml"))
-            .args(["process", feed.to_str().expect("utf-8 path")])
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .output()
-            .expect("run adjustd");
-        let paths = text(&out.stdout).lines().map(PathBuf::from).collect();
+        let (out, paths) = process_late_refund(&sandbox, name, key, env);
         (out.status.code(), paths)
     };
     let summary = |report: &Value| {
