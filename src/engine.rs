@@ -78,9 +78,11 @@ pub enum Policy {
     /// They are warnings and the message applies (the default; Amazon has no such errors).
     #[default]
     Warn,
-    /// They reject the message. Outside the refund window is a state rejection, pinned
-    /// under the message's keys like the caps; the concession limit is judged on what the
-    /// message asks for, so it is not pinned and a lowered resend may reuse the keys.
+    /// They reject the message, as state rejections pinned under the message's keys like
+    /// the caps: lateness depends on the order, and the concession limit on the concessions
+    /// already given, so a replay must get the same answer however the store changed since
+    /// (refund-rules §c5 calls the concession limit "V"; adjustd's limit is cumulative, so
+    /// it cannot be a content-only rejection).
     Strict,
 }
 
@@ -602,7 +604,7 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// was not imported yet, and the same message must apply once it is (refund-rules c3.4
 /// "park and retry": the daemon parks such a feed and retries it, and only its last retry
 /// pins `OrderNotFound`, see [`Rules::pin_order_not_found`]).
-/// `OutsideRefundWindow` is a rejection only under [`Policy::Strict`].
+/// `OutsideRefundWindow` and `ConcessionLimit` are rejections only under [`Policy::Strict`].
 pub fn is_state_rejection(code: Code) -> bool {
     matches!(
         code,
@@ -614,6 +616,7 @@ pub fn is_state_rejection(code: Code) -> bool {
             | Code::QuantityExceedsShipped
             | Code::ComponentExceedsRemaining
             | Code::OutsideRefundWindow
+            | Code::ConcessionLimit
     )
 }
 
@@ -1005,9 +1008,9 @@ fn reject(
     }
 }
 
-/// Under [`Policy::Strict`], the policy checks that fired make the message a rejection:
-/// outside the refund window for the whole message (a state rejection, so it is pinned),
-/// else every item over the concession limit, its siblings linked to it. The review
+/// Under [`Policy::Strict`], the policy checks that fired make the message a state
+/// rejection (pinned): outside the refund window for the whole message, else every item
+/// over the concession limit, its siblings linked to it. The review
 /// warnings of a message that is not applied are dropped.
 fn strict_rejection(
     facts: &Facts<'_>,
@@ -1305,7 +1308,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 facts.retry_note()
             ),
         )],
-        // `into_error`: a pinned `OutsideRefundWindow` (strict policy) is a rejection too.
+        // `into_error`: a pinned `OutsideRefundWindow` (strict policy) too.
         Some(code) if is_message_level(code) => vec![
             facts
                 .message_problem(
@@ -1346,14 +1349,18 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                             code.name()
                         )
                     };
-                    facts.item_problem(
-                        code,
-                        index,
-                        facts.key_element(index),
-                        facts.item_position(index),
-                        description,
-                        "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed.".to_owned(),
-                    )
+                    // `into_error`: a pinned `ConcessionLimit` (strict policy) too.
+                    facts
+                        .item_problem(
+                            code,
+                            index,
+                            facts.key_element(index),
+                            facts.item_position(index),
+                            description,
+                            "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed."
+                                .to_owned(),
+                        )
+                        .into_error()
                 })
                 .collect()
         }
@@ -1930,7 +1937,7 @@ fn review_warnings(
                         "would add",
                         "so under [rules] policy = \"strict\" nothing of this message was applied".to_owned(),
                         format!(
-                            "Keep this item's concessions at or below {} in all, or make a larger goodwill refund in Seller Central; this rejection is not pinned, so the corrected message may keep its MerchantAdjustmentItemIDs.",
+                            "Keep this item's concessions at or below {} in all, or make a larger goodwill refund in Seller Central; this answer is pinned to the message's keys, so resend the lowered adjustment under new MerchantAdjustmentItemIDs.",
                             money(review * paid / 100)
                         ),
                     ),

@@ -170,6 +170,8 @@ pub(crate) const STATE_CODES: &[Code] = &[
     Code::CancelExceedsUnshipped,
     Code::QuantityExceedsShipped,
     Code::ComponentExceedsRemaining,
+    // A rejection only under the strict policy.
+    Code::ConcessionLimit,
 ];
 
 impl Model {
@@ -323,25 +325,25 @@ impl Model {
             };
         }
 
-        let codes = self.evaluate(message);
-        match codes {
+        let codes = match self.evaluate(message) {
+            // Strict: each item over the concession limit fails, the others are linked.
             Ok((_, warnings))
                 if self.policy == Policy::Strict
                     && warnings.iter().any(|(_, c)| *c == Code::ConcessionLimit) =>
             {
-                // Each item over the limit fails, the others are linked; not pinned.
-                rejected(
-                    (0..n)
-                        .map(|index| {
-                            if warnings.contains(&(index, Code::ConcessionLimit)) {
-                                Code::ConcessionLimit
-                            } else {
-                                Code::LinkedItemFailed
-                            }
-                        })
-                        .collect(),
-                )
+                Err((0..n)
+                    .map(|index| {
+                        if warnings.contains(&(index, Code::ConcessionLimit)) {
+                            Code::ConcessionLimit
+                        } else {
+                            Code::LinkedItemFailed
+                        }
+                    })
+                    .collect())
             }
+            other => other,
+        };
+        match codes {
             Ok((adjustments, warnings)) => {
                 for (item, c) in message.items.iter().zip(&contents) {
                     if let Some(key) = &item.key {
