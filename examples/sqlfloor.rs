@@ -10,6 +10,9 @@
 //!   keys and indexes) and, per message, the minimum its rows need: read the order with its
 //!   items and component totals, insert the adjustment, its two amounts and its idempotency
 //!   key, update the two component totals. `adjustd-writes` is the same without the read.
+//!   `adjustd-sorted` writes the same rows with no read, but in groups of `SQLFLOOR_GROUP`
+//!   messages (default 32768) and, within a group, each table's rows in key order: the cost of
+//!   the same rows when a store holds back a group's writes and sorts them.
 //! - `packed`: the leanest relational design that still keeps a CHECKed running total per
 //!   component: the four totals are columns of the item row and the amounts columns of the
 //!   adjustment row, so a message reads two B-tree ranges and writes three rows.
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     for case in [
         "naive",
         "adjustd-writes",
+        "adjustd-sorted",
         "adjustd",
         "packed-writes",
         "packed",
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         match case {
             "naive" => run_naive(conn, &plan)?,
             "adjustd-writes" => run_adjustd(conn, &plan, false)?,
+            "adjustd-sorted" => run_adjustd_sorted(conn, &plan)?,
             "adjustd" => run_adjustd(conn, &plan, true)?,
             "packed-writes" => run_packed(conn, &plan, false)?,
             _ => run_packed(conn, &plan, true)?,
@@ -184,6 +189,76 @@ fn setup_adjustd(path: &Path, orders: i64) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// adjustd's statements, with no read.
+struct AdjustdWrites<'t> {
+    adjustment: rusqlite::Statement<'t>,
+    amount: rusqlite::Statement<'t>,
+    total: rusqlite::Statement<'t>,
+    key: rusqlite::Statement<'t>,
+}
+
+impl AdjustdWrites<'_> {
+    fn prepare<'t>(tx: &'t rusqlite::Transaction<'_>) -> anyhow::Result<AdjustdWrites<'t>> {
+        Ok(AdjustdWrites {
+            adjustment: tx.prepare(
+                "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
+                 quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
+                 created_at) VALUES (?1, 1, ?1, ?2, 'CustomerReturn', 'Refund', 0, NULL, ?3, \
+                 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', ?4, 'now')",
+            )?,
+            amount: tx.prepare(
+                "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
+                 VALUES (?1, ?2, ?3)",
+            )?,
+            total: tx.prepare(
+                "UPDATE item_components SET refunded = refunded + ?3 \
+                 WHERE item_id = ?1 AND component = ?2",
+            )?,
+            key: tx.prepare(
+                "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id) \
+                 VALUES ('M_FLOOR', ?1, \
+                 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 1, ?2)",
+            )?,
+        })
+    }
+}
+
+fn run_adjustd_sorted(mut conn: Connection, plan: &[Msg]) -> anyhow::Result<()> {
+    let group: usize = std::env::var("SQLFLOOR_GROUP").map_or(Ok(32_768), |g| g.parse())?;
+    let tx = conn.transaction()?;
+    {
+        let mut w = AdjustdWrites::prepare(&tx)?;
+        let mut first = 1_i64;
+        for part in plan.chunks(group.max(1)) {
+            let ids = first..first + part.len() as i64;
+            for (n, m) in ids.clone().zip(part) {
+                let item = m.order * ITEMS + m.item;
+                w.adjustment
+                    .execute(params![n, item, format!("K-{n}"), m.principal + m.tax])?;
+                w.amount.execute(params![n, "Principal", m.principal])?;
+                w.amount.execute(params![n, "Tax", m.tax])?;
+            }
+            let mut totals: Vec<(i64, i64, i64)> = part
+                .iter()
+                .map(|m| (m.order * ITEMS + m.item, m.principal, m.tax))
+                .collect();
+            totals.sort_unstable();
+            for (item, principal, tax) in totals {
+                w.total.execute(params![item, "Principal", principal])?;
+                w.total.execute(params![item, "Tax", tax])?;
+            }
+            let mut keys: Vec<(String, i64)> = ids.map(|n| (format!("K-{n}"), n)).collect();
+            keys.sort_unstable();
+            for (k, n) in keys {
+                w.key.execute(params![k, n])?;
+            }
+            first += part.len() as i64;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn run_adjustd(mut conn: Connection, plan: &[Msg], read: bool) -> anyhow::Result<()> {
     let tx = conn.transaction()?;
     {
@@ -196,25 +271,7 @@ fn run_adjustd(mut conn: Connection, plan: &[Msg], read: bool) -> anyhow::Result
              LEFT JOIN item_components c ON c.item_id = i.id \
              WHERE o.merchant = 'M_FLOOR' AND o.amazon_order_id = ?1",
         )?;
-        let mut adjustment = tx.prepare(
-            "INSERT INTO adjustments (id, feed_id, message_id, item_id, reason, action_type, \
-             quantity_cancelled, quantity, merchant_adjustment_item_id, payload_hash, net, \
-             created_at) VALUES (?1, 1, ?1, ?2, 'CustomerReturn', 'Refund', 0, NULL, ?3, \
-             'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', ?4, 'now')",
-        )?;
-        let mut amount = tx.prepare(
-            "INSERT INTO adjustment_amounts (adjustment_id, component, amount) \
-             VALUES (?1, ?2, ?3)",
-        )?;
-        let mut total = tx.prepare(
-            "UPDATE item_components SET refunded = refunded + ?3 \
-             WHERE item_id = ?1 AND component = ?2",
-        )?;
-        let mut key = tx.prepare(
-            "INSERT INTO idempotency_keys (merchant, key, payload_hash, feed_id, message_id) \
-             VALUES ('M_FLOOR', ?1, \
-             'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855', 1, ?2)",
-        )?;
+        let mut w = AdjustdWrites::prepare(&tx)?;
         for (n, m) in (1_i64..).zip(plan) {
             if read {
                 let mut rows = load.query([amazon_order_id(m.order)])?;
@@ -226,12 +283,13 @@ fn run_adjustd(mut conn: Connection, plan: &[Msg], read: bool) -> anyhow::Result
             }
             let item = m.order * ITEMS + m.item;
             let merchant_key = format!("K-{n}");
-            adjustment.execute(params![n, item, merchant_key, m.principal + m.tax])?;
-            amount.execute(params![n, "Principal", m.principal])?;
-            amount.execute(params![n, "Tax", m.tax])?;
-            total.execute(params![item, "Principal", m.principal])?;
-            total.execute(params![item, "Tax", m.tax])?;
-            key.execute(params![merchant_key, n])?;
+            w.adjustment
+                .execute(params![n, item, merchant_key, m.principal + m.tax])?;
+            w.amount.execute(params![n, "Principal", m.principal])?;
+            w.amount.execute(params![n, "Tax", m.tax])?;
+            w.total.execute(params![item, "Principal", m.principal])?;
+            w.total.execute(params![item, "Tax", m.tax])?;
+            w.key.execute(params![merchant_key, n])?;
         }
     }
     tx.commit()?;
