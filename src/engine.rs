@@ -1081,7 +1081,9 @@ fn refund_window_problem(
 /// Step 8, for the adjusted items under new keys (refund-rules §c3.2): an item whose
 /// content ([`payload_hash`], which leaves the key out) equals that of an adjustment
 /// applied to the same item on or after `since` still applies, with a
-/// `PossibleResubmission` warning naming the latest such adjustment. Amazon applies two
+/// `PossibleResubmission` warning naming the latest such adjustment (an adjustment stored by
+/// an earlier build, whose hash names no currency for a message without the attribute, is
+/// matched too). Amazon applies two
 /// identical adjustments as two refunds (SC-30741), so a sender that resends applied
 /// adjustments under new keys (or in a re-exported file without keys, whose derived keys
 /// change with its content) refunds twice. A replay under the same key never gets here:
@@ -1096,6 +1098,7 @@ fn resubmission_warnings(
     let (Some(since), Some(before)) = (since, facts.order) else {
         return Vec::new();
     };
+    let message = facts.message;
     let mut warnings = Vec::new();
     // All items applied, so adjustment `index` is adjusted item `index`; every key of the
     // message is new (a known key was decided by `check_keys`).
@@ -1113,12 +1116,15 @@ fn resubmission_warnings(
         let Some(payload) = PayloadDigest::from_hex(hash) else {
             continue;
         };
-        let Some(earlier) = item
-            .recent_adjustments
-            .iter()
-            .rev()
-            .find(|earlier| earlier.payload == payload && earlier.applied_on >= since)
-        else {
+        // An adjustment stored by an earlier build has the hash that names no currency for
+        // a message without the attribute, as in `check_keys`.
+        let legacy = (message.currency.is_none() || message.currency == Some(before.currency))
+            .then(|| PayloadDigest::from_hex(&payload_hash(message, index, None)))
+            .flatten();
+        let Some(earlier) = item.recent_adjustments.iter().rev().find(|earlier| {
+            earlier.applied_on >= since
+                && (earlier.payload == payload || Some(earlier.payload) == legacy)
+        }) else {
             continue;
         };
         let when = match earlier.origin.feed_id {
@@ -2560,6 +2566,39 @@ mod tests {
         let mut s = with_earlier(0);
         assert_eq!(codes(&mut s, &m), [Code::PossibleResubmission]);
         assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
+    }
+
+    #[test]
+    fn a_recent_adjustment_stored_with_the_earlier_hash_is_recognised() {
+        // An earlier build hashed a message without a currency attribute with no currency.
+        let m = message(vec![price(PriceComponent::Principal, "5.00")]);
+        assert_eq!(m.currency, None);
+        let legacy = payload_hash(&m, 0, None);
+        assert_ne!(legacy, payload_hash(&m, 0, Some(usd())));
+        let stored = |s: &mut Snapshot| {
+            let order = s.orders.get_mut(&order_id()).expect("loaded");
+            order.items[0].recent_adjustments.push(RecentAdjustment {
+                payload: PayloadDigest::from_hex(&legacy).expect("64 hex digits"),
+                origin: KeyOrigin {
+                    feed_id: Some(3),
+                    message_id: MessageId::new(7).expect("positive"),
+                },
+                applied_on: processed_on(),
+            });
+        };
+        let mut spelled = m.clone();
+        spelled.currency = Some(usd());
+        for again in [&m, &spelled] {
+            let mut s = snapshot(2, &[(PriceComponent::Principal, 5000)]);
+            stored(&mut s);
+            assert_eq!(codes(&mut s, again), [Code::PossibleResubmission]);
+        }
+        // Other content is no match under either hash.
+        let mut other = m.clone();
+        other.items[0].amounts[0].amount = Amount::parse("5.01").expect("valid");
+        let mut s = snapshot(2, &[(PriceComponent::Principal, 5000)]);
+        stored(&mut s);
+        assert_eq!(codes(&mut s, &other), []);
     }
 
     #[test]
