@@ -850,7 +850,7 @@ impl Worker {
         let outcome = &processed.outcome;
         let duration = started.elapsed();
         self.metrics.feed_finished(
-            FeedResult::of(outcome, processed.recovered),
+            FeedResult::of_retry(outcome, processed.recovered),
             Some(outcome),
             duration,
         );

@@ -248,7 +248,11 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
 }
 
 fn last_retry_pins_order_not_found(backend: &Backend) {
-    let dir = TestDir::with(&settings(backend, 3));
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(backend, 3)
+    });
     dir.import_orders(MERCHANT, &orders_of(&[1]));
     let mut daemon = dir.spawn_daemon();
     let dropped = Instant::now();
@@ -295,6 +299,18 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
             .lines()
             .any(|line| line.contains("parked feed retried") && line.contains("result=\"pinned\""))
     });
+    // The retries are counted as such, not as duplicates (they repeat the same bytes); the
+    // first processing is a feed like any other.
+    let retries = all.len() - 1;
+    for line in [
+        format!("adjustd_feeds_total{{outcome=\"retried\"}} {retries}"),
+        "adjustd_feeds_total{outcome=\"duplicate\"} 0".to_owned(),
+        "adjustd_feeds_total{outcome=\"complete\"} 1".to_owned(),
+    ] {
+        wait_for(&line, LONG, || {
+            http_get(port, "/metrics").lines().any(|l| l == line)
+        });
+    }
 
     // The order arrives late: the same keys keep their pinned answer, a new key applies.
     backend.import_while_running(&dir, &mut daemon, &[0, 1]);
