@@ -118,7 +118,10 @@ pub struct Schedule {
     pub merchant_folder: Option<String>,
     /// SHA-256 of the bytes (checked when they are copied here).
     pub content_hash: String,
-    /// When the feed was first processed: the window counts from here.
+    /// When the feed was first processed: the window counts from here. The daemon writes
+    /// the start of the attempt that processed it (whole seconds: that attempt's report
+    /// names the window's end), or for a feed recovered at start its report's
+    /// `processed_at`.
     pub first_processed_at: DateTime<Utc>,
     /// Retries made so far.
     pub attempts: u32,
