@@ -587,6 +587,9 @@ fn resolve(
         },
         // Not a config key: the daemon sets it for the last retry of a parked feed.
         pin_order_not_found: false,
+        // Not a config key either: the daemon sets it for a feed it parks when an order is
+        // not found.
+        order_not_found_retry_until: None,
         // 0 turns the resubmission warning off.
         resubmission_window_days: rules_file
             .resubmission_window_days

@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chrono::{DateTime, SubsecRound as _, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::inbox::ready::{ContentDecision, EntryKind, ReadyFile, ReadyRules, Tracker};
@@ -557,8 +558,14 @@ impl Worker {
     fn process(&mut self, claim: Claim, syncs: &mut Syncs) {
         let started = Instant::now();
         tracing::debug!(file = %escaped(&claim.file_name), claim = %claim.token, "processing feed");
-        match self.with_transient_retries(&claim.file_name, |worker| worker.process_once(&claim)) {
-            Some(Ok(processed)) => self.finish_processed(claim, &processed, started, syncs),
+        let result =
+            self.with_transient_retries(&claim.file_name, |worker| worker.process_once(&claim));
+        // Set per feed only, like `pin_order_not_found` for a retry.
+        self.context.rules.order_not_found_retry_until = None;
+        match result {
+            Some(Ok((processed, attempt_at))) => {
+                self.finish_processed(claim, &processed, attempt_at, started, syncs);
+            }
             Some(Err(failure)) => {
                 self.finish_failed(claim, &failure.into_error(), started, syncs);
             }
@@ -570,11 +577,11 @@ impl Worker {
 
     /// Runs `attempt` until it succeeds or fails for good, retrying transient failures with
     /// capped exponential backoff; `None` on shutdown while waiting to retry.
-    fn with_transient_retries(
+    fn with_transient_retries<T>(
         &mut self,
         file_name: &str,
-        mut attempt: impl FnMut(&mut Worker) -> Result<Processed, Failure>,
-    ) -> Option<Result<Processed, Failure>> {
+        mut attempt: impl FnMut(&mut Worker) -> Result<T, Failure>,
+    ) -> Option<Result<T, Failure>> {
         let mut backoff = Duration::from_secs(1);
         let mut retries = 0u32;
         loop {
@@ -598,7 +605,21 @@ impl Worker {
         }
     }
 
-    fn process_once(&mut self, claim: &Claim) -> Result<Processed, Failure> {
+    /// One attempt at a claimed feed; with the time it began (whole seconds), which is when
+    /// the window of its `ORDER_NOT_FOUND` retries begins if it is parked.
+    fn process_once(&mut self, claim: &Claim) -> Result<(Processed, DateTime<Utc>), Failure> {
+        let attempt_at = Utc::now().trunc_subsecs(0);
+        // The report of a feed that will be parked says until when it is retried. Whether it
+        // is parked is decided after the commit (`park`), but from what is known now: the
+        // engine words only a deferred `ORDER_NOT_FOUND` with this, and a feed with one is
+        // exactly what `park` parks when parking is on (a feed-level rejection, the other
+        // case `park` skips, rolls its messages back and reports none of them). If parking
+        // fails, the feed stays in work/ and the next start parks it. The schedule's window
+        // counts from `attempt_at`, so it ends at the very second the report names.
+        self.context.rules.order_not_found_retry_until = self
+            .parking
+            .as_ref()
+            .map(|parking| parking.retry.ends(attempt_at));
         let source = Source::new(
             &claim.path,
             &claim.file_name,
@@ -606,13 +627,14 @@ impl Worker {
             claim.merchant.as_ref(),
             self.config.inbox.allowed_merchants.as_deref(),
         );
-        run_pipeline(&mut self.context, &source)
+        run_pipeline(&mut self.context, &source).map(|processed| (processed, attempt_at))
     }
 
     fn finish_processed(
         &mut self,
         claim: Claim,
         processed: &Processed,
+        attempt_at: DateTime<Utc>,
         started: Instant,
         syncs: &mut Syncs,
     ) {
@@ -624,7 +646,7 @@ impl Worker {
         let file_name = claim.file_name.clone();
         // Parked before the feed leaves work/: a crash in between recovers it from there
         // (its report is re-emitted) and parks it then.
-        let parked = self.park(&claim, processed);
+        let parked = self.park(&claim, processed, attempt_at);
         let moved = match &parked {
             Ok(()) => claim.finish(
                 &self.config.inbox,
@@ -676,8 +698,14 @@ impl Worker {
     }
 
     /// Parks a processed feed that has a deferred `ORDER_NOT_FOUND` (when parking is on):
-    /// a copy of its bytes and its retry schedule go to the parked folder.
-    fn park(&mut self, claim: &Claim, processed: &Processed) -> Result<(), ParkError> {
+    /// a copy of its bytes and its retry schedule go to the parked folder. Its window counts
+    /// from `attempt_at`, when the attempt that processed it began (see `process_once`).
+    fn park(
+        &mut self,
+        claim: &Claim,
+        processed: &Processed,
+        attempt_at: DateTime<Utc>,
+    ) -> Result<(), ParkError> {
         let Some(parking) = self.parking.as_mut() else {
             return Ok(());
         };
@@ -686,10 +714,17 @@ impl Worker {
             return Ok(());
         }
         let now = chrono::Utc::now();
-        // A recovered feed was first processed when its report says, not now.
-        let first_processed_at = chrono::DateTime::parse_from_rfc3339(&outcome.processed_at)
-            .map_or(now, |at| at.with_timezone(&chrono::Utc))
-            .min(now);
+        let first_processed_at = if processed.recovered {
+            // A recovered feed was first processed when its report says, not now. Its report
+            // named the end of a window counted from the start of that attempt, so the
+            // window counted from here ends no earlier than it said.
+            chrono::DateTime::parse_from_rfc3339(&outcome.processed_at)
+                .map_or(now, |at| at.with_timezone(&chrono::Utc))
+                .min(now)
+        } else {
+            // The end of the window is then the time its report names.
+            attempt_at
+        };
         let schedule = Schedule {
             version: park::SCHEDULE_VERSION,
             feed_id: outcome.feed_id,
@@ -772,8 +807,12 @@ impl Worker {
         let merchant = schedule.merchant();
         let started = Instant::now();
         tracing::debug!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, attempt = schedule.attempts + 1, last, "retrying parked feed");
-        // The last retry pins what is still not found (refund-rules c3.4).
+        // The last retry pins what is still not found (refund-rules c3.4). Any other leaves
+        // the feed parked when something is still deferred (`finish_retry`), which its
+        // report then says, with the window's end (see `process_once`).
         self.context.rules.pin_order_not_found = last;
+        self.context.rules.order_not_found_retry_until =
+            (!last).then(|| retry.ends(schedule.first_processed_at));
         let result = self.with_transient_retries(&schedule.file_name, |worker| {
             let source = Source::new(
                 &attempt.feed_path,
@@ -785,6 +824,7 @@ impl Worker {
             run_pipeline(&mut worker.context, &source)
         });
         self.context.rules.pin_order_not_found = false;
+        self.context.rules.order_not_found_retry_until = None;
         match result {
             Some(Ok(processed)) => self.finish_retry(attempt, &processed, last, started),
             Some(Err(failure)) => self.fail_retry(attempt, &failure.into_error(), started),
@@ -810,7 +850,7 @@ impl Worker {
         let outcome = &processed.outcome;
         let duration = started.elapsed();
         self.metrics.feed_finished(
-            FeedResult::of(outcome, processed.recovered),
+            FeedResult::of_retry(outcome, processed.recovered),
             Some(outcome),
             duration,
         );

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::model::{
     ActionType, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount, Component,
@@ -45,6 +45,14 @@ pub struct Rules {
     /// has passed; otherwise (the default) `OrderNotFound` is not pinned, so the same
     /// message applies once the order is imported.
     pub pin_order_not_found: bool,
+    /// When the daemon stops retrying this feed's `OrderNotFound`s (the end of its
+    /// order-not-found window), when the feed is parked if one of its messages is
+    /// deferred: the rejection then says that adjustd retries the message by itself until
+    /// then, so importing the order report in time is enough and a resend is not needed.
+    /// `None` (the default; `adjustd process`, a window of 0, the last retry): the
+    /// rejection asks for the message to be resent. Not used with
+    /// [`Rules::pin_order_not_found`], whose rejection is final.
+    pub order_not_found_retry_until: Option<DateTime<Utc>>,
     /// An applied message with an adjusted item under a new key whose content (its
     /// [`payload_hash`]) equals that of an adjustment applied to the same item at most this
     /// many days before the feed is processed gets a `PossibleResubmission` warning
@@ -105,6 +113,7 @@ impl Default for Rules {
             refund_window_days: None,
             policy: Policy::Warn,
             pin_order_not_found: false,
+            order_not_found_retry_until: None,
             resubmission_window_days: 7,
         }
     }
@@ -924,11 +933,14 @@ fn plan_message(
             }
         }
         Err(mut rejection) => {
-            if rules.pin_order_not_found {
-                for problem in &mut rejection.problems {
-                    if problem.code == Code::OrderNotFound {
-                        word_final_order_not_found(&facts, merchant, problem);
-                    }
+            for problem in &mut rejection.problems {
+                if problem.code != Code::OrderNotFound {
+                    continue;
+                }
+                if rules.pin_order_not_found {
+                    word_final_order_not_found(&facts, merchant, problem);
+                } else if let Some(until) = rules.order_not_found_retry_until {
+                    word_retried_order_not_found(&facts, merchant, until, problem);
                 }
             }
             reject(
@@ -959,6 +971,34 @@ fn word_final_order_not_found(facts: &Facts<'_>, merchant: &MerchantId, problem:
         facts.message.order
     );
     problem.fix = format!("{check}{}", facts.retry_note());
+}
+
+/// The words of an `OrderNotFound` that the daemon retries by itself
+/// ([`Rules::order_not_found_retry_until`]): the feed is parked, so importing the order
+/// report before `until` is all it takes, and a resend would only be a second copy.
+fn word_retried_order_not_found(
+    facts: &Facts<'_>,
+    merchant: &MerchantId,
+    until: DateTime<Utc>,
+    problem: &mut Problem,
+) {
+    let check = match &facts.message.order {
+        OrderRef::Amazon(_) => {
+            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import)"
+        }
+        OrderRef::Merchant(_) => {
+            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)"
+        }
+    };
+    // To the second: the window's end is what the operator has to beat.
+    let until = until.format("%Y-%m-%d %H:%M:%S UTC");
+    problem.description = format!(
+        "no order with {} exists for merchant {merchant} yet; adjustd retries this message automatically until {until} (config [daemon] order_not_found_window_secs), after which the rejection is final",
+        facts.message.order
+    );
+    problem.fix = format!(
+        "{check} before {until}: the next retry then applies this message. No resend is needed."
+    );
 }
 
 /// A message that is not applied: state rejections are pinned under every key of the
@@ -2437,6 +2477,54 @@ mod tests {
                 "{problem}"
             );
         }
+    }
+
+    #[test]
+    fn order_not_found_says_the_daemon_retries_it_when_the_feed_will_be_parked() {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let m = message(vec![price(PriceComponent::Principal, "10.00")]);
+        let problem_with = |rules: &Rules| {
+            let plan = plan(
+                &mut Snapshot::new(),
+                &merchant,
+                std::slice::from_ref(&m),
+                rules,
+                processed_on(),
+            );
+            let outcome = plan.outcomes.into_iter().next().expect("one outcome");
+            assert!(outcome.deferred && !outcome.applied, "{outcome:?}");
+            assert!(plan.changes.is_empty(), "not pinned");
+            outcome.problems.into_iter().next().expect("one problem")
+        };
+
+        // `adjustd process`, a window of 0: nothing retries it, so a resend is asked for.
+        let resend = problem_with(&Rules::default());
+        assert_eq!(resend.code, Code::OrderNotFound);
+        assert!(
+            resend
+                .fix
+                .contains("Then resend the message unchanged: this rejection is not remembered."),
+            "{resend}"
+        );
+        assert!(!resend.description.contains("retries"), "{resend}");
+
+        // The daemon parks the feed: it says until when it retries, and that no resend is
+        // needed.
+        let until = DateTime::from_timestamp(1_800_000_123, 456_000_000).expect("valid time");
+        let retried = problem_with(&Rules {
+            order_not_found_retry_until: Some(until),
+            ..Rules::default()
+        });
+        assert_eq!(retried.code, Code::OrderNotFound);
+        assert_eq!(
+            retried.description,
+            "no order with AmazonOrderID 123-1234567-1234567 exists for merchant M1 yet; adjustd retries this message automatically until 2027-01-15 08:02:03 UTC (config [daemon] order_not_found_window_secs), after which the rejection is final"
+        );
+        assert_eq!(
+            retried.fix,
+            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
+        );
+        assert!(!retried.fix.contains("resend the message unchanged"));
     }
 
     #[test]

@@ -24,8 +24,12 @@ pub enum FeedResult {
     Complete,
     /// Rejected as a whole.
     Rejected,
-    /// Not applied: same bytes as an earlier feed.
+    /// The same bytes as an earlier feed, dropped again: not applied again (or processed
+    /// again, when the earlier run had an `ORDER_NOT_FOUND` or left results out).
     Duplicate,
+    /// A retry of a parked feed that produced a report ([`FeedResult::of_retry`]). It
+    /// repeats the parked feed's bytes, so it would otherwise look like a duplicate.
+    Retried,
     /// An earlier, committed attempt was found; the report was re-emitted.
     Recovered,
     /// Could not be processed (moved to `failed/` without a report).
@@ -33,10 +37,11 @@ pub enum FeedResult {
 }
 
 impl FeedResult {
-    const ALL: [FeedResult; 5] = [
+    const ALL: [FeedResult; 6] = [
         FeedResult::Complete,
         FeedResult::Rejected,
         FeedResult::Duplicate,
+        FeedResult::Retried,
         FeedResult::Recovered,
         FeedResult::Error,
     ];
@@ -47,6 +52,7 @@ impl FeedResult {
             FeedResult::Complete => "complete",
             FeedResult::Rejected => "rejected",
             FeedResult::Duplicate => "duplicate",
+            FeedResult::Retried => "retried",
             FeedResult::Recovered => "recovered",
             FeedResult::Error => "error",
         }
@@ -63,6 +69,16 @@ impl FeedResult {
                 FeedStatus::Complete => FeedResult::Complete,
                 FeedStatus::Rejected => FeedResult::Rejected,
             }
+        }
+    }
+
+    /// The label of a processed retry of a parked feed: `retried`, unless it was recovered
+    /// (its report re-emitted after a crash) or rejected as a whole, which keep those labels
+    /// as for any feed. A failed retry is an [`FeedResult::Error`].
+    pub fn of_retry(outcome: &FeedOutcome, recovered: bool) -> FeedResult {
+        match FeedResult::of(outcome, recovered) {
+            FeedResult::Complete | FeedResult::Duplicate => FeedResult::Retried,
+            other => other,
         }
     }
 }
@@ -112,7 +128,7 @@ const BUCKETS: [f64; 12] = [
 /// the HTTP listener.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    feeds: [AtomicU64; 5],
+    feeds: [AtomicU64; FeedResult::ALL.len()],
     messages_successful: AtomicU64,
     messages_with_error: AtomicU64,
     messages_with_warning: AtomicU64,
@@ -228,7 +244,7 @@ impl Metrics {
     fn render_into(&self, out: &mut String, load: impl Fn(&AtomicU64) -> u64) -> std::fmt::Result {
         writeln!(
             out,
-            "# HELP adjustd_feeds_total Feeds finished, by outcome."
+            "# HELP adjustd_feeds_total Feeds finished, by outcome (retried: a retry of a parked feed)."
         )?;
         writeln!(out, "# TYPE adjustd_feeds_total counter")?;
         for (result, counter) in FeedResult::ALL.iter().zip(&self.feeds) {
@@ -474,6 +490,46 @@ mod tests {
             "adjustd_watch_mode{mode=\"notify\"} 0",
             "adjustd_rescans_total{reason=\"startup\"} 1",
             "adjustd_events_dropped_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_retry_counts_as_retried_unless_it_was_recovered_or_rejected() {
+        let outcome = |status: FeedStatus, duplicate_of: Option<u64>| FeedOutcome {
+            feed_id: 2,
+            file_name: "late.xml".to_owned(),
+            merchant: None,
+            status,
+            duplicate_of,
+            content_hash: String::new(),
+            processed_at: "2027-01-15T08:02:03Z".to_owned(),
+            messages_processed: 1,
+            messages_successful: 0,
+            messages_with_error: 1,
+            messages_with_warning: 0,
+            results: Vec::new(),
+        };
+        let repeat = outcome(FeedStatus::Complete, Some(1));
+        // The same report from a feed dropped again is a duplicate; from a retry, a retry.
+        assert_eq!(FeedResult::of(&repeat, false), FeedResult::Duplicate);
+        assert_eq!(FeedResult::of_retry(&repeat, false), FeedResult::Retried);
+        assert_eq!(
+            FeedResult::of_retry(&outcome(FeedStatus::Complete, None), false),
+            FeedResult::Retried
+        );
+        assert_eq!(FeedResult::of_retry(&repeat, true), FeedResult::Recovered);
+        assert_eq!(
+            FeedResult::of_retry(&outcome(FeedStatus::Rejected, None), false),
+            FeedResult::Rejected
+        );
+        let metrics = Metrics::new();
+        metrics.feed_finished(FeedResult::Retried, None, Duration::ZERO);
+        let text = metrics.render();
+        for line in [
+            "adjustd_feeds_total{outcome=\"retried\"} 1",
+            "adjustd_feeds_total{outcome=\"duplicate\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

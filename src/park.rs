@@ -65,9 +65,13 @@ impl RetryWindow {
         first_retry: Duration::from_secs(60),
     };
 
-    /// When the window of a feed first processed at `first_processed_at` ends.
+    /// When the window of a feed first processed at `first_processed_at` ends; the last
+    /// representable time for a window beyond the calendar (the config sets no upper bound,
+    /// and the daemon asks this before every feed it processes).
     pub fn ends(&self, first_processed_at: DateTime<Utc>) -> DateTime<Utc> {
-        first_processed_at + chrono_duration(self.window)
+        first_processed_at
+            .checked_add_signed(chrono_duration(self.window))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// The time of the next attempt after `attempts` attempts (0: the feed was just parked),
@@ -114,7 +118,10 @@ pub struct Schedule {
     pub merchant_folder: Option<String>,
     /// SHA-256 of the bytes (checked when they are copied here).
     pub content_hash: String,
-    /// When the feed was first processed: the window counts from here.
+    /// When the feed was first processed: the window counts from here. The daemon writes
+    /// the start of the attempt that processed it (whole seconds: that attempt's report
+    /// names the window's end), or for a feed recovered at start its report's
+    /// `processed_at`.
     pub first_processed_at: DateTime<Utc>,
     /// Retries made so far.
     pub attempts: u32,
@@ -580,6 +587,17 @@ mod tests {
         assert_eq!(retry.next_attempt(first, 30, at(90_000)), at(93_600));
         // A first retry longer than the window: the one retry is the last, at its end.
         assert_eq!(window(10, 60).next_attempt(first, 0, first), at(10));
+    }
+
+    #[test]
+    fn a_window_beyond_the_calendar_ends_at_its_last_second_instead_of_panicking() {
+        // `order_not_found_window_secs` has no upper bound; the daemon asks for the end of
+        // the window before it processes every feed.
+        let retry = window(u64::MAX, 60);
+        let first = at(0);
+        assert_eq!(retry.ends(first), DateTime::<Utc>::MAX_UTC);
+        assert!(!retry.is_last(first, at(86_400 * 365 * 1000)));
+        assert_eq!(retry.next_attempt(first, 0, first), at(60));
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! seconds and a first retry after 1 s. A feed whose order is not imported yet is parked
 //! (a copy and a schedule in `parked/`), retried with its own report pairs, unparked once
 //! its orders are found, pinned as a final ORDER_NOT_FOUND once the window has passed, kept
-//! across a restart, and left alone with the window at 0. On SQLite the daemon is the only
+//! across a restart, and left alone with the window at 0. Until the last retry its reports
+//! say that the daemon retries the message (and until when); with the window at 0, and from
+//! `adjustd process`, they ask for a resend instead. On SQLite the daemon is the only
 //! writer, so orders are imported with the daemon stopped there; PostgreSQL imports next to
 //! the running daemon (those tests skip when PostgreSQL is not reachable).
 
@@ -130,6 +132,12 @@ fn errors(report: &Value) -> u64 {
 
 /// The description of the one result with code `code` (panics if there is not one).
 fn description_of(report: &Value, code: &str) -> String {
+    text_of(report, code, "description")
+}
+
+/// The text `field` (`description`, `fix`) of the one result with code `code` (panics if
+/// there is not one).
+fn text_of(report: &Value, code: &str, field: &str) -> String {
     let matching: Vec<&Value> = report["results"]
         .as_array()
         .expect("results")
@@ -137,10 +145,36 @@ fn description_of(report: &Value, code: &str) -> String {
         .filter(|result| result["code_name"] == code)
         .collect();
     assert_eq!(matching.len(), 1, "one {code} in {report}");
-    matching[0]["description"]
-        .as_str()
-        .expect("description")
-        .to_owned()
+    matching[0][field].as_str().expect(field).to_owned()
+}
+
+/// Asserts that the ORDER_NOT_FOUND of `report` says that the daemon retries it by itself
+/// (the feed is parked) rather than asking for a resend; returns its description.
+fn assert_says_it_is_retried(report: &Value) -> String {
+    let description = description_of(report, "ORDER_NOT_FOUND");
+    let fix = text_of(report, "ORDER_NOT_FOUND", "fix");
+    assert!(
+        description.contains("adjustd retries this message automatically until ")
+            && description.contains("(config [daemon] order_not_found_window_secs)"),
+        "{description}"
+    );
+    assert!(
+        fix.contains("(adjustd orders import) before ") && fix.contains("No resend is needed."),
+        "{fix}"
+    );
+    assert!(!fix.contains("resend the message unchanged"), "{fix}");
+    description
+}
+
+/// Asserts that the ORDER_NOT_FOUND of `report` asks for a resend, as without parking.
+fn assert_asks_for_a_resend(report: &Value) {
+    let description = description_of(report, "ORDER_NOT_FOUND");
+    let fix = text_of(report, "ORDER_NOT_FOUND", "fix");
+    assert!(!description.contains("automatically"), "{description}");
+    assert!(
+        fix.ends_with("Then resend the message unchanged: this rejection is not remembered."),
+        "{fix}"
+    );
 }
 
 #[test]
@@ -170,6 +204,7 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     );
     let first = first_report(&dir, "late.xml");
     assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_says_it_is_retried(&first);
     assert_eq!(first["summary"]["messages_successful"], 1, "{first}");
     assert_eq!(schedules(&dir).len(), 1, "parked");
     assert_eq!(dir.files_in("archive").len(), 1, "archived as usual");
@@ -213,7 +248,11 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
 }
 
 fn last_retry_pins_order_not_found(backend: &Backend) {
-    let dir = TestDir::with(&settings(backend, 3));
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(backend, 3)
+    });
     dir.import_orders(MERCHANT, &orders_of(&[1]));
     let mut daemon = dir.spawn_daemon();
     let dropped = Instant::now();
@@ -223,6 +262,8 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
     );
     let first = first_report(&dir, "early.xml");
     assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    // Parked: the report says the daemon retries it, not to resend it.
+    assert_says_it_is_retried(&first);
     let is_final = |report: &Value| {
         result_codes(report) == ["ORDER_NOT_FOUND"]
             && description_of(report, "ORDER_NOT_FOUND").contains("now final")
@@ -248,12 +289,28 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
         "one last retry"
     );
     assert!(all.len() >= 2, "{all:?}");
+    // Every report before the last one was parked again and says so.
+    for (_, earlier) in &all[..all.len() - 1] {
+        assert_says_it_is_retried(earlier);
+    }
     wait_for("the summary line of the last retry", LONG, || {
         daemon
             .log()
             .lines()
             .any(|line| line.contains("parked feed retried") && line.contains("result=\"pinned\""))
     });
+    // The retries are counted as such, not as duplicates (they repeat the same bytes); the
+    // first processing is a feed like any other.
+    let retries = all.len() - 1;
+    for line in [
+        format!("adjustd_feeds_total{{outcome=\"retried\"}} {retries}"),
+        "adjustd_feeds_total{outcome=\"duplicate\"} 0".to_owned(),
+        "adjustd_feeds_total{outcome=\"complete\"} 1".to_owned(),
+    ] {
+        wait_for(&line, LONG, || {
+            http_get(port, "/metrics").lines().any(|l| l == line)
+        });
+    }
 
     // The order arrives late: the same keys keep their pinned answer, a new key applies.
     backend.import_while_running(&dir, &mut daemon, &[0, 1]);
@@ -301,6 +358,23 @@ fn parked_feed_survives_a_restart(backend: &Backend) {
     let first = first_report(&dir, "restart.xml");
     assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
     assert_eq!(schedules(&dir).len(), 1, "parked");
+    // The time the report names is the end of the window the schedule keeps, to the second.
+    let schedule: Value =
+        serde_json::from_slice(&fs::read(&schedules(&dir)[0]).expect("schedule")).expect("JSON");
+    let first_processed_at: chrono::DateTime<chrono::Utc> = schedule["first_processed_at"]
+        .as_str()
+        .expect("first_processed_at")
+        .parse()
+        .expect("a time");
+    let window_ends = first_processed_at + chrono::Duration::seconds(60);
+    let description = assert_says_it_is_retried(&first);
+    assert!(
+        description.contains(&format!(
+            "until {} (config",
+            window_ends.format("%Y-%m-%d %H:%M:%S UTC")
+        )),
+        "{description} (window from {first_processed_at})"
+    );
     // Shutdown does not wait for the parked retries.
     let stopping = Instant::now();
     daemon.stop();
@@ -353,6 +427,7 @@ fn a_window_of_zero_parks_nothing() {
     dir.drop_file("off.xml", xml.as_bytes());
     let first = first_report(&dir, "off.xml");
     assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_asks_for_a_resend(&first);
     assert!(!dir.path("parked").exists(), "no parked folder");
     // Longer than the first retry would wait: no retry comes.
     std::thread::sleep(Duration::from_millis(2500));
@@ -370,6 +445,30 @@ fn a_window_of_zero_parks_nothing() {
         "feeds archived as usual"
     );
     assert_eq!(dir.files_in("archive").len(), 2);
+}
+
+#[test]
+fn process_never_parks_so_its_order_not_found_asks_for_a_resend() {
+    // Parking is on in the config, but `adjustd process` does not park: its report must
+    // not promise retries.
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 60));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let feed = dir.path("one-shot.xml");
+    fs::write(
+        &feed,
+        feed_xml(MERCHANT, &[refund(0, "one-shot", 100)]).as_bytes(),
+    )
+    .expect("write feed");
+    let out = dir.cli(&["process", feed.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a message has an error: {out:?}"
+    );
+    let (_, report) = reports(&dir, "one-shot.xml").pop().expect("a report");
+    assert_eq!(result_codes(&report), ["ORDER_NOT_FOUND"], "{report}");
+    assert_asks_for_a_resend(&report);
+    assert!(!dir.path("parked").exists(), "nothing parked");
 }
 
 #[test]
