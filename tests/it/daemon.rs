@@ -457,6 +457,10 @@ fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
     );
     assert_ne!(status.code(), Some(0));
     let mut daemon = dir.spawn_daemon();
+    // 40 000 messages: a debug build beside other tests needs more than LONG for them.
+    wait_for("a report for big2.xml", Duration::from_secs(180), || {
+        !dir.reports_for("big2.xml").is_empty()
+    });
     report_of(&dir, "big2.xml");
     wait_until_idle(&dir);
     daemon.stop();
