@@ -802,6 +802,29 @@ impl<'a> Facts<'a> {
         }
     }
 
+    /// How to resend a whole message whose rejection is `pinned` or not, after "resend the
+    /// whole message", for the items linked to a failing one.
+    fn resend_note(&self, pinned: bool) -> &'static str {
+        let mut keys = self
+            .message
+            .items
+            .iter()
+            .filter_map(|item| item.key.as_ref());
+        let explicit = keys.clone().any(|key| !key.is_derived());
+        match (pinned, explicit, keys.next().is_some()) {
+            (true, true, _) => {
+                " with a new MerchantAdjustmentItemID for every item: this message's keys now stand for the rejection, so a resend under any of them gets the same answer."
+            }
+            (true, false, true) => {
+                " in a feed of other content (or give its items MerchantAdjustmentItemIDs): a copy of this feed gets the same answer."
+            }
+            (false, true, _) => {
+                "; its MerchantAdjustmentItemIDs may be used again, as this rejection is not remembered."
+            }
+            _ => ".",
+        }
+    }
+
     fn item_names(&self, indexes: &[usize]) -> String {
         indexes
             .iter()
@@ -1384,9 +1407,15 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 .map(|(index, code)| {
                     let code = code.unwrap_or(Code::LinkedItemFailed);
                     let description = if code == Code::LinkedItemFailed {
-                        format!(
-                            "this message was already rejected in {origin} because {} failed; the answer is pinned and not re-evaluated",
+                        // A resend of only some items of the earlier message may leave out
+                        // every item that failed.
+                        let cause = if failed.is_empty() {
+                            "another AdjustedItem of that message".to_owned()
+                        } else {
                             facts.item_names(&failed)
+                        };
+                        format!(
+                            "this message was already rejected in {origin} because {cause} failed; the answer is pinned and not re-evaluated"
                         )
                     } else {
                         format!(
@@ -1602,6 +1631,12 @@ fn linked_rejection(
 ) -> Rejection {
     let mut problems = Vec::with_capacity(failures.len());
     let mut item_codes = Vec::with_capacity(failures.len());
+    // Pinned as `reject` pins: only when every failure is a state rejection.
+    let pinned = failures
+        .iter()
+        .flatten()
+        .all(|problem| is_state_rejection(problem.code));
+    let names = facts.item_names(failed);
     for (index, failure) in failures.into_iter().enumerate() {
         let problem = failure.unwrap_or_else(|| {
             facts.item_problem(
@@ -1610,10 +1645,9 @@ fn linked_rejection(
                 facts.item_element(index),
                 facts.item_position(index),
                 format!(
-                    "not applied because {} of the same message failed; the items of a message apply together or not at all",
-                    facts.item_names(failed)
+                    "not applied because {names} of the same message failed; the items of a message apply together or not at all"
                 ),
-                "Fix the failing item and resend the whole message.".to_owned(),
+                format!("Fix {names} and resend the whole message{}", facts.resend_note(pinned)),
             )
         });
         item_codes.push(problem.code);
@@ -1637,6 +1671,12 @@ fn evaluate_item(
     let currency = order.currency;
     let retry = facts.retry_note();
     let state = &order.items[position];
+    // The item as it was before this message: `state` also holds what earlier items of the
+    // message did to it, which the texts below tell apart from what was applied before.
+    let before = facts
+        .order
+        .and_then(|order| order.items.get(position))
+        .unwrap_or(state);
 
     // Step 3: every amount in minor units of the order currency.
     let mut amounts: Vec<(Component, i64)> = Vec::with_capacity(item.amounts.len());
@@ -1705,9 +1745,13 @@ fn evaluate_item(
                     facts.amount_element(index, amount_index),
                     item.amounts[amount_index].position,
                     format!(
-                        "{component}: requested +{} {currency} reverses more than the fees charged so far ({} {currency}); at most {} {currency} can be reversed",
+                        "{component}: requested +{} {currency} reverses more than the fees charged so far ({}); at most {} {currency} can be reversed",
                         format_minor(*minor, currency),
-                        format_minor(totals.refunded, currency),
+                        so_far(
+                            i128::from(totals.refunded),
+                            i128::from(before.components.get(component).map_or(0, |t| t.refunded)),
+                            |minor| money(minor, currency),
+                        ),
                         format_minor(reversible, currency)
                     ),
                     format!(
@@ -1733,7 +1777,13 @@ fn evaluate_item(
             item.position,
             format!(
                 "QuantityCancelled {quantity_cancelled} is more than the {unshipped} unshipped units (ordered {}, shipped {}, already cancelled {})",
-                state.quantity_ordered, state.quantity_shipped, state.quantity_cancelled
+                state.quantity_ordered,
+                state.quantity_shipped,
+                so_far(
+                    state.quantity_cancelled.into(),
+                    before.quantity_cancelled.into(),
+                    |n| n.to_string()
+                )
             ),
             format!(
                 "Cancel at most {unshipped} units; refund shipped units as a return instead.{retry}"
@@ -1753,7 +1803,12 @@ fn evaluate_item(
             item.position,
             format!(
                 "Quantity {quantity_returned} is more than the {returnable} shipped units not returned yet (shipped {}, already returned {})",
-                state.quantity_shipped, state.quantity_returned
+                state.quantity_shipped,
+                so_far(
+                    state.quantity_returned.into(),
+                    before.quantity_returned.into(),
+                    |n| n.to_string()
+                )
             ),
             format!(
                 "Give at most {returnable} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}"
@@ -1775,7 +1830,8 @@ fn evaluate_item(
             }
         };
         let totals = &mut totals_after[slot].1;
-        match check_cap(*component, *totals, *minor, currency) {
+        let refunded_before = before.components.get(component).map_or(0, |t| t.refunded);
+        match check_cap(*component, *totals, refunded_before, *minor, currency) {
             Ok(total) => totals.refunded = total,
             Err((code, description, fix)) => {
                 let element = facts.amount_element(index, amount_index);
@@ -1816,7 +1872,7 @@ fn evaluate_item(
                     money(remaining.max(0)),
                     money(balance.charged),
                     money(balance.discounts),
-                    money(balance.refunded)
+                    so_far(balance.refunded, ItemBalance::of(before).refunded, money)
                 ),
                 format!(
                     "Refund at most {} in all for this item{}.{retry}",
@@ -2078,13 +2134,33 @@ fn precision_description(what: &str, amount: Amount, currency: Currency) -> Stri
     )
 }
 
-/// The new running total of one component, or (code, description, fix).
+/// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
+/// total `now` that holds what earlier parts of the message added to `before`.
+fn so_far(now: i128, before: i128, show: impl Fn(i128) -> String) -> String {
+    if now == before {
+        show(now)
+    } else {
+        format!(
+            "{} before this message and {} earlier in it",
+            show(before),
+            show(now - before)
+        )
+    }
+}
+
+/// The new running total of one component, or (code, description, fix). `refunded_before`
+/// is its running total before this message (`totals` may hold more: earlier amounts of the
+/// message), for the description.
 fn check_cap(
     component: Component,
     totals: ComponentTotals,
+    refunded_before: i64,
     minor: i64,
     currency: Currency,
 ) -> Result<i64, (Code, String, String)> {
+    let so_far = |now: i64, before: i64| {
+        so_far(now.into(), before.into(), |minor| money(minor, currency))
+    };
     let money = |minor: i64| format!("{} {currency}", format_minor(minor, currency));
     let Some(total) = totals.refunded.checked_add(minor) else {
         return Err((
@@ -2118,7 +2194,7 @@ fn check_cap(
                         money(minor),
                         money(remaining),
                         money(totals.charged),
-                        money(totals.refunded)
+                        so_far(totals.refunded, refunded_before)
                     ),
                     if remaining > 0 {
                         format!("Refund at most {} for {component}.", money(remaining))
@@ -2149,7 +2225,7 @@ fn check_cap(
                         money(minor),
                         money(remaining),
                         money(totals.charged),
-                        money(totals.refunded.saturating_neg())
+                        so_far(totals.refunded.saturating_neg(), refunded_before.saturating_neg())
                     ),
                     format!(
                         "Reverse at most {} of the {component} discount.",
