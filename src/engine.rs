@@ -440,14 +440,15 @@ pub struct Plan {
 ///
 /// Per message, in this precedence (the first failing rule wins per adjusted item, see
 /// `reference/refund-rules.md` §c4 steps 9-16):
+/// 0. for a message without a `currency` attribute whose order exists, `AmountPrecision` in
+///    the order currency's minor unit: a content rule (c4 step 3), so it comes before the
+///    keys and is not pinned;
 /// 1. idempotency: a replay of an earlier message (every item keyed, every key known with
 ///    the same payload hash from that one message) gets the stored outcome back (a
 ///    `DuplicateAdjustment` warning, or the pinned rejection) and changes nothing; any
 ///    other use of a known key is an `IdempotencyConflict`;
-/// 2. lookup: `OrderNotFound`; then, for a message without a `currency` attribute,
-///    `AmountPrecision` in the order currency's minor unit (a content rule, so it comes
-///    before everything else about the order); `ItemNotInOrder`, `OrderNotAdjustable`
-///    (AFN, fully cancelled);
+/// 2. lookup: `OrderNotFound`, `ItemNotInOrder`, `OrderNotAdjustable` (AFN, fully
+///    cancelled);
 /// 3. currency: `CurrencyMismatch` against the order;
 /// 4. `PositiveChargeComponent`: a fee reversal larger than the fees charged so far;
 /// 5. quantities: `CancelExceedsUnshipped`, `QuantityExceedsShipped`;
@@ -875,6 +876,22 @@ fn plan_message(
     let hashes: Vec<String> = (0..message.items.len())
         .map(|index| payload_hash(message, index, currency))
         .collect();
+    // Precision is a content rule (refund-rules c4 step 3) that comes before the keys and
+    // the lookup; without a `currency` attribute it needs the order's currency, so it is
+    // checked here, once the order is known. A content rejection is not pinned.
+    if message.currency.is_none()
+        && let Some(order) = facts.order
+        && let Some(rejection) = precision_rejection(&facts, order.currency)
+    {
+        return reject(
+            snapshot,
+            message,
+            &hashes,
+            rejection,
+            rules.pin_order_not_found,
+            changes,
+        );
+    }
     if let KeyCheck::Decided(outcome) = check_keys(snapshot, &facts, &hashes) {
         return outcome;
     }
@@ -1484,19 +1501,6 @@ fn evaluate(
         )));
     };
 
-    // Precision is a content rule (refund-rules c4 step 3) that comes before the lookup;
-    // without a `currency` attribute it needs the order's currency, so it is checked here,
-    // for every item, before anything about the order's items or state can fail.
-    if message.currency.is_none() {
-        let failures: Vec<Option<Problem>> = (0..n_items)
-            .map(|index| precision_problem(facts, index, order.currency))
-            .collect();
-        if failures.iter().any(Option::is_some) {
-            let failed: Vec<usize> = (0..n_items).filter(|i| failures[*i].is_some()).collect();
-            return Err(linked_rejection(facts, failures, &failed));
-        }
-    }
-
     let positions: Vec<Option<usize>> = message
         .items
         .iter()
@@ -2096,6 +2100,17 @@ impl ItemBalance {
     }
 }
 
+/// `AmountPrecision` for every adjusted item with an amount that has non-zero digits beyond
+/// the minor unit of `currency`, the other items linked to them; `None` when all fit.
+fn precision_rejection(facts: &Facts<'_>, currency: Currency) -> Option<Rejection> {
+    let n_items = facts.message.items.len();
+    let failures: Vec<Option<Problem>> = (0..n_items)
+        .map(|index| precision_problem(facts, index, currency))
+        .collect();
+    let failed: Vec<usize> = (0..n_items).filter(|i| failures[*i].is_some()).collect();
+    (!failed.is_empty()).then(|| linked_rejection(facts, failures, &failed))
+}
+
 /// `AmountPrecision` for the first amount of adjusted item `index` with non-zero digits
 /// beyond the minor unit of `currency`.
 fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Option<Problem> {
@@ -2158,9 +2173,8 @@ fn check_cap(
     minor: i64,
     currency: Currency,
 ) -> Result<i64, (Code, String, String)> {
-    let so_far = |now: i64, before: i64| {
-        so_far(now.into(), before.into(), |minor| money(minor, currency))
-    };
+    let so_far =
+        |now: i64, before: i64| so_far(now.into(), before.into(), |minor| money(minor, currency));
     let money = |minor: i64| format!("{} {currency}", format_minor(minor, currency));
     let Some(total) = totals.refunded.checked_add(minor) else {
         return Err((
@@ -2225,7 +2239,10 @@ fn check_cap(
                         money(minor),
                         money(remaining),
                         money(totals.charged),
-                        so_far(totals.refunded.saturating_neg(), refunded_before.saturating_neg())
+                        so_far(
+                            totals.refunded.saturating_neg(),
+                            refunded_before.saturating_neg()
+                        )
                     ),
                     format!(
                         "Reverse at most {} of the {component} discount.",

@@ -280,6 +280,34 @@ impl Model {
             .map(|i| content(message, currency, i))
             .collect();
 
+        // Precision (a content rule) comes before idempotency and the lookup; without a
+        // currency attribute it is checked against the order's currency, when there is one.
+        if let Some(order) = self.find_order(&message.order)
+            && message.currency.is_none()
+        {
+            let scale = Decimal::from(10_i64.pow(order.currency.exponent()));
+            let too_precise = |item: &AdjustedItem| {
+                item.amounts
+                    .iter()
+                    .any(|a| !(a.amount.value() * scale).fract().is_zero())
+            };
+            if message.items.iter().any(too_precise) {
+                return rejected(
+                    message
+                        .items
+                        .iter()
+                        .map(|i| {
+                            if too_precise(i) {
+                                Code::AmountPrecision
+                            } else {
+                                Code::LinkedItemFailed
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+
         // Idempotency.
         let keys: Vec<Option<&SellerId>> = message.items.iter().map(|i| i.key.as_ref()).collect();
         let mut distinct = HashSet::new();
@@ -400,26 +428,6 @@ impl Model {
             return Err(vec![Code::OrderNotFound]);
         };
         let scale = Decimal::from(10_i64.pow(order.currency.exponent()));
-        let too_precise = |item: &AdjustedItem| {
-            item.amounts
-                .iter()
-                .any(|a| !(a.amount.value() * scale).fract().is_zero())
-        };
-        // Precision (a content rule) comes before the lookup; without a currency attribute
-        // it is checked against the order's currency.
-        if message.currency.is_none() && message.items.iter().any(too_precise) {
-            return Err(message
-                .items
-                .iter()
-                .map(|i| {
-                    if too_precise(i) {
-                        Code::AmountPrecision
-                    } else {
-                        Code::LinkedItemFailed
-                    }
-                })
-                .collect());
-        }
         let items: Vec<Option<usize>> = message
             .items
             .iter()
