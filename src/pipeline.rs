@@ -117,7 +117,9 @@ pub struct Processed {
     pub deferred: Option<u64>,
 }
 
-/// Errors that leave the feed unprocessed (nothing committed); the caller keeps the file.
+/// Errors that leave the feed without its reports; the caller keeps the file. Nothing is
+/// committed, except for [`ProcessError::Report`]: the feed is applied and its report is in
+/// the store, so the next attempt with the same claim token only writes the report.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProcessError {
@@ -133,9 +135,13 @@ pub enum ProcessError {
     /// The store failed; see [`StoreError::is_transient`].
     #[error("store")]
     Store(#[from] StoreError),
-    /// Writing a report failed.
-    #[error("writing report {path}")]
+    /// Writing a report failed, after the feed was committed (or found committed).
+    #[error(
+        "feed {feed_id} is processed and committed, but its report could not be written to {path} (processing the file again applies nothing twice)"
+    )]
     Report {
+        /// The committed feed.
+        feed_id: u64,
         /// The report file.
         path: PathBuf,
         /// The cause.
@@ -145,11 +151,14 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
-    /// True when retrying later can succeed (database away or busy).
+    /// True when retrying later can succeed: the database away or busy, or the outbox not
+    /// writable (full, permissions): a retry under the same claim token re-emits the
+    /// committed report and applies nothing again.
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(error) => error.is_transient(),
-            ProcessError::Read { .. } | ProcessError::Report { .. } => false,
+            ProcessError::Report { .. } => true,
+            ProcessError::Read { .. } => false,
         }
     }
 }
@@ -635,6 +644,7 @@ fn write(
     );
     report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
         ProcessError::Report {
+            feed_id: outcome.feed_id,
             path: xml_report.clone(),
             source,
         }

@@ -1470,3 +1470,25 @@ fn process_applies_the_allow_list_to_the_top_level_inbox_only() {
         "{help}"
     );
 }
+
+#[test]
+fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    // A regular file where the outbox belongs: the report cannot be written (as root too).
+    std::fs::write(sandbox.path("outbox"), b"not a folder").expect("block the outbox");
+    let (out, _) = sandbox.process("refund-ok.xml");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("feed 1 is processed and committed, but its report could not be written")
+            && stderr.contains("processing the file again applies nothing twice"),
+        "{stderr}"
+    );
+    // Processing it again applies nothing: a duplicate of feed 1.
+    std::fs::remove_file(sandbox.path("outbox")).expect("unblock the outbox");
+    let (out, paths) = sandbox.process("refund-ok.xml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = json_report(&paths);
+    assert_eq!(report["duplicate_of"].as_u64(), Some(1), "{report}");
+}

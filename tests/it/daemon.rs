@@ -914,3 +914,54 @@ fn abandoned_temp_named_uploads_are_warned_about_once_each() {
     }
     assert!(dir.json_reports().is_empty());
 }
+
+#[test]
+fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice() {
+    // The outbox cannot take the report (full, permissions; here a regular file stands where
+    // the merchant's report folder belongs, which stops root too). The feed is committed
+    // before its report is written, so it must not go to failed/ (which reads as "not
+    // applied"): it waits in work/, and the retry writes the stored report, applying
+    // nothing again.
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    let blocker = dir.path("outbox/M_TEST");
+    if blocker.is_dir() {
+        fs::remove_dir_all(&blocker).expect("remove the report folder");
+    }
+    fs::write(&blocker, b"not a folder").expect("block the report folder");
+    dir.drop_file(
+        "M_TEST/blocked.xml",
+        feed_xml(MERCHANT, &[refund(0, "blocked-1", 150)]).as_bytes(),
+    );
+    wait_for("a retry of the report", LONG, || {
+        daemon.log().contains("transient failure, will retry")
+    });
+    let log = daemon.log();
+    assert!(
+        log.contains("is processed and committed, but its report could not be written"),
+        "{log}"
+    );
+    assert!(dir.files_in("failed").is_empty(), "not failed: {log}");
+    assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 150);
+    fs::remove_file(&blocker).expect("unblock the report folder");
+    let report = report_of(&dir, "blocked.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(
+        report["summary"]["messages_successful"].as_u64(),
+        Some(1),
+        "{report}"
+    );
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert_eq!(dir.files_in("archive").len(), 1);
+    assert!(dir.files_in("failed").is_empty());
+    assert_eq!(
+        refunded_principal_cents(&dir.order(&order_id(0))),
+        150,
+        "applied once"
+    );
+}
