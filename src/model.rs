@@ -832,7 +832,11 @@ pub struct AdjustedItem {
     pub key: Option<SellerId>,
     /// `AdjustmentReason`.
     pub reason: AdjustmentReason,
-    /// Price and promotion amounts, at most one per component, in document order.
+    /// Price and promotion amounts in document order. A price component appears at most
+    /// once; a promotion component at most once per `PromotionAdjustments` ([`group`]), so
+    /// it can appear once for each promotion, and its amounts then add up.
+    ///
+    /// [`group`]: ComponentAmount::group
     pub amounts: Vec<ComponentAmount>,
     /// `QuantityCancelled`.
     pub quantity_cancelled: Option<Quantity>,

@@ -121,7 +121,7 @@ codes! {
     DuplicateMessageId = (90108, "DUPLICATE_MESSAGE_ID", Error, Message,
         "the MessageID was already used earlier in this feed"),
     DuplicateComponent = (90109, "DUPLICATE_COMPONENT", Error, Message,
-        "the same component type appears twice in one adjusted item"),
+        "the same component type appears twice in one adjusted item's ItemPriceAdjustments or in one PromotionAdjustments"),
     CancelReasonInvalid = (90110, "CANCEL_REASON_INVALID", Error, Message,
         "QuantityCancelled is only allowed with reason NoInventory or CustomerCancel"),
     CancelWithoutQuantity = (90111, "CANCEL_WITHOUT_QUANTITY", Error, Message,

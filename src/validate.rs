@@ -1413,17 +1413,34 @@ fn check_item<'t>(
         return None;
     }
     // Rules that need no store, on a schema-valid item.
+    // A type may appear once in ItemPriceAdjustments and once in each PromotionAdjustments:
+    // every PromotionAdjustments is one promotion (its own PromotionClaimCode or
+    // MerchantPromotionID, feed-format §1.2), so two promotions may each reverse a Principal
+    // discount; the engine and the store add those amounts up.
     for (index, p) in parsed.iter().enumerate() {
-        if let Some(first) = parsed[..index].iter().find(|s| s.component == p.component) {
+        if let Some(first) = parsed[..index]
+            .iter()
+            .find(|s| s.component == p.component && s.group == p.group)
+        {
+            let (container, fix) = match p.group {
+                0 => (
+                    "AdjustedItem",
+                    "put the whole amount of a component in one Component element",
+                ),
+                _ => (
+                    "PromotionAdjustments",
+                    "put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments",
+                ),
+            };
             c.add(
                 Code::DuplicateComponent,
                 p.type_element,
                 format!(
-                    "component {} appears twice in this AdjustedItem (first at line {})",
+                    "component {} appears twice in this {container} (first at line {})",
                     p.component,
                     first.type_element.position().line
                 ),
-                "put the whole amount of a component in one Component element",
+                fix,
             );
         }
     }
