@@ -111,7 +111,7 @@ codes! {
     AmountFormat = (90103, "AMOUNT_FORMAT", Error, Message,
         "an Amount is not a plain decimal number with at most 20 integer digits"),
     AmountPrecision = (90104, "AMOUNT_PRECISION", Error, Message,
-        "an Amount has more fraction digits than its currency allows"),
+        "an Amount has more significant fraction digits than its currency allows (more than 4: than any currency allows)"),
     QuantityInvalid = (90105, "QUANTITY_INVALID", Error, Message,
         "QuantityCancelled or Quantity is not a positive integer"),
     CurrencyUnknown = (90106, "CURRENCY_UNKNOWN", Error, Message,

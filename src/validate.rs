@@ -1657,8 +1657,12 @@ fn check_component<'t>(
     })
 }
 
-/// An `Amount`: xs:decimal with at most 4 fraction digits and an optional ISO 4217
-/// `currency` attribute that must agree with the message's other amounts.
+/// An `Amount`: xs:decimal with at most 20 integer digits (AMOUNT_FORMAT) and no more
+/// significant fraction digits than its currency has (AMOUNT_PRECISION: at most
+/// [`Currency::MAX_EXPONENT`] when the currency is not known here), and an optional ISO 4217
+/// `currency` attribute that must agree with the message's other amounts. An amount gets at
+/// most one problem about its number (format or precision); the currency problems come after
+/// it.
 fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amount> {
     let before = c.count();
     if let Err(what) = check_attributes(element, &["currency"]) {
@@ -1671,28 +1675,18 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         return None;
     }
     let text = element.text();
-    // `Amount::parse` keeps only significant fraction digits, so the scale is exactly
-    // `fraction_digits()` without its normalisation cost.
-    let amount = match Amount::parse(text) {
-        Ok(amount) if amount.value().scale() <= 4 => Some(amount),
-        Ok(amount) => {
-            c.add(
-                Code::AmountFormat,
-                element,
-                format!(
-                    "Amount {text:?} has {} fraction digits; at most 4 are allowed",
-                    amount.fraction_digits()
-                ),
-                "write amounts with at most 4 (normally 2) digits after the decimal point",
-            );
-            None
-        }
+    // The number and its significant fraction digits (`Amount::parse` keeps only those, so
+    // an amount's scale is exactly its `fraction_digits()`). An amount with more fraction
+    // digits than an `Amount` holds is too precise for any currency, like one with 5.
+    let (amount, fraction_digits) = match Amount::parse(text) {
+        Ok(amount) => (Some(amount), amount.value().scale()),
+        Err(AmountError::FractionDigits { significant }) => (None, significant),
         Err(error) => {
             let what = match error {
-                AmountError::Format => {
+                AmountError::IntegerDigits => "has more than 20 integer digits",
+                _ => {
                     "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)"
                 }
-                AmountError::TooLarge => "has more than 20 integer digits",
             };
             c.add(
                 Code::AmountFormat,
@@ -1700,14 +1694,14 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                 format!("Amount {text:?} {what}"),
                 "write amounts like 12.34 or -4.00",
             );
-            None
+            (None, 0)
         }
     };
     let code = element
         .attributes()
         .find(|(name, _)| *name == "currency")
         .map(|(_, value)| value);
-    if let Some(code) = code {
+    let currency = code.and_then(|code| {
         // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
         let known = c
             .currency
@@ -1719,6 +1713,37 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         if let Some(currency) = currency {
             c.last_currency = Some(currency);
         }
+        currency
+    });
+    // As written, without surrounding white space; normalized when it parsed.
+    let shown = || amount.map_or_else(|| collapse(text).to_owned(), |a| a.to_string());
+    match currency {
+        Some(currency) if fraction_digits > currency.exponent() => c.add(
+            Code::AmountPrecision,
+            element,
+            format!(
+                "Amount {} has {fraction_digits} fraction digits but {currency} has {}",
+                shown(),
+                currency.exponent()
+            ),
+            &format!(
+                "write {currency} amounts with at most {} fraction digits",
+                currency.exponent()
+            ),
+        ),
+        None if fraction_digits > Currency::MAX_EXPONENT => c.add(
+            Code::AmountPrecision,
+            element,
+            format!(
+                "Amount {} has {fraction_digits} significant fraction digits; no currency allows more than {}",
+                shown(),
+                Currency::MAX_EXPONENT
+            ),
+            "write the amount with at most as many fraction digits as the order's currency has (JPY 0, USD 2, KWD 3, CLF 4); adjustd never rounds",
+        ),
+        _ => {}
+    }
+    if let Some(code) = code {
         match currency {
             None => c.add(
                 Code::CurrencyUnknown,
@@ -1726,39 +1751,19 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                 format!("currency {code:?} is not an ISO 4217 currency code"),
                 "use the order's three-letter ISO 4217 code in upper case, e.g. USD",
             ),
-            Some(currency) => {
-                if let Some(amount) = amount
-                    && amount.value().scale() > currency.exponent()
-                {
-                    c.add(
-                        Code::AmountPrecision,
-                        element,
-                        format!(
-                            "Amount {} has {} fraction digits but {currency} has {}",
-                            amount,
-                            amount.fraction_digits(),
-                            currency.exponent()
-                        ),
-                        &format!(
-                            "write {currency} amounts with at most {} fraction digits",
-                            currency.exponent()
-                        ),
-                    );
-                }
-                match c.currency {
-                    None => c.currency = Some((currency, element)),
-                    Some((first, first_element)) if first != currency => c.add(
-                        Code::CurrencyMismatch,
-                        element,
-                        format!(
-                            "currency {currency} differs from {first} used earlier in this message (line {})",
-                            first_element.position().line
-                        ),
-                        "use one currency, the order's, for all amounts of a message",
+            Some(currency) => match c.currency {
+                None => c.currency = Some((currency, element)),
+                Some((first, first_element)) if first != currency => c.add(
+                    Code::CurrencyMismatch,
+                    element,
+                    format!(
+                        "currency {currency} differs from {first} used earlier in this message (line {})",
+                        first_element.position().line
                     ),
-                    Some(_) => {}
-                }
-            }
+                    "use one currency, the order's, for all amounts of a message",
+                ),
+                Some(_) => {}
+            },
         }
     }
     if c.count() != before {
