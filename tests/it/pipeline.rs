@@ -927,3 +927,70 @@ fn promotions_in_several_blocks(context: &mut Context, dir: &Path) {
         [("Principal", "10.00"), ("Promotion:Principal", "-3.00")]
     );
 }
+
+#[test]
+fn a_validation_failure_of_one_item_lists_the_other_items_as_linked_in_the_report() {
+    // refund-rules §c4 step 16: item 1 is fine, item 2 fails validation; the report says
+    // that item 1 was not applied either, in document order, and nothing is applied.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let item = |code: &str, key: &str, amount: &str| {
+        format!(
+            "<AdjustedItem><AmazonOrderItemCode>{code}</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component></ItemPriceAdjustments>\
+             </AdjustedItem>\n"
+        )
+    };
+    let message = |id: u32, second: &str| {
+        format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\n{}{}</OrderAdjustment></Message>\n",
+            item("10000000000001", "L-1", "1.00"),
+            item("10000000000002", "L-2", second)
+        )
+    };
+    let feed = dir.path().join("linked.xml");
+    std::fs::write(
+        &feed,
+        format!("{FEED_HEAD}{}</AmazonEnvelope>\n", message(1, "-1.00")),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [
+            (1, Code::LinkedItemFailed),
+            (1, Code::NegativeRefundComponent)
+        ]
+    );
+    assert_eq!(processed.outcome.messages_with_error, 1);
+    let linked = &processed.outcome.results[0];
+    assert_eq!(linked.element, "Message/OrderAdjustment/AdjustedItem[1]");
+    assert_eq!(
+        linked.amazon_order_item_code.as_deref(),
+        Some("10000000000001")
+    );
+    assert_eq!(
+        linked.amazon_order_id.as_deref(),
+        Some("111-0000001-0000001")
+    );
+    assert_eq!(linked.position.map(|p| p.line), Some(4), "{linked}");
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "0.00"
+    );
+    // Not pinned: the corrected message applies under the same keys.
+    let fixed = dir.path().join("fixed.xml");
+    std::fs::write(
+        &fixed,
+        format!("{FEED_HEAD}{}</AmazonEnvelope>\n", message(1, "1.00")),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&fixed, None)).expect("process");
+    assert_eq!(codes(&processed.outcome), []);
+    assert_eq!(processed.outcome.messages_successful, 1);
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "1.00"
+    );
+}
