@@ -389,6 +389,10 @@ const CURRENCIES: &[(&str, u8)] = &[
 ];
 
 impl Currency {
+    /// The largest exponent of any ISO 4217 currency (CLF, UYW): an amount with more
+    /// significant fraction digits is too precise whatever its currency.
+    pub const MAX_EXPONENT: u32 = 4;
+
     /// Looks up an ISO 4217 code (upper case, exactly as in the feed).
     pub fn from_code(code: &str) -> Option<Currency> {
         // The table is sorted by code (a unit test keeps it so).
@@ -428,23 +432,41 @@ impl fmt::Display for Currency {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Amount(Decimal);
 
-/// Why a decimal string is not an [`Amount`].
+/// Why a decimal string is not an [`Amount`]: each variant names the part of the number at
+/// fault, so a caller can word the problem (refund-rules §c5 keeps integer digits a format
+/// matter and fraction digits a precision matter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AmountError {
     /// Not `[+-]?digits[.digits]` (exponents, separators, empty and the like).
     Format,
-    /// More than 20 integer digits or more significant digits than can be held exactly.
-    TooLarge,
+    /// More than [`Amount::MAX_INTEGER_DIGITS`] integer digits (leading zeros do not count).
+    IntegerDigits,
+    /// More significant fraction digits than an amount holds beside its integer digits
+    /// ([`Amount::MAX_DIGITS`] in all). Trailing zeros do not count, and no currency has
+    /// more than [`Currency::MAX_EXPONENT`], so such an amount is always too precise.
+    FractionDigits {
+        /// How many significant fraction digits the text has.
+        significant: u32,
+    },
 }
 
 impl Amount {
+    /// Integer digits an amount may have (`BaseCurrencyAmount`, totalDigits 20).
+    pub const MAX_INTEGER_DIGITS: usize = 20;
+
+    /// Significant digits an amount holds exactly (integer and fraction together): the
+    /// precision of the underlying decimal.
+    pub const MAX_DIGITS: usize = 28;
+
     /// Parses the XSD decimal lexical form after whitespace collapse: optional sign, digits,
     /// optional fraction. Trailing fraction zeros are kept out of the value's precision, so
-    /// `3.900000` equals `3.90`. Rejects rather than rounds anything it cannot hold exactly.
+    /// `3.900000` equals `3.90` and `1.000000000000000000000000000000` equals `1`. Rejects
+    /// rather than rounds anything it cannot hold exactly.
     ///
     /// # Errors
-    /// [`AmountError::Format`] for bad syntax, [`AmountError::TooLarge`] when the value does
-    /// not fit exactly.
+    /// [`AmountError::Format`] for bad syntax; [`AmountError::IntegerDigits`] for more than
+    /// 20 integer digits; [`AmountError::FractionDigits`] when the significant fraction
+    /// digits do not fit beside the integer digits.
     pub fn parse(raw: &str) -> Result<Amount, AmountError> {
         let s = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n'));
         let (negative, unsigned) = match s.as_bytes().first() {
@@ -464,8 +486,16 @@ impl Amount {
         }
         let int_digits = int_part.trim_start_matches('0');
         let frac_digits = frac_part.trim_end_matches('0');
-        if int_digits.len() > 20 || int_digits.len() + frac_digits.len() > 28 {
-            return Err(AmountError::TooLarge);
+        let too_precise = AmountError::FractionDigits {
+            significant: u32::try_from(frac_digits.len()).unwrap_or(u32::MAX),
+        };
+        if int_digits.len() > Amount::MAX_INTEGER_DIGITS {
+            return Err(AmountError::IntegerDigits);
+        }
+        // With at most 20 integer digits, a number past 28 digits has too many fraction
+        // digits: that is the cause to name, not its size.
+        if int_digits.len() + frac_digits.len() > Amount::MAX_DIGITS {
+            return Err(too_precise);
         }
         let mut mantissa: i128 = 0;
         for b in int_digits.bytes().chain(frac_digits.bytes()) {
@@ -474,10 +504,12 @@ impl Amount {
         if negative {
             mantissa = -mantissa;
         }
-        let scale = u32::try_from(frac_digits.len()).map_err(|_| AmountError::TooLarge)?;
+        // 28 digits fit the decimal's 96-bit mantissa and scale, so neither error below can
+        // happen; if one did, the fraction would be what does not fit.
+        let scale = u32::try_from(frac_digits.len()).map_err(|_| too_precise)?;
         Decimal::try_from_i128_with_scale(mantissa, scale)
             .map(Amount)
-            .map_err(|_| AmountError::TooLarge)
+            .map_err(|_| too_precise)
     }
 
     /// Builds an amount from integer minor units of a currency.
@@ -832,7 +864,11 @@ pub struct AdjustedItem {
     pub key: Option<SellerId>,
     /// `AdjustmentReason`.
     pub reason: AdjustmentReason,
-    /// Price and promotion amounts, at most one per component, in document order.
+    /// Price and promotion amounts in document order. A price component appears at most
+    /// once; a promotion component at most once per `PromotionAdjustments` ([`group`]), so
+    /// it can appear once for each promotion, and its amounts then add up.
+    ///
+    /// [`group`]: ComponentAmount::group
     pub amounts: Vec<ComponentAmount>,
     /// `QuantityCancelled`.
     pub quantity_cancelled: Option<Quantity>,
@@ -932,6 +968,8 @@ mod tests {
                 (*code, u32::from(*exponent))
             );
         }
+        let max = CURRENCIES.iter().map(|(_, e)| u32::from(*e)).max();
+        assert_eq!(max, Some(Currency::MAX_EXPONENT));
         assert_eq!(Currency::from_code("XXX"), None);
         assert_eq!(Currency::from_code("usd"), None);
         assert_eq!(Currency::from_code(""), None);
@@ -960,9 +998,46 @@ mod tests {
         assert_eq!(Amount::parse("."), Err(AmountError::Format));
         assert_eq!(
             Amount::parse("123456789012345678901"),
-            Err(AmountError::TooLarge)
+            Err(AmountError::IntegerDigits)
+        );
+        assert_eq!(
+            Amount::parse("0000000000000000000000000001.50").map(|a| a.to_minor(usd)),
+            Ok(Some(150))
         );
         assert!(Amount::parse("12345678901234567890").is_ok());
+    }
+
+    #[test]
+    fn amount_errors_name_integer_or_fraction_digits_as_the_cause() {
+        let usd = Currency::from_code("USD").expect("USD is in the table");
+        // One integer digit and 28 fraction digits: too precise, not too large.
+        assert_eq!(
+            Amount::parse("1.0000000000000000000000000001"),
+            Err(AmountError::FractionDigits { significant: 28 })
+        );
+        assert_eq!(
+            Amount::parse("12345678901234567890.123456789"),
+            Err(AmountError::FractionDigits { significant: 9 })
+        );
+        assert_eq!(
+            Amount::parse("-0.00000000000000000000000000000000000001"),
+            Err(AmountError::FractionDigits { significant: 38 })
+        );
+        // Trailing zeros are not significant, however many.
+        let one = Amount::parse("1.000000000000000000000000000000").expect("trailing zeros");
+        assert_eq!(
+            (one.to_string(), one.to_minor(usd)),
+            ("1".to_owned(), Some(100))
+        );
+        let max = Amount::parse("12345678901234567890.12345678").expect("28 digits fit");
+        assert_eq!(max.fraction_digits(), 8);
+        // Digits beyond any currency's exponent still parse; what a currency allows is the
+        // caller's check.
+        assert_eq!(Amount::parse("1.00001").map(Amount::fraction_digits), Ok(5));
+        assert_eq!(
+            Amount::parse("123456789012345678901.5"),
+            Err(AmountError::IntegerDigits)
+        );
     }
 
     #[test]

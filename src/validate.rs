@@ -6,7 +6,9 @@
 //! with rev #11, the envelope and header) with the facet table agreed with them, plus the
 //! business rules that need no store (signs, cancellations, restocking fee, net credit,
 //! currency agreement, duplicate components and MessageIDs). Every problem of a message is
-//! collected; a message with any error is [`ValidatedMessage::Invalid`]. Everything wrong
+//! collected; a message with any error is [`ValidatedMessage::Invalid`], and when some of its
+//! adjusted items failed, the others get LINKED_ITEM_FAILED (the items of a message apply
+//! together or not at all). Everything wrong
 //! outside a `Message` is feed-level and ends the feed.
 
 // Problems are the contract's error values (see `problem.rs`); boxing them would only
@@ -899,17 +901,21 @@ struct Collector<'t> {
 
 impl<'t> Collector<'t> {
     fn add(&mut self, code: Code, element: Element<'_>, description: String, fix: &str) {
-        self.problems.push(
-            Problem::new(
-                code,
-                self.message_id,
-                path(element),
-                Some(element.position()),
-                description,
-                fix,
-            )
-            .with_item(self.item_code()),
-        );
+        let problem = self.problem(code, element, description, fix);
+        self.problems.push(problem);
+    }
+
+    /// A problem at `element` of the current item, not added yet.
+    fn problem(&self, code: Code, element: Element<'_>, description: String, fix: &str) -> Problem {
+        Problem::new(
+            code,
+            self.message_id,
+            path(element),
+            Some(element.position()),
+            description,
+            fix,
+        )
+        .with_item(self.item_code())
     }
 
     fn schema(&mut self, element: Element<'_>, description: String) {
@@ -1192,12 +1198,19 @@ fn check_order_adjustment<'t>(
     }
     let mut items = Vec::new();
     let mut items_ok = true;
+    let mut spans = Vec::new();
     for element in adjustment.children().filter(|e| e.name() == "AdjustedItem") {
+        let start = c.count();
         match check_item(c, element, action, restocking_fee_max_percent) {
             Some(item) => items.push(item),
             None => items_ok = false,
         }
+        spans.push(ItemSpan {
+            element,
+            problems: start..c.count(),
+        });
     }
+    add_linked_problems(c, &spans);
     c.item = None;
     let order = order?;
     (items_ok && !items.is_empty()).then(|| AdjustmentMessage {
@@ -1208,6 +1221,67 @@ fn check_order_adjustment<'t>(
         items,
         position: adjustment.position(),
     })
+}
+
+/// An `AdjustedItem` with the range of the message's problems that are its own.
+struct ItemSpan<'t> {
+    element: Element<'t>,
+    problems: std::ops::Range<usize>,
+}
+
+/// At most this many failed items are named in a LINKED_ITEM_FAILED description; a message
+/// of many items, many of them failing, would otherwise repeat the whole list in each.
+const LINKED_NAMES: usize = 3;
+
+/// refund-rules §c4 step 16, as the engine does it for the rules it checks: when an item of
+/// a message of several fails, every other item gets LINKED_ITEM_FAILED, in its own place
+/// (document order), so the seller learns that it was not applied either.
+///
+/// Only the items' own problems count as failures. A problem of the message itself
+/// (MessageID, the order id, ActionType, the OrderAdjustment's sequence) rejects the message
+/// as a whole: it says so once, and it names no item to link the others to.
+fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
+    let failed: Vec<usize> = (0..spans.len())
+        .filter(|&index| !spans[index].problems.is_empty())
+        .collect();
+    if spans.len() < 2 || failed.is_empty() || failed.len() == spans.len() {
+        return;
+    }
+    let names: Vec<String> = failed
+        .iter()
+        .take(LINKED_NAMES)
+        .map(|index| format!("AdjustedItem[{}]", index + 1))
+        .collect();
+    let mut names = names.join(", ");
+    if failed.len() > LINKED_NAMES {
+        let more = failed.len() - LINKED_NAMES;
+        let noun = if more == 1 { "item" } else { "items" };
+        names = format!("{names} and {more} more {noun}");
+    }
+    let description = format!(
+        "not applied because {names} of the same message failed; the items of a message apply together or not at all"
+    );
+    let fix = format!(
+        "correct the failing {} and resend the whole message; the same MerchantAdjustmentItemIDs may be used, as a validation rejection is not recorded under them",
+        if failed.len() == 1 { "item" } else { "items" }
+    );
+    // One pass that puts each linked problem where its item's problems would be.
+    let mut own = std::mem::take(&mut c.problems).into_iter();
+    let mut taken = 0;
+    let mut problems = Vec::with_capacity(own.len() + spans.len() - failed.len());
+    for span in spans.iter().filter(|span| span.problems.is_empty()) {
+        problems.extend(own.by_ref().take(span.problems.start - taken));
+        taken = span.problems.start;
+        c.item = Some(span.element);
+        problems.push(c.problem(
+            Code::LinkedItemFailed,
+            span.element,
+            description.clone(),
+            &fix,
+        ));
+    }
+    problems.extend(own);
+    c.problems = problems;
 }
 
 /// A seller-chosen id (`xs:normalizedString`, 1 to `max` characters).
@@ -1413,17 +1487,34 @@ fn check_item<'t>(
         return None;
     }
     // Rules that need no store, on a schema-valid item.
+    // A type may appear once in ItemPriceAdjustments and once in each PromotionAdjustments:
+    // every PromotionAdjustments is one promotion (its own PromotionClaimCode or
+    // MerchantPromotionID, feed-format §1.2), so two promotions may each reverse a Principal
+    // discount; the engine and the store add those amounts up.
     for (index, p) in parsed.iter().enumerate() {
-        if let Some(first) = parsed[..index].iter().find(|s| s.component == p.component) {
+        if let Some(first) = parsed[..index]
+            .iter()
+            .find(|s| s.component == p.component && s.group == p.group)
+        {
+            let (container, fix) = match p.group {
+                0 => (
+                    "AdjustedItem",
+                    "put the whole amount of a component in one Component element",
+                ),
+                _ => (
+                    "PromotionAdjustments",
+                    "put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments",
+                ),
+            };
             c.add(
                 Code::DuplicateComponent,
                 p.type_element,
                 format!(
-                    "component {} appears twice in this AdjustedItem (first at line {})",
+                    "component {} appears twice in this {container} (first at line {})",
                     p.component,
                     first.type_element.position().line
                 ),
-                "put the whole amount of a component in one Component element",
+                fix,
             );
         }
     }
@@ -1640,8 +1731,12 @@ fn check_component<'t>(
     })
 }
 
-/// An `Amount`: xs:decimal with at most 4 fraction digits and an optional ISO 4217
-/// `currency` attribute that must agree with the message's other amounts.
+/// An `Amount`: xs:decimal with at most 20 integer digits (AMOUNT_FORMAT) and no more
+/// significant fraction digits than its currency has (AMOUNT_PRECISION: at most
+/// [`Currency::MAX_EXPONENT`] when the currency is not known here), and an optional ISO 4217
+/// `currency` attribute that must agree with the message's other amounts. An amount gets at
+/// most one problem about its number (format or precision); the currency problems come after
+/// it.
 fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amount> {
     let before = c.count();
     if let Err(what) = check_attributes(element, &["currency"]) {
@@ -1654,28 +1749,18 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         return None;
     }
     let text = element.text();
-    // `Amount::parse` keeps only significant fraction digits, so the scale is exactly
-    // `fraction_digits()` without its normalisation cost.
-    let amount = match Amount::parse(text) {
-        Ok(amount) if amount.value().scale() <= 4 => Some(amount),
-        Ok(amount) => {
-            c.add(
-                Code::AmountFormat,
-                element,
-                format!(
-                    "Amount {text:?} has {} fraction digits; at most 4 are allowed",
-                    amount.fraction_digits()
-                ),
-                "write amounts with at most 4 (normally 2) digits after the decimal point",
-            );
-            None
-        }
+    // The number and its significant fraction digits (`Amount::parse` keeps only those, so
+    // an amount's scale is exactly its `fraction_digits()`). An amount with more fraction
+    // digits than an `Amount` holds is too precise for any currency, like one with 5.
+    let (amount, fraction_digits) = match Amount::parse(text) {
+        Ok(amount) => (Some(amount), amount.value().scale()),
+        Err(AmountError::FractionDigits { significant }) => (None, significant),
         Err(error) => {
             let what = match error {
-                AmountError::Format => {
+                AmountError::IntegerDigits => "has more than 20 integer digits",
+                _ => {
                     "is not a plain decimal number (digits, optional sign and decimal point; no exponent, thousands separator or currency symbol)"
                 }
-                AmountError::TooLarge => "has more than 20 integer digits",
             };
             c.add(
                 Code::AmountFormat,
@@ -1683,14 +1768,14 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                 format!("Amount {text:?} {what}"),
                 "write amounts like 12.34 or -4.00",
             );
-            None
+            (None, 0)
         }
     };
     let code = element
         .attributes()
         .find(|(name, _)| *name == "currency")
         .map(|(_, value)| value);
-    if let Some(code) = code {
+    let currency = code.and_then(|code| {
         // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
         let known = c
             .currency
@@ -1702,6 +1787,37 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         if let Some(currency) = currency {
             c.last_currency = Some(currency);
         }
+        currency
+    });
+    // As written, without surrounding white space; normalized when it parsed.
+    let shown = || amount.map_or_else(|| collapse(text).to_owned(), |a| a.to_string());
+    match currency {
+        Some(currency) if fraction_digits > currency.exponent() => c.add(
+            Code::AmountPrecision,
+            element,
+            format!(
+                "Amount {} has {fraction_digits} fraction digits but {currency} has {}",
+                shown(),
+                currency.exponent()
+            ),
+            &format!(
+                "write {currency} amounts with at most {} fraction digits",
+                currency.exponent()
+            ),
+        ),
+        None if fraction_digits > Currency::MAX_EXPONENT => c.add(
+            Code::AmountPrecision,
+            element,
+            format!(
+                "Amount {} has {fraction_digits} significant fraction digits; no currency allows more than {}",
+                shown(),
+                Currency::MAX_EXPONENT
+            ),
+            "write the amount with at most as many fraction digits as the order's currency has (JPY 0, USD 2, KWD 3, CLF 4); adjustd never rounds",
+        ),
+        _ => {}
+    }
+    if let Some(code) = code {
         match currency {
             None => c.add(
                 Code::CurrencyUnknown,
@@ -1709,39 +1825,19 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                 format!("currency {code:?} is not an ISO 4217 currency code"),
                 "use the order's three-letter ISO 4217 code in upper case, e.g. USD",
             ),
-            Some(currency) => {
-                if let Some(amount) = amount
-                    && amount.value().scale() > currency.exponent()
-                {
-                    c.add(
-                        Code::AmountPrecision,
-                        element,
-                        format!(
-                            "Amount {} has {} fraction digits but {currency} has {}",
-                            amount,
-                            amount.fraction_digits(),
-                            currency.exponent()
-                        ),
-                        &format!(
-                            "write {currency} amounts with at most {} fraction digits",
-                            currency.exponent()
-                        ),
-                    );
-                }
-                match c.currency {
-                    None => c.currency = Some((currency, element)),
-                    Some((first, first_element)) if first != currency => c.add(
-                        Code::CurrencyMismatch,
-                        element,
-                        format!(
-                            "currency {currency} differs from {first} used earlier in this message (line {})",
-                            first_element.position().line
-                        ),
-                        "use one currency, the order's, for all amounts of a message",
+            Some(currency) => match c.currency {
+                None => c.currency = Some((currency, element)),
+                Some((first, first_element)) if first != currency => c.add(
+                    Code::CurrencyMismatch,
+                    element,
+                    format!(
+                        "currency {currency} differs from {first} used earlier in this message (line {})",
+                        first_element.position().line
                     ),
-                    Some(_) => {}
-                }
-            }
+                    "use one currency, the order's, for all amounts of a message",
+                ),
+                Some(_) => {}
+            },
         }
     }
     if c.count() != before {
@@ -1853,6 +1949,73 @@ mod tests {
         assert_eq!(normalized(" x "), " x ");
         assert!(is_version("1.01", 2) && is_version("12.3", 2) && !is_version("123.1", 2));
         assert!(!is_version("1.", 2) && !is_version(" 1.0", 2) && is_version("1234.1", 4));
+    }
+
+    /// Validates one message (the text inside `<OrderAdjustment>` after the order id) and
+    /// lists its problems as `code element: description`.
+    fn message_problems(items: &str) -> Vec<String> {
+        let feed = format!(
+            "<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+             <MerchantIdentifier>M</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+             <Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>123-1234567-1234567</AmazonOrderID>\
+             {items}</OrderAdjustment></Message></AmazonEnvelope>"
+        );
+        let mut validator = Validator::new(feed.as_bytes(), Limits::default(), &Rules::default());
+        match validator.next_message() {
+            Ok(Some(ValidatedMessage::Invalid { problems, .. })) => problems
+                .iter()
+                .map(|p| format!("{} {}: {}", p.code.name(), p.element, p.description))
+                .collect(),
+            other => panic!("expected an invalid message, got {other:?}"),
+        }
+    }
+
+    fn item(amount: &str) -> String {
+        format!(
+            "<AdjustedItem><AmazonOrderItemCode>12345678901234</AmazonOrderItemCode>\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component>\
+             <Type>Principal</Type><Amount>{amount}</Amount></Component></ItemPriceAdjustments></AdjustedItem>"
+        )
+    }
+
+    #[test]
+    fn the_other_items_of_a_failing_item_are_linked_to_it_in_document_order() {
+        let items = ["1.00", "-1.00", "-2.00", "2.00", "-3.00", "-4.00"].map(item);
+        let found = message_problems(&items.concat());
+        let codes: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(' ').next().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                "LINKED_ITEM_FAILED",
+                "NEGATIVE_REFUND_COMPONENT",
+                "NEGATIVE_REFUND_COMPONENT",
+                "LINKED_ITEM_FAILED",
+                "NEGATIVE_REFUND_COMPONENT",
+                "NEGATIVE_REFUND_COMPONENT",
+            ]
+        );
+        assert_eq!(
+            found[3],
+            "LINKED_ITEM_FAILED Message/OrderAdjustment/AdjustedItem[4]: not applied because \
+             AdjustedItem[2], AdjustedItem[3], AdjustedItem[5] and 1 more item of the same \
+             message failed; the items of a message apply together or not at all"
+        );
+    }
+
+    #[test]
+    fn a_problem_of_the_message_itself_links_no_items() {
+        // A repeated ActionType is the message's problem, not an item's.
+        let items = [item("1.00"), item("2.00")].concat();
+        let found = message_problems(&format!(
+            "<ActionType>Refund</ActionType><ActionType>Refund</ActionType>{items}"
+        ));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("SCHEMA_INVALID"), "{found:?}");
+        // One item alone has nothing to be linked to.
+        assert_eq!(message_problems(&item("-1.00")).len(), 1);
     }
 
     fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {

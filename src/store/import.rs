@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
-    PriceComponent, PromotionComponent, SellerId, parse_purchase_date,
+    PriceComponent, PromotionComponent, SellerId, format_minor, parse_purchase_date,
 };
 use crate::store::{OrderRow, RowSource, Rows};
 
@@ -493,19 +493,7 @@ fn parse_row(
                 "an amount is given but the line has no currency (add the currency column)".into(),
             ));
         };
-        let amount = Amount::parse(raw).map_err(|e| {
-            err(
-                name,
-                match e {
-                    AmountError::Format => format!(
-                        "{raw:?} is not a plain decimal number (digits, optional point; no \
-                         thousands separators)"
-                    ),
-                    AmountError::TooLarge => format!("{raw:?} is too large"),
-                },
-            )
-        })?;
-        let minor = amount.to_minor(currency).ok_or_else(|| {
+        let too_precise = || {
             err(
                 name,
                 format!(
@@ -514,7 +502,38 @@ fn parse_row(
                     currency.exponent()
                 ),
             )
+        };
+        let amount = Amount::parse(raw).map_err(|e| match e {
+            AmountError::Format => err(
+                name,
+                format!(
+                    "{raw:?} is not a plain decimal number (digits, optional point; no \
+                     thousands separators)"
+                ),
+            ),
+            AmountError::IntegerDigits => err(
+                name,
+                format!(
+                    "{raw:?} has more than {} integer digits",
+                    Amount::MAX_INTEGER_DIGITS
+                ),
+            ),
+            AmountError::FractionDigits { .. } => too_precise(),
         })?;
+        let minor = match amount.to_minor(currency) {
+            Some(minor) => minor,
+            None if amount.fraction_digits() > currency.exponent() => return Err(too_precise()),
+            None => {
+                return Err(err(
+                    name,
+                    format!(
+                        "{raw:?} is too large: amounts are held in minor units of {currency} up \
+                         to {}",
+                        format_minor(i64::MAX, currency)
+                    ),
+                ));
+            }
+        };
         let minor = match component {
             // Discounts appear negative or positive depending on the report; the store
             // keeps the discount the buyer received.
@@ -646,6 +665,21 @@ mod tests {
                 "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.005\t\t\t\t\t\tMFN",
                 "item-price",
                 "more fraction digits than USD allows (2)",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t1.0000000000000000000000000001\t\t\t\t\t\tMFN",
+                "item-price",
+                "more fraction digits than USD allows (2)",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t123456789012345678901\t\t\t\t\t\tMFN",
+                "item-price",
+                "more than 20 integer digits",
+            ),
+            (
+                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t99999999999999999999\t\t\t\t\t\tMFN",
+                "item-price",
+                "too large: amounts are held in minor units of USD up to 92233720368547758.07",
             ),
             (
                 "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t1,000.00\t\t\t\t\t\tMFN",

@@ -11,12 +11,17 @@
 //! ENVELOPE_INVALID, MALFORMED_XML, TRUNCATED, and WRONG_MESSAGE_TYPE (the schema's
 //! MessageType enumeration and Message choice express it, except in the case below).
 //!
+//! AMOUNT_PRECISION counts too when it names an Amount with more than 4 significant fraction
+//! digits: no currency has more, so adjustd reports such an amount as too precise, and the
+//! schema's `fractionDigits` 4 rejects it. The test finds those amounts in the file itself
+//! and matches them to the problems by line and column.
+//!
 //! Documented exceptions, i.e. checks adjustd makes that no XSD (or no XSD the project could
 //! keep equal to Amazon's) can express. Their codes never count for the schema verdict:
-//! DUPLICATE_MESSAGE_ID, CURRENCY_MISMATCH, AMOUNT_PRECISION (fraction digits per
-//! currency), CANCEL_REASON_INVALID, CANCEL_WITHOUT_QUANTITY, NEGATIVE_REFUND_COMPONENT,
-//! RESTOCKING_FEE_EXCEEDS_LIMIT, NET_NOT_CREDIT, DUPLICATE_COMPONENT (and every store or
-//! feed-policy code). Files in which one of the following occurs are not compared at all,
+//! DUPLICATE_MESSAGE_ID, CURRENCY_MISMATCH, AMOUNT_PRECISION within 4 fraction digits
+//! (fraction digits per currency), CANCEL_REASON_INVALID, CANCEL_WITHOUT_QUANTITY,
+//! NEGATIVE_REFUND_COMPONENT, RESTOCKING_FEE_EXCEEDS_LIMIT, NET_NOT_CREDIT,
+//! DUPLICATE_COMPONENT (and every store or feed-policy code). Files in which one of the following occurs are not compared at all,
 //! because there adjustd is stricter than the schema on purpose (or libxml2 has a limit the
 //! schema does not), and the test counts them and keeps them rare:
 //! - a MessageType from the schema's enumeration that is not OrderAdjustment (adjustd
@@ -51,7 +56,7 @@ use std::process::Command;
 
 use adjustd::engine::Rules;
 use adjustd::feed::Limits;
-use adjustd::model::{AdjustmentReason, Currency, MerchantId, PriceComponent};
+use adjustd::model::{AdjustmentReason, Currency, MerchantId, Position, PriceComponent};
 use adjustd::problem::{Code, Problem};
 use adjustd::validate::MESSAGE_TYPES;
 use adjustd::validate::{ValidatedMessage, Validator};
@@ -284,8 +289,8 @@ fn compare(cases: &[Case], what: &str, seed: Option<u64>) -> Summary {
     let mut summary = Summary::default();
     let mut failures = String::new();
     for (case, path) in cases.iter().zip(&paths) {
-        let exemptions = exemptions(&case.bytes);
-        if let Some(reason) = exemptions.first() {
+        let scan = scan(&case.bytes);
+        if let Some(reason) = scan.exemptions.first() {
             summary.exempt += 1;
             let kind: String = reason
                 .split_whitespace()
@@ -313,10 +318,14 @@ fn compare(cases: &[Case], what: &str, seed: Option<u64>) -> Summary {
         let mismatch = match &ours {
             Err(panic) => Some(format!("adjustd panicked: {panic}")),
             Ok(_) if lint.internal_error => Some("xmllint failed internally".to_owned()),
-            Ok(verdict) if verdict.valid() != lint.valid => Some(format!(
+            Ok(verdict) if verdict.valid(&scan) != lint.valid => Some(format!(
                 "xmllint says {}, adjustd says {}",
                 if lint.valid { "valid" } else { "invalid" },
-                if verdict.valid() { "valid" } else { "invalid" }
+                if verdict.valid(&scan) {
+                    "valid"
+                } else {
+                    "invalid"
+                }
             )),
             Ok(_) if case.expect_valid.is_some_and(|v| v != lint.valid) => {
                 Some("a generated valid feed is not valid".to_owned())
@@ -367,9 +376,15 @@ struct AdjustdVerdict {
 }
 
 impl AdjustdVerdict {
-    /// Valid for the schema layer: no problem the XSD could have found.
-    fn valid(&self) -> bool {
-        !self.problems.iter().any(|p| XSD_CODES.contains(&p.code))
+    /// Valid for the schema layer: no problem the XSD could have found (an AMOUNT_PRECISION
+    /// on an amount with more than 4 fraction digits is one, see the module doc).
+    fn valid(&self, scan: &Scan) -> bool {
+        !self.problems.iter().any(|p| {
+            XSD_CODES.contains(&p.code)
+                || (p.code == Code::AmountPrecision
+                    && p.position
+                        .is_some_and(|at| scan.over_precise_amounts.contains(&at)))
+        })
     }
 }
 
@@ -495,22 +510,37 @@ fn run_xmllint(paths: &[PathBuf]) -> HashMap<PathBuf, XmllintVerdict> {
     verdicts
 }
 
-/// Why a file is not compared (empty: compare it). See the module doc.
-fn exemptions(bytes: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
+/// What the test reads from a file itself, before either side judges it.
+#[derive(Debug, Default)]
+struct Scan {
+    /// Why the file is not compared (empty: compare it). See the module doc.
+    exemptions: Vec<String>,
+    /// Where the `Amount` elements with more than 4 significant fraction digits start.
+    over_precise_amounts: Vec<Position>,
+}
+
+/// Reads a file for its [`Scan`].
+fn scan(bytes: &[u8]) -> Scan {
+    let mut scan = Scan::default();
     // Characters XML 1.0 forbids make the file malformed for both sides (quick-xml does not
     // check them, so the scan below would wrongly find exemptions in such a file).
     let forbidden = |c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r');
     if String::from_utf8_lossy(bytes).contains(forbidden) {
-        return found;
+        return scan;
     }
+    let found = &mut scan.exemptions;
     let limits = Limits::default();
     let mut reader = Reader::from_reader(bytes);
-    let mut stack: Vec<String> = Vec::new();
+    // Open elements with the byte offset of their `<`.
+    let mut stack: Vec<(String, usize)> = Vec::new();
     let mut text = String::new();
     let mut buf = Vec::new();
     // An error means not well-formed: both sides must say invalid, nothing to exempt.
-    while let Ok(event) = reader.read_event_into(&mut buf) {
+    loop {
+        let offset = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
+        let Ok(event) = reader.read_event_into(&mut buf) else {
+            break;
+        };
         match event {
             Event::Eof => break,
             Event::DocType(_) => found.push("DOCTYPE".to_owned()),
@@ -524,18 +554,18 @@ fn exemptions(bytes: &[u8]) -> Vec<String> {
             }
             Event::Start(start) => {
                 let name = start.name().as_ref().to_owned();
-                if name == "ProcessingReport" && stack.last().is_some_and(|p| p == "Message") {
+                if name == "ProcessingReport" && stack.last().is_some_and(|p| p.0 == "Message") {
                     found.push("a Message holds a ProcessingReport".to_owned());
                 }
-                stack.push(name);
+                stack.push((name, offset));
                 text.clear();
             }
             Event::Empty(start) => {
                 let name = start.name().as_ref().to_owned();
-                if name == "ProcessingReport" && stack.last().is_some_and(|p| p == "Message") {
+                if name == "ProcessingReport" && stack.last().is_some_and(|p| p.0 == "Message") {
                     found.push("a Message holds a ProcessingReport".to_owned());
                 }
-                leaf_exemptions(&name, "", stack.last(), &mut found);
+                leaf_exemptions(&name, "", stack.last().map(|p| &p.0), found);
             }
             Event::Text(t) => text.push_str(&t.xml10_content()),
             Event::CData(c) => text.push_str(&c.into_inner()),
@@ -543,7 +573,7 @@ fn exemptions(bytes: &[u8]) -> Vec<String> {
                 if let Ok(Some(c)) = r.resolve_char_ref() {
                     if forbidden(c) {
                         // `&#1;` and the like: malformed for both sides.
-                        return Vec::new();
+                        return Scan::default();
                     }
                     text.push(c);
                 } else {
@@ -558,18 +588,57 @@ fn exemptions(bytes: &[u8]) -> Vec<String> {
                 }
             }
             Event::End(_) => {
-                let name = stack.pop().unwrap_or_default();
+                let (name, start) = stack.pop().unwrap_or_default();
                 if text.len() as u64 > limits.max_text_bytes {
                     found.push(format!("{name} text longer than the reader's limit"));
                 }
-                leaf_exemptions(&name, &text, stack.last(), &mut found);
+                leaf_exemptions(&name, &text, stack.last().map(|p| &p.0), found);
+                if name == "Amount" && significant_fraction_digits(&text) > 4 {
+                    scan.over_precise_amounts.push(position_of(bytes, start));
+                }
                 text.clear();
             }
             _ => {}
         }
         buf.clear();
     }
-    found
+    scan
+}
+
+/// The significant fraction digits of a decimal lexical form after whitespace collapse
+/// (trailing zeros do not count); 0 for anything that is not a decimal.
+fn significant_fraction_digits(raw: &str) -> usize {
+    let collapsed = raw.trim_matches([' ', '\t', '\r', '\n']);
+    let unsigned = collapsed.strip_prefix(['+', '-']).unwrap_or(collapsed);
+    let (int_part, frac_part) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let decimal = !(int_part.is_empty() && frac_part.is_empty())
+        && int_part.bytes().all(|b| b.is_ascii_digit())
+        && frac_part.bytes().all(|b| b.is_ascii_digit());
+    if decimal {
+        frac_part.trim_end_matches('0').len()
+    } else {
+        0
+    }
+}
+
+/// Line and column of byte `offset` as the feed reader counts them: lines end at line
+/// feeds, columns count characters from 1.
+fn position_of(bytes: &[u8], offset: usize) -> Position {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |at| at + 1);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Position {
+        line: count(before.iter().filter(|b| **b == b'\n').count() + 1),
+        column: count(
+            String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1,
+        ),
+    }
 }
 
 fn leaf_exemptions(name: &str, text: &str, parent: Option<&String>, found: &mut Vec<String>) {

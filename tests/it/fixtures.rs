@@ -49,6 +49,7 @@ const VALIDATE_CODES: &[Code] = &[
     Code::NegativeRefundComponent,
     Code::RestockingFeeExceedsLimit,
     Code::NetNotCredit,
+    Code::LinkedItemFailed,
 ];
 
 fn feeds_dir() -> PathBuf {

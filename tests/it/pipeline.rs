@@ -842,3 +842,155 @@ fn a_store_problem_on_a_promotion_names_the_promotion_element_it_is_in() {
     // The head is 3 lines; the Amount is on the 7th line of the body.
     assert_eq!(problem.position.map(|p| p.line), Some(9), "{problem}");
 }
+
+#[test]
+fn promotions_of_one_type_in_several_blocks_add_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    promotions_in_several_blocks(&mut context(dir.path()), dir.path());
+}
+
+#[test]
+fn promotions_of_one_type_in_several_blocks_add_up_on_postgres() {
+    let Some(db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    promotions_in_several_blocks(&mut context_on(dir.path(), &db.url), dir.path());
+}
+
+/// One `PromotionAdjustments` per promotion (feed-format §1.2: 0..unbounded), each
+/// reversing its part of the Principal discount: the amounts add up in the caps, the
+/// store's totals and the adjustment's amounts, and the order of the blocks does not change
+/// the payload hash.
+fn promotions_in_several_blocks(context: &mut Context, dir: &Path) {
+    // Item 10000000000002: Principal 15.00 charged with a 5.00 item promotion.
+    let message = |id: u32, key: &str, principal: &str, promotions: &[&str]| {
+        let mut blocks = String::new();
+        for amount in promotions {
+            let _ = writeln!(
+                blocks,
+                "<PromotionAdjustments><Component><Type>Principal</Type>\
+                 <Amount currency=\"USD\">{amount}</Amount></Component></PromotionAdjustments>"
+            );
+        }
+        format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\n\
+             <AdjustedItem><AmazonOrderItemCode>10000000000002</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\n\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{principal}</Amount></Component></ItemPriceAdjustments>\n\
+             {blocks}</AdjustedItem></OrderAdjustment></Message>\n"
+        )
+    };
+    let feed = dir.join("promotions.xml");
+    let xml = [
+        FEED_HEAD.to_owned(),
+        message(1, "P-1", "10.00", &["-2.00", "-1.00"]),
+        // The same adjustment with its promotions the other way round: a replay.
+        message(2, "P-1", "10.00", &["-1.00", "-2.00"]),
+        // 3.00 of the 5.00 discount is reversed: another 2.01 is too much.
+        message(3, "P-2", "3.00", &["-1.50", "-0.51"]),
+        "</AmazonEnvelope>\n".to_owned(),
+    ]
+    .concat();
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [
+            (2, Code::DuplicateAdjustment),
+            (3, Code::ComponentExceedsRemaining)
+        ],
+        "{:#?}",
+        processed.outcome.results
+    );
+    assert_eq!(
+        processed.outcome.results[1].element,
+        "Message/OrderAdjustment/AdjustedItem[1]/PromotionAdjustments[2]/Component[1]/Amount"
+    );
+    let orders = context
+        .store
+        .as_store()
+        .orders(None, "111-0000001-0000001")
+        .expect("order");
+    let item = &orders[0].items[1];
+    assert_eq!(item.amazon_order_item_code, "10000000000002");
+    assert_eq!(item.refunded["Promotion:Principal"], "-3.00");
+    assert_eq!(item.refunded["Principal"], "10.00");
+    assert_eq!(orders[0].adjustments.len(), 1);
+    let amounts: Vec<(&str, &str)> = orders[0].adjustments[0]
+        .amounts
+        .iter()
+        .map(|(c, a)| (c.as_str(), a.as_str()))
+        .collect();
+    assert_eq!(
+        amounts,
+        [("Principal", "10.00"), ("Promotion:Principal", "-3.00")]
+    );
+}
+
+#[test]
+fn a_validation_failure_of_one_item_lists_the_other_items_as_linked_in_the_report() {
+    // refund-rules §c4 step 16: item 1 is fine, item 2 fails validation; the report says
+    // that item 1 was not applied either, in document order, and nothing is applied.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let item = |code: &str, key: &str, amount: &str| {
+        format!(
+            "<AdjustedItem><AmazonOrderItemCode>{code}</AmazonOrderItemCode>\
+             <MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">{amount}</Amount></Component></ItemPriceAdjustments>\
+             </AdjustedItem>\n"
+        )
+    };
+    let message = |id: u32, second: &str| {
+        format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\n{}{}</OrderAdjustment></Message>\n",
+            item("10000000000001", "L-1", "1.00"),
+            item("10000000000002", "L-2", second)
+        )
+    };
+    let feed = dir.path().join("linked.xml");
+    std::fs::write(
+        &feed,
+        format!("{FEED_HEAD}{}</AmazonEnvelope>\n", message(1, "-1.00")),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [
+            (1, Code::LinkedItemFailed),
+            (1, Code::NegativeRefundComponent)
+        ]
+    );
+    assert_eq!(processed.outcome.messages_with_error, 1);
+    let linked = &processed.outcome.results[0];
+    assert_eq!(linked.element, "Message/OrderAdjustment/AdjustedItem[1]");
+    assert_eq!(
+        linked.amazon_order_item_code.as_deref(),
+        Some("10000000000001")
+    );
+    assert_eq!(
+        linked.amazon_order_id.as_deref(),
+        Some("111-0000001-0000001")
+    );
+    assert_eq!(linked.position.map(|p| p.line), Some(4), "{linked}");
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "0.00"
+    );
+    // Not pinned: the corrected message applies under the same keys.
+    let fixed = dir.path().join("fixed.xml");
+    std::fs::write(
+        &fixed,
+        format!("{FEED_HEAD}{}</AmazonEnvelope>\n", message(1, "1.00")),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&fixed, None)).expect("process");
+    assert_eq!(codes(&processed.outcome), []);
+    assert_eq!(processed.outcome.messages_successful, 1);
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "1.00"
+    );
+}
