@@ -1891,6 +1891,16 @@ fn evaluate_item(
         }
     }
 
+    // The adjustment records one amount per component: a component named twice (one
+    // PromotionAdjustments per promotion) is its sum, which the caps above already took
+    // without overflow.
+    let mut merged: Vec<(Component, i64)> = Vec::with_capacity(amounts.len());
+    for (component, minor) in amounts {
+        match merged.iter_mut().find(|(other, _)| *other == component) {
+            Some((_, sum)) => *sum = sum.saturating_add(minor),
+            None => merged.push((component, minor)),
+        }
+    }
     let state = &mut order.items[position];
     state.components.extend(totals_after);
     state.quantity_cancelled += quantity_cancelled;
@@ -1903,7 +1913,7 @@ fn evaluate_item(
         action: message.action,
         quantity_cancelled,
         quantity: item.quantity.map(|q| q.get()),
-        amounts,
+        amounts: merged,
         key: item.key.clone(),
         // Filled in by `plan_message`, which hashed every item once already.
         payload_hash: String::new(),
@@ -2821,6 +2831,35 @@ mod tests {
                 charged: 0,
                 refunded: 100
             }
+        );
+    }
+
+    #[test]
+    fn a_component_named_twice_is_one_amount_of_the_adjustment() {
+        // As from two PromotionAdjustments blocks: the stores keep one row per component.
+        let m = message(vec![
+            price(PriceComponent::Principal, "10"),
+            price(PriceComponent::Goodwill, "1"),
+            price(PriceComponent::Goodwill, "0.25"),
+        ]);
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&m),
+            &Rules::default(),
+            processed_on(),
+        );
+        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
+            panic!("one adjustment expected: {plan:?}");
+        };
+        assert_eq!(
+            adjustment.amounts,
+            [
+                (Component::Price(PriceComponent::Principal), 1000),
+                (Component::Price(PriceComponent::Goodwill), 125)
+            ]
         );
     }
 }

@@ -728,28 +728,11 @@ impl PgFeedTx<'_> {
                         })?;
                     let message = message_to_db(adjustment.message_id);
                     let mut net: i64 = 0;
-                    let first_amount = amount_component.len();
                     for (component, amount) in &adjustment.amounts {
                         net = net.checked_add(*amount).ok_or_else(|| overflow("net"))?;
-                        // A component named twice (the same type in two
-                        // PromotionAdjustments) is one row holding the sum: the row's key is
-                        // (adjustment, component).
-                        match amount_component[first_amount..]
-                            .iter()
-                            .position(|name| *name == component.name())
-                        {
-                            Some(at) => {
-                                let total = &mut amount_value[first_amount + at];
-                                *total = total
-                                    .checked_add(*amount)
-                                    .ok_or_else(|| overflow("amount"))?;
-                            }
-                            None => {
-                                amount_index.push(adj_message.len());
-                                amount_component.push(component.name());
-                                amount_value.push(*amount);
-                            }
-                        }
+                        amount_index.push(adj_message.len());
+                        amount_component.push(component.name());
+                        amount_value.push(*amount);
                         let delta = deltas
                             .entry((item_id, component.name()))
                             .or_insert((component.class(), 0));

@@ -1893,24 +1893,8 @@ impl SqliteFeedTx<'_> {
             payload_hash: &adjustment.payload_hash,
             net,
         });
-        let first_amount = pending.amounts.len();
         for (component, amount) in &adjustment.amounts {
-            // A component named twice (the same type in two PromotionAdjustments) is one
-            // row holding the sum: the row's key is (adjustment, component).
-            let name = component.name();
-            match pending.amounts[first_amount..]
-                .iter_mut()
-                .find(|(_, other, _)| *other == name)
-            {
-                Some((_, _, total)) => {
-                    *total = total
-                        .checked_add(*amount)
-                        .ok_or_else(|| StoreError::Invalid {
-                            detail: format!("the {name} amounts of the adjustment overflow"),
-                        })?;
-                }
-                None => pending.amounts.push((id, name, *amount)),
-            }
+            pending.amounts.push((id, component.name(), *amount));
             let slot_key = (item_id, *component);
             match pending.slots.get(&slot_key) {
                 Some(Slot::Update(i)) => pending.updates[*i].1 += amount,

@@ -155,7 +155,6 @@ pub mod conformance {
                 import_rejects_contradictions_atomically,
                 import_streams_a_large_report_file,
                 orders_show_shape,
-                repeated_components_of_one_adjustment_add_up,
                 feed_round_trip,
                 drop_rolls_back_everything,
                 over_refund_from_a_buggy_engine_is_refused,
@@ -513,43 +512,6 @@ pub mod conformance {
                 .orders(Some(&other), "171-1234567-1234567")
                 .expect("orders")
                 .is_empty()
-        );
-    }
-
-    /// An adjustment may name a component more than once (one `PromotionAdjustments` per
-    /// promotion, each reversing its part of the Principal discount): the running total and
-    /// the adjustment's stored amount are the sum.
-    pub fn repeated_components_of_one_adjustment_add_up(store: &mut dyn Store) {
-        store
-            .import_orders(&merchant(), &sample_rows())
-            .expect("import");
-        let promotion = Component::Promotion(PromotionComponent::Principal);
-        run_feed(
-            store,
-            "h1",
-            &["171-1234567-1234567"],
-            &[adjustment(
-                7,
-                "171-1234567-1234567",
-                "12345678901234",
-                &[(principal(), 1299), (promotion, -200), (promotion, -100)],
-                Some("RET-1"),
-                0,
-            )],
-        );
-        let view = one_order(store, "171-1234567-1234567");
-        let item = item_view(&view, "12345678901234");
-        assert_eq!(item.refunded["Promotion:Principal"], "-3.00");
-        assert_eq!(item.refunded["Principal"], "12.99");
-        assert_eq!(view.adjustments.len(), 1);
-        let amounts: Vec<(&str, &str)> = view.adjustments[0]
-            .amounts
-            .iter()
-            .map(|(c, a)| (c.as_str(), a.as_str()))
-            .collect();
-        assert_eq!(
-            amounts,
-            [("Principal", "12.99"), ("Promotion:Principal", "-3.00")]
         );
     }
 
