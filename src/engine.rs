@@ -329,10 +329,16 @@ impl Needs {
     }
 }
 
-/// Lists the orders and keys `messages` refer to that `snapshot` does not hold yet.
-pub fn needs(snapshot: &Snapshot, messages: &[AdjustmentMessage]) -> Needs {
+/// Lists the orders and keys `messages` refer to that `snapshot` does not hold yet, and
+/// the orders of `orders_only` (messages that need no keys: [`precision_problems`]).
+pub fn needs(
+    snapshot: &Snapshot,
+    messages: &[AdjustmentMessage],
+    orders_only: &[AdjustmentMessage],
+) -> Needs {
     let mut orders: Vec<OrderRef> = messages
         .iter()
+        .chain(orders_only)
         .map(|m| &m.order)
         .filter(|o| !snapshot.is_loaded(o))
         .cloned()
@@ -2108,6 +2114,20 @@ impl ItemBalance {
     fn remaining(&self) -> i128 {
         self.charged - self.discounts - self.refunded
     }
+}
+
+/// For a message the validator rejected with rules that come after precision (see
+/// [`crate::validate::ValidatedMessage::Invalid`]'s `precision_pending`): its
+/// `AmountPrecision` problems in the order's currency, the other items linked to them, which
+/// replace the validator's; `None` when the order is not in the snapshot (not found: the
+/// validator's problems stand) or every amount fits its currency.
+pub fn precision_problems(
+    snapshot: &Snapshot,
+    message: &AdjustmentMessage,
+) -> Option<Vec<Problem>> {
+    let facts = Facts::of(snapshot, message);
+    let currency = facts.order?.currency;
+    precision_rejection(&facts, currency).map(|rejection| rejection.problems)
 }
 
 /// `AmountPrecision` for every adjusted item with an amount that has non-zero digits beyond

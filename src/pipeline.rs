@@ -393,13 +393,16 @@ fn read_chunks<R: std::io::BufRead>(
     }
 }
 
-/// The orders the valid messages of `chunk` name (SQLite drops repeats from an `IN` list).
+/// The orders the messages of `chunk` that go to the store name (SQLite drops repeats from
+/// an `IN` list).
 fn order_refs(chunk: &[ValidatedMessage]) -> Vec<OrderRef> {
     chunk
         .iter()
         .filter_map(|message| match message {
             ValidatedMessage::Valid(message) => Some(message.order.clone()),
-            ValidatedMessage::Invalid { .. } => None,
+            ValidatedMessage::Invalid {
+                precision_pending, ..
+            } => precision_pending.as_ref().map(|m| m.order.clone()),
         })
         .collect()
 }
@@ -419,6 +422,10 @@ fn flush(
     tally: &mut Tally,
 ) -> Result<(), ProcessError> {
     let mut valid: Vec<AdjustmentMessage> = Vec::new();
+    // Rejected by the validator, but AMOUNT_PRECISION in the order's currency may come first:
+    // the index of their slot in `order`, and the message.
+    let mut pending: Vec<AdjustmentMessage> = Vec::new();
+    let mut pending_slots: Vec<usize> = Vec::new();
     let mut order: Vec<Option<Vec<Problem>>> = Vec::with_capacity(chunk.len());
     for message in chunk.drain(..) {
         match message {
@@ -426,12 +433,27 @@ fn flush(
                 valid.push(message);
                 order.push(None);
             }
-            ValidatedMessage::Invalid { problems, .. } => order.push(Some(problems)),
+            ValidatedMessage::Invalid {
+                problems,
+                precision_pending,
+                ..
+            } => {
+                if let Some(message) = precision_pending {
+                    pending.push(*message);
+                    pending_slots.push(order.len());
+                }
+                order.push(Some(problems));
+            }
         }
     }
-    let needs = engine::needs(snapshot, &valid);
+    let needs = engine::needs(snapshot, &valid, &pending);
     if !needs.is_empty() {
         tx.load(merchant, &needs, snapshot)?;
+    }
+    for (message, slot) in pending.iter().zip(pending_slots) {
+        if let Some(problems) = engine::precision_problems(snapshot, message) {
+            order[slot] = Some(problems);
+        }
     }
     tx.prefetch(merchant, upcoming);
     let plan = engine::plan(snapshot, merchant, &valid, rules, processed_on);

@@ -42,6 +42,13 @@ pub enum ValidatedMessage {
         message_id: MessageId,
         /// What is wrong.
         problems: Vec<Problem>,
+        /// The message as read, when `problems` may yet give way to `AmountPrecision`:
+        /// they are all restocking-fee and net rules (refund-rules c4 steps 7 and 8, with
+        /// the items linked to them), the amounts name no currency, and some have fraction
+        /// digits. Precision (step 3) comes first, but without a `currency` attribute it
+        /// needs the order's currency, so the pipeline checks it once the order is loaded
+        /// ([`crate::engine::precision_problems`]).
+        precision_pending: Option<Box<AdjustmentMessage>>,
     },
 }
 
@@ -1024,6 +1031,7 @@ fn check_message(
         return ValidatedMessage::Invalid {
             message_id: MessageId::FEED,
             problems: Vec::new(),
+            precision_pending: None,
         };
     };
     let mut c = Collector {
@@ -1124,16 +1132,45 @@ fn check_message(
                 ..adjustment
             })
         }
-        _ => {
+        (message_id, adjustment) => {
             if c.problems.is_empty() {
                 c.schema(message, "the message could not be read".to_owned());
             }
+            let precision_pending = match (message_id, adjustment) {
+                (Some(message_id), Some(adjustment))
+                    if may_give_way_to_precision(&adjustment, &c.problems) =>
+                {
+                    Some(Box::new(AdjustmentMessage {
+                        message_id,
+                        position: message.position(),
+                        ..adjustment
+                    }))
+                }
+                _ => None,
+            };
             ValidatedMessage::Invalid {
                 message_id: c.message_id,
                 problems: c.problems,
+                precision_pending,
             }
         }
     }
+}
+
+/// See [`ValidatedMessage::Invalid::precision_pending`].
+fn may_give_way_to_precision(message: &AdjustmentMessage, problems: &[Problem]) -> bool {
+    message.currency.is_none()
+        && problems.iter().all(|p| {
+            matches!(
+                p.code,
+                Code::RestockingFeeExceedsLimit | Code::NetNotCredit | Code::LinkedItemFailed
+            )
+        })
+        && message
+            .items
+            .iter()
+            .flat_map(|item| &item.amounts)
+            .any(|amount| amount.amount.fraction_digits() > 0)
 }
 
 fn check_order_adjustment<'t>(
@@ -1559,9 +1596,13 @@ fn check_item<'t>(
             "give the number of units cancelled in QuantityCancelled, or use ActionType Refund",
         );
     }
-    if c.count() == before {
-        check_restocking_fee(c, item, &parsed, restocking_fee_max_percent);
+    if c.count() != before {
+        return None;
     }
+    // Steps 7 and 8 (restocking fee, net): the item is complete whether or not they fail, so
+    // a message that names no currency can still get AMOUNT_PRECISION in its order's
+    // currency first (step 3) once the order is known ([`ValidatedMessage::Invalid`]).
+    check_restocking_fee(c, item, &parsed, restocking_fee_max_percent);
     if c.count() == before {
         let pure_cancellation = quantity_cancelled.is_some() && parsed.is_empty();
         let net = parsed
@@ -1586,9 +1627,6 @@ fn check_item<'t>(
                 "send realistic amounts",
             ),
         }
-    }
-    if c.count() != before {
-        return None;
     }
     Some(AdjustedItem {
         item: item_ref,

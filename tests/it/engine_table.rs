@@ -127,7 +127,7 @@ impl MiniStore {
     /// Loads what `messages` need into a fresh snapshot, as `FeedTx::load` does.
     pub fn snapshot_for(&self, messages: &[AdjustmentMessage]) -> Snapshot {
         let mut snapshot = Snapshot::new();
-        let needs = engine::needs(&snapshot, messages);
+        let needs = engine::needs(&snapshot, messages, &[]);
         for order_ref in &needs.orders {
             let found = match order_ref {
                 OrderRef::Amazon(id) => self.orders.get(id),
@@ -145,7 +145,7 @@ impl MiniStore {
             snapshot.insert_key(key.clone(), self.keys.get(key).cloned());
         }
         assert!(
-            engine::needs(&snapshot, messages).is_empty(),
+            engine::needs(&snapshot, messages, &[]).is_empty(),
             "needs must be satisfied after loading"
         );
         snapshot

@@ -96,6 +96,7 @@ pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Cod
             Ok(Some(ValidatedMessage::Invalid {
                 message_id,
                 problems,
+                ..
             })) => {
                 assert!(!problems.is_empty(), "an invalid message has problems");
                 writeln!(out, "message {message_id}: invalid").expect("write to String");

@@ -994,3 +994,102 @@ fn a_validation_failure_of_one_item_lists_the_other_items_as_linked_in_the_repor
         "1.00"
     );
 }
+
+#[test]
+fn without_a_currency_attribute_precision_in_the_order_currency_comes_before_fee_and_net() {
+    // refund-rules c4: AMOUNT_PRECISION (step 3) before RESTOCKING_FEE_EXCEEDS_LIMIT (7) and
+    // NET_NOT_CREDIT (8). Without a currency attribute the validator cannot know the
+    // precision; the pipeline asks the order once it is loaded.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let report = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+                  400-0000001-0000001\t40000000000001\tSKU-J\t1\t1\tJPY\t1500\n";
+    let rows = import::parse_order_report(report).expect("report");
+    context
+        .store
+        .as_store()
+        .import_orders(&merchant(), &rows)
+        .expect("import");
+    let message = |id: u32, order: &str, item: &str, amounts: &[(&str, &str)]| {
+        let mut components = String::new();
+        for (kind, amount) in amounts {
+            let _ = write!(
+                components,
+                "<Component><Type>{kind}</Type><Amount>{amount}</Amount></Component>"
+            );
+        }
+        format!(
+            "<Message><MessageID>{id}</MessageID><OrderAdjustment><AmazonOrderID>{order}</AmazonOrderID>\n\
+             <AdjustedItem><AmazonOrderItemCode>{item}</AmazonOrderItemCode><MerchantAdjustmentItemID>K-{id}</MerchantAdjustmentItemID>\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason>\n\
+             <ItemPriceAdjustments>{components}</ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>\n"
+        )
+    };
+    let (jpy, jpy_item) = ("400-0000001-0000001", "40000000000001");
+    let (usd, usd_item) = ("111-0000002-0000002", "10000000000003");
+    let xml = [
+        FEED_HEAD.to_owned(),
+        // Fractional yen: the fee rule would suggest "at most 499.7".
+        message(
+            1,
+            jpy,
+            jpy_item,
+            &[("Principal", "999.5"), ("RestockingFee", "-500")],
+        ),
+        // A tenth of a cent.
+        message(
+            2,
+            usd,
+            usd_item,
+            &[("Principal", "20.00"), ("RestockingFee", "-10.005")],
+        ),
+        // Net not a credit, and fractional yen.
+        message(
+            3,
+            jpy,
+            jpy_item,
+            &[("Principal", "0.5"), ("RestockingFee", "-1")],
+        ),
+        // Precise amounts: the fee rule stands.
+        message(
+            4,
+            usd,
+            usd_item,
+            &[("Principal", "20.00"), ("RestockingFee", "-10.01")],
+        ),
+        // No such order: the validator's answer stands too.
+        message(
+            5,
+            "999-9999999-9999999",
+            usd_item,
+            &[("Principal", "1.5"), ("RestockingFee", "-1")],
+        ),
+        "</AmazonEnvelope>\n".to_owned(),
+    ]
+    .concat();
+    let feed = dir.path().join("precision.xml");
+    std::fs::write(&feed, xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [
+            (1, Code::AmountPrecision),
+            (2, Code::AmountPrecision),
+            (3, Code::AmountPrecision),
+            (4, Code::RestockingFeeExceedsLimit),
+            (5, Code::RestockingFeeExceedsLimit),
+        ],
+        "{:#?}",
+        processed.outcome.results
+    );
+    let first = &processed.outcome.results[0];
+    assert!(
+        first.description.contains("999.5") && first.description.contains("JPY"),
+        "{first}"
+    );
+    assert_eq!(
+        first.element,
+        "Message/OrderAdjustment/AdjustedItem[1]/ItemPriceAdjustments/Component[1]/Amount"
+    );
+    assert_eq!(processed.outcome.messages_with_error, 5);
+}

@@ -559,7 +559,7 @@ pub mod conformance {
                 .is_none()
         );
         // Missing orders and keys are recorded, so nothing is needed any more.
-        assert!(adjustd::engine::needs(&snapshot, &[]).is_empty());
+        assert!(adjustd::engine::needs(&snapshot, &[], &[]).is_empty());
         tx.apply(
             &merchant(),
             &[
