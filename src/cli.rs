@@ -576,10 +576,21 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
 
 /// Validates one file into a report outcome (DocumentTransactionID 1: there is no store),
 /// including whether its merchant may be used from where it lies. The file is read once:
-/// the content hash is computed from the same bytes.
+/// the content hash is computed from the same bytes. A file above `max_file_bytes` is
+/// rejected without being read, as `process` and the daemon do.
 fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOutcome> {
     let file = std::fs::File::open(source.path)?;
     let size = file.metadata()?.len();
+    if let Some(problem) = config.limits.file_too_large(size) {
+        return Ok(Tally::feed_level(problem).into_outcome(
+            1,
+            source.file_name,
+            pipeline::UNREAD_CONTENT_HASH,
+            source.bound_merchant.cloned(),
+            FeedStatus::Rejected,
+            None,
+        ));
+    }
     let progress = progress_bar(size);
     let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
     let reader = BufReader::with_capacity(1 << 16, &mut hashing);

@@ -31,7 +31,8 @@ pub struct FeedOutcome {
     pub status: FeedStatus,
     /// The earlier feed with the same bytes, when this one was a duplicate.
     pub duplicate_of: Option<u64>,
-    /// Hex SHA-256 of the file.
+    /// Hex SHA-256 of the file, or [`crate::pipeline::UNREAD_CONTENT_HASH`] when the feed
+    /// was rejected for its size before it was read.
     pub content_hash: String,
     /// RFC 3339 UTC time of processing.
     pub processed_at: String,

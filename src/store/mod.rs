@@ -104,7 +104,8 @@ pub struct NewFeed {
     pub merchant: Option<MerchantId>,
     /// The file name as dropped (no folder).
     pub file_name: String,
-    /// Hex SHA-256 of the file's bytes.
+    /// Hex SHA-256 of the file's bytes, or [`crate::pipeline::UNREAD_CONTENT_HASH`] for
+    /// a feed rejected for its size before it was read.
     pub content_hash: String,
     /// Unique token of the claim (the name in `work/`), so a restart after a crash can tell
     /// its own earlier attempt from a new upload of the same bytes. `None` for
@@ -145,7 +146,8 @@ pub struct FeedRecord {
     pub merchant: Option<String>,
     /// File name as dropped.
     pub file_name: String,
-    /// Hex SHA-256 of the bytes.
+    /// Hex SHA-256 of the bytes, or [`crate::pipeline::UNREAD_CONTENT_HASH`] (rejected
+    /// for its size, not read).
     pub content_hash: String,
     /// Complete or Rejected.
     pub status: FeedStatus,

@@ -1470,3 +1470,89 @@ fn process_applies_the_allow_list_to_the_top_level_inbox_only() {
         "{help}"
     );
 }
+
+/// Appends `text` (whole sections) to the sandbox's config.
+fn append_config(sandbox: &Sandbox, text: &str) {
+    let config = sandbox.path("adjustd.toml");
+    let mut content = std::fs::read_to_string(&config).expect("read config");
+    content.push_str(text);
+    std::fs::write(&config, content).expect("write config");
+}
+
+/// The feed-level result of a report rejected for its size, checked for what it must say.
+fn assert_rejected_for_size(report: &Value, size: u64, limit: u64) {
+    assert_eq!(report["status"], "Rejected", "{report}");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{report}");
+    assert_eq!(results[0]["code_name"], "LIMIT_EXCEEDED", "{report}");
+    assert_eq!(results[0]["message_id"], 0, "{report}");
+    let description = results[0]["description"].as_str().expect("description");
+    for needed in [
+        "limits.max_file_bytes".to_owned(),
+        size.to_string(),
+        limit.to_string(),
+    ] {
+        assert!(description.contains(&needed), "lacks {needed}: {report}");
+    }
+    // Not read, so not hashed: the record and the report say so rather than show a hash.
+    assert_eq!(report["content_hash"], "unread", "{report}");
+    assert_eq!(report["duplicate_of"], Value::Null, "{report}");
+}
+
+#[test]
+fn a_file_above_max_file_bytes_is_rejected_unread_by_validate_and_process() {
+    const LIMIT: u64 = 4096;
+    const SIZE: u64 = 1_000_000;
+    let sandbox = Sandbox::new();
+    append_config(&sandbox, &format!("[limits]\nmax_file_bytes = {LIMIT}\n"));
+    sandbox.import_orders();
+    // A real feed padded with zeros (sparse) beyond the limit. Before the fix the whole
+    // file was hashed and read and rejected for its first zero byte (not UTF-8, or not
+    // well-formed), never for its size.
+    let feed = sandbox.path("padded.xml");
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    std::fs::File::options()
+        .write(true)
+        .open(&feed)
+        .and_then(|file| file.set_len(SIZE))
+        .expect("pad the feed");
+    let feed_arg = feed.to_str().expect("utf-8 path");
+
+    let out = sandbox.run(&["validate", "--format", "json", feed_arg]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_rejected_for_size(&report, SIZE, LIMIT);
+
+    // Twice: each is its own rejection with one report pair, never a duplicate of the other.
+    let mut feed_ids = Vec::new();
+    for _ in 0..2 {
+        let out = sandbox.run(&["process", feed_arg]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+        assert_eq!(paths.len(), 2, "one report pair: {paths:?}");
+        let report = json_report(&paths);
+        assert_rejected_for_size(&report, SIZE, LIMIT);
+        feed_ids.push(report["feed_id"].as_u64().expect("feed id"));
+    }
+    assert_ne!(feed_ids[0], feed_ids[1]);
+    let reports = std::fs::read_dir(sandbox.path("outbox"))
+        .expect("outbox")
+        .count();
+    assert_eq!(reports, 4, "two report pairs, no temp files left");
+    let order = sandbox.order("111-0000001-0000001");
+    assert!(order["adjustments"].as_array().expect("array").is_empty());
+
+    // The same feed within the limit is read, hashed and applied as usual.
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let out = sandbox.run(&["process", feed_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+    let report = json_report(&paths);
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(report["duplicate_of"], Value::Null, "{report}");
+    let hash = report["content_hash"].as_str().expect("hash");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{report}"
+    );
+}

@@ -914,3 +914,44 @@ fn abandoned_temp_named_uploads_are_warned_about_once_each() {
     }
     assert!(dir.json_reports().is_empty());
 }
+
+#[test]
+fn a_feed_above_max_file_bytes_is_rejected_for_its_size_without_being_read() {
+    const LIMIT: usize = 4096;
+    let dir = setup(
+        &Settings {
+            more_sections: format!("[limits]\nmax_file_bytes = {LIMIT}\n"),
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    // A real feed padded with zeros, as in the QA pass: before the fix it was hashed and
+    // read to the end, then rejected as not UTF-8 or not well-formed.
+    let mut padded = feed_xml(MERCHANT, &[refund(0, "big", 100)]).into_bytes();
+    padded.resize(LIMIT * 100, 0);
+    for name in ["big.xml", "big-again.xml"] {
+        dir.drop_file(&format!("{MERCHANT}/{name}"), &padded);
+        let report = report_of(&dir, name);
+        assert_eq!(report["status"], "Rejected", "{report}");
+        assert_eq!(result_codes(&report), ["LIMIT_EXCEEDED"], "{report}");
+        let description = report["results"][0]["description"]
+            .as_str()
+            .expect("description");
+        for needed in [
+            "limits.max_file_bytes".to_owned(),
+            (LIMIT * 100).to_string(),
+            LIMIT.to_string(),
+        ] {
+            assert!(description.contains(&needed), "lacks {needed}: {report}");
+        }
+        // The second copy is not a duplicate of the first: neither was read.
+        assert_eq!(report["content_hash"], "unread", "{report}");
+        assert_eq!(report["duplicate_of"], serde_json::Value::Null, "{report}");
+    }
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("failed").len(), 2);
+    assert_eq!(dir.files_in(&format!("outbox/{MERCHANT}")).len(), 4);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 0);
+}
