@@ -461,6 +461,8 @@ fn watch_signals(
 
 fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     let mut context = context(config, open_store(config)?);
+    // As the daemon does at start: one listing of the outbox and its merchant folders.
+    report::remove_stale_temp_reports(config.outbox(), report::STALE_TEMP_REPORT_AGE);
     let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {

@@ -188,6 +188,9 @@ struct Worker {
     inbox_missing: bool,
     /// The parked feeds and when to retry them; `None` when parking is off.
     parking: Option<ParkingLot>,
+    /// When the outbox was last swept for temp reports left by interrupted writes
+    /// ([`Worker::sweep_temp_reports`]).
+    temps_swept_at: Option<Instant>,
 }
 
 /// The parked feeds of a daemon with parking on.
@@ -226,10 +229,12 @@ impl Worker {
             tokens: ClaimTokens::new(),
             inbox_missing: false,
             parking: None,
+            temps_swept_at: None,
         }
     }
 
     fn run(mut self) -> anyhow::Result<()> {
+        self.sweep_temp_reports();
         // Before the recovery of work/, which may park a recovered feed.
         self.open_parking()?;
         let leftovers = inbox::leftovers(&self.config.inbox, &self.tokens).with_context(|| {
@@ -273,6 +278,7 @@ impl Worker {
             if watch.take_overflow() && reason == ScanReason::Event {
                 reason = ScanReason::Overflow;
             }
+            self.sweep_temp_reports();
             let last_scan = Instant::now();
             let processed = self.scan_and_process(reason);
             // One parked feed per round at most, so the inbox waits for one retry at most.
@@ -284,6 +290,20 @@ impl Worker {
             }
             reason = self.wait(&watch, last_scan);
         }
+    }
+
+    /// Removes the temp reports that interrupted writes left in the outbox
+    /// ([`crate::report::remove_stale_temp_reports`]): at start, then every
+    /// [`crate::report::STALE_TEMP_REPORT_AGE`], so one left by a crash just before a quick
+    /// restart (too young to be taken for a leftover at start) goes too. One listing of the
+    /// outbox and its merchant folders each time.
+    fn sweep_temp_reports(&mut self) {
+        let age = crate::report::STALE_TEMP_REPORT_AGE;
+        if self.temps_swept_at.is_some_and(|at| at.elapsed() < age) {
+            return;
+        }
+        self.temps_swept_at = Some(Instant::now());
+        crate::report::remove_stale_temp_reports(&self.config.inbox.outbox, age);
     }
 
     /// Reads the parked folder when parking is on; says so when it is off and feeds are

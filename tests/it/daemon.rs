@@ -955,3 +955,83 @@ fn a_feed_above_max_file_bytes_is_rejected_for_its_size_without_being_read() {
     daemon.stop();
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 0);
 }
+
+/// Writes `path` with a last change `age` ago.
+fn write_aged(path: &std::path::Path, age: Duration) {
+    fs::write(path, b"<half a report").expect("write");
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(std::time::SystemTime::now() - age))
+        .expect("set mtime");
+}
+
+#[test]
+fn temp_reports_left_by_an_interrupted_write_are_removed_at_start_and_by_process() {
+    const REMOVED: &str = "removed a temp report left by an interrupted write";
+    let old = Duration::from_secs(3600);
+    let dir = setup(&Settings::default(), 1);
+    let merchant_outbox = dir.path(&format!("outbox/{MERCHANT}"));
+    fs::create_dir_all(&merchant_outbox).expect("merchant outbox");
+    let elsewhere = dir.path("elsewhere");
+    fs::create_dir_all(&elsewhere).expect("folder outside the outbox");
+    // Left by a crash mid-report: in the outbox and in a merchant folder.
+    let leftovers = [
+        dir.path("outbox/.adjustd-a1B2c3.tmp"),
+        merchant_outbox.join(".adjustd-Xy9zQ0.tmp"),
+    ];
+    for path in &leftovers {
+        write_aged(path, old);
+    }
+    // Not ours, or possibly still being written (another instance sharing the outbox), or
+    // behind a symlink: kept.
+    let foreign = merchant_outbox.join(".other.tmp");
+    write_aged(&foreign, old);
+    let young = merchant_outbox.join(".adjustd-young1.tmp");
+    write_aged(&young, Duration::ZERO);
+    let behind_link = elsewhere.join(".adjustd-linked.tmp");
+    write_aged(&behind_link, old);
+    std::os::unix::fs::symlink(&elsewhere, dir.path("outbox/LINKED")).expect("symlink folder");
+    let link_target = elsewhere.join("target.tmp");
+    write_aged(&link_target, old);
+    let file_link = dir.path("outbox/.adjustd-link00.tmp");
+    std::os::unix::fs::symlink(&link_target, &file_link).expect("symlink file");
+
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the leftovers to be removed", LONG, || {
+        daemon.log().matches(REMOVED).count() == leftovers.len()
+    });
+    // Before the fix they stayed for ever.
+    for path in &leftovers {
+        assert!(!path.exists(), "{} left", path.display());
+    }
+    for path in [&foreign, &young, &behind_link, &link_target] {
+        assert!(path.is_file(), "{} removed", path.display());
+    }
+    assert!(fs::symlink_metadata(&file_link).is_ok(), "symlink removed");
+    let log = daemon.log();
+    for path in &leftovers {
+        let name = path.file_name().expect("name").to_string_lossy();
+        assert!(
+            log.lines()
+                .any(|line| line.contains(REMOVED) && line.contains(name.as_ref())),
+            "removal of {name} not logged:\n{log}"
+        );
+    }
+    daemon.stop();
+
+    // `adjustd process` sweeps too.
+    let leftover = merchant_outbox.join(".adjustd-Pr0c35.tmp");
+    write_aged(&leftover, old);
+    let feed = dir.path("feed.xml");
+    fs::write(&feed, feed_xml(MERCHANT, &[refund(0, "sweep", 100)])).expect("feed");
+    let out = dir.cli(&["process", feed.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!leftover.exists(), "left by process");
+    assert!(young.is_file() && foreign.is_file());
+}
