@@ -29,7 +29,9 @@ pub mod exit {
     pub const INPUT: u8 = 3;
     /// Command-line usage error.
     pub const USAGE: u8 = 64;
-    /// A second SIGINT/SIGTERM during shutdown: exited at once.
+    /// `run`'s shutdown was cut short: a second SIGINT/SIGTERM exited at once, or the feed
+    /// in hand did not finish within `[daemon] shutdown_timeout_secs`. Still safe: that feed
+    /// stays in `work/` and is recovered at the next start.
     pub const INTERRUPTED: u8 = 130;
 
     /// The more severe of two outcomes of a command over several files, so the exit code
@@ -54,7 +56,9 @@ Exit codes:
   3    input errors: a feed was rejected or a message has an error (validate, process),
        an invalid order report (orders import), order not found (orders show)
   64   command-line usage error (also validate --format xml with more than one file)
-  130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
+  130  run: shutdown cut short by a second SIGINT/SIGTERM, or by [daemon]
+       shutdown_timeout_secs passing before the feed in hand finished (still safe:
+       that feed stays in work/ and is recovered at the next start)
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
@@ -81,7 +85,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: watch the inbox, process each ready feed, write reports to the
-    /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0).
+    /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0; exit 130 when
+    /// a second signal or `[daemon] shutdown_timeout_secs` cuts that short).
     ///
     /// With SQLite the daemon is the store's only writer while it runs: `orders import` and
     /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
@@ -365,9 +370,15 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
                     )),
                 };
             }
-            // A refused folder layout is a startup error like a bad config.
+            // A refused folder layout is a startup error like a bad config; a shutdown that
+            // gave up on the feed in hand ended like one cut short by a second signal.
             let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
                 exit::CONFIG
+            } else if error
+                .downcast_ref::<crate::daemon::ShutdownTimedOut>()
+                .is_some()
+            {
+                exit::INTERRUPTED
             } else {
                 exit::RUNTIME
             };

@@ -75,6 +75,22 @@ impl DaemonConfig {
     }
 }
 
+/// Shutdown gave up on the feed in hand after `[daemon] shutdown_timeout_secs`. Nothing is
+/// lost: the feed's transaction either committed or did not, and the file stays in `work/`,
+/// where the next start recovers it. The CLI exits with its own code for this
+/// ([`crate::cli::exit::INTERRUPTED`], as for a second signal), not as a runtime failure.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "shutdown did not finish within {timeout:?}; the feed in hand stays in {} and is recovered at the next start",
+    work.display()
+)]
+pub struct ShutdownTimedOut {
+    /// `[daemon] shutdown_timeout_secs`.
+    pub timeout: Duration,
+    /// The `work/` folder.
+    pub work: PathBuf,
+}
+
 /// Capacity of the queue between the notify callback and the worker. Overflow is harmless
 /// (a listing follows), so it is small.
 const WAKE_QUEUE: usize = 256;
@@ -92,7 +108,8 @@ const EVENT_COALESCE: Duration = Duration::from_millis(15);
 ///
 /// # Errors
 /// A refused folder layout, an HTTP address that cannot be bound, a `work/` folder that
-/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`.
+/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`
+/// ([`ShutdownTimedOut`]).
 pub async fn run(
     config: DaemonConfig,
     context: Context,
@@ -157,11 +174,10 @@ pub async fn run(
                 Ok(result) => {
                     result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
                 }
-                Err(_) => Err(anyhow::anyhow!(
-                    "shutdown did not finish within {:?}; the feed in hand stays in {} and is recovered at the next start",
-                    config.shutdown_timeout,
-                    config.inbox.work.display()
-                )),
+                Err(_) => Err(anyhow::Error::new(ShutdownTimedOut {
+                    timeout: config.shutdown_timeout,
+                    work: config.inbox.work.clone(),
+                })),
             }
         }
     };
