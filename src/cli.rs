@@ -306,7 +306,10 @@ fn store_open_error(config: &Config, error: crate::store::StoreError) -> anyhow:
 }
 
 /// For commands that only read: no single-writer lock, so they work next to the daemon.
+/// A database whose folder does not exist is named as a likely wrong path first
+/// ([`is_not_created_yet`]).
 fn open_store_read_only(config: &Config) -> Result<AnyStore, Failure> {
+    is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))?;
     AnyStore::open_read_only(&config.store_url)
         .with_context(|| format!("opening store {}", config.redacted_store_url()))
         .map_err(fail(exit::CONFIG))
@@ -831,7 +834,7 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
 }
 
 fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
-    let feeds = if is_not_created_yet(&config.store_url) {
+    let feeds = if is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))? {
         Vec::new()
     } else {
         let mut store = open_store_read_only(config)?;
@@ -880,13 +883,33 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-/// True for a SQLite store whose file does not exist yet: nothing was ever written to it
-/// (the first `orders import`, `process` or `run` creates it), so it holds no feeds. Any
-/// other trouble with the path (a file where a folder should be, say) is left to opening.
-fn is_not_created_yet(store_url: &str) -> bool {
-    store_url.strip_prefix("sqlite:").is_some_and(|path| {
+/// True for a SQLite store whose file does not exist yet in a folder that does: nothing was
+/// ever written to it (the first `orders import`, `process` or `run` creates it), so it
+/// holds no feeds. Any other trouble with the path (a file where a folder should be, say) is
+/// left to opening.
+///
+/// # Errors
+/// The folder of the database does not exist either: far more likely a wrong path (a typo
+/// in `[store] url` or `ADJUSTD_STORE_URL`) than an empty store, so it is not reported as
+/// one.
+fn is_not_created_yet(store_url: &str) -> anyhow::Result<bool> {
+    let Some(path) = store_url.strip_prefix("sqlite:").map(Path::new) else {
+        return Ok(false);
+    };
+    let missing = |path: &Path| {
         std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    })
+    };
+    if !missing(path) {
+        return Ok(false);
+    }
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() && missing(folder) => Err(anyhow::anyhow!(
+            "no store at {}: its folder {} does not exist either, so the path looks wrong;              check [store] url (or ADJUSTD_STORE_URL) with `adjustd config check` (orders              import, process and run create a new store and its folder)",
+            path.display(),
+            folder.display()
+        )),
+        _ => Ok(true),
+    }
 }
 
 /// Pretty JSON and a newline. serde_json reports I/O errors as its own error type; the

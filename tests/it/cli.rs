@@ -1556,3 +1556,94 @@ fn a_file_above_max_file_bytes_is_rejected_unread_by_validate_and_process() {
         "{report}"
     );
 }
+
+#[test]
+fn a_store_url_without_a_file_is_a_config_error_naming_the_key() {
+    let sandbox = Sandbox::new();
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[store]\nurl = \"sqlite:\"\n[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\n",
+    )
+    .expect("write config");
+    // Before the fix `config check` accepted it, and the store then failed to open the
+    // config's folder as a database ("disk I/O error").
+    for args in [
+        &["config", "check"][..],
+        &["feeds", "list"],
+        &["orders", "show", "x"],
+    ] {
+        let out = sandbox.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("store.url"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .args(["feeds", "list"])
+        .current_dir(sandbox.path(""))
+        .env("ADJUSTD_CONFIG", "/dev/null")
+        .env("ADJUSTD_STORE_URL", "sqlite:")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ADJUSTD_STORE_URL"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
+    let sandbox = Sandbox::new();
+    let typo = sandbox.path("typo/x.db");
+    let url = format!("sqlite:{}", typo.display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env("ADJUSTD_STORE_URL", &url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    // Before the fix: "no feeds", exit 0.
+    for args in [
+        &["feeds", "list"][..],
+        &["feeds", "list", "--json"],
+        &["orders", "show", "x"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        for needed in [
+            typo.display().to_string().as_str(),
+            "does not exist",
+            "[store] url",
+        ] {
+            assert!(
+                stderr.contains(needed),
+                "{args:?} lacks {needed:?}: {stderr}"
+            );
+        }
+    }
+    assert!(!sandbox.path("typo").exists(), "reading created nothing");
+    // A missing file in a folder that exists is a store not created yet: no feeds.
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+}
