@@ -695,11 +695,22 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
             anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
         })
         .map_err(fail(exit::USAGE))?;
-    // Opened here too so that a missing file is named before the store is opened; the
-    // store reads the report line by line in its transaction.
-    std::fs::File::open(file)
+    // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
+    // be read) is named as the I/O error it is before the store is opened; the store reads
+    // the report line by line in its transaction.
+    let opened = std::fs::File::open(file)
+        .and_then(|opened| opened.metadata())
         .with_context(|| format!("opening {}", file.display()))
         .map_err(fail(exit::RUNTIME))?;
+    if opened.is_dir() {
+        return Err(Failure {
+            code: exit::RUNTIME,
+            error: anyhow::anyhow!(
+                "{} is a folder, not an order report file: name the report file itself",
+                file.display()
+            ),
+        });
+    }
     let mut store = open_store(config)?;
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {

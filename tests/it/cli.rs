@@ -1647,3 +1647,31 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "no feeds\n");
 }
+
+#[test]
+fn orders_import_of_a_folder_is_an_io_error() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("reports");
+    std::fs::create_dir(&folder).expect("folder");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        folder.to_str().expect("utf-8 path"),
+    ]);
+    // Before the fix: exit 3, "invalid order report", as if the file had a bad line.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&folder.display().to_string()), "{stderr}");
+    assert!(stderr.contains("is a folder"), "{stderr}");
+    // As for a missing file.
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        "/nonexistent/x.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
