@@ -170,7 +170,9 @@ pub struct ValidateArgs {
 pub enum OrdersCommand {
     /// Load or update orders from an Amazon order report (tab-separated): the New Orders
     /// report creates orders with prices, the Unshipped report updates shipped quantities.
-    /// One transaction: a bad line imports nothing.
+    /// One transaction: a bad line imports nothing. An order item (order-id + order-item-id)
+    /// on two lines with other values is a bad line; a line repeating another exactly is
+    /// skipped, and the summary says how many were.
     Import {
         /// The merchant the orders belong to.
         #[arg(long, value_name = "ID")]
@@ -715,10 +717,17 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
+            // Repeated lines were read but not imported again: say so, or the counts of
+            // lines and items would not add up.
+            let repeats = match summary.repeated_lines {
+                0 => String::new(),
+                1 => " (1 repeats an earlier line of the same item and was skipped)".to_owned(),
+                n => format!(" ({n} repeat earlier lines of the same items and were skipped)"),
+            };
             print(|out| {
                 writeln!(
                     out,
-                    "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
+                    "imported {} lines{repeats} from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
                     summary.lines,
                     file.display(),
                     summary.orders_created,

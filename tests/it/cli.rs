@@ -1649,6 +1649,51 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
 }
 
 #[test]
+fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
+    let sandbox = Sandbox::new();
+    let header = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n";
+    let line = |shipped: u32| {
+        format!("171-1234567-1234567\t12345678901234\tMUG\t2\t{shipped}\tUSD\t20.00\n")
+    };
+    let report = sandbox.path("orders.txt");
+    let import = || {
+        sandbox.run(&[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            report.to_str().expect("utf-8 path"),
+        ])
+    };
+    // Before the fix: "imported 2 lines ... 1 items created, 0 updated", exit 0, the later
+    // line winning.
+    std::fs::write(&report, format!("{header}{}{}", line(0), line(1))).expect("write");
+    let out = import();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for needed in ["line 3", "line 2", "nothing was imported"] {
+        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    }
+    let out = sandbox.run(&["orders", "show", "171-1234567-1234567"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not imported: {}",
+        text(&out.stdout)
+    );
+
+    std::fs::write(&report, format!("{header}{}{}", line(1), line(1))).expect("write");
+    let out = import();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.starts_with("imported 2 lines (1 repeats an earlier line of the same item"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 items created, 0 updated"), "{summary}");
+}
+
+#[test]
 fn orders_import_of_a_folder_is_an_io_error() {
     let sandbox = Sandbox::new();
     let folder = sandbox.path("reports");
