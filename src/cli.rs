@@ -29,7 +29,9 @@ pub mod exit {
     pub const INPUT: u8 = 3;
     /// Command-line usage error.
     pub const USAGE: u8 = 64;
-    /// A second SIGINT/SIGTERM during shutdown: exited at once.
+    /// `run`'s shutdown was cut short: a second SIGINT/SIGTERM exited at once, or the feed
+    /// in hand did not finish within `[daemon] shutdown_timeout_secs`. Still safe: that feed
+    /// stays in `work/` and is recovered at the next start.
     pub const INTERRUPTED: u8 = 130;
 
     /// The more severe of two outcomes of a command over several files, so the exit code
@@ -54,7 +56,9 @@ Exit codes:
   3    input errors: a feed was rejected or a message has an error (validate, process),
        an invalid order report (orders import), order not found (orders show)
   64   command-line usage error (also validate --format xml with more than one file)
-  130  second SIGINT/SIGTERM during shutdown (exited at once; still safe)
+  130  run: shutdown cut short by a second SIGINT/SIGTERM, or by [daemon]
+       shutdown_timeout_secs passing before the feed in hand finished (still safe:
+       that feed stays in work/ and is recovered at the next start)
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
@@ -81,7 +85,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: watch the inbox, process each ready feed, write reports to the
-    /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0).
+    /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0; exit 130 when
+    /// a second signal or `[daemon] shutdown_timeout_secs` cuts that short).
     ///
     /// With SQLite the daemon is the store's only writer while it runs: `orders import` and
     /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
@@ -165,7 +170,9 @@ pub struct ValidateArgs {
 pub enum OrdersCommand {
     /// Load or update orders from an Amazon order report (tab-separated): the New Orders
     /// report creates orders with prices, the Unshipped report updates shipped quantities.
-    /// One transaction: a bad line imports nothing.
+    /// One transaction: a bad line imports nothing. An order item (order-id + order-item-id)
+    /// on two lines with other values is a bad line; a line repeating another exactly is
+    /// skipped, and the summary says how many were.
     Import {
         /// The merchant the orders belong to.
         #[arg(long, value_name = "ID")]
@@ -301,7 +308,10 @@ fn store_open_error(config: &Config, error: crate::store::StoreError) -> anyhow:
 }
 
 /// For commands that only read: no single-writer lock, so they work next to the daemon.
+/// A database whose folder does not exist is named as a likely wrong path first
+/// ([`is_not_created_yet`]).
 fn open_store_read_only(config: &Config) -> Result<AnyStore, Failure> {
+    is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))?;
     AnyStore::open_read_only(&config.store_url)
         .with_context(|| format!("opening store {}", config.redacted_store_url()))
         .map_err(fail(exit::CONFIG))
@@ -365,9 +375,15 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
                     )),
                 };
             }
-            // A refused folder layout is a startup error like a bad config.
+            // A refused folder layout is a startup error like a bad config; a shutdown that
+            // gave up on the feed in hand ended like one cut short by a second signal.
             let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
                 exit::CONFIG
+            } else if error
+                .downcast_ref::<crate::daemon::ShutdownTimedOut>()
+                .is_some()
+            {
+                exit::INTERRUPTED
             } else {
                 exit::RUNTIME
             };
@@ -461,6 +477,8 @@ fn watch_signals(
 
 fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
     let mut context = context(config, open_store(config)?);
+    // As the daemon does at start: one listing of the outbox and its merchant folders.
+    report::remove_stale_temp_reports(config.outbox(), report::STALE_TEMP_REPORT_AGE);
     let inbox = &config.daemon.inbox;
     let mut code = exit::OK;
     for path in files {
@@ -576,10 +594,21 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
 
 /// Validates one file into a report outcome (DocumentTransactionID 1: there is no store),
 /// including whether its merchant may be used from where it lies. The file is read once:
-/// the content hash is computed from the same bytes.
+/// the content hash is computed from the same bytes. A file above `max_file_bytes` is
+/// rejected without being read, as `process` and the daemon do.
 fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOutcome> {
     let file = std::fs::File::open(source.path)?;
     let size = file.metadata()?.len();
+    if let Some(problem) = config.limits.file_too_large(size) {
+        return Ok(Tally::feed_level(problem).into_outcome(
+            1,
+            source.file_name,
+            pipeline::UNREAD_CONTENT_HASH,
+            source.bound_merchant.cloned(),
+            FeedStatus::Rejected,
+            None,
+        ));
+    }
     let progress = progress_bar(size);
     let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
     let reader = BufReader::with_capacity(1 << 16, &mut hashing);
@@ -668,19 +697,37 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
             anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
         })
         .map_err(fail(exit::USAGE))?;
-    // Opened here too so that a missing file is named before the store is opened; the
-    // store reads the report line by line in its transaction.
-    std::fs::File::open(file)
+    // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
+    // be read) is named as the I/O error it is before the store is opened; the store reads
+    // the report line by line in its transaction.
+    let opened = std::fs::File::open(file)
+        .and_then(|opened| opened.metadata())
         .with_context(|| format!("opening {}", file.display()))
         .map_err(fail(exit::RUNTIME))?;
+    if opened.is_dir() {
+        return Err(Failure {
+            code: exit::RUNTIME,
+            error: anyhow::anyhow!(
+                "{} is a folder, not an order report file: name the report file itself",
+                file.display()
+            ),
+        });
+    }
     let mut store = open_store(config)?;
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
+            // Repeated lines were read but not imported again: say so, or the counts of
+            // lines and items would not add up.
+            let repeats = match summary.repeated_lines {
+                0 => String::new(),
+                1 => " (1 repeats an earlier line of the same item and was skipped)".to_owned(),
+                n => format!(" ({n} repeat earlier lines of the same items and were skipped)"),
+            };
             print(|out| {
                 writeln!(
                     out,
-                    "imported {} lines from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
+                    "imported {} lines{repeats} from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
                     summary.lines,
                     file.display(),
                     summary.orders_created,
@@ -807,7 +854,7 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
 }
 
 fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
-    let feeds = if is_not_created_yet(&config.store_url) {
+    let feeds = if is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))? {
         Vec::new()
     } else {
         let mut store = open_store_read_only(config)?;
@@ -856,13 +903,33 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-/// True for a SQLite store whose file does not exist yet: nothing was ever written to it
-/// (the first `orders import`, `process` or `run` creates it), so it holds no feeds. Any
-/// other trouble with the path (a file where a folder should be, say) is left to opening.
-fn is_not_created_yet(store_url: &str) -> bool {
-    store_url.strip_prefix("sqlite:").is_some_and(|path| {
+/// True for a SQLite store whose file does not exist yet in a folder that does: nothing was
+/// ever written to it (the first `orders import`, `process` or `run` creates it), so it
+/// holds no feeds. Any other trouble with the path (a file where a folder should be, say) is
+/// left to opening.
+///
+/// # Errors
+/// The folder of the database does not exist either: far more likely a wrong path (a typo
+/// in `[store] url` or `ADJUSTD_STORE_URL`) than an empty store, so it is not reported as
+/// one.
+fn is_not_created_yet(store_url: &str) -> anyhow::Result<bool> {
+    let Some(path) = store_url.strip_prefix("sqlite:").map(Path::new) else {
+        return Ok(false);
+    };
+    let missing = |path: &Path| {
         std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    })
+    };
+    if !missing(path) {
+        return Ok(false);
+    }
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() && missing(folder) => Err(anyhow::anyhow!(
+            "no store at {}: its folder {} does not exist either, so the path looks wrong;              check [store] url (or ADJUSTD_STORE_URL) with `adjustd config check` (orders              import, process and run create a new store and its folder)",
+            path.display(),
+            folder.display()
+        )),
+        _ => Ok(true),
+    }
 }
 
 /// Pretty JSON and a newline. serde_json reports I/O errors as its own error type; the

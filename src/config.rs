@@ -466,6 +466,16 @@ fn resolve(
 
     let store_url = match raw.store.and_then(|s| s.url) {
         Some(url) => match url.strip_prefix("sqlite:") {
+            // `sqlite:` alone (or a folder such as `sqlite:var/`) would resolve to a folder
+            // and fail only when the store is opened, with a misleading disk I/O error.
+            Some(p) if p.ends_with('/') || Path::new(p).file_name().is_none() => {
+                return Err(ConfigError::Invalid {
+                    key: "store.url".to_owned(),
+                    message: format!(
+                        "{url:?} names no database file: use sqlite:PATH with the file's path                          (e.g. sqlite:var/adjustd.db) or postgres://USER@HOST/DB"
+                    ),
+                });
+            }
             Some(p) => format!(
                 "sqlite:{}",
                 absolute(base_of("store", "url"), Path::new(p)).display()
@@ -991,6 +1001,23 @@ mod tests {
         );
         let error = load_text("[store]\nurl = \"mysql://x\"\n", &[]).expect_err("scheme");
         assert!(error.to_string().contains("store.url"), "{error}");
+        for url in [
+            "sqlite:",
+            "sqlite:var/",
+            "sqlite:/",
+            "sqlite:.",
+            "sqlite:a/..",
+        ] {
+            let error =
+                load_text(&format!("[store]\nurl = \"{url}\"\n"), &[]).expect_err("names no file");
+            assert!(error.to_string().contains("store.url"), "{url}: {error}");
+            assert!(
+                error.to_string().contains("names no database file"),
+                "{url}: {error}"
+            );
+        }
+        let error = load_text("", &[("ADJUSTD_STORE_URL", "sqlite:")]).expect_err("empty path");
+        assert!(error.to_string().contains("ADJUSTD_STORE_URL"), "{error}");
         let error = load_text("[http]\nlisten = \"nowhere\"\n", &[]).expect_err("addr");
         assert!(error.to_string().contains("http.listen"), "{error}");
     }

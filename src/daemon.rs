@@ -75,6 +75,22 @@ impl DaemonConfig {
     }
 }
 
+/// Shutdown gave up on the feed in hand after `[daemon] shutdown_timeout_secs`. Nothing is
+/// lost: the feed's transaction either committed or did not, and the file stays in `work/`,
+/// where the next start recovers it. The CLI exits with its own code for this
+/// ([`crate::cli::exit::INTERRUPTED`], as for a second signal), not as a runtime failure.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "shutdown did not finish within {timeout:?}; the feed in hand stays in {} and is recovered at the next start",
+    work.display()
+)]
+pub struct ShutdownTimedOut {
+    /// `[daemon] shutdown_timeout_secs`.
+    pub timeout: Duration,
+    /// The `work/` folder.
+    pub work: PathBuf,
+}
+
 /// Capacity of the queue between the notify callback and the worker. Overflow is harmless
 /// (a listing follows), so it is small.
 const WAKE_QUEUE: usize = 256;
@@ -92,7 +108,8 @@ const EVENT_COALESCE: Duration = Duration::from_millis(15);
 ///
 /// # Errors
 /// A refused folder layout, an HTTP address that cannot be bound, a `work/` folder that
-/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`.
+/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`
+/// ([`ShutdownTimedOut`]).
 pub async fn run(
     config: DaemonConfig,
     context: Context,
@@ -157,11 +174,10 @@ pub async fn run(
                 Ok(result) => {
                     result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
                 }
-                Err(_) => Err(anyhow::anyhow!(
-                    "shutdown did not finish within {:?}; the feed in hand stays in {} and is recovered at the next start",
-                    config.shutdown_timeout,
-                    config.inbox.work.display()
-                )),
+                Err(_) => Err(anyhow::Error::new(ShutdownTimedOut {
+                    timeout: config.shutdown_timeout,
+                    work: config.inbox.work.clone(),
+                })),
             }
         }
     };
@@ -188,6 +204,9 @@ struct Worker {
     inbox_missing: bool,
     /// The parked feeds and when to retry them; `None` when parking is off.
     parking: Option<ParkingLot>,
+    /// When the outbox was last swept for temp reports left by interrupted writes
+    /// ([`Worker::sweep_temp_reports`]).
+    temps_swept_at: Option<Instant>,
 }
 
 /// The parked feeds of a daemon with parking on.
@@ -226,10 +245,12 @@ impl Worker {
             tokens: ClaimTokens::new(),
             inbox_missing: false,
             parking: None,
+            temps_swept_at: None,
         }
     }
 
     fn run(mut self) -> anyhow::Result<()> {
+        self.sweep_temp_reports();
         // Before the recovery of work/, which may park a recovered feed.
         self.open_parking()?;
         let leftovers = inbox::leftovers(&self.config.inbox, &self.tokens).with_context(|| {
@@ -273,6 +294,7 @@ impl Worker {
             if watch.take_overflow() && reason == ScanReason::Event {
                 reason = ScanReason::Overflow;
             }
+            self.sweep_temp_reports();
             let last_scan = Instant::now();
             let processed = self.scan_and_process(reason);
             // One parked feed per round at most, so the inbox waits for one retry at most.
@@ -284,6 +306,20 @@ impl Worker {
             }
             reason = self.wait(&watch, last_scan);
         }
+    }
+
+    /// Removes the temp reports that interrupted writes left in the outbox
+    /// ([`crate::report::remove_stale_temp_reports`]): at start, then every
+    /// [`crate::report::STALE_TEMP_REPORT_AGE`], so one left by a crash just before a quick
+    /// restart (too young to be taken for a leftover at start) goes too. One listing of the
+    /// outbox and its merchant folders each time.
+    fn sweep_temp_reports(&mut self) {
+        let age = crate::report::STALE_TEMP_REPORT_AGE;
+        if self.temps_swept_at.is_some_and(|at| at.elapsed() < age) {
+            return;
+        }
+        self.temps_swept_at = Some(Instant::now());
+        crate::report::remove_stale_temp_reports(&self.config.inbox.outbox, age);
     }
 
     /// Reads the parked folder when parking is on; says so when it is off and feeds are

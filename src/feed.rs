@@ -81,6 +81,27 @@ impl Limits {
             ),
         )
     }
+
+    /// The feed-level problem for a file of `size` bytes when that is more than
+    /// `max_file_bytes`. Callers ask this with the size of the opened file before they
+    /// read a byte of it (ingest R8: a file too large is rejected without being read), so
+    /// the problem names the size and the limit but no position. The reader checks the
+    /// limit again while reading, for a file that grows after this check.
+    pub fn file_too_large(&self, size: u64) -> Option<Problem> {
+        (size > self.max_file_bytes).then(|| {
+            Problem::new(
+                Code::LimitExceeded,
+                MessageId::FEED,
+                "(file)",
+                None,
+                format!(
+                    "the file is {size} bytes, more than the limit of {} bytes (limits.max_file_bytes); it was not read",
+                    self.max_file_bytes
+                ),
+                "split the feed into smaller files or, if the input is trusted, raise `[limits] max_file_bytes` in the configuration",
+            )
+        })
+    }
 }
 
 /// Whether a file looks like a finished upload (see [`completeness`]).

@@ -172,10 +172,28 @@ impl ProcessError {
 /// # Errors
 /// See [`ProcessError`]; bad input is never an error (it is in the report).
 pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Processed, ProcessError> {
-    let content_hash = hash_file(source.path)?;
+    // The size of the opened file decides before a byte is read (ingest R8): a file above
+    // `max_file_bytes` is rejected without being hashed or parsed, so a huge (or sparse)
+    // file costs nothing and holds up no other feed.
+    let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| read_error(source.path, e))?
+        .len();
+    let too_large = context.limits.file_too_large(size);
+    let content_hash = match &too_large {
+        Some(_) => UNREAD_CONTENT_HASH.to_owned(),
+        None => HashingReader::new(file)
+            .finish()
+            .map_err(|e| read_error(source.path, e))?,
+    };
     let mut attempt = 1;
     loop {
-        match attempt_once(context, source, &content_hash) {
+        let result = match &too_large {
+            Some(problem) => reject_unread(context, source, problem.clone()),
+            None => attempt_once(context, source, &content_hash),
+        };
+        match result {
             Err(ProcessError::Store(StoreError::Conflict { detail }))
                 if attempt < CONFLICT_ATTEMPTS =>
             {
@@ -186,6 +204,33 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
             other => return other,
         }
     }
+}
+
+/// The `content_hash` of a feed rejected before it was read ([`Limits::file_too_large`]):
+/// not a hash, and never equal to one (a SHA-256 is 64 hex digits), so it stands for "no
+/// hash" in the feed record and the report. A rejected feed is never the original of a
+/// duplicate, so the marker cannot make two such feeds look alike either.
+pub const UNREAD_CONTENT_HASH: &str = "unread";
+
+/// Records and reports a feed rejected before it was read (too large), unless this claim
+/// already committed (a restart after a crash between commit and the file move), whose
+/// report is re-emitted.
+fn reject_unread(
+    context: &mut Context,
+    source: &Source<'_>,
+    problem: Problem,
+) -> Result<Processed, ProcessError> {
+    let store = context.store.as_store();
+    if let Some(token) = source.claim_token
+        && let Some(record) = store.feed_by_claim(token)?
+    {
+        let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+            detail: format!("feed {}: {e}", record.id),
+        })?;
+        return write(context, source, outcome, None);
+    }
+    let outcome = reject(store, source, UNREAD_CONTENT_HASH, None, problem)?;
+    write(context, source, outcome, Some(0))
 }
 
 fn attempt_once(
@@ -733,17 +778,6 @@ pub fn lists_order_not_found(outcome: &FeedOutcome) -> bool {
         .results
         .iter()
         .any(|result| matches!(result.code, Code::OrderNotFound | Code::ResultsOmitted))
-}
-
-/// Hex SHA-256 of a file's bytes.
-///
-/// # Errors
-/// [`ProcessError::Read`] when the file cannot be read.
-pub fn hash_file(path: &Path) -> Result<String, ProcessError> {
-    let file = File::open(path).map_err(|e| read_error(path, e))?;
-    HashingReader::new(file)
-        .finish()
-        .map_err(|e| read_error(path, e))
 }
 
 /// What the keys of adjusted items without a `MerchantAdjustmentItemID` derive from: the

@@ -1,7 +1,8 @@
 //! Processing reports: Amazon's ProcessingReport XML and its JSON twin, rendered from a
 //! [`FeedOutcome`], the JSON parsed back (the pipeline keeps it in the feed record and
 //! re-emits both reports from it after a crash), the report file names, and the atomic file
-//! writes that put them in the outbox. No business rules: the outcome already says
+//! writes that put them in the outbox (and the sweep that removes the temp files an
+//! interrupted write left there). No business rules: the outcome already says
 //! everything; this module only words it and writes it down.
 //!
 //! Rendering is deterministic: the same outcome always gives the same bytes, so re-emitting
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{AmazonOrderId, MerchantId, MessageId, OrderItemCode, Position};
 use crate::problem::{Code, Problem, Severity};
 use crate::store::FeedStatus;
+use crate::telemetry::escaped;
 
 /// Everything a report says about one feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +33,8 @@ pub struct FeedOutcome {
     pub status: FeedStatus,
     /// The earlier feed with the same bytes, when this one was a duplicate.
     pub duplicate_of: Option<u64>,
-    /// Hex SHA-256 of the file.
+    /// Hex SHA-256 of the file, or [`crate::pipeline::UNREAD_CONTENT_HASH`] when the feed
+    /// was rejected for its size before it was read.
     pub content_hash: String,
     /// RFC 3339 UTC time of processing.
     pub processed_at: String,
@@ -361,7 +364,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     create_folder(folder)?;
     let mut builder = tempfile::Builder::new();
-    builder.prefix(".adjustd-").suffix(".tmp");
+    builder.prefix(TEMP_PREFIX).suffix(TEMP_SUFFIX);
     // Reports are for operators and other tools: the usual 0666 & umask, not tempfile's 0600.
     #[cfg(unix)]
     {
@@ -373,6 +376,88 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|err| err.error)?;
     fsync_dir(folder)
+}
+
+/// Temp files of [`write_atomic`] are named `.adjustd-XXXXXX.tmp`.
+const TEMP_PREFIX: &str = ".adjustd-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// How long a temp file of [`write_atomic`] in the outbox must have been left unchanged
+/// before [`remove_stale_temp_reports`] takes it for the leftover of an interrupted write.
+/// A report is rendered before its temp file is created, so the file lives only while it
+/// is written and synced (milliseconds, seconds on a slow disk); the margin keeps the sweep
+/// away from a report another instance (PostgreSQL, one shared outbox) or `adjustd
+/// process` is writing at that moment.
+pub const STALE_TEMP_REPORT_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the temp files that interrupted report writes (a crash, a kill, a full disk
+/// between create and rename) left in `outbox` and its merchant folders (ingest.md's crash
+/// table: delete temp reports): regular files named exactly `.adjustd-*.tmp` whose last
+/// change is at least `older_than` ago. Anything else is left alone: other names (a
+/// downstream tool's own `.other.tmp`), symlinks, and whatever lies behind a symlinked
+/// folder (not followed). Each removal is logged; a folder or file that cannot be read or
+/// removed is logged and skipped. Returns how many files were removed.
+pub fn remove_stale_temp_reports(outbox: &Path, older_than: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let mut folders = vec![outbox.to_path_buf()];
+    let mut index = 0;
+    while let Some(folder) = folders.get(index).cloned() {
+        index += 1;
+        let entries = match fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            // No outbox yet: nothing was ever written there.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                tracing::warn!(folder = %escaped(folder.display()), error = %error, "cannot list the folder for temp reports left by an interrupted write");
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            // `file_type` does not follow symlinks.
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                // Merchant folders only: one level below the outbox.
+                if folder == outbox {
+                    folders.push(entry.path());
+                }
+                continue;
+            }
+            let name = entry.file_name();
+            if !file_type.is_file() || !is_temp_report_name(&name.to_string_lossy()) {
+                continue;
+            }
+            let path = entry.path();
+            let age = entry
+                .metadata()
+                .and_then(|metadata| metadata.modified())
+                .ok()
+                .and_then(|modified| std::time::SystemTime::now().duration_since(modified).ok());
+            if age.is_none_or(|age| age < older_than) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    removed += 1;
+                    tracing::info!(file = %escaped(path.display()), "removed a temp report left by an interrupted write");
+                }
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    tracing::warn!(file = %escaped(path.display()), error = %error, "cannot remove a temp report left by an interrupted write");
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// True for the names [`write_atomic`] gives its temp files: `.adjustd-`, at least one
+/// character, `.tmp`.
+fn is_temp_report_name(name: &str) -> bool {
+    name.len() > TEMP_PREFIX.len() + TEMP_SUFFIX.len()
+        && name.starts_with(TEMP_PREFIX)
+        && name.ends_with(TEMP_SUFFIX)
 }
 
 /// Flushes a folder's entries (creations, renames, removals in it) to disk, so a rename is

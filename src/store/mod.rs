@@ -9,7 +9,7 @@ pub mod import;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -104,7 +104,8 @@ pub struct NewFeed {
     pub merchant: Option<MerchantId>,
     /// The file name as dropped (no folder).
     pub file_name: String,
-    /// Hex SHA-256 of the file's bytes.
+    /// Hex SHA-256 of the file's bytes, or [`crate::pipeline::UNREAD_CONTENT_HASH`] for
+    /// a feed rejected for its size before it was read.
     pub content_hash: String,
     /// Unique token of the claim (the name in `work/`), so a restart after a crash can tell
     /// its own earlier attempt from a new upload of the same bytes. `None` for
@@ -145,7 +146,8 @@ pub struct FeedRecord {
     pub merchant: Option<String>,
     /// File name as dropped.
     pub file_name: String,
-    /// Hex SHA-256 of the bytes.
+    /// Hex SHA-256 of the bytes, or [`crate::pipeline::UNREAD_CONTENT_HASH`] (rejected
+    /// for its size, not read).
     pub content_hash: String,
     /// Complete or Rejected.
     pub status: FeedStatus,
@@ -258,16 +260,58 @@ impl From<ImportError> for StoreError {
 }
 
 /// Which orders and items an import created or updated, by database id: an order created
-/// by one line and named again by a later one counts once, as created.
+/// by one line and named again by a later one counts once, as created. Also the first line
+/// of each order item, to tell a repeated line from two lines that disagree
+/// ([`ImportSeen::repeat`]).
 #[derive(Debug, Default)]
 pub(crate) struct ImportSeen {
     pub(crate) orders_created: HashSet<i64>,
     pub(crate) orders_updated: HashSet<i64>,
     pub(crate) items_created: HashSet<i64>,
     pub(crate) items_updated: HashSet<i64>,
+    /// (order, item) → the first line naming it and a digest of its values.
+    item_lines: HashMap<(AmazonOrderId, OrderItemCode), (u32, u64)>,
+    /// Lines that repeated an earlier line of the same item value for value.
+    repeated_lines: u64,
 }
 
 impl ImportSeen {
+    /// Checks `row` against the earlier lines of this import. `Ok(false)`: the first line
+    /// of its order item, to import. `Ok(true)`: a repeat of that line with the same
+    /// values (a report exported twice into one file, say), counted and to be skipped.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming both lines when they give the same order item
+    /// (order-id + order-item-id) different values: which one is right cannot be told,
+    /// and taking the later one silently would import whichever came last.
+    pub(crate) fn repeat(&mut self, row: &OrderRow) -> Result<bool, StoreError> {
+        let digest = row_digest(row);
+        match self
+            .item_lines
+            .entry((row.amazon_order_id.clone(), row.item_code.clone()))
+        {
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert((row.line, digest));
+                Ok(false)
+            }
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let (first, first_digest) = *entry.get();
+                if first_digest != digest {
+                    return Err(StoreError::Invalid {
+                        detail: format!(
+                            "line {}: order {} item {} is on line {first} too, with other \
+                             values; an order item may appear once in a report: keep the \
+                             right line and import again",
+                            row.line, row.amazon_order_id, row.item_code
+                        ),
+                    });
+                }
+                self.repeated_lines += 1;
+                Ok(true)
+            }
+        }
+    }
+
     /// Counts an existing order (found in the store) as updated, unless this import
     /// created it.
     pub(crate) fn order_updated(&mut self, id: i64) {
@@ -288,6 +332,7 @@ impl ImportSeen {
         let count = |set: &HashSet<i64>| set.len() as u64;
         ImportSummary {
             lines,
+            repeated_lines: self.repeated_lines,
             orders_created: count(&self.orders_created),
             orders_updated: count(&self.orders_updated),
             items_created: count(&self.items_created),
@@ -296,11 +341,51 @@ impl ImportSeen {
     }
 }
 
+/// A digest of every value of an order line but its line number: equal for lines that
+/// say the same. Two lines of one item that differ collide with a chance of 2^-64.
+fn row_digest(row: &OrderRow) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    // Destructured so that a new field cannot be left out of the comparison.
+    let OrderRow {
+        line: _,
+        amazon_order_id,
+        merchant_order_id,
+        item_code,
+        merchant_item_id,
+        purchase_date,
+        sku,
+        quantity_ordered,
+        quantity_shipped,
+        currency,
+        charged,
+        channel,
+    } = row;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (
+        amazon_order_id,
+        merchant_order_id,
+        item_code,
+        merchant_item_id,
+        purchase_date,
+        sku,
+        quantity_ordered,
+        quantity_shipped,
+        currency,
+        charged,
+        channel,
+    )
+        .hash(&mut hasher);
+    hasher.finish()
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct ImportSummary {
-    /// Order lines read.
+    /// Order lines read, repeats included.
     pub lines: u64,
+    /// Lines that repeated an earlier line of the same order item with the same values:
+    /// read but not imported again (`lines - repeated_lines` lines were imported).
+    pub repeated_lines: u64,
     /// Orders created.
     pub orders_created: u64,
     /// Orders already present (updated).

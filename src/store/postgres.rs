@@ -1315,9 +1315,12 @@ fn import_orders(
     let mut lines = 0;
     let mut rows = source.rows()?.peekable();
     while let Some(row) = rows.next() {
-        batch.push(row?);
+        let row = row?;
         lines += 1;
-        if batch.len() == IMPORT_BATCH || rows.peek().is_none() {
+        if !seen.repeat(&row)? {
+            batch.push(row);
+        }
+        if (batch.len() == IMPORT_BATCH || rows.peek().is_none()) && !batch.is_empty() {
             import_batch(&mut tx, statements, broken, merchant, &batch, &mut seen)?;
             batch.clear();
         }

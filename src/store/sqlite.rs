@@ -584,6 +584,9 @@ impl Store for SqliteStore {
         for row in rows.rows()? {
             let row = row?;
             lines += 1;
+            if seen.repeat(&row)? {
+                continue;
+            }
             import_row(&tx, merchant, &row, &mut seen).map_err(|e| match e {
                 StoreError::Invalid { detail } if !detail.starts_with("line ") => {
                     StoreError::Invalid {

@@ -1471,6 +1471,256 @@ fn process_applies_the_allow_list_to_the_top_level_inbox_only() {
     );
 }
 
+/// Appends `text` (whole sections) to the sandbox's config.
+fn append_config(sandbox: &Sandbox, text: &str) {
+    let config = sandbox.path("adjustd.toml");
+    let mut content = std::fs::read_to_string(&config).expect("read config");
+    content.push_str(text);
+    std::fs::write(&config, content).expect("write config");
+}
+
+/// The feed-level result of a report rejected for its size, checked for what it must say.
+fn assert_rejected_for_size(report: &Value, size: u64, limit: u64) {
+    assert_eq!(report["status"], "Rejected", "{report}");
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 1, "{report}");
+    assert_eq!(results[0]["code_name"], "LIMIT_EXCEEDED", "{report}");
+    assert_eq!(results[0]["message_id"], 0, "{report}");
+    let description = results[0]["description"].as_str().expect("description");
+    for needed in [
+        "limits.max_file_bytes".to_owned(),
+        size.to_string(),
+        limit.to_string(),
+    ] {
+        assert!(description.contains(&needed), "lacks {needed}: {report}");
+    }
+    // Not read, so not hashed: the record and the report say so rather than show a hash.
+    assert_eq!(report["content_hash"], "unread", "{report}");
+    assert_eq!(report["duplicate_of"], Value::Null, "{report}");
+}
+
+#[test]
+fn a_file_above_max_file_bytes_is_rejected_unread_by_validate_and_process() {
+    const LIMIT: u64 = 4096;
+    const SIZE: u64 = 1_000_000;
+    let sandbox = Sandbox::new();
+    append_config(&sandbox, &format!("[limits]\nmax_file_bytes = {LIMIT}\n"));
+    sandbox.import_orders();
+    // A real feed padded with zeros (sparse) beyond the limit. Before the fix the whole
+    // file was hashed and read and rejected for its first zero byte (not UTF-8, or not
+    // well-formed), never for its size.
+    let feed = sandbox.path("padded.xml");
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    std::fs::File::options()
+        .write(true)
+        .open(&feed)
+        .and_then(|file| file.set_len(SIZE))
+        .expect("pad the feed");
+    let feed_arg = feed.to_str().expect("utf-8 path");
+
+    let out = sandbox.run(&["validate", "--format", "json", feed_arg]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_rejected_for_size(&report, SIZE, LIMIT);
+
+    // Twice: each is its own rejection with one report pair, never a duplicate of the other.
+    let mut feed_ids = Vec::new();
+    for _ in 0..2 {
+        let out = sandbox.run(&["process", feed_arg]);
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+        assert_eq!(paths.len(), 2, "one report pair: {paths:?}");
+        let report = json_report(&paths);
+        assert_rejected_for_size(&report, SIZE, LIMIT);
+        feed_ids.push(report["feed_id"].as_u64().expect("feed id"));
+    }
+    assert_ne!(feed_ids[0], feed_ids[1]);
+    let reports = std::fs::read_dir(sandbox.path("outbox"))
+        .expect("outbox")
+        .count();
+    assert_eq!(reports, 4, "two report pairs, no temp files left");
+    let order = sandbox.order("111-0000001-0000001");
+    assert!(order["adjustments"].as_array().expect("array").is_empty());
+
+    // The same feed within the limit is read, hashed and applied as usual.
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let out = sandbox.run(&["process", feed_arg]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+    let report = json_report(&paths);
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(report["duplicate_of"], Value::Null, "{report}");
+    let hash = report["content_hash"].as_str().expect("hash");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_store_url_without_a_file_is_a_config_error_naming_the_key() {
+    let sandbox = Sandbox::new();
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[store]\nurl = \"sqlite:\"\n[paths]\ninbox = \"inbox\"\noutbox = \"outbox\"\n",
+    )
+    .expect("write config");
+    // Before the fix `config check` accepted it, and the store then failed to open the
+    // config's folder as a database ("disk I/O error").
+    for args in [
+        &["config", "check"][..],
+        &["feeds", "list"],
+        &["orders", "show", "x"],
+    ] {
+        let out = sandbox.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("store.url"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .args(["feeds", "list"])
+        .current_dir(sandbox.path(""))
+        .env("ADJUSTD_CONFIG", "/dev/null")
+        .env("ADJUSTD_STORE_URL", "sqlite:")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ADJUSTD_STORE_URL"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
+    let sandbox = Sandbox::new();
+    let typo = sandbox.path("typo/x.db");
+    let url = format!("sqlite:{}", typo.display());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env("ADJUSTD_STORE_URL", &url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    // Before the fix: "no feeds", exit 0.
+    for args in [
+        &["feeds", "list"][..],
+        &["feeds", "list", "--json"],
+        &["orders", "show", "x"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        let stderr = text(&out.stderr);
+        for needed in [
+            typo.display().to_string().as_str(),
+            "does not exist",
+            "[store] url",
+        ] {
+            assert!(
+                stderr.contains(needed),
+                "{args:?} lacks {needed:?}: {stderr}"
+            );
+        }
+    }
+    assert!(!sandbox.path("typo").exists(), "reading created nothing");
+    // A missing file in a folder that exists is a store not created yet: no feeds.
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+}
+
+#[test]
+fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
+    let sandbox = Sandbox::new();
+    let header = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n";
+    let line = |shipped: u32| {
+        format!("171-1234567-1234567\t12345678901234\tMUG\t2\t{shipped}\tUSD\t20.00\n")
+    };
+    let report = sandbox.path("orders.txt");
+    let import = || {
+        sandbox.run(&[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            report.to_str().expect("utf-8 path"),
+        ])
+    };
+    // Before the fix: "imported 2 lines ... 1 items created, 0 updated", exit 0, the later
+    // line winning.
+    std::fs::write(&report, format!("{header}{}{}", line(0), line(1))).expect("write");
+    let out = import();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for needed in ["line 3", "line 2", "nothing was imported"] {
+        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    }
+    let out = sandbox.run(&["orders", "show", "171-1234567-1234567"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "not imported: {}",
+        text(&out.stdout)
+    );
+
+    std::fs::write(&report, format!("{header}{}{}", line(1), line(1))).expect("write");
+    let out = import();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        summary.starts_with("imported 2 lines (1 repeats an earlier line of the same item"),
+        "{summary}"
+    );
+    assert!(summary.contains("1 items created, 0 updated"), "{summary}");
+}
+
+#[test]
+fn orders_import_of_a_folder_is_an_io_error() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("reports");
+    std::fs::create_dir(&folder).expect("folder");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        folder.to_str().expect("utf-8 path"),
+    ]);
+    // Before the fix: exit 3, "invalid order report", as if the file had a bad line.
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&folder.display().to_string()), "{stderr}");
+    assert!(stderr.contains("is a folder"), "{stderr}");
+    // As for a missing file.
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        "/nonexistent/x.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
 #[test]
 fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() {
     let sandbox = Sandbox::new();

@@ -916,6 +916,173 @@ fn abandoned_temp_named_uploads_are_warned_about_once_each() {
 }
 
 #[test]
+fn a_feed_above_max_file_bytes_is_rejected_for_its_size_without_being_read() {
+    const LIMIT: usize = 4096;
+    let dir = setup(
+        &Settings {
+            more_sections: format!("[limits]\nmax_file_bytes = {LIMIT}\n"),
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    // A real feed padded with zeros, as in the QA pass: before the fix it was hashed and
+    // read to the end, then rejected as not UTF-8 or not well-formed.
+    let mut padded = feed_xml(MERCHANT, &[refund(0, "big", 100)]).into_bytes();
+    padded.resize(LIMIT * 100, 0);
+    for name in ["big.xml", "big-again.xml"] {
+        dir.drop_file(&format!("{MERCHANT}/{name}"), &padded);
+        let report = report_of(&dir, name);
+        assert_eq!(report["status"], "Rejected", "{report}");
+        assert_eq!(result_codes(&report), ["LIMIT_EXCEEDED"], "{report}");
+        let description = report["results"][0]["description"]
+            .as_str()
+            .expect("description");
+        for needed in [
+            "limits.max_file_bytes".to_owned(),
+            (LIMIT * 100).to_string(),
+            LIMIT.to_string(),
+        ] {
+            assert!(description.contains(&needed), "lacks {needed}: {report}");
+        }
+        // The second copy is not a duplicate of the first: neither was read.
+        assert_eq!(report["content_hash"], "unread", "{report}");
+        assert_eq!(report["duplicate_of"], serde_json::Value::Null, "{report}");
+    }
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("failed").len(), 2);
+    assert_eq!(dir.files_in(&format!("outbox/{MERCHANT}")).len(), 4);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 0);
+}
+
+/// Writes `path` with a last change `age` ago.
+fn write_aged(path: &std::path::Path, age: Duration) {
+    fs::write(path, b"<half a report").expect("write");
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_modified(std::time::SystemTime::now() - age))
+        .expect("set mtime");
+}
+
+#[test]
+fn temp_reports_left_by_an_interrupted_write_are_removed_at_start_and_by_process() {
+    const REMOVED: &str = "removed a temp report left by an interrupted write";
+    let old = Duration::from_secs(3600);
+    let dir = setup(&Settings::default(), 1);
+    let merchant_outbox = dir.path(&format!("outbox/{MERCHANT}"));
+    fs::create_dir_all(&merchant_outbox).expect("merchant outbox");
+    let elsewhere = dir.path("elsewhere");
+    fs::create_dir_all(&elsewhere).expect("folder outside the outbox");
+    // Left by a crash mid-report: in the outbox and in a merchant folder.
+    let leftovers = [
+        dir.path("outbox/.adjustd-a1B2c3.tmp"),
+        merchant_outbox.join(".adjustd-Xy9zQ0.tmp"),
+    ];
+    for path in &leftovers {
+        write_aged(path, old);
+    }
+    // Not ours, or possibly still being written (another instance sharing the outbox), or
+    // behind a symlink: kept.
+    let foreign = merchant_outbox.join(".other.tmp");
+    write_aged(&foreign, old);
+    let young = merchant_outbox.join(".adjustd-young1.tmp");
+    write_aged(&young, Duration::ZERO);
+    let behind_link = elsewhere.join(".adjustd-linked.tmp");
+    write_aged(&behind_link, old);
+    std::os::unix::fs::symlink(&elsewhere, dir.path("outbox/LINKED")).expect("symlink folder");
+    let link_target = elsewhere.join("target.tmp");
+    write_aged(&link_target, old);
+    let file_link = dir.path("outbox/.adjustd-link00.tmp");
+    std::os::unix::fs::symlink(&link_target, &file_link).expect("symlink file");
+
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the leftovers to be removed", LONG, || {
+        daemon.log().matches(REMOVED).count() == leftovers.len()
+    });
+    // Before the fix they stayed for ever.
+    for path in &leftovers {
+        assert!(!path.exists(), "{} left", path.display());
+    }
+    for path in [&foreign, &young, &behind_link, &link_target] {
+        assert!(path.is_file(), "{} removed", path.display());
+    }
+    assert!(fs::symlink_metadata(&file_link).is_ok(), "symlink removed");
+    let log = daemon.log();
+    for path in &leftovers {
+        let name = path.file_name().expect("name").to_string_lossy();
+        assert!(
+            log.lines()
+                .any(|line| line.contains(REMOVED) && line.contains(name.as_ref())),
+            "removal of {name} not logged:\n{log}"
+        );
+    }
+    daemon.stop();
+
+    // `adjustd process` sweeps too.
+    let leftover = merchant_outbox.join(".adjustd-Pr0c35.tmp");
+    write_aged(&leftover, old);
+    let feed = dir.path("feed.xml");
+    fs::write(&feed, feed_xml(MERCHANT, &[refund(0, "sweep", 100)])).expect("feed");
+    let out = dir.cli(&["process", feed.to_str().expect("utf-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!leftover.exists(), "left by process");
+    assert!(young.is_file() && foreign.is_file());
+}
+
+#[test]
+fn a_shutdown_that_times_out_exits_130_and_the_feed_is_recovered_at_the_next_start() {
+    let dir = setup(
+        &Settings {
+            shutdown_timeout_secs: 1,
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    // The feed in hand cannot finish while another process holds the database's write lock
+    // (the pipeline waits out the busy timeout, 5 s, several times): it is still in hand
+    // when the shutdown timeout of 1 s passes, however fast the machine.
+    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    dir.drop_file(
+        "slow.xml",
+        feed_xml(MERCHANT, &[refund(0, "slow-1", 125)]).as_bytes(),
+    );
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=slow.xml")
+    });
+    daemon.signal("TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+    let log = daemon.log();
+    // Before the fix: 2, documented as an I/O or database error.
+    assert_eq!(status.code(), Some(130), "{log}");
+    assert!(log.contains("shutdown did not finish within 1s"), "{log}");
+    assert_eq!(dir.files_in("work").len(), 1, "the feed stays in work/");
+    assert!(dir.reports_for("slow.xml").is_empty());
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+
+    let mut daemon = dir.spawn_daemon();
+    let report = report_of(&dir, "slow.xml");
+    assert_eq!(report["summary"]["messages_successful"], 1, "{report}");
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 125);
+}
+
+#[test]
 fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice() {
     // The outbox cannot take the report (full, permissions; here a regular file stands where
     // the merchant's report folder belongs, which stops root too). The feed is committed

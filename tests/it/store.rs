@@ -153,6 +153,7 @@ pub mod conformance {
             $crate::store::conformance::conformance_tests!(@cases $factory;
                 import_creates_and_reimport_updates,
                 import_rejects_contradictions_atomically,
+                import_refuses_an_item_on_two_lines_that_disagree,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -273,6 +274,55 @@ pub mod conformance {
 
     /// A row that contradicts the store fails the import naming line and column, and
     /// nothing of the import is written.
+    /// One order item (order-id + order-item-id) on two lines of a report: with other
+    /// values, the report is refused naming both lines and nothing is imported (before,
+    /// the later line won silently); with the same values, the repeat is skipped and
+    /// counted, so the summary adds up.
+    pub fn import_refuses_an_item_on_two_lines_that_disagree(store: &mut dyn Store) {
+        let header = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\n";
+        let first = "199-0000000-0000001\t99999999999991\tONE\t1\tUSD\t1.00\n";
+        let other = "199-0000000-0000002\t99999999999992\tTWO\t1\tUSD\t2.00\n";
+        // Another price for the first item, spelt differently from the first line's.
+        let changed = "199-0000000-0000001\t99999999999991\tONE\t1\tUSD\t1.5\n";
+        let rows = parse_order_report(&format!("{header}{first}{other}{changed}")).expect("parses");
+        let err = store
+            .import_orders(&merchant(), &rows)
+            .expect_err("two lines disagree");
+        assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+        let msg = err.to_string();
+        for needed in ["line 4", "line 2", "199-0000000-0000001", "99999999999991"] {
+            assert!(msg.contains(needed), "lacks {needed}: {msg}");
+        }
+        for order in ["199-0000000-0000001", "199-0000000-0000002"] {
+            assert!(
+                store
+                    .orders(Some(&merchant()), order)
+                    .expect("orders")
+                    .is_empty(),
+                "{order} imported"
+            );
+        }
+
+        // The same value spelt alike or not ("1.00", "1.0") is the same line.
+        let again = "199-0000000-0000001\t99999999999991\tONE\t1\tUSD\t1.0\n";
+        let rows =
+            parse_order_report(&format!("{header}{first}{other}{again}{first}")).expect("parses");
+        let summary = store.import_orders(&merchant(), &rows).expect("repeats");
+        assert_eq!(
+            (
+                summary.lines,
+                summary.repeated_lines,
+                summary.orders_created,
+                summary.items_created,
+                summary.items_updated
+            ),
+            (4, 2, 2, 2, 0)
+        );
+        let view = one_order(store, "199-0000000-0000001");
+        assert_eq!(view.items.len(), 1);
+        assert_eq!(view.items[0].charged["Principal"], "1.00");
+    }
+
     pub fn import_rejects_contradictions_atomically(store: &mut dyn Store) {
         store
             .import_orders(&merchant(), &sample_rows())

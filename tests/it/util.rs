@@ -43,6 +43,8 @@ pub struct Settings {
     pub store_url: Option<String>,
     /// `[http] listen`.
     pub http_listen: Option<String>,
+    /// More sections, appended at the end of the config (`"[limits]\nmax_file_bytes = 10\n"`).
+    pub more_sections: String,
     /// Put the folder on tmpfs (`/dev/shm`) when there is one, so that fsync costs
     /// nothing and a test measures the daemon rather than the disk.
     pub in_memory: bool,
@@ -61,6 +63,7 @@ impl Default for Settings {
             daemon_extra: String::new(),
             store_url: None,
             http_listen: None,
+            more_sections: String::new(),
             in_memory: false,
         }
     }
@@ -110,6 +113,7 @@ impl TestDir {
         if let Some(listen) = &settings.http_listen {
             let _ = write!(config, "[http]\nlisten = \"{listen}\"\n");
         }
+        config.push_str(&settings.more_sections);
         fs::write(self.path("adjustd.toml"), config).expect("write config");
         for folder in ["inbox", "outbox", "archive", "failed", "work"] {
             fs::create_dir_all(self.path(folder)).expect("create folder");
