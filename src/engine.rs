@@ -2812,6 +2812,22 @@ mod tests {
         assert_eq!(codes(&mut s, &other), []);
     }
 
+    /// Plans `m` alone, which must apply as one adjustment.
+    fn the_adjustment(s: &mut Snapshot, m: &AdjustmentMessage) -> NewAdjustment {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            s,
+            &merchant,
+            std::slice::from_ref(m),
+            &Rules::default(),
+            processed_on(),
+        );
+        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
+            panic!("one adjustment expected: {plan:?}");
+        };
+        adjustment.clone()
+    }
+
     #[test]
     fn changes_carry_minor_units_keys_and_hashes() {
         let m = message(vec![
@@ -2819,17 +2835,7 @@ mod tests {
             price(PriceComponent::Goodwill, "1"),
         ]);
         let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
-        let merchant = MerchantId::new("M1").expect("valid");
-        let plan = plan(
-            &mut s,
-            &merchant,
-            std::slice::from_ref(&m),
-            &Rules::default(),
-            processed_on(),
-        );
-        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
-            panic!("one adjustment expected: {plan:?}");
-        };
+        let adjustment = the_adjustment(&mut s, &m);
         assert_eq!(
             adjustment.amounts,
             [
@@ -2863,17 +2869,7 @@ mod tests {
             price(PriceComponent::Goodwill, "0.25"),
         ]);
         let mut s = snapshot(1, &[(PriceComponent::Principal, 1150)]);
-        let merchant = MerchantId::new("M1").expect("valid");
-        let plan = plan(
-            &mut s,
-            &merchant,
-            std::slice::from_ref(&m),
-            &Rules::default(),
-            processed_on(),
-        );
-        let [Change::Adjust(adjustment)] = plan.changes.as_slice() else {
-            panic!("one adjustment expected: {plan:?}");
-        };
+        let adjustment = the_adjustment(&mut s, &m);
         assert_eq!(
             adjustment.amounts,
             [
