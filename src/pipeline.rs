@@ -220,17 +220,35 @@ fn reject_unread(
     source: &Source<'_>,
     problem: Problem,
 ) -> Result<Processed, ProcessError> {
-    let store = context.store.as_store();
-    if let Some(token) = source.claim_token
-        && let Some(record) = store.feed_by_claim(token)?
-    {
-        let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
-            detail: format!("feed {}: {e}", record.id),
-        })?;
-        return write(context, source, outcome, None);
+    if let Some(processed) = re_emit_committed(context, source)? {
+        return Ok(processed);
     }
-    let outcome = reject(store, source, UNREAD_CONTENT_HASH, None, problem)?;
+    let outcome = reject(
+        context.store.as_store(),
+        source,
+        UNREAD_CONTENT_HASH,
+        None,
+        problem,
+    )?;
     write(context, source, outcome, Some(0))
+}
+
+/// The report of this claim re-emitted, when it already committed (a restart after a crash,
+/// or a report the outbox could not take, between commit and the file move).
+fn re_emit_committed(
+    context: &mut Context,
+    source: &Source<'_>,
+) -> Result<Option<Processed>, ProcessError> {
+    let Some(token) = source.claim_token else {
+        return Ok(None);
+    };
+    let Some(record) = context.store.as_store().feed_by_claim(token)? else {
+        return Ok(None);
+    };
+    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+        detail: format!("feed {}: {e}", record.id),
+    })?;
+    write(context, source, outcome, None).map(Some)
 }
 
 fn attempt_once(
@@ -238,17 +256,10 @@ fn attempt_once(
     source: &Source<'_>,
     content_hash: &str,
 ) -> Result<Processed, ProcessError> {
-    let store = context.store.as_store();
-    let committed = match source.claim_token {
-        Some(token) => store.feed_by_claim(token)?,
-        None => None,
-    };
-    if let Some(record) = committed {
-        let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
-            detail: format!("feed {}: {e}", record.id),
-        })?;
-        return write(context, source, outcome, None);
+    if let Some(processed) = re_emit_committed(context, source)? {
+        return Ok(processed);
     }
+    let store = context.store.as_store();
 
     let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
     let mut validator = Validator::new(
