@@ -150,6 +150,14 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+fn xml_report(paths: &[PathBuf]) -> String {
+    let xml = paths
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".report.xml"))
+        .expect("an XML report path was printed");
+    std::fs::read_to_string(xml).expect("read XML report")
+}
+
 fn json_report(paths: &[PathBuf]) -> Value {
     let json = paths
         .iter()
@@ -495,11 +503,7 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
             .is_some_and(|fix| fix.contains("applied")),
         "{result}"
     );
-    let xml_path = paths
-        .iter()
-        .find(|p| p.to_string_lossy().ends_with(".report.xml"))
-        .expect("XML report path");
-    let xml = std::fs::read_to_string(xml_path).expect("read XML report");
+    let xml = xml_report(&paths);
     for needed in [
         "<MessagesSuccessful>1</MessagesSuccessful>",
         "<MessagesWithWarning>1</MessagesWithWarning>",
@@ -586,12 +590,7 @@ fn the_same_content_under_new_keys_is_applied_again_with_a_resubmission_warning(
         let out = sandbox.run(&["process", path.to_str().expect("utf-8 path")]);
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out.stderr));
         let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
-        let xml_path = paths
-            .iter()
-            .find(|p| p.to_string_lossy().ends_with(".report.xml"))
-            .expect("XML report path");
-        let xml = std::fs::read_to_string(xml_path).expect("read XML report");
-        (json_report(&paths), xml)
+        (json_report(&paths), xml_report(&paths))
     };
     let summary = |report: &Value| {
         (
@@ -744,11 +743,7 @@ fn the_strict_policy_rejects_a_late_refund_pins_the_answer_and_exits_3() {
             .is_some_and(|d| d.contains("nothing of this message was applied")),
         "{result}"
     );
-    let xml_path = paths
-        .iter()
-        .find(|p| p.to_string_lossy().ends_with(".report.xml"))
-        .expect("XML report path");
-    let xml = std::fs::read_to_string(xml_path).expect("read XML report");
+    let xml = xml_report(&paths);
     for needed in [
         "<MessagesSuccessful>0</MessagesSuccessful>",
         "<MessagesWithError>1</MessagesWithError>",
