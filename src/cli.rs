@@ -12,7 +12,7 @@ use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
 use crate::report::{self, FeedOutcome};
-use crate::store::{AnyStore, FeedStatus};
+use crate::store::{AnyStore, FeedStatus, ReportFolder};
 use crate::validate::{ValidatedMessage, Validator};
 
 /// Exit codes, part of the interface (also listed in `--help` and the README).
@@ -201,8 +201,9 @@ pub enum OrdersCommand {
 pub enum FeedsCommand {
     /// Recent feeds, newest first, with status, counts and report paths.
     List {
-        /// How many feeds to list, the most recent first.
-        #[arg(long, value_name = "N", default_value_t = 20)]
+        /// How many feeds to list, the most recent first (1 or more).
+        #[arg(long, value_name = "N", default_value_t = 20,
+              value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
         /// Print a JSON array of {feed, xml_report, json_report} instead of the table.
         #[arg(long)]
@@ -924,7 +925,9 @@ fn is_not_created_yet(store_url: &str) -> anyhow::Result<bool> {
     }
     match path.parent() {
         Some(folder) if !folder.as_os_str().is_empty() && missing(folder) => Err(anyhow::anyhow!(
-            "no store at {}: its folder {} does not exist either, so the path looks wrong;              check [store] url (or ADJUSTD_STORE_URL) with `adjustd config check` (orders              import, process and run create a new store and its folder)",
+            "no store at {}: its folder {} does not exist either, so the path looks wrong; \
+             check [store] url (or ADJUSTD_STORE_URL) with `adjustd config check` (orders \
+             import, process and run create a new store and its folder)",
             path.display(),
             folder.display()
         )),
@@ -939,16 +942,24 @@ fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Re
     writeln!(out)
 }
 
-/// Where a feed's reports are: `outbox/<merchant>/` for feeds from a merchant folder, else
-/// `outbox/` (the record does not say which folder the file came from, the disk does).
+/// Where a feed's reports are, as recorded with the feed. A feed recorded before the store
+/// kept that (schema version 5 of SQLite, 3 of PostgreSQL) has its merchant's folder when the
+/// report is there, else the outbox itself.
 fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, PathBuf) {
-    let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
-    let in_merchant_folder =
-        report::report_paths(outbox, merchant.as_ref(), &feed.file_name, feed.id);
-    if merchant.is_some() && in_merchant_folder.0.exists() {
-        return in_merchant_folder;
+    let at = |folder: Option<&MerchantId>| {
+        report::report_paths(outbox, folder, &feed.file_name, feed.id)
+    };
+    match &feed.report_folder {
+        ReportFolder::Outbox => at(None),
+        ReportFolder::Merchant(merchant) => at(Some(merchant)),
+        ReportFolder::Unrecorded => {
+            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
+            match at(merchant.as_ref()) {
+                paths if merchant.is_some() && paths.0.exists() => paths,
+                _ => at(None),
+            }
+        }
     }
-    report::report_paths(outbox, None, &feed.file_name, feed.id)
 }
 
 /// Renders the resolved configuration as a config file that loads back to the same

@@ -15,7 +15,7 @@ use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRe
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{
-    AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, Store, StoreError,
+    AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, ReportFolder, Store, StoreError,
 };
 use crate::validate::{ValidatedMessage, Validator};
 
@@ -744,6 +744,7 @@ fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantI
         file_name: source.file_name.to_owned(),
         content_hash: content_hash.to_owned(),
         claim_token: source.claim_token.map(str::to_owned),
+        report_folder: ReportFolder::of(source.bound_merchant),
         recent_adjustments_since: None,
     }
 }

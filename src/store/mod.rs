@@ -111,6 +111,9 @@ pub struct NewFeed {
     /// its own earlier attempt from a new upload of the same bytes. `None` for
     /// `adjustd process`.
     pub claim_token: Option<String>,
+    /// Where the feed's reports go: [`ReportFolder::Merchant`] for a feed from
+    /// `inbox/<merchant>/`, else [`ReportFolder::Outbox`].
+    pub report_folder: ReportFolder,
     /// [`FeedTx::load`] gives each order item the adjustments applied to it on or after
     /// this (UTC) day, [`crate::engine::ItemState::recent_adjustments`], for the
     /// resubmission warning ([`crate::engine::Rules::recent_adjustments_since`]); `None`
@@ -166,6 +169,53 @@ pub struct FeedRecord {
     /// The JSON report as committed.
     #[serde(skip)]
     pub report_json: String,
+    /// Where its reports went.
+    #[serde(skip)]
+    pub report_folder: ReportFolder,
+}
+
+/// The folder of the outbox a feed's reports go to, as recorded with the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportFolder {
+    /// The outbox itself (a feed from the top-level inbox or from outside the inbox).
+    Outbox,
+    /// `outbox/<merchant>/` (a feed from `inbox/<merchant>/`).
+    Merchant(MerchantId),
+    /// Not recorded: the feed was recorded before schema version 5 (SQLite) or 3
+    /// (PostgreSQL).
+    Unrecorded,
+}
+
+impl ReportFolder {
+    /// The folder of a feed from `merchant_folder` (`inbox/<merchant>/`, `None`: elsewhere).
+    pub fn of(merchant_folder: Option<&MerchantId>) -> ReportFolder {
+        merchant_folder.map_or(ReportFolder::Outbox, |m| ReportFolder::Merchant(m.clone()))
+    }
+
+    /// The column value: `''` for the outbox, the merchant id for its folder.
+    pub fn to_column(&self) -> Option<&str> {
+        match self {
+            ReportFolder::Outbox => Some(""),
+            ReportFolder::Merchant(merchant) => Some(merchant.as_str()),
+            ReportFolder::Unrecorded => None,
+        }
+    }
+
+    /// Reads the column back.
+    ///
+    /// # Errors
+    /// A value that is neither empty nor a merchant id.
+    pub fn from_column(value: Option<String>) -> Result<ReportFolder, StoreError> {
+        match value.as_deref() {
+            None => Ok(ReportFolder::Unrecorded),
+            Some("") => Ok(ReportFolder::Outbox),
+            Some(merchant) => MerchantId::new(merchant)
+                .map(ReportFolder::Merchant)
+                .ok_or_else(|| StoreError::Other {
+                    detail: format!("corrupt report folder in the store: {merchant:?}"),
+                }),
+        }
+    }
 }
 
 /// One line of an order report, parsed (see [`import`]).

@@ -37,7 +37,8 @@ use crate::model::{
 use crate::problem::Code;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
+    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
+    may_have_adjustments,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -52,10 +53,15 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_quantity_returned",
         include_str!("migrations/postgres/0002_quantity_returned.sql"),
     ),
+    (
+        3,
+        "0003_report_folder",
+        include_str!("migrations/postgres/0003_report_folder.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Key of the advisory lock taken while migrating ("adjustd" in ASCII, as a number).
 const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
@@ -495,6 +501,7 @@ fn feed_record(row: &Row) -> Result<FeedRecord, StoreError> {
             .try_get::<_, Option<String>>(11)
             .map_err(get)?
             .unwrap_or_default(),
+        report_folder: ReportFolder::from_column(row.try_get(12).map_err(get)?)?,
     })
 }
 
@@ -503,7 +510,7 @@ macro_rules! feed_query {
         concat!(
             "SELECT id, merchant, file_name, content_hash, status, duplicate_of, processed_at, \
              messages_processed, messages_successful, messages_with_error, \
-             messages_with_warning, report_json FROM feeds ",
+             messages_with_warning, report_json, report_folder FROM feeds ",
             $tail
         )
     };
@@ -525,14 +532,15 @@ impl Store for PgStore {
         let inserted = query(
             &mut tx,
             statements,
-            "INSERT INTO feeds (merchant, file_name, content_hash, claim_token, status, received_at) \
-             VALUES ($1, $2, $3, $4, 'Processing', $5) RETURNING id",
+            "INSERT INTO feeds (merchant, file_name, content_hash, claim_token, status, received_at, \
+             report_folder) VALUES ($1, $2, $3, $4, 'Processing', $5, $6) RETURNING id",
             &[
                 &merchant,
                 &feed.file_name,
                 &feed.content_hash,
                 &feed.claim_token,
                 &now(),
+                &feed.report_folder.to_column(),
             ],
         )
         .and_then(|rows| match rows.first() {

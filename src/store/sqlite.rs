@@ -43,7 +43,8 @@ use crate::problem::Code;
 use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, RowSource, Store, StoreError, created_on, may_have_adjustments,
+    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
+    may_have_adjustments,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0002_load_indexes.sql"),
     include_str!("migrations/sqlite/0003_quantity_returned.sql"),
     include_str!("migrations/sqlite/0004_load_purchase_date.sql"),
+    include_str!("migrations/sqlite/0005_report_folder.sql"),
 ];
 
 /// The newest schema version this build knows.
@@ -412,7 +414,7 @@ pub fn pinned_code_from_number(number: i64) -> Option<Code> {
 
 const FEED_COLUMNS: &str = "id, merchant, file_name, content_hash, status, duplicate_of, \
     processed_at, messages_processed, messages_successful, messages_with_error, \
-    messages_with_warning, report_json";
+    messages_with_warning, report_json, report_folder";
 
 fn feed_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRecordRaw> {
     Ok(FeedRecordRaw {
@@ -425,6 +427,7 @@ fn feed_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<FeedRecordRaw> {
         processed_at: row.get(6)?,
         counts: [row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?],
         report_json: row.get(11)?,
+        report_folder: row.get(12)?,
     })
 }
 
@@ -438,6 +441,7 @@ struct FeedRecordRaw {
     processed_at: Option<String>,
     counts: [i64; 4],
     report_json: Option<String>,
+    report_folder: Option<String>,
 }
 
 impl FeedRecordRaw {
@@ -461,6 +465,7 @@ impl FeedRecordRaw {
             messages_with_error: unsigned(self.counts[2])?,
             messages_with_warning: unsigned(self.counts[3])?,
             report_json: self.report_json.unwrap_or_default(),
+            report_folder: ReportFolder::from_column(self.report_folder)?,
         })
     }
 }
@@ -493,7 +498,8 @@ impl Store for SqliteStore {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO feeds (merchant, file_name, content_hash, claim_token, status, \
-                     received_at) VALUES (?1, ?2, ?3, ?4, 'Processing', ?5) RETURNING id",
+                     received_at, report_folder) VALUES (?1, ?2, ?3, ?4, 'Processing', ?5, ?6) \
+                     RETURNING id",
                 )
                 .map_err(db_error)?;
             let id: i64 = stmt
@@ -503,7 +509,8 @@ impl Store for SqliteStore {
                         feed.file_name,
                         feed.content_hash,
                         feed.claim_token,
-                        now
+                        now,
+                        feed.report_folder.to_column()
                     ],
                     |r| r.get(0),
                 )

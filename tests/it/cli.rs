@@ -1737,3 +1737,73 @@ fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() 
     let report = json_report(&paths);
     assert_eq!(report["duplicate_of"].as_u64(), Some(1), "{report}");
 }
+
+#[test]
+fn feeds_list_names_the_report_folder_recorded_with_the_feed() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let outbox = sandbox.path("outbox");
+    // Rejected in the folder of merchant OTHER: its reports are in outbox/OTHER/ though the
+    // feed speaks for M_TEST; applied from M_TEST's folder; and one from outside the inbox.
+    place(&sandbox, "refund-ok.xml", "inbox/OTHER/refund-ok.xml");
+    place(
+        &sandbox,
+        "refund-mixed.xml",
+        "inbox/M_TEST/refund-mixed.xml",
+    );
+    let mut printed = Vec::new();
+    for path in [
+        "inbox/OTHER/refund-ok.xml",
+        "inbox/M_TEST/refund-mixed.xml",
+        &data("rejected.xml"),
+    ] {
+        let out = run_in(&sandbox, &["process", path]);
+        let paths: Vec<PathBuf> = text(&out.stdout).lines().map(PathBuf::from).collect();
+        assert_eq!(paths.len(), 2, "{path}: {}", text(&out.stderr));
+        printed.push(paths[0].clone());
+    }
+    assert_eq!(printed[0].parent(), Some(outbox.join("OTHER").as_path()));
+    assert_eq!(printed[1].parent(), Some(outbox.join("M_TEST").as_path()));
+    assert_eq!(printed[2].parent(), Some(outbox.as_path()));
+    // An operator moved the reports away: the list still says where they were written.
+    std::fs::remove_dir_all(&outbox).expect("remove the outbox");
+
+    let out = sandbox.run(&["feeds", "list", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let feeds: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let listed: Vec<PathBuf> = feeds
+        .as_array()
+        .expect("list")
+        .iter()
+        .rev() // newest first
+        .map(|feed| PathBuf::from(feed["xml_report"].as_str().expect("path")))
+        .collect();
+    assert_eq!(listed, printed);
+}
+
+#[test]
+fn feeds_list_refuses_a_store_path_whose_folder_is_missing_and_a_limit_of_0() {
+    let sandbox = Sandbox::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(sandbox.path(""))
+        .env("ADJUSTD_STORE_URL", "sqlite:no-such-folder/x.db")
+        .args(["feeds", "list"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no-such-folder/x.db") && stderr.contains("looks wrong; check [store] url"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("  "), "a run of spaces: {stderr:?}");
+
+    // A limit of 0 would list nothing and read as an empty store.
+    let out = sandbox.run(&["feeds", "list", "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--limit"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -18,7 +18,7 @@ use adjustd::model::{
 use adjustd::problem::Code;
 use adjustd::store::import::{ReportFile, parse_order_report, read_order_report};
 use adjustd::store::sqlite::SqliteStore;
-use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, Store, StoreError};
+use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, ReportFolder, Store, StoreError};
 
 /// Path of a file in the repository.
 pub fn repo_file(rel: &str) -> PathBuf {
@@ -99,6 +99,7 @@ pub fn new_feed(name: &str, hash: &str, claim: Option<&str>) -> NewFeed {
         file_name: name.to_owned(),
         content_hash: hash.to_owned(),
         claim_token: claim.map(str::to_owned),
+        report_folder: ReportFolder::Outbox,
         recent_adjustments_since: None,
     }
 }
@@ -923,6 +924,7 @@ pub mod conformance {
                 file_name: "garbage.xml".into(),
                 content_hash: "hash-g".into(),
                 claim_token: None,
+                report_folder: ReportFolder::Merchant(MerchantId::new("OTHER").expect("id")),
                 recent_adjustments_since: None,
             })
             .expect("begin");
@@ -953,6 +955,16 @@ pub mod conformance {
         assert_eq!(ids, vec![fourth, third, second]);
         assert_eq!(recent[0].merchant, None);
         assert_eq!(recent[1].status, FeedStatus::Rejected);
+        // Where the reports went comes back as recorded.
+        let folders: Vec<&ReportFolder> = recent.iter().map(|f| &f.report_folder).collect();
+        assert_eq!(
+            folders,
+            [
+                &ReportFolder::Merchant(other.clone()),
+                &ReportFolder::Outbox,
+                &ReportFolder::Outbox
+            ]
+        );
     }
 
     /// Two applied feeds with the same merchant and bytes: the second commit is a
@@ -1711,7 +1723,10 @@ fn sqlite_upgrades_a_version_3_database_to_a_load_index_with_the_purchase_date()
                  VALUES (1, 'A1SELLER', '171-1234567-1234567', 'USD', 'MFN',
                          '2026-11-02T09:14:33+00:00');
              INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
-                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 2);",
+                 quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 2, 2);
+             INSERT INTO feeds (id, merchant, file_name, content_hash, status, received_at,
+                 processed_at) VALUES (1, 'A1SELLER', 'before.xml', 'h', 'Complete',
+                 '2026-11-02T09:14:33Z', '2026-11-02T09:14:33Z');",
         )
         .expect("version 3 data");
     }
@@ -1727,6 +1742,9 @@ fn sqlite_upgrades_a_version_3_database_to_a_load_index_with_the_purchase_date()
     assert!(!index_columns(&path).contains(&"purchase_date".to_owned()));
 
     let mut store = SqliteStore::open(&path).expect("open upgrades");
+    // Version 5: where the reports of a feed recorded before it went is not known.
+    let before = store.recent_feeds(1).expect("feeds");
+    assert_eq!(before[0].report_folder, ReportFolder::Unrecorded);
     let mut tx = store
         .begin_feed(&new_feed("after-upgrade.xml", "after-upgrade", None))
         .expect("begin");
@@ -1751,7 +1769,6 @@ fn sqlite_upgrades_a_version_3_database_to_a_load_index_with_the_purchase_date()
     let version: i64 = raw(&path)
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 4);
     assert_eq!(version, adjustd::store::sqlite::SCHEMA_VERSION);
     assert_eq!(
         index_columns(&path),

@@ -23,7 +23,7 @@ use adjustd::model::{
 };
 use adjustd::problem::Code;
 use adjustd::store::postgres::PgStore;
-use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, Store, StoreError};
+use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, ReportFolder, Store, StoreError};
 
 /// The maintenance URL (a database we may connect to in order to create others).
 pub fn maintenance_url() -> String {
@@ -204,6 +204,7 @@ fn new_feed(hash: &str) -> NewFeed {
         file_name: format!("{hash}.xml"),
         content_hash: hash.to_owned(),
         claim_token: None,
+        report_folder: ReportFolder::Outbox,
         recent_adjustments_since: None,
     }
 }
