@@ -168,8 +168,23 @@ pub struct ValidateArgs {
 /// `orders` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum OrdersCommand {
-    /// Load or update orders from an Amazon order report (tab-separated): the New Orders
-    /// report creates orders with prices, the Unshipped report updates shipped quantities.
+    /// Load or update orders from an Amazon order report (tab-separated, one line per
+    /// order item): the New Orders report creates orders with prices, the Unshipped report
+    /// updates shipped quantities.
+    ///
+    /// Columns read (UTF-8; others are ignored, whatever their encoding): order-id (or
+    /// amazon-order-id), order-item-id, sku, quantity-purchased (or quantity) are required;
+    /// a new order also needs currency.
+    /// Optional: item-price, item-tax, shipping-price, shipping-tax, gift-wrap-price,
+    /// gift-wrap-tax, item-promotion-discount, ship-promotion-discount (totals for the
+    /// quantity; missing: 0), quantity-shipped (missing: 0 for a new item, unchanged for a
+    /// known one; it never goes down), fulfillment-channel (MFN or Merchant, AFN or Amazon;
+    /// missing: MFN), purchase-date, merchant-order-id, merchant-order-item-id.
+    ///
+    /// The New Orders report has no quantity-shipped, so its items start unshipped: import
+    /// the Unshipped report (or any file with the required columns and quantity-shipped) to
+    /// record shipments before sending returns with a Quantity.
+    ///
     /// One transaction: a bad line imports nothing. An order item (order-id + order-item-id)
     /// on two lines with other values is a bad line; a line repeating another exactly is
     /// skipped, and the summary says how many were.

@@ -1820,9 +1820,7 @@ fn evaluate_item(
                     |n| n.to_string()
                 )
             ),
-            format!(
-                "Give at most {returnable} in Quantity, or cancel unshipped units with QuantityCancelled.{retry}"
-            ),
+            return_fix(state, returnable, unshipped, retry),
         )));
     }
 
@@ -2181,6 +2179,33 @@ fn precision_description(what: &str, amount: Amount, currency: Currency) -> Stri
 
 /// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
 /// total `now` that holds what earlier parts of the message added to `before`.
+/// The fix of a QUANTITY_EXCEEDS_SHIPPED: the units that may still be returned, or why none
+/// may, and what to do when the store's shipped count is behind (only order reports with a
+/// `quantity-shipped` column raise it).
+fn return_fix(state: &ItemState, returnable: u32, unshipped: u32, retry: &str) -> String {
+    let shipped = state.quantity_shipped;
+    let import = "import an order report with their quantity-shipped first (adjustd orders import)";
+    let cancel = if unshipped > 0 {
+        format!(" To cancel unshipped units, use QuantityCancelled (at most {unshipped}) instead.")
+    } else {
+        String::new()
+    };
+    let what = if returnable > 0 {
+        format!(
+            "Give at most {returnable} in Quantity, or leave it out; if more than the {shipped} recorded units shipped, {import}"
+        )
+    } else if shipped == 0 {
+        format!(
+            "No unit of this item is recorded as shipped: leave Quantity out, or, if units did ship, {import}"
+        )
+    } else {
+        format!(
+            "Every shipped unit ({shipped}) is returned already: leave Quantity out (a refund needs no returned units), or, if more units shipped, {import}"
+        )
+    };
+    format!("{what}.{cancel}{retry}")
+}
+
 fn so_far(now: i128, before: i128, show: impl Fn(i128) -> String) -> String {
     if now == before {
         show(now)

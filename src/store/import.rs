@@ -90,12 +90,13 @@ pub fn column_for(component: Component) -> &'static str {
 ///
 /// The iterator yields the first problem found, naming the line and column (a field that
 /// is not a valid order id, item code, quantity, currency or amount, a line with more
-/// fields than the header, a line that is not UTF-8, a report with no data lines), then
-/// ends.
+/// fields than the header, a field adjustd reads that is not UTF-8, a report with no data
+/// lines), then ends. Columns adjustd ignores may hold any bytes.
 pub struct OrderReport<R> {
     reader: R,
     columns: Columns,
-    header_len: usize,
+    /// The header's column names (lower case, trimmed).
+    header: Vec<String>,
     header_line: u32,
     /// The 1-based number of the line in `buf`.
     line: u32,
@@ -108,13 +109,13 @@ impl<R: BufRead> OrderReport<R> {
     /// Reads the header line (the first line that is not blank) and finds the columns.
     ///
     /// # Errors
-    /// An empty report, a header without a required column or with a column named twice,
-    /// bytes that cannot be read or are not UTF-8.
+    /// An empty report, a header without a required column or with a column it reads named
+    /// twice, bytes that cannot be read.
     pub fn new(reader: R) -> Result<OrderReport<R>, ImportError> {
         let mut report = OrderReport {
             reader,
             columns: Columns::default(),
-            header_len: 0,
+            header: Vec::new(),
             header_line: 0,
             line: 0,
             buf: Vec::new(),
@@ -128,14 +129,13 @@ impl<R: BufRead> OrderReport<R> {
                 detail: "the order report is empty (expected a header line)".into(),
             });
         };
-        let names: Vec<String> = report
-            .text(header)?
+        // Lossy: a name that is not UTF-8 is no column adjustd reads.
+        report.header = String::from_utf8_lossy(&report.buf[header])
             .split('\t')
             .map(|h| h.trim().to_ascii_lowercase())
             .collect();
         report.header_line = report.line;
-        report.header_len = names.len();
-        report.columns = find_columns(&names, report.line)?;
+        report.columns = find_columns(&report.header, report.line)?;
         Ok(report)
     }
 
@@ -167,19 +167,34 @@ impl<R: BufRead> OrderReport<R> {
             } else {
                 0
             };
-            if !self.text(start..end)?.trim().is_empty() {
+            if !self.buf[start..end].iter().all(u8::is_ascii_whitespace) {
                 return Ok(Some(start..end));
             }
         }
     }
 
-    /// The text of `range` in `buf`, which must be UTF-8.
-    fn text(&self, range: Range<usize>) -> Result<&str, ImportError> {
-        std::str::from_utf8(&self.buf[range]).map_err(|_| ImportError {
-            line: self.line,
-            column: None,
-            detail: "the file is not UTF-8; save the report as UTF-8 and import it again".into(),
-        })
+    /// The tab-separated fields of `range` in `buf`. A field of a column adjustd reads must
+    /// be UTF-8; one of a column it ignores (a buyer's name in a report saved as
+    /// Windows-1252, say) is passed over as empty.
+    fn fields(&self, range: Range<usize>) -> Result<Vec<&str>, ImportError> {
+        self.buf[range]
+            .split(|byte| *byte == b'\t')
+            .enumerate()
+            .map(|(i, raw)| {
+                let name = self.header.get(i).map_or("", String::as_str);
+                match std::str::from_utf8(raw) {
+                    Ok(text) => Ok(text),
+                    Err(_) if !is_read(name) => Ok(""),
+                    Err(_) => Err(ImportError {
+                        line: self.line,
+                        column: Some(name.to_owned()),
+                        detail: "the field is not UTF-8; save the report as UTF-8 and import it \
+                                 again"
+                            .into(),
+                    }),
+                }
+            })
+            .collect()
     }
 }
 
@@ -192,8 +207,8 @@ impl<R: BufRead> Iterator for OrderReport<R> {
         }
         let row = match self.next_line() {
             Ok(Some(range)) => self
-                .text(range)
-                .and_then(|text| parse_row(&self.columns, self.header_len, self.line, text)),
+                .fields(range)
+                .and_then(|fields| parse_row(&self.columns, self.header.len(), self.line, &fields)),
             Ok(None) => {
                 self.done = true;
                 return (self.rows == 0).then(|| {
@@ -282,13 +297,32 @@ struct Columns {
     last_used: (usize, &'static str),
 }
 
+/// The columns an import reads besides [`PRICE_COLUMNS`]; every other column is ignored.
+const READ_COLUMNS: &[&str] = &[
+    "order-id",
+    "amazon-order-id",
+    "order-item-id",
+    "merchant-order-id",
+    "merchant-order-item-id",
+    "purchase-date",
+    "sku",
+    "quantity-purchased",
+    "quantity",
+    "quantity-shipped",
+    "currency",
+    "fulfillment-channel",
+];
+
+/// True for a column an import reads ([`READ_COLUMNS`], [`PRICE_COLUMNS`]).
+fn is_read(name: &str) -> bool {
+    READ_COLUMNS.contains(&name) || PRICE_COLUMNS.iter().any(|(price, _)| *price == name)
+}
+
 fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, name) in names.iter().enumerate() {
-        if name.is_empty() {
-            continue;
-        }
-        if index.insert(name.as_str(), i).is_some() {
+        // A column read twice could mean either value; an ignored one means nothing.
+        if is_read(name) && index.insert(name.as_str(), i).is_some() {
             return Err(ImportError {
                 line,
                 column: Some(name.clone()),
@@ -354,9 +388,8 @@ fn parse_row(
     columns: &Columns,
     header_len: usize,
     line: u32,
-    text: &str,
+    fields: &[&str],
 ) -> Result<OrderRow, ImportError> {
-    let fields: Vec<&str> = text.split('\t').collect();
     if fields.len() > header_len {
         return Err(ImportError {
             line,
@@ -772,6 +805,13 @@ mod tests {
 
         let e = error("order-id\torder-item-id\tsku\tsku\tquantity\n");
         assert_eq!((e.line, e.column.as_deref()), (1, Some("sku")));
+        // An ignored column named twice is still ignored.
+        let rows = parse_order_report(
+            "order-id\tnotes\torder-item-id\tsku\tquantity\tnotes\n\
+             171-1234567-1234567\ta\t12345678901234\tS\t1\tb\n",
+        )
+        .expect("valid");
+        assert_eq!(rows.len(), 1);
 
         let e = error("order-id\torder-item-id\tsku\tquantity\n");
         assert!(e.detail.contains("no order lines"), "{e}");
@@ -788,11 +828,19 @@ mod tests {
 
         let e = read_order_report(&b"order-id\torder-item-id\tsku\tquantity\n\xff\n"[..])
             .expect_err("not UTF-8");
-        assert_eq!(e.line, 2);
+        assert_eq!((e.line, e.column.as_deref()), (2, Some("order-id")));
         assert!(e.detail.contains("not UTF-8"), "{e}");
-        // A bad byte in the header names line 1; after blank lines, its own line.
-        let e = read_order_report(&b"\n\norder-id\xff\n"[..]).expect_err("not UTF-8");
+        // A column adjustd ignores may hold other bytes (a buyer's name in Windows-1252).
+        let rows = read_order_report(
+            &b"order-id\tbuyer-name\torder-item-id\tsku\tquantity\n\
+               171-1234567-1234567\tJos\xe9\t12345678901234\tS\t1\n"[..],
+        )
+        .expect("valid");
+        assert_eq!(rows.len(), 1);
+        // A header name that is not UTF-8 is no column adjustd reads.
+        let e = read_order_report(&b"\n\norder-id\xff\n"[..]).expect_err("no order-id");
         assert_eq!(e.line, 3);
+        assert!(e.detail.contains("no order-id"), "{e}");
     }
 
     #[test]
