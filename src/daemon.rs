@@ -1,9 +1,10 @@
 //! The daemon: one worker thread that owns the inbox watch, the readiness tracker and the
-//! pipeline context (recover `work/`, list, claim, process, move, repeat), retries with
-//! capped exponential backoff on transient errors, the retries of parked feeds (feeds with
-//! an `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
-//! never cancels a feed in hand, and the optional metrics/health listener. No business
-//! rules and no signal handling (the CLI turns signals into the cancellation token).
+//! pipeline context (recover `work/`, list, claim, process or report as unreadable, move,
+//! repeat), retries with capped exponential backoff on transient errors, the retries of
+//! parked feeds (feeds with an `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox
+//! batches, graceful shutdown that never cancels a feed in hand, and the optional
+//! metrics/health listener. No business rules and no signal handling (the CLI turns signals
+//! into the cancellation token).
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -253,23 +254,19 @@ impl Worker {
         self.sweep_temp_reports();
         // Before the recovery of work/, which may park a recovered feed.
         self.open_parking()?;
+        // A leftover that cannot be opened was claimed already: it gets its FEED_UNREADABLE
+        // report now, without the grace an inbox file gets (`process_once`).
         let leftovers = inbox::leftovers(&self.config.inbox, &self.tokens).with_context(|| {
             format!(
                 "recovering feeds left in {}",
                 self.config.inbox.work.display()
             )
         })?;
-        for unreadable in leftovers.unreadable {
-            self.finish_unreadable(unreadable);
-        }
-        if !leftovers.claims.is_empty() {
-            tracing::info!(
-                files = leftovers.claims.len(),
-                "recovering feeds left in work/"
-            );
+        if !leftovers.is_empty() {
+            tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
         }
         let mut syncs = Syncs::new();
-        for claim in leftovers.claims {
+        for claim in leftovers {
             if self.shutdown.is_cancelled() {
                 break;
             }
@@ -528,7 +525,11 @@ impl Worker {
         );
     }
 
-    /// The last gates before a claim: unchanged since it settled, then the XML content gate.
+    /// The last gates before a claim: unchanged since it settled, then the content gate. A
+    /// file whose XML is not complete yet, or that cannot be opened yet (an upload whose
+    /// permissions are set after it is written, or fixed by hand), waits with backoff until
+    /// it has not changed for the grace time; then it is claimed anyway, to be reported as
+    /// truncated or unreadable.
     fn gate_and_claim(&mut self, ready: &ReadyFile, syncs: &mut Syncs) -> Option<Claim> {
         let config = &self.config.inbox;
         let path = config.inbox_path(&ready.name);
@@ -538,25 +539,49 @@ impl Worker {
             // Changed or gone since the listing: the next listing decides.
             _ => return None,
         }
-        match inbox::check_content(&path, &self.context.limits) {
-            Ok(Content::Complete | Content::Broken) => {}
-            Ok(Content::Incomplete) => match self.tracker.incomplete(&ready.name, Instant::now()) {
-                ContentDecision::WaitUntil(_) => {
-                    tracing::debug!(file = %escaped(ready.name.display_path()), "xml not complete yet, waiting for the rest of the upload");
+        let held_back = match inbox::check_content(&path, &self.context.limits) {
+            Ok(Content::Complete | Content::Broken) => None,
+            Ok(Content::Incomplete) => Some(HeldBack::Incomplete),
+            // Gone since the listing: the next listing decides.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(error) => Some(HeldBack::Unreadable(error)),
+        };
+        if let Some(held_back) = held_back {
+            let decision = self.tracker.content_pending(&ready.name, Instant::now());
+            let file = escaped(ready.name.display_path());
+            let merchant = ready.name.merchant.as_deref().unwrap_or("");
+            let grace_secs = config.truncated_grace.as_secs();
+            match (decision, held_back) {
+                (ContentDecision::WaitUntil { .. }, HeldBack::Incomplete) => {
+                    tracing::debug!(file = %file, "xml not complete yet, waiting for the rest of the upload");
                     return None;
                 }
-                ContentDecision::GiveUp => {
+                (ContentDecision::WaitUntil { first: true, .. }, HeldBack::Unreadable(error)) => {
                     tracing::warn!(
-                        file = %escaped(ready.name.display_path()),
-                        grace_secs = config.truncated_grace.as_secs(),
-                        "xml still incomplete after the grace time, processing it as truncated"
+                        file = %file,
+                        merchant,
+                        error = %error,
+                        grace_secs,
+                        "cannot open the feed; it waits and is reported as unreadable after the grace time unless it becomes readable"
                     );
+                    return None;
                 }
-            },
-            // Unreadable: claim it anyway so it ends in failed/ with a log line instead of
-            // being retried forever.
-            Err(error) => {
-                tracing::debug!(file = %escaped(ready.name.display_path()), error = %error, "content check failed")
+                (ContentDecision::WaitUntil { first: false, .. }, HeldBack::Unreadable(error)) => {
+                    tracing::debug!(file = %file, error = %error, "feed still cannot be opened, waiting");
+                    return None;
+                }
+                (ContentDecision::GiveUp, HeldBack::Incomplete) => tracing::warn!(
+                    file = %file,
+                    grace_secs,
+                    "xml still incomplete after the grace time, processing it as truncated"
+                ),
+                // The claim finds it unreadable too (unless it just became readable) and the
+                // feed's report and summary line say so.
+                (ContentDecision::GiveUp, HeldBack::Unreadable(error)) => tracing::debug!(
+                    file = %file,
+                    error = %error,
+                    "feed still cannot be opened after the grace time, claiming it to report it"
+                ),
             }
         }
         let claimed = inbox::claim(config, ready, &self.tokens, syncs);
@@ -575,10 +600,6 @@ impl Worker {
             }
             Ok(ClaimResult::Gone) => {
                 tracing::debug!(file = %escaped(ready.name.display_path()), "taken by someone else before our claim");
-                None
-            }
-            Ok(ClaimResult::Unreadable(unreadable)) => {
-                self.finish_unreadable(unreadable);
                 None
             }
             Err(error) => {
@@ -663,7 +684,14 @@ impl Worker {
             claim.merchant.as_ref(),
             self.config.inbox.allowed_merchants.as_deref(),
         );
-        run_pipeline(&mut self.context, &source).map(|processed| (processed, attempt_at))
+        let context = &mut self.context;
+        // A claim that cannot be opened is a rejected feed with its own report, recorded and
+        // retried (transient failures) like any other, then moved to failed/.
+        match claim.unreadable() {
+            Some(error) => run_pipeline(|| pipeline::reject_unreadable(context, &source, error)),
+            None => run_pipeline(|| pipeline::process_file(context, &source)),
+        }
+        .map(|processed| (processed, attempt_at))
     }
 
     fn finish_processed(
@@ -857,7 +885,7 @@ impl Worker {
                 merchant.as_ref(),
                 worker.config.inbox.allowed_merchants.as_deref(),
             );
-            run_pipeline(&mut worker.context, &source)
+            run_pipeline(|| pipeline::process_file(&mut worker.context, &source))
         });
         self.context.rules.pin_order_not_found = false;
         self.context.rules.order_not_found_retry_until = None;
@@ -1016,29 +1044,6 @@ impl Worker {
         }
     }
 
-    /// Logs and counts a claimed file that cannot be opened (see [`inbox::Unreadable`]).
-    fn finish_unreadable(&self, unreadable: inbox::Unreadable) {
-        self.metrics
-            .feed_finished(FeedResult::Error, None, Duration::ZERO);
-        let merchant = unreadable.merchant.as_ref().map_or("", |m| m.as_str());
-        match unreadable.moved {
-            Ok(path) => tracing::error!(
-                file = %escaped(&unreadable.file_name),
-                merchant,
-                moved_to = %escaped(path.display()),
-                error = %unreadable.error,
-                "cannot open the feed, moved to failed/ without a report"
-            ),
-            Err(move_error) => tracing::error!(
-                file = %escaped(&unreadable.file_name),
-                merchant,
-                error = %unreadable.error,
-                move_error = %move_error,
-                "cannot open the feed and cannot move it to failed/; it stays in work/"
-            ),
-        }
-    }
-
     /// Waits `duration` unless shutdown comes first; false on shutdown.
     fn sleep_unless_shutdown(&self, duration: Duration) -> bool {
         let deadline = Instant::now() + duration;
@@ -1074,9 +1079,19 @@ impl Failure {
     }
 }
 
+/// Why the content gate holds an inbox file back.
+enum HeldBack {
+    /// Its XML root element does not close (yet).
+    Incomplete,
+    /// It cannot be opened (yet): why.
+    Unreadable(std::io::Error),
+}
+
 /// Runs the pipeline on one feed; a panic is caught and becomes a [`Failure`].
-fn run_pipeline(context: &mut Context, source: &Source<'_>) -> Result<Processed, Failure> {
-    match catch_unwind(AssertUnwindSafe(|| pipeline::process_file(context, source))) {
+fn run_pipeline(
+    run: impl FnOnce() -> Result<Processed, ProcessError>,
+) -> Result<Processed, Failure> {
+    match catch_unwind(AssertUnwindSafe(run)) {
         Ok(result) => result.map_err(Failure::Process),
         Err(panic) => {
             let message = panic

@@ -1,6 +1,7 @@
 //! The watched folder: its configuration and layout check, listing the inbox, the XML
 //! content gate, claims by atomic rename into `work/` (with a claim token in the name and a
-//! kernel lock held while the feed is in hand), recovery of `work/` leftovers, and the final
+//! kernel lock held while the feed is in hand; a file that cannot be opened is claimed
+//! without one, to be reported as unreadable), recovery of `work/` leftovers, and the final
 //! move to `archive/` or `failed/`. Readiness timing lives in [`ready`], notify and polling in
 //! [`watch`]. This module never parses feeds beyond the completeness check and never touches
 //! the store; the daemon decides when each step runs.
@@ -68,8 +69,9 @@ pub struct InboxConfig {
     pub settle: Duration,
     /// Name patterns that are never feeds (`*`, `?`, case-insensitive).
     pub ignore: Vec<String>,
-    /// How long an unchanged file whose XML root never closes waits before it is processed
-    /// anyway and reported as truncated.
+    /// How long an unchanged file whose XML root never closes, or that cannot be opened,
+    /// waits before it is processed anyway and reported as truncated or unreadable (also
+    /// how long a temp-named file stays unchanged before it is logged as stale).
     pub truncated_grace: Duration,
     /// With `Some(".done")`, `NAME` is ready only once `NAME.done` exists; the marker is
     /// removed when the feed is claimed.
@@ -644,7 +646,9 @@ fn strip_trailing_misc(mut bytes: &[u8]) -> &[u8] {
 }
 
 /// A feed in hand: renamed into `work/` and locked (a kernel `flock`, released by the
-/// kernel if the process dies) so that a second instance's recovery leaves it alone.
+/// kernel if the process dies) so that a second instance's recovery leaves it alone. A
+/// claimed file that cannot be opened cannot be locked either; it is still a claim, to be
+/// reported as unreadable ([`Claim::unreadable`]).
 #[derive(Debug)]
 pub struct Claim {
     /// Where it is now (`work/[<merchant>/]<token>--<name>`, the name shortened if the
@@ -660,8 +664,20 @@ pub struct Claim {
     /// (a claim recovered from `work/` only knows the name in its claim name, which may be
     /// shortened).
     original: OsString,
-    /// Held for the claim's lifetime.
-    _lock: File,
+    /// The lock held for the claim's lifetime, or why there is none.
+    hold: Hold,
+}
+
+/// What a claim holds on its file.
+#[derive(Debug)]
+enum Hold {
+    /// The open file with its exclusive lock.
+    Locked {
+        /// Held for the lock, never read.
+        _lock: File,
+    },
+    /// The file cannot be opened (so not locked): why.
+    Unreadable(io::Error),
 }
 
 /// Makes unique claim tokens: `<unix nanos>-<pid>-<counter>`.
@@ -742,61 +758,19 @@ pub fn parse_claim_name(claim_name: &OsStr) -> Option<(String, OsString)> {
 /// Outcome of a claim attempt.
 #[derive(Debug)]
 pub enum ClaimResult {
-    /// The file is ours.
+    /// The file is ours (perhaps one that cannot be opened, see [`Claim::unreadable`]).
     Claimed(Claim),
     /// Someone else (another instance, or the uploader) took or removed it first.
     Gone,
-    /// Renamed into `work/` but it cannot be opened, so it can never be processed.
-    Unreadable(Unreadable),
-}
-
-/// A claimed file that cannot be opened (no read permission, an I/O error). Retrying cannot
-/// help until a human fixes it, and it must not sit in `work/` where recovery would trip over
-/// it at every start, so it is moved on to `failed/` (without a report, as a feed that could
-/// not be processed).
-#[derive(Debug)]
-pub struct Unreadable {
-    /// The name it was dropped under.
-    pub file_name: String,
-    /// The merchant folder it came from.
-    pub merchant: Option<MerchantId>,
-    /// Why it cannot be opened.
-    pub error: io::Error,
-    /// Where it went in `failed/`, or why it could not be moved (it then stays in `work/`
-    /// and the next start tries again).
-    pub moved: io::Result<PathBuf>,
-}
-
-impl Unreadable {
-    fn move_to_failed(
-        config: &InboxConfig,
-        path: &Path,
-        token: &str,
-        merchant: Option<MerchantId>,
-        error: io::Error,
-        syncs: &mut Syncs,
-    ) -> Unreadable {
-        let original = original_name(path);
-        let moved = InWork {
-            path,
-            token,
-            merchant: merchant.as_ref(),
-            original: &original,
-        }
-        .move_out(config, Destination::Failed, None, syncs);
-        Unreadable {
-            file_name: original.to_string_lossy().into_owned(),
-            merchant,
-            error,
-            moved,
-        }
-    }
 }
 
 /// Claims an inbox file: atomic rename into `work/` under a name that embeds a fresh claim
-/// token, then an exclusive lock on the claimed file. Both folders are added to `syncs`,
-/// which the caller must [`Syncs::sync`] before processing the claim (so that a claim
-/// token in the store always names a durable claim).
+/// token, then an exclusive lock on the claimed file. A file that cannot be opened once
+/// renamed (no read permission, an I/O error) is claimed without a lock
+/// ([`Claim::unreadable`]); the daemon waits for such a file before it claims it, so it gets
+/// here only after the grace time (or when it changed just before the claim). Both folders
+/// are added to `syncs`, which the caller must [`Syncs::sync`] before processing the claim
+/// (so that a claim token in the store always names a durable claim).
 ///
 /// # Errors
 /// Renaming failed for another reason than the file being gone.
@@ -832,27 +806,27 @@ pub fn claim(
     if let Some(parent) = source.parent() {
         syncs.add(parent);
     }
-    let merchant = ready.name.merchant.as_deref().and_then(MerchantId::new);
-    let file = match File::open(&target) {
-        Ok(file) => file,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(ClaimResult::Gone),
-        Err(error) => {
-            return Ok(ClaimResult::Unreadable(Unreadable::move_to_failed(
-                config, &target, &token, merchant, error, syncs,
-            )));
-        }
+    let Some(hold) = hold(&target)? else {
+        return Ok(ClaimResult::Gone);
     };
-    Ok(match lock(file, &target)? {
-        Some(lock) => ClaimResult::Claimed(Claim {
-            path: target,
-            token,
-            file_name: ready.name.display_name(),
-            merchant,
-            original: ready.name.name.clone(),
-            _lock: lock,
-        }),
-        None => ClaimResult::Gone,
-    })
+    Ok(ClaimResult::Claimed(Claim {
+        path: target,
+        token,
+        file_name: ready.name.display_name(),
+        merchant: ready.name.merchant.as_deref().and_then(MerchantId::new),
+        original: ready.name.name.clone(),
+        hold,
+    }))
+}
+
+/// Opens and locks a claimed file; one that cannot be opened is held as unreadable. `None`
+/// when it is gone or another live process holds its lock.
+fn hold(path: &Path) -> io::Result<Option<Hold>> {
+    match File::open(path) {
+        Ok(file) => Ok(lock(file, path)?.map(|lock| Hold::Locked { _lock: lock })),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Ok(Some(Hold::Unreadable(error))),
+    }
 }
 
 /// Takes the exclusive lock of a claimed file opened from `path`; `None` when another live
@@ -874,24 +848,21 @@ fn lock(file: File, path: &Path) -> io::Result<Option<File>> {
     }
 }
 
-/// What recovery found in `work/`.
-#[derive(Debug, Default)]
-pub struct Leftovers {
-    /// The feeds to process again, oldest claim first, each locked.
-    pub claims: Vec<Claim>,
-    /// Files that cannot be opened, moved on to `failed/` (see [`Unreadable`]).
-    pub unreadable: Vec<Unreadable>,
-}
-
-/// The feeds left in `work/` by an earlier run (crash or shutdown timeout). Files in `work/`
-/// without a claim name (put there by hand) are adopted under a fresh token. Files locked by
-/// another live instance are skipped; so are entries that cannot be inspected, adopted or
-/// locked (each logged with its path and the error, left where it is): one bad file must
-/// never keep the daemon from starting.
+/// The feeds left in `work/` by an earlier run (crash or shutdown timeout), oldest claim
+/// first, each locked. Files in `work/` without a claim name (put there by hand) are adopted
+/// under a fresh token. A file that cannot be opened is returned too, without a lock
+/// ([`Claim::unreadable`]), to be reported as unreadable. Files locked by another live
+/// instance are skipped; so are entries that cannot be inspected, adopted or locked (each
+/// logged with its path and the error, left where it is): one bad file must never keep the
+/// daemon from starting.
+///
+/// An unreadable file cannot be locked, so a second instance starting while this one reports
+/// it may report it too: under the same claim token, which the store records once (the
+/// later attempt finds the record and writes the same report again).
 ///
 /// # Errors
 /// `work/` itself cannot be read.
-pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Leftovers> {
+pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<Claim>> {
     let mut found: Vec<(String, Option<String>, PathBuf, OsString)> = Vec::new();
     collect_leftovers(&config.work, None, tokens, &mut found)?;
     for entry in fs::read_dir(&config.work)?.flatten() {
@@ -904,28 +875,16 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Lefto
         }
     }
     found.sort();
-    let mut leftovers = Leftovers::default();
-    let mut syncs = Syncs::new();
+    let mut claims = Vec::new();
     for (token, merchant, path, original) in found {
-        let merchant = merchant.as_deref().and_then(MerchantId::new);
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
-            Err(error) => {
-                leftovers.unreadable.push(Unreadable::move_to_failed(
-                    config, &path, &token, merchant, error, &mut syncs,
-                ));
-                continue;
-            }
-        };
-        match lock(file, &path) {
-            Ok(Some(lock)) => leftovers.claims.push(Claim {
+        match hold(&path) {
+            Ok(Some(hold)) => claims.push(Claim {
                 path,
                 token,
                 file_name: original.to_string_lossy().into_owned(),
-                merchant,
+                merchant: merchant.as_deref().and_then(MerchantId::new),
                 original,
-                _lock: lock,
+                hold,
             }),
             Ok(None) => {}
             Err(error) => {
@@ -933,10 +892,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Lefto
             }
         }
     }
-    if let Err(error) = syncs.sync() {
-        tracing::warn!(error = %error, "cannot sync a folder after moving unreadable files to failed/");
-    }
-    Ok(leftovers)
+    Ok(claims)
 }
 
 fn collect_leftovers(
@@ -980,6 +936,16 @@ pub enum Destination {
 }
 
 impl Claim {
+    /// Why the claimed file cannot be opened, when it cannot (no read permission, an I/O
+    /// error): it is then not locked, and the daemon reports it as unreadable
+    /// ([`crate::pipeline::reject_unreadable`]) instead of processing it.
+    pub fn unreadable(&self) -> Option<&io::Error> {
+        match &self.hold {
+            Hold::Locked { .. } => None,
+            Hold::Unreadable(error) => Some(error),
+        }
+    }
+
     /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
     /// `<feed id>-<name>` (or `<token>--<name>` without a feed id), with `-<n>` added after the
     /// prefix if that name exists, and the name shortened if the whole would exceed the
@@ -997,13 +963,40 @@ impl Claim {
         feed_id: Option<u64>,
         syncs: &mut Syncs,
     ) -> io::Result<PathBuf> {
-        InWork {
-            path: &self.path,
-            token: &self.token,
-            merchant: self.merchant.as_ref(),
-            original: &self.original,
+        let root = match destination {
+            Destination::Archive => &config.archive,
+            Destination::Failed => &config.failed,
+        };
+        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
+        if let Some(merchant) = &self.merchant {
+            folder.push(merchant.as_str());
         }
-        .move_out(config, destination, feed_id, syncs)
+        fs::create_dir_all(&folder)?;
+        let (prefix, separator) = match feed_id {
+            Some(feed_id) => (feed_id.to_string(), "-"),
+            None => (self.token.clone(), TOKEN_SEPARATOR),
+        };
+        let mut counter = 0u32;
+        let target = loop {
+            let name_prefix = match counter {
+                0 => format!("{prefix}{separator}"),
+                n => format!("{prefix}-{n}{separator}"),
+            };
+            let candidate = folder.join(fit_name(&name_prefix, &self.original));
+            // Feed ids and tokens are unique, so a collision only comes from finishing the
+            // same feed twice (a power loss undid an earlier move); no other process writes
+            // these names, so checking first is enough.
+            if fs::symlink_metadata(&candidate).is_err() {
+                break candidate;
+            }
+            counter += 1;
+        };
+        fs::rename(&self.path, &target)?;
+        syncs.add(&folder);
+        if let Some(parent) = self.path.parent() {
+            syncs.add(parent);
+        }
+        Ok(target)
     }
 
     /// Gives a claim that was not started back to the inbox under its original name (at
@@ -1029,71 +1022,6 @@ impl Claim {
             syncs.add(parent);
         }
         Ok(true)
-    }
-}
-
-/// The name a claimed file was dropped under, from its claim name.
-fn original_name(path: &Path) -> OsString {
-    path.file_name()
-        .map(|claim_name| match parse_claim_name(claim_name) {
-            Some((_, original)) => original,
-            None => claim_name.to_os_string(),
-        })
-        .unwrap_or_default()
-}
-
-/// A claimed file in `work/`, as much as moving it out needs.
-struct InWork<'a> {
-    path: &'a Path,
-    token: &'a str,
-    merchant: Option<&'a MerchantId>,
-    /// The name it was dropped under.
-    original: &'a OsStr,
-}
-
-impl InWork<'_> {
-    /// Moves the file to `archive/` or `failed/`; see [`Claim::finish`].
-    fn move_out(
-        &self,
-        config: &InboxConfig,
-        destination: Destination,
-        feed_id: Option<u64>,
-        syncs: &mut Syncs,
-    ) -> io::Result<PathBuf> {
-        let root = match destination {
-            Destination::Archive => &config.archive,
-            Destination::Failed => &config.failed,
-        };
-        let mut folder = root.join(chrono::Utc::now().format("%Y-%m-%d").to_string());
-        if let Some(merchant) = self.merchant {
-            folder.push(merchant.as_str());
-        }
-        fs::create_dir_all(&folder)?;
-        let (prefix, separator) = match feed_id {
-            Some(feed_id) => (feed_id.to_string(), "-"),
-            None => (self.token.to_owned(), TOKEN_SEPARATOR),
-        };
-        let mut counter = 0u32;
-        let target = loop {
-            let name_prefix = match counter {
-                0 => format!("{prefix}{separator}"),
-                n => format!("{prefix}-{n}{separator}"),
-            };
-            let candidate = folder.join(fit_name(&name_prefix, self.original));
-            // Feed ids and tokens are unique, so a collision only comes from finishing the
-            // same feed twice (a power loss undid an earlier move); no other process writes
-            // these names, so checking first is enough.
-            if fs::symlink_metadata(&candidate).is_err() {
-                break candidate;
-            }
-            counter += 1;
-        };
-        fs::rename(self.path, &target)?;
-        syncs.add(&folder);
-        if let Some(parent) = self.path.parent() {
-            syncs.add(parent);
-        }
-        Ok(target)
     }
 }
 
@@ -1384,21 +1312,17 @@ mod tests {
             claimed.merchant.as_ref().map(MerchantId::as_str),
             Some("M1")
         );
+        assert!(claimed.unreadable().is_none());
         // A second claim of the same file finds it gone.
         assert!(matches!(
             claim(&config, &ready, &tokens, &mut syncs).expect("claim"),
             ClaimResult::Gone
         ));
         // While we hold it, recovery (as another instance would) skips it.
-        assert!(
-            leftovers(&config, &tokens)
-                .expect("leftovers")
-                .claims
-                .is_empty()
-        );
+        assert!(leftovers(&config, &tokens).expect("leftovers").is_empty());
         let token = claimed.token.clone();
         drop(claimed);
-        let recovered = leftovers(&config, &tokens).expect("leftovers").claims;
+        let recovered = leftovers(&config, &tokens).expect("leftovers");
         assert_eq!(recovered.len(), 1);
         assert_eq!(recovered[0].token, token);
         assert_eq!(recovered[0].file_name, "feed one.xml");
@@ -1414,7 +1338,7 @@ mod tests {
         assert!(archived.starts_with(&config.archive));
         // A file put into work/ by hand is adopted under a fresh token.
         fs::write(config.work.join("stray.xml"), b"<a/>").expect("write");
-        let adopted = leftovers(&config, &tokens).expect("leftovers").claims;
+        let adopted = leftovers(&config, &tokens).expect("leftovers");
         assert_eq!(adopted.len(), 1);
         assert_eq!(adopted[0].file_name, "stray.xml");
         let claim = adopted.into_iter().next().expect("one");

@@ -1,5 +1,6 @@
 //! One feed end to end: hash, read and validate, plan against the store, commit in one
-//! transaction, write the reports.
+//! transaction, write the reports. A feed too large, or one the daemon could not open, is
+//! recorded and reported as rejected without being read.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -187,34 +188,76 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
             .finish()
             .map_err(|e| read_error(source.path, e))?,
     };
-    let mut attempt = 1;
+    retry_conflicts(source, || match &too_large {
+        Some(problem) => reject_unread(context, source, problem.clone()),
+        None => attempt_once(context, source, &content_hash),
+    })
+}
+
+/// Records and reports a claimed feed that cannot be opened (`error`, e.g. permission
+/// denied) as rejected with [`Code::FeedUnreadable`]; like a feed too large, its record and
+/// report carry [`UNREAD_CONTENT_HASH`]. If this claim already committed (a restart after a
+/// crash between commit and the file move), its report is re-emitted instead. Conflicts with
+/// other instances are retried here, as in [`process_file`].
+///
+/// The daemon calls this for a claim it could not open ([`crate::inbox::Claim::unreadable`]),
+/// so a feed that arrived is never without a report. `adjustd process` does not: a file it
+/// cannot open is an error it names on stderr ([`process_file`] returns
+/// [`ProcessError::Read`]).
+///
+/// # Errors
+/// [`ProcessError::Store`] or [`ProcessError::Report`], as for any feed.
+pub fn reject_unreadable(
+    context: &mut Context,
+    source: &Source<'_>,
+    error: &std::io::Error,
+) -> Result<Processed, ProcessError> {
+    let problem = Problem::new(
+        Code::FeedUnreadable,
+        MessageId::FEED,
+        "(file)",
+        None,
+        format!(
+            "the file {} cannot be opened: {error}; nothing in it was read or applied",
+            source.file_name
+        ),
+        "make the file readable by the user adjustd runs as (for SFTP uploads: the server's \
+         umask, or the group of the inbox folder), then drop it into the inbox again (the \
+         operator finds it in failed/)",
+    );
+    retry_conflicts(source, || reject_unread(context, source, problem.clone()))
+}
+
+/// Runs `attempt` again after a conflict with another instance (serialization failure,
+/// deadlock, lost race on a unique key), at most [`CONFLICT_ATTEMPTS`] times in all.
+fn retry_conflicts(
+    source: &Source<'_>,
+    mut attempt: impl FnMut() -> Result<Processed, ProcessError>,
+) -> Result<Processed, ProcessError> {
+    let mut attempt_number = 1;
     loop {
-        let result = match &too_large {
-            Some(problem) => reject_unread(context, source, problem.clone()),
-            None => attempt_once(context, source, &content_hash),
-        };
-        match result {
+        match attempt() {
             Err(ProcessError::Store(StoreError::Conflict { detail }))
-                if attempt < CONFLICT_ATTEMPTS =>
+                if attempt_number < CONFLICT_ATTEMPTS =>
             {
-                tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt, detail = %detail, "store conflict, retrying feed");
-                std::thread::sleep(Duration::from_millis(5 << attempt.min(6)));
-                attempt += 1;
+                tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt = attempt_number, detail = %detail, "store conflict, retrying feed");
+                std::thread::sleep(Duration::from_millis(5 << attempt_number.min(6)));
+                attempt_number += 1;
             }
             other => return other,
         }
     }
 }
 
-/// The `content_hash` of a feed rejected before it was read ([`Limits::file_too_large`]):
-/// not a hash, and never equal to one (a SHA-256 is 64 hex digits), so it stands for "no
-/// hash" in the feed record and the report. A rejected feed is never the original of a
+/// The `content_hash` of a feed rejected before it was read ([`Limits::file_too_large`],
+/// [`reject_unreadable`]): not a hash, and never equal to one (a SHA-256 is 64 hex digits),
+/// so it stands for "no hash" in the feed record and the report. A rejected feed is never the original of a
 /// duplicate, so the marker cannot make two such feeds look alike either.
 pub const UNREAD_CONTENT_HASH: &str = "unread";
 
-/// Records and reports a feed rejected before it was read (too large), unless this claim
-/// already committed (a restart after a crash between commit and the file move), whose
-/// report is re-emitted.
+/// Records and reports a feed rejected before it was read (too large, or it cannot be
+/// opened), unless this claim already committed (a restart after a crash between commit and
+/// the file move), whose report is re-emitted.
 fn reject_unread(
     context: &mut Context,
     source: &Source<'_>,

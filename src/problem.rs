@@ -101,6 +101,8 @@ codes! {
         "the same bytes were already processed for this merchant; nothing applied again"),
     ResultsOmitted = (90008, "RESULTS_OMITTED", Warning, Feed,
         "the feed has more results than a report lists; the counts include every message"),
+    FeedUnreadable = (90009, "FEED_UNREADABLE", Error, Feed,
+        "the file cannot be opened (permissions, an I/O error), so nothing in it was read"),
     // Message level, found without the store.
     SchemaInvalid = (5000, "SCHEMA_INVALID", Error, Message,
         "an element is missing, unexpected, out of order or has an invalid value"),

@@ -1,5 +1,6 @@
 //! The readiness state machine of inbox files: name gate, regular-file gate, settle time,
-//! optional done marker and the waiting side of the XML content gate; also the watch on
+//! optional done marker and the waiting side of the content gate (XML not complete yet, or a
+//! file that cannot be opened yet); also the watch on
 //! temp-named files, which are never feeds but may be abandoned uploads. Pure: it is fed
 //! directory listings and the current [`Instant`] and never touches the filesystem or the
 //! clock itself, so every timing rule is unit-tested with controlled instants.
@@ -97,10 +98,12 @@ pub struct ReadyRules {
     pub ignore: Vec<String>,
     /// With `Some(".done")`, `X` is ready only once `X.done` exists.
     pub done_marker: Option<String>,
-    /// How long an unchanged, incomplete XML file waits before it is processed anyway
-    /// (and reported as truncated).
+    /// How long an unchanged file that the content gate holds back (incomplete XML, or a
+    /// file that cannot be opened) waits before it is processed anyway (and reported as
+    /// truncated or unreadable); also how long a temp-named file stays unchanged before it is
+    /// reported stale. Named after its configuration key, `truncated_grace_secs`.
     pub truncated_grace: Duration,
-    /// Longest wait between two content checks of an unchanged incomplete file.
+    /// Longest wait between two content checks of an unchanged file held back.
     pub max_backoff: Duration,
 }
 
@@ -128,12 +131,20 @@ pub struct Observation {
     pub stale: Vec<Listed>,
 }
 
-/// What to do with a ready file whose XML is still incomplete.
+/// What to do with a ready file that the content gate holds back: its XML is still
+/// incomplete, or it cannot be opened (an upload whose permissions are not set yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentDecision {
-    /// Leave it in the inbox and check again at this instant (or earlier if it changes).
-    WaitUntil(Instant),
-    /// The grace time passed without change: process it (the report says truncated).
+    /// Leave it in the inbox and check again at `next_check` (or earlier if it changes).
+    WaitUntil {
+        /// When to check again.
+        next_check: Instant,
+        /// True for the first wait since the file last changed, so the daemon can say once
+        /// why it waits.
+        first: bool,
+    },
+    /// The grace time passed without change: process it (the report says why: truncated,
+    /// or unreadable).
     GiveUp,
 }
 
@@ -159,11 +170,12 @@ struct Entry {
     signature: FileSignature,
     first_seen: Instant,
     stable_since: Instant,
-    incomplete: Option<Incomplete>,
+    /// Set while the content gate holds the file back (see [`Tracker::content_pending`]).
+    pending: Option<Pending>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Incomplete {
+struct Pending {
     next_check: Instant,
     backoff: Duration,
 }
@@ -249,18 +261,18 @@ impl Tracker {
                 signature,
                 first_seen: now,
                 stable_since: now,
-                incomplete: None,
+                pending: None,
             });
             if entry.signature != signature {
                 entry.signature = signature;
                 entry.stable_since = now;
-                entry.incomplete = None;
+                entry.pending = None;
             }
             if now.saturating_duration_since(entry.stable_since) < settle {
                 continue;
             }
-            if let Some(incomplete) = entry.incomplete
-                && now < incomplete.next_check
+            if let Some(pending) = entry.pending
+                && now < pending.next_check
             {
                 continue;
             }
@@ -310,26 +322,32 @@ impl Tracker {
         true
     }
 
-    /// Records that the content gate found `name` incomplete at `now`, and says whether to
-    /// wait (with exponential backoff from 1 s up to the maximum) or to give up waiting.
-    pub fn incomplete(&mut self, name: &InboxName, now: Instant) -> ContentDecision {
+    /// Records that the content gate held `name` back at `now` (its XML is incomplete, or it
+    /// cannot be opened), and says whether to wait (with exponential backoff from 1 s up to
+    /// the maximum) or to give up waiting: once the file has not changed for the grace time.
+    /// Any change (a `chmod` too: it moves the ctime) starts the settle and the grace again.
+    pub fn content_pending(&mut self, name: &InboxName, now: Instant) -> ContentDecision {
         let Some(entry) = self.entries.get_mut(name) else {
-            return ContentDecision::WaitUntil(now);
+            return ContentDecision::WaitUntil {
+                next_check: now,
+                first: true,
+            };
         };
         let deadline = entry.stable_since + self.rules.truncated_grace;
         if now >= deadline {
             return ContentDecision::GiveUp;
         }
-        let backoff = match entry.incomplete {
+        let backoff = match entry.pending {
             None => Duration::from_secs(1),
-            Some(incomplete) => (incomplete.backoff * 2).min(self.rules.max_backoff),
+            Some(pending) => (pending.backoff * 2).min(self.rules.max_backoff),
         };
         let next_check = (now + backoff).min(deadline);
-        entry.incomplete = Some(Incomplete {
+        let first = entry.pending.is_none();
+        entry.pending = Some(Pending {
             next_check,
             backoff,
         });
-        ContentDecision::WaitUntil(next_check)
+        ContentDecision::WaitUntil { next_check, first }
     }
 
     /// Forgets `name` (claimed, or vanished).
@@ -346,8 +364,8 @@ impl Tracker {
             .values()
             .map(|entry| {
                 let settled = entry.stable_since + self.rules.settle;
-                match entry.incomplete {
-                    Some(incomplete) => settled.max(incomplete.next_check),
+                match entry.pending {
+                    Some(pending) => settled.max(pending.next_check),
                     None => settled,
                 }
             })
@@ -611,7 +629,7 @@ mod tests {
     }
 
     #[test]
-    fn incomplete_content_backs_off_then_gives_up_after_the_grace() {
+    fn held_back_content_backs_off_then_gives_up_after_the_grace() {
         let t0 = Instant::now();
         let mut tracker = Tracker::new(ReadyRules {
             truncated_grace: Duration::from_secs(10),
@@ -624,30 +642,39 @@ mod tests {
         let mut waits = Vec::new();
         loop {
             assert_eq!(tracker.observe(&listing, now).ready.len(), 1);
-            match tracker.incomplete(&top("a.xml"), now) {
-                ContentDecision::WaitUntil(next) => {
-                    assert!(tracker.observe(&listing, next - MS).ready.is_empty());
-                    assert_eq!(tracker.next_deadline(next - MS), Some(next));
-                    waits.push(next - now);
-                    now = next;
+            match tracker.content_pending(&top("a.xml"), now) {
+                ContentDecision::WaitUntil { next_check, first } => {
+                    assert!(tracker.observe(&listing, next_check - MS).ready.is_empty());
+                    assert_eq!(tracker.next_deadline(next_check - MS), Some(next_check));
+                    waits.push((next_check - now, first));
+                    now = next_check;
                 }
                 ContentDecision::GiveUp => break,
             }
         }
-        // 1 s, 2 s, 4 s (capped), then clipped to the grace measured from the last change.
-        assert_eq!(waits, [1000 * MS, 2000 * MS, 4000 * MS, 2800 * MS]);
+        // 1 s, 2 s, 4 s (capped), then clipped to the grace measured from the last change;
+        // only the first wait is the first.
+        assert_eq!(
+            waits,
+            [
+                (1000 * MS, true),
+                (2000 * MS, false),
+                (4000 * MS, false),
+                (2800 * MS, false)
+            ]
+        );
         assert_eq!(now, t0 + Duration::from_secs(10));
     }
 
     #[test]
-    fn incomplete_file_that_grows_starts_over() {
+    fn held_back_file_that_changes_starts_over() {
         let t0 = Instant::now();
         let mut tracker = Tracker::new(rules());
         tracker.observe(&[file("a.xml", 10, 1)], t0);
         tracker.observe(&[file("a.xml", 10, 1)], t0 + 200 * MS);
         assert!(matches!(
-            tracker.incomplete(&top("a.xml"), t0 + 200 * MS),
-            ContentDecision::WaitUntil(_)
+            tracker.content_pending(&top("a.xml"), t0 + 200 * MS),
+            ContentDecision::WaitUntil { first: true, .. }
         ));
         // The rest of the upload arrives: settle again, then ready at once (no backoff left).
         tracker.observe(&[file("a.xml", 20, 2)], t0 + 300 * MS);
@@ -657,6 +684,51 @@ mod tests {
                 .ready
                 .len(),
             1
+        );
+    }
+
+    #[test]
+    fn a_chmod_while_held_back_starts_the_settle_and_the_grace_again() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(10);
+        let mut tracker = Tracker::new(ReadyRules {
+            truncated_grace: grace,
+            ..rules()
+        });
+        let unreadable = file("a.xml", 10, 1);
+        tracker.observe(std::slice::from_ref(&unreadable), t0);
+        let ready = tracker.observe(std::slice::from_ref(&unreadable), t0 + 200 * MS);
+        assert_eq!(ready.ready.len(), 1);
+        assert!(matches!(
+            tracker.content_pending(&top("a.xml"), t0 + 200 * MS),
+            ContentDecision::WaitUntil { first: true, .. }
+        ));
+        // chmod: same size and mtime, a new ctime.
+        let mut chmodded = unreadable;
+        if let EntryKind::File(signature) = &mut chmodded.kind {
+            signature.ctime_ns = 2;
+        }
+        let changed_at = t0 + 9000 * MS;
+        let listing = std::slice::from_ref(&chmodded);
+        assert!(tracker.observe(listing, changed_at).ready.is_empty());
+        // Settled again: ready at once, no backoff left from before.
+        assert_eq!(
+            tracker.observe(listing, changed_at + 200 * MS).ready.len(),
+            1
+        );
+        // Still held back (a mode that still does not let it be read): a first wait again,
+        // and the grace counts from the change, not from the first sight.
+        assert!(matches!(
+            tracker.content_pending(&top("a.xml"), changed_at + 200 * MS),
+            ContentDecision::WaitUntil { first: true, .. }
+        ));
+        assert!(matches!(
+            tracker.content_pending(&top("a.xml"), t0 + grace),
+            ContentDecision::WaitUntil { first: false, .. }
+        ));
+        assert_eq!(
+            tracker.content_pending(&top("a.xml"), changed_at + grace),
+            ContentDecision::GiveUp
         );
     }
 

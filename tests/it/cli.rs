@@ -1150,6 +1150,55 @@ fn every_file_is_handled_and_the_worst_code_wins_whatever_the_order() {
 }
 
 #[test]
+fn process_and_validate_name_a_file_they_cannot_open_and_exit_2_without_a_report() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use crate::util::{MERCHANT, Refund, TestDir, feed_xml};
+
+    // Unlike the daemon, which reports an inbox file it cannot open (FEED_UNREADABLE), the
+    // one-shot commands name it on stderr: the file is where the user said, and they see
+    // the error at once. Also in a merchant folder of the inbox.
+    let dir = TestDir::new();
+    let refund = Refund {
+        order: 0,
+        key: "locked".to_owned(),
+        cents: 100,
+    };
+    dir.drop_file(
+        "M_TEST/locked.xml",
+        feed_xml(MERCHANT, &[refund]).as_bytes(),
+    );
+    let path = dir.path("inbox/M_TEST/locked.xml");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).expect("chmod 000");
+    let path = path.to_str().expect("utf-8 path");
+    for command in ["process", "validate"] {
+        let Some(out) = dir.cli_bound_by_permissions(&[command, path]) else {
+            return;
+        };
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains(path) && stderr.contains("Permission denied (os error 13)"),
+            "{command}: {stderr}"
+        );
+        assert!(
+            text(&out.stdout).is_empty(),
+            "{command}: {}",
+            text(&out.stdout)
+        );
+    }
+    assert!(dir.json_reports().is_empty(), "no report");
+    assert!(
+        std::path::Path::new(path).is_file(),
+        "the file stays where it is"
+    );
+    let listed = dir.cli(&["feeds", "list", "--json"]);
+    assert_eq!(listed.status.code(), Some(0), "{}", text(&listed.stderr));
+    let feeds: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(feeds, serde_json::json!([]), "nothing recorded");
+}
+
+#[test]
 fn feeds_list_on_a_fresh_store_is_an_empty_list() {
     let sandbox = Sandbox::new();
     let out = sandbox.run(&["feeds", "list", "--json"]);

@@ -691,22 +691,83 @@ fn make_unreadable(path: &std::path::Path) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o000)).expect("chmod 000");
 }
 
+/// The warning the daemon logs once when it first finds an inbox file it cannot open.
+const CANNOT_OPEN: &str = "cannot open the feed; it waits";
+
+/// Checks that `report` is the rejection of `name` as unreadable: status Rejected, one
+/// feed-level FEED_UNREADABLE naming the file and the OS error, nothing read.
+fn assert_rejected_as_unreadable(report: &serde_json::Value, name: &str) {
+    assert_eq!(report["status"], "Rejected", "{report}");
+    assert_eq!(result_codes(report), ["FEED_UNREADABLE"], "{report}");
+    let result = &report["results"][0];
+    assert_eq!(result["code"], 90009, "{report}");
+    assert_eq!(result["message_id"], 0, "{report}");
+    let description = result["description"].as_str().expect("description");
+    assert!(
+        description.contains(name) && description.contains("Permission denied (os error 13)"),
+        "{description}"
+    );
+    assert_eq!(report["content_hash"], "unread", "{report}");
+    assert_eq!(report["summary"]["messages_processed"], 0, "{report}");
+}
+
+/// The folder holding the JSON report of `name`.
+fn report_folder(dir: &TestDir, name: &str) -> std::path::PathBuf {
+    let (path, _) = dir
+        .json_reports()
+        .into_iter()
+        .find(|(_, json)| json["file_name"] == name)
+        .expect("a report");
+    path.parent().expect("folder").to_path_buf()
+}
+
 #[test]
-fn unreadable_feed_is_moved_to_failed_with_a_log_line_naming_it() {
-    let dir = setup(&Settings::default(), 1);
+fn unreadable_feed_waits_for_the_grace_then_gets_a_rejected_report_and_goes_to_failed() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let dir = setup(
+        &Settings {
+            truncated_grace_secs: GRACE.as_secs(),
+            ..Settings::default()
+        },
+        1,
+    );
     dir.drop_file(
         "M_TEST/locked.xml",
         feed_xml(MERCHANT, &[refund(0, "locked", 100)]).as_bytes(),
     );
     make_unreadable(&dir.path("inbox/M_TEST/locked.xml"));
+    let dropped = Instant::now();
     let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
         return;
     };
+    let report = report_of(&dir, "locked.xml");
+    // Before the fix: moved to failed/ at once, without a report.
+    assert!(
+        dropped.elapsed() >= GRACE,
+        "reported after {:?}, before the grace",
+        dropped.elapsed()
+    );
+    assert_rejected_as_unreadable(&report, "locked.xml");
+    assert_eq!(report["merchant"], MERCHANT, "{report}");
+    assert_eq!(report_folder(&dir, "locked.xml"), dir.path("outbox/M_TEST"));
+    let feed_id = report["feed_id"].as_u64().expect("feed id");
     wait_for("the unreadable feed to reach failed/", LONG, || {
         dir.files_in("failed").len() == 1
     });
+    let failed = &dir.files_in("failed")[0];
+    assert!(
+        failed.ends_with(format!("M_TEST/{feed_id}-locked.xml")),
+        "{}",
+        failed.display()
+    );
     assert!(dir.files_in("inbox").is_empty(), "left in the inbox");
     assert!(dir.files_in("work").is_empty(), "left in work/");
+    assert_eq!(
+        dir.files_in("outbox").len(),
+        2,
+        "the XML and JSON reports: {:?}",
+        dir.files_in("outbox")
+    );
     // The daemon goes on with the next feed.
     dir.drop_file(
         "M_TEST/fine.xml",
@@ -715,20 +776,73 @@ fn unreadable_feed_is_moved_to_failed_with_a_log_line_naming_it() {
     assert_eq!(report_of(&dir, "fine.xml")["status"], "Complete");
     daemon.stop();
     let log = daemon.log();
-    let lines: Vec<&str> = log
+    // One warning while it waits (it is checked several times), naming file, merchant and
+    // error; then the summary line of a rejected feed.
+    let warnings: Vec<&str> = log
         .lines()
-        .filter(|line| line.contains("cannot open the feed"))
+        .filter(|line| line.contains(CANNOT_OPEN))
         .collect();
-    assert_eq!(lines.len(), 1, "{log}");
+    assert_eq!(warnings.len(), 1, "{log}");
     assert!(
-        lines[0].contains("locked.xml") && lines[0].contains("Permission denied"),
+        warnings[0].contains("locked.xml")
+            && warnings[0].contains("merchant=\"M_TEST\"")
+            && warnings[0].contains("Permission denied"),
         "{log}"
     );
-    assert!(dir.reports_for("locked.xml").is_empty());
+    assert!(
+        log.lines()
+            .any(|line| line.contains("feed rejected") && line.contains("file=locked.xml")),
+        "{log}"
+    );
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
 }
 
 #[test]
-fn unreadable_leftovers_in_work_never_stop_the_start() {
+fn unreadable_feed_made_readable_within_the_grace_is_processed_normally() {
+    const GRACE: Duration = Duration::from_secs(10);
+    let dir = setup(
+        &Settings {
+            truncated_grace_secs: GRACE.as_secs(),
+            ..Settings::default()
+        },
+        1,
+    );
+    let path = dir.path("inbox/M_TEST/late.xml");
+    dir.drop_file(
+        "M_TEST/late.xml",
+        feed_xml(MERCHANT, &[refund(0, "late", 100)]).as_bytes(),
+    );
+    make_unreadable(&path);
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("the warning about the unreadable feed", LONG, || {
+        daemon.log().contains(CANNOT_OPEN)
+    });
+    // Before the fix: already in failed/, without a report.
+    assert!(path.is_file(), "it waits in the inbox:\n{}", daemon.log());
+    assert!(dir.files_in("failed").is_empty());
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod 644");
+    let fixed = Instant::now();
+    let report = report_of(&dir, "late.xml");
+    // Processed once it settled after the chmod, not when the grace ran out.
+    assert!(fixed.elapsed() < GRACE, "took {:?}", fixed.elapsed());
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert!(result_codes(&report).is_empty(), "{report}");
+    assert_eq!(report["summary"]["messages_successful"], 1, "{report}");
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("archive").len(), 1);
+    assert!(dir.files_in("failed").is_empty());
+    daemon.stop();
+    let log = daemon.log();
+    assert_eq!(log.matches(CANNOT_OPEN).count(), 1, "{log}");
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
+#[test]
+fn unreadable_leftovers_in_work_get_their_reports_at_start_without_waiting() {
+    // The default grace (300 s) is far longer than the wait below: leftovers were claimed
+    // already and do not wait again.
     let dir = setup(&Settings::default(), 1);
     fs::create_dir_all(dir.path("work/M_TEST")).expect("work folder");
     // One claimed by an earlier run, one put into work/ by hand: neither can be opened.
@@ -746,6 +860,12 @@ fn unreadable_leftovers_in_work_never_stop_the_start() {
         dir.files_in("failed").len() == 2
     });
     assert!(dir.files_in("work").is_empty(), "left in work/");
+    // Before the fix: no reports.
+    for (name, folder) in [("left.xml", "outbox/M_TEST"), ("stray.xml", "outbox")] {
+        let report = report_of(&dir, name);
+        assert_rejected_as_unreadable(&report, name);
+        assert_eq!(report_folder(&dir, name), dir.path(folder), "{name}");
+    }
     dir.drop_file(
         "after.xml",
         feed_xml(MERCHANT, &[refund(0, "after", 100)]).as_bytes(),
@@ -756,10 +876,65 @@ fn unreadable_leftovers_in_work_never_stop_the_start() {
     for name in ["left.xml", "stray.xml"] {
         assert!(
             log.lines()
-                .any(|line| line.contains("cannot open the feed") && line.contains(name)),
+                .any(|line| line.contains("feed rejected") && line.contains(name)),
             "{name}:\n{log}"
         );
     }
+    assert!(!log.contains(CANNOT_OPEN), "{log}");
+}
+
+#[test]
+fn an_unreadable_feed_whose_report_cannot_be_written_waits_in_work_and_is_recorded_once() {
+    let dir = setup(
+        &Settings {
+            truncated_grace_secs: 1,
+            ..Settings::default()
+        },
+        1,
+    );
+    // A regular file where the merchant's report folder belongs (see
+    // a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice).
+    let blocker = dir.path("outbox/M_TEST");
+    fs::write(&blocker, b"not a folder").expect("block the report folder");
+    dir.drop_file(
+        "M_TEST/locked.xml",
+        feed_xml(MERCHANT, &[refund(0, "locked", 100)]).as_bytes(),
+    );
+    make_unreadable(&dir.path("inbox/M_TEST/locked.xml"));
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    wait_for("a retry of the report", LONG, || {
+        daemon.log().contains("transient failure, will retry")
+    });
+    assert!(dir.files_in("failed").is_empty(), "not failed yet");
+    assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
+    // Stopped while it waits: it stays in work/, and the next start re-emits the report of
+    // the feed already recorded under its claim token.
+    daemon.stop();
+    assert_eq!(dir.files_in("work").len(), 1, "the feed stays in work/");
+    fs::remove_file(&blocker).expect("unblock the report folder");
+    let Some(mut daemon) = dir.spawn_daemon_bound_by_permissions() else {
+        return;
+    };
+    let report = report_of(&dir, "locked.xml");
+    assert_rejected_as_unreadable(&report, "locked.xml");
+    wait_for("the feed to reach failed/", LONG, || {
+        dir.files_in("failed").len() == 1
+    });
+    assert!(dir.files_in("work").is_empty(), "left in work/");
+    daemon.stop();
+    let listed = dir.cli(&["feeds", "list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let feeds: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let records: Vec<&serde_json::Value> = feeds
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|row| row["feed"]["file_name"] == "locked.xml")
+        .collect();
+    assert_eq!(records.len(), 1, "recorded once: {feeds}");
+    assert_eq!(records[0]["feed"]["id"], report["feed_id"], "{feeds}");
 }
 
 #[test]

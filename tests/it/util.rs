@@ -215,18 +215,50 @@ impl TestDir {
     }
 
     /// Starts `adjustd run` so that file permissions apply to it: a file or folder with mode
-    /// 000 cannot be opened. As root (tests often run as root, which reads anything) the
-    /// daemon runs under `setpriv` without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH`: still
-    /// root and owner of every file here, but bound by the mode bits. `None` (with a message)
-    /// when that is needed and `setpriv` is missing.
+    /// 000 cannot be opened (see [`TestDir::permissions_wrapper`]). `None` (with a message)
+    /// when that cannot be arranged.
     pub fn spawn_daemon_bound_by_permissions(&self) -> Option<Daemon> {
+        Some(self.spawn_daemon_via(self.permissions_wrapper()?))
+    }
+
+    /// Runs a one-shot command of the binary like [`TestDir::cli`], but bound by file
+    /// permissions like [`TestDir::spawn_daemon_bound_by_permissions`]. `None` (with a
+    /// message) when that cannot be arranged.
+    pub fn cli_bound_by_permissions(&self, args: &[&str]) -> Option<Output> {
+        let wrapper = self.permissions_wrapper()?;
+        let mut command = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut command = Command::new(program);
+                command
+                    .args(wrapper_args)
+                    .arg(env!("CARGO_BIN_EXE_adjustd"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_adjustd")),
+        };
+        let output = command
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd");
+        Some(output)
+    }
+
+    /// The command (and its arguments) to run the binary through so that file permissions
+    /// apply to it: none when they already do. As root (tests often run as root, which reads
+    /// anything) that is `setpriv` without `CAP_DAC_OVERRIDE` and `CAP_DAC_READ_SEARCH`:
+    /// still root and owner of every file here, but bound by the mode bits. `None` (with a
+    /// message) when that is needed and `setpriv` is missing.
+    fn permissions_wrapper(&self) -> Option<&'static [&'static str]> {
         let probe = self.path("mode-000-probe");
         fs::write(&probe, b"x").expect("write probe");
         fs::set_permissions(&probe, fs::Permissions::from_mode(0o000)).expect("chmod probe");
         let bypasses_permissions = fs::File::open(&probe).is_ok();
         fs::remove_file(&probe).expect("remove probe");
         if !bypasses_permissions {
-            return Some(self.spawn_daemon());
+            return Some(&[]);
         }
         let has_setpriv = Command::new("setpriv")
             .arg("--version")
@@ -234,16 +266,16 @@ impl TestDir {
             .is_ok_and(|out| out.status.success());
         if !has_setpriv {
             eprintln!(
-                "skipping: running as root and setpriv(1) is missing, so mode 000 cannot stop the daemon"
+                "skipping: running as root and setpriv(1) is missing, so mode 000 cannot stop adjustd"
             );
             return None;
         }
-        Some(self.spawn_daemon_via(&[
+        Some(&[
             "setpriv",
             "--bounding-set",
             "-dac_override,-dac_read_search",
             "--",
-        ]))
+        ])
     }
 
     /// Starts `adjustd run`, through `wrapper` (a command and its arguments) if not empty.
