@@ -177,10 +177,9 @@ pub enum OrdersCommand {
     /// a new order also needs currency.
     /// Optional: item-price, item-tax, shipping-price, shipping-tax, gift-wrap-price,
     /// gift-wrap-tax, item-promotion-discount, ship-promotion-discount (totals for the
-    /// quantity; missing: 0; a discount at most the price it discounts), quantity-shipped
-    /// (missing: 0 for a new item, unchanged for a known one; it never goes down),
-    /// fulfillment-channel (MFN or Merchant, AFN or Amazon; missing: MFN), purchase-date,
-    /// merchant-order-id, merchant-order-item-id.
+    /// quantity; missing: 0), quantity-shipped (missing: 0 for a new item, unchanged for a
+    /// known one; it never goes down), fulfillment-channel (MFN or Merchant, AFN or Amazon;
+    /// missing: MFN), purchase-date, merchant-order-id, merchant-order-item-id.
     ///
     /// The New Orders report has no quantity-shipped, so its items start unshipped: import
     /// the Unshipped report (or any file with the required columns and quantity-shipped) to

@@ -585,39 +585,6 @@ fn parse_row(
         };
         charged.push((*component, minor));
     }
-    // A discount takes at most the price it discounts: more would leave the buyer having
-    // paid less than nothing, and every refund of the item would then be refused.
-    let price_of = |component: PriceComponent| {
-        charged
-            .iter()
-            .find(|(c, _)| *c == Component::Price(component))
-            .map_or(0, |(_, minor)| *minor)
-    };
-    for (component, discount) in &charged {
-        let (price, price_column) = match component {
-            Component::Promotion(PromotionComponent::Principal) => {
-                (PriceComponent::Principal, "item-price")
-            }
-            Component::Promotion(PromotionComponent::Shipping) => {
-                (PriceComponent::Shipping, "shipping-price")
-            }
-            Component::Price(_) => continue,
-        };
-        // An amount was read, so the line has a currency.
-        if let Some(currency) = currency
-            && *discount > price_of(price)
-        {
-            return Err(err(
-                column_for(*component),
-                format!(
-                    "the discount {} {currency} is more than the {price_column} {} {currency} it \
-                     discounts",
-                    format_minor(*discount, currency),
-                    format_minor(price_of(price), currency)
-                ),
-            ));
-        }
-    }
     Ok(OrderRow {
         line,
         amazon_order_id,
@@ -728,9 +695,6 @@ mod tests {
         let good =
             "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN";
         assert!(parse_order_report(&row(good)).is_ok());
-        // A discount of the whole price is fine.
-        let free = "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t2.00\t\t-10.00\t2.00\tMFN";
-        assert!(parse_order_report(&row(free)).is_ok());
         let cases: &[(&str, &str, &str)] = &[
             (
                 "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.005\t\t\t\t\t\tMFN",
@@ -761,16 +725,6 @@ mod tests {
                 "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t-1.00\t\t\t\t\tMFN",
                 "item-tax",
                 "negative",
-            ),
-            (
-                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t-10.01\t\tMFN",
-                "item-promotion-discount",
-                "the discount 10.01 USD is more than the item-price 10.00 USD it discounts",
-            ),
-            (
-                "171-1234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t1.00\tMFN",
-                "ship-promotion-discount",
-                "the discount 1.00 USD is more than the shipping-price 0.00 USD",
             ),
             (
                 "1711234567-1234567\t12345678901234\t2026-11-01\t\tS\tP\t1\tUSD\t10.00\t\t\t\t\t\tMFN",
