@@ -910,9 +910,11 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
                 feed.messages_successful,
                 feed.messages_with_error,
                 feed.messages_with_warning,
-                feed.file_name,
+                // A seller's file name may hold control characters: shown escaped, as in
+                // the log, so none reaches the operator's terminal.
+                crate::telemetry::escaped(&feed.file_name),
                 feed.duplicate_of.map_or(String::new(), |d| format!(" (duplicate of {d})")),
-                row["xml_report"].as_str().unwrap_or_default(),
+                crate::telemetry::escaped(row["xml_report"].as_str().unwrap_or_default()),
             )
         })
     })?;

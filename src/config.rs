@@ -472,7 +472,8 @@ fn resolve(
                 return Err(ConfigError::Invalid {
                     key: "store.url".to_owned(),
                     message: format!(
-                        "{url:?} names no database file: use sqlite:PATH with the file's path                          (e.g. sqlite:var/adjustd.db) or postgres://USER@HOST/DB"
+                        "{url:?} names no database file: use sqlite:PATH with the file's path \
+                         (e.g. sqlite:var/adjustd.db) or postgres://USER@HOST/DB"
                     ),
                 });
             }
@@ -1012,7 +1013,8 @@ mod tests {
                 load_text(&format!("[store]\nurl = \"{url}\"\n"), &[]).expect_err("names no file");
             assert!(error.to_string().contains("store.url"), "{url}: {error}");
             assert!(
-                error.to_string().contains("names no database file"),
+                error.to_string().contains("names no database file")
+                    && !error.to_string().contains("  "),
                 "{url}: {error}"
             );
         }

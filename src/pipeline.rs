@@ -726,6 +726,12 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
                 "this inbox folder only accepts feeds of merchant {bound}: drop the feed into inbox/{merchant}/ or correct MerchantIdentifier"
             ),
         ),
+        (None, Some([])) => (
+            false,
+            format!(
+                "the top-level inbox accepts no feeds (config inbox.allowed_merchants is empty): use the merchant's own folder inbox/{merchant}/"
+            ),
+        ),
         (None, Some(list)) => (
             list.contains(merchant),
             format!(

@@ -16,7 +16,10 @@
 //!
 //! Connection loss: the connection is dropped after an error that says it broke and
 //! re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
-//! flight (reported as [`StoreError::Unavailable`], retried by the daemon).
+//! flight (reported as [`StoreError::Unavailable`], retried by the daemon). The same holds
+//! for a database that cannot take work for a while: full disk, a failover to a read-only
+//! server, a database dropped (once connected, even a missing database is an outage, not a
+//! wrong URL) or created again empty (every new connection brings the schema up to date).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -75,11 +78,16 @@ const ANALYZE_AFTER_ROWS: u64 = 1000;
 type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 /// A PostgreSQL order store. Keeps its URL and reconnects lazily after the connection
-/// broke (server restart, network loss, administrator terminating the backend).
+/// broke (server restart, network loss, administrator terminating the backend, a database
+/// dropped and created again), bringing the schema up to date on every new connection.
 pub struct PgStore {
     config: Box<postgres::Config>,
     url: String,
     conn: Option<Box<Conn>>,
+    /// A connection was made before: from then on a database that cannot be reached, even
+    /// one that does not exist (dropped while we run), is an outage to wait out, not a
+    /// mistake in the URL.
+    connected_before: bool,
 }
 
 /// An open connection and its prepared statements.
@@ -122,12 +130,9 @@ impl PgStore {
             config: Box::new(config),
             url: redact(url),
             conn: None,
+            connected_before: false,
         };
-        let conn = store.conn()?;
-        migrate(&mut conn.client).map_err(|error| match error {
-            Migration::Store(error) => error,
-            Migration::Db(error) => classify(&error),
-        })?;
+        store.conn()?;
         Ok(store)
     }
 
@@ -160,12 +165,18 @@ impl PgStore {
                 let mut client = self
                     .config
                     .connect(NoTls)
-                    .map_err(|error| connect_error(&self.url, &error))?;
+                    .map_err(|error| connect_error(&self.url, &error, self.connected_before))?;
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'"
                     ))
                     .map_err(|error| classify(&error))?;
+                // Also after a reconnect: the database may have been created again, empty.
+                migrate(&mut client).map_err(|error| match error {
+                    Migration::Store(error) => error,
+                    Migration::Db(error) => classify(&error),
+                })?;
+                self.connected_before = true;
                 Ok(slot.insert(Box::new(Conn {
                     client,
                     statements: HashMap::new(),
@@ -202,13 +213,14 @@ impl PgStore {
 /// A failed connection attempt: transient (the server is down, restarting, refusing
 /// connections to this database for now, out of slots), except a database that does not
 /// exist or credentials that are refused, which no retry fixes.
-fn connect_error(url: &str, error: &postgres::Error) -> StoreError {
+fn connect_error(url: &str, error: &postgres::Error, connected_before: bool) -> StoreError {
     let detail = format!("connecting to {url}: {}", describe(error));
-    let permanent = error.code().is_some_and(|code| {
-        *code == SqlState::INVALID_CATALOG_NAME
-            || *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-    });
+    let permanent = !connected_before
+        && error.code().is_some_and(|code| {
+            *code == SqlState::INVALID_CATALOG_NAME
+                || *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        });
     if permanent {
         StoreError::Other { detail }
     } else {
@@ -284,11 +296,16 @@ fn classify(error: &postgres::Error) -> StoreError {
         {
             return StoreError::Invalid { detail };
         }
-        if *code == SqlState::ADMIN_SHUTDOWN
-            || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
-            || *code == SqlState::TOO_MANY_CONNECTIONS
-            || code.code().starts_with("08")
+        // The database cannot take work now, whatever the feed: connection trouble (08),
+        // insufficient resources such as a full disk (53), an administrator's or the
+        // server's intervention (57), a system I/O error (58), a failover to a read-only
+        // server, or a database dropped (and perhaps created again, empty: the reconnect
+        // this forces creates the schema). A feed must wait for it, never fail for it.
+        let class = &code.code()[..2];
+        if matches!(class, "08" | "53" | "57" | "58")
+            || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+            || *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::UNDEFINED_TABLE
         {
             return StoreError::Unavailable { detail };
         }

@@ -1856,3 +1856,21 @@ fn feeds_list_refuses_a_store_path_whose_folder_is_missing_and_a_limit_of_0() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn feeds_list_escapes_control_characters_of_a_file_name() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let name = "red\u{1b}[31m\tname.xml";
+    place(&sandbox, "refund-ok.xml", name);
+    let out = run_in(&sandbox, &["process", name]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed = text(&out.stdout);
+    assert!(
+        !listed.contains('\u{1b}') && !listed.contains('\t'),
+        "{listed:?}"
+    );
+    assert!(listed.contains(r"red\u{1b}[31m\tname.xml"), "{listed}");
+}

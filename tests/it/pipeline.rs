@@ -137,6 +137,15 @@ fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox(
         codes(&processed.outcome),
         vec![(0, Code::MerchantNotAllowed)]
     );
+    // An empty list (only merchant folders take feeds) says so, not "only merchants ".
+    src.allowed_merchants = Some(&[]);
+    let processed = pipeline::process_file(&mut context, &src).expect("process");
+    let fix = &processed.outcome.results[0].fix;
+    assert!(
+        fix.contains("the top-level inbox accepts no feeds")
+            && fix.contains("allowed_merchants is empty"),
+        "{fix}"
+    );
 
     // A pretty-printed MerchantIdentifier is the same merchant (its whitespace is not part
     // of it).

@@ -111,6 +111,14 @@ impl TestDb {
             .expect("alter database");
     }
 
+    /// Runs `sql` on the maintenance connection, with `{db}` standing for the test
+    /// database's name.
+    pub fn admin_sql(&mut self, sql: &str) {
+        self.admin
+            .batch_execute(&sql.replace("{db}", &self.name))
+            .expect("administrator statement");
+    }
+
     /// Terminates every other connection to the test database (as an administrator or a
     /// server restart would).
     pub fn terminate_connections(&mut self) -> i64 {
@@ -644,6 +652,41 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
     let views = store.orders(None, ORDER).expect("orders");
     assert_eq!(views[0].adjustments.len(), 1);
     assert_eq!(store.recent_feeds(10).expect("recent").len(), 1);
+}
+
+#[test]
+fn a_database_read_only_dropped_or_created_again_is_unavailable_until_it_is_back() {
+    let mut db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    commit_refund(&mut store, "before", 100);
+    let unavailable = |store: &mut PgStore, what: &str| {
+        // Twice: the first call may meet the terminated connection, the second reconnects.
+        for _ in 0..2 {
+            match store.begin_feed(&new_feed(what)).map(|tx| tx.feed_id()) {
+                Err(error @ StoreError::Unavailable { .. }) => assert!(error.is_transient()),
+                other => panic!("{what}: expected Unavailable, got {other:?}"),
+            }
+        }
+    };
+
+    // A failover to a read-only server: writes wait until it takes them again.
+    db.admin_sql("ALTER DATABASE {db} SET default_transaction_read_only = on");
+    db.terminate_connections();
+    unavailable(&mut store, "read-only");
+    db.admin_sql("ALTER DATABASE {db} SET default_transaction_read_only = off");
+    db.terminate_connections();
+    commit_refund(&mut store, "writable-again", 100);
+
+    // Dropped: an outage, not a wrong URL, since the store was connected before.
+    db.admin_sql("DROP DATABASE {db} WITH (FORCE)");
+    unavailable(&mut store, "dropped");
+    // Created again, empty: the reconnect brings the schema.
+    db.admin_sql("CREATE DATABASE {db}");
+    assert!(store.recent_feeds(10).expect("a new schema").is_empty());
+    assert_eq!(
+        store.schema_version().expect("version"),
+        adjustd::store::postgres::SCHEMA_VERSION
+    );
 }
 
 #[test]
