@@ -309,6 +309,45 @@ impl From<ImportError> for StoreError {
     }
 }
 
+/// An order report line that contradicts the store or itself, as an import error naming
+/// the line, the column and the order item.
+pub(crate) fn import_invalid(row: &OrderRow, column: &str, detail: String) -> StoreError {
+    StoreError::Invalid {
+        detail: format!(
+            "line {}, column {column}: order {} item {}: {detail}",
+            row.line, row.amazon_order_id, row.item_code
+        ),
+    }
+}
+
+/// The line gives its order a merchant-order-id that order `holder` of the merchant has
+/// (the stores keep them unique per merchant).
+pub(crate) fn merchant_order_id_taken(row: &OrderRow, holder: &str) -> StoreError {
+    let id = row.merchant_order_id.as_ref().map_or("", SellerId::as_str);
+    import_invalid(
+        row,
+        "merchant-order-id",
+        format!(
+            "merchant-order-id {id} is already the MerchantOrderID of order {holder}; a \
+             merchant-order-id names one order of the merchant"
+        ),
+    )
+}
+
+/// The line gives its item a merchant-order-item-id that item `holder` of the same order
+/// has (the stores keep them unique per order).
+pub(crate) fn merchant_item_id_taken(row: &OrderRow, holder: &str) -> StoreError {
+    let id = row.merchant_item_id.as_ref().map_or("", SellerId::as_str);
+    import_invalid(
+        row,
+        "merchant-order-item-id",
+        format!(
+            "merchant-order-item-id {id} is already the MerchantOrderItemID of item {holder} \
+             of this order; a merchant-order-item-id names one item of its order"
+        ),
+    )
+}
+
 /// Which orders and items an import created or updated, by database id: an order created
 /// by one line and named again by a later one counts once, as created. Also the first line
 /// of each order item, to tell a repeated line from two lines that disagree

@@ -41,7 +41,7 @@ use crate::problem::Code;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
-    may_have_adjustments,
+    import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -1294,15 +1294,6 @@ struct ImportItem {
     components: BTreeMap<&'static str, (ComponentClass, i64, i64, bool)>,
 }
 
-fn invalid(row: &OrderRow, column: &str, detail: String) -> StoreError {
-    StoreError::Invalid {
-        detail: format!(
-            "line {}, column {column}: order {} item {}: {detail}",
-            row.line, row.amazon_order_id, row.item_code
-        ),
-    }
-}
-
 /// The order-report column that carries a component's charged amount.
 fn column_for(component: Component) -> &'static str {
     use crate::model::{PriceComponent as P, PromotionComponent as Q};
@@ -1472,13 +1463,36 @@ fn import_batch(
         }
     }
 
+    // Who holds the merchant-order-ids the lines give, in the store (this import's earlier
+    // batches included) and then as the lines below assign them: one order each.
+    let mut wanted: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.merchant_order_id.as_ref().map(SellerId::as_str))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut holders: HashMap<String, String> = HashMap::new();
+    if !wanted.is_empty() {
+        for row in query(
+            tx,
+            statements,
+            "SELECT merchant_order_id, amazon_order_id FROM orders \
+             WHERE merchant = $1 AND merchant_order_id = ANY($2)",
+            &[&merchant.as_str(), &wanted],
+        )
+        .map_err(db)?
+        {
+            holders.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+        }
+    }
+
     // Decide, line by line (the same rules as the SQLite backend).
     for row in rows {
         let order = match orders.get_mut(row.amazon_order_id.as_str()) {
             Some(order) => order,
             None => {
                 let currency = row.currency.ok_or_else(|| {
-                    invalid(
+                    import_invalid(
                         row,
                         "currency",
                         "the order is not in the store and this report has no currency; \
@@ -1503,7 +1517,7 @@ fn import_batch(
         if let Some(given) = row.currency
             && given != order.currency
         {
-            return Err(invalid(
+            return Err(import_invalid(
                 row,
                 "currency",
                 format!(
@@ -1521,12 +1535,33 @@ fn import_batch(
         if let Some(merchant_order_id) = &row.merchant_order_id
             && order.merchant_order_id.as_deref() != Some(merchant_order_id.as_str())
         {
+            match holders.get(merchant_order_id.as_str()) {
+                Some(holder) if holder != row.amazon_order_id.as_str() => {
+                    return Err(merchant_order_id_taken(row, holder));
+                }
+                _ => {}
+            }
+            if let Some(previous) = order.merchant_order_id.take() {
+                holders.remove(&previous);
+            }
+            holders.insert(
+                merchant_order_id.as_str().to_owned(),
+                row.amazon_order_id.as_str().to_owned(),
+            );
             order.merchant_order_id = Some(merchant_order_id.as_str().to_owned());
             order.dirty = true;
         }
         if row.purchase_date.is_some() && order.purchase_date != row.purchase_date {
             order.purchase_date.clone_from(&row.purchase_date);
             order.dirty = true;
+        }
+        if let Some(merchant_item_id) = &row.merchant_item_id
+            && let Some((holder, _)) = order.items.iter().find(|(code, item)| {
+                code.as_str() != row.item_code.as_str()
+                    && item.merchant_item_id.as_deref() == Some(merchant_item_id.as_str())
+            })
+        {
+            return Err(merchant_item_id_taken(row, holder));
         }
         let ordered = i64::from(row.quantity_ordered);
         let next_position = order.next_position;
@@ -1561,7 +1596,7 @@ fn import_batch(
             } else {
                 "quantity-purchased"
             };
-            return Err(invalid(
+            return Err(import_invalid(
                 row,
                 column,
                 format!(
@@ -1585,7 +1620,7 @@ fn import_batch(
         let new_item = item.id.is_none();
         for (component, charged) in &row.charged {
             if *charged < 0 {
-                return Err(invalid(
+                return Err(import_invalid(
                     row,
                     column_for(*component),
                     format!(
@@ -1606,7 +1641,7 @@ fn import_batch(
                 ComponentClass::Fee | ComponentClass::Concession => 0,
             };
             if used > *charged {
-                return Err(invalid(
+                return Err(import_invalid(
                     row,
                     column_for(*component),
                     format!(

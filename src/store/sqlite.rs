@@ -44,7 +44,7 @@ use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
-    may_have_adjustments,
+    import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -802,13 +802,46 @@ fn adjustment_views(
     Ok(views)
 }
 
-fn invalid(row: &OrderRow, column: &str, detail: String) -> StoreError {
-    StoreError::Invalid {
-        detail: format!(
-            "line {}, column {column}: order {} item {}: {detail}",
-            row.line, row.amazon_order_id, row.item_code
-        ),
+/// The error of an import's write of `row`: when it breaks a unique key because the line's
+/// merchant-order-id belongs to another order of the merchant, or its
+/// merchant-order-item-id to another item of the order (`order_id`, once known), the error
+/// says so and names that order or item; otherwise the database's own error.
+fn import_write_error(
+    tx: &Transaction<'_>,
+    merchant: &MerchantId,
+    order_id: Option<i64>,
+    row: &OrderRow,
+    error: rusqlite::Error,
+) -> StoreError {
+    if error.sqlite_error_code() != Some(ErrorCode::ConstraintViolation) {
+        return db_error(error);
     }
+    let holder = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Option<String> {
+        tx.query_row(sql, params, |r| r.get(0)).ok()
+    };
+    if let Some(id) = &row.merchant_order_id
+        && let Some(order) = holder(
+            "SELECT amazon_order_id FROM orders WHERE merchant = ?1 \
+             AND merchant_order_id = ?2 AND amazon_order_id <> ?3",
+            &[
+                &merchant.as_str(),
+                &id.as_str(),
+                &row.amazon_order_id.as_str(),
+            ],
+        )
+    {
+        return merchant_order_id_taken(row, &order);
+    }
+    if let (Some(order_id), Some(id)) = (order_id, &row.merchant_item_id)
+        && let Some(item) = holder(
+            "SELECT amazon_order_item_code FROM order_items WHERE order_id = ?1 \
+             AND merchant_order_item_id = ?2 AND amazon_order_item_code <> ?3",
+            &[&order_id, &id.as_str(), &row.item_code.as_str()],
+        )
+    {
+        return merchant_item_id_taken(row, &item);
+    }
+    db_error(error)
 }
 
 fn import_row(
@@ -831,7 +864,7 @@ fn import_row(
     let (order_id, currency) = match existing {
         None => {
             let currency = row.currency.ok_or_else(|| {
-                invalid(
+                import_invalid(
                     row,
                     "currency",
                     "the order is not in the store and this report has no currency; import \
@@ -858,7 +891,7 @@ fn import_row(
                     ],
                     |r| r.get(0),
                 )
-                .map_err(db_error)?;
+                .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
             seen.orders_created.insert(id);
             (id, currency)
         }
@@ -867,7 +900,7 @@ fn import_row(
             if let Some(given) = row.currency
                 && given != stored
             {
-                return Err(invalid(
+                return Err(import_invalid(
                     row,
                     "currency",
                     format!("the order is stored in {stored}; the report says {given}"),
@@ -885,7 +918,7 @@ fn import_row(
                 row.channel.map(FulfillmentChannel::as_str),
                 row.purchase_date
             ])
-            .map_err(db_error)?;
+            .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
             seen.order_updated(id);
             (id, stored)
         }
@@ -939,7 +972,7 @@ fn import_row(
                     ],
                     |r| r.get(0),
                 )
-                .map_err(db_error)?;
+                .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
             seen.items_created.insert(item_id);
             for (component, charged) in &row.charged {
                 if *charged != 0 {
@@ -966,7 +999,7 @@ fn import_row(
                 } else {
                     "quantity-purchased"
                 };
-                return Err(invalid(
+                return Err(import_invalid(
                     row,
                     column,
                     format!(
@@ -989,7 +1022,7 @@ fn import_row(
                 row.quantity_ordered,
                 shipped
             ])
-            .map_err(db_error)?;
+            .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
             seen.item_updated(item_id);
             let mut refunded_stmt = tx
                 .prepare_cached(
@@ -1008,7 +1041,7 @@ fn import_row(
                     ComponentClass::Fee | ComponentClass::Concession => 0,
                 };
                 if used > *charged {
-                    return Err(invalid(
+                    return Err(import_invalid(
                         row,
                         column_for(*component),
                         format!(

@@ -155,6 +155,7 @@ pub mod conformance {
                 import_creates_and_reimport_updates,
                 import_rejects_contradictions_atomically,
                 import_refuses_an_item_on_two_lines_that_disagree,
+                import_names_the_holder_of_a_merchant_id,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -322,6 +323,74 @@ pub mod conformance {
         let view = one_order(store, "199-0000000-0000001");
         assert_eq!(view.items.len(), 1);
         assert_eq!(view.items[0].charged["Principal"], "1.00");
+    }
+
+    /// A merchant-order-id names one order of the merchant, a merchant-order-item-id one
+    /// item of its order: a line that gives one away again is refused, naming the order or
+    /// item that has it, whether that came from the store or from an earlier line.
+    pub fn import_names_the_holder_of_a_merchant_id(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tmerchant-order-id\t\
+                              merchant-order-item-id\tsku\tquantity-purchased\tcurrency\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        import(
+            store,
+            "301-0000000-0000001\t30000000000001\tMO-1\tMI-1\tS\t1\tUSD\n\
+             301-0000000-0000001\t30000000000002\tMO-1\tMI-2\tS\t1\tUSD\n",
+        )
+        .expect("import");
+        let cases = [
+            (
+                "301-0000000-0000002\t30000000000003\tMO-1\t\tS\t1\tUSD\n",
+                "line 2, column merchant-order-id: order 301-0000000-0000002 item \
+                 30000000000003: merchant-order-id MO-1 is already the MerchantOrderID of order \
+                 301-0000000-0000001",
+            ),
+            (
+                "301-0000000-0000003\t30000000000004\tMO-3\t\tS\t1\tUSD\n\
+                 301-0000000-0000004\t30000000000005\tMO-3\t\tS\t1\tUSD\n",
+                "line 3, column merchant-order-id: order 301-0000000-0000004 item \
+                 30000000000005: merchant-order-id MO-3 is already the MerchantOrderID of order \
+                 301-0000000-0000003",
+            ),
+            (
+                "301-0000000-0000001\t30000000000006\t\tMI-1\tS\t1\tUSD\n",
+                "line 2, column merchant-order-item-id: order 301-0000000-0000001 item \
+                 30000000000006: merchant-order-item-id MI-1 is already the MerchantOrderItemID \
+                 of item 30000000000001 of this order",
+            ),
+            (
+                "301-0000000-0000005\t30000000000007\t\tMI-X\tS\t1\tUSD\n\
+                 301-0000000-0000005\t30000000000008\t\tMI-X\tS\t1\tUSD\n",
+                "line 3, column merchant-order-item-id: order 301-0000000-0000005 item \
+                 30000000000008: merchant-order-item-id MI-X is already the MerchantOrderItemID \
+                 of item 30000000000007 of this order",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = import(store, lines).expect_err(expected);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        // Nothing of the refused imports was kept.
+        for order in [
+            "301-0000000-0000002",
+            "301-0000000-0000003",
+            "301-0000000-0000005",
+        ] {
+            assert!(
+                store
+                    .orders(Some(&merchant()), order)
+                    .expect("orders")
+                    .is_empty()
+            );
+        }
+        assert_eq!(one_order(store, "301-0000000-0000001").items.len(), 2);
     }
 
     pub fn import_rejects_contradictions_atomically(store: &mut dyn Store) {
