@@ -460,8 +460,17 @@ impl Worker {
                 "temporary upload name unchanged for the truncation grace, maybe abandoned; left in the inbox"
             );
         }
+        for name in &observation.marker_missing {
+            let marker = self.tracker.marker_for(&name.name).unwrap_or_default();
+            tracing::info!(
+                file = %escaped(name.display_path()),
+                marker = %escaped(marker.to_string_lossy()),
+                unchanged_secs = self.config.inbox.truncated_grace.as_secs(),
+                "feed unchanged for the truncation grace and still waiting for its done marker; left in the inbox"
+            );
+        }
         self.metrics.stale_partials(self.tracker.stale_partials());
-        self.update_waiting(now);
+        self.update_waiting();
         let mut processed = 0;
         let mut ready = observation.ready.into_iter().peekable();
         while ready.peek().is_some() && !self.shutdown.is_cancelled() {
@@ -488,7 +497,7 @@ impl Worker {
                 processed += 1;
             }
             self.sync(&mut syncs);
-            self.update_waiting(Instant::now());
+            self.update_waiting();
         }
         processed
     }
@@ -517,12 +526,9 @@ impl Worker {
         }
     }
 
-    fn update_waiting(&self, now: Instant) {
+    fn update_waiting(&self) {
         let (files, oldest) = self.tracker.waiting();
-        self.metrics.waiting(
-            files,
-            oldest.map(|first_seen| now.saturating_duration_since(first_seen)),
-        );
+        self.metrics.waiting(files, oldest);
     }
 
     /// The last gates before a claim: unchanged since it settled, then the content gate. A

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::feed::Limits;
 use crate::inbox::ready::{EntryKind, FileSignature, InboxName, Listed, ReadyFile};
 use crate::model::MerchantId;
-use crate::report::fsync_dir;
+use crate::report::{clean_file_name, fsync_dir};
 use crate::telemetry::escaped;
 
 /// How the inbox is watched.
@@ -948,10 +948,12 @@ impl Claim {
 
     /// Moves the feed to `archive/YYYY-MM-DD/[<merchant>/]` or `failed/...` (UTC date) under
     /// `<feed id>-<name>` (or `<token>--<name>` without a feed id), with `-<n>` added after the
-    /// prefix if that name exists, and the name shortened if the whole would exceed the
-    /// 255-byte file-name limit (the report keeps the full name). Consumes the claim and its lock. The folders go into
-    /// `syncs`: a power loss before they are synced at most moves the file back to `work/`,
-    /// where recovery re-emits the same report and moves it again.
+    /// prefix if that name exists. The name is cleaned as for the outbox
+    /// ([`crate::report::clean_file_name`]: control characters and separators become `_`) and
+    /// shortened if the whole would exceed the 255-byte file-name limit; the report keeps the
+    /// full name. Returns the path the file now has, exactly. Consumes the claim and its
+    /// lock. The folders go into `syncs`: a power loss before they are synced at most moves
+    /// the file back to `work/`, where recovery re-emits the same report and moves it again.
     ///
     /// # Errors
     /// Creating the folder or renaming failed; the file then stays in `work/` and is
@@ -976,13 +978,14 @@ impl Claim {
             Some(feed_id) => (feed_id.to_string(), "-"),
             None => (self.token.clone(), TOKEN_SEPARATOR),
         };
+        let name = clean_file_name(&self.original);
         let mut counter = 0u32;
         let target = loop {
             let name_prefix = match counter {
                 0 => format!("{prefix}{separator}"),
                 n => format!("{prefix}-{n}{separator}"),
             };
-            let candidate = folder.join(fit_name(&name_prefix, &self.original));
+            let candidate = folder.join(fit_name(&name_prefix, &name));
             // Feed ids and tokens are unique, so a collision only comes from finishing the
             // same feed twice (a power loss undid an earlier move); no other process writes
             // these names, so checking first is enough.
@@ -1397,6 +1400,71 @@ mod tests {
             b"new upload"
         );
         syncs.sync().expect("sync");
+    }
+
+    /// Drops `name` into the top-level inbox and claims it.
+    fn drop_and_claim(config: &InboxConfig, name: &OsStr, tokens: &ClaimTokens) -> Claim {
+        fs::write(config.inbox.join(name), b"<a/>").expect("write");
+        let listing = list(config).expect("list");
+        let listed = listing
+            .iter()
+            .find(|listed| listed.name.name == name)
+            .expect("listed");
+        match claim(config, &ready_file(listed), tokens, &mut Syncs::new()).expect("claim") {
+            ClaimResult::Claimed(claim) => claim,
+            ClaimResult::Gone => panic!("not claimed"),
+        }
+    }
+
+    #[test]
+    fn archive_and_failed_names_are_cleaned_like_report_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        // A newline, an ESC and a byte that is not UTF-8.
+        let name = OsStr::from_bytes(b"new\nline\x1b[31m caf\xe9.xml");
+        let archived = drop_and_claim(&config, name, &tokens)
+            .finish(&config, Destination::Archive, Some(5), &mut syncs)
+            .expect("finish");
+        assert_eq!(
+            archived.file_name(),
+            Some(OsStr::from_bytes(b"5-new_line_[31m caf\xe9.xml"))
+        );
+        assert!(archived.is_file(), "{}", archived.display());
+        let failed = drop_and_claim(&config, OsStr::new("tab\there.xml"), &tokens)
+            .finish(&config, Destination::Failed, None, &mut syncs)
+            .expect("finish");
+        let failed_name = failed.file_name().expect("name").to_string_lossy();
+        assert!(failed_name.ends_with("--tab_here.xml"), "{failed_name}");
+        assert!(failed.is_file(), "{}", failed.display());
+        // Given back at shutdown, a claim keeps its exact name.
+        let released = drop_and_claim(&config, OsStr::new("keep\rme.xml"), &tokens);
+        assert!(released.release(&config, &mut syncs).expect("release"));
+        assert!(config.inbox.join("keep\rme.xml").is_file());
+    }
+
+    #[test]
+    fn a_255_byte_name_is_archived_under_the_path_finish_returns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let long = format!("{}.xml", "L".repeat(251));
+        for expected_prefix in ["7-", "7-1-"] {
+            let archived = drop_and_claim(&config, OsStr::new(&long), &tokens)
+                .finish(&config, Destination::Archive, Some(7), &mut syncs)
+                .expect("finish");
+            assert!(archived.is_file(), "{}", archived.display());
+            let archived_name = archived.file_name().expect("name").to_string_lossy();
+            assert_eq!(archived_name.len(), MAX_FILE_NAME_BYTES);
+            assert!(
+                archived_name.starts_with(expected_prefix) && archived_name.ends_with("L.xml"),
+                "{archived_name}"
+            );
+        }
     }
 
     #[test]

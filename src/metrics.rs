@@ -1,13 +1,14 @@
-//! The daemon's metrics (counters, gauges and one histogram, lock-free atomics) rendered in
-//! the Prometheus text format, and the optional HTTP listener that serves them with
+//! The daemon's metrics (counters, gauges and one histogram, lock-free atomics; a gauge that
+//! is an age keeps its start instead, so a scrape computes it) rendered in the Prometheus
+//! text format, and the optional HTTP listener that serves them with
 //! `/healthz`. One method per event, called from one place each. No HTTP framework: the
 //! listener speaks just enough HTTP/1.1 for a scraper and a health probe.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -133,7 +134,10 @@ pub struct Metrics {
     messages_with_error: AtomicU64,
     messages_with_warning: AtomicU64,
     files_waiting: AtomicU64,
-    oldest_waiting_ms: AtomicU64,
+    /// When the oldest waiting file was first seen. The instant, not its age: the age is
+    /// computed when scraped, so it moves between the listings that set this (a mutex held
+    /// only to copy an `Instant`).
+    oldest_waiting_since: Mutex<Option<Instant>>,
     stale_partials: AtomicU64,
     parked_feeds: AtomicU64,
     processing_buckets: [AtomicU64; BUCKETS.len()],
@@ -182,12 +186,14 @@ impl Metrics {
         self.processing_sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// The waiting files after a scan: how many, and the age of the oldest (first sighting).
-    pub fn waiting(&self, files: usize, oldest: Option<Duration>) {
+    /// The waiting files after a scan: how many, and when the oldest was first seen.
+    pub fn waiting(&self, files: usize, oldest_first_seen: Option<Instant>) {
         self.files_waiting
             .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
-        let millis = oldest.map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
-        self.oldest_waiting_ms.store(millis, Ordering::Relaxed);
+        *self
+            .oldest_waiting_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = oldest_first_seen;
     }
 
     /// Temp-named files (ignored names) unchanged for longer than the truncation grace,
@@ -232,16 +238,26 @@ impl Metrics {
         self.events_dropped.load(Ordering::Relaxed)
     }
 
-    /// All metrics in the Prometheus text exposition format (version 0.0.4).
+    /// All metrics in the Prometheus text exposition format (version 0.0.4), ages as of now.
     pub fn render(&self) -> String {
+        self.render_at(Instant::now())
+    }
+
+    /// [`Metrics::render`] with ages as of `now`.
+    fn render_at(&self, now: Instant) -> String {
         let mut out = String::new();
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         // Writing to a String cannot fail.
-        let _ = self.render_into(&mut out, load);
+        let _ = self.render_into(&mut out, now, load);
         out
     }
 
-    fn render_into(&self, out: &mut String, load: impl Fn(&AtomicU64) -> u64) -> std::fmt::Result {
+    fn render_into(
+        &self,
+        out: &mut String,
+        now: Instant,
+        load: impl Fn(&AtomicU64) -> u64,
+    ) -> std::fmt::Result {
         writeln!(
             out,
             "# HELP adjustd_feeds_total Feeds finished, by outcome (retried: a retry of a parked feed)."
@@ -282,7 +298,13 @@ impl Metrics {
             "# HELP adjustd_oldest_waiting_seconds Time since the oldest waiting file was first seen."
         )?;
         writeln!(out, "# TYPE adjustd_oldest_waiting_seconds gauge")?;
-        let oldest_ms = load(&self.oldest_waiting_ms);
+        let oldest_since = *self
+            .oldest_waiting_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let oldest_ms = oldest_since.map_or(0, |first_seen| {
+            u64::try_from(now.saturating_duration_since(first_seen).as_millis()).unwrap_or(u64::MAX)
+        });
         writeln!(
             out,
             "adjustd_oldest_waiting_seconds {}.{:03}",
@@ -473,9 +495,10 @@ mod tests {
         metrics.feed_finished(FeedResult::Error, None, Duration::from_secs(100));
         metrics.scanned(ScanReason::Startup);
         metrics.event_dropped();
-        metrics.waiting(3, Some(Duration::from_millis(1500)));
+        let first_seen = Instant::now();
+        metrics.waiting(3, Some(first_seen));
         metrics.watch_mode(true);
-        let text = metrics.render();
+        let text = metrics.render_at(first_seen + Duration::from_millis(1500));
         for line in [
             "adjustd_feeds_total{outcome=\"complete\"} 1",
             "adjustd_feeds_total{outcome=\"error\"} 1",
@@ -493,6 +516,27 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn the_oldest_waiting_age_is_computed_when_scraped() {
+        let metrics = Metrics::new();
+        let gauge = |text: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("adjustd_oldest_waiting_seconds "))
+                .map(str::to_owned)
+        };
+        assert_eq!(gauge(&metrics.render()).as_deref(), Some("0.000"));
+        let first_seen = Instant::now();
+        metrics.waiting(1, Some(first_seen));
+        // No new listing in between: the age still moves with the scrape time.
+        for (after_ms, expected) in [(250, "0.250"), (31_000, "31.000"), (90_500, "90.500")] {
+            let text = metrics.render_at(first_seen + Duration::from_millis(after_ms));
+            assert_eq!(gauge(&text).as_deref(), Some(expected), "{text}");
+        }
+        metrics.waiting(0, None);
+        let text = metrics.render_at(first_seen + Duration::from_secs(100));
+        assert_eq!(gauge(&text).as_deref(), Some("0.000"), "{text}");
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! Rendering is deterministic: the same outcome always gives the same bytes, so re-emitting
 //! a report after a crash rewrites identical files.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -283,11 +285,10 @@ pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
 /// and `.report.json`, in that order.
 ///
 /// The file name is the name the feed was dropped under, kept as it is (spaces, Unicode, a
-/// leading dash), except that it can never leave the folder: a `/` (or NUL) becomes `_`, so
-/// the name stays one path component; and control characters (newline, carriage return, ESC,
-/// …) become `_` too, so a listing of the outbox cannot be garbled or forged by a name. A name so long that the report name would exceed 255
-/// bytes (the usual file-name limit) is shortened at a character boundary; the feed id in the
-/// name keeps shortened names apart.
+/// leading dash), cleaned by [`clean_file_name`] (a `/`, NUL or control character becomes
+/// `_`), the rule the archive and failed names follow too. A name so long that the report
+/// name would exceed 255 bytes (the usual file-name limit) is shortened at a character
+/// boundary; the feed id in the name keeps shortened names apart.
 pub fn report_paths(
     outbox: &Path,
     merchant_folder: Option<&MerchantId>,
@@ -298,16 +299,10 @@ pub fn report_paths(
     if let Some(merchant) = merchant_folder {
         folder.push(merchant.as_str());
     }
-    let mut stem: String = file_name
-        .chars()
-        .map(|c| {
-            if is_separator(c) || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
+    // UTF-8 in, UTF-8 out: the lossy conversion changes nothing.
+    let mut stem = clean_file_name(OsStr::new(file_name))
+        .to_string_lossy()
+        .into_owned();
     // ".report.json" and ".report.xml" differ in length; budget for the longer one so both
     // files keep the same stem.
     let suffix_len = format!(".{feed_id}.report.json").len();
@@ -323,6 +318,30 @@ pub fn report_paths(
         folder.join(format!("{stem}.{feed_id}.report.xml")),
         folder.join(format!("{stem}.{feed_id}.report.json")),
     )
+}
+
+/// `name` made fit to be the name (or the end of the name) of a file adjustd writes: a
+/// report in the outbox ([`report_paths`]), a feed moved to `archive/` or `failed/`
+/// ([`crate::inbox::Claim::finish`]). A path separator (`/`, NUL) becomes `_`, so the name
+/// stays one path component, and so does a control character (newline, carriage return,
+/// ESC, …), so a listing of those folders cannot be garbled or forged by a name (ingest
+/// R10). Everything else is kept as it is, bytes that are not UTF-8 included: names are
+/// bytes, and the report keeps the original name whole. One function for all those folders,
+/// so a feed's names there agree.
+pub fn clean_file_name(name: &OsStr) -> OsString {
+    let mut cleaned = Vec::with_capacity(name.len());
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let kept = if is_separator(c) || c.is_control() {
+                '_'
+            } else {
+                c
+            };
+            cleaned.extend_from_slice(kept.encode_utf8(&mut [0; 4]).as_bytes());
+        }
+        cleaned.extend_from_slice(chunk.invalid());
+    }
+    OsString::from_vec(cleaned)
 }
 
 /// Writes both reports of an outcome, each atomically ([`write_atomic`]): the JSON first,

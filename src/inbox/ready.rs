@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt as _;
 use std::time::{Duration, Instant};
 
 use crate::inbox::glob;
@@ -101,7 +102,8 @@ pub struct ReadyRules {
     /// How long an unchanged file that the content gate holds back (incomplete XML, or a
     /// file that cannot be opened) waits before it is processed anyway (and reported as
     /// truncated or unreadable); also how long a temp-named file stays unchanged before it is
-    /// reported stale. Named after its configuration key, `truncated_grace_secs`.
+    /// reported stale, and how long a settled file waits for its done marker before it is
+    /// reported as waiting. Named after its configuration key, `truncated_grace_secs`.
     pub truncated_grace: Duration,
     /// Longest wait between two content checks of an unchanged file held back.
     pub max_backoff: Duration,
@@ -129,6 +131,10 @@ pub struct Observation {
     /// notice. Each is reported once; a change (the upload resumed) and a new stall report it
     /// again.
     pub stale: Vec<Listed>,
+    /// In done-marker mode, files unchanged for the truncation grace whose marker has not
+    /// come: without it they are never processed, and an uploader that forgot it would go
+    /// unnoticed. Each is reported once; a change reports it again after a new grace.
+    pub marker_missing: Vec<InboxName>,
 }
 
 /// What to do with a ready file that the content gate holds back: its XML is still
@@ -172,6 +178,8 @@ struct Entry {
     stable_since: Instant,
     /// Set while the content gate holds the file back (see [`Tracker::content_pending`]).
     pending: Option<Pending>,
+    /// Reported in [`Observation::marker_missing`] since it last changed.
+    marker_reported: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,14 +199,12 @@ impl Tracker {
         }
     }
 
-    /// True when `name` is a marker file in done-marker mode.
+    /// True when `name` is a marker file in done-marker mode. Compared as bytes: a feed's
+    /// name need not be UTF-8, and its marker is its name with the suffix appended.
     pub fn is_marker(&self, name: &OsStr) -> bool {
-        match (&self.rules.done_marker, name.to_str()) {
-            (Some(marker), Some(name)) => {
-                name.len() > marker.len() && name.ends_with(marker.as_str())
-            }
-            _ => false,
-        }
+        self.rules.done_marker.as_ref().is_some_and(|marker| {
+            name.len() > marker.len() && name.as_bytes().ends_with(marker.as_bytes())
+        })
     }
 
     /// True when the name gate turns `name` away.
@@ -262,11 +268,13 @@ impl Tracker {
                 first_seen: now,
                 stable_since: now,
                 pending: None,
+                marker_reported: false,
             });
             if entry.signature != signature {
                 entry.signature = signature;
                 entry.stable_since = now;
                 entry.pending = None;
+                entry.marker_reported = false;
             }
             if now.saturating_duration_since(entry.stable_since) < settle {
                 continue;
@@ -280,6 +288,13 @@ impl Tracker {
                 let mut marker_name = name.name.clone();
                 marker_name.push(marker);
                 if !markers.contains(&(name.merchant.as_deref(), marker_name.as_os_str())) {
+                    if !entry.marker_reported
+                        && now.saturating_duration_since(entry.stable_since)
+                            >= self.rules.truncated_grace
+                    {
+                        entry.marker_reported = true;
+                        observation.marker_missing.push(name.clone());
+                    }
                     continue;
                 }
             }
@@ -625,6 +640,86 @@ mod tests {
         assert_eq!(
             tracker.marker_for(OsStr::new("a.xml")),
             Some(OsString::from("a.xml.done"))
+        );
+    }
+
+    #[test]
+    fn done_marker_mode_matches_names_that_are_not_utf8() {
+        use std::os::unix::ffi::OsStringExt as _;
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(ReadyRules {
+            done_marker: Some(".done".into()),
+            ..rules()
+        });
+        let raw = |bytes: &[u8]| {
+            let mut listed = file("placeholder", 1, 1);
+            listed.name.name = OsString::from_vec(bytes.to_vec());
+            listed
+        };
+        let feed = raw(b"caf\xe9 \xff.xml");
+        let marker = raw(b"caf\xe9 \xff.xml.done");
+        tracker.observe(std::slice::from_ref(&feed), t0);
+        let listing = [feed.clone(), marker.clone()];
+        let observation = tracker.observe(&listing, t0 + 200 * MS);
+        assert_eq!(observation.ready.len(), 1, "{observation:?}");
+        assert_eq!(observation.ready[0].name, feed.name);
+        // The marker is a marker, not a second file waiting (for a marker of its own).
+        assert!(tracker.is_marker(&marker.name.name));
+        assert_eq!(tracker.waiting().0, 1);
+        assert_eq!(tracker.marker_for(&feed.name.name), Some(marker.name.name));
+    }
+
+    #[test]
+    fn a_file_waiting_for_its_marker_is_reported_once_after_the_grace() {
+        let t0 = Instant::now();
+        let grace = Duration::from_secs(300);
+        let mut tracker = Tracker::new(ReadyRules {
+            done_marker: Some(".done".into()),
+            ..rules()
+        });
+        let listing = [file("a.xml", 1, 1)];
+        tracker.observe(&listing, t0);
+        // Settled, but the grace counts from the last change, not from the settling.
+        assert!(
+            tracker
+                .observe(&listing, t0 + grace - MS)
+                .marker_missing
+                .is_empty()
+        );
+        assert_eq!(
+            tracker.observe(&listing, t0 + grace).marker_missing,
+            [top("a.xml")]
+        );
+        assert!(
+            tracker
+                .observe(&listing, t0 + 2 * grace)
+                .marker_missing
+                .is_empty()
+        );
+        // Rewritten: reported again after a new grace.
+        let rewritten = [file("a.xml", 2, 2)];
+        let changed_at = t0 + 2 * grace + MS;
+        tracker.observe(&rewritten, changed_at);
+        assert!(
+            tracker
+                .observe(&rewritten, changed_at + grace - MS)
+                .marker_missing
+                .is_empty()
+        );
+        assert_eq!(
+            tracker
+                .observe(&rewritten, changed_at + grace)
+                .marker_missing,
+            [top("a.xml")]
+        );
+        // Without done-marker mode nothing waits for a marker.
+        let mut plain = Tracker::new(rules());
+        plain.observe(&listing, t0);
+        assert!(
+            plain
+                .observe(&listing, t0 + grace)
+                .marker_missing
+                .is_empty()
         );
     }
 

@@ -10,6 +10,7 @@ mod engine_table;
 mod fixtures;
 mod hostile;
 mod multi;
+mod names;
 mod park;
 mod pipeline;
 mod pipeline_model;
