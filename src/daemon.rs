@@ -1,11 +1,13 @@
 //! The daemon: one worker thread that owns the inbox watch, the readiness tracker and the
 //! pipeline context (recover `work/`, list, claim, process or report as unreadable, move,
-//! repeat), retries with capped exponential backoff on transient errors, the retries of
-//! parked feeds (feeds with an `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox
-//! batches, graceful shutdown that never cancels a feed in hand, and the optional
-//! metrics/health listener. No business rules and no signal handling (the CLI turns signals
-//! into the cancellation token).
+//! repeat), retries with capped exponential backoff on transient errors (in place when the
+//! store is away, which holds up every feed alike; later, between other feeds, when only one
+//! feed's report cannot be written), the retries of parked feeds (feeds with an
+//! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
+//! never cancels a feed in hand, and the optional metrics/health listener. No business rules
+//! and no signal handling (the CLI turns signals into the cancellation token).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -208,6 +210,63 @@ struct Worker {
     /// When the outbox was last swept for temp reports left by interrupted writes
     /// ([`Worker::sweep_temp_reports`]).
     temps_swept_at: Option<Instant>,
+    /// Committed feeds whose report the outbox could not take, each waiting in `work/` (its
+    /// claim, and so its lock, held) for its own next attempt while other feeds go on
+    /// ([`Worker::retry_reports`]).
+    awaiting_report: Vec<InHand>,
+}
+
+/// A claimed feed from its claim to its move out of `work/`, across the attempts at it.
+struct InHand {
+    claim: Claim,
+    origin: Origin,
+    /// When it was claimed (or found in `work/`): its processing time counts from here.
+    started: Instant,
+    /// When the last attempt began (whole seconds): when the window of its `ORDER_NOT_FOUND`
+    /// retries begins if it is parked (see `Worker::process_once`). A report retry keeps the
+    /// time of the attempt that committed.
+    attempt_at: DateTime<Utc>,
+    /// The attempts whose report the outbox could not take, and the wait before the next.
+    report_backoff: Backoff,
+    /// When the next attempt at its report is due (while it is in `awaiting_report`).
+    due: Instant,
+}
+
+/// Where a claim came from, which tells a recovery from a retry within this run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Claimed from the inbox by this run.
+    Inbox,
+    /// Found in `work/` at start, left there by an earlier run.
+    Work,
+}
+
+/// Capped exponential backoff for a transient failure: 1 s, doubling, at most `[daemon]
+/// max_backoff_secs`. Each feed whose report cannot be written has its own, so one blocked
+/// outbox folder delays no other feed.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// The wait after the next failure.
+    next: Duration,
+    /// Failed attempts so far.
+    failures: u32,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: Duration::from_secs(1),
+            failures: 0,
+        }
+    }
+
+    /// Counts a failed attempt; returns how long to wait before the next one.
+    fn failed(&mut self, max: Duration) -> Duration {
+        let wait = self.next;
+        self.failures += 1;
+        self.next = (self.next * 2).min(max);
+        wait
+    }
 }
 
 /// The parked feeds of a daemon with parking on.
@@ -217,6 +276,11 @@ struct ParkingLot {
     /// When the folder was last read (it is read again every rescan interval, so feeds
     /// parked or unparked by another instance sharing it, or by hand, are seen).
     read_at: Instant,
+    /// Parked feeds whose retry committed but whose report the outbox could not take, by
+    /// parked feed id, with the backoff of their report. They stay parked under the same
+    /// claim token, due again after the backoff, so the next attempt only writes the stored
+    /// report (`Worker::defer_retry_report`).
+    awaiting_report: HashMap<u64, Backoff>,
 }
 
 impl Worker {
@@ -247,10 +311,22 @@ impl Worker {
             inbox_missing: false,
             parking: None,
             temps_swept_at: None,
+            awaiting_report: Vec::new(),
         }
     }
 
     fn run(mut self) -> anyhow::Result<()> {
+        let result = self.work();
+        if !self.awaiting_report.is_empty() {
+            tracing::info!(
+                files = self.awaiting_report.len(),
+                "feeds waiting for their reports stay in work/; the next start writes them"
+            );
+        }
+        result
+    }
+
+    fn work(&mut self) -> anyhow::Result<()> {
         self.sweep_temp_reports();
         // Before the recovery of work/, which may park a recovered feed.
         self.open_parking()?;
@@ -270,7 +346,7 @@ impl Worker {
             if self.shutdown.is_cancelled() {
                 break;
             }
-            self.process(claim, &mut syncs);
+            self.process(claim, Origin::Work, &mut syncs);
         }
         self.sync(&mut syncs);
         if self.shutdown.is_cancelled() {
@@ -296,7 +372,8 @@ impl Worker {
             let processed = self.scan_and_process(reason);
             // One parked feed per round at most, so the inbox waits for one retry at most.
             let retried = self.retry_parked();
-            if processed > 0 || retried {
+            let reported = self.retry_reports();
+            if processed > 0 || retried || reported {
                 // After a batch the listing is stale: look again at once.
                 reason = ScanReason::Followup;
                 continue;
@@ -358,6 +435,7 @@ impl Worker {
             parked,
             retry,
             read_at: Instant::now(),
+            awaiting_report: HashMap::new(),
         });
         Ok(())
     }
@@ -378,6 +456,11 @@ impl Worker {
         let deadline = self
             .next_parked_retry()
             .map_or(deadline, |next| next.min(deadline));
+        let deadline = self
+            .awaiting_report
+            .iter()
+            .map(|feed| feed.due)
+            .fold(deadline, Instant::min);
         let reason = loop {
             let now = Instant::now();
             if self.shutdown.is_cancelled() {
@@ -493,7 +576,7 @@ impl Worker {
                     self.release(std::iter::once(claim).chain(batch.by_ref()), &mut syncs);
                     break;
                 }
-                self.process(claim, &mut syncs);
+                self.process(claim, Origin::Inbox, &mut syncs);
                 processed += 1;
             }
             self.sync(&mut syncs);
@@ -616,62 +699,143 @@ impl Worker {
     }
 
     /// Processes one claimed feed to its end: archive/failed move, summary line, metrics.
-    /// Transient errors are retried here (the file stays in `work/`); shutdown during the
-    /// retry wait leaves it there for the next start.
-    fn process(&mut self, claim: Claim, syncs: &mut Syncs) {
-        let started = Instant::now();
+    /// A store that is away is retried here (the file stays in `work/`, and every other feed
+    /// waits too, as it would fail alike); shutdown during that wait leaves the file there
+    /// for the next start. A committed feed whose report the outbox cannot take waits in
+    /// `work/` for [`Worker::retry_reports`] instead, so other feeds go on.
+    fn process(&mut self, claim: Claim, origin: Origin, syncs: &mut Syncs) {
         tracing::debug!(file = %escaped(&claim.file_name), claim = %claim.token, "processing feed");
-        let result =
-            self.with_transient_retries(&claim.file_name, |worker| worker.process_once(&claim));
+        let now = Instant::now();
+        let feed = InHand {
+            claim,
+            origin,
+            started: now,
+            attempt_at: Utc::now().trunc_subsecs(0),
+            report_backoff: Backoff::new(),
+            due: now,
+        };
+        self.attempt(feed, syncs);
+    }
+
+    /// Tries the report of every feed in `awaiting_report` that is due; true when one was
+    /// tried, so the caller looks at the inbox again before it waits.
+    fn retry_reports(&mut self) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let now = Instant::now();
+        let (due, waiting): (Vec<InHand>, Vec<InHand>) = std::mem::take(&mut self.awaiting_report)
+            .into_iter()
+            .partition(|feed| feed.due <= now);
+        self.awaiting_report = waiting;
+        if due.is_empty() {
+            return false;
+        }
+        let mut syncs = Syncs::new();
+        for feed in due {
+            if self.shutdown.is_cancelled() {
+                self.awaiting_report.push(feed);
+                continue;
+            }
+            tracing::debug!(file = %escaped(&feed.claim.file_name), claim = %feed.claim.token, failures = feed.report_backoff.failures, "retrying the report of a committed feed");
+            self.attempt(feed, &mut syncs);
+        }
+        self.sync(&mut syncs);
+        self.update_reports_pending();
+        true
+    }
+
+    /// Runs the pipeline on a feed in hand (a store that is away is retried in place), then
+    /// finishes it, or puts it in `awaiting_report` when its report could not be written.
+    fn attempt(&mut self, mut feed: InHand, syncs: &mut Syncs) {
+        let first = feed.report_backoff.failures == 0;
+        let result = self.with_transient_retries(&feed.claim.file_name, |worker| {
+            // A first attempt repeated after a store error is a new attempt, whose report
+            // names a window counted from its own start; a report retry writes the report
+            // of the attempt that committed, whose time is kept.
+            if first {
+                feed.attempt_at = Utc::now().trunc_subsecs(0);
+            }
+            worker.process_once(&feed.claim, feed.attempt_at)
+        });
         // Set per feed only, like `pin_order_not_found` for a retry.
         self.context.rules.order_not_found_retry_until = None;
         match result {
-            Some(Ok((processed, attempt_at))) => {
-                self.finish_processed(claim, &processed, attempt_at, started, syncs);
+            Some(Ok(processed)) => self.finish_processed(feed, processed, syncs),
+            Some(Err(failure)) if failure.retry() == Retry::Later => {
+                let wait = feed.report_backoff.failed(self.config.max_backoff);
+                self.log_transient(
+                    &feed.claim.file_name,
+                    feed.report_backoff.failures,
+                    wait,
+                    &failure.into_error(),
+                );
+                feed.due = Instant::now() + wait;
+                self.awaiting_report.push(feed);
+                self.update_reports_pending();
             }
-            Some(Err(failure)) => {
-                self.finish_failed(claim, &failure.into_error(), started, syncs);
-            }
+            Some(Err(failure)) => self.finish_failed(feed, &failure.into_error(), syncs),
             None => {
-                tracing::info!(file = %escaped(&claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
+                tracing::info!(file = %escaped(&feed.claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
             }
         }
     }
 
-    /// Runs `attempt` until it succeeds or fails for good, retrying transient failures with
-    /// capped exponential backoff; `None` on shutdown while waiting to retry.
+    /// Runs `attempt` until it succeeds, fails for good or fails for this feed only
+    /// ([`Retry::Later`], returned for the caller to retry later), retrying what holds up
+    /// every feed alike (the store away or busy) in place with capped exponential backoff;
+    /// `None` on shutdown while waiting to retry.
     fn with_transient_retries<T>(
         &mut self,
         file_name: &str,
         mut attempt: impl FnMut(&mut Worker) -> Result<T, Failure>,
     ) -> Option<Result<T, Failure>> {
-        let mut backoff = Duration::from_secs(1);
-        let mut retries = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             match attempt(self) {
-                Err(Failure::Process(error)) if error.is_transient() => {
-                    retries += 1;
-                    self.metrics.retried();
-                    let error = anyhow::Error::new(error);
-                    if retries <= 3 {
-                        tracing::warn!(file = %escaped(file_name), attempt = retries, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure, will retry");
-                    } else {
-                        tracing::error!(file = %escaped(file_name), attempt = retries, retry_in_secs = backoff.as_secs_f64(), error = %escaped(format!("{error:#}")), "transient failure persists, will retry");
-                    }
-                    if !self.sleep_unless_shutdown(backoff) {
+                Err(failure) if failure.retry() == Retry::InPlace => {
+                    let wait = backoff.failed(self.config.max_backoff);
+                    self.log_transient(file_name, backoff.failures, wait, &failure.into_error());
+                    if !self.sleep_unless_shutdown(wait) {
                         return None;
                     }
-                    backoff = (backoff * 2).min(self.config.max_backoff);
                 }
                 other => return Some(other),
             }
         }
     }
 
-    /// One attempt at a claimed feed; with the time it began (whole seconds), which is when
-    /// the window of its `ORDER_NOT_FOUND` retries begins if it is parked.
-    fn process_once(&mut self, claim: &Claim) -> Result<(Processed, DateTime<Utc>), Failure> {
-        let attempt_at = Utc::now().trunc_subsecs(0);
+    /// Counts and logs a transient failure, the `failures`-th in a row of this feed, retried
+    /// after `wait`: a warning for the first three, then an error.
+    fn log_transient(&self, file_name: &str, failures: u32, wait: Duration, error: &anyhow::Error) {
+        self.metrics.retried();
+        let file = escaped(file_name);
+        let error = escaped(format!("{error:#}"));
+        let retry_in_secs = wait.as_secs_f64();
+        if failures <= 3 {
+            tracing::warn!(file = %file, attempt = failures, retry_in_secs, error = %error, "transient failure, will retry");
+        } else {
+            tracing::error!(file = %file, attempt = failures, retry_in_secs, error = %error, "transient failure persists, will retry");
+        }
+    }
+
+    /// Publishes how many committed feeds wait for their report.
+    fn update_reports_pending(&self) {
+        let parked = self
+            .parking
+            .as_ref()
+            .map_or(0, |parking| parking.awaiting_report.len());
+        self.metrics
+            .reports_pending(self.awaiting_report.len() + parked);
+    }
+
+    /// One attempt at a claimed feed that began at `attempt_at` (whole seconds), which is
+    /// when the window of its `ORDER_NOT_FOUND` retries begins if it is parked.
+    fn process_once(
+        &mut self,
+        claim: &Claim,
+        attempt_at: DateTime<Utc>,
+    ) -> Result<Processed, Failure> {
         // The report of a feed that will be parked says until when it is retried. Whether it
         // is parked is decided after the commit (`park`), but from what is known now: the
         // engine words only a deferred `ORDER_NOT_FOUND` with this, and a feed with one is
@@ -697,17 +861,25 @@ impl Worker {
             Some(error) => run_pipeline(|| pipeline::reject_unreadable(context, &source, error)),
             None => run_pipeline(|| pipeline::process_file(context, &source)),
         }
-        .map(|processed| (processed, attempt_at))
     }
 
-    fn finish_processed(
-        &mut self,
-        claim: Claim,
-        processed: &Processed,
-        attempt_at: DateTime<Utc>,
-        started: Instant,
-        syncs: &mut Syncs,
-    ) {
+    fn finish_processed(&mut self, feed: InHand, processed: Processed, syncs: &mut Syncs) {
+        let InHand {
+            claim,
+            origin,
+            started,
+            attempt_at,
+            report_backoff,
+            ..
+        } = feed;
+        let mut processed = processed;
+        // The pipeline says whether it only re-emitted a committed report. That is a
+        // recovery (outcome "recovered") only for a feed found in work/ at start whose first
+        // report went out: any other re-emission is the report of a commit made by this run,
+        // after its report could not be written (or an ambiguous store error), and the feed
+        // counts, logs and parks with its own outcome.
+        processed.recovered &= origin == Origin::Work && report_backoff.failures == 0;
+        let processed = &processed;
         let outcome = &processed.outcome;
         let destination = match outcome.status {
             FeedStatus::Complete => Destination::Archive,
@@ -735,6 +907,8 @@ impl Worker {
             Ok(path) => path.display().to_string(),
             Err(_) => String::new(),
         };
+        // Only on a feed whose report was retried: how many attempts the outbox refused.
+        let report_retries = (report_backoff.failures > 0).then_some(report_backoff.failures);
         macro_rules! summary {
             ($level:ident, $message:literal) => {
                 tracing::$level!(
@@ -750,6 +924,7 @@ impl Worker {
                     warnings = outcome.messages_with_warning,
                     duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                     report = %escaped(processed.json_report.display()),
+                    report_retries,
                     moved_to,
                     $message
                 )
@@ -853,6 +1028,8 @@ impl Worker {
                 tracing::error!(folder = %escaped(self.config.parked.display()), error = %error, "cannot read the parked folder; parked feeds wait until it can be read");
             }
             parking.read_at = Instant::now();
+            let parked = &parking.parked;
+            parking.awaiting_report.retain(|id, _| parked.contains(*id));
             self.metrics.parked_feeds(parking.parked.len());
         }
         let now = chrono::Utc::now();
@@ -864,7 +1041,13 @@ impl Worker {
         let attempt = match parking.parked.begin(feed_id, now, retry.first_retry) {
             Ok(Some(attempt)) => attempt,
             Ok(None) => {
+                // Unparked meanwhile (by another instance sharing the folder, or by hand):
+                // its report is no longer ours to wait for.
+                if !parking.parked.contains(feed_id) {
+                    parking.awaiting_report.remove(&feed_id);
+                }
                 self.metrics.parked_feeds(parking.parked.len());
+                self.update_reports_pending();
                 return true;
             }
             Err(error) => {
@@ -895,35 +1078,82 @@ impl Worker {
         });
         self.context.rules.pin_order_not_found = false;
         self.context.rules.order_not_found_retry_until = None;
+        let report_backoff = self
+            .parking
+            .as_mut()
+            .and_then(|parking| parking.awaiting_report.remove(&feed_id));
         match result {
-            Some(Ok(processed)) => self.finish_retry(attempt, &processed, last, started),
+            Some(Ok(processed)) => {
+                self.finish_retry(attempt, &processed, last, started, report_backoff);
+            }
+            Some(Err(failure)) if failure.retry() == Retry::Later => {
+                self.defer_retry_report(
+                    attempt,
+                    report_backoff.unwrap_or_else(Backoff::new),
+                    &failure.into_error(),
+                );
+            }
             Some(Err(failure)) => self.fail_retry(attempt, &failure.into_error(), started),
             None => {
                 tracing::info!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, "shutdown while waiting to retry; the parked feed is retried at the next start")
             }
         }
+        self.update_reports_pending();
         true
+    }
+
+    /// After a retry that committed but whose report the outbox could not take: the feed
+    /// stays parked under the same claim token and schedule (the attempt does not count),
+    /// due again after its report's own backoff, so the next attempt writes the stored
+    /// report and other feeds go on meanwhile.
+    fn defer_retry_report(&mut self, attempt: Attempt, backoff: Backoff, error: &anyhow::Error) {
+        let mut backoff = backoff;
+        let wait = backoff.failed(self.config.max_backoff);
+        self.log_transient(&attempt.schedule.file_name, backoff.failures, wait, error);
+        let Some(parking) = self.parking.as_mut() else {
+            return;
+        };
+        let schedule = attempt.schedule.clone();
+        let feed_id = schedule.feed_id;
+        let next = Schedule {
+            next_attempt_at: chrono::Utc::now()
+                + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+            ..schedule
+        };
+        if let Err(error) = parking.parked.reschedule(attempt, next) {
+            tracing::error!(parked_feed_id = feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot write a parked feed's schedule; the retry is repeated");
+        }
+        parking.awaiting_report.insert(feed_id, backoff);
     }
 
     /// After a retry that produced a report: unparks the feed when nothing is deferred any
     /// more or this was the last retry, else schedules the next one. One summary line.
+    /// `report_backoff` is there when this attempt only wrote the report of a retry this run
+    /// committed earlier, which the outbox had refused.
     fn finish_retry(
         &mut self,
         attempt: Attempt,
         processed: &Processed,
         last: bool,
         started: Instant,
+        report_backoff: Option<Backoff>,
     ) {
         let Some(parking) = self.parking.as_mut() else {
             return;
         };
         let outcome = &processed.outcome;
         let duration = started.elapsed();
+        // The report of a retry committed by this run counts as that retry ("retried", not
+        // "recovered"). Whether it was the last one is left as for a recovered retry below,
+        // which at worst runs one more retry: the attempt whose report was refused may have
+        // been the re-emission of one committed before a crash.
+        let recovered_at_start = processed.recovered && report_backoff.is_none();
         self.metrics.feed_finished(
-            FeedResult::of_retry(outcome, processed.recovered),
+            FeedResult::of_retry(outcome, recovered_at_start),
             Some(outcome),
             duration,
         );
+        let report_retries = report_backoff.map(|backoff| backoff.failures);
         let schedule = attempt.schedule.clone();
         let now = chrono::Utc::now();
         let deferred = still_deferred(processed);
@@ -981,6 +1211,7 @@ impl Worker {
             warnings = outcome.messages_with_warning,
             duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             report = %escaped(processed.json_report.display()),
+            report_retries,
             result,
             next_attempt_at,
             "parked feed retried"
@@ -1021,13 +1252,8 @@ impl Worker {
         }
     }
 
-    fn finish_failed(
-        &self,
-        claim: Claim,
-        error: &anyhow::Error,
-        started: Instant,
-        syncs: &mut Syncs,
-    ) {
+    fn finish_failed(&self, feed: InHand, error: &anyhow::Error, syncs: &mut Syncs) {
+        let InHand { claim, started, .. } = feed;
         let file_name = claim.file_name.clone();
         let work_path = claim.path.clone();
         let moved = claim.finish(&self.config.inbox, Destination::Failed, None, syncs);
@@ -1076,7 +1302,29 @@ enum Failure {
     Panic(String),
 }
 
+/// How a failed attempt at a feed is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Not at all: the failure is final.
+    Never,
+    /// At once after a backoff, before any other feed: the store is away or busy, which every
+    /// feed would run into alike.
+    InPlace,
+    /// After a backoff of its own, other feeds going on meanwhile: the feed committed but the
+    /// outbox (full, permissions, maybe only this merchant's folder) did not take its report.
+    /// The file stays in `work/`, and the retry only writes the stored report.
+    Later,
+}
+
 impl Failure {
+    fn retry(&self) -> Retry {
+        match self {
+            Failure::Process(ProcessError::Report { .. }) => Retry::Later,
+            Failure::Process(error) if error.is_transient() => Retry::InPlace,
+            Failure::Process(_) | Failure::Panic(_) => Retry::Never,
+        }
+    }
+
     fn into_error(self) -> anyhow::Error {
         match self {
             Failure::Process(error) => anyhow::Error::new(error),

@@ -140,6 +140,7 @@ pub struct Metrics {
     oldest_waiting_since: Mutex<Option<Instant>>,
     stale_partials: AtomicU64,
     parked_feeds: AtomicU64,
+    reports_pending: AtomicU64,
     processing_buckets: [AtomicU64; BUCKETS.len()],
     processing_count: AtomicU64,
     processing_sum_us: AtomicU64,
@@ -206,6 +207,13 @@ impl Metrics {
     /// The feeds parked for `ORDER_NOT_FOUND` retries, after each change.
     pub fn parked_feeds(&self, feeds: usize) {
         self.parked_feeds
+            .store(u64::try_from(feeds).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The committed feeds whose report the outbox has not taken yet (retried with
+    /// backoff), after each change.
+    pub fn reports_pending(&self, feeds: usize) {
+        self.reports_pending
             .store(u64::try_from(feeds).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
@@ -323,6 +331,16 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE adjustd_parked_feeds gauge")?;
         writeln!(out, "adjustd_parked_feeds {}", load(&self.parked_feeds))?;
+        writeln!(
+            out,
+            "# HELP adjustd_reports_pending Committed feeds whose report the outbox has not taken yet, retried with backoff."
+        )?;
+        writeln!(out, "# TYPE adjustd_reports_pending gauge")?;
+        writeln!(
+            out,
+            "adjustd_reports_pending {}",
+            load(&self.reports_pending)
+        )?;
         writeln!(
             out,
             "# HELP adjustd_processing_seconds Time to process one feed, claim to move."

@@ -245,6 +245,12 @@ impl ParkedFeeds {
         self.entries.is_empty()
     }
 
+    /// True when feed `feed_id` is parked, as of the last [`ParkedFeeds::reload`] and this
+    /// instance's own changes since.
+    pub fn contains(&self, feed_id: u64) -> bool {
+        self.entries.contains_key(&feed_id)
+    }
+
     /// Reads the folder again: the files are the truth (another instance sharing the folder
     /// may have parked or unparked feeds, an operator may have removed one). Removes
     /// temporary files and copies without a schedule that are older than an hour.

@@ -1306,4 +1306,215 @@ fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_ap
         150,
         "applied once"
     );
+    // A retry in the same run is not a recovery (a committed feed found at start).
+    let log = daemon.log();
+    let summary = summary_line(&log, "blocked.xml");
+    assert!(summary.contains("outcome=\"complete\""), "{summary}");
+}
+
+/// The second merchant of the report-retry tests, with a folder of its own.
+const OTHER_MERCHANT: &str = "M_OTHER";
+
+/// The net Principal refunded on order `n` of `merchant`, in cents (`orders show --json`).
+fn refunded_cents_of(dir: &TestDir, merchant: &str, n: u32) -> i64 {
+    let out = dir.cli(&[
+        "orders",
+        "show",
+        &order_id(n),
+        "--merchant",
+        merchant,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    refunded_principal_cents(&serde_json::from_slice(&out.stdout).expect("orders show JSON"))
+}
+
+/// The summary line of `file` in `log` (the daemon logs one per feed it finishes).
+fn summary_line<'a>(log: &'a str, file: &str) -> &'a str {
+    let field = format!("file={file} ");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("feed processed") && line.contains(&field))
+        .collect();
+    assert_eq!(lines.len(), 1, "one summary line for {file}:\n{log}");
+    lines[0]
+}
+
+/// Blocks `M_TEST`'s report folder with a regular file (see
+/// a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice),
+/// drops a feed there and waits until the daemon has failed to write its report once.
+fn block_reports_of_one_merchant(
+    dir: &TestDir,
+    daemon: &crate::util::Daemon,
+) -> std::path::PathBuf {
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    let blocker = dir.path("outbox/M_TEST");
+    if blocker.is_dir() {
+        fs::remove_dir_all(&blocker).expect("remove the report folder");
+    }
+    fs::write(&blocker, b"not a folder").expect("block the report folder");
+    dir.drop_file(
+        "M_TEST/blocked.xml",
+        feed_xml(MERCHANT, &[refund(0, "blocked-1", 150)]).as_bytes(),
+    );
+    wait_for("a failed report", LONG, || {
+        daemon.log().contains("transient failure, will retry")
+    });
+    blocker
+}
+
+#[test]
+fn a_report_blocked_for_one_merchant_holds_up_no_other_feed_and_is_written_once_when_unblocked() {
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        2,
+    );
+    dir.import_orders(OTHER_MERCHANT, &orders_report(1));
+    let mut daemon = dir.spawn_daemon();
+    let blocker = block_reports_of_one_merchant(&dir, &daemon);
+    // While the blocked feed waits for its report, a feed in the top-level inbox and one of
+    // another merchant go through at once (before, both waited until the folder was fixed).
+    dir.drop_file(
+        "top.xml",
+        feed_xml(MERCHANT, &[refund(1, "top-1", 200)]).as_bytes(),
+    );
+    dir.drop_file(
+        "M_OTHER/other.xml",
+        feed_xml(OTHER_MERCHANT, &[refund(0, "other-1", 300)]).as_bytes(),
+    );
+    let started = Instant::now();
+    assert_eq!(report_of(&dir, "top.xml")["status"], "Complete");
+    assert_eq!(report_of(&dir, "other.xml")["status"], "Complete");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The blocked feed is committed, waits in work/ and keeps being retried on its own.
+    wait_for("a later retry of the blocked report", LONG, || {
+        daemon.log().contains("attempt=3")
+    });
+    assert!(dir.reports_for("blocked.xml").is_empty());
+    assert_eq!(
+        dir.files_in("work").len(),
+        1,
+        "the blocked feed waits in work/"
+    );
+    assert!(dir.files_in("failed").is_empty());
+    assert_eq!(refunded_cents_of(&dir, MERCHANT, 0), 150);
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "adjustd_reports_pending 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "adjustd_feeds_total{outcome=\"complete\"} 2"),
+        "{metrics}"
+    );
+
+    fs::remove_file(&blocker).expect("unblock the report folder");
+    let report = report_of(&dir, "blocked.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(report["summary"]["messages_successful"].as_u64(), Some(1));
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("archive").len(), 3);
+    assert!(dir.files_in("failed").is_empty());
+    // Counted and logged as what it is, a complete feed whose report was retried: not as
+    // a recovery, which is a committed feed found at start.
+    let expected = [
+        "adjustd_feeds_total{outcome=\"complete\"} 3",
+        "adjustd_feeds_total{outcome=\"recovered\"} 0",
+        "adjustd_feeds_total{outcome=\"error\"} 0",
+        "adjustd_reports_pending 0",
+        "adjustd_messages_total{result=\"successful\"} 3",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        metrics = http_get(port, "/metrics");
+        if expected
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in expected {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line}:\n{metrics}"
+        );
+    }
+    daemon.stop();
+    let log = daemon.log();
+    let summary = summary_line(&log, "blocked.xml");
+    assert!(summary.contains("outcome=\"complete\""), "{summary}");
+    assert!(summary.contains("report_retries="), "{summary}");
+    assert!(
+        !summary_line(&log, "top.xml").contains("report_retries"),
+        "{log}"
+    );
+    // Applied once each.
+    assert_eq!(refunded_cents_of(&dir, MERCHANT, 0), 150);
+    assert_eq!(refunded_cents_of(&dir, MERCHANT, 1), 200);
+    assert_eq!(refunded_cents_of(&dir, OTHER_MERCHANT, 0), 300);
+    let listed = dir.cli(&["feeds", "list", "--json"]);
+    assert!(listed.status.success(), "{listed:?}");
+    let feeds: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let records = feeds
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|row| row["feed"]["file_name"] == "blocked.xml")
+        .count();
+    assert_eq!(records, 1, "recorded once: {feeds}");
+}
+
+#[test]
+fn sigterm_while_a_report_waits_exits_at_once_and_the_next_start_recovers_it() {
+    let dir = setup(&Settings::default(), 2);
+    let mut daemon = dir.spawn_daemon();
+    let blocker = block_reports_of_one_merchant(&dir, &daemon);
+    dir.drop_file(
+        "top.xml",
+        feed_xml(MERCHANT, &[refund(1, "top-1", 200)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "top.xml")["status"], "Complete");
+    let stopping = Instant::now();
+    daemon.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("feeds waiting for their reports stay in work/"),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(dir.files_in("work").len(), 1, "the feed stays in work/");
+    fs::remove_file(&blocker).expect("unblock the report folder");
+    let mut daemon = dir.spawn_daemon();
+    assert_eq!(report_of(&dir, "blocked.xml")["status"], "Complete");
+    wait_until_idle(&dir);
+    daemon.stop();
+    // Found committed at start: this one is a recovery.
+    let log = daemon.log();
+    assert!(
+        summary_line(&log, "blocked.xml").contains("outcome=\"recovered\""),
+        "{log}"
+    );
+    assert_eq!(refunded_cents_of(&dir, MERCHANT, 0), 150, "applied once");
+    assert_eq!(dir.files_in("archive").len(), 2);
 }

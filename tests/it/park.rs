@@ -570,3 +570,83 @@ fn a_parked_folder_inside_the_inbox_is_refused_at_start() {
     );
     assert!(!dir.path("inbox/parked").exists(), "not created");
 }
+
+#[test]
+fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(&Backend::Sqlite, 120)
+    });
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "M_TEST/late.xml",
+        feed_xml(MERCHANT, &[refund(1, "found-later", 250)]).as_bytes(),
+    );
+    let first = first_report(&dir, "late.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_eq!(schedules(&dir).len(), 1, "parked");
+    // The merchant's report folder is set aside (a hidden name, so its reports are not
+    // counted) and a regular file takes its place, which stops root too: the retries commit
+    // but cannot write their reports.
+    let folder = dir.path("outbox/M_TEST");
+    let saved = dir.path("outbox/.M_TEST-saved");
+    fs::rename(&folder, &saved).expect("set the report folder aside");
+    fs::write(&folder, b"not a folder").expect("block the report folder");
+    wait_for("a refused report", LONG, || {
+        daemon.log().contains("transient failure, will retry")
+    });
+    // Meanwhile an inbox feed goes through at once.
+    dir.drop_file(
+        "top.xml",
+        feed_xml(MERCHANT, &[refund(0, "top-1", 100)]).as_bytes(),
+    );
+    let started = Instant::now();
+    assert_eq!(first_report(&dir, "top.xml")["status"], "Complete");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    wait_for("the pending-reports gauge at 1", LONG, || {
+        http_get(port, "/metrics")
+            .lines()
+            .any(|l| l == "adjustd_reports_pending 1")
+    });
+    assert_eq!(schedules(&dir).len(), 1, "still parked");
+
+    fs::remove_file(&folder).expect("unblock");
+    fs::rename(&saved, &folder).expect("put the report folder back");
+    wait_for("the refused retry's report", LONG, || {
+        reports(&dir, "late.xml").len() >= 2
+    });
+    wait_for("the retry to count as retried", LONG, || {
+        let metrics = http_get(port, "/metrics");
+        metrics.lines().any(|l| l == "adjustd_reports_pending 0")
+            && !metrics
+                .lines()
+                .any(|l| l == "adjustd_feeds_total{outcome=\"retried\"} 0")
+    });
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "adjustd_feeds_total{outcome=\"recovered\"} 0"),
+        "a retry of this run is not a recovery:\n{metrics}"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert!(
+        log.lines().any(|line| line.contains("parked feed retried")
+            && line.contains("report_retries=")
+            && line.contains("result=\"parked\"")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("retry of a parked feed failed")),
+        "{log}"
+    );
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
