@@ -538,25 +538,7 @@ fn metrics_and_health_endpoint() {
         "adjustd_processing_seconds_count 1",
         "adjustd_watch_mode{mode=\"notify\"} 1",
     ];
-    // The counters move right after the file does: poll briefly instead of racing them.
-    let mut metrics = String::new();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        metrics = http_get(port, "/metrics");
-        if expected
-            .iter()
-            .all(|line| metrics.lines().any(|l| l == *line))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for line in expected {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing {line}:\n{metrics}"
-        );
-    }
+    expect_metrics(port, &expected);
     daemon.stop();
 }
 
@@ -630,6 +612,29 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// The whole response to `GET path` on 127.0.0.1:`port`.
+/// Asserts that `/metrics` shows every `expected` line, polling for up to 5 s: the counters
+/// move right after the file does, so a single read would race them.
+fn expect_metrics(port: u16, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        metrics = http_get(port, "/metrics");
+        if expected
+            .iter()
+            .all(|line| metrics.lines().any(|l| l == *line))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for line in expected {
+        assert!(
+            metrics.lines().any(|l| l == *line),
+            "missing {line}:\n{metrics}"
+        );
+    }
+}
+
 pub(crate) fn http_get(port: u16, path: &str) -> String {
     use std::io::Read as _;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -1436,24 +1441,7 @@ fn a_report_blocked_for_one_merchant_holds_up_no_other_feed_and_is_written_once_
         "adjustd_reports_pending 0",
         "adjustd_messages_total{result=\"successful\"} 3",
     ];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut metrics = String::new();
-    while Instant::now() < deadline {
-        metrics = http_get(port, "/metrics");
-        if expected
-            .iter()
-            .all(|line| metrics.lines().any(|l| l == *line))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for line in expected {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "missing {line}:\n{metrics}"
-        );
-    }
+    expect_metrics(port, &expected);
     daemon.stop();
     let log = daemon.log();
     let summary = summary_line(&log, "blocked.xml");
