@@ -177,16 +177,7 @@ fn sigkill_at_random_moments_keeps_every_feed_exactly_once() {
 
     // Each file sits once in archive/ (applied) or failed/ (rejected).
     for (folder, status) in [("archive", "Complete"), ("failed", "Rejected")] {
-        let names: Vec<String> = dir
-            .files_in(folder)
-            .iter()
-            .map(|path| {
-                path.file_name()
-                    .expect("name")
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
+        let names = dir.names_in(folder);
         let wanted: Vec<&String> = dropped
             .iter()
             .filter(|(_, expected)| match expected {

@@ -296,16 +296,7 @@ fn odd_names_are_processed_and_kept() {
         assert_eq!(report_of(&dir, name)["status"], "Complete");
     }
     wait_until_idle(&dir);
-    let archived: Vec<String> = dir
-        .files_in("archive")
-        .iter()
-        .map(|path| {
-            path.file_name()
-                .expect("name")
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let archived = dir.names_in("archive");
     for name in names {
         assert!(
             archived.iter().any(|a| a.ends_with(name)),

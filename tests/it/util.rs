@@ -209,6 +209,19 @@ impl TestDir {
             .collect()
     }
 
+    /// The names (without folders, lossily as text) of [`Self::files_in`] `folder`.
+    pub fn names_in(&self, folder: &str) -> Vec<String> {
+        self.files_in(folder)
+            .iter()
+            .map(|path| {
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
+    }
+
     /// Starts `adjustd run`.
     pub fn spawn_daemon(&self) -> Daemon {
         self.spawn_daemon_via(&[])
