@@ -855,12 +855,9 @@ impl Worker {
             self.config.inbox.allowed_merchants.as_deref(),
         );
         let context = &mut self.context;
-        // A claim that cannot be opened is a rejected feed with its own report, recorded and
-        // retried (transient failures) like any other, then moved to failed/.
-        match claim.unreadable() {
-            Some(error) => run_pipeline(|| pipeline::reject_unreadable(context, &source, error)),
-            None => run_pipeline(|| pipeline::process_file(context, &source)),
-        }
+        // A claim that cannot be opened or read is a rejected feed with its own report,
+        // recorded and retried (transient failures) like any other, then moved to failed/.
+        run_pipeline(|| pipeline::process_claimed(context, &source, claim.unreadable()))
     }
 
     fn finish_processed(&mut self, feed: InHand, processed: Processed, syncs: &mut Syncs) {

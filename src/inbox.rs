@@ -938,7 +938,7 @@ pub enum Destination {
 impl Claim {
     /// Why the claimed file cannot be opened, when it cannot (no read permission, an I/O
     /// error): it is then not locked, and the daemon reports it as unreadable
-    /// ([`crate::pipeline::reject_unreadable`]) instead of processing it.
+    /// ([`crate::pipeline::process_claimed`]) instead of processing it.
     pub fn unreadable(&self) -> Option<&io::Error> {
         match &self.hold {
             Hold::Locked { .. } => None,

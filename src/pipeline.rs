@@ -1,6 +1,6 @@
 //! One feed end to end: hash, read and validate, plan against the store, commit in one
-//! transaction, write the reports. A feed too large, or one the daemon could not open, is
-//! recorded and reported as rejected without being read.
+//! transaction, write the reports. A feed too large, or one the daemon could not open or
+//! read, is recorded and reported as rejected without being applied.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -194,36 +194,63 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
     })
 }
 
-/// Records and reports a claimed feed that cannot be opened (`error`, e.g. permission
-/// denied) as rejected with [`Code::FeedUnreadable`]; like a feed too large, its record and
-/// report carry [`UNREAD_CONTENT_HASH`]. If this claim already committed (a restart after a
-/// crash between commit and the file move), its report is re-emitted instead. Conflicts with
-/// other instances are retried here, as in [`process_file`].
+/// Processes a feed the daemon claimed, which always ends with a pair of reports unless the
+/// store or the outbox fails (transient, retried by the caller): a claim that could not be
+/// opened (`unreadable`, see [`crate::inbox::Claim::unreadable`]), and one whose reading
+/// fails after it was opened (an I/O error of the disk or file system), is recorded and
+/// reported as rejected with [`Code::FeedUnreadable`] instead of being processed.
 ///
-/// The daemon calls this for a claim it could not open ([`crate::inbox::Claim::unreadable`]),
-/// so a feed that arrived is never without a report. `adjustd process` does not: a file it
-/// cannot open is an error it names on stderr ([`process_file`] returns
-/// [`ProcessError::Read`]).
+/// `adjustd process` calls [`process_file`] instead: a file it cannot read is an error it
+/// names on stderr ([`ProcessError::Read`]).
 ///
 /// # Errors
 /// [`ProcessError::Store`] or [`ProcessError::Report`], as for any feed.
-pub fn reject_unreadable(
+pub fn process_claimed(
+    context: &mut Context,
+    source: &Source<'_>,
+    unreadable: Option<&std::io::Error>,
+) -> Result<Processed, ProcessError> {
+    if let Some(error) = unreadable {
+        return reject_unreadable(context, source, error);
+    }
+    match process_file(context, source) {
+        Err(ProcessError::Read { source: error, .. }) => {
+            tracing::warn!(file = %crate::telemetry::escaped(source.file_name), error = %error, "cannot read the claimed feed; it is reported as unreadable");
+            reject_unreadable(context, source, &error)
+        }
+        other => other,
+    }
+}
+
+/// Records and reports a claimed feed that cannot be read (`error`) as rejected with
+/// [`Code::FeedUnreadable`]; like a feed too large, its record and report carry
+/// [`UNREAD_CONTENT_HASH`]. If this claim already committed (a restart after a crash between
+/// commit and the file move), its report is re-emitted instead. Conflicts with other
+/// instances are retried here, as in [`process_file`].
+fn reject_unreadable(
     context: &mut Context,
     source: &Source<'_>,
     error: &std::io::Error,
 ) -> Result<Processed, ProcessError> {
+    let fix = if error.kind() == std::io::ErrorKind::PermissionDenied {
+        "make the file readable by the user adjustd runs as (for SFTP uploads: the server's \
+         umask, or the group of the inbox folder), then drop it into the inbox again (the \
+         operator finds it in failed/)"
+    } else {
+        "the disk or file system that holds the inbox reported an error (the system log names \
+         it); once it is mended, drop the file into the inbox again (the operator finds it in \
+         failed/)"
+    };
     let problem = Problem::new(
         Code::FeedUnreadable,
         MessageId::FEED,
         "(file)",
         None,
         format!(
-            "the file {} cannot be opened: {error}; nothing in it was read or applied",
+            "the file {} cannot be read: {error}; nothing in it was applied",
             source.file_name
         ),
-        "make the file readable by the user adjustd runs as (for SFTP uploads: the server's \
-         umask, or the group of the inbox folder), then drop it into the inbox again (the \
-         operator finds it in failed/)",
+        fix,
     );
     retry_conflicts(source, || reject_unread(context, source, problem.clone()))
 }

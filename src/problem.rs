@@ -102,7 +102,7 @@ codes! {
     ResultsOmitted = (90008, "RESULTS_OMITTED", Warning, Feed,
         "the feed has more results than a report lists; the counts include every message"),
     FeedUnreadable = (90009, "FEED_UNREADABLE", Error, Feed,
-        "the file cannot be opened (permissions, an I/O error), so nothing in it was read"),
+        "the file cannot be opened or read (permissions, an I/O error), so nothing in it was applied"),
     // Message level, found without the store.
     SchemaInvalid = (5000, "SCHEMA_INVALID", Error, Message,
         "an element is missing, unexpected, out of order or has an invalid value"),

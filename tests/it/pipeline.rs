@@ -97,6 +97,53 @@ fn a_committed_claim_is_not_applied_again_and_its_report_is_re_emitted_unchanged
     assert_eq!(orders[0].adjustments.len(), 1, "applied exactly once");
 }
 
+/// A claimed feed that opens but cannot be read (here a directory: `open` succeeds, `read`
+/// fails with EISDIR, as a disk's I/O error would) gets its own FEED_UNREADABLE report and a
+/// Rejected record, like one that cannot be opened; `adjustd process` (no claim) gets the
+/// read error to name on stderr.
+#[test]
+fn a_claimed_feed_whose_reading_fails_after_the_open_is_reported_as_unreadable() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let unreadable = dir.path().join("claimed");
+    std::fs::create_dir(&unreadable).expect("mkdir");
+
+    let error =
+        pipeline::process_file(&mut context, &source(&unreadable, None)).expect_err("a read error");
+    assert!(
+        matches!(error, pipeline::ProcessError::Read { .. }),
+        "{error:?}"
+    );
+
+    let processed =
+        pipeline::process_claimed(&mut context, &source(&unreadable, Some("claim-1")), None)
+            .expect("reported");
+    let outcome = &processed.outcome;
+    assert_eq!(outcome.status, FeedStatus::Rejected);
+    assert_eq!(codes(outcome), [(0, Code::FeedUnreadable)]);
+    let description = &outcome.results[0].description;
+    assert!(
+        description.contains("feed.xml cannot be read") && description.contains("os error 21"),
+        "{description}"
+    );
+    assert!(
+        outcome.results[0].fix.contains("disk or file system"),
+        "{:?}",
+        outcome.results[0].fix
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&processed.json_report).expect("json report"))
+            .expect("json");
+    assert_eq!(json["content_hash"], "unread", "{json}");
+    let record = context
+        .store
+        .as_store()
+        .feed_by_claim("claim-1")
+        .expect("store")
+        .expect("recorded");
+    assert_eq!(record.status, FeedStatus::Rejected);
+}
+
 #[test]
 fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox() {
     let dir = tempfile::tempdir().expect("temp dir");
