@@ -160,7 +160,10 @@ pub struct ValidateArgs {
     /// Feed files (one only with --format xml).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
-    /// Output format.
+    /// Output format. The xml and json reports are the ones `process` would write for the
+    /// checks made without the store; nothing is stored, so their feed id
+    /// (DocumentTransactionID, "feed_id") is always 1, a placeholder the report schema
+    /// requires (it must be a positive number), not the id of a stored feed.
     #[arg(long, value_enum, default_value = "text")]
     pub format: ValidateFormat,
 }
