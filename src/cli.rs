@@ -710,7 +710,10 @@ fn messages(count: u64) -> String {
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
     let merchant = MerchantId::new(merchant)
         .ok_or_else(|| {
-            anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
+            anyhow::anyhow!(
+                "{merchant:?} is not a merchant identifier ({})",
+                MerchantId::RULE
+            )
         })
         .map_err(fail(exit::USAGE))?;
     // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
@@ -773,7 +776,9 @@ fn show_order(
 ) -> Result<u8, Failure> {
     let merchant = merchant
         .map(|m| {
-            MerchantId::new(m).ok_or_else(|| anyhow::anyhow!("{m:?} is not a merchant identifier"))
+            MerchantId::new(m).ok_or_else(|| {
+                anyhow::anyhow!("{m:?} is not a merchant identifier ({})", MerchantId::RULE)
+            })
         })
         .transpose()
         .map_err(fail(exit::USAGE))?;
