@@ -320,6 +320,45 @@ pub(crate) fn import_invalid(row: &OrderRow, column: &str, detail: String) -> St
     }
 }
 
+/// The shipped units of a stored item after an import line: the line's quantity-shipped,
+/// but never fewer than `shipped_before` (units do not come back once shipped: an older
+/// report imported again, taken before the shipment, must not lower the count).
+///
+/// # Errors
+/// [`StoreError::Invalid`] when the units would not fit in the line's quantity-purchased,
+/// naming the column at fault: quantity-purchased when it is below the units already
+/// shipped and cancelled (which no report can lower), else quantity-shipped.
+pub(crate) fn shipped_after_import(
+    row: &OrderRow,
+    shipped_before: i64,
+    cancelled: i64,
+) -> Result<i64, StoreError> {
+    let ordered = i64::from(row.quantity_ordered);
+    if shipped_before + cancelled > ordered {
+        return Err(import_invalid(
+            row,
+            "quantity-purchased",
+            format!(
+                "{ordered} ordered, but {shipped_before} units were already shipped and \
+                 {cancelled} cancelled"
+            ),
+        ));
+    }
+    let shipped = row
+        .quantity_shipped
+        .map_or(shipped_before, |given| i64::from(given).max(shipped_before));
+    if shipped + cancelled > ordered {
+        return Err(import_invalid(
+            row,
+            "quantity-shipped",
+            format!(
+                "{shipped} shipped + {cancelled} already cancelled is more than the {ordered} ordered"
+            ),
+        ));
+    }
+    Ok(shipped)
+}
+
 /// The line gives its order a merchant-order-id that order `holder` of the merchant has
 /// (the stores keep them unique per merchant).
 pub(crate) fn merchant_order_id_taken(row: &OrderRow, holder: &str) -> StoreError {

@@ -45,6 +45,7 @@ use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
     import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
+    shipped_after_import,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -988,27 +989,8 @@ fn import_row(
             }
         }
         Some((item_id, shipped_before, cancelled)) => {
-            // Units do not come back once shipped: an older report imported again (taken
-            // before the shipment) must not lower the count.
-            let shipped = row
-                .quantity_shipped
-                .map_or(shipped_before, |given| given.max(shipped_before));
-            if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
-                let column = if row.quantity_shipped.is_some() {
-                    "quantity-shipped"
-                } else {
-                    "quantity-purchased"
-                };
-                return Err(import_invalid(
-                    row,
-                    column,
-                    format!(
-                        "{shipped} shipped + {cancelled} already cancelled is more than the {} \
-                         ordered",
-                        row.quantity_ordered
-                    ),
-                ));
-            }
+            let shipped =
+                shipped_after_import(row, i64::from(shipped_before), i64::from(cancelled))?;
             tx.prepare_cached(
                 "UPDATE order_items SET sku = ?2, \
                  merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \

@@ -156,6 +156,7 @@ pub mod conformance {
                 import_rejects_contradictions_atomically,
                 import_refuses_an_item_on_two_lines_that_disagree,
                 import_names_the_holder_of_a_merchant_id,
+                import_names_quantity_purchased_below_the_units_cancelled,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -391,6 +392,68 @@ pub mod conformance {
             );
         }
         assert_eq!(one_order(store, "301-0000000-0000001").items.len(), 2);
+    }
+
+    /// A re-import whose quantity-purchased is below the units already shipped and
+    /// cancelled names quantity-purchased (it named quantity-shipped whenever the report
+    /// had that column); a quantity-shipped that is too high still names quantity-shipped.
+    pub fn import_names_quantity_purchased_below_the_units_cancelled(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\t\
+                              quantity-shipped\tcurrency\titem-price\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        import(
+            store,
+            "701-0000000-0000001\t70000000000001\tS\t3\t0\tUSD\t30.00\n",
+        )
+        .expect("import");
+        run_feed(
+            store,
+            "h-cancel",
+            &["701-0000000-0000001"],
+            &[adjustment(
+                1,
+                "701-0000000-0000001",
+                "70000000000001",
+                &[],
+                None,
+                2,
+            )],
+        );
+        let cases = [
+            (
+                "701-0000000-0000001\t70000000000001\tS\t1\t0\tUSD\t30.00\n",
+                "line 2, column quantity-purchased: order 701-0000000-0000001 item \
+                 70000000000001: ",
+            ),
+            (
+                "701-0000000-0000001\t70000000000001\tS\t1\t\tUSD\t30.00\n",
+                "line 2, column quantity-purchased: ",
+            ),
+            (
+                "701-0000000-0000001\t70000000000001\tS\t3\t2\tUSD\t30.00\n",
+                "line 2, column quantity-shipped: ",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = import(store, lines).expect_err(expected);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            assert!(
+                err.to_string().starts_with(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        let item = &one_order(store, "701-0000000-0000001").items[0];
+        assert_eq!(
+            (
+                item.quantity_ordered,
+                item.quantity_shipped,
+                item.quantity_cancelled
+            ),
+            (3, 0, 2)
+        );
     }
 
     pub fn import_rejects_contradictions_atomically(store: &mut dyn Store) {
