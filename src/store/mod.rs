@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 
 use serde::Serialize;
 
@@ -389,8 +390,8 @@ pub(crate) fn merchant_item_id_taken(row: &OrderRow, holder: &str) -> StoreError
 
 /// Which orders and items an import created or updated, by database id: an order created
 /// by one line and named again by a later one counts once, as created. Also the first line
-/// of each order item, to tell a repeated line from two lines that disagree
-/// ([`ImportSeen::repeat`]).
+/// of each order item, to tell a repeated line from two lines that disagree, and the
+/// order-level values each order's lines gave ([`ImportSeen::repeat`]).
 #[derive(Debug, Default)]
 pub(crate) struct ImportSeen {
     pub(crate) orders_created: HashSet<i64>,
@@ -399,8 +400,20 @@ pub(crate) struct ImportSeen {
     pub(crate) items_updated: HashSet<i64>,
     /// (order, item) → the first line naming it and a digest of its values.
     item_lines: HashMap<(AmazonOrderId, OrderItemCode), (u32, u64)>,
+    /// Order → the order-level values its lines gave so far.
+    order_lines: HashMap<AmazonOrderId, OrderValues>,
     /// Lines that repeated an earlier line of the same item value for value.
     repeated_lines: u64,
+}
+
+/// The values of an order's order-level columns given by the lines of an import so far,
+/// each with the first line that gave it; `None` while every line left the column empty.
+#[derive(Debug, Default)]
+struct OrderValues {
+    merchant_order_id: Option<(u32, SellerId)>,
+    purchase_date: Option<(u32, String)>,
+    currency: Option<(u32, Currency)>,
+    channel: Option<(u32, FulfillmentChannel)>,
 }
 
 impl ImportSeen {
@@ -410,9 +423,12 @@ impl ImportSeen {
     ///
     /// # Errors
     /// [`StoreError::Invalid`] naming both lines when they give the same order item
-    /// (order-id + order-item-id) different values: which one is right cannot be told,
-    /// and taking the later one silently would import whichever came last.
+    /// (order-id + order-item-id) different values, or when they give one order (on the
+    /// lines of two of its items, say) different values in an order-level column
+    /// ([`ImportSeen::agree_on_order`]): which one is right cannot be told, and taking the
+    /// later one silently would import whichever came last.
     pub(crate) fn repeat(&mut self, row: &OrderRow) -> Result<bool, StoreError> {
+        self.agree_on_order(row)?;
         let digest = row_digest(row);
         match self
             .item_lines
@@ -438,6 +454,54 @@ impl ImportSeen {
                 Ok(true)
             }
         }
+    }
+
+    /// Checks the order-level columns of `row` (merchant-order-id, purchase-date, currency,
+    /// fulfillment-channel: Amazon's reports repeat them on every line of an order) against
+    /// the values the earlier lines of its order gave, and remembers the ones it gives
+    /// first. An empty field gives no value, so it agrees with any: the order takes the
+    /// value its other lines give.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the line, the column, both values and the earlier line
+    /// when they differ.
+    fn agree_on_order(&mut self, row: &OrderRow) -> Result<(), StoreError> {
+        // Destructured so that a new field of a line must be placed here, as an order-level
+        // value to compare or as one of the item's.
+        let OrderRow {
+            line: _,
+            amazon_order_id,
+            merchant_order_id,
+            item_code: _,
+            merchant_item_id: _,
+            purchase_date,
+            sku: _,
+            quantity_ordered: _,
+            quantity_shipped: _,
+            currency,
+            charged: _,
+            channel,
+        } = row;
+        let first = self.order_lines.entry(amazon_order_id.clone()).or_default();
+        agree(
+            row,
+            "merchant-order-id",
+            &mut first.merchant_order_id,
+            merchant_order_id.as_ref(),
+        )?;
+        agree(
+            row,
+            "purchase-date",
+            &mut first.purchase_date,
+            purchase_date.as_ref(),
+        )?;
+        agree(row, "currency", &mut first.currency, currency.as_ref())?;
+        agree(
+            row,
+            "fulfillment-channel",
+            &mut first.channel,
+            channel.as_ref(),
+        )
     }
 
     /// Counts an existing order (found in the store) as updated, unless this import
@@ -466,6 +530,36 @@ impl ImportSeen {
             items_created: count(&self.items_created),
             items_updated: count(&self.items_updated),
         }
+    }
+}
+
+/// One order-level column of [`ImportSeen::agree_on_order`]: `given` (this line's value,
+/// `None` when its field is empty) must equal `first`, the value an earlier line of the
+/// order gave, if any; else it becomes `first`.
+fn agree<T: PartialEq + Clone + fmt::Display>(
+    row: &OrderRow,
+    column: &str,
+    first: &mut Option<(u32, T)>,
+    given: Option<&T>,
+) -> Result<(), StoreError> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    match first {
+        None => {
+            *first = Some((row.line, given.clone()));
+            Ok(())
+        }
+        Some((_, earlier)) if earlier == given => Ok(()),
+        Some((line, earlier)) => Err(import_invalid(
+            row,
+            column,
+            format!(
+                "this line says {given} but line {line} of the same order says {earlier}; \
+                 an order has one {column}, so its lines must agree (or leave it empty): \
+                 correct the wrong line and import again"
+            ),
+        )),
     }
 }
 

@@ -1738,6 +1738,45 @@ fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
 }
 
 #[test]
+fn orders_import_refuses_an_order_whose_lines_disagree_on_the_channel() {
+    let sandbox = Sandbox::new();
+    let report = sandbox.path("orders.txt");
+    std::fs::write(
+        &report,
+        "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\tfulfillment-channel\n\
+         501-0000000-0000001\t50000000000001\tS-1\t1\tUSD\t10.00\tAFN\n\
+         501-0000000-0000001\t50000000000002\tS-2\t1\tUSD\t10.00\tMFN\n",
+    )
+    .expect("write");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        report.to_str().expect("utf-8 path"),
+    ]);
+    // Before the fix: exit 0, the order stored as MFN (the last line's channel).
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for needed in [
+        "line 3, column fulfillment-channel",
+        "MFN",
+        "AFN",
+        "line 2",
+        "nothing was imported",
+    ] {
+        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    }
+    let out = sandbox.run(&["orders", "show", "501-0000000-0000001"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "imported: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
 fn merchant_ids_with_surrounding_whitespace_are_refused() {
     let sandbox = Sandbox::new();
     // Before the fix: `--merchant 'M_TEST '` imported the orders for a merchant "M_TEST "

@@ -156,6 +156,7 @@ pub mod conformance {
                 import_rejects_contradictions_atomically,
                 import_refuses_an_item_on_two_lines_that_disagree,
                 import_names_the_holder_of_a_merchant_id,
+                import_refuses_an_order_whose_lines_disagree,
                 import_names_quantity_purchased_below_the_units_cancelled,
                 import_streams_a_large_report_file,
                 orders_show_shape,
@@ -392,6 +393,104 @@ pub mod conformance {
             );
         }
         assert_eq!(one_order(store, "301-0000000-0000001").items.len(), 2);
+    }
+
+    /// The order-level columns (currency, fulfillment-channel, merchant-order-id,
+    /// purchase-date) describe the order, not the item: every line of an order repeats
+    /// them. Two lines of one order (two items) that give one of them different values
+    /// refuse the report, naming the later line, the column, both values and the earlier
+    /// line; nothing is imported (before, the last line won silently: an AFN order became
+    /// MFN and refunds the AFN rule blocks were accepted). An empty field gives no value.
+    pub fn import_refuses_an_order_whose_lines_disagree(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tmerchant-order-id\tpurchase-date\tsku\t\
+                              quantity-purchased\tcurrency\titem-price\tfulfillment-channel\n";
+        const ORDER: &str = "501-0000000-0000001";
+        let line = |item: &str, merchant_order: &str, date: &str, currency: &str, channel: &str| {
+            format!(
+                "{ORDER}\t5000000000000{item}\t{merchant_order}\t{date}\tS-{item}\t1\t\
+                 {currency}\t1.00\t{channel}\n"
+            )
+        };
+        let import = |store: &mut dyn Store, lines: &[String]| {
+            let rows = parse_order_report(&format!("{HEADER}{}", lines.concat())).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        let first = line("1", "MO-A", "2026-11-20", "USD", "AFN");
+        let cases = [
+            (
+                line("2", "MO-A", "2026-11-20", "USD", "MFN"),
+                "fulfillment-channel",
+                ["MFN", "AFN"],
+            ),
+            (
+                line("2", "MO-B", "2026-11-20", "USD", "AFN"),
+                "merchant-order-id",
+                ["MO-B", "MO-A"],
+            ),
+            (
+                line("2", "MO-A", "2020-01-01", "USD", "AFN"),
+                "purchase-date",
+                ["2020-01-01", "2026-11-20"],
+            ),
+            (
+                line("2", "MO-A", "2026-11-20", "EUR", "AFN"),
+                "currency",
+                ["EUR", "USD"],
+            ),
+        ];
+        for (second, column, [given, earlier]) in cases {
+            let err = import(store, &[first.clone(), second])
+                .expect_err("two lines of one order disagree");
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("line 3, column {column}: order {ORDER} item ")),
+                "{msg}"
+            );
+            for needed in [given, earlier, "line 2"] {
+                assert!(msg.contains(needed), "lacks {needed}: {msg}");
+            }
+            assert!(
+                store
+                    .orders(Some(&merchant()), ORDER)
+                    .expect("orders")
+                    .is_empty(),
+                "{column}: nothing of a refused report is imported"
+            );
+        }
+        // The lines need not be next to each other.
+        let other = "502-0000000-0000001\t50000000000009\t\t\tX\t1\tUSD\t1.00\tMFN\n";
+        let err = import(
+            store,
+            &[
+                first.clone(),
+                other.to_owned(),
+                line("2", "MO-A", "2026-11-20", "USD", "MFN"),
+            ],
+        )
+        .expect_err("disagree");
+        assert!(
+            err.to_string()
+                .starts_with("line 4, column fulfillment-channel"),
+            "{err}"
+        );
+
+        // An empty field gives no value, on the first line or a later one: the order takes
+        // the value the other lines give.
+        import(
+            store,
+            &[
+                line("1", "", "", "USD", ""),
+                line("2", "MO-A", "2026-11-20", "USD", "AFN"),
+                line("3", "", "", "USD", ""),
+            ],
+        )
+        .expect("empty fields agree with any value");
+        let view = one_order(store, ORDER);
+        assert_eq!(view.merchant_order_id.as_deref(), Some("MO-A"));
+        assert_eq!(view.purchase_date.as_deref(), Some("2026-11-20"));
+        assert_eq!(view.fulfillment_channel, "AFN");
+        assert_eq!(view.items.len(), 3);
     }
 
     /// A re-import whose quantity-purchased is below the units already shipped and
