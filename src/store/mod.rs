@@ -504,6 +504,52 @@ impl ImportSeen {
         )
     }
 
+    /// Checks `row` against its order `order_id` as the store held it before this import
+    /// (stored in `currency`, fulfilled by `channel`): those never change, at Amazon or
+    /// here. An order this import created is left to [`ImportSeen::agree_on_order`] (a
+    /// later line may give the channel an earlier one left empty).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the line, the column, the stored and the given value
+    /// when the line gives another currency or fulfillment channel.
+    pub(crate) fn agree_with_stored(
+        &self,
+        row: &OrderRow,
+        order_id: i64,
+        currency: Currency,
+        channel: FulfillmentChannel,
+    ) -> Result<(), StoreError> {
+        if self.orders_created.contains(&order_id) {
+            return Ok(());
+        }
+        if let Some(given) = row.currency
+            && given != currency
+        {
+            return Err(import_invalid(
+                row,
+                "currency",
+                format!("the order is stored in {currency}; the report says {given}"),
+            ));
+        }
+        if let Some(given) = row.channel
+            && given != channel
+        {
+            // The store's refund history was decided by the channel (the seller cannot
+            // refund an AFN order), so it is not rewritten by a report.
+            return Err(import_invalid(
+                row,
+                "fulfillment-channel",
+                format!(
+                    "the order is stored as {channel}; the report says {given}; an order's \
+                     fulfillment channel does not change, and the refunds applied to it were \
+                     checked against the stored one (an order first imported without \
+                     fulfillment-channel is stored as MFN): correct the report"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Counts an existing order (found in the store) as updated, unless this import
     /// created it.
     pub(crate) fn order_updated(&mut self, id: i64) {

@@ -1515,18 +1515,11 @@ fn import_batch(
                     })
             }
         };
-        if let Some(given) = row.currency
-            && given != order.currency
-        {
-            return Err(import_invalid(
-                row,
-                "currency",
-                format!(
-                    "the order is stored in {}; the report says {given}",
-                    order.currency
-                ),
-            ));
+        if let Some(id) = order.id {
+            seen.agree_with_stored(row, id, order.currency, order.channel)?;
         }
+        // Only for an order this import created from a line without a channel (MFN until a
+        // later line of the order gives it): a stored order's channel was checked above.
         if let Some(channel) = row.channel
             && channel != order.channel
         {

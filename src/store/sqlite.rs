@@ -851,14 +851,15 @@ fn import_row(
     row: &OrderRow,
     seen: &mut ImportSeen,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String)> = tx
+    let existing: Option<(i64, String, String)> = tx
         .prepare_cached(
-            "SELECT id, currency FROM orders WHERE merchant = ?1 AND amazon_order_id = ?2",
+            "SELECT id, currency, fulfillment_channel FROM orders \
+             WHERE merchant = ?1 AND amazon_order_id = ?2",
         )
         .map_err(db_error)?
         .query_row(
             params![merchant.as_str(), row.amazon_order_id.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(db_error)?;
@@ -896,17 +897,14 @@ fn import_row(
             seen.orders_created.insert(id);
             (id, currency)
         }
-        Some((id, code)) => {
+        Some((id, code, channel)) => {
             let stored = Currency::from_code(&code).ok_or_else(|| corrupt("currency", &code))?;
-            if let Some(given) = row.currency
-                && given != stored
-            {
-                return Err(import_invalid(
-                    row,
-                    "currency",
-                    format!("the order is stored in {stored}; the report says {given}"),
-                ));
-            }
+            let channel = channel
+                .parse()
+                .map_err(|()| corrupt("fulfillment channel", &channel))?;
+            seen.agree_with_stored(row, id, stored, channel)?;
+            // The channel can change here only for an order this import created from a line
+            // without one (stored as MFN until a later line of the order gives it).
             tx.prepare_cached(
                 "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
                  fulfillment_channel = COALESCE(?3, fulfillment_channel), \

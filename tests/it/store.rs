@@ -157,6 +157,7 @@ pub mod conformance {
                 import_refuses_an_item_on_two_lines_that_disagree,
                 import_names_the_holder_of_a_merchant_id,
                 import_refuses_an_order_whose_lines_disagree,
+                import_refuses_a_change_of_fulfillment_channel,
                 import_names_quantity_purchased_below_the_units_cancelled,
                 import_streams_a_large_report_file,
                 orders_show_shape,
@@ -491,6 +492,86 @@ pub mod conformance {
         assert_eq!(view.purchase_date.as_deref(), Some("2026-11-20"));
         assert_eq!(view.fulfillment_channel, "AFN");
         assert_eq!(view.items.len(), 3);
+    }
+
+    /// An order's fulfillment channel does not change at Amazon, and the refunds already
+    /// applied to it were decided by it (the seller cannot refund an AFN order): a report
+    /// that gives a stored order another channel is refused, naming the line, the column,
+    /// the stored and the new value; a report without the channel leaves it alone.
+    pub fn import_refuses_a_change_of_fulfillment_channel(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\t\
+             fulfillment-channel\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        import(
+            store,
+            "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tAFN\n\
+             601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\tMFN\n",
+        )
+        .expect("import");
+        run_feed(
+            store,
+            "h-channel",
+            &["601-0000000-0000002"],
+            &[adjustment(
+                1,
+                "601-0000000-0000002",
+                "60000000000002",
+                &[(principal(), 500)],
+                None,
+                0,
+            )],
+        );
+        let cases = [
+            (
+                "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tMFN\n",
+                "line 2, column fulfillment-channel: order 601-0000000-0000001 item \
+                 60000000000001: the order is stored as AFN; the report says MFN",
+            ),
+            // A line of a new item of the order, after a line that leaves the channel empty.
+            (
+                "601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\t\n\
+                 601-0000000-0000002\t60000000000003\tS\t1\tUSD\t10.00\tAmazon\n",
+                "line 3, column fulfillment-channel: order 601-0000000-0000002 item \
+                 60000000000003: the order is stored as MFN; the report says AFN",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = import(store, lines).expect_err(expected);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        assert_eq!(
+            one_order(store, "601-0000000-0000001").fulfillment_channel,
+            "AFN"
+        );
+        let refunded = one_order(store, "601-0000000-0000002");
+        assert_eq!(refunded.fulfillment_channel, "MFN");
+        assert_eq!(
+            refunded.items.len(),
+            1,
+            "nothing of a refused report is imported"
+        );
+        // The same channel again, or none: fine.
+        import(
+            store,
+            "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tAmazon\n\
+             601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\t\n",
+        )
+        .expect("same channel");
+        assert_eq!(
+            one_order(store, "601-0000000-0000001").fulfillment_channel,
+            "AFN"
+        );
+        assert_eq!(
+            one_order(store, "601-0000000-0000002").fulfillment_channel,
+            "MFN"
+        );
     }
 
     /// A re-import whose quantity-purchased is below the units already shipped and
