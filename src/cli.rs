@@ -192,7 +192,8 @@ pub enum OrdersCommand {
     /// earlier line of the order (an empty field gives none); a line repeating another
     /// exactly is skipped, and the summary says how many were.
     Import {
-        /// The merchant the orders belong to.
+        /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
+        /// are read trimmed, so whitespace at either end of ID is refused).
         #[arg(long, value_name = "ID")]
         merchant: String,
         /// The order report file.
