@@ -182,17 +182,21 @@ pub enum OrdersCommand {
     /// gift-wrap-tax, item-promotion-discount, ship-promotion-discount (totals for the
     /// quantity; missing: 0), quantity-shipped (missing: 0 for a new item, unchanged for a
     /// known one; it never goes down), fulfillment-channel (MFN or Merchant, AFN or Amazon;
-    /// missing: MFN), purchase-date, merchant-order-id, merchant-order-item-id.
+    /// missing: MFN for a new order; a stored order's channel never changes), purchase-date,
+    /// merchant-order-id, merchant-order-item-id.
     ///
     /// The New Orders report has no quantity-shipped, so its items start unshipped: import
     /// the Unshipped report (or any file with the required columns and quantity-shipped) to
     /// record shipments before sending returns with a Quantity.
     ///
     /// One transaction: a bad line imports nothing. An order item (order-id + order-item-id)
-    /// on two lines with other values is a bad line; a line repeating another exactly is
-    /// skipped, and the summary says how many were.
+    /// on two lines with other values is a bad line, and so is a line that gives its order
+    /// another merchant-order-id, purchase-date, currency or fulfillment-channel than an
+    /// earlier line of the order (an empty field gives none); a line repeating another
+    /// exactly is skipped, and the summary says how many were.
     Import {
-        /// The merchant the orders belong to.
+        /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
+        /// are read trimmed, so whitespace at either end of ID is refused).
         #[arg(long, value_name = "ID")]
         merchant: String,
         /// The order report file.
@@ -713,7 +717,10 @@ fn messages(count: u64) -> String {
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
     let merchant = MerchantId::new(merchant)
         .ok_or_else(|| {
-            anyhow::anyhow!("{merchant:?} is not a merchant identifier (1-50 characters, no '/')")
+            anyhow::anyhow!(
+                "{merchant:?} is not a merchant identifier ({})",
+                MerchantId::RULE
+            )
         })
         .map_err(fail(exit::USAGE))?;
     // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
@@ -776,7 +783,9 @@ fn show_order(
 ) -> Result<u8, Failure> {
     let merchant = merchant
         .map(|m| {
-            MerchantId::new(m).ok_or_else(|| anyhow::anyhow!("{m:?} is not a merchant identifier"))
+            MerchantId::new(m).ok_or_else(|| {
+                anyhow::anyhow!("{m:?} is not a merchant identifier ({})", MerchantId::RULE)
+            })
         })
         .transpose()
         .map_err(fail(exit::USAGE))?;

@@ -502,9 +502,7 @@ fn resolve(
             .map(|m| {
                 MerchantId::new(m).ok_or_else(|| ConfigError::Invalid {
                     key: "inbox.allowed_merchants".to_owned(),
-                    message: format!(
-                        "{m:?} is not a merchant identifier (1-50 characters, no '/')"
-                    ),
+                    message: format!("{m:?} is not a merchant identifier ({})", MerchantId::RULE),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -15,13 +15,22 @@ use rust_decimal::Decimal;
 pub struct MerchantId(String);
 
 impl MerchantId {
+    /// What [`MerchantId::new`] accepts, for messages that refuse an id from user input.
+    pub const RULE: &'static str = "1-50 characters, no control character, '/' or '\\', no \
+                                    whitespace at either end, not \".\" or \"..\"";
+
     /// Accepts 1 to 50 characters without control characters or path separators (a merchant
-    /// identifier also names a folder under `inbox/` and `outbox/`).
+    /// identifier also names a folder under `inbox/` and `outbox/`) and without whitespace at
+    /// either end. A feed's `MerchantIdentifier` is trimmed before it gets here, so an id
+    /// from anywhere else (`--merchant`, `allowed_merchants`, a folder name) that kept its
+    /// surrounding blanks would name a merchant no feed can speak for. Spaces inside are
+    /// part of the id, as in the schema's `xs:normalizedString`.
     pub fn new(raw: &str) -> Option<MerchantId> {
         let ok = !raw.is_empty()
             && raw.chars().count() <= 50
             && raw != "."
             && raw != ".."
+            && raw.trim() == raw
             && !raw.chars().any(|c| c.is_control() || c == '/' || c == '\\');
         ok.then(|| MerchantId(raw.to_owned()))
     }
@@ -1071,6 +1080,28 @@ mod tests {
         assert!(OrderItemCode::new("1234567890123a").is_none());
         assert!(MerchantId::new("../evil").is_none());
         assert!(MerchantId::new("M_1").is_some());
+    }
+
+    #[test]
+    fn merchant_ids_have_no_whitespace_at_either_end() {
+        // A feed's MerchantIdentifier is trimmed before it becomes a MerchantId; an id with
+        // whitespace at an end (`--merchant 'A1SELLER '`) would name a merchant no feed can.
+        for raw in [
+            "A1SELLER ",
+            " A1SELLER",
+            "\tA1SELLER",
+            "A1SELLER\n",
+            "A1SELLER\u{a0}",
+            " ",
+        ] {
+            assert!(MerchantId::new(raw).is_none(), "{raw:?}");
+        }
+        // Inside, a space is part of the id (as in an xs:normalizedString).
+        assert!(MerchantId::new("A1 SELLER").is_some());
+        assert!(
+            MerchantId::new("A1\tSELLER").is_none(),
+            "a control character"
+        );
     }
 
     #[test]

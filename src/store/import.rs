@@ -3,8 +3,8 @@
 //! Reads the New Orders (`_GET_FLAT_FILE_ORDERS_DATA_`), Unshipped Orders and similar flat
 //! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored;
 //! a bad line fails the whole import with an error naming the line and the column. (Lines
-//! are parsed one by one here; that two lines name the same order item is found by the
-//! store's import, `ImportSeen::repeat`.)
+//! are parsed one by one here; that two lines name the same order item, or give one order
+//! different order-level values, is found by the store's import, `ImportSeen::repeat`.)
 //!
 //! This module does not touch the store: [`crate::store::Store::import_orders`] writes the
 //! rows, and checks them against what is already stored.

@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 
 use serde::Serialize;
 
@@ -320,6 +321,45 @@ pub(crate) fn import_invalid(row: &OrderRow, column: &str, detail: String) -> St
     }
 }
 
+/// The shipped units of a stored item after an import line: the line's quantity-shipped,
+/// but never fewer than `shipped_before` (units do not come back once shipped: an older
+/// report imported again, taken before the shipment, must not lower the count).
+///
+/// # Errors
+/// [`StoreError::Invalid`] when the units would not fit in the line's quantity-purchased,
+/// naming the column at fault: quantity-purchased when it is below the units already
+/// shipped and cancelled (which no report can lower), else quantity-shipped.
+pub(crate) fn shipped_after_import(
+    row: &OrderRow,
+    shipped_before: i64,
+    cancelled: i64,
+) -> Result<i64, StoreError> {
+    let ordered = i64::from(row.quantity_ordered);
+    if shipped_before + cancelled > ordered {
+        return Err(import_invalid(
+            row,
+            "quantity-purchased",
+            format!(
+                "{ordered} ordered, but {shipped_before} units were already shipped and \
+                 {cancelled} cancelled"
+            ),
+        ));
+    }
+    let shipped = row
+        .quantity_shipped
+        .map_or(shipped_before, |given| i64::from(given).max(shipped_before));
+    if shipped + cancelled > ordered {
+        return Err(import_invalid(
+            row,
+            "quantity-shipped",
+            format!(
+                "{shipped} shipped + {cancelled} already cancelled is more than the {ordered} ordered"
+            ),
+        ));
+    }
+    Ok(shipped)
+}
+
 /// The line gives its order a merchant-order-id that order `holder` of the merchant has
 /// (the stores keep them unique per merchant).
 pub(crate) fn merchant_order_id_taken(row: &OrderRow, holder: &str) -> StoreError {
@@ -350,8 +390,8 @@ pub(crate) fn merchant_item_id_taken(row: &OrderRow, holder: &str) -> StoreError
 
 /// Which orders and items an import created or updated, by database id: an order created
 /// by one line and named again by a later one counts once, as created. Also the first line
-/// of each order item, to tell a repeated line from two lines that disagree
-/// ([`ImportSeen::repeat`]).
+/// of each order item, to tell a repeated line from two lines that disagree, and the
+/// order-level values each order's lines gave ([`ImportSeen::repeat`]).
 #[derive(Debug, Default)]
 pub(crate) struct ImportSeen {
     pub(crate) orders_created: HashSet<i64>,
@@ -360,8 +400,20 @@ pub(crate) struct ImportSeen {
     pub(crate) items_updated: HashSet<i64>,
     /// (order, item) → the first line naming it and a digest of its values.
     item_lines: HashMap<(AmazonOrderId, OrderItemCode), (u32, u64)>,
+    /// Order → the order-level values its lines gave so far.
+    order_lines: HashMap<AmazonOrderId, OrderValues>,
     /// Lines that repeated an earlier line of the same item value for value.
     repeated_lines: u64,
+}
+
+/// The values of an order's order-level columns given by the lines of an import so far,
+/// each with the first line that gave it; `None` while every line left the column empty.
+#[derive(Debug, Default)]
+struct OrderValues {
+    merchant_order_id: Option<(u32, SellerId)>,
+    purchase_date: Option<(u32, String)>,
+    currency: Option<(u32, Currency)>,
+    channel: Option<(u32, FulfillmentChannel)>,
 }
 
 impl ImportSeen {
@@ -371,9 +423,12 @@ impl ImportSeen {
     ///
     /// # Errors
     /// [`StoreError::Invalid`] naming both lines when they give the same order item
-    /// (order-id + order-item-id) different values: which one is right cannot be told,
-    /// and taking the later one silently would import whichever came last.
+    /// (order-id + order-item-id) different values, or when they give one order (on the
+    /// lines of two of its items, say) different values in an order-level column
+    /// ([`ImportSeen::agree_on_order`]): which one is right cannot be told, and taking the
+    /// later one silently would import whichever came last.
     pub(crate) fn repeat(&mut self, row: &OrderRow) -> Result<bool, StoreError> {
+        self.agree_on_order(row)?;
         let digest = row_digest(row);
         match self
             .item_lines
@@ -399,6 +454,100 @@ impl ImportSeen {
                 Ok(true)
             }
         }
+    }
+
+    /// Checks the order-level columns of `row` (merchant-order-id, purchase-date, currency,
+    /// fulfillment-channel: Amazon's reports repeat them on every line of an order) against
+    /// the values the earlier lines of its order gave, and remembers the ones it gives
+    /// first. An empty field gives no value, so it agrees with any: the order takes the
+    /// value its other lines give.
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the line, the column, both values and the earlier line
+    /// when they differ.
+    fn agree_on_order(&mut self, row: &OrderRow) -> Result<(), StoreError> {
+        // Destructured so that a new field of a line must be placed here, as an order-level
+        // value to compare or as one of the item's.
+        let OrderRow {
+            line: _,
+            amazon_order_id,
+            merchant_order_id,
+            item_code: _,
+            merchant_item_id: _,
+            purchase_date,
+            sku: _,
+            quantity_ordered: _,
+            quantity_shipped: _,
+            currency,
+            charged: _,
+            channel,
+        } = row;
+        let first = self.order_lines.entry(amazon_order_id.clone()).or_default();
+        agree(
+            row,
+            "merchant-order-id",
+            &mut first.merchant_order_id,
+            merchant_order_id.as_ref(),
+        )?;
+        agree(
+            row,
+            "purchase-date",
+            &mut first.purchase_date,
+            purchase_date.as_ref(),
+        )?;
+        agree(row, "currency", &mut first.currency, currency.as_ref())?;
+        agree(
+            row,
+            "fulfillment-channel",
+            &mut first.channel,
+            channel.as_ref(),
+        )
+    }
+
+    /// Checks `row` against its order `order_id` as the store held it before this import
+    /// (stored in `currency`, fulfilled by `channel`): those never change, at Amazon or
+    /// here. An order this import created is left to [`ImportSeen::agree_on_order`] (a
+    /// later line may give the channel an earlier one left empty).
+    ///
+    /// # Errors
+    /// [`StoreError::Invalid`] naming the line, the column, the stored and the given value
+    /// when the line gives another currency or fulfillment channel.
+    pub(crate) fn agree_with_stored(
+        &self,
+        row: &OrderRow,
+        order_id: i64,
+        currency: Currency,
+        channel: FulfillmentChannel,
+    ) -> Result<(), StoreError> {
+        if self.orders_created.contains(&order_id) {
+            return Ok(());
+        }
+        if let Some(given) = row.currency
+            && given != currency
+        {
+            return Err(import_invalid(
+                row,
+                "currency",
+                format!("the order is stored in {currency}; the report says {given}"),
+            ));
+        }
+        if let Some(given) = row.channel
+            && given != channel
+        {
+            // The store's refund history was decided by the channel (the seller cannot
+            // refund an AFN order), so it is not rewritten by a report.
+            return Err(import_invalid(
+                row,
+                "fulfillment-channel",
+                format!(
+                    "the order is stored as {channel}; the report says {given}; an order's \
+                     fulfillment channel does not change, and the refunds applied to it were \
+                     checked against the stored one (an order first imported without \
+                     fulfillment-channel is stored as MFN): correct the report"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Counts an existing order (found in the store) as updated, unless this import
@@ -427,6 +576,36 @@ impl ImportSeen {
             items_created: count(&self.items_created),
             items_updated: count(&self.items_updated),
         }
+    }
+}
+
+/// One order-level column of [`ImportSeen::agree_on_order`]: `given` (this line's value,
+/// `None` when its field is empty) must equal `first`, the value an earlier line of the
+/// order gave, if any; else it becomes `first`.
+fn agree<T: PartialEq + Clone + fmt::Display>(
+    row: &OrderRow,
+    column: &str,
+    first: &mut Option<(u32, T)>,
+    given: Option<&T>,
+) -> Result<(), StoreError> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    match first {
+        None => {
+            *first = Some((row.line, given.clone()));
+            Ok(())
+        }
+        Some((_, earlier)) if earlier == given => Ok(()),
+        Some((line, earlier)) => Err(import_invalid(
+            row,
+            column,
+            format!(
+                "this line says {given} but line {line} of the same order says {earlier}; \
+                 an order has one {column}, so its lines must agree (or leave it empty): \
+                 correct the wrong line and import again"
+            ),
+        )),
     }
 }
 

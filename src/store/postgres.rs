@@ -42,6 +42,7 @@ use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
     import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
+    shipped_after_import,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -1514,18 +1515,11 @@ fn import_batch(
                     })
             }
         };
-        if let Some(given) = row.currency
-            && given != order.currency
-        {
-            return Err(import_invalid(
-                row,
-                "currency",
-                format!(
-                    "the order is stored in {}; the report says {given}",
-                    order.currency
-                ),
-            ));
+        if let Some(id) = order.id {
+            seen.agree_with_stored(row, id, order.currency, order.channel)?;
         }
+        // Only for an order this import created from a line without a channel (MFN until a
+        // later line of the order gives it): a stored order's channel was checked above.
         if let Some(channel) = row.channel
             && channel != order.channel
         {
@@ -1585,26 +1579,7 @@ fn import_batch(
                     })
             }
         };
-        // Units do not come back once shipped: an older report imported again (taken before
-        // the shipment) must not lower the count.
-        let shipped = row
-            .quantity_shipped
-            .map_or(item.shipped, |given| i64::from(given).max(item.shipped));
-        if shipped + item.cancelled > ordered {
-            let column = if row.quantity_shipped.is_some() {
-                "quantity-shipped"
-            } else {
-                "quantity-purchased"
-            };
-            return Err(import_invalid(
-                row,
-                column,
-                format!(
-                    "{shipped} shipped + {} already cancelled is more than the {ordered} ordered",
-                    item.cancelled
-                ),
-            ));
-        }
+        let shipped = shipped_after_import(row, item.shipped, item.cancelled)?;
         if item.ordered != ordered || item.shipped != shipped || item.sku != row.sku {
             item.ordered = ordered;
             item.shipped = shipped;

@@ -45,6 +45,7 @@ use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
     import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
+    shipped_after_import,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -850,14 +851,15 @@ fn import_row(
     row: &OrderRow,
     seen: &mut ImportSeen,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String)> = tx
+    let existing: Option<(i64, String, String)> = tx
         .prepare_cached(
-            "SELECT id, currency FROM orders WHERE merchant = ?1 AND amazon_order_id = ?2",
+            "SELECT id, currency, fulfillment_channel FROM orders \
+             WHERE merchant = ?1 AND amazon_order_id = ?2",
         )
         .map_err(db_error)?
         .query_row(
             params![merchant.as_str(), row.amazon_order_id.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .map_err(db_error)?;
@@ -895,17 +897,14 @@ fn import_row(
             seen.orders_created.insert(id);
             (id, currency)
         }
-        Some((id, code)) => {
+        Some((id, code, channel)) => {
             let stored = Currency::from_code(&code).ok_or_else(|| corrupt("currency", &code))?;
-            if let Some(given) = row.currency
-                && given != stored
-            {
-                return Err(import_invalid(
-                    row,
-                    "currency",
-                    format!("the order is stored in {stored}; the report says {given}"),
-                ));
-            }
+            let channel = channel
+                .parse()
+                .map_err(|()| corrupt("fulfillment channel", &channel))?;
+            seen.agree_with_stored(row, id, stored, channel)?;
+            // The channel can change here only for an order this import created from a line
+            // without one (stored as MFN until a later line of the order gives it).
             tx.prepare_cached(
                 "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
                  fulfillment_channel = COALESCE(?3, fulfillment_channel), \
@@ -988,27 +987,8 @@ fn import_row(
             }
         }
         Some((item_id, shipped_before, cancelled)) => {
-            // Units do not come back once shipped: an older report imported again (taken
-            // before the shipment) must not lower the count.
-            let shipped = row
-                .quantity_shipped
-                .map_or(shipped_before, |given| given.max(shipped_before));
-            if u64::from(shipped) + u64::from(cancelled) > u64::from(row.quantity_ordered) {
-                let column = if row.quantity_shipped.is_some() {
-                    "quantity-shipped"
-                } else {
-                    "quantity-purchased"
-                };
-                return Err(import_invalid(
-                    row,
-                    column,
-                    format!(
-                        "{shipped} shipped + {cancelled} already cancelled is more than the {} \
-                         ordered",
-                        row.quantity_ordered
-                    ),
-                ));
-            }
+            let shipped =
+                shipped_after_import(row, i64::from(shipped_before), i64::from(cancelled))?;
             tx.prepare_cached(
                 "UPDATE order_items SET sku = ?2, \
                  merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \

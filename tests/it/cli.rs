@@ -1738,6 +1738,111 @@ fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
 }
 
 #[test]
+fn orders_import_refuses_an_order_whose_lines_disagree_on_the_channel() {
+    let sandbox = Sandbox::new();
+    let report = sandbox.path("orders.txt");
+    std::fs::write(
+        &report,
+        "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\tfulfillment-channel\n\
+         501-0000000-0000001\t50000000000001\tS-1\t1\tUSD\t10.00\tAFN\n\
+         501-0000000-0000001\t50000000000002\tS-2\t1\tUSD\t10.00\tMFN\n",
+    )
+    .expect("write");
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        report.to_str().expect("utf-8 path"),
+    ]);
+    // Before the fix: exit 0, the order stored as MFN (the last line's channel).
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    for needed in [
+        "line 3, column fulfillment-channel",
+        "MFN",
+        "AFN",
+        "line 2",
+        "nothing was imported",
+    ] {
+        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    }
+    let out = sandbox.run(&["orders", "show", "501-0000000-0000001"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "imported: {}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn merchant_ids_with_surrounding_whitespace_are_refused() {
+    let sandbox = Sandbox::new();
+    // Before the fix: `--merchant 'M_TEST '` imported the orders for a merchant "M_TEST "
+    // that no feed can name (feeds trim their MerchantIdentifier), exit 0.
+    for merchant in ["M_TEST ", " M_TEST", "M_TEST\u{a0}"] {
+        let out = sandbox.run(&[
+            "orders",
+            "import",
+            "--merchant",
+            merchant,
+            &data("orders.txt"),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{merchant:?}: {}",
+            text(&out.stderr)
+        );
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{merchant:?} is not a merchant identifier"))
+                && stderr.contains("whitespace"),
+            "{stderr}"
+        );
+        let out = sandbox.run(&[
+            "orders",
+            "show",
+            "171-1234567-1234567",
+            "--merchant",
+            merchant,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{merchant:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Spaces inside are part of the identifier, as in a feed's header.
+    let out = sandbox.run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M TEST",
+        &data("orders.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let config = std::fs::read_to_string(sandbox.path("adjustd.toml")).expect("read config");
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        format!("{config}[inbox]\nallowed_merchants = [\"M_TEST\", \"A1SELLER \"]\n"),
+    )
+    .expect("write config");
+    let out = sandbox.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("inbox.allowed_merchants")
+            && stderr.contains("\"A1SELLER \" is not a merchant identifier")
+            && stderr.contains("whitespace"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn orders_import_of_a_folder_is_an_io_error() {
     let sandbox = Sandbox::new();
     let folder = sandbox.path("reports");

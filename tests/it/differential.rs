@@ -668,7 +668,10 @@ fn leaf_exemptions(name: &str, text: &str, parent: Option<&String>, found: &mut 
                     }
                 })
                 .collect();
-            if normalized.chars().count() <= 50 && MerchantId::new(&normalized).is_none() {
+            // The validator trims the XML whitespace around the value (now spaces) first.
+            if normalized.chars().count() <= 50
+                && MerchantId::new(normalized.trim_matches(' ')).is_none()
+            {
                 found.push(format!("MerchantIdentifier {text:?}"));
             }
         }

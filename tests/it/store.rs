@@ -156,6 +156,9 @@ pub mod conformance {
                 import_rejects_contradictions_atomically,
                 import_refuses_an_item_on_two_lines_that_disagree,
                 import_names_the_holder_of_a_merchant_id,
+                import_refuses_an_order_whose_lines_disagree,
+                import_refuses_a_change_of_fulfillment_channel,
+                import_names_quantity_purchased_below_the_units_cancelled,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -391,6 +394,246 @@ pub mod conformance {
             );
         }
         assert_eq!(one_order(store, "301-0000000-0000001").items.len(), 2);
+    }
+
+    /// The order-level columns (currency, fulfillment-channel, merchant-order-id,
+    /// purchase-date) describe the order, not the item: every line of an order repeats
+    /// them. Two lines of one order (two items) that give one of them different values
+    /// refuse the report, naming the later line, the column, both values and the earlier
+    /// line; nothing is imported (before, the last line won silently: an AFN order became
+    /// MFN and refunds the AFN rule blocks were accepted). An empty field gives no value.
+    pub fn import_refuses_an_order_whose_lines_disagree(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tmerchant-order-id\tpurchase-date\tsku\t\
+                              quantity-purchased\tcurrency\titem-price\tfulfillment-channel\n";
+        const ORDER: &str = "501-0000000-0000001";
+        let line = |item: &str, merchant_order: &str, date: &str, currency: &str, channel: &str| {
+            format!(
+                "{ORDER}\t5000000000000{item}\t{merchant_order}\t{date}\tS-{item}\t1\t\
+                 {currency}\t1.00\t{channel}\n"
+            )
+        };
+        let import = |store: &mut dyn Store, lines: &[String]| {
+            let rows = parse_order_report(&format!("{HEADER}{}", lines.concat())).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        let first = line("1", "MO-A", "2026-11-20", "USD", "AFN");
+        let cases = [
+            (
+                line("2", "MO-A", "2026-11-20", "USD", "MFN"),
+                "fulfillment-channel",
+                ["MFN", "AFN"],
+            ),
+            (
+                line("2", "MO-B", "2026-11-20", "USD", "AFN"),
+                "merchant-order-id",
+                ["MO-B", "MO-A"],
+            ),
+            (
+                line("2", "MO-A", "2020-01-01", "USD", "AFN"),
+                "purchase-date",
+                ["2020-01-01", "2026-11-20"],
+            ),
+            (
+                line("2", "MO-A", "2026-11-20", "EUR", "AFN"),
+                "currency",
+                ["EUR", "USD"],
+            ),
+        ];
+        for (second, column, [given, earlier]) in cases {
+            let err = import(store, &[first.clone(), second])
+                .expect_err("two lines of one order disagree");
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&format!("line 3, column {column}: order {ORDER} item ")),
+                "{msg}"
+            );
+            for needed in [given, earlier, "line 2"] {
+                assert!(msg.contains(needed), "lacks {needed}: {msg}");
+            }
+            assert!(
+                store
+                    .orders(Some(&merchant()), ORDER)
+                    .expect("orders")
+                    .is_empty(),
+                "{column}: nothing of a refused report is imported"
+            );
+        }
+        // The lines need not be next to each other.
+        let other = "502-0000000-0000001\t50000000000009\t\t\tX\t1\tUSD\t1.00\tMFN\n";
+        let err = import(
+            store,
+            &[
+                first.clone(),
+                other.to_owned(),
+                line("2", "MO-A", "2026-11-20", "USD", "MFN"),
+            ],
+        )
+        .expect_err("disagree");
+        assert!(
+            err.to_string()
+                .starts_with("line 4, column fulfillment-channel"),
+            "{err}"
+        );
+
+        // An empty field gives no value, on the first line or a later one: the order takes
+        // the value the other lines give.
+        import(
+            store,
+            &[
+                line("1", "", "", "USD", ""),
+                line("2", "MO-A", "2026-11-20", "USD", "AFN"),
+                line("3", "", "", "USD", ""),
+            ],
+        )
+        .expect("empty fields agree with any value");
+        let view = one_order(store, ORDER);
+        assert_eq!(view.merchant_order_id.as_deref(), Some("MO-A"));
+        assert_eq!(view.purchase_date.as_deref(), Some("2026-11-20"));
+        assert_eq!(view.fulfillment_channel, "AFN");
+        assert_eq!(view.items.len(), 3);
+    }
+
+    /// An order's fulfillment channel does not change at Amazon, and the refunds already
+    /// applied to it were decided by it (the seller cannot refund an AFN order): a report
+    /// that gives a stored order another channel is refused, naming the line, the column,
+    /// the stored and the new value; a report without the channel leaves it alone.
+    pub fn import_refuses_a_change_of_fulfillment_channel(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\t\
+             fulfillment-channel\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        import(
+            store,
+            "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tAFN\n\
+             601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\tMFN\n",
+        )
+        .expect("import");
+        run_feed(
+            store,
+            "h-channel",
+            &["601-0000000-0000002"],
+            &[adjustment(
+                1,
+                "601-0000000-0000002",
+                "60000000000002",
+                &[(principal(), 500)],
+                None,
+                0,
+            )],
+        );
+        let cases = [
+            (
+                "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tMFN\n",
+                "line 2, column fulfillment-channel: order 601-0000000-0000001 item \
+                 60000000000001: the order is stored as AFN; the report says MFN",
+            ),
+            // A line of a new item of the order, after a line that leaves the channel empty.
+            (
+                "601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\t\n\
+                 601-0000000-0000002\t60000000000003\tS\t1\tUSD\t10.00\tAmazon\n",
+                "line 3, column fulfillment-channel: order 601-0000000-0000002 item \
+                 60000000000003: the order is stored as MFN; the report says AFN",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = import(store, lines).expect_err(expected);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        assert_eq!(
+            one_order(store, "601-0000000-0000001").fulfillment_channel,
+            "AFN"
+        );
+        let refunded = one_order(store, "601-0000000-0000002");
+        assert_eq!(refunded.fulfillment_channel, "MFN");
+        assert_eq!(
+            refunded.items.len(),
+            1,
+            "nothing of a refused report is imported"
+        );
+        // The same channel again, or none: fine.
+        import(
+            store,
+            "601-0000000-0000001\t60000000000001\tS\t1\tUSD\t10.00\tAmazon\n\
+             601-0000000-0000002\t60000000000002\tS\t1\tUSD\t10.00\t\n",
+        )
+        .expect("same channel");
+        assert_eq!(
+            one_order(store, "601-0000000-0000001").fulfillment_channel,
+            "AFN"
+        );
+        assert_eq!(
+            one_order(store, "601-0000000-0000002").fulfillment_channel,
+            "MFN"
+        );
+    }
+
+    /// A re-import whose quantity-purchased is below the units already shipped and
+    /// cancelled names quantity-purchased (it named quantity-shipped whenever the report
+    /// had that column); a quantity-shipped that is too high still names quantity-shipped.
+    pub fn import_names_quantity_purchased_below_the_units_cancelled(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\t\
+                              quantity-shipped\tcurrency\titem-price\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        import(
+            store,
+            "701-0000000-0000001\t70000000000001\tS\t3\t0\tUSD\t30.00\n",
+        )
+        .expect("import");
+        run_feed(
+            store,
+            "h-cancel",
+            &["701-0000000-0000001"],
+            &[adjustment(
+                1,
+                "701-0000000-0000001",
+                "70000000000001",
+                &[],
+                None,
+                2,
+            )],
+        );
+        let cases = [
+            (
+                "701-0000000-0000001\t70000000000001\tS\t1\t0\tUSD\t30.00\n",
+                "line 2, column quantity-purchased: order 701-0000000-0000001 item \
+                 70000000000001: ",
+            ),
+            (
+                "701-0000000-0000001\t70000000000001\tS\t1\t\tUSD\t30.00\n",
+                "line 2, column quantity-purchased: ",
+            ),
+            (
+                "701-0000000-0000001\t70000000000001\tS\t3\t2\tUSD\t30.00\n",
+                "line 2, column quantity-shipped: ",
+            ),
+        ];
+        for (lines, expected) in cases {
+            let err = import(store, lines).expect_err(expected);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            assert!(
+                err.to_string().starts_with(expected),
+                "{err}\nexpected: {expected}"
+            );
+        }
+        let item = &one_order(store, "701-0000000-0000001").items[0];
+        assert_eq!(
+            (
+                item.quantity_ordered,
+                item.quantity_shipped,
+                item.quantity_cancelled
+            ),
+            (3, 0, 2)
+        );
     }
 
     pub fn import_rejects_contradictions_atomically(store: &mut dyn Store) {
