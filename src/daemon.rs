@@ -25,6 +25,7 @@ use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
 };
 use crate::metrics::{FeedResult, Metrics, ScanReason};
+use crate::model::MerchantId;
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
 use crate::store::FeedStatus;
@@ -528,6 +529,11 @@ impl Worker {
                     folder = %self.config.inbox.inbox_path(&listed.name).display(),
                     error = %std::io::Error::from(kind),
                     "cannot read the merchant folder; its feeds wait until it can be read"
+                ),
+                EntryKind::Folder if listed.name.merchant.is_none() => tracing::warn!(
+                    folder = %escaped(listed.name.display_path()),
+                    rule = MerchantId::RULE,
+                    "a folder whose name is not a merchant id, so not a merchant folder: its files are not read; rename it to the merchant id"
                 ),
                 _ => tracing::warn!(
                     file = %escaped(listed.name.display_path()),

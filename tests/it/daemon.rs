@@ -214,6 +214,9 @@ fn symlink_out_of_the_inbox_is_not_followed() {
     std::os::unix::fs::symlink(&outside, dir.path("inbox/link.xml")).expect("symlink");
     fs::create_dir(dir.path("inbox/M_TEST")).expect("merchant folder");
     fs::create_dir(dir.path("inbox/M_TEST/nested")).expect("nested folder");
+    // Not a merchant folder: a merchant id has no blank at either end.
+    fs::create_dir(dir.path("inbox/M_TEST ")).expect("misnamed folder");
+    fs::write(dir.path("inbox/M_TEST /in.xml"), &xml).expect("write");
     // A link to a folder tree outside: never watched, so it cannot use up inotify watches.
     for n in 0..200 {
         fs::create_dir_all(dir.path(&format!("tree/{n}"))).expect("tree");
@@ -248,6 +251,13 @@ fn symlink_out_of_the_inbox_is_not_followed() {
         log.contains("link.xml") && log.contains("M_TEST/nested"),
         "{log}"
     );
+    let misnamed: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("a folder whose name is not a merchant id"))
+        .collect();
+    assert_eq!(misnamed.len(), 1, "{log}");
+    assert!(misnamed[0].contains("folder=M_TEST "), "{log}");
+    assert!(dir.path("inbox/M_TEST /in.xml").is_file(), "left in place");
 }
 
 #[test]
