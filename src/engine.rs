@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -146,9 +147,9 @@ pub struct ItemState {
     /// Totals per component; components never charged nor adjusted are absent (all zero).
     pub components: BTreeMap<Component, ComponentTotals>,
     /// The adjustments applied to this item on or after
-    /// [`Rules::recent_adjustments_since`], in the order they were applied (empty when the
+    /// [`Rules::recent_adjustments_since`], the latest of each content (empty when the
     /// resubmission warning is off): what a new key with the same content repeats.
-    pub recent_adjustments: Vec<RecentAdjustment>,
+    pub recent_adjustments: RecentAdjustments,
 }
 
 /// An adjustment applied to an item recently (see [`Rules::resubmission_window_days`]).
@@ -160,6 +161,45 @@ pub struct RecentAdjustment {
     pub origin: KeyOrigin,
     /// The (UTC) day it was applied.
     pub applied_on: NaiveDate,
+}
+
+/// The adjustments applied to an item recently ([`ItemState::recent_adjustments`]): of each
+/// content ([`PayloadDigest`]) only the latest, which is all the resubmission warning names.
+///
+/// Built for an item adjusted very often within the window (a feed of a hundred thousand
+/// refunds of one item, buggy or hostile): a lookup costs the same however many there are,
+/// and the copy of the order the engine plans each message on shares them instead of
+/// copying them, so no message costs more than the one before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecentAdjustments(Option<Arc<HashMap<PayloadDigest, RecentAdjustment>>>);
+
+impl RecentAdjustments {
+    /// Adds an adjustment applied after every one added before (add them oldest first): it
+    /// replaces an earlier one with the same content. Copies the set first if a copy of
+    /// the item still shares it.
+    pub fn push(&mut self, adjustment: RecentAdjustment) {
+        Arc::make_mut(self.0.get_or_insert_default()).insert(adjustment.payload, adjustment);
+    }
+
+    /// The latest adjustment with this content.
+    pub fn latest(&self, payload: &PayloadDigest) -> Option<&RecentAdjustment> {
+        self.0.as_ref()?.get(payload)
+    }
+
+    /// Each remembered adjustment (the latest of its content), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &RecentAdjustment> {
+        self.0.iter().flat_map(|set| set.values())
+    }
+
+    /// How many contents are remembered.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |set| set.len())
+    }
+
+    /// True when none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A [`payload_hash`] as its 32 bytes: what the snapshot keeps of each recent adjustment
@@ -902,7 +942,7 @@ fn plan_message(
         return outcome;
     }
     match evaluate(snapshot, merchant, &facts) {
-        Ok((mut order, mut adjustments)) => {
+        Ok((order, mut adjustments)) => {
             let window = refund_window_problem(&facts, &order, rules, processed_on);
             let reviews = review_warnings(&facts, &order, &adjustments, rules);
             let policy_failed =
@@ -931,26 +971,6 @@ fn plan_message(
             // Adjustments are in item order (all items applied): each takes its item's hash.
             for (adjustment, hash) in adjustments.iter_mut().zip(hashes) {
                 adjustment.payload_hash = hash;
-                // The item remembers what it was given, so a later message of this feed
-                // that repeats it is checked too (the store loads the same after a commit).
-                if since.is_some()
-                    && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
-                    && let Some(item) = order
-                        .items
-                        .iter_mut()
-                        .find(|item| item.code == adjustment.item_code)
-                {
-                    // Lists are short; no room for four at the first push.
-                    item.recent_adjustments.reserve_exact(1);
-                    item.recent_adjustments.push(RecentAdjustment {
-                        payload,
-                        origin: KeyOrigin {
-                            feed_id: None,
-                            message_id: message.message_id,
-                        },
-                        applied_on: processed_on,
-                    });
-                }
                 if let Some(key) = &adjustment.key {
                     snapshot.keys.insert(
                         key.clone(),
@@ -965,10 +985,35 @@ fn plan_message(
                     );
                 }
             }
-            match snapshot.orders.get_mut(&order.amazon_order_id) {
+            let order_id = order.amazon_order_id.clone();
+            match snapshot.orders.get_mut(&order_id) {
                 // The common case: replace the working copy without re-keying the maps.
                 Some(slot) => *slot = order,
                 None => snapshot.insert_order(order),
+            }
+            // Each item remembers what it was given, so a later message of this feed that
+            // repeats it is checked too (the store loads the same after a commit). Done on
+            // the stored order: the copy it replaced no longer shares the items' sets.
+            if since.is_some()
+                && let Some(order) = snapshot.orders.get_mut(&order_id)
+            {
+                for adjustment in &adjustments {
+                    if let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
+                        && let Some(item) = order
+                            .items
+                            .iter_mut()
+                            .find(|item| item.code == adjustment.item_code)
+                    {
+                        item.recent_adjustments.push(RecentAdjustment {
+                            payload,
+                            origin: KeyOrigin {
+                                feed_id: None,
+                                message_id: message.message_id,
+                            },
+                            applied_on: processed_on,
+                        });
+                    }
+                }
             }
             changes.extend(adjustments.into_iter().map(Change::Adjust));
             MessageOutcome {
@@ -1207,10 +1252,25 @@ fn resubmission_warnings(
         let legacy = (message.currency.is_none() || message.currency == Some(before.currency))
             .then(|| PayloadDigest::from_hex(&payload_hash(message, index, None)))
             .flatten();
-        let Some(earlier) = item.recent_adjustments.iter().rev().find(|earlier| {
-            earlier.applied_on >= since
-                && (earlier.payload == payload || Some(earlier.payload) == legacy)
-        }) else {
+        // The latest under either hash (the legacy one only matches what an earlier build
+        // stored, before this feed).
+        let latest = item.recent_adjustments.latest(&payload);
+        let latest_legacy = legacy.and_then(|legacy| item.recent_adjustments.latest(&legacy));
+        let Some(earlier) = [latest, latest_legacy]
+            .into_iter()
+            .flatten()
+            .filter(|earlier| earlier.applied_on >= since)
+            // This feed's own come last, then by day, feed and message.
+            .max_by_key(|earlier| {
+                let origin = &earlier.origin;
+                (
+                    origin.feed_id.is_none(),
+                    earlier.applied_on,
+                    origin.feed_id,
+                    origin.message_id,
+                )
+            })
+        else {
             continue;
         };
         let when = match earlier.origin.feed_id {
@@ -2385,7 +2445,7 @@ mod tests {
                 quantity_shipped: shipped,
                 quantity_cancelled: 0,
                 quantity_returned: 0,
-                recent_adjustments: Vec::new(),
+                recent_adjustments: RecentAdjustments::default(),
                 components: charged
                     .iter()
                     .map(|(c, charged)| {
@@ -2767,9 +2827,12 @@ mod tests {
             .order(&OrderRef::Amazon(order_id()))
             .expect("loaded")
             .items[0];
-        assert_eq!(item.recent_adjustments.len(), 3, "{item:?}");
-        assert_eq!(item.recent_adjustments[2].origin.feed_id, None);
-        assert_eq!(item.recent_adjustments[2].applied_on, processed_on());
+        // One content, so the item keeps only its latest: the third copy's.
+        assert_eq!(item.recent_adjustments.len(), 1, "{item:?}");
+        let latest = item.recent_adjustments.latest(&payload).expect("kept");
+        assert_eq!(latest.origin.feed_id, None);
+        assert_eq!(latest.origin.message_id.get(), 3);
+        assert_eq!(latest.applied_on, processed_on());
 
         // One day past the window, with the window off, and with other content: no warning.
         assert_eq!(codes(&mut with_earlier(8), &again), []);
@@ -2802,6 +2865,44 @@ mod tests {
         let mut s = with_earlier(0);
         assert_eq!(codes(&mut s, &m), [Code::PossibleResubmission]);
         assert_eq!(codes(&mut s, &m), [Code::DuplicateAdjustment]);
+    }
+
+    #[test]
+    fn recent_adjustments_keep_the_latest_of_each_content_and_copies_do_not_share_changes() {
+        let digest = |byte: u8| PayloadDigest::from_hex(&format!("{byte:02x}").repeat(32));
+        let adjustment = |byte: u8, message: u64| RecentAdjustment {
+            payload: digest(byte).expect("64 hex digits"),
+            origin: KeyOrigin {
+                feed_id: Some(1),
+                message_id: MessageId::new(message).expect("positive"),
+            },
+            applied_on: processed_on(),
+        };
+        let mut recent = RecentAdjustments::default();
+        assert!(recent.is_empty());
+        for message in 1..=1000 {
+            recent.push(adjustment(0xaa, message));
+        }
+        recent.push(adjustment(0xbb, 1001));
+        assert_eq!(recent.len(), 2);
+        let latest = |recent: &RecentAdjustments, byte| {
+            recent
+                .latest(&digest(byte).expect("digest"))
+                .map(|a| a.origin.message_id.get())
+        };
+        assert_eq!(latest(&recent, 0xaa), Some(1000));
+        assert_eq!(latest(&recent, 0xbb), Some(1001));
+        assert_eq!(latest(&recent, 0xcc), None);
+        let mut copy = recent.clone();
+        copy.push(adjustment(0xaa, 1002));
+        copy.push(adjustment(0xcc, 1003));
+        assert_eq!(latest(&copy, 0xaa), Some(1002));
+        assert_eq!(
+            latest(&recent, 0xaa),
+            Some(1000),
+            "the original is unchanged"
+        );
+        assert_eq!(recent.len(), 2);
     }
 
     #[test]

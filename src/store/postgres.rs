@@ -31,7 +31,7 @@ use postgres::{Client, NoTls, Row, Statement, Transaction};
 
 use crate::engine::{
     Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, OrderState, PayloadDigest,
-    RecentAdjustment, Snapshot,
+    RecentAdjustment, RecentAdjustments, Snapshot,
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
@@ -941,8 +941,8 @@ impl PgFeedTx<'_> {
     fn recent_adjustments(
         &mut self,
         item_ids: &[i64],
-    ) -> Result<HashMap<i64, Vec<RecentAdjustment>>, StoreError> {
-        let mut recent: HashMap<i64, Vec<RecentAdjustment>> = HashMap::new();
+    ) -> Result<HashMap<i64, RecentAdjustments>, StoreError> {
+        let mut recent: HashMap<i64, RecentAdjustments> = HashMap::new();
         let Some(since) = self.recent_since.clone() else {
             return Ok(recent);
         };
@@ -972,9 +972,10 @@ impl PgFeedTx<'_> {
                 },
                 applied_on,
             };
-            let list = recent.entry(self.get(row, 0)?).or_default();
-            list.reserve_exact(1);
-            list.push(adjustment);
+            recent
+                .entry(self.get(row, 0)?)
+                .or_default()
+                .push(adjustment);
         }
         Ok(recent)
     }
@@ -1131,7 +1132,7 @@ impl FeedTx for PgFeedTx<'_> {
                     quantity_cancelled: from_db_u32(self.get(row, 6)?, "quantity_cancelled")?,
                     quantity_returned: from_db_u32(self.get(row, 7)?, "quantity_returned")?,
                     components: BTreeMap::new(),
-                    recent_adjustments: Vec::new(),
+                    recent_adjustments: RecentAdjustments::default(),
                 };
                 items.push((self.get(row, 0)?, self.get(row, 1)?, state));
             }

@@ -33,7 +33,7 @@ use rusqlite::{
 
 use crate::engine::{
     Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, Needs, NewAdjustment, OrderState,
-    PayloadDigest, RecentAdjustment, Snapshot,
+    PayloadDigest, RecentAdjustment, RecentAdjustments, Snapshot,
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
@@ -1174,7 +1174,10 @@ impl Overlay {
         if self.recent_on.is_some()
             && let Some(payload) = PayloadDigest::from_hex(&adjustment.payload_hash)
         {
-            item.recent.reserve_exact(1);
+            // Most items get one; an item adjusted again and again grows as usual.
+            if item.recent.capacity() == 0 {
+                item.recent.reserve_exact(1);
+            }
             item.recent.push((payload, adjustment.message_id));
         }
     }
@@ -1203,21 +1206,16 @@ impl Overlay {
             }
             // After the item's adjustments from before the feed: oldest first.
             if let Some(applied_on) = self.recent_on {
-                item.recent_adjustments.reserve_exact(delta.recent.len());
-                item.recent_adjustments
-                    .extend(
-                        delta
-                            .recent
-                            .iter()
-                            .map(|(payload, message_id)| RecentAdjustment {
-                                payload: *payload,
-                                origin: KeyOrigin {
-                                    feed_id: None,
-                                    message_id: *message_id,
-                                },
-                                applied_on,
-                            }),
-                    );
+                for (payload, message_id) in &delta.recent {
+                    item.recent_adjustments.push(RecentAdjustment {
+                        payload: *payload,
+                        origin: KeyOrigin {
+                            feed_id: None,
+                            message_id: *message_id,
+                        },
+                        applied_on,
+                    });
+                }
             }
         }
         true
@@ -1573,7 +1571,7 @@ fn load_orders(
                         quantity_cancelled: r.get(10).map_err(db_error)?,
                         quantity_returned: r.get(15).map_err(db_error)?,
                         components: BTreeMap::new(),
-                        recent_adjustments: Vec::new(),
+                        recent_adjustments: RecentAdjustments::default(),
                     };
                     let order = &mut orders[oi];
                     order.state.items.push(item);
@@ -1679,23 +1677,24 @@ fn load_recent(
             let created_at = created_at.as_str().map_err(|e| db_error(e.into()))?;
             let applied_on =
                 created_on(created_at).ok_or_else(|| corrupt("created_at", created_at))?;
-            let recent_adjustments = &mut orders[oi].state.items[ii].recent_adjustments;
-            recent_adjustments.reserve_exact(1);
-            recent_adjustments.push(RecentAdjustment {
-                payload,
-                origin: KeyOrigin {
-                    // This feed's own (on the writing connection) are "earlier in this
-                    // feed".
-                    feed_id: (feed_id != recent.feed_id)
-                        .then(|| {
-                            u64::try_from(feed_id)
-                                .map_err(|_| corrupt("feed id", &feed_id.to_string()))
-                        })
-                        .transpose()?,
-                    message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
-                },
-                applied_on,
-            });
+            // The index lists an item's adjustments in the order they were applied (by id).
+            orders[oi].state.items[ii]
+                .recent_adjustments
+                .push(RecentAdjustment {
+                    payload,
+                    origin: KeyOrigin {
+                        // This feed's own (on the writing connection) are "earlier in this
+                        // feed".
+                        feed_id: (feed_id != recent.feed_id)
+                            .then(|| {
+                                u64::try_from(feed_id)
+                                    .map_err(|_| corrupt("feed id", &feed_id.to_string()))
+                            })
+                            .transpose()?,
+                        message_id: message_id_from_sql(r.get(3).map_err(db_error)?)?,
+                    },
+                    applied_on,
+                });
         }
     }
     Ok(())
@@ -2410,7 +2409,7 @@ mod tests {
                     quantity_shipped: 0,
                     quantity_cancelled: 0,
                     quantity_returned: 0,
-                    recent_adjustments: Vec::new(),
+                    recent_adjustments: RecentAdjustments::default(),
                     components: BTreeMap::from([(
                         principal,
                         ComponentTotals {

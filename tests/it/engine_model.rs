@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::NaiveDate;
 
-use adjustd::engine::{Change, ItemState, OrderState, Policy, Rules};
+use adjustd::engine::{Change, ItemState, OrderState, Policy, RecentAdjustments, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
     Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
@@ -710,7 +710,7 @@ pub(crate) fn generate_orders(rng: &mut Rng) -> Vec<OrderState> {
                 quantity_cancelled: cancelled,
                 quantity_returned: 0,
                 components,
-                recent_adjustments: Vec::new(),
+                recent_adjustments: RecentAdjustments::default(),
             });
         }
         orders.push(OrderState {

@@ -41,7 +41,7 @@ use chrono::NaiveDate;
 
 use adjustd::engine::{
     self, Change, ComponentTotals, ItemState, KeyOrigin, KeyRecord, NewAdjustment, OrderState,
-    PayloadDigest, Plan, Policy, RecentAdjustment, Rules, Snapshot,
+    PayloadDigest, Plan, Policy, RecentAdjustment, RecentAdjustments, Rules, Snapshot,
 };
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
@@ -523,7 +523,7 @@ fn run_table(path: &Path) -> usize {
                         quantity_cancelled: 0,
                         quantity_returned: 0,
                         components: BTreeMap::new(),
-                        recent_adjustments: Vec::new(),
+                        recent_adjustments: RecentAdjustments::default(),
                     });
                 }
                 let Some(item) = order.items.iter_mut().find(|i| i.code == code) else {

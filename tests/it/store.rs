@@ -1458,13 +1458,24 @@ pub mod conformance {
             ],
             keys: Vec::new(),
         };
+        // In the order they were applied: earlier feeds, then this one (no feed id).
         let recent = |snapshot: &Snapshot, order: &str, item: usize| -> Vec<RecentAdjustment> {
-            snapshot
+            let mut recent: Vec<RecentAdjustment> = snapshot
                 .order(&OrderRef::Amazon(aid(order)))
                 .unwrap_or_else(|| panic!("{order} loaded"))
                 .items[item]
                 .recent_adjustments
-                .clone()
+                .iter()
+                .cloned()
+                .collect();
+            recent.sort_by_key(|a| {
+                (
+                    a.origin.feed_id.is_none(),
+                    a.origin.feed_id,
+                    a.origin.message_id,
+                )
+            });
+            recent
         };
         let mine = |payload: u8, feed_id: Option<u64>, message: u64, day| RecentAdjustment {
             payload: PayloadDigest::from_hex(&hex(payload)).expect("hex"),
