@@ -653,6 +653,13 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 const MESSAGE_PATH: &str = "Message/OrderAdjustment";
 
+/// An element path with where that element starts in the file: a problem names both, so
+/// they come from one place and cannot disagree.
+struct At {
+    element: String,
+    position: Position,
+}
+
 /// The order facts every problem of one message carries.
 struct Facts<'a> {
     message: &'a AdjustmentMessage,
@@ -691,14 +698,7 @@ impl<'a> Facts<'a> {
         }
     }
 
-    fn message_problem(
-        &self,
-        code: Code,
-        element: String,
-        position: Position,
-        description: String,
-        fix: String,
-    ) -> Problem {
+    fn message_problem(&self, code: Code, at: At, description: String, fix: String) -> Problem {
         // A problem about the whole message still names the item when there is only one.
         let item_code = match self.message.items.len() {
             1 => self.item_code(0),
@@ -707,8 +707,8 @@ impl<'a> Facts<'a> {
         Problem::new(
             code,
             self.message.message_id,
-            element,
-            Some(position),
+            at.element,
+            Some(at.position),
             description,
             fix,
         )
@@ -720,58 +720,107 @@ impl<'a> Facts<'a> {
         &self,
         code: Code,
         item_index: usize,
-        element: String,
-        position: Position,
+        at: At,
         description: String,
         fix: String,
     ) -> Problem {
-        self.message_problem(code, element, position, description, fix)
+        self.message_problem(code, at, description, fix)
             .with_item(self.item_code(item_index))
     }
 
-    fn order_element(&self) -> String {
-        match self.message.order {
-            OrderRef::Amazon(_) => format!("{MESSAGE_PATH}/AmazonOrderID"),
-            OrderRef::Merchant(_) => format!("{MESSAGE_PATH}/MerchantOrderID"),
+    /// `AmazonOrderID` or `MerchantOrderID`.
+    fn order_at(&self) -> At {
+        let name = match self.message.order {
+            OrderRef::Amazon(_) => "AmazonOrderID",
+            OrderRef::Merchant(_) => "MerchantOrderID",
+        };
+        At {
+            element: format!("{MESSAGE_PATH}/{name}"),
+            position: self.message.order_position,
         }
     }
 
-    fn item_element(&self, item_index: usize) -> String {
-        format!("{MESSAGE_PATH}/AdjustedItem[{}]", item_index + 1)
+    /// The `AdjustedItem` itself.
+    fn item_at(&self, item_index: usize) -> At {
+        At {
+            element: format!("{MESSAGE_PATH}/AdjustedItem[{}]", item_index + 1),
+            position: self
+                .message
+                .items
+                .get(item_index)
+                .map_or(self.message.position, |item| item.position),
+        }
     }
 
-    fn key_element(&self, item_index: usize) -> String {
-        let item = self.item_element(item_index);
-        match self
+    /// A child element of the `AdjustedItem` that was found at `position`; the item itself
+    /// when it has no such child.
+    fn item_child_at(&self, item_index: usize, name: &str, position: Option<Position>) -> At {
+        let item = self.item_at(item_index);
+        match position {
+            Some(position) => At {
+                element: format!("{}/{name}", item.element),
+                position,
+            },
+            None => item,
+        }
+    }
+
+    /// `MerchantAdjustmentItemID`; the item itself when its key was derived (it has no such
+    /// element).
+    fn key_at(&self, item_index: usize) -> At {
+        let position = self
             .message
             .items
             .get(item_index)
-            .and_then(|i| i.key.as_ref())
-        {
-            Some(key) if key.is_derived() => item,
-            _ => format!("{item}/MerchantAdjustmentItemID"),
-        }
+            .and_then(|item| item.positions.key);
+        self.item_child_at(item_index, "MerchantAdjustmentItemID", position)
     }
 
-    fn item_ref_element(&self, item_index: usize) -> String {
-        let name = match self.message.items.get(item_index).map(|item| &item.item) {
+    /// `AmazonOrderItemCode` or `MerchantOrderItemID`.
+    fn item_ref_at(&self, item_index: usize) -> At {
+        let item = self.message.items.get(item_index);
+        let name = match item.map(|item| &item.item) {
             Some(ItemRef::Merchant(_)) => "MerchantOrderItemID",
             _ => "AmazonOrderItemCode",
         };
-        format!("{}/{name}", self.item_element(item_index))
+        self.item_child_at(item_index, name, item.map(|item| item.positions.item_ref))
+    }
+
+    /// `QuantityCancelled`.
+    fn quantity_cancelled_at(&self, item_index: usize) -> At {
+        let position = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|item| item.positions.quantity_cancelled);
+        self.item_child_at(item_index, "QuantityCancelled", position)
+    }
+
+    /// `Quantity`.
+    fn quantity_at(&self, item_index: usize) -> At {
+        let position = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|item| item.positions.quantity);
+        self.item_child_at(item_index, "Quantity", position)
     }
 
     /// `AdjustedItem[n]/ItemPriceAdjustments/Component[k]/Amount` (or the promotion path),
     /// `k` counted among the components of the same group.
-    fn amount_element(&self, item_index: usize, amount_index: usize) -> String {
-        let Some(item) = self.message.items.get(item_index) else {
-            return self.item_element(item_index);
+    fn amount_at(&self, item_index: usize, amount_index: usize) -> At {
+        let item = self.item_at(item_index);
+        let Some(amount) = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|i| i.amounts.get(amount_index))
+        else {
+            return item;
         };
-        let Some(amount) = item.amounts.get(amount_index) else {
-            return self.item_element(item_index);
-        };
+        let amounts = &self.message.items[item_index].amounts;
         // The amount's place among the Components of its own group element.
-        let k = item.amounts[..amount_index]
+        let k = amounts[..amount_index]
             .iter()
             .filter(|a| a.group == amount.group)
             .count()
@@ -780,17 +829,10 @@ impl<'a> Facts<'a> {
             0 => "ItemPriceAdjustments".to_owned(),
             n => format!("PromotionAdjustments[{n}]"),
         };
-        format!(
-            "{}/{group}/Component[{k}]/Amount",
-            self.item_element(item_index)
-        )
-    }
-
-    fn item_position(&self, item_index: usize) -> Position {
-        self.message
-            .items
-            .get(item_index)
-            .map_or(self.message.position, |item| item.position)
+        At {
+            element: format!("{}/{group}/Component[{k}]/Amount", item.element),
+            position: amount.position,
+        }
     }
 
     /// The fix sentence for a pinned rejection: a new key is needed to try again.
@@ -1155,8 +1197,7 @@ fn refund_window_problem(
     };
     Some(facts.message_problem(
         Code::OutsideRefundWindow,
-        facts.order_element(),
-        facts.message.position,
+        facts.order_at(),
         format!(
             "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), {verdict}"
         ),
@@ -1238,8 +1279,7 @@ fn resubmission_warnings(
         warnings.push(facts.item_problem(
             Code::PossibleResubmission,
             index,
-            facts.key_element(index),
-            facts.item_position(index),
+            facts.key_at(index),
             format!(
                 "AdjustedItem[{}] has the same content (order, item, reason, quantities and amounts) as the adjustment applied in {when}, but comes {key}; it was applied again, so item {} now has this adjustment twice",
                 index + 1,
@@ -1261,8 +1301,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             problems: vec![facts.item_problem(
                 Code::IdempotencyConflict,
                 item_index,
-                facts.key_element(item_index),
-                facts.item_position(item_index),
+                facts.key_at(item_index),
                 description,
                 fix.to_owned(),
             )],
@@ -1372,8 +1411,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 facts.item_problem(
                     Code::DuplicateAdjustment,
                     index,
-                    facts.key_element(index),
-                    facts.item_position(index),
+                    facts.key_at(index),
                     format!(
                         "identical to the adjustment applied under MerchantAdjustmentItemID {} in {origin}; not applied again",
                         message.items[index]
@@ -1389,8 +1427,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         // that the order may exist by now and the answer still stands.
         Some(Code::OrderNotFound) => vec![facts.message_problem(
             Code::OrderNotFound,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "this message was already rejected with {} in {origin}, after its order was not found until the order-not-found window ended; the answer is pinned to its keys and not re-evaluated, even if the order exists now",
                 Code::OrderNotFound
@@ -1405,8 +1442,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             facts
                 .message_problem(
                     code,
-                    facts.order_element(),
-                    message.position,
+                    facts.order_at(),
                     format!(
                         "this message was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemIDs and not re-evaluated",
                         code.number(),
@@ -1452,8 +1488,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                         .item_problem(
                             code,
                             index,
-                            facts.key_element(index),
-                            facts.item_position(index),
+                            facts.key_at(index),
                             description,
                             "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed."
                                 .to_owned(),
@@ -1497,8 +1532,7 @@ fn evaluate(
         };
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotFound,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "no order with {} exists for merchant {merchant}",
                 message.order
@@ -1530,8 +1564,7 @@ fn evaluate(
                     None => Some(facts.item_problem(
                         Code::ItemNotInOrder,
                         index,
-                        facts.item_ref_element(index),
-                        facts.item_position(index),
+                        facts.item_ref_at(index),
                         format!(
                             "{} is not an item of order {} (its items: {known_items})",
                             message.items[index].item, order.amazon_order_id
@@ -1551,8 +1584,7 @@ fn evaluate(
     if order.channel == FulfillmentChannel::Amazon {
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotAdjustable,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "order {} is fulfilled by Amazon (AFN); the seller cannot refund it through this feed",
                 order.amazon_order_id
@@ -1567,8 +1599,7 @@ fn evaluate(
     {
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotAdjustable,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "order {} is fully cancelled: every unit of every item was cancelled, so nothing is left to refund or cancel",
                 order.amazon_order_id
@@ -1584,25 +1615,23 @@ fn evaluate(
     if let Some(declared) = message.currency
         && declared != currency
     {
-        let (item_index, element, position) = message
+        // The attribute is on the message's first Amount.
+        let (item_index, at) = message
             .items
             .iter()
-            .enumerate()
-            .find_map(|(index, item)| {
-                item.amounts.first().map(|amount| {
-                    (
-                        index,
-                        format!("{}/@currency", facts.amount_element(index, 0)),
-                        amount.position,
-                    )
-                })
-            })
-            .unwrap_or_else(|| (0, facts.order_element(), message.position));
+            .position(|item| !item.amounts.is_empty())
+            .map_or_else(
+                || (0, facts.order_at()),
+                |index| {
+                    let amount = facts.amount_at(index, 0);
+                    let element = format!("{}/@currency", amount.element);
+                    (index, At { element, ..amount })
+                },
+            );
         return Err(message_rejection(facts.item_problem(
             Code::CurrencyMismatch,
             item_index,
-            element,
-            position,
+            at,
             format!(
                 "the amounts are in {declared} but order {} is in {currency}",
                 order.amazon_order_id
@@ -1652,8 +1681,7 @@ fn linked_rejection(
             facts.item_problem(
                 Code::LinkedItemFailed,
                 index,
-                facts.item_element(index),
-                facts.item_position(index),
+                facts.item_at(index),
                 format!(
                     "not applied because {names} of the same message failed; the items of a message apply together or not at all"
                 ),
@@ -1702,8 +1730,7 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     Code::AmountFormat,
                     index,
-                    facts.amount_element(index, amount_index),
-                    amount.position,
+                    facts.amount_at(index, amount_index),
                     format!(
                         "{} amount {} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
                         amount.component,
@@ -1725,8 +1752,7 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::AmountFormat,
             index,
-            format!("{}/ItemPriceAdjustments", facts.item_element(index)),
-            item.position,
+            facts.item_at(index),
             format!(
                 "the amounts of this item add up to more than {} {currency}",
                 format_minor(i64::MAX, currency)
@@ -1752,8 +1778,7 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     Code::PositiveChargeComponent,
                     index,
-                    facts.amount_element(index, amount_index),
-                    item.amounts[amount_index].position,
+                    facts.amount_at(index, amount_index),
                     format!(
                         "{component}: requested +{} {currency} reverses more than the fees charged so far ({}); at most {} {currency} can be reversed",
                         format_minor(*minor, currency),
@@ -1783,8 +1808,7 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::CancelExceedsUnshipped,
             index,
-            format!("{}/QuantityCancelled", facts.item_element(index)),
-            item.position,
+            facts.quantity_cancelled_at(index),
             format!(
                 "QuantityCancelled {quantity_cancelled} is more than the {unshipped} unshipped units (ordered {}, shipped {}, already cancelled {})",
                 state.quantity_ordered,
@@ -1809,8 +1833,7 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::QuantityExceedsShipped,
             index,
-            format!("{}/Quantity", facts.item_element(index)),
-            item.position,
+            facts.quantity_at(index),
             format!(
                 "Quantity {quantity_returned} is more than the {returnable} shipped units not returned yet (shipped {}, already returned {})",
                 state.quantity_shipped,
@@ -1842,8 +1865,6 @@ fn evaluate_item(
         match check_cap(*component, *totals, refunded_before, *minor, currency) {
             Ok(total) => totals.refunded = total,
             Err((code, description, fix)) => {
-                let element = facts.amount_element(index, amount_index);
-                let position = item.amounts[amount_index].position;
                 let fix = if is_state_rejection(code) {
                     format!("{fix}{retry}")
                 } else {
@@ -1852,8 +1873,7 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     code,
                     index,
-                    element,
-                    position,
+                    facts.amount_at(index, amount_index),
                     description,
                     fix,
                 )));
@@ -1872,8 +1892,7 @@ fn evaluate_item(
             return Err(Box::new(facts.item_problem(
                 Code::ComponentExceedsRemaining,
                 index,
-                format!("{}/ItemPriceAdjustments", facts.item_element(index)),
-                item.position,
+                facts.item_at(index),
                 format!(
                     "the net refund of this item, {}, is more than the {} the buyer paid for it and has not had back (charged {}, less promotion discounts {}, less {} refunded so far)",
                     money(i128::from(net)),
@@ -1953,18 +1972,16 @@ fn review_warnings(
         };
         let (was, now) = (&before.items[position], &after.items[position]);
         let item = &facts.message.items[index];
+        // `amount_index` counts the adjustment's amounts, which merge a component named
+        // twice: the warning points at the component's first Amount in the item.
         let warn = |code: Code, amount_index: usize, description: String, fix: String| {
-            let problem = facts.item_problem(
-                code,
-                index,
-                facts.amount_element(index, amount_index),
-                item.amounts
-                    .get(amount_index)
-                    .map_or(item.position, |a| a.position),
-                description,
-                fix,
-            );
-            (index, problem)
+            let component = adjustment.amounts.get(amount_index).map(|(c, _)| *c);
+            let at = item
+                .amounts
+                .iter()
+                .position(|a| Some(a.component) == component)
+                .map_or_else(|| facts.item_at(index), |k| facts.amount_at(index, k));
+            (index, facts.item_problem(code, index, at, description, fix))
         };
         let sum = |keep: &dyn Fn(Component) -> bool| -> i128 {
             adjustment
@@ -2149,8 +2166,7 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
     Some(facts.item_problem(
         Code::AmountPrecision,
         index,
-        facts.amount_element(index, amount_index),
-        amount.position,
+        facts.amount_at(index, amount_index),
         precision_description(amount.component.name(), amount.amount, currency),
         format!(
             "Write the {} amount with at most {} fraction digits.",
@@ -2328,7 +2344,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AdjustedItem, ComponentAmount, PriceComponent, Quantity};
+    use crate::model::{AdjustedItem, ComponentAmount, ItemPositions, PriceComponent, Quantity};
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")
@@ -2365,8 +2381,15 @@ mod tests {
                 quantity_cancelled: None,
                 quantity: None,
                 position: Position { line: 5, column: 3 },
+                positions: ItemPositions {
+                    item_ref: Position { line: 6, column: 5 },
+                    key: Some(Position { line: 7, column: 5 }),
+                    quantity_cancelled: None,
+                    quantity: None,
+                },
             }],
             position: Position { line: 2, column: 1 },
+            order_position: Position { line: 4, column: 5 },
         }
     }
 

@@ -876,6 +876,23 @@ pub struct AdjustedItem {
     pub quantity: Option<Quantity>,
     /// Where the `AdjustedItem` element starts.
     pub position: Position,
+    /// Where the elements that checks against the store name start, so each such problem
+    /// points at the element it names, not at the `AdjustedItem`.
+    pub positions: ItemPositions,
+}
+
+/// Where the single-valued elements of an `AdjustedItem` start in the file (the amounts keep
+/// theirs in [`ComponentAmount::position`]). `None` for an element the item does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ItemPositions {
+    /// `AmazonOrderItemCode` or `MerchantOrderItemID`.
+    pub item_ref: Position,
+    /// `MerchantAdjustmentItemID`.
+    pub key: Option<Position>,
+    /// `QuantityCancelled`.
+    pub quantity_cancelled: Option<Position>,
+    /// `Quantity`.
+    pub quantity: Option<Position>,
 }
 
 /// A validated `Message` holding an `OrderAdjustment`.
@@ -894,6 +911,9 @@ pub struct AdjustmentMessage {
     pub items: Vec<AdjustedItem>,
     /// Where the `Message` element starts.
     pub position: Position,
+    /// Where the `AmazonOrderID` or `MerchantOrderID` element starts: problems about the
+    /// order point at it.
+    pub order_position: Position,
 }
 
 impl AdjustmentMessage {

@@ -25,9 +25,9 @@ use crate::engine::Rules;
 use crate::feed::{Element, FeedReader, Limits, Tree, is_blank, is_xml_space};
 use crate::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
-    AmountError, Component, ComponentAmount, ComponentClass, Currency, FeedHeader, ItemRef,
-    MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent,
-    Quantity, SellerId,
+    AmountError, Component, ComponentAmount, ComponentClass, Currency, FeedHeader, ItemPositions,
+    ItemRef, MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent,
+    PromotionComponent, Quantity, SellerId,
 };
 use crate::problem::{Code, Problem};
 
@@ -1189,12 +1189,12 @@ fn check_order_adjustment<'t>(
         ],
     );
     let mut order = None;
-    let mut order_seen = false;
+    let mut order_position = None;
     let mut action = None;
     for element in adjustment.children() {
         match element.name() {
-            "AmazonOrderID" if !order_seen => {
-                order_seen = true;
+            "AmazonOrderID" if order_position.is_none() => {
+                order_position = Some(element.position());
                 if let Some(text) = simple(c, element) {
                     match AmazonOrderId::new(text) {
                         Some(id) => order = Some(OrderRef::Amazon(id)),
@@ -1205,8 +1205,8 @@ fn check_order_adjustment<'t>(
                     }
                 }
             }
-            "MerchantOrderID" if !order_seen => {
-                order_seen = true;
+            "MerchantOrderID" if order_position.is_none() => {
+                order_position = Some(element.position());
                 order = seller_id(c, element, 50).map(OrderRef::Merchant);
             }
             "ActionType" if action.is_none() => {
@@ -1257,6 +1257,7 @@ fn check_order_adjustment<'t>(
         currency: c.currency.map(|(currency, _)| currency),
         items,
         position: adjustment.position(),
+        order_position: order_position.unwrap_or(adjustment.position()),
     })
 }
 
@@ -1381,6 +1382,7 @@ fn check_item<'t>(
         ],
     );
     let mut item_ref = None;
+    let mut positions = ItemPositions::default();
     let mut ref_seen = false;
     let mut key = None;
     let mut reason = None;
@@ -1393,6 +1395,7 @@ fn check_item<'t>(
         match element.name() {
             "AmazonOrderItemCode" if !ref_seen => {
                 ref_seen = true;
+                positions.item_ref = element.position();
                 if let Some(text) = simple(c, element) {
                     match OrderItemCode::new(text) {
                         Some(code) => item_ref = Some(ItemRef::Amazon(code)),
@@ -1405,9 +1408,13 @@ fn check_item<'t>(
             }
             "MerchantOrderItemID" if !ref_seen => {
                 ref_seen = true;
+                positions.item_ref = element.position();
                 item_ref = seller_id(c, element, 50).map(ItemRef::Merchant);
             }
-            "MerchantAdjustmentItemID" => key = seller_id(c, element, 50),
+            "MerchantAdjustmentItemID" => {
+                positions.key = Some(element.position());
+                key = seller_id(c, element, 50);
+            }
             "AdjustmentReason" => {
                 if let Some(text) = simple(c, element) {
                     match AdjustmentReason::from_str(text) {
@@ -1512,9 +1519,13 @@ fn check_item<'t>(
             }
             "QuantityCancelled" => {
                 quantity_cancelled_element = Some(element);
+                positions.quantity_cancelled = Some(element.position());
                 quantity_cancelled = check_quantity(c, element);
             }
-            "Quantity" => quantity = check_quantity(c, element),
+            "Quantity" => {
+                positions.quantity = Some(element.position());
+                quantity = check_quantity(c, element);
+            }
             _ => {}
         }
     }
@@ -1644,6 +1655,7 @@ fn check_item<'t>(
         quantity_cancelled,
         quantity,
         position: item.position(),
+        positions,
     })
 }
 

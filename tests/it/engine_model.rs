@@ -19,8 +19,9 @@ use chrono::NaiveDate;
 use adjustd::engine::{Change, ItemState, OrderState, Policy, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
-    Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
-    OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent, Quantity, SellerId,
+    Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemPositions,
+    ItemRef, MessageId, OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent,
+    Quantity, SellerId,
 };
 use adjustd::problem::Code;
 use proptest::prelude::*;
@@ -896,6 +897,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
             }),
             quantity: quantity.map(|q| Quantity::new(q).expect("positive")),
             position,
+            positions: ItemPositions::default(),
         });
     }
     let action = if items.iter().all(|i| i.quantity_cancelled.is_some()) && rng.chance(50) {
@@ -912,6 +914,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
         currency: declared,
         items,
         position: Position { line: 2, column: 3 },
+        order_position: Position { line: 3, column: 5 },
     }
 }
 
