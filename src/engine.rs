@@ -452,7 +452,8 @@ pub struct Plan {
 /// 1. idempotency: a replay of an earlier message (every item keyed, every key known with
 ///    the same payload hash from that one message) gets the stored outcome back (a
 ///    `DuplicateAdjustment` warning, or the pinned rejection) and changes nothing; any
-///    other use of a known key is an `IdempotencyConflict`;
+///    other use of a known key (or one key on two items) is an `IdempotencyConflict`, which
+///    links the other items as in step 7 and is not pinned;
 /// 2. lookup: `OrderNotFound`, `ItemNotInOrder`, `OrderNotAdjustable` (AFN, fully
 ///    cancelled);
 /// 3. currency: `CurrencyMismatch` against the order;
@@ -851,24 +852,27 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// How to resend a whole message whose rejection is `pinned` or not, after "resend the
-    /// whole message", for the items linked to a failing one.
-    fn resend_note(&self, pinned: bool) -> &'static str {
+    /// How to resend a whole message rejected as `resend` says, after "resend the whole
+    /// message", for the items linked to a failing one.
+    fn resend_note(&self, resend: Resend) -> &'static str {
         let mut keys = self
             .message
             .items
             .iter()
             .filter_map(|item| item.key.as_ref());
         let explicit = keys.clone().any(|key| !key.is_derived());
-        match (pinned, explicit, keys.next().is_some()) {
-            (true, true, _) => {
+        match (resend, explicit, keys.next().is_some()) {
+            (Resend::Pinned, true, _) => {
                 " with a new MerchantAdjustmentItemID for every item: this message's keys now stand for the rejection, so a resend under any of them gets the same answer."
             }
-            (true, false, true) => {
+            (Resend::Pinned, false, true) => {
                 " in a feed of other content (or give its items MerchantAdjustmentItemIDs): a copy of this feed gets the same answer."
             }
-            (false, true, _) => {
+            (Resend::NotRemembered, true, _) => {
                 "; its MerchantAdjustmentItemIDs may be used again, as this rejection is not remembered."
+            }
+            (Resend::KeyConflict, true, _) => {
+                "; a MerchantAdjustmentItemID that no earlier message used may be used again, as this rejection is not remembered."
             }
             _ => ".",
         }
@@ -903,6 +907,18 @@ enum KeyCheck {
     Fresh,
     /// The outcome is decided without evaluating the rules (replay or conflict).
     Decided(MessageOutcome),
+}
+
+/// What a rejection leaves of a message's keys, for the fix of its linked items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Pinned under every key: a resend needs new ones.
+    Pinned,
+    /// Not remembered: every key may be used again.
+    NotRemembered,
+    /// An `IdempotencyConflict`, not remembered: the keys no earlier message used may be
+    /// used again; the known ones stand for what they were first used for.
+    KeyConflict,
 }
 
 /// A rejection found by the rules: the problems and the code each item stands for.
@@ -1292,31 +1308,49 @@ fn resubmission_warnings(
 }
 
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
+///
+/// A conflict fails its message like any item's error: the items without a conflict of
+/// their own get `LinkedItemFailed` (refund-rules §c4 step 16). Nothing of it is pinned.
 fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyCheck {
     let message = facts.message;
     let conflict = |item_index: usize, description: String, fix: &str| {
+        facts.item_problem(
+            Code::IdempotencyConflict,
+            item_index,
+            facts.key_at(item_index),
+            description,
+            fix.to_owned(),
+        )
+    };
+    // The problems found for some items; the others are linked to them.
+    let decided = |failures: Vec<Option<Problem>>| {
+        let failed: Vec<usize> = (0..failures.len())
+            .filter(|index| failures[*index].is_some())
+            .collect();
         KeyCheck::Decided(MessageOutcome {
             message_id: message.message_id,
             applied: false,
-            problems: vec![facts.item_problem(
-                Code::IdempotencyConflict,
-                item_index,
-                facts.key_at(item_index),
-                description,
-                fix.to_owned(),
-            )],
+            problems: linked_rejection(facts, failures, &failed).problems,
             deferred: false,
         })
     };
+    let only = |index: usize, problem: Problem| {
+        let mut failures = vec![None; message.items.len()];
+        failures[index] = Some(problem);
+        decided(failures)
+    };
     const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment; to replay an earlier one, resend that message unchanged.";
 
+    // Conflicts of one item each: a key used twice in the message, a key known with other
+    // content.
+    let mut failures: Vec<Option<Problem>> = vec![None; message.items.len()];
     for (index, item) in message.items.iter().enumerate() {
         let Some(key) = &item.key else { continue };
         if let Some(first) = message.items[..index]
             .iter()
             .position(|other| other.key.as_ref() == Some(key))
         {
-            return conflict(
+            failures[index] = Some(conflict(
                 index,
                 format!(
                     "MerchantAdjustmentItemID {key} is used by AdjustedItem[{}] and AdjustedItem[{}] of the same message; one key stands for one adjusted item",
@@ -1324,7 +1358,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                     index + 1
                 ),
                 "Give every AdjustedItem its own MerchantAdjustmentItemID.",
-            );
+            ));
         }
     }
 
@@ -1333,15 +1367,13 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         .iter()
         .map(|item| item.key.as_ref().and_then(|key| snapshot.key(key)))
         .collect();
-    let Some(first_known) = records.iter().position(Option::is_some) else {
-        return KeyCheck::Fresh;
-    };
     // A hash stored by an earlier build names no currency for a message without the
     // attribute, which meant the order's currency ([`payload_hash`]).
     let order_currency = facts.order.map(|order| order.currency);
     let legacy = order_currency.is_some() && message.currency.or(order_currency) == order_currency;
     for (index, (record, hash)) in records.iter().zip(hashes).enumerate() {
         if let Some(record) = record
+            && failures[index].is_none()
             && record.payload_hash != *hash
             && !(legacy && record.payload_hash == payload_hash(message, index, None))
         {
@@ -1349,16 +1381,24 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 .key
                 .as_ref()
                 .map_or_else(String::new, SellerId::to_string);
-            return conflict(
+            failures[index] = Some(conflict(
                 index,
                 format!(
                     "MerchantAdjustmentItemID {key} was already used in {} for different content (order, item, reason, quantities or amounts differ)",
                     describe_origin(&record.origin)
                 ),
                 FIX_NEW_KEY,
-            );
+            ));
         }
     }
+    if failures.iter().any(Option::is_some) {
+        return decided(failures);
+    }
+    let Some(first_known) = records.iter().position(Option::is_some) else {
+        return KeyCheck::Fresh;
+    };
+
+    // Conflicts of the keys together: a replay must repeat one earlier message whole.
     let known: Vec<&KeyRecord> = records.iter().flatten().copied().collect();
     if let Some(unknown) = records.iter().position(Option::is_none) {
         let key = message.items[first_known]
@@ -1369,37 +1409,46 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             Some(other) => format!("has the new key {other}"),
             None => "has no MerchantAdjustmentItemID".to_owned(),
         };
-        return conflict(
+        return only(
             unknown,
-            format!(
-                "AdjustedItem[{}] uses MerchantAdjustmentItemID {key}, already used in {}, but AdjustedItem[{}] {what}; a replay must repeat the whole earlier message",
-                first_known + 1,
-                describe_origin(&known[0].origin),
-                unknown + 1
+            conflict(
+                unknown,
+                format!(
+                    "AdjustedItem[{}] uses MerchantAdjustmentItemID {key}, already used in {}, but AdjustedItem[{}] {what}; a replay must repeat the whole earlier message",
+                    first_known + 1,
+                    describe_origin(&known[0].origin),
+                    unknown + 1
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
     if let Some(other) = known.iter().position(|r| r.origin != known[0].origin) {
-        return conflict(
+        return only(
             other,
-            format!(
-                "the keys of this message come from different earlier messages: AdjustedItem[1] from {}, AdjustedItem[{}] from {}",
-                describe_origin(&known[0].origin),
-                other + 1,
-                describe_origin(&known[other].origin)
+            conflict(
+                other,
+                format!(
+                    "the keys of this message come from different earlier messages: AdjustedItem[1] from {}, AdjustedItem[{}] from {}",
+                    describe_origin(&known[0].origin),
+                    other + 1,
+                    describe_origin(&known[other].origin)
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
     if known.iter().any(|r| r.rejection.is_some()) && known.iter().any(|r| r.rejection.is_none()) {
-        return conflict(
+        return only(
             0,
-            format!(
-                "the keys of this message were recorded as partly applied and partly rejected in {}",
-                describe_origin(&known[0].origin)
+            conflict(
+                0,
+                format!(
+                    "the keys of this message were recorded as partly applied and partly rejected in {}",
+                    describe_origin(&known[0].origin)
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
 
@@ -1671,10 +1720,21 @@ fn linked_rejection(
     let mut problems = Vec::with_capacity(failures.len());
     let mut item_codes = Vec::with_capacity(failures.len());
     // Pinned as `reject` pins: only when every failure is a state rejection.
-    let pinned = failures
+    let resend = if failures
         .iter()
         .flatten()
-        .all(|problem| is_state_rejection(problem.code));
+        .all(|problem| is_state_rejection(problem.code))
+    {
+        Resend::Pinned
+    } else if failures
+        .iter()
+        .flatten()
+        .any(|problem| problem.code == Code::IdempotencyConflict)
+    {
+        Resend::KeyConflict
+    } else {
+        Resend::NotRemembered
+    };
     let names = facts.item_names(failed);
     for (index, failure) in failures.into_iter().enumerate() {
         let problem = failure.unwrap_or_else(|| {
@@ -1685,7 +1745,7 @@ fn linked_rejection(
                 format!(
                     "not applied because {names} of the same message failed; the items of a message apply together or not at all"
                 ),
-                format!("Fix {names} and resend the whole message{}", facts.resend_note(pinned)),
+                format!("Fix {names} and resend the whole message{}", facts.resend_note(resend)),
             )
         });
         item_codes.push(problem.code);
