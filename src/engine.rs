@@ -1650,13 +1650,12 @@ fn evaluate(
             Code::OrderNotAdjustable,
             facts.order_at(),
             format!(
-                "order {} is fully cancelled: every unit of every item was cancelled, so nothing is left to refund or cancel",
+                "order {} is fully cancelled: every unit of every item was cancelled, so the order takes no further adjustments",
                 order.amazon_order_id
             ),
-            format!(
-                "Remove this message; a fully cancelled order cannot be adjusted.{}",
-                facts.retry_note()
-            ),
+            // No resend advice: no key can make a fully cancelled order adjustable again.
+            "Remove this message. Amazon does not charge buyers for cancelled units; if money is to go back to the buyer anyway, refund it in Seller Central."
+                .to_owned(),
         )));
     }
 
@@ -2756,6 +2755,40 @@ mod tests {
             "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
         );
         assert!(!retried.fix.contains("resend the message unchanged"));
+    }
+
+    #[test]
+    fn a_fully_cancelled_order_says_why_it_takes_no_adjustments_and_where_to_refund() {
+        // Every unit cancelled by a pure QuantityCancelled: the Principal charged is still
+        // unrefunded, so "nothing is left to refund" would be false.
+        let mut s = snapshot(0, &[(PriceComponent::Principal, 1000)]);
+        let mut cancel = message(Vec::new());
+        cancel.items[0].reason = AdjustmentReason::CustomerCancel;
+        cancel.items[0].quantity_cancelled = Quantity::new(2);
+        assert_eq!(codes(&mut s, &cancel), []);
+        let mut refund = message(vec![price(PriceComponent::Principal, "10.00")]);
+        refund.items[0].key = SellerId::new("K2");
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&refund),
+            &Rules::default(),
+            processed_on(),
+        );
+        let [problem] = plan.outcomes[0].problems.as_slice() else {
+            panic!("one problem: {plan:?}");
+        };
+        assert_eq!(problem.code, Code::OrderNotAdjustable);
+        assert_eq!(
+            problem.description,
+            "order 123-1234567-1234567 is fully cancelled: every unit of every item was cancelled, so the order takes no further adjustments"
+        );
+        assert_eq!(
+            problem.fix,
+            "Remove this message. Amazon does not charge buyers for cancelled units; if money is to go back to the buyer anyway, refund it in Seller Central."
+        );
+        assert_eq!(problem.element, "Message/OrderAdjustment/AmazonOrderID");
     }
 
     #[test]
