@@ -16,7 +16,7 @@ use crate::model::{
     ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId, OrderItemCode,
     OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, count, precision_texts};
 
 /// Knobs of the rules that are policy rather than fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1201,7 +1201,8 @@ fn refund_window_problem(
         Policy::Warn => (
             "but the adjustment was applied".to_owned(),
             format!(
-                "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {id} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {window} days is the wrong window, change [rules] refund_window_days."
+                "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {id} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {} is the wrong window, change [rules] refund_window_days.",
+                count(window.get(), "day")
             ),
         ),
         Policy::Strict => (
@@ -1215,7 +1216,8 @@ fn refund_window_problem(
         Code::OutsideRefundWindow,
         facts.order_at(),
         format!(
-            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), {verdict}"
+            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {} (config [rules] refund_window_days), {verdict}",
+            count(window.get(), "day")
         ),
         fix,
     ))
@@ -1793,7 +1795,7 @@ fn evaluate_item(
                     format!(
                         "{} amount {} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
                         amount.component,
-                        amount.amount,
+                        amount.amount.written(),
                         10_u64.pow(currency.exponent()),
                         format_minor(i64::MAX, currency)
                     ),
@@ -1869,7 +1871,11 @@ fn evaluate_item(
             index,
             facts.quantity_cancelled_at(index),
             format!(
-                "QuantityCancelled {quantity_cancelled} is more than the {unshipped} unshipped units (ordered {}, shipped {}, already cancelled {})",
+                "QuantityCancelled {quantity_cancelled} is more than the units not yet shipped or cancelled: {} (ordered {}, shipped {}, already cancelled {})",
+                match unshipped {
+                    0 => "there are none".to_owned(),
+                    n => format!("only {}", count(n, "unit")),
+                },
                 state.quantity_ordered,
                 state.quantity_shipped,
                 so_far(
@@ -1878,9 +1884,15 @@ fn evaluate_item(
                     |n| n.to_string()
                 )
             ),
-            format!(
-                "Cancel at most {unshipped} units; refund shipped units as a return instead.{retry}"
-            ),
+            match unshipped {
+                0 => format!(
+                    "Every unit of this item is shipped or cancelled already, so none can be cancelled; refund shipped units as a return instead.{retry}"
+                ),
+                n => format!(
+                    "Cancel at most {}; refund shipped units as a return instead.{retry}",
+                    count(n, "unit")
+                ),
+            },
         )));
     }
     // Returned units (refund-rules I3: returned <= shipped), counted over every adjustment.
@@ -1894,7 +1906,11 @@ fn evaluate_item(
             index,
             facts.quantity_at(index),
             format!(
-                "Quantity {quantity_returned} is more than the {returnable} shipped units not returned yet (shipped {}, already returned {})",
+                "Quantity {quantity_returned} is more than the shipped units not returned yet: {} (shipped {}, already returned {})",
+                match returnable {
+                    0 => "there are none".to_owned(),
+                    n => format!("only {}", count(n, "unit")),
+                },
                 state.quantity_shipped,
                 so_far(
                     state.quantity_returned.into(),
@@ -2222,16 +2238,19 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
     let (amount_index, amount) = item.amounts.iter().enumerate().find(|(_, a)| {
         a.amount.to_minor(currency).is_none() && a.amount.fraction_digits() > currency.exponent()
     })?;
+    let (description, fix) = precision_texts(
+        &format!("{} amount", amount.component),
+        &amount.amount.written().to_string(),
+        amount.amount.fraction_digits(),
+        currency,
+        &format!("the order currency {currency}"),
+    );
     Some(facts.item_problem(
         Code::AmountPrecision,
         index,
         facts.amount_at(index, amount_index),
-        precision_description(amount.component.name(), amount.amount, currency),
-        format!(
-            "Write the {} amount with at most {} fraction digits.",
-            amount.component,
-            currency.exponent()
-        ),
+        description,
+        fix,
     ))
 }
 
@@ -2244,16 +2263,6 @@ fn money(minor: i128, currency: Currency) -> String {
     )
 }
 
-fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {
-    format!(
-        "{what} amount {amount} has {} fraction digits but the order currency {currency} has {}",
-        amount.fraction_digits(),
-        currency.exponent()
-    )
-}
-
-/// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
-/// total `now` that holds what earlier parts of the message added to `before`.
 /// The fix of a QUANTITY_EXCEEDS_SHIPPED: the units that may still be returned, or why none
 /// may, and what to do when the store's shipped count is behind (only order reports with a
 /// `quantity-shipped` column raise it).
@@ -2267,7 +2276,8 @@ fn return_fix(state: &ItemState, returnable: u32, unshipped: u32, retry: &str) -
     };
     let what = if returnable > 0 {
         format!(
-            "Give at most {returnable} in Quantity, or leave it out; if more than the {shipped} recorded units shipped, {import}"
+            "Give at most {returnable} in Quantity, or leave it out; if more than the {} shipped, {import}",
+            count(shipped, "recorded unit")
         )
     } else if shipped == 0 {
         format!(
@@ -2281,6 +2291,8 @@ fn return_fix(state: &ItemState, returnable: u32, unshipped: u32, retry: &str) -
     format!("{what}.{cancel}{retry}")
 }
 
+/// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
+/// total `now` that holds what earlier parts of the message added to `before`.
 fn so_far(now: i128, before: i128, show: impl Fn(i128) -> String) -> String {
     if now == before {
         show(now)

@@ -323,6 +323,10 @@ impl Scenario<'_> {
             for problem in &outcome.problems {
                 check_problem_facts(message, problem)
                     .unwrap_or_else(|what| self.fail(line, &format!("{what}: {problem}")));
+                let faults = crate::fixtures::text_faults(problem);
+                if !faults.is_empty() {
+                    self.fail(line, &format!("{faults:#?}"));
+                }
                 // An applied message has warnings only, a rejected one errors only.
                 if problem.is_error() == outcome.applied {
                     self.fail(

@@ -189,7 +189,7 @@ fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox(
     let processed = pipeline::process_file(&mut context, &src).expect("process");
     let fix = &processed.outcome.results[0].fix;
     assert!(
-        fix.contains("the top-level inbox accepts no feeds")
+        fix.contains("The top-level inbox accepts no feeds")
             && fix.contains("allowed_merchants is empty"),
         "{fix}"
     );
