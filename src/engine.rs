@@ -17,7 +17,7 @@ use crate::model::{
     ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId, OrderItemCode,
     OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, count, precision_texts};
 
 /// Knobs of the rules that are policy rather than fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -492,7 +492,8 @@ pub struct Plan {
 /// 1. idempotency: a replay of an earlier message (every item keyed, every key known with
 ///    the same payload hash from that one message) gets the stored outcome back (a
 ///    `DuplicateAdjustment` warning, or the pinned rejection) and changes nothing; any
-///    other use of a known key is an `IdempotencyConflict`;
+///    other use of a known key (or one key on two items) is an `IdempotencyConflict`, which
+///    links the other items as in step 7 and is not pinned;
 /// 2. lookup: `OrderNotFound`, `ItemNotInOrder`, `OrderNotAdjustable` (AFN, fully
 ///    cancelled);
 /// 3. currency: `CurrencyMismatch` against the order;
@@ -693,6 +694,13 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 const MESSAGE_PATH: &str = "Message/OrderAdjustment";
 
+/// An element path with where that element starts in the file: a problem names both, so
+/// they come from one place and cannot disagree.
+struct At {
+    element: String,
+    position: Position,
+}
+
 /// The order facts every problem of one message carries.
 struct Facts<'a> {
     message: &'a AdjustmentMessage,
@@ -731,14 +739,7 @@ impl<'a> Facts<'a> {
         }
     }
 
-    fn message_problem(
-        &self,
-        code: Code,
-        element: String,
-        position: Position,
-        description: String,
-        fix: String,
-    ) -> Problem {
+    fn message_problem(&self, code: Code, at: At, description: String, fix: String) -> Problem {
         // A problem about the whole message still names the item when there is only one.
         let item_code = match self.message.items.len() {
             1 => self.item_code(0),
@@ -747,8 +748,8 @@ impl<'a> Facts<'a> {
         Problem::new(
             code,
             self.message.message_id,
-            element,
-            Some(position),
+            at.element,
+            Some(at.position),
             description,
             fix,
         )
@@ -760,58 +761,107 @@ impl<'a> Facts<'a> {
         &self,
         code: Code,
         item_index: usize,
-        element: String,
-        position: Position,
+        at: At,
         description: String,
         fix: String,
     ) -> Problem {
-        self.message_problem(code, element, position, description, fix)
+        self.message_problem(code, at, description, fix)
             .with_item(self.item_code(item_index))
     }
 
-    fn order_element(&self) -> String {
-        match self.message.order {
-            OrderRef::Amazon(_) => format!("{MESSAGE_PATH}/AmazonOrderID"),
-            OrderRef::Merchant(_) => format!("{MESSAGE_PATH}/MerchantOrderID"),
+    /// `AmazonOrderID` or `MerchantOrderID`.
+    fn order_at(&self) -> At {
+        let name = match self.message.order {
+            OrderRef::Amazon(_) => "AmazonOrderID",
+            OrderRef::Merchant(_) => "MerchantOrderID",
+        };
+        At {
+            element: format!("{MESSAGE_PATH}/{name}"),
+            position: self.message.order_position,
         }
     }
 
-    fn item_element(&self, item_index: usize) -> String {
-        format!("{MESSAGE_PATH}/AdjustedItem[{}]", item_index + 1)
+    /// The `AdjustedItem` itself.
+    fn item_at(&self, item_index: usize) -> At {
+        At {
+            element: format!("{MESSAGE_PATH}/AdjustedItem[{}]", item_index + 1),
+            position: self
+                .message
+                .items
+                .get(item_index)
+                .map_or(self.message.position, |item| item.position),
+        }
     }
 
-    fn key_element(&self, item_index: usize) -> String {
-        let item = self.item_element(item_index);
-        match self
+    /// A child element of the `AdjustedItem` that was found at `position`; the item itself
+    /// when it has no such child.
+    fn item_child_at(&self, item_index: usize, name: &str, position: Option<Position>) -> At {
+        let item = self.item_at(item_index);
+        match position {
+            Some(position) => At {
+                element: format!("{}/{name}", item.element),
+                position,
+            },
+            None => item,
+        }
+    }
+
+    /// `MerchantAdjustmentItemID`; the item itself when its key was derived (it has no such
+    /// element).
+    fn key_at(&self, item_index: usize) -> At {
+        let position = self
             .message
             .items
             .get(item_index)
-            .and_then(|i| i.key.as_ref())
-        {
-            Some(key) if key.is_derived() => item,
-            _ => format!("{item}/MerchantAdjustmentItemID"),
-        }
+            .and_then(|item| item.positions.key);
+        self.item_child_at(item_index, "MerchantAdjustmentItemID", position)
     }
 
-    fn item_ref_element(&self, item_index: usize) -> String {
-        let name = match self.message.items.get(item_index).map(|item| &item.item) {
+    /// `AmazonOrderItemCode` or `MerchantOrderItemID`.
+    fn item_ref_at(&self, item_index: usize) -> At {
+        let item = self.message.items.get(item_index);
+        let name = match item.map(|item| &item.item) {
             Some(ItemRef::Merchant(_)) => "MerchantOrderItemID",
             _ => "AmazonOrderItemCode",
         };
-        format!("{}/{name}", self.item_element(item_index))
+        self.item_child_at(item_index, name, item.map(|item| item.positions.item_ref))
+    }
+
+    /// `QuantityCancelled`.
+    fn quantity_cancelled_at(&self, item_index: usize) -> At {
+        let position = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|item| item.positions.quantity_cancelled);
+        self.item_child_at(item_index, "QuantityCancelled", position)
+    }
+
+    /// `Quantity`.
+    fn quantity_at(&self, item_index: usize) -> At {
+        let position = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|item| item.positions.quantity);
+        self.item_child_at(item_index, "Quantity", position)
     }
 
     /// `AdjustedItem[n]/ItemPriceAdjustments/Component[k]/Amount` (or the promotion path),
     /// `k` counted among the components of the same group.
-    fn amount_element(&self, item_index: usize, amount_index: usize) -> String {
-        let Some(item) = self.message.items.get(item_index) else {
-            return self.item_element(item_index);
+    fn amount_at(&self, item_index: usize, amount_index: usize) -> At {
+        let item = self.item_at(item_index);
+        let Some(amount) = self
+            .message
+            .items
+            .get(item_index)
+            .and_then(|i| i.amounts.get(amount_index))
+        else {
+            return item;
         };
-        let Some(amount) = item.amounts.get(amount_index) else {
-            return self.item_element(item_index);
-        };
+        let amounts = &self.message.items[item_index].amounts;
         // The amount's place among the Components of its own group element.
-        let k = item.amounts[..amount_index]
+        let k = amounts[..amount_index]
             .iter()
             .filter(|a| a.group == amount.group)
             .count()
@@ -820,17 +870,10 @@ impl<'a> Facts<'a> {
             0 => "ItemPriceAdjustments".to_owned(),
             n => format!("PromotionAdjustments[{n}]"),
         };
-        format!(
-            "{}/{group}/Component[{k}]/Amount",
-            self.item_element(item_index)
-        )
-    }
-
-    fn item_position(&self, item_index: usize) -> Position {
-        self.message
-            .items
-            .get(item_index)
-            .map_or(self.message.position, |item| item.position)
+        At {
+            element: format!("{}/{group}/Component[{k}]/Amount", item.element),
+            position: amount.position,
+        }
     }
 
     /// The fix sentence for a pinned rejection: a new key is needed to try again.
@@ -849,24 +892,27 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// How to resend a whole message whose rejection is `pinned` or not, after "resend the
-    /// whole message", for the items linked to a failing one.
-    fn resend_note(&self, pinned: bool) -> &'static str {
+    /// How to resend a whole message rejected as `resend` says, after "resend the whole
+    /// message", for the items linked to a failing one.
+    fn resend_note(&self, resend: Resend) -> &'static str {
         let mut keys = self
             .message
             .items
             .iter()
             .filter_map(|item| item.key.as_ref());
         let explicit = keys.clone().any(|key| !key.is_derived());
-        match (pinned, explicit, keys.next().is_some()) {
-            (true, true, _) => {
+        match (resend, explicit, keys.next().is_some()) {
+            (Resend::Pinned, true, _) => {
                 " with a new MerchantAdjustmentItemID for every item: this message's keys now stand for the rejection, so a resend under any of them gets the same answer."
             }
-            (true, false, true) => {
+            (Resend::Pinned, false, true) => {
                 " in a feed of other content (or give its items MerchantAdjustmentItemIDs): a copy of this feed gets the same answer."
             }
-            (false, true, _) => {
+            (Resend::NotRemembered, true, _) => {
                 "; its MerchantAdjustmentItemIDs may be used again, as this rejection is not remembered."
+            }
+            (Resend::KeyConflict, true, _) => {
+                "; a MerchantAdjustmentItemID that no earlier message used may be used again, as this rejection is not remembered."
             }
             _ => ".",
         }
@@ -901,6 +947,18 @@ enum KeyCheck {
     Fresh,
     /// The outcome is decided without evaluating the rules (replay or conflict).
     Decided(MessageOutcome),
+}
+
+/// What a rejection leaves of a message's keys, for the fix of its linked items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Pinned under every key: a resend needs new ones.
+    Pinned,
+    /// Not remembered: every key may be used again.
+    NotRemembered,
+    /// An `IdempotencyConflict`, not remembered: the keys no earlier message used may be
+    /// used again; the known ones stand for what they were first used for.
+    KeyConflict,
 }
 
 /// A rejection found by the rules: the problems and the code each item stands for.
@@ -1188,7 +1246,8 @@ fn refund_window_problem(
         Policy::Warn => (
             "but the adjustment was applied".to_owned(),
             format!(
-                "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {id} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {window} days is the wrong window, change [rules] refund_window_days."
+                "Nothing to undo: the adjustment was applied. Check that this late adjustment to order {id} was meant (a return outside your return policy or a goodwill refund), and that the order report's purchase-date is right; if {} is the wrong window, change [rules] refund_window_days.",
+                count(window.get(), "day")
             ),
         ),
         Policy::Strict => (
@@ -1200,10 +1259,10 @@ fn refund_window_problem(
     };
     Some(facts.message_problem(
         Code::OutsideRefundWindow,
-        facts.order_element(),
-        facts.message.position,
+        facts.order_at(),
         format!(
-            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {window} days (config [rules] refund_window_days), {verdict}"
+            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {} (config [rules] refund_window_days), {verdict}",
+            count(window.get(), "day")
         ),
         fix,
     ))
@@ -1298,8 +1357,7 @@ fn resubmission_warnings(
         warnings.push(facts.item_problem(
             Code::PossibleResubmission,
             index,
-            facts.key_element(index),
-            facts.item_position(index),
+            facts.key_at(index),
             format!(
                 "AdjustedItem[{}] has the same content (order, item, reason, quantities and amounts) as the adjustment applied in {when}, but comes {key}; it was applied again, so item {} now has this adjustment twice",
                 index + 1,
@@ -1312,32 +1370,49 @@ fn resubmission_warnings(
 }
 
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
+///
+/// A conflict fails its message like any item's error: the items without a conflict of
+/// their own get `LinkedItemFailed` (refund-rules §c4 step 16). Nothing of it is pinned.
 fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyCheck {
     let message = facts.message;
     let conflict = |item_index: usize, description: String, fix: &str| {
+        facts.item_problem(
+            Code::IdempotencyConflict,
+            item_index,
+            facts.key_at(item_index),
+            description,
+            fix.to_owned(),
+        )
+    };
+    // The problems found for some items; the others are linked to them.
+    let decided = |failures: Vec<Option<Problem>>| {
+        let failed: Vec<usize> = (0..failures.len())
+            .filter(|index| failures[*index].is_some())
+            .collect();
         KeyCheck::Decided(MessageOutcome {
             message_id: message.message_id,
             applied: false,
-            problems: vec![facts.item_problem(
-                Code::IdempotencyConflict,
-                item_index,
-                facts.key_element(item_index),
-                facts.item_position(item_index),
-                description,
-                fix.to_owned(),
-            )],
+            problems: linked_rejection(facts, failures, &failed).problems,
             deferred: false,
         })
     };
+    let only = |index: usize, problem: Problem| {
+        let mut failures = vec![None; message.items.len()];
+        failures[index] = Some(problem);
+        decided(failures)
+    };
     const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment; to replay an earlier one, resend that message unchanged.";
 
+    // Conflicts of one item each: a key used twice in the message, a key known with other
+    // content.
+    let mut failures: Vec<Option<Problem>> = vec![None; message.items.len()];
     for (index, item) in message.items.iter().enumerate() {
         let Some(key) = &item.key else { continue };
         if let Some(first) = message.items[..index]
             .iter()
             .position(|other| other.key.as_ref() == Some(key))
         {
-            return conflict(
+            failures[index] = Some(conflict(
                 index,
                 format!(
                     "MerchantAdjustmentItemID {key} is used by AdjustedItem[{}] and AdjustedItem[{}] of the same message; one key stands for one adjusted item",
@@ -1345,7 +1420,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                     index + 1
                 ),
                 "Give every AdjustedItem its own MerchantAdjustmentItemID.",
-            );
+            ));
         }
     }
 
@@ -1354,15 +1429,13 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         .iter()
         .map(|item| item.key.as_ref().and_then(|key| snapshot.key(key)))
         .collect();
-    let Some(first_known) = records.iter().position(Option::is_some) else {
-        return KeyCheck::Fresh;
-    };
     // A hash stored by an earlier build names no currency for a message without the
     // attribute, which meant the order's currency ([`payload_hash`]).
     let order_currency = facts.order.map(|order| order.currency);
     let legacy = order_currency.is_some() && message.currency.or(order_currency) == order_currency;
     for (index, (record, hash)) in records.iter().zip(hashes).enumerate() {
         if let Some(record) = record
+            && failures[index].is_none()
             && record.payload_hash != *hash
             && !(legacy && record.payload_hash == payload_hash(message, index, None))
         {
@@ -1370,16 +1443,24 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 .key
                 .as_ref()
                 .map_or_else(String::new, SellerId::to_string);
-            return conflict(
+            failures[index] = Some(conflict(
                 index,
                 format!(
                     "MerchantAdjustmentItemID {key} was already used in {} for different content (order, item, reason, quantities or amounts differ)",
                     describe_origin(&record.origin)
                 ),
                 FIX_NEW_KEY,
-            );
+            ));
         }
     }
+    if failures.iter().any(Option::is_some) {
+        return decided(failures);
+    }
+    let Some(first_known) = records.iter().position(Option::is_some) else {
+        return KeyCheck::Fresh;
+    };
+
+    // Conflicts of the keys together: a replay must repeat one earlier message whole.
     let known: Vec<&KeyRecord> = records.iter().flatten().copied().collect();
     if let Some(unknown) = records.iter().position(Option::is_none) {
         let key = message.items[first_known]
@@ -1390,37 +1471,46 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             Some(other) => format!("has the new key {other}"),
             None => "has no MerchantAdjustmentItemID".to_owned(),
         };
-        return conflict(
+        return only(
             unknown,
-            format!(
-                "AdjustedItem[{}] uses MerchantAdjustmentItemID {key}, already used in {}, but AdjustedItem[{}] {what}; a replay must repeat the whole earlier message",
-                first_known + 1,
-                describe_origin(&known[0].origin),
-                unknown + 1
+            conflict(
+                unknown,
+                format!(
+                    "AdjustedItem[{}] uses MerchantAdjustmentItemID {key}, already used in {}, but AdjustedItem[{}] {what}; a replay must repeat the whole earlier message",
+                    first_known + 1,
+                    describe_origin(&known[0].origin),
+                    unknown + 1
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
     if let Some(other) = known.iter().position(|r| r.origin != known[0].origin) {
-        return conflict(
+        return only(
             other,
-            format!(
-                "the keys of this message come from different earlier messages: AdjustedItem[1] from {}, AdjustedItem[{}] from {}",
-                describe_origin(&known[0].origin),
-                other + 1,
-                describe_origin(&known[other].origin)
+            conflict(
+                other,
+                format!(
+                    "the keys of this message come from different earlier messages: AdjustedItem[1] from {}, AdjustedItem[{}] from {}",
+                    describe_origin(&known[0].origin),
+                    other + 1,
+                    describe_origin(&known[other].origin)
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
     if known.iter().any(|r| r.rejection.is_some()) && known.iter().any(|r| r.rejection.is_none()) {
-        return conflict(
+        return only(
             0,
-            format!(
-                "the keys of this message were recorded as partly applied and partly rejected in {}",
-                describe_origin(&known[0].origin)
+            conflict(
+                0,
+                format!(
+                    "the keys of this message were recorded as partly applied and partly rejected in {}",
+                    describe_origin(&known[0].origin)
+                ),
+                FIX_NEW_KEY,
             ),
-            FIX_NEW_KEY,
         );
     }
 
@@ -1432,8 +1522,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                 facts.item_problem(
                     Code::DuplicateAdjustment,
                     index,
-                    facts.key_element(index),
-                    facts.item_position(index),
+                    facts.key_at(index),
                     format!(
                         "identical to the adjustment applied under MerchantAdjustmentItemID {} in {origin}; not applied again",
                         message.items[index]
@@ -1449,8 +1538,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         // that the order may exist by now and the answer still stands.
         Some(Code::OrderNotFound) => vec![facts.message_problem(
             Code::OrderNotFound,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "this message was already rejected with {} in {origin}, after its order was not found until the order-not-found window ended; the answer is pinned to its keys and not re-evaluated, even if the order exists now",
                 Code::OrderNotFound
@@ -1465,8 +1553,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
             facts
                 .message_problem(
                     code,
-                    facts.order_element(),
-                    message.position,
+                    facts.order_at(),
                     format!(
                         "this message was already rejected with {} {} in {origin}; the answer is pinned to its MerchantAdjustmentItemIDs and not re-evaluated",
                         code.number(),
@@ -1512,8 +1599,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
                         .item_problem(
                             code,
                             index,
-                            facts.key_element(index),
-                            facts.item_position(index),
+                            facts.key_at(index),
                             description,
                             "Use new MerchantAdjustmentItemIDs to try again once the cause is fixed."
                                 .to_owned(),
@@ -1557,8 +1643,7 @@ fn evaluate(
         };
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotFound,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "no order with {} exists for merchant {merchant}",
                 message.order
@@ -1590,8 +1675,7 @@ fn evaluate(
                     None => Some(facts.item_problem(
                         Code::ItemNotInOrder,
                         index,
-                        facts.item_ref_element(index),
-                        facts.item_position(index),
+                        facts.item_ref_at(index),
                         format!(
                             "{} is not an item of order {} (its items: {known_items})",
                             message.items[index].item, order.amazon_order_id
@@ -1611,8 +1695,7 @@ fn evaluate(
     if order.channel == FulfillmentChannel::Amazon {
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotAdjustable,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
                 "order {} is fulfilled by Amazon (AFN); the seller cannot refund it through this feed",
                 order.amazon_order_id
@@ -1627,16 +1710,14 @@ fn evaluate(
     {
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotAdjustable,
-            facts.order_element(),
-            message.position,
+            facts.order_at(),
             format!(
-                "order {} is fully cancelled: every unit of every item was cancelled, so nothing is left to refund or cancel",
+                "order {} is fully cancelled: every unit of every item was cancelled, so the order takes no further adjustments",
                 order.amazon_order_id
             ),
-            format!(
-                "Remove this message; a fully cancelled order cannot be adjusted.{}",
-                facts.retry_note()
-            ),
+            // No resend advice: no key can make a fully cancelled order adjustable again.
+            "Remove this message. Amazon does not charge buyers for cancelled units; if money is to go back to the buyer anyway, refund it in Seller Central."
+                .to_owned(),
         )));
     }
 
@@ -1644,25 +1725,23 @@ fn evaluate(
     if let Some(declared) = message.currency
         && declared != currency
     {
-        let (item_index, element, position) = message
+        // The attribute is on the message's first Amount.
+        let (item_index, at) = message
             .items
             .iter()
-            .enumerate()
-            .find_map(|(index, item)| {
-                item.amounts.first().map(|amount| {
-                    (
-                        index,
-                        format!("{}/@currency", facts.amount_element(index, 0)),
-                        amount.position,
-                    )
-                })
-            })
-            .unwrap_or_else(|| (0, facts.order_element(), message.position));
+            .position(|item| !item.amounts.is_empty())
+            .map_or_else(
+                || (0, facts.order_at()),
+                |index| {
+                    let amount = facts.amount_at(index, 0);
+                    let element = format!("{}/@currency", amount.element);
+                    (index, At { element, ..amount })
+                },
+            );
         return Err(message_rejection(facts.item_problem(
             Code::CurrencyMismatch,
             item_index,
-            element,
-            position,
+            at,
             format!(
                 "the amounts are in {declared} but order {} is in {currency}",
                 order.amazon_order_id
@@ -1702,22 +1781,32 @@ fn linked_rejection(
     let mut problems = Vec::with_capacity(failures.len());
     let mut item_codes = Vec::with_capacity(failures.len());
     // Pinned as `reject` pins: only when every failure is a state rejection.
-    let pinned = failures
+    let resend = if failures
         .iter()
         .flatten()
-        .all(|problem| is_state_rejection(problem.code));
+        .all(|problem| is_state_rejection(problem.code))
+    {
+        Resend::Pinned
+    } else if failures
+        .iter()
+        .flatten()
+        .any(|problem| problem.code == Code::IdempotencyConflict)
+    {
+        Resend::KeyConflict
+    } else {
+        Resend::NotRemembered
+    };
     let names = facts.item_names(failed);
     for (index, failure) in failures.into_iter().enumerate() {
         let problem = failure.unwrap_or_else(|| {
             facts.item_problem(
                 Code::LinkedItemFailed,
                 index,
-                facts.item_element(index),
-                facts.item_position(index),
+                facts.item_at(index),
                 format!(
                     "not applied because {names} of the same message failed; the items of a message apply together or not at all"
                 ),
-                format!("Fix {names} and resend the whole message{}", facts.resend_note(pinned)),
+                format!("Fix {names} and resend the whole message{}", facts.resend_note(resend)),
             )
         });
         item_codes.push(problem.code);
@@ -1762,12 +1851,11 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     Code::AmountFormat,
                     index,
-                    facts.amount_element(index, amount_index),
-                    amount.position,
+                    facts.amount_at(index, amount_index),
                     format!(
                         "{} amount {} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
                         amount.component,
-                        amount.amount,
+                        amount.amount.written(),
                         10_u64.pow(currency.exponent()),
                         format_minor(i64::MAX, currency)
                     ),
@@ -1785,8 +1873,7 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::AmountFormat,
             index,
-            format!("{}/ItemPriceAdjustments", facts.item_element(index)),
-            item.position,
+            facts.item_at(index),
             format!(
                 "the amounts of this item add up to more than {} {currency}",
                 format_minor(i64::MAX, currency)
@@ -1812,8 +1899,7 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     Code::PositiveChargeComponent,
                     index,
-                    facts.amount_element(index, amount_index),
-                    item.amounts[amount_index].position,
+                    facts.amount_at(index, amount_index),
                     format!(
                         "{component}: requested +{} {currency} reverses more than the fees charged so far ({}); at most {} {currency} can be reversed",
                         format_minor(*minor, currency),
@@ -1843,10 +1929,13 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::CancelExceedsUnshipped,
             index,
-            format!("{}/QuantityCancelled", facts.item_element(index)),
-            item.position,
+            facts.quantity_cancelled_at(index),
             format!(
-                "QuantityCancelled {quantity_cancelled} is more than the {unshipped} unshipped units (ordered {}, shipped {}, already cancelled {})",
+                "QuantityCancelled {quantity_cancelled} is more than the units not yet shipped or cancelled: {} (ordered {}, shipped {}, already cancelled {})",
+                match unshipped {
+                    0 => "there are none".to_owned(),
+                    n => format!("only {}", count(n, "unit")),
+                },
                 state.quantity_ordered,
                 state.quantity_shipped,
                 so_far(
@@ -1855,9 +1944,15 @@ fn evaluate_item(
                     |n| n.to_string()
                 )
             ),
-            format!(
-                "Cancel at most {unshipped} units; refund shipped units as a return instead.{retry}"
-            ),
+            match unshipped {
+                0 => format!(
+                    "Every unit of this item is shipped or cancelled already, so none can be cancelled; refund shipped units as a return instead.{retry}"
+                ),
+                n => format!(
+                    "Cancel at most {}; refund shipped units as a return instead.{retry}",
+                    count(n, "unit")
+                ),
+            },
         )));
     }
     // Returned units (refund-rules I3: returned <= shipped), counted over every adjustment.
@@ -1869,10 +1964,13 @@ fn evaluate_item(
         return Err(Box::new(facts.item_problem(
             Code::QuantityExceedsShipped,
             index,
-            format!("{}/Quantity", facts.item_element(index)),
-            item.position,
+            facts.quantity_at(index),
             format!(
-                "Quantity {quantity_returned} is more than the {returnable} shipped units not returned yet (shipped {}, already returned {})",
+                "Quantity {quantity_returned} is more than the shipped units not returned yet: {} (shipped {}, already returned {})",
+                match returnable {
+                    0 => "there are none".to_owned(),
+                    n => format!("only {}", count(n, "unit")),
+                },
                 state.quantity_shipped,
                 so_far(
                     state.quantity_returned.into(),
@@ -1902,8 +2000,6 @@ fn evaluate_item(
         match check_cap(*component, *totals, refunded_before, *minor, currency) {
             Ok(total) => totals.refunded = total,
             Err((code, description, fix)) => {
-                let element = facts.amount_element(index, amount_index);
-                let position = item.amounts[amount_index].position;
                 let fix = if is_state_rejection(code) {
                     format!("{fix}{retry}")
                 } else {
@@ -1912,8 +2008,7 @@ fn evaluate_item(
                 return Err(Box::new(facts.item_problem(
                     code,
                     index,
-                    element,
-                    position,
+                    facts.amount_at(index, amount_index),
                     description,
                     fix,
                 )));
@@ -1932,8 +2027,7 @@ fn evaluate_item(
             return Err(Box::new(facts.item_problem(
                 Code::ComponentExceedsRemaining,
                 index,
-                format!("{}/ItemPriceAdjustments", facts.item_element(index)),
-                item.position,
+                facts.item_at(index),
                 format!(
                     "the net refund of this item, {}, is more than the {} the buyer paid for it and has not had back (charged {}, less promotion discounts {}, less {} refunded so far)",
                     money(i128::from(net)),
@@ -2013,18 +2107,16 @@ fn review_warnings(
         };
         let (was, now) = (&before.items[position], &after.items[position]);
         let item = &facts.message.items[index];
+        // `amount_index` counts the adjustment's amounts, which merge a component named
+        // twice: the warning points at the component's first Amount in the item.
         let warn = |code: Code, amount_index: usize, description: String, fix: String| {
-            let problem = facts.item_problem(
-                code,
-                index,
-                facts.amount_element(index, amount_index),
-                item.amounts
-                    .get(amount_index)
-                    .map_or(item.position, |a| a.position),
-                description,
-                fix,
-            );
-            (index, problem)
+            let component = adjustment.amounts.get(amount_index).map(|(c, _)| *c);
+            let at = item
+                .amounts
+                .iter()
+                .position(|a| Some(a.component) == component)
+                .map_or_else(|| facts.item_at(index), |k| facts.amount_at(index, k));
+            (index, facts.item_problem(code, index, at, description, fix))
         };
         let sum = |keep: &dyn Fn(Component) -> bool| -> i128 {
             adjustment
@@ -2206,17 +2298,19 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
     let (amount_index, amount) = item.amounts.iter().enumerate().find(|(_, a)| {
         a.amount.to_minor(currency).is_none() && a.amount.fraction_digits() > currency.exponent()
     })?;
+    let (description, fix) = precision_texts(
+        &format!("{} amount", amount.component),
+        &amount.amount.written().to_string(),
+        amount.amount.fraction_digits(),
+        currency,
+        &format!("the order currency {currency}"),
+    );
     Some(facts.item_problem(
         Code::AmountPrecision,
         index,
-        facts.amount_element(index, amount_index),
-        amount.position,
-        precision_description(amount.component.name(), amount.amount, currency),
-        format!(
-            "Write the {} amount with at most {} fraction digits.",
-            amount.component,
-            currency.exponent()
-        ),
+        facts.amount_at(index, amount_index),
+        description,
+        fix,
     ))
 }
 
@@ -2229,16 +2323,6 @@ fn money(minor: i128, currency: Currency) -> String {
     )
 }
 
-fn precision_description(what: &str, amount: Amount, currency: Currency) -> String {
-    format!(
-        "{what} amount {amount} has {} fraction digits but the order currency {currency} has {}",
-        amount.fraction_digits(),
-        currency.exponent()
-    )
-}
-
-/// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
-/// total `now` that holds what earlier parts of the message added to `before`.
 /// The fix of a QUANTITY_EXCEEDS_SHIPPED: the units that may still be returned, or why none
 /// may, and what to do when the store's shipped count is behind (only order reports with a
 /// `quantity-shipped` column raise it).
@@ -2252,7 +2336,8 @@ fn return_fix(state: &ItemState, returnable: u32, unshipped: u32, retry: &str) -
     };
     let what = if returnable > 0 {
         format!(
-            "Give at most {returnable} in Quantity, or leave it out; if more than the {shipped} recorded units shipped, {import}"
+            "Give at most {returnable} in Quantity, or leave it out; if more than the {} shipped, {import}",
+            count(shipped, "recorded unit")
         )
     } else if shipped == 0 {
         format!(
@@ -2266,6 +2351,8 @@ fn return_fix(state: &ItemState, returnable: u32, unshipped: u32, retry: &str) -
     format!("{what}.{cancel}{retry}")
 }
 
+/// "5.00 USD", or "4.00 USD before this message and 1.00 USD earlier in it": a running
+/// total `now` that holds what earlier parts of the message added to `before`.
 fn so_far(now: i128, before: i128, show: impl Fn(i128) -> String) -> String {
     if now == before {
         show(now)
@@ -2388,7 +2475,7 @@ fn check_cap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AdjustedItem, ComponentAmount, PriceComponent, Quantity};
+    use crate::model::{AdjustedItem, ComponentAmount, ItemPositions, PriceComponent, Quantity};
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")
@@ -2425,8 +2512,15 @@ mod tests {
                 quantity_cancelled: None,
                 quantity: None,
                 position: Position { line: 5, column: 3 },
+                positions: ItemPositions {
+                    item_ref: Position { line: 6, column: 5 },
+                    key: Some(Position { line: 7, column: 5 }),
+                    quantity_cancelled: None,
+                    quantity: None,
+                },
             }],
             position: Position { line: 2, column: 1 },
+            order_position: Position { line: 4, column: 5 },
         }
     }
 
@@ -2733,6 +2827,40 @@ mod tests {
             "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
         );
         assert!(!retried.fix.contains("resend the message unchanged"));
+    }
+
+    #[test]
+    fn a_fully_cancelled_order_says_why_it_takes_no_adjustments_and_where_to_refund() {
+        // Every unit cancelled by a pure QuantityCancelled: the Principal charged is still
+        // unrefunded, so "nothing is left to refund" would be false.
+        let mut s = snapshot(0, &[(PriceComponent::Principal, 1000)]);
+        let mut cancel = message(Vec::new());
+        cancel.items[0].reason = AdjustmentReason::CustomerCancel;
+        cancel.items[0].quantity_cancelled = Quantity::new(2);
+        assert_eq!(codes(&mut s, &cancel), []);
+        let mut refund = message(vec![price(PriceComponent::Principal, "10.00")]);
+        refund.items[0].key = SellerId::new("K2");
+        let merchant = MerchantId::new("M1").expect("valid");
+        let plan = plan(
+            &mut s,
+            &merchant,
+            std::slice::from_ref(&refund),
+            &Rules::default(),
+            processed_on(),
+        );
+        let [problem] = plan.outcomes[0].problems.as_slice() else {
+            panic!("one problem: {plan:?}");
+        };
+        assert_eq!(problem.code, Code::OrderNotAdjustable);
+        assert_eq!(
+            problem.description,
+            "order 123-1234567-1234567 is fully cancelled: every unit of every item was cancelled, so the order takes no further adjustments"
+        );
+        assert_eq!(
+            problem.fix,
+            "Remove this message. Amazon does not charge buyers for cancelled units; if money is to go back to the buyer anyway, refund it in Seller Central."
+        );
+        assert_eq!(problem.element, "Message/OrderAdjustment/AmazonOrderID");
     }
 
     #[test]

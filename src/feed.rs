@@ -29,7 +29,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::model::{MessageId, Position};
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, quoted};
 
 /// Limits that keep hostile input in bounded memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ impl Limits {
             position,
             format!("{what} exceeds the limit of {value}"),
             format!(
-                "split the feed or, if the input is trusted, raise `[limits] {key}` in the configuration"
+                "Split the feed or, if the input is trusted, raise `[limits] {key}` in the configuration."
             ),
         )
     }
@@ -98,7 +98,7 @@ impl Limits {
                     "the file is {size} bytes, more than the limit of {} bytes (limits.max_file_bytes); it was not read",
                     self.max_file_bytes
                 ),
-                "split the feed into smaller files or, if the input is trusted, raise `[limits] max_file_bytes` in the configuration",
+                "Split the feed into smaller files or, if the input is trusted, raise `[limits] max_file_bytes` in the configuration.",
             )
         })
     }
@@ -948,7 +948,7 @@ impl<R: BufRead> FeedReader<R> {
                     "elements"
                 }
             ),
-            "upload the complete file; write it under a temporary name and rename it when done",
+            "Upload the complete file; write it under a temporary name and rename it when done.",
         )
     }
 
@@ -1148,7 +1148,7 @@ impl<R: BufRead> FeedReader<R> {
                     Ok(version) => {
                         return Err(malformed(
                             position,
-                            &format!("unsupported XML version {version:?}"),
+                            &format!("unsupported XML version {}", quoted(&version)),
                         ));
                     }
                     Err(error) => return Err(xml_problem(&error, position)),
@@ -1166,9 +1166,10 @@ impl<R: BufRead> FeedReader<R> {
                             "(file)",
                             Some(position),
                             format!(
-                                "the XML declaration names encoding {encoding:?}; only UTF-8 (or US-ASCII) is accepted"
+                                "the XML declaration names encoding {}; only UTF-8 (or US-ASCII) is accepted",
+                                quoted(&encoding)
                             ),
-                            "save the file as UTF-8 and declare encoding=\"UTF-8\"",
+                            "Save the file as UTF-8 and declare encoding=\"UTF-8\".",
                         ));
                     }
                     Some(Err(error)) => {
@@ -1186,7 +1187,7 @@ impl<R: BufRead> FeedReader<R> {
                     "(file)",
                     Some(position),
                     "the file has a DOCTYPE; DOCTYPE and entity declarations are not accepted (they allow entity expansion attacks and external file access)",
-                    "remove the <!DOCTYPE ...> declaration; feeds are checked against the schema without a DTD",
+                    "Remove the <!DOCTYPE ...> declaration; feeds are checked against the schema without a DTD.",
                 ));
             }
             Event::PI(pi) => {
@@ -1232,7 +1233,7 @@ impl<R: BufRead> FeedReader<R> {
                 if !is_xml_name(name) {
                     return Err(malformed(
                         position,
-                        &format!("{name:?} is not a valid element name"),
+                        &format!("{} is not a valid element name", quoted(name)),
                     ));
                 }
                 let parent = if new_depth <= 2 { NONE } else { self.current };
@@ -1267,7 +1268,7 @@ impl<R: BufRead> FeedReader<R> {
                         if !is_xml_name(key) || attribute.value.contains('<') {
                             return Err(malformed(
                                 position,
-                                &format!("bad attribute {key:?} in <{name}>"),
+                                &format!("bad attribute {} in <{name}>", quoted(key)),
                             ));
                         }
                         let value = match attribute.normalized_value(XmlVersion::Implicit1_0) {
@@ -1636,7 +1637,7 @@ fn malformed(position: Position, what: &str) -> Problem {
         "(file)",
         Some(position),
         format!("the file is not well-formed XML: {what}"),
-        "send well-formed UTF-8 XML (check it with `xmllint --noout FILE`)",
+        "Send well-formed UTF-8 XML (check it with `xmllint --noout FILE`).",
     )
 }
 
@@ -1648,7 +1649,7 @@ fn xml_problem(error: &XmlError, position: Position) -> Problem {
             "(file)",
             Some(position),
             format!("the file is not valid UTF-8 ({error})"),
-            "save the file as UTF-8",
+            "Save the file as UTF-8.",
         ),
         XmlError::Io(error) => malformed(position, &format!("reading failed: {error}")),
         XmlError::Syntax(SyntaxError::InvalidBangMarkup) => malformed(
@@ -1667,7 +1668,7 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             "(file)",
             Some(position),
             what,
-            "save the file as UTF-8 (without or with a UTF-8 byte order mark)",
+            "Save the file as UTF-8 (without or with a UTF-8 byte order mark).",
         )
     };
     match failure {
@@ -1712,7 +1713,7 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             "(file)",
             None,
             format!("reading the file failed: {error}"),
-            "check the file system and send the file again",
+            "Check the file system and send the file again.",
         ),
     }
 }

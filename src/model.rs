@@ -438,6 +438,11 @@ impl fmt::Display for Currency {
 
 /// A signed decimal amount exactly as written in the feed (`BaseCurrencyAmount`), before
 /// it is tied to a currency. Never a float.
+///
+/// The decimal keeps the trailing fraction zeros as written (when they fit its 28 digits),
+/// so a problem can quote `-2.00` as the seller wrote it ([`Amount::written`]); equality,
+/// hashing, ordering, [`Amount::value`] and `Display` go by the value, so `5.0` and `5.00`
+/// are the same amount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Amount(Decimal);
 
@@ -494,18 +499,24 @@ impl Amount {
             return Err(AmountError::Format);
         }
         let int_digits = int_part.trim_start_matches('0');
-        let frac_digits = frac_part.trim_end_matches('0');
+        let significant = frac_part.trim_end_matches('0');
         let too_precise = AmountError::FractionDigits {
-            significant: u32::try_from(frac_digits.len()).unwrap_or(u32::MAX),
+            significant: u32::try_from(significant.len()).unwrap_or(u32::MAX),
         };
         if int_digits.len() > Amount::MAX_INTEGER_DIGITS {
             return Err(AmountError::IntegerDigits);
         }
         // With at most 20 integer digits, a number past 28 digits has too many fraction
         // digits: that is the cause to name, not its size.
-        if int_digits.len() + frac_digits.len() > Amount::MAX_DIGITS {
+        if int_digits.len() + significant.len() > Amount::MAX_DIGITS {
             return Err(too_precise);
         }
+        // The trailing zeros as written, when they fit beside the other digits.
+        let frac_digits = if int_digits.len() + frac_part.len() <= Amount::MAX_DIGITS {
+            frac_part
+        } else {
+            significant
+        };
         let mut mantissa: i128 = 0;
         for b in int_digits.bytes().chain(frac_digits.bytes()) {
             mantissa = mantissa * 10 + i128::from(b - b'0');
@@ -526,8 +537,15 @@ impl Amount {
         Amount(Decimal::new(minor, currency.exponent()).normalize())
     }
 
-    /// The exact decimal value.
+    /// The exact decimal value, without trailing fraction zeros.
     pub fn value(self) -> Decimal {
+        self.0.normalize()
+    }
+
+    /// The amount as the feed wrote it, for quoting in problems: its sign (a `+` is left
+    /// out), the integer part without leading zeros and the fraction digits, trailing zeros
+    /// included (`-2.00`, `999.50`, `0.5` for `.5`).
+    pub fn written(self) -> impl fmt::Display {
         self.0
     }
 
@@ -549,7 +567,7 @@ impl Amount {
             return None;
         }
         let scaled = self
-            .0
+            .value()
             .checked_mul(Decimal::from(10_i64.checked_pow(currency.exponent())?))?;
         i64::try_from(scaled.normalize()).ok()
     }
@@ -885,6 +903,23 @@ pub struct AdjustedItem {
     pub quantity: Option<Quantity>,
     /// Where the `AdjustedItem` element starts.
     pub position: Position,
+    /// Where the elements that checks against the store name start, so each such problem
+    /// points at the element it names, not at the `AdjustedItem`.
+    pub positions: ItemPositions,
+}
+
+/// Where the single-valued elements of an `AdjustedItem` start in the file (the amounts keep
+/// theirs in [`ComponentAmount::position`]). `None` for an element the item does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ItemPositions {
+    /// `AmazonOrderItemCode` or `MerchantOrderItemID`.
+    pub item_ref: Position,
+    /// `MerchantAdjustmentItemID`.
+    pub key: Option<Position>,
+    /// `QuantityCancelled`.
+    pub quantity_cancelled: Option<Position>,
+    /// `Quantity`.
+    pub quantity: Option<Position>,
 }
 
 /// A validated `Message` holding an `OrderAdjustment`.
@@ -903,6 +938,9 @@ pub struct AdjustmentMessage {
     pub items: Vec<AdjustedItem>,
     /// Where the `Message` element starts.
     pub position: Position,
+    /// Where the `AmazonOrderID` or `MerchantOrderID` element starts: problems about the
+    /// order point at it.
+    pub order_position: Position,
 }
 
 impl AdjustmentMessage {
@@ -1047,6 +1085,22 @@ mod tests {
             Amount::parse("123456789012345678901.5"),
             Err(AmountError::IntegerDigits)
         );
+    }
+
+    #[test]
+    fn amounts_are_quoted_as_written_and_compared_by_value() {
+        let parse = |s: &str| Amount::parse(s).expect(s);
+        assert_eq!(parse("-2.00").written().to_string(), "-2.00");
+        assert_eq!(parse("999.50").written().to_string(), "999.50");
+        assert_eq!(parse(".5").written().to_string(), "0.5");
+        assert_eq!(parse("+0010").written().to_string(), "10");
+        assert_eq!(parse("-2.00").to_string(), "-2");
+        assert_eq!(parse("-2.00"), parse("-2"));
+        assert_eq!(parse("999.50").value().scale(), 1);
+        assert_eq!(parse("999.50").fraction_digits(), 1);
+        // Zeros that do not fit beside the other digits are not kept.
+        let long = parse("12345678901234567890.1000000000");
+        assert_eq!(long.written().to_string(), "12345678901234567890.1");
     }
 
     #[test]

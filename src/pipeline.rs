@@ -233,13 +233,13 @@ fn reject_unreadable(
     error: &std::io::Error,
 ) -> Result<Processed, ProcessError> {
     let fix = if error.kind() == std::io::ErrorKind::PermissionDenied {
-        "make the file readable by the user adjustd runs as (for SFTP uploads: the server's \
+        "Make the file readable by the user adjustd runs as (for SFTP uploads: the server's \
          umask, or the group of the inbox folder), then drop it into the inbox again (the \
-         operator finds it in failed/)"
+         operator finds it in failed/)."
     } else {
-        "the disk or file system that holds the inbox reported an error (the system log names \
+        "The disk or file system that holds the inbox reported an error (the system log names \
          it); once it is mended, drop the file into the inbox again (the operator finds it in \
-         failed/)"
+         failed/)."
     };
     let problem = Problem::new(
         Code::FeedUnreadable,
@@ -362,7 +362,7 @@ fn attempt_once(
                 "this file has the same bytes as feed {} ({}, processed {}); nothing was applied again",
                 earlier.id, earlier.file_name, earlier.processed_at
             ),
-            "nothing to do if this was a repeated upload; to apply new adjustments, send a new feed",
+            "Nothing to do if this was a repeated upload; to apply new adjustments, send a new feed.",
         );
         let outcome = finish_without_changes(
             store,
@@ -678,7 +678,7 @@ impl Tally {
                     "{} more results, from message {first} on, are not listed: a report lists at most {MAX_RESULTS}; the counts above include every message",
                     self.omitted
                 ),
-                "fix the problems listed, then send the messages that failed again in a new feed; split very large feeds",
+                "Fix the problems listed, then send the messages that failed again in a new feed; split very large feeds.",
             ));
         }
         FeedOutcome {
@@ -750,19 +750,19 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
         (Some(bound), _) => (
             bound == merchant,
             format!(
-                "this inbox folder only accepts feeds of merchant {bound}: drop the feed into inbox/{merchant}/ or correct MerchantIdentifier"
+                "This inbox folder only accepts feeds of merchant {bound}: drop the feed into inbox/{merchant}/ or correct MerchantIdentifier."
             ),
         ),
         (None, Some([])) => (
             false,
             format!(
-                "the top-level inbox accepts no feeds (config inbox.allowed_merchants is empty): use the merchant's own folder inbox/{merchant}/"
+                "The top-level inbox accepts no feeds (config inbox.allowed_merchants is empty): use the merchant's own folder inbox/{merchant}/."
             ),
         ),
         (None, Some(list)) => (
             list.contains(merchant),
             format!(
-                "the top-level inbox accepts only merchants {} (config inbox.allowed_merchants): use the merchant's own folder inbox/{merchant}/",
+                "The top-level inbox accepts only merchants {} (config inbox.allowed_merchants): use the merchant's own folder inbox/{merchant}/.",
                 list.iter()
                     .map(MerchantId::as_str)
                     .collect::<Vec<_>>()

@@ -6,12 +6,17 @@
 //! 90000 range so they can never be mistaken for Amazon's (900xx feed level, 901xx found
 //! from the feed alone, 902xx found against the store, 903xx policy warnings). Problems are
 //! values, not errors: validation and the engine collect them, the report renders them.
+//!
+//! It also holds the small text helpers every layer words problems with, so sellers read
+//! one style: [`count`] (a number with its noun, singular for one), [`quoted`] (a seller's
+//! value with its invisible characters named) and [`precision_texts`]. A description states
+//! the facts; a fix is a capitalised sentence that ends with a full stop.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::model::{MessageId, Position};
+use crate::model::{Currency, MessageId, Position};
 
 /// Whether a result fails the message (or feed) or only warns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -278,9 +283,169 @@ impl fmt::Display for Problem {
     }
 }
 
+/// `n` with its noun, singular for one: `count(1, "unit")` is "1 unit", `count(0, "unit")`
+/// "0 units". Every noun the problem texts count takes a plain `s` in the plural.
+pub fn count<N: fmt::Display + PartialEq + From<u8>>(n: N, noun: &str) -> String {
+    if n == N::from(1) {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// A seller's value as problem texts quote it: in double quotes, as written, with every
+/// character that does not show (controls, spaces other than the plain one, zero-width and
+/// direction marks) named in square brackets, e.g. `"1.00[U+00A0 NO-BREAK SPACE]"`, so a
+/// seller can see why a value that looks right is not. Rust's `{:?}` would show escapes
+/// such as `\u{a0}`, which mean nothing to a seller.
+pub fn quoted(value: &str) -> String {
+    let mut text = String::with_capacity(value.len() + 2);
+    text.push('"');
+    for c in value.chars() {
+        match invisible_name(c) {
+            Some(name) => {
+                let _ = write!(text, "[U+{:04X} {name}]", u32::from(c));
+            }
+            None => text.push(c),
+        }
+    }
+    text.push('"');
+    text
+}
+
+/// The description and fix of an AMOUNT_PRECISION: `amount`, as written and named by `what`
+/// (`Amount`, `Principal amount`), has `significant` fraction digits, more than `currency`
+/// (named by `currency_name`: `USD`, `the order currency USD`) allows.
+pub fn precision_texts(
+    what: &str,
+    written: &str,
+    significant: u32,
+    currency: Currency,
+    currency_name: &str,
+) -> (String, String) {
+    // "10.0050" has 4 fraction digits as written, 3 of them significant.
+    let written_digits = written
+        .split_once('.')
+        .map_or(0, |(_, fraction)| fraction.len());
+    let noun = if u32::try_from(written_digits).is_ok_and(|n| n > significant) {
+        "significant fraction digit"
+    } else {
+        "fraction digit"
+    };
+    let exponent = currency.exponent();
+    let (allowed, fix) = match exponent {
+        0 => (
+            "none".to_owned(),
+            format!("{currency} amounts have no fraction digits: write whole numbers."),
+        ),
+        _ => (
+            count(exponent, "fraction digit"),
+            format!(
+                "Write {currency} amounts with at most {}.",
+                count(exponent, "fraction digit")
+            ),
+        ),
+    };
+    (
+        format!(
+            "{what} {written} has {} but {currency_name} has {allowed}",
+            count(significant, noun)
+        ),
+        fix,
+    )
+}
+
+/// The Unicode name of a character that does not show in a quoted value, `None` for one
+/// that does (the plain space included).
+fn invisible_name(c: char) -> Option<&'static str> {
+    let name = match c {
+        '\t' => "CHARACTER TABULATION",
+        '\n' => "LINE FEED",
+        '\r' => "CARRIAGE RETURN",
+        '\u{a0}' => "NO-BREAK SPACE",
+        '\u{ad}' => "SOFT HYPHEN",
+        '\u{1680}' => "OGHAM SPACE MARK",
+        '\u{180e}' => "MONGOLIAN VOWEL SEPARATOR",
+        '\u{2000}' => "EN QUAD",
+        '\u{2001}' => "EM QUAD",
+        '\u{2002}' => "EN SPACE",
+        '\u{2003}' => "EM SPACE",
+        '\u{2004}' => "THREE-PER-EM SPACE",
+        '\u{2005}' => "FOUR-PER-EM SPACE",
+        '\u{2006}' => "SIX-PER-EM SPACE",
+        '\u{2007}' => "FIGURE SPACE",
+        '\u{2008}' => "PUNCTUATION SPACE",
+        '\u{2009}' => "THIN SPACE",
+        '\u{200a}' => "HAIR SPACE",
+        '\u{200b}' => "ZERO WIDTH SPACE",
+        '\u{200c}' => "ZERO WIDTH NON-JOINER",
+        '\u{200d}' => "ZERO WIDTH JOINER",
+        '\u{200e}' => "LEFT-TO-RIGHT MARK",
+        '\u{200f}' => "RIGHT-TO-LEFT MARK",
+        '\u{2028}' => "LINE SEPARATOR",
+        '\u{2029}' => "PARAGRAPH SEPARATOR",
+        '\u{202a}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202b}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202c}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202d}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202e}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{202f}' => "NARROW NO-BREAK SPACE",
+        '\u{205f}' => "MEDIUM MATHEMATICAL SPACE",
+        '\u{2060}' => "WORD JOINER",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{3000}' => "IDEOGRAPHIC SPACE",
+        '\u{feff}' => "ZERO WIDTH NO-BREAK SPACE",
+        c if c.is_control() => "control character",
+        _ => return None,
+    };
+    Some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_texts_name_the_digits_and_what_the_currency_allows() {
+        let code = |c: &str| Currency::from_code(c).expect("ISO 4217");
+        assert_eq!(
+            precision_texts("Amount", "999.5", 1, code("JPY"), "JPY"),
+            (
+                "Amount 999.5 has 1 fraction digit but JPY has none".to_owned(),
+                "JPY amounts have no fraction digits: write whole numbers.".to_owned()
+            )
+        );
+        assert_eq!(
+            precision_texts("Tax amount", "10.0050", 3, code("USD"), "the order currency USD"),
+            (
+                "Tax amount 10.0050 has 3 significant fraction digits but the order currency USD has 2 fraction digits".to_owned(),
+                "Write USD amounts with at most 2 fraction digits.".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn counts_are_singular_for_one() {
+        assert_eq!(count(1_u32, "unit"), "1 unit");
+        assert_eq!(count(0_u32, "unit"), "0 units");
+        assert_eq!(count(2_usize, "fraction digit"), "2 fraction digits");
+    }
+
+    #[test]
+    fn quoted_values_name_what_does_not_show() {
+        assert_eq!(quoted("12.50"), "\"12.50\"");
+        assert_eq!(quoted("a b"), "\"a b\"");
+        assert_eq!(quoted("1.00\u{a0}"), "\"1.00[U+00A0 NO-BREAK SPACE]\"");
+        assert_eq!(
+            quoted("\u{feff}Refund\u{200b}\t"),
+            "\"[U+FEFF ZERO WIDTH NO-BREAK SPACE]Refund[U+200B ZERO WIDTH SPACE][U+0009 CHARACTER TABULATION]\""
+        );
+        assert_eq!(quoted("x\u{7}"), "\"x[U+0007 control character]\"");
+        assert_eq!(quoted("Prix \"spécial\""), "\"Prix \"spécial\"\"");
+    }
 
     #[test]
     fn names_are_unique() {

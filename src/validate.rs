@@ -25,11 +25,11 @@ use crate::engine::Rules;
 use crate::feed::{Element, FeedReader, Limits, Tree, is_blank, is_xml_space};
 use crate::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
-    AmountError, Component, ComponentAmount, ComponentClass, Currency, FeedHeader, ItemRef,
-    MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent,
-    Quantity, SellerId,
+    AmountError, Component, ComponentAmount, ComponentClass, Currency, FeedHeader, ItemPositions,
+    ItemRef, MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent,
+    PromotionComponent, Quantity, SellerId,
 };
-use crate::problem::{Code, Problem};
+use crate::problem::{Code, Problem, count, precision_texts, quoted};
 
 /// One message of a feed after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,7 +205,7 @@ impl<R: BufRead> Validator<R> {
                     "unexpected element <{}> after the first <Message>; only <Message> elements may follow",
                     element.name()
                 ),
-                "move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else",
+                "Move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else.",
             ));
         }
         self.messages += 1;
@@ -240,7 +240,7 @@ impl<R: BufRead> Validator<R> {
                     "the root element is <{}>; an Order Adjustment feed is an <AmazonEnvelope>",
                     root.name()
                 ),
-                "send an <AmazonEnvelope> with MessageType OrderAdjustment",
+                "Send an <AmazonEnvelope> with MessageType OrderAdjustment.",
             ));
         }
         if let Err(what) = check_attributes(root, &[]) {
@@ -248,7 +248,7 @@ impl<R: BufRead> Validator<R> {
                 Some(root.position()),
                 "AmazonEnvelope",
                 &what,
-                "remove the attribute (xmlns:xsi and xsi:noNamespaceSchemaLocation are accepted); the envelope has no namespace",
+                "Remove the attribute (xmlns:xsi and xsi:noNamespaceSchemaLocation are accepted); the envelope has no namespace.",
             ));
         }
         const ORDER: &[&str] = &[
@@ -275,7 +275,7 @@ impl<R: BufRead> Validator<R> {
                     None,
                     "AmazonEnvelope",
                     &format!("the envelope has no {missing}"),
-                    "an envelope needs a Header, a MessageType and at least one Message, in that order",
+                    "An envelope needs a Header, a MessageType and at least one Message, in that order.",
                 ));
             }
             let tree = self.feed.current();
@@ -292,7 +292,7 @@ impl<R: BufRead> Validator<R> {
                     Some(element.position()),
                     &path,
                     &format!("unexpected element <{name}> in the envelope"),
-                    "the envelope holds Header, MessageType, optional MarketplaceName, PurgeAndReplace and EffectiveDate, then Message elements",
+                    "The envelope holds Header, MessageType, optional MarketplaceName, PurgeAndReplace and EffectiveDate, then Message elements.",
                 ));
             };
             if let Some(last) = last_rank
@@ -302,7 +302,7 @@ impl<R: BufRead> Validator<R> {
                     Some(element.position()),
                     &path,
                     &format!("<{name}> is duplicated or out of order"),
-                    "the envelope order is Header, MessageType, MarketplaceName?, PurgeAndReplace?, EffectiveDate?, Message+",
+                    "The envelope order is Header, MessageType, MarketplaceName?, PurgeAndReplace?, EffectiveDate?, Message+.",
                 ));
             }
             if rank > 0 && header.is_none() {
@@ -310,7 +310,7 @@ impl<R: BufRead> Validator<R> {
                     Some(element.position()),
                     "AmazonEnvelope/Header",
                     &format!("<Header> is missing (found <{name}> first)"),
-                    "start the envelope with a Header holding DocumentVersion and MerchantIdentifier",
+                    "Start the envelope with a Header holding DocumentVersion and MerchantIdentifier.",
                 ));
             }
             if rank > 1 && !message_type_seen {
@@ -318,7 +318,7 @@ impl<R: BufRead> Validator<R> {
                     Some(element.position()),
                     "AmazonEnvelope/MessageType",
                     &format!("<MessageType> is missing (found <{name}> after the Header)"),
-                    "add <MessageType>OrderAdjustment</MessageType> after the Header",
+                    "Add <MessageType>OrderAdjustment</MessageType> after the Header.",
                 ));
             }
             last_rank = Some(rank);
@@ -345,12 +345,15 @@ impl<R: BufRead> Validator<R> {
                     matches!(collapse(text), "true" | "false" | "1" | "0")
                         .then_some(())
                         .ok_or_else(|| {
-                            format!("PurgeAndReplace {text:?} is not a boolean (true, false, 1, 0)")
+                            format!(
+                                "PurgeAndReplace {} is not a boolean (true, false, 1, 0)",
+                                quoted(text)
+                            )
                         })
                 })?,
                 4 => envelope_simple(element, |text| {
                     is_xsd_date_time(collapse(text)).then_some(()).ok_or_else(|| {
-                        format!("EffectiveDate {text:?} is not an xs:dateTime (e.g. 2024-05-01T12:00:00Z)")
+                        format!("EffectiveDate {} is not an xs:dateTime (e.g. 2024-05-01T12:00:00Z)", quoted(text))
                     })
                 })?,
                 _ => {
@@ -369,7 +372,7 @@ fn root_text_problem(position: Position) -> Problem {
         Some(position),
         "AmazonEnvelope",
         "text directly inside <AmazonEnvelope>; it holds elements only",
-        "remove the stray text between the envelope's elements",
+        "Remove the stray text between the envelope's elements.",
     )
 }
 
@@ -396,7 +399,7 @@ fn envelope_simple(
             Some(element.position()),
             &path,
             &what,
-            "correct the value as the envelope schema says",
+            "Correct the value as the envelope schema says.",
         )
     };
     check_attributes(element, &[]).map_err(&fail)?;
@@ -422,7 +425,7 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
             Some(element.position()),
             &envelope_path(element),
             &what,
-            "the Header holds DocumentVersion (e.g. 1.01), MerchantIdentifier and an optional OverrideReleaseId, in that order",
+            "The Header holds DocumentVersion (e.g. 1.01), MerchantIdentifier and an optional OverrideReleaseId, in that order.",
         )
     };
     check_attributes(header, &[]).map_err(|w| fail(header, w))?;
@@ -449,7 +452,10 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
             "DocumentVersion" => {
                 envelope_simple(child, |text| {
                     is_version(text, 2).then_some(()).ok_or_else(|| {
-                        format!("DocumentVersion {text:?} does not match \\d{{1,2}}\\.\\d{{1,2}}")
+                        format!(
+                            "DocumentVersion {} does not match \\d{{1,2}}\\.\\d{{1,2}}",
+                            quoted(text)
+                        )
                     })
                 })?;
                 document_version = text.to_owned();
@@ -466,13 +472,16 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
                 merchant = Some(MerchantId::new(&value).ok_or_else(|| {
                     fail(
                         child,
-                        format!("MerchantIdentifier {value:?} is empty, \".\", \"..\" or contains a control character or path separator"),
+                        format!("MerchantIdentifier {} is empty, \".\", \"..\" or contains a control character or path separator", quoted(&value)),
                     )
                 })?);
             }
             _ => envelope_simple(child, |text| {
                 is_version(text, 4).then_some(()).ok_or_else(|| {
-                    format!("OverrideReleaseId {text:?} does not match \\d{{1,4}}\\.\\d{{1,4}}")
+                    format!(
+                        "OverrideReleaseId {} does not match \\d{{1,4}}\\.\\d{{1,4}}",
+                        quoted(text)
+                    )
                 })
             })?,
         }
@@ -488,7 +497,10 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
 fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
     envelope_simple(element, |text| {
         MESSAGE_TYPES.contains(&text).then_some(()).ok_or_else(|| {
-            format!("MessageType {text:?} is not one of the envelope schema's values")
+            format!(
+                "MessageType {} is not one of the envelope schema's values",
+                quoted(text)
+            )
         })
     })?;
     if element.text() != "OrderAdjustment" {
@@ -501,7 +513,7 @@ fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
                 "MessageType is {}; this processor only accepts OrderAdjustment feeds",
                 element.text()
             ),
-            "send only Order Adjustment feeds here (MessageType OrderAdjustment)",
+            "Send only Order Adjustment feeds here (MessageType OrderAdjustment).",
         ));
     }
     Ok(())
@@ -674,13 +686,14 @@ fn check_attributes(element: Element<'_>, allowed: &[&str]) -> Result<(), String
                 continue;
             }
             return Err(format!(
-                "<{}> is in namespace {value:?}; the feed elements have no namespace",
-                element.name()
+                "<{}> is in namespace {}; the feed elements have no namespace",
+                element.name(),
+                quoted(value)
             ));
         }
         if name.starts_with("xmlns:") {
             if name == "xmlns:xsi" && value != XSI {
-                return Err(format!("xmlns:xsi must be {XSI:?}"));
+                return Err(format!("xmlns:xsi must be {}", quoted(XSI)));
             }
             continue;
         }
@@ -930,7 +943,7 @@ impl<'t> Collector<'t> {
             Code::SchemaInvalid,
             element,
             description,
-            "correct the message as the OrderAdjustment schema says",
+            "Correct the message as the OrderAdjustment schema says.",
         );
     }
 
@@ -946,7 +959,7 @@ impl<'t> Collector<'t> {
                 element,
                 Some(issue.at.position()),
                 issue.what.clone(),
-                "correct the message as the OrderAdjustment schema says",
+                "Correct the message as the OrderAdjustment schema says.",
             )
             .with_item(self.item_code()),
         );
@@ -1061,7 +1074,10 @@ fn check_message(
             ),
             _ => c.schema(
                 element,
-                format!("MessageID {text:?} is not a positive integer of at most 20 digits"),
+                format!(
+                    "MessageID {} is not a positive integer of at most 20 digits",
+                    quoted(text)
+                ),
             ),
         }
     }
@@ -1093,7 +1109,7 @@ fn check_message(
             Code::DuplicateMessageId,
             element,
             format!("MessageID {id} was already used earlier in this feed"),
-            "give every message of a feed its own MessageID",
+            "Give every message of a feed its own MessageID.",
         );
     }
     if let Some(element) = child(message, "OperationType")
@@ -1102,7 +1118,10 @@ fn check_message(
     {
         c.schema(
             element,
-            format!("OperationType {text:?} is not Update, Delete or PartialUpdate"),
+            format!(
+                "OperationType {} is not Update, Delete or PartialUpdate",
+                quoted(text)
+            ),
         );
     }
     let adjustment = child(message, "OrderAdjustment")
@@ -1189,24 +1208,24 @@ fn check_order_adjustment<'t>(
         ],
     );
     let mut order = None;
-    let mut order_seen = false;
+    let mut order_position = None;
     let mut action = None;
     for element in adjustment.children() {
         match element.name() {
-            "AmazonOrderID" if !order_seen => {
-                order_seen = true;
+            "AmazonOrderID" if order_position.is_none() => {
+                order_position = Some(element.position());
                 if let Some(text) = simple(c, element) {
                     match AmazonOrderId::new(text) {
                         Some(id) => order = Some(OrderRef::Amazon(id)),
                         None => c.schema(
                             element,
-                            format!("AmazonOrderID {text:?} is not 3-7-7 ASCII letters or digits joined by hyphens (e.g. 123-1234567-1234567)"),
+                            format!("AmazonOrderID {} is not 3-7-7 ASCII letters or digits joined by hyphens (e.g. 123-1234567-1234567)", quoted(text)),
                         ),
                     }
                 }
             }
-            "MerchantOrderID" if !order_seen => {
-                order_seen = true;
+            "MerchantOrderID" if order_position.is_none() => {
+                order_position = Some(element.position());
                 order = seller_id(c, element, 50).map(OrderRef::Merchant);
             }
             "ActionType" if action.is_none() => {
@@ -1215,7 +1234,7 @@ fn check_order_adjustment<'t>(
                         Ok(value) => action = Some(value),
                         Err(()) => c.schema(
                             element,
-                            format!("ActionType {text:?} is not Refund or Cancel"),
+                            format!("ActionType {} is not Refund or Cancel", quoted(text)),
                         ),
                     }
                 }
@@ -1226,7 +1245,7 @@ fn check_order_adjustment<'t>(
                 {
                     c.schema(
                         element,
-                        format!("CODCollectionMethod {text:?} is not DirectPayment"),
+                        format!("CODCollectionMethod {} is not DirectPayment", quoted(text)),
                     );
                 }
             }
@@ -1257,6 +1276,7 @@ fn check_order_adjustment<'t>(
         currency: c.currency.map(|(currency, _)| currency),
         items,
         position: adjustment.position(),
+        order_position: order_position.unwrap_or(adjustment.position()),
     })
 }
 
@@ -1299,7 +1319,7 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
         "not applied because {names} of the same message failed; the items of a message apply together or not at all"
     );
     let fix = format!(
-        "correct the failing {} and resend the whole message; the same MerchantAdjustmentItemIDs may be used, as a validation rejection is not recorded under them",
+        "Correct the failing {} and resend the whole message; the same MerchantAdjustmentItemIDs may be used, as a validation rejection is not recorded under them.",
         if failed.len() == 1 { "item" } else { "items" }
     );
     // One pass that puts each linked problem where its item's problems would be.
@@ -1334,7 +1354,10 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
     if length > max {
         c.schema(
             element,
-            format!("{name} is {length} characters long; at most {max} are allowed"),
+            format!(
+                "{name} is {} long; at most {max} are allowed",
+                count(length, "character")
+            ),
         );
         return None;
     }
@@ -1342,7 +1365,7 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
     if id.is_none() {
         c.schema(
             element,
-            format!("{name} {value:?} is not a valid identifier"),
+            format!("{name} {} is not a valid identifier", quoted(&value)),
         );
     }
     id
@@ -1381,6 +1404,7 @@ fn check_item<'t>(
         ],
     );
     let mut item_ref = None;
+    let mut positions = ItemPositions::default();
     let mut ref_seen = false;
     let mut key = None;
     let mut reason = None;
@@ -1393,21 +1417,29 @@ fn check_item<'t>(
         match element.name() {
             "AmazonOrderItemCode" if !ref_seen => {
                 ref_seen = true;
+                positions.item_ref = element.position();
                 if let Some(text) = simple(c, element) {
                     match OrderItemCode::new(text) {
                         Some(code) => item_ref = Some(ItemRef::Amazon(code)),
                         None => c.schema(
                             element,
-                            format!("AmazonOrderItemCode {text:?} is not 14 or 15 digits"),
+                            format!(
+                                "AmazonOrderItemCode {} is not 14 or 15 digits",
+                                quoted(text)
+                            ),
                         ),
                     }
                 }
             }
             "MerchantOrderItemID" if !ref_seen => {
                 ref_seen = true;
+                positions.item_ref = element.position();
                 item_ref = seller_id(c, element, 50).map(ItemRef::Merchant);
             }
-            "MerchantAdjustmentItemID" => key = seller_id(c, element, 50),
+            "MerchantAdjustmentItemID" => {
+                positions.key = Some(element.position());
+                key = seller_id(c, element, 50);
+            }
             "AdjustmentReason" => {
                 if let Some(text) = simple(c, element) {
                     match AdjustmentReason::from_str(text) {
@@ -1419,9 +1451,10 @@ fn check_item<'t>(
                                 Code::UnknownAdjustmentReason,
                                 element,
                                 format!(
-                                    "AdjustmentReason {text:?} is not one of the schema values"
+                                    "AdjustmentReason {} is not one of the schema values",
+                                    quoted(text)
                                 ),
-                                &format!("use one of {}", all.join(", ")),
+                                &format!("Use one of {}.", all.join(", ")),
                             );
                         }
                     }
@@ -1456,7 +1489,10 @@ fn check_item<'t>(
                                 if !(6..=12).contains(&n) {
                                     c.schema(
                                         part,
-                                        format!("PromotionClaimCode is {n} characters long; it must be 6 to 12"),
+                                        format!(
+                                            "PromotionClaimCode is {} long; it must be 6 to 12",
+                                            count(n, "character")
+                                        ),
                                     );
                                 }
                             }
@@ -1467,7 +1503,7 @@ fn check_item<'t>(
                                 if n > 80 {
                                     c.schema(
                                         part,
-                                        format!("MerchantPromotionID is {n} characters long; at most 80 are allowed"),
+                                        format!("MerchantPromotionID is {} long; at most 80 are allowed", count(n, "character")),
                                     );
                                 }
                             }
@@ -1507,14 +1543,18 @@ fn check_item<'t>(
                     Code::UnsupportedAdjustment,
                     element,
                     "DirectPaymentAdjustments (cash-on-delivery refunds) are not applied by adjustd".to_owned(),
-                    "send this refund in ItemPriceAdjustments, or apply the cash-on-delivery part in Seller Central",
+                    "Send this refund in ItemPriceAdjustments, or apply the cash-on-delivery part in Seller Central.",
                 );
             }
             "QuantityCancelled" => {
                 quantity_cancelled_element = Some(element);
+                positions.quantity_cancelled = Some(element.position());
                 quantity_cancelled = check_quantity(c, element);
             }
-            "Quantity" => quantity = check_quantity(c, element),
+            "Quantity" => {
+                positions.quantity = Some(element.position());
+                quantity = check_quantity(c, element);
+            }
             _ => {}
         }
     }
@@ -1536,11 +1576,11 @@ fn check_item<'t>(
             let (container, fix) = match p.group {
                 0 => (
                     "AdjustedItem",
-                    "put the whole amount of a component in one Component element",
+                    "Put the whole amount of a component in one Component element.",
                 ),
                 _ => (
                     "PromotionAdjustments",
-                    "put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments",
+                    "Put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments.",
                 ),
             };
             c.add(
@@ -1561,19 +1601,22 @@ fn check_item<'t>(
                 Code::NegativeRefundComponent,
                 p.amount_element,
                 format!(
-                    "{} is {}: a refund of {} can not be negative",
-                    p.component, p.amount, p.component
+                    "{} is {}: a refund of {} cannot be negative",
+                    p.component,
+                    collapse(p.amount_element.text()),
+                    p.component
                 ),
-                "send refunds as positive amounts; charge the buyer only with fee components (RestockingFee, RestockingFeeTax, ReturnShipping)",
+                "Send refunds as positive amounts; charge the buyer only with fee components (RestockingFee, RestockingFeeTax, ReturnShipping).",
             ),
             ComponentClass::Promotion if p.amount.value() > Decimal::ZERO => c.add(
                 Code::NegativeRefundComponent,
                 p.amount_element,
                 format!(
-                    "{} is +{}: a promotion reversal takes the discount back, so it must be negative",
-                    p.component, p.amount
+                    "{} is {}: a promotion reversal takes the discount back, so it must be negative",
+                    p.component,
+                    collapse(p.amount_element.text())
                 ),
-                "write promotion adjustments as negative amounts (e.g. -2.00)",
+                "Write promotion adjustments as negative amounts (e.g. -2.00).",
             ),
             _ => {}
         }
@@ -1585,7 +1628,7 @@ fn check_item<'t>(
                 Code::CancelReasonInvalid,
                 element,
                 format!("QuantityCancelled is given with AdjustmentReason {reason}"),
-                "use AdjustmentReason NoInventory or CustomerCancel for a partial cancellation, or remove QuantityCancelled",
+                "Use AdjustmentReason NoInventory or CustomerCancel for a partial cancellation, or remove QuantityCancelled.",
             );
     }
     if action == Some(ActionType::Cancel) && quantity_cancelled_element.is_none() {
@@ -1593,7 +1636,7 @@ fn check_item<'t>(
             Code::CancelWithoutQuantity,
             item,
             "ActionType is Cancel but this AdjustedItem has no QuantityCancelled".to_owned(),
-            "give the number of units cancelled in QuantityCancelled, or use ActionType Refund",
+            "Give the number of units cancelled in QuantityCancelled, or use ActionType Refund.",
         );
     }
     if c.count() != before {
@@ -1618,13 +1661,13 @@ fn check_item<'t>(
                     "the net of this AdjustedItem is {}: an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)",
                     net.normalize()
                 ),
-                "refund more than the fees charged, or send a pure QuantityCancelled without amounts",
+                "Refund more than the fees charged, or send a pure QuantityCancelled without amounts.",
             ),
             None => c.add(
                 Code::AmountFormat,
                 item,
                 "the amounts of this AdjustedItem add up to more than can be represented".to_owned(),
-                "send realistic amounts",
+                "Send realistic amounts.",
             ),
         }
     }
@@ -1644,6 +1687,7 @@ fn check_item<'t>(
         quantity_cancelled,
         quantity,
         position: item.position(),
+        positions,
     })
 }
 
@@ -1712,7 +1756,7 @@ fn check_restocking_fee(
                 money(principal)
             ),
             &format!(
-                "charge at most {} as RestockingFee + RestockingFeeTax for this item",
+                "Charge at most {} as RestockingFee + RestockingFeeTax for this item.",
                 money(allowed)
             ),
         );
@@ -1751,8 +1795,11 @@ fn check_component<'t>(
             c.add(
                 Code::UnknownComponentType,
                 type_element,
-                format!("Component Type {text:?} is not one of the schema values"),
-                &format!("use one of {}", allowed()),
+                format!(
+                    "Component Type {} is not one of the schema values",
+                    quoted(text)
+                ),
+                &format!("Use one of {}.", allowed()),
             );
         }
     }
@@ -1787,11 +1834,11 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         return None;
     }
     let text = element.text();
-    // The number and its significant fraction digits (`Amount::parse` keeps only those, so
-    // an amount's scale is exactly its `fraction_digits()`). An amount with more fraction
+    // The number and its significant fraction digits (trailing zeros do not count). An
+    // amount with more fraction
     // digits than an `Amount` holds is too precise for any currency, like one with 5.
     let (amount, fraction_digits) = match Amount::parse(text) {
-        Ok(amount) => (Some(amount), amount.value().scale()),
+        Ok(amount) => (Some(amount), amount.fraction_digits()),
         Err(AmountError::FractionDigits { significant }) => (None, significant),
         Err(error) => {
             let what = match error {
@@ -1803,8 +1850,8 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             c.add(
                 Code::AmountFormat,
                 element,
-                format!("Amount {text:?} {what}"),
-                "write amounts like 12.34 or -4.00",
+                format!("Amount {} {what}", quoted(collapse(text))),
+                "Write amounts like 12.34 or -4.00.",
             );
             (None, 0)
         }
@@ -1827,31 +1874,25 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
         }
         currency
     });
-    // As written, without surrounding white space; normalized when it parsed.
-    let shown = || amount.map_or_else(|| collapse(text).to_owned(), |a| a.to_string());
+    // As written, without surrounding white space (a number that parsed or has too many
+    // fraction digits: digits, a sign and a point only).
+    let shown = collapse(text);
     match currency {
-        Some(currency) if fraction_digits > currency.exponent() => c.add(
-            Code::AmountPrecision,
-            element,
-            format!(
-                "Amount {} has {fraction_digits} fraction digits but {currency} has {}",
-                shown(),
-                currency.exponent()
-            ),
-            &format!(
-                "write {currency} amounts with at most {} fraction digits",
-                currency.exponent()
-            ),
-        ),
+        Some(currency) if fraction_digits > currency.exponent() => {
+            let code = currency.code();
+            let (description, fix) =
+                precision_texts("Amount", shown, fraction_digits, currency, code);
+            c.add(Code::AmountPrecision, element, description, &fix);
+        }
         None if fraction_digits > Currency::MAX_EXPONENT => c.add(
             Code::AmountPrecision,
             element,
             format!(
-                "Amount {} has {fraction_digits} significant fraction digits; no currency allows more than {}",
-                shown(),
+                "Amount {shown} has {}; no currency allows more than {}",
+                count(fraction_digits, "significant fraction digit"),
                 Currency::MAX_EXPONENT
             ),
-            "write the amount with at most as many fraction digits as the order's currency has (JPY 0, USD 2, KWD 3, CLF 4); adjustd never rounds",
+            "Write the amount with at most as many fraction digits as the order's currency has (JPY none, USD 2, KWD 3, CLF 4); adjustd never rounds.",
         ),
         _ => {}
     }
@@ -1860,8 +1901,8 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             None => c.add(
                 Code::CurrencyUnknown,
                 element,
-                format!("currency {code:?} is not an ISO 4217 currency code"),
-                "use the order's three-letter ISO 4217 code in upper case, e.g. USD",
+                format!("currency {} is not an ISO 4217 currency code", quoted(code)),
+                "Use the order's three-letter ISO 4217 code in upper case, e.g. USD.",
             ),
             Some(currency) => match c.currency {
                 None => c.currency = Some((currency, element)),
@@ -1872,7 +1913,7 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
                         "currency {currency} differs from {first} used earlier in this message (line {})",
                         first_element.position().line
                     ),
-                    "use one currency, the order's, for all amounts of a message",
+                    "Use one currency, the order's, for all amounts of a message.",
                 ),
                 Some(_) => {}
             },
@@ -1893,8 +1934,8 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
             c.add(
                 Code::QuantityInvalid,
                 element,
-                format!("{name} {text:?} is not a positive integer"),
-                "write a whole number of units, 1 or more",
+                format!("{name} {} is not a positive integer", quoted(text)),
+                "Write a whole number of units, 1 or more.",
             );
             None
         }
@@ -1907,7 +1948,7 @@ fn check_quantity(c: &mut Collector<'_>, element: Element<'_>) -> Option<Quantit
                     collapse(text),
                     u32::MAX
                 ),
-                "write the real number of units",
+                "Write the real number of units.",
             );
             None
         }

@@ -19,8 +19,9 @@ use chrono::NaiveDate;
 use adjustd::engine::{Change, ItemState, OrderState, Policy, RecentAdjustments, Rules};
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
-    Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemRef, MessageId,
-    OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent, Quantity, SellerId,
+    Component, ComponentAmount, ComponentClass, Currency, FulfillmentChannel, ItemPositions,
+    ItemRef, MessageId, OrderItemCode, OrderRef, Position, PriceComponent, PromotionComponent,
+    Quantity, SellerId,
 };
 use adjustd::problem::Code;
 use proptest::prelude::*;
@@ -308,28 +309,54 @@ impl Model {
             }
         }
 
-        // Idempotency.
+        // Idempotency. A conflict is an error of its item: the other items are linked to it.
+        let conflicts = |failing: &[bool]| {
+            rejected(
+                failing
+                    .iter()
+                    .map(|&f| {
+                        if f {
+                            Code::IdempotencyConflict
+                        } else {
+                            Code::LinkedItemFailed
+                        }
+                    })
+                    .collect(),
+            )
+        };
         let keys: Vec<Option<&SellerId>> = message.items.iter().map(|i| i.key.as_ref()).collect();
-        let mut distinct = HashSet::new();
-        if keys.iter().flatten().any(|k| !distinct.insert(*k)) {
-            return rejected(vec![Code::IdempotencyConflict]);
-        }
         let records: Vec<Option<&ModelKey>> = keys
             .iter()
             .map(|k| k.and_then(|k| self.keys.get(k)))
             .collect();
+        let mut distinct = HashSet::new();
+        // Every item whose key an earlier item of the message has, or whose key is known
+        // with other content.
+        let failing: Vec<bool> = (0..n)
+            .map(|i| {
+                keys[i].is_some_and(|k| !distinct.insert(k))
+                    || records[i].is_some_and(|r| r.content != contents[i])
+            })
+            .collect();
+        if failing.contains(&true) {
+            return conflicts(&failing);
+        }
         if records.iter().any(Option::is_some) {
-            let same_content = records
-                .iter()
-                .zip(&contents)
-                .all(|(r, c)| r.is_none_or(|r| &r.content == c));
-            let all_known = records.iter().all(Option::is_some);
             let known: Vec<&ModelKey> = records.iter().flatten().copied().collect();
-            let one_origin = known.iter().all(|r| r.origin == known[0].origin);
-            let one_kind = known.iter().all(|r| r.rejection.is_none())
-                || known.iter().all(|r| r.rejection.is_some());
-            if !(same_content && all_known && one_origin && one_kind) {
-                return rejected(vec![Code::IdempotencyConflict]);
+            // Otherwise the keys together must be one earlier message's, whole: the first
+            // item that breaks that fails.
+            let breaking = records.iter().position(Option::is_none).or_else(|| {
+                let one_kind = known.iter().all(|r| r.rejection.is_none())
+                    || known.iter().all(|r| r.rejection.is_some());
+                known
+                    .iter()
+                    .position(|r| r.origin != known[0].origin)
+                    .or((!one_kind).then_some(0))
+            });
+            if let Some(index) = breaking {
+                let mut failing = vec![false; n];
+                failing[index] = true;
+                return conflicts(&failing);
             }
             return match known[0].rejection {
                 None => Expected {
@@ -896,6 +923,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
             }),
             quantity: quantity.map(|q| Quantity::new(q).expect("positive")),
             position,
+            positions: ItemPositions::default(),
         });
     }
     let action = if items.iter().all(|i| i.quantity_cancelled.is_some()) && rng.chance(50) {
@@ -912,6 +940,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
         currency: declared,
         items,
         position: Position { line: 2, column: 3 },
+        order_position: Position { line: 3, column: 5 },
     }
 }
 

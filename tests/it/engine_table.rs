@@ -45,8 +45,9 @@ use adjustd::engine::{
 };
 use adjustd::model::{
     ActionType, AdjustedItem, AdjustmentMessage, AdjustmentReason, AmazonOrderId, Amount,
-    Component, ComponentAmount, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId,
-    OrderItemCode, OrderRef, Position, Quantity, SellerId, format_minor, parse_purchase_date,
+    Component, ComponentAmount, Currency, FulfillmentChannel, ItemPositions, ItemRef, MerchantId,
+    MessageId, OrderItemCode, OrderRef, Position, Quantity, SellerId, format_minor,
+    parse_purchase_date,
 };
 use adjustd::problem::{Code, Problem};
 
@@ -322,6 +323,10 @@ impl Scenario<'_> {
             for problem in &outcome.problems {
                 check_problem_facts(message, problem)
                     .unwrap_or_else(|what| self.fail(line, &format!("{what}: {problem}")));
+                let faults = crate::fixtures::text_faults(problem);
+                if !faults.is_empty() {
+                    self.fail(line, &format!("{faults:#?}"));
+                }
                 // An applied message has warnings only, a rejected one errors only.
                 if problem.is_error() == outcome.applied {
                     self.fail(
@@ -584,6 +589,7 @@ fn run_table(path: &Path) -> usize {
                     currency,
                     items: Vec::new(),
                     position: position(0),
+                    order_position: position(1),
                 });
             }
             "adj" => {
@@ -598,6 +604,7 @@ fn run_table(path: &Path) -> usize {
                     quantity_cancelled: None,
                     quantity: None,
                     position: position(2),
+                    positions: ItemPositions::default(),
                 };
                 let mut has_item = false;
                 for (column, (k, v)) in fields(rest).into_iter().enumerate() {
@@ -607,20 +614,29 @@ fn run_table(path: &Path) -> usize {
                             item.item = ItemRef::Amazon(
                                 OrderItemCode::new(&v).unwrap_or_else(|| bad("bad item")),
                             );
+                            item.positions.item_ref = position(column + 10);
                             has_item = true;
                         }
                         "mitem" => {
                             item.item = ItemRef::Merchant(
                                 SellerId::new(&v).unwrap_or_else(|| bad("bad item")),
                             );
+                            item.positions.item_ref = position(column + 10);
                             has_item = true;
                         }
                         "key" => {
-                            item.key = Some(SellerId::new(&v).unwrap_or_else(|| bad("bad key")))
+                            item.key = Some(SellerId::new(&v).unwrap_or_else(|| bad("bad key")));
+                            item.positions.key = Some(position(column + 10));
                         }
                         "reason" => item.reason = v.parse().unwrap_or_else(|()| bad("bad reason")),
-                        "qc" => item.quantity_cancelled = v.parse().ok().and_then(Quantity::new),
-                        "q" => item.quantity = v.parse().ok().and_then(Quantity::new),
+                        "qc" => {
+                            item.quantity_cancelled = v.parse().ok().and_then(Quantity::new);
+                            item.positions.quantity_cancelled = Some(position(column + 10));
+                        }
+                        "q" => {
+                            item.quantity = v.parse().ok().and_then(Quantity::new);
+                            item.positions.quantity = Some(position(column + 10));
+                        }
                         other => {
                             let component =
                                 Component::from_name(other).unwrap_or_else(|| bad("unknown field"));

@@ -75,6 +75,8 @@ pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Cod
     let feed_problem = |out: &mut String, problem: &Problem, codes: &mut BTreeSet<Code>| {
         assert_eq!(problem.code.scope(), Scope::Feed, "{problem}");
         codes.insert(problem.code);
+        let faults = text_faults(problem);
+        assert!(faults.is_empty(), "{}: {faults:#?}", path.display());
         writeln!(out, "rejected: {}", line(problem)).expect("write to String");
     };
     match validator.header() {
@@ -104,6 +106,8 @@ pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Cod
                     assert_eq!(problem.code.scope(), Scope::Message, "{problem}");
                     assert_eq!(problem.message_id, message_id);
                     codes.insert(problem.code);
+                    let faults = text_faults(problem);
+                    assert!(faults.is_empty(), "{}: {faults:#?}", path.display());
                     writeln!(out, "  {}", line(problem)).expect("write to String");
                 }
             }
@@ -114,6 +118,44 @@ pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Cod
         }
     }
     out
+}
+
+/// What is wrong with the words of a problem, by the texts' conventions: the fix is a
+/// capitalised sentence that ends with a full stop; no Rust escapes (`\u{a0}`, `\"`) reach
+/// a seller (values are quoted with `problem::quoted`); counts agree with their nouns
+/// (`problem::count`); "cannot" is one word.
+pub fn text_faults(problem: &Problem) -> Vec<String> {
+    let mut faults = Vec::new();
+    let fix = problem.fix.as_str();
+    if !fix.starts_with(|c: char| c.is_uppercase()) || !fix.ends_with('.') {
+        faults.push(format!("the fix is not a capitalised sentence: {fix:?}"));
+    }
+    for text in [problem.description.as_str(), fix] {
+        if text.contains("\\u{") || text.contains("\\\"") {
+            faults.push(format!("a Rust escape: {text:?}"));
+        }
+        if text.to_lowercase().contains("can not") {
+            faults.push(format!("\"can not\": {text:?}"));
+        }
+        let words: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .map(|word| word.trim_end_matches([',', ';', ':', '.', ')']))
+            .collect();
+        for (index, _) in words.iter().enumerate().filter(|(_, w)| **w == "1") {
+            let mut nouns = words[index + 1..].iter();
+            let mut noun = nouns.next().copied().unwrap_or_default();
+            if matches!(noun, "fraction" | "integer" | "significant") {
+                noun = nouns.next().copied().unwrap_or_default();
+            }
+            if noun.len() > 2 && noun.ends_with('s') && noun != "was" {
+                faults.push(format!("\"1 {noun}\": {text:?}"));
+            }
+        }
+        if text.contains("at most 0 ") {
+            faults.push(format!("\"at most 0\": {text:?}"));
+        }
+    }
+    faults
 }
 
 fn line(problem: &Problem) -> String {

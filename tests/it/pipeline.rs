@@ -189,7 +189,7 @@ fn a_merchant_folder_rejects_a_foreign_merchant_and_reports_into_its_own_outbox(
     let processed = pipeline::process_file(&mut context, &src).expect("process");
     let fix = &processed.outcome.results[0].fix;
     assert!(
-        fix.contains("the top-level inbox accepts no feeds")
+        fix.contains("The top-level inbox accepts no feeds")
             && fix.contains("allowed_merchants is empty"),
         "{fix}"
     );
@@ -1148,4 +1148,118 @@ fn without_a_currency_attribute_precision_in_the_order_currency_comes_before_fee
         "Message/OrderAdjustment/AdjustedItem[1]/ItemPriceAdjustments/Component[1]/Amount"
     );
     assert_eq!(processed.outcome.messages_with_error, 5);
+}
+
+/// The element a problem names, as written in `feed`: the text at the problem's line and
+/// column must open that element (`.../Amount/@currency` is an attribute of `<Amount`).
+fn element_at_its_position(feed: &str, problem: &adjustd::problem::Problem) -> Result<(), String> {
+    let position = problem.position.ok_or("no position")?;
+    let line = feed
+        .lines()
+        .nth(position.line as usize - 1)
+        .ok_or("no such line")?;
+    let at: String = line.chars().skip(position.column as usize - 1).collect();
+    let path = problem.element.trim_end_matches("/@currency");
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let name = name.split('[').next().unwrap_or(name);
+    if at.starts_with(&format!("<{name}>")) || at.starts_with(&format!("<{name} ")) {
+        Ok(())
+    } else {
+        Err(format!("line {position} is {at:?}, not <{name}>"))
+    }
+}
+
+#[test]
+fn every_problem_found_against_the_store_points_at_the_element_it_names() {
+    // DESIGN: each error names the element and its line. Every element on a line of its
+    // own, indented, so the Message, the AdjustedItem and their children all differ.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let message = |id: u32, order: &str, item: &str, key: Option<&str>, tail: &str| {
+        let key = key.map_or(String::new(), |key| {
+            format!("      <MerchantAdjustmentItemID>{key}</MerchantAdjustmentItemID>\n")
+        });
+        format!(
+            "  <Message>\n    <MessageID>{id}</MessageID>\n    <OrderAdjustment>\n      \
+             <AmazonOrderID>{order}</AmazonOrderID>\n      <AdjustedItem>\n        \
+             <AmazonOrderItemCode>{item}</AmazonOrderItemCode>\n  {key}        {tail}\n      \
+             </AdjustedItem>\n    </OrderAdjustment>\n  </Message>\n"
+        )
+    };
+    let refund = |amount: &str, currency: &str, after: &str| {
+        format!(
+            "<AdjustmentReason>CustomerReturn</AdjustmentReason>\n        <ItemPriceAdjustments>\n          \
+             <Component><Type>Principal</Type>\n            <Amount currency=\"{currency}\">{amount}</Amount>\n          \
+             </Component>\n        </ItemPriceAdjustments>{after}"
+        )
+    };
+    let (order, item) = ("111-0000001-0000001", "10000000000001");
+    let quantity = "\n        <Quantity>2</Quantity>";
+    let cancel = "<AdjustmentReason>CustomerCancel</AdjustmentReason>\n        <QuantityCancelled>2</QuantityCancelled>";
+    let xml = [
+        FEED_HEAD.to_owned(),
+        message(
+            1,
+            "111-9999999-9999999",
+            item,
+            None,
+            &refund("1.00", "USD", ""),
+        ),
+        message(
+            2,
+            "111-0000003-0000003",
+            "10000000000004",
+            None,
+            &refund("1.00", "USD", ""),
+        ),
+        message(3, order, "10000000000099", None, &refund("1.00", "USD", "")),
+        message(4, order, item, None, cancel),
+        message(5, order, item, None, &refund("1.00", "USD", quantity)),
+        message(6, order, item, None, &refund("50.00", "USD", "")),
+        message(7, order, item, None, &refund("1.00", "EUR", "")),
+        // 15.00 Principal with a 5.00 promotion kept: more than the buyer paid.
+        message(
+            8,
+            order,
+            "10000000000002",
+            None,
+            &refund("15.00", "USD", ""),
+        ),
+        message(9, order, item, Some("POS-1"), &refund("1.00", "USD", "")),
+        message(10, order, item, Some("POS-1"), &refund("1.00", "USD", "")),
+        message(11, order, item, Some("POS-1"), &refund("2.00", "USD", "")),
+        "</AmazonEnvelope>\n".to_owned(),
+    ]
+    .concat();
+    let feed = dir.path().join("positions.xml");
+    std::fs::write(&feed, &xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&feed, None)).expect("process");
+    assert_eq!(
+        codes(&processed.outcome),
+        [
+            (1, Code::OrderNotFound),
+            (2, Code::OrderNotAdjustable),
+            (3, Code::ItemNotInOrder),
+            (4, Code::CancelExceedsUnshipped),
+            (5, Code::QuantityExceedsShipped),
+            (6, Code::ComponentExceedsRemaining),
+            (7, Code::CurrencyMismatch),
+            (8, Code::ComponentExceedsRemaining),
+            (10, Code::DuplicateAdjustment),
+            (11, Code::IdempotencyConflict),
+        ],
+        "{:#?}",
+        processed.outcome.results
+    );
+    let wrong: Vec<String> = processed
+        .outcome
+        .results
+        .iter()
+        .filter_map(|problem| {
+            element_at_its_position(&xml, problem)
+                .err()
+                .map(|why| format!("{problem}\n    {why}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

@@ -34,7 +34,7 @@ use adjustd::engine::{OrderState, Rules};
 use adjustd::feed::Limits;
 use adjustd::model::{
     ActionType, AdjustmentMessage, Amount, Component, ComponentClass, Currency, FulfillmentChannel,
-    ItemRef, MerchantId, OrderRef, Position, format_minor,
+    ItemPositions, ItemRef, MerchantId, OrderRef, Position, format_minor,
 };
 use adjustd::pipeline::{self, Context, DuplicatePolicy, Processed, Source};
 use adjustd::problem::{Code, Severity};
@@ -219,8 +219,10 @@ fn without_positions(message: &AdjustmentMessage) -> AdjustmentMessage {
     let mut message = message.clone();
     let zero = Position { line: 0, column: 0 };
     message.position = zero;
+    message.order_position = zero;
     for item in &mut message.items {
         item.position = zero;
+        item.positions = ItemPositions::default();
         for amount in &mut item.amounts {
             amount.position = zero;
         }
