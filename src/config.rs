@@ -1,8 +1,9 @@
 //! Configuration: the TOML file (raw, every field optional, unknown keys rejected) plus
 //! `ADJUSTD_<SECTION>_<KEY>` environment overrides (each checked on its own, so an error
 //! names the variable), resolved into one validated [`Config`] with absolute paths,
-//! `Duration`s and every default applied in one place. Nothing outside this module sees the
-//! raw form, so no command can have defaults of its own.
+//! `Duration`s and every default applied in one place. An error about the file names its
+//! line, column and key, whether the TOML reader or a later check found it. Nothing outside
+//! this module sees the raw form, so no command can have defaults of its own.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -21,7 +22,8 @@ use crate::pipeline::DuplicatePolicy;
 /// The config file used when `--config` is not given and it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "adjustd.toml";
 
-/// Errors while loading the configuration. Each names the file and the key.
+/// Errors while loading the configuration. Each names where the bad value came from: the
+/// file with the line, column and key, or the environment variable.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -34,12 +36,17 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid TOML or has an unknown key or a wrong type.
-    #[error("config file {path}: {message}")]
-    Parse {
+    /// The file is not valid TOML, or one of its keys is unknown or has a wrong value.
+    #[error("config file {}{}: {}{message}", path.display(), at(*.position), key_prefix(.key.as_deref()))]
+    File {
         /// The file.
-        path: String,
-        /// What toml said (names the key and line).
+        path: PathBuf,
+        /// Line and column (both from 1; the column counts characters) of the bad key or
+        /// value; `None` only if the TOML reader gave no position.
+        position: Option<(usize, usize)>,
+        /// The key as `[section] key`, when the error is about one.
+        key: Option<String>,
+        /// What is wrong and what is accepted.
         message: String,
     },
     /// An `ADJUSTD_*` environment variable is not a config key, or its value is wrong.
@@ -50,14 +57,27 @@ pub enum ConfigError {
         /// What is wrong and what is accepted.
         message: String,
     },
-    /// A value is out of range or contradicts another.
+    /// A value is wrong and neither the file nor a variable could be named as its origin.
+    /// Not expected: the file and each variable are checked on their own first.
     #[error("config key {key}: {message}")]
     Invalid {
-        /// `section.key`, or the environment variable.
+        /// The key as `[section] key`.
         key: String,
         /// What is wrong and what is accepted.
         message: String,
     },
+}
+
+/// `, line L, column C` for [`ConfigError::File`].
+fn at(position: Option<(usize, usize)>) -> String {
+    position.map_or_else(String::new, |(line, column)| {
+        format!(", line {line}, column {column}")
+    })
+}
+
+/// `[section] key: ` for [`ConfigError::File`].
+fn key_prefix(key: Option<&str>) -> String {
+    key.map_or_else(String::new, |key| format!("{key}: "))
 }
 
 /// `[inbox] watch` as written; resolves to [`WatchMode`].
@@ -246,6 +266,16 @@ pub const KEYS: &[(&str, &str)] = &[
     ("log", "format"),
 ];
 
+/// The keys that hold lists, with an example of the TOML array an `ADJUSTD_*` variable
+/// must hold for them.
+const LIST_KEYS: &[((&str, &str), &str)] = &[
+    (("inbox", "ignore"), r#"[".*", "*.tmp"]"#),
+    (
+        ("inbox", "allowed_merchants"),
+        r#"["A1SELLER", "A2SELLER"]"#,
+    ),
+];
+
 /// `ADJUSTD_*` variables that are not config keys but are meant for adjustd or its tests:
 /// `ADJUSTD_CONFIG` (the `--config` flag), and the test suite's knobs, which the binary
 /// inherits when the tests run it. Any other `ADJUSTD_*` variable that is not a key is an
@@ -303,55 +333,198 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config,
             default.is_file().then_some(default)
         }
     };
-    let (mut table, base) = match &file {
+    let (source, mut table, base) = match &file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
                 source,
             })?;
-            let table: toml::Table =
-                text.parse()
-                    .map_err(|e: toml::de::Error| ConfigError::Parse {
-                        path: path.display().to_string(),
-                        message: e.to_string(),
-                    })?;
+            let source = Source {
+                path: path.clone(),
+                text,
+            };
+            // The file alone first, so that its errors name the file and not a variable.
+            let table = source.check()?;
             let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            (table, absolute(&cwd, &folder))
+            (Some(source), table, absolute(&cwd, &folder))
         }
-        None => (toml::Table::new(), cwd.clone()),
+        None => (None, toml::Table::new(), cwd.clone()),
     };
-    // The file alone first, so that its errors name the file and not a variable.
-    if let Some(path) = &file {
-        FileConfig::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
-            ConfigError::Parse {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
-    }
     let env_keys = apply_env(&mut table, env)?;
-    let raw: FileConfig =
-        FileConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-            path: file.as_ref().map_or_else(
-                || "(ADJUSTD_* variables)".to_owned(),
-                |p| format!("{} with ADJUSTD_* variables", p.display()),
-            ),
-            message: e.to_string(),
-        })?;
-    resolve(raw, file, &base, &cwd, &env_keys).map_err(|error| match error {
-        // A bad value that came from a variable: say which variable.
-        ConfigError::Invalid { key, message } => match env_keys
-            .iter()
-            .find(|(section, name)| key == format!("{section}.{name}"))
-        {
-            Some((section, name)) => ConfigError::Env {
-                var: env_var(section, name),
-                message: format!("{key}: {message}"),
-            },
-            None => ConfigError::Invalid { key, message },
-        },
-        other => other,
+    // Each part was deserialised on its own and the keys are independent, so this does not
+    // fail; if it did, the error could name neither the file nor a variable.
+    let raw = FileConfig::deserialize(toml::Value::Table(table)).map_err(|error| {
+        ConfigError::Invalid {
+            key: "(the file with the ADJUSTD_* variables)".to_owned(),
+            message: error.message().to_owned(),
+        }
+    })?;
+    resolve(raw, file, &base, &cwd, &env_keys).map_err(|bad| {
+        let BadValue {
+            section,
+            key,
+            item,
+            message,
+        } = bad;
+        if env_keys.contains(&(section, key)) {
+            ConfigError::Env {
+                var: env_var(section, key),
+                message: format!("[{section}] {key}: {message}"),
+            }
+        } else if let Some(source) = &source {
+            source.error(
+                source.value_offset(section, key, item),
+                Some(format!("[{section}] {key}")),
+                message,
+            )
+        } else {
+            ConfigError::Invalid {
+                key: format!("[{section}] {key}"),
+                message,
+            }
+        }
     })
+}
+
+/// The config file's text, kept to turn the byte offsets of TOML errors and of keys into
+/// lines and columns.
+struct Source {
+    path: PathBuf,
+    text: String,
+}
+
+impl Source {
+    /// Parses the text and deserialises it on its own; returns it as a table, ready for the
+    /// environment's overrides. Deserialising the text (not a `toml::Table` made from it)
+    /// keeps the positions, which a table does not have.
+    fn check(&self) -> Result<toml::Table, ConfigError> {
+        let document = toml::de::DeTable::parse(&self.text).map_err(|error| {
+            self.error(
+                error.span().map(|span| span.start),
+                None,
+                error.message().to_owned(),
+            )
+        })?;
+        if let Err(error) = toml::from_str::<FileConfig>(&self.text) {
+            let offset = error.span().map(|span| span.start);
+            let key = offset.and_then(|offset| key_at(document.get_ref(), offset));
+            return Err(self.error(offset, key, readable(error.message())));
+        }
+        self.text.parse::<toml::Table>().map_err(|error| {
+            self.error(
+                error.span().map(|span| span.start),
+                None,
+                error.message().to_owned(),
+            )
+        })
+    }
+
+    /// The byte offset of `[section] key`'s value, or of its `item`th element.
+    fn value_offset(&self, section: &str, key: &str, item: Option<usize>) -> Option<usize> {
+        let document = toml::de::DeTable::parse(&self.text).ok()?;
+        let value = entry(document.get_ref(), section)?
+            .get_ref()
+            .as_table()
+            .and_then(|table| entry(table, key))?;
+        let element = item.and_then(|index| {
+            value
+                .get_ref()
+                .as_array()
+                .and_then(|array| array.get(index))
+        });
+        Some(element.unwrap_or(value).span().start)
+    }
+
+    fn error(&self, offset: Option<usize>, key: Option<String>, message: String) -> ConfigError {
+        ConfigError::File {
+            path: self.path.clone(),
+            position: offset.map(|offset| line_column(&self.text, offset)),
+            key,
+            message,
+        }
+    }
+}
+
+/// The value of `name` in `table`.
+fn entry<'t, 'i>(
+    table: &'t toml::de::DeTable<'i>,
+    name: &str,
+) -> Option<&'t toml::Spanned<toml::de::DeValue<'i>>> {
+    table
+        .iter()
+        .find(|(key, _)| key.get_ref().as_ref() == name)
+        .map(|(_, value)| value)
+}
+
+/// The key (as `[section] key`, or `[section]` for a section) whose name or value holds
+/// the byte `offset`: where a deserialising error points.
+fn key_at(document: &toml::de::DeTable<'_>, offset: usize) -> Option<String> {
+    fn walk(table: &toml::de::DeTable<'_>, offset: usize, path: &mut Vec<String>) -> bool {
+        for (key, value) in table.iter() {
+            path.push(key.get_ref().to_string());
+            // Nested tables first: a section's span may cover its keys.
+            if let Some(inner) = value.get_ref().as_table()
+                && walk(inner, offset, path)
+            {
+                return true;
+            }
+            if key.span().contains(&offset) || value.span().contains(&offset) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = Vec::new();
+    if !walk(document, offset, &mut path) {
+        return None;
+    }
+    let (first, rest) = path.split_first()?;
+    let is_section = KEYS.iter().any(|(section, _)| section == first)
+        || entry(document, first).is_some_and(|value| value.get_ref().is_table());
+    Some(match rest {
+        [] if is_section => format!("[{first}]"),
+        [] => first.clone(),
+        rest => format!("[{first}] {}", rest.join(".")),
+    })
+}
+
+/// serde's message with the name of a section's Rust type (`expected struct PathsFile`)
+/// replaced by what the reader of the file knows it as.
+fn readable(message: &str) -> String {
+    match message.split_once("expected struct ") {
+        Some((before, _)) => format!("{before}expected a table"),
+        None => message.to_owned(),
+    }
+}
+
+/// Line and column (both from 1, the column in characters) of the byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// A value that `resolve` refused, with its key so that `load` can say where it came from.
+struct BadValue {
+    section: &'static str,
+    key: &'static str,
+    /// The index of the bad element, for a list.
+    item: Option<usize>,
+    message: String,
+}
+
+impl BadValue {
+    fn new(section: &'static str, key: &'static str, message: String) -> BadValue {
+        BadValue {
+            section,
+            key,
+            item: None,
+            message,
+        }
+    }
 }
 
 /// The variable that overrides `[section] key`.
@@ -380,21 +553,44 @@ fn apply_env(
                 message: format!("not a configuration variable; {}", known_variables(var)),
             });
         };
-        // Numbers, booleans and arrays are written as TOML values; anything else is a string.
-        let value = format!("v = {text}")
+        // Numbers and arrays are written as TOML values, anything else is a string. A key
+        // that takes a string takes the text as written even when it reads as a number
+        // (`ADJUSTD_PATHS_INBOX=2024`), so the plain string is the second try.
+        let plain = toml::Value::String(text.clone());
+        let parsed = format!("v = {text}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
-            .filter(|v| !v.is_str() || text.starts_with('"'))
-            .unwrap_or_else(|| toml::Value::String(text.clone()));
-        let mut alone = toml::Table::new();
-        alone.insert(
-            section.to_owned(),
-            toml::Value::Table(toml::Table::from_iter([(key.to_owned(), value.clone())])),
-        );
-        FileConfig::deserialize(toml::Value::Table(alone)).map_err(|e| ConfigError::Env {
+            .filter(|v| !v.is_str() || text.starts_with('"'));
+        if let Some((_, example)) = LIST_KEYS.iter().find(|(k, _)| *k == (section, key))
+            && !parsed.as_ref().is_some_and(toml::Value::is_array)
+        {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: format!(
+                    "{text:?} is not a TOML array: a list is written like {var}='{example}' \
+                     (a comma may be part of a pattern or an id, so it does not separate items)"
+                ),
+            });
+        }
+        let check = |value: &toml::Value| {
+            let alone = toml::Table::from_iter([(
+                section.to_owned(),
+                toml::Value::Table(toml::Table::from_iter([(key.to_owned(), value.clone())])),
+            )]);
+            FileConfig::deserialize(toml::Value::Table(alone))
+        };
+        let value = match parsed {
+            Some(parsed) => match check(&parsed) {
+                Ok(_) => Ok(parsed),
+                // The error about the value as written, not about its string.
+                Err(error) => check(&plain).map(|_| plain).map_err(|_| error),
+            },
+            None => check(&plain).map(|_| plain),
+        }
+        .map_err(|e| ConfigError::Env {
             var: var.clone(),
-            message: format!("{text:?} is not a valid {section}.{key}: {}", e.message()),
+            message: format!("{text:?} is not a valid [{section}] {key}: {}", e.message()),
         })?;
         let entry = table
             .entry(section.to_owned())
@@ -439,7 +635,7 @@ fn resolve(
     base: &Path,
     cwd: &Path,
     env_keys: &[(&str, &str)],
-) -> Result<Config, ConfigError> {
+) -> Result<Config, BadValue> {
     let paths_file = raw.paths.unwrap_or_default();
     let var = base.join("var");
     // Relative paths from the environment resolve against the current directory.
@@ -469,13 +665,14 @@ fn resolve(
             // `sqlite:` alone (or a folder such as `sqlite:var/`) would resolve to a folder
             // and fail only when the store is opened, with a misleading disk I/O error.
             Some(p) if p.ends_with('/') || Path::new(p).file_name().is_none() => {
-                return Err(ConfigError::Invalid {
-                    key: "store.url".to_owned(),
-                    message: format!(
+                return Err(BadValue::new(
+                    "store",
+                    "url",
+                    format!(
                         "{url:?} names no database file: use sqlite:PATH with the file's path \
                          (e.g. sqlite:var/adjustd.db) or postgres://USER@HOST/DB"
                     ),
-                });
+                ));
             }
             Some(p) => format!(
                 "sqlite:{}",
@@ -483,13 +680,14 @@ fn resolve(
             ),
             None if url.starts_with("postgres://") || url.starts_with("postgresql://") => url,
             None => {
-                return Err(ConfigError::Invalid {
-                    key: "store.url".to_owned(),
-                    message: format!(
+                return Err(BadValue::new(
+                    "store",
+                    "url",
+                    format!(
                         "{:?} is not supported: use sqlite:PATH or postgres://USER@HOST/DB",
                         redact_url(&url)
                     ),
-                });
+                ));
             }
         },
         None => format!("sqlite:{}", var.join("adjustd.db").display()),
@@ -499,10 +697,15 @@ fn resolve(
     if let Some(list) = inbox_file.allowed_merchants {
         let merchants = list
             .iter()
-            .map(|m| {
-                MerchantId::new(m).ok_or_else(|| ConfigError::Invalid {
-                    key: "inbox.allowed_merchants".to_owned(),
-                    message: format!("{m:?} is not a merchant identifier ({})", MerchantId::RULE),
+            .enumerate()
+            .map(|(index, m)| {
+                MerchantId::new(m).ok_or_else(|| BadValue {
+                    item: Some(index),
+                    ..BadValue::new(
+                        "inbox",
+                        "allowed_merchants",
+                        format!("{m:?} is not a merchant identifier ({})", MerchantId::RULE),
+                    )
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -512,12 +715,55 @@ fn resolve(
         inbox.settle = Duration::from_millis(ms);
     }
     if let Some(ignore) = inbox_file.ignore {
+        // The matcher compares a pattern with one file name: these two never match a feed,
+        // so they are mistakes, not patterns.
+        for (index, pattern) in ignore.iter().enumerate() {
+            let problem = if pattern.is_empty() {
+                Some("an empty pattern matches no file name".to_owned())
+            } else if pattern.contains('/') {
+                Some(format!(
+                    "{pattern:?} contains '/': a pattern matches a file name (e.g. \"*.tmp\"), \
+                     not a path"
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                return Err(BadValue {
+                    item: Some(index),
+                    ..BadValue::new("inbox", "ignore", message)
+                });
+            }
+        }
         inbox.ignore = ignore;
     }
     if let Some(secs) = inbox_file.truncated_grace_secs {
         inbox.truncated_grace = Duration::from_secs(secs);
     }
-    inbox.done_marker = inbox_file.done_marker.filter(|m| !m.is_empty());
+    // No sentinel: done markers are off when the key is absent. An empty marker would name
+    // the feed itself, and one with a '/' a file in another folder that is never looked at.
+    if let Some(marker) = inbox_file.done_marker {
+        if marker.is_empty() {
+            return Err(BadValue::new(
+                "inbox",
+                "done_marker",
+                "an empty marker would be the feed's own name: to turn done markers off, leave \
+                 the key out (and the ADJUSTD_INBOX_DONE_MARKER variable unset)"
+                    .to_owned(),
+            ));
+        }
+        if marker.contains('/') {
+            return Err(BadValue::new(
+                "inbox",
+                "done_marker",
+                format!(
+                    "{marker:?} contains '/': the marker is appended to the feed's file name \
+                     (e.g. \".done\" for NAME.done beside NAME)"
+                ),
+            ));
+        }
+        inbox.done_marker = Some(marker);
+    }
     if let Some(watch) = inbox_file.watch {
         inbox.watch = match watch {
             WatchFile::Auto => WatchMode::Auto,
@@ -526,50 +772,54 @@ fn resolve(
         };
     }
     if let Some(ms) = inbox_file.poll_interval_ms {
-        inbox.poll_interval = Duration::from_millis(positive("inbox.poll_interval_ms", ms)?);
+        inbox.poll_interval = Duration::from_millis(positive("inbox", "poll_interval_ms", ms)?);
     }
     if let Some(secs) = inbox_file.rescan_interval_secs {
-        inbox.rescan_interval = Duration::from_secs(positive("inbox.rescan_interval_secs", secs)?);
+        inbox.rescan_interval =
+            Duration::from_secs(positive("inbox", "rescan_interval_secs", secs)?);
     }
 
     let limits_file = raw.limits.unwrap_or_default();
     let defaults = Limits::default();
     let limits = Limits {
         max_file_bytes: positive(
-            "limits.max_file_bytes",
+            "limits",
+            "max_file_bytes",
             limits_file
                 .max_file_bytes
                 .unwrap_or(defaults.max_file_bytes),
         )?,
         max_depth: limits_file.max_depth.unwrap_or(defaults.max_depth),
         max_text_bytes: positive(
-            "limits.max_text_bytes",
+            "limits",
+            "max_text_bytes",
             limits_file
                 .max_text_bytes
                 .unwrap_or(defaults.max_text_bytes),
         )?,
         max_messages: positive(
-            "limits.max_messages",
+            "limits",
+            "max_messages",
             limits_file.max_messages.unwrap_or(defaults.max_messages),
         )?,
     };
     if limits.max_depth < 8 {
-        return Err(ConfigError::Invalid {
-            key: "limits.max_depth".to_owned(),
-            message: format!(
+        return Err(BadValue::new(
+            "limits",
+            "max_depth",
+            format!(
                 "{} is too small: an Order Adjustment Feed nests 8 levels deep",
                 limits.max_depth
             ),
-        });
+        ));
     }
 
     let rules_file = raw.rules.unwrap_or_default();
     let rule_defaults = Rules::default();
-    let percent = |key: &str, value: Option<u32>, default: u32| match value {
-        Some(value) if value > 100 => Err(ConfigError::Invalid {
-            key: format!("rules.{key}"),
-            message: format!("{value} is above 100"),
-        }),
+    let percent = |key: &'static str, value: Option<u32>, default: u32| match value {
+        Some(value) if value > 100 => {
+            Err(BadValue::new("rules", key, format!("{value} is above 100")))
+        }
         value => Ok(value.unwrap_or(default)),
     };
     let rules = Rules {
@@ -616,25 +866,30 @@ fn resolve(
         daemon.shutdown_timeout = Duration::from_secs(secs);
     }
     if let Some(secs) = daemon_file.max_backoff_secs {
-        daemon.max_backoff = Duration::from_secs(positive("daemon.max_backoff_secs", secs)?);
+        daemon.max_backoff = Duration::from_secs(positive("daemon", "max_backoff_secs", secs)?);
     }
     // A window of 0 turns parking off; the resolved value has no sentinel.
     if let Some(secs) = daemon_file.order_not_found_window_secs {
         daemon.order_not_found_window = (secs > 0).then(|| Duration::from_secs(secs));
     }
     if let Some(secs) = daemon_file.order_not_found_first_retry_secs {
-        daemon.order_not_found_first_retry =
-            Duration::from_secs(positive("daemon.order_not_found_first_retry_secs", secs)?);
+        daemon.order_not_found_first_retry = Duration::from_secs(positive(
+            "daemon",
+            "order_not_found_first_retry_secs",
+            secs,
+        )?);
     }
     daemon.http_listen = raw
         .http
         .and_then(|h| h.listen)
         .map(|addr| {
-            addr.parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    key: "http.listen".to_owned(),
-                    message: format!("{addr:?} is not an address like 127.0.0.1:9187: {e}"),
-                })
+            addr.parse::<SocketAddr>().map_err(|e| {
+                BadValue::new(
+                    "http",
+                    "listen",
+                    format!("{addr:?} is not an address like 127.0.0.1:9187: {e}"),
+                )
+            })
         })
         .transpose()?;
 
@@ -649,12 +904,13 @@ fn resolve(
     })
 }
 
-fn positive(key: &str, value: u64) -> Result<u64, ConfigError> {
+fn positive(section: &'static str, key: &'static str, value: u64) -> Result<u64, BadValue> {
     if value == 0 {
-        return Err(ConfigError::Invalid {
-            key: key.to_owned(),
-            message: "must be greater than 0".to_owned(),
-        });
+        return Err(BadValue::new(
+            section,
+            key,
+            "must be greater than 0".to_owned(),
+        ));
     }
     Ok(value)
 }
@@ -879,7 +1135,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("daemon.order_not_found_first_retry_secs"),
+                .contains("[daemon] order_not_found_first_retry_secs"),
             "{error}"
         );
         let error =
@@ -987,7 +1243,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("rules.restocking_fee_max_percent"),
+                .contains("[rules] restocking_fee_max_percent"),
             "{error}"
         );
         let error =
@@ -995,11 +1251,11 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("rules.concession_review_percent"),
+                .contains("[rules] concession_review_percent"),
             "{error}"
         );
         let error = load_text("[store]\nurl = \"mysql://x\"\n", &[]).expect_err("scheme");
-        assert!(error.to_string().contains("store.url"), "{error}");
+        assert!(error.to_string().contains("[store] url"), "{error}");
         for url in [
             "sqlite:",
             "sqlite:var/",
@@ -1009,7 +1265,7 @@ mod tests {
         ] {
             let error =
                 load_text(&format!("[store]\nurl = \"{url}\"\n"), &[]).expect_err("names no file");
-            assert!(error.to_string().contains("store.url"), "{url}: {error}");
+            assert!(error.to_string().contains("[store] url"), "{url}: {error}");
             assert!(
                 error.to_string().contains("names no database file")
                     && !error.to_string().contains("  "),
@@ -1019,6 +1275,169 @@ mod tests {
         let error = load_text("", &[("ADJUSTD_STORE_URL", "sqlite:")]).expect_err("empty path");
         assert!(error.to_string().contains("ADJUSTD_STORE_URL"), "{error}");
         let error = load_text("[http]\nlisten = \"nowhere\"\n", &[]).expect_err("addr");
-        assert!(error.to_string().contains("http.listen"), "{error}");
+        assert!(error.to_string().contains("[http] listen"), "{error}");
+    }
+
+    /// The error's text after the config file's path, which differs per test.
+    fn file_error(text: &str) -> String {
+        let error = load_text(text, &[]).expect_err("invalid").to_string();
+        let (_, after) = error
+            .split_once("adjustd.toml")
+            .unwrap_or_else(|| panic!("names no file: {error}"));
+        after.to_owned()
+    }
+
+    #[test]
+    fn errors_about_a_key_in_the_file_give_its_line_column_and_key() {
+        for (text, expected) in [
+            // Found while deserialising.
+            (
+                "[paths]\ninbox = \"a\"\ninboxx = \"b\"\n",
+                ", line 3, column 1: [paths] inboxx: unknown field `inboxx`",
+            ),
+            (
+                "[inbox]\nsettle_ms = \"fast\"\n",
+                ", line 2, column 13: [inbox] settle_ms: invalid type",
+            ),
+            (
+                "[inbox]\nwatch = \"inotify\"\n",
+                ", line 2, column 9: [inbox] watch: unknown variant `inotify`",
+            ),
+            (
+                "\n[inbox]\nsettle_ms = -1\n",
+                ", line 3, column 13: [inbox] settle_ms: invalid value: integer `-1`",
+            ),
+            (
+                "[bogus]\n",
+                ", line 1, column 2: [bogus]: unknown field `bogus`",
+            ),
+            (
+                "inbox.settle_ms = -1\n",
+                ", line 1, column 19: [inbox] settle_ms: invalid value",
+            ),
+            (
+                "[inbox]\nignore = [\"*.x\", 1]\n",
+                ", line 2, column 18: [inbox] ignore: invalid type: integer",
+            ),
+            // serde's name for the section's Rust type is no help to the reader.
+            (
+                "paths = 3\n",
+                ", line 1, column 9: [paths]: invalid type: integer `3`, expected a table",
+            ),
+            // Found by the checks after it.
+            (
+                "[rules]\npolicy = \"warn\"\nrestocking_fee_max_percent = 150\n",
+                ", line 3, column 30: [rules] restocking_fee_max_percent: 150 is above 100",
+            ),
+            (
+                "[limits]\nmax_depth = 3\n",
+                ", line 2, column 13: [limits] max_depth: 3 is too small",
+            ),
+            (
+                "[inbox]\npoll_interval_ms = 0\n",
+                ", line 2, column 20: [inbox] poll_interval_ms: must be greater than 0",
+            ),
+            (
+                "[store]\nurl = \"mysql://x\"\n",
+                ", line 2, column 7: [store] url: \"mysql://x\" is not supported",
+            ),
+            (
+                "[http]\nlisten = \"nowhere\"\n",
+                ", line 2, column 10: [http] listen: \"nowhere\" is not an address",
+            ),
+            // A list item is pointed at, not the list.
+            (
+                "[inbox]\nallowed_merchants = [\"M1\",\n  \" M2\"]\n",
+                ", line 3, column 3: [inbox] allowed_merchants: \" M2\" is not a merchant identifier",
+            ),
+        ] {
+            let error = file_error(text);
+            assert!(error.starts_with(expected), "{text:?}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line_and_column_too() {
+        let error = file_error("[inbox]\nsettle_ms = [\n");
+        assert!(error.starts_with(", line 2, column 14: "), "{error}");
+        assert!(!error.contains('\n'), "one line: {error}");
+    }
+
+    #[test]
+    fn an_empty_done_marker_is_an_error_that_says_how_to_turn_markers_off() {
+        let error = file_error("[inbox]\ndone_marker = \"\"\n");
+        assert!(
+            error.starts_with(", line 2, column 15: [inbox] done_marker: ")
+                && error.contains("leave the key out"),
+            "{error}"
+        );
+        let error = load_text("", &[("ADJUSTD_INBOX_DONE_MARKER", "")])
+            .expect_err("empty")
+            .to_string();
+        assert!(
+            error.contains("ADJUSTD_INBOX_DONE_MARKER") && !error.contains("config file"),
+            "{error}"
+        );
+        // A marker is a suffix of the feed's name, so it cannot name another folder.
+        let error = file_error("[inbox]\ndone_marker = \"/done\"\n");
+        assert!(
+            error.starts_with(", line 2, column 15: [inbox] done_marker: "),
+            "{error}"
+        );
+        let config = load_text("[inbox]\ndone_marker = \".ok\"\n", &[]).expect("valid");
+        assert_eq!(config.daemon.inbox.done_marker.as_deref(), Some(".ok"));
+        let config = load_text("", &[]).expect("valid");
+        assert_eq!(config.daemon.inbox.done_marker, None);
+    }
+
+    #[test]
+    fn an_ignore_pattern_that_can_never_match_a_file_name_is_an_error() {
+        for pattern in ["", "tmp/*"] {
+            let error = file_error(&format!("[inbox]\nignore = [\"*.x\", \"{pattern}\"]\n"));
+            assert!(
+                error.starts_with(", line 2, column 18: [inbox] ignore: "),
+                "{pattern:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_list_from_the_environment_must_be_a_toml_array_and_the_error_says_so() {
+        let config =
+            load_text("", &[("ADJUSTD_INBOX_IGNORE", "[\"*.x\", \"*,v\"]")]).expect("valid");
+        assert_eq!(config.daemon.inbox.ignore, ["*.x", "*,v"]);
+        for (var, value) in [
+            ("ADJUSTD_INBOX_IGNORE", "*.x,*.y"),
+            ("ADJUSTD_INBOX_ALLOWED_MERCHANTS", "M1"),
+        ] {
+            let error = load_text("", &[(var, value)])
+                .expect_err("not an array")
+                .to_string();
+            assert!(
+                error.contains(var)
+                    && error.contains("TOML array")
+                    && error.contains(&format!("{var}='[")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_string_variable_that_looks_like_a_number_is_taken_as_the_string() {
+        let config = load_text(
+            "",
+            &[
+                ("ADJUSTD_PATHS_INBOX", "2024"),
+                ("ADJUSTD_INBOX_DONE_MARKER", "true"),
+            ],
+        )
+        .expect("valid");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert_eq!(config.daemon.inbox.inbox, cwd.join("2024"));
+        assert_eq!(config.daemon.inbox.done_marker.as_deref(), Some("true"));
+        // A number key still gets the number's error, not the string's.
+        let error = load_text("", &[("ADJUSTD_INBOX_SETTLE_MS", "-1")]).expect_err("negative");
+        assert!(error.to_string().contains("integer `-1`"), "{error}");
     }
 }

@@ -229,6 +229,57 @@ fn usage_errors_exit_64_and_config_errors_exit_1_naming_the_key() {
 }
 
 #[test]
+fn config_errors_name_the_file_line_column_and_key() {
+    let sandbox = Sandbox::new();
+    // The QA reproduction: before the fix no line, and the key only as "in `paths`".
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[paths]\ninbox = \"a\"\ninboxx = \"b\"\n",
+    )
+    .expect("write");
+    let out = sandbox.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let expected = format!(
+        "config file {}, line 3, column 1: [paths] inboxx: unknown field `inboxx`",
+        sandbox.path("adjustd.toml").display()
+    );
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
+    // A value checked after reading the file, and one from the environment.
+    std::fs::write(
+        sandbox.path("adjustd.toml"),
+        "[rules]\nrestocking_fee_max_percent = 150\n",
+    )
+    .expect("write");
+    let out = sandbox.run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr)
+            .contains(", line 2, column 30: [rules] restocking_fee_max_percent: 150 is above 100"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .args(["config", "check"])
+        .env("ADJUSTD_RULES_RESTOCKING_FEE_MAX_PERCENT", "40")
+        .env("ADJUSTD_INBOX_IGNORE", "*.x")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("environment variable ADJUSTD_INBOX_IGNORE")
+            && text(&out.stderr).contains("ADJUSTD_INBOX_IGNORE='["),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn config_flag_is_accepted_after_the_command() {
     let sandbox = Sandbox::new();
     let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
@@ -1624,7 +1675,7 @@ fn a_store_url_without_a_file_is_a_config_error_naming_the_key() {
             text(&out.stderr)
         );
         assert!(
-            text(&out.stderr).contains("store.url"),
+            text(&out.stderr).contains("line 2, column 7: [store] url"),
             "{args:?}: {}",
             text(&out.stderr)
         );
@@ -1835,7 +1886,7 @@ fn merchant_ids_with_surrounding_whitespace_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("inbox.allowed_merchants")
+        stderr.contains("line 7, column 32: [inbox] allowed_merchants: ")
             && stderr.contains("\"A1SELLER \" is not a merchant identifier")
             && stderr.contains("whitespace"),
         "{stderr}"
