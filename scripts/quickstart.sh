@@ -17,6 +17,7 @@ outbox = "outbox"
 archive = "archive"
 failed = "failed"
 work = "work"
+parked = "parked"
 
 [store]
 url = "sqlite:adjustd.db"
@@ -30,6 +31,9 @@ cp fixtures/sample-feeds/*.xml "$demo/inbox/A1SELLER/"
 echo
 echo "Sample feeds dropped into $demo/inbox/A1SELLER/. Reports will appear in $demo/outbox/A1SELLER/."
 echo "Try: $bin --config $demo/adjustd.toml orders show 171-1234567-1234567"
+echo "Sample 03 names an order the store does not have (ORDER_NOT_FOUND): the daemon parks it in"
+echo "$demo/parked/ and retries it, with a new report pair each time, until that order is imported"
+echo "(README.md explains the retries of a feed with an ORDER_NOT_FOUND)."
 echo "Drop more feeds into $demo/inbox/A1SELLER/ while it runs. Ctrl-C to stop."
 echo
 exec "$bin" --config "$demo/adjustd.toml" run

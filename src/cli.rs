@@ -636,21 +636,28 @@ fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOut
     let mut hashing = pipeline::HashingReader::new(progress.wrap_read(file));
     let reader = BufReader::with_capacity(1 << 16, &mut hashing);
     let mut validator = Validator::new(reader, config.limits, &config.rules);
-    let mut merchant = None;
     let mut tally = Tally::default();
-    let ended = validator.header().and_then(|header| {
-        if let Some(problem) = pipeline::merchant_problem(&header, source) {
-            return Err(problem);
+    // The report names the merchant as `process` would: the header's, also when this folder
+    // refuses it, else as far as a broken header got.
+    let (merchant, ended) = match validator.header() {
+        Err(problem) => (validator.merchant().cloned(), Err(problem)),
+        Ok(header) => {
+            let ended = match pipeline::merchant_problem(&header, source) {
+                Some(problem) => Err(problem),
+                None => loop {
+                    match validator.next_message() {
+                        Ok(Some(ValidatedMessage::Valid(_))) => tally.add(true, Vec::new()),
+                        Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
+                            tally.add(false, problems);
+                        }
+                        Ok(None) => break Ok(()),
+                        Err(problem) => break Err(problem),
+                    }
+                },
+            };
+            (Some(header.merchant), ended)
         }
-        merchant = Some(header.merchant);
-        while let Some(message) = validator.next_message()? {
-            match message {
-                ValidatedMessage::Valid(_) => tally.add(true, Vec::new()),
-                ValidatedMessage::Invalid { problems, .. } => tally.add(false, problems),
-            }
-        }
-        Ok(())
-    });
+    };
     drop(validator);
     let (status, tally) = match ended {
         Ok(()) => (FeedStatus::Complete, tally),

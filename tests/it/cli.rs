@@ -1431,6 +1431,8 @@ fn validate_checks_the_merchant_of_a_file_in_a_merchant_folder_like_the_daemon()
             .is_some_and(|fix| fix.contains("only accepts feeds of merchant OTHER")),
         "{report}"
     );
+    // The merchant the header names, as in the report `process` writes.
+    assert_eq!(report["merchant"], "M_TEST", "{report}");
 
     // Its own folder, and outside the inbox: valid.
     for path in [
@@ -1461,6 +1463,7 @@ fn process_binds_a_file_in_a_merchant_folder_to_its_merchant_like_the_daemon() {
     assert_eq!(report["status"], "Rejected");
     assert_eq!(report["results"][0]["code_name"], "MERCHANT_NOT_ALLOWED");
     assert_eq!(codes(&report), vec![(0, 5005)]);
+    assert_eq!(report["merchant"], "M_TEST", "{report}");
     let order = sandbox.order("111-0000001-0000001");
     assert_eq!(order["adjustments"], serde_json::json!([]), "{order}");
 
