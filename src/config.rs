@@ -674,6 +674,19 @@ fn resolve(
                     ),
                 ));
             }
+            // Other tools read `sqlite://var/x.db` as relative, `sqlite:///var/x.db` as
+            // absolute; as a path `//var/x.db` is `/var/x.db`. Refused rather than guessed.
+            Some(p) if p.starts_with("//") => {
+                return Err(BadValue::new(
+                    "store",
+                    "url",
+                    format!(
+                        "{url:?}: adjustd does not take the sqlite:// form, whose meaning differs \
+                         between tools; write sqlite:PATH, e.g. sqlite:var/adjustd.db (relative \
+                         to the config file's folder) or sqlite:/var/lib/adjustd/adjustd.db"
+                    ),
+                ));
+            }
             Some(p) => format!(
                 "sqlite:{}",
                 absolute(base_of("store", "url"), Path::new(p)).display()
@@ -1269,6 +1282,14 @@ mod tests {
             assert!(
                 error.to_string().contains("names no database file")
                     && !error.to_string().contains("  "),
+                "{url}: {error}"
+            );
+        }
+        for url in ["sqlite://var/x.db", "sqlite:///var/x.db"] {
+            let error = load_text(&format!("[store]\nurl = \"{url}\"\n"), &[])
+                .expect_err("sqlite:// form");
+            assert!(
+                error.to_string().contains("does not take the sqlite:// form"),
                 "{url}: {error}"
             );
         }
