@@ -1286,10 +1286,12 @@ mod tests {
             );
         }
         for url in ["sqlite://var/x.db", "sqlite:///var/x.db"] {
-            let error = load_text(&format!("[store]\nurl = \"{url}\"\n"), &[])
-                .expect_err("sqlite:// form");
+            let error =
+                load_text(&format!("[store]\nurl = \"{url}\"\n"), &[]).expect_err("sqlite:// form");
             assert!(
-                error.to_string().contains("does not take the sqlite:// form"),
+                error
+                    .to_string()
+                    .contains("does not take the sqlite:// form"),
                 "{url}: {error}"
             );
         }

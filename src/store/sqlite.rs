@@ -109,6 +109,8 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] only for the few causes that can pass (interrupted, timed
     /// out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        // Said in the log, so a mistyped path shows as a new, empty store.
+        let created = !path.exists();
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
@@ -121,6 +123,9 @@ impl SqliteStore {
         configure(&conn).map_err(|e| unopenable(path, e))?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
+        if created {
+            tracing::info!(path = %path.display(), "created a new, empty SQLite store");
+        }
         Ok(SqliteStore {
             conn,
             path: path.to_owned(),

@@ -2033,3 +2033,33 @@ fn feeds_list_escapes_control_characters_of_a_file_name() {
     );
     assert!(listed.contains(r"red\u{1b}[31m\tname.xml"), "{listed}");
 }
+
+/// A store path typed wrong creates a new store, which the log says (once), so an operator
+/// who meant an existing store sees it.
+#[test]
+fn creating_a_new_sqlite_store_is_logged_once() {
+    let sandbox = Sandbox::new();
+    let import = || {
+        sandbox.run(&[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            &data("orders.txt"),
+        ])
+    };
+    let first = import();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let log = text(&first.stderr);
+    assert!(
+        log.contains("created a new, empty SQLite store") && log.contains("store.db"),
+        "{log}"
+    );
+    let again = import();
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(
+        !text(&again.stderr).contains("created a new"),
+        "{}",
+        text(&again.stderr)
+    );
+}
