@@ -1654,19 +1654,32 @@ fn check_item<'t>(
         match net {
             _ if pure_cancellation => {}
             Some(net) if net > Decimal::ZERO => {}
-            Some(net) => c.add(
+            Some(mut net) => {
+                // Shown with as many fraction digits as the amounts were written with
+                // ("-1.00", not "-1").
+                let digits = parsed
+                    .iter()
+                    .filter_map(|p| {
+                        let written = p.amount.written().to_string();
+                        written.split_once('.').map(|(_, fraction)| fraction.len())
+                    })
+                    .max()
+                    .unwrap_or(0);
+                net.rescale(u32::try_from(digits).unwrap_or(0));
+                c.add(
                 Code::NetNotCredit,
                 item,
                 format!(
-                    "the net of this AdjustedItem is {}: an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)",
-                    net.normalize()
+                    "the net of this AdjustedItem is {net}: an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)"
                 ),
                 "Refund more than the fees charged, or send a pure QuantityCancelled without amounts.",
-            ),
+            );
+            }
             None => c.add(
                 Code::AmountFormat,
                 item,
-                "the amounts of this AdjustedItem add up to more than can be represented".to_owned(),
+                "the amounts of this AdjustedItem add up to more than can be represented"
+                    .to_owned(),
                 "Send realistic amounts.",
             ),
         }
