@@ -865,24 +865,19 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
         writeln!(out, "  no adjustments")?;
     }
     for adjustment in &order.adjustments {
-        let amounts: Vec<String> = adjustment
-            .amounts
-            .iter()
-            .map(|(c, a)| format!("{c} {a}"))
-            .collect();
+        let mut what = adjustment.reason.clone();
+        if adjustment.quantity_cancelled > 0 {
+            what.push_str(&format!(", cancelled {}", adjustment.quantity_cancelled));
+        }
+        // A pure cancellation has no amounts.
+        for (at, (component, amount)) in adjustment.amounts.iter().enumerate() {
+            what.push_str(if at == 0 { ": " } else { ", " });
+            what.push_str(&format!("{component} {amount}"));
+        }
         writeln!(
             out,
-            "  adjustment feed {} message {} item {} {}{}: {}",
-            adjustment.feed_id,
-            adjustment.message_id,
-            adjustment.amazon_order_item_code,
-            adjustment.reason,
-            if adjustment.quantity_cancelled > 0 {
-                format!(", cancelled {}", adjustment.quantity_cancelled)
-            } else {
-                String::new()
-            },
-            amounts.join(", ")
+            "  adjustment feed {} message {} item {} {what}",
+            adjustment.feed_id, adjustment.message_id, adjustment.amazon_order_item_code,
         )?;
     }
     Ok(())

@@ -2063,3 +2063,39 @@ fn creating_a_new_sqlite_store_is_logged_once() {
         text(&again.stderr)
     );
 }
+
+/// `orders show` without `--json`: one line per adjustment, its amounts after a colon, and
+/// none (no dangling colon) for a pure cancellation.
+#[test]
+fn orders_show_lists_each_adjustment_on_one_readable_line() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    sandbox.process("refund-ok.xml");
+    let pure_cancel = "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+        <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+        <Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+        <AdjustedItem><AmazonOrderItemCode>10000000000002</AmazonOrderItemCode>\
+        <MerchantAdjustmentItemID>PURE-1</MerchantAdjustmentItemID><AdjustmentReason>NoInventory</AdjustmentReason>\
+        <QuantityCancelled>1</QuantityCancelled></AdjustedItem></OrderAdjustment></Message></AmazonEnvelope>\n";
+    std::fs::write(sandbox.path("pure.xml"), pure_cancel).expect("write");
+    let out = sandbox.run(&["process", sandbox.path("pure.xml").to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = sandbox.run(&["orders", "show", "111-0000001-0000001"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter(|line| line.trim_start().starts_with("adjustment feed"))
+        .collect();
+    assert!(
+        lines.iter().any(|line| line
+            .ends_with("item 10000000000001 NoInventory, cancelled 1: Principal 20.00, Tax 1.60")),
+        "{shown}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.ends_with("item 10000000000002 NoInventory, cancelled 1")),
+        "{shown}"
+    );
+}
