@@ -329,8 +329,12 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config,
     let file = match explicit {
         Some(path) => Some(path.to_path_buf()),
         None => {
+            // Anything by that name is meant as the config: a folder or a broken link is an
+            // error naming it, not silently the built-in defaults.
             let default = cwd.join(DEFAULT_CONFIG_FILE);
-            default.is_file().then_some(default)
+            std::fs::symlink_metadata(&default)
+                .is_ok()
+                .then_some(default)
         }
     };
     let (source, mut table, base) = match &file {

@@ -2099,3 +2099,23 @@ fn orders_show_lists_each_adjustment_on_one_readable_line() {
         "{shown}"
     );
 }
+
+/// `./adjustd.toml` that is not a readable file (a folder, a broken link) is an error naming
+/// it, not a silent fall-back to the built-in defaults.
+#[test]
+fn a_default_config_path_that_is_no_file_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("adjustd.toml")).expect("folder");
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(dir.path())
+        .args(["config", "check"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run adjustd");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("adjustd.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
