@@ -107,7 +107,7 @@ pub enum Command {
     /// path is spelt: relative, with .., through symlinks) is handled as the daemon handles
     /// it: a feed for another merchant is rejected (MERCHANT_NOT_ALLOWED) and the reports go
     /// to `outbox/<merchant>/`. Any other file reports to outbox/ and may speak for the
-    /// merchants of inbox.allowed_merchants (any when unset).
+    /// merchants of `[inbox] allowed_merchants` (any when unset).
     ///
     /// `process` does not park: a message whose order is not found (ORDER_NOT_FOUND) is
     /// reported and not retried, as by the daemon with parking off. Import the order and
