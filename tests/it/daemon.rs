@@ -1507,3 +1507,46 @@ fn sigterm_while_a_report_waits_exits_at_once_and_the_next_start_recovers_it() {
     assert_eq!(refunded_cents_of(&dir, MERCHANT, 0), 150, "applied once");
     assert_eq!(dir.files_in("archive").len(), 2);
 }
+
+#[test]
+fn sighup_is_logged_and_ignored_and_sigterm_still_stops_cleanly() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    daemon.signal("HUP");
+    wait_for("the SIGHUP log line", LONG, || {
+        daemon.log().contains("SIGHUP")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        daemon.is_running(),
+        "SIGHUP stopped the daemon:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("SIGHUP"))
+        .expect("a SIGHUP line");
+    assert!(
+        line.contains("does not reload its configuration") && line.contains("restart"),
+        "{line}"
+    );
+    // It goes on working, and a second SIGHUP is not a second shutdown signal either.
+    daemon.signal("HUP");
+    dir.drop_file(
+        "after-hup.xml",
+        feed_xml(MERCHANT, &[refund(0, "after-hup", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "after-hup.xml")["status"], "Complete");
+    let log = daemon.log();
+    assert!(
+        !log.contains("shutdown requested"),
+        "HUP is not a stop: {log}"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("stopped"), "{log}");
+}
