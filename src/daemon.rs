@@ -25,9 +25,11 @@ use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
 };
 use crate::metrics::{FeedResult, Metrics, ScanReason};
-use crate::model::MerchantId;
+use crate::model::{MerchantId, Position};
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
+use crate::problem::{Problem, Severity};
+use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
 use crate::telemetry::escaped;
 
@@ -912,6 +914,7 @@ impl Worker {
         };
         // Only on a feed whose report was retried: how many attempts the outbox refused.
         let report_retries = (report_backoff.failures > 0).then_some(report_backoff.failures);
+        let first = FirstError::of(outcome);
         macro_rules! summary {
             ($level:ident, $message:literal) => {
                 tracing::$level!(
@@ -925,6 +928,11 @@ impl Worker {
                     successful = outcome.messages_successful,
                     errors = outcome.messages_with_error,
                     warnings = outcome.messages_with_warning,
+                    error_code = first.code,
+                    error_message_id = first.message_id,
+                    error_element = first.element,
+                    error_at = first.at.map(tracing::field::display),
+                    error_description = first.description,
                     duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                     report = %escaped(processed.json_report.display()),
                     report_retries,
@@ -1200,6 +1208,7 @@ impl Worker {
         };
         self.metrics.parked_feeds(parking.parked.len());
         let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
+        let first = FirstError::of(outcome);
         tracing::info!(
             file = %escaped(&schedule.file_name),
             merchant,
@@ -1212,6 +1221,11 @@ impl Worker {
             successful = outcome.messages_successful,
             errors = outcome.messages_with_error,
             warnings = outcome.messages_with_warning,
+            error_code = first.code,
+            error_message_id = first.message_id,
+            error_element = first.element,
+            error_at = first.at.map(tracing::field::display),
+            error_description = first.description,
             duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             report = %escaped(processed.json_report.display()),
             report_retries,
@@ -1358,6 +1372,48 @@ fn run_pipeline(
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(Failure::Panic(message))
         }
+    }
+}
+
+/// Longest description of a feed's first error on its summary line (in characters).
+const SUMMARY_DESCRIPTION_CHARS: usize = 160;
+
+/// The first error of a processed feed (feed-level errors come first in a report), as fields
+/// of its summary line, so an operator reading the log sees why a feed was rejected, or why
+/// a message failed, without opening the report: the code's name, the MessageID (0 for the
+/// feed), the element, `line:column` when known, and the description, escaped and cut to
+/// [`SUMMARY_DESCRIPTION_CHARS`]. All `None` when the feed has no error.
+struct FirstError {
+    code: Option<&'static str>,
+    message_id: Option<u64>,
+    element: Option<String>,
+    at: Option<Position>,
+    description: Option<String>,
+}
+
+impl FirstError {
+    fn of(outcome: &FeedOutcome) -> FirstError {
+        let first: Option<&Problem> = outcome
+            .results
+            .iter()
+            .find(|problem| problem.severity == Severity::Error);
+        FirstError {
+            code: first.map(|problem| problem.code.name()),
+            message_id: first.map(|problem| problem.message_id.get()),
+            element: first.map(|problem| escaped(&problem.element).to_string()),
+            at: first.and_then(|problem| problem.position),
+            description: first.map(|problem| shortened(&problem.description)),
+        }
+    }
+}
+
+/// `text` with its control characters escaped, cut to [`SUMMARY_DESCRIPTION_CHARS`]
+/// characters (`…` marks the cut).
+fn shortened(text: &str) -> String {
+    let text = escaped(text).to_string();
+    match text.char_indices().nth(SUMMARY_DESCRIPTION_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
     }
 }
 

@@ -1550,3 +1550,79 @@ fn sighup_is_logged_and_ignored_and_sigterm_still_stops_cleanly() {
     let log = daemon.log();
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// A feed with junk after its root element.
+fn feed_with_trailing_junk(key: &str) -> String {
+    let mut xml = feed_xml(MERCHANT, &[refund(0, key, 100)]);
+    xml.push_str("<Trailing>junk</Trailing>\n");
+    xml
+}
+
+#[test]
+fn a_rejected_feed_says_why_on_its_summary_line_in_text_and_json() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("junk.xml", feed_with_trailing_junk("junk-1").as_bytes());
+    let report = report_of(&dir, "junk.xml");
+    assert_eq!(report["status"], "Rejected", "{report}");
+    let first = &report["results"][0];
+    wait_until_idle(&dir);
+    daemon.stop();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("feed rejected") && line.contains("file=junk.xml"))
+        .unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let code = first["code_name"].as_str().expect("code_name");
+    let position = format!(
+        "error_at={}:{}",
+        first["line"].as_u64().expect("line"),
+        first["column"].as_u64().expect("column")
+    );
+    for field in [
+        format!("error_code=\"{code}\""),
+        format!("error_message_id={}", first["message_id"]),
+        "error_element=".to_owned(),
+        position,
+        "error_description=".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} missing: {line}");
+    }
+
+    // The same fields in the JSON log format.
+    let mut settings = Settings {
+        more_sections: "[log]\nformat = \"json\"\n".to_owned(),
+        ..Settings::default()
+    };
+    settings.settle_ms = 200;
+    dir.write_config(&settings);
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("junk2.xml", feed_with_trailing_junk("junk-2").as_bytes());
+    let report = report_of(&dir, "junk2.xml");
+    let first = &report["results"][0];
+    wait_until_idle(&dir);
+    daemon.stop();
+    let log = daemon.log();
+    let event: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "feed rejected" && event["file"] == "junk2.xml")
+        .unwrap_or_else(|| panic!("no JSON summary line:\n{log}"));
+    assert_eq!(event["error_code"], first["code_name"], "{event}");
+    assert_eq!(event["error_message_id"], first["message_id"], "{event}");
+    assert_eq!(event["error_element"], first["element"], "{event}");
+    assert_eq!(
+        event["error_at"],
+        format!("{}:{}", first["line"], first["column"]),
+        "{event}"
+    );
+    let description = event["error_description"].as_str().expect("description");
+    assert!(
+        !description.is_empty()
+            && first["description"]
+                .as_str()
+                .expect("description")
+                .starts_with(description.trim_end_matches('…')),
+        "{event}"
+    );
+}
