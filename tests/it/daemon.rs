@@ -1626,3 +1626,88 @@ fn a_rejected_feed_says_why_on_its_summary_line_in_text_and_json() {
         "{event}"
     );
 }
+
+/// The value of one metric line (`name value`) in a `/metrics` text.
+fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    })
+}
+
+#[test]
+fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_feed() {
+    // A feed in hand for a long while: another process holds the SQLite write lock, so the
+    // pipeline waits out the busy timeout (5 s) in the store, again and again. The feed was
+    // claimed and no longer waits; two files dropped meanwhile do, and /metrics says so at
+    // once, without waiting for the feed in hand to finish.
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        3,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    dir.drop_file(
+        "long.xml",
+        feed_xml(MERCHANT, &[refund(0, "long-1", 100)]).as_bytes(),
+    );
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=long.xml")
+    });
+    // The claimed feed is not waiting, and no age grows for it.
+    std::thread::sleep(Duration::from_millis(1200));
+    expect_metrics(
+        port,
+        &[
+            "adjustd_files_waiting 0",
+            "adjustd_oldest_waiting_seconds 0.000",
+        ],
+    );
+    dir.drop_file(
+        "later-1.xml",
+        feed_xml(MERCHANT, &[refund(1, "later-1", 100)]).as_bytes(),
+    );
+    dir.drop_file(
+        "later-2.xml",
+        feed_xml(MERCHANT, &[refund(2, "later-2", 100)]).as_bytes(),
+    );
+    expect_metrics(port, &["adjustd_files_waiting 2"]);
+    std::thread::sleep(Duration::from_millis(600));
+    let metrics = http_get(port, "/metrics");
+    let oldest = metric_value(&metrics, "adjustd_oldest_waiting_seconds").expect("gauge");
+    assert!(
+        (0.5..5.0).contains(&oldest),
+        "the age of the files dropped meanwhile, not of the feed in hand:\n{metrics}"
+    );
+    assert!(
+        dir.reports_for("long.xml").is_empty(),
+        "still in hand: {}",
+        daemon.log()
+    );
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    for name in ["long.xml", "later-1.xml", "later-2.xml"] {
+        assert_eq!(report_of(&dir, name)["status"], "Complete");
+    }
+    wait_until_idle(&dir);
+    expect_metrics(
+        port,
+        &[
+            "adjustd_files_waiting 0",
+            "adjustd_oldest_waiting_seconds 0.000",
+            "adjustd_feeds_total{outcome=\"complete\"} 3",
+        ],
+    );
+    daemon.stop();
+}
