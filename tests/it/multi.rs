@@ -241,6 +241,12 @@ struct Instance {
 }
 
 impl Instance {
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("try_wait").is_none())
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -592,10 +598,17 @@ fn an_instance_whose_store_is_away_gives_its_claims_back_and_says_so_on_healthz(
     assert!(site.reports().is_empty());
 
     let mut peer = site.spawn_with(1, false, &[("ADJUSTD_STORE_URL", &peer_db.url)]);
+    // Reported, then moved out of work/: wait for both, so only instance 0's claim is left.
     wait_for("the peer to take the 19", Duration::from_secs(60), || {
         site.reports().len() == 19
+            && names_in(&site.path("work")).len() == 1
+            && names_in(&site.path("inbox")).is_empty()
     });
-    assert_eq!(names_in(&site.path("work")).len(), 1, "{}", instance.log());
+    assert!(
+        instance.is_running(),
+        "instance 0 still retries its feed: {}",
+        instance.log()
+    );
 
     away.set_allow_connections(true);
     wait_for(
