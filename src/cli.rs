@@ -88,6 +88,12 @@ pub enum Command {
     /// outbox, until SIGINT/SIGTERM (then finish the feed in hand and exit 0; exit 130 when
     /// a second signal or `[daemon] shutdown_timeout_secs` cuts that short).
     ///
+    /// Signals: SIGTERM and SIGINT stop it as above. SIGHUP is logged and ignored: adjustd
+    /// does not reload its configuration, restart it to apply a change (`systemctl
+    /// restart adjustd`). Any other signal has its default action: SIGUSR1, SIGUSR2 and
+    /// SIGQUIT end the process at once, like SIGKILL (safe: the feed in hand stays in
+    /// `work/` and is recovered at the next start).
+    ///
     /// With SQLite the daemon is the store's only writer while it runs: `orders import` and
     /// `process` are refused (exit 1, "locked by another adjustd process"), so stop the
     /// daemon first, or use PostgreSQL to run several writers. `orders show` and
@@ -470,20 +476,32 @@ async fn open_store_with_retry(
     }
 }
 
-/// Registers SIGINT and SIGTERM now and returns the task that handles them. First signal:
-/// cancel (finish the feed in hand). Second: exit at once, which is safe because every
-/// commit and file move is atomic.
+/// Registers SIGINT, SIGTERM and SIGHUP now and returns the task that handles them. First
+/// SIGINT or SIGTERM: cancel (finish the feed in hand). Second: exit at once, which is safe
+/// because every commit and file move is atomic. SIGHUP, which many daemons take as "reload
+/// your configuration", is logged and otherwise ignored: adjustd has no reload, and stopping
+/// a service on a reload request would surprise its operator (systemd sends SIGHUP only
+/// through an `ExecReload=`, which the unit in `contrib/` does not have). Other signals keep
+/// their default action.
 fn watch_signals(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     Ok(async move {
-        for round in 0..2 {
+        let mut round = 0;
+        while round < 2 {
             tokio::select! {
                 _ = interrupt.recv() => {}
                 _ = terminate.recv() => {}
+                _ = hangup.recv() => {
+                    tracing::warn!(
+                        "SIGHUP received and ignored: adjustd does not reload its configuration; restart it to apply a changed one (systemctl restart adjustd)"
+                    );
+                    continue;
+                }
             }
             if round == 0 {
                 tracing::info!(
@@ -494,6 +512,7 @@ fn watch_signals(
                 tracing::warn!("second signal: exiting at once");
                 std::process::exit(i32::from(exit::INTERRUPTED));
             }
+            round += 1;
         }
     })
 }

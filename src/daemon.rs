@@ -1,13 +1,14 @@
 //! The daemon: one worker thread that owns the inbox watch, the readiness tracker and the
 //! pipeline context (recover `work/`, list, claim, process or report as unreadable, move,
 //! repeat), retries with capped exponential backoff on transient errors (in place when the
-//! store is away, which holds up every feed alike; later, between other feeds, when only one
-//! feed's report cannot be written), the retries of parked feeds (feeds with an
+//! store is away, which holds up every feed alike, after giving the batch's other claims
+//! back to the inbox for peers and marking the health check failed; later, between other
+//! feeds, when only one feed's report cannot be written), the retries of parked feeds (feeds with an
 //! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
 //! never cancels a feed in hand, and the optional metrics/health listener. No business rules
 //! and no signal handling (the CLI turns signals into the cancellation token).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -25,9 +26,11 @@ use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
 };
 use crate::metrics::{FeedResult, Metrics, ScanReason};
-use crate::model::MerchantId;
+use crate::model::{MerchantId, Position};
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
 use crate::pipeline::{self, Context, ProcessError, Processed, Source};
+use crate::problem::{Problem, Severity};
+use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
 use crate::telemetry::escaped;
 
@@ -124,6 +127,7 @@ pub async fn run(
         inbox::check_other_folder(&config.inbox, "parked", &config.parked)?;
     }
     let metrics = Arc::new(Metrics::new());
+    metrics.set_inbox_lister(inbox_lister(&config));
     let http_stop = CancellationToken::new();
     let mut http_task = None;
     if let Some(address) = config.http_listen {
@@ -195,6 +199,33 @@ pub async fn run(
     result
 }
 
+/// How a scrape lists the inbox while the worker is busy ([`Metrics::set_inbox_lister`]):
+/// the regular files that pass the name gate, done markers left out, as the tracker counts
+/// them.
+fn inbox_lister(config: &DaemonConfig) -> crate::metrics::InboxLister {
+    let inbox = config.inbox.clone();
+    let gate = Tracker::new(ready_rules(config));
+    Box::new(move || {
+        Ok(inbox::list(&inbox)?
+            .into_iter()
+            .filter(|listed| {
+                matches!(listed.kind, EntryKind::File(_)) && gate.is_candidate(&listed.name.name)
+            })
+            .map(|listed| listed.name)
+            .collect())
+    })
+}
+
+fn ready_rules(config: &DaemonConfig) -> ReadyRules {
+    ReadyRules {
+        settle: config.inbox.settle,
+        ignore: config.inbox.ignore.clone(),
+        done_marker: config.inbox.done_marker.clone(),
+        truncated_grace: config.inbox.truncated_grace,
+        max_backoff: config.max_backoff,
+    }
+}
+
 /// The worker: everything blocking, in one thread, one feed at a time.
 struct Worker {
     config: DaemonConfig,
@@ -205,6 +236,9 @@ struct Worker {
     shutdown: CancellationToken,
     tracker: Tracker,
     tokens: ClaimTokens,
+    /// Claims of the current inbox batch not started yet: given back to the inbox when the
+    /// store turns out to be away (`Worker::give_back_queued`) or at shutdown.
+    queued: VecDeque<Claim>,
     inbox_missing: bool,
     /// The parked feeds and when to retry them; `None` when parking is off.
     parking: Option<ParkingLot>,
@@ -293,13 +327,7 @@ impl Worker {
         wakes: Receiver<Wake>,
         shutdown: CancellationToken,
     ) -> Worker {
-        let tracker = Tracker::new(ReadyRules {
-            settle: config.inbox.settle,
-            ignore: config.inbox.ignore.clone(),
-            done_marker: config.inbox.done_marker.clone(),
-            truncated_grace: config.inbox.truncated_grace,
-            max_backoff: config.max_backoff,
-        });
+        let tracker = Tracker::new(ready_rules(&config));
         Worker {
             config,
             context,
@@ -309,6 +337,7 @@ impl Worker {
             shutdown,
             tracker,
             tokens: ClaimTokens::new(),
+            queued: VecDeque::new(),
             inbox_missing: false,
             parking: None,
             temps_swept_at: None,
@@ -328,6 +357,8 @@ impl Worker {
     }
 
     fn work(&mut self) -> anyhow::Result<()> {
+        // Busy until the first wait for the inbox: scrapes list the inbox meanwhile.
+        self.metrics.worker_busy(true);
         self.sweep_temp_reports();
         // Before the recovery of work/, which may park a recovered feed.
         self.open_parking()?;
@@ -444,6 +475,13 @@ impl Worker {
     /// Sleeps until an event, the end of a settle time or backoff, the periodic scan, or
     /// shutdown; says why it woke.
     fn wait(&mut self, watch: &Watch, last_scan: Instant) -> ScanReason {
+        self.metrics.worker_busy(false);
+        let reason = self.wait_idle(watch, last_scan);
+        self.metrics.worker_busy(true);
+        reason
+    }
+
+    fn wait_idle(&mut self, watch: &Watch, last_scan: Instant) -> ScanReason {
         let period = if watch.mode() == ActiveMode::Poll || self.inbox_missing {
             self.config.inbox.poll_interval
         } else {
@@ -576,10 +614,13 @@ impl Worker {
                 }
             }
             self.sync(&mut syncs);
-            let mut batch = batch.into_iter();
-            while let Some(claim) = batch.next() {
+            self.queued.extend(batch);
+            while let Some(claim) = self.queued.pop_front() {
                 if self.shutdown.is_cancelled() {
-                    self.release(std::iter::once(claim).chain(batch.by_ref()), &mut syncs);
+                    self.queued.push_front(claim);
+                    let queued = std::mem::take(&mut self.queued);
+                    // Whatever cannot be given back stays in work/ for the next start.
+                    drop(self.release(queued, &mut syncs));
                     break;
                 }
                 self.process(claim, Origin::Inbox, &mut syncs);
@@ -591,22 +632,54 @@ impl Worker {
         processed
     }
 
-    /// Gives claims that were not started back to the inbox (shutdown).
-    fn release(&self, claims: impl Iterator<Item = Claim>, syncs: &mut Syncs) {
+    /// When the feed in hand failed because the store is away or busy: gives the claims
+    /// of its batch not started yet back to the inbox at once, so that other instances
+    /// sharing the inbox take them (or this one, once the store answers) instead of having
+    /// them wait in `work/` behind the retries. A claim that cannot be given back (its name
+    /// taken again in the inbox, or the rename failed) stays queued, in hand.
+    fn give_back_queued(&mut self) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut self.queued);
+        let claims = queued.len();
+        let mut syncs = Syncs::new();
+        self.queued = self.release(queued, &mut syncs);
+        self.sync(&mut syncs);
+        tracing::info!(
+            given_back = claims - self.queued.len(),
+            kept = self.queued.len(),
+            "store unavailable: claimed feeds not started yet given back to the inbox"
+        );
+    }
+
+    /// Gives claims that were not started back to the inbox (at shutdown, or when the store
+    /// is away); returns those it could not give back (still claimed, in `work/`).
+    fn release(
+        &self,
+        claims: impl IntoIterator<Item = Claim>,
+        syncs: &mut Syncs,
+    ) -> VecDeque<Claim> {
+        let mut kept = VecDeque::new();
         for claim in claims {
             let file_name = claim.file_name.clone();
+            let work_path = claim.path.clone();
+            // The claim (and its lock) goes with the rename; on failure it is kept.
             match claim.release(&self.config.inbox, syncs) {
-                Ok(true) => {
+                Ok(None) => {
                     tracing::debug!(file = %escaped(&file_name), "claim given back to the inbox")
                 }
-                Ok(false) => {
-                    tracing::info!(file = %escaped(&file_name), "name taken again in the inbox; the claim stays in work/ for the next start")
+                Ok(Some(claim)) => {
+                    tracing::info!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), "name taken again in the inbox; the claim stays in work/");
+                    kept.push_back(claim);
                 }
-                Err(error) => {
-                    tracing::warn!(file = %escaped(&file_name), error = %error, "cannot give the claim back; it stays in work/ for the next start")
+                Err((claim, error)) => {
+                    tracing::warn!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), error = %error, "cannot give the claim back; it stays in work/");
+                    kept.push_back(claim);
                 }
             }
         }
+        kept
     }
 
     fn sync(&self, syncs: &mut Syncs) {
@@ -615,9 +688,20 @@ impl Worker {
         }
     }
 
+    /// Publishes the files waiting in the inbox as the tracker knows them after a listing.
     fn update_waiting(&self) {
-        let (files, oldest) = self.tracker.waiting();
-        self.metrics.waiting(files, oldest);
+        let tracker = &self.tracker;
+        self.metrics.waiting_listed(|waiting| {
+            waiting.retain(|name, _| tracker.is_waiting(name));
+            for (name, first_seen) in tracker.waiting_files() {
+                match waiting.get_mut(name) {
+                    Some(seen) => *seen = (*seen).min(first_seen),
+                    None => {
+                        waiting.insert(name.clone(), first_seen);
+                    }
+                }
+            }
+        });
     }
 
     /// The last gates before a claim: unchanged since it settled, then the content gate. A
@@ -681,6 +765,7 @@ impl Worker {
         }
         let claimed = inbox::claim(config, ready, &self.tokens, syncs);
         self.tracker.forget(&ready.name);
+        self.metrics.not_waiting(&ready.name);
         match claimed {
             Ok(ClaimResult::Claimed(claim)) => {
                 if let Some(marker) = self.tracker.marker_for(&ready.name.name) {
@@ -790,7 +875,9 @@ impl Worker {
     /// Runs `attempt` until it succeeds, fails for good or fails for this feed only
     /// ([`Retry::Later`], returned for the caller to retry later), retrying what holds up
     /// every feed alike (the store away or busy) in place with capped exponential backoff;
-    /// `None` on shutdown while waiting to retry.
+    /// `None` on shutdown while waiting to retry. Meanwhile the batch's other claims are
+    /// given back to the inbox and `/healthz` fails, until an attempt gets past the store.
+    /// The feed itself stays in hand under its claim: its commit may have happened.
     fn with_transient_retries<T>(
         &mut self,
         file_name: &str,
@@ -800,13 +887,19 @@ impl Worker {
         loop {
             match attempt(self) {
                 Err(failure) if failure.retry() == Retry::InPlace => {
+                    let error = failure.into_error();
+                    self.metrics.store_unavailable(&format!("{error:#}"));
+                    self.give_back_queued();
                     let wait = backoff.failed(self.config.max_backoff);
-                    self.log_transient(file_name, backoff.failures, wait, &failure.into_error());
+                    self.log_transient(file_name, backoff.failures, wait, &error);
                     if !self.sleep_unless_shutdown(wait) {
                         return None;
                     }
                 }
-                other => return Some(other),
+                other => {
+                    self.metrics.store_available();
+                    return Some(other);
+                }
             }
         }
     }
@@ -912,6 +1005,7 @@ impl Worker {
         };
         // Only on a feed whose report was retried: how many attempts the outbox refused.
         let report_retries = (report_backoff.failures > 0).then_some(report_backoff.failures);
+        let first = FirstError::of(outcome);
         macro_rules! summary {
             ($level:ident, $message:literal) => {
                 tracing::$level!(
@@ -925,6 +1019,11 @@ impl Worker {
                     successful = outcome.messages_successful,
                     errors = outcome.messages_with_error,
                     warnings = outcome.messages_with_warning,
+                    error_code = first.code,
+                    error_message_id = first.message_id,
+                    error_element = first.element,
+                    error_at = first.at.map(tracing::field::display),
+                    error_description = first.description,
                     duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
                     report = %escaped(processed.json_report.display()),
                     report_retries,
@@ -1200,6 +1299,7 @@ impl Worker {
         };
         self.metrics.parked_feeds(parking.parked.len());
         let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
+        let first = FirstError::of(outcome);
         tracing::info!(
             file = %escaped(&schedule.file_name),
             merchant,
@@ -1212,6 +1312,11 @@ impl Worker {
             successful = outcome.messages_successful,
             errors = outcome.messages_with_error,
             warnings = outcome.messages_with_warning,
+            error_code = first.code,
+            error_message_id = first.message_id,
+            error_element = first.element,
+            error_at = first.at.map(tracing::field::display),
+            error_description = first.description,
             duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
             report = %escaped(processed.json_report.display()),
             report_retries,
@@ -1358,6 +1463,48 @@ fn run_pipeline(
                 .unwrap_or_else(|| "unknown panic".to_owned());
             Err(Failure::Panic(message))
         }
+    }
+}
+
+/// Longest description of a feed's first error on its summary line (in characters).
+const SUMMARY_DESCRIPTION_CHARS: usize = 160;
+
+/// The first error of a processed feed (feed-level errors come first in a report), as fields
+/// of its summary line, so an operator reading the log sees why a feed was rejected, or why
+/// a message failed, without opening the report: the code's name, the MessageID (0 for the
+/// feed), the element, `line:column` when known, and the description, escaped and cut to
+/// [`SUMMARY_DESCRIPTION_CHARS`]. All `None` when the feed has no error.
+struct FirstError {
+    code: Option<&'static str>,
+    message_id: Option<u64>,
+    element: Option<String>,
+    at: Option<Position>,
+    description: Option<String>,
+}
+
+impl FirstError {
+    fn of(outcome: &FeedOutcome) -> FirstError {
+        let first: Option<&Problem> = outcome
+            .results
+            .iter()
+            .find(|problem| problem.severity == Severity::Error);
+        FirstError {
+            code: first.map(|problem| problem.code.name()),
+            message_id: first.map(|problem| problem.message_id.get()),
+            element: first.map(|problem| escaped(&problem.element).to_string()),
+            at: first.and_then(|problem| problem.position),
+            description: first.map(|problem| shortened(&problem.description)),
+        }
+    }
+}
+
+/// `text` with its control characters escaped, cut to [`SUMMARY_DESCRIPTION_CHARS`]
+/// characters (`…` marks the cut).
+fn shortened(text: &str) -> String {
+    let text = escaped(text).to_string();
+    match text.char_indices().nth(SUMMARY_DESCRIPTION_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
     }
 }
 

@@ -1003,28 +1003,35 @@ impl Claim {
     }
 
     /// Gives a claim that was not started back to the inbox under its original name (at
-    /// shutdown), unless that name is taken again; then it stays in `work/` for the next
-    /// start. The folders go into `syncs`.
+    /// shutdown, or when the store is away), unless that name is taken again: then the
+    /// claim is handed back (`Ok(Some)`), still in `work/`. `Ok(None)` once given back. The
+    /// folders go into `syncs`.
     ///
     /// # Errors
-    /// Renaming failed.
-    pub fn release(self, config: &InboxConfig, syncs: &mut Syncs) -> io::Result<bool> {
+    /// Renaming failed: the claim is handed back with the error, still in `work/`.
+    pub fn release(
+        self,
+        config: &InboxConfig,
+        syncs: &mut Syncs,
+    ) -> Result<Option<Claim>, (Claim, io::Error)> {
         let mut target = config.inbox.clone();
         if let Some(merchant) = &self.merchant {
             target.push(merchant.as_str());
         }
         target.push(&self.original);
         if fs::symlink_metadata(&target).is_ok() {
-            return Ok(false);
+            return Ok(Some(self));
         }
-        fs::rename(&self.path, &target)?;
+        if let Err(error) = fs::rename(&self.path, &target) {
+            return Err((self, error));
+        }
         if let Some(parent) = target.parent() {
             syncs.add(parent);
         }
         if let Some(parent) = self.path.parent() {
             syncs.add(parent);
         }
-        Ok(true)
+        Ok(None)
     }
 }
 
@@ -1235,7 +1242,12 @@ mod tests {
         else {
             panic!("not claimed");
         };
-        assert!(claimed.release(&config, &mut syncs).expect("release"));
+        assert!(
+            claimed
+                .release(&config, &mut syncs)
+                .expect("release")
+                .is_none()
+        );
         assert!(config.inbox.join(&long).is_file());
     }
 
@@ -1390,11 +1402,21 @@ mod tests {
         assert!(a.ends_with("7-same.xml"), "{}", a.display());
         assert!(b.ends_with("7-1-same.xml"), "{}", b.display());
         syncs.sync().expect("sync");
-        assert!(third.release(&config, &mut syncs).expect("release"));
+        assert!(
+            third
+                .release(&config, &mut syncs)
+                .expect("release")
+                .is_none()
+        );
         assert!(config.inbox.join("same.xml").is_file());
         let fourth = claim_one("same.xml");
         fs::write(config.inbox.join("same.xml"), b"new upload").expect("write");
-        assert!(!fourth.release(&config, &mut syncs).expect("release"));
+        assert!(
+            fourth
+                .release(&config, &mut syncs)
+                .expect("release")
+                .is_some()
+        );
         assert_eq!(
             fs::read(config.inbox.join("same.xml")).expect("read"),
             b"new upload"
@@ -1441,7 +1463,12 @@ mod tests {
         assert!(failed.is_file(), "{}", failed.display());
         // Given back at shutdown, a claim keeps its exact name.
         let released = drop_and_claim(&config, OsStr::new("keep\rme.xml"), &tokens);
-        assert!(released.release(&config, &mut syncs).expect("release"));
+        assert!(
+            released
+                .release(&config, &mut syncs)
+                .expect("release")
+                .is_none()
+        );
         assert!(config.inbox.join("keep\rme.xml").is_file());
     }
 

@@ -1,22 +1,28 @@
 //! The daemon's metrics (counters, gauges and one histogram, lock-free atomics; a gauge that
 //! is an age keeps its start instead, so a scrape computes it) rendered in the Prometheus
-//! text format, and the optional HTTP listener that serves them with
-//! `/healthz`. One method per event, called from one place each. No HTTP framework: the
-//! listener speaks just enough HTTP/1.1 for a scraper and a health probe.
+//! text format, the files waiting in the inbox (published by the worker after each listing
+//! and claim, and completed at the scrape by a listing of the inbox while the worker is busy
+//! with a feed, [`Metrics::set_inbox_lister`]), the store's health, and the optional HTTP
+//! listener that serves them with `/healthz` (503 while a store outage lasts). One method
+//! per event, called from one place each. No HTTP framework: the listener speaks just
+//! enough HTTP/1.1 for a scraper and a health probe.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::inbox::ready::InboxName;
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
+use crate::telemetry::escaped;
 
 /// How a feed ended, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,19 +131,25 @@ const BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Lists the inbox for a scrape: the names of the files that would count as waiting (regular
+/// files that pass the name gate, done markers left out), claimed or not.
+pub type InboxLister = Box<dyn Fn() -> std::io::Result<Vec<InboxName>> + Send + Sync>;
+
 /// All metrics of one daemon. Shared (`Arc`) between the worker, the notify callback and
 /// the HTTP listener.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Metrics {
     feeds: [AtomicU64; FeedResult::ALL.len()],
     messages_successful: AtomicU64,
     messages_with_error: AtomicU64,
     messages_with_warning: AtomicU64,
-    files_waiting: AtomicU64,
-    /// When the oldest waiting file was first seen. The instant, not its age: the age is
-    /// computed when scraped, so it moves between the listings that set this (a mutex held
-    /// only to copy an `Instant`).
-    oldest_waiting_since: Mutex<Option<Instant>>,
+    /// The files waiting in the inbox, each with when it was first seen. The instants, not
+    /// ages: an age is computed when scraped, so it moves between the listings that set it.
+    waiting: Mutex<Waiting>,
+    /// Lists the inbox at a scrape while the worker is busy ([`Metrics::set_inbox_lister`]).
+    inbox_lister: OnceLock<InboxLister>,
+    /// Set while the store is away or busy and a feed is retried in place.
+    store_outage: Mutex<Option<StoreOutage>>,
     stale_partials: AtomicU64,
     parked_feeds: AtomicU64,
     reports_pending: AtomicU64,
@@ -149,6 +161,36 @@ pub struct Metrics {
     events_dropped: AtomicU64,
     retries: AtomicU64,
 }
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The files waiting in the inbox (seen, not claimed) and whether the worker is busy.
+#[derive(Debug, Default)]
+struct Waiting {
+    /// Each waiting file and when it was first seen (by the worker or by a scrape).
+    files: HashMap<InboxName, Instant>,
+    /// Moves on every change made by the worker, so a scrape whose listing raced with one
+    /// (a claim, say) drops its listing rather than count a claimed file again.
+    generation: u64,
+    /// True while the worker is not waiting for the inbox (a feed in hand, a retry, a
+    /// listing): it cannot see new files then, so a scrape lists the inbox itself.
+    worker_busy: bool,
+}
+
+/// A store outage: since when, and the last error.
+#[derive(Debug, Clone)]
+struct StoreOutage {
+    since: SystemTime,
+    since_instant: Instant,
+    error: String,
+}
+
+/// Longest error text `/healthz` shows.
+const HEALTH_ERROR_CHARS: usize = 200;
 
 impl Metrics {
     /// Fresh metrics, all zero.
@@ -187,14 +229,116 @@ impl Metrics {
         self.processing_sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// The waiting files after a scan: how many, and when the oldest was first seen.
-    pub fn waiting(&self, files: usize, oldest_first_seen: Option<Instant>) {
-        self.files_waiting
-            .store(u64::try_from(files).unwrap_or(u64::MAX), Ordering::Relaxed);
-        *self
-            .oldest_waiting_since
+    /// The waiting files after a listing of the inbox: `update` makes the map (each file and
+    /// when it was first seen) what the worker knows. A file a scrape saw first keeps the
+    /// scrape's instant when `update` keeps the file.
+    pub fn waiting_listed(&self, update: impl FnOnce(&mut HashMap<InboxName, Instant>)) {
+        let mut waiting = self.lock_waiting();
+        update(&mut waiting.files);
+        waiting.generation += 1;
+    }
+
+    /// `name` was claimed (or vanished, or was taken by another instance): it no longer
+    /// waits.
+    pub fn not_waiting(&self, name: &InboxName) {
+        let mut waiting = self.lock_waiting();
+        waiting.files.remove(name);
+        waiting.generation += 1;
+    }
+
+    /// The worker is busy (`true`: a feed in hand, a retry, a listing) or waits for the
+    /// inbox (`false`).
+    pub fn worker_busy(&self, busy: bool) {
+        self.lock_waiting().worker_busy = busy;
+    }
+
+    /// How a scrape lists the inbox while the worker is busy, so that files arriving during
+    /// a long feed (or a store outage) count as waiting at once. Set once, at start.
+    pub fn set_inbox_lister(&self, lister: InboxLister) {
+        let _ = self.inbox_lister.set(lister);
+    }
+
+    /// Before a scrape: while the worker is busy, lists the inbox and counts the files that
+    /// arrived since the worker's last listing (first seen now), and forgets those gone. A
+    /// listing that raced with a change by the worker is dropped. Blocking (a listing).
+    pub fn refresh_waiting(&self) {
+        let Some(lister) = self.inbox_lister.get() else {
+            return;
+        };
+        let generation = {
+            let waiting = self.lock_waiting();
+            if !waiting.worker_busy {
+                return;
+            }
+            waiting.generation
+        };
+        let Ok(listed) = lister() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut waiting = self.lock_waiting();
+        if waiting.generation != generation {
+            return;
+        }
+        let listed: HashSet<InboxName> = listed.into_iter().collect();
+        waiting.files.retain(|name, _| listed.contains(name));
+        for name in listed {
+            waiting.files.entry(name).or_insert(now);
+        }
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A feed's attempt failed because the store is away or busy; it is retried in place.
+    /// The outage counts from the first such failure.
+    pub fn store_unavailable(&self, error: &str) {
+        let mut outage = self
+            .store_outage
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = oldest_first_seen;
+            .unwrap_or_else(PoisonError::into_inner);
+        let error: String = escaped(error).to_string();
+        let error = match error.char_indices().nth(HEALTH_ERROR_CHARS) {
+            Some((end, _)) => format!("{}…", &error[..end]),
+            None => error,
+        };
+        match outage.as_mut() {
+            Some(outage) => outage.error = error,
+            None => {
+                *outage = Some(StoreOutage {
+                    since: SystemTime::now(),
+                    since_instant: Instant::now(),
+                    error,
+                });
+            }
+        }
+    }
+
+    /// A feed's attempt got past the store: any outage is over.
+    pub fn store_available(&self) {
+        *self
+            .store_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// `None` when healthy, else the text `/healthz` answers with its 503.
+    fn health_problem(&self, now: Instant) -> Option<String> {
+        let outage = self
+            .store_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        let since = chrono::DateTime::<chrono::Utc>::from(outage.since)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let for_secs = now
+            .saturating_duration_since(outage.since_instant)
+            .as_secs();
+        Some(format!(
+            "store unavailable since {since} ({for_secs} s), feeds wait: {}\n",
+            outage.error
+        ))
     }
 
     /// Temp-named files (ignored names) unchanged for longer than the truncation grace,
@@ -300,25 +444,29 @@ impl Metrics {
             "# HELP adjustd_files_waiting Files seen in the inbox and not yet claimed."
         )?;
         writeln!(out, "# TYPE adjustd_files_waiting gauge")?;
-        writeln!(out, "adjustd_files_waiting {}", load(&self.files_waiting))?;
+        let (files_waiting, oldest_since) = {
+            let waiting = self.lock_waiting();
+            (waiting.files.len(), waiting.files.values().copied().min())
+        };
+        writeln!(out, "adjustd_files_waiting {files_waiting}")?;
         writeln!(
             out,
             "# HELP adjustd_oldest_waiting_seconds Time since the oldest waiting file was first seen."
         )?;
         writeln!(out, "# TYPE adjustd_oldest_waiting_seconds gauge")?;
-        let oldest_since = *self
-            .oldest_waiting_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let oldest_ms = oldest_since.map_or(0, |first_seen| {
-            u64::try_from(now.saturating_duration_since(first_seen).as_millis()).unwrap_or(u64::MAX)
-        });
+        write_age(out, "adjustd_oldest_waiting_seconds", oldest_since, now)?;
         writeln!(
             out,
-            "adjustd_oldest_waiting_seconds {}.{:03}",
-            oldest_ms / 1000,
-            oldest_ms % 1000
+            "# HELP adjustd_store_unavailable_seconds Time since the store outage that holds feeds up began (0 while the store answers)."
         )?;
+        writeln!(out, "# TYPE adjustd_store_unavailable_seconds gauge")?;
+        let outage_since = self
+            .store_outage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|outage| outage.since_instant);
+        write_age(out, "adjustd_store_unavailable_seconds", outage_since, now)?;
         writeln!(
             out,
             "# HELP adjustd_stale_partials Temp-named uploads unchanged for longer than the truncation grace."
@@ -415,6 +563,20 @@ impl Metrics {
     }
 }
 
+/// Writes the gauge `name`, the seconds from `since` to `now` (0 without `since`), to the
+/// millisecond.
+fn write_age(
+    out: &mut String,
+    name: &str,
+    since: Option<Instant>,
+    now: Instant,
+) -> std::fmt::Result {
+    let ms = since.map_or(0, |since| {
+        u64::try_from(now.saturating_duration_since(since).as_millis()).unwrap_or(u64::MAX)
+    });
+    writeln!(out, "{name} {}.{:03}", ms / 1000, ms % 1000)
+}
+
 /// Binds the HTTP listener.
 ///
 /// # Errors
@@ -423,8 +585,9 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(address).await
 }
 
-/// Serves `GET /healthz` (200 `ok`) and `GET /metrics` until `shutdown`. Each connection
-/// gets one response and is closed; slow or oversized requests are dropped.
+/// Serves `GET /healthz` (200 `ok`, or 503 with since when and why while a store outage
+/// holds feeds up) and `GET /metrics` until `shutdown`. Each connection gets one response
+/// and is closed; slow or oversized requests are dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
     loop {
@@ -437,7 +600,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
                 let metrics = Arc::clone(&metrics);
                 connections.spawn(async move {
                     let answered =
-                        tokio::time::timeout(Duration::from_secs(5), respond(stream, &metrics))
+                        tokio::time::timeout(Duration::from_secs(5), respond(stream, metrics))
                             .await;
                     if let Ok(Err(error)) = answered {
                         tracing::debug!(%error, "http connection failed");
@@ -454,7 +617,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
     let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
 }
 
-async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(1024);
     let mut buffer = [0u8; 1024];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n")
@@ -474,12 +637,28 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz") => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
-        ("GET" | "HEAD", "/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.render(),
-        ),
+        ("GET" | "HEAD", "/healthz") => match metrics.health_problem(Instant::now()) {
+            None => ("200 OK", "text/plain; charset=utf-8", "ok\n".to_owned()),
+            Some(problem) => (
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                problem,
+            ),
+        },
+        ("GET" | "HEAD", "/metrics") => {
+            // A listing of the inbox while the worker is busy: off the async threads.
+            let rendered = tokio::task::spawn_blocking(move || {
+                metrics.refresh_waiting();
+                metrics.render()
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            (
+                "200 OK",
+                "text/plain; version=0.0.4; charset=utf-8",
+                rendered,
+            )
+        }
         ("GET" | "HEAD", _) => (
             "404 Not Found",
             "text/plain; charset=utf-8",
@@ -506,6 +685,21 @@ async fn respond(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()
 mod tests {
     use super::*;
 
+    fn name(name: &str) -> InboxName {
+        InboxName {
+            merchant: None,
+            name: name.into(),
+        }
+    }
+
+    /// Publishes `files`, each first seen at `first_seen`, as the worker's listing.
+    fn listed(metrics: &Metrics, files: &[&str], first_seen: Instant) {
+        metrics.waiting_listed(|waiting| {
+            waiting.clear();
+            waiting.extend(files.iter().map(|file| (name(file), first_seen)));
+        });
+    }
+
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::new();
@@ -514,7 +708,7 @@ mod tests {
         metrics.scanned(ScanReason::Startup);
         metrics.event_dropped();
         let first_seen = Instant::now();
-        metrics.waiting(3, Some(first_seen));
+        listed(&metrics, &["a.xml", "b.xml", "c.xml"], first_seen);
         metrics.watch_mode(true);
         let text = metrics.render_at(first_seen + Duration::from_millis(1500));
         for line in [
@@ -531,9 +725,122 @@ mod tests {
             "adjustd_watch_mode{mode=\"notify\"} 0",
             "adjustd_rescans_total{reason=\"startup\"} 1",
             "adjustd_events_dropped_total 1",
+            "adjustd_store_unavailable_seconds 0.000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_claimed_file_stops_waiting_and_a_busy_worker_has_the_inbox_listed_at_the_scrape() {
+        let metrics = Metrics::new();
+        let gauges = |metrics: &Metrics| {
+            let text = metrics.render();
+            let value = |gauge: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(gauge))
+                    .map(str::to_owned)
+                    .unwrap_or_default()
+            };
+            (
+                value("adjustd_files_waiting "),
+                value("adjustd_oldest_waiting_seconds "),
+            )
+        };
+        let first_seen = Instant::now() - Duration::from_secs(30);
+        listed(&metrics, &["long.xml"], first_seen);
+        assert_eq!(gauges(&metrics).0, "1");
+        metrics.not_waiting(&name("long.xml"));
+        assert_eq!(gauges(&metrics), ("0".to_owned(), "0.000".to_owned()));
+        // The worker is busy with that feed; two files arrive. Without a lister nothing
+        // changes; with one, a scrape counts them (first seen now).
+        let inbox = Arc::new(Mutex::new(vec![name("new-1.xml"), name("new-2.xml")]));
+        metrics.worker_busy(true);
+        metrics.refresh_waiting();
+        assert_eq!(gauges(&metrics).0, "0");
+        let shared = Arc::clone(&inbox);
+        metrics.set_inbox_lister(Box::new(move || Ok(shared.lock().expect("inbox").clone())));
+        metrics.refresh_waiting();
+        let (files, oldest) = gauges(&metrics);
+        assert_eq!(files, "2");
+        assert!(oldest.starts_with("0."), "{oldest}");
+        // One goes (taken by another instance): forgotten at the next scrape.
+        inbox.lock().expect("inbox").remove(0);
+        metrics.refresh_waiting();
+        assert_eq!(gauges(&metrics).0, "1");
+        // Idle, the worker's own listings are the truth: no listing at the scrape.
+        metrics.worker_busy(false);
+        inbox.lock().expect("inbox").clear();
+        metrics.refresh_waiting();
+        assert_eq!(gauges(&metrics).0, "1");
+        // The worker's listing keeps a file's first sight by a scrape.
+        let scraped_at = metrics.lock_waiting().files[&name("new-2.xml")];
+        metrics.waiting_listed(|waiting| {
+            waiting
+                .entry(name("new-2.xml"))
+                .or_insert_with(Instant::now);
+        });
+        assert_eq!(metrics.lock_waiting().files[&name("new-2.xml")], scraped_at);
+    }
+
+    #[test]
+    fn a_scrape_listing_that_raced_with_a_claim_is_dropped() {
+        let metrics = Arc::new(Metrics::new());
+        metrics.worker_busy(true);
+        let claimer = Arc::clone(&metrics);
+        // The listing still shows the file; the worker claims it while the scrape lists.
+        metrics.set_inbox_lister(Box::new(move || {
+            claimer.not_waiting(&name("claimed.xml"));
+            Ok(vec![name("claimed.xml")])
+        }));
+        metrics.refresh_waiting();
+        assert!(
+            metrics
+                .render()
+                .lines()
+                .any(|line| line == "adjustd_files_waiting 0")
+        );
+    }
+
+    #[test]
+    fn health_fails_during_a_store_outage_and_recovers() {
+        let metrics = Metrics::new();
+        let now = Instant::now();
+        assert_eq!(metrics.health_problem(now), None);
+        metrics.store_unavailable("database unavailable: connection refused\nforged line");
+        let later = Instant::now() + Duration::from_secs(12);
+        let problem = metrics.health_problem(later).expect("unhealthy");
+        assert!(
+            problem.starts_with("store unavailable since 20"),
+            "{problem}"
+        );
+        assert!(problem.contains("(12 s)"), "{problem}");
+        assert!(
+            problem.ends_with("connection refused\\nforged line\n"),
+            "{problem}"
+        );
+        let text = metrics.render_at(later);
+        assert!(
+            text.lines()
+                .any(|line| line == "adjustd_store_unavailable_seconds 12.000"),
+            "{text}"
+        );
+        // A second failure keeps the start of the outage.
+        metrics.store_unavailable("still away");
+        assert!(
+            metrics
+                .health_problem(later)
+                .is_some_and(|p| p.contains("(12 s)") && p.contains("still away"))
+        );
+        metrics.store_available();
+        assert_eq!(metrics.health_problem(later), None);
+        let long = "x".repeat(1000);
+        metrics.store_unavailable(&long);
+        let problem = metrics.health_problem(now).expect("unhealthy");
+        assert!(
+            problem.len() < 400 && problem.ends_with("x…\n"),
+            "{problem}"
+        );
     }
 
     #[test]
@@ -546,13 +853,13 @@ mod tests {
         };
         assert_eq!(gauge(&metrics.render()).as_deref(), Some("0.000"));
         let first_seen = Instant::now();
-        metrics.waiting(1, Some(first_seen));
+        listed(&metrics, &["a.xml"], first_seen);
         // No new listing in between: the age still moves with the scrape time.
         for (after_ms, expected) in [(250, "0.250"), (31_000, "31.000"), (90_500, "90.500")] {
             let text = metrics.render_at(first_seen + Duration::from_millis(after_ms));
             assert_eq!(gauge(&text).as_deref(), Some(expected), "{text}");
         }
-        metrics.waiting(0, None);
+        listed(&metrics, &[], first_seen);
         let text = metrics.render_at(first_seen + Duration::from_secs(100));
         assert_eq!(gauge(&text).as_deref(), Some("0.000"), "{text}");
     }

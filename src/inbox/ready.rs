@@ -212,6 +212,12 @@ impl Tracker {
         glob::matches_any(&self.rules.ignore, &name.to_string_lossy())
     }
 
+    /// True when a regular file named `name` is tracked as a feed once listed: the name gate
+    /// lets it through and it is not a done marker.
+    pub fn is_candidate(&self, name: &OsStr) -> bool {
+        !self.is_ignored(name) && !self.is_marker(name)
+    }
+
     /// The marker file name for `name` in done-marker mode.
     pub fn marker_for(&self, name: &OsStr) -> Option<OsString> {
         self.rules.done_marker.as_ref().map(|marker| {
@@ -386,6 +392,18 @@ impl Tracker {
             })
             .filter(|deadline| *deadline > now)
             .min()
+    }
+
+    /// True when `name` is waiting (seen, not claimed).
+    pub fn is_waiting(&self, name: &InboxName) -> bool {
+        self.entries.contains_key(name)
+    }
+
+    /// The files waiting (seen, not claimed), each with when it was first seen.
+    pub fn waiting_files(&self) -> impl Iterator<Item = (&InboxName, Instant)> {
+        self.entries
+            .iter()
+            .map(|(name, entry)| (name, entry.first_seen))
     }
 
     /// How many files are waiting (seen, not claimed) and since when the oldest was first
@@ -836,6 +854,8 @@ mod tests {
         tracker.observe(&[file("a.xml", 1, 1)], t0 + MS);
         tracker.forget(&top("a.xml"));
         assert_eq!(tracker.waiting(), (0, None));
+        assert!(!tracker.is_waiting(&top("a.xml")));
+        assert_eq!(tracker.waiting_files().count(), 0);
         assert_eq!(tracker.next_deadline(t0), None);
     }
 }

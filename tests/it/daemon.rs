@@ -1507,3 +1507,207 @@ fn sigterm_while_a_report_waits_exits_at_once_and_the_next_start_recovers_it() {
     assert_eq!(refunded_cents_of(&dir, MERCHANT, 0), 150, "applied once");
     assert_eq!(dir.files_in("archive").len(), 2);
 }
+
+#[test]
+fn sighup_is_logged_and_ignored_and_sigterm_still_stops_cleanly() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    daemon.signal("HUP");
+    wait_for("the SIGHUP log line", LONG, || {
+        daemon.log().contains("SIGHUP")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        daemon.is_running(),
+        "SIGHUP stopped the daemon:\n{}",
+        daemon.log()
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("SIGHUP"))
+        .expect("a SIGHUP line");
+    assert!(
+        line.contains("does not reload its configuration") && line.contains("restart"),
+        "{line}"
+    );
+    // It goes on working, and a second SIGHUP is not a second shutdown signal either.
+    daemon.signal("HUP");
+    dir.drop_file(
+        "after-hup.xml",
+        feed_xml(MERCHANT, &[refund(0, "after-hup", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "after-hup.xml")["status"], "Complete");
+    let log = daemon.log();
+    assert!(
+        !log.contains("shutdown requested"),
+        "HUP is not a stop: {log}"
+    );
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("stopped"), "{log}");
+}
+
+/// A feed with junk after its root element.
+fn feed_with_trailing_junk(key: &str) -> String {
+    let mut xml = feed_xml(MERCHANT, &[refund(0, key, 100)]);
+    xml.push_str("<Trailing>junk</Trailing>\n");
+    xml
+}
+
+#[test]
+fn a_rejected_feed_says_why_on_its_summary_line_in_text_and_json() {
+    let dir = setup(&Settings::default(), 1);
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("junk.xml", feed_with_trailing_junk("junk-1").as_bytes());
+    let report = report_of(&dir, "junk.xml");
+    assert_eq!(report["status"], "Rejected", "{report}");
+    let first = &report["results"][0];
+    wait_until_idle(&dir);
+    daemon.stop();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("feed rejected") && line.contains("file=junk.xml"))
+        .unwrap_or_else(|| panic!("no summary line:\n{log}"));
+    let code = first["code_name"].as_str().expect("code_name");
+    let position = format!(
+        "error_at={}:{}",
+        first["line"].as_u64().expect("line"),
+        first["column"].as_u64().expect("column")
+    );
+    for field in [
+        format!("error_code=\"{code}\""),
+        format!("error_message_id={}", first["message_id"]),
+        "error_element=".to_owned(),
+        position,
+        "error_description=".to_owned(),
+    ] {
+        assert!(line.contains(&field), "{field} missing: {line}");
+    }
+
+    // The same fields in the JSON log format.
+    let mut settings = Settings {
+        more_sections: "[log]\nformat = \"json\"\n".to_owned(),
+        ..Settings::default()
+    };
+    settings.settle_ms = 200;
+    dir.write_config(&settings);
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file("junk2.xml", feed_with_trailing_junk("junk-2").as_bytes());
+    let report = report_of(&dir, "junk2.xml");
+    let first = &report["results"][0];
+    wait_until_idle(&dir);
+    daemon.stop();
+    let log = daemon.log();
+    let event: serde_json::Value = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| event["message"] == "feed rejected" && event["file"] == "junk2.xml")
+        .unwrap_or_else(|| panic!("no JSON summary line:\n{log}"));
+    assert_eq!(event["error_code"], first["code_name"], "{event}");
+    assert_eq!(event["error_message_id"], first["message_id"], "{event}");
+    assert_eq!(event["error_element"], first["element"], "{event}");
+    assert_eq!(
+        event["error_at"],
+        format!("{}:{}", first["line"], first["column"]),
+        "{event}"
+    );
+    let description = event["error_description"].as_str().expect("description");
+    assert!(
+        !description.is_empty()
+            && first["description"]
+                .as_str()
+                .expect("description")
+                .starts_with(description.trim_end_matches('…')),
+        "{event}"
+    );
+}
+
+/// The value of one metric line (`name value`) in a `/metrics` text.
+fn metric_value(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        line.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    })
+}
+
+#[test]
+fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_feed() {
+    // A feed in hand for a long while: another process holds the SQLite write lock, so the
+    // pipeline waits out the busy timeout (5 s) in the store, again and again. The feed was
+    // claimed and no longer waits; two files dropped meanwhile do, and /metrics says so at
+    // once, without waiting for the feed in hand to finish.
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        3,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    dir.drop_file(
+        "long.xml",
+        feed_xml(MERCHANT, &[refund(0, "long-1", 100)]).as_bytes(),
+    );
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=long.xml")
+    });
+    // The claimed feed is not waiting, and no age grows for it.
+    std::thread::sleep(Duration::from_millis(1200));
+    expect_metrics(
+        port,
+        &[
+            "adjustd_files_waiting 0",
+            "adjustd_oldest_waiting_seconds 0.000",
+        ],
+    );
+    dir.drop_file(
+        "later-1.xml",
+        feed_xml(MERCHANT, &[refund(1, "later-1", 100)]).as_bytes(),
+    );
+    dir.drop_file(
+        "later-2.xml",
+        feed_xml(MERCHANT, &[refund(2, "later-2", 100)]).as_bytes(),
+    );
+    expect_metrics(port, &["adjustd_files_waiting 2"]);
+    std::thread::sleep(Duration::from_millis(600));
+    let metrics = http_get(port, "/metrics");
+    let oldest = metric_value(&metrics, "adjustd_oldest_waiting_seconds").expect("gauge");
+    assert!(
+        (0.5..5.0).contains(&oldest),
+        "the age of the files dropped meanwhile, not of the feed in hand:\n{metrics}"
+    );
+    assert!(
+        dir.reports_for("long.xml").is_empty(),
+        "still in hand: {}",
+        daemon.log()
+    );
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    for name in ["long.xml", "later-1.xml", "later-2.xml"] {
+        assert_eq!(report_of(&dir, name)["status"], "Complete");
+    }
+    wait_until_idle(&dir);
+    expect_metrics(
+        port,
+        &[
+            "adjustd_files_waiting 0",
+            "adjustd_oldest_waiting_seconds 0.000",
+            "adjustd_feeds_total{outcome=\"complete\"} 3",
+        ],
+    );
+    daemon.stop();
+}

@@ -8,6 +8,9 @@
 //! failed; nothing is over-refunded; every accepted message is in the store exactly once
 //! (and nothing else is); each item's stored total equals the sum of its accepted refunds.
 //!
+//! Also: an instance whose store is away gives the feeds it claimed but has not started back
+//! to the shared inbox at once, and fails its health check, so a peer takes them.
+//!
 //! `ADJUSTD_MULTI_FEEDS` (default 500 per test) and `ADJUSTD_MULTI_INSTANCES` (default 3)
 //! scale it. Owns no production code.
 
@@ -25,7 +28,8 @@ use adjustd::store::postgres::PgStore;
 use adjustd::store::{OrderRow, Store};
 use serde_json::Value;
 
-use crate::util::{Refund, feed_xml, item_code, order_id};
+use crate::daemon::{free_port, http_get};
+use crate::util::{Refund, feed_xml, item_code, order_id, wait_for};
 
 use crate::store_pg::TestDb;
 
@@ -153,6 +157,12 @@ impl Site {
 
     /// Starts `adjustd run`; with `own` set, on its own inbox and work folders.
     fn spawn(&self, index: usize, own: bool) -> Instance {
+        self.spawn_with(index, own, &[])
+    }
+
+    /// [`Site::spawn`] with more environment variables (`ADJUSTD_STORE_URL` among them
+    /// overrides the site's store).
+    fn spawn_with(&self, index: usize, own: bool, env: &[(&str, &str)]) -> Instance {
         let log_path = self.path(&format!("instance-{index}.log"));
         let log = fs::File::create(&log_path).expect("log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_adjustd"));
@@ -162,6 +172,7 @@ impl Site {
             .arg("run")
             .env("ADJUSTD_STORE_URL", &self.url)
             .env("RUST_LOG", "adjustd=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -230,6 +241,12 @@ struct Instance {
 }
 
 impl Instance {
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().expect("try_wait").is_none())
+    }
+
     fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -496,4 +513,123 @@ fn instances_sharing_one_inbox_apply_each_feed_once() {
 #[test]
 fn instances_with_an_inbox_each_apply_each_feed_once() {
     run(true, 2);
+}
+
+/// Names (not dot-files) of the files directly in `folder`.
+fn names_in(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn an_instance_whose_store_is_away_gives_its_claims_back_and_says_so_on_healthz() {
+    // Instance 0's database refuses connections while 20 feeds arrive in the shared inbox:
+    // it claims a batch, its first feed fails, and the rest of the batch goes back to the
+    // inbox at once while that feed is retried in place (still in work/, under its claim);
+    // /healthz answers 503 meanwhile. A peer on a store that works (its own database here,
+    // so that only one instance is cut off) takes the given-back feeds; when the database
+    // is back, instance 0 finishes its feed and /healthz answers ok again.
+    let Some(mut away) = TestDb::create() else {
+        return;
+    };
+    let Some(peer_db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&away.url);
+    import_orders(&peer_db.url);
+    let site = Site::new(&away.url);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_HTTP_LISTEN", &listen)]);
+    wait_for(
+        "instance 0 to watch the inbox",
+        Duration::from_secs(20),
+        || instance.log().contains("watch mode"),
+    );
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    away.set_allow_connections(false);
+    away.terminate_connections();
+    let feeds = generate_feeds(20, 3);
+    let staging = site.path("staging");
+    for feed in &feeds {
+        fs::write(staging.join(&feed.name), &feed.bytes).expect("stage feed");
+    }
+    for feed in &feeds {
+        fs::rename(
+            staging.join(&feed.name),
+            site.path("inbox").join(&feed.name),
+        )
+        .expect("drop feed");
+    }
+    wait_for(
+        "one feed in hand and the rest given back",
+        Duration::from_secs(20),
+        || {
+            instance.log().contains("transient failure")
+                && names_in(&site.path("work")).len() == 1
+                && names_in(&site.path("inbox")).len() == 19
+        },
+    );
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("store unavailable since"), "{health}");
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("adjustd_store_unavailable_seconds ")
+                && line != "adjustd_store_unavailable_seconds 0.000"
+        ),
+        "{metrics}"
+    );
+    // Still one in hand and nothing more claimed while the store is away.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(names_in(&site.path("work")).len(), 1, "{}", instance.log());
+    assert!(site.reports().is_empty());
+
+    let mut peer = site.spawn_with(1, false, &[("ADJUSTD_STORE_URL", &peer_db.url)]);
+    // Reported, then moved out of work/: wait for both, so only instance 0's claim is left.
+    wait_for("the peer to take the 19", Duration::from_secs(60), || {
+        site.reports().len() == 19
+            && names_in(&site.path("work")).len() == 1
+            && names_in(&site.path("inbox")).is_empty()
+    });
+    assert!(
+        instance.is_running(),
+        "instance 0 still retries its feed: {}",
+        instance.log()
+    );
+
+    away.set_allow_connections(true);
+    wait_for(
+        "instance 0 to finish its feed",
+        Duration::from_secs(30),
+        || site.reports().len() == 20,
+    );
+    let reports = site.reports();
+    for feed in &feeds {
+        assert_eq!(
+            reports.get(&feed.name).map_or(0, Vec::len),
+            1,
+            "{}",
+            feed.name
+        );
+    }
+    wait_for("healthz to be ok again", Duration::from_secs(10), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    instance.stop();
+    peer.stop();
+    assert!(names_in(&site.path("work")).is_empty());
+    assert!(names_in(&site.path("inbox")).is_empty());
 }
