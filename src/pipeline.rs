@@ -277,7 +277,7 @@ fn retry_conflicts(
 }
 
 /// The `content_hash` of a feed rejected before it was read ([`Limits::file_too_large`],
-/// [`reject_unreadable`]): not a hash, and never equal to one (a SHA-256 is 64 hex digits),
+/// [`process_claimed`]): not a hash, and never equal to one (a SHA-256 is 64 hex digits),
 /// so it stands for "no hash" in the feed record and the report. A rejected feed is never
 /// the original of a duplicate, so the marker cannot make two such feeds look alike either.
 pub const UNREAD_CONTENT_HASH: &str = "unread";
