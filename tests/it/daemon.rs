@@ -655,10 +655,7 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
     wait_for("the daemon to start", LONG, || {
         daemon.log().contains("starting")
     });
-    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
-    blocker
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
+    let blocker = hold_write_lock(&dir);
     dir.drop_file(
         "busy.xml",
         feed_xml(MERCHANT, &[refund(0, "busy-1", 125)]).as_bytes(),
@@ -695,6 +692,17 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
 /// [`TestDir::spawn_daemon_bound_by_permissions`].
 fn make_unreadable(path: &std::path::Path) {
     fs::set_permissions(path, fs::Permissions::from_mode(0o000)).expect("chmod 000");
+}
+
+/// Another process's write transaction on the store, until it is dropped: a feed the
+/// daemon takes meanwhile stays in hand (the pipeline waits out the busy timeout, 5 s, again
+/// and again).
+fn hold_write_lock(dir: &TestDir) -> rusqlite::Connection {
+    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    blocker
 }
 
 /// The warning the daemon logs once when it first finds an inbox file it cannot open.
@@ -1233,10 +1241,7 @@ fn a_shutdown_that_times_out_exits_130_and_the_feed_is_recovered_at_the_next_sta
     // The feed in hand cannot finish while another process holds the database's write lock
     // (the pipeline waits out the busy timeout, 5 s, several times): it is still in hand
     // when the shutdown timeout of 1 s passes, however fast the machine.
-    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
-    blocker
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
+    let blocker = hold_write_lock(&dir);
     dir.drop_file(
         "slow.xml",
         feed_xml(MERCHANT, &[refund(0, "slow-1", 125)]).as_bytes(),
@@ -1654,10 +1659,7 @@ fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_fe
     wait_for("the daemon to watch the inbox", LONG, || {
         daemon.log().contains("watch mode")
     });
-    let blocker = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
-    blocker
-        .execute_batch("BEGIN IMMEDIATE")
-        .expect("take the write lock");
+    let blocker = hold_write_lock(&dir);
     dir.drop_file(
         "long.xml",
         feed_xml(MERCHANT, &[refund(0, "long-1", 100)]).as_bytes(),
