@@ -793,11 +793,16 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// A child element of the `AdjustedItem` that was found at `position`; the item itself
-    /// when it has no such child.
-    fn item_child_at(&self, item_index: usize, name: &str, position: Option<Position>) -> At {
+    /// A child element `name` of the `AdjustedItem`, at the position `position` picks from
+    /// the item; the item itself when it has no such child.
+    fn item_child_at(
+        &self,
+        item_index: usize,
+        name: &str,
+        position: impl FnOnce(&crate::model::AdjustedItem) -> Option<Position>,
+    ) -> At {
         let item = self.item_at(item_index);
-        match position {
+        match self.message.items.get(item_index).and_then(position) {
             Some(position) => At {
                 element: format!("{}/{name}", item.element),
                 position,
@@ -809,12 +814,9 @@ impl<'a> Facts<'a> {
     /// `MerchantAdjustmentItemID`; the item itself when its key was derived (it has no such
     /// element).
     fn key_at(&self, item_index: usize) -> At {
-        let position = self
-            .message
-            .items
-            .get(item_index)
-            .and_then(|item| item.positions.key);
-        self.item_child_at(item_index, "MerchantAdjustmentItemID", position)
+        self.item_child_at(item_index, "MerchantAdjustmentItemID", |item| {
+            item.positions.key
+        })
     }
 
     /// `AmazonOrderItemCode` or `MerchantOrderItemID`.
@@ -824,27 +826,19 @@ impl<'a> Facts<'a> {
             Some(ItemRef::Merchant(_)) => "MerchantOrderItemID",
             _ => "AmazonOrderItemCode",
         };
-        self.item_child_at(item_index, name, item.map(|item| item.positions.item_ref))
+        self.item_child_at(item_index, name, |item| Some(item.positions.item_ref))
     }
 
     /// `QuantityCancelled`.
     fn quantity_cancelled_at(&self, item_index: usize) -> At {
-        let position = self
-            .message
-            .items
-            .get(item_index)
-            .and_then(|item| item.positions.quantity_cancelled);
-        self.item_child_at(item_index, "QuantityCancelled", position)
+        self.item_child_at(item_index, "QuantityCancelled", |item| {
+            item.positions.quantity_cancelled
+        })
     }
 
     /// `Quantity`.
     fn quantity_at(&self, item_index: usize) -> At {
-        let position = self
-            .message
-            .items
-            .get(item_index)
-            .and_then(|item| item.positions.quantity);
-        self.item_child_at(item_index, "Quantity", position)
+        self.item_child_at(item_index, "Quantity", |item| item.positions.quantity)
     }
 
     /// `AdjustedItem[n]/ItemPriceAdjustments/Component[k]/Amount` (or the promotion path),
