@@ -32,7 +32,7 @@ use crate::pipeline::{self, Context, ProcessError, Processed, Source};
 use crate::problem::{Problem, Severity};
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
-use crate::telemetry::escaped;
+use crate::telemetry::{escaped, escaped_shortened};
 
 /// The daemon's configuration, resolved.
 #[derive(Debug, Clone)]
@@ -1493,18 +1493,9 @@ impl FirstError {
             message_id: first.map(|problem| problem.message_id.get()),
             element: first.map(|problem| escaped(&problem.element).to_string()),
             at: first.and_then(|problem| problem.position),
-            description: first.map(|problem| shortened(&problem.description)),
+            description: first
+                .map(|problem| escaped_shortened(&problem.description, SUMMARY_DESCRIPTION_CHARS)),
         }
-    }
-}
-
-/// `text` with its control characters escaped, cut to [`SUMMARY_DESCRIPTION_CHARS`]
-/// characters (`…` marks the cut).
-fn shortened(text: &str) -> String {
-    let text = escaped(text).to_string();
-    match text.char_indices().nth(SUMMARY_DESCRIPTION_CHARS) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text,
     }
 }
 

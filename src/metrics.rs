@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::inbox::ready::InboxName;
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
-use crate::telemetry::escaped;
+use crate::telemetry::escaped_shortened;
 
 /// How a feed ended, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,11 +298,7 @@ impl Metrics {
             .store_outage
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let error: String = escaped(error).to_string();
-        let error = match error.char_indices().nth(HEALTH_ERROR_CHARS) {
-            Some((end, _)) => format!("{}…", &error[..end]),
-            None => error,
-        };
+        let error = escaped_shortened(error, HEALTH_ERROR_CHARS);
         match outage.as_mut() {
             Some(outage) => outage.error = error,
             None => {

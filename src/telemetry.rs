@@ -41,6 +41,16 @@ pub fn escaped<T: fmt::Display>(value: T) -> Escaped<T> {
     Escaped(value)
 }
 
+/// `text` [`escaped`] and cut to `max_chars` characters (an ellipsis marks a cut), for a
+/// log field or a health text that shows an error's description.
+pub fn escaped_shortened(text: &str, max_chars: usize) -> String {
+    let text = escaped(text).to_string();
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
 /// See [`escaped`].
 #[derive(Debug, Clone, Copy)]
 pub struct Escaped<T>(T);
