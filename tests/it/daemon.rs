@@ -28,6 +28,19 @@ fn setup(settings: &Settings, orders: u32) -> TestDir {
     dir
 }
 
+/// [`setup`] with default settings and the HTTP listener on a free port (returned).
+fn setup_with_metrics(orders: u32) -> (TestDir, u16) {
+    let port = free_port();
+    let dir = setup(
+        &Settings {
+            http_listen: Some(format!("127.0.0.1:{port}")),
+            ..Settings::default()
+        },
+        orders,
+    );
+    (dir, port)
+}
+
 /// Waits until `name` has a report and returns it (asserting there is exactly one).
 fn report_of(dir: &TestDir, name: &str) -> serde_json::Value {
     wait_for(&format!("a report for {name}"), LONG, || {
@@ -514,14 +527,7 @@ fn ten_thousand_files_dropped_at_once_are_drained() {
 
 #[test]
 fn metrics_and_health_endpoint() {
-    let port = free_port();
-    let dir = setup(
-        &Settings {
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            ..Settings::default()
-        },
-        1,
-    );
+    let (dir, port) = setup_with_metrics(1);
     let mut daemon = dir.spawn_daemon();
     dir.drop_file(
         "m.xml",
@@ -1378,14 +1384,7 @@ fn block_reports_of_one_merchant(
 
 #[test]
 fn a_report_blocked_for_one_merchant_holds_up_no_other_feed_and_is_written_once_when_unblocked() {
-    let port = free_port();
-    let dir = setup(
-        &Settings {
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            ..Settings::default()
-        },
-        2,
-    );
+    let (dir, port) = setup_with_metrics(2);
     dir.import_orders(OTHER_MERCHANT, &orders_report(1));
     let mut daemon = dir.spawn_daemon();
     let blocker = block_reports_of_one_merchant(&dir, &daemon);
@@ -1647,14 +1646,7 @@ fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_fe
     // pipeline waits out the busy timeout (5 s) in the store, again and again. The feed was
     // claimed and no longer waits; two files dropped meanwhile do, and /metrics says so at
     // once, without waiting for the feed in hand to finish.
-    let port = free_port();
-    let dir = setup(
-        &Settings {
-            http_listen: Some(format!("127.0.0.1:{port}")),
-            ..Settings::default()
-        },
-        3,
-    );
+    let (dir, port) = setup_with_metrics(3);
     let mut daemon = dir.spawn_daemon();
     wait_for("the daemon to watch the inbox", LONG, || {
         daemon.log().contains("watch mode")
