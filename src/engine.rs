@@ -558,6 +558,19 @@ pub fn payload_hash(
     item_index: usize,
     currency: Option<Currency>,
 ) -> String {
+    let item = message.items.get(item_index).map(|item| &item.item);
+    spelled_payload_hash(message, item_index, currency, &message.order, item)
+}
+
+/// [`payload_hash`] with the order and the item named by `order` and `item` instead of as
+/// the message names them.
+fn spelled_payload_hash(
+    message: &AdjustmentMessage,
+    item_index: usize,
+    currency: Option<Currency>,
+    order: &OrderRef,
+    item_ref: Option<&ItemRef>,
+) -> String {
     use sha2::Digest;
     use std::fmt::Write as _;
 
@@ -575,7 +588,7 @@ pub fn payload_hash(
         hasher.update(value.as_bytes());
         hasher.update(b"\n");
     };
-    match &message.order {
+    match order {
         OrderRef::Amazon(id) => field(&mut hasher, "AmazonOrderID", id.as_str()),
         OrderRef::Merchant(id) => field(&mut hasher, "MerchantOrderID", id.as_str()),
     }
@@ -589,8 +602,8 @@ pub fn payload_hash(
         "currency",
         currency.as_ref().map_or("", Currency::code),
     );
-    if let Some(item) = message.items.get(item_index) {
-        match &item.item {
+    if let (Some(item), Some(item_ref)) = (message.items.get(item_index), item_ref) {
+        match item_ref {
             ItemRef::Amazon(code) => field(&mut hasher, "AmazonOrderItemCode", code.as_str()),
             ItemRef::Merchant(id) => field(&mut hasher, "MerchantOrderItemID", id.as_str()),
         }
@@ -1363,6 +1376,58 @@ fn resubmission_warnings(
     warnings
 }
 
+/// Whether `record` holds the content of adjusted item `item_index` written another way
+/// than its hash as written: by an earlier build (`legacy`: no currency, see
+/// [`payload_hash`]), or naming the order or the item by its other id (`AmazonOrderID`
+/// against `MerchantOrderID`, `AmazonOrderItemCode` against `MerchantOrderItemID`) where
+/// the loaded order knows both. Only reached when the hashes differ, so the common path
+/// computes nothing here.
+fn stored_as_respelled(
+    record: &KeyRecord,
+    message: &AdjustmentMessage,
+    item_index: usize,
+    order: Option<&OrderState>,
+    legacy: bool,
+) -> bool {
+    if legacy && record.payload_hash == payload_hash(message, item_index, None) {
+        return true;
+    }
+    let (Some(order), Some(written)) = (order, message.items.get(item_index)) else {
+        return false;
+    };
+    let order_refs = std::iter::once(OrderRef::Amazon(order.amazon_order_id.clone()))
+        .chain(order.merchant_order_id.clone().map(OrderRef::Merchant));
+    // An item the order does not have keeps the name it was written with.
+    let item_refs: Vec<ItemRef> = match find_item(order, &written.item) {
+        Some(index) => {
+            let item = &order.items[index];
+            std::iter::once(ItemRef::Amazon(item.code.clone()))
+                .chain(item.merchant_item_id.clone().map(ItemRef::Merchant))
+                .collect()
+        }
+        None => vec![written.item.clone()],
+    };
+    let currencies: &[Option<Currency>] = if legacy {
+        &[Some(order.currency), None]
+    } else {
+        &[message.currency.or(Some(order.currency))]
+    };
+    order_refs.into_iter().any(|order_ref| {
+        item_refs.iter().any(|item_ref| {
+            currencies.iter().any(|currency| {
+                record.payload_hash
+                    == spelled_payload_hash(
+                        message,
+                        item_index,
+                        *currency,
+                        &order_ref,
+                        Some(item_ref),
+                    )
+            })
+        })
+    })
+}
+
 /// Step 1: lifts the per-item key records to the message (refund-rules §c3.2).
 ///
 /// A conflict fails its message like any item's error: the items without a conflict of
@@ -1431,7 +1496,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         if let Some(record) = record
             && failures[index].is_none()
             && record.payload_hash != *hash
-            && !(legacy && record.payload_hash == payload_hash(message, index, None))
+            && !stored_as_respelled(record, message, index, facts.order, legacy)
         {
             let key = message.items[index]
                 .key

@@ -264,6 +264,22 @@ impl Model {
         })
     }
 
+    /// `content` with its order and item named by their Amazon ids where the orders know
+    /// them: a key's replay may name them either way.
+    fn resolved(&self, content: &Content) -> Content {
+        let mut resolved = content.clone();
+        if let Some(order) = self.find_order(&content.order) {
+            resolved.order = OrderRef::Amazon(order.amazon_order_id.clone());
+            if let Some(item) = order.items.iter().find(|s| match &content.item {
+                ItemRef::Amazon(code) => &s.code == code,
+                ItemRef::Merchant(id) => s.merchant_item_id.as_ref() == Some(id),
+            }) {
+                resolved.item = ItemRef::Amazon(item.code.clone());
+            }
+        }
+        resolved
+    }
+
     /// Predicts one message and records its effect.
     pub(crate) fn step(&mut self, feed: usize, message: &AdjustmentMessage) -> Expected {
         let n = message.items.len();
@@ -335,7 +351,8 @@ impl Model {
         let failing: Vec<bool> = (0..n)
             .map(|i| {
                 keys[i].is_some_and(|k| !distinct.insert(k))
-                    || records[i].is_some_and(|r| r.content != contents[i])
+                    || records[i]
+                        .is_some_and(|r| self.resolved(&r.content) != self.resolved(&contents[i]))
             })
             .collect();
         if failing.contains(&true) {
