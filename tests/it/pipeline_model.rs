@@ -1418,7 +1418,8 @@ fn the_same_bytes_under_the_process_policy_agree_with_the_model() {
 /// a key with the order named by its other id, for an item the order does not have.
 #[test]
 fn seeds_that_once_failed_still_agree() {
-    for seed in [4_874_878_524_195_661_517] {
+    let seeds: &[u64] = &[4_874_878_524_195_661_517];
+    for &seed in seeds {
         run_scenario(seed, Replay::Either).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }
 }
