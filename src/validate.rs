@@ -1361,7 +1361,17 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
         );
         return None;
     }
-    let id = SellerId::new(&value);
+    // Spaces at either end (an indenting exporter's) are no part of the id: a key or an id
+    // written padded names the same adjustment, order or item as without.
+    let trimmed = collapse(&value);
+    if trimmed.is_empty() {
+        c.schema(
+            element,
+            format!("{name} {} holds only white space", quoted(&value)),
+        );
+        return None;
+    }
+    let id = SellerId::new(trimmed);
     if id.is_none() {
         c.schema(
             element,
@@ -2095,6 +2105,26 @@ mod tests {
              AdjustedItem[2], AdjustedItem[3], AdjustedItem[5] and 1 more item of the same \
              message failed; the items of a message apply together or not at all"
         );
+    }
+
+    #[test]
+    fn ids_written_with_spaces_at_either_end_name_the_same_thing() {
+        let feed = "<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+             <MerchantIdentifier>M</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+             <Message><MessageID>1</MessageID><OrderAdjustment><MerchantOrderID>\n  SHOP 1\t</MerchantOrderID>\
+             <AdjustedItem><MerchantOrderItemID> LINE-1 </MerchantOrderItemID>\
+             <MerchantAdjustmentItemID>\n    RET-1\n</MerchantAdjustmentItemID>\
+             <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component>\
+             <Type>Principal</Type><Amount>1.00</Amount></Component></ItemPriceAdjustments></AdjustedItem>\
+             </OrderAdjustment></Message></AmazonEnvelope>";
+        let mut validator = Validator::new(feed.as_bytes(), Limits::default(), &Rules::default());
+        let Ok(Some(ValidatedMessage::Valid(message))) = validator.next_message() else {
+            panic!("expected a valid message");
+        };
+        let id = |raw| SellerId::new(raw).expect("an id");
+        assert_eq!(message.order, OrderRef::Merchant(id("SHOP 1")));
+        assert_eq!(message.items[0].item, ItemRef::Merchant(id("LINE-1")));
+        assert_eq!(message.items[0].key, Some(id("RET-1")));
     }
 
     #[test]
