@@ -387,8 +387,10 @@ pub fn needs(
     orders.dedup();
     let mut keys: Vec<SellerId> = messages
         .iter()
-        .flat_map(|m| m.items.iter().filter_map(|i| i.key.clone()))
-        .filter(|k| !snapshot.keys.contains_key(k))
+        .flat_map(|m| m.items.iter().flat_map(|i| [&i.key, &i.earlier_key]))
+        .flatten()
+        .filter(|k| !snapshot.keys.contains_key(*k))
+        .cloned()
         .collect();
     keys.sort();
     keys.dedup();
@@ -1483,10 +1485,17 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         }
     }
 
+    // A key derived from the content may have been recorded by an earlier build under the
+    // key it derived ([`AdjustedItem::earlier_key`]).
     let records: Vec<Option<&KeyRecord>> = message
         .items
         .iter()
-        .map(|item| item.key.as_ref().and_then(|key| snapshot.key(key)))
+        .map(|item| {
+            [&item.key, &item.earlier_key]
+                .into_iter()
+                .flatten()
+                .find_map(|key| snapshot.key(key))
+        })
         .collect();
     // A hash stored by an earlier build names no currency for a message without the
     // attribute, which meant the order's currency ([`payload_hash`]).
@@ -2566,6 +2575,7 @@ mod tests {
             items: vec![AdjustedItem {
                 item: ItemRef::Amazon(item_code()),
                 key: SellerId::new("K1"),
+                earlier_key: None,
                 reason: AdjustmentReason::CustomerReturn,
                 amounts,
                 quantity_cancelled: None,

@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
+use crate::canon::Digests;
+
 /// A merchant (seller) identifier as it appears in `Header/MerchantIdentifier`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MerchantId(String);
@@ -889,6 +891,11 @@ pub struct AdjustedItem {
     pub item: ItemRef,
     /// `MerchantAdjustmentItemID`: the seller's idempotency key, unique per merchant.
     pub key: Option<SellerId>,
+    /// For a key derived from the feed's content digest ([`SellerId::derived`]): the key
+    /// earlier builds derived for the item, from the earlier canonical form
+    /// ([`crate::canon::Digests::earlier`]). A copy of a feed such a build processed finds
+    /// its keys under it. `None` otherwise.
+    pub earlier_key: Option<SellerId>,
     /// `AdjustmentReason`.
     pub reason: AdjustmentReason,
     /// Price and promotion amounts in document order. A price component appears at most
@@ -947,24 +954,28 @@ impl AdjustmentMessage {
     /// Gives every adjusted item without a `MerchantAdjustmentItemID` its idempotency key
     /// (refund-rules §c3.2): beside a seller's key of the same message, one derived from
     /// that key ([`SellerId::derived_beside`]); in a message without any, one derived from
-    /// the feed's canonical content digest ([`SellerId::derived`]), which `content_digest`
-    /// is asked for only then.
-    pub fn derive_missing_keys<'d>(&mut self, content_digest: impl FnOnce() -> &'d str) {
+    /// the feed's canonical content digests ([`SellerId::derived`]; the earlier digest gives
+    /// [`AdjustedItem::earlier_key`]), which `digests` is asked for only then.
+    pub fn derive_missing_keys<'d>(&mut self, digests: impl FnOnce() -> &'d Digests) {
         if self.items.iter().all(|item| item.key.is_some()) {
             return;
         }
         let message_id = self.message_id;
-        let sibling = self.items.iter().find_map(|item| item.key.clone());
-        let digest = match sibling {
-            Some(_) => "",
-            None => content_digest(),
-        };
-        for (index, item) in self.items.iter_mut().enumerate() {
-            if item.key.is_none() {
-                item.key = Some(match &sibling {
-                    Some(sibling) => SellerId::derived_beside(sibling, index + 1),
-                    None => SellerId::derived(digest, message_id, index + 1),
-                });
+        match self.items.iter().find_map(|item| item.key.clone()) {
+            Some(sibling) => {
+                for (index, item) in self.items.iter_mut().enumerate() {
+                    if item.key.is_none() {
+                        item.key = Some(SellerId::derived_beside(&sibling, index + 1));
+                    }
+                }
+            }
+            None => {
+                let digests = digests();
+                for (index, item) in self.items.iter_mut().enumerate() {
+                    item.key = Some(SellerId::derived(&digests.current, message_id, index + 1));
+                    item.earlier_key =
+                        Some(SellerId::derived(&digests.earlier, message_id, index + 1));
+                }
             }
         }
     }

@@ -412,7 +412,7 @@ fn apply<R: std::io::BufRead + Send>(
     let key_digest = KeyDigest {
         path: source.path,
         content_hash,
-        digest: None,
+        digests: None,
     };
     // One processing day for the whole feed, even if it runs past midnight, so every
     // message of a feed is judged alike (the refund window, the resubmission window).
@@ -876,21 +876,24 @@ pub fn lists_order_not_found(outcome: &FeedOutcome) -> bool {
 struct KeyDigest<'a> {
     path: &'a Path,
     content_hash: &'a str,
-    digest: Option<String>,
+    digests: Option<canon::Digests>,
 }
 
 impl KeyDigest<'_> {
-    fn get(&mut self) -> &str {
+    fn get(&mut self) -> &canon::Digests {
         let (path, content_hash) = (self.path, self.content_hash);
-        self.digest.get_or_insert_with(|| {
-            let digest = File::open(path)
+        self.digests.get_or_insert_with(|| {
+            let digests = File::open(path)
                 .ok()
-                .and_then(|file| canon::content_digest(BufReader::with_capacity(1 << 16, file)));
-            digest.unwrap_or_else(|| {
+                .and_then(|file| canon::content_digests(BufReader::with_capacity(1 << 16, file)));
+            digests.unwrap_or_else(|| {
                 // Only XML the reader rejects further on has no digest (canon's limits are
                 // the reader's), and then nothing is applied: not worth a warning.
                 tracing::debug!(file = %path.display(), "no canonical content digest; keys of items without a MerchantAdjustmentItemID derive from the file's bytes");
-                content_hash.to_owned()
+                canon::Digests {
+                    current: content_hash.to_owned(),
+                    earlier: content_hash.to_owned(),
+                }
             })
         })
     }

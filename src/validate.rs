@@ -1697,6 +1697,7 @@ fn check_item<'t>(
     Some(AdjustedItem {
         item: item_ref,
         key,
+        earlier_key: None,
         reason,
         amounts: parsed
             .iter()

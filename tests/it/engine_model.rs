@@ -933,6 +933,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
             key: rng
                 .chance(85)
                 .then(|| SellerId::new(&format!("K{}", rng.below(10))).expect("valid")),
+            earlier_key: None,
             reason,
             amounts: component_amounts,
             quantity_cancelled: cancels.then(|| {

@@ -599,6 +599,7 @@ fn run_table(path: &Path) -> usize {
                 let mut item = AdjustedItem {
                     item: ItemRef::Merchant(SellerId::new("unset").expect("valid")),
                     key: None,
+                    earlier_key: None,
                     reason: AdjustmentReason::CustomerReturn,
                     amounts: Vec::new(),
                     quantity_cancelled: None,

@@ -586,6 +586,89 @@ fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
 }
 
 #[test]
+fn a_re_export_in_another_component_order_or_header_is_recognised_too() {
+    // The components of a list in another order, without the schema hints of the first
+    // file, under another DocumentVersion: the same adjustments.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let message = |components: &str| {
+        format!(
+            "<Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>111-0000001-0000001</AmazonOrderID>\
+             <AdjustedItem><AmazonOrderItemCode>10000000000001</AmazonOrderItemCode><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+             <ItemPriceAdjustments>{components}</ItemPriceAdjustments></AdjustedItem></OrderAdjustment></Message>"
+        )
+    };
+    let principal =
+        "<Component><Type>Principal</Type><Amount currency=\"USD\">2.00</Amount></Component>";
+    let tax = "<Component><Type>Tax</Type><Amount currency=\"USD\">0.10</Amount></Component>";
+    let first = dir.path().join("first.xml");
+    let hinted = FEED_HEAD.replace(
+        "<AmazonEnvelope>",
+        "<AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" xsi:noNamespaceSchemaLocation=\"amzn-envelope.xsd\">",
+    );
+    let body = message(&format!("{principal}{tax}"));
+    std::fs::write(&first, format!("{hinted}{body}</AmazonEnvelope>\n")).expect("write");
+    let processed = pipeline::process_file(&mut context, &source(&first, None)).expect("first");
+    assert_eq!(codes(&processed.outcome), vec![]);
+    let again = dir.path().join("again.xml");
+    let head = FEED_HEAD.replace(">1.01<", ">1.02<");
+    let body = message(&format!("{tax}{principal}"));
+    std::fs::write(&again, format!("{head}{body}</AmazonEnvelope>\n")).expect("write");
+    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(1, Code::DuplicateAdjustment)]
+    );
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "2.00"
+    );
+}
+
+#[test]
+fn a_copy_of_a_feed_keyed_by_an_earlier_build_is_recognised() {
+    // Builds before version 2 of the canonical form derived the keys of items without a
+    // MerchantAdjustmentItemID from the version 1 digest: a store they wrote holds those.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let xml = format!(
+        "{FEED_HEAD}{}</AmazonEnvelope>\n",
+        keyless_message(1, "5.00")
+    );
+    let first = dir.path().join("first.xml");
+    std::fs::write(&first, &xml).expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&first, None)).expect("first");
+    assert_eq!(codes(&processed.outcome), vec![]);
+    // Rewrite the recorded key as an earlier build wrote it.
+    let digests = adjustd::canon::content_digests(xml.as_bytes()).expect("digests");
+    let db = rusqlite::Connection::open(dir.path().join("store.db")).expect("open store");
+    let rewritten = db
+        .execute(
+            "UPDATE idempotency_keys SET key = replace(key, ?1, ?2)",
+            [&digests.current[..32], &digests.earlier[..32]],
+        )
+        .expect("rewrite keys");
+    assert_eq!(rewritten, 1);
+    drop(db);
+    // A copy exported again (a comment more) finds the earlier build's key.
+    let again = dir.path().join("again.xml");
+    std::fs::write(
+        &again,
+        xml.replace("<MessageType>", "<!-- again --><MessageType>"),
+    )
+    .expect("write feed");
+    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(1, Code::DuplicateAdjustment)]
+    );
+    assert_eq!(
+        principal_refunded(&mut context, "111-0000001-0000001"),
+        "5.00"
+    );
+}
+
+#[test]
 fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     // Every message names an order that does not exist: one error each.
     let dir = tempfile::tempdir().expect("temp dir");

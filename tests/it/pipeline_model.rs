@@ -916,9 +916,9 @@ enum Replay {
 /// `messages` with a derived key on every item that has none, from the content digest of
 /// `xml`.
 fn with_derived_keys(mut messages: Vec<AdjustmentMessage>, xml: &str) -> Vec<AdjustmentMessage> {
-    let digest = canon::content_digest(xml.as_bytes()).expect("generated feeds have a digest");
+    let digests = canon::content_digests(xml.as_bytes()).expect("generated feeds have a digest");
     for message in &mut messages {
-        message.derive_missing_keys(|| &digest);
+        message.derive_missing_keys(|| &digests);
     }
     messages
 }
