@@ -2083,6 +2083,37 @@ fn evaluate_item(
         let remaining = balance.remaining();
         if i128::from(net) > remaining {
             let money = |minor: i128| money(minor, currency);
+            // The discount still in place once this item's own reversals are taken: what
+            // a reversal could still lower the net by. With nothing remaining no reversal
+            // helps, as the net of an adjustment must stay a credit.
+            let discount_left: i128 = state
+                .components
+                .iter()
+                .filter(|(component, _)| component.class() == ComponentClass::Promotion)
+                .map(|(component, totals)| {
+                    let refunded = totals_after
+                        .iter()
+                        .find(|(c, _)| c == component)
+                        .map_or(totals.refunded, |(_, after)| after.refunded);
+                    i128::from(totals.charged) + i128::from(refunded)
+                })
+                .sum();
+            let fix = if remaining <= 0 {
+                format!(
+                    "Nothing remains refundable for this item; remove this adjusted item.{retry}"
+                )
+            } else if discount_left > 0 {
+                format!(
+                    "Refund at most {} in all for this item; to refund the full price, also reverse the {} of promotion discount this adjustment leaves in place (PromotionAdjustments).{retry}",
+                    money(remaining),
+                    money(discount_left)
+                )
+            } else {
+                format!(
+                    "Refund at most {} in all for this item.{retry}",
+                    money(remaining)
+                )
+            };
             return Err(Box::new(facts.item_problem(
                 Code::ComponentExceedsRemaining,
                 index,
@@ -2095,15 +2126,7 @@ fn evaluate_item(
                     money(balance.discounts),
                     so_far(balance.refunded, ItemBalance::of(before).refunded, money)
                 ),
-                format!(
-                    "Refund at most {} in all for this item{}.{retry}",
-                    money(remaining.max(0)),
-                    if balance.discounts > 0 {
-                        "; to refund the full price, also reverse the promotion discount (PromotionAdjustments)"
-                    } else {
-                        ""
-                    }
-                ),
+                fix,
             )));
         }
     }
