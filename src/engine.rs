@@ -934,6 +934,34 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// The items of `order` by MerchantOrderItemID, for an ITEM_NOT_IN_ORDER of an item the
+/// seller named by one: "its items by MerchantOrderItemID: MI-1, MI-2", and the items the
+/// order report gave none by AmazonOrderItemCode; `None` when no item has one.
+fn known_merchant_item_ids(order: &OrderState) -> Option<String> {
+    let named: Vec<String> = order
+        .items
+        .iter()
+        .filter_map(|item| item.merchant_item_id.as_ref().map(ToString::to_string))
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    let unnamed: Vec<String> = order
+        .items
+        .iter()
+        .filter(|item| item.merchant_item_id.is_none())
+        .map(|item| item.code.to_string())
+        .collect();
+    let mut text = format!("its items by MerchantOrderItemID: {}", named.join(", "));
+    if !unnamed.is_empty() {
+        text.push_str(&format!(
+            "; without one, by AmazonOrderItemCode: {}",
+            unnamed.join(", ")
+        ));
+    }
+    Some(text)
+}
+
 fn find_item(order: &OrderState, item: &ItemRef) -> Option<usize> {
     order.items.iter().position(|state| match item {
         ItemRef::Amazon(code) => &state.code == code,
@@ -1718,12 +1746,13 @@ fn evaluate(
         .collect();
     if positions.iter().any(Option::is_none) {
         let missing: Vec<usize> = (0..n_items).filter(|i| positions[*i].is_none()).collect();
-        let known_items = order
+        let by_code = order
             .items
             .iter()
             .map(|item| item.code.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let by_merchant_id = known_merchant_item_ids(order);
         return Err(linked_rejection(
             facts,
             positions
@@ -1736,8 +1765,17 @@ fn evaluate(
                         index,
                         facts.item_ref_at(index),
                         format!(
-                            "{} is not an item of order {} (its items: {known_items})",
-                            message.items[index].item, order.amazon_order_id
+                            "{} is not an item of order {} ({})",
+                            message.items[index].item,
+                            order.amazon_order_id,
+                            // The items in the scheme the seller named this one by.
+                            match (&message.items[index].item, &by_merchant_id) {
+                                (ItemRef::Merchant(_), Some(ids)) => ids.clone(),
+                                (ItemRef::Merchant(_), None) => format!(
+                                    "its items: {by_code}; the order report gave none of them a merchant-order-item-id"
+                                ),
+                                (ItemRef::Amazon(_), _) => format!("its items: {by_code}"),
+                            }
                         ),
                         format!(
                             "Use the AmazonOrderItemCode (or a MerchantOrderItemID known from the order report) of an item of this order.{}",
