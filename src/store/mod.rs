@@ -664,7 +664,8 @@ pub struct ImportSummary {
     pub items_updated: u64,
 }
 
-/// `orders show --json`: one order, its items and adjustments (shape fixed by DESIGN.md).
+/// `orders show --json`: one order, its items and adjustments (the fields DESIGN.md names,
+/// which other tools read, plus a few more; see README).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderView {
     /// Merchant.
@@ -700,6 +701,10 @@ pub struct ItemView {
     pub quantity_shipped: u32,
     /// Units cancelled.
     pub quantity_cancelled: u32,
+    /// Units returned: the sum of the `Quantity` of the applied adjustments, which
+    /// QUANTITY_EXCEEDS_SHIPPED counts against the units shipped. Not in DESIGN.md's
+    /// shape, which it extends.
+    pub quantity_returned: u32,
     /// Charged per component, as decimal strings.
     pub charged: std::collections::BTreeMap<String, String>,
     /// Net signed refunded sum per component, as decimal strings.

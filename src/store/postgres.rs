@@ -1871,8 +1871,8 @@ fn order_views(
             .ok_or_else(|| corrupt("currency", &currency_code))?;
         let item_rows = run(
             "SELECT id, amazon_order_item_code, merchant_order_item_id, sku, quantity_ordered, \
-             quantity_shipped, quantity_cancelled FROM order_items WHERE order_id = $1 \
-             ORDER BY position",
+             quantity_shipped, quantity_cancelled, quantity_returned FROM order_items \
+             WHERE order_id = $1 ORDER BY position",
             &[&order_id],
         )?;
         let component_rows = run(
@@ -1912,6 +1912,7 @@ fn order_views(
                 quantity_ordered: from_db_u32(row.try_get(4).map_err(db)?, "quantity_ordered")?,
                 quantity_shipped: from_db_u32(row.try_get(5).map_err(db)?, "quantity_shipped")?,
                 quantity_cancelled: from_db_u32(row.try_get(6).map_err(db)?, "quantity_cancelled")?,
+                quantity_returned: from_db_u32(row.try_get(7).map_err(db)?, "quantity_returned")?,
                 charged: with_principal(charged.remove(&item_id), principal, currency),
                 refunded: with_principal(refunded.remove(&item_id), principal, currency),
             });

@@ -671,12 +671,12 @@ fn item_views(
     order_id: i64,
     currency: Currency,
 ) -> Result<Vec<ItemView>, StoreError> {
-    type Raw = (i64, String, Option<String>, String, u32, u32, u32);
+    type Raw = (i64, String, Option<String>, String, u32, u32, u32, u32);
     let raws: Vec<Raw> = tx
         .prepare_cached(
             "SELECT id, amazon_order_item_code, merchant_order_item_id, sku, quantity_ordered, \
-             quantity_shipped, quantity_cancelled FROM order_items WHERE order_id = ?1 \
-             ORDER BY position",
+             quantity_shipped, quantity_cancelled, quantity_returned FROM order_items \
+             WHERE order_id = ?1 ORDER BY position",
         )
         .map_err(db_error)?
         .query_map([order_id], |r| {
@@ -688,6 +688,7 @@ fn item_views(
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })
         .map_err(db_error)?
@@ -699,7 +700,7 @@ fn item_views(
             "SELECT component, charged, refunded FROM item_components WHERE item_id = ?1",
         )
         .map_err(db_error)?;
-    for (id, code, merchant_item_id, sku, ordered, shipped, cancelled) in raws {
+    for (id, code, merchant_item_id, sku, ordered, shipped, cancelled, returned) in raws {
         let principal = Component::Price(crate::model::PriceComponent::Principal).name();
         let mut charged = BTreeMap::from([(principal.to_owned(), format_minor(0, currency))]);
         let mut refunded = charged.clone();
@@ -727,6 +728,7 @@ fn item_views(
             quantity_ordered: ordered,
             quantity_shipped: shipped,
             quantity_cancelled: cancelled,
+            quantity_returned: returned,
             charged,
             refunded,
         });

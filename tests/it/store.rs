@@ -782,24 +782,24 @@ pub mod conformance {
         );
     }
 
-    /// `orders show --json`: the exact DESIGN.md shape.
+    /// `orders show --json`: the DESIGN.md shape, with the item's returned units
+    /// (`quantity_returned`) next to its other quantities.
     pub fn orders_show_shape(store: &mut dyn Store) {
         store
             .import_orders(&merchant(), &sample_rows())
             .expect("import");
-        let feed = run_feed(
-            store,
-            "h1",
-            &["171-1234567-1234567"],
-            &[adjustment(
-                7,
-                "171-1234567-1234567",
-                "12345678901234",
-                &[(principal(), 1299), (tax(), 104), (restocking(), -200)],
-                Some("RET-1"),
-                0,
-            )],
+        let mut returned = adjustment(
+            7,
+            "171-1234567-1234567",
+            "12345678901234",
+            &[(principal(), 1299), (tax(), 104), (restocking(), -200)],
+            Some("RET-1"),
+            0,
         );
+        if let Change::Adjust(adjustment) = &mut returned {
+            adjustment.quantity = Some(1);
+        }
+        let feed = run_feed(store, "h1", &["171-1234567-1234567"], &[returned]);
         let views = store.orders(None, "171-1234567-1234567").expect("orders");
         assert_eq!(views.len(), 1);
         let mut json = serde_json::to_value(&views[0]).expect("json");
@@ -829,6 +829,7 @@ pub mod conformance {
                     "quantity_ordered": 2,
                     "quantity_shipped": 2,
                     "quantity_cancelled": 0,
+                    "quantity_returned": 1,
                     "charged": {"Principal": "25.98", "Tax": "2.08", "Shipping": "5.99",
                                 "ShippingTax": "0.48", "Promotion:Principal": "3.00",
                                 "RestockingFee": "0.00"},
@@ -843,6 +844,7 @@ pub mod conformance {
                     "quantity_ordered": 1,
                     "quantity_shipped": 1,
                     "quantity_cancelled": 0,
+                    "quantity_returned": 0,
                     "charged": {"Principal": "9.99", "Tax": "0.80"},
                     "refunded": {"Principal": "0.00", "Tax": "0.00"}
                 }
@@ -855,7 +857,7 @@ pub mod conformance {
                     "reason": "CustomerReturn",
                     "action_type": null,
                     "quantity_cancelled": 0,
-                    "quantity": null,
+                    "quantity": 1,
                     "merchant_adjustment_item_id": "RET-1",
                     "amounts": {"Principal": "12.99", "Tax": "1.04", "RestockingFee": "-2.00"}
                 }
