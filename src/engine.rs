@@ -2312,7 +2312,7 @@ fn review_warnings(
                 .map(|(_, totals)| i128::from(totals.refunded))
                 .sum();
             let balance = ItemBalance::of(was);
-            let paid = balance.charged - balance.discounts;
+            let paid = balance.paid();
             if total * 100 > review * paid {
                 let first = adjustment
                     .amounts
@@ -2351,25 +2351,33 @@ fn review_warnings(
 }
 
 /// What the buyer paid for an item and how much of it came back so far, in minor units
-/// (`i128`, so no sum of `i64` totals can overflow).
-struct ItemBalance {
+/// (`i128`, so no sum of `i64` totals can overflow). The item rule (step 7 of
+/// [`evaluate_item`]): the net refunds of an item never exceed what the buyer paid for it,
+/// `remaining() >= 0`. An order report imported again keeps to it too
+/// (`store::check_charged_after_import`).
+pub(crate) struct ItemBalance {
     /// Sum of what was charged for the charge components.
-    charged: i128,
+    pub(crate) charged: i128,
     /// Sum of the promotion discounts given.
-    discounts: i128,
+    pub(crate) discounts: i128,
     /// Net of every adjustment applied so far: refunds less fees, plus concessions, less
     /// promotion reversals.
-    refunded: i128,
+    pub(crate) refunded: i128,
 }
 
 impl ItemBalance {
     fn of(item: &ItemState) -> ItemBalance {
+        ItemBalance::of_components(&item.components)
+    }
+
+    /// The balance of an item with these component totals.
+    pub(crate) fn of_components(components: &BTreeMap<Component, ComponentTotals>) -> ItemBalance {
         let mut balance = ItemBalance {
             charged: 0,
             discounts: 0,
             refunded: 0,
         };
-        for (component, totals) in &item.components {
+        for (component, totals) in components {
             match component.class() {
                 ComponentClass::Charge => balance.charged += i128::from(totals.charged),
                 ComponentClass::Promotion => balance.discounts += i128::from(totals.charged),
@@ -2380,9 +2388,14 @@ impl ItemBalance {
         balance
     }
 
+    /// What the buyer paid: the charges less the promotion discounts.
+    pub(crate) fn paid(&self) -> i128 {
+        self.charged - self.discounts
+    }
+
     /// What the buyer paid and has not had back.
-    fn remaining(&self) -> i128 {
-        self.charged - self.discounts - self.refunded
+    pub(crate) fn remaining(&self) -> i128 {
+        self.paid() - self.refunded
     }
 }
 
@@ -2436,7 +2449,7 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
 
 /// `minor` units of `currency` as an amount with its code ("12.50 USD"), or in minor units
 /// when it does not fit an `i64`.
-fn money(minor: i128, currency: Currency) -> String {
+pub(crate) fn money(minor: i128, currency: Currency) -> String {
     i64::try_from(minor).map_or_else(
         |_| format!("{minor} minor units of {currency}"),
         |minor| format!("{} {currency}", format_minor(minor, currency)),
