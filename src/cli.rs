@@ -859,12 +859,13 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
     for item in &order.items {
         writeln!(
             out,
-            "  item {} sku {}: ordered {}, shipped {}, cancelled {}",
+            "  item {} sku {}: ordered {}, shipped {}, cancelled {}, returned {}",
             item.amazon_order_item_code,
             item.sku,
             item.quantity_ordered,
             item.quantity_shipped,
-            item.quantity_cancelled
+            item.quantity_cancelled,
+            item.quantity_returned
         )?;
         writeln!(
             out,
@@ -887,6 +888,9 @@ fn write_order_table(out: &mut dyn Write, order: &crate::store::OrderView) -> st
         let mut what = adjustment.reason.clone();
         if adjustment.quantity_cancelled > 0 {
             what.push_str(&format!(", cancelled {}", adjustment.quantity_cancelled));
+        }
+        if let Some(returned) = adjustment.quantity {
+            what.push_str(&format!(", returned {returned}"));
         }
         // A pure cancellation has no amounts.
         for (at, (component, amount)) in adjustment.amounts.iter().enumerate() {

@@ -936,6 +936,34 @@ impl<'a> Facts<'a> {
     }
 }
 
+/// The items of `order` by MerchantOrderItemID, for an ITEM_NOT_IN_ORDER of an item the
+/// seller named by one: "its items by MerchantOrderItemID: MI-1, MI-2", and the items the
+/// order report gave none by AmazonOrderItemCode; `None` when no item has one.
+fn known_merchant_item_ids(order: &OrderState) -> Option<String> {
+    let named: Vec<String> = order
+        .items
+        .iter()
+        .filter_map(|item| item.merchant_item_id.as_ref().map(ToString::to_string))
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    let unnamed: Vec<String> = order
+        .items
+        .iter()
+        .filter(|item| item.merchant_item_id.is_none())
+        .map(|item| item.code.to_string())
+        .collect();
+    let mut text = format!("its items by MerchantOrderItemID: {}", named.join(", "));
+    if !unnamed.is_empty() {
+        text.push_str(&format!(
+            "; without one, by AmazonOrderItemCode: {}",
+            unnamed.join(", ")
+        ));
+    }
+    Some(text)
+}
+
 fn find_item(order: &OrderState, item: &ItemRef) -> Option<usize> {
     order.items.iter().position(|state| match item {
         ItemRef::Amazon(code) => &state.code == code,
@@ -1727,12 +1755,13 @@ fn evaluate(
         .collect();
     if positions.iter().any(Option::is_none) {
         let missing: Vec<usize> = (0..n_items).filter(|i| positions[*i].is_none()).collect();
-        let known_items = order
+        let by_code = order
             .items
             .iter()
             .map(|item| item.code.to_string())
             .collect::<Vec<_>>()
             .join(", ");
+        let by_merchant_id = known_merchant_item_ids(order);
         return Err(linked_rejection(
             facts,
             positions
@@ -1745,8 +1774,17 @@ fn evaluate(
                         index,
                         facts.item_ref_at(index),
                         format!(
-                            "{} is not an item of order {} (its items: {known_items})",
-                            message.items[index].item, order.amazon_order_id
+                            "{} is not an item of order {} ({})",
+                            message.items[index].item,
+                            order.amazon_order_id,
+                            // The items in the scheme the seller named this one by.
+                            match (&message.items[index].item, &by_merchant_id) {
+                                (ItemRef::Merchant(_), Some(ids)) => ids.clone(),
+                                (ItemRef::Merchant(_), None) => format!(
+                                    "its items: {by_code}; the order report gave none of them a merchant-order-item-id"
+                                ),
+                                (ItemRef::Amazon(_), _) => format!("its items: {by_code}"),
+                            }
                         ),
                         format!(
                             "Use the AmazonOrderItemCode (or a MerchantOrderItemID known from the order report) of an item of this order.{}",
@@ -2092,6 +2130,37 @@ fn evaluate_item(
         let remaining = balance.remaining();
         if i128::from(net) > remaining {
             let money = |minor: i128| money(minor, currency);
+            // The discount still in place once this item's own reversals are taken: what
+            // a reversal could still lower the net by. With nothing remaining no reversal
+            // helps, as the net of an adjustment must stay a credit.
+            let discount_left: i128 = state
+                .components
+                .iter()
+                .filter(|(component, _)| component.class() == ComponentClass::Promotion)
+                .map(|(component, totals)| {
+                    let refunded = totals_after
+                        .iter()
+                        .find(|(c, _)| c == component)
+                        .map_or(totals.refunded, |(_, after)| after.refunded);
+                    i128::from(totals.charged) + i128::from(refunded)
+                })
+                .sum();
+            let fix = if remaining <= 0 {
+                format!(
+                    "Nothing remains refundable for this item; remove this adjusted item.{retry}"
+                )
+            } else if discount_left > 0 {
+                format!(
+                    "Refund at most {} in all for this item; to refund the full price, also reverse the {} of promotion discount this adjustment leaves in place (PromotionAdjustments).{retry}",
+                    money(remaining),
+                    money(discount_left)
+                )
+            } else {
+                format!(
+                    "Refund at most {} in all for this item.{retry}",
+                    money(remaining)
+                )
+            };
             return Err(Box::new(facts.item_problem(
                 Code::ComponentExceedsRemaining,
                 index,
@@ -2104,15 +2173,7 @@ fn evaluate_item(
                     money(balance.discounts),
                     so_far(balance.refunded, ItemBalance::of(before).refunded, money)
                 ),
-                format!(
-                    "Refund at most {} in all for this item{}.{retry}",
-                    money(remaining.max(0)),
-                    if balance.discounts > 0 {
-                        "; to refund the full price, also reverse the promotion discount (PromotionAdjustments)"
-                    } else {
-                        ""
-                    }
-                ),
+                fix,
             )));
         }
     }
@@ -2260,7 +2321,7 @@ fn review_warnings(
                 .map(|(_, totals)| i128::from(totals.refunded))
                 .sum();
             let balance = ItemBalance::of(was);
-            let paid = balance.charged - balance.discounts;
+            let paid = balance.paid();
             if total * 100 > review * paid {
                 let first = adjustment
                     .amounts
@@ -2299,25 +2360,33 @@ fn review_warnings(
 }
 
 /// What the buyer paid for an item and how much of it came back so far, in minor units
-/// (`i128`, so no sum of `i64` totals can overflow).
-struct ItemBalance {
+/// (`i128`, so no sum of `i64` totals can overflow). The item rule (step 7 of
+/// [`evaluate_item`]): the net refunds of an item never exceed what the buyer paid for it,
+/// `remaining() >= 0`. An order report imported again keeps to it too
+/// (`store::check_charged_after_import`).
+pub(crate) struct ItemBalance {
     /// Sum of what was charged for the charge components.
-    charged: i128,
+    pub(crate) charged: i128,
     /// Sum of the promotion discounts given.
-    discounts: i128,
+    pub(crate) discounts: i128,
     /// Net of every adjustment applied so far: refunds less fees, plus concessions, less
     /// promotion reversals.
-    refunded: i128,
+    pub(crate) refunded: i128,
 }
 
 impl ItemBalance {
     fn of(item: &ItemState) -> ItemBalance {
+        ItemBalance::of_components(&item.components)
+    }
+
+    /// The balance of an item with these component totals.
+    pub(crate) fn of_components(components: &BTreeMap<Component, ComponentTotals>) -> ItemBalance {
         let mut balance = ItemBalance {
             charged: 0,
             discounts: 0,
             refunded: 0,
         };
-        for (component, totals) in &item.components {
+        for (component, totals) in components {
             match component.class() {
                 ComponentClass::Charge => balance.charged += i128::from(totals.charged),
                 ComponentClass::Promotion => balance.discounts += i128::from(totals.charged),
@@ -2328,9 +2397,14 @@ impl ItemBalance {
         balance
     }
 
+    /// What the buyer paid: the charges less the promotion discounts.
+    pub(crate) fn paid(&self) -> i128 {
+        self.charged - self.discounts
+    }
+
     /// What the buyer paid and has not had back.
-    fn remaining(&self) -> i128 {
-        self.charged - self.discounts - self.refunded
+    pub(crate) fn remaining(&self) -> i128 {
+        self.paid() - self.refunded
     }
 }
 
@@ -2384,7 +2458,7 @@ fn precision_problem(facts: &Facts<'_>, index: usize, currency: Currency) -> Opt
 
 /// `minor` units of `currency` as an amount with its code ("12.50 USD"), or in minor units
 /// when it does not fit an `i64`.
-fn money(minor: i128, currency: Currency) -> String {
+pub(crate) fn money(minor: i128, currency: Currency) -> String {
     i64::try_from(minor).map_or_else(
         |_| format!("{minor} minor units of {currency}"),
         |minor| format!("{} {currency}", format_minor(minor, currency)),

@@ -627,11 +627,13 @@ pub struct Tally {
 
 impl Tally {
     /// The tally of a feed that ended at a feed-level result (MessageID 0): no message
-    /// processed, the result counted as one error or one warning, as Amazon's reports do.
+    /// processed. An error counts as one with an error, as Amazon's reports count a
+    /// document-level error (processed 0, with error 1); a warning (DUPLICATE_FEED) is no
+    /// message's and is not counted, like RESULTS_OMITTED, so the messages with a warning
+    /// never outnumber those processed.
     pub fn feed_level(problem: Problem) -> Tally {
         Tally {
             with_error: u64::from(problem.is_error()),
-            with_warning: u64::from(!problem.is_error()),
             results: vec![problem],
             ..Tally::default()
         }

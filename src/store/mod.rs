@@ -9,17 +9,17 @@ pub mod import;
 pub mod postgres;
 pub mod sqlite;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
 
-use crate::engine::{Change, Needs, Snapshot};
+use crate::engine::{Change, ComponentTotals, ItemBalance, Needs, Snapshot, money};
 use crate::model::{
-    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, OrderItemCode, OrderRef,
-    SellerId,
+    AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId,
+    OrderItemCode, OrderRef, SellerId, format_minor,
 };
-use crate::store::import::ImportError;
+use crate::store::import::{ImportError, column_for};
 
 /// Errors of the store. The daemon's retry policy looks only at [`StoreError::is_transient`].
 #[derive(Debug, thiserror::Error)]
@@ -360,6 +360,98 @@ pub(crate) fn shipped_after_import(
     Ok(shipped)
 }
 
+/// Checks the amounts an import line charges an item already in the store (`row.charged`)
+/// against what was refunded of it; `stored` holds every component of the item with its
+/// totals as stored. The caller then writes the line's amounts.
+///
+/// # Errors
+/// [`StoreError::Invalid`] naming the line and the column when the line
+/// - charges a component less than was refunded of it, or gives a promotion discount
+///   lower than was reversed of it (the store's CHECK constraints would refuse that too);
+/// - lowers what the buyer paid for the item (its charges less its promotion discounts:
+///   a lower price, a higher discount) below the item's net refunds, the engine's item
+///   rule ([`crate::engine::ItemBalance`]), which the per-component check alone lets
+///   through (a discount raised after a full refund). The column is the first of the line
+///   that lowers what was paid. A line that leaves the paid amount as it was, or an item
+///   with nothing refunded, is never refused by this rule.
+pub(crate) fn check_charged_after_import(
+    row: &OrderRow,
+    currency: Currency,
+    stored: &BTreeMap<Component, ComponentTotals>,
+) -> Result<(), StoreError> {
+    let amount = |minor: i64| format_minor(minor, currency);
+    let was = |component: &Component| stored.get(component).copied().unwrap_or_default();
+    for (component, charged) in &row.charged {
+        let refunded = was(component).refunded;
+        let refusal = match component.class() {
+            ComponentClass::Charge if refunded > *charged => format!(
+                "{} of {} was already refunded; the report lowers what was charged to {}",
+                amount(refunded),
+                component.name(),
+                amount(*charged)
+            ),
+            ComponentClass::Promotion if refunded.saturating_neg() > *charged => format!(
+                "{} of the {} discount was already reversed; the report lowers the discount to {}",
+                amount(refunded.saturating_neg()),
+                component.name(),
+                amount(*charged)
+            ),
+            _ => continue,
+        };
+        return Err(import_invalid(row, column_for(*component), refusal));
+    }
+
+    let mut after = stored.clone();
+    for (component, charged) in &row.charged {
+        after.entry(*component).or_default().charged = *charged;
+    }
+    let before = ItemBalance::of_components(stored);
+    let balance = ItemBalance::of_components(&after);
+    if balance.refunded <= 0 || balance.remaining() >= 0 || balance.paid() >= before.paid() {
+        return Ok(());
+    }
+    // Lowers what the buyer paid: a lower charge or a higher discount.
+    let lowers = |(component, charged): &&(Component, i64)| match component.class() {
+        ComponentClass::Charge => *charged < was(component).charged,
+        ComponentClass::Promotion => *charged > was(component).charged,
+        ComponentClass::Fee | ComponentClass::Concession => false,
+    };
+    let column = row
+        .charged
+        .iter()
+        .find(lowers)
+        .map_or("item-price", |(component, _)| column_for(*component));
+    let changes = row
+        .charged
+        .iter()
+        .filter(|(component, charged)| *charged != was(component).charged)
+        .map(|(component, charged)| {
+            format!(
+                "{} from {} to {}",
+                column_for(*component),
+                amount(was(component).charged),
+                amount(*charged)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let money = |minor: i128| money(minor, currency);
+    Err(import_invalid(
+        row,
+        column,
+        format!(
+            "the buyer would have paid {} for this item (charges {} less promotion discounts {}), \
+             less than the {} already refunded for it (net of fees and reversed discounts); the \
+             line changes {changes}: an item's refunds may not exceed what the buyer paid for it, \
+             so check the line against the order (an empty field keeps the stored amount)",
+            money(balance.paid()),
+            money(balance.charged),
+            money(balance.discounts),
+            money(balance.refunded)
+        ),
+    ))
+}
+
 /// The line gives its order a merchant-order-id that order `holder` of the merchant has
 /// (the stores keep them unique per merchant).
 pub(crate) fn merchant_order_id_taken(row: &OrderRow, holder: &str) -> StoreError {
@@ -664,7 +756,8 @@ pub struct ImportSummary {
     pub items_updated: u64,
 }
 
-/// `orders show --json`: one order, its items and adjustments (shape fixed by DESIGN.md).
+/// `orders show --json`: one order, its items and adjustments (the fields DESIGN.md names,
+/// which other tools read, plus a few more; see README).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OrderView {
     /// Merchant.
@@ -700,6 +793,10 @@ pub struct ItemView {
     pub quantity_shipped: u32,
     /// Units cancelled.
     pub quantity_cancelled: u32,
+    /// Units returned: the sum of the `Quantity` of the applied adjustments, which
+    /// QUANTITY_EXCEEDS_SHIPPED counts against the units shipped. Not in DESIGN.md's
+    /// shape, which it extends.
+    pub quantity_returned: u32,
     /// Charged per component, as decimal strings.
     pub charged: std::collections::BTreeMap<String, String>,
     /// Net signed refunded sum per component, as decimal strings.
@@ -769,7 +866,8 @@ pub trait Store {
     ///
     /// # Errors
     /// [`StoreError::Invalid`] naming the line when a line is bad or contradicts the store
-    /// (other currency, charged below refunded, ...); nothing is imported then.
+    /// (other currency, charged below refunded, an item charged less in all than its net
+    /// refunds, ...); nothing is imported then.
     fn import_orders(
         &mut self,
         merchant: &MerchantId,

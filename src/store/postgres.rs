@@ -40,9 +40,9 @@ use crate::model::{
 use crate::problem::Code;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
-    import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
-    shipped_after_import,
+    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError,
+    check_charged_after_import, created_on, import_invalid, may_have_adjustments,
+    merchant_item_id_taken, merchant_order_id_taken, shipped_after_import,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -1594,6 +1594,23 @@ fn import_batch(
             item.dirty = true;
         }
         let new_item = item.id.is_none();
+        // A new item has nothing refunded; a report without prices changes none.
+        if !new_item && !row.charged.is_empty() {
+            let stored = item
+                .components
+                .iter()
+                .map(|(name, (_, charged, refunded, _))| {
+                    Ok((
+                        component(name)?,
+                        ComponentTotals {
+                            charged: *charged,
+                            refunded: *refunded,
+                        },
+                    ))
+                })
+                .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
+            check_charged_after_import(row, order.currency, &stored)?;
+        }
         for (component, charged) in &row.charged {
             if *charged < 0 {
                 return Err(import_invalid(
@@ -1611,23 +1628,6 @@ fn import_batch(
                 continue;
             }
             let refunded = existing.map_or(0, |(_, _, refunded, _)| refunded);
-            let used = match component.class() {
-                ComponentClass::Charge => refunded,
-                ComponentClass::Promotion => refunded.saturating_neg(),
-                ComponentClass::Fee | ComponentClass::Concession => 0,
-            };
-            if used > *charged {
-                return Err(import_invalid(
-                    row,
-                    column_for(*component),
-                    format!(
-                        "{} of {} was already refunded; the report lowers what was charged to {}",
-                        format_minor(used, order.currency),
-                        component.name(),
-                        format_minor(*charged, order.currency)
-                    ),
-                ));
-            }
             item.components.insert(
                 component.name(),
                 (component.class(), *charged, refunded, true),
@@ -1871,8 +1871,8 @@ fn order_views(
             .ok_or_else(|| corrupt("currency", &currency_code))?;
         let item_rows = run(
             "SELECT id, amazon_order_item_code, merchant_order_item_id, sku, quantity_ordered, \
-             quantity_shipped, quantity_cancelled FROM order_items WHERE order_id = $1 \
-             ORDER BY position",
+             quantity_shipped, quantity_cancelled, quantity_returned FROM order_items \
+             WHERE order_id = $1 ORDER BY position",
             &[&order_id],
         )?;
         let component_rows = run(
@@ -1912,6 +1912,7 @@ fn order_views(
                 quantity_ordered: from_db_u32(row.try_get(4).map_err(db)?, "quantity_ordered")?,
                 quantity_shipped: from_db_u32(row.try_get(5).map_err(db)?, "quantity_shipped")?,
                 quantity_cancelled: from_db_u32(row.try_get(6).map_err(db)?, "quantity_cancelled")?,
+                quantity_returned: from_db_u32(row.try_get(7).map_err(db)?, "quantity_returned")?,
                 charged: with_principal(charged.remove(&item_id), principal, currency),
                 refunded: with_principal(refunded.remove(&item_id), principal, currency),
             });

@@ -36,16 +36,15 @@ use crate::engine::{
     PayloadDigest, RecentAdjustment, RecentAdjustments, Snapshot,
 };
 use crate::model::{
-    AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
-    OrderItemCode, OrderRef, SellerId, format_minor, parse_purchase_date,
+    AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, MessageId, OrderItemCode,
+    OrderRef, SellerId, format_minor, parse_purchase_date,
 };
 use crate::problem::Code;
-use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
-    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError, created_on,
-    import_invalid, may_have_adjustments, merchant_item_id_taken, merchant_order_id_taken,
-    shipped_after_import,
+    NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError,
+    check_charged_after_import, created_on, import_invalid, may_have_adjustments,
+    merchant_item_id_taken, merchant_order_id_taken, shipped_after_import,
 };
 
 /// The embedded migrations, in order; migration `i` brings the schema to version `i + 1`.
@@ -671,12 +670,12 @@ fn item_views(
     order_id: i64,
     currency: Currency,
 ) -> Result<Vec<ItemView>, StoreError> {
-    type Raw = (i64, String, Option<String>, String, u32, u32, u32);
+    type Raw = (i64, String, Option<String>, String, u32, u32, u32, u32);
     let raws: Vec<Raw> = tx
         .prepare_cached(
             "SELECT id, amazon_order_item_code, merchant_order_item_id, sku, quantity_ordered, \
-             quantity_shipped, quantity_cancelled FROM order_items WHERE order_id = ?1 \
-             ORDER BY position",
+             quantity_shipped, quantity_cancelled, quantity_returned FROM order_items \
+             WHERE order_id = ?1 ORDER BY position",
         )
         .map_err(db_error)?
         .query_map([order_id], |r| {
@@ -688,6 +687,7 @@ fn item_views(
                 r.get(4)?,
                 r.get(5)?,
                 r.get(6)?,
+                r.get(7)?,
             ))
         })
         .map_err(db_error)?
@@ -699,7 +699,7 @@ fn item_views(
             "SELECT component, charged, refunded FROM item_components WHERE item_id = ?1",
         )
         .map_err(db_error)?;
-    for (id, code, merchant_item_id, sku, ordered, shipped, cancelled) in raws {
+    for (id, code, merchant_item_id, sku, ordered, shipped, cancelled, returned) in raws {
         let principal = Component::Price(crate::model::PriceComponent::Principal).name();
         let mut charged = BTreeMap::from([(principal.to_owned(), format_minor(0, currency))]);
         let mut refunded = charged.clone();
@@ -727,6 +727,7 @@ fn item_views(
             quantity_ordered: ordered,
             quantity_shipped: shipped,
             quantity_cancelled: cancelled,
+            quantity_returned: returned,
             charged,
             refunded,
         });
@@ -1009,47 +1010,47 @@ fn import_row(
             ])
             .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
             seen.item_updated(item_id);
-            let mut refunded_stmt = tx
-                .prepare_cached(
-                    "SELECT refunded FROM item_components WHERE item_id = ?1 AND component = ?2",
-                )
-                .map_err(db_error)?;
-            for (component, charged) in &row.charged {
-                let refunded: i64 = refunded_stmt
-                    .query_row(params![item_id, component.name()], |r| r.get(0))
-                    .optional()
-                    .map_err(db_error)?
-                    .unwrap_or(0);
-                let used = match component.class() {
-                    ComponentClass::Charge => refunded,
-                    ComponentClass::Promotion => refunded.saturating_neg(),
-                    ComponentClass::Fee | ComponentClass::Concession => 0,
-                };
-                if used > *charged {
-                    return Err(import_invalid(
-                        row,
-                        column_for(*component),
-                        format!(
-                            "{} of {} was already refunded; the report lowers what was charged \
-                             to {}",
-                            format_minor(used, currency),
+            // An Unshipped Orders report has no prices: nothing to check or write.
+            if !row.charged.is_empty() {
+                let stored = item_totals(tx, item_id)?;
+                check_charged_after_import(row, currency, &stored)?;
+                for (component, charged) in &row.charged {
+                    upsert
+                        .execute(params![
+                            item_id,
                             component.name(),
-                            format_minor(*charged, currency)
-                        ),
-                    ));
+                            component.class().as_str(),
+                            charged
+                        ])
+                        .map_err(db_error)?;
                 }
-                upsert
-                    .execute(params![
-                        item_id,
-                        component.name(),
-                        component.class().as_str(),
-                        charged
-                    ])
-                    .map_err(db_error)?;
             }
         }
     }
     Ok(())
+}
+
+/// Every component of the stored item `item_id` with its totals, for an import line.
+fn item_totals(
+    tx: &Transaction<'_>,
+    item_id: i64,
+) -> Result<BTreeMap<Component, ComponentTotals>, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "SELECT component, charged, refunded FROM item_components WHERE item_id = ?1",
+        )
+        .map_err(db_error)?;
+    let rows = stmt
+        .query_map([item_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(db_error)?;
+    rows.map(|row| {
+        let (name, charged, refunded) = row.map_err(db_error)?;
+        let component = Component::from_name(&name).ok_or_else(|| corrupt("component", &name))?;
+        Ok((component, ComponentTotals { charged, refunded }))
+    })
+    .collect()
 }
 
 /// The open transaction of one feed on SQLite. Dropping it rolls back.

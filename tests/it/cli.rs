@@ -2100,6 +2100,52 @@ fn orders_show_lists_each_adjustment_on_one_readable_line() {
     );
 }
 
+/// `orders show` gives each item's returned units (the sum of the adjustments' `Quantity`,
+/// which QUANTITY_EXCEEDS_SHIPPED counts against the shipped units) next to the other
+/// quantities, in the table and in the JSON, and each adjustment's returned units.
+#[test]
+fn orders_show_gives_the_returned_quantity() {
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    let feed = "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+        <MerchantIdentifier>M_TEST</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+        <Message><MessageID>1</MessageID><OrderAdjustment><AmazonOrderID>111-0000002-0000002</AmazonOrderID>\
+        <AdjustedItem><AmazonOrderItemCode>10000000000003</AmazonOrderItemCode>\
+        <MerchantAdjustmentItemID>RET-Q1</MerchantAdjustmentItemID><AdjustmentReason>CustomerReturn</AdjustmentReason>\
+        <ItemPriceAdjustments><Component><Type>Principal</Type><Amount currency=\"USD\">10.00</Amount></Component>\
+        </ItemPriceAdjustments><Quantity>1</Quantity></AdjustedItem></OrderAdjustment></Message></AmazonEnvelope>\n";
+    std::fs::write(sandbox.path("return.xml"), feed).expect("write");
+    let out = sandbox.run(&[
+        "process",
+        sandbox.path("return.xml").to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = sandbox.run(&["orders", "show", "111-0000002-0000002"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(
+            "item 10000000000003 sku SKU-C: ordered 3, shipped 3, cancelled 0, returned 1\n"
+        ),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("item 10000000000003 CustomerReturn, returned 1: Principal 10.00\n"),
+        "{shown}"
+    );
+    let order = sandbox.order("111-0000002-0000002");
+    assert_eq!(order["items"][0]["quantity_returned"], 1, "{order}");
+    // Next to the other quantities of the item (the item comes before the adjustments).
+    let out = sandbox.run(&["orders", "show", "111-0000002-0000002", "--json"]);
+    let json = text(&out.stdout);
+    let at = |key: &str| json.find(key).expect(key);
+    assert!(
+        at("\"quantity_cancelled\"") < at("\"quantity_returned\"")
+            && at("\"quantity_returned\"") < at("\"charged\""),
+        "{json}"
+    );
+}
+
 /// `./adjustd.toml` that is not a readable file (a folder, a broken link) is an error naming
 /// it, not a silent fall-back to the built-in defaults.
 #[test]

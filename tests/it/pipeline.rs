@@ -500,6 +500,17 @@ fn the_same_bytes_again_retry_the_orders_that_were_not_found() {
     assert_eq!(codes(&first.outcome), vec![]);
     let again = pipeline::process_file(&mut context, &source(&clean, None)).expect("again");
     assert_eq!(codes(&again.outcome), vec![(0, Code::DuplicateFeed)]);
+    // The warning is the feed's (MessageID 0), not a message's: no message was processed,
+    // so none counts as a message with a warning (before: 1 with a warning of 0 processed).
+    assert_eq!(
+        (
+            again.outcome.messages_processed,
+            again.outcome.messages_successful,
+            again.outcome.messages_with_error,
+            again.outcome.messages_with_warning
+        ),
+        (0, 0, 0, 0)
+    );
     assert_eq!(
         principal_refunded(&mut context, "111-0000001-0000001"),
         "3.00"

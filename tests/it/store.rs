@@ -159,6 +159,7 @@ pub mod conformance {
                 import_refuses_an_order_whose_lines_disagree,
                 import_refuses_a_change_of_fulfillment_channel,
                 import_names_quantity_purchased_below_the_units_cancelled,
+                import_refuses_prices_that_bring_the_refunds_above_what_was_paid,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -718,6 +719,114 @@ pub mod conformance {
         );
     }
 
+    /// A re-import may change an item's prices and promotion discounts, but not so that the
+    /// item's net refunds exceed what the buyer paid for it (charges less discounts), the
+    /// engine's own item rule: raising a discount after a full refund, or lowering a price
+    /// the per-component check lets through, is refused naming the line and the column, and
+    /// nothing is imported. A discount is reversed, not refunded, and the refusal of one
+    /// lowered below what was reversed says so.
+    pub fn import_refuses_prices_that_bring_the_refunds_above_what_was_paid(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\t\
+                              currency\titem-price\titem-tax\titem-promotion-discount\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        let promotion = Component::Promotion(PromotionComponent::Principal);
+        import(
+            store,
+            "901-0000001-0000001\t90000000000001\tS\t1\t1\tUSD\t20.00\t1.60\t-4.00\n\
+             901-0000001-0000001\t90000000000002\tT\t1\t1\tUSD\t20.00\t1.60\t-4.00\n",
+        )
+        .expect("import");
+        // Item 1 refunded in full, its discount reversed: 17.60, all the buyer paid. Item 2
+        // refunded 17.00 of the 17.60 paid, the discount left in place.
+        run_feed(
+            store,
+            "h1",
+            &["901-0000001-0000001"],
+            &[
+                adjustment(
+                    1,
+                    "901-0000001-0000001",
+                    "90000000000001",
+                    &[(principal(), 2000), (tax(), 160), (promotion, -400)],
+                    Some("FULL-1"),
+                    0,
+                ),
+                adjustment(
+                    2,
+                    "901-0000001-0000001",
+                    "90000000000002",
+                    &[(principal(), 1700)],
+                    Some("PART-1"),
+                    0,
+                ),
+            ],
+        );
+        let refused = [
+            // A higher discount: the buyer paid 15.60, yet 17.60 came back.
+            (
+                "901-0000001-0000001\t90000000000001\tS\t1\t1\tUSD\t20.00\t1.60\t-6.00\n",
+                "line 2, column item-promotion-discount: order 901-0000001-0000001 item \
+                 90000000000001: ",
+                &["15.60 USD", "17.60 USD", "4.00 to 6.00"][..],
+            ),
+            // A lower tax, refunded nothing of on its own: the buyer paid 16.00 for item 2,
+            // yet 17.00 came back. The line before it is fine and not kept either.
+            (
+                "901-0000001-0000001\t90000000000001\tS\t1\t1\tUSD\t20.00\t1.60\t-4.00\n\
+                 901-0000001-0000001\t90000000000002\tT\t1\t1\tUSD\t20.00\t0.00\t-4.00\n",
+                "line 3, column item-tax: order 901-0000001-0000001 item 90000000000002: ",
+                &["16.00 USD", "17.00 USD", "1.60 to 0.00"][..],
+            ),
+            // A discount lowered below what was reversed of it: reversed, not refunded.
+            (
+                "901-0000001-0000001\t90000000000001\tS\t1\t1\tUSD\t20.00\t1.60\t-3.00\n",
+                "line 2, column item-promotion-discount: order 901-0000001-0000001 item \
+                 90000000000001: 4.00 of the Promotion:Principal discount was already reversed; \
+                 the report lowers the discount to 3.00",
+                &[][..],
+            ),
+        ];
+        for (lines, start, needed) in refused {
+            let err = import(store, lines).expect_err(start);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.starts_with(start), "{msg}");
+            for needed in needed {
+                assert!(msg.contains(needed), "lacks {needed}: {msg}");
+            }
+            assert!(!msg.contains("discount was already refunded"), "{msg}");
+        }
+        let view = one_order(store, "901-0000001-0000001");
+        for item in ["90000000000001", "90000000000002"] {
+            let item = item_view(&view, item);
+            assert_eq!(
+                (
+                    item.charged["Tax"].as_str(),
+                    item.charged["Promotion:Principal"].as_str()
+                ),
+                ("1.60", "4.00"),
+                "nothing of a refused report is imported"
+            );
+        }
+        // The same prices again, a higher price with a higher discount, and a discount
+        // that leaves the buyer having paid exactly what came back are all fine.
+        let summary = import(
+            store,
+            "901-0000001-0000001\t90000000000001\tS\t1\t1\tUSD\t21.00\t1.60\t-5.00\n\
+             901-0000001-0000001\t90000000000002\tT\t1\t1\tUSD\t20.00\t1.60\t-4.60\n",
+        )
+        .expect("nothing refunded above what was paid");
+        assert_eq!(summary.items_updated, 2);
+        let view = one_order(store, "901-0000001-0000001");
+        assert_eq!(
+            item_view(&view, "90000000000002").charged["Promotion:Principal"],
+            "4.60"
+        );
+    }
+
     /// A report file is read line by line inside the transaction (PostgreSQL: in batches of
     /// 10 000 lines). An order whose lines fall in different batches is counted once, as
     /// created; a bad last line fails the import and none of the lines before it are kept.
@@ -782,24 +891,24 @@ pub mod conformance {
         );
     }
 
-    /// `orders show --json`: the exact DESIGN.md shape.
+    /// `orders show --json`: the DESIGN.md shape, with the item's returned units
+    /// (`quantity_returned`) next to its other quantities.
     pub fn orders_show_shape(store: &mut dyn Store) {
         store
             .import_orders(&merchant(), &sample_rows())
             .expect("import");
-        let feed = run_feed(
-            store,
-            "h1",
-            &["171-1234567-1234567"],
-            &[adjustment(
-                7,
-                "171-1234567-1234567",
-                "12345678901234",
-                &[(principal(), 1299), (tax(), 104), (restocking(), -200)],
-                Some("RET-1"),
-                0,
-            )],
+        let mut returned = adjustment(
+            7,
+            "171-1234567-1234567",
+            "12345678901234",
+            &[(principal(), 1299), (tax(), 104), (restocking(), -200)],
+            Some("RET-1"),
+            0,
         );
+        if let Change::Adjust(adjustment) = &mut returned {
+            adjustment.quantity = Some(1);
+        }
+        let feed = run_feed(store, "h1", &["171-1234567-1234567"], &[returned]);
         let views = store.orders(None, "171-1234567-1234567").expect("orders");
         assert_eq!(views.len(), 1);
         let mut json = serde_json::to_value(&views[0]).expect("json");
@@ -829,6 +938,7 @@ pub mod conformance {
                     "quantity_ordered": 2,
                     "quantity_shipped": 2,
                     "quantity_cancelled": 0,
+                    "quantity_returned": 1,
                     "charged": {"Principal": "25.98", "Tax": "2.08", "Shipping": "5.99",
                                 "ShippingTax": "0.48", "Promotion:Principal": "3.00",
                                 "RestockingFee": "0.00"},
@@ -843,6 +953,7 @@ pub mod conformance {
                     "quantity_ordered": 1,
                     "quantity_shipped": 1,
                     "quantity_cancelled": 0,
+                    "quantity_returned": 0,
                     "charged": {"Principal": "9.99", "Tax": "0.80"},
                     "refunded": {"Principal": "0.00", "Tax": "0.00"}
                 }
@@ -855,7 +966,7 @@ pub mod conformance {
                     "reason": "CustomerReturn",
                     "action_type": null,
                     "quantity_cancelled": 0,
-                    "quantity": null,
+                    "quantity": 1,
                     "merchant_adjustment_item_id": "RET-1",
                     "amounts": {"Principal": "12.99", "Tax": "1.04", "RestockingFee": "-2.00"}
                 }
