@@ -54,7 +54,8 @@ pub enum StoreError {
         supported: i64,
     },
     /// The request would break a store invariant (a CHECK or UNIQUE constraint, or bad
-    /// input such as an order report that lowers a charged amount below what was refunded).
+    /// input such as an order report that lowers a charged amount below what was refunded),
+    /// or a reader found no schema, or an older one, that it may not create or migrate.
     #[error("{detail}")]
     Invalid {
         /// What is wrong, naming the order, item and column.
@@ -835,6 +836,20 @@ pub trait FeedTx {
     fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError>;
 }
 
+/// True for a `postgres://…` or `postgresql://…` URL.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A store URL of no scheme adjustd knows.
+fn unsupported(url: &str) -> StoreError {
+    StoreError::Invalid {
+        detail: format!(
+            "unsupported store url {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
+        ),
+    }
+}
+
 /// A store chosen by URL: `sqlite:PATH` or `postgres://…`.
 pub enum AnyStore {
     /// The embedded default.
@@ -851,27 +866,27 @@ impl AnyStore {
     pub fn open(url: &str) -> Result<AnyStore, StoreError> {
         if let Some(path) = url.strip_prefix("sqlite:") {
             sqlite::SqliteStore::open(std::path::Path::new(path)).map(AnyStore::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        } else if is_postgres(url) {
             postgres::PgStore::connect(url).map(AnyStore::Postgres)
         } else {
-            Err(StoreError::Invalid {
-                detail: format!(
-                    "unsupported store url {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
-                ),
-            })
+            Err(unsupported(url))
         }
     }
 
-    /// Opens the store named by `url` for reading only: SQLite without the single-writer
-    /// lock (so it works while the daemon runs) and without migrating; PostgreSQL as usual.
+    /// Opens the store named by `url` for reading only, never creating or migrating it:
+    /// SQLite without the single-writer lock (so it works while the daemon runs),
+    /// PostgreSQL in a read-only session. Both refuse a store without adjustd's schema or
+    /// with another version than this build's.
     ///
     /// # Errors
     /// An unknown scheme, or the backend's open errors.
     pub fn open_read_only(url: &str) -> Result<AnyStore, StoreError> {
-        match url.strip_prefix("sqlite:") {
-            Some(path) => sqlite::SqliteStore::open_read_only(std::path::Path::new(path))
-                .map(AnyStore::Sqlite),
-            None => AnyStore::open(url),
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            sqlite::SqliteStore::open_read_only(std::path::Path::new(path)).map(AnyStore::Sqlite)
+        } else if is_postgres(url) {
+            postgres::PgStore::connect_read_only(url).map(AnyStore::Postgres)
+        } else {
+            Err(unsupported(url))
         }
     }
 

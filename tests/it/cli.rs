@@ -1,5 +1,7 @@
 //! End-to-end tests of the one-shot commands (`validate`, `process`, `orders`, `feeds`,
-//! `config`) with the real binary on temp folders and a real SQLite store.
+//! `config`) with the real binary on temp folders and a real SQLite store, and on the real
+//! PostgreSQL where the backends must behave alike (skipped without a server, as in
+//! `store_pg`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1742,6 +1744,67 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     assert!(!sandbox.path("typo").exists(), "reading created nothing");
     // A missing file in a folder that exists is a store not created yet: no feeds.
     let out = sandbox.run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+}
+
+/// `orders show` and `feeds list` on PostgreSQL neither create nor upgrade the schema, as on
+/// SQLite: a database without adjustd's tables is an error naming it. Before the fix they
+/// migrated it (logging "migrating PostgreSQL schema"), then printed "no feeds" or "not
+/// found".
+#[test]
+fn reading_commands_never_create_a_postgres_schema() {
+    let Some(db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    let name = db.url.rsplit('/').next().expect("database name").to_owned();
+    let sandbox = Sandbox::new();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env("ADJUSTD_STORE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    for args in [
+        &["feeds", "list"][..],
+        &["feeds", "list", "--json"],
+        &["orders", "show", "171-1234567-1234567"],
+    ] {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        for needed in ["no adjustd tables", name.as_str()] {
+            assert!(
+                stderr.contains(needed),
+                "{args:?} lacks {needed:?}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("migrating"), "{args:?}: {stderr}");
+    }
+    let tables: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .expect("count tables")
+        .get(0);
+    assert_eq!(tables, 0, "a reading command created tables");
+    // A writing command creates the store; then both read it.
+    let out = run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        &data("orders.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&["feeds", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "no feeds\n");
 }
