@@ -61,7 +61,8 @@ Exit codes:
        that feed stays in work/ and is recovered at the next start)
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
-Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
+Configuration: --config PATH, else the file ADJUSTD_CONFIG names, else ./adjustd.toml if
+present, else defaults under ./var.
 Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL);
 their relative paths resolve against the current directory, the file's against its folder.";
 
@@ -70,8 +71,11 @@ their relative paths resolve against the current directory, the file's against i
 #[derive(Debug, Parser)]
 #[command(name = "adjustd", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Config file (TOML). Default: ./adjustd.toml if present, else built-in defaults.
-    #[arg(long, global = true, value_name = "PATH", env = "ADJUSTD_CONFIG")]
+    /// Config file (TOML). Default: the file the ADJUSTD_CONFIG variable names, else
+    /// ./adjustd.toml if present, else built-in defaults.
+    // ADJUSTD_CONFIG is read by `config::load` with the other variables (not by clap, whose
+    // error about an empty value would name this flag instead of the variable).
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Log format (overrides `[log] format`).
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]

@@ -276,11 +276,14 @@ const LIST_KEYS: &[((&str, &str), &str)] = &[
     ),
 ];
 
+/// The variable naming the config file when `--config` is not given (see [`load`]).
+pub const CONFIG_VARIABLE: &str = "ADJUSTD_CONFIG";
+
 /// `ADJUSTD_*` variables that are not config keys but are meant for adjustd or its tests:
-/// `ADJUSTD_CONFIG` (the `--config` flag), and the test suite's knobs, which the binary
-/// inherits when the tests run it. Any other `ADJUSTD_*` variable that is not a key is an
-/// error, so a misspelt override does not go unnoticed.
-const OTHER_VARIABLES: &[&str] = &["ADJUSTD_CONFIG"];
+/// [`CONFIG_VARIABLE`], and the test suite's knobs, which the binary inherits when the
+/// tests run it. Any other `ADJUSTD_*` variable that is not a key is an error, so a
+/// misspelt override does not go unnoticed.
+const OTHER_VARIABLES: &[&str] = &[CONFIG_VARIABLE];
 
 /// Prefixes of the test suite's variables (see [`OTHER_VARIABLES`]).
 const OTHER_PREFIXES: &[&str] = &[
@@ -312,23 +315,43 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
         .collect()
 }
 
-/// Loads the configuration: `explicit` if given (it must exist), else `./adjustd.toml` if
+/// Loads the configuration: `explicit` (`--config`) if given, else the file that
+/// [`CONFIG_VARIABLE`] in `env` names (either must exist), else `./adjustd.toml` if
 /// present, else built-in defaults under `./var`; then applies the `ADJUSTD_*` overrides in
 /// `env` (`(name, value)` pairs, see [`environment`]). Relative paths from the file resolve
 /// against its folder; relative paths from the environment against the current directory,
 /// as a person typing a variable in a shell expects.
 ///
 /// # Errors
-/// A missing explicit file, bad TOML, an unknown key or `ADJUSTD_*` variable, or an invalid
-/// value; each names the file or the variable it came from.
+/// A missing explicit file, an empty [`CONFIG_VARIABLE`] or a missing file it names, bad
+/// TOML, an unknown key or `ADJUSTD_*` variable, or an invalid value; each names the file
+/// or the variable it came from.
 pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
         path: PathBuf::from("."),
         source,
     })?;
-    let file = match explicit {
-        Some(path) => Some(path.to_path_buf()),
-        None => {
+    let from_env = match explicit {
+        Some(_) => None,
+        None => env
+            .iter()
+            .find(|(name, _)| name == CONFIG_VARIABLE)
+            .map(|(_, value)| value.as_str()),
+    };
+    let file = match (explicit, from_env) {
+        (Some(path), _) => Some(path.to_path_buf()),
+        // Typically a variable set from an unset shell variable: not silently the default.
+        (None, Some("")) => {
+            return Err(ConfigError::Env {
+                var: CONFIG_VARIABLE.to_owned(),
+                message: format!(
+                    "the value is empty: name a config file, or unset the variable to use \
+                     ./{DEFAULT_CONFIG_FILE} if present, else the built-in defaults"
+                ),
+            });
+        }
+        (None, Some(path)) => Some(PathBuf::from(path)),
+        (None, None) => {
             // Anything by that name is meant as the config: a folder or a broken link is an
             // error naming it, not silently the built-in defaults.
             let default = cwd.join(DEFAULT_CONFIG_FILE);
@@ -339,9 +362,15 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config,
     };
     let (source, mut table, base) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
+            let text = std::fs::read_to_string(path).map_err(|source| match from_env {
+                Some(_) => ConfigError::Env {
+                    var: CONFIG_VARIABLE.to_owned(),
+                    message: format!("reading config file {}: {source}", path.display()),
+                },
+                None => ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                },
             })?;
             let source = Source {
                 path: path.clone(),
@@ -1251,6 +1280,29 @@ mod tests {
             ],
         )
         .expect("not config keys, and documented");
+    }
+
+    #[test]
+    fn adjustd_config_names_the_file_unless_given_explicitly_and_empty_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("from-env.toml");
+        std::fs::write(&file, "[inbox]\nsettle_ms = 7\n").expect("write config");
+        let env = |value: &str| vec![(CONFIG_VARIABLE.to_owned(), value.to_owned())];
+        let config = load(None, &env(&file.display().to_string())).expect("loads");
+        assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        assert_eq!(config.daemon.inbox.settle, Duration::from_millis(7));
+        for value in ["", "/nonexistent/adjustd.toml"] {
+            let error = load(None, &env(value)).expect_err("refused");
+            assert!(
+                matches!(&error, ConfigError::Env { var, .. } if var == CONFIG_VARIABLE),
+                "{value:?}: {error:?}"
+            );
+        }
+        // --config wins over the variable, even an empty one.
+        for value in ["", "/nonexistent/adjustd.toml"] {
+            let config = load(Some(&file), &env(value)).expect("--config wins");
+            assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        }
     }
 
     #[test]

@@ -1124,6 +1124,55 @@ fn environment_overrides_resolve_against_the_current_directory_and_are_checked()
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// `ADJUSTD_CONFIG` is read like the other variables: an empty value is an error naming
+/// it (before the fix, clap's "a value is required for '--config <PATH>'", exit 64, about a
+/// flag that was not given), a file it names must exist, and `--config` wins over it.
+#[test]
+fn adjustd_config_is_checked_and_named_like_the_other_variables() {
+    let sandbox = Sandbox::new();
+    let run = |args: &[&str], config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(sandbox.path(""))
+            .args(args)
+            .env("ADJUSTD_CONFIG", config)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    for args in [&["feeds", "list"][..], &["config", "check"]] {
+        let out = run(args, "");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("environment variable ADJUSTD_CONFIG"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("--config"), "{args:?}: {stderr}");
+    }
+    let out = run(&["config", "check"], "missing.toml");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing.toml") && stderr.contains("ADJUSTD_CONFIG"),
+        "{stderr}"
+    );
+    let out = run(&["config", "check"], "adjustd.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("store.db"));
+    // --config wins, even over an empty variable.
+    let out = run(&["--config", "adjustd.toml", "config", "check"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(
+        &["--config", "adjustd.toml", "config", "check"],
+        "missing.toml",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // --help still names the variable.
+    let out = run(&["--help"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ADJUSTD_CONFIG"));
+}
+
 #[test]
 fn a_closed_stdout_pipe_ends_the_output_quietly() {
     let sandbox = Sandbox::new();
