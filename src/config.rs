@@ -679,18 +679,29 @@ fn resolve(
             base
         }
     };
-    let path = |key: &str, value: Option<PathBuf>, default: &str| -> PathBuf {
+    // An empty path (typically from a variable set to an unset shell variable) would
+    // resolve to the config file's folder or the current directory, silently.
+    let path = |key: &'static str, value: Option<PathBuf>| -> Result<PathBuf, BadValue> {
         match value {
-            Some(p) => absolute(base_of("paths", key), &p),
-            None => var.join(default),
+            Some(p) if p.as_os_str().is_empty() => Err(BadValue::new(
+                "paths",
+                key,
+                format!(
+                    "an empty path names no folder: give the folder, or leave the key out \
+                     (and the {} variable unset) for the default var/{key}",
+                    env_var("paths", key)
+                ),
+            )),
+            Some(p) => Ok(absolute(base_of("paths", key), &p)),
+            None => Ok(var.join(key)),
         }
     };
     let mut inbox = InboxConfig::with_defaults(
-        path("inbox", paths_file.inbox, "inbox"),
-        path("work", paths_file.work, "work"),
-        path("archive", paths_file.archive, "archive"),
-        path("failed", paths_file.failed, "failed"),
-        path("outbox", paths_file.outbox, "outbox"),
+        path("inbox", paths_file.inbox)?,
+        path("work", paths_file.work)?,
+        path("archive", paths_file.archive)?,
+        path("failed", paths_file.failed)?,
+        path("outbox", paths_file.outbox)?,
     );
 
     let store_url = match raw.store.and_then(|s| s.url) {
@@ -905,7 +916,7 @@ fn resolve(
         Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
     };
 
-    let parked = path("parked", paths_file.parked, "parked");
+    let parked = path("parked", paths_file.parked)?;
     let mut daemon = DaemonConfig::with_defaults(inbox, parked);
     let daemon_file = raw.daemon.unwrap_or_default();
     if let Some(secs) = daemon_file.shutdown_timeout_secs {
@@ -1302,6 +1313,38 @@ mod tests {
         for value in ["", "/nonexistent/adjustd.toml"] {
             let config = load(Some(&file), &env(value)).expect("--config wins");
             assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        }
+    }
+
+    #[test]
+    fn an_empty_path_is_an_error_naming_the_key_or_the_variable() {
+        let keys: Vec<&str> = KEYS
+            .iter()
+            .filter(|(section, _)| *section == "paths")
+            .map(|(_, key)| *key)
+            .collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        for key in keys {
+            // Before the fix: the config file's folder, silently.
+            let error = load_text(&format!("[paths]\n{key} = \"\"\n"), &[]).expect_err(key);
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!(
+                    "line 2, column {}: [paths] {key}: ",
+                    key.len() + 4
+                )) && text.contains("empty"),
+                "{text}"
+            );
+            // Before the fix: the current directory, silently.
+            let var = env_var("paths", key);
+            for value in ["", "\"\""] {
+                let error = load_text("", &[(&var, value)]).expect_err(&var);
+                assert!(
+                    matches!(&error, ConfigError::Env { var: named, .. } if *named == var),
+                    "{value:?}: {error:?}"
+                );
+                assert!(error.to_string().contains("empty"), "{error}");
+            }
         }
     }
 

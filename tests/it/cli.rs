@@ -1173,6 +1173,35 @@ fn adjustd_config_is_checked_and_named_like_the_other_variables() {
     assert!(text(&out.stdout).contains("ADJUSTD_CONFIG"));
 }
 
+/// An empty path, from the file or a variable (typically an unset shell variable), is an
+/// error naming the key or the variable. Before the fix it silently meant the config
+/// file's folder or the current directory.
+#[test]
+fn an_empty_path_is_an_error_naming_the_key_or_the_variable() {
+    let sandbox = Sandbox::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(sandbox.path(""))
+        .args(["--config", "adjustd.toml", "config", "check"])
+        .env("ADJUSTD_PATHS_INBOX", "")
+        .output()
+        .expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("environment variable ADJUSTD_PATHS_INBOX: [paths] inbox: ")
+            && stderr.contains("empty"),
+        "{stderr}"
+    );
+    std::fs::write(sandbox.path("adjustd.toml"), "[paths]\noutbox = \"\"\n").expect("write");
+    let out = sandbox.run(&["config", "check"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 2, column 10: [paths] outbox: ") && stderr.contains("empty"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_closed_stdout_pipe_ends_the_output_quietly() {
     let sandbox = Sandbox::new();
