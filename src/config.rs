@@ -707,7 +707,8 @@ fn resolve(
     let store_url = match raw.store.and_then(|s| s.url) {
         Some(url) => match url.strip_prefix("sqlite:") {
             // `sqlite:` alone (or a folder such as `sqlite:var/`) would resolve to a folder
-            // and fail only when the store is opened, with a misleading disk I/O error.
+            // and fail only when the store is opened. (A folder named without a trailing
+            // '/' is found out there, as the store refuses to open a folder.)
             Some(p) if p.ends_with('/') || Path::new(p).file_name().is_none() => {
                 return Err(BadValue::new(
                     "store",

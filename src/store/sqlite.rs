@@ -109,6 +109,7 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] only for the few causes that can pass (interrupted, timed
     /// out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        refuse_folder(path)?;
         // Said in the log, so a mistyped path shows as a new, empty store.
         let created = !path.exists();
         if let Some(parent) = path.parent()
@@ -140,8 +141,9 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`] when there is no database yet,
     /// [`StoreError::SchemaTooNew`] / [`StoreError::Invalid`] when its schema version is not
-    /// this build's (a writer migrates it first).
+    /// this build's (a writer migrates it first), [`StoreError::Other`] for a folder.
     pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        refuse_folder(path)?;
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -298,6 +300,23 @@ fn unopenable(path: &Path, error: StoreError) -> StoreError {
         },
         other => other,
     }
+}
+
+/// A folder (or a link to one) can never be the database: said so before SQLite opens it
+/// and reports a "disk I/O error" or "unable to open database file", which blame the disk
+/// or the permissions. The fix names a file in that folder.
+fn refuse_folder(path: &Path) -> Result<(), StoreError> {
+    if std::fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) {
+        return Err(StoreError::Other {
+            detail: format!(
+                "{} is a folder, not a database file: set [store] url (or ADJUSTD_STORE_URL) \
+                 to sqlite:PATH with the database file's path, e.g. sqlite:{}",
+                path.display(),
+                path.join("adjustd.db").display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// What to do about a store path that cannot be used.

@@ -1887,6 +1887,51 @@ fn reading_commands_never_create_a_postgres_schema() {
     assert_eq!(text(&out.stdout), "no feeds\n");
 }
 
+/// A store path that names a folder is said to be one, by the readers as by the writers.
+/// Before the fix the readers said "disk I/O error ... (import orders or run the daemon
+/// first)", which cannot help.
+#[test]
+fn a_folder_given_as_the_sqlite_store_is_named_as_a_folder() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("dbdir");
+    std::fs::create_dir(&folder).expect("folder");
+    let orders = data("orders.txt");
+    for url in [
+        "sqlite:dbdir".to_owned(),
+        format!("sqlite:{}", folder.display()),
+    ] {
+        for args in [
+            &["orders", "show", "171-1234567-1234567"][..],
+            &["feeds", "list"],
+            &["feeds", "list", "--json"],
+            &["orders", "import", "--merchant", "M_TEST", &orders],
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+                .current_dir(sandbox.path(""))
+                .args(["--config", "adjustd.toml"])
+                .args(args)
+                .env("ADJUSTD_STORE_URL", &url)
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("run adjustd");
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{url} {args:?}: {stderr}");
+            assert!(
+                out.stdout.is_empty(),
+                "{url} {args:?}: {}",
+                text(&out.stdout)
+            );
+            let named = format!("{} is a folder, not a database file", folder.display());
+            assert!(stderr.contains(&named), "{url} {args:?}: {stderr}");
+            for wrong in ["disk I/O", "import orders or run the daemon first"] {
+                assert!(!stderr.contains(wrong), "{url} {args:?}: {stderr}");
+            }
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&folder).expect("list").collect();
+    assert!(left.is_empty(), "wrote into the folder: {left:?}");
+}
+
 #[test]
 fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
     let sandbox = Sandbox::new();
