@@ -15,19 +15,24 @@ use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus, ReportFolder};
 use crate::validate::{ValidatedMessage, Validator};
 
-/// Exit codes, part of the interface (also listed in `--help` and the README).
+/// Exit codes, part of the interface (also listed in `--help` and the README, in the same
+/// words; the `docs` test keeps the three in step).
 pub mod exit {
     /// Success: everything processed, no message or feed with an error.
     pub const OK: u8 = 0;
-    /// Fatal configuration or startup error (bad config, store locked or unreachable at start, bad folders).
+    /// Fatal configuration or startup error (bad config, store locked by another process or
+    /// unreachable at start, a store path that cannot be used, bad folders, `[http] listen`
+    /// address in use).
     pub const CONFIG: u8 = 1;
-    /// Unexpected runtime failure (I/O, database error while running).
+    /// Unexpected runtime failure (I/O, database error while running; `orders import` of a
+    /// report file that is missing or a folder).
     pub const RUNTIME: u8 = 2;
     /// The input had errors: a feed was rejected or a message has an error (`validate`,
     /// `process`), or an order report line is invalid (`orders import`), or an order was not
     /// found (`orders show`).
     pub const INPUT: u8 = 3;
-    /// Command-line usage error.
+    /// Command-line usage error (also `validate --format xml` with several files, and
+    /// `orders show` without `--merchant` for an id several merchants have).
     pub const USAGE: u8 = 64;
     /// `run`'s shutdown was cut short: a second SIGINT/SIGTERM exited at once, or the feed
     /// in hand did not finish within `[daemon] shutdown_timeout_secs`. Still safe: that feed
@@ -47,18 +52,23 @@ pub mod exit {
     }
 }
 
+/// The exit codes in `--help`: README's table "Exit codes" in the same words (without its
+/// markdown), which the `docs` test checks, so the two cannot drift apart.
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    success (no feed rejected, no message with an error)
-  1    configuration or startup error (bad config, store locked, bad folders,
-       [http] listen address in use)
-  2    runtime failure (I/O or database error)
-  3    input errors: a feed was rejected or a message has an error (validate, process),
-       an invalid order report (orders import), order not found (orders show)
-  64   command-line usage error (also validate --format xml with more than one file)
-  130  run: shutdown cut short by a second SIGINT/SIGTERM, or by [daemon]
-       shutdown_timeout_secs passing before the feed in hand finished (still safe:
-       that feed stays in work/ and is recovered at the next start)
+  0    success: no feed rejected, no message with an error
+  1    configuration or startup error (bad config, store locked by another process, a store
+       path that cannot be used, bad folders, [http] listen address in use)
+  2    runtime failure (I/O or database error; for orders import also a report file that
+       is missing or a folder)
+  3    input errors: a feed was rejected or a message has an error (validate, process), an
+       invalid order report (orders import), order not found (orders show)
+  64   command-line usage error (also validate --format xml with more than one file, and
+       orders show ORDER_ID without --merchant for an id that several merchants have)
+  130  run: shutdown cut short, by a second SIGINT/SIGTERM (exited at once) or by [daemon]
+       shutdown_timeout_secs passing before the feed in hand finished (logged as \"shutdown
+       did not finish within …\"). Still safe: that feed stays in work/ and is recovered
+       at the next start
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else the file ADJUSTD_CONFIG names, else ./adjustd.toml if

@@ -1,8 +1,9 @@
 //! Keeps the documents in step with what they describe: `docs/result-codes.md` with the
 //! code table `adjustd::problem::Code` (the markdown table must list exactly `Code::ALL`, in
 //! the same order, with the same number, name, severity and scope; the prose columns are for
-//! people and not checked), and the install steps of `contrib/adjustd.service` with what
-//! each step needs (checked statically: running them takes root). Every source file opens
+//! people and not checked), the install steps of `contrib/adjustd.service` with what each
+//! step needs (checked statically: running them takes root), and the exit codes of
+//! `adjustd --help` with README's table and `adjustd::cli::exit`. Every source file opens
 //! with a module doc.
 
 use std::collections::{HashMap, HashSet};
@@ -345,5 +346,126 @@ fn the_install_step_reader_sees_the_steps() {
             "ReadWritePaths"
         ),
         vec!["/a", "/b", "/c"]
+    );
+}
+
+/// White space collapsed to single blanks, markdown's code backticks dropped.
+fn plain(text: &str) -> String {
+    text.replace('`', "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The rows of README's "Exit codes" table, as (code, meaning in plain text).
+fn readme_exit_codes(markdown: &str) -> Vec<(u8, String)> {
+    markdown
+        .lines()
+        .skip_while(|line| line.trim() != "### Exit codes")
+        .skip_while(|line| !line.starts_with("| code |"))
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .map(|line| {
+            let (code, meaning) = line
+                .trim_matches('|')
+                .split_once('|')
+                .unwrap_or_else(|| panic!("README exit-code row without cells: {line}"));
+            let code = code
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("README exit-code row without a code: {line}"));
+            (code, plain(meaning))
+        })
+        .collect()
+}
+
+/// The entries of the exit-code list of `adjustd --help`, as (code, meaning in plain
+/// text): each starts with a line `  CODE  meaning`, and the lines after it that start
+/// otherwise continue it (clap may wrap them), up to the first line without indentation.
+fn help_exit_codes(help: &str) -> Vec<(u8, String)> {
+    let mut entries: Vec<(u8, String)> = Vec::new();
+    for line in help
+        .lines()
+        .skip_while(|line| *line != "Exit codes:")
+        .skip(1)
+        .take_while(|line| line.starts_with(' '))
+    {
+        let trimmed = line.trim_start();
+        let code = trimmed
+            .split_once(' ')
+            .and_then(|(code, _)| code.parse::<u8>().ok());
+        match (code, entries.last_mut()) {
+            (Some(code), _) if line.starts_with("  ") && !line.starts_with("   ") => {
+                entries.push((code, trimmed[code.to_string().len()..].to_owned()));
+            }
+            (_, Some((_, meaning))) => {
+                meaning.push(' ');
+                meaning.push_str(trimmed);
+            }
+            (_, None) => panic!("--help: text before the first exit code: {line}"),
+        }
+    }
+    entries
+        .into_iter()
+        .map(|(code, meaning)| (code, plain(&meaning)))
+        .collect()
+}
+
+/// `adjustd --help`, which an operator reads first, lists the exit codes README lists, with
+/// the same words, and they are the codes of `adjustd::cli::exit`. Before the fix the help
+/// left out the store path under 1, `orders import` of a missing file or a folder under 2
+/// and `orders show` of an id several merchants have under 64.
+#[test]
+fn help_and_readme_list_the_same_exit_codes() {
+    use adjustd::cli::exit;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README");
+    let documented = readme_exit_codes(&readme);
+    let codes: Vec<u8> = documented.iter().map(|(code, _)| *code).collect();
+    assert_eq!(
+        codes,
+        [
+            exit::OK,
+            exit::CONFIG,
+            exit::RUNTIME,
+            exit::INPUT,
+            exit::USAGE,
+            exit::INTERRUPTED
+        ]
+    );
+    for columns in ["200", "60"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--help")
+            .env("COLUMNS", columns)
+            .output()
+            .expect("run adjustd");
+        assert_eq!(out.status.code(), Some(0));
+        let help = String::from_utf8_lossy(&out.stdout);
+        let listed = help_exit_codes(&help);
+        for ((code, in_help), (_, in_readme)) in listed.iter().zip(&documented) {
+            assert_eq!(
+                in_help, in_readme,
+                "exit code {code}, --help with COLUMNS={columns}"
+            );
+        }
+        assert_eq!(listed, documented, "--help with COLUMNS={columns}:\n{help}");
+    }
+}
+
+#[test]
+fn the_exit_code_readers_see_the_entries() {
+    let markdown = "x\n### Exit codes\n\n| code | meaning |\n|---|---|\n| 0 | ok `a`  b |\n| 64 | usage |\n\nafter\n| 9 | no |\n";
+    assert_eq!(
+        readme_exit_codes(markdown),
+        vec![(0, "ok a b".to_owned()), (64, "usage".to_owned())]
+    );
+    let help = "Usage: x\n\nExit codes:\n  0    ok a\n       b\n  64   usage (also\n  wrapped)\n  130  run\nWith several files\n  9  no\n";
+    assert_eq!(
+        help_exit_codes(help),
+        vec![
+            (0, "ok a b".to_owned()),
+            (64, "usage (also wrapped)".to_owned()),
+            (130, "run".to_owned())
+        ]
     );
 }
