@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
+use crate::problem::count;
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus, ReportFolder};
 use crate::validate::{ValidatedMessage, Validator};
@@ -214,6 +215,10 @@ pub enum OrdersCommand {
     /// another merchant-order-id, purchase-date, currency or fulfillment-channel than an
     /// earlier line of the order (an empty field gives none); a line repeating another
     /// exactly is skipped, and the summary says how many were.
+    ///
+    /// The summary counts the orders and items created, updated (the report changed a
+    /// value; an order also when one of its items changed or was added) and unchanged: the
+    /// same report imported again leaves everything unchanged.
     Import {
         /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
         /// are read trimmed, so whitespace at either end of ID is refused).
@@ -726,7 +731,7 @@ fn write_text_summary(
         FeedStatus::Complete => format!(
             "{} of {} with errors",
             outcome.messages_with_error,
-            messages(outcome.messages_processed)
+            count(outcome.messages_processed, "message")
         ),
     };
     writeln!(
@@ -734,7 +739,7 @@ fn write_text_summary(
         "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
         path.display(),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
-        messages(outcome.messages_processed),
+        count(outcome.messages_processed, "message"),
         outcome.messages_successful,
         outcome.messages_with_error,
         outcome.messages_with_warning
@@ -743,15 +748,6 @@ fn write_text_summary(
         writeln!(out, "  {problem}")?;
     }
     Ok(())
-}
-
-/// "1 message", "2 messages".
-fn messages(count: u64) -> String {
-    if count == 1 {
-        "1 message".to_owned()
-    } else {
-        format!("{count} messages")
-    }
 }
 
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
@@ -790,16 +786,31 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
                 1 => " (1 repeats an earlier line of the same item and was skipped)".to_owned(),
                 n => format!(" ({n} repeat earlier lines of the same items and were skipped)"),
             };
+            // "updated" only for what changed: a byte-identical re-import is all unchanged.
+            let changes = |created: u64, noun: &str, updated: u64, unchanged: u64| {
+                format!(
+                    "{} created, {updated} updated, {unchanged} unchanged",
+                    count(created, noun)
+                )
+            };
             print(|out| {
                 writeln!(
                     out,
-                    "imported {} lines{repeats} from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
-                    summary.lines,
+                    "imported {}{repeats} from {} for merchant {merchant}: {}; {}",
+                    count(summary.lines, "line"),
                     file.display(),
-                    summary.orders_created,
-                    summary.orders_updated,
-                    summary.items_created,
-                    summary.items_updated
+                    changes(
+                        summary.orders_created,
+                        "order",
+                        summary.orders_updated,
+                        summary.orders_unchanged
+                    ),
+                    changes(
+                        summary.items_created,
+                        "item",
+                        summary.items_updated,
+                        summary.items_unchanged
+                    ),
                 )
             })?;
             Ok(exit::OK)

@@ -1686,7 +1686,6 @@ fn import_batch(
             item.merchant_item_id = Some(merchant_item_id.as_str().to_owned());
             item.dirty = true;
         }
-        let new_item = item.id.is_none();
         for (component, charged) in &row.charged {
             if *charged < 0 {
                 return Err(import_invalid(
@@ -1700,7 +1699,8 @@ fn import_batch(
                 ));
             }
             let existing = item.components.get(component.name()).copied();
-            if new_item && existing.is_none() && *charged == 0 {
+            // A charge of 0 where none is stored is none (a new item stores none either).
+            if existing.is_none() && *charged == 0 {
                 continue;
             }
             let refunded = existing.map_or(0, |(_, _, refunded, _)| refunded);
@@ -1721,10 +1721,12 @@ fn import_batch(
                     ),
                 ));
             }
-            item.components.insert(
-                component.name(),
-                (component.class(), *charged, refunded, true),
-            );
+            if existing.is_none_or(|(_, stored, _, _)| stored != *charged) {
+                item.components.insert(
+                    component.name(),
+                    (component.class(), *charged, refunded, true),
+                );
+            }
         }
     }
 
@@ -1756,8 +1758,9 @@ fn import_batch(
                 new_purchase.push(order.purchase_date.as_deref());
             }
             Some(id) => {
-                seen.order_updated(id);
+                seen.order_found(id);
                 if order.dirty {
+                    seen.order_changed(id);
                     upd_id.push(id);
                     upd_merchant_order.push(order.merchant_order_id.as_deref());
                     upd_purchase.push(order.purchase_date.as_deref());
@@ -1787,7 +1790,7 @@ fn import_batch(
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
             let id = row.try_get(0).map_err(db)?;
-            seen.orders_created.insert(id);
+            seen.order_created(id);
             order_ids.insert(row.try_get(1).map_err(db)?, id);
         }
     }
@@ -1837,7 +1840,8 @@ fn import_batch(
                 }
                 Some(id) => {
                     if touched_items.contains(&(amazon.as_str(), code.as_str())) {
-                        seen.item_updated(id);
+                        let changed = item.dirty || item.components.values().any(|(_, _, _, c)| *c);
+                        seen.item_found(order_id, id, changed);
                     }
                     if item.dirty {
                         ui_id.push(id);
@@ -1873,11 +1877,9 @@ fn import_batch(
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
             let id = row.try_get(0).map_err(db)?;
-            seen.items_created.insert(id);
-            item_ids.insert(
-                (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?),
-                id,
-            );
+            let order_id = row.try_get(1).map_err(db)?;
+            seen.item_created(order_id, id);
+            item_ids.insert((order_id, row.try_get(2).map_err(db)?), id);
         }
     }
     if !ui_id.is_empty() {

@@ -875,15 +875,23 @@ fn import_row(
     row: &OrderRow,
     seen: &mut ImportSeen,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String, String)> = tx
+    let existing: Option<StoredOrder> = tx
         .prepare_cached(
-            "SELECT id, currency, fulfillment_channel FROM orders \
-             WHERE merchant = ?1 AND amazon_order_id = ?2",
+            "SELECT id, currency, fulfillment_channel, merchant_order_id, purchase_date \
+             FROM orders WHERE merchant = ?1 AND amazon_order_id = ?2",
         )
         .map_err(db_error)?
         .query_row(
             params![merchant.as_str(), row.amazon_order_id.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok(StoredOrder {
+                    id: r.get(0)?,
+                    currency: r.get(1)?,
+                    channel: r.get(2)?,
+                    merchant_order_id: r.get(3)?,
+                    purchase_date: r.get(4)?,
+                })
+            },
         )
         .optional()
         .map_err(db_error)?;
@@ -918,43 +926,69 @@ fn import_row(
                     |r| r.get(0),
                 )
                 .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
-            seen.orders_created.insert(id);
+            seen.order_created(id);
             (id, currency)
         }
-        Some((id, code, channel)) => {
-            let stored = Currency::from_code(&code).ok_or_else(|| corrupt("currency", &code))?;
-            let channel = channel
+        Some(order) => {
+            let id = order.id;
+            let stored = Currency::from_code(&order.currency)
+                .ok_or_else(|| corrupt("currency", &order.currency))?;
+            let channel: FulfillmentChannel = order
+                .channel
                 .parse()
-                .map_err(|()| corrupt("fulfillment channel", &channel))?;
+                .map_err(|()| corrupt("fulfillment channel", &order.channel))?;
             seen.agree_with_stored(row, id, stored, channel)?;
-            // The channel can change here only for an order this import created from a line
-            // without one (stored as MFN until a later line of the order gives it).
-            tx.prepare_cached(
-                "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
-                 fulfillment_channel = COALESCE(?3, fulfillment_channel), \
-                 purchase_date = COALESCE(?4, purchase_date) WHERE id = ?1",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                id,
-                row.merchant_order_id.as_ref().map(SellerId::as_str),
-                row.channel.map(FulfillmentChannel::as_str),
-                row.purchase_date
-            ])
-            .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
-            seen.order_updated(id);
+            seen.order_found(id);
+            // An empty field changes nothing. The channel can change here only for an order
+            // this import created from a line without one (stored as MFN until a later line
+            // of the order gives it).
+            let changes = |given: Option<&str>, stored: Option<&str>| {
+                given.is_some_and(|given| Some(given) != stored)
+            };
+            let changed =
+                changes(
+                    row.merchant_order_id.as_ref().map(SellerId::as_str),
+                    order.merchant_order_id.as_deref(),
+                ) || changes(
+                    row.channel.map(FulfillmentChannel::as_str),
+                    Some(channel.as_str()),
+                ) || changes(row.purchase_date.as_deref(), order.purchase_date.as_deref());
+            if changed {
+                tx.prepare_cached(
+                    "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
+                     fulfillment_channel = COALESCE(?3, fulfillment_channel), \
+                     purchase_date = COALESCE(?4, purchase_date) WHERE id = ?1",
+                )
+                .map_err(db_error)?
+                .execute(params![
+                    id,
+                    row.merchant_order_id.as_ref().map(SellerId::as_str),
+                    row.channel.map(FulfillmentChannel::as_str),
+                    row.purchase_date
+                ])
+                .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
+                seen.order_changed(id);
+            }
             (id, stored)
         }
     };
 
-    let item: Option<(i64, u32, u32)> = tx
+    let item: Option<StoredItem> = tx
         .prepare_cached(
-            "SELECT id, quantity_shipped, quantity_cancelled FROM order_items \
+            "SELECT id, quantity_shipped, quantity_cancelled, sku, merchant_order_item_id, \
+             quantity_ordered FROM order_items \
              WHERE order_id = ?1 AND amazon_order_item_code = ?2",
         )
         .map_err(db_error)?
         .query_row(params![order_id, row.item_code.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok(StoredItem {
+                id: r.get(0)?,
+                shipped: r.get(1)?,
+                cancelled: r.get(2)?,
+                sku: r.get(3)?,
+                merchant_item_id: r.get(4)?,
+                ordered: r.get(5)?,
+            })
         })
         .optional()
         .map_err(db_error)?;
@@ -996,7 +1030,7 @@ fn import_row(
                     |r| r.get(0),
                 )
                 .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
-            seen.items_created.insert(item_id);
+            seen.item_created(order_id, item_id);
             for (component, charged) in &row.charged {
                 if *charged != 0 {
                     upsert
@@ -1010,35 +1044,46 @@ fn import_row(
                 }
             }
         }
-        Some((item_id, shipped_before, cancelled)) => {
+        Some(stored) => {
+            let item_id = stored.id;
             let shipped =
-                shipped_after_import(row, i64::from(shipped_before), i64::from(cancelled))?;
-            tx.prepare_cached(
-                "UPDATE order_items SET sku = ?2, \
-                 merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \
-                 quantity_ordered = ?4, quantity_shipped = ?5 WHERE id = ?1",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                item_id,
-                row.sku,
-                row.merchant_item_id.as_ref().map(SellerId::as_str),
-                row.quantity_ordered,
-                shipped
-            ])
-            .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
-            seen.item_updated(item_id);
-            let mut refunded_stmt = tx
+                shipped_after_import(row, i64::from(stored.shipped), i64::from(stored.cancelled))?;
+            let mut changed = stored.sku != row.sku
+                || stored.ordered != row.quantity_ordered
+                || shipped != i64::from(stored.shipped)
+                || row.merchant_item_id.as_ref().is_some_and(|given| {
+                    Some(given.as_str()) != stored.merchant_item_id.as_deref()
+                });
+            if changed {
+                tx.prepare_cached(
+                    "UPDATE order_items SET sku = ?2, \
+                     merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \
+                     quantity_ordered = ?4, quantity_shipped = ?5 WHERE id = ?1",
+                )
+                .map_err(db_error)?
+                .execute(params![
+                    item_id,
+                    row.sku,
+                    row.merchant_item_id.as_ref().map(SellerId::as_str),
+                    row.quantity_ordered,
+                    shipped
+                ])
+                .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
+            }
+            let mut stored_stmt = tx
                 .prepare_cached(
-                    "SELECT refunded FROM item_components WHERE item_id = ?1 AND component = ?2",
+                    "SELECT charged, refunded FROM item_components \
+                     WHERE item_id = ?1 AND component = ?2",
                 )
                 .map_err(db_error)?;
             for (component, charged) in &row.charged {
-                let refunded: i64 = refunded_stmt
-                    .query_row(params![item_id, component.name()], |r| r.get(0))
+                let stored: Option<(i64, i64)> = stored_stmt
+                    .query_row(params![item_id, component.name()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
                     .optional()
-                    .map_err(db_error)?
-                    .unwrap_or(0);
+                    .map_err(db_error)?;
+                let refunded = stored.map_or(0, |(_, refunded)| refunded);
                 let used = match component.class() {
                     ComponentClass::Charge => refunded,
                     ComponentClass::Promotion => refunded.saturating_neg(),
@@ -1057,6 +1102,10 @@ fn import_row(
                         ),
                     ));
                 }
+                // A charge of 0 where none is stored is none, as for a new item.
+                if stored.map_or(*charged == 0, |(stored, _)| stored == *charged) {
+                    continue;
+                }
                 upsert
                     .execute(params![
                         item_id,
@@ -1065,10 +1114,31 @@ fn import_row(
                         charged
                     ])
                     .map_err(db_error)?;
+                changed = true;
             }
+            seen.item_found(order_id, item_id, changed);
         }
     }
     Ok(())
+}
+
+/// An order as [`import_row`] finds it in the store.
+struct StoredOrder {
+    id: i64,
+    currency: String,
+    channel: String,
+    merchant_order_id: Option<String>,
+    purchase_date: Option<String>,
+}
+
+/// An order item as [`import_row`] finds it in the store.
+struct StoredItem {
+    id: i64,
+    shipped: u32,
+    cancelled: u32,
+    sku: String,
+    merchant_item_id: Option<String>,
+    ordered: u32,
 }
 
 /// The open transaction of one feed on SQLite. Dropping it rolls back.

@@ -1974,7 +1974,95 @@ fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
         summary.starts_with("imported 2 lines (1 repeats an earlier line of the same item"),
         "{summary}"
     );
-    assert!(summary.contains("1 items created, 0 updated"), "{summary}");
+    assert!(
+        summary.contains("1 item created, 0 updated, 0 unchanged"),
+        "{summary}"
+    );
+}
+
+/// The summary of `orders import` counts in good English ("1 line", "1 order") and says
+/// what changed: a byte-identical re-import changes nothing and says so, on both backends.
+/// Before the fix: "imported 1 lines ...: 1 orders created, 0 updated; 1 items created, 0
+/// updated", and every order and item of a re-import "updated".
+#[test]
+fn orders_import_summary_counts_in_words_and_says_what_changed() {
+    let db = crate::store_pg::TestDb::create();
+    let sandbox = Sandbox::new();
+    let mut urls = vec![format!("sqlite:{}", sandbox.path("store.db").display())];
+    urls.extend(db.as_ref().map(|db| db.url.clone()));
+    let report = std::fs::read_to_string(data("orders.txt")).expect("orders");
+    let header = report.lines().next().expect("header");
+    let line_of = |item: &str| {
+        report
+            .lines()
+            .find(|line| line.contains(item))
+            .expect("item line")
+            .to_owned()
+    };
+    // One more unit of the second item shipped (0 before).
+    let shipped = line_of("\t10000000000002\t").replace("\t1\t0\tUSD\t", "\t1\t1\tUSD\t");
+    assert_ne!(shipped, line_of("\t10000000000002\t"));
+    std::fs::write(
+        sandbox.path("shipped.txt"),
+        format!("{header}\n{shipped}\n"),
+    )
+    .expect("write");
+    let new_order = line_of("\t10000000000003\t")
+        .replace("111-0000002-0000002", "111-0000009-0000009")
+        .replace("10000000000003", "10000000000009");
+    std::fs::write(sandbox.path("new.txt"), format!("{header}\n{new_order}\n")).expect("write");
+    for url in &urls {
+        let import = |file: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+                .arg("--config")
+                .arg(sandbox.path("adjustd.toml"))
+                .args(["orders", "import", "--merchant", "M_TEST", file])
+                .env("ADJUSTD_STORE_URL", url)
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("run adjustd");
+            assert_eq!(out.status.code(), Some(0), "{url}: {}", text(&out.stderr));
+            let summary = text(&out.stdout);
+            let (_, counts) = summary
+                .split_once(" for merchant M_TEST: ")
+                .unwrap_or_else(|| panic!("{url}: {summary}"));
+            (summary.clone(), counts.trim_end().to_owned())
+        };
+        let (summary, counts) = import(&data("orders.txt"));
+        assert!(
+            summary.starts_with("imported 5 lines from "),
+            "{url}: {summary}"
+        );
+        assert_eq!(
+            counts,
+            "4 orders created, 0 updated, 0 unchanged; 5 items created, 0 updated, 0 unchanged",
+            "{url}"
+        );
+        let (_, counts) = import(&data("orders.txt"));
+        assert_eq!(
+            counts,
+            "0 orders created, 0 updated, 4 unchanged; 0 items created, 0 updated, 5 unchanged",
+            "{url}: a byte-identical re-import"
+        );
+        let shipped_file = sandbox.path("shipped.txt");
+        let (summary, counts) = import(shipped_file.to_str().expect("utf-8"));
+        assert!(
+            summary.starts_with("imported 1 line from "),
+            "{url}: {summary}"
+        );
+        assert_eq!(
+            counts,
+            "0 orders created, 1 updated, 0 unchanged; 0 items created, 1 updated, 0 unchanged",
+            "{url}"
+        );
+        let new_file = sandbox.path("new.txt");
+        let (_, counts) = import(new_file.to_str().expect("utf-8"));
+        assert_eq!(
+            counts,
+            "1 order created, 0 updated, 0 unchanged; 1 item created, 0 updated, 0 unchanged",
+            "{url}"
+        );
+    }
 }
 
 #[test]
