@@ -11,23 +11,29 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
+use crate::problem::count;
 use crate::report::{self, FeedOutcome};
 use crate::store::{AnyStore, FeedStatus, ReportFolder};
 use crate::validate::{ValidatedMessage, Validator};
 
-/// Exit codes, part of the interface (also listed in `--help` and the README).
+/// Exit codes, part of the interface (also listed in `--help` and the README, in the same
+/// words; the `docs` test keeps the three in step).
 pub mod exit {
     /// Success: everything processed, no message or feed with an error.
     pub const OK: u8 = 0;
-    /// Fatal configuration or startup error (bad config, store locked or unreachable at start, bad folders).
+    /// Fatal configuration or startup error (bad config, store locked by another process or
+    /// unreachable at start, a store path that cannot be used, bad folders, `[http] listen`
+    /// address in use).
     pub const CONFIG: u8 = 1;
-    /// Unexpected runtime failure (I/O, database error while running).
+    /// Unexpected runtime failure (I/O, database error while running; `orders import` of a
+    /// report file that is missing or a folder).
     pub const RUNTIME: u8 = 2;
     /// The input had errors: a feed was rejected or a message has an error (`validate`,
     /// `process`), or an order report line is invalid (`orders import`), or an order was not
     /// found (`orders show`).
     pub const INPUT: u8 = 3;
-    /// Command-line usage error.
+    /// Command-line usage error (also `validate --format xml` with several files, and
+    /// `orders show` without `--merchant` for an id several merchants have).
     pub const USAGE: u8 = 64;
     /// `run`'s shutdown was cut short: a second SIGINT/SIGTERM exited at once, or the feed
     /// in hand did not finish within `[daemon] shutdown_timeout_secs`. Still safe: that feed
@@ -47,21 +53,27 @@ pub mod exit {
     }
 }
 
+/// The exit codes in `--help`: README's table "Exit codes" in the same words (without its
+/// markdown), which the `docs` test checks, so the two cannot drift apart.
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    success (no feed rejected, no message with an error)
-  1    configuration or startup error (bad config, store locked, bad folders,
-       [http] listen address in use)
-  2    runtime failure (I/O or database error)
-  3    input errors: a feed was rejected or a message has an error (validate, process),
-       an invalid order report (orders import), order not found (orders show)
-  64   command-line usage error (also validate --format xml with more than one file)
-  130  run: shutdown cut short by a second SIGINT/SIGTERM, or by [daemon]
-       shutdown_timeout_secs passing before the feed in hand finished (still safe:
-       that feed stays in work/ and is recovered at the next start)
+  0    success: no feed rejected, no message with an error
+  1    configuration or startup error (bad config, store locked by another process, a store
+       path that cannot be used, bad folders, [http] listen address in use)
+  2    runtime failure (I/O or database error; for orders import also a report file that
+       is missing or a folder)
+  3    input errors: a feed was rejected or a message has an error (validate, process), an
+       invalid order report (orders import), order not found (orders show)
+  64   command-line usage error (also validate --format xml with more than one file, and
+       orders show ORDER_ID without --merchant for an id that several merchants have)
+  130  run: shutdown cut short, by a second SIGINT/SIGTERM (exited at once) or by [daemon]
+       shutdown_timeout_secs passing before the feed in hand finished (logged as \"shutdown
+       did not finish within …\"). Still safe: that feed stays in work/ and is recovered
+       at the next start
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
-Configuration: --config PATH, else ./adjustd.toml if present, else defaults under ./var.
+Configuration: --config PATH, else the file ADJUSTD_CONFIG names, else ./adjustd.toml if
+present, else defaults under ./var.
 Environment variables ADJUSTD_<SECTION>_<KEY> override file keys (e.g. ADJUSTD_STORE_URL);
 their relative paths resolve against the current directory, the file's against its folder.";
 
@@ -70,8 +82,11 @@ their relative paths resolve against the current directory, the file's against i
 #[derive(Debug, Parser)]
 #[command(name = "adjustd", version, about, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
-    /// Config file (TOML). Default: ./adjustd.toml if present, else built-in defaults.
-    #[arg(long, global = true, value_name = "PATH", env = "ADJUSTD_CONFIG")]
+    /// Config file (TOML). Default: the file the ADJUSTD_CONFIG variable names, else
+    /// ./adjustd.toml if present, else built-in defaults.
+    // ADJUSTD_CONFIG is read by `config::load` with the other variables (not by clap, whose
+    // error about an empty value would name this flag instead of the variable).
+    #[arg(long, global = true, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// Log format (overrides `[log] format`).
     #[arg(long, global = true, value_enum, value_name = "FORMAT")]
@@ -200,6 +215,10 @@ pub enum OrdersCommand {
     /// another merchant-order-id, purchase-date, currency or fulfillment-channel than an
     /// earlier line of the order (an empty field gives none); a line repeating another
     /// exactly is skipped, and the summary says how many were.
+    ///
+    /// The summary counts the orders and items created, updated (the report changed a
+    /// value; an order also when one of its items changed or was added) and unchanged: the
+    /// same report imported again leaves everything unchanged.
     Import {
         /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
         /// are read trimmed, so whitespace at either end of ID is refused).
@@ -712,7 +731,7 @@ fn write_text_summary(
         FeedStatus::Complete => format!(
             "{} of {} with errors",
             outcome.messages_with_error,
-            messages(outcome.messages_processed)
+            count(outcome.messages_processed, "message")
         ),
     };
     writeln!(
@@ -720,7 +739,7 @@ fn write_text_summary(
         "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
         path.display(),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
-        messages(outcome.messages_processed),
+        count(outcome.messages_processed, "message"),
         outcome.messages_successful,
         outcome.messages_with_error,
         outcome.messages_with_warning
@@ -729,15 +748,6 @@ fn write_text_summary(
         writeln!(out, "  {problem}")?;
     }
     Ok(())
-}
-
-/// "1 message", "2 messages".
-fn messages(count: u64) -> String {
-    if count == 1 {
-        "1 message".to_owned()
-    } else {
-        format!("{count} messages")
-    }
 }
 
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
@@ -776,16 +786,31 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
                 1 => " (1 repeats an earlier line of the same item and was skipped)".to_owned(),
                 n => format!(" ({n} repeat earlier lines of the same items and were skipped)"),
             };
+            // "updated" only for what changed: a byte-identical re-import is all unchanged.
+            let changes = |created: u64, noun: &str, updated: u64, unchanged: u64| {
+                format!(
+                    "{} created, {updated} updated, {unchanged} unchanged",
+                    count(created, noun)
+                )
+            };
             print(|out| {
                 writeln!(
                     out,
-                    "imported {} lines{repeats} from {} for merchant {merchant}: {} orders created, {} updated; {} items created, {} updated",
-                    summary.lines,
+                    "imported {}{repeats} from {} for merchant {merchant}: {}; {}",
+                    count(summary.lines, "line"),
                     file.display(),
-                    summary.orders_created,
-                    summary.orders_updated,
-                    summary.items_created,
-                    summary.items_updated
+                    changes(
+                        summary.orders_created,
+                        "order",
+                        summary.orders_updated,
+                        summary.orders_unchanged
+                    ),
+                    changes(
+                        summary.items_created,
+                        "item",
+                        summary.items_updated,
+                        summary.items_unchanged
+                    ),
                 )
             })?;
             Ok(exit::OK)

@@ -276,11 +276,14 @@ const LIST_KEYS: &[((&str, &str), &str)] = &[
     ),
 ];
 
+/// The variable naming the config file when `--config` is not given (see [`load`]).
+pub const CONFIG_VARIABLE: &str = "ADJUSTD_CONFIG";
+
 /// `ADJUSTD_*` variables that are not config keys but are meant for adjustd or its tests:
-/// `ADJUSTD_CONFIG` (the `--config` flag), and the test suite's knobs, which the binary
-/// inherits when the tests run it. Any other `ADJUSTD_*` variable that is not a key is an
-/// error, so a misspelt override does not go unnoticed.
-const OTHER_VARIABLES: &[&str] = &["ADJUSTD_CONFIG"];
+/// [`CONFIG_VARIABLE`], and the test suite's knobs, which the binary inherits when the
+/// tests run it. Any other `ADJUSTD_*` variable that is not a key is an error, so a
+/// misspelt override does not go unnoticed.
+const OTHER_VARIABLES: &[&str] = &[CONFIG_VARIABLE];
 
 /// Prefixes of the test suite's variables (see [`OTHER_VARIABLES`]).
 const OTHER_PREFIXES: &[&str] = &[
@@ -312,23 +315,43 @@ pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
         .collect()
 }
 
-/// Loads the configuration: `explicit` if given (it must exist), else `./adjustd.toml` if
+/// Loads the configuration: `explicit` (`--config`) if given, else the file that
+/// [`CONFIG_VARIABLE`] in `env` names (either must exist), else `./adjustd.toml` if
 /// present, else built-in defaults under `./var`; then applies the `ADJUSTD_*` overrides in
 /// `env` (`(name, value)` pairs, see [`environment`]). Relative paths from the file resolve
 /// against its folder; relative paths from the environment against the current directory,
 /// as a person typing a variable in a shell expects.
 ///
 /// # Errors
-/// A missing explicit file, bad TOML, an unknown key or `ADJUSTD_*` variable, or an invalid
-/// value; each names the file or the variable it came from.
+/// A missing explicit file, an empty [`CONFIG_VARIABLE`] or a missing file it names, bad
+/// TOML, an unknown key or `ADJUSTD_*` variable, or an invalid value; each names the file
+/// or the variable it came from.
 pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
     let cwd = std::env::current_dir().map_err(|source| ConfigError::Read {
         path: PathBuf::from("."),
         source,
     })?;
-    let file = match explicit {
-        Some(path) => Some(path.to_path_buf()),
-        None => {
+    let from_env = match explicit {
+        Some(_) => None,
+        None => env
+            .iter()
+            .find(|(name, _)| name == CONFIG_VARIABLE)
+            .map(|(_, value)| value.as_str()),
+    };
+    let file = match (explicit, from_env) {
+        (Some(path), _) => Some(path.to_path_buf()),
+        // Typically a variable set from an unset shell variable: not silently the default.
+        (None, Some("")) => {
+            return Err(ConfigError::Env {
+                var: CONFIG_VARIABLE.to_owned(),
+                message: format!(
+                    "the value is empty: name a config file, or unset the variable to use \
+                     ./{DEFAULT_CONFIG_FILE} if present, else the built-in defaults"
+                ),
+            });
+        }
+        (None, Some(path)) => Some(PathBuf::from(path)),
+        (None, None) => {
             // Anything by that name is meant as the config: a folder or a broken link is an
             // error naming it, not silently the built-in defaults.
             let default = cwd.join(DEFAULT_CONFIG_FILE);
@@ -339,9 +362,15 @@ pub fn load(explicit: Option<&Path>, env: &[(String, String)]) -> Result<Config,
     };
     let (source, mut table, base) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
+            let text = std::fs::read_to_string(path).map_err(|source| match from_env {
+                Some(_) => ConfigError::Env {
+                    var: CONFIG_VARIABLE.to_owned(),
+                    message: format!("reading config file {}: {source}", path.display()),
+                },
+                None => ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                },
             })?;
             let source = Source {
                 path: path.clone(),
@@ -650,24 +679,36 @@ fn resolve(
             base
         }
     };
-    let path = |key: &str, value: Option<PathBuf>, default: &str| -> PathBuf {
+    // An empty path (typically from a variable set to an unset shell variable) would
+    // resolve to the config file's folder or the current directory, silently.
+    let path = |key: &'static str, value: Option<PathBuf>| -> Result<PathBuf, BadValue> {
         match value {
-            Some(p) => absolute(base_of("paths", key), &p),
-            None => var.join(default),
+            Some(p) if p.as_os_str().is_empty() => Err(BadValue::new(
+                "paths",
+                key,
+                format!(
+                    "an empty path names no folder: give the folder, or leave the key out \
+                     (and the {} variable unset) for the default var/{key}",
+                    env_var("paths", key)
+                ),
+            )),
+            Some(p) => Ok(absolute(base_of("paths", key), &p)),
+            None => Ok(var.join(key)),
         }
     };
     let mut inbox = InboxConfig::with_defaults(
-        path("inbox", paths_file.inbox, "inbox"),
-        path("work", paths_file.work, "work"),
-        path("archive", paths_file.archive, "archive"),
-        path("failed", paths_file.failed, "failed"),
-        path("outbox", paths_file.outbox, "outbox"),
+        path("inbox", paths_file.inbox)?,
+        path("work", paths_file.work)?,
+        path("archive", paths_file.archive)?,
+        path("failed", paths_file.failed)?,
+        path("outbox", paths_file.outbox)?,
     );
 
     let store_url = match raw.store.and_then(|s| s.url) {
         Some(url) => match url.strip_prefix("sqlite:") {
             // `sqlite:` alone (or a folder such as `sqlite:var/`) would resolve to a folder
-            // and fail only when the store is opened, with a misleading disk I/O error.
+            // and fail only when the store is opened. (A folder named without a trailing
+            // '/' is found out there, as the store refuses to open a folder.)
             Some(p) if p.ends_with('/') || Path::new(p).file_name().is_none() => {
                 return Err(BadValue::new(
                     "store",
@@ -876,7 +917,7 @@ fn resolve(
         Some(DuplicateFeeds::Process) => DuplicatePolicy::Process,
     };
 
-    let parked = path("parked", paths_file.parked, "parked");
+    let parked = path("parked", paths_file.parked)?;
     let mut daemon = DaemonConfig::with_defaults(inbox, parked);
     let daemon_file = raw.daemon.unwrap_or_default();
     if let Some(secs) = daemon_file.shutdown_timeout_secs {
@@ -1251,6 +1292,61 @@ mod tests {
             ],
         )
         .expect("not config keys, and documented");
+    }
+
+    #[test]
+    fn adjustd_config_names_the_file_unless_given_explicitly_and_empty_is_an_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("from-env.toml");
+        std::fs::write(&file, "[inbox]\nsettle_ms = 7\n").expect("write config");
+        let env = |value: &str| vec![(CONFIG_VARIABLE.to_owned(), value.to_owned())];
+        let config = load(None, &env(&file.display().to_string())).expect("loads");
+        assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        assert_eq!(config.daemon.inbox.settle, Duration::from_millis(7));
+        for value in ["", "/nonexistent/adjustd.toml"] {
+            let error = load(None, &env(value)).expect_err("refused");
+            assert!(
+                matches!(&error, ConfigError::Env { var, .. } if var == CONFIG_VARIABLE),
+                "{value:?}: {error:?}"
+            );
+        }
+        // --config wins over the variable, even an empty one.
+        for value in ["", "/nonexistent/adjustd.toml"] {
+            let config = load(Some(&file), &env(value)).expect("--config wins");
+            assert_eq!(config.file.as_deref(), Some(file.as_path()));
+        }
+    }
+
+    #[test]
+    fn an_empty_path_is_an_error_naming_the_key_or_the_variable() {
+        let keys: Vec<&str> = KEYS
+            .iter()
+            .filter(|(section, _)| *section == "paths")
+            .map(|(_, key)| *key)
+            .collect();
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        for key in keys {
+            // Before the fix: the config file's folder, silently.
+            let error = load_text(&format!("[paths]\n{key} = \"\"\n"), &[]).expect_err(key);
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!(
+                    "line 2, column {}: [paths] {key}: ",
+                    key.len() + 4
+                )) && text.contains("empty"),
+                "{text}"
+            );
+            // Before the fix: the current directory, silently.
+            let var = env_var("paths", key);
+            for value in ["", "\"\""] {
+                let error = load_text("", &[(&var, value)]).expect_err(&var);
+                assert!(
+                    matches!(&error, ConfigError::Env { var: named, .. } if *named == var),
+                    "{value:?}: {error:?}"
+                );
+                assert!(error.to_string().contains("empty"), "{error}");
+            }
+        }
     }
 
     #[test]

@@ -54,7 +54,8 @@ pub enum StoreError {
         supported: i64,
     },
     /// The request would break a store invariant (a CHECK or UNIQUE constraint, or bad
-    /// input such as an order report that lowers a charged amount below what was refunded).
+    /// input such as an order report that lowers a charged amount below what was refunded),
+    /// or a reader found no schema, or an older one, that it may not create or migrate.
     #[error("{detail}")]
     Invalid {
         /// What is wrong, naming the order, item and column.
@@ -480,16 +481,24 @@ pub(crate) fn merchant_item_id_taken(row: &OrderRow, holder: &str) -> StoreError
     )
 }
 
-/// Which orders and items an import created or updated, by database id: an order created
-/// by one line and named again by a later one counts once, as created. Also the first line
-/// of each order item, to tell a repeated line from two lines that disagree, and the
-/// order-level values each order's lines gave ([`ImportSeen::repeat`]).
+/// Which orders and items an import created, changed or left as they were, by database
+/// id: an order created by one line and named again by a later one counts once, as
+/// created. Also the first line of each order item, to tell a repeated line from two lines
+/// that disagree, and the order-level values each order's lines gave
+/// ([`ImportSeen::repeat`]).
 #[derive(Debug, Default)]
 pub(crate) struct ImportSeen {
-    pub(crate) orders_created: HashSet<i64>,
-    pub(crate) orders_updated: HashSet<i64>,
-    pub(crate) items_created: HashSet<i64>,
-    pub(crate) items_updated: HashSet<i64>,
+    orders_created: HashSet<i64>,
+    /// Orders in the store before the import that a line named.
+    orders_found: HashSet<i64>,
+    /// Of [`ImportSeen::orders_found`], those the import changed: a column of the order,
+    /// or one of its items (a new one included).
+    orders_updated: HashSet<i64>,
+    items_created: HashSet<i64>,
+    /// Items in the store before the import that a line named.
+    items_found: HashSet<i64>,
+    /// Of [`ImportSeen::items_found`], those whose values the import changed.
+    items_updated: HashSet<i64>,
     /// (order, item) → the first line naming it and a digest of its values.
     item_lines: HashMap<(AmazonOrderId, OrderItemCode), (u32, u64)>,
     /// Order → the order-level values its lines gave so far.
@@ -642,18 +651,45 @@ impl ImportSeen {
         Ok(())
     }
 
-    /// Counts an existing order (found in the store) as updated, unless this import
-    /// created it.
-    pub(crate) fn order_updated(&mut self, id: i64) {
+    /// Counts order `id` as created by this import.
+    pub(crate) fn order_created(&mut self, id: i64) {
+        self.orders_created.insert(id);
+    }
+
+    /// Counts order `id`, found in the store, as named by a line (unchanged unless
+    /// [`ImportSeen::order_changed`] says otherwise), unless this import created it.
+    pub(crate) fn order_found(&mut self, id: i64) {
         if !self.orders_created.contains(&id) {
+            self.orders_found.insert(id);
+        }
+    }
+
+    /// Counts order `id`, found in the store, as updated: a line changed one of its
+    /// columns or items. Nothing for an order this import created.
+    pub(crate) fn order_changed(&mut self, id: i64) {
+        if !self.orders_created.contains(&id) {
+            self.orders_found.insert(id);
             self.orders_updated.insert(id);
         }
     }
 
-    /// Counts an existing item as updated, unless this import created it.
-    pub(crate) fn item_updated(&mut self, id: i64) {
-        if !self.items_created.contains(&id) {
+    /// Counts item `id` of order `order_id` as created by this import, which changes its
+    /// order.
+    pub(crate) fn item_created(&mut self, order_id: i64, id: i64) {
+        self.items_created.insert(id);
+        self.order_changed(order_id);
+    }
+
+    /// Counts item `id` of order `order_id`, found in the store, as named by a line that
+    /// `changed` one of its values (then its order is updated too) or not.
+    pub(crate) fn item_found(&mut self, order_id: i64, id: i64, changed: bool) {
+        if self.items_created.contains(&id) {
+            return;
+        }
+        self.items_found.insert(id);
+        if changed {
             self.items_updated.insert(id);
+            self.order_changed(order_id);
         }
     }
 
@@ -665,8 +701,10 @@ impl ImportSeen {
             repeated_lines: self.repeated_lines,
             orders_created: count(&self.orders_created),
             orders_updated: count(&self.orders_updated),
+            orders_unchanged: count(&self.orders_found) - count(&self.orders_updated),
             items_created: count(&self.items_created),
             items_updated: count(&self.items_updated),
+            items_unchanged: count(&self.items_found) - count(&self.items_updated),
         }
     }
 }
@@ -748,12 +786,19 @@ pub struct ImportSummary {
     pub repeated_lines: u64,
     /// Orders created.
     pub orders_created: u64,
-    /// Orders already present (updated).
+    /// Orders already in the store that the import changed: one of the order's columns
+    /// (merchant-order-id, purchase-date, ...), or one of its items, a new one included.
     pub orders_updated: u64,
+    /// Orders already in the store that the report named and left as they were.
+    pub orders_unchanged: u64,
     /// Items created.
     pub items_created: u64,
-    /// Items already present (quantities updated).
+    /// Items already in the store whose values the import changed (quantities, SKU,
+    /// merchant-order-item-id, charged amounts).
     pub items_updated: u64,
+    /// Items already in the store that the report named and left as they were (a charge
+    /// of 0 where none was stored is no change).
+    pub items_unchanged: u64,
 }
 
 /// `orders show --json`: one order, its items and adjustments (the fields DESIGN.md names,
@@ -933,6 +978,20 @@ pub trait FeedTx {
     fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError>;
 }
 
+/// True for a `postgres://…` or `postgresql://…` URL.
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A store URL of no scheme adjustd knows.
+fn unsupported(url: &str) -> StoreError {
+    StoreError::Invalid {
+        detail: format!(
+            "unsupported store url {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
+        ),
+    }
+}
+
 /// A store chosen by URL: `sqlite:PATH` or `postgres://…`.
 pub enum AnyStore {
     /// The embedded default.
@@ -949,27 +1008,27 @@ impl AnyStore {
     pub fn open(url: &str) -> Result<AnyStore, StoreError> {
         if let Some(path) = url.strip_prefix("sqlite:") {
             sqlite::SqliteStore::open(std::path::Path::new(path)).map(AnyStore::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        } else if is_postgres(url) {
             postgres::PgStore::connect(url).map(AnyStore::Postgres)
         } else {
-            Err(StoreError::Invalid {
-                detail: format!(
-                    "unsupported store url {url:?}: use sqlite:PATH or postgres://USER@HOST/DB"
-                ),
-            })
+            Err(unsupported(url))
         }
     }
 
-    /// Opens the store named by `url` for reading only: SQLite without the single-writer
-    /// lock (so it works while the daemon runs) and without migrating; PostgreSQL as usual.
+    /// Opens the store named by `url` for reading only, never creating or migrating it:
+    /// SQLite without the single-writer lock (so it works while the daemon runs),
+    /// PostgreSQL in a read-only session. Both refuse a store without adjustd's schema or
+    /// with another version than this build's.
     ///
     /// # Errors
     /// An unknown scheme, or the backend's open errors.
     pub fn open_read_only(url: &str) -> Result<AnyStore, StoreError> {
-        match url.strip_prefix("sqlite:") {
-            Some(path) => sqlite::SqliteStore::open_read_only(std::path::Path::new(path))
-                .map(AnyStore::Sqlite),
-            None => AnyStore::open(url),
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            sqlite::SqliteStore::open_read_only(std::path::Path::new(path)).map(AnyStore::Sqlite)
+        } else if is_postgres(url) {
+            postgres::PgStore::connect_read_only(url).map(AnyStore::Postgres)
+        } else {
+            Err(unsupported(url))
         }
     }
 

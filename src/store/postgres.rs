@@ -19,7 +19,13 @@
 //! flight (reported as [`StoreError::Unavailable`], retried by the daemon). The same holds
 //! for a database that cannot take work for a while: full disk, a failover to a read-only
 //! server, a database dropped (once connected, even a missing database is an outage, not a
-//! wrong URL) or created again empty (every new connection brings the schema up to date).
+//! wrong URL) or created again empty (every new connection of a writer brings the schema up
+//! to date).
+//!
+//! Readers ([`PgStore::connect_read_only`], for `orders show` and `feeds list`) never
+//! migrate: each of their connections checks that the database holds this build's schema
+//! and refuses one without adjustd's tables or with another version, so a mistyped URL or a
+//! newer binary used only to look does not change the database.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
@@ -80,7 +86,8 @@ type Params<'p> = [&'p (dyn ToSql + Sync)];
 
 /// A PostgreSQL order store. Keeps its URL and reconnects lazily after the connection
 /// broke (server restart, network loss, administrator terminating the backend, a database
-/// dropped and created again), bringing the schema up to date on every new connection.
+/// dropped and created again), bringing the schema up to date on every new connection (or,
+/// for a reader, checking it).
 pub struct PgStore {
     config: Box<postgres::Config>,
     url: String,
@@ -89,6 +96,18 @@ pub struct PgStore {
     /// one that does not exist (dropped while we run), is an outage to wait out, not a
     /// mistake in the URL.
     connected_before: bool,
+    /// What a new connection does about the schema.
+    schema: SchemaUse,
+}
+
+/// What a new connection of a [`PgStore`] does about the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SchemaUse {
+    /// A writer: creates or upgrades it to [`SCHEMA_VERSION`].
+    Migrate,
+    /// A reader: requires exactly [`SCHEMA_VERSION`] and writes nothing (the session is
+    /// read-only).
+    Check,
 }
 
 /// An open connection and its prepared statements.
@@ -116,6 +135,22 @@ impl PgStore {
     /// when the server cannot be reached, [`StoreError::SchemaTooNew`] when a newer adjustd
     /// migrated the database, other errors from the migration.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, SchemaUse::Migrate)
+    }
+
+    /// Connects to the database named by `url` for reading only (`orders show`, `feeds
+    /// list`): the session is read-only and the schema is never created or upgraded, so a
+    /// wrong URL or a newer adjustd used only to look leaves the database as it was.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`], and [`StoreError::Invalid`] naming the database (without
+    /// its password) when it holds no adjustd tables or an older schema (a writing command
+    /// migrates it), [`StoreError::SchemaTooNew`] for a newer one.
+    pub fn connect_read_only(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(url, SchemaUse::Check)
+    }
+
+    fn connect_with(url: &str, schema: SchemaUse) -> Result<PgStore, StoreError> {
         let mut config = postgres::Config::from_str(url).map_err(|error| StoreError::Invalid {
             detail: format!("invalid PostgreSQL url {:?}: {error}", redact(url)),
         })?;
@@ -132,6 +167,7 @@ impl PgStore {
             url: redact(url),
             conn: None,
             connected_before: false,
+            schema,
         };
         store.conn()?;
         Ok(store)
@@ -173,10 +209,21 @@ impl PgStore {
                     ))
                     .map_err(|error| classify(&error))?;
                 // Also after a reconnect: the database may have been created again, empty.
-                migrate(&mut client).map_err(|error| match error {
-                    Migration::Store(error) => error,
-                    Migration::Db(error) => classify(&error),
-                })?;
+                match self.schema {
+                    SchemaUse::Migrate => migrate(&mut client).map_err(|error| match error {
+                        Migration::Store(error) => error,
+                        Migration::Db(error) => classify(&error),
+                    })?,
+                    SchemaUse::Check => {
+                        // The database's name: the URL, which callers name anyway, would
+                        // be said twice.
+                        let database = self
+                            .config
+                            .get_dbname()
+                            .map_or_else(|| self.url.clone(), |name| format!("database {name}"));
+                        check_schema(&mut client, &database)?;
+                    }
+                }
                 self.connected_before = true;
                 Ok(slot.insert(Box::new(Conn {
                     client,
@@ -394,6 +441,52 @@ fn migrate(client: &mut Client) -> Result<(), Migration> {
         )?;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// For a reader: makes the session read-only and requires the schema to be exactly
+/// [`SCHEMA_VERSION`], creating and migrating nothing. `database` names it in errors.
+fn check_schema(client: &mut Client, database: &str) -> Result<(), StoreError> {
+    let db = |error: postgres::Error| classify(&error);
+    client
+        .batch_execute("SET default_transaction_read_only = on")
+        .map_err(db)?;
+    let has_schema: bool = client
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .and_then(|row| row.try_get(0))
+        .map_err(db)?;
+    let found: i64 = if has_schema {
+        client
+            .query_one("SELECT COALESCE(max(version), 0) FROM schema_version", &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(db)?
+    } else {
+        0
+    };
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found == 0 {
+        return Err(StoreError::Invalid {
+            detail: format!(
+                "{database} has no adjustd tables, and a command that only reads does not create \
+                 them: check [store] url (or ADJUSTD_STORE_URL), or create the store with a \
+                 writing command (orders import, process or run)"
+            ),
+        });
+    }
+    if found < SCHEMA_VERSION {
+        return Err(StoreError::Invalid {
+            detail: format!(
+                "{database} has schema version {found}, this adjustd reads version \
+                 {SCHEMA_VERSION}: open it once with a writing command (orders import, \
+                 process or run) to migrate it"
+            ),
+        });
+    }
     Ok(())
 }
 
@@ -1624,14 +1717,17 @@ fn import_batch(
                 ));
             }
             let existing = item.components.get(component.name()).copied();
-            if new_item && existing.is_none() && *charged == 0 {
+            // A charge of 0 where none is stored is none (a new item stores none either).
+            if existing.is_none() && *charged == 0 {
                 continue;
             }
             let refunded = existing.map_or(0, |(_, _, refunded, _)| refunded);
-            item.components.insert(
-                component.name(),
-                (component.class(), *charged, refunded, true),
-            );
+            if existing.is_none_or(|(_, stored, _, _)| stored != *charged) {
+                item.components.insert(
+                    component.name(),
+                    (component.class(), *charged, refunded, true),
+                );
+            }
         }
     }
 
@@ -1663,8 +1759,9 @@ fn import_batch(
                 new_purchase.push(order.purchase_date.as_deref());
             }
             Some(id) => {
-                seen.order_updated(id);
+                seen.order_found(id);
                 if order.dirty {
+                    seen.order_changed(id);
                     upd_id.push(id);
                     upd_merchant_order.push(order.merchant_order_id.as_deref());
                     upd_purchase.push(order.purchase_date.as_deref());
@@ -1694,7 +1791,7 @@ fn import_batch(
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
             let id = row.try_get(0).map_err(db)?;
-            seen.orders_created.insert(id);
+            seen.order_created(id);
             order_ids.insert(row.try_get(1).map_err(db)?, id);
         }
     }
@@ -1744,7 +1841,8 @@ fn import_batch(
                 }
                 Some(id) => {
                     if touched_items.contains(&(amazon.as_str(), code.as_str())) {
-                        seen.item_updated(id);
+                        let changed = item.dirty || item.components.values().any(|(_, _, _, c)| *c);
+                        seen.item_found(order_id, id, changed);
                     }
                     if item.dirty {
                         ui_id.push(id);
@@ -1780,11 +1878,9 @@ fn import_batch(
         .map_err(|e| fail(broken, &e))?;
         for row in &inserted {
             let id = row.try_get(0).map_err(db)?;
-            seen.items_created.insert(id);
-            item_ids.insert(
-                (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?),
-                id,
-            );
+            let order_id = row.try_get(1).map_err(db)?;
+            seen.item_created(order_id, id);
+            item_ids.insert((order_id, row.try_get(2).map_err(db)?), id);
         }
     }
     if !ui_id.is_empty() {

@@ -108,6 +108,7 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] only for the few causes that can pass (interrupted, timed
     /// out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        refuse_folder(path)?;
         // Said in the log, so a mistyped path shows as a new, empty store.
         let created = !path.exists();
         if let Some(parent) = path.parent()
@@ -139,8 +140,9 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`] when there is no database yet,
     /// [`StoreError::SchemaTooNew`] / [`StoreError::Invalid`] when its schema version is not
-    /// this build's (a writer migrates it first).
+    /// this build's (a writer migrates it first), [`StoreError::Other`] for a folder.
     pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        refuse_folder(path)?;
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -297,6 +299,23 @@ fn unopenable(path: &Path, error: StoreError) -> StoreError {
         },
         other => other,
     }
+}
+
+/// A folder (or a link to one) can never be the database: said so before SQLite opens it
+/// and reports a "disk I/O error" or "unable to open database file", which blame the disk
+/// or the permissions. The fix names a file in that folder.
+fn refuse_folder(path: &Path) -> Result<(), StoreError> {
+    if std::fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) {
+        return Err(StoreError::Other {
+            detail: format!(
+                "{} is a folder, not a database file: set [store] url (or ADJUSTD_STORE_URL) \
+                 to sqlite:PATH with the database file's path, e.g. sqlite:{}",
+                path.display(),
+                path.join("adjustd.db").display()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// What to do about a store path that cannot be used.
@@ -857,15 +876,23 @@ fn import_row(
     row: &OrderRow,
     seen: &mut ImportSeen,
 ) -> Result<(), StoreError> {
-    let existing: Option<(i64, String, String)> = tx
+    let existing: Option<StoredOrder> = tx
         .prepare_cached(
-            "SELECT id, currency, fulfillment_channel FROM orders \
-             WHERE merchant = ?1 AND amazon_order_id = ?2",
+            "SELECT id, currency, fulfillment_channel, merchant_order_id, purchase_date \
+             FROM orders WHERE merchant = ?1 AND amazon_order_id = ?2",
         )
         .map_err(db_error)?
         .query_row(
             params![merchant.as_str(), row.amazon_order_id.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                Ok(StoredOrder {
+                    id: r.get(0)?,
+                    currency: r.get(1)?,
+                    channel: r.get(2)?,
+                    merchant_order_id: r.get(3)?,
+                    purchase_date: r.get(4)?,
+                })
+            },
         )
         .optional()
         .map_err(db_error)?;
@@ -900,43 +927,69 @@ fn import_row(
                     |r| r.get(0),
                 )
                 .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
-            seen.orders_created.insert(id);
+            seen.order_created(id);
             (id, currency)
         }
-        Some((id, code, channel)) => {
-            let stored = Currency::from_code(&code).ok_or_else(|| corrupt("currency", &code))?;
-            let channel = channel
+        Some(order) => {
+            let id = order.id;
+            let stored = Currency::from_code(&order.currency)
+                .ok_or_else(|| corrupt("currency", &order.currency))?;
+            let channel: FulfillmentChannel = order
+                .channel
                 .parse()
-                .map_err(|()| corrupt("fulfillment channel", &channel))?;
+                .map_err(|()| corrupt("fulfillment channel", &order.channel))?;
             seen.agree_with_stored(row, id, stored, channel)?;
-            // The channel can change here only for an order this import created from a line
-            // without one (stored as MFN until a later line of the order gives it).
-            tx.prepare_cached(
-                "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
-                 fulfillment_channel = COALESCE(?3, fulfillment_channel), \
-                 purchase_date = COALESCE(?4, purchase_date) WHERE id = ?1",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                id,
-                row.merchant_order_id.as_ref().map(SellerId::as_str),
-                row.channel.map(FulfillmentChannel::as_str),
-                row.purchase_date
-            ])
-            .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
-            seen.order_updated(id);
+            seen.order_found(id);
+            // An empty field changes nothing. The channel can change here only for an order
+            // this import created from a line without one (stored as MFN until a later line
+            // of the order gives it).
+            let changes = |given: Option<&str>, stored: Option<&str>| {
+                given.is_some_and(|given| Some(given) != stored)
+            };
+            let changed =
+                changes(
+                    row.merchant_order_id.as_ref().map(SellerId::as_str),
+                    order.merchant_order_id.as_deref(),
+                ) || changes(
+                    row.channel.map(FulfillmentChannel::as_str),
+                    Some(channel.as_str()),
+                ) || changes(row.purchase_date.as_deref(), order.purchase_date.as_deref());
+            if changed {
+                tx.prepare_cached(
+                    "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
+                     fulfillment_channel = COALESCE(?3, fulfillment_channel), \
+                     purchase_date = COALESCE(?4, purchase_date) WHERE id = ?1",
+                )
+                .map_err(db_error)?
+                .execute(params![
+                    id,
+                    row.merchant_order_id.as_ref().map(SellerId::as_str),
+                    row.channel.map(FulfillmentChannel::as_str),
+                    row.purchase_date
+                ])
+                .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
+                seen.order_changed(id);
+            }
             (id, stored)
         }
     };
 
-    let item: Option<(i64, u32, u32)> = tx
+    let item: Option<StoredItem> = tx
         .prepare_cached(
-            "SELECT id, quantity_shipped, quantity_cancelled FROM order_items \
+            "SELECT id, quantity_shipped, quantity_cancelled, sku, merchant_order_item_id, \
+             quantity_ordered FROM order_items \
              WHERE order_id = ?1 AND amazon_order_item_code = ?2",
         )
         .map_err(db_error)?
         .query_row(params![order_id, row.item_code.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            Ok(StoredItem {
+                id: r.get(0)?,
+                shipped: r.get(1)?,
+                cancelled: r.get(2)?,
+                sku: r.get(3)?,
+                merchant_item_id: r.get(4)?,
+                ordered: r.get(5)?,
+            })
         })
         .optional()
         .map_err(db_error)?;
@@ -978,7 +1031,7 @@ fn import_row(
                     |r| r.get(0),
                 )
                 .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
-            seen.items_created.insert(item_id);
+            seen.item_created(order_id, item_id);
             for (component, charged) in &row.charged {
                 if *charged != 0 {
                     upsert
@@ -992,29 +1045,42 @@ fn import_row(
                 }
             }
         }
-        Some((item_id, shipped_before, cancelled)) => {
+        Some(stored) => {
+            let item_id = stored.id;
             let shipped =
-                shipped_after_import(row, i64::from(shipped_before), i64::from(cancelled))?;
-            tx.prepare_cached(
-                "UPDATE order_items SET sku = ?2, \
-                 merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \
-                 quantity_ordered = ?4, quantity_shipped = ?5 WHERE id = ?1",
-            )
-            .map_err(db_error)?
-            .execute(params![
-                item_id,
-                row.sku,
-                row.merchant_item_id.as_ref().map(SellerId::as_str),
-                row.quantity_ordered,
-                shipped
-            ])
-            .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
-            seen.item_updated(item_id);
+                shipped_after_import(row, i64::from(stored.shipped), i64::from(stored.cancelled))?;
+            let mut changed = stored.sku != row.sku
+                || stored.ordered != row.quantity_ordered
+                || shipped != i64::from(stored.shipped)
+                || row.merchant_item_id.as_ref().is_some_and(|given| {
+                    Some(given.as_str()) != stored.merchant_item_id.as_deref()
+                });
+            if changed {
+                tx.prepare_cached(
+                    "UPDATE order_items SET sku = ?2, \
+                     merchant_order_item_id = COALESCE(?3, merchant_order_item_id), \
+                     quantity_ordered = ?4, quantity_shipped = ?5 WHERE id = ?1",
+                )
+                .map_err(db_error)?
+                .execute(params![
+                    item_id,
+                    row.sku,
+                    row.merchant_item_id.as_ref().map(SellerId::as_str),
+                    row.quantity_ordered,
+                    shipped
+                ])
+                .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
+            }
             // An Unshipped Orders report has no prices: nothing to check or write.
             if !row.charged.is_empty() {
-                let stored = item_totals(tx, item_id)?;
-                check_charged_after_import(row, currency, &stored)?;
+                let totals = item_totals(tx, item_id)?;
+                check_charged_after_import(row, currency, &totals)?;
                 for (component, charged) in &row.charged {
+                    // A charge of 0 where none is stored is none, as for a new item.
+                    let stored = totals.get(component).map(|t| t.charged);
+                    if stored.map_or(*charged == 0, |stored| stored == *charged) {
+                        continue;
+                    }
                     upsert
                         .execute(params![
                             item_id,
@@ -1023,8 +1089,10 @@ fn import_row(
                             charged
                         ])
                         .map_err(db_error)?;
+                    changed = true;
                 }
             }
+            seen.item_found(order_id, item_id, changed);
         }
     }
     Ok(())
@@ -1051,6 +1119,25 @@ fn item_totals(
         Ok((component, ComponentTotals { charged, refunded }))
     })
     .collect()
+}
+
+/// An order as [`import_row`] finds it in the store.
+struct StoredOrder {
+    id: i64,
+    currency: String,
+    channel: String,
+    merchant_order_id: Option<String>,
+    purchase_date: Option<String>,
+}
+
+/// An order item as [`import_row`] finds it in the store.
+struct StoredItem {
+    id: i64,
+    shipped: u32,
+    cancelled: u32,
+    sku: String,
+    merchant_item_id: Option<String>,
+    ordered: u32,
 }
 
 /// The open transaction of one feed on SQLite. Dropping it rolls back.

@@ -1,5 +1,7 @@
 //! End-to-end tests of the one-shot commands (`validate`, `process`, `orders`, `feeds`,
-//! `config`) with the real binary on temp folders and a real SQLite store.
+//! `config`) with the real binary on temp folders and a real SQLite store, and on the real
+//! PostgreSQL where the backends must behave alike (skipped without a server, as in
+//! `store_pg`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1122,6 +1124,84 @@ fn environment_overrides_resolve_against_the_current_directory_and_are_checked()
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
+/// `ADJUSTD_CONFIG` is read like the other variables: an empty value is an error naming
+/// it (before the fix, clap's "a value is required for '--config <PATH>'", exit 64, about a
+/// flag that was not given), a file it names must exist, and `--config` wins over it.
+#[test]
+fn adjustd_config_is_checked_and_named_like_the_other_variables() {
+    let sandbox = Sandbox::new();
+    let run = |args: &[&str], config: &str| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(sandbox.path(""))
+            .args(args)
+            .env("ADJUSTD_CONFIG", config)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    for args in [&["feeds", "list"][..], &["config", "check"]] {
+        let out = run(args, "");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("environment variable ADJUSTD_CONFIG"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("--config"), "{args:?}: {stderr}");
+    }
+    let out = run(&["config", "check"], "missing.toml");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("missing.toml") && stderr.contains("ADJUSTD_CONFIG"),
+        "{stderr}"
+    );
+    let out = run(&["config", "check"], "adjustd.toml");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("store.db"));
+    // --config wins, even over an empty variable.
+    let out = run(&["--config", "adjustd.toml", "config", "check"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(
+        &["--config", "adjustd.toml", "config", "check"],
+        "missing.toml",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // --help still names the variable.
+    let out = run(&["--help"], "");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ADJUSTD_CONFIG"));
+}
+
+/// An empty path, from the file or a variable (typically an unset shell variable), is an
+/// error naming the key or the variable. Before the fix it silently meant the config
+/// file's folder or the current directory.
+#[test]
+fn an_empty_path_is_an_error_naming_the_key_or_the_variable() {
+    let sandbox = Sandbox::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(sandbox.path(""))
+        .args(["--config", "adjustd.toml", "config", "check"])
+        .env("ADJUSTD_PATHS_INBOX", "")
+        .output()
+        .expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("environment variable ADJUSTD_PATHS_INBOX: [paths] inbox: ")
+            && stderr.contains("empty"),
+        "{stderr}"
+    );
+    std::fs::write(sandbox.path("adjustd.toml"), "[paths]\noutbox = \"\"\n").expect("write");
+    let out = sandbox.run(&["config", "check"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 2, column 10: [paths] outbox: ") && stderr.contains("empty"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_closed_stdout_pipe_ends_the_output_quietly() {
     let sandbox = Sandbox::new();
@@ -1746,6 +1826,112 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     assert_eq!(text(&out.stdout), "no feeds\n");
 }
 
+/// `orders show` and `feeds list` on PostgreSQL neither create nor upgrade the schema, as on
+/// SQLite: a database without adjustd's tables is an error naming it. Before the fix they
+/// migrated it (logging "migrating PostgreSQL schema"), then printed "no feeds" or "not
+/// found".
+#[test]
+fn reading_commands_never_create_a_postgres_schema() {
+    let Some(db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    let name = db.url.rsplit('/').next().expect("database name").to_owned();
+    let sandbox = Sandbox::new();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .arg("--config")
+            .arg(sandbox.path("adjustd.toml"))
+            .args(args)
+            .env("ADJUSTD_STORE_URL", &db.url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    };
+    for args in [
+        &["feeds", "list"][..],
+        &["feeds", "list", "--json"],
+        &["orders", "show", "171-1234567-1234567"],
+    ] {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", text(&out.stdout));
+        for needed in ["no adjustd tables", name.as_str()] {
+            assert!(
+                stderr.contains(needed),
+                "{args:?} lacks {needed:?}: {stderr}"
+            );
+        }
+        assert!(!stderr.contains("migrating"), "{args:?}: {stderr}");
+    }
+    let tables: i64 = db
+        .client()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .expect("count tables")
+        .get(0);
+    assert_eq!(tables, 0, "a reading command created tables");
+    // A writing command creates the store; then both read it.
+    let out = run(&[
+        "orders",
+        "import",
+        "--merchant",
+        "M_TEST",
+        &data("orders.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&["feeds", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no feeds\n");
+}
+
+/// A store path that names a folder is said to be one, by the readers as by the writers.
+/// Before the fix the readers said "disk I/O error ... (import orders or run the daemon
+/// first)", which cannot help.
+#[test]
+fn a_folder_given_as_the_sqlite_store_is_named_as_a_folder() {
+    let sandbox = Sandbox::new();
+    let folder = sandbox.path("dbdir");
+    std::fs::create_dir(&folder).expect("folder");
+    let orders = data("orders.txt");
+    for url in [
+        "sqlite:dbdir".to_owned(),
+        format!("sqlite:{}", folder.display()),
+    ] {
+        for args in [
+            &["orders", "show", "171-1234567-1234567"][..],
+            &["feeds", "list"],
+            &["feeds", "list", "--json"],
+            &["orders", "import", "--merchant", "M_TEST", &orders],
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+                .current_dir(sandbox.path(""))
+                .args(["--config", "adjustd.toml"])
+                .args(args)
+                .env("ADJUSTD_STORE_URL", &url)
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("run adjustd");
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{url} {args:?}: {stderr}");
+            assert!(
+                out.stdout.is_empty(),
+                "{url} {args:?}: {}",
+                text(&out.stdout)
+            );
+            let named = format!("{} is a folder, not a database file", folder.display());
+            assert!(stderr.contains(&named), "{url} {args:?}: {stderr}");
+            for wrong in ["disk I/O", "import orders or run the daemon first"] {
+                assert!(!stderr.contains(wrong), "{url} {args:?}: {stderr}");
+            }
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&folder).expect("list").collect();
+    assert!(left.is_empty(), "wrote into the folder: {left:?}");
+}
+
 #[test]
 fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
     let sandbox = Sandbox::new();
@@ -1788,7 +1974,95 @@ fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
         summary.starts_with("imported 2 lines (1 repeats an earlier line of the same item"),
         "{summary}"
     );
-    assert!(summary.contains("1 items created, 0 updated"), "{summary}");
+    assert!(
+        summary.contains("1 item created, 0 updated, 0 unchanged"),
+        "{summary}"
+    );
+}
+
+/// The summary of `orders import` counts in good English ("1 line", "1 order") and says
+/// what changed: a byte-identical re-import changes nothing and says so, on both backends.
+/// Before the fix: "imported 1 lines ...: 1 orders created, 0 updated; 1 items created, 0
+/// updated", and every order and item of a re-import "updated".
+#[test]
+fn orders_import_summary_counts_in_words_and_says_what_changed() {
+    let db = crate::store_pg::TestDb::create();
+    let sandbox = Sandbox::new();
+    let mut urls = vec![format!("sqlite:{}", sandbox.path("store.db").display())];
+    urls.extend(db.as_ref().map(|db| db.url.clone()));
+    let report = std::fs::read_to_string(data("orders.txt")).expect("orders");
+    let header = report.lines().next().expect("header");
+    let line_of = |item: &str| {
+        report
+            .lines()
+            .find(|line| line.contains(item))
+            .expect("item line")
+            .to_owned()
+    };
+    // One more unit of the second item shipped (0 before).
+    let shipped = line_of("\t10000000000002\t").replace("\t1\t0\tUSD\t", "\t1\t1\tUSD\t");
+    assert_ne!(shipped, line_of("\t10000000000002\t"));
+    std::fs::write(
+        sandbox.path("shipped.txt"),
+        format!("{header}\n{shipped}\n"),
+    )
+    .expect("write");
+    let new_order = line_of("\t10000000000003\t")
+        .replace("111-0000002-0000002", "111-0000009-0000009")
+        .replace("10000000000003", "10000000000009");
+    std::fs::write(sandbox.path("new.txt"), format!("{header}\n{new_order}\n")).expect("write");
+    for url in &urls {
+        let import = |file: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+                .arg("--config")
+                .arg(sandbox.path("adjustd.toml"))
+                .args(["orders", "import", "--merchant", "M_TEST", file])
+                .env("ADJUSTD_STORE_URL", url)
+                .env_remove("RUST_LOG")
+                .output()
+                .expect("run adjustd");
+            assert_eq!(out.status.code(), Some(0), "{url}: {}", text(&out.stderr));
+            let summary = text(&out.stdout);
+            let (_, counts) = summary
+                .split_once(" for merchant M_TEST: ")
+                .unwrap_or_else(|| panic!("{url}: {summary}"));
+            (summary.clone(), counts.trim_end().to_owned())
+        };
+        let (summary, counts) = import(&data("orders.txt"));
+        assert!(
+            summary.starts_with("imported 5 lines from "),
+            "{url}: {summary}"
+        );
+        assert_eq!(
+            counts,
+            "4 orders created, 0 updated, 0 unchanged; 5 items created, 0 updated, 0 unchanged",
+            "{url}"
+        );
+        let (_, counts) = import(&data("orders.txt"));
+        assert_eq!(
+            counts,
+            "0 orders created, 0 updated, 4 unchanged; 0 items created, 0 updated, 5 unchanged",
+            "{url}: a byte-identical re-import"
+        );
+        let shipped_file = sandbox.path("shipped.txt");
+        let (summary, counts) = import(shipped_file.to_str().expect("utf-8"));
+        assert!(
+            summary.starts_with("imported 1 line from "),
+            "{url}: {summary}"
+        );
+        assert_eq!(
+            counts,
+            "0 orders created, 1 updated, 0 unchanged; 0 items created, 1 updated, 0 unchanged",
+            "{url}"
+        );
+        let new_file = sandbox.path("new.txt");
+        let (_, counts) = import(new_file.to_str().expect("utf-8"));
+        assert_eq!(
+            counts,
+            "1 order created, 0 updated, 0 unchanged; 1 item created, 0 updated, 0 unchanged",
+            "{url}"
+        );
+    }
 }
 
 #[test]

@@ -205,33 +205,46 @@ pub mod conformance {
         views.remove(0)
     }
 
+    /// (orders created, updated, unchanged; items created, updated, unchanged).
+    fn changes(summary: &adjustd::store::ImportSummary) -> (u64, u64, u64, u64, u64, u64) {
+        (
+            summary.orders_created,
+            summary.orders_updated,
+            summary.orders_unchanged,
+            summary.items_created,
+            summary.items_updated,
+            summary.items_unchanged,
+        )
+    }
+
     /// Import creates orders and items; a re-import updates shipped quantities and charged
-    /// amounts and never touches adjustments.
+    /// amounts and never touches adjustments. The summary counts as updated only what
+    /// changed (an order also when one of its items did), the rest as unchanged.
     pub fn import_creates_and_reimport_updates(store: &mut dyn Store) {
         let summary = store
             .import_orders(&merchant(), &sample_rows())
             .expect("import");
-        assert_eq!(
-            (
-                summary.orders_created,
-                summary.orders_updated,
-                summary.items_created,
-                summary.items_updated
-            ),
-            (4, 0, 6, 0)
-        );
+        assert_eq!(changes(&summary), (4, 0, 0, 6, 0, 0));
+        // The same rows again change nothing (a "0.00" charge is no change either, though
+        // the first import stored none). Before the fix: 4 orders and 6 items "updated".
         let again = store
             .import_orders(&merchant(), &sample_rows())
             .expect("re-import");
-        assert_eq!(
-            (
-                again.orders_created,
-                again.orders_updated,
-                again.items_created,
-                again.items_updated
-            ),
-            (0, 4, 0, 6)
-        );
+        assert_eq!(changes(&again), (0, 0, 4, 0, 0, 6));
+        // Only an order's column changes: the order is updated, its items are not.
+        let mut rows = sample_rows();
+        rows.retain(|r| r.amazon_order_id.as_str() == "171-1234567-1234567");
+        for row in &mut rows {
+            row.purchase_date = Some("2026-11-02T09:14:34+00:00".to_owned());
+        }
+        let summary = store.import_orders(&merchant(), &rows).expect("date");
+        assert_eq!(changes(&summary), (0, 1, 0, 0, 0, 2));
+        // A new item of a stored order updates the order.
+        let mut rows = sample_rows();
+        rows.retain(|r| r.item_code.as_str() == "34567890123456");
+        rows[0].item_code = code("34567890123457");
+        let summary = store.import_orders(&merchant(), &rows).expect("new item");
+        assert_eq!(changes(&summary), (0, 1, 0, 1, 0, 0));
         // Refund part of the teapot, then ship it via the Unshipped report.
         run_feed(
             store,
@@ -248,7 +261,7 @@ pub mod conformance {
         );
         let update = report("tests/data/orders/unshipped-update.txt");
         let summary = store.import_orders(&merchant(), &update).expect("update");
-        assert_eq!((summary.orders_updated, summary.items_updated), (2, 2));
+        assert_eq!(changes(&summary), (0, 2, 0, 0, 2, 0));
         let teapot = one_order(store, "112-7654321-7654321");
         let item = item_view(&teapot, "23456789012345");
         assert_eq!(item.quantity_shipped, 1);
@@ -265,9 +278,14 @@ pub mod conformance {
                 *amount = 3600;
             }
         }
-        store
+        let summary = store
             .import_orders(&merchant(), &rows)
             .expect("price update");
+        assert_eq!(
+            changes(&summary),
+            (0, 1, 0, 0, 1, 0),
+            "a price alone changed"
+        );
         let teapot = one_order(store, "112-7654321-7654321");
         let item = item_view(&teapot, "23456789012345");
         assert_eq!(item.charged["Principal"], "36.00");

@@ -1,9 +1,9 @@
 //! PostgreSQL store tests: the shared conformance suite of `store.rs` on PostgreSQL;
-//! migrations (concurrent first start, refusal of a newer schema); row locks between
-//! concurrent feeds; unique-constraint races between instances; error classification;
-//! reconnection after the server drops or refuses connections; a differential test that
-//! runs the same random feeds through the whole pipeline on SQLite and PostgreSQL and
-//! compares reports and orders; a throughput probe. Each test runs in its own database
+//! migrations (concurrent first start, refusal of a newer schema, readers that never
+//! migrate); row locks between concurrent feeds; unique-constraint races between instances;
+//! error classification; reconnection after the server drops or refuses connections; a
+//! differential test that runs the same random feeds through the whole pipeline on SQLite
+//! and PostgreSQL and compares reports and orders; a throughput probe. Each test runs in its own database
 //! (`adjustd_t_<pid>_<n>`, dropped at the end). Without a reachable server the tests skip
 //! with a message, unless `ADJUSTD_REQUIRE_POSTGRES=1` (CI), which makes them fail instead.
 //! `ADJUSTD_TEST_PG_URL` names the maintenance database (default
@@ -23,7 +23,9 @@ use adjustd::model::{
 };
 use adjustd::problem::Code;
 use adjustd::store::postgres::PgStore;
-use adjustd::store::{FeedDone, FeedStatus, NewFeed, OrderRow, ReportFolder, Store, StoreError};
+use adjustd::store::{
+    AnyStore, FeedDone, FeedStatus, NewFeed, OrderRow, ReportFolder, Store, StoreError,
+};
 
 /// The maintenance URL (a database we may connect to in order to create others).
 pub fn maintenance_url() -> String {
@@ -376,6 +378,103 @@ fn a_version_1_database_is_upgraded_in_place() {
         .expect("returned")
         .get(0);
     assert_eq!(returned, 2, "1 + 2 returned of 2 shipped stops at 2");
+}
+
+/// `url` with `password` in its user info, or `None` when it names no user or has a password
+/// already.
+fn with_password(url: &str, password: &str) -> Option<String> {
+    let scheme_end = url.find("://")? + 3;
+    let at = scheme_end + url[scheme_end..].find('@')?;
+    (!url[scheme_end..at].contains(':')).then(|| format!("{}:{password}{}", &url[..at], &url[at..]))
+}
+
+/// The tables in the test database's public schema.
+fn public_tables(db: &TestDb) -> i64 {
+    db.client()
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .expect("count tables")
+        .get(0)
+}
+
+/// What opening `url` for reading says, when it refuses.
+fn read_only_refusal(url: &str) -> StoreError {
+    match AnyStore::open_read_only(url) {
+        Ok(_) => panic!("{url} opened for reading"),
+        Err(error) => error,
+    }
+}
+
+/// Readers (`orders show`, `feeds list`) never create or upgrade the schema: an empty
+/// database, one of an older and one of a newer schema are refused, saying so, and left as
+/// they were. Before the fix the reader migrated whatever database the URL named.
+#[test]
+fn a_reader_never_creates_or_upgrades_the_schema() {
+    let db = pg_or_skip!();
+    let name = db.url.rsplit('/').next().expect("database name").to_owned();
+    // Trust authentication ignores the password; the error must not show it.
+    let url = with_password(&db.url, "s3cret").unwrap_or_else(|| db.url.clone());
+    let error = read_only_refusal(&url);
+    assert!(!error.is_transient(), "{error:?}");
+    let text = error.to_string();
+    for needed in [
+        format!("database {name} has no adjustd tables"),
+        "orders import".to_owned(),
+    ] {
+        assert!(text.contains(needed.as_str()), "lacks {needed:?}: {text}");
+    }
+    assert!(!text.contains("s3cret"), "shows the password: {text}");
+    assert_eq!(public_tables(&db), 0, "the reader created tables");
+
+    // The schema as version 1 left it.
+    let mut client = db.client();
+    client
+        .batch_execute(include_str!(
+            "../../src/store/migrations/postgres/0001_init.sql"
+        ))
+        .expect("version 1 schema");
+    client
+        .batch_execute(
+            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at TEXT NOT NULL);
+             INSERT INTO schema_version VALUES (1, '0001_init', 'then');",
+        )
+        .expect("version 1 recorded");
+    let text = read_only_refusal(&db.url).to_string();
+    for needed in [
+        "schema version 1",
+        &format!("reads version {}", adjustd::store::postgres::SCHEMA_VERSION),
+        "writing command",
+    ] {
+        assert!(text.contains(needed), "lacks {needed:?}: {text}");
+    }
+    let version: i64 = client
+        .query_one("SELECT max(version) FROM schema_version", &[])
+        .expect("version")
+        .get(0);
+    assert_eq!(version, 1, "the reader migrated");
+
+    // A writer migrates it; then it reads.
+    drop(PgStore::connect(&db.url).expect("writer migrates"));
+    let mut reader = AnyStore::open_read_only(&db.url).expect("reader");
+    assert!(reader.as_store().recent_feeds(5).expect("feeds").is_empty());
+    drop(reader);
+
+    client
+        .execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 'x')",
+            &[],
+        )
+        .expect("insert future version");
+    match read_only_refusal(&db.url) {
+        StoreError::SchemaTooNew { found, supported } => assert_eq!(
+            (found, supported),
+            (99, adjustd::store::postgres::SCHEMA_VERSION)
+        ),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
 }
 
 #[test]
