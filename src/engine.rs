@@ -1419,9 +1419,7 @@ fn stored_as_respelled(
     order: Option<&OrderState>,
     legacy: bool,
 ) -> bool {
-    if legacy && record.payload_hash == payload_hash(message, item_index, None) {
-        return true;
-    }
+    // `legacy` implies a loaded order; the spellings below include the one as written.
     let (Some(order), Some(written)) = (order, message.items.get(item_index)) else {
         return false;
     };
