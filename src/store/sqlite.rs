@@ -2,8 +2,8 @@
 //!
 //! One database file, WAL mode, `synchronous=FULL` so a commit is durable, foreign keys on.
 //! A single process writes a database: [`SqliteStore::open`] takes an exclusive lock on
-//! `<db>.lock` (holding the pid and host) and a second opener gets
-//! [`StoreError::Locked`]. Migrations are embedded SQL files versioned by
+//! `<db>.lock` next to the database's canonical path (holding the pid and host), so a
+//! second opener gets [`StoreError::Locked`] however it spells the path. Migrations are embedded SQL files versioned by
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
@@ -99,7 +99,8 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating when absent, with its parent folder) and migrates the database at
-    /// `path`, after taking the single-writer lock `<path>.lock`.
+    /// `path`, after taking the single-writer lock `<path>.lock` (`path` resolved, see
+    /// `lock_path`).
     ///
     /// # Errors
     /// [`StoreError::Locked`] when another process (or another store in this process)
@@ -193,9 +194,26 @@ impl SqliteStore {
     }
 }
 
-/// `<db>.lock` next to the database.
+/// `<db>.lock` next to the database, named after the database's canonical path (symlinks,
+/// `.` and `..` resolved, as SQLite itself resolves them to name the `-wal` file), so that
+/// two spellings of one database (a symlinked file or folder, a relative path) share one
+/// lock. The database may not exist yet: then its folder is resolved and its name kept. A
+/// path that cannot be resolved at all (a dangling symlink) is used as written.
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
+    let canonical = std::fs::canonicalize(path)
+        .ok()
+        .or_else(|| {
+            let name = path.file_name()?;
+            let folder = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            std::fs::canonicalize(folder)
+                .ok()
+                .map(|folder| folder.join(name))
+        })
+        .unwrap_or_else(|| path.to_owned());
+    let mut name = canonical.into_os_string();
     name.push(".lock");
     PathBuf::from(name)
 }

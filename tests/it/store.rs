@@ -1695,6 +1695,31 @@ fn sqlite_second_opener_gets_locked_with_the_holder() {
 }
 
 #[test]
+fn sqlite_lock_holds_for_every_spelling_of_the_database_path() {
+    // A symlink to the file, a symlinked folder and a path through `..` all name the one
+    // database: a second writer through any of them must be refused, as through the path
+    // the first one used.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let real = dir.path().join("db");
+    std::fs::create_dir(&real).expect("db folder");
+    let path = real.join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let file_link = dir.path().join("alias.db");
+    std::os::unix::fs::symlink(&path, &file_link).expect("symlink to the file");
+    let folder_link = dir.path().join("alias");
+    std::os::unix::fs::symlink(&real, &folder_link).expect("symlink to the folder");
+    std::fs::create_dir(dir.path().join("other")).expect("other folder");
+    let dotted = dir.path().join("other/../db/adjustd.db");
+    for spelling in [file_link, folder_link.join("adjustd.db"), dotted] {
+        match SqliteStore::open(&spelling) {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("{}: expected Locked, got {other:?}", spelling.display()),
+        }
+    }
+    drop(store);
+}
+
+#[test]
 fn sqlite_checks_and_triggers_hold_against_raw_sql() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adjustd.db");
