@@ -1783,7 +1783,7 @@ fn sqlite_checks_and_triggers_hold_against_raw_sql() {
 }
 
 #[test]
-fn sqlite_busy_database_is_a_transient_conflict() {
+fn sqlite_busy_database_is_unavailable_not_a_conflict() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adjustd.db");
     let mut store = SqliteStore::open(&path).expect("open");
@@ -1793,10 +1793,15 @@ fn sqlite_busy_database_is_a_transient_conflict() {
     // Something outside adjustd (a backup tool, a careless sqlite3 shell) holds the write lock.
     let other = raw(&path);
     other.execute_batch("BEGIN IMMEDIATE").expect("writer lock");
+    // Not a race between instances (one adjustd writes a SQLite database) but an outage the
+    // daemon must report at once, not retry as a conflict.
     match store.begin_feed(&new_feed("f.xml", "h", None)) {
-        Err(err @ StoreError::Conflict { .. }) => assert!(err.is_transient()),
-        Err(other) => panic!("expected Conflict, got {other:?}"),
-        Ok(_) => panic!("expected Conflict, got a transaction"),
+        Err(err @ StoreError::Unavailable { .. }) => {
+            assert!(err.is_transient());
+            assert!(err.to_string().contains("busy timeout"), "{err}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("expected Unavailable, got a transaction"),
     }
     other.execute_batch("ROLLBACK").expect("release");
     let tx = store
