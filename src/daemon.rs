@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -145,6 +146,7 @@ pub async fn run(
 
     let (wake_sender, wake_receiver) = std::sync::mpsc::sync_channel(WAKE_QUEUE);
     let (done_sender, done_receiver) = tokio::sync::oneshot::channel();
+    let feed_in_hand = FeedInHand::default();
     let worker = Worker::new(
         config.clone(),
         context,
@@ -152,6 +154,7 @@ pub async fn run(
         wake_sender.clone(),
         wake_receiver,
         shutdown.clone(),
+        feed_in_hand.clone(),
     );
     // A plain thread, not spawn_blocking: if shutdown times out we must be able to return
     // without the runtime waiting for the feed in hand.
@@ -178,11 +181,16 @@ pub async fn run(
                 "shutting down, finishing the feed in hand"
             );
             let _ = wake_sender.try_send(Wake::Shutdown);
-            match tokio::time::timeout(config.shutdown_timeout, done_receiver).await {
-                Ok(result) => {
+            let finished =
+                match tokio::time::timeout(config.shutdown_timeout, &mut done_receiver).await {
+                    Ok(result) => Some(result),
+                    Err(_) => worker_between_feeds(&mut done_receiver, &feed_in_hand).await,
+                };
+            match finished {
+                Some(result) => {
                     result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
                 }
-                Err(_) => Err(anyhow::Error::new(ShutdownTimedOut {
+                None => Err(anyhow::Error::new(ShutdownTimedOut {
                     timeout: config.shutdown_timeout,
                     work: config.inbox.work.clone(),
                 })),
@@ -197,6 +205,52 @@ pub async fn run(
         tracing::info!("stopped");
     }
     result
+}
+
+/// After `shutdown_timeout` passed: the timeout is for the feed in hand, so a worker that has
+/// none (waiting, listing, between two feeds) is waited for, as it returns at its next look
+/// at the cancelled token; `None` as soon as a feed is in hand (one it started just before
+/// the signal), which is what the timeout cuts short.
+async fn worker_between_feeds(
+    done: &mut tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    feed_in_hand: &FeedInHand,
+) -> Option<Result<anyhow::Result<()>, tokio::sync::oneshot::error::RecvError>> {
+    loop {
+        if feed_in_hand.is_set() {
+            return None;
+        }
+        tokio::select! {
+            result = &mut *done => return Some(result),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Whether the worker has a feed in hand, from the start of its first attempt to its move
+/// out of `work/` (or a parked feed's retry, to its new schedule), shared with [`run`], whose
+/// shutdown timeout only ever gives up on such a feed ([`ShutdownTimedOut`]).
+#[derive(Debug, Clone, Default)]
+struct FeedInHand(Arc<AtomicBool>);
+
+impl FeedInHand {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sets the flag until the returned guard is dropped.
+    fn hold(&self) -> HeldFeed {
+        self.0.store(true, Ordering::SeqCst);
+        HeldFeed(Arc::clone(&self.0))
+    }
+}
+
+/// Clears [`FeedInHand`] when dropped.
+struct HeldFeed(Arc<AtomicBool>);
+
+impl Drop for HeldFeed {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How a scrape lists the inbox while the worker is busy ([`Metrics::set_inbox_lister`]):
@@ -234,6 +288,8 @@ struct Worker {
     wake_sender: SyncSender<Wake>,
     wakes: Receiver<Wake>,
     shutdown: CancellationToken,
+    /// Set while a feed is in hand (see [`FeedInHand`]).
+    feed_in_hand: FeedInHand,
     tracker: Tracker,
     tokens: ClaimTokens,
     /// Claims of the current inbox batch not started yet: given back to the inbox when the
@@ -326,6 +382,7 @@ impl Worker {
         wake_sender: SyncSender<Wake>,
         wakes: Receiver<Wake>,
         shutdown: CancellationToken,
+        feed_in_hand: FeedInHand,
     ) -> Worker {
         let tracker = Tracker::new(ready_rules(&config));
         Worker {
@@ -335,6 +392,7 @@ impl Worker {
             wake_sender,
             wakes,
             shutdown,
+            feed_in_hand,
             tracker,
             tokens: ClaimTokens::new(),
             queued: VecDeque::new(),
@@ -839,6 +897,7 @@ impl Worker {
     /// Runs the pipeline on a feed in hand (a store that is away is retried in place), then
     /// finishes it, or puts it in `awaiting_report` when its report could not be written.
     fn attempt(&mut self, mut feed: InHand, syncs: &mut Syncs) {
+        let _held = self.feed_in_hand.hold();
         let first = feed.report_backoff.failures == 0;
         let result = self.with_transient_retries(&feed.claim.file_name, |worker| {
             // A first attempt repeated after a store error is a new attempt, whose report
@@ -1157,6 +1216,7 @@ impl Worker {
                 return true;
             }
         };
+        let _held = self.feed_in_hand.hold();
         let schedule = attempt.schedule.clone();
         let last = retry.is_last(schedule.first_processed_at, now);
         let merchant = schedule.merchant();

@@ -1323,6 +1323,32 @@ fn a_shutdown_that_times_out_exits_130_and_the_feed_is_recovered_at_the_next_sta
 }
 
 #[test]
+fn a_shutdown_timeout_of_zero_stops_an_idle_daemon_cleanly() {
+    // QA4 finding 5: with shutdown_timeout_secs = 0 an idle daemon exited 130 saying "the feed
+    // in hand stays in work/" although it had none: the timeout fired before the idle worker
+    // could answer. The timeout is for a feed in hand only.
+    let dir = setup(
+        &Settings {
+            shutdown_timeout_secs: 0,
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "idle.xml",
+        feed_xml(MERCHANT, &[refund(0, "idle-1", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "idle.xml")["status"], "Complete");
+    wait_until_idle(&dir);
+    // Exit 0, asserted by stop.
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("shutdown did not finish"), "{log}");
+}
+
+#[test]
 fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice() {
     // The outbox cannot take the report (full, permissions; here a regular file stands where
     // the merchant's report folder belongs, which stops root too). The feed is committed
