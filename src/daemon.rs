@@ -693,8 +693,9 @@ impl Worker {
     /// When the feed in hand failed because the store is away or busy: gives the claims
     /// of its batch not started yet back to the inbox at once, so that other instances
     /// sharing the inbox take them (or this one, once the store answers) instead of having
-    /// them wait in `work/` behind the retries. A claim that cannot be given back (its name
-    /// taken again in the inbox, or the rename failed) stays queued, in hand.
+    /// them wait in `work/` behind the retries. A claim whose name is taken again in the
+    /// inbox goes back under a fallback name ([`Claim::release`]); one that cannot be given
+    /// back (the rename failed) stays queued, in hand.
     fn give_back_queued(&mut self) {
         if self.queued.is_empty() {
             return;
@@ -724,13 +725,14 @@ impl Worker {
             let work_path = claim.path.clone();
             // The claim (and its lock) goes with the rename; on failure it is kept.
             match claim.release(&self.config.inbox, syncs) {
-                Ok(None) => {
+                Ok(given_back) if !given_back.renamed => {
                     tracing::debug!(file = %escaped(&file_name), "claim given back to the inbox")
                 }
-                Ok(Some(claim)) => {
-                    tracing::info!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), "name taken again in the inbox; the claim stays in work/");
-                    kept.push_back(claim);
-                }
+                Ok(given_back) => tracing::info!(
+                    file = %escaped(&file_name),
+                    given_back_as = %escaped(given_back.name.display_path()),
+                    "name taken again in the inbox (a new upload); the claim is given back under another name, which its report will have"
+                ),
                 Err((claim, error)) => {
                     tracing::warn!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), error = %error, "cannot give the claim back; it stays in work/");
                     kept.push_back(claim);

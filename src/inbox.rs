@@ -708,13 +708,19 @@ const TOKEN_SEPARATOR: &str = "--";
 /// The longest file name (in bytes) the usual Linux filesystems accept (`NAME_MAX`).
 const MAX_FILE_NAME_BYTES: usize = 255;
 
+/// The longest extension (`.xml`) kept when a name is shortened or given a fallback form.
+const MAX_KEPT_EXTENSION: usize = 16;
+
+/// How many fallback names ([`fallback_name`]) a claim given back tries when its own name is
+/// taken again in the inbox.
+const MAX_FALLBACK_NAMES: u32 = 100;
+
 /// `prefix` followed by `name`, with `name` shortened if the whole would not fit in
 /// [`MAX_FILE_NAME_BYTES`]: an uploader may use the full 255 bytes, and the claim or archive
 /// prefix must not make such a file impossible to move (it was retried on every scan,
 /// forever). The cut keeps the start of the name and a short extension (`.xml`), at a
 /// character boundary when the name is UTF-8.
 fn fit_name(prefix: &str, name: &OsStr) -> OsString {
-    const MAX_KEPT_EXTENSION: usize = 16;
     let budget = MAX_FILE_NAME_BYTES.saturating_sub(prefix.len());
     let bytes = name.as_bytes();
     let mut fitted = OsString::from(prefix);
@@ -734,6 +740,63 @@ fn fit_name(prefix: &str, name: &OsStr) -> OsString {
     fitted.push(OsStr::from_bytes(&bytes[..cut]));
     fitted.push(OsStr::from_bytes(extension));
     fitted
+}
+
+/// The `n`-th name to give a claim back under when its own name is taken again in the inbox
+/// (a new upload of that name arrived meanwhile): `feed.xml` becomes `feed.given-back-1.xml`,
+/// so it keeps its extension (and passes the name gate as before) and its report says what
+/// happened. The stem is shortened (at a character boundary) if the whole would exceed
+/// `max_bytes`.
+fn fallback_name(name: &OsStr, n: u32, max_bytes: usize) -> OsString {
+    let bytes = name.as_bytes();
+    let (stem, extension) = match bytes.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 && bytes.len() - dot <= MAX_KEPT_EXTENSION => bytes.split_at(dot),
+        _ => (bytes, &[][..]),
+    };
+    let tag = format!(".given-back-{n}");
+    let mut cut = stem
+        .len()
+        .min(max_bytes.saturating_sub(tag.len() + extension.len()));
+    while cut > 0 && cut < stem.len() && stem[cut] & 0b1100_0000 == 0b1000_0000 {
+        cut -= 1;
+    }
+    let mut fallback = OsStr::from_bytes(&stem[..cut]).to_os_string();
+    fallback.push(&tag);
+    fallback.push(OsStr::from_bytes(extension));
+    fallback
+}
+
+/// Renames `from` to `to` unless `to` exists, atomically, so that nothing that appears at `to`
+/// meanwhile (a new upload of that name) can be replaced: `renameat2` with
+/// `RENAME_NOREPLACE`, or, on a filesystem that does not support it, `link` then `unlink`
+/// (`link` never replaces either; a crash between the two leaves the file under both names,
+/// and whichever is processed second is a `DUPLICATE_FEED` of the first, never applied
+/// twice).
+///
+/// # Errors
+/// `AlreadyExists` when `to` is taken; any other error of the rename (or of the link when
+/// the rename is not supported).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(errno) if errno == Errno::INVAL || errno == Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// Where a claim given back by [`Claim::release`] is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenBack {
+    /// Its place in the inbox: the merchant folder it came from, under its own name, or under
+    /// a fallback name when its own was taken again.
+    pub name: InboxName,
+    /// True when `name` is a fallback name ([`fallback_name`]).
+    pub renamed: bool,
 }
 
 /// Splits a claim name `<token>--<name>` into token and original name.
@@ -1002,36 +1065,60 @@ impl Claim {
         Ok(target)
     }
 
-    /// Gives a claim that was not started back to the inbox under its original name (at
-    /// shutdown, or when the store is away), unless that name is taken again: then the
-    /// claim is handed back (`Ok(Some)`), still in `work/`. `Ok(None)` once given back. The
-    /// folders go into `syncs`.
+    /// Gives a claim that was not started back to the inbox folder it came from (at
+    /// shutdown, or when the store is away), under its original name, or, when that name is
+    /// taken again (a new upload of the same name), under the first free fallback name
+    /// (`feed.given-back-1.xml`, ...). Never replaces a file: each name is tried with an
+    /// atomic no-replace rename ([`rename_no_replace`]), so an upload that appears while
+    /// this runs is left alone. Returns where the file is now; the folders go into `syncs`.
     ///
     /// # Errors
-    /// Renaming failed: the claim is handed back with the error, still in `work/`.
+    /// The rename failed, or every fallback name is taken: the claim is handed back with the
+    /// error, still in `work/`.
     pub fn release(
         self,
         config: &InboxConfig,
         syncs: &mut Syncs,
-    ) -> Result<Option<Claim>, (Claim, io::Error)> {
-        let mut target = config.inbox.clone();
+    ) -> Result<GivenBack, (Claim, io::Error)> {
+        let mut folder = config.inbox.clone();
         if let Some(merchant) = &self.merchant {
-            target.push(merchant.as_str());
+            folder.push(merchant.as_str());
         }
-        target.push(&self.original);
-        if fs::symlink_metadata(&target).is_ok() {
-            return Ok(Some(self));
+        for n in 0..=MAX_FALLBACK_NAMES {
+            let name = match n {
+                0 => self.original.clone(),
+                n => {
+                    let name = fallback_name(&self.original, n, MAX_FILE_NAME_BYTES);
+                    // A name the name gate would turn away would never be taken again.
+                    if glob::matches_any(&config.ignore, &name.to_string_lossy()) {
+                        continue;
+                    }
+                    name
+                }
+            };
+            match rename_no_replace(&self.path, &folder.join(&name)) {
+                Ok(()) => {
+                    syncs.add(&folder);
+                    if let Some(parent) = self.path.parent() {
+                        syncs.add(parent);
+                    }
+                    return Ok(GivenBack {
+                        name: InboxName {
+                            merchant: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                            name,
+                        },
+                        renamed: n > 0,
+                    });
+                }
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(error) => return Err((self, error)),
+            }
         }
-        if let Err(error) = fs::rename(&self.path, &target) {
-            return Err((self, error));
-        }
-        if let Some(parent) = target.parent() {
-            syncs.add(parent);
-        }
-        if let Some(parent) = self.path.parent() {
-            syncs.add(parent);
-        }
-        Ok(None)
+        let error = io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("its name and {MAX_FALLBACK_NAMES} fallback names are taken in the inbox"),
+        );
+        Err((self, error))
     }
 }
 
@@ -1242,12 +1329,8 @@ mod tests {
         else {
             panic!("not claimed");
         };
-        assert!(
-            claimed
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_none()
-        );
+        let given_back = claimed.release(&config, &mut syncs).expect("release");
+        assert!(!given_back.renamed);
         assert!(config.inbox.join(&long).is_file());
     }
 
@@ -1402,26 +1485,71 @@ mod tests {
         assert!(a.ends_with("7-same.xml"), "{}", a.display());
         assert!(b.ends_with("7-1-same.xml"), "{}", b.display());
         syncs.sync().expect("sync");
-        assert!(
-            third
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_none()
-        );
+        let given_back = third.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("same.xml"));
+        assert!(!given_back.renamed);
         assert!(config.inbox.join("same.xml").is_file());
-        let fourth = claim_one("same.xml");
+        syncs.sync().expect("sync");
+    }
+
+    #[test]
+    fn a_claim_given_back_never_replaces_a_new_upload_of_its_name() {
+        // QA4 finding 6: the give-back checked that the name was free, then renamed, and a
+        // rename replaces its target: an upload of the same name arriving in between was lost.
+        // Now the name is never checked first, the rename itself refuses to replace, and a
+        // taken name sends the claim back under a fallback name.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let first = drop_and_claim(&config, OsStr::new("same.xml"), &tokens);
+        let second = drop_and_claim(&config, OsStr::new("same.xml"), &tokens);
         fs::write(config.inbox.join("same.xml"), b"new upload").expect("write");
-        assert!(
-            fourth
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_some()
-        );
+        let given_back = first.release(&config, &mut syncs).expect("release");
+        assert!(given_back.renamed);
+        assert_eq!(given_back.name.name, OsStr::new("same.given-back-1.xml"));
         assert_eq!(
             fs::read(config.inbox.join("same.xml")).expect("read"),
             b"new upload"
         );
+        assert_eq!(
+            fs::read(config.inbox.join("same.given-back-1.xml")).expect("read"),
+            b"<a/>"
+        );
+        let given_back = second.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("same.given-back-2.xml"));
         syncs.sync().expect("sync");
+        // The rename underneath: the target stays as it was, and so does the source.
+        let source = dir.path().join("source");
+        let target = dir.path().join("target");
+        fs::write(&source, b"source").expect("write");
+        fs::write(&target, b"target").expect("write");
+        let error = rename_no_replace(&source, &target).expect_err("taken");
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).expect("read"), b"target");
+        assert_eq!(fs::read(&source).expect("read"), b"source");
+        fs::remove_file(&target).expect("remove");
+        rename_no_replace(&source, &target).expect("free");
+        assert_eq!(fs::read(&target).expect("read"), b"source");
+        assert!(!source.exists());
+    }
+
+    #[test]
+    fn fallback_names_keep_the_extension_and_fit() {
+        assert_eq!(
+            fallback_name(OsStr::new("feed.xml"), 1, MAX_FILE_NAME_BYTES),
+            OsString::from("feed.given-back-1.xml")
+        );
+        assert_eq!(
+            fallback_name(OsStr::new("feed"), 12, MAX_FILE_NAME_BYTES),
+            OsString::from("feed.given-back-12")
+        );
+        let long = format!("{}.xml", "é".repeat(125));
+        let fitted = fallback_name(OsStr::new(&long), 3, MAX_FILE_NAME_BYTES);
+        assert!(fitted.len() <= MAX_FILE_NAME_BYTES, "{}", fitted.len());
+        let fitted = fitted.to_str().expect("still UTF-8");
+        assert!(fitted.ends_with("é.given-back-3.xml"), "{fitted}");
     }
 
     /// Drops `name` into the top-level inbox and claims it.
@@ -1464,10 +1592,10 @@ mod tests {
         // Given back at shutdown, a claim keeps its exact name.
         let released = drop_and_claim(&config, OsStr::new("keep\rme.xml"), &tokens);
         assert!(
-            released
+            !released
                 .release(&config, &mut syncs)
                 .expect("release")
-                .is_none()
+                .renamed
         );
         assert!(config.inbox.join("keep\rme.xml").is_file());
     }
