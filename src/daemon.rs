@@ -827,17 +827,8 @@ impl Worker {
         self.tracker.forget(&ready.name);
         self.metrics.not_waiting(&ready.name);
         match claimed {
-            Ok(ClaimResult::Claimed(claim)) => {
-                if let Some(marker) = self.tracker.marker_for(&ready.name.name) {
-                    let marker_path = path.with_file_name(marker);
-                    if let Err(error) = std::fs::remove_file(&marker_path)
-                        && error.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(file = %escaped(marker_path.display()), error = %error, "cannot remove the done marker");
-                    }
-                }
-                Some(claim)
-            }
+            // The claim removed the done marker, if any.
+            Ok(ClaimResult::Claimed(claim)) => Some(claim),
             Ok(ClaimResult::Gone) => {
                 tracing::debug!(file = %escaped(ready.name.display_path()), "taken by someone else before our claim");
                 None

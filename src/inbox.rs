@@ -74,7 +74,8 @@ pub struct InboxConfig {
     /// how long a temp-named file stays unchanged before it is logged as stale).
     pub truncated_grace: Duration,
     /// With `Some(".done")`, `NAME` is ready only once `NAME.done` exists; the marker is
-    /// removed when the feed is claimed.
+    /// removed when the feed is claimed, and made again when the claim is given back
+    /// ([`Claim::release`]).
     pub done_marker: Option<String>,
     /// Merchants the top-level inbox may speak for (`None`: any). Merchant folders are bound
     /// to their own merchant regardless.
@@ -478,6 +479,15 @@ impl InboxConfig {
         }
     }
 
+    /// The path of the done marker of the inbox file `name`, in done-marker mode.
+    pub fn marker_path(&self, name: &InboxName) -> Option<PathBuf> {
+        let suffix = self.done_marker.as_deref()?;
+        Some(
+            self.inbox_path(name)
+                .with_file_name(ready::marker_name(&name.name, suffix)),
+        )
+    }
+
     /// The path of an inbox file.
     pub fn inbox_path(&self, name: &InboxName) -> PathBuf {
         let mut path = self.inbox.clone();
@@ -789,6 +799,34 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// In done-marker mode, makes the marker of `name` unless it exists, and syncs its folder so
+/// that the marker is durable before the feed is renamed back beside it. Returns the marker
+/// when it made one.
+///
+/// # Errors
+/// The marker cannot be made, or its folder synced: the feed must then stay in `work/`.
+fn make_marker(config: &InboxConfig, name: &InboxName) -> io::Result<Option<PathBuf>> {
+    let Some(marker) = config.marker_path(name) else {
+        return Ok(None);
+    };
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    if let Some(folder) = marker.parent()
+        && let Err(error) = fsync_dir(folder)
+    {
+        let _ = fs::remove_file(&marker);
+        return Err(error);
+    }
+    Ok(Some(marker))
+}
+
 /// Where a claim given back by [`Claim::release`] is now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GivenBack {
@@ -831,7 +869,8 @@ pub enum ClaimResult {
 /// token, then an exclusive lock on the claimed file. A file that cannot be opened once
 /// renamed (no read permission, an I/O error) is claimed without a lock
 /// ([`Claim::unreadable`]); the daemon waits for such a file before it claims it, so it gets
-/// here only after the grace time (or when it changed just before the claim). Both folders
+/// here only after the grace time (or when it changed just before the claim). In done-marker
+/// mode the feed's marker is removed once the feed is in `work/`. Both folders
 /// are added to `syncs`, which the caller must [`Syncs::sync`] before processing the claim
 /// (so that a claim token in the store always names a durable claim).
 ///
@@ -868,6 +907,15 @@ pub fn claim(
     syncs.add(&work_folder);
     if let Some(parent) = source.parent() {
         syncs.add(parent);
+    }
+    // The marker belongs to the file in the inbox: the claim took it, so it goes too (a
+    // claim given back makes it again). A crash just before leaves it behind; the feed is
+    // safe in work/ either way.
+    if let Some(marker) = config.marker_path(&ready.name)
+        && let Err(error) = fs::remove_file(&marker)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %escaped(marker.display()), error = %error, "cannot remove the done marker");
     }
     let Some(hold) = hold(&target)? else {
         return Ok(ClaimResult::Gone);
@@ -1070,11 +1118,14 @@ impl Claim {
     /// taken again (a new upload of the same name), under the first free fallback name
     /// (`feed.given-back-1.xml`, ...). Never replaces a file: each name is tried with an
     /// atomic no-replace rename ([`rename_no_replace`]), so an upload that appears while
-    /// this runs is left alone. Returns where the file is now; the folders go into `syncs`.
+    /// this runs is left alone. In done-marker mode the claim removed the feed's marker, so
+    /// the marker of the name it goes back under is made first (unless it exists), then the
+    /// feed renamed beside it: a feed is never back without its marker, which would keep it
+    /// waiting for good. Returns where the file is now; the folders go into `syncs`.
     ///
     /// # Errors
-    /// The rename failed, or every fallback name is taken: the claim is handed back with the
-    /// error, still in `work/`.
+    /// The marker cannot be made, the rename failed, or every fallback name is taken: the
+    /// claim is handed back with the error, still in `work/`.
     pub fn release(
         self,
         config: &InboxConfig,
@@ -1096,22 +1147,38 @@ impl Claim {
                     name
                 }
             };
-            match rename_no_replace(&self.path, &folder.join(&name)) {
+            let inbox_name = InboxName {
+                merchant: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                name,
+            };
+            // The marker first, so that the feed is never back without one (it would wait for
+            // a marker the uploader sent already): a crash between the two leaves a marker
+            // without its feed, which is still in work/ and recovered at the next start.
+            let marker = match make_marker(config, &inbox_name) {
+                Ok(marker) => marker,
+                Err(error) => return Err((self, error)),
+            };
+            match rename_no_replace(&self.path, &folder.join(&inbox_name.name)) {
                 Ok(()) => {
                     syncs.add(&folder);
                     if let Some(parent) = self.path.parent() {
                         syncs.add(parent);
                     }
                     return Ok(GivenBack {
-                        name: InboxName {
-                            merchant: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
-                            name,
-                        },
+                        name: inbox_name,
                         renamed: n > 0,
                     });
                 }
-                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(error) => return Err((self, error)),
+                Err(error) => {
+                    // Not given back under this name: a marker made for it would speak for
+                    // whatever else has or gets the name.
+                    if let Some(marker) = marker {
+                        let _ = fs::remove_file(marker);
+                    }
+                    if error.kind() != io::ErrorKind::AlreadyExists {
+                        return Err((self, error));
+                    }
+                }
             }
         }
         let error = io::Error::new(
@@ -1533,6 +1600,33 @@ mod tests {
         rename_no_replace(&source, &target).expect("free");
         assert_eq!(fs::read(&target).expect("read"), b"source");
         assert!(!source.exists());
+    }
+
+    #[test]
+    fn a_claim_takes_the_done_marker_and_a_release_makes_it_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.done_marker = Some(".done".to_owned());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let marker = config.inbox.join("feed.xml.done");
+        fs::write(&marker, b"").expect("marker");
+        let claim = drop_and_claim(&config, OsStr::new("feed.xml"), &tokens);
+        assert!(!marker.exists(), "the claim removes the marker");
+        claim.release(&config, &mut syncs).expect("release");
+        assert!(config.inbox.join("feed.xml").is_file());
+        assert!(marker.is_file(), "given back with its marker");
+        // Given back under a fallback name: that name gets a marker, and the new upload's
+        // own marker (or its absence) is left alone.
+        let claim = drop_and_claim(&config, OsStr::new("feed.xml"), &tokens);
+        assert!(!marker.exists());
+        fs::write(config.inbox.join("feed.xml"), b"new upload").expect("write");
+        let given_back = claim.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("feed.given-back-1.xml"));
+        assert!(config.inbox.join("feed.given-back-1.xml.done").is_file());
+        assert!(!marker.exists(), "no marker made for the new upload");
+        syncs.sync().expect("sync");
     }
 
     #[test]

@@ -421,6 +421,70 @@ fn polling_mode_and_done_markers() {
 }
 
 #[test]
+fn claims_given_back_to_the_inbox_get_their_done_markers_back() {
+    // QA4 finding 1: with done_marker set, the marker was removed at the claim, and a claim
+    // given back to the inbox (store outage, shutdown) went back without it, to wait for a
+    // marker the uploader had already sent: never processed, no report.
+    let dir = setup(
+        &Settings {
+            inbox_extra: "done_marker = \".done\"".to_owned(),
+            ..Settings::default()
+        },
+        2,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    // The store busy: the first feed of the batch stays in hand, and the other claim of its
+    // batch is given back to the inbox (the same give-back as at shutdown).
+    let blocker = hold_write_lock(&dir);
+    // Both feeds and their markers appear at once (one rename of their merchant folder), so
+    // that one listing finds both ready and one batch claims both.
+    let staging = dir.path("staging-merchant");
+    fs::create_dir_all(&staging).expect("staging folder");
+    for (n, name) in ["one.xml", "two.xml"].into_iter().enumerate() {
+        let order = u32::try_from(n).expect("small");
+        let xml = feed_xml(MERCHANT, &[refund(order, name, 100)]);
+        fs::write(staging.join(name), xml).expect("write feed");
+        fs::write(staging.join(format!("{name}.done")), b"").expect("write marker");
+    }
+    fs::rename(&staging, dir.path(&format!("inbox/{MERCHANT}"))).expect("publish");
+    wait_for("the unstarted claim to be given back", LONG, || {
+        daemon.log().contains("given back to the inbox")
+    });
+    let inbox = dir.names_in("inbox");
+    let feeds: Vec<&String> = inbox.iter().filter(|n| n.ends_with(".xml")).collect();
+    assert_eq!(
+        feeds.len(),
+        1,
+        "one feed in hand, one given back: {inbox:?}"
+    );
+    assert!(
+        inbox.contains(&format!("{}.done", feeds[0])),
+        "given back without its marker: {inbox:?}"
+    );
+    // Stopped meanwhile, the next start takes the given-back feed like any marked upload.
+    daemon.stop();
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    let mut daemon = dir.spawn_daemon();
+    for name in ["one.xml", "two.xml"] {
+        assert_eq!(report_of(&dir, name)["status"], "Complete");
+    }
+    wait_until_idle(&dir);
+    assert!(
+        dir.files_in("inbox").is_empty(),
+        "markers are removed at the claim: {:?}",
+        dir.names_in("inbox")
+    );
+    daemon.stop();
+    for order in 0..2 {
+        assert_eq!(refunded_principal_cents(&dir.order(&order_id(order))), 100);
+    }
+}
+
+#[test]
 fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
     let dir = setup(
         &Settings {
