@@ -833,7 +833,7 @@ pub struct GivenBack {
     /// Its place in the inbox: the merchant folder it came from, under its own name, or under
     /// a fallback name when its own was taken again.
     pub name: InboxName,
-    /// True when `name` is a fallback name ([`fallback_name`]).
+    /// True when `name` is a fallback name (`NAME.given-back-N.ext`).
     pub renamed: bool,
 }
 
@@ -1117,8 +1117,9 @@ impl Claim {
     /// shutdown, or when the store is away), under its original name, or, when that name is
     /// taken again (a new upload of the same name), under the first free fallback name
     /// (`feed.given-back-1.xml`, ...). Never replaces a file: each name is tried with an
-    /// atomic no-replace rename ([`rename_no_replace`]), so an upload that appears while
-    /// this runs is left alone. In done-marker mode the claim removed the feed's marker, so
+    /// atomic no-replace rename (`renameat2` with `RENAME_NOREPLACE`), so an upload that
+    /// appears while this runs is left alone. In done-marker mode the claim removed the
+    /// feed's marker, so
     /// the marker of the name it goes back under is made first (unless it exists), then the
     /// feed renamed beside it: a feed is never back without its marker, which would keep it
     /// waiting for good. Returns where the file is now; the folders go into `syncs`.
