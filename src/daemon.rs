@@ -3,7 +3,8 @@
 //! repeat), retries with capped exponential backoff on transient errors (in place when the
 //! store is away, which holds up every feed alike, after giving the batch's other claims
 //! back to the inbox for peers and marking the health check failed; later, between other
-//! feeds, when only one feed's report cannot be written), the retries of parked feeds (feeds with an
+//! feeds, when only one feed's report cannot be written), gives a claim whose file is still
+//! being written back to the inbox to wait, the retries of parked feeds (feeds with an
 //! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
 //! never cancels a feed in hand, and the optional metrics/health listener. No business rules
 //! and no signal handling (the CLI turns signals into the cancellation token).
@@ -21,7 +22,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::ready::{ContentDecision, EntryKind, ReadyFile, ReadyRules, Tracker};
+use crate::inbox::ready::{
+    ContentDecision, EntryKind, FileSignature, InboxName, ReadyFile, ReadyRules, Tracker,
+};
 use crate::inbox::watch::{ActiveMode, Wake, Watch};
 use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
@@ -29,7 +32,7 @@ use crate::inbox::{
 use crate::metrics::{FeedResult, Metrics, ScanReason};
 use crate::model::{MerchantId, Position};
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
-use crate::pipeline::{self, Context, ProcessError, Processed, Source};
+use crate::pipeline::{self, Context, ProcessError, Processed, Source, Unsettled};
 use crate::problem::{Problem, Severity};
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
@@ -295,6 +298,13 @@ struct Worker {
     /// Claims of the current inbox batch not started yet: given back to the inbox when the
     /// store turns out to be away (`Worker::give_back_queued`) or at shutdown.
     queued: VecDeque<Claim>,
+    /// Files given back to the inbox because their document ended early although the
+    /// content gate had found them complete (`Worker::give_back_unsettled`), with their
+    /// signature just after: while it is unchanged, the gate takes such a file for
+    /// incomplete, so it waits out the truncation grace (then is reported as truncated)
+    /// instead of going round claim and give-back for ever when the gate and the reader
+    /// disagree about it.
+    ended_early: HashMap<InboxName, FileSignature>,
     inbox_missing: bool,
     /// The parked feeds and when to retry them; `None` when parking is off.
     parking: Option<ParkingLot>,
@@ -396,6 +406,7 @@ impl Worker {
             tracker,
             tokens: ClaimTokens::new(),
             queued: VecDeque::new(),
+            ended_early: HashMap::new(),
             inbox_missing: false,
             parking: None,
             temps_swept_at: None,
@@ -655,6 +666,8 @@ impl Worker {
             );
         }
         self.metrics.stale_partials(self.tracker.stale_partials());
+        let tracker = &self.tracker;
+        self.ended_early.retain(|name, _| tracker.is_waiting(name));
         self.update_waiting();
         let mut processed = 0;
         let mut ready = observation.ready.into_iter().peekable();
@@ -778,7 +791,15 @@ impl Worker {
             // Changed or gone since the listing: the next listing decides.
             _ => return None,
         }
-        let held_back = match inbox::check_content(&path, &self.context.limits) {
+        let content = if self.ended_early.get(&ready.name) == Some(&ready.signature) {
+            // Given back unchanged after its document ended early: see `ended_early`.
+            Ok(Content::Incomplete)
+        } else {
+            self.ended_early.remove(&ready.name);
+            inbox::check_content(&path, &self.context.limits)
+        };
+        let mut waited_out_grace = false;
+        let held_back = match content {
             Ok(Content::Complete | Content::Broken) => None,
             Ok(Content::Incomplete) => Some(HeldBack::Incomplete),
             // Gone since the listing: the next listing decides.
@@ -787,6 +808,7 @@ impl Worker {
         };
         if let Some(held_back) = held_back {
             let decision = self.tracker.content_pending(&ready.name, Instant::now());
+            waited_out_grace = decision == ContentDecision::GiveUp;
             let file = escaped(ready.name.display_path());
             let merchant = ready.name.merchant.as_deref().unwrap_or("");
             let grace_secs = config.truncated_grace.as_secs();
@@ -825,10 +847,14 @@ impl Worker {
         }
         let claimed = inbox::claim(config, ready, &self.tokens, syncs);
         self.tracker.forget(&ready.name);
+        self.ended_early.remove(&ready.name);
         self.metrics.not_waiting(&ready.name);
         match claimed {
             // The claim removed the done marker, if any.
-            Ok(ClaimResult::Claimed(claim)) => Some(claim),
+            Ok(ClaimResult::Claimed(mut claim)) => {
+                claim.waited_out_grace = waited_out_grace;
+                Some(claim)
+            }
             Ok(ClaimResult::Gone) => {
                 tracing::debug!(file = %escaped(ready.name.display_path()), "taken by someone else before our claim");
                 None
@@ -905,6 +931,9 @@ impl Worker {
         self.context.rules.order_not_found_retry_until = None;
         match result {
             Some(Ok(processed)) => self.finish_processed(feed, processed, syncs),
+            Some(Err(Failure::Process(ProcessError::Unsettled { why, .. }))) => {
+                self.give_back_unsettled(feed, why, syncs);
+            }
             Some(Err(failure)) if failure.retry() == Retry::Later => {
                 let wait = feed.report_backoff.failed(self.config.max_backoff);
                 self.log_transient(
@@ -920,6 +949,47 @@ impl Worker {
             Some(Err(failure)) => self.finish_failed(feed, &failure.into_error(), syncs),
             None => {
                 tracing::info!(file = %escaped(&feed.claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
+            }
+        }
+    }
+
+    /// After an attempt that committed nothing because the file is still being written (it
+    /// changed after its claim, or ends early although the content gate found it complete:
+    /// an in-place writer that still holds the file, ingest R3): gives the claim back to the
+    /// inbox, where it waits like any upload in progress (settle time, content gate, and
+    /// the truncation grace before it is reported as truncated). One that cannot be given
+    /// back stays in `work/` for the next start.
+    fn give_back_unsettled(&mut self, feed: InHand, why: Unsettled, syncs: &mut Syncs) {
+        let InHand { claim, .. } = feed;
+        let file_name = claim.file_name.clone();
+        let work_path = claim.path.clone();
+        match claim.release(&self.config.inbox, syncs) {
+            Ok(given_back) => {
+                if why == Unsettled::EndsEarly
+                    && let Ok(metadata) =
+                        std::fs::symlink_metadata(self.config.inbox.inbox_path(&given_back.name))
+                {
+                    self.ended_early
+                        .insert(given_back.name.clone(), inbox::signature(&metadata));
+                }
+                tracing::info!(
+                    file = %escaped(&file_name),
+                    why = %why,
+                    given_back_as = given_back
+                        .renamed
+                        .then(|| escaped(given_back.name.display_path()).to_string()),
+                    "the feed is still being written: nothing was committed; given back to the inbox to wait for the rest of the upload"
+                );
+            }
+            Err((claim, error)) => {
+                tracing::error!(
+                    file = %escaped(&file_name),
+                    why = %why,
+                    work_path = %escaped(work_path.display()),
+                    error = %error,
+                    "the feed is still being written and cannot be given back to the inbox; nothing was committed; it stays in work/ and is taken up at the next start"
+                );
+                drop(claim);
             }
         }
     }
@@ -998,13 +1068,15 @@ impl Worker {
             .parking
             .as_ref()
             .map(|parking| parking.retry.ends(attempt_at));
-        let source = Source::new(
+        let mut source = Source::new(
             &claim.path,
             &claim.file_name,
             Some(&claim.token),
             claim.merchant.as_ref(),
             self.config.inbox.allowed_merchants.as_deref(),
         );
+        // A claim that did not wait out the grace may be an upload still going on.
+        source.may_still_be_uploading = !claim.waited_out_grace;
         let context = &mut self.context;
         // A claim that cannot be opened or read is a rejected feed with its own report,
         // recorded and retried (transient failures) like any other, then moved to failed/.
@@ -1481,6 +1553,10 @@ impl Failure {
     fn retry(&self) -> Retry {
         match self {
             Failure::Process(ProcessError::Report { .. }) => Retry::Later,
+            // Nothing committed, nothing to retry: the daemon gives such a claim back to the
+            // inbox to wait (`Worker::give_back_unsettled`); a parked copy, which no one
+            // writes, has failed once and stays parked.
+            Failure::Process(ProcessError::Unsettled { .. }) => Retry::Never,
             Failure::Process(error) if error.is_transient() => Retry::InPlace,
             Failure::Process(_) | Failure::Panic(_) => Retry::Never,
         }

@@ -674,6 +674,11 @@ pub struct Claim {
     /// (a claim recovered from `work/` only knows the name in its claim name, which may be
     /// shortened).
     original: OsString,
+    /// True when the daemon's content gate held the file back for the whole truncation
+    /// grace before the claim: a document that still ends early is then truncated, no
+    /// longer an upload in progress ([`crate::pipeline::Source::may_still_be_uploading`]).
+    /// False from [`claim`] and [`leftovers`]; the daemon sets it.
+    pub waited_out_grace: bool,
     /// The lock held for the claim's lifetime, or why there is none.
     hold: Hold,
 }
@@ -926,6 +931,7 @@ pub fn claim(
         file_name: ready.name.display_name(),
         merchant: ready.name.merchant.as_deref().and_then(MerchantId::new),
         original: ready.name.name.clone(),
+        waited_out_grace: false,
         hold,
     }))
 }
@@ -995,6 +1001,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<C
                 file_name: original.to_string_lossy().into_owned(),
                 merchant: merchant.as_deref().and_then(MerchantId::new),
                 original,
+                waited_out_grace: false,
                 hold,
             }),
             Ok(None) => {}

@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -96,6 +96,148 @@ fn slow_writer_in_place_is_processed_once_when_complete() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn an_upload_that_goes_on_after_the_claim_waits_in_the_inbox_instead_of_being_truncated() {
+    // QA4 finding 2: an in-place writer that still holds its descriptor when the feed is
+    // claimed (a re-upload that opened the file just before the claim) goes on writing to
+    // the claimed file. The daemon read a document that ended early and rejected it at once
+    // as TRUNCATED, and the complete upload then sat in failed/. Such a file is an upload
+    // still in progress (DESIGN, "Content gate"): it goes back to the inbox and waits, and is
+    // processed once complete.
+    let dir = setup(&Settings::default(), 202);
+    // A feed in hand for a few seconds first, claimed in the same batch, so that the upload
+    // below is rewritten in work/ before the daemon reads it.
+    let refunds: Vec<Refund> = (0..4_000)
+        .map(|n| refund(n % 200, &format!("first-{n}"), 1))
+        .collect();
+    dir.drop_file("first.xml", feed_xml(MERCHANT, &refunds).as_bytes());
+    let xml = feed_xml(
+        MERCHANT,
+        &[refund(200, "up-1", 100), refund(201, "up-2", 200)],
+    );
+    let bytes = xml.as_bytes();
+    let path = dir.path("inbox/up.xml");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.write_all_at(bytes, 0).expect("write");
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the upload to be claimed", LONG, || !path.exists());
+    // The uploader starts again on the same inode: truncates, writes half, pauses.
+    file.set_len(0).expect("truncate");
+    let half = bytes.len() / 2;
+    file.write_all_at(&bytes[..half], 0).expect("write half");
+    assert!(
+        !daemon.log().contains("processing feed file=up.xml"),
+        "the first feed was done before the upload was cut; log:\n{}",
+        daemon.log()
+    );
+    wait_for(
+        "the cut upload to go back to the inbox (or, wrongly, to get a report)",
+        Duration::from_secs(180),
+        || path.exists() || !dir.reports_for("up.xml").is_empty(),
+    );
+    assert!(
+        dir.reports_for("up.xml").is_empty(),
+        "an upload cut after its claim was reported at once: {:?}",
+        dir.reports_for("up.xml")
+    );
+    assert!(
+        dir.files_in("failed").is_empty(),
+        "{:?}",
+        dir.files_in("failed")
+    );
+    // The rest comes, with a pause longer than the settle time: the content gate holds it.
+    let three_quarters = half + (bytes.len() - half) / 2;
+    file.write_all_at(
+        &bytes[half..three_quarters],
+        u64::try_from(half).expect("size"),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(600));
+    file.write_all_at(
+        &bytes[three_quarters..],
+        u64::try_from(three_quarters).expect("size"),
+    )
+    .expect("write");
+    drop(file);
+    let report = report_of(&dir, "up.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(report["summary"]["messages_successful"], 2, "{report}");
+    report_of(&dir, "first.xml");
+    wait_until_idle(&dir);
+    assert!(
+        dir.files_in("failed").is_empty(),
+        "{:?}",
+        dir.files_in("failed")
+    );
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(200))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(201))), 200);
+    let log = daemon.log();
+    assert!(log.contains("given back to the inbox"), "{log}");
+}
+
+#[test]
+fn a_feed_rewritten_while_it_is_processed_is_applied_as_the_version_its_hash_names() {
+    // QA4 finding 2, second half: the file was read three times (hash, parse, key digest)
+    // with nothing checking that the reads saw the same bytes, so a same-length rewrite
+    // during processing committed one version's hash with another's amounts. Now the
+    // attempt is dropped and the file waits again; whatever the timing, the applied amounts
+    // are those of the version whose hash the report names.
+    const MESSAGES: u32 = 6_000;
+    let dir = setup(&Settings::default(), 200);
+    let version = |cents: i64| {
+        let refunds: Vec<Refund> = (0..MESSAGES)
+            .map(|n| refund(n % 200, &format!("rw-{n}"), cents))
+            .collect();
+        feed_xml(MERCHANT, &refunds).into_bytes()
+    };
+    let (first, second) = (version(1), version(2));
+    assert_eq!(first.len(), second.len());
+    let path = dir.path("inbox/rewritten.xml");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.write_all_at(&first, 0).expect("write");
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=rewritten.xml")
+    });
+    file.write_all_at(&second, 0).expect("rewrite");
+    drop(file);
+    let report = report_of(&dir, "rewritten.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    wait_until_idle(&dir);
+    daemon.stop();
+    let total: i64 = (0..200)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    let hash = report["content_hash"].as_str().expect("hash");
+    let expected = if hash == sha256_hex(&first) {
+        i64::from(MESSAGES)
+    } else {
+        assert_eq!(hash, sha256_hex(&second), "the hash of neither version");
+        2 * i64::from(MESSAGES)
+    };
+    assert_eq!(
+        total, expected,
+        "amounts of another version than the hash names"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
