@@ -1155,6 +1155,13 @@ impl Claim {
                     name
                 }
             };
+            let target = folder.join(&name);
+            // Taken already: no marker for it, not even for the moment until the rename
+            // fails (a peer could take the new upload for marked then). The no-replace
+            // rename, not this look, is what keeps the upload from being replaced.
+            if config.done_marker.is_some() && fs::symlink_metadata(&target).is_ok() {
+                continue;
+            }
             let inbox_name = InboxName {
                 merchant: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
                 name,
@@ -1166,7 +1173,7 @@ impl Claim {
                 Ok(marker) => marker,
                 Err(error) => return Err((self, error)),
             };
-            match rename_no_replace(&self.path, &folder.join(&inbox_name.name)) {
+            match rename_no_replace(&self.path, &target) {
                 Ok(()) => {
                     syncs.add(&folder);
                     if let Some(parent) = self.path.parent() {
