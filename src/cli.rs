@@ -68,8 +68,9 @@ Exit codes:
        orders show ORDER_ID without --merchant for an id that several merchants have)
   130  run: shutdown cut short, by a second SIGINT/SIGTERM (exited at once) or by [daemon]
        shutdown_timeout_secs passing before the feed in hand finished (logged as \"shutdown
-       did not finish within …\"). Still safe: that feed stays in work/ and is recovered
-       at the next start
+       did not finish within …\"; only ever with a feed in hand: an idle daemon stops with
+       0 whatever the timeout, 0 included). Still safe: that feed stays in work/ and is
+       recovered at the next start
 With several files, every file is handled and the most severe code wins: 2 over 3 over 0.
 
 Configuration: --config PATH, else the file ADJUSTD_CONFIG names, else ./adjustd.toml if

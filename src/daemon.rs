@@ -3,7 +3,8 @@
 //! repeat), retries with capped exponential backoff on transient errors (in place when the
 //! store is away, which holds up every feed alike, after giving the batch's other claims
 //! back to the inbox for peers and marking the health check failed; later, between other
-//! feeds, when only one feed's report cannot be written), the retries of parked feeds (feeds with an
+//! feeds, when only one feed's report cannot be written), gives a claim whose file is still
+//! being written back to the inbox to wait, the retries of parked feeds (feeds with an
 //! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
 //! never cancels a feed in hand, and the optional metrics/health listener. No business rules
 //! and no signal handling (the CLI turns signals into the cancellation token).
@@ -13,6 +14,7 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::inbox::ready::{ContentDecision, EntryKind, ReadyFile, ReadyRules, Tracker};
+use crate::inbox::ready::{
+    ContentDecision, EntryKind, FileSignature, InboxName, ReadyFile, ReadyRules, Tracker,
+};
 use crate::inbox::watch::{ActiveMode, Wake, Watch};
 use crate::inbox::{
     self, Claim, ClaimResult, ClaimTokens, Content, Destination, InboxConfig, Syncs,
@@ -28,7 +32,7 @@ use crate::inbox::{
 use crate::metrics::{FeedResult, Metrics, ScanReason};
 use crate::model::{MerchantId, Position};
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
-use crate::pipeline::{self, Context, ProcessError, Processed, Source};
+use crate::pipeline::{self, Context, ProcessError, Processed, Source, Unsettled};
 use crate::problem::{Problem, Severity};
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
@@ -145,6 +149,7 @@ pub async fn run(
 
     let (wake_sender, wake_receiver) = std::sync::mpsc::sync_channel(WAKE_QUEUE);
     let (done_sender, done_receiver) = tokio::sync::oneshot::channel();
+    let feed_in_hand = FeedInHand::default();
     let worker = Worker::new(
         config.clone(),
         context,
@@ -152,6 +157,7 @@ pub async fn run(
         wake_sender.clone(),
         wake_receiver,
         shutdown.clone(),
+        feed_in_hand.clone(),
     );
     // A plain thread, not spawn_blocking: if shutdown times out we must be able to return
     // without the runtime waiting for the feed in hand.
@@ -178,11 +184,16 @@ pub async fn run(
                 "shutting down, finishing the feed in hand"
             );
             let _ = wake_sender.try_send(Wake::Shutdown);
-            match tokio::time::timeout(config.shutdown_timeout, done_receiver).await {
-                Ok(result) => {
+            let finished =
+                match tokio::time::timeout(config.shutdown_timeout, &mut done_receiver).await {
+                    Ok(result) => Some(result),
+                    Err(_) => worker_between_feeds(&mut done_receiver, &feed_in_hand).await,
+                };
+            match finished {
+                Some(result) => {
                     result.unwrap_or_else(|_| Err(anyhow::anyhow!("the worker thread panicked")))
                 }
-                Err(_) => Err(anyhow::Error::new(ShutdownTimedOut {
+                None => Err(anyhow::Error::new(ShutdownTimedOut {
                     timeout: config.shutdown_timeout,
                     work: config.inbox.work.clone(),
                 })),
@@ -197,6 +208,52 @@ pub async fn run(
         tracing::info!("stopped");
     }
     result
+}
+
+/// After `shutdown_timeout` passed: the timeout is for the feed in hand, so a worker that has
+/// none (waiting, listing, between two feeds) is waited for, as it returns at its next look
+/// at the cancelled token; `None` as soon as a feed is in hand (one it started just before
+/// the signal), which is what the timeout cuts short.
+async fn worker_between_feeds(
+    done: &mut tokio::sync::oneshot::Receiver<anyhow::Result<()>>,
+    feed_in_hand: &FeedInHand,
+) -> Option<Result<anyhow::Result<()>, tokio::sync::oneshot::error::RecvError>> {
+    loop {
+        if feed_in_hand.is_set() {
+            return None;
+        }
+        tokio::select! {
+            result = &mut *done => return Some(result),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
+/// Whether the worker has a feed in hand, from the start of its first attempt to its move
+/// out of `work/` (or a parked feed's retry, to its new schedule), shared with [`run`], whose
+/// shutdown timeout only ever gives up on such a feed ([`ShutdownTimedOut`]).
+#[derive(Debug, Clone, Default)]
+struct FeedInHand(Arc<AtomicBool>);
+
+impl FeedInHand {
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    /// Sets the flag until the returned guard is dropped.
+    fn hold(&self) -> HeldFeed {
+        self.0.store(true, Ordering::SeqCst);
+        HeldFeed(Arc::clone(&self.0))
+    }
+}
+
+/// Clears [`FeedInHand`] when dropped.
+struct HeldFeed(Arc<AtomicBool>);
+
+impl Drop for HeldFeed {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How a scrape lists the inbox while the worker is busy ([`Metrics::set_inbox_lister`]):
@@ -234,11 +291,20 @@ struct Worker {
     wake_sender: SyncSender<Wake>,
     wakes: Receiver<Wake>,
     shutdown: CancellationToken,
+    /// Set while a feed is in hand (see [`FeedInHand`]).
+    feed_in_hand: FeedInHand,
     tracker: Tracker,
     tokens: ClaimTokens,
     /// Claims of the current inbox batch not started yet: given back to the inbox when the
     /// store turns out to be away (`Worker::give_back_queued`) or at shutdown.
     queued: VecDeque<Claim>,
+    /// Files given back to the inbox because their document ended early although the
+    /// content gate had found them complete (`Worker::give_back_unsettled`), with their
+    /// signature just after: while it is unchanged, the gate takes such a file for
+    /// incomplete, so it waits out the truncation grace (then is reported as truncated)
+    /// instead of going round claim and give-back for ever when the gate and the reader
+    /// disagree about it.
+    ended_early: HashMap<InboxName, FileSignature>,
     inbox_missing: bool,
     /// The parked feeds and when to retry them; `None` when parking is off.
     parking: Option<ParkingLot>,
@@ -326,6 +392,7 @@ impl Worker {
         wake_sender: SyncSender<Wake>,
         wakes: Receiver<Wake>,
         shutdown: CancellationToken,
+        feed_in_hand: FeedInHand,
     ) -> Worker {
         let tracker = Tracker::new(ready_rules(&config));
         Worker {
@@ -335,9 +402,11 @@ impl Worker {
             wake_sender,
             wakes,
             shutdown,
+            feed_in_hand,
             tracker,
             tokens: ClaimTokens::new(),
             queued: VecDeque::new(),
+            ended_early: HashMap::new(),
             inbox_missing: false,
             parking: None,
             temps_swept_at: None,
@@ -597,6 +666,8 @@ impl Worker {
             );
         }
         self.metrics.stale_partials(self.tracker.stale_partials());
+        let tracker = &self.tracker;
+        self.ended_early.retain(|name, _| tracker.is_waiting(name));
         self.update_waiting();
         let mut processed = 0;
         let mut ready = observation.ready.into_iter().peekable();
@@ -635,8 +706,9 @@ impl Worker {
     /// When the feed in hand failed because the store is away or busy: gives the claims
     /// of its batch not started yet back to the inbox at once, so that other instances
     /// sharing the inbox take them (or this one, once the store answers) instead of having
-    /// them wait in `work/` behind the retries. A claim that cannot be given back (its name
-    /// taken again in the inbox, or the rename failed) stays queued, in hand.
+    /// them wait in `work/` behind the retries. A claim whose name is taken again in the
+    /// inbox goes back under a fallback name ([`Claim::release`]); one that cannot be given
+    /// back (the rename failed) stays queued, in hand.
     fn give_back_queued(&mut self) {
         if self.queued.is_empty() {
             return;
@@ -666,13 +738,14 @@ impl Worker {
             let work_path = claim.path.clone();
             // The claim (and its lock) goes with the rename; on failure it is kept.
             match claim.release(&self.config.inbox, syncs) {
-                Ok(None) => {
+                Ok(given_back) if !given_back.renamed => {
                     tracing::debug!(file = %escaped(&file_name), "claim given back to the inbox")
                 }
-                Ok(Some(claim)) => {
-                    tracing::info!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), "name taken again in the inbox; the claim stays in work/");
-                    kept.push_back(claim);
-                }
+                Ok(given_back) => tracing::info!(
+                    file = %escaped(&file_name),
+                    given_back_as = %escaped(given_back.name.display_path()),
+                    "name taken again in the inbox (a new upload); the claim is given back under another name, which its report will have"
+                ),
                 Err((claim, error)) => {
                     tracing::warn!(file = %escaped(&file_name), work_path = %escaped(work_path.display()), error = %error, "cannot give the claim back; it stays in work/");
                     kept.push_back(claim);
@@ -718,7 +791,15 @@ impl Worker {
             // Changed or gone since the listing: the next listing decides.
             _ => return None,
         }
-        let held_back = match inbox::check_content(&path, &self.context.limits) {
+        let content = if self.ended_early.get(&ready.name) == Some(&ready.signature) {
+            // Given back unchanged after its document ended early: see `ended_early`.
+            Ok(Content::Incomplete)
+        } else {
+            self.ended_early.remove(&ready.name);
+            inbox::check_content(&path, &self.context.limits)
+        };
+        let mut waited_out_grace = false;
+        let held_back = match content {
             Ok(Content::Complete | Content::Broken) => None,
             Ok(Content::Incomplete) => Some(HeldBack::Incomplete),
             // Gone since the listing: the next listing decides.
@@ -727,6 +808,7 @@ impl Worker {
         };
         if let Some(held_back) = held_back {
             let decision = self.tracker.content_pending(&ready.name, Instant::now());
+            waited_out_grace = decision == ContentDecision::GiveUp;
             let file = escaped(ready.name.display_path());
             let merchant = ready.name.merchant.as_deref().unwrap_or("");
             let grace_secs = config.truncated_grace.as_secs();
@@ -765,17 +847,12 @@ impl Worker {
         }
         let claimed = inbox::claim(config, ready, &self.tokens, syncs);
         self.tracker.forget(&ready.name);
+        self.ended_early.remove(&ready.name);
         self.metrics.not_waiting(&ready.name);
         match claimed {
-            Ok(ClaimResult::Claimed(claim)) => {
-                if let Some(marker) = self.tracker.marker_for(&ready.name.name) {
-                    let marker_path = path.with_file_name(marker);
-                    if let Err(error) = std::fs::remove_file(&marker_path)
-                        && error.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(file = %escaped(marker_path.display()), error = %error, "cannot remove the done marker");
-                    }
-                }
+            // The claim removed the done marker, if any.
+            Ok(ClaimResult::Claimed(mut claim)) => {
+                claim.waited_out_grace = waited_out_grace;
                 Some(claim)
             }
             Ok(ClaimResult::Gone) => {
@@ -839,6 +916,7 @@ impl Worker {
     /// Runs the pipeline on a feed in hand (a store that is away is retried in place), then
     /// finishes it, or puts it in `awaiting_report` when its report could not be written.
     fn attempt(&mut self, mut feed: InHand, syncs: &mut Syncs) {
+        let _held = self.feed_in_hand.hold();
         let first = feed.report_backoff.failures == 0;
         let result = self.with_transient_retries(&feed.claim.file_name, |worker| {
             // A first attempt repeated after a store error is a new attempt, whose report
@@ -853,6 +931,9 @@ impl Worker {
         self.context.rules.order_not_found_retry_until = None;
         match result {
             Some(Ok(processed)) => self.finish_processed(feed, processed, syncs),
+            Some(Err(Failure::Process(ProcessError::Unsettled { why, .. }))) => {
+                self.give_back_unsettled(feed, why, syncs);
+            }
             Some(Err(failure)) if failure.retry() == Retry::Later => {
                 let wait = feed.report_backoff.failed(self.config.max_backoff);
                 self.log_transient(
@@ -868,6 +949,47 @@ impl Worker {
             Some(Err(failure)) => self.finish_failed(feed, &failure.into_error(), syncs),
             None => {
                 tracing::info!(file = %escaped(&feed.claim.file_name), "shutdown while waiting to retry; the feed stays in work/");
+            }
+        }
+    }
+
+    /// After an attempt that committed nothing because the file is still being written (it
+    /// changed after its claim, or ends early although the content gate found it complete:
+    /// an in-place writer that still holds the file, ingest R3): gives the claim back to the
+    /// inbox, where it waits like any upload in progress (settle time, content gate, and
+    /// the truncation grace before it is reported as truncated). One that cannot be given
+    /// back stays in `work/` for the next start.
+    fn give_back_unsettled(&mut self, feed: InHand, why: Unsettled, syncs: &mut Syncs) {
+        let InHand { claim, .. } = feed;
+        let file_name = claim.file_name.clone();
+        let work_path = claim.path.clone();
+        match claim.release(&self.config.inbox, syncs) {
+            Ok(given_back) => {
+                if why == Unsettled::EndsEarly
+                    && let Ok(metadata) =
+                        std::fs::symlink_metadata(self.config.inbox.inbox_path(&given_back.name))
+                {
+                    self.ended_early
+                        .insert(given_back.name.clone(), inbox::signature(&metadata));
+                }
+                tracing::info!(
+                    file = %escaped(&file_name),
+                    why = %why,
+                    given_back_as = given_back
+                        .renamed
+                        .then(|| escaped(given_back.name.display_path()).to_string()),
+                    "the feed is still being written: nothing was committed; given back to the inbox to wait for the rest of the upload"
+                );
+            }
+            Err((claim, error)) => {
+                tracing::error!(
+                    file = %escaped(&file_name),
+                    why = %why,
+                    work_path = %escaped(work_path.display()),
+                    error = %error,
+                    "the feed is still being written and cannot be given back to the inbox; nothing was committed; it stays in work/ and is taken up at the next start"
+                );
+                drop(claim);
             }
         }
     }
@@ -946,13 +1068,15 @@ impl Worker {
             .parking
             .as_ref()
             .map(|parking| parking.retry.ends(attempt_at));
-        let source = Source::new(
+        let mut source = Source::new(
             &claim.path,
             &claim.file_name,
             Some(&claim.token),
             claim.merchant.as_ref(),
             self.config.inbox.allowed_merchants.as_deref(),
         );
+        // A claim that did not wait out the grace may be an upload still going on.
+        source.may_still_be_uploading = !claim.waited_out_grace;
         let context = &mut self.context;
         // A claim that cannot be opened or read is a rejected feed with its own report,
         // recorded and retried (transient failures) like any other, then moved to failed/.
@@ -1157,6 +1281,7 @@ impl Worker {
                 return true;
             }
         };
+        let _held = self.feed_in_hand.hold();
         let schedule = attempt.schedule.clone();
         let last = retry.is_last(schedule.first_processed_at, now);
         let merchant = schedule.merchant();
@@ -1428,6 +1553,10 @@ impl Failure {
     fn retry(&self) -> Retry {
         match self {
             Failure::Process(ProcessError::Report { .. }) => Retry::Later,
+            // Nothing committed, nothing to retry: the daemon gives such a claim back to the
+            // inbox to wait (`Worker::give_back_unsettled`); a parked copy, which no one
+            // writes, has failed once and stays parked.
+            Failure::Process(ProcessError::Unsettled { .. }) => Retry::Never,
             Failure::Process(error) if error.is_transient() => Retry::InPlace,
             Failure::Process(_) | Failure::Panic(_) => Retry::Never,
         }

@@ -74,7 +74,8 @@ pub struct InboxConfig {
     /// how long a temp-named file stays unchanged before it is logged as stale).
     pub truncated_grace: Duration,
     /// With `Some(".done")`, `NAME` is ready only once `NAME.done` exists; the marker is
-    /// removed when the feed is claimed.
+    /// removed when the feed is claimed, and made again when the claim is given back
+    /// ([`Claim::release`]).
     pub done_marker: Option<String>,
     /// Merchants the top-level inbox may speak for (`None`: any). Merchant folders are bound
     /// to their own merchant regardless.
@@ -478,6 +479,15 @@ impl InboxConfig {
         }
     }
 
+    /// The path of the done marker of the inbox file `name`, in done-marker mode.
+    pub fn marker_path(&self, name: &InboxName) -> Option<PathBuf> {
+        let suffix = self.done_marker.as_deref()?;
+        Some(
+            self.inbox_path(name)
+                .with_file_name(ready::marker_name(&name.name, suffix)),
+        )
+    }
+
     /// The path of an inbox file.
     pub fn inbox_path(&self, name: &InboxName) -> PathBuf {
         let mut path = self.inbox.clone();
@@ -664,6 +674,11 @@ pub struct Claim {
     /// (a claim recovered from `work/` only knows the name in its claim name, which may be
     /// shortened).
     original: OsString,
+    /// True when the daemon's content gate held the file back for the whole truncation
+    /// grace before the claim: a document that still ends early is then truncated, no
+    /// longer an upload in progress ([`crate::pipeline::Source::may_still_be_uploading`]).
+    /// False from [`claim`] and [`leftovers`]; the daemon sets it.
+    pub waited_out_grace: bool,
     /// The lock held for the claim's lifetime, or why there is none.
     hold: Hold,
 }
@@ -708,13 +723,19 @@ const TOKEN_SEPARATOR: &str = "--";
 /// The longest file name (in bytes) the usual Linux filesystems accept (`NAME_MAX`).
 const MAX_FILE_NAME_BYTES: usize = 255;
 
+/// The longest extension (`.xml`) kept when a name is shortened or given a fallback form.
+const MAX_KEPT_EXTENSION: usize = 16;
+
+/// How many fallback names ([`fallback_name`]) a claim given back tries when its own name is
+/// taken again in the inbox.
+const MAX_FALLBACK_NAMES: u32 = 100;
+
 /// `prefix` followed by `name`, with `name` shortened if the whole would not fit in
 /// [`MAX_FILE_NAME_BYTES`]: an uploader may use the full 255 bytes, and the claim or archive
 /// prefix must not make such a file impossible to move (it was retried on every scan,
 /// forever). The cut keeps the start of the name and a short extension (`.xml`), at a
 /// character boundary when the name is UTF-8.
 fn fit_name(prefix: &str, name: &OsStr) -> OsString {
-    const MAX_KEPT_EXTENSION: usize = 16;
     let budget = MAX_FILE_NAME_BYTES.saturating_sub(prefix.len());
     let bytes = name.as_bytes();
     let mut fitted = OsString::from(prefix);
@@ -734,6 +755,91 @@ fn fit_name(prefix: &str, name: &OsStr) -> OsString {
     fitted.push(OsStr::from_bytes(&bytes[..cut]));
     fitted.push(OsStr::from_bytes(extension));
     fitted
+}
+
+/// The `n`-th name to give a claim back under when its own name is taken again in the inbox
+/// (a new upload of that name arrived meanwhile): `feed.xml` becomes `feed.given-back-1.xml`,
+/// so it keeps its extension (and passes the name gate as before) and its report says what
+/// happened. The stem is shortened (at a character boundary) if the whole would exceed
+/// `max_bytes`.
+fn fallback_name(name: &OsStr, n: u32, max_bytes: usize) -> OsString {
+    let bytes = name.as_bytes();
+    let (stem, extension) = match bytes.iter().rposition(|&b| b == b'.') {
+        Some(dot) if dot > 0 && bytes.len() - dot <= MAX_KEPT_EXTENSION => bytes.split_at(dot),
+        _ => (bytes, &[][..]),
+    };
+    let tag = format!(".given-back-{n}");
+    let mut cut = stem
+        .len()
+        .min(max_bytes.saturating_sub(tag.len() + extension.len()));
+    while cut > 0 && cut < stem.len() && stem[cut] & 0b1100_0000 == 0b1000_0000 {
+        cut -= 1;
+    }
+    let mut fallback = OsStr::from_bytes(&stem[..cut]).to_os_string();
+    fallback.push(&tag);
+    fallback.push(OsStr::from_bytes(extension));
+    fallback
+}
+
+/// Renames `from` to `to` unless `to` exists, atomically, so that nothing that appears at `to`
+/// meanwhile (a new upload of that name) can be replaced: `renameat2` with
+/// `RENAME_NOREPLACE`, or, on a filesystem that does not support it, `link` then `unlink`
+/// (`link` never replaces either; a crash between the two leaves the file under both names,
+/// and whichever is processed second is a `DUPLICATE_FEED` of the first, never applied
+/// twice).
+///
+/// # Errors
+/// `AlreadyExists` when `to` is taken; any other error of the rename (or of the link when
+/// the rename is not supported).
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    use rustix::io::Errno;
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(errno) if errno == Errno::INVAL || errno == Errno::NOSYS => {
+            fs::hard_link(from, to)?;
+            fs::remove_file(from)
+        }
+        Err(errno) => Err(errno.into()),
+    }
+}
+
+/// In done-marker mode, makes the marker of `name` unless it exists, and syncs its folder so
+/// that the marker is durable before the feed is renamed back beside it. Returns the marker
+/// when it made one.
+///
+/// # Errors
+/// The marker cannot be made, or its folder synced: the feed must then stay in `work/`.
+fn make_marker(config: &InboxConfig, name: &InboxName) -> io::Result<Option<PathBuf>> {
+    let Some(marker) = config.marker_path(name) else {
+        return Ok(None);
+    };
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+    {
+        Ok(_) => {}
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    if let Some(folder) = marker.parent()
+        && let Err(error) = fsync_dir(folder)
+    {
+        let _ = fs::remove_file(&marker);
+        return Err(error);
+    }
+    Ok(Some(marker))
+}
+
+/// Where a claim given back by [`Claim::release`] is now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GivenBack {
+    /// Its place in the inbox: the merchant folder it came from, under its own name, or under
+    /// a fallback name when its own was taken again.
+    pub name: InboxName,
+    /// True when `name` is a fallback name (`NAME.given-back-N.ext`).
+    pub renamed: bool,
 }
 
 /// Splits a claim name `<token>--<name>` into token and original name.
@@ -768,7 +874,8 @@ pub enum ClaimResult {
 /// token, then an exclusive lock on the claimed file. A file that cannot be opened once
 /// renamed (no read permission, an I/O error) is claimed without a lock
 /// ([`Claim::unreadable`]); the daemon waits for such a file before it claims it, so it gets
-/// here only after the grace time (or when it changed just before the claim). Both folders
+/// here only after the grace time (or when it changed just before the claim). In done-marker
+/// mode the feed's marker is removed once the feed is in `work/`. Both folders
 /// are added to `syncs`, which the caller must [`Syncs::sync`] before processing the claim
 /// (so that a claim token in the store always names a durable claim).
 ///
@@ -806,6 +913,15 @@ pub fn claim(
     if let Some(parent) = source.parent() {
         syncs.add(parent);
     }
+    // The marker belongs to the file in the inbox: the claim took it, so it goes too (a
+    // claim given back makes it again). A crash just before leaves it behind; the feed is
+    // safe in work/ either way.
+    if let Some(marker) = config.marker_path(&ready.name)
+        && let Err(error) = fs::remove_file(&marker)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %escaped(marker.display()), error = %error, "cannot remove the done marker");
+    }
     let Some(hold) = hold(&target)? else {
         return Ok(ClaimResult::Gone);
     };
@@ -815,6 +931,7 @@ pub fn claim(
         file_name: ready.name.display_name(),
         merchant: ready.name.merchant.as_deref().and_then(MerchantId::new),
         original: ready.name.name.clone(),
+        waited_out_grace: false,
         hold,
     }))
 }
@@ -884,6 +1001,7 @@ pub fn leftovers(config: &InboxConfig, tokens: &ClaimTokens) -> io::Result<Vec<C
                 file_name: original.to_string_lossy().into_owned(),
                 merchant: merchant.as_deref().and_then(MerchantId::new),
                 original,
+                waited_out_grace: false,
                 hold,
             }),
             Ok(None) => {}
@@ -1002,36 +1120,87 @@ impl Claim {
         Ok(target)
     }
 
-    /// Gives a claim that was not started back to the inbox under its original name (at
-    /// shutdown, or when the store is away), unless that name is taken again: then the
-    /// claim is handed back (`Ok(Some)`), still in `work/`. `Ok(None)` once given back. The
-    /// folders go into `syncs`.
+    /// Gives a claim that was not started back to the inbox folder it came from (at
+    /// shutdown, or when the store is away), under its original name, or, when that name is
+    /// taken again (a new upload of the same name), under the first free fallback name
+    /// (`feed.given-back-1.xml`, ...). Never replaces a file: each name is tried with an
+    /// atomic no-replace rename (`renameat2` with `RENAME_NOREPLACE`), so an upload that
+    /// appears while this runs is left alone. In done-marker mode the claim removed the
+    /// feed's marker, so
+    /// the marker of the name it goes back under is made first (unless it exists), then the
+    /// feed renamed beside it: a feed is never back without its marker, which would keep it
+    /// waiting for good. Returns where the file is now; the folders go into `syncs`.
     ///
     /// # Errors
-    /// Renaming failed: the claim is handed back with the error, still in `work/`.
+    /// The marker cannot be made, the rename failed, or every fallback name is taken: the
+    /// claim is handed back with the error, still in `work/`.
     pub fn release(
         self,
         config: &InboxConfig,
         syncs: &mut Syncs,
-    ) -> Result<Option<Claim>, (Claim, io::Error)> {
-        let mut target = config.inbox.clone();
+    ) -> Result<GivenBack, (Claim, io::Error)> {
+        let mut folder = config.inbox.clone();
         if let Some(merchant) = &self.merchant {
-            target.push(merchant.as_str());
+            folder.push(merchant.as_str());
         }
-        target.push(&self.original);
-        if fs::symlink_metadata(&target).is_ok() {
-            return Ok(Some(self));
+        for n in 0..=MAX_FALLBACK_NAMES {
+            let name = match n {
+                0 => self.original.clone(),
+                n => {
+                    let name = fallback_name(&self.original, n, MAX_FILE_NAME_BYTES);
+                    // A name the name gate would turn away would never be taken again.
+                    if glob::matches_any(&config.ignore, &name.to_string_lossy()) {
+                        continue;
+                    }
+                    name
+                }
+            };
+            let target = folder.join(&name);
+            // Taken already: no marker for it, not even for the moment until the rename
+            // fails (a peer could take the new upload for marked then). The no-replace
+            // rename, not this look, is what keeps the upload from being replaced.
+            if config.done_marker.is_some() && fs::symlink_metadata(&target).is_ok() {
+                continue;
+            }
+            let inbox_name = InboxName {
+                merchant: self.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                name,
+            };
+            // The marker first, so that the feed is never back without one (it would wait for
+            // a marker the uploader sent already): a crash between the two leaves a marker
+            // without its feed, which is still in work/ and recovered at the next start.
+            let marker = match make_marker(config, &inbox_name) {
+                Ok(marker) => marker,
+                Err(error) => return Err((self, error)),
+            };
+            match rename_no_replace(&self.path, &target) {
+                Ok(()) => {
+                    syncs.add(&folder);
+                    if let Some(parent) = self.path.parent() {
+                        syncs.add(parent);
+                    }
+                    return Ok(GivenBack {
+                        name: inbox_name,
+                        renamed: n > 0,
+                    });
+                }
+                Err(error) => {
+                    // Not given back under this name: a marker made for it would speak for
+                    // whatever else has or gets the name.
+                    if let Some(marker) = marker {
+                        let _ = fs::remove_file(marker);
+                    }
+                    if error.kind() != io::ErrorKind::AlreadyExists {
+                        return Err((self, error));
+                    }
+                }
+            }
         }
-        if let Err(error) = fs::rename(&self.path, &target) {
-            return Err((self, error));
-        }
-        if let Some(parent) = target.parent() {
-            syncs.add(parent);
-        }
-        if let Some(parent) = self.path.parent() {
-            syncs.add(parent);
-        }
-        Ok(None)
+        let error = io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("its name and {MAX_FALLBACK_NAMES} fallback names are taken in the inbox"),
+        );
+        Err((self, error))
     }
 }
 
@@ -1242,12 +1411,8 @@ mod tests {
         else {
             panic!("not claimed");
         };
-        assert!(
-            claimed
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_none()
-        );
+        let given_back = claimed.release(&config, &mut syncs).expect("release");
+        assert!(!given_back.renamed);
         assert!(config.inbox.join(&long).is_file());
     }
 
@@ -1402,26 +1567,98 @@ mod tests {
         assert!(a.ends_with("7-same.xml"), "{}", a.display());
         assert!(b.ends_with("7-1-same.xml"), "{}", b.display());
         syncs.sync().expect("sync");
-        assert!(
-            third
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_none()
-        );
+        let given_back = third.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("same.xml"));
+        assert!(!given_back.renamed);
         assert!(config.inbox.join("same.xml").is_file());
-        let fourth = claim_one("same.xml");
+        syncs.sync().expect("sync");
+    }
+
+    #[test]
+    fn a_claim_given_back_never_replaces_a_new_upload_of_its_name() {
+        // QA4 finding 6: the give-back checked that the name was free, then renamed, and a
+        // rename replaces its target: an upload of the same name arriving in between was lost.
+        // Now the name is never checked first, the rename itself refuses to replace, and a
+        // taken name sends the claim back under a fallback name.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let first = drop_and_claim(&config, OsStr::new("same.xml"), &tokens);
+        let second = drop_and_claim(&config, OsStr::new("same.xml"), &tokens);
         fs::write(config.inbox.join("same.xml"), b"new upload").expect("write");
-        assert!(
-            fourth
-                .release(&config, &mut syncs)
-                .expect("release")
-                .is_some()
-        );
+        let given_back = first.release(&config, &mut syncs).expect("release");
+        assert!(given_back.renamed);
+        assert_eq!(given_back.name.name, OsStr::new("same.given-back-1.xml"));
         assert_eq!(
             fs::read(config.inbox.join("same.xml")).expect("read"),
             b"new upload"
         );
+        assert_eq!(
+            fs::read(config.inbox.join("same.given-back-1.xml")).expect("read"),
+            b"<a/>"
+        );
+        let given_back = second.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("same.given-back-2.xml"));
         syncs.sync().expect("sync");
+        // The rename underneath: the target stays as it was, and so does the source.
+        let source = dir.path().join("source");
+        let target = dir.path().join("target");
+        fs::write(&source, b"source").expect("write");
+        fs::write(&target, b"target").expect("write");
+        let error = rename_no_replace(&source, &target).expect_err("taken");
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).expect("read"), b"target");
+        assert_eq!(fs::read(&source).expect("read"), b"source");
+        fs::remove_file(&target).expect("remove");
+        rename_no_replace(&source, &target).expect("free");
+        assert_eq!(fs::read(&target).expect("read"), b"source");
+        assert!(!source.exists());
+    }
+
+    #[test]
+    fn a_claim_takes_the_done_marker_and_a_release_makes_it_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = config(dir.path());
+        config.done_marker = Some(".done".to_owned());
+        check_layout(&config).expect("layout");
+        let tokens = ClaimTokens::new();
+        let mut syncs = Syncs::new();
+        let marker = config.inbox.join("feed.xml.done");
+        fs::write(&marker, b"").expect("marker");
+        let claim = drop_and_claim(&config, OsStr::new("feed.xml"), &tokens);
+        assert!(!marker.exists(), "the claim removes the marker");
+        claim.release(&config, &mut syncs).expect("release");
+        assert!(config.inbox.join("feed.xml").is_file());
+        assert!(marker.is_file(), "given back with its marker");
+        // Given back under a fallback name: that name gets a marker, and the new upload's
+        // own marker (or its absence) is left alone.
+        let claim = drop_and_claim(&config, OsStr::new("feed.xml"), &tokens);
+        assert!(!marker.exists());
+        fs::write(config.inbox.join("feed.xml"), b"new upload").expect("write");
+        let given_back = claim.release(&config, &mut syncs).expect("release");
+        assert_eq!(given_back.name.name, OsStr::new("feed.given-back-1.xml"));
+        assert!(config.inbox.join("feed.given-back-1.xml.done").is_file());
+        assert!(!marker.exists(), "no marker made for the new upload");
+        syncs.sync().expect("sync");
+    }
+
+    #[test]
+    fn fallback_names_keep_the_extension_and_fit() {
+        assert_eq!(
+            fallback_name(OsStr::new("feed.xml"), 1, MAX_FILE_NAME_BYTES),
+            OsString::from("feed.given-back-1.xml")
+        );
+        assert_eq!(
+            fallback_name(OsStr::new("feed"), 12, MAX_FILE_NAME_BYTES),
+            OsString::from("feed.given-back-12")
+        );
+        let long = format!("{}.xml", "é".repeat(125));
+        let fitted = fallback_name(OsStr::new(&long), 3, MAX_FILE_NAME_BYTES);
+        assert!(fitted.len() <= MAX_FILE_NAME_BYTES, "{}", fitted.len());
+        let fitted = fitted.to_str().expect("still UTF-8");
+        assert!(fitted.ends_with("é.given-back-3.xml"), "{fitted}");
     }
 
     /// Drops `name` into the top-level inbox and claims it.
@@ -1464,10 +1701,10 @@ mod tests {
         // Given back at shutdown, a claim keeps its exact name.
         let released = drop_and_claim(&config, OsStr::new("keep\rme.xml"), &tokens);
         assert!(
-            released
+            !released
                 .release(&config, &mut syncs)
                 .expect("release")
-                .is_none()
+                .renamed
         );
         assert!(config.inbox.join("keep\rme.xml").is_file());
     }

@@ -1,10 +1,15 @@
 //! One feed end to end: hash, read and validate, plan against the store, commit in one
 //! transaction, write the reports. A feed too large, or one the daemon could not open or
-//! read, is recorded and reported as rejected without being applied.
+//! read, is recorded and reported as rejected without being applied. The file is opened once
+//! and every pass over it (hash, parse, canonical digest) reads that one open file; nothing
+//! is committed unless every pass saw the bytes of the content hash and the file's signature
+//! is what it was before the first read ([`ProcessError::Unsettled`] otherwise).
 
 use std::fs::File;
 use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -12,6 +17,7 @@ use sha2::{Digest, Sha256};
 use crate::canon;
 use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
+use crate::inbox::ready::FileSignature;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, Problem, Severity};
 use crate::report::{self, FeedOutcome};
@@ -70,6 +76,13 @@ pub struct Source<'a> {
     pub bound_merchant: Option<&'a MerchantId>,
     /// For the top-level inbox: merchants allowed there (`None`: any).
     pub allowed_merchants: Option<&'a [MerchantId]>,
+    /// True when the file may still be being written: a document that ends early
+    /// (`TRUNCATED`) is then an upload in progress, returned as
+    /// [`ProcessError::Unsettled`] without a commit, for the daemon to let it wait
+    /// (DESIGN, "Content gate"). The daemon sets it for a claim that the content gate did
+    /// not hold back for the whole truncation grace; [`Source::new`] leaves it false, for
+    /// `adjustd process` (which does not wait) and a parked copy.
+    pub may_still_be_uploading: bool,
 }
 
 impl<'a> Source<'a> {
@@ -95,6 +108,7 @@ impl<'a> Source<'a> {
             } else {
                 allowed_merchants
             },
+            may_still_be_uploading: false,
         }
     }
 }
@@ -136,6 +150,18 @@ pub enum ProcessError {
     /// The store failed; see [`StoreError::is_transient`].
     #[error("store")]
     Store(#[from] StoreError),
+    /// Nothing was committed because the file is still being written: it changed while it
+    /// was processed (its signature moved, or a later pass over it read other bytes than
+    /// the content hash was made of), or it ends early and
+    /// [`Source::may_still_be_uploading`] is set. The daemon gives it back to the inbox, to
+    /// wait like any upload in progress.
+    #[error("{path} is still being written ({why}); nothing was committed")]
+    Unsettled {
+        /// The file.
+        path: PathBuf,
+        /// What showed it.
+        why: Unsettled,
+    },
     /// Writing a report failed, after the feed was committed (or found committed).
     #[error(
         "feed {feed_id} is processed and committed, but its report could not be written to {path} (processing the file again applies nothing twice)"
@@ -154,13 +180,32 @@ pub enum ProcessError {
 impl ProcessError {
     /// True when retrying later can succeed: the database away or busy, or the outbox not
     /// writable (full, permissions): a retry under the same claim token re-emits the
-    /// committed report and applies nothing again.
+    /// committed report and applies nothing again; or a file still being written, once it
+    /// is complete.
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(error) => error.is_transient(),
-            ProcessError::Report { .. } => true,
+            ProcessError::Report { .. } | ProcessError::Unsettled { .. } => true,
             ProcessError::Read { .. } => false,
         }
+    }
+}
+
+/// Why a file is taken to be still being written ([`ProcessError::Unsettled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unsettled {
+    /// It changed while it was processed.
+    Changed,
+    /// Its document ends before the root element closes, and it may still be uploading.
+    EndsEarly,
+}
+
+impl std::fmt::Display for Unsettled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unsettled::Changed => "it changed while it was read",
+            Unsettled::EndsEarly => "its XML ends before the root element closes",
+        })
     }
 }
 
@@ -177,21 +222,13 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
     // `max_file_bytes` is rejected without being hashed or parsed, so a huge (or sparse)
     // file costs nothing and holds up no other feed.
     let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| read_error(source.path, e))?
-        .len();
-    let too_large = context.limits.file_too_large(size);
-    let content_hash = match &too_large {
-        Some(_) => UNREAD_CONTENT_HASH.to_owned(),
-        None => HashingReader::new(file)
-            .finish()
-            .map_err(|e| read_error(source.path, e))?,
-    };
-    retry_conflicts(source, || match &too_large {
-        Some(problem) => reject_unread(context, source, problem.clone()),
-        None => attempt_once(context, source, &content_hash),
-    })
+    let metadata = file.metadata().map_err(|e| read_error(source.path, e))?;
+    if let Some(problem) = context.limits.file_too_large(metadata.len()) {
+        return retry_conflicts(source, || reject_unread(context, source, problem.clone()));
+    }
+    let feed = OpenedFeed::hash(file, crate::inbox::signature(&metadata))
+        .map_err(|e| read_error(source.path, e))?;
+    retry_conflicts(source, || attempt_once(context, source, &feed))
 }
 
 /// Processes a feed the daemon claimed, which always ends with a pair of reports unless the
@@ -324,28 +361,31 @@ fn re_emit_committed(
 fn attempt_once(
     context: &mut Context,
     source: &Source<'_>,
-    content_hash: &str,
+    feed: &OpenedFeed,
 ) -> Result<Processed, ProcessError> {
     if let Some(processed) = re_emit_committed(context, source)? {
         return Ok(processed);
     }
     let store = context.store.as_store();
-
-    let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
+    let content_hash = feed.content_hash.as_str();
+    // Passes of an earlier attempt (retried after a conflict) are not this one's concern.
+    feed.forget_passes();
     let mut validator = Validator::new(
-        BufReader::with_capacity(1 << 16, file),
+        BufReader::with_capacity(1 << 16, feed.pass()),
         context.limits,
         &context.rules,
     );
     let header = match validator.header() {
         Ok(header) => header,
         Err(problem) => {
+            feed.confirm_rejection(source, &problem)?;
             let merchant = validator.merchant().cloned();
             let outcome = reject(store, source, content_hash, merchant, problem)?;
             return write(context, source, outcome, Some(0));
         }
     };
     if let Some(problem) = merchant_problem(&header, source) {
+        feed.confirm(source)?;
         let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
         return write(context, source, outcome, Some(0));
     }
@@ -353,6 +393,7 @@ fn attempt_once(
     if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
         && !had_deferred(earlier)
     {
+        feed.confirm(source)?;
         let problem = Problem::new(
             Code::DuplicateFeed,
             MessageId::FEED,
@@ -383,7 +424,7 @@ fn attempt_once(
         store,
         &mut validator,
         source,
-        content_hash,
+        feed,
         header,
         duplicate_of,
         &context.rules,
@@ -402,16 +443,16 @@ fn apply<R: std::io::BufRead + Send>(
     store: &mut dyn Store,
     validator: &mut Validator<R>,
     source: &Source<'_>,
-    content_hash: &str,
+    feed: &OpenedFeed,
     header: FeedHeader,
     duplicate_of: Option<u64>,
     rules: &Rules,
     chunk_messages: usize,
 ) -> Result<(FeedOutcome, u64), ProcessError> {
     let merchant = header.merchant;
+    let content_hash = feed.content_hash.as_str();
     let key_digest = KeyDigest {
-        path: source.path,
-        content_hash,
+        feed,
         digests: None,
     };
     // One processing day for the whole feed, even if it runs past midnight, so every
@@ -458,9 +499,12 @@ fn apply<R: std::io::BufRead + Send>(
     if let Some(problem) = feed_problem {
         // A feed-level problem anywhere rejects the whole feed: roll back.
         drop(tx);
+        feed.confirm_rejection(source, &problem)?;
         let outcome = reject(store, source, content_hash, Some(merchant), problem)?;
         return Ok((outcome, 0));
     }
+    // Dropping the transaction on an error rolls it back.
+    feed.confirm(source)?;
     let feed_id = tx.feed_id();
     let deferred = tally.deferred;
     let outcome = tally.into_outcome(
@@ -871,33 +915,168 @@ pub fn lists_order_not_found(outcome: &FeedOutcome) -> bool {
 }
 
 /// What the keys of adjusted items without a `MerchantAdjustmentItemID` derive from: the
-/// feed's canonical content digest ([`canon::content_digest`]), so a re-exported copy is
-/// recognised. Read from the file on first use only, so a fully keyed feed costs no
-/// second pass. A file without a digest (it cannot be read again, or it is XML that the
-/// reader rejects anyway) falls back to the byte hash.
+/// feed's canonical content digests ([`canon::content_digests`]), so a re-exported copy is
+/// recognised. Read from the file (a pass of its own, [`OpenedFeed::pass`]) on first use
+/// only, so a fully keyed feed costs no further pass. A file without a digest (it cannot be
+/// read again, or it is XML that the reader rejects anyway) falls back to the byte hash.
 struct KeyDigest<'a> {
-    path: &'a Path,
-    content_hash: &'a str,
+    feed: &'a OpenedFeed,
     digests: Option<canon::Digests>,
 }
 
 impl KeyDigest<'_> {
     fn get(&mut self) -> &canon::Digests {
-        let (path, content_hash) = (self.path, self.content_hash);
+        let feed = self.feed;
         self.digests.get_or_insert_with(|| {
-            let digests = File::open(path)
-                .ok()
-                .and_then(|file| canon::content_digests(BufReader::with_capacity(1 << 16, file)));
+            let digests = canon::content_digests(BufReader::with_capacity(1 << 16, feed.pass()));
             digests.unwrap_or_else(|| {
                 // Only XML the reader rejects further on has no digest (canon's limits are
                 // the reader's), and then nothing is applied: not worth a warning.
-                tracing::debug!(file = %path.display(), "no canonical content digest; keys of items without a MerchantAdjustmentItemID derive from the file's bytes");
+                tracing::debug!("no canonical content digest; keys of items without a MerchantAdjustmentItemID derive from the file's bytes");
                 canon::Digests {
-                    current: content_hash.to_owned(),
-                    earlier: content_hash.to_owned(),
+                    current: feed.content_hash.clone(),
+                    earlier: feed.content_hash.clone(),
                 }
             })
         })
+    }
+}
+
+/// The feed file being processed, opened once, with the content hash of its bytes. Every
+/// later pass over it (the parse, the canonical digest) reads this one open file from its
+/// own offset ([`OpenedFeed::pass`]), so all of them read the same inode, whatever happens
+/// to the path meanwhile, and hashes what it reads. Before anything is committed,
+/// [`OpenedFeed::confirm`] checks that each pass saw exactly the bytes of the content hash
+/// and that the file's signature (size, mtime, ctime, inode) is what it was before the
+/// hash was made: an in-place writer that goes on after the claim (ingest R3) cannot have
+/// its bytes applied under another version's hash, nor its new version archived as
+/// processed. The signature alone could miss a rewrite of equal length within the
+/// filesystem's timestamp granularity; the hashes cannot.
+struct OpenedFeed {
+    file: File,
+    /// Before the first read.
+    signature: FileSignature,
+    /// Hex SHA-256 of the bytes, the first pass.
+    content_hash: String,
+    /// The later passes of the current attempt.
+    passes: Mutex<Vec<Arc<Mutex<Pass>>>>,
+}
+
+/// How far a pass over the feed file has read, and the hash of what it read.
+struct Pass {
+    hasher: Sha256,
+    offset: u64,
+}
+
+/// A reader of one pass over an [`OpenedFeed`] (positional reads of the one open file).
+struct PassReader<'a> {
+    file: &'a File,
+    pass: Arc<Mutex<Pass>>,
+}
+
+impl Read for PassReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut pass = self.pass.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = self.file.read_at(buf, pass.offset)?;
+        pass.hasher.update(&buf[..n]);
+        pass.offset += n as u64;
+        Ok(n)
+    }
+}
+
+impl OpenedFeed {
+    /// Hashes `file`, whose signature before any read was `signature`.
+    fn hash(file: File, signature: FileSignature) -> std::io::Result<OpenedFeed> {
+        let content_hash = HashingReader::new(&file).finish()?;
+        Ok(OpenedFeed {
+            file,
+            signature,
+            content_hash,
+            passes: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A new pass over the file from its start.
+    fn pass(&self) -> PassReader<'_> {
+        let pass = Arc::new(Mutex::new(Pass {
+            hasher: Sha256::new(),
+            offset: 0,
+        }));
+        self.passes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&pass));
+        PassReader {
+            file: &self.file,
+            pass,
+        }
+    }
+
+    fn forget_passes(&self) {
+        self.passes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Checks, before a commit, that the file has not changed since its hash was made: each
+    /// pass, read on to the end if it stopped early, hashes to the content hash, and the
+    /// signature is unchanged.
+    ///
+    /// # Errors
+    /// [`ProcessError::Unsettled`] with [`Unsettled::Changed`]; a read error.
+    fn confirm(&self, source: &Source<'_>) -> Result<(), ProcessError> {
+        let read_error = |e| read_error(source.path, e);
+        let changed = || ProcessError::Unsettled {
+            path: source.path.to_owned(),
+            why: Unsettled::Changed,
+        };
+        let passes =
+            std::mem::take(&mut *self.passes.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut buffer = vec![0; 1 << 16];
+        for pass in passes {
+            let mut pass = pass.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                let n = self
+                    .file
+                    .read_at(&mut buffer, pass.offset)
+                    .map_err(read_error)?;
+                if n == 0 {
+                    break;
+                }
+                pass.hasher.update(&buffer[..n]);
+                pass.offset += n as u64;
+            }
+            if hex(pass.hasher.clone().finalize().as_slice()) != self.content_hash {
+                return Err(changed());
+            }
+        }
+        let metadata = self.file.metadata().map_err(read_error)?;
+        if crate::inbox::signature(&metadata) != self.signature {
+            return Err(changed());
+        }
+        Ok(())
+    }
+
+    /// Before a rejection for `problem` is committed: [`OpenedFeed::confirm`], then, for a
+    /// file that may still be uploading, a document that ends early is one
+    /// ([`Unsettled::EndsEarly`]), not a truncated feed.
+    ///
+    /// # Errors
+    /// [`ProcessError::Unsettled`]; a read error.
+    fn confirm_rejection(
+        &self,
+        source: &Source<'_>,
+        problem: &Problem,
+    ) -> Result<(), ProcessError> {
+        self.confirm(source)?;
+        if problem.code == Code::Truncated && source.may_still_be_uploading {
+            return Err(ProcessError::Unsettled {
+                path: source.path.to_owned(),
+                why: Unsettled::EndsEarly,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -923,12 +1102,7 @@ impl<R: Read> HashingReader<R> {
     /// Read errors of the rest of the input.
     pub fn finish(mut self) -> std::io::Result<String> {
         std::io::copy(&mut self, &mut std::io::sink())?;
-        Ok(self
-            .hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect())
+        Ok(hex(self.hasher.finalize().as_slice()))
     }
 }
 
@@ -938,6 +1112,11 @@ impl<R: Read> Read for HashingReader<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// Lower-case hex of a digest.
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn read_error(path: &Path, source: std::io::Error) -> ProcessError {
@@ -950,4 +1129,128 @@ fn read_error(path: &Path, source: std::io::Error) -> ProcessError {
 /// The current UTC time in RFC 3339 with second precision (`2026-11-30T12:00:00Z`).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(path: &Path) -> Source<'_> {
+        Source::new(path, "feed.xml", None, None, None)
+    }
+
+    /// Opens `path` and hashes it as [`process_file`] does.
+    fn opened(path: &Path) -> OpenedFeed {
+        let file = File::open(path).expect("open");
+        let signature = crate::inbox::signature(&file.metadata().expect("metadata"));
+        OpenedFeed::hash(file, signature).expect("hash")
+    }
+
+    fn read_pass(feed: &OpenedFeed) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        feed.pass().read_to_end(&mut bytes).expect("read");
+        bytes
+    }
+
+    #[test]
+    fn passes_that_read_the_hashed_bytes_confirm() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("feed.xml");
+        std::fs::write(&path, b"<a>version one</a>").expect("write");
+        let feed = opened(&path);
+        assert_eq!(read_pass(&feed), b"<a>version one</a>");
+        // A pass that stopped early is read on to the end by the check.
+        let mut stopped = feed.pass();
+        let mut head = [0; 3];
+        stopped.read_exact(&mut head).expect("read");
+        feed.confirm(&source(&path)).expect("unchanged");
+    }
+
+    #[test]
+    fn a_rewrite_after_the_hash_is_caught_by_the_signature() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("feed.xml");
+        std::fs::write(&path, b"<a>version one</a>").expect("write");
+        let feed = opened(&path);
+        // The same length, written in place after the hash and after every read.
+        read_pass(&feed);
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open for writing");
+        writer.write_all_at(b"two", 11).expect("rewrite");
+        // An mtime of its own, so the signature moves whatever the timestamp granularity.
+        writer
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1))
+            .expect("set mtime");
+        let error = feed.confirm(&source(&path)).expect_err("changed");
+        assert!(
+            matches!(
+                error,
+                ProcessError::Unsettled {
+                    why: Unsettled::Changed,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_the_signature_cannot_see_is_caught_by_the_hashes() {
+        // A write within the filesystem's timestamp granularity can leave size, mtime and
+        // ctime as they were; the signature is taken after the rewrite here to stand for
+        // that case. The pass read other bytes than were hashed.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("feed.xml");
+        std::fs::write(&path, b"<a>version one</a>").expect("write");
+        let hashed = opened(&path);
+        let writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open for writing");
+        writer.write_all_at(b"two", 11).expect("rewrite");
+        let file = File::open(&path).expect("open");
+        let feed = OpenedFeed {
+            signature: crate::inbox::signature(&file.metadata().expect("metadata")),
+            file,
+            content_hash: hashed.content_hash,
+            passes: Mutex::new(Vec::new()),
+        };
+        assert_eq!(read_pass(&feed), b"<a>version two</a>");
+        assert!(matches!(
+            feed.confirm(&source(&path)),
+            Err(ProcessError::Unsettled {
+                why: Unsettled::Changed,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_document_that_ends_early_is_unsettled_only_while_it_may_still_be_uploading() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("feed.xml");
+        std::fs::write(&path, b"<AmazonEnvelope><Header>").expect("write");
+        let feed = opened(&path);
+        let truncated = Problem::new(
+            Code::Truncated,
+            MessageId::FEED,
+            "AmazonEnvelope",
+            None,
+            "ends early",
+            "Upload the rest.",
+        );
+        let mut source = source(&path);
+        feed.confirm_rejection(&source, &truncated)
+            .expect("process does not wait: truncated");
+        source.may_still_be_uploading = true;
+        assert!(matches!(
+            feed.confirm_rejection(&source, &truncated),
+            Err(ProcessError::Unsettled {
+                why: Unsettled::EndsEarly,
+                ..
+            })
+        ));
+    }
 }

@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::inbox::glob;
 
+/// The done marker of a feed named `name`: its name, byte for byte, then `suffix`
+/// (`[inbox] done_marker`, `.done`).
+pub fn marker_name(name: &OsStr, suffix: &str) -> OsString {
+    let mut marker = name.to_os_string();
+    marker.push(suffix);
+    marker
+}
+
 /// Where a file sits in the inbox: the top level or a merchant folder, and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InboxName {
@@ -220,11 +228,10 @@ impl Tracker {
 
     /// The marker file name for `name` in done-marker mode.
     pub fn marker_for(&self, name: &OsStr) -> Option<OsString> {
-        self.rules.done_marker.as_ref().map(|marker| {
-            let mut marker_name = name.to_os_string();
-            marker_name.push(marker);
-            marker_name
-        })
+        self.rules
+            .done_marker
+            .as_ref()
+            .map(|suffix| marker_name(name, suffix))
     }
 
     /// Takes a full listing of the inbox made at `now` and says which files are ready.
@@ -290,10 +297,9 @@ impl Tracker {
             {
                 continue;
             }
-            if let Some(marker) = self.rules.done_marker.as_ref() {
-                let mut marker_name = name.name.clone();
-                marker_name.push(marker);
-                if !markers.contains(&(name.merchant.as_deref(), marker_name.as_os_str())) {
+            if let Some(suffix) = self.rules.done_marker.as_ref() {
+                let marker = marker_name(&name.name, suffix);
+                if !markers.contains(&(name.merchant.as_deref(), marker.as_os_str())) {
                     if !entry.marker_reported
                         && now.saturating_duration_since(entry.stable_since)
                             >= self.rules.truncated_grace

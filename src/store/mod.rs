@@ -25,13 +25,15 @@ use crate::store::import::{ImportError, column_for};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be reached or the connection broke; retry later.
+    /// The database could not be reached, the connection broke, or (SQLite) another process
+    /// held the database beyond the busy timeout; retry later.
     #[error("database unavailable: {detail}")]
     Unavailable {
         /// What the driver said.
         detail: String,
     },
-    /// A serialization failure, deadlock or busy database; retry the whole feed.
+    /// A race with another instance on the same database (PostgreSQL's serialization
+    /// failures and deadlocks, a unique key taken first); retry the whole feed at once.
     #[error("transaction conflict: {detail}")]
     Conflict {
         /// What the driver said.
@@ -71,7 +73,8 @@ pub enum StoreError {
 
 impl StoreError {
     /// True for errors where retrying the same work later can succeed (connection loss,
-    /// serialization failure, deadlock, busy). The daemon keeps the file and retries.
+    /// a busy SQLite database, serialization failure, deadlock). The daemon keeps the file
+    /// and retries.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

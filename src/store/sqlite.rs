@@ -2,8 +2,8 @@
 //!
 //! One database file, WAL mode, `synchronous=FULL` so a commit is durable, foreign keys on.
 //! A single process writes a database: [`SqliteStore::open`] takes an exclusive lock on
-//! `<db>.lock` (holding the pid and host) and a second opener gets
-//! [`StoreError::Locked`]. Migrations are embedded SQL files versioned by
+//! `<db>.lock` next to the database's canonical path (holding the pid and host), so a
+//! second opener gets [`StoreError::Locked`] however it spells the path. Migrations are embedded SQL files versioned by
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
@@ -98,7 +98,8 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating when absent, with its parent folder) and migrates the database at
-    /// `path`, after taking the single-writer lock `<path>.lock`.
+    /// `path`, after taking the single-writer lock `<path>.lock` (`path` resolved, see
+    /// `lock_path`).
     ///
     /// # Errors
     /// [`StoreError::Locked`] when another process (or another store in this process)
@@ -119,8 +120,8 @@ impl SqliteStore {
             })?;
         }
         let lock = take_lock(path)?;
-        let mut conn = Connection::open(path).map_err(|e| unopenable(path, db_error(e)))?;
-        configure(&conn).map_err(|e| unopenable(path, e))?;
+        let mut conn = Connection::open(path).map_err(|e| unopenable(path, e))?;
+        configure(&conn, path)?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
         if created {
@@ -180,7 +181,7 @@ impl SqliteStore {
     }
 
     /// How long a statement waits for another connection's lock before the operation
-    /// fails with [`StoreError::Conflict`] (default 5 s).
+    /// fails with [`StoreError::Unavailable`] (default 5 s).
     ///
     /// # Errors
     /// A driver error.
@@ -194,9 +195,26 @@ impl SqliteStore {
     }
 }
 
-/// `<db>.lock` next to the database.
+/// `<db>.lock` next to the database, named after the database's canonical path (symlinks,
+/// `.` and `..` resolved, as SQLite itself resolves them to name the `-wal` file), so that
+/// two spellings of one database (a symlinked file or folder, a relative path) share one
+/// lock. The database may not exist yet: then its folder is resolved and its name kept. A
+/// path that cannot be resolved at all (a dangling symlink) is used as written.
 fn lock_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
+    let canonical = std::fs::canonicalize(path)
+        .ok()
+        .or_else(|| {
+            let name = path.file_name()?;
+            let folder = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            std::fs::canonicalize(folder)
+                .ok()
+                .map(|folder| folder.join(name))
+        })
+        .unwrap_or_else(|| path.to_owned());
+    let mut name = canonical.into_os_string();
     name.push(".lock");
     PathBuf::from(name)
 }
@@ -289,11 +307,15 @@ fn open_error(what: &str, error: &std::io::Error) -> StoreError {
     }
 }
 
-/// A driver error while opening and configuring the database: busy or locked stays a
-/// transient conflict, anything else (cannot open, read-only, permission denied) cannot
-/// pass by waiting, so it is not reported as [`StoreError::Unavailable`].
-fn unopenable(path: &Path, error: StoreError) -> StoreError {
-    match error {
+/// A driver error while opening and configuring the database: busy or locked (another
+/// process holds it) stays [`StoreError::Unavailable`], which passes; anything else that
+/// [`db_error`] calls unavailable (cannot open, read-only, permission denied) cannot pass by
+/// waiting, so it is not reported as such.
+fn unopenable(path: &Path, error: rusqlite::Error) -> StoreError {
+    if is_busy(&error) {
+        return db_error(error);
+    }
+    match db_error(error) {
         StoreError::Unavailable { detail } => StoreError::Other {
             detail: format!("cannot open {}: {detail}; {STORE_PATH_FIX}", path.display()),
         },
@@ -318,24 +340,39 @@ fn refuse_folder(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// True when another connection held the database beyond the busy timeout.
+fn is_busy(error: &rusqlite::Error) -> bool {
+    matches!(
+        error,
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(failure.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
 /// What to do about a store path that cannot be used.
 const STORE_PATH_FIX: &str =
     "set [store] url (or ADJUSTD_STORE_URL) to sqlite:PATH in a folder adjustd can write";
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(db_error)?;
+/// Sets the connection up for writing (busy timeout, WAL, durability); errors as
+/// [`unopenable`] words them.
+fn configure(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let unopenable = |e| unopenable(path, e);
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unopenable)?;
     // The bundled SQLite is built with STAT4, which re-prepares a statement whenever a new
     // value is bound to a parameter its plan looked at: measured on `orders import`, a
     // quarter of the time went into re-parsing one query. The query planner stability
     // guarantee keeps each prepared plan.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(db_error)?;
+        .map_err(unopenable)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(db_error)?;
+        .map_err(unopenable)?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Unavailable {
-            detail: format!("cannot switch the database to WAL mode (got {mode:?})"),
+        return Err(StoreError::Other {
+            detail: format!(
+                "cannot open {}: cannot switch the database to WAL mode (got {mode:?}); {STORE_PATH_FIX}",
+                path.display()
+            ),
         });
     }
     // A 64 MiB page cache keeps a large feed's working set (orders, totals, new rows) in
@@ -346,7 +383,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536; \
          PRAGMA mmap_size = 0; PRAGMA temp_store = MEMORY;",
     )
-    .map_err(db_error)
+    .map_err(unopenable)
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -372,13 +409,22 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Maps a driver error: busy/locked are transient conflicts, constraint violations are
-/// invariant breaches, I/O trouble means the database is unavailable.
+/// Maps a driver error: constraint violations are invariant breaches; I/O trouble, and a
+/// database still busy or locked once the busy timeout has passed, mean the database is
+/// unavailable. Busy is not a [`StoreError::Conflict`]: one adjustd writes a SQLite
+/// database (the lock file), so it is another process (a backup, a `sqlite3` shell) holding
+/// it, an outage like a PostgreSQL restart that the daemon must report at once (health,
+/// metric, the batch given back) rather than retry as a race between peers.
 fn db_error(e: rusqlite::Error) -> StoreError {
     let detail = e.to_string();
     match &e {
         rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Conflict { detail },
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable {
+                detail: format!(
+                    "{detail} (another process held it for longer than the busy timeout of {} s)",
+                    BUSY_TIMEOUT.as_secs()
+                ),
+            },
             ErrorCode::ConstraintViolation => StoreError::Invalid { detail },
             ErrorCode::CannotOpen
             | ErrorCode::SystemIoFailure

@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{FileExt as _, PermissionsExt as _};
 use std::time::{Duration, Instant};
 
 use crate::util::{
@@ -96,6 +96,148 @@ fn slow_writer_in_place_is_processed_once_when_complete() {
         "{}",
         daemon.log()
     );
+}
+
+#[test]
+fn an_upload_that_goes_on_after_the_claim_waits_in_the_inbox_instead_of_being_truncated() {
+    // QA4 finding 2: an in-place writer that still holds its descriptor when the feed is
+    // claimed (a re-upload that opened the file just before the claim) goes on writing to
+    // the claimed file. The daemon read a document that ended early and rejected it at once
+    // as TRUNCATED, and the complete upload then sat in failed/. Such a file is an upload
+    // still in progress (DESIGN, "Content gate"): it goes back to the inbox and waits, and is
+    // processed once complete.
+    let dir = setup(&Settings::default(), 202);
+    // A feed in hand for a few seconds first, claimed in the same batch, so that the upload
+    // below is rewritten in work/ before the daemon reads it.
+    let refunds: Vec<Refund> = (0..4_000)
+        .map(|n| refund(n % 200, &format!("first-{n}"), 1))
+        .collect();
+    dir.drop_file("first.xml", feed_xml(MERCHANT, &refunds).as_bytes());
+    let xml = feed_xml(
+        MERCHANT,
+        &[refund(200, "up-1", 100), refund(201, "up-2", 200)],
+    );
+    let bytes = xml.as_bytes();
+    let path = dir.path("inbox/up.xml");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.write_all_at(bytes, 0).expect("write");
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the upload to be claimed", LONG, || !path.exists());
+    // The uploader starts again on the same inode: truncates, writes half, pauses.
+    file.set_len(0).expect("truncate");
+    let half = bytes.len() / 2;
+    file.write_all_at(&bytes[..half], 0).expect("write half");
+    assert!(
+        !daemon.log().contains("processing feed file=up.xml"),
+        "the first feed was done before the upload was cut; log:\n{}",
+        daemon.log()
+    );
+    wait_for(
+        "the cut upload to go back to the inbox (or, wrongly, to get a report)",
+        Duration::from_secs(180),
+        || path.exists() || !dir.reports_for("up.xml").is_empty(),
+    );
+    assert!(
+        dir.reports_for("up.xml").is_empty(),
+        "an upload cut after its claim was reported at once: {:?}",
+        dir.reports_for("up.xml")
+    );
+    assert!(
+        dir.files_in("failed").is_empty(),
+        "{:?}",
+        dir.files_in("failed")
+    );
+    // The rest comes, with a pause longer than the settle time: the content gate holds it.
+    let three_quarters = half + (bytes.len() - half) / 2;
+    file.write_all_at(
+        &bytes[half..three_quarters],
+        u64::try_from(half).expect("size"),
+    )
+    .expect("write");
+    std::thread::sleep(Duration::from_millis(600));
+    file.write_all_at(
+        &bytes[three_quarters..],
+        u64::try_from(three_quarters).expect("size"),
+    )
+    .expect("write");
+    drop(file);
+    let report = report_of(&dir, "up.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    assert_eq!(report["summary"]["messages_successful"], 2, "{report}");
+    report_of(&dir, "first.xml");
+    wait_until_idle(&dir);
+    assert!(
+        dir.files_in("failed").is_empty(),
+        "{:?}",
+        dir.files_in("failed")
+    );
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(200))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(201))), 200);
+    let log = daemon.log();
+    assert!(log.contains("given back to the inbox"), "{log}");
+}
+
+#[test]
+fn a_feed_rewritten_while_it_is_processed_is_applied_as_the_version_its_hash_names() {
+    // QA4 finding 2, second half: the file was read three times (hash, parse, key digest)
+    // with nothing checking that the reads saw the same bytes, so a same-length rewrite
+    // during processing committed one version's hash with another's amounts. Now the
+    // attempt is dropped and the file waits again; whatever the timing, the applied amounts
+    // are those of the version whose hash the report names.
+    const MESSAGES: u32 = 6_000;
+    let dir = setup(&Settings::default(), 200);
+    let version = |cents: i64| {
+        let refunds: Vec<Refund> = (0..MESSAGES)
+            .map(|n| refund(n % 200, &format!("rw-{n}"), cents))
+            .collect();
+        feed_xml(MERCHANT, &refunds).into_bytes()
+    };
+    let (first, second) = (version(1), version(2));
+    assert_eq!(first.len(), second.len());
+    let path = dir.path("inbox/rewritten.xml");
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    file.write_all_at(&first, 0).expect("write");
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=rewritten.xml")
+    });
+    file.write_all_at(&second, 0).expect("rewrite");
+    drop(file);
+    let report = report_of(&dir, "rewritten.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    wait_until_idle(&dir);
+    daemon.stop();
+    let total: i64 = (0..200)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    let hash = report["content_hash"].as_str().expect("hash");
+    let expected = if hash == sha256_hex(&first) {
+        i64::from(MESSAGES)
+    } else {
+        assert_eq!(hash, sha256_hex(&second), "the hash of neither version");
+        2 * i64::from(MESSAGES)
+    };
+    assert_eq!(
+        total, expected,
+        "amounts of another version than the hash names"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -421,6 +563,70 @@ fn polling_mode_and_done_markers() {
 }
 
 #[test]
+fn claims_given_back_to_the_inbox_get_their_done_markers_back() {
+    // QA4 finding 1: with done_marker set, the marker was removed at the claim, and a claim
+    // given back to the inbox (store outage, shutdown) went back without it, to wait for a
+    // marker the uploader had already sent: never processed, no report.
+    let dir = setup(
+        &Settings {
+            inbox_extra: "done_marker = \".done\"".to_owned(),
+            ..Settings::default()
+        },
+        2,
+    );
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    // The store busy: the first feed of the batch stays in hand, and the other claim of its
+    // batch is given back to the inbox (the same give-back as at shutdown).
+    let blocker = hold_write_lock(&dir);
+    // Both feeds and their markers appear at once (one rename of their merchant folder), so
+    // that one listing finds both ready and one batch claims both.
+    let staging = dir.path("staging-merchant");
+    fs::create_dir_all(&staging).expect("staging folder");
+    for (n, name) in ["one.xml", "two.xml"].into_iter().enumerate() {
+        let order = u32::try_from(n).expect("small");
+        let xml = feed_xml(MERCHANT, &[refund(order, name, 100)]);
+        fs::write(staging.join(name), xml).expect("write feed");
+        fs::write(staging.join(format!("{name}.done")), b"").expect("write marker");
+    }
+    fs::rename(&staging, dir.path(&format!("inbox/{MERCHANT}"))).expect("publish");
+    wait_for("the unstarted claim to be given back", LONG, || {
+        daemon.log().contains("given back to the inbox")
+    });
+    let inbox = dir.names_in("inbox");
+    let feeds: Vec<&String> = inbox.iter().filter(|n| n.ends_with(".xml")).collect();
+    assert_eq!(
+        feeds.len(),
+        1,
+        "one feed in hand, one given back: {inbox:?}"
+    );
+    assert!(
+        inbox.contains(&format!("{}.done", feeds[0])),
+        "given back without its marker: {inbox:?}"
+    );
+    // Stopped meanwhile, the next start takes the given-back feed like any marked upload.
+    daemon.stop();
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    let mut daemon = dir.spawn_daemon();
+    for name in ["one.xml", "two.xml"] {
+        assert_eq!(report_of(&dir, name)["status"], "Complete");
+    }
+    wait_until_idle(&dir);
+    assert!(
+        dir.files_in("inbox").is_empty(),
+        "markers are removed at the claim: {:?}",
+        dir.names_in("inbox")
+    );
+    daemon.stop();
+    for order in 0..2 {
+        assert_eq!(refunded_principal_cents(&dir.order(&order_id(order))), 100);
+    }
+}
+
+#[test]
 fn sigterm_finishes_the_feed_in_hand_and_a_second_signal_exits_at_once() {
     let dir = setup(
         &Settings {
@@ -670,7 +876,7 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
         dir.files_in("inbox").is_empty() && !dir.files_in("work").is_empty()
     });
     wait_for("a retry after the busy timeout", LONG, || {
-        daemon.log().contains("retrying feed")
+        daemon.log().contains("transient failure, will retry")
     });
     assert!(
         dir.reports_for("busy.xml").is_empty(),
@@ -692,6 +898,54 @@ fn a_busy_database_delays_a_feed_without_failing_or_losing_it() {
     wait_until_idle(&dir);
     daemon.stop();
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 125);
+}
+
+#[test]
+fn a_store_locked_by_another_process_fails_the_health_check_once_its_busy_timeout_passes() {
+    // QA4 finding 3: SQLITE_BUSY beyond the busy timeout was taken for a race between peer
+    // instances and retried inside the pipeline 8 times, 5 s each, before the daemon's outage
+    // handling saw it: /healthz said ok and adjustd_store_unavailable_seconds read 0 for
+    // about 40 s, logged as "store conflict, retrying feed". A SQLite store has one writer,
+    // so a busy one is an outage from the first failed attempt on.
+    let (dir, port) = setup_with_metrics(1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    let blocker = hold_write_lock(&dir);
+    dir.drop_file(
+        "locked.xml",
+        feed_xml(MERCHANT, &[refund(0, "locked-1", 100)]).as_bytes(),
+    );
+    // Generous: the test that matters is what happened before the 503, below.
+    wait_for("/healthz to answer 503", Duration::from_secs(90), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 503")
+    });
+    let log = daemon.log();
+    assert!(
+        !log.contains("store conflict"),
+        "the busy store was retried as a conflict before it counted as unavailable:\n{log}"
+    );
+    let health = http_get(port, "/healthz");
+    assert!(
+        health.contains("store unavailable since") && health.contains("busy timeout"),
+        "{health}"
+    );
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metric_value(&metrics, "adjustd_store_unavailable_seconds").is_some(),
+        "{metrics}"
+    );
+    assert!(dir.reports_for("locked.xml").is_empty());
+    blocker.execute_batch("ROLLBACK").expect("release the lock");
+    drop(blocker);
+    assert_eq!(report_of(&dir, "locked.xml")["status"], "Complete");
+    wait_for("/healthz to answer ok again", LONG, || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    wait_until_idle(&dir);
+    daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
 }
 
 /// Makes a file unreadable for a daemon started with
@@ -1275,6 +1529,32 @@ fn a_shutdown_that_times_out_exits_130_and_the_feed_is_recovered_at_the_next_sta
 }
 
 #[test]
+fn a_shutdown_timeout_of_zero_stops_an_idle_daemon_cleanly() {
+    // QA4 finding 5: with shutdown_timeout_secs = 0 an idle daemon exited 130 saying "the feed
+    // in hand stays in work/" although it had none: the timeout fired before the idle worker
+    // could answer. The timeout is for a feed in hand only.
+    let dir = setup(
+        &Settings {
+            shutdown_timeout_secs: 0,
+            ..Settings::default()
+        },
+        1,
+    );
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "idle.xml",
+        feed_xml(MERCHANT, &[refund(0, "idle-1", 100)]).as_bytes(),
+    );
+    assert_eq!(report_of(&dir, "idle.xml")["status"], "Complete");
+    wait_until_idle(&dir);
+    // Exit 0, asserted by stop.
+    daemon.stop();
+    let log = daemon.log();
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.contains("shutdown did not finish"), "{log}");
+}
+
+#[test]
 fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_applied_twice() {
     // The outbox cannot take the report (full, permissions; here a regular file stands where
     // the merchant's report folder belongs, which stops root too). The feed is committed
@@ -1643,7 +1923,8 @@ fn metric_value(metrics: &str, name: &str) -> Option<f64> {
 #[test]
 fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_feed() {
     // A feed in hand for a long while: another process holds the SQLite write lock, so the
-    // pipeline waits out the busy timeout (5 s) in the store, again and again. The feed was
+    // pipeline waits out the busy timeout (5 s) in the store, and the daemon retries the feed
+    // in place, again and again. The feed was
     // claimed and no longer waits; two files dropped meanwhile do, and /metrics says so at
     // once, without waiting for the feed in hand to finish.
     let (dir, port) = setup_with_metrics(3);

@@ -48,6 +48,7 @@ fn source<'a>(path: &'a Path, claim_token: Option<&'a str>) -> Source<'a> {
         claim_token,
         bound_merchant: None,
         allowed_merchants: None,
+        may_still_be_uploading: false,
     }
 }
 

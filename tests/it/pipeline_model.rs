@@ -764,6 +764,7 @@ fn source<'a>(path: &'a Path, name: &'a str) -> Source<'a> {
         claim_token: None,
         bound_merchant: None,
         allowed_merchants: None,
+        may_still_be_uploading: false,
     }
 }
 

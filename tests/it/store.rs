@@ -1824,6 +1824,31 @@ fn sqlite_second_opener_gets_locked_with_the_holder() {
 }
 
 #[test]
+fn sqlite_lock_holds_for_every_spelling_of_the_database_path() {
+    // A symlink to the file, a symlinked folder and a path through `..` all name the one
+    // database: a second writer through any of them must be refused, as through the path
+    // the first one used.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let real = dir.path().join("db");
+    std::fs::create_dir(&real).expect("db folder");
+    let path = real.join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let file_link = dir.path().join("alias.db");
+    std::os::unix::fs::symlink(&path, &file_link).expect("symlink to the file");
+    let folder_link = dir.path().join("alias");
+    std::os::unix::fs::symlink(&real, &folder_link).expect("symlink to the folder");
+    std::fs::create_dir(dir.path().join("other")).expect("other folder");
+    let dotted = dir.path().join("other/../db/adjustd.db");
+    for spelling in [file_link, folder_link.join("adjustd.db"), dotted] {
+        match SqliteStore::open(&spelling) {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("{}: expected Locked, got {other:?}", spelling.display()),
+        }
+    }
+    drop(store);
+}
+
+#[test]
 fn sqlite_checks_and_triggers_hold_against_raw_sql() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adjustd.db");
@@ -1887,7 +1912,7 @@ fn sqlite_checks_and_triggers_hold_against_raw_sql() {
 }
 
 #[test]
-fn sqlite_busy_database_is_a_transient_conflict() {
+fn sqlite_busy_database_is_unavailable_not_a_conflict() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adjustd.db");
     let mut store = SqliteStore::open(&path).expect("open");
@@ -1897,10 +1922,15 @@ fn sqlite_busy_database_is_a_transient_conflict() {
     // Something outside adjustd (a backup tool, a careless sqlite3 shell) holds the write lock.
     let other = raw(&path);
     other.execute_batch("BEGIN IMMEDIATE").expect("writer lock");
+    // Not a race between instances (one adjustd writes a SQLite database) but an outage the
+    // daemon must report at once, not retry as a conflict.
     match store.begin_feed(&new_feed("f.xml", "h", None)) {
-        Err(err @ StoreError::Conflict { .. }) => assert!(err.is_transient()),
-        Err(other) => panic!("expected Conflict, got {other:?}"),
-        Ok(_) => panic!("expected Conflict, got a transaction"),
+        Err(err @ StoreError::Unavailable { .. }) => {
+            assert!(err.is_transient());
+            assert!(err.to_string().contains("busy timeout"), "{err}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("expected Unavailable, got a transaction"),
     }
     other.execute_batch("ROLLBACK").expect("release");
     let tx = store

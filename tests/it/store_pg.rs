@@ -1112,6 +1112,7 @@ fn sqlite_and_postgres_give_the_same_results_on_the_same_feeds() {
                     claim_token: None,
                     bound_merchant: None,
                     allowed_merchants: None,
+                    may_still_be_uploading: false,
                 },
             )
             .expect("process");
