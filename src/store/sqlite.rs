@@ -109,7 +109,7 @@ impl SqliteStore {
     /// [`StoreError::Unavailable`] only for the few causes that can pass (interrupted, timed
     /// out, busy).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        refuse_folder(path)?;
+        refuse_non_database(path)?;
         // Said in the log, so a mistyped path shows as a new, empty store.
         let created = !path.exists();
         if let Some(parent) = path.parent()
@@ -143,7 +143,7 @@ impl SqliteStore {
     /// [`StoreError::SchemaTooNew`] / [`StoreError::Invalid`] when its schema version is not
     /// this build's (a writer migrates it first), [`StoreError::Other`] for a folder.
     pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
-        refuse_folder(path)?;
+        refuse_non_database(path)?;
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -323,22 +323,48 @@ fn unopenable(path: &Path, error: rusqlite::Error) -> StoreError {
     }
 }
 
-/// A folder (or a link to one) can never be the database: said so before SQLite opens it
-/// and reports a "disk I/O error" or "unable to open database file", which blame the disk
-/// or the permissions. The fix names a file in that folder.
-fn refuse_folder(path: &Path) -> Result<(), StoreError> {
+/// A folder (or a link to one), or a file that is something else than an SQLite database,
+/// can never be the store: said so before a lock file is made beside it and before SQLite
+/// reports a "disk I/O error", "unable to open database file" or "file is not a database",
+/// which blame the disk or the permissions. An empty file is a database SQLite has not
+/// written yet; a file that cannot be read is left to SQLite's own error.
+fn refuse_non_database(path: &Path) -> Result<(), StoreError> {
+    let fix = "set [store] url (or ADJUSTD_STORE_URL) to sqlite:PATH with the database file's path";
     if std::fs::metadata(path).is_ok_and(|metadata| metadata.is_dir()) {
         return Err(StoreError::Other {
             detail: format!(
-                "{} is a folder, not a database file: set [store] url (or ADJUSTD_STORE_URL) \
-                 to sqlite:PATH with the database file's path, e.g. sqlite:{}",
+                "{} is a folder, not a database file: {fix}, e.g. sqlite:{}",
                 path.display(),
                 path.join("adjustd.db").display()
             ),
         });
     }
+    let mut header = [0_u8; 16];
+    let read = File::open(path).and_then(|mut file| {
+        let mut filled = 0;
+        while filled < header.len() {
+            match file.read(&mut header[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        Ok(filled)
+    });
+    if let Ok(filled @ 1..) = read
+        && header[..filled] != SQLITE_HEADER[..filled.min(SQLITE_HEADER.len())]
+    {
+        return Err(StoreError::Other {
+            detail: format!(
+                "{} is not an SQLite database (its first bytes are not \"SQLite format 3\"): {fix}",
+                path.display()
+            ),
+        });
+    }
     Ok(())
 }
+
+/// The first 16 bytes of every SQLite 3 database file.
+const SQLITE_HEADER: &[u8; 16] = b"SQLite format 3\0";
 
 /// True when another connection held the database beyond the busy timeout.
 fn is_busy(error: &rusqlite::Error) -> bool {

@@ -1933,6 +1933,40 @@ fn a_folder_given_as_the_sqlite_store_is_named_as_a_folder() {
 }
 
 #[test]
+fn a_file_that_is_not_a_database_is_named_and_gets_no_lock_file_beside_it() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("passwd");
+    std::fs::write(&file, "root:x:0:0:root:/root:/bin/bash\n").expect("write");
+    let orders = data("orders.txt");
+    for args in [
+        &["orders", "show", "171-1234567-1234567"][..],
+        &["feeds", "list"],
+        &["orders", "import", "--merchant", "M_TEST", &orders],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(sandbox.path(""))
+            .args(["--config", "adjustd.toml"])
+            .args(args)
+            .env("ADJUSTD_STORE_URL", format!("sqlite:{}", file.display()))
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        let named = format!("{} is not an SQLite database", file.display());
+        assert!(stderr.contains(&named), "{args:?}: {stderr}");
+    }
+    assert!(
+        !sandbox.path("passwd.lock").exists(),
+        "a lock file was left"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("read"),
+        "root:x:0:0:root:/root:/bin/bash\n"
+    );
+}
+
+#[test]
 fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
     let sandbox = Sandbox::new();
     let header = "order-id\torder-item-id\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n";
