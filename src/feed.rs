@@ -320,7 +320,9 @@ const READ_BYTES: usize = 64 * 1024;
 /// without a copy or another UTF-8 check. Only the prefix up to the first bad byte
 /// (`usable`) is ever parsed: a problem is reported when the parser gets there, with the
 /// line and column of that byte. Line and column are counted on demand from the last
-/// counted offset (line feeds found once per window with memchr).
+/// counted offset (line ends found once per window with memchr: LF, CR LF and a lone CR; a
+/// carriage return at the end of what was read waits for the next byte, so a CR LF split
+/// between two reads is one line end).
 ///
 /// An event that runs into the end of the window before the file ends is parsed again
 /// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
@@ -357,9 +359,11 @@ struct SourceState {
     /// Where `line` and `column` were counted to (at most `start`; see
     /// [`SourceState::position_at`]).
     counted: usize,
-    /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
+    /// Offsets of the line ends in `data[start..usable]` as of the last refill: every line
+    /// feed, and every carriage return not followed by one (XML 1.0 §2.11 reads CR LF and a
+    /// lone CR as a line feed).
     newlines: Vec<usize>,
-    /// Index of the first line feed not consumed yet.
+    /// Index of the first line end not consumed yet.
     newline_index: usize,
 }
 
@@ -501,6 +505,16 @@ impl SourceState {
                 .unwrap_or(usize::MAX);
             self.limit(allowed.max(self.start), Pending::FileTooLarge);
         }
+        // A carriage return at the end of what was read may be the first half of a CR LF:
+        // it is held back until the next byte is known, so `refill` can tell a lone CR (a
+        // line end of its own) from one followed by a line feed (one line end).
+        if !self.at_eof
+            && self.pending.is_none()
+            && self.usable > self.start
+            && data[self.usable - 1] == b'\r'
+        {
+            self.usable -= 1;
+        }
         self.window_ascii = data[self.start..self.usable].is_ascii();
         self.window_cr = memchr::memchr(b'\r', &data[self.start..self.usable]).is_some();
     }
@@ -596,9 +610,14 @@ impl SourceState {
         self.check(data);
         self.newlines.clear();
         self.newline_index = 0;
-        let start = self.start;
-        self.newlines
-            .extend(memchr::memchr_iter(b'\n', &data[start..self.usable]).map(|i| i + start));
+        let (start, usable) = (self.start, self.usable);
+        self.newlines.extend(
+            memchr::memchr2_iter(b'\n', b'\r', &data[start..usable])
+                .map(|i| i + start)
+                // A CR followed by a LF ends its line at the LF (the CR is only held back
+                // at the end of the window while more may come, see `check`).
+                .filter(|&i| data[i] == b'\n' || i + 1 >= usable || data[i + 1] != b'\n'),
+        );
         Ok(())
     }
 }
@@ -1776,6 +1795,32 @@ mod tests {
             (problem.code, problem.position),
             (Code::MalformedXml, Some(Position { line: 3, column: 5 }))
         );
+    }
+
+    #[test]
+    fn a_lone_carriage_return_ends_a_line_like_cr_lf_and_lf() {
+        // Lines: "<r>" CR "<a/>" CR LF "<b/>" LF "" CR "<c/>" CR "" CR " <d/></r>".
+        let doc = "<r>\r<a/>\r\n<b/>\n\r<c/>\r\r <d/></r>";
+        for capacity in 1..9 {
+            let mut reader = FeedReader::new(
+                io::BufReader::with_capacity(capacity, doc.as_bytes()),
+                Limits::default(),
+            );
+            let mut found = Vec::new();
+            while let Some(tree) = reader.next_child().expect("well-formed") {
+                let p = tree.root().expect("element").position();
+                found.push((p.line, p.column));
+            }
+            assert_eq!(
+                found,
+                [(2, 1), (3, 1), (5, 1), (7, 2)],
+                "capacity {capacity}"
+            );
+        }
+        // A problem on a line after lone CRs names that line.
+        let mut reader = FeedReader::new("<r>\r<a>\r\r  </b></r>".as_bytes(), Limits::default());
+        let problem = reader.next_child().expect_err("mismatched");
+        assert_eq!(problem.position, Some(Position { line: 4, column: 3 }));
     }
 
     #[test]

@@ -621,17 +621,20 @@ fn significant_fraction_digits(raw: &str) -> usize {
     }
 }
 
-/// Line and column of byte `offset` as the feed reader counts them: lines end at line
-/// feeds, columns count characters from 1.
+/// Line and column of byte `offset` as the feed reader counts them: lines end at a line
+/// feed, a CR LF or a lone carriage return; columns count characters from 1.
 fn position_of(bytes: &[u8], offset: usize) -> Position {
     let before = &bytes[..offset.min(bytes.len())];
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
+    let is_line_end = |at: usize| {
+        before[at] == b'\n' || (before[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n'))
+    };
+    let line_start = (0..before.len())
+        .rev()
+        .find(|&at| is_line_end(at))
         .map_or(0, |at| at + 1);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Position {
-        line: count(before.iter().filter(|b| **b == b'\n').count() + 1),
+        line: count((0..before.len()).filter(|&at| is_line_end(at)).count() + 1),
         column: count(
             String::from_utf8_lossy(&before[line_start..])
                 .chars()
