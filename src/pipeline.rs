@@ -602,10 +602,11 @@ fn flush(
     Ok(())
 }
 
-/// The results a report lists at most. Messages beyond are still counted exactly, but
-/// their problems are not kept: a feed of a million failing messages would otherwise hold
-/// a million problems, and render them twice, in memory (measured by an audit: 1.67 GB for
-/// 500 000). A `RESULTS_OMITTED` warning at the end says how many were left out.
+/// The results a report lists at most: the first ones in document order. Beyond them
+/// results are only counted: a feed of a million failing messages would otherwise hold a
+/// million problems, and render them twice, in memory (measured by an audit: 1.67 GB for
+/// 500 000). A `RESULTS_OMITTED` warning at the end says how many were left out and from
+/// where.
 pub const MAX_RESULTS: usize = 20_000;
 
 /// Per-message counts and the results, in document order: what a report summarises.
@@ -618,8 +619,9 @@ pub struct Tally {
     results: Vec<Problem>,
     /// Results beyond [`MAX_RESULTS`], counted, not kept.
     omitted: u64,
-    /// The first message with an omitted result.
-    first_omitted: Option<MessageId>,
+    /// Where the omitted results start: the message of the first one, and how many results
+    /// of that message are listed before it.
+    first_omitted: Option<(MessageId, usize)>,
     /// Messages whose `ORDER_NOT_FOUND` was not pinned ([`Processed::deferred`]), counted
     /// whether or not their result is listed.
     deferred: u64,
@@ -637,7 +639,9 @@ impl Tally {
         }
     }
 
-    /// Counts one message and keeps its problems.
+    /// Counts one message and keeps its problems while the list has room: the first
+    /// [`MAX_RESULTS`] results of the feed are listed, also when they are the first of one
+    /// message's many, and every later one is only counted.
     pub fn add(&mut self, applied: bool, problems: Vec<Problem>) {
         self.processed += 1;
         if applied {
@@ -649,12 +653,15 @@ impl Tally {
         if problems.iter().any(|p| p.severity == Severity::Warning) {
             self.with_warning += 1;
         }
-        if self.results.len() + problems.len() <= MAX_RESULTS {
-            self.results.extend(problems);
-        } else if let Some(first) = problems.first() {
-            self.first_omitted.get_or_insert(first.message_id);
-            self.omitted += problems.len() as u64;
+        let listed = problems
+            .len()
+            .min(MAX_RESULTS.saturating_sub(self.results.len()));
+        if let Some(first) = problems.get(listed) {
+            // The list is the feed's first results, so everything from here on is left out.
+            self.first_omitted.get_or_insert((first.message_id, listed));
+            self.omitted += (problems.len() - listed) as u64;
         }
+        self.results.extend(problems.into_iter().take(listed));
     }
 
     /// The report outcome of the feed (processed now).
@@ -668,14 +675,18 @@ impl Tally {
         duplicate_of: Option<u64>,
     ) -> FeedOutcome {
         let mut results = self.results;
-        if let Some(first) = self.first_omitted {
+        if let Some((message, listed)) = self.first_omitted {
+            let from = match listed {
+                0 => format!("message {message}"),
+                listed => format!("result {} of message {message}", listed + 1),
+            };
             results.push(Problem::new(
                 Code::ResultsOmitted,
                 MessageId::FEED,
                 "AmazonEnvelope",
                 None,
                 format!(
-                    "{} more results, from message {first} on, are not listed: a report lists at most {MAX_RESULTS}; the counts above include every message",
+                    "{} more results, from {from} on, are not listed: a report lists the first {MAX_RESULTS}; the counts above include every message",
                     self.omitted
                 ),
                 "Fix the problems listed, then send the messages that failed again in a new feed; split very large feeds.",

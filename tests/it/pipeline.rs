@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use adjustd::engine::Rules;
 use adjustd::feed::Limits;
-use adjustd::model::MerchantId;
-use adjustd::pipeline::{self, Context, DuplicatePolicy, Source};
-use adjustd::problem::Code;
+use adjustd::model::{MerchantId, MessageId};
+use adjustd::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
+use adjustd::problem::{Code, Problem};
 use adjustd::store::{AnyStore, FeedStatus, import};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/e2e");
@@ -699,6 +699,54 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     );
     let json = std::fs::read_to_string(&processed.json_report).expect("report");
     assert!(json.contains("RESULTS_OMITTED"));
+}
+
+#[test]
+fn a_message_with_more_results_than_a_report_lists_shows_the_first_ones() {
+    // Message 1 has two problems more than a report lists, message 2 has one. Before the
+    // fix neither message 1's problems nor the truth about where the omission starts were
+    // in the report: it listed message 2's problem and said that everything "from message
+    // 1 on" was left out.
+    let max = pipeline::MAX_RESULTS;
+    let problem = |message: u64, n: usize| {
+        Problem::new(
+            Code::SchemaInvalid,
+            MessageId::new(message).expect("a MessageID"),
+            format!("Message/OrderAdjustment/x[{n}]"),
+            None,
+            "unexpected element <x>",
+            "Remove it.",
+        )
+    };
+    let mut tally = Tally::default();
+    tally.add(false, (1..=max + 2).map(|n| problem(1, n)).collect());
+    tally.add(false, vec![problem(2, 1)]);
+    let outcome = tally.into_outcome(1, "feed.xml", "hash", None, FeedStatus::Complete, None);
+    assert_eq!(
+        (outcome.messages_processed, outcome.messages_with_error),
+        (2, 2)
+    );
+    assert_eq!(outcome.results.len(), max + 1);
+    assert!(
+        outcome.results[..max]
+            .iter()
+            .enumerate()
+            .all(|(index, p)| p.message_id.get() == 1
+                && p.element == format!("Message/OrderAdjustment/x[{}]", index + 1)),
+        "the list is message 1's first results"
+    );
+    let last = &outcome.results[max];
+    assert_eq!(
+        (last.message_id.get(), last.code),
+        (0, Code::ResultsOmitted)
+    );
+    assert!(
+        last.description.starts_with(&format!(
+            "3 more results, from result {} of message 1 on, are not listed: a report lists the first {max};",
+            max + 1
+        )),
+        "{last:?}"
+    );
 }
 
 #[test]
