@@ -208,6 +208,9 @@ impl<R: BufRead> Validator<R> {
                 "Move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else.",
             ));
         }
+        if let Some(problem) = other_message_type(element) {
+            return Err(problem);
+        }
         self.messages += 1;
         if self.messages > self.limits.max_messages {
             return Err(Limits::exceeded(
@@ -517,6 +520,34 @@ fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// WRONG_MESSAGE_TYPE for a `Message` that holds the message element of another feed type
+/// (named like one of the other [`MESSAGE_TYPES`], as in Amazon's envelope: an
+/// `OrderAcknowledgement`, a `ProcessingReport`, ...): the file is not an Order Adjustment
+/// feed whatever its MessageType says, so the whole feed is rejected, once. Any other
+/// unexpected element in a Message is that message's SCHEMA_INVALID.
+fn other_message_type(message: Element<'_>) -> Option<Problem> {
+    let other = message.children().find(|child| {
+        !matches!(
+            child.name(),
+            "MessageID" | "OperationType" | "OrderAdjustment"
+        ) && MESSAGE_TYPES.contains(&child.name())
+    })?;
+    let which = child(message, "MessageID")
+        .and_then(|id| positive_integer(id.text(), u64::MAX).ok())
+        .map_or_else(|| "a message".to_owned(), |id| format!("message {id}"));
+    Some(Problem::new(
+        Code::WrongMessageType,
+        MessageId::FEED,
+        format!("AmazonEnvelope/Message/{}", other.name()),
+        Some(other.position()),
+        format!(
+            "{which} is of another feed type: it holds <{}>; this processor only accepts OrderAdjustment feeds, whose messages each hold an <OrderAdjustment>",
+            other.name()
+        ),
+        "Send only Order Adjustment feeds here; send other feed types to Amazon.",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
