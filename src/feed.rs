@@ -159,6 +159,8 @@ struct Node {
 struct Attr {
     name: Span,
     value: Span,
+    /// The namespace of a prefixed name (see [`Attribute::namespace`]).
+    namespace: Option<Span>,
 }
 
 /// One element with its descendants, stored in reusable buffers (an arena): names, text
@@ -251,13 +253,17 @@ impl<'t> Element<'t> {
         })
     }
 
-    /// The attributes in document order as (name, normalized value).
-    pub fn attributes(&self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
+    /// The attributes in document order.
+    pub fn attributes(&self) -> impl Iterator<Item = Attribute<'t>> + 't {
         let tree = self.tree;
         let span = self.node().attrs;
         tree.attrs[span.start..span.end]
             .iter()
-            .map(move |a| (tree.str(a.name), tree.str(a.value)))
+            .map(move |a| Attribute {
+                name: tree.str(a.name),
+                value: tree.str(a.value),
+                namespace: a.namespace.map(|namespace| tree.str(namespace)),
+            })
     }
 
     /// The child elements in document order.
@@ -272,6 +278,20 @@ impl<'t> Element<'t> {
     pub fn has_children(&self) -> bool {
         self.node().first_child != NONE
     }
+}
+
+/// One attribute of an [`Element`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribute<'t> {
+    /// The name exactly as written (prefix included).
+    pub name: &'t str,
+    /// The value, entities resolved and white space normalized.
+    pub value: &'t str,
+    /// For a prefixed name (`p:name`, not a declaration `xmlns:p`), the namespace the prefix
+    /// is bound to where the element stands: by an `xmlns:p` on the element or the nearest
+    /// ancestor that declares it (`xml` is bound from the start). `None` for an unprefixed
+    /// name, a declaration, or a prefix that is not declared (or declared empty).
+    pub namespace: Option<&'t str>,
 }
 
 /// Iterator over the child elements of an [`Element`].
@@ -813,6 +833,83 @@ enum Step {
     Eof,
 }
 
+/// The namespace of the `xml` prefix, bound in every document.
+const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// The namespace prefixes declared (`xmlns:p="..."`) on the open elements, so a prefixed
+/// attribute name is resolved where it is read, in one lookup however many prefixes are in
+/// scope. Feeds rarely declare any but the root's `xmlns:xsi`, so nothing is done for an
+/// element without a prefixed attribute.
+#[derive(Debug, Default)]
+struct Namespaces {
+    /// Each declared prefix's namespaces, the innermost last.
+    bindings: std::collections::HashMap<String, Vec<String>>,
+    /// The declarations in document order, with the depth of their element.
+    declared: Vec<(u32, String)>,
+}
+
+impl Namespaces {
+    /// Takes the declarations among `tree.attrs[attrs]` (the attributes of the element at
+    /// `depth`) into scope, then resolves the prefixed names among them.
+    fn open(&mut self, tree: &mut Tree, attrs: std::ops::Range<usize>, depth: u32) {
+        for index in attrs.clone() {
+            let attr = tree.attrs[index];
+            if let Some(prefix) = tree.str(attr.name).strip_prefix("xmlns:") {
+                let namespace = tree.str(attr.value).to_owned();
+                self.bindings
+                    .entry(prefix.to_owned())
+                    .or_default()
+                    .push(namespace);
+                self.declared.push((depth, prefix.to_owned()));
+            }
+        }
+        for index in attrs {
+            let attr = tree.attrs[index];
+            let Some((prefix, _)) = tree.str(attr.name).split_once(':') else {
+                continue;
+            };
+            let namespace = match prefix {
+                "xmlns" => None,
+                "xml" => Some(XML_NAMESPACE),
+                prefix => self
+                    .bindings
+                    .get(prefix)
+                    .and_then(|namespaces| namespaces.last())
+                    .map(String::as_str),
+            };
+            if let Some(namespace) = namespace.filter(|namespace| !namespace.is_empty()) {
+                let span = tree.push_str(namespace);
+                tree.attrs[index].namespace = Some(span);
+            }
+        }
+    }
+
+    /// The element at `depth` ended: its declarations go out of scope. Called at every end
+    /// tag, so the common case (the element declared nothing) is one comparison.
+    #[inline(always)]
+    fn close(&mut self, depth: u32) {
+        if self
+            .declared
+            .last()
+            .is_some_and(|(declared_at, _)| *declared_at >= depth)
+        {
+            self.close_declared(depth);
+        }
+    }
+
+    fn close_declared(&mut self, depth: u32) {
+        while let Some((declared_at, _)) = self.declared.last()
+            && *declared_at >= depth
+        {
+            if let Some((_, prefix)) = self.declared.pop()
+                && let Some(namespaces) = self.bindings.get_mut(&prefix)
+            {
+                namespaces.pop();
+            }
+        }
+    }
+}
+
 /// The streaming reader: [`FeedReader::open_root`] reads up to the root element's start
 /// tag, then [`FeedReader::next_child`] yields each child element of the root as a
 /// [`Tree`] (buffers reused), and `None` once the root closed and the rest of the file was
@@ -833,6 +930,7 @@ pub struct FeedReader<R: BufRead> {
     events: u64,
     root_text: Option<Position>,
     failure: Option<Problem>,
+    namespaces: Namespaces,
 }
 
 impl<R: BufRead> FeedReader<R> {
@@ -851,6 +949,7 @@ impl<R: BufRead> FeedReader<R> {
             events: 0,
             root_text: None,
             failure: None,
+            namespaces: Namespaces::default(),
         }
     }
 
@@ -1261,6 +1360,10 @@ impl<R: BufRead> FeedReader<R> {
                 let name_span = tree.push_str(name);
                 let attrs_start = tree.attrs.len();
                 let raw_attributes = start.attributes_raw();
+                // A prefixed attribute name (or a namespace declaration) needs the
+                // namespaces in scope; all other elements skip them.
+                let prefixed = !raw_attributes.is_empty()
+                    && memchr::memchr(b':', raw_attributes.as_bytes()).is_some();
                 if let Some((key, value)) = plain_attribute(raw_attributes) {
                     push_attribute(tree, self.limits, position, name, key, value)?;
                 } else if !is_blank(raw_attributes) {
@@ -1304,6 +1407,10 @@ impl<R: BufRead> FeedReader<R> {
                         push_attribute(tree, self.limits, position, name, key, &value)?;
                     }
                 }
+                if prefixed {
+                    self.namespaces
+                        .open(tree, attrs_start..tree.attrs.len(), new_depth);
+                }
                 let text_at = tree.strings.len();
                 tree.nodes.push(Node {
                     name: name_span,
@@ -1330,6 +1437,9 @@ impl<R: BufRead> FeedReader<R> {
                         tree.nodes[previous].next_sibling = id;
                     }
                     tree.nodes[parent].last_child = id;
+                }
+                if is_empty {
+                    self.namespaces.close(new_depth);
                 }
                 return Ok(Some(self.opened(id, new_depth, is_empty)));
             }
@@ -1410,6 +1520,7 @@ impl<R: BufRead> FeedReader<R> {
             let position = self.src.position_at(data, at);
             return Err(xml_problem(&XmlError::IllFormed(error), position));
         }
+        self.namespaces.close(self.depth);
         self.depth = self.depth.saturating_sub(1);
         if self.depth >= 1 && self.current != NONE {
             self.current = self.tree.nodes[self.current].parent;
@@ -1501,7 +1612,11 @@ fn push_attribute(
     }
     let name = tree.push_str(key);
     let value = tree.push_str(value);
-    tree.attrs.push(Attr { name, value });
+    tree.attrs.push(Attr {
+        name,
+        value,
+        namespace: None,
+    });
     Ok(())
 }
 
@@ -1858,7 +1973,12 @@ mod tests {
             Limits::default(),
         );
         let tree = reader.next_child().expect("ok").expect("a");
-        let attributes: Vec<(&str, &str)> = tree.root().expect("a").attributes().collect();
+        let attributes: Vec<(&str, &str)> = tree
+            .root()
+            .expect("a")
+            .attributes()
+            .map(|a| (a.name, a.value))
+            .collect();
         assert_eq!(attributes, [("x", "1<2 y"), ("y", "A")]);
     }
 
@@ -1867,6 +1987,46 @@ mod tests {
         let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
         let tree = reader.next_child().expect("ok").expect("a");
         assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn prefixed_attributes_are_resolved_by_the_namespace_in_scope() {
+        let doc = "<r xmlns:q='urn:q' xmlns:s='urn:s'><a q:x='1' s:y='2' z='3' xml:lang='en'/>\
+                   <b xmlns:q='urn:inner' q:x='1'><c q:x='1' u:x='1'/></b><d q:x='1' xmlns:q=''/>\
+                   <e q:x='1'/></r>";
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let mut found = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            for id in 0.. {
+                let Some(element) = tree.element(id) else {
+                    break;
+                };
+                for attribute in element.attributes() {
+                    found.push(format!(
+                        "{} {} {:?}",
+                        element.name(),
+                        attribute.name,
+                        attribute.namespace
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            found,
+            [
+                "a q:x Some(\"urn:q\")",
+                "a s:y Some(\"urn:s\")",
+                "a z None",
+                "a xml:lang Some(\"http://www.w3.org/XML/1998/namespace\")",
+                "b xmlns:q None",
+                "b q:x Some(\"urn:inner\")",
+                "c q:x Some(\"urn:inner\")",
+                "c u:x None",
+                "d q:x None",
+                "d xmlns:q None",
+                "e q:x Some(\"urn:q\")",
+            ]
+        );
     }
 
     #[test]

@@ -251,7 +251,7 @@ impl<R: BufRead> Validator<R> {
                 Some(root.position()),
                 "AmazonEnvelope",
                 &what,
-                "Remove the attribute (xmlns:xsi and xsi:noNamespaceSchemaLocation are accepted); the envelope has no namespace.",
+                "Remove the attribute: the envelope has no namespace, and besides namespace declarations only a schema hint is accepted (xsi:noNamespaceSchemaLocation, with xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\").",
             ));
         }
         const ORDER: &[&str] = &[
@@ -708,28 +708,46 @@ fn check_sequence<'t>(
 
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
-/// Checks attributes against the allowed names; namespace declarations and
-/// `xsi:(no)NamespaceSchemaLocation` are not attributes in XSD's sense.
+/// Checks attributes against the allowed names. Namespace declarations and the schema
+/// location hints (`noNamespaceSchemaLocation` and `schemaLocation` in the XSI namespace,
+/// under whatever prefix is bound to it) are not attributes in XSD's sense; any other
+/// prefixed name is unknown, and one whose prefix is not declared is refused as such, as
+/// `xmllint` does.
 fn check_attributes(element: Element<'_>, allowed: &[&str]) -> Result<(), String> {
-    for (name, value) in element.attributes() {
+    for attribute in element.attributes() {
+        let name = attribute.name;
         if name == "xmlns" {
-            if value.is_empty() {
+            if attribute.value.is_empty() {
                 continue;
             }
             return Err(format!(
                 "<{}> is in namespace {}; the feed elements have no namespace",
                 element.name(),
-                quoted(value)
+                quoted(attribute.value)
             ));
         }
         if name.starts_with("xmlns:") {
-            if name == "xmlns:xsi" && value != XSI {
-                return Err(format!("xmlns:xsi must be {}", quoted(XSI)));
-            }
             continue;
         }
-        if matches!(name, "xsi:noNamespaceSchemaLocation" | "xsi:schemaLocation") {
-            continue;
+        if let Some((prefix, local)) = name.split_once(':') {
+            match attribute.namespace {
+                None => {
+                    return Err(format!(
+                        "<{}> has an attribute {name} whose prefix {prefix} is not declared (no xmlns:{prefix} on it or an enclosing element)",
+                        element.name()
+                    ));
+                }
+                Some(XSI) if matches!(local, "noNamespaceSchemaLocation" | "schemaLocation") => {
+                    continue;
+                }
+                Some(namespace) => {
+                    return Err(format!(
+                        "<{}> has an unknown attribute {name} (namespace {})",
+                        element.name(),
+                        quoted(namespace)
+                    ));
+                }
+            }
         }
         if !allowed.contains(&name) {
             return Err(format!(
@@ -1913,8 +1931,8 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
     };
     let code = element
         .attributes()
-        .find(|(name, _)| *name == "currency")
-        .map(|(_, value)| value);
+        .find(|attribute| attribute.name == "currency")
+        .map(|attribute| attribute.value);
     let currency = code.and_then(|code| {
         // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
         let known = c

@@ -1380,18 +1380,43 @@ fn mutate_tree(feed: &mut Element, rng: &mut Rng) -> String {
             }
         }
         11 => {
-            let (attribute, value) = *rng.pick(&[
-                &("foo", "1"),
-                &("currency", "USD"),
-                &("xml:lang", "en"),
-                &("xsi:nil", "true"),
-                &("xmlns", "http://example.com/amzn"),
-                &("xmlns:x", "http://example.com/x"),
-            ]);
-            feed.at(&path)
-                .attributes
-                .push((attribute.to_owned(), value.to_owned()));
-            format!("add {attribute}=\"{value}\" to {where_}")
+            const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+            // Namespace declarations and schema location hints under several prefixes,
+            // bound here, on the envelope (one base feed in three binds xsi there), or not
+            // at all: the verdict follows the binding, not the prefix.
+            let choices: [&[(&str, &str)]; 13] = [
+                &[("foo", "1")],
+                &[("currency", "USD")],
+                &[("xml:lang", "en")],
+                &[("xsi:nil", "true")],
+                &[("xmlns", "http://example.com/amzn")],
+                &[("xmlns:x", "http://example.com/x")],
+                &[("xsi:noNamespaceSchemaLocation", "amzn-envelope.xsd")],
+                &[
+                    ("xmlns:q", XSI),
+                    ("q:noNamespaceSchemaLocation", "amzn-envelope.xsd"),
+                ],
+                &[("xmlns:q", XSI), ("q:schemaLocation", "urn:x x.xsd")],
+                &[
+                    ("xmlns:xsi", "urn:not-xsi"),
+                    ("xsi:noNamespaceSchemaLocation", "a.xsd"),
+                ],
+                &[("xmlns:xsi", "urn:not-xsi")],
+                &[("xmlns:xsi", XSI)],
+                &[("q:noNamespaceSchemaLocation", "amzn-envelope.xsd")],
+            ];
+            let attributes = rng.pick(&choices);
+            let element = feed.at(&path);
+            for (attribute, value) in attributes {
+                element
+                    .attributes
+                    .push(((*attribute).to_owned(), (*value).to_owned()));
+            }
+            let added: Vec<String> = attributes
+                .iter()
+                .map(|(attribute, value)| format!("{attribute}=\"{value}\""))
+                .collect();
+            format!("add {} to {where_}", added.join(" "))
         }
         12 => {
             let element = feed.at(&path);
