@@ -16,7 +16,7 @@ use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
-use crate::model::{Currency, MessageId, Position};
+use crate::model::{Currency, MessageId, Position, format_minor};
 
 /// Whether a result fails the message (or feed) or only warns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -352,6 +352,34 @@ pub fn precision_texts(
             count(significant, noun)
         ),
         fix,
+    )
+}
+
+/// The description and fix of an AMOUNT_FORMAT for an amount that has no more fraction
+/// digits than `currency` allows but does not fit the `i64` minor units amounts are held in
+/// ([`crate::model::Amount::to_minor`] is `None`): `written` as the feed wrote it, named by
+/// `what` (`Amount`, `Principal amount`). Shared by `validate` (an amount with a `currency`
+/// attribute) and the engine (the order's currency), so both refuse it in the same words.
+pub fn too_large_texts(what: &str, written: &str, currency: Currency) -> (String, String) {
+    (
+        format!(
+            "{what} {written} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
+            10_u64.pow(currency.exponent()),
+            format_minor(i64::MAX, currency)
+        ),
+        format!("Check the {what}; it cannot be a real refund."),
+    )
+}
+
+/// The description and fix of an AMOUNT_FORMAT for an adjusted item whose amounts each fit
+/// minor units of `currency` but whose net does not (see [`too_large_texts`]).
+pub fn net_too_large_texts(currency: Currency) -> (String, String) {
+    (
+        format!(
+            "the amounts of this item add up to more than {} {currency}",
+            format_minor(i64::MAX, currency)
+        ),
+        "Check the amounts; they cannot be a real refund.".to_owned(),
     )
 }
 

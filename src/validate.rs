@@ -29,7 +29,9 @@ use crate::model::{
     ItemRef, MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent,
     PromotionComponent, Quantity, SellerId,
 };
-use crate::problem::{Code, Problem, count, precision_texts, quoted};
+use crate::problem::{
+    Code, Problem, count, net_too_large_texts, precision_texts, quoted, too_large_texts,
+};
 
 /// One message of a feed after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1701,6 +1703,16 @@ fn check_item<'t>(
     if c.count() != before {
         return None;
     }
+    // Step 3 in the message's currency: each amount fits minor units (`check_amount`), but
+    // their net may not. The engine checks it in the order's currency, which is this one or
+    // the message fails with CURRENCY_MISMATCH.
+    if let Some((currency, _)) = c.currency
+        && net_overflows(&parsed, currency)
+    {
+        let (description, fix) = net_too_large_texts(currency);
+        c.add(Code::AmountFormat, item, description, &fix);
+        return None;
+    }
     // Steps 7 and 8 (restocking fee, net): the item is complete whether or not they fail, so
     // a message that names no currency can still get AMOUNT_PRECISION in its order's
     // currency first (step 3) once the order is known ([`ValidatedMessage::Invalid`]).
@@ -1762,6 +1774,23 @@ fn check_item<'t>(
         position: item.position(),
         positions,
     })
+}
+
+/// True when every amount of the item fits minor units of `currency` but their net does
+/// not (one that does not fit is the engine's first finding, and so `check_amount`'s).
+fn net_overflows(parsed: &[Parsed<'_>], currency: Currency) -> bool {
+    let mut net: i64 = 0;
+    let mut overflows = false;
+    for p in parsed {
+        let Some(minor) = p.amount.to_minor(currency) else {
+            return false;
+        };
+        match net.checked_add(minor) {
+            Some(sum) => net = sum,
+            None => overflows = true,
+        }
+    }
+    overflows
 }
 
 /// |RestockingFee + RestockingFeeTax| (when a charge) may be at most the configured share
@@ -1956,6 +1985,14 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             let (description, fix) =
                 precision_texts("Amount", shown, fraction_digits, currency, code);
             c.add(Code::AmountPrecision, element, description, &fix);
+        }
+        // Held in minor units, the amount must fit an i64: checked as the engine checks it
+        // in the order's currency, which must be this one.
+        Some(currency) if amount.is_some_and(|amount| amount.to_minor(currency).is_none()) => {
+            let written = amount.map(|amount| amount.written().to_string());
+            let (description, fix) =
+                too_large_texts("Amount", written.as_deref().unwrap_or(shown), currency);
+            c.add(Code::AmountFormat, element, description, &fix);
         }
         None if fraction_digits > Currency::MAX_EXPONENT => c.add(
             Code::AmountPrecision,
