@@ -888,7 +888,7 @@ pub struct ComponentAmount {
     pub position: Position,
     /// Which `PromotionAdjustments` element of the item holds it (1 for the first); 0 for
     /// `ItemPriceAdjustments`. Problems name the element path with it.
-    pub group: u16,
+    pub group: u32,
 }
 
 /// A validated `AdjustedItem`.

@@ -1436,7 +1436,7 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
 struct Parsed<'t> {
     component: Component,
     /// See [`ComponentAmount::group`].
-    group: u16,
+    group: u32,
     amount: Amount,
     type_element: Element<'t>,
     amount_element: Element<'t>,
@@ -1470,7 +1470,23 @@ fn check_item<'t>(
     let mut key = None;
     let mut reason = None;
     let mut parsed: Vec<Parsed<'t>> = Vec::new();
-    let mut promotion_groups: u16 = 0;
+    let mut promotion_groups: u32 = 0;
+    // For the current group (ItemPriceAdjustments, or one PromotionAdjustments): the first
+    // Component of each type, by `component_slot`, as its index in `parsed` plus 1 (0: none
+    // yet); and the duplicates found: (index in `parsed`, index of the first). Each Component
+    // costs the same however many the item has.
+    let mut group_types: [usize; COMPONENT_SLOTS];
+    let mut duplicates: Vec<(usize, usize)> = Vec::new();
+    let mut note_type = |parsed: &[Parsed<'t>], group_types: &mut [usize]| {
+        if let Some(p) = parsed.last() {
+            let first = &mut group_types[component_slot(p.component)];
+            if *first == 0 {
+                *first = parsed.len();
+            } else {
+                duplicates.push((parsed.len() - 1, *first - 1));
+            }
+        }
+    };
     let mut quantity_cancelled = None;
     let mut quantity_cancelled_element = None;
     let mut quantity = None;
@@ -1523,16 +1539,21 @@ fn check_item<'t>(
             }
             "ItemPriceAdjustments" => {
                 complex(c, element, &[Particle::many(&["Component"], 1)]);
+                group_types = [0; COMPONENT_SLOTS];
                 for component in element.children().filter(|e| e.name() == "Component") {
                     if let Some(p) = check_component(c, component, price_type_names, |t| {
                         PriceComponent::from_str(t).ok().map(Component::Price)
                     }) {
                         parsed.push(p);
+                        note_type(&parsed, &mut group_types);
                     }
                 }
             }
             "PromotionAdjustments" => {
+                // Only names the element in paths (`PromotionAdjustments[n]`); duplicates are
+                // found per element, whatever the count.
                 promotion_groups = promotion_groups.saturating_add(1);
+                group_types = [0; COMPONENT_SLOTS];
                 complex(
                     c,
                     element,
@@ -1579,6 +1600,7 @@ fn check_item<'t>(
                                     group: promotion_groups,
                                     ..p
                                 });
+                                note_type(&parsed, &mut group_types);
                             }
                         }
                         _ => {}
@@ -1628,33 +1650,30 @@ fn check_item<'t>(
     // A type may appear once in ItemPriceAdjustments and once in each PromotionAdjustments:
     // every PromotionAdjustments is one promotion (its own PromotionClaimCode or
     // MerchantPromotionID, feed-format §1.2), so two promotions may each reverse a Principal
-    // discount; the engine and the store add those amounts up.
-    for (index, p) in parsed.iter().enumerate() {
-        if let Some(first) = parsed[..index]
-            .iter()
-            .find(|s| s.component == p.component && s.group == p.group)
-        {
-            let (container, fix) = match p.group {
-                0 => (
-                    "AdjustedItem",
-                    "Put the whole amount of a component in one Component element.",
-                ),
-                _ => (
-                    "PromotionAdjustments",
-                    "Put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments.",
-                ),
-            };
-            c.add(
-                Code::DuplicateComponent,
-                p.type_element,
-                format!(
-                    "component {} appears twice in this {container} (first at line {})",
-                    p.component,
-                    first.type_element.position().line
-                ),
-                fix,
-            );
-        }
+    // discount; the engine and the store add those amounts up. `duplicates` holds the
+    // Components whose type their group had before (found as they were read).
+    for &(index, first) in &duplicates {
+        let (p, first) = (&parsed[index], parsed[first].type_element);
+        let (container, fix) = match p.group {
+            0 => (
+                "AdjustedItem",
+                "Put the whole amount of a component in one Component element.",
+            ),
+            _ => (
+                "PromotionAdjustments",
+                "Put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments.",
+            ),
+        };
+        c.add(
+            Code::DuplicateComponent,
+            p.type_element,
+            format!(
+                "component {} appears twice in this {container} (first at line {})",
+                p.component,
+                first.position().line
+            ),
+            fix,
+        );
     }
     for p in &parsed {
         match p.component.class() {
@@ -1774,6 +1793,17 @@ fn check_item<'t>(
         position: item.position(),
         positions,
     })
+}
+
+/// One more than the largest [`component_slot`].
+const COMPONENT_SLOTS: usize = PriceComponent::ALL.len() + PromotionComponent::ALL.len();
+
+/// A small number of its own for each component type (price types, then promotion types).
+fn component_slot(component: Component) -> usize {
+    match component {
+        Component::Price(price) => price as usize,
+        Component::Promotion(promotion) => PriceComponent::ALL.len() + promotion as usize,
+    }
 }
 
 /// True when every amount of the item fits minor units of `currency` but their net does
@@ -2225,6 +2255,65 @@ mod tests {
         assert!(found[0].starts_with("SCHEMA_INVALID"), "{found:?}");
         // One item alone has nothing to be linked to.
         assert_eq!(message_problems(&item("-1.00")).len(), 1);
+    }
+
+    /// Validates a feed of one message holding `adjustment` (the content of
+    /// `<OrderAdjustment>`) with these limits.
+    fn validate_one(adjustment: &str, limits: Limits) -> ValidatedMessage {
+        let feed = format!(
+            "<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+             <MerchantIdentifier>M</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+             <Message><MessageID>1</MessageID><OrderAdjustment>{adjustment}</OrderAdjustment></Message></AmazonEnvelope>"
+        );
+        let mut validator = Validator::new(feed.as_bytes(), limits, &Rules::default());
+        validator
+            .next_message()
+            .expect("no feed-level problem")
+            .expect("a message")
+    }
+
+    #[test]
+    fn each_promotion_may_take_back_the_same_component_however_many_there_are() {
+        // One more PromotionAdjustments than a u16 counts: each takes back 0.01 of the
+        // Principal discount. Before the fix every one after the 65 535th shared a group and
+        // got a false DUPLICATE_COMPONENT.
+        let promotions = 65_537;
+        let promotion = "<PromotionAdjustments><Component><Type>Principal</Type><Amount>-0.01</Amount></Component></PromotionAdjustments>";
+        let item = |extra: &str| {
+            format!(
+                "<AmazonOrderID>123-1234567-1234567</AmazonOrderID><AdjustedItem>\
+                 <AmazonOrderItemCode>12345678901234</AmazonOrderItemCode>\
+                 <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component>\
+                 <Type>Principal</Type><Amount>1000.00</Amount></Component></ItemPriceAdjustments>\
+                 {}{extra}</AdjustedItem>",
+                promotion.repeat(promotions)
+            )
+        };
+        let limits = Limits::default();
+        let ValidatedMessage::Valid(message) = validate_one(&item(""), limits) else {
+            panic!("expected a valid message");
+        };
+        let groups = message.items[0].amounts.last().map(|a| a.group);
+        assert_eq!(groups, Some(65_537));
+        // A type twice in one promotion is still a duplicate, in the last one too.
+        let twice = promotion.replace(
+            "</PromotionAdjustments>",
+            "<Component><Type>Principal</Type><Amount>-0.01</Amount></Component></PromotionAdjustments>",
+        );
+        let ValidatedMessage::Invalid { problems, .. } = validate_one(&item(&twice), limits) else {
+            panic!("expected an invalid message");
+        };
+        let found: Vec<(Code, &str)> = problems
+            .iter()
+            .map(|p| (p.code, p.element.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                Code::DuplicateComponent,
+                "Message/OrderAdjustment/AdjustedItem[1]/PromotionAdjustments[65538]/Component[2]/Type"
+            )]
+        );
     }
 
     fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {
