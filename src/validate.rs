@@ -477,7 +477,11 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
                 merchant = Some(MerchantId::new(&value).ok_or_else(|| {
                     fail(
                         child,
-                        format!("MerchantIdentifier {} is empty, \".\", \"..\" or contains a control character or path separator", quoted(&value)),
+                        format!(
+                            "MerchantIdentifier {} is not a merchant identifier: it must be {} (XML white space around it is removed, other white space is not)",
+                            quoted(&value),
+                            MerchantId::RULE
+                        ),
                     )
                 })?);
             }
