@@ -550,7 +550,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
             Err(error) => {
                 eprintln!(
                     "adjustd: {}: {:#}",
-                    path.display(),
+                    crate::telemetry::escaped(path.display()),
                     anyhow::Error::new(error)
                 );
                 code = exit::worst(code, exit::RUNTIME);
@@ -617,7 +617,10 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
         let outcome = match validate_file(config, &source) {
             Ok(outcome) => outcome,
             Err(error) => {
-                eprintln!("adjustd: reading {}: {error:#}", path.display());
+                eprintln!(
+                    "adjustd: reading {}: {error:#}",
+                    crate::telemetry::escaped(path.display())
+                );
                 code = exit::worst(code, exit::RUNTIME);
                 continue;
             }
@@ -718,7 +721,9 @@ fn write_text_summary(
     writeln!(
         out,
         "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
-        path.display(),
+        // A file name is chosen by whoever made the file: shown escaped, as in the log and
+        // `feeds list`, so no control character reaches the terminal.
+        crate::telemetry::escaped(path.display()),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
         messages(outcome.messages_processed),
         outcome.messages_successful,

@@ -320,6 +320,34 @@ fn validate_exit_code_tells_valid_from_invalid() {
 }
 
 #[test]
+fn validate_prints_a_file_name_with_its_control_characters_escaped() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let sandbox = Sandbox::new();
+    // A name with SOH, an ANSI colour sequence and DEL, as an uploader may choose it.
+    let name = std::ffi::OsStr::from_bytes(b"ctl\x01\x1b[31m\x7f.xml");
+    let feed = sandbox.path("").join(name);
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .arg("validate")
+        .arg(&feed)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run adjustd");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        !summary.contains(|c: char| c.is_control() && c != '\n'),
+        "{summary:?}"
+    );
+    assert!(
+        summary.contains("ctl\\u{1}\\u{1b}[31m\\u{7f}.xml: ok;"),
+        "{summary:?}"
+    );
+}
+
+#[test]
 fn process_applies_a_feed_and_orders_show_prints_the_documented_shape() {
     let sandbox = Sandbox::new();
     sandbox.import_orders();
