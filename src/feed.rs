@@ -173,6 +173,9 @@ pub struct Tree {
     nodes: Vec<Node>,
     attrs: Vec<Attr>,
     strings: String,
+    /// Each element's place among its siblings of the same name ([`Element::index`]),
+    /// worked out for all elements at once on the first question.
+    indexes: std::cell::OnceCell<Vec<usize>>,
 }
 
 impl Tree {
@@ -190,6 +193,28 @@ impl Tree {
         self.nodes.clear();
         self.attrs.clear();
         self.strings.clear();
+        self.indexes.take();
+    }
+
+    /// See [`Tree::indexes`]: one pass over the elements in document order, counting each
+    /// parent's children by name, so an index costs the same however many siblings an
+    /// element has.
+    fn indexes(&self) -> &[usize] {
+        self.indexes.get_or_init(|| {
+            let mut seen: std::collections::HashMap<(usize, &str), usize> =
+                std::collections::HashMap::new();
+            self.nodes
+                .iter()
+                .map(|node| {
+                    if node.parent == NONE {
+                        return 1;
+                    }
+                    let count = seen.entry((node.parent, self.str(node.name))).or_insert(0);
+                    *count += 1;
+                    *count
+                })
+                .collect()
+        })
     }
 
     fn str(&self, span: Span) -> &str {
@@ -242,6 +267,13 @@ impl<'t> Element<'t> {
     /// Where the start tag begins.
     pub fn position(&self) -> Position {
         self.node().position
+    }
+
+    /// Its place among the children of its parent that have the same name, from 1
+    /// (`Component[2]` is the second `Component`); 1 for the top element of the tree. The
+    /// first call on a tree works it out for all its elements at once.
+    pub fn index(&self) -> usize {
+        self.tree.indexes().get(self.id).copied().unwrap_or(1)
     }
 
     /// The parent, `None` for the top element of the tree.
@@ -1987,6 +2019,31 @@ mod tests {
         let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
         let tree = reader.next_child().expect("ok").expect("a");
         assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn indexes_count_the_siblings_of_the_same_name() {
+        let mut reader = FeedReader::new(
+            "<r><m><a/><b><a/></b><a/><c/><a><a/></a><b/></m></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("m");
+        let m = tree.root().expect("m");
+        let shown: Vec<String> = m
+            .children()
+            .map(|child| {
+                let inner: Vec<String> = child
+                    .children()
+                    .map(|c| format!("{}{}", c.name(), c.index()))
+                    .collect();
+                format!("{}{}{inner:?}", child.name(), child.index())
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            ["a1[]", "b1[\"a1\"]", "a2[]", "c1[]", "a3[\"a1\"]", "b2[]"]
+        );
+        assert_eq!(m.index(), 1);
     }
 
     #[test]

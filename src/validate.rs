@@ -966,8 +966,11 @@ impl IdSet {
 struct Collector<'t> {
     message_id: MessageId,
     problems: Vec<Problem>,
-    /// The `AdjustedItem` being checked (its AmazonOrderItemCode goes into problems).
+    /// The `AdjustedItem` being checked.
     item: Option<Element<'t>>,
+    /// Its valid AmazonOrderItemCode, which goes into its problems: looked up at the item's
+    /// first problem, not at each.
+    item_code: std::cell::OnceCell<Option<String>>,
     /// The first `currency` attribute of the message and where it was.
     currency: Option<(Currency, Element<'t>)>,
     /// The currency looked up last (a cache that outlives the message).
@@ -1020,12 +1023,22 @@ impl<'t> Collector<'t> {
         );
     }
 
+    /// Makes `item` the current `AdjustedItem` (`None`: none).
+    fn set_item(&mut self, item: Option<Element<'t>>) {
+        self.item = item;
+        self.item_code = std::cell::OnceCell::new();
+    }
+
     /// The AmazonOrderItemCode of the current item, when it has a valid one.
     fn item_code(&self) -> Option<String> {
-        self.item
-            .and_then(|item| child(item, "AmazonOrderItemCode"))
-            .and_then(|e| OrderItemCode::new(e.text()))
-            .map(|code| code.as_str().to_owned())
+        self.item_code
+            .get_or_init(|| {
+                self.item
+                    .and_then(|item| child(item, "AmazonOrderItemCode"))
+                    .and_then(|e| OrderItemCode::new(e.text()))
+                    .map(|code| code.as_str().to_owned())
+            })
+            .clone()
     }
 
     fn count(&self) -> usize {
@@ -1042,13 +1055,7 @@ fn path(element: Element<'_>) -> String {
     let mut current = Some(element);
     while let Some(el) = current {
         let name = el.name();
-        let index = el.parent().map_or(1, |parent| {
-            1 + parent
-                .children()
-                .take_while(|c| c.id() != el.id())
-                .filter(|c| c.name() == name)
-                .count()
-        });
+        let index = el.index();
         if REPEATED.contains(&name) || index > 1 {
             parts.push(format!("{name}[{index}]"));
         } else {
@@ -1106,6 +1113,7 @@ fn check_message(
         message_id: MessageId::FEED,
         problems: Vec::new(),
         item: None,
+        item_code: std::cell::OnceCell::new(),
         currency: None,
         last_currency: *last_currency,
     };
@@ -1322,7 +1330,7 @@ fn check_order_adjustment<'t>(
         });
     }
     add_linked_problems(c, &spans);
-    c.item = None;
+    c.set_item(None);
     let order = order?;
     (items_ok && !items.is_empty()).then(|| AdjustmentMessage {
         message_id: MessageId::FEED,
@@ -1384,7 +1392,7 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
     for span in spans.iter().filter(|span| span.problems.is_empty()) {
         problems.extend(own.by_ref().take(span.problems.start - taken));
         taken = span.problems.start;
-        c.item = Some(span.element);
+        c.set_item(Some(span.element));
         problems.push(c.problem(
             Code::LinkedItemFailed,
             span.element,
@@ -1452,7 +1460,7 @@ fn check_item<'t>(
     action: Option<ActionType>,
     restocking_fee_max_percent: u32,
 ) -> Option<AdjustedItem> {
-    c.item = Some(item);
+    c.set_item(Some(item));
     let before = c.count();
     complex(
         c,
