@@ -669,8 +669,10 @@ fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOut
                 None => loop {
                     match validator.next_message() {
                         Ok(Some(ValidatedMessage::Valid(_))) => tally.add(true, Vec::new()),
-                        Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
-                            tally.add(false, problems);
+                        Ok(Some(ValidatedMessage::Invalid {
+                            problems, unlisted, ..
+                        })) => {
+                            tally.add_with_unlisted(false, problems, unlisted);
                         }
                         Ok(None) => break Ok(()),
                         Err(problem) => break Err(problem),

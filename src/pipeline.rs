@@ -13,7 +13,7 @@ use crate::canon;
 use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
-use crate::problem::{Code, Problem, Severity};
+use crate::problem::{Code, MAX_RESULTS, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{
     AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, ReportFolder, Store, StoreError,
@@ -552,7 +552,7 @@ fn flush(
     // the index of their slot in `order`, and the message.
     let mut pending: Vec<AdjustmentMessage> = Vec::new();
     let mut pending_slots: Vec<usize> = Vec::new();
-    let mut order: Vec<Option<Vec<Problem>>> = Vec::with_capacity(chunk.len());
+    let mut order: Vec<Option<(Vec<Problem>, u64)>> = Vec::with_capacity(chunk.len());
     for message in chunk.drain(..) {
         match message {
             ValidatedMessage::Valid(message) => {
@@ -561,6 +561,7 @@ fn flush(
             }
             ValidatedMessage::Invalid {
                 problems,
+                unlisted,
                 precision_pending,
                 ..
             } => {
@@ -568,7 +569,7 @@ fn flush(
                     pending.push(*message);
                     pending_slots.push(order.len());
                 }
-                order.push(Some(problems));
+                order.push(Some((problems, unlisted)));
             }
         }
     }
@@ -578,7 +579,7 @@ fn flush(
     }
     for (message, slot) in pending.iter().zip(pending_slots) {
         if let Some(problems) = engine::precision_problems(snapshot, message) {
-            order[slot] = Some(problems);
+            order[slot] = Some((problems, 0));
         }
     }
     tx.prefetch(merchant, upcoming);
@@ -589,7 +590,7 @@ fn flush(
     let mut outcomes = plan.outcomes.into_iter();
     for slot in order {
         match slot {
-            Some(problems) => tally.add(false, problems),
+            Some((problems, unlisted)) => tally.add_with_unlisted(false, problems, unlisted),
             None => {
                 let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
                     detail: "engine returned fewer outcomes than messages".to_owned(),
@@ -601,13 +602,6 @@ fn flush(
     }
     Ok(())
 }
-
-/// The results a report lists at most: the first ones in document order. Beyond them
-/// results are only counted: a feed of a million failing messages would otherwise hold a
-/// million problems, and render them twice, in memory (measured by an audit: 1.67 GB for
-/// 500 000). A `RESULTS_OMITTED` warning at the end says how many were left out and from
-/// where.
-pub const MAX_RESULTS: usize = 20_000;
 
 /// Per-message counts and the results, in document order: what a report summarises.
 #[derive(Debug, Default)]
@@ -643,6 +637,13 @@ impl Tally {
     /// [`MAX_RESULTS`] results of the feed are listed, also when they are the first of one
     /// message's many, and every later one is only counted.
     pub fn add(&mut self, applied: bool, problems: Vec<Problem>) {
+        self.add_with_unlisted(applied, problems, 0);
+    }
+
+    /// [`Tally::add`] for a message that has `unlisted` more problems after `problems`,
+    /// counted but not kept ([`ValidatedMessage::Invalid`]): they are left out like any
+    /// result past the end of the list.
+    pub fn add_with_unlisted(&mut self, applied: bool, problems: Vec<Problem>, unlisted: u64) {
         self.processed += 1;
         if applied {
             self.successful += 1;
@@ -656,10 +657,12 @@ impl Tally {
         let listed = problems
             .len()
             .min(MAX_RESULTS.saturating_sub(self.results.len()));
-        if let Some(first) = problems.get(listed) {
+        let omitted = (problems.len() - listed) as u64 + unlisted;
+        if omitted > 0 {
             // The list is the feed's first results, so everything from here on is left out.
-            self.first_omitted.get_or_insert((first.message_id, listed));
-            self.omitted += (problems.len() - listed) as u64;
+            let message = problems.first().map_or(MessageId::FEED, |p| p.message_id);
+            self.first_omitted.get_or_insert((message, listed));
+            self.omitted += omitted;
         }
         self.results.extend(problems.into_iter().take(listed));
     }

@@ -30,7 +30,8 @@ use crate::model::{
     PromotionComponent, Quantity, SellerId,
 };
 use crate::problem::{
-    Code, Problem, count, net_too_large_texts, precision_texts, quoted, too_large_texts,
+    Code, MAX_RESULTS, Problem, count, net_too_large_texts, precision_texts, quoted,
+    too_large_texts,
 };
 
 /// One message of a feed after validation.
@@ -42,8 +43,11 @@ pub enum ValidatedMessage {
     Invalid {
         /// The MessageID, or [`MessageId::FEED`] when it could not be read.
         message_id: MessageId,
-        /// What is wrong.
+        /// What is wrong: the first [`MAX_RESULTS`] problems of the message.
         problems: Vec<Problem>,
+        /// How many more problems the message has (counted, not kept: no report lists
+        /// more than [`MAX_RESULTS`] results).
+        unlisted: u64,
         /// The message as read, when `problems` may yet give way to `AmountPrecision`:
         /// they are all restocking-fee and net rules (refund-rules c4 steps 7 and 8, with
         /// the items linked to them), the amounts name no currency, and some have fraction
@@ -965,7 +969,11 @@ impl IdSet {
 /// Problems of one message, with what is known about it.
 struct Collector<'t> {
     message_id: MessageId,
+    /// The first [`MAX_RESULTS`] problems, in document order.
     problems: Vec<Problem>,
+    /// Problems found after those: counted, not kept (a report would not list them, and a
+    /// message of a million unknown elements would otherwise hold a million problems).
+    unlisted: usize,
     /// The `AdjustedItem` being checked.
     item: Option<Element<'t>>,
     /// Its valid AmazonOrderItemCode, which goes into its problems: looked up at the item's
@@ -978,7 +986,23 @@ struct Collector<'t> {
 }
 
 impl<'t> Collector<'t> {
+    fn new(last_currency: Option<Currency>) -> Collector<'t> {
+        Collector {
+            message_id: MessageId::FEED,
+            problems: Vec::new(),
+            unlisted: 0,
+            item: None,
+            item_code: std::cell::OnceCell::new(),
+            currency: None,
+            last_currency,
+        }
+    }
+
     fn add(&mut self, code: Code, element: Element<'_>, description: String, fix: &str) {
+        if self.is_full() {
+            self.unlisted += 1;
+            return;
+        }
         let problem = self.problem(code, element, description, fix);
         self.problems.push(problem);
     }
@@ -1006,6 +1030,10 @@ impl<'t> Collector<'t> {
     }
 
     fn issue(&mut self, issue: &Issue<'_>) {
+        if self.is_full() {
+            self.unlisted += 1;
+            return;
+        }
         let element = match issue.missing {
             Some(missing) => format!("{}/{missing}", path(issue.parent)),
             None => path(issue.at),
@@ -1041,8 +1069,13 @@ impl<'t> Collector<'t> {
             .clone()
     }
 
+    /// The problems found so far, listed or not.
     fn count(&self) -> usize {
-        self.problems.len()
+        self.problems.len() + self.unlisted
+    }
+
+    fn is_full(&self) -> bool {
+        self.problems.len() >= MAX_RESULTS
     }
 }
 
@@ -1106,17 +1139,11 @@ fn check_message(
         return ValidatedMessage::Invalid {
             message_id: MessageId::FEED,
             problems: Vec::new(),
+            unlisted: 0,
             precision_pending: None,
         };
     };
-    let mut c = Collector {
-        message_id: MessageId::FEED,
-        problems: Vec::new(),
-        item: None,
-        item_code: std::cell::OnceCell::new(),
-        currency: None,
-        last_currency: *last_currency,
-    };
+    let mut c = Collector::new(*last_currency);
     // MessageID first, so that every later problem names it.
     let id_element = child(message, "MessageID");
     let mut message_id = None;
@@ -1207,7 +1234,7 @@ fn check_message(
     }
     *last_currency = c.last_currency;
     match (message_id, adjustment) {
-        (Some(message_id), Some(adjustment)) if c.problems.is_empty() => {
+        (Some(message_id), Some(adjustment)) if c.count() == 0 => {
             ValidatedMessage::Valid(AdjustmentMessage {
                 message_id,
                 position: message.position(),
@@ -1215,12 +1242,12 @@ fn check_message(
             })
         }
         (message_id, adjustment) => {
-            if c.problems.is_empty() {
+            if c.count() == 0 {
                 c.schema(message, "the message could not be read".to_owned());
             }
             let precision_pending = match (message_id, adjustment) {
                 (Some(message_id), Some(adjustment))
-                    if may_give_way_to_precision(&adjustment, &c.problems) =>
+                    if c.unlisted == 0 && may_give_way_to_precision(&adjustment, &c.problems) =>
                 {
                     Some(Box::new(AdjustmentMessage {
                         message_id,
@@ -1233,6 +1260,7 @@ fn check_message(
             ValidatedMessage::Invalid {
                 message_id: c.message_id,
                 problems: c.problems,
+                unlisted: c.unlisted as u64,
                 precision_pending,
             }
         }
@@ -1385,11 +1413,18 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
         "Correct the failing {} and resend the whole message; the same MerchantAdjustmentItemIDs may be used, as a validation rejection is not recorded under them.",
         if failed.len() == 1 { "item" } else { "items" }
     );
-    // One pass that puts each linked problem where its item's problems would be.
+    // One pass that puts each linked problem where its item's problems would be. Only the
+    // first problems are listed (`Collector::unlisted`): a linked problem after an unlisted
+    // one is not listed either, and what the linked ones push past the end is counted.
     let mut own = std::mem::take(&mut c.problems).into_iter();
+    let listed = own.len();
     let mut taken = 0;
-    let mut problems = Vec::with_capacity(own.len() + spans.len() - failed.len());
+    let mut problems = Vec::with_capacity(listed + spans.len() - failed.len());
     for span in spans.iter().filter(|span| span.problems.is_empty()) {
+        if span.problems.start > listed {
+            c.unlisted += 1;
+            continue;
+        }
         problems.extend(own.by_ref().take(span.problems.start - taken));
         taken = span.problems.start;
         c.set_item(Some(span.element));
@@ -1401,6 +1436,10 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
         ));
     }
     problems.extend(own);
+    if problems.len() > MAX_RESULTS {
+        c.unlisted += problems.len() - MAX_RESULTS;
+        problems.truncate(MAX_RESULTS);
+    }
     c.problems = problems;
 }
 
@@ -2282,6 +2321,26 @@ mod tests {
             .next_message()
             .expect("no feed-level problem")
             .expect("a message")
+    }
+
+    #[test]
+    fn a_message_keeps_its_first_max_results_problems_and_counts_the_rest() {
+        let unknown = "<x/>".repeat(MAX_RESULTS + 3);
+        let adjustment = format!("<AmazonOrderID>123-1234567-1234567</AmazonOrderID>{unknown}");
+        let ValidatedMessage::Invalid {
+            problems, unlisted, ..
+        } = validate_one(&adjustment, Limits::default())
+        else {
+            panic!("expected an invalid message");
+        };
+        assert_eq!((problems.len(), unlisted), (MAX_RESULTS, 4));
+        // Indexes count the siblings of the same name (unknown elements first, then the
+        // missing AdjustedItem, which is not listed).
+        assert_eq!(problems[0].element, "Message/OrderAdjustment/x");
+        assert_eq!(
+            problems[MAX_RESULTS - 1].element,
+            format!("Message/OrderAdjustment/x[{MAX_RESULTS}]")
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use adjustd::engine::Rules;
 use adjustd::feed::Limits;
 use adjustd::model::{MerchantId, MessageId};
 use adjustd::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
-use adjustd::problem::{Code, Problem};
+use adjustd::problem::{Code, MAX_RESULTS, Problem};
 use adjustd::store::{AnyStore, FeedStatus, import};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/e2e");
@@ -673,7 +673,7 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     // Every message names an order that does not exist: one error each.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut context = context(dir.path());
-    let messages = pipeline::MAX_RESULTS + 10;
+    let messages = MAX_RESULTS + 10;
     let mut xml = String::from(FEED_HEAD);
     for id in 1..=messages {
         xml.push_str(&principal_refund(id, "999-0000000-0000000", "0.01"));
@@ -685,13 +685,13 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     let outcome = &processed.outcome;
     assert_eq!(outcome.messages_processed, messages as u64);
     assert_eq!(outcome.messages_with_error, messages as u64);
-    assert_eq!(outcome.results.len(), pipeline::MAX_RESULTS + 1);
+    assert_eq!(outcome.results.len(), MAX_RESULTS + 1);
     let last = outcome.results.last().expect("results");
     assert_eq!(
         (last.message_id.get(), last.code),
         (0, Code::ResultsOmitted)
     );
-    let first_omitted = pipeline::MAX_RESULTS + 1;
+    let first_omitted = MAX_RESULTS + 1;
     assert!(
         last.description
             .starts_with(&format!("10 more results, from message {first_omitted} on")),
@@ -707,7 +707,7 @@ fn a_message_with_more_results_than_a_report_lists_shows_the_first_ones() {
     // fix neither message 1's problems nor the truth about where the omission starts were
     // in the report: it listed message 2's problem and said that everything "from message
     // 1 on" was left out.
-    let max = pipeline::MAX_RESULTS;
+    let max = MAX_RESULTS;
     let problem = |message: u64, n: usize| {
         Problem::new(
             Code::SchemaInvalid,
