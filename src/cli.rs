@@ -1083,6 +1083,7 @@ fn render_config(config: &Config) -> String {
          max_depth = {max_depth}\n\
          max_text_bytes = {max_text_bytes}\n\
          max_messages = {max_messages}\n\
+         max_message_bytes = {max_message_bytes}\n\
          \n\
          [rules]\n\
          restocking_fee_max_percent = {restocking_fee_max_percent}\n\
@@ -1134,6 +1135,7 @@ fn render_config(config: &Config) -> String {
         max_depth = limits.max_depth,
         max_text_bytes = limits.max_text_bytes,
         max_messages = limits.max_messages,
+        max_message_bytes = limits.max_message_bytes,
         restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
         restocking_fee_review_percent = config.rules.restocking_fee_review_percent,
         concession_review_percent = config.rules.concession_review_percent,

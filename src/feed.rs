@@ -42,6 +42,11 @@ pub struct Limits {
     pub max_text_bytes: u64,
     /// Most messages in one feed.
     pub max_messages: u64,
+    /// Most bytes of memory one child of the root element (a `Message`) may take once read:
+    /// a child is held in memory as a whole, as a [`Tree`] of its elements (about 100 bytes
+    /// each), attributes (about 60 bytes each) and text ([`Tree::memory`]). A message of a
+    /// real feed takes a few kilobytes (about three times its size in the file).
+    pub max_message_bytes: u64,
 }
 
 impl Default for Limits {
@@ -51,6 +56,7 @@ impl Default for Limits {
             max_depth: 32,
             max_text_bytes: 64 * 1024,
             max_messages: 5_000_000,
+            max_message_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -187,6 +193,14 @@ impl Tree {
     /// The element with this id, `None` when there is none.
     pub fn element(&self, id: NodeId) -> Option<Element<'_>> {
         (id < self.nodes.len()).then_some(Element { tree: self, id })
+    }
+
+    /// The bytes of memory the tree's content takes (not counting spare capacity): what
+    /// `max_message_bytes` limits.
+    pub fn memory(&self) -> u64 {
+        (self.nodes.len() * std::mem::size_of::<Node>()
+            + self.attrs.len() * std::mem::size_of::<Attr>()
+            + self.strings.len()) as u64
     }
 
     fn clear(&mut self) {
@@ -1054,7 +1068,8 @@ impl<R: BufRead> FeedReader<R> {
     }
 
     /// The child of the root returned by the last successful [`FeedReader::next_child`]
-    /// (an empty tree before the first one).
+    /// (an empty tree before the first one); after a problem inside a child, that child as
+    /// far as it was read.
     pub fn current(&self) -> &Tree {
         &self.tree
     }
@@ -1386,6 +1401,9 @@ impl<R: BufRead> FeedReader<R> {
                         &format!("{} is not a valid element name", quoted(name)),
                     ));
                 }
+                if new_depth > 2 && self.child_too_large() {
+                    return Err(self.child_size_problem(position, name));
+                }
                 let parent = if new_depth <= 2 { NONE } else { self.current };
                 let tree = &mut self.tree;
                 let id = tree.nodes.len();
@@ -1552,6 +1570,11 @@ impl<R: BufRead> FeedReader<R> {
             let position = self.src.position_at(data, at);
             return Err(xml_problem(&XmlError::IllFormed(error), position));
         }
+        if self.depth >= 2 && self.child_too_large() {
+            let position = self.src.position_at(data, at);
+            let name = String::from_utf8_lossy(found).into_owned();
+            return Err(self.child_size_problem(position, &format!("/{name}")));
+        }
         self.namespaces.close(self.depth);
         self.depth = self.depth.saturating_sub(1);
         if self.depth >= 1 && self.current != NONE {
@@ -1561,6 +1584,50 @@ impl<R: BufRead> FeedReader<R> {
             self.state = State::AfterRoot;
         }
         Ok(Step::End)
+    }
+
+    /// The current child of the root takes more memory than `max_message_bytes` (checked at
+    /// every tag of it, so at most one start tag's attributes and one text node, each
+    /// bounded by `max_text_bytes`, are added after the limit was passed).
+    fn child_too_large(&self) -> bool {
+        self.tree.memory() > self.limits.max_message_bytes
+    }
+
+    /// The LIMIT_EXCEEDED for a child of the root that grew past `max_message_bytes` at the
+    /// tag `<name>` (`</name>` given as `/name`) at `position`, inside the current element.
+    fn child_size_problem(&self, position: Position, name: &str) -> Problem {
+        let mut path = vec![name.trim_start_matches('/')];
+        let mut current = self.tree.element(self.current);
+        if name.starts_with('/') {
+            // An end tag closes the current element itself.
+            current = current.and_then(|element| element.parent());
+        }
+        while let Some(element) = current {
+            path.push(element.name());
+            current = element.parent();
+        }
+        path.push(
+            self.root
+                .root()
+                .map_or("AmazonEnvelope", |root| root.name()),
+        );
+        path.reverse();
+        let child = self.tree.root();
+        let start = child.map_or(position, |child| child.position());
+        Problem::new(
+            Code::LimitExceeded,
+            MessageId::FEED,
+            path.join("/"),
+            Some(position),
+            format!(
+                "the <{}> that starts at line {}, column {} takes more than the limit of {} bytes of memory for one element of the envelope (limits.max_message_bytes; its elements, attributes and text as read) when it reaches <{name}>",
+                child.map_or("Message", |child| child.name()),
+                start.line,
+                start.column,
+                self.limits.max_message_bytes
+            ),
+            "Split the message (a message adjusts one order and takes a few kilobytes) or, if the input is trusted, raise `[limits] max_message_bytes` in the configuration.",
+        )
     }
 
     /// Character data that starts at `data[at]`.

@@ -192,9 +192,15 @@ impl<R: BufRead> Validator<R> {
             Phase::Messages { pending } => pending,
         };
         self.phase = Phase::Messages { pending: false };
-        if !pending && self.feed.next_child()?.is_none() {
-            self.phase = Phase::Done;
-            return Ok(None);
+        if !pending {
+            let done = match self.feed.next_child() {
+                Ok(next) => next.is_none(),
+                Err(problem) => return Err(self.name_message(problem)),
+            };
+            if done {
+                self.phase = Phase::Done;
+                return Ok(None);
+            }
         }
         let tree = self.feed.current();
         let element = tree
@@ -236,6 +242,32 @@ impl<R: BufRead> Validator<R> {
         )))
     }
 
+    /// A limit passed inside a `Message` rejects the feed (limits are feed-level), but the
+    /// description names the message, so the seller can find it: by its MessageID when that
+    /// was read, else by where it starts.
+    fn name_message(&self, mut problem: Problem) -> Problem {
+        let Some(message) = self.feed.current().root() else {
+            return problem;
+        };
+        if problem.code != Code::LimitExceeded || message.name() != "Message" {
+            return problem;
+        }
+        let name = match child(message, "MessageID")
+            .and_then(|id| positive_integer(id.text(), u64::MAX).ok())
+        {
+            Some(id) => format!("message {id}"),
+            None => {
+                let start = message.position();
+                format!(
+                    "the Message at line {}, column {} (its MessageID not read)",
+                    start.line, start.column
+                )
+            }
+        };
+        problem.description = format!("{name}: {}", problem.description);
+        problem
+    }
+
     fn read_header(&mut self) -> Result<FeedHeader, Problem> {
         let root_tree = self.feed.open_root()?;
         let root = root_tree
@@ -272,7 +304,11 @@ impl<R: BufRead> Validator<R> {
         let mut header: Option<FeedHeader> = None;
         let mut message_type_seen = false;
         loop {
-            if self.feed.next_child()?.is_none() {
+            let done = match self.feed.next_child() {
+                Ok(next) => next.is_none(),
+                Err(problem) => return Err(self.name_message(problem)),
+            };
+            if done {
                 let missing = if header.is_none() {
                     "<Header>"
                 } else if !message_type_seen {
@@ -2360,7 +2396,10 @@ mod tests {
                 promotion.repeat(promotions)
             )
         };
-        let limits = Limits::default();
+        let limits = Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            ..Limits::default()
+        };
         let ValidatedMessage::Valid(message) = validate_one(&item(""), limits) else {
             panic!("expected a valid message");
         };

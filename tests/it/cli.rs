@@ -1684,6 +1684,59 @@ fn a_file_above_max_file_bytes_is_rejected_unread_by_validate_and_process() {
 }
 
 #[test]
+fn a_message_above_max_message_bytes_rejects_the_feed_naming_the_message() {
+    let sandbox = Sandbox::new();
+    append_config(&sandbox, "[limits]\nmax_message_bytes = 4096\n");
+    sandbox.import_orders();
+    // Message 2 of a valid feed gets 2 000 unknown elements (8 000 bytes in the file, more
+    // than 100 bytes each in memory).
+    let feed = std::fs::read_to_string(data("refund-ok.xml"))
+        .expect("read feed")
+        .replacen(
+            "<AmazonOrderID>111-0000001-0000001</AmazonOrderID>",
+            &format!(
+                "<AmazonOrderID>111-0000001-0000001</AmazonOrderID>{}",
+                "<x/>".repeat(2000)
+            ),
+            1,
+        );
+    let path = sandbox.path("big-message.xml");
+    std::fs::write(&path, feed).expect("write feed");
+    let path = path.to_str().expect("utf-8 path");
+    for command in ["validate", "process"] {
+        let out = match command {
+            "validate" => sandbox.run(&["validate", "--format", "json", path]),
+            _ => sandbox.run(&["process", path]),
+        };
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        let report: Value = match command {
+            "validate" => serde_json::from_slice(&out.stdout).expect("JSON"),
+            _ => json_report(
+                &text(&out.stdout)
+                    .lines()
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        assert_eq!(report["status"], "Rejected", "{report}");
+        assert_eq!(codes(&report), vec![(0, 90004)], "{report}");
+        let result = &report["results"][0];
+        let description = result["description"].as_str().expect("description");
+        assert!(
+            description.starts_with("message 2: the <Message> that starts at line 24, column 3 takes more than the limit of 4096 bytes of memory"),
+            "{report}"
+        );
+        assert_eq!(
+            result["element"], "AmazonEnvelope/Message/OrderAdjustment/x",
+            "{report}"
+        );
+    }
+    // Nothing of the feed was applied, not even message 1.
+    let order = sandbox.order("111-0000002-0000002");
+    assert!(order["adjustments"].as_array().expect("array").is_empty());
+}
+
+#[test]
 fn a_store_url_without_a_file_is_a_config_error_naming_the_key() {
     let sandbox = Sandbox::new();
     std::fs::write(
