@@ -570,7 +570,7 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
             Err(error) => {
                 eprintln!(
                     "adjustd: {}: {:#}",
-                    path.display(),
+                    crate::telemetry::escaped(path.display()),
                     anyhow::Error::new(error)
                 );
                 code = exit::worst(code, exit::RUNTIME);
@@ -637,7 +637,10 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
         let outcome = match validate_file(config, &source) {
             Ok(outcome) => outcome,
             Err(error) => {
-                eprintln!("adjustd: reading {}: {error:#}", path.display());
+                eprintln!(
+                    "adjustd: reading {}: {error:#}",
+                    crate::telemetry::escaped(path.display())
+                );
                 code = exit::worst(code, exit::RUNTIME);
                 continue;
             }
@@ -686,8 +689,10 @@ fn validate_file(config: &Config, source: &Source<'_>) -> anyhow::Result<FeedOut
                 None => loop {
                     match validator.next_message() {
                         Ok(Some(ValidatedMessage::Valid(_))) => tally.add(true, Vec::new()),
-                        Ok(Some(ValidatedMessage::Invalid { problems, .. })) => {
-                            tally.add(false, problems);
+                        Ok(Some(ValidatedMessage::Invalid {
+                            problems, unlisted, ..
+                        })) => {
+                            tally.add_with_unlisted(false, problems, unlisted);
                         }
                         Ok(None) => break Ok(()),
                         Err(problem) => break Err(problem),
@@ -738,7 +743,9 @@ fn write_text_summary(
     writeln!(
         out,
         "{}: {verdict}; merchant {}, {}, {} valid, {} with errors, {} with warnings",
-        path.display(),
+        // A file name is chosen by whoever made the file: shown escaped, as in the log and
+        // `feeds list`, so no control character reaches the terminal.
+        crate::telemetry::escaped(path.display()),
         outcome.merchant.as_ref().map_or("?", MerchantId::as_str),
         count(outcome.messages_processed, "message"),
         outcome.messages_successful,
@@ -1106,6 +1113,7 @@ fn render_config(config: &Config) -> String {
          max_depth = {max_depth}\n\
          max_text_bytes = {max_text_bytes}\n\
          max_messages = {max_messages}\n\
+         max_message_bytes = {max_message_bytes}\n\
          \n\
          [rules]\n\
          restocking_fee_max_percent = {restocking_fee_max_percent}\n\
@@ -1157,6 +1165,7 @@ fn render_config(config: &Config) -> String {
         max_depth = limits.max_depth,
         max_text_bytes = limits.max_text_bytes,
         max_messages = limits.max_messages,
+        max_message_bytes = limits.max_message_bytes,
         restocking_fee_max_percent = config.rules.restocking_fee_max_percent,
         restocking_fee_review_percent = config.rules.restocking_fee_review_percent,
         concession_review_percent = config.rules.concession_review_percent,

@@ -181,6 +181,7 @@ struct LimitsFile {
     max_depth: Option<u32>,
     max_text_bytes: Option<u64>,
     max_messages: Option<u64>,
+    max_message_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -251,6 +252,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("limits", "max_depth"),
     ("limits", "max_text_bytes"),
     ("limits", "max_messages"),
+    ("limits", "max_message_bytes"),
     ("rules", "restocking_fee_max_percent"),
     ("rules", "restocking_fee_review_percent"),
     ("rules", "concession_review_percent"),
@@ -859,6 +861,13 @@ fn resolve(
             "limits",
             "max_messages",
             limits_file.max_messages.unwrap_or(defaults.max_messages),
+        )?,
+        max_message_bytes: positive(
+            "limits",
+            "max_message_bytes",
+            limits_file
+                .max_message_bytes
+                .unwrap_or(defaults.max_message_bytes),
         )?,
     };
     if limits.max_depth < 8 {

@@ -17,7 +17,7 @@ use crate::model::{
     ComponentClass, Currency, FulfillmentChannel, ItemRef, MerchantId, MessageId, OrderItemCode,
     OrderRef, Position, PriceComponent, SellerId, format_minor,
 };
-use crate::problem::{Code, Problem, count, precision_texts};
+use crate::problem::{Code, Problem, count, net_too_large_texts, precision_texts, too_large_texts};
 
 /// Knobs of the rules that are policy rather than fact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1952,18 +1952,17 @@ fn evaluate_item(
                 if let Some(problem) = precision_problem(facts, index, currency) {
                     return Err(Box::new(problem));
                 }
+                let (description, fix) = too_large_texts(
+                    &format!("{} amount", amount.component),
+                    &amount.amount.written().to_string(),
+                    currency,
+                );
                 return Err(Box::new(facts.item_problem(
                     Code::AmountFormat,
                     index,
                     facts.amount_at(index, amount_index),
-                    format!(
-                        "{} amount {} {currency} is too large: amounts are held in minor units (1/{} {currency}) up to {} {currency}",
-                        amount.component,
-                        amount.amount.written(),
-                        10_u64.pow(currency.exponent()),
-                        format_minor(i64::MAX, currency)
-                    ),
-                    format!("Check the {} amount; it cannot be a real refund.", amount.component),
+                    description,
+                    fix,
                 )));
             }
         }
@@ -1974,15 +1973,13 @@ fn evaluate_item(
         .iter()
         .try_fold(0_i64, |net, (_, minor)| net.checked_add(*minor))
     else {
+        let (description, fix) = net_too_large_texts(currency);
         return Err(Box::new(facts.item_problem(
             Code::AmountFormat,
             index,
             facts.item_at(index),
-            format!(
-                "the amounts of this item add up to more than {} {currency}",
-                format_minor(i64::MAX, currency)
-            ),
-            "Check the amounts; they cannot be a real refund.".to_owned(),
+            description,
+            fix,
         )));
     };
 

@@ -42,6 +42,11 @@ pub struct Limits {
     pub max_text_bytes: u64,
     /// Most messages in one feed.
     pub max_messages: u64,
+    /// Most bytes of memory one child of the root element (a `Message`) may take once read:
+    /// a child is held in memory as a whole, as a [`Tree`] of its elements (about 100 bytes
+    /// each), attributes (about 60 bytes each) and text ([`Tree::memory`]). A message of a
+    /// real feed takes a few kilobytes (about three times its size in the file).
+    pub max_message_bytes: u64,
 }
 
 impl Default for Limits {
@@ -51,6 +56,7 @@ impl Default for Limits {
             max_depth: 32,
             max_text_bytes: 64 * 1024,
             max_messages: 5_000_000,
+            max_message_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -159,6 +165,8 @@ struct Node {
 struct Attr {
     name: Span,
     value: Span,
+    /// The namespace of a prefixed name (see [`Attribute::namespace`]).
+    namespace: Option<Span>,
 }
 
 /// One element with its descendants, stored in reusable buffers (an arena): names, text
@@ -171,6 +179,9 @@ pub struct Tree {
     nodes: Vec<Node>,
     attrs: Vec<Attr>,
     strings: String,
+    /// Each element's place among its siblings of the same name ([`Element::index`]),
+    /// worked out for all elements at once on the first question.
+    indexes: std::cell::OnceCell<Vec<usize>>,
 }
 
 impl Tree {
@@ -184,10 +195,40 @@ impl Tree {
         (id < self.nodes.len()).then_some(Element { tree: self, id })
     }
 
+    /// The bytes of memory the tree's content takes (not counting spare capacity): what
+    /// `max_message_bytes` limits.
+    pub fn memory(&self) -> u64 {
+        (self.nodes.len() * std::mem::size_of::<Node>()
+            + self.attrs.len() * std::mem::size_of::<Attr>()
+            + self.strings.len()) as u64
+    }
+
     fn clear(&mut self) {
         self.nodes.clear();
         self.attrs.clear();
         self.strings.clear();
+        self.indexes.take();
+    }
+
+    /// See [`Tree::indexes`]: one pass over the elements in document order, counting each
+    /// parent's children by name, so an index costs the same however many siblings an
+    /// element has.
+    fn indexes(&self) -> &[usize] {
+        self.indexes.get_or_init(|| {
+            let mut seen: std::collections::HashMap<(usize, &str), usize> =
+                std::collections::HashMap::new();
+            self.nodes
+                .iter()
+                .map(|node| {
+                    if node.parent == NONE {
+                        return 1;
+                    }
+                    let count = seen.entry((node.parent, self.str(node.name))).or_insert(0);
+                    *count += 1;
+                    *count
+                })
+                .collect()
+        })
     }
 
     fn str(&self, span: Span) -> &str {
@@ -242,6 +283,13 @@ impl<'t> Element<'t> {
         self.node().position
     }
 
+    /// Its place among the children of its parent that have the same name, from 1
+    /// (`Component[2]` is the second `Component`); 1 for the top element of the tree. The
+    /// first call on a tree works it out for all its elements at once.
+    pub fn index(&self) -> usize {
+        self.tree.indexes().get(self.id).copied().unwrap_or(1)
+    }
+
     /// The parent, `None` for the top element of the tree.
     pub fn parent(&self) -> Option<Element<'t>> {
         let parent = self.node().parent;
@@ -251,13 +299,17 @@ impl<'t> Element<'t> {
         })
     }
 
-    /// The attributes in document order as (name, normalized value).
-    pub fn attributes(&self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
+    /// The attributes in document order.
+    pub fn attributes(&self) -> impl Iterator<Item = Attribute<'t>> + 't {
         let tree = self.tree;
         let span = self.node().attrs;
         tree.attrs[span.start..span.end]
             .iter()
-            .map(move |a| (tree.str(a.name), tree.str(a.value)))
+            .map(move |a| Attribute {
+                name: tree.str(a.name),
+                value: tree.str(a.value),
+                namespace: a.namespace.map(|namespace| tree.str(namespace)),
+            })
     }
 
     /// The child elements in document order.
@@ -272,6 +324,20 @@ impl<'t> Element<'t> {
     pub fn has_children(&self) -> bool {
         self.node().first_child != NONE
     }
+}
+
+/// One attribute of an [`Element`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attribute<'t> {
+    /// The name exactly as written (prefix included).
+    pub name: &'t str,
+    /// The value, entities resolved and white space normalized.
+    pub value: &'t str,
+    /// For a prefixed name (`p:name`, not a declaration `xmlns:p`), the namespace the prefix
+    /// is bound to where the element stands: by an `xmlns:p` on the element or the nearest
+    /// ancestor that declares it (`xml` is bound from the start). `None` for an unprefixed
+    /// name, a declaration, or a prefix that is not declared (or declared empty).
+    pub namespace: Option<&'t str>,
 }
 
 /// Iterator over the child elements of an [`Element`].
@@ -320,7 +386,9 @@ const READ_BYTES: usize = 64 * 1024;
 /// without a copy or another UTF-8 check. Only the prefix up to the first bad byte
 /// (`usable`) is ever parsed: a problem is reported when the parser gets there, with the
 /// line and column of that byte. Line and column are counted on demand from the last
-/// counted offset (line feeds found once per window with memchr).
+/// counted offset (line ends found once per window with memchr: LF, CR LF and a lone CR; a
+/// carriage return at the end of what was read waits for the next byte, so a CR LF split
+/// between two reads is one line end).
 ///
 /// An event that runs into the end of the window before the file ends is parsed again
 /// once more bytes are in; one that would need more than `max_text_bytes` plus slack of
@@ -357,9 +425,11 @@ struct SourceState {
     /// Where `line` and `column` were counted to (at most `start`; see
     /// [`SourceState::position_at`]).
     counted: usize,
-    /// Offsets of the line feeds in `data[start..usable]` as of the last refill.
+    /// Offsets of the line ends in `data[start..usable]` as of the last refill: every line
+    /// feed, and every carriage return not followed by one (XML 1.0 §2.11 reads CR LF and a
+    /// lone CR as a line feed).
     newlines: Vec<usize>,
-    /// Index of the first line feed not consumed yet.
+    /// Index of the first line end not consumed yet.
     newline_index: usize,
 }
 
@@ -501,6 +571,16 @@ impl SourceState {
                 .unwrap_or(usize::MAX);
             self.limit(allowed.max(self.start), Pending::FileTooLarge);
         }
+        // A carriage return at the end of what was read may be the first half of a CR LF:
+        // it is held back until the next byte is known, so `refill` can tell a lone CR (a
+        // line end of its own) from one followed by a line feed (one line end).
+        if !self.at_eof
+            && self.pending.is_none()
+            && self.usable > self.start
+            && data[self.usable - 1] == b'\r'
+        {
+            self.usable -= 1;
+        }
         self.window_ascii = data[self.start..self.usable].is_ascii();
         self.window_cr = memchr::memchr(b'\r', &data[self.start..self.usable]).is_some();
     }
@@ -596,9 +676,14 @@ impl SourceState {
         self.check(data);
         self.newlines.clear();
         self.newline_index = 0;
-        let start = self.start;
-        self.newlines
-            .extend(memchr::memchr_iter(b'\n', &data[start..self.usable]).map(|i| i + start));
+        let (start, usable) = (self.start, self.usable);
+        self.newlines.extend(
+            memchr::memchr2_iter(b'\n', b'\r', &data[start..usable])
+                .map(|i| i + start)
+                // A CR followed by a LF ends its line at the LF (the CR is only held back
+                // at the end of the window while more may come, see `check`).
+                .filter(|&i| data[i] == b'\n' || i + 1 >= usable || data[i + 1] != b'\n'),
+        );
         Ok(())
     }
 }
@@ -794,6 +879,83 @@ enum Step {
     Eof,
 }
 
+/// The namespace of the `xml` prefix, bound in every document.
+const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// The namespace prefixes declared (`xmlns:p="..."`) on the open elements, so a prefixed
+/// attribute name is resolved where it is read, in one lookup however many prefixes are in
+/// scope. Feeds rarely declare any but the root's `xmlns:xsi`, so nothing is done for an
+/// element without a prefixed attribute.
+#[derive(Debug, Default)]
+struct Namespaces {
+    /// Each declared prefix's namespaces, the innermost last.
+    bindings: std::collections::HashMap<String, Vec<String>>,
+    /// The declarations in document order, with the depth of their element.
+    declared: Vec<(u32, String)>,
+}
+
+impl Namespaces {
+    /// Takes the declarations among `tree.attrs[attrs]` (the attributes of the element at
+    /// `depth`) into scope, then resolves the prefixed names among them.
+    fn open(&mut self, tree: &mut Tree, attrs: std::ops::Range<usize>, depth: u32) {
+        for index in attrs.clone() {
+            let attr = tree.attrs[index];
+            if let Some(prefix) = tree.str(attr.name).strip_prefix("xmlns:") {
+                let namespace = tree.str(attr.value).to_owned();
+                self.bindings
+                    .entry(prefix.to_owned())
+                    .or_default()
+                    .push(namespace);
+                self.declared.push((depth, prefix.to_owned()));
+            }
+        }
+        for index in attrs {
+            let attr = tree.attrs[index];
+            let Some((prefix, _)) = tree.str(attr.name).split_once(':') else {
+                continue;
+            };
+            let namespace = match prefix {
+                "xmlns" => None,
+                "xml" => Some(XML_NAMESPACE),
+                prefix => self
+                    .bindings
+                    .get(prefix)
+                    .and_then(|namespaces| namespaces.last())
+                    .map(String::as_str),
+            };
+            if let Some(namespace) = namespace.filter(|namespace| !namespace.is_empty()) {
+                let span = tree.push_str(namespace);
+                tree.attrs[index].namespace = Some(span);
+            }
+        }
+    }
+
+    /// The element at `depth` ended: its declarations go out of scope. Called at every end
+    /// tag, so the common case (the element declared nothing) is one comparison.
+    #[inline(always)]
+    fn close(&mut self, depth: u32) {
+        if self
+            .declared
+            .last()
+            .is_some_and(|(declared_at, _)| *declared_at >= depth)
+        {
+            self.close_declared(depth);
+        }
+    }
+
+    fn close_declared(&mut self, depth: u32) {
+        while let Some((declared_at, _)) = self.declared.last()
+            && *declared_at >= depth
+        {
+            if let Some((_, prefix)) = self.declared.pop()
+                && let Some(namespaces) = self.bindings.get_mut(&prefix)
+            {
+                namespaces.pop();
+            }
+        }
+    }
+}
+
 /// The streaming reader: [`FeedReader::open_root`] reads up to the root element's start
 /// tag, then [`FeedReader::next_child`] yields each child element of the root as a
 /// [`Tree`] (buffers reused), and `None` once the root closed and the rest of the file was
@@ -814,6 +976,7 @@ pub struct FeedReader<R: BufRead> {
     events: u64,
     root_text: Option<Position>,
     failure: Option<Problem>,
+    namespaces: Namespaces,
 }
 
 impl<R: BufRead> FeedReader<R> {
@@ -832,6 +995,7 @@ impl<R: BufRead> FeedReader<R> {
             events: 0,
             root_text: None,
             failure: None,
+            namespaces: Namespaces::default(),
         }
     }
 
@@ -904,7 +1068,8 @@ impl<R: BufRead> FeedReader<R> {
     }
 
     /// The child of the root returned by the last successful [`FeedReader::next_child`]
-    /// (an empty tree before the first one).
+    /// (an empty tree before the first one); after a problem inside a child, that child as
+    /// far as it was read.
     pub fn current(&self) -> &Tree {
         &self.tree
     }
@@ -1236,12 +1401,19 @@ impl<R: BufRead> FeedReader<R> {
                         &format!("{} is not a valid element name", quoted(name)),
                     ));
                 }
+                if new_depth > 2 && self.child_too_large() {
+                    return Err(self.child_size_problem(position, name));
+                }
                 let parent = if new_depth <= 2 { NONE } else { self.current };
                 let tree = &mut self.tree;
                 let id = tree.nodes.len();
                 let name_span = tree.push_str(name);
                 let attrs_start = tree.attrs.len();
                 let raw_attributes = start.attributes_raw();
+                // A prefixed attribute name (or a namespace declaration) needs the
+                // namespaces in scope; all other elements skip them.
+                let prefixed = !raw_attributes.is_empty()
+                    && memchr::memchr(b':', raw_attributes.as_bytes()).is_some();
                 if let Some((key, value)) = plain_attribute(raw_attributes) {
                     push_attribute(tree, self.limits, position, name, key, value)?;
                 } else if !is_blank(raw_attributes) {
@@ -1285,6 +1457,10 @@ impl<R: BufRead> FeedReader<R> {
                         push_attribute(tree, self.limits, position, name, key, &value)?;
                     }
                 }
+                if prefixed {
+                    self.namespaces
+                        .open(tree, attrs_start..tree.attrs.len(), new_depth);
+                }
                 let text_at = tree.strings.len();
                 tree.nodes.push(Node {
                     name: name_span,
@@ -1311,6 +1487,9 @@ impl<R: BufRead> FeedReader<R> {
                         tree.nodes[previous].next_sibling = id;
                     }
                     tree.nodes[parent].last_child = id;
+                }
+                if is_empty {
+                    self.namespaces.close(new_depth);
                 }
                 return Ok(Some(self.opened(id, new_depth, is_empty)));
             }
@@ -1391,6 +1570,12 @@ impl<R: BufRead> FeedReader<R> {
             let position = self.src.position_at(data, at);
             return Err(xml_problem(&XmlError::IllFormed(error), position));
         }
+        if self.depth >= 2 && self.child_too_large() {
+            let position = self.src.position_at(data, at);
+            let name = String::from_utf8_lossy(found).into_owned();
+            return Err(self.child_size_problem(position, &format!("/{name}")));
+        }
+        self.namespaces.close(self.depth);
         self.depth = self.depth.saturating_sub(1);
         if self.depth >= 1 && self.current != NONE {
             self.current = self.tree.nodes[self.current].parent;
@@ -1399,6 +1584,50 @@ impl<R: BufRead> FeedReader<R> {
             self.state = State::AfterRoot;
         }
         Ok(Step::End)
+    }
+
+    /// The current child of the root takes more memory than `max_message_bytes` (checked at
+    /// every tag of it, so at most one start tag's attributes and one text node, each
+    /// bounded by `max_text_bytes`, are added after the limit was passed).
+    fn child_too_large(&self) -> bool {
+        self.tree.memory() > self.limits.max_message_bytes
+    }
+
+    /// The LIMIT_EXCEEDED for a child of the root that grew past `max_message_bytes` at the
+    /// tag `<name>` (`</name>` given as `/name`) at `position`, inside the current element.
+    fn child_size_problem(&self, position: Position, name: &str) -> Problem {
+        let mut path = vec![name.trim_start_matches('/')];
+        let mut current = self.tree.element(self.current);
+        if name.starts_with('/') {
+            // An end tag closes the current element itself.
+            current = current.and_then(|element| element.parent());
+        }
+        while let Some(element) = current {
+            path.push(element.name());
+            current = element.parent();
+        }
+        path.push(
+            self.root
+                .root()
+                .map_or("AmazonEnvelope", |root| root.name()),
+        );
+        path.reverse();
+        let child = self.tree.root();
+        let start = child.map_or(position, |child| child.position());
+        Problem::new(
+            Code::LimitExceeded,
+            MessageId::FEED,
+            path.join("/"),
+            Some(position),
+            format!(
+                "the <{}> that starts at line {}, column {} takes more than the limit of {} bytes of memory for one element of the envelope (limits.max_message_bytes; its elements, attributes and text as read) when it reaches <{name}>",
+                child.map_or("Message", |child| child.name()),
+                start.line,
+                start.column,
+                self.limits.max_message_bytes
+            ),
+            "Split the message (a message adjusts one order and takes a few kilobytes) or, if the input is trusted, raise `[limits] max_message_bytes` in the configuration.",
+        )
     }
 
     /// Character data that starts at `data[at]`.
@@ -1482,7 +1711,11 @@ fn push_attribute(
     }
     let name = tree.push_str(key);
     let value = tree.push_str(value);
-    tree.attrs.push(Attr { name, value });
+    tree.attrs.push(Attr {
+        name,
+        value,
+        namespace: None,
+    });
     Ok(())
 }
 
@@ -1779,6 +2012,32 @@ mod tests {
     }
 
     #[test]
+    fn a_lone_carriage_return_ends_a_line_like_cr_lf_and_lf() {
+        // Lines: "<r>" CR "<a/>" CR LF "<b/>" LF "" CR "<c/>" CR "" CR " <d/></r>".
+        let doc = "<r>\r<a/>\r\n<b/>\n\r<c/>\r\r <d/></r>";
+        for capacity in 1..9 {
+            let mut reader = FeedReader::new(
+                io::BufReader::with_capacity(capacity, doc.as_bytes()),
+                Limits::default(),
+            );
+            let mut found = Vec::new();
+            while let Some(tree) = reader.next_child().expect("well-formed") {
+                let p = tree.root().expect("element").position();
+                found.push((p.line, p.column));
+            }
+            assert_eq!(
+                found,
+                [(2, 1), (3, 1), (5, 1), (7, 2)],
+                "capacity {capacity}"
+            );
+        }
+        // A problem on a line after lone CRs names that line.
+        let mut reader = FeedReader::new("<r>\r<a>\r\r  </b></r>".as_bytes(), Limits::default());
+        let problem = reader.next_child().expect_err("mismatched");
+        assert_eq!(problem.position, Some(Position { line: 4, column: 3 }));
+    }
+
+    #[test]
     fn columns_count_characters_not_bytes() {
         let found = children("<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/></r>");
         let positions: Vec<(u32, u32)> = found.iter().map(|(_, p)| (p.line, p.column)).collect();
@@ -1813,7 +2072,12 @@ mod tests {
             Limits::default(),
         );
         let tree = reader.next_child().expect("ok").expect("a");
-        let attributes: Vec<(&str, &str)> = tree.root().expect("a").attributes().collect();
+        let attributes: Vec<(&str, &str)> = tree
+            .root()
+            .expect("a")
+            .attributes()
+            .map(|a| (a.name, a.value))
+            .collect();
         assert_eq!(attributes, [("x", "1<2 y"), ("y", "A")]);
     }
 
@@ -1822,6 +2086,71 @@ mod tests {
         let mut reader = FeedReader::new("<r><a>x\r\ny\rz</a></r>".as_bytes(), Limits::default());
         let tree = reader.next_child().expect("ok").expect("a");
         assert_eq!(tree.root().expect("a").text(), "x\ny\nz");
+    }
+
+    #[test]
+    fn indexes_count_the_siblings_of_the_same_name() {
+        let mut reader = FeedReader::new(
+            "<r><m><a/><b><a/></b><a/><c/><a><a/></a><b/></m></r>".as_bytes(),
+            Limits::default(),
+        );
+        let tree = reader.next_child().expect("ok").expect("m");
+        let m = tree.root().expect("m");
+        let shown: Vec<String> = m
+            .children()
+            .map(|child| {
+                let inner: Vec<String> = child
+                    .children()
+                    .map(|c| format!("{}{}", c.name(), c.index()))
+                    .collect();
+                format!("{}{}{inner:?}", child.name(), child.index())
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            ["a1[]", "b1[\"a1\"]", "a2[]", "c1[]", "a3[\"a1\"]", "b2[]"]
+        );
+        assert_eq!(m.index(), 1);
+    }
+
+    #[test]
+    fn prefixed_attributes_are_resolved_by_the_namespace_in_scope() {
+        let doc = "<r xmlns:q='urn:q' xmlns:s='urn:s'><a q:x='1' s:y='2' z='3' xml:lang='en'/>\
+                   <b xmlns:q='urn:inner' q:x='1'><c q:x='1' u:x='1'/></b><d q:x='1' xmlns:q=''/>\
+                   <e q:x='1'/></r>";
+        let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+        let mut found = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            for id in 0.. {
+                let Some(element) = tree.element(id) else {
+                    break;
+                };
+                for attribute in element.attributes() {
+                    found.push(format!(
+                        "{} {} {:?}",
+                        element.name(),
+                        attribute.name,
+                        attribute.namespace
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            found,
+            [
+                "a q:x Some(\"urn:q\")",
+                "a s:y Some(\"urn:s\")",
+                "a z None",
+                "a xml:lang Some(\"http://www.w3.org/XML/1998/namespace\")",
+                "b xmlns:q None",
+                "b q:x Some(\"urn:inner\")",
+                "c q:x Some(\"urn:inner\")",
+                "c u:x None",
+                "d q:x None",
+                "d xmlns:q None",
+                "e q:x Some(\"urn:q\")",
+            ]
+        );
     }
 
     #[test]

@@ -565,13 +565,20 @@ impl Amount {
     /// significant fraction digits than the currency allows (never rounds) or does not fit
     /// in `i64` minor units.
     pub fn to_minor(self, currency: Currency) -> Option<i64> {
-        if self.fraction_digits() > currency.exponent() {
-            return None;
+        // On the integer mantissa (value = mantissa / 10^scale): `validate` asks this of
+        // every amount with a currency, so no decimal arithmetic.
+        let exponent = currency.exponent();
+        let mut mantissa = self.0.mantissa();
+        let mut scale = self.0.scale();
+        while scale > exponent {
+            if mantissa % 10 != 0 {
+                return None;
+            }
+            mantissa /= 10;
+            scale -= 1;
         }
-        let scaled = self
-            .value()
-            .checked_mul(Decimal::from(10_i64.checked_pow(currency.exponent())?))?;
-        i64::try_from(scaled.normalize()).ok()
+        let minor = mantissa.checked_mul(10_i128.checked_pow(exponent - scale)?)?;
+        i64::try_from(minor).ok()
     }
 }
 
@@ -881,7 +888,7 @@ pub struct ComponentAmount {
     pub position: Position,
     /// Which `PromotionAdjustments` element of the item holds it (1 for the first); 0 for
     /// `ItemPriceAdjustments`. Problems name the element path with it.
-    pub group: u16,
+    pub group: u32,
 }
 
 /// A validated `AdjustedItem`.
@@ -1112,6 +1119,28 @@ mod tests {
         // Zeros that do not fit beside the other digits are not kept.
         let long = parse("12345678901234567890.1000000000");
         assert_eq!(long.written().to_string(), "12345678901234567890.1");
+    }
+
+    #[test]
+    fn minor_units_are_exact_and_refuse_what_does_not_fit() {
+        let usd = Currency::from_code("USD").expect("USD");
+        let jpy = Currency::from_code("JPY").expect("JPY");
+        let clf = Currency::from_code("CLF").expect("CLF");
+        let minor = |raw: &str, currency| Amount::parse(raw).expect(raw).to_minor(currency);
+        assert_eq!(minor("12.34", usd), Some(1234));
+        assert_eq!(minor("-0.05", usd), Some(-5));
+        assert_eq!(minor("3.900000", usd), Some(390));
+        assert_eq!(minor("150", usd), Some(15000));
+        assert_eq!(minor("0.5", jpy), None);
+        assert_eq!(minor("500.000", jpy), Some(500));
+        assert_eq!(minor("1.00001", clf), None);
+        assert_eq!(minor("-0.00", usd), Some(0));
+        assert_eq!(minor("92233720368547758.07", usd), Some(i64::MAX));
+        assert_eq!(minor("92233720368547758.08", usd), None);
+        assert_eq!(minor("-92233720368547758.08", usd), Some(i64::MIN));
+        assert_eq!(minor("922337203685477.5808", clf), None);
+        assert_eq!(minor("9223372036854775807", jpy), Some(i64::MAX));
+        assert_eq!(minor("99999999999999999999.0000", jpy), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::engine::{self, Rules, Snapshot};
 use crate::feed::Limits;
 use crate::inbox::ready::FileSignature;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
-use crate::problem::{Code, Problem, Severity};
+use crate::problem::{Code, MAX_RESULTS, Problem, Severity};
 use crate::report::{self, FeedOutcome};
 use crate::store::{
     AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, ReportFolder, Store, StoreError,
@@ -596,7 +596,7 @@ fn flush(
     // the index of their slot in `order`, and the message.
     let mut pending: Vec<AdjustmentMessage> = Vec::new();
     let mut pending_slots: Vec<usize> = Vec::new();
-    let mut order: Vec<Option<Vec<Problem>>> = Vec::with_capacity(chunk.len());
+    let mut order: Vec<Option<(Vec<Problem>, u64)>> = Vec::with_capacity(chunk.len());
     for message in chunk.drain(..) {
         match message {
             ValidatedMessage::Valid(message) => {
@@ -605,6 +605,7 @@ fn flush(
             }
             ValidatedMessage::Invalid {
                 problems,
+                unlisted,
                 precision_pending,
                 ..
             } => {
@@ -612,7 +613,7 @@ fn flush(
                     pending.push(*message);
                     pending_slots.push(order.len());
                 }
-                order.push(Some(problems));
+                order.push(Some((problems, unlisted)));
             }
         }
     }
@@ -622,7 +623,7 @@ fn flush(
     }
     for (message, slot) in pending.iter().zip(pending_slots) {
         if let Some(problems) = engine::precision_problems(snapshot, message) {
-            order[slot] = Some(problems);
+            order[slot] = Some((problems, 0));
         }
     }
     tx.prefetch(merchant, upcoming);
@@ -633,7 +634,7 @@ fn flush(
     let mut outcomes = plan.outcomes.into_iter();
     for slot in order {
         match slot {
-            Some(problems) => tally.add(false, problems),
+            Some((problems, unlisted)) => tally.add_with_unlisted(false, problems, unlisted),
             None => {
                 let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
                     detail: "engine returned fewer outcomes than messages".to_owned(),
@@ -646,12 +647,6 @@ fn flush(
     Ok(())
 }
 
-/// The results a report lists at most. Messages beyond are still counted exactly, but
-/// their problems are not kept: a feed of a million failing messages would otherwise hold
-/// a million problems, and render them twice, in memory (measured by an audit: 1.67 GB for
-/// 500 000). A `RESULTS_OMITTED` warning at the end says how many were left out.
-pub const MAX_RESULTS: usize = 20_000;
-
 /// Per-message counts and the results, in document order: what a report summarises.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -662,8 +657,9 @@ pub struct Tally {
     results: Vec<Problem>,
     /// Results beyond [`MAX_RESULTS`], counted, not kept.
     omitted: u64,
-    /// The first message with an omitted result.
-    first_omitted: Option<MessageId>,
+    /// Where the omitted results start: the message of the first one, and how many results
+    /// of that message are listed before it.
+    first_omitted: Option<(MessageId, usize)>,
     /// Messages whose `ORDER_NOT_FOUND` was not pinned ([`Processed::deferred`]), counted
     /// whether or not their result is listed.
     deferred: u64,
@@ -683,8 +679,17 @@ impl Tally {
         }
     }
 
-    /// Counts one message and keeps its problems.
+    /// Counts one message and keeps its problems while the list has room: the first
+    /// [`MAX_RESULTS`] results of the feed are listed, also when they are the first of one
+    /// message's many, and every later one is only counted.
     pub fn add(&mut self, applied: bool, problems: Vec<Problem>) {
+        self.add_with_unlisted(applied, problems, 0);
+    }
+
+    /// [`Tally::add`] for a message that has `unlisted` more problems after `problems`,
+    /// counted but not kept ([`ValidatedMessage::Invalid`]): they are left out like any
+    /// result past the end of the list.
+    pub fn add_with_unlisted(&mut self, applied: bool, problems: Vec<Problem>, unlisted: u64) {
         self.processed += 1;
         if applied {
             self.successful += 1;
@@ -695,12 +700,17 @@ impl Tally {
         if problems.iter().any(|p| p.severity == Severity::Warning) {
             self.with_warning += 1;
         }
-        if self.results.len() + problems.len() <= MAX_RESULTS {
-            self.results.extend(problems);
-        } else if let Some(first) = problems.first() {
-            self.first_omitted.get_or_insert(first.message_id);
-            self.omitted += problems.len() as u64;
+        let listed = problems
+            .len()
+            .min(MAX_RESULTS.saturating_sub(self.results.len()));
+        let omitted = (problems.len() - listed) as u64 + unlisted;
+        if omitted > 0 {
+            // The list is the feed's first results, so everything from here on is left out.
+            let message = problems.first().map_or(MessageId::FEED, |p| p.message_id);
+            self.first_omitted.get_or_insert((message, listed));
+            self.omitted += omitted;
         }
+        self.results.extend(problems.into_iter().take(listed));
     }
 
     /// The report outcome of the feed (processed now).
@@ -714,14 +724,18 @@ impl Tally {
         duplicate_of: Option<u64>,
     ) -> FeedOutcome {
         let mut results = self.results;
-        if let Some(first) = self.first_omitted {
+        if let Some((message, listed)) = self.first_omitted {
+            let from = match listed {
+                0 => format!("message {message}"),
+                listed => format!("result {} of message {message}", listed + 1),
+            };
             results.push(Problem::new(
                 Code::ResultsOmitted,
                 MessageId::FEED,
                 "AmazonEnvelope",
                 None,
                 format!(
-                    "{} more results, from message {first} on, are not listed: a report lists at most {MAX_RESULTS}; the counts above include every message",
+                    "{} more results, from {from} on, are not listed: a report lists the first {MAX_RESULTS}; the counts above include every message",
                     self.omitted
                 ),
                 "Fix the problems listed, then send the messages that failed again in a new feed; split very large feeds.",

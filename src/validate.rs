@@ -29,7 +29,10 @@ use crate::model::{
     ItemRef, MerchantId, MessageId, OrderItemCode, OrderRef, Position, PriceComponent,
     PromotionComponent, Quantity, SellerId,
 };
-use crate::problem::{Code, Problem, count, precision_texts, quoted};
+use crate::problem::{
+    Code, MAX_RESULTS, Problem, count, net_too_large_texts, precision_texts, quoted,
+    too_large_texts,
+};
 
 /// One message of a feed after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +43,11 @@ pub enum ValidatedMessage {
     Invalid {
         /// The MessageID, or [`MessageId::FEED`] when it could not be read.
         message_id: MessageId,
-        /// What is wrong.
+        /// What is wrong: the first [`MAX_RESULTS`] problems of the message.
         problems: Vec<Problem>,
+        /// How many more problems the message has (counted, not kept: no report lists
+        /// more than [`MAX_RESULTS`] results).
+        unlisted: u64,
         /// The message as read, when `problems` may yet give way to `AmountPrecision`:
         /// they are all restocking-fee and net rules (refund-rules c4 steps 7 and 8, with
         /// the items linked to them), the amounts name no currency, and some have fraction
@@ -186,9 +192,15 @@ impl<R: BufRead> Validator<R> {
             Phase::Messages { pending } => pending,
         };
         self.phase = Phase::Messages { pending: false };
-        if !pending && self.feed.next_child()?.is_none() {
-            self.phase = Phase::Done;
-            return Ok(None);
+        if !pending {
+            let done = match self.feed.next_child() {
+                Ok(next) => next.is_none(),
+                Err(problem) => return Err(self.name_message(problem)),
+            };
+            if done {
+                self.phase = Phase::Done;
+                return Ok(None);
+            }
         }
         let tree = self.feed.current();
         let element = tree
@@ -208,6 +220,9 @@ impl<R: BufRead> Validator<R> {
                 "Move the envelope elements (Header, MessageType, ...) before the first Message and remove anything else.",
             ));
         }
+        if let Some(problem) = other_message_type(element) {
+            return Err(problem);
+        }
         self.messages += 1;
         if self.messages > self.limits.max_messages {
             return Err(Limits::exceeded(
@@ -225,6 +240,32 @@ impl<R: BufRead> Validator<R> {
             &mut self.last_currency,
             self.restocking_fee_max_percent,
         )))
+    }
+
+    /// A limit passed inside a `Message` rejects the feed (limits are feed-level), but the
+    /// description names the message, so the seller can find it: by its MessageID when that
+    /// was read, else by where it starts.
+    fn name_message(&self, mut problem: Problem) -> Problem {
+        let Some(message) = self.feed.current().root() else {
+            return problem;
+        };
+        if problem.code != Code::LimitExceeded || message.name() != "Message" {
+            return problem;
+        }
+        let name = match child(message, "MessageID")
+            .and_then(|id| positive_integer(id.text(), u64::MAX).ok())
+        {
+            Some(id) => format!("message {id}"),
+            None => {
+                let start = message.position();
+                format!(
+                    "the Message at line {}, column {} (its MessageID not read)",
+                    start.line, start.column
+                )
+            }
+        };
+        problem.description = format!("{name}: {}", problem.description);
+        problem
     }
 
     fn read_header(&mut self) -> Result<FeedHeader, Problem> {
@@ -248,7 +289,7 @@ impl<R: BufRead> Validator<R> {
                 Some(root.position()),
                 "AmazonEnvelope",
                 &what,
-                "Remove the attribute (xmlns:xsi and xsi:noNamespaceSchemaLocation are accepted); the envelope has no namespace.",
+                "Remove the attribute: the envelope has no namespace, and besides namespace declarations only a schema hint is accepted (xsi:noNamespaceSchemaLocation, with xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\").",
             ));
         }
         const ORDER: &[&str] = &[
@@ -263,7 +304,11 @@ impl<R: BufRead> Validator<R> {
         let mut header: Option<FeedHeader> = None;
         let mut message_type_seen = false;
         loop {
-            if self.feed.next_child()?.is_none() {
+            let done = match self.feed.next_child() {
+                Ok(next) => next.is_none(),
+                Err(problem) => return Err(self.name_message(problem)),
+            };
+            if done {
                 let missing = if header.is_none() {
                     "<Header>"
                 } else if !message_type_seen {
@@ -472,7 +517,11 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
                 merchant = Some(MerchantId::new(&value).ok_or_else(|| {
                     fail(
                         child,
-                        format!("MerchantIdentifier {} is empty, \".\", \"..\" or contains a control character or path separator", quoted(&value)),
+                        format!(
+                            "MerchantIdentifier {} is not a merchant identifier: it must be {} (XML white space around it is removed, other white space is not)",
+                            quoted(&value),
+                            MerchantId::RULE
+                        ),
                     )
                 })?);
             }
@@ -517,6 +566,34 @@ fn check_message_type(element: Element<'_>) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// WRONG_MESSAGE_TYPE for a `Message` that holds the message element of another feed type
+/// (named like one of the other [`MESSAGE_TYPES`], as in Amazon's envelope: an
+/// `OrderAcknowledgement`, a `ProcessingReport`, ...): the file is not an Order Adjustment
+/// feed whatever its MessageType says, so the whole feed is rejected, once. Any other
+/// unexpected element in a Message is that message's SCHEMA_INVALID.
+fn other_message_type(message: Element<'_>) -> Option<Problem> {
+    let other = message.children().find(|child| {
+        !matches!(
+            child.name(),
+            "MessageID" | "OperationType" | "OrderAdjustment"
+        ) && MESSAGE_TYPES.contains(&child.name())
+    })?;
+    let which = child(message, "MessageID")
+        .and_then(|id| positive_integer(id.text(), u64::MAX).ok())
+        .map_or_else(|| "a message".to_owned(), |id| format!("message {id}"));
+    Some(Problem::new(
+        Code::WrongMessageType,
+        MessageId::FEED,
+        format!("AmazonEnvelope/Message/{}", other.name()),
+        Some(other.position()),
+        format!(
+            "{which} is of another feed type: it holds <{}>; this processor only accepts OrderAdjustment feeds, whose messages each hold an <OrderAdjustment>",
+            other.name()
+        ),
+        "Send only Order Adjustment feeds here; send other feed types to Amazon.",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -677,28 +754,46 @@ fn check_sequence<'t>(
 
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
-/// Checks attributes against the allowed names; namespace declarations and
-/// `xsi:(no)NamespaceSchemaLocation` are not attributes in XSD's sense.
+/// Checks attributes against the allowed names. Namespace declarations and the schema
+/// location hints (`noNamespaceSchemaLocation` and `schemaLocation` in the XSI namespace,
+/// under whatever prefix is bound to it) are not attributes in XSD's sense; any other
+/// prefixed name is unknown, and one whose prefix is not declared is refused as such, as
+/// `xmllint` does.
 fn check_attributes(element: Element<'_>, allowed: &[&str]) -> Result<(), String> {
-    for (name, value) in element.attributes() {
+    for attribute in element.attributes() {
+        let name = attribute.name;
         if name == "xmlns" {
-            if value.is_empty() {
+            if attribute.value.is_empty() {
                 continue;
             }
             return Err(format!(
                 "<{}> is in namespace {}; the feed elements have no namespace",
                 element.name(),
-                quoted(value)
+                quoted(attribute.value)
             ));
         }
         if name.starts_with("xmlns:") {
-            if name == "xmlns:xsi" && value != XSI {
-                return Err(format!("xmlns:xsi must be {}", quoted(XSI)));
-            }
             continue;
         }
-        if matches!(name, "xsi:noNamespaceSchemaLocation" | "xsi:schemaLocation") {
-            continue;
+        if let Some((prefix, local)) = name.split_once(':') {
+            match attribute.namespace {
+                None => {
+                    return Err(format!(
+                        "<{}> has an attribute {name} whose prefix {prefix} is not declared (no xmlns:{prefix} on it or an enclosing element)",
+                        element.name()
+                    ));
+                }
+                Some(XSI) if matches!(local, "noNamespaceSchemaLocation" | "schemaLocation") => {
+                    continue;
+                }
+                Some(namespace) => {
+                    return Err(format!(
+                        "<{}> has an unknown attribute {name} (namespace {})",
+                        element.name(),
+                        quoted(namespace)
+                    ));
+                }
+            }
         }
         if !allowed.contains(&name) {
             return Err(format!(
@@ -910,9 +1005,16 @@ impl IdSet {
 /// Problems of one message, with what is known about it.
 struct Collector<'t> {
     message_id: MessageId,
+    /// The first [`MAX_RESULTS`] problems, in document order.
     problems: Vec<Problem>,
-    /// The `AdjustedItem` being checked (its AmazonOrderItemCode goes into problems).
+    /// Problems found after those: counted, not kept (a report would not list them, and a
+    /// message of a million unknown elements would otherwise hold a million problems).
+    unlisted: usize,
+    /// The `AdjustedItem` being checked.
     item: Option<Element<'t>>,
+    /// Its valid AmazonOrderItemCode, which goes into its problems: looked up at the item's
+    /// first problem, not at each.
+    item_code: std::cell::OnceCell<Option<String>>,
     /// The first `currency` attribute of the message and where it was.
     currency: Option<(Currency, Element<'t>)>,
     /// The currency looked up last (a cache that outlives the message).
@@ -920,7 +1022,23 @@ struct Collector<'t> {
 }
 
 impl<'t> Collector<'t> {
+    fn new(last_currency: Option<Currency>) -> Collector<'t> {
+        Collector {
+            message_id: MessageId::FEED,
+            problems: Vec::new(),
+            unlisted: 0,
+            item: None,
+            item_code: std::cell::OnceCell::new(),
+            currency: None,
+            last_currency,
+        }
+    }
+
     fn add(&mut self, code: Code, element: Element<'_>, description: String, fix: &str) {
+        if self.is_full() {
+            self.unlisted += 1;
+            return;
+        }
         let problem = self.problem(code, element, description, fix);
         self.problems.push(problem);
     }
@@ -948,6 +1066,10 @@ impl<'t> Collector<'t> {
     }
 
     fn issue(&mut self, issue: &Issue<'_>) {
+        if self.is_full() {
+            self.unlisted += 1;
+            return;
+        }
         let element = match issue.missing {
             Some(missing) => format!("{}/{missing}", path(issue.parent)),
             None => path(issue.at),
@@ -965,16 +1087,31 @@ impl<'t> Collector<'t> {
         );
     }
 
-    /// The AmazonOrderItemCode of the current item, when it has a valid one.
-    fn item_code(&self) -> Option<String> {
-        self.item
-            .and_then(|item| child(item, "AmazonOrderItemCode"))
-            .and_then(|e| OrderItemCode::new(e.text()))
-            .map(|code| code.as_str().to_owned())
+    /// Makes `item` the current `AdjustedItem` (`None`: none).
+    fn set_item(&mut self, item: Option<Element<'t>>) {
+        self.item = item;
+        self.item_code = std::cell::OnceCell::new();
     }
 
+    /// The AmazonOrderItemCode of the current item, when it has a valid one.
+    fn item_code(&self) -> Option<String> {
+        self.item_code
+            .get_or_init(|| {
+                self.item
+                    .and_then(|item| child(item, "AmazonOrderItemCode"))
+                    .and_then(|e| OrderItemCode::new(e.text()))
+                    .map(|code| code.as_str().to_owned())
+            })
+            .clone()
+    }
+
+    /// The problems found so far, listed or not.
     fn count(&self) -> usize {
-        self.problems.len()
+        self.problems.len() + self.unlisted
+    }
+
+    fn is_full(&self) -> bool {
+        self.problems.len() >= MAX_RESULTS
     }
 }
 
@@ -987,13 +1124,7 @@ fn path(element: Element<'_>) -> String {
     let mut current = Some(element);
     while let Some(el) = current {
         let name = el.name();
-        let index = el.parent().map_or(1, |parent| {
-            1 + parent
-                .children()
-                .take_while(|c| c.id() != el.id())
-                .filter(|c| c.name() == name)
-                .count()
-        });
+        let index = el.index();
         if REPEATED.contains(&name) || index > 1 {
             parts.push(format!("{name}[{index}]"));
         } else {
@@ -1044,16 +1175,11 @@ fn check_message(
         return ValidatedMessage::Invalid {
             message_id: MessageId::FEED,
             problems: Vec::new(),
+            unlisted: 0,
             precision_pending: None,
         };
     };
-    let mut c = Collector {
-        message_id: MessageId::FEED,
-        problems: Vec::new(),
-        item: None,
-        currency: None,
-        last_currency: *last_currency,
-    };
+    let mut c = Collector::new(*last_currency);
     // MessageID first, so that every later problem names it.
     let id_element = child(message, "MessageID");
     let mut message_id = None;
@@ -1144,7 +1270,7 @@ fn check_message(
     }
     *last_currency = c.last_currency;
     match (message_id, adjustment) {
-        (Some(message_id), Some(adjustment)) if c.problems.is_empty() => {
+        (Some(message_id), Some(adjustment)) if c.count() == 0 => {
             ValidatedMessage::Valid(AdjustmentMessage {
                 message_id,
                 position: message.position(),
@@ -1152,12 +1278,12 @@ fn check_message(
             })
         }
         (message_id, adjustment) => {
-            if c.problems.is_empty() {
+            if c.count() == 0 {
                 c.schema(message, "the message could not be read".to_owned());
             }
             let precision_pending = match (message_id, adjustment) {
                 (Some(message_id), Some(adjustment))
-                    if may_give_way_to_precision(&adjustment, &c.problems) =>
+                    if c.unlisted == 0 && may_give_way_to_precision(&adjustment, &c.problems) =>
                 {
                     Some(Box::new(AdjustmentMessage {
                         message_id,
@@ -1170,6 +1296,7 @@ fn check_message(
             ValidatedMessage::Invalid {
                 message_id: c.message_id,
                 problems: c.problems,
+                unlisted: c.unlisted as u64,
                 precision_pending,
             }
         }
@@ -1267,7 +1394,7 @@ fn check_order_adjustment<'t>(
         });
     }
     add_linked_problems(c, &spans);
-    c.item = None;
+    c.set_item(None);
     let order = order?;
     (items_ok && !items.is_empty()).then(|| AdjustmentMessage {
         message_id: MessageId::FEED,
@@ -1322,14 +1449,21 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
         "Correct the failing {} and resend the whole message; the same MerchantAdjustmentItemIDs may be used, as a validation rejection is not recorded under them.",
         if failed.len() == 1 { "item" } else { "items" }
     );
-    // One pass that puts each linked problem where its item's problems would be.
+    // One pass that puts each linked problem where its item's problems would be. Only the
+    // first problems are listed (`Collector::unlisted`): a linked problem after an unlisted
+    // one is not listed either, and what the linked ones push past the end is counted.
     let mut own = std::mem::take(&mut c.problems).into_iter();
+    let listed = own.len();
     let mut taken = 0;
-    let mut problems = Vec::with_capacity(own.len() + spans.len() - failed.len());
+    let mut problems = Vec::with_capacity(listed + spans.len() - failed.len());
     for span in spans.iter().filter(|span| span.problems.is_empty()) {
+        if span.problems.start > listed {
+            c.unlisted += 1;
+            continue;
+        }
         problems.extend(own.by_ref().take(span.problems.start - taken));
         taken = span.problems.start;
-        c.item = Some(span.element);
+        c.set_item(Some(span.element));
         problems.push(c.problem(
             Code::LinkedItemFailed,
             span.element,
@@ -1338,6 +1472,10 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
         ));
     }
     problems.extend(own);
+    if problems.len() > MAX_RESULTS {
+        c.unlisted += problems.len() - MAX_RESULTS;
+        problems.truncate(MAX_RESULTS);
+    }
     c.problems = problems;
 }
 
@@ -1385,7 +1523,7 @@ fn seller_id(c: &mut Collector<'_>, element: Element<'_>, max: usize) -> Option<
 struct Parsed<'t> {
     component: Component,
     /// See [`ComponentAmount::group`].
-    group: u16,
+    group: u32,
     amount: Amount,
     type_element: Element<'t>,
     amount_element: Element<'t>,
@@ -1397,7 +1535,7 @@ fn check_item<'t>(
     action: Option<ActionType>,
     restocking_fee_max_percent: u32,
 ) -> Option<AdjustedItem> {
-    c.item = Some(item);
+    c.set_item(Some(item));
     let before = c.count();
     complex(
         c,
@@ -1419,7 +1557,23 @@ fn check_item<'t>(
     let mut key = None;
     let mut reason = None;
     let mut parsed: Vec<Parsed<'t>> = Vec::new();
-    let mut promotion_groups: u16 = 0;
+    let mut promotion_groups: u32 = 0;
+    // For the current group (ItemPriceAdjustments, or one PromotionAdjustments): the first
+    // Component of each type, by `component_slot`, as its index in `parsed` plus 1 (0: none
+    // yet); and the duplicates found: (index in `parsed`, index of the first). Each Component
+    // costs the same however many the item has.
+    let mut group_types: [usize; COMPONENT_SLOTS];
+    let mut duplicates: Vec<(usize, usize)> = Vec::new();
+    let mut note_type = |parsed: &[Parsed<'t>], group_types: &mut [usize]| {
+        if let Some(p) = parsed.last() {
+            let first = &mut group_types[component_slot(p.component)];
+            if *first == 0 {
+                *first = parsed.len();
+            } else {
+                duplicates.push((parsed.len() - 1, *first - 1));
+            }
+        }
+    };
     let mut quantity_cancelled = None;
     let mut quantity_cancelled_element = None;
     let mut quantity = None;
@@ -1472,16 +1626,21 @@ fn check_item<'t>(
             }
             "ItemPriceAdjustments" => {
                 complex(c, element, &[Particle::many(&["Component"], 1)]);
+                group_types = [0; COMPONENT_SLOTS];
                 for component in element.children().filter(|e| e.name() == "Component") {
                     if let Some(p) = check_component(c, component, price_type_names, |t| {
                         PriceComponent::from_str(t).ok().map(Component::Price)
                     }) {
                         parsed.push(p);
+                        note_type(&parsed, &mut group_types);
                     }
                 }
             }
             "PromotionAdjustments" => {
+                // Only names the element in paths (`PromotionAdjustments[n]`); duplicates are
+                // found per element, whatever the count.
                 promotion_groups = promotion_groups.saturating_add(1);
+                group_types = [0; COMPONENT_SLOTS];
                 complex(
                     c,
                     element,
@@ -1528,6 +1687,7 @@ fn check_item<'t>(
                                     group: promotion_groups,
                                     ..p
                                 });
+                                note_type(&parsed, &mut group_types);
                             }
                         }
                         _ => {}
@@ -1577,33 +1737,30 @@ fn check_item<'t>(
     // A type may appear once in ItemPriceAdjustments and once in each PromotionAdjustments:
     // every PromotionAdjustments is one promotion (its own PromotionClaimCode or
     // MerchantPromotionID, feed-format §1.2), so two promotions may each reverse a Principal
-    // discount; the engine and the store add those amounts up.
-    for (index, p) in parsed.iter().enumerate() {
-        if let Some(first) = parsed[..index]
-            .iter()
-            .find(|s| s.component == p.component && s.group == p.group)
-        {
-            let (container, fix) = match p.group {
-                0 => (
-                    "AdjustedItem",
-                    "Put the whole amount of a component in one Component element.",
-                ),
-                _ => (
-                    "PromotionAdjustments",
-                    "Put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments.",
-                ),
-            };
-            c.add(
-                Code::DuplicateComponent,
-                p.type_element,
-                format!(
-                    "component {} appears twice in this {container} (first at line {})",
-                    p.component,
-                    first.type_element.position().line
-                ),
-                fix,
-            );
-        }
+    // discount; the engine and the store add those amounts up. `duplicates` holds the
+    // Components whose type their group had before (found as they were read).
+    for &(index, first) in &duplicates {
+        let (p, first) = (&parsed[index], parsed[first].type_element);
+        let (container, fix) = match p.group {
+            0 => (
+                "AdjustedItem",
+                "Put the whole amount of a component in one Component element.",
+            ),
+            _ => (
+                "PromotionAdjustments",
+                "Put the whole amount a promotion takes back for a component in one Component element; another promotion goes in its own PromotionAdjustments.",
+            ),
+        };
+        c.add(
+            Code::DuplicateComponent,
+            p.type_element,
+            format!(
+                "component {} appears twice in this {container} (first at line {})",
+                p.component,
+                first.position().line
+            ),
+            fix,
+        );
     }
     for p in &parsed {
         match p.component.class() {
@@ -1650,6 +1807,16 @@ fn check_item<'t>(
         );
     }
     if c.count() != before {
+        return None;
+    }
+    // Step 3 in the message's currency: each amount fits minor units (`check_amount`), but
+    // their net may not. The engine checks it in the order's currency, which is this one or
+    // the message fails with CURRENCY_MISMATCH.
+    if let Some((currency, _)) = c.currency
+        && net_overflows(&parsed, currency)
+    {
+        let (description, fix) = net_too_large_texts(currency);
+        c.add(Code::AmountFormat, item, description, &fix);
         return None;
     }
     // Steps 7 and 8 (restocking fee, net): the item is complete whether or not they fail, so
@@ -1713,6 +1880,34 @@ fn check_item<'t>(
         position: item.position(),
         positions,
     })
+}
+
+/// One more than the largest [`component_slot`].
+const COMPONENT_SLOTS: usize = PriceComponent::ALL.len() + PromotionComponent::ALL.len();
+
+/// A small number of its own for each component type (price types, then promotion types).
+fn component_slot(component: Component) -> usize {
+    match component {
+        Component::Price(price) => price as usize,
+        Component::Promotion(promotion) => PriceComponent::ALL.len() + promotion as usize,
+    }
+}
+
+/// True when every amount of the item fits minor units of `currency` but their net does
+/// not (one that does not fit is the engine's first finding, and so `check_amount`'s).
+fn net_overflows(parsed: &[Parsed<'_>], currency: Currency) -> bool {
+    let mut net: i64 = 0;
+    let mut overflows = false;
+    for p in parsed {
+        let Some(minor) = p.amount.to_minor(currency) else {
+            return false;
+        };
+        match net.checked_add(minor) {
+            Some(sum) => net = sum,
+            None => overflows = true,
+        }
+    }
+    overflows
 }
 
 /// |RestockingFee + RestockingFeeTax| (when a charge) may be at most the configured share
@@ -1882,8 +2077,8 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
     };
     let code = element
         .attributes()
-        .find(|(name, _)| *name == "currency")
-        .map(|(_, value)| value);
+        .find(|attribute| attribute.name == "currency")
+        .map(|attribute| attribute.value);
     let currency = code.and_then(|code| {
         // `Currency::from_code` scans the ISO table; a feed uses one or two currencies.
         let known = c
@@ -1907,6 +2102,14 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             let (description, fix) =
                 precision_texts("Amount", shown, fraction_digits, currency, code);
             c.add(Code::AmountPrecision, element, description, &fix);
+        }
+        // Held in minor units, the amount must fit an i64: checked as the engine checks it
+        // in the order's currency, which must be this one.
+        Some(currency) if amount.is_some_and(|amount| amount.to_minor(currency).is_none()) => {
+            let written = amount.map(|amount| amount.written().to_string());
+            let (description, fix) =
+                too_large_texts("Amount", written.as_deref().unwrap_or(shown), currency);
+            c.add(Code::AmountFormat, element, description, &fix);
         }
         None if fraction_digits > Currency::MAX_EXPONENT => c.add(
             Code::AmountPrecision,
@@ -2139,6 +2342,88 @@ mod tests {
         assert!(found[0].starts_with("SCHEMA_INVALID"), "{found:?}");
         // One item alone has nothing to be linked to.
         assert_eq!(message_problems(&item("-1.00")).len(), 1);
+    }
+
+    /// Validates a feed of one message holding `adjustment` (the content of
+    /// `<OrderAdjustment>`) with these limits.
+    fn validate_one(adjustment: &str, limits: Limits) -> ValidatedMessage {
+        let feed = format!(
+            "<AmazonEnvelope><Header><DocumentVersion>1.01</DocumentVersion>\
+             <MerchantIdentifier>M</MerchantIdentifier></Header><MessageType>OrderAdjustment</MessageType>\
+             <Message><MessageID>1</MessageID><OrderAdjustment>{adjustment}</OrderAdjustment></Message></AmazonEnvelope>"
+        );
+        let mut validator = Validator::new(feed.as_bytes(), limits, &Rules::default());
+        validator
+            .next_message()
+            .expect("no feed-level problem")
+            .expect("a message")
+    }
+
+    #[test]
+    fn a_message_keeps_its_first_max_results_problems_and_counts_the_rest() {
+        let unknown = "<x/>".repeat(MAX_RESULTS + 3);
+        let adjustment = format!("<AmazonOrderID>123-1234567-1234567</AmazonOrderID>{unknown}");
+        let ValidatedMessage::Invalid {
+            problems, unlisted, ..
+        } = validate_one(&adjustment, Limits::default())
+        else {
+            panic!("expected an invalid message");
+        };
+        assert_eq!((problems.len(), unlisted), (MAX_RESULTS, 4));
+        // Indexes count the siblings of the same name (unknown elements first, then the
+        // missing AdjustedItem, which is not listed).
+        assert_eq!(problems[0].element, "Message/OrderAdjustment/x");
+        assert_eq!(
+            problems[MAX_RESULTS - 1].element,
+            format!("Message/OrderAdjustment/x[{MAX_RESULTS}]")
+        );
+    }
+
+    #[test]
+    fn each_promotion_may_take_back_the_same_component_however_many_there_are() {
+        // One more PromotionAdjustments than a u16 counts: each takes back 0.01 of the
+        // Principal discount. Before the fix every one after the 65 535th shared a group and
+        // got a false DUPLICATE_COMPONENT.
+        let promotions = 65_537;
+        let promotion = "<PromotionAdjustments><Component><Type>Principal</Type><Amount>-0.01</Amount></Component></PromotionAdjustments>";
+        let item = |extra: &str| {
+            format!(
+                "<AmazonOrderID>123-1234567-1234567</AmazonOrderID><AdjustedItem>\
+                 <AmazonOrderItemCode>12345678901234</AmazonOrderItemCode>\
+                 <AdjustmentReason>CustomerReturn</AdjustmentReason><ItemPriceAdjustments><Component>\
+                 <Type>Principal</Type><Amount>1000.00</Amount></Component></ItemPriceAdjustments>\
+                 {}{extra}</AdjustedItem>",
+                promotion.repeat(promotions)
+            )
+        };
+        let limits = Limits {
+            max_message_bytes: 64 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let ValidatedMessage::Valid(message) = validate_one(&item(""), limits) else {
+            panic!("expected a valid message");
+        };
+        let groups = message.items[0].amounts.last().map(|a| a.group);
+        assert_eq!(groups, Some(65_537));
+        // A type twice in one promotion is still a duplicate, in the last one too.
+        let twice = promotion.replace(
+            "</PromotionAdjustments>",
+            "<Component><Type>Principal</Type><Amount>-0.01</Amount></Component></PromotionAdjustments>",
+        );
+        let ValidatedMessage::Invalid { problems, .. } = validate_one(&item(&twice), limits) else {
+            panic!("expected an invalid message");
+        };
+        let found: Vec<(Code, &str)> = problems
+            .iter()
+            .map(|p| (p.code, p.element.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [(
+                Code::DuplicateComponent,
+                "Message/OrderAdjustment/AdjustedItem[1]/PromotionAdjustments[65538]/Component[2]/Type"
+            )]
+        );
     }
 
     fn issues(xml: &str, particles: &[Particle]) -> Vec<String> {

@@ -322,6 +322,34 @@ fn validate_exit_code_tells_valid_from_invalid() {
 }
 
 #[test]
+fn validate_prints_a_file_name_with_its_control_characters_escaped() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let sandbox = Sandbox::new();
+    // A name with SOH, an ANSI colour sequence and DEL, as an uploader may choose it.
+    let name = std::ffi::OsStr::from_bytes(b"ctl\x01\x1b[31m\x7f.xml");
+    let feed = sandbox.path("").join(name);
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .arg("validate")
+        .arg(&feed)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run adjustd");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let summary = text(&out.stdout);
+    assert!(
+        !summary.contains(|c: char| c.is_control() && c != '\n'),
+        "{summary:?}"
+    );
+    assert!(
+        summary.contains("ctl\\u{1}\\u{1b}[31m\\u{7f}.xml: ok;"),
+        "{summary:?}"
+    );
+}
+
+#[test]
 fn process_applies_a_feed_and_orders_show_prints_the_documented_shape() {
     let sandbox = Sandbox::new();
     sandbox.import_orders();
@@ -1733,6 +1761,59 @@ fn a_file_above_max_file_bytes_is_rejected_unread_by_validate_and_process() {
         hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
         "{report}"
     );
+}
+
+#[test]
+fn a_message_above_max_message_bytes_rejects_the_feed_naming_the_message() {
+    let sandbox = Sandbox::new();
+    append_config(&sandbox, "[limits]\nmax_message_bytes = 4096\n");
+    sandbox.import_orders();
+    // Message 2 of a valid feed gets 2 000 unknown elements (8 000 bytes in the file, more
+    // than 100 bytes each in memory).
+    let feed = std::fs::read_to_string(data("refund-ok.xml"))
+        .expect("read feed")
+        .replacen(
+            "<AmazonOrderID>111-0000001-0000001</AmazonOrderID>",
+            &format!(
+                "<AmazonOrderID>111-0000001-0000001</AmazonOrderID>{}",
+                "<x/>".repeat(2000)
+            ),
+            1,
+        );
+    let path = sandbox.path("big-message.xml");
+    std::fs::write(&path, feed).expect("write feed");
+    let path = path.to_str().expect("utf-8 path");
+    for command in ["validate", "process"] {
+        let out = match command {
+            "validate" => sandbox.run(&["validate", "--format", "json", path]),
+            _ => sandbox.run(&["process", path]),
+        };
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+        let report: Value = match command {
+            "validate" => serde_json::from_slice(&out.stdout).expect("JSON"),
+            _ => json_report(
+                &text(&out.stdout)
+                    .lines()
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        assert_eq!(report["status"], "Rejected", "{report}");
+        assert_eq!(codes(&report), vec![(0, 90004)], "{report}");
+        let result = &report["results"][0];
+        let description = result["description"].as_str().expect("description");
+        assert!(
+            description.starts_with("message 2: the <Message> that starts at line 24, column 3 takes more than the limit of 4096 bytes of memory"),
+            "{report}"
+        );
+        assert_eq!(
+            result["element"], "AmazonEnvelope/Message/OrderAdjustment/x",
+            "{report}"
+        );
+    }
+    // Nothing of the feed was applied, not even message 1.
+    let order = sandbox.order("111-0000002-0000002");
+    assert!(order["adjustments"].as_array().expect("array").is_empty());
 }
 
 #[test]

@@ -14,7 +14,10 @@
 //! AMOUNT_PRECISION counts too when it names an Amount with more than 4 significant fraction
 //! digits: no currency has more, so adjustd reports such an amount as too precise, and the
 //! schema's `fractionDigits` 4 rejects it. The test finds those amounts in the file itself
-//! and matches them to the problems by line and column.
+//! and matches them to the problems by line and column. It does the same for the
+//! AMOUNT_FORMAT that is no schema rule: an Amount with a `currency` attribute too large for
+//! the i64 minor units adjustd holds money in, or an AdjustedItem whose amounts each fit but
+//! whose net does not (in the message's currency); those do not count.
 //!
 //! Documented exceptions, i.e. checks adjustd makes that no XSD (or no XSD the project could
 //! keep equal to Amazon's) can express. Their codes never count for the schema verdict:
@@ -56,7 +59,7 @@ use std::process::Command;
 
 use adjustd::engine::Rules;
 use adjustd::feed::Limits;
-use adjustd::model::{AdjustmentReason, Currency, MerchantId, Position, PriceComponent};
+use adjustd::model::{AdjustmentReason, Amount, Currency, MerchantId, Position, PriceComponent};
 use adjustd::problem::{Code, Problem};
 use adjustd::validate::MESSAGE_TYPES;
 use adjustd::validate::{ValidatedMessage, Validator};
@@ -377,13 +380,16 @@ struct AdjustdVerdict {
 
 impl AdjustdVerdict {
     /// Valid for the schema layer: no problem the XSD could have found (an AMOUNT_PRECISION
-    /// on an amount with more than 4 fraction digits is one, see the module doc).
+    /// on an amount with more than 4 fraction digits is one, an AMOUNT_FORMAT for an amount
+    /// too large for minor units is none; see the module doc).
     fn valid(&self, scan: &Scan) -> bool {
+        let at = |p: &Problem, positions: &[Position]| {
+            p.position.is_some_and(|at| positions.contains(&at))
+        };
         !self.problems.iter().any(|p| {
-            XSD_CODES.contains(&p.code)
-                || (p.code == Code::AmountPrecision
-                    && p.position
-                        .is_some_and(|at| scan.over_precise_amounts.contains(&at)))
+            (XSD_CODES.contains(&p.code)
+                && !(p.code == Code::AmountFormat && at(p, &scan.too_large_for_minor_units)))
+                || (p.code == Code::AmountPrecision && at(p, &scan.over_precise_amounts))
         })
     }
 }
@@ -517,6 +523,9 @@ struct Scan {
     exemptions: Vec<String>,
     /// Where the `Amount` elements with more than 4 significant fraction digits start.
     over_precise_amounts: Vec<Position>,
+    /// Where the `Amount` elements too large for minor units of their `currency`, and the
+    /// `AdjustedItem`s whose net is, start.
+    too_large_for_minor_units: Vec<Position>,
 }
 
 /// Reads a file for its [`Scan`].
@@ -535,6 +544,11 @@ fn scan(bytes: &[u8]) -> Scan {
     let mut stack: Vec<(String, usize)> = Vec::new();
     let mut text = String::new();
     let mut buf = Vec::new();
+    // For the amounts too large for minor units: the current Amount's currency, the
+    // message's (its first valid one so far), and the current item's amounts.
+    let mut amount_currency: Option<Currency> = None;
+    let mut message_currency: Option<Currency> = None;
+    let mut item_amounts: Vec<Amount> = Vec::new();
     // An error means not well-formed: both sides must say invalid, nothing to exempt.
     loop {
         let offset = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
@@ -556,6 +570,21 @@ fn scan(bytes: &[u8]) -> Scan {
                 let name = start.name().as_ref().to_owned();
                 if name == "ProcessingReport" && stack.last().is_some_and(|p| p.0 == "Message") {
                     found.push("a Message holds a ProcessingReport".to_owned());
+                }
+                match name.as_str() {
+                    "Message" => message_currency = None,
+                    "AdjustedItem" => item_amounts.clear(),
+                    "Amount" => {
+                        amount_currency = start
+                            .try_get_attribute("currency")
+                            .ok()
+                            .flatten()
+                            .and_then(|a| Currency::from_code(&a.value));
+                        if message_currency.is_none() {
+                            message_currency = amount_currency;
+                        }
+                    }
+                    _ => {}
                 }
                 stack.push((name, offset));
                 text.clear();
@@ -596,6 +625,35 @@ fn scan(bytes: &[u8]) -> Scan {
                 if name == "Amount" && significant_fraction_digits(&text) > 4 {
                     scan.over_precise_amounts.push(position_of(bytes, start));
                 }
+                if name == "Amount"
+                    && let Ok(amount) = Amount::parse(&text)
+                {
+                    item_amounts.push(amount);
+                    if let Some(currency) = amount_currency
+                        && amount.fraction_digits() <= currency.exponent()
+                        && amount.to_minor(currency).is_none()
+                    {
+                        scan.too_large_for_minor_units
+                            .push(position_of(bytes, start));
+                    }
+                }
+                if name == "AdjustedItem"
+                    && let Some(currency) = message_currency
+                {
+                    let minor: Option<Vec<i64>> = item_amounts
+                        .iter()
+                        .map(|amount| amount.to_minor(currency))
+                        .collect();
+                    if minor.is_some_and(|minor| {
+                        minor
+                            .iter()
+                            .try_fold(0_i64, |net, m| net.checked_add(*m))
+                            .is_none()
+                    }) {
+                        scan.too_large_for_minor_units
+                            .push(position_of(bytes, start));
+                    }
+                }
                 text.clear();
             }
             _ => {}
@@ -621,17 +679,20 @@ fn significant_fraction_digits(raw: &str) -> usize {
     }
 }
 
-/// Line and column of byte `offset` as the feed reader counts them: lines end at line
-/// feeds, columns count characters from 1.
+/// Line and column of byte `offset` as the feed reader counts them: lines end at a line
+/// feed, a CR LF or a lone carriage return; columns count characters from 1.
 fn position_of(bytes: &[u8], offset: usize) -> Position {
     let before = &bytes[..offset.min(bytes.len())];
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
+    let is_line_end = |at: usize| {
+        before[at] == b'\n' || (before[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n'))
+    };
+    let line_start = (0..before.len())
+        .rev()
+        .find(|&at| is_line_end(at))
         .map_or(0, |at| at + 1);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     Position {
-        line: count(before.iter().filter(|b| **b == b'\n').count() + 1),
+        line: count((0..before.len()).filter(|&at| is_line_end(at)).count() + 1),
         column: count(
             String::from_utf8_lossy(&before[line_start..])
                 .chars()
@@ -1377,18 +1438,43 @@ fn mutate_tree(feed: &mut Element, rng: &mut Rng) -> String {
             }
         }
         11 => {
-            let (attribute, value) = *rng.pick(&[
-                &("foo", "1"),
-                &("currency", "USD"),
-                &("xml:lang", "en"),
-                &("xsi:nil", "true"),
-                &("xmlns", "http://example.com/amzn"),
-                &("xmlns:x", "http://example.com/x"),
-            ]);
-            feed.at(&path)
-                .attributes
-                .push((attribute.to_owned(), value.to_owned()));
-            format!("add {attribute}=\"{value}\" to {where_}")
+            const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
+            // Namespace declarations and schema location hints under several prefixes,
+            // bound here, on the envelope (one base feed in three binds xsi there), or not
+            // at all: the verdict follows the binding, not the prefix.
+            let choices: [&[(&str, &str)]; 13] = [
+                &[("foo", "1")],
+                &[("currency", "USD")],
+                &[("xml:lang", "en")],
+                &[("xsi:nil", "true")],
+                &[("xmlns", "http://example.com/amzn")],
+                &[("xmlns:x", "http://example.com/x")],
+                &[("xsi:noNamespaceSchemaLocation", "amzn-envelope.xsd")],
+                &[
+                    ("xmlns:q", XSI),
+                    ("q:noNamespaceSchemaLocation", "amzn-envelope.xsd"),
+                ],
+                &[("xmlns:q", XSI), ("q:schemaLocation", "urn:x x.xsd")],
+                &[
+                    ("xmlns:xsi", "urn:not-xsi"),
+                    ("xsi:noNamespaceSchemaLocation", "a.xsd"),
+                ],
+                &[("xmlns:xsi", "urn:not-xsi")],
+                &[("xmlns:xsi", XSI)],
+                &[("q:noNamespaceSchemaLocation", "amzn-envelope.xsd")],
+            ];
+            let attributes = rng.pick(&choices);
+            let element = feed.at(&path);
+            for (attribute, value) in attributes {
+                element
+                    .attributes
+                    .push(((*attribute).to_owned(), (*value).to_owned()));
+            }
+            let added: Vec<String> = attributes
+                .iter()
+                .map(|(attribute, value)| format!("{attribute}=\"{value}\""))
+                .collect();
+            format!("add {} to {where_}", added.join(" "))
         }
         12 => {
             let element = feed.at(&path);

@@ -908,7 +908,7 @@ fn generate_message(rng: &mut Rng, orders: &[OrderState]) -> AdjustmentMessage {
                 component: *component,
                 amount: Amount::from_minor(*m, order.currency),
                 position,
-                group: u16::from(matches!(component, Component::Promotion(_))),
+                group: u32::from(matches!(component, Component::Promotion(_))),
             })
             .collect();
         // Now and then an amount one digit too precise for the order currency, and the

@@ -646,7 +646,7 @@ fn run_table(path: &Path) -> usize {
                                 amount: amount(&v),
                                 position: position(column + 10),
                                 // Promotions as if in one PromotionAdjustments element.
-                                group: u16::from(matches!(component, Component::Promotion(_))),
+                                group: u32::from(matches!(component, Component::Promotion(_))),
                             });
                         }
                     }

@@ -393,6 +393,85 @@ fn binary_garbage_is_a_clear_feed_level_error() {
 }
 
 #[test]
+fn a_400_mb_message_stops_at_the_message_limit_naming_its_message_id() {
+    // One Message of 100 000 000 unknown elements. Before the limit the reader held the
+    // whole message as a tree (12.7 GB after 2 minutes) and the validator compared every
+    // element with all its earlier siblings (hours).
+    let prefix =
+        format!("{HEAD}  <Message>\n    <MessageID>7</MessageID>\n    <OrderAdjustment>\n");
+    let source = Generated::new(
+        &prefix,
+        b"<x/>",
+        400_000_000,
+        "</OrderAdjustment></Message>\n</AmazonEnvelope>\n",
+    );
+    let limits = Limits::default();
+    let limit = limits.max_message_bytes;
+    let (problem, bytes_read, messages) = run(BufReader::new(source), limits);
+    let problem = problem.expect("rejected");
+    assert_eq!(
+        (problem.code, problem.message_id.get()),
+        (Code::LimitExceeded, 0),
+        "{problem}"
+    );
+    assert!(messages.is_empty());
+    let message_line = HEAD.lines().count() as u32 + 1;
+    assert!(
+        problem.description.starts_with(&format!(
+            "message 7: the <Message> that starts at line {message_line}, column 3 takes more than the limit of {limit} bytes of memory"
+        )),
+        "{problem}"
+    );
+    assert!(
+        problem.fix.contains("[limits] max_message_bytes"),
+        "{problem}"
+    );
+    // Where the limit was passed: at one of the <x/>, each on the line after
+    // <OrderAdjustment>, four columns apart.
+    assert_eq!(problem.element, "AmazonEnvelope/Message/OrderAdjustment/x");
+    let position = problem.position.expect("a position");
+    assert_eq!(
+        (position.line, position.column % 4),
+        (message_line + 3, 1),
+        "{problem}"
+    );
+    // An element takes more memory than its four bytes in the file, so less than the limit
+    // of the 400 MB was read.
+    assert!(bytes_read < limit, "read {bytes_read} bytes");
+}
+
+#[test]
+fn a_message_just_within_the_message_limit_is_read() {
+    let doc = format!("{HEAD}{MESSAGE}{TAIL}");
+    // The memory the message takes, as the reader measures it.
+    let mut reader = FeedReader::new(doc.as_bytes(), Limits::default());
+    let mut memory = 0;
+    while let Some(tree) = reader.next_child().expect("well-formed") {
+        if tree.root().expect("element").name() == "Message" {
+            memory = tree.memory();
+        }
+    }
+    let limits = |max_message_bytes| Limits {
+        max_message_bytes,
+        ..Limits::default()
+    };
+    let (problem, _, messages) = run(doc.as_bytes(), limits(memory));
+    assert!(problem.is_none(), "{problem:?}");
+    assert!(matches!(messages[..], [ValidatedMessage::Valid(_)]));
+    // One byte less is too much.
+    let (problem, _, _) = run(doc.as_bytes(), limits(memory - 1));
+    let problem = problem.expect("too large");
+    assert_eq!(problem.code, Code::LimitExceeded, "{problem}");
+    assert!(
+        problem.description.starts_with(&format!(
+            "message 1: the <Message> that starts at line 8, column 3 takes more than the limit of {} bytes",
+            memory - 1
+        )),
+        "{problem}"
+    );
+}
+
+#[test]
 fn file_size_and_message_count_limits_name_their_config_key() {
     let doc = format!(
         "{HEAD}{MESSAGE}{}{}{TAIL}",

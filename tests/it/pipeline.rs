@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use adjustd::engine::Rules;
 use adjustd::feed::Limits;
-use adjustd::model::MerchantId;
-use adjustd::pipeline::{self, Context, DuplicatePolicy, Source};
-use adjustd::problem::Code;
+use adjustd::model::{MerchantId, MessageId};
+use adjustd::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
+use adjustd::problem::{Code, MAX_RESULTS, Problem};
 use adjustd::store::{AnyStore, FeedStatus, import};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/e2e");
@@ -685,7 +685,7 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     // Every message names an order that does not exist: one error each.
     let dir = tempfile::tempdir().expect("temp dir");
     let mut context = context(dir.path());
-    let messages = pipeline::MAX_RESULTS + 10;
+    let messages = MAX_RESULTS + 10;
     let mut xml = String::from(FEED_HEAD);
     for id in 1..=messages {
         xml.push_str(&principal_refund(id, "999-0000000-0000000", "0.01"));
@@ -697,13 +697,13 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     let outcome = &processed.outcome;
     assert_eq!(outcome.messages_processed, messages as u64);
     assert_eq!(outcome.messages_with_error, messages as u64);
-    assert_eq!(outcome.results.len(), pipeline::MAX_RESULTS + 1);
+    assert_eq!(outcome.results.len(), MAX_RESULTS + 1);
     let last = outcome.results.last().expect("results");
     assert_eq!(
         (last.message_id.get(), last.code),
         (0, Code::ResultsOmitted)
     );
-    let first_omitted = pipeline::MAX_RESULTS + 1;
+    let first_omitted = MAX_RESULTS + 1;
     assert!(
         last.description
             .starts_with(&format!("10 more results, from message {first_omitted} on")),
@@ -711,6 +711,54 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     );
     let json = std::fs::read_to_string(&processed.json_report).expect("report");
     assert!(json.contains("RESULTS_OMITTED"));
+}
+
+#[test]
+fn a_message_with_more_results_than_a_report_lists_shows_the_first_ones() {
+    // Message 1 has two problems more than a report lists, message 2 has one. Before the
+    // fix neither message 1's problems nor the truth about where the omission starts were
+    // in the report: it listed message 2's problem and said that everything "from message
+    // 1 on" was left out.
+    let max = MAX_RESULTS;
+    let problem = |message: u64, n: usize| {
+        Problem::new(
+            Code::SchemaInvalid,
+            MessageId::new(message).expect("a MessageID"),
+            format!("Message/OrderAdjustment/x[{n}]"),
+            None,
+            "unexpected element <x>",
+            "Remove it.",
+        )
+    };
+    let mut tally = Tally::default();
+    tally.add(false, (1..=max + 2).map(|n| problem(1, n)).collect());
+    tally.add(false, vec![problem(2, 1)]);
+    let outcome = tally.into_outcome(1, "feed.xml", "hash", None, FeedStatus::Complete, None);
+    assert_eq!(
+        (outcome.messages_processed, outcome.messages_with_error),
+        (2, 2)
+    );
+    assert_eq!(outcome.results.len(), max + 1);
+    assert!(
+        outcome.results[..max]
+            .iter()
+            .enumerate()
+            .all(|(index, p)| p.message_id.get() == 1
+                && p.element == format!("Message/OrderAdjustment/x[{}]", index + 1)),
+        "the list is message 1's first results"
+    );
+    let last = &outcome.results[max];
+    assert_eq!(
+        (last.message_id.get(), last.code),
+        (0, Code::ResultsOmitted)
+    );
+    assert!(
+        last.description.starts_with(&format!(
+            "3 more results, from result {} of message 1 on, are not listed: a report lists the first {max};",
+            max + 1
+        )),
+        "{last:?}"
+    );
 }
 
 #[test]
