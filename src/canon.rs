@@ -1,11 +1,12 @@
 //! The canonical content digest of a feed: SHA-256 over its XML with what does not change
 //! its meaning left out (the declaration, comments, processing instructions, whitespace
-//! around text, attribute order, entity spelling, how numbers are written, the schema hints
-//! `xmlns`/`xsi:`, `DocumentVersion`, the order of the `Component`s in a list), so a
-//! re-exported file with the same adjustments has the same digest. The idempotency keys of
-//! adjusted items without a `MerchantAdjustmentItemID` are derived from it (refund-rules
-//! §c3.2). Each file also gets the digest of the form earlier builds hashed, whose keys a
-//! store may hold ([`Digests::earlier`]).
+//! around text, attribute order, entity spelling, how numbers are written, namespace
+//! declarations and prefixed attributes (the `xsi:` schema hints), `DocumentVersion`, the
+//! order of the `Component`s in a list), so a re-exported file with the same adjustments has
+//! the same digest. The idempotency keys of adjusted items without a
+//! `MerchantAdjustmentItemID` are derived from it (refund-rules §c3.2). Each file also gets
+//! the digest of the form earlier builds hashed, whose keys a store may hold
+//! ([`Digests::earlier`]).
 //!
 //! This module does not judge the XML: a file it cannot read, or one past its limits, has no
 //! digest (`None`), and the feed reader ([`crate::feed`]) reports what is wrong with it.
@@ -32,10 +33,11 @@ const MAX_RUN: usize = 4 << 20;
 /// The two content digests of a feed, hex SHA-256 each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digests {
-    /// Of the current canonical form: also without the namespace and `xsi:` attributes
-    /// (an exporter's schema hints), without `DocumentVersion`, and with the `Component`s
-    /// of each adjustments list (`ItemPriceAdjustments`, `PromotionAdjustments`) in sorted
-    /// order, which means the same adjustment as any other order.
+    /// Of the current canonical form: also without namespace declarations and prefixed
+    /// attributes (an exporter's `xsi:` schema hints, under any prefix), without
+    /// `DocumentVersion`, and with the `Component`s of each adjustments list
+    /// (`ItemPriceAdjustments`, `PromotionAdjustments`) in sorted order, which means the
+    /// same adjustment as any other order.
     pub current: String,
     /// Of the form earlier builds hashed (version 1: everything in document order, only
     /// the spelling left out). The keys those builds derived for items without a
@@ -79,8 +81,10 @@ pub fn content_digests<R: BufRead>(reader: R) -> Option<Digests> {
                 attributes.sort();
                 forms.start(&name);
                 for (key, value) in &attributes {
-                    let hint =
-                        key == b"xmlns" || key.starts_with(b"xmlns:") || key.starts_with(b"xsi:");
+                    // Namespace declarations and prefixed attributes (schema hints such as
+                    // `xsi:noNamespaceSchemaLocation`, under whatever prefix) carry no
+                    // adjustment: a feed's only attribute of meaning is `currency`.
+                    let hint = key == b"xmlns" || key.contains(&b':');
                     forms.token(b'=', key, !hint);
                     forms.token(b'"', value.as_bytes(), !hint);
                 }
@@ -312,6 +316,7 @@ mod tests {
                 "",
             ),
             FEED.replace("<DocumentVersion>1.01<", "<DocumentVersion>1.02<"),
+            FEED.replace("xmlns:xsi=", "xmlns:s=").replace("xsi:noNamespace", "s:noNamespace"),
         ];
         for variant in &variants {
             assert_eq!(digest(variant).as_ref(), Some(&base), "{variant}");
