@@ -1965,21 +1965,26 @@ mod tests {
         out
     }
 
+    /// Line and column of every child of the root of `doc`, read `capacity` bytes at a time.
+    fn child_positions(doc: &str, capacity: usize) -> Vec<(u32, u32)> {
+        let mut reader = FeedReader::new(
+            io::BufReader::with_capacity(capacity, doc.as_bytes()),
+            Limits::default(),
+        );
+        let mut found = Vec::new();
+        while let Some(tree) = reader.next_child().expect("well-formed") {
+            let p = tree.root().expect("element").position();
+            found.push((p.line, p.column));
+        }
+        found
+    }
+
     #[test]
     fn positions_are_right_whatever_the_chunking() {
         let doc = "<r>\n<a/>é€𝄞<b/>\r\n  <c x='ü'\n/><d/>\n\n<e/></r>";
         for capacity in 1..9 {
-            let mut reader = FeedReader::new(
-                io::BufReader::with_capacity(capacity, doc.as_bytes()),
-                Limits::default(),
-            );
-            let mut found = Vec::new();
-            while let Some(tree) = reader.next_child().expect("well-formed") {
-                let p = tree.root().expect("element").position();
-                found.push((p.line, p.column));
-            }
             assert_eq!(
-                found,
+                child_positions(doc, capacity),
                 [(2, 1), (2, 8), (3, 3), (4, 3), (6, 1)],
                 "capacity {capacity}"
             );
@@ -2016,17 +2021,8 @@ mod tests {
         // Lines: "<r>" CR "<a/>" CR LF "<b/>" LF "" CR "<c/>" CR "" CR " <d/></r>".
         let doc = "<r>\r<a/>\r\n<b/>\n\r<c/>\r\r <d/></r>";
         for capacity in 1..9 {
-            let mut reader = FeedReader::new(
-                io::BufReader::with_capacity(capacity, doc.as_bytes()),
-                Limits::default(),
-            );
-            let mut found = Vec::new();
-            while let Some(tree) = reader.next_child().expect("well-formed") {
-                let p = tree.root().expect("element").position();
-                found.push((p.line, p.column));
-            }
             assert_eq!(
-                found,
+                child_positions(doc, capacity),
                 [(2, 1), (3, 1), (5, 1), (7, 2)],
                 "capacity {capacity}"
             );
