@@ -40,6 +40,20 @@ impl Sandbox {
             .expect("run adjustd")
     }
 
+    /// [`Sandbox::run`] in the sandbox's folder (so a relative store path is inside it) on
+    /// the store at `url` (`ADJUSTD_STORE_URL`).
+    fn run_on(&self, url: &str, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_adjustd"))
+            .current_dir(self.path(""))
+            .arg("--config")
+            .arg(self.path("adjustd.toml"))
+            .args(args)
+            .env("ADJUSTD_STORE_URL", url)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run adjustd")
+    }
+
     fn import_orders(&self) {
         let out = self.run(&[
             "orders",
@@ -1864,16 +1878,7 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     let sandbox = Sandbox::new();
     let typo = sandbox.path("typo/x.db");
     let url = format!("sqlite:{}", typo.display());
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_adjustd"))
-            .arg("--config")
-            .arg(sandbox.path("adjustd.toml"))
-            .args(args)
-            .env("ADJUSTD_STORE_URL", &url)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run adjustd")
-    };
+    let run = |args: &[&str]| sandbox.run_on(&url, args);
     // Before the fix: "no feeds", exit 0.
     for args in [
         &["feeds", "list"][..],
@@ -1918,16 +1923,7 @@ fn reading_commands_never_create_a_postgres_schema() {
     };
     let name = db.url.rsplit('/').next().expect("database name").to_owned();
     let sandbox = Sandbox::new();
-    let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_adjustd"))
-            .arg("--config")
-            .arg(sandbox.path("adjustd.toml"))
-            .args(args)
-            .env("ADJUSTD_STORE_URL", &db.url)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run adjustd")
-    };
+    let run = |args: &[&str]| sandbox.run_on(&db.url, args);
     for args in [
         &["feeds", "list"][..],
         &["feeds", "list", "--json"],
@@ -1987,14 +1983,7 @@ fn a_folder_given_as_the_sqlite_store_is_named_as_a_folder() {
             &["feeds", "list", "--json"],
             &["orders", "import", "--merchant", "M_TEST", &orders],
         ] {
-            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-                .current_dir(sandbox.path(""))
-                .args(["--config", "adjustd.toml"])
-                .args(args)
-                .env("ADJUSTD_STORE_URL", &url)
-                .env_remove("RUST_LOG")
-                .output()
-                .expect("run adjustd");
+            let out = sandbox.run_on(&url, args);
             let stderr = text(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{url} {args:?}: {stderr}");
             assert!(
@@ -2024,14 +2013,7 @@ fn a_file_that_is_not_a_database_is_named_and_gets_no_lock_file_beside_it() {
         &["feeds", "list"],
         &["orders", "import", "--merchant", "M_TEST", &orders],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-            .current_dir(sandbox.path(""))
-            .args(["--config", "adjustd.toml"])
-            .args(args)
-            .env("ADJUSTD_STORE_URL", format!("sqlite:{}", file.display()))
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run adjustd");
+        let out = sandbox.run_on(&format!("sqlite:{}", file.display()), args);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
         let named = format!("{} is not an SQLite database", file.display());
@@ -2128,14 +2110,7 @@ fn orders_import_summary_counts_in_words_and_says_what_changed() {
     std::fs::write(sandbox.path("new.txt"), format!("{header}\n{new_order}\n")).expect("write");
     for url in &urls {
         let import = |file: &str| {
-            let out = Command::new(env!("CARGO_BIN_EXE_adjustd"))
-                .arg("--config")
-                .arg(sandbox.path("adjustd.toml"))
-                .args(["orders", "import", "--merchant", "M_TEST", file])
-                .env("ADJUSTD_STORE_URL", url)
-                .env_remove("RUST_LOG")
-                .output()
-                .expect("run adjustd");
+            let out = sandbox.run_on(url, &["orders", "import", "--merchant", "M_TEST", file]);
             assert_eq!(out.status.code(), Some(0), "{url}: {}", text(&out.stderr));
             let summary = text(&out.stdout);
             let (_, counts) = summary
