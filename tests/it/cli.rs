@@ -54,14 +54,14 @@ impl Sandbox {
             .expect("run adjustd")
     }
 
+    /// `orders import --merchant M_TEST REPORT`.
+    fn import(&self, report: impl AsRef<std::path::Path>) -> Output {
+        let report = report.as_ref().to_str().expect("utf-8 path");
+        self.run(&["orders", "import", "--merchant", "M_TEST", report])
+    }
+
     fn import_orders(&self) {
-        let out = self.run(&[
-            "orders",
-            "import",
-            "--merchant",
-            "M_TEST",
-            &data("orders.txt"),
-        ]);
+        let out = self.import(data("orders.txt"));
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -507,13 +507,7 @@ fn import_old_order(sandbox: &Sandbox) -> chrono::NaiveDate {
         ),
     )
     .expect("write order report");
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        orders.to_str().expect("utf-8 path"),
-    ]);
+    let out = sandbox.import(&orders);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     purchased
 }
@@ -671,13 +665,7 @@ fn the_same_content_under_new_keys_is_applied_again_with_a_resubmission_warning(
          171-0000200-0000200\t17100000000202\tSKU-B\t1\t1\tUSD\t50.00\n",
     )
     .expect("write order report");
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        orders.to_str().expect("utf-8 path"),
-    ]);
+    let out = sandbox.import(&orders);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let process = |name: &str, feed: &str| -> (Value, String) {
         let path = sandbox.path(name);
@@ -972,13 +960,7 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
     let child = sandbox.spawn_daemon();
     sandbox.wait_for_log("watch mode");
     // A second writer is refused, naming the holder; readers are not.
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        &data("orders.txt"),
-    ]);
+    let out = sandbox.import(data("orders.txt"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     for needed in ["locked", "stop the daemon first", "PostgreSQL"] {
         assert!(
@@ -2037,15 +2019,7 @@ fn orders_import_refuses_an_item_twice_with_other_values_and_counts_repeats() {
         format!("171-1234567-1234567\t12345678901234\tMUG\t2\t{shipped}\tUSD\t20.00\n")
     };
     let report = sandbox.path("orders.txt");
-    let import = || {
-        sandbox.run(&[
-            "orders",
-            "import",
-            "--merchant",
-            "M_TEST",
-            report.to_str().expect("utf-8 path"),
-        ])
-    };
+    let import = || sandbox.import(&report);
     // Before the fix: "imported 2 lines ... 1 items created, 0 updated", exit 0, the later
     // line winning.
     std::fs::write(&report, format!("{header}{}{}", line(0), line(1))).expect("write");
@@ -2166,13 +2140,7 @@ fn orders_import_refuses_an_order_whose_lines_disagree_on_the_channel() {
          501-0000000-0000001\t50000000000002\tS-2\t1\tUSD\t10.00\tMFN\n",
     )
     .expect("write");
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        report.to_str().expect("utf-8 path"),
-    ]);
+    let out = sandbox.import(&report);
     // Before the fix: exit 0, the order stored as MFN (the last line's channel).
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
@@ -2265,26 +2233,14 @@ fn orders_import_of_a_folder_is_an_io_error() {
     let sandbox = Sandbox::new();
     let folder = sandbox.path("reports");
     std::fs::create_dir(&folder).expect("folder");
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        folder.to_str().expect("utf-8 path"),
-    ]);
+    let out = sandbox.import(&folder);
     // Before the fix: exit 3, "invalid order report", as if the file had a bad line.
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&folder.display().to_string()), "{stderr}");
     assert!(stderr.contains("is a folder"), "{stderr}");
     // As for a missing file.
-    let out = sandbox.run(&[
-        "orders",
-        "import",
-        "--merchant",
-        "M_TEST",
-        "/nonexistent/x.txt",
-    ]);
+    let out = sandbox.import("/nonexistent/x.txt");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
@@ -2403,15 +2359,7 @@ fn feeds_list_escapes_control_characters_of_a_file_name() {
 #[test]
 fn creating_a_new_sqlite_store_is_logged_once() {
     let sandbox = Sandbox::new();
-    let import = || {
-        sandbox.run(&[
-            "orders",
-            "import",
-            "--merchant",
-            "M_TEST",
-            &data("orders.txt"),
-        ])
-    };
+    let import = || sandbox.import(data("orders.txt"));
     let first = import();
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     let log = text(&first.stderr);
