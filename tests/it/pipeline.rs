@@ -518,6 +518,23 @@ fn the_same_bytes_again_retry_the_orders_that_were_not_found() {
     );
 }
 
+/// Processes `copy`, another spelling of a feed already applied whose one message refunded
+/// order 111-0000001-0000001, and checks that it is recognised: its message a duplicate,
+/// the order's Principal still `refunded`.
+fn process_recognised_copy(
+    context: &mut Context,
+    copy: &Path,
+    refunded: &str,
+) -> pipeline::Processed {
+    let processed = pipeline::process_file(context, &source(copy, None)).expect("copy");
+    assert_eq!(
+        codes(&processed.outcome),
+        vec![(1, Code::DuplicateAdjustment)]
+    );
+    assert_eq!(principal_refunded(context, "111-0000001-0000001"), refunded);
+    processed
+}
+
 #[test]
 fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
     // refund-rules c3.2: an item without MerchantAdjustmentItemID is keyed by the feed's
@@ -546,21 +563,13 @@ fn a_re_exported_feed_without_keys_is_recognised_and_not_refunded_again() {
             keyless_message(1, " 5.0 ")
         ),
     );
-    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
+    let processed = process_recognised_copy(&mut context, &again, "5.00");
     assert_eq!(processed.outcome.duplicate_of, None, "other bytes");
-    assert_eq!(
-        codes(&processed.outcome),
-        vec![(1, Code::DuplicateAdjustment)]
-    );
     let warning = &processed.outcome.results[0];
     assert!(
         warning.description.contains("none given")
             && !warning.element.contains("MerchantAdjustmentItemID"),
         "{warning:?}"
-    );
-    assert_eq!(
-        principal_refunded(&mut context, "111-0000001-0000001"),
-        "5.00"
     );
     // A feed of other content with the same first message is new: its refund applies, with
     // a review warning that it repeats the first feed's (refund-rules c3.2).
@@ -626,15 +635,7 @@ fn a_re_export_in_another_component_order_or_header_is_recognised_too() {
     let head = FEED_HEAD.replace(">1.01<", ">1.02<");
     let body = message(&format!("{tax}{principal}"));
     std::fs::write(&again, format!("{head}{body}</AmazonEnvelope>\n")).expect("write");
-    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
-    assert_eq!(
-        codes(&processed.outcome),
-        vec![(1, Code::DuplicateAdjustment)]
-    );
-    assert_eq!(
-        principal_refunded(&mut context, "111-0000001-0000001"),
-        "2.00"
-    );
+    process_recognised_copy(&mut context, &again, "2.00");
 }
 
 #[test]
@@ -669,15 +670,7 @@ fn a_copy_of_a_feed_keyed_by_an_earlier_build_is_recognised() {
         xml.replace("<MessageType>", "<!-- again --><MessageType>"),
     )
     .expect("write feed");
-    let processed = pipeline::process_file(&mut context, &source(&again, None)).expect("again");
-    assert_eq!(
-        codes(&processed.outcome),
-        vec![(1, Code::DuplicateAdjustment)]
-    );
-    assert_eq!(
-        principal_refunded(&mut context, "111-0000001-0000001"),
-        "5.00"
-    );
+    process_recognised_copy(&mut context, &again, "5.00");
 }
 
 #[test]
