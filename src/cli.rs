@@ -202,7 +202,8 @@ pub enum OrdersCommand {
     /// a new order also needs currency.
     /// Optional: item-price, item-tax, shipping-price, shipping-tax, gift-wrap-price,
     /// gift-wrap-tax, item-promotion-discount, ship-promotion-discount (totals for the
-    /// quantity; missing: 0), quantity-shipped (missing: 0 for a new item, unchanged for a
+    /// quantity; a missing column or an empty field: 0 for a new item, unchanged for a known
+    /// one), quantity-shipped (missing: 0 for a new item, unchanged for a
     /// known one; it never goes down), fulfillment-channel (MFN or Merchant, AFN or Amazon;
     /// missing: MFN for a new order; a stored order's channel never changes), purchase-date,
     /// merchant-order-id, merchant-order-item-id.

@@ -1488,7 +1488,7 @@ fn check_keys(snapshot: &Snapshot, facts: &Facts<'_>, hashes: &[String]) -> KeyC
         failures[index] = Some(problem);
         decided(failures)
     };
-    const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment; to replay an earlier one, resend that message unchanged.";
+    const FIX_NEW_KEY: &str = "Use a new MerchantAdjustmentItemID for a new adjustment (unique across all your orders, not per order); to replay an earlier one, resend that message unchanged.";
 
     // Conflicts of one item each: a key used twice in the message, a key known with other
     // content.
@@ -2538,6 +2538,18 @@ fn check_cap(
                     format!("Send {component} as a positive refund amount."),
                 ));
             }
+            if total > totals.charged && totals.charged == 0 {
+                return Err((
+                    Code::ComponentExceedsRemaining,
+                    format!(
+                        "{component}: requested refund {} but nothing of {component} was charged for this item, so none of it can be refunded",
+                        money(minor)
+                    ),
+                    format!(
+                        "Remove this amount: as far as the imported order reports say, the buyer was not charged {component} for this item (they give item, shipping and gift-wrap prices and their taxes, and no other charge)."
+                    ),
+                ));
+            }
             if total > totals.charged {
                 let remaining = totals.charged.saturating_sub(totals.refunded);
                 return Err((
@@ -2790,6 +2802,29 @@ mod tests {
         let mut other = spelled.clone();
         other.items[0].amounts[0].amount = Amount::parse("5.01").expect("valid");
         assert_eq!(codes(&mut s, &other), [Code::IdempotencyConflict]);
+    }
+
+    #[test]
+    fn a_refund_of_a_component_never_charged_says_so() {
+        let merchant = MerchantId::new("M1").expect("valid");
+        let mut s = snapshot(1, &[(PriceComponent::Principal, 1000)]);
+        let plan = plan(
+            &mut s,
+            &merchant,
+            &[message(vec![price(PriceComponent::Surcharge, "0.50")])],
+            &Rules::default(),
+            processed_on(),
+        );
+        let problem = &plan.outcomes[0].problems[0];
+        assert_eq!(problem.code, Code::ComponentExceedsRemaining);
+        assert!(
+            problem
+                .description
+                .contains("nothing of Surcharge was charged for this item"),
+            "{}",
+            problem.description
+        );
+        assert!(problem.fix.contains("the buyer was not charged Surcharge"));
     }
 
     #[test]

@@ -515,13 +515,15 @@ fn check_header(header: Element<'_>) -> Result<FeedHeader, Problem> {
                 merchant_position = Some(child.position());
                 let value = normalized(collapse(text));
                 merchant = Some(MerchantId::new(&value).ok_or_else(|| {
-                    fail(
-                        child,
-                        format!(
+                    envelope_problem(
+                        Some(child.position()),
+                        &envelope_path(child),
+                        &format!(
                             "MerchantIdentifier {} is not a merchant identifier: it must be {} (XML white space around it is removed, other white space is not)",
                             quoted(&value),
                             MerchantId::RULE
                         ),
+                        "Write the MerchantIdentifier exactly as your merchant (seller) id, as Amazon issued it.",
                     )
                 })?);
             }
@@ -1842,14 +1844,40 @@ fn check_item<'t>(
                     })
                     .max()
                     .unwrap_or(0);
-                net.rescale(u32::try_from(digits).unwrap_or(0));
+                let digits = u32::try_from(digits).unwrap_or(0);
+                net.rescale(digits);
+                let (mut credits, mut charges) = parsed.iter().map(|p| p.amount.value()).fold(
+                    (Decimal::ZERO, Decimal::ZERO),
+                    |(credits, charges), amount| {
+                        if amount > Decimal::ZERO {
+                            (credits.saturating_add(amount), charges)
+                        } else {
+                            (credits, charges.saturating_add(amount))
+                        }
+                    },
+                );
+                credits.rescale(digits);
+                charges.rescale(digits);
+                let (why, fix) = if charges.is_zero() {
+                    (
+                        String::new(),
+                        "Give the refund as a positive amount, or send a pure QuantityCancelled without amounts.",
+                    )
+                } else {
+                    (
+                        format!(
+                            ": its refunds ({credits}) do not outweigh its fees and promotion reversals ({charges})"
+                        ),
+                        "Lower the negative amounts (fees such as RestockingFee, or PromotionAdjustments) below the refunds, or send a pure QuantityCancelled without amounts.",
+                    )
+                };
                 c.add(
                 Code::NetNotCredit,
                 item,
                 format!(
-                    "the net of this AdjustedItem is {net}: an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)"
+                    "the net of this AdjustedItem is {net}{why}; an adjustment must credit the buyer (price and promotion amounts must add up to more than zero)"
                 ),
-                "Refund more than the fees charged, or send a pure QuantityCancelled without amounts.",
+                fix,
             );
             }
             None => c.add(

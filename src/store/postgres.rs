@@ -44,6 +44,7 @@ use crate::model::{
     OrderItemCode, OrderRef, SellerId, format_minor, parse_purchase_date,
 };
 use crate::problem::Code;
+use crate::store::import::column_for;
 use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError,
@@ -1387,22 +1388,6 @@ struct ImportItem {
     dirty: bool,
     /// Component name → (class, charged, refunded, changed).
     components: BTreeMap<&'static str, (ComponentClass, i64, i64, bool)>,
-}
-
-/// The order-report column that carries a component's charged amount.
-fn column_for(component: Component) -> &'static str {
-    use crate::model::{PriceComponent as P, PromotionComponent as Q};
-    match component {
-        Component::Price(P::Principal) => "item-price",
-        Component::Price(P::Tax) => "item-tax",
-        Component::Price(P::Shipping) => "shipping-price",
-        Component::Price(P::ShippingTax) => "shipping-tax",
-        Component::Price(P::GiftWrap) => "gift-wrap-price",
-        Component::Price(P::GiftWrapTax) => "gift-wrap-tax",
-        Component::Promotion(Q::Principal) => "item-promotion-discount",
-        Component::Promotion(Q::Shipping) => "ship-promotion-discount",
-        Component::Price(other) => other.as_str(),
-    }
 }
 
 /// Order lines per batch of an import: read, locked, decided and written together.
