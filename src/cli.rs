@@ -13,7 +13,7 @@ use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
 use crate::problem::count;
 use crate::report::{self, FeedOutcome};
-use crate::store::{AnyStore, FeedStatus, ReportFolder};
+use crate::store::{AnyStore, FeedStatus};
 use crate::validate::{ValidatedMessage, Validator};
 
 /// Exit codes, part of the interface (also listed in `--help` and the README, in the same
@@ -954,7 +954,7 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
-            let (xml, json_path) = locate_reports(config.outbox(), feed);
+            let (xml, json_path) = pipeline::locate_reports(config.outbox(), feed);
             serde_json::json!({
                 "feed": feed,
                 "xml_report": xml.display().to_string(),
@@ -1028,26 +1028,6 @@ fn is_not_created_yet(store_url: &str) -> anyhow::Result<bool> {
 fn write_json(out: &mut dyn Write, value: &impl serde::Serialize) -> std::io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value).map_err(std::io::Error::from)?;
     writeln!(out)
-}
-
-/// Where a feed's reports are, as recorded with the feed. A feed recorded before the store
-/// kept that (schema version 5 of SQLite, 3 of PostgreSQL) has its merchant's folder when the
-/// report is there, else the outbox itself.
-fn locate_reports(outbox: &Path, feed: &crate::store::FeedRecord) -> (PathBuf, PathBuf) {
-    let at = |folder: Option<&MerchantId>| {
-        report::report_paths(outbox, folder, &feed.file_name, feed.id)
-    };
-    match &feed.report_folder {
-        ReportFolder::Outbox => at(None),
-        ReportFolder::Merchant(merchant) => at(Some(merchant)),
-        ReportFolder::Unrecorded => {
-            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
-            match at(merchant.as_ref()) {
-                paths if merchant.is_some() && paths.0.exists() => paths,
-                _ => at(None),
-            }
-        }
-    }
 }
 
 /// Renders the resolved configuration as a config file that loads back to the same

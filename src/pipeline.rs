@@ -164,7 +164,7 @@ pub enum ProcessError {
     },
     /// Writing a report failed, after the feed was committed (or found committed).
     #[error(
-        "feed {feed_id} is processed and committed, but its report could not be written to {path} (processing the file again applies nothing twice)"
+        "feed {feed_id} is processed and committed, but its report could not be written to {path} (processing the file again writes it, and applies nothing twice)"
     )]
     Report {
         /// The committed feed.
@@ -394,6 +394,7 @@ fn attempt_once(
         && !had_deferred(earlier)
     {
         feed.confirm(source)?;
+        restore_missing_report(&context.outbox, source, earlier)?;
         let problem = Problem::new(
             Code::DuplicateFeed,
             MessageId::FEED,
@@ -841,6 +842,55 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
             fix,
         )
     })
+}
+
+/// Where a feed's reports are, as recorded with the feed. A feed recorded before the store
+/// kept that (schema version 5 of SQLite, 3 of PostgreSQL) has its merchant's folder when the
+/// report is there, else the outbox itself.
+pub fn locate_reports(outbox: &Path, feed: &FeedRecord) -> (PathBuf, PathBuf) {
+    let at = |folder: Option<&MerchantId>| {
+        report::report_paths(outbox, folder, &feed.file_name, feed.id)
+    };
+    match &feed.report_folder {
+        ReportFolder::Outbox => at(None),
+        ReportFolder::Merchant(merchant) => at(Some(merchant)),
+        ReportFolder::Unrecorded => {
+            let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
+            match at(merchant.as_ref()) {
+                paths if merchant.is_some() && paths.0.exists() => paths,
+                _ => at(None),
+            }
+        }
+    }
+}
+
+/// Writes the stored report of `earlier` again when `process` (no claim: the daemon retries
+/// its own) finds it missing from the outbox: the report a run of `process` committed but
+/// could not write ([`ProcessError::Report`]) is written by processing the file again.
+fn restore_missing_report(
+    outbox: &Path,
+    source: &Source<'_>,
+    earlier: &FeedRecord,
+) -> Result<(), ProcessError> {
+    if source.claim_token.is_some() {
+        return Ok(());
+    }
+    let (xml_report, json_report) = locate_reports(outbox, earlier);
+    if xml_report.exists() && json_report.exists() {
+        return Ok(());
+    }
+    let outcome = report::parse_json(&earlier.report_json).map_err(|e| StoreError::Other {
+        detail: format!("feed {}: {e}", earlier.id),
+    })?;
+    report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
+        ProcessError::Report {
+            feed_id: earlier.id,
+            path: xml_report.clone(),
+            source,
+        }
+    })?;
+    tracing::info!(feed_id = earlier.id, xml_report = %xml_report.display(), "wrote the missing report of the earlier feed");
+    Ok(())
 }
 
 /// Writes the report pair; `deferred` is `None` for a recovered feed (its report re-emitted).

@@ -2255,15 +2255,27 @@ fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() 
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("feed 1 is processed and committed, but its report could not be written")
-            && stderr.contains("processing the file again applies nothing twice"),
+            && stderr.contains("processing the file again writes it, and applies nothing twice"),
         "{stderr}"
     );
-    // Processing it again applies nothing: a duplicate of feed 1.
+    // Processing it again applies nothing (a duplicate of feed 1) and writes feed 1's
+    // report, which the first run committed but could not write.
     std::fs::remove_file(sandbox.path("outbox")).expect("unblock the outbox");
     let (out, paths) = sandbox.process("refund-ok.xml");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report = json_report(&paths);
     assert_eq!(report["duplicate_of"].as_u64(), Some(1), "{report}");
+    let first = sandbox.path("outbox/refund-ok.xml.1.report.json");
+    let first: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&first).expect("feed 1's report is written"))
+            .expect("JSON");
+    assert_eq!(first["feed_id"].as_u64(), Some(1), "{first}");
+    assert_eq!(
+        first["summary"]["messages_successful"].as_u64(),
+        Some(2),
+        "{first}"
+    );
+    assert!(sandbox.path("outbox/refund-ok.xml.1.report.xml").is_file());
 }
 
 #[test]
