@@ -1144,19 +1144,26 @@ fn plan_message(
 /// The words of an `OrderNotFound` that is pinned ([`Rules::pin_order_not_found`]): the
 /// last retry of a parked feed, so the answer is final and a new key is needed.
 fn word_final_order_not_found(facts: &Facts<'_>, merchant: &MerchantId, problem: &mut Problem) {
-    let check = match &facts.message.order {
-        OrderRef::Amazon(_) => {
-            "Check the AmazonOrderID; if the order exists, import its order report (adjustd orders import)."
-        }
-        OrderRef::Merchant(_) => {
-            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
-        }
-    };
+    let check = check_order(&facts.message.order, merchant, "exists");
     problem.description = format!(
         "no order with {} exists for merchant {merchant}, and this was the last retry: the order was still not found when the order-not-found window ended (config [daemon] order_not_found_window_secs), so this rejection is now final and pinned to the message's keys",
         facts.message.order
     );
-    problem.fix = format!("{check}{}", facts.retry_note());
+    problem.fix = format!("{check}.{}", facts.retry_note());
+}
+
+/// What to check for an `OrderNotFound`: the id, and the order report imported for this
+/// merchant (orders are kept per merchant, so one imported under another `--merchant` is
+/// not found). `if_order` completes "if the order ...".
+fn check_order(order: &OrderRef, merchant: &MerchantId, if_order: &str) -> String {
+    match order {
+        OrderRef::Amazon(_) => format!(
+            "Check the AmazonOrderID; if the order {if_order}, import its order report for this merchant (adjustd orders import --merchant {merchant})"
+        ),
+        OrderRef::Merchant(_) => format!(
+            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import --merchant {merchant})"
+        ),
+    }
 }
 
 /// The words of an `OrderNotFound` that the daemon retries by itself
@@ -1168,14 +1175,7 @@ fn word_retried_order_not_found(
     until: DateTime<Utc>,
     problem: &mut Problem,
 ) {
-    let check = match &facts.message.order {
-        OrderRef::Amazon(_) => {
-            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import)"
-        }
-        OrderRef::Merchant(_) => {
-            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)"
-        }
-    };
+    let check = check_order(&facts.message.order, merchant, "is new");
     // To the second: the window's end is what the operator has to beat.
     let until = until.format("%Y-%m-%d %H:%M:%S UTC");
     problem.description = format!(
@@ -1727,14 +1727,7 @@ fn evaluate(
     };
 
     let Some(order) = snapshot.order(&message.order) else {
-        let fix = match &message.order {
-            OrderRef::Amazon(_) => {
-                "Check the AmazonOrderID; if the order is new, import the order report first (adjustd orders import)."
-            }
-            OrderRef::Merchant(_) => {
-                "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
-            }
-        };
+        let fix = check_order(&message.order, merchant, "is new");
         return Err(message_rejection(facts.message_problem(
             Code::OrderNotFound,
             facts.order_at(),
@@ -1742,7 +1735,7 @@ fn evaluate(
                 "no order with {} exists for merchant {merchant}",
                 message.order
             ),
-            format!("{fix} Then resend the message unchanged: this rejection is not remembered."),
+            format!("{fix}. Then resend the message unchanged: this rejection is not remembered."),
         )));
     };
 
@@ -2997,7 +2990,7 @@ mod tests {
         );
         assert_eq!(
             retried.fix,
-            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
+            "Check the AmazonOrderID; if the order is new, import its order report for this merchant (adjustd orders import --merchant M1) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
         );
         assert!(!retried.fix.contains("resend the message unchanged"));
     }

@@ -159,7 +159,8 @@ fn assert_says_it_is_retried(report: &Value) -> String {
         "{description}"
     );
     assert!(
-        fix.contains("(adjustd orders import) before ") && fix.contains("No resend is needed."),
+        fix.contains("(adjustd orders import --merchant M_TEST) before ")
+            && fix.contains("No resend is needed."),
         "{fix}"
     );
     assert!(!fix.contains("resend the message unchanged"), "{fix}");
