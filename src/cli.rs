@@ -849,6 +849,13 @@ fn show_order(
         })
         .transpose()
         .map_err(fail(exit::USAGE))?;
+    if is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))? {
+        eprintln!(
+            "adjustd: order {order_id} not found: the store {} holds no orders yet (adjustd orders import creates it)",
+            config.redacted_store_url()
+        );
+        return Ok(exit::INPUT);
+    }
     let mut store = open_store_read_only(config)?;
     let orders = store
         .as_store()

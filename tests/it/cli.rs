@@ -1892,6 +1892,15 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     let out = sandbox.run(&["feeds", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "no feeds\n");
+    // And no orders: not found (exit 3), not "database unavailable" (exit 1).
+    let out = sandbox.run(&["orders", "show", "111-0000001-0000001"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("order 111-0000001-0000001 not found")
+            && stderr.contains("holds no orders yet"),
+        "{stderr}"
+    );
 }
 
 /// `orders show` and `feeds list` on PostgreSQL neither create nor upgrade the schema, as on
