@@ -2195,6 +2195,42 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_not_xml_is_named_where_its_first_character_is() {
+        let first_problem = |doc: &[u8]| {
+            let mut reader = FeedReader::new(doc, Limits::default());
+            reader.open_root().expect_err("not XML")
+        };
+        // Magic numbers count at the first byte only: after a byte order mark the file is
+        // text, named by its first line (and the control character in it shown).
+        let problem = first_problem(b"\xEF\xBB\xBFPK\x03\x04rest");
+        assert_eq!(problem.code, Code::MalformedXml);
+        assert_eq!(problem.position, Some(Position { line: 1, column: 1 }));
+        assert!(
+            problem
+                .description
+                .starts_with("the file is not XML: it starts with \"PK[U+0003"),
+            "{problem}"
+        );
+        // Past a first window of blank lines, where the character is.
+        let mut doc = b"\n".repeat(READ_BYTES + 10);
+        doc.extend_from_slice(b"  order-id,sku\n");
+        let problem = first_problem(&doc);
+        let line = u32::try_from(READ_BYTES + 11).expect("small");
+        assert_eq!(problem.position, Some(Position { line, column: 3 }));
+        assert!(
+            problem.description.contains("\"order-id,sku\""),
+            "{problem}"
+        );
+        // A signature cut short is not one.
+        assert_eq!(first_problem(b"PK").code, Code::MalformedXml);
+        assert!(
+            first_problem(b"PK")
+                .description
+                .contains("not XML: it starts with \"PK\"")
+        );
+    }
+
+    #[test]
     fn a_lone_carriage_return_ends_a_line_like_cr_lf_and_lf() {
         // Lines: "<r>" CR "<a/>" CR LF "<b/>" LF "" CR "<c/>" CR "" CR " <d/></r>".
         let doc = "<r>\r<a/>\r\n<b/>\n\r<c/>\r\r <d/></r>";
