@@ -6,6 +6,10 @@
 //! of the root, and the input is read into one reused window whose events borrow from it
 //! (no copy per event).
 //!
+//! The start of the file is looked at first, so that an archive, a document or a flat file
+//! dropped instead of the feed is named as what it is (`Binary`, `not_xml`) rather than by
+//! its first byte XML does not allow, and an empty file as empty.
+//!
 //! The window is checked once as it arrives (UTF-8, control characters, size), so the
 //! common events (start, empty and end tags, text without references) are sliced from it
 //! directly (`text_run`, `end_tag`, `start_tag`); everything else (declaration, comments,
@@ -29,7 +33,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
 use crate::model::{MessageId, Position};
-use crate::problem::{Code, Problem, quoted};
+use crate::problem::{Code, Problem, count, quoted};
 
 /// Limits that keep hostile input in bounded memory and time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +378,61 @@ enum SourceFailure {
     InvalidUtf8(Position),
     NonAscii(Position),
     ForbiddenChar(Position, char),
+    /// The file starts like an archive or a document, not like text.
+    Binary(Binary),
+    /// The first character that is not white space is not `<`; the file's first line
+    /// from there.
+    NotXml(Position, String),
     Read(String),
+}
+
+/// Files sellers drop by mistake instead of the feed, known by the magic number their
+/// first bytes hold (looked for at the very start only: these formats start there, and
+/// a byte order mark is a text file's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Binary {
+    /// Also a .docx or .xlsx, which are ZIP archives.
+    Zip,
+    Gzip,
+    /// An OLE compound file: a .doc or .xls of Office 97-2003.
+    OfficeDocument,
+    Pdf,
+}
+
+/// The magic numbers of [`Binary`] files.
+const SIGNATURES: [(&[u8], Binary); 6] = [
+    (b"PK\x03\x04", Binary::Zip),
+    // An empty archive, and one written in spanned mode.
+    (b"PK\x05\x06", Binary::Zip),
+    (b"PK\x07\x08", Binary::Zip),
+    (b"\x1F\x8B", Binary::Gzip),
+    (b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1", Binary::OfficeDocument),
+    (b"%PDF-", Binary::Pdf),
+];
+
+/// Bytes the first read waits for (or the end of the file): the longest signature, which
+/// also covers the four bytes that tell UTF-16 and UTF-32.
+const SNIFF_BYTES: usize = 8;
+
+impl Binary {
+    fn of(start: &[u8]) -> Option<Binary> {
+        SIGNATURES
+            .iter()
+            .find(|(magic, _)| start.starts_with(magic))
+            .map(|&(_, kind)| kind)
+    }
+
+    /// What the file is, for "the file is ...".
+    fn what(self) -> &'static str {
+        match self {
+            Binary::Zip => {
+                "a ZIP archive (a .zip, or a Word or Excel document: .docx and .xlsx files are ZIP archives)"
+            }
+            Binary::Gzip => "gzip-compressed (a .gz file)",
+            Binary::OfficeDocument => "a Word or Excel document in the older format (.doc or .xls)",
+            Binary::Pdf => "a PDF document",
+        }
+    }
 }
 
 /// The most bytes read from the inner reader at once.
@@ -421,6 +479,11 @@ struct SourceState {
     column: u32,
     ascii_only: bool,
     started: bool,
+    /// The file starts with a UTF-8 byte order mark.
+    bom: bool,
+    /// A byte other than white space was found (after the byte order mark): the file is
+    /// not empty.
+    content_seen: bool,
     at_eof: bool,
     /// Where `line` and `column` were counted to (at most `start`; see
     /// [`SourceState::position_at`]).
@@ -440,6 +503,8 @@ enum Pending {
     Forbidden(char),
     NonAscii,
     FileTooLarge,
+    /// The first character that is not white space, and it is not `<`.
+    NotXml,
 }
 
 impl SourceState {
@@ -460,6 +525,8 @@ impl SourceState {
             column: 0,
             ascii_only: false,
             started: false,
+            bom: false,
+            content_seen: false,
             at_eof: false,
             counted: 0,
             newlines: Vec::new(),
@@ -571,6 +638,23 @@ impl SourceState {
                 .unwrap_or(usize::MAX);
             self.limit(allowed.max(self.start), Pending::FileTooLarge);
         }
+        if !self.content_seen {
+            // Only white space (and comments, declarations, the root) may come before the
+            // root element: a file whose first other character is not `<` is no XML
+            // document at all (a flat file, a CSV), and is named so rather than as junk.
+            let scan_from = from.min(self.usable);
+            if let Some(offset) = data[scan_from..self.usable]
+                .iter()
+                .position(|&b| !is_xml_space_byte(b))
+            {
+                self.content_seen = true;
+                let at = scan_from + offset;
+                // A character cut off at the end of the file is the parser's to report.
+                if data[at] != b'<' && at < self.checked {
+                    self.limit(at, Pending::NotXml);
+                }
+            }
+        }
         // A carriage return at the end of what was read may be the first half of a CR LF:
         // it is held back until the next byte is known, so `refill` can tell a lone CR (a
         // line end of its own) from one followed by a line feed (one line end).
@@ -606,6 +690,15 @@ impl SourceState {
             Pending::Forbidden(byte) => SourceFailure::ForbiddenChar(position, byte),
             Pending::NonAscii => SourceFailure::NonAscii(position),
             Pending::FileTooLarge => SourceFailure::FileTooLarge,
+            Pending::NotXml => {
+                let rest = &data[self.usable..self.checked.max(self.usable)];
+                let valid = match std::str::from_utf8(rest) {
+                    Ok(text) => text,
+                    Err(error) => std::str::from_utf8(&rest[..error.valid_up_to()]).unwrap_or(""),
+                };
+                let line = valid.split(['\n', '\r']).next().unwrap_or("");
+                SourceFailure::NotXml(position, line.to_owned())
+            }
         };
         Some(source_problem(&failure, limits))
     }
@@ -649,7 +742,7 @@ impl SourceState {
                 }
                 Ok(n) => {
                     self.end += n;
-                    if !first || self.end >= 4 {
+                    if !first || self.end >= SNIFF_BYTES {
                         break;
                     }
                 }
@@ -663,10 +756,14 @@ impl SourceState {
             }
         }
         if first {
+            if let Some(kind) = Binary::of(&data[..self.end]) {
+                return Err(source_problem(&SourceFailure::Binary(kind), limits));
+            }
             if looks_like_utf16(&data[..self.end.min(4)]) {
                 return Err(source_problem(&SourceFailure::Utf16, limits));
             }
             if data[..self.end].starts_with(b"\xEF\xBB\xBF") {
+                self.bom = true;
                 self.start = 3;
                 self.counted = 3;
                 self.checked = 3;
@@ -1013,7 +1110,11 @@ impl<R: BufRead> FeedReader<R> {
             match self.step(Goal::AnyStep)? {
                 Step::Start | Step::Empty => {}
                 Step::End | Step::Eof => {
-                    let problem = self.truncated("the file ends before the root element starts");
+                    let problem = if self.src.content_seen {
+                        self.truncated("the file ends before the root element starts")
+                    } else {
+                        self.empty()
+                    };
                     self.failure = Some(problem.clone());
                     return Err(problem);
                 }
@@ -1114,6 +1215,36 @@ impl<R: BufRead> FeedReader<R> {
                 }
             ),
             "Upload the complete file; write it under a temporary name and rename it when done.",
+        )
+    }
+
+    /// The file ended with nothing but white space (after a byte order mark, if any): a
+    /// TRUNCATED like any document that ends early (the daemon waits the grace time for
+    /// it, as an upload may be empty for a moment), worded as what it is.
+    fn empty(&self) -> Problem {
+        let bytes = self.src.consumed();
+        let description = match (bytes, self.src.bom) {
+            (0, _) => "the file is empty (0 bytes)".to_owned(),
+            (3, true) => {
+                "the file is empty: its 3 bytes are only a UTF-8 byte order mark".to_owned()
+            }
+            (_, bom) => format!(
+                "the file is empty: its {} are only {}white space",
+                count(bytes, "byte"),
+                if bom {
+                    "a UTF-8 byte order mark and "
+                } else {
+                    ""
+                }
+            ),
+        };
+        Problem::new(
+            Code::Truncated,
+            MessageId::FEED,
+            "(file)",
+            Some(Position { line: 1, column: 1 }),
+            description,
+            "Export the feed again and upload the file with its content (a tool that fails often leaves an empty file behind).",
         )
     }
 
@@ -1940,6 +2071,15 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
                 position.line
             ),
         ),
+        SourceFailure::Binary(kind) => Problem::new(
+            Code::MalformedXml,
+            MessageId::FEED,
+            "(file)",
+            Some(Position { line: 1, column: 1 }),
+            format!("the file is {}, not XML", kind.what()),
+            "Upload the feed's .xml file itself, not an archive or a document holding it (unpack a .zip or .gz file first).",
+        ),
+        SourceFailure::NotXml(position, line) => not_xml(*position, line),
         SourceFailure::Read(error) => Problem::new(
             Code::MalformedXml,
             MessageId::FEED,
@@ -1949,6 +2089,44 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             "Check the file system and send the file again.",
         ),
     }
+}
+
+/// The problem for a file whose first character other than white space, at `position`,
+/// is not `<`; `line` is the rest of that line. A first line with tabs is a flat file
+/// (Amazon's tab-separated adjustment template, or an order report).
+fn not_xml(position: Position, line: &str) -> Problem {
+    /// Characters of the first line quoted at most.
+    const SHOWN: usize = 40;
+    let (description, fix) = match line.split_once('\t') {
+        Some((first, _)) => (
+            format!(
+                "the file is not XML but tab-separated text (its first line starts with {}, then a tab): a flat file, such as Amazon's flat-file order adjustment (_POST_FLAT_FILE_PAYMENT_ADJUSTMENT_DATA_)",
+                quoted(first.trim_end())
+            ),
+            "Send the adjustments as the XML OrderAdjustment feed (_POST_PAYMENT_ADJUSTMENT_DATA_, a file starting with `<?xml` or `<AmazonEnvelope`): adjustd reads that feed, not the flat file.",
+        ),
+        None => {
+            let line = line.trim_end();
+            let shown = match line.char_indices().nth(SHOWN) {
+                Some((end, _)) => format!("{}...", quoted(&line[..end])),
+                None => quoted(line),
+            };
+            (
+                format!(
+                    "the file is not XML: it starts with {shown}, and an XML feed starts with `<` (`<?xml` or `<AmazonEnvelope`)"
+                ),
+                "Upload the feed's XML file (check it with `xmllint --noout FILE`); if the XML comes later in this file, remove what comes before it.",
+            )
+        }
+    };
+    Problem::new(
+        Code::MalformedXml,
+        MessageId::FEED,
+        "(file)",
+        Some(position),
+        description,
+        fix,
+    )
 }
 
 #[cfg(test)]
@@ -2013,6 +2191,42 @@ mod tests {
         assert_eq!(
             (problem.code, problem.position),
             (Code::MalformedXml, Some(Position { line: 3, column: 5 }))
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_xml_is_named_where_its_first_character_is() {
+        let first_problem = |doc: &[u8]| {
+            let mut reader = FeedReader::new(doc, Limits::default());
+            reader.open_root().expect_err("not XML")
+        };
+        // Magic numbers count at the first byte only: after a byte order mark the file is
+        // text, named by its first line (and the control character in it shown).
+        let problem = first_problem(b"\xEF\xBB\xBFPK\x03\x04rest");
+        assert_eq!(problem.code, Code::MalformedXml);
+        assert_eq!(problem.position, Some(Position { line: 1, column: 1 }));
+        assert!(
+            problem
+                .description
+                .starts_with("the file is not XML: it starts with \"PK[U+0003"),
+            "{problem}"
+        );
+        // Past a first window of blank lines, where the character is.
+        let mut doc = b"\n".repeat(READ_BYTES + 10);
+        doc.extend_from_slice(b"  order-id,sku\n");
+        let problem = first_problem(&doc);
+        let line = u32::try_from(READ_BYTES + 11).expect("small");
+        assert_eq!(problem.position, Some(Position { line, column: 3 }));
+        assert!(
+            problem.description.contains("\"order-id,sku\""),
+            "{problem}"
+        );
+        // A signature cut short is not one.
+        assert_eq!(first_problem(b"PK").code, Code::MalformedXml);
+        assert!(
+            first_problem(b"PK")
+                .description
+                .contains("not XML: it starts with \"PK\"")
         );
     }
 

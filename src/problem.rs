@@ -87,9 +87,9 @@ macro_rules! codes {
 codes! {
     // Feed level: the whole feed is rejected and nothing is applied.
     MalformedXml = (6001, "MALFORMED_XML", Error, Feed,
-        "the file is not well-formed XML"),
+        "the file is not well-formed XML, or not XML at all"),
     Truncated = (90001, "TRUNCATED", Error, Feed,
-        "the file ends before the root element closes (an upload that never completed)"),
+        "the file ends before the root element closes (an upload that never completed), or is empty"),
     DtdForbidden = (90002, "DTD_FORBIDDEN", Error, Feed,
         "DOCTYPE or entity declarations are not accepted"),
     UnsupportedEncoding = (90003, "UNSUPPORTED_ENCODING", Error, Feed,

@@ -301,6 +301,11 @@ fn truncated_xml_waits_then_is_reported_after_the_grace() {
         &never_complete[..never_complete.len() - 30],
     )
     .expect("write");
+    // An upload is empty for a moment before its first bytes: it waits like any other, and
+    // one that stays empty is reported as what it is.
+    let filled_later = feed_xml(MERCHANT, &[refund(0, "filled", 100)]);
+    fs::write(dir.path("inbox/filled.xml"), b"").expect("write");
+    fs::write(dir.path("inbox/empty.xml"), b"").expect("write");
     std::thread::sleep(Duration::from_millis(1000));
     assert!(
         dir.json_reports().is_empty(),
@@ -312,6 +317,7 @@ fn truncated_xml_waits_then_is_reported_after_the_grace() {
         .expect("open")
         .write_all(&complete_later.as_bytes()[cut..])
         .expect("append");
+    fs::write(dir.path("inbox/filled.xml"), &filled_later).expect("write");
     let report = report_of(&dir, "later.xml");
     assert_eq!(report["status"], "Complete");
     assert_eq!(report["summary"]["messages_successful"], 1);
@@ -323,9 +329,23 @@ fn truncated_xml_waits_then_is_reported_after_the_grace() {
         "{report}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    let report = report_of(&dir, "filled.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    let report = report_of(&dir, "empty.xml");
+    assert_eq!(report["status"], "Rejected");
+    assert_eq!(result_codes(&report), ["TRUNCATED"], "{report}");
+    let description = report["results"][0]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        description.contains("the file is empty (0 bytes)")
+            && !description.contains("did not complete"),
+        "{report}"
+    );
     wait_until_idle(&dir);
-    assert_eq!(dir.files_in("failed").len(), 1);
+    assert_eq!(dir.files_in("failed").len(), 2);
     daemon.stop();
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 200);
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 0);
 }
 

@@ -40,6 +40,8 @@
 //!   XSD value space allows it, e.g. `1.` followed by 24 zeros);
 //! - an EffectiveDate with whitespace around the value (XSD collapses whitespace around an
 //!   xs:dateTime, libxml2 2.9 does not and rejects it; adjustd follows the XSD);
+//! - a gzip-compressed file (`xmllint` unpacks it and judges the XML inside; adjustd
+//!   rejects it as compressed, MALFORMED_XML);
 //! - a DOCTYPE, a non-UTF-8 encoding declaration or a text longer than the reader's limit,
 //!   and any file adjustd refuses with DTD_FORBIDDEN, UNSUPPORTED_ENCODING or
 //!   LIMIT_EXCEEDED (feed-level refusals that are policy, not schema: adjustd stops reading
@@ -531,6 +533,11 @@ struct Scan {
 /// Reads a file for its [`Scan`].
 fn scan(bytes: &[u8]) -> Scan {
     let mut scan = Scan::default();
+    // libxml2 unpacks a gzip file as it reads it; adjustd names it as compressed.
+    if bytes.starts_with(b"\x1F\x8B") {
+        scan.exemptions.push("gzip-compressed".to_owned());
+        return scan;
+    }
     // Characters XML 1.0 forbids make the file malformed for both sides (quick-xml does not
     // check them, so the scan below would wrongly find exemptions in such a file).
     let forbidden = |c: char| c < ' ' && !matches!(c, '\t' | '\n' | '\r');
