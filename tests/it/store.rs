@@ -1849,6 +1849,36 @@ fn sqlite_lock_holds_for_every_spelling_of_the_database_path() {
 }
 
 #[test]
+fn sqlite_lock_holds_for_a_hard_link_of_the_database_file() {
+    // A hard link is another name of the same file, with a lock file of its own name: the
+    // lock must follow the file, naming the holder, or two writers (each with its own WAL,
+    // `<name>-wal`) would run at once.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    std::fs::create_dir(dir.path().join("elsewhere")).expect("folder");
+    let link = dir.path().join("elsewhere/linked.db");
+    std::fs::hard_link(&path, &link).expect("hard link");
+    match SqliteStore::open(&link) {
+        Err(err @ StoreError::Locked { .. }) => {
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("pid {} on host ", std::process::id())),
+                "{text}"
+            );
+            assert!(text.contains("hard link"), "{text}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    drop(store);
+    crate::util::wait_for(
+        "the lock to be free after the holder closed",
+        std::time::Duration::from_secs(5),
+        || SqliteStore::open(&link).is_ok(),
+    );
+}
+
+#[test]
 fn sqlite_checks_and_triggers_hold_against_raw_sql() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("adjustd.db");
