@@ -1168,23 +1168,119 @@ fn word_retried_order_not_found(
     until: DateTime<Utc>,
     problem: &mut Problem,
 ) {
-    let check = match &facts.message.order {
-        OrderRef::Amazon(_) => {
-            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import)"
+    (problem.description, problem.fix) = deferred_order_not_found_words(
+        format!(
+            "no order with {} exists for merchant {merchant}",
+            facts.message.order
+        ),
+        NamedBy::of(&facts.message.order),
+        Some(until),
+    );
+}
+
+/// How a message names its order, which decides what an `OrderNotFound` asks to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NamedBy {
+    Amazon,
+    Merchant,
+}
+
+impl NamedBy {
+    const ALL: [NamedBy; 2] = [NamedBy::Amazon, NamedBy::Merchant];
+
+    fn of(order: &OrderRef) -> NamedBy {
+        match order {
+            OrderRef::Amazon(_) => NamedBy::Amazon,
+            OrderRef::Merchant(_) => NamedBy::Merchant,
         }
-        OrderRef::Merchant(_) => {
-            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)"
+    }
+
+    /// What to check, as a sentence: for a rejection that asks for a resend.
+    fn check(self) -> &'static str {
+        match self {
+            NamedBy::Amazon => {
+                "Check the AmazonOrderID; if the order is new, import the order report first (adjustd orders import)."
+            }
+            NamedBy::Merchant => {
+                "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
+            }
         }
+    }
+
+    /// What to check, to go on with " before <the window's end>": for a retried rejection.
+    fn check_in_time(self) -> &'static str {
+        match self {
+            NamedBy::Amazon => {
+                "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import)"
+            }
+            NamedBy::Merchant => {
+                "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)"
+            }
+        }
+    }
+}
+
+/// The end of a deferred `OrderNotFound`'s fix that asks for a resend.
+const RESEND_UNCHANGED: &str =
+    " Then resend the message unchanged: this rejection is not remembered.";
+
+/// What follows "no order with ... exists for merchant ..." in a retried `OrderNotFound`.
+const RETRIED_UNTIL: &str = " yet; adjustd retries this message automatically until ";
+
+/// The description and fix of a deferred (not pinned) `OrderNotFound` whose plain
+/// description is `missing` ("no order with ... exists for merchant ..."): retried by the
+/// daemon until `retry_until`, or, with `None`, to be resent once the order is imported.
+fn deferred_order_not_found_words(
+    missing: String,
+    named_by: NamedBy,
+    retry_until: Option<DateTime<Utc>>,
+) -> (String, String) {
+    match retry_until {
+        None => (missing, format!("{}{RESEND_UNCHANGED}", named_by.check())),
+        Some(until) => {
+            // To the second: the window's end is what the operator has to beat.
+            let until = until.format("%Y-%m-%d %H:%M:%S UTC");
+            (
+                format!(
+                    "{missing}{RETRIED_UNTIL}{until} (config [daemon] order_not_found_window_secs), after which the rejection is final"
+                ),
+                format!(
+                    "{} before {until}: the next retry then applies this message. No resend is needed.",
+                    named_by.check_in_time()
+                ),
+            )
+        }
+    }
+}
+
+/// Words a deferred `OrderNotFound` of a stored report again for what happens now: retried
+/// by the daemon until `retry_until` (the feed is parked now, with this window), or, with
+/// `None` (parking turned off since, or the feed's last retry), to be resent. The report of
+/// a committed feed is stored with the words of its first run and re-emitted after a crash
+/// ([`crate::pipeline`]), when the configuration may have changed. Any other problem, and a
+/// pinned `OrderNotFound` (whose answer is final whatever happens now), is left as it is.
+pub fn reword_deferred_order_not_found(problem: &mut Problem, retry_until: Option<DateTime<Utc>>) {
+    if problem.code != Code::OrderNotFound {
+        return;
+    }
+    let words = match problem.description.split_once(RETRIED_UNTIL) {
+        Some((missing, _)) => NamedBy::ALL
+            .into_iter()
+            .find(|named_by| {
+                problem
+                    .fix
+                    .starts_with(&format!("{} before ", named_by.check_in_time()))
+            })
+            .map(|named_by| (missing.to_owned(), named_by)),
+        None => NamedBy::ALL
+            .into_iter()
+            .find(|named_by| problem.fix == format!("{}{RESEND_UNCHANGED}", named_by.check()))
+            .map(|named_by| (problem.description.clone(), named_by)),
     };
-    // To the second: the window's end is what the operator has to beat.
-    let until = until.format("%Y-%m-%d %H:%M:%S UTC");
-    problem.description = format!(
-        "no order with {} exists for merchant {merchant} yet; adjustd retries this message automatically until {until} (config [daemon] order_not_found_window_secs), after which the rejection is final",
-        facts.message.order
-    );
-    problem.fix = format!(
-        "{check} before {until}: the next retry then applies this message. No resend is needed."
-    );
+    if let Some((missing, named_by)) = words {
+        (problem.description, problem.fix) =
+            deferred_order_not_found_words(missing, named_by, retry_until);
+    }
 }
 
 /// A message that is not applied: state rejections are pinned under every key of the
@@ -1727,22 +1823,19 @@ fn evaluate(
     };
 
     let Some(order) = snapshot.order(&message.order) else {
-        let fix = match &message.order {
-            OrderRef::Amazon(_) => {
-                "Check the AmazonOrderID; if the order is new, import the order report first (adjustd orders import)."
-            }
-            OrderRef::Merchant(_) => {
-                "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import)."
-            }
-        };
-        return Err(message_rejection(facts.message_problem(
-            Code::OrderNotFound,
-            facts.order_at(),
+        let (description, fix) = deferred_order_not_found_words(
             format!(
                 "no order with {} exists for merchant {merchant}",
                 message.order
             ),
-            format!("{fix} Then resend the message unchanged: this rejection is not remembered."),
+            NamedBy::of(&message.order),
+            None,
+        );
+        return Err(message_rejection(facts.message_problem(
+            Code::OrderNotFound,
+            facts.order_at(),
+            description,
+            fix,
         )));
     };
 
@@ -2613,6 +2706,54 @@ fn check_cap(
 mod tests {
     use super::*;
     use crate::model::{AdjustedItem, ComponentAmount, ItemPositions, PriceComponent, Quantity};
+
+    #[test]
+    fn a_deferred_order_not_found_is_worded_again_for_what_happens_now() {
+        let missing = "no order with AmazonOrderID 111-0000000-0000000 exists for merchant M1";
+        let until = |hour| {
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-12-01T{hour:02}:00:00Z"))
+                .expect("time")
+                .to_utc()
+        };
+        for named_by in NamedBy::ALL {
+            let (description, fix) =
+                deferred_order_not_found_words(missing.to_owned(), named_by, None);
+            let plain = Problem::new(
+                Code::OrderNotFound,
+                MessageId::FEED,
+                MESSAGE_PATH,
+                None,
+                description,
+                fix,
+            );
+            let mut problem = plain.clone();
+            reword_deferred_order_not_found(&mut problem, Some(until(10)));
+            let (description, fix) =
+                deferred_order_not_found_words(missing.to_owned(), named_by, Some(until(10)));
+            assert_eq!((&problem.description, &problem.fix), (&description, &fix));
+            reword_deferred_order_not_found(&mut problem, Some(until(11)));
+            assert!(
+                problem
+                    .description
+                    .contains("until 2026-12-01 11:00:00 UTC")
+            );
+            assert!(problem.fix.contains("before 2026-12-01 11:00:00 UTC"));
+            reword_deferred_order_not_found(&mut problem, None);
+            assert_eq!(problem, plain, "{named_by:?}");
+        }
+        // A pinned one is final whatever happens now, and other codes are not touched.
+        let pinned = Problem::new(
+            Code::OrderNotFound,
+            MessageId::FEED,
+            MESSAGE_PATH,
+            None,
+            format!("{missing}, and this was the last retry"),
+            "Check the AmazonOrderID. Then resend with a new MerchantAdjustmentItemID.",
+        );
+        let mut problem = pinned.clone();
+        reword_deferred_order_not_found(&mut problem, Some(until(10)));
+        assert_eq!(problem, pinned);
+    }
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")

@@ -1600,7 +1600,12 @@ mod tests {
         assert_eq!(fs::read(&target).expect("read"), b"target");
         assert_eq!(fs::read(&source).expect("read"), b"source");
         for name in [&source, &target] {
-            assert_eq!(fs::metadata(name).expect("stat").nlink(), 1, "{}", name.display());
+            assert_eq!(
+                fs::metadata(name).expect("stat").nlink(),
+                1,
+                "{}",
+                name.display()
+            );
         }
         fs::remove_file(&target).expect("remove");
         let inode = fs::metadata(&source).expect("stat").ino();

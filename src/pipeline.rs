@@ -377,9 +377,17 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+    let mut outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
         detail: format!("feed {}: {e}", record.id),
     })?;
+    // The stored words of a deferred ORDER_NOT_FOUND are those of the committed attempt's
+    // configuration; the report says what happens now (parked with this window, or not).
+    for problem in &mut outcome.results {
+        crate::engine::reword_deferred_order_not_found(
+            problem,
+            context.rules.order_not_found_retry_until,
+        );
+    }
     write(context, source, outcome, None).map(Some)
 }
 

@@ -331,10 +331,9 @@ fn lock_database_file(path: &Path) -> Result<Option<File>, StoreError> {
             path: path.display().to_string(),
             holder: database_file_holder(&file),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(open_error(
-            &format!("cannot lock {}", path.display()),
-            &e,
-        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(open_error(&format!("cannot lock {}", path.display()), &e))
+        }
     }
 }
 

@@ -978,7 +978,13 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
         .expect("hard link");
     let out = sandbox.run_on(
         "sqlite:elsewhere/alias.db",
-        &["orders", "import", "--merchant", "M_TEST", &data("orders.txt")],
+        &[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            &data("orders.txt"),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     for needed in [
