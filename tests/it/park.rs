@@ -101,6 +101,20 @@ fn schedules(dir: &TestDir) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A pipeline context on the folder's SQLite store and outbox, as the daemon has it (with
+/// the daemon stopped), under `rules`.
+fn sqlite_context(dir: &TestDir, rules: Rules) -> Context {
+    Context {
+        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
+            .expect("open store"),
+        rules,
+        limits: Limits::default(),
+        duplicate_policy: DuplicatePolicy::Skip,
+        outbox: dir.path("outbox"),
+        chunk_messages: pipeline::CHUNK_MESSAGES,
+    }
+}
+
 /// The JSON reports of `name`, oldest feed first, with their paths.
 fn reports(dir: &TestDir, name: &str) -> Vec<(PathBuf, Value)> {
     let mut reports: Vec<(PathBuf, Value)> = dir
@@ -501,15 +515,7 @@ fn a_retry_committed_before_a_crash_is_recovered_not_repeated() {
     // What a retry does up to its commit and report, then a crash before the schedule is
     // updated: the pipeline under the schedule's claim token, on the parked copy.
     let copy = schedule_path.with_file_name(format!("{}.xml", first["feed_id"]));
-    let mut context = Context {
-        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
-            .expect("open store"),
-        rules: Rules::default(),
-        limits: Limits::default(),
-        duplicate_policy: DuplicatePolicy::Skip,
-        outbox: dir.path("outbox"),
-        chunk_messages: pipeline::CHUNK_MESSAGES,
-    };
+    let mut context = sqlite_context(&dir, Rules::default());
     let committed = pipeline::process_file(
         &mut context,
         &Source::new(&copy, "crash.xml", Some(&token), None, None),
@@ -668,18 +674,13 @@ fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
         feed_xml(MERCHANT, &[refund(0, "lost", 100)]).as_bytes(),
     )
     .expect("write claimed feed");
-    let mut context = Context {
-        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
-            .expect("open store"),
-        rules: Rules {
+    let mut context = sqlite_context(
+        &dir,
+        Rules {
             order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
             ..Rules::default()
         },
-        limits: Limits::default(),
-        duplicate_policy: DuplicatePolicy::Skip,
-        outbox: dir.path("outbox"),
-        chunk_messages: pipeline::CHUNK_MESSAGES,
-    };
+    );
     let committed = pipeline::process_file(
         &mut context,
         &Source::new(&claimed, "lost.xml", Some(token), None, None),
