@@ -278,6 +278,11 @@ const LIST_KEYS: &[((&str, &str), &str)] = &[
     ),
 ];
 
+/// The `[inbox] done_marker` that turns done markers off, like leaving the key out; from
+/// the environment it turns off a marker the file sets. A marker is a suffix of the feed's
+/// name (".done"), so this one would make `feed.xmloff`, which nobody means.
+pub const DONE_MARKER_OFF: &str = "off";
+
 /// The variable naming the config file when `--config` is not given (see [`load`]).
 pub const CONFIG_VARIABLE: &str = "ADJUSTD_CONFIG";
 
@@ -800,16 +805,21 @@ fn resolve(
     if let Some(secs) = inbox_file.truncated_grace_secs {
         inbox.truncated_grace = Duration::from_secs(secs);
     }
-    // No sentinel: done markers are off when the key is absent. An empty marker would name
-    // the feed itself, and one with a '/' a file in another folder that is never looked at.
+    // Done markers are off when the key is absent, or set to `DONE_MARKER_OFF`, as the
+    // windows are off at 0: so the environment can turn off a marker the file sets. The
+    // resolved value has no sentinel. An empty marker would name the feed itself (and is
+    // as likely an unset shell variable as a wish), and one with a '/' a file in another
+    // folder that is never looked at.
     if let Some(marker) = inbox_file.done_marker {
         if marker.is_empty() {
             return Err(BadValue::new(
                 "inbox",
                 "done_marker",
-                "an empty marker would be the feed's own name: to turn done markers off, leave \
-                 the key out (and the ADJUSTD_INBOX_DONE_MARKER variable unset)"
-                    .to_owned(),
+                format!(
+                    "an empty marker would be the feed's own name: to turn done markers off, \
+                     set it to \"{DONE_MARKER_OFF}\" (ADJUSTD_INBOX_DONE_MARKER={DONE_MARKER_OFF} \
+                     overrides the file), or leave the key out"
+                ),
             ));
         }
         if marker.contains('/') {
@@ -822,7 +832,7 @@ fn resolve(
                 ),
             ));
         }
-        inbox.done_marker = Some(marker);
+        inbox.done_marker = (marker != DONE_MARKER_OFF).then_some(marker);
     }
     if let Some(watch) = inbox_file.watch {
         inbox.watch = match watch {
@@ -1521,6 +1531,23 @@ mod tests {
         assert_eq!(config.daemon.inbox.done_marker.as_deref(), Some(".ok"));
         let config = load_text("", &[]).expect("valid");
         assert_eq!(config.daemon.inbox.done_marker, None);
+    }
+
+    #[test]
+    fn done_markers_are_turned_off_by_off_also_from_the_environment_over_the_file() {
+        let file = "[inbox]\ndone_marker = \".ok\"\n";
+        let config = load_text(file, &[("ADJUSTD_INBOX_DONE_MARKER", "off")]).expect("valid");
+        assert_eq!(config.daemon.inbox.done_marker, None);
+        let config = load_text("[inbox]\ndone_marker = \"off\"\n", &[]).expect("valid");
+        assert_eq!(config.daemon.inbox.done_marker, None);
+        // The empty value stays an error, and names the way to turn markers off.
+        let error = load_text(file, &[("ADJUSTD_INBOX_DONE_MARKER", "")])
+            .expect_err("empty")
+            .to_string();
+        assert!(
+            error.contains("ADJUSTD_INBOX_DONE_MARKER") && error.contains("\"off\""),
+            "{error}"
+        );
     }
 
     #[test]

@@ -703,13 +703,14 @@ impl Worker {
         processed
     }
 
-    /// When the feed in hand failed because the store is away or busy: gives the claims
+    /// When the feed in hand failed because the store is away or busy (or, `conflicts`,
+    /// because each attempt conflicted with another instance): gives the claims
     /// of its batch not started yet back to the inbox at once, so that other instances
     /// sharing the inbox take them (or this one, once the store answers) instead of having
     /// them wait in `work/` behind the retries. A claim whose name is taken again in the
     /// inbox goes back under a fallback name ([`Claim::release`]); one that cannot be given
     /// back (the rename failed) stays queued, in hand.
-    fn give_back_queued(&mut self) {
+    fn give_back_queued(&mut self, conflicts: bool) {
         if self.queued.is_empty() {
             return;
         }
@@ -718,11 +719,21 @@ impl Worker {
         let mut syncs = Syncs::new();
         self.queued = self.release(queued, &mut syncs);
         self.sync(&mut syncs);
-        tracing::info!(
-            given_back = claims - self.queued.len(),
-            kept = self.queued.len(),
-            "store unavailable: claimed feeds not started yet given back to the inbox"
-        );
+        let given_back = claims - self.queued.len();
+        let kept = self.queued.len();
+        if conflicts {
+            tracing::info!(
+                given_back,
+                kept,
+                "feed in hand conflicts with another instance: claimed feeds not started yet given back to the inbox"
+            );
+        } else {
+            tracing::info!(
+                given_back,
+                kept,
+                "store unavailable: claimed feeds not started yet given back to the inbox"
+            );
+        }
     }
 
     /// Gives claims that were not started back to the inbox (at shutdown, or when the store
@@ -1009,9 +1020,16 @@ impl Worker {
         loop {
             match attempt(self) {
                 Err(failure) if failure.retry() == Retry::InPlace => {
+                    let conflicts = failure.is_conflicts();
                     let error = failure.into_error();
-                    self.metrics.store_unavailable(&format!("{error:#}"));
-                    self.give_back_queued();
+                    if conflicts {
+                        // The store answered: another instance wrote the same orders each
+                        // time. Not an outage, and an earlier one is over.
+                        self.metrics.store_available();
+                    } else {
+                        self.metrics.store_unavailable(&format!("{error:#}"));
+                    }
+                    self.give_back_queued(conflicts);
                     let wait = backoff.failed(self.config.max_backoff);
                     self.log_transient(file_name, backoff.failures, wait, &error);
                     if !self.sleep_unless_shutdown(wait) {
@@ -1560,6 +1578,11 @@ impl Failure {
             Failure::Process(error) if error.is_transient() => Retry::InPlace,
             Failure::Process(_) | Failure::Panic(_) => Retry::Never,
         }
+    }
+
+    /// Every attempt conflicted with another instance ([`ProcessError::Conflicts`]).
+    fn is_conflicts(&self) -> bool {
+        matches!(self, Failure::Process(ProcessError::Conflicts { .. }))
     }
 
     fn into_error(self) -> anyhow::Error {

@@ -1144,26 +1144,12 @@ fn plan_message(
 /// The words of an `OrderNotFound` that is pinned ([`Rules::pin_order_not_found`]): the
 /// last retry of a parked feed, so the answer is final and a new key is needed.
 fn word_final_order_not_found(facts: &Facts<'_>, merchant: &MerchantId, problem: &mut Problem) {
-    let check = check_order(&facts.message.order, merchant, "exists");
+    let check = NamedBy::of(&facts.message.order).check(merchant, "exists");
     problem.description = format!(
         "no order with {} exists for merchant {merchant}, and this was the last retry: the order was still not found when the order-not-found window ended (config [daemon] order_not_found_window_secs), so this rejection is now final and pinned to the message's keys",
         facts.message.order
     );
     problem.fix = format!("{check}.{}", facts.retry_note());
-}
-
-/// What to check for an `OrderNotFound`: the id, and the order report imported for this
-/// merchant (orders are kept per merchant, so one imported under another `--merchant` is
-/// not found). `if_order` completes "if the order ...".
-fn check_order(order: &OrderRef, merchant: &MerchantId, if_order: &str) -> String {
-    match order {
-        OrderRef::Amazon(_) => format!(
-            "Check the AmazonOrderID; if the order {if_order}, import its order report for this merchant (adjustd orders import --merchant {merchant})"
-        ),
-        OrderRef::Merchant(_) => format!(
-            "Check the MerchantOrderID, or use the AmazonOrderID; the order report must carry the merchant-order-id to resolve it (adjustd orders import --merchant {merchant})"
-        ),
-    }
 }
 
 /// The words of an `OrderNotFound` that the daemon retries by itself
@@ -1175,16 +1161,125 @@ fn word_retried_order_not_found(
     until: DateTime<Utc>,
     problem: &mut Problem,
 ) {
-    let check = check_order(&facts.message.order, merchant, "is new");
-    // To the second: the window's end is what the operator has to beat.
-    let until = until.format("%Y-%m-%d %H:%M:%S UTC");
-    problem.description = format!(
-        "no order with {} exists for merchant {merchant} yet; adjustd retries this message automatically until {until} (config [daemon] order_not_found_window_secs), after which the rejection is final",
-        facts.message.order
+    (problem.description, problem.fix) = deferred_order_not_found_words(
+        format!(
+            "no order with {} exists for merchant {merchant}",
+            facts.message.order
+        ),
+        NamedBy::of(&facts.message.order),
+        merchant,
+        Some(until),
     );
-    problem.fix = format!(
-        "{check} before {until}: the next retry then applies this message. No resend is needed."
-    );
+}
+
+/// How a message names its order, which decides what an `OrderNotFound` asks to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NamedBy {
+    Amazon,
+    Merchant,
+}
+
+impl NamedBy {
+    const ALL: [NamedBy; 2] = [NamedBy::Amazon, NamedBy::Merchant];
+
+    fn of(order: &OrderRef) -> NamedBy {
+        match order {
+            OrderRef::Amazon(_) => NamedBy::Amazon,
+            OrderRef::Merchant(_) => NamedBy::Merchant,
+        }
+    }
+
+    /// What to check: the id, and the order report imported for this merchant (orders are
+    /// kept per merchant, so one imported under another `--merchant` is not found).
+    /// `if_order` completes "if the order ...".
+    fn check(self, merchant: &MerchantId, if_order: &str) -> String {
+        match self {
+            NamedBy::Amazon => format!(
+                "{} if the order {if_order}, import its order report for this merchant (adjustd orders import --merchant {merchant})",
+                self.first_words()
+            ),
+            NamedBy::Merchant => format!(
+                "{} the order report must carry the merchant-order-id to resolve it (adjustd orders import --merchant {merchant})",
+                self.first_words()
+            ),
+        }
+    }
+
+    /// How the fix of an `OrderNotFound` starts, which tells how the message named its
+    /// order when the words are read back ([`reword_deferred_order_not_found`]).
+    fn first_words(self) -> &'static str {
+        match self {
+            NamedBy::Amazon => "Check the AmazonOrderID;",
+            NamedBy::Merchant => "Check the MerchantOrderID, or use the AmazonOrderID;",
+        }
+    }
+}
+
+/// The end of a deferred `OrderNotFound`'s fix that asks for a resend.
+const RESEND_UNCHANGED: &str =
+    " Then resend the message unchanged: this rejection is not remembered.";
+
+/// What follows "no order with ... exists for merchant ..." in a retried `OrderNotFound`.
+const RETRIED_UNTIL: &str = " yet; adjustd retries this message automatically until ";
+
+/// The description and fix of a deferred (not pinned) `OrderNotFound` whose plain
+/// description is `missing` ("no order with ... exists for merchant ..."): retried by the
+/// daemon until `retry_until`, or, with `None`, to be resent once the order is imported.
+fn deferred_order_not_found_words(
+    missing: String,
+    named_by: NamedBy,
+    merchant: &MerchantId,
+    retry_until: Option<DateTime<Utc>>,
+) -> (String, String) {
+    match retry_until {
+        None => (
+            missing,
+            format!("{}.{RESEND_UNCHANGED}", named_by.check(merchant, "is new")),
+        ),
+        Some(until) => {
+            // To the second: the window's end is what the operator has to beat.
+            let until = until.format("%Y-%m-%d %H:%M:%S UTC");
+            (
+                format!(
+                    "{missing}{RETRIED_UNTIL}{until} (config [daemon] order_not_found_window_secs), after which the rejection is final"
+                ),
+                format!(
+                    "{} before {until}: the next retry then applies this message. No resend is needed.",
+                    named_by.check(merchant, "is new")
+                ),
+            )
+        }
+    }
+}
+
+/// Words a deferred `OrderNotFound` of a stored report again for what happens now: retried
+/// by the daemon until `retry_until` (the feed is parked now, with this window), or, with
+/// `None` (parking turned off since, or the feed's last retry), to be resent. The report of
+/// a committed feed is stored with the words of its first run and re-emitted after a crash
+/// ([`crate::pipeline`]), when the configuration may have changed. Any other problem, and a
+/// pinned `OrderNotFound` (whose answer is final whatever happens now), is left as it is.
+pub fn reword_deferred_order_not_found(
+    problem: &mut Problem,
+    merchant: &MerchantId,
+    retry_until: Option<DateTime<Utc>>,
+) {
+    if problem.code != Code::OrderNotFound {
+        return;
+    }
+    let Some(named_by) = NamedBy::ALL
+        .into_iter()
+        .find(|named_by| problem.fix.starts_with(named_by.first_words()))
+    else {
+        return;
+    };
+    let missing = match problem.description.split_once(RETRIED_UNTIL) {
+        Some((missing, _)) => missing.to_owned(),
+        // Asked to be resent: deferred, not pinned (a pinned one asks for a new key).
+        None if problem.fix.ends_with(RESEND_UNCHANGED) => problem.description.clone(),
+        None => return,
+    };
+    (problem.description, problem.fix) =
+        deferred_order_not_found_words(missing, named_by, merchant, retry_until);
 }
 
 /// A message that is not applied: state rejections are pinned under every key of the
@@ -1727,15 +1822,20 @@ fn evaluate(
     };
 
     let Some(order) = snapshot.order(&message.order) else {
-        let fix = check_order(&message.order, merchant, "is new");
-        return Err(message_rejection(facts.message_problem(
-            Code::OrderNotFound,
-            facts.order_at(),
+        let (description, fix) = deferred_order_not_found_words(
             format!(
                 "no order with {} exists for merchant {merchant}",
                 message.order
             ),
-            format!("{fix}. Then resend the message unchanged: this rejection is not remembered."),
+            NamedBy::of(&message.order),
+            merchant,
+            None,
+        );
+        return Err(message_rejection(facts.message_problem(
+            Code::OrderNotFound,
+            facts.order_at(),
+            description,
+            fix,
         )));
     };
 
@@ -2618,6 +2718,62 @@ fn check_cap(
 mod tests {
     use super::*;
     use crate::model::{AdjustedItem, ComponentAmount, ItemPositions, PriceComponent, Quantity};
+
+    #[test]
+    fn a_deferred_order_not_found_is_worded_again_for_what_happens_now() {
+        let missing = "no order with AmazonOrderID 111-0000000-0000000 exists for merchant M1";
+        let merchant = MerchantId::new("M1").expect("valid");
+        let until = |hour| {
+            chrono::DateTime::parse_from_rfc3339(&format!("2026-12-01T{hour:02}:00:00Z"))
+                .expect("time")
+                .to_utc()
+        };
+        for named_by in NamedBy::ALL {
+            let (description, fix) =
+                deferred_order_not_found_words(missing.to_owned(), named_by, &merchant, None);
+            let plain = Problem::new(
+                Code::OrderNotFound,
+                MessageId::FEED,
+                MESSAGE_PATH,
+                None,
+                description,
+                fix,
+            );
+            let mut problem = plain.clone();
+            reword_deferred_order_not_found(&mut problem, &merchant, Some(until(10)));
+            let (description, fix) = deferred_order_not_found_words(
+                missing.to_owned(),
+                named_by,
+                &merchant,
+                Some(until(10)),
+            );
+            assert_eq!((&problem.description, &problem.fix), (&description, &fix));
+            reword_deferred_order_not_found(&mut problem, &merchant, Some(until(11)));
+            assert!(
+                problem
+                    .description
+                    .contains("until 2026-12-01 11:00:00 UTC")
+            );
+            assert!(problem.fix.contains("before 2026-12-01 11:00:00 UTC"));
+            reword_deferred_order_not_found(&mut problem, &merchant, None);
+            assert_eq!(problem, plain, "{named_by:?}");
+        }
+        // A pinned one is final whatever happens now, and other codes are not touched.
+        let pinned = Problem::new(
+            Code::OrderNotFound,
+            MessageId::FEED,
+            MESSAGE_PATH,
+            None,
+            format!("{missing}, and this was the last retry"),
+            format!(
+                "{}. Then resend with a new MerchantAdjustmentItemID.",
+                NamedBy::Amazon.check(&merchant, "exists")
+            ),
+        );
+        let mut problem = pinned.clone();
+        reword_deferred_order_not_found(&mut problem, &merchant, Some(until(10)));
+        assert_eq!(problem, pinned);
+    }
 
     fn usd() -> Currency {
         Currency::from_code("USD").expect("USD")

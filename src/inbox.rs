@@ -783,25 +783,36 @@ fn fallback_name(name: &OsStr, n: u32, max_bytes: usize) -> OsString {
 
 /// Renames `from` to `to` unless `to` exists, atomically, so that nothing that appears at `to`
 /// meanwhile (a new upload of that name) can be replaced: `renameat2` with
-/// `RENAME_NOREPLACE`, or, on a filesystem that does not support it, `link` then `unlink`
-/// (`link` never replaces either; a crash between the two leaves the file under both names,
-/// and whichever is processed second is a `DUPLICATE_FEED` of the first, never applied
-/// twice).
+/// `RENAME_NOREPLACE`, or, on a filesystem that does not support it, [`link_then_unlink`].
 ///
 /// # Errors
-/// `AlreadyExists` when `to` is taken; any other error of the rename (or of the link when
+/// `AlreadyExists` when `to` is taken; any other error of the rename (or of the fallback when
 /// the rename is not supported).
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     use rustix::io::Errno;
     match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
         Ok(()) => Ok(()),
-        Err(errno) if errno == Errno::INVAL || errno == Errno::NOSYS => {
-            fs::hard_link(from, to)?;
-            fs::remove_file(from)
-        }
+        Err(errno) if errno == Errno::INVAL || errno == Errno::NOSYS => link_then_unlink(from, to),
         Err(errno) => Err(errno.into()),
     }
+}
+
+/// The no-replace rename where `renameat2` with `RENAME_NOREPLACE` is not supported: `link`
+/// (which never replaces either) then `unlink` of the old name. A crash between the two
+/// leaves the file under both names, and whichever is processed second is a
+/// `DUPLICATE_FEED` of the first, never applied twice. Its own function so that a test runs
+/// it on a filesystem that has `RENAME_NOREPLACE`.
+///
+/// # Errors
+/// `AlreadyExists` when `to` is taken (nothing moved); any other error of the link, or of
+/// the unlink, after which the new name is removed again so the file keeps only its old
+/// name (left under both only if that removal fails too).
+fn link_then_unlink(from: &Path, to: &Path) -> io::Result<()> {
+    fs::hard_link(from, to)?;
+    fs::remove_file(from).inspect_err(|_| {
+        let _ = fs::remove_file(to);
+    })
 }
 
 /// In done-marker mode, makes the marker of `name` unless it exists, and syncs its folder so
@@ -1572,6 +1583,78 @@ mod tests {
         assert!(!given_back.renamed);
         assert!(config.inbox.join("same.xml").is_file());
         syncs.sync().expect("sync");
+    }
+
+    #[test]
+    fn the_link_then_unlink_fallback_never_replaces_and_leaves_one_name() {
+        // The fallback of `rename_no_replace` for filesystems without RENAME_NOREPLACE, run
+        // directly: this one has it, so the rename never reaches the fallback here.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("source");
+        let target = dir.path().join("target");
+        fs::write(&source, b"source").expect("write");
+        fs::write(&target, b"target").expect("write");
+        let error = link_then_unlink(&source, &target).expect_err("taken");
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&target).expect("read"), b"target");
+        assert_eq!(fs::read(&source).expect("read"), b"source");
+        for name in [&source, &target] {
+            assert_eq!(
+                fs::metadata(name).expect("stat").nlink(),
+                1,
+                "{}",
+                name.display()
+            );
+        }
+        fs::remove_file(&target).expect("remove");
+        let inode = fs::metadata(&source).expect("stat").ino();
+        link_then_unlink(&source, &target).expect("free");
+        assert!(!source.exists());
+        let moved = fs::metadata(&target).expect("stat");
+        assert_eq!((moved.ino(), moved.nlink()), (inode, 1), "moved, one name");
+        assert_eq!(fs::read(&target).expect("read"), b"source");
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, [OsStr::new("target")]);
+    }
+
+    #[test]
+    fn the_link_then_unlink_fallback_takes_the_new_name_back_when_the_unlink_fails() {
+        // An append-only folder lets its file be linked elsewhere but not unlinked (even for
+        // root): the fallback must not leave the file under both names.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let folder = dir.path().join("append-only");
+        fs::create_dir(&folder).expect("folder");
+        let source = folder.join("source");
+        let target = dir.path().join("target");
+        fs::write(&source, b"source").expect("write");
+        let chattr = |flag: &str| {
+            std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&folder)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        if !chattr("+a") {
+            eprintln!("skipped: chattr +a is not available here (needs CAP_LINUX_IMMUTABLE)");
+            return;
+        }
+        struct Undo<F: Fn(&str) -> bool>(F);
+        impl<F: Fn(&str) -> bool> Drop for Undo<F> {
+            fn drop(&mut self) {
+                (self.0)("-a");
+            }
+        }
+        let undo = Undo(chattr);
+        let error = link_then_unlink(&source, &target).expect_err("cannot unlink");
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{error}");
+        drop(undo);
+        assert!(!target.exists(), "the new name is taken back");
+        assert_eq!(fs::read(&source).expect("read"), b"source");
     }
 
     #[test]

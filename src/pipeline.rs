@@ -31,7 +31,8 @@ use crate::validate::{ValidatedMessage, Validator};
 pub const CHUNK_MESSAGES: usize = 4096;
 
 /// A conflict (serialization failure, deadlock, lost race on a unique key) retries the
-/// whole feed this many times before it is handed back to the caller as transient.
+/// whole feed this many times before it is handed back to the caller as transient
+/// ([`ProcessError::Conflicts`]). The README names the number.
 const CONFLICT_ATTEMPTS: u32 = 8;
 
 /// What to do with a feed whose bytes were already processed for the same merchant.
@@ -150,6 +151,20 @@ pub enum ProcessError {
     /// The store failed; see [`StoreError::is_transient`].
     #[error("store")]
     Store(#[from] StoreError),
+    /// Every attempt at the feed conflicted with another instance writing the same orders
+    /// or feeds ([`StoreError::Conflict`], [`CONFLICT_ATTEMPTS`] of them in a row): the store
+    /// answered, it is not away, and nothing was committed. Transient: the daemon keeps the
+    /// feed and tries it again after a backoff.
+    #[error(
+        "{attempts} attempts in a row conflicted with another instance writing the same orders or feeds; nothing was committed"
+    )]
+    Conflicts {
+        /// How many attempts conflicted.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: StoreError,
+    },
     /// Nothing was committed because the file is still being written: it changed while it
     /// was processed (its signature moved, or a later pass over it read other bytes than
     /// the content hash was made of), or it ends early and
@@ -185,7 +200,9 @@ impl ProcessError {
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(error) => error.is_transient(),
-            ProcessError::Report { .. } | ProcessError::Unsettled { .. } => true,
+            ProcessError::Report { .. }
+            | ProcessError::Unsettled { .. }
+            | ProcessError::Conflicts { .. } => true,
             ProcessError::Read { .. } => false,
         }
     }
@@ -293,7 +310,9 @@ fn reject_unreadable(
 }
 
 /// Runs `attempt` again after a conflict with another instance (serialization failure,
-/// deadlock, lost race on a unique key), at most [`CONFLICT_ATTEMPTS`] times in all.
+/// deadlock, lost race on a unique key), at most [`CONFLICT_ATTEMPTS`] times in all; when
+/// the last one conflicts too, says so ([`ProcessError::Conflicts`]) rather than handing
+/// back a bare store error, which reads as the store being away.
 fn retry_conflicts(
     source: &Source<'_>,
     mut attempt: impl FnMut() -> Result<Processed, ProcessError>,
@@ -307,6 +326,12 @@ fn retry_conflicts(
                 tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt = attempt_number, detail = %detail, "store conflict, retrying feed");
                 std::thread::sleep(Duration::from_millis(5 << attempt_number.min(6)));
                 attempt_number += 1;
+            }
+            Err(ProcessError::Store(conflict @ StoreError::Conflict { .. })) => {
+                return Err(ProcessError::Conflicts {
+                    attempts: attempt_number,
+                    source: conflict,
+                });
             }
             other => return other,
         }
@@ -352,9 +377,20 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+    let mut outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
         detail: format!("feed {}: {e}", record.id),
     })?;
+    // The stored words of a deferred ORDER_NOT_FOUND are those of the committed attempt's
+    // configuration; the report says what happens now (parked with this window, or not).
+    if let Some(merchant) = outcome.merchant.clone() {
+        for problem in &mut outcome.results {
+            crate::engine::reword_deferred_order_not_found(
+                problem,
+                &merchant,
+                context.rules.order_not_found_retry_until,
+            );
+        }
+    }
     write(context, source, outcome, None).map(Some)
 }
 

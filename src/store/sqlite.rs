@@ -2,8 +2,11 @@
 //!
 //! One database file, WAL mode, `synchronous=FULL` so a commit is durable, foreign keys on.
 //! A single process writes a database: [`SqliteStore::open`] takes an exclusive lock on
-//! `<db>.lock` next to the database's canonical path (holding the pid and host), so a
-//! second opener gets [`StoreError::Locked`] however it spells the path. Migrations are embedded SQL files versioned by
+//! `<db>.lock` next to the database's canonical path (holding the pid and host), and an
+//! exclusive `flock` on the database file itself, so a second opener gets
+//! [`StoreError::Locked`] however it reaches the file: another spelling of the path meets the
+//! lock file, a hard link or a second mount (another name of the same inode) meets the
+//! `flock`. Migrations are embedded SQL files versioned by
 //! `PRAGMA user_version`; a database newer than this build is refused.
 //!
 //! One feed is one `BEGIN IMMEDIATE` transaction ([`SqliteFeedTx`]); statements are
@@ -83,9 +86,25 @@ fn batch_size(len: usize) -> usize {
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
-    // Held for the life of the store; dropping the file releases the lock. `None` for a
-    // read-only store, which takes no lock.
-    _lock: Option<File>,
+    // Held for the life of the store; dropping it releases the lock. `None` for a read-only
+    // store, which takes no lock. Declared after `conn`, so it is dropped after it: closing
+    // a descriptor of the database file drops every POSIX lock this process holds on the
+    // file, SQLite's included, so ours is closed only once SQLite's connection is.
+    _lock: Option<WriterLock>,
+}
+
+/// The single-writer lock of a database: the lock file beside its canonical path, which
+/// names the holder, and an exclusive `flock` on the database file itself, which follows
+/// the file's identity (its inode) rather than its path, so a hard link or a second mount
+/// of the file meets it too. Linux `flock` locks and the POSIX (`fcntl`) locks SQLite takes
+/// do not interact on a local filesystem, and a `flock` belongs to our own descriptor: SQLite
+/// opening or closing its descriptors of the file leaves it alone.
+struct WriterLock {
+    _named: File,
+    /// `None` on NFS and SMB, where the kernel emulates `flock` with a byte-range lock of
+    /// the whole file, which would conflict with SQLite's own locks (the lock file still
+    /// guards those, as before).
+    _database: Option<File>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -119,8 +138,13 @@ impl SqliteStore {
                 open_error(&format!("cannot create folder {}", parent.display()), &e)
             })?;
         }
-        let lock = take_lock(path)?;
+        let named = take_lock(path)?;
         let mut conn = Connection::open(path).map_err(|e| unopenable(path, e))?;
+        // After SQLite's open, which creates the file; nothing has been read or written yet.
+        let lock = WriterLock {
+            _named: named,
+            _database: lock_database_file(path)?,
+        };
         configure(&conn, path)?;
         migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(128);
@@ -256,13 +280,7 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
             ));
         }
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".to_owned());
-    let holder = format!("pid {} on host {host}\n", std::process::id());
+    let holder = format!("pid {} on host {}\n", std::process::id(), this_host());
     let written = file
         .set_len(0)
         .and_then(|()| file.seek(SeekFrom::Start(0)))
@@ -275,6 +293,80 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
         )
     })?;
     Ok(file)
+}
+
+/// The name of this machine, for naming a lock's holder.
+fn this_host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// Filesystems whose `flock` is a byte-range lock of the whole file, seen by SQLite's POSIX
+/// locks (flock(2), "NFS details" and "CIFS details"): NFS, SMB, CIFS and SMB2 `f_type`s.
+const FLOCK_EMULATED_FILESYSTEMS: [u32; 4] = [0x6969, 0x517B, 0xFF53_4D42, 0xFE53_4D42];
+
+/// Takes the exclusive, non-blocking `flock` on the database file itself (see
+/// [`WriterLock`]); `None` where the filesystem emulates `flock` ([`FLOCK_EMULATED_FILESYSTEMS`]).
+/// Refused, it names the holder found in `/proc/locks`: whoever holds it reached the file
+/// through another path, or the lock file would have refused us first.
+fn lock_database_file(path: &Path) -> Result<Option<File>, StoreError> {
+    let file = File::open(path)
+        .map_err(|e| open_error(&format!("cannot open {} to lock it", path.display()), &e))?;
+    let emulated = rustix::fs::fstatfs(&file).is_ok_and(|statfs| {
+        // The magic numbers are 32-bit; `f_type` is a C long (or `__u32`) by platform.
+        #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
+        let kind = statfs.f_type as u32;
+        FLOCK_EMULATED_FILESYSTEMS.contains(&kind)
+    });
+    if emulated {
+        return Ok(None);
+    }
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.display().to_string(),
+            holder: database_file_holder(&file),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(open_error(&format!("cannot lock {}", path.display()), &e))
+        }
+    }
+}
+
+/// Who holds the `flock` on `file`, from the kernel's list of locks (`/proc/locks`: `ID:
+/// FLOCK ADVISORY WRITE PID MAJOR:MINOR:INODE START END`).
+fn database_file_holder(file: &File) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let through = "through another path to the same file (a hard link or a second mount)";
+    let holder = file.metadata().ok().and_then(|metadata| {
+        let device = rustix::fs::Dev::from(metadata.dev());
+        let inode = format!(
+            "{:02x}:{:02x}:{}",
+            rustix::fs::major(device),
+            rustix::fs::minor(device),
+            metadata.ino()
+        );
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        locks.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields[..] {
+                [_, "FLOCK", _, "WRITE", pid, lock_inode, ..]
+                    if lock_inode == inode && pid != "0" =>
+                {
+                    Some(pid.to_owned())
+                }
+                _ => None,
+            }
+        })
+    });
+    match holder {
+        Some(pid) => format!("pid {pid} on host {}, {through}", this_host()),
+        None => format!("unknown holder, {through}"),
+    }
 }
 
 /// Classifies a failure to create or open the database's folder or lock file. The daemon

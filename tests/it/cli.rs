@@ -971,6 +971,33 @@ fn operators_can_read_the_store_while_the_daemon_holds_it() {
     }
     let (_, paths) = sandbox.process("refund-mixed.xml");
     assert!(paths.is_empty(), "process is refused too: {paths:?}");
+    // So is a writer reaching the database file by another name (a hard link, whose lock
+    // file would be its own): the lock follows the file, and names the daemon.
+    std::fs::create_dir(sandbox.path("elsewhere")).expect("folder");
+    std::fs::hard_link(sandbox.path("store.db"), sandbox.path("elsewhere/alias.db"))
+        .expect("hard link");
+    let out = sandbox.run_on(
+        "sqlite:elsewhere/alias.db",
+        &[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            &data("orders.txt"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    for needed in [
+        "locked".to_owned(),
+        format!("pid {} on host", child.id()),
+        "stop the daemon first".to_owned(),
+    ] {
+        assert!(
+            text(&out.stderr).contains(&needed),
+            "lacks {needed:?}: {}",
+            text(&out.stderr)
+        );
+    }
     let order = sandbox.order("111-0000001-0000001");
     assert_eq!(order["items"][0]["refunded"]["Principal"], "20.00");
     let out = sandbox.run(&["feeds", "list"]);

@@ -633,3 +633,78 @@ fn an_instance_whose_store_is_away_gives_its_claims_back_and_says_so_on_healthz(
     assert!(names_in(&site.path("work")).is_empty());
     assert!(names_in(&site.path("inbox")).is_empty());
 }
+
+#[test]
+fn a_feed_that_conflicts_on_every_attempt_says_so_without_calling_the_store_away() {
+    // Every attempt at the feed conflicts: a trigger on `feeds` raises PostgreSQL's
+    // serialization failure, as a transaction racing another instance's gets. After the
+    // pipeline's attempts the log says how many attempts conflicted with another instance,
+    // /healthz stays ok (the store answered: it is not away), and the feed waits in work/
+    // with nothing committed; once the conflicts stop it is applied once.
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "CREATE FUNCTION always_conflict() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE EXCEPTION 'could not serialize access' USING ERRCODE = 'serialization_failure'; \
+             END $$; \
+             CREATE TRIGGER always_conflict BEFORE INSERT ON feeds \
+             FOR EACH ROW EXECUTE FUNCTION always_conflict();",
+        )
+        .expect("conflict trigger");
+    let site = Site::new(&db.url);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_HTTP_LISTEN", &listen)]);
+    wait_for(
+        "the instance to watch the inbox",
+        Duration::from_secs(20),
+        || instance.log().contains("watch mode"),
+    );
+    let feeds = generate_feeds(1, 5);
+    site.drop_feed("inbox", &feeds[0]);
+    wait_for(
+        "the conflicts to be logged as such",
+        Duration::from_secs(30),
+        || {
+            instance
+                .log()
+                .contains("8 attempts in a row conflicted with another instance")
+        },
+    );
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "adjustd_store_unavailable_seconds 0.000"),
+        "{metrics}"
+    );
+    assert!(
+        !instance.log().contains("store unavailable"),
+        "{}",
+        instance.log()
+    );
+    assert_eq!(names_in(&site.path("work")).len(), 1, "{}", instance.log());
+    assert!(site.reports().is_empty());
+    let count = |client: &mut postgres::Client| -> i64 {
+        client
+            .query_one("SELECT count(*) FROM feeds", &[])
+            .expect("count feeds")
+            .get(0)
+    };
+    assert_eq!(count(&mut client), 0, "nothing committed");
+
+    client
+        .batch_execute("DROP TRIGGER always_conflict ON feeds")
+        .expect("drop trigger");
+    wait_for("the feed to be applied", Duration::from_secs(30), || {
+        site.reports().len() == 1 && names_in(&site.path("work")).is_empty()
+    });
+    assert_eq!(count(&mut client), 1, "applied once");
+    instance.stop();
+}

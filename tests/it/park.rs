@@ -101,6 +101,20 @@ fn schedules(dir: &TestDir) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A pipeline context on the folder's SQLite store and outbox, as the daemon has it (with
+/// the daemon stopped), under `rules`.
+fn sqlite_context(dir: &TestDir, rules: Rules) -> Context {
+    Context {
+        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
+            .expect("open store"),
+        rules,
+        limits: Limits::default(),
+        duplicate_policy: DuplicatePolicy::Skip,
+        outbox: dir.path("outbox"),
+        chunk_messages: pipeline::CHUNK_MESSAGES,
+    }
+}
+
 /// The JSON reports of `name`, oldest feed first, with their paths.
 fn reports(dir: &TestDir, name: &str) -> Vec<(PathBuf, Value)> {
     let mut reports: Vec<(PathBuf, Value)> = dir
@@ -502,15 +516,7 @@ fn a_retry_committed_before_a_crash_is_recovered_not_repeated() {
     // What a retry does up to its commit and report, then a crash before the schedule is
     // updated: the pipeline under the schedule's claim token, on the parked copy.
     let copy = schedule_path.with_file_name(format!("{}.xml", first["feed_id"]));
-    let mut context = Context {
-        store: AnyStore::open(&format!("sqlite:{}", dir.path("store.db").display()))
-            .expect("open store"),
-        rules: Rules::default(),
-        limits: Limits::default(),
-        duplicate_policy: DuplicatePolicy::Skip,
-        outbox: dir.path("outbox"),
-        chunk_messages: pipeline::CHUNK_MESSAGES,
-    };
+    let mut context = sqlite_context(&dir, Rules::default());
     let committed = pipeline::process_file(
         &mut context,
         &Source::new(&copy, "crash.xml", Some(&token), None, None),
@@ -650,4 +656,51 @@ fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
         "{log}"
     );
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
+#[test]
+fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
+    // A feed committed by a daemon with parking on, whose report was not written before a
+    // crash; the restart has the window at 0, so nothing is parked and no retry comes: the
+    // re-emitted report must ask for a resend, not promise the retries of the stored words.
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 0));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    // What the daemon with parking on does up to its commit: the pipeline on a claimed file
+    // in work/, under its claim token, with the window's end in its rules.
+    let token = "1700000000000000000-1-0";
+    fs::create_dir_all(dir.path("work")).expect("work folder");
+    let claimed = dir.path("work").join(format!("{token}--lost.xml"));
+    fs::write(
+        &claimed,
+        feed_xml(MERCHANT, &[refund(0, "lost", 100)]).as_bytes(),
+    )
+    .expect("write claimed feed");
+    let mut context = sqlite_context(
+        &dir,
+        Rules {
+            order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Rules::default()
+        },
+    );
+    let committed = pipeline::process_file(
+        &mut context,
+        &Source::new(&claimed, "lost.xml", Some(token), None, None),
+    )
+    .expect("the attempt before the crash");
+    drop(context);
+    let (_, stored) = reports(&dir, "lost.xml").remove(0);
+    assert_says_it_is_retried(&stored);
+    // The crash came before the report was written.
+    fs::remove_file(&committed.xml_report).expect("remove XML report");
+    fs::remove_file(&committed.json_report).expect("remove JSON report");
+
+    let mut daemon = dir.spawn_daemon();
+    let report = first_report(&dir, "lost.xml");
+    daemon.stop();
+    assert_eq!(report["feed_id"], committed.outcome.feed_id, "{report}");
+    assert_eq!(result_codes(&report), ["ORDER_NOT_FOUND"], "{report}");
+    assert_asks_for_a_resend(&report);
+    let xml = fs::read_to_string(&committed.xml_report).expect("XML report re-emitted");
+    assert!(!xml.contains("automatically"), "{xml}");
+    assert!(!dir.path("parked").exists(), "nothing parked");
 }

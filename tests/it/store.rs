@@ -1796,23 +1796,30 @@ fn sqlite_migrates_a_fresh_database_and_reopens_with_data() {
     }
 }
 
-#[test]
-fn sqlite_second_opener_gets_locked_with_the_holder() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("adjustd.db");
-    let store = SqliteStore::open(&path).expect("open");
-    match SqliteStore::open(&path) {
+/// The text of the [`StoreError::Locked`] an open must fail with, naming this process as
+/// the holder; a lock is not transient.
+fn locked_by_this_process(opened: Result<SqliteStore, StoreError>) -> String {
+    match opened {
         Err(err @ StoreError::Locked { .. }) => {
             let text = err.to_string();
             assert!(
                 text.contains(&format!("pid {}", std::process::id())),
                 "{text}"
             );
-            assert!(text.contains("on host "), "{text}");
             assert!(!err.is_transient());
+            text
         }
         other => panic!("expected Locked, got {other:?}"),
     }
+}
+
+#[test]
+fn sqlite_second_opener_gets_locked_with_the_holder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    let text = locked_by_this_process(SqliteStore::open(&path));
+    assert!(text.contains("on host "), "{text}");
     drop(store);
     // Other tests of this binary spawn processes: a child forked while the lock file was
     // open holds a copy of its descriptor (and so the flock) until it execs, for a moment.
@@ -1846,6 +1853,31 @@ fn sqlite_lock_holds_for_every_spelling_of_the_database_path() {
         }
     }
     drop(store);
+}
+
+#[test]
+fn sqlite_lock_holds_for_a_hard_link_of_the_database_file() {
+    // A hard link is another name of the same file, with a lock file of its own name: the
+    // lock must follow the file, naming the holder, or two writers (each with its own WAL,
+    // `<name>-wal`) would run at once.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let store = SqliteStore::open(&path).expect("open");
+    std::fs::create_dir(dir.path().join("elsewhere")).expect("folder");
+    let link = dir.path().join("elsewhere/linked.db");
+    std::fs::hard_link(&path, &link).expect("hard link");
+    let text = locked_by_this_process(SqliteStore::open(&link));
+    assert!(
+        text.contains(&format!("pid {} on host ", std::process::id()))
+            && text.contains("hard link"),
+        "{text}"
+    );
+    drop(store);
+    crate::util::wait_for(
+        "the lock to be free after the holder closed",
+        std::time::Duration::from_secs(5),
+        || SqliteStore::open(&link).is_ok(),
+    );
 }
 
 #[test]
