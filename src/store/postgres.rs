@@ -14,8 +14,9 @@
 //! turn a race between instances into a [`StoreError::Conflict`]; the retry then sees the
 //! committed rows.
 //!
-//! Connection loss: the connection is dropped after an error that says it broke and
-//! re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
+//! Connection loss: the connection is dropped after an error that says it broke (any
+//! error after which the session is over, whatever its SQLSTATE: a closed connection, or a
+//! FATAL such as an idle-in-transaction timeout) and re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
 //! flight (reported as [`StoreError::Unavailable`], retried by the daemon). The same holds
 //! for a database that cannot take work for a while: full disk, a failover to a read-only
 //! server, a database dropped (once connected, even a missing database is an outage, not a
@@ -314,6 +315,14 @@ fn fail(broken: &mut bool, error: &postgres::Error) -> StoreError {
 /// Maps a driver error to the store's error kinds (see the module docs).
 fn classify(error: &postgres::Error) -> StoreError {
     let detail = describe(error);
+    // A session that is over, whatever the code says why: the server ended it (FATAL or
+    // PANIC: an administrator, a shutdown, `idle_in_transaction_session_timeout` 25P03,
+    // `transaction_timeout` 25P04, a recovery conflict, ...) or the connection closed
+    // under us. Nothing of the transaction is committed and the store is away until the
+    // reconnect this forces: an outage, never the feed's fault.
+    if error.is_closed() || error.as_db_error().is_some_and(ends_the_session) {
+        return StoreError::Unavailable { detail };
+    }
     if let Some(db) = error.as_db_error() {
         let code = db.code();
         if *code == SqlState::T_R_SERIALIZATION_FAILURE
@@ -366,6 +375,15 @@ fn classify(error: &postgres::Error) -> StoreError {
         return StoreError::Unavailable { detail };
     }
     StoreError::Other { detail }
+}
+
+/// True for a server error that ends the session (severity FATAL or PANIC): the server
+/// closes the connection after sending it.
+fn ends_the_session(db: &postgres::error::DbError) -> bool {
+    matches!(
+        db.parsed_severity(),
+        Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+    ) || matches!(db.severity(), "FATAL" | "PANIC")
 }
 
 /// The error with its causes, on one line.

@@ -754,6 +754,36 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
 }
 
 #[test]
+fn a_session_the_server_ends_is_unavailable_whatever_its_code() {
+    // A server-side guard (here the database's idle_in_transaction_session_timeout) ends a
+    // feed's session with FATAL 25P03, a code of no outage class. Nothing was committed and
+    // the connection is gone: the store is away until the reconnect (retried), never a
+    // final error that would move the feed to failed/ without a report.
+    let mut db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    db.admin_sql("ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '200ms'");
+    db.terminate_connections();
+    // The first call may meet the terminated session; the next one has the setting.
+    let _ = store.recent_feeds(1);
+    let mut tx = store.begin_feed(&new_feed("idle")).expect("begin");
+    tx.load(&merchant(), &needs(&[ORDER], &[]), &mut Snapshot::new())
+        .expect("load");
+    // Idle inside the transaction for five times the timeout.
+    std::thread::sleep(Duration::from_secs(1));
+    match tx.apply(&merchant(), &[refund(1, ORDER, 100, None)]) {
+        Err(error @ StoreError::Unavailable { .. }) => {
+            assert!(error.is_transient());
+            assert!(error.to_string().contains("25P03"), "{error}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(tx);
+    // The next call reconnects; a feed that does not idle commits.
+    commit_refund(&mut store, "after", 100);
+    assert_eq!(store.orders(None, ORDER).expect("orders")[0].adjustments.len(), 1);
+}
+
+#[test]
 fn a_database_read_only_dropped_or_created_again_is_unavailable_until_it_is_back() {
     let mut db = pg_or_skip!();
     let mut store = store_with_orders(&db);
