@@ -1540,8 +1540,11 @@ enum Failure {
 enum Retry {
     /// Not at all: the failure is final.
     Never,
-    /// At once after a backoff, before any other feed: the store is away or busy, which every
-    /// feed would run into alike.
+    /// At once after a backoff, before any other feed: the store is away or busy, or refuses
+    /// work for a reason that is not the feed's (a schema migrated by a newer adjustd, a
+    /// privilege revoked, an unknown error), which every feed would run into alike and
+    /// which must never fail a feed: only the feed's own content may
+    /// ([`crate::store::StoreError::is_caused_by_request`]).
     InPlace,
     /// After a backoff of its own, other feeds going on meanwhile: the feed committed but the
     /// outbox (full, permissions, maybe only this merchant's folder) did not take its report.
@@ -1635,4 +1638,46 @@ fn still_deferred(processed: &Processed) -> bool {
         || pipeline::lists_order_not_found(&processed.outcome),
         |deferred| deferred > 0,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn store_failure(error: StoreError) -> Retry {
+        Failure::Process(ProcessError::Store(error)).retry()
+    }
+
+    #[test]
+    fn only_an_error_the_feed_causes_fails_it() {
+        let detail = || "x".to_owned();
+        // Not the feed's fault: held in place, never failed without a report.
+        assert_eq!(
+            store_failure(StoreError::Unavailable { detail: detail() }),
+            Retry::InPlace
+        );
+        assert_eq!(
+            store_failure(StoreError::Conflict { detail: detail() }),
+            Retry::InPlace
+        );
+        assert_eq!(
+            store_failure(StoreError::SchemaTooNew {
+                found: 4,
+                supported: 3
+            }),
+            Retry::InPlace
+        );
+        // A privilege revoked (42501), an unknown SQLSTATE.
+        assert_eq!(
+            store_failure(StoreError::Other { detail: detail() }),
+            Retry::InPlace
+        );
+        // The feed's own content breaks an invariant: final.
+        assert_eq!(
+            store_failure(StoreError::Invalid { detail: detail() }),
+            Retry::Never
+        );
+        assert_eq!(Failure::Panic(detail()).retry(), Retry::Never);
+    }
 }

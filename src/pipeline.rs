@@ -178,13 +178,16 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
-    /// True when retrying later can succeed: the database away or busy, or the outbox not
-    /// writable (full, permissions): a retry under the same claim token re-emits the
-    /// committed report and applies nothing again; or a file still being written, once it
-    /// is complete.
+    /// True when retrying later can succeed: any store error the feed did not cause (the
+    /// database away or busy, but also one that waits for an operator: a schema migrated by
+    /// a newer adjustd, a privilege revoked, an error of no known kind; see
+    /// [`StoreError::is_caused_by_request`]), or the outbox not writable (full,
+    /// permissions): a retry under the same claim token re-emits the committed report and
+    /// applies nothing again; or a file still being written, once it is complete. Only
+    /// what the feed itself causes is final.
     pub fn is_transient(&self) -> bool {
         match self {
-            ProcessError::Store(error) => error.is_transient(),
+            ProcessError::Store(error) => !error.is_caused_by_request(),
             ProcessError::Report { .. } | ProcessError::Unsettled { .. } => true,
             ProcessError::Read { .. } => false,
         }
@@ -352,8 +355,8 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
-        detail: format!("feed {}: {e}", record.id),
+    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Invalid {
+        detail: format!("feed {}: its stored report cannot be read: {e}", record.id),
     })?;
     write(context, source, outcome, None).map(Some)
 }
@@ -636,7 +639,7 @@ fn flush(
         match slot {
             Some((problems, unlisted)) => tally.add_with_unlisted(false, problems, unlisted),
             None => {
-                let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
+                let outcome = outcomes.next().ok_or_else(|| StoreError::Invalid {
                     detail: "engine returned fewer outcomes than messages".to_owned(),
                 })?;
                 tally.deferred += u64::from(outcome.deferred);

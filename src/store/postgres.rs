@@ -346,12 +346,11 @@ fn classify(error: &postgres::Error) -> StoreError {
                 _ => StoreError::Invalid { detail },
             };
         }
-        if *code == SqlState::CHECK_VIOLATION
-            || *code == SqlState::FOREIGN_KEY_VIOLATION
-            || *code == SqlState::NOT_NULL_VIOLATION
-            || *code == SqlState::RESTRICT_VIOLATION
-            || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
-        {
+        // The request's values break an invariant (23), are data the server cannot take
+        // (22: a number out of range, a string too long, ...) or pass one of its limits
+        // (54: an index entry too large, ...): the same request fails again, whatever the
+        // store's state. The one kind of error a feed may fail for.
+        if matches!(&code.code()[..2], "22" | "23" | "54") {
             return StoreError::Invalid { detail };
         }
         // The database cannot take work now, whatever the feed: connection trouble (08),
@@ -367,6 +366,9 @@ fn classify(error: &postgres::Error) -> StoreError {
         {
             return StoreError::Unavailable { detail };
         }
+        // Anything else (a privilege revoked, 42501; a schema this build does not expect;
+        // an error nobody foresaw) is the store's state, not the request's: `Other`, which
+        // holds a feed until an operator mends it.
         return StoreError::Other { detail };
     }
     let io = std::error::Error::source(error)

@@ -633,3 +633,80 @@ fn an_instance_whose_store_is_away_gives_its_claims_back_and_says_so_on_healthz(
     assert!(names_in(&site.path("work")).is_empty());
     assert!(names_in(&site.path("inbox")).is_empty());
 }
+
+#[test]
+fn an_instance_that_meets_a_newer_schema_holds_its_feeds_and_says_so_on_healthz() {
+    // A rolling upgrade: a newer adjustd migrated the shared store while this instance runs,
+    // and its next connection (after any reconnect) finds a schema newer than it knows. That
+    // is no fault of the feeds: it must not move them to failed/ without a report. It holds
+    // the one in hand (in work/, under its claim), gives the rest of its batch back to the
+    // shared inbox for upgraded peers, and /healthz answers 503 naming both versions and
+    // what to do. Once the store is at its version again (here the newer version's row is
+    // taken out; in real life this instance is upgraded and restarted), it finishes.
+    let Some(mut db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let site = Site::new(&db.url);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_HTTP_LISTEN", &listen)]);
+    wait_for(
+        "instance 0 to watch the inbox",
+        Duration::from_secs(20),
+        || instance.log().contains("watch mode"),
+    );
+    let supported = adjustd::store::postgres::SCHEMA_VERSION;
+    let newer = supported + 1;
+    let mut client = db.client();
+    client
+        .execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, 'future', 'now')",
+            &[&newer],
+        )
+        .expect("a newer version");
+    db.terminate_connections();
+    let feeds = generate_feeds(5, 4);
+    for feed in &feeds {
+        site.drop_feed("inbox", feed);
+    }
+    wait_for(
+        "one feed held in hand and the rest given back",
+        Duration::from_secs(20),
+        || {
+            instance
+                .log()
+                .contains("is newer than this adjustd supports")
+                && names_in(&site.path("work")).len() == 1
+                && names_in(&site.path("inbox")).len() == 4
+        },
+    );
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(
+        health.contains(&format!(
+            "database schema version {newer} is newer than this adjustd supports ({supported})"
+        )) && health.contains("upgrade this adjustd"),
+        "{health}"
+    );
+    assert!(
+        files_under(&site.path("failed")).is_empty(),
+        "{}",
+        instance.log()
+    );
+    assert!(site.reports().is_empty());
+
+    let mut client = db.client();
+    client
+        .execute("DELETE FROM schema_version WHERE version = $1", &[&newer])
+        .expect("back to this version");
+    wait_for("every feed reported", Duration::from_secs(30), || {
+        site.reports().len() == feeds.len() && names_in(&site.path("inbox")).is_empty()
+    });
+    wait_for("healthz to be ok again", Duration::from_secs(10), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    instance.stop();
+    assert!(files_under(&site.path("failed")).is_empty());
+    assert!(names_in(&site.path("work")).is_empty());
+}

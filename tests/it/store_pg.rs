@@ -780,7 +780,12 @@ fn a_session_the_server_ends_is_unavailable_whatever_its_code() {
     drop(tx);
     // The next call reconnects; a feed that does not idle commits.
     commit_refund(&mut store, "after", 100);
-    assert_eq!(store.orders(None, ORDER).expect("orders")[0].adjustments.len(), 1);
+    assert_eq!(
+        store.orders(None, ORDER).expect("orders")[0]
+            .adjustments
+            .len(),
+        1
+    );
 }
 
 #[test]
