@@ -81,6 +81,29 @@ const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
 /// How long a statement waits for a row lock before giving up with a conflict.
 const LOCK_TIMEOUT: &str = "60s";
 
+/// `idle_in_transaction_session_timeout` of adjustd's sessions, in milliseconds: how long
+/// the server lets a session sit idle inside a transaction before it ends the session (and
+/// so frees its row locks), for an instance that froze mid-feed (SIGSTOP, a process stuck;
+/// a lost host, a paused VM or a network partition are found sooner by
+/// [`SERVER_KEEPALIVES`]). A feed's transaction idles only while the reader parses the next
+/// chunk: at most [`crate::pipeline::CHUNK_MESSAGES`] messages, so at most the whole file
+/// (`[limits] max_file_bytes`, 2 GiB by default, whatever `max_message_bytes` allows per
+/// message), plus, at the first item without a `MerchantAdjustmentItemID`, one more pass
+/// over the file for its canonical digest: about 4 GiB of reading, some 270 s at the
+/// slowest rate measured (16 MB/s on two heavily loaded cores, BENCHMARKS.md). Ten minutes
+/// leaves twice that. A session ended by it is [`StoreError::Unavailable`]: the feed is
+/// retried, never lost. A shorter setting of the server, database or role is kept.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 600_000;
+
+/// Server-side TCP keepalives of adjustd's sessions (the server's defaults are the
+/// system's, two hours on Linux): after 30 s of silence the server probes the client every
+/// 10 s and ends the session after 3 unanswered probes, so the locks of an instance whose
+/// host is gone, paused or cut off are freed within about a minute. (The client's own
+/// keepalives, set in [`PgStore::connect`], find a server that is gone.) Ignored on Unix
+/// sockets.
+const SERVER_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
+
 /// Imports of at least this many lines refresh the planner's statistics.
 const ANALYZE_AFTER_ROWS: u64 = 1000;
 
@@ -188,6 +211,19 @@ impl PgStore {
         })
     }
 
+    /// The value of the run-time setting `name` in this store's session
+    /// (`current_setting`), for diagnostics and tests.
+    ///
+    /// # Errors
+    /// Database errors (an unknown setting among them).
+    pub fn session_setting(&mut self, name: &str) -> Result<String, StoreError> {
+        self.run(|conn| {
+            conn.client
+                .query_one("SELECT current_setting($1)", &[&name])?
+                .try_get(0)
+        })
+    }
+
     /// The open connection, (re)connecting when there is none or it broke.
     fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self
@@ -207,7 +243,12 @@ impl PgStore {
                     .map_err(|error| connect_error(&self.url, &error, self.connected_before))?;
                 client
                     .batch_execute(&format!(
-                        "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'"
+                        "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'; \
+                         {SERVER_KEEPALIVES}; \
+                         SELECT set_config('idle_in_transaction_session_timeout', \
+                                           '{IDLE_IN_TRANSACTION_TIMEOUT_MS}ms', false) \
+                         FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout' \
+                         AND setting::bigint NOT BETWEEN 1 AND {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
                     ))
                     .map_err(|error| classify(&error))?;
                 // Also after a reconnect: the database may have been created again, empty.

@@ -754,6 +754,36 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
 }
 
 #[test]
+fn sessions_let_the_server_end_a_frozen_instance_and_free_its_locks() {
+    // An instance frozen mid-feed (SIGSTOP, a paused VM, a lost host) must not hold its row
+    // locks until it comes back: its session ends after ten minutes idle in a transaction,
+    // and after about a minute of unanswered server keepalives (TCP connections only).
+    let mut db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    let setting = |store: &mut PgStore, name: &str| store.session_setting(name).expect(name);
+    assert_eq!(
+        setting(&mut store, "idle_in_transaction_session_timeout"),
+        "10min"
+    );
+    if db.url.contains("127.0.0.1") || db.url.contains("localhost") {
+        assert_eq!(setting(&mut store, "tcp_keepalives_idle"), "30");
+        assert_eq!(setting(&mut store, "tcp_keepalives_interval"), "10");
+        assert_eq!(setting(&mut store, "tcp_keepalives_count"), "3");
+    }
+    // A longer setting of the database is shortened, a shorter one is kept.
+    for (database, session) in [("1h", "10min"), ("2s", "2s")] {
+        db.admin_sql(&format!(
+            "ALTER DATABASE {{db}} SET idle_in_transaction_session_timeout = '{database}'"
+        ));
+        let mut store = PgStore::connect(&db.url).expect("connect");
+        assert_eq!(
+            setting(&mut store, "idle_in_transaction_session_timeout"),
+            session
+        );
+    }
+}
+
+#[test]
 fn a_session_the_server_ends_is_unavailable_whatever_its_code() {
     // A server-side guard (here the database's idle_in_transaction_session_timeout) ends a
     // feed's session with FATAL 25P03, a code of no outage class. Nothing was committed and
