@@ -278,6 +278,16 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// SIGKILL: the instance dies at once, its claims and locks with it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -709,4 +719,83 @@ fn an_instance_that_meets_a_newer_schema_holds_its_feeds_and_says_so_on_healthz(
     instance.stop();
     assert!(files_under(&site.path("failed")).is_empty());
     assert!(names_in(&site.path("work")).is_empty());
+}
+
+#[test]
+fn a_peer_takes_up_the_claims_of_an_instance_that_died_with_them_in_hand() {
+    // Instance 0 claims 20 feeds from its own inbox into the shared work/ and gets stuck on
+    // the first (a row lock the test holds), its 19 other claims queued behind it. The peer
+    // sharing work/ leaves them alone while instance 0 lives (it holds their locks). Then
+    // instance 0 is killed (SIGKILL, not restarted): at its next rescan the peer takes up the
+    // 20 claims, whose locks died with their claimant, and reports each once.
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let site = Site::new(&db.url);
+    fs::create_dir_all(site.path("inbox-0")).expect("inbox-0");
+    let own_inbox = site.path("inbox-0");
+    let own_inbox = own_inbox.to_str().expect("UTF-8 path");
+    let mut peer = site.spawn(1, false);
+    wait_for(
+        "the peer to watch the inbox",
+        Duration::from_secs(20),
+        || peer.log().contains("watch mode"),
+    );
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().expect("begin");
+    lock.execute("SELECT id FROM orders FOR UPDATE", &[])
+        .expect("lock every order");
+    // All there before instance 0 starts, so that they settle together and it claims them
+    // in one batch.
+    let feeds = generate_feeds(20, 5);
+    for feed in &feeds {
+        site.drop_feed("inbox-0", feed);
+    }
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_PATHS_INBOX", own_inbox)]);
+    let mut watcher = db.client();
+    wait_for(
+        "instance 0 to claim all 20 and wait for the row lock",
+        Duration::from_secs(20),
+        || {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .expect("pg_stat_activity")
+                .get(0);
+            waiting == 1
+                && names_in(&site.path("work")).len() == 20
+                && names_in(&site.path("inbox-0")).is_empty()
+        },
+    );
+    // Longer than the rescan interval (2 s): the peer looked at work/ and found every claim
+    // held by a live instance.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(names_in(&site.path("work")).len(), 20, "{}", peer.log());
+    assert!(site.reports().is_empty());
+
+    instance.kill();
+    lock.rollback().expect("release the orders");
+    wait_for("the peer to report all 20", Duration::from_secs(30), || {
+        site.reports().len() == feeds.len() && names_in(&site.path("work")).is_empty()
+    });
+    let reports = site.reports();
+    for feed in &feeds {
+        assert_eq!(
+            reports.get(&feed.name).map_or(0, Vec::len),
+            1,
+            "{}",
+            feed.name
+        );
+    }
+    assert!(files_under(&site.path("failed")).is_empty());
+    assert!(
+        peer.log().contains("no running instance holds"),
+        "{}",
+        peer.log()
+    );
+    peer.stop();
 }
