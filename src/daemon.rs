@@ -311,6 +311,9 @@ struct Worker {
     /// When the outbox was last swept for temp reports left by interrupted writes
     /// ([`Worker::sweep_temp_reports`]).
     temps_swept_at: Option<Instant>,
+    /// When `work/` was last looked at for claims no live process holds (at start, then
+    /// every rescan interval: `adopt_orphans`).
+    work_checked_at: Instant,
     /// Committed feeds whose report the outbox could not take, each waiting in `work/` (its
     /// claim, and so its lock, held) for its own next attempt while other feeds go on
     /// ([`Worker::retry_reports`]).
@@ -410,6 +413,7 @@ impl Worker {
             inbox_missing: false,
             parking: None,
             temps_swept_at: None,
+            work_checked_at: Instant::now(),
             awaiting_report: Vec::new(),
         }
     }
@@ -442,14 +446,8 @@ impl Worker {
         if !leftovers.is_empty() {
             tracing::info!(files = leftovers.len(), "recovering feeds left in work/");
         }
-        let mut syncs = Syncs::new();
-        for claim in leftovers {
-            if self.shutdown.is_cancelled() {
-                break;
-            }
-            self.process(claim, Origin::Work, &mut syncs);
-        }
-        self.sync(&mut syncs);
+        self.recover(leftovers);
+        self.work_checked_at = Instant::now();
         if self.shutdown.is_cancelled() {
             return Ok(());
         }
@@ -470,7 +468,7 @@ impl Worker {
             }
             self.sweep_temp_reports();
             let last_scan = Instant::now();
-            let processed = self.scan_and_process(reason);
+            let processed = self.scan_and_process(reason) + self.adopt_orphans();
             // One parked feed per round at most, so the inbox waits for one retry at most.
             let retried = self.retry_parked();
             let reported = self.retry_reports();
@@ -481,6 +479,55 @@ impl Worker {
             }
             reason = self.wait(&watch, last_scan);
         }
+    }
+
+    /// Processes claims taken from `work/`, oldest first, as feeds found there
+    /// ([`Origin::Work`]: one that committed re-emits its stored report); returns how many.
+    fn recover(&mut self, claims: Vec<Claim>) -> usize {
+        let mut syncs = Syncs::new();
+        let mut processed = 0;
+        for claim in claims {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            self.process(claim, Origin::Work, &mut syncs);
+            processed += 1;
+        }
+        self.sync(&mut syncs);
+        processed
+    }
+
+    /// Every rescan interval: takes up the claims in `work/` that no live process holds,
+    /// those of an instance sharing `work/` that died (SIGKILL, a lost host) with its batch
+    /// in hand, whose locks died with it, so they do not wait for that instance to start
+    /// again. At most [`CLAIM_BATCH`] at a time, so that peers share a large one; claims
+    /// that cannot be opened (held without a lock) are left to a start, since a live
+    /// instance's cannot be told from a dead one's. Returns how many it processed.
+    fn adopt_orphans(&mut self) -> usize {
+        if self.work_checked_at.elapsed() < self.config.inbox.rescan_interval
+            || self.shutdown.is_cancelled()
+        {
+            return 0;
+        }
+        self.work_checked_at = Instant::now();
+        let mut orphans = match inbox::leftovers(&self.config.inbox, &self.tokens) {
+            Ok(claims) => claims,
+            Err(error) => {
+                tracing::warn!(folder = %escaped(self.config.inbox.work.display()), error = %error, "cannot read work/ to look for feeds no instance holds");
+                return 0;
+            }
+        };
+        orphans.retain(|claim| claim.unreadable().is_none());
+        // Dropping a claim lets its lock go: the rest are for peers or the next look.
+        orphans.truncate(CLAIM_BATCH);
+        if orphans.is_empty() {
+            return 0;
+        }
+        tracing::warn!(
+            files = orphans.len(),
+            "taking up feeds in work/ that no running instance holds (an instance sharing work/ stopped with them in hand)"
+        );
+        self.recover(orphans)
     }
 
     /// Removes the temp reports that interrupted writes left in the outbox
@@ -1558,8 +1605,11 @@ enum Failure {
 enum Retry {
     /// Not at all: the failure is final.
     Never,
-    /// At once after a backoff, before any other feed: the store is away or busy, which every
-    /// feed would run into alike.
+    /// At once after a backoff, before any other feed: the store is away or busy, or refuses
+    /// work for a reason that is not the feed's (a schema migrated by a newer adjustd, a
+    /// privilege revoked, an unknown error), which every feed would run into alike and
+    /// which must never fail a feed: only the feed's own content may
+    /// ([`crate::store::StoreError::is_caused_by_request`]).
     InPlace,
     /// After a backoff of its own, other feeds going on meanwhile: the feed committed but the
     /// outbox (full, permissions, maybe only this merchant's folder) did not take its report.
@@ -1658,4 +1708,46 @@ fn still_deferred(processed: &Processed) -> bool {
         || pipeline::lists_order_not_found(&processed.outcome),
         |deferred| deferred > 0,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn store_failure(error: StoreError) -> Retry {
+        Failure::Process(ProcessError::Store(error)).retry()
+    }
+
+    #[test]
+    fn only_an_error_the_feed_causes_fails_it() {
+        let detail = || "x".to_owned();
+        // Not the feed's fault: held in place, never failed without a report.
+        assert_eq!(
+            store_failure(StoreError::Unavailable { detail: detail() }),
+            Retry::InPlace
+        );
+        assert_eq!(
+            store_failure(StoreError::Conflict { detail: detail() }),
+            Retry::InPlace
+        );
+        assert_eq!(
+            store_failure(StoreError::SchemaTooNew {
+                found: 4,
+                supported: 3
+            }),
+            Retry::InPlace
+        );
+        // A privilege revoked (42501), an unknown SQLSTATE.
+        assert_eq!(
+            store_failure(StoreError::Other { detail: detail() }),
+            Retry::InPlace
+        );
+        // The feed's own content breaks an invariant: final.
+        assert_eq!(
+            store_failure(StoreError::Invalid { detail: detail() }),
+            Retry::Never
+        );
+        assert_eq!(Failure::Panic(detail()).retry(), Retry::Never);
+    }
 }

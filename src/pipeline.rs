@@ -193,13 +193,16 @@ pub enum ProcessError {
 }
 
 impl ProcessError {
-    /// True when retrying later can succeed: the database away or busy, or the outbox not
-    /// writable (full, permissions): a retry under the same claim token re-emits the
-    /// committed report and applies nothing again; or a file still being written, once it
-    /// is complete.
+    /// True when retrying later can succeed: any store error the feed did not cause (the
+    /// database away or busy, but also one that waits for an operator: a schema migrated by
+    /// a newer adjustd, a privilege revoked, an error of no known kind; see
+    /// [`StoreError::is_caused_by_request`]), or the outbox not writable (full,
+    /// permissions): a retry under the same claim token re-emits the committed report and
+    /// applies nothing again; or a file still being written, once it is complete. Only
+    /// what the feed itself causes is final.
     pub fn is_transient(&self) -> bool {
         match self {
-            ProcessError::Store(error) => error.is_transient(),
+            ProcessError::Store(error) => !error.is_caused_by_request(),
             ProcessError::Report { .. }
             | ProcessError::Unsettled { .. }
             | ProcessError::Conflicts { .. } => true,
@@ -377,9 +380,7 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let mut outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
-        detail: format!("feed {}: {e}", record.id),
-    })?;
+    let mut outcome = stored_outcome(&record)?;
     // The stored words of a deferred ORDER_NOT_FOUND are those of the committed attempt's
     // configuration; the report says what happens now (parked with this window, or not).
     if let Some(merchant) = outcome.merchant.clone() {
@@ -673,7 +674,7 @@ fn flush(
         match slot {
             Some((problems, unlisted)) => tally.add_with_unlisted(false, problems, unlisted),
             None => {
-                let outcome = outcomes.next().ok_or_else(|| StoreError::Other {
+                let outcome = outcomes.next().ok_or_else(|| StoreError::Invalid {
                     detail: "engine returned fewer outcomes than messages".to_owned(),
                 })?;
                 tally.deferred += u64::from(outcome.deferred);
@@ -915,9 +916,7 @@ fn restore_missing_report(
     if xml_report.exists() && json_report.exists() {
         return Ok(());
     }
-    let outcome = report::parse_json(&earlier.report_json).map_err(|e| StoreError::Other {
-        detail: format!("feed {}: {e}", earlier.id),
-    })?;
+    let outcome = stored_outcome(earlier)?;
     report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
         ProcessError::Report {
             feed_id: earlier.id,
@@ -927,6 +926,14 @@ fn restore_missing_report(
     })?;
     tracing::info!(feed_id = earlier.id, xml_report = %xml_report.display(), "wrote the missing report of the earlier feed");
     Ok(())
+}
+
+/// The outcome of a committed feed as its report was stored with it. A stored report that
+/// cannot be read is an error of that feed's (it would fail the same way on every retry).
+fn stored_outcome(record: &FeedRecord) -> Result<FeedOutcome, StoreError> {
+    report::parse_json(&record.report_json).map_err(|e| StoreError::Invalid {
+        detail: format!("feed {}: its stored report cannot be read: {e}", record.id),
+    })
 }
 
 /// Writes the report pair; `deferred` is `None` for a recovered feed (its report re-emitted).

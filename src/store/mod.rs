@@ -21,7 +21,9 @@ use crate::model::{
 };
 use crate::store::import::{ImportError, column_for};
 
-/// Errors of the store. The daemon's retry policy looks only at [`StoreError::is_transient`].
+/// Errors of the store. At start, [`StoreError::is_transient`] says which errors the daemon
+/// waits out; for a feed, [`StoreError::is_caused_by_request`] says which errors may fail it
+/// (every other one holds the feed until the store takes it).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -48,7 +50,9 @@ pub enum StoreError {
         holder: String,
     },
     /// The database was written by a newer adjustd (schema version above ours).
-    #[error("database schema version {found} is newer than this adjustd supports ({supported})")]
+    #[error(
+        "database schema version {found} is newer than this adjustd supports ({supported}): a newer adjustd migrated it; upgrade this adjustd to that release"
+    )]
     SchemaTooNew {
         /// Version in the database.
         found: i64,
@@ -57,13 +61,18 @@ pub enum StoreError {
     },
     /// The request would break a store invariant (a CHECK or UNIQUE constraint, or bad
     /// input such as an order report that lowers a charged amount below what was refunded),
-    /// or a reader found no schema, or an older one, that it may not create or migrate.
+    /// holds values the store cannot take (PostgreSQL's data exceptions and program limits),
+    /// or reads back a feed's own record that cannot be used; or a reader found no schema,
+    /// or an older one, that it may not create or migrate. The one kind caused by the
+    /// request itself ([`StoreError::is_caused_by_request`]).
     #[error("{detail}")]
     Invalid {
         /// What is wrong, naming the order, item and column.
         detail: String,
     },
-    /// Any other database error.
+    /// Any other database error: the store's state, not the request's (permissions, a
+    /// schema this build does not expect, an error nobody foresaw), so a feed waits for it
+    /// to be mended rather than fail.
     #[error("database error: {detail}")]
     Other {
         /// What the driver said.
@@ -80,6 +89,15 @@ impl StoreError {
             self,
             StoreError::Unavailable { .. } | StoreError::Conflict { .. }
         )
+    }
+
+    /// True only for errors the request itself causes ([`StoreError::Invalid`]): the same
+    /// work fails the same way however often it is tried. Every other error is about the
+    /// store (away, busy, migrated by a newer adjustd, a privilege revoked, an error of no
+    /// known kind): the same work can succeed once that is mended, so the daemon holds a
+    /// feed that meets one rather than fail it without a report.
+    pub fn is_caused_by_request(&self) -> bool {
+        matches!(self, StoreError::Invalid { .. })
     }
 }
 

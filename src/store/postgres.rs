@@ -14,8 +14,9 @@
 //! turn a race between instances into a [`StoreError::Conflict`]; the retry then sees the
 //! committed rows.
 //!
-//! Connection loss: the connection is dropped after an error that says it broke and
-//! re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
+//! Connection loss: the connection is dropped after an error that says it broke (any
+//! error after which the session is over, whatever its SQLSTATE: a closed connection, or a
+//! FATAL such as an idle-in-transaction timeout) and re-opened lazily by the next call, so a PostgreSQL restart costs only the feeds in
 //! flight (reported as [`StoreError::Unavailable`], retried by the daemon). The same holds
 //! for a database that cannot take work for a while: full disk, a failover to a read-only
 //! server, a database dropped (once connected, even a missing database is an outage, not a
@@ -79,6 +80,29 @@ const MIGRATION_LOCK: i64 = 0x0061_646a_7573_7464;
 
 /// How long a statement waits for a row lock before giving up with a conflict.
 const LOCK_TIMEOUT: &str = "60s";
+
+/// `idle_in_transaction_session_timeout` of adjustd's sessions, in milliseconds: how long
+/// the server lets a session sit idle inside a transaction before it ends the session (and
+/// so frees its row locks), for an instance that froze mid-feed (SIGSTOP, a process stuck;
+/// a lost host, a paused VM or a network partition are found sooner by
+/// [`SERVER_KEEPALIVES`]). A feed's transaction idles only while the reader parses the next
+/// chunk: at most [`crate::pipeline::CHUNK_MESSAGES`] messages, so at most the whole file
+/// (`[limits] max_file_bytes`, 2 GiB by default, whatever `max_message_bytes` allows per
+/// message), plus, at the first item without a `MerchantAdjustmentItemID`, one more pass
+/// over the file for its canonical digest: about 4 GiB of reading, some 270 s at the
+/// slowest rate measured (16 MB/s on two heavily loaded cores, BENCHMARKS.md). Ten minutes
+/// leaves twice that. A session ended by it is [`StoreError::Unavailable`]: the feed is
+/// retried, never lost. A shorter setting of the server, database or role is kept.
+const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 600_000;
+
+/// Server-side TCP keepalives of adjustd's sessions (the server's defaults are the
+/// system's, two hours on Linux): after 30 s of silence the server probes the client every
+/// 10 s and ends the session after 3 unanswered probes, so the locks of an instance whose
+/// host is gone, paused or cut off are freed within about a minute. (The client's own
+/// keepalives, set in [`PgStore::connect`], find a server that is gone.) Ignored on Unix
+/// sockets.
+const SERVER_KEEPALIVES: &str =
+    "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
 
 /// Imports of at least this many lines refresh the planner's statistics.
 const ANALYZE_AFTER_ROWS: u64 = 1000;
@@ -187,6 +211,19 @@ impl PgStore {
         })
     }
 
+    /// The value of the run-time setting `name` in this store's session
+    /// (`current_setting`), for diagnostics and tests.
+    ///
+    /// # Errors
+    /// Database errors (an unknown setting among them).
+    pub fn session_setting(&mut self, name: &str) -> Result<String, StoreError> {
+        self.run(|conn| {
+            conn.client
+                .query_one("SELECT current_setting($1)", &[&name])?
+                .try_get(0)
+        })
+    }
+
     /// The open connection, (re)connecting when there is none or it broke.
     fn conn(&mut self) -> Result<&mut Conn, StoreError> {
         if self
@@ -206,7 +243,12 @@ impl PgStore {
                     .map_err(|error| connect_error(&self.url, &error, self.connected_before))?;
                 client
                     .batch_execute(&format!(
-                        "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'"
+                        "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'; \
+                         {SERVER_KEEPALIVES}; \
+                         SELECT set_config('idle_in_transaction_session_timeout', \
+                                           '{IDLE_IN_TRANSACTION_TIMEOUT_MS}ms', false) \
+                         FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout' \
+                         AND setting::bigint NOT BETWEEN 1 AND {IDLE_IN_TRANSACTION_TIMEOUT_MS}"
                     ))
                     .map_err(|error| classify(&error))?;
                 // Also after a reconnect: the database may have been created again, empty.
@@ -314,6 +356,14 @@ fn fail(broken: &mut bool, error: &postgres::Error) -> StoreError {
 /// Maps a driver error to the store's error kinds (see the module docs).
 fn classify(error: &postgres::Error) -> StoreError {
     let detail = describe(error);
+    // A session that is over, whatever the code says why: the server ended it (FATAL or
+    // PANIC: an administrator, a shutdown, `idle_in_transaction_session_timeout` 25P03,
+    // `transaction_timeout` 25P04, a recovery conflict, ...) or the connection closed
+    // under us. Nothing of the transaction is committed and the store is away until the
+    // reconnect this forces: an outage, never the feed's fault.
+    if error.is_closed() || error.as_db_error().is_some_and(ends_the_session) {
+        return StoreError::Unavailable { detail };
+    }
     if let Some(db) = error.as_db_error() {
         let code = db.code();
         if *code == SqlState::T_R_SERIALIZATION_FAILURE
@@ -337,12 +387,11 @@ fn classify(error: &postgres::Error) -> StoreError {
                 _ => StoreError::Invalid { detail },
             };
         }
-        if *code == SqlState::CHECK_VIOLATION
-            || *code == SqlState::FOREIGN_KEY_VIOLATION
-            || *code == SqlState::NOT_NULL_VIOLATION
-            || *code == SqlState::RESTRICT_VIOLATION
-            || *code == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
-        {
+        // The request's values break an invariant (23), are data the server cannot take
+        // (22: a number out of range, a string too long, ...) or pass one of its limits
+        // (54: an index entry too large, ...): the same request fails again, whatever the
+        // store's state. The one kind of error a feed may fail for.
+        if matches!(&code.code()[..2], "22" | "23" | "54") {
             return StoreError::Invalid { detail };
         }
         // The database cannot take work now, whatever the feed: connection trouble (08),
@@ -358,6 +407,9 @@ fn classify(error: &postgres::Error) -> StoreError {
         {
             return StoreError::Unavailable { detail };
         }
+        // Anything else (a privilege revoked, 42501; a schema this build does not expect;
+        // an error nobody foresaw) is the store's state, not the request's: `Other`, which
+        // holds a feed until an operator mends it.
         return StoreError::Other { detail };
     }
     let io = std::error::Error::source(error)
@@ -366,6 +418,15 @@ fn classify(error: &postgres::Error) -> StoreError {
         return StoreError::Unavailable { detail };
     }
     StoreError::Other { detail }
+}
+
+/// True for a server error that ends the session (severity FATAL or PANIC): the server
+/// closes the connection after sending it.
+fn ends_the_session(db: &postgres::error::DbError) -> bool {
+    matches!(
+        db.parsed_severity(),
+        Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+    ) || matches!(db.severity(), "FATAL" | "PANIC")
 }
 
 /// The error with its causes, on one line.

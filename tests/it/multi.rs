@@ -278,6 +278,16 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// SIGKILL: the instance dies at once, its claims and locks with it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -707,4 +717,160 @@ fn a_feed_that_conflicts_on_every_attempt_says_so_without_calling_the_store_away
     });
     assert_eq!(count(&mut client), 1, "applied once");
     instance.stop();
+}
+
+#[test]
+fn an_instance_that_meets_a_newer_schema_holds_its_feeds_and_says_so_on_healthz() {
+    // A rolling upgrade: a newer adjustd migrated the shared store while this instance runs,
+    // and its next connection (after any reconnect) finds a schema newer than it knows. That
+    // is no fault of the feeds: it must not move them to failed/ without a report. It holds
+    // the one in hand (in work/, under its claim), gives the rest of its batch back to the
+    // shared inbox for upgraded peers, and /healthz answers 503 naming both versions and
+    // what to do. Once the store is at its version again (here the newer version's row is
+    // taken out; in real life this instance is upgraded and restarted), it finishes.
+    let Some(mut db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let site = Site::new(&db.url);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_HTTP_LISTEN", &listen)]);
+    wait_for(
+        "instance 0 to watch the inbox",
+        Duration::from_secs(20),
+        || instance.log().contains("watch mode"),
+    );
+    let supported = adjustd::store::postgres::SCHEMA_VERSION;
+    let newer = supported + 1;
+    let mut client = db.client();
+    client
+        .execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, 'future', 'now')",
+            &[&newer],
+        )
+        .expect("a newer version");
+    db.terminate_connections();
+    let feeds = generate_feeds(5, 4);
+    for feed in &feeds {
+        site.drop_feed("inbox", feed);
+    }
+    wait_for(
+        "one feed held in hand and the rest given back",
+        Duration::from_secs(20),
+        || {
+            instance
+                .log()
+                .contains("is newer than this adjustd supports")
+                && names_in(&site.path("work")).len() == 1
+                && names_in(&site.path("inbox")).len() == 4
+        },
+    );
+    let health = http_get(port, "/healthz");
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(
+        health.contains(&format!(
+            "database schema version {newer} is newer than this adjustd supports ({supported})"
+        )) && health.contains("upgrade this adjustd"),
+        "{health}"
+    );
+    assert!(
+        files_under(&site.path("failed")).is_empty(),
+        "{}",
+        instance.log()
+    );
+    assert!(site.reports().is_empty());
+
+    let mut client = db.client();
+    client
+        .execute("DELETE FROM schema_version WHERE version = $1", &[&newer])
+        .expect("back to this version");
+    wait_for("every feed reported", Duration::from_secs(30), || {
+        site.reports().len() == feeds.len() && names_in(&site.path("inbox")).is_empty()
+    });
+    wait_for("healthz to be ok again", Duration::from_secs(10), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    instance.stop();
+    assert!(files_under(&site.path("failed")).is_empty());
+    assert!(names_in(&site.path("work")).is_empty());
+}
+
+#[test]
+fn a_peer_takes_up_the_claims_of_an_instance_that_died_with_them_in_hand() {
+    // Instance 0 claims 20 feeds from its own inbox into the shared work/ and gets stuck on
+    // the first (a row lock the test holds), its 19 other claims queued behind it. The peer
+    // sharing work/ leaves them alone while instance 0 lives (it holds their locks). Then
+    // instance 0 is killed (SIGKILL, not restarted): at its next rescan the peer takes up the
+    // 20 claims, whose locks died with their claimant, and reports each once.
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let site = Site::new(&db.url);
+    fs::create_dir_all(site.path("inbox-0")).expect("inbox-0");
+    let own_inbox = site.path("inbox-0");
+    let own_inbox = own_inbox.to_str().expect("UTF-8 path");
+    let mut peer = site.spawn(1, false);
+    wait_for(
+        "the peer to watch the inbox",
+        Duration::from_secs(20),
+        || peer.log().contains("watch mode"),
+    );
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().expect("begin");
+    lock.execute("SELECT id FROM orders FOR UPDATE", &[])
+        .expect("lock every order");
+    // All there before instance 0 starts, so that they settle together and it claims them
+    // in one batch.
+    let feeds = generate_feeds(20, 5);
+    for feed in &feeds {
+        site.drop_feed("inbox-0", feed);
+    }
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_PATHS_INBOX", own_inbox)]);
+    let mut watcher = db.client();
+    wait_for(
+        "instance 0 to claim all 20 and wait for the row lock",
+        Duration::from_secs(20),
+        || {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .expect("pg_stat_activity")
+                .get(0);
+            waiting == 1
+                && names_in(&site.path("work")).len() == 20
+                && names_in(&site.path("inbox-0")).is_empty()
+        },
+    );
+    // Longer than the rescan interval (2 s): the peer looked at work/ and found every claim
+    // held by a live instance.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(names_in(&site.path("work")).len(), 20, "{}", peer.log());
+    assert!(site.reports().is_empty());
+
+    instance.kill();
+    lock.rollback().expect("release the orders");
+    wait_for("the peer to report all 20", Duration::from_secs(30), || {
+        site.reports().len() == feeds.len() && names_in(&site.path("work")).is_empty()
+    });
+    let reports = site.reports();
+    for feed in &feeds {
+        assert_eq!(
+            reports.get(&feed.name).map_or(0, Vec::len),
+            1,
+            "{}",
+            feed.name
+        );
+    }
+    assert!(files_under(&site.path("failed")).is_empty());
+    assert!(
+        peer.log().contains("no running instance holds"),
+        "{}",
+        peer.log()
+    );
+    peer.stop();
 }

@@ -754,6 +754,71 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
 }
 
 #[test]
+fn sessions_let_the_server_end_a_frozen_instance_and_free_its_locks() {
+    // An instance frozen mid-feed (SIGSTOP, a paused VM, a lost host) must not hold its row
+    // locks until it comes back: its session ends after ten minutes idle in a transaction,
+    // and after about a minute of unanswered server keepalives (TCP connections only).
+    let mut db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    let setting = |store: &mut PgStore, name: &str| store.session_setting(name).expect(name);
+    assert_eq!(
+        setting(&mut store, "idle_in_transaction_session_timeout"),
+        "10min"
+    );
+    if db.url.contains("127.0.0.1") || db.url.contains("localhost") {
+        assert_eq!(setting(&mut store, "tcp_keepalives_idle"), "30");
+        assert_eq!(setting(&mut store, "tcp_keepalives_interval"), "10");
+        assert_eq!(setting(&mut store, "tcp_keepalives_count"), "3");
+    }
+    // A longer setting of the database is shortened, a shorter one is kept.
+    for (database, session) in [("1h", "10min"), ("2s", "2s")] {
+        db.admin_sql(&format!(
+            "ALTER DATABASE {{db}} SET idle_in_transaction_session_timeout = '{database}'"
+        ));
+        let mut store = PgStore::connect(&db.url).expect("connect");
+        assert_eq!(
+            setting(&mut store, "idle_in_transaction_session_timeout"),
+            session
+        );
+    }
+}
+
+#[test]
+fn a_session_the_server_ends_is_unavailable_whatever_its_code() {
+    // A server-side guard (here the database's idle_in_transaction_session_timeout) ends a
+    // feed's session with FATAL 25P03, a code of no outage class. Nothing was committed and
+    // the connection is gone: the store is away until the reconnect (retried), never a
+    // final error that would move the feed to failed/ without a report.
+    let mut db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    db.admin_sql("ALTER DATABASE {db} SET idle_in_transaction_session_timeout = '200ms'");
+    db.terminate_connections();
+    // The first call may meet the terminated session; the next one has the setting.
+    let _ = store.recent_feeds(1);
+    let mut tx = store.begin_feed(&new_feed("idle")).expect("begin");
+    tx.load(&merchant(), &needs(&[ORDER], &[]), &mut Snapshot::new())
+        .expect("load");
+    // Idle inside the transaction for five times the timeout.
+    std::thread::sleep(Duration::from_secs(1));
+    match tx.apply(&merchant(), &[refund(1, ORDER, 100, None)]) {
+        Err(error @ StoreError::Unavailable { .. }) => {
+            assert!(error.is_transient());
+            assert!(error.to_string().contains("25P03"), "{error}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(tx);
+    // The next call reconnects; a feed that does not idle commits.
+    commit_refund(&mut store, "after", 100);
+    assert_eq!(
+        store.orders(None, ORDER).expect("orders")[0]
+            .adjustments
+            .len(),
+        1
+    );
+}
+
+#[test]
 fn a_database_read_only_dropped_or_created_again_is_unavailable_until_it_is_back() {
     let mut db = pg_or_skip!();
     let mut store = store_with_orders(&db);
