@@ -20,7 +20,7 @@ use crate::feed::Limits;
 use crate::inbox::ready::FileSignature;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, MAX_RESULTS, Problem, Severity};
-use crate::report::{self, FeedOutcome};
+use crate::report::{self, FeedOutcome, Report};
 use crate::store::{
     AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, ReportFolder, Store, StoreError,
 };
@@ -330,14 +330,14 @@ fn reject_unread(
     if let Some(processed) = re_emit_committed(context, source)? {
         return Ok(processed);
     }
-    let outcome = reject(
+    let report = reject(
         context.store.as_store(),
         source,
         UNREAD_CONTENT_HASH,
         None,
         problem,
     )?;
-    write(context, source, outcome, Some(0))
+    write(context, source, report, Some(0))
 }
 
 /// The report of this claim re-emitted, when it already committed (a restart after a crash,
@@ -352,10 +352,10 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
+    let report = Report::from_json(record.report_json).map_err(|e| StoreError::Other {
         detail: format!("feed {}: {e}", record.id),
     })?;
-    write(context, source, outcome, None).map(Some)
+    write(context, source, report, None).map(Some)
 }
 
 fn attempt_once(
@@ -380,14 +380,14 @@ fn attempt_once(
         Err(problem) => {
             feed.confirm_rejection(source, &problem)?;
             let merchant = validator.merchant().cloned();
-            let outcome = reject(store, source, content_hash, merchant, problem)?;
-            return write(context, source, outcome, Some(0));
+            let report = reject(store, source, content_hash, merchant, problem)?;
+            return write(context, source, report, Some(0));
         }
     };
     if let Some(problem) = merchant_problem(&header, source) {
         feed.confirm(source)?;
-        let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
-        return write(context, source, outcome, Some(0));
+        let report = reject(store, source, content_hash, Some(header.merchant), problem)?;
+        return write(context, source, report, Some(0));
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
     if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
@@ -405,7 +405,7 @@ fn attempt_once(
             ),
             "Nothing to do if this was a repeated upload; to apply new adjustments, send a new feed.",
         );
-        let outcome = finish_without_changes(
+        let report = finish_without_changes(
             store,
             source,
             content_hash,
@@ -414,13 +414,13 @@ fn attempt_once(
             Some(earlier.id),
             problem,
         )?;
-        return write(context, source, outcome, Some(0));
+        return write(context, source, report, Some(0));
     }
     // With the `process` policy, or when the earlier run left messages for later (see
     // `had_deferred`), a repeated feed is applied like any other (idempotency keys still
     // catch replays) and records which feed it repeats.
     let duplicate_of = earlier.map(|e| e.id);
-    let (outcome, deferred) = apply(
+    let (report, deferred) = apply(
         store,
         &mut validator,
         source,
@@ -430,12 +430,12 @@ fn attempt_once(
         &context.rules,
         context.chunk_messages,
     )?;
-    write(context, source, outcome, Some(deferred))
+    write(context, source, report, Some(deferred))
 }
 
 /// Streams the messages through validate → engine → store inside one transaction. The
 /// reader and validator run on a second thread, one chunk ahead of the engine and the store,
-/// so parsing overlaps with the database work. Returns the outcome and the number of
+/// so parsing overlaps with the database work. Returns the report and the number of
 /// deferred messages ([`Processed::deferred`]).
 // The inputs of one private call site; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -448,7 +448,7 @@ fn apply<R: std::io::BufRead + Send>(
     duplicate_of: Option<u64>,
     rules: &Rules,
     chunk_messages: usize,
-) -> Result<(FeedOutcome, u64), ProcessError> {
+) -> Result<(Report, u64), ProcessError> {
     let merchant = header.merchant;
     let content_hash = feed.content_hash.as_str();
     let key_digest = KeyDigest {
@@ -500,23 +500,23 @@ fn apply<R: std::io::BufRead + Send>(
         // A feed-level problem anywhere rejects the whole feed: roll back.
         drop(tx);
         feed.confirm_rejection(source, &problem)?;
-        let outcome = reject(store, source, content_hash, Some(merchant), problem)?;
-        return Ok((outcome, 0));
+        let report = reject(store, source, content_hash, Some(merchant), problem)?;
+        return Ok((report, 0));
     }
     // Dropping the transaction on an error rolls it back.
     feed.confirm(source)?;
     let feed_id = tx.feed_id();
     let deferred = tally.deferred;
-    let outcome = tally.into_outcome(
+    let report = Report::new(tally.into_outcome(
         feed_id,
         source.file_name,
         content_hash,
         Some(merchant),
         FeedStatus::Complete,
         duplicate_of,
-    );
-    tx.commit(&feed_done(&outcome))?;
-    Ok((outcome, deferred))
+    ));
+    tx.commit(&feed_done(&report))?;
+    Ok((report, deferred))
 }
 
 /// A chunk of validated messages, or the feed-level problem that ends the feed.
@@ -765,7 +765,7 @@ fn reject(
     content_hash: &str,
     merchant: Option<MerchantId>,
     problem: Problem,
-) -> Result<FeedOutcome, ProcessError> {
+) -> Result<Report, ProcessError> {
     finish_without_changes(
         store,
         source,
@@ -785,20 +785,20 @@ fn finish_without_changes(
     status: FeedStatus,
     duplicate_of: Option<u64>,
     problem: Problem,
-) -> Result<FeedOutcome, ProcessError> {
+) -> Result<Report, ProcessError> {
     let recorded_merchant = merchant.clone().or_else(|| source.bound_merchant.cloned());
     let tx = store.begin_feed(&new_feed(source, content_hash, recorded_merchant.as_ref()))?;
     let tally = Tally::feed_level(problem);
-    let outcome = tally.into_outcome(
+    let report = Report::new(tally.into_outcome(
         tx.feed_id(),
         source.file_name,
         content_hash,
         recorded_merchant,
         status,
         duplicate_of,
-    );
-    tx.commit(&feed_done(&outcome))?;
-    Ok(outcome)
+    ));
+    tx.commit(&feed_done(&report))?;
+    Ok(report)
 }
 
 /// `MerchantNotAllowed` when the feed's MerchantIdentifier may not be used from where it
@@ -843,28 +843,30 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
     })
 }
 
-/// Writes the report pair; `deferred` is `None` for a recovered feed (its report re-emitted).
+/// Writes the report pair (the JSON the feed record keeps, and the XML streamed from the
+/// outcome); `deferred` is `None` for a recovered feed (its report re-emitted).
 fn write(
     context: &Context,
     source: &Source<'_>,
-    outcome: FeedOutcome,
+    report: Report,
     deferred: Option<u64>,
 ) -> Result<Processed, ProcessError> {
+    let feed_id = report.outcome().feed_id;
     let (xml_report, json_report) = report::report_paths(
         &context.outbox,
         source.bound_merchant,
         source.file_name,
-        outcome.feed_id,
+        feed_id,
     );
-    report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
-        ProcessError::Report {
-            feed_id: outcome.feed_id,
+    report
+        .write(&xml_report, &json_report)
+        .map_err(|source| ProcessError::Report {
+            feed_id,
             path: xml_report.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok(Processed {
-        outcome,
+        outcome: report.into_outcome(),
         xml_report,
         json_report,
         recovered: deferred.is_none(),
@@ -885,7 +887,9 @@ fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantI
     }
 }
 
-fn feed_done(outcome: &FeedOutcome) -> FeedDone {
+/// The end of the feed record of `report`, whose JSON it borrows.
+fn feed_done(report: &Report) -> FeedDone<'_> {
+    let outcome = report.outcome();
     FeedDone {
         status: outcome.status,
         duplicate_of: outcome.duplicate_of,
@@ -893,7 +897,7 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
         messages_successful: outcome.messages_successful,
         messages_with_error: outcome.messages_with_error,
         messages_with_warning: outcome.messages_with_warning,
-        report_json: report::render_json(outcome),
+        report_json: report.json().into(),
     }
 }
 
@@ -904,16 +908,12 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
 /// every message is idempotent, so what applied comes back as a duplicate and what was
 /// pinned keeps its answer, while the orders imported since get their refunds.
 fn had_deferred(earlier: &FeedRecord) -> bool {
-    let Ok(report) = serde_json::from_str::<serde_json::Value>(&earlier.report_json) else {
+    let Some(codes) = report::json_result_codes(&earlier.report_json) else {
         // No readable report (an older or damaged record): the bytes decide, as before.
         return false;
     };
-    report["results"].as_array().is_some_and(|results| {
-        results.iter().any(|result| {
-            let code = result["code"].as_u64();
-            code == Some(u64::from(Code::OrderNotFound.number()))
-                || code == Some(u64::from(Code::ResultsOmitted.number()))
-        })
+    codes.iter().any(|&code| {
+        code == Some(Code::OrderNotFound.number()) || code == Some(Code::ResultsOmitted.number())
     })
 }
 

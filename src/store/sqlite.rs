@@ -2491,7 +2491,7 @@ impl FeedTx for SqliteFeedTx<'_> {
         applied
     }
 
-    fn commit(self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
+    fn commit(self: Box<Self>, done: &FeedDone<'_>) -> Result<(), StoreError> {
         let mut this = *self;
         if this.failed {
             return Err(StoreError::Other {
@@ -2531,7 +2531,7 @@ impl FeedTx for SqliteFeedTx<'_> {
                 count_to_sql(done.messages_successful, "messages successful")?,
                 count_to_sql(done.messages_with_error, "messages with error")?,
                 count_to_sql(done.messages_with_warning, "messages with warning")?,
-                done.report_json
+                done.report_json.as_ref()
             ])
             .map_err(conflict)?;
         this.tx.commit().map_err(conflict)

@@ -105,7 +105,7 @@ pub fn new_feed(name: &str, hash: &str, claim: Option<&str>) -> NewFeed {
 }
 
 /// A finished Complete feed with `n` messages, all successful.
-pub fn done(n: u64, duplicate_of: Option<u64>) -> FeedDone {
+pub fn done(n: u64, duplicate_of: Option<u64>) -> FeedDone<'static> {
     FeedDone {
         status: FeedStatus::Complete,
         duplicate_of,
@@ -113,7 +113,7 @@ pub fn done(n: u64, duplicate_of: Option<u64>) -> FeedDone {
         messages_successful: n,
         messages_with_error: 0,
         messages_with_warning: 0,
-        report_json: format!("{{\"messages\":{n}}}"),
+        report_json: format!("{{\"messages\":{n}}}").into(),
     }
 }
 

@@ -219,7 +219,7 @@ fn new_feed(hash: &str) -> NewFeed {
     }
 }
 
-fn done() -> FeedDone {
+fn done() -> FeedDone<'static> {
     FeedDone {
         status: FeedStatus::Complete,
         duplicate_of: None,
