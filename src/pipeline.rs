@@ -20,7 +20,7 @@ use crate::feed::Limits;
 use crate::inbox::ready::FileSignature;
 use crate::model::{AdjustmentMessage, FeedHeader, MerchantId, MessageId, OrderRef};
 use crate::problem::{Code, MAX_RESULTS, Problem, Severity};
-use crate::report::{self, FeedOutcome, Report};
+use crate::report::{self, FeedOutcome};
 use crate::store::{
     AnyStore, FeedDone, FeedRecord, FeedStatus, FeedTx, NewFeed, ReportFolder, Store, StoreError,
 };
@@ -330,14 +330,14 @@ fn reject_unread(
     if let Some(processed) = re_emit_committed(context, source)? {
         return Ok(processed);
     }
-    let report = reject(
+    let outcome = reject(
         context.store.as_store(),
         source,
         UNREAD_CONTENT_HASH,
         None,
         problem,
     )?;
-    write(context, source, report, Some(0))
+    write(context, source, outcome, Some(0))
 }
 
 /// The report of this claim re-emitted, when it already committed (a restart after a crash,
@@ -352,10 +352,13 @@ fn re_emit_committed(
     let Some(record) = context.store.as_store().feed_by_claim(token)? else {
         return Ok(None);
     };
-    let report = Report::from_json(record.report_json).map_err(|e| StoreError::Other {
+    let outcome = report::parse_json(&record.report_json).map_err(|e| StoreError::Other {
         detail: format!("feed {}: {e}", record.id),
     })?;
-    write(context, source, report, None).map(Some)
+    // The stored text (megabytes for a report of 20 000 results) is not kept while the
+    // files are written: they are rendered from the outcome, to the same bytes.
+    drop(record);
+    write(context, source, outcome, None).map(Some)
 }
 
 fn attempt_once(
@@ -380,14 +383,14 @@ fn attempt_once(
         Err(problem) => {
             feed.confirm_rejection(source, &problem)?;
             let merchant = validator.merchant().cloned();
-            let report = reject(store, source, content_hash, merchant, problem)?;
-            return write(context, source, report, Some(0));
+            let outcome = reject(store, source, content_hash, merchant, problem)?;
+            return write(context, source, outcome, Some(0));
         }
     };
     if let Some(problem) = merchant_problem(&header, source) {
         feed.confirm(source)?;
-        let report = reject(store, source, content_hash, Some(header.merchant), problem)?;
-        return write(context, source, report, Some(0));
+        let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
+        return write(context, source, outcome, Some(0));
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
     if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
@@ -405,7 +408,7 @@ fn attempt_once(
             ),
             "Nothing to do if this was a repeated upload; to apply new adjustments, send a new feed.",
         );
-        let report = finish_without_changes(
+        let outcome = finish_without_changes(
             store,
             source,
             content_hash,
@@ -414,13 +417,13 @@ fn attempt_once(
             Some(earlier.id),
             problem,
         )?;
-        return write(context, source, report, Some(0));
+        return write(context, source, outcome, Some(0));
     }
     // With the `process` policy, or when the earlier run left messages for later (see
     // `had_deferred`), a repeated feed is applied like any other (idempotency keys still
     // catch replays) and records which feed it repeats.
     let duplicate_of = earlier.map(|e| e.id);
-    let (report, deferred) = apply(
+    let (outcome, deferred) = apply(
         store,
         &mut validator,
         source,
@@ -430,12 +433,12 @@ fn attempt_once(
         &context.rules,
         context.chunk_messages,
     )?;
-    write(context, source, report, Some(deferred))
+    write(context, source, outcome, Some(deferred))
 }
 
 /// Streams the messages through validate → engine → store inside one transaction. The
 /// reader and validator run on a second thread, one chunk ahead of the engine and the store,
-/// so parsing overlaps with the database work. Returns the report and the number of
+/// so parsing overlaps with the database work. Returns the outcome and the number of
 /// deferred messages ([`Processed::deferred`]).
 // The inputs of one private call site; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
@@ -448,7 +451,7 @@ fn apply<R: std::io::BufRead + Send>(
     duplicate_of: Option<u64>,
     rules: &Rules,
     chunk_messages: usize,
-) -> Result<(Report, u64), ProcessError> {
+) -> Result<(FeedOutcome, u64), ProcessError> {
     let merchant = header.merchant;
     let content_hash = feed.content_hash.as_str();
     let key_digest = KeyDigest {
@@ -500,23 +503,23 @@ fn apply<R: std::io::BufRead + Send>(
         // A feed-level problem anywhere rejects the whole feed: roll back.
         drop(tx);
         feed.confirm_rejection(source, &problem)?;
-        let report = reject(store, source, content_hash, Some(merchant), problem)?;
-        return Ok((report, 0));
+        let outcome = reject(store, source, content_hash, Some(merchant), problem)?;
+        return Ok((outcome, 0));
     }
     // Dropping the transaction on an error rolls it back.
     feed.confirm(source)?;
     let feed_id = tx.feed_id();
     let deferred = tally.deferred;
-    let report = Report::new(tally.into_outcome(
+    let outcome = tally.into_outcome(
         feed_id,
         source.file_name,
         content_hash,
         Some(merchant),
         FeedStatus::Complete,
         duplicate_of,
-    ));
-    tx.commit(&feed_done(&report))?;
-    Ok((report, deferred))
+    );
+    tx.commit(feed_done(&outcome))?;
+    Ok((outcome, deferred))
 }
 
 /// A chunk of validated messages, or the feed-level problem that ends the feed.
@@ -765,7 +768,7 @@ fn reject(
     content_hash: &str,
     merchant: Option<MerchantId>,
     problem: Problem,
-) -> Result<Report, ProcessError> {
+) -> Result<FeedOutcome, ProcessError> {
     finish_without_changes(
         store,
         source,
@@ -785,20 +788,20 @@ fn finish_without_changes(
     status: FeedStatus,
     duplicate_of: Option<u64>,
     problem: Problem,
-) -> Result<Report, ProcessError> {
+) -> Result<FeedOutcome, ProcessError> {
     let recorded_merchant = merchant.clone().or_else(|| source.bound_merchant.cloned());
     let tx = store.begin_feed(&new_feed(source, content_hash, recorded_merchant.as_ref()))?;
     let tally = Tally::feed_level(problem);
-    let report = Report::new(tally.into_outcome(
+    let outcome = tally.into_outcome(
         tx.feed_id(),
         source.file_name,
         content_hash,
         recorded_merchant,
         status,
         duplicate_of,
-    ));
-    tx.commit(&feed_done(&report))?;
-    Ok(report)
+    );
+    tx.commit(feed_done(&outcome))?;
+    Ok(outcome)
 }
 
 /// `MerchantNotAllowed` when the feed's MerchantIdentifier may not be used from where it
@@ -843,30 +846,28 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
     })
 }
 
-/// Writes the report pair (the JSON the feed record keeps, and the XML streamed from the
-/// outcome); `deferred` is `None` for a recovered feed (its report re-emitted).
+/// Writes the report pair; `deferred` is `None` for a recovered feed (its report re-emitted).
 fn write(
     context: &Context,
     source: &Source<'_>,
-    report: Report,
+    outcome: FeedOutcome,
     deferred: Option<u64>,
 ) -> Result<Processed, ProcessError> {
-    let feed_id = report.outcome().feed_id;
     let (xml_report, json_report) = report::report_paths(
         &context.outbox,
         source.bound_merchant,
         source.file_name,
-        feed_id,
+        outcome.feed_id,
     );
-    report
-        .write(&xml_report, &json_report)
-        .map_err(|source| ProcessError::Report {
-            feed_id,
+    report::write_reports(&outcome, &xml_report, &json_report).map_err(|source| {
+        ProcessError::Report {
+            feed_id: outcome.feed_id,
             path: xml_report.clone(),
             source,
-        })?;
+        }
+    })?;
     Ok(Processed {
-        outcome: report.into_outcome(),
+        outcome,
         xml_report,
         json_report,
         recovered: deferred.is_none(),
@@ -887,9 +888,9 @@ fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantI
     }
 }
 
-/// The end of the feed record of `report`, whose JSON it borrows.
-fn feed_done(report: &Report) -> FeedDone<'_> {
-    let outcome = report.outcome();
+/// The end of the feed record of `outcome`, with its JSON report ([`report::render_json`]),
+/// which the store drops as soon as the database has its copy.
+fn feed_done(outcome: &FeedOutcome) -> FeedDone {
     FeedDone {
         status: outcome.status,
         duplicate_of: outcome.duplicate_of,
@@ -897,7 +898,7 @@ fn feed_done(report: &Report) -> FeedDone<'_> {
         messages_successful: outcome.messages_successful,
         messages_with_error: outcome.messages_with_error,
         messages_with_warning: outcome.messages_with_warning,
-        report_json: report.json().into(),
+        report_json: report::render_json(outcome),
     }
 }
 

@@ -226,26 +226,39 @@ pub fn render_json_line(outcome: &FeedOutcome) -> String {
     render_json_with(outcome, false)
 }
 
+/// Writes the JSON report of [`render_json`] to `out` as it is rendered, never holding it
+/// whole.
+///
+/// # Errors
+///
+/// The errors of `out`.
+pub fn write_json(outcome: &FeedOutcome, out: &mut dyn io::Write) -> io::Result<()> {
+    json_to(outcome, true, &mut *out)?;
+    out.write_all(b"\n")
+}
+
 /// The JSON report, pretty-printed or on one line, and a newline, in a string of exactly
 /// that length: written once to count the bytes, then into its place.
 fn render_json_with(outcome: &FeedOutcome, pretty: bool) -> String {
-    let report = json_report(outcome);
-    let write = |out: &mut dyn io::Write| {
-        // Serializing plain structs of strings and integers cannot fail, and neither can
-        // the two writers.
-        if pretty {
-            serde_json::to_writer_pretty(out, &report)
-        } else {
-            serde_json::to_writer(out, &report)
-        }
-        .expect("invariant: a report of strings and integers always serializes");
-    };
+    // Neither writer fails, so neither does the report (plain strings and integers).
+    let invariant = "invariant: a report of strings and integers always serializes";
     let mut length = ByteCount(0);
-    write(&mut length);
+    json_to(outcome, pretty, &mut length).expect(invariant);
     let mut json = Vec::with_capacity(length.0 + 1);
-    write(&mut json);
+    json_to(outcome, pretty, &mut json).expect(invariant);
     json.push(b'\n');
     String::from_utf8(json).expect("invariant: serde_json writes UTF-8")
+}
+
+/// Serializes the JSON report of `outcome` (without the final newline) into `out`.
+fn json_to(outcome: &FeedOutcome, pretty: bool, out: &mut dyn io::Write) -> io::Result<()> {
+    let report = json_report(outcome);
+    if pretty {
+        serde_json::to_writer_pretty(out, &report)
+    } else {
+        serde_json::to_writer(out, &report)
+    }
+    .map_err(io::Error::from)
 }
 
 /// A writer that only counts the bytes written to it.
@@ -437,77 +450,16 @@ pub fn clean_file_name(name: &OsStr) -> OsString {
     OsString::from_vec(cleaned)
 }
 
-/// A feed's outcome together with its JSON report, rendered once: the text the feed record
-/// keeps ([`crate::store::FeedDone::report_json`]) and the JSON report file holds are the
-/// same string, not two renderings of it (for a report of 20 000 results, tens of
-/// megabytes each).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    outcome: FeedOutcome,
-    json: String,
-}
-
-impl Report {
-    /// Renders the JSON report of `outcome` ([`render_json`]).
-    pub fn new(outcome: FeedOutcome) -> Report {
-        let json = render_json(&outcome);
-        Report { outcome, json }
-    }
-
-    /// A report read back from the JSON a feed record keeps: the outcome parsed from it,
-    /// and the text itself, which is what [`render_json`] of that outcome gives.
-    ///
-    /// # Errors
-    ///
-    /// As [`parse_json`].
-    pub fn from_json(json: String) -> Result<Report, ReportError> {
-        let outcome = parse_json(&json)?;
-        Ok(Report { outcome, json })
-    }
-
-    /// What the report says.
-    pub fn outcome(&self) -> &FeedOutcome {
-        &self.outcome
-    }
-
-    /// The JSON report.
-    pub fn json(&self) -> &str {
-        &self.json
-    }
-
-    /// The outcome, the JSON text dropped.
-    pub fn into_outcome(self) -> FeedOutcome {
-        self.outcome
-    }
-
-    /// Writes both report files, each atomically: the JSON first, then the XML, which is
-    /// streamed into its temp file ([`write_xml`]). Writing the same report again produces
-    /// identical files.
-    ///
-    /// # Errors
-    ///
-    /// Any I/O error of creating the folder, writing, syncing or renaming.
-    pub fn write(&self, xml_path: &Path, json_path: &Path) -> io::Result<()> {
-        write_report_files(&self.outcome, &self.json, xml_path, json_path)
-    }
-}
-
-/// Writes both reports of an outcome as [`Report::write`] does, rendering the JSON here.
+/// Writes both reports of an outcome, each atomically ([`write_atomic_with`]): the JSON
+/// first, then the XML, each rendered straight into its temp file ([`write_json`],
+/// [`write_xml`]), so neither report is held in memory whole. Writing the same outcome
+/// again produces identical files.
 ///
 /// # Errors
 ///
 /// Any I/O error of creating the folder, writing, syncing or renaming.
 pub fn write_reports(outcome: &FeedOutcome, xml_path: &Path, json_path: &Path) -> io::Result<()> {
-    write_report_files(outcome, &render_json(outcome), xml_path, json_path)
-}
-
-fn write_report_files(
-    outcome: &FeedOutcome,
-    json: &str,
-    xml_path: &Path,
-    json_path: &Path,
-) -> io::Result<()> {
-    write_atomic(json_path, json.as_bytes())?;
+    write_atomic_with(json_path, |out| write_json(outcome, out))?;
     write_atomic_with(xml_path, |out| write_xml(outcome, out))
 }
 

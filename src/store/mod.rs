@@ -128,7 +128,7 @@ pub struct NewFeed {
 
 /// The end of a feed record, written in the same transaction as its changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedDone<'a> {
+pub struct FeedDone {
     /// Complete or Rejected.
     pub status: FeedStatus,
     /// The earlier feed with the same bytes, when this one was not applied because of it.
@@ -141,10 +141,10 @@ pub struct FeedDone<'a> {
     pub messages_with_error: u64,
     /// Messages with a warning.
     pub messages_with_warning: u64,
-    /// The JSON report, kept so a retry after a crash can re-emit it unchanged (borrowed
-    /// from the [`crate::report::Report`] whose file holds the same text: a report of
-    /// 20 000 results is megabytes).
-    pub report_json: std::borrow::Cow<'a, str>,
+    /// The JSON report, kept so a retry after a crash can re-emit it unchanged. Megabytes
+    /// for a report of 20 000 results: [`FeedTx::commit`] takes it and drops it as soon as
+    /// the database holds its own copy.
+    pub report_json: String,
 }
 
 /// A committed feed.
@@ -980,7 +980,7 @@ pub trait FeedTx {
     /// Database errors; a unique violation on the content hash (another instance committed
     /// the same bytes first) comes back as [`StoreError::Conflict`] so the feed is retried
     /// and then found to be a duplicate.
-    fn commit(self: Box<Self>, done: &FeedDone<'_>) -> Result<(), StoreError>;
+    fn commit(self: Box<Self>, done: FeedDone) -> Result<(), StoreError>;
 }
 
 /// True for a `postgres://…` or `postgresql://…` URL.

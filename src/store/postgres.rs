@@ -1324,7 +1324,7 @@ impl FeedTx for PgFeedTx<'_> {
         applied
     }
 
-    fn commit(mut self: Box<Self>, done: &FeedDone<'_>) -> Result<(), StoreError> {
+    fn commit(mut self: Box<Self>, done: FeedDone) -> Result<(), StoreError> {
         if self.failed {
             return Err(StoreError::Other {
                 detail: format!(
@@ -1355,7 +1355,7 @@ impl FeedTx for PgFeedTx<'_> {
                 &successful,
                 &with_error,
                 &with_warning,
-                &done.report_json.as_ref(),
+                &done.report_json,
             ],
         )?;
         let PgFeedTx { tx, broken, .. } = *self;
