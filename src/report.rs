@@ -310,7 +310,7 @@ impl Serialize for JsonResults<'_> {
             line: problem.position.map(|p| p.line),
             column: problem.position.map(|p| p.column),
             description: problem.description.as_str(),
-            fix: problem.fix.as_str(),
+            fix: problem.fix.as_ref(),
             amazon_order_id: problem.amazon_order_id.as_deref(),
             amazon_order_item_code: problem.amazon_order_item_code.as_deref(),
         }))
@@ -716,7 +716,7 @@ fn parse_result(index: usize, result: JsonResult<String>) -> Result<Problem, Rep
         element: result.element,
         position,
         description: result.description,
-        fix: result.fix,
+        fix: result.fix.into(),
         amazon_order_id: result.amazon_order_id,
         amazon_order_item_code: result.amazon_order_item_code,
     })

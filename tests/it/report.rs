@@ -539,7 +539,7 @@ fn arb_problem() -> impl Strategy<Value = Problem> {
                 element,
                 position: position.map(|(line, column)| Position { line, column }),
                 description,
-                fix,
+                fix: fix.into(),
                 amazon_order_id: order,
                 amazon_order_item_code: item,
             },
