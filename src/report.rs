@@ -6,7 +6,9 @@
 //! everything; this module only words it and writes it down.
 //!
 //! Rendering is deterministic: the same outcome always gives the same bytes, so re-emitting
-//! a report after a crash rewrites identical files.
+//! a report after a crash rewrites identical files. The files are rendered straight into
+//! their temp files, never held whole in memory ([`write_reports`]); the JSON the feed record
+//! keeps is the one report held as a string ([`render_json`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
