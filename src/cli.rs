@@ -651,7 +651,7 @@ fn validate(config: &Config, files: &[PathBuf], format: ValidateFormat) -> Resul
         }
         print(|out| match format {
             ValidateFormat::Text => write_text_summary(out, path, &outcome),
-            ValidateFormat::Xml => out.write_all(report::render_xml(&outcome).as_bytes()),
+            ValidateFormat::Xml => report::write_xml(&outcome, out),
             ValidateFormat::Json => out.write_all(report::render_json_line(&outcome).as_bytes()),
         })?;
     }

@@ -381,6 +381,9 @@ fn re_emit_committed(
         return Ok(None);
     };
     let mut outcome = stored_outcome(&record)?;
+    // The stored text (megabytes for a report of 20 000 results) is not kept while the
+    // files are written: they are rendered from the outcome, to the same bytes.
+    drop(record);
     // The stored words of a deferred ORDER_NOT_FOUND are those of the committed attempt's
     // configuration; the report says what happens now (parked with this window, or not).
     if let Some(merchant) = outcome.merchant.clone() {
@@ -553,7 +556,7 @@ fn apply<R: std::io::BufRead + Send>(
         FeedStatus::Complete,
         duplicate_of,
     );
-    tx.commit(&feed_done(&outcome))?;
+    tx.commit(feed_done(&outcome))?;
     Ok((outcome, deferred))
 }
 
@@ -835,7 +838,7 @@ fn finish_without_changes(
         status,
         duplicate_of,
     );
-    tx.commit(&feed_done(&outcome))?;
+    tx.commit(feed_done(&outcome))?;
     Ok(outcome)
 }
 
@@ -978,6 +981,8 @@ fn new_feed(source: &Source<'_>, content_hash: &str, merchant: Option<&MerchantI
     }
 }
 
+/// The end of the feed record of `outcome`, with its JSON report ([`report::render_json`]),
+/// which the store drops as soon as the database has its copy.
 fn feed_done(outcome: &FeedOutcome) -> FeedDone {
     FeedDone {
         status: outcome.status,
@@ -997,16 +1002,12 @@ fn feed_done(outcome: &FeedOutcome) -> FeedDone {
 /// every message is idempotent, so what applied comes back as a duplicate and what was
 /// pinned keeps its answer, while the orders imported since get their refunds.
 fn had_deferred(earlier: &FeedRecord) -> bool {
-    let Ok(report) = serde_json::from_str::<serde_json::Value>(&earlier.report_json) else {
+    let Some(codes) = report::json_result_codes(&earlier.report_json) else {
         // No readable report (an older or damaged record): the bytes decide, as before.
         return false;
     };
-    report["results"].as_array().is_some_and(|results| {
-        results.iter().any(|result| {
-            let code = result["code"].as_u64();
-            code == Some(u64::from(Code::OrderNotFound.number()))
-                || code == Some(u64::from(Code::ResultsOmitted.number()))
-        })
+    codes.iter().any(|&code| {
+        code == Some(Code::OrderNotFound.number()) || code == Some(Code::ResultsOmitted.number())
     })
 }
 

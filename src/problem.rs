@@ -12,6 +12,7 @@
 //! value with its invisible characters named) and [`precision_texts`]. A description states
 //! the facts; a fix is a capitalised sentence that ends with a full stop.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
 use serde::Serialize;
@@ -197,8 +198,9 @@ pub struct Problem {
     pub position: Option<Position>,
     /// What is wrong, in words a seller can act on: the facts (requested, remaining, ...).
     pub description: String,
-    /// How to fix it.
-    pub fix: String,
+    /// How to fix it: most fixes are fixed sentences, kept as the one `&'static str` rather
+    /// than a copy per problem (a report lists up to [`MAX_RESULTS`] of them).
+    pub fix: Cow<'static, str>,
     /// `AmazonOrderID`, when known.
     pub amazon_order_id: Option<String>,
     /// `AmazonOrderItemCode`, when known.
@@ -213,7 +215,7 @@ impl Problem {
         element: impl Into<String>,
         position: Option<Position>,
         description: impl Into<String>,
-        fix: impl Into<String>,
+        fix: impl Into<Cow<'static, str>>,
     ) -> Problem {
         Problem {
             code,

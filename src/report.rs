@@ -6,7 +6,9 @@
 //! everything; this module only words it and writes it down.
 //!
 //! Rendering is deterministic: the same outcome always gives the same bytes, so re-emitting
-//! a report after a crash rewrites identical files.
+//! a report after a crash rewrites identical files. The files are rendered straight into
+//! their temp files, never held whole in memory ([`write_reports`]); the JSON the feed record
+//! keeps is the one report held as a string ([`render_json`]).
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
@@ -90,11 +92,39 @@ pub enum ReportError {
 /// the schema's shape (a malformed id from a bad feed would make the report itself invalid);
 /// the description still quotes them, and the JSON report keeps them as they were.
 pub fn render_xml(outcome: &FeedOutcome) -> String {
+    let mut xml = String::new();
+    let Ok(()) = xml_parts(outcome, |part| {
+        xml.push_str(part);
+        Ok::<(), std::convert::Infallible>(())
+    });
+    xml
+}
+
+/// Writes the ProcessingReport XML of [`render_xml`] to `out` piece by piece, never more
+/// than [`XML_PIECE_BYTES`] and one `Result` at a time: the report of 20 000 results (tens of
+/// megabytes) is never held in memory whole.
+///
+/// # Errors
+///
+/// The errors of `out`.
+pub fn write_xml(outcome: &FeedOutcome, out: &mut dyn io::Write) -> io::Result<()> {
+    xml_parts(outcome, |part| out.write_all(part.as_bytes()))
+}
+
+/// How much XML [`write_xml`] gathers before it hands it to the writer.
+pub const XML_PIECE_BYTES: usize = 1 << 16;
+
+/// Renders the XML of [`render_xml`] in pieces of about [`XML_PIECE_BYTES`], handing each
+/// to `emit` in document order; the pieces joined are the report.
+fn xml_parts<E>(
+    outcome: &FeedOutcome,
+    mut emit: impl FnMut(&str) -> Result<(), E>,
+) -> Result<(), E> {
     let merchant = outcome
         .merchant
         .as_ref()
         .map_or(UNKNOWN_MERCHANT, MerchantId::as_str);
-    let mut xml = String::with_capacity(1024 + 512 * outcome.results.len());
+    let mut xml = String::with_capacity(XML_PIECE_BYTES + 4096);
     xml.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     xml.push_str(
         "<AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \
@@ -128,11 +158,15 @@ pub fn render_xml(outcome: &FeedOutcome) -> String {
     xml.push_str("      </ProcessingSummary>\n");
     for problem in &outcome.results {
         push_result(&mut xml, outcome, problem);
+        if xml.len() >= XML_PIECE_BYTES {
+            emit(&xml)?;
+            xml.clear();
+        }
     }
     xml.push_str("    </ProcessingReport>\n");
     xml.push_str("  </Message>\n");
     xml.push_str("</AmazonEnvelope>\n");
-    xml
+    emit(&xml)
 }
 
 /// The `ResultDescription` of one problem: where (message, line:column, element), what is
@@ -180,59 +214,108 @@ pub fn result_description(outcome: &FeedOutcome, problem: &Problem) -> String {
 
 /// Renders the JSON report: pretty-printed, keys in a fixed order, a trailing newline, and
 /// `schema_version` 1. It holds the same facts as the XML (and the raw parts of each
-/// description), and [`parse_json`] reads it back exactly.
+/// description), and [`parse_json`] reads it back exactly. The text is built in place from
+/// the outcome (no copy of its results) into a string of exactly its length: this is the
+/// text the feed record keeps, megabytes for a report of 20 000 results.
 pub fn render_json(outcome: &FeedOutcome) -> String {
-    // Serializing plain structs of strings and integers into a String cannot fail.
-    let mut json = serde_json::to_string_pretty(&json_report(outcome))
-        .expect("invariant: a report of strings and integers always serializes");
-    json.push('\n');
-    json
+    render_json_with(outcome, true)
 }
 
 /// The same report as [`render_json`] on one line (no newline inside, one at the end), for
 /// JSON Lines output: `adjustd validate --format json` prints one such line per file.
 /// [`parse_json`] reads it back exactly too.
 pub fn render_json_line(outcome: &FeedOutcome) -> String {
-    // Serializing plain structs of strings and integers into a String cannot fail.
-    let mut json = serde_json::to_string(&json_report(outcome))
-        .expect("invariant: a report of strings and integers always serializes");
-    json.push('\n');
-    json
+    render_json_with(outcome, false)
 }
 
-fn json_report(outcome: &FeedOutcome) -> JsonReport {
+/// Writes the JSON report of [`render_json`] to `out` as it is rendered, never holding it
+/// whole.
+///
+/// # Errors
+///
+/// The errors of `out`.
+pub fn write_json(outcome: &FeedOutcome, out: &mut dyn io::Write) -> io::Result<()> {
+    json_to(outcome, true, &mut *out)?;
+    out.write_all(b"\n")
+}
+
+/// The JSON report, pretty-printed or on one line, and a newline, in a string of exactly
+/// that length: written once to count the bytes, then into its place.
+fn render_json_with(outcome: &FeedOutcome, pretty: bool) -> String {
+    // Neither writer fails, so neither does the report (plain strings and integers).
+    let invariant = "invariant: a report of strings and integers always serializes";
+    let mut length = ByteCount(0);
+    json_to(outcome, pretty, &mut length).expect(invariant);
+    let mut json = Vec::with_capacity(length.0 + 1);
+    json_to(outcome, pretty, &mut json).expect(invariant);
+    json.push(b'\n');
+    String::from_utf8(json).expect("invariant: serde_json writes UTF-8")
+}
+
+/// Serializes the JSON report of `outcome` (without the final newline) into `out`.
+fn json_to(outcome: &FeedOutcome, pretty: bool, out: &mut dyn io::Write) -> io::Result<()> {
+    let report = json_report(outcome);
+    if pretty {
+        serde_json::to_writer_pretty(out, &report)
+    } else {
+        serde_json::to_writer(out, &report)
+    }
+    .map_err(io::Error::from)
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The JSON shape of `outcome`, borrowing its texts.
+fn json_report(outcome: &FeedOutcome) -> JsonReport<&str, JsonResults<'_>> {
     JsonReport {
         schema_version: u64::from(JSON_SCHEMA_VERSION),
         feed_id: outcome.feed_id,
-        file_name: outcome.file_name.clone(),
-        merchant: outcome.merchant.as_ref().map(|m| m.as_str().to_owned()),
+        file_name: &outcome.file_name,
+        merchant: outcome.merchant.as_ref().map(MerchantId::as_str),
         status: outcome.status,
         duplicate_of: outcome.duplicate_of,
-        content_hash: outcome.content_hash.clone(),
-        processed_at: outcome.processed_at.clone(),
+        content_hash: &outcome.content_hash,
+        processed_at: &outcome.processed_at,
         summary: JsonSummary {
             messages_processed: outcome.messages_processed,
             messages_successful: outcome.messages_successful,
             messages_with_error: outcome.messages_with_error,
             messages_with_warning: outcome.messages_with_warning,
         },
-        results: outcome
-            .results
-            .iter()
-            .map(|problem| JsonResult {
-                message_id: problem.message_id.get(),
-                result: problem.severity.as_str().to_owned(),
-                code: problem.code.number(),
-                code_name: problem.code.name().to_owned(),
-                element: problem.element.clone(),
-                line: problem.position.map(|p| p.line),
-                column: problem.position.map(|p| p.column),
-                description: problem.description.clone(),
-                fix: problem.fix.clone(),
-                amazon_order_id: problem.amazon_order_id.clone(),
-                amazon_order_item_code: problem.amazon_order_item_code.clone(),
-            })
-            .collect(),
+        results: JsonResults(&outcome.results),
+    }
+}
+
+/// The `results` of a JSON report, serialized one by one from the problems.
+struct JsonResults<'a>(&'a [Problem]);
+
+impl Serialize for JsonResults<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(|problem| JsonResult {
+            message_id: problem.message_id.get(),
+            result: problem.severity.as_str(),
+            code: problem.code.number(),
+            code_name: problem.code.name(),
+            element: problem.element.as_str(),
+            line: problem.position.map(|p| p.line),
+            column: problem.position.map(|p| p.column),
+            description: problem.description.as_str(),
+            fix: problem.fix.as_ref(),
+            amazon_order_id: problem.amazon_order_id.as_deref(),
+            amazon_order_item_code: problem.amazon_order_item_code.as_deref(),
+        }))
     }
 }
 
@@ -246,7 +329,8 @@ fn json_report(outcome: &FeedOutcome) -> JsonReport {
 /// [`ReportError::Invalid`] for values no report of ours holds (an unknown code, a result
 /// that disagrees with its code, a merchant identifier that is not valid, half a position).
 pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
-    let report: JsonReport = serde_json::from_str(json).map_err(ReportError::Syntax)?;
+    let report: JsonReport<String, Vec<JsonResult<String>>> =
+        serde_json::from_str(json).map_err(ReportError::Syntax)?;
     if report.schema_version != u64::from(JSON_SCHEMA_VERSION) {
         return Err(ReportError::UnsupportedVersion {
             found: report.schema_version,
@@ -279,6 +363,30 @@ pub fn parse_json(json: &str) -> Result<FeedOutcome, ReportError> {
         messages_with_warning: report.summary.messages_with_warning,
         results,
     })
+}
+
+/// The `code` of each result of a JSON report (`None` for a result without one), read
+/// without the rest of the report: a question about a stored report that needs only its
+/// codes builds no tree of its 20 000 results' texts. `None` when the text is not JSON with
+/// a `results` list of objects.
+pub fn json_result_codes(json: &str) -> Option<Vec<Option<u32>>> {
+    #[derive(Deserialize)]
+    struct Codes {
+        results: Vec<CodeOf>,
+    }
+    #[derive(Deserialize)]
+    struct CodeOf {
+        #[serde(default)]
+        code: Option<u32>,
+    }
+    let codes: Codes = serde_json::from_str(json).ok()?;
+    Some(
+        codes
+            .results
+            .into_iter()
+            .map(|result| result.code)
+            .collect(),
+    )
 }
 
 /// The two report files of a feed: `<outbox>[/<merchant>]/<file name>.<feed id>.report.xml`
@@ -344,27 +452,42 @@ pub fn clean_file_name(name: &OsStr) -> OsString {
     OsString::from_vec(cleaned)
 }
 
-/// Writes both reports of an outcome, each atomically ([`write_atomic`]): the JSON first,
-/// then the XML. Writing the same outcome again produces identical files.
+/// Writes both reports of an outcome, each atomically ([`write_atomic_with`]): the JSON
+/// first, then the XML, each rendered straight into its temp file ([`write_json`],
+/// [`write_xml`]), so neither report is held in memory whole. Writing the same outcome
+/// again produces identical files.
 ///
 /// # Errors
 ///
 /// Any I/O error of creating the folder, writing, syncing or renaming.
 pub fn write_reports(outcome: &FeedOutcome, xml_path: &Path, json_path: &Path) -> io::Result<()> {
-    write_atomic(json_path, render_json(outcome).as_bytes())?;
-    write_atomic(xml_path, render_xml(outcome).as_bytes())
+    write_atomic_with(json_path, |out| write_json(outcome, out))?;
+    write_atomic_with(xml_path, |out| write_xml(outcome, out))
 }
 
 /// Replaces `path` with `bytes` so that readers see either the old file or the whole new
-/// one, even across a crash: creates the folder if needed, writes a temp file in the same
-/// folder (its name starts with `.` and ends with `.tmp`, which the inbox ignore patterns and
-/// most watchers skip), syncs it, renames it over `path`, then syncs the folder. On an
-/// error the temp file is removed.
+/// one, even across a crash: [`write_atomic_with`] writing `bytes`.
 ///
 /// # Errors
 ///
 /// Any I/O error; `InvalidInput` when `path` has no parent folder or no file name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |out| out.write_all(bytes))
+}
+
+/// Replaces `path` with what `write` writes, so that readers see either the old file or
+/// the whole new one, even across a crash: creates the folder if needed, writes a temp file
+/// in the same folder (its name starts with `.` and ends with `.tmp`, which the inbox ignore
+/// patterns and most watchers skip) through a buffer, syncs it, renames it over `path`,
+/// then syncs the folder. On an error (of `write` too) the temp file is removed.
+///
+/// # Errors
+///
+/// Any I/O error; `InvalidInput` when `path` has no parent folder or no file name.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<()> {
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         Some(_) => Path::new("."),
@@ -391,7 +514,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         builder.permissions(fs::Permissions::from_mode(0o666));
     }
     let mut temp = builder.tempfile_in(folder)?;
-    temp.write_all(bytes)?;
+    {
+        let mut out = io::BufWriter::with_capacity(1 << 16, temp.as_file_mut());
+        write(&mut out)?;
+        out.flush()?;
+    }
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|err| err.error)?;
     fsync_dir(folder)
@@ -403,8 +530,8 @@ const TEMP_SUFFIX: &str = ".tmp";
 
 /// How long a temp file of [`write_atomic`] in the outbox must have been left unchanged
 /// before [`remove_stale_temp_reports`] takes it for the leftover of an interrupted write.
-/// A report is rendered before its temp file is created, so the file lives only while it
-/// is written and synced (milliseconds, seconds on a slow disk); the margin keeps the sweep
+/// The file lives only while its report is written (the XML rendered into it as it goes)
+/// and synced (milliseconds, seconds on a slow disk); the margin keeps the sweep
 /// away from a report another instance (PostgreSQL, one shared outbox) or `adjustd
 /// process` is writing at that moment.
 pub const STALE_TEMP_REPORT_AGE: std::time::Duration = std::time::Duration::from_secs(600);
@@ -501,18 +628,21 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// The usual limit on one path component (Linux `NAME_MAX`, most file systems).
 const MAX_FILE_NAME_BYTES: usize = 255;
 
+/// The JSON report's shape: texts `S` (borrowed to write, owned to read) and the results
+/// `R` ([`JsonResults`] to write, a list of [`JsonResult`] to read). The field order is the
+/// key order of the report.
 #[derive(Serialize, Deserialize)]
-struct JsonReport {
+struct JsonReport<S, R> {
     schema_version: u64,
     feed_id: u64,
-    file_name: String,
-    merchant: Option<String>,
+    file_name: S,
+    merchant: Option<S>,
     status: FeedStatus,
     duplicate_of: Option<u64>,
-    content_hash: String,
-    processed_at: String,
+    content_hash: S,
+    processed_at: S,
     summary: JsonSummary,
-    results: Vec<JsonResult>,
+    results: R,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -524,21 +654,21 @@ struct JsonSummary {
 }
 
 #[derive(Serialize, Deserialize)]
-struct JsonResult {
+struct JsonResult<S> {
     message_id: u64,
-    result: String,
+    result: S,
     code: u32,
-    code_name: String,
-    element: String,
+    code_name: S,
+    element: S,
     line: Option<u32>,
     column: Option<u32>,
-    description: String,
-    fix: String,
-    amazon_order_id: Option<String>,
-    amazon_order_item_code: Option<String>,
+    description: S,
+    fix: S,
+    amazon_order_id: Option<S>,
+    amazon_order_item_code: Option<S>,
 }
 
-fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError> {
+fn parse_result(index: usize, result: JsonResult<String>) -> Result<Problem, ReportError> {
     let invalid = |field: &str, reason: String| ReportError::Invalid {
         field: format!("results[{index}].{field}"),
         reason,
@@ -588,7 +718,7 @@ fn parse_result(index: usize, result: JsonResult) -> Result<Problem, ReportError
         element: result.element,
         position,
         description: result.description,
-        fix: result.fix,
+        fix: result.fix.into(),
         amazon_order_id: result.amazon_order_id,
         amazon_order_item_code: result.amazon_order_item_code,
     })

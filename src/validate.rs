@@ -15,6 +15,7 @@
 // move the allocation to every caller.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::str::FromStr;
@@ -421,7 +422,12 @@ fn root_text_problem(position: Position) -> Problem {
     )
 }
 
-fn envelope_problem(position: Option<Position>, element: &str, what: &str, fix: &str) -> Problem {
+fn envelope_problem(
+    position: Option<Position>,
+    element: &str,
+    what: &str,
+    fix: &'static str,
+) -> Problem {
     Problem::new(
         Code::EnvelopeInvalid,
         MessageId::FEED,
@@ -1036,7 +1042,13 @@ impl<'t> Collector<'t> {
         }
     }
 
-    fn add(&mut self, code: Code, element: Element<'_>, description: String, fix: &str) {
+    fn add(
+        &mut self,
+        code: Code,
+        element: Element<'_>,
+        description: String,
+        fix: impl Into<Cow<'static, str>>,
+    ) {
         if self.is_full() {
             self.unlisted += 1;
             return;
@@ -1046,7 +1058,13 @@ impl<'t> Collector<'t> {
     }
 
     /// A problem at `element` of the current item, not added yet.
-    fn problem(&self, code: Code, element: Element<'_>, description: String, fix: &str) -> Problem {
+    fn problem(
+        &self,
+        code: Code,
+        element: Element<'_>,
+        description: String,
+        fix: impl Into<Cow<'static, str>>,
+    ) -> Problem {
         Problem::new(
             code,
             self.message_id,
@@ -1470,7 +1488,7 @@ fn add_linked_problems<'t>(c: &mut Collector<'t>, spans: &[ItemSpan<'t>]) {
             Code::LinkedItemFailed,
             span.element,
             description.clone(),
-            &fix,
+            fix.clone(),
         ));
     }
     problems.extend(own);
@@ -1620,7 +1638,7 @@ fn check_item<'t>(
                                     "AdjustmentReason {} is not one of the schema values",
                                     quoted(text)
                                 ),
-                                &format!("Use one of {}.", all.join(", ")),
+                                format!("Use one of {}.", all.join(", ")),
                             );
                         }
                     }
@@ -1818,7 +1836,7 @@ fn check_item<'t>(
         && net_overflows(&parsed, currency)
     {
         let (description, fix) = net_too_large_texts(currency);
-        c.add(Code::AmountFormat, item, description, &fix);
+        c.add(Code::AmountFormat, item, description, fix);
         return None;
     }
     // Steps 7 and 8 (restocking fee, net): the item is complete whether or not they fail, so
@@ -2002,7 +2020,7 @@ fn check_restocking_fee(
                 money(charged),
                 money(principal)
             ),
-            &format!(
+            format!(
                 "Charge at most {} as RestockingFee + RestockingFeeTax for this item.",
                 money(allowed)
             ),
@@ -2046,7 +2064,7 @@ fn check_component<'t>(
                     "Component Type {} is not one of the schema values",
                     quoted(text)
                 ),
-                &format!("Use one of {}.", allowed()),
+                format!("Use one of {}.", allowed()),
             );
         }
     }
@@ -2129,7 +2147,7 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             let code = currency.code();
             let (description, fix) =
                 precision_texts("Amount", shown, fraction_digits, currency, code);
-            c.add(Code::AmountPrecision, element, description, &fix);
+            c.add(Code::AmountPrecision, element, description, fix);
         }
         // Held in minor units, the amount must fit an i64: checked as the engine checks it
         // in the order's currency, which must be this one.
@@ -2137,7 +2155,7 @@ fn check_amount<'t>(c: &mut Collector<'t>, element: Element<'t>) -> Option<Amoun
             let written = amount.map(|amount| amount.written().to_string());
             let (description, fix) =
                 too_large_texts("Amount", written.as_deref().unwrap_or(shown), currency);
-            c.add(Code::AmountFormat, element, description, &fix);
+            c.add(Code::AmountFormat, element, description, fix);
         }
         None if fraction_digits > Currency::MAX_EXPONENT => c.add(
             Code::AmountPrecision,

@@ -1386,7 +1386,7 @@ impl FeedTx for PgFeedTx<'_> {
         applied
     }
 
-    fn commit(mut self: Box<Self>, done: &FeedDone) -> Result<(), StoreError> {
+    fn commit(mut self: Box<Self>, done: FeedDone) -> Result<(), StoreError> {
         if self.failed {
             return Err(StoreError::Other {
                 detail: format!(

@@ -126,7 +126,7 @@ pub fn render_with_buffer(path: &Path, capacity: usize, codes: &mut BTreeSet<Cod
 /// (`problem::count`); "cannot" is one word.
 pub fn text_faults(problem: &Problem) -> Vec<String> {
     let mut faults = Vec::new();
-    let fix = problem.fix.as_str();
+    let fix = problem.fix.as_ref();
     if !fix.starts_with(|c: char| c.is_uppercase()) || !fix.ends_with('.') {
         faults.push(format!("the fix is not a capitalised sentence: {fix:?}"));
     }

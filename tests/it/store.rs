@@ -130,8 +130,7 @@ pub fn run_feed(store: &mut dyn Store, hash: &str, orders: &[&str], changes: &[C
     tx.load(&merchant(), &needs, &mut snapshot).expect("load");
     tx.apply(&merchant(), changes).expect("apply");
     let id = tx.feed_id();
-    tx.commit(&done(changes.len() as u64, None))
-        .expect("commit");
+    tx.commit(done(changes.len() as u64, None)).expect("commit");
     id
 }
 
@@ -1083,7 +1082,7 @@ pub mod conformance {
             ],
         )
         .expect("apply");
-        tx.commit(&done(3, None)).expect("commit");
+        tx.commit(done(3, None)).expect("commit");
 
         let mut tx = store
             .begin_feed(&new_feed("b.xml", "hash-b", None))
@@ -1297,7 +1296,7 @@ pub mod conformance {
                 .expect_err(what);
             assert!(matches!(err, StoreError::Invalid { .. }), "{what}: {err:?}");
             assert!(!err.is_transient(), "{what}");
-            tx.commit(&done(1, None)).expect_err(what);
+            tx.commit(done(1, None)).expect_err(what);
         }
         // A key used twice.
         let mut tx = store
@@ -1318,7 +1317,7 @@ pub mod conformance {
             .expect_err("second use");
         assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
         // A transaction whose write failed never commits, not even what came before.
-        tx.commit(&done(2, None))
+        tx.commit(done(2, None))
             .expect_err("commit after a failed write");
         let mug = one_order(store, "171-1234567-1234567");
         assert!(mug.adjustments.is_empty());
@@ -1342,18 +1341,18 @@ pub mod conformance {
             .begin_feed(&new_feed("one.xml", "hash-1", Some("c1")))
             .expect("begin");
         let first = tx.feed_id();
-        tx.commit(&done(0, None)).expect("commit");
+        tx.commit(done(0, None)).expect("commit");
         // A duplicate of it, and a rejected feed with the same bytes.
         let tx = store
             .begin_feed(&new_feed("one-again.xml", "hash-1", Some("c2")))
             .expect("begin");
         let second = tx.feed_id();
-        tx.commit(&done(0, Some(first))).expect("duplicate commit");
+        tx.commit(done(0, Some(first))).expect("duplicate commit");
         let tx = store
             .begin_feed(&new_feed("rej.xml", "hash-1", None))
             .expect("begin");
         let third = tx.feed_id();
-        tx.commit(&FeedDone {
+        tx.commit(FeedDone {
             status: FeedStatus::Rejected,
             ..done(0, None)
         })
@@ -1370,7 +1369,7 @@ pub mod conformance {
             })
             .expect("begin");
         let fourth = tx.feed_id();
-        tx.commit(&FeedDone {
+        tx.commit(FeedDone {
             status: FeedStatus::Rejected,
             ..done(0, None)
         })
@@ -1430,7 +1429,7 @@ pub mod conformance {
             )],
         )
         .expect("apply");
-        let err = tx.commit(&done(1, None)).expect_err("conflict");
+        let err = tx.commit(done(1, None)).expect_err("conflict");
         assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
         assert!(err.is_transient());
         // Nothing of it was kept.
@@ -1515,7 +1514,7 @@ pub mod conformance {
             100,
             "the prefetched order includes this feed's write"
         );
-        tx.commit(&done(1, None)).expect("commit");
+        tx.commit(done(1, None)).expect("commit");
     }
 
     /// Every load path gives the engine each item's adjustments applied since
@@ -1688,7 +1687,7 @@ pub mod conformance {
         tx.load(&merchant(), &needs, &mut snapshot).expect("load");
         expected_first(&snapshot, "writing connection");
         assert!(this_feed > earlier);
-        tx.commit(&done(1, None)).expect("commit");
+        tx.commit(done(1, None)).expect("commit");
 
         // A window that begins after them, and no window: nothing.
         for since in [Some(today.succ_opt().expect("a day after")), None] {
@@ -1968,7 +1967,7 @@ fn sqlite_busy_database_is_unavailable_not_a_conflict() {
     let tx = store
         .begin_feed(&new_feed("f.xml", "h", None))
         .expect("free again");
-    tx.commit(&done(0, None)).expect("commit");
+    tx.commit(done(0, None)).expect("commit");
 }
 
 #[test]
@@ -2098,7 +2097,7 @@ fn store_throughput() {
     tx.apply(&merchant(), &changes).expect("apply");
     let applied = started.elapsed();
     let cpu_applied = thread_cpu();
-    tx.commit(&done(adjustments as u64, None)).expect("commit");
+    tx.commit(done(adjustments as u64, None)).expect("commit");
     let total = started.elapsed();
     let cpu = thread_cpu()
         .zip(cpu_before)

@@ -288,7 +288,7 @@ fn commit_refund(store: &mut PgStore, hash: &str, minor: i64) -> u64 {
     tx.apply(&merchant(), &[refund(1, ORDER, minor, None)])
         .expect("apply");
     let id = tx.feed_id();
-    tx.commit(&done()).expect("commit");
+    tx.commit(done()).expect("commit");
     id
 }
 
@@ -514,7 +514,7 @@ fn a_feed_commits_its_adjustments_and_record() {
     )
     .expect("apply");
     let feed_id = tx.feed_id();
-    tx.commit(&done()).expect("commit");
+    tx.commit(done()).expect("commit");
 
     let record = store
         .feed_by_claim("claim-1")
@@ -629,7 +629,7 @@ fn two_feeds_on_the_same_order_serialize_on_the_row_lock() {
         receiver.recv_timeout(Duration::from_millis(500)).is_err(),
         "the second feed must wait for the first one's lock"
     );
-    tx.commit(&done()).expect("commit first");
+    tx.commit(done()).expect("commit first");
     let seen = receiver
         .recv_timeout(Duration::from_secs(10))
         .expect("second feed proceeds after the commit");
@@ -651,7 +651,7 @@ fn the_same_bytes_committed_by_two_instances_conflict_once() {
         let mut tx2 = second.begin_feed(&new_feed("same")).expect("begin 2");
         tx2.load(&merchant(), &needs(&[ORDER], &[]), &mut Snapshot::new())
             .expect("load 2");
-        let result = tx2.commit(&done());
+        let result = tx2.commit(done());
         sender.send(()).expect("send");
         result
     });
@@ -660,7 +660,7 @@ fn the_same_bytes_committed_by_two_instances_conflict_once() {
     receiver
         .recv_timeout(Duration::from_secs(10))
         .expect("second commit returns");
-    let first_result = tx1.commit(&done());
+    let first_result = tx1.commit(done());
     let second_result = racer.join().expect("thread");
     // Exactly one of the two commits wins; the loser is a transient Conflict.
     match (first_result, second_result) {
@@ -695,10 +695,10 @@ fn the_same_idempotency_key_in_two_transactions_conflicts() {
         tx2.load(&merchant(), &needs(&[ORDER2], &["KEY"]), &mut snapshot)
             .expect("load 2");
         tx2.apply(&merchant(), &[refund(1, ORDER2, 100, Some("KEY"))])
-            .and_then(|()| tx2.commit(&done()))
+            .and_then(|()| tx2.commit(done()))
     });
     std::thread::sleep(Duration::from_millis(300));
-    tx1.commit(&done()).expect("first commit");
+    tx1.commit(done()).expect("first commit");
     match racer.join().expect("thread") {
         Err(StoreError::Conflict { detail }) => assert!(detail.contains("23505"), "{detail}"),
         other => panic!("expected Conflict, got {other:?}"),
@@ -947,7 +947,7 @@ fn pg_store_throughput() {
     let loaded = started.elapsed();
     tx.apply(&merchant(), &changes).expect("apply");
     let applied = started.elapsed();
-    tx.commit(&done()).expect("commit");
+    tx.commit(done()).expect("commit");
     let total = started.elapsed();
     let rate = adjustments as f64 / total.as_secs_f64();
     eprintln!(
