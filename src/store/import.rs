@@ -968,6 +968,134 @@ mod tests {
         assert!(e.detail.contains("no order-id"), "{e}");
     }
 
+    /// A report saved as CSV, or an XML file, is named as such at its header, not as a
+    /// header without an order-id column (which it has, or is not a header at all).
+    #[test]
+    fn csv_and_xml_are_told_apart_from_a_missing_column() {
+        let csv = NEW_ORDERS_HEADER.replace('\t', ",");
+        for (text, words) in [
+            (format!("{csv}\n1,2\n"), "looks comma-separated"),
+            (
+                format!("{}\n", NEW_ORDERS_HEADER.replace('\t', ";")),
+                "looks semicolon-separated",
+            ),
+            (
+                "\u{feff}<?xml version=\"1.0\"?>\n<AmazonEnvelope/>\n".to_owned(),
+                "the file is XML (an adjustment feed?)",
+            ),
+            ("  <AmazonEnvelope>\t\n".to_owned(), "adjustd process"),
+        ] {
+            let e = error(&text);
+            assert_eq!((e.line, e.column.as_deref()), (1, None), "{e}");
+            assert!(e.detail.contains(words), "{e}");
+            assert!(!e.detail.contains("no order-id"), "{e}");
+        }
+        // A tab-separated header with commas in a name, or a header of one column without
+        // commas, is a header: a missing column is named as before.
+        let e = error("order-id\tsku,x\tquantity\n");
+        assert!(e.detail.contains("no order-item-id column"), "{e}");
+        let e = error("orderid\n");
+        assert!(e.detail.contains("no order-id (or amazon-order-id) column"), "{e}");
+    }
+
+    /// Values are quoted as reports quote them (invisible characters named), never with
+    /// Rust's `{:?}`; a field wrapped in double quotes (a spreadsheet's export) gets a hint.
+    #[test]
+    fn values_are_quoted_as_reports_quote_them() {
+        let header = "order-id\torder-item-id\tsku\tquantity\tcurrency\titem-price\n";
+        let e = error(&format!(
+            "{header}\u{200b}271-1111111-1111111\t12345678901234\tS\t1\tUSD\t1.00\n"
+        ));
+        assert_eq!(
+            e.detail,
+            "\"[U+200B ZERO WIDTH SPACE]271-1111111-1111111\" is not an Amazon order id (3-7-7 \
+             letters or digits, e.g. 171-1234567-1234567)"
+        );
+        for (line, column) in [
+            (
+                "\"271-1111111-1111111\"\t12345678901234\tS\t1\tUSD\t1.00",
+                "order-id",
+            ),
+            (
+                "271-1111111-1111111\t12345678901234\tS\t1\tUSD\t\"1.00\"",
+                "item-price",
+            ),
+            (
+                "271-1111111-1111111\t12345678901234\tS\t\"1\"\tUSD\t1.00",
+                "quantity",
+            ),
+        ] {
+            let e = error(&format!("{header}{line}\n"));
+            assert_eq!(e.column.as_deref(), Some(column), "{e}");
+            assert!(e.detail.starts_with("\"\""), "{e}");
+            assert!(!e.detail.contains('\\'), "no Rust escapes: {e}");
+            assert!(
+                e.detail.contains("wrapped in double quotes: save the report as plain \
+                                   tab-delimited text without quotes"),
+                "{e}"
+            );
+        }
+        let e = error(&format!(
+            "{header}271-1111111-1111111\t12345678901234\tS\t1\tUSD\t1,00\n"
+        ));
+        assert!(e.detail.starts_with("\"1,00\" is not a plain decimal"), "{e}");
+        assert!(!e.detail.contains("double quotes"), "{e}");
+    }
+
+    /// Only ignored columns that look like misspellings of read ones are named: none of
+    /// Amazon's own columns that adjustd does not read.
+    #[test]
+    fn header_notes_name_misspelt_columns_only() {
+        let notes = |header: &str| {
+            OrderReport::new(format!("{header}\n").as_bytes())
+                .expect("header")
+                .notes()
+        };
+        let amazon = [
+            NEW_ORDERS_HEADER,
+            "order-id\torder-item-id\tpurchase-date\tpayments-date\tbuyer-email\tbuyer-name\t\
+             buyer-phone-number\tsku\tproduct-name\tquantity-purchased\tcurrency\titem-price\t\
+             item-tax\tshipping-price\tshipping-tax\tship-service-level\trecipient-name\t\
+             ship-address-1\tship-address-2\tship-address-3\tship-city\tship-state\t\
+             ship-postal-code\tship-country\tship-phone-number\tbill-address-1\tbill-city\t\
+             bill-state\tbill-postal-code\tbill-country\titem-promotion-discount\t\
+             item-promotion-id\tship-promotion-discount\tship-promotion-id\t\
+             delivery-start-date\tdelivery-end-date\tdelivery-time-zone\t\
+             delivery-instructions\tsales-channel\tgift-wrap-type\tgift-message-text\t\
+             is-business-order\tpurchase-order-number\tprice-designation\tis-prime",
+        ];
+        for header in amazon {
+            let notes = notes(header);
+            assert_eq!(notes.lookalikes, vec![], "{header}");
+            assert!(notes.amount_columns);
+        }
+        let unshipped = notes(
+            "order-id\torder-item-id\tpurchase-date\tpayments-date\treporting-date\t\
+             promise-date\tdays-past-promise\tbuyer-email\tbuyer-name\tbuyer-phone-number\t\
+             sku\tproduct-name\tquantity-purchased\tquantity-shipped\tquantity-to-ship\t\
+             ship-service-level\trecipient-name\tship-city\tis-business-order\t\
+             purchase-order-number\tprice-designation\tis-prime\tis-iba\t\
+             verge-of-cancellation\tverge-of-latershipment",
+        );
+        assert_eq!(unshipped, HeaderNotes::default());
+        let typos = notes(
+            "order-id\torder-item-id\tsku\tquantity\tcurrency\tItem_Price\titem tax\t\
+             shiping-price\titem-promotion-discont\tfulfilment-channel\tsku2",
+        );
+        assert_eq!(
+            typos.lookalikes,
+            vec![
+                ("item_price".to_owned(), "item-price"),
+                ("item tax".to_owned(), "item-tax"),
+                ("shiping-price".to_owned(), "shipping-price"),
+                ("item-promotion-discont".to_owned(), "item-promotion-discount"),
+                ("fulfilment-channel".to_owned(), "fulfillment-channel"),
+                ("sku2".to_owned(), "sku"),
+            ]
+        );
+        assert!(!typos.amount_columns, "no amount column is spelt right");
+    }
+
     #[test]
     fn the_reader_streams_and_stops_at_the_first_bad_line() {
         let text = "\u{feff}order-id\torder-item-id\tsku\tquantity\r\n\r\n\
