@@ -219,9 +219,19 @@ pub enum OrdersCommand {
     /// earlier line of the order (an empty field gives none); a line repeating another
     /// exactly is skipped, and the summary says how many were.
     ///
+    /// A line may not leave a promotion discount above the charge it discounts
+    /// (item-promotion-discount above item-price, ship-promotion-discount above
+    /// shipping-price), for a new item as for a known one.
+    ///
     /// The summary counts the orders and items created, updated (the report changed a
     /// value; an order also when one of its items changed or was added) and unchanged: the
-    /// same report imported again leaves everything unchanged.
+    /// same report imported again leaves everything unchanged. "warning:" lines follow it
+    /// for an ignored column that looks like a misspelt one adjustd reads (item_price for
+    /// item-price; Amazon's other columns are ignored without a word), and for items
+    /// created by a report with none of the amount columns (stored with nothing charged).
+    /// A comma- or semicolon-separated (CSV) file, or an XML file, is named as such at its
+    /// first line. On PostgreSQL an import that races another one creating the same new
+    /// orders runs again and finds them.
     Import {
         /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
         /// are read trimmed, so whitespace at either end of ID is refused).
@@ -797,8 +807,16 @@ fn import_warnings(notes: &HeaderNotes, summary: &ImportSummary) -> Vec<String> 
              Orders report) to set them",
             columns.join(", "),
             count(summary.items_created, "item"),
-            if summary.items_created == 1 { "has" } else { "have" },
-            if summary.items_created == 1 { "it" } else { "them" },
+            if summary.items_created == 1 {
+                "has"
+            } else {
+                "have"
+            },
+            if summary.items_created == 1 {
+                "it"
+            } else {
+                "them"
+            },
         ));
     }
     warnings

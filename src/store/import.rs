@@ -1,8 +1,11 @@
 //! Parsing Amazon's tab-separated order reports into [`crate::store::OrderRow`]s.
 //!
 //! Reads the New Orders (`_GET_FLAT_FILE_ORDERS_DATA_`), Unshipped Orders and similar flat
-//! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored;
-//! a bad line fails the whole import with an error naming the line and the column. (Lines
+//! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored
+//! (those that look like misspellings of read ones are named for the summary,
+//! [`HeaderNotes`]); a CSV or XML file is named as such at its header; a bad line fails the
+//! whole import with an error naming the line and the column, its values quoted as the
+//! reports quote them ([`crate::problem::quoted`]). (Lines
 //! are parsed one by one here; that two lines name the same order item, or give one order
 //! different order-level values, is found by the store's import, `ImportSeen::repeat`.)
 //!
@@ -550,14 +553,26 @@ fn parse_row(
     let item_code = OrderItemCode::new(raw).ok_or_else(|| {
         err(
             name,
-            format!("{} is not an order item code (14 or 15 digits){}", quoted(raw), quote_hint(raw)),
+            format!(
+                "{} is not an order item code (14 or 15 digits){}",
+                quoted(raw),
+                quote_hint(raw)
+            ),
         )
     })?;
     let seller_id = |i: Option<usize>, name: &str| -> Result<Option<SellerId>, ImportError> {
         optional(i)
             .map(|raw| {
-                SellerId::new(raw)
-                    .ok_or_else(|| err(name, format!("{} is longer than 50 characters{}", quoted(raw), quote_hint(raw))))
+                SellerId::new(raw).ok_or_else(|| {
+                    err(
+                        name,
+                        format!(
+                            "{} is longer than 50 characters{}",
+                            quoted(raw),
+                            quote_hint(raw)
+                        ),
+                    )
+                })
             })
             .transpose()
     };
@@ -603,7 +618,11 @@ fn parse_row(
             raw.parse::<u32>().map_err(|_| {
                 err(
                     "quantity-shipped",
-                    format!("{} is not a whole number of units{}", quoted(raw), quote_hint(raw)),
+                    format!(
+                        "{} is not a whole number of units{}",
+                        quoted(raw),
+                        quote_hint(raw)
+                    ),
                 )
             })
         })
@@ -621,7 +640,11 @@ fn parse_row(
             Currency::from_code(raw).ok_or_else(|| {
                 err(
                     "currency",
-                    format!("{} is not an ISO 4217 currency code (e.g. USD){}", quoted(raw), quote_hint(raw)),
+                    format!(
+                        "{} is not an ISO 4217 currency code (e.g. USD){}",
+                        quoted(raw),
+                        quote_hint(raw)
+                    ),
                 )
             })
         })
@@ -632,7 +655,11 @@ fn parse_row(
             "mfn" | "merchant" => Ok(FulfillmentChannel::Merchant),
             _ => Err(err(
                 "fulfillment-channel",
-                format!("{} is not AFN, MFN, Amazon or Merchant{}", quoted(raw), quote_hint(raw)),
+                format!(
+                    "{} is not AFN, MFN, Amazon or Merchant{}",
+                    quoted(raw),
+                    quote_hint(raw)
+                ),
             )),
         })
         .transpose()?;
@@ -995,7 +1022,10 @@ mod tests {
         let e = error("order-id\tsku,x\tquantity\n");
         assert!(e.detail.contains("no order-item-id column"), "{e}");
         let e = error("orderid\n");
-        assert!(e.detail.contains("no order-id (or amazon-order-id) column"), "{e}");
+        assert!(
+            e.detail.contains("no order-id (or amazon-order-id) column"),
+            "{e}"
+        );
     }
 
     /// Values are quoted as reports quote them (invisible characters named), never with
@@ -1030,15 +1060,20 @@ mod tests {
             assert!(e.detail.starts_with("\"\""), "{e}");
             assert!(!e.detail.contains('\\'), "no Rust escapes: {e}");
             assert!(
-                e.detail.contains("wrapped in double quotes: save the report as plain \
-                                   tab-delimited text without quotes"),
+                e.detail.contains(
+                    "wrapped in double quotes: save the report as plain \
+                                   tab-delimited text without quotes"
+                ),
                 "{e}"
             );
         }
         let e = error(&format!(
             "{header}271-1111111-1111111\t12345678901234\tS\t1\tUSD\t1,00\n"
         ));
-        assert!(e.detail.starts_with("\"1,00\" is not a plain decimal"), "{e}");
+        assert!(
+            e.detail.starts_with("\"1,00\" is not a plain decimal"),
+            "{e}"
+        );
         assert!(!e.detail.contains("double quotes"), "{e}");
     }
 
@@ -1088,7 +1123,10 @@ mod tests {
                 ("item_price".to_owned(), "item-price"),
                 ("item tax".to_owned(), "item-tax"),
                 ("shiping-price".to_owned(), "shipping-price"),
-                ("item-promotion-discont".to_owned(), "item-promotion-discount"),
+                (
+                    "item-promotion-discont".to_owned(),
+                    "item-promotion-discount"
+                ),
                 ("fulfilment-channel".to_owned(), "fulfillment-channel"),
                 ("sku2".to_owned(), "sku"),
             ]

@@ -2504,9 +2504,11 @@ fn orders_import_names_misspelt_columns_and_items_created_without_prices() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.contains("column item-promotion-discount: order 111-0000001-0000001 item \
+        stderr.contains(
+            "column item-promotion-discount: order 111-0000001-0000001 item \
                          10000000000002: item-promotion-discount 5.00 is more than the \
-                         item-price 0.00 it discounts"),
+                         item-price 0.00 it discounts"
+        ),
         "{stderr}"
     );
     assert!(stderr.contains(&format!("adjustd: {note}")), "{stderr}");

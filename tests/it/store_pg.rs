@@ -729,7 +729,12 @@ fn two_imports_of_the_same_new_orders_at_once_both_succeed() {
         .collect();
     summaries.sort_by_key(|summary| summary.orders_created);
     let counts = |s: &adjustd::store::ImportSummary| {
-        (s.orders_created, s.orders_unchanged, s.items_created, s.items_unchanged)
+        (
+            s.orders_created,
+            s.orders_unchanged,
+            s.items_created,
+            s.items_unchanged,
+        )
     };
     assert_eq!(
         summaries.iter().map(counts).collect::<Vec<_>>(),
