@@ -2183,8 +2183,10 @@ fn merchant_ids_with_surrounding_whitespace_are_refused() {
         );
         let stderr = text(&out.stderr);
         assert!(
-            stderr.contains(&format!("{merchant:?} is not a merchant identifier"))
-                && stderr.contains("whitespace"),
+            stderr.contains(&format!(
+                "{} is not a merchant identifier",
+                adjustd::problem::quoted(merchant)
+            )) && stderr.contains("whitespace"),
             "{stderr}"
         );
         let out = sandbox.run(&[
