@@ -11,9 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{self, Config, LogFormat};
 use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
-use crate::problem::count;
+use crate::problem::{count, quoted};
 use crate::report::{self, FeedOutcome};
-use crate::store::{AnyStore, FeedStatus};
+use crate::store::import::{HeaderNotes, PRICE_COLUMNS};
+use crate::store::{AnyStore, FeedStatus, ImportSummary};
 use crate::validate::{ValidatedMessage, Validator};
 
 /// Exit codes, part of the interface (also listed in `--help` and the README, in the same
@@ -218,9 +219,19 @@ pub enum OrdersCommand {
     /// earlier line of the order (an empty field gives none); a line repeating another
     /// exactly is skipped, and the summary says how many were.
     ///
+    /// A line may not leave a promotion discount above the charge it discounts
+    /// (item-promotion-discount above item-price, ship-promotion-discount above
+    /// shipping-price), for a new item as for a known one.
+    ///
     /// The summary counts the orders and items created, updated (the report changed a
     /// value; an order also when one of its items changed or was added) and unchanged: the
-    /// same report imported again leaves everything unchanged.
+    /// same report imported again leaves everything unchanged. "warning:" lines follow it
+    /// for an ignored column that looks like a misspelt one adjustd reads (item_price for
+    /// item-price; Amazon's other columns are ignored without a word), and for items
+    /// created by a report with none of the amount columns (stored with nothing charged).
+    /// A comma- or semicolon-separated (CSV) file, or an XML file, is named as such at its
+    /// first line. On PostgreSQL an import that races another one creating the same new
+    /// orders runs again and finds them.
     Import {
         /// The merchant the orders belong to: the MerchantIdentifier of its feeds (which
         /// are read trimmed, so whitespace at either end of ID is refused).
@@ -759,15 +770,60 @@ fn write_text_summary(
     Ok(())
 }
 
-fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
-    let merchant = MerchantId::new(merchant)
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{merchant:?} is not a merchant identifier ({})",
-                MerchantId::RULE
+/// The `--merchant` argument as a merchant identifier.
+fn merchant_arg(merchant: &str) -> anyhow::Result<MerchantId> {
+    MerchantId::new(merchant).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a merchant identifier ({})",
+            quoted(merchant),
+            MerchantId::RULE
+        )
+    })
+}
+
+/// The warnings of an import's summary: the columns the header names that look like
+/// misspellings of a column adjustd reads (Amazon's other columns are ignored without a
+/// word: a New Orders report has dozens), and new items created from a report with no
+/// amount column at all (they were stored with nothing charged, so their refunds would be
+/// refused). An Unshipped report has no amount column either; it only warns when it
+/// created items.
+fn import_warnings(notes: &HeaderNotes, summary: &ImportSummary) -> Vec<String> {
+    let mut warnings: Vec<String> = notes
+        .lookalikes
+        .iter()
+        .map(|(name, column)| {
+            format!(
+                "column {} was ignored: adjustd does not read it (did you mean {column}?); \
+                 correct the header and import again",
+                quoted(name)
             )
         })
-        .map_err(fail(exit::USAGE))?;
+        .collect();
+    if !notes.amount_columns && summary.items_created > 0 {
+        let columns: Vec<&str> = PRICE_COLUMNS.iter().map(|(column, _)| *column).collect();
+        warnings.push(format!(
+            "the report has no amount column ({}): the {} created {} nothing charged, so \
+             refunds on {} will be refused; import a report with their prices (the New \
+             Orders report) to set them",
+            columns.join(", "),
+            count(summary.items_created, "item"),
+            if summary.items_created == 1 {
+                "has"
+            } else {
+                "have"
+            },
+            if summary.items_created == 1 {
+                "it"
+            } else {
+                "them"
+            },
+        ));
+    }
+    warnings
+}
+
+fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
+    let merchant = merchant_arg(merchant).map_err(fail(exit::USAGE))?;
     // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
     // be read) is named as the I/O error it is before the store is opened; the store reads
     // the report line by line in its transaction.
@@ -788,6 +844,11 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
     let report = crate::store::import::ReportFile::new(file);
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
+            // The header again (the import read it): what it says about ignored columns.
+            let warnings = report
+                .header()
+                .map(|notes| import_warnings(&notes, &summary))
+                .unwrap_or_default();
             // Repeated lines were read but not imported again: say so, or the counts of
             // lines and items would not add up.
             let repeats = match summary.repeated_lines {
@@ -820,12 +881,30 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
                         summary.items_updated,
                         summary.items_unchanged
                     ),
-                )
+                )?;
+                for warning in &warnings {
+                    writeln!(out, "warning: {warning}")?;
+                }
+                Ok(())
             })?;
             Ok(exit::OK)
         }
+        Err(crate::store::StoreError::Conflict { detail }) => Err(Failure {
+            code: exit::RUNTIME,
+            error: anyhow::anyhow!(
+                "{}: another import or a feed wrote these orders at the same time, {} times \
+                 in a row; nothing was imported: run the import again ({detail})",
+                file.display(),
+                crate::store::CONFLICT_ATTEMPTS
+            ),
+        }),
         Err(error @ crate::store::StoreError::Invalid { .. }) => {
             eprintln!("adjustd: {}: {error}; nothing was imported", file.display());
+            // A misspelt column is often why a line is bad (no price, so a discount above it).
+            let notes = report.header().unwrap_or_default();
+            for warning in import_warnings(&notes, &ImportSummary::default()) {
+                eprintln!("adjustd: warning: {warning}");
+            }
             Ok(exit::INPUT)
         }
         Err(error) => Err(Failure {
@@ -842,11 +921,7 @@ fn show_order(
     json: bool,
 ) -> Result<u8, Failure> {
     let merchant = merchant
-        .map(|m| {
-            MerchantId::new(m).ok_or_else(|| {
-                anyhow::anyhow!("{m:?} is not a merchant identifier ({})", MerchantId::RULE)
-            })
-        })
+        .map(merchant_arg)
         .transpose()
         .map_err(fail(exit::USAGE))?;
     if is_not_created_yet(&config.store_url).map_err(fail(exit::CONFIG))? {

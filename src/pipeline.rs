@@ -10,7 +10,6 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -29,11 +28,6 @@ use crate::validate::{ValidatedMessage, Validator};
 /// Messages validated before the engine plans them and the store writes them: large
 /// enough to amortise a store round trip, small enough to keep memory flat.
 pub const CHUNK_MESSAGES: usize = 4096;
-
-/// A conflict (serialization failure, deadlock, lost race on a unique key) retries the
-/// whole feed this many times before it is handed back to the caller as transient
-/// ([`ProcessError::Conflicts`]). The README names the number.
-const CONFLICT_ATTEMPTS: u32 = 8;
 
 /// What to do with a feed whose bytes were already processed for the same merchant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -152,7 +146,7 @@ pub enum ProcessError {
     #[error("store")]
     Store(#[from] StoreError),
     /// Every attempt at the feed conflicted with another instance writing the same orders
-    /// or feeds ([`StoreError::Conflict`], [`CONFLICT_ATTEMPTS`] of them in a row): the store
+    /// or feeds ([`StoreError::Conflict`], [`crate::store::CONFLICT_ATTEMPTS`] of them in a row): the store
     /// answered, it is not away, and nothing was committed. Transient: the daemon keeps the
     /// feed and tries it again after a backoff.
     #[error(
@@ -313,32 +307,31 @@ fn reject_unreadable(
 }
 
 /// Runs `attempt` again after a conflict with another instance (serialization failure,
-/// deadlock, lost race on a unique key), at most [`CONFLICT_ATTEMPTS`] times in all; when
-/// the last one conflicts too, says so ([`ProcessError::Conflicts`]) rather than handing
-/// back a bare store error, which reads as the store being away.
+/// deadlock, lost race on a unique key), as [`crate::store::retry_conflicts`] does; when
+/// the last attempt conflicts too, says so ([`ProcessError::Conflicts`]) rather than
+/// handing back a bare store error, which reads as the store being away.
 fn retry_conflicts(
     source: &Source<'_>,
-    mut attempt: impl FnMut() -> Result<Processed, ProcessError>,
+    attempt: impl FnMut() -> Result<Processed, ProcessError>,
 ) -> Result<Processed, ProcessError> {
-    let mut attempt_number = 1;
-    loop {
-        match attempt() {
-            Err(ProcessError::Store(StoreError::Conflict { detail }))
-                if attempt_number < CONFLICT_ATTEMPTS =>
-            {
-                tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt = attempt_number, detail = %detail, "store conflict, retrying feed");
-                std::thread::sleep(Duration::from_millis(5 << attempt_number.min(6)));
-                attempt_number += 1;
-            }
-            Err(ProcessError::Store(conflict @ StoreError::Conflict { .. })) => {
-                return Err(ProcessError::Conflicts {
-                    attempts: attempt_number,
-                    source: conflict,
-                });
-            }
-            other => return other,
-        }
-    }
+    crate::store::retry_conflicts(
+        attempt,
+        |error| match error {
+            ProcessError::Store(error) => error.conflict(),
+            _ => None,
+        },
+        |attempt, detail| {
+            tracing::info!(file = %crate::telemetry::escaped(source.file_name), attempt, detail = %detail, "store conflict, retrying feed");
+        },
+    )
+    .map_err(|error| match error {
+        // Only the last attempt's conflict comes back: every attempt conflicted.
+        ProcessError::Store(conflict @ StoreError::Conflict { .. }) => ProcessError::Conflicts {
+            attempts: crate::store::CONFLICT_ATTEMPTS,
+            source: conflict,
+        },
+        other => other,
+    })
 }
 
 /// The `content_hash` of a feed rejected before it was read ([`Limits::file_too_large`],
@@ -1289,7 +1282,7 @@ mod tests {
         writer.write_all_at(b"two", 11).expect("rewrite");
         // An mtime of its own, so the signature moves whatever the timestamp granularity.
         writer
-            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1))
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
             .expect("set mtime");
         let error = feed.confirm(&source(&path)).expect_err("changed");
         assert!(

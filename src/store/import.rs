@@ -1,8 +1,11 @@
 //! Parsing Amazon's tab-separated order reports into [`crate::store::OrderRow`]s.
 //!
 //! Reads the New Orders (`_GET_FLAT_FILE_ORDERS_DATA_`), Unshipped Orders and similar flat
-//! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored;
-//! a bad line fails the whole import with an error naming the line and the column. (Lines
+//! files (header names as in `reference/feed-format.md` §8.2). Unknown columns are ignored
+//! (those that look like misspellings of read ones are named for the summary,
+//! [`HeaderNotes`]); a CSV or XML file is named as such at its header; a bad line fails the
+//! whole import with an error naming the line and the column, its values quoted as the
+//! reports quote them ([`crate::problem::quoted`]). (Lines
 //! are parsed one by one here; that two lines name the same order item, or give one order
 //! different order-level values, is found by the store's import, `ImportSeen::repeat`.)
 //!
@@ -20,6 +23,7 @@ use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
     PriceComponent, PromotionComponent, SellerId, format_minor, parse_purchase_date,
 };
+use crate::problem::quoted;
 use crate::store::{OrderRow, RowSource, Rows};
 
 /// Why an order report could not be read. Names the 1-based line and, when the problem is
@@ -129,6 +133,7 @@ impl<R: BufRead> OrderReport<R> {
                 detail: "the order report is empty (expected a header line)".into(),
             });
         };
+        check_tab_separated(&report.buf[header.clone()], report.line)?;
         // Lossy: a name that is not UTF-8 is no column adjustd reads.
         report.header = String::from_utf8_lossy(&report.buf[header])
             .split('\t')
@@ -137,6 +142,11 @@ impl<R: BufRead> OrderReport<R> {
         report.header_line = report.line;
         report.columns = find_columns(&report.header, report.line)?;
         Ok(report)
+    }
+
+    /// What the header says about the columns this import ignores.
+    pub fn notes(&self) -> HeaderNotes {
+        HeaderNotes::of(&self.header)
     }
 
     /// Reads the next line that is not blank into `buf` and gives the range of its text
@@ -261,19 +271,29 @@ impl ReportFile {
             path: path.to_owned(),
         }
     }
-}
 
-impl RowSource for ReportFile {
-    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+    /// The report read up to its header.
+    fn open(&self) -> Result<OrderReport<BufReader<File>>, ImportError> {
         let file = File::open(&self.path).map_err(|e| ImportError {
             line: 0,
             column: None,
             detail: format!("cannot open the order report: {e}"),
         })?;
-        Ok(Box::new(OrderReport::new(BufReader::with_capacity(
-            64 * 1024,
-            file,
-        ))?))
+        OrderReport::new(BufReader::with_capacity(64 * 1024, file))
+    }
+
+    /// What the report's header says about the columns an import ignores.
+    ///
+    /// # Errors
+    /// The report cannot be opened, or its header is bad.
+    pub fn header(&self) -> Result<HeaderNotes, ImportError> {
+        Ok(self.open()?.notes())
+    }
+}
+
+impl RowSource for ReportFile {
+    fn rows(&self) -> Result<Rows<'_>, ImportError> {
+        Ok(Box::new(self.open()?))
     }
 }
 
@@ -316,6 +336,103 @@ const READ_COLUMNS: &[&str] = &[
 /// True for a column an import reads ([`READ_COLUMNS`], [`PRICE_COLUMNS`]).
 fn is_read(name: &str) -> bool {
     READ_COLUMNS.contains(&name) || PRICE_COLUMNS.iter().any(|(price, _)| *price == name)
+}
+
+/// The hint for a value wrapped in double quotes, as a spreadsheet's export writes fields
+/// (`"171-1234567-1234567"`): adjustd reads the quotes as part of the value. Empty for any
+/// other value.
+fn quote_hint(raw: &str) -> &'static str {
+    if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+        "; the field is wrapped in double quotes: save the report as plain tab-delimited \
+         text without quotes (as Amazon delivers it) and import it again"
+    } else {
+        ""
+    }
+}
+
+/// Refuses a header line (`text`, line `line`) that shows the file is no tab-separated
+/// order report: an XML document (an adjustment feed given to `orders import`), or a line
+/// without a tab but with commas or semicolons (a report saved as CSV). Any other header
+/// is left to [`find_columns`], which names a missing column.
+fn check_tab_separated(text: &[u8], line: u32) -> Result<(), ImportError> {
+    let refuse = |detail: &str| ImportError {
+        line,
+        column: None,
+        detail: detail.to_owned(),
+    };
+    if text.trim_ascii_start().starts_with(b"<") {
+        return Err(refuse(
+            "the file is XML (an adjustment feed?), not an order report: `orders import` reads \
+             Amazon's tab-separated order reports; adjustment feeds go to `adjustd process` or \
+             the daemon's inbox",
+        ));
+    }
+    if !text.contains(&b'\t') {
+        for (separator, name) in [(b',', "comma"), (b';', "semicolon")] {
+            if text.contains(&separator) {
+                return Err(refuse(&format!(
+                    "the header has no tab but has {name}s: order reports are tab-separated \
+                     and this one looks {name}-separated (saved as CSV?); save it as \
+                     tab-delimited text, or use the report as Amazon delivers it"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How a header names a column that adjustd reads, written another way: lower case (the
+/// header already is), `_`, space and `.` as `-`.
+fn spelled_out(name: &str) -> String {
+    name.chars()
+        .map(|c| if matches!(c, '_' | ' ' | '.') { '-' } else { c })
+        .collect()
+}
+
+/// The read column ([`is_read`]) that `name`, a column adjustd ignores, looks like a
+/// misspelling of: the same once `_`, space and `.` are read as `-`, or one edit away (two
+/// for names longer than 6 characters). Amazon's own columns that adjustd does not read
+/// (buyer-name, ship-city, item-promotion-id, quantity-to-ship, ...) are further away from
+/// every read column, so only a typo is named.
+fn lookalike(name: &str) -> Option<&'static str> {
+    if name.is_empty() || is_read(name) {
+        return None;
+    }
+    let name = spelled_out(name);
+    READ_COLUMNS
+        .iter()
+        .copied()
+        .chain(PRICE_COLUMNS.iter().map(|(column, _)| *column))
+        .map(|column| (strsim::levenshtein(&name, column), column))
+        .filter(|(distance, column)| *distance <= if column.len() > 6 { 2 } else { 1 })
+        .min()
+        .map(|(_, column)| column)
+}
+
+/// What the header of an order report says about the columns an import ignores, for the
+/// import's summary ([`ReportFile::header`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderNotes {
+    /// Ignored columns that look like misspellings of a column adjustd reads, each with
+    /// that column (`item_price`, `item-price`), in header order. Amazon's many other
+    /// columns that adjustd does not read are not listed.
+    pub lookalikes: Vec<(String, &'static str)>,
+    /// True when the header has at least one of the amount columns ([`PRICE_COLUMNS`]).
+    pub amount_columns: bool,
+}
+
+impl HeaderNotes {
+    fn of(header: &[String]) -> HeaderNotes {
+        HeaderNotes {
+            lookalikes: header
+                .iter()
+                .filter_map(|name| lookalike(name).map(|column| (name.clone(), column)))
+                .collect(),
+            amount_columns: header
+                .iter()
+                .any(|name| PRICE_COLUMNS.iter().any(|(price, _)| price == name)),
+        }
+    }
 }
 
 fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
@@ -428,7 +545,7 @@ fn parse_row(
     let amazon_order_id = AmazonOrderId::new(raw).ok_or_else(|| {
         err(
             name,
-            format!("{raw:?} is not an Amazon order id (3-7-7 letters or digits, e.g. 171-1234567-1234567)"),
+            format!("{} is not an Amazon order id (3-7-7 letters or digits, e.g. 171-1234567-1234567){}", quoted(raw), quote_hint(raw)),
         )
     })?;
     let (i, name) = columns.item_code;
@@ -436,14 +553,26 @@ fn parse_row(
     let item_code = OrderItemCode::new(raw).ok_or_else(|| {
         err(
             name,
-            format!("{raw:?} is not an order item code (14 or 15 digits)"),
+            format!(
+                "{} is not an order item code (14 or 15 digits){}",
+                quoted(raw),
+                quote_hint(raw)
+            ),
         )
     })?;
     let seller_id = |i: Option<usize>, name: &str| -> Result<Option<SellerId>, ImportError> {
         optional(i)
             .map(|raw| {
-                SellerId::new(raw)
-                    .ok_or_else(|| err(name, format!("{raw:?} is longer than 50 characters")))
+                SellerId::new(raw).ok_or_else(|| {
+                    err(
+                        name,
+                        format!(
+                            "{} is longer than 50 characters{}",
+                            quoted(raw),
+                            quote_hint(raw)
+                        ),
+                    )
+                })
             })
             .transpose()
     };
@@ -458,7 +587,9 @@ fn parse_row(
                     err(
                         "purchase-date",
                         format!(
-                            "{raw:?} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00"
+                            "{} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00{}",
+                            quoted(raw),
+                            quote_hint(raw)
                         ),
                     )
                 })
@@ -474,7 +605,11 @@ fn parse_row(
         _ => {
             return Err(err(
                 name,
-                format!("{:?} is not a positive whole number of units", field(i)),
+                format!(
+                    "{} is not a positive whole number of units{}",
+                    quoted(field(i)),
+                    quote_hint(field(i))
+                ),
             ));
         }
     };
@@ -483,7 +618,11 @@ fn parse_row(
             raw.parse::<u32>().map_err(|_| {
                 err(
                     "quantity-shipped",
-                    format!("{raw:?} is not a whole number of units"),
+                    format!(
+                        "{} is not a whole number of units{}",
+                        quoted(raw),
+                        quote_hint(raw)
+                    ),
                 )
             })
         })
@@ -501,7 +640,11 @@ fn parse_row(
             Currency::from_code(raw).ok_or_else(|| {
                 err(
                     "currency",
-                    format!("{raw:?} is not an ISO 4217 currency code (e.g. USD)"),
+                    format!(
+                        "{} is not an ISO 4217 currency code (e.g. USD){}",
+                        quoted(raw),
+                        quote_hint(raw)
+                    ),
                 )
             })
         })
@@ -512,7 +655,11 @@ fn parse_row(
             "mfn" | "merchant" => Ok(FulfillmentChannel::Merchant),
             _ => Err(err(
                 "fulfillment-channel",
-                format!("{raw:?} is not AFN, MFN, Amazon or Merchant"),
+                format!(
+                    "{} is not AFN, MFN, Amazon or Merchant{}",
+                    quoted(raw),
+                    quote_hint(raw)
+                ),
             )),
         })
         .transpose()?;
@@ -532,8 +679,9 @@ fn parse_row(
             err(
                 name,
                 format!(
-                    "{raw:?} has more fraction digits than {currency} allows ({}); amounts are \
+                    "{} has more fraction digits than {currency} allows ({}); amounts are \
                      never rounded",
+                    quoted(raw),
                     currency.exponent()
                 ),
             )
@@ -542,14 +690,17 @@ fn parse_row(
             AmountError::Format => err(
                 name,
                 format!(
-                    "{raw:?} is not a plain decimal number (digits, optional point; no \
-                     thousands separators)"
+                    "{} is not a plain decimal number (digits, optional point; no \
+                     thousands separators){}",
+                    quoted(raw),
+                    quote_hint(raw)
                 ),
             ),
             AmountError::IntegerDigits => err(
                 name,
                 format!(
-                    "{raw:?} has more than {} integer digits",
+                    "{} has more than {} integer digits",
+                    quoted(raw),
                     Amount::MAX_INTEGER_DIGITS
                 ),
             ),
@@ -562,8 +713,9 @@ fn parse_row(
                 return Err(err(
                     name,
                     format!(
-                        "{raw:?} is too large: amounts are held in minor units of {currency} up \
+                        "{} is too large: amounts are held in minor units of {currency} up \
                          to {}",
+                        quoted(raw),
                         format_minor(i64::MAX, currency)
                     ),
                 ));
@@ -574,11 +726,11 @@ fn parse_row(
             // keeps the discount the buyer received.
             Component::Promotion(_) => minor
                 .checked_abs()
-                .ok_or_else(|| err(name, format!("{raw:?} is too large")))?,
+                .ok_or_else(|| err(name, format!("{} is too large", quoted(raw))))?,
             Component::Price(_) if minor < 0 => {
                 return Err(err(
                     name,
-                    format!("{raw:?} is negative; a charge cannot be"),
+                    format!("{} is negative; a charge cannot be", quoted(raw)),
                 ));
             }
             Component::Price(_) => minor,
@@ -841,6 +993,145 @@ mod tests {
         let e = read_order_report(&b"\n\norder-id\xff\n"[..]).expect_err("no order-id");
         assert_eq!(e.line, 3);
         assert!(e.detail.contains("no order-id"), "{e}");
+    }
+
+    /// A report saved as CSV, or an XML file, is named as such at its header, not as a
+    /// header without an order-id column (which it has, or is not a header at all).
+    #[test]
+    fn csv_and_xml_are_told_apart_from_a_missing_column() {
+        let csv = NEW_ORDERS_HEADER.replace('\t', ",");
+        for (text, words) in [
+            (format!("{csv}\n1,2\n"), "looks comma-separated"),
+            (
+                format!("{}\n", NEW_ORDERS_HEADER.replace('\t', ";")),
+                "looks semicolon-separated",
+            ),
+            (
+                "\u{feff}<?xml version=\"1.0\"?>\n<AmazonEnvelope/>\n".to_owned(),
+                "the file is XML (an adjustment feed?)",
+            ),
+            ("  <AmazonEnvelope>\t\n".to_owned(), "adjustd process"),
+        ] {
+            let e = error(&text);
+            assert_eq!((e.line, e.column.as_deref()), (1, None), "{e}");
+            assert!(e.detail.contains(words), "{e}");
+            assert!(!e.detail.contains("no order-id"), "{e}");
+        }
+        // A tab-separated header with commas in a name, or a header of one column without
+        // commas, is a header: a missing column is named as before.
+        let e = error("order-id\tsku,x\tquantity\n");
+        assert!(e.detail.contains("no order-item-id column"), "{e}");
+        let e = error("orderid\n");
+        assert!(
+            e.detail.contains("no order-id (or amazon-order-id) column"),
+            "{e}"
+        );
+    }
+
+    /// Values are quoted as reports quote them (invisible characters named), never with
+    /// Rust's `{:?}`; a field wrapped in double quotes (a spreadsheet's export) gets a hint.
+    #[test]
+    fn values_are_quoted_as_reports_quote_them() {
+        let header = "order-id\torder-item-id\tsku\tquantity\tcurrency\titem-price\n";
+        let e = error(&format!(
+            "{header}\u{200b}271-1111111-1111111\t12345678901234\tS\t1\tUSD\t1.00\n"
+        ));
+        assert_eq!(
+            e.detail,
+            "\"[U+200B ZERO WIDTH SPACE]271-1111111-1111111\" is not an Amazon order id (3-7-7 \
+             letters or digits, e.g. 171-1234567-1234567)"
+        );
+        for (line, column) in [
+            (
+                "\"271-1111111-1111111\"\t12345678901234\tS\t1\tUSD\t1.00",
+                "order-id",
+            ),
+            (
+                "271-1111111-1111111\t12345678901234\tS\t1\tUSD\t\"1.00\"",
+                "item-price",
+            ),
+            (
+                "271-1111111-1111111\t12345678901234\tS\t\"1\"\tUSD\t1.00",
+                "quantity",
+            ),
+        ] {
+            let e = error(&format!("{header}{line}\n"));
+            assert_eq!(e.column.as_deref(), Some(column), "{e}");
+            assert!(e.detail.starts_with("\"\""), "{e}");
+            assert!(!e.detail.contains('\\'), "no Rust escapes: {e}");
+            assert!(
+                e.detail.contains(
+                    "wrapped in double quotes: save the report as plain \
+                                   tab-delimited text without quotes"
+                ),
+                "{e}"
+            );
+        }
+        let e = error(&format!(
+            "{header}271-1111111-1111111\t12345678901234\tS\t1\tUSD\t1,00\n"
+        ));
+        assert!(
+            e.detail.starts_with("\"1,00\" is not a plain decimal"),
+            "{e}"
+        );
+        assert!(!e.detail.contains("double quotes"), "{e}");
+    }
+
+    /// Only ignored columns that look like misspellings of read ones are named: none of
+    /// Amazon's own columns that adjustd does not read.
+    #[test]
+    fn header_notes_name_misspelt_columns_only() {
+        let notes = |header: &str| {
+            OrderReport::new(format!("{header}\n").as_bytes())
+                .expect("header")
+                .notes()
+        };
+        let amazon = [
+            NEW_ORDERS_HEADER,
+            "order-id\torder-item-id\tpurchase-date\tpayments-date\tbuyer-email\tbuyer-name\t\
+             buyer-phone-number\tsku\tproduct-name\tquantity-purchased\tcurrency\titem-price\t\
+             item-tax\tshipping-price\tshipping-tax\tship-service-level\trecipient-name\t\
+             ship-address-1\tship-address-2\tship-address-3\tship-city\tship-state\t\
+             ship-postal-code\tship-country\tship-phone-number\tbill-address-1\tbill-city\t\
+             bill-state\tbill-postal-code\tbill-country\titem-promotion-discount\t\
+             item-promotion-id\tship-promotion-discount\tship-promotion-id\t\
+             delivery-start-date\tdelivery-end-date\tdelivery-time-zone\t\
+             delivery-instructions\tsales-channel\tgift-wrap-type\tgift-message-text\t\
+             is-business-order\tpurchase-order-number\tprice-designation\tis-prime",
+        ];
+        for header in amazon {
+            let notes = notes(header);
+            assert_eq!(notes.lookalikes, vec![], "{header}");
+            assert!(notes.amount_columns);
+        }
+        let unshipped = notes(
+            "order-id\torder-item-id\tpurchase-date\tpayments-date\treporting-date\t\
+             promise-date\tdays-past-promise\tbuyer-email\tbuyer-name\tbuyer-phone-number\t\
+             sku\tproduct-name\tquantity-purchased\tquantity-shipped\tquantity-to-ship\t\
+             ship-service-level\trecipient-name\tship-city\tis-business-order\t\
+             purchase-order-number\tprice-designation\tis-prime\tis-iba\t\
+             verge-of-cancellation\tverge-of-latershipment",
+        );
+        assert_eq!(unshipped, HeaderNotes::default());
+        let typos = notes(
+            "order-id\torder-item-id\tsku\tquantity\tcurrency\tItem_Price\titem tax\t\
+             shiping-price\titem-promotion-discont\tfulfilment-channel\tsku2",
+        );
+        assert_eq!(
+            typos.lookalikes,
+            vec![
+                ("item_price".to_owned(), "item-price"),
+                ("item tax".to_owned(), "item-tax"),
+                ("shiping-price".to_owned(), "shipping-price"),
+                (
+                    "item-promotion-discont".to_owned(),
+                    "item-promotion-discount"
+                ),
+                ("fulfilment-channel".to_owned(), "fulfillment-channel"),
+                ("sku2".to_owned(), "sku"),
+            ]
+        );
+        assert!(!typos.amount_columns, "no amount column is spelt right");
     }
 
     #[test]

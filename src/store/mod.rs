@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::engine::{Change, ComponentTotals, ItemBalance, Needs, Snapshot, money};
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId,
-    OrderItemCode, OrderRef, SellerId, format_minor,
+    OrderItemCode, OrderRef, PriceComponent, PromotionComponent, SellerId, format_minor,
 };
 use crate::store::import::{ImportError, column_for};
 
@@ -98,6 +98,51 @@ impl StoreError {
     /// feed that meets one rather than fail it without a report.
     pub fn is_caused_by_request(&self) -> bool {
         matches!(self, StoreError::Invalid { .. })
+    }
+}
+
+impl StoreError {
+    /// The conflict's detail when this is a [`StoreError::Conflict`].
+    pub fn conflict(&self) -> Option<&str> {
+        match self {
+            StoreError::Conflict { detail } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// A conflict (serialization failure, deadlock, lost race on a unique key) runs the whole
+/// transaction again, this many times in all, before the caller gets it.
+pub const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// Runs `attempt` again while it fails with a conflict with another instance or process
+/// (`conflict` finds the [`StoreError::Conflict`] detail in its error), pausing a little
+/// longer each time, at most [`CONFLICT_ATTEMPTS`] times in all: the retry sees the
+/// winner's rows. `retrying` is told the failed attempt's number and the conflict, for
+/// the log. Feeds ([`crate::pipeline`]) and PostgreSQL's order imports retry this way.
+///
+/// # Errors
+/// The attempt's error when it is no conflict, or the last conflict.
+pub fn retry_conflicts<T, E>(
+    mut attempt: impl FnMut() -> Result<T, E>,
+    conflict: impl Fn(&E) -> Option<&str>,
+    mut retrying: impl FnMut(u32, &str),
+) -> Result<T, E> {
+    let mut attempt_number = 1;
+    loop {
+        match attempt() {
+            Err(error) if attempt_number < CONFLICT_ATTEMPTS => match conflict(&error) {
+                Some(detail) => {
+                    retrying(attempt_number, detail);
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        5 << attempt_number.min(6),
+                    ));
+                    attempt_number += 1;
+                }
+                None => return Err(error),
+            },
+            other => return other,
+        }
     }
 }
 
@@ -277,8 +322,8 @@ pub struct OrderRow {
 pub type Rows<'a> = Box<dyn Iterator<Item = Result<OrderRow, ImportError>> + 'a>;
 
 /// Where [`Store::import_orders`] reads an order report. Each call of `rows` starts again
-/// from the first line: a backend that retries its transaction (PostgreSQL after a lost
-/// connection) reads the rows again, so none need be held in memory
+/// from the first line: a backend that retries its transaction (PostgreSQL after a
+/// conflict with another import, [`retry_conflicts`]) reads the rows again, so none need be held in memory
 /// ([`import::ReportFile`] streams a file; rows already in memory serve tests).
 pub trait RowSource {
     /// The rows from the first.
@@ -384,12 +429,18 @@ pub(crate) fn shipped_after_import(
     Ok(shipped)
 }
 
-/// Checks the amounts an import line charges an item already in the store (`row.charged`)
-/// against what was refunded of it; `stored` holds every component of the item with its
-/// totals as stored. The caller then writes the line's amounts.
+/// Checks the amounts an import line charges an item (`row.charged`), new or already in
+/// the store, against what was charged and refunded of it; `stored` holds every component
+/// of the item with its totals as stored (empty for a new item). The caller then writes
+/// the line's amounts.
 ///
 /// # Errors
 /// [`StoreError::Invalid`] naming the line and the column when the line
+/// - leaves a promotion discount larger than the charge it discounts
+///   (item-promotion-discount above item-price, ship-promotion-discount above
+///   shipping-price): no buyer pays less than nothing for a part of an item, and such a
+///   line is a report read wrong (a misspelt item-price column reads as no price). Only a
+///   line that gives one of the two amounts is held to it;
 /// - charges a component less than was refunded of it, or gives a promotion discount
 ///   lower than was reversed of it (the store's CHECK constraints would refuse that too);
 /// - lowers what the buyer paid for the item (its charges less its promotion discounts:
@@ -429,6 +480,7 @@ pub(crate) fn check_charged_after_import(
     for (component, charged) in &row.charged {
         after.entry(*component).or_default().charged = *charged;
     }
+    check_discounts_within_charges(row, currency, &after)?;
     let before = ItemBalance::of_components(stored);
     let balance = ItemBalance::of_components(&after);
     if balance.refunded <= 0 || balance.remaining() >= 0 || balance.paid() >= before.paid() {
@@ -474,6 +526,51 @@ pub(crate) fn check_charged_after_import(
             money(balance.refunded)
         ),
     ))
+}
+
+/// The discount rule of [`check_charged_after_import`]: in `after` (the item's amounts once
+/// the line is written), each promotion discount the line touches is at most the charge it
+/// discounts.
+fn check_discounts_within_charges(
+    row: &OrderRow,
+    currency: Currency,
+    after: &BTreeMap<Component, ComponentTotals>,
+) -> Result<(), StoreError> {
+    let charged = |component: Component| after.get(&component).map_or(0, |t| t.charged);
+    let given = |component: Component| row.charged.iter().any(|(c, _)| *c == component);
+    for (promotion, price) in [
+        (PromotionComponent::Principal, PriceComponent::Principal),
+        (PromotionComponent::Shipping, PriceComponent::Shipping),
+    ] {
+        let (discount, charge) = (Component::Promotion(promotion), Component::Price(price));
+        if !(given(discount) || given(charge)) || charged(discount) <= charged(charge) {
+            continue;
+        }
+        let column = if given(discount) { discount } else { charge };
+        // No amount for the charge on the line: the likelier fault is its column.
+        let hint = if given(charge) {
+            String::new()
+        } else {
+            format!(
+                " (the line gives no {0}: is the {0} column missing or misspelt in the header, \
+                 or its field empty?)",
+                column_for(charge)
+            )
+        };
+        return Err(import_invalid(
+            row,
+            column_for(column),
+            format!(
+                "{} {} is more than the {} {} it discounts: a promotion cannot take off more \
+                 than was charged; check the line against the order{hint}",
+                column_for(discount),
+                format_minor(charged(discount), currency),
+                column_for(charge),
+                format_minor(charged(charge), currency),
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The line gives its order a merchant-order-id that order `holder` of the merchant has

@@ -4,7 +4,10 @@
 //! under an advisory lock so instances starting together are safe), the mapping of
 //! [`Store`]/[`FeedTx`] onto SQL, row locking and the classification of driver errors into
 //! [`StoreError`] (transient conflicts and connection loss versus invariant violations).
-//! It does not retry: the daemon retries the whole feed on a transient error. It knows
+//! It does not retry a feed: the pipeline retries the whole feed on a transient error; an
+//! order import, which has no other caller to retry it, runs again after a conflict
+//! (two imports creating the same new orders at once, [`crate::store::retry_conflicts`]).
+//! It knows
 //! nothing about XML or the refund rules (the CHECK constraints are only a backstop).
 //!
 //! Concurrency: one feed is one transaction at READ COMMITTED. [`FeedTx::load`] locks the
@@ -50,7 +53,7 @@ use crate::store::{
     AdjustmentView, FeedDone, FeedRecord, FeedStatus, FeedTx, ImportSeen, ImportSummary, ItemView,
     NewFeed, OrderRow, OrderView, ReportFolder, RowSource, Store, StoreError,
     check_charged_after_import, created_on, import_invalid, may_have_adjustments,
-    merchant_item_id_taken, merchant_order_id_taken, shipped_after_import,
+    merchant_item_id_taken, merchant_order_id_taken, retry_conflicts, shipped_after_import,
 };
 
 /// The migrations, in order: (version, name, SQL).
@@ -797,7 +800,16 @@ impl Store for PgStore {
         merchant: &MerchantId,
         rows: &dyn RowSource,
     ) -> Result<ImportSummary, StoreError> {
-        let summary = self.run_store(|conn| import_orders(conn, merchant, rows))?;
+        // Two imports (or an import and a feed) creating the same new orders at once: the
+        // loser's insert hits the winner's row (a unique violation, a Conflict); run again,
+        // it finds the rows and imports the report against them.
+        let summary = retry_conflicts(
+            || self.run_store(|conn| import_orders(conn, merchant, rows)),
+            StoreError::conflict,
+            |attempt, detail| {
+                tracing::info!(attempt, detail = %detail, "store conflict, retrying the order import");
+            },
+        )?;
         if summary.lines >= ANALYZE_AFTER_ROWS {
             // A large import changes the tables' sizes enough for the planner to pick other
             // plans for the feeds' batched lookups; refresh its statistics now rather than
@@ -1732,9 +1744,9 @@ fn import_batch(
             item.merchant_item_id = Some(merchant_item_id.as_str().to_owned());
             item.dirty = true;
         }
-        let new_item = item.id.is_none();
-        // A new item has nothing refunded; a report without prices changes none.
-        if !new_item && !row.charged.is_empty() {
+        // A report without prices changes none. A new item has no components yet: it is
+        // held to the rules that do not depend on refunds (a discount within its charge).
+        if !row.charged.is_empty() {
             let stored = item
                 .components
                 .iter()

@@ -1196,6 +1196,8 @@ fn import_row(
                 )
                 .map_err(|e| import_write_error(tx, merchant, Some(order_id), row, e))?;
             seen.item_created(order_id, item_id);
+            // Nothing stored yet: held to the rules that do not depend on refunds.
+            check_charged_after_import(row, currency, &BTreeMap::new())?;
             for (component, charged) in &row.charged {
                 if *charged != 0 {
                     upsert

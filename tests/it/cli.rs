@@ -2219,8 +2219,10 @@ fn merchant_ids_with_surrounding_whitespace_are_refused() {
         );
         let stderr = text(&out.stderr);
         assert!(
-            stderr.contains(&format!("{merchant:?} is not a merchant identifier"))
-                && stderr.contains("whitespace"),
+            stderr.contains(&format!(
+                "{} is not a merchant identifier",
+                adjustd::problem::quoted(merchant)
+            )) && stderr.contains("whitespace"),
             "{stderr}"
         );
         let out = sandbox.run(&[
@@ -2524,4 +2526,95 @@ fn a_default_config_path_that_is_no_file_is_an_error() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// QA6 F1: an ignored column that looks like a misspelling of one adjustd reads is named in
+/// the summary (Amazon's other unread columns are not), and a report that creates items
+/// without any amount column says they were stored with nothing charged; an Unshipped
+/// report over known orders (no amounts either) says nothing. Before the fix `item_price`
+/// was dropped without a word and every item imported at 0.00; with a discount on the
+/// line the import now fails on that line, and the error is followed by the same note.
+#[test]
+fn orders_import_names_misspelt_columns_and_items_created_without_prices() {
+    let sandbox = Sandbox::new();
+    let report = std::fs::read_to_string(data("orders.txt")).expect("orders");
+    let misspelt = report.replacen("\titem-price\t", "\titem_price\t", 1);
+    // Without its discounted line (item 10000000000002), the misspelt report imports.
+    let undiscounted: String = misspelt
+        .lines()
+        .filter(|line| !line.contains("\t10000000000002\t"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    std::fs::write(sandbox.path("discounted.txt"), &misspelt).expect("write");
+    std::fs::write(sandbox.path("misspelt.txt"), &undiscounted).expect("write");
+    let note = "warning: column \"item_price\" was ignored: adjustd does not read it (did you \
+                mean item-price?); correct the header and import again";
+
+    let out = sandbox.import(sandbox.path("discounted.txt"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(
+            "column item-promotion-discount: order 111-0000001-0000001 item \
+                         10000000000002: item-promotion-discount 5.00 is more than the \
+                         item-price 0.00 it discounts"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("adjustd: {note}")), "{stderr}");
+
+    let out = sandbox.import(sandbox.path("misspelt.txt"));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().skip(1).collect::<Vec<_>>(),
+        vec![note],
+        "one note, for the misspelt column only: {stdout}"
+    );
+
+    // Only the columns an Unshipped report has: no amounts.
+    let keep = [
+        "order-id",
+        "order-item-id",
+        "sku",
+        "quantity-purchased",
+        "quantity-shipped",
+        "currency",
+        "buyer-name",
+    ];
+    let header: Vec<&str> = report.lines().next().expect("header").split('\t').collect();
+    let columns: Vec<usize> = (0..header.len())
+        .filter(|i| keep.contains(&header[*i]))
+        .collect();
+    let project = |text: &str| -> String {
+        text.lines()
+            .map(|line| {
+                let fields: Vec<&str> = line.split('\t').collect();
+                let kept: Vec<&str> = columns.iter().map(|i| fields[*i]).collect();
+                format!("{}\n", kept.join("\t"))
+            })
+            .collect()
+    };
+    let fresh = Sandbox::new();
+    std::fs::write(fresh.path("no-prices.txt"), project(&report)).expect("write");
+    let out = fresh.import(fresh.path("no-prices.txt"));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(
+            "\nwarning: the report has no amount column (item-price, item-tax, shipping-price, \
+             shipping-tax, gift-wrap-price, gift-wrap-tax, item-promotion-discount, \
+             ship-promotion-discount): the 5 items created have nothing charged, so refunds \
+             on them will be refused; import a report with their prices"
+        ),
+        "{stdout}"
+    );
+    // The same columns over orders imported with their prices: nothing created, no note.
+    let out = sandbox.import(data("orders.txt"));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    std::fs::write(sandbox.path("no-prices.txt"), project(&report)).expect("write");
+    let out = sandbox.import(sandbox.path("no-prices.txt"));
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!stdout.contains("warning"), "{stdout}");
 }

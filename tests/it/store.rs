@@ -159,6 +159,7 @@ pub mod conformance {
                 import_refuses_a_change_of_fulfillment_channel,
                 import_names_quantity_purchased_below_the_units_cancelled,
                 import_refuses_prices_that_bring_the_refunds_above_what_was_paid,
+                import_refuses_a_discount_above_the_charge_it_discounts,
                 import_streams_a_large_report_file,
                 orders_show_shape,
                 feed_round_trip,
@@ -841,6 +842,87 @@ pub mod conformance {
         assert_eq!(
             item_view(&view, "90000000000002").charged["Promotion:Principal"],
             "4.60"
+        );
+    }
+
+    /// A promotion discount larger than the charge it discounts (item-promotion-discount
+    /// above item-price, ship-promotion-discount above shipping-price) is a bad line naming
+    /// the line and the column, for a new item (QA6 F1: a misspelt item-price column read
+    /// as no price let a 3.00 discount stand on a 0.00 price) as for a known one, and
+    /// nothing is imported. A discount equal to its charge is fine.
+    pub fn import_refuses_a_discount_above_the_charge_it_discounts(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\t\
+                              item-price\tshipping-price\titem-promotion-discount\t\
+                              ship-promotion-discount\n";
+        let import = |store: &mut dyn Store, lines: &str| {
+            let rows = parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        let good = "902-0000001-0000001\t90000000000001\tS\t1\tUSD\t5.00\t2.00\t-5.00\t-2.00\n";
+        let refused = [
+            (
+                "902-0000002-0000002\t90000000000002\tS\t1\tUSD\t1.00\t\t-5.00\t\n",
+                "line 3, column item-promotion-discount: order 902-0000002-0000002 item \
+                 90000000000002: item-promotion-discount 5.00 is more than the item-price 1.00 \
+                 it discounts",
+            ),
+            (
+                "902-0000002-0000002\t90000000000002\tS\t1\tUSD\t\t\t-3.00\t\n",
+                "line 3, column item-promotion-discount: order 902-0000002-0000002 item \
+                 90000000000002: item-promotion-discount 3.00 is more than the item-price 0.00 \
+                 it discounts: a promotion cannot take off more than was charged; check the \
+                 line against the order (the line gives no item-price: is the item-price \
+                 column missing or misspelt in the header, or its field empty?)",
+            ),
+            (
+                "902-0000002-0000002\t90000000000002\tS\t1\tUSD\t9.00\t1.99\t\t2.00\n",
+                "line 3, column ship-promotion-discount: order 902-0000002-0000002 item \
+                 90000000000002: ship-promotion-discount 2.00 is more than the shipping-price \
+                 1.99 it discounts",
+            ),
+        ];
+        for (line, start) in refused {
+            let err = import(store, &format!("{good}{line}")).expect_err(start);
+            assert!(matches!(err, StoreError::Invalid { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.starts_with(start), "{msg}");
+            assert!(
+                store
+                    .orders(Some(&merchant()), "902-0000001-0000001")
+                    .expect("orders")
+                    .is_empty(),
+                "nothing of a refused report is imported"
+            );
+        }
+        let summary = import(store, good).expect("a discount equal to its charge");
+        assert_eq!(summary.items_created, 1);
+        // A known item: a report raising its discount above its price, or lowering its
+        // price below its discount, is refused the same way (nothing was refunded of it).
+        for (line, start) in [
+            (
+                "902-0000001-0000001\t90000000000001\tS\t1\tUSD\t5.00\t2.00\t-5.01\t\n",
+                "line 2, column item-promotion-discount: order 902-0000001-0000001 item \
+                 90000000000001: item-promotion-discount 5.01 is more than the item-price 5.00",
+            ),
+            (
+                "902-0000001-0000001\t90000000000001\tS\t1\tUSD\t\t1.00\t\t\n",
+                "line 2, column shipping-price: order 902-0000001-0000001 item \
+                 90000000000001: ship-promotion-discount 2.00 is more than the shipping-price \
+                 1.00",
+            ),
+        ] {
+            let msg = import(store, line).expect_err(start).to_string();
+            assert!(msg.starts_with(start), "{msg}");
+        }
+        let view = one_order(store, "902-0000001-0000001");
+        let item = item_view(&view, "90000000000001");
+        assert_eq!(
+            (
+                item.charged["Principal"].as_str(),
+                item.charged["Promotion:Principal"].as_str(),
+                item.charged["Shipping"].as_str()
+            ),
+            ("5.00", "5.00", "2.00")
         );
     }
 

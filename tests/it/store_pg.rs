@@ -675,6 +675,74 @@ fn the_same_bytes_committed_by_two_instances_conflict_once() {
     assert_eq!(first.recent_feeds(10).expect("recent")[0].id, original.id);
 }
 
+/// QA5 D5: two `orders import` of the same new orders at once. Both find the orders
+/// missing and insert them; the loser's insert hits the winner's row (a unique violation,
+/// a Conflict). The import runs again, finds the orders and succeeds, counting them
+/// unchanged, where it used to fail with a raw duplicate-key error. The race is made
+/// certain, not likely: a SHARE lock on `orders` holds both inserts until both wait on it.
+#[test]
+fn two_imports_of_the_same_new_orders_at_once_both_succeed() {
+    let db = pg_or_skip!();
+    drop(PgStore::connect(&db.url).expect("create the schema"));
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().expect("begin");
+    lock.batch_execute("LOCK TABLE orders IN SHARE MODE")
+        .expect("lock orders");
+    let importers: Vec<_> = (0..2)
+        .map(|_| {
+            let url = db.url.clone();
+            std::thread::spawn(move || {
+                let mut store = PgStore::connect(&url).expect("connect");
+                store.import_orders(&merchant(), &[row(ORDER, 2), row(ORDER2, 3)])
+            })
+        })
+        .collect();
+    let mut watcher = db.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both imports must come to wait on the lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lock.commit().expect("release the lock");
+    let mut summaries: Vec<_> = importers
+        .into_iter()
+        .map(|importer| {
+            importer
+                .join()
+                .expect("importer thread")
+                .expect("both imports succeed")
+        })
+        .collect();
+    summaries.sort_by_key(|summary| summary.orders_created);
+    let counts = |s: &adjustd::store::ImportSummary| {
+        (
+            s.orders_created,
+            s.orders_unchanged,
+            s.items_created,
+            s.items_unchanged,
+        )
+    };
+    assert_eq!(
+        summaries.iter().map(counts).collect::<Vec<_>>(),
+        vec![(0, 2, 0, 2), (2, 0, 2, 0)],
+        "one created the orders; the other, run again, found them as the report says"
+    );
+}
+
 #[test]
 fn the_same_idempotency_key_in_two_transactions_conflicts() {
     let db = pg_or_skip!();
