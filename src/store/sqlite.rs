@@ -135,7 +135,11 @@ impl SqliteStore {
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| {
-                open_error(&format!("cannot create folder {}", parent.display()), &e)
+                open_error(
+                    &format!("cannot create folder {}", parent.display()),
+                    parent,
+                    &e,
+                )
             })?;
         }
         let named = take_lock(path)?;
@@ -254,6 +258,7 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
         .map_err(|e| {
             open_error(
                 &format!("cannot open lock file {}", lock_path.display()),
+                &lock_path,
                 &e,
             )
         })?;
@@ -276,6 +281,7 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(open_error(
                 &format!("cannot lock {}", lock_path.display()),
+                &lock_path,
                 &e,
             ));
         }
@@ -289,6 +295,7 @@ fn take_lock(path: &Path) -> Result<File, StoreError> {
     written.map_err(|e| {
         open_error(
             &format!("cannot write lock file {}", lock_path.display()),
+            &lock_path,
             &e,
         )
     })?;
@@ -314,8 +321,13 @@ const FLOCK_EMULATED_FILESYSTEMS: [u32; 4] = [0x6969, 0x517B, 0xFF53_4D42, 0xFE5
 /// Refused, it names the holder found in `/proc/locks`: whoever holds it reached the file
 /// through another path, or the lock file would have refused us first.
 fn lock_database_file(path: &Path) -> Result<Option<File>, StoreError> {
-    let file = File::open(path)
-        .map_err(|e| open_error(&format!("cannot open {} to lock it", path.display()), &e))?;
+    let file = File::open(path).map_err(|e| {
+        open_error(
+            &format!("cannot open {} to lock it", path.display()),
+            path,
+            &e,
+        )
+    })?;
     let emulated = rustix::fs::fstatfs(&file).is_ok_and(|statfs| {
         // The magic numbers are 32-bit; `f_type` is a C long (or `__u32`) by platform.
         #[allow(clippy::cast_possible_truncation, clippy::unnecessary_cast)]
@@ -331,9 +343,11 @@ fn lock_database_file(path: &Path) -> Result<Option<File>, StoreError> {
             path: path.display().to_string(),
             holder: database_file_holder(&file),
         }),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(open_error(&format!("cannot lock {}", path.display()), &e))
-        }
+        Err(std::fs::TryLockError::Error(e)) => Err(open_error(
+            &format!("cannot lock {}", path.display()),
+            path,
+            &e,
+        )),
     }
 }
 
@@ -374,8 +388,18 @@ fn database_file_holder(file: &File) -> String {
 /// are [`StoreError::Unavailable`]; a path that cannot work (a file where a folder should
 /// be, no permission, a read-only filesystem, a name the filesystem refuses, a folder that
 /// cannot be created there) is [`StoreError::Other`], naming the path and the fix.
-fn open_error(what: &str, error: &std::io::Error) -> StoreError {
+fn open_error(what: &str, path: &Path, error: &std::io::Error) -> StoreError {
     use std::io::ErrorKind;
+    if error.kind() == ErrorKind::PermissionDenied
+        && let Some(owner) = owned_by_another_user(path)
+    {
+        return StoreError::Other {
+            detail: format!(
+                "{what}: {error}: it belongs to {owner}, not to the user adjustd runs as (uid {}), so another user made the store (`orders import` or `process` run as root, say); give the database and its -wal, -shm and .lock files to the user the daemon runs as (chown), and run imports as that user",
+                rustix::process::geteuid().as_raw()
+            ),
+        };
+    }
     let hint = match error.kind() {
         ErrorKind::Interrupted
         | ErrorKind::WouldBlock
@@ -397,6 +421,17 @@ fn open_error(what: &str, error: &std::io::Error) -> StoreError {
     StoreError::Other {
         detail: format!("{what}: {error}: {hint}; {STORE_PATH_FIX}"),
     }
+}
+
+/// "uid N" when `path` (or its folder, when it does not exist) belongs to another user than
+/// the one adjustd runs as: the likely reason it may not be written.
+fn owned_by_another_user(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let metadata = std::fs::metadata(path)
+        .or_else(|_| std::fs::metadata(path.parent().unwrap_or(Path::new("."))))
+        .ok()?;
+    (metadata.uid() != rustix::process::geteuid().as_raw())
+        .then(|| format!("uid {}", metadata.uid()))
 }
 
 /// A driver error while opening and configuring the database: busy or locked (another

@@ -2267,6 +2267,45 @@ fn merchant_ids_with_surrounding_whitespace_are_refused() {
 }
 
 #[test]
+fn a_store_made_by_another_user_is_named_as_such() {
+    // Root imports first (the natural step after installing the unit), then the daemon's
+    // user cannot open the lock file: the error names the owner and the fix, not the folder.
+    if is_not_root() {
+        eprintln!("skipped: needs root, to run adjustd as another user");
+        return;
+    }
+    let sandbox = Sandbox::new();
+    sandbox.import_orders();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(sandbox.path(""), std::fs::Permissions::from_mode(0o777))
+        .expect("open the folder to all");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_adjustd"))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .args(["orders", "import", "--merchant", "M_TEST"])
+        .arg(data("orders.txt"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run setpriv");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("store.db.lock")
+            && stderr.contains("it belongs to uid 0, not to the user adjustd runs as (uid 65534)")
+            && stderr.contains("chown"),
+        "{stderr}"
+    );
+}
+
+/// True unless this test runs as root.
+fn is_not_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0)
+}
+
+#[test]
 fn orders_import_of_a_folder_is_an_io_error() {
     let sandbox = Sandbox::new();
     let folder = sandbox.path("reports");
