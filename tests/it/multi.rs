@@ -833,15 +833,7 @@ fn a_peer_takes_up_the_claims_of_an_instance_that_died_with_them_in_hand() {
         "instance 0 to claim all 20 and wait for the row lock",
         Duration::from_secs(20),
         || {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                    &[],
-                )
-                .expect("pg_stat_activity")
-                .get(0);
-            waiting == 1
+            TestDb::sessions_waiting_on_locks(&mut watcher) == 1
                 && names_in(&site.path("work")).len() == 20
                 && names_in(&site.path("inbox-0")).is_empty()
         },

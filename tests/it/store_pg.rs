@@ -83,6 +83,35 @@ impl TestDb {
         postgres::Client::connect(&self.url, postgres::NoTls).expect("connect to test database")
     }
 
+    /// How many sessions on the test database wait for a lock now (on `watcher`, a
+    /// [`TestDb::client`]).
+    pub fn sessions_waiting_on_locks(watcher: &mut postgres::Client) -> i64 {
+        watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .expect("pg_stat_activity")
+            .get(0)
+    }
+
+    /// Builds the schema as version 1 left it, on `client` (a [`TestDb::client`]).
+    pub fn make_version_1_schema(client: &mut postgres::Client) {
+        client
+            .batch_execute(include_str!(
+                "../../src/store/migrations/postgres/0001_init.sql"
+            ))
+            .expect("version 1 schema");
+        client
+            .batch_execute(
+                "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                     applied_at TEXT NOT NULL);
+                 INSERT INTO schema_version VALUES (1, '0001_init', 'then');",
+            )
+            .expect("version 1 schema_version");
+    }
+
     /// Reconnects the maintenance connection (after a server restart).
     pub fn reconnect_admin(&mut self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -343,17 +372,10 @@ fn a_version_1_database_is_upgraded_in_place() {
     // counts the units returned (at most what was shipped).
     let db = pg_or_skip!();
     let mut client = db.client();
-    client
-        .batch_execute(include_str!(
-            "../../src/store/migrations/postgres/0001_init.sql"
-        ))
-        .expect("version 1 schema");
+    TestDb::make_version_1_schema(&mut client);
     client
         .batch_execute(
-            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
-                 applied_at TEXT NOT NULL);
-             INSERT INTO schema_version VALUES (1, '0001_init', 'then');
-             INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel)
+            "INSERT INTO orders (id, merchant, amazon_order_id, currency, fulfillment_channel)
                  VALUES (1, 'M1', '111-1111111-1111111', 'USD', 'MFN');
              INSERT INTO order_items (id, order_id, position, amazon_order_item_code, sku,
                  quantity_ordered, quantity_shipped) VALUES (1, 1, 0, '12345678901234', 'S', 3, 2);
@@ -430,18 +452,7 @@ fn a_reader_never_creates_or_upgrades_the_schema() {
 
     // The schema as version 1 left it.
     let mut client = db.client();
-    client
-        .batch_execute(include_str!(
-            "../../src/store/migrations/postgres/0001_init.sql"
-        ))
-        .expect("version 1 schema");
-    client
-        .batch_execute(
-            "CREATE TABLE schema_version (version BIGINT PRIMARY KEY, name TEXT NOT NULL,
-                 applied_at TEXT NOT NULL);
-             INSERT INTO schema_version VALUES (1, '0001_init', 'then');",
-        )
-        .expect("version 1 recorded");
+    TestDb::make_version_1_schema(&mut client);
     let text = read_only_refusal(&db.url).to_string();
     for needed in [
         "schema version 1",
@@ -700,15 +711,7 @@ fn two_imports_of_the_same_new_orders_at_once_both_succeed() {
     let mut watcher = db.client();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let waiting: i64 = watcher
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .expect("pg_stat_activity")
-            .get(0);
-        if waiting == 2 {
+        if TestDb::sessions_waiting_on_locks(&mut watcher) == 2 {
             break;
         }
         assert!(
