@@ -580,8 +580,14 @@ fn process(config: &Config, files: &[PathBuf]) -> Result<u8, Failure> {
                 })?;
             }
             Err(error) => {
+                let advice = match &error {
+                    pipeline::ProcessError::Report { .. } => {
+                        " (processing the file again writes it, and applies nothing twice)"
+                    }
+                    _ => "",
+                };
                 eprintln!(
-                    "adjustd: {}: {:#}",
+                    "adjustd: {}: {:#}{advice}",
                     crate::telemetry::escaped(path.display()),
                     anyhow::Error::new(error)
                 );

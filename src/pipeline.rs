@@ -173,7 +173,7 @@ pub enum ProcessError {
     },
     /// Writing a report failed, after the feed was committed (or found committed).
     #[error(
-        "feed {feed_id} is processed and committed, but its report could not be written to {path} (processing the file again writes it, and applies nothing twice)"
+        "feed {feed_id} is processed and committed, but its report could not be written to {path}"
     )]
     Report {
         /// The committed feed.
@@ -423,11 +423,13 @@ fn attempt_once(
         return write(context, source, outcome, Some(0));
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
+    if let Some(earlier) = &earlier {
+        restore_missing_report(&context.outbox, source, earlier)?;
+    }
     if let (Some(earlier), DuplicatePolicy::Skip) = (&earlier, context.duplicate_policy)
         && !had_deferred(earlier)
     {
         feed.confirm(source)?;
-        restore_missing_report(&context.outbox, source, earlier)?;
         let problem = Problem::new(
             Code::DuplicateFeed,
             MessageId::FEED,

@@ -2323,8 +2323,41 @@ fn orders_import_of_a_folder_is_an_io_error() {
 
 #[test]
 fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() {
+    // Processing it again applies nothing (a duplicate of feed 1) and writes feed 1's
+    // report, which the first run committed but could not write.
+    let (sandbox, paths) = rerun_after_the_report_could_not_be_written(true);
+    let report = json_report(&paths);
+    assert_eq!(report["duplicate_of"].as_u64(), Some(1), "{report}");
+    let first = feed_1_report(&sandbox);
+    assert_eq!(
+        first["summary"]["messages_successful"].as_u64(),
+        Some(2),
+        "{first}"
+    );
+}
+
+#[test]
+fn a_rerun_processed_again_for_its_order_not_found_writes_the_missing_report_too() {
+    // Without the orders, feed 1's messages get ORDER_NOT_FOUND, so a copy is processed
+    // again (not skipped as a duplicate); it still writes feed 1's report first.
+    let (sandbox, paths) = rerun_after_the_report_could_not_be_written(false);
+    let report = json_report(&paths);
+    assert_eq!(report["feed_id"].as_u64(), Some(2), "{report}");
+    let first = feed_1_report(&sandbox);
+    assert_eq!(
+        first["summary"]["messages_with_error"].as_u64(),
+        Some(2),
+        "{first}"
+    );
+}
+
+/// `process` of refund-ok.xml with the outbox blocked (exit 2, feed 1 committed without its
+/// report), then again with it unblocked; the second run's printed report paths.
+fn rerun_after_the_report_could_not_be_written(import_orders: bool) -> (Sandbox, Vec<PathBuf>) {
     let sandbox = Sandbox::new();
-    sandbox.import_orders();
+    if import_orders {
+        sandbox.import_orders();
+    }
     // A regular file where the outbox belongs: the report cannot be written (as root too).
     std::fs::write(sandbox.path("outbox"), b"not a folder").expect("block the outbox");
     let (out, _) = sandbox.process("refund-ok.xml");
@@ -2335,24 +2368,20 @@ fn process_says_a_feed_is_committed_when_only_its_report_could_not_be_written() 
             && stderr.contains("processing the file again writes it, and applies nothing twice"),
         "{stderr}"
     );
-    // Processing it again applies nothing (a duplicate of feed 1) and writes feed 1's
-    // report, which the first run committed but could not write.
     std::fs::remove_file(sandbox.path("outbox")).expect("unblock the outbox");
     let (out, paths) = sandbox.process("refund-ok.xml");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report = json_report(&paths);
-    assert_eq!(report["duplicate_of"].as_u64(), Some(1), "{report}");
-    let first = sandbox.path("outbox/refund-ok.xml.1.report.json");
-    let first: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&first).expect("feed 1's report is written"))
-            .expect("JSON");
-    assert_eq!(first["feed_id"].as_u64(), Some(1), "{first}");
-    assert_eq!(
-        first["summary"]["messages_successful"].as_u64(),
-        Some(2),
-        "{first}"
-    );
+    assert_eq!(paths.len(), 2, "{}", text(&out.stderr));
+    (sandbox, paths)
+}
+
+/// Feed 1's JSON report in the outbox, whose XML twin is there too.
+fn feed_1_report(sandbox: &Sandbox) -> Value {
     assert!(sandbox.path("outbox/refund-ok.xml.1.report.xml").is_file());
+    let json = std::fs::read(sandbox.path("outbox/refund-ok.xml.1.report.json"))
+        .expect("feed 1's report is written");
+    let report: Value = serde_json::from_slice(&json).expect("JSON");
+    assert_eq!(report["feed_id"].as_u64(), Some(1), "{report}");
+    report
 }
 
 #[test]

@@ -1603,6 +1603,8 @@ fn a_report_that_cannot_be_written_is_retried_and_the_feed_is_never_failed_or_ap
         log.contains("is processed and committed, but its report could not be written"),
         "{log}"
     );
+    // The advice for `adjustd process` is not the daemon's: it retries the report itself.
+    assert!(!log.contains("processing the file again"), "{log}");
     assert!(dir.files_in("failed").is_empty(), "not failed: {log}");
     assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 150);
