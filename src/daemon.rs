@@ -1250,17 +1250,11 @@ impl Worker {
             return Ok(());
         }
         let now = chrono::Utc::now();
-        let first_processed_at = if processed.recovered {
-            // A recovered feed was first processed when its report says, not now. Its report
-            // named the end of a window counted from the start of that attempt, so the
-            // window counted from here ends no earlier than it said.
-            chrono::DateTime::parse_from_rfc3339(&outcome.processed_at)
-                .map_or(now, |at| at.with_timezone(&chrono::Utc))
-                .min(now)
-        } else {
-            // The end of the window is then the time its report names.
-            attempt_at
-        };
+        // The end of the window is then the time its report names: a recovered feed's
+        // stored report is worded again for this attempt too
+        // (`engine::reword_deferred_order_not_found`), so its window counts from here, and
+        // the time a crash or an outage kept the daemon away is not taken from it.
+        let first_processed_at = attempt_at;
         let schedule = Schedule {
             version: park::SCHEDULE_VERSION,
             feed_id: outcome.feed_id,

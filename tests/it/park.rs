@@ -659,6 +659,78 @@ fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
 }
 
 #[test]
+fn a_report_re_emitted_after_an_outage_names_the_end_of_the_window_the_retries_keep() {
+    // A feed committed an hour before the daemon comes back (its report never written): the
+    // re-emitted report says until when the feed is retried, and the parked schedule's
+    // window ends at that very second, not an hour earlier.
+    let window_secs = 7200;
+    let dir = TestDir::with(&settings(&Backend::Sqlite, window_secs));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let token = "1700000000000000000-1-0";
+    fs::create_dir_all(dir.path("work")).expect("work folder");
+    let claimed = dir.path("work").join(format!("{token}--late.xml"));
+    fs::write(
+        &claimed,
+        feed_xml(MERCHANT, &[refund(0, "late", 100)]).as_bytes(),
+    )
+    .expect("write claimed feed");
+    let mut context = sqlite_context(
+        &dir,
+        Rules {
+            order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Rules::default()
+        },
+    );
+    let committed = pipeline::process_file(
+        &mut context,
+        &Source::new(&claimed, "late.xml", Some(token), None, None),
+    )
+    .expect("the attempt before the crash");
+    drop(context);
+    fs::remove_file(&committed.xml_report).expect("remove XML report");
+    fs::remove_file(&committed.json_report).expect("remove JSON report");
+    // That attempt was an hour ago.
+    let an_hour_ago = (chrono::Utc::now() - chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let db = rusqlite::Connection::open(dir.path("store.db")).expect("open store");
+    let json: String = db
+        .query_row("SELECT report_json FROM feeds WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("stored report");
+    let mut stored: Value = serde_json::from_str(&json).expect("JSON");
+    stored["processed_at"] = Value::from(an_hour_ago.clone());
+    db.execute(
+        "UPDATE feeds SET report_json = ?1, processed_at = ?2 WHERE id = 1",
+        rusqlite::params![stored.to_string(), an_hour_ago],
+    )
+    .expect("backdate the feed");
+    drop(db);
+
+    let mut daemon = dir.spawn_daemon();
+    let report = first_report(&dir, "late.xml");
+    daemon.stop();
+    let description = assert_says_it_is_retried(&report);
+    let schedule: Value = serde_json::from_slice(
+        &fs::read(schedules(&dir).first().expect("parked")).expect("read schedule"),
+    )
+    .expect("schedule JSON");
+    let first = chrono::DateTime::parse_from_rfc3339(
+        schedule["first_processed_at"]
+            .as_str()
+            .expect("first_processed_at"),
+    )
+    .expect("a time");
+    let ends = (first + chrono::Duration::seconds(window_secs.try_into().expect("secs")))
+        .format("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
+    assert!(
+        description.contains(&format!("until {ends} ")),
+        "the window ends at {ends}: {description}"
+    );
+}
+
+#[test]
 fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
     // A feed committed by a daemon with parking on, whose report was not written before a
     // crash; the restart has the window at 0, so nothing is parked and no retry comes: the
