@@ -480,7 +480,7 @@ pub(crate) fn check_charged_after_import(
     for (component, charged) in &row.charged {
         after.entry(*component).or_default().charged = *charged;
     }
-    check_discounts_within_charges(row, currency, &after)?;
+    check_discounts_within_charges(row, currency, stored, &after)?;
     let before = ItemBalance::of_components(stored);
     let balance = ItemBalance::of_components(&after);
     if balance.refunded <= 0 || balance.remaining() >= 0 || balance.paid() >= before.paid() {
@@ -530,20 +530,25 @@ pub(crate) fn check_charged_after_import(
 
 /// The discount rule of [`check_charged_after_import`]: in `after` (the item's amounts once
 /// the line is written), each promotion discount the line touches is at most the charge it
-/// discounts.
+/// discounts. A pair the line leaves as `stored` is not refused: an item an earlier build
+/// took in with a larger discount must not stop every later import of the report.
 fn check_discounts_within_charges(
     row: &OrderRow,
     currency: Currency,
+    stored: &BTreeMap<Component, ComponentTotals>,
     after: &BTreeMap<Component, ComponentTotals>,
 ) -> Result<(), StoreError> {
     let charged = |component: Component| after.get(&component).map_or(0, |t| t.charged);
+    let was = |component: Component| stored.get(&component).map_or(0, |t| t.charged);
     let given = |component: Component| row.charged.iter().any(|(c, _)| *c == component);
     for (promotion, price) in [
         (PromotionComponent::Principal, PriceComponent::Principal),
         (PromotionComponent::Shipping, PriceComponent::Shipping),
     ] {
         let (discount, charge) = (Component::Promotion(promotion), Component::Price(price));
-        if !(given(discount) || given(charge)) || charged(discount) <= charged(charge) {
+        let unchanged = charged(discount) == was(discount) && charged(charge) == was(charge);
+        if !(given(discount) || given(charge)) || unchanged || charged(discount) <= charged(charge)
+        {
             continue;
         }
         let column = if given(discount) { discount } else { charge };

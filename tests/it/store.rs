@@ -1813,6 +1813,45 @@ fn raw(path: &std::path::Path) -> rusqlite::Connection {
 }
 
 #[test]
+fn sqlite_reimport_of_an_unchanged_legacy_discount_above_its_price_is_not_refused() {
+    // An earlier build took in a discount above its price (7.00 off 5.00). A later report
+    // repeating that line changes nothing and must not stop the import of every other line.
+    const HEADER: &str = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\t\
+                          item-price\titem-promotion-discount\n";
+    let rows = |lines: &str| parse_order_report(&format!("{HEADER}{lines}")).expect("parses");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    let legacy = "903-0000001-0000001\t90300000000001\tS\t1\tUSD\t5.00\t-5.00\n";
+    SqliteStore::open(&path)
+        .expect("open")
+        .import_orders(&merchant(), &rows(legacy))
+        .expect("import");
+    raw(&path)
+        .execute(
+            "UPDATE item_components SET charged = 700 WHERE component = 'Promotion:Principal'",
+            [],
+        )
+        .expect("the legacy discount");
+    let mut store = SqliteStore::open(&path).expect("reopen");
+    let repeated = "903-0000001-0000001\t90300000000001\tS\t1\tUSD\t5.00\t-7.00\n";
+    let other = "903-0000002-0000002\t90300000000002\tS\t1\tUSD\t3.00\t\n";
+    let summary = store
+        .import_orders(&merchant(), &rows(&format!("{repeated}{other}")))
+        .expect("the unchanged line does not refuse the report");
+    assert_eq!(summary.orders_created, 1);
+    // A line that changes the pair is still held to the rule.
+    let raised = "903-0000001-0000001\t90300000000001\tS\t1\tUSD\t5.00\t-7.50\n";
+    let err = store
+        .import_orders(&merchant(), &rows(raised))
+        .expect_err("a changed discount above its price");
+    assert!(
+        err.to_string()
+            .contains("item-promotion-discount 7.50 is more than the item-price 5.00"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sqlite_migrates_a_fresh_database_and_reopens_with_data() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("sub/dir/adjustd.db");
