@@ -278,7 +278,7 @@ const LIST_KEYS: &[((&str, &str), &str)] = &[
     ),
 ];
 
-/// The `[inbox] done_marker` that turns done markers off, like leaving the key out; from
+/// The `[inbox] done_marker` that turns done markers off (in any case), like leaving the key out; from
 /// the environment it turns off a marker the file sets. A marker is a suffix of the feed's
 /// name (".done"), so this one would make `feed.xmloff`, which nobody means.
 pub const DONE_MARKER_OFF: &str = "off";
@@ -832,7 +832,8 @@ fn resolve(
                 ),
             ));
         }
-        inbox.done_marker = (marker != DONE_MARKER_OFF).then_some(marker);
+        // In any case: `OFF` is no more a marker anybody means than `off`.
+        inbox.done_marker = (!marker.eq_ignore_ascii_case(DONE_MARKER_OFF)).then_some(marker);
     }
     if let Some(watch) = inbox_file.watch {
         inbox.watch = match watch {
@@ -1537,6 +1538,15 @@ mod tests {
     fn done_markers_are_turned_off_by_off_also_from_the_environment_over_the_file() {
         let file = "[inbox]\ndone_marker = \".ok\"\n";
         let config = load_text(file, &[("ADJUSTD_INBOX_DONE_MARKER", "off")]).expect("valid");
+        assert_eq!(
+            load_text(file, &[("ADJUSTD_INBOX_DONE_MARKER", "OFF")])
+                .expect("valid")
+                .daemon
+                .inbox
+                .done_marker,
+            None,
+            "in any case"
+        );
         assert_eq!(config.daemon.inbox.done_marker, None);
         let config = load_text("[inbox]\ndone_marker = \"off\"\n", &[]).expect("valid");
         assert_eq!(config.daemon.inbox.done_marker, None);
