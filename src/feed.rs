@@ -1205,14 +1205,9 @@ impl<R: BufRead> FeedReader<R> {
             root,
             Some(source.position()),
             format!(
-                "{what} (after {} bytes, {} {} still open): the upload did not complete",
-                source.consumed(),
-                self.depth,
-                if self.depth == 1 {
-                    "element"
-                } else {
-                    "elements"
-                }
+                "{what} (after {}, {} still open): the upload did not complete",
+                count(source.consumed(), "byte"),
+                count(self.depth, "element"),
             ),
             "Upload the complete file; write it under a temporary name and rename it when done.",
         )
@@ -1228,6 +1223,7 @@ impl<R: BufRead> FeedReader<R> {
             (3, true) => {
                 "the file is empty: its 3 bytes are only a UTF-8 byte order mark".to_owned()
             }
+            (1, _) => "the file is empty: its 1 byte is white space".to_owned(),
             (_, bom) => format!(
                 "the file is empty: its {} are only {}white space",
                 count(bytes, "byte"),
