@@ -435,6 +435,27 @@ impl HeaderNotes {
     }
 }
 
+/// Why a header may lack the column `what` ("order-id (or amazon-order-id)"): names wrapped
+/// in double quotes (a spreadsheet's export), or a name that looks like a misspelling of
+/// that column ([`lookalike`]). Empty when neither.
+fn header_hint(names: &[String], what: &str) -> String {
+    let wanted = |column: &str| {
+        what.split([' ', '(', ')'])
+            .any(|word| !word.is_empty() && word == column)
+    };
+    if names.iter().any(|name| !quote_hint(name).is_empty()) {
+        return " (its names are wrapped in double quotes: save the report as plain \
+                tab-delimited text without quotes, as Amazon delivers it, and import it again)"
+            .to_owned();
+    }
+    names
+        .iter()
+        .find(|name| lookalike(name).is_some_and(wanted))
+        .map_or_else(String::new, |name| {
+            format!(" (is {} meant?)", crate::problem::quoted(name))
+        })
+}
+
 fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
     let mut index: HashMap<&str, usize> = HashMap::new();
     for (i, name) in names.iter().enumerate() {
@@ -454,7 +475,10 @@ fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
     let missing = |what: &str| ImportError {
         line,
         column: None,
-        detail: format!("the header has no {what} column"),
+        detail: format!(
+            "the header has no {what} column{}",
+            header_hint(names, what)
+        ),
     };
     let order_id = either("order-id", "amazon-order-id")
         .ok_or_else(|| missing("order-id (or amazon-order-id)"))?;
@@ -463,9 +487,15 @@ fn find_columns(names: &[String], line: u32) -> Result<Columns, ImportError> {
         .ok_or_else(|| ImportError {
             line,
             column: None,
-            detail: "the header has no order-item-id column (the All Orders report lacks item \
-                     codes; import the New Orders or Unshipped Orders report instead)"
-                .into(),
+            detail: format!(
+                "the header has no order-item-id column{}",
+                match header_hint(names, "order-item-id") {
+                    hint if hint.is_empty() => " (the All Orders report lacks item codes; import \
+                                                the New Orders or Unshipped Orders report instead)"
+                        .to_owned(),
+                    hint => hint,
+                }
+            ),
         })?;
     let sku = find("sku").ok_or_else(|| missing("sku"))?;
     let quantity = either("quantity-purchased", "quantity")
@@ -1024,6 +1054,30 @@ mod tests {
         let e = error("orderid\n");
         assert!(
             e.detail.contains("no order-id (or amazon-order-id) column"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_required_column_names_its_lookalike_or_the_quotes() {
+        let e = error("order_id\torder-item-id\tsku\tquantity-purchased\tcurrency\n");
+        assert!(
+            e.detail
+                .ends_with("no order-id (or amazon-order-id) column (is \"order_id\" meant?)"),
+            "{e}"
+        );
+        let e = error("order-id\torder-itemid\tsku\tquantity\n");
+        assert!(
+            e.detail
+                .ends_with("no order-item-id column (is \"order-itemid\" meant?)"),
+            "{e}"
+        );
+        let e = error("\"order-id\"\t\"order-item-id\"\t\"sku\"\t\"quantity\"\n");
+        assert!(e.detail.contains("wrapped in double quotes"), "{e}");
+        // Nothing like it: the plain words, and the All Orders hint for the item code.
+        let e = error("order-id\tsku\tquantity\n");
+        assert!(
+            e.detail.contains("the All Orders report lacks item codes"),
             "{e}"
         );
     }
