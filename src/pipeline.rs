@@ -150,7 +150,7 @@ pub enum ProcessError {
     /// answered, it is not away, and nothing was committed. Transient: the daemon keeps the
     /// feed and tries it again after a backoff.
     #[error(
-        "{attempts} attempts in a row conflicted with another instance writing the same orders or feeds; nothing was committed"
+        "{attempts} attempts in a row conflicted with another session writing or locking the same orders or feeds (another adjustd instance, or any client holding those rows); nothing was committed"
     )]
     Conflicts {
         /// How many attempts conflicted.

@@ -682,7 +682,7 @@ fn a_feed_that_conflicts_on_every_attempt_says_so_without_calling_the_store_away
         || {
             instance
                 .log()
-                .contains("8 attempts in a row conflicted with another instance")
+                .contains("8 attempts in a row conflicted with another session")
         },
     );
     let health = http_get(port, "/healthz");
