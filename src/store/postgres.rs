@@ -235,7 +235,9 @@ impl PgStore {
             .is_some_and(|conn| conn.broken || conn.client.is_closed())
         {
             tracing::info!(url = %self.url, "PostgreSQL connection lost; reconnecting");
-            self.conn = None;
+            if let Some(conn) = self.conn.take() {
+                close(conn);
+            }
         }
         match &mut self.conn {
             Some(conn) => Ok(conn),
@@ -301,6 +303,31 @@ impl PgStore {
             conn.broken = true;
         }
         result
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Closes a connection wherever its store is dropped. The synchronous client closes its
+/// session by driving a runtime of its own, which panics ("Cannot start a runtime from
+/// within a runtime") on a thread that is running async code: the daemon drops its store
+/// there when it stops before its worker thread took it (an `[http] listen` address in
+/// use, a refused folder layout), and a panic would hide that error. Inside a tokio
+/// runtime the client is therefore dropped on a short thread of its own, which sends the
+/// server its goodbye before this returns.
+fn close(conn: Box<Conn>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(conn));
+        });
+    } else {
+        drop(conn);
     }
 }
 

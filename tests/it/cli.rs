@@ -1036,27 +1036,36 @@ fn a_store_path_that_cannot_work_stops_the_daemon_at_once_with_exit_1() {
     }
 }
 
+/// On both stores. Before the fix: exit 2, as if the daemon had failed while running; then,
+/// on PostgreSQL, exit 101 with a panic ("Cannot start a runtime from within a runtime":
+/// the synchronous client was dropped inside the async runtime) hiding the cause.
 #[test]
 fn an_http_address_in_use_is_a_startup_error_naming_the_key() {
-    let sandbox = Sandbox::new();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = taken.local_addr().expect("address");
-    std::fs::write(
-        sandbox.path("adjustd.toml"),
-        format!("[store]\nurl = \"sqlite:store.db\"\n[http]\nlisten = \"{address}\"\n"),
-    )
-    .expect("write config");
-    // Before the fix: exit 2, as if the daemon had failed while running.
-    let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 20);
-    assert_eq!(code, Some(1), "{stderr}");
-    for needed in [
-        address.to_string().as_str(),
-        "[http] listen",
-        "ADJUSTD_HTTP_LISTEN",
-    ] {
-        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    let db = crate::store_pg::TestDb::create();
+    let mut urls = vec!["sqlite:store.db".to_owned()];
+    urls.extend(db.as_ref().map(|db| db.url.clone()));
+    for url in urls {
+        let sandbox = Sandbox::new();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let address = taken.local_addr().expect("address");
+        std::fs::write(
+            sandbox.path("adjustd.toml"),
+            format!("[store]\nurl = \"{url}\"\n[http]\nlisten = \"{address}\"\n"),
+        )
+        .expect("write config");
+        let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 20);
+        assert_eq!(code, Some(1), "{url}: {stderr}");
+        for needed in [
+            address.to_string().as_str(),
+            "[http] listen",
+            "ADJUSTD_HTTP_LISTEN",
+            "in use",
+        ] {
+            assert!(stderr.contains(needed), "{url} lacks {needed:?}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
+        drop(taken);
     }
-    drop(taken);
 }
 
 #[test]
