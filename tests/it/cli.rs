@@ -1939,6 +1939,52 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
     );
 }
 
+/// QA7 F8: a `statement_timeout` of the database (or role, or server) shorter than a big
+/// feed's statements take. Before the fix every attempt was cancelled (SQLSTATE 57014),
+/// classified as the store being away: `process` failed with exit 2, the daemon retried
+/// the feed in place forever. adjustd's sessions set their own (none), so it commits.
+#[test]
+fn a_short_database_statement_timeout_does_not_stop_a_big_feed() {
+    let Some(mut db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    const ORDERS: u32 = 5000;
+    let sandbox = Sandbox::new();
+    let orders = sandbox.path("orders.txt");
+    std::fs::write(&orders, crate::util::orders_report(ORDERS)).expect("write orders");
+    let out = sandbox.run_on(
+        &db.url,
+        &[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            orders.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let refunds: Vec<crate::util::Refund> = (0..ORDERS)
+        .map(|order| crate::util::Refund {
+            order,
+            key: format!("K{order}"),
+            cents: 100,
+        })
+        .collect();
+    let feed = sandbox.path("feed.xml");
+    std::fs::write(&feed, crate::util::feed_xml("M_TEST", &refunds)).expect("write feed");
+    db.admin_sql("ALTER DATABASE {db} SET statement_timeout = '15ms'");
+    let out = sandbox.run_on(&db.url, &["process", feed.to_str().expect("utf-8 path")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("57014"), "{stderr}");
+    let applied: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM adjustments", &[])
+        .expect("count adjustments")
+        .get(0);
+    assert_eq!(applied, i64::from(ORDERS));
+}
+
 /// `orders show` and `feeds list` on PostgreSQL neither create nor upgrade the schema, as on
 /// SQLite: a database without adjustd's tables is an error naming it. Before the fix they
 /// migrated it (logging "migrating PostgreSQL schema"), then printed "no feeds" or "not
