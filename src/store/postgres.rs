@@ -98,6 +98,16 @@ const LOCK_TIMEOUT: &str = "60s";
 /// retried, never lost. A shorter setting of the server, database or role is kept.
 const IDLE_IN_TRANSACTION_TIMEOUT_MS: u32 = 600_000;
 
+/// `statement_timeout` of adjustd's sessions: none. A server, database or role may set a
+/// short one for interactive users, but a feed's statements grow with the feed (a chunk of
+/// [`crate::pipeline::CHUNK_MESSAGES`] messages loads and writes thousands of rows at
+/// once), so a bound short enough to matter would cancel every attempt at a big feed, the
+/// same way each time (SQLSTATE 57014), and hold the feed for good. What a statement may
+/// wait for is bounded otherwise: row locks by [`LOCK_TIMEOUT`], a server or peer that is
+/// gone by [`SERVER_KEEPALIVES`] and the client's keepalives, a frozen instance by
+/// [`IDLE_IN_TRANSACTION_TIMEOUT_MS`].
+const STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+
 /// Server-side TCP keepalives of adjustd's sessions (the server's defaults are the
 /// system's, two hours on Linux): after 30 s of silence the server probes the client every
 /// 10 s and ends the session after 3 unanswered probes, so the locks of an instance whose
@@ -235,7 +245,9 @@ impl PgStore {
             .is_some_and(|conn| conn.broken || conn.client.is_closed())
         {
             tracing::info!(url = %self.url, "PostgreSQL connection lost; reconnecting");
-            self.conn = None;
+            if let Some(conn) = self.conn.take() {
+                close(conn);
+            }
         }
         match &mut self.conn {
             Some(conn) => Ok(conn),
@@ -247,7 +259,7 @@ impl PgStore {
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = '{LOCK_TIMEOUT}'; SET TIME ZONE 'UTC'; \
-                         {SERVER_KEEPALIVES}; \
+                         {STATEMENT_TIMEOUT}; {SERVER_KEEPALIVES}; \
                          SELECT set_config('idle_in_transaction_session_timeout', \
                                            '{IDLE_IN_TRANSACTION_TIMEOUT_MS}ms', false) \
                          FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout' \
@@ -301,6 +313,31 @@ impl PgStore {
             conn.broken = true;
         }
         result
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            close(conn);
+        }
+    }
+}
+
+/// Closes a connection wherever its store is dropped. The synchronous client closes its
+/// session by driving a runtime of its own, which panics ("Cannot start a runtime from
+/// within a runtime") on a thread that is running async code: the daemon drops its store
+/// there when it stops before its worker thread took it (an `[http] listen` address in
+/// use, a refused folder layout), and a panic would hide that error. Inside a tokio
+/// runtime the client is therefore dropped on a short thread of its own, which sends the
+/// server its goodbye before this returns.
+fn close(conn: Box<Conn>) {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(conn));
+        });
+    } else {
+        drop(conn);
     }
 }
 
@@ -396,6 +433,14 @@ fn classify(error: &postgres::Error) -> StoreError {
         // store's state. The one kind of error a feed may fail for.
         if matches!(&code.code()[..2], "22" | "23" | "54") {
             return StoreError::Invalid { detail };
+        }
+        // A statement cancelled while the session goes on (an administrator's
+        // `pg_cancel_backend`, or a `statement_timeout` where adjustd's own setting of none
+        // did not hold): the store answered and keeps the session, so it is not called
+        // away and the connection is kept. Nothing of the transaction is committed; the
+        // feed is held and tried again like any other error of the store's state.
+        if *code == SqlState::QUERY_CANCELED {
+            return StoreError::Other { detail };
         }
         // The database cannot take work now, whatever the feed: connection trouble (08),
         // insufficient resources such as a full disk (53), an administrator's or the

@@ -1036,27 +1036,36 @@ fn a_store_path_that_cannot_work_stops_the_daemon_at_once_with_exit_1() {
     }
 }
 
+/// On both stores. Before the fix: exit 2, as if the daemon had failed while running; then,
+/// on PostgreSQL, exit 101 with a panic ("Cannot start a runtime from within a runtime":
+/// the synchronous client was dropped inside the async runtime) hiding the cause.
 #[test]
 fn an_http_address_in_use_is_a_startup_error_naming_the_key() {
-    let sandbox = Sandbox::new();
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
-    let address = taken.local_addr().expect("address");
-    std::fs::write(
-        sandbox.path("adjustd.toml"),
-        format!("[store]\nurl = \"sqlite:store.db\"\n[http]\nlisten = \"{address}\"\n"),
-    )
-    .expect("write config");
-    // Before the fix: exit 2, as if the daemon had failed while running.
-    let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 20);
-    assert_eq!(code, Some(1), "{stderr}");
-    for needed in [
-        address.to_string().as_str(),
-        "[http] listen",
-        "ADJUSTD_HTTP_LISTEN",
-    ] {
-        assert!(stderr.contains(needed), "lacks {needed:?}: {stderr}");
+    let db = crate::store_pg::TestDb::create();
+    let mut urls = vec!["sqlite:store.db".to_owned()];
+    urls.extend(db.as_ref().map(|db| db.url.clone()));
+    for url in urls {
+        let sandbox = Sandbox::new();
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let address = taken.local_addr().expect("address");
+        std::fs::write(
+            sandbox.path("adjustd.toml"),
+            format!("[store]\nurl = \"{url}\"\n[http]\nlisten = \"{address}\"\n"),
+        )
+        .expect("write config");
+        let (code, stderr) = run_daemon_expecting_exit(&sandbox.path("adjustd.toml"), 20);
+        assert_eq!(code, Some(1), "{url}: {stderr}");
+        for needed in [
+            address.to_string().as_str(),
+            "[http] listen",
+            "ADJUSTD_HTTP_LISTEN",
+            "in use",
+        ] {
+            assert!(stderr.contains(needed), "{url} lacks {needed:?}: {stderr}");
+        }
+        assert!(!stderr.contains("panicked"), "{url}: {stderr}");
+        drop(taken);
     }
-    drop(taken);
 }
 
 #[test]
@@ -1928,6 +1937,52 @@ fn reading_a_store_whose_folder_does_not_exist_is_an_error_naming_the_path() {
             && stderr.contains("holds no orders yet"),
         "{stderr}"
     );
+}
+
+/// QA7 F8: a `statement_timeout` of the database (or role, or server) shorter than a big
+/// feed's statements take. Before the fix every attempt was cancelled (SQLSTATE 57014),
+/// classified as the store being away: `process` failed with exit 2, the daemon retried
+/// the feed in place forever. adjustd's sessions set their own (none), so it commits.
+#[test]
+fn a_short_database_statement_timeout_does_not_stop_a_big_feed() {
+    let Some(mut db) = crate::store_pg::TestDb::create() else {
+        return;
+    };
+    const ORDERS: u32 = 5000;
+    let sandbox = Sandbox::new();
+    let orders = sandbox.path("orders.txt");
+    std::fs::write(&orders, crate::util::orders_report(ORDERS)).expect("write orders");
+    let out = sandbox.run_on(
+        &db.url,
+        &[
+            "orders",
+            "import",
+            "--merchant",
+            "M_TEST",
+            orders.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let refunds: Vec<crate::util::Refund> = (0..ORDERS)
+        .map(|order| crate::util::Refund {
+            order,
+            key: format!("K{order}"),
+            cents: 100,
+        })
+        .collect();
+    let feed = sandbox.path("feed.xml");
+    std::fs::write(&feed, crate::util::feed_xml("M_TEST", &refunds)).expect("write feed");
+    db.admin_sql("ALTER DATABASE {db} SET statement_timeout = '15ms'");
+    let out = sandbox.run_on(&db.url, &["process", feed.to_str().expect("utf-8 path")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("57014"), "{stderr}");
+    let applied: i64 = db
+        .client()
+        .query_one("SELECT count(*) FROM adjustments", &[])
+        .expect("count adjustments")
+        .get(0);
+    assert_eq!(applied, i64::from(ORDERS));
 }
 
 /// `orders show` and `feeds list` on PostgreSQL neither create nor upgrade the schema, as on

@@ -824,6 +824,65 @@ fn a_terminated_connection_is_unavailable_then_reconnects() {
     assert_eq!(store.recent_feeds(10).expect("recent").len(), 1);
 }
 
+/// The backend pids of the sessions on `db` other than `watcher`'s own.
+fn other_sessions(watcher: &mut postgres::Client) -> Vec<i32> {
+    watcher
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() ORDER BY pid",
+            &[],
+        )
+        .expect("sessions")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[test]
+fn a_cancelled_statement_keeps_the_session_and_is_not_an_outage() {
+    // QA7 F8: a statement cancelled while the session goes on (SQLSTATE 57014: an
+    // administrator's pg_cancel_backend, a statement_timeout) was called the store being
+    // away, and the session was dropped and opened again. A trigger raises it here, the
+    // same way every time. The session's own statement_timeout is none, whatever the
+    // database's.
+    let mut db = pg_or_skip!();
+    db.admin_sql("ALTER DATABASE {db} SET statement_timeout = '15ms'");
+    let mut store = store_with_orders(&db);
+    assert_eq!(
+        store.session_setting("statement_timeout").expect("setting"),
+        "0"
+    );
+    let mut watcher = db.client();
+    watcher
+        .batch_execute(
+            "CREATE FUNCTION cancel_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             RAISE EXCEPTION 'canceling statement due to statement timeout' \
+             USING ERRCODE = 'query_canceled'; END $$; \
+             CREATE TRIGGER cancel_it BEFORE INSERT ON adjustments \
+             FOR EACH ROW EXECUTE FUNCTION cancel_it();",
+        )
+        .expect("cancelling trigger");
+    let sessions = other_sessions(&mut watcher);
+    let result = store.begin_feed(&new_feed("cancelled")).and_then(|mut tx| {
+        tx.load(&merchant(), &needs(&[ORDER], &[]), &mut Snapshot::new())?;
+        tx.apply(&merchant(), &[refund(1, ORDER, 100, None)])?;
+        tx.commit(done())
+    });
+    match result {
+        Err(error @ StoreError::Other { .. }) => {
+            assert!(error.to_string().contains("57014"), "{error}");
+            assert!(!error.is_caused_by_request(), "{error}");
+        }
+        other => panic!("expected Other, got {other:?}"),
+    }
+    assert!(store.recent_feeds(1).expect("same session").is_empty());
+    assert_eq!(other_sessions(&mut watcher), sessions, "no reconnect");
+    watcher
+        .batch_execute("DROP TRIGGER cancel_it ON adjustments")
+        .expect("drop trigger");
+    commit_refund(&mut store, "after", 100);
+}
+
 #[test]
 fn sessions_let_the_server_end_a_frozen_instance_and_free_its_locks() {
     // An instance frozen mid-feed (SIGSTOP, a paused VM, a lost host) must not hold its row
