@@ -221,7 +221,8 @@ pub enum OrdersCommand {
     ///
     /// A line may not leave a promotion discount above the charge it discounts
     /// (item-promotion-discount above item-price, ship-promotion-discount above
-    /// shipping-price), for a new item as for a known one.
+    /// shipping-price), for a new item as for a known one (a line that leaves such a pair
+    /// as an older adjustd stored it is let through).
     ///
     /// The summary counts the orders and items created, updated (the report changed a
     /// value; an order also when one of its items changed or was added) and unchanged: the
