@@ -1200,24 +1200,28 @@ impl NamedBy {
     /// kept per merchant, so one imported under another `--merchant` is not found).
     /// `if_order` completes "if the order ...".
     fn check(self, merchant: &MerchantId, if_order: &str) -> String {
+        let merchant_too = format!(
+            "and the feed's MerchantIdentifier (orders are kept per merchant, and this feed speaks for {merchant})"
+        );
         match self {
             NamedBy::Amazon => format!(
-                "{} if the order {if_order}, import its order report for this merchant (adjustd orders import --merchant {merchant})",
+                "{} {merchant_too}; if the order {if_order}, import its order report for this merchant (adjustd orders import --merchant {merchant})",
                 self.first_words()
             ),
             NamedBy::Merchant => format!(
-                "{} the order report must carry the merchant-order-id to resolve it (adjustd orders import --merchant {merchant})",
+                "{} (or use the AmazonOrderID) {merchant_too}; the order report must carry the merchant-order-id to resolve it (adjustd orders import --merchant {merchant})",
                 self.first_words()
             ),
         }
     }
 
     /// How the fix of an `OrderNotFound` starts, which tells how the message named its
-    /// order when the words are read back ([`reword_deferred_order_not_found`]).
+    /// order when the words are read back ([`reword_deferred_order_not_found`]); the words
+    /// of earlier builds start the same way.
     fn first_words(self) -> &'static str {
         match self {
-            NamedBy::Amazon => "Check the AmazonOrderID;",
-            NamedBy::Merchant => "Check the MerchantOrderID, or use the AmazonOrderID;",
+            NamedBy::Amazon => "Check the AmazonOrderID",
+            NamedBy::Merchant => "Check the MerchantOrderID",
         }
     }
 }
@@ -2763,6 +2767,31 @@ mod tests {
             reword_deferred_order_not_found(&mut problem, &merchant, None);
             assert_eq!(problem, plain, "{named_by:?}");
         }
+        // The words of an earlier build (no merchant in them) are worded again as well.
+        let mut earlier = Problem::new(
+            Code::OrderNotFound,
+            MessageId::FEED,
+            MESSAGE_PATH,
+            None,
+            format!(
+                "{missing} yet; adjustd retries this message automatically until 2026-12-01 09:00:00 UTC (config [daemon] order_not_found_window_secs), after which the rejection is final"
+            ),
+            "Check the AmazonOrderID; if the order is new, import its order report (adjustd orders import) before 2026-12-01 09:00:00 UTC: the next retry then applies this message. No resend is needed.",
+        );
+        reword_deferred_order_not_found(&mut earlier, &merchant, None);
+        assert_eq!(
+            (&earlier.description, &earlier.fix),
+            (
+                &missing.to_owned(),
+                &deferred_order_not_found_words(
+                    missing.to_owned(),
+                    NamedBy::Amazon,
+                    &merchant,
+                    None
+                )
+                .1
+            )
+        );
         // A pinned one is final whatever happens now, and other codes are not touched.
         let pinned = Problem::new(
             Code::OrderNotFound,
@@ -3151,7 +3180,7 @@ mod tests {
         );
         assert_eq!(
             retried.fix,
-            "Check the AmazonOrderID; if the order is new, import its order report for this merchant (adjustd orders import --merchant M1) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
+            "Check the AmazonOrderID and the feed's MerchantIdentifier (orders are kept per merchant, and this feed speaks for M1); if the order is new, import its order report for this merchant (adjustd orders import --merchant M1) before 2027-01-15 08:02:03 UTC: the next retry then applies this message. No resend is needed."
         );
         assert!(!retried.fix.contains("resend the message unchanged"));
     }
