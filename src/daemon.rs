@@ -258,17 +258,19 @@ impl Drop for HeldFeed {
 
 /// How a scrape lists the inbox while the worker is busy ([`Metrics::set_inbox_lister`]):
 /// the regular files that pass the name gate, done markers left out, as the tracker counts
-/// them.
+/// them, each with its status-change time (when it arrived).
 fn inbox_lister(config: &DaemonConfig) -> crate::metrics::InboxLister {
     let inbox = config.inbox.clone();
     let gate = Tracker::new(ready_rules(config));
     Box::new(move || {
         Ok(inbox::list(&inbox)?
             .into_iter()
-            .filter(|listed| {
-                matches!(listed.kind, EntryKind::File(_)) && gate.is_candidate(&listed.name.name)
+            .filter_map(|listed| match listed.kind {
+                EntryKind::File(signature) if gate.is_candidate(&listed.name.name) => {
+                    Some((listed.name, signature.changed_at()))
+                }
+                _ => None,
             })
-            .map(|listed| listed.name)
             .collect())
     })
 }

@@ -7,7 +7,7 @@
 //! per event, called from one place each. No HTTP framework: the listener speaks just
 //! enough HTTP/1.1 for a scraper and a health probe.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,8 +132,9 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// Lists the inbox for a scrape: the names of the files that would count as waiting (regular
-/// files that pass the name gate, done markers left out), claimed or not.
-pub type InboxLister = Box<dyn Fn() -> std::io::Result<Vec<InboxName>> + Send + Sync>;
+/// files that pass the name gate, done markers left out), claimed or not, each with when it
+/// arrived there (its status-change time, which a rename into the inbox sets).
+pub type InboxLister = Box<dyn Fn() -> std::io::Result<Vec<(InboxName, SystemTime)>> + Send + Sync>;
 
 /// All metrics of one daemon. Shared (`Arc`) between the worker, the notify callback and
 /// the HTTP listener.
@@ -259,8 +260,10 @@ impl Metrics {
     }
 
     /// Before a scrape: while the worker is busy, lists the inbox and counts the files that
-    /// arrived since the worker's last listing (first seen now), and forgets those gone. A
-    /// listing that raced with a change by the worker is dropped. Blocking (a listing).
+    /// arrived since the worker's last listing (waiting since they arrived, not since this
+    /// scrape: a worker held by a long feed or an outage is when the age matters), and
+    /// forgets those gone. A listing that raced with a change by the worker is dropped.
+    /// Blocking (a listing).
     pub fn refresh_waiting(&self) {
         let Some(lister) = self.inbox_lister.get() else {
             return;
@@ -275,15 +278,22 @@ impl Metrics {
         let Ok(listed) = lister() else {
             return;
         };
-        let now = Instant::now();
+        let (now, wall_now) = (Instant::now(), SystemTime::now());
         let mut waiting = self.lock_waiting();
         if waiting.generation != generation {
             return;
         }
-        let listed: HashSet<InboxName> = listed.into_iter().collect();
-        waiting.files.retain(|name, _| listed.contains(name));
-        for name in listed {
-            waiting.files.entry(name).or_insert(now);
+        let listed: HashMap<InboxName, SystemTime> = listed.into_iter().collect();
+        waiting.files.retain(|name, _| listed.contains_key(name));
+        for (name, arrived) in listed {
+            // A time ahead of the clock (or one the monotonic clock cannot reach back to)
+            // counts as now.
+            let since = wall_now
+                .duration_since(arrived)
+                .ok()
+                .and_then(|age| now.checked_sub(age))
+                .unwrap_or(now);
+            waiting.files.entry(name).or_insert(since);
         }
     }
 
@@ -447,7 +457,7 @@ impl Metrics {
         writeln!(out, "adjustd_files_waiting {files_waiting}")?;
         writeln!(
             out,
-            "# HELP adjustd_oldest_waiting_seconds Time since the oldest waiting file was first seen."
+            "# HELP adjustd_oldest_waiting_seconds Time since the oldest waiting file was first seen (or arrived, when a scrape lists the inbox)."
         )?;
         writeln!(out, "# TYPE adjustd_oldest_waiting_seconds gauge")?;
         write_age(out, "adjustd_oldest_waiting_seconds", oldest_since, now)?;
@@ -750,7 +760,10 @@ mod tests {
         assert_eq!(gauges(&metrics), ("0".to_owned(), "0.000".to_owned()));
         // The worker is busy with that feed; two files arrive. Without a lister nothing
         // changes; with one, a scrape counts them (first seen now).
-        let inbox = Arc::new(Mutex::new(vec![name("new-1.xml"), name("new-2.xml")]));
+        let inbox = Arc::new(Mutex::new(vec![
+            (name("new-1.xml"), SystemTime::now()),
+            (name("new-2.xml"), SystemTime::now()),
+        ]));
         metrics.worker_busy(true);
         metrics.refresh_waiting();
         assert_eq!(gauges(&metrics).0, "0");
@@ -760,6 +773,18 @@ mod tests {
         let (files, oldest) = gauges(&metrics);
         assert_eq!(files, "2");
         assert!(oldest.starts_with("0."), "{oldest}");
+        // A file that arrived a minute before the scrape has waited a minute, not since the
+        // scrape.
+        inbox.lock().expect("inbox").push((
+            name("early.xml"),
+            SystemTime::now() - Duration::from_secs(60),
+        ));
+        metrics.refresh_waiting();
+        let (files, oldest) = gauges(&metrics);
+        assert_eq!(files, "3");
+        let oldest: f64 = oldest.parse().expect("seconds");
+        assert!((60.0..70.0).contains(&oldest), "{oldest}");
+        inbox.lock().expect("inbox").pop();
         // One goes (taken by another instance): forgotten at the next scrape.
         inbox.lock().expect("inbox").remove(0);
         metrics.refresh_waiting();
@@ -787,7 +812,7 @@ mod tests {
         // The listing still shows the file; the worker claims it while the scrape lists.
         metrics.set_inbox_lister(Box::new(move || {
             claimer.not_waiting(&name("claimed.xml"));
-            Ok(vec![name("claimed.xml")])
+            Ok(vec![(name("claimed.xml"), SystemTime::now())])
         }));
         metrics.refresh_waiting();
         assert!(

@@ -59,6 +59,15 @@ pub struct FileSignature {
     pub ino: u64,
 }
 
+impl FileSignature {
+    /// The status-change time: when the file arrived in its folder (a rename sets it) or
+    /// last changed.
+    pub fn changed_at(&self) -> std::time::SystemTime {
+        let nanos = u64::try_from(self.ctime_ns).unwrap_or(0);
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos)
+    }
+}
+
 /// The kind of a directory entry, as seen without following symlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
