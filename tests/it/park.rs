@@ -658,6 +658,33 @@ fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
 }
 
+/// What the daemon with parking on does up to its commit, with the daemon stopped: the
+/// pipeline on a claimed file `name` in work/ (one refund of an order the store lacks),
+/// under its claim token, with the window's end (an hour on) in its rules.
+fn commit_claimed_with_parking_on(dir: &TestDir, name: &str) -> pipeline::Processed {
+    let token = "1700000000000000000-1-0";
+    fs::create_dir_all(dir.path("work")).expect("work folder");
+    let claimed = dir.path("work").join(format!("{token}--{name}"));
+    let key = name.trim_end_matches(".xml");
+    fs::write(
+        &claimed,
+        feed_xml(MERCHANT, &[refund(0, key, 100)]).as_bytes(),
+    )
+    .expect("write claimed feed");
+    let mut context = sqlite_context(
+        dir,
+        Rules {
+            order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Rules::default()
+        },
+    );
+    pipeline::process_file(
+        &mut context,
+        &Source::new(&claimed, name, Some(token), None, None),
+    )
+    .expect("the attempt before the crash")
+}
+
 #[test]
 fn a_report_re_emitted_after_an_outage_names_the_end_of_the_window_the_retries_keep() {
     // A feed committed an hour before the daemon comes back (its report never written): the
@@ -666,27 +693,7 @@ fn a_report_re_emitted_after_an_outage_names_the_end_of_the_window_the_retries_k
     let window_secs = 7200;
     let dir = TestDir::with(&settings(&Backend::Sqlite, window_secs));
     dir.import_orders(MERCHANT, &orders_of(&[1]));
-    let token = "1700000000000000000-1-0";
-    fs::create_dir_all(dir.path("work")).expect("work folder");
-    let claimed = dir.path("work").join(format!("{token}--late.xml"));
-    fs::write(
-        &claimed,
-        feed_xml(MERCHANT, &[refund(0, "late", 100)]).as_bytes(),
-    )
-    .expect("write claimed feed");
-    let mut context = sqlite_context(
-        &dir,
-        Rules {
-            order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
-            ..Rules::default()
-        },
-    );
-    let committed = pipeline::process_file(
-        &mut context,
-        &Source::new(&claimed, "late.xml", Some(token), None, None),
-    )
-    .expect("the attempt before the crash");
-    drop(context);
+    let committed = commit_claimed_with_parking_on(&dir, "late.xml");
     fs::remove_file(&committed.xml_report).expect("remove XML report");
     fs::remove_file(&committed.json_report).expect("remove JSON report");
     // That attempt was an hour ago.
@@ -737,29 +744,7 @@ fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
     // re-emitted report must ask for a resend, not promise the retries of the stored words.
     let dir = TestDir::with(&settings(&Backend::Sqlite, 0));
     dir.import_orders(MERCHANT, &orders_of(&[1]));
-    // What the daemon with parking on does up to its commit: the pipeline on a claimed file
-    // in work/, under its claim token, with the window's end in its rules.
-    let token = "1700000000000000000-1-0";
-    fs::create_dir_all(dir.path("work")).expect("work folder");
-    let claimed = dir.path("work").join(format!("{token}--lost.xml"));
-    fs::write(
-        &claimed,
-        feed_xml(MERCHANT, &[refund(0, "lost", 100)]).as_bytes(),
-    )
-    .expect("write claimed feed");
-    let mut context = sqlite_context(
-        &dir,
-        Rules {
-            order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
-            ..Rules::default()
-        },
-    );
-    let committed = pipeline::process_file(
-        &mut context,
-        &Source::new(&claimed, "lost.xml", Some(token), None, None),
-    )
-    .expect("the attempt before the crash");
-    drop(context);
+    let committed = commit_claimed_with_parking_on(&dir, "lost.xml");
     let (_, stored) = reports(&dir, "lost.xml").remove(0);
     assert_says_it_is_retried(&stored);
     // The crash came before the report was written.
