@@ -387,6 +387,7 @@ fn context(config: &Config, store: AnyStore) -> Context {
         duplicate_policy: config.duplicate_policy,
         outbox: config.outbox().to_path_buf(),
         chunk_messages: pipeline::CHUNK_MESSAGES,
+        on_conflict: None,
     }
 }
 

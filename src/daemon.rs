@@ -132,6 +132,8 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::new());
     metrics.set_inbox_lister(inbox_lister(&config));
+    let mut context = context;
+    context.on_conflict = Some(show_long_lock_waits(Arc::clone(&metrics)));
     let http_stop = CancellationToken::new();
     let mut http_task = None;
     if let Some(address) = config.http_listen {
@@ -283,6 +285,29 @@ fn ready_rules(config: &DaemonConfig) -> ReadyRules {
         truncated_grace: config.inbox.truncated_grace,
         max_backoff: config.max_backoff,
     }
+}
+
+/// An attempt that conflicted after running this long waited for a row lock, not for a
+/// race: conflicts between instances writing at once come in milliseconds, and PostgreSQL
+/// gives up a lock wait after its lock timeout (60 s).
+const LONG_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// The [`pipeline::ConflictObserver`] of the daemon: an attempt that conflicted after
+/// [`LONG_LOCK_WAIT`] or more makes `/healthz` fail, naming the feed, until an attempt gets
+/// past the store. Without it a feed held up by a stuck session (another instance frozen
+/// mid-feed, an operator's open transaction) would show only after all attempts failed,
+/// and then as healthy.
+fn show_long_lock_waits(metrics: Arc<Metrics>) -> pipeline::ConflictObserver {
+    Arc::new(move |file_name, waited, detail| {
+        if waited >= LONG_LOCK_WAIT {
+            tracing::warn!(file = %escaped(file_name), waited_secs = waited.as_secs(), detail = %detail, "a feed waited for rows another session holds locked; it is retried");
+            metrics.store_lock_wait(&format!(
+                "feed {} waited {} s, then: {detail}",
+                escaped(file_name),
+                waited.as_secs()
+            ));
+        }
+    })
 }
 
 /// The worker: everything blocking, in one thread, one feed at a time.
@@ -1073,8 +1098,9 @@ impl Worker {
                     let error = failure.into_error();
                     if conflicts {
                         // The store answered: another instance wrote the same orders each
-                        // time. Not an outage, and an earlier one is over.
-                        self.metrics.store_available();
+                        // time. Not an outage, and an earlier one is over; a long lock wait
+                        // among the attempts stays on /healthz (`show_long_lock_waits`).
+                        self.metrics.store_answered();
                     } else {
                         self.metrics.store_unavailable(&format!("{error:#}"));
                     }

@@ -151,6 +151,9 @@ pub struct Metrics {
     inbox_lister: OnceLock<InboxLister>,
     /// Set while the store is away or busy and a feed is retried in place.
     store_outage: Mutex<Option<StoreOutage>>,
+    /// Set while a feed waits for rows another session holds: an attempt gave up after a
+    /// long lock wait ([`Metrics::store_lock_wait`]), and no attempt got past the store since.
+    store_blocked: Mutex<Option<StoreOutage>>,
     stale_partials: AtomicU64,
     parked_feeds: AtomicU64,
     reports_pending: AtomicU64,
@@ -182,7 +185,7 @@ struct Waiting {
     worker_busy: bool,
 }
 
-/// A store outage: since when, and the last error.
+/// A store outage (or a long lock wait): since when, and the last error.
 #[derive(Debug, Clone)]
 struct StoreOutage {
     since: SystemTime,
@@ -192,6 +195,27 @@ struct StoreOutage {
 
 /// Longest error text `/healthz` shows.
 const HEALTH_ERROR_CHARS: usize = 200;
+
+/// Locks `mutex`, also after a panic elsewhere (the values are plain data).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Records `error` in `state`, keeping the time of the first record while one is set.
+fn record_since(state: &Mutex<Option<StoreOutage>>, error: &str) {
+    let error = escaped_shortened(error, HEALTH_ERROR_CHARS);
+    let mut state = lock(state);
+    match state.as_mut() {
+        Some(outage) => outage.error = error,
+        None => {
+            *state = Some(StoreOutage {
+                since: SystemTime::now(),
+                since_instant: Instant::now(),
+                error,
+            });
+        }
+    }
+}
 
 impl Metrics {
     /// Fresh metrics, all zero.
@@ -298,52 +322,59 @@ impl Metrics {
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.waiting)
     }
 
     /// A feed's attempt failed because the store is away or busy; it is retried in place.
     /// The outage counts from the first such failure.
     pub fn store_unavailable(&self, error: &str) {
-        let mut outage = self
-            .store_outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let error = escaped_shortened(error, HEALTH_ERROR_CHARS);
-        match outage.as_mut() {
-            Some(outage) => outage.error = error,
-            None => {
-                *outage = Some(StoreOutage {
-                    since: SystemTime::now(),
-                    since_instant: Instant::now(),
-                    error,
-                });
-            }
-        }
+        record_since(&self.store_outage, error);
     }
 
-    /// A feed's attempt got past the store: any outage is over.
+    /// An attempt at a feed gave up after waiting long for rows another session holds
+    /// (a row lock kept past the lock timeout: another instance stuck mid-feed, or an
+    /// operator's open transaction): `/healthz` fails until an attempt gets past the store,
+    /// counting from the first such wait. A conflict that comes at once (a serialization
+    /// failure between instances) is no reason to call the store busy, so the caller tells
+    /// only of long waits.
+    pub fn store_lock_wait(&self, error: &str) {
+        record_since(&self.store_blocked, error);
+    }
+
+    /// The store answered an attempt (it conflicted with another session): any outage is
+    /// over, though a long lock wait may not be.
+    pub fn store_answered(&self) {
+        *lock(&self.store_outage) = None;
+    }
+
+    /// A feed's attempt got past the store: any outage or lock wait is over.
     pub fn store_available(&self) {
-        *self
-            .store_outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        *lock(&self.store_outage) = None;
+        *lock(&self.store_blocked) = None;
     }
 
     /// `None` when healthy, else the text `/healthz` answers with its 503.
     fn health_problem(&self, now: Instant) -> Option<String> {
-        let outage = self
-            .store_outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()?;
-        let since = chrono::DateTime::<chrono::Utc>::from(outage.since)
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let for_secs = now
-            .saturating_duration_since(outage.since_instant)
-            .as_secs();
+        let since = |outage: &StoreOutage| {
+            let at = chrono::DateTime::<chrono::Utc>::from(outage.since)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let for_secs = now
+                .saturating_duration_since(outage.since_instant)
+                .as_secs();
+            format!("since {at} ({for_secs} s)")
+        };
+        if let Some(outage) = lock(&self.store_outage).clone() {
+            return Some(format!(
+                "store unavailable {}, feeds wait: {}\n",
+                since(&outage),
+                outage.error
+            ));
+        }
+        let blocked = lock(&self.store_blocked).clone()?;
         Some(format!(
-            "store unavailable since {since} ({for_secs} s), feeds wait: {}\n",
-            outage.error
+            "store busy {}: a feed waits for rows another session holds locked (another adjustd instance stuck mid-feed, or a client's open transaction), feeds wait: {}\n",
+            since(&blocked),
+            blocked.error
         ))
     }
 
@@ -466,13 +497,26 @@ impl Metrics {
             "# HELP adjustd_store_unavailable_seconds Time since the store outage that holds feeds up began (0 while the store answers)."
         )?;
         writeln!(out, "# TYPE adjustd_store_unavailable_seconds gauge")?;
-        let outage_since = self
-            .store_outage
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|outage| outage.since_instant);
-        write_age(out, "adjustd_store_unavailable_seconds", outage_since, now)?;
+        let since = |state: &Mutex<Option<StoreOutage>>| {
+            lock(state).as_ref().map(|outage| outage.since_instant)
+        };
+        write_age(
+            out,
+            "adjustd_store_unavailable_seconds",
+            since(&self.store_outage),
+            now,
+        )?;
+        writeln!(
+            out,
+            "# HELP adjustd_store_lock_wait_seconds Time since a feed first gave up waiting for rows another session holds locked (0 once an attempt gets past the store)."
+        )?;
+        writeln!(out, "# TYPE adjustd_store_lock_wait_seconds gauge")?;
+        write_age(
+            out,
+            "adjustd_store_lock_wait_seconds",
+            since(&self.store_blocked),
+            now,
+        )?;
         writeln!(
             out,
             "# HELP adjustd_stale_partials Temp-named uploads unchanged for longer than the truncation grace."
@@ -732,6 +776,7 @@ mod tests {
             "adjustd_rescans_total{reason=\"startup\"} 1",
             "adjustd_events_dropped_total 1",
             "adjustd_store_unavailable_seconds 0.000",
+            "adjustd_store_lock_wait_seconds 0.000",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -864,6 +909,46 @@ mod tests {
         );
     }
 
+    #[test]
+    fn health_fails_during_a_long_lock_wait_until_an_attempt_gets_past_the_store() {
+        let metrics = Metrics::new();
+        metrics.store_lock_wait("canceling statement due to lock timeout");
+        let later = Instant::now() + Duration::from_secs(70);
+        let problem = metrics.health_problem(later).expect("unhealthy");
+        assert!(problem.starts_with("store busy since 20"), "{problem}");
+        assert!(problem.contains("(70 s)"), "{problem}");
+        assert!(problem.ends_with("due to lock timeout\n"), "{problem}");
+        let text = metrics.render_at(later);
+        assert!(
+            text.lines()
+                .any(|line| line == "adjustd_store_lock_wait_seconds 70.000"),
+            "{text}"
+        );
+        // Conflicts that follow show the store answers: no outage, but still a wait.
+        metrics.store_answered();
+        assert!(metrics.health_problem(later).is_some());
+        // An outage meanwhile is named first; once over, the wait shows again.
+        metrics.store_unavailable("connection refused");
+        assert!(
+            metrics
+                .health_problem(later)
+                .is_some_and(|p| p.starts_with("store unavailable"))
+        );
+        metrics.store_answered();
+        assert!(
+            metrics
+                .health_problem(later)
+                .is_some_and(|p| p.starts_with("store busy"))
+        );
+        metrics.store_available();
+        assert_eq!(metrics.health_problem(later), None);
+        assert!(
+            metrics
+                .render_at(later)
+                .lines()
+                .any(|line| line == "adjustd_store_lock_wait_seconds 0.000")
+        );
+    }
     #[test]
     fn the_oldest_waiting_age_is_computed_when_scraped() {
         let metrics = Metrics::new();

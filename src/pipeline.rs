@@ -55,7 +55,14 @@ pub struct Context {
     /// small feed). Memory and the engine's view do not depend on it: after each chunk the
     /// snapshot is dropped and later chunks read what they need from the transaction.
     pub chunk_messages: usize,
+    /// Told of every attempt at a feed that ended in a conflict with another session
+    /// (the daemon shows a long lock wait on `/healthz`); `None` for `adjustd process`.
+    pub on_conflict: Option<ConflictObserver>,
 }
+
+/// Called with the feed's file name, how long the attempt ran and the conflict, for each
+/// attempt at a feed that conflicted with another session ([`Context::on_conflict`]).
+pub type ConflictObserver = Arc<dyn Fn(&str, std::time::Duration, &str) + Send + Sync>;
 
 /// One file to process.
 #[derive(Debug, Clone)]
@@ -238,11 +245,15 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
     let file = File::open(source.path).map_err(|e| read_error(source.path, e))?;
     let metadata = file.metadata().map_err(|e| read_error(source.path, e))?;
     if let Some(problem) = context.limits.file_too_large(metadata.len()) {
-        return retry_conflicts(source, || reject_unread(context, source, problem.clone()));
+        return retry_conflicts(context, source, |context| {
+            reject_unread(context, source, problem.clone())
+        });
     }
     let feed = OpenedFeed::hash(file, crate::inbox::signature(&metadata))
         .map_err(|e| read_error(source.path, e))?;
-    retry_conflicts(source, || attempt_once(context, source, &feed))
+    retry_conflicts(context, source, |context| {
+        attempt_once(context, source, &feed)
+    })
 }
 
 /// Processes a feed the daemon claimed, which always ends with a pair of reports unless the
@@ -303,19 +314,32 @@ fn reject_unreadable(
         ),
         fix,
     );
-    retry_conflicts(source, || reject_unread(context, source, problem.clone()))
+    retry_conflicts(context, source, |context| {
+        reject_unread(context, source, problem.clone())
+    })
 }
 
 /// Runs `attempt` again after a conflict with another instance (serialization failure,
 /// deadlock, lost race on a unique key), as [`crate::store::retry_conflicts`] does; when
 /// the last attempt conflicts too, says so ([`ProcessError::Conflicts`]) rather than
-/// handing back a bare store error, which reads as the store being away.
+/// handing back a bare store error, which reads as the store being away. Each conflicting
+/// attempt is told to [`Context::on_conflict`].
 fn retry_conflicts(
+    context: &mut Context,
     source: &Source<'_>,
-    attempt: impl FnMut() -> Result<Processed, ProcessError>,
+    mut attempt: impl FnMut(&mut Context) -> Result<Processed, ProcessError>,
 ) -> Result<Processed, ProcessError> {
     crate::store::retry_conflicts(
-        attempt,
+        || {
+            let started = std::time::Instant::now();
+            let result = attempt(context);
+            if let (Some(observer), Err(ProcessError::Store(error))) = (&context.on_conflict, &result)
+                && let Some(detail) = error.conflict()
+            {
+                observer(source.file_name, started.elapsed(), detail);
+            }
+            result
+        },
         |error| match error {
             ProcessError::Store(error) => error.conflict(),
             _ => None,

@@ -720,6 +720,77 @@ fn a_feed_that_conflicts_on_every_attempt_says_so_without_calling_the_store_away
 }
 
 #[test]
+fn a_feed_held_up_by_a_long_lock_wait_fails_healthz_at_once_naming_it() {
+    // Every attempt waits 11 s, then gives up as a lock wait does at PostgreSQL's lock
+    // timeout (a trigger on `feeds` sleeps, then raises lock_not_available): a session that
+    // holds the rows and does not let go. /healthz fails after the first such attempt,
+    // naming the feed, not only after all attempts; once an attempt gets past the store it
+    // is ok again and the feed is applied once.
+    let Some(db) = TestDb::create() else {
+        return;
+    };
+    import_orders(&db.url);
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "CREATE FUNCTION wait_then_give_up() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             PERFORM pg_sleep(11); \
+             RAISE EXCEPTION 'canceling statement due to lock timeout' USING ERRCODE = 'lock_not_available'; \
+             END $$; \
+             CREATE TRIGGER wait_then_give_up BEFORE INSERT ON feeds \
+             FOR EACH ROW EXECUTE FUNCTION wait_then_give_up();",
+        )
+        .expect("lock wait trigger");
+    let site = Site::new(&db.url);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut instance = site.spawn_with(0, false, &[("ADJUSTD_HTTP_LISTEN", &listen)]);
+    wait_for(
+        "the instance to watch the inbox",
+        Duration::from_secs(20),
+        || instance.log().contains("watch mode"),
+    );
+    let feeds = generate_feeds(1, 5);
+    site.drop_feed("inbox", &feeds[0]);
+    wait_for("healthz to fail", Duration::from_secs(30), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 503")
+    });
+    let health = http_get(port, "/healthz");
+    assert!(health.contains("store busy since"), "{health}");
+    assert!(health.contains(&feeds[0].name), "{health}");
+    assert!(health.contains("lock timeout"), "{health}");
+    assert!(
+        !instance.log().contains("8 attempts in a row"),
+        "shown after the first attempt, not the last: {}",
+        instance.log()
+    );
+    let metrics = http_get(port, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("adjustd_store_lock_wait_seconds ")
+                && line != "adjustd_store_lock_wait_seconds 0.000"),
+        "{metrics}"
+    );
+
+    client
+        .batch_execute("DROP TRIGGER wait_then_give_up ON feeds")
+        .expect("drop trigger");
+    wait_for("the feed to be applied", Duration::from_secs(60), || {
+        site.reports().len() == 1 && names_in(&site.path("work")).is_empty()
+    });
+    wait_for("healthz to be ok again", Duration::from_secs(10), || {
+        http_get(port, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM feeds", &[])
+        .expect("count feeds")
+        .get(0);
+    assert_eq!(count, 1, "applied once");
+    instance.stop();
+}
+
+#[test]
 fn an_instance_that_meets_a_newer_schema_holds_its_feeds_and_says_so_on_healthz() {
     // A rolling upgrade: a newer adjustd migrated the shared store while this instance runs,
     // and its next connection (after any reconnect) finds a schema newer than it knows. That

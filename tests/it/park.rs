@@ -112,6 +112,7 @@ fn sqlite_context(dir: &TestDir, rules: Rules) -> Context {
         duplicate_policy: DuplicatePolicy::Skip,
         outbox: dir.path("outbox"),
         chunk_messages: pipeline::CHUNK_MESSAGES,
+        on_conflict: None,
     }
 }
 

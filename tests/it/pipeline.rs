@@ -38,6 +38,7 @@ fn context_on(dir: &Path, url: &str) -> Context {
         duplicate_policy: DuplicatePolicy::Skip,
         outbox: dir.join("outbox"),
         chunk_messages: pipeline::CHUNK_MESSAGES,
+        on_conflict: None,
     }
 }
 

@@ -963,6 +963,7 @@ fn run_scenario(seed: u64, replay: Replay) -> Result<Stats, String> {
         // dropped between messages and everything (orders, totals, idempotency keys of
         // earlier messages) must come back from the open transaction.
         chunk_messages: [1, 2, 3, pipeline::CHUNK_MESSAGES][(seed % 4) as usize],
+        on_conflict: None,
     };
     let db = Connection::open_with_flags(&db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(|e| e.to_string())?;

@@ -1275,6 +1275,7 @@ fn sqlite_and_postgres_give_the_same_results_on_the_same_feeds() {
             duplicate_policy: DuplicatePolicy::Skip,
             outbox: dir.path().join(format!("outbox-{index}")),
             chunk_messages: adjustd::pipeline::CHUNK_MESSAGES,
+            on_conflict: None,
         }
     })
     .collect();
