@@ -1,5 +1,6 @@
 //! The command line: clap definitions, the documented exit codes, and dispatch of each
-//! command to the library. The only place besides `main` that uses `anyhow` and prints.
+//! command to the library. With `daemon`'s outer layer, the only module that uses `anyhow`;
+//! the only one besides `main` that prints.
 
 use std::io::{BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -60,7 +61,8 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success: no feed rejected, no message with an error
   1    configuration or startup error (bad config, store locked by another process, a store
-       path that cannot be used, bad folders, [http] listen address in use)
+       that cannot be reached (run waits for it instead), a store path that cannot be used,
+       bad folders, [http] listen address in use)
   2    runtime failure (I/O or database error; for orders import also a report file that
        is missing or a folder)
   3    input errors: a feed was rejected or a message has an error (validate, process), an
@@ -418,6 +420,9 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
             watch = inbox.watch.as_str(),
             "starting"
         );
+        crate::daemon::check_folders(&config.daemon)
+            .map_err(anyhow::Error::from)
+            .map_err(fail(exit::CONFIG))?;
         let Some(store) = open_store_with_retry(&config, &shutdown).await? else {
             signals.abort();
             return Ok(exit::OK);
@@ -438,11 +443,9 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
                     )),
                 };
             }
-            // A refused folder layout is a startup error like a bad config; a shutdown that
-            // gave up on the feed in hand ended like one cut short by a second signal.
-            let code = if error.downcast_ref::<crate::inbox::LayoutError>().is_some() {
-                exit::CONFIG
-            } else if error
+            // A shutdown that gave up on the feed in hand ended like one cut short by a
+            // second signal.
+            let code = if error
                 .downcast_ref::<crate::daemon::ShutdownTimedOut>()
                 .is_some()
             {

@@ -113,23 +113,32 @@ const CLAIM_BATCH: usize = 64;
 /// writer appending in small pieces) costs a few listings, not thousands.
 const EVENT_COALESCE: Duration = Duration::from_millis(15);
 
-/// Runs the daemon until `shutdown` is cancelled: checks the folder layout, recovers the
-/// feeds left in `work/`, then watches the inbox. On shutdown it stops taking new files,
-/// finishes the feed in hand and returns `Ok`.
+/// Checks the daemon's folder layout and creates the missing folders
+/// ([`inbox::check_layout`], and the `parked` folder when parking is on): the caller does
+/// this before it opens the store, so a refused layout creates nothing.
 ///
 /// # Errors
-/// A refused folder layout, an HTTP address that cannot be bound, a `work/` folder that
-/// cannot be read, or a shutdown that did not finish within `shutdown_timeout`
-/// ([`ShutdownTimedOut`]).
+/// [`inbox::LayoutError`] naming the folders.
+pub fn check_folders(config: &DaemonConfig) -> Result<(), inbox::LayoutError> {
+    inbox::check_layout(&config.inbox)?;
+    if config.order_not_found_window.is_some() {
+        inbox::check_other_folder(&config.inbox, "parked", &config.parked)?;
+    }
+    Ok(())
+}
+
+/// Runs the daemon until `shutdown` is cancelled: recovers the feeds left in `work/`, then
+/// watches the inbox. On shutdown it stops taking new files, finishes the feed in hand and
+/// returns `Ok`. The folders must have passed [`check_folders`].
+///
+/// # Errors
+/// An HTTP address that cannot be bound, a `work/` folder that cannot be read, or a
+/// shutdown that did not finish within `shutdown_timeout` ([`ShutdownTimedOut`]).
 pub async fn run(
     config: DaemonConfig,
     context: Context,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    inbox::check_layout(&config.inbox)?;
-    if config.order_not_found_window.is_some() {
-        inbox::check_other_folder(&config.inbox, "parked", &config.parked)?;
-    }
     let metrics = Arc::new(Metrics::new());
     metrics.set_inbox_lister(inbox_lister(&config));
     let mut context = context;

@@ -170,27 +170,21 @@ pub enum LayoutError {
     },
 }
 
-/// Creates missing folders and refuses a layout where moves would not be atomic renames or
-/// where the daemon would watch its own output: work, archive, failed and outbox must be
-/// distinct, none inside another or inside the inbox, and all on the inbox's filesystem.
+/// Refuses a layout where moves would not be atomic renames or where the daemon would watch
+/// its own output: work, archive, failed and outbox must be distinct, none inside another or
+/// inside the inbox, and all on the inbox's filesystem. Missing folders are created once the
+/// nesting is accepted, so a refused layout leaves no folder behind (one inside the inbox
+/// would look like a merchant folder at the next start).
 ///
 /// # Errors
 /// [`LayoutError`] naming the folders.
 pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
     let mut resolved = Vec::new();
     for (role, path) in config.roles() {
-        let folder_error = |source| LayoutError::Folder {
-            role,
-            path: path.to_owned(),
-            source,
-        };
-        fs::create_dir_all(path).map_err(folder_error)?;
-        let canonical = fs::canonicalize(path).map_err(folder_error)?;
-        let device = fs::metadata(&canonical).map_err(folder_error)?.dev();
-        resolved.push((role, path, canonical, device));
+        resolved.push((role, path, resolve_uncreated(role, path)?));
     }
-    for (role, path, canonical, _) in &resolved {
-        for (other_role, other_path, other_canonical, _) in &resolved {
+    for (role, path, canonical) in &resolved {
+        for (other_role, other_path, other_canonical) in &resolved {
             if role != other_role && canonical.starts_with(other_canonical) {
                 return Err(LayoutError::Nested {
                     role,
@@ -201,9 +195,18 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
             }
         }
     }
-    let inbox_device = resolved[0].3;
-    for (role, path, _, device) in &resolved[1..] {
-        if *device != inbox_device {
+    let mut devices = Vec::new();
+    for (role, path, _) in &resolved {
+        let folder_error = |source| LayoutError::Folder {
+            role,
+            path: path.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(path).map_err(folder_error)?;
+        devices.push(fs::metadata(path).map_err(folder_error)?.dev());
+    }
+    for ((role, path, _), device) in resolved.iter().zip(&devices).skip(1) {
+        if *device != devices[0] {
             return Err(LayoutError::OtherFilesystem {
                 role,
                 path: path.to_path_buf(),
@@ -214,10 +217,35 @@ pub fn check_layout(config: &InboxConfig) -> Result<(), LayoutError> {
     Ok(())
 }
 
+/// `path` resolved as it will be once created: its nearest existing ancestor resolved
+/// (symlinks, `..`), plus the rest of the path. Nothing is created.
+fn resolve_uncreated(role: &'static str, path: &Path) -> Result<PathBuf, LayoutError> {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name);
+        existing = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+    }
+    let mut canonical = fs::canonicalize(existing).map_err(|source| LayoutError::Folder {
+        role,
+        path: path.to_owned(),
+        source,
+    })?;
+    canonical.extend(rest.iter().rev());
+    Ok(canonical)
+}
+
 /// Refuses a folder with another `role` than the ones [`check_layout`] checks (the daemon's
 /// `parked` folder) inside, around or the same as any of those, by the same rule, and
-/// creates it if it is not refused. It may be on another filesystem: nothing is renamed into or out of it. Call it
-/// after [`check_layout`], which creates the others.
+/// creates it if it is not refused. It may be on another filesystem: nothing is renamed into
+/// or out of it. Call it after [`check_layout`], which creates the others.
 ///
 /// # Errors
 /// [`LayoutError`] naming the folders.
@@ -226,25 +254,8 @@ pub fn check_other_folder(
     role: &'static str,
     path: &Path,
 ) -> Result<(), LayoutError> {
-    let folder_error = |source| LayoutError::Folder {
-        role,
-        path: path.to_owned(),
-        source,
-    };
-    // Checked before it is created, so a refused folder is not left inside the inbox (where
-    // it would look like a merchant folder): its nearest existing ancestor, resolved, plus
-    // the rest of the path.
-    let mut existing = path;
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
-            break;
-        };
-        rest.push(name);
-        existing = parent;
-    }
-    let mut canonical = fs::canonicalize(existing).map_err(folder_error)?;
-    canonical.extend(rest.iter().rev());
+    // Checked before it is created, so a refused folder is not left inside the inbox.
+    let canonical = resolve_uncreated(role, path)?;
     for (other_role, other_path) in config.roles() {
         let Ok(other) = fs::canonicalize(other_path) else {
             continue;
@@ -266,7 +277,11 @@ pub fn check_other_folder(
             });
         }
     }
-    fs::create_dir_all(path).map_err(folder_error)?;
+    fs::create_dir_all(path).map_err(|source| LayoutError::Folder {
+        role,
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(())
 }
 

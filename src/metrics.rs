@@ -3,8 +3,8 @@
 //! text format, the files waiting in the inbox (published by the worker after each listing
 //! and claim, and completed at the scrape by a listing of the inbox while the worker is busy
 //! with a feed, [`Metrics::set_inbox_lister`]), the store's health, and the optional HTTP
-//! listener that serves them with `/healthz` (503 while a store outage lasts). One method
-//! per event, called from one place each. No HTTP framework: the listener speaks just
+//! listener that serves them with `/healthz` (503 while a store outage or a long lock wait
+//! lasts). One method per kind of event. No HTTP framework: the listener speaks just
 //! enough HTTP/1.1 for a scraper and a health probe.
 
 use std::collections::HashMap;

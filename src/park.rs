@@ -4,7 +4,8 @@
 //! durable copy of its bytes and its retry schedule. This module owns those files (written
 //! atomically, read back at start), the lock that keeps two instances from retrying one feed
 //! at once, and the back-off arithmetic. It never touches the store or the pipeline and
-//! reads no clock: the daemon decides when to park, retry and unpark, and passes the time.
+//! reads no clock for the schedules: the daemon decides when to park, retry and unpark, and
+//! passes the time (only the clean-up of a copy without a schedule looks at a file's age).
 //!
 //! Layout, per parked feed (named by the id of the feed that was parked, the first
 //! processing of those bytes):

@@ -1,7 +1,7 @@
 //! Logging setup: one `tracing` subscriber writing to stderr, human-readable text by
 //! default or one JSON object per line, filtered by `RUST_LOG` (default `adjustd=info`).
-//! Span and field conventions: one span per processed file (`file`), data in fields,
-//! lowercase messages without a trailing period. File names and paths come from uploaders,
+//! Field conventions: one summary event per processed file, which names it in its `file`
+//! field; data in fields; lowercase messages without a trailing period. File names and paths come from uploaders,
 //! so log fields that carry them go through [`escaped`].
 
 use std::fmt::{self, Write as _};

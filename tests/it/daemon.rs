@@ -785,12 +785,16 @@ fn refuses_a_layout_with_folders_inside_the_inbox() {
     )
     .expect("config");
     let out = dir.cli(&["run"]);
-    assert!(!out.status.success(), "{out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("outbox folder") && stderr.contains("inbox folder"),
         "{stderr}"
     );
+    // Refused before anything was created: a folder left inside the inbox would be taken
+    // for a merchant's at the next start, and no store is made for a daemon that never ran.
+    assert!(!dir.path("inbox/outbox").exists());
+    assert!(!dir.path("store.db").exists());
 }
 
 #[test]
