@@ -1047,7 +1047,7 @@ fn list_feeds(config: &Config, limit: u32, json: bool) -> Result<u8, Failure> {
     let rows: Vec<serde_json::Value> = feeds
         .iter()
         .map(|feed| {
-            let (xml, json_path) = pipeline::locate_reports(config.outbox(), feed);
+            let (xml, json_path) = pipeline::locate_reports(config.outbox(), feed, None);
             serde_json::json!({
                 "feed": feed,
                 "xml_report": xml.display().to_string(),

@@ -380,9 +380,10 @@ enum SourceFailure {
     ForbiddenChar(Position, char),
     /// The file starts like an archive or a document, not like text.
     Binary(Binary),
-    /// The first character that is not white space is not `<`; the file's first line
-    /// from there.
-    NotXml(Position, String),
+    /// The first character that is not white space is not `<`: the file's first line from
+    /// there, as much of it as was read (see [`SourceState::read_on_line`]), and whether
+    /// it goes on past that.
+    NotXml(Position, String, bool),
     Read(String),
 }
 
@@ -437,6 +438,13 @@ impl Binary {
 
 /// The most bytes read from the inner reader at once.
 const READ_BYTES: usize = 64 * 1024;
+
+/// Characters of the first line of a file that is not XML quoted at most ([`not_xml`]).
+const NOT_XML_SHOWN: usize = 40;
+
+/// Bytes of that line read for the quote at most: as many characters of up to 4 bytes, and
+/// one more to tell whether the line goes on.
+const NOT_XML_LINE_BYTES: usize = (NOT_XML_SHOWN + 1) * 4;
 
 /// The reader's own input window: bytes read from the inner reader into one reused buffer
 /// (owned by [`FeedReader`]), checked once in bulk as they arrive (UTF-8, forbidden control
@@ -691,13 +699,21 @@ impl SourceState {
             Pending::NonAscii => SourceFailure::NonAscii(position),
             Pending::FileTooLarge => SourceFailure::FileTooLarge,
             Pending::NotXml => {
-                let rest = &data[self.usable..self.checked.max(self.usable)];
-                let valid = match std::str::from_utf8(rest) {
-                    Ok(text) => text,
-                    Err(error) => std::str::from_utf8(&rest[..error.valid_up_to()]).unwrap_or(""),
+                // The line runs on past the checked window (`read_on_line`): it is quoted up
+                // to the first byte that is not UTF-8, and goes on after one.
+                let rest = &data[self.usable..self.end];
+                let (valid, whole) = match std::str::from_utf8(rest) {
+                    Ok(text) => (text, true),
+                    Err(error) => (
+                        std::str::from_utf8(&rest[..error.valid_up_to()]).unwrap_or(""),
+                        false,
+                    ),
                 };
-                let line = valid.split(['\n', '\r']).next().unwrap_or("");
-                SourceFailure::NotXml(position, line.to_owned())
+                let (line, goes_on) = match valid.split_once(['\n', '\r']) {
+                    Some((line, _)) => (line, false),
+                    None => (valid, !(whole && self.at_eof)),
+                };
+                SourceFailure::NotXml(position, line.to_owned(), goes_on)
             }
         };
         Some(source_problem(&failure, limits))
@@ -771,6 +787,9 @@ impl SourceState {
             }
         }
         self.check(data);
+        if matches!(self.pending, Some(Pending::NotXml)) {
+            self.read_on_line(inner, data);
+        }
         self.newlines.clear();
         self.newline_index = 0;
         let (start, usable) = (self.start, self.usable);
@@ -782,6 +801,29 @@ impl SourceState {
                 .filter(|&i| data[i] == b'\n' || i + 1 >= usable || data[i + 1] != b'\n'),
         );
         Ok(())
+    }
+
+    /// The file is not XML (the problem pending at `usable`): reads on until the line there
+    /// ends, the file ends or [`NOT_XML_LINE_BYTES`] of it are in, so the problem does not
+    /// quote it cut where a read happened to end. The bytes read are only quoted, never
+    /// parsed; a read that fails leaves the line cut (the problem is still that the file is
+    /// not XML).
+    fn read_on_line<R: io::Read>(&mut self, inner: &mut R, data: &mut Vec<u8>) {
+        let want = self.usable + NOT_XML_LINE_BYTES;
+        if data.len() < want {
+            data.resize(want, 0);
+        }
+        while !self.at_eof
+            && self.end < want
+            && memchr::memchr2(b'\n', b'\r', &data[self.usable..self.end]).is_none()
+        {
+            match inner.read(&mut data[self.end..want]) {
+                Ok(0) => self.at_eof = true,
+                Ok(n) => self.end += n,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -2075,7 +2117,7 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
             format!("the file is {}, not XML", kind.what()),
             "Upload the feed's .xml file itself, not an archive or a document holding it (unpack a .zip or .gz file first).",
         ),
-        SourceFailure::NotXml(position, line) => not_xml(*position, line),
+        SourceFailure::NotXml(position, line, goes_on) => not_xml(*position, line, *goes_on),
         SourceFailure::Read(error) => Problem::new(
             Code::MalformedXml,
             MessageId::FEED,
@@ -2088,25 +2130,26 @@ fn source_problem(failure: &SourceFailure, limits: Limits) -> Problem {
 }
 
 /// The problem for a file whose first character other than white space, at `position`,
-/// is not `<`; `line` is the rest of that line. A first line with tabs is a flat file
-/// (Amazon's tab-separated adjustment template, or an order report).
-fn not_xml(position: Position, line: &str) -> Problem {
-    /// Characters of the first line quoted at most.
-    const SHOWN: usize = 40;
+/// is not `<`; `line` is the rest of that line, and `goes_on` says more of it follows. A
+/// first line with tabs is a flat file (Amazon's tab-separated adjustment template, or an
+/// order report).
+fn not_xml(position: Position, line: &str, goes_on: bool) -> Problem {
+    // At most NOT_XML_SHOWN characters, then `...` when more follows.
+    let shown = |text: &str, goes_on: bool| match text.char_indices().nth(NOT_XML_SHOWN) {
+        Some((end, _)) => format!("{}...", quoted(&text[..end])),
+        None if goes_on => format!("{}...", quoted(text)),
+        None => quoted(text),
+    };
     let (description, fix) = match line.split_once('\t') {
         Some((first, _)) => (
             format!(
                 "the file is not XML but tab-separated text (its first line starts with {}, then a tab): a flat file, such as Amazon's flat-file order adjustment (_POST_FLAT_FILE_PAYMENT_ADJUSTMENT_DATA_)",
-                quoted(first.trim_end())
+                shown(first.trim_end(), false)
             ),
             "Send the adjustments as the XML OrderAdjustment feed (_POST_PAYMENT_ADJUSTMENT_DATA_, a file starting with `<?xml` or `<AmazonEnvelope`): adjustd reads that feed, not the flat file.",
         ),
         None => {
-            let line = line.trim_end();
-            let shown = match line.char_indices().nth(SHOWN) {
-                Some((end, _)) => format!("{}...", quoted(&line[..end])),
-                None => quoted(line),
-            };
+            let shown = shown(line.trim_end(), goes_on);
             (
                 format!(
                     "the file is not XML: it starts with {shown}, and an XML feed starts with `<` (`<?xml` or `<AmazonEnvelope`)"
@@ -2224,6 +2267,70 @@ mod tests {
                 .description
                 .contains("not XML: it starts with \"PK\"")
         );
+    }
+
+    #[test]
+    fn the_first_line_of_a_file_that_is_not_xml_is_not_cut_where_a_read_ends() {
+        /// Hands out at most `size` bytes a read (a `BufReader` hands a larger read straight
+        /// to its reader).
+        struct Chunks<'a> {
+            rest: &'a [u8],
+            size: usize,
+        }
+        impl io::Read for Chunks<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(self.size).min(self.rest.len());
+                buf[..n].copy_from_slice(&self.rest[..n]);
+                self.rest = &self.rest[n..];
+                Ok(n)
+            }
+        }
+        let description = |doc: &[u8], size: usize| {
+            let chunks = io::BufReader::with_capacity(size, Chunks { rest: doc, size });
+            let mut reader = FeedReader::new(chunks, Limits::default());
+            reader.open_root().expect_err("not XML").description
+        };
+        // The first character six bytes before the end of the first read, and in reads of
+        // three bytes.
+        let mut doc = b" \n".repeat((READ_BYTES - 6) / 2);
+        doc.extend_from_slice(b"hello world, this is not xml\nmore");
+        for (doc, size) in [(&doc[..], READ_BYTES), (&doc[READ_BYTES - 10..], 3)] {
+            let text = description(doc, size);
+            assert!(
+                text.contains("it starts with \"hello world, this is not xml\", and"),
+                "read size {size}: {text}"
+            );
+        }
+        // A tab past the end of the read still makes it a flat file.
+        let mut flat = b" ".repeat(READ_BYTES - 4);
+        flat.extend_from_slice(b"order-id\tsku\n");
+        let text = description(&flat, READ_BYTES);
+        assert!(
+            text.contains("its first line starts with \"order-id\", then a tab"),
+            "{text}"
+        );
+        // A line longer than what is read on for the quote, or one that goes on past a
+        // byte that is not UTF-8, is marked as going on.
+        let text = description(&b"x".repeat(3 * READ_BYTES), READ_BYTES);
+        assert!(
+            text.contains(&format!("\"{}\"...,", "x".repeat(40))),
+            "{text}"
+        );
+        let text = description(b"hello\xFFworld", READ_BYTES);
+        assert!(text.contains("it starts with \"hello\"...,"), "{text}");
+        // A first field quoted before its tab is shortened like a line.
+        let mut long = "f".repeat(100);
+        long.push_str("\tsku\n");
+        let text = description(long.as_bytes(), READ_BYTES);
+        assert!(
+            text.contains(&format!(
+                "starts with \"{}\"..., then a tab",
+                "f".repeat(40)
+            )),
+            "{text}"
+        );
+        // A whole file of one short line, read one byte at a time.
+        assert!(description(b"hello", 1).contains("it starts with \"hello\", and"));
     }
 
     #[test]

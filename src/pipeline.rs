@@ -904,9 +904,14 @@ pub fn merchant_problem(header: &FeedHeader, source: &Source<'_>) -> Option<Prob
 }
 
 /// Where a feed's reports are, as recorded with the feed. A feed recorded before the store
-/// kept that (schema version 5 of SQLite, 3 of PostgreSQL) has its merchant's folder when the
-/// report is there, else the outbox itself.
-pub fn locate_reports(outbox: &Path, feed: &FeedRecord) -> (PathBuf, PathBuf) {
+/// kept that (schema version 5 of SQLite, 3 of PostgreSQL) has them where a file of the pair
+/// is found: in its merchant's folder, else in the outbox itself; where neither holds one,
+/// in `otherwise` (`None`: the outbox itself).
+pub fn locate_reports(
+    outbox: &Path,
+    feed: &FeedRecord,
+    otherwise: Option<&MerchantId>,
+) -> (PathBuf, PathBuf) {
     let at = |folder: Option<&MerchantId>| {
         report::report_paths(outbox, folder, &feed.file_name, feed.id)
     };
@@ -915,10 +920,11 @@ pub fn locate_reports(outbox: &Path, feed: &FeedRecord) -> (PathBuf, PathBuf) {
         ReportFolder::Merchant(merchant) => at(Some(merchant)),
         ReportFolder::Unrecorded => {
             let merchant = feed.merchant.as_deref().and_then(MerchantId::new);
-            match at(merchant.as_ref()) {
-                paths if merchant.is_some() && paths.0.exists() => paths,
-                _ => at(None),
-            }
+            [merchant.as_ref(), None]
+                .into_iter()
+                .map(&at)
+                .find(|(xml, json)| xml.exists() || json.exists())
+                .unwrap_or_else(|| at(otherwise))
         }
     }
 }
@@ -926,6 +932,12 @@ pub fn locate_reports(outbox: &Path, feed: &FeedRecord) -> (PathBuf, PathBuf) {
 /// Writes the stored report of `earlier` again when `process` (no claim: the daemon retries
 /// its own) finds it missing from the outbox: the report a run of `process` committed but
 /// could not write ([`ProcessError::Report`]) is written by processing the file again.
+///
+/// It goes to the folder recorded with `earlier`. When that is not recorded (a feed of an
+/// older build, [`ReportFolder::Unrecorded`]), a pair of which a file is left in the
+/// merchant's folder or the outbox is completed there; a pair gone from both goes where the
+/// reports of this copy (`source`) go, where the operator is looking now (rather than to the
+/// outbox itself, whatever folder either copy came from).
 fn restore_missing_report(
     outbox: &Path,
     source: &Source<'_>,
@@ -934,7 +946,7 @@ fn restore_missing_report(
     if source.claim_token.is_some() {
         return Ok(());
     }
-    let (xml_report, json_report) = locate_reports(outbox, earlier);
+    let (xml_report, json_report) = locate_reports(outbox, earlier, source.bound_merchant);
     if xml_report.exists() && json_report.exists() {
         return Ok(());
     }

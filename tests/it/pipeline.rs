@@ -241,6 +241,58 @@ fn with_duplicate_feeds_processed_the_idempotency_keys_still_prevent_a_second_re
     assert_eq!(orders[0].adjustments.len(), 1);
 }
 
+/// `process` meeting a duplicate writes the earlier feed's missing report pair again. For a
+/// feed recorded before the store kept its report folder (NULL), a pair with a file left
+/// in the merchant's folder or the outbox is completed there; one gone from both is written
+/// where the reports of the copy processed now go.
+#[test]
+fn a_missing_report_of_a_feed_without_a_recorded_folder_goes_where_it_is_looked_for() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut context = context(dir.path());
+    let feed = PathBuf::from(DATA).join("refund-ok.xml");
+    let merchant = merchant();
+    let mut from_folder = source(&feed, None);
+    from_folder.bound_merchant = Some(&merchant);
+    let first = pipeline::process_file(&mut context, &from_folder).expect("first");
+    assert_eq!(first.outcome.status, FeedStatus::Complete);
+    let outbox = dir.path().join("outbox");
+    let folder = outbox.join("M_TEST");
+    assert_eq!(first.xml_report.parent(), Some(folder.as_path()));
+    // As a build that did not record report folders left it.
+    let db = rusqlite::Connection::open(dir.path().join("store.db")).expect("open store");
+    db.execute("UPDATE feeds SET report_folder = NULL", [])
+        .expect("forget the folder");
+    drop(db);
+    let [xml, json] = ["feed.xml.1.report.xml", "feed.xml.1.report.json"];
+    let remove = |path: PathBuf| std::fs::remove_file(path).expect("remove a report");
+    let again = |context: &mut Context, source: &Source<'_>| {
+        let processed = pipeline::process_file(context, source).expect("again");
+        assert_eq!(processed.outcome.duplicate_of, Some(1));
+    };
+
+    // Gone from both places: written again in the merchant's folder this copy came from.
+    remove(folder.join(xml));
+    remove(folder.join(json));
+    again(&mut context, &from_folder);
+    assert!(folder.join(xml).is_file() && folder.join(json).is_file());
+    assert!(!outbox.join(xml).exists() && !outbox.join(json).exists());
+
+    // Half a pair left in the merchant's folder is completed there, even for a copy from
+    // outside the inbox.
+    remove(folder.join(xml));
+    again(&mut context, &source(&feed, None));
+    assert!(folder.join(xml).is_file());
+    assert!(!outbox.join(xml).exists() && !outbox.join(json).exists());
+
+    // A pair in the outbox itself is found there: nothing is written in the folder.
+    for name in [xml, json] {
+        std::fs::rename(folder.join(name), outbox.join(name)).expect("move a report");
+    }
+    again(&mut context, &from_folder);
+    assert!(!folder.join(xml).exists() && !folder.join(json).exists());
+    assert!(outbox.join(xml).is_file() && outbox.join(json).is_file());
+}
+
 /// Message `id`: a refund of Principal `amount` (spelled as given) on item 10000000000001
 /// of `order`, without a MerchantAdjustmentItemID, on one line.
 fn principal_refund(id: usize, order: &str, amount: &str) -> String {
