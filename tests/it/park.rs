@@ -762,3 +762,110 @@ fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
     assert!(!xml.contains("automatically"), "{xml}");
     assert!(!dir.path("parked").exists(), "nothing parked");
 }
+
+#[test]
+fn a_retry_that_would_change_nothing_is_rolled_back_without_a_record_or_a_report() {
+    // The pipeline as the daemon runs a parked feed's retries (not the last one), with the
+    // daemon stopped: `process_retry` on the feed's bytes, under each retry's claim token.
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 3600));
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let feed = dir.path("parked.xml");
+    fs::write(
+        &feed,
+        feed_xml(
+            MERCHANT,
+            &[
+                refund(0, "applies-at-once", 100),
+                refund(1, "applies-later", 250),
+            ],
+        )
+        .as_bytes(),
+    )
+    .expect("write feed");
+    let rules = || Rules {
+        order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..Rules::default()
+    };
+    let source = |token: &'static str| Source::new(&feed, "quiet.xml", Some(token), None, None);
+    let feeds = |context: &mut Context| {
+        context
+            .store
+            .as_store()
+            .recent_feeds(10)
+            .expect("feeds")
+            .len()
+    };
+    let mut context = sqlite_context(&dir, rules());
+    let first = pipeline::process_file(&mut context, &source("1700000000000000000-1-0"))
+        .expect("first processing");
+    assert_eq!(first.deferred, Some(1));
+
+    // Order 1 is still missing: message 1 is a replay, message 2 deferred again. Nothing is
+    // recorded under the retry's claim token, no report is written.
+    let token = "1700000000000000001-1-0";
+    let retried = pipeline::process_retry(&mut context, &source(token)).expect("retry");
+    let pipeline::Retried::Unchanged(unchanged) = retried else {
+        panic!("a retry that changes nothing is rolled back: {retried:?}");
+    };
+    assert_eq!((unchanged.messages, unchanged.deferred), (2, 1));
+    assert_eq!(unchanged.merchant.as_str(), MERCHANT);
+    assert_eq!(feeds(&mut context), 1, "no feed record");
+    assert!(
+        context
+            .store
+            .as_store()
+            .feed_by_claim(token)
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(reports(&dir, "quiet.xml").len(), 1, "no report");
+    // Repeated (a crash before the schedule was rewritten): the same again.
+    assert!(matches!(
+        pipeline::process_retry(&mut context, &source(token)),
+        Ok(pipeline::Retried::Unchanged(_))
+    ));
+    assert_eq!(feeds(&mut context), 1);
+    drop(context);
+
+    // The order is imported: the retry under that same token commits and reports, and a
+    // repetition of it (a crash before the schedule was rewritten) only re-emits its report.
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut context = sqlite_context(&dir, rules());
+    let pipeline::Retried::Processed(applied) =
+        pipeline::process_retry(&mut context, &source(token)).expect("retry")
+    else {
+        panic!("the retry that applies is committed");
+    };
+    assert!(!applied.recovered);
+    assert_eq!(applied.deferred, Some(0));
+    assert_eq!(applied.outcome.messages_successful, 2);
+    assert_eq!(applied.outcome.duplicate_of, Some(first.outcome.feed_id));
+    let pipeline::Retried::Processed(repeated) =
+        pipeline::process_retry(&mut context, &source(token)).expect("repeated retry")
+    else {
+        panic!("a committed retry is re-emitted");
+    };
+    assert!(repeated.recovered);
+    assert_eq!(repeated.outcome.feed_id, applied.outcome.feed_id);
+    assert_eq!(feeds(&mut context), 2);
+    assert_eq!(reports(&dir, "quiet.xml").len(), 2);
+
+    // Nothing deferred and nothing to change (every message a replay): committed all the
+    // same, since such a retry unparks the feed and its report says how it ended.
+    let pipeline::Retried::Processed(replayed) =
+        pipeline::process_retry(&mut context, &source("1700000000000000002-1-0")).expect("retry")
+    else {
+        panic!("a retry that leaves nothing deferred is reported");
+    };
+    assert_eq!(replayed.deferred, Some(0));
+    assert_eq!(
+        result_codes(
+            &serde_json::from_slice(&fs::read(&replayed.json_report).expect("report"))
+                .expect("JSON")
+        ),
+        ["DUPLICATE_ADJUSTMENT", "DUPLICATE_ADJUSTMENT"]
+    );
+    drop(context);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
+}
