@@ -122,8 +122,10 @@ pub enum Command {
     /// `[paths] parked` and processed again with back-off (`[daemon]
     /// order_not_found_first_retry_secs`, doubling, at most an hour apart) until its orders
     /// are found or `[daemon] order_not_found_window_secs` have passed since it was first
-    /// processed; the retry after that pins ORDER_NOT_FOUND as final. Each retry writes its
-    /// own report pair. A window of 0 turns this off.
+    /// processed; the retry after that pins ORDER_NOT_FOUND as final. Each retry that
+    /// changes something writes its own report pair; one that would change nothing (the
+    /// order still missing) is rolled back without a report and logged as "parked feed
+    /// retried: nothing new". A window of 0 turns this off.
     Run,
     /// Process these feed files now with the same pipeline as the daemon (the files stay
     /// where they are); prints the path of each report.

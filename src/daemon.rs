@@ -32,7 +32,9 @@ use crate::inbox::{
 use crate::metrics::{FeedResult, Metrics, ScanReason};
 use crate::model::{MerchantId, Position};
 use crate::park::{self, Attempt, ParkError, ParkedFeeds, Parking, RetryWindow, Schedule};
-use crate::pipeline::{self, Context, ProcessError, Processed, Source, Unsettled};
+use crate::pipeline::{
+    self, Context, ProcessError, Processed, Retried, Source, Unchanged, Unsettled,
+};
 use crate::problem::{Problem, Severity};
 use crate::report::FeedOutcome;
 use crate::store::FeedStatus;
@@ -1385,7 +1387,10 @@ impl Worker {
         tracing::debug!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, attempt = schedule.attempts + 1, last, "retrying parked feed");
         // The last retry pins what is still not found (refund-rules c3.4). Any other leaves
         // the feed parked when something is still deferred (`finish_retry`), which its
-        // report then says, with the window's end (see `process_once`).
+        // report then says, with the window's end (see `process_once`); and it commits only
+        // if something changes (`pipeline::process_retry`), so a retry that finds nothing
+        // new leaves no feed record and no report (`finish_unchanged_retry`). The last one
+        // always commits and reports: pinning is a change.
         self.context.rules.pin_order_not_found = last;
         self.context.rules.order_not_found_retry_until =
             (!last).then(|| retry.ends(schedule.first_processed_at));
@@ -1397,7 +1402,12 @@ impl Worker {
                 merchant.as_ref(),
                 worker.config.inbox.allowed_merchants.as_deref(),
             );
-            run_pipeline(|| pipeline::process_file(&mut worker.context, &source))
+            if last {
+                run_pipeline(|| pipeline::process_file(&mut worker.context, &source))
+                    .map(Retried::Processed)
+            } else {
+                run_pipeline(|| pipeline::process_retry(&mut worker.context, &source))
+            }
         });
         self.context.rules.pin_order_not_found = false;
         self.context.rules.order_not_found_retry_until = None;
@@ -1406,8 +1416,11 @@ impl Worker {
             .as_mut()
             .and_then(|parking| parking.awaiting_report.remove(&feed_id));
         match result {
-            Some(Ok(processed)) => {
+            Some(Ok(Retried::Processed(processed))) => {
                 self.finish_retry(attempt, &processed, last, started, report_backoff);
+            }
+            Some(Ok(Retried::Unchanged(unchanged))) => {
+                self.finish_unchanged_retry(attempt, &unchanged, started);
             }
             Some(Err(failure)) if failure.retry() == Retry::Later => {
                 self.defer_retry_report(
@@ -1547,6 +1560,47 @@ impl Worker {
         );
     }
 
+    /// After a retry that would have changed nothing and was rolled back (no feed record, no
+    /// report): the feed stays parked and is rescheduled as after a retry that reported, the
+    /// attempt counted, under the same claim token (nothing was recorded under it, so a
+    /// crash before the schedule is written only repeats this retry). One info line.
+    fn finish_unchanged_retry(
+        &mut self,
+        attempt: Attempt,
+        unchanged: &Unchanged,
+        started: Instant,
+    ) {
+        let Some(parking) = self.parking.as_mut() else {
+            return;
+        };
+        self.metrics.parked_retry_unchanged();
+        let schedule = attempt.schedule.clone();
+        let attempts = schedule.attempts + 1;
+        let next_attempt_at =
+            parking
+                .retry
+                .next_attempt(schedule.first_processed_at, attempts, chrono::Utc::now());
+        let next = Schedule {
+            attempts,
+            next_attempt_at,
+            ..schedule.clone()
+        };
+        if let Err(error) = parking.parked.reschedule(attempt, next) {
+            tracing::error!(parked_feed_id = schedule.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot write a parked feed's schedule; the retry is repeated");
+        }
+        tracing::info!(
+            file = %escaped(&schedule.file_name),
+            merchant = unchanged.merchant.as_str(),
+            parked_feed_id = schedule.feed_id,
+            attempt = attempts,
+            orders_not_found = unchanged.deferred,
+            messages = unchanged.messages,
+            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            next_attempt_at = %next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "parked feed retried: nothing new"
+        );
+    }
+
     /// After a retry that failed for good (no report): the feed stays parked and is tried
     /// again after the back-off, under the same claim token (if the failure came after the
     /// commit, the next try re-emits that report instead of processing again).
@@ -1683,9 +1737,7 @@ enum HeldBack {
 }
 
 /// Runs the pipeline on one feed; a panic is caught and becomes a [`Failure`].
-fn run_pipeline(
-    run: impl FnOnce() -> Result<Processed, ProcessError>,
-) -> Result<Processed, Failure> {
+fn run_pipeline<T>(run: impl FnOnce() -> Result<T, ProcessError>) -> Result<T, Failure> {
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(result) => result.map_err(Failure::Process),
         Err(panic) => {

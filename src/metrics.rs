@@ -164,6 +164,7 @@ pub struct Metrics {
     scans: [AtomicU64; 5],
     events_dropped: AtomicU64,
     retries: AtomicU64,
+    parked_retries_unchanged: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -422,6 +423,12 @@ impl Metrics {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A retry of a parked feed changed nothing and was rolled back without a report.
+    pub fn parked_retry_unchanged(&self) {
+        self.parked_retries_unchanged
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Events dropped so far.
     pub fn events_dropped_total(&self) -> u64 {
         self.events_dropped.load(Ordering::Relaxed)
@@ -529,6 +536,16 @@ impl Metrics {
         )?;
         writeln!(out, "# TYPE adjustd_parked_feeds gauge")?;
         writeln!(out, "adjustd_parked_feeds {}", load(&self.parked_feeds))?;
+        writeln!(
+            out,
+            "# HELP adjustd_parked_retries_unchanged_total Retries of parked feeds that changed nothing, rolled back without a report."
+        )?;
+        writeln!(out, "# TYPE adjustd_parked_retries_unchanged_total counter")?;
+        writeln!(
+            out,
+            "adjustd_parked_retries_unchanged_total {}",
+            load(&self.parked_retries_unchanged)
+        )?;
         writeln!(
             out,
             "# HELP adjustd_reports_pending Committed feeds whose report the outbox has not taken yet, retried with backoff."
@@ -757,6 +774,7 @@ mod tests {
         metrics.feed_finished(FeedResult::Error, None, Duration::from_secs(100));
         metrics.scanned(ScanReason::Startup);
         metrics.event_dropped();
+        metrics.parked_retry_unchanged();
         let first_seen = Instant::now();
         listed(&metrics, &["a.xml", "b.xml", "c.xml"], first_seen);
         metrics.watch_mode(true);
@@ -775,6 +793,7 @@ mod tests {
             "adjustd_watch_mode{mode=\"notify\"} 0",
             "adjustd_rescans_total{reason=\"startup\"} 1",
             "adjustd_events_dropped_total 1",
+            "adjustd_parked_retries_unchanged_total 1",
             "adjustd_store_unavailable_seconds 0.000",
             "adjustd_store_lock_wait_seconds 0.000",
         ] {

@@ -124,16 +124,18 @@ pub struct Schedule {
     /// names the window's end), or for a feed recovered at start its report's
     /// `processed_at`.
     pub first_processed_at: DateTime<Utc>,
-    /// Retries made so far.
+    /// Retries made so far (those rolled back for changing nothing included).
     pub attempts: u32,
-    /// The feed id of the latest retry, if any.
+    /// The feed id of the latest retry that committed, if any (a retry that would change
+    /// nothing is rolled back and makes no feed).
     pub last_feed_id: Option<u64>,
     /// When the next retry is due.
     pub next_attempt_at: DateTime<Utc>,
     /// The claim token the next retry is recorded under in the store. Written here before
     /// the retry runs, so a crash after its commit and before this file is updated is
     /// recognised at the next start (its stored report is re-emitted, nothing is applied
-    /// twice); a new token is chosen for each retry that completed.
+    /// twice); a new token is chosen for each retry that committed (one rolled back for
+    /// changing nothing recorded nothing under it, so the next retry keeps it).
     pub next_claim_token: String,
 }
 

@@ -134,6 +134,44 @@ pub struct Processed {
     pub deferred: Option<u64>,
 }
 
+/// What [`process_retry`] did with the bytes of a parked feed.
+// One value per retry, moved once into the daemon's match: boxing `Processed` would only
+// add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Retried {
+    /// Committed and reported (or the report of an earlier commit under the claim token
+    /// re-emitted), as by [`process_file`].
+    Processed(Processed),
+    /// Nothing would have changed: rolled back, so no feed record, no report.
+    Unchanged(Unchanged),
+}
+
+/// A retry of a parked feed rolled back because it would have changed nothing in the store
+/// ([`Retried::Unchanged`]): the engine planned no store change for any of its messages (no
+/// adjustment written, no rejection pinned; each one a replay of what applied before, a
+/// content rejection as before, or an `ORDER_NOT_FOUND` deferred again), and some
+/// `ORDER_NOT_FOUND` is still deferred, so the feed stays parked as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unchanged {
+    /// The feed's merchant (its MerchantIdentifier).
+    pub merchant: MerchantId,
+    /// The messages read.
+    pub messages: u64,
+    /// The messages whose `ORDER_NOT_FOUND` is still deferred (at least one), as
+    /// [`Processed::deferred`] would have said.
+    pub deferred: u64,
+}
+
+/// What a run does when the engine planned no store change for any message of the feed and
+/// an `ORDER_NOT_FOUND` is still deferred: [`process_file`] commits and reports it like any
+/// feed, [`process_retry`] rolls it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WhenUnchanged {
+    Commit,
+    RollBack,
+}
+
 /// Errors that leave the feed without its reports; the caller keeps the file. Nothing is
 /// committed, except for [`ProcessError::Report`]: the feed is applied and its report is in
 /// the store, so the next attempt with the same claim token only writes the report.
@@ -239,6 +277,38 @@ impl std::fmt::Display for Unsettled {
 /// # Errors
 /// See [`ProcessError`]; bad input is never an error (it is in the report).
 pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Processed, ProcessError> {
+    match process(context, source, WhenUnchanged::Commit)? {
+        Retried::Processed(processed) => Ok(processed),
+        Retried::Unchanged(_) => unreachable!(
+            "invariant: only WhenUnchanged::RollBack leaves a feed uncommitted for being unchanged"
+        ),
+    }
+}
+
+/// Processes the bytes of a parked feed again (a retry that is not the last one), as
+/// [`process_file`] does, but commits only if something changes: when the engine planned
+/// no store change for any message (every one comes back as a replay of what applied
+/// before, or as the same deferred `ORDER_NOT_FOUND`) and an `ORDER_NOT_FOUND` is still
+/// deferred, the feed's transaction is rolled back and no report is written
+/// ([`Retried::Unchanged`]). A feed rejected as a whole, a retry that leaves nothing deferred
+/// (the feed is unparked then, so its report says how it ended) and the re-emission of a
+/// retry committed earlier under the claim token are committed and reported as ever.
+///
+/// The last retry of a parked feed pins what is still not found, which is a change: the
+/// daemon runs it with [`process_file`].
+///
+/// # Errors
+/// As [`process_file`]; a rolled-back retry is not an error.
+pub fn process_retry(context: &mut Context, source: &Source<'_>) -> Result<Retried, ProcessError> {
+    process(context, source, WhenUnchanged::RollBack)
+}
+
+/// [`process_file`] and [`process_retry`], which differ only in `when_unchanged`.
+fn process(
+    context: &mut Context,
+    source: &Source<'_>,
+    when_unchanged: WhenUnchanged,
+) -> Result<Retried, ProcessError> {
     // The size of the opened file decides before a byte is read (ingest R8): a file above
     // `max_file_bytes` is rejected without being hashed or parsed, so a huge (or sparse)
     // file costs nothing and holds up no other feed.
@@ -247,12 +317,13 @@ pub fn process_file(context: &mut Context, source: &Source<'_>) -> Result<Proces
     if let Some(problem) = context.limits.file_too_large(metadata.len()) {
         return retry_conflicts(context, source, |context| {
             reject_unread(context, source, problem.clone())
-        });
+        })
+        .map(Retried::Processed);
     }
     let feed = OpenedFeed::hash(file, crate::inbox::signature(&metadata))
         .map_err(|e| read_error(source.path, e))?;
     retry_conflicts(context, source, |context| {
-        attempt_once(context, source, &feed)
+        attempt_once(context, source, &feed, when_unchanged)
     })
 }
 
@@ -324,11 +395,11 @@ fn reject_unreadable(
 /// the last attempt conflicts too, says so ([`ProcessError::Conflicts`]) rather than
 /// handing back a bare store error, which reads as the store being away. Each conflicting
 /// attempt is told to [`Context::on_conflict`].
-fn retry_conflicts(
+fn retry_conflicts<T>(
     context: &mut Context,
     source: &Source<'_>,
-    mut attempt: impl FnMut(&mut Context) -> Result<Processed, ProcessError>,
-) -> Result<Processed, ProcessError> {
+    mut attempt: impl FnMut(&mut Context) -> Result<T, ProcessError>,
+) -> Result<T, ProcessError> {
     crate::store::retry_conflicts(
         || {
             let started = std::time::Instant::now();
@@ -419,9 +490,10 @@ fn attempt_once(
     context: &mut Context,
     source: &Source<'_>,
     feed: &OpenedFeed,
-) -> Result<Processed, ProcessError> {
+    when_unchanged: WhenUnchanged,
+) -> Result<Retried, ProcessError> {
     if let Some(processed) = re_emit_committed(context, source)? {
-        return Ok(processed);
+        return Ok(Retried::Processed(processed));
     }
     let store = context.store.as_store();
     let content_hash = feed.content_hash.as_str();
@@ -438,13 +510,13 @@ fn attempt_once(
             feed.confirm_rejection(source, &problem)?;
             let merchant = validator.merchant().cloned();
             let outcome = reject(store, source, content_hash, merchant, problem)?;
-            return write(context, source, outcome, Some(0));
+            return write(context, source, outcome, Some(0)).map(Retried::Processed);
         }
     };
     if let Some(problem) = merchant_problem(&header, source) {
         feed.confirm(source)?;
         let outcome = reject(store, source, content_hash, Some(header.merchant), problem)?;
-        return write(context, source, outcome, Some(0));
+        return write(context, source, outcome, Some(0)).map(Retried::Processed);
     }
     let earlier = store.feed_by_hash(&header.merchant, content_hash)?;
     if let Some(earlier) = &earlier {
@@ -474,13 +546,13 @@ fn attempt_once(
             Some(earlier.id),
             problem,
         )?;
-        return write(context, source, outcome, Some(0));
+        return write(context, source, outcome, Some(0)).map(Retried::Processed);
     }
     // With the `process` policy, or when the earlier run left messages for later (see
     // `had_deferred`), a repeated feed is applied like any other (idempotency keys still
     // catch replays) and records which feed it repeats.
     let duplicate_of = earlier.map(|e| e.id);
-    let (outcome, deferred) = apply(
+    let applied = apply(
         store,
         &mut validator,
         source,
@@ -489,14 +561,31 @@ fn attempt_once(
         duplicate_of,
         &context.rules,
         context.chunk_messages,
+        when_unchanged,
     )?;
-    write(context, source, outcome, Some(deferred))
+    match applied {
+        Applied::Committed { outcome, deferred } => {
+            write(context, source, outcome, Some(deferred)).map(Retried::Processed)
+        }
+        Applied::RolledBack(unchanged) => Ok(Retried::Unchanged(unchanged)),
+    }
+}
+
+/// How [`apply`] ended the feed's transaction.
+enum Applied {
+    /// Committed (the feed's messages, or its rejection as a whole), with the number of
+    /// deferred messages ([`Processed::deferred`]).
+    Committed { outcome: FeedOutcome, deferred: u64 },
+    /// Rolled back: nothing would have changed ([`WhenUnchanged::RollBack`]).
+    RolledBack(Unchanged),
 }
 
 /// Streams the messages through validate → engine → store inside one transaction. The
 /// reader and validator run on a second thread, one chunk ahead of the engine and the store,
 /// so parsing overlaps with the database work. Returns the outcome and the number of
-/// deferred messages ([`Processed::deferred`]).
+/// deferred messages ([`Processed::deferred`]); or, under [`WhenUnchanged::RollBack`], rolls
+/// back a feed for none of whose messages the engine planned a store change while some
+/// `ORDER_NOT_FOUND` is still deferred.
 // The inputs of one private call site; a struct for them would only rename them.
 #[allow(clippy::too_many_arguments)]
 fn apply<R: std::io::BufRead + Send>(
@@ -508,7 +597,8 @@ fn apply<R: std::io::BufRead + Send>(
     duplicate_of: Option<u64>,
     rules: &Rules,
     chunk_messages: usize,
-) -> Result<(FeedOutcome, u64), ProcessError> {
+    when_unchanged: WhenUnchanged,
+) -> Result<Applied, ProcessError> {
     let merchant = header.merchant;
     let content_hash = feed.content_hash.as_str();
     let key_digest = KeyDigest {
@@ -561,7 +651,21 @@ fn apply<R: std::io::BufRead + Send>(
         drop(tx);
         feed.confirm_rejection(source, &problem)?;
         let outcome = reject(store, source, content_hash, Some(merchant), problem)?;
-        return Ok((outcome, 0));
+        return Ok(Applied::Committed {
+            outcome,
+            deferred: 0,
+        });
+    }
+    if when_unchanged == WhenUnchanged::RollBack && tally.changes == 0 && tally.deferred > 0 {
+        // Nothing was written but the feed record's start: dropping the transaction leaves
+        // the store as it was. A retry with nothing deferred any more is committed although
+        // it changes nothing either: it unparks the feed, so its report says how it ended.
+        drop(tx);
+        return Ok(Applied::RolledBack(Unchanged {
+            merchant,
+            messages: tally.processed,
+            deferred: tally.deferred,
+        }));
     }
     // Dropping the transaction on an error rolls it back.
     feed.confirm(source)?;
@@ -576,7 +680,7 @@ fn apply<R: std::io::BufRead + Send>(
         duplicate_of,
     );
     tx.commit(feed_done(&outcome))?;
-    Ok((outcome, deferred))
+    Ok(Applied::Committed { outcome, deferred })
 }
 
 /// A chunk of validated messages, or the feed-level problem that ends the feed.
@@ -688,6 +792,7 @@ fn flush(
     }
     tx.prefetch(merchant, upcoming);
     let plan = engine::plan(snapshot, merchant, &valid, rules, processed_on);
+    tally.changes += plan.changes.len() as u64;
     tx.apply(merchant, &plan.changes)?;
     snapshot.forget();
     tx.forget_loaded();
@@ -723,6 +828,10 @@ pub struct Tally {
     /// Messages whose `ORDER_NOT_FOUND` was not pinned ([`Processed::deferred`]), counted
     /// whether or not their result is listed.
     deferred: u64,
+    /// The store changes the engine planned ([`engine::Change`]: adjustments written,
+    /// rejections pinned); none means the feed leaves the store as it was, but for its
+    /// own record ([`process_retry`] rolls such a retry back).
+    changes: u64,
 }
 
 impl Tally {

@@ -1,8 +1,9 @@
 //! Parking end to end (refund-rules §c3.4): the real `adjustd run` with a window of a few
 //! seconds and a first retry after 1 s. A feed whose order is not imported yet is parked
-//! (a copy and a schedule in `parked/`), retried with its own report pairs, unparked once
-//! its orders are found, pinned as a final ORDER_NOT_FOUND once the window has passed, kept
-//! across a restart, and left alone with the window at 0. Until the last retry its reports
+//! (a copy and a schedule in `parked/`), retried without a report while a retry would change
+//! nothing, with a report pair of its own once one does (its orders are found, and it is
+//! unparked) or once the window has passed (the last retry pins a final ORDER_NOT_FOUND),
+//! kept across a restart, and left alone with the window at 0. Until the last retry its reports
 //! say that the daemon retries the message (and until when); with the window at 0, and from
 //! `adjustd process`, they ask for a resend instead. On SQLite the daemon is the only
 //! writer, so orders are imported with the daemon stopped there; PostgreSQL imports next to
@@ -99,6 +100,29 @@ fn schedules(dir: &TestDir) -> Vec<PathBuf> {
         .into_iter()
         .filter(|path| path.to_string_lossy().ends_with(".schedule.json"))
         .collect()
+}
+
+/// The retries made so far of the one feed parked in `dir` (its schedule's `attempts`), and
+/// the feed id of the last one that produced a report.
+fn attempts(dir: &TestDir) -> (u64, Value) {
+    let schedule = schedules(dir).pop().expect("parked");
+    // Written atomically, so always whole; gone only once the feed is unparked.
+    let schedule: Value =
+        serde_json::from_slice(&fs::read(&schedule).expect("schedule")).expect("JSON");
+    (
+        schedule["attempts"].as_u64().expect("attempts"),
+        schedule["last_feed_id"].clone(),
+    )
+}
+
+/// The value of the metric line `name` (a counter or gauge without labels) at `port`.
+fn metric(port: u16, name: &str) -> u64 {
+    let metrics = http_get(port, "/metrics");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
 }
 
 /// A pipeline context on the folder's SQLite store and outbox, as the daemon has it (with
@@ -263,6 +287,114 @@ fn a_parked_feed_is_retried_and_applies_once_its_order_is_imported() {
     );
 }
 
+fn unchanged_retries_are_quiet_until_the_order_is_imported(backend: &Backend) {
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(backend, 60)
+    });
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let mut daemon = dir.spawn_daemon();
+    // One message applies at once, the other waits for its order.
+    dir.drop_file(
+        "M_TEST/quiet.xml",
+        feed_xml(
+            MERCHANT,
+            &[
+                refund(0, "applies-at-once", 100),
+                refund(1, "applies-later", 250),
+            ],
+        )
+        .as_bytes(),
+    );
+    let first = first_report(&dir, "quiet.xml");
+    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_eq!(first["summary"]["messages_successful"], 1, "{first}");
+
+    // Retries after 1 s and 2 s more find nothing new: no report, no feed record, still
+    // parked, and each one is counted and logged.
+    wait_for("two retries", LONG, || attempts(&dir).0 >= 2);
+    assert_eq!(
+        reports(&dir, "quiet.xml").len(),
+        1,
+        "a retry that changes nothing writes no report"
+    );
+    assert_eq!(
+        dir.files_in("outbox").len(),
+        2,
+        "only the first report pair: {:?}",
+        dir.files_in("outbox")
+    );
+    assert_eq!(schedules(&dir).len(), 1, "still parked");
+    assert_eq!(attempts(&dir).1, Value::Null, "no retry made a feed");
+    assert_eq!(metric(port, "adjustd_parked_feeds"), 1);
+    assert!(metric(port, "adjustd_parked_retries_unchanged_total") >= 2);
+    let retried = "adjustd_feeds_total{outcome=\"retried\"} 0";
+    assert!(
+        http_get(port, "/metrics").lines().any(|l| l == retried),
+        "a quiet retry is not a retried feed"
+    );
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("parked feed retried: nothing new")
+                && line.contains(&format!(" parked_feed_id={} ", first["feed_id"]))
+                && line.contains("quiet.xml")
+                && line.contains(" next_attempt_at=")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|line| line.contains("parked feed retried") && line.contains("result=")),
+        "{log}"
+    );
+
+    // Once the order is imported, the next retry commits and reports: the waiting message
+    // applies, the other comes back as a duplicate, once.
+    backend.import_while_running(&dir, &mut daemon, &[1]);
+    wait_for("the retry that applies the rest", LONG, || {
+        reports(&dir, "quiet.xml")
+            .last()
+            .is_some_and(|(_, report)| errors(report) == 0)
+    });
+    wait_for("the feed to be unparked", LONG, || {
+        dir.files_in("parked").is_empty()
+    });
+    let all = reports(&dir, "quiet.xml");
+    assert_eq!(all.len(), 2, "the first report and the retry's: {all:?}");
+    let (_, retry) = &all[1];
+    assert_eq!(retry["duplicate_of"], first["feed_id"], "{retry}");
+    assert_eq!(retry["summary"]["messages_successful"], 2, "{retry}");
+    assert_eq!(result_codes(retry), ["DUPLICATE_ADJUSTMENT"], "{retry}");
+    wait_for("the retry counted as retried", LONG, || {
+        http_get(port, "/metrics")
+            .lines()
+            .any(|l| l == "adjustd_feeds_total{outcome=\"retried\"} 1")
+    });
+    daemon.stop();
+    assert!(
+        daemon.log().lines().any(
+            |line| line.contains("parked feed retried") && line.contains("result=\"unparked\"")
+        ),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
+}
+
+#[test]
+fn retries_that_change_nothing_are_quiet_until_the_order_is_imported_on_sqlite() {
+    unchanged_retries_are_quiet_until_the_order_is_imported(&Backend::Sqlite);
+}
+
+#[test]
+fn retries_that_change_nothing_are_quiet_until_the_order_is_imported_on_postgres() {
+    if let Some(backend) = Backend::postgres() {
+        unchanged_retries_are_quiet_until_the_order_is_imported(&backend);
+    }
+}
+
 fn last_retry_pins_order_not_found(backend: &Backend) {
     let port = free_port();
     let dir = TestDir::with(&Settings {
@@ -299,27 +431,20 @@ fn last_retry_pins_order_not_found(backend: &Backend) {
     let all = reports(&dir, "early.xml");
     let (_, last) = all.last().expect("reports");
     assert!(is_final(last), "the last report pins: {last}");
-    assert_eq!(
-        all.iter().filter(|(_, report)| is_final(report)).count(),
-        1,
-        "one last retry"
-    );
-    assert!(all.len() >= 2, "{all:?}");
-    // Every report before the last one was parked again and says so.
-    for (_, earlier) in &all[..all.len() - 1] {
-        assert_says_it_is_retried(earlier);
-    }
+    // The retries before the last one found nothing new and wrote no report: only the
+    // first processing and the last retry have one.
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_says_it_is_retried(&all[0].1);
     wait_for("the summary line of the last retry", LONG, || {
         daemon
             .log()
             .lines()
             .any(|line| line.contains("parked feed retried") && line.contains("result=\"pinned\""))
     });
-    // The retries are counted as such, not as duplicates (they repeat the same bytes); the
-    // first processing is a feed like any other.
-    let retries = all.len() - 1;
+    // The retry that reported is counted as such, not as a duplicate (it repeats the same
+    // bytes); the first processing is a feed like any other.
     for line in [
-        format!("adjustd_feeds_total{{outcome=\"retried\"}} {retries}"),
+        "adjustd_feeds_total{outcome=\"retried\"} 1".to_owned(),
         "adjustd_feeds_total{outcome=\"duplicate\"} 0".to_owned(),
         "adjustd_feeds_total{outcome=\"complete\"} 1".to_owned(),
     ] {
@@ -590,18 +715,28 @@ fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
     let mut daemon = dir.spawn_daemon();
     dir.drop_file(
         "M_TEST/late.xml",
-        feed_xml(MERCHANT, &[refund(1, "found-later", 250)]).as_bytes(),
+        feed_xml(
+            MERCHANT,
+            &[refund(1, "found-later", 250), refund(2, "found-never", 50)],
+        )
+        .as_bytes(),
     );
     let first = first_report(&dir, "late.xml");
-    assert_eq!(result_codes(&first), ["ORDER_NOT_FOUND"], "{first}");
+    assert_eq!(
+        result_codes(&first),
+        ["ORDER_NOT_FOUND", "ORDER_NOT_FOUND"],
+        "{first}"
+    );
     assert_eq!(schedules(&dir).len(), 1, "parked");
     // The merchant's report folder is set aside (a hidden name, so its reports are not
-    // counted) and a regular file takes its place, which stops root too: the retries commit
-    // but cannot write their reports.
+    // counted) and a regular file takes its place, which stops root too; then one of the
+    // orders is imported: the next retry commits (a retry that changed nothing would write
+    // no report) but cannot write its report, and the feed stays parked for the other.
     let folder = dir.path("outbox/M_TEST");
     let saved = dir.path("outbox/.M_TEST-saved");
     fs::rename(&folder, &saved).expect("set the report folder aside");
     fs::write(&folder, b"not a folder").expect("block the report folder");
+    Backend::Sqlite.import_while_running(&dir, &mut daemon, &[1]);
     wait_for("a refused report", LONG, || {
         daemon.log().contains("transient failure, will retry")
     });
@@ -657,6 +792,7 @@ fn a_parked_retry_whose_report_is_refused_holds_up_no_other_feed() {
         "{log}"
     );
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
 }
 
 /// What the daemon with parking on does up to its commit, with the daemon stopped: the
@@ -761,4 +897,111 @@ fn a_report_re_emitted_after_parking_was_turned_off_asks_for_a_resend() {
     let xml = fs::read_to_string(&committed.xml_report).expect("XML report re-emitted");
     assert!(!xml.contains("automatically"), "{xml}");
     assert!(!dir.path("parked").exists(), "nothing parked");
+}
+
+#[test]
+fn a_retry_that_would_change_nothing_is_rolled_back_without_a_record_or_a_report() {
+    // The pipeline as the daemon runs a parked feed's retries (not the last one), with the
+    // daemon stopped: `process_retry` on the feed's bytes, under each retry's claim token.
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 3600));
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let feed = dir.path("parked.xml");
+    fs::write(
+        &feed,
+        feed_xml(
+            MERCHANT,
+            &[
+                refund(0, "applies-at-once", 100),
+                refund(1, "applies-later", 250),
+            ],
+        )
+        .as_bytes(),
+    )
+    .expect("write feed");
+    let rules = || Rules {
+        order_not_found_retry_until: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..Rules::default()
+    };
+    let source = |token: &'static str| Source::new(&feed, "quiet.xml", Some(token), None, None);
+    let feeds = |context: &mut Context| {
+        context
+            .store
+            .as_store()
+            .recent_feeds(10)
+            .expect("feeds")
+            .len()
+    };
+    let mut context = sqlite_context(&dir, rules());
+    let first = pipeline::process_file(&mut context, &source("1700000000000000000-1-0"))
+        .expect("first processing");
+    assert_eq!(first.deferred, Some(1));
+
+    // Order 1 is still missing: message 1 is a replay, message 2 deferred again. Nothing is
+    // recorded under the retry's claim token, no report is written.
+    let token = "1700000000000000001-1-0";
+    let retried = pipeline::process_retry(&mut context, &source(token)).expect("retry");
+    let pipeline::Retried::Unchanged(unchanged) = retried else {
+        panic!("a retry that changes nothing is rolled back: {retried:?}");
+    };
+    assert_eq!((unchanged.messages, unchanged.deferred), (2, 1));
+    assert_eq!(unchanged.merchant.as_str(), MERCHANT);
+    assert_eq!(feeds(&mut context), 1, "no feed record");
+    assert!(
+        context
+            .store
+            .as_store()
+            .feed_by_claim(token)
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(reports(&dir, "quiet.xml").len(), 1, "no report");
+    // Repeated (a crash before the schedule was rewritten): the same again.
+    assert!(matches!(
+        pipeline::process_retry(&mut context, &source(token)),
+        Ok(pipeline::Retried::Unchanged(_))
+    ));
+    assert_eq!(feeds(&mut context), 1);
+    drop(context);
+
+    // The order is imported: the retry under that same token commits and reports, and a
+    // repetition of it (a crash before the schedule was rewritten) only re-emits its report.
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut context = sqlite_context(&dir, rules());
+    let pipeline::Retried::Processed(applied) =
+        pipeline::process_retry(&mut context, &source(token)).expect("retry")
+    else {
+        panic!("the retry that applies is committed");
+    };
+    assert!(!applied.recovered);
+    assert_eq!(applied.deferred, Some(0));
+    assert_eq!(applied.outcome.messages_successful, 2);
+    assert_eq!(applied.outcome.duplicate_of, Some(first.outcome.feed_id));
+    let pipeline::Retried::Processed(repeated) =
+        pipeline::process_retry(&mut context, &source(token)).expect("repeated retry")
+    else {
+        panic!("a committed retry is re-emitted");
+    };
+    assert!(repeated.recovered);
+    assert_eq!(repeated.outcome.feed_id, applied.outcome.feed_id);
+    assert_eq!(feeds(&mut context), 2);
+    assert_eq!(reports(&dir, "quiet.xml").len(), 2);
+
+    // Nothing deferred and nothing to change (every message a replay): committed all the
+    // same, since such a retry unparks the feed and its report says how it ended.
+    let pipeline::Retried::Processed(replayed) =
+        pipeline::process_retry(&mut context, &source("1700000000000000002-1-0")).expect("retry")
+    else {
+        panic!("a retry that leaves nothing deferred is reported");
+    };
+    assert_eq!(replayed.deferred, Some(0));
+    assert_eq!(
+        result_codes(
+            &serde_json::from_slice(&fs::read(&replayed.json_report).expect("report"))
+                .expect("JSON")
+        ),
+        ["DUPLICATE_ADJUSTMENT", "DUPLICATE_ADJUSTMENT"]
+    );
+    drop(context);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
 }
