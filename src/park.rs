@@ -363,7 +363,7 @@ impl ParkedFeeds {
         let id = schedule.feed_id;
         match self.read_schedule(id) {
             Ok(Some(existing)) if existing.content_hash == schedule.content_hash => {
-                let existing = self.record_announced_end(existing, schedule.window_ends_at)?;
+                let existing = self.record_announced_end(existing, schedule.window_ends_at);
                 let due = existing.next_attempt_at;
                 self.entries.insert(id, (existing.clone(), due));
                 return Ok(Parking::AlreadyParked(existing));
@@ -533,42 +533,46 @@ impl ParkedFeeds {
 
     /// `existing` (the schedule of a feed parked already) with `announced` as its
     /// [`Schedule::window_ends_at`] when that is later, written under the lock on the copy
-    /// (re-read under it). If another instance holds the lock (it is retrying the feed),
-    /// the schedule is left to it, with a warning.
+    /// (re-read under it). The feed is parked either way: when the lock is held elsewhere
+    /// (another instance is retrying the feed) or a file cannot be read or written, the
+    /// schedule stays as it is, with a warning.
     fn record_announced_end(
         &mut self,
         existing: Schedule,
         announced: Option<DateTime<Utc>>,
-    ) -> Result<Schedule, ParkError> {
+    ) -> Schedule {
         if announced <= existing.window_ends_at {
-            return Ok(existing);
+            return existing;
         }
         let id = existing.feed_id;
-        let bytes_path = self.bytes_path(id);
-        let write_error = |source| ParkError::Write {
-            path: bytes_path.clone(),
-            source,
+        let locked = File::open(self.bytes_path(id)).and_then(|copy| match copy.try_lock() {
+            Ok(()) => Ok(Some(copy)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(error),
+        });
+        let problem = match locked {
+            Ok(Some(copy)) => match self.read_schedule(id) {
+                Ok(Some(mut schedule)) => {
+                    schedule.window_ends_at = schedule.window_ends_at.max(announced);
+                    let written = self.write_schedule(&schedule);
+                    drop(copy);
+                    match written {
+                        Ok(()) => return schedule,
+                        Err(error) => format!("{:#}", anyhow::Error::new(error)),
+                    }
+                }
+                // Unparked or spoiled meanwhile: nothing to record it in.
+                Ok(None) | Err(_) => return existing,
+            },
+            Ok(None) => "its retry is in hand elsewhere".to_owned(),
+            Err(error) => error.to_string(),
         };
-        let copy = File::open(&bytes_path).map_err(write_error)?;
-        match copy.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                tracing::warn!(
-                    file = %escaped(self.schedule_path(id).display()),
-                    "a parked feed's retry is in hand elsewhere; the later end its re-emitted report announced is not recorded"
-                );
-                return Ok(existing);
-            }
-            Err(TryLockError::Error(error)) => return Err(write_error(error)),
-        }
-        // Unparked or spoiled meanwhile: nothing to record it in.
-        let Ok(Some(mut schedule)) = self.read_schedule(id) else {
-            return Ok(existing);
-        };
-        schedule.window_ends_at = schedule.window_ends_at.max(announced);
-        self.write_schedule(&schedule)?;
-        drop(copy);
-        Ok(schedule)
+        tracing::warn!(
+            file = %escaped(self.schedule_path(id).display()),
+            problem = %escaped(problem),
+            "cannot record the later end of the window a parked feed's re-emitted report announced; its schedule is kept as it is"
+        );
+        existing
     }
 
     /// Keeps the feed off the retry list until `until` (in memory only).
@@ -804,10 +808,21 @@ mod tests {
             parked.park(&feed, earlier).expect("park again"),
             Parking::AlreadyParked(schedule(7, &hash))
         );
-        // With a later end: recorded, the rest of the schedule kept.
         let mut later = schedule(7, &hash);
         later.window_ends_at = Some(at(90_000));
         later.next_attempt_at = at(999);
+        // While another instance has its retry in hand, the schedule is left to it.
+        let mut other = ParkedFeeds::open(&folder).expect("open again");
+        let in_hand = other
+            .begin(7, at(60), Duration::from_secs(5))
+            .expect("begin")
+            .expect("due");
+        assert_eq!(
+            parked.park(&feed, later.clone()).expect("park again"),
+            Parking::AlreadyParked(schedule(7, &hash))
+        );
+        drop(in_hand);
+        // With a later end: recorded, the rest of the schedule kept.
         let mut expected = schedule(7, &hash);
         expected.window_ends_at = Some(at(90_000));
         assert_eq!(
