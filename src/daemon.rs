@@ -616,6 +616,20 @@ impl Worker {
                 "feeds parked for ORDER_NOT_FOUND retries"
             );
         }
+        // A window made shorter since applies only to what no report announced yet.
+        for schedule in parked
+            .schedules()
+            .filter(|schedule| schedule.keeps_announced_end(&retry))
+        {
+            let time = |at: DateTime<Utc>| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            tracing::info!(
+                file = %escaped(&schedule.file_name),
+                parked_feed_id = schedule.feed_id,
+                window_ends_at = %time(schedule.window_end(&retry)),
+                configured_window_ends_at = %time(retry.ends(schedule.first_processed_at)),
+                "the parked feed's reports announced retries until a later time than [daemon] order_not_found_window_secs now gives; the announced end is kept"
+            );
+        }
         self.metrics.parked_feeds(parked.len());
         self.parking = Some(ParkingLot {
             parked,
@@ -1293,7 +1307,10 @@ impl Worker {
         // stored report is worded again for this attempt too
         // (`engine::reword_deferred_order_not_found`), so its window counts from here, and
         // the time a crash or an outage kept the daemon away is not taken from it.
+        // The end its report announced is recorded: a shorter window set later never ends
+        // the feed's retries before it (`Schedule::window_end`).
         let first_processed_at = attempt_at;
+        let window_ends_at = parking.retry.ends(first_processed_at);
         let schedule = Schedule {
             version: park::SCHEDULE_VERSION,
             feed_id: outcome.feed_id,
@@ -1301,9 +1318,10 @@ impl Worker {
             merchant_folder: claim.merchant.as_ref().map(|m| m.as_str().to_owned()),
             content_hash: outcome.content_hash.clone(),
             first_processed_at,
+            window_ends_at: Some(window_ends_at),
             attempts: 0,
             last_feed_id: None,
-            next_attempt_at: parking.retry.next_attempt(first_processed_at, 0, now),
+            next_attempt_at: parking.retry.next_attempt(window_ends_at, 0, now),
             next_claim_token: self.tokens.next(),
         };
         let parking_result = parking.parked.park(&claim.path, schedule)?;
@@ -1314,13 +1332,14 @@ impl Worker {
                 feed_id = outcome.feed_id,
                 orders_not_found = processed.deferred,
                 next_attempt_at = %schedule.next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                window_ends_at = %parking.retry.ends(first_processed_at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                window_ends_at = %window_ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "feed parked for ORDER_NOT_FOUND retries"
             ),
             Parking::AlreadyParked(schedule) => tracing::info!(
                 file = %escaped(&claim.file_name),
                 feed_id = outcome.feed_id,
                 attempts = schedule.attempts,
+                window_ends_at = %schedule.window_end(&parking.retry).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "feed was parked already; its schedule is kept"
             ),
         }
@@ -1381,7 +1400,9 @@ impl Worker {
         };
         let _held = self.feed_in_hand.hold();
         let schedule = attempt.schedule.clone();
-        let last = retry.is_last(schedule.first_processed_at, now);
+        // Never before the end the feed's reports announced, whatever the window is now.
+        let window_end = schedule.window_end(&retry);
+        let last = schedule.is_last_attempt(&retry, now);
         let merchant = schedule.merchant();
         let started = Instant::now();
         tracing::debug!(file = %escaped(&schedule.file_name), parked_feed_id = feed_id, attempt = schedule.attempts + 1, last, "retrying parked feed");
@@ -1392,8 +1413,7 @@ impl Worker {
         // new leaves no feed record and no report (`finish_unchanged_retry`). The last one
         // always commits and reports: pinning is a change.
         self.context.rules.pin_order_not_found = last;
-        self.context.rules.order_not_found_retry_until =
-            (!last).then(|| retry.ends(schedule.first_processed_at));
+        self.context.rules.order_not_found_retry_until = (!last).then_some(window_end);
         let result = self.with_transient_retries(&schedule.file_name, |worker| {
             let source = Source::new(
                 &attempt.feed_path,
@@ -1417,7 +1437,8 @@ impl Worker {
             .and_then(|parking| parking.awaiting_report.remove(&feed_id));
         match result {
             Some(Ok(Retried::Processed(processed))) => {
-                self.finish_retry(attempt, &processed, last, started, report_backoff);
+                let announced = (!last).then_some(window_end);
+                self.finish_retry(attempt, &processed, announced, started, report_backoff);
             }
             Some(Ok(Retried::Unchanged(unchanged))) => {
                 self.finish_unchanged_retry(attempt, &unchanged, started);
@@ -1464,16 +1485,19 @@ impl Worker {
 
     /// After a retry that produced a report: unparks the feed when nothing is deferred any
     /// more or this was the last retry, else schedules the next one. One summary line.
+    /// `announced` is the end of the window the report names, `None` for the last retry
+    /// (which names none): it is recorded in the schedule of a feed that stays parked.
     /// `report_backoff` is there when this attempt only wrote the report of a retry this run
     /// committed earlier, which the outbox had refused.
     fn finish_retry(
         &mut self,
         attempt: Attempt,
         processed: &Processed,
-        last: bool,
+        announced: Option<DateTime<Utc>>,
         started: Instant,
         report_backoff: Option<Backoff>,
     ) {
+        let last = announced.is_none();
         let Some(parking) = self.parking.as_mut() else {
             return;
         };
@@ -1509,14 +1533,19 @@ impl Worker {
             (result, String::new())
         } else {
             let attempts = schedule.attempts + 1;
+            // The end this report names (a recovered retry's stored report is worded again
+            // with it too); a last retry that stays parked named none, so the end recorded
+            // before stays.
+            let window_ends_at = announced.or(schedule.window_ends_at);
             let next_attempt_at = if processed.recovered && last {
                 now
             } else {
-                parking
-                    .retry
-                    .next_attempt(schedule.first_processed_at, attempts, now)
+                // The end named is the feed's window end already (`retry_parked`).
+                let window_end = announced.unwrap_or_else(|| schedule.window_end(&parking.retry));
+                parking.retry.next_attempt(window_end, attempts, now)
             };
             let next = Schedule {
+                window_ends_at,
                 attempts,
                 last_feed_id: Some(outcome.feed_id),
                 next_attempt_at,
@@ -1576,10 +1605,11 @@ impl Worker {
         self.metrics.parked_retry_unchanged();
         let schedule = attempt.schedule.clone();
         let attempts = schedule.attempts + 1;
-        let next_attempt_at =
-            parking
-                .retry
-                .next_attempt(schedule.first_processed_at, attempts, chrono::Utc::now());
+        let next_attempt_at = parking.retry.next_attempt(
+            schedule.window_end(&parking.retry),
+            attempts,
+            chrono::Utc::now(),
+        );
         let next = Schedule {
             attempts,
             next_attempt_at,
@@ -1612,10 +1642,11 @@ impl Worker {
             .feed_finished(FeedResult::Error, None, started.elapsed());
         let schedule = attempt.schedule.clone();
         let attempts = schedule.attempts + 1;
-        let next_attempt_at =
-            parking
-                .retry
-                .next_attempt(schedule.first_processed_at, attempts, chrono::Utc::now());
+        let next_attempt_at = parking.retry.next_attempt(
+            schedule.window_end(&parking.retry),
+            attempts,
+            chrono::Utc::now(),
+        );
         let next = Schedule {
             attempts,
             next_attempt_at,

@@ -52,7 +52,8 @@ const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 pub struct RetryWindow {
     /// How long after a feed was first processed its `ORDER_NOT_FOUND`s are retried. The
     /// first attempt that starts after the window has ended is the last one: it pins what
-    /// is still not found.
+    /// is still not found. A parked feed's window never ends before the end its reports
+    /// announced ([`Schedule::window_end`]).
     pub window: Duration,
     /// The delay before the first retry; each later delay doubles, up to
     /// [`MAX_RETRY_INTERVAL`].
@@ -66,9 +67,10 @@ impl RetryWindow {
         first_retry: Duration::from_secs(60),
     };
 
-    /// When the window of a feed first processed at `first_processed_at` ends; the last
+    /// When this window ends for a feed first processed at `first_processed_at`; the last
     /// representable time for a window beyond the calendar (the config sets no upper bound,
-    /// and the daemon asks this before every feed it processes).
+    /// and the daemon asks this before every feed it processes). A parked feed's window
+    /// ends at [`Schedule::window_end`], which is never earlier than this.
     pub fn ends(&self, first_processed_at: DateTime<Utc>) -> DateTime<Utc> {
         first_processed_at
             .checked_add_signed(chrono_duration(self.window))
@@ -76,12 +78,13 @@ impl RetryWindow {
     }
 
     /// The time of the next attempt after `attempts` attempts (0: the feed was just parked),
-    /// the last of them finished at `now`: `now` plus `first_retry` × 2^`attempts` (at most
-    /// [`MAX_RETRY_INTERVAL`]), but never later than the end of the window while that is
-    /// ahead, so the last attempt comes right when the window ends.
+    /// the last of them finished at `now`, for a feed whose window ends at `window_end`
+    /// ([`Schedule::window_end`]): `now` plus `first_retry` × 2^`attempts` (at most
+    /// [`MAX_RETRY_INTERVAL`]), but never later than `window_end` while that is ahead, so
+    /// the last attempt comes right when the window ends.
     pub fn next_attempt(
         &self,
-        first_processed_at: DateTime<Utc>,
+        window_end: DateTime<Utc>,
         attempts: u32,
         now: DateTime<Utc>,
     ) -> DateTime<Utc> {
@@ -90,13 +93,11 @@ impl RetryWindow {
             .checked_mul(1 << attempts.min(20))
             .map_or(MAX_RETRY_INTERVAL, |delay| delay.min(MAX_RETRY_INTERVAL));
         let next = now + chrono_duration(delay);
-        let end = self.ends(first_processed_at);
-        if now < end { next.min(end) } else { next }
-    }
-
-    /// True when an attempt starting at `now` is the last one (the window has ended).
-    pub fn is_last(&self, first_processed_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        now >= self.ends(first_processed_at)
+        if now < window_end {
+            next.min(window_end)
+        } else {
+            next
+        }
     }
 }
 
@@ -124,6 +125,14 @@ pub struct Schedule {
     /// names the window's end), or for a feed recovered at start its report's
     /// `processed_at`.
     pub first_processed_at: DateTime<Utc>,
+    /// The end of the window the feed's latest report announced ("adjustd retries this
+    /// message automatically until ..."): set when the feed is parked and by each retry
+    /// that reports while the feed stays parked. The window never ends before it, even
+    /// when `order_not_found_window_secs` was made shorter since ([`Schedule::window_end`]).
+    /// Absent from schedules written before it was recorded (`None`: the window then ends
+    /// where the current config puts it); left out of the file when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ends_at: Option<DateTime<Utc>>,
     /// Retries made so far (those rolled back for changing nothing included).
     pub attempts: u32,
     /// The feed id of the latest retry that committed, if any (a retry that would change
@@ -144,6 +153,29 @@ impl Schedule {
     /// whose merchant is not valid is refused when it is read).
     pub fn merchant(&self) -> Option<MerchantId> {
         self.merchant_folder.as_deref().and_then(MerchantId::new)
+    }
+
+    /// When this feed's window ends under `retry` (the current config): the end its
+    /// reports announced ([`Schedule::window_ends_at`]), or later when `retry`'s window,
+    /// counted from [`Schedule::first_processed_at`], ends later. So a longer window
+    /// extends the retries, and a shorter one never takes back what a report promised.
+    pub fn window_end(&self, retry: &RetryWindow) -> DateTime<Utc> {
+        let current = retry.ends(self.first_processed_at);
+        self.window_ends_at
+            .map_or(current, |announced| announced.max(current))
+    }
+
+    /// True when an attempt starting at `now` is the last one: the feed's window
+    /// ([`Schedule::window_end`]) has ended.
+    pub fn is_last_attempt(&self, retry: &RetryWindow, now: DateTime<Utc>) -> bool {
+        now >= self.window_end(retry)
+    }
+
+    /// True when `retry`'s window alone would end before the end the feed's reports
+    /// announced (the window was made shorter since): that end is kept.
+    pub fn keeps_announced_end(&self, retry: &RetryWindow) -> bool {
+        self.window_ends_at
+            .is_some_and(|announced| retry.ends(self.first_processed_at) < announced)
     }
 
     fn check(&self, feed_id: u64) -> Result<(), String> {
@@ -196,7 +228,9 @@ pub enum Parking {
     /// The feed is parked now, with this schedule.
     Parked(Schedule),
     /// It was parked already (a restart after a crash between parking and moving the feed
-    /// out of `work/`): its schedule is kept as it is.
+    /// out of `work/`): its schedule is kept as it is, except that the end of the window the
+    /// feed's re-emitted report announced is recorded when it is later than the one
+    /// recorded ([`Schedule::window_ends_at`]).
     AlreadyParked(Schedule),
 }
 
@@ -319,7 +353,8 @@ impl ParkedFeeds {
     /// Parks the feed whose bytes are at `feed_file` under `schedule`: copies the bytes (to
     /// a temporary file in the folder, checking them against `schedule.content_hash`,
     /// fsync, rename, fsync the folder), then writes the schedule the same way. A feed
-    /// parked already keeps its schedule.
+    /// parked already keeps its schedule, but takes `schedule.window_ends_at` when that is
+    /// later than its own (see [`Parking::AlreadyParked`]).
     ///
     /// # Errors
     /// [`ParkError`]: nothing is parked then (a copy without a schedule may be left, which
@@ -328,6 +363,7 @@ impl ParkedFeeds {
         let id = schedule.feed_id;
         match self.read_schedule(id) {
             Ok(Some(existing)) if existing.content_hash == schedule.content_hash => {
+                let existing = self.record_announced_end(existing, schedule.window_ends_at);
                 let due = existing.next_attempt_at;
                 self.entries.insert(id, (existing.clone(), due));
                 return Ok(Parking::AlreadyParked(existing));
@@ -371,6 +407,12 @@ impl ParkedFeeds {
         self.entries
             .insert(id, (schedule.clone(), schedule.next_attempt_at));
         Ok(Parking::Parked(schedule))
+    }
+
+    /// The schedules of the parked feeds, by feed id, as of the last
+    /// [`ParkedFeeds::reload`] and this instance's own changes since.
+    pub fn schedules(&self) -> impl Iterator<Item = &Schedule> {
+        self.entries.values().map(|(schedule, _)| schedule)
     }
 
     /// The parked feed due first, and when.
@@ -489,6 +531,50 @@ impl ParkedFeeds {
         fsync_dir(&self.folder)
     }
 
+    /// `existing` (the schedule of a feed parked already) with `announced` as its
+    /// [`Schedule::window_ends_at`] when that is later, written under the lock on the copy
+    /// (re-read under it). The feed is parked either way: when the lock is held elsewhere
+    /// (another instance is retrying the feed) or a file cannot be read or written, the
+    /// schedule stays as it is, with a warning.
+    fn record_announced_end(
+        &mut self,
+        existing: Schedule,
+        announced: Option<DateTime<Utc>>,
+    ) -> Schedule {
+        if announced <= existing.window_ends_at {
+            return existing;
+        }
+        let id = existing.feed_id;
+        let locked = File::open(self.bytes_path(id)).and_then(|copy| match copy.try_lock() {
+            Ok(()) => Ok(Some(copy)),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(error)) => Err(error),
+        });
+        let problem = match locked {
+            Ok(Some(copy)) => match self.read_schedule(id) {
+                Ok(Some(mut schedule)) => {
+                    schedule.window_ends_at = schedule.window_ends_at.max(announced);
+                    let written = self.write_schedule(&schedule);
+                    drop(copy);
+                    match written {
+                        Ok(()) => return schedule,
+                        Err(error) => format!("{:#}", anyhow::Error::new(error)),
+                    }
+                }
+                // Unparked or spoiled meanwhile: nothing to record it in.
+                Ok(None) | Err(_) => return existing,
+            },
+            Ok(None) => "its retry is in hand elsewhere".to_owned(),
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(
+            file = %escaped(self.schedule_path(id).display()),
+            problem = %escaped(problem),
+            "cannot record the later end of the window a parked feed's re-emitted report announced; its schedule is kept as it is"
+        );
+        existing
+    }
+
     /// Keeps the feed off the retry list until `until` (in memory only).
     fn postpone(&mut self, feed_id: u64, until: DateTime<Utc>) {
         if let Some((_, due)) = self.entries.get_mut(&feed_id) {
@@ -563,6 +649,7 @@ mod tests {
             merchant_folder: Some("M1".to_owned()),
             content_hash: content_hash.to_owned(),
             first_processed_at: at(0),
+            window_ends_at: Some(at(86_400)),
             attempts: 0,
             last_feed_id: None,
             next_attempt_at: at(60),
@@ -578,24 +665,28 @@ mod tests {
     fn retries_double_up_to_an_hour_and_the_last_comes_when_the_window_ends() {
         let retry = window(86_400, 60);
         let first = at(0);
+        let parked = schedule(1, "hash");
+        let end = parked.window_end(&retry);
+        assert_eq!(end, retry.ends(first));
         // Each retry is due the doubled delay after the previous one finished.
         let mut now = first;
         let mut delays = Vec::new();
         for attempts in 0..9 {
-            let next = retry.next_attempt(first, attempts, now);
+            let next = retry.next_attempt(end, attempts, now);
             delays.push((next - now).num_seconds());
             now = next;
         }
         assert_eq!(delays, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
         // Close to the end of the window, the next attempt is the end itself: the last one.
         let near_end = at(86_400 - 100);
-        assert_eq!(retry.next_attempt(first, 7, near_end), at(86_400));
-        assert!(!retry.is_last(first, at(86_399)));
-        assert!(retry.is_last(first, at(86_400)));
+        assert_eq!(retry.next_attempt(end, 7, near_end), at(86_400));
+        assert!(!parked.is_last_attempt(&retry, at(86_399)));
+        assert!(parked.is_last_attempt(&retry, at(86_400)));
         // After the end (a last attempt that failed, say), the back-off alone counts.
-        assert_eq!(retry.next_attempt(first, 30, at(90_000)), at(93_600));
+        assert_eq!(retry.next_attempt(end, 30, at(90_000)), at(93_600));
         // A first retry longer than the window: the one retry is the last, at its end.
-        assert_eq!(window(10, 60).next_attempt(first, 0, first), at(10));
+        let short = window(10, 60);
+        assert_eq!(short.next_attempt(short.ends(first), 0, first), at(10));
     }
 
     #[test]
@@ -605,8 +696,141 @@ mod tests {
         let retry = window(u64::MAX, 60);
         let first = at(0);
         assert_eq!(retry.ends(first), DateTime::<Utc>::MAX_UTC);
-        assert!(!retry.is_last(first, at(86_400 * 365 * 1000)));
-        assert_eq!(retry.next_attempt(first, 0, first), at(60));
+        let parked = schedule(1, "hash");
+        assert_eq!(parked.window_end(&retry), DateTime::<Utc>::MAX_UTC);
+        assert!(!parked.is_last_attempt(&retry, at(86_400 * 365 * 1000)));
+        assert_eq!(
+            retry.next_attempt(parked.window_end(&retry), 0, first),
+            at(60)
+        );
+    }
+
+    #[test]
+    fn a_shorter_window_never_ends_before_the_announced_end_and_a_longer_one_extends_it() {
+        // Parked with a day's window: its report announced the end at(86_400).
+        let parked = schedule(1, "hash");
+        // The window made an hour long since: the announced end is kept.
+        let shorter = window(3600, 60);
+        assert!(parked.keeps_announced_end(&shorter));
+        let end = parked.window_end(&shorter);
+        assert_eq!(end, at(86_400));
+        assert!(!parked.is_last_attempt(&shorter, at(3600)));
+        assert!(!parked.is_last_attempt(&shorter, at(86_399)));
+        assert!(parked.is_last_attempt(&shorter, at(86_400)));
+        // The retries go on to that end, the last one right at it.
+        assert_eq!(shorter.next_attempt(end, 30, at(7200)), at(10_800));
+        assert_eq!(shorter.next_attempt(end, 30, at(86_000)), at(86_400));
+        // Made two days long: the window extends, as the config says.
+        let longer = window(2 * 86_400, 60);
+        assert!(!parked.keeps_announced_end(&longer));
+        assert_eq!(parked.window_end(&longer), at(2 * 86_400));
+        assert!(!parked.is_last_attempt(&longer, at(86_400)));
+        // Unchanged: the same end.
+        assert!(!parked.keeps_announced_end(&window(86_400, 60)));
+        assert_eq!(parked.window_end(&window(86_400, 60)), at(86_400));
+        // A schedule from before the end was recorded: the current window alone, as then.
+        let unrecorded = Schedule {
+            window_ends_at: None,
+            ..parked
+        };
+        assert!(!unrecorded.keeps_announced_end(&shorter));
+        assert_eq!(unrecorded.window_end(&shorter), at(3600));
+        assert!(unrecorded.is_last_attempt(&shorter, at(3600)));
+    }
+
+    #[test]
+    fn schedules_round_trip_with_and_without_the_announced_end() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = dir.path().join("parked");
+        fs::create_dir_all(&folder).expect("folder");
+        let hash = sha256(b"<AmazonEnvelope/>");
+        fs::write(folder.join("1.xml"), b"<AmazonEnvelope/>").expect("copy");
+        fs::write(folder.join("2.xml"), b"<AmazonEnvelope/>").expect("copy");
+
+        // As this build writes it: the announced end is in the file and read back.
+        let recorded = schedule(1, &hash);
+        let json = serde_json::to_string_pretty(&recorded).expect("JSON");
+        assert!(
+            json.contains(r#""window_ends_at": "2027-01-16T08:00:00Z""#),
+            "{json}"
+        );
+        fs::write(folder.join("1.schedule.json"), &json).expect("write");
+        // As a build before it wrote it: no such field.
+        let earlier = format!(
+            r#"{{
+  "version": 1,
+  "feed_id": 2,
+  "file_name": "refunds.xml",
+  "merchant_folder": "M1",
+  "content_hash": "{hash}",
+  "first_processed_at": "2027-01-15T08:00:00Z",
+  "attempts": 0,
+  "last_feed_id": null,
+  "next_attempt_at": "2027-01-15T08:01:00Z",
+  "next_claim_token": "00000000000000000001-1-0"
+}}
+"#
+        );
+        fs::write(folder.join("2.schedule.json"), &earlier).expect("write");
+
+        let parked = ParkedFeeds::open(&folder).expect("open");
+        assert_eq!(parked.len(), 2, "both read");
+        let read: Vec<&Schedule> = parked.schedules().collect();
+        assert_eq!(read[0], &recorded);
+        let unrecorded = Schedule {
+            feed_id: 2,
+            window_ends_at: None,
+            ..schedule(2, &hash)
+        };
+        assert_eq!(read[1], &unrecorded);
+        // Written again without one, it is left out, as before.
+        assert_eq!(
+            serde_json::to_string_pretty(&unrecorded).expect("JSON") + "\n",
+            earlier
+        );
+    }
+
+    #[test]
+    fn parking_a_feed_parked_already_records_a_later_announced_end_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let folder = dir.path().join("parked");
+        let feed = dir.path().join("feed.xml");
+        fs::write(&feed, b"<AmazonEnvelope/>").expect("write feed");
+        let hash = sha256(b"<AmazonEnvelope/>");
+        let mut parked = ParkedFeeds::open(&folder).expect("open");
+        parked.park(&feed, schedule(7, &hash)).expect("park");
+
+        // Recovered from work/ and re-reported with an earlier end: the schedule stays.
+        let mut earlier = schedule(7, &hash);
+        earlier.window_ends_at = Some(at(3600));
+        earlier.next_attempt_at = at(999);
+        assert_eq!(
+            parked.park(&feed, earlier).expect("park again"),
+            Parking::AlreadyParked(schedule(7, &hash))
+        );
+        let mut later = schedule(7, &hash);
+        later.window_ends_at = Some(at(90_000));
+        later.next_attempt_at = at(999);
+        // While another instance has its retry in hand, the schedule is left to it.
+        let mut other = ParkedFeeds::open(&folder).expect("open again");
+        let in_hand = other
+            .begin(7, at(60), Duration::from_secs(5))
+            .expect("begin")
+            .expect("due");
+        assert_eq!(
+            parked.park(&feed, later.clone()).expect("park again"),
+            Parking::AlreadyParked(schedule(7, &hash))
+        );
+        drop(in_hand);
+        // With a later end: recorded, the rest of the schedule kept.
+        let mut expected = schedule(7, &hash);
+        expected.window_ends_at = Some(at(90_000));
+        assert_eq!(
+            parked.park(&feed, later).expect("park again"),
+            Parking::AlreadyParked(expected.clone())
+        );
+        let reopened = ParkedFeeds::open(&folder).expect("reopen");
+        assert_eq!(reopened.schedules().collect::<Vec<_>>(), [&expected]);
     }
 
     #[test]

@@ -559,6 +559,112 @@ fn a_parked_feed_survives_a_restart_and_is_retried_after_it_on_postgres() {
     }
 }
 
+/// When the schedule of the one feed parked in `dir` says it was first processed.
+fn first_processed_at(dir: &TestDir) -> chrono::DateTime<chrono::Utc> {
+    let schedule: Value = serde_json::from_slice(
+        &fs::read(schedules(dir).first().expect("parked")).expect("read schedule"),
+    )
+    .expect("schedule JSON");
+    schedule["first_processed_at"]
+        .as_str()
+        .expect("first_processed_at")
+        .parse()
+        .expect("a time")
+}
+
+fn processed_at(report: &Value) -> chrono::DateTime<chrono::Utc> {
+    report["processed_at"]
+        .as_str()
+        .expect("processed_at")
+        .parse()
+        .expect("a time")
+}
+
+#[test]
+fn a_shorter_window_after_a_restart_keeps_the_end_the_reports_announced() {
+    // QA finding F4: parked with a window of 10 s, whose report promises retries until then;
+    // the daemon comes back with a window of 2 s. The feed must not be pinned before the
+    // announced end: an order imported after the short window but before that end still
+    // applies without a resend, and the retry's report names the announced end again.
+    let dir = TestDir::with(&settings(&Backend::Sqlite, 10));
+    dir.import_orders(MERCHANT, &orders_of(&[1]));
+    let mut daemon = dir.spawn_daemon();
+    dir.drop_file(
+        "M_TEST/promised.xml",
+        feed_xml(
+            MERCHANT,
+            &[refund(0, "imported-in-time", 100), refund(2, "never", 200)],
+        )
+        .as_bytes(),
+    );
+    let first = first_report(&dir, "promised.xml");
+    daemon.stop();
+    assert_eq!(errors(&first), 2, "{first}");
+    let announced = first_processed_at(&dir) + chrono::Duration::seconds(10);
+    let until = format!(
+        "until {} (config",
+        announced.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    for result in first["results"].as_array().expect("results") {
+        let description = result["description"].as_str().expect("description");
+        assert!(description.contains(&until), "{description}");
+    }
+
+    // Restarted with the shorter window, past its end: retried, but not pinned.
+    let short = settings(&Backend::Sqlite, 2);
+    dir.write_config(&short);
+    let mut daemon = dir.spawn_daemon();
+    let short_end = first_processed_at(&dir) + chrono::Duration::seconds(2);
+    wait_for("a retry after the short window's end", LONG, || {
+        chrono::Utc::now() > short_end + chrono::Duration::seconds(1)
+            && (schedules(&dir).is_empty() || attempts(&dir).0 >= 1)
+    });
+    daemon.stop();
+    assert!(
+        chrono::Utc::now() < announced,
+        "the test ran too slowly to show anything"
+    );
+    let all = reports(&dir, "promised.xml");
+    assert_eq!(all.len(), 1, "pinned before the announced end: {all:?}");
+    assert_eq!(schedules(&dir).len(), 1, "still parked");
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("announced end is kept")
+                && line.contains(&format!(" parked_feed_id={} ", first["feed_id"]))),
+        "{log}"
+    );
+
+    // The order comes in time: the next retry applies it, and its report still promises
+    // retries of the other message until the announced end.
+    dir.import_orders(MERCHANT, &orders_of(&[0, 1]));
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the retry that applies the imported order", LONG, || {
+        reports(&dir, "promised.xml").len() >= 2
+    });
+    let (_, retry) = reports(&dir, "promised.xml").remove(1);
+    assert_eq!(errors(&retry), 1, "{retry}");
+    assert_eq!(retry["summary"]["messages_successful"], 1, "{retry}");
+    assert!(processed_at(&retry) < announced, "{retry}");
+    let description = assert_says_it_is_retried(&retry);
+    assert!(description.contains(&until), "{description}");
+
+    // The last retry comes at the announced end, not before.
+    let is_final = |report: &Value| description_of(report, "ORDER_NOT_FOUND").contains("now final");
+    wait_for("the last retry", LONG, || {
+        reports(&dir, "promised.xml")
+            .last()
+            .is_some_and(|(_, report)| is_final(report))
+    });
+    daemon.stop();
+    let all = reports(&dir, "promised.xml");
+    assert_eq!(all.len(), 3, "{all:?}");
+    let (_, last) = &all[2];
+    assert!(processed_at(last) >= announced, "pinned too early: {last}");
+    assert!(schedules(&dir).is_empty(), "unparked");
+    assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
+}
+
 #[test]
 fn a_window_of_zero_parks_nothing() {
     let dir = TestDir::with(&settings(&Backend::Sqlite, 0));
