@@ -813,18 +813,28 @@ fn flush(
 }
 
 /// Per-message counts and the results, in document order: what a report summarises.
+///
+/// A report lists at most [`MAX_RESULTS`] results, errors before warnings: once the list is
+/// full, an error takes the place of the latest warning listed, so errors that follow many
+/// warnings (a cumulative resend of lines applied before, say) are not hidden behind them.
+/// What is left out is a prefix-closed tail of each kind (every warning from some result on,
+/// every error from some result on), which the `RESULTS_OMITTED` result names.
 #[derive(Debug, Default)]
 pub struct Tally {
     processed: u64,
     successful: u64,
     with_error: u64,
     with_warning: u64,
-    results: Vec<Problem>,
-    /// Results beyond [`MAX_RESULTS`], counted, not kept.
-    omitted: u64,
-    /// Where the omitted results start: the message of the first one, and how many results
-    /// of that message are listed before it.
-    first_omitted: Option<(MessageId, usize)>,
+    /// The listed results in document order; `None` where an error took a warning's place.
+    results: Vec<Option<Problem>>,
+    /// How many of `results` are `Some`.
+    listed: usize,
+    /// The listed warnings in document order, each with its index in `results` and where it
+    /// stands: the last one is the next an error displaces.
+    listed_warnings: Vec<(usize, ResultAt)>,
+    /// Warnings and errors counted, not listed.
+    omitted_warnings: Omitted,
+    omitted_errors: Omitted,
     /// Messages whose `ORDER_NOT_FOUND` was not pinned ([`Processed::deferred`]), counted
     /// whether or not their result is listed.
     deferred: u64,
@@ -832,6 +842,41 @@ pub struct Tally {
     /// rejections pinned); none means the feed leaves the store as it was, but for its
     /// own record ([`process_retry`] rolls such a retry back).
     changes: u64,
+}
+
+/// Where a result stands: its message, and how many results of that message come before it.
+type ResultAt = (MessageId, usize);
+
+/// Results of one severity left out of a report: how many, and the first of them in
+/// document order (every later one of that severity is left out too).
+#[derive(Debug, Default)]
+struct Omitted {
+    count: u64,
+    from: Option<ResultAt>,
+}
+
+impl Omitted {
+    /// Counts `count` results left out, the first of them at `at`; `earliest` when `at`
+    /// comes before every one counted so far (a displaced warning), else it only counts.
+    fn add(&mut self, count: u64, at: ResultAt, earliest: bool) {
+        self.count += count;
+        if earliest {
+            self.from = Some(at);
+        } else {
+            self.from.get_or_insert(at);
+        }
+    }
+
+    /// `3 warnings from result 2 of message 7 on`, or `None` when none was left out.
+    fn describe(&self, what: &str) -> Option<String> {
+        let (message, before) = self.from?;
+        let from = match before {
+            0 => format!("message {message}"),
+            before => format!("result {} of message {message}", before + 1),
+        };
+        let plural = if self.count == 1 { "" } else { "s" };
+        Some(format!("{} {what}{plural} from {from} on", self.count))
+    }
 }
 
 impl Tally {
@@ -843,21 +888,20 @@ impl Tally {
     pub fn feed_level(problem: Problem) -> Tally {
         Tally {
             with_error: u64::from(problem.is_error()),
-            results: vec![problem],
+            results: vec![Some(problem)],
+            listed: 1,
             ..Tally::default()
         }
     }
 
-    /// Counts one message and keeps its problems while the list has room: the first
-    /// [`MAX_RESULTS`] results of the feed are listed, also when they are the first of one
-    /// message's many, and every later one is only counted.
+    /// Counts one message and lists its problems while the list has room (see [`Tally`]).
     pub fn add(&mut self, applied: bool, problems: Vec<Problem>) {
         self.add_with_unlisted(applied, problems, 0);
     }
 
     /// [`Tally::add`] for a message that has `unlisted` more problems after `problems`,
-    /// counted but not kept ([`ValidatedMessage::Invalid`]): they are left out like any
-    /// result past the end of the list.
+    /// counted but not kept ([`ValidatedMessage::Invalid`], a message with more problems
+    /// than a report lists): they are left out as errors, the validation problems they are.
     pub fn add_with_unlisted(&mut self, applied: bool, problems: Vec<Problem>, unlisted: u64) {
         self.processed += 1;
         if applied {
@@ -869,17 +913,36 @@ impl Tally {
         if problems.iter().any(|p| p.severity == Severity::Warning) {
             self.with_warning += 1;
         }
-        let listed = problems
-            .len()
-            .min(MAX_RESULTS.saturating_sub(self.results.len()));
-        let omitted = (problems.len() - listed) as u64 + unlisted;
-        if omitted > 0 {
-            // The list is the feed's first results, so everything from here on is left out.
-            let message = problems.first().map_or(MessageId::FEED, |p| p.message_id);
-            self.first_omitted.get_or_insert((message, listed));
-            self.omitted += omitted;
+        let message = problems.first().map(|p| p.message_id);
+        let count = problems.len();
+        for (before, problem) in problems.into_iter().enumerate() {
+            self.list(problem, before);
         }
-        self.results.extend(problems.into_iter().take(listed));
+        if unlisted > 0 {
+            let message = message.unwrap_or(MessageId::FEED);
+            self.omitted_errors.add(unlisted, (message, count), false);
+        }
+    }
+
+    /// Lists `problem` (the `before`-th of its message) if the list has room, or in the
+    /// place of the latest warning listed if it is an error; else counts it as left out.
+    fn list(&mut self, problem: Problem, before: usize) {
+        let at = (problem.message_id, before);
+        if self.listed < MAX_RESULTS {
+            if !problem.is_error() {
+                self.listed_warnings.push((self.results.len(), at));
+            }
+            self.results.push(Some(problem));
+            self.listed += 1;
+        } else if !problem.is_error() {
+            self.omitted_warnings.add(1, at, false);
+        } else if let Some((index, warning_at)) = self.listed_warnings.pop() {
+            self.results[index] = None;
+            self.omitted_warnings.add(1, warning_at, true);
+            self.results.push(Some(problem));
+        } else {
+            self.omitted_errors.add(1, at, false);
+        }
     }
 
     /// The report outcome of the feed (processed now).
@@ -892,20 +955,27 @@ impl Tally {
         status: FeedStatus,
         duplicate_of: Option<u64>,
     ) -> FeedOutcome {
-        let mut results = self.results;
-        if let Some((message, listed)) = self.first_omitted {
-            let from = match listed {
-                0 => format!("message {message}"),
-                listed => format!("result {} of message {message}", listed + 1),
-            };
+        let mut results: Vec<Problem> = self.results.into_iter().flatten().collect();
+        let left_out: Vec<String> = [
+            self.omitted_errors.describe("error"),
+            self.omitted_warnings.describe("warning"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !left_out.is_empty() {
             results.push(Problem::new(
                 Code::ResultsOmitted,
                 MessageId::FEED,
                 "AmazonEnvelope",
                 None,
                 format!(
-                    "{} more results, from {from} on, are not listed: a report lists the first {MAX_RESULTS}; the counts above include every message",
-                    self.omitted
+                    "{} not listed ({}): a report lists at most {MAX_RESULTS} results, errors before warnings; the counts above include every message",
+                    match self.omitted_errors.count + self.omitted_warnings.count {
+                        1 => "1 more result is".to_owned(),
+                        count => format!("{count} more results are"),
+                    },
+                    left_out.join(", ")
                 ),
                 "Fix the problems listed, then send the messages that failed again in a new feed; split very large feeds.",
             ));

@@ -751,8 +751,9 @@ fn a_report_lists_at_most_max_results_and_says_how_many_it_left_out() {
     );
     let first_omitted = MAX_RESULTS + 1;
     assert!(
-        last.description
-            .starts_with(&format!("10 more results, from message {first_omitted} on")),
+        last.description.starts_with(&format!(
+            "10 more results are not listed (10 errors from message {first_omitted} on)"
+        )),
         "{last:?}"
     );
     let json = std::fs::read_to_string(&processed.json_report).expect("report");
@@ -800,8 +801,80 @@ fn a_message_with_more_results_than_a_report_lists_shows_the_first_ones() {
     );
     assert!(
         last.description.starts_with(&format!(
-            "3 more results, from result {} of message 1 on, are not listed: a report lists the first {max};",
+            "3 more results are not listed (3 errors from result {} of message 1 on): a report lists at most {max} results, errors before warnings;",
             max + 1
+        )),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn errors_after_a_full_list_of_warnings_take_the_place_of_the_latest_warnings() {
+    // A cumulative resend: MAX_RESULTS lines applied before (a DUPLICATE_ADJUSTMENT warning
+    // each), then an over-refund, a warning and another error. Before, the list was full
+    // of warnings and the errors were not listed at all, though the counts had them.
+    let max = MAX_RESULTS;
+    let problem = |code: Code, message: usize| {
+        Problem::new(
+            code,
+            MessageId::new(message as u64).expect("a MessageID"),
+            "Message/OrderAdjustment",
+            None,
+            "what",
+            "fix",
+        )
+    };
+    let mut tally = Tally::default();
+    for message in 1..=max {
+        tally.add(true, vec![problem(Code::DuplicateAdjustment, message)]);
+    }
+    tally.add(
+        false,
+        vec![problem(Code::ComponentExceedsRemaining, max + 1)],
+    );
+    tally.add(true, vec![problem(Code::DuplicateAdjustment, max + 2)]);
+    tally.add(
+        false,
+        vec![problem(Code::ComponentExceedsRemaining, max + 3)],
+    );
+    let outcome = tally.into_outcome(1, "feed.xml", "hash", None, FeedStatus::Complete, None);
+    assert_eq!(outcome.messages_with_error, 2);
+    assert_eq!(outcome.results.len(), max + 1);
+    let listed: Vec<(u64, Code)> = outcome.results[..max]
+        .iter()
+        .map(|p| (p.message_id.get(), p.code))
+        .collect();
+    let mut expected: Vec<(u64, Code)> = (1..=max as u64 - 2)
+        .map(|message| (message, Code::DuplicateAdjustment))
+        .collect();
+    expected.push((max as u64 + 1, Code::ComponentExceedsRemaining));
+    expected.push((max as u64 + 3, Code::ComponentExceedsRemaining));
+    assert!(listed == expected, "errors listed in document order");
+    let last = &outcome.results[max];
+    assert_eq!(last.code, Code::ResultsOmitted);
+    assert!(
+        last.description.starts_with(&format!(
+            "3 more results are not listed (3 warnings from message {} on)",
+            max - 1
+        )),
+        "{last:?}"
+    );
+    // Once no warning is left to give way, later errors are left out, named apart.
+    let mut tally = Tally::default();
+    for message in 1..=max + 1 {
+        tally.add(
+            false,
+            vec![problem(Code::ComponentExceedsRemaining, message)],
+        );
+    }
+    tally.add(true, vec![problem(Code::DuplicateAdjustment, max + 2)]);
+    let outcome = tally.into_outcome(1, "feed.xml", "hash", None, FeedStatus::Complete, None);
+    let last = outcome.results.last().expect("results");
+    assert!(
+        last.description.starts_with(&format!(
+            "2 more results are not listed (1 error from message {} on, 1 warning from message {} on)",
+            max + 1,
+            max + 2
         )),
         "{last:?}"
     );
