@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
-    PriceComponent, PromotionComponent, SellerId, format_minor, parse_purchase_date,
+    PURCHASE_DATE_FORMS, PriceComponent, PromotionComponent, SellerId, format_minor,
+    parse_purchase_date,
 };
 use crate::problem::quoted;
 use crate::store::{OrderRow, RowSource, Rows};
@@ -617,7 +618,7 @@ fn parse_row(
                     err(
                         "purchase-date",
                         format!(
-                            "{} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00{}",
+                            "{} is not a date like {PURCHASE_DATE_FORMS}{}",
                             quoted(raw),
                             quote_hint(raw)
                         ),

@@ -40,7 +40,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, MessageId, OrderItemCode,
-    OrderRef, SellerId, format_minor, parse_purchase_date,
+    OrderRef, SellerId, format_minor, stored_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::{
@@ -1820,14 +1820,16 @@ fn load_orders(
                     let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
                     let channel = r.get_ref(4).map_err(db_error)?;
                     let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
-                    // Parsed once per order. The import only stores text this parses; text
-                    // an older build let in (`2026-02-30`) counts as no purchase date.
+                    // Parsed once per order. The import only stores text the strict
+                    // parser accepts; text an older build let in keeps the day it had
+                    // (never failing the load), and text that is no date at all
+                    // (`2026-02-30`) counts as no purchase date: `stored_purchase_date`.
                     let purchase_date = r
                         .get_ref(16)
                         .map_err(db_error)?
                         .as_str_or_null()
                         .map_err(|e| db_error(e.into()))?
-                        .and_then(parse_purchase_date);
+                        .and_then(stored_purchase_date);
                     orders.push(LoadedOrder {
                         state: OrderState {
                             amazon_order_id: AmazonOrderId::new(&aid)

@@ -631,6 +631,113 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
     assert_eq!(codes(&json_report(&paths)), [(1, 90301)]);
 }
 
+/// qa11 F1: a purchase-date with a zone other than RFC 3339's (`PST`, `-0800`, `-08`)
+/// counts by its UTC day, as one with `-08:00` does. Bought 30 days ago (UTC) at 20:00 in
+/// Seattle, which is the next UTC day, 29 days ago: a strict 29-day window applies the
+/// refund. Before the fix the day as written counted, 30 days, and the refund was refused
+/// and pinned (OUTSIDE_REFUND_WINDOW as an Error).
+#[test]
+fn a_purchase_date_in_pacific_time_counts_by_its_utc_day_for_the_refund_window() {
+    for (zone, key) in [(" PST", "PST-1"), ("-0800", "PST-2"), ("-08", "PST-3")] {
+        let sandbox = Sandbox::new();
+        let today = chrono::Utc::now().date_naive();
+        let written = today - chrono::Days::new(30);
+        let orders = sandbox.path("pacific.txt");
+        std::fs::write(
+            &orders,
+            format!(
+                "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+                 171-0000100-0000100\t17100000000001\t{written}T20:00:00{zone}\tSKU-OLD\t1\t1\tUSD\t50.00\n"
+            ),
+        )
+        .expect("write order report");
+        let out = sandbox.import(&orders);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let (out, paths) = process_late_refund(
+            &sandbox,
+            "pacific.xml",
+            key,
+            &[
+                ("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "29"),
+                ("ADJUSTD_RULES_POLICY", "strict"),
+            ],
+        );
+        if chrono::Utc::now().date_naive() != today {
+            eprintln!("the UTC day turned during the test: not judged");
+            return;
+        }
+        let report = json_report(&paths);
+        assert_eq!(out.status.code(), Some(0), "{zone}: {report}");
+        assert!(codes(&report).is_empty(), "{zone}: {report}");
+        let order = sandbox.order("171-0000100-0000100");
+        assert_eq!(order["items"][0]["refunded"]["Principal"], "1.00", "{zone}");
+        // Stored as written.
+        assert_eq!(
+            order["purchase_date"],
+            format!("{written}T20:00:00{zone}"),
+            "{zone}"
+        );
+    }
+}
+
+/// qa11 F2: `orders import` accepts exactly the purchase-date forms the store reads
+/// (lowercase `t`, `24:00:00` and zone names included) and refuses any other value as a bad
+/// line naming the file, line, column, value and the accepted forms; nothing is imported.
+/// Before the fix everything after `YYYY-MM-DDT` was let in (`2026-11-30Tgarbage`), and
+/// `2026-11-30t10:15:00Z` was refused.
+#[test]
+fn orders_import_accepts_exactly_the_purchase_date_forms_it_reads() {
+    let report = |date: &str| {
+        format!(
+            "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tcurrency\titem-price\n\
+             171-0000300-0000300\t17100000000301\t{date}\tSKU\t1\tUSD\t5.00\n"
+        )
+    };
+    for bad in [
+        "2026-11-30Tgarbage",
+        "2026-11-30T",
+        "2026-11-30T10:15:00+25:00",
+        "2026-11-30T10:15:00+00:00junk",
+        "2026-11-30T10:15:00,5Z",
+        "2026-11-30T10:15:00.+00:00",
+        "2026-11-30T10:15:00 CST",
+    ] {
+        let sandbox = Sandbox::new();
+        let file = sandbox.path("dates.txt");
+        std::fs::write(&file, report(bad)).expect("write");
+        let out = sandbox.import(&file);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{bad}: {stderr}");
+        let expected = format!(
+            "dates.txt: line 2, column purchase-date: \"{bad}\" is not a date like 2026-11-02, \
+             2026-11-02T09:14:33Z, 2026-11-02T09:14:33-08:00 (or -0800, -08), 2026-11-02 \
+             09:14:33 PST (or PDT, UTC, GMT), or 2026-11-02 09:14:33 without a zone (that day \
+             as written); nothing was imported"
+        );
+        assert!(stderr.contains(&expected), "{bad}: {stderr}");
+        let out = sandbox.run(&["orders", "show", "171-0000300-0000300", "--json"]);
+        assert_ne!(out.status.code(), Some(0), "{bad}: nothing imported");
+    }
+    for good in [
+        "2026-11-30t10:15:00Z",
+        "2026-11-30T24:00:00Z",
+        "2026-11-30 10:15:00 PDT",
+        "2026-11-30T10:15+0530",
+        "2026-11-30T23:59:60.5z",
+    ] {
+        let sandbox = Sandbox::new();
+        let file = sandbox.path("dates.txt");
+        std::fs::write(&file, report(good)).expect("write");
+        let out = sandbox.import(&file);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+        assert_eq!(
+            sandbox.order("171-0000300-0000300")["purchase_date"],
+            good,
+            "stored as written"
+        );
+    }
+}
+
 /// A feed of merchant M_TEST with one message per `(MessageID, item code, key, Principal)`
 /// on order 171-0000200-0000200; `None` leaves MerchantAdjustmentItemID out.
 fn resubmission_feed(messages: &[(u64, &str, Option<&str>, &str)]) -> String {

@@ -1851,6 +1851,87 @@ fn sqlite_reimport_of_an_unchanged_legacy_discount_above_its_price_is_not_refuse
     );
 }
 
+/// qa11 F1, F2: purchase-dates an older build let in and stored (it took any text after
+/// `YYYY-MM-DDT`) load with the day that build gave them, never failing the load, except
+/// those it misread by the day as written (`PST`, `-0800`), which get their UTC day; text
+/// that is no date at all is no purchase date.
+#[test]
+fn sqlite_loads_the_purchase_dates_an_older_build_stored() {
+    let stored = [
+        (
+            "2026-11-30Tgarbage",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        ("2026-11-30T", chrono::NaiveDate::from_ymd_opt(2026, 11, 30)),
+        (
+            "2026-11-30T23:30:00+00:00junk",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        (
+            "2026-11-30T23:30:00+25:00",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        (
+            "2026-11-30T23:59:59.1234567890-08:00",
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 1),
+        ),
+        (
+            "2026-11-01T20:00:00 PST",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 2),
+        ),
+        (
+            "2026-11-01T20:00:00-0800",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 2),
+        ),
+        ("2026-02-30", None),
+    ];
+    let header = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\n";
+    let lines: String = (1..=stored.len())
+        .map(|i| format!("904-0000000-{i:07}\t9040000000000{i}\tS\t1\tUSD\t5.00\n"))
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    SqliteStore::open(&path)
+        .expect("open")
+        .import_orders(
+            &merchant(),
+            &parse_order_report(&format!("{header}{lines}")).expect("parses"),
+        )
+        .expect("import");
+    for (i, (text, _)) in stored.iter().enumerate() {
+        raw(&path)
+            .execute(
+                "UPDATE orders SET purchase_date = ?1 WHERE amazon_order_id = ?2",
+                rusqlite::params![text, format!("904-0000000-{:07}", i + 1)],
+            )
+            .expect("an older build's value");
+    }
+    let mut store = SqliteStore::open(&path).expect("reopen");
+    let mut tx = store
+        .begin_feed(&new_feed("legacy-dates.xml", "legacy-dates", None))
+        .expect("begin");
+    let orders: Vec<OrderRef> = (1..=stored.len())
+        .map(|i| OrderRef::Amazon(aid(&format!("904-0000000-{i:07}"))))
+        .collect();
+    let mut snapshot = Snapshot::new();
+    tx.load(
+        &merchant(),
+        &Needs {
+            orders: orders.clone(),
+            keys: Vec::new(),
+        },
+        &mut snapshot,
+    )
+    .expect("the load does not fail");
+    for (order, (text, day)) in orders.iter().zip(stored) {
+        assert_eq!(
+            snapshot.order(order).expect("loaded").purchase_date,
+            day,
+            "{text:?}"
+        );
+    }
+}
+
 #[test]
 fn sqlite_migrates_a_fresh_database_and_reopens_with_data() {
     let dir = tempfile::tempdir().expect("temp dir");
