@@ -45,7 +45,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
-    OrderItemCode, OrderRef, SellerId, format_minor, stored_purchase_date,
+    OrderItemCode, OrderRef, SellerId, format_minor, same_purchase_date, stored_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::import::column_for;
@@ -1743,8 +1743,15 @@ fn import_batch(
             order.merchant_order_id = Some(merchant_order_id.as_str().to_owned());
             order.dirty = true;
         }
-        if row.purchase_date.is_some() && order.purchase_date != row.purchase_date {
-            order.purchase_date.clone_from(&row.purchase_date);
+        // A purchase-date that names the stored instant in another spelling (`Z`,
+        // `+00:00`) is no change, and the stored text stays as it was.
+        if let Some(given) = &row.purchase_date
+            && order
+                .purchase_date
+                .as_deref()
+                .is_none_or(|stored| !same_purchase_date(given, stored))
+        {
+            order.purchase_date = Some(given.clone());
             order.dirty = true;
         }
         if let Some(merchant_item_id) = &row.merchant_item_id
