@@ -738,6 +738,88 @@ fn orders_import_accepts_exactly_the_purchase_date_forms_it_reads() {
     }
 }
 
+/// qa11 F8: a purchase-date after tomorrow (UTC) or before 1995-01-01 is imported with a
+/// `warning:` line naming the line, the order and the value (once per order); tomorrow and
+/// 1995-01-01 are not warned about. Beyond ten orders the rest are counted. Before the fix
+/// a typo such as 2062 for 2026 was imported without a word and turned the refund window
+/// off for that order.
+#[test]
+fn orders_import_warns_of_purchase_dates_after_tomorrow_or_before_1995() {
+    let sandbox = Sandbox::new();
+    let today = chrono::Utc::now().date_naive();
+    let tomorrow = today + chrono::Days::new(1);
+    let after = today + chrono::Days::new(2);
+    let header =
+        "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tcurrency\titem-price\n";
+    let line = |order: u32, item: u32, date: &str| {
+        format!("171-0000400-{order:07}\t171000004{order:03}{item:02}\t{date}\tSKU\t1\tUSD\t5.00\n")
+    };
+    let lines = [
+        line(1, 1, "2062-11-01"),
+        line(1, 2, "2062-11-01"),
+        line(2, 1, "1994-12-31T23:59:59Z"),
+        line(3, 1, &tomorrow.to_string()),
+        line(4, 1, "1995-01-01"),
+        line(5, 1, &format!("{tomorrow}T23:59:59Z")),
+        line(6, 1, &format!("{tomorrow}T20:00:00 PST")),
+        line(7, 1, &after.to_string()),
+        line(8, 1, "0001-01-01"),
+    ];
+    let file = sandbox.path("dates.txt");
+    std::fs::write(&file, format!("{header}{}", lines.concat())).expect("write");
+    let out = sandbox.import(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let warnings: Vec<&str> = stdout.lines().skip(1).collect();
+    let future = "after tomorrow (UTC): the refund window check ([rules] refund_window_days) \
+                  cannot work as meant for it (its days are counted from that future day, so \
+                  no refund on it is found outside the window); it was imported as written: if \
+                  it is a typo, correct the report and import it again";
+    let past = "before 1995-01-01: the refund window check ([rules] refund_window_days) cannot \
+                work as meant for it (every refund on it is found outside the window); it was \
+                imported as written: if it is a typo, correct the report and import it again";
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "warning: line 2: order 171-0000400-0000001 has purchase-date \"2062-11-01\", {future}"
+            ),
+            format!(
+                "warning: line 4: order 171-0000400-0000002 has purchase-date \"1994-12-31T23:59:59Z\", {past}"
+            ),
+            format!(
+                "warning: line 8: order 171-0000400-0000006 has purchase-date \"{tomorrow}T20:00:00 PST\", {future}"
+            ),
+            format!(
+                "warning: line 9: order 171-0000400-0000007 has purchase-date \"{after}\", {future}"
+            ),
+            format!(
+                "warning: line 10: order 171-0000400-0000008 has purchase-date \"0001-01-01\", {past}"
+            ),
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.starts_with("imported 9 lines"), "{stdout}");
+
+    // Twelve such orders: ten named, two counted.
+    let lines: Vec<String> = (1..=12).map(|order| line(order, 1, "2062-11-01")).collect();
+    std::fs::write(&file, format!("{header}{}", lines.concat())).expect("write");
+    let out = sandbox.import(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let warnings: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(warnings.len(), 11, "{stdout}");
+    assert!(
+        warnings[9].starts_with("warning: line 11: order 171-0000400-0000010 "),
+        "{stdout}"
+    );
+    assert_eq!(
+        warnings[10],
+        "warning: 2 more orders with a purchase-date after tomorrow (UTC) or before 1995-01-01 \
+         (the first 10 are named above)"
+    );
+}
+
 /// A feed of merchant M_TEST with one message per `(MessageID, item code, key, Principal)`
 /// on order 171-0000200-0000200; `None` leaves MerchantAdjustmentItemID out.
 fn resubmission_feed(messages: &[(u64, &str, Option<&str>, &str)]) -> String {
