@@ -1306,4 +1306,26 @@ mod tests {
         let rows = parse_order_report(text).expect("valid");
         assert_eq!(rows[0].quantity_shipped, None);
     }
+
+    /// qa11 F8: the bounds of an unlikely purchase-date, by its UTC day.
+    #[test]
+    fn unlikely_purchase_dates_are_after_tomorrow_or_before_1995() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 1).expect("date");
+        for (raw, want) in [
+            ("2026-12-01", None),
+            ("2026-12-02", None),
+            ("2026-12-02T23:59:59Z", None),
+            ("2026-12-03", Some(Unlikely::Future)),
+            ("2026-12-02T16:00:00-08:00", Some(Unlikely::Future)),
+            ("2062-11-01", Some(Unlikely::Future)),
+            ("9999-12-31T23:59:59Z", Some(Unlikely::Future)),
+            ("1995-01-01", None),
+            ("1995-01-01T00:30:00+01:00", Some(Unlikely::Past)),
+            ("1994-12-31T23:59:59Z", Some(Unlikely::Past)),
+            ("0000-01-01", Some(Unlikely::Past)),
+            ("not a date", None),
+        ] {
+            assert_eq!(unlikely_purchase_date(raw, today), want, "{raw:?}");
+        }
+    }
 }
