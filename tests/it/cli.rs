@@ -580,10 +580,14 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
     let description = result["description"].as_str().expect("description");
     // 101 if the day turned (UTC) between computing `purchased` and processing.
     let days_ago = ["100 days before", "101 days before"];
+    // qa11 F3, F5: both days are named as UTC days, the second as the day the feed's
+    // processing started.
     assert!(
-        description.contains(&format!("purchased on {purchased}"))
-            && days_ago.iter().any(|days| description.contains(days))
-            && description.contains("refund window of 30 days"),
+        description.contains(&format!(
+            "purchased on {purchased} (UTC day of its purchase-date), "
+        )) && days_ago.iter().any(|days| description.contains(days))
+            && description.contains(" days before this feed's processing started (")
+            && description.contains(", UTC); that is more than the refund window of 30 days"),
         "{description}"
     );
     assert!(
