@@ -14,7 +14,7 @@ use crate::model::MerchantId;
 use crate::pipeline::{self, Context, DuplicatePolicy, Source, Tally};
 use crate::problem::{count, quoted};
 use crate::report::{self, FeedOutcome};
-use crate::store::import::{HeaderNotes, PRICE_COLUMNS};
+use crate::store::import::{HeaderNotes, PRICE_COLUMNS, Unlikely, UnlikelyPurchaseDate};
 use crate::store::{AnyStore, FeedStatus, ImportSummary};
 use crate::validate::{ValidatedMessage, Validator};
 
@@ -835,6 +835,50 @@ fn import_warnings(notes: &HeaderNotes, summary: &ImportSummary) -> Vec<String> 
     warnings
 }
 
+/// How many orders with an unlikely purchase-date `orders import` names one by one; the
+/// rest are counted.
+const UNLIKELY_DATES_NAMED: usize = 10;
+
+/// The warnings about orders whose purchase-date is unlikely (after tomorrow, UTC, or
+/// before 1995-01-01: [`crate::store::import::unlikely_purchase_date`]): the refund window
+/// cannot work as meant for them. The import took them as written.
+fn purchase_date_warnings(dates: &[UnlikelyPurchaseDate]) -> Vec<String> {
+    let mut warnings: Vec<String> = dates
+        .iter()
+        .take(UNLIKELY_DATES_NAMED)
+        .map(|date| {
+            let (when, effect) = match date.when {
+                Unlikely::Future => (
+                    "after tomorrow (UTC)",
+                    "its days are counted from that future day, so no refund on it is found \
+                     outside the window",
+                ),
+                Unlikely::Past => (
+                    "before 1995-01-01",
+                    "every refund on it is found outside the window",
+                ),
+            };
+            format!(
+                "line {}: order {} has purchase-date {}, {when}: the refund window check \
+                 ([rules] refund_window_days) cannot work as meant for it ({effect}); it was \
+                 imported as written: if it is a typo, correct the report and import it again",
+                date.line,
+                date.order,
+                quoted(&date.value)
+            )
+        })
+        .collect();
+    let more = dates.len().saturating_sub(UNLIKELY_DATES_NAMED);
+    if more > 0 {
+        warnings.push(format!(
+            "{more} more {} with a purchase-date after tomorrow (UTC) or before 1995-01-01 \
+             (the first {UNLIKELY_DATES_NAMED} are named above)",
+            if more == 1 { "order" } else { "orders" }
+        ));
+    }
+    warnings
+}
+
 fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Failure> {
     let merchant = merchant_arg(merchant).map_err(fail(exit::USAGE))?;
     // Opened here too so that a missing file (or a folder, which opens on Unix but cannot
@@ -858,10 +902,11 @@ fn import_orders(config: &Config, merchant: &str, file: &Path) -> Result<u8, Fai
     match store.as_store().import_orders(&merchant, &report) {
         Ok(summary) => {
             // The header again (the import read it): what it says about ignored columns.
-            let warnings = report
+            let mut warnings = report
                 .header()
                 .map(|notes| import_warnings(&notes, &summary))
                 .unwrap_or_default();
+            warnings.extend(purchase_date_warnings(&report.unlikely_purchase_dates()));
             // Repeated lines were read but not imported again: say so, or the counts of
             // lines and items would not add up.
             let repeats = match summary.repeated_lines {

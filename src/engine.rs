@@ -1405,7 +1405,7 @@ fn refund_window_problem(
         Code::OutsideRefundWindow,
         facts.order_at(),
         format!(
-            "order {id} was purchased on {purchased}, {days} days before this feed was processed ({processed_on}); that is more than the refund window of {} (config [rules] refund_window_days), {verdict}",
+            "order {id} was purchased on {purchased} (UTC day of its purchase-date), {days} days before this feed's processing started ({processed_on}, UTC); that is more than the refund window of {} (config [rules] refund_window_days), {verdict}",
             count(window.get(), "day")
         ),
         fix,

@@ -988,15 +988,176 @@ impl AdjustmentMessage {
     }
 }
 
-/// The calendar day of an order report's `purchase-date`: an ISO date (`2026-11-02`), or a
-/// date-time that starts with one (`2026-11-02T09:14:33+00:00`, `2026-11-02 09:14:33`).
-/// A date-time with an offset (RFC 3339) counts by its UTC day, like the processing date it
-/// is compared with; without an offset, by the day as written. `None` when the text does not
-/// start with a real calendar date (`2026-02-30` is not one).
+/// The forms of an order report's `purchase-date` that [`parse_purchase_date`] accepts,
+/// briefly, for the import's error.
+pub const PURCHASE_DATE_FORMS: &str = "2026-11-02, 2026-11-02T09:14:33Z, \
+     2026-11-02T09:14:33-08:00 (or -0800, -08), 2026-11-02 09:14:33 PST (or PDT, UTC, GMT), \
+     or 2026-11-02 09:14:33 without a zone (that day as written)";
+
+/// A `purchase-date` as [`parse_purchase_date`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PurchaseMoment {
+    /// A date only, or a date-time without a zone: the day as written (the next day for
+    /// `24:00:00`).
+    Day(chrono::NaiveDate),
+    /// A date-time with a zone: the instant it names.
+    Instant(chrono::DateTime<chrono::Utc>),
+}
+
+/// Reads a `purchase-date` by the strict rules of [`parse_purchase_date`].
+fn parse_purchase_moment(raw: &str) -> Option<PurchaseMoment> {
+    use chrono::{Datelike as _, NaiveDate, NaiveTime, TimeDelta};
+    let bytes = raw.as_bytes();
+    // The value of the ASCII digits at `range`, all of them.
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        let part = bytes.get(range)?;
+        part.iter().all(u8::is_ascii_digit).then_some(())?;
+        part.iter()
+            .try_fold(0_u32, |n, digit| Some(n * 10 + u32::from(digit - b'0')))
+    };
+    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
+        return None;
+    }
+    let year = i32::try_from(number(0..4)?).ok()?;
+    let day = NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    match bytes.get(10) {
+        None => return Some(PurchaseMoment::Day(day)),
+        Some(b'T' | b't' | b' ') => {}
+        Some(_) => return None,
+    }
+    let hour = number(11..13)?;
+    (bytes.get(13) == Some(&b':')).then_some(())?;
+    let minute = number(14..16)?;
+    let mut at = 16;
+    let mut second = 0;
+    let mut nano = 0;
+    if bytes.get(at) == Some(&b':') {
+        second = number(17..19)?;
+        at = 19;
+        if bytes.get(at) == Some(&b'.') {
+            let digits = bytes[at + 1..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            if !(1..=9).contains(&digits) {
+                return None;
+            }
+            nano = number(at + 1..at + 1 + digits)? * 10_u32.pow(9 - u32::try_from(digits).ok()?);
+            at += 1 + digits;
+        }
+    }
+    // 24:00:00 is the end of the day, that is the start of the next; a leap second (:60)
+    // is the last second of its minute, as chrono (and RFC 3339) reads it.
+    let (day, time) = if hour == 24 && minute == 0 && second == 0 && nano == 0 {
+        // A date of four digits, as written: 9999-12-31T24:00:00 is none.
+        let next = day.succ_opt().filter(|next| next.year() <= 9999)?;
+        (next, NaiveTime::MIN)
+    } else if second == 60 {
+        (
+            day,
+            NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000 + nano)?,
+        )
+    } else {
+        (
+            day,
+            NaiveTime::from_hms_nano_opt(hour, minute, second, nano)?,
+        )
+    };
+    let zone = &raw[at..];
+    let offset_minutes: i64 = match zone {
+        "" => return Some(PurchaseMoment::Day(day)),
+        "Z" | "z" => 0,
+        _ if zone.starts_with(['+', '-']) => {
+            let digits = &zone.as_bytes()[1..];
+            let (hours, minutes) = match digits.len() {
+                2 => (number(at + 1..at + 3)?, 0),
+                4 => (number(at + 1..at + 3)?, number(at + 3..at + 5)?),
+                5 if digits[2] == b':' => (number(at + 1..at + 3)?, number(at + 4..at + 6)?),
+                _ => return None,
+            };
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let minutes = i64::from(hours * 60 + minutes);
+            if zone.starts_with('-') {
+                -minutes
+            } else {
+                minutes
+            }
+        }
+        // The zone names of Amazon's older US reports, attached or after a space; any
+        // other name is refused rather than guessed (CST is China's as well as Chicago's).
+        _ => match zone.strip_prefix(' ').unwrap_or(zone) {
+            "UTC" | "GMT" => 0,
+            "PST" => -8 * 60,
+            "PDT" => -7 * 60,
+            _ => return None,
+        },
+    };
+    let utc = day
+        .and_time(time)
+        .checked_sub_signed(TimeDelta::minutes(offset_minutes))?;
+    Some(PurchaseMoment::Instant(utc.and_utc()))
+}
+
+/// The calendar day of an order report's `purchase-date`, by the day a refund's processing
+/// day is compared with (see [`PURCHASE_DATE_FORMS`]). Accepted, and nothing else:
+/// - a date only, `2026-11-02`: that day;
+/// - a date-time: the date, then `T`, `t` or a space, then `HH:MM` or `HH:MM:SS` with
+///   optional fractional seconds (`.` and 1 to 9 digits), then
+///   - nothing (no zone): the day as written;
+///   - or a zone: `Z`/`z`, `±HH:MM`, `±HHMM` or `±HH` (within ±23:59), or one of the zone
+///     names `UTC`, `GMT` (0), `PST` (−8), `PDT` (−7), attached or after a space (Amazon's
+///     older US reports): the UTC day of that instant, like the processing day.
 ///
-/// The import accepts exactly what this parses, and the store parses the stored text with it
-/// once per loaded order, so the rules compare dates, never text.
+/// `24:00` (with zero seconds and no fraction) is the start of the next day; a leap second
+/// (`23:59:60`) belongs to its day. `None` for anything else: no real calendar
+/// date (`2026-02-30`), an hour above 23, an offset above 23:59, another zone name, text
+/// after the value.
+///
+/// The import accepts exactly what this parses and stores the text as written; the store
+/// reads stored text with [`stored_purchase_date`], so the rules compare dates, never text.
 pub fn parse_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
+    match parse_purchase_moment(raw)? {
+        PurchaseMoment::Day(day) => Some(day),
+        PurchaseMoment::Instant(instant) => Some(instant.date_naive()),
+    }
+}
+
+/// Whether two `purchase-date` values say the same: the same instant when both have a zone
+/// (`2026-11-02T09:14:33Z` and `2026-11-02T09:14:33+00:00`), else the same text.
+pub fn same_purchase_date(a: &str, b: &str) -> bool {
+    match (purchase_instant(a), purchase_instant(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// The instant a `purchase-date` names, when it has a zone (see [`parse_purchase_date`]);
+/// `None` for a date only, a date-time without a zone, or text it refuses.
+pub fn purchase_instant(raw: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    match parse_purchase_moment(raw)? {
+        PurchaseMoment::Instant(instant) => Some(instant),
+        PurchaseMoment::Day(_) => None,
+    }
+}
+
+/// The day of a `purchase-date` read back from the store: [`parse_purchase_date`], or,
+/// for text it refuses, the reading of the builds before it was made strict. Those let in
+/// any text after `YYYY-MM-DDT` (or a space): they counted an RFC 3339 value (as chrono
+/// reads it, which also takes more than 9 fractional digits and a `−` minus sign) by its
+/// UTC day and anything else by the day as written. So a stored value the import would now
+/// refuse keeps the day it had, and never fails the load of its order; the values whose
+/// old reading was wrong (`-0800`, `-08`, `PST`, `24:00:00`, `HH:MM` with an offset) are
+/// accepted by [`parse_purchase_date`] and get the corrected day. `None` for text that is
+/// no date at all (`2026-02-30`, which older builds still let in): no purchase date.
+pub fn stored_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
+    parse_purchase_date(raw).or_else(|| lenient_purchase_date(raw))
+}
+
+/// The purchase-date reading of the builds before [`parse_purchase_date`] was strict; only
+/// for stored text ([`stored_purchase_date`]).
+fn lenient_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
     let bytes = raw.as_bytes();
     let number = |range: std::ops::Range<usize>| -> Option<u32> {
         let part = bytes.get(range)?;
@@ -1232,11 +1393,30 @@ mod tests {
             parse_purchase_date("2026-11-02T01:00:00+09:00"),
             day(2026, 11, 1)
         );
-        // No offset (or one RFC 3339 does not know): the day as written.
+        // No zone: the day as written.
         assert_eq!(parse_purchase_date("2026-11-02 09:14:33"), day(2026, 11, 2));
+        assert_eq!(parse_purchase_date("2026-11-02 23:59:59"), day(2026, 11, 2));
+        // A zone name of Amazon's older US reports is an offset too (qa11 F1: these were
+        // counted by the day as written, a day early for an evening purchase).
         assert_eq!(
             parse_purchase_date("2026-11-02T09:14:33 PST"),
             day(2026, 11, 2)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T20:00:00 PST"),
+            day(2026, 11, 3)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T20:00:00-0800"),
+            day(2026, 11, 3)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T20:00:00-08"),
+            day(2026, 11, 3)
+        );
+        assert_eq!(
+            parse_purchase_date("2026-11-02T24:00:00Z"),
+            day(2026, 11, 3)
         );
         assert_eq!(parse_purchase_date("2024-02-29"), day(2024, 2, 29));
         for bad in [
@@ -1250,8 +1430,240 @@ mod tests {
             "2026-11-02x",
             "+026-11-02",
             "02-11-2026",
+            "2026-11-30Tgarbage",
+            "2026-11-30T",
         ] {
             assert_eq!(parse_purchase_date(bad), None, "{bad:?}");
+        }
+    }
+
+    /// Every accepted form (qa11 F1, F2), with the UTC day it counts by.
+    #[test]
+    fn purchase_date_forms_accepted() {
+        let cases: &[(&str, (i32, u32, u32))] = &[
+            // Date only.
+            ("2026-11-30", (2026, 11, 30)),
+            ("2024-02-29", (2024, 2, 29)),
+            ("0000-01-01", (0, 1, 1)),
+            // No zone: the day as written, whatever the time.
+            ("2026-11-30T10:15", (2026, 11, 30)),
+            ("2026-11-30T23:59:59", (2026, 11, 30)),
+            ("2026-11-30 23:59:59.999999999", (2026, 11, 30)),
+            ("2026-11-30t00:00:00.5", (2026, 11, 30)),
+            ("2026-11-30T23:59:60", (2026, 11, 30)),
+            ("2026-11-30T24:00:00", (2026, 12, 1)),
+            ("2026-11-30T24:00", (2026, 12, 1)),
+            ("2026-12-31T24:00:00", (2027, 1, 1)),
+            // Z in either case, and either case of T.
+            ("2026-11-30T10:15:00Z", (2026, 11, 30)),
+            ("2026-11-30t10:15:00z", (2026, 11, 30)),
+            ("2026-11-30 10:15:00Z", (2026, 11, 30)),
+            ("2026-11-30T10:15Z", (2026, 11, 30)),
+            ("2026-11-30T10:15:00.1Z", (2026, 11, 30)),
+            ("2026-11-30T10:15:00.123456789Z", (2026, 11, 30)),
+            // Leap second: its own day; 24:00 the next.
+            ("2026-12-31T23:59:60Z", (2026, 12, 31)),
+            ("2026-12-31T23:59:60.5Z", (2026, 12, 31)),
+            ("2026-11-30T24:00:00Z", (2026, 12, 1)),
+            ("2026-11-30T24:00:00.000Z", (2026, 12, 1)),
+            ("2026-11-30T24:00:00+01:00", (2026, 11, 30)),
+            ("2026-11-30T24:00:00-01:00", (2026, 12, 1)),
+            // ±HH:MM, ±HHMM, ±HH.
+            ("2026-11-30T15:59:59-08:00", (2026, 11, 30)),
+            ("2026-11-30T16:00:00-08:00", (2026, 12, 1)),
+            ("2026-11-30T16:00:00-0800", (2026, 12, 1)),
+            ("2026-11-30T16:00:00-08", (2026, 12, 1)),
+            ("2026-11-30T16:00-08:00", (2026, 12, 1)),
+            ("2026-11-30T15:59-08", (2026, 11, 30)),
+            ("2026-11-30T05:44:59+05:45", (2026, 11, 29)),
+            ("2026-11-30T05:45:00+0545", (2026, 11, 30)),
+            ("2026-11-30T00:30:00+01", (2026, 11, 29)),
+            ("2026-11-30T00:00:00-00:00", (2026, 11, 30)),
+            ("2026-11-30T00:00:00+23:59", (2026, 11, 29)),
+            ("2026-11-30T23:59:59-23:59", (2026, 12, 1)),
+            ("2026-11-30T10:15:00.5+00:00", (2026, 11, 30)),
+            // Zone names, after a space or attached.
+            ("2026-11-30 16:00:00 PST", (2026, 12, 1)),
+            ("2026-11-30 15:59:59 PST", (2026, 11, 30)),
+            ("2026-11-30T16:59:59PDT", (2026, 11, 30)),
+            ("2026-11-30T17:00:00 PDT", (2026, 12, 1)),
+            ("2026-11-30T23:59:59 UTC", (2026, 11, 30)),
+            ("2026-11-30T23:59:59GMT", (2026, 11, 30)),
+            ("2026-11-30 24:00:00 GMT", (2026, 12, 1)),
+        ];
+        for (raw, (y, m, d)) in cases {
+            let want = chrono::NaiveDate::from_ymd_opt(*y, *m, *d);
+            assert!(want.is_some(), "{raw:?}: the table's day");
+            assert_eq!(parse_purchase_date(raw), want, "{raw:?}");
+            assert_eq!(stored_purchase_date(raw), want, "{raw:?} stored");
+        }
+    }
+
+    /// Every refused form (qa11 F2): the import names them as bad lines.
+    #[test]
+    fn purchase_date_forms_refused() {
+        for bad in [
+            "2026-11-30Tgarbage",
+            "2026-11-30T",
+            "2026-11-30 ",
+            "2026-11-30T10",
+            "2026-11-30T10:",
+            "2026-11-30T10:1",
+            "2026-11-30T10:15:",
+            "2026-11-30T10:15:0",
+            "2026-11-30T1:15:00",
+            "2026-11-30T10:15:00+25:00",
+            "2026-11-30T10:15:00+24:00",
+            "2026-11-30T10:15:00+23:60",
+            "2026-11-30T10:15:00+2",
+            "2026-11-30T10:15:00+123",
+            "2026-11-30T10:15:00+12345",
+            "2026-11-30T10:15:00+12:3",
+            "2026-11-30T10:15:00+12-30",
+            "2026-11-30T10:15:00\u{2212}08:00",
+            "2026-11-30T10:15:00+00:00junk",
+            "2026-11-30T10:15:00Z ",
+            "2026-11-30T10:15:00ZZ",
+            "2026-11-30T10:15:00 Z",
+            "2026-11-30T10:15:00 +00:00",
+            "2026-11-30T10:15:00,5Z",
+            "2026-11-30T10:15:00.+00:00",
+            "2026-11-30T10:15:00.",
+            "2026-11-30T10:15:00.1234567890Z",
+            "2026-11-30T10:15.5Z",
+            "2026-11-30T10:15:00 CST",
+            "2026-11-30T10:15:00 EST",
+            "2026-11-30T10:15:00 pst",
+            "2026-11-30T10:15:00  PST",
+            "2026-11-30T10:15:00 PST8PDT",
+            "2026-11-30T10:15:00 America/Los_Angeles",
+            "2026-11-30T25:00:00Z",
+            "2026-11-30T24:00:01Z",
+            "2026-11-30T24:01:00",
+            "2026-11-30T24:00:00.5Z",
+            "2026-11-30T23:60:00Z",
+            "2026-11-30T23:59:61Z",
+            "2026-11-30T10:15:00Z\n",
+            "9999-12-31T24:00:00Z",
+            "2026-11-30X10:15:00Z",
+            "2026-11-30_10:15:00Z",
+            " 2026-11-30",
+            "2026-11-30 PST",
+        ] {
+            assert_eq!(parse_purchase_date(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A value an older build stored (it let in anything after `YYYY-MM-DDT` and counted
+    /// an RFC 3339 value by its UTC day, anything else by the day as written) keeps the
+    /// day it had, unless its old reading was wrong (qa11 F1): then it gets the corrected
+    /// one. None makes the load fail.
+    #[test]
+    fn stored_purchase_dates_keep_the_day_older_builds_gave() {
+        let day = |y, m, d| chrono::NaiveDate::from_ymd_opt(y, m, d);
+        let same = [
+            "2026-11-30",
+            "2026-11-30T10:15:00Z",
+            "2026-11-30T23:30:00-08:00",
+            "2026-11-30 23:30:00-08:00",
+            "2026-11-30T00:30:00+05:45",
+            "2026-11-30T23:59:60Z",
+            "2026-11-30T23:59:60-08:00",
+            "2026-11-30T23:59:59.5-00:01",
+            "2026-11-30T10:15:00.123456+00:00",
+            "2026-11-30 10:15:00",
+            "2026-11-30T23:59:59",
+            // Refused by the import now; stored by older builds.
+            "2026-11-30Tgarbage",
+            "2026-11-30T",
+            "2026-11-30 ",
+            "2026-11-30T10:15:00+25:00",
+            "2026-11-30T23:30:00+00:00junk",
+            "2026-11-30T10:15:00,5Z",
+            "2026-11-30T10:15:00.+00:00",
+            "2026-11-30T23:59:59.1234567890-08:00",
+            "2026-11-30T23:59:59\u{2212}08:00",
+            "2026-11-30T23:59:59 CST",
+            "9999-12-31T24:00:00Z",
+        ];
+        for raw in same {
+            let old = lenient_purchase_date(raw);
+            assert!(old.is_some(), "{raw:?}: an older build stored it");
+            assert_eq!(stored_purchase_date(raw), old, "{raw:?}");
+        }
+        assert_eq!(
+            stored_purchase_date("2026-11-30T23:59:59.1234567890-08:00"),
+            day(2026, 12, 1)
+        );
+        assert_eq!(
+            stored_purchase_date("2026-11-30Tgarbage"),
+            day(2026, 11, 30)
+        );
+        // The old reading was a day early for these: corrected.
+        let corrected = [
+            (
+                "2026-11-01T20:00:00 PST",
+                day(2026, 11, 1),
+                day(2026, 11, 2),
+            ),
+            (
+                "2026-11-01T20:00:00-0800",
+                day(2026, 11, 1),
+                day(2026, 11, 2),
+            ),
+            ("2026-11-01T20:00:00-08", day(2026, 11, 1), day(2026, 11, 2)),
+            ("2026-11-01T20:00-08:00", day(2026, 11, 1), day(2026, 11, 2)),
+            ("2026-11-01T20:00:00PDT", day(2026, 11, 1), day(2026, 11, 2)),
+            ("2026-11-01T24:00:00Z", day(2026, 11, 1), day(2026, 11, 2)),
+            ("2026-11-01T24:00:00", day(2026, 11, 1), day(2026, 11, 2)),
+            (
+                "2026-11-02T01:00:00+0900",
+                day(2026, 11, 2),
+                day(2026, 11, 1),
+            ),
+        ];
+        for (raw, old, new) in corrected {
+            assert_eq!(lenient_purchase_date(raw), old, "{raw:?}: the old reading");
+            assert_eq!(stored_purchase_date(raw), new, "{raw:?}");
+        }
+        // No date at all stays none (older builds let `2026-02-30` in).
+        for raw in ["2026-02-30", "2026-02-30T10:00:00Z", "garbage", ""] {
+            assert_eq!(stored_purchase_date(raw), None, "{raw:?}");
+        }
+    }
+
+    /// The same instant spelled two ways is the same purchase-date (qa11 F6); values
+    /// without a zone compare as text.
+    #[test]
+    fn same_purchase_date_compares_instants() {
+        for (a, b) in [
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00+00:00"),
+            ("2026-11-30T10:15:00Z", "2026-11-30t10:15:00z"),
+            ("2026-11-30T10:15:00Z", "2026-11-30 10:15:00 UTC"),
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15Z"),
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00.000Z"),
+            ("2026-11-30T02:15:00-08:00", "2026-11-30T10:15:00Z"),
+            ("2026-11-30T02:15:00 PST", "2026-11-30T02:15:00-0800"),
+            ("2026-11-30T24:00:00Z", "2026-12-01T00:00:00Z"),
+            ("2026-11-30", "2026-11-30"),
+            ("2026-11-30 10:15:00", "2026-11-30 10:15:00"),
+        ] {
+            assert!(same_purchase_date(a, b), "{a:?} {b:?}");
+            assert!(same_purchase_date(b, a), "{b:?} {a:?}");
+        }
+        for (a, b) in [
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:01Z"),
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00.000000001Z"),
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00 PST"),
+            ("2026-11-30T23:59:60Z", "2026-12-01T00:00:00Z"),
+            // Without a zone the instant is unknown: the text decides.
+            ("2026-11-30T10:15:00", "2026-11-30 10:15:00"),
+            ("2026-11-30T10:15:00", "2026-11-30T10:15:00Z"),
+            ("2026-11-30", "2026-11-30T00:00:00Z"),
+            ("2026-11-30", "2026-11-30T00:00:00"),
+        ] {
+            assert!(!same_purchase_date(a, b), "{a:?} {b:?}");
+            assert!(!same_purchase_date(b, a), "{b:?} {a:?}");
         }
     }
 }

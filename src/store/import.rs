@@ -12,16 +12,20 @@
 //! This module does not touch the store: [`crate::store::Store::import_orders`] writes the
 //! rows, and checks them against what is already stored.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use chrono::NaiveDate;
 
 use crate::model::{
     AmazonOrderId, Amount, AmountError, Component, Currency, FulfillmentChannel, OrderItemCode,
-    PriceComponent, PromotionComponent, SellerId, format_minor, parse_purchase_date,
+    PURCHASE_DATE_FORMS, PriceComponent, PromotionComponent, SellerId, format_minor,
+    parse_purchase_date,
 };
 use crate::problem::quoted;
 use crate::store::{OrderRow, RowSource, Rows};
@@ -258,10 +262,22 @@ pub fn parse_order_report(text: &str) -> Result<Vec<OrderRow>, ImportError> {
 }
 
 /// An order report file for [`crate::store::Store::import_orders`]: read again from its
-/// first line each time its rows are asked for, never held in memory.
-#[derive(Debug, Clone)]
+/// first line each time its rows are asked for, never held in memory. While its rows are
+/// read it notes the orders whose purchase-date is unlikely ([`unlikely_purchase_date`]),
+/// for the import's warnings ([`ReportFile::unlikely_purchase_dates`]).
+#[derive(Debug)]
 pub struct ReportFile {
     path: PathBuf,
+    unlikely: Mutex<UnlikelyDates>,
+}
+
+/// The orders with an unlikely purchase-date met in the last reading of a [`ReportFile`].
+#[derive(Debug, Default)]
+struct UnlikelyDates {
+    /// Each order once (its lines give it one purchase-date, or the import fails).
+    orders: HashSet<AmazonOrderId>,
+    /// The first line of each, in report order.
+    found: Vec<UnlikelyPurchaseDate>,
 }
 
 impl ReportFile {
@@ -269,6 +285,7 @@ impl ReportFile {
     pub fn new(path: &Path) -> ReportFile {
         ReportFile {
             path: path.to_owned(),
+            unlikely: Mutex::default(),
         }
     }
 
@@ -289,11 +306,91 @@ impl ReportFile {
     pub fn header(&self) -> Result<HeaderNotes, ImportError> {
         Ok(self.open()?.notes())
     }
+
+    /// The orders whose purchase-date the last reading of the rows found unlikely
+    /// ([`unlikely_purchase_date`], judged by the UTC day the reading began), each with
+    /// its first line, in report order.
+    pub fn unlikely_purchase_dates(&self) -> Vec<UnlikelyPurchaseDate> {
+        self.unlikely
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .found
+            .clone()
+    }
+
+    fn note_purchase_date(&self, row: &OrderRow, today: NaiveDate) {
+        let Some(value) = &row.purchase_date else {
+            return;
+        };
+        let Some(when) = unlikely_purchase_date(value, today) else {
+            return;
+        };
+        let mut unlikely = self.unlikely.lock().unwrap_or_else(PoisonError::into_inner);
+        if unlikely.orders.insert(row.amazon_order_id.clone()) {
+            unlikely.found.push(UnlikelyPurchaseDate {
+                line: row.line,
+                order: row.amazon_order_id.clone(),
+                value: value.clone(),
+                when,
+            });
+        }
+    }
 }
 
 impl RowSource for ReportFile {
     fn rows(&self) -> Result<Rows<'_>, ImportError> {
-        Ok(Box::new(self.open()?))
+        // A store that runs its transaction again reads the rows again: note them afresh.
+        *self.unlikely.lock().unwrap_or_else(PoisonError::into_inner) = UnlikelyDates::default();
+        let today = chrono::Utc::now().date_naive();
+        Ok(Box::new(self.open()?.inspect(move |row| {
+            if let Ok(row) = row {
+                self.note_purchase_date(row, today);
+            }
+        })))
+    }
+}
+
+/// Why a purchase-date is unlikely ([`unlikely_purchase_date`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlikely {
+    /// After tomorrow (UTC): no refund on the order is outside the refund window until
+    /// long after it was really bought (a typo in the year, say).
+    Future,
+    /// Before [`EARLIEST_LIKELY_PURCHASE`]: every refund on the order is outside the window.
+    Past,
+}
+
+/// An order of a report whose purchase-date is unlikely ([`ReportFile::unlikely_purchase_dates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnlikelyPurchaseDate {
+    /// The first line of the order that gives it (1-based, the header is line 1).
+    pub line: u32,
+    /// The order.
+    pub order: AmazonOrderId,
+    /// The purchase-date as written.
+    pub value: String,
+    /// Too late or too early.
+    pub when: Unlikely,
+}
+
+/// The earliest purchase day an import takes without a warning (Amazon opened in 1995).
+pub const EARLIEST_LIKELY_PURCHASE: NaiveDate = match NaiveDate::from_ymd_opt(1995, 1, 1) {
+    Some(day) => day,
+    None => panic!("1995-01-01 is a date"),
+};
+
+/// Whether the purchase-date `raw` (one [`parse_purchase_date`] accepts) is unlikely, on
+/// UTC day `today`: its day ([`parse_purchase_date`]'s, the one the refund window counts
+/// from) after tomorrow, or before [`EARLIEST_LIKELY_PURCHASE`]. The refund window cannot
+/// work as meant for such an order; the import still takes it, with a warning.
+pub fn unlikely_purchase_date(raw: &str, today: NaiveDate) -> Option<Unlikely> {
+    let day = parse_purchase_date(raw)?;
+    if today.succ_opt().is_some_and(|tomorrow| day > tomorrow) {
+        Some(Unlikely::Future)
+    } else if day < EARLIEST_LIKELY_PURCHASE {
+        Some(Unlikely::Past)
+    } else {
+        None
     }
 }
 
@@ -617,7 +714,7 @@ fn parse_row(
                     err(
                         "purchase-date",
                         format!(
-                            "{} is not a date like 2026-11-02 or 2026-11-02T09:14:33+00:00{}",
+                            "{} is not a date like {PURCHASE_DATE_FORMS}{}",
                             quoted(raw),
                             quote_hint(raw)
                         ),
@@ -1208,5 +1305,27 @@ mod tests {
                     171-1234567-1234567\t12345678901234\tS\t2\n";
         let rows = parse_order_report(text).expect("valid");
         assert_eq!(rows[0].quantity_shipped, None);
+    }
+
+    /// qa11 F8: the bounds of an unlikely purchase-date, by its UTC day.
+    #[test]
+    fn unlikely_purchase_dates_are_after_tomorrow_or_before_1995() {
+        let today = NaiveDate::from_ymd_opt(2026, 12, 1).expect("date");
+        for (raw, want) in [
+            ("2026-12-01", None),
+            ("2026-12-02", None),
+            ("2026-12-02T23:59:59Z", None),
+            ("2026-12-03", Some(Unlikely::Future)),
+            ("2026-12-02T16:00:00-08:00", Some(Unlikely::Future)),
+            ("2062-11-01", Some(Unlikely::Future)),
+            ("9999-12-31T23:59:59Z", Some(Unlikely::Future)),
+            ("1995-01-01", None),
+            ("1995-01-01T00:30:00+01:00", Some(Unlikely::Past)),
+            ("1994-12-31T23:59:59Z", Some(Unlikely::Past)),
+            ("0000-01-01", Some(Unlikely::Past)),
+            ("not a date", None),
+        ] {
+            assert_eq!(unlikely_purchase_date(raw, today), want, "{raw:?}");
+        }
     }
 }

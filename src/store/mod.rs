@@ -18,6 +18,7 @@ use crate::engine::{Change, ComponentTotals, ItemBalance, Needs, Snapshot, money
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId,
     OrderItemCode, OrderRef, PriceComponent, PromotionComponent, SellerId, format_minor,
+    purchase_instant, same_purchase_date,
 };
 use crate::store::import::{ImportError, column_for};
 
@@ -714,19 +715,29 @@ impl ImportSeen {
             "merchant-order-id",
             &mut first.merchant_order_id,
             merchant_order_id.as_ref(),
+            PartialEq::eq,
         )?;
+        // The same instant spelled two ways (`Z`, `+00:00`) agrees.
         agree(
             row,
             "purchase-date",
             &mut first.purchase_date,
             purchase_date.as_ref(),
+            |a, b| same_purchase_date(a, b),
         )?;
-        agree(row, "currency", &mut first.currency, currency.as_ref())?;
+        agree(
+            row,
+            "currency",
+            &mut first.currency,
+            currency.as_ref(),
+            PartialEq::eq,
+        )?;
         agree(
             row,
             "fulfillment-channel",
             &mut first.channel,
             channel.as_ref(),
+            PartialEq::eq,
         )
     }
 
@@ -835,13 +846,14 @@ impl ImportSeen {
 }
 
 /// One order-level column of [`ImportSeen::agree_on_order`]: `given` (this line's value,
-/// `None` when its field is empty) must equal `first`, the value an earlier line of the
-/// order gave, if any; else it becomes `first`.
-fn agree<T: PartialEq + Clone + fmt::Display>(
+/// `None` when its field is empty) must be `same` as `first`, the value an earlier line of
+/// the order gave, if any; else it becomes `first`.
+fn agree<T: Clone + fmt::Display>(
     row: &OrderRow,
     column: &str,
     first: &mut Option<(u32, T)>,
     given: Option<&T>,
+    same: impl Fn(&T, &T) -> bool,
 ) -> Result<(), StoreError> {
     let Some(given) = given else {
         return Ok(());
@@ -851,7 +863,7 @@ fn agree<T: PartialEq + Clone + fmt::Display>(
             *first = Some((row.line, given.clone()));
             Ok(())
         }
-        Some((_, earlier)) if earlier == given => Ok(()),
+        Some((_, earlier)) if same(earlier, given) => Ok(()),
         Some((line, earlier)) => Err(import_invalid(
             row,
             column,
@@ -884,6 +896,11 @@ fn row_digest(row: &OrderRow) -> u64 {
         channel,
     } = row;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // A purchase-date by the instant it names, when it has a zone: `Z` and `+00:00` say
+    // the same (`same_purchase_date`).
+    let purchase_date = purchase_date
+        .as_deref()
+        .map(|date| purchase_instant(date).ok_or(date));
     (
         amazon_order_id,
         merchant_order_id,

@@ -45,7 +45,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, ComponentClass, Currency, FulfillmentChannel, MerchantId, MessageId,
-    OrderItemCode, OrderRef, SellerId, format_minor, parse_purchase_date,
+    OrderItemCode, OrderRef, SellerId, format_minor, same_purchase_date, stored_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::import::column_for;
@@ -1297,8 +1297,9 @@ impl FeedTx for PgFeedTx<'_> {
                 let merchant_order: Option<String> = self.get(row, 2)?;
                 let currency: String = self.get(row, 3)?;
                 let channel: String = self.get(row, 4)?;
-                // Parsed once per order; text an older build let in (`2026-02-30`) counts
-                // as no purchase date.
+                // Parsed once per order: text an older build let in keeps the day it had
+                // (never failing the load), and text that is no date at all (`2026-02-30`)
+                // counts as no purchase date (`stored_purchase_date`).
                 let purchase_date: Option<String> = self.get(row, 5)?;
                 let state = OrderState {
                     amazon_order_id: AmazonOrderId::new(&amazon)
@@ -1312,7 +1313,7 @@ impl FeedTx for PgFeedTx<'_> {
                     channel: channel
                         .parse::<FulfillmentChannel>()
                         .map_err(|()| corrupt("fulfillment channel", &channel))?,
-                    purchase_date: purchase_date.as_deref().and_then(parse_purchase_date),
+                    purchase_date: purchase_date.as_deref().and_then(stored_purchase_date),
                     items: Vec::new(),
                 };
                 found_amazon.insert(amazon);
@@ -1742,8 +1743,15 @@ fn import_batch(
             order.merchant_order_id = Some(merchant_order_id.as_str().to_owned());
             order.dirty = true;
         }
-        if row.purchase_date.is_some() && order.purchase_date != row.purchase_date {
-            order.purchase_date.clone_from(&row.purchase_date);
+        // A purchase-date that names the stored instant in another spelling (`Z`,
+        // `+00:00`) is no change, and the stored text stays as it was.
+        if let Some(given) = &row.purchase_date
+            && order
+                .purchase_date
+                .as_deref()
+                .is_none_or(|stored| !same_purchase_date(given, stored))
+        {
+            order.purchase_date = Some(given.clone());
             order.dirty = true;
         }
         if let Some(merchant_item_id) = &row.merchant_item_id

@@ -40,7 +40,7 @@ use crate::engine::{
 };
 use crate::model::{
     AmazonOrderId, Component, Currency, FulfillmentChannel, MerchantId, MessageId, OrderItemCode,
-    OrderRef, SellerId, format_minor, parse_purchase_date,
+    OrderRef, SellerId, format_minor, same_purchase_date, stored_purchase_date,
 };
 use crate::problem::Code;
 use crate::store::{
@@ -1145,14 +1145,21 @@ fn import_row(
             let changes = |given: Option<&str>, stored: Option<&str>| {
                 given.is_some_and(|given| Some(given) != stored)
             };
-            let changed =
-                changes(
-                    row.merchant_order_id.as_ref().map(SellerId::as_str),
-                    order.merchant_order_id.as_deref(),
-                ) || changes(
-                    row.channel.map(FulfillmentChannel::as_str),
-                    Some(channel.as_str()),
-                ) || changes(row.purchase_date.as_deref(), order.purchase_date.as_deref());
+            // A purchase-date that names the stored instant in another spelling (`Z`,
+            // `+00:00`) is no change, and the stored text stays as it was.
+            let purchase_date = row.purchase_date.as_deref().filter(|given| {
+                order
+                    .purchase_date
+                    .as_deref()
+                    .is_none_or(|stored| !same_purchase_date(given, stored))
+            });
+            let changed = changes(
+                row.merchant_order_id.as_ref().map(SellerId::as_str),
+                order.merchant_order_id.as_deref(),
+            ) || changes(
+                row.channel.map(FulfillmentChannel::as_str),
+                Some(channel.as_str()),
+            ) || purchase_date.is_some();
             if changed {
                 tx.prepare_cached(
                     "UPDATE orders SET merchant_order_id = COALESCE(?2, merchant_order_id), \
@@ -1164,7 +1171,7 @@ fn import_row(
                     id,
                     row.merchant_order_id.as_ref().map(SellerId::as_str),
                     row.channel.map(FulfillmentChannel::as_str),
-                    row.purchase_date
+                    purchase_date
                 ])
                 .map_err(|e| import_write_error(tx, merchant, None, row, e))?;
                 seen.order_changed(id);
@@ -1820,14 +1827,16 @@ fn load_orders(
                     let cur = cur.as_str().map_err(|e| db_error(e.into()))?;
                     let channel = r.get_ref(4).map_err(db_error)?;
                     let channel = channel.as_str().map_err(|e| db_error(e.into()))?;
-                    // Parsed once per order. The import only stores text this parses; text
-                    // an older build let in (`2026-02-30`) counts as no purchase date.
+                    // Parsed once per order. The import only stores text the strict
+                    // parser accepts; text an older build let in keeps the day it had
+                    // (never failing the load), and text that is no date at all
+                    // (`2026-02-30`) counts as no purchase date: `stored_purchase_date`.
                     let purchase_date = r
                         .get_ref(16)
                         .map_err(db_error)?
                         .as_str_or_null()
                         .map_err(|e| db_error(e.into()))?
-                        .and_then(parse_purchase_date);
+                        .and_then(stored_purchase_date);
                     orders.push(LoadedOrder {
                         state: OrderState {
                             amazon_order_id: AmazonOrderId::new(&aid)

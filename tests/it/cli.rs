@@ -580,10 +580,14 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
     let description = result["description"].as_str().expect("description");
     // 101 if the day turned (UTC) between computing `purchased` and processing.
     let days_ago = ["100 days before", "101 days before"];
+    // qa11 F3, F5: both days are named as UTC days, the second as the day the feed's
+    // processing started.
     assert!(
-        description.contains(&format!("purchased on {purchased}"))
-            && days_ago.iter().any(|days| description.contains(days))
-            && description.contains("refund window of 30 days"),
+        description.contains(&format!(
+            "purchased on {purchased} (UTC day of its purchase-date), "
+        )) && days_ago.iter().any(|days| description.contains(days))
+            && description.contains(" days before this feed's processing started (")
+            && description.contains(", UTC); that is more than the refund window of 30 days"),
         "{description}"
     );
     assert!(
@@ -629,6 +633,195 @@ fn a_refund_outside_the_configured_window_is_applied_with_a_warning_in_the_repor
         &[("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "99")],
     );
     assert_eq!(codes(&json_report(&paths)), [(1, 90301)]);
+}
+
+/// qa11 F1: a purchase-date with a zone other than RFC 3339's (`PST`, `-0800`, `-08`)
+/// counts by its UTC day, as one with `-08:00` does. Bought 30 days ago (UTC) at 20:00 in
+/// Seattle, which is the next UTC day, 29 days ago: a strict 29-day window applies the
+/// refund. Before the fix the day as written counted, 30 days, and the refund was refused
+/// and pinned (OUTSIDE_REFUND_WINDOW as an Error).
+#[test]
+fn a_purchase_date_in_pacific_time_counts_by_its_utc_day_for_the_refund_window() {
+    for (zone, key) in [(" PST", "PST-1"), ("-0800", "PST-2"), ("-08", "PST-3")] {
+        let sandbox = Sandbox::new();
+        let today = chrono::Utc::now().date_naive();
+        let written = today - chrono::Days::new(30);
+        let orders = sandbox.path("pacific.txt");
+        std::fs::write(
+            &orders,
+            format!(
+                "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tquantity-shipped\tcurrency\titem-price\n\
+                 171-0000100-0000100\t17100000000001\t{written}T20:00:00{zone}\tSKU-OLD\t1\t1\tUSD\t50.00\n"
+            ),
+        )
+        .expect("write order report");
+        let out = sandbox.import(&orders);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let (out, paths) = process_late_refund(
+            &sandbox,
+            "pacific.xml",
+            key,
+            &[
+                ("ADJUSTD_RULES_REFUND_WINDOW_DAYS", "29"),
+                ("ADJUSTD_RULES_POLICY", "strict"),
+            ],
+        );
+        if chrono::Utc::now().date_naive() != today {
+            eprintln!("the UTC day turned during the test: not judged");
+            return;
+        }
+        let report = json_report(&paths);
+        assert_eq!(out.status.code(), Some(0), "{zone}: {report}");
+        assert!(codes(&report).is_empty(), "{zone}: {report}");
+        let order = sandbox.order("171-0000100-0000100");
+        assert_eq!(order["items"][0]["refunded"]["Principal"], "1.00", "{zone}");
+        // Stored as written.
+        assert_eq!(
+            order["purchase_date"],
+            format!("{written}T20:00:00{zone}"),
+            "{zone}"
+        );
+    }
+}
+
+/// qa11 F2: `orders import` accepts exactly the purchase-date forms the store reads
+/// (lowercase `t`, `24:00:00` and zone names included) and refuses any other value as a bad
+/// line naming the file, line, column, value and the accepted forms; nothing is imported.
+/// Before the fix everything after `YYYY-MM-DDT` was let in (`2026-11-30Tgarbage`), and
+/// `2026-11-30t10:15:00Z` was refused.
+#[test]
+fn orders_import_accepts_exactly_the_purchase_date_forms_it_reads() {
+    let report = |date: &str| {
+        format!(
+            "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tcurrency\titem-price\n\
+             171-0000300-0000300\t17100000000301\t{date}\tSKU\t1\tUSD\t5.00\n"
+        )
+    };
+    for bad in [
+        "2026-11-30Tgarbage",
+        "2026-11-30T",
+        "2026-11-30T10:15:00+25:00",
+        "2026-11-30T10:15:00+00:00junk",
+        "2026-11-30T10:15:00,5Z",
+        "2026-11-30T10:15:00.+00:00",
+        "2026-11-30T10:15:00 CST",
+    ] {
+        let sandbox = Sandbox::new();
+        let file = sandbox.path("dates.txt");
+        std::fs::write(&file, report(bad)).expect("write");
+        let out = sandbox.import(&file);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{bad}: {stderr}");
+        let expected = format!(
+            "dates.txt: line 2, column purchase-date: \"{bad}\" is not a date like 2026-11-02, \
+             2026-11-02T09:14:33Z, 2026-11-02T09:14:33-08:00 (or -0800, -08), 2026-11-02 \
+             09:14:33 PST (or PDT, UTC, GMT), or 2026-11-02 09:14:33 without a zone (that day \
+             as written); nothing was imported"
+        );
+        assert!(stderr.contains(&expected), "{bad}: {stderr}");
+        let out = sandbox.run(&["orders", "show", "171-0000300-0000300", "--json"]);
+        assert_ne!(out.status.code(), Some(0), "{bad}: nothing imported");
+    }
+    for good in [
+        "2026-11-30t10:15:00Z",
+        "2026-11-30T24:00:00Z",
+        "2026-11-30 10:15:00 PDT",
+        "2026-11-30T10:15+0530",
+        "2026-11-30T23:59:60.5z",
+    ] {
+        let sandbox = Sandbox::new();
+        let file = sandbox.path("dates.txt");
+        std::fs::write(&file, report(good)).expect("write");
+        let out = sandbox.import(&file);
+        assert_eq!(out.status.code(), Some(0), "{good}: {}", text(&out.stderr));
+        assert_eq!(
+            sandbox.order("171-0000300-0000300")["purchase_date"],
+            good,
+            "stored as written"
+        );
+    }
+}
+
+/// qa11 F8: a purchase-date after tomorrow (UTC) or before 1995-01-01 is imported with a
+/// `warning:` line naming the line, the order and the value (once per order); tomorrow and
+/// 1995-01-01 are not warned about. Beyond ten orders the rest are counted. Before the fix
+/// a typo such as 2062 for 2026 was imported without a word and turned the refund window
+/// off for that order.
+#[test]
+fn orders_import_warns_of_purchase_dates_after_tomorrow_or_before_1995() {
+    let sandbox = Sandbox::new();
+    let today = chrono::Utc::now().date_naive();
+    let tomorrow = today + chrono::Days::new(1);
+    let after = today + chrono::Days::new(2);
+    let header =
+        "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\tcurrency\titem-price\n";
+    let line = |order: u32, item: u32, date: &str| {
+        format!("171-0000400-{order:07}\t171000004{order:03}{item:02}\t{date}\tSKU\t1\tUSD\t5.00\n")
+    };
+    let lines = [
+        line(1, 1, "2062-11-01"),
+        line(1, 2, "2062-11-01"),
+        line(2, 1, "1994-12-31T23:59:59Z"),
+        line(3, 1, &tomorrow.to_string()),
+        line(4, 1, "1995-01-01"),
+        line(5, 1, &format!("{tomorrow}T23:59:59Z")),
+        line(6, 1, &format!("{tomorrow}T20:00:00 PST")),
+        line(7, 1, &after.to_string()),
+        line(8, 1, "0001-01-01"),
+    ];
+    let file = sandbox.path("dates.txt");
+    std::fs::write(&file, format!("{header}{}", lines.concat())).expect("write");
+    let out = sandbox.import(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let warnings: Vec<&str> = stdout.lines().skip(1).collect();
+    let future = "after tomorrow (UTC): the refund window check ([rules] refund_window_days) \
+                  cannot work as meant for it (its days are counted from that future day, so \
+                  no refund on it is found outside the window); it was imported as written: if \
+                  it is a typo, correct the report and import it again";
+    let past = "before 1995-01-01: the refund window check ([rules] refund_window_days) cannot \
+                work as meant for it (every refund on it is found outside the window); it was \
+                imported as written: if it is a typo, correct the report and import it again";
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "warning: line 2: order 171-0000400-0000001 has purchase-date \"2062-11-01\", {future}"
+            ),
+            format!(
+                "warning: line 4: order 171-0000400-0000002 has purchase-date \"1994-12-31T23:59:59Z\", {past}"
+            ),
+            format!(
+                "warning: line 8: order 171-0000400-0000006 has purchase-date \"{tomorrow}T20:00:00 PST\", {future}"
+            ),
+            format!(
+                "warning: line 9: order 171-0000400-0000007 has purchase-date \"{after}\", {future}"
+            ),
+            format!(
+                "warning: line 10: order 171-0000400-0000008 has purchase-date \"0001-01-01\", {past}"
+            ),
+        ],
+        "{stdout}"
+    );
+    assert!(stdout.starts_with("imported 9 lines"), "{stdout}");
+
+    // Twelve such orders: ten named, two counted.
+    let lines: Vec<String> = (1..=12).map(|order| line(order, 1, "2062-11-01")).collect();
+    std::fs::write(&file, format!("{header}{}", lines.concat())).expect("write");
+    let out = sandbox.import(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let warnings: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(warnings.len(), 11, "{stdout}");
+    assert!(
+        warnings[9].starts_with("warning: line 11: order 171-0000400-0000010 "),
+        "{stdout}"
+    );
+    assert_eq!(
+        warnings[10],
+        "warning: 2 more orders with a purchase-date after tomorrow (UTC) or before 1995-01-01 \
+         (the first 10 are named above)"
+    );
 }
 
 /// A feed of merchant M_TEST with one message per `(MessageID, item code, key, Principal)`

@@ -156,6 +156,7 @@ pub mod conformance {
                 import_refuses_an_item_on_two_lines_that_disagree,
                 import_names_the_holder_of_a_merchant_id,
                 import_refuses_an_order_whose_lines_disagree,
+                import_takes_one_purchase_instant_spelled_two_ways_as_the_same,
                 import_refuses_a_change_of_fulfillment_channel,
                 import_names_quantity_purchased_below_the_units_cancelled,
                 import_refuses_prices_that_bring_the_refunds_above_what_was_paid,
@@ -511,6 +512,101 @@ pub mod conformance {
         assert_eq!(view.purchase_date.as_deref(), Some("2026-11-20"));
         assert_eq!(view.fulfillment_channel, "AFN");
         assert_eq!(view.items.len(), 3);
+    }
+
+    /// qa11 F6: two lines of one order whose purchase-dates name the same instant in two
+    /// spellings (`Z`, `+00:00`, `PST` and `-08:00`) agree, and the order keeps the first
+    /// line's text; so does an item's line repeated with the other spelling (a repeat, not
+    /// two lines that disagree). A re-import with the other spelling counts the order
+    /// unchanged and leaves the stored text as it was. Different instants still disagree,
+    /// and values without a zone compare as text. Before the fix the report was refused
+    /// ("this line says ...+00:00 but line 2 ... says ...Z") and the re-import counted
+    /// the order updated and rewrote the stored text.
+    pub fn import_takes_one_purchase_instant_spelled_two_ways_as_the_same(store: &mut dyn Store) {
+        const HEADER: &str = "order-id\torder-item-id\tpurchase-date\tsku\tquantity-purchased\t\
+                              currency\titem-price\n";
+        let line = |order: &str, item: &str, date: &str| {
+            format!("{order}\t6000000000000{item}\t{date}\tS-{item}\t1\tUSD\t1.00\n")
+        };
+        let import = |store: &mut dyn Store, lines: &[String]| {
+            let rows = parse_order_report(&format!("{HEADER}{}", lines.concat())).expect("parses");
+            store.import_orders(&merchant(), &rows)
+        };
+        const A: &str = "601-0000000-0000001";
+        const B: &str = "601-0000000-0000002";
+        let summary = import(
+            store,
+            &[
+                line(A, "1", "2026-11-30T10:15:00Z"),
+                line(A, "2", "2026-11-30T10:15:00+00:00"),
+                line(A, "3", "2026-11-30T02:15:00-08:00"),
+                line(B, "1", "2026-11-30T02:15:00 PST"),
+                line(B, "1", "2026-11-30T10:15:00Z"),
+            ],
+        )
+        .expect("the same instant agrees");
+        assert_eq!(changes(&summary), (2, 0, 0, 4, 0, 0));
+        assert_eq!(summary.repeated_lines, 1);
+        assert_eq!(
+            one_order(store, A).purchase_date.as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert_eq!(
+            one_order(store, B).purchase_date.as_deref(),
+            Some("2026-11-30T02:15:00 PST")
+        );
+
+        // A re-import with another spelling of the same instants: unchanged, text kept.
+        let summary = import(
+            store,
+            &[
+                line(A, "1", "2026-11-30T10:15:00.000+00:00"),
+                line(B, "1", "2026-11-30T02:15:00-0800"),
+            ],
+        )
+        .expect("re-import");
+        assert_eq!(changes(&summary), (0, 0, 2, 0, 0, 2));
+        assert_eq!(
+            one_order(store, A).purchase_date.as_deref(),
+            Some("2026-11-30T10:15:00Z")
+        );
+        assert_eq!(
+            one_order(store, B).purchase_date.as_deref(),
+            Some("2026-11-30T02:15:00 PST")
+        );
+        // Another instant changes it.
+        let summary =
+            import(store, &[line(A, "1", "2026-11-30T10:15:01Z")]).expect("a new instant");
+        assert_eq!(changes(&summary), (0, 1, 0, 0, 0, 1));
+        assert_eq!(
+            one_order(store, A).purchase_date.as_deref(),
+            Some("2026-11-30T10:15:01Z")
+        );
+
+        // Different instants, or one value without a zone, still disagree.
+        const C: &str = "601-0000000-0000003";
+        for (first, second) in [
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00-08:00"),
+            ("2026-11-30T10:15:00Z", "2026-11-30T10:15:00"),
+            ("2026-11-30 10:15:00", "2026-11-30T10:15:00"),
+        ] {
+            let err = import(store, &[line(C, "1", first), line(C, "2", second)])
+                .expect_err("two purchase dates");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with("line 3, column purchase-date: ")
+                    && msg.contains(&format!(
+                        "this line says {second} but line 2 of the same order says {first}"
+                    )),
+                "{msg}"
+            );
+            assert!(
+                store
+                    .orders(Some(&merchant()), C)
+                    .expect("orders")
+                    .is_empty()
+            );
+        }
     }
 
     /// An order's fulfillment channel does not change at Amazon, and the refunds already
@@ -1849,6 +1945,87 @@ fn sqlite_reimport_of_an_unchanged_legacy_discount_above_its_price_is_not_refuse
             .contains("item-promotion-discount 7.50 is more than the item-price 5.00"),
         "{err}"
     );
+}
+
+/// qa11 F1, F2: purchase-dates an older build let in and stored (it took any text after
+/// `YYYY-MM-DDT`) load with the day that build gave them, never failing the load, except
+/// those it misread by the day as written (`PST`, `-0800`), which get their UTC day; text
+/// that is no date at all is no purchase date.
+#[test]
+fn sqlite_loads_the_purchase_dates_an_older_build_stored() {
+    let stored = [
+        (
+            "2026-11-30Tgarbage",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        ("2026-11-30T", chrono::NaiveDate::from_ymd_opt(2026, 11, 30)),
+        (
+            "2026-11-30T23:30:00+00:00junk",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        (
+            "2026-11-30T23:30:00+25:00",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 30),
+        ),
+        (
+            "2026-11-30T23:59:59.1234567890-08:00",
+            chrono::NaiveDate::from_ymd_opt(2026, 12, 1),
+        ),
+        (
+            "2026-11-01T20:00:00 PST",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 2),
+        ),
+        (
+            "2026-11-01T20:00:00-0800",
+            chrono::NaiveDate::from_ymd_opt(2026, 11, 2),
+        ),
+        ("2026-02-30", None),
+    ];
+    let header = "order-id\torder-item-id\tsku\tquantity-purchased\tcurrency\titem-price\n";
+    let lines: String = (1..=stored.len())
+        .map(|i| format!("904-0000000-{i:07}\t9040000000000{i}\tS\t1\tUSD\t5.00\n"))
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("adjustd.db");
+    SqliteStore::open(&path)
+        .expect("open")
+        .import_orders(
+            &merchant(),
+            &parse_order_report(&format!("{header}{lines}")).expect("parses"),
+        )
+        .expect("import");
+    for (i, (text, _)) in stored.iter().enumerate() {
+        raw(&path)
+            .execute(
+                "UPDATE orders SET purchase_date = ?1 WHERE amazon_order_id = ?2",
+                rusqlite::params![text, format!("904-0000000-{:07}", i + 1)],
+            )
+            .expect("an older build's value");
+    }
+    let mut store = SqliteStore::open(&path).expect("reopen");
+    let mut tx = store
+        .begin_feed(&new_feed("legacy-dates.xml", "legacy-dates", None))
+        .expect("begin");
+    let orders: Vec<OrderRef> = (1..=stored.len())
+        .map(|i| OrderRef::Amazon(aid(&format!("904-0000000-{i:07}"))))
+        .collect();
+    let mut snapshot = Snapshot::new();
+    tx.load(
+        &merchant(),
+        &Needs {
+            orders: orders.clone(),
+            keys: Vec::new(),
+        },
+        &mut snapshot,
+    )
+    .expect("the load does not fail");
+    for (order, (text, day)) in orders.iter().zip(stored) {
+        assert_eq!(
+            snapshot.order(order).expect("loaded").purchase_date,
+            day,
+            "{text:?}"
+        );
+    }
 }
 
 #[test]

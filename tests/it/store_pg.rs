@@ -321,6 +321,39 @@ fn commit_refund(store: &mut PgStore, hash: &str, minor: i64) -> u64 {
     id
 }
 
+/// qa11 F1, F2 (as `store::sqlite_loads_the_purchase_dates_an_older_build_stored`):
+/// purchase-dates an older build let in load with the day it gave them, never failing the
+/// load, except those it misread by the day as written (`PST`), which get their UTC day.
+#[test]
+fn pg_loads_the_purchase_dates_an_older_build_stored() {
+    let db = pg_or_skip!();
+    let mut store = store_with_orders(&db);
+    let mut client = db.client();
+    for (order, text) in [
+        (ORDER, "2026-11-30T23:30:00+00:00junk"),
+        (ORDER2, "2026-11-01T20:00:00 PST"),
+    ] {
+        client
+            .execute(
+                "UPDATE orders SET purchase_date = $1 WHERE amazon_order_id = $2",
+                &[&text, &order],
+            )
+            .expect("an older build's value");
+    }
+    let mut tx = store.begin_feed(&new_feed("legacy-dates")).expect("begin");
+    let mut snapshot = Snapshot::new();
+    tx.load(&merchant(), &needs(&[ORDER, ORDER2], &[]), &mut snapshot)
+        .expect("the load does not fail");
+    let day = |order: &str| {
+        snapshot
+            .order(&OrderRef::Amazon(order_id(order)))
+            .expect("loaded")
+            .purchase_date
+    };
+    assert_eq!(day(ORDER), chrono::NaiveDate::from_ymd_opt(2026, 11, 30));
+    assert_eq!(day(ORDER2), chrono::NaiveDate::from_ymd_opt(2026, 11, 2));
+}
+
 #[test]
 fn migrations_create_the_schema_once_and_refuse_a_newer_one() {
     let db = pg_or_skip!();
