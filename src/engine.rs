@@ -900,7 +900,13 @@ impl<'a> Facts<'a> {
             .iter()
             .filter_map(|item| item.key.as_ref());
         if keys.clone().any(|key| !key.is_derived()) {
-            " Then resend with a new MerchantAdjustmentItemID: this one now stands for the rejection."
+            if self.message.items.len() == 1 {
+                " Then resend with a new MerchantAdjustmentItemID: this one now stands for the rejection."
+            } else {
+                // An item without an id of its own is keyed with the message (README), so
+                // "this one" would name an id it does not have.
+                " Then resend the message with a new MerchantAdjustmentItemID for every item: the message's MerchantAdjustmentItemIDs now stand for the rejection."
+            }
         } else if keys.count() > 0 {
             " Then resend it in a feed of other content (or give it a MerchantAdjustmentItemID): a copy of this feed gets the same answer."
         } else {

@@ -410,8 +410,13 @@ pub(crate) fn shipped_after_import(
             row,
             "quantity-purchased",
             format!(
-                "{ordered} ordered, but {shipped_before} units were already shipped and \
-                 {cancelled} cancelled"
+                "{ordered} ordered, but {shipped_before} {} already shipped and {cancelled} \
+                 cancelled",
+                if shipped_before == 1 {
+                    "unit was"
+                } else {
+                    "units were"
+                }
             ),
         ));
     }
