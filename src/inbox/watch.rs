@@ -198,7 +198,7 @@ impl Watch {
                 self.set_mode(ActiveMode::Notify);
             }
             Err(error) => {
-                tracing::warn!(inbox = %self.inbox.display(), error = %error, "cannot watch the inbox, polling it");
+                tracing::warn!(inbox = %self.inbox.display(), error = %error, hint = watch_limit_hint(&error), "cannot watch the inbox, polling it");
                 self.forced_poll = matches!(error.kind, notify::ErrorKind::MaxFilesWatch);
                 self.set_mode(ActiveMode::Poll);
             }
@@ -222,6 +222,7 @@ impl Watch {
         let sender = self.sender.clone();
         let metrics = Arc::clone(&self.metrics);
         let overflowed = Arc::clone(&self.overflowed);
+        let limit_warned = AtomicBool::new(false);
         let handler = move |event: notify::Result<Event>| {
             let wake = match event {
                 Ok(event) if event.need_rescan() => Wake::Rescan,
@@ -231,7 +232,15 @@ impl Watch {
                     Wake::Event
                 }
                 Err(error) => {
-                    tracing::debug!(error = %error, "notify error, rescanning");
+                    // A folder made after the watch limit was reached (a new merchant's)
+                    // is not watched: say so once, its feeds are found by the rescans.
+                    if matches!(error.kind, notify::ErrorKind::MaxFilesWatch)
+                        && !limit_warned.swap(true, Ordering::Relaxed)
+                    {
+                        tracing::warn!(error = %error, hint = watch_limit_hint(&error), "a new folder in the inbox cannot be watched; its feeds are found by the periodic rescan");
+                    } else {
+                        tracing::debug!(error = %error, "notify error, rescanning");
+                    }
                     Wake::Rescan
                 }
             };
@@ -256,6 +265,22 @@ impl Watch {
     }
 }
 
+/// What to change when the inbox cannot be watched for a system limit: the sysctl, named
+/// (an inotify instance refused reads as "Too many open files", which points elsewhere).
+fn watch_limit_hint(error: &notify::Error) -> &'static str {
+    match &error.kind {
+        notify::ErrorKind::MaxFilesWatch => {
+            "the inotify watches of this user are used up: raise the sysctl fs.inotify.max_user_watches"
+        }
+        notify::ErrorKind::Io(io)
+            if io.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) =>
+        {
+            "the inotify instances of this user are used up (sysctl fs.inotify.max_user_instances), or the process's open files (ulimit -n)"
+        }
+        _ => "",
+    }
+}
+
 /// Events that never mean new content: opens and reads (ours included).
 fn is_noise(kind: &EventKind) -> bool {
     match kind {
@@ -268,6 +293,18 @@ fn is_noise(kind: &EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_refused_for_a_system_limit_names_the_sysctl() {
+        let watches = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        assert!(watch_limit_hint(&watches).contains("fs.inotify.max_user_watches"));
+        let instances = notify::Error::io(std::io::Error::from_raw_os_error(
+            rustix::io::Errno::MFILE.raw_os_error(),
+        ));
+        assert!(watch_limit_hint(&instances).contains("fs.inotify.max_user_instances"));
+        let other = notify::Error::generic("something else");
+        assert_eq!(watch_limit_hint(&other), "");
+    }
 
     const MOUNTINFO: &str = "\
 22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw

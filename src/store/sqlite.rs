@@ -410,6 +410,13 @@ fn open_error(what: &str, path: &Path, error: &std::io::Error) -> StoreError {
                 detail: format!("{what}: {error}"),
             };
         }
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            return StoreError::Unavailable {
+                detail: format!(
+                    "{what}: {error}: the filesystem that holds it is full; {FULL_FIX}"
+                ),
+            };
+        }
         ErrorKind::NotADirectory | ErrorKind::AlreadyExists => {
             "a part of the path is a file, not a folder"
         }
@@ -443,11 +450,37 @@ fn unopenable(path: &Path, error: rusqlite::Error) -> StoreError {
         return db_error(error);
     }
     match db_error(error) {
+        // SQLite calls a full filesystem a "disk I/O error" when it cannot even open the
+        // database: say what it is, and that it passes (`run` waits for it, as for any store
+        // that is away).
+        StoreError::Unavailable { detail } | StoreError::Other { detail }
+            if let Some(free) = free_bytes_if_full(path) =>
+        {
+            StoreError::Unavailable {
+                detail: format!(
+                    "cannot open {}: {detail}: the filesystem that holds it is full ({free} bytes free); {FULL_FIX}",
+                    path.display()
+                ),
+            }
+        }
         StoreError::Unavailable { detail } => StoreError::Other {
             detail: format!("cannot open {}: {detail}; {STORE_PATH_FIX}", path.display()),
         },
         other => other,
     }
+}
+
+/// The bytes free for adjustd on the filesystem of the database at `path` (its folder),
+/// when that is too little for SQLite to open or create the database (under 1 MiB).
+fn free_bytes_if_full(path: &Path) -> Option<u64> {
+    const TOO_LITTLE: u64 = 1 << 20;
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let stats = rustix::fs::statvfs(folder).ok()?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    (free < TOO_LITTLE).then_some(free)
 }
 
 /// A folder (or a link to one), or a file that is something else than an SQLite database,
@@ -501,6 +534,10 @@ fn is_busy(error: &rusqlite::Error) -> bool {
             if matches!(failure.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
     )
 }
+
+/// What to do about a store on a full filesystem (`run` waits for it meanwhile).
+const FULL_FIX: &str = "free space there, or set [store] url (or ADJUSTD_STORE_URL) to \
+     sqlite:PATH on another filesystem";
 
 /// What to do about a store path that cannot be used.
 const STORE_PATH_FIX: &str =

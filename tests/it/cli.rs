@@ -2934,3 +2934,73 @@ fn orders_import_names_misspelt_columns_and_items_created_without_prices() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!stdout.contains("warning"), "{stdout}");
 }
+
+#[test]
+fn a_store_on_a_full_filesystem_is_named_as_full_and_run_waits_for_space() {
+    // SQLite calls a full filesystem a "disk I/O error" when it cannot open the database,
+    // and adjustd used to add "set [store] url ... to a folder adjustd can write" to it
+    // (QA10-5). A 64 KiB tmpfs, filled, holds the store.
+    let sandbox = Sandbox::new();
+    let full = sandbox.path("full");
+    std::fs::create_dir(&full).expect("mount point");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&full)
+        .output();
+    if !mounted.is_ok_and(|out| out.status.success()) {
+        eprintln!("SKIPPED a_store_on_a_full_filesystem: cannot mount a tmpfs here (not root?)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(full.clone());
+    // Fill it: writes fail with ENOSPC once it is full.
+    let filler = full.join("filler");
+    let _ = std::fs::write(&filler, vec![0_u8; 128 << 10]);
+    let url = format!("sqlite:{}", full.join("adjustd.db").display());
+    let feed = sandbox.path("feed.xml");
+    std::fs::copy(data("refund-ok.xml"), &feed).expect("copy feed");
+    let out = sandbox.run_on(&url, &["process", feed.to_str().expect("utf-8 path")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the filesystem that holds it is full"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("a folder adjustd can write"), "{stderr}");
+    // The daemon waits for space, as for any store that is away, instead of exiting.
+    let log = sandbox.path("run.log");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_adjustd"))
+        .current_dir(sandbox.path(""))
+        .arg("--config")
+        .arg(sandbox.path("adjustd.toml"))
+        .arg("run")
+        .env("ADJUSTD_STORE_URL", &url)
+        .env_remove("RUST_LOG")
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("run adjustd");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let waits = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("store unavailable at start, retrying")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let still_running = daemon.try_wait().expect("wait").is_none();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(still_running, "{waits}");
+    assert!(
+        waits.contains("store unavailable at start, retrying"),
+        "{waits}"
+    );
+    assert!(waits.contains("is full"), "{waits}");
+}
