@@ -1111,7 +1111,8 @@ impl Worker {
     /// an in-place writer that still holds the file, ingest R3): gives the claim back to the
     /// inbox, where it waits like any upload in progress (settle time, content gate, and
     /// the truncation grace before it is reported as truncated). One that cannot be given
-    /// back stays in `work/`, let go, and is taken up again by `adopt_orphans`.
+    /// back stays in `work/`, let go, and is taken up again by `adopt_orphans`; one that was
+    /// removed from `work/` meanwhile is only logged (nothing was committed).
     fn give_back_unsettled(&mut self, feed: InHand, why: Unsettled, syncs: &mut Syncs) {
         let InHand { claim, .. } = feed;
         let file_name = claim.file_name.clone();
@@ -1133,6 +1134,20 @@ impl Worker {
                         .then(|| escaped(given_back.name.display_path()).to_string()),
                     "the feed is still being written: nothing was committed; given back to the inbox to wait for the rest of the upload"
                 );
+            }
+            // Gone: removed from work/ by someone while it was read (which is also why it
+            // looked changed). There is nothing left to give back or to report.
+            Err((claim, error))
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&work_path)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                tracing::error!(
+                    file = %escaped(&file_name),
+                    work_path = %escaped(work_path.display()),
+                    "the claimed file disappeared from work/ while it was read (removed by someone else): nothing of it was committed and no report will be written; to apply it, drop it in the inbox again"
+                );
+                drop(claim);
             }
             Err((claim, error)) => {
                 tracing::error!(

@@ -2077,3 +2077,44 @@ fn a_feed_that_cannot_be_moved_out_of_work_is_counted_once_and_moved_by_the_same
     );
     assert!(log.contains("feed moved out of work/ after"), "{log}");
 }
+
+#[test]
+fn a_claimed_file_removed_from_work_while_it_is_read_is_said_to_be_gone() {
+    // QA10-6: the file was removed from work/ while it was processed (nothing committed).
+    // The log said it was still being written and stayed in work/ for the next start.
+    const MESSAGES: u32 = 20_000;
+    let dir = setup(&Settings::default(), 200);
+    let refunds: Vec<Refund> = (0..MESSAGES)
+        .map(|n| refund(n % 200, &format!("gone-{n}"), 1))
+        .collect();
+    dir.drop_file("gone.xml", feed_xml(MERCHANT, &refunds).as_bytes());
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=gone.xml")
+    });
+    for path in dir.files_in("work") {
+        fs::remove_file(&path).expect("remove the claimed file");
+    }
+    wait_for("the attempt to end", LONG, || {
+        let log = daemon.log();
+        log.contains("disappeared from work/") || log.contains("cannot be given back")
+    });
+    daemon.stop();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("disappeared from work/"))
+        .unwrap_or_else(|| panic!("no line saying the file is gone:\n{log}"));
+    assert!(
+        line.contains("file=gone.xml")
+            && line.contains("nothing of it was committed")
+            && line.contains("no report will be written"),
+        "{line}"
+    );
+    assert!(!log.contains("still being written"), "{log}");
+    assert!(dir.reports_for("gone.xml").is_empty());
+    let total: i64 = (0..200)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    assert_eq!(total, 0, "nothing applied");
+}
