@@ -5,10 +5,11 @@
 //! back to the inbox for peers and marking the health check failed; later, between other
 //! feeds, when only one feed's report cannot be written; likewise, with a backoff of its own,
 //! parking and the move out of `work/` of a feed done with, which is counted and summed up
-//! once), gives a claim whose file is still being written back to the inbox to wait, the retries of parked feeds (feeds with an
-//! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
-//! never cancels a feed in hand, and the optional metrics/health listener. No business rules
-//! and no signal handling (the CLI turns signals into the cancellation token).
+//! once), gives a claim whose file is still being written back to the inbox to wait, the
+//! retries of parked feeds (feeds with an `ORDER_NOT_FOUND`, see [`crate::park`]) between
+//! inbox batches, graceful shutdown that never cancels a feed in hand, and the optional
+//! metrics/health listener. No business rules and no signal handling (the CLI turns signals
+//! into the cancellation token).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
