@@ -3,11 +3,13 @@
 //! repeat), retries with capped exponential backoff on transient errors (in place when the
 //! store is away, which holds up every feed alike, after giving the batch's other claims
 //! back to the inbox for peers and marking the health check failed; later, between other
-//! feeds, when only one feed's report cannot be written), gives a claim whose file is still
-//! being written back to the inbox to wait, the retries of parked feeds (feeds with an
-//! `ORDER_NOT_FOUND`, see [`crate::park`]) between inbox batches, graceful shutdown that
-//! never cancels a feed in hand, and the optional metrics/health listener. No business rules
-//! and no signal handling (the CLI turns signals into the cancellation token).
+//! feeds, when only one feed's report cannot be written; likewise, with a backoff of its own,
+//! parking and the move out of `work/` of a feed done with, which is counted and summed up
+//! once), gives a claim whose file is still being written back to the inbox to wait, the
+//! retries of parked feeds (feeds with an `ORDER_NOT_FOUND`, see [`crate::park`]) between
+//! inbox batches, graceful shutdown that never cancels a feed in hand, and the optional
+//! metrics/health listener. No business rules and no signal handling (the CLI turns signals
+//! into the cancellation token).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -356,6 +358,35 @@ struct Worker {
     /// claim, and so its lock, held) for its own next attempt while other feeds go on
     /// ([`Worker::retry_reports`]).
     awaiting_report: Vec<InHand>,
+    /// Feeds done with (committed and reported, or failed for good) that could not yet be
+    /// parked or moved out of `work/` (a full disk, a read-only folder), each still claimed
+    /// and locked in `work/`, waiting for its own next try ([`Worker::retry_unfinished`]).
+    /// Their summary line is logged and they are counted once, when they are done with;
+    /// a retry only parks and moves them.
+    unfinished: Vec<Unfinished>,
+}
+
+/// A feed done with whose last steps (parking, then the move to `archive/` or `failed/`)
+/// failed, kept in hand until they succeed.
+struct Unfinished {
+    claim: Claim,
+    destination: Destination,
+    /// The feed id for the archive name (`None` for a feed that could not be processed).
+    feed_id: Option<u64>,
+    /// The schedule to park it under, until parking succeeds: made when the feed was
+    /// processed, so its window counts from that processing, however long parking takes.
+    schedule: Option<Schedule>,
+    /// The `ORDER_NOT_FOUND`s its parking is for (for the log).
+    orders_not_found: Option<u64>,
+    backoff: Backoff,
+    /// When the next try is due.
+    due: Instant,
+}
+
+/// Which of a finished feed's last steps failed ([`Worker::park_and_move`]).
+enum LastStep {
+    Park(ParkError),
+    Move(std::io::Error),
 }
 
 /// A claimed feed from its claim to its move out of `work/`, across the attempts at it.
@@ -453,6 +484,7 @@ impl Worker {
             temps_swept_at: None,
             work_checked_at: Instant::now(),
             awaiting_report: Vec::new(),
+            unfinished: Vec::new(),
         }
     }
 
@@ -462,6 +494,12 @@ impl Worker {
             tracing::info!(
                 files = self.awaiting_report.len(),
                 "feeds waiting for their reports stay in work/; the next start writes them"
+            );
+        }
+        if !self.unfinished.is_empty() {
+            tracing::info!(
+                files = self.unfinished.len(),
+                "feeds that could not be parked or moved out of work/ yet stay there; the next start writes their reports again and finishes them"
             );
         }
         result
@@ -510,7 +548,8 @@ impl Worker {
             // One parked feed per round at most, so the inbox waits for one retry at most.
             let retried = self.retry_parked();
             let reported = self.retry_reports();
-            if processed > 0 || retried || reported {
+            let finished = self.retry_unfinished();
+            if processed > 0 || retried || reported || finished {
                 // After a batch the listing is stale: look again at once.
                 reason = ScanReason::Followup;
                 continue;
@@ -563,7 +602,7 @@ impl Worker {
         }
         tracing::warn!(
             files = orphans.len(),
-            "taking up feeds in work/ that no running instance holds (an instance sharing work/ stopped with them in hand)"
+            "taking up feeds in work/ that no running instance holds (an instance sharing work/ stopped with them in hand, or this one could not give them back to the inbox)"
         );
         self.recover(orphans)
     }
@@ -665,6 +704,11 @@ impl Worker {
             .map_or(deadline, |next| next.min(deadline));
         let deadline = self
             .awaiting_report
+            .iter()
+            .map(|feed| feed.due)
+            .fold(deadline, Instant::min);
+        let deadline = self
+            .unfinished
             .iter()
             .map(|feed| feed.due)
             .fold(deadline, Instant::min);
@@ -1068,7 +1112,8 @@ impl Worker {
     /// an in-place writer that still holds the file, ingest R3): gives the claim back to the
     /// inbox, where it waits like any upload in progress (settle time, content gate, and
     /// the truncation grace before it is reported as truncated). One that cannot be given
-    /// back stays in `work/` for the next start.
+    /// back stays in `work/`, let go, and is taken up again by `adopt_orphans`; one that was
+    /// removed from `work/` meanwhile is only logged (nothing was committed).
     fn give_back_unsettled(&mut self, feed: InHand, why: Unsettled, syncs: &mut Syncs) {
         let InHand { claim, .. } = feed;
         let file_name = claim.file_name.clone();
@@ -1091,13 +1136,27 @@ impl Worker {
                     "the feed is still being written: nothing was committed; given back to the inbox to wait for the rest of the upload"
                 );
             }
+            // Gone: removed from work/ by someone while it was read (which is also why it
+            // looked changed). There is nothing left to give back or to report.
+            Err((claim, error))
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && std::fs::symlink_metadata(&work_path)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                tracing::error!(
+                    file = %escaped(&file_name),
+                    work_path = %escaped(work_path.display()),
+                    "the claimed file disappeared from work/ while it was read (removed by someone else): nothing of it was committed and no report will be written; to apply it, drop it in the inbox again"
+                );
+                drop(claim);
+            }
             Err((claim, error)) => {
                 tracing::error!(
                     file = %escaped(&file_name),
                     why = %why,
                     work_path = %escaped(work_path.display()),
                     error = %error,
-                    "the feed is still being written and cannot be given back to the inbox; nothing was committed; it stays in work/ and is taken up at the next start"
+                    "the feed is still being written and cannot be given back to the inbox; nothing was committed; it stays in work/ and is taken up from there again within the rescan interval"
                 );
                 drop(claim);
             }
@@ -1180,7 +1239,8 @@ impl Worker {
         // engine words only a deferred `ORDER_NOT_FOUND` with this, and a feed with one is
         // exactly what `park` parks when parking is on (a feed-level rejection, the other
         // case `park` skips, rolls its messages back and reports none of them). If parking
-        // fails, the feed stays in work/ and the next start parks it. The schedule's window
+        // fails, the feed stays in hand in work/ and parking is retried with the schedule
+        // made now (`retry_unfinished`). The schedule's window
         // counts from `attempt_at`, so it ends at the very second the report names.
         self.context.rules.order_not_found_retry_until = self
             .parking
@@ -1226,17 +1286,21 @@ impl Worker {
         let file_name = claim.file_name.clone();
         // Parked before the feed leaves work/: a crash in between recovers it from there
         // (its report is re-emitted) and parks it then.
-        let parked = self.park(&claim, processed, attempt_at);
-        let moved = match &parked {
-            Ok(()) => claim.finish(
-                &self.config.inbox,
-                destination,
-                Some(outcome.feed_id),
-                syncs,
-            ),
-            Err(_) => Ok(PathBuf::new()),
+        let schedule = self.schedule_for(&claim, processed, attempt_at);
+        let orders_not_found = schedule.as_ref().and(processed.deferred);
+        let unfinished = Unfinished {
+            claim,
+            destination,
+            feed_id: Some(outcome.feed_id),
+            schedule,
+            orders_not_found,
+            backoff: Backoff::new(),
+            due: Instant::now(),
         };
+        let moved = self.park_and_move(unfinished, syncs);
         let duration = started.elapsed();
+        // Counted and summed up once, here, whether or not its last steps succeeded: a
+        // retry of those only parks and moves it.
         let result = FeedResult::of(outcome, processed.recovered);
         self.metrics.feed_finished(result, Some(outcome), duration);
         let merchant = outcome.merchant.as_ref().map_or("", |m| m.as_str());
@@ -1278,29 +1342,149 @@ impl Worker {
             FeedStatus::Complete => summary!(info, "feed processed"),
             FeedStatus::Rejected => summary!(warn, "feed rejected"),
         }
-        if let Err(error) = moved {
-            tracing::error!(file = %escaped(&file_name), error = %error, "cannot move the processed feed out of work/; the next start finishes it");
-        }
-        if let Err(error) = parked {
-            tracing::error!(file = %escaped(&file_name), feed_id = outcome.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot park the feed for its ORDER_NOT_FOUND retries; it stays in work/ and the next start parks it");
+        if let Err((feed, step)) = moved {
+            self.unfinished_failed(feed, step);
         }
     }
 
-    /// Parks a processed feed that has a deferred `ORDER_NOT_FOUND` (when parking is on):
-    /// a copy of its bytes and its retry schedule go to the parked folder. Its window counts
-    /// from `attempt_at`, when the attempt that processed it began (see `process_once`).
-    fn park(
+    /// After a failed last step (parking or the move) of a feed done with: logs it, naming
+    /// the folder and the error, and keeps the feed in hand (claimed and locked in `work/`)
+    /// for another try after its backoff ([`Worker::retry_unfinished`]). Nothing is applied
+    /// or reported again, and the feed is not counted again.
+    fn unfinished_failed(&mut self, feed: Unfinished, step: LastStep) {
+        let mut feed = feed;
+        let wait = feed.backoff.failed(self.config.max_backoff);
+        feed.due = Instant::now() + wait;
+        let file = escaped(&feed.claim.file_name);
+        let work_path = escaped(feed.claim.path.display());
+        let attempt = feed.backoff.failures;
+        let retry_in_secs = wait.as_secs_f64();
+        match step {
+            LastStep::Park(error) => {
+                let folder = escaped(self.config.parked.display());
+                let error = escaped(format!("{:#}", anyhow::Error::new(error)));
+                // The first failure and every tenth are errors; the others in between, at
+                // most one per backoff, are warnings.
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::error!(file = %file, feed_id = feed.feed_id, folder = %folder, work_path = %work_path, attempt, retry_in_secs, error = %error, "cannot park the feed for its ORDER_NOT_FOUND retries (the error names the file): its report is written and its retry window counts from its processing; it stays in work/, in hand, and parking is retried by this run with backoff: make the parked folder writable or free space");
+                } else {
+                    tracing::warn!(file = %file, feed_id = feed.feed_id, folder = %folder, attempt, retry_in_secs, error = %error, "still cannot park the feed; retried with backoff");
+                }
+            }
+            LastStep::Move(error) => {
+                let folder = match feed.destination {
+                    Destination::Archive => &self.config.inbox.archive,
+                    Destination::Failed => &self.config.inbox.failed,
+                };
+                let folder = escaped(folder.display());
+                let error = escaped(error.to_string());
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::error!(file = %file, feed_id = feed.feed_id, folder = %folder, work_path = %work_path, attempt, retry_in_secs, error = %error, "cannot move the feed out of work/: nothing is applied or reported again; it stays in work/, in hand, and the move is retried by this run with backoff: free space or make the folder writable");
+                } else {
+                    tracing::warn!(file = %file, feed_id = feed.feed_id, folder = %folder, attempt, retry_in_secs, error = %error, "still cannot move the feed out of work/; retried with backoff");
+                }
+            }
+        }
+        self.unfinished.push(feed);
+    }
+
+    /// Tries again the last steps of every feed in `unfinished` that is due; true when one
+    /// was tried, so the caller looks at the inbox again before it waits.
+    fn retry_unfinished(&mut self) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let now = Instant::now();
+        let (due, waiting): (Vec<Unfinished>, Vec<Unfinished>) =
+            std::mem::take(&mut self.unfinished)
+                .into_iter()
+                .partition(|feed| feed.due <= now);
+        self.unfinished = waiting;
+        if due.is_empty() {
+            return false;
+        }
+        let mut syncs = Syncs::new();
+        for feed in due {
+            let retries = feed.backoff.failures;
+            let file_name = feed.claim.file_name.clone();
+            let feed_id = feed.feed_id;
+            match self.park_and_move(feed, &mut syncs) {
+                Ok(path) => tracing::info!(
+                    file = %escaped(&file_name),
+                    feed_id,
+                    retries,
+                    moved_to = %escaped(path.display()),
+                    "feed moved out of work/ after its earlier attempts failed"
+                ),
+                Err((feed, step)) => self.unfinished_failed(feed, step),
+            }
+        }
+        self.sync(&mut syncs);
+        true
+    }
+
+    /// The last steps of a feed done with: parks it while it has a schedule that is not
+    /// written yet (which is then dropped from it), then moves it to its destination. On
+    /// success the claim is gone (with its lock) and the path the file now has is returned;
+    /// on failure the feed is handed back, its claim still in hand.
+    fn park_and_move(
         &mut self,
+        feed: Unfinished,
+        syncs: &mut Syncs,
+    ) -> Result<PathBuf, (Unfinished, LastStep)> {
+        let mut feed = feed;
+        if let Some(schedule) = feed.schedule.take() {
+            match self.park(&feed.claim, &schedule, feed.orders_not_found) {
+                Ok(()) => {}
+                // Trying again would not help: the bytes processed are no longer there.
+                Err(error @ ParkError::Changed { .. }) => {
+                    tracing::error!(file = %escaped(&feed.claim.file_name), feed_id = feed.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "the file in work/ was written to after it was processed, so it cannot be parked: its ORDER_NOT_FOUND messages are not retried and must be sent again; the file is moved out of work/ as it is now");
+                }
+                Err(error) => {
+                    feed.schedule = Some(schedule);
+                    return Err((feed, LastStep::Park(error)));
+                }
+            }
+        }
+        let Unfinished {
+            claim,
+            destination,
+            feed_id,
+            schedule,
+            orders_not_found,
+            backoff,
+            due,
+        } = feed;
+        claim
+            .finish(&self.config.inbox, destination, feed_id, syncs)
+            .map_err(|(claim, error)| {
+                let feed = Unfinished {
+                    claim,
+                    destination,
+                    feed_id,
+                    schedule,
+                    orders_not_found,
+                    backoff,
+                    due,
+                };
+                (feed, LastStep::Move(error))
+            })
+    }
+
+    /// The schedule a processed feed that has a deferred `ORDER_NOT_FOUND` is parked under
+    /// (when parking is on); `None` when it is not to be parked. Its window counts from
+    /// `attempt_at`, when the attempt that processed it began (see `process_once`), and stays
+    /// so however long parking takes ([`Worker::retry_unfinished`]).
+    fn schedule_for(
+        &self,
         claim: &Claim,
         processed: &Processed,
         attempt_at: DateTime<Utc>,
-    ) -> Result<(), ParkError> {
-        let Some(parking) = self.parking.as_mut() else {
-            return Ok(());
-        };
+    ) -> Option<Schedule> {
+        let parking = self.parking.as_ref()?;
         let outcome = &processed.outcome;
         if !still_deferred(processed) || outcome.status != FeedStatus::Complete {
-            return Ok(());
+            return None;
         }
         let now = chrono::Utc::now();
         // The end of the window is then the time its report names: a recovered feed's
@@ -1324,20 +1508,38 @@ impl Worker {
             next_attempt_at: parking.retry.next_attempt(window_ends_at, 0, now),
             next_claim_token: self.tokens.next(),
         };
-        let parking_result = parking.parked.park(&claim.path, schedule)?;
+        Some(schedule)
+    }
+
+    /// Parks a processed feed under `schedule` ([`Worker::schedule_for`]): a copy of its
+    /// bytes and the schedule go to the parked folder. A first retry that fell due while
+    /// parking failed is due now.
+    fn park(
+        &mut self,
+        claim: &Claim,
+        schedule: &Schedule,
+        orders_not_found: Option<u64>,
+    ) -> Result<(), ParkError> {
+        let Some(parking) = self.parking.as_mut() else {
+            return Ok(());
+        };
+        let window_ends_at = schedule
+            .window_ends_at
+            .unwrap_or_else(|| parking.retry.ends(schedule.first_processed_at));
+        let parking_result = parking.parked.park(&claim.path, schedule.clone())?;
         self.metrics.parked_feeds(parking.parked.len());
         match parking_result {
             Parking::Parked(schedule) => tracing::info!(
                 file = %escaped(&claim.file_name),
-                feed_id = outcome.feed_id,
-                orders_not_found = processed.deferred,
+                feed_id = schedule.feed_id,
+                orders_not_found,
                 next_attempt_at = %schedule.next_attempt_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 window_ends_at = %window_ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "feed parked for ORDER_NOT_FOUND retries"
             ),
             Parking::AlreadyParked(schedule) => tracing::info!(
                 file = %escaped(&claim.file_name),
-                feed_id = outcome.feed_id,
+                feed_id = schedule.feed_id,
                 attempts = schedule.attempts,
                 window_ends_at = %schedule.window_end(&parking.retry).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 "feed was parked already; its schedule is kept"
@@ -1666,11 +1868,20 @@ impl Worker {
         }
     }
 
-    fn finish_failed(&self, feed: InHand, error: &anyhow::Error, syncs: &mut Syncs) {
+    fn finish_failed(&mut self, feed: InHand, error: &anyhow::Error, syncs: &mut Syncs) {
         let InHand { claim, started, .. } = feed;
         let file_name = claim.file_name.clone();
         let work_path = claim.path.clone();
-        let moved = claim.finish(&self.config.inbox, Destination::Failed, None, syncs);
+        let unfinished = Unfinished {
+            claim,
+            destination: Destination::Failed,
+            feed_id: None,
+            schedule: None,
+            orders_not_found: None,
+            backoff: Backoff::new(),
+            due: Instant::now(),
+        };
+        let moved = self.park_and_move(unfinished, syncs);
         self.metrics
             .feed_finished(FeedResult::Error, None, started.elapsed());
         match moved {
@@ -1680,13 +1891,15 @@ impl Worker {
                 error = %escaped(format!("{error:#}")),
                 "feed could not be processed, moved to failed/ without a report"
             ),
-            Err(move_error) => tracing::error!(
-                file = %escaped(&file_name),
-                work_path = %escaped(work_path.display()),
-                error = %escaped(format!("{error:#}")),
-                move_error = %move_error,
-                "feed could not be processed and could not be moved to failed/; it stays in work/"
-            ),
+            Err((feed, step)) => {
+                tracing::error!(
+                    file = %escaped(&file_name),
+                    work_path = %escaped(work_path.display()),
+                    error = %escaped(format!("{error:#}")),
+                    "feed could not be processed, no report; it goes to failed/ once it can be moved there"
+                );
+                self.unfinished_failed(feed, step);
+            }
         }
     }
 

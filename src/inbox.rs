@@ -1100,10 +1100,25 @@ impl Claim {
     /// the file back to `work/`, where recovery re-emits the same report and moves it again.
     ///
     /// # Errors
-    /// Creating the folder or renaming failed; the file then stays in `work/` and is
-    /// finished by the next start's recovery.
+    /// Creating the folder or renaming failed (a full disk, a read-only folder): the claim is
+    /// handed back with the error, which names the folder or target, still in `work/` and
+    /// still locked, so the caller can try the move again without anyone else taking the
+    /// feed up meanwhile.
     pub fn finish(
         self,
+        config: &InboxConfig,
+        destination: Destination,
+        feed_id: Option<u64>,
+        syncs: &mut Syncs,
+    ) -> Result<PathBuf, (Claim, io::Error)> {
+        match self.move_out(config, destination, feed_id, syncs) {
+            Ok(path) => Ok(path),
+            Err(error) => Err((self, error)),
+        }
+    }
+
+    fn move_out(
+        &self,
         config: &InboxConfig,
         destination: Destination,
         feed_id: Option<u64>,
@@ -1117,7 +1132,12 @@ impl Claim {
         if let Some(merchant) = &self.merchant {
             folder.push(merchant.as_str());
         }
-        fs::create_dir_all(&folder)?;
+        fs::create_dir_all(&folder).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot create {}: {error}", folder.display()),
+            )
+        })?;
         let (prefix, separator) = match feed_id {
             Some(feed_id) => (feed_id.to_string(), "-"),
             None => (self.token.clone(), TOKEN_SEPARATOR),
@@ -1138,7 +1158,12 @@ impl Claim {
             }
             counter += 1;
         };
-        fs::rename(&self.path, &target)?;
+        fs::rename(&self.path, &target).map_err(|error| {
+            io::Error::new(
+                error.kind(),
+                format!("cannot rename it to {}: {error}", target.display()),
+            )
+        })?;
         syncs.add(&folder);
         if let Some(parent) = self.path.parent() {
             syncs.add(parent);

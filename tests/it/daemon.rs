@@ -2012,3 +2012,109 @@ fn waiting_gauges_count_files_that_arrive_while_a_feed_is_in_hand_and_not_the_fe
     );
     daemon.stop();
 }
+
+#[test]
+fn a_feed_that_cannot_be_moved_out_of_work_is_counted_once_and_moved_by_the_same_run() {
+    // QA10-2: the report was written, then the move to archive/ failed (a full disk, a
+    // read-only folder; here a regular file takes the place of archive/, which stops root
+    // too). The daemon let go of the claim, took the feed up again at the next rescan as if
+    // an instance sharing work/ had died with it, wrote its report again and counted and
+    // summed it up a second time. Now the feed stays in hand and only the move is retried.
+    let (dir, port) = setup_with_metrics(1);
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    let archive = dir.path("archive");
+    let saved = dir.path(".archive-saved");
+    fs::rename(&archive, &saved).expect("set archive/ aside");
+    fs::write(&archive, b"not a folder").expect("block archive/");
+    dir.drop_file(
+        "M_TEST/stuck.xml",
+        feed_xml(MERCHANT, &[refund(0, "stuck-1", 150)]).as_bytes(),
+    );
+    let report = report_of(&dir, "stuck.xml");
+    assert_eq!(report["status"], "Complete", "{report}");
+    wait_for("a failed move", LONG, || {
+        daemon.log().contains("cannot move the")
+    });
+    // Longer than the rescan interval (5 s), after which the feed used to be taken up again.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
+    assert_eq!(
+        report_of(&dir, "stuck.xml"),
+        report,
+        "the report is not rewritten"
+    );
+    fs::remove_file(&archive).expect("unblock archive/");
+    fs::rename(&saved, &archive).expect("put archive/ back");
+    wait_until_idle(&dir);
+    assert_eq!(dir.files_in("archive").len(), 1);
+    expect_metrics(
+        port,
+        &[
+            "adjustd_feeds_total{outcome=\"complete\"} 1",
+            "adjustd_feeds_total{outcome=\"recovered\"} 0",
+        ],
+    );
+    daemon.stop();
+    assert_eq!(
+        refunded_principal_cents(&dir.order(&order_id(0))),
+        150,
+        "applied once"
+    );
+    let log = daemon.log();
+    summary_line(&log, "stuck.xml");
+    assert!(!log.contains("taking up feeds in work/"), "{log}");
+    assert!(!log.contains("the next start finishes it"), "{log}");
+    let error = log
+        .lines()
+        .find(|line| line.contains("cannot move the feed out of work/"))
+        .expect("the move error");
+    assert!(
+        error.contains("retried by this run") && error.contains("folder="),
+        "{error}"
+    );
+    assert!(log.contains("feed moved out of work/ after"), "{log}");
+}
+
+#[test]
+fn a_claimed_file_removed_from_work_while_it_is_read_is_said_to_be_gone() {
+    // QA10-6: the file was removed from work/ while it was processed (nothing committed).
+    // The log said it was still being written and stayed in work/ for the next start.
+    const MESSAGES: u32 = 20_000;
+    let dir = setup(&Settings::default(), 200);
+    let refunds: Vec<Refund> = (0..MESSAGES)
+        .map(|n| refund(n % 200, &format!("gone-{n}"), 1))
+        .collect();
+    dir.drop_file("gone.xml", feed_xml(MERCHANT, &refunds).as_bytes());
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the feed to be in hand", LONG, || {
+        daemon.log().contains("processing feed file=gone.xml")
+    });
+    for path in dir.files_in("work") {
+        fs::remove_file(&path).expect("remove the claimed file");
+    }
+    wait_for("the attempt to end", LONG, || {
+        let log = daemon.log();
+        log.contains("disappeared from work/") || log.contains("cannot be given back")
+    });
+    daemon.stop();
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("disappeared from work/"))
+        .unwrap_or_else(|| panic!("no line saying the file is gone:\n{log}"));
+    assert!(
+        line.contains("file=gone.xml")
+            && line.contains("nothing of it was committed")
+            && line.contains("no report will be written"),
+        "{line}"
+    );
+    assert!(!log.contains("still being written"), "{log}");
+    assert!(dir.reports_for("gone.xml").is_empty());
+    let total: i64 = (0..200)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    assert_eq!(total, 0, "nothing applied");
+}

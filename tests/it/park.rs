@@ -1111,3 +1111,84 @@ fn a_retry_that_would_change_nothing_is_rolled_back_without_a_record_or_a_report
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(0))), 100);
     assert_eq!(refunded_principal_cents(&dir.order(&order_id(1))), 250);
 }
+
+#[test]
+fn a_feed_that_cannot_be_parked_yet_is_reported_and_counted_once_and_keeps_its_window() {
+    // QA10-3: parked/ could not be written (read-only, full; here a regular file takes its
+    // place, which stops root too). The daemon let go of the feed, took it up again at every
+    // rescan, rewrote its report with a new end of the retry window, counted it as
+    // "recovered" each time, and once parking worked the window counted from then instead
+    // of from the feed's processing. Now parking alone is retried, with the schedule made at
+    // the processing.
+    let port = free_port();
+    let dir = TestDir::with(&Settings {
+        http_listen: Some(format!("127.0.0.1:{port}")),
+        ..settings(&Backend::Sqlite, 120)
+    });
+    dir.import_orders(MERCHANT, &orders_of(&[0]));
+    let mut daemon = dir.spawn_daemon();
+    wait_for("the daemon to start", LONG, || {
+        daemon.log().contains("starting")
+    });
+    let parked = dir.path("parked");
+    let saved = dir.path(".parked-saved");
+    fs::rename(&parked, &saved).expect("set parked/ aside");
+    fs::write(&parked, b"not a folder").expect("block parked/");
+    dir.drop_file(
+        "M_TEST/unparked.xml",
+        feed_xml(MERCHANT, &[refund(1, "not-yet", 250)]).as_bytes(),
+    );
+    wait_for("a report", LONG, || {
+        !reports(&dir, "unparked.xml").is_empty()
+    });
+    let report = reports(&dir, "unparked.xml").remove(0).1;
+    assert_says_it_is_retried(&report);
+    wait_for("a failed parking", LONG, || {
+        daemon.log().contains("cannot park the feed")
+    });
+    // Longer than the rescan interval (5 s), after which the feed used to be taken up again.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(dir.files_in("work").len(), 1, "the feed waits in work/");
+    let now = reports(&dir, "unparked.xml");
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].1, report, "the report is not rewritten");
+    fs::remove_file(&parked).expect("unblock parked/");
+    fs::rename(&saved, &parked).expect("put parked/ back");
+    wait_for("the feed to be parked", LONG, || {
+        schedules(&dir).len() == 1 && dir.files_in("work").is_empty()
+    });
+    let first = first_processed_at(&dir);
+    let processed = processed_at(&report);
+    assert!(
+        (first - processed).num_seconds().abs() <= 1,
+        "the window counts from the processing ({processed}), not from the parking ({first})"
+    );
+    let metrics = http_get(port, "/metrics");
+    for line in [
+        "adjustd_feeds_total{outcome=\"complete\"} 1",
+        "adjustd_feeds_total{outcome=\"recovered\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    daemon.stop();
+    let log = daemon.log();
+    assert!(!log.contains("taking up feeds in work/"), "{log}");
+    assert!(!log.contains("the next start parks it"), "{log}");
+    let summaries = log
+        .lines()
+        .filter(|line| line.contains("feed processed") && line.contains("file=unparked.xml"))
+        .count();
+    assert_eq!(summaries, 1, "{log}");
+    let error = log
+        .lines()
+        .find(|line| line.contains("cannot park the feed"))
+        .expect("the parking error");
+    assert!(
+        error.contains("folder=") && error.contains("parked") && error.contains("error="),
+        "{error}"
+    );
+    assert!(
+        log.contains("feed parked for ORDER_NOT_FOUND retries"),
+        "{log}"
+    );
+}
