@@ -1127,8 +1127,9 @@ fn a_feed_that_cannot_be_parked_yet_is_reported_and_counted_once_and_keeps_its_w
     });
     dir.import_orders(MERCHANT, &orders_of(&[0]));
     let mut daemon = dir.spawn_daemon();
-    wait_for("the daemon to start", LONG, || {
-        daemon.log().contains("starting")
+    // Once it watches the inbox: its folders are checked (and made) by then.
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
     });
     let parked = dir.path("parked");
     let saved = dir.path(".parked-saved");
