@@ -2022,8 +2022,9 @@ fn a_feed_that_cannot_be_moved_out_of_work_is_counted_once_and_moved_by_the_same
     // summed it up a second time. Now the feed stays in hand and only the move is retried.
     let (dir, port) = setup_with_metrics(1);
     let mut daemon = dir.spawn_daemon();
-    wait_for("the daemon to start", LONG, || {
-        daemon.log().contains("starting")
+    // Once it watches the inbox: its folders are checked (and made) by then.
+    wait_for("the daemon to watch the inbox", LONG, || {
+        daemon.log().contains("watch mode")
     });
     let archive = dir.path("archive");
     let saved = dir.path(".archive-saved");
