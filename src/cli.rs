@@ -396,6 +396,10 @@ fn context(config: &Config, store: AnyStore) -> Context {
 }
 
 fn run_daemon(config: Config) -> Result<u8, Failure> {
+    // Before any thread starts: the soft limit of open files up to the hard one, so that a
+    // burst of claims, reports waiting for the outbox and the listener's connections do not
+    // run the daemon out of descriptors at the shell default of 1024.
+    let open_files = crate::resources::raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -410,6 +414,11 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
             .map_err(fail(exit::CONFIG))?;
         let signals = tokio::spawn(signals);
         let inbox = &config.daemon.inbox;
+        let limit = match &open_files {
+            Ok(limit) | Err((limit, _)) => *limit,
+        };
+        // Only a finite soft limit is ever raised; an unlimited one is left out of the line.
+        let raised_from = limit.raised_from.flatten();
         tracing::info!(
             config = %config
                 .file
@@ -420,8 +429,18 @@ fn run_daemon(config: Config) -> Result<u8, Failure> {
             store = %config.redacted_store_url(),
             settle_ms = inbox.settle.as_millis() as u64,
             watch = inbox.watch.as_str(),
+            open_files_limit = limit.soft,
+            open_files_limit_raised_from = raised_from,
             "starting"
         );
+        if let Err((_, error)) = &open_files {
+            tracing::warn!(
+                open_files_limit = limit.soft,
+                hard_limit = limit.hard,
+                error = %error,
+                "cannot raise the limit of open files to the hard limit; it stays as it is"
+            );
+        }
         crate::daemon::check_folders(&config.daemon)
             .map_err(anyhow::Error::from)
             .map_err(fail(exit::CONFIG))?;

@@ -110,6 +110,10 @@ pub struct ShutdownTimedOut {
 /// (a listing follows), so it is small.
 const WAKE_QUEUE: usize = 256;
 
+/// Claims given back when the process runs out of descriptors while claiming a batch (each
+/// claim holds one): what reading, reporting and moving the feeds kept needs, with room.
+const SHORTAGE_RESERVE: usize = 8;
+
 /// Most claims made before processing starts; they share one fsync per folder.
 const CLAIM_BATCH: usize = 64;
 
@@ -364,6 +368,9 @@ struct Worker {
     /// Their summary line is logged and they are counted once, when they are done with;
     /// a retry only parks and moves them.
     unfinished: Vec<Unfinished>,
+    /// True once the content gate logged that it cannot open inbox files for want of
+    /// descriptors or memory; false again once it opens one. One warning per shortage.
+    gate_short: bool,
 }
 
 /// A feed done with whose last steps (parking, then the move to `archive/` or `failed/`)
@@ -485,6 +492,7 @@ impl Worker {
             work_checked_at: Instant::now(),
             awaiting_report: Vec::new(),
             unfinished: Vec::new(),
+            gate_short: false,
         }
     }
 
@@ -821,11 +829,28 @@ impl Worker {
             let mut batch = Vec::new();
             for ready_file in ready.by_ref() {
                 if let Some(claim) = self.gate_and_claim(&ready_file, &mut syncs) {
+                    let short = claim
+                        .unreadable()
+                        .is_some_and(|error| crate::resources::shortage(error).is_some());
                     batch.push(claim);
+                    if short {
+                        self.gate_short = true;
+                    }
                     if batch.len() == CLAIM_BATCH {
                         break;
                     }
                 }
+                if self.gate_short {
+                    break;
+                }
+            }
+            if self.gate_short && !batch.is_empty() {
+                // Out of descriptors while claiming: each claim holds one. The newest go
+                // back to the inbox, so that the feeds kept can be read and reported.
+                let keep = batch.len().saturating_sub(SHORTAGE_RESERVE).max(1);
+                let given_back = batch.split_off(keep);
+                let kept = self.release(given_back, &mut syncs);
+                batch.extend(kept);
             }
             self.sync(&mut syncs);
             self.queued.extend(batch);
@@ -846,14 +871,15 @@ impl Worker {
         processed
     }
 
-    /// When the feed in hand failed because the store is away or busy (or, `conflicts`,
-    /// because each attempt conflicted with another instance): gives the claims
+    /// When the feed in hand failed because the store is away or busy (or because each
+    /// attempt conflicted with another instance, or the process ran short of open files or
+    /// memory: `why`): gives the claims
     /// of its batch not started yet back to the inbox at once, so that other instances
     /// sharing the inbox take them (or this one, once the store answers) instead of having
     /// them wait in `work/` behind the retries. A claim whose name is taken again in the
     /// inbox goes back under a fallback name ([`Claim::release`]); one that cannot be given
     /// back (the rename failed) stays queued, in hand.
-    fn give_back_queued(&mut self, conflicts: bool) {
+    fn give_back_queued(&mut self, why: HeldUp) {
         if self.queued.is_empty() {
             return;
         }
@@ -864,18 +890,22 @@ impl Worker {
         self.sync(&mut syncs);
         let given_back = claims - self.queued.len();
         let kept = self.queued.len();
-        if conflicts {
-            tracing::info!(
+        match why {
+            HeldUp::Conflicts => tracing::info!(
                 given_back,
                 kept,
                 "feed in hand conflicts with another instance: claimed feeds not started yet given back to the inbox"
-            );
-        } else {
-            tracing::info!(
+            ),
+            HeldUp::Store => tracing::info!(
                 given_back,
                 kept,
                 "store unavailable: claimed feeds not started yet given back to the inbox"
-            );
+            ),
+            HeldUp::Shortage => tracing::info!(
+                given_back,
+                kept,
+                "out of open files or memory: claimed feeds not started yet given back to the inbox (which frees their descriptors)"
+            ),
         }
     }
 
@@ -953,6 +983,27 @@ impl Worker {
             inbox::check_content(&path, &self.context.limits)
         };
         let mut waited_out_grace = false;
+        // Not the file's fault: it waits in the inbox, with no grace counted and no
+        // FEED_UNREADABLE to come, until the process can open files again.
+        if let Err(error) = &content
+            && let Some(shortage) = crate::resources::shortage(error)
+        {
+            let file = escaped(ready.name.display_path());
+            if !self.gate_short {
+                self.gate_short = true;
+                tracing::warn!(file = %file, error = %error, "cannot open inbox files: {}; they wait in the inbox and are not rejected for it", shortage.describe());
+            } else {
+                tracing::debug!(file = %file, error = %error, "cannot open the feed for want of resources, waiting");
+            }
+            self.metrics.resources_short(&format!(
+                "cannot open inbox files: {}: {error}",
+                shortage.describe()
+            ));
+            return None;
+        }
+        if content.is_ok() {
+            self.gate_short = false;
+        }
         let held_back = match content {
             Ok(Content::Complete | Content::Broken) => None,
             Ok(Content::Incomplete) => Some(HeldBack::Incomplete),
@@ -1072,14 +1123,15 @@ impl Worker {
     fn attempt(&mut self, mut feed: InHand, syncs: &mut Syncs) {
         let _held = self.feed_in_hand.hold();
         let first = feed.report_backoff.failures == 0;
-        let result = self.with_transient_retries(&feed.claim.file_name, |worker| {
+        let file_name = feed.claim.file_name.clone();
+        let result = self.with_transient_retries(&file_name, |worker| {
             // A first attempt repeated after a store error is a new attempt, whose report
             // names a window counted from its own start; a report retry writes the report
             // of the attempt that committed, whose time is kept.
             if first {
                 feed.attempt_at = Utc::now().trunc_subsecs(0);
             }
-            worker.process_once(&feed.claim, feed.attempt_at)
+            worker.process_once(&mut feed.claim, feed.attempt_at)
         });
         // Set per feed only, like `pin_order_not_found` for a retry.
         self.context.rules.order_not_found_retry_until = None;
@@ -1178,17 +1230,18 @@ impl Worker {
         loop {
             match attempt(self) {
                 Err(failure) if failure.retry() == Retry::InPlace => {
-                    let conflicts = failure.is_conflicts();
+                    let why = failure.held_up_by();
                     let error = failure.into_error();
-                    if conflicts {
+                    match why {
                         // The store answered: another instance wrote the same orders each
                         // time. Not an outage, and an earlier one is over; a long lock wait
                         // among the attempts stays on /healthz (`show_long_lock_waits`).
-                        self.metrics.store_answered();
-                    } else {
-                        self.metrics.store_unavailable(&format!("{error:#}"));
+                        HeldUp::Conflicts => self.metrics.store_answered(),
+                        HeldUp::Store => self.metrics.store_unavailable(&format!("{error:#}")),
+                        // The claims given back free their descriptors too.
+                        HeldUp::Shortage => self.metrics.resources_short(&format!("{error:#}")),
                     }
-                    self.give_back_queued(conflicts);
+                    self.give_back_queued(why);
                     let wait = backoff.failed(self.config.max_backoff);
                     self.log_transient(file_name, backoff.failures, wait, &error);
                     if !self.sleep_unless_shutdown(wait) {
@@ -1197,6 +1250,7 @@ impl Worker {
                 }
                 other => {
                     self.metrics.store_available();
+                    self.metrics.resources_available();
                     return Some(other);
                 }
             }
@@ -1231,9 +1285,11 @@ impl Worker {
     /// when the window of its `ORDER_NOT_FOUND` retries begins if it is parked.
     fn process_once(
         &mut self,
-        claim: &Claim,
+        claim: &mut Claim,
         attempt_at: DateTime<Utc>,
     ) -> Result<Processed, Failure> {
+        // A claim that could not be opened for want of descriptors or memory tries again.
+        claim.reopen();
         // The report of a feed that will be parked says until when it is retried. Whether it
         // is parked is decided after the commit (`park`), but from what is known now: the
         // engine words only a deferred `ORDER_NOT_FOUND` with this, and a feed with one is
@@ -1959,9 +2015,13 @@ impl Failure {
         }
     }
 
-    /// Every attempt conflicted with another instance ([`ProcessError::Conflicts`]).
-    fn is_conflicts(&self) -> bool {
-        matches!(self, Failure::Process(ProcessError::Conflicts { .. }))
+    /// What holds up a failure retried in place ([`Retry::InPlace`]).
+    fn held_up_by(&self) -> HeldUp {
+        match self {
+            Failure::Process(ProcessError::Conflicts { .. }) => HeldUp::Conflicts,
+            Failure::Process(ProcessError::Shortage { .. }) => HeldUp::Shortage,
+            _ => HeldUp::Store,
+        }
     }
 
     fn into_error(self) -> anyhow::Error {
@@ -1970,6 +2030,18 @@ impl Failure {
             Failure::Panic(message) => anyhow::anyhow!("processing panicked: {message}"),
         }
     }
+}
+
+/// What holds up a feed retried in place ([`Failure::held_up_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldUp {
+    /// The store is away or busy, or refuses work for a reason that is not the feed's.
+    Store,
+    /// Every attempt conflicted with another instance ([`ProcessError::Conflicts`]).
+    Conflicts,
+    /// The process or the system ran short of open files or memory
+    /// ([`ProcessError::Shortage`]).
+    Shortage,
 }
 
 /// Why the content gate holds an inbox file back.
@@ -2076,5 +2148,19 @@ mod tests {
             Retry::Never
         );
         assert_eq!(Failure::Panic(detail()).retry(), Retry::Never);
+    }
+
+    #[test]
+    fn a_feed_the_process_cannot_open_for_want_of_descriptors_is_retried_in_place() {
+        let short = Failure::Process(ProcessError::Shortage {
+            path: "work/x.xml".into(),
+            shortage: crate::resources::Shortage::ProcessOpenFiles,
+            source: std::io::Error::from_raw_os_error(24),
+        });
+        assert_eq!(short.retry(), Retry::InPlace);
+        assert_eq!(short.held_up_by(), HeldUp::Shortage);
+        let text = format!("{:#}", short.into_error());
+        assert!(text.contains("too many open files"), "{text}");
+        assert!(text.contains("not a fault of the feed"), "{text}");
     }
 }

@@ -1082,11 +1082,33 @@ pub enum Destination {
 impl Claim {
     /// Why the claimed file cannot be opened, when it cannot (no read permission, an I/O
     /// error): it is then not locked, and the daemon reports it as unreadable
-    /// ([`crate::pipeline::process_claimed`]) instead of processing it.
+    /// ([`crate::pipeline::process_claimed`]) instead of processing it; unless the process
+    /// or the system ran short ([`crate::resources::shortage`]: too many open files), which
+    /// is no fault of the file: the daemon tries it again ([`Claim::reopen`]).
     pub fn unreadable(&self) -> Option<&io::Error> {
         match &self.hold {
             Hold::Locked { .. } => None,
             Hold::Unreadable(error) => Some(error),
+        }
+    }
+
+    /// A claim whose file could not be opened because the process or the system ran short
+    /// ([`crate::resources::shortage`]: too many open files, no memory), not for a fault of
+    /// the file, tries again to open and lock it: on success it is an ordinary claim; else
+    /// [`Claim::unreadable`] gives the new error. A claim locked, or unreadable for a fault
+    /// of its file, is left as it is.
+    pub fn reopen(&mut self) {
+        let Hold::Unreadable(error) = &self.hold else {
+            return;
+        };
+        if crate::resources::shortage(error).is_none() {
+            return;
+        }
+        match hold(&self.path) {
+            Ok(Some(hold)) => self.hold = hold,
+            // Gone, or locked by another process: processing finds out and says so.
+            Ok(None) => {}
+            Err(error) => self.hold = Hold::Unreadable(error),
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`report`]: ProcessingReport XML and JSON, atomic writes.
 //! - [`pipeline`]: one feed end to end (read, validate, plan, commit, report).
 //! - [`inbox`]: the watched folder: readiness, claims, archive/failed moves, recovery.
+//! - [`resources`]: errors of the process or system, not of a file; the open-file limit.
 //! - [`park`]: parked feeds: ORDER_NOT_FOUND retried with back-off, then pinned.
 //! - [`daemon`]: the event loop, retries, shutdown.
 //! - [`metrics`]: Prometheus metrics and the health endpoint.
@@ -32,6 +33,7 @@ pub mod park;
 pub mod pipeline;
 pub mod problem;
 pub mod report;
+pub mod resources;
 pub mod store;
 pub mod telemetry;
 pub mod validate;

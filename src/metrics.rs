@@ -3,8 +3,8 @@
 //! text format, the files waiting in the inbox (published by the worker after each listing
 //! and claim, and completed at the scrape by a listing of the inbox while the worker is busy
 //! with a feed, [`Metrics::set_inbox_lister`]), the store's health, and the optional HTTP
-//! listener that serves them with `/healthz` (503 while a store outage or a long lock wait
-//! lasts). One method per kind of event. No HTTP framework: the listener speaks just
+//! listener that serves them with `/healthz` (503 while a store outage, a long lock wait or
+//! a shortage of open files or memory lasts). One method per kind of event. No HTTP framework: the listener speaks just
 //! enough HTTP/1.1 for a scraper and a health probe.
 
 use std::collections::HashMap;
@@ -151,6 +151,9 @@ pub struct Metrics {
     inbox_lister: OnceLock<InboxLister>,
     /// Set while the store is away or busy and a feed is retried in place.
     store_outage: Mutex<Option<StoreOutage>>,
+    /// Set while feeds wait because the process or the system ran short (too many open
+    /// files, no memory): [`Metrics::resources_short`].
+    shortage: Mutex<Option<StoreOutage>>,
     /// Set while a feed waits for rows another session holds: an attempt gave up after a
     /// long lock wait ([`Metrics::store_lock_wait`]), and no attempt got past the store since.
     store_blocked: Mutex<Option<StoreOutage>>,
@@ -354,6 +357,19 @@ impl Metrics {
         *lock(&self.store_blocked) = None;
     }
 
+    /// A feed could not be opened or read because the process or the system ran short
+    /// (`error` says of what: too many open files, no memory); it waits, nothing is
+    /// rejected for it. `/healthz` fails until [`Metrics::resources_available`], counting
+    /// from the first such failure.
+    pub fn resources_short(&self, error: &str) {
+        record_since(&self.shortage, error);
+    }
+
+    /// A feed's attempt got past opening and reading its file: any shortage is over.
+    pub fn resources_available(&self) {
+        *lock(&self.shortage) = None;
+    }
+
     /// `None` when healthy, else the text `/healthz` answers with its 503.
     fn health_problem(&self, now: Instant) -> Option<String> {
         let since = |outage: &StoreOutage| {
@@ -364,6 +380,13 @@ impl Metrics {
                 .as_secs();
             format!("since {at} ({for_secs} s)")
         };
+        if let Some(shortage) = lock(&self.shortage).clone() {
+            return Some(format!(
+                "out of resources {}, feeds wait (none is rejected for it): {}\n",
+                since(&shortage),
+                shortage.error
+            ));
+        }
         if let Some(outage) = lock(&self.store_outage).clone() {
             return Some(format!(
                 "store unavailable {}, feeds wait: {}\n",
@@ -657,6 +680,7 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 /// and is closed; slow or oversized requests are dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let connections = TaskTracker::new();
+    let mut backoff = AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -664,6 +688,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
         };
         match accepted {
             Ok((stream, _peer)) => {
+                if let Some(failures) = backoff.accepted() {
+                    tracing::info!(failures, "http accept works again");
+                }
                 let metrics = Arc::clone(&metrics);
                 connections.spawn(async move {
                     let answered =
@@ -675,13 +702,52 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: Cance
                 });
             }
             Err(error) => {
-                tracing::warn!(%error, "http accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // One line per wait: at most one a second, then one per half minute.
+                let wait = backoff.failed();
+                tracing::warn!(%error, retry_in_secs = wait.as_secs_f64(), failures = backoff.failures, "http accept failed, waiting before the next accept");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
             }
         }
     }
     connections.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+}
+
+/// The wait after a failed `accept` (out of descriptors, say): 1 s, doubling to
+/// [`AcceptBackoff::MAX`], so a listener that cannot accept neither spins nor fills the log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// Failed accepts in a row.
+    failures: u64,
+    /// The wait after the last failure.
+    wait: Duration,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// Counts a failure; returns the wait before the next accept.
+    fn failed(&mut self) -> Duration {
+        self.failures += 1;
+        let wait = if self.wait.is_zero() {
+            Self::FIRST
+        } else {
+            (self.wait * 2).min(Self::MAX)
+        };
+        self.wait = wait;
+        wait
+    }
+
+    /// An accept worked: `Some(failures)` when it ends a run of failures.
+    fn accepted(&mut self) -> Option<u64> {
+        let failures = std::mem::take(&mut self.failures);
+        self.wait = Duration::ZERO;
+        (failures > 0).then_some(failures)
+    }
 }
 
 async fn respond(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result<()> {
@@ -926,6 +992,39 @@ mod tests {
             problem.len() < 400 && problem.ends_with("x…\n"),
             "{problem}"
         );
+    }
+
+    #[test]
+    fn health_fails_while_the_process_is_short_of_open_files_and_names_it() {
+        let metrics = Metrics::new();
+        metrics.store_unavailable("connection refused");
+        metrics.resources_short(
+            "cannot read work/x.xml: too many open files in adjustd (its RLIMIT_NOFILE; raise LimitNOFILE or ulimit -n)",
+        );
+        let later = Instant::now() + Duration::from_secs(5);
+        let problem = metrics.health_problem(later).expect("unhealthy");
+        assert!(
+            problem.starts_with("out of resources since 20"),
+            "{problem}"
+        );
+        assert!(problem.contains("too many open files"), "{problem}");
+        metrics.resources_available();
+        let problem = metrics
+            .health_problem(later)
+            .expect("the store is still away");
+        assert!(problem.starts_with("store unavailable"), "{problem}");
+        metrics.store_available();
+        assert_eq!(metrics.health_problem(later), None);
+    }
+
+    #[test]
+    fn a_failing_accept_waits_one_second_doubling_to_half_a_minute() {
+        let mut backoff = AcceptBackoff::default();
+        let waits: Vec<u64> = (0..7).map(|_| backoff.failed().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(backoff.accepted(), Some(7));
+        assert_eq!(backoff.accepted(), None);
+        assert_eq!(backoff.failed(), Duration::from_secs(1));
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! One feed end to end: hash, read and validate, plan against the store, commit in one
 //! transaction, write the reports. A feed too large, or one the daemon could not open or
-//! read, is recorded and reported as rejected without being applied. The file is opened once
+//! read for a fault of the file (no permission, an I/O error of its disk), is recorded and
+//! reported as rejected without being applied; one it could not open or read because the
+//! process or the system ran short (too many open files, no memory:
+//! [`crate::resources::shortage`]) is neither recorded nor reported
+//! ([`ProcessError::Shortage`], retried). The file is opened once
 //! and every pass over it (hash, parse, canonical digest) reads that one open file; nothing
 //! is committed unless every pass saw the bytes of the content hash and the file's signature
 //! is what it was before the first read ([`ProcessError::Unsettled`] otherwise).
@@ -187,6 +191,20 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// Opening or reading the feed file failed because the process or the system ran short
+    /// ([`crate::resources::shortage`]: too many open files, no memory), not for a fault of
+    /// the file. Nothing was committed. Transient: the daemon keeps the feed under its claim
+    /// and tries it again after a backoff.
+    #[error("cannot read {path}: {}; not a fault of the feed, nothing was committed", .shortage.describe())]
+    Shortage {
+        /// The file.
+        path: PathBuf,
+        /// What ran short.
+        shortage: crate::resources::Shortage,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store failed; see [`StoreError::is_transient`].
     #[error("store")]
     Store(#[from] StoreError),
@@ -237,13 +255,15 @@ impl ProcessError {
     /// a newer adjustd, a privilege revoked, an error of no known kind; see
     /// [`StoreError::is_caused_by_request`]), or the outbox not writable (full,
     /// permissions): a retry under the same claim token re-emits the committed report and
-    /// applies nothing again; or a file still being written, once it is complete. Only
-    /// what the feed itself causes is final.
+    /// applies nothing again; or a file still being written, once it is complete; or a file
+    /// the process could not open or read for want of descriptors or memory. Only what the
+    /// feed itself causes is final.
     pub fn is_transient(&self) -> bool {
         match self {
             ProcessError::Store(error) => !error.is_caused_by_request(),
             ProcessError::Report { .. }
             | ProcessError::Unsettled { .. }
+            | ProcessError::Shortage { .. }
             | ProcessError::Conflicts { .. } => true,
             ProcessError::Read { .. } => false,
         }
@@ -331,19 +351,30 @@ fn process(
 /// store or the outbox fails (transient, retried by the caller): a claim that could not be
 /// opened (`unreadable`, see [`crate::inbox::Claim::unreadable`]), and one whose reading
 /// fails after it was opened (an I/O error of the disk or file system), is recorded and
-/// reported as rejected with [`Code::FeedUnreadable`] instead of being processed.
+/// reported as rejected with [`Code::FeedUnreadable`] instead of being processed. An error
+/// of the process or the system rather than of the file ([`crate::resources::shortage`]:
+/// too many open files, no memory), at the claim or now, records nothing: it is returned as
+/// [`ProcessError::Shortage`], for the daemon to try the feed again.
 ///
 /// `adjustd process` calls [`process_file`] instead: a file it cannot read is an error it
 /// names on stderr ([`ProcessError::Read`]).
 ///
 /// # Errors
-/// [`ProcessError::Store`] or [`ProcessError::Report`], as for any feed.
+/// [`ProcessError::Store`] or [`ProcessError::Report`], as for any feed;
+/// [`ProcessError::Shortage`].
 pub fn process_claimed(
     context: &mut Context,
     source: &Source<'_>,
     unreadable: Option<&std::io::Error>,
 ) -> Result<Processed, ProcessError> {
     if let Some(error) = unreadable {
+        if let Some(shortage) = crate::resources::shortage(error) {
+            return Err(ProcessError::Shortage {
+                path: source.path.to_path_buf(),
+                shortage,
+                source: std::io::Error::new(error.kind(), error.to_string()),
+            });
+        }
         return reject_unreadable(context, source, error);
     }
     match process_file(context, source) {
@@ -1437,7 +1468,16 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The error of a failed open or read of the feed file: [`ProcessError::Shortage`] when the
+/// process or the system ran short, else [`ProcessError::Read`] (the file's own fault).
 fn read_error(path: &Path, source: std::io::Error) -> ProcessError {
+    if let Some(shortage) = crate::resources::shortage(&source) {
+        return ProcessError::Shortage {
+            path: path.to_path_buf(),
+            shortage,
+            source,
+        };
+    }
     ProcessError::Read {
         path: path.to_path_buf(),
         source,

@@ -2119,3 +2119,78 @@ fn a_claimed_file_removed_from_work_while_it_is_read_is_said_to_be_gone() {
         .sum();
     assert_eq!(total, 0, "nothing applied");
 }
+
+/// QA10-1: a daemon that runs out of file descriptors (EMFILE) while many feeds arrive at
+/// once must not take that for a fault of the feeds: nothing is rejected as
+/// FEED_UNREADABLE, every feed is applied once, and the log says why feeds waited.
+#[test]
+fn running_out_of_file_descriptors_delays_feeds_without_rejecting_them() {
+    const FILES: u32 = 150;
+    const LIMIT: u32 = 40;
+    let dir = setup(
+        &Settings {
+            settle_ms: 100,
+            in_memory: true,
+            ..Settings::default()
+        },
+        20,
+    );
+    let staging = dir.path("burst");
+    fs::create_dir(&staging).expect("staging");
+    for n in 0..FILES {
+        let xml = feed_xml(MERCHANT, &[refund(n % 20, &format!("fd-{n}"), 1)]);
+        fs::write(staging.join(format!("fd{n:03}.xml")), xml).expect("write");
+    }
+    let mut daemon = dir.spawn_daemon_with_open_file_limit(LIMIT);
+    wait_for("watch mode logged", LONG, || {
+        daemon.log().contains("watch mode")
+    });
+    for n in 0..FILES {
+        let name = format!("fd{n:03}.xml");
+        fs::rename(staging.join(&name), dir.path("inbox").join(&name)).expect("rename");
+    }
+    let unreadable = |dir: &TestDir| {
+        dir.json_reports()
+            .into_iter()
+            .filter(|(_, json)| result_codes(json).contains(&"FEED_UNREADABLE".to_owned()))
+            .map(|(_, json)| json["file_name"].to_string())
+            .collect::<Vec<_>>()
+    };
+    // Until every feed is done, or one is taken for unreadable (then the report may never
+    // come: its writing fails for want of descriptors too).
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline
+        && !(dir.files_in("inbox").is_empty() && dir.files_in("work").is_empty())
+        && unreadable(&dir).is_empty()
+        && !daemon.log().contains("cannot read the claimed feed")
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = daemon.log();
+    daemon.stop();
+    assert!(
+        !log.contains("cannot read the claimed feed"),
+        "a feed was taken for unreadable; log:\n{log}"
+    );
+    assert_eq!(
+        unreadable(&dir),
+        Vec::<String>::new(),
+        "feeds rejected for the daemon's own lack of descriptors"
+    );
+    assert!(
+        log.contains("Too many open files"),
+        "the limit was not reached, so the test shows nothing: lower LIMIT; log:\n{log}"
+    );
+    let tail: String = log.lines().rev().take(60).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        dir.json_reports().len(),
+        FILES as usize,
+        "last log lines, newest first:\n{tail}"
+    );
+    assert_eq!(dir.files_in("archive").len(), FILES as usize);
+    assert!(dir.files_in("failed").is_empty());
+    let total: i64 = (0..20)
+        .map(|n| refunded_principal_cents(&dir.order(&order_id(n))))
+        .sum();
+    assert_eq!(total, i64::from(FILES));
+}

@@ -291,6 +291,13 @@ impl TestDir {
         ])
     }
 
+    /// Starts `adjustd run` with a soft and hard limit of `limit` open files
+    /// (`RLIMIT_NOFILE`, set by `ulimit -n` in a shell that then runs the binary).
+    pub fn spawn_daemon_with_open_file_limit(&self, limit: u32) -> Daemon {
+        let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
+        self.spawn_daemon_via(&["sh", "-c", &script])
+    }
+
     /// Starts `adjustd run`, through `wrapper` (a command and its arguments) if not empty.
     fn spawn_daemon_via(&self, wrapper: &[&str]) -> Daemon {
         let log_path = self.path(&format!("daemon-{}.log", unique()));
