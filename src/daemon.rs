@@ -463,6 +463,32 @@ struct ParkingLot {
     awaiting_report: HashMap<u64, Backoff>,
 }
 
+impl ParkingLot {
+    /// Counts a retry of a parked feed that leaves it parked under the same claim token
+    /// (it changed nothing, or failed) and schedules the next one after the back-off:
+    /// returns the schedule it had, the attempts made now, the next attempt's time and
+    /// whether the new schedule was written.
+    fn count_attempt(
+        &mut self,
+        attempt: Attempt,
+    ) -> (Schedule, u32, DateTime<Utc>, Result<(), ParkError>) {
+        let schedule = attempt.schedule.clone();
+        let attempts = schedule.attempts + 1;
+        let next_attempt_at = self.retry.next_attempt(
+            schedule.window_end(&self.retry),
+            attempts,
+            chrono::Utc::now(),
+        );
+        let next = Schedule {
+            attempts,
+            next_attempt_at,
+            ..schedule.clone()
+        };
+        let rescheduled = self.parked.reschedule(attempt, next);
+        (schedule, attempts, next_attempt_at, rescheduled)
+    }
+}
+
 impl Worker {
     fn new(
         config: DaemonConfig,
@@ -1861,19 +1887,8 @@ impl Worker {
             return;
         };
         self.metrics.parked_retry_unchanged();
-        let schedule = attempt.schedule.clone();
-        let attempts = schedule.attempts + 1;
-        let next_attempt_at = parking.retry.next_attempt(
-            schedule.window_end(&parking.retry),
-            attempts,
-            chrono::Utc::now(),
-        );
-        let next = Schedule {
-            attempts,
-            next_attempt_at,
-            ..schedule.clone()
-        };
-        if let Err(error) = parking.parked.reschedule(attempt, next) {
+        let (schedule, attempts, next_attempt_at, rescheduled) = parking.count_attempt(attempt);
+        if let Err(error) = rescheduled {
             tracing::error!(parked_feed_id = schedule.feed_id, error = %escaped(format!("{:#}", anyhow::Error::new(error))), "cannot write a parked feed's schedule; the retry is repeated");
         }
         tracing::info!(
@@ -1898,19 +1913,7 @@ impl Worker {
         };
         self.metrics
             .feed_finished(FeedResult::Error, None, started.elapsed());
-        let schedule = attempt.schedule.clone();
-        let attempts = schedule.attempts + 1;
-        let next_attempt_at = parking.retry.next_attempt(
-            schedule.window_end(&parking.retry),
-            attempts,
-            chrono::Utc::now(),
-        );
-        let next = Schedule {
-            attempts,
-            next_attempt_at,
-            ..schedule.clone()
-        };
-        let rescheduled = parking.parked.reschedule(attempt, next);
+        let (schedule, attempts, next_attempt_at, rescheduled) = parking.count_attempt(attempt);
         tracing::error!(
             file = %escaped(&schedule.file_name),
             parked_feed_id = schedule.feed_id,

@@ -1004,22 +1004,30 @@ enum PurchaseMoment {
     Instant(chrono::DateTime<chrono::Utc>),
 }
 
-/// Reads a `purchase-date` by the strict rules of [`parse_purchase_date`].
-fn parse_purchase_moment(raw: &str) -> Option<PurchaseMoment> {
-    use chrono::{Datelike as _, NaiveDate, NaiveTime, TimeDelta};
-    let bytes = raw.as_bytes();
-    // The value of the ASCII digits at `range`, all of them.
-    let number = |range: std::ops::Range<usize>| -> Option<u32> {
-        let part = bytes.get(range)?;
-        part.iter().all(u8::is_ascii_digit).then_some(())?;
-        part.iter()
-            .try_fold(0_u32, |n, digit| Some(n * 10 + u32::from(digit - b'0')))
-    };
+/// The value of the ASCII digits of `bytes` at `range`, when all of them are digits.
+fn digits_value(bytes: &[u8], range: std::ops::Range<usize>) -> Option<u32> {
+    let part = bytes.get(range)?;
+    part.iter().all(u8::is_ascii_digit).then_some(())?;
+    part.iter()
+        .try_fold(0_u32, |n, digit| Some(n * 10 + u32::from(digit - b'0')))
+}
+
+/// The real calendar date `YYYY-MM-DD` that `bytes` start with.
+fn leading_date(bytes: &[u8]) -> Option<chrono::NaiveDate> {
     if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
         return None;
     }
+    let number = |range| digits_value(bytes, range);
     let year = i32::try_from(number(0..4)?).ok()?;
-    let day = NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    chrono::NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)
+}
+
+/// Reads a `purchase-date` by the strict rules of [`parse_purchase_date`].
+fn parse_purchase_moment(raw: &str) -> Option<PurchaseMoment> {
+    use chrono::{Datelike as _, NaiveTime, TimeDelta};
+    let bytes = raw.as_bytes();
+    let number = |range| digits_value(bytes, range);
+    let day = leading_date(bytes)?;
     match bytes.get(10) {
         None => return Some(PurchaseMoment::Day(day)),
         Some(b'T' | b't' | b' ') => {}
@@ -1159,17 +1167,7 @@ pub fn stored_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
 /// for stored text ([`stored_purchase_date`]).
 fn lenient_purchase_date(raw: &str) -> Option<chrono::NaiveDate> {
     let bytes = raw.as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<u32> {
-        let part = bytes.get(range)?;
-        part.iter().all(u8::is_ascii_digit).then_some(())?;
-        part.iter()
-            .try_fold(0_u32, |n, digit| Some(n * 10 + u32::from(digit - b'0')))
-    };
-    if bytes.get(4) != Some(&b'-') || bytes.get(7) != Some(&b'-') {
-        return None;
-    }
-    let year = i32::try_from(number(0..4)?).ok()?;
-    let day = chrono::NaiveDate::from_ymd_opt(year, number(5..7)?, number(8..10)?)?;
+    let day = leading_date(bytes)?;
     match bytes.get(10) {
         None => Some(day),
         Some(b'T' | b' ') => Some(
