@@ -32,7 +32,7 @@ echo
 echo "Sample feeds dropped into $demo/inbox/A1SELLER/. Reports will appear in $demo/outbox/A1SELLER/."
 echo "Try: $bin --config $demo/adjustd.toml orders show 171-1234567-1234567"
 echo "Sample 03 names an order the store does not have (ORDER_NOT_FOUND): the daemon parks it in"
-echo "$demo/parked/ and retries it, with a new report pair each time, until that order is imported."
+echo "$demo/parked/ and retries it until that order is imported (a retry that finds nothing new writes no report)."
 echo "The SQLite store has one writer: to import it, stop the daemon (Ctrl-C), run orders import,"
 echo "then $bin --config $demo/adjustd.toml run (this script would start afresh): the daemon"
 echo "reads the parked feed back and retries it when it is due. (README.md explains the retries.)"
