@@ -1122,11 +1122,7 @@ impl Worker {
         if self.shutdown.is_cancelled() {
             return false;
         }
-        let now = Instant::now();
-        let (due, waiting): (Vec<InHand>, Vec<InHand>) = std::mem::take(&mut self.awaiting_report)
-            .into_iter()
-            .partition(|feed| feed.due <= now);
-        self.awaiting_report = waiting;
+        let due = take_due(&mut self.awaiting_report, |feed| feed.due);
         if due.is_empty() {
             return false;
         }
@@ -1476,12 +1472,7 @@ impl Worker {
         if self.shutdown.is_cancelled() {
             return false;
         }
-        let now = Instant::now();
-        let (due, waiting): (Vec<Unfinished>, Vec<Unfinished>) =
-            std::mem::take(&mut self.unfinished)
-                .into_iter()
-                .partition(|feed| feed.due <= now);
-        self.unfinished = waiting;
+        let due = take_due(&mut self.unfinished, |feed| feed.due);
         if due.is_empty() {
             return false;
         }
@@ -2053,6 +2044,16 @@ enum HeldBack {
     Incomplete,
     /// It cannot be opened (yet): why.
     Unreadable(std::io::Error),
+}
+
+/// Takes out of `waiting` the entries due now (by `due`), in their order; the rest stay.
+fn take_due<T>(waiting: &mut Vec<T>, due: impl Fn(&T) -> Instant) -> Vec<T> {
+    let now = Instant::now();
+    let (due, rest) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|entry| due(entry) <= now);
+    *waiting = rest;
+    due
 }
 
 /// Runs the pipeline on one feed; a panic is caught and becomes a [`Failure`].
